@@ -1,0 +1,35 @@
+//! Shoal's object model: the types users and components exchange, their defaults, their
+//! validation (every problem, each with its field path) and their etcd key encoding.
+//!
+//! This crate does no I/O. Everything else in Shoal depends on it; it depends on nothing of
+//! ours. Objects are Kubernetes-shaped (`apiVersion: shoal/v1`, `kind`, `metadata`, `spec`,
+//! `status`), serialised in camelCase, and unknown fields are rejected.
+
+pub mod constraint;
+pub mod endpoints;
+pub mod error;
+pub mod keys;
+pub mod manifest;
+pub mod meta;
+pub mod network;
+pub mod node;
+pub mod object;
+pub mod service;
+pub mod task;
+pub mod validation;
+
+pub use constraint::Constraint;
+pub use endpoints::{EndpointTask, Endpoints, EndpointsSpec};
+pub use error::{Status, StatusDetail};
+pub use manifest::{parse_manifests, AnyObject, ManifestError};
+pub use meta::{ObjectMeta, API_VERSION};
+pub use network::{Network, NetworkSpec, NetworkStatus};
+pub use node::{Node, NodeAvailability, NodeSpec, NodeState, NodeStatus};
+pub use object::{EventType, Object, ObjectList, Resource, WatchEvent};
+pub use service::{
+    EndpointMode, HealthCheck, NetworkAttachmentConfig, Placement, PortConfig, Protocol,
+    PublishMode, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec,
+    ServiceStatus, VirtualIp,
+};
+pub use task::{Task, TaskAttachment, TaskSpec, TaskState, TaskStatus};
+pub use validation::{FieldError, Validate};

@@ -1,0 +1,104 @@
+//! Node: a host running an agent. The agent registers it and keeps a lease alive; users
+//! may change its labels and availability.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::object::{Object, Resource};
+use crate::validation::FieldError;
+
+/// A Node object.
+pub type Node = Object<NodeSpec>;
+
+/// Whether the scheduler may place tasks on a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeAvailability {
+    /// New tasks may land here.
+    #[default]
+    Active,
+    /// No new tasks; running ones stay.
+    Pause,
+    /// No tasks; running ones move elsewhere.
+    Drain,
+}
+
+/// The user-settable part of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Labels used by placement constraints (`node.labels.zone==a`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `active` (default), `pause` or `drain`.
+    #[serde(default)]
+    pub availability: NodeAvailability,
+}
+
+/// Whether a node's agent is alive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Not yet seen.
+    #[default]
+    Unknown,
+    /// The agent holds its lease.
+    Ready,
+    /// The lease expired.
+    Down,
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeState::Unknown => "Unknown",
+            NodeState::Ready => "Ready",
+            NodeState::Down => "Down",
+        })
+    }
+}
+
+/// What the agent and controller report of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeStatus {
+    /// Ready, Down or Unknown.
+    #[serde(default)]
+    pub state: NodeState,
+    /// The underlay address other nodes reach this one at (VXLAN endpoint).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
+    /// Where the agent serves `exec` (host:port).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub agent_endpoint: String,
+    /// The etcd lease the agent keeps alive, in hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lease: String,
+    /// `containerd` or `hollow` (testing mode, no containers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub runtime: String,
+    /// When the agent registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_at: Option<DateTime<Utc>>,
+    /// Why the node is in its state.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+impl Resource for NodeSpec {
+    const KIND: &'static str = "Node";
+    const PLURAL: &'static str = "nodes";
+    const USER_OWNED: bool = false;
+    type Status = NodeStatus;
+
+    fn validate_spec(&self, errs: &mut Vec<FieldError>) {
+        for key in self.labels.keys() {
+            if key.is_empty() || key.contains(['=', ' ']) {
+                errs.push(FieldError::new(format!("spec.labels.{key}"), "label keys must be non-empty, without '=' or spaces"));
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The generic object envelope (`apiVersion`, `kind`, `metadata`, `spec`, `status`), lists,
+//! watch events, and the [`Resource`] trait that ties a spec type to its kind.
+
+use std::fmt::Debug;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::meta::{ObjectMeta, API_VERSION};
+use crate::validation::{FieldError, Validate};
+
+/// A spec type that names a kind. Implemented by every `*Spec` type.
+pub trait Resource:
+    Serialize + DeserializeOwned + JsonSchema + Clone + Debug + PartialEq + Send + Sync + 'static
+{
+    /// The kind, e.g. `Network`.
+    const KIND: &'static str;
+    /// The plural used in URLs and keys, e.g. `networks`.
+    const PLURAL: &'static str;
+    /// Whether users create and change this kind (Network, Service) or Shoal does.
+    const USER_OWNED: bool;
+    /// The status type of the kind.
+    type Status: Serialize
+        + DeserializeOwned
+        + JsonSchema
+        + Clone
+        + Debug
+        + Default
+        + PartialEq
+        + Send
+        + Sync
+        + 'static;
+
+    /// The key of an object below the kind's prefix. Most kinds use the name; tasks are
+    /// grouped by node so an agent watches only its own.
+    fn key_suffix(meta: &ObjectMeta, _spec: &Self) -> String {
+        meta.name.clone()
+    }
+
+    /// Checks the spec. Field paths start with `spec.`.
+    fn validate_spec(&self, errs: &mut Vec<FieldError>);
+
+    /// Fills in defaults, in one place. Called before validation and before storing.
+    fn apply_defaults(&mut self) {}
+}
+
+/// One object of kind `S::KIND`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(bound(
+    serialize = "S: Serialize, S::Status: Serialize",
+    deserialize = "S: DeserializeOwned, S::Status: DeserializeOwned"
+))]
+#[schemars(bound = "S: Resource")]
+pub struct Object<S: Resource> {
+    /// Always `shoal/v1`.
+    pub api_version: String,
+    /// The kind, e.g. `Network`.
+    pub kind: String,
+    /// Name, labels and server-set fields.
+    pub metadata: ObjectMeta,
+    /// What the owner wants.
+    pub spec: S,
+    /// What Shoal observed; ignored when sent by users.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub status: S::Status,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+impl<S: Resource> Object<S> {
+    /// A new object with the given name and spec, default status.
+    pub fn new(name: impl Into<String>, spec: S) -> Self {
+        Object {
+            api_version: API_VERSION.to_string(),
+            kind: S::KIND.to_string(),
+            metadata: ObjectMeta::named(name),
+            spec,
+            status: S::Status::default(),
+        }
+    }
+
+    /// The object's name.
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+
+    /// The key below the kind's prefix (see [`Resource::key_suffix`]).
+    pub fn key_suffix(&self) -> String {
+        S::key_suffix(&self.metadata, &self.spec)
+    }
+
+    /// Applies the kind's defaults to the spec.
+    pub fn apply_defaults(&mut self) {
+        self.spec.apply_defaults();
+    }
+}
+
+impl<S: Resource> Validate for Object<S> {
+    fn validate(&self, errs: &mut Vec<FieldError>) {
+        if self.api_version != API_VERSION {
+            errs.push(FieldError::new(
+                "apiVersion",
+                format!("must be {API_VERSION:?} (got {:?})", self.api_version),
+            ));
+        }
+        if self.kind != S::KIND {
+            errs.push(FieldError::new(
+                "kind",
+                format!("must be {:?} (got {:?})", S::KIND, self.kind),
+            ));
+        }
+        self.metadata.validate(errs);
+        self.spec.validate_spec(errs);
+    }
+}
+
+/// Metadata of a list: the revision it was read at, to watch from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListMeta {
+    /// The etcd revision the list was read at.
+    pub resource_version: String,
+}
+
+/// A list of objects, as `GET /apis/shoal/v1/<plural>` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[serde(bound(
+    serialize = "S: Serialize, S::Status: Serialize",
+    deserialize = "S: DeserializeOwned, S::Status: DeserializeOwned"
+))]
+#[schemars(bound = "S: Resource")]
+pub struct ObjectList<S: Resource> {
+    /// Always `shoal/v1`.
+    pub api_version: String,
+    /// `<Kind>List`, e.g. `NetworkList`.
+    pub kind: String,
+    /// The revision of the list.
+    pub metadata: ListMeta,
+    /// The objects, sorted by key.
+    pub items: Vec<Object<S>>,
+}
+
+impl<S: Resource> ObjectList<S> {
+    /// A list read at `revision`.
+    pub fn new(items: Vec<Object<S>>, revision: i64) -> Self {
+        ObjectList {
+            api_version: API_VERSION.to_string(),
+            kind: format!("{}List", S::KIND),
+            metadata: ListMeta { resource_version: revision.to_string() },
+            items,
+        }
+    }
+}
+
+/// The type of a watch event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventType {
+    /// The object was created (or existed when the watch started without a revision).
+    Added,
+    /// The object changed.
+    Modified,
+    /// The object was deleted; the event carries its last state.
+    Deleted,
+    /// No object changed; `object.metadata.resourceVersion` says how far the watch got.
+    Bookmark,
+    /// The watch ended with an error; `object` is a [`crate::Status`].
+    Error,
+}
+
+/// One line of a watch stream: `{"type":"ADDED","object":{...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WatchEvent<T> {
+    /// What happened.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// The object (for BOOKMARK only kind, apiVersion and metadata.resourceVersion).
+    pub object: T,
+}

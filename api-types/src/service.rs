@@ -1,0 +1,487 @@
+//! Service: a replicated or global set of tasks from one image, attached to networks,
+//! discoverable by name through a virtual IP, optionally publishing ports.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::constraint::Constraint;
+use crate::object::{Object, Resource};
+use crate::validation::{check_dns_label, FieldError};
+
+/// A Service object.
+pub type Service = Object<ServiceSpec>;
+
+/// How many tasks a service runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    /// `replicas` tasks, spread over the nodes.
+    #[default]
+    Replicated,
+    /// One task on every eligible node.
+    Global,
+}
+
+/// How a service name resolves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// The name resolves to one virtual IP, load-balanced over the running tasks.
+    #[default]
+    Vip,
+    /// The name resolves to every running task's IP (DNS round robin).
+    Dnsrr,
+}
+
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Where a published port answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// On every node, through the routing mesh.
+    #[default]
+    Ingress,
+    /// Only on nodes running a task, straight to that task.
+    Host,
+}
+
+/// One published port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortConfig {
+    /// The port on the nodes (1-65535).
+    pub published: u32,
+    /// The port in the task (1-65535).
+    pub target: u32,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// `ingress` (default) or `host`.
+    #[serde(default)]
+    pub mode: PublishMode,
+}
+
+impl std::fmt::Display for PortConfig {
+    /// Docker's form: `*:9091->80/tcp`, or `9091->80/tcp (host)` for host mode.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.mode {
+            PublishMode::Ingress => write!(f, "*:{}->{}/{}", self.published, self.target, self.protocol),
+            PublishMode::Host => write!(f, "{}->{}/{} (host)", self.published, self.target, self.protocol),
+        }
+    }
+}
+
+/// A network the service's tasks join.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkAttachmentConfig {
+    /// The Network's name.
+    pub name: String,
+    /// Extra names the service answers to on this network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// Where tasks may run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Placement {
+    /// Expressions such as `node.labels.zone==a` or `node.name!=node-3`; all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+}
+
+/// When a task that ended is replaced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    /// Always (default).
+    #[default]
+    Any,
+    /// Only when it exited non-zero or failed to start.
+    OnFailure,
+    /// Never.
+    None,
+}
+
+/// Restart behaviour, as Swarm's `--restart-*` flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestartPolicy {
+    /// `any` (default), `on-failure` or `none`.
+    #[serde(default)]
+    pub condition: RestartCondition,
+    /// Seconds to wait before a replacement starts (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<u32>,
+    /// Give up after this many restarts in a slot (0 or unset: never give up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+/// A health check the agent runs inside each task.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// The command and its arguments; exit 0 means healthy.
+    pub command: Vec<String>,
+    /// Seconds between checks (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<u32>,
+    /// Seconds a check may take (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u32>,
+    /// Failures in a row before the task is unhealthy (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Seconds after start during which failures do not count (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period_seconds: Option<u32>,
+}
+
+/// What the user wants of a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Image reference, e.g. `localhost:5000/busybox:latest`.
+    pub image: String,
+    /// Replaces the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments to the command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// `replicated` (default) or `global`.
+    #[serde(default)]
+    pub mode: ServiceMode,
+    /// Number of tasks in replicated mode (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
+    /// Networks the tasks join.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachmentConfig>,
+    /// Published ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
+    /// `vip` (default) or `dnsrr`.
+    #[serde(default)]
+    pub endpoint_mode: EndpointMode,
+    /// Placement constraints.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub placement: Placement,
+    /// Restart behaviour.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub restart_policy: RestartPolicy,
+    /// Optional health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthCheck>,
+    /// Seconds between SIGTERM and SIGKILL when a task stops (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period_seconds: Option<u32>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+impl ServiceSpec {
+    /// Desired task count in replicated mode (0 for global, which follows the nodes).
+    pub fn replica_count(&self) -> u64 {
+        match self.mode {
+            ServiceMode::Replicated => self.replicas.unwrap_or(1).max(0) as u64,
+            ServiceMode::Global => 0,
+        }
+    }
+
+    /// The parsed placement constraints (invalid ones are skipped; validation reports them).
+    pub fn constraints(&self) -> Vec<Constraint> {
+        self.placement.constraints.iter().filter_map(|c| c.parse().ok()).collect()
+    }
+
+    /// Whether tasks need an attachment to the ingress network.
+    pub fn publishes_ingress(&self) -> bool {
+        self.ports.iter().any(|p| p.mode == PublishMode::Ingress)
+    }
+}
+
+impl Resource for ServiceSpec {
+    const KIND: &'static str = "Service";
+    const PLURAL: &'static str = "services";
+    const USER_OWNED: bool = true;
+    type Status = ServiceStatus;
+
+    fn apply_defaults(&mut self) {
+        if self.mode == ServiceMode::Replicated && self.replicas.is_none() {
+            self.replicas = Some(1);
+        }
+    }
+
+    fn validate_spec(&self, errs: &mut Vec<FieldError>) {
+        if self.image.trim().is_empty() {
+            errs.push(FieldError::new("spec.image", "is required"));
+        } else if self.image.chars().any(char::is_whitespace) {
+            errs.push(FieldError::new("spec.image", format!("{:?} must not contain spaces", self.image)));
+        }
+        match (self.mode, self.replicas) {
+            (ServiceMode::Replicated, Some(r)) if r < 0 => {
+                errs.push(FieldError::new("spec.replicas", format!("must be 0 or more (got {r})")))
+            }
+            (ServiceMode::Replicated, Some(r)) if r > 100_000 => {
+                errs.push(FieldError::new("spec.replicas", "must be at most 100000"))
+            }
+            (ServiceMode::Global, Some(_)) => errs.push(FieldError::new(
+                "spec.replicas",
+                "must not be set in global mode (one task runs on every eligible node)",
+            )),
+            _ => {}
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') {
+                errs.push(FieldError::new(format!("spec.env.{key}"), "names must be non-empty and contain no '='"));
+            }
+        }
+        let mut seen_networks = BTreeSet::new();
+        for (i, net) in self.networks.iter().enumerate() {
+            if let Err(msg) = check_dns_label(&net.name) {
+                errs.push(FieldError::new(format!("spec.networks[{i}].name"), msg));
+            } else if !seen_networks.insert(net.name.as_str()) {
+                errs.push(FieldError::new(format!("spec.networks[{i}].name"), format!("network {:?} is listed twice", net.name)));
+            }
+            for (j, alias) in net.aliases.iter().enumerate() {
+                if let Err(msg) = check_dns_label(alias) {
+                    errs.push(FieldError::new(format!("spec.networks[{i}].aliases[{j}]"), msg));
+                }
+            }
+        }
+        // (published, protocol) -> (index, mode) of the first port that claimed it.
+        let mut claimed: BTreeMap<(u32, Protocol), (usize, PublishMode)> = BTreeMap::new();
+        let mut by_number: BTreeMap<u32, (usize, PublishMode)> = BTreeMap::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            let mut ok = true;
+            for (field, value) in [("published", port.published), ("target", port.target)] {
+                if !(1..=65535).contains(&value) {
+                    errs.push(FieldError::new(format!("spec.ports[{i}].{field}"), format!("must be 1-65535 (got {value})")));
+                    ok = false;
+                }
+            }
+            if !ok {
+                continue;
+            }
+            if let Some((j, _)) = claimed.get(&(port.published, port.protocol)) {
+                errs.push(FieldError::new(
+                    format!("spec.ports[{i}].published"),
+                    format!("{}/{} is already published by spec.ports[{j}]", port.published, port.protocol),
+                ));
+                continue;
+            }
+            if let Some((j, mode)) = by_number.get(&port.published) {
+                if *mode != port.mode {
+                    errs.push(FieldError::new(
+                        format!("spec.ports[{i}].published"),
+                        format!(
+                            "port {} is published in {} mode by spec.ports[{j}]; an ingress and a host port cannot share a number",
+                            port.published,
+                            mode_name(*mode)
+                        ),
+                    ));
+                    continue;
+                }
+            }
+            claimed.insert((port.published, port.protocol), (i, port.mode));
+            by_number.entry(port.published).or_insert((i, port.mode));
+        }
+        if self.endpoint_mode == EndpointMode::Dnsrr && self.ports.iter().any(|p| p.mode == PublishMode::Ingress) {
+            errs.push(FieldError::new(
+                "spec.endpointMode",
+                "dnsrr cannot publish ingress ports (the routing mesh needs a VIP); use mode: host or endpointMode: vip",
+            ));
+        }
+        for (i, c) in self.placement.constraints.iter().enumerate() {
+            if let Err(msg) = c.parse::<Constraint>() {
+                errs.push(FieldError::new(format!("spec.placement.constraints[{i}]"), msg));
+            }
+        }
+        if let Some(hc) = &self.healthcheck {
+            if hc.command.is_empty() {
+                errs.push(FieldError::new("spec.healthcheck.command", "is required"));
+            }
+            if hc.interval_seconds == Some(0) {
+                errs.push(FieldError::new("spec.healthcheck.intervalSeconds", "must be at least 1"));
+            }
+        }
+    }
+}
+
+/// Name of a publish mode as users write it.
+pub fn mode_name(mode: PublishMode) -> &'static str {
+    match mode {
+        PublishMode::Ingress => "ingress",
+        PublishMode::Host => "host",
+    }
+}
+
+/// A virtual IP of a service on one network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VirtualIp {
+    /// The network.
+    pub network: String,
+    /// The address, e.g. `10.0.1.2`.
+    pub addr: String,
+}
+
+/// A condition in Kubernetes style.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Condition {
+    /// E.g. `Converged`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase reason.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// A human message.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When `status` last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<DateTime<Utc>>,
+}
+
+/// What the controller observed of a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceStatus {
+    /// Tasks that should be running.
+    #[serde(default)]
+    pub desired_tasks: u64,
+    /// Tasks that are running.
+    #[serde(default)]
+    pub running_tasks: u64,
+    /// One VIP per attached network (endpoint mode vip).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_ips: Vec<VirtualIp>,
+    /// The spec generation this status describes.
+    #[serde(default)]
+    pub observed_generation: i64,
+    /// Conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validation::Validate;
+
+    fn errs(spec: ServiceSpec) -> Vec<String> {
+        let mut s = Service::new("api", spec);
+        s.apply_defaults();
+        s.validated().err().unwrap_or_default().iter().map(|e| e.to_string()).collect()
+    }
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec { image: "busybox".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn service_defaults_to_one_replica_in_vip_mode() {
+        let mut s = Service::new("api", spec());
+        s.apply_defaults();
+        assert_eq!(s.spec.replicas, Some(1));
+        assert_eq!(s.spec.endpoint_mode, EndpointMode::Vip);
+        assert_eq!(s.spec.replica_count(), 1);
+    }
+
+    #[test]
+    fn service_rejects_ports_out_of_range_with_field_paths() {
+        let e = errs(ServiceSpec {
+            ports: vec![
+                PortConfig { published: 0, target: 80, ..Default::default() },
+                PortConfig { published: 70000, target: 80, ..Default::default() },
+            ],
+            ..spec()
+        });
+        assert_eq!(e, vec!["spec.ports[0].published: must be 1-65535 (got 0)", "spec.ports[1].published: must be 1-65535 (got 70000)"]);
+    }
+
+    #[test]
+    fn service_rejects_negative_replicas_and_replicas_in_global_mode() {
+        assert_eq!(errs(ServiceSpec { replicas: Some(-1), ..spec() }), vec!["spec.replicas: must be 0 or more (got -1)"]);
+        assert_eq!(errs(ServiceSpec { mode: ServiceMode::Global, replicas: Some(2), ..spec() }).len(), 1);
+    }
+
+    #[test]
+    fn service_rejects_ingress_and_host_ports_sharing_a_number() {
+        let e = errs(ServiceSpec {
+            ports: vec![
+                PortConfig { published: 8080, target: 80, ..Default::default() },
+                PortConfig { published: 8080, target: 81, protocol: Protocol::Udp, mode: PublishMode::Host },
+            ],
+            ..spec()
+        });
+        assert_eq!(e.len(), 1);
+        assert!(e[0].starts_with("spec.ports[1].published: port 8080 is published in ingress mode by spec.ports[0]"), "{e:?}");
+    }
+
+    #[test]
+    fn service_allows_same_number_for_tcp_and_udp_in_one_mode() {
+        let e = errs(ServiceSpec {
+            ports: vec![
+                PortConfig { published: 53, target: 53, ..Default::default() },
+                PortConfig { published: 53, target: 53, protocol: Protocol::Udp, ..Default::default() },
+            ],
+            ..spec()
+        });
+        assert!(e.is_empty(), "{e:?}");
+    }
+
+    #[test]
+    fn service_rejects_duplicate_port_bad_network_and_constraint() {
+        let e = errs(ServiceSpec {
+            image: String::new(),
+            ports: vec![
+                PortConfig { published: 80, target: 80, ..Default::default() },
+                PortConfig { published: 80, target: 8080, ..Default::default() },
+            ],
+            networks: vec![NetworkAttachmentConfig { name: "Bad_Net".into(), aliases: vec![] }],
+            placement: Placement { constraints: vec!["node.colour==red".into()] },
+            ..Default::default()
+        });
+        let fields: Vec<&str> = e.iter().map(|s| s.split(':').next().unwrap()).collect();
+        assert_eq!(fields, vec!["spec.image", "spec.networks[0].name", "spec.ports[1].published", "spec.placement.constraints[0]"]);
+    }
+
+    #[test]
+    fn port_display_matches_docker() {
+        let p = PortConfig { published: 9091, target: 80, ..Default::default() };
+        assert_eq!(p.to_string(), "*:9091->80/tcp");
+    }
+}

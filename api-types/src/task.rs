@@ -1,0 +1,227 @@
+//! Task: one container of a service in one slot, on one node. The controller owns `spec`
+//! (desired state, node, attachments); the agent owns `status`. States only move forward; a
+//! replaced task is a new task in the same slot.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::meta::ObjectMeta;
+use crate::object::{Object, Resource};
+use crate::service::{HealthCheck, PortConfig, RestartPolicy};
+use crate::validation::FieldError;
+
+/// A Task object.
+pub type Task = Object<TaskSpec>;
+
+/// The key segment for tasks not yet on a node (node names cannot start with `_`).
+pub const UNASSIGNED: &str = "_unassigned";
+
+/// Life cycle of a task, in order. A task's state never moves backwards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Created by the orchestrator.
+    #[default]
+    New,
+    /// Waiting for a node.
+    Pending,
+    /// Placed on a node.
+    Assigned,
+    /// The agent is pulling the image and creating the container.
+    Starting,
+    /// The container runs.
+    Running,
+    /// Exited 0.
+    Complete,
+    /// Exited non-zero or could not start.
+    Failed,
+    /// The agent refused it (e.g. the image does not exist).
+    Rejected,
+    /// Stopped because it was no longer wanted.
+    Shutdown,
+    /// Its node went down.
+    Orphaned,
+}
+
+impl TaskState {
+    /// Whether the task has ended for good.
+    pub fn is_terminal(self) -> bool {
+        self >= TaskState::Complete
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let mut c = s.chars();
+        match c.next() {
+            Some(first) => write!(f, "{}{}", first.to_ascii_uppercase(), c.as_str()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A task's address on one network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskAttachment {
+    /// The network.
+    pub network: String,
+    /// Address with prefix length, e.g. `10.0.1.5/24`.
+    pub address: String,
+    /// MAC derived from the address (02:42:a.b.c.d).
+    pub mac: String,
+    /// Names the task answers to besides the service name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// What the controller wants of a task.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskSpec {
+    /// The service the task belongs to.
+    pub service: String,
+    /// The slot (replicated mode), 1-based.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u64>,
+    /// The node, once assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// `running` or `shutdown`.
+    pub desired_state: TaskState,
+    /// The service generation the task was made from.
+    #[serde(default)]
+    pub service_generation: i64,
+    /// Image reference.
+    pub image: String,
+    /// Entrypoint override.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// One address per network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<TaskAttachment>,
+    /// Published ports (for host mode on the task's node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
+    /// Health check, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthCheck>,
+    /// Restart policy of the service.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// Seconds between SIGTERM and SIGKILL.
+    #[serde(default)]
+    pub stop_grace_period_seconds: u32,
+    /// Whether every network of the task is internal (no egress).
+    #[serde(default)]
+    pub internal: bool,
+    /// Why the task is still pending, when it is.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pending_reason: String,
+}
+
+/// What the agent reports of a task.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskStatus {
+    /// Current state.
+    #[serde(default)]
+    pub state: TaskState,
+    /// When the state last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<DateTime<Utc>>,
+    /// A short human message ("started", "pulling image").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// What went wrong, when something did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub err: String,
+    /// Exit code, once exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The container's id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_id: String,
+    /// Whether the health check passes (true when there is none and the task runs).
+    #[serde(default)]
+    pub healthy: bool,
+}
+
+impl TaskSpec {
+    /// The user-facing name: `api.1` (replicated) or `api.<node>` (global).
+    pub fn display_name(&self) -> String {
+        match (self.slot, &self.node) {
+            (Some(slot), _) => format!("{}.{}", self.service, slot),
+            (None, Some(node)) => format!("{}.{}", self.service, node),
+            (None, None) => self.service.clone(),
+        }
+    }
+}
+
+impl Resource for TaskSpec {
+    const KIND: &'static str = "Task";
+    const PLURAL: &'static str = "tasks";
+    const USER_OWNED: bool = false;
+    type Status = TaskStatus;
+
+    fn key_suffix(meta: &ObjectMeta, spec: &Self) -> String {
+        format!("{}/{}", spec.node.as_deref().unwrap_or(UNASSIGNED), meta.name)
+    }
+
+    fn validate_spec(&self, errs: &mut Vec<FieldError>) {
+        if self.service.is_empty() {
+            errs.push(FieldError::new("spec.service", "is required"));
+        }
+    }
+}
+
+/// The deterministic MAC of an IPv4 address on an overlay: `02:42:a:b:c:d` in hex.
+pub fn mac_for_ip(ip: std::net::Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_states_only_order_forward() {
+        assert!(TaskState::New < TaskState::Pending);
+        assert!(TaskState::Running < TaskState::Complete);
+        assert!(TaskState::Orphaned.is_terminal());
+        assert!(!TaskState::Running.is_terminal());
+        assert_eq!(TaskState::Running.to_string(), "Running");
+    }
+
+    #[test]
+    fn task_keys_group_by_node() {
+        let mut t = Task::new("abc", TaskSpec { service: "api".into(), ..Default::default() });
+        assert_eq!(t.key_suffix(), "_unassigned/abc");
+        t.spec.node = Some("node-1".into());
+        assert_eq!(t.key_suffix(), "node-1/abc");
+    }
+
+    #[test]
+    fn macs_derive_from_ips() {
+        assert_eq!(mac_for_ip("10.0.1.5".parse().unwrap()), "02:42:0a:00:01:05");
+    }
+
+    #[test]
+    fn display_names_use_slot_or_node() {
+        let spec = TaskSpec { service: "api".into(), slot: Some(2), ..Default::default() };
+        assert_eq!(spec.display_name(), "api.2");
+        let spec = TaskSpec { service: "mon".into(), node: Some("node-3".into()), ..Default::default() };
+        assert_eq!(spec.display_name(), "mon.node-3");
+    }
+}
