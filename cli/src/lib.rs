@@ -1,1 +1,1 @@
-//! placeholder
+//! The shoal CLI library (being written).

@@ -1,1 +1,9 @@
-//! placeholder
+//! The Shoal node agent: registers its Node with a lease, watches its own tasks (and the
+//! Endpoints of networks it has tasks on) in etcd, and converges the host to them: containerd
+//! containers (`runtime`), namespaces, veths, bridges and VXLAN links (`net`). It reports task
+//! status back to etcd. `hollow` is a testing runtime that starts no containers.
+
+pub mod agent;
+pub mod hollow;
+pub mod net;
+pub mod runtime;

@@ -1,0 +1,3 @@
+//! `shoal` (being written).
+
+fn main() {}

@@ -1,0 +1,12 @@
+//! `shoal-controller`: parses flags and runs [`shoal_controller::app`].
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let config = shoal_controller::app::Config::parse();
+    shoal_controller::app::run(config).await
+}

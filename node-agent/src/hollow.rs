@@ -1,0 +1,1 @@
+//! hollow (being written).

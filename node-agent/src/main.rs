@@ -1,0 +1,3 @@
+//! `shoal-agent` (being written).
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Links, namespaces, bridges and VXLAN over netlink (being written).

@@ -1,0 +1,1 @@
+//! The containerd container runtime (being written).

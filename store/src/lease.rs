@@ -1,0 +1,96 @@
+//! etcd leases: liveness for node agents and the controller leader. A [`LeaseKeeper`]
+//! renews a lease in the background and says when it is lost.
+
+use std::time::Duration;
+
+use etcd_client::PutOptions;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::store::Store;
+use crate::Result;
+
+/// A granted lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The lease id.
+    pub id: i64,
+    /// Its time to live.
+    pub ttl: Duration,
+}
+
+/// Renews a lease every third of its TTL until dropped, revoked, or the lease is lost.
+pub struct LeaseKeeper {
+    lease: Lease,
+    lost: watch::Receiver<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Store {
+    /// Grants a lease of `ttl` (whole seconds, at least 1).
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
+        let secs = ttl.as_secs().max(1) as i64;
+        let resp = self.client.lease_client().grant(secs, None).await?;
+        Ok(Lease { id: resp.id(), ttl: Duration::from_secs(resp.ttl() as u64) })
+    }
+
+    /// Puts a raw value bound to a lease: it disappears when the lease expires.
+    pub async fn put_with_lease(&self, key: &str, value: impl Into<Vec<u8>>, lease: Lease) -> Result<()> {
+        self.client.kv_client().put(key, value, Some(PutOptions::new().with_lease(lease.id))).await?;
+        Ok(())
+    }
+
+    /// Revokes a lease now, deleting every key bound to it.
+    pub async fn revoke_lease(&self, lease: Lease) -> Result<()> {
+        self.client.lease_client().revoke(lease.id).await?;
+        Ok(())
+    }
+
+    /// Starts renewing `lease` in the background.
+    pub fn keep_alive(&self, lease: Lease) -> LeaseKeeper {
+        let (tx, rx) = watch::channel(false);
+        let mut client = self.client.lease_client();
+        let task = tokio::spawn(async move {
+            let period = (lease.ttl / 3).max(Duration::from_millis(300));
+            let lost = async {
+                let (mut keeper, mut responses) = client.keep_alive(lease.id).await.ok()?;
+                loop {
+                    keeper.keep_alive().await.ok()?;
+                    match tokio::time::timeout(lease.ttl, responses.message()).await {
+                        Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
+                        _ => return None::<()>,
+                    }
+                    tokio::time::sleep(period).await;
+                }
+            };
+            lost.await;
+            let _ = tx.send(true);
+        });
+        LeaseKeeper { lease, lost: rx, task }
+    }
+}
+
+impl LeaseKeeper {
+    /// The lease kept alive.
+    pub fn lease(&self) -> Lease {
+        self.lease
+    }
+
+    /// Resolves once the lease could not be renewed (expired, revoked, etcd unreachable
+    /// for a whole TTL).
+    pub async fn lost(&self) {
+        let mut rx = self.lost.clone();
+        let _ = rx.wait_for(|lost| *lost).await;
+    }
+
+    /// Whether the lease was lost.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

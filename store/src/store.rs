@@ -1,0 +1,252 @@
+//! The [`Store`]: typed get, list, create, update and delete over etcd.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
+use shoal_api_types::keys::Keys;
+use shoal_api_types::{Object, Resource};
+
+use crate::error::StoreError;
+use crate::Result;
+
+/// How to reach etcd.
+#[derive(Debug, Clone, Default)]
+pub struct Connect {
+    /// Endpoints, e.g. `http://127.0.0.1:2379`.
+    pub endpoints: Vec<String>,
+    /// Key root; [`shoal_api_types::keys::DEFAULT_ROOT`] when `None`.
+    pub root: Option<String>,
+    /// PEM CA certificate to verify etcd with.
+    pub ca_cert: Option<String>,
+    /// PEM client certificate and key.
+    pub client_cert: Option<(String, String)>,
+}
+
+/// Typed access to objects in etcd. Cheap to clone; clones share one connection.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) client: Client,
+    pub(crate) keys: Keys,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.keys.root()).finish()
+    }
+}
+
+impl Store {
+    /// Connects to etcd. Fails if no endpoint answers within a few seconds.
+    pub async fn connect(cfg: &Connect) -> Result<Store> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
+        if cfg.ca_cert.is_some() || cfg.client_cert.is_some() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &cfg.ca_cert {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &cfg.client_cert {
+                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            opts = opts.with_tls(tls);
+        }
+        let client = Client::connect(&cfg.endpoints, Some(opts)).await?;
+        let keys = cfg.root.as_deref().map(Keys::new).unwrap_or_default();
+        let store = Store { client, keys };
+        // Connecting is lazy; make sure something answers.
+        store.revision().await?;
+        Ok(store)
+    }
+
+    /// The key layout in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The raw etcd client, for leases and election.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The current revision of the whole store.
+    pub async fn revision(&self) -> Result<i64> {
+        let resp = self.client.kv_client().get(self.keys.leader(), Some(GetOptions::new().with_count_only())).await?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// The object at `key`, if any.
+    pub async fn get<S: Resource>(&self, key: &str) -> Result<Option<Object<S>>> {
+        let resp = self.client.kv_client().get(key, None).await?;
+        resp.kvs().first().map(|kv| decode(kv.key(), kv.value(), kv.mod_revision())).transpose()
+    }
+
+    /// The object of kind `S` named `name` (kinds keyed by name only).
+    pub async fn get_named<S: Resource>(&self, name: &str) -> Result<Option<Object<S>>> {
+        self.get(&self.keys.named::<S>(name)).await
+    }
+
+    /// Every object of kind `S`, and the revision they were read at.
+    pub async fn list<S: Resource>(&self) -> Result<(Vec<Object<S>>, i64)> {
+        self.list_prefix(&self.keys.prefix::<S>()).await
+    }
+
+    /// Every object of kind `S` below `prefix`, and the revision they were read at.
+    pub async fn list_prefix<S: Resource>(&self, prefix: &str) -> Result<(Vec<Object<S>>, i64)> {
+        let resp = self.client.kv_client().get(prefix, Some(GetOptions::new().with_prefix())).await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let items = resp.kvs().iter().map(|kv| decode(kv.key(), kv.value(), kv.mod_revision())).collect::<Result<_>>()?;
+        Ok((items, rev))
+    }
+
+    /// Fails with [`StoreError::Compacted`] if `revision` is no longer readable.
+    pub async fn check_revision(&self, revision: i64) -> Result<()> {
+        let opts = GetOptions::new().with_revision(revision).with_count_only();
+        match self.client.kv_client().get(self.keys.leader(), Some(opts)).await {
+            Ok(_) => Ok(()),
+            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("compacted") => {
+                let compacted = s.message().split_whitespace().last().and_then(|n| n.parse().ok()).unwrap_or(0);
+                Err(StoreError::Compacted { requested: revision, compacted })
+            }
+            // A future revision is fine to watch from: the watch waits.
+            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("future revision") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates an object: sets uid, creationTimestamp and generation 1, and fails with
+    /// [`StoreError::AlreadyExists`] if the key is taken.
+    pub async fn create<S: Resource>(&self, obj: &Object<S>) -> Result<Object<S>> {
+        let obj = prepare_create(obj);
+        let key = self.keys.key(&obj);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, encode(&obj), None)]);
+        let resp = self.client.kv_client().txn(txn).await?;
+        if !resp.succeeded() {
+            return Err(StoreError::AlreadyExists { kind: S::KIND, name: obj.metadata.name.clone() });
+        }
+        Ok(with_revision(obj, resp.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+
+    /// Writes `obj` if its key's mod_revision still equals `obj.metadata.resourceVersion`.
+    /// The caller decides generation and status; see [`Store::update_with`].
+    pub async fn update<S: Resource>(&self, obj: &Object<S>) -> Result<Object<S>> {
+        let key = self.keys.key(obj);
+        let rev = obj.metadata.revision().ok_or_else(|| {
+            StoreError::Conflict(format!("{} {:?}: metadata.resourceVersion is required to update", S::KIND, obj.metadata.name))
+        })?;
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+            .and_then([TxnOp::put(key.clone(), encode(obj), None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.client.kv_client().txn(txn).await?;
+        if !resp.succeeded() {
+            let exists = resp.op_responses().iter().any(|r| matches!(r, TxnOpResponse::Get(g) if !g.kvs().is_empty()));
+            if !exists {
+                return Err(StoreError::NotFound { kind: S::KIND, name: obj.metadata.name.clone() });
+            }
+            return Err(StoreError::Conflict(format!(
+                "{} {:?} was changed since resourceVersion {rev}; read it again and retry",
+                S::KIND.to_lowercase(),
+                obj.metadata.name
+            )));
+        }
+        Ok(with_revision(obj.clone(), resp.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+
+    /// Read-modify-write with retries on conflict: reads the object at `key`, lets `change`
+    /// edit it (returning `false` means "nothing to do"), bumps `generation` if the spec
+    /// changed, and writes it back. Returns the stored object, or `None` if it does not
+    /// exist.
+    pub async fn update_with<S: Resource>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(&mut Object<S>) -> bool,
+    ) -> Result<Option<Object<S>>> {
+        for _ in 0..16 {
+            let Some(current) = self.get::<S>(key).await? else { return Ok(None) };
+            let mut next = current.clone();
+            if !change(&mut next) {
+                return Ok(Some(current));
+            }
+            if next.spec != current.spec {
+                next.metadata.generation = current.metadata.generation + 1;
+            }
+            match self.update(&next).await {
+                Ok(obj) => return Ok(Some(obj)),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Conflict(format!("{key}: gave up after 16 conflicting writes")))
+    }
+
+    /// Deletes the object at `key`, if its mod_revision equals `expected` (when given).
+    /// Returns the deleted object.
+    pub async fn delete<S: Resource>(&self, key: &str, expected: Option<i64>) -> Result<Object<S>> {
+        let name = key.rsplit('/').next().unwrap_or(key).to_string();
+        let compare = match expected {
+            Some(rev) => Compare::mod_revision(key, CompareOp::Equal, rev),
+            None => Compare::create_revision(key, CompareOp::Greater, 0),
+        };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::get(key, None), TxnOp::delete(key, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.client.kv_client().txn(txn).await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let found = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| decode::<S>(kv.key(), kv.value(), kv.mod_revision())),
+            _ => None,
+        });
+        match (resp.succeeded(), found) {
+            (true, Some(obj)) => Ok(with_revision(obj?, revision)),
+            (_, None) => Err(StoreError::NotFound { kind: S::KIND, name }),
+            (false, Some(_)) => Err(StoreError::Conflict(format!(
+                "{} {name:?} was changed since resourceVersion {}; read it again and retry",
+                S::KIND.to_lowercase(),
+                expected.unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Compacts etcd's history up to `revision` (tests and maintenance).
+    pub async fn compact(&self, revision: i64) -> Result<()> {
+        self.client.kv_client().compact(revision, None).await?;
+        Ok(())
+    }
+}
+
+/// Stamps the server-set fields of a new object.
+pub(crate) fn prepare_create<S: Resource>(obj: &Object<S>) -> Object<S> {
+    let mut obj = obj.clone();
+    obj.api_version = shoal_api_types::API_VERSION.to_string();
+    obj.kind = S::KIND.to_string();
+    obj.metadata.uid = uuid::Uuid::new_v4().to_string();
+    obj.metadata.creation_timestamp = Some(Utc::now());
+    obj.metadata.generation = 1;
+    obj.metadata.resource_version = None;
+    obj
+}
+
+/// The stored form: JSON without resourceVersion.
+pub(crate) fn encode<S: Resource>(obj: &Object<S>) -> Vec<u8> {
+    let mut obj = obj.clone();
+    obj.metadata.resource_version = None;
+    serde_json::to_vec(&obj).expect("objects always serialise")
+}
+
+/// Decodes a stored value and sets resourceVersion from the key's mod_revision.
+pub(crate) fn decode<S: Resource>(key: &[u8], value: &[u8], mod_revision: i64) -> Result<Object<S>> {
+    let obj: Object<S> = serde_json::from_slice(value)
+        .map_err(|source| StoreError::Decode { key: String::from_utf8_lossy(key).into_owned(), source })?;
+    Ok(with_revision(obj, mod_revision))
+}
+
+pub(crate) fn with_revision<S: Resource>(mut obj: Object<S>, revision: i64) -> Object<S> {
+    obj.metadata.resource_version = Some(revision.to_string());
+    obj
+}
