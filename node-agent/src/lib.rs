@@ -1,9 +1,12 @@
 //! The Shoal node agent: registers its Node with a lease, watches its own tasks (and the
 //! Endpoints of networks it has tasks on) in etcd, and converges the host to them: containerd
-//! containers (`runtime`), namespaces, veths, bridges and VXLAN links (`net`). It reports task
+//! containers (`runtime`), namespaces, veths, bridges and VXLAN links (`net`), the embedded DNS server at
+//! 127.0.0.11 in each task namespace (`dns`) and nftables VIP load balancing (`lb`). It reports task
 //! status back to etcd. `hollow` is a testing runtime that starts no containers.
 
 pub mod agent;
+pub mod dns;
 pub mod hollow;
+pub mod lb;
 pub mod net;
 pub mod runtime;

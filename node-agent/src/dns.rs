@@ -1,0 +1,1 @@
+//! Embedded DNS for service discovery (being written).

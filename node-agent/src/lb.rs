@@ -1,0 +1,1 @@
+//! nftables VIP load balancing (being written).
