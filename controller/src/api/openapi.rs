@@ -1,0 +1,329 @@
+//! `GET /openapi.json`: an OpenAPI 3.1 document of the API. Schemas come from the types
+//! themselves (schemars, JSON Schema 2020-12 as OpenAPI 3.1 uses it), so the document
+//! cannot drift from what the server reads and writes; paths mirror the router.
+
+use schemars::generate::SchemaSettings;
+use schemars::JsonSchema;
+use serde_json::{json, Map, Value};
+use shoal_api_types::{
+    Endpoints, EndpointsSpec, Network, NetworkSpec, Node, NodeSpec, ObjectList, Service,
+    ServiceSpec, Status, Task, TaskSpec, WatchEvent, API_VERSION,
+};
+
+use super::apply::ApplyResult;
+use super::kinds::{Access, ApiKind};
+use super::watch::WATCH_CONTENT_TYPE;
+
+const REF: &str = "#/components/schemas/";
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut generator = SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.meta_schema = None;
+        })
+        .into_generator();
+    let mut named: Vec<(String, Value)> = Vec::new();
+    let mut add =
+        |name: &str, schema: schemars::Schema| named.push((name.to_string(), schema.to_value()));
+    add("Network", generator.subschema_for::<Network>());
+    add(
+        "NetworkList",
+        generator.subschema_for::<ObjectList<NetworkSpec>>(),
+    );
+    add("Service", generator.subschema_for::<Service>());
+    add(
+        "ServiceList",
+        generator.subschema_for::<ObjectList<ServiceSpec>>(),
+    );
+    add("Node", generator.subschema_for::<Node>());
+    add(
+        "NodeList",
+        generator.subschema_for::<ObjectList<NodeSpec>>(),
+    );
+    add("Task", generator.subschema_for::<Task>());
+    add(
+        "TaskList",
+        generator.subschema_for::<ObjectList<TaskSpec>>(),
+    );
+    add("Endpoints", generator.subschema_for::<Endpoints>());
+    add(
+        "EndpointsList",
+        generator.subschema_for::<ObjectList<EndpointsSpec>>(),
+    );
+    add("Status", generator.subschema_for::<Status>());
+    add("ApplyResult", generator.subschema_for::<ApplyResult>());
+    add("WatchEvent", generator.subschema_for::<WatchEvent<Value>>());
+    let mut schemas = generator.take_definitions(true);
+    // Give generic instances (`Object_for_NetworkSpec`) the names users know (`Network`).
+    let mut renames = Vec::new();
+    for (name, schema) in named {
+        match schema
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix(REF))
+        {
+            Some(generated) if generated != name => {
+                if let Some(s) = schemas.remove(generated) {
+                    schemas.insert(name.clone(), s);
+                }
+                renames.push((format!("{REF}{generated}"), format!("{REF}{name}")));
+            }
+            Some(_) => {}
+            None => {
+                schemas.insert(name, schema);
+            }
+        }
+    }
+    let mut schemas = Value::Object(schemas);
+    rewrite_refs(&mut schemas, &renames);
+
+    let mut paths = Map::new();
+    kind_paths::<NetworkSpec>(&mut paths);
+    kind_paths::<ServiceSpec>(&mut paths);
+    kind_paths::<NodeSpec>(&mut paths);
+    kind_paths::<TaskSpec>(&mut paths);
+    kind_paths::<EndpointsSpec>(&mut paths);
+    paths.insert(
+        "/apis/shoal/v1/apply".into(),
+        json!({"post": {
+            "operationId": "apply",
+            "summary": "Create or update every object of a multi-document YAML or JSON body, all or nothing",
+            "parameters": [dry_run()],
+            "requestBody": manifest_body("One or more Network and Service documents"),
+            "responses": {"200": ok("ApplyResult", "What happened to each object"), "default": error()}
+        }}),
+    );
+    for (path, summary, media) in [
+        (
+            "/healthz",
+            "Liveness: 200 while the process serves",
+            "text/plain",
+        ),
+        (
+            "/readyz",
+            "Readiness: 200 while etcd answers, else 503",
+            "text/plain",
+        ),
+        (
+            "/metrics",
+            "Prometheus metrics",
+            "application/openmetrics-text",
+        ),
+        ("/openapi.json", "This document", "application/json"),
+    ] {
+        paths.insert(
+            path.into(),
+            json!({"get": {"summary": summary, "responses": {"200": {"description": summary, "content": {media: {}}}}}}),
+        );
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Shoal API",
+            "version": API_VERSION,
+            "description": "Docker Swarm networking on a Kubernetes-style control plane. Errors are Status \
+                            objects; lists carry metadata.resourceVersion to watch from."
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "paths": paths,
+        "components": {"schemas": schemas}
+    })
+}
+
+fn rewrite_refs(v: &mut Value, renames: &[(String, String)]) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if k == "$ref" {
+                    if let Some((_, to)) = child
+                        .as_str()
+                        .and_then(|r| renames.iter().find(|(from, _)| from == r))
+                    {
+                        *child = Value::String(to.clone());
+                    }
+                } else {
+                    rewrite_refs(child, renames);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|c| rewrite_refs(c, renames)),
+        _ => {}
+    }
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("{REF}{name}")})
+}
+
+fn ok(schema: &str, description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema_ref(schema)}}})
+}
+
+fn error() -> Value {
+    json!({"description": "An error (400, 404, 405, 409, 410, 413, 415, 422, 503)",
+           "content": {"application/json": {"schema": schema_ref("Status")}}})
+}
+
+fn manifest_body(description: &str) -> Value {
+    json!({"required": true, "description": format!("{description} (at most 1 MiB)"), "content": {
+        "application/yaml": {"schema": {"type": "string"}},
+        "application/json": {"schema": {"type": "object"}}
+    }})
+}
+
+fn query(name: &str, kind: &str, description: &str) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": description, "schema": {"type": kind}})
+}
+
+fn dry_run() -> Value {
+    query("dryRun", "boolean", "Validate and report; write nothing")
+}
+
+fn kind_paths<S: ApiKind + JsonSchema>(paths: &mut Map<String, Value>) {
+    let (kind, plural) = (S::KIND, S::PLURAL);
+    let list = format!("{kind}List");
+    let mut list_params = vec![
+        query(
+            "watch",
+            "boolean",
+            "Stream newline-delimited JSON WatchEvents instead of answering a list",
+        ),
+        query(
+            "resourceVersion",
+            "string",
+            "With watch: only changes after this revision (410 Gone if compacted)",
+        ),
+        query(
+            "bookmarkSeconds",
+            "integer",
+            "With watch: seconds between BOOKMARK events (default 10, 0 = none)",
+        ),
+    ];
+    match plural {
+        "tasks" => {
+            list_params.push(query("service", "string", "Only tasks of this service"));
+            list_params.push(query("node", "string", "Only tasks on this node"));
+        }
+        "endpoints" => {
+            list_params.push(query("service", "string", "Only endpoints of this service"));
+            list_params.push(query("network", "string", "Only endpoints on this network"));
+        }
+        _ => {}
+    }
+    let mut collection = Map::new();
+    collection.insert(
+        "get".into(),
+        json!({
+            "operationId": format!("list{kind}"),
+            "summary": format!("List (or watch) {plural}"),
+            "parameters": list_params,
+            "responses": {
+                "200": {"description": format!("The {plural}, or a watch stream"), "content": {
+                    "application/json": {"schema": schema_ref(&list)},
+                    WATCH_CONTENT_TYPE: {"schema": schema_ref("WatchEvent")}
+                }},
+                "default": error()
+            }
+        }),
+    );
+    if S::ACCESS == Access::User {
+        collection.insert(
+            "post".into(),
+            json!({
+                "operationId": format!("create{kind}"),
+                "summary": format!("Create a {}", kind.to_lowercase()),
+                "parameters": [dry_run()],
+                "requestBody": manifest_body(&format!("One {kind}")),
+                "responses": {"201": ok(kind, "Created"), "default": error()}
+            }),
+        );
+    }
+    paths.insert(
+        format!("/apis/shoal/v1/{plural}"),
+        Value::Object(collection),
+    );
+
+    let name =
+        json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let mut item = Map::new();
+    item.insert(
+        "get".into(),
+        json!({"operationId": format!("read{kind}"), "parameters": [name],
+               "responses": {"200": ok(kind, "The object"), "default": error()}}),
+    );
+    if S::ACCESS != Access::System {
+        item.insert(
+            "put".into(),
+            json!({
+                "operationId": format!("replace{kind}"),
+                "summary": "Replace; metadata.resourceVersion must be the stored one (409 if stale)",
+                "parameters": [name, dry_run()],
+                "requestBody": manifest_body(&format!("The whole {kind}")),
+                "responses": {"200": ok(kind, "Replaced"), "default": error()}
+            }),
+        );
+        item.insert(
+            "delete".into(),
+            json!({
+                "operationId": format!("delete{kind}"),
+                "parameters": [name, dry_run(), query("resourceVersion", "string", "Delete only at this revision")],
+                "responses": {"200": ok(kind, "The deleted object"), "default": error()}
+            }),
+        );
+    }
+    paths.insert(
+        format!("/apis/shoal/v1/{plural}/{{name}}"),
+        Value::Object(item),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_names_every_kind_and_resolves_every_ref() {
+        let doc = document();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for name in [
+            "Network",
+            "NetworkList",
+            "Service",
+            "Node",
+            "Task",
+            "Endpoints",
+            "EndpointsList",
+            "Status",
+            "ApplyResult",
+            "WatchEvent",
+        ] {
+            assert!(
+                schemas.contains_key(name),
+                "{name} missing: {:?}",
+                schemas.keys().collect::<Vec<_>>()
+            );
+        }
+        let text = doc.to_string();
+        for piece in text.split("\"$ref\":\"").skip(1) {
+            let target = piece.split('"').next().unwrap();
+            let name = target
+                .strip_prefix(REF)
+                .unwrap_or_else(|| panic!("odd ref {target}"));
+            assert!(schemas.contains_key(name), "dangling ref {target}");
+        }
+        assert!(doc["paths"]["/apis/shoal/v1/networks/{name}"]["put"].is_object());
+        assert!(doc["paths"]["/apis/shoal/v1/tasks/{name}"]
+            .get("put")
+            .is_none());
+    }
+
+    #[test]
+    fn network_schema_describes_the_spec_fields() {
+        let doc = document();
+        let text = doc["components"]["schemas"].to_string();
+        assert!(text.contains("\"subnet\""), "{text}");
+        assert!(text.contains("\"published\""), "{text}");
+    }
+}
