@@ -1,0 +1,826 @@
+//! The real [`Network`]: netlink through `rtnetlink`, one connection bound to the home netns
+//! for the life of the value, short-lived connections inside task namespaces, and nftables
+//! through `nft -j` run from a thread inside the home netns.
+//!
+//! Idempotence comes from looking before acting: links are found by their derived names,
+//! task ports by their aliases, addresses and entries are added with replace semantics, and
+//! deleting something already gone is not an error.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
+    RouteMessageBuilder,
+};
+
+use super::names::{self, OverlayLink, PortKind, GW_BRIDGE};
+use super::{
+    netns, nft, Attachment, FdbEntry, GatewaySpec, NeighEntry, NetConfig, NetError, Network,
+    Observed, ObservedOverlay, ObservedPort, OverlayInfo, OverlaySpec, PeerEntries, PeerOp,
+    TaskInterface, TaskNetInfo, TaskNetSpec,
+};
+
+const ENOENT: i32 = 2;
+const ENODEV: i32 = 19;
+const EEXIST: i32 = 17;
+const EADDRNOTAVAIL: i32 = 99;
+
+/// Netlink and nftables on this node (see the module docs of `net`).
+pub struct Kernel {
+    config: NetConfig,
+    home: Handle,
+    /// Serialises gateway-address allocation (the free list lives in link aliases).
+    gw_lock: tokio::sync::Mutex<()>,
+}
+
+impl Kernel {
+    /// Open the home netns's netlink connection. Needs a tokio runtime; fails if the home
+    /// namespace cannot be entered.
+    pub async fn connect(config: NetConfig) -> Result<Self, NetError> {
+        if config.prefix.is_empty() || !names::valid_netns_name(&config.prefix) {
+            return Err(NetError::Invalid(format!(
+                "netns prefix {:?} must be non-empty and path-safe",
+                config.prefix
+            )));
+        }
+        let home = netns::netlink(config.home_netns.as_deref()).await?;
+        Ok(Self {
+            config,
+            home,
+            gw_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The configuration this was built with.
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// The path of a task's netns.
+    pub fn task_netns_path(&self, task: &str) -> PathBuf {
+        netns::path(
+            &self.config.netns_dir,
+            &names::task_netns_name(&self.config.prefix, task),
+        )
+    }
+
+    fn home_ns(&self) -> Option<&Path> {
+        self.config.home_netns.as_deref()
+    }
+
+    /// MTU of the interface holding the underlay address.
+    async fn underlay_mtu(&self) -> Result<u32, NetError> {
+        let mut addrs = self
+            .home
+            .address()
+            .get()
+            .set_address_filter(IpAddr::V4(self.config.underlay))
+            .execute();
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(nl("list addresses", self.config.underlay))?
+        {
+            let has = a.attributes.iter().any(|at| {
+                matches!(at, AddressAttribute::Address(ip) | AddressAttribute::Local(ip) if *ip == IpAddr::V4(self.config.underlay))
+            });
+            if has {
+                if let Some(link) = link_by_index(&self.home, a.header.index).await? {
+                    return Ok(link_mtu(&link).unwrap_or(1500));
+                }
+            }
+        }
+        Err(NetError::NoUnderlay(self.config.underlay))
+    }
+
+    async fn vxlan_index(&self, vni: u32) -> Result<u32, NetError> {
+        link_by_name(&self.home, &names::vxlan_name(vni))
+            .await?
+            .map(|l| l.header.index)
+            .ok_or(NetError::OverlayMissing { vni })
+    }
+
+    /// Ports (host-side veths) of ours in the home netns: (link, netns name, kind), plus
+    /// `she…`/`shg…` links without a readable alias.
+    async fn ports(&self) -> Result<(Vec<(LinkMessage, String, PortKind)>, Vec<String>), NetError> {
+        let mut ports = Vec::new();
+        let mut stray = Vec::new();
+        let mut links = self.home.link().get().execute();
+        while let Some(l) = links.try_next().await.map_err(nl("list links", "all"))? {
+            let Some(name) = link_name(&l) else { continue };
+            if !(name.starts_with("she") || name.starts_with("shg")) || name.len() != 14 {
+                continue;
+            }
+            match link_alias(&l).and_then(|a| names::parse_port_alias(&a)) {
+                Some((ns, kind)) => ports.push((l, ns, kind)),
+                None => stray.push(name),
+            }
+        }
+        Ok((ports, stray))
+    }
+
+    /// Create (or repair) one veth between a home bridge and a task netns.
+    #[allow(clippy::too_many_arguments)]
+    async fn ensure_port(
+        &self,
+        task_handle: &Handle,
+        ns_path: &Path,
+        netns_name: &str,
+        kind: PortKind,
+        bridge_index: u32,
+        ifname: &str,
+        address: Ipv4Network,
+        mtu: u32,
+        isolated: bool,
+    ) -> Result<u32, NetError> {
+        let host = names::host_veth_name(netns_name, kind);
+        let alias = names::port_alias(netns_name, kind);
+        let mac = names::mac_for_ip(address.ip());
+        let existing = link_by_name(&self.home, &host).await?;
+        let fresh = match existing {
+            Some(l) if link_alias(&l).as_deref() == Some(alias.as_str()) => {
+                let idx = l.header.index;
+                set_link(
+                    &self.home,
+                    &host,
+                    LinkUnspec::new_with_index(idx)
+                        .controller(bridge_index)
+                        .up()
+                        .build(),
+                )
+                .await?;
+                false
+            }
+            other => {
+                if let Some(l) = other {
+                    del_link(&self.home, &host, l.header.index).await?;
+                }
+                // A peer left in the task netns by an interrupted attach would clash by name.
+                if let Some(old) = link_by_name(task_handle, ifname).await? {
+                    del_link(task_handle, ifname, old.header.index).await?;
+                }
+                let ns_file = std::fs::File::open(ns_path).map_err(|e| NetError::Io {
+                    op: "open namespace",
+                    path: ns_path.to_owned(),
+                    source: e,
+                })?;
+                use std::os::fd::AsRawFd;
+                let peer = LinkMessageBuilder::<LinkUnspec>::new()
+                    .name(ifname)
+                    .address(mac.to_vec())
+                    .mtu(mtu)
+                    .setns_by_fd(ns_file.as_raw_fd())
+                    .build();
+                let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                    .name(host.clone())
+                    .mtu(mtu)
+                    .controller(bridge_index)
+                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                    .build();
+                self.home
+                    .link()
+                    .add(msg)
+                    .execute()
+                    .await
+                    .map_err(nl("create veth", &host))?;
+                drop(ns_file);
+                let idx = link_by_name(&self.home, &host)
+                    .await?
+                    .ok_or_else(|| {
+                        NetError::Invalid(format!("veth {host} vanished after creation"))
+                    })?
+                    .header
+                    .index;
+                set_link(
+                    &self.home,
+                    &host,
+                    LinkUnspec::new_with_index(idx).alias(alias).up().build(),
+                )
+                .await?;
+                true
+            }
+        };
+        if isolated {
+            let idx = link_by_name(&self.home, &host)
+                .await?
+                .map(|l| l.header.index)
+                .unwrap_or_default();
+            self.home
+                .link()
+                .set_port(LinkBridgePort::new(idx).isolated(true).build())
+                .execute()
+                .await
+                .map_err(nl("isolate bridge port", &host))?;
+        }
+        // Task side: always re-applied, each step idempotent.
+        let inner = link_by_name(task_handle, ifname).await?.ok_or_else(|| {
+            NetError::Invalid(format!(
+                "{ifname} missing in {netns_name} although {host} exists"
+            ))
+        })?;
+        let idx = inner.header.index;
+        if !fresh && link_mtu(&inner) != Some(mtu) {
+            set_link(
+                task_handle,
+                ifname,
+                LinkUnspec::new_with_index(idx).mtu(mtu).build(),
+            )
+            .await?;
+        }
+        set_link(
+            task_handle,
+            ifname,
+            LinkUnspec::new_with_index(idx).up().build(),
+        )
+        .await?;
+        add_address(task_handle, idx, address, ifname).await?;
+        Ok(idx)
+    }
+
+    /// The gateway bridge's index and subnet (from its address), if it exists.
+    async fn gateway(&self) -> Result<Option<(u32, u32, Ipv4Network)>, NetError> {
+        let Some(link) = link_by_name(&self.home, GW_BRIDGE).await? else {
+            return Ok(None);
+        };
+        let idx = link.header.index;
+        let mut addrs = self
+            .home
+            .address()
+            .get()
+            .set_link_index_filter(idx)
+            .execute();
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(nl("list addresses", GW_BRIDGE))?
+        {
+            for at in &a.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = at {
+                    let net = Ipv4Network::new(*ip, a.header.prefix_len)
+                        .map_err(|e| NetError::Invalid(format!("{GW_BRIDGE} address: {e}")))?;
+                    let net = Ipv4Network::new(net.network(), net.prefix())
+                        .expect("prefix already valid");
+                    return Ok(Some((idx, link_mtu(&link).unwrap_or(1500), net)));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl Network for Kernel {
+    async fn ensure_overlay(&self, spec: &OverlaySpec) -> Result<OverlayInfo, NetError> {
+        if spec.vni == 0 || spec.vni > names::VNI_MAX {
+            return Err(NetError::Invalid(format!(
+                "VNI {} is outside 1..={}",
+                spec.vni,
+                names::VNI_MAX
+            )));
+        }
+        let mtu = match spec.mtu {
+            Some(m) => m,
+            None => names::overlay_mtu(None, self.underlay_mtu().await?),
+        };
+        let (br, vx) = (names::bridge_name(spec.vni), names::vxlan_name(spec.vni));
+        let br_index = match link_by_name(&self.home, &br).await? {
+            Some(l) => {
+                set_link(
+                    &self.home,
+                    &br,
+                    LinkUnspec::new_with_index(l.header.index)
+                        .mtu(mtu)
+                        .up()
+                        .build(),
+                )
+                .await?;
+                l.header.index
+            }
+            None => {
+                let msg = LinkBridge::new(&br).mtu(mtu).build();
+                add_link_tolerant(&self.home, &br, msg).await?;
+                link_by_name(&self.home, &br)
+                    .await?
+                    .ok_or_else(|| {
+                        NetError::Invalid(format!("bridge {br} vanished after creation"))
+                    })?
+                    .header
+                    .index
+            }
+        };
+        match link_by_name(&self.home, &vx).await? {
+            Some(l) => {
+                let fix = LinkUnspec::new_with_index(l.header.index)
+                    .controller(br_index)
+                    .mtu(mtu)
+                    .up()
+                    .build();
+                set_link(&self.home, &vx, fix).await?;
+            }
+            None => {
+                let msg = LinkVxlan::new(&vx, spec.vni)
+                    .local(self.config.underlay)
+                    .port(names::VXLAN_PORT)
+                    .learning(false)
+                    .proxy(true)
+                    .mtu(mtu)
+                    .controller(br_index)
+                    .up()
+                    .build();
+                add_link_tolerant(&self.home, &vx, msg).await?;
+            }
+        }
+        Ok(OverlayInfo {
+            bridge: br,
+            vxlan: vx,
+            mtu,
+        })
+    }
+
+    async fn remove_overlay(&self, vni: u32) -> Result<(), NetError> {
+        for name in [names::vxlan_name(vni), names::bridge_name(vni)] {
+            if let Some(l) = link_by_name(&self.home, &name).await? {
+                del_link(&self.home, &name, l.header.index).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn ensure_gateway(&self, spec: &GatewaySpec) -> Result<(), NetError> {
+        if spec.subnet.prefix() > 30 {
+            return Err(NetError::Invalid(format!(
+                "gateway subnet {} is too small",
+                spec.subnet
+            )));
+        }
+        let subnet =
+            Ipv4Network::new(spec.subnet.network(), spec.subnet.prefix()).expect("valid prefix");
+        let mtu = match spec.mtu {
+            Some(m) => m,
+            None => self.underlay_mtu().await?,
+        };
+        let idx = match link_by_name(&self.home, GW_BRIDGE).await? {
+            Some(l) => l.header.index,
+            None => {
+                add_link_tolerant(
+                    &self.home,
+                    GW_BRIDGE,
+                    LinkBridge::new(GW_BRIDGE).mtu(mtu).build(),
+                )
+                .await?;
+                link_by_name(&self.home, GW_BRIDGE)
+                    .await?
+                    .ok_or_else(|| {
+                        NetError::Invalid(format!("{GW_BRIDGE} vanished after creation"))
+                    })?
+                    .header
+                    .index
+            }
+        };
+        let gw = Ipv4Network::new(names::gateway_address(subnet), subnet.prefix())
+            .expect("valid prefix");
+        add_address(&self.home, idx, gw, GW_BRIDGE).await?;
+        set_link(
+            &self.home,
+            GW_BRIDGE,
+            LinkUnspec::new_with_index(idx).up().build(),
+        )
+        .await?;
+        netns::write_sysctl(self.home_ns(), "net.ipv4.ip_forward", "1").await?;
+        let doc = nft::egress_ruleset(subnet)?;
+        netns::run_in(self.home_ns(), move || nft::apply(&doc)).await??;
+        Ok(())
+    }
+
+    async fn remove_gateway(&self) -> Result<(), NetError> {
+        netns::run_in(self.home_ns(), move || nft::apply(&nft::delete_ruleset())).await??;
+        if let Some(l) = link_by_name(&self.home, GW_BRIDGE).await? {
+            del_link(&self.home, GW_BRIDGE, l.header.index).await?;
+        }
+        Ok(())
+    }
+
+    async fn attach_task(&self, spec: &TaskNetSpec) -> Result<TaskNetInfo, NetError> {
+        let netns_name = names::task_netns_name(&self.config.prefix, &spec.task);
+        if !names::valid_netns_name(&spec.task) || !names::valid_netns_name(&netns_name) {
+            return Err(NetError::Invalid(format!(
+                "task key {:?} is not a usable netns name",
+                spec.task
+            )));
+        }
+        // Check prerequisites before making anything.
+        let mut bridges = Vec::new();
+        for Attachment { vni, address } in &spec.attachments {
+            let br = link_by_name(&self.home, &names::bridge_name(*vni))
+                .await?
+                .ok_or(NetError::OverlayMissing { vni: *vni })?;
+            if link_by_name(&self.home, &names::vxlan_name(*vni))
+                .await?
+                .is_none()
+            {
+                return Err(NetError::OverlayMissing { vni: *vni });
+            }
+            bridges.push((
+                br.header.index,
+                link_mtu(&br).unwrap_or(1450),
+                *vni,
+                *address,
+            ));
+        }
+        let gateway = if spec.egress {
+            Some(self.gateway().await?.ok_or(NetError::GatewayMissing)?)
+        } else {
+            None
+        };
+
+        let path = netns::create(&self.config.netns_dir, &netns_name)?;
+        let task_handle = netns::netlink(Some(&path)).await?;
+        if let Some(lo) = link_by_name(&task_handle, "lo").await? {
+            set_link(
+                &task_handle,
+                "lo",
+                LinkUnspec::new_with_index(lo.header.index).up().build(),
+            )
+            .await?;
+        }
+        let mut interfaces = Vec::new();
+        for (i, (br_index, mtu, vni, address)) in bridges.into_iter().enumerate() {
+            let ifname = names::task_ifname(i);
+            let kind = PortKind::Overlay(vni);
+            self.ensure_port(
+                &task_handle,
+                &path,
+                &netns_name,
+                kind,
+                br_index,
+                &ifname,
+                address,
+                mtu,
+                false,
+            )
+            .await?;
+            interfaces.push(TaskInterface {
+                name: ifname,
+                kind,
+                address,
+                mac: names::format_mac(&names::mac_for_ip(address.ip())),
+                mtu,
+            });
+        }
+        if let Some((gw_index, gw_mtu, subnet)) = gateway {
+            let _guard = self.gw_lock.lock().await;
+            let (ports, _) = self.ports().await?;
+            let mine = ports.iter().find_map(|(_, ns, k)| match k {
+                PortKind::Gateway(ip) if *ns == netns_name && subnet.contains(*ip) => Some(*ip),
+                _ => None,
+            });
+            let ip = match mine {
+                Some(ip) => ip,
+                None => {
+                    let used: BTreeSet<Ipv4Addr> = ports
+                        .iter()
+                        .filter_map(|(_, _, k)| match k {
+                            PortKind::Gateway(ip) => Some(*ip),
+                            _ => None,
+                        })
+                        .collect();
+                    names::next_gateway_ip(subnet, &used)
+                        .ok_or(NetError::GatewayExhausted(subnet))?
+                }
+            };
+            let ifname = names::task_ifname(interfaces.len());
+            let kind = PortKind::Gateway(ip);
+            let address = Ipv4Network::new(ip, subnet.prefix()).expect("valid prefix");
+            let idx = self
+                .ensure_port(
+                    &task_handle,
+                    &path,
+                    &netns_name,
+                    kind,
+                    gw_index,
+                    &ifname,
+                    address,
+                    gw_mtu,
+                    true,
+                )
+                .await?;
+            let route = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(names::gateway_address(subnet))
+                .output_interface(idx)
+                .build();
+            task_handle
+                .route()
+                .add(route)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl("add default route", &netns_name))?;
+            interfaces.push(TaskInterface {
+                name: ifname,
+                kind,
+                address,
+                mac: names::format_mac(&names::mac_for_ip(ip)),
+                mtu: gw_mtu,
+            });
+        }
+        Ok(TaskNetInfo {
+            netns: netns_name,
+            path,
+            interfaces,
+        })
+    }
+
+    async fn detach_task(&self, task: &str) -> Result<(), NetError> {
+        let netns_name = names::task_netns_name(&self.config.prefix, task);
+        let (ports, _) = self.ports().await?;
+        for (l, ns, _) in ports {
+            if ns == netns_name {
+                let name = link_name(&l).unwrap_or_default();
+                del_link(&self.home, &name, l.header.index).await?;
+            }
+        }
+        netns::delete(&self.config.netns_dir, &netns_name)
+    }
+
+    async fn list_peer_entries(&self, vni: u32) -> Result<PeerEntries, NetError> {
+        let vx = self.vxlan_index(vni).await?;
+        let mut out = PeerEntries::default();
+        let mut fdb = self
+            .home
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute();
+        while let Some(m) = fdb
+            .try_next()
+            .await
+            .map_err(nl("list fdb", names::vxlan_name(vni)))?
+        {
+            if m.header.ifindex != vx || !m.header.flags.contains(NeighbourFlags::Own) {
+                continue;
+            }
+            if let (Some(mac), Some(IpAddr::V4(node))) = (neigh_mac(&m), neigh_dst(&m)) {
+                let unicast = mac[0] & 1 == 0 && mac != [0; 6];
+                if unicast {
+                    out.fdb.insert(FdbEntry { mac, node });
+                }
+            }
+        }
+        let mut neigh = self
+            .home
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute();
+        while let Some(m) = neigh
+            .try_next()
+            .await
+            .map_err(nl("list neighbours", names::vxlan_name(vni)))?
+        {
+            if m.header.ifindex != vx {
+                continue;
+            }
+            if let (Some(mac), Some(IpAddr::V4(ip))) = (neigh_mac(&m), neigh_dst(&m)) {
+                out.neigh.insert(NeighEntry { ip, mac });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply_peer_op(&self, vni: u32, op: &PeerOp) -> Result<(), NetError> {
+        let vx = self.vxlan_index(vni).await?;
+        let n = self.home.neighbours();
+        match *op {
+            PeerOp::AddFdb(e) => n
+                .add_bridge(vx, &e.mac)
+                .flags(NeighbourFlags::Own)
+                .destination(IpAddr::V4(e.node))
+                .replace()
+                .execute()
+                .await
+                .map_err(nl("add fdb", fdb_desc(vni, &e))),
+            PeerOp::AddNeigh(e) => n
+                .add(vx, IpAddr::V4(e.ip))
+                .link_layer_address(&e.mac)
+                .replace()
+                .execute()
+                .await
+                .map_err(nl(
+                    "add neighbour",
+                    format!("{} on {}", e.ip, names::vxlan_name(vni)),
+                )),
+            PeerOp::DelFdb(e) => {
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Bridge;
+                m.header.ifindex = vx;
+                m.header.flags = NeighbourFlags::Own;
+                m.header.state = NeighbourState::Permanent;
+                m.attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(e.mac.to_vec()));
+                m.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                        e.node,
+                    )));
+                ignore_missing(n.del(m).execute().await)
+                    .map_err(nl("delete fdb", fdb_desc(vni, &e)))
+            }
+            PeerOp::DelNeigh(e) => {
+                let mut m = NeighbourMessage::default();
+                m.header.family = AddressFamily::Inet;
+                m.header.ifindex = vx;
+                m.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                        e.ip,
+                    )));
+                ignore_missing(n.del(m).execute().await).map_err(nl(
+                    "delete neighbour",
+                    format!("{} on {}", e.ip, names::vxlan_name(vni)),
+                ))
+            }
+        }
+    }
+
+    async fn observe(&self) -> Result<Observed, NetError> {
+        let mut out = Observed::default();
+        let mut links = self.home.link().get().execute();
+        while let Some(l) = links.try_next().await.map_err(nl("list links", "all"))? {
+            let Some(name) = link_name(&l) else { continue };
+            if name == GW_BRIDGE {
+                out.gateway = true;
+            } else if let Some((kind, vni)) = names::parse_overlay_link(&name) {
+                let o = out
+                    .overlays
+                    .entry(vni)
+                    .or_insert_with(ObservedOverlay::default);
+                match kind {
+                    OverlayLink::Bridge => o.bridge = true,
+                    OverlayLink::Vxlan => o.vxlan = true,
+                }
+            }
+        }
+        let (ports, stray) = self.ports().await?;
+        for (l, ns, kind) in ports {
+            if let Some(task) = ns.strip_prefix(&self.config.prefix) {
+                out.task_ports
+                    .entry(task.to_string())
+                    .or_default()
+                    .push(ObservedPort {
+                        link: link_name(&l).unwrap_or_default(),
+                        kind,
+                    });
+            }
+        }
+        out.stray_links = stray;
+        for name in netns::list(&self.config.netns_dir, &self.config.prefix)? {
+            out.task_netns
+                .insert(name[self.config.prefix.len()..].to_string());
+        }
+        Ok(out)
+    }
+
+    async fn remove_stray_link(&self, link: &str) -> Result<(), NetError> {
+        if !(link.starts_with("she") || link.starts_with("shg")) || link.len() != 14 {
+            return Err(NetError::Invalid(format!(
+                "{link} is not a task port of ours"
+            )));
+        }
+        if let Some(l) = link_by_name(&self.home, link).await? {
+            del_link(&self.home, link, l.header.index).await?;
+        }
+        Ok(())
+    }
+}
+
+fn nl(op: &'static str, object: impl ToString) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let object = object.to_string();
+    move |source| NetError::Netlink { op, object, source }
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn ignore_missing(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
+    match r {
+        Err(e) if matches!(errno(&e), Some(ENOENT | ENODEV | EADDRNOTAVAIL)) => Ok(()),
+        other => other,
+    }
+}
+
+fn fdb_desc(vni: u32, e: &FdbEntry) -> String {
+    format!(
+        "{} dst {} on {}",
+        names::format_mac(&e.mac),
+        e.node,
+        names::vxlan_name(vni)
+    )
+}
+
+async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NetError> {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(l) => Ok(l),
+        Err(e) if matches!(errno(&e), Some(ENODEV | ENOENT)) => Ok(None),
+        Err(e) => Err(nl("get link", name)(e)),
+    }
+}
+
+async fn link_by_index(h: &Handle, index: u32) -> Result<Option<LinkMessage>, NetError> {
+    match h.link().get().match_index(index).execute().try_next().await {
+        Ok(l) => Ok(l),
+        Err(e) if matches!(errno(&e), Some(ENODEV | ENOENT)) => Ok(None),
+        Err(e) => Err(nl("get link", index)(e)),
+    }
+}
+
+async fn set_link(h: &Handle, name: &str, msg: LinkMessage) -> Result<(), NetError> {
+    h.link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(nl("set link", name))
+}
+
+async fn del_link(h: &Handle, name: &str, index: u32) -> Result<(), NetError> {
+    ignore_missing(h.link().del(index).execute().await).map_err(nl("delete link", name))
+}
+
+async fn add_link_tolerant(h: &Handle, name: &str, msg: LinkMessage) -> Result<(), NetError> {
+    match h.link().add(msg).execute().await {
+        Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+        r => r.map_err(nl("create link", name)),
+    }
+}
+
+async fn add_address(
+    h: &Handle,
+    index: u32,
+    addr: Ipv4Network,
+    name: &str,
+) -> Result<(), NetError> {
+    match h
+        .address()
+        .add(index, IpAddr::V4(addr.ip()), addr.prefix())
+        .execute()
+        .await
+    {
+        Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+        r => r.map_err(nl("add address", format!("{addr} on {name}"))),
+    }
+}
+
+fn link_name(l: &LinkMessage) -> Option<String> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+fn link_alias(l: &LinkMessage) -> Option<String> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+fn link_mtu(l: &LinkMessage) -> Option<u32> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+}
+
+fn neigh_mac(m: &NeighbourMessage) -> Option<[u8; 6]> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),
+        _ => None,
+    })
+}
+
+fn neigh_dst(m: &NeighbourMessage) -> Option<IpAddr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        _ => None,
+    })
+}

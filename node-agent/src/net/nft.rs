@@ -1,0 +1,93 @@
+//! The egress ruleset: `table ip shoal_gw` in the home netns, replaced atomically in one nft
+//! transaction (add table, flush it, add chains and rules), through the `nftables` crate's
+//! JSON API. The document is built as JSON and checked against the crate's schema types.
+//!
+//! ```text
+//! table ip shoal_gw {
+//!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+//!     ip saddr 172.18.0.0/16 oifname != "shoal_gwbridge" masquerade }
+//!   chain forward { type filter hook forward priority filter; policy accept;
+//!     oifname "shoal_gwbridge" ct state established,related accept
+//!     oifname "shoal_gwbridge" drop }
+//! }
+//! ```
+
+use ipnetwork::Ipv4Network;
+use nftables::schema::Nftables;
+use serde_json::json;
+
+use super::names::{GW_BRIDGE, NFT_TABLE};
+use super::NetError;
+
+/// The whole egress table for a gateway subnet, as one transaction.
+pub fn egress_ruleset(subnet: Ipv4Network) -> Result<Nftables<'static>, NetError> {
+    let table = json!({"family": "ip", "name": NFT_TABLE});
+    let rule = |chain: &str, expr: serde_json::Value| json!({"add": {"rule": {"family": "ip", "table": NFT_TABLE, "chain": chain, "expr": expr}}});
+    let oif_gw = |op: &str| json!({"match": {"op": op, "left": {"meta": {"key": "oifname"}}, "right": GW_BRIDGE}});
+    let doc = json!({"nftables": [
+        {"add": {"table": table}},
+        {"flush": {"table": table}},
+        {"add": {"chain": {"family": "ip", "table": NFT_TABLE, "name": "postrouting",
+            "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}},
+        {"add": {"chain": {"family": "ip", "table": NFT_TABLE, "name": "forward",
+            "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}},
+        rule("postrouting", json!([
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                "right": {"prefix": {"addr": subnet.network().to_string(), "len": subnet.prefix()}}}},
+            oif_gw("!="),
+            {"masquerade": null}
+        ])),
+        rule("forward", json!([
+            oif_gw("=="),
+            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+            {"accept": null}
+        ])),
+        rule("forward", json!([oif_gw("=="), {"drop": null}])),
+    ]});
+    serde_json::from_value(doc)
+        .map_err(|e| NetError::Nft(format!("building the egress ruleset: {e}")))
+}
+
+/// Deleting the table, tolerating its absence (add-then-delete in one transaction).
+pub fn delete_ruleset() -> Nftables<'static> {
+    let table = json!({"family": "ip", "name": NFT_TABLE});
+    serde_json::from_value(
+        json!({"nftables": [{"add": {"table": table}}, {"delete": {"table": table}}]}),
+    )
+    .expect("static document matches the schema")
+}
+
+/// Run `nft -j -f -` with `doc` (in the calling thread's namespace).
+pub fn apply(doc: &Nftables<'_>) -> Result<(), NetError> {
+    nftables::helper::apply_ruleset(doc).map_err(|e| NetError::Nft(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn egress_ruleset_is_one_transaction_that_replaces_the_table() {
+        let doc = egress_ruleset("172.18.0.0/16".parse().unwrap()).unwrap();
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(
+            text.contains(r#""flush":{"table":{"family":"ip","name":"shoal_gw"}}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""prefix":{"addr":"172.18.0.0","len":16}"#),
+            "{text}"
+        );
+        assert!(text.contains("masquerade"), "{text}");
+        assert_eq!(doc.objects.len(), 7);
+    }
+
+    #[test]
+    fn delete_ruleset_tolerates_a_missing_table() {
+        let text = serde_json::to_string(&delete_ruleset()).unwrap();
+        assert!(
+            text.starts_with(r#"{"nftables":[{"add":{"table""#),
+            "{text}"
+        );
+    }
+}
