@@ -1,1 +1,77 @@
-//! The shoal CLI library (being written).
+//! The `shoal` command: Docker-like (`network`, `service`, `node`) and kubectl-like
+//! (`apply`, `get`, `delete`, `watch`) access to a Shoal cluster. It speaks only HTTP to the
+//! API (`/apis/shoal/v1/...`) and shares nothing with the controller but the object types of
+//! `shoal-api-types`.
+//!
+//! Layout: [`args`] defines the command line; [`context`] finds the server; [`client`] is
+//! the HTTP client; [`flags`] turns Docker-style flags into objects; [`format`] prints
+//! tables and ages; [`progress`] waits for services to converge; [`cmd`] runs commands.
+//!
+//! Exit status: 0 on success, 1 when anything failed (the reason on stderr), 2 for bad
+//! usage (from clap).
+
+pub mod args;
+pub mod client;
+pub mod cmd;
+pub mod context;
+pub mod flags;
+pub mod format;
+pub mod kinds;
+pub mod progress;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+pub use args::Cli;
+use args::Command;
+use client::Client;
+
+/// An error whose message was already printed (commands that go on after a failure, like
+/// `rm a b c`, report each failure as it happens and end with this).
+#[derive(Debug, thiserror::Error)]
+#[error("errors were reported above")]
+pub struct Reported;
+
+/// Prints an error on stderr as `Error: ...`.
+pub fn report(err: &anyhow::Error) {
+    eprintln!("Error: {err:#}");
+}
+
+/// Runs one command line.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    let server = context::server_from_env(cli.server.as_deref())?;
+    let client = Client::new(&server)?;
+    let tty = std::io::stdout().is_terminal();
+    match &cli.command {
+        Command::Apply(a) => cmd::apply::run(&client, a, out, tty).await,
+        Command::Get(a) => cmd::resources::get(&client, a, out).await,
+        Command::Delete(a) => cmd::resources::delete(&client, a, out).await,
+        Command::Watch(a) => cmd::resources::watch(&client, a, out).await,
+        Command::Network(c) => cmd::network::run(&client, c, out).await,
+        Command::Service(c) => cmd::service::run(&client, c, out, tty).await,
+        Command::Node(c) => cmd::node::run(&client, c, out).await,
+    }
+}
+
+/// Runs one command line writing to stdout, prints any error, and gives the exit status.
+pub async fn main(cli: Cli) -> ExitCode {
+    let mut out = std::io::stdout();
+    let result = run(cli, &mut out).await;
+    let _ = out.flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Reported>() => ExitCode::FAILURE,
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report(&e);
+            ExitCode::FAILURE
+        }
+    }
+}

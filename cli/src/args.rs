@@ -1,0 +1,537 @@
+//! The command line, as clap types. Parsing only: turning flags into objects lives in
+//! [`crate::flags`], running commands in [`crate::cmd`].
+//!
+//! Adding a command group (such as `shoal dev`) is one variant of [`Command`] plus one arm in
+//! [`crate::run`].
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::kinds::Kind;
+
+/// `shoal`: run services on overlay networks across hosts.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Where the API is (e.g. http://127.0.0.1:7777). Default: $SHOAL_SERVER, then the
+    /// context file ($SHOAL_CONFIG or ~/.config/shoal/context.json), then
+    /// http://127.0.0.1:7777.
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every top-level command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update objects from manifests (kubectl-style).
+    Apply(ApplyArgs),
+    /// List objects of a kind, or show one.
+    Get(GetArgs),
+    /// Delete objects by kind and name, or those named in manifests.
+    Delete(DeleteArgs),
+    /// Print changes to objects of a kind as they happen.
+    Watch(WatchArgs),
+    /// Manage networks (Docker-style).
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Manage services (Docker-style).
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Manage nodes (Docker-style).
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+/// How to print objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OutputFormat {
+    /// Columns for people.
+    #[default]
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// How inspect commands print (JSON by default, as Docker does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum InspectFormat {
+    /// JSON.
+    #[default]
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// How `watch` prints events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum WatchFormat {
+    /// `ADDED service/api` lines.
+    #[default]
+    Table,
+    /// One JSON event per line, as the server sends them.
+    Json,
+}
+
+/// Flags for waiting until services converge.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Return at once instead of waiting for tasks to run.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// How long to wait for tasks to run before failing (e.g. 120s, 5m, 1m30s).
+    #[arg(long, default_value = "120s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+/// `shoal apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A manifest file, a directory (every *.yaml, *.yml and *.json in it, sorted), or - for
+    /// stdin. May be repeated; everything is sent as one all-or-nothing request.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        required = true,
+        value_name = "FILE|DIR|-"
+    )]
+    pub files: Vec<String>,
+    /// Validate and report what would change, without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub wait: WaitArgs,
+}
+
+/// `shoal get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// networks (net), services (svc), nodes, tasks or endpoints (ep); `kind/name` works too.
+    pub kind: String,
+    /// One object's name.
+    pub name: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+/// `shoal delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The kind (and names after it), or `kind/name`.
+    #[arg(required_unless_present = "files", conflicts_with = "files")]
+    pub kind: Option<String>,
+    /// Names to delete.
+    pub names: Vec<String>,
+    /// Delete the objects these manifests name (a file, a directory or -).
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-")]
+    pub files: Vec<String>,
+}
+
+/// `shoal watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The kind to watch.
+    pub kind: String,
+    /// Start after this revision (replaying what changed since); without it, the current
+    /// objects come first as ADDED events.
+    #[arg(long, value_name = "N")]
+    pub resource_version: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: WatchFormat,
+}
+
+/// `shoal network ...`.
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create an overlay network.
+    Create(NetworkCreateArgs),
+    /// List networks.
+    #[command(visible_alias = "list")]
+    Ls(ListArgs),
+    /// Show networks in detail, with the services and tasks on them.
+    Inspect(InspectArgs),
+    /// Remove networks.
+    #[command(visible_alias = "remove")]
+    Rm(NamesArgs),
+}
+
+/// `shoal network create`.
+#[derive(Debug, Args)]
+pub struct NetworkCreateArgs {
+    /// Driver (only overlay exists).
+    #[arg(short, long, default_value = "overlay")]
+    pub driver: String,
+    /// Subnet in CIDR form; allocated from the default pool when not given.
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: Option<String>,
+    /// Gateway address (needs --subnet).
+    #[arg(long, value_name = "IP")]
+    pub gateway: Option<String>,
+    /// Allow standalone containers to attach.
+    #[arg(long)]
+    pub attachable: bool,
+    /// No access to outside networks.
+    #[arg(long)]
+    pub internal: bool,
+    /// MTU of the overlay (default: underlay MTU - 50).
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// A label (key=value); may be repeated.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// The network's name.
+    pub name: String,
+}
+
+/// Flags of `ls` commands.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// Only print names.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Flags of `inspect` commands.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: InspectFormat,
+    /// Names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// Commands that take names only.
+#[derive(Debug, Args)]
+pub struct NamesArgs {
+    /// Names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// `shoal service ...`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service and wait until its tasks run.
+    Create(ServiceCreateArgs),
+    /// List services.
+    #[command(visible_alias = "list")]
+    Ls(ListArgs),
+    /// Show services in detail (including their virtual IPs).
+    Inspect(InspectArgs),
+    /// List the tasks of a service.
+    Ps(ServicePsArgs),
+    /// Set the number of replicas (`api=3 web=5`) and wait until they run.
+    Scale(ServiceScaleArgs),
+    /// Remove services.
+    #[command(visible_alias = "remove")]
+    Rm(NamesArgs),
+    /// Fetch a service's logs (not available yet).
+    Logs(ServiceLogsArgs),
+}
+
+/// Service modes as flags spell them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeFlag {
+    /// `--replicas` tasks.
+    Replicated,
+    /// One task per eligible node.
+    Global,
+}
+
+/// Endpoint modes as flags spell them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EndpointModeFlag {
+    /// One virtual IP per network.
+    Vip,
+    /// DNS round robin over task IPs.
+    Dnsrr,
+}
+
+/// Restart conditions as flags spell them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartConditionFlag {
+    /// Always replace a task that ended.
+    Any,
+    /// Only when it failed.
+    OnFailure,
+    /// Never.
+    None,
+}
+
+/// `shoal service create`.
+///
+/// As in Docker, the words after IMAGE replace the image's CMD (they become `spec.args`);
+/// `--entrypoint` replaces its ENTRYPOINT (`spec.command`).
+#[derive(Debug, Args)]
+pub struct ServiceCreateArgs {
+    /// The service's name (a DNS label).
+    #[arg(long)]
+    pub name: String,
+    /// replicated (default) or global.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeFlag>,
+    /// Number of tasks (replicated mode; default 1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub replicas: Option<i64>,
+    /// A network to attach to: NAME or name=NAME,alias=ALIAS...; may be repeated.
+    #[arg(long = "network", value_name = "NETWORK")]
+    pub networks: Vec<String>,
+    /// Publish a port: PUBLISHED:TARGET[/udp] or
+    /// published=P,target=T[,protocol=tcp|udp][,mode=ingress|host]; may be repeated.
+    #[arg(short = 'p', long = "publish", value_name = "PORT")]
+    pub publish: Vec<String>,
+    /// vip (default) or dnsrr.
+    #[arg(long, value_enum)]
+    pub endpoint_mode: Option<EndpointModeFlag>,
+    /// A placement constraint (node.labels.K==V, node.name!=N); may be repeated.
+    #[arg(long = "constraint", value_name = "EXPR")]
+    pub constraints: Vec<String>,
+    /// An environment variable (K=V, or K to copy it from here); may be repeated.
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// A service label (key=value); may be repeated.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// When to replace a task that ended: any (default), on-failure, none.
+    #[arg(long, value_enum)]
+    pub restart_condition: Option<RestartConditionFlag>,
+    /// Delay before a replacement starts (e.g. 5s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub restart_delay: Option<Duration>,
+    /// Give up on a slot after this many restarts.
+    #[arg(long, value_name = "N")]
+    pub restart_max_attempts: Option<u32>,
+    /// Time between SIGTERM and SIGKILL when a task stops (e.g. 10s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub stop_grace_period: Option<Duration>,
+    /// Health check command, run with `sh -c`.
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub health_interval: Option<Duration>,
+    /// Time a health check may take.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub health_timeout: Option<Duration>,
+    /// Failures in a row before a task is unhealthy.
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<u32>,
+    /// Time after start during which failed checks do not count.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub health_start_period: Option<Duration>,
+    /// Replace the image's ENTRYPOINT (split on spaces).
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub wait: WaitArgs,
+    /// The image.
+    pub image: String,
+    /// Command and arguments (replace the image's CMD).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARG"
+    )]
+    pub args: Vec<String>,
+}
+
+/// `shoal service ps`.
+#[derive(Debug, Args)]
+pub struct ServicePsArgs {
+    /// The service.
+    pub name: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// Print full task ids.
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+/// `shoal service scale`.
+#[derive(Debug, Args)]
+pub struct ServiceScaleArgs {
+    /// SERVICE=REPLICAS pairs.
+    #[arg(required = true, value_name = "SERVICE=REPLICAS")]
+    pub targets: Vec<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub wait: WaitArgs,
+}
+
+/// `shoal service logs`.
+#[derive(Debug, Args)]
+pub struct ServiceLogsArgs {
+    /// The service.
+    pub name: String,
+    /// Follow the output.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+/// `shoal node ...`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    #[command(visible_alias = "list")]
+    Ls(ListArgs),
+    /// Show nodes in detail.
+    Inspect(InspectArgs),
+    /// Change a node's labels or availability.
+    Update(NodeUpdateArgs),
+}
+
+/// Node availability as flags spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AvailabilityFlag {
+    /// Takes new tasks.
+    Active,
+    /// Takes no new tasks.
+    Pause,
+    /// Runs no tasks.
+    Drain,
+}
+
+/// `shoal node update`.
+#[derive(Debug, Args)]
+pub struct NodeUpdateArgs {
+    /// Add or change a label (key=value); may be repeated.
+    #[arg(long = "label-add", value_name = "KEY=VALUE")]
+    pub label_add: Vec<String>,
+    /// Remove a label; may be repeated.
+    #[arg(long = "label-rm", value_name = "KEY")]
+    pub label_rm: Vec<String>,
+    /// active, pause or drain.
+    #[arg(long, value_enum)]
+    pub availability: Option<AvailabilityFlag>,
+    /// The node.
+    pub name: String,
+}
+
+/// Parses `120s`, `5m`, `1m30s`, `500ms`, `2h` or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration (use e.g. 30s, 5m, 1m30s, 500ms)");
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(bad()),
+        };
+        total += unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// The kind argument of `get`, `delete` and `watch`, split from an optional `/name`.
+pub fn parse_kind_ref(s: &str) -> Result<(Kind, Option<String>), String> {
+    match s.split_once('/') {
+        Some((kind, name)) if !name.is_empty() => Ok((kind.parse()?, Some(name.to_string()))),
+        Some((kind, _)) => Ok((kind.parse()?, None)),
+        None => Ok((s.parse()?, None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_units_and_plain_seconds() {
+        assert_eq!(parse_duration("120s").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        for bad in ["", "s", "5x", "1.5s", "-3s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cli_parses_service_create_with_trailing_command() {
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "service",
+            "create",
+            "--name",
+            "api",
+            "-p",
+            "8080:80",
+            "--replicas",
+            "3",
+            "busybox",
+            "sleep",
+            "-n",
+            "1000",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Service(ServiceCommand::Create(a)) => {
+                assert_eq!(a.image, "busybox");
+                assert_eq!(a.args, vec!["sleep", "-n", "1000"]);
+                assert_eq!(a.replicas, Some(3));
+                assert_eq!(a.wait.timeout, Duration::from_secs(120));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cli_takes_server_flag_anywhere() {
+        let cli =
+            Cli::try_parse_from(["shoal", "network", "ls", "--server", "http://x:1"]).unwrap();
+        assert_eq!(cli.server.as_deref(), Some("http://x:1"));
+    }
+
+    #[test]
+    fn kind_refs_split_on_slash() {
+        assert_eq!(
+            parse_kind_ref("svc/api").unwrap(),
+            (Kind::Service, Some("api".into()))
+        );
+        assert_eq!(parse_kind_ref("nets").unwrap(), (Kind::Network, None));
+        assert!(parse_kind_ref("gadget/x").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

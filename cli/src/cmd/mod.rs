@@ -1,0 +1,8 @@
+//! One module per command group. Each takes the API client and a writer for stdout; errors
+//! go up to [`crate::main`], which prints them on stderr.
+
+pub mod apply;
+pub mod network;
+pub mod node;
+pub mod resources;
+pub mod service;

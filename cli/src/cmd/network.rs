@@ -1,0 +1,118 @@
+//! `shoal network create|ls|inspect|rm`, as Docker's.
+
+use std::io::Write;
+
+use anyhow::Result;
+use chrono::Utc;
+use serde_json::Value;
+use shoal_api_types::{EndpointsSpec, NetworkSpec};
+
+use crate::args::{InspectArgs, InspectFormat, ListArgs, NamesArgs, NetworkCommand, OutputFormat};
+use crate::client::Client;
+use crate::cmd::resources::print_value;
+use crate::flags::network_from_args;
+use crate::format::networks_table;
+use crate::kinds::Kind;
+use crate::{report, Reported};
+
+/// Runs a `shoal network` command.
+pub async fn run(client: &Client, cmd: &NetworkCommand, out: &mut dyn Write) -> Result<()> {
+    match cmd {
+        NetworkCommand::Create(a) => {
+            let net = network_from_args(a)?;
+            let created = client.create(&net).await?;
+            writeln!(out, "{}", created.name())?;
+            Ok(())
+        }
+        NetworkCommand::Ls(a) => ls(client, a, out).await,
+        NetworkCommand::Inspect(a) => inspect(client, a, out).await,
+        NetworkCommand::Rm(a) => rm(client, Kind::Network, a, out).await,
+    }
+}
+
+async fn ls(client: &Client, a: &ListArgs, out: &mut dyn Write) -> Result<()> {
+    let list = client.list::<NetworkSpec>(&[]).await?;
+    if a.quiet {
+        for n in &list.items {
+            writeln!(out, "{}", n.name())?;
+        }
+        return Ok(());
+    }
+    match a.output {
+        OutputFormat::Table => write!(out, "{}", networks_table(&list.items, Utc::now()))?,
+        other => print_value(out, &list, other)?,
+    }
+    Ok(())
+}
+
+/// `network inspect`: a JSON array (as Docker prints) of the networks, each with an extra
+/// `endpoints` field listing the Endpoints objects of the network (per service: VIP, ports
+/// and tasks with their addresses and nodes).
+async fn inspect(client: &Client, a: &InspectArgs, out: &mut dyn Write) -> Result<()> {
+    let endpoints = client.list::<EndpointsSpec>(&[]).await?.items;
+    let mut found = vec![];
+    let mut failed = false;
+    for name in &a.names {
+        match client.get::<NetworkSpec>(name).await {
+            Ok(net) => {
+                let mut value = serde_json::to_value(&net)?;
+                let eps: Vec<Value> = endpoints
+                    .iter()
+                    .filter(|e| e.spec.network == *name)
+                    .map(serde_json::to_value)
+                    .collect::<Result<_, _>>()?;
+                if let Value::Object(map) = &mut value {
+                    map.insert("endpoints".into(), Value::Array(eps));
+                }
+                found.push(value);
+            }
+            Err(e) => {
+                failed = true;
+                report(&e.into());
+            }
+        }
+    }
+    print_inspect(out, &found, a.output)?;
+    if failed {
+        return Err(Reported.into());
+    }
+    Ok(())
+}
+
+/// Prints inspect results: a JSON array, or YAML documents.
+pub fn print_inspect<T: serde::Serialize>(
+    out: &mut dyn Write,
+    items: &[T],
+    format: InspectFormat,
+) -> Result<()> {
+    match format {
+        InspectFormat::Json => print_value(out, &items, OutputFormat::Json),
+        InspectFormat::Yaml => {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    writeln!(out, "---")?;
+                }
+                print_value(out, item, OutputFormat::Yaml)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `rm`: deletes each name, printing it; errors are reported and the rest still removed.
+pub async fn rm(client: &Client, kind: Kind, a: &NamesArgs, out: &mut dyn Write) -> Result<()> {
+    let mut failed = false;
+    for name in &a.names {
+        match client.delete(kind, name).await {
+            Ok(_) => writeln!(out, "{name}")?,
+            Err(e) => {
+                failed = true;
+                report(&e.into());
+            }
+        }
+    }
+    if failed {
+        return Err(Reported.into());
+    }
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! `shoal node ls|inspect|update`, as Docker's.
+
+use std::io::Write;
+
+use anyhow::Result;
+use shoal_api_types::{NodeSpec, TaskSpec};
+
+use crate::args::{NodeCommand, NodeUpdateArgs, OutputFormat};
+use crate::client::Client;
+use crate::cmd::network::print_inspect;
+use crate::cmd::resources::print_value;
+use crate::cmd::service::CONFLICT_RETRIES;
+use crate::flags::{check_node_update, update_node};
+use crate::format::nodes_table;
+use crate::{report, Reported};
+
+/// Runs a `shoal node` command.
+pub async fn run(client: &Client, cmd: &NodeCommand, out: &mut dyn Write) -> Result<()> {
+    match cmd {
+        NodeCommand::Ls(a) => {
+            let nodes = client.list::<NodeSpec>(&[]).await?;
+            if a.quiet {
+                for n in &nodes.items {
+                    writeln!(out, "{}", n.name())?;
+                }
+                return Ok(());
+            }
+            match a.output {
+                OutputFormat::Table => {
+                    let tasks = client.list::<TaskSpec>(&[]).await?.items;
+                    write!(out, "{}", nodes_table(&nodes.items, &tasks))?;
+                }
+                other => print_value(out, &nodes, other)?,
+            }
+            Ok(())
+        }
+        NodeCommand::Inspect(a) => {
+            let mut found = vec![];
+            let mut failed = false;
+            for name in &a.names {
+                match client.get::<NodeSpec>(name).await {
+                    Ok(n) => found.push(n),
+                    Err(e) => {
+                        failed = true;
+                        report(&e.into());
+                    }
+                }
+            }
+            print_inspect(out, &found, a.output)?;
+            if failed {
+                return Err(Reported.into());
+            }
+            Ok(())
+        }
+        NodeCommand::Update(a) => {
+            update(client, a).await?;
+            writeln!(out, "{}", a.name)?;
+            Ok(())
+        }
+    }
+}
+
+/// Applies the flags to the node, re-reading and retrying on 409 conflicts (the agent
+/// writes the node's status often).
+async fn update(client: &Client, a: &NodeUpdateArgs) -> Result<()> {
+    check_node_update(a)?;
+    for attempt in 1..=CONFLICT_RETRIES {
+        let mut node = client.get::<NodeSpec>(&a.name).await?;
+        update_node(&mut node, a)?;
+        match client.replace(&node).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the last attempt returns")
+}

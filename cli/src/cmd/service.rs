@@ -1,0 +1,155 @@
+//! `shoal service create|ls|inspect|ps|scale|rm|logs`, as Docker's. `create` and `scale`
+//! wait for convergence (see [`crate::progress`]) unless `--detach`.
+
+use std::io::Write;
+
+use anyhow::{bail, Result};
+use chrono::Utc;
+use shoal_api_types::{ServiceMode, ServiceSpec, TaskSpec};
+
+use crate::args::{ListArgs, OutputFormat, ServiceCommand, ServicePsArgs, ServiceScaleArgs};
+use crate::client::Client;
+use crate::cmd::network::{print_inspect, rm};
+use crate::cmd::resources::print_value;
+use crate::flags::{parse_scale, service_from_args};
+use crate::format::{services_table, tasks_table};
+use crate::kinds::Kind;
+use crate::progress::wait_for_services;
+use crate::{report, Reported};
+
+/// How often a read-modify-write is retried after a 409 conflict.
+pub const CONFLICT_RETRIES: usize = 5;
+
+/// Runs a `shoal service` command.
+pub async fn run(
+    client: &Client,
+    cmd: &ServiceCommand,
+    out: &mut dyn Write,
+    tty: bool,
+) -> Result<()> {
+    match cmd {
+        ServiceCommand::Create(a) => {
+            let svc = service_from_args(a, |k| std::env::var(k).ok())?;
+            let created = client.create(&svc).await?;
+            writeln!(out, "{}", created.name())?;
+            out.flush()?;
+            if a.wait.detach {
+                return Ok(());
+            }
+            wait_for_services(
+                client,
+                &[created.name().to_string()],
+                a.wait.timeout,
+                out,
+                tty,
+            )
+            .await
+        }
+        ServiceCommand::Ls(a) => ls(client, a, out).await,
+        ServiceCommand::Inspect(a) => {
+            let mut found = vec![];
+            let mut failed = false;
+            for name in &a.names {
+                match client.get::<ServiceSpec>(name).await {
+                    Ok(s) => found.push(s),
+                    Err(e) => {
+                        failed = true;
+                        report(&e.into());
+                    }
+                }
+            }
+            print_inspect(out, &found, a.output)?;
+            if failed {
+                return Err(Reported.into());
+            }
+            Ok(())
+        }
+        ServiceCommand::Ps(a) => ps(client, a, out).await,
+        ServiceCommand::Scale(a) => scale(client, a, out, tty).await,
+        ServiceCommand::Rm(a) => rm(client, Kind::Service, a, out).await,
+        ServiceCommand::Logs(a) => bail!(
+            "service logs is not available yet: the node agents do not serve logs yet \
+             (`shoal service ps {}` shows each task's state and error)",
+            a.name
+        ),
+    }
+}
+
+async fn ls(client: &Client, a: &ListArgs, out: &mut dyn Write) -> Result<()> {
+    let list = client.list::<ServiceSpec>(&[]).await?;
+    if a.quiet {
+        for s in &list.items {
+            writeln!(out, "{}", s.name())?;
+        }
+        return Ok(());
+    }
+    match a.output {
+        OutputFormat::Table => write!(out, "{}", services_table(&list.items))?,
+        other => print_value(out, &list, other)?,
+    }
+    Ok(())
+}
+
+async fn ps(client: &Client, a: &ServicePsArgs, out: &mut dyn Write) -> Result<()> {
+    // A clear "not found" rather than an empty table for a mistyped name.
+    client.get::<ServiceSpec>(&a.name).await?;
+    let mut list = client.list::<TaskSpec>(&[("service", &a.name)]).await?;
+    list.items.retain(|t| t.spec.service == a.name);
+    match a.output {
+        OutputFormat::Table => write!(out, "{}", tasks_table(&list.items, Utc::now(), a.no_trunc))?,
+        other => print_value(out, &list, other)?,
+    }
+    Ok(())
+}
+
+/// Sets `spec.replicas` of one service, re-reading and retrying on 409 conflicts.
+pub async fn scale_one(client: &Client, name: &str, replicas: i64) -> Result<()> {
+    for attempt in 1..=CONFLICT_RETRIES {
+        let mut svc = client.get::<ServiceSpec>(name).await?;
+        if svc.spec.mode == ServiceMode::Global {
+            bail!("{name}: scale can only be used with replicated mode (the service is global)");
+        }
+        svc.spec.replicas = Some(replicas);
+        match client.replace(&svc).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+async fn scale(
+    client: &Client,
+    a: &ServiceScaleArgs,
+    out: &mut dyn Write,
+    tty: bool,
+) -> Result<()> {
+    let targets = a
+        .targets
+        .iter()
+        .map(|t| parse_scale(t))
+        .collect::<Result<Vec<_>>>()?;
+    let mut scaled = vec![];
+    let mut failed = false;
+    for (name, replicas) in targets {
+        match scale_one(client, &name, replicas).await {
+            Ok(()) => {
+                writeln!(out, "{name} scaled to {replicas}")?;
+                scaled.push(name);
+            }
+            Err(e) => {
+                failed = true;
+                report(&e);
+            }
+        }
+    }
+    out.flush()?;
+    if !a.wait.detach && !scaled.is_empty() {
+        wait_for_services(client, &scaled, a.wait.timeout, out, tty).await?;
+    }
+    if failed {
+        return Err(Reported.into());
+    }
+    Ok(())
+}

@@ -1,0 +1,614 @@
+//! Waiting for a service to converge, shown as `docker service create` shows it:
+//!
+//! ```text
+//! overall progress: 2 out of 3 tasks
+//! 1/3: running
+//! 2/3: running
+//! 3/3: pending (no suitable node (host port 8080 in use on 3 nodes))
+//! verify: converged
+//! ```
+//!
+//! [`progress`] is a pure function from a service, its tasks and the nodes to what is
+//! shown; [`Renderer`] turns successive renderings into terminal output (redrawn in place
+//! with ANSI escapes on a terminal, only changed lines otherwise); [`wait_for_services`]
+//! polls the API until every service converged or the timeout passed.
+//!
+//! A service has converged when the controller has observed its current generation
+//! (`status.observedGeneration >= metadata.generation`) and, for every wanted slot (one per
+//! replica; in global mode one per ready, active node that satisfies the constraints, or
+//! `status.desiredTasks` once observed), the slot's task wants to run and runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use shoal_api_types::{
+    Constraint, Node, NodeAvailability, NodeSpec, NodeState, Service, ServiceMode, ServiceSpec,
+    Task, TaskSpec, TaskState,
+};
+
+use crate::client::Client;
+use crate::format::task_error;
+
+/// One wanted slot (or node, in global mode) and the state of its task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotProgress {
+    /// `1/3` in replicated mode, the node's name in global mode.
+    pub label: String,
+    /// The task's name, `api.1` or `api.node-1`.
+    pub task: String,
+    /// The task's state in lowercase, or `new` when the slot has no task yet.
+    pub state: String,
+    /// The error, pending reason or last failure of the slot; empty when there is none.
+    pub detail: String,
+    /// Whether the slot's task runs and is meant to.
+    pub running: bool,
+}
+
+/// Where a service stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// The service.
+    pub service: String,
+    /// How many tasks should run.
+    pub desired: u64,
+    /// How many of them run.
+    pub running: u64,
+    /// The service's generation, and whether the controller has observed it.
+    pub generation: i64,
+    /// Whether the controller has observed the current generation.
+    pub observed: bool,
+    /// One entry per wanted slot.
+    pub slots: Vec<SlotProgress>,
+}
+
+impl Progress {
+    /// Whether the service has converged.
+    pub fn converged(&self) -> bool {
+        self.observed && self.running >= self.desired && self.slots.iter().all(|s| s.running)
+    }
+
+    /// The lines shown while waiting.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "overall progress: {} out of {} tasks",
+            self.running, self.desired
+        )];
+        for s in &self.slots {
+            if s.detail.is_empty() {
+                out.push(format!("{}: {}", s.label, s.state));
+            } else {
+                out.push(format!("{}: {} ({})", s.label, s.state, s.detail));
+            }
+        }
+        out
+    }
+
+    /// What is still missing, for the timeout message: `1 of 3 tasks running; api.2:
+    /// pending (no suitable node ...)`.
+    pub fn missing(&self) -> String {
+        let mut parts = vec![];
+        if !self.observed {
+            parts.push(format!(
+                "the controller has not yet processed generation {} of service {} (is it running?)",
+                self.generation, self.service
+            ));
+        }
+        parts.push(format!(
+            "{} of {} tasks running",
+            self.running, self.desired
+        ));
+        for s in self.slots.iter().filter(|s| !s.running) {
+            let detail = match (s.state.as_str(), s.detail.as_str()) {
+                ("new", "") => " (no task yet)".to_string(),
+                (_, "") => String::new(),
+                (_, d) => format!(" ({d})"),
+            };
+            parts.push(format!("{}: {}{detail}", s.task, s.state));
+        }
+        parts.join("; ")
+    }
+}
+
+fn lower(state: TaskState) -> String {
+    state.to_string().to_lowercase()
+}
+
+/// Whether a node may run a task of `spec`: ready, active and satisfying the constraints.
+pub fn node_eligible(node: &Node, spec: &ServiceSpec) -> bool {
+    node.status.state == NodeState::Ready
+        && node.spec.availability == NodeAvailability::Active
+        && spec
+            .constraints()
+            .iter()
+            .all(|c: &Constraint| c.matches(node.name(), &node.spec.labels))
+}
+
+/// The most recently created of `tasks`.
+fn newest<'a>(tasks: &[&'a Task]) -> Option<&'a Task> {
+    tasks
+        .iter()
+        .copied()
+        .max_by_key(|t| (t.metadata.creation_timestamp, t.metadata.revision()))
+}
+
+/// The slot's current task (the newest that should run, else the newest) and the error
+/// of the newest failed attempt of this service generation, if the current one is not it.
+fn slot_progress(
+    service: &Service,
+    label: String,
+    task_name: String,
+    tasks: &[&Task],
+) -> SlotProgress {
+    let live: Vec<&Task> = tasks
+        .iter()
+        .copied()
+        .filter(|t| t.spec.desired_state == TaskState::Running)
+        .collect();
+    let current = newest(&live).or_else(|| newest(tasks));
+    let Some(t) = current else {
+        return SlotProgress {
+            label,
+            task: task_name,
+            state: "new".into(),
+            detail: String::new(),
+            running: false,
+        };
+    };
+    let running =
+        t.spec.desired_state == TaskState::Running && t.status.state == TaskState::Running;
+    let mut detail = if running {
+        String::new()
+    } else {
+        task_error(t)
+    };
+    if !running && detail.is_empty() {
+        let failed: Vec<&Task> = tasks
+            .iter()
+            .copied()
+            .filter(|f| {
+                matches!(f.status.state, TaskState::Failed | TaskState::Rejected)
+                    && f.metadata.name != t.metadata.name
+                    && !f.status.err.is_empty()
+                    && f.spec.service_generation >= service.metadata.generation
+            })
+            .collect();
+        if let Some(f) = newest(&failed) {
+            detail = format!("previous task {}: {}", lower(f.status.state), f.status.err);
+        }
+    }
+    SlotProgress {
+        label,
+        task: task_name,
+        state: lower(t.status.state),
+        detail,
+        running,
+    }
+}
+
+/// Where `service` stands, given its tasks (others are ignored) and the nodes (used in
+/// global mode).
+pub fn progress(service: &Service, tasks: &[Task], nodes: &[Node]) -> Progress {
+    let name = service.name();
+    let observed = service.status.observed_generation >= service.metadata.generation;
+    let mine: Vec<&Task> = tasks.iter().filter(|t| t.spec.service == name).collect();
+    let (desired, slots) = match service.spec.mode {
+        ServiceMode::Replicated => {
+            let desired = service.spec.replica_count();
+            let mut by_slot: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
+            for t in &mine {
+                if let Some(slot) = t.spec.slot {
+                    by_slot.entry(slot).or_default().push(t);
+                }
+            }
+            let slots: Vec<SlotProgress> = (1..=desired)
+                .map(|slot| {
+                    let ts = by_slot.remove(&slot).unwrap_or_default();
+                    let task_name = TaskSpec {
+                        service: name.into(),
+                        slot: Some(slot),
+                        ..Default::default()
+                    }
+                    .display_name();
+                    slot_progress(service, format!("{slot}/{desired}"), task_name, &ts)
+                })
+                .collect();
+            (desired, slots)
+        }
+        ServiceMode::Global => {
+            let eligible: BTreeSet<&str> = nodes
+                .iter()
+                .filter(|n| node_eligible(n, &service.spec))
+                .map(|n| n.name())
+                .collect();
+            let mut by_node: BTreeMap<&str, Vec<&Task>> =
+                eligible.iter().map(|n| (*n, vec![])).collect();
+            for t in &mine {
+                if let Some(node) = t.spec.node.as_deref() {
+                    if eligible.contains(node) || t.spec.desired_state == TaskState::Running {
+                        by_node.entry(node).or_default().push(t);
+                    }
+                }
+            }
+            let desired = if observed && service.status.desired_tasks > 0 {
+                service.status.desired_tasks
+            } else {
+                eligible.len() as u64
+            };
+            let slots: Vec<SlotProgress> = by_node
+                .into_iter()
+                .map(|(node, ts)| {
+                    let task_name = TaskSpec {
+                        service: name.into(),
+                        node: Some(node.into()),
+                        ..Default::default()
+                    }
+                    .display_name();
+                    slot_progress(service, node.to_string(), task_name, &ts)
+                })
+                .collect();
+            (desired, slots)
+        }
+    };
+    let running = slots.iter().filter(|s| s.running).count() as u64;
+    Progress {
+        service: name.to_string(),
+        desired,
+        running,
+        generation: service.metadata.generation,
+        observed,
+        slots,
+    }
+}
+
+/// Turns successive renderings into output: on a terminal the block is redrawn in place;
+/// otherwise each line is printed once, when it first appears.
+#[derive(Debug, Default)]
+pub struct Renderer {
+    tty: bool,
+    shown: Vec<String>,
+    seen: BTreeSet<String>,
+}
+
+impl Renderer {
+    /// A renderer for a terminal (`tty`) or a pipe/file.
+    pub fn new(tty: bool) -> Self {
+        Renderer {
+            tty,
+            ..Default::default()
+        }
+    }
+
+    /// The bytes to write to show `lines`.
+    pub fn update(&mut self, lines: &[String]) -> String {
+        let mut out = String::new();
+        if self.tty {
+            if self.shown == lines {
+                return out;
+            }
+            if !self.shown.is_empty() {
+                // Up to the first line of the block, then clear to the end of the screen.
+                out.push_str(&format!("\x1b[{}A\x1b[J", self.shown.len()));
+            }
+            for l in lines {
+                out.push_str(l);
+                out.push('\n');
+            }
+            self.shown = lines.to_vec();
+        } else {
+            for l in lines {
+                if self.seen.insert(l.clone()) {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `120s` or `500ms`, for messages.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() != 0 {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", d.as_secs())
+    }
+}
+
+const POLL: Duration = Duration::from_millis(500);
+
+/// Polls until every service in `names` has converged, printing progress to `out` (redrawn
+/// in place when `tty`). Fails when `timeout` passes first, saying what is missing.
+pub async fn wait_for_services(
+    client: &Client,
+    names: &[String],
+    timeout: Duration,
+    out: &mut dyn Write,
+    tty: bool,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for name in names {
+        if names.len() > 1 {
+            writeln!(out, "service/{name}:")?;
+        }
+        let mut renderer = Renderer::new(tty);
+        loop {
+            let service: Service = match client.get::<ServiceSpec>(name).await {
+                Ok(s) => s,
+                Err(e) if e.is_not_found() => {
+                    bail!("service {name} was removed while waiting for it to converge")
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let tasks = client.list::<TaskSpec>(&[("service", name)]).await?.items;
+            let nodes = match service.spec.mode {
+                ServiceMode::Global => client.list::<NodeSpec>(&[]).await?.items,
+                ServiceMode::Replicated => vec![],
+            };
+            let p = progress(&service, &tasks, &nodes);
+            write!(out, "{}", renderer.update(&p.lines()))?;
+            out.flush()?;
+            if p.converged() {
+                writeln!(out, "verify: converged")?;
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "timed out after {}: {}",
+                    format_duration(timeout),
+                    p.missing()
+                );
+            }
+            tokio::time::sleep(
+                POLL.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use shoal_api_types::{NodeStatus, ServiceStatus, TaskStatus};
+
+    use super::*;
+
+    fn at(secs: i64) -> Option<DateTime<Utc>> {
+        Some(DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap())
+    }
+
+    fn service(replicas: i64, observed: bool) -> Service {
+        let mut s = Service::new(
+            "api",
+            ServiceSpec {
+                image: "busybox".into(),
+                replicas: Some(replicas),
+                ..Default::default()
+            },
+        );
+        s.metadata.generation = 2;
+        s.status = ServiceStatus {
+            observed_generation: if observed { 2 } else { 1 },
+            ..Default::default()
+        };
+        s
+    }
+
+    fn task(
+        id: &str,
+        slot: Option<u64>,
+        node: Option<&str>,
+        desired: TaskState,
+        state: TaskState,
+        t: i64,
+    ) -> Task {
+        let mut task = Task::new(
+            id,
+            TaskSpec {
+                service: "api".into(),
+                slot,
+                node: node.map(str::to_string),
+                desired_state: desired,
+                service_generation: 2,
+                image: "busybox".into(),
+                ..Default::default()
+            },
+        );
+        task.metadata.creation_timestamp = at(t);
+        task.status = TaskStatus {
+            state,
+            ..Default::default()
+        };
+        task
+    }
+
+    use TaskState::*;
+
+    #[test]
+    fn progress_counts_running_slots_and_explains_the_rest() {
+        let mut pending = task("c", Some(3), None, Running, Pending, 3);
+        pending.spec.pending_reason = "no suitable node (host port 8080 in use on 3 nodes)".into();
+        let tasks = vec![
+            task("a", Some(1), Some("n1"), Running, Running, 1),
+            task("b", Some(2), Some("n2"), Running, Starting, 2),
+            pending,
+            task("other", Some(1), Some("n1"), Running, Running, 1),
+        ];
+        let mut tasks = tasks;
+        tasks[3].spec.service = "web".into();
+        let p = progress(&service(3, true), &tasks, &[]);
+        assert_eq!(
+            p.lines(),
+            vec![
+                "overall progress: 1 out of 3 tasks",
+                "1/3: running",
+                "2/3: starting",
+                "3/3: pending (no suitable node (host port 8080 in use on 3 nodes))",
+            ]
+        );
+        assert!(!p.converged());
+        assert_eq!(
+            p.missing(),
+            "1 of 3 tasks running; api.2: starting; api.3: pending (no suitable node (host port 8080 in use on 3 nodes))"
+        );
+    }
+
+    #[test]
+    fn progress_shows_failures_of_the_slot_while_a_replacement_starts() {
+        let mut failed = task("a", Some(1), Some("n1"), Shutdown, Failed, 1);
+        failed.status.err = "exit code 127: sleep: not found".into();
+        let tasks = vec![
+            failed.clone(),
+            task("b", Some(1), Some("n1"), Running, Starting, 2),
+        ];
+        let p = progress(&service(1, true), &tasks, &[]);
+        assert_eq!(
+            p.lines()[1],
+            "1/1: starting (previous task failed: exit code 127: sleep: not found)"
+        );
+        // The failed task alone: its own error.
+        let p = progress(&service(1, true), &[failed], &[]);
+        assert_eq!(
+            p.lines()[1],
+            "1/1: failed (exit code 127: sleep: not found)"
+        );
+    }
+
+    #[test]
+    fn progress_converges_only_once_the_generation_is_observed() {
+        let tasks = vec![task("a", Some(1), Some("n1"), Running, Running, 1)];
+        assert!(!progress(&service(1, false), &tasks, &[]).converged());
+        assert!(progress(&service(1, false), &tasks, &[])
+            .missing()
+            .starts_with("the controller has not yet processed generation 2"));
+        assert!(progress(&service(1, true), &tasks, &[]).converged());
+        assert!(progress(&service(0, true), &[], &[]).converged());
+        // Scaled down: slot 2's task is being shut down and does not count.
+        let tasks = vec![
+            task("a", Some(1), Some("n1"), Running, Running, 1),
+            task("b", Some(2), Some("n1"), Shutdown, Running, 1),
+        ];
+        let p = progress(&service(1, true), &tasks, &[]);
+        assert!(p.converged());
+        assert_eq!(
+            p.lines(),
+            vec!["overall progress: 1 out of 1 tasks", "1/1: running"]
+        );
+    }
+
+    #[test]
+    fn progress_of_missing_tasks_says_new() {
+        let p = progress(
+            &service(2, true),
+            &[task("a", Some(1), Some("n1"), Running, Running, 1)],
+            &[],
+        );
+        assert_eq!(p.lines()[2], "2/2: new");
+        assert_eq!(
+            p.missing(),
+            "1 of 2 tasks running; api.2: new (no task yet)"
+        );
+    }
+
+    fn node(name: &str, state: NodeState, availability: NodeAvailability) -> Node {
+        let mut n = Node::new(
+            name,
+            NodeSpec {
+                availability,
+                ..Default::default()
+            },
+        );
+        n.status = NodeStatus {
+            state,
+            ..Default::default()
+        };
+        n
+    }
+
+    #[test]
+    fn global_progress_has_one_line_per_eligible_node() {
+        let mut s = service(0, false);
+        s.spec.mode = ServiceMode::Global;
+        s.spec.replicas = None;
+        s.spec.placement.constraints = vec!["node.name!=n4".into()];
+        let nodes = vec![
+            node("n1", NodeState::Ready, NodeAvailability::Active),
+            node("n2", NodeState::Ready, NodeAvailability::Active),
+            node("n3", NodeState::Down, NodeAvailability::Active),
+            node("n4", NodeState::Ready, NodeAvailability::Active),
+            node("n5", NodeState::Ready, NodeAvailability::Drain),
+        ];
+        let tasks = vec![task("a", None, Some("n1"), Running, Running, 1)];
+        let p = progress(&s, &tasks, &nodes);
+        assert_eq!(
+            p.lines(),
+            vec![
+                "overall progress: 1 out of 2 tasks",
+                "n1: running",
+                "n2: new"
+            ]
+        );
+        assert_eq!(
+            p.missing().split("; ").last().unwrap(),
+            "api.n2: new (no task yet)"
+        );
+        // Once observed, the controller's count is authoritative.
+        s.status.observed_generation = 2;
+        s.status.desired_tasks = 1;
+        let p = progress(&s, &tasks, &nodes[..1]);
+        assert!(p.converged());
+    }
+
+    #[test]
+    fn renderer_redraws_in_place_on_a_terminal() {
+        let mut r = Renderer::new(true);
+        let a = vec![
+            "overall progress: 0 out of 1 tasks".to_string(),
+            "1/1: new".to_string(),
+        ];
+        let b = vec![
+            "overall progress: 1 out of 1 tasks".to_string(),
+            "1/1: running".to_string(),
+        ];
+        assert_eq!(
+            r.update(&a),
+            "overall progress: 0 out of 1 tasks\n1/1: new\n"
+        );
+        assert_eq!(r.update(&a), "");
+        assert_eq!(
+            r.update(&b),
+            "\x1b[2A\x1b[Joverall progress: 1 out of 1 tasks\n1/1: running\n"
+        );
+    }
+
+    #[test]
+    fn renderer_prints_only_new_lines_when_not_a_terminal() {
+        let mut r = Renderer::new(false);
+        let a = vec![
+            "overall progress: 0 out of 2 tasks".to_string(),
+            "1/2: new".into(),
+            "2/2: new".into(),
+        ];
+        let b = vec![
+            "overall progress: 0 out of 2 tasks".to_string(),
+            "1/2: running".into(),
+            "2/2: new".into(),
+        ];
+        assert_eq!(
+            r.update(&a),
+            "overall progress: 0 out of 2 tasks\n1/2: new\n2/2: new\n"
+        );
+        assert_eq!(r.update(&b), "1/2: running\n");
+        assert!(!r.update(&b).contains('\x1b'));
+    }
+
+    #[test]
+    fn durations_print_compactly() {
+        assert_eq!(format_duration(Duration::from_secs(120)), "120s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    }
+}
