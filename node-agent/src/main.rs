@@ -1,3 +1,187 @@
-//! `shoal-agent` (being written).
+//! `shoal-agent`: the node agent binary. Parses flags and runs the library's agent (or a
+//! fleet of hollow agents) until SIGTERM or Ctrl-C.
 
-fn main() {}
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shoal_node_agent::agent::{self, AgentConfig, TaskRuntime};
+use shoal_node_agent::hollow::{FleetConfig, HollowFleet, HollowRuntime};
+use shoal_store::{Connect, Store};
+
+/// Shoal's node agent: registers this node and runs the tasks the controller assigns to it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal-agent",
+    version,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The node's name (a DNS-1123 label).
+    #[arg(long, required = true, env = "SHOAL_NODE_NAME")]
+    name: Option<String>,
+    /// The underlay address other nodes reach this one at (the VXLAN endpoint).
+    #[arg(long, required = true, env = "SHOAL_NODE_ADDRESS")]
+    address: Option<String>,
+    /// Where this agent serves `exec` (host:port), written to the Node's status.
+    #[arg(long)]
+    agent_endpoint: Option<String>,
+    /// How tasks run: `containerd`, or `hollow` (a testing mode that starts no containers).
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Containerd)]
+    runtime: RuntimeKind,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs many hollow agents (testing mode, no containers) in this process, sharing one
+    /// etcd connection: for scale tests and benchmarks.
+    HollowFleet(FleetArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeKind {
+    /// Real containers through containerd.
+    Containerd,
+    /// Testing mode: tasks "run" at once without containers (like kubemark's hollow nodes).
+    Hollow,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "SHOAL_ETCD",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    etcd: Vec<String>,
+    /// The root of Shoal's keys in etcd.
+    #[arg(long, env = "SHOAL_ETCD_ROOT", default_value = shoal_api_types::keys::DEFAULT_ROOT)]
+    etcd_root: String,
+    /// Seconds the node lease lives without renewal: the node goes down this long after
+    /// its agent dies.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    lease_ttl: u64,
+    /// Seconds between converges when nothing changed.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    resync: u64,
+    /// Revoke the lease on exit so the node goes down at once (tests).
+    #[arg(long)]
+    revoke_lease_on_exit: bool,
+}
+
+#[derive(Debug, Args)]
+struct FleetArgs {
+    /// How many hollow agents.
+    #[arg(long)]
+    count: usize,
+    /// Node names are `<prefix><index>`.
+    #[arg(long, default_value = "hollow-")]
+    name_prefix: String,
+    /// The index of the first node.
+    #[arg(long, default_value_t = 1)]
+    first_index: usize,
+    /// The first node's address; the others count up from it.
+    #[arg(long, default_value = "198.19.0.1")]
+    first_address: Ipv4Addr,
+    #[command(flatten)]
+    common: Common,
+}
+
+impl Common {
+    fn connect(&self) -> Connect {
+        Connect {
+            endpoints: self.etcd.clone(),
+            root: Some(self.etcd_root.clone()),
+            ..Default::default()
+        }
+    }
+
+    fn agent_config(&self, name: String, address: String) -> AgentConfig {
+        AgentConfig {
+            lease_ttl: Duration::from_secs(self.lease_ttl),
+            resync: Duration::from_secs(self.resync.max(1)),
+            revoke_lease_on_exit: self.revoke_lease_on_exit,
+            ..AgentConfig::new(name, address)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::HollowFleet(args)) => {
+            let store = Store::connect(&args.common.connect())
+                .await
+                .with_context(|| format!("cannot reach etcd at {}", args.common.etcd.join(",")))?;
+            let config = FleetConfig {
+                count: args.count,
+                name_prefix: args.name_prefix,
+                first_index: args.first_index,
+                first_address: args.first_address,
+                agent: args
+                    .common
+                    .agent_config("hollow".into(), args.first_address.to_string()),
+            };
+            let fleet = HollowFleet::spawn(&store, &config)?;
+            tokio::select! {
+                _ = fleet.registered() => tracing::info!(count = config.count, "all hollow nodes registered"),
+                _ = shutdown_signal() => {
+                    fleet.shutdown().await;
+                    return Ok(());
+                }
+            }
+            shutdown_signal().await;
+            tracing::info!("shutting down the hollow fleet");
+            fleet.shutdown().await;
+            Ok(())
+        }
+        None => {
+            let (Some(name), Some(address)) = (cli.name, cli.address) else {
+                bail!("--name and --address are required");
+            };
+            let runtime: Arc<dyn TaskRuntime> = match cli.runtime {
+                RuntimeKind::Hollow => Arc::new(HollowRuntime::new()),
+                RuntimeKind::Containerd => {
+                    bail!("the containerd runtime is not wired into shoal-agent yet; use --runtime hollow")
+                }
+            };
+            let mut config = cli.common.agent_config(name, address);
+            config.agent_endpoint = cli.agent_endpoint;
+            let store = Store::connect(&cli.common.connect())
+                .await
+                .with_context(|| format!("cannot reach etcd at {}", cli.common.etcd.join(",")))?;
+            agent::run(config, store, runtime, shutdown_signal()).await?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! Applying planned operations: runtime operations go through [`TaskRuntime`], status
+//! writes through [`StatusSink`] (etcd in the agent, a recording fake in tests).
+//!
+//! Invariants:
+//! - A task's status only moves forward, and a terminal status is never rewritten
+//!   ([`advance`]); the one same-state write allowed is a health change of a running task.
+//! - A task is started only after `starting` was recorded and the stored task still wants
+//!   to run; a task the controller orphaned or deleted meanwhile is not started.
+//! - Status is written with read-modify-write and retries on conflict; only `status` is
+//!   touched, never `spec` or `metadata`, and tasks are never deleted.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use shoal_api_types::{Task, TaskSpec, TaskState, TaskStatus};
+use shoal_store::{Store, StoreError};
+
+use super::plan::{Op, StatusUpdate};
+use super::runtime::{TaskError, TaskRuntime};
+
+/// Where task status goes.
+#[async_trait]
+pub trait StatusSink: Send + Sync + 'static {
+    /// Writes `update` to task `id` if [`advance`] allows it. Returns the task as stored
+    /// afterwards (written or not), or `None` if it does not exist.
+    async fn report(&self, id: &str, update: &StatusUpdate) -> Result<Option<Task>, StoreError>;
+}
+
+/// Applies `update` to `status` if it moves it forward: a later state, or (for a running
+/// task) a change of health. Terminal states are final. Returns whether anything changed.
+pub fn advance(status: &mut TaskStatus, update: &StatusUpdate, now: chrono::DateTime<Utc>) -> bool {
+    if status.state.is_terminal() {
+        return false;
+    }
+    let forward = update.state > status.state;
+    let health = update.state == TaskState::Running
+        && status.state == TaskState::Running
+        && update.healthy != status.healthy;
+    if !forward && !health {
+        return false;
+    }
+    if forward {
+        status.state = update.state;
+        status.timestamp = Some(now);
+        status.message = update.message.clone();
+        status.err = update.err.clone();
+        if update.exit_code.is_some() {
+            status.exit_code = update.exit_code;
+        }
+    }
+    if !update.container_id.is_empty() {
+        status.container_id = update.container_id.clone();
+    }
+    status.healthy = update.healthy;
+    true
+}
+
+/// Task status in etcd, below this node's task prefix.
+#[derive(Debug, Clone)]
+pub struct StoreStatus {
+    store: Store,
+    prefix: String,
+}
+
+impl StoreStatus {
+    /// Writes the status of `node`'s tasks.
+    pub fn new(store: Store, node: &str) -> Self {
+        let prefix = store.keys().node_tasks(node);
+        StoreStatus { store, prefix }
+    }
+}
+
+#[async_trait]
+impl StatusSink for StoreStatus {
+    async fn report(&self, id: &str, update: &StatusUpdate) -> Result<Option<Task>, StoreError> {
+        let key = format!("{}{}", self.prefix, id);
+        let now = Utc::now();
+        self.store
+            .update_with::<TaskSpec>(&key, |task| advance(&mut task.status, update, now))
+            .await
+    }
+}
+
+/// Why applying an operation failed. Reported task errors (rejected, failed) are not
+/// errors here: they end up in the task's status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The runtime could not do what was asked.
+    #[error("{op} task {task}: {source}")]
+    Runtime {
+        /// `start`, `stop` or `remove`.
+        op: &'static str,
+        /// The task id.
+        task: String,
+        /// The runtime's error.
+        #[source]
+        source: TaskError,
+    },
+    /// The status could not be written.
+    #[error("report status of task {task}: {source}")]
+    Status {
+        /// The task id.
+        task: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+}
+
+impl ApplyError {
+    /// Whether the converge loop should try again soon (with backoff).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApplyError::Runtime { source, .. } => source.is_retryable(),
+            ApplyError::Status { source, .. } => source.is_retryable(),
+        }
+    }
+}
+
+/// Side effects the converge loop applies operations against.
+#[derive(Clone)]
+pub struct Effects {
+    /// The container runtime.
+    pub runtime: Arc<dyn TaskRuntime>,
+    /// Where status goes.
+    pub status: Arc<dyn StatusSink>,
+}
+
+impl Effects {
+    /// Applies one operation.
+    pub async fn apply(&self, op: Op) -> Result<(), ApplyError> {
+        let id = op.task_id().to_string();
+        let runtime_err = |op: &'static str, source| ApplyError::Runtime {
+            op,
+            task: id.clone(),
+            source,
+        };
+        match op {
+            Op::Report { update, .. } => {
+                self.report(&id, &update).await?;
+            }
+            Op::Stop { grace, .. } => self
+                .runtime
+                .stop_task(&id, grace)
+                .await
+                .map_err(|e| runtime_err("stop", e))?,
+            Op::Remove { .. } => self
+                .runtime
+                .remove_task(&id)
+                .await
+                .map_err(|e| runtime_err("remove", e))?,
+            Op::Start(task) => {
+                let Some(stored) = self
+                    .report(&id, &StatusUpdate::new(TaskState::Starting, "starting"))
+                    .await?
+                else {
+                    return Ok(());
+                };
+                if stored.spec.desired_state != TaskState::Running
+                    || stored.status.state > TaskState::Starting
+                {
+                    tracing::debug!(task = %id, state = %stored.status.state, "not starting: the task changed meanwhile");
+                    return Ok(());
+                }
+                let update = match self.runtime.start_task(&task).await {
+                    Ok(started) => StatusUpdate::new(TaskState::Running, "started")
+                        .with_container(started.container_id)
+                        .with_healthy(task.spec.healthcheck.is_none()),
+                    Err(e @ TaskError::Rejected { .. }) => {
+                        StatusUpdate::new(TaskState::Rejected, "rejected").with_err(e.reason())
+                    }
+                    Err(e @ TaskError::Failed { .. }) => {
+                        StatusUpdate::new(TaskState::Failed, "failed").with_err(e.reason())
+                    }
+                    Err(e @ TaskError::Unavailable(_)) => return Err(runtime_err("start", e)),
+                };
+                self.report(&id, &update).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn report(&self, id: &str, update: &StatusUpdate) -> Result<Option<Task>, ApplyError> {
+        self.status
+            .report(id, update)
+            .await
+            .map_err(|source| ApplyError::Status {
+                task: id.to_string(),
+                source,
+            })
+    }
+
+    /// Applies operations one after the other and returns the errors.
+    pub async fn apply_all(&self, ops: Vec<Op>) -> Vec<ApplyError> {
+        let mut errors = Vec::new();
+        for op in ops {
+            if let Err(e) = self.apply(op).await {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::agent::runtime::{ObservedTask, Started};
+
+    /// Records runtime calls; start fails as configured per task id.
+    #[derive(Default)]
+    struct RecordingRuntime {
+        calls: Mutex<Vec<String>>,
+        start_errors: Mutex<BTreeMap<String, TaskError>>,
+    }
+
+    #[async_trait]
+    impl TaskRuntime for RecordingRuntime {
+        fn name(&self) -> &'static str {
+            "recording"
+        }
+        async fn start_task(&self, task: &Task) -> Result<Started, TaskError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("start {}", task.name()));
+            match self.start_errors.lock().unwrap().get(task.name()) {
+                Some(e) => Err(e.clone()),
+                None => Ok(Started {
+                    container_id: format!("c-{}", task.name()),
+                }),
+            }
+        }
+        async fn stop_task(&self, id: &str, grace: Duration) -> Result<(), TaskError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("stop {id} {}s", grace.as_secs()));
+            Ok(())
+        }
+        async fn remove_task(&self, id: &str) -> Result<(), TaskError> {
+            self.calls.lock().unwrap().push(format!("remove {id}"));
+            Ok(())
+        }
+        async fn list(&self) -> Result<Vec<ObservedTask>, TaskError> {
+            Ok(vec![])
+        }
+    }
+
+    /// Task status in memory, with the same forward-only rule as etcd.
+    #[derive(Default)]
+    struct RecordingStatus {
+        tasks: Mutex<BTreeMap<String, Task>>,
+        writes: Mutex<Vec<(String, TaskState)>>,
+    }
+
+    #[async_trait]
+    impl StatusSink for RecordingStatus {
+        async fn report(
+            &self,
+            id: &str,
+            update: &StatusUpdate,
+        ) -> Result<Option<Task>, StoreError> {
+            let mut tasks = self.tasks.lock().unwrap();
+            let Some(task) = tasks.get_mut(id) else {
+                return Ok(None);
+            };
+            if advance(&mut task.status, update, Utc::now()) {
+                self.writes
+                    .lock()
+                    .unwrap()
+                    .push((id.to_string(), task.status.state));
+            }
+            Ok(Some(task.clone()))
+        }
+    }
+
+    fn task(id: &str, desired: TaskState, current: TaskState) -> Task {
+        let mut t = Task::new(
+            id,
+            TaskSpec {
+                service: "api".into(),
+                desired_state: desired,
+                ..Default::default()
+            },
+        );
+        t.status.state = current;
+        t
+    }
+
+    fn effects(tasks: &[Task]) -> (Effects, Arc<RecordingRuntime>, Arc<RecordingStatus>) {
+        let runtime = Arc::new(RecordingRuntime::default());
+        let status = Arc::new(RecordingStatus::default());
+        status
+            .tasks
+            .lock()
+            .unwrap()
+            .extend(tasks.iter().map(|t| (t.name().to_string(), t.clone())));
+        (
+            Effects {
+                runtime: runtime.clone(),
+                status: status.clone(),
+            },
+            runtime,
+            status,
+        )
+    }
+
+    fn writes(status: &RecordingStatus) -> Vec<(String, TaskState)> {
+        status.writes.lock().unwrap().clone()
+    }
+
+    fn calls(runtime: &RecordingRuntime) -> Vec<String> {
+        runtime.calls.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn start_should_report_starting_then_running_with_the_container_id() {
+        let t = task("t1", TaskState::Running, TaskState::Assigned);
+        let (fx, runtime, status) = effects(&[t.clone()]);
+        fx.apply(Op::Start(Box::new(t))).await.unwrap();
+        assert_eq!(calls(&runtime), vec!["start t1"]);
+        assert_eq!(
+            writes(&status),
+            vec![
+                ("t1".into(), TaskState::Starting),
+                ("t1".into(), TaskState::Running)
+            ]
+        );
+        let stored = status.tasks.lock().unwrap()["t1"].clone();
+        assert_eq!(stored.status.container_id, "c-t1");
+        assert!(stored.status.healthy);
+        assert!(stored.status.timestamp.is_some());
+    }
+
+    #[tokio::test]
+    async fn start_should_report_rejections_and_failures_with_their_reason() {
+        let (a, b) = (
+            task("a", TaskState::Running, TaskState::Assigned),
+            task("b", TaskState::Running, TaskState::Assigned),
+        );
+        let (fx, runtime, status) = effects(&[a.clone(), b.clone()]);
+        runtime.start_errors.lock().unwrap().insert(
+            "a".into(),
+            TaskError::Rejected {
+                task: "a".into(),
+                reason: "image not found: localhost:5000/nope:1".into(),
+            },
+        );
+        runtime.start_errors.lock().unwrap().insert(
+            "b".into(),
+            TaskError::Failed {
+                task: "b".into(),
+                reason: "registry down".into(),
+            },
+        );
+        assert!(fx
+            .apply_all(vec![Op::Start(Box::new(a)), Op::Start(Box::new(b))])
+            .await
+            .is_empty());
+        let tasks = status.tasks.lock().unwrap().clone();
+        assert_eq!(tasks["a"].status.state, TaskState::Rejected);
+        assert_eq!(
+            tasks["a"].status.err,
+            "image not found: localhost:5000/nope:1"
+        );
+        assert_eq!(tasks["b"].status.state, TaskState::Failed);
+        assert_eq!(tasks["b"].status.err, "registry down");
+    }
+
+    #[tokio::test]
+    async fn start_should_leave_status_at_starting_and_retry_when_the_runtime_is_down() {
+        let t = task("t1", TaskState::Running, TaskState::Assigned);
+        let (fx, runtime, status) = effects(&[t.clone()]);
+        runtime.start_errors.lock().unwrap().insert(
+            "t1".into(),
+            TaskError::Unavailable("containerd down".into()),
+        );
+        let err = fx.apply(Op::Start(Box::new(t))).await.unwrap_err();
+        assert!(err.is_retryable());
+        assert_eq!(writes(&status), vec![("t1".into(), TaskState::Starting)]);
+    }
+
+    #[tokio::test]
+    async fn start_should_not_start_tasks_that_were_orphaned_shut_down_or_deleted_meanwhile() {
+        let planned = task("t1", TaskState::Running, TaskState::Assigned);
+        let orphaned = task("t1", TaskState::Shutdown, TaskState::Orphaned);
+        let (fx, runtime, status) = effects(&[orphaned]);
+        fx.apply(Op::Start(Box::new(planned.clone())))
+            .await
+            .unwrap();
+        let shut = task("t1", TaskState::Shutdown, TaskState::Assigned);
+        let (fx2, runtime2, _) = effects(&[shut]);
+        fx2.apply(Op::Start(Box::new(planned.clone())))
+            .await
+            .unwrap();
+        let (fx3, runtime3, _) = effects(&[]);
+        fx3.apply(Op::Start(Box::new(planned))).await.unwrap();
+        assert!(
+            calls(&runtime).is_empty()
+                && calls(&runtime2).is_empty()
+                && calls(&runtime3).is_empty()
+        );
+        assert!(writes(&status).is_empty());
+    }
+
+    #[tokio::test]
+    async fn stop_and_remove_should_only_call_the_runtime() {
+        let (fx, runtime, status) = effects(&[task("t1", TaskState::Shutdown, TaskState::Running)]);
+        let ops = vec![
+            Op::Stop {
+                id: "t1".into(),
+                grace: Duration::from_secs(3),
+            },
+            Op::Remove { id: "old".into() },
+        ];
+        assert!(fx.apply_all(ops).await.is_empty());
+        assert_eq!(calls(&runtime), vec!["stop t1 3s", "remove old"]);
+        assert!(writes(&status).is_empty());
+    }
+
+    #[tokio::test]
+    async fn report_should_never_move_a_state_backwards() {
+        let (fx, _, status) = effects(&[task("t1", TaskState::Running, TaskState::Running)]);
+        let back = Op::Report {
+            id: "t1".into(),
+            update: StatusUpdate::new(TaskState::Starting, "starting"),
+        };
+        fx.apply(back).await.unwrap();
+        assert!(writes(&status).is_empty());
+        let done = Op::Report {
+            id: "t1".into(),
+            update: StatusUpdate::exited(0),
+        };
+        fx.apply(done).await.unwrap();
+        let after_terminal = Op::Report {
+            id: "t1".into(),
+            update: StatusUpdate::new(TaskState::Shutdown, "shutdown"),
+        };
+        fx.apply(after_terminal).await.unwrap();
+        assert_eq!(writes(&status), vec![("t1".into(), TaskState::Complete)]);
+        assert_eq!(status.tasks.lock().unwrap()["t1"].status.exit_code, Some(0));
+    }
+
+    #[test]
+    fn advance_should_allow_health_changes_of_running_tasks_only() {
+        let now = Utc::now();
+        let mut s = TaskStatus {
+            state: TaskState::Running,
+            healthy: true,
+            ..Default::default()
+        };
+        let sick = StatusUpdate::new(TaskState::Running, "started").with_healthy(false);
+        assert!(advance(&mut s, &sick, now));
+        assert!(!s.healthy);
+        assert!(!advance(&mut s, &sick, now));
+        let mut s = TaskStatus {
+            state: TaskState::Starting,
+            ..Default::default()
+        };
+        assert!(!advance(
+            &mut s,
+            &StatusUpdate::new(TaskState::Starting, "again").with_healthy(true),
+            now
+        ));
+        let mut s = TaskStatus {
+            state: TaskState::Failed,
+            ..Default::default()
+        };
+        assert!(!advance(
+            &mut s,
+            &StatusUpdate::new(TaskState::Orphaned, "x"),
+            now
+        ));
+    }
+}

@@ -1,0 +1,167 @@
+//! The converge loop: level-triggered, on every change of the desired tasks, every
+//! completed operation, every runtime notification and a periodic resync, it lists what
+//! the runtime has, [`plan`]s against the cached desired tasks and applies the operations.
+//!
+//! Invariants:
+//! - Nothing is planned before the first complete list of desired tasks (an empty cache
+//!   would otherwise remove every running task).
+//! - At most one operation per task id is in flight; a task with one is left out of plans
+//!   until it completes, so a slow start (an image pull) holds up neither other tasks nor
+//!   the loop.
+//! - Errors are not remembered: the next plan sees the world as it is, after a backoff.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_api_types::Task;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::apply::{ApplyError, Effects};
+use super::backoff::Backoff;
+use super::desired::DesiredTasks;
+use super::plan::plan;
+
+/// How the converge loop is doing, for tests, metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConvergeStats {
+    /// Rounds planned (each lists the runtime once).
+    pub rounds: u64,
+    /// Operations started.
+    pub ops: u64,
+    /// Operations that failed.
+    pub errors: u64,
+    /// Whether the last round planned nothing and nothing is in flight: converged.
+    pub idle: bool,
+}
+
+pub(crate) struct Converger {
+    pub effects: Effects,
+    pub desired: watch::Receiver<DesiredTasks>,
+    pub resync: Duration,
+    pub concurrency: usize,
+    pub stats: watch::Sender<ConvergeStats>,
+}
+
+type OpResult = (String, Result<(), ApplyError>);
+
+impl Converger {
+    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
+        let mut running: JoinSet<OpResult> = JoinSet::new();
+        let mut in_flight: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut backoff = Backoff::new(
+            Duration::from_millis(200),
+            self.resync.max(Duration::from_secs(1)),
+        );
+        let mut retry_at: Option<Instant> = None;
+        let mut resync = tokio::time::interval(self.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.reset();
+        // Every wake-up but shutdown plans a round.
+        loop {
+            if let Err(e) = self.round(&permits, &mut running, &mut in_flight).await {
+                tracing::warn!(error = %e, "cannot list the runtime's tasks");
+                retry_at = Some(Instant::now() + backoff.next().unwrap_or_default());
+            }
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = super::stopped(&mut shutdown) => break,
+                Some(done) = running.join_next_with_id() => {
+                    let mut failed = self.finished(done, &mut in_flight);
+                    while let Some(done) = running.try_join_next_with_id() {
+                        failed |= self.finished(done, &mut in_flight);
+                    }
+                    if failed {
+                        retry_at = Some(Instant::now() + backoff.next().unwrap_or_default());
+                    } else if retry_at.is_none() {
+                        backoff.reset();
+                    }
+                }
+                changed = self.desired.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = self.effects.runtime.changed() => {}
+                _ = resync.tick() => {}
+                _ = retry => retry_at = None,
+            }
+        }
+        // Dropping `running` aborts operations in flight; containers are left as they are.
+    }
+
+    /// One plan: returns an error only if the runtime could not be listed.
+    async fn round(
+        &mut self,
+        permits: &Arc<Semaphore>,
+        running: &mut JoinSet<OpResult>,
+        in_flight: &mut HashMap<tokio::task::Id, String>,
+    ) -> Result<(), super::runtime::TaskError> {
+        let desired: Vec<Task> = match &*self.desired.borrow_and_update() {
+            Some(tasks) => tasks.values().cloned().collect(),
+            None => return Ok(()),
+        };
+        let observed = self.effects.runtime.list().await?;
+        let busy: std::collections::HashSet<&str> =
+            in_flight.values().map(String::as_str).collect();
+        let ops: Vec<_> = plan(&desired, &observed)
+            .into_iter()
+            .filter(|op| !busy.contains(op.task_id()))
+            .collect();
+        let started = ops.len() as u64;
+        for op in ops {
+            let id = op.task_id().to_string();
+            let (effects, permits, task_id) = (self.effects.clone(), permits.clone(), id.clone());
+            tracing::debug!(task = %id, ?op, "applying");
+            let handle = running.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                (task_id, effects.apply(op).await)
+            });
+            in_flight.insert(handle.id(), id);
+        }
+        self.stats.send_modify(|s| {
+            s.rounds += 1;
+            s.ops += started;
+            s.idle = in_flight.is_empty();
+        });
+        Ok(())
+    }
+
+    /// Books a finished operation; returns whether it failed.
+    fn finished(
+        &self,
+        done: Result<(tokio::task::Id, OpResult), tokio::task::JoinError>,
+        in_flight: &mut HashMap<tokio::task::Id, String>,
+    ) -> bool {
+        let failed = match done {
+            Ok((id, (task, result))) => {
+                in_flight.remove(&id);
+                match result {
+                    Ok(()) => false,
+                    Err(e) => {
+                        tracing::warn!(task = %task, error = %e, retryable = e.is_retryable(), "operation failed");
+                        true
+                    }
+                }
+            }
+            Err(e) => {
+                let task = in_flight.remove(&e.id()).unwrap_or_default();
+                tracing::error!(task = %task, error = %e, "operation panicked");
+                true
+            }
+        };
+        if failed {
+            self.stats.send_modify(|s| s.errors += 1);
+        }
+        failed
+    }
+}

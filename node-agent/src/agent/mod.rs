@@ -1,0 +1,314 @@
+//! The node agent's core: registration, the desired-task watch and the converge loop,
+//! independent of how containers are run.
+//!
+//! - [`register`](self::register): the Node object and its lease (node lifecycle, agent side);
+//! - [`desired`]: this node's tasks from etcd (list, watch, relist);
+//! - [`plan`](mod@plan): the pure diff of desired against observed tasks;
+//! - [`apply`](mod@apply): operations against a [`TaskRuntime`] and a [`StatusSink`];
+//! - [`converge`]: the level-triggered loop tying them together.
+//!
+//! Build then spawn: [`Agent::build`] checks the configuration (all fallible setup), and
+//! [`Agent::spawn`] starts the loops and returns an [`AgentHandle`] to wait on and shut
+//! down. Shutting down stops watching and leaves containers as they are, so a restarted
+//! agent finds its tasks running and changes nothing; with
+//! [`AgentConfig::revoke_lease_on_exit`] the lease is revoked so the node goes down at once.
+//!
+//! The agent owns task `status` and never touches task `spec`, never deletes tasks, and
+//! never writes a Node's `spec`.
+
+pub mod apply;
+pub mod backoff;
+pub mod converge;
+pub mod desired;
+pub mod plan;
+pub mod register;
+pub mod runtime;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_store::{Lease, Store};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use apply::{advance, ApplyError, Effects, StatusSink, StoreStatus};
+pub use converge::ConvergeStats;
+pub use plan::{plan, Op, StatusUpdate};
+pub use runtime::{ObservedState, ObservedTask, Started, TaskError, TaskRuntime};
+
+/// How an agent runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// The node's name (a DNS-1123 label).
+    pub name: String,
+    /// The underlay address other nodes reach this one at.
+    pub address: String,
+    /// Where the agent serves `exec` (host:port), if it does.
+    pub agent_endpoint: Option<String>,
+    /// The node lease's time to live; the node goes down this long after the agent dies.
+    pub lease_ttl: Duration,
+    /// How often the agent converges even if nothing changed.
+    pub resync: Duration,
+    /// How often the agent checks that its Node and liveness key still say it is ready.
+    pub check_every: Duration,
+    /// Ask etcd for a watch progress notification this often while no events flow.
+    pub watch_progress_every: Duration,
+    /// Revoke the lease on shutdown so the node goes down at once (tests).
+    pub revoke_lease_on_exit: bool,
+    /// Runtime operations that may run at once.
+    pub concurrency: usize,
+}
+
+impl AgentConfig {
+    /// A configuration with the default timings.
+    pub fn new(name: impl Into<String>, address: impl Into<String>) -> Self {
+        AgentConfig {
+            name: name.into(),
+            address: address.into(),
+            agent_endpoint: None,
+            lease_ttl: Duration::from_secs(5),
+            resync: Duration::from_secs(10),
+            check_every: Duration::from_secs(30),
+            watch_progress_every: Duration::from_secs(60),
+            revoke_lease_on_exit: false,
+            concurrency: 16,
+        }
+    }
+}
+
+/// Why an agent cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The node name is not a DNS-1123 label.
+    #[error("--name: {0}")]
+    InvalidName(String),
+    /// The address is not an IP address.
+    #[error("--address: {address:?} is not an IP address (give the address other nodes reach this one at)")]
+    InvalidAddress {
+        /// What was given.
+        address: String,
+    },
+    /// A duration is out of range.
+    #[error("{flag}: {message}")]
+    InvalidTiming {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// etcd could not be reached.
+    #[error("cannot reach etcd: {0}")]
+    Store(#[from] shoal_store::StoreError),
+    /// The container runtime could not be set up.
+    #[error("runtime: {0}")]
+    Runtime(String),
+}
+
+/// A checked agent, ready to spawn.
+pub struct Agent {
+    config: AgentConfig,
+    store: Store,
+    runtime: Arc<dyn TaskRuntime>,
+    status: Arc<dyn StatusSink>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("config", &self.config)
+            .field("runtime", &self.runtime.name())
+            .finish()
+    }
+}
+
+impl Agent {
+    /// Checks `config`; the agent will run tasks with `runtime` and write status to etcd.
+    pub fn build(
+        config: AgentConfig,
+        store: Store,
+        runtime: Arc<dyn TaskRuntime>,
+    ) -> Result<Agent, AgentError> {
+        shoal_api_types::validation::check_dns_label(&config.name)
+            .map_err(AgentError::InvalidName)?;
+        if config.name.starts_with('_') {
+            return Err(AgentError::InvalidName(format!(
+                "{:?} is reserved",
+                config.name
+            )));
+        }
+        if config.address.parse::<IpAddr>().is_err() {
+            return Err(AgentError::InvalidAddress {
+                address: config.address.clone(),
+            });
+        }
+        if config.lease_ttl < Duration::from_secs(1) {
+            return Err(AgentError::InvalidTiming {
+                flag: "--lease-ttl",
+                message: "must be at least 1 second".into(),
+            });
+        }
+        for (flag, d) in [
+            ("--resync", config.resync),
+            ("check interval", config.check_every),
+            ("watch progress interval", config.watch_progress_every),
+        ] {
+            if d.is_zero() {
+                return Err(AgentError::InvalidTiming {
+                    flag,
+                    message: "must be more than 0".into(),
+                });
+            }
+        }
+        let status = Arc::new(StoreStatus::new(store.clone(), &config.name));
+        Ok(Agent {
+            config,
+            store,
+            runtime,
+            status,
+        })
+    }
+
+    /// Writes task status to `status` instead of etcd (tests).
+    pub fn with_status_sink(mut self, status: Arc<dyn StatusSink>) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Starts registration, the task watch and the converge loop.
+    pub fn spawn(self) -> AgentHandle {
+        let Agent {
+            config,
+            store,
+            runtime,
+            status,
+        } = self;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (lease_tx, lease_rx) = watch::channel(None);
+        let (desired_tx, desired_rx) = watch::channel(None);
+        let (stats_tx, stats_rx) = watch::channel(ConvergeStats::default());
+
+        let registration = register::Registration {
+            store: store.clone(),
+            name: config.name.clone(),
+            address: config.address.clone(),
+            agent_endpoint: config.agent_endpoint.clone().unwrap_or_default(),
+            runtime: runtime.name(),
+            ttl: config.lease_ttl,
+            check_every: config.check_every,
+            revoke_on_exit: config.revoke_lease_on_exit,
+        };
+        let prefix = store.keys().node_tasks(&config.name);
+        let converger = converge::Converger {
+            effects: Effects { runtime, status },
+            desired: desired_rx,
+            resync: config.resync,
+            concurrency: config.concurrency,
+            stats: stats_tx,
+        };
+        let tasks = vec![
+            tokio::spawn(registration.run(lease_tx, shutdown_rx.clone())),
+            tokio::spawn(desired::watch_tasks(
+                store,
+                prefix,
+                config.watch_progress_every,
+                desired_tx,
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(converger.run(shutdown_rx)),
+        ];
+        AgentHandle {
+            name: config.name,
+            shutdown: shutdown_tx,
+            lease: lease_rx,
+            stats: stats_rx,
+            tasks,
+        }
+    }
+}
+
+/// A running agent. Dropping it stops the agent abruptly (as a crash would, without
+/// revoking the lease); [`AgentHandle::shutdown`] stops it gracefully.
+pub struct AgentHandle {
+    name: String,
+    shutdown: watch::Sender<bool>,
+    lease: watch::Receiver<Option<Lease>>,
+    stats: watch::Receiver<ConvergeStats>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for AgentHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHandle")
+            .field("name", &self.name)
+            .field("lease", &self.lease())
+            .finish()
+    }
+}
+
+impl AgentHandle {
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The lease the node is registered with, if it is registered now.
+    pub fn lease(&self) -> Option<Lease> {
+        *self.lease.borrow()
+    }
+
+    /// Waits until the node is registered; `None` if the agent stopped first.
+    pub async fn registered(&self) -> Option<Lease> {
+        let mut rx = self.lease.clone();
+        let lease = rx.wait_for(|l| l.is_some()).await.ok()?;
+        *lease
+    }
+
+    /// The converge loop's progress now.
+    pub fn stats(&self) -> ConvergeStats {
+        *self.stats.borrow()
+    }
+
+    /// Follows the converge loop's progress.
+    pub fn watch_stats(&self) -> watch::Receiver<ConvergeStats> {
+        self.stats.clone()
+    }
+
+    /// Stops watching and converging (containers are left running), revokes the lease if
+    /// configured, and waits for all of it.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Runs one agent until `shutdown` resolves, then shuts it down gracefully.
+pub async fn run(
+    config: AgentConfig,
+    store: Store,
+    runtime: Arc<dyn TaskRuntime>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let agent = Agent::build(config, store, runtime)?;
+    let handle = agent.spawn();
+    shutdown.await;
+    tracing::info!(node = %handle.name(), "shutting down");
+    handle.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! Node registration: the agent's side of node lifecycle.
+//!
+//! Registering grants an etcd lease, keeps it alive, binds the liveness key
+//! (`leases/nodes/<node>`, value: the lease id in hex) to it, and writes the Node's status
+//! (`ready`, address, runtime, lease, registeredAt) — creating the Node with a default spec
+//! if it does not exist. Users own the spec (labels, availability); it is never written.
+//!
+//! The controller marks the node down when the liveness key disappears. When the lease is
+//! lost (revoked, or etcd unreachable for a TTL) the agent registers again with a new
+//! lease; the tasks it had were orphaned by then, and the converge loop cleans them up.
+//! Every `check_every` the agent also checks that the key and the Node still say what it
+//! wrote, and writes them again if not.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use shoal_api_types::{Node, NodeSpec, NodeState, NodeStatus};
+use shoal_store::{Lease, LeaseKeeper, Store, StoreError};
+use tokio::sync::watch;
+
+use super::backoff::Backoff;
+
+/// What to register, and how.
+#[derive(Debug, Clone)]
+pub(crate) struct Registration {
+    pub store: Store,
+    pub name: String,
+    pub address: String,
+    pub agent_endpoint: String,
+    pub runtime: &'static str,
+    pub ttl: Duration,
+    pub check_every: Duration,
+    pub revoke_on_exit: bool,
+}
+
+/// The lease id as written to the liveness key and `Node.status.lease`.
+pub fn lease_hex(lease: Lease) -> String {
+    format!("{:x}", lease.id)
+}
+
+impl Registration {
+    /// Registers until `shutdown` turns true; publishes the current lease in `lease_tx`
+    /// (`None` while not registered).
+    pub(crate) async fn run(
+        self,
+        lease_tx: watch::Sender<Option<Lease>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut backoff = Backoff::new(
+            Duration::from_millis(200),
+            self.ttl.max(Duration::from_secs(1)),
+        );
+        loop {
+            let registered = tokio::select! {
+                r = self.register() => r,
+                _ = super::stopped(&mut shutdown) => return,
+            };
+            let keeper = match registered {
+                Ok(keeper) => keeper,
+                Err(e) => {
+                    tracing::warn!(node = %self.name, error = %e, "cannot register the node; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next().unwrap_or_default()) => continue,
+                        _ = super::stopped(&mut shutdown) => return,
+                    }
+                }
+            };
+            backoff.reset();
+            let lease = keeper.lease();
+            tracing::info!(node = %self.name, lease = %lease_hex(lease), "node registered");
+            lease_tx.send_replace(Some(lease));
+            let mut check = tokio::time::interval(self.check_every);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            check.reset();
+            loop {
+                tokio::select! {
+                    _ = keeper.lost() => {
+                        tracing::warn!(node = %self.name, lease = %lease_hex(lease), "node lease lost; registering again");
+                        lease_tx.send_replace(None);
+                        break;
+                    }
+                    _ = check.tick() => {
+                        if let Err(e) = self.check(lease).await {
+                            tracing::warn!(node = %self.name, error = %e, "cannot check the node's registration");
+                        }
+                    }
+                    _ = super::stopped(&mut shutdown) => {
+                        if self.revoke_on_exit {
+                            drop(keeper);
+                            match tokio::time::timeout(Duration::from_secs(2), self.store.revoke_lease(lease)).await {
+                                Ok(Ok(())) => tracing::info!(node = %self.name, "lease revoked"),
+                                Ok(Err(e)) => tracing::warn!(node = %self.name, error = %e, "cannot revoke the lease"),
+                                Err(_) => tracing::warn!(node = %self.name, "revoking the lease timed out"),
+                            }
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn liveness_key(&self) -> String {
+        self.store.keys().node_lease(&self.name)
+    }
+
+    async fn register(&self) -> Result<LeaseKeeper, StoreError> {
+        let lease = self.store.grant_lease(self.ttl).await?;
+        let keeper = self.store.keep_alive(lease);
+        let bind = async {
+            self.store
+                .put_with_lease(&self.liveness_key(), lease_hex(lease), lease)
+                .await?;
+            self.write_node(lease).await
+        };
+        match bind.await {
+            Ok(()) => Ok(keeper),
+            Err(e) => {
+                drop(keeper);
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), self.store.revoke_lease(lease))
+                        .await;
+                Err(e)
+            }
+        }
+    }
+
+    fn status(&self, lease: Lease) -> NodeStatus {
+        NodeStatus {
+            state: NodeState::Ready,
+            address: self.address.clone(),
+            agent_endpoint: self.agent_endpoint.clone(),
+            lease: lease_hex(lease),
+            runtime: self.runtime.to_string(),
+            registered_at: Some(Utc::now()),
+            message: String::new(),
+        }
+    }
+
+    /// Writes the Node's status, creating the Node with a default spec if it is missing.
+    async fn write_node(&self, lease: Lease) -> Result<(), StoreError> {
+        let key = self.store.keys().named::<NodeSpec>(&self.name);
+        let status = self.status(lease);
+        for _ in 0..8 {
+            let updated = self
+                .store
+                .update_with::<NodeSpec>(&key, |node| {
+                    node.status = status.clone();
+                    true
+                })
+                .await?;
+            if updated.is_some() {
+                return Ok(());
+            }
+            let mut node = Node::new(self.name.clone(), NodeSpec::default());
+            node.status = status.clone();
+            match self.store.create(&node).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "node {:?}: created and deleted concurrently too often",
+            self.name
+        )))
+    }
+
+    /// Puts back the liveness key and the Node's ready status if something changed them
+    /// while the lease lived.
+    async fn check(&self, lease: Lease) -> Result<(), StoreError> {
+        let key = self.liveness_key();
+        let resp = self
+            .store
+            .client()
+            .kv_client()
+            .get(key.as_str(), None)
+            .await?;
+        if resp.kvs().first().map(|kv| kv.lease()) != Some(lease.id) {
+            tracing::warn!(node = %self.name, "liveness key missing or not ours; writing it again");
+            self.store
+                .put_with_lease(&key, lease_hex(lease), lease)
+                .await?;
+        }
+        let node = self.store.get_named::<NodeSpec>(&self.name).await?;
+        let ok = node.is_some_and(|n| {
+            n.status.state == NodeState::Ready && n.status.lease == lease_hex(lease)
+        });
+        if !ok {
+            tracing::warn!(node = %self.name, "node not ready with our lease; writing its status again");
+            self.write_node(lease).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! The narrow trait the converge loop drives side effects through: [`TaskRuntime`] starts,
+//! stops, removes and lists the containers (with their namespaces and links) of this node's
+//! tasks. The containerd + netlink implementation and the hollow one ([`crate::hollow`])
+//! implement it; tests inject recording fakes.
+//!
+//! Invariants every implementation keeps:
+//! - Everything it creates carries a recognisable name or label, so [`TaskRuntime::list`]
+//!   returns exactly what is ours (also after a crash) and garbage collection is a diff.
+//! - Every method is idempotent: starting a started task, stopping a stopped one and
+//!   removing a removed one succeed and change nothing.
+//! - Nothing here writes to etcd; the agent reports status from what these methods return.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use shoal_api_types::Task;
+
+/// What the runtime observes of one task's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObservedState {
+    /// Created (or half created) but not running; starting it again resumes it.
+    Created,
+    /// Its process runs.
+    Running,
+    /// Its process exited with this code; the container is kept (for logs) until removed.
+    Exited {
+        /// The exit code (128 + signal when killed by a signal).
+        exit_code: i32,
+    },
+}
+
+/// One task the runtime knows about, as [`TaskRuntime::list`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedTask {
+    /// The task id (`metadata.name` of the Task).
+    pub id: String,
+    /// The container's id in the runtime.
+    pub container_id: String,
+    /// Created, running or exited.
+    pub state: ObservedState,
+    /// Result of the health check: `None` when the task has none.
+    pub healthy: Option<bool>,
+}
+
+impl ObservedTask {
+    /// A running task without a health check.
+    pub fn running(id: impl Into<String>, container_id: impl Into<String>) -> Self {
+        ObservedTask {
+            id: id.into(),
+            container_id: container_id.into(),
+            state: ObservedState::Running,
+            healthy: None,
+        }
+    }
+
+    /// A task whose process exited with `exit_code`.
+    pub fn exited(id: impl Into<String>, container_id: impl Into<String>, exit_code: i32) -> Self {
+        ObservedTask {
+            id: id.into(),
+            container_id: container_id.into(),
+            state: ObservedState::Exited { exit_code },
+            healthy: None,
+        }
+    }
+}
+
+/// What a successful [`TaskRuntime::start_task`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    /// The container's id, reported in `status.containerId`.
+    pub container_id: String,
+}
+
+/// Why a runtime operation failed, classified by what the agent reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// The task can never run as specified (image not found, invalid spec). The agent
+    /// reports the task `rejected` with `reason` as its error.
+    #[error("task {task}: {reason}")]
+    Rejected {
+        /// The task id.
+        task: String,
+        /// What was wrong, for users (`image not found: localhost:5000/nope:1`).
+        reason: String,
+    },
+    /// Starting or running the task failed (registry down, exec failed). The agent reports
+    /// the task `failed` with `reason`; the controller's restart policy decides what next.
+    #[error("task {task}: {reason}")]
+    Failed {
+        /// The task id.
+        task: String,
+        /// What went wrong, for users.
+        reason: String,
+    },
+    /// The runtime itself is unreachable (containerd down, netlink socket gone). Nothing is
+    /// reported to the task; the agent retries with backoff.
+    #[error("container runtime unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl TaskError {
+    /// The message shown in `status.err`.
+    pub fn reason(&self) -> &str {
+        match self {
+            TaskError::Rejected { reason, .. } | TaskError::Failed { reason, .. } => reason,
+            TaskError::Unavailable(reason) => reason,
+        }
+    }
+
+    /// Whether trying the same operation later may succeed without anything changing in the
+    /// task (only [`TaskError::Unavailable`]).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TaskError::Unavailable(_))
+    }
+}
+
+/// The container runtime as the converge loop sees it. `Send + Sync`; the agent holds it
+/// as `Arc<dyn TaskRuntime>` and calls it from several tasks at once, but never runs two
+/// operations on the same task id at the same time.
+#[async_trait]
+pub trait TaskRuntime: Send + Sync + 'static {
+    /// Written to `Node.status.runtime` (`containerd`, `hollow`).
+    fn name(&self) -> &'static str;
+
+    /// Creates what the task needs (image, namespace, links, container) and starts its
+    /// process. Idempotent: resumes a half-created task and returns the running one as is.
+    async fn start_task(&self, task: &Task) -> Result<Started, TaskError>;
+
+    /// Stops the task's process: SIGTERM, up to `grace`, then SIGKILL. Returns once it has
+    /// exited; the container stays (as [`ObservedState::Exited`]) until removed. Stopping a
+    /// task that does not run, or does not exist, succeeds.
+    async fn stop_task(&self, id: &str, grace: Duration) -> Result<(), TaskError>;
+
+    /// Stops the task if it runs and deletes everything it had (container, namespace,
+    /// links). Removing an unknown task succeeds.
+    async fn remove_task(&self, id: &str) -> Result<(), TaskError>;
+
+    /// Every task of ours the runtime has, running or not.
+    async fn list(&self) -> Result<Vec<ObservedTask>, TaskError>;
+
+    /// Resolves when something may have changed without the agent asking (a process
+    /// exited, a health check flipped), so the agent converges at once instead of at the
+    /// next resync. The default never resolves.
+    async fn changed(&self) {
+        std::future::pending::<()>().await
+    }
+}
