@@ -1,0 +1,483 @@
+//! End-to-end tests of the `shoal` binary against the real HTTP API
+//! (`shoal_controller::api::router`) over a real etcd, served in-process on a free loopback
+//! port. No reconcilers run; where a test needs tasks to converge, a tiny fake controller
+//! below writes tasks and service status straight into the store.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use shoal_api_types::{
+    Node, NodeSpec, NodeState, NodeStatus, ServiceSpec, Task, TaskSpec, TaskState, TaskStatus,
+};
+use shoal_store::testing::TestEtcd;
+use shoal_store::Store;
+
+/// An API server over a test etcd, and a scratch directory.
+struct Server {
+    url: String,
+    store: Store,
+    dir: tempfile::TempDir,
+    _etcd: TestEtcd,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let etcd = TestEtcd::start().await;
+        let store = etcd.store().await;
+        let app = shoal_controller::api::router(store.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Server {
+            url,
+            store,
+            dir: tempfile::tempdir().unwrap(),
+            _etcd: etcd,
+        }
+    }
+
+    /// Runs `shoal --server URL args...` with no context file or SHOAL_SERVER around.
+    /// (`--server` goes first: words after a service's IMAGE belong to its command.)
+    async fn shoal(&self, args: &[&str]) -> Output {
+        let mut full = vec!["--server", &self.url];
+        full.extend_from_slice(args);
+        self.command(&full).output().await.unwrap()
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"));
+        cmd.args(args)
+            .env_remove("SHOAL_SERVER")
+            .env("SHOAL_CONFIG", self.dir.path().join("no-context.json"))
+            .env("HOME", self.dir.path());
+        cmd
+    }
+
+    /// Runs and expects success; returns stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.shoal(args).await;
+        assert!(
+            out.status.success(),
+            "shoal {args:?} failed: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
+        text(&out.stdout)
+    }
+
+    /// Runs and expects failure; returns stderr.
+    async fn fails(&self, args: &[&str]) -> String {
+        let out = self.shoal(args).await;
+        assert!(
+            !out.status.success(),
+            "shoal {args:?} should have failed; stdout:\n{}",
+            text(&out.stdout)
+        );
+        text(&out.stderr)
+    }
+
+    fn file(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+const APP: &str = "\
+apiVersion: shoal/v1
+kind: Network
+metadata: {name: appnet}
+spec: {subnet: 10.1.0.0/24}
+---
+apiVersion: shoal/v1
+kind: Service
+metadata: {name: api}
+spec:
+  image: localhost:5000/busybox:latest
+  replicas: 2
+  networks: [{name: appnet}]
+  ports: [{published: 8080, target: 80}]
+";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_creates_then_reports_unchanged_and_get_prints_json() {
+    let s = Server::start().await;
+    let f = s.file("app.yaml", APP);
+    let out = s.ok(&["apply", "-f", p(&f), "--dry-run"]).await;
+    assert_eq!(
+        out,
+        "network/appnet created (dry run)\nservice/api created (dry run)\n"
+    );
+    let out = s.ok(&["apply", "-f", p(&f), "--detach"]).await;
+    assert_eq!(out, "network/appnet created\nservice/api created\n");
+    let out = s.ok(&["apply", "-f", p(&f)]).await;
+    assert_eq!(out, "network/appnet unchanged\nservice/api unchanged\n");
+
+    let json: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "networks", "-o", "json"]).await).unwrap();
+    assert_eq!(json["kind"], "NetworkList");
+    assert_eq!(json["items"][0]["metadata"]["name"], "appnet");
+    assert_eq!(json["items"][0]["spec"]["subnet"], "10.1.0.0/24");
+    let json: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "svc/api", "-o", "json"]).await).unwrap();
+    assert_eq!(json["spec"]["replicas"], 2);
+    let yaml = s.ok(&["get", "service", "api", "-o", "yaml"]).await;
+    assert!(
+        yaml.contains("image: localhost:5000/busybox:latest"),
+        "{yaml}"
+    );
+    let table = s.ok(&["get", "net"]).await;
+    assert!(table.starts_with("NAME "), "{table}");
+    assert!(table.contains("appnet"), "{table}");
+
+    let out = s.ok(&["delete", "-f", p(&f)]).await;
+    assert_eq!(out, "service/api deleted\nnetwork/appnet deleted\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_of_a_directory_is_all_or_nothing_and_names_the_file() {
+    let s = Server::start().await;
+    s.file(
+        "m/01-net.yaml",
+        "apiVersion: shoal/v1\nkind: Network\nmetadata: {name: appnet}\nspec: {}\n",
+    );
+    s.file(
+        "m/02-svc.yml",
+        "apiVersion: shoal/v1\nkind: Service\nmetadata: {name: web}\nspec: {image: busybox, replicas: 1}\n---\n\
+         apiVersion: shoal/v1\nkind: Service\nmetadata: {name: api}\nspec: {image: busybox, replicas: -1}\n",
+    );
+    let dir = s.dir.path().join("m");
+    let err = s.fails(&["apply", "-f", p(&dir)]).await;
+    assert!(err.contains("02-svc.yml, document 2"), "{err}");
+    assert!(err.contains("spec.replicas"), "{err}");
+    // Nothing was written.
+    let out = s.ok(&["network", "ls", "-q"]).await;
+    assert!(!out.contains("appnet"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_manifest_fails_with_the_field_path() {
+    let s = Server::start().await;
+    let f = s.file(
+        "bad.yaml",
+        "apiVersion: shoal/v1\nkind: Service\nmetadata: {name: api}\nspec:\n  image: busybox\n  ports: [{published: 70000, target: 80}]\n",
+    );
+    let err = s.fails(&["apply", "-f", p(&f)]).await;
+    assert!(err.contains("spec.ports[0].published"), "{err}");
+    let f = s.file(
+        "unknown.yaml",
+        "apiVersion: shoal/v1\nkind: Network\nmetadata: {name: n}\nspec: {colour: red}\n",
+    );
+    let err = s.fails(&["apply", "-f", p(&f)]).await;
+    assert!(err.contains("spec.colour"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn network_rm_of_a_network_in_use_fails_with_the_servers_message() {
+    let s = Server::start().await;
+    assert_eq!(
+        s.ok(&["network", "create", "--subnet", "10.9.0.0/24", "appnet"])
+            .await,
+        "appnet\n"
+    );
+    s.ok(&[
+        "service",
+        "create",
+        "--name",
+        "api",
+        "--network",
+        "appnet",
+        "--detach",
+        "busybox",
+    ])
+    .await;
+    let err = s.fails(&["network", "rm", "appnet"]).await;
+    assert!(err.contains("in use"), "{err}");
+    assert!(err.contains("api"), "{err}");
+    let ls = s.ok(&["network", "ls"]).await;
+    assert!(ls.contains("10.9.0.0/24"), "{ls}");
+
+    let inspect: serde_json::Value =
+        serde_json::from_str(&s.ok(&["network", "inspect", "appnet"]).await).unwrap();
+    assert_eq!(inspect[0]["metadata"]["name"], "appnet");
+    assert!(inspect[0]["endpoints"].is_array());
+
+    s.ok(&["service", "rm", "api"]).await;
+    assert_eq!(s.ok(&["network", "rm", "appnet"]).await, "appnet\n");
+    let err = s.fails(&["network", "rm", "appnet"]).await;
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn detached_service_create_shows_in_service_ls() {
+    let s = Server::start().await;
+    let out = s
+        .ok(&[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "-p",
+            "8080:80",
+            "-d",
+            "busybox",
+            "sleep",
+            "1000",
+        ])
+        .await;
+    assert_eq!(out, "web\n");
+    let ls = s.ok(&["service", "ls"]).await;
+    let lines: Vec<&str> = ls.lines().collect();
+    assert_eq!(lines.len(), 2, "{ls}");
+    let cols: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        cols,
+        vec!["web", "replicated", "0/2", "busybox", "*:8080->80/tcp"]
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&s.ok(&["service", "inspect", "web"]).await).unwrap();
+    assert_eq!(
+        json[0]["spec"]["args"],
+        serde_json::json!(["sleep", "1000"])
+    );
+
+    // A port taken by another service is the server's clear error.
+    let err = s
+        .fails(&[
+            "service", "create", "--name", "web2", "-p", "8080:80", "-d", "busybox",
+        ])
+        .await;
+    assert!(err.contains("8080"), "{err}");
+    // Bad flags never reach the server.
+    let err = s
+        .fails(&["service", "create", "--name", "x", "-p", "8080", "busybox"])
+        .await;
+    assert!(err.contains("--publish \"8080\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_without_a_controller_times_out_saying_what_is_missing() {
+    let s = Server::start().await;
+    let out = s
+        .shoal(&[
+            "service",
+            "create",
+            "--name",
+            "slow",
+            "--timeout",
+            "1s",
+            "busybox",
+        ])
+        .await;
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(
+        stdout.contains("overall progress: 0 out of 1 tasks"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains('\x1b'),
+        "no ANSI when not a terminal: {stdout:?}"
+    );
+    assert!(stderr.contains("timed out after 1s"), "{stderr}");
+    assert!(stderr.contains("slow.1: new (no task yet)"), "{stderr}");
+}
+
+/// Plays the controller for replicated services: one running task per slot on `node-1`,
+/// tasks above the replica count shut down, and the service's status observed.
+async fn fake_controller(store: Store) {
+    loop {
+        let (services, _) = store.list::<ServiceSpec>().await.unwrap();
+        let (tasks, _) = store.list::<TaskSpec>().await.unwrap();
+        for svc in services {
+            let replicas = svc.spec.replica_count();
+            let gen = svc.metadata.generation;
+            for slot in 1..=replicas {
+                let exists = tasks.iter().any(|t| {
+                    t.spec.service == svc.name()
+                        && t.spec.slot == Some(slot)
+                        && t.spec.desired_state == TaskState::Running
+                });
+                if !exists {
+                    let mut t = Task::new(
+                        format!("{}{slot}{gen}0000000000", svc.name()),
+                        TaskSpec {
+                            service: svc.name().into(),
+                            slot: Some(slot),
+                            node: Some("node-1".into()),
+                            desired_state: TaskState::Running,
+                            service_generation: gen,
+                            image: svc.spec.image.clone(),
+                            ..Default::default()
+                        },
+                    );
+                    t.status = TaskStatus {
+                        state: TaskState::Running,
+                        timestamp: Some(chrono::Utc::now()),
+                        ..Default::default()
+                    };
+                    let _ = store.create(&t).await;
+                }
+            }
+            for t in tasks.iter().filter(|t| {
+                t.spec.service == svc.name()
+                    && t.spec.slot.unwrap_or(0) > replicas
+                    && t.spec.desired_state == TaskState::Running
+            }) {
+                let mut t = t.clone();
+                t.spec.desired_state = TaskState::Shutdown;
+                t.status.state = TaskState::Shutdown;
+                let _ = store.update(&t).await;
+            }
+            let key = store.keys().named::<ServiceSpec>(svc.name());
+            let _ = store
+                .update_with::<ServiceSpec>(&key, |s| {
+                    if s.status.observed_generation == s.metadata.generation {
+                        return false;
+                    }
+                    s.status.observed_generation = s.metadata.generation;
+                    s.status.desired_tasks = s.spec.replica_count();
+                    s.status.running_tasks = s.spec.replica_count();
+                    true
+                })
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_and_scale_wait_until_converged_and_ps_and_nodes_show_tasks() {
+    let s = Server::start().await;
+    let mut node = Node::new("node-1", NodeSpec::default());
+    node.status = NodeStatus {
+        state: NodeState::Ready,
+        address: "198.18.0.1".into(),
+        ..Default::default()
+    };
+    s.store.create(&node).await.unwrap();
+    tokio::spawn(fake_controller(s.store.clone()));
+
+    let out = s
+        .ok(&[
+            "service",
+            "create",
+            "--name",
+            "api",
+            "--replicas",
+            "2",
+            "busybox",
+        ])
+        .await;
+    assert!(out.starts_with("api\n"), "{out}");
+    assert!(out.contains("overall progress: 2 out of 2 tasks"), "{out}");
+    assert!(out.contains("2/2: running"), "{out}");
+    assert!(out.ends_with("verify: converged\n"), "{out}");
+
+    let out = s.ok(&["service", "scale", "api=3"]).await;
+    assert!(out.starts_with("api scaled to 3\n"), "{out}");
+    assert!(out.contains("3/3: running"), "{out}");
+    assert!(out.ends_with("verify: converged\n"), "{out}");
+
+    let ps = s.ok(&["service", "ps", "api"]).await;
+    let lines: Vec<&str> = ps.lines().collect();
+    assert_eq!(lines.len(), 4, "{ps}");
+    assert!(lines[0].starts_with("ID "), "{ps}");
+    assert!(
+        lines[1].contains(" api.1 ") && lines[1].contains("Running "),
+        "{ps}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&s.ok(&["service", "ps", "api", "-o", "json"]).await).unwrap();
+    assert_eq!(json["items"].as_array().unwrap().len(), 3);
+
+    let nodes = s.ok(&["node", "ls"]).await;
+    let cols: Vec<&str> = nodes.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(cols, vec!["node-1", "198.18.0.1", "Ready", "Active", "3"]);
+    assert_eq!(
+        s.ok(&["node", "update", "--label-add", "zone=a", "node-1"])
+            .await,
+        "node-1\n"
+    );
+    let nodes = s.ok(&["node", "ls"]).await;
+    assert!(nodes.contains("zone=a"), "{nodes}");
+    let err = s.fails(&["service", "scale", "nope=2"]).await;
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_context_file_names_the_server_and_unreachable_servers_are_explained() {
+    let s = Server::start().await;
+    let ctx = s.dir.path().join("ctx/context.json");
+    shoal_cli::context::write_context(
+        &ctx,
+        &shoal_cli::context::Context {
+            server: s.url.clone(),
+        },
+    )
+    .unwrap();
+    let out = s
+        .command(&["network", "ls", "-q"])
+        .env("SHOAL_CONFIG", &ctx)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // SHOAL_SERVER beats the context file.
+    let out = s
+        .command(&["network", "ls"])
+        .env("SHOAL_CONFIG", &ctx)
+        .env("SHOAL_SERVER", "http://127.0.0.1:1")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("cannot reach the Shoal API at http://127.0.0.1:1"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_prints_events_as_they_happen() {
+    let s = Server::start().await;
+    let mut child = s
+        .command(&["watch", "networks", "--server", &s.url])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.ok(&["network", "create", "appnet"]).await;
+    s.ok(&["network", "rm", "appnet"]).await;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains("DELETED") && tokio::time::Instant::now() < deadline {
+        let mut buf = [0u8; 4096];
+        use tokio::io::AsyncReadExt;
+        match tokio::time::timeout(Duration::from_millis(500), stdout.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => {}
+        }
+    }
+    child.kill().await.unwrap();
+    assert!(seen.contains("ADDED     network/appnet"), "{seen}");
+    assert!(seen.contains("DELETED   network/appnet"), "{seen}");
+}
