@@ -275,7 +275,8 @@ pub enum RestartConditionFlag {
 /// `shoal service create`.
 ///
 /// As in Docker, the words after IMAGE replace the image's CMD (they become `spec.args`);
-/// `--entrypoint` replaces its ENTRYPOINT (`spec.command`).
+/// `--entrypoint` replaces its ENTRYPOINT (`spec.command`). Flags for `shoal` itself go
+/// before IMAGE: everything after it belongs to the command.
 #[derive(Debug, Args)]
 pub struct ServiceCreateArgs {
     /// The service's name (a DNS label).
@@ -341,7 +342,8 @@ pub struct ServiceCreateArgs {
     pub wait: WaitArgs,
     /// The image.
     pub image: String,
-    /// Command and arguments (replace the image's CMD).
+    /// Command and arguments: replace the image's CMD (spec.args), as in Docker. Everything
+    /// after IMAGE belongs here, flags included.
     #[arg(
         trailing_var_arg = true,
         allow_hyphen_values = true,

@@ -188,21 +188,9 @@ impl Client {
         self.call(Method::GET, url, None).await
     }
 
-    /// `GET /<plural>`, untyped (for printing as JSON or YAML).
-    pub async fn list_value(&self, kind: Kind) -> Result<Value> {
-        self.call(Method::GET, self.url(&[kind.plural()]), None)
-            .await
-    }
-
     /// `GET /<plural>/<name>`, typed.
     pub async fn get<S: Resource>(&self, name: &str) -> Result<Object<S>> {
         self.call(Method::GET, self.url(&[S::PLURAL, name]), None)
-            .await
-    }
-
-    /// `GET /<plural>/<name>`, untyped.
-    pub async fn get_value(&self, kind: Kind, name: &str) -> Result<Value> {
-        self.call(Method::GET, self.url(&[kind.plural(), name]), None)
             .await
     }
 

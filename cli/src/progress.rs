@@ -320,7 +320,8 @@ pub fn format_duration(d: Duration) -> String {
 const POLL: Duration = Duration::from_millis(500);
 
 /// Polls until every service in `names` has converged, printing progress to `out` (redrawn
-/// in place when `tty`). Fails when `timeout` passes first, saying what is missing.
+/// in place when `tty`). Fails when `timeout` passes first, saying what is missing. Ctrl-C
+/// stops waiting (not the change, which the controller carries on with).
 pub async fn wait_for_services(
     client: &Client,
     names: &[String],
@@ -328,46 +329,66 @@ pub async fn wait_for_services(
     out: &mut dyn Write,
     tty: bool,
 ) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    for name in names {
-        if names.len() > 1 {
-            writeln!(out, "service/{name}:")?;
-        }
-        let mut renderer = Renderer::new(tty);
-        loop {
-            let service: Service = match client.get::<ServiceSpec>(name).await {
-                Ok(s) => s,
-                Err(e) if e.is_not_found() => {
-                    bail!("service {name} was removed while waiting for it to converge")
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let tasks = client.list::<TaskSpec>(&[("service", name)]).await?.items;
-            let nodes = match service.spec.mode {
-                ServiceMode::Global => client.list::<NodeSpec>(&[]).await?.items,
-                ServiceMode::Replicated => vec![],
-            };
-            let p = progress(&service, &tasks, &nodes);
-            write!(out, "{}", renderer.update(&p.lines()))?;
-            out.flush()?;
-            if p.converged() {
-                writeln!(out, "verify: converged")?;
-                break;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let wait = async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for name in names {
+            if names.len() > 1 {
+                writeln!(out, "service/{name}:")?;
             }
-            if tokio::time::Instant::now() >= deadline {
-                bail!(
-                    "timed out after {}: {}",
-                    format_duration(timeout),
-                    p.missing()
-                );
-            }
-            tokio::time::sleep(
-                POLL.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
-            )
-            .await;
+            wait_for_one(client, name, deadline, timeout, out, tty).await?;
         }
+        Ok(())
+    };
+    tokio::select! {
+        result = wait => result,
+        _ = &mut interrupted => bail!(
+            "stopped waiting; the change carries on in the background (see `shoal service ps {}`)",
+            names.first().map(String::as_str).unwrap_or("NAME")
+        ),
     }
-    Ok(())
+}
+
+async fn wait_for_one(
+    client: &Client,
+    name: &str,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    out: &mut dyn Write,
+    tty: bool,
+) -> Result<()> {
+    let mut renderer = Renderer::new(tty);
+    loop {
+        let service: Service = match client.get::<ServiceSpec>(name).await {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => {
+                bail!("service {name} was removed while waiting for it to converge")
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let tasks = client.list::<TaskSpec>(&[("service", name)]).await?.items;
+        let nodes = match service.spec.mode {
+            ServiceMode::Global => client.list::<NodeSpec>(&[]).await?.items,
+            ServiceMode::Replicated => vec![],
+        };
+        let p = progress(&service, &tasks, &nodes);
+        write!(out, "{}", renderer.update(&p.lines()))?;
+        out.flush()?;
+        if p.converged() {
+            writeln!(out, "verify: converged")?;
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            bail!(
+                "timed out after {}: {}",
+                format_duration(timeout),
+                p.missing()
+            );
+        }
+        tokio::time::sleep(POLL.min(deadline - now)).await;
+    }
 }
 
 #[cfg(test)]

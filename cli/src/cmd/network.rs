@@ -4,8 +4,8 @@ use std::io::Write;
 
 use anyhow::Result;
 use chrono::Utc;
-use serde_json::Value;
-use shoal_api_types::{EndpointsSpec, NetworkSpec};
+use serde::Serialize;
+use shoal_api_types::{Endpoints, EndpointsSpec, Network, NetworkSpec};
 
 use crate::args::{InspectArgs, InspectFormat, ListArgs, NamesArgs, NetworkCommand, OutputFormat};
 use crate::client::Client;
@@ -54,17 +54,13 @@ async fn inspect(client: &Client, a: &InspectArgs, out: &mut dyn Write) -> Resul
     let mut failed = false;
     for name in &a.names {
         match client.get::<NetworkSpec>(name).await {
-            Ok(net) => {
-                let mut value = serde_json::to_value(&net)?;
-                let eps: Vec<Value> = endpoints
+            Ok(network) => {
+                let endpoints = endpoints
                     .iter()
                     .filter(|e| e.spec.network == *name)
-                    .map(serde_json::to_value)
-                    .collect::<Result<_, _>>()?;
-                if let Value::Object(map) = &mut value {
-                    map.insert("endpoints".into(), Value::Array(eps));
-                }
-                found.push(value);
+                    .cloned()
+                    .collect();
+                found.push(NetworkInspect { network, endpoints });
             }
             Err(e) => {
                 failed = true;
@@ -77,6 +73,16 @@ async fn inspect(client: &Client, a: &InspectArgs, out: &mut dyn Write) -> Resul
         return Err(Reported.into());
     }
     Ok(())
+}
+
+/// A network as `network inspect` shows it: the object, then its Endpoints objects.
+#[derive(Debug, Serialize)]
+pub struct NetworkInspect {
+    /// The network.
+    #[serde(flatten)]
+    pub network: Network,
+    /// Per service on the network: VIP, ports, and tasks with address and node.
+    pub endpoints: Vec<Endpoints>,
 }
 
 /// Prints inspect results: a JSON array, or YAML documents.

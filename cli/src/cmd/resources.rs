@@ -43,11 +43,13 @@ pub async fn get(client: &Client, args: &GetArgs, out: &mut dyn Write) -> Result
         (None, None) => None,
     };
     if args.output != OutputFormat::Table {
-        let value = match &name {
-            Some(n) => client.get_value(kind, n).await?,
-            None => client.list_value(kind).await?,
+        return match kind {
+            Kind::Network => print_typed::<NetworkSpec>(client, &name, args.output, out).await,
+            Kind::Service => print_typed::<ServiceSpec>(client, &name, args.output, out).await,
+            Kind::Node => print_typed::<NodeSpec>(client, &name, args.output, out).await,
+            Kind::Task => print_typed::<TaskSpec>(client, &name, args.output, out).await,
+            Kind::Endpoints => print_typed::<EndpointsSpec>(client, &name, args.output, out).await,
         };
-        return print_value(out, &value, args.output);
     }
     let now = Utc::now();
     let text = match kind {
@@ -63,6 +65,19 @@ pub async fn get(client: &Client, args: &GetArgs, out: &mut dyn Write) -> Result
     };
     write!(out, "{text}")?;
     Ok(())
+}
+
+/// Prints one object, or the list, as JSON or YAML (fields in the types' order).
+async fn print_typed<S: shoal_api_types::Resource>(
+    client: &Client,
+    name: &Option<String>,
+    output: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<()> {
+    match name {
+        Some(n) => print_value(out, &client.get::<S>(n).await?, output),
+        None => print_value(out, &client.list::<S>(&[]).await?, output),
+    }
 }
 
 async fn fetch<S: shoal_api_types::Resource>(
