@@ -10,3 +10,11 @@
 pub mod api;
 pub mod app;
 pub mod manager;
+
+pub mod allocator;
+pub mod endpoints;
+pub mod leader;
+pub mod nodes;
+pub mod orchestrator;
+pub mod runtime;
+pub mod scheduler;

@@ -1,14 +1,403 @@
-//! Leader election and the reconcilers (placeholder until written).
+//! The manager: leader election, then the reconcilers.
+//!
+//! Every replica campaigns for the leader key ([`crate::leader`]). The leader lists and
+//! watches everything below the key root into one cache ([`crate::runtime::cache`]), maps
+//! each change to work-queue keys, and runs four reconcilers on the runtime:
+//!
+//! | queue      | key          | reconcile                                   |
+//! |------------|--------------|---------------------------------------------|
+//! | networks   | network name | [`crate::allocator::reconcile_network`]     |
+//! | services   | service name | [`crate::orchestrator::reconcile_service`]  |
+//! | nodes      | node name    | [`crate::nodes::reconcile_node`]            |
+//! | scheduler  | `pending`    | [`crate::scheduler::reconcile_pending`]     |
+//!
+//! plus a periodic resync that queues every key. It creates the `ingress` network if it is
+//! missing. When the lease is lost, everything stops at once (the futures are dropped and
+//! any write still in flight fails its leader fence); the replica then campaigns again.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+use shoal_api_types::keys::Keys;
+use shoal_api_types::network::INGRESS_NETWORK;
+use shoal_api_types::{Network, TaskState};
 use shoal_store::Store;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::leader::{self, Leadership};
+use crate::runtime::{Backoff, Cache, Change, Runner, Txn, Watcher, WorkQueue, Writer};
+
+/// Parses `500ms`, `2s`, `1m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 5s or 1m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
 
 /// Reconciler settings.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ManagerConfig {}
+pub struct ManagerConfig {
+    /// Pool that network subnets are carved from when a network sets none.
+    #[arg(long, default_value = "10.0.0.0/8")]
+    pub default_addr_pool: Ipv4Network,
+    /// Prefix length of the subnets carved from the pool.
+    #[arg(long, default_value_t = 24)]
+    pub default_addr_pool_mask_length: u8,
+    /// Subnet of the `ingress` (routing-mesh) network created at first start.
+    #[arg(long, default_value = "10.255.0.0/16")]
+    pub ingress_subnet: Ipv4Network,
+    /// TTL of the leader lease: how long a dead leader blocks a new one at most.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub leader_lease_ttl: Duration,
+    /// Extra time after a node's lease expired before it is declared down.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub node_lease_grace: Duration,
+    /// Period of the full resync of every object.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub resync: Duration,
+    /// Ended tasks kept per slot for `service ps`.
+    #[arg(long, default_value_t = 3)]
+    pub task_history_limit: usize,
+    /// Services reconciled at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            default_addr_pool: "10.0.0.0/8".parse().expect("valid"),
+            default_addr_pool_mask_length: 24,
+            ingress_subnet: "10.255.0.0/16".parse().expect("valid"),
+            leader_lease_ttl: Duration::from_secs(5),
+            node_lease_grace: Duration::ZERO,
+            resync: Duration::from_secs(300),
+            task_history_limit: 3,
+            concurrency: 16,
+        }
+    }
+}
+
+/// The work queues.
+#[derive(Clone, Default)]
+pub struct Queues {
+    /// Network names.
+    pub networks: WorkQueue<String>,
+    /// Service names.
+    pub services: WorkQueue<String>,
+    /// Node names.
+    pub nodes: WorkQueue<String>,
+    /// The one scheduling key.
+    pub scheduler: WorkQueue<String>,
+}
+
+/// The key of the scheduler's queue.
+pub const PENDING: &str = "pending";
+
+/// What every reconcile gets.
+pub struct Context {
+    /// The store (for its keys and client).
+    pub store: Store,
+    /// The key layout.
+    pub keys: Keys,
+    /// The cache.
+    pub cache: Arc<Cache>,
+    /// Fenced writes.
+    pub writer: Writer,
+    /// Settings.
+    pub config: ManagerConfig,
+    /// The queues.
+    pub queues: Queues,
+    /// Next-fit cursors of the address picker, per network.
+    pub ip_cursors: Mutex<HashMap<String, u32>>,
+    /// When nodes without a liveness key are to be declared down.
+    pub lease_deadlines: Mutex<HashMap<String, Instant>>,
+}
+
+impl Context {
+    /// Waits until the cache reflects every write this leader made, so a reconcile never
+    /// acts on a view older than its own last change.
+    pub async fn sync(&self) {
+        self.cache.wait_for(self.writer.last_revision()).await;
+    }
+}
 
 /// Runs the reconcilers while this replica is leader, until `shutdown` turns true.
-pub async fn run(store: Store, config: ManagerConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let _ = (store, config, shutdown);
-    Ok(())
+pub async fn run(
+    store: Store,
+    config: ManagerConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let identity = format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "controller".into()),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let leadership = tokio::select! {
+            l = leader::campaign(&store, &identity, config.leader_lease_ttl) => l,
+            _ = stopped(&mut shutdown) => return Ok(()),
+        };
+        tracing::info!(%identity, term = leadership.term, "became leader");
+        tokio::select! {
+            _ = lead(&store, &config, &leadership) => {
+                tracing::warn!("reconcilers stopped; resigning");
+                leadership.resign(&store).await;
+            }
+            _ = leadership.lost() => {
+                tracing::warn!(%identity, "lost the leader lease; stopped reconciling");
+            }
+            _ = stopped(&mut shutdown) => {
+                leadership.resign(&store).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Everything the leader runs. Returns only if something fatal happened; dropping it
+/// stops everything.
+async fn lead(store: &Store, config: &ManagerConfig, leadership: &Leadership) {
+    let keys = store.keys().clone();
+    let cache = Arc::new(Cache::new(&keys));
+    let queues = Queues {
+        networks: WorkQueue::new(Backoff::default()),
+        services: WorkQueue::new(Backoff::default()),
+        nodes: WorkQueue::new(Backoff::default()),
+        scheduler: WorkQueue::new(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_secs(10),
+        )),
+    };
+    let ctx = Arc::new(Context {
+        store: store.clone(),
+        keys: keys.clone(),
+        cache: cache.clone(),
+        writer: Writer::new(
+            store.client(),
+            Some((leadership.key.clone(), leadership.term)),
+        ),
+        config: config.clone(),
+        queues: queues.clone(),
+        ip_cursors: Mutex::new(HashMap::new()),
+        lease_deadlines: Mutex::new(HashMap::new()),
+    });
+    let mut tasks = JoinSet::new();
+
+    // Watcher → cache → queues.
+    let mut watcher = Watcher::new(store.client(), format!("{}/", keys.root()));
+    let first = watcher.next().await;
+    let changes = cache.apply(first);
+    dispatch(&ctx, changes);
+    tasks.spawn({
+        let ctx = ctx.clone();
+        async move {
+            loop {
+                let ev = watcher.next().await;
+                let changes = ctx.cache.apply(ev);
+                dispatch(&ctx, changes);
+            }
+        }
+    });
+
+    ensure_ingress(&ctx).await;
+
+    let conc = config.concurrency.max(1);
+    tasks.spawn(Runner::new("networks", queues.networks.clone(), 1).run({
+        let ctx = ctx.clone();
+        move |k| crate::allocator::reconcile_network(k, ctx.clone())
+    }));
+    tasks.spawn(Runner::new("services", queues.services.clone(), conc).run({
+        let ctx = ctx.clone();
+        move |k| crate::orchestrator::reconcile_service(k, ctx.clone())
+    }));
+    tasks.spawn(Runner::new("nodes", queues.nodes.clone(), conc).run({
+        let ctx = ctx.clone();
+        move |k| crate::nodes::reconcile_node(k, ctx.clone())
+    }));
+    tasks.spawn(Runner::new("scheduler", queues.scheduler.clone(), 1).run({
+        let ctx = ctx.clone();
+        move |k| crate::scheduler::reconcile_pending(k, ctx.clone())
+    }));
+    tasks.spawn({
+        let ctx = ctx.clone();
+        async move {
+            let mut tick = tokio::time::interval(ctx.config.resync.max(Duration::from_millis(100)));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                resync(&ctx);
+            }
+        }
+    });
+    // Everything runs until this future is dropped; a task ending is a bug.
+    if let Some(r) = tasks.join_next().await {
+        tracing::error!(result = ?r.err(), "a reconciler loop ended");
+    }
+}
+
+/// Queues every key.
+fn resync(ctx: &Context) {
+    let world = ctx.cache.read();
+    ctx.queues.networks.add_all(world.networks.keys().cloned());
+    ctx.queues.services.add_all(world.services.keys().cloned());
+    ctx.queues.nodes.add_all(world.nodes.keys().cloned());
+    ctx.queues.scheduler.add(PENDING.to_string());
+}
+
+/// Creates the ingress network if it does not exist.
+async fn ensure_ingress(ctx: &Context) {
+    if ctx.cache.read().networks.contains_key(INGRESS_NETWORK) {
+        return;
+    }
+    let net: Network = crate::allocator::ingress_network(ctx.config.ingress_subnet);
+    let mut txn = Txn::new();
+    txn.create(&ctx.keys, &net);
+    match ctx.writer.commit(txn).await {
+        Ok(_) => tracing::info!(subnet = %ctx.config.ingress_subnet, "created the ingress network"),
+        Err(e) => {
+            tracing::warn!(error = %e, "creating the ingress network failed (exists already?)")
+        }
+    }
+}
+
+/// Maps cache changes to queue keys.
+fn dispatch(ctx: &Context, changes: Vec<Change>) {
+    if changes.is_empty() {
+        return;
+    }
+    let q = &ctx.queues;
+    let mut schedule = false;
+    let mut all_services = false;
+    let mut failed_networks = false;
+    let mut networks_changed = vec![];
+    for change in changes {
+        match change {
+            Change::Network(n) => {
+                networks_changed.push(n.clone());
+                q.networks.add(n);
+                failed_networks = true;
+            }
+            Change::Service(n) => {
+                q.services.add(n);
+                schedule = true;
+            }
+            Change::Node(n) => {
+                q.nodes.add(n);
+                all_services = true;
+                schedule = true;
+            }
+            Change::NodeLease(n, present) => {
+                let mut deadlines = ctx
+                    .lease_deadlines
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if present {
+                    deadlines.remove(&n);
+                } else {
+                    deadlines.insert(n.clone(), Instant::now() + ctx.config.node_lease_grace);
+                }
+                drop(deadlines);
+                q.nodes.add(n);
+                schedule = true;
+            }
+            Change::Task(old, new) => {
+                let t = new
+                    .as_ref()
+                    .or(old.as_ref())
+                    .expect("a task change has a task");
+                q.services.add(t.spec.service.clone());
+                let pending = |t: &shoal_api_types::Task| {
+                    t.spec.node.is_none() && t.spec.desired_state == TaskState::Running
+                };
+                let ended = |t: &shoal_api_types::Task| t.status.state.is_terminal();
+                if new.as_deref().is_some_and(pending) || new.as_deref().is_none_or(ended) {
+                    schedule = true;
+                }
+                if let Some(node) = new.as_ref().and_then(|t| t.spec.node.clone()) {
+                    // A task landing on a node already down must be orphaned too.
+                    if ctx
+                        .cache
+                        .read()
+                        .nodes
+                        .get(&node)
+                        .is_some_and(|n| n.status.state == shoal_api_types::NodeState::Down)
+                    {
+                        q.nodes.add(node);
+                    }
+                }
+            }
+            Change::Endpoints(_, svc) => q.services.add(svc),
+            Change::SubnetReleased => failed_networks = true,
+        }
+    }
+    let world = ctx.cache.read();
+    if failed_networks {
+        q.networks.add_all(
+            world
+                .networks
+                .values()
+                .filter(|n| n.status.phase == "Failed")
+                .map(|n| n.metadata.name.clone()),
+        );
+    }
+    if all_services {
+        q.services.add_all(world.services.keys().cloned());
+    } else if !networks_changed.is_empty() {
+        q.services.add_all(
+            world
+                .services
+                .values()
+                .filter(|s| {
+                    s.spec
+                        .networks
+                        .iter()
+                        .any(|a| networks_changed.contains(&a.name))
+                        || (s.spec.publishes_ingress()
+                            && networks_changed.iter().any(|n| n == INGRESS_NETWORK))
+                })
+                .map(|s| s.metadata.name.clone()),
+        );
+    }
+    if schedule && !world.unassigned.is_empty() {
+        q.scheduler.add(PENDING.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(parse_duration("1y").is_err());
+    }
 }

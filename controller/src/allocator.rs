@@ -1,0 +1,557 @@
+//! Network allocator: subnets, VNIs and gateways for Networks; VIPs and task addresses
+//! inside them.
+//!
+//! Owns `Network.status` and the allocation records below `<root>/ipam/`:
+//! `subnets/<cidr>` and `vnis/<vni>` hold the network's name, `ips/<network>/<ip>` holds a
+//! task id or `vip/<service>`. Invariants:
+//! - every allocation is a claim (create with `create_revision == 0`) written in the same
+//!   transaction as the object that records it (Network.status, a Task, Service.status),
+//!   so no subnet, VNI or address is ever handed out twice, not even across a leader
+//!   change, and none is recorded without its claim;
+//! - claims are released in the same transaction that drops their last user (the task's
+//!   deletion, the service's deletion, the network's reconcile after deletion);
+//! - subnets never overlap: a user subnet overlapping another network's is refused with
+//!   `status.phase: Failed` and a message, as is an exhausted pool; neither is retried
+//!   until something changes (no hot loop);
+//! - the `ingress` network is 10.255.0.0/16 (configurable) with VNI 4096; other networks
+//!   get VNIs from 4097 and their gateway is the first host address unless set.
+//!
+//! The decisions (`plan_subnet`, `plan_vni`, `pick_ips`) are pure functions over plain
+//! values; `reconcile_network` does the etcd I/O.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ipnetwork::Ipv4Network;
+use shoal_api_types::network::{parse_cidr, INGRESS_NETWORK};
+use shoal_api_types::{Network, NetworkSpec, NetworkStatus};
+
+use crate::manager::Context;
+use crate::runtime::cache::Claim;
+use crate::runtime::{Action, ControllerError, Txn};
+
+/// The VNI of the ingress network.
+pub const INGRESS_VNI: u32 = 4096;
+/// The first VNI of other networks.
+pub const FIRST_VNI: u32 = 4097;
+/// The largest VXLAN network identifier.
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// Why an allocation cannot be made. None of these go away by retrying; they are shown to
+/// users in a status and revisited when something changes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    /// No free subnet of the pool's mask length is left.
+    #[error(
+        "address pool {pool} is exhausted: all {total} /{mask} subnets overlap existing networks; \
+         delete unused networks, set spec.subnet explicitly, or start the controller with a larger \
+         --default-addr-pool"
+    )]
+    PoolExhausted {
+        /// The pool.
+        pool: Ipv4Network,
+        /// The mask length carved out of it.
+        mask: u8,
+        /// How many subnets the pool holds.
+        total: u64,
+    },
+    /// The pool cannot be carved at this mask length.
+    #[error("--default-addr-pool-mask-length /{mask} is not inside pool {pool}")]
+    BadMask {
+        /// The pool.
+        pool: Ipv4Network,
+        /// The mask length.
+        mask: u8,
+    },
+    /// The requested subnet overlaps another network's.
+    #[error("subnet {subnet} overlaps subnet {other} of network {network:?}; choose a subnet that overlaps no other network")]
+    Overlap {
+        /// What was asked for.
+        subnet: Ipv4Network,
+        /// The subnet in the way.
+        other: Ipv4Network,
+        /// The network that holds it.
+        network: String,
+    },
+    /// The requested subnet cannot be parsed (validation should have caught it).
+    #[error("spec.subnet: {0}")]
+    BadSubnet(String),
+    /// The ingress VNI is held by another network.
+    #[error("VNI {vni} is held by network {network:?}")]
+    VniTaken {
+        /// The VNI.
+        vni: u32,
+        /// Its holder.
+        network: String,
+    },
+    /// Every VNI is in use.
+    #[error("no VXLAN network identifier is free")]
+    VnisExhausted,
+    /// A network has no free address left.
+    #[error("network {network:?} ({subnet}) has no free address left; use a larger subnet")]
+    AddressesExhausted {
+        /// The network.
+        network: String,
+        /// Its subnet.
+        subnet: Ipv4Network,
+    },
+}
+
+impl AllocError {
+    /// Allocation errors never succeed on a plain retry.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+fn range(net: Ipv4Network) -> (u64, u64) {
+    let start = u32::from(net.network()) as u64;
+    (start, start + (1u64 << (32 - net.prefix())) - 1)
+}
+
+/// Chooses a subnet: `requested` if it overlaps nothing in `taken` (other networks'
+/// subnets, with their names), else the first `/mask` of `pool` that overlaps neither
+/// `taken` nor `reserved`.
+pub fn plan_subnet(
+    requested: Option<Ipv4Network>,
+    pool: Ipv4Network,
+    mask: u8,
+    taken: &[(Ipv4Network, String)],
+    reserved: &[Ipv4Network],
+) -> Result<Ipv4Network, AllocError> {
+    if let Some(req) = requested {
+        let (s, e) = range(req);
+        for (other, network) in taken {
+            let (os, oe) = range(*other);
+            if s <= oe && os <= e {
+                return Err(AllocError::Overlap {
+                    subnet: req,
+                    other: *other,
+                    network: network.clone(),
+                });
+            }
+        }
+        return Ok(req);
+    }
+    if mask < pool.prefix() || mask > 30 {
+        return Err(AllocError::BadMask { pool, mask });
+    }
+    let size = 1u64 << (32 - mask);
+    let (pool_start, pool_end) = range(pool);
+    let mut busy: Vec<(u64, u64)> = taken
+        .iter()
+        .map(|(n, _)| range(*n))
+        .chain(reserved.iter().map(|n| range(*n)))
+        .collect();
+    busy.sort_unstable();
+    let mut cand = pool_start;
+    for (s, e) in busy {
+        if e < cand {
+            continue;
+        }
+        if s > cand + size - 1 {
+            break;
+        }
+        // Overlaps the candidate: jump past it, aligned to the mask.
+        cand = (e + 1).div_ceil(size) * size;
+        if cand + size - 1 > pool_end {
+            break;
+        }
+    }
+    if cand + size - 1 > pool_end {
+        return Err(AllocError::PoolExhausted {
+            pool,
+            mask,
+            total: (pool_end - pool_start + 1) / size,
+        });
+    }
+    Ok(Ipv4Network::new(Ipv4Addr::from(cand as u32), mask).expect("aligned"))
+}
+
+/// Chooses a VNI: [`INGRESS_VNI`] for the ingress network, else the lowest free from
+/// [`FIRST_VNI`]. `own` is what the network already holds (kept).
+pub fn plan_vni(
+    ingress: bool,
+    own: Option<u32>,
+    taken: &BTreeMap<u32, Claim>,
+    name: &str,
+) -> Result<u32, AllocError> {
+    if let Some(v) = own {
+        return Ok(v);
+    }
+    if ingress {
+        return match taken.get(&INGRESS_VNI) {
+            Some(c) if c.owner != name => Err(AllocError::VniTaken {
+                vni: INGRESS_VNI,
+                network: c.owner.clone(),
+            }),
+            _ => Ok(INGRESS_VNI),
+        };
+    }
+    let mut want = FIRST_VNI;
+    for (&v, _) in taken.range(FIRST_VNI..) {
+        if v != want {
+            break;
+        }
+        want += 1;
+    }
+    if want > MAX_VNI {
+        return Err(AllocError::VnisExhausted);
+    }
+    Ok(want)
+}
+
+/// The gateway: the spec's, else the first host address.
+pub fn gateway(subnet: Ipv4Network, requested: Option<&str>) -> Ipv4Addr {
+    requested
+        .and_then(|g| g.parse().ok())
+        .unwrap_or_else(|| Ipv4Addr::from(u32::from(subnet.network()) + 1))
+}
+
+/// Picks up to `n` free host addresses of `subnet` (never the network, broadcast or
+/// gateway address, nor any `taken` one), next-fit from `cursor`, which advances so that
+/// concurrent pickers and recently released addresses are not reused at once.
+pub fn pick_ips(
+    subnet: Ipv4Network,
+    gateway: Ipv4Addr,
+    n: usize,
+    cursor: &mut u32,
+    taken: impl Fn(Ipv4Addr) -> bool,
+) -> Vec<Ipv4Addr> {
+    let first = u32::from(subnet.network()) + 1;
+    let hosts = (1u64 << (32 - subnet.prefix())).saturating_sub(2) as u32;
+    let mut out = Vec::with_capacity(n);
+    if hosts == 0 {
+        return out;
+    }
+    for _ in 0..hosts {
+        if out.len() == n {
+            break;
+        }
+        let ip = Ipv4Addr::from(first + (*cursor % hosts));
+        *cursor = (*cursor + 1) % hosts;
+        if ip == gateway || taken(ip) || out.contains(&ip) {
+            continue;
+        }
+        out.push(ip);
+    }
+    out
+}
+
+/// A network's usable addressing, once allocated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addressing {
+    /// The subnet.
+    pub subnet: Ipv4Network,
+    /// The gateway.
+    pub gateway: Ipv4Addr,
+    /// Whether the network is internal.
+    pub internal: bool,
+}
+
+/// The addressing of a network whose status is Ready.
+pub fn addressing(net: &Network) -> Option<Addressing> {
+    if net.status.phase != "Ready" {
+        return None;
+    }
+    let subnet = parse_cidr(net.status.subnet.as_deref()?).ok()?;
+    let gateway = net
+        .status
+        .gateway
+        .as_deref()
+        .and_then(|g| g.parse().ok())
+        .unwrap_or_else(|| gateway(subnet, None));
+    Some(Addressing {
+        subnet,
+        gateway,
+        internal: net.spec.internal,
+    })
+}
+
+/// The spec of the ingress network the controller creates.
+pub fn ingress_network(subnet: Ipv4Network) -> Network {
+    let mut net = Network::new(
+        INGRESS_NETWORK,
+        NetworkSpec {
+            driver: "overlay".into(),
+            subnet: Some(subnet.to_string()),
+            ingress: true,
+            ..Default::default()
+        },
+    );
+    net.apply_defaults();
+    net
+}
+
+/// Reconciles one network: allocates and records its subnet, gateway and VNI, or says in
+/// its status why it cannot; after deletion releases its records.
+pub async fn reconcile_network(name: String, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    ctx.sync().await;
+    match network_step(&ctx, &name) {
+        Step::Commit(txn) => {
+            ctx.writer.commit(txn).await?;
+            Ok(Action::AwaitChange)
+        }
+        Step::Fail(net, err) => fail(&ctx, &net, err).await,
+    }
+}
+
+enum Step {
+    Commit(Txn),
+    Fail(Network, AllocError),
+}
+
+/// Decides a network's allocation from the cache.
+fn network_step(ctx: &Context, name: &str) -> Step {
+    let name = name.to_string();
+    let keys = ctx.keys.clone();
+    {
+        let world = ctx.cache.read();
+        let mut txn = Txn::new();
+        let Some(net) = world.networks.get(&name).cloned() else {
+            // Deleted: release what it held.
+            for (subnet, c) in world.ipam.subnets.iter().filter(|(_, c)| c.owner == name) {
+                txn.delete_raw(keys.subnet(subnet), c.revision);
+            }
+            for (vni, c) in world.ipam.vnis.iter().filter(|(_, c)| c.owner == name) {
+                txn.delete_raw(keys.vni(*vni), c.revision);
+            }
+            if !txn.is_empty() {
+                tracing::info!(network = %name, "network deleted; releasing its subnet and VNI");
+            }
+            return Step::Commit(txn);
+        };
+        let own_subnets: Vec<Ipv4Network> = world
+            .ipam
+            .subnets
+            .iter()
+            .filter(|(_, c)| c.owner == name)
+            .map(|(s, _)| *s)
+            .collect();
+        let own_vni = world
+            .ipam
+            .vnis
+            .iter()
+            .find(|(_, c)| c.owner == name)
+            .map(|(v, _)| *v);
+        let taken: Vec<(Ipv4Network, String)> = world
+            .ipam
+            .subnets
+            .iter()
+            .filter(|(_, c)| c.owner != name)
+            .map(|(s, c)| (*s, c.owner.clone()))
+            .collect();
+        let requested = match net.spec.subnet.as_deref().map(parse_cidr).transpose() {
+            Ok(r) => r,
+            Err(msg) => return Step::Fail((*net).clone(), AllocError::BadSubnet(msg)),
+        };
+        // Keep a subnet we already hold if it still fits the spec.
+        let kept = own_subnets
+            .iter()
+            .copied()
+            .find(|s| requested.is_none_or(|r| r == *s));
+        let subnet = match kept {
+            Some(s) => s,
+            None => {
+                let reserved = if net.spec.ingress {
+                    vec![]
+                } else {
+                    vec![ctx.config.ingress_subnet]
+                };
+                match plan_subnet(
+                    requested,
+                    ctx.config.default_addr_pool,
+                    ctx.config.default_addr_pool_mask_length,
+                    &taken,
+                    &reserved,
+                ) {
+                    Ok(s) => s,
+                    Err(e) => return Step::Fail((*net).clone(), e),
+                }
+            }
+        };
+        let vni = match plan_vni(net.spec.ingress, own_vni, &world.ipam.vnis, &name) {
+            Ok(v) => v,
+            Err(e) => return Step::Fail((*net).clone(), e),
+        };
+        if kept.is_none() {
+            txn.claim(keys.subnet(&subnet), &name);
+        }
+        if own_vni.is_none() {
+            txn.claim(keys.vni(vni), &name);
+        }
+        for s in own_subnets.iter().filter(|s| **s != subnet) {
+            txn.delete_raw(keys.subnet(s), world.ipam.subnets[s].revision);
+        }
+        let status = NetworkStatus {
+            subnet: Some(subnet.to_string()),
+            gateway: Some(gateway(subnet, net.spec.gateway.as_deref()).to_string()),
+            vni: Some(vni),
+            phase: "Ready".into(),
+            message: String::new(),
+            observed_generation: net.metadata.generation,
+        };
+        if status != net.status {
+            let mut next = (*net).clone();
+            next.status = status;
+            txn.update(&keys, &next);
+        }
+        if !txn.is_empty() {
+            tracing::info!(network = %name, %subnet, vni, "network allocated");
+        }
+        Step::Commit(txn)
+    }
+}
+
+/// Records an allocation failure in the network's status (once) and waits for a change.
+async fn fail(ctx: &Context, net: &Network, err: AllocError) -> Result<Action, ControllerError> {
+    let message = err.to_string();
+    if net.status.phase != "Failed"
+        || net.status.message != message
+        || net.status.observed_generation != net.metadata.generation
+    {
+        tracing::warn!(network = %net.metadata.name, error = %message, "network allocation failed");
+        let mut next = net.clone();
+        next.status = NetworkStatus {
+            phase: "Failed".into(),
+            message,
+            observed_generation: net.metadata.generation,
+            ..Default::default()
+        };
+        let mut txn = Txn::new();
+        txn.update(&ctx.keys, &next);
+        ctx.writer.commit(txn).await?;
+    }
+    Ok(Action::AwaitChange)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    fn claims(v: &[u32]) -> BTreeMap<u32, Claim> {
+        v.iter()
+            .map(|v| {
+                (
+                    *v,
+                    Claim {
+                        owner: format!("n{v}"),
+                        revision: 1,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn allocator_should_carve_the_first_free_subnet_from_the_pool() {
+        let pool = net("10.0.0.0/8");
+        assert_eq!(
+            plan_subnet(None, pool, 24, &[], &[]).unwrap(),
+            net("10.0.0.0/24")
+        );
+        let taken = vec![
+            (net("10.0.0.0/24"), "a".to_string()),
+            (net("10.0.1.0/24"), "b".to_string()),
+            (net("10.0.2.0/23"), "c".to_string()),
+        ];
+        assert_eq!(
+            plan_subnet(None, pool, 24, &taken, &[]).unwrap(),
+            net("10.0.4.0/24")
+        );
+        // A big subnet in the middle is skipped whole, and so is a reserved one.
+        let taken = vec![(net("10.0.0.0/16"), "big".to_string())];
+        assert_eq!(
+            plan_subnet(None, pool, 24, &taken, &[net("10.1.0.0/16")]).unwrap(),
+            net("10.2.0.0/24")
+        );
+        // Larger subnets are aligned.
+        let taken = vec![(net("10.0.0.0/24"), "a".to_string())];
+        assert_eq!(
+            plan_subnet(None, pool, 20, &taken, &[]).unwrap(),
+            net("10.0.16.0/20")
+        );
+    }
+
+    #[test]
+    fn allocator_should_report_pool_exhaustion() {
+        let pool = net("10.9.0.0/23");
+        let taken = vec![
+            (net("10.9.0.0/24"), "a".to_string()),
+            (net("10.9.1.0/24"), "b".to_string()),
+        ];
+        let err = plan_subnet(None, pool, 24, &taken, &[]).unwrap_err();
+        assert_eq!(
+            err,
+            AllocError::PoolExhausted {
+                pool,
+                mask: 24,
+                total: 2
+            }
+        );
+        assert!(
+            err.to_string()
+                .starts_with("address pool 10.9.0.0/23 is exhausted"),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn allocator_should_refuse_an_overlapping_user_subnet() {
+        let taken = vec![(net("10.1.2.0/24"), "front".to_string())];
+        let err =
+            plan_subnet(Some(net("10.1.0.0/16")), net("10.0.0.0/8"), 24, &taken, &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "subnet 10.1.0.0/16 overlaps subnet 10.1.2.0/24 of network \"front\"; choose a subnet that overlaps no other network"
+        );
+        assert_eq!(
+            plan_subnet(Some(net("10.1.3.0/24")), net("10.0.0.0/8"), 24, &taken, &[]).unwrap(),
+            net("10.1.3.0/24")
+        );
+    }
+
+    #[test]
+    fn allocator_should_give_vnis_from_4097_and_4096_to_ingress() {
+        assert_eq!(plan_vni(false, None, &claims(&[]), "a").unwrap(), 4097);
+        assert_eq!(
+            plan_vni(false, None, &claims(&[4096, 4097, 4098, 4100]), "a").unwrap(),
+            4099
+        );
+        assert_eq!(
+            plan_vni(true, None, &claims(&[4097]), "ingress").unwrap(),
+            4096
+        );
+        assert!(plan_vni(true, None, &claims(&[4096]), "ingress").is_err());
+        assert_eq!(
+            plan_vni(false, Some(5000), &claims(&[]), "a").unwrap(),
+            5000
+        );
+    }
+
+    #[test]
+    fn allocator_should_pick_free_addresses_next_fit_skipping_the_gateway() {
+        let subnet = net("10.0.0.0/29"); // hosts .1-.6, gateway .1
+        let gw = gateway(subnet, None);
+        assert_eq!(gw, "10.0.0.1".parse::<Ipv4Addr>().unwrap());
+        let mut cursor = 0;
+        let taken = |ip: Ipv4Addr| ip == "10.0.0.3".parse::<Ipv4Addr>().unwrap();
+        let got = pick_ips(subnet, gw, 3, &mut cursor, taken);
+        let want: Vec<Ipv4Addr> = ["10.0.0.2", "10.0.0.4", "10.0.0.5"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(got, want);
+        // Next-fit continues after the last pick; only .6 is left.
+        let got = pick_ips(subnet, gw, 5, &mut cursor, |ip| {
+            taken(ip) || want.contains(&ip)
+        });
+        assert_eq!(got, vec!["10.0.0.6".parse::<Ipv4Addr>().unwrap()]);
+    }
+}

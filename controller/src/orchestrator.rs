@@ -1,0 +1,954 @@
+//! Service orchestrator: keeps each service's tasks, VIPs, Endpoints and status true.
+//!
+//! Replicated services keep slots `1..=replicas` with one live task each; scaling down
+//! stops the highest slots. Global services keep one live task per eligible node (ready,
+//! active, matching the constraints). A task that ends is replaced, per the restart policy,
+//! by a *new* task in the same slot (never by moving the old one); tasks on a drained node
+//! are stopped and replaced elsewhere; tasks orphaned by a node going down are replaced at
+//! once. Terminal tasks are kept as history (`--task-history-limit` per slot) and then
+//! deleted, releasing their addresses. A deleted service's tasks are stopped and deleted,
+//! its VIPs released and its Endpoints removed.
+//!
+//! Invariants: at most one live task per slot (per node for global services); a task and
+//! the claims of its addresses are created and deleted in one transaction; the service
+//! reconcile is the only writer of its tasks' desired state, its VIP claims, its Endpoints
+//! and its `status`.
+//!
+//! [`plan_service`] is a pure function over plain values; [`reconcile_service`] does I/O.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use shoal_api_types::network::INGRESS_NETWORK;
+use shoal_api_types::service::Condition;
+use shoal_api_types::task::mac_for_ip;
+use shoal_api_types::{
+    EndpointMode, Node, NodeAvailability, NodeState, RestartCondition, Service, ServiceMode,
+    ServiceStatus, Task, TaskAttachment, TaskSpec, TaskState, TaskStatus, VirtualIp,
+};
+
+use crate::allocator::{addressing, pick_ips, Addressing, AllocError};
+use crate::endpoints::{desired_endpoints, new_endpoints};
+use crate::manager::Context;
+use crate::runtime::{Action, ControllerError, Txn};
+
+/// Task label: restarts in the slot before this task (0 for the first).
+pub const ATTEMPT_LABEL: &str = "shoal.io/attempt";
+/// Task label: the node a global service's task is for.
+pub const NODE_LABEL: &str = "shoal.io/node";
+/// Default delay before a task that exited is replaced.
+pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Whether a task is wanted and has not ended.
+pub fn is_live(t: &Task) -> bool {
+    t.spec.desired_state == TaskState::Running && !t.status.state.is_terminal()
+}
+
+fn attempt(t: &Task) -> u32 {
+    t.metadata
+        .labels
+        .get(ATTEMPT_LABEL)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0)
+}
+
+fn created(t: &Task) -> (Option<DateTime<Utc>>, &str) {
+    (t.metadata.creation_timestamp, t.metadata.name.as_str())
+}
+
+/// A task to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    /// Replicated slot.
+    pub slot: Option<u64>,
+    /// Global: the node it is for.
+    pub node: Option<String>,
+    /// Restart count in the slot.
+    pub attempt: u32,
+}
+
+/// What to change about a service's tasks.
+#[derive(Debug, Clone, Default)]
+pub struct ServicePlan {
+    /// Tasks to create.
+    pub create: Vec<NewTask>,
+    /// Tasks to stop (desired state shutdown).
+    pub shutdown: Vec<Arc<Task>>,
+    /// Tasks to delete (with their addresses).
+    pub delete: Vec<Arc<Task>>,
+    /// Look again after this long (a restart delay is running).
+    pub requeue: Option<Duration>,
+    /// How many tasks should run.
+    pub desired: u64,
+}
+
+impl ServicePlan {
+    fn requeue_in(&mut self, d: Duration) {
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+}
+
+/// Whether a node may receive new tasks of `service`.
+pub fn node_eligible(node: &Node, service: &Service) -> bool {
+    node.status.state == NodeState::Ready
+        && node.spec.availability == NodeAvailability::Active
+        && service
+            .spec
+            .constraints()
+            .iter()
+            .all(|c| c.matches(&node.metadata.name, &node.spec.labels))
+}
+
+/// Decides creates, stops and deletes for one service (`None`: deleted) from its tasks and
+/// the nodes, at `now`.
+pub fn plan_service(
+    service: Option<&Service>,
+    tasks: &[Arc<Task>],
+    nodes: &BTreeMap<String, Arc<Node>>,
+    now: DateTime<Utc>,
+    history: usize,
+) -> ServicePlan {
+    let mut plan = ServicePlan::default();
+    let Some(service) = service else {
+        retire(tasks, nodes, &mut plan);
+        return plan;
+    };
+    match service.spec.mode {
+        ServiceMode::Replicated => {
+            let n = service.spec.replica_count();
+            plan.desired = n;
+            let mut by_slot: BTreeMap<u64, Vec<Arc<Task>>> = BTreeMap::new();
+            for t in tasks {
+                by_slot
+                    .entry(t.spec.slot.unwrap_or(0))
+                    .or_default()
+                    .push(t.clone());
+            }
+            for slot in 1..=n {
+                by_slot.entry(slot).or_default();
+            }
+            for (slot, ts) in by_slot {
+                if (1..=n).contains(&slot) {
+                    plan_slot(
+                        service,
+                        &ts,
+                        nodes,
+                        now,
+                        history,
+                        NewTask {
+                            slot: Some(slot),
+                            node: None,
+                            attempt: 0,
+                        },
+                        &mut plan,
+                    );
+                } else {
+                    retire(&ts, nodes, &mut plan);
+                }
+            }
+        }
+        ServiceMode::Global => {
+            let eligible: BTreeSet<&String> = nodes
+                .iter()
+                .filter(|(_, n)| node_eligible(n, service))
+                .map(|(name, _)| name)
+                .collect();
+            plan.desired = eligible.len() as u64;
+            let mut by_node: BTreeMap<String, Vec<Arc<Task>>> = BTreeMap::new();
+            for t in tasks {
+                let node = t
+                    .spec
+                    .node
+                    .clone()
+                    .or_else(|| t.metadata.labels.get(NODE_LABEL).cloned())
+                    .unwrap_or_default();
+                by_node.entry(node).or_default().push(t.clone());
+            }
+            for name in &eligible {
+                by_node.entry((*name).clone()).or_default();
+            }
+            for (name, ts) in by_node {
+                let paused = nodes.get(&name).is_some_and(|n| {
+                    n.spec.availability == NodeAvailability::Pause
+                        && n.status.state != NodeState::Down
+                });
+                if eligible.contains(&name) {
+                    let target = NewTask {
+                        slot: None,
+                        node: Some(name.clone()),
+                        attempt: 0,
+                    };
+                    plan_slot(service, &ts, nodes, now, history, target, &mut plan);
+                } else if paused {
+                    // No new tasks; running ones stay.
+                    gc_history(&ts, history, &mut plan);
+                } else {
+                    retire(&ts, nodes, &mut plan);
+                }
+            }
+        }
+    }
+    plan
+}
+
+/// Removes every task of a slot that is no longer wanted: unstarted ones are deleted,
+/// started ones stopped, ended ones deleted.
+fn retire(tasks: &[Arc<Task>], nodes: &BTreeMap<String, Arc<Node>>, plan: &mut ServicePlan) {
+    for t in tasks {
+        let gone = match &t.spec.node {
+            None => true,
+            Some(n) => nodes
+                .get(n)
+                .is_none_or(|n| n.status.state == NodeState::Down),
+        };
+        if t.status.state.is_terminal() || gone {
+            plan.delete.push(t.clone());
+        } else if t.spec.desired_state == TaskState::Running {
+            plan.shutdown.push(t.clone());
+        }
+    }
+}
+
+/// Keeps exactly one live task in a slot (or node, for global services).
+fn plan_slot(
+    service: &Service,
+    tasks: &[Arc<Task>],
+    nodes: &BTreeMap<String, Arc<Node>>,
+    now: DateTime<Utc>,
+    history: usize,
+    target: NewTask,
+    plan: &mut ServicePlan,
+) {
+    let mut keep: Vec<&Arc<Task>> = vec![];
+    for t in tasks.iter().filter(|t| is_live(t)) {
+        match t.spec.node.as_ref().map(|n| nodes.get(n)) {
+            // Its node was removed: the task is gone with it.
+            Some(None) => plan.delete.push(t.clone()),
+            Some(Some(n)) if n.spec.availability == NodeAvailability::Drain => {
+                plan.shutdown.push(t.clone())
+            }
+            _ => keep.push(t),
+        }
+    }
+    // Prefer a running task, then the newest.
+    keep.sort_by(|a, b| {
+        let ra = a.status.state == TaskState::Running;
+        let rb = b.status.state == TaskState::Running;
+        rb.cmp(&ra).then_with(|| created(b).cmp(&created(a)))
+    });
+    for extra in keep.iter().skip(1) {
+        if extra.spec.node.is_none() {
+            plan.delete.push((*extra).clone());
+        } else {
+            plan.shutdown.push((*extra).clone());
+        }
+    }
+    // Stopped before it ever reached a node: nothing to wait for.
+    for t in tasks {
+        if t.spec.desired_state != TaskState::Running
+            && t.spec.node.is_none()
+            && !t.status.state.is_terminal()
+        {
+            plan.delete.push(t.clone());
+        }
+    }
+    if keep.is_empty() {
+        let last = tasks.iter().max_by(|a, b| created(a).cmp(&created(b)));
+        match last {
+            None => plan.create.push(target),
+            Some(last) => match restart_decision(service, last, now) {
+                Restart::Now => plan.create.push(NewTask {
+                    attempt: attempt(last) + 1,
+                    ..target
+                }),
+                Restart::After(d) => plan.requeue_in(d),
+                Restart::Never => {}
+            },
+        }
+    }
+    gc_history(tasks, history, plan);
+}
+
+/// Deletes the oldest ended tasks beyond `history`.
+fn gc_history(tasks: &[Arc<Task>], history: usize, plan: &mut ServicePlan) {
+    let mut ended: Vec<&Arc<Task>> = tasks
+        .iter()
+        .filter(|t| t.status.state.is_terminal())
+        .collect();
+    ended.sort_by(|a, b| created(b).cmp(&created(a)));
+    for t in ended.into_iter().skip(history) {
+        plan.delete.push(t.clone());
+    }
+}
+
+enum Restart {
+    Now,
+    After(Duration),
+    Never,
+}
+
+fn restart_decision(service: &Service, last: &Task, now: DateTime<Utc>) -> Restart {
+    let policy = &service.spec.restart_policy;
+    let state = last.status.state;
+    let stopped_by_us = last.spec.desired_state != TaskState::Running;
+    if !state.is_terminal() {
+        // Being stopped by us (drain): replace right away.
+        return Restart::Now;
+    }
+    let (allowed, delayed) = match state {
+        TaskState::Orphaned => (true, false),
+        _ if stopped_by_us => (true, false),
+        TaskState::Complete => (policy.condition == RestartCondition::Any, true),
+        TaskState::Failed | TaskState::Rejected => {
+            (policy.condition != RestartCondition::None, true)
+        }
+        _ => (policy.condition == RestartCondition::Any, true),
+    };
+    if !allowed {
+        return Restart::Never;
+    }
+    if let Some(max) = policy.max_attempts.filter(|m| *m > 0) {
+        if delayed && attempt(last) >= max {
+            return Restart::Never;
+        }
+    }
+    if delayed {
+        let delay = policy
+            .delay_seconds
+            .map(|s| Duration::from_secs(s as u64))
+            .unwrap_or(DEFAULT_RESTART_DELAY);
+        let ended = last
+            .status
+            .timestamp
+            .or(last.metadata.creation_timestamp)
+            .unwrap_or(now);
+        let due = ended + chrono::Duration::from_std(delay).unwrap_or_default();
+        if due > now {
+            return Restart::After((due - now).to_std().unwrap_or(delay));
+        }
+    }
+    Restart::Now
+}
+
+/// A short, unique task id.
+pub fn new_task_id() -> String {
+    let mut id = uuid::Uuid::new_v4().simple().to_string();
+    id.truncate(20);
+    id
+}
+
+/// A network a service's tasks join, resolved.
+struct Attach {
+    network: String,
+    aliases: Vec<String>,
+    addressing: Addressing,
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    previous: &[Condition],
+    now: DateTime<Utc>,
+) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_string();
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .and_then(|c| c.last_transition_time)
+        .unwrap_or(now);
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        last_transition_time: Some(since),
+    }
+}
+
+/// Reconciles one service: VIPs, tasks, Endpoints and status (or the clean-up of a
+/// deleted service).
+pub async fn reconcile_service(name: String, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    ctx.sync().await;
+    let (txns, action) = service_step(&ctx, &name, Utc::now());
+    ctx.writer.commit_all(txns, 4).await?;
+    Ok(action)
+}
+
+/// Decides every write of one service's reconcile from the cache.
+fn service_step(ctx: &Context, name: &str, now: DateTime<Utc>) -> (Vec<Txn>, Action) {
+    let name = name.to_string();
+    let keys = ctx.keys.clone();
+    {
+        let world = ctx.cache.read();
+        let service = world.services.get(&name).cloned();
+        let tasks = world.service_tasks(&name);
+        let plan = plan_service(
+            service.as_deref(),
+            &tasks,
+            &world.nodes,
+            now,
+            ctx.config.task_history_limit,
+        );
+        let mut txns: Vec<Txn> = Vec::new();
+        let mut action = plan.requeue.map_or(Action::AwaitChange, Action::Requeue);
+
+        // Deletes release the task's addresses in the same transaction.
+        let mut deleted = HashSet::new();
+        for t in &plan.delete {
+            if !deleted.insert(t.metadata.name.clone()) {
+                continue;
+            }
+            let mut txn = Txn::new();
+            txn.delete(&keys, t.as_ref());
+            if let Some(claims) = world.ipam.by_owner.get(&t.metadata.name) {
+                for (net, ip) in claims {
+                    if let Some(c) = world.ipam.ip_claim(net, *ip) {
+                        txn.delete_raw(keys.ip(net, *ip), c.revision);
+                    }
+                }
+            }
+            txns.push(txn);
+        }
+        for t in &plan.shutdown {
+            if deleted.contains(&t.metadata.name) || t.spec.desired_state == TaskState::Shutdown {
+                continue;
+            }
+            let mut next = (**t).clone();
+            next.spec.desired_state = TaskState::Shutdown;
+            let mut txn = Txn::new();
+            txn.update(&keys, &next);
+            txns.push(txn);
+        }
+        let vip_owner = format!("vip/{name}");
+
+        let Some(service) = service else {
+            // Deleted: release VIPs and remove Endpoints.
+            let mut txn = Txn::new();
+            for (net, ip) in world.ipam.by_owner.get(&vip_owner).into_iter().flatten() {
+                if let Some(c) = world.ipam.ip_claim(net, *ip) {
+                    txn.delete_raw(keys.ip(net, *ip), c.revision);
+                }
+            }
+            for ((_, svc), ep) in world.endpoints.iter() {
+                if *svc == name {
+                    txn.delete(&keys, ep.as_ref());
+                }
+            }
+            txns.push(txn);
+            if !tasks.is_empty() {
+                tracing::debug!(service = %name, tasks = tasks.len(), "service deleted; removing its tasks");
+            }
+            return (txns, action);
+        };
+
+        // Networks: the spec's, plus ingress when publishing through the routing mesh.
+        let mut wanted: Vec<(String, Vec<String>)> = service
+            .spec
+            .networks
+            .iter()
+            .map(|n| (n.name.clone(), n.aliases.clone()))
+            .collect();
+        if service.spec.publishes_ingress() && !wanted.iter().any(|(n, _)| n == INGRESS_NETWORK) {
+            wanted.push((INGRESS_NETWORK.to_string(), vec![]));
+        }
+        let mut attaches = Vec::new();
+        let mut net_problem: Option<(&str, String)> = None;
+        for (net, aliases) in &wanted {
+            match world.networks.get(net) {
+                None => {
+                    net_problem.get_or_insert((
+                        "NetworkNotFound",
+                        format!("network {net:?} does not exist (was it deleted while in use?); create it or remove it from spec.networks"),
+                    ));
+                }
+                Some(n) => match addressing(n) {
+                    Some(addressing) => attaches.push(Attach {
+                        network: net.clone(),
+                        aliases: aliases.clone(),
+                        addressing,
+                    }),
+                    None if n.status.phase == "Failed" => {
+                        net_problem.get_or_insert((
+                            "NetworkFailed",
+                            format!("network {net:?} failed: {}", n.status.message),
+                        ));
+                    }
+                    None => {
+                        net_problem.get_or_insert((
+                            "NetworkPending",
+                            format!("network {net:?} is not allocated yet"),
+                        ));
+                    }
+                },
+            }
+        }
+        let networks_ok = net_problem.is_none();
+
+        // Addresses picked in this pass, so two new tasks never get the same one.
+        let mut picked: HashSet<(String, Ipv4Addr)> = HashSet::new();
+        let mut cursors = ctx.ip_cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pick = |a: &Attach,
+                        picked: &mut HashSet<(String, Ipv4Addr)>|
+         -> Result<Ipv4Addr, AllocError> {
+            let cursor = cursors.entry(a.network.clone()).or_insert(0);
+            let ip = pick_ips(a.addressing.subnet, a.addressing.gateway, 1, cursor, |ip| {
+                world.ipam.ip_taken(&a.network, ip) || picked.contains(&(a.network.clone(), ip))
+            })
+            .pop()
+            .ok_or_else(|| AllocError::AddressesExhausted {
+                network: a.network.clone(),
+                subnet: a.addressing.subnet,
+            })?;
+            picked.insert((a.network.clone(), ip));
+            Ok(ip)
+        };
+
+        // VIPs, claimed in the same transaction as the status that records them.
+        let mut status_txn = Txn::new();
+        let mut vips = Vec::new();
+        let mut alloc_problem: Option<String> = None;
+        if service.spec.endpoint_mode == EndpointMode::Vip {
+            for a in &attaches {
+                let existing = service
+                    .status
+                    .virtual_ips
+                    .iter()
+                    .find(|v| v.network == a.network)
+                    .and_then(|v| {
+                        let ip: Ipv4Addr = v.addr.parse().ok()?;
+                        (world.ipam.ip_claim(&a.network, ip)?.owner == vip_owner).then_some(ip)
+                    });
+                let ip = match existing {
+                    Some(ip) => ip,
+                    None => match pick(a, &mut picked) {
+                        Ok(ip) => {
+                            status_txn.claim(keys.ip(&a.network, ip), &vip_owner);
+                            ip
+                        }
+                        Err(e) => {
+                            alloc_problem.get_or_insert(e.to_string());
+                            continue;
+                        }
+                    },
+                };
+                vips.push(VirtualIp {
+                    network: a.network.clone(),
+                    addr: ip.to_string(),
+                });
+            }
+        }
+        for (net, ip) in world.ipam.by_owner.get(&vip_owner).into_iter().flatten() {
+            if !vips
+                .iter()
+                .any(|v| v.network == *net && v.addr == ip.to_string())
+            {
+                if let Some(c) = world.ipam.ip_claim(net, *ip) {
+                    status_txn.delete_raw(keys.ip(net, *ip), c.revision);
+                }
+            }
+        }
+
+        // New tasks, each with its addresses claimed in the same transaction.
+        let mut created = 0;
+        if networks_ok && alloc_problem.is_none() {
+            'create: for new in &plan.create {
+                let id = new_task_id();
+                let mut txn = Txn::new();
+                let mut attachments = Vec::with_capacity(attaches.len());
+                for a in &attaches {
+                    match pick(a, &mut picked) {
+                        Ok(ip) => {
+                            txn.claim(keys.ip(&a.network, ip), &id);
+                            attachments.push(TaskAttachment {
+                                network: a.network.clone(),
+                                address: format!("{ip}/{}", a.addressing.subnet.prefix()),
+                                mac: mac_for_ip(ip),
+                                aliases: a.aliases.clone(),
+                            });
+                        }
+                        Err(e) => {
+                            alloc_problem = Some(e.to_string());
+                            break 'create;
+                        }
+                    }
+                }
+                let task = build_task(
+                    &service,
+                    &id,
+                    new,
+                    attachments,
+                    attaches.iter().all(|a| a.addressing.internal) && !attaches.is_empty(),
+                    now,
+                );
+                txn.create(&keys, &task);
+                txns.push(txn);
+                created += 1;
+            }
+        }
+        drop(cursors);
+
+        // Endpoints per resolved network; stale ones removed.
+        for a in &attaches {
+            let vip = vips
+                .iter()
+                .find(|v| v.network == a.network)
+                .map(|v| v.addr.as_str());
+            let spec =
+                desired_endpoints(&service, &a.network, &a.aliases, vip, &tasks, &world.nodes);
+            let mut txn = Txn::new();
+            match world.endpoints.get(&(a.network.clone(), name.clone())) {
+                Some(ep) if ep.spec == spec => {}
+                Some(ep) => {
+                    let mut next = (**ep).clone();
+                    next.spec = spec;
+                    txn.update(&keys, &next);
+                }
+                None => {
+                    txn.create(&keys, &new_endpoints(spec));
+                }
+            }
+            txns.push(txn);
+        }
+        for ((net, svc), ep) in world.endpoints.iter() {
+            if *svc == name && !attaches.iter().any(|a| a.network == *net) {
+                let mut txn = Txn::new();
+                txn.delete(&keys, ep.as_ref());
+                txns.push(txn);
+            }
+        }
+
+        // Status.
+        let running = tasks
+            .iter()
+            .filter(|t| {
+                t.spec.desired_state == TaskState::Running && t.status.state == TaskState::Running
+            })
+            .count() as u64;
+        let pending_reason = tasks
+            .iter()
+            .filter(|t| is_live(t) && t.spec.node.is_none() && !t.spec.pending_reason.is_empty())
+            .map(|t| t.spec.pending_reason.clone())
+            .min();
+        let prev = &service.status.conditions;
+        let net_condition = match (&net_problem, &alloc_problem) {
+            (Some((reason, msg)), _) => {
+                condition("NetworksReady", false, reason, msg.clone(), prev, now)
+            }
+            (None, Some(msg)) => condition(
+                "NetworksReady",
+                false,
+                "AddressesExhausted",
+                msg.clone(),
+                prev,
+                now,
+            ),
+            (None, None) => condition("NetworksReady", true, "Allocated", String::new(), prev, now),
+        };
+        let converged =
+            running == plan.desired && plan.create.is_empty() && net_condition.status == "True";
+        let conv_condition = if converged {
+            condition(
+                "Converged",
+                true,
+                "AllTasksRunning",
+                format!("{running}/{} tasks running", plan.desired),
+                prev,
+                now,
+            )
+        } else if let Some(reason) = &pending_reason {
+            condition(
+                "Converged",
+                false,
+                "NoSuitableNode",
+                format!("{running}/{} tasks running; {reason}", plan.desired),
+                prev,
+                now,
+            )
+        } else {
+            condition(
+                "Converged",
+                false,
+                "Progressing",
+                format!("{running}/{} tasks running", plan.desired),
+                prev,
+                now,
+            )
+        };
+        let status = ServiceStatus {
+            desired_tasks: plan.desired,
+            running_tasks: running,
+            virtual_ips: vips,
+            observed_generation: service.metadata.generation,
+            conditions: vec![conv_condition, net_condition],
+        };
+        if status != service.status || !status_txn.is_empty() {
+            let mut next = (*service).clone();
+            next.status = status;
+            status_txn.update(&keys, &next);
+        }
+        txns.insert(0, status_txn);
+        if net_problem
+            .as_ref()
+            .is_some_and(|(r, _)| *r == "NetworkPending")
+        {
+            action = action.min(Action::Requeue(Duration::from_secs(5)));
+        }
+        if created > 0 {
+            tracing::debug!(service = %name, created, "creating tasks");
+        }
+        (txns, action)
+    }
+}
+
+fn build_task(
+    service: &Service,
+    id: &str,
+    new: &NewTask,
+    attachments: Vec<TaskAttachment>,
+    internal: bool,
+    now: DateTime<Utc>,
+) -> Task {
+    let s = &service.spec;
+    let mut task = Task::new(
+        id,
+        TaskSpec {
+            service: service.metadata.name.clone(),
+            slot: new.slot,
+            node: None,
+            desired_state: TaskState::Running,
+            service_generation: service.metadata.generation,
+            image: s.image.clone(),
+            command: s.command.clone(),
+            args: s.args.clone(),
+            env: s.env.clone(),
+            attachments,
+            ports: s.ports.clone(),
+            healthcheck: s.healthcheck.clone(),
+            restart_policy: s.restart_policy.clone(),
+            stop_grace_period_seconds: s.stop_grace_period_seconds.unwrap_or(10),
+            internal,
+            pending_reason: String::new(),
+        },
+    );
+    task.metadata
+        .labels
+        .insert(ATTEMPT_LABEL.into(), new.attempt.to_string());
+    if let Some(node) = &new.node {
+        task.metadata.labels.insert(NODE_LABEL.into(), node.clone());
+    }
+    task.status = TaskStatus {
+        state: TaskState::Pending,
+        timestamp: Some(now),
+        message: "created".into(),
+        ..Default::default()
+    };
+    task
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api_types::{NodeSpec, NodeStatus, RestartPolicy, ServiceSpec};
+
+    fn service(replicas: i64) -> Service {
+        let mut s = Service::new(
+            "api",
+            ServiceSpec {
+                image: "busybox".into(),
+                replicas: Some(replicas),
+                ..Default::default()
+            },
+        );
+        s.metadata.generation = 1;
+        s
+    }
+
+    fn node(name: &str, state: NodeState, availability: NodeAvailability) -> (String, Arc<Node>) {
+        let mut n = Node::new(
+            name,
+            NodeSpec {
+                availability,
+                ..Default::default()
+            },
+        );
+        n.status = NodeStatus {
+            state,
+            ..Default::default()
+        };
+        (name.to_string(), Arc::new(n))
+    }
+
+    fn nodes() -> BTreeMap<String, Arc<Node>> {
+        ["n1", "n2", "n3"]
+            .iter()
+            .map(|n| node(n, NodeState::Ready, NodeAvailability::Active))
+            .collect()
+    }
+
+    fn task(id: &str, slot: u64, node: Option<&str>, state: TaskState, age_s: i64) -> Arc<Task> {
+        let mut t = Task::new(
+            id,
+            TaskSpec {
+                service: "api".into(),
+                slot: Some(slot),
+                node: node.map(Into::into),
+                desired_state: TaskState::Running,
+                ..Default::default()
+            },
+        );
+        t.metadata.creation_timestamp = Some(Utc::now() - chrono::Duration::seconds(age_s));
+        t.status.state = state;
+        t.status.timestamp = Some(Utc::now() - chrono::Duration::seconds(age_s));
+        Arc::new(t)
+    }
+
+    fn slots(plan: &ServicePlan) -> Vec<u64> {
+        plan.create.iter().filter_map(|c| c.slot).collect()
+    }
+
+    fn ids(ts: &[Arc<Task>]) -> Vec<&str> {
+        let mut v: Vec<&str> = ts.iter().map(|t| t.metadata.name.as_str()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn orchestrator_should_fill_missing_slots() {
+        let tasks = vec![task("a", 2, Some("n1"), TaskState::Running, 10)];
+        let plan = plan_service(Some(&service(3)), &tasks, &nodes(), Utc::now(), 3);
+        assert_eq!(slots(&plan), vec![1, 3]);
+        assert!(plan.shutdown.is_empty() && plan.delete.is_empty());
+        assert_eq!(plan.desired, 3);
+    }
+
+    #[test]
+    fn orchestrator_should_scale_down_the_highest_slots() {
+        let tasks: Vec<_> = (1..=4)
+            .map(|s| task(&format!("t{s}"), s, Some("n1"), TaskState::Running, 10))
+            .collect();
+        let mut pending = task("t5", 5, None, TaskState::Pending, 10);
+        Arc::make_mut(&mut pending);
+        let mut all = tasks.clone();
+        all.push(pending);
+        let plan = plan_service(Some(&service(2)), &all, &nodes(), Utc::now(), 3);
+        assert!(plan.create.is_empty());
+        assert_eq!(ids(&plan.shutdown), vec!["t3", "t4"]);
+        assert_eq!(
+            ids(&plan.delete),
+            vec!["t5"],
+            "never started: deleted at once"
+        );
+    }
+
+    #[test]
+    fn orchestrator_should_replace_orphaned_tasks_at_once_and_failed_ones_after_the_delay() {
+        let now = Utc::now();
+        let tasks = vec![
+            task("o", 1, Some("n1"), TaskState::Orphaned, 0),
+            task("f", 2, Some("n1"), TaskState::Failed, 0),
+        ];
+        let plan = plan_service(Some(&service(2)), &tasks, &nodes(), now, 3);
+        assert_eq!(slots(&plan), vec![1]);
+        assert!(
+            plan.requeue.is_some_and(|d| d <= Duration::from_secs(2)),
+            "{:?}",
+            plan.requeue
+        );
+        let later = now + chrono::Duration::seconds(2);
+        let plan = plan_service(Some(&service(2)), &tasks, &nodes(), later, 3);
+        assert_eq!(slots(&plan), vec![1, 2]);
+        assert_eq!(plan.create[1].attempt, 1);
+    }
+
+    #[test]
+    fn orchestrator_should_follow_the_restart_condition_and_max_attempts() {
+        let mut svc = service(1);
+        svc.spec.restart_policy = RestartPolicy {
+            condition: RestartCondition::OnFailure,
+            delay_seconds: Some(0),
+            max_attempts: Some(2),
+        };
+        let later = Utc::now() + chrono::Duration::seconds(5);
+        let done = vec![task("c", 1, Some("n1"), TaskState::Complete, 0)];
+        assert!(plan_service(Some(&svc), &done, &nodes(), later, 3)
+            .create
+            .is_empty());
+        let mut failed = (*task("f", 1, Some("n1"), TaskState::Failed, 0)).clone();
+        failed
+            .metadata
+            .labels
+            .insert(ATTEMPT_LABEL.into(), "2".into());
+        let plan = plan_service(Some(&svc), &[Arc::new(failed)], &nodes(), later, 3);
+        assert!(plan.create.is_empty(), "max attempts reached");
+    }
+
+    #[test]
+    fn orchestrator_should_keep_a_bounded_history_per_slot() {
+        let mut tasks: Vec<_> = (0..5)
+            .map(|i| {
+                task(
+                    &format!("old{i}"),
+                    1,
+                    Some("n1"),
+                    TaskState::Failed,
+                    100 - i,
+                )
+            })
+            .collect();
+        tasks.push(task("live", 1, Some("n2"), TaskState::Running, 1));
+        let plan = plan_service(Some(&service(1)), &tasks, &nodes(), Utc::now(), 3);
+        assert_eq!(ids(&plan.delete), vec!["old0", "old1"]);
+        assert!(plan.create.is_empty());
+    }
+
+    #[test]
+    fn orchestrator_should_replace_tasks_on_drained_nodes() {
+        let mut ns = nodes();
+        let (k, v) = node("n1", NodeState::Ready, NodeAvailability::Drain);
+        ns.insert(k, v);
+        let tasks = vec![task("a", 1, Some("n1"), TaskState::Running, 10)];
+        let plan = plan_service(Some(&service(1)), &tasks, &ns, Utc::now(), 3);
+        assert_eq!(ids(&plan.shutdown), vec!["a"]);
+        assert_eq!(slots(&plan), vec![1]);
+    }
+
+    #[test]
+    fn orchestrator_should_run_one_global_task_per_eligible_node() {
+        let mut svc = service(0);
+        svc.spec.mode = ServiceMode::Global;
+        svc.spec.replicas = None;
+        svc.spec.placement.constraints = vec!["node.name!=n3".into()];
+        let mut ns = nodes();
+        let (k, v) = node("n4", NodeState::Down, NodeAvailability::Active);
+        ns.insert(k, v);
+        let mut on_n3 = (*task("x", 0, Some("n3"), TaskState::Running, 10)).clone();
+        on_n3.spec.slot = None;
+        let plan = plan_service(Some(&svc), &[Arc::new(on_n3)], &ns, Utc::now(), 3);
+        let targets: Vec<_> = plan.create.iter().filter_map(|c| c.node.clone()).collect();
+        assert_eq!(targets, vec!["n1", "n2"]);
+        assert_eq!(
+            ids(&plan.shutdown),
+            vec!["x"],
+            "n3 no longer matches the constraints"
+        );
+        assert_eq!(plan.desired, 2);
+    }
+
+    #[test]
+    fn orchestrator_should_stop_and_delete_everything_of_a_deleted_service() {
+        let tasks = vec![
+            task("run", 1, Some("n1"), TaskState::Running, 1),
+            task("pend", 2, None, TaskState::Pending, 1),
+            task("done", 3, Some("n1"), TaskState::Shutdown, 1),
+            task("lost", 4, Some("gone"), TaskState::Running, 1),
+        ];
+        let plan = plan_service(None, &tasks, &nodes(), Utc::now(), 3);
+        assert_eq!(ids(&plan.shutdown), vec!["run"]);
+        assert_eq!(ids(&plan.delete), vec!["done", "lost", "pend"]);
+    }
+}

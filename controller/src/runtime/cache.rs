@@ -1,0 +1,500 @@
+//! The cache: one consistent snapshot ([`World`]) of everything below the key root, fed by
+//! a single [`super::Watcher`], so every kind is seen at the same revision.
+//!
+//! Invariants:
+//! - `World::revision` is the revision the snapshot reflects; all objects and allocation
+//!   records in it are exactly etcd's state at that revision.
+//! - A relist builds a fresh `World` and swaps it in whole.
+//! - Indexes (tasks by service, unassigned tasks, claims by owner) always agree with the
+//!   primary maps.
+//! - Reconcilers read, never write, the cache; after writing to etcd at revision `W` they
+//!   wait for `revision >= W` before reconciling again ([`Cache::wait_for`]), so they never
+//!   act twice on a stale view.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use ipnetwork::Ipv4Network;
+use shoal_api_types::keys::Keys;
+use shoal_api_types::task::UNASSIGNED;
+use shoal_api_types::{Endpoints, Network, Node, Object, Resource, Service, Task};
+use tokio::sync::watch;
+
+use super::watcher::{RawEvent, RawKv, WatcherEvent};
+
+/// An allocation record: who holds it, and the key's mod_revision (to release it safely).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The owner written in the record (network name, task id, `vip/<service>`).
+    pub owner: String,
+    /// The record's mod_revision.
+    pub revision: i64,
+}
+
+/// Address-management records.
+#[derive(Debug, Clone, Default)]
+pub struct Ipam {
+    /// Claimed subnets.
+    pub subnets: BTreeMap<Ipv4Network, Claim>,
+    /// Claimed VNIs.
+    pub vnis: BTreeMap<u32, Claim>,
+    /// Claimed addresses per network.
+    pub ips: HashMap<String, HashMap<Ipv4Addr, Claim>>,
+    /// Addresses per owner: owner -> (network, address).
+    pub by_owner: HashMap<String, BTreeSet<(String, Ipv4Addr)>>,
+}
+
+impl Ipam {
+    /// Whether `ip` is claimed on `network`.
+    pub fn ip_taken(&self, network: &str, ip: Ipv4Addr) -> bool {
+        self.ips.get(network).is_some_and(|m| m.contains_key(&ip))
+    }
+
+    /// The claim of `ip` on `network`.
+    pub fn ip_claim(&self, network: &str, ip: Ipv4Addr) -> Option<&Claim> {
+        self.ips.get(network).and_then(|m| m.get(&ip))
+    }
+}
+
+/// Everything the controller knows, at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    /// The etcd revision this snapshot reflects.
+    pub revision: i64,
+    /// Networks by name.
+    pub networks: BTreeMap<String, Arc<Network>>,
+    /// Services by name.
+    pub services: BTreeMap<String, Arc<Service>>,
+    /// Nodes by name.
+    pub nodes: BTreeMap<String, Arc<Node>>,
+    /// Nodes whose agent holds its liveness key.
+    pub node_leases: HashSet<String>,
+    /// Tasks by id.
+    pub tasks: HashMap<String, Arc<Task>>,
+    /// Task ids by service.
+    pub tasks_by_service: HashMap<String, HashSet<String>>,
+    /// Ids of tasks not yet on a node.
+    pub unassigned: BTreeSet<String>,
+    /// Endpoints by (network, service).
+    pub endpoints: BTreeMap<(String, String), Arc<Endpoints>>,
+    /// Allocation records.
+    pub ipam: Ipam,
+}
+
+/// What one event changed, for mapping to work-queue keys.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A network was created, changed or deleted.
+    Network(String),
+    /// A service was created, changed or deleted.
+    Service(String),
+    /// A node was created, changed or deleted.
+    Node(String),
+    /// A node's liveness key appeared (`true`) or went away (`false`).
+    NodeLease(String, bool),
+    /// A task changed: before and after.
+    Task(Option<Arc<Task>>, Option<Arc<Task>>),
+    /// An Endpoints object changed.
+    Endpoints(String, String),
+    /// A subnet record was released.
+    SubnetReleased,
+}
+
+enum Parsed<'a> {
+    Network(&'a str),
+    Service(&'a str),
+    Node(&'a str),
+    Task(&'a str, &'a str),
+    Endpoints(&'a str, &'a str),
+    NodeLease(&'a str),
+    Subnet(Ipv4Network),
+    Vni(u32),
+    Ip(&'a str, Ipv4Addr),
+    Other,
+}
+
+fn parse_key<'a>(root: &str, key: &'a str) -> Parsed<'a> {
+    let Some(rest) = key.strip_prefix(root).and_then(|r| r.strip_prefix('/')) else {
+        return Parsed::Other;
+    };
+    let parts: Vec<&'a str> = rest.split('/').collect();
+    match parts.as_slice() {
+        ["networks", n] => Parsed::Network(n),
+        ["services", n] => Parsed::Service(n),
+        ["nodes", n] => Parsed::Node(n),
+        ["tasks", node, id] => Parsed::Task(node, id),
+        ["endpoints", net, svc] => Parsed::Endpoints(net, svc),
+        ["leases", "nodes", n] => Parsed::NodeLease(n),
+        ["ipam", "subnets", s] => match s.rsplit_once('-') {
+            Some((ip, len)) => match (ip.parse::<Ipv4Addr>(), len.parse::<u8>()) {
+                (Ok(ip), Ok(len)) => Ipv4Network::new(ip, len)
+                    .map(Parsed::Subnet)
+                    .unwrap_or(Parsed::Other),
+                _ => Parsed::Other,
+            },
+            None => Parsed::Other,
+        },
+        ["ipam", "vnis", v] => v.parse().map(Parsed::Vni).unwrap_or(Parsed::Other),
+        ["ipam", "ips", net, ip] => ip
+            .parse()
+            .map(|ip| Parsed::Ip(net, ip))
+            .unwrap_or(Parsed::Other),
+        _ => Parsed::Other,
+    }
+}
+
+fn decode<S: Resource>(kv: &RawKv) -> Option<Arc<Object<S>>> {
+    match serde_json::from_slice::<Object<S>>(&kv.value) {
+        Ok(mut obj) => {
+            obj.metadata.resource_version = Some(kv.mod_revision.to_string());
+            Some(Arc::new(obj))
+        }
+        Err(e) => {
+            tracing::warn!(key = %kv.key, error = %e, "ignoring undecodable {}", S::KIND);
+            None
+        }
+    }
+}
+
+impl World {
+    fn put(&mut self, root: &str, kv: &RawKv, changes: &mut Vec<Change>) {
+        match parse_key(root, &kv.key) {
+            Parsed::Network(n) => {
+                if let Some(o) = decode(kv) {
+                    self.networks.insert(n.to_string(), o);
+                    changes.push(Change::Network(n.to_string()));
+                }
+            }
+            Parsed::Service(n) => {
+                if let Some(o) = decode(kv) {
+                    self.services.insert(n.to_string(), o);
+                    changes.push(Change::Service(n.to_string()));
+                }
+            }
+            Parsed::Node(n) => {
+                if let Some(o) = decode(kv) {
+                    self.nodes.insert(n.to_string(), o);
+                    changes.push(Change::Node(n.to_string()));
+                }
+            }
+            Parsed::NodeLease(n) => {
+                if self.node_leases.insert(n.to_string()) {
+                    changes.push(Change::NodeLease(n.to_string(), true));
+                }
+            }
+            Parsed::Task(node, id) => {
+                let Some(task) = decode::<shoal_api_types::TaskSpec>(kv) else {
+                    return;
+                };
+                let old = self.remove_task(id);
+                if node == UNASSIGNED {
+                    self.unassigned.insert(id.to_string());
+                }
+                self.tasks_by_service
+                    .entry(task.spec.service.clone())
+                    .or_default()
+                    .insert(id.to_string());
+                self.tasks.insert(id.to_string(), task.clone());
+                changes.push(Change::Task(old, Some(task)));
+            }
+            Parsed::Endpoints(net, svc) => {
+                if let Some(o) = decode(kv) {
+                    self.endpoints.insert((net.to_string(), svc.to_string()), o);
+                    changes.push(Change::Endpoints(net.to_string(), svc.to_string()));
+                }
+            }
+            Parsed::Subnet(net) => {
+                self.ipam.subnets.insert(net, claim(kv));
+            }
+            Parsed::Vni(v) => {
+                self.ipam.vnis.insert(v, claim(kv));
+            }
+            Parsed::Ip(net, ip) => {
+                let c = claim(kv);
+                if let Some(prev) = self
+                    .ipam
+                    .ips
+                    .entry(net.to_string())
+                    .or_default()
+                    .insert(ip, c.clone())
+                {
+                    unindex_owner(&mut self.ipam, &prev.owner, net, ip);
+                }
+                self.ipam
+                    .by_owner
+                    .entry(c.owner)
+                    .or_default()
+                    .insert((net.to_string(), ip));
+            }
+            Parsed::Other => {}
+        }
+    }
+
+    fn remove_task(&mut self, id: &str) -> Option<Arc<Task>> {
+        let old = self.tasks.remove(id)?;
+        self.unassigned.remove(id);
+        if let Some(set) = self.tasks_by_service.get_mut(&old.spec.service) {
+            set.remove(id);
+            if set.is_empty() {
+                self.tasks_by_service.remove(&old.spec.service);
+            }
+        }
+        Some(old)
+    }
+
+    fn delete(&mut self, root: &str, key: &str, changes: &mut Vec<Change>) {
+        match parse_key(root, key) {
+            Parsed::Network(n) => {
+                if self.networks.remove(n).is_some() {
+                    changes.push(Change::Network(n.to_string()));
+                }
+            }
+            Parsed::Service(n) => {
+                if self.services.remove(n).is_some() {
+                    changes.push(Change::Service(n.to_string()));
+                }
+            }
+            Parsed::Node(n) => {
+                if self.nodes.remove(n).is_some() {
+                    changes.push(Change::Node(n.to_string()));
+                }
+            }
+            Parsed::NodeLease(n) => {
+                if self.node_leases.remove(n) {
+                    changes.push(Change::NodeLease(n.to_string(), false));
+                }
+            }
+            Parsed::Task(node, id) => {
+                // A move (delete of the old key and create of the new one in one
+                // transaction) must not drop the task: only remove what is at this key.
+                let here = self
+                    .tasks
+                    .get(id)
+                    .is_some_and(|t| t.spec.node.as_deref().unwrap_or(UNASSIGNED) == node);
+                if here {
+                    let old = self.remove_task(id);
+                    changes.push(Change::Task(old, None));
+                }
+            }
+            Parsed::Endpoints(net, svc) => {
+                if self
+                    .endpoints
+                    .remove(&(net.to_string(), svc.to_string()))
+                    .is_some()
+                {
+                    changes.push(Change::Endpoints(net.to_string(), svc.to_string()));
+                }
+            }
+            Parsed::Subnet(net) => {
+                if self.ipam.subnets.remove(&net).is_some() {
+                    changes.push(Change::SubnetReleased);
+                }
+            }
+            Parsed::Vni(v) => {
+                self.ipam.vnis.remove(&v);
+            }
+            Parsed::Ip(net, ip) => {
+                if let Some(map) = self.ipam.ips.get_mut(net) {
+                    if let Some(prev) = map.remove(&ip) {
+                        unindex_owner(&mut self.ipam, &prev.owner, net, ip);
+                    }
+                }
+            }
+            Parsed::Other => {}
+        }
+    }
+
+    /// The tasks of a service.
+    pub fn service_tasks(&self, service: &str) -> Vec<Arc<Task>> {
+        self.tasks_by_service
+            .get(service)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| self.tasks.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn claim(kv: &RawKv) -> Claim {
+    Claim {
+        owner: String::from_utf8_lossy(&kv.value).into_owned(),
+        revision: kv.mod_revision,
+    }
+}
+
+fn unindex_owner(ipam: &mut Ipam, owner: &str, net: &str, ip: Ipv4Addr) {
+    if let Some(set) = ipam.by_owner.get_mut(owner) {
+        set.remove(&(net.to_string(), ip));
+        if set.is_empty() {
+            ipam.by_owner.remove(owner);
+        }
+    }
+}
+
+/// The shared cache and its revision, which reconcilers can wait on.
+pub struct Cache {
+    root: String,
+    world: RwLock<World>,
+    revision: watch::Sender<i64>,
+}
+
+impl Cache {
+    /// An empty cache for keys below `keys`' root (revision 0 until the first list).
+    pub fn new(keys: &Keys) -> Self {
+        Cache {
+            root: keys.root().to_string(),
+            world: RwLock::new(World::default()),
+            revision: watch::channel(0).0,
+        }
+    }
+
+    /// Reads the current snapshot. Do not hold across `.await`.
+    pub fn read(&self) -> RwLockReadGuard<'_, World> {
+        self.world.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The revision the cache reflects.
+    pub fn revision(&self) -> i64 {
+        *self.revision.borrow()
+    }
+
+    /// Waits until the cache reflects at least `revision`.
+    pub async fn wait_for(&self, revision: i64) {
+        let mut rx = self.revision.subscribe();
+        let _ = rx.wait_for(|r| *r >= revision).await;
+    }
+
+    /// Applies what the watcher yielded; returns what changed (for a relist: everything,
+    /// including what disappeared).
+    pub fn apply(&self, event: WatcherEvent) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let revision = match event {
+            WatcherEvent::Restarted { items, revision } => {
+                let mut fresh = World::default();
+                for kv in &items {
+                    fresh.put(&self.root, kv, &mut changes);
+                }
+                fresh.revision = revision;
+                let mut world = self.world.write().unwrap_or_else(|p| p.into_inner());
+                // Report what vanished while we were not watching.
+                for n in world
+                    .networks
+                    .keys()
+                    .filter(|n| !fresh.networks.contains_key(*n))
+                {
+                    changes.push(Change::Network(n.clone()));
+                }
+                for n in world
+                    .services
+                    .keys()
+                    .filter(|n| !fresh.services.contains_key(*n))
+                {
+                    changes.push(Change::Service(n.clone()));
+                }
+                for n in world.nodes.keys().filter(|n| !fresh.nodes.contains_key(*n)) {
+                    changes.push(Change::Node(n.clone()));
+                }
+                for n in world
+                    .node_leases
+                    .iter()
+                    .filter(|n| !fresh.node_leases.contains(*n))
+                {
+                    changes.push(Change::NodeLease(n.clone(), false));
+                }
+                for (id, t) in world
+                    .tasks
+                    .iter()
+                    .filter(|(id, _)| !fresh.tasks.contains_key(*id))
+                {
+                    let _ = id;
+                    changes.push(Change::Task(Some(t.clone()), None));
+                }
+                *world = fresh;
+                revision
+            }
+            WatcherEvent::Events { events, revision } => {
+                let mut world = self.world.write().unwrap_or_else(|p| p.into_inner());
+                for ev in &events {
+                    match ev {
+                        RawEvent::Put(kv) => world.put(&self.root, kv, &mut changes),
+                        RawEvent::Delete { key, .. } => world.delete(&self.root, key, &mut changes),
+                    }
+                }
+                world.revision = world.revision.max(revision);
+                world.revision
+            }
+        };
+        self.revision.send_if_modified(|r| {
+            if revision > *r {
+                *r = revision;
+                true
+            } else {
+                false
+            }
+        });
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api_types::{NetworkSpec, TaskSpec};
+
+    fn kv(key: String, value: Vec<u8>, rev: i64) -> RawKv {
+        RawKv {
+            key,
+            value,
+            mod_revision: rev,
+            create_revision: rev,
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn cache_should_keep_a_moved_task_and_index_claims() {
+        let keys = Keys::new("/r");
+        let cache = Cache::new(&keys);
+        let net = Network::new("n", NetworkSpec::default());
+        let mut t = Task::new(
+            "t1",
+            TaskSpec {
+                service: "api".into(),
+                ..Default::default()
+            },
+        );
+        cache.apply(WatcherEvent::Restarted {
+            items: vec![
+                kv(keys.key(&net), serde_json::to_vec(&net).unwrap(), 2),
+                kv(keys.key(&t), serde_json::to_vec(&t).unwrap(), 3),
+                kv(keys.ip("n", "10.0.0.2".parse().unwrap()), b"t1".to_vec(), 3),
+            ],
+            revision: 3,
+        });
+        {
+            let w = cache.read();
+            assert_eq!(w.unassigned.len(), 1);
+            assert_eq!(w.ipam.by_owner["t1"].len(), 1);
+        }
+        let old_key = keys.key(&t);
+        t.spec.node = Some("node-1".into());
+        cache.apply(WatcherEvent::Events {
+            events: vec![
+                RawEvent::Delete {
+                    key: old_key,
+                    revision: 4,
+                },
+                RawEvent::Put(kv(keys.key(&t), serde_json::to_vec(&t).unwrap(), 4)),
+            ],
+            revision: 4,
+        });
+        let w = cache.read();
+        assert_eq!(w.revision, 4);
+        assert!(w.unassigned.is_empty());
+        assert_eq!(w.tasks["t1"].spec.node.as_deref(), Some("node-1"));
+        assert_eq!(w.service_tasks("api").len(), 1);
+    }
+}
