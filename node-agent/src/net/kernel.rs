@@ -821,6 +821,16 @@ fn neigh_dst(m: &NeighbourMessage) -> Option<IpAddr> {
     m.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
         NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        // FDB (AF_BRIDGE) messages carry the remote's address without saying its family.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice())
+                .ok()
+                .map(|o| IpAddr::V4(o.into())),
+            16 => <[u8; 16]>::try_from(b.as_slice())
+                .ok()
+                .map(|o| IpAddr::V6(o.into())),
+            _ => None,
+        },
         _ => None,
     })
 }

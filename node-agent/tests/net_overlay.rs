@@ -1,0 +1,641 @@
+//! Kernel tests of `net`: real namespaces, bridges, VXLAN, veths and nftables. They need
+//! root (skipped with a message otherwise; CI runs as root) and touch nothing in the root
+//! namespace: each test builds its own lab — a "world" namespace holding the underlay bridge
+//! (198.18.0.254/24) and an "outside" address (203.0.113.10), and node namespaces joined to it
+//! by veths (node k = 198.18.0.k) — and runs `Kernel` with `home_netns` = the node namespace.
+//! Every name starts with a per-run prefix `st<4 hex>`, and a Drop guard deletes every
+//! namespace with that prefix, also when a test fails.
+//!
+//! Connectivity is probed with TCP from threads that `setns` into the task namespaces (no
+//! `ping` needed on the machine): a connect that succeeds crossed the path under test.
+
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sched::{setns, CloneFlags};
+use shoal_node_agent::net::{
+    netns, Attachment, GatewaySpec, Kernel, NetConfig, Network, OverlaySpec, Peer, PortKind,
+    TaskNetInfo, TaskNetSpec,
+};
+
+const WORLD_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+    {
+        return true;
+    }
+    eprintln!("SKIPPED: net_overlay tests need root (namespaces, links, nftables); run as root, as CI does");
+    false
+}
+
+/// `ip ARGS…`, panicking with its stderr on failure.
+fn ip(args: &str) {
+    let out = Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ip ARGS…` stdout.
+fn ip_out(args: &str) -> String {
+    let out = Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .expect("run ip");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A lab of namespaces; everything named `<prefix>…` goes away on drop.
+struct Lab {
+    prefix: String,
+}
+
+impl Lab {
+    /// A world namespace and `nodes` node namespaces on its underlay bridge.
+    fn new(nodes: u8) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let tag = (nanos ^ std::process::id().rotate_left(16)) & 0xffff;
+        let lab = Lab {
+            prefix: format!("st{tag:04x}"),
+        };
+        let w = lab.world();
+        ip(&format!("netns add {w}"));
+        ip(&format!("-n {w} link set lo up"));
+        ip(&format!("-n {w} addr add {WORLD_IP}/32 dev lo"));
+        ip(&format!("-n {w} link add br0 type bridge"));
+        ip(&format!("-n {w} addr add 198.18.0.254/24 dev br0"));
+        ip(&format!("-n {w} link set br0 up"));
+        for k in 1..=nodes {
+            let n = lab.node(k);
+            ip(&format!("netns add {n}"));
+            ip(&format!("-n {n} link set lo up"));
+            ip(&format!(
+                "-n {w} link add u{k} type veth peer name ul0 netns {n}"
+            ));
+            ip(&format!("-n {w} link set u{k} master br0 up"));
+            ip(&format!("-n {n} addr add 198.18.0.{k}/24 dev ul0"));
+            ip(&format!("-n {n} link set ul0 up"));
+            ip(&format!("-n {n} route add default via 198.18.0.254"));
+        }
+        lab
+    }
+
+    fn world(&self) -> String {
+        format!("{}-w", self.prefix)
+    }
+
+    fn node(&self, k: u8) -> String {
+        format!("{}-n{k}", self.prefix)
+    }
+
+    fn node_path(&self, k: u8) -> PathBuf {
+        PathBuf::from(netns::NETNS_DIR).join(self.node(k))
+    }
+
+    /// The task-namespace prefix of node k's agent.
+    fn task_prefix(&self, k: u8) -> String {
+        format!("{}-n{k}-", self.prefix)
+    }
+
+    async fn kernel(&self, k: u8) -> Kernel {
+        let mut config = NetConfig::new(self.task_prefix(k), Ipv4Addr::new(198, 18, 0, k));
+        config.home_netns = Some(self.node_path(k));
+        Kernel::connect(config)
+            .await
+            .expect("connect to node netns")
+    }
+
+    fn namespaces(&self) -> Vec<String> {
+        netns::list(Path::new(netns::NETNS_DIR), &self.prefix).unwrap()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Tasks first (their veths die with them), then nodes, then the world.
+        let mut names = self.namespaces();
+        names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        for name in names {
+            let _ = netns::delete(Path::new(netns::NETNS_DIR), &name);
+        }
+        let left = self.namespaces();
+        if !left.is_empty() {
+            eprintln!("WARNING: namespaces left behind: {left:?}");
+        }
+    }
+}
+
+/// Run `f` on a thread inside the namespace at `ns`.
+fn in_ns<R: Send + 'static>(
+    ns: &Path,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> std::thread::JoinHandle<R> {
+    let file = File::open(ns).expect("open netns");
+    std::thread::spawn(move || {
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+/// A TCP listener in `ns` on `addr` that accepts one connection within `wait` and returns the
+/// peer address it saw. Returns once the listener is bound.
+fn serve_once(
+    ns: &Path,
+    addr: SocketAddr,
+    wait: Duration,
+) -> std::thread::JoinHandle<Option<SocketAddr>> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = in_ns(ns, move || {
+        let listener = TcpListener::bind(addr).expect("bind probe listener");
+        listener.set_nonblocking(true).unwrap();
+        ready_tx.send(()).unwrap();
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((_, peer)) => return Some(peer),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        None
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("listener ready");
+    handle
+}
+
+/// Whether a TCP connection from `ns` to `addr` succeeds within 2 s.
+fn can_connect(ns: &Path, addr: SocketAddr) -> bool {
+    in_ns(ns, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Probe `from` → `to_ns` at `ip:port`; returns the source address the server saw, if any.
+fn probe(from: &Path, to_ns: &Path, ip: Ipv4Addr, port: u16) -> Option<SocketAddr> {
+    let addr = SocketAddr::from((ip, port));
+    let server = serve_once(to_ns, addr, Duration::from_secs(3));
+    let ok = can_connect(from, addr);
+    let seen = server.join().unwrap();
+    if ok {
+        seen
+    } else {
+        None
+    }
+}
+
+/// [`probe`] up to three times: a task that tried to reach a peer before its entries existed
+/// holds a FAILED neighbour entry for a few seconds (ordinary ARP negative caching).
+fn probe_retry(from: &Path, to_ns: &Path, ip: Ipv4Addr, port: u16) -> Option<SocketAddr> {
+    (0..3).find_map(|i| probe(from, to_ns, ip, port + i))
+}
+
+fn task(name: &str, vni: u32, addr: &str, egress: bool) -> TaskNetSpec {
+    TaskNetSpec {
+        task: name.into(),
+        attachments: vec![Attachment {
+            vni,
+            address: addr.parse().unwrap(),
+        }],
+        egress,
+    }
+}
+
+fn gw_ip(info: &TaskNetInfo) -> Ipv4Addr {
+    info.interfaces
+        .iter()
+        .find_map(|i| match i.kind {
+            PortKind::Gateway(ip) => Some(ip),
+            _ => None,
+        })
+        .expect("task has a gateway interface")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlay_should_carry_traffic_between_tasks_on_two_nodes_and_leave_nothing() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::new(2);
+    let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
+    let overlay = OverlaySpec {
+        vni: 4097,
+        mtu: None,
+    };
+    for k in [&k1, &k2] {
+        let info = k.ensure_overlay(&overlay).await.unwrap();
+        assert_eq!(
+            (info.bridge.as_str(), info.vxlan.as_str(), info.mtu),
+            ("shb-4097", "shv-4097", 1450)
+        );
+        // Idempotent.
+        assert_eq!(k.ensure_overlay(&overlay).await.unwrap(), info);
+    }
+    let details = ip_out(&format!("-d -n {} link show shv-4097", lab.node(1)));
+    for want in [
+        "vxlan id 4097",
+        "local 198.18.0.1",
+        "dstport 4789",
+        "nolearning",
+        "proxy",
+        "master shb-4097",
+        "mtu 1450",
+    ] {
+        assert!(details.contains(want), "{want:?} missing in {details}");
+    }
+
+    let t1 = k1
+        .attach_task(&task("t1", 4097, "10.0.1.2/24", false))
+        .await
+        .unwrap();
+    let t2 = k2
+        .attach_task(&task("t2", 4097, "10.0.1.3/24", false))
+        .await
+        .unwrap();
+    assert_eq!(
+        t1.path,
+        PathBuf::from(format!("/run/netns/{}t1", lab.task_prefix(1)))
+    );
+    assert_eq!(t1.interfaces.len(), 1);
+    assert_eq!(
+        (
+            t1.interfaces[0].name.as_str(),
+            t1.interfaces[0].mac.as_str()
+        ),
+        ("eth0", "02:42:0a:00:01:02")
+    );
+    let eth0 = ip_out(&format!("-n {} addr show eth0", t1.netns));
+    for want in ["02:42:0a:00:01:02", "10.0.1.2/24", "mtu 1450", "UP"] {
+        assert!(eth0.contains(want), "{want:?} missing in {eth0}");
+    }
+    // Attaching again changes nothing.
+    assert_eq!(
+        k1.attach_task(&task("t1", 4097, "10.0.1.2/24", false))
+            .await
+            .unwrap(),
+        t1
+    );
+
+    // Before any FDB/neighbour entry, nothing crosses (no flooding).
+    assert_eq!(
+        probe(&t1.path, &t2.path, Ipv4Addr::new(10, 0, 1, 3), 7001),
+        None
+    );
+
+    let p2 = Peer {
+        ip: Ipv4Addr::new(10, 0, 1, 3),
+        node: Ipv4Addr::new(198, 18, 0, 2),
+    };
+    let p1 = Peer {
+        ip: Ipv4Addr::new(10, 0, 1, 2),
+        node: Ipv4Addr::new(198, 18, 0, 1),
+    };
+    assert_eq!(k1.sync_peers(4097, &[p2]).await.unwrap().len(), 2);
+    assert_eq!(k2.sync_peers(4097, &[p1]).await.unwrap().len(), 2);
+    let again = k1.sync_peers(4097, &[p2]).await.unwrap();
+    assert!(
+        again.is_empty(),
+        "converged sync is a no-op: {again:?} {:?}",
+        k1.list_peer_entries(4097).await
+    );
+    let entries = k1.list_peer_entries(4097).await.unwrap();
+    assert_eq!(entries.fdb.len(), 1);
+    assert_eq!(entries.neigh.len(), 1);
+    let bridge_fdb = Command::new("bridge")
+        .args(["-n", &lab.node(1), "fdb", "show", "dev", "shv-4097"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if !bridge_fdb.is_empty() {
+        assert!(
+            bridge_fdb.contains("02:42:0a:00:01:03 dst 198.18.0.2 self permanent"),
+            "{bridge_fdb}"
+        );
+        assert!(
+            !bridge_fdb.contains("00:00:00:00:00:00"),
+            "no flooding entry: {bridge_fdb}"
+        );
+    }
+
+    // Traffic crosses VXLAN both ways and arrives from the task's own address (no NAT).
+    let seen = probe_retry(&t1.path, &t2.path, Ipv4Addr::new(10, 0, 1, 3), 7002);
+    let seen = seen.unwrap_or_else(|| {
+        let dump = [
+            format!("-n {} neigh", t1.netns),
+            format!("-n {} neigh", lab.node(1)),
+            format!("-n {} -s link", lab.node(1)),
+            format!("-n {} -s link", lab.node(2)),
+            format!("-n {} neigh", t2.netns),
+        ]
+        .map(|a| format!("ip {a}:\n{}", ip_out(&a)))
+        .join("\n");
+        panic!("t1 -> t2 over VXLAN failed\n{dump}")
+    });
+    assert_eq!(seen.ip(), Ipv4Addr::new(10, 0, 1, 2));
+    assert!(
+        probe(&t2.path, &t1.path, Ipv4Addr::new(10, 0, 1, 2), 7005).is_some(),
+        "t2 -> t1 over VXLAN"
+    );
+
+    // The DNS server's address is bindable with no extra address (lo covers 127/8).
+    let bound = netns::run_in(Some(&t1.path), || {
+        std::net::UdpSocket::bind("127.0.0.11:0").is_ok()
+    })
+    .await
+    .unwrap();
+    assert!(bound, "127.0.0.11 bindable in the task netns");
+
+    // Removing the peer removes both entries, and the path breaks.
+    let ops = k1.sync_peers(4097, &[]).await.unwrap();
+    assert_eq!(ops.len(), 2);
+    assert_eq!(
+        k1.list_peer_entries(4097).await.unwrap(),
+        Default::default()
+    );
+
+    // A restarted agent (a fresh Kernel) sees what exists, and garbage-collects it all.
+    let k1b = lab.kernel(1).await;
+    let seen = k1b.observe().await.unwrap();
+    assert!(seen.task_netns.contains("t1"));
+    assert_eq!(seen.task_ports["t1"].len(), 1);
+    assert!(seen.overlays[&4097].bridge && seen.overlays[&4097].vxlan);
+    assert!(!seen.gateway);
+    for t in seen.task_netns.iter().chain(seen.task_ports.keys()) {
+        k1b.detach_task(t).await.unwrap();
+    }
+    for vni in seen.overlays.keys() {
+        k1b.remove_overlay(*vni).await.unwrap();
+    }
+    k2.detach_task("t2").await.unwrap();
+    k2.remove_overlay(4097).await.unwrap();
+    // Detaching twice is fine.
+    k2.detach_task("t2").await.unwrap();
+    for k in [&k1b, &k2] {
+        let left = k.observe().await.unwrap();
+        assert_eq!(left, Default::default(), "nothing of ours left");
+    }
+    for n in [1, 2] {
+        let links = ip_out(&format!("-n {} -o link show", lab.node(n)));
+        assert!(!links.contains(" sh"), "links left on node {n}: {links}");
+    }
+    assert_eq!(
+        lab.namespaces().len(),
+        3,
+        "only the lab's own namespaces remain: {:?}",
+        lab.namespaces()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_on_different_overlays_should_not_reach_each_other() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::new(2);
+    let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
+    for k in [&k1, &k2] {
+        k.ensure_overlay(&OverlaySpec {
+            vni: 4097,
+            mtu: None,
+        })
+        .await
+        .unwrap();
+        k.ensure_overlay(&OverlaySpec {
+            vni: 4098,
+            mtu: Some(1400),
+        })
+        .await
+        .unwrap();
+        k.ensure_gateway(&GatewaySpec::default()).await.unwrap();
+    }
+    // Node 1: a on A (10.0.1.2), b1 on B (10.0.2.2). Node 2: a2 on A (10.0.1.3), b on B (10.0.2.3).
+    let a = k1
+        .attach_task(&task("a", 4097, "10.0.1.2/24", true))
+        .await
+        .unwrap();
+    let b1 = k1
+        .attach_task(&task("b1", 4098, "10.0.2.2/24", true))
+        .await
+        .unwrap();
+    let a2 = k2
+        .attach_task(&task("a2", 4097, "10.0.1.3/24", true))
+        .await
+        .unwrap();
+    let b = k2
+        .attach_task(&task("b", 4098, "10.0.2.3/24", true))
+        .await
+        .unwrap();
+    assert_eq!(b1.interfaces[0].mtu, 1400);
+    let node = |k: u8| Ipv4Addr::new(198, 18, 0, k);
+    let ip4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    k1.sync_peers(
+        4097,
+        &[Peer {
+            ip: ip4("10.0.1.3"),
+            node: node(2),
+        }],
+    )
+    .await
+    .unwrap();
+    k1.sync_peers(
+        4098,
+        &[Peer {
+            ip: ip4("10.0.2.3"),
+            node: node(2),
+        }],
+    )
+    .await
+    .unwrap();
+    k2.sync_peers(
+        4097,
+        &[Peer {
+            ip: ip4("10.0.1.2"),
+            node: node(1),
+        }],
+    )
+    .await
+    .unwrap();
+    k2.sync_peers(
+        4098,
+        &[Peer {
+            ip: ip4("10.0.2.2"),
+            node: node(1),
+        }],
+    )
+    .await
+    .unwrap();
+
+    // Same overlay: reachable (the control).
+    assert!(
+        probe(&a.path, &a2.path, ip4("10.0.1.3"), 7101).is_some(),
+        "a -> a2 on overlay A"
+    );
+    assert!(
+        probe(&b1.path, &b.path, ip4("10.0.2.3"), 7102).is_some(),
+        "b1 -> b on overlay B"
+    );
+    // Other overlay, other node and same node: unreachable, also through the gateway bridge.
+    assert_eq!(
+        probe(&a.path, &b.path, ip4("10.0.2.3"), 7103),
+        None,
+        "a -> b across overlays"
+    );
+    assert_eq!(
+        probe(&a.path, &b1.path, ip4("10.0.2.2"), 7104),
+        None,
+        "a -> b1 across overlays, same node"
+    );
+    assert_eq!(
+        probe(&a.path, &b1.path, gw_ip(&b1), 7105),
+        None,
+        "a -> b1's gateway address"
+    );
+    assert_ne!(gw_ip(&a), gw_ip(&b1), "distinct gateway addresses");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_should_masquerade_through_the_gateway_and_internal_tasks_get_none() {
+    if !is_root() {
+        return;
+    }
+    let root_forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let lab = Lab::new(1);
+    let k = lab.kernel(1).await;
+    k.ensure_overlay(&OverlaySpec {
+        vni: 4097,
+        mtu: None,
+    })
+    .await
+    .unwrap();
+    k.ensure_gateway(&GatewaySpec::default()).await.unwrap();
+    k.ensure_gateway(&GatewaySpec::default()).await.unwrap();
+    let e = k
+        .attach_task(&task("e", 4097, "10.0.1.2/24", true))
+        .await
+        .unwrap();
+    let i = k
+        .attach_task(&task("i", 4097, "10.0.1.3/24", false))
+        .await
+        .unwrap();
+    assert_eq!(e.interfaces.len(), 2);
+    assert_eq!(e.interfaces[1].name, "eth1");
+    assert_eq!(gw_ip(&e), Ipv4Addr::new(172, 18, 0, 2));
+    assert_eq!(i.interfaces.len(), 1);
+    let routes = ip_out(&format!("-n {} route show", e.netns));
+    assert!(
+        routes.contains("default via 172.18.0.1 dev eth1"),
+        "{routes}"
+    );
+    assert!(!ip_out(&format!("-n {} route show", i.netns)).contains("default"));
+    let forward = netns::read_sysctl(Some(&lab.node_path(1)), "net.ipv4.ip_forward")
+        .await
+        .unwrap();
+    assert_eq!(forward, "1");
+
+    let world = PathBuf::from(netns::NETNS_DIR).join(lab.world());
+    let seen = probe(&e.path, &world, WORLD_IP, 7201).expect("egress task reaches the outside");
+    assert_eq!(
+        seen.ip(),
+        Ipv4Addr::new(198, 18, 0, 1),
+        "masqueraded to the node's address"
+    );
+    assert_eq!(
+        probe(&i.path, &world, WORLD_IP, 7202),
+        None,
+        "internal task has no egress"
+    );
+    // The outside cannot open connections to a task's gateway address.
+    let ns = lab.node(1);
+    assert!(ip_out(&format!("-n {} route show", lab.world())).contains("198.18.0.0/24"));
+    ip(&format!(
+        "-n {} route add 172.18.0.0/16 via 198.18.0.1",
+        lab.world()
+    ));
+    assert_eq!(
+        probe(&world, &e.path, gw_ip(&e), 7203),
+        None,
+        "inbound to the gateway bridge is refused"
+    );
+
+    // Tear down: nothing of ours remains in the node netns.
+    k.detach_task("e").await.unwrap();
+    k.detach_task("i").await.unwrap();
+    k.remove_overlay(4097).await.unwrap();
+    k.remove_gateway().await.unwrap();
+    k.remove_gateway().await.unwrap();
+    assert_eq!(k.observe().await.unwrap(), Default::default());
+    let tables = Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "list", "tables"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap();
+    assert!(!tables.contains("shoal_gw"), "{tables}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        root_forward
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_should_report_stray_ports_and_attach_should_need_its_prerequisites() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::new(1);
+    let k = lab.kernel(1).await;
+    let err = k
+        .attach_task(&task("x", 4097, "10.0.1.2/24", false))
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_retryable() && err.to_string().contains("4097"),
+        "{err}"
+    );
+    k.ensure_overlay(&OverlaySpec {
+        vni: 4097,
+        mtu: None,
+    })
+    .await
+    .unwrap();
+    let err = k
+        .attach_task(&task("x", 4097, "10.0.1.2/24", true))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("gateway"), "{err}");
+    assert!(
+        lab.namespaces().iter().all(|n| !n.ends_with("-x")),
+        "a refused attach creates nothing"
+    );
+    // A veth with our name pattern but no alias (an interrupted attach) is a stray.
+    ip(&format!(
+        "-n {} link add she0123456789a type veth peer name tmp0",
+        lab.node(1)
+    ));
+    let seen = k.observe().await.unwrap();
+    assert_eq!(seen.stray_links, vec!["she0123456789a".to_string()]);
+    k.remove_stray_link("she0123456789a").await.unwrap();
+    assert!(k.observe().await.unwrap().stray_links.is_empty());
+    assert!(
+        k.remove_stray_link("ul0").await.is_err(),
+        "refuses links that are not ours"
+    );
+    k.remove_overlay(4097).await.unwrap();
+}
