@@ -355,15 +355,19 @@ impl ContainerdRuntime {
         let res = self
             .store_image_leased(src, name, &target, target_body, &lease)
             .await;
+        self.delete_lease(&lease).await;
+        res
+    }
+
+    async fn delete_lease(&self, lease: &str) {
         let _ = self
             .client
             .leases()
             .delete(self.req(containerd_client::services::v1::DeleteRequest {
-                id: lease.clone(),
+                id: lease.to_string(),
                 sync: false,
             }))
             .await;
-        res
     }
 
     async fn create_lease(&self) -> Result<String, RuntimeError> {
@@ -1145,53 +1149,70 @@ impl ContainerRuntime for ContainerdRuntime {
             id: cs.id.clone(),
             reason: e.to_string(),
         })?;
-        // A snapshot left by a crash between Prepare and Containers.Create is stale.
-        self.remove_snapshot(&cs.id).await?;
-        self.client
-            .snapshots()
-            .prepare(self.req(PrepareSnapshotRequest {
+        // The lease keeps the new snapshot from being garbage-collected until the container
+        // record (which references it) exists.
+        let lease = self.create_lease().await?;
+        let res = async {
+            // A snapshot left by a crash between Prepare and Containers.Create is stale.
+            self.remove_snapshot(&cs.id).await?;
+            self.client
+                .snapshots()
+                .prepare(self.req_lease(
+                    PrepareSnapshotRequest {
+                        snapshotter: self.cfg.snapshotter.clone(),
+                        key: cs.id.clone(),
+                        parent: image.chain_id.clone(),
+                        labels: HashMap::new(),
+                    },
+                    &lease,
+                ))
+                .await
+                .map_err(status_err("Snapshots.Prepare", &cs.id))?;
+            let mut labels: HashMap<String, String> = cs.labels.clone().into_iter().collect();
+            labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
+            labels.insert(LABEL_IMAGE.to_string(), cs.image.clone());
+            let container = Container {
+                id: cs.id.clone(),
+                labels,
+                image: image.name.clone(),
+                runtime: Some(Runtime {
+                    name: self.cfg.runtime.clone(),
+                    options: None,
+                }),
+                spec: Some(prost_types::Any {
+                    type_url: SPEC_TYPE_URL.to_string(),
+                    value: spec_bytes,
+                }),
                 snapshotter: self.cfg.snapshotter.clone(),
-                key: cs.id.clone(),
-                parent: image.chain_id.clone(),
-                labels: HashMap::new(),
-            }))
-            .await
-            .map_err(status_err("Snapshots.Prepare", &cs.id))?;
-        let mut labels: HashMap<String, String> = cs.labels.clone().into_iter().collect();
-        labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
-        labels.insert(LABEL_IMAGE.to_string(), cs.image.clone());
-        let container = Container {
-            id: cs.id.clone(),
-            labels,
-            image: image.name.clone(),
-            runtime: Some(Runtime {
-                name: self.cfg.runtime.clone(),
-                options: None,
-            }),
-            spec: Some(prost_types::Any {
-                type_url: SPEC_TYPE_URL.to_string(),
-                value: spec_bytes,
-            }),
-            snapshotter: self.cfg.snapshotter.clone(),
-            snapshot_key: cs.id.clone(),
-            ..Default::default()
-        };
-        if let Err(s) = self
-            .client
-            .containers()
-            .create(self.req(CreateContainerRequest {
-                container: Some(container),
-            }))
-            .await
-        {
-            let _ = self.remove_snapshot(&cs.id).await;
-            return Err(if s.code() == Code::AlreadyExists {
-                RuntimeError::AlreadyExists { id: cs.id.clone() }
-            } else {
-                status_err("Containers.Create", &cs.id)(s)
-            });
+                snapshot_key: cs.id.clone(),
+                ..Default::default()
+            };
+            if let Err(s) = self
+                .client
+                .containers()
+                .create(self.req_lease(
+                    CreateContainerRequest {
+                        container: Some(container),
+                    },
+                    &lease,
+                ))
+                .await
+            {
+                let _ = self.remove_snapshot(&cs.id).await;
+                return Err(if s.code() == Code::AlreadyExists {
+                    RuntimeError::AlreadyExists { id: cs.id.clone() }
+                } else {
+                    status_err("Containers.Create", &cs.id)(s)
+                });
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        self.delete_lease(&lease).await;
+        if matches!(&res, Err(e) if !matches!(e, RuntimeError::AlreadyExists { .. })) {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        res
     }
 
     async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
@@ -1373,8 +1394,18 @@ impl ContainerRuntime for ContainerdRuntime {
             .map_err(status_err("Tasks.List", ""))?
             .into_inner()
             .tasks;
-        let by_id: HashMap<&str, &containerd_client::types::v1::Process> =
-            tasks.iter().map(|t| (t.container_id.as_str(), t)).collect();
+        // containerd 1.6 fills `id` (= container id for the init process), not `container_id`.
+        let by_id: HashMap<&str, &containerd_client::types::v1::Process> = tasks
+            .iter()
+            .map(|t| {
+                let id = if t.container_id.is_empty() {
+                    &t.id
+                } else {
+                    &t.container_id
+                };
+                (id.as_str(), t)
+            })
+            .collect();
         let mut out: Vec<ContainerInfo> = containers
             .iter()
             .filter(|c| c.labels.get(LABEL_MANAGED).is_some_and(|v| v == "true"))
