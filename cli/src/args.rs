@@ -226,7 +226,7 @@ pub struct NamesArgs {
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Create a service and wait until its tasks run.
-    Create(ServiceCreateArgs),
+    Create(Box<ServiceCreateArgs>),
     /// List services.
     #[command(visible_alias = "list")]
     Ls(ListArgs),

@@ -322,7 +322,7 @@ mod tests {
         let mut full = vec!["shoal", "service", "create"];
         full.extend_from_slice(argv);
         match Cli::try_parse_from(full).unwrap().command {
-            Command::Service(ServiceCommand::Create(a)) => a,
+            Command::Service(ServiceCommand::Create(a)) => *a,
             other => panic!("{other:?}"),
         }
     }

@@ -225,7 +225,7 @@ mod tests {
             text: "# comment\nkind: Network\n".into(),
         };
         assert_eq!(
-            build_body(&[src.clone()]).unwrap(),
+            build_body(std::slice::from_ref(&src)).unwrap(),
             Body {
                 text: src.text,
                 origins: vec![]
