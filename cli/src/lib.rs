@@ -41,6 +41,8 @@ pub fn report(err: &anyhow::Error) {
 
 /// Runs one command line.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    // Commands that do not talk to the API (such as a `Dev(DevArgs)` group) belong in a
+    // match here, before a server is resolved.
     let server = context::server_from_env(cli.server.as_deref())?;
     let client = Client::new(&server)?;
     let tty = std::io::stdout().is_terminal();
