@@ -1,0 +1,250 @@
+//! The embedded DNS server over real sockets, in the test's own namespace on 127.0.0.1 with
+//! an ephemeral port (no root needed): answers, NXDOMAIN, empty AAAA, REFUSED without
+//! upstreams, forwarding (UDP and TCP) and SERVFAIL when the upstream is silent, and live
+//! record updates.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use shoal_api_types::endpoints::{EndpointTask, EndpointsSpec};
+use shoal_api_types::service::EndpointMode;
+use shoal_node_agent::dns::{DnsConfig, DnsServer, RecordStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn endpoints(vip: &str, tasks: &[(&str, &str)]) -> EndpointsSpec {
+    EndpointsSpec {
+        network: "appnet".into(),
+        service: "api".into(),
+        vip: Some(vip.into()),
+        endpoint_mode: EndpointMode::Vip,
+        tasks: tasks
+            .iter()
+            .map(|(n, ip)| EndpointTask {
+                name: (*n).into(),
+                ip: (*ip).into(),
+                ready: true,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn config(upstreams: Vec<SocketAddr>) -> Arc<DnsConfig> {
+    Arc::new(DnsConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstreams,
+        forward_timeout: Duration::from_millis(500),
+        ..Default::default()
+    })
+}
+
+fn query(name: &str, rtype: RecordType) -> Message {
+    let mut m = Message::query();
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+    m.metadata.recursion_desired = true;
+    m
+}
+
+async fn ask_udp(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
+    let q = query(name, rtype);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&q.to_vec().unwrap(), server).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .expect("no answer within 5 s")
+        .unwrap();
+    let reply = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(reply.metadata.id, q.metadata.id);
+    reply
+}
+
+async fn ask_tcp(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
+    let q = query(name, rtype).to_vec().unwrap();
+    let mut s = tokio::net::TcpStream::connect(server).await.unwrap();
+    s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+    s.write_all(&q).await.unwrap();
+    let len = tokio::time::timeout(Duration::from_secs(5), s.read_u16())
+        .await
+        .expect("no answer within 5 s")
+        .unwrap();
+    let mut buf = vec![0u8; len as usize];
+    s.read_exact(&mut buf).await.unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+fn a_records(m: &Message) -> Vec<Ipv4Addr> {
+    let mut v: Vec<Ipv4Addr> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A fake upstream resolver: answers every A question with 192.0.2.7 (UDP and TCP).
+async fn fake_upstream() -> SocketAddr {
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    fn reply(q: &[u8]) -> Vec<u8> {
+        let q = Message::from_vec(q).unwrap();
+        let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+        r.metadata.recursion_available = true;
+        let name = q.queries[0].name().clone();
+        r.add_query(q.queries[0].clone());
+        r.add_answer(Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 7))));
+        r.to_vec().unwrap()
+    }
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            let _ = udp.send_to(&reply(&buf[..n]), from).await;
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = tcp.accept().await {
+            let len = s.read_u16().await.unwrap() as usize;
+            let mut q = vec![0u8; len];
+            s.read_exact(&mut q).await.unwrap();
+            let r = reply(&q);
+            s.write_all(&(r.len() as u16).to_be_bytes()).await.unwrap();
+            s.write_all(&r).await.unwrap();
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn dns_server_answers_our_names_and_refuses_the_rest_without_upstreams() {
+    let store = RecordStore::new();
+    store.set_from_endpoints(
+        "appnet",
+        &[endpoints(
+            "10.0.1.2",
+            &[("api.1", "10.0.1.5"), ("api.2", "10.0.1.6")],
+        )],
+    );
+    let server = DnsServer::start(None, store.view(&["appnet"]), config(vec![]))
+        .await
+        .unwrap();
+    let addr = server.udp_addr();
+
+    let r = ask_udp(addr, "api.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.metadata.authoritative);
+    assert_eq!(a_records(&r), ["10.0.1.2".parse::<Ipv4Addr>().unwrap()]);
+    assert_eq!(r.answers[0].ttl, 0);
+
+    let r = ask_udp(addr, "TASKS.api.", RecordType::A).await;
+    assert_eq!(
+        a_records(&r),
+        [
+            "10.0.1.5".parse::<Ipv4Addr>().unwrap(),
+            "10.0.1.6".parse().unwrap()
+        ]
+    );
+
+    let r = ask_udp(addr, "api.2.", RecordType::A).await;
+    assert_eq!(a_records(&r), ["10.0.1.6".parse::<Ipv4Addr>().unwrap()]);
+
+    let r = ask_udp(addr, "api.", RecordType::AAAA).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.answers.is_empty());
+
+    let r = ask_udp(addr, "nosuch.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+
+    let r = ask_udp(addr, "example.com.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+
+    let r = ask_tcp(server.tcp_addr(), "tasks.api.", RecordType::A).await;
+    assert_eq!(a_records(&r).len(), 2);
+
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn dns_server_sees_endpoint_changes_without_restart() {
+    let store = RecordStore::new();
+    let server = DnsServer::start(None, store.view(&["appnet"]), config(vec![]))
+        .await
+        .unwrap();
+    let addr = server.udp_addr();
+    assert_eq!(
+        ask_udp(addr, "api.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain
+    );
+    store.set_from_endpoints("appnet", &[endpoints("10.0.1.2", &[("api.1", "10.0.1.5")])]);
+    assert_eq!(
+        a_records(&ask_udp(addr, "tasks.api.", RecordType::A).await),
+        ["10.0.1.5".parse::<Ipv4Addr>().unwrap()]
+    );
+    store.set_from_endpoints("appnet", &[endpoints("10.0.1.2", &[("api.2", "10.0.1.6")])]);
+    assert_eq!(
+        a_records(&ask_udp(addr, "tasks.api.", RecordType::A).await),
+        ["10.0.1.6".parse::<Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(
+        ask_udp(addr, "api.1.", RecordType::A)
+            .await
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain
+    );
+}
+
+#[tokio::test]
+async fn dns_server_forwards_other_names_over_the_clients_transport() {
+    let upstream = fake_upstream().await;
+    let store = RecordStore::new();
+    store.set_from_endpoints("appnet", &[endpoints("10.0.1.2", &[])]);
+    let server = DnsServer::start(None, store.view(&["appnet"]), config(vec![upstream]))
+        .await
+        .unwrap();
+
+    let r = ask_udp(server.udp_addr(), "example.com.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(a_records(&r), ["192.0.2.7".parse::<Ipv4Addr>().unwrap()]);
+    let r = ask_tcp(server.tcp_addr(), "example.com.", RecordType::A).await;
+    assert_eq!(a_records(&r), ["192.0.2.7".parse::<Ipv4Addr>().unwrap()]);
+    // Our names never go upstream, even with one configured.
+    let r = ask_udp(server.udp_addr(), "nosuch.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    let r = ask_udp(server.udp_addr(), "api.", RecordType::AAAA).await;
+    assert!(r.answers.is_empty());
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+}
+
+#[tokio::test]
+async fn dns_server_answers_servfail_when_the_upstream_is_silent() {
+    // A bound socket that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server = DnsServer::start(
+        None,
+        RecordStore::new().view(&["appnet"]),
+        config(vec![silent.local_addr().unwrap()]),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let r = ask_udp(server.udp_addr(), "example.com.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
