@@ -246,8 +246,11 @@ async fn overlay_should_carry_traffic_between_tasks_on_two_nodes_and_leave_nothi
             (info.bridge.as_str(), info.vxlan.as_str(), info.mtu),
             ("shb-4097", "shv-4097", 1450)
         );
+        assert!(info.created);
         // Idempotent.
-        assert_eq!(k.ensure_overlay(&overlay).await.unwrap(), info);
+        let again = k.ensure_overlay(&overlay).await.unwrap();
+        assert!(!again.created);
+        assert_eq!(again.mtu, info.mtu);
     }
     let details = ip_out(&format!("-d -n {} link show shv-4097", lab.node(1)));
     for want in [
@@ -595,7 +598,7 @@ async fn egress_should_masquerade_through_the_gateway_and_internal_tasks_get_non
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn observe_should_report_stray_ports_and_attach_should_need_its_prerequisites() {
+async fn observe_should_report_strays_and_ensure_should_repair_wrong_settings() {
     if !is_root() {
         return;
     }
@@ -632,6 +635,41 @@ async fn observe_should_report_stray_ports_and_attach_should_need_its_prerequisi
     let seen = k.observe().await.unwrap();
     assert_eq!(seen.stray_links, vec!["she0123456789a".to_string()]);
     k.remove_stray_link("she0123456789a").await.unwrap();
+    // An overlay device with other settings is replaced; a changed gateway subnet moves the
+    // bridge's address.
+    ip(&format!(
+        "-n {} link add shv-4099 type vxlan id 4099 dstport 4789 local 198.18.0.1",
+        lab.node(1)
+    ));
+    let info = k
+        .ensure_overlay(&OverlaySpec {
+            vni: 4099,
+            mtu: None,
+        })
+        .await
+        .unwrap();
+    assert!(info.created);
+    let details = ip_out(&format!("-d -n {} link show shv-4099", lab.node(1)));
+    assert!(
+        details.contains("nolearning") && details.contains("proxy"),
+        "{details}"
+    );
+    k.remove_overlay(4099).await.unwrap();
+    k.ensure_gateway(&GatewaySpec::default()).await.unwrap();
+    let other = GatewaySpec {
+        subnet: "172.19.0.0/16".parse().unwrap(),
+        mtu: None,
+    };
+    k.ensure_gateway(&other).await.unwrap();
+    let addrs = ip_out(&format!(
+        "-n {} -4 -o addr show shoal_gwbridge",
+        lab.node(1)
+    ));
+    assert!(
+        addrs.contains("172.19.0.1/16") && !addrs.contains("172.18."),
+        "{addrs}"
+    );
+    k.remove_gateway().await.unwrap();
     assert!(k.observe().await.unwrap().stray_links.is_empty());
     assert!(
         k.remove_stray_link("ul0").await.is_err(),

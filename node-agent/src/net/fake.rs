@@ -110,6 +110,7 @@ impl RecordingNetwork {
 impl Network for RecordingNetwork {
     async fn ensure_overlay(&self, spec: &OverlaySpec) -> Result<OverlayInfo, NetError> {
         let mut s = self.record("ensure_overlay", NetCall::EnsureOverlay(spec.clone()))?;
+        let created = !s.observed.overlays.get(&spec.vni).is_some_and(|o| o.vxlan);
         s.observed.overlays.insert(
             spec.vni,
             ObservedOverlay {
@@ -121,6 +122,7 @@ impl Network for RecordingNetwork {
             bridge: names::bridge_name(spec.vni),
             vxlan: names::vxlan_name(spec.vni),
             mtu: names::overlay_mtu(spec.mtu, 1500),
+            created,
         })
     }
 

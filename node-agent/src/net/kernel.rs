@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
-use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -319,7 +321,16 @@ impl Network for Kernel {
                     .index
             }
         };
-        match link_by_name(&self.home, &vx).await? {
+        let existing = match link_by_name(&self.home, &vx).await? {
+            // A device left with other settings (the node's address changed, or someone
+            // else's device by our name) is replaced; its entries go with it.
+            Some(l) if !vxlan_matches(&l, spec.vni, self.config.underlay) => {
+                del_link(&self.home, &vx, l.header.index).await?;
+                None
+            }
+            other => other,
+        };
+        let created = match existing {
             Some(l) => {
                 let fix = LinkUnspec::new_with_index(l.header.index)
                     .controller(br_index)
@@ -327,6 +338,7 @@ impl Network for Kernel {
                     .up()
                     .build();
                 set_link(&self.home, &vx, fix).await?;
+                false
             }
             None => {
                 let msg = LinkVxlan::new(&vx, spec.vni)
@@ -339,12 +351,14 @@ impl Network for Kernel {
                     .up()
                     .build();
                 add_link_tolerant(&self.home, &vx, msg).await?;
+                true
             }
-        }
+        };
         Ok(OverlayInfo {
             bridge: br,
             vxlan: vx,
             mtu,
+            created,
         })
     }
 
@@ -391,6 +405,13 @@ impl Network for Kernel {
         let gw = Ipv4Network::new(names::gateway_address(subnet), subnet.prefix())
             .expect("valid prefix");
         add_address(&self.home, idx, gw, GW_BRIDGE).await?;
+        // A changed subnet: drop the bridge's other addresses.
+        for (addr, msg) in link_addresses(&self.home, idx, GW_BRIDGE).await? {
+            if addr != gw {
+                ignore_missing(self.home.address().del(msg).execute().await)
+                    .map_err(nl("delete address", format!("{addr} on {GW_BRIDGE}")))?;
+            }
+        }
         set_link(
             &self.home,
             GW_BRIDGE,
@@ -787,6 +808,50 @@ async fn add_address(
         Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
         r => r.map_err(nl("add address", format!("{addr} on {name}"))),
     }
+}
+
+/// IPv4 addresses on a link, with the messages that delete them.
+async fn link_addresses(
+    h: &Handle,
+    index: u32,
+    name: &str,
+) -> Result<Vec<(Ipv4Network, AddressMessage)>, NetError> {
+    let mut out = Vec::new();
+    let mut addrs = h.address().get().set_link_index_filter(index).execute();
+    while let Some(a) = addrs.try_next().await.map_err(nl("list addresses", name))? {
+        let ip = a.attributes.iter().find_map(|at| match at {
+            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        });
+        if let Some(ip) = ip {
+            if let Ok(net) = Ipv4Network::new(ip, a.header.prefix_len) {
+                out.push((net, a));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether an existing VXLAN device has the settings `ensure_overlay` would give it.
+fn vxlan_matches(l: &LinkMessage, vni: u32, local: Ipv4Addr) -> bool {
+    let Some(infos) = l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => Some(infos),
+        _ => None,
+    }) else {
+        return false;
+    };
+    let Some(data) = infos.iter().find_map(|i| match i {
+        LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
+        _ => None,
+    }) else {
+        return false;
+    };
+    let has = |want: &InfoVxlan| data.iter().any(|d| d == want);
+    has(&InfoVxlan::Id(vni))
+        && has(&InfoVxlan::Local(local))
+        && has(&InfoVxlan::Port(names::VXLAN_PORT))
+        && has(&InfoVxlan::Learning(false))
+        && has(&InfoVxlan::Proxy(true))
 }
 
 fn link_name(l: &LinkMessage) -> Option<String> {

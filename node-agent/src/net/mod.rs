@@ -97,6 +97,9 @@ pub struct OverlayInfo {
     pub vxlan: String,
     /// The MTU in effect.
     pub mtu: u32,
+    /// The VXLAN device was (re)created by this call, so it holds no peer entries yet:
+    /// sync them now rather than at the next periodic resync.
+    pub created: bool,
 }
 
 /// The node's gateway (egress) bridge.
