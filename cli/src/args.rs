@@ -447,14 +447,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
+        let secs = |factor: u64| n.checked_mul(factor).map(Duration::from_secs);
         let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => secs(1),
+            "m" => secs(60),
+            "h" => secs(3600),
             _ => return Err(bad()),
         };
-        total += unit;
+        total = unit
+            .and_then(|u| total.checked_add(u))
+            .ok_or_else(|| format!("{s:?} is too long"))?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -480,7 +483,15 @@ mod tests {
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        for bad in ["", "s", "5x", "1.5s", "-3s"] {
+        for bad in [
+            "",
+            "s",
+            "5x",
+            "1.5s",
+            "-3s",
+            "99999999999999999h",
+            "18446744073709551615s1s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -659,4 +659,35 @@ mod tests {
             .contains("is not a number of replicas"));
         assert!(parse_scale("=2").is_err());
     }
+
+    /// A cheap fuzz: strings built from the characters these parsers care about never
+    /// panic, and whatever parses is in range.
+    #[test]
+    fn flag_parsers_never_panic_on_arbitrary_input() {
+        const ALPHABET: &[u8] = b"0123456789:/=,.-abdehilmnoprstuvcgyTPU \xff";
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let s: String = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize] as char)
+                .collect();
+            if let Ok(p) = parse_publish(&s) {
+                assert!(
+                    (1..=65535).contains(&p.published) && (1..=65535).contains(&p.target),
+                    "{s:?}"
+                );
+            }
+            let _ = parse_network(&s);
+            let _ = parse_env(&s, |_| None);
+            let _ = parse_key_value("--label", &s);
+            let _ = parse_scale(&s);
+            let _ = crate::args::parse_duration(&s);
+        }
+    }
 }

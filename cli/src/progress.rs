@@ -332,7 +332,11 @@ pub async fn wait_for_services(
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     let wait = async {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        // A huge --timeout means "wait for ever", not an overflow.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or(now + Duration::from_secs(100 * 365 * 86400));
         for name in names {
             if names.len() > 1 {
                 writeln!(out, "service/{name}:")?;
