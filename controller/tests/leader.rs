@@ -1,0 +1,131 @@
+//! Leader election: one controller reconciles at a time; killing the leader in the middle
+//! of a scale-up leaves exactly the wanted tasks, no slot twice, no address twice; a
+//! deposed leader's writes are refused by the fence.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use shoal_api_types::{NetworkAttachmentConfig, ServiceSpec, TaskSpec};
+use shoal_controller::leader;
+use shoal_controller::runtime::{ControllerError, Txn, Writer};
+use shoal_store::{Event, Lease};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_mid_scale_up_should_leave_exactly_the_wanted_tasks() {
+    let (etcd, store) = etcd().await;
+    let _nodes = nodes(&store, 4, Duration::from_secs(5)).await;
+    network(&store, "big", Some("10.20.0.0/16")).await;
+    let spec = ServiceSpec {
+        networks: vec![NetworkAttachmentConfig {
+            name: "big".into(),
+            aliases: vec![],
+        }],
+        ..replicated(0)
+    };
+    service(&store, "api", spec).await;
+
+    let a = Controller::start(etcd.store().await, config());
+    let (leader_a, lease_a) = wait_for(Duration::from_secs(10), "a leader", || async {
+        leader::current(&store).await.unwrap()
+    })
+    .await;
+    network_phase(&store, "big", "Ready").await;
+    let b = Controller::start(etcd.store().await, config());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        leader::current(&store).await.unwrap().unwrap().0,
+        leader_a,
+        "b must follow"
+    );
+
+    // Scale 0 -> 200 and kill the leader as soon as its first tasks show up.
+    let (_, rev) = store.list::<TaskSpec>().await.unwrap();
+    let mut watch = store
+        .watch::<TaskSpec>(&store.keys().prefix::<TaskSpec>(), rev + 1)
+        .await
+        .unwrap();
+    update_service(&store, "api", |s| s.replicas = Some(200)).await;
+    loop {
+        if let Event::Added(_) = watch.next().await.unwrap() {
+            break;
+        }
+    }
+    a.abort();
+    store
+        .revoke_lease(Lease {
+            id: lease_a,
+            ttl: Duration::from_secs(2),
+        })
+        .await
+        .unwrap();
+    let seen_at_kill = tasks(&store).await.len();
+    eprintln!("tasks when the leader was killed: {seen_at_kill}");
+
+    let (leader_b, _) = wait_for(Duration::from_secs(10), "b to lead", || async {
+        leader::current(&store)
+            .await
+            .unwrap()
+            .filter(|(id, _)| *id != leader_a)
+    })
+    .await;
+    assert_ne!(leader_b, leader_a);
+    let running = wait_running(&store, "api", 200, Duration::from_secs(30)).await;
+
+    let all = tasks(&store).await;
+    assert_eq!(
+        all.len(),
+        200,
+        "exactly 200 tasks (saw {seen_at_kill} when the leader died)"
+    );
+    let slots: BTreeSet<u64> = all.iter().filter_map(|t| t.spec.slot).collect();
+    assert_eq!(slots, (1..=200).collect(), "every slot once");
+    let ips: BTreeSet<String> = all
+        .iter()
+        .map(|t| t.spec.attachments[0].address.clone())
+        .collect();
+    assert_eq!(ips.len(), 200, "no address twice");
+    assert_eq!(running.len(), 200);
+    // Claims match the tasks plus the VIP exactly.
+    let claims = store
+        .client()
+        .kv_client()
+        .get(
+            store.keys().network_ips("big"),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claims.kvs().len(), 201);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_leaders_writes_should_be_refused() {
+    let (_etcd, store) = etcd().await;
+    let first = leader::campaign(&store, "first", Duration::from_secs(2)).await;
+    let writer = Writer::new(store.client(), Some((first.key.clone(), first.term)));
+    let mut txn = Txn::new();
+    txn.claim(store.keys().vni(5000), "x");
+    writer.commit(txn).await.expect("the leader writes");
+
+    first.resign(&store).await;
+    let second = leader::campaign(&store, "second", Duration::from_secs(2)).await;
+    assert!(second.term > 0);
+    let mut txn = Txn::new();
+    txn.claim(store.keys().vni(5001), "x");
+    let err = writer.commit(txn).await.unwrap_err();
+    assert!(matches!(err, ControllerError::Conflict(_)), "{err}");
+    let got = store
+        .client()
+        .kv_client()
+        .get(store.keys().vni(5001), None)
+        .await
+        .unwrap();
+    assert!(
+        got.kvs().is_empty(),
+        "nothing written by the deposed leader"
+    );
+}

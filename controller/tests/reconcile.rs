@@ -1,0 +1,324 @@
+//! Global services, placement constraints, host-port conflicts, and allocation failures
+//! that must show in a status (not panic, not loop).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use shoal_api_types::{
+    NetworkAttachmentConfig, NetworkSpec, NodeSpec, Placement, PortConfig, PublishMode,
+    ServiceMode, ServiceSpec, TaskState,
+};
+
+const T: Duration = Duration::from_secs(15);
+
+fn global() -> ServiceSpec {
+    ServiceSpec {
+        image: "busybox".into(),
+        mode: ServiceMode::Global,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn global_service_should_follow_nodes_joining_and_leaving() {
+    let (_etcd, store) = etcd().await;
+    let mut nodes = nodes(&store, 2, Duration::from_secs(2)).await;
+    let controller = Controller::start(store.clone(), config());
+    service(&store, "mon", global()).await;
+    let tasks = wait_running(&store, "mon", 2, T).await;
+    assert_eq!(
+        per_node(&tasks).keys().cloned().collect::<Vec<_>>(),
+        vec!["node-1", "node-2"]
+    );
+
+    // A node joins: it gets one.
+    nodes.push(HollowNode::start(&store, "node-3", 3, &[], Duration::from_secs(2)).await);
+    let tasks = wait_running(&store, "mon", 3, T).await;
+    assert_eq!(
+        per_node(&tasks).values().copied().collect::<Vec<_>>(),
+        vec![1, 1, 1]
+    );
+
+    // A node leaves: its task ends and is not replaced elsewhere.
+    nodes.remove(0).kill().await;
+    let tasks = wait_running(&store, "mon", 2, T).await;
+    assert_eq!(
+        per_node(&tasks).keys().cloned().collect::<Vec<_>>(),
+        vec!["node-2", "node-3"]
+    );
+
+    // Drained: its task stops; desired count follows.
+    let key = store.keys().named::<NodeSpec>("node-3");
+    store
+        .update_with::<NodeSpec>(&key, |n| {
+            n.spec.availability = shoal_api_types::NodeAvailability::Drain;
+            true
+        })
+        .await
+        .unwrap();
+    wait_running(&store, "mon", 1, T).await;
+    wait_for(T, "desired 1", || async {
+        let s = store
+            .get_named::<ServiceSpec>("mon")
+            .await
+            .unwrap()
+            .unwrap();
+        (s.status.desired_tasks == 1 && s.status.running_tasks == 1).then_some(())
+    })
+    .await;
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn constraints_should_be_respected() {
+    let (_etcd, store) = etcd().await;
+    let _a = HollowNode::start(
+        &store,
+        "node-a",
+        1,
+        &[("zone", "a")],
+        Duration::from_secs(5),
+    )
+    .await;
+    let _b = HollowNode::start(
+        &store,
+        "node-b",
+        2,
+        &[("zone", "b")],
+        Duration::from_secs(5),
+    )
+    .await;
+    let _c = HollowNode::start(
+        &store,
+        "node-c",
+        3,
+        &[("zone", "a")],
+        Duration::from_secs(5),
+    )
+    .await;
+    let controller = Controller::start(store.clone(), config());
+    let spec = ServiceSpec {
+        placement: Placement {
+            constraints: vec!["node.labels.zone==a".into()],
+        },
+        ..replicated(4)
+    };
+    service(&store, "api", spec).await;
+    let tasks = wait_running(&store, "api", 4, T).await;
+    let counts = per_node(&tasks);
+    assert_eq!(
+        counts.keys().cloned().collect::<Vec<_>>(),
+        vec!["node-a", "node-c"]
+    );
+    assert!(counts.values().all(|n| *n == 2));
+
+    // Nothing matches: pending with a reason.
+    let spec = ServiceSpec {
+        placement: Placement {
+            constraints: vec!["node.labels.zone==z".into()],
+        },
+        ..replicated(1)
+    };
+    service(&store, "nowhere", spec).await;
+    let t = wait_for(T, "pending reason", || async {
+        service_tasks(&store, "nowhere")
+            .await
+            .into_iter()
+            .find(|t| !t.spec.pending_reason.is_empty())
+    })
+    .await;
+    assert_eq!(
+        t.spec.pending_reason,
+        "no suitable node (constraint node.labels.zone==z not met on 3 nodes)"
+    );
+    assert_eq!(t.status.state, TaskState::Pending);
+    assert!(t.spec.node.is_none());
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn host_ports_should_be_unique_per_node_and_explain_pending_tasks() {
+    let (_etcd, store) = etcd().await;
+    let _nodes = nodes(&store, 3, Duration::from_secs(5)).await;
+    let controller = Controller::start(store.clone(), config());
+    let port = PortConfig {
+        published: 8080,
+        target: 80,
+        mode: PublishMode::Host,
+        ..Default::default()
+    };
+    service(
+        &store,
+        "web",
+        ServiceSpec {
+            ports: vec![port.clone()],
+            ..replicated(4)
+        },
+    )
+    .await;
+    let tasks = wait_n_running(&store, "web", 3, T).await;
+    assert_eq!(
+        per_node(&tasks).values().copied().collect::<Vec<_>>(),
+        vec![1, 1, 1]
+    );
+    let pending = wait_for(T, "the 4th task pending with a reason", || async {
+        live(&store, "web")
+            .await
+            .into_iter()
+            .find(|t| t.spec.node.is_none() && !t.spec.pending_reason.is_empty())
+    })
+    .await;
+    assert_eq!(
+        pending.spec.pending_reason,
+        "no suitable node (host port 8080 in use on 3 nodes)"
+    );
+    let svc = wait_for(T, "service condition", || async {
+        let s = store
+            .get_named::<ServiceSpec>("web")
+            .await
+            .unwrap()
+            .unwrap();
+        s.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Converged" && c.reason == "NoSuitableNode")
+            .cloned()
+    })
+    .await;
+    assert!(
+        svc.message.contains("host port 8080 in use on 3 nodes"),
+        "{svc:?}"
+    );
+
+    // Another service on the same port conflicts too; scaling web down frees one node.
+    update_service(&store, "web", |s| s.replicas = Some(2)).await;
+    service(
+        &store,
+        "other",
+        ServiceSpec {
+            ports: vec![port],
+            ..replicated(1)
+        },
+    )
+    .await;
+    let other = wait_running(&store, "other", 1, T).await;
+    let web = wait_running(&store, "web", 2, T).await;
+    let web_nodes: BTreeSet<_> = web.iter().map(|t| t.spec.node.clone()).collect();
+    assert!(
+        !web_nodes.contains(&other[0].spec.node),
+        "host port shared on one node"
+    );
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn allocation_failures_should_show_in_status_without_a_retry_loop() {
+    let (_etcd, store) = etcd().await;
+    let _nodes = nodes(&store, 1, Duration::from_secs(5)).await;
+    let mut cfg = config();
+    cfg.default_addr_pool = "10.9.0.0/23".parse().unwrap();
+    cfg.resync = Duration::from_secs(60);
+    let controller = Controller::start(store.clone(), cfg);
+    network(&store, "a", None).await;
+    network(&store, "b", None).await;
+    assert_eq!(
+        network_phase(&store, "a", "Ready")
+            .await
+            .status
+            .subnet
+            .as_deref(),
+        Some("10.9.0.0/24")
+    );
+    assert_eq!(
+        network_phase(&store, "b", "Ready")
+            .await
+            .status
+            .subnet
+            .as_deref(),
+        Some("10.9.1.0/24")
+    );
+
+    // Pool exhausted.
+    network(&store, "c", None).await;
+    let c = network_phase(&store, "c", "Failed").await;
+    assert!(
+        c.status
+            .message
+            .starts_with("address pool 10.9.0.0/23 is exhausted"),
+        "{}",
+        c.status.message
+    );
+
+    // Explicit overlapping subnet.
+    network(&store, "d", Some("10.9.0.0/16")).await;
+    let d = network_phase(&store, "d", "Failed").await;
+    assert!(
+        d.status.message.contains("overlaps subnet 10.9."),
+        "{}",
+        d.status.message
+    );
+
+    // No retry loop: the revision stays put while nothing changes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = store.revision().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        store.revision().await.unwrap() - before <= 2,
+        "the controller keeps writing"
+    );
+
+    // Freeing a subnet lets the waiting network through.
+    store
+        .delete::<NetworkSpec>(&store.keys().named::<NetworkSpec>("b"), None)
+        .await
+        .unwrap();
+    let c = network_phase(&store, "c", "Ready").await;
+    assert_eq!(c.status.subnet.as_deref(), Some("10.9.1.0/24"));
+
+    // A network deleted while a service uses it: the service says so.
+    let spec = ServiceSpec {
+        networks: vec![NetworkAttachmentConfig {
+            name: "a".into(),
+            aliases: vec![],
+        }],
+        ..replicated(1)
+    };
+    service(&store, "api", spec).await;
+    wait_running(&store, "api", 1, T).await;
+    store
+        .delete::<NetworkSpec>(&store.keys().named::<NetworkSpec>("a"), None)
+        .await
+        .unwrap();
+    let cond = wait_for(T, "service condition NetworkNotFound", || async {
+        let s = store
+            .get_named::<ServiceSpec>("api")
+            .await
+            .unwrap()
+            .unwrap();
+        s.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "NetworksReady" && c.status == "False")
+            .cloned()
+    })
+    .await;
+    assert_eq!(cond.reason, "NetworkNotFound");
+    assert!(
+        cond.message.contains("network \"a\" does not exist"),
+        "{}",
+        cond.message
+    );
+    // The running task is left alone; no new ones are made.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = store.revision().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        store.revision().await.unwrap() - before <= 2,
+        "the controller keeps writing"
+    );
+    assert_eq!(live(&store, "api").await.len(), 1);
+    controller.stop().await;
+}

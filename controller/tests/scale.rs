@@ -1,0 +1,141 @@
+//! Replicated services spread over nodes and follow scaling; endpoints, VIPs and status
+//! follow the tasks; a deleted service is cleaned up.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::*;
+use shoal_api_types::{EndpointsSpec, NetworkAttachmentConfig, ServiceSpec};
+
+const T: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicated_service_should_spread_over_nodes_and_follow_scaling() {
+    let (_etcd, store) = etcd().await;
+    let _nodes = nodes(&store, 3, Duration::from_secs(5)).await;
+    let controller = Controller::start(store.clone(), config());
+    network(&store, "appnet", None).await;
+    let spec = ServiceSpec {
+        networks: vec![NetworkAttachmentConfig {
+            name: "appnet".into(),
+            aliases: vec!["web".into()],
+        }],
+        ..replicated(6)
+    };
+    service(&store, "api", spec).await;
+
+    let tasks = wait_running(&store, "api", 6, T).await;
+    assert_eq!(
+        per_node(&tasks),
+        BTreeMap::from([
+            ("node-1".into(), 2),
+            ("node-2".into(), 2),
+            ("node-3".into(), 2)
+        ])
+    );
+    let slots: BTreeSet<u64> = tasks.iter().filter_map(|t| t.spec.slot).collect();
+    assert_eq!(slots, (1..=6).collect());
+    let net = network_phase(&store, "appnet", "Ready").await;
+    assert_eq!(net.status.subnet.as_deref(), Some("10.0.0.0/24"));
+    assert_eq!(net.status.gateway.as_deref(), Some("10.0.0.1"));
+    assert_eq!(net.status.vni, Some(4097));
+    let ingress = network_phase(&store, "ingress", "Ready").await;
+    assert_eq!(
+        (ingress.status.subnet.as_deref(), ingress.status.vni),
+        (Some("10.255.0.0/16"), Some(4096))
+    );
+
+    // Status and endpoints follow.
+    let svc = wait_for(T, "service status", || async {
+        let s = store
+            .get_named::<ServiceSpec>("api")
+            .await
+            .unwrap()
+            .unwrap();
+        (s.status.running_tasks == 6 && s.status.desired_tasks == 6).then_some(s)
+    })
+    .await;
+    assert_eq!(svc.status.virtual_ips.len(), 1);
+    let vip = svc.status.virtual_ips[0].addr.clone();
+    assert!(
+        svc.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Converged" && c.status == "True"),
+        "{:?}",
+        svc.status.conditions
+    );
+    let ep = wait_for(T, "endpoints with 6 tasks", || async {
+        let ep = store
+            .get::<EndpointsSpec>(&format!("{}/endpoints/appnet/api", store.keys().root()))
+            .await
+            .unwrap()?;
+        (ep.spec.tasks.len() == 6).then_some(ep)
+    })
+    .await;
+    assert_eq!(ep.spec.vip.as_deref(), Some(vip.as_str()));
+    assert_eq!(ep.spec.aliases, vec!["web"]);
+    assert!(ep
+        .spec
+        .tasks
+        .iter()
+        .all(|t| t.ready && t.node_address.starts_with("198.18.0.")));
+    let ips: BTreeSet<&str> = ep.spec.tasks.iter().map(|t| t.ip.as_str()).collect();
+    assert_eq!(ips.len(), 6);
+    assert!(!ips.contains(vip.as_str()) && !ips.contains("10.0.0.1"));
+
+    // Scale down to 2: the highest slots go.
+    update_service(&store, "api", |s| s.replicas = Some(2)).await;
+    let tasks = wait_running(&store, "api", 2, T).await;
+    let slots: BTreeSet<u64> = tasks.iter().filter_map(|t| t.spec.slot).collect();
+    assert_eq!(slots, BTreeSet::from([1, 2]));
+
+    // Scale up to 9: 3 per node.
+    update_service(&store, "api", |s| s.replicas = Some(9)).await;
+    let tasks = wait_running(&store, "api", 9, T).await;
+    assert_eq!(
+        per_node(&tasks),
+        BTreeMap::from([
+            ("node-1".into(), 3),
+            ("node-2".into(), 3),
+            ("node-3".into(), 3)
+        ])
+    );
+    let slots: BTreeSet<u64> = tasks.iter().filter_map(|t| t.spec.slot).collect();
+    assert_eq!(slots, (1..=9).collect());
+
+    // Delete: tasks stopped and removed, VIP released, endpoints gone.
+    store
+        .delete::<ServiceSpec>(&store.keys().named::<ServiceSpec>("api"), None)
+        .await
+        .unwrap();
+    wait_for(T, "tasks removed", || async {
+        service_tasks(&store, "api").await.is_empty().then_some(())
+    })
+    .await;
+    wait_for(T, "endpoints removed and addresses released", || async {
+        let ep = store
+            .list_prefix::<EndpointsSpec>(&store.keys().network_endpoints("appnet"))
+            .await
+            .unwrap()
+            .0;
+        let ips = store
+            .client()
+            .kv_client()
+            .get(
+                store.keys().network_ips("appnet"),
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_count_only(),
+                ),
+            )
+            .await
+            .unwrap();
+        (ep.is_empty() && ips.count() == 0).then_some(())
+    })
+    .await;
+    controller.stop().await;
+}
