@@ -481,3 +481,19 @@ async fn watch_prints_events_as_they_happen() {
     assert!(seen.contains("ADDED     network/appnet"), "{seen}");
     assert!(seen.contains("DELETED   network/appnet"), "{seen}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_manifests_apply_as_one_directory() {
+    let s = Server::start().await;
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/demo");
+    let out = s.ok(&["apply", "-f", p(&demo), "--dry-run"]).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(!lines.is_empty(), "{out}");
+    assert!(
+        lines.iter().all(|l| l.ends_with(" created (dry run)")),
+        "{out}"
+    );
+    assert!(lines.contains(&"service/api created (dry run)"), "{out}");
+    // Dry run wrote nothing.
+    assert_eq!(s.ok(&["service", "ls", "-q"]).await, "");
+}
