@@ -312,9 +312,11 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
         return;
     }
     let env = TestEnv::start();
-    let rt = ContainerdRuntime::connect(env.config())
-        .await
-        .expect("connect to our containerd");
+    let rt = std::sync::Arc::new(
+        ContainerdRuntime::connect(env.config())
+            .await
+            .expect("connect to our containerd"),
+    );
     eprintln!("containerd {}", rt.version().await.unwrap());
     let busybox = env.image("busybox:latest");
 
@@ -346,10 +348,19 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
         rt.status("hello").await.unwrap().state,
         ContainerState::Created
     );
+    let changed = {
+        let rt = rt.clone();
+        tokio::spawn(async move { rt.changed().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let t0 = Instant::now();
     rt.start("hello").await.expect("start hello");
     eprintln!("started hello in {:?}", t0.elapsed());
     assert_eq!(rt.wait("hello").await.unwrap(), 3);
+    tokio::time::timeout(Duration::from_secs(5), changed)
+        .await
+        .expect("changed() resolves on a task exit")
+        .unwrap();
     let st = rt.status("hello").await.unwrap();
     assert_eq!((st.state, st.exit_code), (ContainerState::Exited, Some(3)));
     let log = std::fs::read_to_string(rt.log_path("hello")).unwrap();
@@ -366,7 +377,7 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
     rt.create(&spec("quick", &busybox, "quick.1", &["sh", "-c", "exit 5"]))
         .await
         .unwrap();
-    let e = start_checked(&rt, "quick", Duration::from_millis(500))
+    let e = start_checked(rt.as_ref(), "quick", Duration::from_millis(500))
         .await
         .unwrap_err();
     assert!(

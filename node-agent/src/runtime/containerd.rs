@@ -108,6 +108,40 @@ pub struct ContainerdRuntime {
     registry: RegistryClient,
     platform: Platform,
     pull_lock: Mutex<()>,
+    changes: tokio::sync::watch::Sender<u64>,
+    events_task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ContainerdRuntime {
+    fn drop(&mut self) {
+        self.events_task.abort();
+    }
+}
+
+/// Follows containerd's `/tasks/exit` events of `namespace`, bumping `changes` on each (and
+/// when the stream breaks, since exits may have been missed). Resubscribes after a second.
+async fn follow_exits(
+    client: containerd_client::Client,
+    namespace: String,
+    changes: tokio::sync::watch::Sender<u64>,
+) {
+    let filter = format!("namespace=={namespace:?},topic==\"/tasks/exit\"");
+    loop {
+        let stream = client
+            .events()
+            .subscribe(containerd_client::services::v1::SubscribeRequest {
+                filters: vec![filter.clone()],
+            })
+            .await;
+        if let Ok(stream) = stream {
+            let mut stream = stream.into_inner();
+            while let Ok(Some(_envelope)) = stream.message().await {
+                changes.send_modify(|n| *n += 1);
+            }
+        }
+        changes.send_modify(|n| *n += 1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 fn status_err(op: &'static str, object: impl Into<String>) -> impl FnOnce(Status) -> RuntimeError {
@@ -223,7 +257,15 @@ impl ContainerdRuntime {
             .await
             .map_err(|s| unavailable(s.message().to_string()))?;
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| RuntimeError::io(&cfg.state_dir, e))?;
+        let changes = tokio::sync::watch::channel(0).0;
+        let events_task = tokio::spawn(follow_exits(
+            containerd_client::Client::from(client.channel()),
+            cfg.namespace.clone(),
+            changes.clone(),
+        ));
         Ok(ContainerdRuntime {
+            changes,
+            events_task,
             registry: RegistryClient::new(cfg.plain_http_registries.clone()),
             platform: Platform::current(),
             cfg,
@@ -1469,6 +1511,11 @@ impl ContainerRuntime for ContainerdRuntime {
         res
     }
 
+    async fn changed(&self) {
+        let mut rx = self.changes.subscribe();
+        let _ = rx.changed().await;
+    }
+
     fn log_path(&self, id: &str) -> PathBuf {
         self.container_dir(id).join("container.log")
     }
@@ -1476,3 +1523,49 @@ impl ContainerRuntime for ContainerdRuntime {
 
 /// Shared handle type the agent can store.
 pub type SharedRuntime = Arc<dyn ContainerRuntime>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_archives_are_read_into_a_digest_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+        for (name, data) in [
+            ("./oci-layout", &b"{}"[..]),
+            ("./index.json", &b"{\"manifests\":[]}"[..]),
+            ("./blobs/sha256/abcd", &b"blob"[..]),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        b.finish().unwrap();
+        drop(b);
+        let m = read_oci_archive(&path).unwrap();
+        assert_eq!(m["index.json"], b"{\"manifests\":[]}");
+        assert_eq!(m["sha256:abcd"], b"blob");
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn task_states_map_to_container_states() {
+        let p = containerd_client::types::v1::Process {
+            pid: 42,
+            status: TaskStatus::Stopped as i32,
+            exit_status: 3,
+            ..Default::default()
+        };
+        assert_eq!(task_status(&p), ContainerStatus::exited(3));
+        let p = containerd_client::types::v1::Process {
+            pid: 42,
+            status: TaskStatus::Running as i32,
+            ..Default::default()
+        };
+        assert_eq!(task_status(&p), ContainerStatus::running(42));
+    }
+}

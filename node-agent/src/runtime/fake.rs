@@ -26,7 +26,7 @@ pub enum Call {
     /// `ensure_image(reference)`.
     EnsureImage(String),
     /// `create(spec)`.
-    Create(ContainerSpec),
+    Create(Box<ContainerSpec>),
     /// `start(id)`.
     Start(String),
     /// `stop(id, grace)`.
@@ -62,10 +62,16 @@ struct State {
 }
 
 /// The recording fake. See the module docs.
-#[derive(Default)]
 pub struct FakeRuntime {
     state: Mutex<State>,
     log_dir: PathBuf,
+    changes: watch::Sender<u64>,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl FakeRuntime {
@@ -77,6 +83,7 @@ impl FakeRuntime {
                 ..Default::default()
             }),
             log_dir: PathBuf::from("/nonexistent/shoal-fake"),
+            changes: watch::channel(0).0,
         }
     }
 
@@ -122,6 +129,7 @@ impl FakeRuntime {
         if let Some(c) = self.lock().containers.get(id) {
             c.status.send_replace(ContainerStatus::exited(code));
         }
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// Simulates a crash that lost the container entirely.
@@ -180,7 +188,7 @@ impl ContainerRuntime for FakeRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         let mut st = self.lock();
-        st.calls.push(Call::Create(spec.clone()));
+        st.calls.push(Call::Create(Box::new(spec.clone())));
         validate_container_id(&spec.id)?;
         if st.containers.contains_key(&spec.id) {
             return Err(RuntimeError::AlreadyExists {
@@ -341,6 +349,11 @@ impl ContainerRuntime for FakeRuntime {
         Ok(ExecOutput::default())
     }
 
+    async fn changed(&self) {
+        let mut rx = self.changes.subscribe();
+        let _ = rx.changed().await;
+    }
+
     fn log_path(&self, id: &str) -> PathBuf {
         self.log_dir.join(id).join("container.log")
     }
@@ -448,7 +461,13 @@ mod tests {
             tokio::spawn(async move { rt.wait("c1").await })
         };
         tokio::task::yield_now().await;
+        let changed = {
+            let rt = rt.clone();
+            tokio::spawn(async move { rt.changed().await })
+        };
+        tokio::task::yield_now().await;
         rt.exit("c1", 7);
         assert_eq!(waiter.await.unwrap().unwrap(), 7);
+        changed.await.unwrap();
     }
 }

@@ -226,6 +226,12 @@ pub trait ContainerRuntime: Send + Sync {
         argv: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput, RuntimeError>;
+    /// Resolves when one of our containers' main processes may have exited since the call
+    /// began (or the runtime lost track and the caller should re-list), so the agent
+    /// converges at once instead of at its next resync. The default never resolves.
+    async fn changed(&self) {
+        std::future::pending::<()>().await
+    }
     /// The file holding the container's stdout and stderr (appended across restarts).
     fn log_path(&self, id: &str) -> PathBuf;
 }
