@@ -498,3 +498,45 @@ async fn an_unreachable_etcd_makes_requests_503_and_readiness_fail() {
         start.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_network_deleted_while_a_service_joins_it_never_leaves_the_service_dangling() {
+    let s = Server::start().await;
+    for round in 0..8 {
+        let net = format!("net{round}");
+        let svc = format!("svc{round}");
+        assert_eq!(s.post(NETS, &network(&net, None)).await.code, 201);
+        let (body, path) = (service(&svc, &[net.as_str()], &[]), format!("{NETS}/{net}"));
+        let (created, deleted) = tokio::join!(s.post(SVCS, &body), s.delete(&path));
+        let network_exists = s.get(&format!("{NETS}/{net}")).await.code == 200;
+        let service_exists = s.get(&format!("{SVCS}/{svc}")).await.code == 200;
+        assert!(
+            !(service_exists && !network_exists),
+            "round {round}: service created ({}) on a deleted network ({})",
+            created.code,
+            deleted.code
+        );
+        assert!(
+            created.code == 201 || deleted.code == 200,
+            "round {round}: {created:?} {deleted:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_services_claiming_one_port_leave_exactly_one_owner() {
+    let s = Server::start().await;
+    let bodies: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| service(n, &[], &["8443"]))
+        .collect();
+    let (a, b, c) = tokio::join!(
+        s.post(SVCS, &bodies[0]),
+        s.post(SVCS, &bodies[1]),
+        s.post(SVCS, &bodies[2])
+    );
+    let mut codes = [a.code, b.code, c.code];
+    codes.sort();
+    assert_eq!(codes, [201, 409, 409], "{a:?} {b:?} {c:?}");
+    assert_eq!(s.names("services").await.len(), 1);
+}

@@ -228,3 +228,23 @@ async fn watches_end_and_the_server_stops_on_shutdown() {
         .expect("joined");
     served.expect("serve ended cleanly");
 }
+
+#[tokio::test]
+async fn a_watch_ends_with_an_error_event_when_etcd_goes_away() {
+    let mut s = Server::private().await;
+    let mut w = s
+        .watch(&format!("{NETS}?watch=true&bookmarkSeconds=1"))
+        .await;
+    assert_eq!(w.code, 200);
+    s.etcd.kill();
+    let last = w
+        .next_within(Duration::from_secs(20))
+        .await
+        .expect("an ERROR event");
+    assert_eq!(last["type"], "ERROR", "{last}");
+    assert_eq!(last["object"]["code"], 503, "{last}");
+    assert!(
+        w.ended_within(Duration::from_secs(5)).await,
+        "the stream ends after its ERROR event"
+    );
+}
