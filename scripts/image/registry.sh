@@ -9,7 +9,8 @@
 #
 # Everything lives under STATE_DIR/registry/ (config.yml, data/, registry.log, pid).
 # SHOAL_REGISTRY_ADDR (default 127.0.0.1:5000) picks the listen address; it must be a
-# loopback address. The image is pushed as localhost:PORT/busybox:latest (override with
+# loopback address or the local cluster's underlay bridge address (198.18.0.254), which
+# exists only on this host and is what agents in node namespaces can reach. The image is pushed as localhost:PORT/busybox:latest (override with
 # SHOAL_REGISTRY_IMAGE=busybox:tag). All commands are idempotent.
 set -euo pipefail
 
@@ -24,8 +25,8 @@ IMAGE=${SHOAL_REGISTRY_IMAGE:-busybox:latest}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 case "$HOST" in
-  127.*|localhost) ;;
-  *) echo "registry: refusing to listen on $ADDR: only loopback addresses are allowed" >&2; exit 2 ;;
+  127.*|localhost|198.18.0.254) ;;
+  *) echo "registry: refusing to listen on $ADDR: only loopback or 198.18.0.254 (the local underlay bridge)" >&2; exit 2 ;;
 esac
 
 mkdir -p "$STATE"
@@ -127,10 +128,12 @@ seed() {
   mkdir -p "$DIR"
   # Our own policy, so seeding does not depend on /etc/containers/policy.json.
   printf '%s' '{"default":[{"type":"insecureAcceptAnything"}]}' >"$DIR/policy.json"
-  local ref="localhost:$PORT/$IMAGE"
-  log "pushing $STATE/image/busybox.oci.tar as $ref"
+  # Images are named localhost:PORT/...; the push dials the listen address.
+  local ref="localhost:$PORT/$IMAGE" dial="localhost:$PORT"
+  case "$HOST" in 127.*|localhost) ;; *) dial="$ADDR" ;; esac
+  log "pushing $STATE/image/busybox.oci.tar as $ref (via $dial)"
   skopeo --policy "$DIR/policy.json" copy --quiet --dest-tls-verify=false \
-    "oci-archive:$STATE/image/busybox.oci.tar" "docker://$ref"
+    "oci-archive:$STATE/image/busybox.oci.tar" "docker://$dial/$IMAGE"
   log "seeded $ref"
 }
 

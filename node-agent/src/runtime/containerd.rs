@@ -82,6 +82,10 @@ pub struct ContainerdConfig {
     pub plain_http_registries: Vec<String>,
     /// cgroup parent; a container's cgroup is `<cgroup_parent>/<id>`.
     pub cgroup_parent: String,
+    /// Registry name → `host:port` actually dialled (see
+    /// [`RegistryClient::with_endpoint`]); e.g. `localhost:5000` → `198.18.0.254:5000` for
+    /// an agent in a local-cluster node namespace.
+    pub registry_endpoints: BTreeMap<String, String>,
 }
 
 impl ContainerdConfig {
@@ -96,6 +100,7 @@ impl ContainerdConfig {
             runtime: "io.containerd.runc.v2".to_string(),
             plain_http_registries: vec!["localhost:5000".to_string(), "127.0.0.1:5000".to_string()],
             cgroup_parent: "/shoal".to_string(),
+            registry_endpoints: BTreeMap::new(),
         }
     }
 }
@@ -266,7 +271,10 @@ impl ContainerdRuntime {
         Ok(ContainerdRuntime {
             changes,
             events_task,
-            registry: RegistryClient::new(cfg.plain_http_registries.clone()),
+            registry: cfg.registry_endpoints.iter().fold(
+                RegistryClient::new(cfg.plain_http_registries.clone()),
+                |c, (name, endpoint)| c.with_endpoint(name.clone(), endpoint.clone()),
+            ),
             platform: Platform::current(),
             cfg,
             client,

@@ -211,6 +211,7 @@ pub fn select_platform<'a>(index: &'a Index, platform: &Platform) -> Option<&'a 
 pub struct RegistryClient {
     http: reqwest::Client,
     plain_http: Vec<String>,
+    endpoints: BTreeMap<String, String>,
 }
 
 impl RegistryClient {
@@ -223,7 +224,20 @@ impl RegistryClient {
             .user_agent(concat!("shoal-node-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("reqwest client without TLS always builds");
-        RegistryClient { http, plain_http }
+        RegistryClient {
+            http,
+            plain_http,
+            endpoints: BTreeMap::new(),
+        }
+    }
+
+    /// Reaches registry `name` (as images name it, e.g. `localhost:5000`) at `host:port`
+    /// instead — for an agent in its own network namespace, where the local cluster's
+    /// registry is on the underlay bridge (`198.18.0.254:5000`), not on its loopback.
+    /// Image names stay as written; like a containerd `hosts.toml` mirror.
+    pub fn with_endpoint(mut self, name: impl Into<String>, endpoint: impl Into<String>) -> Self {
+        self.endpoints.insert(name.into(), endpoint.into());
+        self
     }
 
     /// Whether plain HTTP is allowed for `registry`.
@@ -234,7 +248,8 @@ impl RegistryClient {
 
     fn base(&self, r: &Reference) -> Result<String, RuntimeError> {
         if self.is_plain_http(&r.registry) {
-            return Ok(format!("http://{}", r.registry));
+            let endpoint = self.endpoints.get(&r.registry).unwrap_or(&r.registry);
+            return Ok(format!("http://{endpoint}"));
         }
         let host = if r.registry == DOCKER_HUB {
             "registry-1.docker.io"
@@ -510,6 +525,12 @@ mod tests {
         assert!(c.is_plain_http("localhost:5000"));
         assert!(!c.is_plain_http("localhost:5001"));
         assert!(c.is_plain_http("127.0.0.1:5999"));
+        let r = Reference::parse("busybox").unwrap();
+        let e = c.base(&r).unwrap_err();
+        assert!(e.to_string().contains("needs TLS"), "{e}");
+        let c = c.with_endpoint("localhost:5000", "198.18.0.254:5000");
+        let r = Reference::parse("localhost:5000/busybox").unwrap();
+        assert_eq!(c.base(&r).unwrap(), "http://198.18.0.254:5000");
         let r = Reference::parse("busybox").unwrap();
         let e = c.base(&r).unwrap_err();
         assert!(e.to_string().contains("needs TLS"), "{e}");
