@@ -78,6 +78,10 @@ pub struct ManagerConfig {
     /// Services reconciled at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Most tasks one service reconcile creates; the rest follow in the next pass, so a
+    /// huge scale-up neither holds the cache nor builds one enormous plan.
+    #[arg(long, default_value_t = 2000)]
+    pub task_create_batch: usize,
 }
 
 impl Default for ManagerConfig {
@@ -91,6 +95,7 @@ impl Default for ManagerConfig {
             resync: Duration::from_secs(300),
             task_history_limit: 3,
             concurrency: 16,
+            task_create_batch: 2000,
         }
     }
 }

@@ -556,7 +556,10 @@ fn service_step(ctx: &Context, name: &str, now: DateTime<Utc>) -> (Vec<Txn>, Act
         // New tasks, each with its addresses claimed in the same transaction.
         let mut created = 0;
         if networks_ok && alloc_problem.is_none() {
-            'create: for new in &plan.create {
+            if plan.create.len() > ctx.config.task_create_batch {
+                action = Action::Requeue(Duration::ZERO);
+            }
+            'create: for new in plan.create.iter().take(ctx.config.task_create_batch.max(1)) {
                 let id = new_task_id();
                 let mut txn = Txn::new();
                 let mut attachments = Vec::with_capacity(attaches.len());

@@ -15,6 +15,17 @@ use shoal_store::{Event, Lease};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_leader_mid_scale_up_should_leave_exactly_the_wanted_tasks() {
+    leader_dies_mid_scale_up(true).await;
+}
+
+/// The old leader keeps running but loses its lease (as in a network partition): it must
+/// stop writing at once and follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_losing_its_lease_mid_scale_up_should_stop_and_follow() {
+    leader_dies_mid_scale_up(false).await;
+}
+
+async fn leader_dies_mid_scale_up(abort: bool) {
     let (etcd, store) = etcd().await;
     let _nodes = nodes(&store, 4, Duration::from_secs(5)).await;
     network(&store, "big", Some("10.20.0.0/16")).await;
@@ -27,13 +38,24 @@ async fn killing_the_leader_mid_scale_up_should_leave_exactly_the_wanted_tasks()
     };
     service(&store, "api", spec).await;
 
-    let a = Controller::start(etcd.store().await, config());
+    // Small creation batches, so the kill lands in the middle of creating tasks.
+    let cfg = shoal_controller::manager::ManagerConfig {
+        task_create_batch: 15,
+        ..config()
+    };
+    let mut a = Controller::start(etcd.store().await, cfg);
     let (leader_a, lease_a) = wait_for(Duration::from_secs(10), "a leader", || async {
         leader::current(&store).await.unwrap()
     })
     .await;
     network_phase(&store, "big", "Ready").await;
-    let b = Controller::start(etcd.store().await, config());
+    let b = Controller::start(
+        etcd.store().await,
+        shoal_controller::manager::ManagerConfig {
+            task_create_batch: 15,
+            ..config()
+        },
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         leader::current(&store).await.unwrap().unwrap().0,
@@ -53,7 +75,9 @@ async fn killing_the_leader_mid_scale_up_should_leave_exactly_the_wanted_tasks()
             break;
         }
     }
-    a.abort();
+    if abort {
+        a.abort();
+    }
     store
         .revoke_lease(Lease {
             id: lease_a,
@@ -99,7 +123,26 @@ async fn killing_the_leader_mid_scale_up_should_leave_exactly_the_wanted_tasks()
         .await
         .unwrap();
     assert_eq!(claims.kvs().len(), 201);
-    b.stop().await;
+    if !abort {
+        if a.handle.is_finished() {
+            panic!("the deposed leader ended: {:?}", (&mut a.handle).await);
+        }
+        // Stopping the leader hands over to the old one, which finds nothing to change.
+        b.stop().await;
+        wait_for(Duration::from_secs(10), "a leads again", || async {
+            leader::current(&store)
+                .await
+                .unwrap()
+                .filter(|(id, _)| *id != leader_b)
+                .map(|_| ())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(tasks(&store).await.len(), 200);
+        a.stop().await;
+    } else {
+        b.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
