@@ -214,3 +214,45 @@ async fn apply_keeps_uid_and_status_when_configuring() {
         "{moved:?}"
     );
 }
+
+/// The demo manifests, concatenated in file-name order.
+fn demo_manifests() -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/demo");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("manifests/demo")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let texts: Vec<String> = files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("readable"))
+        .collect();
+    docs(&texts)
+}
+
+#[tokio::test]
+async fn the_demo_manifests_apply_and_their_network_cannot_be_removed_under_them() {
+    let s = Server::start().await;
+    let a = s.apply(&demo_manifests()).await;
+    assert_eq!(a.code, 200, "{a:?}");
+    assert!(
+        actions(&a.body).iter().all(|(_, _, act)| act == "created"),
+        "{a:?}"
+    );
+    assert_eq!(s.names("networks").await, ["appoverlay"]);
+    assert_eq!(s.names("services").await, ["api", "web", "worker"]);
+    let refused = s.delete("/apis/shoal/v1/networks/appoverlay").await;
+    assert_eq!(refused.code, 409);
+    assert_eq!(
+        refused.message(),
+        "network appoverlay is in use by service(s): api, web, worker"
+    );
+    let again = s.apply(&demo_manifests()).await;
+    assert!(
+        actions(&again.body)
+            .iter()
+            .all(|(_, _, act)| act == "unchanged"),
+        "{again:?}"
+    );
+}
