@@ -11,8 +11,8 @@
 //!   map services { type ipv4_addr . inet_proto . inet_service : verdict; elements = { VIP . tcp . 80 : goto svc_0 } }
 //!   map vips     { type ipv4_addr . inet_proto : verdict;                elements = { VIP . tcp : goto svc_1, VIP . udp : goto svc_1 } }
 //!   chain nat { type nat hook output priority -100; policy accept;
-//!     ip daddr . meta l4proto . th dport vmap @services
-//!     ip daddr . meta l4proto vmap @vips }
+//!     ct state new ip daddr . meta l4proto . th dport vmap @services
+//!     ct state new ip daddr . meta l4proto vmap @vips }
 //!   chain svc_1 { dnat to numgen inc mod 2 map { 0 : 10.0.1.5, 1 : 10.0.1.6 } }
 //!   chain svc_2 { meta l4proto tcp reject with tcp reset; reject }   # no ready backend
 //! }
@@ -228,6 +228,14 @@ fn payload(protocol: &str, field: &str) -> Value {
     json!({"payload": {"protocol": protocol, "field": field}})
 }
 
+/// `ct state new`: redundant in a nat chain (which only sees new connections), but a `ct`
+/// expression is what makes the kernel enable conntrack in the namespace. Without it a table
+/// whose services all lack backends (reject only, no `dnat`) has no conntrack, and a nat
+/// chain without conntrack never runs: connections would hang instead of being refused.
+fn ct_new() -> Value {
+    json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}})
+}
+
 fn l4proto() -> Value {
     json!({"meta": {"key": "l4proto"}})
 }
@@ -302,9 +310,9 @@ pub fn ruleset(entries: &[VipEntry]) -> Value {
     ));
     objs.push(rule(
         NAT_CHAIN,
-        json!([{"vmap": {"key": {"concat": [payload("ip", "daddr"), l4proto(), payload("th", "dport")]}, "data": format!("@{PORT_MAP}")}}]),
+        json!([ct_new(), {"vmap": {"key": {"concat": [payload("ip", "daddr"), l4proto(), payload("th", "dport")]}, "data": format!("@{PORT_MAP}")}}]),
     ));
-    objs.push(rule(NAT_CHAIN, json!([{"vmap": {"key": {"concat": [payload("ip", "daddr"), l4proto()]}, "data": format!("@{VIP_MAP}")}}])));
+    objs.push(rule(NAT_CHAIN, json!([ct_new(), {"vmap": {"key": {"concat": [payload("ip", "daddr"), l4proto()]}, "data": format!("@{VIP_MAP}")}}])));
     for (name, backends) in &chain_order {
         for expr in service_rules(backends) {
             objs.push(rule(name, expr));
@@ -779,6 +787,8 @@ mod tests {
         ];
         let doc = ruleset(&entries);
         let t = json!({"family": "ip", "name": "shoal_lb"});
+        let ct_new =
+            json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}});
         let chain =
             |n: &str| json!({"add": {"chain": {"family": "ip", "table": "shoal_lb", "name": n}}});
         let rule = |c: &str, expr: Value| json!({"add": {"rule": {"family": "ip", "table": "shoal_lb", "chain": c, "expr": expr}}});
@@ -797,8 +807,8 @@ mod tests {
                     [{"concat": ["10.0.1.2", "tcp"]}, {"goto": {"target": "svc_0"}}],
                     [{"concat": ["10.0.1.2", "udp"]}, {"goto": {"target": "svc_0"}}],
                     [{"concat": ["10.0.1.4", "tcp"]}, {"goto": {"target": "svc_2"}}]]}}},
-            rule("nat", json!([{"vmap": {"key": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": "@services"}}])),
-            rule("nat", json!([{"vmap": {"key": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"meta": {"key": "l4proto"}}]}, "data": "@vips"}}])),
+            rule("nat", json!([ct_new, {"vmap": {"key": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": "@services"}}])),
+            rule("nat", json!([ct_new, {"vmap": {"key": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, {"meta": {"key": "l4proto"}}]}, "data": "@vips"}}])),
             rule("svc_0", json!([{"dnat": {"addr": {"map": {"key": {"numgen": {"mode": "inc", "mod": 2}}, "data": {"set": [[0, "10.0.1.5"], [1, "10.0.1.6"]]}}}}}])),
             rule("svc_1", json!([{"dnat": {"addr": "10.0.1.7"}}])),
             rule("svc_2", json!([{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"reject": {"type": "tcp reset"}}])),

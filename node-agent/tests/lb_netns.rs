@@ -1,0 +1,182 @@
+//! VIP load balancing in real namespaces (root only; skipped with a message otherwise): a
+//! "task" namespace and two "backend" namespaces behind a bridge in a fourth namespace, all
+//! made by the test and deleted by a guard. Connections from the task to VIP:80 are spread
+//! over both backends; replacing the backends is atomic; no backend → refused at once.
+
+#[path = "lb_support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use shoal_api_types::service::Protocol;
+use shoal_node_agent::lb::{self, VipEntry};
+use support::{in_ns, sh, Namespaces, Responder};
+
+const VIP: &str = "10.77.0.100";
+
+/// Open `n` connections to VIP:80 from inside `ns`; count the replies per backend.
+fn spread(ns: &str, n: usize) -> BTreeMap<String, usize> {
+    in_ns(ns, move || {
+        let mut seen = BTreeMap::new();
+        let to: SocketAddr = format!("{VIP}:80").parse().unwrap();
+        for _ in 0..n {
+            let mut s =
+                TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect to VIP");
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).expect("read reply");
+            *seen.entry(reply).or_insert(0) += 1;
+        }
+        seen
+    })
+}
+
+fn entry(backends: &[&str]) -> VipEntry {
+    VipEntry {
+        vip: VIP.parse().unwrap(),
+        protocol: Protocol::Tcp,
+        port: None,
+        backends: backends
+            .iter()
+            .map(|b| b.parse::<Ipv4Addr>().unwrap())
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_spreads_vip_connections_over_backends_and_updates_atomically() {
+    if support::skip(
+        "lb_spreads_vip_connections_over_backends_and_updates_atomically",
+        &["ip", "nft"],
+    ) {
+        return;
+    }
+    let mut nss = Namespaces::new();
+    let switch = nss.add("sw");
+    let task = nss.add("task");
+    let b1 = nss.add("b1");
+    let b2 = nss.add("b2");
+    support::wire(
+        &switch,
+        &[
+            (&task, "10.77.0.2/24"),
+            (&b1, "10.77.0.3/24"),
+            (&b2, "10.77.0.4/24"),
+        ],
+    );
+    let _r1 = Responder::start(&b1, "0.0.0.0:80".parse().unwrap(), "b1");
+    let _r2 = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
+    let task_path = Namespaces::path(&task);
+
+    let root_tables_before = support::try_sh(&["nft", "list", "tables"]).1;
+
+    // Nothing programmed yet.
+    assert_eq!(lb::read_programmed(Some(&task_path)).await.unwrap(), None);
+
+    // Two backends: 40 connections reach both, evenly.
+    let two = vec![
+        entry(&["10.77.0.3", "10.77.0.4"]),
+        VipEntry {
+            protocol: Protocol::Udp,
+            ..entry(&["10.77.0.3", "10.77.0.4"])
+        },
+    ];
+    lb::program(Some(&task_path), &two).await.unwrap();
+    assert_eq!(
+        lb::read_programmed(Some(&task_path)).await.unwrap(),
+        Some(lb::normalize(two.clone()))
+    );
+    let seen = spread(&task, 40);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["b1", "b2"], "{seen:?}");
+    assert!(seen.values().all(|&n| n >= 10), "uneven: {seen:?}");
+
+    // The rules live in the task namespace only.
+    assert_eq!(
+        support::try_sh(&["nft", "list", "tables"]).1,
+        root_tables_before,
+        "the root namespace's tables changed"
+    );
+    assert!(sh(&["ip", "netns", "exec", &b1, "nft", "list", "tables"]).is_empty());
+
+    // One backend, replaced in one transaction: everything goes to b2.
+    lb::program(Some(&task_path), &[entry(&["10.77.0.4"])])
+        .await
+        .unwrap();
+    let seen = spread(&task, 20);
+    assert_eq!(seen, BTreeMap::from([("b2".to_owned(), 20)]));
+
+    // A port entry overrides the whole-VIP entry for that port.
+    lb::program(
+        Some(&task_path),
+        &[
+            entry(&["10.77.0.4"]),
+            VipEntry {
+                port: Some(80),
+                ..entry(&["10.77.0.3"])
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(spread(&task, 5), BTreeMap::from([("b1".to_owned(), 5)]));
+
+    // No backend: refused at once, not a black hole.
+    lb::program(Some(&task_path), &[entry(&[])]).await.unwrap();
+    let (err, took) = in_ns(&task, || {
+        let start = Instant::now();
+        let r = TcpStream::connect_timeout(
+            &format!("{VIP}:80").parse().unwrap(),
+            Duration::from_secs(3),
+        );
+        (r.err().map(|e| e.kind()), start.elapsed())
+    });
+    assert_eq!(err, Some(std::io::ErrorKind::ConnectionRefused));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    // Removal leaves nothing of ours; removing twice is fine.
+    lb::remove(Some(&task_path)).await.unwrap();
+    lb::remove(Some(&task_path)).await.unwrap();
+    assert_eq!(lb::read_programmed(Some(&task_path)).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn lb_programs_ten_thousand_services_in_one_transaction() {
+    if support::skip(
+        "lb_programs_ten_thousand_services_in_one_transaction",
+        &["ip", "nft"],
+    ) {
+        return;
+    }
+    let mut nss = Namespaces::new();
+    let task = nss.add("big");
+    let path = Namespaces::path(&task);
+    let entries: Vec<VipEntry> = (0..10_000u32)
+        .flat_map(|i| {
+            let vip = Ipv4Addr::from(0x0a00_0000 + i + 2);
+            let backends = vec![
+                Ipv4Addr::from(0x0b00_0000 + 2 * i),
+                Ipv4Addr::from(0x0b00_0000 + 2 * i + 1),
+            ];
+            [Protocol::Tcp, Protocol::Udp].map(|protocol| VipEntry {
+                vip,
+                protocol,
+                port: None,
+                backends: backends.clone(),
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    lb::program(Some(&path), &entries).await.unwrap();
+    eprintln!(
+        "programmed 10,000 services ({} entries) in {:?}",
+        entries.len(),
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let back = lb::read_programmed(Some(&path)).await.unwrap().unwrap();
+    eprintln!("read back in {:?}", started.elapsed());
+    assert_eq!(back, lb::normalize(entries));
+}
