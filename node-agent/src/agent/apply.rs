@@ -322,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn start_should_report_starting_then_running_with_the_container_id() {
         let t = task("t1", TaskState::Running, TaskState::Assigned);
-        let (fx, runtime, status) = effects(&[t.clone()]);
+        let (fx, runtime, status) = effects(std::slice::from_ref(&t));
         fx.apply(Op::Start(Box::new(t))).await.unwrap();
         assert_eq!(calls(&runtime), vec!["start t1"]);
         assert_eq!(
@@ -376,7 +376,7 @@ mod tests {
     #[tokio::test]
     async fn start_should_leave_status_at_starting_and_retry_when_the_runtime_is_down() {
         let t = task("t1", TaskState::Running, TaskState::Assigned);
-        let (fx, runtime, status) = effects(&[t.clone()]);
+        let (fx, runtime, status) = effects(std::slice::from_ref(&t));
         runtime.start_errors.lock().unwrap().insert(
             "t1".into(),
             TaskError::Unavailable("containerd down".into()),

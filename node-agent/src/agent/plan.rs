@@ -204,7 +204,7 @@ fn plan_task(task: &Task, observed: Option<&ObservedTask>) -> Option<Op> {
         (Some(o), Some(ObservedState::Running)) => {
             let update = StatusUpdate::running(o);
             let changed = current < TaskState::Running || task.status.healthy != update.healthy;
-            changed.then(|| Op::Report { id, update })
+            changed.then_some(Op::Report { id, update })
         }
         (Some(o), Some(ObservedState::Exited { exit_code })) => {
             report(StatusUpdate::exited(exit_code).with_container(o.container_id.clone()))
@@ -290,12 +290,12 @@ mod tests {
         ] {
             let t = task("t1", RUN, current);
             assert_eq!(
-                plan(&[t.clone()], &[]),
+                plan(std::slice::from_ref(&t), &[]),
                 vec![Op::Start(Box::new(t.clone()))],
                 "from {current}"
             );
             assert_eq!(
-                plan(&[t.clone()], &[created("t1")]),
+                plan(std::slice::from_ref(&t), &[created("t1")]),
                 vec![Op::Start(Box::new(t))],
                 "created, from {current}"
             );
@@ -336,7 +336,7 @@ mod tests {
             .with_container("c-t1")
             .with_healthy(false);
         assert_eq!(
-            plan(&[t.clone()], &[sick.clone()]),
+            plan(std::slice::from_ref(&t), std::slice::from_ref(&sick)),
             vec![report("t1", update)]
         );
         t.status.healthy = false;
@@ -438,14 +438,18 @@ mod tests {
         for current in terminal {
             for desired in [RUN, SHUT] {
                 let t = task("t1", desired, current);
-                assert_eq!(plan(&[t.clone()], &[]), vec![], "{desired}/{current}");
                 assert_eq!(
-                    plan(&[t.clone()], &[exited("t1", 1)]),
+                    plan(std::slice::from_ref(&t), &[]),
                     vec![],
                     "{desired}/{current}"
                 );
                 assert_eq!(
-                    plan(&[t.clone()], &[created("t1")]),
+                    plan(std::slice::from_ref(&t), &[exited("t1", 1)]),
+                    vec![],
+                    "{desired}/{current}"
+                );
+                assert_eq!(
+                    plan(std::slice::from_ref(&t), &[created("t1")]),
                     vec![],
                     "{desired}/{current}"
                 );
@@ -469,11 +473,10 @@ mod tests {
                 created("half"),
             ],
         );
-        let ids: Vec<_> = ops.iter().map(|o| o.clone()).collect();
         let mut t1 = task("t1", RUN, RUN);
         t1.status.healthy = true;
         assert_eq!(
-            ids,
+            ops,
             vec![
                 Op::Report {
                     id: "t1".into(),

@@ -140,3 +140,86 @@ pub async fn converged(agent: &AgentHandle) {
     })
     .await
 }
+
+/// An etcd of this test's own that can be stopped and started again on the same ports and
+/// data (for tests of etcd outages; [`TestEtcd`] cannot restart).
+pub struct RestartableEtcd {
+    dir: tempfile::TempDir,
+    client: u16,
+    peer: u16,
+    child: Option<std::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RestartableEtcd {
+    /// Starts etcd and waits until it answers.
+    pub async fn start() -> RestartableEtcd {
+        let mut etcd = RestartableEtcd {
+            dir: tempfile::tempdir().unwrap(),
+            client: free_port(),
+            peer: free_port(),
+            child: None,
+        };
+        etcd.resume().await;
+        etcd
+    }
+
+    /// How to connect, below a root of this test's own.
+    pub fn connect(&self) -> shoal_store::Connect {
+        shoal_store::Connect {
+            endpoints: vec![format!("http://127.0.0.1:{}", self.client)],
+            root: Some("/agent-test/v1".into()),
+            ..Default::default()
+        }
+    }
+
+    /// Stops etcd (SIGKILL).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data, and waits until it answers.
+    pub async fn resume(&mut self) {
+        let (client, peer) = (self.client, self.peer);
+        let child = std::process::Command::new("etcd")
+            .arg("--name=test")
+            .arg(format!(
+                "--data-dir={}",
+                self.dir.path().join("data").display()
+            ))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"))
+            .arg("--log-level=error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd is installed (apt-get install etcd-server)");
+        self.child = Some(child);
+        let connect = self.connect();
+        eventually("etcd to answer", || async {
+            Store::connect(&connect).await.ok().map(|_| ())
+        })
+        .await;
+    }
+}
+
+impl Drop for RestartableEtcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
