@@ -77,6 +77,7 @@ struct TestEnv {
     cgroup_parent: String,
     socket: PathBuf,
     registry_addr: String,
+    netns: Option<String>,
     containerd: Option<Child>,
 }
 
@@ -91,6 +92,7 @@ impl TestEnv {
             cgroup_parent: format!("/shoal-test-{id}"),
             registry_addr: format!("127.0.0.1:{}", free_port()),
             dir,
+            netns: None,
             containerd: None,
         };
         eprintln!("test env in {}", env.dir.display());
@@ -213,6 +215,10 @@ impl Drop for TestEnv {
             }
             let _ = std::fs::remove_dir_all(&runc_root);
         }
+        // The network namespace.
+        if let Some(ns) = self.netns.take() {
+            let _ = Command::new("ip").args(["netns", "delete", &ns]).status();
+        }
         // The registry.
         let _ = Command::new("bash")
             .arg(scripts_dir().join("registry.sh"))
@@ -311,7 +317,7 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
         eprintln!("SKIPPED containerd_runtime test: {why}");
         return;
     }
-    let env = TestEnv::start();
+    let mut env = TestEnv::start();
     let rt = std::sync::Arc::new(
         ContainerdRuntime::connect(env.config())
             .await
@@ -465,6 +471,35 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
         .await
         .unwrap_err();
     assert!(matches!(e, RuntimeError::Timeout { .. }), "{e}");
+
+    // Joining a given network namespace (as the agent does with the task's netns).
+    let ns = env.namespace.clone();
+    let ok = Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "ip netns add {ns}");
+    env.netns = Some(ns.clone());
+    let ns_path = PathBuf::from(format!("/var/run/netns/{ns}"));
+    let mut s = spec("joined", &busybox, "joined.1", &["sleep", "1000"]);
+    s.netns = Some(ns_path.clone());
+    rt.create(&s).await.unwrap();
+    rt.start("joined").await.unwrap();
+    let out = rt
+        .exec(
+            "joined",
+            &argv(&["readlink", "/proc/self/ns/net"]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(&ns_path).unwrap().ino();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("net:[{inode}]")
+    );
+    rt.delete("joined").await.unwrap();
 
     // list: ours, with states.
     let list = rt.list().await.unwrap();
