@@ -4,8 +4,22 @@
 //!
 //! Everything sits behind the narrow [`Network`] trait: [`Kernel`] drives netlink
 //! (`rtnetlink`) and nftables (JSON through the `nftables` crate); [`RecordingNetwork`] is a
-//! `Send + Sync` fake for the agent's unit tests. [`plan_peers`] is the pure diff of FDB and
-//! neighbour entries.
+//! `Send + Sync` fake for the agent's unit tests. The pure side: [`plan_network`] diffs the
+//! node's desired networking ([`DesiredNet`], built with [`task_net_spec`] and
+//! [`peers_from_endpoints`]) against [`Network::observe`] into [`NetOp`]s that
+//! [`apply_net_ops`] runs; [`plan_peers`] diffs one overlay's FDB and neighbour entries.
+//!
+//! # Running the agent inside a node namespace
+//!
+//! Task namespaces are bind mounts under `/run/netns`, made in the agent's *mount*
+//! namespace. Start an agent that lives in a node netns with `nsenter --net=/run/netns/NODE`
+//! (network namespace only), not `ip netns exec`, whose private mount namespace would keep
+//! those mounts invisible to containerd and `ip netns` on the host (checked: the host then
+//! sees an empty file and `setns` fails with EINVAL).
+//!
+//! A task that sends to a peer before its entries exist caches a FAILED neighbour entry for
+//! about three seconds (ordinary ARP behaviour); program the peers of a network before, or
+//! right after, starting tasks on it.
 //!
 //! # Model (see docs/architecture.md and DESIGN.md "Networking model")
 //!
@@ -52,7 +66,9 @@ use ipnetwork::Ipv4Network;
 pub use fake::{NetCall, RecordingNetwork};
 pub use kernel::Kernel;
 pub use names::PortKind;
-pub use plan::plan_peers;
+pub use plan::{
+    apply_net_ops, peers_from_endpoints, plan_network, plan_peers, task_net_spec, DesiredNet, NetOp,
+};
 
 /// How the real implementation is set up on this node.
 #[derive(Debug, Clone)]

@@ -57,9 +57,46 @@ pub fn delete_ruleset() -> Nftables<'static> {
     .expect("static document matches the schema")
 }
 
-/// Run `nft -j -f -` with `doc` (in the calling thread's namespace).
+/// Run `nft -j -f -` with `doc` (in the calling thread's namespace). We spawn `nft`
+/// ourselves rather than through `nftables::helper`, which lets nft's stderr — the only place
+/// nft says what it refused — go to our stderr instead of into the error.
 pub fn apply(doc: &Nftables<'_>) -> Result<(), NetError> {
-    nftables::helper::apply_ruleset(doc).map_err(|e| NetError::Nft(e.to_string()))
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let payload =
+        serde_json::to_vec(doc).map_err(|e| NetError::Nft(format!("serializing: {e}")))?;
+    let mut child = Command::new("nft")
+        .args(["-j", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            NetError::Nft(format!(
+                "cannot run nft ({e}); install it: apt-get install nftables"
+            ))
+        })?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(&payload));
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NetError::Nft(format!("waiting for nft: {e}")))?;
+    if let Some(Err(e)) = written {
+        if out.status.success() {
+            return Err(NetError::Nft(format!("writing to nft: {e}")));
+        }
+    }
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Nft(format!(
+            "nft -j -f - failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }
 
 #[cfg(test)]
