@@ -45,6 +45,8 @@ pub enum Command {
     /// Manage nodes (Docker-style).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Run a whole cluster on this machine (local development and tests).
+    Dev(crate::dev::DevArgs),
 }
 
 /// How to print objects.

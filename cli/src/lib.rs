@@ -14,6 +14,7 @@ pub mod args;
 pub mod client;
 pub mod cmd;
 pub mod context;
+pub mod dev;
 pub mod flags;
 pub mod format;
 pub mod kinds;
@@ -41,8 +42,11 @@ pub fn report(err: &anyhow::Error) {
 
 /// Runs one command line.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
-    // Commands that do not talk to the API (such as a `Dev(DevArgs)` group) belong in a
-    // match here, before a server is resolved.
+    // Commands that do not talk to the API run before a server is resolved.
+    let cli = match cli.command {
+        Command::Dev(args) => return dev::run(args).await,
+        _ => cli,
+    };
     let server = context::server_from_env(cli.server.as_deref())?;
     let client = Client::new(&server)?;
     let tty = std::io::stdout().is_terminal();
@@ -54,6 +58,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Network(c) => cmd::network::run(&client, c, out).await,
         Command::Service(c) => cmd::service::run(&client, c, out, tty).await,
         Command::Node(c) => cmd::node::run(&client, c, out).await,
+        Command::Dev(_) => unreachable!("handled above"),
     }
 }
 

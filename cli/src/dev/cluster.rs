@@ -31,6 +31,9 @@ pub struct Layout {
     pub api_listen: String,
     /// The registry's address.
     pub registry: String,
+    /// etcd's data directory: on tmpfs when there is one (etcd fsyncs every write, which
+    /// takes seconds on a busy disk; a dev cluster's data need not survive a reboot).
+    pub etcd_dir: PathBuf,
 }
 
 impl Layout {
@@ -42,7 +45,11 @@ impl Layout {
         if !matches!(runtime, "containerd" | "hollow") {
             bail!("--runtime must be containerd or hollow (got {runtime:?})");
         }
+        let tag: String = state_dir.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let shm = Path::new("/dev/shm");
+        let etcd_dir = if shm.is_dir() { shm.join(format!("shoal-etcd{tag}")) } else { state_dir.join("etcd") };
         Ok(Layout {
+            etcd_dir,
             state_dir,
             nodes,
             runtime: runtime.to_string(),
@@ -208,6 +215,7 @@ impl DevCluster {
         layout.daemon("etcd").stop(Duration::from_secs(5)).await?;
         host::remove_underlay(&layout);
         host::unmount_below(&layout.state_dir);
+        let _ = std::fs::remove_dir_all(&layout.etcd_dir);
         if layout.state_dir.join("cluster.json").exists() {
             std::fs::remove_dir_all(&layout.state_dir)
                 .with_context(|| format!("removing {}", layout.state_dir.display()))?;
@@ -271,7 +279,7 @@ fn step(what: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()
 }
 
 fn start_etcd(layout: &Layout) -> anyhow::Result<()> {
-    let dir = layout.state_dir.join("etcd");
+    let dir = &layout.etcd_dir;
     let port: u16 = layout.etcd_url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(23790);
     let peer = format!("http://127.0.0.1:{}", port + 10);
     let args = vec![

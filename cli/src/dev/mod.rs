@@ -27,6 +27,7 @@ pub struct DevArgs {
     /// Where the cluster keeps its data, logs and pid files.
     #[arg(long, global = true, default_value = "/var/lib/shoal-dev", env = "SHOAL_DEV_STATE")]
     pub state_dir: PathBuf,
+    /// What to do.
     #[command(subcommand)]
     pub command: DevCommand,
 }
@@ -53,6 +54,7 @@ pub enum DevCommand {
     Status,
     /// Stop or start one node.
     Node {
+        /// Stop or start.
         #[command(subcommand)]
         action: NodeAction,
     },
@@ -87,20 +89,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Points plain `shoal ...` commands at the cluster: writes `$SHOAL_CONFIG`, or
-/// `~/.config/shoal/context.json`, as `{"server": URL}`.
+/// Points plain `shoal ...` commands at the cluster (the context file).
 pub fn write_context(server: &str) -> anyhow::Result<()> {
-    let path = match std::env::var_os("SHOAL_CONFIG") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
-            home.join(".config").join("shoal").join("context.json")
-        }
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, serde_json::json!({ "server": server }).to_string())?;
+    let path = crate::context::write_default_context(&crate::context::Context { server: server.to_string() })?;
     println!("wrote {} (server {server})", path.display());
     Ok(())
 }
