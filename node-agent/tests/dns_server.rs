@@ -3,13 +3,15 @@
 //! upstreams, forwarding (UDP and TCP) and SERVFAIL when the upstream is silent, and live
 //! record updates.
 
+#[path = "lb_support/mod.rs"]
+mod support;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, RecordType};
 use shoal_api_types::endpoints::{EndpointTask, EndpointsSpec};
 use shoal_api_types::service::EndpointMode;
 use shoal_node_agent::dns::{DnsConfig, DnsServer, RecordStore};
@@ -89,39 +91,6 @@ fn a_records(m: &Message) -> Vec<Ipv4Addr> {
         .collect();
     v.sort();
     v
-}
-
-/// A fake upstream resolver: answers every A question with 192.0.2.7 (UDP and TCP).
-async fn fake_upstream() -> SocketAddr {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
-    fn reply(q: &[u8]) -> Vec<u8> {
-        let q = Message::from_vec(q).unwrap();
-        let mut r = Message::response(q.metadata.id, q.metadata.op_code);
-        r.metadata.recursion_available = true;
-        let name = q.queries[0].name().clone();
-        r.add_query(q.queries[0].clone());
-        r.add_answer(Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 7))));
-        r.to_vec().unwrap()
-    }
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
-            let _ = udp.send_to(&reply(&buf[..n]), from).await;
-        }
-    });
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = tcp.accept().await {
-            let len = s.read_u16().await.unwrap() as usize;
-            let mut q = vec![0u8; len];
-            s.read_exact(&mut q).await.unwrap();
-            let r = reply(&q);
-            s.write_all(&(r.len() as u16).to_be_bytes()).await.unwrap();
-            s.write_all(&r).await.unwrap();
-        }
-    });
-    addr
 }
 
 #[tokio::test]
@@ -208,7 +177,7 @@ async fn dns_server_sees_endpoint_changes_without_restart() {
 
 #[tokio::test]
 async fn dns_server_forwards_other_names_over_the_clients_transport() {
-    let upstream = fake_upstream().await;
+    let upstream = support::fake_upstream().await;
     let store = RecordStore::new();
     store.set_from_endpoints("appnet", &[endpoints("10.0.1.2", &[])]);
     let server = DnsServer::start(None, store.view(&["appnet"]), config(vec![upstream]))

@@ -194,3 +194,41 @@ pub fn wire(switch: &str, hosts: &[(&str, &str)]) {
         sh(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
     }
 }
+
+/// A fake upstream resolver: answers every A question with 192.0.2.7 (UDP and TCP).
+pub async fn fake_upstream() -> SocketAddr {
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    fn reply(q: &[u8]) -> Vec<u8> {
+        let q = hickory_proto::op::Message::from_vec(q).unwrap();
+        let mut r = hickory_proto::op::Message::response(q.metadata.id, q.metadata.op_code);
+        r.metadata.recursion_available = true;
+        let name = q.queries[0].name().clone();
+        r.add_query(q.queries[0].clone());
+        r.add_answer(hickory_proto::rr::Record::from_rdata(
+            name,
+            60,
+            hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 7)),
+        ));
+        r.to_vec().unwrap()
+    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            let _ = udp.send_to(&reply(&buf[..n]), from).await;
+        }
+    });
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = tcp.accept().await {
+            let len = s.read_u16().await.unwrap() as usize;
+            let mut q = vec![0u8; len];
+            s.read_exact(&mut q).await.unwrap();
+            let r = reply(&q);
+            s.write_all(&(r.len() as u16).to_be_bytes()).await.unwrap();
+            s.write_all(&r).await.unwrap();
+        }
+    });
+    addr
+}
