@@ -351,16 +351,20 @@ pub async fn commit(
         batch.require_present(keys.named::<NetworkSpec>(name));
     }
     let revision = batch.commit(store).await?;
-    for p in planned.iter_mut().filter(|p| p.action != Action::Unchanged) {
-        p.object = match std::mem::replace(
-            &mut p.object,
-            AnyObject::Network(Network::new("", NetworkSpec::default())),
-        ) {
-            AnyObject::Network(n) => AnyObject::Network(stored(n, revision)),
-            AnyObject::Service(s) => AnyObject::Service(stored(s, revision)),
-        };
-    }
-    Ok(planned)
+    Ok(planned
+        .into_iter()
+        .map(|p| match (p.action, p.object) {
+            (Action::Unchanged, object) => Planned { object, ..p },
+            (_, AnyObject::Network(n)) => Planned {
+                object: AnyObject::Network(stored(n, revision)),
+                ..p
+            },
+            (_, AnyObject::Service(s)) => Planned {
+                object: AnyObject::Service(stored(s, revision)),
+                ..p
+            },
+        })
+        .collect())
 }
 
 /// Plans and commits `changes`, re-reading and re-planning after a lost race. With
