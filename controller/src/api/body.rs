@@ -145,4 +145,58 @@ mod tests {
         assert_eq!(err.code, 400);
         assert!(err.message.contains("holds 2"), "{}", err.message);
     }
+
+    /// A small fuzz: random byte edits of a valid manifest never panic and always give
+    /// objects, a 400 or a 422.
+    #[test]
+    fn mangled_manifests_never_panic_and_fail_cleanly() {
+        use rand::{Rng, SeedableRng};
+        let base = "apiVersion: shoal/v1\nkind: Service\nmetadata: {name: api}\nspec:\n  image: busybox\n  \
+                    replicas: 2\n  ports: [{published: 8080, target: 80}]\n---\napiVersion: shoal/v1\nkind: Network\n\
+                    metadata: {name: appnet}\nspec: {subnet: 10.1.0.0/24}\n";
+        let alphabet = b"{}[]:,-# \n\t'\"&*!|>%@`0123456789abcxyzAZ";
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..3000 {
+            let mut bytes = base.as_bytes().to_vec();
+            for _ in 0..rng.random_range(1..6) {
+                let at = rng.random_range(0..bytes.len());
+                let b = alphabet[rng.random_range(0..alphabet.len())];
+                match rng.random_range(0..3) {
+                    0 => bytes[at] = b,
+                    1 => bytes.insert(at, b),
+                    _ => {
+                        bytes.remove(at);
+                    }
+                }
+            }
+            let Ok(text) = String::from_utf8(bytes) else {
+                continue;
+            };
+            match parse_apply(&text) {
+                Ok(objs) => assert!(!objs.is_empty()),
+                Err(status) => {
+                    assert!(matches!(status.code, 400 | 422), "{text:?} gave {status:?}")
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_refused_quickly() {
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let prev = (b'a' + i - 1) as char;
+            let cur = (b'a' + i) as char;
+            bomb.push_str(&format!("{cur}: &{cur} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        }
+        let start = std::time::Instant::now();
+        assert_eq!(parse_apply(&bomb).unwrap_err().code, 400);
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(parse_apply(&deep).unwrap_err().code, 400);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "took {:?}",
+            start.elapsed()
+        );
+    }
 }
