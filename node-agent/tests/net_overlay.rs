@@ -239,6 +239,7 @@ async fn overlay_should_carry_traffic_between_tasks_on_two_nodes_and_leave_nothi
     let overlay = OverlaySpec {
         vni: 4097,
         mtu: None,
+        address: None,
     };
     for k in [&k1, &k2] {
         let info = k.ensure_overlay(&overlay).await.unwrap();
@@ -418,12 +419,14 @@ async fn tasks_on_different_overlays_should_not_reach_each_other() {
         k.ensure_overlay(&OverlaySpec {
             vni: 4097,
             mtu: None,
+            address: None,
         })
         .await
         .unwrap();
         k.ensure_overlay(&OverlaySpec {
             vni: 4098,
             mtu: Some(1400),
+            address: None,
         })
         .await
         .unwrap();
@@ -525,6 +528,7 @@ async fn egress_should_masquerade_through_the_gateway_and_internal_tasks_get_non
     k.ensure_overlay(&OverlaySpec {
         vni: 4097,
         mtu: None,
+        address: None,
     })
     .await
     .unwrap();
@@ -615,6 +619,7 @@ async fn observe_should_report_strays_and_ensure_should_repair_wrong_settings() 
     k.ensure_overlay(&OverlaySpec {
         vni: 4097,
         mtu: None,
+        address: None,
     })
     .await
     .unwrap();
@@ -645,6 +650,7 @@ async fn observe_should_report_strays_and_ensure_should_repair_wrong_settings() 
         .ensure_overlay(&OverlaySpec {
             vni: 4099,
             mtu: None,
+            address: None,
         })
         .await
         .unwrap();
@@ -676,4 +682,82 @@ async fn observe_should_report_strays_and_ensure_should_repair_wrong_settings() 
         "refuses links that are not ours"
     );
     k.remove_overlay(4097).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_address_on_an_overlay_should_be_reachable_from_remote_tasks_and_plain_overlays_have_none(
+) {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::new(2);
+    let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
+    // The ingress case: node 1 holds 10.0.9.251 on the overlay itself.
+    let with_addr = OverlaySpec {
+        vni: 4096,
+        mtu: None,
+        address: Some("10.0.9.251/24".parse().unwrap()),
+    };
+    k1.ensure_overlay(&with_addr).await.unwrap();
+    k1.ensure_overlay(&with_addr).await.unwrap();
+    k2.ensure_overlay(&OverlaySpec {
+        vni: 4096,
+        mtu: None,
+        address: None,
+    })
+    .await
+    .unwrap();
+    let t = k2
+        .attach_task(&task("t", 4096, "10.0.9.3/24", false))
+        .await
+        .unwrap();
+    let (n1, n2) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
+    k1.sync_peers(
+        4096,
+        &[Peer {
+            ip: Ipv4Addr::new(10, 0, 9, 3),
+            node: n2,
+        }],
+    )
+    .await
+    .unwrap();
+    k2.sync_peers(
+        4096,
+        &[Peer {
+            ip: Ipv4Addr::new(10, 0, 9, 251),
+            node: n1,
+        }],
+    )
+    .await
+    .unwrap();
+    let br = ip_out(&format!("-n {} addr show shb-4096", lab.node(1)));
+    assert!(
+        br.contains("02:42:0a:00:09:fb") && br.contains("10.0.9.251/24"),
+        "{br}"
+    );
+    let seen = probe_retry(
+        &t.path,
+        &lab.node_path(1),
+        Ipv4Addr::new(10, 0, 9, 251),
+        7301,
+    );
+    assert_eq!(
+        seen.map(|s| s.ip()),
+        Some(std::net::IpAddr::V4(Ipv4Addr::new(10, 0, 9, 3))),
+        "task on node 2 reaches node 1's overlay address"
+    );
+
+    // Without `address`, ensure takes any address off the bridge again.
+    k1.ensure_overlay(&OverlaySpec {
+        vni: 4096,
+        mtu: None,
+        address: None,
+    })
+    .await
+    .unwrap();
+    let br = ip_out(&format!("-n {} -4 addr show shb-4096", lab.node(1)));
+    assert!(!br.contains("inet "), "{br}");
+    k2.detach_task("t").await.unwrap();
+    k1.remove_overlay(4096).await.unwrap();
+    k2.remove_overlay(4096).await.unwrap();
 }

@@ -292,6 +292,7 @@ mod tests {
         net.ensure_overlay(&OverlaySpec {
             vni: 4097,
             mtu: None,
+            address: None,
         })
         .await
         .unwrap();

@@ -298,20 +298,19 @@ impl Network for Kernel {
         let (br, vx) = (names::bridge_name(spec.vni), names::vxlan_name(spec.vni));
         let br_index = match link_by_name(&self.home, &br).await? {
             Some(l) => {
-                set_link(
-                    &self.home,
-                    &br,
-                    LinkUnspec::new_with_index(l.header.index)
-                        .mtu(mtu)
-                        .up()
-                        .build(),
-                )
-                .await?;
+                let mut fix = LinkUnspec::new_with_index(l.header.index).mtu(mtu).up();
+                if let Some(a) = spec.address {
+                    fix = fix.address(names::mac_for_ip(a.ip()).to_vec());
+                }
+                set_link(&self.home, &br, fix.build()).await?;
                 l.header.index
             }
             None => {
-                let msg = LinkBridge::new(&br).mtu(mtu).build();
-                add_link_tolerant(&self.home, &br, msg).await?;
+                let mut msg = LinkBridge::new(&br).mtu(mtu);
+                if let Some(a) = spec.address {
+                    msg = msg.address(names::mac_for_ip(a.ip()).to_vec());
+                }
+                add_link_tolerant(&self.home, &br, msg.build()).await?;
                 link_by_name(&self.home, &br)
                     .await?
                     .ok_or_else(|| {
@@ -321,6 +320,17 @@ impl Network for Kernel {
                     .index
             }
         };
+        // The bridge holds the node's own address on this overlay when one is given (the
+        // ingress network) and no address otherwise, so the node never routes between overlays.
+        if let Some(a) = spec.address {
+            add_address(&self.home, br_index, a, &br).await?;
+        }
+        for (addr, msg) in link_addresses(&self.home, br_index, &br).await? {
+            if Some(addr) != spec.address {
+                ignore_missing(self.home.address().del(msg).execute().await)
+                    .map_err(nl("delete address", format!("{addr} on {br}")))?;
+            }
+        }
         let existing = match link_by_name(&self.home, &vx).await? {
             // A device left with other settings (the node's address changed, or someone
             // else's device by our name) is replaced; its entries go with it.

@@ -28,7 +28,8 @@
 //!   never touch any other namespace except the task namespaces we create.
 //! - Overlay per network per node: bridge `shb-<vni>` and VXLAN `shv-<vni>` (dstport 4789,
 //!   local = underlay address, no learning, ARP proxy on), the VXLAN enslaved to the bridge.
-//!   The bridge has **no IP address**: the node must not route between overlays.
+//!   The bridge has **no IP address**, so the node cannot route between overlays — except
+//!   the ingress overlay, where [`OverlaySpec::address`] gives the node its own address.
 //! - Remote tasks: a static FDB entry on the VXLAN device (MAC → remote node, `self`,
 //!   permanent) and a permanent neighbour entry on the VXLAN device (IP → MAC). With the
 //!   device's `proxy` flag the VXLAN driver answers the tasks' ARP requests itself from that
@@ -96,12 +97,18 @@ impl NetConfig {
 }
 
 /// An overlay network on this node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OverlaySpec {
     /// VXLAN network identifier (4096 = ingress, 4097+ = others).
     pub vni: u32,
     /// The network's MTU; underlay MTU − 50 when `None`.
     pub mtu: Option<u32>,
+    /// The node's own address on this overlay, put on the bridge (with the bridge's MAC set
+    /// to the derived `02:42:…`, so other nodes can hold FDB/neighbour entries for it). Only
+    /// for the ingress network, whose published ports the node DNATs into the overlay;
+    /// `None` for every other overlay — their bridges carry no address, so the node cannot
+    /// route between overlays. Addresses not given here are removed from the bridge.
+    pub address: Option<Ipv4Network>,
 }
 
 /// What [`Network::ensure_overlay`] made or found.

@@ -79,7 +79,14 @@ impl DesiredNet {
         for t in tasks {
             for a in &t.attachments {
                 let mtu = mtus.get(&a.vni).copied().flatten();
-                d.overlays.insert(a.vni, OverlaySpec { vni: a.vni, mtu });
+                d.overlays.insert(
+                    a.vni,
+                    OverlaySpec {
+                        vni: a.vni,
+                        mtu,
+                        address: None,
+                    },
+                );
             }
             if t.egress {
                 d.gateway = Some(gateway.clone());
@@ -454,7 +461,8 @@ mod tests {
                 NetOp::EnsureGateway(GatewaySpec::default()),
                 NetOp::EnsureOverlay(OverlaySpec {
                     vni: 4097,
-                    mtu: None
+                    mtu: None,
+                    address: None
                 }),
                 NetOp::AttachTask(tspec("t1", &[4097], true)),
                 NetOp::SyncPeers(4097, vec![]),
