@@ -50,6 +50,13 @@ impl Iterator for Backoff {
     }
 }
 
+/// `d` scaled by a random factor between 0.5 and 1.5, so that many agents started together
+/// (a hollow fleet) do not all do periodic work at the same instant.
+pub fn jittered(d: Duration) -> Duration {
+    // jitter() is in [0.5, 1): 2j - 0.5 is in [0.5, 1.5).
+    d.mul_f64(2.0 * Backoff::new(d, d).jitter() - 0.5)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +69,16 @@ mod tests {
         assert!(delays[5] >= Duration::from_millis(500) && delays[5] <= Duration::from_secs(1));
         b.reset();
         assert!(b.next().unwrap() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn jittered_should_stay_within_half_and_one_and_a_half() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(10));
+            assert!(
+                d >= Duration::from_secs(5) && d <= Duration::from_secs(15),
+                "{d:?}"
+            );
+        }
     }
 }

@@ -57,9 +57,9 @@ impl Converger {
             self.resync.max(Duration::from_secs(1)),
         );
         let mut retry_at: Option<Instant> = None;
-        let mut resync = tokio::time::interval(self.resync);
+        let first_resync = Instant::now() + super::backoff::jittered(self.resync);
+        let mut resync = tokio::time::interval_at(first_resync, self.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        resync.reset();
         // Every wake-up but shutdown plans a round.
         loop {
             if let Err(e) = self.round(&permits, &mut running, &mut in_flight).await {
@@ -163,5 +163,152 @@ impl Converger {
             self.stats.send_modify(|s| s.errors += 1);
         }
         failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use async_trait::async_trait;
+    use shoal_api_types::{TaskSpec, TaskState};
+    use shoal_store::StoreError;
+
+    use super::*;
+    use crate::agent::apply::{advance, StatusSink};
+    use crate::agent::plan::StatusUpdate;
+    use crate::agent::runtime::TaskRuntime;
+    use crate::hollow::HollowRuntime;
+
+    /// Stands in for etcd: status writes (forward only) land in the desired tasks, as the
+    /// agent's watch would bring them back.
+    struct MemoryStore(watch::Sender<DesiredTasks>);
+
+    #[async_trait]
+    impl StatusSink for MemoryStore {
+        async fn report(
+            &self,
+            id: &str,
+            update: &StatusUpdate,
+        ) -> Result<Option<Task>, StoreError> {
+            let mut stored = None;
+            self.0.send_if_modified(|tasks| {
+                let Some(t) = tasks.as_mut().and_then(|tasks| tasks.get_mut(id)) else {
+                    return false;
+                };
+                let changed = advance(&mut t.status, update, chrono::Utc::now());
+                stored = Some(t.clone());
+                changed
+            });
+            Ok(stored)
+        }
+    }
+
+    fn task(id: &str) -> Task {
+        let mut t = Task::new(
+            id,
+            TaskSpec {
+                service: "api".into(),
+                desired_state: TaskState::Running,
+                ..Default::default()
+            },
+        );
+        t.status.state = TaskState::Assigned;
+        t
+    }
+
+    struct Running {
+        desired: watch::Sender<DesiredTasks>,
+        stats: watch::Receiver<ConvergeStats>,
+        shutdown: watch::Sender<bool>,
+        handle: tokio::task::JoinHandle<()>,
+    }
+
+    impl Running {
+        fn state(&self, id: &str) -> Option<TaskState> {
+            self.desired
+                .borrow()
+                .as_ref()
+                .and_then(|t| t.get(id))
+                .map(|t| t.status.state)
+        }
+    }
+
+    fn start(runtime: Arc<HollowRuntime>, resync: Duration) -> Running {
+        let (desired, desired_rx) = watch::channel(None);
+        let (stats_tx, stats) = watch::channel(ConvergeStats::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let status = Arc::new(MemoryStore(desired.clone()));
+        let converger = Converger {
+            effects: Effects { runtime, status },
+            desired: desired_rx,
+            resync,
+            concurrency: 4,
+            stats: stats_tx,
+        };
+        let handle = tokio::spawn(converger.run(shutdown_rx));
+        Running {
+            desired,
+            stats,
+            shutdown,
+            handle,
+        }
+    }
+
+    async fn until(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn converge_should_touch_nothing_before_the_first_list() {
+        let runtime = Arc::new(HollowRuntime::new());
+        runtime.start_task(&task("old")).await.unwrap();
+        let running = start(runtime.clone(), Duration::from_millis(10));
+        // Many resyncs pass without a list: nothing is planned, "old" stays.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(running.stats.borrow().rounds, 0);
+        assert_eq!(runtime.running(), vec!["old".to_string()]);
+
+        running.desired.send_replace(Some(BTreeMap::new()));
+        until("old to be removed", || runtime.snapshot().is_empty()).await;
+        running.shutdown.send_replace(true);
+        running.handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn converge_should_run_desired_tasks_and_react_to_exits_without_waiting_for_a_resync() {
+        let runtime = Arc::new(HollowRuntime::new());
+        // No resync during the test: only changes and runtime notifications drive it.
+        let running = start(runtime.clone(), Duration::from_secs(3600));
+        let tasks: BTreeMap<_, _> = ["a", "b"]
+            .into_iter()
+            .map(|id| (id.to_string(), task(id)))
+            .collect();
+        running.desired.send_replace(Some(tasks));
+        until("both running", || {
+            running.state("a") == Some(TaskState::Running)
+                && running.state("b") == Some(TaskState::Running)
+        })
+        .await;
+        until("idle", || running.stats.borrow().idle).await;
+
+        runtime.exit("a", 2);
+        until("a failed", || running.state("a") == Some(TaskState::Failed)).await;
+        let exit_code = running.desired.borrow().as_ref().unwrap()["a"]
+            .status
+            .exit_code;
+        assert_eq!(exit_code, Some(2));
+        assert_eq!(running.state("b"), Some(TaskState::Running));
+        running.shutdown.send_replace(true);
+        running.handle.await.unwrap();
+        assert_eq!(
+            runtime.running(),
+            vec!["b".to_string()],
+            "shutdown leaves tasks running"
+        );
     }
 }

@@ -69,9 +69,10 @@ impl Registration {
             let lease = keeper.lease();
             tracing::info!(node = %self.name, lease = %lease_hex(lease), "node registered");
             lease_tx.send_replace(Some(lease));
-            let mut check = tokio::time::interval(self.check_every);
+            let first_check =
+                tokio::time::Instant::now() + super::backoff::jittered(self.check_every);
+            let mut check = tokio::time::interval_at(first_check, self.check_every);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            check.reset();
             loop {
                 tokio::select! {
                     _ = keeper.lost() => {
