@@ -747,6 +747,40 @@ async fn a_node_address_on_an_overlay_should_be_reachable_from_remote_tasks_and_
         "task on node 2 reaches node 1's overlay address"
     );
 
+    // The node's address must not turn the gateway bridge into a path into the overlay: a
+    // task on another overlay of node 1 cannot reach an ingress task of node 1 through it.
+    k1.ensure_gateway(&GatewaySpec::default()).await.unwrap();
+    k1.ensure_overlay(&OverlaySpec {
+        vni: 4097,
+        mtu: None,
+        address: None,
+    })
+    .await
+    .unwrap();
+    let inner = k1
+        .attach_task(&task("inner", 4096, "10.0.9.4/24", false))
+        .await
+        .unwrap();
+    let other = k1
+        .attach_task(&task("other", 4097, "10.0.1.2/24", true))
+        .await
+        .unwrap();
+    assert!(
+        probe_retry(
+            &lab.node_path(1),
+            &inner.path,
+            Ipv4Addr::new(10, 0, 9, 4),
+            7311
+        )
+        .is_some(),
+        "the node itself reaches its ingress task"
+    );
+    assert_eq!(
+        probe(&other.path, &inner.path, Ipv4Addr::new(10, 0, 9, 4), 7315),
+        None,
+        "no route from the gateway bridge into an overlay"
+    );
+
     // Without `address`, ensure takes any address off the bridge again.
     k1.ensure_overlay(&OverlaySpec {
         vni: 4096,

@@ -45,7 +45,9 @@
 //!   `.1` on the bridge) and gives the task its default route. Gateway ports are bridge-
 //!   isolated, so tasks cannot talk to each other through the gateway bridge.
 //! - Egress: `table ip shoal_gw` in the home netns masquerades the gateway subnet leaving
-//!   through any other interface and refuses new connections *into* the gateway bridge;
+//!   through any other interface, refuses new connections *into* the gateway bridge, and
+//!   drops what the gateway bridge would route into an overlay bridge (a node address on the
+//!   ingress overlay must not become a path from every task into the ingress network);
 //!   `net.ipv4.ip_forward=1` is set in the home netns only.
 //! - 127.0.0.11 (the DNS server's address) needs no extra address: `lo` is brought up with
 //!   127.0.0.1/8, and the kernel's local route covers all of 127.0.0.0/8.

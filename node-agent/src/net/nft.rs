@@ -7,6 +7,7 @@
 //!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
 //!     ip saddr 172.18.0.0/16 oifname != "shoal_gwbridge" masquerade }
 //!   chain forward { type filter hook forward priority filter; policy accept;
+//!     iifname "shoal_gwbridge" oifname "shb-*" drop
 //!     oifname "shoal_gwbridge" ct state established,related accept
 //!     oifname "shoal_gwbridge" drop }
 //! }
@@ -36,6 +37,11 @@ pub fn egress_ruleset(subnet: Ipv4Network) -> Result<Nftables<'static>, NetError
                 "right": {"prefix": {"addr": subnet.network().to_string(), "len": subnet.prefix()}}}},
             oif_gw("!="),
             {"masquerade": null}
+        ])),
+        rule("forward", json!([
+            {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": GW_BRIDGE}},
+            {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "shb-*"}},
+            {"drop": null}
         ])),
         rule("forward", json!([
             oif_gw("=="),
@@ -116,7 +122,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("masquerade"), "{text}");
-        assert_eq!(doc.objects.len(), 7);
+        assert_eq!(doc.objects.len(), 8);
     }
 
     #[test]
