@@ -17,21 +17,37 @@ use support::{in_ns, sh, Namespaces, Responder};
 
 const VIP: &str = "10.77.0.100";
 
-/// Open `n` connections to VIP:80 from inside `ns`; count the replies per backend.
-fn spread(ns: &str, n: usize) -> BTreeMap<String, usize> {
+/// Open `n` connections to `vips` in turn (port 80) from inside `ns`; count the replies per
+/// (VIP, backend).
+fn spread_over(ns: &str, vips: &[&str], n: usize) -> BTreeMap<String, usize> {
+    let targets: Vec<SocketAddr> = vips
+        .iter()
+        .map(|v| format!("{v}:80").parse().unwrap())
+        .collect();
+    let single = targets.len() == 1;
     in_ns(ns, move || {
         let mut seen = BTreeMap::new();
-        let to: SocketAddr = format!("{VIP}:80").parse().unwrap();
-        for _ in 0..n {
+        for i in 0..n {
+            let to = targets[i % targets.len()];
             let mut s =
                 TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect to VIP");
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             let mut reply = String::new();
             s.read_to_string(&mut reply).expect("read reply");
-            *seen.entry(reply).or_insert(0) += 1;
+            let key = if single {
+                reply
+            } else {
+                format!("{} {reply}", to.ip())
+            };
+            *seen.entry(key).or_insert(0) += 1;
         }
         seen
     })
+}
+
+/// Open `n` connections to VIP:80 from inside `ns`; count the replies per backend.
+fn spread(ns: &str, n: usize) -> BTreeMap<String, usize> {
+    spread_over(ns, &[VIP], n)
 }
 
 fn entry(backends: &[&str]) -> VipEntry {
@@ -100,6 +116,20 @@ async fn lb_spreads_vip_connections_over_backends_and_updates_atomically() {
         "the root namespace's tables changed"
     );
     assert!(sh(&["ip", "netns", "exec", &b1, "nft", "list", "tables"]).is_empty());
+
+    // Two services used alternately each keep their own round robin.
+    let vip2 = VipEntry {
+        vip: "10.77.0.101".parse().unwrap(),
+        ..entry(&["10.77.0.3", "10.77.0.4"])
+    };
+    lb::program(
+        Some(&task_path),
+        &[entry(&["10.77.0.3", "10.77.0.4"]), vip2],
+    )
+    .await
+    .unwrap();
+    let seen = spread_over(&task, &[VIP, "10.77.0.101"], 40);
+    assert_eq!(seen.len(), 4, "each VIP reaches both backends: {seen:?}");
 
     // One backend, replaced in one transaction: everything goes to b2.
     lb::program(Some(&task_path), &[entry(&["10.77.0.4"])])
