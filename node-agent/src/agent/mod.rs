@@ -5,7 +5,8 @@
 //! - [`desired`]: this node's tasks from etcd (list, watch, relist);
 //! - [`plan`](mod@plan): the pure diff of desired against observed tasks;
 //! - [`apply`](mod@apply): operations against a [`TaskRuntime`] and a [`StatusSink`];
-//! - [`converge`]: the level-triggered loop tying them together.
+//! - [`converge`]: the level-triggered loop tying them together;
+//! - [`containers`]: the [`TaskRuntime`] over the `runtime` module's containerd client.
 //!
 //! Build then spawn: [`Agent::build`] checks the configuration (all fallible setup), and
 //! [`Agent::spawn`] starts the loops and returns an [`AgentHandle`] to wait on and shut
@@ -18,6 +19,7 @@
 
 pub mod apply;
 pub mod backoff;
+pub mod containers;
 pub mod converge;
 pub mod desired;
 pub mod plan;
@@ -34,6 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use apply::{advance, ApplyError, Effects, StatusSink, StoreStatus};
+pub use containers::ContainerTasks;
 pub use converge::ConvergeStats;
 pub use plan::{plan, Op, StatusUpdate};
 pub use runtime::{ObservedState, ObservedTask, Started, TaskError, TaskRuntime};

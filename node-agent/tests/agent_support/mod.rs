@@ -60,6 +60,17 @@ where
 
 /// Writes a task assigned to `node` as the controller does (`tasks/<node>/<id>`).
 pub async fn assign_task(store: &Store, node: &str, id: &str, desired: TaskState) -> Task {
+    assign_task_with(store, node, id, desired, |_| {}).await
+}
+
+/// Like [`assign_task`], with `edit` applied to the task before it is written.
+pub async fn assign_task_with(
+    store: &Store,
+    node: &str,
+    id: &str,
+    desired: TaskState,
+    edit: impl FnOnce(&mut Task),
+) -> Task {
     let mut task = Task::new(
         id,
         TaskSpec {
@@ -73,6 +84,7 @@ pub async fn assign_task(store: &Store, node: &str, id: &str, desired: TaskState
         },
     );
     task.status.state = TaskState::Assigned;
+    edit(&mut task);
     store.create(&task).await.expect("create task")
 }
 

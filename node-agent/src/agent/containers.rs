@@ -1,0 +1,315 @@
+//! [`ContainerTasks`]: the [`TaskRuntime`] over a [`ContainerRuntime`] (containerd, or the
+//! runtime module's recording fake). One container per task, its id the task id, labelled
+//! with the task, service and node so that [`TaskRuntime::list`] maps containers back to
+//! tasks after a restart.
+//!
+//! Not yet here: task networking. Each container gets a new network namespace with only
+//! loopback (`ContainerSpec::netns = None`); attaching it to its overlays is the `net`
+//! module's part and is wired in by composing a `Network` into this type.
+//!
+//! Container exits are noticed without polling: after a start (and for every running
+//! container found by a list) a waiter calls [`ContainerRuntime::wait`] and wakes the
+//! converge loop through [`TaskRuntime::changed`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use shoal_api_types::Task;
+use tokio::sync::Notify;
+
+use super::runtime::{ObservedState, ObservedTask, Started, TaskError, TaskRuntime};
+use crate::runtime::{
+    ContainerRuntime, ContainerSpec, ContainerState, DnsConfig, ErrorClass, RuntimeError,
+};
+
+/// Label holding the task id.
+pub const LABEL_TASK: &str = "io.shoal.task";
+/// Label holding the task's service.
+pub const LABEL_SERVICE: &str = "io.shoal.service";
+/// Label holding the node the container was started on.
+pub const LABEL_NODE: &str = "io.shoal.node";
+
+/// Tasks as containers.
+pub struct ContainerTasks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: Arc<dyn ContainerRuntime>,
+    node: String,
+    exited: Notify,
+    waiting: Mutex<HashSet<String>>,
+}
+
+impl ContainerTasks {
+    /// Tasks of `node` run as containers of `runtime`.
+    pub fn new(runtime: Arc<dyn ContainerRuntime>, node: impl Into<String>) -> Self {
+        ContainerTasks {
+            inner: Arc::new(Inner {
+                runtime,
+                node: node.into(),
+                exited: Notify::new(),
+                waiting: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+
+    /// The container a task runs as.
+    pub fn container_spec(&self, task: &Task) -> ContainerSpec {
+        let addresses = task
+            .spec
+            .attachments
+            .iter()
+            .filter_map(|a| a.address.split('/').next()?.parse::<IpAddr>().ok())
+            .collect();
+        let labels = BTreeMap::from([
+            (LABEL_TASK.to_string(), task.name().to_string()),
+            (LABEL_SERVICE.to_string(), task.spec.service.clone()),
+            (LABEL_NODE.to_string(), self.inner.node.clone()),
+        ]);
+        ContainerSpec {
+            id: task.name().to_string(),
+            image: task.spec.image.clone(),
+            hostname: task.spec.display_name(),
+            command: task.spec.command.clone(),
+            args: task.spec.args.clone(),
+            env: task.spec.env.clone(),
+            netns: None,
+            addresses,
+            dns: DnsConfig::default(),
+            labels,
+        }
+    }
+
+    /// Wakes the converge loop when container `id` exits.
+    fn wait_for_exit(&self, id: &str) {
+        if !self
+            .inner
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string())
+        {
+            return;
+        }
+        let (inner, id) = (self.inner.clone(), id.to_string());
+        tokio::spawn(async move {
+            let result = inner.runtime.wait(&id).await;
+            tracing::debug!(container = %id, ?result, "container exited");
+            inner
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            inner.exited.notify_one();
+        });
+    }
+}
+
+/// How a runtime error is reported on a task.
+pub fn task_error(task: &str, e: RuntimeError) -> TaskError {
+    match e.class() {
+        ErrorClass::Rejected => TaskError::Rejected {
+            task: task.to_string(),
+            reason: e.to_string(),
+        },
+        ErrorClass::Failed => TaskError::Failed {
+            task: task.to_string(),
+            reason: e.to_string(),
+        },
+        ErrorClass::Unavailable => TaskError::Unavailable(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl TaskRuntime for ContainerTasks {
+    fn name(&self) -> &'static str {
+        "containerd"
+    }
+
+    async fn start_task(&self, task: &Task) -> Result<Started, TaskError> {
+        let id = task.name();
+        let runtime = &self.inner.runtime;
+        match runtime.create(&self.container_spec(task)).await {
+            Ok(()) | Err(RuntimeError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(task_error(id, e)),
+        }
+        // A process that exits at once is reported from the next list, with its exit code.
+        runtime.start(id).await.map_err(|e| task_error(id, e))?;
+        self.wait_for_exit(id);
+        Ok(Started {
+            container_id: id.to_string(),
+        })
+    }
+
+    async fn stop_task(&self, id: &str, grace: Duration) -> Result<(), TaskError> {
+        match self.inner.runtime.stop(id, grace).await {
+            Ok(_) | Err(RuntimeError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(task_error(id, e)),
+        }
+    }
+
+    async fn remove_task(&self, id: &str) -> Result<(), TaskError> {
+        self.inner
+            .runtime
+            .delete(id)
+            .await
+            .map_err(|e| task_error(id, e))
+    }
+
+    async fn list(&self) -> Result<Vec<ObservedTask>, TaskError> {
+        let containers = self
+            .inner
+            .runtime
+            .list()
+            .await
+            .map_err(|e| TaskError::Unavailable(e.to_string()))?;
+        let mut observed = Vec::with_capacity(containers.len());
+        for c in containers {
+            let state = match c.status.state {
+                ContainerState::Created => ObservedState::Created,
+                // Unknown: containerd could not tell this time; assume it still runs rather
+                // than failing or restarting a task on a hiccup. The waiter reports its exit.
+                ContainerState::Running | ContainerState::Paused | ContainerState::Unknown => {
+                    ObservedState::Running
+                }
+                ContainerState::Exited => ObservedState::Exited {
+                    exit_code: c.status.exit_code.unwrap_or(-1),
+                },
+            };
+            if state == ObservedState::Running {
+                self.wait_for_exit(&c.id);
+            }
+            let id = c
+                .labels
+                .get(LABEL_TASK)
+                .cloned()
+                .unwrap_or_else(|| c.id.clone());
+            observed.push(ObservedTask {
+                id,
+                container_id: c.id,
+                state,
+                healthy: None,
+            });
+        }
+        Ok(observed)
+    }
+
+    async fn changed(&self) {
+        self.inner.exited.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake::{Call, FakeRuntime};
+    use shoal_api_types::{TaskAttachment, TaskSpec};
+
+    fn task(id: &str, image: &str) -> Task {
+        Task::new(
+            id,
+            TaskSpec {
+                service: "api".into(),
+                slot: Some(2),
+                node: Some("node-1".into()),
+                image: image.into(),
+                args: vec!["httpd".into()],
+                attachments: vec![TaskAttachment {
+                    network: "appnet".into(),
+                    address: "10.0.1.5/24".into(),
+                    mac: "02:42:0a:00:01:05".into(),
+                    aliases: vec![],
+                }],
+                ..Default::default()
+            },
+        )
+    }
+
+    fn tasks() -> (ContainerTasks, Arc<FakeRuntime>) {
+        let fake = Arc::new(FakeRuntime::new());
+        (ContainerTasks::new(fake.clone(), "node-1"), fake)
+    }
+
+    #[tokio::test]
+    async fn start_should_create_a_labelled_container_named_after_the_task_and_start_it() {
+        let (tasks, fake) = tasks();
+        let started = tasks
+            .start_task(&task("t1", "localhost:5000/busybox:latest"))
+            .await
+            .unwrap();
+        assert_eq!(started.container_id, "t1");
+        let spec = fake.spec("t1").unwrap();
+        assert_eq!(spec.hostname, "api.2");
+        assert_eq!(spec.args, vec!["httpd".to_string()]);
+        assert_eq!(spec.addresses, vec!["10.0.1.5".parse::<IpAddr>().unwrap()]);
+        assert_eq!(spec.labels[LABEL_TASK], "t1");
+        assert_eq!(spec.labels[LABEL_NODE], "node-1");
+        assert!(fake.calls().contains(&Call::Start("t1".into())));
+        let listed = tasks.list().await.unwrap();
+        assert_eq!(listed, vec![ObservedTask::running("t1", "t1")]);
+    }
+
+    #[tokio::test]
+    async fn start_should_resume_a_half_created_container() {
+        let (tasks, fake) = tasks();
+        let t = task("t1", "busybox");
+        fake.create(&tasks.container_spec(&t)).await.unwrap();
+        assert_eq!(tasks.list().await.unwrap()[0].state, ObservedState::Created);
+        tasks.start_task(&t).await.unwrap();
+        assert_eq!(tasks.list().await.unwrap()[0].state, ObservedState::Running);
+    }
+
+    #[tokio::test]
+    async fn errors_should_be_classified_for_the_task_status() {
+        let (tasks, fake) = tasks();
+        fake.set_image_missing("localhost:5000/nope:1");
+        let err = tasks
+            .start_task(&task("t1", "localhost:5000/nope:1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, TaskError::Rejected { .. }), "{err:?}");
+        assert_eq!(err.reason(), "image not found: localhost:5000/nope:1");
+        fake.set_registry_down(true);
+        let err = tasks
+            .start_task(&task("t2", "localhost:5000/other:1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, TaskError::Failed { .. }), "{err:?}");
+        assert!(err.reason().contains("not reachable"), "{}", err.reason());
+    }
+
+    #[tokio::test]
+    async fn exits_should_wake_the_converge_loop_and_be_listed_with_their_code() {
+        let (tasks, fake) = tasks();
+        tasks.start_task(&task("t1", "busybox")).await.unwrap();
+        let changed = tasks.changed();
+        fake.exit("t1", 3);
+        tokio::time::timeout(Duration::from_secs(10), changed)
+            .await
+            .expect("woken by the exit");
+        assert_eq!(
+            tasks.list().await.unwrap(),
+            vec![ObservedTask::exited("t1", "t1", 3)]
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_and_remove_should_be_idempotent() {
+        let (tasks, fake) = tasks();
+        tasks.start_task(&task("t1", "busybox")).await.unwrap();
+        tasks.stop_task("t1", Duration::from_secs(1)).await.unwrap();
+        assert_eq!(
+            tasks.list().await.unwrap(),
+            vec![ObservedTask::exited("t1", "t1", 143)]
+        );
+        tasks.stop_task("t1", Duration::from_secs(1)).await.unwrap();
+        tasks.remove_task("t1").await.unwrap();
+        tasks.remove_task("t1").await.unwrap();
+        tasks.stop_task("t1", Duration::from_secs(1)).await.unwrap();
+        assert!(fake.ids().is_empty());
+    }
+}
