@@ -12,7 +12,8 @@
 //! - [`View`]: the slots of one task's networks in attachment order — the scoping: a task
 //!   only ever sees names of networks it is attached to.
 //! - [`DnsServer`] (in `server`): hickory-server with our request handler; sockets bound
-//!   inside the namespace. [`DnsHost`] keeps one server per task.
+//!   inside the namespace. [`DnsHost`] keeps one server per task behind the [`DnsServers`]
+//!   trait; [`RecordingDns`] is its fake for converge-loop tests.
 //!
 //! Invariants: a table is replaced whole (readers see the old or the new one); answers have
 //! TTL 0, so a task leaving the Endpoints leaves DNS with the next lookup; names of ours never
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use shoal_api_types::endpoints::EndpointsSpec;
 
 pub use records::{build_tables, normalize_name, Answer, NameEntry, NetworkRecords, QueryKind};
-pub use server::{parse_resolv_conf, DnsConfig, DnsServer, DNS_ADDR, TTL};
+pub use server::{parse_resolv_conf, DnsServer, DnsServerConfig, DNS_ADDR, TTL};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -189,17 +190,32 @@ impl View {
     }
 }
 
-/// One DNS server per task, keyed by the caller (normally the task id).
+/// The DNS side effect behind one narrow trait, so the agent's converge loop can be tested
+/// against [`RecordingDns`]: one server per task, keyed by the caller (normally the task id).
+/// Records are not part of it: the agent updates a [`RecordStore`] (pure memory) directly.
+#[async_trait::async_trait]
+pub trait DnsServers: Send + Sync {
+    /// Make sure task `key` has a server in the namespace at `netns` answering for
+    /// `networks` (in attachment order); restart it if the namespace or the networks
+    /// changed. Idempotent.
+    async fn ensure(&self, key: &str, netns: &Path, networks: &[String]) -> Result<(), DnsError>;
+    /// Stop the server of task `key`, if any.
+    async fn stop(&self, key: &str);
+    /// The keys of the running servers, sorted (for garbage collection).
+    async fn keys(&self) -> Vec<String>;
+}
+
+/// The real [`DnsServers`]: hickory servers bound inside task namespaces.
 #[derive(Debug)]
 pub struct DnsHost {
     store: RecordStore,
-    config: Arc<DnsConfig>,
+    config: Arc<DnsServerConfig>,
     servers: tokio::sync::Mutex<HashMap<String, DnsServer>>,
 }
 
 impl DnsHost {
     /// Servers answering from `store`, forwarding per `config`.
-    pub fn new(store: RecordStore, config: DnsConfig) -> Self {
+    pub fn new(store: RecordStore, config: DnsServerConfig) -> Self {
         DnsHost {
             store,
             config: Arc::new(config),
@@ -211,19 +227,14 @@ impl DnsHost {
     pub fn store(&self) -> &RecordStore {
         &self.store
     }
+}
 
-    /// Make sure task `key` has a server in the namespace at `netns` answering for
-    /// `networks`; restarts it if the namespace or the networks changed. Idempotent.
-    pub async fn ensure<S: AsRef<str>>(
-        &self,
-        key: &str,
-        netns: &Path,
-        networks: &[S],
-    ) -> Result<(), DnsError> {
-        let networks: Vec<String> = networks.iter().map(|n| n.as_ref().to_owned()).collect();
+#[async_trait::async_trait]
+impl DnsServers for DnsHost {
+    async fn ensure(&self, key: &str, netns: &Path, networks: &[String]) -> Result<(), DnsError> {
         let mut servers = self.servers.lock().await;
         if let Some(s) = servers.get(key) {
-            if s.netns() == Some(netns) && s.networks() == networks.as_slice() {
+            if s.netns() == Some(netns) && s.networks() == networks {
                 return Ok(());
             }
             if let Some(old) = servers.remove(key) {
@@ -231,24 +242,76 @@ impl DnsHost {
             }
         }
         let server =
-            DnsServer::start(Some(netns), self.store.view(&networks), self.config.clone()).await?;
+            DnsServer::start(Some(netns), self.store.view(networks), self.config.clone()).await?;
         servers.insert(key.to_owned(), server);
         Ok(())
     }
 
-    /// Stop the server of task `key`, if any.
-    pub async fn stop(&self, key: &str) {
+    async fn stop(&self, key: &str) {
         let old = self.servers.lock().await.remove(key);
         if let Some(old) = old {
             old.shutdown().await;
         }
     }
 
-    /// The keys of the running servers, sorted (for garbage collection).
-    pub async fn keys(&self) -> Vec<String> {
+    async fn keys(&self) -> Vec<String> {
         let mut k: Vec<String> = self.servers.lock().await.keys().cloned().collect();
         k.sort();
         k
+    }
+}
+
+/// A [`DnsServers`] that only remembers: the servers it would run and the calls made.
+#[derive(Debug, Default)]
+pub struct RecordingDns {
+    state: Mutex<(BTreeMap<String, (PathBuf, Vec<String>)>, Vec<String>)>,
+}
+
+impl RecordingDns {
+    /// The calls so far: `ensure <key> <netns> <net,net>` / `stop <key>`.
+    pub fn calls(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+    /// The namespace and networks of the server of `key`, if "running".
+    pub fn server(&self, key: &str) -> Option<(PathBuf, Vec<String>)> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .get(key)
+            .cloned()
+    }
+}
+
+#[async_trait::async_trait]
+impl DnsServers for RecordingDns {
+    async fn ensure(&self, key: &str, netns: &Path, networks: &[String]) -> Result<(), DnsError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.1.push(format!(
+            "ensure {key} {} {}",
+            netns.display(),
+            networks.join(",")
+        ));
+        st.0.insert(key.to_owned(), (netns.to_owned(), networks.to_vec()));
+        Ok(())
+    }
+    async fn stop(&self, key: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.1.push(format!("stop {key}"));
+        st.0.remove(key);
+    }
+    async fn keys(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 
@@ -326,6 +389,23 @@ mod tests {
             store.view(&["x"]).answer("db", QueryKind::A),
             Answer::NxDomain
         );
+    }
+
+    #[tokio::test]
+    async fn recording_dns_remembers_servers_and_calls() {
+        let dns = RecordingDns::default();
+        let nets = vec!["appnet".to_owned()];
+        dns.ensure("t1", Path::new("/run/netns/t1"), &nets)
+            .await
+            .unwrap();
+        assert_eq!(
+            dns.server("t1"),
+            Some((PathBuf::from("/run/netns/t1"), nets))
+        );
+        assert_eq!(dns.keys().await, ["t1"]);
+        dns.stop("t1").await;
+        assert_eq!(dns.keys().await, Vec::<String>::new());
+        assert_eq!(dns.calls(), ["ensure t1 /run/netns/t1 appnet", "stop t1"]);
     }
 
     #[test]

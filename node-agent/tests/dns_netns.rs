@@ -7,7 +7,7 @@ mod support;
 
 use shoal_api_types::endpoints::{EndpointTask, EndpointsSpec};
 use shoal_api_types::service::EndpointMode;
-use shoal_node_agent::dns::{DnsConfig, DnsHost, RecordStore};
+use shoal_node_agent::dns::{DnsHost, DnsServerConfig, DnsServers, RecordStore};
 use support::Namespaces;
 
 fn endpoints(network: &str, service: &str, vip: &str, tasks: &[(&str, &str)]) -> EndpointsSpec {
@@ -100,17 +100,29 @@ async fn dns_answers_inside_task_namespaces_scoped_to_their_networks() {
         )],
     );
     // No upstreams: names that are not ours are refused at once.
-    let host = DnsHost::new(store.clone(), DnsConfig::default());
-    host.ensure("task-worker", &Namespaces::path(&worker), &["appnet"])
-        .await
-        .unwrap();
-    host.ensure("task-loner", &Namespaces::path(&loner), &["othernet"])
-        .await
-        .unwrap();
+    let host = DnsHost::new(store.clone(), DnsServerConfig::default());
+    host.ensure(
+        "task-worker",
+        &Namespaces::path(&worker),
+        &["appnet".to_owned()],
+    )
+    .await
+    .unwrap();
+    host.ensure(
+        "task-loner",
+        &Namespaces::path(&loner),
+        &["othernet".to_owned()],
+    )
+    .await
+    .unwrap();
     // Idempotent.
-    host.ensure("task-worker", &Namespaces::path(&worker), &["appnet"])
-        .await
-        .unwrap();
+    host.ensure(
+        "task-worker",
+        &Namespaces::path(&worker),
+        &["appnet".to_owned()],
+    )
+    .await
+    .unwrap();
     assert_eq!(host.keys().await, ["task-loner", "task-worker"]);
 
     assert_eq!(
@@ -189,12 +201,12 @@ async fn dns_forwards_from_the_agents_namespace_not_the_tasks() {
     let upstream = support::fake_upstream().await;
     let store = RecordStore::new();
     store.set_from_endpoints("appnet", &[endpoints("appnet", "api", "10.0.1.2", &[])]);
-    let config = DnsConfig {
+    let config = DnsServerConfig {
         upstreams: vec![upstream],
         ..Default::default()
     };
     let host = DnsHost::new(store, config);
-    host.ensure("t", &Namespaces::path(&task), &["appnet"])
+    host.ensure("t", &Namespaces::path(&task), &["appnet".to_owned()])
         .await
         .unwrap();
     assert_eq!(

@@ -14,7 +14,7 @@ use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use shoal_api_types::endpoints::{EndpointTask, EndpointsSpec};
 use shoal_api_types::service::EndpointMode;
-use shoal_node_agent::dns::{DnsConfig, DnsServer, RecordStore};
+use shoal_node_agent::dns::{DnsServer, DnsServerConfig, RecordStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn endpoints(vip: &str, tasks: &[(&str, &str)]) -> EndpointsSpec {
@@ -36,8 +36,8 @@ fn endpoints(vip: &str, tasks: &[(&str, &str)]) -> EndpointsSpec {
     }
 }
 
-fn config(upstreams: Vec<SocketAddr>) -> Arc<DnsConfig> {
-    Arc::new(DnsConfig {
+fn config(upstreams: Vec<SocketAddr>) -> Arc<DnsServerConfig> {
+    Arc::new(DnsServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         upstreams,
         forward_timeout: Duration::from_millis(500),
@@ -195,6 +195,33 @@ async fn dns_server_forwards_other_names_over_the_clients_transport() {
     let r = ask_udp(server.udp_addr(), "api.", RecordType::AAAA).await;
     assert!(r.answers.is_empty());
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+}
+
+#[tokio::test]
+async fn dns_server_truncates_big_udp_answers_and_serves_them_whole_over_tcp() {
+    let store = RecordStore::new();
+    let tasks: Vec<(String, String)> = (1..=100)
+        .map(|i| (format!("rr.{i}"), format!("10.0.3.{i}")))
+        .collect();
+    let refs: Vec<(&str, &str)> = tasks
+        .iter()
+        .map(|(n, ip)| (n.as_str(), ip.as_str()))
+        .collect();
+    let mut ep = endpoints("10.0.3.200", &refs);
+    ep.service = "rr".into();
+    ep.endpoint_mode = EndpointMode::Dnsrr;
+    store.set_from_endpoints("appnet", &[ep]);
+    let server = DnsServer::start(None, store.view(&["appnet"]), config(vec![]))
+        .await
+        .unwrap();
+    let r = ask_udp(server.udp_addr(), "rr.", RecordType::A).await;
+    assert!(
+        r.metadata.truncation,
+        "100 A records do not fit in 512 bytes"
+    );
+    let r = ask_tcp(server.tcp_addr(), "rr.", RecordType::A).await;
+    assert!(!r.metadata.truncation);
+    assert_eq!(a_records(&r).len(), 100);
 }
 
 #[tokio::test]

@@ -48,7 +48,7 @@ pub const TTL: u32 = 0;
 
 /// How the servers answer and forward.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DnsConfig {
+pub struct DnsServerConfig {
     /// The address bound inside each namespace (127.0.0.11:53).
     pub listen: SocketAddr,
     /// The node's resolvers, tried in order; none means names that are not ours are REFUSED.
@@ -59,9 +59,9 @@ pub struct DnsConfig {
     pub tcp_idle_timeout: Duration,
 }
 
-impl Default for DnsConfig {
+impl Default for DnsServerConfig {
     fn default() -> Self {
-        DnsConfig {
+        DnsServerConfig {
             listen: DNS_ADDR,
             upstreams: Vec::new(),
             forward_timeout: Duration::from_secs(2),
@@ -70,7 +70,7 @@ impl Default for DnsConfig {
     }
 }
 
-impl DnsConfig {
+impl DnsServerConfig {
     /// The default config with the upstreams of the node's resolv.conf at `path` (usually
     /// `/etc/resolv.conf`); a missing file means no upstreams.
     pub fn from_resolv_conf(path: &Path) -> Result<Self, DnsError> {
@@ -85,7 +85,7 @@ impl DnsConfig {
                 })
             }
         };
-        Ok(DnsConfig {
+        Ok(DnsServerConfig {
             upstreams: parse_resolv_conf(&text),
             ..Default::default()
         })
@@ -114,7 +114,7 @@ pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
 /// Answers one namespace's questions from its [`View`].
 struct Handler {
     view: View,
-    config: Arc<DnsConfig>,
+    config: Arc<DnsServerConfig>,
 }
 
 fn failure(request: &Request, code: ResponseCode) -> ResponseInfo {
@@ -264,7 +264,7 @@ impl Handler {
 
 /// Ask the upstreams in order within the config's overall deadline; the first parseable
 /// reply with the query's id wins.
-async fn forward(config: &DnsConfig, query: &[u8], tcp: bool) -> Option<Message> {
+async fn forward(config: &DnsServerConfig, query: &[u8], tcp: bool) -> Option<Message> {
     let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
     let deadline = tokio::time::Instant::now() + config.forward_timeout;
     let n = config.upstreams.len() as u32;
@@ -424,7 +424,7 @@ impl DnsServer {
     pub async fn start(
         netns: Option<&Path>,
         view: View,
-        config: Arc<DnsConfig>,
+        config: Arc<DnsServerConfig>,
     ) -> Result<Self, DnsError> {
         let (udp, tcp) = bind_in_netns(netns, config.listen).await?;
         let io = |e: io::Error| DnsError::Io {
