@@ -261,10 +261,13 @@ impl DnsServers for DnsHost {
     }
 }
 
+/// What a [`RecordingDns`] "runs": key → (namespace, networks).
+type Servers = BTreeMap<String, (PathBuf, Vec<String>)>;
+
 /// A [`DnsServers`] that only remembers: the servers it would run and the calls made.
 #[derive(Debug, Default)]
 pub struct RecordingDns {
-    state: Mutex<(BTreeMap<String, (PathBuf, Vec<String>)>, Vec<String>)>,
+    state: Mutex<(Servers, Vec<String>)>,
 }
 
 impl RecordingDns {
