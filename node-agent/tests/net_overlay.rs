@@ -795,3 +795,65 @@ async fn a_node_address_on_an_overlay_should_be_reachable_from_remote_tasks_and_
     k1.remove_overlay(4096).await.unwrap();
     k2.remove_overlay(4096).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_attaches_should_get_distinct_gateway_addresses_and_detach_cleanly() {
+    if !is_root() {
+        return;
+    }
+    let lab = Lab::new(1);
+    let k = std::sync::Arc::new(lab.kernel(1).await);
+    k.ensure_overlay(&OverlaySpec {
+        vni: 4097,
+        mtu: None,
+        address: None,
+    })
+    .await
+    .unwrap();
+    k.ensure_gateway(&GatewaySpec::default()).await.unwrap();
+    let n = 16u8;
+    let attaches = (0..n).map(|i| {
+        let k = k.clone();
+        tokio::spawn(async move {
+            k.attach_task(&task(
+                &format!("c{i}"),
+                4097,
+                &format!("10.0.1.{}/24", i + 2),
+                true,
+            ))
+            .await
+        })
+    });
+    let infos: Vec<TaskNetInfo> = futures::future::join_all(attaches)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    let gws: std::collections::BTreeSet<Ipv4Addr> = infos.iter().map(gw_ip).collect();
+    assert_eq!(
+        gws.len(),
+        usize::from(n),
+        "distinct gateway addresses: {gws:?}"
+    );
+    let seen = k.observe().await.unwrap();
+    assert_eq!(seen.task_netns.len(), usize::from(n));
+    assert!(seen.task_ports.values().all(|p| p.len() == 2));
+    // Two tasks on the same overlay and node talk over the bridge.
+    assert!(probe_retry(
+        &infos[0].path,
+        &infos[1].path,
+        Ipv4Addr::new(10, 0, 1, 3),
+        7401
+    )
+    .is_some());
+    let detaches = (0..n).map(|i| {
+        let k = k.clone();
+        tokio::spawn(async move { k.detach_task(&format!("c{i}")).await })
+    });
+    for r in futures::future::join_all(detaches).await {
+        r.unwrap().unwrap();
+    }
+    k.remove_overlay(4097).await.unwrap();
+    k.remove_gateway().await.unwrap();
+    assert_eq!(k.observe().await.unwrap(), Default::default());
+}

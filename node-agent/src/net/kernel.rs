@@ -44,6 +44,9 @@ pub struct Kernel {
     home: Handle,
     /// Serialises gateway-address allocation (the free list lives in link aliases).
     gw_lock: tokio::sync::Mutex<()>,
+    /// Serialises dumps on `home`: the kernel runs one dump per netlink socket at a time and
+    /// answers EBUSY to a second one.
+    dump: tokio::sync::Mutex<()>,
 }
 
 impl Kernel {
@@ -61,6 +64,7 @@ impl Kernel {
             config,
             home,
             gw_lock: tokio::sync::Mutex::new(()),
+            dump: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -81,19 +85,74 @@ impl Kernel {
         self.config.home_netns.as_deref()
     }
 
-    /// MTU of the interface holding the underlay address.
-    async fn underlay_mtu(&self) -> Result<u32, NetError> {
-        let mut addrs = self
-            .home
+    /// Every link of the home netns (one dump at a time, see `dump`).
+    async fn home_links(&self) -> Result<Vec<LinkMessage>, NetError> {
+        let _one_dump = self.dump.lock().await;
+        self.home
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list links", "all"))
+    }
+
+    /// Every address of the home netns.
+    async fn home_addresses(&self) -> Result<Vec<AddressMessage>, NetError> {
+        let _one_dump = self.dump.lock().await;
+        self.home
             .address()
             .get()
-            .set_address_filter(IpAddr::V4(self.config.underlay))
-            .execute();
-        while let Some(a) = addrs
-            .try_next()
+            .execute()
+            .try_collect()
             .await
-            .map_err(nl("list addresses", self.config.underlay))?
+            .map_err(nl("list addresses", "all"))
+    }
+
+    /// Every neighbour (`Inet`) or FDB (`Bridge`) entry of the home netns.
+    async fn home_neighbours(
+        &self,
+        family: AddressFamily,
+    ) -> Result<Vec<NeighbourMessage>, NetError> {
+        let _one_dump = self.dump.lock().await;
+        self.home
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list neighbours", format!("{family:?}")))
+    }
+
+    /// IPv4 addresses on a home link, with the messages that delete them.
+    async fn link_addresses(
+        &self,
+        index: u32,
+    ) -> Result<Vec<(Ipv4Network, AddressMessage)>, NetError> {
+        let mut out = Vec::new();
+        for a in self
+            .home_addresses()
+            .await?
+            .into_iter()
+            .filter(|a| a.header.index == index)
         {
+            let ip = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = ip {
+                if let Ok(net) = Ipv4Network::new(ip, a.header.prefix_len) {
+                    out.push((net, a));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// MTU of the interface holding the underlay address.
+    async fn underlay_mtu(&self) -> Result<u32, NetError> {
+        for a in self.home_addresses().await? {
             let has = a.attributes.iter().any(|at| {
                 matches!(at, AddressAttribute::Address(ip) | AddressAttribute::Local(ip) if *ip == IpAddr::V4(self.config.underlay))
             });
@@ -118,8 +177,7 @@ impl Kernel {
     async fn ports(&self) -> Result<(Vec<(LinkMessage, String, PortKind)>, Vec<String>), NetError> {
         let mut ports = Vec::new();
         let mut stray = Vec::new();
-        let mut links = self.home.link().get().execute();
-        while let Some(l) = links.try_next().await.map_err(nl("list links", "all"))? {
+        for l in self.home_links().await? {
             let Some(name) = link_name(&l) else { continue };
             if !(name.starts_with("she") || name.starts_with("shg")) || name.len() != 14 {
                 continue;
@@ -256,16 +314,11 @@ impl Kernel {
             return Ok(None);
         };
         let idx = link.header.index;
-        let mut addrs = self
-            .home
-            .address()
-            .get()
-            .set_link_index_filter(idx)
-            .execute();
-        while let Some(a) = addrs
-            .try_next()
-            .await
-            .map_err(nl("list addresses", GW_BRIDGE))?
+        for a in self
+            .home_addresses()
+            .await?
+            .into_iter()
+            .filter(|a| a.header.index == idx)
         {
             for at in &a.attributes {
                 if let AddressAttribute::Address(IpAddr::V4(ip)) = at {
@@ -325,7 +378,7 @@ impl Network for Kernel {
         if let Some(a) = spec.address {
             add_address(&self.home, br_index, a, &br).await?;
         }
-        for (addr, msg) in link_addresses(&self.home, br_index, &br).await? {
+        for (addr, msg) in self.link_addresses(br_index).await? {
             if Some(addr) != spec.address {
                 ignore_missing(self.home.address().del(msg).execute().await)
                     .map_err(nl("delete address", format!("{addr} on {br}")))?;
@@ -416,7 +469,7 @@ impl Network for Kernel {
             .expect("valid prefix");
         add_address(&self.home, idx, gw, GW_BRIDGE).await?;
         // A changed subnet: drop the bridge's other addresses.
-        for (addr, msg) in link_addresses(&self.home, idx, GW_BRIDGE).await? {
+        for (addr, msg) in self.link_addresses(idx).await? {
             if addr != gw {
                 ignore_missing(self.home.address().del(msg).execute().await)
                     .map_err(nl("delete address", format!("{addr} on {GW_BRIDGE}")))?;
@@ -587,17 +640,7 @@ impl Network for Kernel {
     async fn list_peer_entries(&self, vni: u32) -> Result<PeerEntries, NetError> {
         let vx = self.vxlan_index(vni).await?;
         let mut out = PeerEntries::default();
-        let mut fdb = self
-            .home
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute();
-        while let Some(m) = fdb
-            .try_next()
-            .await
-            .map_err(nl("list fdb", names::vxlan_name(vni)))?
-        {
+        for m in self.home_neighbours(AddressFamily::Bridge).await? {
             if m.header.ifindex != vx || !m.header.flags.contains(NeighbourFlags::Own) {
                 continue;
             }
@@ -608,17 +651,7 @@ impl Network for Kernel {
                 }
             }
         }
-        let mut neigh = self
-            .home
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute();
-        while let Some(m) = neigh
-            .try_next()
-            .await
-            .map_err(nl("list neighbours", names::vxlan_name(vni)))?
-        {
+        for m in self.home_neighbours(AddressFamily::Inet).await? {
             if m.header.ifindex != vx {
                 continue;
             }
@@ -684,8 +717,7 @@ impl Network for Kernel {
 
     async fn observe(&self) -> Result<Observed, NetError> {
         let mut out = Observed::default();
-        let mut links = self.home.link().get().execute();
-        while let Some(l) = links.try_next().await.map_err(nl("list links", "all"))? {
+        for l in self.home_links().await? {
             let Some(name) = link_name(&l) else { continue };
             if name == GW_BRIDGE {
                 out.gateway = true;
@@ -818,28 +850,6 @@ async fn add_address(
         Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
         r => r.map_err(nl("add address", format!("{addr} on {name}"))),
     }
-}
-
-/// IPv4 addresses on a link, with the messages that delete them.
-async fn link_addresses(
-    h: &Handle,
-    index: u32,
-    name: &str,
-) -> Result<Vec<(Ipv4Network, AddressMessage)>, NetError> {
-    let mut out = Vec::new();
-    let mut addrs = h.address().get().set_link_index_filter(index).execute();
-    while let Some(a) = addrs.try_next().await.map_err(nl("list addresses", name))? {
-        let ip = a.attributes.iter().find_map(|at| match at {
-            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-            _ => None,
-        });
-        if let Some(ip) = ip {
-            if let Ok(net) = Ipv4Network::new(ip, a.header.prefix_len) {
-                out.push((net, a));
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Whether an existing VXLAN device has the settings `ensure_overlay` would give it.
