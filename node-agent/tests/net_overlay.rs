@@ -857,3 +857,66 @@ async fn concurrent_attaches_should_get_distinct_gateway_addresses_and_detach_cl
     k.remove_gateway().await.unwrap();
     assert_eq!(k.observe().await.unwrap(), Default::default());
 }
+
+/// The agent may itself run inside the node's namespace (`home_netns: None`): everything
+/// must then land in that namespace, including ip_forward and the nft table.
+#[test]
+fn an_agent_living_in_the_node_namespace_should_configure_that_namespace() {
+    if !is_root() {
+        return;
+    }
+    let root_forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let lab = Lab::new(1);
+    let prefix = lab.task_prefix(1);
+    let done = in_ns(&lab.node_path(1), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let k = Kernel::connect(NetConfig::new(prefix, Ipv4Addr::new(198, 18, 0, 1)))
+                .await
+                .unwrap();
+            k.ensure_overlay(&OverlaySpec {
+                vni: 4097,
+                mtu: None,
+                address: None,
+            })
+            .await
+            .unwrap();
+            k.ensure_gateway(&GatewaySpec::default()).await.unwrap();
+            let t = k
+                .attach_task(&task("t", 4097, "10.0.1.2/24", true))
+                .await
+                .unwrap();
+            let forward = netns::read_sysctl(None, "net.ipv4.ip_forward")
+                .await
+                .unwrap();
+            (t, forward)
+        })
+    })
+    .join()
+    .unwrap();
+    let (t, forward) = done;
+    assert_eq!(forward, "1");
+    let links = ip_out(&format!("-n {} -o link show", lab.node(1)));
+    assert!(
+        links.contains("shb-4097") && links.contains("shoal_gwbridge"),
+        "{links}"
+    );
+    let tables = Command::new("ip")
+        .args(["netns", "exec", &lab.node(1), "nft", "list", "tables"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap();
+    assert!(tables.contains("shoal_gw"), "{tables}");
+    assert!(ip_out(&format!("-n {} route show", t.netns)).contains("default via 172.18.0.1"));
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        root_forward
+    );
+    assert!(
+        !ip_out("-o link show").contains("shb-4097"),
+        "nothing in the root namespace"
+    );
+}
