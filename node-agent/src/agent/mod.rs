@@ -1,7 +1,7 @@
 //! The node agent's core: registration, the desired-task watch and the converge loop,
 //! independent of how containers are run.
 //!
-//! - [`register`](self::register): the Node object and its lease (node lifecycle, agent side);
+//! - [`register`]: the Node object and its lease (node lifecycle, agent side);
 //! - [`desired`]: this node's tasks from etcd (list, watch, relist);
 //! - [`plan`](mod@plan): the pure diff of desired against observed tasks;
 //! - [`apply`](mod@apply): operations against a [`TaskRuntime`] and a [`StatusSink`];
