@@ -204,6 +204,19 @@ impl HollowFleet {
         self.runtimes.get(i)
     }
 
+    /// The agent of node `name` and its runtime.
+    pub fn agent(&self, name: &str) -> Option<(&AgentHandle, &Arc<HollowRuntime>)> {
+        let i = self.agents.iter().position(|a| a.name() == name)?;
+        Some((&self.agents[i], &self.runtimes[i]))
+    }
+
+    /// Takes node `name`'s agent out of the fleet (drop it to kill the node as a crash
+    /// would: its lease expires after the TTL; or revoke its lease first to kill it now).
+    pub fn take(&mut self, name: &str) -> Option<(AgentHandle, Arc<HollowRuntime>)> {
+        let i = self.agents.iter().position(|a| a.name() == name)?;
+        Some((self.agents.remove(i), self.runtimes.remove(i)))
+    }
+
     /// Waits until every node is registered; returns their leases.
     pub async fn registered(&self) -> Vec<Option<Lease>> {
         futures::future::join_all(self.agents.iter().map(|a| a.registered())).await

@@ -18,7 +18,7 @@ async fn a_hollow_fleet_of_50_should_register_50_ready_nodes_and_run_their_tasks
         first_address: Ipv4Addr::new(198, 19, 0, 1),
         agent: config("template"),
     };
-    let fleet = HollowFleet::spawn(&store, &config).expect("valid fleet");
+    let mut fleet = HollowFleet::spawn(&store, &config).expect("valid fleet");
     let leases = fleet.registered().await;
     assert_eq!(leases.iter().flatten().count(), 50);
 
@@ -68,5 +68,15 @@ async fn a_hollow_fleet_of_50_should_register_50_ready_nodes_and_run_their_tasks
         .await;
     }
     assert_eq!(fleet.runtime(0).unwrap().running(), vec!["t1".to_string()]);
+
+    // Killing one node of the fleet: its liveness key goes with its lease.
+    let (killed, runtime) = fleet.take("hollow-7").expect("hollow-7 is in the fleet");
+    assert_eq!(runtime.running(), vec!["t7".to_string()]);
+    let lease = killed.lease().expect("registered");
+    drop(killed);
+    store.revoke_lease(lease).await.unwrap();
+    assert_eq!(liveness_key(&store, "hollow-7").await, None);
+    assert!(fleet.agent("hollow-7").is_none() && fleet.agent("hollow-8").is_some());
+    assert_eq!(fleet.agents().len(), 49);
     fleet.shutdown().await;
 }
