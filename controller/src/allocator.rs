@@ -299,7 +299,7 @@ pub async fn reconcile_network(name: String, ctx: Arc<Context>) -> Result<Action
 
 enum Step {
     Commit(Txn),
-    Fail(Network, AllocError),
+    Fail(Box<Network>, AllocError),
 }
 
 /// Decides a network's allocation from the cache.
@@ -344,7 +344,7 @@ fn network_step(ctx: &Context, name: &str) -> Step {
             .collect();
         let requested = match net.spec.subnet.as_deref().map(parse_cidr).transpose() {
             Ok(r) => r,
-            Err(msg) => return Step::Fail((*net).clone(), AllocError::BadSubnet(msg)),
+            Err(msg) => return Step::Fail(Box::new((*net).clone()), AllocError::BadSubnet(msg)),
         };
         // Keep a subnet we already hold if it still fits the spec.
         let kept = own_subnets
@@ -367,13 +367,13 @@ fn network_step(ctx: &Context, name: &str) -> Step {
                     &reserved,
                 ) {
                     Ok(s) => s,
-                    Err(e) => return Step::Fail((*net).clone(), e),
+                    Err(e) => return Step::Fail(Box::new((*net).clone()), e),
                 }
             }
         };
         let vni = match plan_vni(net.spec.ingress, own_vni, &world.ipam.vnis, &name) {
             Ok(v) => v,
-            Err(e) => return Step::Fail((*net).clone(), e),
+            Err(e) => return Step::Fail(Box::new((*net).clone()), e),
         };
         if kept.is_none() {
             txn.claim(keys.subnet(&subnet), &name);

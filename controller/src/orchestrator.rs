@@ -83,6 +83,8 @@ pub struct ServicePlan {
     pub requeue: Option<Duration>,
     /// How many tasks should run.
     pub desired: u64,
+    /// Live tasks made from an older spec, with the task that replaces each.
+    pub outdated: Vec<(Arc<Task>, NewTask)>,
 }
 
 impl ServicePlan {
@@ -191,7 +193,74 @@ pub fn plan_service(
             }
         }
     }
+    roll(service, tasks, &mut plan);
     plan
+}
+
+/// Rolling update, one task at a time (Swarm's default parallelism 1, stop-first): an
+/// outdated task that never reached a node is replaced at once; otherwise the next outdated
+/// task is stopped and replaced only when no other replacement is still starting.
+fn roll(service: &Service, tasks: &[Arc<Task>], plan: &mut ServicePlan) {
+    let outdated = std::mem::take(&mut plan.outdated);
+    let in_flight = tasks.iter().any(|t| {
+        // A replacement still starting (one nothing fits, with a pending reason, does not
+        // hold the rollout up).
+        (is_live(t)
+            && !is_outdated(service, t)
+            && t.status.state != TaskState::Running
+            && (t.spec.node.is_some() || t.spec.pending_reason.is_empty()))
+            || (t.spec.desired_state != TaskState::Running
+                && !t.status.state.is_terminal()
+                && t.spec.node.is_some()
+                && is_outdated(service, t))
+    });
+    let mut started = in_flight;
+    for (task, replacement) in outdated.iter() {
+        if task.spec.node.is_none() {
+            plan.delete.push(task.clone());
+            plan.create.push(replacement.clone());
+        } else if !started {
+            plan.shutdown.push(task.clone());
+            plan.create.push(replacement.clone());
+            started = true;
+        }
+    }
+    plan.outdated = outdated;
+}
+
+/// The networks a service's tasks join, with aliases: the spec's, plus `ingress` when it
+/// publishes ports through the routing mesh.
+pub fn wanted_networks(spec: &shoal_api_types::ServiceSpec) -> Vec<(String, Vec<String>)> {
+    let mut wanted: Vec<(String, Vec<String>)> = spec
+        .networks
+        .iter()
+        .map(|n| (n.name.clone(), n.aliases.clone()))
+        .collect();
+    if spec.publishes_ingress() && !wanted.iter().any(|(n, _)| n == INGRESS_NETWORK) {
+        wanted.push((INGRESS_NETWORK.to_string(), vec![]));
+    }
+    wanted
+}
+
+/// Whether a task was made from a spec that differs from the service's current one in
+/// anything the task runs with (not merely in the replica count).
+pub fn is_outdated(service: &Service, t: &Task) -> bool {
+    let s = &service.spec;
+    let nets: Vec<(String, Vec<String>)> = t
+        .spec
+        .attachments
+        .iter()
+        .map(|a| (a.network.clone(), a.aliases.clone()))
+        .collect();
+    t.spec.image != s.image
+        || t.spec.command != s.command
+        || t.spec.args != s.args
+        || t.spec.env != s.env
+        || t.spec.ports != s.ports
+        || t.spec.healthcheck != s.healthcheck
+        || t.spec.restart_policy != s.restart_policy
+        || t.spec.stop_grace_period_seconds != s.stop_grace_period_seconds.unwrap_or(10)
+        || nets != wanted_networks(s)
 }
 
 /// Removes every task of a slot that is no longer wanted: unstarted ones are deleted,
@@ -253,6 +322,17 @@ fn plan_slot(
             && !t.status.state.is_terminal()
         {
             plan.delete.push(t.clone());
+        }
+    }
+    if let Some(current) = keep.first() {
+        if is_outdated(service, current) {
+            plan.outdated.push((
+                (*current).clone(),
+                NewTask {
+                    attempt: attempt(current),
+                    ..target.clone()
+                },
+            ));
         }
     }
     if keep.is_empty() {
@@ -375,7 +455,7 @@ fn condition(
 pub async fn reconcile_service(name: String, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     ctx.sync().await;
     let (txns, action) = service_step(&ctx, &name, Utc::now());
-    ctx.writer.commit_all(txns, 4).await?;
+    ctx.writer.commit_all(txns, 16).await?;
     Ok(action)
 }
 
@@ -447,15 +527,7 @@ fn service_step(ctx: &Context, name: &str, now: DateTime<Utc>) -> (Vec<Txn>, Act
         };
 
         // Networks: the spec's, plus ingress when publishing through the routing mesh.
-        let mut wanted: Vec<(String, Vec<String>)> = service
-            .spec
-            .networks
-            .iter()
-            .map(|n| (n.name.clone(), n.aliases.clone()))
-            .collect();
-        if service.spec.publishes_ingress() && !wanted.iter().any(|(n, _)| n == INGRESS_NETWORK) {
-            wanted.push((INGRESS_NETWORK.to_string(), vec![]));
-        }
+        let wanted = wanted_networks(&service.spec);
         let mut attaches = Vec::new();
         let mut net_problem: Option<(&str, String)> = None;
         for (net, aliases) in &wanted {
@@ -801,6 +873,8 @@ mod tests {
                 slot: Some(slot),
                 node: node.map(Into::into),
                 desired_state: TaskState::Running,
+                image: "busybox".into(),
+                stop_grace_period_seconds: 10,
                 ..Default::default()
             },
         );
@@ -940,6 +1014,54 @@ mod tests {
             "n3 no longer matches the constraints"
         );
         assert_eq!(plan.desired, 2);
+    }
+
+    #[test]
+    fn orchestrator_should_roll_an_image_change_one_task_at_a_time() {
+        let mut svc = service(3);
+        svc.spec.image = "busybox:2".into();
+        let mut tasks: Vec<Arc<Task>> = (1..=3)
+            .map(|s| {
+                let mut t =
+                    (*task(&format!("t{s}"), s, Some("n1"), TaskState::Running, 10)).clone();
+                t.spec.image = "busybox".into();
+                t.spec.stop_grace_period_seconds = 10;
+                Arc::new(t)
+            })
+            .collect();
+        let plan = plan_service(Some(&svc), &tasks, &nodes(), Utc::now(), 3);
+        assert_eq!(ids(&plan.shutdown), vec!["t1"]);
+        assert_eq!(slots(&plan), vec![1]);
+        // While the replacement starts, nothing else is touched.
+        let mut old = (*tasks[0]).clone();
+        old.spec.desired_state = TaskState::Shutdown;
+        tasks[0] = Arc::new(old);
+        let mut new = (*task("n1", 1, Some("n2"), TaskState::Starting, 0)).clone();
+        new.spec.image = "busybox:2".into();
+        new.spec.stop_grace_period_seconds = 10;
+        tasks.push(Arc::new(new));
+        let plan = plan_service(Some(&svc), &tasks, &nodes(), Utc::now(), 3);
+        assert!(
+            plan.shutdown.is_empty() && plan.create.is_empty(),
+            "{plan:?}"
+        );
+        // Scaling alone replaces nothing.
+        let mut scaled = service(3);
+        scaled.spec.replicas = Some(3);
+        let same: Vec<Arc<Task>> = (1..=3)
+            .map(|s| {
+                let mut t =
+                    (*task(&format!("t{s}"), s, Some("n1"), TaskState::Running, 10)).clone();
+                t.spec.image = "busybox".into();
+                t.spec.stop_grace_period_seconds = 10;
+                Arc::new(t)
+            })
+            .collect();
+        let plan = plan_service(Some(&scaled), &same, &nodes(), Utc::now(), 3);
+        assert!(
+            plan.shutdown.is_empty() && plan.create.is_empty(),
+            "{plan:?}"
+        );
     }
 
     #[test]

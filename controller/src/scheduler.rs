@@ -267,7 +267,7 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
         }
         txns
     };
-    ctx.writer.commit_all(txns, 8).await?;
+    ctx.writer.commit_all(txns, 16).await?;
     Ok(Action::AwaitChange)
 }
 

@@ -139,3 +139,78 @@ async fn replicated_service_should_spread_over_nodes_and_follow_scaling() {
     .await;
     controller.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_image_should_roll_out_one_task_at_a_time() {
+    let (_etcd, store) = etcd().await;
+    let _nodes = nodes(&store, 3, Duration::from_secs(5)).await;
+    let controller = Controller::start(store.clone(), config());
+    service(&store, "api", replicated(3)).await;
+    let old = wait_running(&store, "api", 3, T).await;
+    update_service(&store, "api", |s| s.image = "busybox:2".into()).await;
+    let new = wait_for(T, "3 running tasks of the new image", || async {
+        let r = running(&store, "api").await;
+        let live = live(&store, "api").await;
+        (r.len() == 3 && live.len() == 3 && r.iter().all(|t| t.spec.image == "busybox:2"))
+            .then_some(r)
+    })
+    .await;
+    let slots: BTreeSet<u64> = new.iter().filter_map(|t| t.spec.slot).collect();
+    assert_eq!(slots, BTreeSet::from([1, 2, 3]));
+    // The old tasks are history, stopped; the new ones were started one after another.
+    let all = service_tasks(&store, "api").await;
+    for o in &old {
+        let t = all
+            .iter()
+            .find(|t| t.metadata.name == o.metadata.name)
+            .expect("kept as history");
+        assert_eq!(t.status.state, shoal_api_types::TaskState::Shutdown);
+    }
+    let mut started: Vec<_> = new
+        .iter()
+        .map(|t| t.metadata.creation_timestamp.unwrap())
+        .collect();
+    started.sort();
+    assert!(started.windows(2).all(|w| w[0] < w[1]));
+    controller.stop().await;
+}
+
+/// Throughput check (not a pass/fail benchmark): `SHOAL_BENCH_TASKS=20000 cargo test -p
+/// shoal-controller --test scale bench -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+#[ignore]
+async fn bench_many_tasks_on_hollow_nodes() {
+    let n: i64 = std::env::var("SHOAL_BENCH_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let (_etcd, store) = etcd().await;
+    let mut hollow = vec![];
+    for i in 0..50u8 {
+        hollow.push(
+            HollowNode::start(
+                &store,
+                &format!("node-{i}"),
+                i,
+                &[],
+                Duration::from_secs(10),
+            )
+            .await,
+        );
+    }
+    let controller = Controller::start(store.clone(), config());
+    let start = tokio::time::Instant::now();
+    service(&store, "api", replicated(n)).await;
+    wait_for(Duration::from_secs(600), "all running", || async {
+        let s = store
+            .get_named::<ServiceSpec>("api")
+            .await
+            .unwrap()
+            .unwrap();
+        eprintln!("{:?}: {} running", start.elapsed(), s.status.running_tasks);
+        (s.status.running_tasks == n as u64).then_some(())
+    })
+    .await;
+    eprintln!("{n} tasks running after {:?}", start.elapsed());
+    controller.stop().await;
+}

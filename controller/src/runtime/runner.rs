@@ -77,7 +77,9 @@ impl<K: Clone + Eq + Hash + Send + Sync + std::fmt::Display + 'static> Runner<K>
             let reconcile = reconcile.clone();
             let name = self.name;
             running.spawn(async move {
+                let started = tokio::time::Instant::now();
                 let result = reconcile(key.clone()).await;
+                tracing::trace!(reconciler = name, %key, elapsed = ?started.elapsed(), ok = result.is_ok(), "reconciled");
                 match result {
                     Ok(action) => {
                         queue.forget(&key);

@@ -81,7 +81,7 @@ pub enum WatcherEvent {
 enum State {
     Empty,
     Watching { from: i64 },
-    Streaming { stream: WatchStream, last: i64 },
+    Streaming { stream: Box<WatchStream>, last: i64 },
 }
 
 /// Lists then watches everything below one prefix.
@@ -134,7 +134,7 @@ impl Watcher {
                     {
                         Ok(stream) => {
                             self.state = State::Streaming {
-                                stream,
+                                stream: Box::new(stream),
                                 last: from - 1,
                             };
                         }

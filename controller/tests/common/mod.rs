@@ -159,6 +159,8 @@ impl Drop for HollowNode {
 }
 
 async fn run_agent(store: Store, node: String) {
+    // Bounded, like a real agent's worker pool, so hundreds of tasks do not flood etcd.
+    let permits = Arc::new(tokio::sync::Semaphore::new(32));
     let prefix = store.keys().node_tasks(&node);
     loop {
         let Ok((tasks, rev)) = store.list_prefix::<TaskSpec>(&prefix).await else {
@@ -166,28 +168,30 @@ async fn run_agent(store: Store, node: String) {
             continue;
         };
         for t in tasks {
-            react(&store, t);
+            react(&store, &permits, t);
         }
         let Ok(mut watch) = store.watch::<TaskSpec>(&prefix, rev + 1).await else {
             continue;
         };
         while let Ok(ev) = watch.next().await {
             if let Event::Added(t) | Event::Modified(t) = ev {
-                react(&store, t);
+                react(&store, &permits, t);
             }
         }
     }
 }
 
 /// Reports a task running (if wanted running) or shut down (if wanted stopped).
-fn react(store: &Store, task: Task) {
+fn react(store: &Store, permits: &Arc<tokio::sync::Semaphore>, task: Task) {
     let want = match task.spec.desired_state {
         TaskState::Running if task.status.state < TaskState::Running => TaskState::Running,
         TaskState::Shutdown if !task.status.state.is_terminal() => TaskState::Shutdown,
         _ => return,
     };
     let store = store.clone();
+    let permits = permits.clone();
     tokio::spawn(async move {
+        let _permit = permits.acquire().await;
         let key = store.keys().key(&task);
         let _ = store
             .update_with::<TaskSpec>(&key, |t| {
