@@ -300,6 +300,7 @@ fn dispatch(ctx: &Context, changes: Vec<Change>) {
     let mut all_services = false;
     let mut failed_networks = false;
     let mut networks_changed = vec![];
+    let mut freed_addresses: Vec<String> = vec![];
     for change in changes {
         match change {
             Change::Network(n) => {
@@ -358,9 +359,32 @@ fn dispatch(ctx: &Context, changes: Vec<Change>) {
             }
             Change::Endpoints(_, svc) => q.services.add(svc),
             Change::SubnetReleased => failed_networks = true,
+            Change::IpReleased(net) => {
+                if !freed_addresses.contains(&net) {
+                    freed_addresses.push(net);
+                }
+            }
         }
     }
     let world = ctx.cache.read();
+    if !freed_addresses.is_empty() {
+        // Services that ran out of addresses may go on.
+        q.services.add_all(
+            world
+                .services
+                .values()
+                .filter(|s| {
+                    s.status
+                        .conditions
+                        .iter()
+                        .any(|c| c.reason == "AddressesExhausted")
+                        && crate::orchestrator::wanted_networks(&s.spec)
+                            .iter()
+                            .any(|(n, _)| freed_addresses.contains(n))
+                })
+                .map(|s| s.metadata.name.clone()),
+        );
+    }
     if failed_networks {
         q.networks.add_all(
             world

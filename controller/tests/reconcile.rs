@@ -322,3 +322,72 @@ async fn allocation_failures_should_show_in_status_without_a_retry_loop() {
     assert_eq!(live(&store, "api").await.len(), 1);
     controller.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_network_should_say_so_and_go_on_when_addresses_free_up() {
+    let (_etcd, store) = etcd().await;
+    let _nodes = nodes(&store, 2, Duration::from_secs(5)).await;
+    let controller = Controller::start(store.clone(), config());
+    // A /29 holds 6 hosts: the gateway, the VIP, and 4 tasks.
+    network(&store, "tiny", Some("10.50.0.0/29")).await;
+    let on_tiny = || {
+        vec![NetworkAttachmentConfig {
+            name: "tiny".into(),
+            aliases: vec![],
+        }]
+    };
+    service(
+        &store,
+        "api",
+        ServiceSpec {
+            networks: on_tiny(),
+            ..replicated(6)
+        },
+    )
+    .await;
+    wait_n_running(&store, "api", 4, T).await;
+    let cond = wait_for(T, "AddressesExhausted", || async {
+        let s = store
+            .get_named::<ServiceSpec>("api")
+            .await
+            .unwrap()
+            .unwrap();
+        s.status
+            .conditions
+            .iter()
+            .find(|c| c.reason == "AddressesExhausted")
+            .cloned()
+    })
+    .await;
+    assert!(
+        cond.message
+            .contains("network \"tiny\" (10.50.0.0/29) has no free address left"),
+        "{}",
+        cond.message
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = store.revision().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        store.revision().await.unwrap() - before <= 2,
+        "the controller keeps writing"
+    );
+
+    // Asking for what fits clears the condition.
+    update_service(&store, "api", |s| s.replicas = Some(4)).await;
+    wait_running(&store, "api", 4, T).await;
+    wait_for(T, "NetworksReady again", || async {
+        let s = store
+            .get_named::<ServiceSpec>("api")
+            .await
+            .unwrap()
+            .unwrap();
+        s.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "NetworksReady" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    controller.stop().await;
+}

@@ -99,6 +99,8 @@ pub enum Change {
     Endpoints(String, String),
     /// A subnet record was released.
     SubnetReleased,
+    /// An address record on this network was released.
+    IpReleased(String),
 }
 
 enum Parsed<'a> {
@@ -298,6 +300,7 @@ impl World {
                 if let Some(map) = self.ipam.ips.get_mut(net) {
                     if let Some(prev) = map.remove(&ip) {
                         unindex_owner(&mut self.ipam, &prev.owner, net, ip);
+                        changes.push(Change::IpReleased(net.to_string()));
                     }
                 }
             }
