@@ -1,1 +1,285 @@
-//! End-to-end harness (being written).
+//! End-to-end harness: a real local cluster (`shoal dev up`: etcd, registry, one containerd
+//! and one network namespace per node, the controller, the agents) driven through the
+//! `shoal` binary exactly as a user drives it.
+//!
+//! [`Cluster::up`] brings a cluster up under a unique state directory and [`Drop`] runs
+//! `shoal dev down`, also when a test panics. The binaries come from the workspace's target
+//! directory (build with `cargo build --workspace` first; `scripts/test` does).
+//!
+//! The local cluster uses fixed names and ports (`shoal-br0`, `shoal-node-k`, 7777, 5000,
+//! 23790), so one runs at a time: tests refuse to start while a `shoal dev` cluster runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// Why end-to-end tests cannot run here, if they cannot (not root, a program missing).
+pub fn skip_reason() -> Option<String> {
+    if !Path::new("/proc/self").exists() || std::env::var("USER").as_deref() == Ok("nobody") {
+        return Some("no /proc".into());
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()));
+    if uid.as_deref() != Some("0") {
+        return Some("needs root (namespaces, containerd)".into());
+    }
+    for prog in ["etcd", "containerd", "runc", "docker-registry", "skopeo", "nft", "ip"] {
+        let found = std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .chain(["/usr/sbin", "/sbin"])
+            .any(|d| Path::new(d).join(prog).is_file());
+        if !found {
+            return Some(format!("{prog} is not installed (./scripts/install-deps)"));
+        }
+    }
+    None
+}
+
+/// Returns early from a test when end-to-end tests cannot run here — unless
+/// `SHOAL_E2E_REQUIRED=1` (as `scripts/test` sets when root), where that is a failure.
+#[macro_export]
+macro_rules! require_e2e {
+    () => {
+        if let Some(why) = $crate::skip_reason() {
+            if std::env::var("SHOAL_E2E_REQUIRED").as_deref() == Ok("1") {
+                panic!("end-to-end tests are required but cannot run: {why}");
+            }
+            eprintln!("SKIPPED end-to-end test: {why}");
+            return;
+        }
+    };
+}
+
+/// The workspace's binary directory (`target/debug`), found from the test executable.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> -> target/debug
+    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    for bin in ["shoal", "shoal-controller", "shoal-agent"] {
+        assert!(dir.join(bin).is_file(), "{} missing: run `cargo build --workspace` first", dir.join(bin).display());
+    }
+    dir
+}
+
+/// A running local cluster.
+pub struct Cluster {
+    /// Number of nodes.
+    pub nodes: u32,
+    state_dir: PathBuf,
+    context: PathBuf,
+    bin: PathBuf,
+    extra_netns: Vec<String>,
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Stdout, panicking with everything when the command failed.
+    pub fn ok(self) -> String {
+        assert_eq!(self.code, 0, "command failed\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self.stdout
+    }
+}
+
+impl Cluster {
+    /// Brings up an N-node cluster with real containers.
+    pub fn up(nodes: u32) -> Cluster {
+        let bin = bin_dir();
+        let id = format!("{:x}", std::process::id());
+        let state_dir = PathBuf::from(format!("/tmp/shoal-e2e-{id}"));
+        let context = state_dir.with_extension("context.json");
+        if Path::new("/run/netns/shoal-node-1").exists() {
+            panic!("a local cluster is already running (shoal-node-1 exists): run `shoal dev down` first");
+        }
+        let cluster = Cluster { nodes, state_dir, context, bin, extra_netns: vec![] };
+        let run = cluster.raw(&["dev", "up", "--nodes", &nodes.to_string(), "--timeout", "90"]);
+        if run.code != 0 {
+            // Drop tears down what did start.
+            panic!("shoal dev up failed\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+        }
+        cluster
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin.join(program));
+        cmd.env("SHOAL_DEV_STATE", &self.state_dir)
+            .env("SHOAL_CONFIG", &self.context)
+            .env("SHOAL_SERVER", "http://127.0.0.1:7777");
+        cmd
+    }
+
+    fn raw(&self, args: &[&str]) -> Run {
+        Run::from(self.command("shoal").args(args).output().expect("run shoal"))
+    }
+
+    /// Runs `shoal ARGS`.
+    pub fn shoal(&self, args: &[&str]) -> Run {
+        self.raw(args)
+    }
+
+    /// Runs `shoal ARGS` and parses its JSON output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.shoal(args).ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("shoal {args:?} did not print JSON ({e}):\n{out}"))
+    }
+
+    /// Runs `shoal exec TASK -- ARGV`.
+    pub fn exec(&self, task: &str, argv: &[&str]) -> Run {
+        let mut args = vec!["exec", task, "--"];
+        args.extend_from_slice(argv);
+        self.shoal(&args)
+    }
+
+    /// Applies a manifest given as text.
+    pub fn apply(&self, yaml: &str) -> String {
+        let path = self.state_dir.join(format!("manifest-{}.yaml", rand_suffix()));
+        std::fs::write(&path, yaml).expect("write manifest");
+        self.shoal(&["apply", "-f", path.to_str().unwrap(), "--timeout", "120s"]).ok()
+    }
+
+    /// Applies a manifest given as text without waiting for convergence.
+    pub fn shoal_apply_detached(&self, yaml: &str) -> String {
+        let path = self.state_dir.join(format!("manifest-{}.yaml", rand_suffix()));
+        std::fs::write(&path, yaml).expect("write manifest");
+        self.shoal(&["apply", "-f", path.to_str().unwrap(), "--detach"]).ok()
+    }
+
+    /// The tasks of a service (`GET /tasks?service=`), as JSON objects.
+    pub fn tasks(&self, service: &str) -> Vec<Value> {
+        let v = self.json(&["service", "ps", service, "-o", "json"]);
+        v.as_array().cloned().or_else(|| v["items"].as_array().cloned()).unwrap_or_default()
+    }
+
+    /// Running tasks of a service: (display name, node, IP on `network`).
+    pub fn running(&self, service: &str, network: &str) -> Vec<(String, String, String)> {
+        self.tasks(service)
+            .into_iter()
+            .filter(|t| t["status"]["state"] == "running" && t["spec"]["desiredState"] == "running")
+            .map(|t| {
+                let slot = t["spec"]["slot"].as_u64().map(|s| s.to_string()).unwrap_or_default();
+                let node = t["spec"]["node"].as_str().unwrap_or_default().to_string();
+                let ip = t["spec"]["attachments"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|a| a["network"] == network))
+                    .and_then(|a| a["address"].as_str())
+                    .map(|a| a.split('/').next().unwrap_or_default().to_string())
+                    .unwrap_or_default();
+                (format!("{service}.{slot}"), node, ip)
+            })
+            .collect()
+    }
+
+    /// Polls `f` until it returns `Some` or `timeout` passes.
+    pub fn eventually<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let ps = self.shoal(&["service", "ls"]);
+                panic!("timed out after {timeout:?} waiting for: {what}\nservice ls:\n{}{}", ps.stdout, ps.stderr);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Runs a command inside node k's network namespace.
+    pub fn in_node(&self, k: u32, argv: &[&str]) -> Run {
+        let ns = format!("shoal-node-{k}");
+        let mut args = vec!["netns", "exec", ns.as_str()];
+        args.extend_from_slice(argv);
+        Run::from(Command::new("ip").args(&args).output().expect("ip netns exec"))
+    }
+
+    /// Kills node k's agent process only (its containers keep running).
+    pub fn kill_agent(&self, k: u32) {
+        let pid_file = self.state_dir.join("run").join(format!("agent-{k}.pid"));
+        let pid = std::fs::read_to_string(&pid_file).expect("agent pid file");
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        let _ = std::fs::remove_file(pid_file);
+    }
+
+    /// `shoal dev node start K`.
+    pub fn start_node(&self, k: u32) {
+        self.shoal(&["dev", "node", "start", &k.to_string()]).ok();
+    }
+
+    /// `shoal dev node stop K`.
+    pub fn stop_node(&self, k: u32) {
+        self.shoal(&["dev", "node", "stop", &k.to_string()]).ok();
+    }
+
+    /// Creates a namespace standing in for the outside world, on the underlay at
+    /// 198.18.0.200/24, and returns its name. Removed with the cluster.
+    pub fn outside_world(&mut self) -> Result<String> {
+        let ns = "shoal-e2e-outside".to_string();
+        let sh = |args: &[&str]| -> Result<()> {
+            let out = Command::new("ip").args(args).output().context("ip")?;
+            if !out.status.success() {
+                bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            }
+            Ok(())
+        };
+        sh(&["netns", "add", &ns])?;
+        self.extra_netns.push(ns.clone());
+        sh(&["link", "add", "shoal-e2e-out", "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        sh(&["link", "set", "shoal-e2e-out", "master", "shoal-br0", "up"])?;
+        sh(&["-n", &ns, "addr", "add", "198.18.0.200/24", "dev", "eth0"])?;
+        sh(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        sh(&["-n", &ns, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for ns in &self.extra_netns {
+            // Processes we started in it die with it (they are killed by pid files below).
+            let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+        }
+        let _ = Command::new("ip").args(["link", "del", "shoal-e2e-out"]).output();
+        let run = self.raw(&["dev", "down"]);
+        if run.code != 0 {
+            eprintln!("shoal dev down failed: {}{}", run.stdout, run.stderr);
+        }
+        let _ = std::fs::remove_file(&self.context);
+    }
+}
+
+fn rand_suffix() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{:x}", t.as_nanos())
+}

@@ -1,0 +1,280 @@
+//! End-to-end: a 3-node local cluster with real containerd containers, VXLAN overlays,
+//! egress through the gateway bridge, DNS and VIPs — driven through the `shoal` binary.
+//!
+//! One cluster runs at a time, so every scenario runs in sequence inside one test, each
+//! announcing itself on stderr. The cluster is removed at the end, also on failure.
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use shoal_e2e::{require_e2e, Cluster};
+
+const BUSYBOX: &str = "localhost:5000/busybox:latest";
+
+fn httpd_service(name: &str, replicas: u32, networks: &[&str]) -> String {
+    let nets: Vec<String> = networks.iter().map(|n| format!("{{name: {n}}}")).collect();
+    format!(
+        "apiVersion: shoal/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  image: {BUSYBOX}\n  command: [sh, -c]\n  \
+         args: [\"mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www\"]\n  replicas: {replicas}\n  \
+         networks: [{}]\n",
+        nets.join(", ")
+    )
+}
+
+fn sleeper_service(name: &str, networks: &[&str]) -> String {
+    let nets: Vec<String> = networks.iter().map(|n| format!("{{name: {n}}}")).collect();
+    format!(
+        "apiVersion: shoal/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  image: {BUSYBOX}\n  command: [sleep, \"100000\"]\n  \
+         networks: [{}]\n",
+        nets.join(", ")
+    )
+}
+
+fn network(name: &str, internal: bool) -> String {
+    format!("apiVersion: shoal/v1\nkind: Network\nmetadata: {{name: {name}}}\nspec: {{internal: {internal}}}\n")
+}
+
+fn step(name: &str) {
+    eprintln!("\n=== {name}");
+}
+
+/// Node number of a node name (`node-2` -> 2).
+fn node_k(node: &str) -> u32 {
+    node.trim_start_matches("node-").parse().expect("node-k")
+}
+
+/// Network namespaces on this machine whose name mentions `task_id`.
+fn task_netns(task_id: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.contains(&task_id[..12.min(task_id.len())]))
+        .map(str::to_string)
+        .collect()
+}
+
+fn task_ids(c: &Cluster, service: &str) -> Vec<String> {
+    c.tasks(service).iter().filter_map(|t| t["metadata"]["name"].as_str().map(str::to_string)).collect()
+}
+
+fn running_ids(c: &Cluster, service: &str) -> BTreeSet<String> {
+    c.tasks(service)
+        .iter()
+        .filter(|t| t["status"]["state"] == "running" && t["spec"]["desiredState"] == "running")
+        .filter_map(|t| t["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn task_error(c: &Cluster, service: &str) -> String {
+    c.shoal(&["service", "ps", service, "--no-trunc"]).stdout
+}
+
+#[test]
+fn local_cluster_end_to_end() {
+    require_e2e!();
+    let mut c = Cluster::up(3);
+    let wait = Duration::from_secs(90);
+
+    step("overlay: api (2 replicas) and worker on appoverlay; worker reaches an api task on another node");
+    c.apply(&format!(
+        "{}---\n{}---\n{}",
+        network("appoverlay", false),
+        httpd_service("api", 2, &["appoverlay"]),
+        sleeper_service("worker", &["appoverlay"])
+    ));
+    let api = c.eventually("2 api tasks running", wait, || {
+        let r = c.running("api", "appoverlay");
+        (r.len() == 2).then_some(r)
+    });
+    let nodes: BTreeSet<&str> = api.iter().map(|(_, n, _)| n.as_str()).collect();
+    assert_eq!(nodes.len(), 2, "api replicas spread over two nodes: {api:?}");
+    let worker = c.eventually("worker running", wait, || c.running("worker", "appoverlay").into_iter().next());
+    let (remote_name, remote_node, remote_ip) =
+        api.iter().find(|(_, n, _)| *n != worker.1).expect("an api task on another node than worker.1").clone();
+    eprintln!("worker.1 on {} -> {remote_name} on {remote_node} at {remote_ip}", worker.1);
+    let page = c.eventually("wget across VXLAN", Duration::from_secs(30), || {
+        let r = c.exec("worker.1", &["wget", "-qO-", "-T", "3", &format!("http://{remote_ip}/")]);
+        (r.code == 0).then_some(r.stdout)
+    });
+    assert_eq!(page.trim(), remote_name, "the page is that task's hostname");
+
+    step("isolation: a task on another overlay cannot reach api");
+    c.apply(&format!("{}---\n{}", network("othernet", false), sleeper_service("stranger", &["othernet"])));
+    c.eventually("stranger running", wait, || c.running("stranger", "othernet").into_iter().next());
+    let r = c.exec("stranger.1", &["wget", "-qO-", "-T", "3", &format!("http://{remote_ip}/")]);
+    assert_ne!(r.code, 0, "othernet must not reach appoverlay: {r:?}");
+
+    step("discovery: `api` resolves to its VIP, tasks.api to both tasks; another network cannot resolve it");
+    let vip = c.json(&["service", "inspect", "api"]);
+    let vip = vip.as_array().map(|a| a[0].clone()).unwrap_or(vip);
+    let vip = vip["status"]["virtualIps"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["network"] == "appoverlay"))
+        .and_then(|v| v["addr"].as_str())
+        .map(|a| a.split('/').next().unwrap().to_string())
+        .expect("api has a VIP on appoverlay");
+    let api_ips: BTreeSet<String> = c.running("api", "appoverlay").into_iter().map(|(_, _, ip)| ip).collect();
+    assert!(!api_ips.contains(&vip), "the VIP is no task's address");
+    let answer = c.eventually("nslookup api", Duration::from_secs(30), || {
+        let r = c.exec("worker.1", &["nslookup", "api"]);
+        (r.code == 0 && r.stdout.contains(&vip)).then_some(r.stdout)
+    });
+    eprintln!("{answer}");
+    let answer = c.exec("worker.1", &["nslookup", "tasks.api"]).ok();
+    for ip in &api_ips {
+        assert!(answer.contains(ip.as_str()), "tasks.api lists {ip}: {answer}");
+    }
+    let r = c.exec("stranger.1", &["nslookup", "api"]);
+    assert!(r.code != 0 || !r.stdout.contains(&vip), "othernet must not resolve api: {r:?}");
+
+    step("VIP load balancing: 40 requests from worker to http://api/ reach both tasks");
+    let hits = |n: usize| -> std::collections::BTreeMap<String, usize> {
+        let script = format!("i=0; while [ $i -lt {n} ]; do wget -qO- -T 3 http://api/ || echo FAILED; i=$((i+1)); done");
+        let out = c.exec("worker.1", &["sh", "-c", &script]).ok();
+        let mut m = std::collections::BTreeMap::new();
+        for line in out.lines() {
+            *m.entry(line.trim().to_string()).or_insert(0) += 1;
+        }
+        m
+    };
+    let m = hits(40);
+    eprintln!("{m:?}");
+    assert!(!m.contains_key("FAILED"), "no request fails: {m:?}");
+    assert_eq!(m.len(), 2, "both tasks answer: {m:?}");
+    assert!(m.values().all(|&n| n >= 10), "each task takes at least 10 of 40: {m:?}");
+
+    step("scale api to 3: the new task takes traffic");
+    c.shoal(&["service", "scale", "api=3", "--timeout", "120s"]).ok();
+    let m = c.eventually("three tasks answer through the VIP", Duration::from_secs(30), || {
+        let m = hits(30);
+        (m.len() == 3 && !m.contains_key("FAILED")).then_some(m)
+    });
+    eprintln!("{m:?}");
+    c.shoal(&["service", "scale", "api=2", "--timeout", "120s"]).ok();
+
+    step("endpoint mode dnsrr: the name gives task addresses and there is no VIP");
+    c.apply(&httpd_service("rr", 2, &["appoverlay"]).replace("  replicas: 2\n", "  replicas: 2\n  endpointMode: dnsrr\n"));
+    let rr_ips: BTreeSet<String> = c.eventually("2 rr tasks", wait, || {
+        let r = c.running("rr", "appoverlay");
+        (r.len() == 2).then_some(r.into_iter().map(|(_, _, ip)| ip).collect())
+    });
+    let answer = c.eventually("nslookup rr lists both tasks", Duration::from_secs(30), || {
+        let r = c.exec("worker.1", &["nslookup", "rr"]);
+        rr_ips.iter().all(|ip| r.stdout.contains(ip.as_str())).then_some(r.stdout)
+    });
+    eprintln!("{answer}");
+    let rr = c.json(&["service", "inspect", "rr"]);
+    let rr = rr.as_array().map(|a| a[0].clone()).unwrap_or(rr);
+    assert!(rr["status"]["virtualIps"].as_array().map(|v| v.is_empty()).unwrap_or(true), "dnsrr has no VIP: {rr}");
+    c.shoal(&["service", "rm", "rr"]).ok();
+
+    step("egress: a task reaches the outside world through the gateway bridge; an internal one cannot");
+    let outside = c.outside_world().expect("outside namespace");
+    let www = c.state_dir().join("outside-www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "outside world\n").unwrap();
+    let _server: Child = Command::new("ip")
+        .args(["netns", "exec", &outside, "busybox", "httpd", "-f", "-p", "8080", "-h"])
+        .arg(&www)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("outside httpd");
+    let page = c.eventually("worker reaches 198.18.0.200:8080", Duration::from_secs(30), || {
+        let r = c.exec("worker.1", &["wget", "-qO-", "-T", "3", "http://198.18.0.200:8080/"]);
+        (r.code == 0).then_some(r.stdout)
+    });
+    assert_eq!(page.trim(), "outside world");
+    c.apply(&format!("{}---\n{}", network("sealednet", true), sleeper_service("sealed", &["sealednet"])));
+    c.eventually("sealed running", wait, || c.running("sealed", "sealednet").into_iter().next());
+    let r = c.exec("sealed.1", &["wget", "-qO-", "-T", "3", "http://198.18.0.200:8080/"]);
+    assert_ne!(r.code, 0, "an internal network has no egress: {r:?}");
+
+    step("restore: killing a task's container by hand gets the slot a running task again");
+    let before = running_ids(&c, "api");
+    let victim = before.iter().next().unwrap().clone();
+    let netns = task_netns(&victim);
+    assert!(!netns.is_empty(), "task {victim} has a network namespace");
+    for ns in &netns {
+        let pids = Command::new("ip").args(["netns", "pids", ns]).output().unwrap();
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    c.eventually("api back to 2 running tasks without the killed one", wait, || {
+        let now = running_ids(&c, "api");
+        (now.len() == 2 && !now.contains(&victim)).then_some(())
+    });
+
+    step("agent restart leaves running containers alone");
+    let api = c.running("api", "appoverlay");
+    let (_, node, _) = api[0].clone();
+    let k = node_k(&node);
+    let ids_before = running_ids(&c, "api");
+    c.kill_agent(k);
+    c.start_node(k);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(running_ids(&c, "api"), ids_before, "no task replaced by an agent restart");
+
+    step("wrong image, image that exits at once, registry down: clear errors, recovery when fixed");
+    let bad = format!(
+        "apiVersion: shoal/v1\nkind: Service\nmetadata: {{name: broken}}\nspec:\n  image: localhost:5000/nope:1\n  \
+         command: [sleep, \"100000\"]\n  networks: [{{name: appoverlay}}]\n"
+    );
+    c.shoal_apply_detached(&bad);
+    c.eventually("image not found shown by service ps", wait, || task_error(&c, "broken").contains("image not found").then_some(()));
+    c.apply(&bad.replace("localhost:5000/nope:1", BUSYBOX));
+    let quitter = bad.replace("localhost:5000/nope:1", BUSYBOX).replace("[sleep, \"100000\"]", "[sh, -c, \"exit 3\"]");
+    c.shoal_apply_detached(&quitter);
+    c.eventually("exit code 3 shown by service ps", wait, || task_error(&c, "broken").contains('3').then_some(()));
+    c.apply(&bad.replace("localhost:5000/nope:1", BUSYBOX));
+    let registry = c.state_dir().join("scripts").join("registry.sh");
+    let state = c.state_dir().to_str().unwrap().to_string();
+    assert!(Command::new("bash").arg(&registry).args(["stop", &state]).status().unwrap().success());
+    c.shoal_apply_detached(&bad.replace("localhost:5000/nope:1", "localhost:5000/busybox:v2"));
+    c.eventually("registry unreachable shown by service ps", wait, || {
+        task_error(&c, "broken").contains("not reachable").then_some(())
+    });
+    let seeded = Command::new("bash")
+        .arg(&registry)
+        .args(["seed", &state])
+        .env("SHOAL_REGISTRY_IMAGE", "busybox:v2")
+        .status()
+        .unwrap();
+    assert!(seeded.success());
+    c.eventually("broken recovers once the registry is back", Duration::from_secs(120), || {
+        (!running_ids(&c, "broken").is_empty()).then_some(())
+    });
+
+    step("deleting a service removes its containers, namespaces, veths and FDB entries on every node");
+    let gone_ids = task_ids(&c, "api");
+    let macs: Vec<String> = c
+        .tasks("api")
+        .iter()
+        .flat_map(|t| t["spec"]["attachments"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["mac"].as_str().map(str::to_string))
+        .collect();
+    c.shoal(&["service", "rm", "api"]).ok();
+    c.eventually("api's namespaces and FDB entries gone", wait, || {
+        let netns_left = gone_ids.iter().any(|id| !task_netns(id).is_empty());
+        let fdb_left = (1..=c.nodes).any(|k| {
+            let fdb = c.in_node(k, &["bridge", "fdb", "show"]).stdout;
+            macs.iter().any(|m| fdb.contains(m.as_str()))
+        });
+        (!netns_left && !fdb_left).then_some(())
+    });
+
+    step("dev down leaves nothing behind");
+    let state_dir = c.state_dir().to_path_buf();
+    drop(c);
+    let netns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).to_string();
+    assert!(!netns.contains("shoal-"), "namespaces left: {netns}");
+    let links = String::from_utf8_lossy(&Command::new("ip").args(["-o", "link", "show"]).output().unwrap().stdout).to_string();
+    assert!(!links.contains("shoal-br0") && !links.contains("shoal-n"), "links left: {links}");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(state_dir.to_str().unwrap()), "mounts left under {}", state_dir.display());
+    let ps = String::from_utf8_lossy(&Command::new("ps").args(["-eo", "args"]).output().unwrap().stdout).to_string();
+    assert!(!ps.lines().any(|l| l.contains(state_dir.to_str().unwrap())), "processes left:\n{ps}");
+}
