@@ -12,7 +12,10 @@
 //! <root>/ipam/subnets/<a.b.c.d-len>      subnet -> network (CAS-allocated)
 //! <root>/ipam/vnis/<vni>                 VNI -> network
 //! <root>/ipam/ips/<network>/<a.b.c.d>    address -> owner (task id or vip/<service>)
+//! <root>/secrets/agent-token             token the API server presents to node agents
 //! ```
+//!
+//! Nothing below `<root>/secrets/` is served by the HTTP API.
 
 use crate::object::{Object, Resource};
 
@@ -106,6 +109,12 @@ impl Keys {
     /// The allocation record of one address on one network.
     pub fn ip(&self, network: &str, ip: std::net::Ipv4Addr) -> String {
         format!("{}{}", self.network_ips(network), ip)
+    }
+
+    /// The cluster token the API server presents to node agents (`Authorization: Bearer`);
+    /// created once, by whichever component needs it first, and never served by the API.
+    pub fn agent_token(&self) -> String {
+        format!("{}/secrets/agent-token", self.root)
     }
 
     /// The prefix of one network's address allocations.

@@ -8,6 +8,7 @@
 pub mod constraint;
 pub mod endpoints;
 pub mod error;
+pub mod exec;
 pub mod keys;
 pub mod manifest;
 pub mod meta;
@@ -21,6 +22,7 @@ pub mod validation;
 pub use constraint::Constraint;
 pub use endpoints::{EndpointTask, Endpoints, EndpointsSpec};
 pub use error::{Status, StatusDetail};
+pub use exec::{ExecRequest, ExecResponse, LogOptions};
 pub use manifest::{parse_manifests, AnyObject, ManifestError};
 pub use meta::{ObjectMeta, API_VERSION};
 pub use network::{Network, NetworkSpec, NetworkStatus};

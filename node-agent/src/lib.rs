@@ -2,7 +2,8 @@
 //! Endpoints of networks it has tasks on) in etcd, and converges the host to them: containerd
 //! containers (`runtime`), namespaces, veths, bridges and VXLAN links (`net`), the embedded DNS server at
 //! 127.0.0.11 in each task namespace (`dns`) and nftables VIP load balancing (`lb`). It reports task
-//! status back to etcd. `hollow` is a testing runtime that starts no containers.
+//! status back to etcd, and serves `exec` and logs to the API server (`server`). `hollow` is a
+//! testing runtime that starts no containers.
 
 pub mod agent;
 pub mod dns;
@@ -10,3 +11,4 @@ pub mod hollow;
 pub mod lb;
 pub mod net;
 pub mod runtime;
+pub mod server;

@@ -10,7 +10,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shoal_node_agent::agent::{self, AgentConfig, ContainerTasks, TaskRuntime};
 use shoal_node_agent::hollow::{FleetConfig, HollowFleet, HollowRuntime};
-use shoal_node_agent::runtime::{ContainerdConfig, ContainerdRuntime};
+use shoal_node_agent::runtime::{ContainerRuntime, ContainerdConfig, ContainerdRuntime};
+use shoal_node_agent::server::{AgentServer, ServerConfig};
 use shoal_store::{Connect, Store};
 
 /// Shoal's node agent: registers this node and runs the tasks the controller assigns to it.
@@ -65,15 +66,19 @@ struct ContainerdArgs {
     /// agent's own. Not used yet: task networking is not wired into the agent.
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
-    /// Where to serve `exec` (host:port). Not served yet.
+    /// Where to serve exec and logs to the API server (host:port); also published as the
+    /// Node's agent endpoint unless --agent-endpoint says otherwise.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
 }
 
 impl ContainerdArgs {
-    async fn runtime(&self, node: &str) -> anyhow::Result<Arc<dyn TaskRuntime>> {
-        if self.netns.is_some() || self.listen.is_some() {
-            tracing::warn!("--netns and --listen are accepted but not used yet: task networking and exec are not wired in");
+    async fn runtime(
+        &self,
+        node: &str,
+    ) -> anyhow::Result<(Arc<dyn TaskRuntime>, Arc<dyn ContainerRuntime>)> {
+        if self.netns.is_some() {
+            tracing::warn!("--netns is accepted but not used yet: task networking is not wired in");
         }
         let mut config = ContainerdConfig::new(&self.containerd_socket, &self.state_dir);
         config.namespace = self.containerd_namespace.clone();
@@ -87,7 +92,11 @@ impl ContainerdArgs {
                 self.containerd_socket.display()
             )
         })?;
-        Ok(Arc::new(ContainerTasks::new(Arc::new(runtime), node)))
+        let runtime: Arc<dyn ContainerRuntime> = Arc::new(runtime);
+        Ok((
+            Arc::new(ContainerTasks::new(runtime.clone(), node)),
+            runtime,
+        ))
     }
 }
 
@@ -222,16 +231,34 @@ async fn main() -> anyhow::Result<()> {
             let (Some(name), Some(address)) = (cli.name, cli.address) else {
                 bail!("--name and --address are required");
             };
-            let runtime: Arc<dyn TaskRuntime> = match cli.runtime {
-                RuntimeKind::Hollow => Arc::new(HollowRuntime::new()),
-                RuntimeKind::Containerd => cli.containerd.runtime(&name).await?,
+            let (runtime, containers): (Arc<dyn TaskRuntime>, _) = match cli.runtime {
+                RuntimeKind::Hollow => (Arc::new(HollowRuntime::new()), None),
+                RuntimeKind::Containerd => {
+                    let (tasks, containers) = cli.containerd.runtime(&name).await?;
+                    (tasks, Some(containers))
+                }
             };
-            let mut config = cli.common.agent_config(name, address);
-            config.agent_endpoint = cli.agent_endpoint;
             let store = Store::connect(&cli.common.connect())
                 .await
                 .with_context(|| format!("cannot reach etcd at {}", cli.common.etcd.join(",")))?;
+            let server = match &cli.containerd.listen {
+                Some(listen) => {
+                    let config = ServerConfig {
+                        node: name.clone(),
+                        listen: listen.clone(),
+                    };
+                    Some(AgentServer::bind(&config, &store, containers).await?)
+                }
+                None => None,
+            };
+            let endpoint = server.as_ref().map(|s| s.endpoint(&address));
+            let mut config = cli.common.agent_config(name, address);
+            config.agent_endpoint = cli.agent_endpoint.or(endpoint);
+            let server = server.map(AgentServer::spawn);
             agent::run(config, store, runtime, shutdown_signal()).await?;
+            if let Some(server) = server {
+                server.shutdown().await;
+            }
             Ok(())
         }
     }

@@ -213,6 +213,26 @@ impl Store {
         }
     }
 
+    /// The raw value at `key`, storing `value` there first if the key does not exist, in one
+    /// transaction: of several callers racing, the first write wins and every caller gets
+    /// the winner's value (a create-if-absent for cluster-wide secrets and settings).
+    pub async fn get_or_create_raw(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<Vec<u8>> {
+        let value = value.into();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value.clone(), None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.client.kv_client().txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(value);
+        }
+        let existing = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        existing.ok_or_else(|| StoreError::Conflict(format!("{key} was deleted while it was being read; retry")))
+    }
+
     /// Compacts etcd's history up to `revision` (tests and maintenance).
     pub async fn compact(&self, revision: i64) -> Result<()> {
         self.client.kv_client().compact(revision, None).await?;

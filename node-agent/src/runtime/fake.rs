@@ -87,6 +87,12 @@ impl FakeRuntime {
         }
     }
 
+    /// Points `log_path(id)` at `<dir>/<id>/container.log` (tests that write logs by hand).
+    pub fn with_log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.log_dir = dir.into();
+        self
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

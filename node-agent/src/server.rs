@@ -1,0 +1,634 @@
+//! The agent's HTTP server: what the API server asks of one node's containers.
+//!
+//! ```text
+//! POST /v1/tasks/{id}/exec                {"argv": [...], "timeoutSeconds": 30}
+//!                                         -> {"exitCode": 3, "stdout": "...", "stderr": "..."}
+//! GET  /v1/tasks/{id}/logs?follow&tail=N  the container's log file as text/plain
+//! GET  /healthz
+//! ```
+//!
+//! `{id}` is the task id, which is also the container id ([`crate::agent::ContainerTasks`]).
+//! A task without a container here is 404, one whose container does not run is 409 for
+//! exec; a hollow node (no container runtime) answers 501. Errors are
+//! [`Status`](shoal_api_types::Status) JSON, as the API server's are.
+//!
+//! Authentication: only the API server talks to agents. Every `/v1` request must carry
+//! `Authorization: Bearer <token>`, the cluster token stored in etcd at
+//! [`Keys::agent_token`](shoal_api_types::keys::Keys::agent_token) (a key the API never
+//! serves), created with a create-if-absent transaction by whichever component needs it
+//! first ([`ensure_agent_token`]). Anything else is 401. When a presented token does not
+//! match, the agent re-reads etcd (at most once a second) so a replaced token is picked up.
+//!
+//! Logs: the runtime appends the container's stdout and stderr to one file
+//! ([`ContainerRuntime::log_path`]). `tail=N` starts N lines before the end; `follow=true`
+//! keeps reading as the file grows until the container has exited or is gone (then what
+//! is left is sent and the stream ends) or the client disconnects.
+//!
+//! Build then spawn: [`AgentServer::bind`] reads the token and binds the socket (all
+//! fallible setup); [`AgentServer::spawn`] serves until its handle shuts it down.
+
+use std::io::SeekFrom;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use shoal_api_types::{ExecRequest, ExecResponse, LogOptions, Status};
+use shoal_store::{Store, StoreError};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::runtime::{ContainerRuntime, ContainerState, RuntimeError};
+
+/// How often a followed log file is checked for growth.
+pub const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// The message of every container request on a hollow node.
+pub const HOLLOW: &str = "hollow nodes run no containers";
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address is not `host:port`.
+    #[error("--listen: {listen:?} is not an address (give host:port, e.g. 127.0.0.1:7801)")]
+    InvalidListen {
+        /// What was given.
+        listen: String,
+    },
+    /// The socket could not be bound.
+    #[error("cannot listen on {listen}: {source}")]
+    Bind {
+        /// The address.
+        listen: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cluster token could not be read or created.
+    #[error("cannot read the agent token from etcd: {0}")]
+    Token(#[from] StoreError),
+}
+
+/// 32 random bytes in hex: a fresh cluster token.
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+/// The cluster's agent token, creating it if no one has yet.
+pub async fn ensure_agent_token(store: &Store) -> Result<String, StoreError> {
+    let key = store.keys().agent_token();
+    let raw = store.get_or_create_raw(&key, new_token()).await?;
+    Ok(String::from_utf8_lossy(&raw).trim().to_string())
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in constant time.
+pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some(presented) = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    !token.is_empty() && constant_time_eq(presented.trim().as_bytes(), token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token the server accepts, re-read from etcd when a request presents another one.
+struct Token {
+    store: Option<Store>,
+    current: Mutex<String>,
+    refreshed: Mutex<Option<Instant>>,
+}
+
+impl Token {
+    fn get(&self) -> String {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    async fn check(&self, headers: &HeaderMap) -> bool {
+        if bearer_matches(headers, &self.get()) {
+            return true;
+        }
+        let Some(store) = &self.store else {
+            return false;
+        };
+        {
+            let mut last = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        match ensure_agent_token(store).await {
+            Ok(fresh) => {
+                let ok = bearer_matches(headers, &fresh);
+                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+                ok
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot re-read the agent token");
+                false
+            }
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+struct ServerState {
+    node: String,
+    runtime: Option<Arc<dyn ContainerRuntime>>,
+    token: Arc<Token>,
+}
+
+/// How the server runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// The node's name (for messages).
+    pub node: String,
+    /// Where to listen (`host:port`; port 0 picks one).
+    pub listen: String,
+}
+
+/// A bound, not yet serving, agent server.
+pub struct AgentServer {
+    listener: tokio::net::TcpListener,
+    state: ServerState,
+}
+
+impl std::fmt::Debug for AgentServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentServer")
+            .field("node", &self.state.node)
+            .field("listen", &self.listener.local_addr().ok())
+            .finish()
+    }
+}
+
+impl AgentServer {
+    /// Reads (or creates) the cluster token and binds `config.listen`. `runtime` is the
+    /// node's container runtime; `None` for a hollow node (exec and logs answer 501).
+    pub async fn bind(
+        config: &ServerConfig,
+        store: &Store,
+        runtime: Option<Arc<dyn ContainerRuntime>>,
+    ) -> Result<AgentServer, ServerError> {
+        let addr: SocketAddr = config
+            .listen
+            .parse()
+            .map_err(|_| ServerError::InvalidListen {
+                listen: config.listen.clone(),
+            })?;
+        let token = ensure_agent_token(store).await?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                listen: config.listen.clone(),
+                source,
+            })?;
+        Ok(AgentServer {
+            listener,
+            state: ServerState {
+                node: config.node.clone(),
+                runtime,
+                token: Arc::new(Token {
+                    store: Some(store.clone()),
+                    current: Mutex::new(token),
+                    refreshed: Mutex::new(None),
+                }),
+            },
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// What to publish as the Node's `status.agentEndpoint`: the bound address, with an
+    /// unspecified IP (`0.0.0.0`) replaced by the node's `address`.
+    pub fn endpoint(&self, address: &str) -> String {
+        endpoint_for(self.local_addr(), address)
+    }
+
+    /// Serves until the handle shuts it down (or is dropped).
+    pub fn spawn(self) -> ServerHandle {
+        let (tx, mut rx) = watch::channel(false);
+        let app = router(self.state);
+        let listener = self.listener;
+        let task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(error = %e, "agent server failed");
+            }
+        });
+        ServerHandle {
+            shutdown: tx,
+            task: Some(task),
+        }
+    }
+}
+
+/// `addr` as others reach it: an unspecified IP becomes `address`.
+pub fn endpoint_for(addr: SocketAddr, address: &str) -> String {
+    if addr.ip().is_unspecified() {
+        match address.parse::<std::net::IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, addr.port()).to_string(),
+            Err(_) => format!("{address}:{}", addr.port()),
+        }
+    } else {
+        addr.to_string()
+    }
+}
+
+/// A serving agent server. Dropping it stops it abruptly.
+pub struct ServerHandle {
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle").finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// Stops accepting, lets open requests finish (log follows end with the connection),
+    /// and waits at most a few seconds for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(Duration::from_secs(3), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The agent's routes over `runtime` (`None`: hollow) with a fixed `token` (tests).
+pub fn test_router(node: &str, runtime: Option<Arc<dyn ContainerRuntime>>, token: &str) -> Router {
+    router(ServerState {
+        node: node.to_string(),
+        runtime,
+        token: Arc::new(Token {
+            store: None,
+            current: Mutex::new(token.to_string()),
+            refreshed: Mutex::new(None),
+        }),
+    })
+}
+
+fn router(state: ServerState) -> Router {
+    Router::new()
+        .route("/v1/tasks/{id}/exec", post(exec))
+        .route("/v1/tasks/{id}/logs", get(logs))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(|| async { error(Status::new(404, "NotFound", "no such route")) })
+        .with_state(state)
+}
+
+fn error(status: Status) -> Response {
+    let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, Json(status)).into_response()
+}
+
+async fn authenticate(State(state): State<ServerState>, req: Request, next: Next) -> Response {
+    if state.token.check(req.headers()).await {
+        return next.run(req).await;
+    }
+    let what = if req.headers().contains_key(AUTHORIZATION) {
+        "the bearer token is not this cluster's agent token"
+    } else {
+        "requests to node agents need Authorization: Bearer <cluster agent token>"
+    };
+    error(Status::new(
+        401,
+        "Unauthorized",
+        format!("agent of node {}: {what}", state.node),
+    ))
+}
+
+fn runtime(state: &ServerState) -> Result<&Arc<dyn ContainerRuntime>, Response> {
+    state
+        .runtime
+        .as_ref()
+        .ok_or_else(|| error(Status::new(501, "NotImplemented", HOLLOW)))
+}
+
+fn not_here(state: &ServerState, id: &str) -> Response {
+    error(Status::new(
+        404,
+        "NotFound",
+        format!("task {id} has no container on node {}", state.node),
+    ))
+}
+
+fn runtime_error(state: &ServerState, id: &str, e: RuntimeError) -> Response {
+    match e {
+        RuntimeError::NotFound { .. } => not_here(state, id),
+        RuntimeError::Timeout { after, .. } => error(Status::new(
+            504,
+            "GatewayTimeout",
+            format!("the command in task {id} did not finish within {after:?} and was killed"),
+        )),
+        RuntimeError::InvalidSpec { reason, .. } | RuntimeError::StartFailed { reason, .. } => {
+            error(Status::new(
+                400,
+                "BadRequest",
+                format!("exec in task {id}: {reason}"),
+            ))
+        }
+        e => error(Status::new(
+            500,
+            "InternalError",
+            format!("node {}: {e}", state.node),
+        )),
+    }
+}
+
+async fn exec(State(state): State<ServerState>, Path(id): Path<String>, body: Bytes) -> Response {
+    let rt = match runtime(&state) {
+        Ok(rt) => rt.clone(),
+        Err(r) => return r,
+    };
+    let req: ExecRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(Status::bad_request(format!("exec body: {e}"))),
+    };
+    if let Err(s) = req.check() {
+        return error(s);
+    }
+    match rt.status(&id).await {
+        Ok(st) if st.state == ContainerState::Running => {}
+        Ok(st) => {
+            return error(Status::conflict(format!(
+                "task {id} is not running on node {} (container {})",
+                state.node,
+                match st.state {
+                    ContainerState::Created => "created, not started".to_string(),
+                    ContainerState::Exited => format!(
+                        "exited with code {}",
+                        st.exit_code.map_or("?".to_string(), |c| c.to_string())
+                    ),
+                    other => format!("{other:?}").to_lowercase(),
+                }
+            )))
+        }
+        Err(e) => return runtime_error(&state, &id, e),
+    }
+    tracing::info!(task = %id, argv = ?req.argv, "exec");
+    match rt.exec(&id, &req.argv, req.timeout()).await {
+        Ok(out) => Json(ExecResponse {
+            exit_code: out.exit_code,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+        .into_response(),
+        Err(e) => runtime_error(&state, &id, e),
+    }
+}
+
+async fn logs(
+    State(state): State<ServerState>,
+    Path(id): Path<String>,
+    Query(opts): Query<LogOptions>,
+) -> Response {
+    let rt = match runtime(&state) {
+        Ok(rt) => rt.clone(),
+        Err(r) => return r,
+    };
+    if let Err(e) = rt.status(&id).await {
+        return runtime_error(&state, &id, e);
+    }
+    let path = rt.log_path(&id);
+    let start = match &opts.tail {
+        Some(n) => match tail_offset(&path, *n).await {
+            Ok(off) => off,
+            Err(e) => return error(Status::internal(format!("reading {}: {e}", path.display()))),
+        },
+        None => 0,
+    };
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    tokio::spawn(stream_log(rt, id, path, start, opts.follow, tx));
+    (
+        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response()
+}
+
+/// Sends the file from `offset` on; with `follow`, keeps polling until the container has
+/// ended (and the rest is sent) or the receiver is gone.
+async fn stream_log(
+    rt: Arc<dyn ContainerRuntime>,
+    id: String,
+    path: PathBuf,
+    mut offset: u64,
+    follow: bool,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Decide before reading whether this is the last round: whatever the container
+        // wrote before it ended is read below.
+        let last = !follow
+            || !matches!(
+                rt.status(&id).await.map(|s| s.state),
+                Ok(ContainerState::Running | ContainerState::Created | ContainerState::Unknown)
+            );
+        match tokio::fs::File::open(&path).await {
+            Ok(mut file) => {
+                let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+                if len < offset {
+                    // Truncated or replaced: start over.
+                    offset = 0;
+                }
+                if let Err(e) = file.seek(SeekFrom::Start(offset)).await {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                loop {
+                    match file.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            offset += n as u64;
+                            if tx
+                                .send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            // Not written yet (or removed with the container).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+        if last {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// The offset of the start of the last `n` lines of the file at `path` (0 if it has fewer,
+/// or does not exist). A final line without a newline counts as a line.
+pub async fn tail_offset(path: &std::path::Path, n: u64) -> std::io::Result<u64> {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata().await?.len();
+    if n == 0 {
+        return Ok(len);
+    }
+    const BLOCK: u64 = 64 * 1024;
+    let mut end = len;
+    let mut newlines = 0u64;
+    let mut buf = vec![0u8; BLOCK as usize];
+    let mut first_byte = true;
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        let size = (end - start) as usize;
+        file.seek(SeekFrom::Start(start)).await?;
+        file.read_exact(&mut buf[..size]).await?;
+        for i in (0..size).rev() {
+            if buf[i] == b'\n' {
+                // The newline ending the file does not start a line.
+                if first_byte {
+                    first_byte = false;
+                    continue;
+                }
+                newlines += 1;
+                if newlines == n {
+                    return Ok(start + i as u64 + 1);
+                }
+            }
+            first_byte = false;
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_the_cluster_token_as_bearer_is_accepted() {
+        let token = new_token();
+        assert_eq!(token.len(), 64);
+        assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(bearer_matches(
+            &headers(Some(&format!("Bearer {token}"))),
+            &token
+        ));
+        assert!(!bearer_matches(&headers(None), &token));
+        assert!(!bearer_matches(&headers(Some(&token)), &token));
+        assert!(!bearer_matches(&headers(Some("Bearer nope")), &token));
+        assert!(!bearer_matches(
+            &headers(Some(&format!("Bearer {}", new_token()))),
+            &token
+        ));
+        assert!(!bearer_matches(&headers(Some("Bearer ")), ""));
+    }
+
+    #[test]
+    fn unspecified_listen_addresses_publish_the_node_address() {
+        assert_eq!(
+            endpoint_for("0.0.0.0:7801".parse().unwrap(), "198.18.0.2"),
+            "198.18.0.2:7801"
+        );
+        assert_eq!(
+            endpoint_for("127.0.0.1:7801".parse().unwrap(), "198.18.0.2"),
+            "127.0.0.1:7801"
+        );
+    }
+
+    #[tokio::test]
+    async fn tail_offsets_count_lines_from_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        assert_eq!(tail_offset(&p, 3).await.unwrap(), 0);
+        tokio::fs::write(&p, "a\nbb\nccc\n").await.unwrap();
+        assert_eq!(tail_offset(&p, 1).await.unwrap(), 5);
+        assert_eq!(tail_offset(&p, 2).await.unwrap(), 2);
+        assert_eq!(tail_offset(&p, 3).await.unwrap(), 0);
+        assert_eq!(tail_offset(&p, 10).await.unwrap(), 0);
+        assert_eq!(tail_offset(&p, 0).await.unwrap(), 9);
+        tokio::fs::write(&p, "a\nbb\npartial").await.unwrap();
+        assert_eq!(tail_offset(&p, 1).await.unwrap(), 5);
+        let big: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+        tokio::fs::write(&p, &big).await.unwrap();
+        let off = tail_offset(&p, 2).await.unwrap() as usize;
+        assert_eq!(&big[off..], "line 99998\nline 99999\n");
+    }
+}
