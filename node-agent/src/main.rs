@@ -2,13 +2,13 @@
 //! fleet of hollow agents) until SIGTERM or Ctrl-C.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shoal_node_agent::agent::{self, AgentConfig, ContainerTasks, TaskRuntime};
+use shoal_node_agent::agent::{self, AgentConfig, ContainerTasks, NodeNetwork, TaskRuntime};
 use shoal_node_agent::hollow::{FleetConfig, HollowFleet, HollowRuntime};
 use shoal_node_agent::runtime::{ContainerRuntime, ContainerdConfig, ContainerdRuntime};
 use shoal_node_agent::server::{AgentServer, ServerConfig};
@@ -62,8 +62,9 @@ struct ContainerdArgs {
     /// repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
     insecure_registries: Vec<String>,
-    /// The network namespace the node's links live in (a local-cluster node); default: the
-    /// agent's own. Not used yet: task networking is not wired into the agent.
+    /// The network namespace (under /run/netns) the node's links live in: overlays, the
+    /// gateway bridge, task veths (a local-cluster node); default: the agent's own. Task
+    /// namespaces are /run/netns/shoal-<name>-<task> either way.
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
     /// Where to serve exec and logs to the API server (host:port); also published as the
@@ -76,10 +77,12 @@ impl ContainerdArgs {
     async fn runtime(
         &self,
         node: &str,
+        address: &str,
     ) -> anyhow::Result<(Arc<dyn TaskRuntime>, Arc<dyn ContainerRuntime>)> {
-        if self.netns.is_some() {
-            tracing::warn!("--netns is accepted but not used yet: task networking is not wired in");
-        }
+        let home = self.netns.as_ref().map(|n| Path::new("/run/netns").join(n));
+        let network = NodeNetwork::kernel(node, address, home, Path::new("/etc/resolv.conf"))
+            .await
+            .context("cannot set up task networking")?;
         let mut config = ContainerdConfig::new(&self.containerd_socket, &self.state_dir);
         config.namespace = self.containerd_namespace.clone();
         config.snapshotter = self.snapshotter.clone();
@@ -94,7 +97,7 @@ impl ContainerdArgs {
         })?;
         let runtime: Arc<dyn ContainerRuntime> = Arc::new(runtime);
         Ok((
-            Arc::new(ContainerTasks::new(runtime.clone(), node)),
+            Arc::new(ContainerTasks::new(runtime.clone(), node).with_network(Arc::new(network))),
             runtime,
         ))
     }
@@ -234,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
             let (runtime, containers): (Arc<dyn TaskRuntime>, _) = match cli.runtime {
                 RuntimeKind::Hollow => (Arc::new(HollowRuntime::new()), None),
                 RuntimeKind::Containerd => {
-                    let (tasks, containers) = cli.containerd.runtime(&name).await?;
+                    let (tasks, containers) = cli.containerd.runtime(&name, &address).await?;
                     (tasks, Some(containers))
                 }
             };

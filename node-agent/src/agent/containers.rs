@@ -3,9 +3,12 @@
 //! with the task, service and node so that [`TaskRuntime::list`] maps containers back to
 //! tasks after a restart.
 //!
-//! Not yet here: task networking. Each container gets a new network namespace with only
-//! loopback (`ContainerSpec::netns = None`); attaching it to its overlays is the `net`
-//! module's part and is wired in by composing a `Network` into this type.
+//! Task networking: with [`ContainerTasks::with_network`], every container joins a namespace
+//! made by [`NodeNetwork::setup`] (overlays, gateway, DNS server, VIP rules) after its image
+//! is present and before the container is created, and [`NodeNetwork::teardown`] removes it
+//! after the container is deleted (or when the create failed); the network's background loop
+//! runs as [`TaskRuntime::run_background`]. Without it (unit tests of the runtime side) each
+//! container gets a new network namespace with only loopback (`ContainerSpec::netns = None`).
 //!
 //! Container exits are noticed without polling: after a start (and for every running
 //! container found by a list) a waiter calls [`ContainerRuntime::wait`] and wakes the
@@ -20,7 +23,10 @@ use async_trait::async_trait;
 use shoal_api_types::Task;
 use tokio::sync::Notify;
 
-use super::runtime::{ObservedState, ObservedTask, Started, TaskError, TaskRuntime};
+use super::network::NodeNetwork;
+use super::runtime::{
+    BackgroundContext, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
+};
 use crate::runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, DnsConfig, ErrorClass, RuntimeError,
 };
@@ -40,6 +46,7 @@ pub struct ContainerTasks {
 struct Inner {
     runtime: Arc<dyn ContainerRuntime>,
     node: String,
+    network: Option<Arc<NodeNetwork>>,
     exited: Notify,
     waiting: Mutex<HashSet<String>>,
 }
@@ -51,10 +58,25 @@ impl ContainerTasks {
             inner: Arc::new(Inner {
                 runtime,
                 node: node.into(),
+                network: None,
                 exited: Notify::new(),
                 waiting: Mutex::new(HashSet::new()),
             }),
         }
+    }
+
+    /// Runs every task in a namespace of `network` (see the module docs). Call before the
+    /// value is shared.
+    pub fn with_network(mut self, network: Arc<NodeNetwork>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.network = Some(network);
+        }
+        self
+    }
+
+    /// The task networking, if any.
+    pub fn network(&self) -> Option<&Arc<NodeNetwork>> {
+        self.inner.network.as_ref()
     }
 
     /// The container a task runs as.
@@ -133,9 +155,28 @@ impl TaskRuntime for ContainerTasks {
     async fn start_task(&self, task: &Task) -> Result<Started, TaskError> {
         let id = task.name();
         let runtime = &self.inner.runtime;
-        match runtime.create(&self.container_spec(task)).await {
+        let mut spec = self.container_spec(task);
+        let _held = match &self.inner.network {
+            Some(network) => {
+                let held = network.hold().await;
+                // The image first: a wrong name must not cost a namespace.
+                runtime
+                    .ensure_image(&task.spec.image)
+                    .await
+                    .map_err(|e| task_error(id, e))?;
+                spec.netns = Some(network.setup(task).await?);
+                Some(held)
+            }
+            None => None,
+        };
+        match runtime.create(&spec).await {
             Ok(()) | Err(RuntimeError::AlreadyExists { .. }) => {}
-            Err(e) => return Err(task_error(id, e)),
+            Err(e) => {
+                if let Some(network) = &self.inner.network {
+                    network.teardown(id).await;
+                }
+                return Err(task_error(id, e));
+            }
         }
         // A process that exits at once is reported from the next list, with its exit code.
         runtime.start(id).await.map_err(|e| task_error(id, e))?;
@@ -153,11 +194,22 @@ impl TaskRuntime for ContainerTasks {
     }
 
     async fn remove_task(&self, id: &str) -> Result<(), TaskError> {
+        let Some(network) = &self.inner.network else {
+            return self
+                .inner
+                .runtime
+                .delete(id)
+                .await
+                .map_err(|e| task_error(id, e));
+        };
+        let _held = network.hold().await;
         self.inner
             .runtime
             .delete(id)
             .await
-            .map_err(|e| task_error(id, e))
+            .map_err(|e| task_error(id, e))?;
+        network.teardown(id).await;
+        Ok(())
     }
 
     async fn list(&self) -> Result<Vec<ObservedTask>, TaskError> {
@@ -200,6 +252,12 @@ impl TaskRuntime for ContainerTasks {
 
     async fn changed(&self) {
         self.inner.exited.notified().await
+    }
+
+    async fn run_background(&self, ctx: BackgroundContext) {
+        if let Some(network) = &self.inner.network {
+            network.clone().run(self.inner.runtime.clone(), ctx).await
+        }
     }
 }
 

@@ -6,7 +6,10 @@
 //! - [`plan`](mod@plan): the pure diff of desired against observed tasks;
 //! - [`apply`](mod@apply): operations against a [`TaskRuntime`] and a [`StatusSink`];
 //! - [`converge`]: the level-triggered loop tying them together;
-//! - [`containers`]: the [`TaskRuntime`] over the `runtime` module's containerd client.
+//! - [`containers`]: the [`TaskRuntime`] over the `runtime` module's containerd client;
+//! - [`network`]: the wiring of task networking (`net`, `dns`, `lb`) into it, fed by
+//!   [`cluster`]'s watches of Networks and Endpoints and run in the background through
+//!   [`TaskRuntime::run_background`].
 //!
 //! Build then spawn: [`Agent::build`] checks the configuration (all fallible setup), and
 //! [`Agent::spawn`] starts the loops and returns an [`AgentHandle`] to wait on and shut
@@ -19,9 +22,11 @@
 
 pub mod apply;
 pub mod backoff;
+pub mod cluster;
 pub mod containers;
 pub mod converge;
 pub mod desired;
+pub mod network;
 pub mod plan;
 pub mod register;
 pub mod runtime;
@@ -38,8 +43,11 @@ use tokio::task::JoinHandle;
 pub use apply::{advance, ApplyError, Effects, StatusSink, StoreStatus};
 pub use containers::ContainerTasks;
 pub use converge::ConvergeStats;
+pub use network::NodeNetwork;
 pub use plan::{plan, Op, StatusUpdate};
-pub use runtime::{ObservedState, ObservedTask, Started, TaskError, TaskRuntime};
+pub use runtime::{
+    BackgroundContext, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
+};
 
 /// How an agent runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +211,14 @@ impl Agent {
             revoke_on_exit: config.revoke_lease_on_exit,
         };
         let prefix = store.keys().node_tasks(&config.name);
+        let background = BackgroundContext {
+            store: store.clone(),
+            desired: desired_rx.clone(),
+            shutdown: shutdown_rx.clone(),
+            watch_progress_every: config.watch_progress_every,
+            resync: config.resync,
+        };
+        let background_runtime = runtime.clone();
         let converger = converge::Converger {
             effects: Effects { runtime, status },
             desired: desired_rx,
@@ -220,6 +236,7 @@ impl Agent {
                 shutdown_rx.clone(),
             )),
             tokio::spawn(converger.run(shutdown_rx)),
+            tokio::spawn(async move { background_runtime.run_background(background).await }),
         ];
         AgentHandle {
             name: config.name,

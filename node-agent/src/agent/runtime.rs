@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use shoal_api_types::Task;
+use shoal_store::Store;
+use tokio::sync::watch;
+
+use super::desired::DesiredTasks;
 
 /// What the runtime observes of one task's container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,5 +147,36 @@ pub trait TaskRuntime: Send + Sync + 'static {
     /// next resync. The default never resolves.
     async fn changed(&self) {
         std::future::pending::<()>().await
+    }
+
+    /// Background work of the runtime that needs etcd or the desired tasks (the containerd
+    /// runtime's task networking: Networks and Endpoints watches, peer, DNS and VIP updates,
+    /// garbage collection). The agent calls it once when it spawns and aborts it on shutdown;
+    /// it runs until `ctx.shutdown` turns true. The default does nothing.
+    async fn run_background(&self, ctx: BackgroundContext) {
+        let _ = ctx;
+    }
+}
+
+/// What the background loop needs from the agent.
+#[derive(Clone)]
+pub struct BackgroundContext {
+    /// etcd.
+    pub store: Store,
+    /// This node's tasks, as the converge loop sees them.
+    pub desired: watch::Receiver<DesiredTasks>,
+    /// Turns true when the agent shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Ask etcd for watch progress this often.
+    pub watch_progress_every: Duration,
+    /// How often to reconcile everything even if nothing changed.
+    pub resync: Duration,
+}
+
+impl std::fmt::Debug for BackgroundContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackgroundContext")
+            .field("resync", &self.resync)
+            .finish()
     }
 }

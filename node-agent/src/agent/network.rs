@@ -1,0 +1,1169 @@
+//! [`NodeNetwork`]: the wiring of task networking into the agent's containerd path. It owns
+//! nothing in the kernel itself; it drives the narrow traits of the modules that do:
+//! [`Network`] (namespaces, veths, overlays, FDB/neighbour entries), [`DnsServers`] (the
+//! embedded DNS at 127.0.0.11 per task namespace, answering from a shared [`RecordStore`]) and
+//! [`LoadBalancer`] (the nftables VIP table per task namespace).
+//!
+//! Life of a task's networking (called by [`super::ContainerTasks`]):
+//! - [`NodeNetwork::setup`] before the container is created: ensure the overlay of each
+//!   attachment (VNI, MTU from the Network object) and sync its peers, ensure the gateway
+//!   bridge unless the task is `internal`, attach the task (netns + veths), fill the record
+//!   tables of its networks, start its DNS server (forwarding upstream, or none for an
+//!   internal task: REFUSED) and program its VIP table. Returns the netns path for the OCI
+//!   spec. A failure after the attach detaches again, so no namespace is left without a task.
+//! - [`NodeNetwork::teardown`] after the container is deleted: stop its DNS server, forget
+//!   its VIP table (it dies with the namespace), detach it, and remove the overlays no local
+//!   task uses any more.
+//!
+//! Background ([`NodeNetwork::run`], started by the agent through
+//! [`super::TaskRuntime::run_background`]): watches of Networks and Endpoints
+//! ([`super::cluster`]); on every Endpoints change, for each network with local tasks whose
+//! Endpoints changed: its record table, the FDB/neighbour entries of its overlay (remote tasks
+//! only: our own node address is left out) and the VIP table of each local task on it (skipped
+//! when the table already holds exactly those entries). On start and every resync a full
+//! reconcile: containers (runtime) and desired tasks (etcd) against [`Network::observe`] with
+//! [`plan_network`] — namespaces, links and overlays no container needs are removed, missing
+//! pieces of existing tasks are repaired, and DNS servers are (re)started for every task
+//! namespace that survived an agent restart.
+//!
+//! Invariants:
+//! - Peers are never synced before the first complete Endpoints list (an empty cache would
+//!   delete every entry).
+//! - A task's networking exists while its container does: made before create, removed after
+//!   delete; the reconcile never removes the namespace of a task that has a container or is
+//!   being started or removed (it takes the exclusive side of a lock that starts and removes
+//!   hold shared, and skips a round rather than wait for a slow image pull).
+//! - Overlay creation and removal are serialised, so a task starting on a network never sees
+//!   its overlay removed under it by the last task leaving.
+//! - VIP tables are programmed under one lock from the current Endpoints, so an older table
+//!   never overwrites a newer one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_api_types::endpoints::EndpointsSpec;
+use shoal_api_types::network::NetworkSpec;
+use shoal_api_types::Task;
+use tokio::sync::{watch, RwLock};
+
+use super::cluster::{self, Cache};
+use super::runtime::{BackgroundContext, TaskError};
+use crate::dns::{DnsError, DnsHost, DnsServerConfig, DnsServers, RecordStore};
+use crate::lb::{self, LbError, LoadBalancer, NftLoadBalancer, VipEntry};
+use crate::net::{
+    self, apply_net_ops, names, peers_from_endpoints, plan_network, task_net_spec, DesiredNet,
+    GatewaySpec, Kernel, NetConfig, NetError, NetOp, Network, OverlaySpec, PortKind, TaskNetSpec,
+};
+use crate::runtime::ContainerRuntime;
+
+/// A local task's networking, as remembered for Endpoints updates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LocalTask {
+    /// Networks in attachment order.
+    networks: Vec<String>,
+    /// Whether its DNS server may forward upstream (not `internal`).
+    egress: bool,
+}
+
+/// The node's task networking (see the module docs).
+pub struct NodeNetwork {
+    net: Arc<dyn Network>,
+    dns: Arc<dyn DnsServers>,
+    dns_internal: Arc<dyn DnsServers>,
+    lb: Arc<dyn LoadBalancer>,
+    records: RecordStore,
+    underlay: Ipv4Addr,
+    netns_dir: PathBuf,
+    prefix: String,
+    networks: watch::Sender<Cache<NetworkSpec>>,
+    endpoints: watch::Sender<Cache<EndpointsSpec>>,
+    local: Mutex<BTreeMap<String, LocalTask>>,
+    /// Shared by starts and removes, exclusive for the reconcile.
+    busy: RwLock<()>,
+    /// Serialises overlay creation (with the attach) against overlay removal.
+    overlays: tokio::sync::Mutex<()>,
+    /// Last programmed VIP entries per task; held while programming.
+    lb_cache: tokio::sync::Mutex<HashMap<String, Vec<VipEntry>>>,
+    /// Endpoints last applied per local network.
+    applied: tokio::sync::Mutex<BTreeMap<String, Vec<EndpointsSpec>>>,
+}
+
+impl std::fmt::Debug for NodeNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeNetwork")
+            .field("underlay", &self.underlay)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// The netns prefix of a node's task namespaces: `shoal-<node>-`.
+pub fn netns_prefix(node: &str) -> String {
+    format!("shoal-{node}-")
+}
+
+/// Why the real networking could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkSetupError {
+    /// The node address is not IPv4.
+    #[error("--address {0:?}: task networking needs an IPv4 underlay address")]
+    Address(String),
+    /// Netlink could not be opened.
+    #[error("{0}")]
+    Net(#[from] NetError),
+    /// resolv.conf could not be read.
+    #[error("{0}")]
+    Dns(#[from] DnsError),
+}
+
+impl NodeNetwork {
+    /// Task networking over the given side effects; task namespaces are
+    /// `<netns_dir>/<prefix><task>` (what `net` makes with the same prefix).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        net: Arc<dyn Network>,
+        dns: Arc<dyn DnsServers>,
+        dns_internal: Arc<dyn DnsServers>,
+        lb: Arc<dyn LoadBalancer>,
+        records: RecordStore,
+        underlay: Ipv4Addr,
+        netns_dir: impl Into<PathBuf>,
+        prefix: impl Into<String>,
+    ) -> Self {
+        NodeNetwork {
+            net,
+            dns,
+            dns_internal,
+            lb,
+            records,
+            underlay,
+            netns_dir: netns_dir.into(),
+            prefix: prefix.into(),
+            networks: watch::channel(None).0,
+            endpoints: watch::channel(None).0,
+            local: Mutex::new(BTreeMap::new()),
+            busy: RwLock::new(()),
+            overlays: tokio::sync::Mutex::new(()),
+            lb_cache: tokio::sync::Mutex::new(HashMap::new()),
+            applied: tokio::sync::Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The real thing for node `node` at underlay address `address`: netlink in `home_netns`
+    /// (the node's namespace; `None` = the agent's own), task namespaces
+    /// `/run/netns/shoal-<node>-<task>`, DNS upstreams from `resolv_conf`, nft for VIPs.
+    pub async fn kernel(
+        node: &str,
+        address: &str,
+        home_netns: Option<PathBuf>,
+        resolv_conf: &Path,
+    ) -> Result<NodeNetwork, NetworkSetupError> {
+        let underlay: Ipv4Addr = address
+            .parse()
+            .map_err(|_| NetworkSetupError::Address(address.to_string()))?;
+        let config = NetConfig {
+            home_netns,
+            ..NetConfig::new(netns_prefix(node), underlay)
+        };
+        let netns_dir = config.netns_dir.clone();
+        let prefix = config.prefix.clone();
+        let kernel = Kernel::connect(config).await?;
+        let records = RecordStore::new();
+        let upstream = DnsServerConfig::from_resolv_conf(resolv_conf)?;
+        let internal = DnsServerConfig {
+            upstreams: Vec::new(),
+            ..upstream.clone()
+        };
+        Ok(NodeNetwork::new(
+            Arc::new(kernel),
+            Arc::new(DnsHost::new(records.clone(), upstream)),
+            Arc::new(DnsHost::new(records.clone(), internal)),
+            Arc::new(NftLoadBalancer),
+            records,
+            underlay,
+            netns_dir,
+            prefix,
+        ))
+    }
+
+    /// The shared record tables (what every DNS server answers from).
+    pub fn records(&self) -> &RecordStore {
+        &self.records
+    }
+
+    /// The namespace path of task `id`.
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        net::netns::path(&self.netns_dir, &names::task_netns_name(&self.prefix, id))
+    }
+
+    /// Replaces the Networks cache (the watch does this; tests call it directly).
+    pub fn set_networks(&self, networks: impl IntoIterator<Item = shoal_api_types::Network>) {
+        self.networks.send_replace(Some(
+            networks
+                .into_iter()
+                .map(|n| (n.name().to_string(), n))
+                .collect(),
+        ));
+    }
+
+    /// Replaces the Endpoints cache (the watch does this; tests call it directly).
+    pub fn set_endpoints(&self, endpoints: impl IntoIterator<Item = shoal_api_types::Endpoints>) {
+        self.endpoints.send_replace(Some(
+            endpoints
+                .into_iter()
+                .map(|e| (e.name().to_string(), e))
+                .collect(),
+        ));
+    }
+
+    /// Task ids with networking this agent knows of (started, or found at a reconcile).
+    pub fn local_tasks(&self) -> Vec<String> {
+        self.local_map().keys().cloned().collect()
+    }
+
+    fn local_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, LocalTask>> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Held (shared) across a task's start or removal, so the reconcile does not take the
+    /// task's namespace for a leftover meanwhile.
+    pub async fn hold(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.busy.read().await
+    }
+
+    /// The VNI and MTU of `network`, if the controller has allocated it.
+    fn network_info(&self, network: &str) -> Result<(u32, Option<u32>), String> {
+        let networks = self.networks.borrow();
+        let Some(networks) = networks.as_ref() else {
+            return Err("networks are not listed yet".into());
+        };
+        let n = networks
+            .get(network)
+            .ok_or_else(|| format!("network {network:?} does not exist (yet)"))?;
+        let vni = n
+            .status
+            .vni
+            .ok_or_else(|| format!("network {network:?} has no VNI allocated yet"))?;
+        Ok((vni, n.spec.mtu))
+    }
+
+    /// The Endpoints of `network` (`None` before the first list).
+    fn endpoints_of(&self, network: &str) -> Option<Vec<EndpointsSpec>> {
+        let eps = self.endpoints.borrow();
+        let eps = eps.as_ref()?;
+        Some(
+            eps.values()
+                .filter(|e| e.spec.network == network)
+                .map(|e| e.spec.clone())
+                .collect(),
+        )
+    }
+
+    fn task_spec(&self, task: &Task) -> Result<TaskNetSpec, TaskError> {
+        let mut vnis = BTreeMap::new();
+        for a in &task.spec.attachments {
+            let (vni, _) = self
+                .network_info(&a.network)
+                .map_err(|e| TaskError::Unavailable(format!("task {}: {e}", task.name())))?;
+            vnis.insert(a.network.clone(), vni);
+        }
+        task_net_spec(task.name(), &task.spec, |n| vnis.get(n).copied())
+            .map_err(|e| net_error(task.name(), e))
+    }
+
+    /// Makes the task's networking (see the module docs); returns its netns path.
+    pub async fn setup(&self, task: &Task) -> Result<PathBuf, TaskError> {
+        let id = task.name();
+        let spec = self.task_spec(task)?;
+        let networks: Vec<String> = task
+            .spec
+            .attachments
+            .iter()
+            .map(|a| a.network.clone())
+            .collect();
+        let info = {
+            let _overlays = self.overlays.lock().await;
+            for (a, network) in spec.attachments.iter().zip(&networks) {
+                let (_, mtu) = self
+                    .network_info(network)
+                    .map_err(|e| TaskError::Unavailable(format!("task {id}: {e}")))?;
+                self.net
+                    .ensure_overlay(&OverlaySpec {
+                        vni: a.vni,
+                        mtu,
+                        address: None,
+                    })
+                    .await
+                    .map_err(|e| net_error(id, e))?;
+                self.sync_peers(network, a.vni).await;
+            }
+            if spec.egress {
+                self.net
+                    .ensure_gateway(&GatewaySpec::default())
+                    .await
+                    .map_err(|e| net_error(id, e))?;
+            }
+            self.net
+                .attach_task(&spec)
+                .await
+                .map_err(|e| net_error(id, e))?
+        };
+        self.local_map().insert(
+            id.to_string(),
+            LocalTask {
+                networks: networks.clone(),
+                egress: spec.egress,
+            },
+        );
+        if let Err(e) = self.serve(id, &info.path, &networks, spec.egress).await {
+            self.teardown(id).await;
+            return Err(e);
+        }
+        Ok(info.path)
+    }
+
+    /// Record tables, DNS server and VIP table of a task whose namespace exists.
+    async fn serve(
+        &self,
+        id: &str,
+        netns: &Path,
+        networks: &[String],
+        egress: bool,
+    ) -> Result<(), TaskError> {
+        for network in networks {
+            if let Some(eps) = self.endpoints_of(network) {
+                self.records.set_from_endpoints(network, &eps);
+            }
+        }
+        let dns = if egress {
+            &self.dns
+        } else {
+            &self.dns_internal
+        };
+        dns.ensure(id, netns, networks).await.map_err(|e| {
+            let reason = format!("start DNS server: {e}");
+            if e.is_temporary() {
+                TaskError::Unavailable(format!("task {id}: {reason}"))
+            } else {
+                TaskError::Failed {
+                    task: id.to_string(),
+                    reason,
+                }
+            }
+        })?;
+        if self.endpoints.borrow().is_some() {
+            self.program_lb(id).await.map_err(|e| {
+                let reason = format!("program VIP rules: {e}");
+                if e.is_temporary() {
+                    TaskError::Unavailable(format!("task {id}: {reason}"))
+                } else {
+                    TaskError::Failed {
+                        task: id.to_string(),
+                        reason,
+                    }
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the task's networking (see the module docs). Never fails: what is left is
+    /// garbage-collected by the next reconcile.
+    pub async fn teardown(&self, id: &str) {
+        self.dns.stop(id).await;
+        self.dns_internal.stop(id).await;
+        self.lb_cache.lock().await.remove(id);
+        self.local_map().remove(id);
+        let _overlays = self.overlays.lock().await;
+        if let Err(e) = self.net.detach_task(id).await {
+            tracing::warn!(task = %id, error = %e, "cannot detach the task's network namespace; the next reconcile retries");
+            return;
+        }
+        self.remove_unused_overlays().await;
+    }
+
+    /// Removes overlays without a task port (call with `overlays` held).
+    async fn remove_unused_overlays(&self) {
+        let observed = match self.net.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot observe the node's links");
+                return;
+            }
+        };
+        let used: BTreeSet<u32> = observed
+            .task_ports
+            .values()
+            .flatten()
+            .filter_map(|p| match p.kind {
+                PortKind::Overlay(vni) => Some(vni),
+                PortKind::Gateway(_) => None,
+            })
+            .collect();
+        for vni in observed.overlays.keys() {
+            if !used.contains(vni) {
+                if let Err(e) = self.net.remove_overlay(*vni).await {
+                    tracing::warn!(vni, error = %e, "cannot remove an unused overlay");
+                }
+            }
+        }
+    }
+
+    /// Converges the overlay of `network` to the remote tasks in its Endpoints (not before
+    /// the first Endpoints list).
+    async fn sync_peers(&self, network: &str, vni: u32) {
+        let Some(eps) = self.endpoints_of(network) else {
+            return;
+        };
+        let peers = peers_from_endpoints(&eps, self.underlay);
+        match self.net.sync_peers(vni, &peers).await {
+            Ok(ops) if !ops.is_empty() => {
+                tracing::debug!(network, vni, changes = ops.len(), "synced overlay peers")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(network, vni, error = %e, "cannot sync overlay peers"),
+        }
+    }
+
+    /// Programs task `id`'s VIP table from the current Endpoints unless it holds them already.
+    async fn program_lb(&self, id: &str) -> Result<(), LbError> {
+        let mut cache = self.lb_cache.lock().await;
+        let Some(task) = self.local_map().get(id).cloned() else {
+            return Ok(());
+        };
+        let mut eps = Vec::new();
+        for network in &task.networks {
+            eps.extend(self.endpoints_of(network).unwrap_or_default());
+        }
+        let entries = lb::vip_entries(&eps);
+        if cache.get(id) == Some(&entries) {
+            return Ok(());
+        }
+        let netns = self.netns_path(id);
+        if !cache.contains_key(id) {
+            // After a restart: keep a table that is right (and its round-robin counters).
+            if let Ok(Some(programmed)) = self.lb.programmed(&netns).await {
+                if programmed == entries {
+                    cache.insert(id.to_string(), entries);
+                    return Ok(());
+                }
+            }
+        }
+        cache.remove(id);
+        self.lb.program(&netns, &entries).await?;
+        tracing::debug!(task = %id, entries = entries.len(), "programmed VIP rules");
+        cache.insert(id.to_string(), entries);
+        Ok(())
+    }
+
+    /// Applies Endpoints changes to every network with local tasks: record table, peers and
+    /// the VIP tables of its local tasks. Networks whose Endpoints did not change since the
+    /// last call are skipped.
+    pub async fn refresh(&self) {
+        if self.endpoints.borrow().is_none() {
+            return;
+        }
+        let local = self.local_map().clone();
+        let mut by_network: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (id, t) in &local {
+            for n in &t.networks {
+                by_network.entry(n).or_default().push(id);
+            }
+        }
+        let mut changed_tasks = BTreeSet::new();
+        {
+            let mut applied = self.applied.lock().await;
+            applied.retain(|n, _| by_network.contains_key(n.as_str()));
+            for (network, tasks) in &by_network {
+                let Some(eps) = self.endpoints_of(network) else {
+                    continue;
+                };
+                if applied.get(*network) == Some(&eps) {
+                    continue;
+                }
+                self.records.set_from_endpoints(network, &eps);
+                if let Ok((vni, _)) = self.network_info(network) {
+                    let _overlays = self.overlays.lock().await;
+                    self.sync_peers(network, vni).await;
+                }
+                changed_tasks.extend(tasks.iter().copied());
+                applied.insert(network.to_string(), eps);
+            }
+        }
+        for id in changed_tasks {
+            if let Err(e) = self.program_lb(id).await {
+                tracing::warn!(task = %id, error = %e, "cannot program VIP rules");
+            }
+        }
+    }
+
+    /// The full reconcile (see the module docs). Returns `false` when a start or removal was
+    /// in flight, so nothing was done: try again soon.
+    pub async fn reconcile(
+        &self,
+        containers: &dyn ContainerRuntime,
+        desired: &BTreeMap<String, Task>,
+    ) -> bool {
+        let Ok(_exclusive) = self.busy.try_write() else {
+            return false;
+        };
+        if self.networks.borrow().is_none() || self.endpoints.borrow().is_none() {
+            return true;
+        }
+        let listed = match containers.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "network reconcile: cannot list containers");
+                return true;
+            }
+        };
+        let with_container: BTreeSet<String> = listed
+            .iter()
+            .map(|c| {
+                c.labels
+                    .get(super::containers::LABEL_TASK)
+                    .cloned()
+                    .unwrap_or_else(|| c.id.clone())
+            })
+            .collect();
+        let _overlays = self.overlays.lock().await;
+        let observed = match self.net.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "network reconcile: cannot observe the node's links");
+                return true;
+            }
+        };
+        // What each task with a container needs, when its spec is known.
+        let mut specs = Vec::new();
+        let mut local = BTreeMap::new();
+        for id in &with_container {
+            let Some(task) = desired.get(id) else {
+                if let Some(t) = self.local_map().get(id) {
+                    local.insert(id.clone(), t.clone());
+                }
+                continue;
+            };
+            match self.task_spec(task) {
+                Ok(spec) => {
+                    local.insert(
+                        id.clone(),
+                        LocalTask {
+                            networks: task
+                                .spec
+                                .attachments
+                                .iter()
+                                .map(|a| a.network.clone())
+                                .collect(),
+                            egress: spec.egress,
+                        },
+                    );
+                    specs.push(spec);
+                }
+                Err(e) => {
+                    tracing::debug!(task = %id, error = %e, "network reconcile: skipping task")
+                }
+            }
+        }
+        let mut mtus = BTreeMap::new();
+        let mut vni_network = BTreeMap::new();
+        if let Some(nets) = self.networks.borrow().as_ref() {
+            for n in nets.values() {
+                if let Some(vni) = n.status.vni {
+                    mtus.insert(vni, n.spec.mtu);
+                    vni_network.insert(vni, n.name().to_string());
+                }
+            }
+        }
+        let mut want = DesiredNet::from_tasks(specs, &mtus, GatewaySpec::default());
+        // Tasks with a container but no known spec keep their namespace and overlays.
+        let unknown: BTreeSet<&String> = with_container
+            .iter()
+            .filter(|id| !want.tasks.contains_key(*id))
+            .collect();
+        for id in &unknown {
+            for p in observed.task_ports.get(*id).into_iter().flatten() {
+                if let PortKind::Overlay(vni) = p.kind {
+                    want.overlays.entry(vni).or_insert(OverlaySpec {
+                        vni,
+                        mtu: mtus.get(&vni).copied().flatten(),
+                        address: None,
+                    });
+                }
+            }
+        }
+        for vni in want.overlays.keys() {
+            if let Some(eps) = vni_network.get(vni).and_then(|n| self.endpoints_of(n)) {
+                want.peers
+                    .insert(*vni, peers_from_endpoints(&eps, self.underlay));
+            }
+        }
+        let ops: Vec<NetOp> = plan_network(&want, &observed)
+            .into_iter()
+            .filter(|op| match op {
+                NetOp::DetachTask(t) => !unknown.contains(t),
+                // Peers of overlays whose network is unknown are left as they are.
+                NetOp::SyncPeers(vni, _) => want.peers.contains_key(vni),
+                // The gateway bridge stays once made (cheap, and shared by every task).
+                NetOp::RemoveGateway => false,
+                _ => true,
+            })
+            .collect();
+        for (op, result) in apply_net_ops(self.net.as_ref(), ops).await {
+            match result {
+                Ok(()) if !matches!(op, NetOp::SyncPeers(..)) => {
+                    tracing::info!(?op, "network reconcile")
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(?op, error = %e, "network reconcile step failed"),
+            }
+        }
+        drop(_overlays);
+        *self.local_map() = local.clone();
+        // DNS servers: every local task namespace has one (after a restart they are started
+        // again); servers of tasks without a container stop.
+        let present = self.net.observe().await.map(|o| o.task_netns).ok();
+        for (id, t) in &local {
+            if present.as_ref().is_some_and(|p| !p.contains(id)) {
+                continue;
+            }
+            let (dns, other) = if t.egress {
+                (&self.dns, &self.dns_internal)
+            } else {
+                (&self.dns_internal, &self.dns)
+            };
+            other.stop(id).await;
+            let netns = self.netns_path(id);
+            for network in &t.networks {
+                if let Some(eps) = self.endpoints_of(network) {
+                    self.records.set_from_endpoints(network, &eps);
+                }
+            }
+            if let Err(e) = dns.ensure(id, &netns, &t.networks).await {
+                tracing::warn!(task = %id, error = %e, "cannot start the task's DNS server");
+            }
+        }
+        for host in [&self.dns, &self.dns_internal] {
+            for key in host.keys().await {
+                if !local.contains_key(&key) {
+                    host.stop(&key).await;
+                }
+            }
+        }
+        self.lb_cache
+            .lock()
+            .await
+            .retain(|id, _| local.contains_key(id));
+        for id in local.keys() {
+            if present.as_ref().is_some_and(|p| !p.contains(id)) {
+                continue;
+            }
+            if let Err(e) = self.program_lb(id).await {
+                tracing::warn!(task = %id, error = %e, "cannot program VIP rules");
+            }
+        }
+        true
+    }
+
+    /// Watches Networks and Endpoints and keeps the node's networking converged until
+    /// `ctx.shutdown` (see the module docs).
+    pub async fn run(
+        self: Arc<Self>,
+        containers: Arc<dyn ContainerRuntime>,
+        ctx: BackgroundContext,
+    ) {
+        let BackgroundContext {
+            store,
+            mut desired,
+            mut shutdown,
+            watch_progress_every,
+            resync,
+        } = ctx;
+        let keys = store.keys().clone();
+        let watches = [
+            tokio::spawn(cluster::watch_objects::<NetworkSpec>(
+                store.clone(),
+                keys.prefix::<NetworkSpec>(),
+                watch_progress_every,
+                self.networks.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(cluster::watch_objects::<EndpointsSpec>(
+                store.clone(),
+                keys.prefix::<EndpointsSpec>(),
+                watch_progress_every,
+                self.endpoints.clone(),
+                shutdown.clone(),
+            )),
+        ];
+        let mut networks = self.networks.subscribe();
+        let mut endpoints = self.endpoints.subscribe();
+        let mut tick = tokio::time::interval(resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Reconcile as soon as everything is listed (restart recovery), then every resync.
+        let mut full_due = true;
+        loop {
+            let listed = self.networks.borrow().is_some()
+                && self.endpoints.borrow().is_some()
+                && desired.borrow().is_some();
+            if full_due && listed {
+                let snapshot = desired.borrow().clone().unwrap_or_default();
+                full_due = !self.reconcile(containers.as_ref(), &snapshot).await;
+            }
+            self.refresh().await;
+            let retry = async {
+                if full_due && listed {
+                    tokio::time::sleep(Duration::from_secs(1)).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = super::stopped(&mut shutdown) => break,
+                r = networks.changed() => if r.is_err() { break },
+                r = endpoints.changed() => if r.is_err() { break },
+                r = desired.changed() => if r.is_err() { break },
+                _ = tick.tick() => full_due = true,
+                _ = retry => {}
+            }
+        }
+        for w in watches {
+            w.abort();
+        }
+    }
+}
+
+/// How a networking error is reported on a task.
+fn net_error(task: &str, e: NetError) -> TaskError {
+    if e.is_retryable() {
+        TaskError::Unavailable(format!("task {task}: network: {e}"))
+    } else {
+        TaskError::Failed {
+            task: task.to_string(),
+            reason: format!("network: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::containers::{ContainerTasks, LABEL_TASK};
+    use crate::agent::runtime::TaskRuntime;
+    use crate::dns::{QueryKind, RecordingDns};
+    use crate::lb::RecordingLb;
+    use crate::net::{NetCall, Observed, PeerOp, RecordingNetwork};
+    use crate::runtime::fake::{Call, FakeRuntime};
+    use shoal_api_types::endpoints::{EndpointTask, Endpoints};
+    use shoal_api_types::service::EndpointMode;
+    use shoal_api_types::{Network as NetworkObject, NetworkStatus, TaskAttachment, TaskSpec};
+
+    const PREFIX: &str = "shoal-node-1-";
+
+    struct Node {
+        tasks: ContainerTasks,
+        network: Arc<NodeNetwork>,
+        runtime: Arc<FakeRuntime>,
+        net: Arc<RecordingNetwork>,
+        dns: Arc<RecordingDns>,
+        dns_internal: Arc<RecordingDns>,
+        lb: Arc<RecordingLb>,
+    }
+
+    fn node_with(net: RecordingNetwork, runtime: Arc<FakeRuntime>) -> Node {
+        let net = Arc::new(net);
+        let (dns, dns_internal, lb) = (
+            Arc::new(RecordingDns::default()),
+            Arc::new(RecordingDns::default()),
+            Arc::new(RecordingLb::default()),
+        );
+        let network = Arc::new(NodeNetwork::new(
+            net.clone(),
+            dns.clone(),
+            dns_internal.clone(),
+            lb.clone(),
+            RecordStore::new(),
+            Ipv4Addr::new(198, 18, 0, 1),
+            "/run/netns",
+            PREFIX,
+        ));
+        network.set_networks([
+            overlay("appnet", 4097, false),
+            overlay("other", 4098, false),
+            overlay("private", 4099, true),
+        ]);
+        network.set_endpoints([]);
+        Node {
+            tasks: ContainerTasks::new(runtime.clone(), "node-1").with_network(network.clone()),
+            network,
+            runtime,
+            net,
+            dns,
+            dns_internal,
+            lb,
+        }
+    }
+
+    fn node() -> Node {
+        node_with(RecordingNetwork::new(PREFIX), Arc::new(FakeRuntime::new()))
+    }
+
+    fn overlay(name: &str, vni: u32, internal: bool) -> NetworkObject {
+        let mut n = NetworkObject::new(
+            name,
+            NetworkSpec {
+                internal,
+                ..Default::default()
+            },
+        );
+        n.status = NetworkStatus {
+            vni: Some(vni),
+            subnet: Some(format!("10.0.{}.0/24", vni - 4096)),
+            ..Default::default()
+        };
+        n
+    }
+
+    fn task(id: &str, networks: &[(&str, &str)]) -> Task {
+        let internal = networks.iter().all(|(n, _)| *n == "private") && !networks.is_empty();
+        Task::new(
+            id,
+            TaskSpec {
+                service: "api".into(),
+                slot: Some(1),
+                node: Some("node-1".into()),
+                image: "localhost:5000/busybox:latest".into(),
+                args: vec!["httpd".into()],
+                internal,
+                attachments: networks
+                    .iter()
+                    .map(|(n, a)| TaskAttachment {
+                        network: (*n).into(),
+                        address: format!("{a}/24"),
+                        mac: String::new(),
+                        aliases: vec![],
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn endpoints(network: &str, service: &str, vip: &str, tasks: &[(&str, &str)]) -> Endpoints {
+        Endpoints::new(
+            format!("{network}.{service}"),
+            EndpointsSpec {
+                network: network.into(),
+                service: service.into(),
+                vip: Some(vip.into()),
+                endpoint_mode: EndpointMode::Vip,
+                tasks: tasks
+                    .iter()
+                    .map(|(ip, node)| EndpointTask {
+                        task: format!("t-{ip}"),
+                        name: format!("{service}.{ip}"),
+                        ip: (*ip).into(),
+                        node_address: (*node).into(),
+                        ready: true,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn netns(id: &str) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{PREFIX}{id}"))
+    }
+
+    #[tokio::test]
+    async fn start_should_attach_the_task_before_creating_its_container_in_that_namespace() {
+        let n = node();
+        n.tasks
+            .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+            .await
+            .unwrap();
+        let calls = n.net.calls();
+        let attach = calls
+            .iter()
+            .position(|c| matches!(c, NetCall::AttachTask(_)))
+            .expect("attached");
+        let overlay = calls
+            .iter()
+            .position(|c| matches!(c, NetCall::EnsureOverlay(o) if o.vni == 4097))
+            .expect("overlay ensured");
+        let gateway = calls
+            .iter()
+            .position(|c| matches!(c, NetCall::EnsureGateway(_)))
+            .expect("gateway ensured");
+        assert!(overlay < attach && gateway < attach, "{calls:?}");
+        let NetCall::AttachTask(spec) = &calls[attach] else {
+            unreachable!()
+        };
+        assert_eq!(spec.attachments[0].vni, 4097);
+        assert!(spec.egress);
+        assert_eq!(n.runtime.spec("t1").unwrap().netns, Some(netns("t1")));
+        assert!(n.runtime.calls().contains(&Call::Start("t1".into())));
+        assert_eq!(
+            n.dns.calls(),
+            [format!("ensure t1 {} appnet", netns("t1").display())]
+        );
+        assert!(n.dns_internal.calls().is_empty());
+        assert_eq!(n.lb.entries(&netns("t1")), Some(vec![]));
+        assert_eq!(n.network.local_tasks(), ["t1"]);
+    }
+
+    #[tokio::test]
+    async fn start_should_create_nothing_when_the_attach_fails_or_the_network_is_unknown() {
+        let n = node();
+        n.net.fail("attach_task");
+        let err = n
+            .tasks
+            .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        let err = n
+            .tasks
+            .start_task(&task("t2", &[("nope", "10.0.9.5")]))
+            .await
+            .unwrap_err();
+        assert!(err.reason().contains("\"nope\" does not exist"), "{err:?}");
+        assert!(n.runtime.ids().is_empty());
+        assert!(!n
+            .runtime
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::Create(_))));
+        assert!(n.dns.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_image_should_cost_no_namespace_and_a_failed_create_should_detach() {
+        let n = node();
+        n.runtime.set_image_missing("localhost:5000/nope:1");
+        let mut t = task("t1", &[("appnet", "10.0.1.5")]);
+        t.spec.image = "localhost:5000/nope:1".into();
+        let err = n.tasks.start_task(&t).await.unwrap_err();
+        assert_eq!(err.reason(), "image not found: localhost:5000/nope:1");
+        assert!(n.net.calls().is_empty(), "{:?}", n.net.calls());
+
+        // An id containerd refuses: the create fails after the attach.
+        let t = task("-t2", &[("appnet", "10.0.1.6")]);
+        let err = n.tasks.start_task(&t).await.unwrap_err();
+        assert!(matches!(err, TaskError::Rejected { .. }), "{err:?}");
+        assert!(n.runtime.ids().is_empty());
+        assert!(n.net.calls().contains(&NetCall::DetachTask("-t2".into())));
+        assert_eq!(n.dns.calls().last().unwrap(), "stop -t2");
+    }
+
+    #[tokio::test]
+    async fn internal_tasks_should_get_no_gateway_and_a_dns_server_without_upstreams() {
+        let n = node();
+        n.tasks
+            .start_task(&task("t1", &[("private", "10.0.3.5")]))
+            .await
+            .unwrap();
+        assert!(!n
+            .net
+            .calls()
+            .iter()
+            .any(|c| matches!(c, NetCall::EnsureGateway(_))));
+        assert!(n.dns.calls().is_empty());
+        assert_eq!(
+            n.dns_internal.calls(),
+            [format!("ensure t1 {} private", netns("t1").display())]
+        );
+    }
+
+    #[tokio::test]
+    async fn remove_should_detach_after_deleting_and_drop_overlays_nobody_uses() {
+        let n = node();
+        n.tasks
+            .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+            .await
+            .unwrap();
+        n.tasks
+            .start_task(&task(
+                "t2",
+                &[("appnet", "10.0.1.6"), ("other", "10.0.2.6")],
+            ))
+            .await
+            .unwrap();
+        n.net.clear_calls();
+        n.tasks.remove_task("t2").await.unwrap();
+        assert!(!n.runtime.ids().contains(&"t2".to_string()));
+        let calls = n.net.calls();
+        assert!(
+            calls.contains(&NetCall::DetachTask("t2".into())),
+            "{calls:?}"
+        );
+        assert!(calls.contains(&NetCall::RemoveOverlay(4098)), "{calls:?}");
+        assert!(!calls.contains(&NetCall::RemoveOverlay(4097)), "{calls:?}");
+        assert_eq!(n.dns.calls().last().unwrap(), "stop t2");
+        n.tasks.remove_task("t1").await.unwrap();
+        assert!(n.net.calls().contains(&NetCall::RemoveOverlay(4097)));
+        assert!(n.network.local_tasks().is_empty());
+        // Removing again is a no-op that still succeeds.
+        n.tasks.remove_task("t1").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn endpoints_changes_should_sync_peers_records_and_only_the_affected_vip_tables() {
+        let n = node();
+        n.tasks
+            .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+            .await
+            .unwrap();
+        n.tasks
+            .start_task(&task("t2", &[("other", "10.0.2.5")]))
+            .await
+            .unwrap();
+        n.network.refresh().await;
+        let lb_before = n.lb.calls().len();
+        n.net.clear_calls();
+
+        n.network.set_endpoints([
+            endpoints(
+                "appnet",
+                "api",
+                "10.0.1.2",
+                &[("10.0.1.5", "198.18.0.1"), ("10.0.1.7", "198.18.0.2")],
+            ),
+            endpoints("unrelated", "db", "10.0.9.2", &[("10.0.9.5", "198.18.0.3")]),
+        ]);
+        n.network.refresh().await;
+
+        // Peers: only the remote task, on appnet's overlay.
+        let peer_ops: Vec<_> = n
+            .net
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                NetCall::ApplyPeerOp(vni, op) => Some((vni, op)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(peer_ops.len(), 2, "{peer_ops:?}");
+        assert!(peer_ops.iter().all(|(vni, _)| *vni == 4097));
+        assert!(peer_ops.iter().any(|(_, op)| matches!(op,
+            PeerOp::AddNeigh(e) if e.ip == Ipv4Addr::new(10, 0, 1, 7))));
+        // Records of appnet answer the VIP for every view on it.
+        assert_eq!(
+            n.network
+                .records()
+                .view(&["appnet"])
+                .answer("api", QueryKind::A),
+            crate::dns::Answer::Addrs(vec!["10.0.1.2".parse().unwrap()])
+        );
+        // VIP rules: t1's namespace only.
+        let lb_calls = n.lb.calls()[lb_before..].to_vec();
+        assert_eq!(
+            lb_calls,
+            [format!("program {} 2", netns("t1").display())],
+            "{lb_calls:?}"
+        );
+        assert_eq!(n.lb.entries(&netns("t1")).unwrap()[0].backends.len(), 2);
+
+        // No change, no work.
+        n.net.clear_calls();
+        n.network.refresh().await;
+        assert_eq!(n.lb.calls().len(), lb_before + 1);
+        assert!(n.net.calls().is_empty(), "{:?}", n.net.calls());
+    }
+
+    #[tokio::test]
+    async fn reconcile_should_restart_dns_of_surviving_tasks_and_collect_leftovers() {
+        // What a crashed agent left: t1 runs (container, namespace, overlay), `gone` has a
+        // namespace but no container, and overlay 4098 has no task.
+        let runtime = Arc::new(FakeRuntime::new());
+        let first = node_with(RecordingNetwork::new(PREFIX), runtime.clone());
+        let t1 = task("t1", &[("appnet", "10.0.1.5")]);
+        first.tasks.start_task(&t1).await.unwrap();
+        first
+            .tasks
+            .start_task(&task("gone", &[("other", "10.0.2.5")]))
+            .await
+            .unwrap();
+        let observed: Observed = first.net.observe().await.unwrap();
+        runtime.remove("gone");
+        assert_eq!(runtime.ids(), ["t1"]);
+        assert_eq!(
+            runtime.spec("t1").unwrap().labels[LABEL_TASK],
+            "t1".to_string()
+        );
+
+        let n = node_with(RecordingNetwork::with_observed(PREFIX, observed), runtime);
+        n.network.set_endpoints([endpoints(
+            "appnet",
+            "api",
+            "10.0.1.2",
+            &[("10.0.1.5", "198.18.0.1")],
+        )]);
+        let desired = BTreeMap::from([("t1".to_string(), t1)]);
+        assert!(
+            n.network
+                .reconcile(n.runtime.as_ref() as &dyn ContainerRuntime, &desired)
+                .await
+        );
+        let calls = n.net.calls();
+        assert!(
+            calls.contains(&NetCall::DetachTask("gone".into())),
+            "{calls:?}"
+        );
+        assert!(calls.contains(&NetCall::RemoveOverlay(4098)), "{calls:?}");
+        assert!(
+            !calls.iter().any(|c| matches!(c, NetCall::AttachTask(_))),
+            "the running task is left alone: {calls:?}"
+        );
+        assert_eq!(
+            n.dns.server("t1"),
+            Some((netns("t1"), vec!["appnet".to_string()]))
+        );
+        assert_eq!(n.lb.entries(&netns("t1")).unwrap().len(), 2);
+        assert_eq!(n.network.local_tasks(), ["t1"]);
+
+        // A second reconcile changes nothing.
+        n.net.clear_calls();
+        let lb_calls = n.lb.calls().len();
+        assert!(
+            n.network
+                .reconcile(n.runtime.as_ref() as &dyn ContainerRuntime, &desired)
+                .await
+        );
+        assert!(n
+            .net
+            .calls()
+            .iter()
+            .all(|c| matches!(c, NetCall::Observe | NetCall::ListPeerEntries(_))));
+        assert_eq!(n.lb.calls().len(), lb_calls);
+    }
+
+    #[tokio::test]
+    async fn reconcile_should_wait_for_starts_in_flight() {
+        let n = node();
+        let held = n.network.hold().await;
+        assert!(
+            !n.network
+                .reconcile(
+                    n.runtime.as_ref() as &dyn ContainerRuntime,
+                    &BTreeMap::new()
+                )
+                .await
+        );
+        drop(held);
+        assert!(
+            n.network
+                .reconcile(
+                    n.runtime.as_ref() as &dyn ContainerRuntime,
+                    &BTreeMap::new()
+                )
+                .await
+        );
+    }
+}
