@@ -11,18 +11,24 @@
 //! PUT    /apis/shoal/v1/{networks,services,nodes}/<name>            replace at resourceVersion
 //! DELETE /apis/shoal/v1/{networks,services,nodes}/<name>            delete (200, the object)
 //! POST   /apis/shoal/v1/apply[?dryRun=true]                         multi-document apply
+//! POST   /apis/shoal/v1/tasks/<name>/exec                           run a command in a task
+//! GET    /apis/shoal/v1/{tasks,services}/<name>/logs[?follow&tail=N] container output
 //! GET    /healthz /readyz /metrics /openapi.json
 //! ```
 //!
 //! Modules: [`request`] reads bodies and queries, [`body`] parses objects, [`kinds`] says
 //! what each kind allows, [`rest`] and [`apply`] handle writes through [`plan`] (which checks
 //! [`rules`] and commits one transaction), [`watch`] streams events, [`metrics`] and
-//! [`openapi`] describe the server, [`error`] maps failures to statuses.
+//! [`openapi`] describe the server, [`error`] maps failures to statuses; [`exec`] and
+//! [`logs`] reach tasks through their node agents ([`agent`]).
 
+pub mod agent;
 pub mod apply;
 pub mod body;
 pub mod error;
+pub mod exec;
 pub mod kinds;
+pub mod logs;
 pub mod metrics;
 pub mod openapi;
 pub mod plan;
@@ -58,6 +64,8 @@ pub struct App {
     pub shutdown: signal::Receiver<bool>,
     /// The OpenAPI document, built once.
     pub openapi: Arc<serde_json::Value>,
+    /// The authenticated hop to node agents (exec, logs).
+    pub agents: Arc<agent::Agents>,
 }
 
 impl std::fmt::Debug for App {
@@ -75,6 +83,11 @@ pub async fn serve(
     store: Store,
     shutdown: signal::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // Make sure the agents' cluster token exists before anyone needs it (agents create it
+    // too if they come first); a failure here is retried on the first exec.
+    if let Err(e) = agent::Agents::new().token(&store, false).await {
+        tracing::warn!(error = %e.message, "cannot read or create the agent token yet");
+    }
     let app = router_with_shutdown(store, shutdown.clone());
     let mut stop = shutdown;
     axum::serve(listener, app)
@@ -96,6 +109,7 @@ pub fn router_with_shutdown(store: Store, shutdown: signal::Receiver<bool>) -> R
         metrics: Arc::new(Metrics::new()),
         shutdown,
         openapi: Arc::new(openapi::document()),
+        agents: Arc::new(agent::Agents::new()),
     };
     routes(app)
 }
@@ -150,6 +164,12 @@ fn routes(app: App) -> Router {
         .route(
             "/apis/shoal/v1/endpoints/{name}",
             get(get_one::<EndpointsSpec>).fallback(not_writable::<EndpointsSpec>),
+        )
+        .route("/apis/shoal/v1/tasks/{name}/exec", post(exec::exec))
+        .route("/apis/shoal/v1/tasks/{name}/logs", get(logs::task_logs))
+        .route(
+            "/apis/shoal/v1/services/{name}/logs",
+            get(logs::service_logs),
         )
         .route("/apis/shoal/v1/apply", post(apply::apply))
         .route("/healthz", get(|| async { "ok" }))

@@ -95,6 +95,44 @@ pub fn document() -> Value {
             "responses": {"200": ok("ApplyResult", "What happened to each object"), "default": error()}
         }}),
     );
+    let name_param = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"},
+        "description": "A task id (or a unique prefix of one) or a task name such as api.1 or mon.node-2"});
+    paths.insert(
+        "/apis/shoal/v1/tasks/{name}/exec".into(),
+        json!({"post": {
+            "operationId": "execTask",
+            "summary": "Run a command in a running task through its node agent; 200 whatever the command's exit code",
+            "parameters": [name_param],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["argv"], "additionalProperties": false,
+                "properties": {
+                    "argv": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    "timeoutSeconds": {"type": "integer", "minimum": 1, "maximum": 3600}
+                }}}}},
+            "responses": {"200": {"description": "What the command printed and its exit code",
+                "content": {"application/json": {"schema": {"type": "object",
+                    "required": ["exitCode", "stdout", "stderr"],
+                    "properties": {"exitCode": {"type": "integer"}, "stdout": {"type": "string"}, "stderr": {"type": "string"}}}}}},
+                "default": error()}
+        }}),
+    );
+    let log_params = json!([
+        query("follow", "boolean", "Keep streaming as the log grows"),
+        query("tail", "integer", "Only the last N lines (per task) of what is there already")
+    ]);
+    for (path, op, summary) in [
+        ("/apis/shoal/v1/tasks/{name}/logs", "taskLogs", "A task's container output (stdout and stderr), as text"),
+        ("/apis/shoal/v1/services/{name}/logs", "serviceLogs",
+         "The output of every task of a service, lines prefixed `api.1@node-2 | `, merged as they come"),
+    ] {
+        let mut params = vec![json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}})];
+        params.extend(log_params.as_array().cloned().unwrap_or_default());
+        paths.insert(
+            path.into(),
+            json!({"get": {"operationId": op, "summary": summary, "parameters": params,
+                "responses": {"200": {"description": summary, "content": {"text/plain": {}}}, "default": error()}}}),
+        );
+    }
     for (path, summary, media) in [
         (
             "/healthz",

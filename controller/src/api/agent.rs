@@ -1,0 +1,517 @@
+//! Reaching a task's node agent: which task a name means, whether its node can be asked,
+//! and the authenticated HTTP hop to the agent (`exec` and `logs`, see the node agent's
+//! `server` module for the agent's side).
+//!
+//! - [`resolve`] is pure: a task id, a unique prefix of one (as `service ps` prints them),
+//!   or a display name (`worker.1` for slot 1 of replicated `worker`, `mon.node-2` for
+//!   global `mon`). Of several tasks with one display name (a slot's history), the one
+//!   wanted running that runs wins, then the one wanted running, then the newest.
+//! - [`target`] (pure too) checks the task's node: it must be ready and publish an agent
+//!   endpoint; otherwise 409 with what is wrong.
+//! - [`Agents`] holds the HTTP client and the cluster's agent token, read from (or created
+//!   in) etcd at [`Keys::agent_token`](shoal_api_types::keys::Keys::agent_token) and sent as
+//!   `Authorization: Bearer`. On a 401 it re-reads the token once and retries, so a replaced
+//!   token is picked up. Agent answers map to statuses naming the node ([`agent_failure`]):
+//!   unreachable or refusing the token is 502, a hollow node 501.
+
+use std::time::Duration;
+
+use shoal_api_types::{ExecRequest, ExecResponse, LogOptions, Node, Status, Task, TaskState};
+use shoal_store::Store;
+use tokio::sync::Mutex;
+
+/// The shortest task id prefix accepted in place of a whole id.
+pub const MIN_ID_PREFIX: usize = 4;
+
+/// How long connecting to an agent may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Extra time an exec request gets on top of the command's own timeout.
+pub const EXEC_SLACK: Duration = Duration::from_secs(15);
+
+/// The task `name` means among `tasks`, if any (see the module docs).
+pub fn resolve<'a>(tasks: &'a [Task], name: &str) -> Option<&'a Task> {
+    if let Some(t) = tasks.iter().find(|t| t.metadata.name == name) {
+        return Some(t);
+    }
+    let rank = |t: &Task| {
+        (
+            t.spec.desired_state == TaskState::Running && t.status.state == TaskState::Running,
+            t.spec.desired_state == TaskState::Running,
+            t.metadata.creation_timestamp,
+            t.metadata.revision().unwrap_or(0),
+        )
+    };
+    let by_display = tasks
+        .iter()
+        .filter(|t| t.spec.display_name() == name)
+        .max_by_key(|t| rank(t));
+    if by_display.is_some() {
+        return by_display;
+    }
+    if name.len() >= MIN_ID_PREFIX {
+        let mut prefixed = tasks.iter().filter(|t| t.metadata.name.starts_with(name));
+        if let (Some(one), None) = (prefixed.next(), prefixed.next()) {
+            return Some(one);
+        }
+    }
+    None
+}
+
+/// The state a task's status reports.
+pub fn task_state(task: &Task) -> TaskState {
+    task.status.state
+}
+
+fn state_word(state: TaskState) -> String {
+    format!("{state:?}").to_lowercase()
+}
+
+/// A task whose agent can be asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The task id (the agent's container id).
+    pub id: String,
+    /// `worker.1`.
+    pub display: String,
+    /// The node it is on.
+    pub node: String,
+    /// The agent's `host:port`.
+    pub endpoint: String,
+}
+
+impl Target {
+    /// `worker.1@node-2`, as log lines are prefixed.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.display, self.node)
+    }
+}
+
+/// Whether `task` (on `node`, as read) can be asked through its agent. With
+/// `must_run`, a task that is not running is a 409 ("task worker.1 is not running (state:
+/// pending)"), as for exec; logs only need a container that may exist.
+pub fn target(task: &Task, node: Option<&Node>, must_run: bool) -> Result<Target, Status> {
+    let display = task.spec.display_name();
+    let state = task_state(task);
+    let Some(node_name) = task.spec.node.clone() else {
+        return Err(Status::conflict(format!(
+            "task {display} is not running (state: {}): it has no node yet",
+            state_word(state)
+        )));
+    };
+    if must_run && state != TaskState::Running {
+        let err = match task.status.err.as_str() {
+            "" => String::new(),
+            e => format!(": {e}"),
+        };
+        return Err(Status::conflict(format!(
+            "task {display} is not running (state: {}){err}",
+            state_word(state)
+        )));
+    }
+    if !must_run && state < TaskState::Starting {
+        return Err(Status::conflict(format!(
+            "task {display} has no logs yet (state: {})",
+            state_word(state)
+        )));
+    }
+    let Some(node) = node else {
+        return Err(Status::conflict(format!(
+            "task {display} is on node {node_name}, which no longer exists"
+        )));
+    };
+    let status = node.status.clone();
+    if status.state != shoal_api_types::NodeState::Ready {
+        return Err(Status::conflict(format!(
+            "task {display} is on node {node_name}, which is {} (its agent cannot be asked)",
+            status.state.to_string().to_lowercase()
+        )));
+    }
+    if status.agent_endpoint.is_empty() {
+        return Err(Status::conflict(format!(
+            "node {node_name} publishes no agent endpoint: its agent runs without --listen, so \
+             task {display} cannot be reached"
+        )));
+    }
+    Ok(Target {
+        id: task.metadata.name.clone(),
+        display,
+        node: node_name,
+        endpoint: status.agent_endpoint,
+    })
+}
+
+/// What an agent's error answer (`code`, `body`) means for API clients. `for_exec` turns
+/// "no container here" into a 409 (the task's status is behind) instead of a 404.
+pub fn agent_failure(target: &Target, code: u16, body: &str, for_exec: bool) -> Status {
+    let message = serde_json::from_str::<Status>(body)
+        .map(|s| s.message)
+        .unwrap_or_else(|_| {
+            let t = body.trim();
+            if t.is_empty() {
+                format!("HTTP {code}")
+            } else {
+                format!("HTTP {code}: {t}")
+            }
+        });
+    let node = &target.node;
+    match code {
+        401 | 403 => Status::new(
+            502,
+            "BadGateway",
+            format!(
+                "the agent of node {node} refused the API server's cluster token ({message}); \
+                 is the agent using the same etcd as the API server?"
+            ),
+        ),
+        404 if for_exec => Status::conflict(format!(
+            "task {} is not running on node {node} ({message})",
+            target.display
+        )),
+        404 => Status::new(404, "NotFound", message),
+        400 => Status::bad_request(message),
+        409 => Status::conflict(message),
+        501 => Status::new(501, "NotImplemented", format!("node {node}: {message}")),
+        504 => Status::new(504, "GatewayTimeout", message),
+        _ => Status::new(
+            502,
+            "BadGateway",
+            format!("the agent of node {node} failed: {message}"),
+        ),
+    }
+}
+
+fn unreachable(target: &Target, e: &reqwest::Error) -> Status {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    Status::new(
+        502,
+        "BadGateway",
+        format!(
+            "cannot reach the agent of node {} at {}: {cause}",
+            target.node, target.endpoint
+        ),
+    )
+}
+
+/// 32 random bytes in hex: a fresh cluster token.
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The HTTP hop to node agents.
+pub struct Agents {
+    http: reqwest::Client,
+    token: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Agents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agents").finish_non_exhaustive()
+    }
+}
+
+impl Default for Agents {
+    fn default() -> Self {
+        Agents::new()
+    }
+}
+
+impl Agents {
+    /// A client with no token read yet.
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .expect("a plain HTTP client builds");
+        Agents {
+            http,
+            token: Mutex::new(None),
+        }
+    }
+
+    /// The cluster's agent token, read from etcd (and created there if no one has) once.
+    pub async fn token(&self, store: &Store, refresh: bool) -> Result<String, Status> {
+        let mut cached = self.token.lock().await;
+        if let (Some(t), false) = (cached.as_ref(), refresh) {
+            return Ok(t.clone());
+        }
+        let key = store.keys().agent_token();
+        let raw = store
+            .get_or_create_raw(&key, new_token())
+            .await
+            .map_err(|e| super::error::store_status(&e))?;
+        let token = String::from_utf8_lossy(&raw).trim().to_string();
+        *cached = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Sends a request built by `build` with the token; on 401 re-reads the token and sends
+    /// once more. Returns the answer whatever its status.
+    async fn send(
+        &self,
+        store: &Store,
+        target: &Target,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Status> {
+        let mut token = self.token(store, false).await?;
+        for attempt in 0..2 {
+            let resp = build(&self.http)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .map_err(|e| unreachable(target, &e))?;
+            if resp.status() != reqwest::StatusCode::UNAUTHORIZED || attempt == 1 {
+                return Ok(resp);
+            }
+            let fresh = self.token(store, true).await?;
+            if fresh == token {
+                return Ok(resp);
+            }
+            token = fresh;
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    fn url(target: &Target, what: &str) -> String {
+        format!("http://{}/v1/tasks/{}/{what}", target.endpoint, target.id)
+    }
+
+    /// Runs `req` in the task through its agent.
+    pub async fn exec(
+        &self,
+        store: &Store,
+        target: &Target,
+        req: &ExecRequest,
+    ) -> Result<ExecResponse, Status> {
+        let url = Self::url(target, "exec");
+        let timeout = req.timeout() + EXEC_SLACK;
+        let resp = self
+            .send(store, target, |http| {
+                http.post(&url).json(req).timeout(timeout)
+            })
+            .await?;
+        let code = resp.status().as_u16();
+        let body = resp.text().await.map_err(|e| unreachable(target, &e))?;
+        if !(200..300).contains(&code) {
+            return Err(agent_failure(target, code, &body, true));
+        }
+        serde_json::from_str(&body).map_err(|e| {
+            Status::new(
+                502,
+                "BadGateway",
+                format!(
+                    "the agent of node {} answered exec with bad JSON: {e}",
+                    target.node
+                ),
+            )
+        })
+    }
+
+    /// Opens the task's log stream on its agent (a successful answer; its body streams).
+    pub async fn logs(
+        &self,
+        store: &Store,
+        target: &Target,
+        opts: &LogOptions,
+    ) -> Result<reqwest::Response, Status> {
+        let url = Self::url(target, "logs");
+        let mut query = vec![("follow", opts.follow.to_string())];
+        if let Some(n) = opts.tail {
+            query.push(("tail", n.to_string()));
+        }
+        let resp = self
+            .send(store, target, |http| http.get(&url).query(&query))
+            .await?;
+        let code = resp.status().as_u16();
+        if (200..300).contains(&code) {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        Err(agent_failure(target, code, &body, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use shoal_api_types::{NodeSpec, NodeState, NodeStatus, TaskSpec, TaskStatus};
+
+    fn task(
+        id: &str,
+        service: &str,
+        slot: Option<u64>,
+        node: &str,
+        desired: TaskState,
+        state: TaskState,
+        age: i64,
+    ) -> Task {
+        let mut t = Task::new(
+            id,
+            TaskSpec {
+                service: service.into(),
+                slot,
+                node: Some(node.into()),
+                desired_state: desired,
+                ..Default::default()
+            },
+        );
+        t.metadata.creation_timestamp = Some(Utc.timestamp_opt(1_700_000_000 - age, 0).unwrap());
+        t.status = TaskStatus {
+            state,
+            ..Default::default()
+        };
+        t
+    }
+
+    fn node(name: &str, state: NodeState, endpoint: &str) -> Node {
+        let mut n = Node::new(name, NodeSpec::default());
+        n.status = NodeStatus {
+            state,
+            agent_endpoint: endpoint.into(),
+            ..Default::default()
+        };
+        n
+    }
+
+    fn tasks() -> Vec<Task> {
+        use TaskState::*;
+        vec![
+            // worker.1's history: failed, then a replacement that runs.
+            task(
+                "aaaa1111",
+                "worker",
+                Some(1),
+                "node-1",
+                Shutdown,
+                Failed,
+                100,
+            ),
+            task(
+                "bbbb2222",
+                "worker",
+                Some(1),
+                "node-2",
+                Running,
+                Running,
+                50,
+            ),
+            // worker.2 is being replaced: the old one still runs, the new one is pending.
+            task(
+                "cccc3333",
+                "worker",
+                Some(2),
+                "node-1",
+                Shutdown,
+                Running,
+                100,
+            ),
+            task(
+                "dddd4444",
+                "worker",
+                Some(2),
+                "node-3",
+                Running,
+                Pending,
+                10,
+            ),
+            // global mon.
+            task("eeee5555", "mon", None, "node-2", Running, Running, 10),
+        ]
+    }
+
+    #[test]
+    fn names_resolve_to_the_running_task_of_a_slot() {
+        let ts = tasks();
+        assert_eq!(resolve(&ts, "worker.1").unwrap().metadata.name, "bbbb2222");
+        assert_eq!(resolve(&ts, "worker.2").unwrap().metadata.name, "dddd4444");
+        assert_eq!(
+            resolve(&ts, "mon.node-2").unwrap().metadata.name,
+            "eeee5555"
+        );
+        assert_eq!(resolve(&ts, "aaaa1111").unwrap().metadata.name, "aaaa1111");
+        assert_eq!(resolve(&ts, "cccc").unwrap().metadata.name, "cccc3333");
+        assert!(resolve(&ts, "abc").is_none(), "too short a prefix");
+        assert!(resolve(&ts, "worker.3").is_none());
+        assert!(resolve(&ts, "mon.node-1").is_none());
+        assert!(resolve(&[], "worker.1").is_none());
+    }
+
+    #[test]
+    fn newest_wins_among_tasks_not_wanted_running() {
+        use TaskState::*;
+        let ts = vec![
+            task("old", "job", Some(1), "node-1", Shutdown, Complete, 100),
+            task("new", "job", Some(1), "node-1", Shutdown, Failed, 10),
+        ];
+        assert_eq!(resolve(&ts, "job.1").unwrap().metadata.name, "new");
+    }
+
+    #[test]
+    fn targets_need_a_running_task_on_a_ready_node_with_an_endpoint() {
+        let ts = tasks();
+        let ready = node("node-2", NodeState::Ready, "127.0.0.1:7802");
+        let t = target(&ts[1], Some(&ready), true).unwrap();
+        assert_eq!(t.endpoint, "127.0.0.1:7802");
+        assert_eq!(t.label(), "worker.1@node-2");
+
+        let e = target(&ts[3], Some(&ready), true).unwrap_err();
+        assert_eq!(e.code, 409);
+        assert_eq!(e.message, "task worker.2 is not running (state: pending)");
+
+        let down = node("node-2", NodeState::Down, "127.0.0.1:7802");
+        let e = target(&ts[1], Some(&down), true).unwrap_err();
+        assert!(e.message.contains("node-2, which is down"), "{}", e.message);
+
+        let silent = node("node-2", NodeState::Ready, "");
+        let e = target(&ts[1], Some(&silent), true).unwrap_err();
+        assert!(e.message.contains("no agent endpoint"), "{}", e.message);
+
+        let e = target(&ts[1], None, true).unwrap_err();
+        assert!(e.message.contains("no longer exists"), "{}", e.message);
+
+        // Logs of a task that ran need no running state.
+        let ready1 = node("node-1", NodeState::Ready, "127.0.0.1:7801");
+        assert!(target(&ts[0], Some(&ready1), false).is_ok());
+        assert_eq!(target(&ts[0], Some(&ready1), true).unwrap_err().code, 409);
+    }
+
+    #[test]
+    fn agent_answers_map_to_statuses_naming_the_node() {
+        let t = Target {
+            id: "x".into(),
+            display: "worker.1".into(),
+            node: "node-2".into(),
+            endpoint: "127.0.0.1:7802".into(),
+        };
+        let body = r#"{"code":401,"reason":"Unauthorized","message":"bad token"}"#;
+        let s = agent_failure(&t, 401, body, true);
+        assert_eq!(s.code, 502);
+        assert!(s.message.contains("node node-2 refused"), "{}", s.message);
+        assert_eq!(agent_failure(&t, 404, "{}", true).code, 409);
+        assert_eq!(agent_failure(&t, 404, "", false).code, 404);
+        let s = agent_failure(
+            &t,
+            501,
+            r#"{"code":501,"reason":"NotImplemented","message":"hollow nodes run no containers"}"#,
+            true,
+        );
+        assert_eq!(
+            (s.code, s.message.as_str()),
+            (501, "node node-2: hollow nodes run no containers")
+        );
+        assert_eq!(agent_failure(&t, 500, "boom", true).code, 502);
+    }
+
+    #[test]
+    fn tokens_are_32_random_bytes_in_hex() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,210 @@
+//! Logs, streamed as plain text from the node agents:
+//!
+//! - `GET /apis/shoal/v1/tasks/{name}/logs?follow&tail=N`: one task's container output, as
+//!   the agent sends it.
+//! - `GET /apis/shoal/v1/services/{name}/logs?follow&tail=N`: every task of the service
+//!   that has (or had) a container on a ready node, merged line by line as lines arrive,
+//!   each prefixed `api.1@node-2 | ` as `docker service logs` does. With `follow`, tasks
+//!   that start later join the stream (the service's tasks are re-read every
+//!   [`RESCAN`]); the stream ends when the client goes away.
+//!
+//! Tasks that cannot be read (node down, agent unreachable) do not fail a service's logs
+//! as long as one task can be read; each is named in an `x-shoal-warning` header instead.
+//! `tail` applies per task.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use shoal_api_types::{LogOptions, ServiceSpec, Status, Task, TaskSpec, TaskState};
+use tokio::sync::mpsc;
+
+use super::agent::Target;
+use super::error::ApiResult;
+use super::exec::{find_task, task_target};
+use super::request::{path_name, Query};
+use super::App;
+
+/// How often a followed service's tasks are re-read for tasks that started since.
+pub const RESCAN: Duration = Duration::from_secs(2);
+
+/// The header naming tasks whose logs could not be read.
+pub const WARNING_HEADER: &str = "x-shoal-warning";
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+fn text_response(body: Body, warnings: &[String]) -> Response {
+    let mut resp = ([(CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
+    for w in warnings {
+        let clean: String = w
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&clean) {
+            resp.headers_mut().append(WARNING_HEADER, v);
+        }
+    }
+    resp
+}
+
+/// `GET /apis/shoal/v1/tasks/{name}/logs`.
+pub async fn task_logs(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Query(opts): Query<LogOptions>,
+) -> ApiResult<Response> {
+    let task = find_task(&app, &name).await?;
+    let target = task_target(&app, &task, false).await?;
+    let resp = app.agents.logs(&app.store, &target, &opts).await?;
+    let stream = resp
+        .bytes_stream()
+        .map(|r| r.map_err(std::io::Error::other));
+    Ok(text_response(Body::from_stream(stream), &[]))
+}
+
+/// Whether a task may have a container whose logs can be read.
+fn has_logs(task: &Task) -> bool {
+    task.spec.node.is_some() && task.status.state >= TaskState::Starting
+}
+
+/// Prefixes every line of `src` with `label | ` and sends whole lines to `tx`.
+async fn pump(label: String, resp: reqwest::Response, tx: mpsc::Sender<Chunk>) {
+    let prefix = format!("{label} | ");
+    let mut stream = resp.bytes_stream();
+    let mut partial: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { break };
+        partial.extend_from_slice(&chunk);
+        let Some(last) = partial.iter().rposition(|&b| b == b'\n') else {
+            continue;
+        };
+        let rest = partial.split_off(last + 1);
+        let out = prefix_lines(&prefix, &partial);
+        partial = rest;
+        if tx.send(Ok(out.into())).await.is_err() {
+            return;
+        }
+    }
+    if !partial.is_empty() {
+        partial.push(b'\n');
+        let _ = tx.send(Ok(prefix_lines(&prefix, &partial).into())).await;
+    }
+}
+
+/// `prefix` before every line of `lines` (which ends with a newline).
+pub fn prefix_lines(prefix: &str, lines: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lines.len() + prefix.len() * 4);
+    for line in lines.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// Opens the logs of every task of `service` not in `seen` that has any; returns the
+/// problems met.
+async fn open_new(
+    app: &App,
+    service: &str,
+    opts: &LogOptions,
+    seen: &mut HashSet<String>,
+    tx: &mpsc::Sender<Chunk>,
+) -> ApiResult<(usize, Vec<Status>)> {
+    let (tasks, _) = app.store.list::<TaskSpec>().await?;
+    let mut opened = 0;
+    let mut problems = vec![];
+    for task in tasks
+        .iter()
+        .filter(|t| t.spec.service == service && has_logs(t))
+    {
+        if seen.contains(&task.metadata.name) {
+            continue;
+        }
+        let target: Target = match task_target(app, task, false).await {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(e.status());
+                continue;
+            }
+        };
+        match app.agents.logs(&app.store, &target, opts).await {
+            Ok(resp) => {
+                seen.insert(task.metadata.name.clone());
+                opened += 1;
+                tokio::spawn(pump(target.label(), resp, tx.clone()));
+            }
+            // The container is gone (removed with its task): nothing to show, ever.
+            Err(s) if s.code == 404 => {
+                seen.insert(task.metadata.name.clone());
+            }
+            Err(s) => problems.push(s),
+        }
+    }
+    Ok((opened, problems))
+}
+
+/// `GET /apis/shoal/v1/services/{name}/logs`.
+pub async fn service_logs(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Query(opts): Query<LogOptions>,
+) -> ApiResult<Response> {
+    path_name("Service", &name)?;
+    if app.store.get_named::<ServiceSpec>(&name).await?.is_none() {
+        return Err(Status::not_found("Service", &name).into());
+    }
+    let (tx, rx) = mpsc::channel::<Chunk>(64);
+    let mut seen = HashSet::new();
+    let (opened, problems) = open_new(&app, &name, &opts, &mut seen, &tx).await?;
+    if opened == 0 && !opts.follow {
+        if let Some(first) = problems.into_iter().next() {
+            return Err(first.into());
+        }
+        return Ok(text_response(Body::empty(), &[]));
+    }
+    let warnings: Vec<String> = problems.iter().map(|s| s.message.clone()).collect();
+    if opts.follow {
+        // Later tasks join; a new task's whole log is wanted, not its tail.
+        let later = LogOptions {
+            follow: true,
+            tail: None,
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(RESCAN) => {}
+                    _ = tx.closed() => return,
+                }
+                if let Err(e) = open_new(&app, &name, &later, &mut seen, &tx).await {
+                    tracing::debug!(service = %name, error = %e, "re-reading tasks for logs");
+                }
+            }
+        });
+    } else {
+        drop(tx);
+    }
+    Ok(text_response(
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        &warnings,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_line_gets_the_task_prefix() {
+        assert_eq!(
+            prefix_lines("api.1@node-2 | ", b"a\nb\n"),
+            b"api.1@node-2 | a\napi.1@node-2 | b\n".to_vec()
+        );
+        assert_eq!(prefix_lines("p | ", b"\n"), b"p | \n".to_vec());
+    }
+}
