@@ -288,13 +288,49 @@ pub fn ingress_network(subnet: Ipv4Network) -> Network {
 /// its status why it cannot; after deletion releases its records.
 pub async fn reconcile_network(name: String, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     ctx.sync().await;
-    match network_step(&ctx, &name) {
-        Step::Commit(txn) => {
-            ctx.writer.commit(txn).await?;
-            Ok(Action::AwaitChange)
-        }
+    let leaked = release_leaked(&ctx, &name);
+    let result = match network_step(&ctx, &name) {
+        Step::Commit(txn) => ctx.writer.commit(txn).await.map(|_| Action::AwaitChange),
         Step::Fail(net, err) => fail(&ctx, &net, err).await,
-    }
+    };
+    ctx.writer.commit_all(leaked, 4).await?;
+    result
+}
+
+/// Address records of `network` whose owner is gone: neither a task nor the VIP of a
+/// service that exists. Claims are created and deleted together with their owner, so these
+/// only come from owners removed by hand; they are released, compared on their revision.
+pub fn leaked_addresses(
+    claims: &std::collections::HashMap<Ipv4Addr, Claim>,
+    owner_exists: impl Fn(&str) -> bool,
+) -> Vec<(Ipv4Addr, i64)> {
+    let mut out: Vec<(Ipv4Addr, i64)> = claims
+        .iter()
+        .filter(|(_, c)| !owner_exists(&c.owner))
+        .map(|(ip, c)| (*ip, c.revision))
+        .collect();
+    out.sort();
+    out
+}
+
+fn release_leaked(ctx: &Context, network: &str) -> Vec<Txn> {
+    let world = ctx.cache.read();
+    let Some(claims) = world.ipam.ips.get(network) else {
+        return vec![];
+    };
+    let exists = |owner: &str| match owner.strip_prefix("vip/") {
+        Some(service) => world.services.contains_key(service),
+        None => world.tasks.contains_key(owner),
+    };
+    leaked_addresses(claims, exists)
+        .into_iter()
+        .map(|(ip, rev)| {
+            tracing::info!(%network, %ip, "releasing an address whose owner is gone");
+            let mut txn = Txn::new();
+            txn.delete_raw(ctx.keys.ip(network, ip), rev);
+            txn
+        })
+        .collect()
 }
 
 enum Step {
@@ -514,6 +550,29 @@ mod tests {
         assert_eq!(
             plan_subnet(Some(net("10.1.3.0/24")), net("10.0.0.0/8"), 24, &taken, &[]).unwrap(),
             net("10.1.3.0/24")
+        );
+    }
+
+    #[test]
+    fn allocator_should_find_addresses_whose_owner_is_gone() {
+        let claim = |o: &str| Claim {
+            owner: o.into(),
+            revision: 7,
+        };
+        let claims = std::collections::HashMap::from([
+            ("10.0.0.2".parse().unwrap(), claim("task-a")),
+            ("10.0.0.3".parse().unwrap(), claim("task-gone")),
+            ("10.0.0.4".parse().unwrap(), claim("vip/api")),
+            ("10.0.0.5".parse().unwrap(), claim("vip/gone")),
+        ]);
+        let exists = |o: &str| matches!(o, "task-a" | "vip/api");
+        let got = leaked_addresses(&claims, exists);
+        assert_eq!(
+            got,
+            vec![
+                ("10.0.0.3".parse().unwrap(), 7),
+                ("10.0.0.5".parse().unwrap(), 7)
+            ]
         );
     }
 
