@@ -8,7 +8,7 @@ use shoal_controller::runtime::{Cache, Watcher, WatcherEvent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_should_relist_after_compaction_and_cache_should_swap_whole() {
-    let (_etcd, store) = common::etcd().await;
+    let (_etcd, store) = common::private_etcd().await;
     store
         .create(&Network::new("a", NetworkSpec::default()))
         .await

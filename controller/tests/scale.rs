@@ -184,7 +184,7 @@ async fn bench_many_tasks_on_hollow_nodes() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
-    let (_etcd, store) = etcd().await;
+    let (_etcd, store) = private_etcd().await;
     let mut hollow = vec![];
     for i in 0..50u8 {
         hollow.push(

@@ -29,12 +29,40 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A private etcd (these tests revoke leases and need quiet revisions) and a store on it.
+/// The shared test etcd (`SHOAL_TEST_ETCD`) or a private one, and a store on this test's
+/// own key root.
 pub async fn etcd() -> (TestEtcd, Store) {
+    init_tracing();
+    let etcd = TestEtcd::start().await;
+    let store = etcd.store().await;
+    (etcd, store)
+}
+
+/// Always a private etcd (tests that compact history).
+pub async fn private_etcd() -> (TestEtcd, Store) {
     init_tracing();
     let etcd = TestEtcd::private().await;
     let store = etcd.store().await;
     (etcd, store)
+}
+
+/// How many writes land below this test's key root during `d` (other tests sharing etcd
+/// do not count): proof that nothing retries in a loop.
+pub async fn writes_during(store: &Store, d: Duration) -> usize {
+    let prefix = format!("{}/", store.keys().root());
+    let opts = etcd_client::WatchOptions::new().with_prefix();
+    let mut stream = store
+        .client()
+        .watch_client()
+        .watch(prefix, Some(opts))
+        .await
+        .expect("watch");
+    let mut n = 0;
+    let deadline = tokio::time::Instant::now() + d;
+    while let Ok(Ok(Some(resp))) = tokio::time::timeout_at(deadline, stream.message()).await {
+        n += resp.events().len();
+    }
+    n
 }
 
 /// Settings with short timers for tests.
