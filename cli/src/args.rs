@@ -45,6 +45,10 @@ pub enum Command {
     /// Manage nodes (Docker-style).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Run a command in a running task and print its output (exit status passed through).
+    Exec(ExecArgs),
+    /// Fetch a task's logs.
+    Logs(TaskLogsArgs),
     /// Run a whole cluster on this machine (local development and tests).
     Dev(crate::dev::DevArgs),
 }
@@ -241,7 +245,7 @@ pub enum ServiceCommand {
     /// Remove services.
     #[command(visible_alias = "remove")]
     Rm(NamesArgs),
-    /// Fetch a service's logs (not available yet).
+    /// Fetch the logs of a service's tasks, each line prefixed with task@node.
     Logs(ServiceLogsArgs),
 }
 
@@ -383,9 +387,46 @@ pub struct ServiceScaleArgs {
 pub struct ServiceLogsArgs {
     /// The service.
     pub name: String,
-    /// Follow the output.
+    /// Follow the output (tasks that start later join in) until interrupted.
     #[arg(short, long)]
     pub follow: bool,
+    /// Only the last N lines of each task's output so far.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<u64>,
+}
+
+/// `shoal logs`.
+#[derive(Debug, Args)]
+pub struct TaskLogsArgs {
+    /// The task: a name such as api.1 (or mon.node-2 for a global service) or a task id.
+    pub task: String,
+    /// Follow the output until the task ends or you interrupt.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines so far.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<u64>,
+}
+
+/// `shoal exec`.
+///
+/// `shoal exec worker.1 -- wget -qO- http://10.0.1.5/`: everything after the task (or
+/// after `--`) is the command; it runs without a shell (use `sh -c '...'` for one).
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Kill the command after this long (e.g. 30s, 5m; at most 1h). Default: 60s.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// The task: a name such as api.1 (or mon.node-2 for a global service) or a task id.
+    pub task: String,
+    /// The command and its arguments.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
 }
 
 /// `shoal node ...`.
@@ -525,6 +566,43 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn exec_takes_the_command_after_the_task_with_or_without_dashes() {
+        for argv in [
+            &["shoal", "exec", "worker.1", "--", "sh", "-c", "exit 3"][..],
+            &["shoal", "exec", "worker.1", "sh", "-c", "exit 3"][..],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            match cli.command {
+                Command::Exec(a) => {
+                    assert_eq!(a.task, "worker.1");
+                    assert_eq!(a.command, vec!["sh", "-c", "exit 3"]);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "exec",
+            "--timeout",
+            "5s",
+            "api.2",
+            "--",
+            "ls",
+            "--",
+            "-x",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Exec(a) => {
+                assert_eq!(a.timeout, Some(Duration::from_secs(5)));
+                assert_eq!(a.command, vec!["ls", "--", "-x"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["shoal", "exec", "worker.1"]).is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shoal_api_types::{Object, ObjectList, Resource, Status, WatchEvent};
+use shoal_api_types::{
+    ExecRequest, ExecResponse, LogOptions, Object, ObjectList, Resource, Status, WatchEvent,
+};
 
 use crate::kinds::Kind;
 
@@ -246,6 +248,64 @@ impl Client {
             buf: Vec::new(),
             done: false,
         })
+    }
+}
+
+impl Client {
+    /// `POST /tasks/<task>/exec`: runs a command in a running task.
+    pub async fn exec(&self, task: &str, req: &ExecRequest) -> Result<ExecResponse> {
+        let body = serde_json::to_string(req).expect("exec requests serialise");
+        self.call(
+            Method::POST,
+            self.url(&["tasks", task, "exec"]),
+            Some((body, "application/json")),
+        )
+        .await
+    }
+
+    /// `GET /<tasks|services>/<name>/logs[?follow=true&tail=N]`: a text stream.
+    pub async fn logs(&self, plural: &str, name: &str, opts: &LogOptions) -> Result<TextStream> {
+        let mut url = self.url(&[plural, name, "logs"]);
+        if opts.follow {
+            url.query_pairs_mut().append_pair("follow", "true");
+        }
+        if let Some(n) = opts.tail {
+            url.query_pairs_mut().append_pair("tail", &n.to_string());
+        }
+        let resp = self.send(self.http.get(url.clone()), &url).await?;
+        let warnings = resp
+            .headers()
+            .get_all("x-shoal-warning")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect();
+        Ok(TextStream {
+            url: url.to_string(),
+            resp,
+            warnings,
+        })
+    }
+}
+
+/// A streamed text answer (logs).
+#[derive(Debug)]
+pub struct TextStream {
+    url: String,
+    resp: reqwest::Response,
+    /// Problems the server reported besides the stream (tasks whose logs it could not read).
+    pub warnings: Vec<String>,
+}
+
+impl TextStream {
+    /// The next chunk; `Ok(None)` when the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>> {
+        match self.resp.chunk().await {
+            Ok(chunk) => Ok(chunk.map(|c| c.to_vec())),
+            Err(e) => Err(ClientError::Http {
+                url: self.url.clone(),
+                cause: root_cause(&e),
+            }),
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! tables and ages; [`progress`] waits for services to converge; [`cmd`] runs commands.
 //!
 //! Exit status: 0 on success, 1 when anything failed (the reason on stderr), 2 for bad
-//! usage (from clap).
+//! usage (from clap); `exec` exits with the command's own status.
 
 pub mod args;
 pub mod client;
@@ -35,6 +35,23 @@ use client::Client;
 #[error("errors were reported above")]
 pub struct Reported;
 
+/// Ends `shoal` with this exit status, nothing more to print (`exec` passes on the
+/// command's status this way).
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {0}")]
+pub struct ExitWith(pub i32);
+
+impl ExitWith {
+    /// The process exit code: the low 8 bits, as a shell sees it, but never 0 for a
+    /// failure (e.g. 256 becomes 1).
+    pub fn code(&self) -> u8 {
+        match (self.0 & 0xff) as u8 {
+            0 if self.0 != 0 => 1,
+            c => c,
+        }
+    }
+}
+
 /// Prints an error on stderr as `Error: ...`.
 pub fn report(err: &anyhow::Error) {
     eprintln!("Error: {err:#}");
@@ -58,6 +75,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Network(c) => cmd::network::run(&client, c, out).await,
         Command::Service(c) => cmd::service::run(&client, c, out, tty).await,
         Command::Node(c) => cmd::node::run(&client, c, out).await,
+        Command::Exec(a) => cmd::exec::run(&client, a, out).await,
+        Command::Logs(a) => cmd::logs::task(&client, a, out).await,
         Command::Dev(_) => unreachable!("handled above"),
     }
 }
@@ -70,6 +89,9 @@ pub async fn main(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is::<Reported>() => ExitCode::FAILURE,
+        Err(e) if e.is::<ExitWith>() => {
+            ExitCode::from(e.downcast_ref::<ExitWith>().map_or(1, ExitWith::code))
+        }
         Err(e)
             if e.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>

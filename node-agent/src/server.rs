@@ -352,84 +352,75 @@ async fn authenticate(State(state): State<ServerState>, req: Request, next: Next
     ))
 }
 
-fn runtime(state: &ServerState) -> Result<&Arc<dyn ContainerRuntime>, Response> {
+fn runtime(state: &ServerState) -> Result<Arc<dyn ContainerRuntime>, Status> {
     state
         .runtime
-        .as_ref()
-        .ok_or_else(|| error(Status::new(501, "NotImplemented", HOLLOW)))
+        .clone()
+        .ok_or_else(|| Status::new(501, "NotImplemented", HOLLOW))
 }
 
-fn not_here(state: &ServerState, id: &str) -> Response {
-    error(Status::new(
-        404,
-        "NotFound",
-        format!("task {id} has no container on node {}", state.node),
-    ))
-}
-
-fn runtime_error(state: &ServerState, id: &str, e: RuntimeError) -> Response {
+fn runtime_error(state: &ServerState, id: &str, e: RuntimeError) -> Status {
     match e {
-        RuntimeError::NotFound { .. } => not_here(state, id),
-        RuntimeError::Timeout { after, .. } => error(Status::new(
+        RuntimeError::NotFound { .. } => Status::new(
+            404,
+            "NotFound",
+            format!("task {id} has no container on node {}", state.node),
+        ),
+        RuntimeError::Timeout { after, .. } => Status::new(
             504,
             "GatewayTimeout",
             format!("the command in task {id} did not finish within {after:?} and was killed"),
-        )),
+        ),
         RuntimeError::InvalidSpec { reason, .. } | RuntimeError::StartFailed { reason, .. } => {
-            error(Status::new(
-                400,
-                "BadRequest",
-                format!("exec in task {id}: {reason}"),
-            ))
+            Status::bad_request(format!("exec in task {id}: {reason}"))
         }
-        e => error(Status::new(
-            500,
-            "InternalError",
-            format!("node {}: {e}", state.node),
-        )),
+        e => Status::internal(format!("node {}: {e}", state.node)),
     }
 }
 
+/// A handler's result: any failure is a `Status` answer.
+fn respond(result: Result<Response, Status>) -> Response {
+    result.unwrap_or_else(error)
+}
+
 async fn exec(State(state): State<ServerState>, Path(id): Path<String>, body: Bytes) -> Response {
-    let rt = match runtime(&state) {
-        Ok(rt) => rt.clone(),
-        Err(r) => return r,
-    };
-    let req: ExecRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(Status::bad_request(format!("exec body: {e}"))),
-    };
-    if let Err(s) = req.check() {
-        return error(s);
-    }
-    match rt.status(&id).await {
-        Ok(st) if st.state == ContainerState::Running => {}
-        Ok(st) => {
-            return error(Status::conflict(format!(
-                "task {id} is not running on node {} (container {})",
-                state.node,
-                match st.state {
-                    ContainerState::Created => "created, not started".to_string(),
-                    ContainerState::Exited => format!(
-                        "exited with code {}",
-                        st.exit_code.map_or("?".to_string(), |c| c.to_string())
-                    ),
-                    other => format!("{other:?}").to_lowercase(),
-                }
-            )))
-        }
-        Err(e) => return runtime_error(&state, &id, e),
+    respond(exec_in(&state, &id, &body).await)
+}
+
+async fn exec_in(state: &ServerState, id: &str, body: &[u8]) -> Result<Response, Status> {
+    let rt = runtime(state)?;
+    let req: ExecRequest =
+        serde_json::from_slice(body).map_err(|e| Status::bad_request(format!("exec body: {e}")))?;
+    req.check()?;
+    let st = rt
+        .status(id)
+        .await
+        .map_err(|e| runtime_error(state, id, e))?;
+    if st.state != ContainerState::Running {
+        let what = match st.state {
+            ContainerState::Created => "created, not started".to_string(),
+            ContainerState::Exited => format!(
+                "exited with code {}",
+                st.exit_code.map_or("?".to_string(), |c| c.to_string())
+            ),
+            other => format!("{other:?}").to_lowercase(),
+        };
+        return Err(Status::conflict(format!(
+            "task {id} is not running on node {} (container {what})",
+            state.node
+        )));
     }
     tracing::info!(task = %id, argv = ?req.argv, "exec");
-    match rt.exec(&id, &req.argv, req.timeout()).await {
-        Ok(out) => Json(ExecResponse {
-            exit_code: out.exit_code,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
-        .into_response(),
-        Err(e) => runtime_error(&state, &id, e),
-    }
+    let out = rt
+        .exec(id, &req.argv, req.timeout())
+        .await
+        .map_err(|e| runtime_error(state, id, e))?;
+    Ok(Json(ExecResponse {
+        exit_code: out.exit_code,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+    .into_response())
 }
 
 async fn logs(
@@ -437,28 +428,28 @@ async fn logs(
     Path(id): Path<String>,
     Query(opts): Query<LogOptions>,
 ) -> Response {
-    let rt = match runtime(&state) {
-        Ok(rt) => rt.clone(),
-        Err(r) => return r,
-    };
-    if let Err(e) = rt.status(&id).await {
-        return runtime_error(&state, &id, e);
-    }
+    respond(logs_of(&state, id, opts).await)
+}
+
+async fn logs_of(state: &ServerState, id: String, opts: LogOptions) -> Result<Response, Status> {
+    let rt = runtime(state)?;
+    rt.status(&id)
+        .await
+        .map_err(|e| runtime_error(state, &id, e))?;
     let path = rt.log_path(&id);
-    let start = match &opts.tail {
-        Some(n) => match tail_offset(&path, *n).await {
-            Ok(off) => off,
-            Err(e) => return error(Status::internal(format!("reading {}: {e}", path.display()))),
-        },
+    let start = match opts.tail {
+        Some(n) => tail_offset(&path, n)
+            .await
+            .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?,
         None => 0,
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(stream_log(rt, id, path, start, opts.follow, tx));
-    (
+    Ok((
         [(CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
     )
-        .into_response()
+        .into_response())
 }
 
 /// Sends the file from `offset` on; with `follow`, keeps polling until the container has

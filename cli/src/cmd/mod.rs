@@ -2,6 +2,8 @@
 //! go up to [`crate::main`], which prints them on stderr.
 
 pub mod apply;
+pub mod exec;
+pub mod logs;
 pub mod network;
 pub mod node;
 pub mod resources;

@@ -67,11 +67,7 @@ pub async fn run(
         ServiceCommand::Ps(a) => ps(client, a, out).await,
         ServiceCommand::Scale(a) => scale(client, a, out, tty).await,
         ServiceCommand::Rm(a) => rm(client, Kind::Service, a, out).await,
-        ServiceCommand::Logs(a) => bail!(
-            "service logs is not available yet: the node agents do not serve logs yet \
-             (`shoal service ps {}` shows each task's state and error)",
-            a.name
-        ),
+        ServiceCommand::Logs(a) => crate::cmd::logs::service(client, a, out).await,
     }
 }
 
