@@ -101,7 +101,13 @@ impl ContainerTasks {
             env: task.spec.env.clone(),
             netns: None,
             addresses,
-            dns: DnsConfig::default(),
+            // `search .`: no search domain. Without a search line, resolvers take the domain
+            // part of the hostname (`1` for `api.1`) as one, and busybox's nslookup then asks
+            // only for `api.1` when given `api` — the task, not the service's VIP.
+            dns: DnsConfig {
+                search: vec![".".into()],
+                ..DnsConfig::default()
+            },
             labels,
         }
     }

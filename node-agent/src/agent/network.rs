@@ -734,6 +734,13 @@ impl NodeNetwork {
         for w in watches {
             w.abort();
         }
+        // The DNS servers are served by this process: they stop with the agent, as they
+        // would if it exited. A restarted agent starts them again (see `reconcile`).
+        for host in [&self.dns, &self.dns_internal] {
+            for key in host.keys().await {
+                host.stop(&key).await;
+            }
+        }
     }
 }
 
