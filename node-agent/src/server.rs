@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::runtime::{ContainerRuntime, ContainerState, RuntimeError};
+use crate::runtime::{ContainerRuntime, ContainerState, ExecOutput, RuntimeError};
 
 /// How often a followed log file is checked for growth.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -378,6 +378,17 @@ fn runtime_error(state: &ServerState, id: &str, e: RuntimeError) -> Status {
     }
 }
 
+/// The exit code a shell gives a command that could not start: 127 when it was not found,
+/// else 126.
+pub fn start_failure_code(reason: &str) -> i32 {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("not found") || r.contains("no such file") {
+        127
+    } else {
+        126
+    }
+}
+
 /// A handler's result: any failure is a `Status` answer.
 fn respond(result: Result<Response, Status>) -> Response {
     result.unwrap_or_else(error)
@@ -411,10 +422,17 @@ async fn exec_in(state: &ServerState, id: &str, body: &[u8]) -> Result<Response,
         )));
     }
     tracing::info!(task = %id, argv = ?req.argv, "exec");
-    let out = rt
-        .exec(id, &req.argv, req.timeout())
-        .await
-        .map_err(|e| runtime_error(state, id, e))?;
+    let out = match rt.exec(id, &req.argv, req.timeout()).await {
+        Ok(out) => out,
+        // As a shell (and `docker exec`) would: 127 when the command does not exist, 126
+        // when it cannot be run, with the runtime's reason on stderr.
+        Err(RuntimeError::StartFailed { reason, .. }) => ExecOutput {
+            exit_code: start_failure_code(&reason),
+            stdout: Vec::new(),
+            stderr: format!("shoal exec: {}: {reason}\n", req.argv[0]).into_bytes(),
+        },
+        Err(e) => return Err(runtime_error(state, id, e)),
+    };
     Ok(Json(ExecResponse {
         exit_code: out.exit_code,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -602,6 +620,17 @@ mod tests {
             endpoint_for("127.0.0.1:7801".parse().unwrap(), "198.18.0.2"),
             "127.0.0.1:7801"
         );
+    }
+
+    #[test]
+    fn commands_that_cannot_start_exit_as_in_a_shell() {
+        assert_eq!(
+            start_failure_code(
+                "OCI runtime exec failed: exec: \"nope\": executable file not found in $PATH"
+            ),
+            127
+        );
+        assert_eq!(start_failure_code("permission denied"), 126);
     }
 
     #[tokio::test]
