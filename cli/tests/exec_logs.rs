@@ -440,5 +440,14 @@ async fn following_logs_gets_appended_lines_and_ends_with_the_container() {
         .expect("shoal logs -f ends with the container")
         .unwrap();
     assert!(status.success());
-    svc.kill().await.unwrap();
+
+    // The service is deleted and its containers end: the service's stream ends too.
+    let key = c.store.keys().named::<ServiceSpec>("api");
+    c.store.delete::<ServiceSpec>(&key, None).await.unwrap();
+    c.fake.exit("a2iiiiii", 0);
+    let status = tokio::time::timeout(Duration::from_secs(10), svc.wait())
+        .await
+        .expect("shoal service logs -f ends with the service")
+        .unwrap();
+    assert!(status.success());
 }

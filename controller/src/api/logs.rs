@@ -6,7 +6,8 @@
 //!   that has (or had) a container on a ready node, merged line by line as lines arrive,
 //!   each prefixed `api.1@node-2 | ` as `docker service logs` does. With `follow`, tasks
 //!   that start later join the stream (the service's tasks are re-read every
-//!   [`RESCAN`]); the stream ends when the client goes away.
+//!   [`RESCAN`]); the stream ends when the client goes away, or once the service is deleted
+//!   and its tasks' containers are gone.
 //!
 //! Tasks that cannot be read (node down, agent unreachable) do not fail a service's logs
 //! as long as one task can be read; each is named in an `x-shoal-warning` header instead.
@@ -77,8 +78,13 @@ async fn pump(label: String, resp: reqwest::Response, tx: mpsc::Sender<Chunk>) {
     let prefix = format!("{label} | ");
     let mut stream = resp.bytes_stream();
     let mut partial: Vec<u8> = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let Ok(chunk) = chunk else { break };
+    loop {
+        // A client that went away ends the agent's stream too, even while it is quiet.
+        let chunk = tokio::select! {
+            chunk = stream.next() => chunk,
+            _ = tx.closed() => return,
+        };
+        let Some(Ok(chunk)) = chunk else { break };
         partial.extend_from_slice(&chunk);
         let Some(last) = partial.iter().rposition(|&b| b == b'\n') else {
             continue;
@@ -180,6 +186,15 @@ pub async fn service_logs(
                 tokio::select! {
                     _ = tokio::time::sleep(RESCAN) => {}
                     _ = tx.closed() => return,
+                }
+                match app.store.get_named::<ServiceSpec>(&name).await {
+                    // The service is gone: the stream ends once its tasks' streams do.
+                    Ok(None) => return,
+                    Ok(Some(_)) => {}
+                    Err(e) => {
+                        tracing::debug!(service = %name, error = %e, "re-reading the service for logs");
+                        continue;
+                    }
                 }
                 if let Err(e) = open_new(&app, &name, &later, &mut seen, &tx).await {
                     tracing::debug!(service = %name, error = %e, "re-reading tasks for logs");
