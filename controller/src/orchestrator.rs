@@ -735,6 +735,15 @@ fn service_step(ctx: &Context, name: &str, now: DateTime<Utc>) -> (Vec<Txn>, Act
                 prev,
                 now,
             )
+        } else if net_condition.status != "True" {
+            condition(
+                "Converged",
+                false,
+                &net_condition.reason,
+                format!("{running}/{} tasks running; {}", plan.desired, net_condition.message),
+                prev,
+                now,
+            )
         } else if let Some(reason) = &pending_reason {
             condition(
                 "Converged",
