@@ -89,12 +89,25 @@ impl ContainerdArgs {
         config
             .plain_http_registries
             .extend(self.insecure_registries.iter().cloned());
-        let runtime = ContainerdRuntime::connect(config).await.with_context(|| {
-            format!(
-                "cannot use containerd at {}",
-                self.containerd_socket.display()
-            )
-        })?;
+        // containerd may still be starting (started together with the agent): wait a while.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let runtime = loop {
+            match ContainerdRuntime::connect(config.clone()).await {
+                Ok(r) => break r,
+                Err(e) if e.is_temporary() && tokio::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "waiting for containerd");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "cannot use containerd at {}",
+                            self.containerd_socket.display()
+                        )
+                    })
+                }
+            }
+        };
         let runtime: Arc<dyn ContainerRuntime> = Arc::new(runtime);
         Ok((
             Arc::new(ContainerTasks::new(runtime.clone(), node).with_network(Arc::new(network))),
@@ -199,7 +212,8 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,hickory_server=warn".into()),
         )
         .init();
     let cli = Cli::parse();

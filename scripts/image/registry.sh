@@ -124,7 +124,7 @@ seed() {
   command -v skopeo >/dev/null || {
     echo "registry: skopeo not found; fix: apt-get install skopeo" >&2; exit 1; }
   start
-  "$HERE/build-busybox.sh" "$STATE/image"
+  bash "$HERE/build-busybox.sh" "$STATE/image"
   mkdir -p "$DIR"
   # Our own policy, so seeding does not depend on /etc/containers/policy.json.
   printf '%s' '{"default":[{"type":"insecureAcceptAnything"}]}' >"$DIR/policy.json"

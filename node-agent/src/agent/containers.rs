@@ -6,7 +6,8 @@
 //! Task networking: with [`ContainerTasks::with_network`], every container joins a namespace
 //! made by [`NodeNetwork::setup`] (overlays, gateway, DNS server, VIP rules) after its image
 //! is present and before the container is created, and [`NodeNetwork::teardown`] removes it
-//! after the container is deleted (or when the create failed); the network's background loop
+//! once the container's process has exited, after it is deleted, or when the create failed
+//! (an exited container is kept for its logs, without networking); the network's background loop
 //! runs as [`TaskRuntime::run_background`]. Without it (unit tests of the runtime side) each
 //! container gets a new network namespace with only loopback (`ContainerSpec::netns = None`).
 //!
@@ -127,6 +128,14 @@ impl ContainerTasks {
         tokio::spawn(async move {
             let result = inner.runtime.wait(&id).await;
             tracing::debug!(container = %id, ?result, "container exited");
+            // Networking lives as long as the task's process (as Docker tears a sandbox down
+            // when its container stops): the exited container stays for its logs, but its
+            // address, DNS server and links go now. Not on an error: containerd may be down
+            // while the task still runs.
+            if let (Ok(_), Some(network)) = (&result, &inner.network) {
+                let _held = network.hold().await;
+                network.teardown(&id).await;
+            }
             inner
                 .waiting
                 .lock()

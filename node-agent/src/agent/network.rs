@@ -11,7 +11,8 @@
 //!   tables of its networks, start its DNS server (forwarding upstream, or none for an
 //!   internal task: REFUSED) and program its VIP table. Returns the netns path for the OCI
 //!   spec. A failure after the attach detaches again, so no namespace is left without a task.
-//! - [`NodeNetwork::teardown`] after the container is deleted: stop its DNS server, forget
+//! - [`NodeNetwork::teardown`] once the container's process exited (the container stays for
+//!   its logs, its address goes), or after it is deleted: stop its DNS server, forget
 //!   its VIP table (it dies with the namespace), detach it, and remove the overlays no local
 //!   task uses any more.
 //!
@@ -29,8 +30,9 @@
 //! Invariants:
 //! - Peers are never synced before the first complete Endpoints list (an empty cache would
 //!   delete every entry).
-//! - A task's networking exists while its container does: made before create, removed after
-//!   delete; the reconcile never removes the namespace of a task that has a container or is
+//! - A task's networking exists while its container is not exited: made before create,
+//!   removed when the process exits or the container is deleted; the reconcile never removes
+//!   the namespace of a task whose container is created or running, or that is
 //!   being started or removed (it takes the exclusive side of a lock that starts and removes
 //!   hold shared, and skips a round rather than wait for a slow image pull).
 //! - Overlay creation and removal are serialised, so a task starting on a network never sees
@@ -57,7 +59,7 @@ use crate::net::{
     self, apply_net_ops, names, peers_from_endpoints, plan_network, task_net_spec, DesiredNet,
     GatewaySpec, Kernel, NetConfig, NetError, NetOp, Network, OverlaySpec, PortKind, TaskNetSpec,
 };
-use crate::runtime::ContainerRuntime;
+use crate::runtime::{ContainerRuntime, ContainerState};
 
 /// A local task's networking, as remembered for Endpoints updates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -520,8 +522,10 @@ impl NodeNetwork {
                 return true;
             }
         };
+        // Tasks whose process exited keep their container (logs) but not their networking.
         let with_container: BTreeSet<String> = listed
             .iter()
+            .filter(|c| c.status.state != ContainerState::Exited)
             .map(|c| {
                 c.labels
                     .get(super::containers::LABEL_TASK)
@@ -1018,6 +1022,27 @@ mod tests {
         assert!(n.network.local_tasks().is_empty());
         // Removing again is a no-op that still succeeds.
         n.tasks.remove_task("t1").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_exited_process_should_lose_its_networking_but_keep_its_container() {
+        let n = node();
+        n.tasks
+            .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+            .await
+            .unwrap();
+        n.runtime.exit("t1", 137);
+        for _ in 0..200 {
+            if n.net.calls().contains(&NetCall::DetachTask("t1".into())) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(n.net.calls().contains(&NetCall::DetachTask("t1".into())));
+        assert!(n.net.calls().contains(&NetCall::RemoveOverlay(4097)));
+        assert_eq!(n.dns.calls().last().unwrap(), "stop t1");
+        assert_eq!(n.runtime.ids(), ["t1"]);
+        assert!(n.network.local_tasks().is_empty());
     }
 
     #[tokio::test]
