@@ -64,6 +64,10 @@ async fn replace_tasks_of_a_dead_node(crash: bool) {
     )
     .await;
     let took = killed_at.elapsed();
+    eprintln!(
+        "replacements running {took:?} after the node was {}",
+        if crash { "crashed" } else { "killed" }
+    );
     assert!(
         took <= TTL + Duration::from_secs(1),
         "replacements took {took:?}"
