@@ -388,3 +388,55 @@ async fn a_full_network_should_say_so_and_go_on_when_addresses_free_up() {
     .await;
     controller.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn published_ingress_ports_should_attach_tasks_to_the_ingress_network() {
+    let (_etcd, store) = etcd().await;
+    let _nodes = nodes(&store, 2, Duration::from_secs(5)).await;
+    let controller = Controller::start(store.clone(), config());
+    let port = PortConfig {
+        published: 8080,
+        target: 80,
+        ..Default::default()
+    };
+    service(
+        &store,
+        "web",
+        ServiceSpec {
+            ports: vec![port.clone()],
+            ..replicated(2)
+        },
+    )
+    .await;
+    let tasks = wait_running(&store, "web", 2, T).await;
+    for t in &tasks {
+        assert_eq!(t.spec.attachments.len(), 1);
+        assert_eq!(t.spec.attachments[0].network, "ingress");
+        assert!(
+            t.spec.attachments[0].address.starts_with("10.255.")
+                && t.spec.attachments[0].address.ends_with("/16")
+        );
+    }
+    let ep = wait_for(T, "ingress endpoints", || async {
+        let key = format!("{}/endpoints/ingress/web", store.keys().root());
+        let ep = store
+            .get::<shoal_api_types::EndpointsSpec>(&key)
+            .await
+            .unwrap()?;
+        (ep.spec.tasks.len() == 2).then_some(ep)
+    })
+    .await;
+    assert_eq!(ep.spec.ports, vec![port]);
+    let svc = store
+        .get_named::<ServiceSpec>("web")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(svc.status.virtual_ips.len(), 1);
+    assert_eq!(svc.status.virtual_ips[0].network, "ingress");
+    assert_eq!(
+        ep.spec.vip.as_deref(),
+        Some(svc.status.virtual_ips[0].addr.as_str())
+    );
+    controller.stop().await;
+}
