@@ -79,8 +79,12 @@ pub fn ensure_node_netns(layout: &Layout, k: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes node k's namespace (and with it everything inside: links, VXLANs, rules).
+/// Removes node k's namespace (and with it everything inside: links, VXLANs, rules), and the
+/// task namespaces its agent made (`shoal-node-k-<task>`, left when the agent is stopped).
 pub fn remove_node_netns(layout: &Layout, k: u32) {
+    for ns in netns_with_prefix(&format!("{}-", layout.node_netns(k))) {
+        run_quiet("ip", &["netns", "delete", &ns]);
+    }
     run_quiet("ip", &["link", "del", &layout.node_veth(k)]);
     run_quiet("ip", &["netns", "delete", &layout.node_netns(k)]);
 }
