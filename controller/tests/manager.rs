@@ -57,3 +57,54 @@ async fn watcher_should_relist_after_compaction_and_cache_should_swap_whole() {
     cache.apply(ev);
     assert!(cache.read().networks.contains_key("c"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_should_catch_up_on_more_than_a_grpc_message_of_history() {
+    let (_etcd, store) = common::etcd().await;
+    let mut watcher = Watcher::new(store.client(), format!("{}/", store.keys().root()));
+    let WatcherEvent::Restarted {
+        revision: start, ..
+    } = watcher.next().await
+    else {
+        panic!("list first")
+    };
+    // ~20 MiB of history the watch has to deliver when it starts from `start + 1`; etcd
+    // sends up to 1000 revisions (8 MiB here) in one response.
+    let value = vec![b'x'; 8192];
+    let mut puts = tokio::task::JoinSet::new();
+    for chunk in 0..16 {
+        let (store, value) = (store.clone(), value.clone());
+        puts.spawn(async move {
+            let mut kv = store.client().kv_client();
+            for i in 0..160 {
+                kv.put(
+                    format!("{}/junk/{chunk}-{i}", store.keys().root()),
+                    value.clone(),
+                    None,
+                )
+                .await
+                .unwrap();
+            }
+        });
+    }
+    while puts.join_next().await.is_some() {}
+    let end = store.revision().await.unwrap();
+    let mut seen = 0;
+    let mut revision = start;
+    while revision < end {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), watcher.next())
+            .await
+            .expect("watch progresses")
+        {
+            WatcherEvent::Events {
+                events,
+                revision: r,
+            } => {
+                seen += events.len();
+                revision = r;
+            }
+            WatcherEvent::Restarted { .. } => panic!("no relist needed"),
+        }
+    }
+    assert_eq!(seen, 16 * 160);
+}

@@ -18,6 +18,10 @@ use shoal_api_types::keys::prefix_range_end;
 
 use super::backoff::Backoff;
 
+/// Largest gRPC message accepted. etcd batches up to 1000 revisions into one watch
+/// response for a watcher catching up, far beyond gRPC's default 4 MiB.
+const MAX_MESSAGE: usize = 512 * 1024 * 1024;
+
 /// One key and value as etcd stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawKv {
@@ -129,6 +133,7 @@ impl Watcher {
                     match self
                         .client
                         .watch_client()
+                        .max_decoding_message_size(MAX_MESSAGE)
                         .watch(self.prefix.clone(), Some(opts))
                         .await
                     {
@@ -216,7 +221,10 @@ impl Watcher {
 
     /// Lists the prefix in pages, all at one revision.
     async fn list(&self) -> Result<(Vec<RawKv>, i64), etcd_client::Error> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE);
         let end = prefix_range_end(&self.prefix);
         let mut items = Vec::new();
         let mut start = self.prefix.as_bytes().to_vec();
