@@ -301,6 +301,7 @@ fn dispatch(ctx: &Context, changes: Vec<Change>) {
     let mut failed_networks = false;
     let mut networks_changed = vec![];
     let mut freed_addresses: Vec<String> = vec![];
+    let mut task_services: std::collections::HashSet<String> = std::collections::HashSet::new();
     for change in changes {
         match change {
             Change::Network(n) => {
@@ -336,7 +337,7 @@ fn dispatch(ctx: &Context, changes: Vec<Change>) {
                     .as_ref()
                     .or(old.as_ref())
                     .expect("a task change has a task");
-                q.services.add(t.spec.service.clone());
+                task_services.insert(t.spec.service.clone());
                 let pending = |t: &shoal_api_types::Task| {
                     t.spec.node.is_none() && t.spec.desired_state == TaskState::Running
                 };
@@ -367,6 +368,13 @@ fn dispatch(ctx: &Context, changes: Vec<Change>) {
         }
     }
     let world = ctx.cache.read();
+    for service in task_services {
+        // Task changes of big services are batched: a reconcile of a service with n tasks
+        // costs O(n), so it runs at most every n/100 ms (capped at 500 ms), not per change.
+        let n = world.tasks_by_service.get(&service).map_or(0, |t| t.len());
+        let delay = Duration::from_millis((n as u64 / 100).min(500));
+        q.services.add_after(service, delay);
+    }
     if !freed_addresses.is_empty() {
         // Services that ran out of addresses may go on.
         q.services.add_all(
