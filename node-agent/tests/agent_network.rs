@@ -2,10 +2,11 @@
 //! (`containerd_support`), a real etcd, and a node network namespace made by the test (the
 //! agent's links live there, as in `shoal dev up`). The test writes what the controller would
 //! (a Network with its VNI, Endpoints, two tasks) and checks that the tasks run in namespaces
-//! with their addresses, resolve the service at 127.0.0.11 to its VIP, reach each other over
-//! TCP by IP, VIP and name, that the overlay holds the FDB entry of a remote task, that an
-//! agent restart leaves the containers alone and serves DNS again, and that deleting the tasks
-//! removes their namespaces and the overlay.
+//! with their addresses, that a health check run inside a task reports it healthy, that they
+//! resolve the service at 127.0.0.11 to its VIP and reach each other over TCP by IP, VIP and
+//! name, that the overlay holds the FDB entry of a remote task, that an agent restart leaves
+//! the containers alone and serves DNS again, and that deleting the tasks removes their
+//! namespaces and the overlay.
 //!
 //! Needs root, containerd, runc, docker-registry, skopeo, busybox-static, etcd, nft and
 //! iproute2; skipped with a message otherwise. Everything it makes carries a unique prefix
@@ -25,7 +26,7 @@ use containerd_support::{missing_prerequisite, TestEnv};
 use shoal_api_types::endpoints::{EndpointTask, Endpoints, EndpointsSpec};
 use shoal_api_types::service::EndpointMode;
 use shoal_api_types::{
-    Network, NetworkSpec, NetworkStatus, Task, TaskAttachment, TaskSpec, TaskState,
+    HealthCheck, Network, NetworkSpec, NetworkStatus, Task, TaskAttachment, TaskSpec, TaskState,
 };
 use shoal_node_agent::agent::{Agent, AgentConfig, AgentHandle, ContainerTasks, NodeNetwork};
 use shoal_node_agent::runtime::{ContainerRuntime, ContainerdRuntime};
@@ -292,8 +293,14 @@ async fn agent_should_run_tasks_on_an_overlay_with_dns_and_vips_and_clean_up() {
     let (agent, rt) = spawn_agent(&store, &env, &node).await;
     let web =
         "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www";
+    let mut web1 = task(&n, "web1", "web", &image, "10.0.1.5", &["sh", "-c", web]);
+    web1.spec.healthcheck = Some(HealthCheck {
+        command: vec!["wget".into(), "-qO-".into(), "http://127.0.0.1/".into()],
+        interval_seconds: Some(1),
+        ..Default::default()
+    });
     for t in [
-        task(&n, "web1", "web", &image, "10.0.1.5", &["sh", "-c", web]),
+        web1,
         task(
             &n,
             "client1",
@@ -309,6 +316,13 @@ async fn agent_should_run_tasks_on_an_overlay_with_dns_and_vips_and_clean_up() {
         let t = task_in_state(&store, &n, t, TaskState::Running).await;
         assert_eq!(t.status.container_id, t.name());
     }
+
+    // The health check (run inside the task) passes.
+    eventually("web1 to be reported healthy", || async {
+        let t = agent_support::task(&store, &n, "web1").await?;
+        t.status.healthy.then_some(())
+    })
+    .await;
 
     // Each task in its own namespace, with its address.
     let addrs = sh(&[

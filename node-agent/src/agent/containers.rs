@@ -11,11 +11,15 @@
 //! runs as [`TaskRuntime::run_background`]. Without it (unit tests of the runtime side) each
 //! container gets a new network namespace with only loopback (`ContainerSpec::netns = None`).
 //!
+//! Health checks (`spec.healthcheck`, stored as a container label so they resume after an
+//! agent restart) run through [`ContainerRuntime::exec`] while the container runs; their
+//! result is [`ObservedTask::healthy`] (see [`super::health`]).
+//!
 //! Container exits are noticed without polling: after a start (and for every running
 //! container found by a list) a waiter calls [`ContainerRuntime::wait`] and wakes the
 //! converge loop through [`TaskRuntime::changed`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +28,7 @@ use async_trait::async_trait;
 use shoal_api_types::Task;
 use tokio::sync::Notify;
 
+use super::health::{self, Health, Probe, LABEL_HEALTHCHECK};
 use super::network::NodeNetwork;
 use super::runtime::{
     BackgroundContext, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
@@ -50,6 +55,8 @@ struct Inner {
     network: Option<Arc<NodeNetwork>>,
     exited: Notify,
     waiting: Mutex<HashSet<String>>,
+    /// Health of tasks with a check, while its loop runs.
+    health: Mutex<HashMap<String, bool>>,
 }
 
 impl ContainerTasks {
@@ -62,6 +69,7 @@ impl ContainerTasks {
                 network: None,
                 exited: Notify::new(),
                 waiting: Mutex::new(HashSet::new()),
+                health: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -88,11 +96,14 @@ impl ContainerTasks {
             .iter()
             .filter_map(|a| a.address.split('/').next()?.parse::<IpAddr>().ok())
             .collect();
-        let labels = BTreeMap::from([
+        let mut labels = BTreeMap::from([
             (LABEL_TASK.to_string(), task.name().to_string()),
             (LABEL_SERVICE.to_string(), task.spec.service.clone()),
             (LABEL_NODE.to_string(), self.inner.node.clone()),
         ]);
+        if let Some(check) = &task.spec.healthcheck {
+            labels.insert(LABEL_HEALTHCHECK.to_string(), health::label(check));
+        }
         ContainerSpec {
             id: task.name().to_string(),
             image: task.spec.image.clone(),
@@ -141,8 +152,85 @@ impl ContainerTasks {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
+            if result.is_ok() {
+                inner
+                    .health
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+            }
             inner.exited.notify_one();
         });
+    }
+}
+
+impl ContainerTasks {
+    /// Runs the task's health check every interval while its container runs (see
+    /// [`super::health`]); a change of health wakes the converge loop, which reports it.
+    fn check_health(&self, id: &str, probe: Probe, initial: Health) {
+        {
+            let mut health = self.inner.health.lock().unwrap_or_else(|e| e.into_inner());
+            if health.contains_key(id) {
+                return;
+            }
+            health.insert(id.to_string(), initial.healthy);
+        }
+        let (inner, id) = (self.inner.clone(), id.to_string());
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut state = initial;
+            loop {
+                let result = inner.runtime.exec(&id, &probe.command, probe.timeout).await;
+                let passed = match result {
+                    Ok(out) => out.exit_code == 0,
+                    Err(e) => {
+                        let running = matches!(
+                            inner.runtime.status(&id).await,
+                            Ok(s) if s.state == ContainerState::Running
+                        );
+                        if !running {
+                            break;
+                        }
+                        tracing::debug!(task = %id, error = %e, "health check could not run");
+                        false
+                    }
+                };
+                let in_start = started.elapsed() < probe.start_period;
+                if state.record(passed, in_start, probe.retries) {
+                    tracing::info!(task = %id, healthy = state.healthy, "health changed");
+                    let mut health = inner.health.lock().unwrap_or_else(|e| e.into_inner());
+                    if !health.contains_key(&id) {
+                        break;
+                    }
+                    health.insert(id.clone(), state.healthy);
+                    drop(health);
+                    inner.exited.notify_one();
+                }
+                tokio::time::sleep(probe.interval).await;
+                if !inner
+                    .health
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&id)
+                {
+                    break;
+                }
+            }
+            inner
+                .health
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        });
+    }
+
+    fn health_of(&self, id: &str) -> Option<bool> {
+        self.inner
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied()
     }
 }
 
@@ -196,6 +284,9 @@ impl TaskRuntime for ContainerTasks {
         // A process that exits at once is reported from the next list, with its exit code.
         runtime.start(id).await.map_err(|e| task_error(id, e))?;
         self.wait_for_exit(id);
+        if let Some(probe) = task.spec.healthcheck.as_ref().and_then(Probe::new) {
+            self.check_health(id, probe, Health::starting());
+        }
         Ok(Started {
             container_id: id.to_string(),
         })
@@ -255,11 +346,24 @@ impl TaskRuntime for ContainerTasks {
                 .get(LABEL_TASK)
                 .cloned()
                 .unwrap_or_else(|| c.id.clone());
+            let probe = c
+                .labels
+                .get(LABEL_HEALTHCHECK)
+                .and_then(|l| Probe::from_label(l));
+            let healthy = match (&probe, state) {
+                (None, _) => None,
+                (Some(probe), ObservedState::Running) => {
+                    // Checks of a task that survived an agent restart resume here.
+                    self.check_health(&c.id, probe.clone(), Health::resumed());
+                    self.health_of(&c.id)
+                }
+                (Some(_), _) => Some(false),
+            };
             observed.push(ObservedTask {
                 id,
                 container_id: c.id,
                 state,
-                healthy: None,
+                healthy,
             });
         }
         Ok(observed)
@@ -368,6 +472,46 @@ mod tests {
             tasks.list().await.unwrap(),
             vec![ObservedTask::exited("t1", "t1", 3)]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_checks_should_flip_the_observed_health_and_wake_the_loop() {
+        use crate::runtime::ExecOutput;
+        use shoal_api_types::HealthCheck;
+        let (tasks, fake) = tasks();
+        let mut t = task("t1", "busybox");
+        t.spec.healthcheck = Some(HealthCheck {
+            command: vec!["true".into()],
+            interval_seconds: Some(1),
+            retries: Some(2),
+            ..Default::default()
+        });
+        tasks.start_task(&t).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), tasks.changed())
+            .await
+            .expect("woken when the first check passes");
+        assert_eq!(tasks.list().await.unwrap()[0].healthy, Some(true));
+        fake.set_exec_result(
+            "t1",
+            ExecOutput {
+                exit_code: 1,
+                ..Default::default()
+            },
+        );
+        tokio::time::timeout(Duration::from_secs(5), tasks.changed())
+            .await
+            .expect("woken when the task turns unhealthy");
+        assert_eq!(tasks.list().await.unwrap()[0].healthy, Some(false));
+        let execs = fake
+            .calls()
+            .into_iter()
+            .filter(|c| matches!(c, Call::Exec(id, argv) if id == "t1" && argv == &["true"]))
+            .count();
+        assert!(execs >= 3, "{execs} checks");
+        // A task without a check reports no health.
+        tasks.start_task(&task("t2", "busybox")).await.unwrap();
+        let listed = tasks.list().await.unwrap();
+        assert_eq!(listed.iter().find(|o| o.id == "t2").unwrap().healthy, None);
     }
 
     #[tokio::test]

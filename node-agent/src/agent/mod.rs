@@ -6,7 +6,8 @@
 //! - [`plan`](mod@plan): the pure diff of desired against observed tasks;
 //! - [`apply`](mod@apply): operations against a [`TaskRuntime`] and a [`StatusSink`];
 //! - [`converge`]: the level-triggered loop tying them together;
-//! - [`containers`]: the [`TaskRuntime`] over the `runtime` module's containerd client;
+//! - [`containers`]: the [`TaskRuntime`] over the `runtime` module's containerd client,
+//!   with health checks ([`health`]);
 //! - [`network`]: the wiring of task networking (`net`, `dns`, `lb`) into it, fed by
 //!   [`cluster`]'s watches of Networks and Endpoints and run in the background through
 //!   [`TaskRuntime::run_background`].
@@ -26,6 +27,7 @@ pub mod cluster;
 pub mod containers;
 pub mod converge;
 pub mod desired;
+pub mod health;
 pub mod network;
 pub mod plan;
 pub mod register;
