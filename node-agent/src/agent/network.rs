@@ -522,7 +522,9 @@ impl NodeNetwork {
                 return true;
             }
         };
-        // Tasks whose process exited keep their container (logs) but not their networking.
+        // Tasks whose process exited keep their container (logs) but not their networking;
+        // neither do tasks that ended (a node that died and came back finds its orphaned
+        // tasks' containers created but without a process).
         let with_container: BTreeSet<String> = listed
             .iter()
             .filter(|c| c.status.state != ContainerState::Exited)
@@ -531,6 +533,11 @@ impl NodeNetwork {
                     .get(super::containers::LABEL_TASK)
                     .cloned()
                     .unwrap_or_else(|| c.id.clone())
+            })
+            .filter(|id| {
+                desired
+                    .get(id)
+                    .is_none_or(|t| !t.status.state.is_terminal())
             })
             .collect();
         let _overlays = self.overlays.lock().await;
@@ -1112,7 +1119,8 @@ mod tests {
     #[tokio::test]
     async fn reconcile_should_restart_dns_of_surviving_tasks_and_collect_leftovers() {
         // What a crashed agent left: t1 runs (container, namespace, overlay), `gone` has a
-        // namespace but no container, and overlay 4098 has no task.
+        // namespace but no container, overlay 4098 has no task, and `ended` (orphaned while
+        // the agent was away) still has its container and namespace.
         let runtime = Arc::new(FakeRuntime::new());
         let first = node_with(RecordingNetwork::new(PREFIX), runtime.clone());
         let t1 = task("t1", &[("appnet", "10.0.1.5")]);
@@ -1122,9 +1130,14 @@ mod tests {
             .start_task(&task("gone", &[("other", "10.0.2.5")]))
             .await
             .unwrap();
+        first
+            .tasks
+            .start_task(&task("ended", &[("appnet", "10.0.1.8")]))
+            .await
+            .unwrap();
         let observed: Observed = first.net.observe().await.unwrap();
         runtime.remove("gone");
-        assert_eq!(runtime.ids(), ["t1"]);
+        assert_eq!(runtime.ids(), ["ended", "t1"]);
         assert_eq!(
             runtime.spec("t1").unwrap().labels[LABEL_TASK],
             "t1".to_string()
@@ -1137,7 +1150,9 @@ mod tests {
             "10.0.1.2",
             &[("10.0.1.5", "198.18.0.1")],
         )]);
-        let desired = BTreeMap::from([("t1".to_string(), t1)]);
+        let mut ended = task("ended", &[("appnet", "10.0.1.8")]);
+        ended.status.state = shoal_api_types::TaskState::Orphaned;
+        let desired = BTreeMap::from([("t1".to_string(), t1), ("ended".to_string(), ended)]);
         assert!(
             n.network
                 .reconcile(n.runtime.as_ref() as &dyn ContainerRuntime, &desired)
@@ -1148,6 +1163,11 @@ mod tests {
             calls.contains(&NetCall::DetachTask("gone".into())),
             "{calls:?}"
         );
+        assert!(
+            calls.contains(&NetCall::DetachTask("ended".into())),
+            "an ended task keeps its container, not its networking: {calls:?}"
+        );
+        assert_eq!(n.dns.server("ended"), None);
         assert!(calls.contains(&NetCall::RemoveOverlay(4098)), "{calls:?}");
         assert!(
             !calls.iter().any(|c| matches!(c, NetCall::AttachTask(_))),
