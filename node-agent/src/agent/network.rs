@@ -30,11 +30,12 @@
 //! Invariants:
 //! - Peers are never synced before the first complete Endpoints list (an empty cache would
 //!   delete every entry).
-//! - A task's networking exists while its container is not exited: made before create,
-//!   removed when the process exits or the container is deleted; the reconcile never removes
-//!   the namespace of a task whose container is created or running, or that is
-//!   being started or removed (it takes the exclusive side of a lock that starts and removes
-//!   hold shared, and skips a round rather than wait for a slow image pull).
+//! - A task's networking exists while its container is not exited and its task has not
+//!   ended: made before create, removed when the process exits or the container is deleted
+//!   (or by the reconcile, for tasks that ended while the agent was away); the reconcile
+//!   never removes the namespace of a live task's created or running container, nor of a
+//!   task being started or removed (it takes the exclusive side of a lock that starts and
+//!   removes hold shared, and skips a round rather than wait for a slow image pull).
 //! - Overlay creation and removal are serialised, so a task starting on a network never sees
 //!   its overlay removed under it by the last task leaving.
 //! - VIP tables are programmed under one lock from the current Endpoints, so an older table
