@@ -176,7 +176,9 @@ async fn a_changed_image_should_roll_out_one_task_at_a_time() {
 }
 
 /// Throughput check (not a pass/fail benchmark): `SHOAL_BENCH_TASKS=20000 cargo test
-/// --release -p shoal-controller --test scale bench -- --ignored --nocapture`.
+/// --release -p shoal-controller --test scale bench -- --ignored --nocapture`, best with
+/// `SHOAL_TEST_ETCD` pointing at an etcd on tmpfs; `SHOAL_BENCH_BATCH` overrides
+/// `--task-create-batch`. 50 in-process hollow nodes (the test helper, not `shoal-agent`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 #[ignore]
 async fn bench_many_tasks_on_hollow_nodes() {
@@ -184,7 +186,7 @@ async fn bench_many_tasks_on_hollow_nodes() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000);
-    let (_etcd, store) = private_etcd().await;
+    let (_etcd, store) = etcd().await;
     let mut hollow = vec![];
     for i in 0..50u8 {
         hollow.push(
@@ -198,7 +200,14 @@ async fn bench_many_tasks_on_hollow_nodes() {
             .await,
         );
     }
-    let controller = Controller::start(store.clone(), config());
+    let mut cfg = config();
+    if let Some(b) = std::env::var("SHOAL_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.task_create_batch = b;
+    }
+    let controller = Controller::start(store.clone(), cfg);
     let start = tokio::time::Instant::now();
     service(&store, "api", replicated(n as i64)).await;
     let (mut created, mut assigned) = (None, None);
