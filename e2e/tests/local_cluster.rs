@@ -95,7 +95,7 @@ fn local_cluster_end_to_end() {
         api.iter().find(|(_, n, _)| *n != worker.1).expect("an api task on another node than worker.1").clone();
     eprintln!("worker.1 on {} -> {remote_name} on {remote_node} at {remote_ip}", worker.1);
     let page = c.eventually("wget across VXLAN", Duration::from_secs(30), || {
-        let r = c.exec("worker.1", &["wget", "-qO-", "-T", "3", &format!("http://{remote_ip}/")]);
+        let r = c.exec("worker.1", &["timeout", "5", "wget", "-qO-", &format!("http://{remote_ip}/")]);
         (r.code == 0).then_some(r.stdout)
     });
     assert_eq!(page.trim(), remote_name, "the page is that task's hostname");
@@ -103,7 +103,7 @@ fn local_cluster_end_to_end() {
     step("isolation: a task on another overlay cannot reach api");
     c.apply(&format!("{}---\n{}", network("othernet", false), sleeper_service("stranger", &["othernet"])));
     c.eventually("stranger running", wait, || c.running("stranger", "othernet").into_iter().next());
-    let r = c.exec("stranger.1", &["wget", "-qO-", "-T", "3", &format!("http://{remote_ip}/")]);
+    let r = c.exec("stranger.1", &["timeout", "5", "wget", "-qO-", &format!("http://{remote_ip}/")]);
     assert_ne!(r.code, 0, "othernet must not reach appoverlay: {r:?}");
 
     step("discovery: `api` resolves to its VIP, tasks.api to both tasks; another network cannot resolve it");
@@ -131,7 +131,7 @@ fn local_cluster_end_to_end() {
 
     step("VIP load balancing: 40 requests from worker to http://api/ reach both tasks");
     let hits = |n: usize| -> std::collections::BTreeMap<String, usize> {
-        let script = format!("i=0; while [ $i -lt {n} ]; do wget -qO- -T 3 http://api/ || echo FAILED; i=$((i+1)); done");
+        let script = format!("i=0; while [ $i -lt {n} ]; do timeout 5 wget -qO- http://api/ || echo FAILED; i=$((i+1)); done");
         let out = c.exec("worker.1", &["sh", "-c", &script]).ok();
         let mut m = std::collections::BTreeMap::new();
         for line in out.lines() {
@@ -183,13 +183,13 @@ fn local_cluster_end_to_end() {
         .spawn()
         .expect("outside httpd");
     let page = c.eventually("worker reaches 198.18.0.200:8080", Duration::from_secs(30), || {
-        let r = c.exec("worker.1", &["wget", "-qO-", "-T", "3", "http://198.18.0.200:8080/"]);
+        let r = c.exec("worker.1", &["timeout", "5", "wget", "-qO-", "http://198.18.0.200:8080/"]);
         (r.code == 0).then_some(r.stdout)
     });
     assert_eq!(page.trim(), "outside world");
     c.apply(&format!("{}---\n{}", network("sealednet", true), sleeper_service("sealed", &["sealednet"])));
     c.eventually("sealed running", wait, || c.running("sealed", "sealednet").into_iter().next());
-    let r = c.exec("sealed.1", &["wget", "-qO-", "-T", "3", "http://198.18.0.200:8080/"]);
+    let r = c.exec("sealed.1", &["timeout", "5", "wget", "-qO-", "http://198.18.0.200:8080/"]);
     assert_ne!(r.code, 0, "an internal network has no egress: {r:?}");
 
     step("restore: killing a task's container by hand gets the slot a running task again");

@@ -322,7 +322,7 @@ fn start_node(layout: &Layout, k: u32) -> anyhow::Result<()> {
             .start(&containerd, &["--config".into(), config.display().to_string()], &[])?;
         args.extend(super::image::agent_runtime_args(layout, k));
     }
-    layout.daemon(&format!("agent-{k}")).start(&sibling("shoal-agent")?, &args, &[("RUST_LOG", "info".into())])?;
+    layout.daemon(&format!("agent-{k}")).start(&sibling("shoal-agent")?, &args, &[("RUST_LOG", "info,hickory_server=warn".into())])?;
     Ok(())
 }
 
