@@ -258,12 +258,32 @@ fn local_cluster_end_to_end() {
         .collect();
     c.shoal(&["service", "rm", "api"]).ok();
     c.eventually("api's namespaces and FDB entries gone", wait, || {
-        let netns_left = gone_ids.iter().any(|id| !task_netns(id).is_empty());
-        let fdb_left = (1..=c.nodes).any(|k| {
-            let fdb = c.in_node(k, &["bridge", "fdb", "show"]).stdout;
-            macs.iter().any(|m| fdb.contains(m.as_str()))
-        });
-        (!netns_left && !fdb_left).then_some(())
+        // Freed addresses (and so MACs) may already belong to newer tasks.
+        let all = c.json(&["get", "tasks", "-o", "json"]);
+        let in_use: BTreeSet<String> = all["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|t| t["spec"]["service"] != "api")
+            .flat_map(|t| t["spec"]["attachments"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["mac"].as_str().map(str::to_string))
+            .collect();
+        let netns_left: Vec<String> = gone_ids.iter().flat_map(|id| task_netns(id)).collect();
+        let fdb_left: Vec<String> = (1..=c.nodes)
+            .flat_map(|k| {
+                let fdb = c.in_node(k, &["bridge", "fdb", "show"]).stdout;
+                macs.iter()
+                    .filter(|m| !in_use.contains(*m) && fdb.contains(m.as_str()))
+                    .map(move |m| format!("node-{k}: {m}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if !netns_left.is_empty() || !fdb_left.is_empty() {
+            eprintln!("still there: netns {netns_left:?}, fdb {fdb_left:?}");
+            return None;
+        }
+        Some(())
     });
 
     step("dev down leaves nothing behind");

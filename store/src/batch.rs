@@ -114,7 +114,7 @@ impl Batch {
             return store.revision().await;
         }
         let txn = Txn::new().when(self.compares).and_then(self.ops);
-        let resp = store.client.kv_client().txn(txn).await?;
+        let resp = store.kv().txn(txn).await?;
         if !resp.succeeded() {
             let what: Vec<String> = self
                 .described

@@ -21,7 +21,7 @@ mod watch;
 pub use batch::{stored, Batch, BatchOp};
 pub use error::StoreError;
 pub use lease::{Lease, LeaseKeeper};
-pub use store::{Connect, Store};
+pub use store::{Connect, Store, LIST_PAGE};
 pub use watch::{Event, Watch};
 
 /// Result of store operations.

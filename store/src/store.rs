@@ -10,6 +10,13 @@ use shoal_api_types::{Object, Resource};
 use crate::error::StoreError;
 use crate::Result;
 
+/// Keys per page of a list.
+pub const LIST_PAGE: i64 = 2_000;
+
+/// The largest gRPC message we accept from etcd (a watch catching up after a reconnect can
+/// send more than gRPC's default 4 MiB at once).
+pub(crate) const MAX_MESSAGE: usize = 256 << 20;
+
 /// How to reach etcd.
 #[derive(Debug, Clone, Default)]
 pub struct Connect {
@@ -73,13 +80,13 @@ impl Store {
 
     /// The current revision of the whole store.
     pub async fn revision(&self) -> Result<i64> {
-        let resp = self.client.kv_client().get(self.keys.leader(), Some(GetOptions::new().with_count_only())).await?;
+        let resp = self.kv().get(self.keys.leader(), Some(GetOptions::new().with_count_only())).await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
     /// The object at `key`, if any.
     pub async fn get<S: Resource>(&self, key: &str) -> Result<Option<Object<S>>> {
-        let resp = self.client.kv_client().get(key, None).await?;
+        let resp = self.kv().get(key, None).await?;
         resp.kvs().first().map(|kv| decode(kv.key(), kv.value(), kv.mod_revision())).transpose()
     }
 
@@ -94,17 +101,47 @@ impl Store {
     }
 
     /// Every object of kind `S` below `prefix`, and the revision they were read at.
+    ///
+    /// Reads in pages of [`LIST_PAGE`] keys, all at the revision of the first page, so a
+    /// list of any size is one consistent snapshot and no response nears gRPC's limits.
     pub async fn list_prefix<S: Resource>(&self, prefix: &str) -> Result<(Vec<Object<S>>, i64)> {
-        let resp = self.client.kv_client().get(prefix, Some(GetOptions::new().with_prefix())).await?;
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let items = resp.kvs().iter().map(|kv| decode(kv.key(), kv.value(), kv.mod_revision())).collect::<Result<_>>()?;
-        Ok((items, rev))
+        let end = shoal_api_types::keys::prefix_range_end(prefix);
+        let mut kv = self.kv();
+        let mut items = Vec::new();
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let resp = kv.get(from.clone(), Some(opts)).await?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            for kv in resp.kvs() {
+                items.push(decode(kv.key(), kv.value(), kv.mod_revision())?);
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    // The next page starts just after the last key.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((items, revision)),
+            }
+        }
+    }
+
+    /// A KV client whose responses may be as large as etcd sends them.
+    pub(crate) fn kv(&self) -> etcd_client::KvClient {
+        self.client.kv_client().max_decoding_message_size(MAX_MESSAGE)
     }
 
     /// Fails with [`StoreError::Compacted`] if `revision` is no longer readable.
     pub async fn check_revision(&self, revision: i64) -> Result<()> {
         let opts = GetOptions::new().with_revision(revision).with_count_only();
-        match self.client.kv_client().get(self.keys.leader(), Some(opts)).await {
+        match self.kv().get(self.keys.leader(), Some(opts)).await {
             Ok(_) => Ok(()),
             Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("compacted") => {
                 let compacted = s.message().split_whitespace().last().and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -124,7 +161,7 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, encode(&obj), None)]);
-        let resp = self.client.kv_client().txn(txn).await?;
+        let resp = self.kv().txn(txn).await?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists { kind: S::KIND, name: obj.metadata.name.clone() });
         }
@@ -142,7 +179,7 @@ impl Store {
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
             .and_then([TxnOp::put(key.clone(), encode(obj), None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.client.kv_client().txn(txn).await?;
+        let resp = self.kv().txn(txn).await?;
         if !resp.succeeded() {
             let exists = resp.op_responses().iter().any(|r| matches!(r, TxnOpResponse::Get(g) if !g.kvs().is_empty()));
             if !exists {
@@ -196,7 +233,7 @@ impl Store {
             .when([compare])
             .and_then([TxnOp::get(key, None), TxnOp::delete(key, None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.client.kv_client().txn(txn).await?;
+        let resp = self.kv().txn(txn).await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let found = resp.op_responses().into_iter().find_map(|r| match r {
             TxnOpResponse::Get(g) => g.kvs().first().map(|kv| decode::<S>(kv.key(), kv.value(), kv.mod_revision())),
@@ -222,7 +259,7 @@ impl Store {
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value.clone(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.client.kv_client().txn(txn).await?;
+        let resp = self.kv().txn(txn).await?;
         if resp.succeeded() {
             return Ok(value);
         }
@@ -235,7 +272,7 @@ impl Store {
 
     /// Compacts etcd's history up to `revision` (tests and maintenance).
     pub async fn compact(&self, revision: i64) -> Result<()> {
-        self.client.kv_client().compact(revision, None).await?;
+        self.kv().compact(revision, None).await?;
         Ok(())
     }
 }

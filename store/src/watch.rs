@@ -58,7 +58,12 @@ impl Store {
         if from_revision > 0 {
             opts = opts.with_start_revision(from_revision);
         }
-        let stream = self.client.watch_client().watch(prefix, Some(opts)).await?;
+        let stream = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(crate::store::MAX_MESSAGE)
+            .watch(prefix, Some(opts))
+            .await?;
         let (sender, stream) = stream.split();
         Ok(Watch {
             prefix: prefix.to_string(),

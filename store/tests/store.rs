@@ -195,3 +195,21 @@ async fn lease_bound_keys_vanish_when_the_lease_is_revoked() {
     assert_eq!(client.get(key.as_str(), None).await.unwrap().kvs().len(), 0);
     tokio::time::timeout(Duration::from_secs(10), keeper.lost()).await.expect("the keeper notices the lost lease");
 }
+
+#[tokio::test]
+async fn lists_larger_than_a_page_come_whole_and_at_one_revision() {
+    let etcd = TestEtcd::start().await;
+    let store = etcd.store().await;
+    let n = shoal_store::LIST_PAGE as usize * 2 + 7;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let mut batch = Batch::new();
+        for i in chunk {
+            batch.create(&store, &network(&format!("n{i:05}")));
+        }
+        batch.commit(&store).await.unwrap();
+    }
+    let (items, rev) = store.list::<NetworkSpec>().await.unwrap();
+    assert_eq!(items.len(), n);
+    assert!(items.windows(2).all(|w| w[0].name() < w[1].name()), "sorted, no duplicates");
+    assert!(items.iter().all(|o| o.metadata.revision().unwrap() <= rev));
+}
