@@ -86,6 +86,12 @@ pub struct NodeStatus {
     /// Why the node is in its state.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// The node's own address on the `ingress` network (routing mesh), without prefix
+    /// length: allocated by the controller (claimed as `node/<name>`), kept across agent
+    /// restarts, released when the Node is deleted. Empty until allocated. Additive: older
+    /// writers leave it out, and agents keep it when they rewrite the status.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ingress_address: String,
 }
 
 impl Resource for NodeSpec {

@@ -3,7 +3,7 @@
 //!
 //! Owns `Network.status` and the allocation records below `<root>/ipam/`:
 //! `subnets/<cidr>` and `vnis/<vni>` hold the network's name, `ips/<network>/<ip>` holds a
-//! task id or `vip/<service>`. Invariants:
+//! task id, `vip/<service>`, or `node/<name>` (a node's ingress address, see [`crate::nodes`]). Invariants:
 //! - every allocation is a claim (create with `create_revision == 0`) written in the same
 //!   transaction as the object that records it (Network.status, a Task, Service.status),
 //!   so no subnet, VNI or address is ever handed out twice, not even across a leader
@@ -318,9 +318,14 @@ fn release_leaked(ctx: &Context, network: &str) -> Vec<Txn> {
     let Some(claims) = world.ipam.ips.get(network) else {
         return vec![];
     };
-    let exists = |owner: &str| match owner.strip_prefix("vip/") {
-        Some(service) => world.services.contains_key(service),
-        None => world.tasks.contains_key(owner),
+    let exists = |owner: &str| {
+        if let Some(service) = owner.strip_prefix("vip/") {
+            world.services.contains_key(service)
+        } else if let Some(node) = owner.strip_prefix("node/") {
+            world.nodes.contains_key(node)
+        } else {
+            world.tasks.contains_key(owner)
+        }
     };
     leaked_addresses(claims, exists)
         .into_iter()

@@ -402,6 +402,10 @@ fn dispatch(ctx: &Context, changes: Vec<Change>) {
                 .map(|n| n.metadata.name.clone()),
         );
     }
+    if networks_changed.iter().any(|n| n == INGRESS_NETWORK) {
+        // Nodes get their ingress addresses once the ingress network is allocated.
+        q.nodes.add_all(world.nodes.keys().cloned());
+    }
     if all_services {
         q.services.add_all(world.services.keys().cloned());
     } else if !networks_changed.is_empty() {

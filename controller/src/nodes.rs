@@ -10,17 +10,79 @@
 //!   gets [`UNSEEN_GRACE`] to show it (agents register the Node, then the key);
 //! - a node that comes back gets nothing back: its old tasks stay orphaned and its agent
 //!   stops them; it is marked `ready` again and receives new work;
-//! - a deleted Node takes its tasks with it (deleted, addresses released).
+//! - a deleted Node takes its tasks with it (deleted, addresses released);
+//! - every Node has an address of its own on the `ingress` network (the routing mesh's
+//!   source address on that node): claimed at `ipam/ips/ingress/<ip>` with owner
+//!   `node/<name>` in the same transaction that records it in `Node.status.ingressAddress`,
+//!   kept for as long as the Node exists (also while it is down, so it is stable across
+//!   restarts: a claim the node already holds is reused even if its status lost it), and
+//!   released in the transaction that follows the Node's deletion. One node change costs
+//!   one write (its own Node); agents learn each other's addresses by watching Nodes.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::{NodeState, TaskState};
 use tokio::time::Instant;
 
+use crate::allocator::{addressing, pick_ips, Addressing};
 use crate::manager::Context;
 use crate::runtime::{Action, ControllerError, Txn};
+
+/// The owner written in the claim of node `name`'s ingress address.
+pub fn node_owner(name: &str) -> String {
+    format!("node/{name}")
+}
+
+/// What to do about one node's ingress address ([`plan_ingress_address`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressPlan {
+    /// The node's address (`None`: the ingress network has no free address left).
+    pub address: Option<Ipv4Addr>,
+    /// A new claim to create (the picked address), if the node held none that fits.
+    pub claim: Option<Ipv4Addr>,
+    /// Claims of this node to release (outside the subnet, or more than one).
+    pub release: Vec<Ipv4Addr>,
+}
+
+/// Decides a node's ingress address from the claims it holds on the ingress network
+/// (`own`): the lowest one inside the subnet (not the gateway) is kept, the others go; with
+/// none, a free address is picked next-fit from `cursor` (`taken` says what is claimed).
+pub fn plan_ingress_address(
+    own: &[Ipv4Addr],
+    ingress: &Addressing,
+    cursor: &mut u32,
+    taken: impl Fn(Ipv4Addr) -> bool,
+) -> IngressPlan {
+    let mut own = own.to_vec();
+    own.sort();
+    let fits = |ip: &Ipv4Addr| {
+        ingress.subnet.contains(*ip)
+            && *ip != ingress.gateway
+            && *ip != ingress.subnet.network()
+            && *ip != ingress.subnet.broadcast()
+    };
+    let keep = own.iter().copied().find(fits);
+    let release = own.iter().copied().filter(|ip| Some(*ip) != keep).collect();
+    match keep {
+        Some(ip) => IngressPlan {
+            address: Some(ip),
+            claim: None,
+            release,
+        },
+        None => {
+            let picked = pick_ips(ingress.subnet, ingress.gateway, 1, cursor, taken).pop();
+            IngressPlan {
+                address: picked,
+                claim: picked,
+                release,
+            }
+        }
+    }
+}
 
 /// How long a Node without a liveness key that this leader never saw may stay `ready`.
 pub const UNSEEN_GRACE: Duration = Duration::from_secs(5);
@@ -66,6 +128,22 @@ fn node_step(ctx: &Context, name: &str) -> (Vec<Txn>, Action) {
                 }
                 txns.push(txn);
             }
+            let mut txn = Txn::new();
+            for (net, ip) in world
+                .ipam
+                .by_owner
+                .get(&node_owner(&name))
+                .into_iter()
+                .flatten()
+            {
+                if let Some(c) = world.ipam.ip_claim(net, *ip) {
+                    txn.delete_raw(keys.ip(net, *ip), c.revision);
+                }
+            }
+            if !txn.is_empty() {
+                tracing::info!(node = %name, "node deleted; releasing its ingress address");
+                txns.push(txn);
+            }
             ctx.lease_deadlines
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -74,18 +152,17 @@ fn node_step(ctx: &Context, name: &str) -> (Vec<Txn>, Action) {
         };
         let alive = world.node_leases.contains(&name);
         let mut state = node.status.state;
+        // One transaction for the Node: its state and its ingress address (with the claim).
+        let mut next = (*node).clone();
+        let mut node_txn = Txn::new();
         if alive {
             ctx.lease_deadlines
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&name);
             if state != NodeState::Ready {
-                let mut next = (*node).clone();
                 next.status.state = NodeState::Ready;
                 next.status.message.clear();
-                let mut txn = Txn::new();
-                txn.update(&keys, &next);
-                txns.push(txn);
                 state = NodeState::Ready;
                 tracing::info!(node = %name, "node is ready");
             }
@@ -98,17 +175,57 @@ fn node_step(ctx: &Context, name: &str) -> (Vec<Txn>, Action) {
                 .or_insert_with(|| Instant::now() + UNSEEN_GRACE.max(ctx.config.node_lease_grace));
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                let mut next = (*node).clone();
                 next.status.state = NodeState::Down;
                 next.status.message = "the agent's lease expired (no heartbeat)".into();
-                let mut txn = Txn::new();
-                txn.update(&keys, &next);
-                txns.push(txn);
                 state = NodeState::Down;
                 tracing::warn!(node = %name, "node is down");
             } else {
                 action = Action::Requeue(left);
             }
+        }
+        if let Some(ingress) = world
+            .networks
+            .get(INGRESS_NETWORK)
+            .and_then(|n| addressing(n))
+        {
+            let owner = node_owner(&name);
+            let own: Vec<Ipv4Addr> = world
+                .ipam
+                .by_owner
+                .get(&owner)
+                .into_iter()
+                .flatten()
+                .filter(|(net, _)| net == INGRESS_NETWORK)
+                .map(|(_, ip)| *ip)
+                .collect();
+            let plan = {
+                let mut cursors = ctx.ip_cursors.lock().unwrap_or_else(|p| p.into_inner());
+                let cursor = cursors.entry(INGRESS_NETWORK.to_string()).or_insert(0);
+                plan_ingress_address(&own, &ingress, cursor, |ip| {
+                    world.ipam.ip_taken(INGRESS_NETWORK, ip)
+                })
+            };
+            for ip in &plan.release {
+                if let Some(c) = world.ipam.ip_claim(INGRESS_NETWORK, *ip) {
+                    node_txn.delete_raw(keys.ip(INGRESS_NETWORK, *ip), c.revision);
+                }
+            }
+            if let Some(ip) = plan.claim {
+                node_txn.claim(keys.ip(INGRESS_NETWORK, ip), &owner);
+                tracing::info!(node = %name, %ip, "node ingress address allocated");
+            }
+            match plan.address {
+                Some(ip) => next.status.ingress_address = ip.to_string(),
+                None => {
+                    tracing::warn!(node = %name, subnet = %ingress.subnet, "the ingress network has no free address for this node");
+                }
+            }
+        }
+        if next != *node {
+            node_txn.update(&keys, &next);
+        }
+        if !node_txn.is_empty() {
+            txns.push(node_txn);
         }
         if state == NodeState::Down {
             for t in node_tasks().filter(|t| !t.status.state.is_terminal()) {
@@ -124,5 +241,74 @@ fn node_step(ctx: &Context, name: &str) -> (Vec<Txn>, Action) {
             }
         }
         (txns, action)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ingress() -> Addressing {
+        Addressing {
+            subnet: "10.255.0.0/29".parse().unwrap(),
+            gateway: "10.255.0.1".parse().unwrap(),
+            internal: false,
+        }
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn nodes_should_keep_the_ingress_address_they_hold() {
+        let mut cursor = 0;
+        let plan = plan_ingress_address(&[ip("10.255.0.4")], &ingress(), &mut cursor, |_| true);
+        assert_eq!(
+            plan,
+            IngressPlan {
+                address: Some(ip("10.255.0.4")),
+                claim: None,
+                release: vec![],
+            }
+        );
+        assert_eq!(cursor, 0, "nothing picked");
+    }
+
+    #[test]
+    fn nodes_should_claim_a_free_ingress_address_skipping_taken_ones_and_the_gateway() {
+        let mut cursor = 0;
+        let taken = |a: Ipv4Addr| a == ip("10.255.0.2");
+        let plan = plan_ingress_address(&[], &ingress(), &mut cursor, taken);
+        assert_eq!(plan.address, Some(ip("10.255.0.3")));
+        assert_eq!(plan.claim, Some(ip("10.255.0.3")));
+        assert!(plan.release.is_empty());
+    }
+
+    #[test]
+    fn nodes_should_release_extra_or_foreign_ingress_claims() {
+        let mut cursor = 0;
+        let plan = plan_ingress_address(
+            &[ip("10.9.0.5"), ip("10.255.0.6"), ip("10.255.0.5")],
+            &ingress(),
+            &mut cursor,
+            |_| false,
+        );
+        assert_eq!(plan.address, Some(ip("10.255.0.5")), "the lowest that fits");
+        assert_eq!(plan.claim, None);
+        assert_eq!(plan.release, vec![ip("10.9.0.5"), ip("10.255.0.6")]);
+    }
+
+    #[test]
+    fn nodes_should_get_no_ingress_address_from_a_full_network() {
+        let mut cursor = 0;
+        let plan = plan_ingress_address(&[], &ingress(), &mut cursor, |_| true);
+        assert_eq!(plan.address, None);
+        assert_eq!(plan.claim, None);
+    }
+
+    #[test]
+    fn node_claims_are_named_after_the_node() {
+        assert_eq!(node_owner("node-1"), "node/node-1");
     }
 }

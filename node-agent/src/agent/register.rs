@@ -2,7 +2,8 @@
 //!
 //! Registering grants an etcd lease, keeps it alive, binds the liveness key
 //! (`leases/nodes/<node>`, value: the lease id in hex) to it, and writes the Node's status
-//! (`ready`, address, runtime, lease, registeredAt) — creating the Node with a default spec
+//! (`ready`, address, runtime, lease, registeredAt; the controller's `ingressAddress` is kept)
+//! — creating the Node with a default spec
 //! if it does not exist. Users own the spec (labels, availability); it is never written.
 //!
 //! The controller marks the node down when the liveness key disappears. When the lease is
@@ -135,6 +136,7 @@ impl Registration {
             runtime: self.runtime.to_string(),
             registered_at: Some(Utc::now()),
             message: String::new(),
+            ingress_address: String::new(),
         }
     }
 
@@ -146,7 +148,12 @@ impl Registration {
             let updated = self
                 .store
                 .update_with::<NodeSpec>(&key, |node| {
-                    node.status = status.clone();
+                    // The ingress address is the controller's allocation: keep it.
+                    let ingress_address = std::mem::take(&mut node.status.ingress_address);
+                    node.status = NodeStatus {
+                        ingress_address,
+                        ..status.clone()
+                    };
                     true
                 })
                 .await?;
