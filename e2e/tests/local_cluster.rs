@@ -170,6 +170,37 @@ fn local_cluster_end_to_end() {
     assert!(rr["status"]["virtualIps"].as_array().map(|v| v.is_empty()).unwrap_or(true), "dnsrr has no VIP: {rr}");
     c.shoal(&["service", "rm", "rr"]).ok();
 
+    step("health checks: a task that turns unhealthy leaves the load balancer and is replaced");
+    let flaky = httpd_service("flaky", 2, &["appoverlay"]).replace(
+        "  replicas: 2\n",
+        "  replicas: 2\n  healthcheck: {command: [sh, -c, \"test ! -f /www/sick\"], intervalSeconds: 1, retries: 3}\n",
+    );
+    c.apply(&flaky);
+    let first = c.eventually("both flaky tasks healthy", wait, || {
+        let healthy: BTreeSet<String> = c
+            .tasks("flaky")
+            .iter()
+            .filter(|t| t["status"]["state"] == "running" && t["status"]["healthy"] == true)
+            .filter_map(|t| t["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        (healthy.len() == 2).then_some(healthy)
+    });
+    c.exec("flaky.1", &["touch", "/www/sick"]).ok();
+    let reasons = c.eventually("flaky.1 fails as unhealthy and a new task takes slot 1", wait, || {
+        let ps = task_error(&c, "flaky");
+        let now = running_ids(&c, "flaky");
+        (ps.contains("unhealthy") && now.len() == 2 && now != first).then_some(ps)
+    });
+    eprintln!("{reasons}");
+    let served = c.eventually("both flaky slots answer through the VIP again", Duration::from_secs(30), || {
+        let script = "i=0; while [ $i -lt 20 ]; do timeout 5 wget -qO- http://flaky/ || echo FAILED; i=$((i+1)); done";
+        let out = c.exec("worker.1", &["sh", "-c", script]).ok();
+        let names: BTreeSet<String> = out.lines().map(|l| l.trim().to_string()).collect();
+        (names.len() == 2 && !names.contains("FAILED")).then_some(names)
+    });
+    eprintln!("{served:?}");
+    c.shoal(&["service", "rm", "flaky"]).ok();
+
     step("egress: a task reaches the outside world through the gateway bridge; an internal one cannot");
     let outside = c.outside_world().expect("outside namespace");
     let www = c.state_dir().join("outside-www");

@@ -57,6 +57,8 @@ struct Inner {
     waiting: Mutex<HashSet<String>>,
     /// Health of tasks with a check, while its loop runs.
     health: Mutex<HashMap<String, bool>>,
+    /// Tasks stopped because their health check kept failing.
+    unhealthy: Mutex<std::collections::HashSet<String>>,
 }
 
 impl ContainerTasks {
@@ -70,6 +72,7 @@ impl ContainerTasks {
                 exited: Notify::new(),
                 waiting: Mutex::new(HashSet::new()),
                 health: Mutex::new(HashMap::new()),
+                unhealthy: Mutex::new(Default::default()),
             }),
         }
     }
@@ -196,7 +199,20 @@ impl ContainerTasks {
                     }
                 };
                 let in_start = started.elapsed() < probe.start_period;
-                if state.record(passed, in_start, probe.retries) {
+                let changed = state.record(passed, in_start, probe.retries);
+                if state.just_failed(probe.retries) {
+                    // Unhealthy: the task fails, as in Swarm. Its container is stopped (it
+                    // left the load balancer already: `healthy` is false) and the exit is
+                    // reported with the reason; the controller replaces the task.
+                    tracing::warn!(task = %id, failures = state.failures, "health check failing: stopping the task");
+                    inner.unhealthy.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
+                    inner.health.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), false);
+                    inner.exited.notify_one();
+                    let _ = inner.runtime.stop(&id, Duration::from_secs(2)).await;
+                    inner.exited.notify_one();
+                    break;
+                }
+                if changed {
                     tracing::info!(task = %id, healthy = state.healthy, "health changed");
                     let mut health = inner.health.lock().unwrap_or_else(|e| e.into_inner());
                     if !health.contains_key(&id) {
@@ -300,6 +316,7 @@ impl TaskRuntime for ContainerTasks {
     }
 
     async fn remove_task(&self, id: &str) -> Result<(), TaskError> {
+        self.inner.unhealthy.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         let Some(network) = &self.inner.network else {
             return self
                 .inner
@@ -359,11 +376,19 @@ impl TaskRuntime for ContainerTasks {
                 }
                 (Some(_), _) => Some(false),
             };
+            let stopped_because = self
+                .inner
+                .unhealthy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&c.id)
+                .then(|| "task unhealthy: its health check kept failing, so it was stopped".to_string());
             observed.push(ObservedTask {
                 id,
                 container_id: c.id,
                 state,
                 healthy,
+                stopped_because,
             });
         }
         Ok(observed)

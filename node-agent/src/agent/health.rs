@@ -92,6 +92,13 @@ impl Health {
         }
     }
 
+    /// Whether the task has just failed `retries` checks in a row outside its start period:
+    /// then, as in Swarm, the task fails (its container is stopped) and its slot gets a
+    /// replacement. True once per run of failures.
+    pub fn just_failed(&self, retries: u32) -> bool {
+        self.failures == retries.max(1)
+    }
+
     /// Books one check; returns whether `healthy` changed.
     pub fn record(&mut self, passed: bool, in_start_period: bool, retries: u32) -> bool {
         let before = self.healthy;
@@ -111,6 +118,19 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_should_fail_the_task_once_when_retries_checks_fail_in_a_row() {
+        let mut h = Health::starting();
+        h.record(false, true, 2);
+        assert!(!h.just_failed(2), "failures in the start period do not count");
+        h.record(false, false, 2);
+        assert!(!h.just_failed(2));
+        h.record(false, false, 2);
+        assert!(h.just_failed(2), "the second failure in a row fails the task");
+        h.record(false, false, 2);
+        assert!(!h.just_failed(2), "only once");
+    }
 
     #[test]
     fn health_should_need_retries_failures_in_a_row_and_one_success() {

@@ -207,7 +207,14 @@ fn plan_task(task: &Task, observed: Option<&ObservedTask>) -> Option<Op> {
             changed.then_some(Op::Report { id, update })
         }
         (Some(o), Some(ObservedState::Exited { exit_code })) => {
-            report(StatusUpdate::exited(exit_code).with_container(o.container_id.clone()))
+            let mut update = StatusUpdate::exited(exit_code).with_container(o.container_id.clone());
+            if let Some(why) = &o.stopped_because {
+                update = StatusUpdate::new(TaskState::Failed, "failed")
+                    .with_err(format!("{why} (exit code {exit_code})"))
+                    .with_exit_code(exit_code)
+                    .with_container(o.container_id.clone());
+            }
+            report(update)
         }
         // Not running (absent, or created but never started): start it, unless it was
         // already reported running; then it is lost, and states never move back.
@@ -318,6 +325,23 @@ mod tests {
         let mut t = task("t1", RUN, RUN);
         t.status.healthy = true;
         assert_eq!(plan(&[t], &[running("t1")]), vec![]);
+    }
+
+    #[test]
+    fn plan_should_report_a_task_stopped_for_failing_health_as_failed_with_the_reason() {
+        let t = task("t1", RUN, RUN);
+        let stopped = ObservedTask {
+            stopped_because: Some("task unhealthy".into()),
+            ..exited("t1", 137)
+        };
+        match plan(&[t], &[stopped]).as_slice() {
+            [Op::Report { update, .. }] => {
+                assert_eq!(update.state, TaskState::Failed);
+                assert_eq!(update.err, "task unhealthy (exit code 137)");
+                assert_eq!(update.exit_code, Some(137));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct ObservedTask {
     pub state: ObservedState,
     /// Result of the health check: `None` when the task has none.
     pub healthy: Option<bool>,
+    /// Why the runtime ended the task itself, if it did (a failing health check).
+    pub stopped_because: Option<String>,
 }
 
 impl ObservedTask {
@@ -54,6 +56,7 @@ impl ObservedTask {
             container_id: container_id.into(),
             state: ObservedState::Running,
             healthy: None,
+            stopped_because: None,
         }
     }
 
@@ -64,6 +67,7 @@ impl ObservedTask {
             container_id: container_id.into(),
             state: ObservedState::Exited { exit_code },
             healthy: None,
+            stopped_because: None,
         }
     }
 }
