@@ -77,7 +77,8 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with output to `log`.
     pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Proc> {
-        let out = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let out =
+            std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let err = out.try_clone()?;
         let child = cmd
             .stdin(Stdio::null())
@@ -85,7 +86,10 @@ impl Proc {
             .stderr(err)
             .spawn()
             .with_context(|| format!("start {name}"))?;
-        Ok(Proc { name: name.into(), child: Some(child) })
+        Ok(Proc {
+            name: name.into(),
+            child: Some(child),
+        })
     }
 
     /// The process id.
@@ -189,7 +193,9 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         kill_netns_pids(&self.name);
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
     }
 }
 
@@ -198,7 +204,10 @@ pub fn kill_netns_pids(name: &str) {
     if let Ok(o) = Command::new("ip").args(["netns", "pids", name]).output() {
         for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
             if let Ok(p) = pid.parse::<i32>() {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
@@ -206,9 +215,16 @@ pub fn kill_netns_pids(name: &str) {
 
 /// Runs a program, failing with its stderr on a non-zero exit; returns stdout.
 pub fn sh(prog: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(prog).args(args).output().with_context(|| format!("run {prog}"))?;
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {prog}"))?;
     if !out.status.success() {
-        bail!("{prog} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{prog} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -228,7 +244,11 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     /// Creates `<base>/<name>` (base: /dev/shm when there, else /tmp).
     pub fn new(name: &str) -> Result<TempDir> {
-        let base = if Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+        let base = if Path::new("/dev/shm").is_dir() {
+            "/dev/shm"
+        } else {
+            "/tmp"
+        };
         let p = Path::new(base).join(name);
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p)?;
@@ -252,7 +272,7 @@ pub fn free_port() -> Result<u16> {
 pub struct Etcd {
     /// Its client URL.
     pub url: String,
-    proc: Proc,
+    _proc: Proc,
     _dir: TempDir,
 }
 
@@ -266,12 +286,31 @@ impl Etcd {
         let mut cmd = Command::new("etcd");
         cmd.args(["--name", name, "--data-dir"])
             .arg(dir.0.join("data"))
-            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &format!("{name}={peer}")])
-            .args(["--log-level", "error", "--quota-backend-bytes", "8589934592"]);
+            .args([
+                "--log-level",
+                "error",
+                "--quota-backend-bytes",
+                "8589934592",
+            ]);
         let proc = Proc::spawn("etcd", &mut cmd, &dir.0.join("etcd.log"))?;
-        let etcd = Etcd { url, proc, _dir: dir };
+        let etcd = Etcd {
+            url,
+            _proc: proc,
+            _dir: dir,
+        };
         for _ in 0..100 {
             if let Ok(mut c) = etcd_client::Client::connect([etcd.url.as_str()], None).await {
                 if c.status().await.is_ok() {
@@ -282,11 +321,6 @@ impl Etcd {
         }
         bail!("etcd did not answer at {}", etcd.url)
     }
-
-    /// The process.
-    pub fn proc(&mut self) -> &mut Proc {
-        &mut self.proc
-    }
 }
 
 /// Where the workspace binaries are: next to this one.
@@ -295,7 +329,10 @@ pub fn bin_dir() -> Result<PathBuf> {
     let dir = exe.parent().context("exe dir")?.to_path_buf();
     for b in ["shoal", "shoal-controller", "shoal-agent"] {
         if !dir.join(b).is_file() {
-            bail!("{} missing: cargo build --workspace --bins", dir.join(b).display());
+            bail!(
+                "{} missing: cargo build --workspace --bins",
+                dir.join(b).display()
+            );
         }
     }
     Ok(dir)
@@ -304,7 +341,10 @@ pub fn bin_dir() -> Result<PathBuf> {
 /// Formats a number with thousands separators.
 pub fn thousands(n: f64) -> String {
     let s = format!("{:.0}", n);
-    let (neg, digits) = s.strip_prefix('-').map(|d| (true, d)).unwrap_or((false, &s));
+    let (neg, digits) = s
+        .strip_prefix('-')
+        .map(|d| (true, d))
+        .unwrap_or((false, &s));
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i) % 3 == 0 {

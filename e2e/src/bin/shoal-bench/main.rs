@@ -1,0 +1,281 @@
+//! `shoal-bench`: measures each figure of the benchmark issue together with its baseline in
+//! the same run, prints a table and writes it to a Markdown file (`docs/benchmarks.md` by
+//! default) with the machine, the command and the date. See docs/benchmarks.md.
+//!
+//! ```text
+//! sudo target/release/shoal-bench                  # everything (tens of minutes)
+//! sudo target/debug/shoal-bench --quick --out /tmp/b.md   # small version (CI)
+//! sudo target/release/shoal-bench --only 5         # one figure (1..8)
+//! ```
+//!
+//! Everything it starts it stops — processes, namespaces, tmpfs directories, the local
+//! cluster (`shoal dev down`) — also on an error or Ctrl-C (guards dropped when `main`
+//! drops the benchmark future). Figures that cannot run here are reported as skipped.
+//! The workspace binaries are taken from the directory of this one.
+
+mod cluster;
+mod common;
+mod control;
+mod dns;
+mod rules;
+mod tools;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use common::*;
+
+/// Benchmarks Shoal against its baselines, side by side.
+#[derive(Debug, Parser)]
+#[command(name = "shoal-bench")]
+struct Args {
+    /// A small version that runs in a few minutes (CI).
+    #[arg(long)]
+    quick: bool,
+    /// Run only these figures (1..8), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<u32>,
+    /// Where to write the Markdown report.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    out: PathBuf,
+}
+
+fn main() -> Result<()> {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(r) = tools::dispatch(&raw) {
+        return r;
+    }
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        tokio::select! {
+            r = run(&args) => r,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("bench: interrupted; cleaning up");
+                Err(anyhow::anyhow!("interrupted"))
+            }
+        }
+    })
+}
+
+async fn run(args: &Args) -> Result<()> {
+    let started = Instant::now();
+    let want = |f: u32| args.only.is_empty() || args.only.contains(&f);
+    let bin = bin_dir()?;
+    let dir = TempDir::new(&format!("shoal-bench-{}", run_id()))?;
+    let mut rows: Vec<Row> = vec![];
+    let mut failed = vec![];
+    let root = skip_root();
+    macro_rules! figure {
+        ($n:expr, $name:expr, $target:expr, $body:expr) => {
+            if want($n) {
+                let t = Instant::now();
+                eprintln!("bench: figure {} ({})", $n, $name);
+                if let Some(why) = &root {
+                    rows.push(Row::skipped(
+                        &format!("{} {}", $n, $name),
+                        $target,
+                        why.clone(),
+                    ));
+                } else if let Err(e) = $body.await {
+                    eprintln!("bench: figure {} failed: {e:#}", $n);
+                    failed.push(format!("figure {}: {e:#}", $n));
+                    rows.push(Row {
+                        figure: format!("{} {}", $n, $name),
+                        shoal: "error".into(),
+                        met: "error".into(),
+                        target: $target.into(),
+                        note: format!("{e:#}"),
+                        ..Default::default()
+                    });
+                }
+                eprintln!(
+                    "bench: figure {} took {:.0} s",
+                    $n,
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        };
+    }
+    // Figures without the local cluster first.
+    figure!(
+        2,
+        "scheduling throughput",
+        "≥ 5,000 tasks/s",
+        control::scheduling(&bin, args.quick, &dir.0, &mut rows)
+    );
+    if want(3) || want(8) {
+        let (f3, f8) = (want(3), want(8));
+        figure!(
+            if f3 { 3 } else { 8 },
+            "failover / agent footprint",
+            "≤ 5 s; agent < 40 MB",
+            control::failover_and_agent(&bin, args.quick, &dir.0, &mut rows, f3, f8)
+        );
+    }
+    figure!(
+        5,
+        "rule scale",
+        "full < 1 s, change < 50 ms, latency ≤ 1.1×",
+        rules::rule_scale(args.quick, &mut rows)
+    );
+    figure!(
+        6,
+        "DNS",
+        "≥ 1.0× unbound, p99 < 1 ms",
+        dns::dns(args.quick, &dir.0, &mut rows)
+    );
+    figure!(
+        7,
+        "endpoint propagation to 1,000 watchers",
+        "p99 < 1 s",
+        control::propagation_watchers(args.quick, &mut rows)
+    );
+    let cluster_figs: Vec<u32> = [1, 4, 7].into_iter().filter(|f| want(*f)).collect();
+    if !cluster_figs.is_empty() && root.is_none() {
+        let t = Instant::now();
+        eprintln!("bench: local-cluster figures {cluster_figs:?}");
+        if let Err(e) = cluster::run(&bin, args.quick, &cluster_figs, &mut rows).await {
+            eprintln!("bench: local-cluster figures failed: {e:#}");
+            failed.push(format!("local cluster: {e:#}"));
+            rows.push(Row {
+                figure: "1/4/7 local cluster".into(),
+                shoal: "error".into(),
+                met: "error".into(),
+                note: format!("{e:#}"),
+                ..Default::default()
+            });
+        }
+        eprintln!(
+            "bench: local-cluster figures took {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    rows.sort_by_key(|r| {
+        r.figure
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(99)
+    });
+    let table = table(&rows);
+    println!("{table}");
+    let doc = report(args, &table, &rows, started.elapsed().as_secs_f64())?;
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, doc).with_context(|| format!("write {}", args.out.display()))?;
+    eprintln!(
+        "bench: wrote {} ({:.0} s)",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if !failed.is_empty() {
+        anyhow::bail!("{} figure(s) failed:\n{}", failed.len(), failed.join("\n"));
+    }
+    Ok(())
+}
+
+/// Why nothing can run here (the tool needs root for namespaces), if so.
+fn skip_root() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("");
+    if uid != "0" {
+        return Some("skipped: needs root (namespaces, nftables, containerd)".into());
+    }
+    for p in ["etcd", "ip"] {
+        if !have(p) {
+            return Some(format!(
+                "skipped: {p} is not installed (scripts/install-deps)"
+            ));
+        }
+    }
+    None
+}
+
+fn esc(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut t = String::from("| figure | Shoal | baseline | ratio | target | met? |\n| --- | --- | --- | --- | --- | --- |\n");
+    for r in rows {
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            esc(&r.figure),
+            esc(&r.shoal),
+            esc(&r.baseline),
+            esc(&r.ratio),
+            esc(&r.target),
+            esc(&r.met)
+        ));
+    }
+    t
+}
+
+fn report(args: &Args, table: &str, rows: &[Row], secs: f64) -> Result<String> {
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map(|kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let kernel = sh("uname", &["-r"]).unwrap_or_default().trim().to_string();
+    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let commit = sh("git", &["rev-parse", "--short", "HEAD"])
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let cmd: Vec<String> = std::env::args().collect();
+    let cmd = cmd.join(" ");
+    let mode = if args.quick {
+        "**quick mode** (small sizes; CI runs this)"
+    } else {
+        "full"
+    };
+    let mut notes = String::new();
+    for r in rows {
+        if !r.note.is_empty() {
+            notes.push_str(&format!("- **{}** ({}): {}\n", r.figure, r.met, r.note));
+        }
+    }
+    Ok(format!(
+        "# Benchmarks\n\n\
+         Generated by `shoal-bench` ({mode}); every figure is measured together with its baseline in the same run,\n\
+         because these machines are noisy: ratios hold, absolute times do not.\n\n\
+         - machine: {nproc} cores, {mem}, kernel {kernel}\n\
+         - date: {date}; commit {commit}; {profile} binaries; took {secs:.0} s\n\
+         - command: `{cmd}`\n\n\
+         {table}\n\
+         ## Notes per figure\n\n{notes}\n\
+         {method}",
+        method = METHOD
+    ))
+}
+
+const METHOD: &str = include_str!("method.md");

@@ -1,0 +1,198 @@
+//! Hidden subcommands the tool runs inside namespaces with `ip netns exec`: a TCP echo
+//! backend, a connection-latency probe, a closed-loop DNS load generator, and a bulk TCP
+//! sender/receiver. Each prints `key=value` pairs. All loads are bounded in count or time.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::common::pct;
+
+/// Runs a hidden subcommand; `None` when `args` is not one.
+pub fn dispatch(args: &[String]) -> Option<Result<()>> {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    Some(match a.as_slice() {
+        ["__echo", addr] => echo(addr),
+        ["__rtt", addr, n] => rtt(addr, n.parse().unwrap_or(1000)),
+        ["__dnsload", server, name, secs, conc] => dns_load(
+            server,
+            name,
+            secs.parse().unwrap_or(1.0),
+            conc.parse().unwrap_or(1),
+        ),
+        ["__sink", addr] => sink(addr),
+        ["__blast", addr, secs] => blast(addr, secs.parse().unwrap_or(3.0)),
+        _ if a.first().is_some_and(|s| s.starts_with("__")) => {
+            Err(anyhow::anyhow!("unknown hidden subcommand {a:?}"))
+        }
+        _ => return None,
+    })
+}
+
+fn echo(addr: &str) -> Result<()> {
+    let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+    for s in l.incoming() {
+        let Ok(mut s) = s else { continue };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn rtt(addr: &str, n: usize) -> Result<()> {
+    let mut v = Vec::with_capacity(n);
+    let mut errors = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        let ok = (|| -> std::io::Result<()> {
+            let mut s = TcpStream::connect_timeout(
+                &addr.parse().map_err(std::io::Error::other)?,
+                Duration::from_secs(1),
+            )?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            s.write_all(b"x")?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)?;
+            Ok(())
+        })();
+        match ok {
+            Ok(()) => v.push(t.elapsed().as_secs_f64() * 1e6),
+            Err(_) => errors += 1,
+        }
+    }
+    if v.is_empty() {
+        bail!("no connection to {addr} succeeded");
+    }
+    println!(
+        "p50_us={:.1} p99_us={:.1} errors={errors}",
+        pct(&mut v.clone(), 50.0),
+        pct(&mut v, 99.0)
+    );
+    Ok(())
+}
+
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = vec![
+        (id >> 8) as u8,
+        id as u8,
+        0x01,
+        0x00,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+fn dns_load(server: &str, name: &str, secs: f64, conc: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut handles = vec![];
+    for t in 0..conc {
+        let (server, name) = (server.to_string(), name.to_string());
+        handles.push(std::thread::spawn(move || -> Result<(Vec<f64>, usize)> {
+            let s = UdpSocket::bind("127.0.0.1:0")?;
+            s.connect(&server)?;
+            s.set_read_timeout(Some(Duration::from_millis(500)))?;
+            let (mut lat, mut errors) = (vec![], 0usize);
+            let mut id = (t as u16).wrapping_mul(7919);
+            let mut buf = [0u8; 1500];
+            while Instant::now() < deadline {
+                id = id.wrapping_add(1);
+                let q = query(id, &name);
+                let t0 = Instant::now();
+                s.send(&q)?;
+                loop {
+                    match s.recv(&mut buf) {
+                        Ok(n) if n >= 12 && buf[0] == (id >> 8) as u8 && buf[1] == id as u8 => {
+                            let rcode = buf[3] & 0x0f;
+                            let ancount = u16::from_be_bytes([buf[6], buf[7]]);
+                            if rcode == 0 && ancount > 0 {
+                                lat.push(t0.elapsed().as_secs_f64() * 1e6);
+                            } else {
+                                errors += 1;
+                            }
+                            break;
+                        }
+                        Ok(_) => continue,
+                        Err(_) => {
+                            errors += 1;
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok((lat, errors))
+        }));
+    }
+    let (mut all, mut errors) = (vec![], 0);
+    for h in handles {
+        let (l, e) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+        all.extend(l);
+        errors += e;
+    }
+    let el = start.elapsed().as_secs_f64();
+    let ok = all.len();
+    println!(
+        "ok={ok} qps={:.0} p50_us={:.1} p99_us={:.1} errors={errors}",
+        ok as f64 / el,
+        pct(&mut all.clone(), 50.0),
+        pct(&mut all, 99.0)
+    );
+    Ok(())
+}
+
+fn sink(addr: &str) -> Result<()> {
+    let l = TcpListener::bind(addr).with_context(|| format!("bind {addr}"))?;
+    for s in l.incoming() {
+        let Ok(mut s) = s else { continue };
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn blast(addr: &str, secs: f64) -> Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))
+        .with_context(|| format!("connect {addr}"))?;
+    let buf = vec![0x5au8; 1 << 17];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        s.write_all(&buf)?;
+        sent += buf.len() as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut b = [0u8; 1];
+    let _ = s.read(&mut b);
+    let el = start.elapsed().as_secs_f64();
+    println!("gbps={:.2} bytes={sent}", sent as f64 * 8.0 / el / 1e9);
+    Ok(())
+}
