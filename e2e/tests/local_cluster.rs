@@ -152,7 +152,19 @@ fn local_cluster_end_to_end() {
         (m.len() == 3 && !m.contains_key("FAILED")).then_some(m)
     });
     eprintln!("{m:?}");
-    c.shoal(&["service", "scale", "api=2", "--timeout", "120s"]).ok();
+    step("scale api back to 2 under load: a task leaves DNS and the VIP before it stops, so no request fails");
+    let during = std::thread::scope(|s| {
+        let load = s.spawn(|| {
+            let script = "i=0; while [ $i -lt 60 ]; do timeout 5 wget -qO- http://api/ || echo FAILED; i=$((i+1)); usleep 100000; done";
+            c.exec("worker.1", &["sh", "-c", script]).ok()
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        c.shoal(&["service", "scale", "api=2", "--timeout", "120s"]).ok();
+        load.join().expect("load thread")
+    });
+    let failed = during.lines().filter(|l| l.contains("FAILED")).count();
+    eprintln!("{} requests during scale-down, {failed} failed", during.lines().count());
+    assert_eq!(failed, 0, "no request fails while a task is drained:\n{during}");
 
     step("endpoint mode dnsrr: the name gives task addresses and there is no VIP");
     c.apply(&httpd_service("rr", 2, &["appoverlay"]).replace("  replicas: 2\n", "  replicas: 2\n  endpointMode: dnsrr\n"));
@@ -238,6 +250,13 @@ fn local_cluster_end_to_end() {
         let now = running_ids(&c, "api");
         (now.len() == 2 && !now.contains(&victim)).then_some(())
     });
+    let m = c.eventually("after the replacement joins, every request succeeds and both tasks answer", Duration::from_secs(30), || {
+        let script = "i=0; while [ $i -lt 20 ]; do timeout 5 wget -qO- http://api/ || echo FAILED; i=$((i+1)); done";
+        let out = c.exec("worker.1", &["sh", "-c", script]).ok();
+        let names: BTreeSet<String> = out.lines().map(|l| l.trim().to_string()).collect();
+        (names.len() == 2 && !names.contains("FAILED")).then_some(names)
+    });
+    eprintln!("{m:?}");
 
     step("agent restart leaves running containers alone");
     let api = c.running("api", "appoverlay");

@@ -29,6 +29,10 @@ use shoal_api_types::Task;
 use tokio::sync::Notify;
 
 use super::health::{self, Health, Probe, LABEL_HEALTHCHECK};
+
+/// How long a stopping task waits to leave the Endpoints before SIGTERM regardless (the
+/// controller may be down).
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 use super::network::NodeNetwork;
 use super::runtime::{
     BackgroundContext, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
@@ -205,8 +209,16 @@ impl ContainerTasks {
                     // left the load balancer already: `healthy` is false) and the exit is
                     // reported with the reason; the controller replaces the task.
                     tracing::warn!(task = %id, failures = state.failures, "health check failing: stopping the task");
-                    inner.unhealthy.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
-                    inner.health.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), false);
+                    inner
+                        .unhealthy
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id.clone());
+                    inner
+                        .health
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id.clone(), false);
                     inner.exited.notify_one();
                     let _ = inner.runtime.stop(&id, Duration::from_secs(2)).await;
                     inner.exited.notify_one();
@@ -309,6 +321,12 @@ impl TaskRuntime for ContainerTasks {
     }
 
     async fn stop_task(&self, id: &str, grace: Duration) -> Result<(), TaskError> {
+        // Out of DNS and the VIPs first, on every node; only then SIGTERM.
+        if let Some(network) = &self.inner.network {
+            if !network.drain(id, DRAIN_LIMIT).await {
+                tracing::warn!(task = %id, "still listed as ready after {DRAIN_LIMIT:?}; stopping anyway");
+            }
+        }
         match self.inner.runtime.stop(id, grace).await {
             Ok(_) | Err(RuntimeError::NotFound { .. }) => Ok(()),
             Err(e) => Err(task_error(id, e)),
@@ -316,7 +334,11 @@ impl TaskRuntime for ContainerTasks {
     }
 
     async fn remove_task(&self, id: &str) -> Result<(), TaskError> {
-        self.inner.unhealthy.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.inner
+            .unhealthy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         let Some(network) = &self.inner.network else {
             return self
                 .inner
@@ -382,7 +404,9 @@ impl TaskRuntime for ContainerTasks {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .contains(&c.id)
-                .then(|| "task unhealthy: its health check kept failing, so it was stopped".to_string());
+                .then(|| {
+                    "task unhealthy: its health check kept failing, so it was stopped".to_string()
+                });
             observed.push(ObservedTask {
                 id,
                 container_id: c.id,

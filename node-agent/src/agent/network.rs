@@ -47,18 +47,26 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ipnetwork::Ipv4Network;
 use shoal_api_types::endpoints::EndpointsSpec;
-use shoal_api_types::network::NetworkSpec;
-use shoal_api_types::Task;
+use shoal_api_types::network::{parse_cidr, NetworkSpec, INGRESS_NETWORK};
+use shoal_api_types::service::{PortConfig, PublishMode};
+use shoal_api_types::{NodeSpec, Task};
 use tokio::sync::{watch, RwLock};
+
+/// How long a drained task keeps running after leaving the Endpoints, so that every agent
+/// has reprogrammed DNS and VIPs before it gets SIGTERM.
+pub const DRAIN_SETTLE: Duration = Duration::from_millis(300);
 
 use super::cluster::{self, Cache};
 use super::runtime::{BackgroundContext, TaskError};
 use crate::dns::{DnsError, DnsHost, DnsServerConfig, DnsServers, RecordStore};
 use crate::lb::{self, LbError, LoadBalancer, NftLoadBalancer, VipEntry};
+use crate::mesh::{self, Mesh, MeshRules, NftMesh};
 use crate::net::{
     self, apply_net_ops, names, peers_from_endpoints, plan_network, task_net_spec, DesiredNet,
-    GatewaySpec, Kernel, NetConfig, NetError, NetOp, Network, OverlaySpec, PortKind, TaskNetSpec,
+    GatewaySpec, Kernel, NetConfig, NetError, NetOp, Network, OverlaySpec, Peer, PortKind,
+    TaskNetSpec,
 };
 use crate::runtime::{ContainerRuntime, ContainerState};
 
@@ -69,6 +77,32 @@ struct LocalTask {
     networks: Vec<String>,
     /// Whether its DNS server may forward upstream (not `internal`).
     egress: bool,
+    /// Its host-mode published ports.
+    host_ports: Vec<PortConfig>,
+    /// Its address on the gateway bridge (host-mode ports go there).
+    gateway: Option<Ipv4Addr>,
+}
+
+/// What the routing mesh last applied (see [`NodeNetwork::refresh_mesh`]).
+#[derive(Debug, Default)]
+struct MeshState {
+    /// The gateway bridge (and with it `ip_forward`) was ensured.
+    gateway: bool,
+    /// The ingress overlay as last ensured (with the node's address).
+    overlay: Option<OverlaySpec>,
+    /// The ingress overlay's peers as last synced.
+    peers: Option<(u32, Vec<Peer>)>,
+    /// The table as last programmed.
+    programmed: Option<MeshRules>,
+}
+
+fn host_mode_ports(task: &Task) -> Vec<PortConfig> {
+    task.spec
+        .ports
+        .iter()
+        .filter(|p| p.mode == PublishMode::Host)
+        .cloned()
+        .collect()
 }
 
 /// The node's task networking (see the module docs).
@@ -92,6 +126,16 @@ pub struct NodeNetwork {
     lb_cache: tokio::sync::Mutex<HashMap<String, Vec<VipEntry>>>,
     /// Endpoints last applied per local network.
     applied: tokio::sync::Mutex<BTreeMap<String, Vec<EndpointsSpec>>>,
+    /// This node's name, when the routing mesh runs (see [`NodeNetwork::with_mesh`]).
+    node: Option<String>,
+    /// The node-level port rules (routing mesh, host mode).
+    mesh: Option<Arc<dyn Mesh>>,
+    /// Every Node (for peers' ingress addresses), when the mesh runs.
+    nodes: watch::Sender<Cache<NodeSpec>>,
+    /// What the mesh last applied; held while applying.
+    mesh_state: tokio::sync::Mutex<MeshState>,
+    /// Poked when local tasks come or go (their host ports).
+    mesh_kick: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for NodeNetwork {
@@ -152,7 +196,32 @@ impl NodeNetwork {
             overlays: tokio::sync::Mutex::new(()),
             lb_cache: tokio::sync::Mutex::new(HashMap::new()),
             applied: tokio::sync::Mutex::new(BTreeMap::new()),
+            node: None,
+            mesh: None,
+            nodes: watch::channel(None).0,
+            mesh_state: tokio::sync::Mutex::new(MeshState::default()),
+            mesh_kick: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Runs the routing mesh and host-mode ports for node `node` through `mesh`: the node
+    /// joins the `ingress` overlay with the address the controller gave it
+    /// (`Node.status.ingressAddress`), holds every other node's ingress address as a peer,
+    /// and keeps its `shoal_mesh` table equal to the published ports.
+    pub fn with_mesh(mut self, node: impl Into<String>, mesh: Arc<dyn Mesh>) -> Self {
+        self.node = Some(node.into());
+        self.mesh = Some(mesh);
+        self
+    }
+
+    /// Replaces the Nodes cache (the watch does this; tests call it directly).
+    pub fn set_nodes(&self, nodes: impl IntoIterator<Item = shoal_api_types::Node>) {
+        self.nodes.send_replace(Some(
+            nodes
+                .into_iter()
+                .map(|n| (n.name().to_string(), n))
+                .collect(),
+        ));
     }
 
     /// The real thing for node `node` at underlay address `address`: netlink in `home_netns`
@@ -173,6 +242,7 @@ impl NodeNetwork {
         };
         let netns_dir = config.netns_dir.clone();
         let prefix = config.prefix.clone();
+        let mesh = NftMesh::new(config.home_netns.clone());
         let kernel = Kernel::connect(config).await?;
         let records = RecordStore::new();
         let upstream = DnsServerConfig::from_resolv_conf(resolv_conf)?;
@@ -189,7 +259,8 @@ impl NodeNetwork {
             underlay,
             netns_dir,
             prefix,
-        ))
+        )
+        .with_mesh(node, Arc::new(mesh)))
     }
 
     /// The shared record tables (what every DNS server answers from).
@@ -220,6 +291,39 @@ impl NodeNetwork {
                 .map(|e| (e.name().to_string(), e))
                 .collect(),
         ));
+    }
+
+    /// Whether any Endpoints object lists task `id` as ready (in DNS and behind VIPs).
+    pub fn is_ready_anywhere(&self, id: &str) -> bool {
+        self.endpoints
+            .borrow()
+            .as_ref()
+            .map(|eps| {
+                eps.values()
+                    .any(|e| e.spec.tasks.iter().any(|t| t.task == id && t.ready))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Takes task `id` out of service before it is stopped: waits, at most `limit`, until no
+    /// Endpoints object lists it as ready (the controller marks a task that is wanted shut
+    /// down as not ready), then [`DRAIN_SETTLE`] more so every agent has applied the change
+    /// to its DNS tables and VIP rules. Returns whether it drained within `limit`.
+    pub async fn drain(&self, id: &str, limit: Duration) -> bool {
+        let mut rx = self.endpoints.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut waited = false;
+        while self.is_ready_anywhere(id) {
+            waited = true;
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return false,
+            }
+        }
+        if waited {
+            tokio::time::sleep(DRAIN_SETTLE).await;
+        }
+        true
     }
 
     /// Task ids with networking this agent knows of (started, or found at a reconcile).
@@ -265,6 +369,66 @@ impl NodeNetwork {
         )
     }
 
+    /// The ingress overlay with this node's address on it, once the mesh runs, the ingress
+    /// network is allocated and the controller gave this node its address.
+    fn ingress_overlay(&self) -> Option<OverlaySpec> {
+        let node = self.node.as_deref()?;
+        self.mesh.as_ref()?;
+        let (vni, mtu, subnet) = {
+            let networks = self.networks.borrow();
+            let n = networks.as_ref()?.get(INGRESS_NETWORK)?;
+            let subnet = parse_cidr(n.status.subnet.as_deref()?).ok()?;
+            (n.status.vni?, n.spec.mtu, subnet)
+        };
+        let address: Ipv4Addr = {
+            let nodes = self.nodes.borrow();
+            let me = nodes.as_ref()?.get(node)?;
+            me.status.ingress_address.parse().ok()?
+        };
+        Some(OverlaySpec {
+            vni,
+            mtu,
+            address: Some(Ipv4Network::new(address, subnet.prefix()).ok()?),
+        })
+    }
+
+    /// The overlay spec for `vni`: with the node's address on the ingress overlay.
+    fn overlay_spec(&self, vni: u32, mtu: Option<u32>) -> OverlaySpec {
+        match self.ingress_overlay() {
+            Some(spec) if spec.vni == vni => spec,
+            _ => OverlaySpec {
+                vni,
+                mtu,
+                address: None,
+            },
+        }
+    }
+
+    /// The remote peers of `network`: remote tasks from its Endpoints and, on `ingress`
+    /// while the mesh runs, every other node's ingress address.
+    fn peers_for(&self, network: &str, eps: &[EndpointsSpec]) -> Vec<Peer> {
+        let mut peers = peers_from_endpoints(eps, self.underlay);
+        if network == INGRESS_NETWORK && self.mesh.is_some() {
+            let me = self.node.as_deref().unwrap_or_default();
+            let mut by_ip: BTreeMap<Ipv4Addr, Peer> = peers.iter().map(|p| (p.ip, *p)).collect();
+            if let Some(nodes) = self.nodes.borrow().as_ref() {
+                for n in nodes.values().filter(|n| n.name() != me) {
+                    let (Ok(ip), Ok(node)) = (
+                        n.status.ingress_address.parse::<Ipv4Addr>(),
+                        n.status.address.parse::<Ipv4Addr>(),
+                    ) else {
+                        continue;
+                    };
+                    if node != self.underlay {
+                        by_ip.insert(ip, Peer { ip, node });
+                    }
+                }
+            }
+            peers = by_ip.into_values().collect();
+        }
+        peers
+    }
+
     fn task_spec(&self, task: &Task) -> Result<TaskNetSpec, TaskError> {
         let mut vnis = BTreeMap::new();
         for a in &task.spec.attachments {
@@ -294,11 +458,7 @@ impl NodeNetwork {
                     .network_info(network)
                     .map_err(|e| TaskError::Unavailable(format!("task {id}: {e}")))?;
                 self.net
-                    .ensure_overlay(&OverlaySpec {
-                        vni: a.vni,
-                        mtu,
-                        address: None,
-                    })
+                    .ensure_overlay(&self.overlay_spec(a.vni, mtu))
                     .await
                     .map_err(|e| net_error(id, e))?;
                 self.sync_peers(network, a.vni).await;
@@ -314,13 +474,20 @@ impl NodeNetwork {
                 .await
                 .map_err(|e| net_error(id, e))?
         };
+        let gateway = info.interfaces.iter().find_map(|i| match i.kind {
+            PortKind::Gateway(_) => Some(i.address.ip()),
+            PortKind::Overlay(_) => None,
+        });
         self.local_map().insert(
             id.to_string(),
             LocalTask {
                 networks: networks.clone(),
                 egress: spec.egress,
+                host_ports: host_mode_ports(task),
+                gateway,
             },
         );
+        self.mesh_kick.notify_one();
         if let Err(e) = self.serve(id, &info.path, &networks, spec.egress).await {
             self.teardown(id).await;
             return Err(e);
@@ -379,7 +546,9 @@ impl NodeNetwork {
         self.dns.stop(id).await;
         self.dns_internal.stop(id).await;
         self.lb_cache.lock().await.remove(id);
-        self.local_map().remove(id);
+        if self.local_map().remove(id).is_some() {
+            self.mesh_kick.notify_one();
+        }
         let _overlays = self.overlays.lock().await;
         if let Err(e) = self.net.detach_task(id).await {
             tracing::warn!(task = %id, error = %e, "cannot detach the task's network namespace; the next reconcile retries");
@@ -397,7 +566,7 @@ impl NodeNetwork {
                 return;
             }
         };
-        let used: BTreeSet<u32> = observed
+        let mut used: BTreeSet<u32> = observed
             .task_ports
             .values()
             .flatten()
@@ -406,6 +575,10 @@ impl NodeNetwork {
                 PortKind::Gateway(_) => None,
             })
             .collect();
+        // The ingress overlay stays while the node has its address (the routing mesh).
+        if let Some(spec) = self.ingress_overlay() {
+            used.insert(spec.vni);
+        }
         for vni in observed.overlays.keys() {
             if !used.contains(vni) {
                 if let Err(e) = self.net.remove_overlay(*vni).await {
@@ -421,7 +594,7 @@ impl NodeNetwork {
         let Some(eps) = self.endpoints_of(network) else {
             return;
         };
-        let peers = peers_from_endpoints(&eps, self.underlay);
+        let peers = self.peers_for(network, &eps);
         match self.net.sync_peers(vni, &peers).await {
             Ok(ops) if !ops.is_empty() => {
                 tracing::debug!(network, vni, changes = ops.len(), "synced overlay peers")
@@ -503,6 +676,96 @@ impl NodeNetwork {
         }
     }
 
+    /// The node's mesh table as it should be now: ingress-mode ports from the Endpoints of
+    /// `ingress` (when the node has its ingress address), host-mode ports of local tasks.
+    fn mesh_rules(&self, ingress: Option<&OverlaySpec>) -> MeshRules {
+        let mut ports = Vec::new();
+        let ingress = ingress.and_then(|spec| {
+            let addr = spec.address?.ip();
+            Some((names::bridge_name(spec.vni), addr))
+        });
+        if ingress.is_some() {
+            let eps = self.endpoints_of(INGRESS_NETWORK).unwrap_or_default();
+            ports.extend(mesh::ingress_ports(&eps));
+        }
+        let local = self.local_map().clone();
+        ports.extend(mesh::host_ports(
+            local
+                .iter()
+                .map(|(id, t)| (id.as_str(), t.host_ports.as_slice(), t.gateway)),
+        ));
+        MeshRules {
+            node_address: Some(self.underlay),
+            ingress,
+            ports: mesh::normalize(ports),
+        }
+    }
+
+    /// Converges the routing mesh (no-op without [`NodeNetwork::with_mesh`]): the gateway
+    /// bridge (it turns `ip_forward` on, which the mesh needs on nodes without tasks too),
+    /// the ingress overlay with the node's address and its peers (remote ingress tasks and
+    /// every other node's ingress address), and the `shoal_mesh` table. Each step runs only
+    /// when its input changed since it last succeeded.
+    pub async fn refresh_mesh(&self) {
+        let Some(mesh) = &self.mesh else {
+            return;
+        };
+        if self.networks.borrow().is_none()
+            || self.endpoints.borrow().is_none()
+            || self.nodes.borrow().is_none()
+        {
+            return;
+        }
+        let mut st = self.mesh_state.lock().await;
+        if !st.gateway {
+            let _overlays = self.overlays.lock().await;
+            match self.net.ensure_gateway(&GatewaySpec::default()).await {
+                Ok(()) => st.gateway = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "routing mesh: cannot set up the gateway bridge")
+                }
+            }
+        }
+        let ingress = self.ingress_overlay();
+        if let Some(spec) = &ingress {
+            let _overlays = self.overlays.lock().await;
+            if st.overlay.as_ref() != Some(spec) {
+                match self.net.ensure_overlay(spec).await {
+                    Ok(info) => {
+                        tracing::info!(vni = spec.vni, address = ?spec.address, "joined the ingress network");
+                        st.overlay = Some(spec.clone());
+                        if info.created {
+                            st.peers = None;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "routing mesh: cannot set up the ingress overlay")
+                    }
+                }
+            }
+            let eps = self.endpoints_of(INGRESS_NETWORK).unwrap_or_default();
+            let peers = (spec.vni, self.peers_for(INGRESS_NETWORK, &eps));
+            if st.overlay.is_some() && st.peers.as_ref() != Some(&peers) {
+                match self.net.sync_peers(peers.0, &peers.1).await {
+                    Ok(_) => st.peers = Some(peers),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "routing mesh: cannot sync ingress peers")
+                    }
+                }
+            }
+        }
+        let rules = self.mesh_rules(ingress.as_ref().filter(|_| st.overlay.is_some()));
+        if st.programmed.as_ref() != Some(&rules) {
+            match mesh.program(&rules).await {
+                Ok(()) => {
+                    tracing::debug!(ports = rules.ports.len(), "programmed the routing mesh");
+                    st.programmed = Some(rules);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot program the routing mesh"),
+            }
+        }
+    }
+
     /// The full reconcile (see the module docs). Returns `false` when a start or removal was
     /// in flight, so nothing was done: try again soon.
     pub async fn reconcile(
@@ -561,6 +824,15 @@ impl NodeNetwork {
             };
             match self.task_spec(task) {
                 Ok(spec) => {
+                    let gateway = observed
+                        .task_ports
+                        .get(id)
+                        .into_iter()
+                        .flatten()
+                        .find_map(|p| match p.kind {
+                            PortKind::Gateway(ip) => Some(ip),
+                            PortKind::Overlay(_) => None,
+                        });
                     local.insert(
                         id.clone(),
                         LocalTask {
@@ -571,6 +843,8 @@ impl NodeNetwork {
                                 .map(|a| a.network.clone())
                                 .collect(),
                             egress: spec.egress,
+                            host_ports: host_mode_ports(task),
+                            gateway,
                         },
                     );
                     specs.push(spec);
@@ -607,10 +881,15 @@ impl NodeNetwork {
                 }
             }
         }
+        // The ingress overlay (with the node's address) stays whether or not tasks use it.
+        if let Some(spec) = self.ingress_overlay() {
+            want.overlays.insert(spec.vni, spec);
+        }
         for vni in want.overlays.keys() {
-            if let Some(eps) = vni_network.get(vni).and_then(|n| self.endpoints_of(n)) {
-                want.peers
-                    .insert(*vni, peers_from_endpoints(&eps, self.underlay));
+            if let Some(network) = vni_network.get(vni) {
+                if let Some(eps) = self.endpoints_of(network) {
+                    want.peers.insert(*vni, self.peers_for(network, &eps));
+                }
             }
         }
         let ops: Vec<NetOp> = plan_network(&want, &observed)
@@ -635,6 +914,14 @@ impl NodeNetwork {
         }
         drop(_overlays);
         *self.local_map() = local.clone();
+        {
+            // Ensure the ingress overlay and the mesh table again at the next mesh refresh
+            // (repairs what observe cannot see, such as the bridge's address).
+            let mut st = self.mesh_state.lock().await;
+            st.overlay = None;
+            st.peers = None;
+            st.programmed = None;
+        }
         // DNS servers: every local task namespace has one (after a restart they are started
         // again); servers of tasks without a container stop.
         let present = self.net.observe().await.map(|o| o.task_netns).ok();
@@ -711,8 +998,19 @@ impl NodeNetwork {
                 shutdown.clone(),
             )),
         ];
+        let mut watches: Vec<_> = watches.into_iter().collect();
+        if self.mesh.is_some() {
+            watches.push(tokio::spawn(cluster::watch_objects::<NodeSpec>(
+                store.clone(),
+                keys.prefix::<NodeSpec>(),
+                watch_progress_every,
+                self.nodes.clone(),
+                shutdown.clone(),
+            )));
+        }
         let mut networks = self.networks.subscribe();
         let mut endpoints = self.endpoints.subscribe();
+        let mut nodes = self.nodes.subscribe();
         let mut tick = tokio::time::interval(resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Reconcile as soon as everything is listed (restart recovery), then every resync.
@@ -726,6 +1024,7 @@ impl NodeNetwork {
                 full_due = !self.reconcile(containers.as_ref(), &snapshot).await;
             }
             self.refresh().await;
+            self.refresh_mesh().await;
             let retry = async {
                 if full_due && listed {
                     tokio::time::sleep(Duration::from_secs(1)).await
@@ -739,6 +1038,8 @@ impl NodeNetwork {
                 r = networks.changed() => if r.is_err() { break },
                 r = endpoints.changed() => if r.is_err() { break },
                 r = desired.changed() => if r.is_err() { break },
+                r = nodes.changed() => if r.is_err() { break },
+                _ = self.mesh_kick.notified() => {}
                 _ = tick.tick() => full_due = true,
                 _ = retry => {}
             }
@@ -1217,6 +1518,46 @@ mod tests {
                     &BTreeMap::new()
                 )
                 .await
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_should_wait_until_the_task_leaves_every_endpoints_object() {
+        let n = node();
+        n.network.set_endpoints([endpoints(
+            "appnet",
+            "api",
+            "10.0.1.100",
+            &[("10.0.1.2", "198.18.0.1")],
+        )]);
+        assert!(n.network.is_ready_anywhere("t-10.0.1.2"));
+        let network = n.network.clone();
+        let drained =
+            tokio::spawn(async move { network.drain("t-10.0.1.2", Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !drained.is_finished(),
+            "still listed as ready: keeps waiting"
+        );
+        let mut eps = endpoints("appnet", "api", "10.0.1.100", &[("10.0.1.2", "198.18.0.1")]);
+        eps.spec.tasks[0].ready = false;
+        n.network.set_endpoints([eps]);
+        assert!(drained.await.unwrap(), "drained once marked not ready");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_should_give_up_after_its_limit() {
+        let n = node();
+        n.network.set_endpoints([endpoints(
+            "appnet",
+            "api",
+            "10.0.1.100",
+            &[("10.0.1.2", "198.18.0.1")],
+        )]);
+        assert!(!n.network.drain("t-10.0.1.2", Duration::from_secs(2)).await);
+        assert!(
+            n.network.drain("unknown", Duration::from_secs(2)).await,
+            "a task listed nowhere is drained"
         );
     }
 }
