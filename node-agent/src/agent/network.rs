@@ -1079,7 +1079,7 @@ mod tests {
     use crate::net::{NetCall, Observed, PeerOp, RecordingNetwork};
     use crate::runtime::fake::{Call, FakeRuntime};
     use shoal_api_types::endpoints::{EndpointTask, Endpoints};
-    use shoal_api_types::service::EndpointMode;
+    use shoal_api_types::service::{EndpointMode, PortConfig, PublishMode};
     use shoal_api_types::{Network as NetworkObject, NetworkStatus, TaskAttachment, TaskSpec};
 
     const PREFIX: &str = "shoal-node-1-";
@@ -1559,5 +1559,141 @@ mod tests {
             n.network.drain("unknown", Duration::from_secs(2)).await,
             "a task listed nowhere is drained"
         );
+    }
+
+    fn node_obj(name: &str, address: &str, ingress: &str) -> shoal_api_types::Node {
+        let mut n = shoal_api_types::Node::new(name, Default::default());
+        n.status.address = address.into();
+        n.status.ingress_address = ingress.into();
+        n
+    }
+
+    #[tokio::test]
+    async fn the_mesh_should_join_ingress_with_the_node_address_and_program_published_ports() {
+        let net = Arc::new(RecordingNetwork::new(PREFIX));
+        let runtime = Arc::new(FakeRuntime::new());
+        let mesh = Arc::new(crate::mesh::RecordingMesh::default());
+        let network = Arc::new(
+            NodeNetwork::new(
+                net.clone(),
+                Arc::new(RecordingDns::default()),
+                Arc::new(RecordingDns::default()),
+                Arc::new(RecordingLb::default()),
+                RecordStore::new(),
+                Ipv4Addr::new(198, 18, 0, 1),
+                "/run/netns",
+                PREFIX,
+            )
+            .with_mesh("node-1", mesh.clone()),
+        );
+        let tasks = ContainerTasks::new(runtime.clone(), "node-1").with_network(network.clone());
+        let mut ingress = overlay("ingress", 4096, false);
+        ingress.status.subnet = Some("10.255.0.0/16".into());
+        network.set_networks([ingress, overlay("appnet", 4097, false)]);
+        network.set_nodes([
+            node_obj("node-1", "198.18.0.1", "10.255.0.3"),
+            node_obj("node-2", "198.18.0.2", "10.255.0.4"),
+            node_obj("node-3", "198.18.0.3", ""),
+        ]);
+        let mut pub_eps = endpoints(
+            "ingress",
+            "pub",
+            "10.255.0.2",
+            &[("10.255.0.5", "198.18.0.2")],
+        );
+        pub_eps.spec.ports = vec![PortConfig {
+            published: 9091,
+            target: 80,
+            ..Default::default()
+        }];
+        network.set_endpoints([pub_eps]);
+        network.refresh_mesh().await;
+
+        // Every node joins ingress with its own address, even without a task.
+        let calls = net.calls();
+        let with_addr = OverlaySpec {
+            vni: 4096,
+            mtu: None,
+            address: Some("10.255.0.3/16".parse().unwrap()),
+        };
+        assert!(
+            calls.contains(&NetCall::EnsureOverlay(with_addr.clone())),
+            "{calls:?}"
+        );
+        assert!(
+            calls.iter().any(|c| matches!(c, NetCall::EnsureGateway(_))),
+            "ip_forward comes with the gateway: {calls:?}"
+        );
+        // Peers: the remote task and node-2's ingress address (node-3 has none yet).
+        let neigh: BTreeSet<Ipv4Addr> = calls
+            .iter()
+            .filter_map(|c| match c {
+                NetCall::ApplyPeerOp(4096, PeerOp::AddNeigh(e)) => Some(e.ip),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            neigh,
+            BTreeSet::from([Ipv4Addr::new(10, 255, 0, 4), Ipv4Addr::new(10, 255, 0, 5)])
+        );
+        let rules = mesh.rules().expect("programmed");
+        assert_eq!(rules.node_address, Some(Ipv4Addr::new(198, 18, 0, 1)));
+        assert_eq!(
+            rules.ingress,
+            Some(("shb-4096".to_string(), Ipv4Addr::new(10, 255, 0, 3)))
+        );
+        assert_eq!(rules.ports.len(), 1);
+        assert_eq!(
+            (rules.ports[0].published, rules.ports[0].target),
+            (9091, 80)
+        );
+        assert_eq!(rules.ports[0].backends, [Ipv4Addr::new(10, 255, 0, 5)]);
+
+        // Nothing changed: no work.
+        net.clear_calls();
+        network.refresh_mesh().await;
+        assert!(net.calls().is_empty(), "{:?}", net.calls());
+        assert_eq!(mesh.programs(), 1);
+
+        // A local task with a host-mode port: its gateway address; the ingress overlay a
+        // task joins keeps the node's address.
+        let mut t = task("h1", &[("ingress", "10.255.0.9")]);
+        t.spec.ports = vec![PortConfig {
+            published: 8080,
+            target: 80,
+            mode: PublishMode::Host,
+            ..Default::default()
+        }];
+        tasks.start_task(&t).await.unwrap();
+        assert!(!net.calls().iter().any(
+            |c| matches!(c, NetCall::EnsureOverlay(o) if o.vni == 4096 && o.address.is_none())
+        ));
+        network.refresh_mesh().await;
+        let rules = mesh.rules().unwrap();
+        let host = rules
+            .ports
+            .iter()
+            .find(|p| p.published == 8080)
+            .expect("host port");
+        assert_eq!(host.mode, PublishMode::Host);
+        assert_eq!(host.backends.len(), 1);
+        assert!(host.backends[0].octets()[..2] == [172, 18], "{host:?}");
+
+        // The service goes: its port goes, node-2 stays a peer; the task leaving takes its
+        // host port, and the ingress overlay stays.
+        network.set_endpoints([]);
+        tasks.remove_task("h1").await.unwrap();
+        assert!(!net.calls().contains(&NetCall::RemoveOverlay(4096)));
+        network.refresh_mesh().await;
+        assert!(mesh.rules().unwrap().ports.is_empty());
+        let dels: Vec<Ipv4Addr> = net
+            .calls()
+            .iter()
+            .filter_map(|c| match c {
+                NetCall::ApplyPeerOp(4096, PeerOp::DelNeigh(e)) => Some(e.ip),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dels, [Ipv4Addr::new(10, 255, 0, 5)]);
     }
 }

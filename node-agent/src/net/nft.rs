@@ -7,11 +7,18 @@
 //!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
 //!     ip saddr 172.18.0.0/16 oifname != "shoal_gwbridge" masquerade }
 //!   chain forward { type filter hook forward priority filter; policy accept;
+//!     ct status dnat accept
 //!     iifname "shoal_gwbridge" oifname "shb-*" drop
 //!     oifname "shoal_gwbridge" ct state established,related accept
 //!     oifname "shoal_gwbridge" drop }
 //! }
 //! ```
+//!
+//! `ct status dnat accept` lets through what the routing mesh (`crate::mesh`, the node's
+//! `shoal_mesh` table) DNATed: host-mode ports into the gateway bridge, and a task reaching
+//! a published port through its node's address (gateway bridge → ingress overlay). Only the
+//! node namespace's own DNAT sets that status (a task's VIP DNAT happens in the task's
+//! namespace, with its own conntrack), so no other path into an overlay opens.
 
 use ipnetwork::Ipv4Network;
 use nftables::schema::Nftables;
@@ -37,6 +44,10 @@ pub fn egress_ruleset(subnet: Ipv4Network) -> Result<Nftables<'static>, NetError
                 "right": {"prefix": {"addr": subnet.network().to_string(), "len": subnet.prefix()}}}},
             oif_gw("!="),
             {"masquerade": null}
+        ])),
+        rule("forward", json!([
+            {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+            {"accept": null}
         ])),
         rule("forward", json!([
             {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": GW_BRIDGE}},
@@ -122,7 +133,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("masquerade"), "{text}");
-        assert_eq!(doc.objects.len(), 8);
+        assert!(text.contains(r#""right":"dnat""#), "{text}");
+        assert_eq!(doc.objects.len(), 9);
     }
 
     #[test]

@@ -1,0 +1,602 @@
+//! The routing mesh and host-mode publishing: nftables in the node's own namespace (the
+//! agent's home netns).
+//!
+//! Owns one table, `table ip shoal_mesh`, in the home netns and nothing else there. It is a
+//! pure function of the node's published ports ([`ruleset`] of [`MeshRules`]) and is
+//! replaced in one nft transaction (add + delete + recreate in one JSON document, as in
+//! [`crate::lb`]), so a packet sees the old table or the new one, never half of one.
+//!
+//! ```text
+//! table ip shoal_mesh {
+//!   map ports { type inet_proto . inet_service : verdict }   # tcp . 9091 : goto port_0, udp . 53 : goto refuse
+//!   chain prerouting { type nat hook prerouting priority dstnat; policy accept;   # traffic arriving on the node
+//!     ip daddr 198.18.0.2 ct state new meta l4proto . th dport vmap @ports }
+//!   chain output { type nat hook output priority -100; policy accept;            # the node itself
+//!     ip daddr 198.18.0.2 ct state new meta l4proto . th dport vmap @ports }
+//!   chain port_0 { meta l4proto tcp dnat to numgen inc mod 2 map { 0 : 10.255.0.5, 1 : 10.255.0.6 } : 80 }
+//!   chain refuse { reject with tcp reset; reject }            # ingress port without a ready task
+//!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+//!     oifname "shb-4096" ct status dnat snat to 10.255.0.3 }   # the node's ingress address
+//! }
+//! ```
+//!
+//! - **Ingress mode** ([`ingress_ports`]): every node, with or without a task of the
+//!   service, DNATs `<node address>:<published>` to the ingress IPs of the service's ready
+//!   tasks at the *target* port, round robin (`numgen inc`), and SNATs what it sends into
+//!   the ingress overlay to its own ingress address, so replies come back through the same
+//!   node (conntrack undoes both). The task sees a connection from the node's ingress
+//!   address to its ingress IP and target port: nothing extra runs in task namespaces. An
+//!   ingress port whose service has no ready task is refused at once (TCP reset, ICMP port
+//!   unreachable) instead of hanging. The service's Endpoints on `ingress` carry the ports,
+//!   so the rules follow the Endpoints watch: a removed service or port has no rule, and
+//!   nothing listens on the node, so the kernel refuses.
+//! - **Host mode** ([`host_ports`]): only a node running a task of the service has a rule,
+//!   to that local task's address on the gateway bridge (every task with egress has one,
+//!   and the node routes to it; overlay bridges carry no node address). The egress table
+//!   lets DNATed connections through to the gateway bridge. A task without egress (all its
+//!   networks `internal`) cannot publish in host mode; other nodes have no rule, so they
+//!   refuse. Two local tasks publishing the same host port cannot happen (the scheduler keeps
+//!   host ports unique per node); should it, the first task (by id) wins.
+//! - **Per-packet cost does not grow with the number of ports**: one verdict-map lookup
+//!   keyed by protocol . port, then one rule in the port's chain (its own round-robin
+//!   counter) with one anonymous-map lookup. Only a connection's first packet sees the nat
+//!   hooks. Published ports are few (at most one per number and protocol in the cluster), so
+//!   one chain per port keeps programming cheap as well.
+//! - The rules match the node's underlay address only (not every local address, nor
+//!   loopback): published ports answer where the node is reached.
+//!
+//! Invariants: ports are normalised (sorted by protocol and port, one per key, backends
+//! sorted and deduplicated) so the same input always gives the same document.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+use shoal_api_types::endpoints::EndpointsSpec;
+use shoal_api_types::network::INGRESS_NETWORK;
+use shoal_api_types::service::{PortConfig, Protocol, PublishMode};
+
+use crate::lb::{self, LbError};
+
+/// The only table we own in the node's namespace (family `ip`).
+pub const TABLE: &str = "shoal_mesh";
+/// Verdict map keyed by protocol . published port.
+pub const PORTS_MAP: &str = "ports";
+/// Prefix of the per-port chains.
+pub const PORT_CHAIN_PREFIX: &str = "port_";
+/// The chain that refuses connections to ingress ports without ready tasks.
+pub const REFUSE_CHAIN: &str = "refuse";
+
+/// One published port on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MeshPort {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The port on the node.
+    pub published: u16,
+    /// The port in the task.
+    pub target: u16,
+    /// Ingress (every node, to the ingress IPs of ready tasks) or host (local task only).
+    pub mode: PublishMode,
+    /// Where connections go; empty means refused.
+    pub backends: Vec<Ipv4Addr>,
+}
+
+/// Everything the node's table holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MeshRules {
+    /// The node's underlay address, the destination that published ports answer on.
+    pub node_address: Option<Ipv4Addr>,
+    /// The ingress overlay's bridge and the node's address on it (SNAT source); ingress
+    /// ports are left out while it is unknown.
+    pub ingress: Option<(String, Ipv4Addr)>,
+    /// The ports.
+    pub ports: Vec<MeshPort>,
+}
+
+impl MeshRules {
+    /// Whether the table has nothing to do (no address or no port).
+    pub fn is_empty(&self) -> bool {
+        self.node_address.is_none() || self.ports.is_empty()
+    }
+}
+
+fn parse_ip(s: &str) -> Option<Ipv4Addr> {
+    s.split('/').next().and_then(|a| a.trim().parse().ok())
+}
+
+fn port16(p: u32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|p| *p != 0)
+}
+
+/// The ingress-mode ports of every service, from the Endpoints objects of the `ingress`
+/// network (others are ignored): backends are the ready tasks' ingress IPs.
+pub fn ingress_ports<'a>(endpoints: impl IntoIterator<Item = &'a EndpointsSpec>) -> Vec<MeshPort> {
+    let mut out = Vec::new();
+    for ep in endpoints {
+        if ep.network != INGRESS_NETWORK {
+            continue;
+        }
+        let backends: Vec<Ipv4Addr> = ep
+            .tasks
+            .iter()
+            .filter(|t| t.ready)
+            .filter_map(|t| parse_ip(&t.ip))
+            .collect();
+        for p in ep.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
+            let (Some(published), Some(target)) = (port16(p.published), port16(p.target)) else {
+                continue;
+            };
+            out.push(MeshPort {
+                protocol: p.protocol,
+                published,
+                target,
+                mode: PublishMode::Ingress,
+                backends: backends.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// The host-mode ports of the local tasks: (task id, its ports, its gateway-bridge address).
+/// Tasks without a gateway address are skipped.
+pub fn host_ports<'a>(
+    tasks: impl IntoIterator<Item = (&'a str, &'a [PortConfig], Option<Ipv4Addr>)>,
+) -> Vec<MeshPort> {
+    let mut sorted: Vec<_> = tasks.into_iter().collect();
+    sorted.sort_by_key(|(id, _, _)| *id);
+    let mut out = Vec::new();
+    for (_, ports, gw) in sorted {
+        let Some(gw) = gw else { continue };
+        for p in ports.iter().filter(|p| p.mode == PublishMode::Host) {
+            let (Some(published), Some(target)) = (port16(p.published), port16(p.target)) else {
+                continue;
+            };
+            out.push(MeshPort {
+                protocol: p.protocol,
+                published,
+                target,
+                mode: PublishMode::Host,
+                backends: vec![gw],
+            });
+        }
+    }
+    out
+}
+
+/// Sorts ports by (protocol, published), keeping the first of each key, with sorted and
+/// deduplicated backends.
+pub fn normalize(ports: impl IntoIterator<Item = MeshPort>) -> Vec<MeshPort> {
+    let mut by_key: BTreeMap<(Protocol, u16), MeshPort> = BTreeMap::new();
+    for mut p in ports {
+        p.backends.sort();
+        p.backends.dedup();
+        by_key.entry((p.protocol, p.published)).or_insert(p);
+    }
+    by_key.into_values().collect()
+}
+
+fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn table_obj() -> Value {
+    json!({"family": "ip", "name": TABLE})
+}
+
+fn rule(chain: &str, expr: Value) -> Value {
+    json!({"add": {"rule": {"family": "ip", "table": TABLE, "chain": chain, "expr": expr}}})
+}
+
+fn base_chain(name: &str, hook: &str, prio: i32) -> Value {
+    json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": name, "type": "nat", "hook": hook, "prio": prio, "policy": "accept"}}})
+}
+
+/// The one nft JSON document (`nft -j -f -` input) that atomically replaces our table with
+/// one for `rules` (normalised first). Without a node address or ports, the table is still
+/// replaced, empty.
+pub fn ruleset(rules: &MeshRules) -> Value {
+    let ports: Vec<MeshPort> = normalize(
+        rules
+            .ports
+            .iter()
+            .filter(|p| p.mode == PublishMode::Host || rules.ingress.is_some())
+            .cloned(),
+    );
+    let mut objs = vec![
+        json!({"add": {"table": table_obj()}}),
+        json!({"delete": {"table": table_obj()}}),
+        json!({"add": {"table": table_obj()}}),
+    ];
+    let Some(node) = rules.node_address else {
+        return json!({ "nftables": objs });
+    };
+    objs.push(base_chain("prerouting", "prerouting", -100));
+    objs.push(base_chain("output", "output", -100));
+    objs.push(base_chain("postrouting", "postrouting", 100));
+    objs.push(json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": REFUSE_CHAIN}}}));
+    let mut verdicts = Vec::with_capacity(ports.len());
+    let mut port_rules = Vec::with_capacity(ports.len());
+    for (i, p) in ports.iter().enumerate() {
+        let key = json!({"concat": [proto_name(p.protocol), p.published]});
+        if p.backends.is_empty() {
+            verdicts.push(json!([key, {"goto": {"target": REFUSE_CHAIN}}]));
+            continue;
+        }
+        let chain = format!("{PORT_CHAIN_PREFIX}{i}");
+        objs.push(json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": chain}}}));
+        verdicts.push(json!([key, {"goto": {"target": chain}}]));
+        let pick: Vec<Value> = p
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(j, b)| json!([j, b.to_string()]))
+            .collect();
+        port_rules.push(rule(
+            &chain,
+            json!([
+                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": proto_name(p.protocol)}},
+                {"dnat": {"addr": {"map": {"key": {"numgen": {"mode": "inc", "mod": p.backends.len(), "offset": 0}}, "data": {"set": pick}}}, "port": p.target}}
+            ]),
+        ));
+    }
+    // Maps whose verdicts name chains come after the chains.
+    let mut map = json!({"family": "ip", "table": TABLE, "name": PORTS_MAP, "type": ["inet_proto", "inet_service"], "map": "verdict"});
+    if !verdicts.is_empty() {
+        map["elem"] = Value::Array(verdicts);
+    }
+    objs.push(json!({"add": {"map": map}}));
+    let dispatch = || {
+        json!([
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": node.to_string()}},
+            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+            {"vmap": {"key": {"concat": [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": format!("@{PORTS_MAP}")}}
+        ])
+    };
+    objs.push(rule("prerouting", dispatch()));
+    objs.push(rule("output", dispatch()));
+    objs.extend(port_rules);
+    objs.push(rule(
+        REFUSE_CHAIN,
+        json!([{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"reject": {"type": "tcp reset"}}]),
+    ));
+    objs.push(rule(
+        REFUSE_CHAIN,
+        json!([{"reject": {"type": "icmp", "expr": "port-unreachable"}}]),
+    ));
+    if let Some((bridge, addr)) = &rules.ingress {
+        objs.push(rule(
+            "postrouting",
+            json!([
+                {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": bridge}},
+                {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                {"snat": {"addr": addr.to_string()}}
+            ]),
+        ));
+    }
+    json!({ "nftables": objs })
+}
+
+/// The document that removes our table (whether or not it exists).
+pub fn delete_ruleset() -> Value {
+    json!({"nftables": [{"add": {"table": table_obj()}}, {"delete": {"table": table_obj()}}]})
+}
+
+/// The node-level firewall side effect behind one narrow trait ([`NftMesh`] for real,
+/// [`RecordingMesh`] in tests).
+#[async_trait::async_trait]
+pub trait Mesh: Send + Sync {
+    /// Replace the node's mesh table with one for `rules`.
+    async fn program(&self, rules: &MeshRules) -> Result<(), LbError>;
+    /// Remove the node's mesh table.
+    async fn remove(&self) -> Result<(), LbError>;
+}
+
+/// The real [`Mesh`]: nft in the home netns (`None`: the agent's own namespace).
+#[derive(Debug, Clone, Default)]
+pub struct NftMesh {
+    home: Option<PathBuf>,
+}
+
+impl NftMesh {
+    /// Programs the namespace at `home` (`None`: our own).
+    pub fn new(home: Option<PathBuf>) -> Self {
+        NftMesh { home }
+    }
+}
+
+#[async_trait::async_trait]
+impl Mesh for NftMesh {
+    async fn program(&self, rules: &MeshRules) -> Result<(), LbError> {
+        lb::apply(self.home.as_deref(), &ruleset(rules)).await
+    }
+    async fn remove(&self) -> Result<(), LbError> {
+        lb::apply(self.home.as_deref(), &delete_ruleset()).await
+    }
+}
+
+/// A [`Mesh`] that only remembers what it was asked to program.
+#[derive(Debug, Default)]
+pub struct RecordingMesh {
+    state: std::sync::Mutex<(Option<MeshRules>, usize)>,
+}
+
+impl RecordingMesh {
+    /// What is "programmed" (`None`: nothing, or removed).
+    pub fn rules(&self) -> Option<MeshRules> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+    /// How many times it was programmed.
+    pub fn programs(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+}
+
+#[async_trait::async_trait]
+impl Mesh for RecordingMesh {
+    async fn program(&self, rules: &MeshRules) -> Result<(), LbError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 = Some(rules.clone());
+        st.1 += 1;
+        Ok(())
+    }
+    async fn remove(&self) -> Result<(), LbError> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api_types::endpoints::EndpointTask;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn task(ip: &str, ready: bool) -> EndpointTask {
+        EndpointTask {
+            task: format!("t-{ip}"),
+            name: format!("pub.{ip}"),
+            ip: ip.into(),
+            ready,
+            ..Default::default()
+        }
+    }
+
+    fn port(published: u32, target: u32, protocol: Protocol, mode: PublishMode) -> PortConfig {
+        PortConfig {
+            published,
+            target,
+            protocol,
+            mode,
+        }
+    }
+
+    fn eps(network: &str, ports: Vec<PortConfig>, tasks: Vec<EndpointTask>) -> EndpointsSpec {
+        EndpointsSpec {
+            network: network.into(),
+            service: "pub".into(),
+            vip: Some("10.255.0.2".into()),
+            ports,
+            tasks,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ingress_ports_should_map_published_to_target_on_ready_ingress_tasks() {
+        let ingress = eps(
+            "ingress",
+            vec![
+                port(9091, 80, Protocol::Tcp, PublishMode::Ingress),
+                port(9092, 9000, Protocol::Udp, PublishMode::Ingress),
+                port(8080, 80, Protocol::Tcp, PublishMode::Host),
+            ],
+            vec![
+                task("10.255.0.6", true),
+                task("10.255.0.5", true),
+                task("10.255.0.7", false),
+            ],
+        );
+        let other = eps(
+            "appnet",
+            vec![port(9093, 80, Protocol::Tcp, PublishMode::Ingress)],
+            vec![task("10.0.1.5", true)],
+        );
+        let got = normalize(ingress_ports([&ingress, &other]));
+        assert_eq!(
+            got,
+            vec![
+                MeshPort {
+                    protocol: Protocol::Tcp,
+                    published: 9091,
+                    target: 80,
+                    mode: PublishMode::Ingress,
+                    backends: vec![ip("10.255.0.5"), ip("10.255.0.6")],
+                },
+                MeshPort {
+                    protocol: Protocol::Udp,
+                    published: 9092,
+                    target: 9000,
+                    mode: PublishMode::Ingress,
+                    backends: vec![ip("10.255.0.5"), ip("10.255.0.6")],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn host_ports_should_go_to_the_local_tasks_gateway_address_only() {
+        let ports = vec![
+            port(8080, 80, Protocol::Tcp, PublishMode::Host),
+            port(9091, 80, Protocol::Tcp, PublishMode::Ingress),
+        ];
+        let none: Vec<PortConfig> = vec![];
+        let got = host_ports([
+            ("b", ports.as_slice(), Some(ip("172.18.0.3"))),
+            ("a", none.as_slice(), Some(ip("172.18.0.2"))),
+            ("c", ports.as_slice(), None),
+        ]);
+        assert_eq!(
+            got,
+            vec![MeshPort {
+                protocol: Protocol::Tcp,
+                published: 8080,
+                target: 80,
+                mode: PublishMode::Host,
+                backends: vec![ip("172.18.0.3")],
+            }]
+        );
+    }
+
+    fn rules() -> MeshRules {
+        MeshRules {
+            node_address: Some(ip("198.18.0.2")),
+            ingress: Some(("shb-4096".into(), ip("10.255.0.3"))),
+            ports: vec![
+                MeshPort {
+                    protocol: Protocol::Udp,
+                    published: 9092,
+                    target: 9000,
+                    mode: PublishMode::Ingress,
+                    backends: vec![],
+                },
+                MeshPort {
+                    protocol: Protocol::Tcp,
+                    published: 9091,
+                    target: 80,
+                    mode: PublishMode::Ingress,
+                    backends: vec![ip("10.255.0.6"), ip("10.255.0.5")],
+                },
+                MeshPort {
+                    protocol: Protocol::Tcp,
+                    published: 8080,
+                    target: 80,
+                    mode: PublishMode::Host,
+                    backends: vec![ip("172.18.0.2")],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn ruleset_should_replace_the_table_with_one_verdict_map_and_a_chain_per_port() {
+        let doc = ruleset(&rules());
+        let objs = doc["nftables"].as_array().unwrap();
+        // add + delete + add: replaces whatever was there, in one transaction.
+        assert_eq!(
+            objs[0],
+            json!({"add": {"table": {"family": "ip", "name": "shoal_mesh"}}})
+        );
+        assert_eq!(
+            objs[1],
+            json!({"delete": {"table": {"family": "ip", "name": "shoal_mesh"}}})
+        );
+        let map = objs
+            .iter()
+            .find_map(|o| o.pointer("/add/map"))
+            .expect("the ports map");
+        assert_eq!(
+            map["elem"],
+            json!([
+                [{"concat": ["tcp", 8080]}, {"goto": {"target": "port_0"}}],
+                [{"concat": ["tcp", 9091]}, {"goto": {"target": "port_1"}}],
+                [{"concat": ["udp", 9092]}, {"goto": {"target": "refuse"}}]
+            ])
+        );
+        let rules: Vec<&Value> = objs.iter().filter_map(|o| o.pointer("/add/rule")).collect();
+        let in_chain = |c: &str| -> Vec<&Value> {
+            rules.iter().copied().filter(|r| r["chain"] == c).collect()
+        };
+        // Arriving traffic and the node's own, to its underlay address, one lookup each.
+        for chain in ["prerouting", "output"] {
+            let r = in_chain(chain);
+            assert_eq!(r.len(), 1, "{chain}");
+            assert_eq!(r[0]["expr"][0]["match"]["right"], "198.18.0.2");
+            assert_eq!(r[0]["expr"][2]["vmap"]["data"], "@ports");
+        }
+        // Ingress: round robin over the ready tasks (sorted), published 9091 -> target 80.
+        assert_eq!(
+            in_chain("port_1")[0]["expr"],
+            json!([
+                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+                {"dnat": {"addr": {"map": {"key": {"numgen": {"mode": "inc", "mod": 2, "offset": 0}},
+                    "data": {"set": [[0, "10.255.0.5"], [1, "10.255.0.6"]]}}}, "port": 80}}
+            ])
+        );
+        // Host: the local task's gateway address.
+        assert_eq!(
+            in_chain("port_0")[0]["expr"][1]["dnat"]["addr"]["map"]["data"],
+            json!({"set": [[0, "172.18.0.2"]]})
+        );
+        // SNAT to the node's ingress address for what goes into the ingress overlay.
+        assert_eq!(
+            in_chain("postrouting")[0]["expr"],
+            json!([
+                {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "shb-4096"}},
+                {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                {"snat": {"addr": "10.255.0.3"}}
+            ])
+        );
+        assert_eq!(in_chain("refuse").len(), 2);
+        // Chains exist before the map that names them.
+        let pos = |pred: &dyn Fn(&Value) -> bool| objs.iter().position(pred).unwrap();
+        assert!(
+            pos(&|o| o.pointer("/add/chain/name") == Some(&json!("port_1")))
+                < pos(&|o| o.pointer("/add/map").is_some())
+        );
+        // Same input, same document.
+        assert_eq!(doc, ruleset(&self::rules()));
+    }
+
+    #[test]
+    fn ruleset_without_ingress_address_keeps_host_ports_only() {
+        let mut r = rules();
+        r.ingress = None;
+        let doc = ruleset(&r);
+        let map = doc["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|o| o.pointer("/add/map"))
+            .unwrap()
+            .clone();
+        assert_eq!(
+            map["elem"],
+            json!([[{"concat": ["tcp", 8080]}, {"goto": {"target": "port_0"}}]])
+        );
+        assert!(!doc.to_string().contains("snat"));
+    }
+
+    #[test]
+    fn ruleset_without_node_address_is_an_empty_table() {
+        let doc = ruleset(&MeshRules::default());
+        assert_eq!(doc["nftables"].as_array().unwrap().len(), 3);
+        assert!(MeshRules::default().is_empty());
+        assert_eq!(
+            delete_ruleset()["nftables"][1],
+            json!({"delete": {"table": {"family": "ip", "name": "shoal_mesh"}}})
+        );
+    }
+
+    #[tokio::test]
+    async fn recording_mesh_remembers_the_last_rules() {
+        let m = RecordingMesh::default();
+        m.program(&rules()).await.unwrap();
+        assert_eq!(m.rules(), Some(rules()));
+        assert_eq!(m.programs(), 1);
+        m.remove().await.unwrap();
+        assert_eq!(m.rules(), None);
+    }
+}
