@@ -35,7 +35,8 @@ enum Get {
     Ok(u16, String),
     /// The connection was refused (RST).
     Refused,
-    /// Anything else (timeout, reset mid-way).
+    /// Anything else (timeout, reset mid-way); shown through `Debug`.
+    #[allow(dead_code)]
     Failed(String),
 }
 

@@ -27,6 +27,15 @@
 //! pieces of existing tasks are repaired, and DNS servers are (re)started for every task
 //! namespace that survived an agent restart.
 //!
+//! Routing mesh ([`NodeNetwork::with_mesh`]; see [`crate::mesh`]): the background loop also
+//! watches every Node. [`NodeNetwork::refresh_mesh`] puts the node's own ingress address
+//! (`Node.status.ingressAddress`) on the ingress bridge whether or not tasks run here, keeps
+//! that overlay, syncs its peers (remote ingress tasks and every other node's ingress
+//! address), ensures the gateway bridge (`ip_forward`), and keeps the node's `shoal_mesh`
+//! table equal to the ingress ports in the Endpoints of `ingress` plus the host-mode ports
+//! of local tasks (to their gateway-bridge address). The table is left in place when the
+//! agent stops (like containers) and replaced by the next agent.
+//!
 //! Invariants:
 //! - Peers are never synced before the first complete Endpoints list (an empty cache would
 //!   delete every entry).
