@@ -64,10 +64,8 @@
 //! [`read_programmed`] returns exactly [`normalize`]d entries for what is in the kernel.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -517,47 +515,14 @@ fn parse_backend(el: &Value, with_port: bool) -> Result<(Key, u32, Ipv4Addr), Lb
 
 /// Run `f` on a fresh OS thread that has entered the network namespace at `netns` (our own
 /// namespace when `None`); processes it spawns inherit that namespace. Never runs on a tokio
-/// worker, whose namespace must stay the agent's.
+/// worker, whose namespace must stay the agent's. (See [`crate::net::netns::run_in`].)
 async fn in_netns<R: Send + 'static>(
     netns: Option<&Path>,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R, LbError> {
-    let ns = match netns {
-        Some(p) => Some((
-            File::open(p).map_err(|e| LbError::Netns {
-                path: p.to_owned(),
-                reason: e.to_string(),
-            })?,
-            p.to_owned(),
-        )),
-        None => None,
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("shoal-lb-netns".into())
-        .spawn(move || {
-            let r = match &ns {
-                Some((file, path)) => {
-                    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| LbError::Netns {
-                            path: path.clone(),
-                            reason: format!("setns: {e}"),
-                        })
-                        .map(|()| f())
-                }
-                None => Ok(f()),
-            };
-            let _ = tx.send(r);
-        })
-        .map_err(|e| LbError::Netns {
-            path: netns.map(Path::to_owned).unwrap_or_default(),
-            reason: format!("spawn thread: {e}"),
-        })?;
-    rx.await.unwrap_or_else(|_| {
-        Err(LbError::Netns {
-            path: netns.map(Path::to_owned).unwrap_or_default(),
-            reason: "namespace thread panicked".into(),
-        })
+    crate::net::netns::run_in(netns, f).await.map_err(|e| LbError::Netns {
+        path: netns.map(Path::to_owned).unwrap_or_default(),
+        reason: e.to_string(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! Watches of the cluster-wide objects the node's networking needs: every Network (VNI,
 //! subnet, MTU, `internal`) and the Endpoints objects (VIPs, task addresses, node addresses).
-//! Same state machine as [`super::desired`]: list at revision R, watch from R+1, relist at
+//! The agent's one list-then-watch state machine (also behind [`super::desired`], the node's
+//! tasks): list at revision R, watch from R+1, relist at
 //! once on compaction and with backoff when the watch ends; the cache is published only once
 //! a list is complete (`None` before the first), so nobody mistakes "not listed yet" for
 //! "nothing there" (an empty Endpoints cache would delete every FDB entry of the node).
