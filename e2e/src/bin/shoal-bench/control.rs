@@ -246,8 +246,19 @@ pub async fn scheduling(bin: &Path, quick: bool, dir: &Path, rows: &mut Vec<Row>
         cp.service("bench", tasks as i64).await?;
         let limit = Duration::from_secs((tasks as u64 / 50).max(120));
         let mut last_print = Instant::now();
+        let (mut created, mut placed) = (None, None);
         loop {
             let r = cp.running("bench").await? as usize;
+            if created.is_none() || placed.is_none() {
+                let total = count(&cp.store, &cp.store.keys().prefix::<TaskSpec>()).await?;
+                let unplaced = count(&cp.store, &cp.store.keys().node_tasks("_unassigned")).await?;
+                if created.is_none() && total >= tasks {
+                    created = Some(start.elapsed());
+                }
+                if placed.is_none() && total >= tasks && unplaced == 0 {
+                    placed = Some(start.elapsed());
+                }
+            }
             if r >= tasks {
                 break;
             }
@@ -283,8 +294,15 @@ pub async fn scheduling(bin: &Path, quick: bool, dir: &Path, rows: &mut Vec<Row>
             .map(|kv| kv.value().len())
             .unwrap_or(1000);
         let puts = raw_puts(&cp.store, tasks.min(20_000), task_size, 16).await?;
+        let secs = |d: Option<Duration>| {
+            d.map(|d| format!("{:.1} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "?".into())
+        };
         let mut note = format!(
-            "{writes_per_task:.1} etcd writes per task ({} revisions); raw put rate / writes per task = {} tasks/s ceiling at these write counts",
+            "phases: all tasks created after {}, all placed after {}, all reported running after {:.1} s; {writes_per_task:.1} etcd writes per task ({} revisions); raw put rate / writes per task = {} tasks/s ceiling at these write counts",
+            secs(created),
+            secs(placed),
+            took.as_secs_f64(),
             thousands((rev1 - rev0) as f64),
             thousands(puts / writes_per_task.max(1.0))
         );

@@ -23,6 +23,8 @@ pub fn dispatch(args: &[String]) -> Option<Result<()>> {
             conc.parse().unwrap_or(1),
         ),
         ["__sink", addr] => sink(addr),
+        ["__http", addr] => http(addr),
+        ["__seen", name, ip, secs] => seen(name, ip, secs.parse().unwrap_or(30.0)),
         ["__blast", addr, secs] => blast(addr, secs.parse().unwrap_or(3.0)),
         _ if a.first().is_some_and(|s| s.starts_with("__")) => {
             Err(anyhow::anyhow!("unknown hidden subcommand {a:?}"))
@@ -194,5 +196,113 @@ fn blast(addr: &str, secs: f64) -> Result<()> {
     let _ = s.read(&mut b);
     let el = start.elapsed().as_secs_f64();
     println!("gbps={:.2} bytes={sent}", sent as f64 * 8.0 / el / 1e9);
+    Ok(())
+}
+
+fn http(addr: &str) -> Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let head = String::from_utf8_lossy(&out[..out.len().min(16)]).into_owned();
+    if !head.starts_with("HTTP/1.") || !head.contains(" 200") {
+        bail!("no HTTP 200 from {addr}: {head:?}");
+    }
+    Ok(())
+}
+
+/// The A records of a DNS response.
+fn a_records(buf: &[u8]) -> Vec<std::net::Ipv4Addr> {
+    fn skip_name(b: &[u8], mut i: usize) -> Option<usize> {
+        loop {
+            let l = *b.get(i)? as usize;
+            if l == 0 {
+                return Some(i + 1);
+            }
+            if l & 0xc0 == 0xc0 {
+                return Some(i + 2);
+            }
+            i += 1 + l;
+        }
+    }
+    let mut out = vec![];
+    if buf.len() < 12 {
+        return out;
+    }
+    let (qd, an) = (
+        u16::from_be_bytes([buf[4], buf[5]]),
+        u16::from_be_bytes([buf[6], buf[7]]),
+    );
+    let mut i = 12;
+    for _ in 0..qd {
+        let Some(j) = skip_name(buf, i) else {
+            return out;
+        };
+        i = j + 4;
+    }
+    for _ in 0..an {
+        let Some(j) = skip_name(buf, i) else {
+            return out;
+        };
+        if j + 10 > buf.len() {
+            return out;
+        }
+        let ty = u16::from_be_bytes([buf[j], buf[j + 1]]);
+        let len = u16::from_be_bytes([buf[j + 8], buf[j + 9]]) as usize;
+        if ty == 1 && len == 4 && j + 14 <= buf.len() {
+            out.push(std::net::Ipv4Addr::new(
+                buf[j + 10],
+                buf[j + 11],
+                buf[j + 12],
+                buf[j + 13],
+            ));
+        }
+        i = j + 10 + len;
+    }
+    out
+}
+
+/// Waits until `ip` is in the A records of `name` at 127.0.0.11 and in this namespace's VIP
+/// rules; prints the wall-clock time (unix ms) of each.
+fn seen(name: &str, ip: &str, secs: f64) -> Result<()> {
+    let want: std::net::Ipv4Addr = ip.parse()?;
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let s = UdpSocket::bind("127.0.0.1:0")?;
+    s.connect("127.0.0.11:53")?;
+    s.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    let (mut dns_at, mut lb_at) = (None, None);
+    let mut id = 1u16;
+    let mut buf = [0u8; 1500];
+    while (dns_at.is_none() || lb_at.is_none()) && Instant::now() < deadline {
+        if dns_at.is_none() {
+            id = id.wrapping_add(1);
+            s.send(&query(id, name))?;
+            if let Ok(n) = s.recv(&mut buf) {
+                if a_records(&buf[..n]).contains(&want) {
+                    dns_at = Some(now_ms());
+                }
+            }
+        }
+        if lb_at.is_none() {
+            let out = std::process::Command::new("nft")
+                .args(["-j", "list", "table", "ip", "shoal_lb"])
+                .output()?;
+            if String::from_utf8_lossy(&out.stdout).contains(&format!("\"{ip}\"")) {
+                lb_at = Some(now_ms());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    match (dns_at, lb_at) {
+        (Some(d), Some(l)) => println!("dns_ms={d:.1} lb_ms={l:.1}"),
+        _ => bail!("{ip} not seen in time (dns {dns_at:?}, lb {lb_at:?})"),
+    }
     Ok(())
 }
