@@ -332,8 +332,19 @@ fn local_cluster_end_to_end() {
                     .collect::<Vec<_>>()
             })
             .collect();
-        if !netns_left.is_empty() || !fdb_left.is_empty() {
-            eprintln!("still there: netns {netns_left:?}, fdb {fdb_left:?}");
+        let containers_left: Vec<String> = (1..=c.nodes)
+            .flat_map(|k| {
+                let sock = c.state_dir().join(format!("node-{k}/containerd/containerd.sock"));
+                let out = Command::new("ctr")
+                    .args(["--address", sock.to_str().unwrap(), "-n", "shoal", "containers", "ls", "-q"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                gone_ids.iter().filter(|id| out.contains(id.as_str())).map(|id| format!("node-{k}: {id}")).collect::<Vec<_>>()
+            })
+            .collect();
+        if !netns_left.is_empty() || !fdb_left.is_empty() || !containers_left.is_empty() {
+            eprintln!("still there: netns {netns_left:?}, fdb {fdb_left:?}, containers {containers_left:?}");
             return None;
         }
         Some(())

@@ -234,7 +234,10 @@ impl DevCluster {
         println!("Local cluster under {} ({} node(s), runtime {}):", layout.state_dir.display(), layout.nodes, layout.runtime);
         show(layout.daemon("etcd"));
         if layout.runtime == "containerd" {
-            show(layout.daemon("registry"));
+            // scripts/image/registry.sh keeps its own pid file.
+            let mut registry = layout.daemon("registry");
+            registry.pid_file = layout.state_dir.join("registry").join("pid");
+            show(registry);
         }
         show(layout.daemon("controller"));
         for k in 1..=layout.nodes {
