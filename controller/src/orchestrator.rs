@@ -340,10 +340,17 @@ fn plan_slot(
         match last {
             None => plan.create.push(target),
             Some(last) => match restart_decision(service, last, now) {
-                Restart::Now => plan.create.push(NewTask {
-                    attempt: attempt(last) + 1,
-                    ..target
-                }),
+                Restart::Now => {
+                    // The ended task is history now: as in Swarm, it is no longer wanted
+                    // running (`service ps` shows it as Shutdown / Failed).
+                    if last.spec.desired_state == TaskState::Running && last.status.state.is_terminal() {
+                        plan.shutdown.push(last.clone());
+                    }
+                    plan.create.push(NewTask {
+                        attempt: attempt(last) + 1,
+                        ..target
+                    })
+                }
                 Restart::After(d) => plan.requeue_in(d),
                 Restart::Never => {}
             },
@@ -990,6 +997,16 @@ mod tests {
         let plan = plan_service(Some(&service(1)), &tasks, &nodes(), Utc::now(), 3);
         assert_eq!(ids(&plan.delete), vec!["old0", "old1"]);
         assert!(plan.create.is_empty());
+    }
+
+    #[test]
+    fn orchestrator_should_mark_an_ended_task_shutdown_when_it_is_replaced() {
+        let svc = service(1);
+        // Failed a minute ago: past the restart delay.
+        let failed = task("f", 1, Some("n1"), TaskState::Failed, 60);
+        let plan = plan_service(Some(&svc), &[failed], &nodes(), Utc::now(), 3);
+        assert_eq!(plan.create.len(), 1, "a replacement");
+        assert_eq!(plan.shutdown.iter().map(|t| t.name()).collect::<Vec<_>>(), vec!["f"], "history wants it stopped");
     }
 
     #[test]
