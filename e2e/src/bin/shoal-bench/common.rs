@@ -155,6 +155,21 @@ pub fn peak_rss_mib(pid: u32) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
+/// CPU seconds (user + system) a process has used so far (0 when it is gone).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // Fields 14 and 15 of /proc/PID/stat (counted from 1; `rest` starts at field 3), in
+    // clock ticks of 1/100 s.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
 /// A network namespace (and the processes in it) removed when dropped.
 pub struct Netns {
     /// Its name under /run/netns.
@@ -277,6 +292,11 @@ pub struct Etcd {
 }
 
 impl Etcd {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self._proc.pid()
+    }
+
     /// Starts one and waits until it answers.
     pub async fn start(name: &str) -> Result<Etcd> {
         let dir = TempDir::new(name)?;
