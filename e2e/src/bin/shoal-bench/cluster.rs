@@ -162,6 +162,7 @@ fn httpd(name: &str, replicas: u32, extra: &str) -> String {
 fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
+        check_stop()?;
         if let Some(v) = f()? {
             return Ok(v);
         }
@@ -189,6 +190,7 @@ pub async fn run(bin: &Path, quick: bool, figs: &[u32], rows: &mut Vec<Row>) -> 
         let deadline = Instant::now() + Duration::from_secs(if quick2 { 0 } else { 900 });
         while Path::new("/run/netns/shoal-node-1").exists() && Instant::now() < deadline {
             eprintln!("bench: another local cluster runs; waiting for it to end");
+            check_stop()?;
             std::thread::sleep(Duration::from_secs(10));
         }
         if Path::new("/run/netns/shoal-node-1").exists() {
@@ -349,11 +351,23 @@ fn convergence(dev: &Dev, quick: bool, probe_ns: &str) -> Result<Vec<Row>> {
     }])
 }
 
+/// wrk's socket errors and non-2xx responses, per URL.
+static WRK_ERRORS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 fn wrk(ns: &str, url: &str, secs: u32) -> Result<(f64, f64)> {
     let out = in_ns(
         ns,
         &["wrk", "-t1", "-c8", &format!("-d{secs}s"), "--latency", url],
     )?;
+    for l in out
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("Socket errors") || l.starts_with("Non-2xx"))
+    {
+        if let Ok(mut e) = WRK_ERRORS.lock() {
+            e.push(format!("{url}: {l}"));
+        }
+    }
     let rps = out
         .lines()
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
@@ -422,7 +436,11 @@ fn data_plane(dev: &Dev, quick: bool, probe_ns: &str) -> Result<Vec<Row>> {
         ratio: format!("{:.2}", v_rps / d_rps.max(1.0)),
         target: "VIP/direct ≥ 0.95".into(),
         met: met(v_rps / d_rps.max(1.0) >= 0.95),
-        note: "both over the VXLAN overlay; the VIP adds one nftables DNAT per connection (wrk keeps connections open)".into(),
+        note: format!(
+            "both over the VXLAN overlay; the VIP adds one nftables DNAT per connection (wrk keeps connections open); rounds direct/VIP req/s: {}{}",
+            ds.iter().zip(&vs).map(|(d, v)| format!("{:.0}/{:.0}", d.0, v.0)).collect::<Vec<_>>().join(", "),
+            WRK_ERRORS.lock().map(|e| if e.is_empty() { String::new() } else { format!("; wrk reported {}", e.join("; ")) }).unwrap_or_default()
+        ),
     });
     // Routing mesh: from node 1's namespace to node 3's address (neither runs web).
     let mesh = poll(Duration::from_secs(20), "the routing mesh", || {

@@ -8,6 +8,18 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+/// Set on Ctrl-C: blocking loops (the local-cluster figures) stop at their next poll, so
+/// their guards run before the process exits.
+pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Fails once Ctrl-C was pressed.
+pub fn check_stop() -> Result<()> {
+    if STOP.load(std::sync::atomic::Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
 /// One line of the results table.
 #[derive(Debug, Clone, Default)]
 pub struct Row {

@@ -57,6 +57,7 @@ fn main() -> Result<()> {
         tokio::select! {
             r = run(&args) => r,
             _ = tokio::signal::ctrl_c() => {
+                STOP.store(true, std::sync::atomic::Ordering::Relaxed);
                 eprintln!("bench: interrupted; cleaning up");
                 Err(anyhow::anyhow!("interrupted"))
             }

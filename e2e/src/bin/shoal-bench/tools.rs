@@ -200,7 +200,9 @@ fn blast(addr: &str, secs: f64) -> Result<()> {
 }
 
 fn http(addr: &str) -> Result<()> {
-    let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(1))?;
+    // A short connect timeout: a SYN sent before the VIP rules exist would otherwise wait
+    // for TCP's 1 s retransmission, and the caller retries anyway.
+    let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_millis(100))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
     let mut out = Vec::new();
