@@ -50,7 +50,11 @@ impl FromStr for Constraint {
                 }
             },
         };
-        Ok(Constraint { target, equal, value: value.to_string() })
+        Ok(Constraint {
+            target,
+            equal,
+            value: value.to_string(),
+        })
     }
 }
 

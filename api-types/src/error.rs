@@ -24,7 +24,12 @@ pub struct StatusDetail {
 
 impl From<FieldError> for StatusDetail {
     fn from(e: FieldError) -> Self {
-        StatusDetail { field: e.field, message: e.message, document: None, object: None }
+        StatusDetail {
+            field: e.field,
+            message: e.message,
+            document: None,
+            object: None,
+        }
     }
 }
 
@@ -65,7 +70,12 @@ pub struct Status {
 impl Status {
     /// A status without details.
     pub fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
-        Status { code, reason: reason.into(), message: message.into(), details: vec![] }
+        Status {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+            details: vec![],
+        }
     }
 
     /// 400: the body could not be read.
@@ -75,7 +85,11 @@ impl Status {
 
     /// 404.
     pub fn not_found(kind: &str, name: &str) -> Self {
-        Status::new(404, "NotFound", format!("{} {name:?} not found", kind.to_lowercase()))
+        Status::new(
+            404,
+            "NotFound",
+            format!("{} {name:?} not found", kind.to_lowercase()),
+        )
     }
 
     /// 409: the object changed since it was read.
@@ -85,7 +99,11 @@ impl Status {
 
     /// 409: the object exists already.
     pub fn already_exists(kind: &str, name: &str) -> Self {
-        Status::new(409, "AlreadyExists", format!("{} {name:?} already exists", kind.to_lowercase()))
+        Status::new(
+            409,
+            "AlreadyExists",
+            format!("{} {name:?} already exists", kind.to_lowercase()),
+        )
     }
 
     /// 422 with every field problem.
@@ -96,7 +114,12 @@ impl Status {
             [one] => format!("{message}: {one}"),
             many => format!("{message}: {} (and {} more)", many[0], many.len() - 1),
         };
-        Status { code: 422, reason: "Invalid".into(), message, details }
+        Status {
+            code: 422,
+            reason: "Invalid".into(),
+            message,
+            details,
+        }
     }
 
     /// 410: the requested revision was compacted.

@@ -88,7 +88,12 @@ impl Keys {
 
     /// The allocation record of a subnet.
     pub fn subnet(&self, cidr: &ipnetwork::Ipv4Network) -> String {
-        format!("{}/ipam/subnets/{}-{}", self.root, cidr.network(), cidr.prefix())
+        format!(
+            "{}/ipam/subnets/{}-{}",
+            self.root,
+            cidr.network(),
+            cidr.prefix()
+        )
     }
 
     /// The prefix of subnet allocations.
@@ -143,11 +148,23 @@ mod tests {
     #[test]
     fn keys_follow_the_documented_layout() {
         let k = Keys::default();
-        assert_eq!(k.key(&Network::new("appnet", NetworkSpec::default())), "/shoal/v1/networks/appnet");
-        let t = Task::new("t1", TaskSpec { node: Some("node-1".into()), ..Default::default() });
+        assert_eq!(
+            k.key(&Network::new("appnet", NetworkSpec::default())),
+            "/shoal/v1/networks/appnet"
+        );
+        let t = Task::new(
+            "t1",
+            TaskSpec {
+                node: Some("node-1".into()),
+                ..Default::default()
+            },
+        );
         assert_eq!(k.key(&t), "/shoal/v1/tasks/node-1/t1");
         assert_eq!(k.node_tasks("node-1"), "/shoal/v1/tasks/node-1/");
-        assert_eq!(k.ip("appnet", "10.0.0.2".parse().unwrap()), "/shoal/v1/ipam/ips/appnet/10.0.0.2");
+        assert_eq!(
+            k.ip("appnet", "10.0.0.2".parse().unwrap()),
+            "/shoal/v1/ipam/ips/appnet/10.0.0.2"
+        );
         assert_eq!(Keys::new("/t/").prefix::<NetworkSpec>(), "/t/networks/");
     }
 

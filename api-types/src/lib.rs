@@ -30,8 +30,8 @@ pub use node::{Node, NodeAvailability, NodeSpec, NodeState, NodeStatus};
 pub use object::{EventType, Object, ObjectList, Resource, WatchEvent};
 pub use service::{
     EndpointMode, HealthCheck, NetworkAttachmentConfig, Placement, PortConfig, Protocol,
-    PublishMode, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec,
-    ServiceStatus, VirtualIp,
+    PublishMode, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, ServiceStatus,
+    VirtualIp,
 };
 pub use task::{Task, TaskAttachment, TaskSpec, TaskState, TaskStatus};
 pub use validation::{FieldError, Validate};

@@ -70,7 +70,11 @@ pub fn parse_manifests(text: &str) -> Result<Vec<AnyObject>, ManifestError> {
         let value = match serde::Deserialize::deserialize(doc) {
             Ok(v) => v,
             Err(e) => {
-                problems.push(detail(number, None, FieldError::new("", format!("not valid YAML: {e}"))));
+                problems.push(detail(
+                    number,
+                    None,
+                    FieldError::new("", format!("not valid YAML: {e}")),
+                ));
                 // After a syntax error the rest of the stream cannot be trusted.
                 break;
             }
@@ -81,14 +85,23 @@ pub fn parse_manifests(text: &str) -> Result<Vec<AnyObject>, ManifestError> {
                 let mut errs = Vec::new();
                 obj.validate(&mut errs);
                 let reference = obj.reference();
-                problems.extend(errs.into_iter().map(|e| detail(number, Some(reference.clone()), e)));
+                problems.extend(
+                    errs.into_iter()
+                        .map(|e| detail(number, Some(reference.clone()), e)),
+                );
                 objects.push(obj);
             }
-            Err((reference, errs)) => problems.extend(errs.into_iter().map(|e| detail(number, reference.clone(), e))),
+            Err((reference, errs)) => problems.extend(
+                errs.into_iter()
+                    .map(|e| detail(number, reference.clone(), e)),
+            ),
         }
     }
     if objects.is_empty() && problems.is_empty() {
-        problems.push(StatusDetail::from(FieldError::new("", "the body holds no object")));
+        problems.push(StatusDetail::from(FieldError::new(
+            "",
+            "the body holds no object",
+        )));
     }
     if problems.is_empty() {
         Ok(objects)
@@ -98,7 +111,11 @@ pub fn parse_manifests(text: &str) -> Result<Vec<AnyObject>, ManifestError> {
 }
 
 fn detail(document: usize, object: Option<String>, e: FieldError) -> StatusDetail {
-    StatusDetail { document: Some(document), object, ..StatusDetail::from(e) }
+    StatusDetail {
+        document: Some(document),
+        object,
+        ..StatusDetail::from(e)
+    }
 }
 
 type ParseFailure = (Option<String>, Vec<FieldError>);
@@ -120,8 +137,24 @@ fn parse_value(value: Value) -> Result<Option<AnyObject>, ParseFailure> {
     };
     let kind = match map.get("kind") {
         Some(Value::String(k)) => k.clone(),
-        Some(other) => return Err((None, vec![FieldError::new("kind", format!("must be a string, found {}", describe(other)))])),
-        None => return Err((None, vec![FieldError::new("kind", format!("is required (one of {APPLY_KINDS})"))])),
+        Some(other) => {
+            return Err((
+                None,
+                vec![FieldError::new(
+                    "kind",
+                    format!("must be a string, found {}", describe(other)),
+                )],
+            ))
+        }
+        None => {
+            return Err((
+                None,
+                vec![FieldError::new(
+                    "kind",
+                    format!("is required (one of {APPLY_KINDS})"),
+                )],
+            ))
+        }
     };
     let name = map
         .get("metadata")
@@ -170,16 +203,25 @@ pub fn parse_object<S: Resource>(body: &str) -> Result<Object<S>, Vec<FieldError
             if m.get("apiVersion").is_none() || m.get("kind").is_none() {
                 let mut errs = Vec::new();
                 if m.get("apiVersion").is_none() {
-                    errs.push(FieldError::new("apiVersion", format!("is required ({API_VERSION:?})")));
+                    errs.push(FieldError::new(
+                        "apiVersion",
+                        format!("is required ({API_VERSION:?})"),
+                    ));
                 }
                 if m.get("kind").is_none() {
-                    errs.push(FieldError::new("kind", format!("is required ({:?})", S::KIND)));
+                    errs.push(FieldError::new(
+                        "kind",
+                        format!("is required ({:?})", S::KIND),
+                    ));
                 }
                 return Err(errs);
             }
         }
         other => {
-            return Err(vec![FieldError::new("", format!("expected a {} object, found {}", S::KIND, describe(other)))])
+            return Err(vec![FieldError::new(
+                "",
+                format!("expected a {} object, found {}", S::KIND, describe(other)),
+            )])
         }
     }
     typed::<S>(value)
@@ -218,7 +260,12 @@ spec:
 "#;
 
     fn messages(text: &str) -> Vec<String> {
-        parse_manifests(text).unwrap_err().0.iter().map(|d| d.to_string()).collect()
+        parse_manifests(text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(|d| d.to_string())
+            .collect()
     }
 
     #[test]
@@ -239,12 +286,18 @@ spec:
     fn manifests_name_unknown_fields_with_their_path() {
         let m = messages("apiVersion: shoal/v1\nkind: Service\nmetadata: {name: api}\nspec: {image: x, ports: [{published: 1, target: 2, colour: red}]}\n");
         assert_eq!(m.len(), 1);
-        assert!(m[0].starts_with("document 1 (service/api): spec.ports[0].colour: unknown field `colour`"), "{m:?}");
+        assert!(
+            m[0].starts_with(
+                "document 1 (service/api): spec.ports[0].colour: unknown field `colour`"
+            ),
+            "{m:?}"
+        );
     }
 
     #[test]
     fn manifests_reject_unknown_kind_and_list_documents() {
-        let m = messages("apiVersion: shoal/v1\nkind: Gadget\nmetadata: {name: a}\n---\n- a\n- b\n");
+        let m =
+            messages("apiVersion: shoal/v1\nkind: Gadget\nmetadata: {name: a}\n---\n- a\n- b\n");
         assert_eq!(m.len(), 2, "{m:?}");
         assert!(m[0].contains("unknown kind \"Gadget\""));
         assert!(m[1].starts_with("document 2: expected an object"), "{m:?}");
@@ -261,8 +314,14 @@ spec:
         let text = format!("{APP}---\napiVersion: shoal/v1\nkind: Network\nmetadata: {{name: Bad}}\nspec: {{subnet: nope}}\n");
         let m = messages(&text);
         assert_eq!(m.len(), 2, "{m:?}");
-        assert!(m[0].starts_with("document 3 (network/Bad): metadata.name"), "{m:?}");
-        assert!(m[1].starts_with("document 3 (network/Bad): spec.subnet"), "{m:?}");
+        assert!(
+            m[0].starts_with("document 3 (network/Bad): metadata.name"),
+            "{m:?}"
+        );
+        assert!(
+            m[1].starts_with("document 3 (network/Bad): spec.subnet"),
+            "{m:?}"
+        );
     }
 
     #[test]
@@ -276,15 +335,22 @@ spec:
 
     #[test]
     fn manifests_reject_system_kinds_and_empty_bodies() {
-        assert!(messages("apiVersion: shoal/v1\nkind: Task\nmetadata: {name: t}\nspec: {}\n")[0].contains("managed by Shoal"));
+        assert!(
+            messages("apiVersion: shoal/v1\nkind: Task\nmetadata: {name: t}\nspec: {}\n")[0]
+                .contains("managed by Shoal")
+        );
         assert_eq!(messages("---\n"), vec!["the body holds no object"]);
     }
 
     #[test]
     fn parse_object_accepts_json_and_names_missing_kind() {
-        let n = parse_object::<NetworkSpec>(r#"{"apiVersion":"shoal/v1","kind":"Network","metadata":{"name":"n"},"spec":{}}"#).unwrap();
+        let n = parse_object::<NetworkSpec>(
+            r#"{"apiVersion":"shoal/v1","kind":"Network","metadata":{"name":"n"},"spec":{}}"#,
+        )
+        .unwrap();
         assert_eq!(n.spec.driver, "overlay");
-        let errs = parse_object::<NetworkSpec>(r#"{"metadata":{"name":"n"},"spec":{}}"#).unwrap_err();
+        let errs =
+            parse_object::<NetworkSpec>(r#"{"metadata":{"name":"n"},"spec":{}}"#).unwrap_err();
         assert_eq!(errs.len(), 2);
     }
 }

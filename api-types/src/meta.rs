@@ -44,12 +44,17 @@ fn is_zero(v: &i64) -> bool {
 impl ObjectMeta {
     /// Metadata with just a name.
     pub fn named(name: impl Into<String>) -> Self {
-        ObjectMeta { name: name.into(), ..Default::default() }
+        ObjectMeta {
+            name: name.into(),
+            ..Default::default()
+        }
     }
 
     /// The resourceVersion as a revision number, if set and numeric.
     pub fn revision(&self) -> Option<i64> {
-        self.resource_version.as_deref().and_then(|v| v.parse().ok())
+        self.resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok())
     }
 
     /// Checks the name (a DNS-1123 label) and label keys.

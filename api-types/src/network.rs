@@ -83,7 +83,11 @@ pub fn parse_cidr(s: &str) -> Result<Ipv4Network, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not an IPv4 CIDR such as 10.1.2.0/24"))?;
     if net.network() != net.ip() {
-        return Err(format!("{s:?} has host bits set; did you mean {}/{}?", net.network(), net.prefix()));
+        return Err(format!(
+            "{s:?} has host bits set; did you mean {}/{}?",
+            net.network(),
+            net.prefix()
+        ));
     }
     Ok(net)
 }
@@ -104,7 +108,10 @@ impl Resource for NetworkSpec {
         if self.driver != "overlay" && !self.driver.is_empty() {
             errs.push(FieldError::new(
                 "spec.driver",
-                format!("unsupported driver {:?}: only \"overlay\" exists", self.driver),
+                format!(
+                    "unsupported driver {:?}: only \"overlay\" exists",
+                    self.driver
+                ),
             ));
         }
         let subnet = match self.subnet.as_deref().map(parse_cidr) {
@@ -113,7 +120,10 @@ impl Resource for NetworkSpec {
                 None
             }
             Some(Ok(net)) if net.prefix() > 29 => {
-                errs.push(FieldError::new("spec.subnet", "must be /29 or larger to hold tasks"));
+                errs.push(FieldError::new(
+                    "spec.subnet",
+                    "must be /29 or larger to hold tasks",
+                ));
                 None
             }
             Some(Ok(net)) => Some(net),
@@ -158,7 +168,12 @@ mod tests {
     fn errors(spec: NetworkSpec) -> Vec<String> {
         let mut n = Network::new("net", spec);
         n.apply_defaults();
-        n.validated().err().unwrap_or_default().iter().map(|e| e.to_string()).collect()
+        n.validated()
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]
@@ -190,13 +205,19 @@ mod tests {
             subnet: Some("10.1.2.3/24".into()),
             ..Default::default()
         });
-        assert_eq!(errs, vec!["spec.subnet: \"10.1.2.3/24\" has host bits set; did you mean 10.1.2.0/24?"]);
+        assert_eq!(
+            errs,
+            vec!["spec.subnet: \"10.1.2.3/24\" has host bits set; did you mean 10.1.2.0/24?"]
+        );
         let errs = errors(NetworkSpec {
             subnet: Some("10.1.2.0/24".into()),
             gateway: Some("10.1.3.1".into()),
             ..Default::default()
         });
-        assert_eq!(errs, vec!["spec.gateway: 10.1.3.1 is not a host address of 10.1.2.0/24"]);
+        assert_eq!(
+            errs,
+            vec!["spec.gateway: 10.1.3.1 is not a host address of 10.1.2.0/24"]
+        );
     }
 
     #[test]

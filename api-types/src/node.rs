@@ -103,7 +103,10 @@ impl Resource for NodeSpec {
     fn validate_spec(&self, errs: &mut Vec<FieldError>) {
         for key in self.labels.keys() {
             if key.is_empty() || key.contains(['=', ' ']) {
-                errs.push(FieldError::new(format!("spec.labels.{key}"), "label keys must be non-empty, without '=' or spaces"));
+                errs.push(FieldError::new(
+                    format!("spec.labels.{key}"),
+                    "label keys must be non-empty, without '=' or spaces",
+                ));
             }
         }
     }

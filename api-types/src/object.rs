@@ -151,7 +151,9 @@ impl<S: Resource> ObjectList<S> {
         ObjectList {
             api_version: API_VERSION.to_string(),
             kind: format!("{}List", S::KIND),
-            metadata: ListMeta { resource_version: revision.to_string() },
+            metadata: ListMeta {
+                resource_version: revision.to_string(),
+            },
             items,
         }
     }

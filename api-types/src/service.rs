@@ -37,7 +37,20 @@ pub enum EndpointMode {
 }
 
 /// Transport protocol of a published port.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// TCP.
@@ -87,8 +100,14 @@ impl std::fmt::Display for PortConfig {
     /// Docker's form: `*:9091->80/tcp`, or `9091->80/tcp (host)` for host mode.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.mode {
-            PublishMode::Ingress => write!(f, "*:{}->{}/{}", self.published, self.target, self.protocol),
-            PublishMode::Host => write!(f, "{}->{}/{} (host)", self.published, self.target, self.protocol),
+            PublishMode::Ingress => {
+                write!(f, "*:{}->{}/{}", self.published, self.target, self.protocol)
+            }
+            PublishMode::Host => write!(
+                f,
+                "{}->{}/{} (host)",
+                self.published, self.target, self.protocol
+            ),
         }
     }
 }
@@ -220,7 +239,11 @@ impl ServiceSpec {
 
     /// The parsed placement constraints (invalid ones are skipped; validation reports them).
     pub fn constraints(&self) -> Vec<Constraint> {
-        self.placement.constraints.iter().filter_map(|c| c.parse().ok()).collect()
+        self.placement
+            .constraints
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
     }
 
     /// Whether tasks need an attachment to the ingress network.
@@ -245,12 +268,16 @@ impl Resource for ServiceSpec {
         if self.image.trim().is_empty() {
             errs.push(FieldError::new("spec.image", "is required"));
         } else if self.image.chars().any(char::is_whitespace) {
-            errs.push(FieldError::new("spec.image", format!("{:?} must not contain spaces", self.image)));
+            errs.push(FieldError::new(
+                "spec.image",
+                format!("{:?} must not contain spaces", self.image),
+            ));
         }
         match (self.mode, self.replicas) {
-            (ServiceMode::Replicated, Some(r)) if r < 0 => {
-                errs.push(FieldError::new("spec.replicas", format!("must be 0 or more (got {r})")))
-            }
+            (ServiceMode::Replicated, Some(r)) if r < 0 => errs.push(FieldError::new(
+                "spec.replicas",
+                format!("must be 0 or more (got {r})"),
+            )),
             (ServiceMode::Replicated, Some(r)) if r > 100_000 => {
                 errs.push(FieldError::new("spec.replicas", "must be at most 100000"))
             }
@@ -262,7 +289,10 @@ impl Resource for ServiceSpec {
         }
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') {
-                errs.push(FieldError::new(format!("spec.env.{key}"), "names must be non-empty and contain no '='"));
+                errs.push(FieldError::new(
+                    format!("spec.env.{key}"),
+                    "names must be non-empty and contain no '='",
+                ));
             }
         }
         let mut seen_networks = BTreeSet::new();
@@ -270,11 +300,17 @@ impl Resource for ServiceSpec {
             if let Err(msg) = check_dns_label(&net.name) {
                 errs.push(FieldError::new(format!("spec.networks[{i}].name"), msg));
             } else if !seen_networks.insert(net.name.as_str()) {
-                errs.push(FieldError::new(format!("spec.networks[{i}].name"), format!("network {:?} is listed twice", net.name)));
+                errs.push(FieldError::new(
+                    format!("spec.networks[{i}].name"),
+                    format!("network {:?} is listed twice", net.name),
+                ));
             }
             for (j, alias) in net.aliases.iter().enumerate() {
                 if let Err(msg) = check_dns_label(alias) {
-                    errs.push(FieldError::new(format!("spec.networks[{i}].aliases[{j}]"), msg));
+                    errs.push(FieldError::new(
+                        format!("spec.networks[{i}].aliases[{j}]"),
+                        msg,
+                    ));
                 }
             }
         }
@@ -285,7 +321,10 @@ impl Resource for ServiceSpec {
             let mut ok = true;
             for (field, value) in [("published", port.published), ("target", port.target)] {
                 if !(1..=65535).contains(&value) {
-                    errs.push(FieldError::new(format!("spec.ports[{i}].{field}"), format!("must be 1-65535 (got {value})")));
+                    errs.push(FieldError::new(
+                        format!("spec.ports[{i}].{field}"),
+                        format!("must be 1-65535 (got {value})"),
+                    ));
                     ok = false;
                 }
             }
@@ -295,7 +334,10 @@ impl Resource for ServiceSpec {
             if let Some((j, _)) = claimed.get(&(port.published, port.protocol)) {
                 errs.push(FieldError::new(
                     format!("spec.ports[{i}].published"),
-                    format!("{}/{} is already published by spec.ports[{j}]", port.published, port.protocol),
+                    format!(
+                        "{}/{} is already published by spec.ports[{j}]",
+                        port.published, port.protocol
+                    ),
                 ));
                 continue;
             }
@@ -315,7 +357,9 @@ impl Resource for ServiceSpec {
             claimed.insert((port.published, port.protocol), (i, port.mode));
             by_number.entry(port.published).or_insert((i, port.mode));
         }
-        if self.endpoint_mode == EndpointMode::Dnsrr && self.ports.iter().any(|p| p.mode == PublishMode::Ingress) {
+        if self.endpoint_mode == EndpointMode::Dnsrr
+            && self.ports.iter().any(|p| p.mode == PublishMode::Ingress)
+        {
             errs.push(FieldError::new(
                 "spec.endpointMode",
                 "dnsrr cannot publish ingress ports (the routing mesh needs a VIP); use mode: host or endpointMode: vip",
@@ -323,7 +367,10 @@ impl Resource for ServiceSpec {
         }
         for (i, c) in self.placement.constraints.iter().enumerate() {
             if let Err(msg) = c.parse::<Constraint>() {
-                errs.push(FieldError::new(format!("spec.placement.constraints[{i}]"), msg));
+                errs.push(FieldError::new(
+                    format!("spec.placement.constraints[{i}]"),
+                    msg,
+                ));
             }
         }
         if let Some(hc) = &self.healthcheck {
@@ -331,7 +378,10 @@ impl Resource for ServiceSpec {
                 errs.push(FieldError::new("spec.healthcheck.command", "is required"));
             }
             if hc.interval_seconds == Some(0) {
-                errs.push(FieldError::new("spec.healthcheck.intervalSeconds", "must be at least 1"));
+                errs.push(FieldError::new(
+                    "spec.healthcheck.intervalSeconds",
+                    "must be at least 1",
+                ));
             }
         }
     }
@@ -404,11 +454,19 @@ mod tests {
     fn errs(spec: ServiceSpec) -> Vec<String> {
         let mut s = Service::new("api", spec);
         s.apply_defaults();
-        s.validated().err().unwrap_or_default().iter().map(|e| e.to_string()).collect()
+        s.validated()
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     fn spec() -> ServiceSpec {
-        ServiceSpec { image: "busybox".into(), ..Default::default() }
+        ServiceSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -424,39 +482,90 @@ mod tests {
     fn service_rejects_ports_out_of_range_with_field_paths() {
         let e = errs(ServiceSpec {
             ports: vec![
-                PortConfig { published: 0, target: 80, ..Default::default() },
-                PortConfig { published: 70000, target: 80, ..Default::default() },
+                PortConfig {
+                    published: 0,
+                    target: 80,
+                    ..Default::default()
+                },
+                PortConfig {
+                    published: 70000,
+                    target: 80,
+                    ..Default::default()
+                },
             ],
             ..spec()
         });
-        assert_eq!(e, vec!["spec.ports[0].published: must be 1-65535 (got 0)", "spec.ports[1].published: must be 1-65535 (got 70000)"]);
+        assert_eq!(
+            e,
+            vec![
+                "spec.ports[0].published: must be 1-65535 (got 0)",
+                "spec.ports[1].published: must be 1-65535 (got 70000)"
+            ]
+        );
     }
 
     #[test]
     fn service_rejects_negative_replicas_and_replicas_in_global_mode() {
-        assert_eq!(errs(ServiceSpec { replicas: Some(-1), ..spec() }), vec!["spec.replicas: must be 0 or more (got -1)"]);
-        assert_eq!(errs(ServiceSpec { mode: ServiceMode::Global, replicas: Some(2), ..spec() }).len(), 1);
+        assert_eq!(
+            errs(ServiceSpec {
+                replicas: Some(-1),
+                ..spec()
+            }),
+            vec!["spec.replicas: must be 0 or more (got -1)"]
+        );
+        assert_eq!(
+            errs(ServiceSpec {
+                mode: ServiceMode::Global,
+                replicas: Some(2),
+                ..spec()
+            })
+            .len(),
+            1
+        );
     }
 
     #[test]
     fn service_rejects_ingress_and_host_ports_sharing_a_number() {
         let e = errs(ServiceSpec {
             ports: vec![
-                PortConfig { published: 8080, target: 80, ..Default::default() },
-                PortConfig { published: 8080, target: 81, protocol: Protocol::Udp, mode: PublishMode::Host },
+                PortConfig {
+                    published: 8080,
+                    target: 80,
+                    ..Default::default()
+                },
+                PortConfig {
+                    published: 8080,
+                    target: 81,
+                    protocol: Protocol::Udp,
+                    mode: PublishMode::Host,
+                },
             ],
             ..spec()
         });
         assert_eq!(e.len(), 1);
-        assert!(e[0].starts_with("spec.ports[1].published: port 8080 is published in ingress mode by spec.ports[0]"), "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "spec.ports[1].published: port 8080 is published in ingress mode by spec.ports[0]"
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn service_allows_same_number_for_tcp_and_udp_in_one_mode() {
         let e = errs(ServiceSpec {
             ports: vec![
-                PortConfig { published: 53, target: 53, ..Default::default() },
-                PortConfig { published: 53, target: 53, protocol: Protocol::Udp, ..Default::default() },
+                PortConfig {
+                    published: 53,
+                    target: 53,
+                    ..Default::default()
+                },
+                PortConfig {
+                    published: 53,
+                    target: 53,
+                    protocol: Protocol::Udp,
+                    ..Default::default()
+                },
             ],
             ..spec()
         });
@@ -468,20 +577,45 @@ mod tests {
         let e = errs(ServiceSpec {
             image: String::new(),
             ports: vec![
-                PortConfig { published: 80, target: 80, ..Default::default() },
-                PortConfig { published: 80, target: 8080, ..Default::default() },
+                PortConfig {
+                    published: 80,
+                    target: 80,
+                    ..Default::default()
+                },
+                PortConfig {
+                    published: 80,
+                    target: 8080,
+                    ..Default::default()
+                },
             ],
-            networks: vec![NetworkAttachmentConfig { name: "Bad_Net".into(), aliases: vec![] }],
-            placement: Placement { constraints: vec!["node.colour==red".into()] },
+            networks: vec![NetworkAttachmentConfig {
+                name: "Bad_Net".into(),
+                aliases: vec![],
+            }],
+            placement: Placement {
+                constraints: vec!["node.colour==red".into()],
+            },
             ..Default::default()
         });
         let fields: Vec<&str> = e.iter().map(|s| s.split(':').next().unwrap()).collect();
-        assert_eq!(fields, vec!["spec.image", "spec.networks[0].name", "spec.ports[1].published", "spec.placement.constraints[0]"]);
+        assert_eq!(
+            fields,
+            vec![
+                "spec.image",
+                "spec.networks[0].name",
+                "spec.ports[1].published",
+                "spec.placement.constraints[0]"
+            ]
+        );
     }
 
     #[test]
     fn port_display_matches_docker() {
-        let p = PortConfig { published: 9091, target: 80, ..Default::default() };
+        let p = PortConfig {
+            published: 9091,
+            target: 80,
+            ..Default::default()
+        };
         assert_eq!(p.to_string(), "*:9091->80/tcp");
     }
 }

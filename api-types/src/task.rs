@@ -20,7 +20,20 @@ pub type Task = Object<TaskSpec>;
 pub const UNASSIGNED: &str = "_unassigned";
 
 /// Life cycle of a task, in order. A task's state never moves backwards.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     /// Created by the orchestrator.
@@ -55,7 +68,10 @@ impl TaskState {
 
 impl std::fmt::Display for TaskState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         let mut c = s.chars();
         match c.next() {
             Some(first) => write!(f, "{}{}", first.to_ascii_uppercase(), c.as_str()),
@@ -175,7 +191,11 @@ impl Resource for TaskSpec {
     type Status = TaskStatus;
 
     fn key_suffix(meta: &ObjectMeta, spec: &Self) -> String {
-        format!("{}/{}", spec.node.as_deref().unwrap_or(UNASSIGNED), meta.name)
+        format!(
+            "{}/{}",
+            spec.node.as_deref().unwrap_or(UNASSIGNED),
+            meta.name
+        )
     }
 
     fn validate_spec(&self, errs: &mut Vec<FieldError>) {
@@ -206,7 +226,13 @@ mod tests {
 
     #[test]
     fn task_keys_group_by_node() {
-        let mut t = Task::new("abc", TaskSpec { service: "api".into(), ..Default::default() });
+        let mut t = Task::new(
+            "abc",
+            TaskSpec {
+                service: "api".into(),
+                ..Default::default()
+            },
+        );
         assert_eq!(t.key_suffix(), "_unassigned/abc");
         t.spec.node = Some("node-1".into());
         assert_eq!(t.key_suffix(), "node-1/abc");
@@ -219,9 +245,17 @@ mod tests {
 
     #[test]
     fn display_names_use_slot_or_node() {
-        let spec = TaskSpec { service: "api".into(), slot: Some(2), ..Default::default() };
+        let spec = TaskSpec {
+            service: "api".into(),
+            slot: Some(2),
+            ..Default::default()
+        };
         assert_eq!(spec.display_name(), "api.2");
-        let spec = TaskSpec { service: "mon".into(), node: Some("node-3".into()), ..Default::default() };
+        let spec = TaskSpec {
+            service: "mon".into(),
+            node: Some("node-3".into()),
+            ..Default::default()
+        };
         assert_eq!(spec.display_name(), "mon.node-3");
     }
 }

@@ -15,7 +15,10 @@ pub struct FieldError {
 impl FieldError {
     /// A problem at `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -59,9 +62,14 @@ pub fn check_dns_label(value: &str) -> Result<(), String> {
         return Err("is required".into());
     }
     if value.len() > 63 {
-        return Err(format!("must be at most 63 characters (has {})", value.len()));
+        return Err(format!(
+            "must be at most 63 characters (has {})",
+            value.len()
+        ));
     }
-    let ok_chars = value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_chars = value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let ends_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     if !ok_chars || !ends_ok(value.as_bytes()[0]) || !ends_ok(value.as_bytes()[value.len() - 1]) {
         return Err(format!(

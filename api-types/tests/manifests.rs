@@ -8,7 +8,12 @@ fn read_dir_sorted(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
         .collect();
     files.sort();
     files
@@ -24,11 +29,23 @@ fn demo_manifests_are_valid_and_complete() {
         .join("\n---\n");
     let objects = parse_manifests(&body).unwrap_or_else(|e| panic!("{e}"));
     let refs: Vec<String> = objects.iter().map(AnyObject::reference).collect();
-    assert_eq!(refs, vec!["network/appoverlay", "service/api", "service/web", "service/worker"]);
+    assert_eq!(
+        refs,
+        vec![
+            "network/appoverlay",
+            "service/api",
+            "service/web",
+            "service/worker"
+        ]
+    );
     // Every service joins a network that the demo defines.
     for obj in &objects {
         if let AnyObject::Service(s) = obj {
-            assert!(s.spec.networks.iter().all(|n| n.name == "appoverlay"), "{}", s.name());
+            assert!(
+                s.spec.networks.iter().all(|n| n.name == "appoverlay"),
+                "{}",
+                s.name()
+            );
         }
     }
 }

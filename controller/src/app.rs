@@ -10,13 +10,21 @@ use tokio::sync::watch;
 
 /// Flags of `shoal-controller`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "shoal-controller", about = "Shoal's API server and reconcilers")]
+#[command(
+    name = "shoal-controller",
+    about = "Shoal's API server and reconcilers"
+)]
 pub struct Config {
     /// Address the HTTP API listens on.
     #[arg(long, default_value = "127.0.0.1:7777", env = "SHOAL_LISTEN")]
     pub listen: SocketAddr,
     /// etcd endpoints, comma-separated.
-    #[arg(long, default_value = "http://127.0.0.1:2379", env = "SHOAL_ETCD", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:2379",
+        env = "SHOAL_ETCD",
+        value_delimiter = ','
+    )]
     pub etcd: Vec<String>,
     /// Key root in etcd.
     #[arg(long, default_value = shoal_api_types::keys::DEFAULT_ROOT)]
@@ -41,7 +49,9 @@ pub struct Config {
 impl Config {
     /// The etcd connection settings.
     pub fn connect(&self) -> anyhow::Result<Connect> {
-        let read = |p: &std::path::PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+        let read = |p: &std::path::PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
         Ok(Connect {
             endpoints: self.etcd.clone(),
             root: Some(self.etcd_root.clone()),
@@ -65,7 +75,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(listen = %config.listen, etcd = %config.etcd.join(","), "shoal-controller started");
     let api = tokio::spawn(crate::api::serve(listener, store.clone(), shutdown.clone()));
-    let manager = (!config.api_only).then(|| tokio::spawn(crate::manager::run(store.clone(), config.manager.clone(), shutdown.clone())));
+    let manager = (!config.api_only).then(|| {
+        tokio::spawn(crate::manager::run(
+            store.clone(),
+            config.manager.clone(),
+            shutdown.clone(),
+        ))
+    });
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);

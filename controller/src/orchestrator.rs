@@ -343,7 +343,9 @@ fn plan_slot(
                 Restart::Now => {
                     // The ended task is history now: as in Swarm, it is no longer wanted
                     // running (`service ps` shows it as Shutdown / Failed).
-                    if last.spec.desired_state == TaskState::Running && last.status.state.is_terminal() {
+                    if last.spec.desired_state == TaskState::Running
+                        && last.status.state.is_terminal()
+                    {
                         plan.shutdown.push(last.clone());
                     }
                     plan.create.push(NewTask {
@@ -747,7 +749,10 @@ fn service_step(ctx: &Context, name: &str, now: DateTime<Utc>) -> (Vec<Txn>, Act
                 "Converged",
                 false,
                 &net_condition.reason,
-                format!("{running}/{} tasks running; {}", plan.desired, net_condition.message),
+                format!(
+                    "{running}/{} tasks running; {}",
+                    plan.desired, net_condition.message
+                ),
                 prev,
                 now,
             )
@@ -1006,7 +1011,11 @@ mod tests {
         let failed = task("f", 1, Some("n1"), TaskState::Failed, 60);
         let plan = plan_service(Some(&svc), &[failed], &nodes(), Utc::now(), 3);
         assert_eq!(plan.create.len(), 1, "a replacement");
-        assert_eq!(plan.shutdown.iter().map(|t| t.name()).collect::<Vec<_>>(), vec!["f"], "history wants it stopped");
+        assert_eq!(
+            plan.shutdown.iter().map(|t| t.name()).collect::<Vec<_>>(),
+            vec!["f"],
+            "history wants it stopped"
+        );
     }
 
     #[test]

@@ -23,11 +23,23 @@ pub fn skip_reason() -> Option<String> {
     }
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()));
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+        });
     if uid.as_deref() != Some("0") {
         return Some("needs root (namespaces, containerd)".into());
     }
-    for prog in ["etcd", "containerd", "runc", "docker-registry", "skopeo", "nft", "ip"] {
+    for prog in [
+        "etcd",
+        "containerd",
+        "runc",
+        "docker-registry",
+        "skopeo",
+        "nft",
+        "ip",
+    ] {
         let found = std::env::var("PATH")
             .unwrap_or_default()
             .split(':')
@@ -59,9 +71,17 @@ macro_rules! require_e2e {
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/debug/deps/<test> -> target/debug
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
     for bin in ["shoal", "shoal-controller", "shoal-agent"] {
-        assert!(dir.join(bin).is_file(), "{} missing: run `cargo build --workspace` first", dir.join(bin).display());
+        assert!(
+            dir.join(bin).is_file(),
+            "{} missing: run `cargo build --workspace` first",
+            dir.join(bin).display()
+        );
     }
     dir
 }
@@ -98,7 +118,11 @@ impl Run {
 
     /// Stdout, panicking with everything when the command failed.
     pub fn ok(self) -> String {
-        assert_eq!(self.code, 0, "command failed\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "command failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self.stdout
     }
 }
@@ -113,11 +137,27 @@ impl Cluster {
         if Path::new("/run/netns/shoal-node-1").exists() {
             panic!("a local cluster is already running (shoal-node-1 exists): run `shoal dev down` first");
         }
-        let cluster = Cluster { nodes, state_dir, context, bin, extra_netns: vec![] };
-        let run = cluster.raw(&["dev", "up", "--nodes", &nodes.to_string(), "--timeout", "90"]);
+        let cluster = Cluster {
+            nodes,
+            state_dir,
+            context,
+            bin,
+            extra_netns: vec![],
+        };
+        let run = cluster.raw(&[
+            "dev",
+            "up",
+            "--nodes",
+            &nodes.to_string(),
+            "--timeout",
+            "90",
+        ]);
         if run.code != 0 {
             // Drop tears down what did start.
-            panic!("shoal dev up failed\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+            panic!(
+                "shoal dev up failed\nstdout:\n{}\nstderr:\n{}",
+                run.stdout, run.stderr
+            );
         }
         cluster
     }
@@ -131,7 +171,12 @@ impl Cluster {
     }
 
     fn raw(&self, args: &[&str]) -> Run {
-        Run::from(self.command("shoal").args(args).output().expect("run shoal"))
+        Run::from(
+            self.command("shoal")
+                .args(args)
+                .output()
+                .expect("run shoal"),
+        )
     }
 
     /// Runs `shoal ARGS`.
@@ -142,7 +187,8 @@ impl Cluster {
     /// Runs `shoal ARGS` and parses its JSON output.
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.shoal(args).ok();
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("shoal {args:?} did not print JSON ({e}):\n{out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("shoal {args:?} did not print JSON ({e}):\n{out}"))
     }
 
     /// Runs `shoal exec TASK -- ARGV`.
@@ -154,22 +200,31 @@ impl Cluster {
 
     /// Applies a manifest given as text.
     pub fn apply(&self, yaml: &str) -> String {
-        let path = self.state_dir.join(format!("manifest-{}.yaml", rand_suffix()));
+        let path = self
+            .state_dir
+            .join(format!("manifest-{}.yaml", rand_suffix()));
         std::fs::write(&path, yaml).expect("write manifest");
-        self.shoal(&["apply", "-f", path.to_str().unwrap(), "--timeout", "120s"]).ok()
+        self.shoal(&["apply", "-f", path.to_str().unwrap(), "--timeout", "120s"])
+            .ok()
     }
 
     /// Applies a manifest given as text without waiting for convergence.
     pub fn shoal_apply_detached(&self, yaml: &str) -> String {
-        let path = self.state_dir.join(format!("manifest-{}.yaml", rand_suffix()));
+        let path = self
+            .state_dir
+            .join(format!("manifest-{}.yaml", rand_suffix()));
         std::fs::write(&path, yaml).expect("write manifest");
-        self.shoal(&["apply", "-f", path.to_str().unwrap(), "--detach"]).ok()
+        self.shoal(&["apply", "-f", path.to_str().unwrap(), "--detach"])
+            .ok()
     }
 
     /// The tasks of a service (`GET /tasks?service=`), as JSON objects.
     pub fn tasks(&self, service: &str) -> Vec<Value> {
         let v = self.json(&["service", "ps", service, "-o", "json"]);
-        v.as_array().cloned().or_else(|| v["items"].as_array().cloned()).unwrap_or_default()
+        v.as_array()
+            .cloned()
+            .or_else(|| v["items"].as_array().cloned())
+            .unwrap_or_default()
     }
 
     /// Running tasks of a service: (display name, node, IP on `network`).
@@ -178,7 +233,10 @@ impl Cluster {
             .into_iter()
             .filter(|t| t["status"]["state"] == "running" && t["spec"]["desiredState"] == "running")
             .map(|t| {
-                let slot = t["spec"]["slot"].as_u64().map(|s| s.to_string()).unwrap_or_default();
+                let slot = t["spec"]["slot"]
+                    .as_u64()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
                 let node = t["spec"]["node"].as_str().unwrap_or_default().to_string();
                 let ip = t["spec"]["attachments"]
                     .as_array()
@@ -192,7 +250,12 @@ impl Cluster {
     }
 
     /// Polls `f` until it returns `Some` or `timeout` passes.
-    pub fn eventually<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    pub fn eventually<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(v) = f() {
@@ -200,7 +263,10 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 let ps = self.shoal(&["service", "ls"]);
-                panic!("timed out after {timeout:?} waiting for: {what}\nservice ls:\n{}{}", ps.stdout, ps.stderr);
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}\nservice ls:\n{}{}",
+                    ps.stdout, ps.stderr
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -211,7 +277,12 @@ impl Cluster {
         let ns = format!("shoal-node-{k}");
         let mut args = vec!["netns", "exec", ns.as_str()];
         args.extend_from_slice(argv);
-        Run::from(Command::new("ip").args(&args).output().expect("ip netns exec"))
+        Run::from(
+            Command::new("ip")
+                .args(&args)
+                .output()
+                .expect("ip netns exec"),
+        )
     }
 
     /// Kills node k's agent process only (its containers keep running).
@@ -239,13 +310,28 @@ impl Cluster {
         let sh = |args: &[&str]| -> Result<()> {
             let out = Command::new("ip").args(args).output().context("ip")?;
             if !out.status.success() {
-                bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             Ok(())
         };
         sh(&["netns", "add", &ns])?;
         self.extra_netns.push(ns.clone());
-        sh(&["link", "add", "shoal-e2e-out", "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        sh(&[
+            "link",
+            "add",
+            "shoal-e2e-out",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &ns,
+        ])?;
         sh(&["link", "set", "shoal-e2e-out", "master", "shoal-br0", "up"])?;
         sh(&["-n", &ns, "addr", "add", "198.18.0.200/24", "dev", "eth0"])?;
         sh(&["-n", &ns, "link", "set", "eth0", "up"])?;
@@ -263,14 +349,19 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for ns in &self.extra_netns {
             // Processes we started in it die with it (they are killed by pid files below).
-            let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            });
+            let _ = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .map(|o| {
+                    for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
+                });
             let _ = Command::new("ip").args(["netns", "delete", ns]).status();
         }
-        let _ = Command::new("ip").args(["link", "del", "shoal-e2e-out"]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", "shoal-e2e-out"])
+            .output();
         let run = self.raw(&["dev", "down"]);
         if run.code != 0 {
             eprintln!("shoal dev down failed: {}{}", run.stdout, run.stderr);
@@ -280,6 +371,8 @@ impl Drop for Cluster {
 }
 
 fn rand_suffix() -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     format!("{:x}", t.as_nanos())
 }

@@ -46,7 +46,10 @@ fn node_k(node: &str) -> u32 {
 
 /// Network namespaces on this machine whose name mentions `task_id`.
 fn task_netns(task_id: &str) -> Vec<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -56,7 +59,10 @@ fn task_netns(task_id: &str) -> Vec<String> {
 }
 
 fn task_ids(c: &Cluster, service: &str) -> Vec<String> {
-    c.tasks(service).iter().filter_map(|t| t["metadata"]["name"].as_str().map(str::to_string)).collect()
+    c.tasks(service)
+        .iter()
+        .filter_map(|t| t["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
 }
 
 fn running_ids(c: &Cluster, service: &str) -> BTreeSet<String> {
@@ -89,21 +95,57 @@ fn local_cluster_end_to_end() {
         (r.len() == 2).then_some(r)
     });
     let nodes: BTreeSet<&str> = api.iter().map(|(_, n, _)| n.as_str()).collect();
-    assert_eq!(nodes.len(), 2, "api replicas spread over two nodes: {api:?}");
-    let worker = c.eventually("worker running", wait, || c.running("worker", "appoverlay").into_iter().next());
-    let (remote_name, remote_node, remote_ip) =
-        api.iter().find(|(_, n, _)| *n != worker.1).expect("an api task on another node than worker.1").clone();
-    eprintln!("worker.1 on {} -> {remote_name} on {remote_node} at {remote_ip}", worker.1);
+    assert_eq!(
+        nodes.len(),
+        2,
+        "api replicas spread over two nodes: {api:?}"
+    );
+    let worker = c.eventually("worker running", wait, || {
+        c.running("worker", "appoverlay").into_iter().next()
+    });
+    let (remote_name, remote_node, remote_ip) = api
+        .iter()
+        .find(|(_, n, _)| *n != worker.1)
+        .expect("an api task on another node than worker.1")
+        .clone();
+    eprintln!(
+        "worker.1 on {} -> {remote_name} on {remote_node} at {remote_ip}",
+        worker.1
+    );
     let page = c.eventually("wget across VXLAN", Duration::from_secs(30), || {
-        let r = c.exec("worker.1", &["timeout", "5", "wget", "-qO-", &format!("http://{remote_ip}/")]);
+        let r = c.exec(
+            "worker.1",
+            &[
+                "timeout",
+                "5",
+                "wget",
+                "-qO-",
+                &format!("http://{remote_ip}/"),
+            ],
+        );
         (r.code == 0).then_some(r.stdout)
     });
     assert_eq!(page.trim(), remote_name, "the page is that task's hostname");
 
     step("isolation: a task on another overlay cannot reach api");
-    c.apply(&format!("{}---\n{}", network("othernet", false), sleeper_service("stranger", &["othernet"])));
-    c.eventually("stranger running", wait, || c.running("stranger", "othernet").into_iter().next());
-    let r = c.exec("stranger.1", &["timeout", "5", "wget", "-qO-", &format!("http://{remote_ip}/")]);
+    c.apply(&format!(
+        "{}---\n{}",
+        network("othernet", false),
+        sleeper_service("stranger", &["othernet"])
+    ));
+    c.eventually("stranger running", wait, || {
+        c.running("stranger", "othernet").into_iter().next()
+    });
+    let r = c.exec(
+        "stranger.1",
+        &[
+            "timeout",
+            "5",
+            "wget",
+            "-qO-",
+            &format!("http://{remote_ip}/"),
+        ],
+    );
     assert_ne!(r.code, 0, "othernet must not reach appoverlay: {r:?}");
 
     step("discovery: `api` resolves to its VIP, tasks.api to both tasks; another network cannot resolve it");
@@ -115,7 +157,11 @@ fn local_cluster_end_to_end() {
         .and_then(|v| v["addr"].as_str())
         .map(|a| a.split('/').next().unwrap().to_string())
         .expect("api has a VIP on appoverlay");
-    let api_ips: BTreeSet<String> = c.running("api", "appoverlay").into_iter().map(|(_, _, ip)| ip).collect();
+    let api_ips: BTreeSet<String> = c
+        .running("api", "appoverlay")
+        .into_iter()
+        .map(|(_, _, ip)| ip)
+        .collect();
     assert!(!api_ips.contains(&vip), "the VIP is no task's address");
     let answer = c.eventually("nslookup api", Duration::from_secs(30), || {
         let r = c.exec("worker.1", &["nslookup", "api"]);
@@ -124,10 +170,16 @@ fn local_cluster_end_to_end() {
     eprintln!("{answer}");
     let answer = c.exec("worker.1", &["nslookup", "tasks.api"]).ok();
     for ip in &api_ips {
-        assert!(answer.contains(ip.as_str()), "tasks.api lists {ip}: {answer}");
+        assert!(
+            answer.contains(ip.as_str()),
+            "tasks.api lists {ip}: {answer}"
+        );
     }
     let r = c.exec("stranger.1", &["nslookup", "api"]);
-    assert!(r.code != 0 || !r.stdout.contains(&vip), "othernet must not resolve api: {r:?}");
+    assert!(
+        r.code != 0 || !r.stdout.contains(&vip),
+        "othernet must not resolve api: {r:?}"
+    );
 
     step("VIP load balancing: 40 requests from worker to http://api/ reach both tasks");
     let hits = |n: usize| -> std::collections::BTreeMap<String, usize> {
@@ -143,14 +195,22 @@ fn local_cluster_end_to_end() {
     eprintln!("{m:?}");
     assert!(!m.contains_key("FAILED"), "no request fails: {m:?}");
     assert_eq!(m.len(), 2, "both tasks answer: {m:?}");
-    assert!(m.values().all(|&n| n >= 10), "each task takes at least 10 of 40: {m:?}");
+    assert!(
+        m.values().all(|&n| n >= 10),
+        "each task takes at least 10 of 40: {m:?}"
+    );
 
     step("scale api to 3: the new task takes traffic");
-    c.shoal(&["service", "scale", "api=3", "--timeout", "120s"]).ok();
-    let m = c.eventually("three tasks answer through the VIP", Duration::from_secs(30), || {
-        let m = hits(30);
-        (m.len() == 3 && !m.contains_key("FAILED")).then_some(m)
-    });
+    c.shoal(&["service", "scale", "api=3", "--timeout", "120s"])
+        .ok();
+    let m = c.eventually(
+        "three tasks answer through the VIP",
+        Duration::from_secs(30),
+        || {
+            let m = hits(30);
+            (m.len() == 3 && !m.contains_key("FAILED")).then_some(m)
+        },
+    );
     eprintln!("{m:?}");
     step("scale api back to 2 under load: a task leaves DNS and the VIP before it stops, so no request fails");
     let during = std::thread::scope(|s| {
@@ -159,27 +219,50 @@ fn local_cluster_end_to_end() {
             c.exec("worker.1", &["sh", "-c", script]).ok()
         });
         std::thread::sleep(Duration::from_millis(700));
-        c.shoal(&["service", "scale", "api=2", "--timeout", "120s"]).ok();
+        c.shoal(&["service", "scale", "api=2", "--timeout", "120s"])
+            .ok();
         load.join().expect("load thread")
     });
     let failed = during.lines().filter(|l| l.contains("FAILED")).count();
-    eprintln!("{} requests during scale-down, {failed} failed", during.lines().count());
-    assert_eq!(failed, 0, "no request fails while a task is drained:\n{during}");
+    eprintln!(
+        "{} requests during scale-down, {failed} failed",
+        during.lines().count()
+    );
+    assert_eq!(
+        failed, 0,
+        "no request fails while a task is drained:\n{during}"
+    );
 
     step("endpoint mode dnsrr: the name gives task addresses and there is no VIP");
-    c.apply(&httpd_service("rr", 2, &["appoverlay"]).replace("  replicas: 2\n", "  replicas: 2\n  endpointMode: dnsrr\n"));
+    c.apply(
+        &httpd_service("rr", 2, &["appoverlay"])
+            .replace("  replicas: 2\n", "  replicas: 2\n  endpointMode: dnsrr\n"),
+    );
     let rr_ips: BTreeSet<String> = c.eventually("2 rr tasks", wait, || {
         let r = c.running("rr", "appoverlay");
         (r.len() == 2).then_some(r.into_iter().map(|(_, _, ip)| ip).collect())
     });
-    let answer = c.eventually("nslookup rr lists both tasks", Duration::from_secs(30), || {
-        let r = c.exec("worker.1", &["nslookup", "rr"]);
-        rr_ips.iter().all(|ip| r.stdout.contains(ip.as_str())).then_some(r.stdout)
-    });
+    let answer = c.eventually(
+        "nslookup rr lists both tasks",
+        Duration::from_secs(30),
+        || {
+            let r = c.exec("worker.1", &["nslookup", "rr"]);
+            rr_ips
+                .iter()
+                .all(|ip| r.stdout.contains(ip.as_str()))
+                .then_some(r.stdout)
+        },
+    );
     eprintln!("{answer}");
     let rr = c.json(&["service", "inspect", "rr"]);
     let rr = rr.as_array().map(|a| a[0].clone()).unwrap_or(rr);
-    assert!(rr["status"]["virtualIps"].as_array().map(|v| v.is_empty()).unwrap_or(true), "dnsrr has no VIP: {rr}");
+    assert!(
+        rr["status"]["virtualIps"]
+            .as_array()
+            .map(|v| v.is_empty())
+            .unwrap_or(true),
+        "dnsrr has no VIP: {rr}"
+    );
     c.shoal(&["service", "rm", "rr"]).ok();
 
     step("health checks: a task that turns unhealthy leaves the load balancer and is replaced");
@@ -198,11 +281,15 @@ fn local_cluster_end_to_end() {
         (healthy.len() == 2).then_some(healthy)
     });
     c.exec("flaky.1", &["touch", "/www/sick"]).ok();
-    let reasons = c.eventually("flaky.1 fails as unhealthy and a new task takes slot 1", wait, || {
-        let ps = task_error(&c, "flaky");
-        let now = running_ids(&c, "flaky");
-        (ps.contains("unhealthy") && now.len() == 2 && now != first).then_some(ps)
-    });
+    let reasons = c.eventually(
+        "flaky.1 fails as unhealthy and a new task takes slot 1",
+        wait,
+        || {
+            let ps = task_error(&c, "flaky");
+            let now = running_ids(&c, "flaky");
+            (ps.contains("unhealthy") && now.len() == 2 && now != first).then_some(ps)
+        },
+    );
     eprintln!("{reasons}");
     let served = c.eventually("both flaky slots answer through the VIP again", Duration::from_secs(30), || {
         let script = "i=0; while [ $i -lt 20 ]; do timeout 5 wget -qO- http://flaky/ || echo FAILED; i=$((i+1)); done";
@@ -219,20 +306,38 @@ fn local_cluster_end_to_end() {
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("index.html"), "outside world\n").unwrap();
     let _server: Child = Command::new("ip")
-        .args(["netns", "exec", &outside, "busybox", "httpd", "-f", "-p", "8080", "-h"])
+        .args([
+            "netns", "exec", &outside, "busybox", "httpd", "-f", "-p", "8080", "-h",
+        ])
         .arg(&www)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("outside httpd");
-    let page = c.eventually("worker reaches 198.18.0.200:8080", Duration::from_secs(30), || {
-        let r = c.exec("worker.1", &["timeout", "5", "wget", "-qO-", "http://198.18.0.200:8080/"]);
-        (r.code == 0).then_some(r.stdout)
-    });
+    let page = c.eventually(
+        "worker reaches 198.18.0.200:8080",
+        Duration::from_secs(30),
+        || {
+            let r = c.exec(
+                "worker.1",
+                &["timeout", "5", "wget", "-qO-", "http://198.18.0.200:8080/"],
+            );
+            (r.code == 0).then_some(r.stdout)
+        },
+    );
     assert_eq!(page.trim(), "outside world");
-    c.apply(&format!("{}---\n{}", network("sealednet", true), sleeper_service("sealed", &["sealednet"])));
-    c.eventually("sealed running", wait, || c.running("sealed", "sealednet").into_iter().next());
-    let r = c.exec("sealed.1", &["timeout", "5", "wget", "-qO-", "http://198.18.0.200:8080/"]);
+    c.apply(&format!(
+        "{}---\n{}",
+        network("sealednet", true),
+        sleeper_service("sealed", &["sealednet"])
+    ));
+    c.eventually("sealed running", wait, || {
+        c.running("sealed", "sealednet").into_iter().next()
+    });
+    let r = c.exec(
+        "sealed.1",
+        &["timeout", "5", "wget", "-qO-", "http://198.18.0.200:8080/"],
+    );
     assert_ne!(r.code, 0, "an internal network has no egress: {r:?}");
 
     step("restore: killing a task's container by hand gets the slot a running task again");
@@ -241,15 +346,22 @@ fn local_cluster_end_to_end() {
     let netns = task_netns(&victim);
     assert!(!netns.is_empty(), "task {victim} has a network namespace");
     for ns in &netns {
-        let pids = Command::new("ip").args(["netns", "pids", ns]).output().unwrap();
+        let pids = Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()
+            .unwrap();
         for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
             let _ = Command::new("kill").args(["-9", pid]).status();
         }
     }
-    c.eventually("api back to 2 running tasks without the killed one", wait, || {
-        let now = running_ids(&c, "api");
-        (now.len() == 2 && !now.contains(&victim)).then_some(())
-    });
+    c.eventually(
+        "api back to 2 running tasks without the killed one",
+        wait,
+        || {
+            let now = running_ids(&c, "api");
+            (now.len() == 2 && !now.contains(&victim)).then_some(())
+        },
+    );
     let m = c.eventually("after the replacement joins, every request succeeds and both tasks answer", Duration::from_secs(30), || {
         let script = "i=0; while [ $i -lt 20 ]; do timeout 5 wget -qO- http://api/ || echo FAILED; i=$((i+1)); done";
         let out = c.exec("worker.1", &["sh", "-c", script]).ok();
@@ -266,7 +378,11 @@ fn local_cluster_end_to_end() {
     c.kill_agent(k);
     c.start_node(k);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(running_ids(&c, "api"), ids_before, "no task replaced by an agent restart");
+    assert_eq!(
+        running_ids(&c, "api"),
+        ids_before,
+        "no task replaced by an agent restart"
+    );
 
     step("wrong image, image that exits at once, registry down: clear errors, recovery when fixed");
     let bad = format!(
@@ -274,18 +390,33 @@ fn local_cluster_end_to_end() {
          command: [sleep, \"100000\"]\n  networks: [{{name: appoverlay}}]\n"
     );
     c.shoal_apply_detached(&bad);
-    c.eventually("image not found shown by service ps", wait, || task_error(&c, "broken").contains("image not found").then_some(()));
+    c.eventually("image not found shown by service ps", wait, || {
+        task_error(&c, "broken")
+            .contains("image not found")
+            .then_some(())
+    });
     c.apply(&bad.replace("localhost:5000/nope:1", BUSYBOX));
-    let quitter = bad.replace("localhost:5000/nope:1", BUSYBOX).replace("[sleep, \"100000\"]", "[sh, -c, \"exit 3\"]");
+    let quitter = bad
+        .replace("localhost:5000/nope:1", BUSYBOX)
+        .replace("[sleep, \"100000\"]", "[sh, -c, \"exit 3\"]");
     c.shoal_apply_detached(&quitter);
-    c.eventually("exit code 3 shown by service ps", wait, || task_error(&c, "broken").contains('3').then_some(()));
+    c.eventually("exit code 3 shown by service ps", wait, || {
+        task_error(&c, "broken").contains('3').then_some(())
+    });
     c.apply(&bad.replace("localhost:5000/nope:1", BUSYBOX));
     let registry = c.state_dir().join("scripts").join("registry.sh");
     let state = c.state_dir().to_str().unwrap().to_string();
-    assert!(Command::new("bash").arg(&registry).args(["stop", &state]).status().unwrap().success());
+    assert!(Command::new("bash")
+        .arg(&registry)
+        .args(["stop", &state])
+        .status()
+        .unwrap()
+        .success());
     c.shoal_apply_detached(&bad.replace("localhost:5000/nope:1", "localhost:5000/busybox:v2"));
     c.eventually("registry unreachable shown by service ps", wait, || {
-        task_error(&c, "broken").contains("not reachable").then_some(())
+        task_error(&c, "broken")
+            .contains("not reachable")
+            .then_some(())
     });
     let seeded = Command::new("bash")
         .arg(&registry)
@@ -294,16 +425,23 @@ fn local_cluster_end_to_end() {
         .status()
         .unwrap();
     assert!(seeded.success());
-    c.eventually("broken recovers once the registry is back", Duration::from_secs(120), || {
-        (!running_ids(&c, "broken").is_empty()).then_some(())
-    });
+    c.eventually(
+        "broken recovers once the registry is back",
+        Duration::from_secs(120),
+        || (!running_ids(&c, "broken").is_empty()).then_some(()),
+    );
 
     step("deleting a service removes its containers, namespaces, veths and FDB entries on every node");
     let gone_ids = task_ids(&c, "api");
     let macs: Vec<String> = c
         .tasks("api")
         .iter()
-        .flat_map(|t| t["spec"]["attachments"].as_array().cloned().unwrap_or_default())
+        .flat_map(|t| {
+            t["spec"]["attachments"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
         .filter_map(|a| a["mac"].as_str().map(str::to_string))
         .collect();
     c.shoal(&["service", "rm", "api"]).ok();
@@ -353,14 +491,48 @@ fn local_cluster_end_to_end() {
     step("dev down leaves nothing behind");
     let state_dir = c.state_dir().to_path_buf();
     drop(c);
-    let netns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).to_string();
+    let netns = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
     // Only what the cluster names: other tests on this machine use their own prefixes.
-    let ours: Vec<&str> = netns.lines().filter(|l| l.starts_with("shoal-node-") || l.starts_with("shoal-e2e-")).collect();
+    let ours: Vec<&str> = netns
+        .lines()
+        .filter(|l| l.starts_with("shoal-node-") || l.starts_with("shoal-e2e-"))
+        .collect();
     assert!(ours.is_empty(), "namespaces left: {ours:?}");
-    let links = String::from_utf8_lossy(&Command::new("ip").args(["-o", "link", "show"]).output().unwrap().stdout).to_string();
-    assert!(!links.contains("shoal-br0") && !links.contains("shoal-n"), "links left: {links}");
+    let links = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["-o", "link", "show"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    assert!(
+        !links.contains("shoal-br0") && !links.contains("shoal-n"),
+        "links left: {links}"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    assert!(!mounts.contains(state_dir.to_str().unwrap()), "mounts left under {}", state_dir.display());
-    let ps = String::from_utf8_lossy(&Command::new("ps").args(["-eo", "args"]).output().unwrap().stdout).to_string();
-    assert!(!ps.lines().any(|l| l.contains(state_dir.to_str().unwrap())), "processes left:\n{ps}");
+    assert!(
+        !mounts.contains(state_dir.to_str().unwrap()),
+        "mounts left under {}",
+        state_dir.display()
+    );
+    let ps = String::from_utf8_lossy(
+        &Command::new("ps")
+            .args(["-eo", "args"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    assert!(
+        !ps.lines().any(|l| l.contains(state_dir.to_str().unwrap())),
+        "processes left:\n{ps}"
+    );
 }

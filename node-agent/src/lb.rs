@@ -520,10 +520,12 @@ async fn in_netns<R: Send + 'static>(
     netns: Option<&Path>,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> Result<R, LbError> {
-    crate::net::netns::run_in(netns, f).await.map_err(|e| LbError::Netns {
-        path: netns.map(Path::to_owned).unwrap_or_default(),
-        reason: e.to_string(),
-    })
+    crate::net::netns::run_in(netns, f)
+        .await
+        .map_err(|e| LbError::Netns {
+            path: netns.map(Path::to_owned).unwrap_or_default(),
+            reason: e.to_string(),
+        })
 }
 
 fn ns_label(netns: Option<&Path>) -> String {

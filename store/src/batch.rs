@@ -52,7 +52,8 @@ impl Batch {
     pub fn create<S: Resource>(&mut self, store: &Store, obj: &Object<S>) -> Object<S> {
         let obj = prepare_create(obj);
         let key = store.keys.key(&obj);
-        self.compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+        self.compares
+            .push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
         self.ops.push(TxnOp::put(key.clone(), encode(&obj), None));
         self.described.push(BatchOp::Create(key));
         obj
@@ -62,7 +63,8 @@ impl Batch {
     pub fn update<S: Resource>(&mut self, store: &Store, obj: &Object<S>) {
         let key = store.keys.key(obj);
         let rev = obj.metadata.revision().unwrap_or(0);
-        self.compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
+        self.compares
+            .push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
         self.ops.push(TxnOp::put(key.clone(), encode(obj), None));
         self.described.push(BatchOp::Update(key));
     }
@@ -71,7 +73,8 @@ impl Batch {
     pub fn delete<S: Resource>(&mut self, store: &Store, obj: &Object<S>) {
         let key = store.keys.key(obj);
         let rev = obj.metadata.revision().unwrap_or(0);
-        self.compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
+        self.compares
+            .push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
         self.ops.push(TxnOp::delete(key.clone(), None));
         self.described.push(BatchOp::Delete(key));
     }
@@ -79,7 +82,8 @@ impl Batch {
     /// Writes a raw key that must not exist yet (an allocation record).
     pub fn claim(&mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) {
         let key = key.into();
-        self.compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+        self.compares
+            .push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
         self.ops.push(TxnOp::put(key.clone(), value, None));
         self.described.push(BatchOp::Create(key));
     }
@@ -94,8 +98,10 @@ impl Batch {
     /// Requires that `key` exists.
     pub fn require_present(&mut self, key: impl Into<String>) {
         let key = key.into();
-        self.compares.push(Compare::create_revision(key.clone(), CompareOp::Greater, 0));
-        self.described.push(BatchOp::Require(format!("{key} exists")));
+        self.compares
+            .push(Compare::create_revision(key.clone(), CompareOp::Greater, 0));
+        self.described
+            .push(BatchOp::Require(format!("{key} exists")));
     }
 
     /// Requires that nothing below `prefix` was created, changed or deleted after
@@ -103,9 +109,12 @@ impl Batch {
     /// caught; pair with a list at `revision` to judge the keys that were there.
     pub fn require_unchanged_since(&mut self, prefix: &str, revision: i64) {
         self.compares.push(
-            Compare::mod_revision(prefix, CompareOp::Less, revision + 1).with_range(prefix_range_end(prefix)),
+            Compare::mod_revision(prefix, CompareOp::Less, revision + 1)
+                .with_range(prefix_range_end(prefix)),
         );
-        self.described.push(BatchOp::Require(format!("nothing below {prefix} changed after revision {revision}")));
+        self.described.push(BatchOp::Require(format!(
+            "nothing below {prefix} changed after revision {revision}"
+        )));
     }
 
     /// Commits everything or nothing. Returns the revision of the write.

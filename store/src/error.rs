@@ -58,7 +58,10 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            StoreError::Conflict(_) | StoreError::Etcd(_) | StoreError::WatchEnded { .. } | StoreError::Compacted { .. }
+            StoreError::Conflict(_)
+                | StoreError::Etcd(_)
+                | StoreError::WatchEnded { .. }
+                | StoreError::Compacted { .. }
         )
     }
 }

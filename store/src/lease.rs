@@ -31,12 +31,23 @@ impl Store {
     pub async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
         let secs = ttl.as_secs().max(1) as i64;
         let resp = self.client.lease_client().grant(secs, None).await?;
-        Ok(Lease { id: resp.id(), ttl: Duration::from_secs(resp.ttl() as u64) })
+        Ok(Lease {
+            id: resp.id(),
+            ttl: Duration::from_secs(resp.ttl() as u64),
+        })
     }
 
     /// Puts a raw value bound to a lease: it disappears when the lease expires.
-    pub async fn put_with_lease(&self, key: &str, value: impl Into<Vec<u8>>, lease: Lease) -> Result<()> {
-        self.client.kv_client().put(key, value, Some(PutOptions::new().with_lease(lease.id))).await?;
+    pub async fn put_with_lease(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        lease: Lease,
+    ) -> Result<()> {
+        self.client
+            .kv_client()
+            .put(key, value, Some(PutOptions::new().with_lease(lease.id)))
+            .await?;
         Ok(())
     }
 
@@ -66,7 +77,11 @@ impl Store {
             lost.await;
             let _ = tx.send(true);
         });
-        LeaseKeeper { lease, lost: rx, task }
+        LeaseKeeper {
+            lease,
+            lost: rx,
+            task,
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+};
 use shoal_api_types::keys::Keys;
 use shoal_api_types::{Object, Resource};
 
@@ -39,7 +41,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("root", &self.keys.root()).finish()
+        f.debug_struct("Store")
+            .field("root", &self.keys.root())
+            .finish()
     }
 }
 
@@ -80,14 +84,23 @@ impl Store {
 
     /// The current revision of the whole store.
     pub async fn revision(&self) -> Result<i64> {
-        let resp = self.kv().get(self.keys.leader(), Some(GetOptions::new().with_count_only())).await?;
+        let resp = self
+            .kv()
+            .get(
+                self.keys.leader(),
+                Some(GetOptions::new().with_count_only()),
+            )
+            .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
     /// The object at `key`, if any.
     pub async fn get<S: Resource>(&self, key: &str) -> Result<Option<Object<S>>> {
         let resp = self.kv().get(key, None).await?;
-        resp.kvs().first().map(|kv| decode(kv.key(), kv.value(), kv.mod_revision())).transpose()
+        resp.kvs()
+            .first()
+            .map(|kv| decode(kv.key(), kv.value(), kv.mod_revision()))
+            .transpose()
     }
 
     /// The object of kind `S` named `name` (kinds keyed by name only).
@@ -111,7 +124,9 @@ impl Store {
         let mut from = prefix.as_bytes().to_vec();
         let mut revision = 0;
         loop {
-            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
             if revision > 0 {
                 opts = opts.with_revision(revision);
             }
@@ -135,7 +150,9 @@ impl Store {
 
     /// A KV client whose responses may be as large as etcd sends them.
     pub(crate) fn kv(&self) -> etcd_client::KvClient {
-        self.client.kv_client().max_decoding_message_size(MAX_MESSAGE)
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
     }
 
     /// Fails with [`StoreError::Compacted`] if `revision` is no longer readable.
@@ -144,11 +161,21 @@ impl Store {
         match self.kv().get(self.keys.leader(), Some(opts)).await {
             Ok(_) => Ok(()),
             Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("compacted") => {
-                let compacted = s.message().split_whitespace().last().and_then(|n| n.parse().ok()).unwrap_or(0);
-                Err(StoreError::Compacted { requested: revision, compacted })
+                let compacted = s
+                    .message()
+                    .split_whitespace()
+                    .last()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                Err(StoreError::Compacted {
+                    requested: revision,
+                    compacted,
+                })
             }
             // A future revision is fine to watch from: the watch waits.
-            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("future revision") => Ok(()),
+            Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("future revision") => {
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -163,9 +190,15 @@ impl Store {
             .and_then([TxnOp::put(key, encode(&obj), None)]);
         let resp = self.kv().txn(txn).await?;
         if !resp.succeeded() {
-            return Err(StoreError::AlreadyExists { kind: S::KIND, name: obj.metadata.name.clone() });
+            return Err(StoreError::AlreadyExists {
+                kind: S::KIND,
+                name: obj.metadata.name.clone(),
+            });
         }
-        Ok(with_revision(obj, resp.header().map(|h| h.revision()).unwrap_or(0)))
+        Ok(with_revision(
+            obj,
+            resp.header().map(|h| h.revision()).unwrap_or(0),
+        ))
     }
 
     /// Writes `obj` if its key's mod_revision still equals `obj.metadata.resourceVersion`.
@@ -173,7 +206,11 @@ impl Store {
     pub async fn update<S: Resource>(&self, obj: &Object<S>) -> Result<Object<S>> {
         let key = self.keys.key(obj);
         let rev = obj.metadata.revision().ok_or_else(|| {
-            StoreError::Conflict(format!("{} {:?}: metadata.resourceVersion is required to update", S::KIND, obj.metadata.name))
+            StoreError::Conflict(format!(
+                "{} {:?}: metadata.resourceVersion is required to update",
+                S::KIND,
+                obj.metadata.name
+            ))
         })?;
         let txn = Txn::new()
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
@@ -181,9 +218,15 @@ impl Store {
             .or_else([TxnOp::get(key, None)]);
         let resp = self.kv().txn(txn).await?;
         if !resp.succeeded() {
-            let exists = resp.op_responses().iter().any(|r| matches!(r, TxnOpResponse::Get(g) if !g.kvs().is_empty()));
+            let exists = resp
+                .op_responses()
+                .iter()
+                .any(|r| matches!(r, TxnOpResponse::Get(g) if !g.kvs().is_empty()));
             if !exists {
-                return Err(StoreError::NotFound { kind: S::KIND, name: obj.metadata.name.clone() });
+                return Err(StoreError::NotFound {
+                    kind: S::KIND,
+                    name: obj.metadata.name.clone(),
+                });
             }
             return Err(StoreError::Conflict(format!(
                 "{} {:?} was changed since resourceVersion {rev}; read it again and retry",
@@ -191,7 +234,10 @@ impl Store {
                 obj.metadata.name
             )));
         }
-        Ok(with_revision(obj.clone(), resp.header().map(|h| h.revision()).unwrap_or(0)))
+        Ok(with_revision(
+            obj.clone(),
+            resp.header().map(|h| h.revision()).unwrap_or(0),
+        ))
     }
 
     /// Read-modify-write with retries on conflict: reads the object at `key`, lets `change`
@@ -204,7 +250,9 @@ impl Store {
         mut change: impl FnMut(&mut Object<S>) -> bool,
     ) -> Result<Option<Object<S>>> {
         for _ in 0..16 {
-            let Some(current) = self.get::<S>(key).await? else { return Ok(None) };
+            let Some(current) = self.get::<S>(key).await? else {
+                return Ok(None);
+            };
             let mut next = current.clone();
             if !change(&mut next) {
                 return Ok(Some(current));
@@ -218,7 +266,9 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
-        Err(StoreError::Conflict(format!("{key}: gave up after 16 conflicting writes")))
+        Err(StoreError::Conflict(format!(
+            "{key}: gave up after 16 conflicting writes"
+        )))
     }
 
     /// Deletes the object at `key`, if its mod_revision equals `expected` (when given).
@@ -236,12 +286,18 @@ impl Store {
         let resp = self.kv().txn(txn).await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let found = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| decode::<S>(kv.key(), kv.value(), kv.mod_revision())),
+            TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .map(|kv| decode::<S>(kv.key(), kv.value(), kv.mod_revision())),
             _ => None,
         });
         match (resp.succeeded(), found) {
             (true, Some(obj)) => Ok(with_revision(obj?, revision)),
-            (_, None) => Err(StoreError::NotFound { kind: S::KIND, name }),
+            (_, None) => Err(StoreError::NotFound {
+                kind: S::KIND,
+                name,
+            }),
             (false, Some(_)) => Err(StoreError::Conflict(format!(
                 "{} {name:?} was changed since resourceVersion {}; read it again and retry",
                 S::KIND.to_lowercase(),
@@ -267,7 +323,9 @@ impl Store {
             TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
             _ => None,
         });
-        existing.ok_or_else(|| StoreError::Conflict(format!("{key} was deleted while it was being read; retry")))
+        existing.ok_or_else(|| {
+            StoreError::Conflict(format!("{key} was deleted while it was being read; retry"))
+        })
     }
 
     /// Compacts etcd's history up to `revision` (tests and maintenance).
@@ -297,9 +355,15 @@ pub(crate) fn encode<S: Resource>(obj: &Object<S>) -> Vec<u8> {
 }
 
 /// Decodes a stored value and sets resourceVersion from the key's mod_revision.
-pub(crate) fn decode<S: Resource>(key: &[u8], value: &[u8], mod_revision: i64) -> Result<Object<S>> {
-    let obj: Object<S> = serde_json::from_slice(value)
-        .map_err(|source| StoreError::Decode { key: String::from_utf8_lossy(key).into_owned(), source })?;
+pub(crate) fn decode<S: Resource>(
+    key: &[u8],
+    value: &[u8],
+    mod_revision: i64,
+) -> Result<Object<S>> {
+    let obj: Object<S> = serde_json::from_slice(value).map_err(|source| StoreError::Decode {
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })?;
     Ok(with_revision(obj, mod_revision))
 }
 

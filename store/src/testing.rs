@@ -22,7 +22,10 @@ pub struct TestEtcd {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 impl TestEtcd {
@@ -39,7 +42,12 @@ impl TestEtcd {
         // etcd fsyncs every write; on a busy disk that takes seconds, so keep test data in
         // memory when a tmpfs is there.
         let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.expect("tempdir");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("tempdir");
         let (client, peer) = (free_port(), free_port());
         let endpoint = format!("http://127.0.0.1:{client}");
         let child = Command::new("etcd")
@@ -48,7 +56,9 @@ impl TestEtcd {
             .arg(format!("--listen-client-urls={endpoint}"))
             .arg(format!("--advertise-client-urls={endpoint}"))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
             .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"))
             .arg("--log-level=error")
             .stdout(Stdio::null())
@@ -65,14 +75,27 @@ impl TestEtcd {
         panic!("etcd did not start on {}", etcd.endpoint);
     }
 
-    fn with_endpoint(endpoint: String, child: Option<Child>, dir: Option<tempfile::TempDir>) -> TestEtcd {
+    fn with_endpoint(
+        endpoint: String,
+        child: Option<Child>,
+        dir: Option<tempfile::TempDir>,
+    ) -> TestEtcd {
         let root = format!("/shoal-test-{}/v1", uuid::Uuid::new_v4().simple());
-        TestEtcd { endpoint, root, child, _dir: dir }
+        TestEtcd {
+            endpoint,
+            root,
+            child,
+            _dir: dir,
+        }
     }
 
     /// How to connect to this test's root.
     pub fn connect(&self) -> Connect {
-        Connect { endpoints: vec![self.endpoint.clone()], root: Some(self.root.clone()), ..Default::default() }
+        Connect {
+            endpoints: vec![self.endpoint.clone()],
+            root: Some(self.root.clone()),
+            ..Default::default()
+        }
     }
 
     async fn try_store(&self) -> Option<Store> {
@@ -81,7 +104,9 @@ impl TestEtcd {
 
     /// A store on this test's root.
     pub async fn store(&self) -> Store {
-        Store::connect(&self.connect()).await.expect("connect to test etcd")
+        Store::connect(&self.connect())
+            .await
+            .expect("connect to test etcd")
     }
 
     /// Kills a private etcd now (tests of etcd failure).

@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use etcd_client::{EventType as EtcdEventType, WatchOptions, WatchRequestSender, WatchResponseStream};
+use etcd_client::{
+    EventType as EtcdEventType, WatchOptions, WatchRequestSender, WatchResponseStream,
+};
 use shoal_api_types::{Object, Resource};
 
 use crate::error::StoreError;
@@ -29,7 +31,9 @@ impl<S: Resource> Event<S> {
     /// The revision the event happened at.
     pub fn revision(&self) -> i64 {
         match self {
-            Event::Added(o) | Event::Modified(o) | Event::Deleted(o) => o.metadata.revision().unwrap_or(0),
+            Event::Added(o) | Event::Modified(o) | Event::Deleted(o) => {
+                o.metadata.revision().unwrap_or(0)
+            }
             Event::Progress(r) => *r,
         }
     }
@@ -115,7 +119,10 @@ impl<S: Resource> Watch<S> {
                 Err(e) => return Err(self.ended(e.to_string())),
             };
             if resp.compact_revision() > 0 {
-                return Err(StoreError::Compacted { requested: self.revision + 1, compacted: resp.compact_revision() });
+                return Err(StoreError::Compacted {
+                    requested: self.revision + 1,
+                    compacted: resp.compact_revision(),
+                });
             }
             if resp.canceled() {
                 return Err(self.ended(format!("canceled: {}", resp.cancel_reason())));
@@ -154,6 +161,9 @@ impl<S: Resource> Watch<S> {
     }
 
     fn ended(&self, reason: String) -> StoreError {
-        StoreError::WatchEnded { prefix: self.prefix.clone(), reason }
+        StoreError::WatchEnded {
+            prefix: self.prefix.clone(),
+            reason,
+        }
     }
 }

@@ -8,7 +8,13 @@ use shoal_store::testing::TestEtcd;
 use shoal_store::{Batch, Event, StoreError};
 
 fn network(name: &str) -> Network {
-    Network::new(name, NetworkSpec { driver: "overlay".into(), ..Default::default() })
+    Network::new(
+        name,
+        NetworkSpec {
+            driver: "overlay".into(),
+            ..Default::default()
+        },
+    )
 }
 
 #[tokio::test]
@@ -26,7 +32,10 @@ async fn create_get_list_update_delete_round_trip() {
 
     store.create(&network("b")).await.unwrap();
     let (items, list_rev) = store.list::<NetworkSpec>().await.unwrap();
-    assert_eq!(items.iter().map(|n| n.name()).collect::<Vec<_>>(), vec!["a", "b"]);
+    assert_eq!(
+        items.iter().map(|n| n.name()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
     assert!(list_rev > rev);
 
     let mut changed = got.clone();
@@ -38,7 +47,10 @@ async fn create_get_list_update_delete_round_trip() {
     let deleted = store.delete::<NetworkSpec>(&key, None).await.unwrap();
     assert!(deleted.spec.internal);
     assert!(store.get_named::<NetworkSpec>("a").await.unwrap().is_none());
-    assert!(matches!(store.delete::<NetworkSpec>(&key, None).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.delete::<NetworkSpec>(&key, None).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 #[tokio::test]
@@ -47,7 +59,16 @@ async fn create_of_existing_object_is_already_exists() {
     let store = etcd.store().await;
     store.create(&network("a")).await.unwrap();
     let err = store.create(&network("a")).await.unwrap_err();
-    assert!(matches!(err, StoreError::AlreadyExists { kind: "Network", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::AlreadyExists {
+                kind: "Network",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -59,11 +80,17 @@ async fn update_with_stale_revision_conflicts_and_one_of_two_racers_wins() {
     one.spec.mtu = Some(1400);
     two.spec.mtu = Some(1300);
     let (r1, r2) = tokio::join!(store.update(&one), store.update(&two));
-    assert!(r1.is_ok() != r2.is_ok(), "exactly one racer wins: {r1:?} {r2:?}");
+    assert!(
+        r1.is_ok() != r2.is_ok(),
+        "exactly one racer wins: {r1:?} {r2:?}"
+    );
     let loser = if r1.is_err() { r1 } else { r2 };
     assert!(matches!(loser, Err(StoreError::Conflict(_))));
     // And the stale original now conflicts too.
-    assert!(matches!(store.update(&original).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        store.update(&original).await,
+        Err(StoreError::Conflict(_))
+    ));
 }
 
 #[tokio::test]
@@ -101,8 +128,15 @@ async fn batch_is_all_or_nothing() {
     let mut batch = Batch::new();
     batch.create(&store, &network("fresh"));
     batch.create(&store, &network("taken"));
-    assert!(matches!(batch.commit(&store).await, Err(StoreError::Conflict(_))));
-    assert!(store.get_named::<NetworkSpec>("fresh").await.unwrap().is_none());
+    assert!(matches!(
+        batch.commit(&store).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store
+        .get_named::<NetworkSpec>("fresh")
+        .await
+        .unwrap()
+        .is_none());
 
     let mut batch = Batch::new();
     batch.claim(store.keys().ip("n", "10.0.0.2".parse().unwrap()), "task-1");
@@ -110,7 +144,10 @@ async fn batch_is_all_or_nothing() {
     batch.commit(&store).await.unwrap();
     let mut again = Batch::new();
     again.claim(store.keys().ip("n", "10.0.0.2".parse().unwrap()), "task-2");
-    assert!(again.commit(&store).await.is_err(), "an address is never claimed twice");
+    assert!(
+        again.commit(&store).await.is_err(),
+        "an address is never claimed twice"
+    );
 }
 
 #[tokio::test]
@@ -120,12 +157,25 @@ async fn batch_precondition_on_unchanged_prefix_catches_concurrent_creates() {
     let net = store.create(&network("appnet")).await.unwrap();
     let (_, rev) = store.list::<ServiceSpec>().await.unwrap();
     // Someone creates a service after we looked.
-    store.create(&Service::new("api", ServiceSpec { image: "x".into(), ..Default::default() })).await.unwrap();
+    store
+        .create(&Service::new(
+            "api",
+            ServiceSpec {
+                image: "x".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
     let mut batch = Batch::new();
     batch.require_unchanged_since(&store.keys().prefix::<ServiceSpec>(), rev);
     batch.delete(&store, &net);
     assert!(batch.commit(&store).await.is_err());
-    assert!(store.get_named::<NetworkSpec>("appnet").await.unwrap().is_some());
+    assert!(store
+        .get_named::<NetworkSpec>("appnet")
+        .await
+        .unwrap()
+        .is_some());
 }
 
 #[tokio::test]
@@ -138,21 +188,42 @@ async fn watch_from_revision_replays_exactly_the_missed_events() {
     let mut a2 = a.clone();
     a2.spec.internal = true;
     store.update(&a2).await.unwrap();
-    store.delete::<NetworkSpec>(&store.keys().named::<NetworkSpec>("a"), None).await.unwrap();
+    store
+        .delete::<NetworkSpec>(&store.keys().named::<NetworkSpec>("a"), None)
+        .await
+        .unwrap();
 
-    let mut watch = store.watch::<NetworkSpec>(&store.keys().prefix::<NetworkSpec>(), rev + 1).await.unwrap();
+    let mut watch = store
+        .watch::<NetworkSpec>(&store.keys().prefix::<NetworkSpec>(), rev + 1)
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     for _ in 0..3 {
-        match tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(5), watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             Event::Added(o) => seen.push(format!("added {}", o.name())),
-            Event::Modified(o) => seen.push(format!("modified {} internal={}", o.name(), o.spec.internal)),
+            Event::Modified(o) => seen.push(format!(
+                "modified {} internal={}",
+                o.name(),
+                o.spec.internal
+            )),
             Event::Deleted(o) => seen.push(format!("deleted {}", o.name())),
             Event::Progress(_) => {}
         }
     }
-    assert_eq!(seen, vec!["added a", "modified a internal=true", "deleted a"]);
+    assert_eq!(
+        seen,
+        vec!["added a", "modified a internal=true", "deleted a"]
+    );
     // Nothing else is pending.
-    assert!(tokio::time::timeout(Duration::from_millis(300), watch.next()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), watch.next())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -165,7 +236,10 @@ async fn watch_reports_progress_when_asked() {
         .await
         .unwrap()
         .with_progress_every(Duration::from_millis(200));
-    let ev = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(matches!(ev, Event::Progress(r) if r >= rev), "{ev:?}");
 }
 
@@ -173,12 +247,31 @@ async fn watch_reports_progress_when_asked() {
 async fn watch_from_compacted_revision_is_compacted_error() {
     let etcd = TestEtcd::private().await;
     let store = etcd.store().await;
-    let first = store.create(&network("a")).await.unwrap().metadata.revision().unwrap();
+    let first = store
+        .create(&network("a"))
+        .await
+        .unwrap()
+        .metadata
+        .revision()
+        .unwrap();
     store.create(&network("b")).await.unwrap();
-    let now = store.create(&network("c")).await.unwrap().metadata.revision().unwrap();
+    let now = store
+        .create(&network("c"))
+        .await
+        .unwrap()
+        .metadata
+        .revision()
+        .unwrap();
     store.compact(now).await.unwrap();
-    let err = store.watch::<NetworkSpec>(&store.keys().prefix::<NetworkSpec>(), first).await.err().unwrap();
-    assert!(matches!(err, StoreError::Compacted { requested, .. } if requested == first), "{err}");
+    let err = store
+        .watch::<NetworkSpec>(&store.keys().prefix::<NetworkSpec>(), first)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, StoreError::Compacted { requested, .. } if requested == first),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -193,7 +286,9 @@ async fn lease_bound_keys_vanish_when_the_lease_is_revoked() {
     assert_eq!(client.get(key.as_str(), None).await.unwrap().kvs().len(), 1);
     store.revoke_lease(lease).await.unwrap();
     assert_eq!(client.get(key.as_str(), None).await.unwrap().kvs().len(), 0);
-    tokio::time::timeout(Duration::from_secs(10), keeper.lost()).await.expect("the keeper notices the lost lease");
+    tokio::time::timeout(Duration::from_secs(10), keeper.lost())
+        .await
+        .expect("the keeper notices the lost lease");
 }
 
 #[tokio::test]
@@ -210,6 +305,9 @@ async fn lists_larger_than_a_page_come_whole_and_at_one_revision() {
     }
     let (items, rev) = store.list::<NetworkSpec>().await.unwrap();
     assert_eq!(items.len(), n);
-    assert!(items.windows(2).all(|w| w[0].name() < w[1].name()), "sorted, no duplicates");
+    assert!(
+        items.windows(2).all(|w| w[0].name() < w[1].name()),
+        "sorted, no duplicates"
+    );
     assert!(items.iter().all(|o| o.metadata.revision().unwrap() <= rev));
 }

@@ -45,9 +45,17 @@ impl Layout {
         if !matches!(runtime, "containerd" | "hollow") {
             bail!("--runtime must be containerd or hollow (got {runtime:?})");
         }
-        let tag: String = state_dir.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let tag: String = state_dir
+            .to_string_lossy()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
         let shm = Path::new("/dev/shm");
-        let etcd_dir = if shm.is_dir() { shm.join(format!("shoal-etcd{tag}")) } else { state_dir.join("etcd") };
+        let etcd_dir = if shm.is_dir() {
+            shm.join(format!("shoal-etcd{tag}"))
+        } else {
+            state_dir.join("etcd")
+        };
         Ok(Layout {
             etcd_dir,
             state_dir,
@@ -108,8 +116,12 @@ impl Layout {
     /// Reads the layout `up` saved.
     pub fn load(state_dir: &Path) -> anyhow::Result<Layout> {
         let path = state_dir.join("cluster.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("no local cluster under {} (start one with: shoal dev up)", state_dir.display()))?;
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no local cluster under {} (start one with: shoal dev up)",
+                state_dir.display()
+            )
+        })?;
         Ok(serde_json::from_str(&text)?)
     }
 
@@ -143,13 +155,19 @@ pub struct DevCluster;
 /// The directory of the `shoal` binary, where `shoal-controller` and `shoal-agent` live too.
 fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    Ok(exe.parent().context("the shoal binary has a directory")?.to_path_buf())
+    Ok(exe
+        .parent()
+        .context("the shoal binary has a directory")?
+        .to_path_buf())
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let path = bin_dir()?.join(name);
     if !path.is_file() {
-        bail!("{} not found next to shoal (build the workspace: cargo build --workspace)", path.display());
+        bail!(
+            "{} not found next to shoal (build the workspace: cargo build --workspace)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -171,18 +189,35 @@ impl DevCluster {
         layout.save()?;
         step("etcd", || start_etcd(&layout))?;
         if layout.runtime == "containerd" {
-            step("registry with localhost:5000/busybox:latest", || super::image::ensure_registry(&layout))?;
+            step("registry with localhost:5000/busybox:latest", || {
+                super::image::ensure_registry(&layout)
+            })?;
         }
-        step(&format!("underlay bridge {} ({}/24)", layout.bridge, layout.host_address), || host::ensure_underlay(&layout))?;
+        step(
+            &format!(
+                "underlay bridge {} ({}/24)",
+                layout.bridge, layout.host_address
+            ),
+            || host::ensure_underlay(&layout),
+        )?;
         step("controller", || start_controller(&layout))?;
         for k in 1..=layout.nodes {
-            step(&format!("node-{k} ({})", layout.node_address(k)), || start_node(&layout, k))?;
+            step(&format!("node-{k} ({})", layout.node_address(k)), || {
+                start_node(&layout, k)
+            })?;
         }
         wait_ready(&layout, timeout).await?;
         super::write_context(&layout.api_url())?;
         println!();
-        println!("Local cluster ready: {} node(s), API at {}", layout.nodes, layout.api_url());
-        println!("  state, logs and pid files: {}", layout.state_dir.display());
+        println!(
+            "Local cluster ready: {} node(s), API at {}",
+            layout.nodes,
+            layout.api_url()
+        );
+        println!(
+            "  state, logs and pid files: {}",
+            layout.state_dir.display()
+        );
         println!("Try:");
         println!("  shoal node ls");
         println!("  shoal apply -f manifests/demo/");
@@ -208,7 +243,10 @@ impl DevCluster {
             stop_node(&layout, k, Duration::from_secs(5)).await;
             host::remove_node_netns(&layout, k);
         }
-        layout.daemon("controller").stop(Duration::from_secs(5)).await?;
+        layout
+            .daemon("controller")
+            .stop(Duration::from_secs(5))
+            .await?;
         if layout.runtime == "containerd" {
             super::image::stop_registry(&layout).await;
         }
@@ -228,10 +266,18 @@ impl DevCluster {
     pub async fn status(state_dir: &Path) -> anyhow::Result<()> {
         let layout = Layout::load(state_dir)?;
         let show = |d: Daemon| {
-            let state = d.running_pid().map(|p| format!("running (pid {p})")).unwrap_or_else(|| "stopped".into());
+            let state = d
+                .running_pid()
+                .map(|p| format!("running (pid {p})"))
+                .unwrap_or_else(|| "stopped".into());
             println!("  {:<14} {state}", d.name);
         };
-        println!("Local cluster under {} ({} node(s), runtime {}):", layout.state_dir.display(), layout.nodes, layout.runtime);
+        println!(
+            "Local cluster under {} ({} node(s), runtime {}):",
+            layout.state_dir.display(),
+            layout.nodes,
+            layout.runtime
+        );
         show(layout.daemon("etcd"));
         if layout.runtime == "containerd" {
             // scripts/image/registry.sh keeps its own pid file.
@@ -283,7 +329,12 @@ fn step(what: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()
 
 fn start_etcd(layout: &Layout) -> anyhow::Result<()> {
     let dir = &layout.etcd_dir;
-    let port: u16 = layout.etcd_url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(23790);
+    let port: u16 = layout
+        .etcd_url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(23790);
     let peer = format!("http://127.0.0.1:{}", port + 10);
     let args = vec![
         "--name=shoal-dev".to_string(),
@@ -301,8 +352,15 @@ fn start_etcd(layout: &Layout) -> anyhow::Result<()> {
 }
 
 fn start_controller(layout: &Layout) -> anyhow::Result<()> {
-    let args = vec![format!("--listen={}", layout.api_listen), format!("--etcd={}", layout.etcd_url)];
-    layout.daemon("controller").start(&sibling("shoal-controller")?, &args, &[("RUST_LOG", "info".into())])?;
+    let args = vec![
+        format!("--listen={}", layout.api_listen),
+        format!("--etcd={}", layout.etcd_url),
+    ];
+    layout.daemon("controller").start(
+        &sibling("shoal-controller")?,
+        &args,
+        &[("RUST_LOG", "info".into())],
+    )?;
     Ok(())
 }
 
@@ -320,12 +378,18 @@ fn start_node(layout: &Layout, k: u32) -> anyhow::Result<()> {
         let config = dir.join("config.toml");
         std::fs::write(&config, layout.containerd_config(k))?;
         let containerd = host::which("containerd").context("containerd")?;
-        layout
-            .daemon(&format!("containerd-{k}"))
-            .start(&containerd, &["--config".into(), config.display().to_string()], &[])?;
+        layout.daemon(&format!("containerd-{k}")).start(
+            &containerd,
+            &["--config".into(), config.display().to_string()],
+            &[],
+        )?;
         args.extend(super::image::agent_runtime_args(layout, k));
     }
-    layout.daemon(&format!("agent-{k}")).start(&sibling("shoal-agent")?, &args, &[("RUST_LOG", "info,hickory_server=warn".into())])?;
+    layout.daemon(&format!("agent-{k}")).start(
+        &sibling("shoal-agent")?,
+        &args,
+        &[("RUST_LOG", "info,hickory_server=warn".into())],
+    )?;
     Ok(())
 }
 
@@ -355,7 +419,12 @@ async fn wait_ready(layout: &Layout, timeout: Duration) -> anyhow::Result<()> {
             if let Ok(list) = resp.json::<serde_json::Value>().await {
                 ready = list["items"]
                     .as_array()
-                    .map(|items| items.iter().filter(|n| n["status"]["state"] == "ready").count())
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter(|n| n["status"]["state"] == "ready")
+                            .count()
+                    })
                     .unwrap_or(0);
                 if ready as u32 >= layout.nodes {
                     return Ok(());
@@ -364,7 +433,11 @@ async fn wait_ready(layout: &Layout, timeout: Duration) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let mut msg = format!("only {ready} of {} node(s) became ready within {}s", layout.nodes, timeout.as_secs());
+    let mut msg = format!(
+        "only {ready} of {} node(s) became ready within {}s",
+        layout.nodes,
+        timeout.as_secs()
+    );
     for name in ["controller", "agent-1"] {
         let tail = layout.daemon(name).log_tail(5);
         if !tail.is_empty() {
@@ -386,7 +459,9 @@ mod tests {
         for k in [1, 200] {
             assert!(l.node_veth(k).len() <= 15);
         }
-        assert!(l.containerd_config(1).contains("/tmp/x/node-1/containerd/containerd.sock"));
+        assert!(l
+            .containerd_config(1)
+            .contains("/tmp/x/node-1/containerd/containerd.sock"));
     }
 
     #[test]

@@ -24,7 +24,10 @@ pub fn check_prerequisites() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("shoal dev needs root: it creates network namespaces, links and containers (try: sudo shoal dev up)");
     }
-    let missing: Vec<&(&str, &str)> = PREREQUISITES.iter().filter(|(prog, _)| which(prog).is_none()).collect();
+    let missing: Vec<&(&str, &str)> = PREREQUISITES
+        .iter()
+        .filter(|(prog, _)| which(prog).is_none())
+        .collect();
     if !missing.is_empty() {
         let programs: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
         let mut packages: Vec<&str> = missing.iter().map(|(_, pkg)| *pkg).collect();
@@ -53,7 +56,16 @@ pub fn ensure_underlay(layout: &Layout) -> anyhow::Result<()> {
     let br = &layout.bridge;
     if run("ip", &["link", "show", br]).is_err() {
         run("ip", &["link", "add", br, "type", "bridge"])?;
-        run("ip", &["addr", "add", &format!("{}/24", layout.host_address), "dev", br])?;
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", layout.host_address),
+                "dev",
+                br,
+            ],
+        )?;
     }
     run("ip", &["link", "set", br, "up"])?;
     Ok(())
@@ -63,18 +75,39 @@ pub fn ensure_underlay(layout: &Layout) -> anyhow::Result<()> {
 pub fn ensure_node_netns(layout: &Layout, k: u32) -> anyhow::Result<()> {
     let ns = layout.node_netns(k);
     let host_if = layout.node_veth(k);
-    let exists = run("ip", &["netns", "list"])?.split_whitespace().any(|n| n == ns);
+    let exists = run("ip", &["netns", "list"])?
+        .split_whitespace()
+        .any(|n| n == ns);
     if !exists {
         run("ip", &["netns", "add", &ns])?;
     }
     if run("ip", &["link", "show", &host_if]).is_err() {
-        run("ip", &["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
-        run("ip", &["link", "set", &host_if, "master", &layout.bridge, "up"])?;
+        run(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
+        run(
+            "ip",
+            &["link", "set", &host_if, "master", &layout.bridge, "up"],
+        )?;
         let addr = format!("{}/24", layout.node_address(k));
         run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
         run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
         run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
-        run("ip", &["-n", &ns, "route", "add", "default", "via", &layout.host_address.to_string()])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &layout.host_address.to_string(),
+            ],
+        )?;
     }
     Ok(())
 }
@@ -107,7 +140,9 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
 
 /// Unmounts every mount below `dir` (containerd snapshots, task rootfs), deepest first.
 pub fn unmount_below(dir: &std::path::Path) {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
     let prefix = dir.to_string_lossy().to_string();
     let mut targets: Vec<&str> = mounts
         .lines()

@@ -42,18 +42,31 @@ pub fn ensure_registry(layout: &Layout) -> anyhow::Result<()> {
 /// Stops the registry.
 pub async fn stop_registry(layout: &Layout) {
     if let Ok(dir) = scripts_dir(layout) {
-        let _ = run("bash", &[&dir.join("registry.sh").display().to_string(), "stop", &layout.state_dir.display().to_string()]);
+        let _ = run(
+            "bash",
+            &[
+                &dir.join("registry.sh").display().to_string(),
+                "stop",
+                &layout.state_dir.display().to_string(),
+            ],
+        );
     }
 }
 
 /// The agent flags that pick node k's containerd and network namespace.
 pub fn agent_runtime_args(layout: &Layout, k: u32) -> Vec<String> {
     vec![
-        format!("--containerd-socket={}", layout.containerd_socket(k).display()),
+        format!(
+            "--containerd-socket={}",
+            layout.containerd_socket(k).display()
+        ),
         format!("--netns={}", layout.node_netns(k)),
         format!("--state-dir={}", layout.node_dir(k).join("agent").display()),
         format!("--listen={}", layout.agent_listen(k)),
-        format!("--insecure-registry={}", layout.registry.replace("127.0.0.1", "localhost")),
+        format!(
+            "--insecure-registry={}",
+            layout.registry.replace("127.0.0.1", "localhost")
+        ),
     ]
 }
 
@@ -70,25 +83,40 @@ pub fn kill_containers(layout: &Layout, k: u32) {
                 .unwrap_or(false)
         })
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.starts_with("containerd-shim")).unwrap_or(false)
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.starts_with("containerd-shim"))
+                .unwrap_or(false)
         })
         .collect();
     let mut victims: Vec<i32> = descendants(&parents, &shims).into_iter().collect();
     victims.extend(shims);
     for pid in victims {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
 /// pid -> parent pid of every process.
 fn process_parents() -> BTreeMap<i32, i32> {
     let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // Fields after the ')' that closes the command name: state, ppid, ...
-        let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok());
         if let Some(ppid) = ppid {
             out.insert(pid, ppid);
         }

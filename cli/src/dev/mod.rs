@@ -11,8 +11,8 @@
 //! any later shell, also after a crash of `up`.
 
 mod cluster;
-mod image;
 mod host;
+mod image;
 mod process;
 
 pub use cluster::{DevCluster, Layout};
@@ -25,7 +25,12 @@ use clap::{Args, Subcommand};
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Where the cluster keeps its data, logs and pid files.
-    #[arg(long, global = true, default_value = "/var/lib/shoal-dev", env = "SHOAL_DEV_STATE")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "/var/lib/shoal-dev",
+        env = "SHOAL_DEV_STATE"
+    )]
     pub state_dir: PathBuf,
     /// What to do.
     #[command(subcommand)]
@@ -78,20 +83,30 @@ pub enum NodeAction {
 /// Runs a `shoal dev` command.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     match args.command {
-        DevCommand::Up { nodes, runtime, timeout } => {
+        DevCommand::Up {
+            nodes,
+            runtime,
+            timeout,
+        } => {
             let layout = Layout::new(args.state_dir, nodes, &runtime)?;
             DevCluster::up(layout, std::time::Duration::from_secs(timeout)).await
         }
         DevCommand::Down => DevCluster::down(&args.state_dir).await,
         DevCommand::Status => DevCluster::status(&args.state_dir).await,
-        DevCommand::Node { action: NodeAction::Stop { k } } => DevCluster::stop_node(&args.state_dir, k).await,
-        DevCommand::Node { action: NodeAction::Start { k } } => DevCluster::start_node(&args.state_dir, k).await,
+        DevCommand::Node {
+            action: NodeAction::Stop { k },
+        } => DevCluster::stop_node(&args.state_dir, k).await,
+        DevCommand::Node {
+            action: NodeAction::Start { k },
+        } => DevCluster::start_node(&args.state_dir, k).await,
     }
 }
 
 /// Points plain `shoal ...` commands at the cluster (the context file).
 pub fn write_context(server: &str) -> anyhow::Result<()> {
-    let path = crate::context::write_default_context(&crate::context::Context { server: server.to_string() })?;
+    let path = crate::context::write_default_context(&crate::context::Context {
+        server: server.to_string(),
+    })?;
     println!("wrote {} (server {server})", path.display());
     Ok(())
 }

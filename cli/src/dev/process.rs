@@ -31,21 +31,34 @@ impl Daemon {
     }
 
     /// Starts `program args` in the background unless it already runs.
-    pub fn start(&self, program: &Path, args: &[String], env: &[(&str, String)]) -> anyhow::Result<u32> {
+    pub fn start(
+        &self,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> anyhow::Result<u32> {
         if let Some(pid) = self.running_pid() {
             return Ok(pid);
         }
         for p in [&self.pid_file, &self.log_file] {
             std::fs::create_dir_all(p.parent().expect("files have parents"))?;
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_file)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)?;
         let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().with_context(|| format!("starting {} ({})", self.name, program.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} ({})", self.name, program.display()))?;
         let pid = child.id();
         std::fs::write(&self.pid_file, pid.to_string())?;
         // The child is reaped by init once we exit; we never wait on it here.
@@ -55,7 +68,11 @@ impl Daemon {
 
     /// The pid, if the process runs.
     pub fn running_pid(&self) -> Option<u32> {
-        let pid: i32 = std::fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()?;
+        let pid: i32 = std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         // Signal 0 probes; a zombie of ours would still answer, so check /proc state too.
         kill(Pid::from_raw(pid), None).ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -99,14 +116,25 @@ impl Daemon {
 
 /// Runs a command to completion, failing with its stderr.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
-        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Runs a command, ignoring failure (cleanup of things that may not exist).
 pub fn run_quiet(program: &str, args: &[&str]) {
-    let _ = Command::new(program).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let _ = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }

@@ -118,7 +118,11 @@ pub fn document() -> Value {
     );
     let log_params = json!([
         query("follow", "boolean", "Keep streaming as the log grows"),
-        query("tail", "integer", "Only the last N lines (per task) of what is there already")
+        query(
+            "tail",
+            "integer",
+            "Only the last N lines (per task) of what is there already"
+        )
     ]);
     for (path, op, summary) in [
         ("/apis/shoal/v1/tasks/{name}/logs", "taskLogs", "A task's container output (stdout and stderr), as text"),

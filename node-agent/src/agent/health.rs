@@ -123,11 +123,17 @@ mod tests {
     fn health_should_fail_the_task_once_when_retries_checks_fail_in_a_row() {
         let mut h = Health::starting();
         h.record(false, true, 2);
-        assert!(!h.just_failed(2), "failures in the start period do not count");
+        assert!(
+            !h.just_failed(2),
+            "failures in the start period do not count"
+        );
         h.record(false, false, 2);
         assert!(!h.just_failed(2));
         h.record(false, false, 2);
-        assert!(h.just_failed(2), "the second failure in a row fails the task");
+        assert!(
+            h.just_failed(2),
+            "the second failure in a row fails the task"
+        );
         h.record(false, false, 2);
         assert!(!h.just_failed(2), "only once");
     }
