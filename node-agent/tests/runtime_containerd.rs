@@ -94,7 +94,16 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
         .unwrap();
     let st = rt.status("hello").await.unwrap();
     assert_eq!((st.state, st.exit_code), (ContainerState::Exited, Some(3)));
-    let log = std::fs::read_to_string(rt.log_path("hello")).unwrap();
+    // The shim copies stdout and stderr into the log on its own schedule: the exit can be
+    // seen before the last line lands, so wait (bounded) for both.
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = std::fs::read_to_string(rt.log_path("hello")).unwrap_or_default();
+        if log.contains("hello\n") && log.contains("oops\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         log.contains("hello\n") && log.contains("oops\n"),
         "log: {log:?}"
@@ -266,7 +275,14 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
     // Restart after exit: same container, new process, log appended.
     rt.start("hello").await.unwrap();
     assert_eq!(rt.wait("hello").await.unwrap(), 3);
-    let log = std::fs::read_to_string(rt.log_path("hello")).unwrap();
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = std::fs::read_to_string(rt.log_path("hello")).unwrap_or_default();
+        if log.matches("hello\n").count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(log.matches("hello\n").count(), 2, "{log:?}");
 
     // Delete: idempotent, takes the state directory along.
