@@ -522,28 +522,12 @@ impl NodeNetwork {
         } else {
             &self.dns_internal
         };
-        dns.ensure(id, netns, networks).await.map_err(|e| {
-            let reason = format!("start DNS server: {e}");
-            if e.is_temporary() {
-                TaskError::Unavailable(format!("task {id}: {reason}"))
-            } else {
-                TaskError::Failed {
-                    task: id.to_string(),
-                    reason,
-                }
-            }
-        })?;
+        dns.ensure(id, netns, networks)
+            .await
+            .map_err(|e| task_failure(id, format!("start DNS server: {e}"), e.is_temporary()))?;
         if self.endpoints.borrow().is_some() {
             self.program_lb(id).await.map_err(|e| {
-                let reason = format!("program VIP rules: {e}");
-                if e.is_temporary() {
-                    TaskError::Unavailable(format!("task {id}: {reason}"))
-                } else {
-                    TaskError::Failed {
-                        task: id.to_string(),
-                        reason,
-                    }
-                }
+                task_failure(id, format!("program VIP rules: {e}"), e.is_temporary())
             })?;
         }
         Ok(())
@@ -1068,12 +1052,18 @@ impl NodeNetwork {
 
 /// How a networking error is reported on a task.
 fn net_error(task: &str, e: NetError) -> TaskError {
-    if e.is_retryable() {
-        TaskError::Unavailable(format!("task {task}: network: {e}"))
+    task_failure(task, format!("network: {e}"), e.is_retryable())
+}
+
+/// A failure while setting a task up: temporary ones are retried (`Unavailable`, nothing
+/// reported), the rest fail the task with `reason`.
+fn task_failure(task: &str, reason: String, temporary: bool) -> TaskError {
+    if temporary {
+        TaskError::Unavailable(format!("task {task}: {reason}"))
     } else {
         TaskError::Failed {
             task: task.to_string(),
-            reason: format!("network: {e}"),
+            reason,
         }
     }
 }

@@ -149,6 +149,19 @@ async fn follow_exits(
     }
 }
 
+/// The answer of a lookup call as "is it there": NotFound is `false`, other errors fail.
+fn exists<T>(
+    answer: Result<T, Status>,
+    call: &'static str,
+    key: &str,
+) -> Result<bool, RuntimeError> {
+    match answer {
+        Ok(_) => Ok(true),
+        Err(s) if s.code() == Code::NotFound => Ok(false),
+        Err(s) => Err(status_err(call, key)(s)),
+    }
+}
+
 fn status_err(op: &'static str, object: impl Into<String>) -> impl FnOnce(Status) -> RuntimeError {
     let object = object.into();
     move |s| RuntimeError::Containerd {
@@ -570,18 +583,14 @@ impl ContainerdRuntime {
     }
 
     async fn content_exists(&self, digest: &str) -> Result<bool, RuntimeError> {
-        match self
+        let found = self
             .client
             .content()
             .info(self.req(InfoRequest {
                 digest: digest.to_string(),
             }))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(s) if s.code() == Code::NotFound => Ok(false),
-            Err(s) => Err(status_err("Content.Info", digest)(s)),
-        }
+            .await;
+        exists(found, "Content.Info", digest)
     }
 
     /// Writes a small blob, or just sets its labels if containerd has it.
@@ -700,19 +709,15 @@ impl ContainerdRuntime {
     }
 
     async fn snapshot_exists(&self, key: &str) -> Result<bool, RuntimeError> {
-        match self
+        let found = self
             .client
             .snapshots()
             .stat(self.req(StatSnapshotRequest {
                 snapshotter: self.cfg.snapshotter.clone(),
                 key: key.to_string(),
             }))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(s) if s.code() == Code::NotFound => Ok(false),
-            Err(s) => Err(status_err("Snapshots.Stat", key)(s)),
-        }
+            .await;
+        exists(found, "Snapshots.Stat", key)
     }
 
     /// Applies each layer onto a snapshot of its parent chain and commits it as its chain id.
