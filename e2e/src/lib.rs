@@ -16,54 +16,26 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-/// Why end-to-end tests cannot run here, if they cannot (not root, a program missing).
-pub fn skip_reason() -> Option<String> {
-    if !Path::new("/proc/self").exists() || std::env::var("USER").as_deref() == Ok("nobody") {
-        return Some("no /proc".into());
-    }
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
-        });
-    if uid.as_deref() != Some("0") {
-        return Some("needs root (namespaces, containerd)".into());
-    }
-    for prog in [
-        "etcd",
-        "containerd",
-        "runc",
-        "docker-registry",
-        "skopeo",
-        "nft",
-        "ip",
-    ] {
-        let found = std::env::var("PATH")
-            .unwrap_or_default()
-            .split(':')
-            .chain(["/usr/sbin", "/sbin"])
-            .any(|d| Path::new(d).join(prog).is_file());
-        if !found {
-            return Some(format!("{prog} is not installed (./scripts/install-deps)"));
-        }
-    }
-    None
-}
+pub use shoal_testkit as testkit;
 
-/// Returns early from a test when end-to-end tests cannot run here — unless
-/// `SHOAL_E2E_REQUIRED=1` (as `scripts/test` sets when root), where that is a failure.
+/// The programs a local cluster needs on the machine (besides root).
+pub const PROGRAMS: [&str; 7] = [
+    "etcd",
+    "containerd",
+    "runc",
+    "docker-registry",
+    "skopeo",
+    "nft",
+    "ip",
+];
+
+/// Returns early from an end-to-end test when it cannot run here (not root, a program of
+/// [`PROGRAMS`] missing), or fails it when `SHOAL_TESTS_REQUIRED=1` (as `scripts/test` sets
+/// when root): the workspace's one skip rule, [`shoal_testkit::require!`].
 #[macro_export]
 macro_rules! require_e2e {
     () => {
-        if let Some(why) = $crate::skip_reason() {
-            if std::env::var("SHOAL_E2E_REQUIRED").as_deref() == Ok("1") {
-                panic!("end-to-end tests are required but cannot run: {why}");
-            }
-            eprintln!("SKIPPED end-to-end test: {why}");
-            return;
-        }
+        $crate::testkit::require!(root, tools = $crate::PROGRAMS)
     };
 }
 

@@ -70,12 +70,7 @@ async fn dig(ns: &str, args: &[&str]) -> (String, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_answers_inside_task_namespaces_scoped_to_their_networks() {
-    if support::skip(
-        "dns_answers_inside_task_namespaces_scoped_to_their_networks",
-        &["ip", "dig"],
-    ) {
-        return;
-    }
+    shoal_testkit::require!(root, tools = ["ip", "dig"]);
     let mut nss = Namespaces::new();
     let worker = nss.add("worker");
     let loner = nss.add("loner");
@@ -188,12 +183,7 @@ async fn dns_answers_inside_task_namespaces_scoped_to_their_networks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_forwards_from_the_agents_namespace_not_the_tasks() {
-    if support::skip(
-        "dns_forwards_from_the_agents_namespace_not_the_tasks",
-        &["ip", "dig"],
-    ) {
-        return;
-    }
+    shoal_testkit::require!(root, tools = ["ip", "dig"]);
     let mut nss = Namespaces::new();
     let task = nss.add("fwd");
     // The upstream listens on the agent's (this test's) loopback, which the task namespace

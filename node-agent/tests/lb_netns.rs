@@ -64,12 +64,7 @@ fn entry(backends: &[&str]) -> VipEntry {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lb_spreads_vip_connections_over_backends_and_updates_atomically() {
-    if support::skip(
-        "lb_spreads_vip_connections_over_backends_and_updates_atomically",
-        &["ip", "nft"],
-    ) {
-        return;
-    }
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
     let mut nss = Namespaces::new();
     let switch = nss.add("sw");
     let task = nss.add("task");
@@ -174,12 +169,7 @@ async fn lb_spreads_vip_connections_over_backends_and_updates_atomically() {
 
 #[tokio::test]
 async fn lb_programs_ten_thousand_services_in_one_transaction() {
-    if support::skip(
-        "lb_programs_ten_thousand_services_in_one_transaction",
-        &["ip", "nft"],
-    ) {
-        return;
-    }
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
     let mut nss = Namespaces::new();
     let task = nss.add("big");
     let path = Namespaces::path(&task);

@@ -1,8 +1,9 @@
 //! Kernel tests of `net`: real namespaces, bridges, VXLAN, veths and nftables. They need
-//! root (skipped with a message otherwise; CI runs as root) and touch nothing in the root
-//! namespace: each test builds its own lab — a "world" namespace holding the underlay bridge
-//! (198.18.0.254/24) and an "outside" address (203.0.113.10), and node namespaces joined to it
-//! by veths (node k = 198.18.0.k) — and runs `Kernel` with `home_netns` = the node namespace.
+//! root, `ip` and `nft` (`shoal_testkit::require!`: skipped with a message otherwise, failed
+//! when `SHOAL_TESTS_REQUIRED=1`) and touch nothing in the root namespace: each test builds
+//! its own lab — a "world" namespace holding the underlay bridge (198.18.0.254/24) and an
+//! "outside" address (203.0.113.10), and node namespaces joined to it by veths (node k =
+//! 198.18.0.k) — and runs `Kernel` with `home_netns` = the node namespace.
 //! Every name starts with a per-run prefix `st<4 hex>`, and a Drop guard deletes every
 //! namespace with that prefix, also when a test fails.
 //!
@@ -23,18 +24,6 @@ use shoal_node_agent::net::{
 };
 
 const WORLD_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-    {
-        return true;
-    }
-    eprintln!("SKIPPED: net_overlay tests need root (namespaces, links, nftables); run as root, as CI does");
-    false
-}
 
 /// `ip ARGS…`, panicking with its stderr on failure.
 fn ip(args: &str) {
@@ -231,9 +220,7 @@ fn gw_ip(info: &TaskNetInfo) -> Ipv4Addr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlay_should_carry_traffic_between_tasks_on_two_nodes_and_leave_nothing() {
-    if !is_root() {
-        return;
-    }
+    shoal_testkit::require!(root, tools = ["ip", "nft", "bridge"]);
     let lab = Lab::new(2);
     let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
     let overlay = OverlaySpec {
@@ -323,21 +310,26 @@ async fn overlay_should_carry_traffic_between_tasks_on_two_nodes_and_leave_nothi
     let entries = k1.list_peer_entries(4097).await.unwrap();
     assert_eq!(entries.fdb.len(), 1);
     assert_eq!(entries.neigh.len(), 1);
-    let bridge_fdb = Command::new("bridge")
+    // The kernel's own view of the FDB (`bridge` must run and answer: an empty or failed
+    // listing is a failure, not "nothing to check").
+    let out = Command::new("bridge")
         .args(["-n", &lab.node(1), "fdb", "show", "dev", "shv-4097"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    if !bridge_fdb.is_empty() {
-        assert!(
-            bridge_fdb.contains("02:42:0a:00:01:03 dst 198.18.0.2 self permanent"),
-            "{bridge_fdb}"
-        );
-        assert!(
-            !bridge_fdb.contains("00:00:00:00:00:00"),
-            "no flooding entry: {bridge_fdb}"
-        );
-    }
+        .expect("run bridge");
+    let bridge_fdb = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "bridge fdb show failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        bridge_fdb.contains("02:42:0a:00:01:03 dst 198.18.0.2 self permanent"),
+        "{bridge_fdb}"
+    );
+    assert!(
+        !bridge_fdb.contains("00:00:00:00:00:00"),
+        "no flooding entry: {bridge_fdb}"
+    );
 
     // Traffic crosses VXLAN both ways and arrives from the task's own address (no NAT).
     let seen = probe_retry(&t1.path, &t2.path, Ipv4Addr::new(10, 0, 1, 3), 7002);
@@ -410,9 +402,7 @@ async fn overlay_should_carry_traffic_between_tasks_on_two_nodes_and_leave_nothi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_on_different_overlays_should_not_reach_each_other() {
-    if !is_root() {
-        return;
-    }
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
     let lab = Lab::new(2);
     let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
     for k in [&k1, &k2] {
@@ -519,9 +509,7 @@ async fn tasks_on_different_overlays_should_not_reach_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_should_masquerade_through_the_gateway_and_internal_tasks_get_none() {
-    if !is_root() {
-        return;
-    }
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
     let root_forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let lab = Lab::new(1);
     let k = lab.kernel(1).await;
@@ -603,9 +591,7 @@ async fn egress_should_masquerade_through_the_gateway_and_internal_tasks_get_non
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_should_report_strays_and_ensure_should_repair_wrong_settings() {
-    if !is_root() {
-        return;
-    }
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
     let lab = Lab::new(1);
     let k = lab.kernel(1).await;
     let err = k
@@ -687,9 +673,7 @@ async fn observe_should_report_strays_and_ensure_should_repair_wrong_settings() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_address_on_an_overlay_should_be_reachable_from_remote_tasks_and_plain_overlays_have_none(
 ) {
-    if !is_root() {
-        return;
-    }
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
     let lab = Lab::new(2);
     let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
     // The ingress case: node 1 holds 10.0.9.251 on the overlay itself.
@@ -798,9 +782,7 @@ async fn a_node_address_on_an_overlay_should_be_reachable_from_remote_tasks_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_attaches_should_get_distinct_gateway_addresses_and_detach_cleanly() {
-    if !is_root() {
-        return;
-    }
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
     let lab = Lab::new(1);
     let k = std::sync::Arc::new(lab.kernel(1).await);
     k.ensure_overlay(&OverlaySpec {
@@ -862,9 +844,7 @@ async fn concurrent_attaches_should_get_distinct_gateway_addresses_and_detach_cl
 /// must then land in that namespace, including ip_forward and the nft table.
 #[test]
 fn an_agent_living_in_the_node_namespace_should_configure_that_namespace() {
-    if !is_root() {
-        return;
-    }
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
     let root_forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let lab = Lab::new(1);
     let prefix = lab.task_prefix(1);

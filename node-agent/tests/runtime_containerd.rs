@@ -2,11 +2,12 @@
 //!
 //! Needs root and `containerd`, `containerd-shim-runc-v2`, `runc`, `docker-registry`,
 //! `skopeo` and `/bin/busybox` (busybox-static); without them it says why on stderr and
-//! passes. It starts its OWN containerd (config, root, state and socket under
-//! `/tmp/shoal-test-<id>/`, CRI disabled, a containerd namespace `shoal-test-<id>`) and its
-//! own registry on a free loopback port (seeded by `scripts/image/registry.sh`), and a guard
-//! removes all of it — containers (through runc if containerd is gone), shims, mounts,
-//! cgroups, the registry and the directory — also when an assertion fails.
+//! passes, or fails when `SHOAL_TESTS_REQUIRED=1` (`shoal_testkit::require!`). It starts
+//! its OWN containerd (config, root, state and socket under `/tmp/shoal-test-<id>/`, CRI
+//! disabled, a containerd namespace `shoal-test-<id>`) and its own registry on a free
+//! loopback port (seeded by `scripts/image/registry.sh`), and a guard removes all of it —
+//! containers (through runc if containerd is gone), shims, mounts, cgroups, the registry and
+//! the directory — also when an assertion fails.
 //! Network: only loopback; containers get fresh, empty network namespaces.
 
 mod containerd_support;
@@ -38,10 +39,7 @@ fn argv(a: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
-    if let Some(why) = missing_prerequisite() {
-        eprintln!("SKIPPED containerd_runtime test: {why}");
-        return;
-    }
+    shoal_testkit::require!(root, tools = BINARIES, also = busybox_missing());
     let mut env = TestEnv::start();
     let rt = std::sync::Arc::new(
         ContainerdRuntime::connect(env.config())

@@ -41,21 +41,12 @@ pub fn spawn(store: &Store, config: AgentConfig, runtime: &Arc<HollowRuntime>) -
 }
 
 /// Polls `check` until it returns `Some`, failing the test after [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {DEADLINE:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    shoal_testkit::eventually(what, DEADLINE, check).await
 }
 
 /// Writes a task assigned to `node` as the controller does (`tasks/<node>/<id>`).
@@ -162,21 +153,13 @@ pub struct RestartableEtcd {
     child: Option<std::process::Child>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl RestartableEtcd {
     /// Starts etcd and waits until it answers.
     pub async fn start() -> RestartableEtcd {
         let mut etcd = RestartableEtcd {
             dir: tempfile::tempdir().unwrap(),
-            client: free_port(),
-            peer: free_port(),
+            client: shoal_testkit::free_port(),
+            peer: shoal_testkit::free_port(),
             child: None,
         };
         etcd.resume().await;

@@ -4,7 +4,8 @@
 //! registry on a free loopback port seeded by `scripts/image/registry.sh` with
 //! `busybox:latest`; dropping it removes all of it — containers (through runc if containerd is
 //! gone), shims, mounts, cgroups, the registry and the directory — also when a test fails.
-//! [`missing_prerequisite`] says why a machine cannot run these tests.
+//! Tests using it start with `shoal_testkit::require!(root, tools = BINARIES, also =
+//! busybox_missing())`.
 
 #![allow(dead_code)]
 
@@ -22,48 +23,14 @@ pub const BINARIES: [&str; 5] = [
     "skopeo",
 ];
 
-pub fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(bin))
-            .find(|p| p.is_file())
-    })
-}
-
-pub fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self belongs to the effective uid.
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// Why this test cannot run here, if it cannot.
-pub fn missing_prerequisite() -> Option<String> {
-    if !is_root() {
-        return Some("not root".to_string());
-    }
-    for b in BINARIES {
-        if which(b).is_none() {
-            return Some(format!(
-                "{b} not found (apt-get install containerd runc docker-registry skopeo)"
-            ));
-        }
-    }
-    if !Path::new("/bin/busybox").is_file() {
-        return Some("/bin/busybox not found (apt-get install busybox-static)".to_string());
-    }
-    None
+/// Why `/bin/busybox` (which the seeded image is built from) cannot be used, if it cannot.
+pub fn busybox_missing() -> Option<String> {
+    (!Path::new("/bin/busybox").is_file())
+        .then(|| "/bin/busybox (apt-get install busybox-static)".to_string())
 }
 
 pub fn scripts_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/image")
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Everything the test started; dropping it removes all of it.
@@ -86,7 +53,7 @@ impl TestEnv {
             socket: dir.join("containerd.sock"),
             namespace: format!("shoal-test-{id}"),
             cgroup_parent: format!("/shoal-test-{id}"),
-            registry_addr: format!("127.0.0.1:{}", free_port()),
+            registry_addr: format!("127.0.0.1:{}", shoal_testkit::free_port()),
             dir,
             netns: None,
             containerd: None,

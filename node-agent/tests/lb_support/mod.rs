@@ -1,4 +1,5 @@
-//! Shared helpers of the root-only namespace tests (`dns_netns`, `lb_netns`): namespaces with
+//! Shared helpers of the root-only namespace tests (`dns_netns`, `lb_netns`; they start with
+//! `shoal_testkit::require!`): namespaces with
 //! a unique per-run prefix that a guard deletes (also when a test fails), commands that must
 //! succeed, threads inside a namespace, and TCP responders living in a namespace.
 //!
@@ -17,38 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// Whether we run as root (namespace tests need it; CI runs as root).
-pub fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
-/// Whether `cmd` is on PATH.
-pub fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// Skip (return true) with a clear message unless root and every tool is present.
-pub fn skip(test: &str, tools: &[&str]) -> bool {
-    if !is_root() {
-        eprintln!("SKIP {test}: needs root (network namespaces)");
-        return true;
-    }
-    for t in tools {
-        if !have(t) {
-            eprintln!("SKIP {test}: `{t}` is not installed (scripts/install-deps installs it)");
-            return true;
-        }
-    }
-    false
-}
 
 /// Run a command that must succeed; returns stdout.
 pub fn sh(args: &[&str]) -> String {

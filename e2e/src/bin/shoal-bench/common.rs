@@ -257,13 +257,7 @@ pub fn sh(prog: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Whether a program is on PATH (or in /usr/sbin, /sbin).
-pub fn have(prog: &str) -> bool {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .any(|d| Path::new(d).join(prog).is_file())
-}
+pub use shoal_testkit::have;
 
 /// A directory removed when dropped.
 pub struct TempDir(pub PathBuf);

@@ -185,13 +185,7 @@ async fn run(args: &Args) -> Result<()> {
 
 /// Why nothing can run here (the tool needs root for namespaces), if so.
 fn skip_root() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("");
-    if uid != "0" {
+    if !shoal_testkit::is_root() {
         return Some("skipped: needs root (namespaces, nftables, containerd)".into());
     }
     for p in ["etcd", "ip"] {
