@@ -38,14 +38,15 @@ async fn watcher_should_relist_after_compaction_and_cache_should_swap_whole() {
     };
     assert!(*revision >= rev);
     let changes = cache.apply(ev);
-    let w = cache.read();
-    assert!(w.networks.contains_key("b") && !w.networks.contains_key("a"));
-    assert!(w.revision >= rev);
+    {
+        let w = cache.read();
+        assert!(w.networks.contains_key("b") && !w.networks.contains_key("a"));
+        assert!(w.revision >= rev);
+    }
     // The vanished network is reported so its reconciler runs.
     assert!(changes
         .iter()
         .any(|c| matches!(c, shoal_controller::runtime::Change::Network(n) if n == "a")));
-    drop(w);
 
     // And it keeps watching from there.
     store

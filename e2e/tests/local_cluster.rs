@@ -305,7 +305,7 @@ fn local_cluster_end_to_end() {
     let www = c.state_dir().join("outside-www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("index.html"), "outside world\n").unwrap();
-    let _server: Child = Command::new("ip")
+    let mut server: Child = Command::new("ip")
         .args([
             "netns", "exec", &outside, "busybox", "httpd", "-f", "-p", "8080", "-h",
         ])
@@ -339,6 +339,9 @@ fn local_cluster_end_to_end() {
         &["timeout", "5", "wget", "-qO-", "http://198.18.0.200:8080/"],
     );
     assert_ne!(r.code, 0, "an internal network has no egress: {r:?}");
+    // Done with the outside server: stop it and reap it.
+    let _ = server.kill();
+    let _ = server.wait();
 
     step("restore: killing a task's container by hand gets the slot a running task again");
     let before = running_ids(&c, "api");
@@ -385,11 +388,9 @@ fn local_cluster_end_to_end() {
     );
 
     step("wrong image, image that exits at once, registry down: clear errors, recovery when fixed");
-    let bad = format!(
-        "apiVersion: shoal/v1\nkind: Service\nmetadata: {{name: broken}}\nspec:\n  image: localhost:5000/nope:1\n  \
-         command: [sleep, \"100000\"]\n  networks: [{{name: appoverlay}}]\n"
-    );
-    c.shoal_apply_detached(&bad);
+    let bad = "apiVersion: shoal/v1\nkind: Service\nmetadata: {name: broken}\nspec:\n  image: localhost:5000/nope:1\n  \
+         command: [sleep, \"100000\"]\n  networks: [{name: appoverlay}]\n";
+    c.shoal_apply_detached(bad);
     c.eventually("image not found shown by service ps", wait, || {
         task_error(&c, "broken")
             .contains("image not found")
