@@ -468,42 +468,21 @@ pub struct NodeUpdateArgs {
     pub name: String,
 }
 
-/// Parses `120s`, `5m`, `1m30s`, `500ms`, `2h` or a plain number of seconds.
+/// Parses a duration flag: a plain number of seconds (`90`, `1.5`) or [`humantime`]'s
+/// syntax (`120s`, `5m`, `1m30s`, `500ms`, `2h`, `1.5s`, `1h 30min`). clap names the flag
+/// in the error.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration (use e.g. 30s, 5m, 1m30s, 500ms)");
     let t = s.trim();
-    if t.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let secs = |factor: u64| n.checked_mul(factor).map(Duration::from_secs);
-        let unit = match &rest[..unit_len] {
-            "ms" => Some(Duration::from_millis(n)),
-            "s" => secs(1),
-            "m" => secs(60),
-            "h" => secs(3600),
-            _ => return Err(bad()),
-        };
-        total = unit
-            .and_then(|u| total.checked_add(u))
-            .ok_or_else(|| format!("{s:?} is too long"))?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
+    // humantime wants a unit; a bare number means seconds.
+    let with_unit;
+    let t = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        with_unit = format!("{t}s");
+        &with_unit
+    } else {
+        t
+    };
+    humantime::parse_duration(t)
+        .map_err(|e| format!("{s:?} is not a duration: {e} (use e.g. 30s, 5m, 1m30s, 500ms)"))
 }
 
 /// The kind argument of `get`, `delete` and `watch`, split from an optional `/name`.
@@ -526,11 +505,16 @@ mod tests {
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        // humantime's syntax is wider: fractions and spaced parts.
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         for bad in [
             "",
             "s",
             "5x",
-            "1.5s",
+            ".",
+            "1..5s",
             "-3s",
             "99999999999999999h",
             "18446744073709551615s1s",

@@ -31,24 +31,20 @@ use tokio::time::Instant;
 use crate::leader::{self, Leadership};
 use crate::runtime::{Backoff, Cache, Change, Runner, Txn, Watcher, WorkQueue, Writer};
 
-/// Parses `500ms`, `2s`, `1m`, or a bare number of seconds.
+/// Parses a duration flag: a bare number of seconds (`5`, `0.5`) or [`humantime`]'s syntax
+/// (`500ms`, `2s`, `1m`, `1m30s`, `1.5s`). clap names the flag in the error.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
+    let t = s.trim();
+    // humantime wants a unit; a bare number means seconds.
+    let with_unit;
+    let t = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        with_unit = format!("{t}s");
+        &with_unit
+    } else {
+        t
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 5s or 1m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
+    humantime::parse_duration(t)
+        .map_err(|e| format!("{s:?} is not a duration: {e} (use e.g. 500ms, 5s or 1m)"))
 }
 
 /// Reconciler settings.
@@ -439,6 +435,11 @@ mod tests {
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
-        assert!(parse_duration("1y").is_err());
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        for bad in ["", "s", "1x", "-1s", "99999999999999999999"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }
