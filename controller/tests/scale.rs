@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
-use shoal_api_types::{EndpointsSpec, NetworkAttachmentConfig, ServiceSpec};
+use shoal_api_types::{
+    EndpointsSpec, NetworkAttachmentConfig, ServiceSpec, Task, TaskSpec, TaskState,
+};
+use shoal_store::Event;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -147,6 +150,21 @@ async fn a_changed_image_should_roll_out_one_task_at_a_time() {
     let controller = Controller::start(store.clone(), config());
     service(&store, "api", replicated(3)).await;
     let old = wait_running(&store, "api", 3, T).await;
+    // Every task change from here on, with its revision.
+    let (before, from) = store.list::<TaskSpec>().await.unwrap();
+    let mut watch = store
+        .watch::<TaskSpec>(&store.keys().prefix::<TaskSpec>(), from + 1)
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            while let Ok(ev) = watch.next().await {
+                seen.lock().unwrap().push(ev);
+            }
+        }
+    });
     update_service(&store, "api", |s| s.image = "busybox:2".into()).await;
     let new = wait_for(T, "3 running tasks of the new image", || async {
         let r = running(&store, "api").await;
@@ -166,12 +184,73 @@ async fn a_changed_image_should_roll_out_one_task_at_a_time() {
             .expect("kept as history");
         assert_eq!(t.status.state, shoal_api_types::TaskState::Shutdown);
     }
-    let mut started: Vec<_> = new
+
+    // One at a time: at no revision is more than one slot being replaced — a slot is being
+    // replaced while its new task is wanted running but not running yet, or its old task is
+    // told to stop but has not stopped.
+    let last = all
         .iter()
-        .map(|t| t.metadata.creation_timestamp.unwrap())
+        .filter_map(|t| t.metadata.revision())
+        .max()
+        .unwrap();
+    wait_for(T, "the watch to deliver every task change", || async {
+        seen.lock()
+            .unwrap()
+            .last()
+            .is_some_and(|e: &Event<TaskSpec>| e.revision() >= last)
+            .then_some(())
+    })
+    .await;
+    recorder.abort();
+    let events = std::mem::take(&mut *seen.lock().unwrap());
+    let mut state: BTreeMap<String, Task> = before
+        .into_iter()
+        .map(|t| (t.metadata.name.clone(), t))
         .collect();
-    started.sort();
-    assert!(started.windows(2).all(|w| w[0] < w[1]));
+    let in_flight = |state: &BTreeMap<String, Task>| -> BTreeSet<u64> {
+        state
+            .values()
+            .filter(|t| t.spec.service == "api")
+            .filter(|t| {
+                let new = t.spec.image == "busybox:2";
+                (new && t.spec.desired_state == TaskState::Running
+                    && t.status.state != TaskState::Running)
+                    || (!new
+                        && t.spec.desired_state != TaskState::Running
+                        && !t.status.state.is_terminal())
+            })
+            .filter_map(|t| t.spec.slot)
+            .collect()
+    };
+    let mut replaced = BTreeSet::new();
+    let mut i = 0;
+    while i < events.len() {
+        let rev = events[i].revision();
+        // All changes of one revision (one transaction) at once.
+        while i < events.len() && events[i].revision() == rev {
+            match &events[i] {
+                Event::Added(t) | Event::Modified(t) => {
+                    state.insert(t.metadata.name.clone(), t.clone());
+                }
+                Event::Deleted(t) => {
+                    state.remove(&t.metadata.name);
+                }
+                Event::Progress(_) => {}
+            }
+            i += 1;
+        }
+        let slots = in_flight(&state);
+        assert!(
+            slots.len() <= 1,
+            "slots {slots:?} replaced at once at revision {rev}"
+        );
+        replaced.extend(slots);
+    }
+    assert_eq!(
+        replaced,
+        BTreeSet::from([1, 2, 3]),
+        "the watch saw every slot being replaced"
+    );
     controller.stop().await;
 }
 

@@ -15,7 +15,9 @@ use shoal_api_types::{
     Network, NetworkSpec, Node, NodeSpec, NodeState, NodeStatus, Service, ServiceSpec, Task,
     TaskSpec, TaskState,
 };
-use shoal_controller::manager::{self, ManagerConfig};
+use shoal_controller::manager::{self, Context, ManagerConfig, Queues};
+use shoal_controller::runtime::{Action, Cache, Watcher, Writer};
+use shoal_controller::{allocator, orchestrator};
 use shoal_store::testing::TestEtcd;
 use shoal_store::{Event, Lease, LeaseKeeper, Store};
 use tokio::sync::watch;
@@ -46,9 +48,9 @@ pub async fn private_etcd() -> (TestEtcd, Store) {
     (etcd, store)
 }
 
-/// How many writes land below this test's key root during `d` (other tests sharing etcd
-/// do not count): proof that nothing retries in a loop.
-pub async fn writes_during(store: &Store, d: Duration) -> usize {
+/// The keys written below this test's key root during `d` (other tests sharing etcd do
+/// not count), in order.
+pub async fn writes_during(store: &Store, d: Duration) -> Vec<String> {
     let prefix = format!("{}/", store.keys().root());
     let opts = etcd_client::WatchOptions::new().with_prefix();
     let mut stream = store
@@ -57,12 +59,96 @@ pub async fn writes_during(store: &Store, d: Duration) -> usize {
         .watch(prefix, Some(opts))
         .await
         .expect("watch");
-    let mut n = 0;
+    let mut keys = Vec::new();
     let deadline = tokio::time::Instant::now() + d;
     while let Ok(Ok(Some(resp))) = tokio::time::timeout_at(deadline, stream.message()).await {
-        n += resp.events().len();
+        keys.extend(
+            resp.events()
+                .iter()
+                .filter_map(|e| e.kv())
+                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
+        );
     }
-    n
+    keys
+}
+
+/// A reconcile context of the test's own over the store (a cache fed by a watcher from the
+/// current revision, unfenced writes) and `config`, for calling a reconciler directly
+/// beside a running controller with the same settings. Reconciles are idempotent: on a
+/// settled store they write nothing. Dropping it stops the watcher.
+pub struct DirectContext {
+    pub ctx: Arc<Context>,
+    feeder: JoinHandle<()>,
+}
+
+impl DirectContext {
+    pub async fn start(store: &Store, config: &ManagerConfig) -> DirectContext {
+        let keys = store.keys().clone();
+        let cache = Arc::new(Cache::new(&keys));
+        let mut watcher = Watcher::new(store.client(), format!("{}/", keys.root()));
+        cache.apply(watcher.next().await);
+        let feeder = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                loop {
+                    cache.apply(watcher.next().await);
+                }
+            }
+        });
+        let ctx = Arc::new(Context {
+            store: store.clone(),
+            keys,
+            cache,
+            writer: Writer::new(store.client(), None),
+            config: config.clone(),
+            queues: Queues::default(),
+            ip_cursors: Default::default(),
+            lease_deadlines: Default::default(),
+        });
+        DirectContext { ctx, feeder }
+    }
+}
+
+impl Drop for DirectContext {
+    fn drop(&mut self) {
+        self.feeder.abort();
+    }
+}
+
+/// Asserts that the controller (running with `config`) has settled on a failure and does
+/// not retry it in a loop. The runner retries a key only when its reconcile returns an
+/// error (backoff) or asks to be requeued, so a reconcile of each named network and
+/// service, run now, must return `Ok(AwaitChange)`; and nothing is written for a while (at
+/// least one resync of the test settings): a resync that rewrote a status, or a loop that
+/// writes, would show.
+pub async fn assert_no_retry_loop(
+    store: &Store,
+    config: &ManagerConfig,
+    networks: &[&str],
+    services: &[&str],
+) {
+    let direct = DirectContext::start(store, config).await;
+    for n in networks {
+        let r = allocator::reconcile_network(n.to_string(), direct.ctx.clone()).await;
+        assert!(
+            matches!(r, Ok(Action::AwaitChange)),
+            "network {n}: reconcile returned {r:?}: the runner would retry it"
+        );
+    }
+    for s in services {
+        let r = orchestrator::reconcile_service(s.to_string(), direct.ctx.clone()).await;
+        assert!(
+            matches!(r, Ok(Action::AwaitChange)),
+            "service {s}: reconcile returned {r:?}: the runner would retry it"
+        );
+    }
+    let window = config.resync.min(Duration::from_secs(3)) + Duration::from_secs(1);
+    let writes = writes_during(store, window).await;
+    assert!(
+        writes.is_empty(),
+        "the controller keeps writing ({} writes in {window:?}): {writes:?}",
+        writes.len()
+    );
 }
 
 /// Settings with short timers for tests.
