@@ -5,7 +5,6 @@
 //! loopback ports in a temporary directory and kills it when dropped, also when the test
 //! panics.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -19,13 +18,6 @@ pub struct TestEtcd {
     pub root: String,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 impl TestEtcd {
@@ -48,7 +40,7 @@ impl TestEtcd {
             tempfile::tempdir()
         }
         .expect("tempdir");
-        let (client, peer) = (free_port(), free_port());
+        let (client, peer) = (shoal_testkit::free_port(), shoal_testkit::free_port());
         let endpoint = format!("http://127.0.0.1:{client}");
         let child = Command::new("etcd")
             .arg("--name=test")

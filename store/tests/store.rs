@@ -310,4 +310,72 @@ async fn lists_larger_than_a_page_come_whole_and_at_one_revision() {
         "sorted, no duplicates"
     );
     assert!(items.iter().all(|o| o.metadata.revision().unwrap() <= rev));
+
+    // At one revision while another client writes: a writer keeps creating networks that
+    // sort into the last page and changing one there, so every page read after the first
+    // meets newer data; each list must still equal etcd's snapshot at its revision.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let store = etcd.store().await;
+        let stop = stop.clone();
+        async move {
+            let mut k = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store.create(&network(&format!("nz{k:05}"))).await.unwrap();
+                let last = store.keys().named::<NetworkSpec>(&format!("n{:05}", n - 1));
+                store
+                    .update_with::<NetworkSpec>(&last, |o| {
+                        o.spec.labels.insert("k".into(), k.to_string());
+                        true
+                    })
+                    .await
+                    .unwrap();
+                k += 1;
+            }
+            k
+        }
+    });
+    let prefix = store.keys().prefix::<NetworkSpec>();
+    let mut raced = 0;
+    for _ in 0..5 {
+        let (items, rev) = store.list::<NetworkSpec>().await.unwrap();
+        let listed: Vec<(String, i64)> = items
+            .iter()
+            .map(|o| (o.name().to_string(), o.metadata.revision().unwrap()))
+            .collect();
+        let snapshot = store
+            .client()
+            .kv_client()
+            .max_decoding_message_size(64 << 20)
+            .get(
+                prefix.as_str(),
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_revision(rev),
+                ),
+            )
+            .await
+            .unwrap();
+        let at_rev: Vec<(String, i64)> = snapshot
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                (key[prefix.len()..].to_string(), kv.mod_revision())
+            })
+            .collect();
+        assert_eq!(listed.len(), at_rev.len(), "list at {rev}: count");
+        assert!(listed == at_rev, "list at {rev} differs from etcd at {rev}");
+        let (_, now) = store.list::<NetworkSpec>().await.unwrap();
+        if now > rev {
+            raced += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+    assert!(
+        raced > 0 && writes > 0,
+        "the writer wrote while the lists ran ({writes} rounds, {raced} lists raced)"
+    );
 }
