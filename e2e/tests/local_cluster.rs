@@ -77,6 +77,68 @@ fn task_error(c: &Cluster, service: &str) -> String {
     c.shoal(&["service", "ps", service, "--no-trunc"]).stdout
 }
 
+/// The ERROR column of `service ps SERVICE --no-trunc`, one entry per task row, unquoted.
+fn ps_errors(c: &Cluster, service: &str) -> Vec<String> {
+    let table = c.shoal(&["service", "ps", service, "--no-trunc"]).ok();
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    // The table is ASCII and aligned by characters: the column starts where its header does.
+    let col = header
+        .find("ERROR")
+        .unwrap_or_else(|| panic!("no ERROR column in:\n{table}"));
+    lines
+        .map(|l| {
+            let cell: String = l.chars().skip(col).collect();
+            cell.trim().trim_matches('"').to_string()
+        })
+        .collect()
+}
+
+/// A node as `get nodes -o json` shows it.
+fn node_json(c: &Cluster, name: &str) -> serde_json::Value {
+    let v = c.json(&["get", "nodes", "-o", "json"]);
+    v["items"]
+        .as_array()
+        .or(v.as_array())
+        .and_then(|items| items.iter().find(|n| n["metadata"]["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("node {name} not in {v}"))
+}
+
+/// Node k's running containers and their init pids, from its containerd (`ctr task ls`).
+fn container_pids(c: &Cluster, k: u32) -> std::collections::BTreeMap<String, u32> {
+    let sock = c
+        .state_dir()
+        .join(format!("node-{k}/containerd/containerd.sock"));
+    let out = Command::new("ctr")
+        .args([
+            "--address",
+            sock.to_str().unwrap(),
+            "-n",
+            "shoal",
+            "task",
+            "ls",
+        ])
+        .output()
+        .expect("run ctr");
+    assert!(
+        out.status.success(),
+        "ctr task ls on node-{k} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [id, pid, "RUNNING"] => Some((id.to_string(), pid.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn local_cluster_end_to_end() {
     require_e2e!();
@@ -375,16 +437,34 @@ fn local_cluster_end_to_end() {
 
     step("agent restart leaves running containers alone");
     let api = c.running("api", "appoverlay");
-    let (_, node, _) = api[0].clone();
+    let (task, node, _) = api[0].clone();
     let k = node_k(&node);
     let ids_before = running_ids(&c, "api");
+    let pids_before = container_pids(&c, k);
+    assert!(!pids_before.is_empty(), "node-{k} runs containers");
+    let lease_before = node_json(&c, &node)["status"]["lease"].clone();
     c.kill_agent(k);
     c.start_node(k);
-    std::thread::sleep(Duration::from_secs(3));
+    // The new agent registers with a lease of its own, then serves the node's tasks again
+    // (its DNS server answers inside the task: the old agent's died with it).
+    c.eventually("the restarted agent to re-register", wait, || {
+        let n = node_json(&c, &node);
+        (n["status"]["state"] == "ready" && n["status"]["lease"] != lease_before).then_some(())
+    });
+    c.eventually(
+        "the restarted agent to answer DNS in its task",
+        Duration::from_secs(30),
+        || (c.exec(&task, &["nslookup", "api"]).code == 0).then_some(()),
+    );
     assert_eq!(
         running_ids(&c, "api"),
         ids_before,
         "no task replaced by an agent restart"
+    );
+    assert_eq!(
+        container_pids(&c, k),
+        pids_before,
+        "no container restarted by an agent restart"
     );
 
     step("wrong image, image that exits at once, registry down: clear errors, recovery when fixed");
@@ -402,7 +482,10 @@ fn local_cluster_end_to_end() {
         .replace("[sleep, \"100000\"]", "[sh, -c, \"exit 3\"]");
     c.shoal_apply_detached(&quitter);
     c.eventually("exit code 3 shown by service ps", wait, || {
-        task_error(&c, "broken").contains('3').then_some(())
+        ps_errors(&c, "broken")
+            .iter()
+            .any(|e| e == "task exited with code 3")
+            .then_some(())
     });
     c.apply(&bad.replace("localhost:5000/nope:1", BUSYBOX));
     let registry = c.state_dir().join("scripts").join("registry.sh");
@@ -463,7 +546,7 @@ fn local_cluster_end_to_end() {
             .flat_map(|k| {
                 // Only the VXLAN device's own static entries (`self`): the bridge also keeps
                 // entries it learned from traffic, which age out by themselves.
-                let out = c.in_node(k, &["bridge", "fdb", "show"]).stdout;
+                let out = c.in_node(k, &["bridge", "fdb", "show"]).ok();
                 let fdb: String = out.lines().filter(|l| l.contains(" self")).collect::<Vec<_>>().join("\n");
                 macs.iter()
                     .filter(|m| !in_use.contains(*m) && fdb.contains(m.as_str()))
@@ -477,8 +560,9 @@ fn local_cluster_end_to_end() {
                 let out = Command::new("ctr")
                     .args(["--address", sock.to_str().unwrap(), "-n", "shoal", "containers", "ls", "-q"])
                     .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
+                    .expect("run ctr");
+                assert!(out.status.success(), "ctr containers ls on node-{k} failed: {}", String::from_utf8_lossy(&out.stderr));
+                let out = String::from_utf8_lossy(&out.stdout).into_owned();
                 gone_ids.iter().filter(|id| out.contains(id.as_str())).map(|id| format!("node-{k}: {id}")).collect::<Vec<_>>()
             })
             .collect();
