@@ -1,13 +1,17 @@
 //! [`Runner`]: takes keys from a [`WorkQueue`] and reconciles them, at most `concurrency`
 //! at once and never one key twice at once; applies the returned [`Action`] or, on error,
 //! the error policy (retryable errors back off per key, others wait for a change or the
-//! periodic resync).
+//! periodic resync). A reconcile that panics is logged and retried with backoff like a
+//! retryable error, so its key is never left marked as in progress.
 
+use std::any::Any;
 use std::future::Future;
 use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -78,16 +82,24 @@ impl<K: Clone + Eq + Hash + Send + Sync + std::fmt::Display + 'static> Runner<K>
             let name = self.name;
             running.spawn(async move {
                 let started = tokio::time::Instant::now();
-                let result = reconcile(key.clone()).await;
-                tracing::trace!(reconciler = name, %key, elapsed = ?started.elapsed(), ok = result.is_ok(), "reconciled");
+                // A panicking reconcile must not leave its key marked "processing" for ever
+                // (it would never be reconciled again): it counts as a failure to retry.
+                let result = AssertUnwindSafe(reconcile(key.clone()))
+                    .catch_unwind()
+                    .await;
+                tracing::trace!(reconciler = name, %key, elapsed = ?started.elapsed(), ok = matches!(result, Ok(Ok(_))), "reconciled");
                 match result {
-                    Ok(action) => {
+                    Ok(Ok(action)) => {
                         queue.forget(&key);
                         if let Action::Requeue(d) = action {
                             queue.add_after(key.clone(), d);
                         }
                     }
-                    Err(e) => error_policy(name, &queue, &key, &e),
+                    Ok(Err(e)) => error_policy(name, &queue, &key, &e),
+                    Err(panic) => {
+                        let delay = queue.add_rate_limited(key.clone());
+                        tracing::error!(reconciler = name, %key, panic = panic_message(&*panic), ?delay, "reconcile panicked; retrying");
+                    }
                 }
                 queue.done(&key);
                 drop(permit);
@@ -95,6 +107,15 @@ impl<K: Clone + Eq + Hash + Send + Sync + std::fmt::Display + 'static> Runner<K>
             while running.try_join_next().is_some() {}
         }
     }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }
 
 /// Retryable errors back off per key; the rest are logged and wait for a change.
@@ -190,6 +211,48 @@ mod tests {
             "a key added while being reconciled was reconciled twice at once"
         );
         assert_eq!(calls.load(Ordering::SeqCst), before + 2);
+        q.close();
+        handle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runner_should_retry_a_key_whose_reconcile_panicked() {
+        let q: WorkQueue<String> = WorkQueue::new(
+            Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).with_jitter(0.0),
+        );
+        let times = Arc::new(Mutex::new(vec![]));
+        let start = tokio::time::Instant::now();
+        let handle = tokio::spawn({
+            let times = times.clone();
+            Runner::new("test", q.clone(), 1).run(move |k: String| {
+                let times = times.clone();
+                async move {
+                    let n = {
+                        let mut t = times.lock().unwrap();
+                        t.push((k.clone(), start.elapsed().as_secs()));
+                        t.len()
+                    };
+                    if n == 1 {
+                        panic!("reconcile of {k} broke");
+                    }
+                    Ok(Action::AwaitChange)
+                }
+            })
+        });
+        q.add("k".to_string());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // The panic cost one backoff step, then the key was reconciled again; the one
+        // permit was given back, so another key still runs.
+        q.add("other".to_string());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            *times.lock().unwrap(),
+            vec![
+                ("k".to_string(), 0),
+                ("k".to_string(), 1),
+                ("other".to_string(), 10)
+            ]
+        );
         q.close();
         handle.await.unwrap();
     }
