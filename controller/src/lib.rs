@@ -9,10 +9,13 @@
 
 pub mod api;
 pub mod app;
+pub mod config;
+pub mod context;
 pub mod manager;
 
 pub mod allocator;
 pub mod endpoints;
+pub mod ipam;
 pub mod leader;
 pub mod nodes;
 pub mod orchestrator;

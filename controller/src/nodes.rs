@@ -28,8 +28,8 @@ use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::{NodeState, TaskState};
 use tokio::time::Instant;
 
-use crate::allocator::{addressing, pick_ips, Addressing};
-use crate::manager::Context;
+use crate::context::Context;
+use crate::ipam::{addressing, pick_ips, Addressing};
 use crate::runtime::{Action, ControllerError, Txn};
 
 /// The owner written in the claim of node `name`'s ingress address.

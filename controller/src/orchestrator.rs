@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use shoal_api_types::labels;
 use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::service::Condition;
 use shoal_api_types::task::mac_for_ip;
@@ -30,30 +31,13 @@ use shoal_api_types::{
     ServiceStatus, Task, TaskAttachment, TaskSpec, TaskState, TaskStatus, VirtualIp,
 };
 
-use crate::allocator::{addressing, pick_ips, Addressing, AllocError};
+use crate::context::Context;
 use crate::endpoints::{desired_endpoints, new_endpoints};
-use crate::manager::Context;
+use crate::ipam::{addressing, pick_ips, AddressesExhausted, Addressing};
 use crate::runtime::{Action, ControllerError, Txn};
 
-/// Task label: restarts in the slot before this task (0 for the first).
-pub const ATTEMPT_LABEL: &str = "shoal.io/attempt";
-/// Task label: the node a global service's task is for.
-pub const NODE_LABEL: &str = "shoal.io/node";
 /// Default delay before a task that exited is replaced.
 pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(1);
-
-/// Whether a task is wanted and has not ended.
-pub fn is_live(t: &Task) -> bool {
-    t.spec.desired_state == TaskState::Running && !t.status.state.is_terminal()
-}
-
-fn attempt(t: &Task) -> u32 {
-    t.metadata
-        .labels
-        .get(ATTEMPT_LABEL)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(0)
-}
 
 fn created(t: &Task) -> (Option<DateTime<Utc>>, &str) {
     (t.metadata.creation_timestamp, t.metadata.name.as_str())
@@ -165,7 +149,7 @@ pub fn plan_service(
                     .spec
                     .node
                     .clone()
-                    .or_else(|| t.metadata.labels.get(NODE_LABEL).cloned())
+                    .or_else(|| t.pinned_node().map(str::to_string))
                     .unwrap_or_default();
                 by_node.entry(node).or_default().push(t.clone());
             }
@@ -205,7 +189,7 @@ fn roll(service: &Service, tasks: &[Arc<Task>], plan: &mut ServicePlan) {
     let in_flight = tasks.iter().any(|t| {
         // A replacement still starting (one nothing fits, with a pending reason, does not
         // hold the rollout up).
-        (is_live(t)
+        (t.is_live()
             && !is_outdated(service, t)
             && t.status.state != TaskState::Running
             && (t.spec.node.is_some() || t.spec.pending_reason.is_empty()))
@@ -292,7 +276,7 @@ fn plan_slot(
     plan: &mut ServicePlan,
 ) {
     let mut keep: Vec<&Arc<Task>> = vec![];
-    for t in tasks.iter().filter(|t| is_live(t)) {
+    for t in tasks.iter().filter(|t| t.is_live()) {
         match t.spec.node.as_ref().map(|n| nodes.get(n)) {
             // Its node was removed: the task is gone with it.
             Some(None) => plan.delete.push(t.clone()),
@@ -329,7 +313,7 @@ fn plan_slot(
             plan.outdated.push((
                 (*current).clone(),
                 NewTask {
-                    attempt: attempt(current),
+                    attempt: current.attempt(),
                     ..target.clone()
                 },
             ));
@@ -349,7 +333,7 @@ fn plan_slot(
                         plan.shutdown.push(last.clone());
                     }
                     plan.create.push(NewTask {
-                        attempt: attempt(last) + 1,
+                        attempt: last.attempt() + 1,
                         ..target
                     })
                 }
@@ -400,7 +384,7 @@ fn restart_decision(service: &Service, last: &Task, now: DateTime<Utc>) -> Resta
         return Restart::Never;
     }
     if let Some(max) = policy.max_attempts.filter(|m| *m > 0) {
-        if delayed && attempt(last) >= max {
+        if delayed && last.attempt() >= max {
             return Restart::Never;
         }
     }
@@ -575,13 +559,13 @@ fn service_step(ctx: &Context, name: &str, now: DateTime<Utc>) -> (Vec<Txn>, Act
         let mut cursors = ctx.ip_cursors.lock().unwrap_or_else(|p| p.into_inner());
         let mut pick = |a: &Attach,
                         picked: &mut HashSet<(String, Ipv4Addr)>|
-         -> Result<Ipv4Addr, AllocError> {
+         -> Result<Ipv4Addr, AddressesExhausted> {
             let cursor = cursors.entry(a.network.clone()).or_insert(0);
             let ip = pick_ips(a.addressing.subnet, a.addressing.gateway, 1, cursor, |ip| {
                 world.ipam.ip_taken(&a.network, ip) || picked.contains(&(a.network.clone(), ip))
             })
             .pop()
-            .ok_or_else(|| AllocError::AddressesExhausted {
+            .ok_or_else(|| AddressesExhausted {
                 network: a.network.clone(),
                 subnet: a.addressing.subnet,
             })?;
@@ -715,7 +699,7 @@ fn service_step(ctx: &Context, name: &str, now: DateTime<Utc>) -> (Vec<Txn>, Act
             .count() as u64;
         let pending_reason = tasks
             .iter()
-            .filter(|t| is_live(t) && t.spec.node.is_none() && !t.spec.pending_reason.is_empty())
+            .filter(|t| t.is_live() && t.spec.node.is_none() && !t.spec.pending_reason.is_empty())
             .map(|t| t.spec.pending_reason.clone())
             .min();
         let prev = &service.status.conditions;
@@ -833,9 +817,11 @@ fn build_task(
     );
     task.metadata
         .labels
-        .insert(ATTEMPT_LABEL.into(), new.attempt.to_string());
+        .insert(labels::ATTEMPT.into(), new.attempt.to_string());
     if let Some(node) = &new.node {
-        task.metadata.labels.insert(NODE_LABEL.into(), node.clone());
+        task.metadata
+            .labels
+            .insert(labels::NODE.into(), node.clone());
     }
     task.status = TaskStatus {
         state: TaskState::Pending,
@@ -980,7 +966,7 @@ mod tests {
         failed
             .metadata
             .labels
-            .insert(ATTEMPT_LABEL.into(), "2".into());
+            .insert(labels::ATTEMPT.into(), "2".into());
         let plan = plan_service(Some(&svc), &[Arc::new(failed)], &nodes(), later, 3);
         assert!(plan.create.is_empty(), "max attempts reached");
     }
