@@ -13,6 +13,8 @@ use ipnetwork::Ipv4Network;
 use shoal_api_types::network::parse_cidr;
 use shoal_api_types::Network;
 
+use crate::runtime::cache::Ipam;
+
 /// The gateway: the spec's, else the first host address.
 pub fn gateway(subnet: Ipv4Network, requested: Option<&str>) -> Ipv4Addr {
     requested
@@ -128,6 +130,35 @@ impl<'a, F: Fn(&str, Ipv4Addr) -> bool> Picker<'a, F> {
         self.picked.insert((network.to_string(), ip));
         Ok(ip)
     }
+}
+
+/// An address claim to release, compared on the revision it was seen at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    /// The network.
+    pub network: String,
+    /// The address.
+    pub ip: Ipv4Addr,
+    /// The claim's revision.
+    pub revision: i64,
+}
+
+/// The address claims `owner` holds (a task id, `vip/<service>`, `node/<name>`), as
+/// releases, in (network, address) order.
+pub fn claims_of(ipam: &Ipam, owner: &str) -> Vec<Release> {
+    ipam.by_owner
+        .get(owner)
+        .into_iter()
+        .flatten()
+        .filter_map(|(network, ip)| {
+            let claim = ipam.ip_claim(network, *ip)?;
+            Some(Release {
+                network: network.clone(),
+                ip: *ip,
+                revision: claim.revision,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
