@@ -6,8 +6,8 @@
 //! [`slots`] (which tasks: creates, stops, deletes, restarts, rolling replacement),
 //! [`vips`] (the networks the tasks join and the VIP on each), [`tasks`] (new tasks with
 //! their addresses, deletes with their releases), [`crate::endpoints`] (per network) and
-//! [`status`]. It returns transactions of plain [`Write`]s; [`reconcile_service`] is the one
-//! place that turns them into etcd writes.
+//! [`status`]. It returns transactions of plain [`Write`]s; [`reconcile_service`] commits
+//! them ([`write`] turns them into etcd transactions) and is the orchestrator's only I/O.
 //!
 //! Invariants: at most one live task per slot (per node for global services); a task and
 //! the claims of its addresses are created and deleted in one transaction, and a VIP is
@@ -18,52 +18,23 @@ pub mod slots;
 pub mod status;
 pub mod tasks;
 pub mod vips;
+pub mod write;
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use shoal_api_types::keys::Keys;
-use shoal_api_types::{Service, Task};
 
 use crate::config::ManagerConfig;
 use crate::context::Context;
-use crate::endpoints::{desired_endpoints, plan_endpoints, EndpointsChange};
-use crate::ipam::{claims_of, Picker, Release};
-use crate::runtime::{Action, ControllerError, Txn, World};
+use crate::endpoints::{desired_endpoints, plan_endpoints};
+use crate::ipam::{claims_of, Picker};
+use crate::runtime::{Action, ControllerError, World};
 
 pub use slots::{is_outdated, node_eligible, plan_service, NewTask, ServicePlan};
 pub use vips::wanted_networks;
-
-/// One write a service reconcile decides. A `Vec<Write>` commits all or nothing; every
-/// write of an existing object is compared on the revision it was read at, every claim on
-/// the key not existing.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Write {
-    /// Create a task.
-    CreateTask(Task),
-    /// Write a task (its desired state).
-    UpdateTask(Task),
-    /// Delete a task.
-    DeleteTask(Arc<Task>),
-    /// Write the service (its status).
-    UpdateService(Service),
-    /// Change an Endpoints object.
-    Endpoints(EndpointsChange),
-    /// Claim `ip` on `network` for `owner` (a task id or `vip/<service>`).
-    Claim {
-        /// The network.
-        network: String,
-        /// The address.
-        ip: Ipv4Addr,
-        /// Who holds it.
-        owner: String,
-    },
-    /// Release an address claim.
-    Release(Release),
-}
+pub use write::Write;
 
 /// What one service reconcile decided.
 #[derive(Debug)]
@@ -85,33 +56,10 @@ pub async fn reconcile_service(name: String, ctx: Arc<Context>) -> Result<Action
     let txns = step
         .txns
         .into_iter()
-        .map(|writes| txn(&ctx.keys, writes))
+        .map(|writes| write::txn(&ctx.keys, writes))
         .collect();
     ctx.writer.commit_all(txns, 16).await?;
     Ok(step.action)
-}
-
-/// One transaction of `writes`.
-fn txn(keys: &Keys, writes: Vec<Write>) -> Txn {
-    let mut txn = Txn::new();
-    for w in writes {
-        match w {
-            Write::CreateTask(t) => {
-                txn.create(keys, &t);
-            }
-            Write::UpdateTask(t) => txn.update(keys, &t),
-            Write::DeleteTask(t) => txn.delete(keys, t.as_ref()),
-            Write::UpdateService(s) => txn.update(keys, &s),
-            Write::Endpoints(EndpointsChange::Create(e)) => {
-                txn.create(keys, &e);
-            }
-            Write::Endpoints(EndpointsChange::Update(e)) => txn.update(keys, &e),
-            Write::Endpoints(EndpointsChange::Delete(e)) => txn.delete(keys, e.as_ref()),
-            Write::Claim { network, ip, owner } => txn.claim(keys.ip(&network, ip), &owner),
-            Write::Release(r) => txn.delete_raw(keys.ip(&r.network, r.ip), r.revision),
-        }
-    }
-    txn
 }
 
 /// Decides every write of service `name`'s reconcile from `world` at `now`. Addresses are
@@ -238,12 +186,15 @@ pub fn service_step(
 mod tests {
     use super::*;
     use std::collections::HashSet;
+    use std::net::Ipv4Addr;
 
     use shoal_api_types::{
-        Endpoints, EndpointsSpec, NetworkAttachmentConfig, NetworkSpec, NetworkStatus, ServiceSpec,
-        TaskSpec,
+        Endpoints, EndpointsSpec, NetworkAttachmentConfig, NetworkSpec, NetworkStatus, Service,
+        ServiceSpec, Task, TaskSpec,
     };
 
+    use crate::endpoints::EndpointsChange;
+    use crate::ipam::Release;
     use crate::runtime::cache::Claim;
 
     fn world() -> World {

@@ -17,7 +17,7 @@ use shoal_api_types::{Service, Task, TaskAttachment, TaskSpec, TaskState, TaskSt
 
 use super::slots::{NewTask, ServicePlan};
 use super::vips::Attach;
-use super::Write;
+use super::write::Write;
 use crate::ipam::{claims_of, AddressesExhausted};
 use crate::runtime::cache::Ipam;
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::{EndpointMode, Network, Service, ServiceSpec, VirtualIp};
 
-use super::Write;
+use super::write::Write;
 use crate::ipam::{addressing, claims_of, AddressesExhausted, Addressing};
 use crate::runtime::cache::Ipam;
 
