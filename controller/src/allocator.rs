@@ -1,9 +1,10 @@
-//! Network allocator: subnets, VNIs and gateways for Networks; VIPs and task addresses
-//! inside them.
+//! Network allocator: subnets, VNIs and gateways for Networks.
 //!
-//! Owns `Network.status` and the allocation records below `<root>/ipam/`:
-//! `subnets/<cidr>` and `vnis/<vni>` hold the network's name, `ips/<network>/<ip>` holds a
-//! task id, `vip/<service>`, or `node/<name>` (a node's ingress address, see [`crate::nodes`]). Invariants:
+//! Owns `Network.status` and the records `<root>/ipam/subnets/<cidr>` and `ipam/vnis/<vni>`
+//! (holding the network's name); it also releases address records (`ipam/ips/…`) whose
+//! owner is gone. Addresses inside a network are picked by [`crate::ipam`] and claimed by
+//! the stage that records them (orchestrator: VIPs and tasks; nodes: ingress addresses).
+//! Key layout and stage table: docs/architecture.md. Invariants:
 //! - every allocation is a claim (create with `create_revision == 0`) written in the same
 //!   transaction as the object that records it (Network.status, a Task, Service.status),
 //!   so no subnet, VNI or address is ever handed out twice, not even across a leader
@@ -16,8 +17,8 @@
 //! - the `ingress` network is 10.255.0.0/16 (configurable) with VNI 4096; other networks
 //!   get VNIs from 4097 and their gateway is the first host address unless set.
 //!
-//! The decisions (`plan_subnet`, `plan_vni`) are pure functions over plain
-//! values; `reconcile_network` does the etcd I/O.
+//! The decisions (`plan_subnet`, `plan_vni`, `leaked_addresses`) are pure functions over
+//! plain values; `reconcile_network` does the etcd I/O.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

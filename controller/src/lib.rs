@@ -2,10 +2,9 @@
 //! leader lease, reconciles Networks and Services stored in etcd into allocations, tasks
 //! placed on nodes, and Endpoints.
 //!
-//! Pipeline (one module per stage, as swarmkit's manager): `allocator` (subnets, VNIs,
-//! addresses) → `orchestrator` (task slots) → `scheduler` (task → node) → `nodes` (node
-//! lifecycle) → `endpoints` (per network and service, for the agents). `runtime` is the
-//! kube-runtime-style watcher/queue/runner they all run on; `leader` holds the etcd lease.
+//! One module per stage, as swarmkit's manager: `allocator` → `orchestrator` → `scheduler`,
+//! and `nodes`; `manager` runs them on `runtime` while `leader` holds the lease. What each
+//! stage owns, the data flow and the module graph: docs/architecture.md ("Controller").
 
 pub mod api;
 pub mod app;

@@ -1,18 +1,9 @@
-//! The manager: leader election, then the reconcilers.
+//! The manager: leader election, then the reconcilers. Owns the leader loop, the mapping
+//! of cache changes to work-queue keys (`dispatch`), one runner per queue, the periodic
+//! resync and the `ingress` network's creation. The queues and their stages are listed in
+//! docs/architecture.md ("Controller").
 //!
-//! Every replica campaigns for the leader key ([`crate::leader`]). The leader lists and
-//! watches everything below the key root into one cache ([`crate::runtime::cache`]), maps
-//! each change to work-queue keys, and runs four reconcilers on the runtime:
-//!
-//! | queue      | key          | reconcile                                   |
-//! |------------|--------------|---------------------------------------------|
-//! | networks   | network name | [`crate::allocator::reconcile_network`]     |
-//! | services   | service name | [`crate::orchestrator::reconcile_service`]  |
-//! | nodes      | node name    | [`crate::nodes::reconcile_node`]            |
-//! | scheduler  | `pending`    | [`crate::scheduler::reconcile_pending`]     |
-//!
-//! plus a periodic resync that queues every key. It creates the `ingress` network if it is
-//! missing. When the lease is lost, everything stops at once (the futures are dropped and
+//! Invariant: when the lease is lost, everything stops at once (the futures are dropped and
 //! any write still in flight fails its leader fence); the replica then campaigns again.
 
 use std::collections::{HashMap, HashSet};

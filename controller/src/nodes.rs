@@ -18,6 +18,9 @@
 //!   restarts: a claim the node already holds is reused even if its status lost it), and
 //!   released in the transaction that follows the Node's deletion. One node change costs
 //!   one write (its own Node); agents learn each other's addresses by watching Nodes.
+//!
+//! [`plan_ingress_address`] is pure (addresses picked by [`crate::ipam`]); [`reconcile_node`]
+//! does the I/O. See docs/architecture.md ("Controller").
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;

@@ -13,6 +13,7 @@
 //! is never on two nodes, and a pass that lost a race is simply retried.
 //!
 //! [`schedule`] is a pure function over plain values; [`reconcile_pending`] does the I/O.
+//! See docs/architecture.md ("Controller").
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 //! [`vips`] (the networks the tasks join and the VIP on each), [`tasks`] (new tasks with
 //! their addresses, deletes with their releases), [`crate::endpoints`] (per network) and
 //! [`status`]. It returns transactions of plain [`Write`]s; [`reconcile_service`] commits
-//! them ([`write`] turns them into etcd transactions) and is the orchestrator's only I/O.
+//! them ([`mod@write`] turns them into etcd transactions) and is the orchestrator's only I/O.
 //!
 //! Invariants: at most one live task per slot (per node for global services); a task and
 //! the claims of its addresses are created and deleted in one transaction, and a VIP is
