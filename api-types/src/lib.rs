@@ -10,6 +10,7 @@ pub mod endpoints;
 pub mod error;
 pub mod exec;
 pub mod keys;
+pub mod labels;
 pub mod manifest;
 pub mod meta;
 pub mod network;

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::labels;
 use crate::meta::ObjectMeta;
 use crate::object::{Object, Resource};
 use crate::service::{HealthCheck, PortConfig, RestartPolicy};
@@ -184,6 +185,29 @@ impl TaskSpec {
     }
 }
 
+impl Task {
+    /// Whether the task is wanted running and has not ended: it holds its slot (or node,
+    /// for a global service).
+    pub fn is_live(&self) -> bool {
+        self.spec.desired_state == TaskState::Running && !self.status.state.is_terminal()
+    }
+
+    /// Restarts in the task's slot before it, from the [`labels::ATTEMPT`] label (0 when
+    /// absent or unreadable).
+    pub fn attempt(&self) -> u32 {
+        self.metadata
+            .labels
+            .get(labels::ATTEMPT)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The only node a global service's task may run on, from the [`labels::NODE`] label.
+    pub fn pinned_node(&self) -> Option<&str> {
+        self.metadata.labels.get(labels::NODE).map(String::as_str)
+    }
+}
+
 impl Resource for TaskSpec {
     const KIND: &'static str = "Task";
     const PLURAL: &'static str = "tasks";
@@ -236,6 +260,35 @@ mod tests {
         assert_eq!(t.key_suffix(), "_unassigned/abc");
         t.spec.node = Some("node-1".into());
         assert_eq!(t.key_suffix(), "node-1/abc");
+    }
+
+    #[test]
+    fn a_task_is_live_while_wanted_running_and_not_ended() {
+        let mut t = Task::new(
+            "t",
+            TaskSpec {
+                desired_state: TaskState::Running,
+                ..Default::default()
+            },
+        );
+        t.status.state = TaskState::Running;
+        assert!(t.is_live());
+        t.status.state = TaskState::Failed;
+        assert!(!t.is_live(), "ended");
+        t.status.state = TaskState::Running;
+        t.spec.desired_state = TaskState::Shutdown;
+        assert!(!t.is_live(), "being stopped");
+    }
+
+    #[test]
+    fn attempt_and_pinned_node_come_from_labels() {
+        let mut t = Task::new("t", TaskSpec::default());
+        assert_eq!((t.attempt(), t.pinned_node()), (0, None));
+        t.metadata.labels.insert(labels::ATTEMPT.into(), "3".into());
+        t.metadata.labels.insert(labels::NODE.into(), "n1".into());
+        assert_eq!((t.attempt(), t.pinned_node()), (3, Some("n1")));
+        t.metadata.labels.insert(labels::ATTEMPT.into(), "x".into());
+        assert_eq!(t.attempt(), 0);
     }
 
     #[test]

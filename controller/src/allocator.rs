@@ -1,9 +1,10 @@
-//! Network allocator: subnets, VNIs and gateways for Networks; VIPs and task addresses
-//! inside them.
+//! Network allocator: subnets, VNIs and gateways for Networks.
 //!
-//! Owns `Network.status` and the allocation records below `<root>/ipam/`:
-//! `subnets/<cidr>` and `vnis/<vni>` hold the network's name, `ips/<network>/<ip>` holds a
-//! task id, `vip/<service>`, or `node/<name>` (a node's ingress address, see [`crate::nodes`]). Invariants:
+//! Owns `Network.status` and the records `<root>/ipam/subnets/<cidr>` and `ipam/vnis/<vni>`
+//! (holding the network's name); it also releases address records (`ipam/ips/…`) whose
+//! owner is gone. Addresses inside a network are picked by [`crate::ipam`] and claimed by
+//! the stage that records them (orchestrator: VIPs and tasks; nodes: ingress addresses).
+//! Key layout and stage table: docs/architecture.md. Invariants:
 //! - every allocation is a claim (create with `create_revision == 0`) written in the same
 //!   transaction as the object that records it (Network.status, a Task, Service.status),
 //!   so no subnet, VNI or address is ever handed out twice, not even across a leader
@@ -16,8 +17,8 @@
 //! - the `ingress` network is 10.255.0.0/16 (configurable) with VNI 4096; other networks
 //!   get VNIs from 4097 and their gateway is the first host address unless set.
 //!
-//! The decisions (`plan_subnet`, `plan_vni`, `pick_ips`) are pure functions over plain
-//! values; `reconcile_network` does the etcd I/O.
+//! The decisions (`plan_subnet`, `plan_vni`, `leaked_addresses`) are pure functions over
+//! plain values; `reconcile_network` does the etcd I/O.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -27,7 +28,8 @@ use ipnetwork::Ipv4Network;
 use shoal_api_types::network::{parse_cidr, INGRESS_NETWORK};
 use shoal_api_types::{Network, NetworkSpec, NetworkStatus};
 
-use crate::manager::Context;
+use crate::context::Context;
+use crate::ipam::gateway;
 use crate::runtime::cache::Claim;
 use crate::runtime::{Action, ControllerError, Txn};
 
@@ -88,14 +90,6 @@ pub enum AllocError {
     /// Every VNI is in use.
     #[error("no VXLAN network identifier is free")]
     VnisExhausted,
-    /// A network has no free address left.
-    #[error("network {network:?} ({subnet}) has no free address left; use a larger subnet")]
-    AddressesExhausted {
-        /// The network.
-        network: String,
-        /// Its subnet.
-        subnet: Ipv4Network,
-    },
 }
 
 impl AllocError {
@@ -200,73 +194,6 @@ pub fn plan_vni(
         return Err(AllocError::VnisExhausted);
     }
     Ok(want)
-}
-
-/// The gateway: the spec's, else the first host address.
-pub fn gateway(subnet: Ipv4Network, requested: Option<&str>) -> Ipv4Addr {
-    requested
-        .and_then(|g| g.parse().ok())
-        .unwrap_or_else(|| Ipv4Addr::from(u32::from(subnet.network()) + 1))
-}
-
-/// Picks up to `n` free host addresses of `subnet` (never the network, broadcast or
-/// gateway address, nor any `taken` one), next-fit from `cursor`, which advances so that
-/// concurrent pickers and recently released addresses are not reused at once.
-pub fn pick_ips(
-    subnet: Ipv4Network,
-    gateway: Ipv4Addr,
-    n: usize,
-    cursor: &mut u32,
-    taken: impl Fn(Ipv4Addr) -> bool,
-) -> Vec<Ipv4Addr> {
-    let first = u32::from(subnet.network()) + 1;
-    let hosts = (1u64 << (32 - subnet.prefix())).saturating_sub(2) as u32;
-    let mut out = Vec::with_capacity(n);
-    if hosts == 0 {
-        return out;
-    }
-    for _ in 0..hosts {
-        if out.len() == n {
-            break;
-        }
-        let ip = Ipv4Addr::from(first + (*cursor % hosts));
-        *cursor = (*cursor + 1) % hosts;
-        if ip == gateway || taken(ip) || out.contains(&ip) {
-            continue;
-        }
-        out.push(ip);
-    }
-    out
-}
-
-/// A network's usable addressing, once allocated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Addressing {
-    /// The subnet.
-    pub subnet: Ipv4Network,
-    /// The gateway.
-    pub gateway: Ipv4Addr,
-    /// Whether the network is internal.
-    pub internal: bool,
-}
-
-/// The addressing of a network whose status is Ready.
-pub fn addressing(net: &Network) -> Option<Addressing> {
-    if net.status.phase != "Ready" {
-        return None;
-    }
-    let subnet = parse_cidr(net.status.subnet.as_deref()?).ok()?;
-    let gateway = net
-        .status
-        .gateway
-        .as_deref()
-        .and_then(|g| g.parse().ok())
-        .unwrap_or_else(|| gateway(subnet, None));
-    Some(Addressing {
-        subnet,
-        gateway,
-        internal: net.spec.internal,
-    })
 }
 
 /// The spec of the ingress network the controller creates.
@@ -597,25 +524,5 @@ mod tests {
             plan_vni(false, Some(5000), &claims(&[]), "a").unwrap(),
             5000
         );
-    }
-
-    #[test]
-    fn allocator_should_pick_free_addresses_next_fit_skipping_the_gateway() {
-        let subnet = net("10.0.0.0/29"); // hosts .1-.6, gateway .1
-        let gw = gateway(subnet, None);
-        assert_eq!(gw, "10.0.0.1".parse::<Ipv4Addr>().unwrap());
-        let mut cursor = 0;
-        let taken = |ip: Ipv4Addr| ip == "10.0.0.3".parse::<Ipv4Addr>().unwrap();
-        let got = pick_ips(subnet, gw, 3, &mut cursor, taken);
-        let want: Vec<Ipv4Addr> = ["10.0.0.2", "10.0.0.4", "10.0.0.5"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        assert_eq!(got, want);
-        // Next-fit continues after the last pick; only .6 is left.
-        let got = pick_ips(subnet, gw, 5, &mut cursor, |ip| {
-            taken(ip) || want.contains(&ip)
-        });
-        assert_eq!(got, vec!["10.0.0.6".parse::<Ipv4Addr>().unwrap()]);
     }
 }

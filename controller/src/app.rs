@@ -43,7 +43,7 @@ pub struct Config {
     pub api_only: bool,
     #[command(flatten)]
     /// Reconciler settings.
-    pub manager: crate::manager::ManagerConfig,
+    pub manager: crate::config::ManagerConfig,
 }
 
 impl Config {

@@ -8,7 +8,8 @@
 //! stopped, so it leaves the load balancer before it goes away; Endpoints of a deleted
 //! service or detached network are deleted by the service reconcile.
 //!
-//! [`desired_endpoints`] is pure; the service reconcile in [`crate::orchestrator`] writes.
+//! [`desired_endpoints`] and [`plan_endpoints`] are pure; the service reconcile in
+//! [`crate::orchestrator`] writes what they decide. See docs/architecture.md ("Controller").
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -67,6 +68,46 @@ pub fn desired_endpoints(
 /// A new Endpoints object for `spec`.
 pub fn new_endpoints(spec: EndpointsSpec) -> Endpoints {
     Endpoints::new(endpoints_name(&spec.network, &spec.service), spec)
+}
+
+/// A change to one Endpoints object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndpointsChange {
+    /// Create it (its key must not exist).
+    Create(Endpoints),
+    /// Write it, compared on the resourceVersion it was read at.
+    Update(Endpoints),
+    /// Delete it, compared on its resourceVersion.
+    Delete(Arc<Endpoints>),
+}
+
+/// The changes that make the Endpoints of `service` equal `wanted` (one spec per network
+/// the service is on, in order): a missing one is created, a different one updated, an
+/// equal one left alone, and one on a network not in `wanted` deleted. With `wanted`
+/// empty (a deleted service) every Endpoints of the service goes.
+pub fn plan_endpoints(
+    service: &str,
+    wanted: Vec<EndpointsSpec>,
+    existing: &BTreeMap<(String, String), Arc<Endpoints>>,
+) -> Vec<EndpointsChange> {
+    let mut changes = Vec::new();
+    for spec in &wanted {
+        match existing.get(&(spec.network.clone(), service.to_string())) {
+            Some(ep) if ep.spec == *spec => {}
+            Some(ep) => {
+                let mut next = (**ep).clone();
+                next.spec = spec.clone();
+                changes.push(EndpointsChange::Update(next));
+            }
+            None => changes.push(EndpointsChange::Create(new_endpoints(spec.clone()))),
+        }
+    }
+    for ((net, svc), ep) in existing {
+        if svc == service && !wanted.iter().any(|w| w.network == *net) {
+            changes.push(EndpointsChange::Delete(ep.clone()));
+        }
+    }
+    changes
 }
 
 #[cfg(test)]
@@ -138,5 +179,59 @@ mod tests {
         );
         assert_eq!(spec.aliases, vec!["web"]);
         assert_eq!(new_endpoints(spec).metadata.name, "appnet.api");
+    }
+
+    fn spec(network: &str, vip: &str) -> EndpointsSpec {
+        EndpointsSpec {
+            network: network.into(),
+            service: "api".into(),
+            vip: Some(vip.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn endpoints_should_be_written_only_when_their_content_changes() {
+        let existing: BTreeMap<(String, String), Arc<Endpoints>> = [
+            spec("same", "10.0.1.2"),
+            spec("moved", "10.0.2.2"),
+            spec("left", "10.0.3.2"),
+            EndpointsSpec {
+                service: "other".into(),
+                ..spec("left", "10.0.3.3")
+            },
+        ]
+        .into_iter()
+        .map(|s| {
+            (
+                (s.network.clone(), s.service.clone()),
+                Arc::new(new_endpoints(s)),
+            )
+        })
+        .collect();
+        let wanted = vec![
+            spec("same", "10.0.1.2"),
+            spec("moved", "10.0.2.9"),
+            spec("new", "10.0.4.2"),
+        ];
+        let changes = plan_endpoints("api", wanted, &existing);
+        let summary: Vec<(&str, &str)> = changes
+            .iter()
+            .map(|c| match c {
+                EndpointsChange::Create(e) => ("create", e.spec.network.as_str()),
+                EndpointsChange::Update(e) => ("update", e.spec.network.as_str()),
+                EndpointsChange::Delete(e) => ("delete", e.spec.network.as_str()),
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![("update", "moved"), ("create", "new"), ("delete", "left")]
+        );
+        let EndpointsChange::Update(moved) = &changes[0] else {
+            unreachable!()
+        };
+        assert_eq!(moved.spec.vip.as_deref(), Some("10.0.2.9"));
+        // A deleted service loses every Endpoints, and only its own.
+        assert_eq!(plan_endpoints("api", vec![], &existing).len(), 3);
     }
 }

@@ -1,144 +1,29 @@
-//! The manager: leader election, then the reconcilers.
+//! The manager: leader election, then the reconcilers. Owns the leader loop, the mapping
+//! of cache changes to work-queue keys (`dispatch`), one runner per queue, the periodic
+//! resync and the `ingress` network's creation. The queues and their stages are listed in
+//! docs/architecture.md ("Controller").
 //!
-//! Every replica campaigns for the leader key ([`crate::leader`]). The leader lists and
-//! watches everything below the key root into one cache ([`crate::runtime::cache`]), maps
-//! each change to work-queue keys, and runs four reconcilers on the runtime:
-//!
-//! | queue      | key          | reconcile                                   |
-//! |------------|--------------|---------------------------------------------|
-//! | networks   | network name | [`crate::allocator::reconcile_network`]     |
-//! | services   | service name | [`crate::orchestrator::reconcile_service`]  |
-//! | nodes      | node name    | [`crate::nodes::reconcile_node`]            |
-//! | scheduler  | `pending`    | [`crate::scheduler::reconcile_pending`]     |
-//!
-//! plus a periodic resync that queues every key. It creates the `ingress` network if it is
-//! missing. When the lease is lost, everything stops at once (the futures are dropped and
+//! Invariant: when the lease is lost, everything stops at once (the futures are dropped and
 //! any write still in flight fails its leader fence); the replica then campaigns again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
-use shoal_api_types::keys::Keys;
 use shoal_api_types::network::INGRESS_NETWORK;
-use shoal_api_types::{Network, TaskState};
+use shoal_api_types::{Network, NodeState, Task, TaskState};
 use shoal_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::config::ManagerConfig;
+use crate::context::{Context, Queues};
 use crate::leader::{self, Leadership};
 use crate::runtime::{Backoff, Cache, Change, Runner, Txn, Watcher, WorkQueue, Writer};
 
-/// Parses a duration flag: a bare number of seconds (`5`, `0.5`) or [`humantime`]'s syntax
-/// (`500ms`, `2s`, `1m`, `1m30s`, `1.5s`). clap names the flag in the error.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    // humantime wants a unit; a bare number means seconds.
-    let with_unit;
-    let t = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        with_unit = format!("{t}s");
-        &with_unit
-    } else {
-        t
-    };
-    humantime::parse_duration(t)
-        .map_err(|e| format!("{s:?} is not a duration: {e} (use e.g. 500ms, 5s or 1m)"))
-}
-
-/// Reconciler settings.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ManagerConfig {
-    /// Pool that network subnets are carved from when a network sets none.
-    #[arg(long, default_value = "10.0.0.0/8")]
-    pub default_addr_pool: Ipv4Network,
-    /// Prefix length of the subnets carved from the pool.
-    #[arg(long, default_value_t = 24)]
-    pub default_addr_pool_mask_length: u8,
-    /// Subnet of the `ingress` (routing-mesh) network created at first start.
-    #[arg(long, default_value = "10.255.0.0/16")]
-    pub ingress_subnet: Ipv4Network,
-    /// TTL of the leader lease: how long a dead leader blocks a new one at most.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub leader_lease_ttl: Duration,
-    /// Extra time after a node's lease expired before it is declared down.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
-    pub node_lease_grace: Duration,
-    /// Period of the full resync of every object.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
-    pub resync: Duration,
-    /// Ended tasks kept per slot for `service ps`.
-    #[arg(long, default_value_t = 3)]
-    pub task_history_limit: usize,
-    /// Services reconciled at once.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
-    /// Most tasks one service reconcile creates; the rest follow in the next pass, so a
-    /// huge scale-up neither holds the cache nor builds one enormous plan.
-    #[arg(long, default_value_t = 2000)]
-    pub task_create_batch: usize,
-}
-
-impl Default for ManagerConfig {
-    fn default() -> Self {
-        ManagerConfig {
-            default_addr_pool: "10.0.0.0/8".parse().expect("valid"),
-            default_addr_pool_mask_length: 24,
-            ingress_subnet: "10.255.0.0/16".parse().expect("valid"),
-            leader_lease_ttl: Duration::from_secs(5),
-            node_lease_grace: Duration::ZERO,
-            resync: Duration::from_secs(300),
-            task_history_limit: 3,
-            concurrency: 16,
-            task_create_batch: 2000,
-        }
-    }
-}
-
-/// The work queues.
-#[derive(Clone, Default)]
-pub struct Queues {
-    /// Network names.
-    pub networks: WorkQueue<String>,
-    /// Service names.
-    pub services: WorkQueue<String>,
-    /// Node names.
-    pub nodes: WorkQueue<String>,
-    /// The one scheduling key.
-    pub scheduler: WorkQueue<String>,
-}
-
 /// The key of the scheduler's queue.
 pub const PENDING: &str = "pending";
-
-/// What every reconcile gets.
-pub struct Context {
-    /// The store (for its keys and client).
-    pub store: Store,
-    /// The key layout.
-    pub keys: Keys,
-    /// The cache.
-    pub cache: Arc<Cache>,
-    /// Fenced writes.
-    pub writer: Writer,
-    /// Settings.
-    pub config: ManagerConfig,
-    /// The queues.
-    pub queues: Queues,
-    /// Next-fit cursors of the address picker, per network.
-    pub ip_cursors: Mutex<HashMap<String, u32>>,
-    /// When nodes without a liveness key are to be declared down.
-    pub lease_deadlines: Mutex<HashMap<String, Instant>>,
-}
-
-impl Context {
-    /// Waits until the cache reflects every write this leader made, so a reconcile never
-    /// acts on a view older than its own last change.
-    pub async fn sync(&self) {
-        self.cache.wait_for(self.writer.last_revision()).await;
-    }
-}
 
 /// Runs the reconcilers while this replica is leader, until `shutdown` turns true.
 pub async fn run(
@@ -297,7 +182,7 @@ fn dispatch(ctx: &Context, changes: Vec<Change>) {
     let mut failed_networks = false;
     let mut networks_changed = vec![];
     let mut freed_addresses: Vec<String> = vec![];
-    let mut task_services: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut task_services: HashSet<String> = HashSet::new();
     for change in changes {
         match change {
             Change::Network(n) => {
@@ -334,10 +219,9 @@ fn dispatch(ctx: &Context, changes: Vec<Change>) {
                     .or(old.as_ref())
                     .expect("a task change has a task");
                 task_services.insert(t.spec.service.clone());
-                let pending = |t: &shoal_api_types::Task| {
-                    t.spec.node.is_none() && t.spec.desired_state == TaskState::Running
-                };
-                let ended = |t: &shoal_api_types::Task| t.status.state.is_terminal();
+                let pending =
+                    |t: &Task| t.spec.node.is_none() && t.spec.desired_state == TaskState::Running;
+                let ended = |t: &Task| t.status.state.is_terminal();
                 if new.as_deref().is_some_and(pending) || new.as_deref().is_none_or(ended) {
                     schedule = true;
                 }
@@ -348,7 +232,7 @@ fn dispatch(ctx: &Context, changes: Vec<Change>) {
                         .read()
                         .nodes
                         .get(&node)
-                        .is_some_and(|n| n.status.state == shoal_api_types::NodeState::Down)
+                        .is_some_and(|n| n.status.state == NodeState::Down)
                     {
                         q.nodes.add(node);
                     }
@@ -422,24 +306,5 @@ fn dispatch(ctx: &Context, changes: Vec<Change>) {
     }
     if schedule && !world.unassigned.is_empty() {
         q.scheduler.add(PENDING.to_string());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
-        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        for bad in ["", "s", "1x", "-1s", "99999999999999999999"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
     }
 }

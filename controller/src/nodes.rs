@@ -18,6 +18,9 @@
 //!   restarts: a claim the node already holds is reused even if its status lost it), and
 //!   released in the transaction that follows the Node's deletion. One node change costs
 //!   one write (its own Node); agents learn each other's addresses by watching Nodes.
+//!
+//! [`plan_ingress_address`] is pure (addresses picked by [`crate::ipam`]); [`reconcile_node`]
+//! does the I/O. See docs/architecture.md ("Controller").
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -28,8 +31,8 @@ use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::{NodeState, TaskState};
 use tokio::time::Instant;
 
-use crate::allocator::{addressing, pick_ips, Addressing};
-use crate::manager::Context;
+use crate::context::Context;
+use crate::ipam::{addressing, pick_ips, Addressing};
 use crate::runtime::{Action, ControllerError, Txn};
 
 /// The owner written in the claim of node `name`'s ingress address.

@@ -13,6 +13,7 @@
 //! is never on two nodes, and a pass that lost a race is simply retried.
 //!
 //! [`schedule`] is a pure function over plain values; [`reconcile_pending`] does the I/O.
+//! See docs/architecture.md ("Controller").
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -20,8 +21,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use shoal_api_types::{Constraint, NodeAvailability, NodeState, Protocol, PublishMode, TaskState};
 
-use crate::manager::Context;
-use crate::orchestrator::{is_live, NODE_LABEL};
+use crate::context::Context;
 use crate::runtime::{Action, ControllerError, Txn};
 
 /// A task waiting for a node.
@@ -210,7 +210,7 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
             .unassigned
             .iter()
             .filter_map(|id| world.tasks.get(id).cloned())
-            .filter(|t| is_live(t) && world.services.contains_key(&t.spec.service))
+            .filter(|t| t.is_live() && world.services.contains_key(&t.spec.service))
             .collect();
         pending.sort_by(|a, b| {
             (&a.spec.service, a.spec.slot, &a.metadata.name).cmp(&(
@@ -236,7 +236,7 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
                     .filter(|p| p.mode == PublishMode::Host)
                     .map(|p| (p.published, p.protocol))
                     .collect(),
-                pin: t.metadata.labels.get(NODE_LABEL).cloned(),
+                pin: t.pinned_node().map(str::to_string),
             })
             .collect();
         let mut loads: Vec<NodeLoad> = loads.into_values().collect();

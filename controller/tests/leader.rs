@@ -39,7 +39,7 @@ async fn leader_dies_mid_scale_up(abort: bool) {
     service(&store, "api", spec).await;
 
     // Small creation batches, so the kill lands in the middle of creating tasks.
-    let cfg = shoal_controller::manager::ManagerConfig {
+    let cfg = shoal_controller::config::ManagerConfig {
         task_create_batch: 15,
         ..config()
     };
@@ -51,7 +51,7 @@ async fn leader_dies_mid_scale_up(abort: bool) {
     network_phase(&store, "big", "Ready").await;
     let b = Controller::start(
         etcd.store().await,
-        shoal_controller::manager::ManagerConfig {
+        shoal_controller::config::ManagerConfig {
             task_create_batch: 15,
             ..config()
         },

@@ -13,10 +13,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use shoal_api_types::AnyObject;
 
+use super::body;
 use super::error::ApiResult;
 use super::plan::{self, Action, Change, Expect};
 use super::request::{BodyText, Query, WriteParams};
-use super::{body, App};
+use super::state::App;
 
 /// The answer to an apply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -16,7 +16,7 @@ use shoal_api_types::{ExecRequest, ExecResponse, NodeSpec, Status, Task, TaskSpe
 use super::agent::{self, Target};
 use super::error::ApiResult;
 use super::request::{path_name, BodyText};
-use super::App;
+use super::state::App;
 
 /// Finds the task `name` means (404 if none).
 pub async fn find_task(app: &App, name: &str) -> ApiResult<Task> {

@@ -29,7 +29,7 @@ use super::agent::Target;
 use super::error::ApiResult;
 use super::exec::{find_task, task_target};
 use super::request::{path_name, Query};
-use super::App;
+use super::state::App;
 
 /// How often a followed service's tasks are re-read for tasks that started since.
 pub const RESCAN: Duration = Duration::from_secs(2);

@@ -20,7 +20,8 @@
 //! what each kind allows, [`rest`] and [`apply`] handle writes through [`plan`] (which checks
 //! [`rules`] and commits one transaction), [`watch`] streams events, [`metrics`] and
 //! [`openapi`] describe the server, [`error`] maps failures to statuses; [`exec`] and
-//! [`logs`] reach tasks through their node agents ([`agent`]).
+//! [`logs`] reach tasks through their node agents ([`agent`]); [`state`] is what every
+//! handler shares.
 
 pub mod agent;
 pub mod apply;
@@ -35,6 +36,7 @@ pub mod plan;
 pub mod request;
 pub mod rest;
 pub mod rules;
+pub mod state;
 pub mod watch;
 
 use std::sync::Arc;
@@ -52,29 +54,7 @@ use tokio::sync::watch as signal;
 
 use self::error::ApiError;
 use self::metrics::Metrics;
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct App {
-    /// The store.
-    pub store: Store,
-    /// Request and watch metrics.
-    pub metrics: Arc<Metrics>,
-    /// Turns true when the server shuts down (watch streams end then).
-    pub shutdown: signal::Receiver<bool>,
-    /// The OpenAPI document, built once.
-    pub openapi: Arc<serde_json::Value>,
-    /// The authenticated hop to node agents (exec, logs).
-    pub agents: Arc<agent::Agents>,
-}
-
-impl std::fmt::Debug for App {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("store", &self.store)
-            .finish_non_exhaustive()
-    }
-}
+use self::state::App;
 
 /// Serves the API on `listener` until `shutdown` turns true; open watches end then, and the
 /// server waits for in-flight requests.

@@ -21,7 +21,8 @@ use super::error::{ApiError, ApiResult};
 use super::kinds::{Access, ApiKind, Locate, UserKind};
 use super::plan::{self, Change, Expect};
 use super::request::{parse_revision, path_name, BodyText, ListParams, Query, WriteParams};
-use super::{body, watch, App};
+use super::state::App;
+use super::{body, watch};
 
 /// `GET /apis/shoal/v1/<plural>`: the list, or with `?watch=true` a watch stream.
 pub async fn list<S: ApiKind>(

@@ -23,7 +23,7 @@ use tokio::sync::watch as signal;
 use super::error::{store_status, ApiResult};
 use super::kinds::{ApiKind, Selection};
 use super::request::{parse_revision, ListParams};
-use super::App;
+use super::state::App;
 
 /// Default seconds between bookmarks.
 pub const DEFAULT_BOOKMARK_SECONDS: u64 = 10;

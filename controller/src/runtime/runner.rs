@@ -142,7 +142,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
-    use crate::runtime::Backoff;
+    use crate::runtime::backoff::Backoff;
 
     #[tokio::test(start_paused = true)]
     async fn runner_should_never_reconcile_one_key_twice_at_once_and_cap_concurrency() {

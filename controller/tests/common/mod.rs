@@ -15,7 +15,9 @@ use shoal_api_types::{
     Network, NetworkSpec, Node, NodeSpec, NodeState, NodeStatus, Service, ServiceSpec, Task,
     TaskSpec, TaskState,
 };
-use shoal_controller::manager::{self, Context, ManagerConfig, Queues};
+use shoal_controller::config::ManagerConfig;
+use shoal_controller::context::{Context, Queues};
+use shoal_controller::manager;
 use shoal_controller::runtime::{Action, Cache, Watcher, Writer};
 use shoal_controller::{allocator, orchestrator};
 use shoal_store::testing::TestEtcd;

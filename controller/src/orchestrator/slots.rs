@@ -1,4 +1,5 @@
-//! Service orchestrator: keeps each service's tasks, VIPs, Endpoints and status true.
+//! Task slots: which tasks a service should have, as a pure [`plan_service`] over its tasks
+//! and the nodes (creates, stops, deletes, rolling replacement, restart delays, history).
 //!
 //! Replicated services keep slots `1..=replicas` with one live task each; scaling down
 //! stops the highest slots. Global services keep one live task per eligible node (ready,
@@ -6,54 +7,21 @@
 //! by a *new* task in the same slot (never by moving the old one); tasks on a drained node
 //! are stopped and replaced elsewhere; tasks orphaned by a node going down are replaced at
 //! once. Terminal tasks are kept as history (`--task-history-limit` per slot) and then
-//! deleted, releasing their addresses. A deleted service's tasks are stopped and deleted,
-//! its VIPs released and its Endpoints removed.
-//!
-//! Invariants: at most one live task per slot (per node for global services); a task and
-//! the claims of its addresses are created and deleted in one transaction; the service
-//! reconcile is the only writer of its tasks' desired state, its VIP claims, its Endpoints
-//! and its `status`.
-//!
-//! [`plan_service`] is a pure function over plain values; [`reconcile_service`] does I/O.
+//! deleted. Invariant: at most one live task per slot (per node for global services).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::Ipv4Addr;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use shoal_api_types::network::INGRESS_NETWORK;
-use shoal_api_types::service::Condition;
-use shoal_api_types::task::mac_for_ip;
 use shoal_api_types::{
-    EndpointMode, Node, NodeAvailability, NodeState, RestartCondition, Service, ServiceMode,
-    ServiceStatus, Task, TaskAttachment, TaskSpec, TaskState, TaskStatus, VirtualIp,
+    Node, NodeAvailability, NodeState, RestartCondition, Service, ServiceMode, Task, TaskState,
 };
 
-use crate::allocator::{addressing, pick_ips, Addressing, AllocError};
-use crate::endpoints::{desired_endpoints, new_endpoints};
-use crate::manager::Context;
-use crate::runtime::{Action, ControllerError, Txn};
+use super::vips::wanted_networks;
 
-/// Task label: restarts in the slot before this task (0 for the first).
-pub const ATTEMPT_LABEL: &str = "shoal.io/attempt";
-/// Task label: the node a global service's task is for.
-pub const NODE_LABEL: &str = "shoal.io/node";
 /// Default delay before a task that exited is replaced.
 pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(1);
-
-/// Whether a task is wanted and has not ended.
-pub fn is_live(t: &Task) -> bool {
-    t.spec.desired_state == TaskState::Running && !t.status.state.is_terminal()
-}
-
-fn attempt(t: &Task) -> u32 {
-    t.metadata
-        .labels
-        .get(ATTEMPT_LABEL)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(0)
-}
 
 fn created(t: &Task) -> (Option<DateTime<Utc>>, &str) {
     (t.metadata.creation_timestamp, t.metadata.name.as_str())
@@ -165,7 +133,7 @@ pub fn plan_service(
                     .spec
                     .node
                     .clone()
-                    .or_else(|| t.metadata.labels.get(NODE_LABEL).cloned())
+                    .or_else(|| t.pinned_node().map(str::to_string))
                     .unwrap_or_default();
                 by_node.entry(node).or_default().push(t.clone());
             }
@@ -205,7 +173,7 @@ fn roll(service: &Service, tasks: &[Arc<Task>], plan: &mut ServicePlan) {
     let in_flight = tasks.iter().any(|t| {
         // A replacement still starting (one nothing fits, with a pending reason, does not
         // hold the rollout up).
-        (is_live(t)
+        (t.is_live()
             && !is_outdated(service, t)
             && t.status.state != TaskState::Running
             && (t.spec.node.is_some() || t.spec.pending_reason.is_empty()))
@@ -226,20 +194,6 @@ fn roll(service: &Service, tasks: &[Arc<Task>], plan: &mut ServicePlan) {
         }
     }
     plan.outdated = outdated;
-}
-
-/// The networks a service's tasks join, with aliases: the spec's, plus `ingress` when it
-/// publishes ports through the routing mesh.
-pub fn wanted_networks(spec: &shoal_api_types::ServiceSpec) -> Vec<(String, Vec<String>)> {
-    let mut wanted: Vec<(String, Vec<String>)> = spec
-        .networks
-        .iter()
-        .map(|n| (n.name.clone(), n.aliases.clone()))
-        .collect();
-    if spec.publishes_ingress() && !wanted.iter().any(|(n, _)| n == INGRESS_NETWORK) {
-        wanted.push((INGRESS_NETWORK.to_string(), vec![]));
-    }
-    wanted
 }
 
 /// Whether a task was made from a spec that differs from the service's current one in
@@ -292,7 +246,7 @@ fn plan_slot(
     plan: &mut ServicePlan,
 ) {
     let mut keep: Vec<&Arc<Task>> = vec![];
-    for t in tasks.iter().filter(|t| is_live(t)) {
+    for t in tasks.iter().filter(|t| t.is_live()) {
         match t.spec.node.as_ref().map(|n| nodes.get(n)) {
             // Its node was removed: the task is gone with it.
             Some(None) => plan.delete.push(t.clone()),
@@ -329,7 +283,7 @@ fn plan_slot(
             plan.outdated.push((
                 (*current).clone(),
                 NewTask {
-                    attempt: attempt(current),
+                    attempt: current.attempt(),
                     ..target.clone()
                 },
             ));
@@ -349,7 +303,7 @@ fn plan_slot(
                         plan.shutdown.push(last.clone());
                     }
                     plan.create.push(NewTask {
-                        attempt: attempt(last) + 1,
+                        attempt: last.attempt() + 1,
                         ..target
                     })
                 }
@@ -400,7 +354,7 @@ fn restart_decision(service: &Service, last: &Task, now: DateTime<Utc>) -> Resta
         return Restart::Never;
     }
     if let Some(max) = policy.max_attempts.filter(|m| *m > 0) {
-        if delayed && attempt(last) >= max {
+        if delayed && last.attempt() >= max {
             return Restart::Never;
         }
     }
@@ -422,434 +376,11 @@ fn restart_decision(service: &Service, last: &Task, now: DateTime<Utc>) -> Resta
     Restart::Now
 }
 
-/// A short, unique task id.
-pub fn new_task_id() -> String {
-    let mut id = uuid::Uuid::new_v4().simple().to_string();
-    id.truncate(20);
-    id
-}
-
-/// A network a service's tasks join, resolved.
-struct Attach {
-    network: String,
-    aliases: Vec<String>,
-    addressing: Addressing,
-}
-
-fn condition(
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: String,
-    previous: &[Condition],
-    now: DateTime<Utc>,
-) -> Condition {
-    let status = if ok { "True" } else { "False" }.to_string();
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .and_then(|c| c.last_transition_time)
-        .unwrap_or(now);
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message,
-        last_transition_time: Some(since),
-    }
-}
-
-/// Reconciles one service: VIPs, tasks, Endpoints and status (or the clean-up of a
-/// deleted service).
-pub async fn reconcile_service(name: String, ctx: Arc<Context>) -> Result<Action, ControllerError> {
-    ctx.sync().await;
-    let (txns, action) = service_step(&ctx, &name, Utc::now());
-    ctx.writer.commit_all(txns, 16).await?;
-    Ok(action)
-}
-
-/// Decides every write of one service's reconcile from the cache.
-fn service_step(ctx: &Context, name: &str, now: DateTime<Utc>) -> (Vec<Txn>, Action) {
-    let name = name.to_string();
-    let keys = ctx.keys.clone();
-    {
-        let world = ctx.cache.read();
-        let service = world.services.get(&name).cloned();
-        let tasks = world.service_tasks(&name);
-        let plan = plan_service(
-            service.as_deref(),
-            &tasks,
-            &world.nodes,
-            now,
-            ctx.config.task_history_limit,
-        );
-        let mut txns: Vec<Txn> = Vec::new();
-        let mut action = plan.requeue.map_or(Action::AwaitChange, Action::Requeue);
-
-        // Deletes release the task's addresses in the same transaction.
-        let mut deleted = HashSet::new();
-        for t in &plan.delete {
-            if !deleted.insert(t.metadata.name.clone()) {
-                continue;
-            }
-            let mut txn = Txn::new();
-            txn.delete(&keys, t.as_ref());
-            if let Some(claims) = world.ipam.by_owner.get(&t.metadata.name) {
-                for (net, ip) in claims {
-                    if let Some(c) = world.ipam.ip_claim(net, *ip) {
-                        txn.delete_raw(keys.ip(net, *ip), c.revision);
-                    }
-                }
-            }
-            txns.push(txn);
-        }
-        for t in &plan.shutdown {
-            if deleted.contains(&t.metadata.name) || t.spec.desired_state == TaskState::Shutdown {
-                continue;
-            }
-            let mut next = (**t).clone();
-            next.spec.desired_state = TaskState::Shutdown;
-            let mut txn = Txn::new();
-            txn.update(&keys, &next);
-            txns.push(txn);
-        }
-        let vip_owner = format!("vip/{name}");
-
-        let Some(service) = service else {
-            // Deleted: release VIPs and remove Endpoints.
-            let mut txn = Txn::new();
-            for (net, ip) in world.ipam.by_owner.get(&vip_owner).into_iter().flatten() {
-                if let Some(c) = world.ipam.ip_claim(net, *ip) {
-                    txn.delete_raw(keys.ip(net, *ip), c.revision);
-                }
-            }
-            for ((_, svc), ep) in world.endpoints.iter() {
-                if *svc == name {
-                    txn.delete(&keys, ep.as_ref());
-                }
-            }
-            txns.push(txn);
-            if !tasks.is_empty() {
-                tracing::debug!(service = %name, tasks = tasks.len(), "service deleted; removing its tasks");
-            }
-            return (txns, action);
-        };
-
-        // Networks: the spec's, plus ingress when publishing through the routing mesh.
-        let wanted = wanted_networks(&service.spec);
-        let mut attaches = Vec::new();
-        let mut net_problem: Option<(&str, String)> = None;
-        for (net, aliases) in &wanted {
-            match world.networks.get(net) {
-                None => {
-                    net_problem.get_or_insert((
-                        "NetworkNotFound",
-                        format!("network {net:?} does not exist (was it deleted while in use?); create it or remove it from spec.networks"),
-                    ));
-                }
-                Some(n) => match addressing(n) {
-                    Some(addressing) => attaches.push(Attach {
-                        network: net.clone(),
-                        aliases: aliases.clone(),
-                        addressing,
-                    }),
-                    None if n.status.phase == "Failed" => {
-                        net_problem.get_or_insert((
-                            "NetworkFailed",
-                            format!("network {net:?} failed: {}", n.status.message),
-                        ));
-                    }
-                    None => {
-                        net_problem.get_or_insert((
-                            "NetworkPending",
-                            format!("network {net:?} is not allocated yet"),
-                        ));
-                    }
-                },
-            }
-        }
-        let networks_ok = net_problem.is_none();
-
-        // Addresses picked in this pass, so two new tasks never get the same one.
-        let mut picked: HashSet<(String, Ipv4Addr)> = HashSet::new();
-        let mut cursors = ctx.ip_cursors.lock().unwrap_or_else(|p| p.into_inner());
-        let mut pick = |a: &Attach,
-                        picked: &mut HashSet<(String, Ipv4Addr)>|
-         -> Result<Ipv4Addr, AllocError> {
-            let cursor = cursors.entry(a.network.clone()).or_insert(0);
-            let ip = pick_ips(a.addressing.subnet, a.addressing.gateway, 1, cursor, |ip| {
-                world.ipam.ip_taken(&a.network, ip) || picked.contains(&(a.network.clone(), ip))
-            })
-            .pop()
-            .ok_or_else(|| AllocError::AddressesExhausted {
-                network: a.network.clone(),
-                subnet: a.addressing.subnet,
-            })?;
-            picked.insert((a.network.clone(), ip));
-            Ok(ip)
-        };
-
-        // VIPs, claimed in the same transaction as the status that records them.
-        let mut status_txn = Txn::new();
-        let mut vips = Vec::new();
-        let mut alloc_problem: Option<String> = None;
-        if service.spec.endpoint_mode == EndpointMode::Vip {
-            for a in &attaches {
-                let existing = service
-                    .status
-                    .virtual_ips
-                    .iter()
-                    .find(|v| v.network == a.network)
-                    .and_then(|v| {
-                        let ip: Ipv4Addr = v.addr.parse().ok()?;
-                        (world.ipam.ip_claim(&a.network, ip)?.owner == vip_owner).then_some(ip)
-                    });
-                let ip = match existing {
-                    Some(ip) => ip,
-                    None => match pick(a, &mut picked) {
-                        Ok(ip) => {
-                            status_txn.claim(keys.ip(&a.network, ip), &vip_owner);
-                            ip
-                        }
-                        Err(e) => {
-                            alloc_problem.get_or_insert(e.to_string());
-                            continue;
-                        }
-                    },
-                };
-                vips.push(VirtualIp {
-                    network: a.network.clone(),
-                    addr: ip.to_string(),
-                });
-            }
-        }
-        for (net, ip) in world.ipam.by_owner.get(&vip_owner).into_iter().flatten() {
-            if !vips
-                .iter()
-                .any(|v| v.network == *net && v.addr == ip.to_string())
-            {
-                if let Some(c) = world.ipam.ip_claim(net, *ip) {
-                    status_txn.delete_raw(keys.ip(net, *ip), c.revision);
-                }
-            }
-        }
-
-        // New tasks, each with its addresses claimed in the same transaction.
-        let mut created = 0;
-        if networks_ok && alloc_problem.is_none() {
-            if plan.create.len() > ctx.config.task_create_batch {
-                action = Action::Requeue(Duration::ZERO);
-            }
-            'create: for new in plan.create.iter().take(ctx.config.task_create_batch.max(1)) {
-                let id = new_task_id();
-                let mut txn = Txn::new();
-                let mut attachments = Vec::with_capacity(attaches.len());
-                for a in &attaches {
-                    match pick(a, &mut picked) {
-                        Ok(ip) => {
-                            txn.claim(keys.ip(&a.network, ip), &id);
-                            attachments.push(TaskAttachment {
-                                network: a.network.clone(),
-                                address: format!("{ip}/{}", a.addressing.subnet.prefix()),
-                                mac: mac_for_ip(ip),
-                                aliases: a.aliases.clone(),
-                            });
-                        }
-                        Err(e) => {
-                            alloc_problem = Some(e.to_string());
-                            break 'create;
-                        }
-                    }
-                }
-                let task = build_task(
-                    &service,
-                    &id,
-                    new,
-                    attachments,
-                    attaches.iter().all(|a| a.addressing.internal) && !attaches.is_empty(),
-                    now,
-                );
-                txn.create(&keys, &task);
-                txns.push(txn);
-                created += 1;
-            }
-        }
-        drop(cursors);
-
-        // Endpoints per resolved network; stale ones removed.
-        for a in &attaches {
-            let vip = vips
-                .iter()
-                .find(|v| v.network == a.network)
-                .map(|v| v.addr.as_str());
-            let spec =
-                desired_endpoints(&service, &a.network, &a.aliases, vip, &tasks, &world.nodes);
-            let mut txn = Txn::new();
-            match world.endpoints.get(&(a.network.clone(), name.clone())) {
-                Some(ep) if ep.spec == spec => {}
-                Some(ep) => {
-                    let mut next = (**ep).clone();
-                    next.spec = spec;
-                    txn.update(&keys, &next);
-                }
-                None => {
-                    txn.create(&keys, &new_endpoints(spec));
-                }
-            }
-            txns.push(txn);
-        }
-        for ((net, svc), ep) in world.endpoints.iter() {
-            if *svc == name && !attaches.iter().any(|a| a.network == *net) {
-                let mut txn = Txn::new();
-                txn.delete(&keys, ep.as_ref());
-                txns.push(txn);
-            }
-        }
-
-        // Status.
-        let running = tasks
-            .iter()
-            .filter(|t| {
-                t.spec.desired_state == TaskState::Running && t.status.state == TaskState::Running
-            })
-            .count() as u64;
-        let pending_reason = tasks
-            .iter()
-            .filter(|t| is_live(t) && t.spec.node.is_none() && !t.spec.pending_reason.is_empty())
-            .map(|t| t.spec.pending_reason.clone())
-            .min();
-        let prev = &service.status.conditions;
-        let net_condition = match (&net_problem, &alloc_problem) {
-            (Some((reason, msg)), _) => {
-                condition("NetworksReady", false, reason, msg.clone(), prev, now)
-            }
-            (None, Some(msg)) => condition(
-                "NetworksReady",
-                false,
-                "AddressesExhausted",
-                msg.clone(),
-                prev,
-                now,
-            ),
-            (None, None) => condition("NetworksReady", true, "Allocated", String::new(), prev, now),
-        };
-        let converged =
-            running == plan.desired && plan.create.is_empty() && net_condition.status == "True";
-        let conv_condition = if converged {
-            condition(
-                "Converged",
-                true,
-                "AllTasksRunning",
-                format!("{running}/{} tasks running", plan.desired),
-                prev,
-                now,
-            )
-        } else if net_condition.status != "True" {
-            condition(
-                "Converged",
-                false,
-                &net_condition.reason,
-                format!(
-                    "{running}/{} tasks running; {}",
-                    plan.desired, net_condition.message
-                ),
-                prev,
-                now,
-            )
-        } else if let Some(reason) = &pending_reason {
-            condition(
-                "Converged",
-                false,
-                "NoSuitableNode",
-                format!("{running}/{} tasks running; {reason}", plan.desired),
-                prev,
-                now,
-            )
-        } else {
-            condition(
-                "Converged",
-                false,
-                "Progressing",
-                format!("{running}/{} tasks running", plan.desired),
-                prev,
-                now,
-            )
-        };
-        let status = ServiceStatus {
-            desired_tasks: plan.desired,
-            running_tasks: running,
-            virtual_ips: vips,
-            observed_generation: service.metadata.generation,
-            conditions: vec![conv_condition, net_condition],
-        };
-        if status != service.status || !status_txn.is_empty() {
-            let mut next = (*service).clone();
-            next.status = status;
-            status_txn.update(&keys, &next);
-        }
-        txns.insert(0, status_txn);
-        if net_problem
-            .as_ref()
-            .is_some_and(|(r, _)| *r == "NetworkPending")
-        {
-            action = action.min(Action::Requeue(Duration::from_secs(5)));
-        }
-        if created > 0 {
-            tracing::debug!(service = %name, created, "creating tasks");
-        }
-        (txns, action)
-    }
-}
-
-fn build_task(
-    service: &Service,
-    id: &str,
-    new: &NewTask,
-    attachments: Vec<TaskAttachment>,
-    internal: bool,
-    now: DateTime<Utc>,
-) -> Task {
-    let s = &service.spec;
-    let mut task = Task::new(
-        id,
-        TaskSpec {
-            service: service.metadata.name.clone(),
-            slot: new.slot,
-            node: None,
-            desired_state: TaskState::Running,
-            service_generation: service.metadata.generation,
-            image: s.image.clone(),
-            command: s.command.clone(),
-            args: s.args.clone(),
-            env: s.env.clone(),
-            attachments,
-            ports: s.ports.clone(),
-            healthcheck: s.healthcheck.clone(),
-            restart_policy: s.restart_policy.clone(),
-            stop_grace_period_seconds: s.stop_grace_period_seconds.unwrap_or(10),
-            internal,
-            pending_reason: String::new(),
-        },
-    );
-    task.metadata
-        .labels
-        .insert(ATTEMPT_LABEL.into(), new.attempt.to_string());
-    if let Some(node) = &new.node {
-        task.metadata.labels.insert(NODE_LABEL.into(), node.clone());
-    }
-    task.status = TaskStatus {
-        state: TaskState::Pending,
-        timestamp: Some(now),
-        message: "created".into(),
-        ..Default::default()
-    };
-    task
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_api_types::{NodeSpec, NodeStatus, RestartPolicy, ServiceSpec};
+    use shoal_api_types::labels;
+    use shoal_api_types::{NodeSpec, NodeStatus, RestartPolicy, ServiceSpec, TaskSpec};
 
     fn service(replicas: i64) -> Service {
         let mut s = Service::new(
@@ -980,7 +511,7 @@ mod tests {
         failed
             .metadata
             .labels
-            .insert(ATTEMPT_LABEL.into(), "2".into());
+            .insert(labels::ATTEMPT.into(), "2".into());
         let plan = plan_service(Some(&svc), &[Arc::new(failed)], &nodes(), later, 3);
         assert!(plan.create.is_empty(), "max attempts reached");
     }

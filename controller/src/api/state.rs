@@ -1,0 +1,34 @@
+//! What every handler shares ([`App`]): the store, metrics, the shutdown signal, the
+//! OpenAPI document and the hop to node agents. Handlers import it; it imports none of
+//! them. See docs/architecture.md ("HTTP API").
+
+use std::sync::Arc;
+
+use shoal_store::Store;
+use tokio::sync::watch as signal;
+
+use super::agent::Agents;
+use super::metrics::Metrics;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct App {
+    /// The store.
+    pub store: Store,
+    /// Request and watch metrics.
+    pub metrics: Arc<Metrics>,
+    /// Turns true when the server shuts down (watch streams end then).
+    pub shutdown: signal::Receiver<bool>,
+    /// The OpenAPI document, built once.
+    pub openapi: Arc<serde_json::Value>,
+    /// The authenticated hop to node agents (exec, logs).
+    pub agents: Arc<Agents>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,359 @@
+//! Service orchestrator: keeps each service's tasks, VIPs, Endpoints and status true. It
+//! owns the service's tasks' desired state, its VIP claims, its Endpoints and its
+//! `status`; no other stage writes them. See docs/architecture.md ("Controller").
+//!
+//! A service reconcile is [`service_step`], pure over the cache, which composes:
+//! [`slots`] (which tasks: creates, stops, deletes, restarts, rolling replacement),
+//! [`vips`] (the networks the tasks join and the VIP on each), [`tasks`] (new tasks with
+//! their addresses, deletes with their releases), [`crate::endpoints`] (per network) and
+//! [`status`]. It returns transactions of plain [`Write`]s; [`reconcile_service`] commits
+//! them ([`mod@write`] turns them into etcd transactions) and is the orchestrator's only I/O.
+//!
+//! Invariants: at most one live task per slot (per node for global services); a task and
+//! the claims of its addresses are created and deleted in one transaction, and a VIP is
+//! claimed in the transaction that records it in the status, so a leader dying mid-write
+//! never duplicates a task or an address.
+
+pub mod slots;
+pub mod status;
+pub mod tasks;
+pub mod vips;
+pub mod write;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::ManagerConfig;
+use crate::context::Context;
+use crate::endpoints::{desired_endpoints, plan_endpoints};
+use crate::ipam::{claims_of, Picker};
+use crate::runtime::{Action, ControllerError, World};
+
+pub use slots::{is_outdated, node_eligible, plan_service, NewTask, ServicePlan};
+pub use vips::wanted_networks;
+pub use write::Write;
+
+/// What one service reconcile decided.
+#[derive(Debug)]
+pub struct ServiceStep {
+    /// Independent transactions, in commit order.
+    pub txns: Vec<Vec<Write>>,
+    /// When to look again.
+    pub action: Action,
+}
+
+/// Reconciles one service: VIPs, tasks, Endpoints and status (or the clean-up of a
+/// deleted service). The one place the orchestrator writes.
+pub async fn reconcile_service(name: String, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    ctx.sync().await;
+    let step = {
+        let world = ctx.cache.read();
+        service_step(&world, &name, &ctx.config, &ctx.ip_cursors, Utc::now())
+    };
+    let txns = step
+        .txns
+        .into_iter()
+        .map(|writes| write::txn(&ctx.keys, writes))
+        .collect();
+    ctx.writer.commit_all(txns, 16).await?;
+    Ok(step.action)
+}
+
+/// Decides every write of service `name`'s reconcile from `world` at `now`. Addresses are
+/// picked next-fit from `cursors` (locked only while picking).
+pub fn service_step(
+    world: &World,
+    name: &str,
+    config: &ManagerConfig,
+    cursors: &Mutex<HashMap<String, u32>>,
+    now: DateTime<Utc>,
+) -> ServiceStep {
+    let service = world.services.get(name).cloned();
+    let tasks = world.service_tasks(name);
+    let plan = plan_service(
+        service.as_deref(),
+        &tasks,
+        &world.nodes,
+        now,
+        config.task_history_limit,
+    );
+    let mut action = plan.requeue.map_or(Action::AwaitChange, Action::Requeue);
+    // Deletes release the task's addresses in the same transaction.
+    let mut txns = tasks::retire_writes(&plan, &world.ipam);
+
+    let Some(service) = service else {
+        // Deleted: release VIPs and remove Endpoints, together.
+        let mut txn: Vec<Write> = claims_of(&world.ipam, &vips::vip_owner(name))
+            .into_iter()
+            .map(Write::Release)
+            .collect();
+        txn.extend(
+            plan_endpoints(name, vec![], &world.endpoints)
+                .into_iter()
+                .map(Write::Endpoints),
+        );
+        txns.push(txn);
+        if !tasks.is_empty() {
+            tracing::debug!(service = %name, tasks = tasks.len(), "service deleted; removing its tasks");
+        }
+        return ServiceStep { txns, action };
+    };
+
+    // Networks: the spec's, plus ingress when publishing through the routing mesh.
+    let (attaches, net_problem) = vips::resolve_networks(&service.spec, &world.networks);
+
+    // VIPs, then new tasks, from one picker, so no address is picked twice in a pass.
+    let (vip_plan, creates) = {
+        let mut cursors = cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut picker = Picker::new(&mut cursors, |n: &str, ip| world.ipam.ip_taken(n, ip));
+        let vip_plan = vips::plan_vips(&service, &attaches, &world.ipam, |a| {
+            picker.pick(&a.network, &a.addressing)
+        });
+        let creates = (net_problem.is_none() && vip_plan.exhausted.is_none()).then(|| {
+            tasks::plan_creates(
+                &service,
+                &plan.create,
+                &attaches,
+                config.task_create_batch,
+                now,
+                tasks::new_task_id,
+                |a| picker.pick(&a.network, &a.addressing),
+            )
+        });
+        (vip_plan, creates)
+    };
+    let exhausted = vip_plan
+        .exhausted
+        .as_ref()
+        .or(creates.as_ref().and_then(|c| c.exhausted.as_ref()))
+        .map(|e| e.to_string());
+
+    // Endpoints per resolved network; stale ones removed.
+    let wanted = attaches
+        .iter()
+        .map(|a| {
+            let vip = vip_plan
+                .vips
+                .iter()
+                .find(|v| v.network == a.network)
+                .map(|v| v.addr.as_str());
+            desired_endpoints(&service, &a.network, &a.aliases, vip, &tasks, &world.nodes)
+        })
+        .collect();
+    let endpoints = plan_endpoints(name, wanted, &world.endpoints);
+
+    // Status, with the VIP claims and releases it records, first.
+    let status = status::service_status(
+        &service,
+        &plan,
+        &tasks,
+        vip_plan.vips,
+        net_problem.as_ref(),
+        exhausted.as_deref(),
+        now,
+    );
+    let mut status_txn = vip_plan.writes;
+    if status != service.status || !status_txn.is_empty() {
+        let mut next = (*service).clone();
+        next.status = status;
+        status_txn.push(Write::UpdateService(next));
+    }
+    txns.insert(0, status_txn);
+
+    if let Some(creates) = creates {
+        if creates.more {
+            action = Action::Requeue(Duration::ZERO);
+        }
+        if !creates.txns.is_empty() {
+            tracing::debug!(service = %name, created = creates.txns.len(), "creating tasks");
+        }
+        txns.extend(creates.txns);
+    }
+    txns.extend(endpoints.into_iter().map(|e| vec![Write::Endpoints(e)]));
+    if net_problem
+        .as_ref()
+        .is_some_and(|p| p.reason == "NetworkPending")
+    {
+        action = action.min(Action::Requeue(Duration::from_secs(5)));
+    }
+    ServiceStep { txns, action }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::net::Ipv4Addr;
+
+    use shoal_api_types::{
+        Endpoints, EndpointsSpec, NetworkAttachmentConfig, NetworkSpec, NetworkStatus, Service,
+        ServiceSpec, Task, TaskSpec,
+    };
+
+    use crate::endpoints::EndpointsChange;
+    use crate::ipam::Release;
+    use crate::runtime::cache::Claim;
+
+    fn world() -> World {
+        let mut net = shoal_api_types::Network::new("front", NetworkSpec::default());
+        net.status = NetworkStatus {
+            subnet: Some("10.0.1.0/24".into()),
+            vni: Some(4097),
+            phase: "Ready".into(),
+            ..Default::default()
+        };
+        let mut w = World::default();
+        w.networks.insert("front".into(), Arc::new(net));
+        w
+    }
+
+    fn service(replicas: i64) -> Service {
+        Service::new(
+            "api",
+            ServiceSpec {
+                image: "busybox".into(),
+                replicas: Some(replicas),
+                networks: vec![NetworkAttachmentConfig {
+                    name: "front".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
+    }
+
+    fn claim(w: &mut World, ip: &str, owner: &str) -> Ipv4Addr {
+        let ip: Ipv4Addr = ip.parse().unwrap();
+        w.ipam.ips.entry("front".into()).or_default().insert(
+            ip,
+            Claim {
+                owner: owner.into(),
+                revision: 5,
+            },
+        );
+        w.ipam
+            .by_owner
+            .entry(owner.into())
+            .or_default()
+            .insert(("front".into(), ip));
+        ip
+    }
+
+    fn step(w: &World) -> ServiceStep {
+        service_step(
+            w,
+            "api",
+            &ManagerConfig::default(),
+            &Mutex::new(HashMap::new()),
+            Utc::now(),
+        )
+    }
+
+    #[test]
+    fn a_new_service_should_get_a_vip_tasks_and_endpoints_each_claimed_once() {
+        let mut w = world();
+        w.services.insert("api".into(), Arc::new(service(2)));
+        claim(&mut w, "10.0.1.2", "someone");
+        let step = step(&w);
+        assert_eq!(step.action, Action::AwaitChange);
+        // The status (with the VIP and its claim) first, then one transaction per task,
+        // then the Endpoints.
+        assert_eq!(step.txns.len(), 4, "{:#?}", step.txns);
+        let [Write::Claim { ip: vip, owner, .. }, Write::UpdateService(s)] = &step.txns[0][..]
+        else {
+            panic!("{:?}", step.txns[0])
+        };
+        assert_eq!(owner, "vip/api");
+        assert_eq!(s.status.virtual_ips[0].addr, vip.to_string());
+        assert_eq!(s.status.desired_tasks, 2);
+        let mut claimed = HashSet::from([*vip]);
+        for txn in &step.txns[1..3] {
+            let [Write::Claim { ip, owner, .. }, Write::CreateTask(t)] = &txn[..] else {
+                panic!("{txn:?}")
+            };
+            assert_eq!(*owner, t.metadata.name);
+            assert_eq!(t.spec.attachments[0].address, format!("{ip}/24"));
+            assert!(claimed.insert(*ip), "{ip} handed out twice");
+        }
+        assert!(
+            !claimed.contains(&"10.0.1.2".parse().unwrap()),
+            "a claimed address is never picked"
+        );
+        let [Write::Endpoints(EndpointsChange::Create(ep))] = &step.txns[3][..] else {
+            panic!("{:?}", step.txns[3])
+        };
+        assert_eq!(ep.spec.vip, Some(vip.to_string()));
+    }
+
+    #[test]
+    fn a_service_waits_for_its_network_and_creates_nothing_meanwhile() {
+        let mut w = world();
+        let mut svc = service(1);
+        svc.spec.networks[0].name = "later".into();
+        w.networks.insert(
+            "later".into(),
+            Arc::new(shoal_api_types::Network::new(
+                "later",
+                NetworkSpec::default(),
+            )),
+        );
+        w.services.insert("api".into(), Arc::new(svc));
+        let step = step(&w);
+        assert_eq!(step.action, Action::Requeue(Duration::from_secs(5)));
+        assert_eq!(step.txns.len(), 1, "only the status: {:?}", step.txns);
+        let [Write::UpdateService(s)] = &step.txns[0][..] else {
+            panic!("{:?}", step.txns)
+        };
+        assert_eq!(s.status.conditions[1].reason, "NetworkPending");
+    }
+
+    #[test]
+    fn a_deleted_service_should_lose_its_tasks_vips_and_endpoints() {
+        let mut w = world();
+        let mut t = Task::new(
+            "t1",
+            TaskSpec {
+                service: "api".into(),
+                slot: Some(1),
+                desired_state: shoal_api_types::TaskState::Running,
+                ..Default::default()
+            },
+        );
+        t.status.state = shoal_api_types::TaskState::Pending;
+        w.tasks.insert("t1".into(), Arc::new(t));
+        w.tasks_by_service
+            .entry("api".into())
+            .or_default()
+            .insert("t1".into());
+        let task_ip = claim(&mut w, "10.0.1.7", "t1");
+        let vip = claim(&mut w, "10.0.1.2", "vip/api");
+        let ep = Arc::new(Endpoints::new(
+            "front.api",
+            EndpointsSpec {
+                network: "front".into(),
+                service: "api".into(),
+                ..Default::default()
+            },
+        ));
+        w.endpoints
+            .insert(("front".into(), "api".into()), ep.clone());
+        let step = step(&w);
+        assert_eq!(step.txns.len(), 2, "{:#?}", step.txns);
+        let release = |ip| {
+            Write::Release(Release {
+                network: "front".into(),
+                ip,
+                revision: 5,
+            })
+        };
+        assert_eq!(step.txns[0][1..], [release(task_ip)]);
+        assert!(matches!(&step.txns[0][0], Write::DeleteTask(t) if t.metadata.name == "t1"));
+        assert_eq!(
+            step.txns[1],
+            vec![release(vip), Write::Endpoints(EndpointsChange::Delete(ep))]
+        );
+    }
+}

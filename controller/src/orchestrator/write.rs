@@ -1,0 +1,64 @@
+//! The orchestrator's writes as plain values ([`Write`]), and the one function that turns
+//! a transaction of them into an etcd transaction ([`txn`]). See docs/architecture.md
+//! ("Controller").
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use shoal_api_types::keys::Keys;
+use shoal_api_types::{Service, Task};
+
+use crate::endpoints::EndpointsChange;
+use crate::ipam::Release;
+use crate::runtime::Txn;
+
+/// One write a service reconcile decides. A `Vec<Write>` commits all or nothing; every
+/// write of an existing object is compared on the revision it was read at, every claim on
+/// the key not existing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Create a task.
+    CreateTask(Task),
+    /// Write a task (its desired state).
+    UpdateTask(Task),
+    /// Delete a task.
+    DeleteTask(Arc<Task>),
+    /// Write the service (its status).
+    UpdateService(Service),
+    /// Change an Endpoints object.
+    Endpoints(EndpointsChange),
+    /// Claim `ip` on `network` for `owner` (a task id or `vip/<service>`).
+    Claim {
+        /// The network.
+        network: String,
+        /// The address.
+        ip: Ipv4Addr,
+        /// Who holds it.
+        owner: String,
+    },
+    /// Release an address claim.
+    Release(Release),
+}
+
+/// One transaction of `writes`.
+pub fn txn(keys: &Keys, writes: Vec<Write>) -> Txn {
+    let mut txn = Txn::new();
+    for w in writes {
+        match w {
+            Write::CreateTask(t) => {
+                txn.create(keys, &t);
+            }
+            Write::UpdateTask(t) => txn.update(keys, &t),
+            Write::DeleteTask(t) => txn.delete(keys, t.as_ref()),
+            Write::UpdateService(s) => txn.update(keys, &s),
+            Write::Endpoints(EndpointsChange::Create(e)) => {
+                txn.create(keys, &e);
+            }
+            Write::Endpoints(EndpointsChange::Update(e)) => txn.update(keys, &e),
+            Write::Endpoints(EndpointsChange::Delete(e)) => txn.delete(keys, e.as_ref()),
+            Write::Claim { network, ip, owner } => txn.claim(keys.ip(&network, ip), &owner),
+            Write::Release(r) => txn.delete_raw(keys.ip(&r.network, r.ip), r.revision),
+        }
+    }
+    txn
+}
