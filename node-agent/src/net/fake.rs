@@ -100,7 +100,11 @@ impl RecordingNetwork {
         let mut s = self.state.lock().expect("fake lock");
         s.calls.push(call);
         if s.fail.contains(method) {
-            return Err(NetError::Nft(format!("injected failure in {method}")));
+            return Err(NetError::Nft(super::nft::NftError::Refused {
+                what: "injected failure",
+                netns: method.to_string(),
+                stderr: String::new(),
+            }));
         }
         Ok(s)
     }

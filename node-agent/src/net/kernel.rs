@@ -28,9 +28,9 @@ use rtnetlink::{
 
 use super::names::{self, OverlayLink, PortKind, GW_BRIDGE};
 use super::{
-    netns, nft, Attachment, FdbEntry, GatewaySpec, NeighEntry, NetConfig, NetError, Network,
-    Observed, ObservedOverlay, ObservedPort, OverlayInfo, OverlaySpec, PeerEntries, PeerOp,
-    TaskInterface, TaskNetInfo, TaskNetSpec,
+    egress, netns, nft, Attachment, FdbEntry, GatewaySpec, NeighEntry, NetConfig, NetError,
+    Network, Observed, ObservedOverlay, ObservedPort, OverlayInfo, OverlaySpec, PeerEntries,
+    PeerOp, TaskInterface, TaskNetInfo, TaskNetSpec,
 };
 
 const ENOENT: i32 = 2;
@@ -482,13 +482,12 @@ impl Network for Kernel {
         )
         .await?;
         netns::write_sysctl(self.home_ns(), "net.ipv4.ip_forward", "1").await?;
-        let doc = nft::egress_ruleset(subnet)?;
-        netns::run_in(self.home_ns(), move || nft::apply(&doc)).await??;
+        nft::apply(self.home_ns(), &egress::egress_ruleset(subnet)).await?;
         Ok(())
     }
 
     async fn remove_gateway(&self) -> Result<(), NetError> {
-        netns::run_in(self.home_ns(), move || nft::apply(&nft::delete_ruleset())).await??;
+        nft::apply(self.home_ns(), &egress::TABLE.delete_document()).await?;
         if let Some(l) = link_by_name(&self.home, GW_BRIDGE).await? {
             del_link(&self.home, GW_BRIDGE, l.header.index).await?;
         }

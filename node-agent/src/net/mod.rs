@@ -52,11 +52,12 @@
 //! - 127.0.0.11 (the DNS server's address) needs no extra address: `lo` is brought up with
 //!   127.0.0.1/8, and the kernel's local route covers all of 127.0.0.0/8.
 
+mod egress;
 mod fake;
 mod kernel;
 pub mod names;
 pub mod netns;
-mod nft;
+pub mod nft;
 mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -311,7 +312,7 @@ pub enum NetError {
     },
     /// `nft` refused or could not run.
     #[error("nftables: {0}")]
-    Nft(String),
+    Nft(#[from] nft::NftError),
     /// A task attachment names an overlay that is not set up on this node.
     #[error("overlay with VNI {vni} is not set up on this node (call ensure_overlay first)")]
     OverlayMissing {
