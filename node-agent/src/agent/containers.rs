@@ -34,19 +34,14 @@ use super::health::{self, Health, Probe, LABEL_HEALTHCHECK};
 /// controller may be down).
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 use super::network::NodeNetwork;
-use super::runtime::{
+use super::task_runtime::{
     BackgroundContext, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
 };
 use crate::runtime::{
-    ContainerRuntime, ContainerSpec, ContainerState, DnsConfig, ErrorClass, RuntimeError,
+    labels, ContainerRuntime, ContainerSpec, ContainerState, DnsConfig, ErrorClass, RuntimeError,
 };
 
-/// Label holding the task id.
-pub const LABEL_TASK: &str = "io.shoal.task";
-/// Label holding the task's service.
-pub const LABEL_SERVICE: &str = "io.shoal.service";
-/// Label holding the node the container was started on.
-pub const LABEL_NODE: &str = "io.shoal.node";
+pub use crate::runtime::labels::{LABEL_NODE, LABEL_SERVICE, LABEL_TASK};
 
 /// Tasks as containers.
 pub struct ContainerTasks {
@@ -380,15 +375,11 @@ impl TaskRuntime for ContainerTasks {
             if state == ObservedState::Running {
                 self.wait_for_exit(&c.id);
             }
-            let id = c
-                .labels
-                .get(LABEL_TASK)
+            let id = labels::get(&c.labels, LABEL_TASK)
                 .cloned()
                 .unwrap_or_else(|| c.id.clone());
-            let probe = c
-                .labels
-                .get(LABEL_HEALTHCHECK)
-                .and_then(|l| Probe::from_label(l));
+            let probe =
+                labels::get(&c.labels, LABEL_HEALTHCHECK).and_then(|l| Probe::from_label(l));
             let healthy = match (&probe, state) {
                 (None, _) => None,
                 (Some(probe), ObservedState::Running) => {

@@ -31,7 +31,7 @@ pub mod health;
 pub mod network;
 pub mod plan;
 pub mod register;
-pub mod runtime;
+pub mod task_runtime;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -47,7 +47,7 @@ pub use containers::ContainerTasks;
 pub use converge::ConvergeStats;
 pub use network::NodeNetwork;
 pub use plan::{plan, Op, StatusUpdate};
-pub use runtime::{
+pub use task_runtime::{
     BackgroundContext, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
 };
 

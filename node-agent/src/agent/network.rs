@@ -68,7 +68,7 @@ use tokio::sync::{watch, RwLock};
 pub const DRAIN_SETTLE: Duration = Duration::from_millis(300);
 
 use super::cluster::{self, Cache};
-use super::runtime::{BackgroundContext, TaskError};
+use super::task_runtime::{BackgroundContext, TaskError};
 use crate::dns::{DnsError, DnsHost, DnsServerConfig, DnsServers, RecordStore};
 use crate::lb::{self, LbError, LoadBalancer, NftLoadBalancer, VipEntry};
 use crate::mesh::{self, Mesh, MeshRules, NftMesh};
@@ -77,7 +77,7 @@ use crate::net::{
     GatewaySpec, Kernel, NetConfig, NetError, NetOp, Network, OverlaySpec, Peer, PortKind,
     TaskNetSpec,
 };
-use crate::runtime::{ContainerRuntime, ContainerState};
+use crate::runtime::{labels, ContainerRuntime, ContainerState};
 
 /// A local task's networking, as remembered for Endpoints updates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -786,8 +786,7 @@ impl NodeNetwork {
             .iter()
             .filter(|c| c.status.state != ContainerState::Exited)
             .map(|c| {
-                c.labels
-                    .get(super::containers::LABEL_TASK)
+                labels::get(&c.labels, labels::LABEL_TASK)
                     .cloned()
                     .unwrap_or_else(|| c.id.clone())
             })
@@ -1052,7 +1051,7 @@ impl NodeNetwork {
 
 /// How a networking error is reported on a task.
 fn net_error(task: &str, e: NetError) -> TaskError {
-    task_failure(task, format!("network: {e}"), e.is_retryable())
+    task_failure(task, format!("network: {e}"), e.is_temporary())
 }
 
 /// A failure while setting a task up: temporary ones are retried (`Unavailable`, nothing
@@ -1072,7 +1071,7 @@ fn task_failure(task: &str, reason: String, temporary: bool) -> TaskError {
 mod tests {
     use super::*;
     use crate::agent::containers::{ContainerTasks, LABEL_TASK};
-    use crate::agent::runtime::TaskRuntime;
+    use crate::agent::task_runtime::TaskRuntime;
     use crate::dns::{QueryKind, RecordingDns};
     use crate::lb::RecordingLb;
     use crate::net::{NetCall, Observed, PeerOp, RecordingNetwork};
@@ -1246,7 +1245,7 @@ mod tests {
             .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
             .await
             .unwrap_err();
-        assert!(err.is_retryable(), "{err:?}");
+        assert!(err.is_temporary(), "{err:?}");
         let err = n
             .tasks
             .start_task(&task("t2", &[("nope", "10.0.9.5")]))

@@ -340,7 +340,7 @@ impl NetError {
     /// Whether trying again later may succeed (the reconciler requeues with backoff) rather
     /// than the input being wrong. Missing prerequisites are retryable: the agent creates the
     /// overlay or gateway and comes back.
-    pub fn is_retryable(&self) -> bool {
+    pub fn is_temporary(&self) -> bool {
         !matches!(self, NetError::Invalid(_) | NetError::GatewayExhausted(_))
     }
 }

@@ -24,6 +24,7 @@
 
 pub mod containerd;
 pub mod fake;
+pub mod labels;
 pub mod reference;
 pub mod registry;
 pub mod spec;
@@ -37,12 +38,8 @@ use async_trait::async_trait;
 
 pub use containerd::{ContainerdConfig, ContainerdRuntime};
 pub use fake::FakeRuntime;
+pub use labels::{LABEL_IMAGE, LABEL_MANAGED};
 pub use reference::Reference;
-
-/// Label put on every container Shoal creates; `list()` returns only containers with it.
-pub const LABEL_MANAGED: &str = "io.shoal.managed";
-/// Label holding the image reference as the task gave it.
-pub const LABEL_IMAGE: &str = "io.shoal.image";
 
 /// What a task container looks like, as the agent asks for it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

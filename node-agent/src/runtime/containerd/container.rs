@@ -575,7 +575,7 @@ impl ContainerRuntime for ContainerdRuntime {
             .collect();
         let mut out: Vec<ContainerInfo> = containers
             .iter()
-            .filter(|c| c.labels.get(LABEL_MANAGED).is_some_and(|v| v == "true"))
+            .filter(|c| crate::runtime::labels::is_managed(|k| c.labels.get(k)))
             .map(|c| ContainerInfo {
                 id: c.id.clone(),
                 image: c.image.clone(),

@@ -117,7 +117,7 @@ impl TaskError {
 
     /// Whether trying the same operation later may succeed without anything changing in the
     /// task (only [`TaskError::Unavailable`]).
-    pub fn is_retryable(&self) -> bool {
+    pub fn is_temporary(&self) -> bool {
         matches!(self, TaskError::Unavailable(_))
     }
 }
