@@ -48,6 +48,9 @@
 //! Invariants: ports are normalised (sorted by protocol and port, one per key, backends
 //! sorted and deduplicated) so the same input always gives the same document.
 
+#[cfg(any(test, feature = "test-util"))]
+mod fake;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -58,6 +61,9 @@ use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::service::{PortConfig, Protocol, PublishMode};
 
 use crate::net::nft::{self, eq, meta, NftError, Table};
+
+#[cfg(any(test, feature = "test-util"))]
+pub use fake::RecordingMesh;
 
 /// The only table we own in the node's namespace (family `ip`).
 pub const TABLE: &str = "shoal_mesh";
@@ -291,41 +297,6 @@ impl Mesh for NftMesh {
     }
     async fn remove(&self) -> Result<(), NftError> {
         nft::apply(self.home.as_deref(), &delete_ruleset()).await
-    }
-}
-
-/// A [`Mesh`] that only remembers what it was asked to program.
-#[derive(Debug, Default)]
-pub struct RecordingMesh {
-    state: std::sync::Mutex<(Option<MeshRules>, usize)>,
-}
-
-impl RecordingMesh {
-    /// What is "programmed" (`None`: nothing, or removed).
-    pub fn rules(&self) -> Option<MeshRules> {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .clone()
-    }
-    /// How many times it was programmed.
-    pub fn programs(&self) -> usize {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).1
-    }
-}
-
-#[async_trait::async_trait]
-impl Mesh for RecordingMesh {
-    async fn program(&self, rules: &MeshRules) -> Result<(), NftError> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.0 = Some(rules.clone());
-        st.1 += 1;
-        Ok(())
-    }
-    async fn remove(&self) -> Result<(), NftError> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = None;
-        Ok(())
     }
 }
 

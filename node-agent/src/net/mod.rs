@@ -53,6 +53,7 @@
 //!   127.0.0.1/8, and the kernel's local route covers all of 127.0.0.0/8.
 
 mod egress;
+#[cfg(any(test, feature = "test-util"))]
 mod fake;
 mod kernel;
 pub mod names;
@@ -67,6 +68,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use ipnetwork::Ipv4Network;
 
+#[cfg(any(test, feature = "test-util"))]
 pub use fake::{NetCall, RecordingNetwork};
 pub use kernel::Kernel;
 pub use names::PortKind;

@@ -23,6 +23,7 @@
 //!   ([`RuntimeError::is_temporary`]).
 
 pub mod containerd;
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod labels;
 pub mod reference;
@@ -37,6 +38,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use containerd::{ContainerdConfig, ContainerdRuntime};
+#[cfg(any(test, feature = "test-util"))]
 pub use fake::FakeRuntime;
 pub use labels::{LABEL_IMAGE, LABEL_MANAGED};
 pub use reference::Reference;
