@@ -35,7 +35,7 @@ use super::health::{self, Health, Probe, LABEL_HEALTHCHECK};
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 use super::network::NodeNetwork;
 use super::task_runtime::{
-    BackgroundContext, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
+    BackgroundContext, ClusterCaches, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
 };
 use crate::runtime::{
     labels, ContainerRuntime, ContainerSpec, ContainerState, DnsConfig, ErrorClass, RuntimeError,
@@ -411,6 +411,10 @@ impl TaskRuntime for ContainerTasks {
 
     async fn changed(&self) {
         self.inner.exited.notified().await
+    }
+
+    fn caches(&self) -> Option<ClusterCaches> {
+        self.inner.network.as_ref().map(|n| n.caches())
     }
 
     async fn run_background(&self, ctx: BackgroundContext) {

@@ -52,6 +52,7 @@
 //! - 127.0.0.11 (the DNS server's address) needs no extra address: `lo` is brought up with
 //!   127.0.0.1/8, and the kernel's local route covers all of 127.0.0.0/8.
 
+mod desired;
 mod egress;
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
@@ -68,6 +69,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use ipnetwork::Ipv4Network;
 
+pub use desired::{desired_node, network_vni, node_ops, task_spec, LocalTask, NodeNet, SpecError};
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::{NetCall, RecordingNetwork};
 pub use kernel::Kernel;
