@@ -8,7 +8,8 @@
 //! is present and before the container is created, and [`NodeNetwork::teardown`] removes it
 //! once the container's process has exited, after it is deleted, or when the create failed
 //! (an exited container is kept for its logs, without networking); the network's background loop
-//! runs as [`TaskRuntime::run_background`]. Without it (unit tests of the runtime side) each
+//! runs as [`TaskRuntime::run_background`], over the caches the agent fills
+//! ([`TaskRuntime::caches`]). Without it (unit tests of the runtime side) each
 //! container gets a new network namespace with only loopback (`ContainerSpec::netns = None`).
 //!
 //! Health checks (`spec.healthcheck`, stored as a container label so they resume after an

@@ -8,9 +8,13 @@
 //! - [`converge`]: the level-triggered loop tying them together;
 //! - [`containers`]: the [`TaskRuntime`] over the `runtime` module's containerd client,
 //!   with health checks ([`health`]);
-//! - [`network`]: the wiring of task networking (`net`, `dns`, `lb`) into it, fed by
-//!   [`cluster`]'s watches of Networks and Endpoints and run in the background through
-//!   [`TaskRuntime::run_background`].
+//! - [`network`]: the wiring of task networking (`net`, `dns`, `lb`, `mesh`) into it, run
+//!   in the background through [`TaskRuntime::run_background`];
+//! - [`task_runtime`]: the [`TaskRuntime`] trait those loops drive.
+//!
+//! The agent owns every watch: its tasks ([`desired`]) and the cluster-wide caches a runtime
+//! asks for ([`TaskRuntime::caches`]: Networks, Endpoints, Nodes), all through [`cluster`]'s
+//! list-then-watch. See docs/architecture.md ("Node agent").
 //!
 //! Build then spawn: [`Agent::build`] checks the configuration (all fallible setup), and
 //! [`Agent::spawn`] starts the loops and returns an [`AgentHandle`] to wait on and shut

@@ -1,4 +1,5 @@
-//! The narrow trait the converge loop drives side effects through: [`TaskRuntime`] starts,
+//! Owns [`TaskRuntime`], the narrow trait the converge loop drives side effects through (the
+//! agent's port to a container runtime; `crate::runtime` is the containerd side): it starts,
 //! stops, removes and lists the containers (with their namespaces and links) of this node's
 //! tasks. The containerd + netlink implementation and the hollow one ([`crate::hollow`])
 //! implement it; tests inject recording fakes.

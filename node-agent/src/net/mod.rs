@@ -3,11 +3,13 @@
 //! neighbour entries for remote tasks, and the gateway (egress) bridge with masquerade.
 //!
 //! Everything sits behind the narrow [`Network`] trait: [`Kernel`] drives netlink
-//! (`rtnetlink`) and nftables (JSON through the `nftables` crate); [`RecordingNetwork`] is a
-//! `Send + Sync` fake for the agent's unit tests. The pure side: [`plan_network`] diffs the
-//! node's desired networking ([`DesiredNet`], built with [`task_net_spec`] and
-//! [`peers_from_endpoints`]) against [`Network::observe`] into [`NetOp`]s that
+//! (`rtnetlink`) and the egress table through [`nft`] (the one nft runner, also used by
+//! `lb` and `mesh`); `RecordingNetwork` (feature `test-util`) is a `Send + Sync` fake for
+//! the agent's unit tests. The pure side: [`desired_node`] says what the node's networking
+//! should be ([`DesiredNet`], built with [`task_net_spec`] and [`peers_from_endpoints`]),
+//! [`plan_network`] diffs it against [`Network::observe`] into [`NetOp`]s that
 //! [`apply_net_ops`] runs; [`plan_peers`] diffs one overlay's FDB and neighbour entries.
+//! Files and their place among the agent's modules: docs/architecture.md ("Node agent").
 //!
 //! # Running the agent inside a node namespace
 //!
