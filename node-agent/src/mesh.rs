@@ -48,6 +48,9 @@
 //! Invariants: ports are normalised (sorted by protocol and port, one per key, backends
 //! sorted and deduplicated) so the same input always gives the same document.
 
+#[cfg(any(test, feature = "test-util"))]
+mod fake;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -57,7 +60,10 @@ use shoal_api_types::endpoints::EndpointsSpec;
 use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::service::{PortConfig, Protocol, PublishMode};
 
-use crate::lb::{self, LbError};
+use crate::net::nft::{self, eq, meta, NftError, Table};
+
+#[cfg(any(test, feature = "test-util"))]
+pub use fake::RecordingMesh;
 
 /// The only table we own in the node's namespace (family `ip`).
 pub const TABLE: &str = "shoal_mesh";
@@ -178,24 +184,8 @@ pub fn normalize(ports: impl IntoIterator<Item = MeshPort>) -> Vec<MeshPort> {
     by_key.into_values().collect()
 }
 
-fn proto_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-    }
-}
-
-fn table_obj() -> Value {
-    json!({"family": "ip", "name": TABLE})
-}
-
-fn rule(chain: &str, expr: Value) -> Value {
-    json!({"add": {"rule": {"family": "ip", "table": TABLE, "chain": chain, "expr": expr}}})
-}
-
-fn base_chain(name: &str, hook: &str, prio: i32) -> Value {
-    json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": name, "type": "nat", "hook": hook, "prio": prio, "policy": "accept"}}})
-}
+/// Our table, for the document builders.
+const NFT: Table = Table::ip(TABLE);
 
 /// The one nft JSON document (`nft -j -f -` input) that atomically replaces our table with
 /// one for `rules` (normalised first). Without a node address or ports, the table is still
@@ -208,28 +198,24 @@ pub fn ruleset(rules: &MeshRules) -> Value {
             .filter(|p| p.mode == PublishMode::Host || rules.ingress.is_some())
             .cloned(),
     );
-    let mut objs = vec![
-        json!({"add": {"table": table_obj()}}),
-        json!({"delete": {"table": table_obj()}}),
-        json!({"add": {"table": table_obj()}}),
-    ];
+    let mut objs = NFT.replace();
     let Some(node) = rules.node_address else {
-        return json!({ "nftables": objs });
+        return nft::document(objs);
     };
-    objs.push(base_chain("prerouting", "prerouting", -100));
-    objs.push(base_chain("output", "output", -100));
-    objs.push(base_chain("postrouting", "postrouting", 100));
-    objs.push(json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": REFUSE_CHAIN}}}));
+    objs.push(NFT.base_chain("prerouting", "nat", "prerouting", -100));
+    objs.push(NFT.base_chain("output", "nat", "output", -100));
+    objs.push(NFT.base_chain("postrouting", "nat", "postrouting", 100));
+    objs.push(NFT.chain(REFUSE_CHAIN));
     let mut verdicts = Vec::with_capacity(ports.len());
     let mut port_rules = Vec::with_capacity(ports.len());
     for (i, p) in ports.iter().enumerate() {
-        let key = json!({"concat": [proto_name(p.protocol), p.published]});
+        let key = json!({"concat": [nft::proto_name(p.protocol), p.published]});
         if p.backends.is_empty() {
             verdicts.push(json!([key, {"goto": {"target": REFUSE_CHAIN}}]));
             continue;
         }
         let chain = format!("{PORT_CHAIN_PREFIX}{i}");
-        objs.push(json!({"add": {"chain": {"family": "ip", "table": TABLE, "name": chain}}}));
+        objs.push(NFT.chain(&chain));
         verdicts.push(json!([key, {"goto": {"target": chain}}]));
         let pick: Vec<Value> = p
             .backends
@@ -237,54 +223,48 @@ pub fn ruleset(rules: &MeshRules) -> Value {
             .enumerate()
             .map(|(j, b)| json!([j, b.to_string()]))
             .collect();
-        port_rules.push(rule(
+        port_rules.push(NFT.rule(
             &chain,
             json!([
-                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": proto_name(p.protocol)}},
+                eq(meta("l4proto"), nft::proto_name(p.protocol)),
                 {"dnat": {"addr": {"map": {"key": {"numgen": {"mode": "inc", "mod": p.backends.len(), "offset": 0}}, "data": {"set": pick}}}, "port": p.target}}
             ]),
         ));
     }
     // Maps whose verdicts name chains come after the chains.
-    let mut map = json!({"family": "ip", "table": TABLE, "name": PORTS_MAP, "type": ["inet_proto", "inet_service"], "map": "verdict"});
-    if !verdicts.is_empty() {
-        map["elem"] = Value::Array(verdicts);
-    }
-    objs.push(json!({"add": {"map": map}}));
+    objs.push(NFT.map(
+        PORTS_MAP,
+        &["inet_proto", "inet_service"],
+        "verdict",
+        verdicts,
+    ));
     let dispatch = || {
         json!([
-            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": node.to_string()}},
-            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
-            {"vmap": {"key": {"concat": [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]}, "data": format!("@{PORTS_MAP}")}}
+            eq(nft::payload("ip", "daddr"), node.to_string()),
+            nft::ct_new(),
+            {"vmap": {"key": {"concat": [meta("l4proto"), nft::payload("th", "dport")]}, "data": format!("@{PORTS_MAP}")}}
         ])
     };
-    objs.push(rule("prerouting", dispatch()));
-    objs.push(rule("output", dispatch()));
+    objs.push(NFT.rule("prerouting", dispatch()));
+    objs.push(NFT.rule("output", dispatch()));
     objs.extend(port_rules);
-    objs.push(rule(
-        REFUSE_CHAIN,
-        json!([{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}, {"reject": {"type": "tcp reset"}}]),
-    ));
-    objs.push(rule(
-        REFUSE_CHAIN,
-        json!([{"reject": {"type": "icmp", "expr": "port-unreachable"}}]),
-    ));
+    objs.extend(nft::refuse_rules(&NFT, REFUSE_CHAIN));
     if let Some((bridge, addr)) = &rules.ingress {
-        objs.push(rule(
+        objs.push(NFT.rule(
             "postrouting",
             json!([
-                {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": bridge}},
+                eq(meta("oifname"), bridge.as_str()),
                 {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
                 {"snat": {"addr": addr.to_string()}}
             ]),
         ));
     }
-    json!({ "nftables": objs })
+    nft::document(objs)
 }
 
 /// The document that removes our table (whether or not it exists).
 pub fn delete_ruleset() -> Value {
-    json!({"nftables": [{"add": {"table": table_obj()}}, {"delete": {"table": table_obj()}}]})
+    NFT.delete_document()
 }
 
 /// The node-level firewall side effect behind one narrow trait ([`NftMesh`] for real,
@@ -292,9 +272,9 @@ pub fn delete_ruleset() -> Value {
 #[async_trait::async_trait]
 pub trait Mesh: Send + Sync {
     /// Replace the node's mesh table with one for `rules`.
-    async fn program(&self, rules: &MeshRules) -> Result<(), LbError>;
+    async fn program(&self, rules: &MeshRules) -> Result<(), NftError>;
     /// Remove the node's mesh table.
-    async fn remove(&self) -> Result<(), LbError>;
+    async fn remove(&self) -> Result<(), NftError>;
 }
 
 /// The real [`Mesh`]: nft in the home netns (`None`: the agent's own namespace).
@@ -312,46 +292,11 @@ impl NftMesh {
 
 #[async_trait::async_trait]
 impl Mesh for NftMesh {
-    async fn program(&self, rules: &MeshRules) -> Result<(), LbError> {
-        lb::apply(self.home.as_deref(), &ruleset(rules)).await
+    async fn program(&self, rules: &MeshRules) -> Result<(), NftError> {
+        nft::apply(self.home.as_deref(), &ruleset(rules)).await
     }
-    async fn remove(&self) -> Result<(), LbError> {
-        lb::apply(self.home.as_deref(), &delete_ruleset()).await
-    }
-}
-
-/// A [`Mesh`] that only remembers what it was asked to program.
-#[derive(Debug, Default)]
-pub struct RecordingMesh {
-    state: std::sync::Mutex<(Option<MeshRules>, usize)>,
-}
-
-impl RecordingMesh {
-    /// What is "programmed" (`None`: nothing, or removed).
-    pub fn rules(&self) -> Option<MeshRules> {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .clone()
-    }
-    /// How many times it was programmed.
-    pub fn programs(&self) -> usize {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).1
-    }
-}
-
-#[async_trait::async_trait]
-impl Mesh for RecordingMesh {
-    async fn program(&self, rules: &MeshRules) -> Result<(), LbError> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.0 = Some(rules.clone());
-        st.1 += 1;
-        Ok(())
-    }
-    async fn remove(&self) -> Result<(), LbError> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = None;
-        Ok(())
+    async fn remove(&self) -> Result<(), NftError> {
+        nft::apply(self.home.as_deref(), &delete_ruleset()).await
     }
 }
 

@@ -599,7 +599,7 @@ async fn observe_should_report_strays_and_ensure_should_repair_wrong_settings() 
         .await
         .unwrap_err();
     assert!(
-        err.is_retryable() && err.to_string().contains("4097"),
+        err.is_temporary() && err.to_string().contains("4097"),
         "{err}"
     );
     k.ensure_overlay(&OverlaySpec {

@@ -17,7 +17,7 @@ use shoal_api_types::{Task, TaskSpec, TaskState, TaskStatus};
 use shoal_store::{Store, StoreError};
 
 use super::plan::{Op, StatusUpdate};
-use super::runtime::{TaskError, TaskRuntime};
+use super::task_runtime::{TaskError, TaskRuntime};
 
 /// Where task status goes.
 #[async_trait]
@@ -110,9 +110,9 @@ pub enum ApplyError {
 
 impl ApplyError {
     /// Whether the converge loop should try again soon (with backoff).
-    pub fn is_retryable(&self) -> bool {
+    pub fn is_temporary(&self) -> bool {
         match self {
-            ApplyError::Runtime { source, .. } => source.is_retryable(),
+            ApplyError::Runtime { source, .. } => source.is_temporary(),
             ApplyError::Status { source, .. } => source.is_retryable(),
         }
     }
@@ -210,7 +210,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::agent::runtime::{ObservedTask, Started};
+    use crate::agent::task_runtime::{ObservedTask, Started};
 
     /// Records runtime calls; start fails as configured per task id.
     #[derive(Default)]
@@ -382,7 +382,7 @@ mod tests {
             TaskError::Unavailable("containerd down".into()),
         );
         let err = fx.apply(Op::Start(Box::new(t))).await.unwrap_err();
-        assert!(err.is_retryable());
+        assert!(err.is_temporary());
         assert_eq!(writes(&status), vec![("t1".into(), TaskState::Starting)]);
     }
 

@@ -8,7 +8,8 @@
 //! is present and before the container is created, and [`NodeNetwork::teardown`] removes it
 //! once the container's process has exited, after it is deleted, or when the create failed
 //! (an exited container is kept for its logs, without networking); the network's background loop
-//! runs as [`TaskRuntime::run_background`]. Without it (unit tests of the runtime side) each
+//! runs as [`TaskRuntime::run_background`], over the caches the agent fills
+//! ([`TaskRuntime::caches`]). Without it (unit tests of the runtime side) each
 //! container gets a new network namespace with only loopback (`ContainerSpec::netns = None`).
 //!
 //! Health checks (`spec.healthcheck`, stored as a container label so they resume after an
@@ -34,19 +35,14 @@ use super::health::{self, Health, Probe, LABEL_HEALTHCHECK};
 /// controller may be down).
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 use super::network::NodeNetwork;
-use super::runtime::{
-    BackgroundContext, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
+use super::task_runtime::{
+    BackgroundContext, ClusterCaches, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
 };
 use crate::runtime::{
-    ContainerRuntime, ContainerSpec, ContainerState, DnsConfig, ErrorClass, RuntimeError,
+    labels, ContainerRuntime, ContainerSpec, ContainerState, DnsConfig, ErrorClass, RuntimeError,
 };
 
-/// Label holding the task id.
-pub const LABEL_TASK: &str = "io.shoal.task";
-/// Label holding the task's service.
-pub const LABEL_SERVICE: &str = "io.shoal.service";
-/// Label holding the node the container was started on.
-pub const LABEL_NODE: &str = "io.shoal.node";
+pub use crate::runtime::labels::{LABEL_NODE, LABEL_SERVICE, LABEL_TASK};
 
 /// Tasks as containers.
 pub struct ContainerTasks {
@@ -380,15 +376,11 @@ impl TaskRuntime for ContainerTasks {
             if state == ObservedState::Running {
                 self.wait_for_exit(&c.id);
             }
-            let id = c
-                .labels
-                .get(LABEL_TASK)
+            let id = labels::get(&c.labels, LABEL_TASK)
                 .cloned()
                 .unwrap_or_else(|| c.id.clone());
-            let probe = c
-                .labels
-                .get(LABEL_HEALTHCHECK)
-                .and_then(|l| Probe::from_label(l));
+            let probe =
+                labels::get(&c.labels, LABEL_HEALTHCHECK).and_then(|l| Probe::from_label(l));
             let healthy = match (&probe, state) {
                 (None, _) => None,
                 (Some(probe), ObservedState::Running) => {
@@ -420,6 +412,10 @@ impl TaskRuntime for ContainerTasks {
 
     async fn changed(&self) {
         self.inner.exited.notified().await
+    }
+
+    fn caches(&self) -> Option<ClusterCaches> {
+        self.inner.network.as_ref().map(|n| n.caches())
     }
 
     async fn run_background(&self, ctx: BackgroundContext) {

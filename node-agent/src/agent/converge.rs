@@ -105,7 +105,7 @@ impl Converger {
         permits: &Arc<Semaphore>,
         running: &mut JoinSet<OpResult>,
         in_flight: &mut HashMap<tokio::task::Id, String>,
-    ) -> Result<(), super::runtime::TaskError> {
+    ) -> Result<(), super::task_runtime::TaskError> {
         let desired: Vec<Task> = match &*self.desired.borrow_and_update() {
             Some(tasks) => tasks.values().cloned().collect(),
             None => return Ok(()),
@@ -148,7 +148,7 @@ impl Converger {
                 match result {
                     Ok(()) => false,
                     Err(e) => {
-                        tracing::warn!(task = %task, error = %e, retryable = e.is_retryable(), "operation failed");
+                        tracing::warn!(task = %task, error = %e, temporary = e.is_temporary(), "operation failed");
                         true
                     }
                 }
@@ -177,7 +177,7 @@ mod tests {
     use super::*;
     use crate::agent::apply::{advance, StatusSink};
     use crate::agent::plan::StatusUpdate;
-    use crate::agent::runtime::TaskRuntime;
+    use crate::agent::task_runtime::TaskRuntime;
     use crate::hollow::HollowRuntime;
 
     /// Stands in for etcd: status writes (forward only) land in the desired tasks, as the

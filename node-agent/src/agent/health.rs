@@ -15,9 +15,7 @@ use std::time::Duration;
 
 use shoal_api_types::service::HealthCheck;
 
-/// Container label holding the task's health check (JSON), so checks of running tasks are
-/// resumed after an agent restart without the task spec.
-pub const LABEL_HEALTHCHECK: &str = "io.shoal.healthcheck";
+pub use crate::runtime::labels::LABEL_HEALTHCHECK;
 
 /// A task's health check with defaults applied.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,9 +8,13 @@
 //! - [`converge`]: the level-triggered loop tying them together;
 //! - [`containers`]: the [`TaskRuntime`] over the `runtime` module's containerd client,
 //!   with health checks ([`health`]);
-//! - [`network`]: the wiring of task networking (`net`, `dns`, `lb`) into it, fed by
-//!   [`cluster`]'s watches of Networks and Endpoints and run in the background through
-//!   [`TaskRuntime::run_background`].
+//! - [`network`]: the wiring of task networking (`net`, `dns`, `lb`, `mesh`) into it, run
+//!   in the background through [`TaskRuntime::run_background`];
+//! - [`task_runtime`]: the [`TaskRuntime`] trait those loops drive.
+//!
+//! The agent owns every watch: its tasks ([`desired`]) and the cluster-wide caches a runtime
+//! asks for ([`TaskRuntime::caches`]: Networks, Endpoints, Nodes), all through [`cluster`]'s
+//! list-then-watch. See docs/architecture.md ("Node agent").
 //!
 //! Build then spawn: [`Agent::build`] checks the configuration (all fallible setup), and
 //! [`Agent::spawn`] starts the loops and returns an [`AgentHandle`] to wait on and shut
@@ -31,13 +35,16 @@ pub mod health;
 pub mod network;
 pub mod plan;
 pub mod register;
-pub mod runtime;
+pub mod task_runtime;
 
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shoal_api_types::endpoints::EndpointsSpec;
+use shoal_api_types::network::NetworkSpec;
+use shoal_api_types::NodeSpec;
 use shoal_store::{Lease, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -47,8 +54,8 @@ pub use containers::ContainerTasks;
 pub use converge::ConvergeStats;
 pub use network::NodeNetwork;
 pub use plan::{plan, Op, StatusUpdate};
-pub use runtime::{
-    BackgroundContext, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
+pub use task_runtime::{
+    BackgroundContext, ClusterCaches, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
 };
 
 /// How an agent runs.
@@ -214,12 +221,39 @@ impl Agent {
         };
         let prefix = store.keys().node_tasks(&config.name);
         let background = BackgroundContext {
-            store: store.clone(),
             desired: desired_rx.clone(),
             shutdown: shutdown_rx.clone(),
-            watch_progress_every: config.watch_progress_every,
             resync: config.resync,
         };
+        // The agent owns every watch: the runtime's caches are filled here.
+        let mut watches = Vec::new();
+        if let Some(caches) = runtime.caches() {
+            let keys = store.keys().clone();
+            let every = config.watch_progress_every;
+            watches.push(tokio::spawn(cluster::watch_objects::<NetworkSpec>(
+                store.clone(),
+                keys.prefix::<NetworkSpec>(),
+                every,
+                caches.networks,
+                shutdown_rx.clone(),
+            )));
+            watches.push(tokio::spawn(cluster::watch_objects::<EndpointsSpec>(
+                store.clone(),
+                keys.prefix::<EndpointsSpec>(),
+                every,
+                caches.endpoints,
+                shutdown_rx.clone(),
+            )));
+            if let Some(nodes) = caches.nodes {
+                watches.push(tokio::spawn(cluster::watch_objects::<NodeSpec>(
+                    store.clone(),
+                    keys.prefix::<NodeSpec>(),
+                    every,
+                    nodes,
+                    shutdown_rx.clone(),
+                )));
+            }
+        }
         let background_runtime = runtime.clone();
         let converger = converge::Converger {
             effects: Effects { runtime, status },
@@ -228,7 +262,7 @@ impl Agent {
             concurrency: config.concurrency,
             stats: stats_tx,
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(registration.run(lease_tx, shutdown_rx.clone())),
             tokio::spawn(desired::watch_tasks(
                 store,
@@ -240,6 +274,7 @@ impl Agent {
             tokio::spawn(converger.run(shutdown_rx)),
             tokio::spawn(async move { background_runtime.run_background(background).await }),
         ];
+        tasks.extend(watches);
         AgentHandle {
             name: config.name,
             shutdown: shutdown_tx,

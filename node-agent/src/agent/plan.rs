@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use shoal_api_types::{Task, TaskState};
 
-use super::runtime::{ObservedState, ObservedTask};
+use super::task_runtime::{ObservedState, ObservedTask};
 
 /// The status the agent reports for a task. Applied only if it moves the state forward
 /// (see [`super::apply::advance`]); the timestamp is set when it is written.

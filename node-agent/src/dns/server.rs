@@ -38,6 +38,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::records::{Answer, QueryKind};
 use super::{DnsError, View};
+use crate::net::netns::run_in;
+use crate::net::NetError;
 
 /// Where the embedded DNS answers inside a task namespace.
 pub const DNS_ADDR: SocketAddr =
@@ -327,74 +329,53 @@ async fn forward_tcp(upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> 
     Ok(buf)
 }
 
-/// Bind UDP and TCP on `addr` inside the namespace at `netns` (our own when `None`), on a
-/// thread that has entered it; the sockets stay in that namespace for their whole life.
+/// Binds UDP and TCP on `addr` inside the namespace at `netns` (our own when `None`) on a
+/// thread of [`run_in`]; the sockets keep that namespace after the thread is gone. The bind
+/// errors travel back in `run_in`'s result, so a bind that fails says which socket and why.
 async fn bind_in_netns(
     netns: Option<&Path>,
     addr: SocketAddr,
 ) -> Result<(std::net::UdpSocket, std::net::TcpListener), DnsError> {
-    let ns = match netns {
-        Some(p) => Some((
-            std::fs::File::open(p).map_err(|e| DnsError::Io {
-                what: "open network namespace",
-                path: p.to_owned(),
+    let path = netns.map(Path::to_owned).unwrap_or_default();
+    let label = path.clone();
+    let bind = move || {
+        let bind_err = |what, e: io::Error| {
+            let hint = if e.kind() == io::ErrorKind::AddrNotAvailable {
+                " (is loopback up in the namespace?)"
+            } else {
+                ""
+            };
+            DnsError::Bind {
+                addr,
+                netns: label.clone(),
+                what,
                 source: e,
-            })?,
-            p.to_owned(),
-        )),
-        None => None,
+                hint,
+            }
+        };
+        let udp = std::net::UdpSocket::bind(addr).map_err(|e| bind_err("udp", e))?;
+        udp.set_nonblocking(true).map_err(|e| bind_err("udp", e))?;
+        let tcp = std::net::TcpListener::bind(addr).map_err(|e| bind_err("tcp", e))?;
+        tcp.set_nonblocking(true).map_err(|e| bind_err("tcp", e))?;
+        Ok((udp, tcp))
     };
-    let label = netns.map(Path::to_owned).unwrap_or_default();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("shoal-dns-bind".into())
-        .spawn(move || {
-            let r = (|| {
-                if let Some((file, path)) = &ns {
-                    use std::os::fd::AsFd;
-                    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                        |e| DnsError::Io {
-                            what: "enter network namespace",
-                            path: path.clone(),
-                            source: e.into(),
-                        },
-                    )?;
-                }
-                let path = ns.as_ref().map(|(_, p)| p.clone()).unwrap_or_default();
-                let bind_err = |what, e: io::Error| {
-                    let hint = if e.kind() == io::ErrorKind::AddrNotAvailable {
-                        " (is loopback up in the namespace?)"
-                    } else {
-                        ""
-                    };
-                    DnsError::Bind {
-                        addr,
-                        netns: path.clone(),
-                        what,
-                        source: e,
-                        hint,
-                    }
-                };
-                let udp = std::net::UdpSocket::bind(addr).map_err(|e| bind_err("udp", e))?;
-                udp.set_nonblocking(true).map_err(|e| bind_err("udp", e))?;
-                let tcp = std::net::TcpListener::bind(addr).map_err(|e| bind_err("tcp", e))?;
-                tcp.set_nonblocking(true).map_err(|e| bind_err("tcp", e))?;
-                Ok((udp, tcp))
-            })();
-            let _ = tx.send(r);
-        })
-        .map_err(|e| DnsError::Io {
-            what: "spawn namespace thread",
-            path: label.clone(),
-            source: e,
-        })?;
-    rx.await.unwrap_or_else(|_| {
-        Err(DnsError::Io {
-            what: "namespace thread panicked",
-            path: label,
-            source: io::Error::other("panic"),
-        })
-    })
+    run_in(netns, bind).await.map_err(|e| match e {
+        NetError::Io { op, path, source } => DnsError::Io {
+            what: op,
+            path,
+            source,
+        },
+        NetError::Netns { op, path, source } => DnsError::Io {
+            what: op,
+            path,
+            source: source.into(),
+        },
+        other => DnsError::Io {
+            what: "enter network namespace",
+            path,
+            source: io::Error::other(other.to_string()),
+        },
+    })?
 }
 
 /// A running DNS server for one task namespace. Dropping it stops serving at once (its tasks

@@ -100,7 +100,11 @@ impl RecordingNetwork {
         let mut s = self.state.lock().expect("fake lock");
         s.calls.push(call);
         if s.fail.contains(method) {
-            return Err(NetError::Nft(format!("injected failure in {method}")));
+            return Err(NetError::Nft(super::nft::NftError::Refused {
+                what: "injected failure",
+                netns: method.to_string(),
+                stderr: String::new(),
+            }));
         }
         Ok(s)
     }
@@ -310,7 +314,7 @@ mod tests {
         let seen = net.observe().await.unwrap();
         assert!(seen.task_netns.contains("t1") && seen.gateway);
         net.fail("detach_task");
-        assert!(net.detach_task("t1").await.unwrap_err().is_retryable());
+        assert!(net.detach_task("t1").await.unwrap_err().is_temporary());
         net.heal("detach_task");
         net.detach_task("t1").await.unwrap();
         assert!(net.observe().await.unwrap().task_netns.is_empty());

@@ -3,11 +3,13 @@
 //! neighbour entries for remote tasks, and the gateway (egress) bridge with masquerade.
 //!
 //! Everything sits behind the narrow [`Network`] trait: [`Kernel`] drives netlink
-//! (`rtnetlink`) and nftables (JSON through the `nftables` crate); [`RecordingNetwork`] is a
-//! `Send + Sync` fake for the agent's unit tests. The pure side: [`plan_network`] diffs the
-//! node's desired networking ([`DesiredNet`], built with [`task_net_spec`] and
-//! [`peers_from_endpoints`]) against [`Network::observe`] into [`NetOp`]s that
+//! (`rtnetlink`) and the egress table through [`nft`] (the one nft runner, also used by
+//! `lb` and `mesh`); `RecordingNetwork` (feature `test-util`) is a `Send + Sync` fake for
+//! the agent's unit tests. The pure side: [`desired_node`] says what the node's networking
+//! should be ([`DesiredNet`], built with [`task_net_spec`] and [`peers_from_endpoints`]),
+//! [`plan_network`] diffs it against [`Network::observe`] into [`NetOp`]s that
 //! [`apply_net_ops`] runs; [`plan_peers`] diffs one overlay's FDB and neighbour entries.
+//! Files and their place among the agent's modules: docs/architecture.md ("Node agent").
 //!
 //! # Running the agent inside a node namespace
 //!
@@ -52,11 +54,14 @@
 //! - 127.0.0.11 (the DNS server's address) needs no extra address: `lo` is brought up with
 //!   127.0.0.1/8, and the kernel's local route covers all of 127.0.0.0/8.
 
+mod desired;
+mod egress;
+#[cfg(any(test, feature = "test-util"))]
 mod fake;
 mod kernel;
 pub mod names;
 pub mod netns;
-mod nft;
+pub mod nft;
 mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,6 +71,8 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use ipnetwork::Ipv4Network;
 
+pub use desired::{desired_node, network_vni, node_ops, task_spec, LocalTask, NodeNet, SpecError};
+#[cfg(any(test, feature = "test-util"))]
 pub use fake::{NetCall, RecordingNetwork};
 pub use kernel::Kernel;
 pub use names::PortKind;
@@ -311,7 +318,7 @@ pub enum NetError {
     },
     /// `nft` refused or could not run.
     #[error("nftables: {0}")]
-    Nft(String),
+    Nft(#[from] nft::NftError),
     /// A task attachment names an overlay that is not set up on this node.
     #[error("overlay with VNI {vni} is not set up on this node (call ensure_overlay first)")]
     OverlayMissing {
@@ -339,7 +346,7 @@ impl NetError {
     /// Whether trying again later may succeed (the reconciler requeues with backoff) rather
     /// than the input being wrong. Missing prerequisites are retryable: the agent creates the
     /// overlay or gateway and comes back.
-    pub fn is_retryable(&self) -> bool {
+    pub fn is_temporary(&self) -> bool {
         !matches!(self, NetError::Invalid(_) | NetError::GatewayExhausted(_))
     }
 }

@@ -1,118 +1,284 @@
-//! The egress ruleset: `table ip shoal_gw` in the home netns, replaced atomically in one nft
-//! transaction (add table, flush it, add chains and rules), through the `nftables` crate's
-//! JSON API. The document is built as JSON and checked against the crate's schema types.
+//! Owns running `nft` and the pieces of its JSON input that every table of ours shares; the
+//! tables themselves are built by their owners: the VIP table of a task namespace
+//! ([`crate::lb`]), the routing mesh of the node ([`crate::mesh`]) and the egress table
+//! ([`super::egress`]). See docs/architecture.md ("Node agent").
 //!
-//! ```text
-//! table ip shoal_gw {
-//!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
-//!     ip saddr 172.18.0.0/16 oifname != "shoal_gwbridge" masquerade }
-//!   chain forward { type filter hook forward priority filter; policy accept;
-//!     ct status dnat accept
-//!     iifname "shoal_gwbridge" oifname "shb-*" drop
-//!     oifname "shoal_gwbridge" ct state established,related accept
-//!     oifname "shoal_gwbridge" drop }
-//! }
-//! ```
-//!
-//! `ct status dnat accept` lets through what the routing mesh (`crate::mesh`, the node's
-//! `shoal_mesh` table) DNATed: host-mode ports into the gateway bridge, and a task reaching
-//! a published port through its node's address (gateway bridge → ingress overlay). Only the
-//! node namespace's own DNAT sets that status (a task's VIP DNAT happens in the task's
-//! namespace, with its own conntrack), so no other path into an overlay opens.
+//! - **One runner**: [`apply`] feeds a document to `nft -j -f -` (one transaction, one
+//!   netlink batch) and [`list_table`] reads a table back, both from a short-lived OS thread
+//!   that has entered the target namespace ([`super::netns::run_in`]), so the `nft` child
+//!   inherits it and tokio workers never change namespace. We spawn `nft` ourselves rather than
+//!   through `nftables::helper`, which drops nft's stderr, the only place nft says what it
+//!   refused.
+//! - **Documents are `serde_json` values** in `nft -j` input form: the `nftables` crate's
+//!   schema types (0.6) cannot express a verdict map.
+//! - **Atomic replacement**: [`Table::replace`] starts a document with add + delete + add of
+//!   the table, so a packet sees the old table or the new one, never a half-built one.
 
-use ipnetwork::Ipv4Network;
-use nftables::schema::Nftables;
-use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
-use super::names::{GW_BRIDGE, NFT_TABLE};
-use super::NetError;
+use serde_json::{json, Value};
+use shoal_api_types::service::Protocol;
 
-/// The whole egress table for a gateway subnet, as one transaction.
-pub fn egress_ruleset(subnet: Ipv4Network) -> Result<Nftables<'static>, NetError> {
-    let table = json!({"family": "ip", "name": NFT_TABLE});
-    let rule = |chain: &str, expr: serde_json::Value| json!({"add": {"rule": {"family": "ip", "table": NFT_TABLE, "chain": chain, "expr": expr}}});
-    let oif_gw = |op: &str| json!({"match": {"op": op, "left": {"meta": {"key": "oifname"}}, "right": GW_BRIDGE}});
-    let doc = json!({"nftables": [
-        {"add": {"table": table}},
-        {"flush": {"table": table}},
-        {"add": {"chain": {"family": "ip", "table": NFT_TABLE, "name": "postrouting",
-            "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}},
-        {"add": {"chain": {"family": "ip", "table": NFT_TABLE, "name": "forward",
-            "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}}},
-        rule("postrouting", json!([
-            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
-                "right": {"prefix": {"addr": subnet.network().to_string(), "len": subnet.prefix()}}}},
-            oif_gw("!="),
-            {"masquerade": null}
-        ])),
-        rule("forward", json!([
-            {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
-            {"accept": null}
-        ])),
-        rule("forward", json!([
-            {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": GW_BRIDGE}},
-            {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "shb-*"}},
-            {"drop": null}
-        ])),
-        rule("forward", json!([
-            oif_gw("=="),
-            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
-            {"accept": null}
-        ])),
-        rule("forward", json!([oif_gw("=="), {"drop": null}])),
-    ]});
-    serde_json::from_value(doc)
-        .map_err(|e| NetError::Nft(format!("building the egress ruleset: {e}")))
+/// Why nft could not do what we asked.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// The namespace could not be opened or entered.
+    #[error("enter network namespace {path}: {reason}")]
+    Netns {
+        /// The namespace path.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// nft could not be started or fed.
+    #[error(
+        "run nft ({what}) in {netns}: {source}; is nftables installed? (apt-get install nftables)"
+    )]
+    Spawn {
+        /// What we were doing.
+        what: &'static str,
+        /// The namespace, or `-` for our own.
+        netns: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// nft ran and refused.
+    #[error("nft ({what}) failed in {netns}: {stderr}")]
+    Refused {
+        /// What we were doing.
+        what: &'static str,
+        /// The namespace, or `-` for our own.
+        netns: String,
+        /// nft's complaint.
+        stderr: String,
+    },
 }
 
-/// Deleting the table, tolerating its absence (add-then-delete in one transaction).
-pub fn delete_ruleset() -> Nftables<'static> {
-    let table = json!({"family": "ip", "name": NFT_TABLE});
-    serde_json::from_value(
-        json!({"nftables": [{"add": {"table": table}}, {"delete": {"table": table}}]}),
-    )
-    .expect("static document matches the schema")
+impl NftError {
+    /// Whether retrying later may help; a missing namespace or an nft that rejects our
+    /// document will not fix itself.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            NftError::Spawn { .. } => true,
+            NftError::Refused { stderr, .. } => {
+                stderr.contains("Resource busy") || stderr.contains("Interrupted")
+            }
+            NftError::Netns { .. } => false,
+        }
+    }
 }
 
-/// Run `nft -j -f -` with `doc` (in the calling thread's namespace). We spawn `nft`
-/// ourselves rather than through `nftables::helper`, which lets nft's stderr — the only place
-/// nft says what it refused — go to our stderr instead of into the error.
-pub fn apply(doc: &Nftables<'_>) -> Result<(), NetError> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let payload =
-        serde_json::to_vec(doc).map_err(|e| NetError::Nft(format!("serializing: {e}")))?;
+/// One of our tables (family `ip`), as the JSON objects that make it up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    name: &'static str,
+}
+
+impl Table {
+    /// The `ip` table `name`.
+    pub const fn ip(name: &'static str) -> Self {
+        Table { name }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// `{"family": "ip", "name": …}`.
+    pub fn obj(&self) -> Value {
+        json!({"family": "ip", "name": self.name})
+    }
+
+    /// The start of a document that replaces the table atomically: `add` first so that
+    /// `delete` succeeds whether or not the table exists, then the table again, empty.
+    pub fn replace(&self) -> Vec<Value> {
+        vec![
+            json!({"add": {"table": self.obj()}}),
+            json!({"delete": {"table": self.obj()}}),
+            json!({"add": {"table": self.obj()}}),
+        ]
+    }
+
+    /// The document that removes the table (whether or not it exists).
+    pub fn delete_document(&self) -> Value {
+        document(vec![
+            json!({"add": {"table": self.obj()}}),
+            json!({"delete": {"table": self.obj()}}),
+        ])
+    }
+
+    /// A regular chain.
+    pub fn chain(&self, name: &str) -> Value {
+        json!({"add": {"chain": {"family": "ip", "table": self.name, "name": name}}})
+    }
+
+    /// A base chain of `kind` (`nat`, `filter`) on `hook` at `prio`, policy accept.
+    pub fn base_chain(&self, name: &str, kind: &str, hook: &str, prio: i32) -> Value {
+        json!({"add": {"chain": {"family": "ip", "table": self.name, "name": name,
+            "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}})
+    }
+
+    /// A rule appended to `chain`.
+    pub fn rule(&self, chain: &str, expr: Value) -> Value {
+        json!({"add": {"rule": {"family": "ip", "table": self.name, "chain": chain, "expr": expr}}})
+    }
+
+    /// A map keyed by the concatenation `key` to `data`, with `elems` (none: no `elem`).
+    pub fn map(&self, name: &str, key: &[&str], data: &str, elems: Vec<Value>) -> Value {
+        let mut map =
+            json!({"family": "ip", "table": self.name, "name": name, "type": key, "map": data});
+        if !elems.is_empty() {
+            map["elem"] = Value::Array(elems);
+        }
+        json!({"add": {"map": map}})
+    }
+}
+
+/// `{"nftables": objs}`: the document `nft -j -f -` reads.
+pub fn document(objs: Vec<Value>) -> Value {
+    json!({ "nftables": objs })
+}
+
+/// The protocol's name in nft.
+pub fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// `payload protocol field` (`ip daddr`, `th dport`).
+pub fn payload(protocol: &str, field: &str) -> Value {
+    json!({"payload": {"protocol": protocol, "field": field}})
+}
+
+/// `meta key`.
+pub fn meta(key: &str) -> Value {
+    json!({"meta": {"key": key}})
+}
+
+/// `ct state new` (in a nat chain it is redundant, but a `ct` expression is what makes the
+/// kernel enable conntrack in a namespace).
+pub fn ct_new() -> Value {
+    json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}})
+}
+
+/// `goto target`.
+pub fn goto(target: &str) -> Value {
+    json!({"goto": {"target": target}})
+}
+
+/// `left == right`.
+pub fn eq(left: Value, right: impl Into<Value>) -> Value {
+    json!({"match": {"op": "==", "left": left, "right": right.into()}})
+}
+
+/// The two rules that refuse a connection: TCP reset, ICMP port unreachable otherwise.
+pub fn refuse_rules(table: &Table, chain: &str) -> [Value; 2] {
+    [
+        table.rule(
+            chain,
+            json!([eq(meta("l4proto"), "tcp"), {"reject": {"type": "tcp reset"}}]),
+        ),
+        table.rule(
+            chain,
+            json!([{"reject": {"type": "icmp", "expr": "port-unreachable"}}]),
+        ),
+    ]
+}
+
+/// Run `f` on a fresh OS thread that has entered the network namespace at `netns` (our own
+/// namespace when `None`); processes it spawns inherit that namespace.
+async fn in_netns<R: Send + 'static>(
+    netns: Option<&Path>,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, NftError> {
+    super::netns::run_in(netns, f)
+        .await
+        .map_err(|e| NftError::Netns {
+            path: netns.map(Path::to_owned).unwrap_or_default(),
+            reason: e.to_string(),
+        })
+}
+
+fn ns_label(netns: Option<&Path>) -> String {
+    netns
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Run nft with `args`, feeding `stdin`; returns stdout. Blocking: call on a netns thread.
+fn run(
+    args: &[&str],
+    stdin: Option<String>,
+    what: &'static str,
+    netns: &str,
+) -> Result<String, NftError> {
+    let spawn_err = |source| NftError::Spawn {
+        what,
+        netns: netns.to_owned(),
+        source,
+    };
     let mut child = Command::new("nft")
-        .args(["-j", "-f", "-"])
-        .stdin(Stdio::piped())
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            NetError::Nft(format!(
-                "cannot run nft ({e}); install it: apt-get install nftables"
-            ))
-        })?;
-    let written = child
-        .stdin
-        .take()
-        .map(|mut stdin| stdin.write_all(&payload));
-    let out = child
-        .wait_with_output()
-        .map_err(|e| NetError::Nft(format!("waiting for nft: {e}")))?;
-    if let Some(Err(e)) = written {
-        if out.status.success() {
-            return Err(NetError::Nft(format!("writing to nft: {e}")));
-        }
+        .map_err(spawn_err)?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // nft reads its whole input before it writes anything, so this cannot deadlock.
+        pipe.write_all(input.as_bytes()).map_err(spawn_err)?;
     }
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Nft(format!(
-            "nft -j -f - failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if !out.status.success() {
+        return Err(NftError::Refused {
+            what,
+            netns: netns.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Apply an nft JSON document inside the namespace at `netns` (our own when `None`), as one
+/// transaction.
+pub async fn apply(netns: Option<&Path>, doc: &Value) -> Result<(), NftError> {
+    let json = doc.to_string();
+    let label = ns_label(netns);
+    in_netns(netns, move || {
+        run(&["-j", "-f", "-"], Some(json), "apply ruleset", &label).map(drop)
+    })
+    .await?
+}
+
+/// The raw `nft -j list table ip <table>` output in the namespace at `netns`, or `None` when
+/// the table does not exist.
+pub async fn list_table(netns: Option<&Path>, table: Table) -> Result<Option<String>, NftError> {
+    let label = ns_label(netns);
+    let r = in_netns(netns, move || {
+        run(
+            &["-j", "list", "table", "ip", table.name()],
+            None,
+            "list table",
+            &label,
+        )
+    })
+    .await?;
+    match r {
+        Ok(out) => Ok(Some(out)),
+        Err(NftError::Refused { stderr, .. }) if stderr.contains("No such file or directory") => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -121,28 +287,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn egress_ruleset_is_one_transaction_that_replaces_the_table() {
-        let doc = egress_ruleset("172.18.0.0/16".parse().unwrap()).unwrap();
-        let text = serde_json::to_string(&doc).unwrap();
-        assert!(
-            text.contains(r#""flush":{"table":{"family":"ip","name":"shoal_gw"}}"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#""prefix":{"addr":"172.18.0.0","len":16}"#),
-            "{text}"
-        );
-        assert!(text.contains("masquerade"), "{text}");
-        assert!(text.contains(r#""right":"dnat""#), "{text}");
-        assert_eq!(doc.objects.len(), 9);
-    }
-
-    #[test]
-    fn delete_ruleset_tolerates_a_missing_table() {
-        let text = serde_json::to_string(&delete_ruleset()).unwrap();
+    fn replace_adds_before_deleting_so_a_missing_table_is_fine() {
+        let t = Table::ip("shoal_x");
+        let ops: Vec<String> = t
+            .replace()
+            .iter()
+            .map(|o| o.as_object().unwrap().keys().next().unwrap().clone())
+            .collect();
+        assert_eq!(ops, ["add", "delete", "add"]);
+        let text = t.delete_document().to_string();
         assert!(
             text.starts_with(r#"{"nftables":[{"add":{"table""#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn temporary_errors_are_the_ones_a_retry_can_fix() {
+        let refused = |stderr: &str| NftError::Refused {
+            what: "apply ruleset",
+            netns: "-".into(),
+            stderr: stderr.into(),
+        };
+        assert!(refused("Error: Could not process rule: Resource busy").is_temporary());
+        assert!(!refused("Error: syntax error").is_temporary());
+        assert!(!NftError::Netns {
+            path: "/run/netns/x".into(),
+            reason: "gone".into()
+        }
+        .is_temporary());
     }
 }

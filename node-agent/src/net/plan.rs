@@ -200,7 +200,7 @@ fn task_complete(spec: &TaskNetSpec, observed: &Observed) -> bool {
 
 /// Apply `ops` in order; every op is attempted (one failure does not stop the others) and
 /// its result returned next to it, so the caller can requeue what failed
-/// ([`NetError::is_retryable`]). An attach whose overlay failed to come up fails too.
+/// ([`NetError::is_temporary`]). An attach whose overlay failed to come up fails too.
 pub async fn apply_net_ops(
     net: &dyn Network,
     ops: Vec<NetOp>,

@@ -5,12 +5,14 @@
 //!   inside a containerd namespace of its own (`shoal` by default), so nothing it does touches
 //!   other users of the same containerd. Images are pulled client-side (see
 //!   [`containerd`]'s docs for why not through CRI) from registries over the HTTP API v2.
-//! - [`fake::FakeRuntime`], a `Send + Sync` recording fake for tests of callers.
+//! - `fake::FakeRuntime` (feature `test-util`), a `Send + Sync` recording fake for tests of
+//!   callers.
 //!
 //! Pure pieces live in their own modules so they are tested without containerd:
 //! [`reference`] (image reference parsing and normalisation), [`registry`] (the registry
 //! client and the image/manifest JSON types), [`spec`] (the OCI runtime spec and the
-//! `/etc/resolv.conf`, `/etc/hosts`, `/etc/hostname` files a task gets).
+//! `/etc/resolv.conf`, `/etc/hosts`, `/etc/hostname` files a task gets); [`labels`] names the
+//! labels on our containers. See docs/architecture.md ("Node agent").
 //!
 //! Invariants every implementation keeps:
 //! - Container ids are chosen by the caller (the agent) and are stable: the same task always
@@ -23,7 +25,9 @@
 //!   ([`RuntimeError::is_temporary`]).
 
 pub mod containerd;
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+pub mod labels;
 pub mod reference;
 pub mod registry;
 pub mod spec;
@@ -36,13 +40,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use containerd::{ContainerdConfig, ContainerdRuntime};
+#[cfg(any(test, feature = "test-util"))]
 pub use fake::FakeRuntime;
+pub use labels::{LABEL_IMAGE, LABEL_MANAGED};
 pub use reference::Reference;
-
-/// Label put on every container Shoal creates; `list()` returns only containers with it.
-pub const LABEL_MANAGED: &str = "io.shoal.managed";
-/// Label holding the image reference as the task gave it.
-pub const LABEL_IMAGE: &str = "io.shoal.image";
 
 /// What a task container looks like, as the agent asks for it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

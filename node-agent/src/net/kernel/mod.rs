@@ -1,42 +1,38 @@
 //! The real [`Network`]: netlink through `rtnetlink`, one connection bound to the home netns
 //! for the life of the value, short-lived connections inside task namespaces, and nftables
-//! through `nft -j` run from a thread inside the home netns.
+//! through `nft -j` run from a thread inside the home netns. This file owns the node's links
+//! (overlays, the gateway bridge, peer entries, observation); [`task`] owns task namespaces
+//! and their veths; [`links`] the netlink helpers both use.
 //!
 //! Idempotence comes from looking before acting: links are found by their derived names,
 //! task ports by their aliases, addresses and entries are added with replace semantics, and
 //! deleting something already gone is not an error.
 
-use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
-};
+use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan,
-    RouteMessageBuilder,
-};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
 
 use super::names::{self, OverlayLink, PortKind, GW_BRIDGE};
 use super::{
-    netns, nft, Attachment, FdbEntry, GatewaySpec, NeighEntry, NetConfig, NetError, Network,
-    Observed, ObservedOverlay, ObservedPort, OverlayInfo, OverlaySpec, PeerEntries, PeerOp,
-    TaskInterface, TaskNetInfo, TaskNetSpec,
+    egress, netns, nft, FdbEntry, GatewaySpec, NeighEntry, NetConfig, NetError, Network, Observed,
+    ObservedOverlay, ObservedPort, OverlayInfo, OverlaySpec, PeerEntries, PeerOp, TaskNetInfo,
+    TaskNetSpec,
 };
 
-const ENOENT: i32 = 2;
-const ENODEV: i32 = 19;
-const EEXIST: i32 = 17;
-const EADDRNOTAVAIL: i32 = 99;
+mod links;
+mod task;
+
+use links::*;
 
 /// Netlink and nftables on this node (see the module docs of `net`).
 pub struct Kernel {
@@ -188,124 +184,6 @@ impl Kernel {
             }
         }
         Ok((ports, stray))
-    }
-
-    /// Create (or repair) one veth between a home bridge and a task netns.
-    #[allow(clippy::too_many_arguments)]
-    async fn ensure_port(
-        &self,
-        task_handle: &Handle,
-        ns_path: &Path,
-        netns_name: &str,
-        kind: PortKind,
-        bridge_index: u32,
-        ifname: &str,
-        address: Ipv4Network,
-        mtu: u32,
-        isolated: bool,
-    ) -> Result<u32, NetError> {
-        let host = names::host_veth_name(netns_name, kind);
-        let alias = names::port_alias(netns_name, kind);
-        let mac = names::mac_for_ip(address.ip());
-        let existing = link_by_name(&self.home, &host).await?;
-        let fresh = match existing {
-            Some(l) if link_alias(&l).as_deref() == Some(alias.as_str()) => {
-                let idx = l.header.index;
-                set_link(
-                    &self.home,
-                    &host,
-                    LinkUnspec::new_with_index(idx)
-                        .controller(bridge_index)
-                        .up()
-                        .build(),
-                )
-                .await?;
-                false
-            }
-            other => {
-                if let Some(l) = other {
-                    del_link(&self.home, &host, l.header.index).await?;
-                }
-                // A peer left in the task netns by an interrupted attach would clash by name.
-                if let Some(old) = link_by_name(task_handle, ifname).await? {
-                    del_link(task_handle, ifname, old.header.index).await?;
-                }
-                let ns_file = std::fs::File::open(ns_path).map_err(|e| NetError::Io {
-                    op: "open namespace",
-                    path: ns_path.to_owned(),
-                    source: e,
-                })?;
-                use std::os::fd::AsRawFd;
-                let peer = LinkMessageBuilder::<LinkUnspec>::new()
-                    .name(ifname)
-                    .address(mac.to_vec())
-                    .mtu(mtu)
-                    .setns_by_fd(ns_file.as_raw_fd())
-                    .build();
-                let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-                    .name(host.clone())
-                    .mtu(mtu)
-                    .controller(bridge_index)
-                    .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-                    .build();
-                self.home
-                    .link()
-                    .add(msg)
-                    .execute()
-                    .await
-                    .map_err(nl("create veth", &host))?;
-                drop(ns_file);
-                let idx = link_by_name(&self.home, &host)
-                    .await?
-                    .ok_or_else(|| {
-                        NetError::Invalid(format!("veth {host} vanished after creation"))
-                    })?
-                    .header
-                    .index;
-                set_link(
-                    &self.home,
-                    &host,
-                    LinkUnspec::new_with_index(idx).alias(alias).up().build(),
-                )
-                .await?;
-                true
-            }
-        };
-        if isolated {
-            let idx = link_by_name(&self.home, &host)
-                .await?
-                .map(|l| l.header.index)
-                .unwrap_or_default();
-            self.home
-                .link()
-                .set_port(LinkBridgePort::new(idx).isolated(true).build())
-                .execute()
-                .await
-                .map_err(nl("isolate bridge port", &host))?;
-        }
-        // Task side: always re-applied, each step idempotent.
-        let inner = link_by_name(task_handle, ifname).await?.ok_or_else(|| {
-            NetError::Invalid(format!(
-                "{ifname} missing in {netns_name} although {host} exists"
-            ))
-        })?;
-        let idx = inner.header.index;
-        if !fresh && link_mtu(&inner) != Some(mtu) {
-            set_link(
-                task_handle,
-                ifname,
-                LinkUnspec::new_with_index(idx).mtu(mtu).build(),
-            )
-            .await?;
-        }
-        set_link(
-            task_handle,
-            ifname,
-            LinkUnspec::new_with_index(idx).up().build(),
-        )
-        .await?;
-        add_address(task_handle, idx, address, ifname).await?;
-        Ok(idx)
     }
 
     /// The gateway bridge's index and subnet (from its address), if it exists.
@@ -482,13 +360,12 @@ impl Network for Kernel {
         )
         .await?;
         netns::write_sysctl(self.home_ns(), "net.ipv4.ip_forward", "1").await?;
-        let doc = nft::egress_ruleset(subnet)?;
-        netns::run_in(self.home_ns(), move || nft::apply(&doc)).await??;
+        nft::apply(self.home_ns(), &egress::egress_ruleset(subnet)).await?;
         Ok(())
     }
 
     async fn remove_gateway(&self) -> Result<(), NetError> {
-        netns::run_in(self.home_ns(), move || nft::apply(&nft::delete_ruleset())).await??;
+        nft::apply(self.home_ns(), &egress::TABLE.delete_document()).await?;
         if let Some(l) = link_by_name(&self.home, GW_BRIDGE).await? {
             del_link(&self.home, GW_BRIDGE, l.header.index).await?;
         }
@@ -496,145 +373,11 @@ impl Network for Kernel {
     }
 
     async fn attach_task(&self, spec: &TaskNetSpec) -> Result<TaskNetInfo, NetError> {
-        let netns_name = names::task_netns_name(&self.config.prefix, &spec.task);
-        if !names::valid_netns_name(&spec.task) || !names::valid_netns_name(&netns_name) {
-            return Err(NetError::Invalid(format!(
-                "task key {:?} is not a usable netns name",
-                spec.task
-            )));
-        }
-        // Check prerequisites before making anything.
-        let mut bridges = Vec::new();
-        for Attachment { vni, address } in &spec.attachments {
-            let br = link_by_name(&self.home, &names::bridge_name(*vni))
-                .await?
-                .ok_or(NetError::OverlayMissing { vni: *vni })?;
-            if link_by_name(&self.home, &names::vxlan_name(*vni))
-                .await?
-                .is_none()
-            {
-                return Err(NetError::OverlayMissing { vni: *vni });
-            }
-            bridges.push((
-                br.header.index,
-                link_mtu(&br).unwrap_or(1450),
-                *vni,
-                *address,
-            ));
-        }
-        let gateway = if spec.egress {
-            Some(self.gateway().await?.ok_or(NetError::GatewayMissing)?)
-        } else {
-            None
-        };
-
-        let path = netns::create(&self.config.netns_dir, &netns_name)?;
-        let task_handle = netns::netlink(Some(&path)).await?;
-        if let Some(lo) = link_by_name(&task_handle, "lo").await? {
-            set_link(
-                &task_handle,
-                "lo",
-                LinkUnspec::new_with_index(lo.header.index).up().build(),
-            )
-            .await?;
-        }
-        let mut interfaces = Vec::new();
-        for (i, (br_index, mtu, vni, address)) in bridges.into_iter().enumerate() {
-            let ifname = names::task_ifname(i);
-            let kind = PortKind::Overlay(vni);
-            self.ensure_port(
-                &task_handle,
-                &path,
-                &netns_name,
-                kind,
-                br_index,
-                &ifname,
-                address,
-                mtu,
-                false,
-            )
-            .await?;
-            interfaces.push(TaskInterface {
-                name: ifname,
-                kind,
-                address,
-                mac: names::format_mac(&names::mac_for_ip(address.ip())),
-                mtu,
-            });
-        }
-        if let Some((gw_index, gw_mtu, subnet)) = gateway {
-            let _guard = self.gw_lock.lock().await;
-            let (ports, _) = self.ports().await?;
-            let mine = ports.iter().find_map(|(_, ns, k)| match k {
-                PortKind::Gateway(ip) if *ns == netns_name && subnet.contains(*ip) => Some(*ip),
-                _ => None,
-            });
-            let ip = match mine {
-                Some(ip) => ip,
-                None => {
-                    let used: BTreeSet<Ipv4Addr> = ports
-                        .iter()
-                        .filter_map(|(_, _, k)| match k {
-                            PortKind::Gateway(ip) => Some(*ip),
-                            _ => None,
-                        })
-                        .collect();
-                    names::next_gateway_ip(subnet, &used)
-                        .ok_or(NetError::GatewayExhausted(subnet))?
-                }
-            };
-            let ifname = names::task_ifname(interfaces.len());
-            let kind = PortKind::Gateway(ip);
-            let address = Ipv4Network::new(ip, subnet.prefix()).expect("valid prefix");
-            let idx = self
-                .ensure_port(
-                    &task_handle,
-                    &path,
-                    &netns_name,
-                    kind,
-                    gw_index,
-                    &ifname,
-                    address,
-                    gw_mtu,
-                    true,
-                )
-                .await?;
-            let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(names::gateway_address(subnet))
-                .output_interface(idx)
-                .build();
-            task_handle
-                .route()
-                .add(route)
-                .replace()
-                .execute()
-                .await
-                .map_err(nl("add default route", &netns_name))?;
-            interfaces.push(TaskInterface {
-                name: ifname,
-                kind,
-                address,
-                mac: names::format_mac(&names::mac_for_ip(ip)),
-                mtu: gw_mtu,
-            });
-        }
-        Ok(TaskNetInfo {
-            netns: netns_name,
-            path,
-            interfaces,
-        })
+        self.attach(spec).await
     }
 
     async fn detach_task(&self, task: &str) -> Result<(), NetError> {
-        let netns_name = names::task_netns_name(&self.config.prefix, task);
-        let (ports, _) = self.ports().await?;
-        for (l, ns, _) in ports {
-            if ns == netns_name {
-                let name = link_name(&l).unwrap_or_default();
-                del_link(&self.home, &name, l.header.index).await?;
-            }
-        }
-        netns::delete(&self.config.netns_dir, &netns_name)
+        self.detach(task).await
     }
 
     async fn list_peer_entries(&self, vni: u32) -> Result<PeerEntries, NetError> {
@@ -763,159 +506,4 @@ impl Network for Kernel {
         }
         Ok(())
     }
-}
-
-fn nl(op: &'static str, object: impl ToString) -> impl FnOnce(rtnetlink::Error) -> NetError {
-    let object = object.to_string();
-    move |source| NetError::Netlink { op, object, source }
-}
-
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
-        _ => None,
-    }
-}
-
-fn ignore_missing(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
-    match r {
-        Err(e) if matches!(errno(&e), Some(ENOENT | ENODEV | EADDRNOTAVAIL)) => Ok(()),
-        other => other,
-    }
-}
-
-fn fdb_desc(vni: u32, e: &FdbEntry) -> String {
-    format!(
-        "{} dst {} on {}",
-        names::format_mac(&e.mac),
-        e.node,
-        names::vxlan_name(vni)
-    )
-}
-
-async fn link_by_name(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NetError> {
-    match h
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(l) => Ok(l),
-        Err(e) if matches!(errno(&e), Some(ENODEV | ENOENT)) => Ok(None),
-        Err(e) => Err(nl("get link", name)(e)),
-    }
-}
-
-async fn link_by_index(h: &Handle, index: u32) -> Result<Option<LinkMessage>, NetError> {
-    match h.link().get().match_index(index).execute().try_next().await {
-        Ok(l) => Ok(l),
-        Err(e) if matches!(errno(&e), Some(ENODEV | ENOENT)) => Ok(None),
-        Err(e) => Err(nl("get link", index)(e)),
-    }
-}
-
-async fn set_link(h: &Handle, name: &str, msg: LinkMessage) -> Result<(), NetError> {
-    h.link()
-        .set(msg)
-        .execute()
-        .await
-        .map_err(nl("set link", name))
-}
-
-async fn del_link(h: &Handle, name: &str, index: u32) -> Result<(), NetError> {
-    ignore_missing(h.link().del(index).execute().await).map_err(nl("delete link", name))
-}
-
-async fn add_link_tolerant(h: &Handle, name: &str, msg: LinkMessage) -> Result<(), NetError> {
-    match h.link().add(msg).execute().await {
-        Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-        r => r.map_err(nl("create link", name)),
-    }
-}
-
-async fn add_address(
-    h: &Handle,
-    index: u32,
-    addr: Ipv4Network,
-    name: &str,
-) -> Result<(), NetError> {
-    match h
-        .address()
-        .add(index, IpAddr::V4(addr.ip()), addr.prefix())
-        .execute()
-        .await
-    {
-        Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-        r => r.map_err(nl("add address", format!("{addr} on {name}"))),
-    }
-}
-
-/// Whether an existing VXLAN device has the settings `ensure_overlay` would give it.
-fn vxlan_matches(l: &LinkMessage, vni: u32, local: Ipv4Addr) -> bool {
-    let Some(infos) = l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::LinkInfo(infos) => Some(infos),
-        _ => None,
-    }) else {
-        return false;
-    };
-    let Some(data) = infos.iter().find_map(|i| match i {
-        LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
-        _ => None,
-    }) else {
-        return false;
-    };
-    let has = |want: &InfoVxlan| data.iter().any(|d| d == want);
-    has(&InfoVxlan::Id(vni))
-        && has(&InfoVxlan::Local(local))
-        && has(&InfoVxlan::Port(names::VXLAN_PORT))
-        && has(&InfoVxlan::Learning(false))
-        && has(&InfoVxlan::Proxy(true))
-}
-
-fn link_name(l: &LinkMessage) -> Option<String> {
-    l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(n) => Some(n.clone()),
-        _ => None,
-    })
-}
-
-fn link_alias(l: &LinkMessage) -> Option<String> {
-    l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfAlias(n) => Some(n.clone()),
-        _ => None,
-    })
-}
-
-fn link_mtu(l: &LinkMessage) -> Option<u32> {
-    l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Mtu(m) => Some(*m),
-        _ => None,
-    })
-}
-
-fn neigh_mac(m: &NeighbourMessage) -> Option<[u8; 6]> {
-    m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::LinkLayerAddress(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),
-        _ => None,
-    })
-}
-
-fn neigh_dst(m: &NeighbourMessage) -> Option<IpAddr> {
-    m.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
-        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
-        // FDB (AF_BRIDGE) messages carry the remote's address without saying its family.
-        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
-            4 => <[u8; 4]>::try_from(b.as_slice())
-                .ok()
-                .map(|o| IpAddr::V4(o.into())),
-            16 => <[u8; 16]>::try_from(b.as_slice())
-                .ok()
-                .map(|o| IpAddr::V6(o.into())),
-            _ => None,
-        },
-        _ => None,
-    })
 }

@@ -1,4 +1,5 @@
-//! The narrow trait the converge loop drives side effects through: [`TaskRuntime`] starts,
+//! Owns [`TaskRuntime`], the narrow trait the converge loop drives side effects through (the
+//! agent's port to a container runtime; `crate::runtime` is the containerd side): it starts,
 //! stops, removes and lists the containers (with their namespaces and links) of this node's
 //! tasks. The containerd + netlink implementation and the hollow one ([`crate::hollow`])
 //! implement it; tests inject recording fakes.
@@ -13,10 +14,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use shoal_api_types::endpoints::EndpointsSpec;
+use shoal_api_types::network::NetworkSpec;
+use shoal_api_types::NodeSpec;
 use shoal_api_types::Task;
-use shoal_store::Store;
 use tokio::sync::watch;
 
+use super::cluster::Cache;
 use super::desired::DesiredTasks;
 
 /// What the runtime observes of one task's container.
@@ -117,7 +121,7 @@ impl TaskError {
 
     /// Whether trying the same operation later may succeed without anything changing in the
     /// task (only [`TaskError::Unavailable`]).
-    pub fn is_retryable(&self) -> bool {
+    pub fn is_temporary(&self) -> bool {
         matches!(self, TaskError::Unavailable(_))
     }
 }
@@ -153,8 +157,15 @@ pub trait TaskRuntime: Send + Sync + 'static {
         std::future::pending::<()>().await
     }
 
-    /// Background work of the runtime that needs etcd or the desired tasks (the containerd
-    /// runtime's task networking: Networks and Endpoints watches, peer, DNS and VIP updates,
+    /// The cluster-wide caches the runtime reads while it runs ([`Self::run_background`]):
+    /// the agent lists and watches etcd into them, so the runtime starts no watch of its own.
+    /// `None` (the default): it reads none, and the agent watches nothing for it.
+    fn caches(&self) -> Option<ClusterCaches> {
+        None
+    }
+
+    /// Background work of the runtime over the desired tasks and its [`Self::caches`] (the
+    /// containerd runtime's task networking: peer, DNS and VIP updates, the routing mesh,
     /// garbage collection). The agent calls it once when it spawns and aborts it on shutdown;
     /// it runs until `ctx.shutdown` turns true. The default does nothing.
     async fn run_background(&self, ctx: BackgroundContext) {
@@ -162,17 +173,25 @@ pub trait TaskRuntime: Send + Sync + 'static {
     }
 }
 
+/// Cluster-wide objects a runtime reads, as caches it owns and the agent fills (list at a
+/// revision, then watch; `None` until the first list completed).
+#[derive(Debug, Clone)]
+pub struct ClusterCaches {
+    /// Every Network.
+    pub networks: watch::Sender<Cache<NetworkSpec>>,
+    /// Every Endpoints object.
+    pub endpoints: watch::Sender<Cache<EndpointsSpec>>,
+    /// Every Node, when the runtime needs them (the routing mesh).
+    pub nodes: Option<watch::Sender<Cache<NodeSpec>>>,
+}
+
 /// What the background loop needs from the agent.
 #[derive(Clone)]
 pub struct BackgroundContext {
-    /// etcd.
-    pub store: Store,
     /// This node's tasks, as the converge loop sees them.
     pub desired: watch::Receiver<DesiredTasks>,
     /// Turns true when the agent shuts down.
     pub shutdown: watch::Receiver<bool>,
-    /// Ask etcd for watch progress this often.
-    pub watch_progress_every: Duration,
     /// How often to reconcile everything even if nothing changed.
     pub resync: Duration,
 }

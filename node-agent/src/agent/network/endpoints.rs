@@ -1,0 +1,178 @@
+//! Owns the fan-out of Endpoints to this node: the record tables the DNS servers answer
+//! from, the overlays' peer entries and the VIP table of each local task, kept equal to the
+//! Endpoints cache ([`NodeNetwork::refresh`]), and draining a task out of service before it
+//! stops ([`NodeNetwork::drain`]). See docs/architecture.md ("Node agent").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use shoal_api_types::endpoints::EndpointsSpec;
+
+use super::{task_failure, Applied, NodeNetwork, DRAIN_SETTLE};
+use crate::agent::task_runtime::TaskError;
+use crate::lb::{self, LbError};
+
+impl NodeNetwork {
+    /// Whether any Endpoints object lists task `id` as ready (in DNS and behind VIPs).
+    pub fn is_ready_anywhere(&self, id: &str) -> bool {
+        self.endpoints
+            .borrow()
+            .as_ref()
+            .map(|eps| {
+                eps.values()
+                    .any(|e| e.spec.tasks.iter().any(|t| t.task == id && t.ready))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Takes task `id` out of service before it is stopped: waits, at most `limit`, until no
+    /// Endpoints object lists it as ready (the controller marks a task that is wanted shut
+    /// down as not ready), then [`DRAIN_SETTLE`] more so every agent has applied the change
+    /// to its DNS tables and VIP rules. Returns whether it drained within `limit`.
+    pub async fn drain(&self, id: &str, limit: Duration) -> bool {
+        let mut rx = self.endpoints.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut waited = false;
+        while self.is_ready_anywhere(id) {
+            waited = true;
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return false,
+            }
+        }
+        if waited {
+            tokio::time::sleep(DRAIN_SETTLE).await;
+        }
+        true
+    }
+
+    /// The Endpoints of `network` (`None` before the first list).
+    pub(super) fn endpoints_of(&self, network: &str) -> Option<Vec<EndpointsSpec>> {
+        let eps = self.endpoints.borrow();
+        let eps = eps.as_ref()?;
+        Some(
+            eps.values()
+                .filter(|e| e.spec.network == network)
+                .map(|e| e.spec.clone())
+                .collect(),
+        )
+    }
+
+    /// Record tables, DNS server and VIP table of a task whose namespace exists.
+    pub(super) async fn serve(
+        &self,
+        id: &str,
+        netns: &Path,
+        networks: &[String],
+        egress: bool,
+    ) -> Result<(), TaskError> {
+        for network in networks {
+            if let Some(eps) = self.endpoints_of(network) {
+                self.records.set_from_endpoints(network, &eps);
+            }
+        }
+        let dns = if egress {
+            &self.dns
+        } else {
+            &self.dns_internal
+        };
+        dns.ensure(id, netns, networks)
+            .await
+            .map_err(|e| task_failure(id, format!("start DNS server: {e}"), e.is_temporary()))?;
+        if self.endpoints.borrow().is_some() {
+            self.program_lb(id).await.map_err(|e| {
+                task_failure(id, format!("program VIP rules: {e}"), e.is_temporary())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Converges the overlay of `network` to the remote tasks in its Endpoints (not before
+    /// the first Endpoints list).
+    pub(super) async fn sync_peers(&self, network: &str, vni: u32) {
+        let Some(eps) = self.endpoints_of(network) else {
+            return;
+        };
+        let peers = self.peers_for(network, &eps);
+        match self.net.sync_peers(vni, &peers).await {
+            Ok(ops) if !ops.is_empty() => {
+                tracing::debug!(network, vni, changes = ops.len(), "synced overlay peers")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(network, vni, error = %e, "cannot sync overlay peers"),
+        }
+    }
+
+    /// Programs task `id`'s VIP table from the current Endpoints unless it holds them already.
+    pub(super) async fn program_lb(&self, id: &str) -> Result<(), LbError> {
+        let mut cache = self.lb_cache.lock().await;
+        let Some(task) = self.local_map().get(id).cloned() else {
+            return Ok(());
+        };
+        let mut eps = Vec::new();
+        for network in &task.networks {
+            eps.extend(self.endpoints_of(network).unwrap_or_default());
+        }
+        let entries = lb::vip_entries(&eps);
+        if cache.get(id) == Some(&entries) {
+            return Ok(());
+        }
+        let netns = self.netns_path(id);
+        if !cache.contains_key(id) {
+            // After a restart: keep a table that is right (and its round-robin counters).
+            if let Ok(Some(programmed)) = self.lb.programmed(&netns).await {
+                if programmed == entries {
+                    cache.insert(id.to_string(), entries);
+                    return Ok(());
+                }
+            }
+        }
+        cache.remove(id);
+        self.lb.program(&netns, &entries).await?;
+        tracing::debug!(task = %id, entries = entries.len(), "programmed VIP rules");
+        cache.insert(id.to_string(), entries);
+        Ok(())
+    }
+
+    /// Applies Endpoints changes to every network with local tasks: record table, peers and
+    /// the VIP tables of its local tasks. Networks whose Endpoints did not change since the
+    /// last call (as `applied` remembers) are skipped.
+    pub async fn refresh(&self, applied: &mut Applied) {
+        if self.endpoints.borrow().is_none() {
+            return;
+        }
+        let local = self.local_map().clone();
+        let mut by_network: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (id, t) in &local {
+            for n in &t.networks {
+                by_network.entry(n).or_default().push(id);
+            }
+        }
+        let mut changed_tasks = BTreeSet::new();
+        {
+            let applied = &mut applied.endpoints;
+            applied.retain(|n, _| by_network.contains_key(n.as_str()));
+            for (network, tasks) in &by_network {
+                let Some(eps) = self.endpoints_of(network) else {
+                    continue;
+                };
+                if applied.get(*network) == Some(&eps) {
+                    continue;
+                }
+                self.records.set_from_endpoints(network, &eps);
+                if let Ok((vni, _)) = self.network_info(network) {
+                    let _overlays = self.overlays.lock().await;
+                    self.sync_peers(network, vni).await;
+                }
+                changed_tasks.extend(tasks.iter().copied());
+                applied.insert(network.to_string(), eps);
+            }
+        }
+        for id in changed_tasks {
+            if let Err(e) = self.program_lb(id).await {
+                tracing::warn!(task = %id, error = %e, "cannot program VIP rules");
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Owns the routing mesh's convergence on this node: the node joins the `ingress` overlay
+//! with the address the controller gave it (`Node.status.ingressAddress`) whether or not
+//! tasks run here, holds every other node's ingress address as a peer, and keeps its
+//! `shoal_mesh` table ([`crate::mesh`]) equal to the ingress ports in the Endpoints of
+//! `ingress` plus the host-mode ports of local tasks (to their gateway-bridge address). The
+//! table is left in place when the agent stops (like containers) and replaced by the next
+//! agent. Each step runs only when its input changed since it last succeeded ([`MeshState`],
+//! owned by the background loop). See docs/architecture.md ("Node agent").
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use shoal_api_types::endpoints::EndpointsSpec;
+use shoal_api_types::network::{parse_cidr, INGRESS_NETWORK};
+
+use super::{Applied, NodeNetwork};
+use crate::mesh::{self, MeshRules};
+use crate::net::{names, peers_from_endpoints, GatewaySpec, OverlaySpec, Peer};
+
+/// What the routing mesh last applied (see [`NodeNetwork::refresh_mesh`]).
+#[derive(Debug, Default)]
+pub struct MeshState {
+    /// The gateway bridge (and with it `ip_forward`) was ensured.
+    gateway: bool,
+    /// The ingress overlay as last ensured (with the node's address).
+    overlay: Option<OverlaySpec>,
+    /// The ingress overlay's peers as last synced.
+    peers: Option<(u32, Vec<Peer>)>,
+    /// The table as last programmed.
+    programmed: Option<MeshRules>,
+}
+
+impl MeshState {
+    /// Ensure the ingress overlay and the mesh table again at the next refresh (repairs what
+    /// observing links cannot see, such as the bridge's address).
+    pub(super) fn forget_applied(&mut self) {
+        self.overlay = None;
+        self.peers = None;
+        self.programmed = None;
+    }
+}
+
+impl NodeNetwork {
+    /// The ingress overlay with this node's address on it, once the mesh runs, the ingress
+    /// network is allocated and the controller gave this node its address.
+    pub(super) fn ingress_overlay(&self) -> Option<OverlaySpec> {
+        let node = self.node.as_deref()?;
+        self.mesh.as_ref()?;
+        let (vni, mtu, subnet) = {
+            let networks = self.networks.borrow();
+            let n = networks.as_ref()?.get(INGRESS_NETWORK)?;
+            let subnet = parse_cidr(n.status.subnet.as_deref()?).ok()?;
+            (n.status.vni?, n.spec.mtu, subnet)
+        };
+        let address: Ipv4Addr = {
+            let nodes = self.nodes.borrow();
+            let me = nodes.as_ref()?.get(node)?;
+            me.status.ingress_address.parse().ok()?
+        };
+        Some(OverlaySpec {
+            vni,
+            mtu,
+            address: Some(Ipv4Network::new(address, subnet.prefix()).ok()?),
+        })
+    }
+
+    /// The remote peers of `network`: remote tasks from its Endpoints and, on `ingress`
+    /// while the mesh runs, every other node's ingress address.
+    pub(super) fn peers_for(&self, network: &str, eps: &[EndpointsSpec]) -> Vec<Peer> {
+        let mut peers = peers_from_endpoints(eps, self.underlay);
+        if network == INGRESS_NETWORK && self.mesh.is_some() {
+            let me = self.node.as_deref().unwrap_or_default();
+            let mut by_ip: BTreeMap<Ipv4Addr, Peer> = peers.iter().map(|p| (p.ip, *p)).collect();
+            if let Some(nodes) = self.nodes.borrow().as_ref() {
+                for n in nodes.values().filter(|n| n.name() != me) {
+                    let (Ok(ip), Ok(node)) = (
+                        n.status.ingress_address.parse::<Ipv4Addr>(),
+                        n.status.address.parse::<Ipv4Addr>(),
+                    ) else {
+                        continue;
+                    };
+                    if node != self.underlay {
+                        by_ip.insert(ip, Peer { ip, node });
+                    }
+                }
+            }
+            peers = by_ip.into_values().collect();
+        }
+        peers
+    }
+
+    /// The node's mesh table as it should be now: ingress-mode ports from the Endpoints of
+    /// `ingress` (when the node has its ingress address), host-mode ports of local tasks.
+    fn mesh_rules(&self, ingress: Option<&OverlaySpec>) -> MeshRules {
+        let mut ports = Vec::new();
+        let ingress = ingress.and_then(|spec| {
+            let addr = spec.address?.ip();
+            Some((names::bridge_name(spec.vni), addr))
+        });
+        if ingress.is_some() {
+            let eps = self.endpoints_of(INGRESS_NETWORK).unwrap_or_default();
+            ports.extend(mesh::ingress_ports(&eps));
+        }
+        let local = self.local_map().clone();
+        ports.extend(mesh::host_ports(
+            local
+                .iter()
+                .map(|(id, t)| (id.as_str(), t.host_ports.as_slice(), t.gateway)),
+        ));
+        MeshRules {
+            node_address: Some(self.underlay),
+            ingress,
+            ports: mesh::normalize(ports),
+        }
+    }
+
+    /// Converges the routing mesh (no-op without [`NodeNetwork::with_mesh`]): the gateway
+    /// bridge (it turns `ip_forward` on, which the mesh needs on nodes without tasks too),
+    /// the ingress overlay with the node's address and its peers (remote ingress tasks and
+    /// every other node's ingress address), and the `shoal_mesh` table. Each step runs only
+    /// when its input changed since it last succeeded.
+    pub async fn refresh_mesh(&self, applied: &mut Applied) {
+        let Some(mesh) = &self.mesh else {
+            return;
+        };
+        if self.networks.borrow().is_none()
+            || self.endpoints.borrow().is_none()
+            || self.nodes.borrow().is_none()
+        {
+            return;
+        }
+        let st = &mut applied.mesh;
+        if !st.gateway {
+            let _overlays = self.overlays.lock().await;
+            match self.net.ensure_gateway(&GatewaySpec::default()).await {
+                Ok(()) => st.gateway = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "routing mesh: cannot set up the gateway bridge")
+                }
+            }
+        }
+        let ingress = self.ingress_overlay();
+        if let Some(spec) = &ingress {
+            let _overlays = self.overlays.lock().await;
+            if st.overlay.as_ref() != Some(spec) {
+                match self.net.ensure_overlay(spec).await {
+                    Ok(info) => {
+                        tracing::info!(vni = spec.vni, address = ?spec.address, "joined the ingress network");
+                        st.overlay = Some(spec.clone());
+                        if info.created {
+                            st.peers = None;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "routing mesh: cannot set up the ingress overlay")
+                    }
+                }
+            }
+            let eps = self.endpoints_of(INGRESS_NETWORK).unwrap_or_default();
+            let peers = (spec.vni, self.peers_for(INGRESS_NETWORK, &eps));
+            if st.overlay.is_some() && st.peers.as_ref() != Some(&peers) {
+                match self.net.sync_peers(peers.0, &peers.1).await {
+                    Ok(_) => st.peers = Some(peers),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "routing mesh: cannot sync ingress peers")
+                    }
+                }
+            }
+        }
+        let rules = self.mesh_rules(ingress.as_ref().filter(|_| st.overlay.is_some()));
+        if st.programmed.as_ref() != Some(&rules) {
+            match mesh.program(&rules).await {
+                Ok(()) => {
+                    tracing::debug!(ports = rules.ports.len(), "programmed the routing mesh");
+                    st.programmed = Some(rules);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot program the routing mesh"),
+            }
+        }
+    }
+}

@@ -1,0 +1,609 @@
+//! [`NodeNetwork`]: the wiring of task networking into the agent's containerd path. It owns
+//! nothing in the kernel itself; it drives the narrow traits of the modules that do:
+//! [`Network`] (namespaces, veths, overlays, FDB/neighbour entries), [`DnsServers`] (the
+//! embedded DNS at 127.0.0.11 per task namespace, answering from a shared [`RecordStore`]) and
+//! [`LoadBalancer`] (the nftables VIP table per task namespace). This file owns a task's
+//! networking from setup to teardown and the full reconcile; [`endpoints`] owns the fan-out
+//! of Endpoints to DNS records, peers and VIP tables; [`mesh`](mod@mesh) the routing mesh. The
+//! life of a task's networking and the reconcile are described in docs/architecture.md
+//! ("Node agent").
+//!
+//! It starts no watch: the agent lists and watches Networks, Endpoints and (with the mesh)
+//! Nodes into the caches this value owns ([`NodeNetwork::caches`], through
+//! [`super::TaskRuntime::caches`]); tests fill them with `set_*`. The background loop
+//! ([`NodeNetwork::run`]) owns what it last applied ([`Applied`]), so that needs no lock.
+//!
+//! Invariants:
+//! - Peers are never synced before the first complete Endpoints list (an empty cache would
+//!   delete every entry).
+//! - A task's networking exists while its container is not exited and its task has not
+//!   ended: made before create, removed when the process exits or the container is deleted
+//!   (or by the reconcile, for tasks that ended while the agent was away); the reconcile
+//!   never removes the namespace of a live task's created or running container, nor of a
+//!   task being started or removed (it takes the exclusive side of a lock that starts and
+//!   removes hold shared, and skips a round rather than wait for a slow image pull).
+//! - Overlay creation and removal are serialised, so a task starting on a network never sees
+//!   its overlay removed under it by the last task leaving.
+//! - VIP tables are programmed under one lock from the current Endpoints, so an older table
+//!   never overwrites a newer one.
+
+mod endpoints;
+mod mesh;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_api_types::endpoints::EndpointsSpec;
+use shoal_api_types::network::NetworkSpec;
+use shoal_api_types::{NodeSpec, Task};
+use tokio::sync::{watch, RwLock};
+
+/// How long a drained task keeps running after leaving the Endpoints, so that every agent
+/// has reprogrammed DNS and VIPs before it gets SIGTERM.
+pub const DRAIN_SETTLE: Duration = Duration::from_millis(300);
+
+use super::cluster::Cache;
+use super::task_runtime::{BackgroundContext, ClusterCaches, TaskError};
+use crate::dns::{DnsError, DnsHost, DnsServerConfig, DnsServers, RecordStore};
+use crate::lb::{LoadBalancer, NftLoadBalancer, VipEntry};
+use crate::mesh::{Mesh, NftMesh};
+use crate::net::{
+    self, apply_net_ops, desired_node, names, network_vni, node_ops, GatewaySpec, Kernel,
+    LocalTask, NetConfig, NetError, NetOp, Network, OverlaySpec, PortKind, SpecError, TaskNetSpec,
+};
+use crate::runtime::{labels, ContainerRuntime, ContainerState};
+
+/// What the background loop last applied; owned by that loop, so no lock guards it.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Endpoints last applied per local network.
+    endpoints: BTreeMap<String, Vec<EndpointsSpec>>,
+    /// What the routing mesh last applied.
+    mesh: mesh::MeshState,
+}
+
+/// The node's task networking (see the module docs).
+pub struct NodeNetwork {
+    net: Arc<dyn Network>,
+    dns: Arc<dyn DnsServers>,
+    dns_internal: Arc<dyn DnsServers>,
+    lb: Arc<dyn LoadBalancer>,
+    records: RecordStore,
+    underlay: Ipv4Addr,
+    netns_dir: PathBuf,
+    prefix: String,
+    networks: watch::Sender<Cache<NetworkSpec>>,
+    endpoints: watch::Sender<Cache<EndpointsSpec>>,
+    local: Mutex<BTreeMap<String, LocalTask>>,
+    /// Shared by starts and removes, exclusive for the reconcile.
+    busy: RwLock<()>,
+    /// Serialises overlay creation (with the attach) against overlay removal.
+    overlays: tokio::sync::Mutex<()>,
+    /// Last programmed VIP entries per task; held while programming.
+    lb_cache: tokio::sync::Mutex<HashMap<String, Vec<VipEntry>>>,
+    /// This node's name, when the routing mesh runs (see [`NodeNetwork::with_mesh`]).
+    node: Option<String>,
+    /// The node-level port rules (routing mesh, host mode).
+    mesh: Option<Arc<dyn Mesh>>,
+    /// Every Node (for peers' ingress addresses), when the mesh runs.
+    nodes: watch::Sender<Cache<NodeSpec>>,
+    /// Poked when local tasks come or go (their host ports).
+    mesh_kick: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for NodeNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeNetwork")
+            .field("underlay", &self.underlay)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// The netns prefix of a node's task namespaces: `shoal-<node>-`.
+pub fn netns_prefix(node: &str) -> String {
+    format!("shoal-{node}-")
+}
+
+/// Why the real networking could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkSetupError {
+    /// The node address is not IPv4.
+    #[error("--address {0:?}: task networking needs an IPv4 underlay address")]
+    Address(String),
+    /// Netlink could not be opened.
+    #[error("{0}")]
+    Net(#[from] NetError),
+    /// resolv.conf could not be read.
+    #[error("{0}")]
+    Dns(#[from] DnsError),
+}
+
+impl NodeNetwork {
+    /// Task networking over the given side effects; task namespaces are
+    /// `<netns_dir>/<prefix><task>` (what `net` makes with the same prefix).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        net: Arc<dyn Network>,
+        dns: Arc<dyn DnsServers>,
+        dns_internal: Arc<dyn DnsServers>,
+        lb: Arc<dyn LoadBalancer>,
+        records: RecordStore,
+        underlay: Ipv4Addr,
+        netns_dir: impl Into<PathBuf>,
+        prefix: impl Into<String>,
+    ) -> Self {
+        NodeNetwork {
+            net,
+            dns,
+            dns_internal,
+            lb,
+            records,
+            underlay,
+            netns_dir: netns_dir.into(),
+            prefix: prefix.into(),
+            networks: watch::channel(None).0,
+            endpoints: watch::channel(None).0,
+            local: Mutex::new(BTreeMap::new()),
+            busy: RwLock::new(()),
+            overlays: tokio::sync::Mutex::new(()),
+            lb_cache: tokio::sync::Mutex::new(HashMap::new()),
+            node: None,
+            mesh: None,
+            nodes: watch::channel(None).0,
+            mesh_kick: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Runs the routing mesh and host-mode ports for node `node` through `mesh`: the node
+    /// joins the `ingress` overlay with the address the controller gave it
+    /// (`Node.status.ingressAddress`), holds every other node's ingress address as a peer,
+    /// and keeps its `shoal_mesh` table equal to the published ports.
+    pub fn with_mesh(mut self, node: impl Into<String>, mesh: Arc<dyn Mesh>) -> Self {
+        self.node = Some(node.into());
+        self.mesh = Some(mesh);
+        self
+    }
+
+    /// Replaces the Nodes cache (the watch does this; tests call it directly).
+    pub fn set_nodes(&self, nodes: impl IntoIterator<Item = shoal_api_types::Node>) {
+        self.nodes.send_replace(Some(
+            nodes
+                .into_iter()
+                .map(|n| (n.name().to_string(), n))
+                .collect(),
+        ));
+    }
+
+    /// The real thing for node `node` at underlay address `address`: netlink in `home_netns`
+    /// (the node's namespace; `None` = the agent's own), task namespaces
+    /// `/run/netns/shoal-<node>-<task>`, DNS upstreams from `resolv_conf`, nft for VIPs.
+    pub async fn kernel(
+        node: &str,
+        address: &str,
+        home_netns: Option<PathBuf>,
+        resolv_conf: &Path,
+    ) -> Result<NodeNetwork, NetworkSetupError> {
+        let underlay: Ipv4Addr = address
+            .parse()
+            .map_err(|_| NetworkSetupError::Address(address.to_string()))?;
+        let config = NetConfig {
+            home_netns,
+            ..NetConfig::new(netns_prefix(node), underlay)
+        };
+        let netns_dir = config.netns_dir.clone();
+        let prefix = config.prefix.clone();
+        let mesh = NftMesh::new(config.home_netns.clone());
+        let kernel = Kernel::connect(config).await?;
+        let records = RecordStore::new();
+        let upstream = DnsServerConfig::from_resolv_conf(resolv_conf)?;
+        let internal = DnsServerConfig {
+            upstreams: Vec::new(),
+            ..upstream.clone()
+        };
+        Ok(NodeNetwork::new(
+            Arc::new(kernel),
+            Arc::new(DnsHost::new(records.clone(), upstream)),
+            Arc::new(DnsHost::new(records.clone(), internal)),
+            Arc::new(NftLoadBalancer),
+            records,
+            underlay,
+            netns_dir,
+            prefix,
+        )
+        .with_mesh(node, Arc::new(mesh)))
+    }
+
+    /// The shared record tables (what every DNS server answers from).
+    pub fn records(&self) -> &RecordStore {
+        &self.records
+    }
+
+    /// The caches this value reads, for the agent to keep filled: Networks, Endpoints and,
+    /// when the routing mesh runs, every Node.
+    pub fn caches(&self) -> ClusterCaches {
+        ClusterCaches {
+            networks: self.networks.clone(),
+            endpoints: self.endpoints.clone(),
+            nodes: self.mesh.is_some().then(|| self.nodes.clone()),
+        }
+    }
+
+    /// The namespace path of task `id`.
+    pub fn netns_path(&self, id: &str) -> PathBuf {
+        net::netns::path(&self.netns_dir, &names::task_netns_name(&self.prefix, id))
+    }
+
+    /// Replaces the Networks cache (the watch does this; tests call it directly).
+    pub fn set_networks(&self, networks: impl IntoIterator<Item = shoal_api_types::Network>) {
+        self.networks.send_replace(Some(
+            networks
+                .into_iter()
+                .map(|n| (n.name().to_string(), n))
+                .collect(),
+        ));
+    }
+
+    /// Replaces the Endpoints cache (the watch does this; tests call it directly).
+    pub fn set_endpoints(&self, endpoints: impl IntoIterator<Item = shoal_api_types::Endpoints>) {
+        self.endpoints.send_replace(Some(
+            endpoints
+                .into_iter()
+                .map(|e| (e.name().to_string(), e))
+                .collect(),
+        ));
+    }
+
+    /// Task ids with networking this agent knows of (started, or found at a reconcile).
+    pub fn local_tasks(&self) -> Vec<String> {
+        self.local_map().keys().cloned().collect()
+    }
+
+    fn local_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, LocalTask>> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Held (shared) across a task's start or removal, so the reconcile does not take the
+    /// task's namespace for a leftover meanwhile.
+    pub async fn hold(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.busy.read().await
+    }
+
+    /// The overlay spec for `vni`: with the node's address on the ingress overlay.
+    fn overlay_spec(&self, vni: u32, mtu: Option<u32>) -> OverlaySpec {
+        match self.ingress_overlay() {
+            Some(spec) if spec.vni == vni => spec,
+            _ => OverlaySpec {
+                vni,
+                mtu,
+                address: None,
+            },
+        }
+    }
+
+    /// Makes the task's networking (see the module docs); returns its netns path.
+    pub async fn setup(&self, task: &Task) -> Result<PathBuf, TaskError> {
+        let id = task.name();
+        let spec = self.task_spec(task)?;
+        let networks: Vec<String> = task
+            .spec
+            .attachments
+            .iter()
+            .map(|a| a.network.clone())
+            .collect();
+        let info = {
+            let _overlays = self.overlays.lock().await;
+            for (a, network) in spec.attachments.iter().zip(&networks) {
+                let (_, mtu) = self
+                    .network_info(network)
+                    .map_err(|e| TaskError::Unavailable(format!("task {id}: {e}")))?;
+                self.net
+                    .ensure_overlay(&self.overlay_spec(a.vni, mtu))
+                    .await
+                    .map_err(|e| net_error(id, e))?;
+                self.sync_peers(network, a.vni).await;
+            }
+            if spec.egress {
+                self.net
+                    .ensure_gateway(&GatewaySpec::default())
+                    .await
+                    .map_err(|e| net_error(id, e))?;
+            }
+            self.net
+                .attach_task(&spec)
+                .await
+                .map_err(|e| net_error(id, e))?
+        };
+        let gateway = info.interfaces.iter().find_map(|i| match i.kind {
+            PortKind::Gateway(_) => Some(i.address.ip()),
+            PortKind::Overlay(_) => None,
+        });
+        self.local_map()
+            .insert(id.to_string(), LocalTask::of(task, spec.egress, gateway));
+        self.mesh_kick.notify_one();
+        if let Err(e) = self.serve(id, &info.path, &networks, spec.egress).await {
+            self.teardown(id).await;
+            return Err(e);
+        }
+        Ok(info.path)
+    }
+
+    /// Removes the task's networking (see the module docs). Never fails: what is left is
+    /// garbage-collected by the next reconcile.
+    pub async fn teardown(&self, id: &str) {
+        self.dns.stop(id).await;
+        self.dns_internal.stop(id).await;
+        self.lb_cache.lock().await.remove(id);
+        if self.local_map().remove(id).is_some() {
+            self.mesh_kick.notify_one();
+        }
+        let _overlays = self.overlays.lock().await;
+        if let Err(e) = self.net.detach_task(id).await {
+            tracing::warn!(task = %id, error = %e, "cannot detach the task's network namespace; the next reconcile retries");
+            return;
+        }
+        self.remove_unused_overlays().await;
+    }
+
+    /// Removes overlays without a task port (call with `overlays` held).
+    async fn remove_unused_overlays(&self) {
+        let observed = match self.net.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot observe the node's links");
+                return;
+            }
+        };
+        let mut used: BTreeSet<u32> = observed
+            .task_ports
+            .values()
+            .flatten()
+            .filter_map(|p| match p.kind {
+                PortKind::Overlay(vni) => Some(vni),
+                PortKind::Gateway(_) => None,
+            })
+            .collect();
+        // The ingress overlay stays while the node has its address (the routing mesh).
+        if let Some(spec) = self.ingress_overlay() {
+            used.insert(spec.vni);
+        }
+        for vni in observed.overlays.keys() {
+            if !used.contains(vni) {
+                if let Err(e) = self.net.remove_overlay(*vni).await {
+                    tracing::warn!(vni, error = %e, "cannot remove an unused overlay");
+                }
+            }
+        }
+    }
+
+    /// The VNI and MTU of `network`, if the controller has allocated it.
+    fn network_info(&self, network: &str) -> Result<(u32, Option<u32>), String> {
+        match self.networks.borrow().as_ref() {
+            Some(networks) => network_vni(networks, network),
+            None => Err("networks are not listed yet".into()),
+        }
+    }
+
+    fn task_spec(&self, task: &Task) -> Result<TaskNetSpec, TaskError> {
+        let spec = match self.networks.borrow().as_ref() {
+            Some(networks) => net::task_spec(task, networks),
+            None => Err(SpecError::Network("networks are not listed yet".into())),
+        };
+        spec.map_err(|e| match e {
+            SpecError::Network(e) => TaskError::Unavailable(format!("task {}: {e}", task.name())),
+            SpecError::Net(e) => net_error(task.name(), e),
+        })
+    }
+
+    /// The full reconcile (see docs/architecture.md): containers (runtime) and desired tasks
+    /// (etcd) against [`Network::observe`] through the pure [`desired_node`] and
+    /// [`node_ops`]; then the DNS servers and VIP tables of every surviving task namespace
+    /// (restarted after an agent restart). Returns `false` when a start or removal was in
+    /// flight, so nothing was done: try again soon.
+    pub async fn reconcile(
+        &self,
+        containers: &dyn ContainerRuntime,
+        desired: &BTreeMap<String, Task>,
+    ) -> bool {
+        let Ok(_exclusive) = self.busy.try_write() else {
+            return false;
+        };
+        let (Some(networks), true) = (
+            self.networks.borrow().clone(),
+            self.endpoints.borrow().is_some(),
+        ) else {
+            return true;
+        };
+        let listed = match containers.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "network reconcile: cannot list containers");
+                return true;
+            }
+        };
+        // Tasks whose process exited keep their container (logs) but not their networking;
+        // neither do tasks that ended (a node that died and came back finds its orphaned
+        // tasks' containers created but without a process).
+        let live: BTreeSet<String> = listed
+            .iter()
+            .filter(|c| c.status.state != ContainerState::Exited)
+            .map(|c| {
+                labels::get(&c.labels, labels::LABEL_TASK)
+                    .cloned()
+                    .unwrap_or_else(|| c.id.clone())
+            })
+            .filter(|id| {
+                desired
+                    .get(id)
+                    .is_none_or(|t| !t.status.state.is_terminal())
+            })
+            .collect();
+        let overlays = self.overlays.lock().await;
+        let observed = match self.net.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "network reconcile: cannot observe the node's links");
+                return true;
+            }
+        };
+        let node = desired_node(
+            &live,
+            desired,
+            &networks,
+            &observed,
+            self.ingress_overlay(),
+            |network| {
+                self.endpoints_of(network)
+                    .map(|eps| self.peers_for(network, &eps))
+            },
+        );
+        for (op, result) in apply_net_ops(self.net.as_ref(), node_ops(&node, &observed)).await {
+            match result {
+                Ok(()) if !matches!(op, NetOp::SyncPeers(..)) => {
+                    tracing::info!(?op, "network reconcile")
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(?op, error = %e, "network reconcile step failed"),
+            }
+        }
+        drop(overlays);
+        // Live tasks without a Task object keep what this agent remembers of them.
+        let mut local = node.local;
+        {
+            let known = self.local_map();
+            for id in live.iter().filter(|id| !desired.contains_key(*id)) {
+                if let Some(t) = known.get(id) {
+                    local.insert(id.clone(), t.clone());
+                }
+            }
+        }
+        *self.local_map() = local.clone();
+        // DNS servers: every local task namespace has one (after a restart they are started
+        // again); servers of tasks without a container stop.
+        let present = self.net.observe().await.map(|o| o.task_netns).ok();
+        for (id, t) in &local {
+            if present.as_ref().is_some_and(|p| !p.contains(id)) {
+                continue;
+            }
+            let (dns, other) = if t.egress {
+                (&self.dns, &self.dns_internal)
+            } else {
+                (&self.dns_internal, &self.dns)
+            };
+            other.stop(id).await;
+            let netns = self.netns_path(id);
+            for network in &t.networks {
+                if let Some(eps) = self.endpoints_of(network) {
+                    self.records.set_from_endpoints(network, &eps);
+                }
+            }
+            if let Err(e) = dns.ensure(id, &netns, &t.networks).await {
+                tracing::warn!(task = %id, error = %e, "cannot start the task's DNS server");
+            }
+        }
+        for host in [&self.dns, &self.dns_internal] {
+            for key in host.keys().await {
+                if !local.contains_key(&key) {
+                    host.stop(&key).await;
+                }
+            }
+        }
+        self.lb_cache
+            .lock()
+            .await
+            .retain(|id, _| local.contains_key(id));
+        for id in local.keys() {
+            if present.as_ref().is_some_and(|p| !p.contains(id)) {
+                continue;
+            }
+            if let Err(e) = self.program_lb(id).await {
+                tracing::warn!(task = %id, error = %e, "cannot program VIP rules");
+            }
+        }
+        true
+    }
+
+    /// Keeps the node's networking converged to the caches and this node's tasks until
+    /// `ctx.shutdown`: a full reconcile as soon as everything is listed (restart recovery)
+    /// and every resync, Endpoints fan-out and the mesh on every change.
+    pub async fn run(
+        self: Arc<Self>,
+        containers: Arc<dyn ContainerRuntime>,
+        ctx: BackgroundContext,
+    ) {
+        let BackgroundContext {
+            mut desired,
+            mut shutdown,
+            resync,
+        } = ctx;
+        let mut applied = Applied::default();
+        let mut networks = self.networks.subscribe();
+        let mut endpoints = self.endpoints.subscribe();
+        let mut nodes = self.nodes.subscribe();
+        let mut tick = tokio::time::interval(resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut full_due = true;
+        loop {
+            let listed = self.networks.borrow().is_some()
+                && self.endpoints.borrow().is_some()
+                && desired.borrow().is_some();
+            if full_due && listed {
+                let snapshot = desired.borrow().clone().unwrap_or_default();
+                full_due = !self.reconcile(containers.as_ref(), &snapshot).await;
+                if !full_due {
+                    applied.mesh.forget_applied();
+                }
+            }
+            self.refresh(&mut applied).await;
+            self.refresh_mesh(&mut applied).await;
+            let retry = async {
+                if full_due && listed {
+                    tokio::time::sleep(Duration::from_secs(1)).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = super::stopped(&mut shutdown) => break,
+                r = networks.changed() => if r.is_err() { break },
+                r = endpoints.changed() => if r.is_err() { break },
+                r = desired.changed() => if r.is_err() { break },
+                r = nodes.changed() => if r.is_err() { break },
+                _ = self.mesh_kick.notified() => {}
+                _ = tick.tick() => full_due = true,
+                _ = retry => {}
+            }
+        }
+        // The DNS servers are served by this process: they stop with the agent, as they
+        // would if it exited. A restarted agent starts them again (see `reconcile`).
+        for host in [&self.dns, &self.dns_internal] {
+            for key in host.keys().await {
+                host.stop(&key).await;
+            }
+        }
+    }
+}
+
+/// How a networking error is reported on a task.
+fn net_error(task: &str, e: NetError) -> TaskError {
+    task_failure(task, format!("network: {e}"), e.is_temporary())
+}
+
+/// A failure while setting a task up: temporary ones are retried (`Unavailable`, nothing
+/// reported), the rest fail the task with `reason`.
+pub(super) fn task_failure(task: &str, reason: String, temporary: bool) -> TaskError {
+    if temporary {
+        TaskError::Unavailable(format!("task {task}: {reason}"))
+    } else {
+        TaskError::Failed {
+            task: task.to_string(),
+            reason,
+        }
+    }
+}

@@ -1,0 +1,631 @@
+//! Unit tests of [`NodeNetwork`] against the recording fakes (network, DNS, VIP tables, mesh,
+//! container runtime).
+
+use super::*;
+use crate::agent::containers::{ContainerTasks, LABEL_TASK};
+use crate::agent::task_runtime::TaskRuntime;
+use crate::dns::{QueryKind, RecordingDns};
+use crate::lb::RecordingLb;
+use crate::net::{NetCall, Observed, PeerOp, RecordingNetwork};
+use crate::runtime::fake::{Call, FakeRuntime};
+use shoal_api_types::endpoints::{EndpointTask, Endpoints};
+use shoal_api_types::service::{EndpointMode, PortConfig, PublishMode};
+use shoal_api_types::{Network as NetworkObject, NetworkStatus, TaskAttachment, TaskSpec};
+
+const PREFIX: &str = "shoal-node-1-";
+
+struct Node {
+    tasks: ContainerTasks,
+    network: Arc<NodeNetwork>,
+    runtime: Arc<FakeRuntime>,
+    net: Arc<RecordingNetwork>,
+    dns: Arc<RecordingDns>,
+    dns_internal: Arc<RecordingDns>,
+    lb: Arc<RecordingLb>,
+}
+
+fn node_with(net: RecordingNetwork, runtime: Arc<FakeRuntime>) -> Node {
+    let net = Arc::new(net);
+    let (dns, dns_internal, lb) = (
+        Arc::new(RecordingDns::default()),
+        Arc::new(RecordingDns::default()),
+        Arc::new(RecordingLb::default()),
+    );
+    let network = Arc::new(NodeNetwork::new(
+        net.clone(),
+        dns.clone(),
+        dns_internal.clone(),
+        lb.clone(),
+        RecordStore::new(),
+        Ipv4Addr::new(198, 18, 0, 1),
+        "/run/netns",
+        PREFIX,
+    ));
+    network.set_networks([
+        overlay("appnet", 4097, false),
+        overlay("other", 4098, false),
+        overlay("private", 4099, true),
+    ]);
+    network.set_endpoints([]);
+    Node {
+        tasks: ContainerTasks::new(runtime.clone(), "node-1").with_network(network.clone()),
+        network,
+        runtime,
+        net,
+        dns,
+        dns_internal,
+        lb,
+    }
+}
+
+fn node() -> Node {
+    node_with(RecordingNetwork::new(PREFIX), Arc::new(FakeRuntime::new()))
+}
+
+fn overlay(name: &str, vni: u32, internal: bool) -> NetworkObject {
+    let mut n = NetworkObject::new(
+        name,
+        NetworkSpec {
+            internal,
+            ..Default::default()
+        },
+    );
+    n.status = NetworkStatus {
+        vni: Some(vni),
+        subnet: Some(format!("10.0.{}.0/24", vni - 4096)),
+        ..Default::default()
+    };
+    n
+}
+
+fn task(id: &str, networks: &[(&str, &str)]) -> Task {
+    let internal = networks.iter().all(|(n, _)| *n == "private") && !networks.is_empty();
+    Task::new(
+        id,
+        TaskSpec {
+            service: "api".into(),
+            slot: Some(1),
+            node: Some("node-1".into()),
+            image: "localhost:5000/busybox:latest".into(),
+            args: vec!["httpd".into()],
+            internal,
+            attachments: networks
+                .iter()
+                .map(|(n, a)| TaskAttachment {
+                    network: (*n).into(),
+                    address: format!("{a}/24"),
+                    mac: String::new(),
+                    aliases: vec![],
+                })
+                .collect(),
+            ..Default::default()
+        },
+    )
+}
+
+fn endpoints(network: &str, service: &str, vip: &str, tasks: &[(&str, &str)]) -> Endpoints {
+    Endpoints::new(
+        format!("{network}.{service}"),
+        EndpointsSpec {
+            network: network.into(),
+            service: service.into(),
+            vip: Some(vip.into()),
+            endpoint_mode: EndpointMode::Vip,
+            tasks: tasks
+                .iter()
+                .map(|(ip, node)| EndpointTask {
+                    task: format!("t-{ip}"),
+                    name: format!("{service}.{ip}"),
+                    ip: (*ip).into(),
+                    node_address: (*node).into(),
+                    ready: true,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        },
+    )
+}
+
+fn netns(id: &str) -> PathBuf {
+    PathBuf::from(format!("/run/netns/{PREFIX}{id}"))
+}
+
+#[tokio::test]
+async fn start_should_attach_the_task_before_creating_its_container_in_that_namespace() {
+    let n = node();
+    n.tasks
+        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+        .await
+        .unwrap();
+    let calls = n.net.calls();
+    let attach = calls
+        .iter()
+        .position(|c| matches!(c, NetCall::AttachTask(_)))
+        .expect("attached");
+    let overlay = calls
+        .iter()
+        .position(|c| matches!(c, NetCall::EnsureOverlay(o) if o.vni == 4097))
+        .expect("overlay ensured");
+    let gateway = calls
+        .iter()
+        .position(|c| matches!(c, NetCall::EnsureGateway(_)))
+        .expect("gateway ensured");
+    assert!(overlay < attach && gateway < attach, "{calls:?}");
+    let NetCall::AttachTask(spec) = &calls[attach] else {
+        unreachable!()
+    };
+    assert_eq!(spec.attachments[0].vni, 4097);
+    assert!(spec.egress);
+    assert_eq!(n.runtime.spec("t1").unwrap().netns, Some(netns("t1")));
+    assert!(n.runtime.calls().contains(&Call::Start("t1".into())));
+    assert_eq!(
+        n.dns.calls(),
+        [format!("ensure t1 {} appnet", netns("t1").display())]
+    );
+    assert!(n.dns_internal.calls().is_empty());
+    assert_eq!(n.lb.entries(&netns("t1")), Some(vec![]));
+    assert_eq!(n.network.local_tasks(), ["t1"]);
+}
+
+#[tokio::test]
+async fn start_should_create_nothing_when_the_attach_fails_or_the_network_is_unknown() {
+    let n = node();
+    n.net.fail("attach_task");
+    let err = n
+        .tasks
+        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+        .await
+        .unwrap_err();
+    assert!(err.is_temporary(), "{err:?}");
+    let err = n
+        .tasks
+        .start_task(&task("t2", &[("nope", "10.0.9.5")]))
+        .await
+        .unwrap_err();
+    assert!(err.reason().contains("\"nope\" does not exist"), "{err:?}");
+    assert!(n.runtime.ids().is_empty());
+    assert!(!n
+        .runtime
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::Create(_))));
+    assert!(n.dns.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_wrong_image_should_cost_no_namespace_and_a_failed_create_should_detach() {
+    let n = node();
+    n.runtime.set_image_missing("localhost:5000/nope:1");
+    let mut t = task("t1", &[("appnet", "10.0.1.5")]);
+    t.spec.image = "localhost:5000/nope:1".into();
+    let err = n.tasks.start_task(&t).await.unwrap_err();
+    assert_eq!(err.reason(), "image not found: localhost:5000/nope:1");
+    assert!(n.net.calls().is_empty(), "{:?}", n.net.calls());
+
+    // An id containerd refuses: the create fails after the attach.
+    let t = task("-t2", &[("appnet", "10.0.1.6")]);
+    let err = n.tasks.start_task(&t).await.unwrap_err();
+    assert!(matches!(err, TaskError::Rejected { .. }), "{err:?}");
+    assert!(n.runtime.ids().is_empty());
+    assert!(n.net.calls().contains(&NetCall::DetachTask("-t2".into())));
+    assert_eq!(n.dns.calls().last().unwrap(), "stop -t2");
+}
+
+#[tokio::test]
+async fn internal_tasks_should_get_no_gateway_and_a_dns_server_without_upstreams() {
+    let n = node();
+    n.tasks
+        .start_task(&task("t1", &[("private", "10.0.3.5")]))
+        .await
+        .unwrap();
+    assert!(!n
+        .net
+        .calls()
+        .iter()
+        .any(|c| matches!(c, NetCall::EnsureGateway(_))));
+    assert!(n.dns.calls().is_empty());
+    assert_eq!(
+        n.dns_internal.calls(),
+        [format!("ensure t1 {} private", netns("t1").display())]
+    );
+}
+
+#[tokio::test]
+async fn remove_should_detach_after_deleting_and_drop_overlays_nobody_uses() {
+    let n = node();
+    n.tasks
+        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+        .await
+        .unwrap();
+    n.tasks
+        .start_task(&task(
+            "t2",
+            &[("appnet", "10.0.1.6"), ("other", "10.0.2.6")],
+        ))
+        .await
+        .unwrap();
+    n.net.clear_calls();
+    n.tasks.remove_task("t2").await.unwrap();
+    assert!(!n.runtime.ids().contains(&"t2".to_string()));
+    let calls = n.net.calls();
+    assert!(
+        calls.contains(&NetCall::DetachTask("t2".into())),
+        "{calls:?}"
+    );
+    assert!(calls.contains(&NetCall::RemoveOverlay(4098)), "{calls:?}");
+    assert!(!calls.contains(&NetCall::RemoveOverlay(4097)), "{calls:?}");
+    assert_eq!(n.dns.calls().last().unwrap(), "stop t2");
+    n.tasks.remove_task("t1").await.unwrap();
+    assert!(n.net.calls().contains(&NetCall::RemoveOverlay(4097)));
+    assert!(n.network.local_tasks().is_empty());
+    // Removing again is a no-op that still succeeds.
+    n.tasks.remove_task("t1").await.unwrap();
+}
+
+#[tokio::test]
+async fn an_exited_process_should_lose_its_networking_but_keep_its_container() {
+    let n = node();
+    n.tasks
+        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+        .await
+        .unwrap();
+    n.runtime.exit("t1", 137);
+    for _ in 0..200 {
+        if n.net.calls().contains(&NetCall::DetachTask("t1".into())) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(n.net.calls().contains(&NetCall::DetachTask("t1".into())));
+    assert!(n.net.calls().contains(&NetCall::RemoveOverlay(4097)));
+    assert_eq!(n.dns.calls().last().unwrap(), "stop t1");
+    assert_eq!(n.runtime.ids(), ["t1"]);
+    assert!(n.network.local_tasks().is_empty());
+}
+
+#[tokio::test]
+async fn endpoints_changes_should_sync_peers_records_and_only_the_affected_vip_tables() {
+    let n = node();
+    n.tasks
+        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+        .await
+        .unwrap();
+    n.tasks
+        .start_task(&task("t2", &[("other", "10.0.2.5")]))
+        .await
+        .unwrap();
+    let mut applied = Applied::default();
+    n.network.refresh(&mut applied).await;
+    let lb_before = n.lb.calls().len();
+    n.net.clear_calls();
+
+    n.network.set_endpoints([
+        endpoints(
+            "appnet",
+            "api",
+            "10.0.1.2",
+            &[("10.0.1.5", "198.18.0.1"), ("10.0.1.7", "198.18.0.2")],
+        ),
+        endpoints("unrelated", "db", "10.0.9.2", &[("10.0.9.5", "198.18.0.3")]),
+    ]);
+    n.network.refresh(&mut applied).await;
+
+    // Peers: only the remote task, on appnet's overlay.
+    let peer_ops: Vec<_> = n
+        .net
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            NetCall::ApplyPeerOp(vni, op) => Some((vni, op)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(peer_ops.len(), 2, "{peer_ops:?}");
+    assert!(peer_ops.iter().all(|(vni, _)| *vni == 4097));
+    assert!(peer_ops.iter().any(|(_, op)| matches!(op,
+        PeerOp::AddNeigh(e) if e.ip == Ipv4Addr::new(10, 0, 1, 7))));
+    // Records of appnet answer the VIP for every view on it.
+    assert_eq!(
+        n.network
+            .records()
+            .view(&["appnet"])
+            .answer("api", QueryKind::A),
+        crate::dns::Answer::Addrs(vec!["10.0.1.2".parse().unwrap()])
+    );
+    // VIP rules: t1's namespace only.
+    let lb_calls = n.lb.calls()[lb_before..].to_vec();
+    assert_eq!(
+        lb_calls,
+        [format!("program {} 2", netns("t1").display())],
+        "{lb_calls:?}"
+    );
+    assert_eq!(n.lb.entries(&netns("t1")).unwrap()[0].backends.len(), 2);
+
+    // No change, no work.
+    n.net.clear_calls();
+    n.network.refresh(&mut applied).await;
+    assert_eq!(n.lb.calls().len(), lb_before + 1);
+    assert!(n.net.calls().is_empty(), "{:?}", n.net.calls());
+}
+
+#[tokio::test]
+async fn reconcile_should_restart_dns_of_surviving_tasks_and_collect_leftovers() {
+    // What a crashed agent left: t1 runs (container, namespace, overlay), `gone` has a
+    // namespace but no container, overlay 4098 has no task, and `ended` (orphaned while
+    // the agent was away) still has its container and namespace.
+    let runtime = Arc::new(FakeRuntime::new());
+    let first = node_with(RecordingNetwork::new(PREFIX), runtime.clone());
+    let t1 = task("t1", &[("appnet", "10.0.1.5")]);
+    first.tasks.start_task(&t1).await.unwrap();
+    first
+        .tasks
+        .start_task(&task("gone", &[("other", "10.0.2.5")]))
+        .await
+        .unwrap();
+    first
+        .tasks
+        .start_task(&task("ended", &[("appnet", "10.0.1.8")]))
+        .await
+        .unwrap();
+    let observed: Observed = first.net.observe().await.unwrap();
+    runtime.remove("gone");
+    assert_eq!(runtime.ids(), ["ended", "t1"]);
+    assert_eq!(
+        runtime.spec("t1").unwrap().labels[LABEL_TASK],
+        "t1".to_string()
+    );
+
+    let n = node_with(RecordingNetwork::with_observed(PREFIX, observed), runtime);
+    n.network.set_endpoints([endpoints(
+        "appnet",
+        "api",
+        "10.0.1.2",
+        &[("10.0.1.5", "198.18.0.1")],
+    )]);
+    let mut ended = task("ended", &[("appnet", "10.0.1.8")]);
+    ended.status.state = shoal_api_types::TaskState::Orphaned;
+    let desired = BTreeMap::from([("t1".to_string(), t1), ("ended".to_string(), ended)]);
+    assert!(
+        n.network
+            .reconcile(n.runtime.as_ref() as &dyn ContainerRuntime, &desired)
+            .await
+    );
+    let calls = n.net.calls();
+    assert!(
+        calls.contains(&NetCall::DetachTask("gone".into())),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&NetCall::DetachTask("ended".into())),
+        "an ended task keeps its container, not its networking: {calls:?}"
+    );
+    assert_eq!(n.dns.server("ended"), None);
+    assert!(calls.contains(&NetCall::RemoveOverlay(4098)), "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| matches!(c, NetCall::AttachTask(_))),
+        "the running task is left alone: {calls:?}"
+    );
+    assert_eq!(
+        n.dns.server("t1"),
+        Some((netns("t1"), vec!["appnet".to_string()]))
+    );
+    assert_eq!(n.lb.entries(&netns("t1")).unwrap().len(), 2);
+    assert_eq!(n.network.local_tasks(), ["t1"]);
+
+    // A second reconcile changes nothing.
+    n.net.clear_calls();
+    let lb_calls = n.lb.calls().len();
+    assert!(
+        n.network
+            .reconcile(n.runtime.as_ref() as &dyn ContainerRuntime, &desired)
+            .await
+    );
+    assert!(n
+        .net
+        .calls()
+        .iter()
+        .all(|c| matches!(c, NetCall::Observe | NetCall::ListPeerEntries(_))));
+    assert_eq!(n.lb.calls().len(), lb_calls);
+}
+
+#[tokio::test]
+async fn reconcile_should_wait_for_starts_in_flight() {
+    let n = node();
+    let held = n.network.hold().await;
+    assert!(
+        !n.network
+            .reconcile(
+                n.runtime.as_ref() as &dyn ContainerRuntime,
+                &BTreeMap::new()
+            )
+            .await
+    );
+    drop(held);
+    assert!(
+        n.network
+            .reconcile(
+                n.runtime.as_ref() as &dyn ContainerRuntime,
+                &BTreeMap::new()
+            )
+            .await
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_should_wait_until_the_task_leaves_every_endpoints_object() {
+    let n = node();
+    n.network.set_endpoints([endpoints(
+        "appnet",
+        "api",
+        "10.0.1.100",
+        &[("10.0.1.2", "198.18.0.1")],
+    )]);
+    assert!(n.network.is_ready_anywhere("t-10.0.1.2"));
+    let network = n.network.clone();
+    let drained =
+        tokio::spawn(async move { network.drain("t-10.0.1.2", Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !drained.is_finished(),
+        "still listed as ready: keeps waiting"
+    );
+    let mut eps = endpoints("appnet", "api", "10.0.1.100", &[("10.0.1.2", "198.18.0.1")]);
+    eps.spec.tasks[0].ready = false;
+    n.network.set_endpoints([eps]);
+    assert!(drained.await.unwrap(), "drained once marked not ready");
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_should_give_up_after_its_limit() {
+    let n = node();
+    n.network.set_endpoints([endpoints(
+        "appnet",
+        "api",
+        "10.0.1.100",
+        &[("10.0.1.2", "198.18.0.1")],
+    )]);
+    assert!(!n.network.drain("t-10.0.1.2", Duration::from_secs(2)).await);
+    assert!(
+        n.network.drain("unknown", Duration::from_secs(2)).await,
+        "a task listed nowhere is drained"
+    );
+}
+
+fn node_obj(name: &str, address: &str, ingress: &str) -> shoal_api_types::Node {
+    let mut n = shoal_api_types::Node::new(name, Default::default());
+    n.status.address = address.into();
+    n.status.ingress_address = ingress.into();
+    n
+}
+
+#[tokio::test]
+async fn the_mesh_should_join_ingress_with_the_node_address_and_program_published_ports() {
+    let net = Arc::new(RecordingNetwork::new(PREFIX));
+    let runtime = Arc::new(FakeRuntime::new());
+    let mesh = Arc::new(crate::mesh::RecordingMesh::default());
+    let network = Arc::new(
+        NodeNetwork::new(
+            net.clone(),
+            Arc::new(RecordingDns::default()),
+            Arc::new(RecordingDns::default()),
+            Arc::new(RecordingLb::default()),
+            RecordStore::new(),
+            Ipv4Addr::new(198, 18, 0, 1),
+            "/run/netns",
+            PREFIX,
+        )
+        .with_mesh("node-1", mesh.clone()),
+    );
+    let tasks = ContainerTasks::new(runtime.clone(), "node-1").with_network(network.clone());
+    let mut ingress = overlay("ingress", 4096, false);
+    ingress.status.subnet = Some("10.255.0.0/16".into());
+    network.set_networks([ingress, overlay("appnet", 4097, false)]);
+    network.set_nodes([
+        node_obj("node-1", "198.18.0.1", "10.255.0.3"),
+        node_obj("node-2", "198.18.0.2", "10.255.0.4"),
+        node_obj("node-3", "198.18.0.3", ""),
+    ]);
+    let mut pub_eps = endpoints(
+        "ingress",
+        "pub",
+        "10.255.0.2",
+        &[("10.255.0.5", "198.18.0.2")],
+    );
+    pub_eps.spec.ports = vec![PortConfig {
+        published: 9091,
+        target: 80,
+        ..Default::default()
+    }];
+    network.set_endpoints([pub_eps]);
+    let mut applied = Applied::default();
+    network.refresh_mesh(&mut applied).await;
+
+    // Every node joins ingress with its own address, even without a task.
+    let calls = net.calls();
+    let with_addr = OverlaySpec {
+        vni: 4096,
+        mtu: None,
+        address: Some("10.255.0.3/16".parse().unwrap()),
+    };
+    assert!(
+        calls.contains(&NetCall::EnsureOverlay(with_addr.clone())),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|c| matches!(c, NetCall::EnsureGateway(_))),
+        "ip_forward comes with the gateway: {calls:?}"
+    );
+    // Peers: the remote task and node-2's ingress address (node-3 has none yet).
+    let neigh: BTreeSet<Ipv4Addr> = calls
+        .iter()
+        .filter_map(|c| match c {
+            NetCall::ApplyPeerOp(4096, PeerOp::AddNeigh(e)) => Some(e.ip),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        neigh,
+        BTreeSet::from([Ipv4Addr::new(10, 255, 0, 4), Ipv4Addr::new(10, 255, 0, 5)])
+    );
+    let rules = mesh.rules().expect("programmed");
+    assert_eq!(rules.node_address, Some(Ipv4Addr::new(198, 18, 0, 1)));
+    assert_eq!(
+        rules.ingress,
+        Some(("shb-4096".to_string(), Ipv4Addr::new(10, 255, 0, 3)))
+    );
+    assert_eq!(rules.ports.len(), 1);
+    assert_eq!(
+        (rules.ports[0].published, rules.ports[0].target),
+        (9091, 80)
+    );
+    assert_eq!(rules.ports[0].backends, [Ipv4Addr::new(10, 255, 0, 5)]);
+
+    // Nothing changed: no work.
+    net.clear_calls();
+    network.refresh_mesh(&mut applied).await;
+    assert!(net.calls().is_empty(), "{:?}", net.calls());
+    assert_eq!(mesh.programs(), 1);
+
+    // A local task with a host-mode port: its gateway address; the ingress overlay a
+    // task joins keeps the node's address.
+    let mut t = task("h1", &[("ingress", "10.255.0.9")]);
+    t.spec.ports = vec![PortConfig {
+        published: 8080,
+        target: 80,
+        mode: PublishMode::Host,
+        ..Default::default()
+    }];
+    tasks.start_task(&t).await.unwrap();
+    assert!(!net
+        .calls()
+        .iter()
+        .any(|c| matches!(c, NetCall::EnsureOverlay(o) if o.vni == 4096 && o.address.is_none())));
+    network.refresh_mesh(&mut applied).await;
+    let rules = mesh.rules().unwrap();
+    let host = rules
+        .ports
+        .iter()
+        .find(|p| p.published == 8080)
+        .expect("host port");
+    assert_eq!(host.mode, PublishMode::Host);
+    assert_eq!(host.backends.len(), 1);
+    assert!(host.backends[0].octets()[..2] == [172, 18], "{host:?}");
+
+    // The service goes: its port goes, node-2 stays a peer; the task leaving takes its
+    // host port, and the ingress overlay stays.
+    network.set_endpoints([]);
+    tasks.remove_task("h1").await.unwrap();
+    assert!(!net.calls().contains(&NetCall::RemoveOverlay(4096)));
+    network.refresh_mesh(&mut applied).await;
+    assert!(mesh.rules().unwrap().ports.is_empty());
+    let dels: Vec<Ipv4Addr> = net
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            NetCall::ApplyPeerOp(4096, PeerOp::DelNeigh(e)) => Some(e.ip),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dels, [Ipv4Addr::new(10, 255, 0, 5)]);
+}

@@ -1,0 +1,40 @@
+//! Owns [`RecordingMesh`], the [`Mesh`] that only remembers (for tests and the `test-util`
+//! feature; not in the product binaries).
+
+use super::{Mesh, MeshRules};
+use crate::net::nft::NftError;
+
+/// A [`Mesh`] that only remembers what it was asked to program.
+#[derive(Debug, Default)]
+pub struct RecordingMesh {
+    state: std::sync::Mutex<(Option<MeshRules>, usize)>,
+}
+
+impl RecordingMesh {
+    /// What is "programmed" (`None`: nothing, or removed).
+    pub fn rules(&self) -> Option<MeshRules> {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+    /// How many times it was programmed.
+    pub fn programs(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+}
+
+#[async_trait::async_trait]
+impl Mesh for RecordingMesh {
+    async fn program(&self, rules: &MeshRules) -> Result<(), NftError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 = Some(rules.clone());
+        st.1 += 1;
+        Ok(())
+    }
+    async fn remove(&self) -> Result<(), NftError> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,669 @@
+//! Owns the container side of [`ContainerdRuntime`]: create, start, stop, delete, list,
+//! wait, exec and logs of containers and their containerd tasks, and following task exits
+//! (the [`ContainerRuntime`] implementation; images come from [`super::image`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest};
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetContainerRequest, GetRequest,
+    KillRequest, ListContainersRequest, ListTasksRequest, StartRequest, WaitRequest,
+};
+use containerd_client::tonic::Code;
+use containerd_client::types::v1::Status as TaskStatus;
+use containerd_client::types::Mount;
+use tokio::io::AsyncReadExt;
+
+use super::{status_err, ContainerdRuntime};
+use crate::runtime::{
+    spec, validate_container_id, ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState,
+    ContainerStatus, ExecOutput, ImageInfo, RuntimeError, LABEL_IMAGE, LABEL_MANAGED,
+};
+
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+const SIGTERM: u32 = 15;
+const SIGKILL: u32 = 9;
+
+/// Follows containerd's `/tasks/exit` events of `namespace`, bumping `changes` on each (and
+/// when the stream breaks, since exits may have been missed). Resubscribes after a second.
+pub(super) async fn follow_exits(
+    client: containerd_client::Client,
+    namespace: String,
+    changes: tokio::sync::watch::Sender<u64>,
+) {
+    let filter = format!("namespace=={namespace:?},topic==\"/tasks/exit\"");
+    loop {
+        let stream = client
+            .events()
+            .subscribe(containerd_client::services::v1::SubscribeRequest {
+                filters: vec![filter.clone()],
+            })
+            .await;
+        if let Ok(stream) = stream {
+            let mut stream = stream.into_inner();
+            while let Ok(Some(_envelope)) = stream.message().await {
+                changes.send_modify(|n| *n += 1);
+            }
+        }
+        changes.send_modify(|n| *n += 1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl ContainerdRuntime {
+    pub(super) async fn get_task(
+        &self,
+        id: &str,
+    ) -> Result<Option<containerd_client::types::v1::Process>, RuntimeError> {
+        match self
+            .client
+            .tasks()
+            .get(self.req(GetRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            }))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().process),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(status_err("Tasks.Get", id)(s)),
+        }
+    }
+
+    pub(super) async fn get_container(&self, id: &str) -> Result<Option<Container>, RuntimeError> {
+        match self
+            .client
+            .containers()
+            .get(self.req(GetContainerRequest { id: id.to_string() }))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().container),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(status_err("Containers.Get", id)(s)),
+        }
+    }
+
+    pub(super) async fn kill(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), RuntimeError> {
+        match self
+            .client
+            .tasks()
+            .kill(self.req(KillRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                signal,
+                all,
+            }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Already gone: nothing to signal.
+            Err(s) if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => Ok(()),
+            Err(s) => Err(status_err("Tasks.Kill", id)(s)),
+        }
+    }
+
+    pub(super) fn spawn_wait(
+        &self,
+        id: &str,
+        exec_id: &str,
+    ) -> tokio::task::JoinHandle<Result<i32, RuntimeError>> {
+        let mut tasks = self.client.tasks();
+        let req = self.req(WaitRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        });
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let r = tasks
+                .wait(req)
+                .await
+                .map_err(status_err("Tasks.Wait", id))?;
+            Ok(r.into_inner().exit_status as i32)
+        })
+    }
+
+    pub(super) async fn delete_task(&self, id: &str) -> Result<Option<i32>, RuntimeError> {
+        match self
+            .client
+            .tasks()
+            .delete(self.req(DeleteTaskRequest {
+                container_id: id.to_string(),
+            }))
+            .await
+        {
+            Ok(r) => Ok(Some(r.into_inner().exit_status as i32)),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(status_err("Tasks.Delete", id)(s)),
+        }
+    }
+
+    pub(super) async fn exec_inner(
+        &self,
+        id: &str,
+        exec_id: &str,
+        argv: &[String],
+        timeout: Duration,
+        dir: &Path,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let container = self
+            .get_container(id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound { id: id.to_string() })?;
+        let spec_any = container.spec.ok_or_else(|| RuntimeError::InvalidSpec {
+            id: id.to_string(),
+            reason: "container has no spec".to_string(),
+        })?;
+        let spec_json: serde_json::Value =
+            serde_json::from_slice(&spec_any.value).map_err(|e| RuntimeError::InvalidSpec {
+                id: id.to_string(),
+                reason: format!("container spec: {e}"),
+            })?;
+        let mut process = spec_json.get("process").cloned().unwrap_or_default();
+        process["args"] = serde_json::json!(argv);
+        process["terminal"] = serde_json::json!(false);
+
+        std::fs::create_dir_all(dir).map_err(|e| RuntimeError::io(dir, e))?;
+        let out_path = dir.join("stdout");
+        let err_path = dir.join("stderr");
+        for p in [&out_path, &err_path] {
+            nix::unistd::mkfifo(p.as_path(), nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| RuntimeError::io(p, std::io::Error::from(e)))?;
+        }
+        let open = |p: &Path| {
+            tokio::net::unix::pipe::OpenOptions::new()
+                .open_receiver(p)
+                .map_err(|e| RuntimeError::io(p, e))
+        };
+        let mut out_rx = open(&out_path)?;
+        let mut err_rx = open(&err_path)?;
+        let out_task = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = out_rx.read_to_end(&mut buf).await;
+            buf
+        });
+        let err_task = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let _ = err_rx.read_to_end(&mut buf).await;
+            buf
+        });
+
+        let mut tasks = self.client.tasks();
+        tasks
+            .exec(self.req(ExecProcessRequest {
+                container_id: id.to_string(),
+                stdin: String::new(),
+                stdout: out_path.display().to_string(),
+                stderr: err_path.display().to_string(),
+                terminal: false,
+                spec: Some(prost_types::Any {
+                    type_url: PROCESS_TYPE_URL.to_string(),
+                    value: serde_json::to_vec(&process).unwrap_or_default(),
+                }),
+                exec_id: exec_id.to_string(),
+            }))
+            .await
+            .map_err(|s| match s.code() {
+                Code::NotFound | Code::FailedPrecondition => RuntimeError::InvalidSpec {
+                    id: id.to_string(),
+                    reason: format!("exec needs a running container: {}", s.message()),
+                },
+                _ => status_err("Tasks.Exec", id)(s),
+            })?;
+        let wait = self.spawn_wait(id, exec_id);
+        let started = tasks
+            .start(self.req(StartRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            }))
+            .await;
+        let exit_code = match started {
+            Err(s) => {
+                wait.abort();
+                Err(RuntimeError::StartFailed {
+                    id: format!("{id} (exec {argv:?})"),
+                    reason: s.message().to_string(),
+                })
+            }
+            Ok(_) => match tokio::time::timeout(timeout, wait).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(RuntimeError::Containerd {
+                    op: "Tasks.Wait",
+                    object: id.to_string(),
+                    code: Code::Internal,
+                    message: e.to_string(),
+                }),
+                Err(_) => {
+                    let _ = self.kill(id, exec_id, SIGKILL, false).await;
+                    Err(RuntimeError::Timeout {
+                        op: "exec",
+                        id: id.to_string(),
+                        after: timeout,
+                    })
+                }
+            },
+        };
+        let _ = tasks
+            .delete_process(self.req(DeleteProcessRequest {
+                container_id: id.to_string(),
+                exec_id: exec_id.to_string(),
+            }))
+            .await;
+        let exit_code = exit_code?;
+        // The shim closes the FIFOs when the process's output is drained.
+        let collect = async {
+            (
+                out_task.await.unwrap_or_default(),
+                err_task.await.unwrap_or_default(),
+            )
+        };
+        let (stdout, stderr) = tokio::time::timeout(Duration::from_secs(5), collect)
+            .await
+            .unwrap_or_default();
+        Ok(ExecOutput {
+            exit_code,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+fn task_status(p: &containerd_client::types::v1::Process) -> ContainerStatus {
+    match p.status() {
+        TaskStatus::Running => ContainerStatus::running(p.pid),
+        TaskStatus::Paused | TaskStatus::Pausing => ContainerStatus {
+            state: ContainerState::Paused,
+            pid: Some(p.pid),
+            exit_code: None,
+        },
+        TaskStatus::Stopped => ContainerStatus::exited(p.exit_status as i32),
+        TaskStatus::Created => ContainerStatus::CREATED,
+        TaskStatus::Unknown => ContainerStatus {
+            state: ContainerState::Unknown,
+            pid: None,
+            exit_code: None,
+        },
+    }
+}
+#[async_trait]
+impl ContainerRuntime for ContainerdRuntime {
+    async fn ensure_image(&self, reference: &str) -> Result<ImageInfo, RuntimeError> {
+        self.ensure_local_image(reference).await
+    }
+
+    async fn create(&self, cs: &ContainerSpec) -> Result<(), RuntimeError> {
+        validate_container_id(&cs.id)?;
+        if self.get_container(&cs.id).await?.is_some() {
+            return Err(RuntimeError::AlreadyExists { id: cs.id.clone() });
+        }
+        let image = self.ensure_image(&cs.image).await?;
+        let dir = self.container_dir(&cs.id);
+        spec::write_files(&dir, cs)?;
+        let cgroups_path = format!("{}/{}", self.cfg.cgroup_parent.trim_end_matches('/'), cs.id);
+        let oci = spec::build(cs, &image.config, &dir, &cgroups_path)?;
+        let spec_bytes = serde_json::to_vec(&oci).map_err(|e| RuntimeError::InvalidSpec {
+            id: cs.id.clone(),
+            reason: e.to_string(),
+        })?;
+        // The lease keeps the new snapshot from being garbage-collected until the container
+        // record (which references it) exists.
+        let lease = self.create_lease().await?;
+        let res = async {
+            // A snapshot left by a crash between Prepare and Containers.Create is stale.
+            self.remove_snapshot(&cs.id).await?;
+            self.client
+                .snapshots()
+                .prepare(self.req_lease(
+                    PrepareSnapshotRequest {
+                        snapshotter: self.cfg.snapshotter.clone(),
+                        key: cs.id.clone(),
+                        parent: image.chain_id.clone(),
+                        labels: HashMap::new(),
+                    },
+                    &lease,
+                ))
+                .await
+                .map_err(status_err("Snapshots.Prepare", &cs.id))?;
+            let mut labels: HashMap<String, String> = cs.labels.clone().into_iter().collect();
+            labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
+            labels.insert(LABEL_IMAGE.to_string(), cs.image.clone());
+            let container = Container {
+                id: cs.id.clone(),
+                labels,
+                image: image.name.clone(),
+                runtime: Some(Runtime {
+                    name: self.cfg.runtime.clone(),
+                    options: None,
+                }),
+                spec: Some(prost_types::Any {
+                    type_url: SPEC_TYPE_URL.to_string(),
+                    value: spec_bytes,
+                }),
+                snapshotter: self.cfg.snapshotter.clone(),
+                snapshot_key: cs.id.clone(),
+                ..Default::default()
+            };
+            if let Err(s) = self
+                .client
+                .containers()
+                .create(self.req_lease(
+                    CreateContainerRequest {
+                        container: Some(container),
+                    },
+                    &lease,
+                ))
+                .await
+            {
+                let _ = self.remove_snapshot(&cs.id).await;
+                return Err(if s.code() == Code::AlreadyExists {
+                    RuntimeError::AlreadyExists { id: cs.id.clone() }
+                } else {
+                    status_err("Containers.Create", &cs.id)(s)
+                });
+            }
+            Ok(())
+        }
+        .await;
+        self.delete_lease(&lease).await;
+        if matches!(&res, Err(e) if !matches!(e, RuntimeError::AlreadyExists { .. })) {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        res
+    }
+
+    async fn start(&self, id: &str) -> Result<u32, RuntimeError> {
+        if self.get_container(id).await?.is_none() {
+            return Err(RuntimeError::NotFound { id: id.to_string() });
+        }
+        let mut tasks = self.client.tasks();
+        if let Some(p) = self.get_task(id).await? {
+            match p.status() {
+                TaskStatus::Running | TaskStatus::Paused | TaskStatus::Pausing => return Ok(p.pid),
+                TaskStatus::Created => {
+                    let r = tasks
+                        .start(self.req(StartRequest {
+                            container_id: id.to_string(),
+                            exec_id: String::new(),
+                        }))
+                        .await
+                        .map_err(|s| RuntimeError::StartFailed {
+                            id: id.to_string(),
+                            reason: s.message().to_string(),
+                        })?;
+                    return Ok(r.into_inner().pid);
+                }
+                TaskStatus::Stopped | TaskStatus::Unknown => {
+                    self.kill(id, "", SIGKILL, true).await?;
+                    self.delete_task(id).await?;
+                }
+            }
+        }
+        let mounts: Vec<Mount> = self
+            .client
+            .snapshots()
+            .mounts(self.req(MountsRequest {
+                snapshotter: self.cfg.snapshotter.clone(),
+                key: id.to_string(),
+            }))
+            .await
+            .map_err(status_err("Snapshots.Mounts", id))?
+            .into_inner()
+            .mounts;
+        let log = self.log_path(id);
+        if let Some(parent) = log.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| RuntimeError::io(parent, e))?;
+        }
+        let log_uri = format!("file://{}", log.display());
+        tasks
+            .create(self.req(CreateTaskRequest {
+                container_id: id.to_string(),
+                rootfs: mounts,
+                stdout: log_uri.clone(),
+                stderr: log_uri,
+                ..Default::default()
+            }))
+            .await
+            .map_err(|s| RuntimeError::StartFailed {
+                id: id.to_string(),
+                reason: s.message().to_string(),
+            })?;
+        match tasks
+            .start(self.req(StartRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            }))
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().pid),
+            Err(s) => {
+                let _ = self.kill(id, "", SIGKILL, true).await;
+                let _ = self.delete_task(id).await;
+                Err(RuntimeError::StartFailed {
+                    id: id.to_string(),
+                    reason: s.message().to_string(),
+                })
+            }
+        }
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<Option<i32>, RuntimeError> {
+        let Some(p) = self.get_task(id).await? else {
+            if self.get_container(id).await?.is_none() {
+                return Err(RuntimeError::NotFound { id: id.to_string() });
+            }
+            return Ok(None);
+        };
+        if p.status() == TaskStatus::Stopped {
+            return Ok(Some(p.exit_status as i32));
+        }
+        let mut wait = self.spawn_wait(id, "");
+        self.kill(id, "", SIGTERM, false).await?;
+        let code = match tokio::time::timeout(grace, &mut wait).await {
+            Ok(r) => r.map_err(|e| RuntimeError::Containerd {
+                op: "Tasks.Wait",
+                object: id.to_string(),
+                code: Code::Internal,
+                message: e.to_string(),
+            })??,
+            Err(_) => {
+                tracing::info!(
+                    container = id,
+                    ?grace,
+                    "did not stop on SIGTERM; sending SIGKILL"
+                );
+                self.kill(id, "", SIGKILL, true).await?;
+                let after = Duration::from_secs(10);
+                match tokio::time::timeout(after, &mut wait).await {
+                    Ok(r) => r.map_err(|e| RuntimeError::Containerd {
+                        op: "Tasks.Wait",
+                        object: id.to_string(),
+                        code: Code::Internal,
+                        message: e.to_string(),
+                    })??,
+                    Err(_) => {
+                        wait.abort();
+                        return Err(RuntimeError::Timeout {
+                            op: "stop",
+                            id: id.to_string(),
+                            after: grace + after,
+                        });
+                    }
+                }
+            }
+        };
+        Ok(Some(code))
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        if let Some(p) = self.get_task(id).await? {
+            if p.status() != TaskStatus::Stopped {
+                let wait = self.spawn_wait(id, "");
+                self.kill(id, "", SIGKILL, true).await?;
+                if tokio::time::timeout(Duration::from_secs(10), wait)
+                    .await
+                    .is_err()
+                {
+                    return Err(RuntimeError::Timeout {
+                        op: "delete",
+                        id: id.to_string(),
+                        after: Duration::from_secs(10),
+                    });
+                }
+            }
+            self.delete_task(id).await?;
+        }
+        match self
+            .client
+            .containers()
+            .delete(self.req(DeleteContainerRequest { id: id.to_string() }))
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == Code::NotFound => {}
+            Err(s) => return Err(status_err("Containers.Delete", id)(s)),
+        }
+        self.remove_snapshot(id).await?;
+        let dir = self.container_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::io(dir, e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let containers = self
+            .client
+            .containers()
+            .list(self.req(ListContainersRequest { filters: vec![] }))
+            .await
+            .map_err(status_err("Containers.List", ""))?
+            .into_inner()
+            .containers;
+        let tasks = self
+            .client
+            .tasks()
+            .list(self.req(ListTasksRequest {
+                filter: String::new(),
+            }))
+            .await
+            .map_err(status_err("Tasks.List", ""))?
+            .into_inner()
+            .tasks;
+        // containerd 1.6 fills `id` (= container id for the init process), not `container_id`.
+        let by_id: HashMap<&str, &containerd_client::types::v1::Process> = tasks
+            .iter()
+            .map(|t| {
+                let id = if t.container_id.is_empty() {
+                    &t.id
+                } else {
+                    &t.container_id
+                };
+                (id.as_str(), t)
+            })
+            .collect();
+        let mut out: Vec<ContainerInfo> = containers
+            .iter()
+            .filter(|c| crate::runtime::labels::is_managed(|k| c.labels.get(k)))
+            .map(|c| ContainerInfo {
+                id: c.id.clone(),
+                image: c.image.clone(),
+                labels: c.labels.clone().into_iter().collect::<BTreeMap<_, _>>(),
+                status: by_id
+                    .get(c.id.as_str())
+                    .map(|p| task_status(p))
+                    .unwrap_or(ContainerStatus::CREATED),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn status(&self, id: &str) -> Result<ContainerStatus, RuntimeError> {
+        if let Some(p) = self.get_task(id).await? {
+            return Ok(task_status(&p));
+        }
+        if self.get_container(id).await?.is_some() {
+            Ok(ContainerStatus::CREATED)
+        } else {
+            Err(RuntimeError::NotFound { id: id.to_string() })
+        }
+    }
+
+    async fn wait(&self, id: &str) -> Result<i32, RuntimeError> {
+        match self.spawn_wait(id, "").await {
+            Ok(Err(RuntimeError::Containerd {
+                code: Code::NotFound,
+                ..
+            })) => Err(RuntimeError::NotFound { id: id.to_string() }),
+            Ok(r) => r,
+            Err(e) => Err(RuntimeError::Containerd {
+                op: "Tasks.Wait",
+                object: id.to_string(),
+                code: Code::Internal,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, RuntimeError> {
+        if argv.is_empty() {
+            return Err(RuntimeError::InvalidSpec {
+                id: id.to_string(),
+                reason: "exec needs a command".to_string(),
+            });
+        }
+        let exec_id = format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let dir = self.container_dir(id).join(&exec_id);
+        let res = self.exec_inner(id, &exec_id, argv, timeout, &dir).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        res
+    }
+
+    async fn changed(&self) {
+        let mut rx = self.changes.subscribe();
+        let _ = rx.changed().await;
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("container.log")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_states_map_to_container_states() {
+        let p = containerd_client::types::v1::Process {
+            pid: 42,
+            status: TaskStatus::Stopped as i32,
+            exit_status: 3,
+            ..Default::default()
+        };
+        assert_eq!(task_status(&p), ContainerStatus::exited(3));
+        let p = containerd_client::types::v1::Process {
+            pid: 42,
+            status: TaskStatus::Running as i32,
+            ..Default::default()
+        };
+        assert_eq!(task_status(&p), ContainerStatus::running(42));
+    }
+}
