@@ -64,6 +64,62 @@ pub fn endpoints_name(network: &str, service: &str) -> String {
     format!("{network}.{service}")
 }
 
+impl EndpointTask {
+    /// A task that takes traffic: `name` at `ip`, with the id `id-<name>`; chain
+    /// [`EndpointTask::id`], [`EndpointTask::on`] and [`EndpointTask::ready`] for the rest.
+    pub fn new(name: &str, ip: &str) -> EndpointTask {
+        EndpointTask {
+            task: format!("id-{name}"),
+            name: name.into(),
+            ip: ip.into(),
+            ready: true,
+            ..Default::default()
+        }
+    }
+
+    /// With task id `id`.
+    pub fn id(mut self, id: &str) -> EndpointTask {
+        self.task = id.into();
+        self
+    }
+
+    /// Running on the node whose underlay address is `node_address`.
+    pub fn on(mut self, node_address: &str) -> EndpointTask {
+        self.node_address = node_address.into();
+        self
+    }
+
+    /// Taking traffic or not.
+    pub fn ready(mut self, ready: bool) -> EndpointTask {
+        self.ready = ready;
+        self
+    }
+}
+
+impl EndpointsSpec {
+    /// `service` on `network` in vip mode behind `vip`, with no tasks yet.
+    pub fn vip(network: &str, service: &str, vip: &str) -> EndpointsSpec {
+        EndpointsSpec {
+            network: network.into(),
+            service: service.into(),
+            vip: Some(vip.into()),
+            endpoint_mode: EndpointMode::Vip,
+            ..Default::default()
+        }
+    }
+
+    /// With these tasks.
+    pub fn tasks(mut self, tasks: impl IntoIterator<Item = EndpointTask>) -> EndpointsSpec {
+        self.tasks = tasks.into_iter().collect();
+        self
+    }
+
+    /// The object, named [`endpoints_name`] of its network and service.
+    pub fn object(self) -> Endpoints {
+        Object::new(endpoints_name(&self.network, &self.service), self)
+    }
+}
+
 impl Resource for EndpointsSpec {
     const KIND: &'static str = "Endpoints";
     const PLURAL: &'static str = "endpoints";

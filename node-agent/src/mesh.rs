@@ -310,13 +310,9 @@ mod tests {
     }
 
     fn task(ip: &str, ready: bool) -> EndpointTask {
-        EndpointTask {
-            task: format!("t-{ip}"),
-            name: format!("pub.{ip}"),
-            ip: ip.into(),
-            ready,
-            ..Default::default()
-        }
+        EndpointTask::new(&format!("pub.{ip}"), ip)
+            .id(&format!("t-{ip}"))
+            .ready(ready)
     }
 
     fn port(published: u32, target: u32, protocol: Protocol, mode: PublishMode) -> PortConfig {
@@ -330,12 +326,8 @@ mod tests {
 
     fn eps(network: &str, ports: Vec<PortConfig>, tasks: Vec<EndpointTask>) -> EndpointsSpec {
         EndpointsSpec {
-            network: network.into(),
-            service: "pub".into(),
-            vip: Some("10.255.0.2".into()),
             ports,
-            tasks,
-            ..Default::default()
+            ..EndpointsSpec::vip(network, "pub", "10.255.0.2").tasks(tasks)
         }
     }
 

@@ -24,7 +24,6 @@ use std::time::Duration;
 use agent_support::{eventually, task_in_state, task_key};
 use containerd_support::{busybox_missing, TestEnv, BINARIES};
 use shoal_api_types::endpoints::{EndpointTask, Endpoints, EndpointsSpec};
-use shoal_api_types::service::EndpointMode;
 use shoal_api_types::{
     HealthCheck, Network, NetworkSpec, NetworkStatus, Task, TaskAttachment, TaskSpec, TaskState,
 };
@@ -175,27 +174,13 @@ fn network() -> Network {
 }
 
 fn endpoints(service: &str, vip: &str, tasks: &[(&str, &str, &str)]) -> Endpoints {
-    Endpoints::new(
-        format!("appnet.{service}"),
-        EndpointsSpec {
-            network: "appnet".into(),
-            service: service.into(),
-            vip: Some(vip.into()),
-            endpoint_mode: EndpointMode::Vip,
-            tasks: tasks
-                .iter()
-                .map(|(task, ip, node)| EndpointTask {
-                    task: (*task).into(),
-                    name: format!("{service}.1"),
-                    ip: (*ip).into(),
-                    node_address: (*node).into(),
-                    ready: true,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        },
-    )
+    EndpointsSpec::vip("appnet", service, vip)
+        .tasks(tasks.iter().map(|(task, ip, node)| {
+            EndpointTask::new(&format!("{service}.1"), ip)
+                .id(task)
+                .on(node)
+        }))
+        .object()
 }
 
 fn task(node: &str, id: &str, service: &str, image: &str, ip: &str, command: &[&str]) -> Task {

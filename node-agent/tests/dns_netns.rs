@@ -6,27 +6,12 @@
 mod support;
 
 use shoal_api_types::endpoints::{EndpointTask, EndpointsSpec};
-use shoal_api_types::service::EndpointMode;
 use shoal_node_agent::dns::{DnsHost, DnsServerConfig, DnsServers, RecordStore};
 use support::Namespaces;
 
 fn endpoints(network: &str, service: &str, vip: &str, tasks: &[(&str, &str)]) -> EndpointsSpec {
-    EndpointsSpec {
-        network: network.into(),
-        service: service.into(),
-        vip: Some(vip.into()),
-        endpoint_mode: EndpointMode::Vip,
-        tasks: tasks
-            .iter()
-            .map(|(n, ip)| EndpointTask {
-                name: (*n).into(),
-                ip: (*ip).into(),
-                ready: true,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
+    EndpointsSpec::vip(network, service, vip)
+        .tasks(tasks.iter().map(|(n, ip)| EndpointTask::new(n, ip)))
 }
 
 /// `dig` inside `ns`; returns (status, sorted answer lines of `+short`).

@@ -18,22 +18,8 @@ use shoal_node_agent::dns::{DnsServer, DnsServerConfig, RecordStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn endpoints(vip: &str, tasks: &[(&str, &str)]) -> EndpointsSpec {
-    EndpointsSpec {
-        network: "appnet".into(),
-        service: "api".into(),
-        vip: Some(vip.into()),
-        endpoint_mode: EndpointMode::Vip,
-        tasks: tasks
-            .iter()
-            .map(|(n, ip)| EndpointTask {
-                name: (*n).into(),
-                ip: (*ip).into(),
-                ready: true,
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
+    EndpointsSpec::vip("appnet", "api", vip)
+        .tasks(tasks.iter().map(|(n, ip)| EndpointTask::new(n, ip)))
 }
 
 fn config(upstreams: Vec<SocketAddr>) -> Arc<DnsServerConfig> {

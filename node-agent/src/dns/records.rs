@@ -267,13 +267,7 @@ mod tests {
     }
 
     fn task(name: &str, ip: &str, ready: bool) -> EndpointTask {
-        EndpointTask {
-            task: format!("id-{name}"),
-            name: name.into(),
-            ip: ip.into(),
-            ready,
-            ..Default::default()
-        }
+        EndpointTask::new(name, ip).ready(ready)
     }
 
     fn ep(

@@ -254,13 +254,7 @@ mod tests {
     }
 
     pub(super) fn task(name: &str, ip: &str, ready: bool) -> EndpointTask {
-        EndpointTask {
-            task: format!("id-{name}"),
-            name: name.into(),
-            ip: ip.into(),
-            ready,
-            ..Default::default()
-        }
+        EndpointTask::new(name, ip).ready(ready)
     }
 
     pub(super) fn endpoints(

@@ -9,7 +9,7 @@ use crate::lb::RecordingLb;
 use crate::net::{NetCall, Observed, PeerOp, RecordingNetwork};
 use crate::runtime::fake::{Call, FakeRuntime};
 use shoal_api_types::endpoints::{EndpointTask, Endpoints};
-use shoal_api_types::service::{EndpointMode, PortConfig, PublishMode};
+use shoal_api_types::service::{PortConfig, PublishMode};
 use shoal_api_types::{Network as NetworkObject, NetworkStatus, TaskAttachment, TaskSpec};
 
 const PREFIX: &str = "shoal-node-1-";
@@ -104,27 +104,13 @@ fn task(id: &str, networks: &[(&str, &str)]) -> Task {
 }
 
 fn endpoints(network: &str, service: &str, vip: &str, tasks: &[(&str, &str)]) -> Endpoints {
-    Endpoints::new(
-        format!("{network}.{service}"),
-        EndpointsSpec {
-            network: network.into(),
-            service: service.into(),
-            vip: Some(vip.into()),
-            endpoint_mode: EndpointMode::Vip,
-            tasks: tasks
-                .iter()
-                .map(|(ip, node)| EndpointTask {
-                    task: format!("t-{ip}"),
-                    name: format!("{service}.{ip}"),
-                    ip: (*ip).into(),
-                    node_address: (*node).into(),
-                    ready: true,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        },
-    )
+    EndpointsSpec::vip(network, service, vip)
+        .tasks(tasks.iter().map(|(ip, node)| {
+            EndpointTask::new(&format!("{service}.{ip}"), ip)
+                .id(&format!("t-{ip}"))
+                .on(node)
+        }))
+        .object()
 }
 
 fn netns(id: &str) -> PathBuf {
