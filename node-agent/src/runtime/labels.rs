@@ -5,16 +5,18 @@
 
 use std::collections::BTreeMap;
 
+use shoal_api_types::labels;
+
 /// On every container Shoal creates; `list()` returns only containers with it.
 pub const LABEL_MANAGED: &str = "shoal.io/managed";
 /// The image reference as the task gave it.
 pub const LABEL_IMAGE: &str = "shoal.io/image";
-/// The task id.
-pub const LABEL_TASK: &str = "shoal.io/task";
-/// The task's service.
-pub const LABEL_SERVICE: &str = "shoal.io/service";
-/// The node the container was started on.
-pub const LABEL_NODE: &str = "shoal.io/node";
+/// The task id (the name Shoal uses for a task everywhere: [`labels::TASK`]).
+pub const LABEL_TASK: &str = labels::TASK;
+/// The task's service ([`labels::SERVICE`]).
+pub const LABEL_SERVICE: &str = labels::SERVICE;
+/// The node the container was started on ([`labels::NODE`]).
+pub const LABEL_NODE: &str = labels::NODE;
 /// The task's health check (JSON), so checks of running tasks resume after an agent restart
 /// without the task spec.
 pub const LABEL_HEALTHCHECK: &str = "shoal.io/healthcheck";
