@@ -22,7 +22,6 @@
 //! never writes a Node's `spec`.
 
 pub mod apply;
-pub mod backoff;
 pub mod cluster;
 pub mod containers;
 pub mod converge;
