@@ -71,11 +71,22 @@ impl Store {
 
     /// Every key below `prefix`, and the revision they were read at (paged, one snapshot).
     pub async fn list_raw(&self, prefix: &str) -> Result<(Vec<RawKv>, i64)> {
+        self.list_raw_paged(prefix, 0).await
+    }
+
+    /// Every key below `prefix` as it was at `revision` (paged; [`StoreError::Compacted`]
+    /// if that revision is gone): for checking a list against etcd's snapshot.
+    pub async fn list_raw_at(&self, prefix: &str, revision: i64) -> Result<Vec<RawKv>> {
+        self.check_revision(revision).await?;
+        Ok(self.list_raw_paged(prefix, revision.max(1)).await?.0)
+    }
+
+    /// Pages through `prefix` at `revision` (0: at the revision of the first page).
+    async fn list_raw_paged(&self, prefix: &str, mut revision: i64) -> Result<(Vec<RawKv>, i64)> {
         let end = prefix_range_end(prefix);
         let mut kv = self.kv();
         let mut items = Vec::new();
         let mut from = prefix.as_bytes().to_vec();
-        let mut revision = 0;
         loop {
             let mut opts = GetOptions::new()
                 .with_range(end.clone())
