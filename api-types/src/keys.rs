@@ -34,6 +34,14 @@ impl Default for Keys {
     }
 }
 
+/// So that functions taking "anything that knows the key layout" (the store's batches
+/// take a `Store` or its `Keys`) accept a `Keys` itself.
+impl AsRef<Keys> for Keys {
+    fn as_ref(&self) -> &Keys {
+        self
+    }
+}
+
 impl Keys {
     /// Keys below `root` (no trailing slash).
     pub fn new(root: impl Into<String>) -> Self {

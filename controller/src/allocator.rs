@@ -31,7 +31,9 @@ use shoal_api_types::{Network, NetworkSpec, NetworkStatus};
 use crate::context::Context;
 use crate::ipam::gateway;
 use crate::runtime::cache::Claim;
-use crate::runtime::{Action, ControllerError, Txn};
+use shoal_store::Batch;
+
+use crate::runtime::{Action, ControllerError};
 
 /// The VNI of the ingress network.
 pub const INGRESS_VNI: u32 = 4096;
@@ -94,7 +96,7 @@ pub enum AllocError {
 
 impl AllocError {
     /// Allocation errors never succeed on a plain retry.
-    pub fn is_retryable(&self) -> bool {
+    pub fn is_temporary(&self) -> bool {
         false
     }
 }
@@ -217,7 +219,12 @@ pub async fn reconcile_network(name: String, ctx: Arc<Context>) -> Result<Action
     ctx.sync().await;
     let leaked = release_leaked(&ctx, &name);
     let result = match network_step(&ctx, &name) {
-        Step::Commit(txn) => ctx.writer.commit(txn).await.map(|_| Action::AwaitChange),
+        Step::Commit(txn) => ctx
+            .writer
+            .commit(txn)
+            .await
+            .map(|_| Action::AwaitChange)
+            .map_err(Into::into),
         Step::Fail(net, err) => fail(&ctx, &net, err).await,
     };
     ctx.writer.commit_all(leaked, 4).await?;
@@ -240,7 +247,7 @@ pub fn leaked_addresses(
     out
 }
 
-fn release_leaked(ctx: &Context, network: &str) -> Vec<Txn> {
+fn release_leaked(ctx: &Context, network: &str) -> Vec<Batch> {
     let world = ctx.cache.read();
     let Some(claims) = world.ipam.ips.get(network) else {
         return vec![];
@@ -258,7 +265,7 @@ fn release_leaked(ctx: &Context, network: &str) -> Vec<Txn> {
         .into_iter()
         .map(|(ip, rev)| {
             tracing::info!(%network, %ip, "releasing an address whose owner is gone");
-            let mut txn = Txn::new();
+            let mut txn = Batch::new();
             txn.delete_raw(ctx.keys.ip(network, ip), rev);
             txn
         })
@@ -266,7 +273,7 @@ fn release_leaked(ctx: &Context, network: &str) -> Vec<Txn> {
 }
 
 enum Step {
-    Commit(Txn),
+    Commit(Batch),
     Fail(Box<Network>, AllocError),
 }
 
@@ -276,7 +283,7 @@ fn network_step(ctx: &Context, name: &str) -> Step {
     let keys = ctx.keys.clone();
     {
         let world = ctx.cache.read();
-        let mut txn = Txn::new();
+        let mut txn = Batch::new();
         let Some(net) = world.networks.get(&name).cloned() else {
             // Deleted: release what it held.
             for (subnet, c) in world.ipam.subnets.iter().filter(|(_, c)| c.owner == name) {
@@ -387,7 +394,7 @@ async fn fail(ctx: &Context, net: &Network, err: AllocError) -> Result<Action, C
             observed_generation: net.metadata.generation,
             ..Default::default()
         };
-        let mut txn = Txn::new();
+        let mut txn = Batch::new();
         txn.update(&ctx.keys, &next);
         ctx.writer.commit(txn).await?;
     }
@@ -467,7 +474,7 @@ mod tests {
                 .starts_with("address pool 10.9.0.0/23 is exhausted"),
             "{err}"
         );
-        assert!(!err.is_retryable());
+        assert!(!err.is_temporary());
     }
 
     #[test]

@@ -60,6 +60,7 @@ impl Config {
                 (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
                 _ => None,
             },
+            ..Connect::default()
         })
     }
 }

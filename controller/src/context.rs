@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use shoal_api_types::keys::Keys;
-use shoal_store::Store;
+use shoal_store::{Store, Writer};
 use tokio::time::Instant;
 
 use crate::config::ManagerConfig;
-use crate::runtime::{Cache, WorkQueue, Writer};
+use crate::runtime::{Cache, WorkQueue};
 
 /// The work queues.
 #[derive(Clone, Default)]
@@ -27,7 +27,7 @@ pub struct Queues {
 
 /// What every reconcile gets.
 pub struct Context {
-    /// The store (for its keys and client).
+    /// The store (reads outside the cache; all etcd access goes through it).
     pub store: Store,
     /// The key layout.
     pub keys: Keys,

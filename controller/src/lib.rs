@@ -3,8 +3,9 @@
 //! placed on nodes, and Endpoints.
 //!
 //! One module per stage, as swarmkit's manager: `allocator` → `orchestrator` → `scheduler`,
-//! and `nodes`; `manager` runs them on `runtime` while `leader` holds the lease. What each
-//! stage owns, the data flow and the module graph: docs/architecture.md ("Controller").
+//! and `nodes`; `manager` runs them on `runtime` while it holds the leader lease. Every etcd
+//! access — the watcher, fenced batches, leader election — goes through `shoal_store`. What
+//! each stage owns, the data flow and the module graph: docs/architecture.md ("Controller").
 
 pub mod api;
 pub mod app;
@@ -15,7 +16,6 @@ pub mod manager;
 pub mod allocator;
 pub mod endpoints;
 pub mod ipam;
-pub mod leader;
 pub mod nodes;
 pub mod orchestrator;
 pub mod runtime;

@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::{Network, NodeState, Task, TaskState};
-use shoal_store::Store;
+use shoal_store::leader::{self, Leadership};
+use shoal_store::{Backoff, Batch, Store, Watcher, Writer};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::ManagerConfig;
 use crate::context::{Context, Queues};
-use crate::leader::{self, Leadership};
-use crate::runtime::{Backoff, Cache, Change, Runner, Txn, Watcher, WorkQueue, Writer};
+use crate::runtime::{Cache, Change, Runner, WorkQueue};
 
 /// The key of the scheduler's queue.
 pub const PENDING: &str = "pending";
@@ -83,10 +83,7 @@ async fn lead(store: &Store, config: &ManagerConfig, leadership: &Leadership) {
         store: store.clone(),
         keys: keys.clone(),
         cache: cache.clone(),
-        writer: Writer::new(
-            store.client(),
-            Some((leadership.key.clone(), leadership.term)),
-        ),
+        writer: Writer::new(store.clone(), Some(leadership.fence())),
         config: config.clone(),
         queues: queues.clone(),
         ip_cursors: Mutex::new(HashMap::new()),
@@ -95,7 +92,7 @@ async fn lead(store: &Store, config: &ManagerConfig, leadership: &Leadership) {
     let mut tasks = JoinSet::new();
 
     // Watcher → cache → queues.
-    let mut watcher = Watcher::new(store.client(), format!("{}/", keys.root()));
+    let mut watcher = Watcher::new(store.clone(), format!("{}/", keys.root()));
     let first = watcher.next().await;
     let changes = cache.apply(first);
     dispatch(&ctx, changes);
@@ -161,7 +158,7 @@ async fn ensure_ingress(ctx: &Context) {
         return;
     }
     let net: Network = crate::allocator::ingress_network(ctx.config.ingress_subnet);
-    let mut txn = Txn::new();
+    let mut txn = Batch::new();
     txn.create(&ctx.keys, &net);
     match ctx.writer.commit(txn).await {
         Ok(_) => tracing::info!(subnet = %ctx.config.ingress_subnet, "created the ingress network"),

@@ -33,7 +33,9 @@ use tokio::time::Instant;
 
 use crate::context::Context;
 use crate::ipam::{addressing, pick_ips, Addressing};
-use crate::runtime::{Action, ControllerError, Txn};
+use shoal_store::Batch;
+
+use crate::runtime::{Action, ControllerError};
 
 /// The owner written in the claim of node `name`'s ingress address.
 pub fn node_owner(name: &str) -> String {
@@ -99,7 +101,7 @@ pub async fn reconcile_node(name: String, ctx: Arc<Context>) -> Result<Action, C
 }
 
 /// Decides a node's state and its tasks' fate from the cache.
-fn node_step(ctx: &Context, name: &str) -> (Vec<Txn>, Action) {
+fn node_step(ctx: &Context, name: &str) -> (Vec<Batch>, Action) {
     let name = name.to_string();
     let keys = ctx.keys.clone();
     let now = Utc::now();
@@ -116,7 +118,7 @@ fn node_step(ctx: &Context, name: &str) -> (Vec<Txn>, Action) {
         let Some(node) = world.nodes.get(&name).cloned() else {
             // Removed: its tasks go with it.
             for t in node_tasks() {
-                let mut txn = Txn::new();
+                let mut txn = Batch::new();
                 txn.delete(&keys, t.as_ref());
                 for (net, ip) in world
                     .ipam
@@ -131,7 +133,7 @@ fn node_step(ctx: &Context, name: &str) -> (Vec<Txn>, Action) {
                 }
                 txns.push(txn);
             }
-            let mut txn = Txn::new();
+            let mut txn = Batch::new();
             for (net, ip) in world
                 .ipam
                 .by_owner
@@ -157,7 +159,7 @@ fn node_step(ctx: &Context, name: &str) -> (Vec<Txn>, Action) {
         let mut state = node.status.state;
         // One transaction for the Node: its state and its ingress address (with the claim).
         let mut next = (*node).clone();
-        let mut node_txn = Txn::new();
+        let mut node_txn = Batch::new();
         if alive {
             ctx.lease_deadlines
                 .lock()
@@ -238,7 +240,7 @@ fn node_step(ctx: &Context, name: &str) -> (Vec<Txn>, Action) {
                 next.status.timestamp = Some(now);
                 next.status.err = format!("node {name} is down");
                 next.status.message = "orphaned".into();
-                let mut txn = Txn::new();
+                let mut txn = Batch::new();
                 txn.update(&keys, &next);
                 txns.push(txn);
             }

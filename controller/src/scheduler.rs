@@ -22,7 +22,9 @@ use chrono::Utc;
 use shoal_api_types::{Constraint, NodeAvailability, NodeState, Protocol, PublishMode, TaskState};
 
 use crate::context::Context;
-use crate::runtime::{Action, ControllerError, Txn};
+use shoal_store::Batch;
+
+use crate::runtime::{Action, ControllerError};
 
 /// A task waiting for a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,7 +245,7 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
         let decisions = schedule(&requests, &mut loads);
         let mut txns = Vec::with_capacity(pending.len());
         for (task, decision) in pending.iter().zip(decisions) {
-            let mut txn = Txn::new();
+            let mut txn = Batch::new();
             match decision {
                 Decision::Assign(node) => {
                     txn.delete(&keys, task.as_ref());
@@ -253,7 +255,7 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
                     moved.status.state = TaskState::Assigned;
                     moved.status.timestamp = Some(now);
                     moved.status.message = "scheduled".into();
-                    txn.create(&keys, &moved);
+                    txn.create_keeping_identity(&keys, &moved);
                 }
                 Decision::Pending(reason) => {
                     if task.spec.pending_reason != reason {

@@ -21,15 +21,8 @@ async fn ingress_address(store: &shoal_store::Store, node: &str) -> Option<Ipv4A
 
 async fn claim_owner(store: &shoal_store::Store, ip: Ipv4Addr) -> Option<String> {
     let key = store.keys().ip(INGRESS_NETWORK, ip);
-    let resp = store
-        .client()
-        .kv_client()
-        .get(key.as_str(), None)
-        .await
-        .expect("get claim");
-    resp.kvs()
-        .first()
-        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+    let kv = store.get_raw(&key).await.expect("get claim");
+    kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use shoal_api_types::{NetworkAttachmentConfig, ServiceSpec, TaskSpec};
-use shoal_controller::leader;
-use shoal_controller::runtime::{ControllerError, Txn, Writer};
-use shoal_store::{Event, Lease};
+use shoal_store::leader;
+use shoal_store::{Batch, Event, Lease, StoreError, Writer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_leader_mid_scale_up_should_leave_exactly_the_wanted_tasks() {
@@ -120,16 +119,8 @@ async fn leader_dies_mid_scale_up(abort: bool) {
     assert_eq!(ips.len(), all.len(), "no address twice");
     assert_eq!(running.len(), 200);
     // Claims match the tasks plus the VIP exactly.
-    let claims = store
-        .client()
-        .kv_client()
-        .get(
-            store.keys().network_ips("big"),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
-    assert_eq!(claims.kvs().len(), 201);
+    let claims = store.count(&store.keys().network_ips("big")).await.unwrap();
+    assert_eq!(claims, 201);
     if !abort {
         if a.handle.is_finished() {
             panic!("the deposed leader ended: {:?}", (&mut a.handle).await);
@@ -156,26 +147,18 @@ async fn leader_dies_mid_scale_up(abort: bool) {
 async fn a_deposed_leaders_writes_should_be_refused() {
     let (_etcd, store) = etcd().await;
     let first = leader::campaign(&store, "first", Duration::from_secs(2)).await;
-    let writer = Writer::new(store.client(), Some((first.key.clone(), first.term)));
-    let mut txn = Txn::new();
+    let writer = Writer::new(store.clone(), Some(first.fence()));
+    let mut txn = Batch::new();
     txn.claim(store.keys().vni(5000), "x");
     writer.commit(txn).await.expect("the leader writes");
 
     first.resign(&store).await;
     let second = leader::campaign(&store, "second", Duration::from_secs(2)).await;
     assert!(second.term > 0);
-    let mut txn = Txn::new();
+    let mut txn = Batch::new();
     txn.claim(store.keys().vni(5001), "x");
     let err = writer.commit(txn).await.unwrap_err();
-    assert!(matches!(err, ControllerError::Conflict(_)), "{err}");
-    let got = store
-        .client()
-        .kv_client()
-        .get(store.keys().vni(5001), None)
-        .await
-        .unwrap();
-    assert!(
-        got.kvs().is_empty(),
-        "nothing written by the deposed leader"
-    );
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    let got = store.get_raw(&store.keys().vni(5001)).await.unwrap();
+    assert!(got.is_none(), "nothing written by the deposed leader");
 }

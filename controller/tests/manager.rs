@@ -1,10 +1,11 @@
-//! The runtime against a real etcd: the watcher relists after compaction and the cache
-//! swaps in the fresh list whole.
+//! The runtime against a real etcd: the store's watcher relists after compaction and the
+//! controller's cache swaps in the fresh list whole.
 
 mod common;
 
 use shoal_api_types::{Network, NetworkSpec};
-use shoal_controller::runtime::{Cache, Watcher, WatcherEvent};
+use shoal_controller::runtime::Cache;
+use shoal_store::{Watcher, WatcherEvent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_should_relist_after_compaction_and_cache_should_swap_whole() {
@@ -14,7 +15,7 @@ async fn watcher_should_relist_after_compaction_and_cache_should_swap_whole() {
         .await
         .unwrap();
     let cache = Cache::new(store.keys());
-    let mut watcher = Watcher::new(store.client(), format!("{}/", store.keys().root()));
+    let mut watcher = Watcher::new(store.clone(), format!("{}/", store.keys().root()));
     let first = watcher.next().await;
     assert!(matches!(first, WatcherEvent::Restarted { .. }));
     cache.apply(first);
@@ -62,7 +63,7 @@ async fn watcher_should_relist_after_compaction_and_cache_should_swap_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_should_catch_up_on_more_than_a_grpc_message_of_history() {
     let (_etcd, store) = common::etcd().await;
-    let mut watcher = Watcher::new(store.client(), format!("{}/", store.keys().root()));
+    let mut watcher = Watcher::new(store.clone(), format!("{}/", store.keys().root()));
     let WatcherEvent::Restarted {
         revision: start, ..
     } = watcher.next().await
@@ -76,15 +77,14 @@ async fn watcher_should_catch_up_on_more_than_a_grpc_message_of_history() {
     for chunk in 0..16 {
         let (store, value) = (store.clone(), value.clone());
         puts.spawn(async move {
-            let mut kv = store.client().kv_client();
             for i in 0..160 {
-                kv.put(
-                    format!("{}/junk/{chunk}-{i}", store.keys().root()),
-                    value.clone(),
-                    None,
-                )
-                .await
-                .unwrap();
+                store
+                    .put_raw(
+                        &format!("{}/junk/{chunk}-{i}", store.keys().root()),
+                        value.clone(),
+                    )
+                    .await
+                    .unwrap();
             }
         });
     }

@@ -125,19 +125,10 @@ async fn replicated_service_should_spread_over_nodes_and_follow_scaling() {
             .unwrap()
             .0;
         let ips = store
-            .client()
-            .kv_client()
-            .get(
-                store.keys().network_ips("appnet"),
-                Some(
-                    etcd_client::GetOptions::new()
-                        .with_prefix()
-                        .with_count_only(),
-                ),
-            )
+            .count(&store.keys().network_ips("appnet"))
             .await
             .unwrap();
-        (ep.is_empty() && ips.count() == 0).then_some(())
+        (ep.is_empty() && ips == 0).then_some(())
     })
     .await;
     controller.stop().await;
@@ -294,18 +285,7 @@ async fn bench_many_tasks_on_hollow_nodes() {
         // Counts only: a list of every task would exceed gRPC's message limit.
         let count = |prefix: String| {
             let store = store.clone();
-            async move {
-                let opts = etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_count_only();
-                store
-                    .client()
-                    .kv_client()
-                    .get(prefix, Some(opts))
-                    .await
-                    .unwrap()
-                    .count() as usize
-            }
+            async move { store.count(&prefix).await.unwrap() }
         };
         let total = count(store.keys().prefix::<shoal_api_types::TaskSpec>()).await;
         let unplaced = count(store.keys().node_tasks("_unassigned")).await;

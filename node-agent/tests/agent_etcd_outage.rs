@@ -8,13 +8,13 @@ use std::sync::Arc;
 use agent_support::*;
 use shoal_api_types::{NodeState, TaskState};
 use shoal_node_agent::hollow::HollowRuntime;
-use shoal_store::Store;
+use shoal_store::testing::TestEtcd;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_etcd_outage_longer_than_the_lease_the_agent_should_register_again_and_keep_converging(
 ) {
-    let mut etcd = RestartableEtcd::start().await;
-    let store = Store::connect(&etcd.connect()).await.unwrap();
+    let mut etcd = TestEtcd::private().await;
+    let store = etcd.store().await;
     let runtime = Arc::new(HollowRuntime::new());
     let agent = spawn(&store, config("node-1"), &runtime);
     let first = agent.registered().await.unwrap();

@@ -101,9 +101,7 @@ async fn the_agent_should_put_back_a_liveness_key_and_ready_state_changed_behind
     let agent = spawn(&store, config("node-1"), &Arc::new(HollowRuntime::new()));
     let lease = agent.registered().await.expect("registered");
     store
-        .client()
-        .kv_client()
-        .delete(store.keys().node_lease("node-1"), None)
+        .delete_raw(&store.keys().node_lease("node-1"))
         .await
         .unwrap();
     store

@@ -53,9 +53,9 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether trying again later may succeed (transport trouble, lost races), as opposed
-    /// to errors that will repeat (not found, bad data).
-    pub fn is_retryable(&self) -> bool {
+    /// Whether the error is temporary: trying again later may succeed (transport trouble,
+    /// lost races), as opposed to errors that will repeat (not found, bad data).
+    pub fn is_temporary(&self) -> bool {
         matches!(
             self,
             StoreError::Conflict(_)

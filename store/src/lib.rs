@@ -1,28 +1,50 @@
-//! Typed access to Shoal's objects in etcd, shared by the controller, the API server and the
-//! node agent.
+//! Typed access to Shoal's objects in etcd, shared by the controller, the API server, the
+//! node agent, the benchmarks and the tests: the only crate that talks to etcd (see
+//! `docs/architecture.md`, "store").
+//!
+//! What lives here: connection settings ([`Connect`]), typed get/list/create/update/delete
+//! ([`Store`]), all-or-nothing writes with an optional fence ([`Batch`], [`Writer`]), raw
+//! keys for allocation records and liveness ([`RawKv`]), watches ([`Watch`], [`RawWatch`]),
+//! the list-then-watch state machine ([`Watcher`]) and the typed cache over it
+//! ([`reflect`]), leases ([`LeaseKeeper`]), leader election ([`leader`]) and the retry
+//! policy everything shares ([`Backoff`]).
 //!
 //! Invariants:
 //! - Every write is an etcd transaction that compares `mod_revision` (or `create_revision`
 //!   for creates); a lost race is [`StoreError::Conflict`] / [`StoreError::AlreadyExists`],
-//!   never a silent overwrite.
+//!   never a silent overwrite. A fenced write also compares the fence key.
 //! - `metadata.resourceVersion` is the key's `mod_revision`; it is never stored in the value.
-//! - A list returns the revision it was read at; [`Store::watch`] from `revision + 1` sees
-//!   exactly the changes after it. A compacted revision is [`StoreError::Compacted`], the
-//!   signal to relist.
+//! - A list returns the revision it was read at; a watch from `revision + 1` sees exactly
+//!   the changes after it. A compacted revision is [`StoreError::Compacted`], the signal to
+//!   relist.
+//! - No type of `etcd-client` appears in this crate's public API except as the source of
+//!   [`StoreError::Etcd`].
 
+mod backoff;
 mod batch;
+mod connect;
 mod error;
+pub mod leader;
 mod lease;
+mod raw;
+mod reflector;
 mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod watch;
+mod watcher;
 
-pub use batch::{stored, Batch, BatchOp};
+pub use backoff::{jittered, Backoff};
+pub use batch::{stored, Batch, BatchOp, Fence, Writer, MAX_TXN_BYTES, MAX_TXN_OPS};
+pub use connect::Connect;
 pub use error::StoreError;
+pub use leader::Leadership;
 pub use lease::{Lease, LeaseKeeper};
-pub use store::{Connect, Store, LIST_PAGE};
+pub use raw::{RawEvent, RawKv, RawWatch};
+pub use reflector::{reflect, Cache};
+pub use store::{Store, LIST_PAGE};
 pub use watch::{Event, Watch};
+pub use watcher::{Watcher, WatcherEvent};
 
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,36 +1,20 @@
 //! The [`Store`]: typed get, list, create, update and delete over etcd.
 
-use std::time::Duration;
-
 use chrono::Utc;
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use shoal_api_types::keys::Keys;
 use shoal_api_types::{Object, Resource};
 
+use crate::connect::Connect;
 use crate::error::StoreError;
 use crate::Result;
 
 /// Keys per page of a list.
 pub const LIST_PAGE: i64 = 2_000;
 
-/// The largest gRPC message we accept from etcd (a watch catching up after a reconnect can
-/// send more than gRPC's default 4 MiB at once).
-pub(crate) const MAX_MESSAGE: usize = 256 << 20;
-
-/// How to reach etcd.
-#[derive(Debug, Clone, Default)]
-pub struct Connect {
-    /// Endpoints, e.g. `http://127.0.0.1:2379`.
-    pub endpoints: Vec<String>,
-    /// Key root; [`shoal_api_types::keys::DEFAULT_ROOT`] when `None`.
-    pub root: Option<String>,
-    /// PEM CA certificate to verify etcd with.
-    pub ca_cert: Option<String>,
-    /// PEM client certificate and key.
-    pub client_cert: Option<(String, String)>,
-}
+/// The largest gRPC message we accept from etcd: it batches up to 1000 revisions into one
+/// watch response for a watcher catching up, far beyond gRPC's default 4 MiB.
+pub(crate) const MAX_MESSAGE: usize = 512 << 20;
 
 /// Typed access to objects in etcd. Cheap to clone; clones share one connection.
 #[derive(Clone)]
@@ -47,24 +31,16 @@ impl std::fmt::Debug for Store {
     }
 }
 
+impl AsRef<Keys> for Store {
+    fn as_ref(&self) -> &Keys {
+        &self.keys
+    }
+}
+
 impl Store {
-    /// Connects to etcd. Fails if no endpoint answers within a few seconds.
+    /// Connects to etcd. Fails if no endpoint answers within the connect timeout.
     pub async fn connect(cfg: &Connect) -> Result<Store> {
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-            .with_keep_alive_while_idle(true);
-        if cfg.ca_cert.is_some() || cfg.client_cert.is_some() {
-            let mut tls = etcd_client::TlsOptions::new();
-            if let Some(ca) = &cfg.ca_cert {
-                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
-            }
-            if let Some((cert, key)) = &cfg.client_cert {
-                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
-            }
-            opts = opts.with_tls(tls);
-        }
-        let client = Client::connect(&cfg.endpoints, Some(opts)).await?;
+        let client = cfg.client().await?;
         let keys = cfg.root.as_deref().map(Keys::new).unwrap_or_default();
         let store = Store { client, keys };
         // Connecting is lazy; make sure something answers.
@@ -75,11 +51,6 @@ impl Store {
     /// The key layout in use.
     pub fn keys(&self) -> &Keys {
         &self.keys
-    }
-
-    /// The raw etcd client, for leases and election.
-    pub fn client(&self) -> Client {
-        self.client.clone()
     }
 
     /// The current revision of the whole store.
@@ -118,34 +89,12 @@ impl Store {
     /// Reads in pages of [`LIST_PAGE`] keys, all at the revision of the first page, so a
     /// list of any size is one consistent snapshot and no response nears gRPC's limits.
     pub async fn list_prefix<S: Resource>(&self, prefix: &str) -> Result<(Vec<Object<S>>, i64)> {
-        let end = shoal_api_types::keys::prefix_range_end(prefix);
-        let mut kv = self.kv();
-        let mut items = Vec::new();
-        let mut from = prefix.as_bytes().to_vec();
-        let mut revision = 0;
-        loop {
-            let mut opts = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(LIST_PAGE);
-            if revision > 0 {
-                opts = opts.with_revision(revision);
-            }
-            let resp = kv.get(from.clone(), Some(opts)).await?;
-            if revision == 0 {
-                revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-            }
-            for kv in resp.kvs() {
-                items.push(decode(kv.key(), kv.value(), kv.mod_revision())?);
-            }
-            match resp.kvs().last() {
-                Some(last) if resp.more() => {
-                    // The next page starts just after the last key.
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
-                _ => return Ok((items, revision)),
-            }
-        }
+        let (raw, revision) = self.list_raw(prefix).await?;
+        let items = raw
+            .iter()
+            .map(|kv| decode(kv.key.as_bytes(), &kv.value, kv.mod_revision))
+            .collect::<Result<_>>()?;
+        Ok((items, revision))
     }
 
     /// A KV client whose responses may be as large as etcd sends them.
@@ -183,7 +132,7 @@ impl Store {
     /// Creates an object: sets uid, creationTimestamp and generation 1, and fails with
     /// [`StoreError::AlreadyExists`] if the key is taken.
     pub async fn create<S: Resource>(&self, obj: &Object<S>) -> Result<Object<S>> {
-        let obj = prepare_create(obj);
+        let obj = prepare_create(obj, Identity::New);
         let key = self.keys.key(&obj);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
@@ -335,14 +284,34 @@ impl Store {
     }
 }
 
-/// Stamps the server-set fields of a new object.
-pub(crate) fn prepare_create<S: Resource>(obj: &Object<S>) -> Object<S> {
+/// Whether creating an object gives it a new identity or keeps the one it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Identity {
+    /// A new object: fresh uid, creationTimestamp now, generation 1.
+    New,
+    /// The same object at a new key (the scheduler moving a task to its node): uid,
+    /// creationTimestamp and generation are kept, and set only where missing.
+    Keep,
+}
+
+/// Stamps the server-set fields of an object about to be created: the one create path of
+/// [`Store::create`] and [`crate::Batch`].
+pub(crate) fn prepare_create<S: Resource>(obj: &Object<S>, identity: Identity) -> Object<S> {
     let mut obj = obj.clone();
     obj.api_version = shoal_api_types::API_VERSION.to_string();
     obj.kind = S::KIND.to_string();
-    obj.metadata.uid = uuid::Uuid::new_v4().to_string();
-    obj.metadata.creation_timestamp = Some(Utc::now());
-    obj.metadata.generation = 1;
+    let keep = identity == Identity::Keep;
+    if !keep || obj.metadata.uid.is_empty() {
+        obj.metadata.uid = uuid::Uuid::new_v4().to_string();
+    }
+    if !keep || obj.metadata.creation_timestamp.is_none() {
+        obj.metadata.creation_timestamp = Some(Utc::now());
+    }
+    obj.metadata.generation = if keep {
+        obj.metadata.generation.max(1)
+    } else {
+        1
+    };
     obj.metadata.resource_version = None;
     obj
 }

@@ -3,12 +3,15 @@
 //! With `SHOAL_TEST_ETCD` set (as `.ci/run` does), tests share that etcd and each gets a key
 //! root of its own. Otherwise each [`TestEtcd`] starts a private `etcd` process on free
 //! loopback ports in a temporary directory and kills it when dropped, also when the test
-//! panics.
+//! panics. A private etcd can be stopped and started again on the same ports and data
+//! ([`TestEtcd::stop`], [`TestEtcd::resume`]) for tests of etcd outages: the one restartable
+//! etcd of the test suites.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::store::{Connect, Store};
+use crate::connect::Connect;
+use crate::store::Store;
 
 /// A real etcd for one test, and a store rooted at a unique prefix in it.
 pub struct TestEtcd {
@@ -17,7 +20,8 @@ pub struct TestEtcd {
     /// The unique key root of this test.
     pub root: String,
     child: Option<Child>,
-    _dir: Option<tempfile::TempDir>,
+    /// Data directory and peer port of a private etcd.
+    private: Option<(tempfile::TempDir, u16)>,
 }
 
 impl TestEtcd {
@@ -29,7 +33,7 @@ impl TestEtcd {
         }
     }
 
-    /// Always a private etcd (for tests that compact history or kill etcd).
+    /// Always a private etcd (for tests that compact history, or stop and resume etcd).
     pub async fn private() -> TestEtcd {
         // etcd fsyncs every write; on a busy disk that takes seconds, so keep test data in
         // memory when a tmpfs is there.
@@ -42,6 +46,21 @@ impl TestEtcd {
         .expect("tempdir");
         let (client, peer) = (shoal_testkit::free_port(), shoal_testkit::free_port());
         let endpoint = format!("http://127.0.0.1:{client}");
+        let mut etcd = TestEtcd::with_endpoint(endpoint, None, Some((dir, peer)));
+        etcd.resume().await;
+        etcd
+    }
+
+    /// Starts a private etcd again on the same ports and data after [`TestEtcd::stop`], and
+    /// waits until it answers. Does nothing for a shared etcd or one that runs.
+    pub async fn resume(&mut self) {
+        let Some((dir, peer)) = &self.private else {
+            return;
+        };
+        if self.child.is_some() {
+            return;
+        }
+        let endpoint = &self.endpoint;
         let child = Command::new("etcd")
             .arg("--name=test")
             .arg(format!("--data-dir={}", dir.path().join("data").display()))
@@ -57,27 +76,27 @@ impl TestEtcd {
             .stderr(Stdio::null())
             .spawn()
             .expect("etcd is installed (apt-get install etcd-server)");
-        let etcd = TestEtcd::with_endpoint(endpoint, Some(child), Some(dir));
-        for _ in 0..100 {
-            if etcd.try_store().await.is_some() {
-                return etcd;
+        self.child = Some(child);
+        for _ in 0..200 {
+            if self.try_store().await.is_some() {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("etcd did not start on {}", etcd.endpoint);
+        panic!("etcd did not start on {}", self.endpoint);
     }
 
     fn with_endpoint(
         endpoint: String,
         child: Option<Child>,
-        dir: Option<tempfile::TempDir>,
+        private: Option<(tempfile::TempDir, u16)>,
     ) -> TestEtcd {
         let root = format!("/shoal-test-{}/v1", uuid::Uuid::new_v4().simple());
         TestEtcd {
             endpoint,
             root,
             child,
-            _dir: dir,
+            private,
         }
     }
 
@@ -99,6 +118,12 @@ impl TestEtcd {
         Store::connect(&self.connect())
             .await
             .expect("connect to test etcd")
+    }
+
+    /// Stops a private etcd now (SIGKILL; tests of etcd failure); [`TestEtcd::resume`]
+    /// starts it again.
+    pub fn stop(&mut self) {
+        self.kill();
     }
 
     /// Kills a private etcd now (tests of etcd failure).

@@ -282,10 +282,9 @@ async fn lease_bound_keys_vanish_when_the_lease_is_revoked() {
     let keeper = store.keep_alive(lease);
     let key = store.keys().node_lease("node-1");
     store.put_with_lease(&key, "alive", lease).await.unwrap();
-    let mut client = store.client();
-    assert_eq!(client.get(key.as_str(), None).await.unwrap().kvs().len(), 1);
+    assert_eq!(store.get_raw(&key).await.unwrap().unwrap().lease, lease.id);
     store.revoke_lease(lease).await.unwrap();
-    assert_eq!(client.get(key.as_str(), None).await.unwrap().kvs().len(), 0);
+    assert!(store.get_raw(&key).await.unwrap().is_none());
     tokio::time::timeout(Duration::from_secs(10), keeper.lost())
         .await
         .expect("the keeper notices the lost lease");
@@ -343,27 +342,12 @@ async fn lists_larger_than_a_page_come_whole_and_at_one_revision() {
             .iter()
             .map(|o| (o.name().to_string(), o.metadata.revision().unwrap()))
             .collect();
-        let snapshot = store
-            .client()
-            .kv_client()
-            .max_decoding_message_size(64 << 20)
-            .get(
-                prefix.as_str(),
-                Some(
-                    etcd_client::GetOptions::new()
-                        .with_prefix()
-                        .with_revision(rev),
-                ),
-            )
+        let at_rev: Vec<(String, i64)> = store
+            .list_raw_at(&prefix, rev)
             .await
-            .unwrap();
-        let at_rev: Vec<(String, i64)> = snapshot
-            .kvs()
-            .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key());
-                (key[prefix.len()..].to_string(), kv.mod_revision())
-            })
+            .unwrap()
+            .into_iter()
+            .map(|kv| (kv.key[prefix.len()..].to_string(), kv.mod_revision))
             .collect();
         assert_eq!(listed.len(), at_rev.len(), "list at {rev}: count");
         assert!(listed == at_rev, "list at {rev} differs from etcd at {rev}");

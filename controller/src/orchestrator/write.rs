@@ -10,7 +10,7 @@ use shoal_api_types::{Service, Task};
 
 use crate::endpoints::EndpointsChange;
 use crate::ipam::Release;
-use crate::runtime::Txn;
+use shoal_store::Batch;
 
 /// One write a service reconcile decides. A `Vec<Write>` commits all or nothing; every
 /// write of an existing object is compared on the revision it was read at, every claim on
@@ -41,8 +41,8 @@ pub enum Write {
 }
 
 /// One transaction of `writes`.
-pub fn txn(keys: &Keys, writes: Vec<Write>) -> Txn {
-    let mut txn = Txn::new();
+pub fn txn(keys: &Keys, writes: Vec<Write>) -> Batch {
+    let mut txn = Batch::new();
     for w in writes {
         match w {
             Write::CreateTask(t) => {

@@ -1,5 +1,5 @@
 //! The cache: one consistent snapshot ([`World`]) of everything below the key root, fed by
-//! a single [`super::Watcher`], so every kind is seen at the same revision.
+//! a single [`shoal_store::Watcher`], so every kind is seen at the same revision.
 //!
 //! Invariants:
 //! - `World::revision` is the revision the snapshot reflects; all objects and allocation
@@ -21,7 +21,7 @@ use shoal_api_types::task::UNASSIGNED;
 use shoal_api_types::{Endpoints, Network, Node, Object, Resource, Service, Task};
 use tokio::sync::watch;
 
-use super::watcher::{RawEvent, RawKv, WatcherEvent};
+use shoal_store::{RawEvent, RawKv, WatcherEvent};
 
 /// An allocation record: who holds it, and the key's mod_revision (to release it safely).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -489,6 +489,7 @@ mod tests {
                 RawEvent::Delete {
                     key: old_key,
                     revision: 4,
+                    prev: None,
                 },
                 RawEvent::Put(kv(keys.key(&t), serde_json::to_vec(&t).unwrap(), 4)),
             ],

@@ -5,10 +5,7 @@ use shoal_store::StoreError;
 /// What went wrong in a reconcile or in the runtime.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    /// etcd failed or was unreachable.
-    #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
-    /// A typed store operation failed.
+    /// A store operation failed (etcd unreachable, a lost race, a fenced write refused).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A precondition of a write failed: something changed since the cache was read, or
@@ -30,11 +27,12 @@ pub enum ControllerError {
 }
 
 impl ControllerError {
-    /// Whether retrying later may succeed (lost races, transport trouble).
-    pub fn is_retryable(&self) -> bool {
+    /// Whether the error is temporary: retrying later may succeed (lost races, transport
+    /// trouble).
+    pub fn is_temporary(&self) -> bool {
         match self {
-            ControllerError::Etcd(_) | ControllerError::Conflict(_) => true,
-            ControllerError::Store(e) => e.is_retryable(),
+            ControllerError::Conflict(_) => true,
+            ControllerError::Store(e) => e.is_temporary(),
             ControllerError::Decode { .. } | ControllerError::NotLeader => false,
         }
     }

@@ -1,7 +1,7 @@
 //! The reconcile runtime, kube-runtime style, on tokio:
 //!
 //! ```text
-//! watcher (list at R, watch from R+1, relist on compaction)
+//! shoal_store::Watcher (list at R, watch from R+1, relist on compaction)
 //!   → cache (one consistent snapshot of everything below the key root, swapped in whole
 //!     on relist)
 //!   → work queues (de-duplicated keys, per-key exponential backoff with jitter)
@@ -10,21 +10,20 @@
 //! ```
 //!
 //! Invariants: a key is never reconciled twice at once; a key added while it is being
-//! reconciled runs again afterwards; every write goes through [`txn::Writer`], which fences
-//! it on the leader key, so a deposed leader cannot change anything.
+//! reconciled runs again afterwards; every write is a [`shoal_store::Batch`] committed by a
+//! [`shoal_store::Writer`] fenced on the leader key, so a deposed leader cannot change
+//! anything.
+//!
+//! The watcher, batches, the fenced writer and [`shoal_store::Backoff`] live in the store,
+//! the only crate that talks to etcd; this module owns what is the controller's own: the
+//! cache of everything below the key root, the queues and the runners.
 
-pub mod backoff;
 pub mod cache;
 pub mod error;
 pub mod queue;
 pub mod runner;
-pub mod txn;
-pub mod watcher;
 
-pub use backoff::Backoff;
 pub use cache::{Cache, Change, World};
 pub use error::ControllerError;
 pub use queue::WorkQueue;
 pub use runner::{Action, Runner};
-pub use txn::{Txn, Writer};
-pub use watcher::{RawEvent, RawKv, Watcher, WatcherEvent};

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::backoff::Backoff;
+use shoal_store::Backoff;
 
 struct Inner<K> {
     ready: VecDeque<K>,

@@ -128,7 +128,7 @@ fn error_policy<K: Clone + Eq + Hash + Send + std::fmt::Display + 'static>(
     if matches!(error, ControllerError::NotLeader) {
         return;
     }
-    if error.is_retryable() {
+    if error.is_temporary() {
         let delay = queue.add_rate_limited(key.clone());
         tracing::debug!(reconciler = name, %key, error = %error, ?delay, "reconcile failed; retrying");
     } else {
@@ -142,7 +142,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
-    use crate::runtime::backoff::Backoff;
+    use shoal_store::Backoff;
 
     #[tokio::test(start_paused = true)]
     async fn runner_should_never_reconcile_one_key_twice_at_once_and_cap_concurrency() {

@@ -18,10 +18,10 @@ use shoal_api_types::{
 use shoal_controller::config::ManagerConfig;
 use shoal_controller::context::{Context, Queues};
 use shoal_controller::manager;
-use shoal_controller::runtime::{Action, Cache, Watcher, Writer};
+use shoal_controller::runtime::{Action, Cache};
 use shoal_controller::{allocator, orchestrator};
 use shoal_store::testing::TestEtcd;
-use shoal_store::{Event, Lease, LeaseKeeper, Store};
+use shoal_store::{Event, Lease, LeaseKeeper, RawEvent, Store, Watcher, Writer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -54,22 +54,14 @@ pub async fn private_etcd() -> (TestEtcd, Store) {
 /// not count), in order.
 pub async fn writes_during(store: &Store, d: Duration) -> Vec<String> {
     let prefix = format!("{}/", store.keys().root());
-    let opts = etcd_client::WatchOptions::new().with_prefix();
-    let mut stream = store
-        .client()
-        .watch_client()
-        .watch(prefix, Some(opts))
-        .await
-        .expect("watch");
+    let mut watch = store.watch_raw(&prefix, 0).await.expect("watch");
     let mut keys = Vec::new();
     let deadline = tokio::time::Instant::now() + d;
-    while let Ok(Ok(Some(resp))) = tokio::time::timeout_at(deadline, stream.message()).await {
-        keys.extend(
-            resp.events()
-                .iter()
-                .filter_map(|e| e.kv())
-                .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
-        );
+    while let Ok(Ok((events, _))) = tokio::time::timeout_at(deadline, watch.next()).await {
+        keys.extend(events.into_iter().map(|e| match e {
+            RawEvent::Put(kv) => kv.key,
+            RawEvent::Delete { key, .. } => key,
+        }));
     }
     keys
 }
@@ -87,7 +79,7 @@ impl DirectContext {
     pub async fn start(store: &Store, config: &ManagerConfig) -> DirectContext {
         let keys = store.keys().clone();
         let cache = Arc::new(Cache::new(&keys));
-        let mut watcher = Watcher::new(store.client(), format!("{}/", keys.root()));
+        let mut watcher = Watcher::new(store.clone(), format!("{}/", keys.root()));
         cache.apply(watcher.next().await);
         let feeder = tokio::spawn({
             let cache = cache.clone();
@@ -101,7 +93,7 @@ impl DirectContext {
             store: store.clone(),
             keys,
             cache,
-            writer: Writer::new(store.client(), None),
+            writer: Writer::new(store.clone(), None),
             config: config.clone(),
             queues: Queues::default(),
             ip_cursors: Default::default(),

@@ -113,7 +113,7 @@ impl ApplyError {
     pub fn is_temporary(&self) -> bool {
         match self {
             ApplyError::Runtime { source, .. } => source.is_temporary(),
-            ApplyError::Status { source, .. } => source.is_retryable(),
+            ApplyError::Status { source, .. } => source.is_temporary(),
         }
     }
 }

@@ -20,9 +20,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::apply::{ApplyError, Effects};
-use super::backoff::Backoff;
 use super::desired::DesiredTasks;
 use super::plan::plan;
+use shoal_store::Backoff;
 
 /// How the converge loop is doing, for tests, metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -57,7 +57,7 @@ impl Converger {
             self.resync.max(Duration::from_secs(1)),
         );
         let mut retry_at: Option<Instant> = None;
-        let first_resync = Instant::now() + super::backoff::jittered(self.resync);
+        let first_resync = Instant::now() + shoal_store::jittered(self.resync);
         let mut resync = tokio::time::interval_at(first_resync, self.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Every wake-up but shutdown plans a round.

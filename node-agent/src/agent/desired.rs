@@ -1,7 +1,7 @@
-//! The desired side: this node's tasks (`tasks/<node>/`), kept by the same list-then-watch
-//! state machine as the cluster-wide caches ([`super::cluster::watch_objects`]): list at
-//! revision R, watch from R+1, list again on compaction or when the watch ends. The cache is
-//! published only once a list is complete (`None` before the first), so the converge loop
+//! The desired side: this node's tasks (`tasks/<node>/`), kept by the store's reflector like
+//! the cluster-wide caches ([`super::cluster::watch_objects`]): list at revision R, watch
+//! from R+1, resume after errors, list again on compaction. The cache is published only
+//! once a list is complete (`None` before the first), so the converge loop
 //! never mistakes "not listed yet" for "nothing wanted" and removes running tasks.
 
 use shoal_api_types::TaskSpec;

@@ -26,7 +26,6 @@
 //! never writes a Node's `spec`.
 
 pub mod apply;
-pub mod backoff;
 pub mod cluster;
 pub mod containers;
 pub mod converge;

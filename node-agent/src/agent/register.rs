@@ -19,7 +19,7 @@ use shoal_api_types::{Node, NodeSpec, NodeState, NodeStatus};
 use shoal_store::{Lease, LeaseKeeper, Store, StoreError};
 use tokio::sync::watch;
 
-use super::backoff::Backoff;
+use shoal_store::Backoff;
 
 /// What to register, and how.
 #[derive(Debug, Clone)]
@@ -70,8 +70,7 @@ impl Registration {
             let lease = keeper.lease();
             tracing::info!(node = %self.name, lease = %lease_hex(lease), "node registered");
             lease_tx.send_replace(Some(lease));
-            let first_check =
-                tokio::time::Instant::now() + super::backoff::jittered(self.check_every);
+            let first_check = tokio::time::Instant::now() + shoal_store::jittered(self.check_every);
             let mut check = tokio::time::interval_at(first_check, self.check_every);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -178,13 +177,8 @@ impl Registration {
     /// while the lease lived.
     async fn check(&self, lease: Lease) -> Result<(), StoreError> {
         let key = self.liveness_key();
-        let resp = self
-            .store
-            .client()
-            .kv_client()
-            .get(key.as_str(), None)
-            .await?;
-        if resp.kvs().first().map(|kv| kv.lease()) != Some(lease.id) {
+        let current = self.store.get_raw(&key).await?;
+        if current.map(|kv| kv.lease) != Some(lease.id) {
             tracing::warn!(node = %self.name, "liveness key missing or not ours; writing it again");
             self.store
                 .put_with_lease(&key, lease_hex(lease), lease)

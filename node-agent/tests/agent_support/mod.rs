@@ -123,15 +123,11 @@ pub async fn node(store: &Store, name: &str) -> Option<Node> {
 
 /// The value and lease of the node's liveness key, if it exists.
 pub async fn liveness_key(store: &Store, name: &str) -> Option<(String, i64)> {
-    let resp = store
-        .client()
-        .kv_client()
-        .get(store.keys().node_lease(name), None)
+    let kv = store
+        .get_raw(&store.keys().node_lease(name))
         .await
         .expect("read liveness key");
-    resp.kvs()
-        .first()
-        .map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease()))
+    kv.map(|kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.lease))
 }
 
 /// Waits until the agent's converge loop has run a round with nothing left to do.
@@ -142,79 +138,4 @@ pub async fn converged(agent: &AgentHandle) {
         (s.rounds > start && s.idle).then_some(())
     })
     .await
-}
-
-/// An etcd of this test's own that can be stopped and started again on the same ports and
-/// data (for tests of etcd outages; [`TestEtcd`] cannot restart).
-pub struct RestartableEtcd {
-    dir: tempfile::TempDir,
-    client: u16,
-    peer: u16,
-    child: Option<std::process::Child>,
-}
-
-impl RestartableEtcd {
-    /// Starts etcd and waits until it answers.
-    pub async fn start() -> RestartableEtcd {
-        let mut etcd = RestartableEtcd {
-            dir: tempfile::tempdir().unwrap(),
-            client: shoal_testkit::free_port(),
-            peer: shoal_testkit::free_port(),
-            child: None,
-        };
-        etcd.resume().await;
-        etcd
-    }
-
-    /// How to connect, below a root of this test's own.
-    pub fn connect(&self) -> shoal_store::Connect {
-        shoal_store::Connect {
-            endpoints: vec![format!("http://127.0.0.1:{}", self.client)],
-            root: Some("/agent-test/v1".into()),
-            ..Default::default()
-        }
-    }
-
-    /// Stops etcd (SIGKILL).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts etcd again on the same ports and data, and waits until it answers.
-    pub async fn resume(&mut self) {
-        let (client, peer) = (self.client, self.peer);
-        let child = std::process::Command::new("etcd")
-            .arg("--name=test")
-            .arg(format!(
-                "--data-dir={}",
-                self.dir.path().join("data").display()
-            ))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-            ))
-            .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"))
-            .arg("--log-level=error")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("etcd is installed (apt-get install etcd-server)");
-        self.child = Some(child);
-        let connect = self.connect();
-        eventually("etcd to answer", || async {
-            Store::connect(&connect).await.ok().map(|_| ())
-        })
-        .await;
-    }
-}
-
-impl Drop for RestartableEtcd {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

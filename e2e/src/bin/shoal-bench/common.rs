@@ -338,10 +338,11 @@ impl Etcd {
             _dir: dir,
         };
         for _ in 0..100 {
-            if let Ok(mut c) = etcd_client::Client::connect([etcd.url.as_str()], None).await {
-                if c.status().await.is_ok() {
-                    return Ok(etcd);
-                }
+            if shoal_store::Store::connect(&shoal_store::Connect::to([etcd.url.as_str()]))
+                .await
+                .is_ok()
+            {
+                return Ok(etcd);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

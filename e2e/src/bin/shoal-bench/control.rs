@@ -123,13 +123,7 @@ impl ControlPlane {
 
     /// The etcd revision now.
     pub async fn revision(&self) -> Result<i64> {
-        let r = self
-            .store
-            .client()
-            .kv_client()
-            .get("/", Some(etcd_client::GetOptions::new().with_count_only()))
-            .await?;
-        Ok(r.header().map(|h| h.revision()).unwrap_or(0))
+        Ok(self.store.revision().await?)
     }
 }
 
@@ -143,19 +137,7 @@ async fn connect(url: &str) -> Result<Store> {
 
 /// Number of keys under a prefix.
 pub async fn count(store: &Store, prefix: &str) -> Result<usize> {
-    let r = store
-        .client()
-        .kv_client()
-        .get(
-            prefix,
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_count_only(),
-            ),
-        )
-        .await?;
-    Ok(r.count() as usize)
+    Ok(store.count(prefix).await?)
 }
 
 /// Polls `f` every 50 ms until true, failing after `timeout`.
@@ -219,14 +201,15 @@ async fn raw_puts(store: &Store, n: usize, size: usize, conc: usize) -> Result<f
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut handles = vec![];
     for _ in 0..conc {
-        let (mut kv, next, value) = (store.client().kv_client(), next.clone(), value.clone());
+        let (store, next, value) = (store.clone(), next.clone(), value.clone());
         handles.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= n {
                     return Ok::<_, anyhow::Error>(());
                 }
-                kv.put(format!("/bench/raw/{i:08}"), value.clone(), None)
+                store
+                    .put_raw(&format!("/bench/raw/{i:08}"), value.clone())
                     .await?;
             }
         }));
@@ -399,16 +382,9 @@ pub async fn scheduling(bin: &Path, quick: bool, dir: &Path, rows: &mut Vec<Row>
         // a stored task, the controller's reconcile concurrency (16).
         let task_size = cp
             .store
-            .client()
-            .kv_client()
-            .get(
-                cp.store.keys().prefix::<TaskSpec>(),
-                Some(etcd_client::GetOptions::new().with_prefix().with_limit(1)),
-            )
+            .first_raw(&cp.store.keys().prefix::<TaskSpec>())
             .await?
-            .kvs()
-            .first()
-            .map(|kv| kv.value().len())
+            .map(|kv| kv.value.len())
             .unwrap_or(1000);
         let n_puts = tasks.min(20_000);
         let etcd_cpu0 = cpu_secs(cp.etcd.pid());
@@ -646,12 +622,7 @@ pub async fn propagation_watchers(quick: bool, rows: &mut Vec<Row>) -> Result<()
             .collect();
         let body = serde_json::to_vec(&ep)?;
         let start = Instant::now();
-        let r = writer
-            .client()
-            .kv_client()
-            .put(format!("{prefix}web"), body, None)
-            .await?;
-        let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+        let rev = writer.put_raw(&format!("{prefix}web"), body).await?;
         let mut seen = vec![false; watchers];
         let mut n = 0;
         let deadline = start + Duration::from_secs(30);

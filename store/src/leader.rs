@@ -1,18 +1,21 @@
-//! Leader election on an etcd lease.
+//! Leader election on an etcd lease, next to the leases it is built on.
 //!
 //! The leader key (`keys.leader()`) holds the leader's identity and is bound to its lease.
 //! A replica becomes leader by creating the key when absent (`create_revision == 0`); that
-//! creation revision is its term. Every write of the reconcilers is fenced on it (see
-//! [`crate::runtime::txn`]), so the moment the lease expires or is revoked (the key is
-//! deleted) or another replica re-creates the key, the old leader's writes fail.
-//! Followers watch the key and campaign again when it disappears.
+//! creation revision is its term and its [`Fence`]: every write of a [`crate::Writer`]
+//! fenced on it fails the moment the lease expires or is revoked (the key is deleted) or
+//! another replica re-creates the key. Followers watch the key and campaign again when it
+//! disappears.
 
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, TxnOp, TxnOpResponse, WatchOptions};
-use shoal_store::{Lease, LeaseKeeper, Store};
+use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse};
 
-use crate::runtime::{Backoff, ControllerError};
+use crate::backoff::Backoff;
+use crate::batch::Fence;
+use crate::lease::{Lease, LeaseKeeper};
+use crate::store::Store;
+use crate::Result;
 
 /// This replica holds the leader key.
 pub struct Leadership {
@@ -26,6 +29,14 @@ pub struct Leadership {
 }
 
 impl Leadership {
+    /// The fence every write of this leader must carry.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            key: self.key.clone(),
+            create_revision: self.term,
+        }
+    }
+
     /// The lease the key is bound to.
     pub fn lease(&self) -> Lease {
         self.keeper.lease()
@@ -46,17 +57,10 @@ impl Leadership {
     }
 }
 
-/// The current leader: identity and lease id, if any (for tests and `node ls`-style tools).
-pub async fn current(store: &Store) -> Result<Option<(String, i64)>, ControllerError> {
-    let resp = store
-        .client()
-        .kv_client()
-        .get(store.keys().leader(), None)
-        .await?;
-    Ok(resp
-        .kvs()
-        .first()
-        .map(|kv| (String::from_utf8_lossy(kv.value()).into_owned(), kv.lease())))
+/// The current leader: identity and lease id, if any.
+pub async fn current(store: &Store) -> Result<Option<(String, i64)>> {
+    let kv = store.get_raw(&store.keys().leader()).await?;
+    Ok(kv.map(|kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.lease)))
 }
 
 /// Campaigns until this replica is leader. Retries etcd errors with backoff.
@@ -75,24 +79,20 @@ pub async fn campaign(store: &Store, identity: &str, ttl: Duration) -> Leadershi
 }
 
 /// One attempt: wait while someone holds the key, then try to create it.
-async fn try_campaign(
-    store: &Store,
-    identity: &str,
-    ttl: Duration,
-) -> Result<Option<Leadership>, ControllerError> {
+async fn try_campaign(store: &Store, identity: &str, ttl: Duration) -> Result<Option<Leadership>> {
     let key = store.keys().leader();
-    let mut kv = store.client().kv_client();
+    let mut kv = store.kv();
     // Wait for the key to be absent.
     let resp = kv.get(key.clone(), None).await?;
     if let Some(holder) = resp.kvs().first() {
         let from = resp.header().map(|h| h.revision()).unwrap_or(0) + 1;
         tracing::debug!(leader = %String::from_utf8_lossy(holder.value()), "following");
         let mut stream = store
-            .client()
+            .client
             .watch_client()
             .watch(
                 key.clone(),
-                Some(WatchOptions::new().with_start_revision(from)),
+                Some(etcd_client::WatchOptions::new().with_start_revision(from)),
             )
             .await?;
         loop {
@@ -112,7 +112,7 @@ async fn try_campaign(
         }
     }
     let lease = store.grant_lease(ttl).await?;
-    let txn = etcd_client::Txn::new()
+    let txn = Txn::new()
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
         .and_then([TxnOp::put(
             key.clone(),

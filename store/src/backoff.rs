@@ -1,4 +1,6 @@
-//! Exponential backoff with jitter, as an iterator of durations with [`Backoff::reset`].
+//! Exponential backoff with jitter, as an iterator of durations with [`Backoff::reset`]: the
+//! one retry policy of the controller's work queues, the watchers, leader election and the
+//! node agent. Uses no I/O; it lives here because every binary already depends on the store.
 //!
 //! Invariant: the `n`-th delay (from 0) is `min(initial * factor^n, max)` scaled by a random
 //! factor in `[1 - jitter, 1]`, so retries of many keys spread out instead of firing together.
@@ -69,6 +71,12 @@ impl Iterator for Backoff {
     }
 }
 
+/// `d` scaled by a random factor between 0.5 and 1.5, so that many agents started together
+/// (a hollow fleet) do not all do periodic work at the same instant.
+pub fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +99,17 @@ mod tests {
             assert!(
                 d.as_millis() <= base && d.as_millis() >= base / 2,
                 "{n}: {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn jittered_should_stay_within_half_and_one_and_a_half() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(10));
+            assert!(
+                d >= Duration::from_secs(5) && d <= Duration::from_secs(15),
+                "{d:?}"
             );
         }
     }
