@@ -30,10 +30,10 @@ use shoal_api_types::{Network, NetworkSpec, NetworkStatus};
 
 use crate::context::Context;
 use crate::ipam::gateway;
-use crate::runtime::cache::Claim;
+use crate::reconcile::cache::Claim;
 use shoal_store::Batch;
 
-use crate::runtime::{Action, ControllerError};
+use crate::reconcile::{Action, ControllerError};
 
 /// The VNI of the ingress network.
 pub const INGRESS_VNI: u32 = 4096;

@@ -10,7 +10,7 @@ use shoal_store::{Store, Writer};
 use tokio::time::Instant;
 
 use crate::config::ManagerConfig;
-use crate::runtime::{Cache, WorkQueue};
+use crate::reconcile::{Cache, WorkQueue};
 
 /// The work queues.
 #[derive(Clone, Default)]

@@ -13,7 +13,7 @@ use ipnetwork::Ipv4Network;
 use shoal_api_types::network::parse_cidr;
 use shoal_api_types::Network;
 
-use crate::runtime::cache::Ipam;
+use crate::reconcile::cache::Ipam;
 
 /// The gateway: the spec's, else the first host address.
 pub fn gateway(subnet: Ipv4Network, requested: Option<&str>) -> Ipv4Addr {

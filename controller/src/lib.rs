@@ -3,7 +3,7 @@
 //! placed on nodes, and Endpoints.
 //!
 //! One module per stage, as swarmkit's manager: `allocator` → `orchestrator` → `scheduler`,
-//! and `nodes`; `manager` runs them on `runtime` while it holds the leader lease. Every etcd
+//! and `nodes`; `manager` runs them on `reconcile` (cache, queues, runners) while it holds the leader lease. Every etcd
 //! access — the watcher, fenced batches, leader election — goes through `shoal_store`. What
 //! each stage owns, the data flow and the module graph: docs/architecture.md ("Controller").
 
@@ -18,5 +18,5 @@ pub mod endpoints;
 pub mod ipam;
 pub mod nodes;
 pub mod orchestrator;
-pub mod runtime;
+pub mod reconcile;
 pub mod scheduler;

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::ManagerConfig;
 use crate::context::{Context, Queues};
-use crate::runtime::{Cache, Change, Runner, WorkQueue};
+use crate::reconcile::{Cache, Change, Runner, WorkQueue};
 
 /// The key of the scheduler's queue.
 pub const PENDING: &str = "pending";

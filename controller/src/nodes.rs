@@ -35,7 +35,7 @@ use crate::context::Context;
 use crate::ipam::{addressing, pick_ips, Addressing};
 use shoal_store::Batch;
 
-use crate::runtime::{Action, ControllerError};
+use crate::reconcile::{Action, ControllerError};
 
 /// The owner written in the claim of node `name`'s ingress address.
 pub fn node_owner(name: &str) -> String {

@@ -24,7 +24,7 @@ use shoal_api_types::{Constraint, NodeAvailability, NodeState, Protocol, Publish
 use crate::context::Context;
 use shoal_store::Batch;
 
-use crate::runtime::{Action, ControllerError};
+use crate::reconcile::{Action, ControllerError};
 
 /// A task waiting for a node.
 #[derive(Debug, Clone, PartialEq, Eq)]

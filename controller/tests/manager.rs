@@ -4,7 +4,7 @@
 mod common;
 
 use shoal_api_types::{Network, NetworkSpec};
-use shoal_controller::runtime::Cache;
+use shoal_controller::reconcile::Cache;
 use shoal_store::{Watcher, WatcherEvent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,7 +47,7 @@ async fn watcher_should_relist_after_compaction_and_cache_should_swap_whole() {
     // The vanished network is reported so its reconciler runs.
     assert!(changes
         .iter()
-        .any(|c| matches!(c, shoal_controller::runtime::Change::Network(n) if n == "a")));
+        .any(|c| matches!(c, shoal_controller::reconcile::Change::Network(n) if n == "a")));
 
     // And it keeps watching from there.
     store

@@ -30,7 +30,7 @@ use crate::config::ManagerConfig;
 use crate::context::Context;
 use crate::endpoints::{desired_endpoints, plan_endpoints};
 use crate::ipam::{claims_of, Picker};
-use crate::runtime::{Action, ControllerError, World};
+use crate::reconcile::{Action, ControllerError, World};
 
 pub use slots::{is_outdated, node_eligible, plan_service, NewTask, ServicePlan};
 pub use vips::wanted_networks;
@@ -195,7 +195,7 @@ mod tests {
 
     use crate::endpoints::EndpointsChange;
     use crate::ipam::Release;
-    use crate::runtime::cache::Claim;
+    use crate::reconcile::cache::Claim;
 
     fn world() -> World {
         let mut net = shoal_api_types::Network::new("front", NetworkSpec::default());

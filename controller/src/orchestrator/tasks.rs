@@ -19,7 +19,7 @@ use super::slots::{NewTask, ServicePlan};
 use super::vips::Attach;
 use super::write::Write;
 use crate::ipam::{claims_of, AddressesExhausted};
-use crate::runtime::cache::Ipam;
+use crate::reconcile::cache::Ipam;
 
 /// A short, unique task id.
 pub fn new_task_id() -> String {
@@ -169,7 +169,7 @@ mod tests {
     use std::sync::Arc;
 
     use crate::ipam::{Addressing, Release};
-    use crate::runtime::cache::Claim;
+    use crate::reconcile::cache::Claim;
     use shoal_api_types::ServiceSpec;
 
     fn service() -> Service {

@@ -15,7 +15,7 @@ use shoal_api_types::{EndpointMode, Network, Service, ServiceSpec, VirtualIp};
 
 use super::write::Write;
 use crate::ipam::{addressing, claims_of, AddressesExhausted, Addressing};
-use crate::runtime::cache::Ipam;
+use crate::reconcile::cache::Ipam;
 
 /// The owner written in the claims of `service`'s VIPs.
 pub fn vip_owner(service: &str) -> String {
@@ -170,7 +170,7 @@ pub fn plan_vips(
 mod tests {
     use super::*;
     use crate::ipam::Release;
-    use crate::runtime::cache::Claim;
+    use crate::reconcile::cache::Claim;
     use shoal_api_types::{NetworkAttachmentConfig, NetworkSpec, NetworkStatus};
 
     fn ip(s: &str) -> Ipv4Addr {

@@ -18,7 +18,7 @@ use shoal_api_types::{
 use shoal_controller::config::ManagerConfig;
 use shoal_controller::context::{Context, Queues};
 use shoal_controller::manager;
-use shoal_controller::runtime::{Action, Cache};
+use shoal_controller::reconcile::{Action, Cache};
 use shoal_controller::{allocator, orchestrator};
 use shoal_store::testing::TestEtcd;
 use shoal_store::{Event, Lease, LeaseKeeper, RawEvent, Store, Watcher, Writer};

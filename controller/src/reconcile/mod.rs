@@ -1,4 +1,4 @@
-//! The reconcile runtime, kube-runtime style, on tokio:
+//! The reconcile machinery (kube-runtime style, on tokio; named `reconcile` so "runtime" means only the node agent's container runtime):
 //!
 //! ```text
 //! shoal_store::Watcher (list at R, watch from R+1, relist on compaction)

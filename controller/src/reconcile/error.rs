@@ -2,7 +2,7 @@
 
 use shoal_store::StoreError;
 
-/// What went wrong in a reconcile or in the runtime.
+/// What went wrong in a reconcile or in the machinery that runs it.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     /// A store operation failed (etcd unreachable, a lost race, a fenced write refused).
