@@ -6,6 +6,7 @@
 //! `status`), serialised in camelCase, and unknown fields are rejected.
 
 pub mod constraint;
+pub mod duration;
 pub mod endpoints;
 pub mod error;
 pub mod exec;

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use shoal_api_types::duration::parse_duration;
 
 use crate::kinds::Kind;
 
@@ -468,23 +469,6 @@ pub struct NodeUpdateArgs {
     pub name: String,
 }
 
-/// Parses a duration flag: a plain number of seconds (`90`, `1.5`) or [`humantime`]'s
-/// syntax (`120s`, `5m`, `1m30s`, `500ms`, `2h`, `1.5s`, `1h 30min`). clap names the flag
-/// in the error.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    // humantime wants a unit; a bare number means seconds.
-    let with_unit;
-    let t = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        with_unit = format!("{t}s");
-        &with_unit
-    } else {
-        t
-    };
-    humantime::parse_duration(t)
-        .map_err(|e| format!("{s:?} is not a duration: {e} (use e.g. 30s, 5m, 1m30s, 500ms)"))
-}
-
 /// The kind argument of `get`, `delete` and `watch`, split from an optional `/name`.
 pub fn parse_kind_ref(s: &str) -> Result<(Kind, Option<String>), String> {
     match s.split_once('/') {
@@ -497,31 +481,6 @@ pub fn parse_kind_ref(s: &str) -> Result<(Kind, Option<String>), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_accept_units_and_plain_seconds() {
-        assert_eq!(parse_duration("120s").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        // humantime's syntax is wider: fractions and spaced parts.
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
-        for bad in [
-            "",
-            "s",
-            "5x",
-            ".",
-            "1..5s",
-            "-3s",
-            "99999999999999999h",
-            "18446744073709551615s1s",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn cli_parses_service_create_with_trailing_command() {

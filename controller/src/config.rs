@@ -1,25 +1,10 @@
-//! The reconcilers' settings ([`ManagerConfig`], flattened into the binary's flags) and
-//! the duration syntax of their flags. See docs/architecture.md ("Controller").
+//! The reconcilers' settings ([`ManagerConfig`], flattened into the binary's flags; durations
+//! in `shoal_api_types::duration`'s syntax). See docs/architecture.md ("Controller").
 
 use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
-
-/// Parses a duration flag: a bare number of seconds (`5`, `0.5`) or [`humantime`]'s syntax
-/// (`500ms`, `2s`, `1m`, `1m30s`, `1.5s`). clap names the flag in the error.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    // humantime wants a unit; a bare number means seconds.
-    let with_unit;
-    let t = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        with_unit = format!("{t}s");
-        &with_unit
-    } else {
-        t
-    };
-    humantime::parse_duration(t)
-        .map_err(|e| format!("{s:?} is not a duration: {e} (use e.g. 500ms, 5s or 1m)"))
-}
+pub use shoal_api_types::duration::parse_duration;
 
 /// Reconciler settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,25 +51,6 @@ impl Default for ManagerConfig {
             task_history_limit: 3,
             concurrency: 16,
             task_create_batch: 2000,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
-        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
-        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
-        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
-        for bad in ["", "s", "1x", "-1s", "99999999999999999999"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 }
