@@ -22,253 +22,29 @@
 //! The namespace's loopback must be up before a server starts there (127.0.0.11 is a
 //! loopback address); the agent's netns setup does that.
 
+mod error;
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
+mod host;
 pub mod records;
 mod server;
+mod store;
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-
-use shoal_api_types::endpoints::EndpointsSpec;
-
+pub use error::DnsError;
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::RecordingDns;
+pub use host::{DnsHost, DnsServers};
 pub use records::{build_tables, normalize_name, Answer, NameEntry, NetworkRecords, QueryKind};
 pub use server::{parse_resolv_conf, DnsServer, DnsServerConfig, DNS_ADDR, TTL};
-
-/// Errors of this module.
-#[derive(Debug, thiserror::Error)]
-pub enum DnsError {
-    /// A file or namespace operation failed.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What we were doing.
-        what: &'static str,
-        /// The file or namespace.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A socket could not be bound inside the namespace.
-    #[error("bind {what} {addr} in namespace {netns}: {source}{hint}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// The namespace.
-        netns: PathBuf,
-        /// `udp` or `tcp`.
-        what: &'static str,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-        /// What to check.
-        hint: &'static str,
-    },
-}
-
-impl DnsError {
-    /// Whether retrying later may help (e.g. loopback not up yet, or the namespace is still
-    /// being made). A bind conflict on 127.0.0.11:53 is not temporary.
-    pub fn is_temporary(&self) -> bool {
-        match self {
-            DnsError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
-            DnsError::Bind { source, .. } => source.kind() == std::io::ErrorKind::AddrNotAvailable,
-        }
-    }
-}
-
-/// One network's table, swapped whole.
-#[derive(Debug, Default)]
-struct Slot(RwLock<Arc<NetworkRecords>>);
-
-impl Slot {
-    fn get(&self) -> Arc<NetworkRecords> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-    fn set(&self, records: Arc<NetworkRecords>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = records;
-    }
-}
-
-/// The record tables of every network, shared by all servers of this agent.
-#[derive(Debug, Clone, Default)]
-pub struct RecordStore {
-    slots: Arc<Mutex<HashMap<String, Arc<Slot>>>>,
-}
-
-impl RecordStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn slot(&self, network: &str) -> Arc<Slot> {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(network.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    /// Replace the table of `network`; every view on it answers from the new one at once.
-    pub fn set(&self, network: &str, records: NetworkRecords) {
-        self.slot(network).set(Arc::new(records));
-    }
-
-    /// Rebuild the table of `network` from its Endpoints objects.
-    pub fn set_from_endpoints<'a>(
-        &self,
-        network: &str,
-        endpoints: impl IntoIterator<Item = &'a EndpointsSpec>,
-    ) {
-        self.set(
-            network,
-            NetworkRecords::build(endpoints.into_iter().filter(|e| e.network == network)),
-        );
-    }
-
-    /// Replace every table: networks in `tables` get theirs, all others become empty (and
-    /// are forgotten once no view holds them).
-    pub fn replace_all(&self, mut tables: BTreeMap<String, NetworkRecords>) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        for (net, slot) in slots.iter() {
-            slot.set(Arc::new(tables.remove(net).unwrap_or_default()));
-        }
-        for (net, records) in tables {
-            slots.entry(net).or_default().set(Arc::new(records));
-        }
-        slots.retain(|_, slot| Arc::strong_count(slot) > 1 || !slot.get().is_empty());
-    }
-
-    /// Empty the table of `network` (its names disappear from every view at once).
-    pub fn remove(&self, network: &str) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = slots.get(network) {
-            slot.set(Arc::new(NetworkRecords::default()));
-            if Arc::strong_count(slot) == 1 {
-                slots.remove(network);
-            }
-        }
-    }
-
-    /// The current table of `network` (empty if unknown).
-    pub fn get(&self, network: &str) -> Arc<NetworkRecords> {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(network)
-            .map(|s| s.get())
-            .unwrap_or_default()
-    }
-
-    /// The view of a task attached to `networks` (in attachment order).
-    pub fn view<S: AsRef<str>>(&self, networks: &[S]) -> View {
-        View {
-            networks: networks.iter().map(|n| n.as_ref().to_owned()).collect(),
-            slots: networks.iter().map(|n| self.slot(n.as_ref())).collect(),
-        }
-    }
-}
-
-/// What one task sees: the live tables of the networks it is attached to.
-#[derive(Debug, Clone)]
-pub struct View {
-    networks: Vec<String>,
-    slots: Vec<Arc<Slot>>,
-}
-
-impl View {
-    /// The networks, in lookup order.
-    pub fn networks(&self) -> &[String] {
-        &self.networks
-    }
-
-    /// Decide the answer for one question (see [`records::answer`]).
-    pub fn answer(&self, qname: &str, kind: QueryKind) -> Answer {
-        let tables: Vec<Arc<NetworkRecords>> = self.slots.iter().map(|s| s.get()).collect();
-        records::answer(&tables, qname, kind)
-    }
-}
-
-/// The DNS side effect behind one narrow trait, so the agent's converge loop can be tested
-/// against [`RecordingDns`]: one server per task, keyed by the caller (normally the task id).
-/// Records are not part of it: the agent updates a [`RecordStore`] (pure memory) directly.
-#[async_trait::async_trait]
-pub trait DnsServers: Send + Sync {
-    /// Make sure task `key` has a server in the namespace at `netns` answering for
-    /// `networks` (in attachment order); restart it if the namespace or the networks
-    /// changed. Idempotent.
-    async fn ensure(&self, key: &str, netns: &Path, networks: &[String]) -> Result<(), DnsError>;
-    /// Stop the server of task `key`, if any.
-    async fn stop(&self, key: &str);
-    /// The keys of the running servers, sorted (for garbage collection).
-    async fn keys(&self) -> Vec<String>;
-}
-
-/// The real [`DnsServers`]: hickory servers bound inside task namespaces.
-#[derive(Debug)]
-pub struct DnsHost {
-    store: RecordStore,
-    config: Arc<DnsServerConfig>,
-    servers: tokio::sync::Mutex<HashMap<String, DnsServer>>,
-}
-
-impl DnsHost {
-    /// Servers answering from `store`, forwarding per `config`.
-    pub fn new(store: RecordStore, config: DnsServerConfig) -> Self {
-        DnsHost {
-            store,
-            config: Arc::new(config),
-            servers: Default::default(),
-        }
-    }
-
-    /// The shared record store.
-    pub fn store(&self) -> &RecordStore {
-        &self.store
-    }
-}
-
-#[async_trait::async_trait]
-impl DnsServers for DnsHost {
-    async fn ensure(&self, key: &str, netns: &Path, networks: &[String]) -> Result<(), DnsError> {
-        let mut servers = self.servers.lock().await;
-        if let Some(s) = servers.get(key) {
-            if s.netns() == Some(netns) && s.networks() == networks {
-                return Ok(());
-            }
-            if let Some(old) = servers.remove(key) {
-                old.shutdown().await;
-            }
-        }
-        let server =
-            DnsServer::start(Some(netns), self.store.view(networks), self.config.clone()).await?;
-        servers.insert(key.to_owned(), server);
-        Ok(())
-    }
-
-    async fn stop(&self, key: &str) {
-        let old = self.servers.lock().await.remove(key);
-        if let Some(old) = old {
-            old.shutdown().await;
-        }
-    }
-
-    async fn keys(&self) -> Vec<String> {
-        let mut k: Vec<String> = self.servers.lock().await.keys().cloned().collect();
-        k.sort();
-        k
-    }
-}
+pub use store::{RecordStore, View};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
+
     use shoal_api_types::endpoints::EndpointTask;
+    use shoal_api_types::endpoints::EndpointsSpec;
     use shoal_api_types::service::EndpointMode;
 
     fn ep(network: &str, service: &str, vip: &str, tasks: &[(&str, &str)]) -> EndpointsSpec {

@@ -50,6 +50,7 @@
 
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
+mod types;
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -64,6 +65,7 @@ use crate::net::nft::{self, eq, meta, NftError, Table};
 
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::RecordingMesh;
+pub use types::{Mesh, MeshPort, MeshRules};
 
 /// The only table we own in the node's namespace (family `ip`).
 pub const TABLE: &str = "shoal_mesh";
@@ -73,40 +75,6 @@ pub const PORTS_MAP: &str = "ports";
 pub const PORT_CHAIN_PREFIX: &str = "port_";
 /// The chain that refuses connections to ingress ports without ready tasks.
 pub const REFUSE_CHAIN: &str = "refuse";
-
-/// One published port on this node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct MeshPort {
-    /// TCP or UDP.
-    pub protocol: Protocol,
-    /// The port on the node.
-    pub published: u16,
-    /// The port in the task.
-    pub target: u16,
-    /// Ingress (every node, to the ingress IPs of ready tasks) or host (local task only).
-    pub mode: PublishMode,
-    /// Where connections go; empty means refused.
-    pub backends: Vec<Ipv4Addr>,
-}
-
-/// Everything the node's table holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MeshRules {
-    /// The node's underlay address, the destination that published ports answer on.
-    pub node_address: Option<Ipv4Addr>,
-    /// The ingress overlay's bridge and the node's address on it (SNAT source); ingress
-    /// ports are left out while it is unknown.
-    pub ingress: Option<(String, Ipv4Addr)>,
-    /// The ports.
-    pub ports: Vec<MeshPort>,
-}
-
-impl MeshRules {
-    /// Whether the table has nothing to do (no address or no port).
-    pub fn is_empty(&self) -> bool {
-        self.node_address.is_none() || self.ports.is_empty()
-    }
-}
 
 fn parse_ip(s: &str) -> Option<Ipv4Addr> {
     s.split('/').next().and_then(|a| a.trim().parse().ok())
@@ -265,16 +233,6 @@ pub fn ruleset(rules: &MeshRules) -> Value {
 /// The document that removes our table (whether or not it exists).
 pub fn delete_ruleset() -> Value {
     NFT.delete_document()
-}
-
-/// The node-level firewall side effect behind one narrow trait ([`NftMesh`] for real,
-/// [`RecordingMesh`] in tests).
-#[async_trait::async_trait]
-pub trait Mesh: Send + Sync {
-    /// Replace the node's mesh table with one for `rules`.
-    async fn program(&self, rules: &MeshRules) -> Result<(), NftError>;
-    /// Remove the node's mesh table.
-    async fn remove(&self) -> Result<(), NftError>;
 }
 
 /// The real [`Mesh`]: nft in the home netns (`None`: the agent's own namespace).

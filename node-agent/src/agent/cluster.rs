@@ -33,6 +33,6 @@ pub(crate) async fn watch_objects<S: Resource>(
     let watcher = Watcher::new(store, prefix).with_progress_every(progress_every);
     tokio::select! {
         _ = shoal_store::reflect(watcher, tx) => {}
-        _ = super::stopped(&mut shutdown) => {}
+        _ = super::shutdown::stopped(&mut shutdown) => {}
     }
 }

@@ -74,7 +74,7 @@ impl Converger {
             };
             tokio::select! {
                 biased;
-                _ = super::stopped(&mut shutdown) => break,
+                _ = super::shutdown::stopped(&mut shutdown) => break,
                 Some(done) = running.join_next_with_id() => {
                     let mut failed = self.finished(done, &mut in_flight);
                     while let Some(done) = running.try_join_next_with_id() {
@@ -178,7 +178,7 @@ mod tests {
     use crate::agent::apply::{advance, StatusSink};
     use crate::agent::plan::StatusUpdate;
     use crate::agent::task_runtime::TaskRuntime;
-    use crate::hollow::HollowRuntime;
+    use crate::hollow::runtime::HollowRuntime;
 
     /// Stands in for etcd: status writes (forward only) land in the desired tasks, as the
     /// agent's watch would bring them back.

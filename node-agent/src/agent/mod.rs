@@ -34,6 +34,7 @@ pub mod health;
 pub mod network;
 pub mod plan;
 pub mod register;
+mod shutdown;
 pub mod task_runtime;
 
 use std::future::Future;
@@ -347,11 +348,6 @@ impl Drop for AgentHandle {
             task.abort();
         }
     }
-}
-
-/// Resolves once `shutdown` turns true (or its sender is gone).
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// Runs one agent until `shutdown` resolves, then shuts it down gracefully.

@@ -54,7 +54,7 @@ impl Registration {
         loop {
             let registered = tokio::select! {
                 r = self.register() => r,
-                _ = super::stopped(&mut shutdown) => return,
+                _ = super::shutdown::stopped(&mut shutdown) => return,
             };
             let keeper = match registered {
                 Ok(keeper) => keeper,
@@ -62,7 +62,7 @@ impl Registration {
                     tracing::warn!(node = %self.name, error = %e, "cannot register the node; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff.next().unwrap_or_default()) => continue,
-                        _ = super::stopped(&mut shutdown) => return,
+                        _ = super::shutdown::stopped(&mut shutdown) => return,
                     }
                 }
             };
@@ -85,7 +85,7 @@ impl Registration {
                             tracing::warn!(node = %self.name, error = %e, "cannot check the node's registration");
                         }
                     }
-                    _ = super::stopped(&mut shutdown) => {
+                    _ = super::shutdown::stopped(&mut shutdown) => {
                         if self.revoke_on_exit {
                             drop(keeper);
                             match tokio::time::timeout(Duration::from_secs(2), self.store.revoke_lease(lease)).await {

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{DnsError, DnsServers};
+use super::error::DnsError;
+use super::host::DnsServers;
 
 /// What a [`RecordingDns`] "runs": key → (namespace, networks).
 type Servers = BTreeMap<String, (PathBuf, Vec<String>)>;

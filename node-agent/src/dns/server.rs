@@ -36,8 +36,9 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::error::DnsError;
 use super::records::{Answer, QueryKind};
-use super::{DnsError, View};
+use super::store::View;
 use crate::net::netns::run_in;
 use crate::net::NetError;
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{normalize, LbError, LoadBalancer, VipEntry};
+use super::entries::{normalize, LbError, LoadBalancer, VipEntry};
 
 /// What a [`RecordingLb`] holds per namespace.
 type Programmed = BTreeMap<PathBuf, Vec<VipEntry>>;

@@ -58,137 +58,22 @@
 //! per key) before generation, so the same input always gives the same document and
 //! [`read_programmed`] returns exactly [`normalize`]d entries for what is in the kernel.
 
+mod entries;
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
 mod ruleset;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 use std::path::Path;
 
-use shoal_api_types::endpoints::EndpointsSpec;
-use shoal_api_types::service::{EndpointMode, Protocol};
-
-use crate::net::nft::{self, NftError, Table};
+use crate::net::nft::{self, Table};
+pub use entries::{normalize, vip_entries, LbError, LoadBalancer, VipEntry};
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::RecordingLb;
-pub use ruleset::{delete_ruleset, parse_programmed, ruleset};
-
-/// The only table we own in a task namespace (family `ip`).
-pub const TABLE: &str = "shoal_lb";
-/// The base chain, hooked at output (traffic from the task to a VIP).
-pub const NAT_CHAIN: &str = "nat";
-/// Verdict map keyed by VIP . protocol . port.
-pub const PORT_MAP: &str = "services";
-/// Verdict map keyed by VIP . protocol (every port).
-pub const VIP_MAP: &str = "vips";
-/// Backend map keyed by VIP . protocol . index.
-pub const BACKENDS_MAP: &str = "backends";
-/// Backend map keyed by VIP . protocol . port . index.
-pub const PORT_BACKENDS_MAP: &str = "port_backends";
-/// The shared DNAT chain of whole-VIP entries.
-pub const DNAT_CHAIN: &str = "dnat";
-/// The shared DNAT chain of port entries.
-pub const DNAT_PORT_CHAIN: &str = "dnat_port";
-/// The chain that refuses connections to services without ready backends.
-pub const REJECT_CHAIN: &str = "reject";
-/// Prefix of the per-service chains (one round-robin counter each).
-pub const SERVICE_CHAIN_PREFIX: &str = "svc_";
-/// Priority of the nat chain (the usual dstnat priority).
-pub const NAT_PRIORITY: i32 = -100;
-
-/// One load-balanced destination: traffic from the task to `vip` (protocol, port) is spread
-/// over `backends`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VipEntry {
-    /// The service's virtual IP on a network the task is on.
-    pub vip: Ipv4Addr,
-    /// TCP or UDP.
-    pub protocol: Protocol,
-    /// The destination port, or `None` for every port of the protocol (Swarm's behaviour).
-    pub port: Option<u16>,
-    /// Addresses of the ready tasks; empty means connections are rejected.
-    pub backends: Vec<Ipv4Addr>,
-}
-
-/// Errors of this module.
-#[derive(Debug, thiserror::Error)]
-pub enum LbError {
-    /// nft could not run, or refused our document.
-    #[error(transparent)]
-    Nft(#[from] NftError),
-    /// nft's JSON output did not have the shape we write.
-    #[error("unexpected nft output: {0}")]
-    Parse(String),
-}
-
-impl LbError {
-    /// Whether retrying later may help (the reconciler requeues with backoff); a missing
-    /// namespace or an nft that rejects our document will not fix itself.
-    pub fn is_temporary(&self) -> bool {
-        match self {
-            LbError::Nft(e) => e.is_temporary(),
-            LbError::Parse(_) => false,
-        }
-    }
-}
-
-/// The VIP entries for a task namespace from the Endpoints objects of the networks the task
-/// is on: for each service in `vip` mode with a VIP, one whole-VIP entry per protocol (TCP
-/// and UDP) whose backends are the ready tasks. `dnsrr` services get none. Normalised.
-pub fn vip_entries<'a>(endpoints: impl IntoIterator<Item = &'a EndpointsSpec>) -> Vec<VipEntry> {
-    let mut out = Vec::new();
-    for ep in endpoints {
-        if ep.endpoint_mode != EndpointMode::Vip {
-            continue;
-        }
-        let Some(vip) = ep.vip.as_deref().and_then(parse_ip) else {
-            continue;
-        };
-        let backends: Vec<Ipv4Addr> = ep
-            .tasks
-            .iter()
-            .filter(|t| t.ready)
-            .filter_map(|t| parse_ip(&t.ip))
-            .collect();
-        for protocol in [Protocol::Tcp, Protocol::Udp] {
-            out.push(VipEntry {
-                vip,
-                protocol,
-                port: None,
-                backends: backends.clone(),
-            });
-        }
-    }
-    normalize(out)
-}
-
-/// An address as Endpoints carry it (tolerating a `/len` suffix).
-pub(crate) fn parse_ip(s: &str) -> Option<Ipv4Addr> {
-    s.split('/').next().and_then(|a| a.trim().parse().ok())
-}
-
-/// Sort entries, merge entries with the same key (union of backends), sort and deduplicate
-/// backends.
-pub fn normalize(entries: impl IntoIterator<Item = VipEntry>) -> Vec<VipEntry> {
-    let mut by_key: BTreeMap<(Ipv4Addr, Protocol, Option<u16>), BTreeSet<Ipv4Addr>> =
-        BTreeMap::new();
-    for e in entries {
-        by_key
-            .entry((e.vip, e.protocol, e.port))
-            .or_default()
-            .extend(e.backends);
-    }
-    by_key
-        .into_iter()
-        .map(|((vip, protocol, port), b)| VipEntry {
-            vip,
-            protocol,
-            port,
-            backends: b.into_iter().collect(),
-        })
-        .collect()
-}
+pub use ruleset::{
+    delete_ruleset, parse_programmed, ruleset, BACKENDS_MAP, DNAT_CHAIN, DNAT_PORT_CHAIN,
+    NAT_CHAIN, NAT_PRIORITY, PORT_BACKENDS_MAP, PORT_MAP, REJECT_CHAIN, SERVICE_CHAIN_PREFIX,
+    TABLE, VIP_MAP,
+};
 
 /// Replace our table in the namespace at `netns` with one for `entries`.
 pub async fn program(netns: Option<&Path>, entries: &[VipEntry]) -> Result<(), LbError> {
@@ -215,18 +100,6 @@ pub async fn read_programmed(netns: Option<&Path>) -> Result<Option<Vec<VipEntry
     }
 }
 
-/// The firewall side effect behind one narrow trait, so the agent's converge loop can be
-/// tested against [`RecordingLb`].
-#[async_trait::async_trait]
-pub trait LoadBalancer: Send + Sync {
-    /// Replace the VIP rules in the namespace at `netns`.
-    async fn program(&self, netns: &Path, entries: &[VipEntry]) -> Result<(), LbError>;
-    /// What is programmed there (`None`: nothing of ours).
-    async fn programmed(&self, netns: &Path) -> Result<Option<Vec<VipEntry>>, LbError>;
-    /// Remove our rules there.
-    async fn remove(&self, netns: &Path) -> Result<(), LbError>;
-}
-
 /// The real [`LoadBalancer`]: nft inside the namespace.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NftLoadBalancer;
@@ -241,96 +114,5 @@ impl LoadBalancer for NftLoadBalancer {
     }
     async fn remove(&self, netns: &Path) -> Result<(), LbError> {
         remove(Some(netns)).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use shoal_api_types::endpoints::EndpointTask;
-
-    fn ip(s: &str) -> Ipv4Addr {
-        s.parse().unwrap()
-    }
-
-    pub(super) fn task(name: &str, ip: &str, ready: bool) -> EndpointTask {
-        EndpointTask::new(name, ip).ready(ready)
-    }
-
-    pub(super) fn endpoints(
-        service: &str,
-        vip: Option<&str>,
-        mode: EndpointMode,
-        tasks: Vec<EndpointTask>,
-    ) -> EndpointsSpec {
-        EndpointsSpec {
-            network: "appnet".into(),
-            service: service.into(),
-            vip: vip.map(Into::into),
-            endpoint_mode: mode,
-            tasks,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn vip_entries_take_ready_tasks_of_vip_services_only() {
-        let eps = [
-            endpoints(
-                "api",
-                Some("10.0.1.2"),
-                EndpointMode::Vip,
-                vec![
-                    task("api.1", "10.0.1.5", true),
-                    task("api.2", "10.0.1.6", false),
-                    task("api.3", "10.0.1.4", true),
-                ],
-            ),
-            endpoints(
-                "db",
-                Some("10.0.1.3"),
-                EndpointMode::Dnsrr,
-                vec![task("db.1", "10.0.1.9", true)],
-            ),
-            endpoints(
-                "web",
-                None,
-                EndpointMode::Vip,
-                vec![task("web.1", "10.0.1.10", true)],
-            ),
-        ];
-        let got = vip_entries(&eps);
-        let backends = vec![ip("10.0.1.4"), ip("10.0.1.5")];
-        assert_eq!(
-            got,
-            vec![
-                VipEntry {
-                    vip: ip("10.0.1.2"),
-                    protocol: Protocol::Tcp,
-                    port: None,
-                    backends: backends.clone()
-                },
-                VipEntry {
-                    vip: ip("10.0.1.2"),
-                    protocol: Protocol::Udp,
-                    port: None,
-                    backends
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn normalize_merges_duplicate_keys_and_sorts_backends() {
-        let e = |b: &[&str]| VipEntry {
-            vip: ip("10.0.0.2"),
-            protocol: Protocol::Tcp,
-            port: Some(80),
-            backends: b.iter().map(|s| ip(s)).collect(),
-        };
-        assert_eq!(
-            normalize([e(&["10.0.0.9", "10.0.0.3"]), e(&["10.0.0.3", "10.0.0.4"])]),
-            vec![e(&["10.0.0.3", "10.0.0.4", "10.0.0.9"])]
-        );
     }
 }

@@ -9,11 +9,31 @@ use std::net::Ipv4Addr;
 use serde_json::{json, Value};
 use shoal_api_types::service::Protocol;
 
-use super::{
-    normalize, parse_ip, LbError, VipEntry, BACKENDS_MAP, DNAT_CHAIN, DNAT_PORT_CHAIN, NAT_CHAIN,
-    NAT_PRIORITY, PORT_BACKENDS_MAP, PORT_MAP, REJECT_CHAIN, SERVICE_CHAIN_PREFIX, TABLE, VIP_MAP,
-};
+use super::entries::{normalize, parse_ip, LbError, VipEntry};
 use crate::net::nft::{self, ct_new, goto, meta, payload, proto_name, Table};
+
+/// The only table we own in a task namespace (family `ip`).
+pub const TABLE: &str = "shoal_lb";
+/// The base chain, hooked at output (traffic from the task to a VIP).
+pub const NAT_CHAIN: &str = "nat";
+/// Verdict map keyed by VIP . protocol . port.
+pub const PORT_MAP: &str = "services";
+/// Verdict map keyed by VIP . protocol (every port).
+pub const VIP_MAP: &str = "vips";
+/// Backend map keyed by VIP . protocol . index.
+pub const BACKENDS_MAP: &str = "backends";
+/// Backend map keyed by VIP . protocol . port . index.
+pub const PORT_BACKENDS_MAP: &str = "port_backends";
+/// The shared DNAT chain of whole-VIP entries.
+pub const DNAT_CHAIN: &str = "dnat";
+/// The shared DNAT chain of port entries.
+pub const DNAT_PORT_CHAIN: &str = "dnat_port";
+/// The chain that refuses connections to services without ready backends.
+pub const REJECT_CHAIN: &str = "reject";
+/// Prefix of the per-service chains (one round-robin counter each).
+pub const SERVICE_CHAIN_PREFIX: &str = "svc_";
+/// Priority of the nat chain (the usual dstnat priority).
+pub const NAT_PRIORITY: i32 = -100;
 
 /// Our table, for the document builders.
 const NFT: Table = Table::ip(TABLE);
@@ -265,8 +285,8 @@ fn parse_backend(el: &Value, with_port: bool) -> Result<(Key, u32, Ipv4Addr), Lb
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lb::tests::{endpoints, task};
-    use crate::lb::vip_entries;
+    use crate::lb::entries::tests::{endpoints, task};
+    use crate::lb::entries::vip_entries;
     use shoal_api_types::endpoints::EndpointsSpec;
     use shoal_api_types::service::EndpointMode;
 

@@ -1,7 +1,7 @@
 //! Owns [`RecordingMesh`], the [`Mesh`] that only remembers (for tests and the `test-util`
 //! feature; not in the product binaries).
 
-use super::{Mesh, MeshRules};
+use super::types::{Mesh, MeshRules};
 use crate::net::nft::NftError;
 
 /// A [`Mesh`] that only remembers what it was asked to program.

@@ -12,10 +12,10 @@ use std::net::Ipv4Addr;
 use shoal_api_types::service::{PortConfig, PublishMode};
 use shoal_api_types::{Network as NetworkObject, Task};
 
-use super::{
-    plan_network, task_net_spec, DesiredNet, GatewaySpec, NetError, NetOp, Observed, OverlaySpec,
-    Peer, PortKind, TaskNetSpec,
-};
+use super::error::NetError;
+use super::names::PortKind;
+use super::plan::{plan_network, task_net_spec, DesiredNet, NetOp};
+use super::types::{GatewaySpec, Observed, OverlaySpec, Peer, TaskNetSpec};
 
 /// A local task's networking, as the agent remembers it for Endpoints updates and the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +196,7 @@ pub fn node_ops(node: &NodeNet, observed: &Observed) -> Vec<NetOp> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::{ObservedOverlay, ObservedPort};
+    use crate::net::types::{ObservedOverlay, ObservedPort};
     use shoal_api_types::{NetworkStatus, TaskAttachment, TaskSpec};
 
     fn network(name: &str, vni: u32) -> (String, NetworkObject) {

@@ -10,10 +10,12 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+use super::error::{NetError, NftError};
 use super::names::{self, PortKind};
-use super::{
-    GatewaySpec, NetError, Network, Observed, ObservedOverlay, ObservedPort, OverlayInfo,
-    OverlaySpec, PeerEntries, PeerOp, TaskInterface, TaskNetInfo, TaskNetSpec,
+use super::network::Network;
+use super::types::{
+    GatewaySpec, Observed, ObservedOverlay, ObservedPort, OverlayInfo, OverlaySpec, PeerEntries,
+    PeerOp, TaskInterface, TaskNetInfo, TaskNetSpec,
 };
 
 /// One recorded call.
@@ -100,7 +102,7 @@ impl RecordingNetwork {
         let mut s = self.state.lock().expect("fake lock");
         s.calls.push(call);
         if s.fail.contains(method) {
-            return Err(NetError::Nft(super::nft::NftError::Refused {
+            return Err(NetError::Nft(NftError::Refused {
                 what: "injected failure",
                 netns: method.to_string(),
                 stderr: String::new(),
@@ -276,7 +278,7 @@ impl Network for RecordingNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::{Attachment, Peer};
+    use crate::net::types::{Attachment, Peer};
 
     #[tokio::test]
     async fn fake_should_record_calls_and_model_state() {

@@ -18,7 +18,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::sys::statfs::{statfs, NSFS_MAGIC};
 
-use super::NetError;
+use super::error::NetError;
 
 /// Where iproute2 keeps named namespaces.
 pub const NETNS_DIR: &str = "/run/netns";

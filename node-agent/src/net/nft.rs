@@ -15,61 +15,13 @@
 //!   the table, so a packet sees the old table or the new one, never a half-built one.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 use shoal_api_types::service::Protocol;
 
-/// Why nft could not do what we asked.
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    /// The namespace could not be opened or entered.
-    #[error("enter network namespace {path}: {reason}")]
-    Netns {
-        /// The namespace path.
-        path: PathBuf,
-        /// What failed.
-        reason: String,
-    },
-    /// nft could not be started or fed.
-    #[error(
-        "run nft ({what}) in {netns}: {source}; is nftables installed? (apt-get install nftables)"
-    )]
-    Spawn {
-        /// What we were doing.
-        what: &'static str,
-        /// The namespace, or `-` for our own.
-        netns: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// nft ran and refused.
-    #[error("nft ({what}) failed in {netns}: {stderr}")]
-    Refused {
-        /// What we were doing.
-        what: &'static str,
-        /// The namespace, or `-` for our own.
-        netns: String,
-        /// nft's complaint.
-        stderr: String,
-    },
-}
-
-impl NftError {
-    /// Whether retrying later may help; a missing namespace or an nft that rejects our
-    /// document will not fix itself.
-    pub fn is_temporary(&self) -> bool {
-        match self {
-            NftError::Spawn { .. } => true,
-            NftError::Refused { stderr, .. } => {
-                stderr.contains("Resource busy") || stderr.contains("Interrupted")
-            }
-            NftError::Netns { .. } => false,
-        }
-    }
-}
+pub use super::error::NftError;
 
 /// One of our tables (family `ip`), as the JSON objects that make it up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,10 +14,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{
-    validate_container_id, ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState,
-    ContainerStatus, ExecOutput, ImageConfig, ImageInfo, Reference, RuntimeError, LABEL_IMAGE,
-    LABEL_MANAGED,
+use super::api::ContainerRuntime;
+use super::error::{validate_container_id, RuntimeError};
+use super::labels::{LABEL_IMAGE, LABEL_MANAGED};
+use super::reference::Reference;
+use super::types::{
+    ContainerInfo, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ImageConfig,
+    ImageInfo,
 };
 
 /// One recorded call.
@@ -367,8 +370,8 @@ impl ContainerRuntime for FakeRuntime {
 
 #[cfg(test)]
 mod tests {
-    use super::super::start_checked;
     use super::*;
+    use crate::runtime::api::start_checked;
     use std::sync::Arc;
 
     fn spec(id: &str) -> ContainerSpec {

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use super::RuntimeError;
+use super::error::RuntimeError;
 
 /// Docker Hub's canonical name.
 pub const DOCKER_HUB: &str = "docker.io";

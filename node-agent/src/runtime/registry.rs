@@ -13,8 +13,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use super::error::RuntimeError;
 use super::reference::{Reference, DOCKER_HUB};
-use super::{ImageConfig, RuntimeError};
+use super::types::ImageConfig;
 
 /// OCI image index.
 pub const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

@@ -22,7 +22,8 @@ use oci_spec::runtime::{
     UserBuilder,
 };
 
-use super::{ContainerSpec, DnsConfig, ImageConfig, RuntimeError};
+use super::error::RuntimeError;
+use super::types::{ContainerSpec, DnsConfig, ImageConfig};
 
 /// File names in a task's state directory.
 pub const RESOLV_CONF: &str = "resolv.conf";

@@ -4,8 +4,8 @@
 //! `shoal_mesh` table ([`crate::mesh`]) equal to the ingress ports in the Endpoints of
 //! `ingress` plus the host-mode ports of local tasks (to their gateway-bridge address). The
 //! table is left in place when the agent stops (like containers) and replaced by the next
-//! agent. Each step runs only when its input changed since it last succeeded ([`MeshState`],
-//! owned by the background loop). See docs/architecture.md ("Node agent").
+//! agent. Each step runs only when its input changed since it last succeeded ([`MeshState`](super::mesh_state::MeshState),
+//! owned by the background loop, in `mesh_state`). See docs/architecture.md ("Node agent").
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -17,29 +17,6 @@ use shoal_api_types::network::{parse_cidr, INGRESS_NETWORK};
 use super::{Applied, NodeNetwork};
 use crate::mesh::{self, MeshRules};
 use crate::net::{names, peers_from_endpoints, GatewaySpec, OverlaySpec, Peer};
-
-/// What the routing mesh last applied (see [`NodeNetwork::refresh_mesh`]).
-#[derive(Debug, Default)]
-pub struct MeshState {
-    /// The gateway bridge (and with it `ip_forward`) was ensured.
-    gateway: bool,
-    /// The ingress overlay as last ensured (with the node's address).
-    overlay: Option<OverlaySpec>,
-    /// The ingress overlay's peers as last synced.
-    peers: Option<(u32, Vec<Peer>)>,
-    /// The table as last programmed.
-    programmed: Option<MeshRules>,
-}
-
-impl MeshState {
-    /// Ensure the ingress overlay and the mesh table again at the next refresh (repairs what
-    /// observing links cannot see, such as the bridge's address).
-    pub(super) fn forget_applied(&mut self) {
-        self.overlay = None;
-        self.peers = None;
-        self.programmed = None;
-    }
-}
 
 impl NodeNetwork {
     /// The ingress overlay with this node's address on it, once the mesh runs, the ingress

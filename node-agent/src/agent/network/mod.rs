@@ -29,6 +29,7 @@
 
 mod endpoints;
 mod mesh;
+mod mesh_state;
 #[cfg(test)]
 mod tests;
 
@@ -64,7 +65,7 @@ pub struct Applied {
     /// Endpoints last applied per local network.
     endpoints: BTreeMap<String, Vec<EndpointsSpec>>,
     /// What the routing mesh last applied.
-    mesh: mesh::MeshState,
+    mesh: mesh_state::MeshState,
 }
 
 /// The node's task networking (see the module docs).
@@ -570,7 +571,7 @@ impl NodeNetwork {
             };
             tokio::select! {
                 biased;
-                _ = super::stopped(&mut shutdown) => break,
+                _ = super::shutdown::stopped(&mut shutdown) => break,
                 r = networks.changed() => if r.is_err() { break },
                 r = endpoints.changed() => if r.is_err() { break },
                 r = desired.changed() => if r.is_err() { break },

@@ -10,8 +10,9 @@ use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use rtnetlink::Handle;
 
+use crate::net::error::NetError;
 use crate::net::names::{self};
-use crate::net::{FdbEntry, NetError};
+use crate::net::types::FdbEntry;
 
 pub(super) const ENOENT: i32 = 2;
 pub(super) const ENODEV: i32 = 19;

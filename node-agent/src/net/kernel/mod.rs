@@ -22,12 +22,14 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
 
+use super::error::NetError;
 use super::names::{self, OverlayLink, PortKind, GW_BRIDGE};
-use super::{
-    egress, netns, nft, FdbEntry, GatewaySpec, NeighEntry, NetConfig, NetError, Network, Observed,
-    ObservedOverlay, ObservedPort, OverlayInfo, OverlaySpec, PeerEntries, PeerOp, TaskNetInfo,
-    TaskNetSpec,
+use super::network::Network;
+use super::types::{
+    FdbEntry, GatewaySpec, NeighEntry, NetConfig, Observed, ObservedOverlay, ObservedPort,
+    OverlayInfo, OverlaySpec, PeerEntries, PeerOp, TaskNetInfo, TaskNetSpec,
 };
+use super::{egress, netns, nft};
 
 mod links;
 mod task;

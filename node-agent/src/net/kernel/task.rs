@@ -11,8 +11,10 @@ use rtnetlink::{
     Handle, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
 
+use crate::net::error::NetError;
 use crate::net::names::{self, PortKind};
-use crate::net::{netns, Attachment, NetError, TaskInterface, TaskNetInfo, TaskNetSpec};
+use crate::net::netns;
+use crate::net::types::{Attachment, TaskInterface, TaskNetInfo, TaskNetSpec};
 
 use super::links::*;
 use super::Kernel;

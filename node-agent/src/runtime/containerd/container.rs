@@ -20,41 +20,18 @@ use containerd_client::types::Mount;
 use tokio::io::AsyncReadExt;
 
 use super::{status_err, ContainerdRuntime};
-use crate::runtime::{
-    spec, validate_container_id, ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState,
-    ContainerStatus, ExecOutput, ImageInfo, RuntimeError, LABEL_IMAGE, LABEL_MANAGED,
+use crate::runtime::api::ContainerRuntime;
+use crate::runtime::error::{validate_container_id, RuntimeError};
+use crate::runtime::labels::{LABEL_IMAGE, LABEL_MANAGED};
+use crate::runtime::spec;
+use crate::runtime::types::{
+    ContainerInfo, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ImageInfo,
 };
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
-
-/// Follows containerd's `/tasks/exit` events of `namespace`, bumping `changes` on each (and
-/// when the stream breaks, since exits may have been missed). Resubscribes after a second.
-pub(super) async fn follow_exits(
-    client: containerd_client::Client,
-    namespace: String,
-    changes: tokio::sync::watch::Sender<u64>,
-) {
-    let filter = format!("namespace=={namespace:?},topic==\"/tasks/exit\"");
-    loop {
-        let stream = client
-            .events()
-            .subscribe(containerd_client::services::v1::SubscribeRequest {
-                filters: vec![filter.clone()],
-            })
-            .await;
-        if let Ok(stream) = stream {
-            let mut stream = stream.into_inner();
-            while let Ok(Some(_envelope)) = stream.message().await {
-                changes.send_modify(|n| *n += 1);
-            }
-        }
-        changes.send_modify(|n| *n += 1);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
 
 impl ContainerdRuntime {
     pub(super) async fn get_task(

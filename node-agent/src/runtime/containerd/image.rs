@@ -16,11 +16,13 @@ use containerd_client::tonic::{Code, Status};
 use containerd_client::types::Descriptor as CDescriptor;
 
 use super::{exists, status_err, ContainerdRuntime};
+use crate::runtime::error::RuntimeError;
+use crate::runtime::reference::Reference;
 use crate::runtime::registry::{
     chain_ids, is_index, is_layer, is_manifest, select_platform, ConfigFile, Descriptor, Index,
     Manifest, RegistryClient,
 };
-use crate::runtime::{ImageInfo, Reference, RuntimeError};
+use crate::runtime::types::ImageInfo;
 
 const CHUNK: usize = 1 << 20;
 

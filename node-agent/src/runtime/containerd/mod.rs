@@ -29,6 +29,7 @@
 //! snapshot and state directory too.
 
 mod container;
+mod events;
 mod image;
 
 use std::collections::BTreeMap;
@@ -39,8 +40,9 @@ use containerd_client::tonic::metadata::{Ascii, MetadataValue};
 use containerd_client::tonic::{Code, Request, Status};
 use tokio::sync::Mutex;
 
+use super::api::ContainerRuntime;
+use super::error::RuntimeError;
 use super::registry::{Platform, RegistryClient};
-use super::{ContainerRuntime, RuntimeError};
 
 /// How to reach and use a containerd.
 #[derive(Debug, Clone)]
@@ -144,7 +146,7 @@ impl ContainerdRuntime {
             .map_err(|s| unavailable(s.message().to_string()))?;
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| RuntimeError::io(&cfg.state_dir, e))?;
         let changes = tokio::sync::watch::channel(0).0;
-        let events_task = tokio::spawn(container::follow_exits(
+        let events_task = tokio::spawn(events::follow_exits(
             containerd_client::Client::from(client.channel()),
             cfg.namespace.clone(),
             changes.clone(),
