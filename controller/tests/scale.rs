@@ -248,7 +248,8 @@ async fn a_changed_image_should_roll_out_one_task_at_a_time() {
 /// Throughput check (not a pass/fail benchmark): `SHOAL_BENCH_TASKS=20000 cargo test
 /// --release -p shoal-controller --test scale bench -- --ignored --nocapture`, best with
 /// `SHOAL_TEST_ETCD` pointing at an etcd on tmpfs; `SHOAL_BENCH_BATCH` overrides
-/// `--task-create-batch`. 50 in-process hollow nodes (the test helper, not `shoal-agent`).
+/// `--task-create-batch`. 50 in-process hollow nodes (the agent's code over its hollow
+/// runtime, not `shoal-agent` processes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 #[ignore]
 async fn bench_many_tasks_on_hollow_nodes() {

@@ -1,8 +1,7 @@
 //! Shared helpers of the controller's integration tests: a real etcd, controllers started
-//! in-process, and hollow nodes that follow the agent contract against the store directly
-//! (register the Node, keep a lease-bound liveness key, report tasks running or shut down)
-//! without containers. The controller does not depend on the agent crate, so this is the
-//! test-side stand-in for `shoal-agent --runtime hollow`.
+//! in-process, and hollow nodes: the node agent's real agent over its hollow runtime
+//! (`shoal_node_agent::hollow`, a dev-dependency), which registers, keeps its lease and
+//! reports its tasks without containers.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -10,18 +9,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use shoal_api_types::{
-    Network, NetworkSpec, Node, NodeSpec, NodeState, NodeStatus, Service, ServiceSpec, Task,
-    TaskSpec, TaskState,
+    Network, NetworkSpec, Node, NodeSpec, Service, ServiceSpec, Task, TaskSpec, TaskState,
 };
 use shoal_controller::config::ManagerConfig;
 use shoal_controller::context::{Context, Queues};
 use shoal_controller::manager;
 use shoal_controller::reconcile::{Action, Cache};
 use shoal_controller::{allocator, orchestrator};
+use shoal_node_agent::agent::{Agent, AgentConfig, AgentHandle};
+use shoal_node_agent::hollow::HollowRuntime;
 use shoal_store::testing::TestEtcd;
-use shoal_store::{Event, Lease, LeaseKeeper, RawEvent, Store, Watcher, Writer};
+use shoal_store::{Lease, RawEvent, Store, Watcher, Writer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -180,17 +179,24 @@ impl Controller {
     }
 }
 
-/// A hollow node: registers, keeps its lease, runs nothing, reports what it is asked.
+/// A hollow node: the node agent's own agent (`shoal_node_agent::hollow`, what
+/// `shoal-agent --runtime hollow` runs) in this process. It registers the Node and keeps
+/// its lease and liveness key, watches its tasks and reports them running or shut down
+/// through the agent's real code path; only containers are missing. Dropping it stops the
+/// agent as a crash would (the lease expires after its TTL).
 pub struct HollowNode {
     pub name: String,
+    /// The lease the node registered with.
     pub lease: Lease,
     store: Store,
-    keeper: Option<LeaseKeeper>,
-    agent: JoinHandle<()>,
+    agent: AgentHandle,
 }
 
 impl HollowNode {
-    /// Registers node `name` (number `index` gives its address) with `labels`.
+    /// Starts the agent of node `name` (number `index` gives its address, 198.18.0.`index`)
+    /// with lease TTL `ttl`, and waits until it has registered. `labels` are put on the
+    /// Node's spec first, as a user would before the agent joins (the agent never writes
+    /// the spec).
     pub async fn start(
         store: &Store,
         name: &str,
@@ -198,128 +204,65 @@ impl HollowNode {
         labels: &[(&str, &str)],
         ttl: Duration,
     ) -> HollowNode {
-        let labels: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let lease = store.grant_lease(ttl).await.expect("lease");
-        let keeper = store.keep_alive(lease);
-        let status = NodeStatus {
-            state: NodeState::Ready,
-            address: format!("198.18.0.{index}"),
-            lease: format!("{:x}", lease.id),
-            runtime: "hollow".into(),
-            registered_at: Some(Utc::now()),
-            ..Default::default()
-        };
-        let key = store.keys().named::<NodeSpec>(name);
-        let updated = store
-            .update_with::<NodeSpec>(&key, |n| {
-                n.status = status.clone();
-                n.spec.labels.extend(labels.clone());
-                true
-            })
-            .await
-            .expect("update node");
-        if updated.is_none() {
-            let mut node = Node::new(
-                name,
-                NodeSpec {
-                    labels: labels.clone(),
-                    ..Default::default()
-                },
-            );
-            node.status = status.clone();
-            store.create(&node).await.expect("register node");
+        if !labels.is_empty() {
+            label_node(store, name, labels).await;
         }
-        store
-            .put_with_lease(&store.keys().node_lease(name), "hollow", lease)
-            .await
-            .expect("liveness key");
-        let agent = tokio::spawn(run_agent(store.clone(), name.to_string()));
+        let config = AgentConfig {
+            lease_ttl: ttl,
+            revoke_lease_on_exit: true,
+            ..AgentConfig::new(name, format!("198.18.0.{index}"))
+        };
+        let agent = Agent::build(config, store.clone(), Arc::new(HollowRuntime::new()))
+            .expect("hollow agent")
+            .spawn();
+        let lease = agent.registered().await.expect("hollow node registered");
         HollowNode {
             name: name.to_string(),
             lease,
             store: store.clone(),
-            keeper: Some(keeper),
             agent,
         }
     }
 
-    /// Kills the node: the agent stops and its lease is revoked (liveness key gone now).
-    pub async fn kill(mut self) {
-        self.agent.abort();
-        self.keeper.take();
-        self.store.revoke_lease(self.lease).await.expect("revoke");
+    /// Kills the node: the agent stops and revokes its lease, so its liveness key is gone
+    /// now.
+    pub async fn kill(self) {
+        let key = self.store.keys().node_lease(&self.name);
+        self.agent.shutdown().await;
+        let left = self.store.get_raw(&key).await.expect("get liveness key");
+        assert!(left.is_none(), "{}: lease not revoked", self.name);
     }
 
     /// Crashes the node: the agent stops and the lease expires on its own.
-    pub fn crash(mut self) {
-        self.agent.abort();
-        self.keeper.take();
+    pub fn crash(self) {
+        drop(self.agent);
     }
 }
 
-impl Drop for HollowNode {
-    fn drop(&mut self) {
-        self.agent.abort();
+/// Adds `labels` to node `name`'s spec, creating the Node if it does not exist.
+async fn label_node(store: &Store, name: &str, labels: &[(&str, &str)]) {
+    let labels: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let key = store.keys().named::<NodeSpec>(name);
+    let updated = store
+        .update_with::<NodeSpec>(&key, |n| {
+            n.spec.labels.extend(labels.clone());
+            true
+        })
+        .await
+        .expect("label node");
+    if updated.is_none() {
+        let node = Node::new(
+            name,
+            NodeSpec {
+                labels,
+                ..Default::default()
+            },
+        );
+        store.create(&node).await.expect("create node");
     }
-}
-
-async fn run_agent(store: Store, node: String) {
-    // Bounded, like a real agent's worker pool, so hundreds of tasks do not flood etcd.
-    let permits = Arc::new(tokio::sync::Semaphore::new(32));
-    let prefix = store.keys().node_tasks(&node);
-    loop {
-        let Ok((tasks, rev)) = store.list_prefix::<TaskSpec>(&prefix).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        for t in tasks {
-            react(&store, &permits, t);
-        }
-        let Ok(mut watch) = store.watch::<TaskSpec>(&prefix, rev + 1).await else {
-            continue;
-        };
-        while let Ok(ev) = watch.next().await {
-            if let Event::Added(t) | Event::Modified(t) = ev {
-                react(&store, &permits, t);
-            }
-        }
-    }
-}
-
-/// Reports a task running (if wanted running) or shut down (if wanted stopped).
-fn react(store: &Store, permits: &Arc<tokio::sync::Semaphore>, task: Task) {
-    let want = match task.spec.desired_state {
-        TaskState::Running if task.status.state < TaskState::Running => TaskState::Running,
-        TaskState::Shutdown if !task.status.state.is_terminal() => TaskState::Shutdown,
-        _ => return,
-    };
-    let store = store.clone();
-    let permits = permits.clone();
-    tokio::spawn(async move {
-        let _permit = permits.acquire().await;
-        let key = store.keys().key(&task);
-        let _ = store
-            .update_with::<TaskSpec>(&key, |t| {
-                if t.status.state >= want
-                    || (want == TaskState::Running && t.spec.desired_state != TaskState::Running)
-                {
-                    return false;
-                }
-                t.status.state = want;
-                t.status.timestamp = Some(Utc::now());
-                t.status.healthy = want == TaskState::Running;
-                t.status.message = if want == TaskState::Running {
-                    "started".into()
-                } else {
-                    "stopped".into()
-                };
-                true
-            })
-            .await;
-    });
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
