@@ -21,14 +21,13 @@ use crate::watcher::{Watcher, WatcherEvent};
 pub type Cache<S> = Option<BTreeMap<String, Object<S>>>;
 
 /// Keeps `tx` equal to the objects of kind `S` below the watcher's prefix. Runs until
-/// dropped (or until every receiver is gone).
+/// dropped, whether or not anyone holds a receiver right now: a reader may read through a
+/// clone of the sender (`watch::Sender::borrow`, as the node agent's network loop does), and
+/// receivers may subscribe later.
 pub async fn reflect<S: Resource>(mut watcher: Watcher, tx: watch::Sender<Cache<S>>) {
     // Object names by key: a delete event carries only the key.
     let mut names: HashMap<String, String> = HashMap::new();
     loop {
-        if tx.is_closed() {
-            return;
-        }
         match watcher.next().await {
             WatcherEvent::Restarted { items, revision } => {
                 names.clear();

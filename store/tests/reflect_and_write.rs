@@ -55,6 +55,32 @@ async fn reflect_should_publish_nothing_before_a_complete_list_then_follow_chang
 }
 
 #[tokio::test]
+async fn reflect_should_keep_publishing_when_readers_hold_only_the_sender() {
+    // The node agent's network loop reads its caches through a clone of the sender
+    // (`watch::Sender::borrow`) and holds no receiver: the reflector must not stop then.
+    let etcd = TestEtcd::start().await;
+    let store = etcd.store().await;
+    store.create(&network("a")).await.unwrap();
+    let (tx, rx) = watch::channel::<Cache<NetworkSpec>>(None);
+    drop(rx);
+    let reader = tx.clone();
+    let prefix = store.keys().prefix::<NetworkSpec>();
+    let task = tokio::spawn(reflect(Watcher::new(store.clone(), prefix), tx));
+    // A receiver made now only to wait on; the reflector started with none.
+    let mut waiter = reader.subscribe();
+    waiter.wait_for(Option::is_some).await.unwrap();
+    drop(waiter);
+    store.create(&network("b")).await.unwrap();
+    let mut waiter = reader.subscribe();
+    waiter
+        .wait_for(|c| c.as_ref().is_some_and(|c| c.contains_key("b")))
+        .await
+        .unwrap();
+    assert!(!task.is_finished(), "the reflector keeps running");
+    task.abort();
+}
+
+#[tokio::test]
 async fn create_should_renew_identity_and_create_keeping_identity_should_keep_it() {
     let etcd = TestEtcd::start().await;
     let store = etcd.store().await;
