@@ -19,7 +19,7 @@ use containerd_client::types::v1::Status as TaskStatus;
 use containerd_client::types::Mount;
 use tokio::io::AsyncReadExt;
 
-use super::{status_err, ContainerdRuntime};
+use super::{found, status_err, ContainerdRuntime};
 use crate::runtime::api::ContainerRuntime;
 use crate::runtime::error::{validate_container_id, RuntimeError};
 use crate::runtime::labels::{LABEL_IMAGE, LABEL_MANAGED};
@@ -38,32 +38,24 @@ impl ContainerdRuntime {
         &self,
         id: &str,
     ) -> Result<Option<containerd_client::types::v1::Process>, RuntimeError> {
-        match self
+        let answer = self
             .client
             .tasks()
             .get(self.req(GetRequest {
                 container_id: id.to_string(),
                 exec_id: String::new(),
             }))
-            .await
-        {
-            Ok(r) => Ok(r.into_inner().process),
-            Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(status_err("Tasks.Get", id)(s)),
-        }
+            .await;
+        Ok(found(answer, "Tasks.Get", id)?.and_then(|r| r.into_inner().process))
     }
 
     pub(super) async fn get_container(&self, id: &str) -> Result<Option<Container>, RuntimeError> {
-        match self
+        let answer = self
             .client
             .containers()
             .get(self.req(GetContainerRequest { id: id.to_string() }))
-            .await
-        {
-            Ok(r) => Ok(r.into_inner().container),
-            Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(status_err("Containers.Get", id)(s)),
-        }
+            .await;
+        Ok(found(answer, "Containers.Get", id)?.and_then(|r| r.into_inner().container))
     }
 
     pub(super) async fn kill(
@@ -112,18 +104,14 @@ impl ContainerdRuntime {
     }
 
     pub(super) async fn delete_task(&self, id: &str) -> Result<Option<i32>, RuntimeError> {
-        match self
+        let answer = self
             .client
             .tasks()
             .delete(self.req(DeleteTaskRequest {
                 container_id: id.to_string(),
             }))
-            .await
-        {
-            Ok(r) => Ok(Some(r.into_inner().exit_status as i32)),
-            Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(status_err("Tasks.Delete", id)(s)),
-        }
+            .await;
+        Ok(found(answer, "Tasks.Delete", id)?.map(|r| r.into_inner().exit_status as i32))
     }
 
     pub(super) async fn exec_inner(

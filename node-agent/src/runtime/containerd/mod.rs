@@ -101,17 +101,26 @@ impl Drop for ContainerdRuntime {
         self.events_task.abort();
     }
 }
+/// The answer of a lookup call: NotFound is `None`, other errors fail.
+fn found<T>(
+    answer: Result<T, Status>,
+    call: &'static str,
+    key: &str,
+) -> Result<Option<T>, RuntimeError> {
+    match answer {
+        Ok(v) => Ok(Some(v)),
+        Err(s) if s.code() == Code::NotFound => Ok(None),
+        Err(s) => Err(status_err(call, key)(s)),
+    }
+}
+
 /// The answer of a lookup call as "is it there": NotFound is `false`, other errors fail.
 fn exists<T>(
     answer: Result<T, Status>,
     call: &'static str,
     key: &str,
 ) -> Result<bool, RuntimeError> {
-    match answer {
-        Ok(_) => Ok(true),
-        Err(s) if s.code() == Code::NotFound => Ok(false),
-        Err(s) => Err(status_err(call, key)(s)),
-    }
+    found(answer, call, key).map(|v| v.is_some())
 }
 
 fn status_err(op: &'static str, object: impl Into<String>) -> impl FnOnce(Status) -> RuntimeError {
