@@ -20,9 +20,16 @@ pub const CONFIG_ENV: &str = "SHOAL_CONFIG";
 
 /// The contents of the context file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Context {
-    /// The API's base URL, e.g. `http://127.0.0.1:7777`.
+    /// The API's base URL, e.g. `https://127.0.0.1:7777`.
     pub server: String,
+    /// The PEM file of the CA the API's certificate is verified with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_authority: Option<String>,
+    /// The API token sent as `Authorization: Bearer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// The context file's path: `$SHOAL_CONFIG`, else `~/.config/shoal/context.json`; `None`

@@ -48,7 +48,9 @@ impl Dev {
         let mut c = Command::new(self.bin.join("shoal"));
         c.env("SHOAL_DEV_STATE", &self.state)
             .env("SHOAL_CONFIG", &self.ctx)
-            .env("SHOAL_SERVER", "http://127.0.0.1:7777");
+            .env_remove("SHOAL_SERVER")
+            .env_remove("SHOAL_TOKEN")
+            .env_remove("SHOAL_CA");
         c
     }
 
