@@ -297,3 +297,8 @@ fn params(profile: &Profile) -> Result<CertificateParams> {
     validity(&mut params, profile.lifetime);
     Ok(params)
 }
+
+/// [`inspect`] on a certificate's DER (what a TLS peer presented).
+pub fn inspect_der(der: &[u8]) -> Result<CertInfo> {
+    info(der)
+}

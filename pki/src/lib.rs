@@ -17,8 +17,8 @@ mod serve;
 mod tls;
 mod token;
 
-pub use ca::{ca_digest, csr, inspect, Ca, CertInfo, Issued, Profile, Usage};
+pub use ca::{ca_digest, csr, inspect, inspect_der, Ca, CertInfo, Issued, Profile, Usage};
 pub use error::{PkiError, Result};
 pub use serve::{serve, PeerIdentity};
-pub use tls::{client_config, server_config, ClientAuth, Reloadable};
+pub use tls::{client_config, client_config_revoking, server_config, ClientAuth, Reloadable};
 pub use token::{constant_time_eq, new_api_token, new_join_secret, sha256_hex, JoinToken};

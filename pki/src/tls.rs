@@ -1,11 +1,18 @@
 //! rustls configurations from PEM: [`server_config`] (with [`ClientAuth`]),
-//! [`client_config`] (trusting only the given CA, optionally presenting an identity) and
+//! [`client_config`] (trusting only the given CA, optionally presenting an identity;
+//! [`client_config_revoking`] also refuses certificates made before a revocation) and
 //! [`Reloadable`], a server config that renewal can swap while serving.
 //!
 //! Every config uses the `ring` provider explicitly and rustls' safe default protocol
 //! versions; servers offer h2 and http/1.1 by ALPN.
 
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -13,6 +20,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
+use crate::ca::info;
 use crate::error::{PkiError, Result};
 
 /// Whether a server asks for client certificates, and which CA they must chain to.
@@ -98,10 +106,31 @@ pub fn server_config(
 /// A client config that trusts only `ca_pem` and presents `identity` (certificate PEM, key
 /// PEM) when given.
 pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<ClientConfig> {
-    let builder = ClientConfig::builder_with_provider(provider())
+    client_config_revoking(ca_pem, identity, None)
+}
+
+/// [`client_config`] that also refuses a server certificate whose notBefore is at or before
+/// `revoked_at` (a removed node's certificates; see the controller's revocation records).
+pub fn client_config_revoking(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    revoked_at: Option<SystemTime>,
+) -> Result<ClientConfig> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(PkiError::tls("choosing TLS versions"))?
-        .with_root_certificates(roots(ca_pem)?);
+        .map_err(PkiError::tls("choosing TLS versions"))?;
+    let builder = match revoked_at {
+        None => builder.with_root_certificates(roots(ca_pem)?),
+        Some(revoked_at) => {
+            let inner =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider)
+                    .build()?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NotRevoked { inner, revoked_at }))
+        }
+    };
     match identity {
         None => Ok(builder.with_no_client_auth()),
         Some((cert, key_pem)) => builder
@@ -110,6 +139,59 @@ pub fn client_config(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<Cli
                 key(key_pem, "the client key")?,
             )
             .map_err(PkiError::tls("using the client certificate and key")),
+    }
+}
+
+/// The WebPKI verifier, then: the leaf's notBefore must be after `revoked_at`.
+#[derive(Debug)]
+struct NotRevoked {
+    inner: Arc<WebPkiServerVerifier>,
+    revoked_at: SystemTime,
+}
+
+impl ServerCertVerifier for NotRevoked {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        let info = info(end_entity).map_err(|e| rustls::Error::General(e.to_string()))?;
+        if info.not_before <= self.revoked_at {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

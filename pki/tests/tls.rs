@@ -225,3 +225,25 @@ fn a_loaded_ca_should_sign_like_the_generated_one_and_refuse_a_foreign_key() {
         .sign_csr("not a csr", &profile("x", Usage::Both))
         .is_err());
 }
+
+#[tokio::test]
+async fn a_revoking_client_should_refuse_server_certificates_made_until_the_revocation() {
+    let ca = Ca::generate("test").unwrap();
+    let agent = node_cert(&ca, "localhost");
+    let server =
+        start(server_config(&agent.cert_pem, &agent.key_pem, ClientAuth::None).unwrap()).await;
+    let get = |revoked_at: Option<std::time::SystemTime>| {
+        let tls = shoal_pki::client_config_revoking(ca.cert_pem(), None, revoked_at).unwrap();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .resolve("localhost", server.addr)
+            .build()
+            .unwrap();
+        let url = format!("https://localhost:{}/whoami", server.addr.port());
+        async move { client.get(url).send().await }
+    };
+    let now = std::time::SystemTime::now();
+    assert!(get(Some(now)).await.is_err(), "made before the revocation");
+    assert!(get(Some(now - Duration::from_secs(86_400))).await.is_ok());
+    assert!(get(None).await.is_ok());
+}
