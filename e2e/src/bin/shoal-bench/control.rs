@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use shoal_api_types::{
     EndpointTask, EndpointsSpec, NetworkSpec, Object, Service, ServiceSpec, TaskSpec, TaskState,
 };
-use shoal_store::{Connect, Event, Store};
+use shoal_store::{Event, Store};
 
 use crate::common::*;
 
