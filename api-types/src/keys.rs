@@ -222,7 +222,7 @@ impl Permission {
 }
 
 /// What every node (and the hollow fleet) reads: the cluster's shared state. The store's
-/// liveness probe (`Store::revision`) reads below `nodes/` too.
+/// revision probe (`Store::revision`) reads below `nodes/` too.
 fn node_reads(keys: &Keys) -> Vec<Permission> {
     use crate::{EndpointsSpec, NetworkSpec, NodeSpec, ServiceSpec};
     vec![
@@ -233,11 +233,27 @@ fn node_reads(keys: &Keys) -> Vec<Permission> {
     ]
 }
 
+/// Each range once: etcd keeps one access per (key, range end) in a role, so a range
+/// granted twice keeps only its last grant. A read-write grant replaces a read one.
+fn merged(perms: Vec<Permission>) -> Vec<Permission> {
+    let mut out: Vec<Permission> = Vec::with_capacity(perms.len());
+    for p in perms {
+        match out
+            .iter_mut()
+            .find(|o| o.key == p.key && o.range_end == p.range_end)
+        {
+            Some(o) => o.access = o.access.max(p.access),
+            None => out.push(p),
+        }
+    }
+    out
+}
+
 /// The permissions of `node`'s role ([`node_role`]): read networks, services, nodes and
 /// endpoints; read and write its own tasks (a prefix: a task's status is not a key of its
 /// own yet, so the node can write its tasks' whole objects), its own Node and its own
 /// liveness key. Nothing else: not another node's tasks, not `ipam/`, `leader`,
-/// `secrets/` or `private/`.
+/// `secrets/` or `private/`. Each range appears once.
 pub fn node_permissions(keys: &Keys, node: &str) -> Vec<Permission> {
     use crate::NodeSpec;
     let mut perms = node_reads(keys);
@@ -246,12 +262,12 @@ pub fn node_permissions(keys: &Keys, node: &str) -> Vec<Permission> {
         Permission::key(Access::ReadWrite, keys.named::<NodeSpec>(node)),
         Permission::key(Access::ReadWrite, keys.node_lease(node)),
     ]);
-    perms
+    merged(perms)
 }
 
 /// The permissions of the hollow fleet's role ([`FLEET_USER`]): a node's reads, and read
 /// and write every Node, every node's tasks and every liveness key (one identity runs
-/// many hollow nodes; testing mode only).
+/// many hollow nodes; testing mode only). Each range appears once (`nodes/` read-write).
 pub fn fleet_permissions(keys: &Keys) -> Vec<Permission> {
     use crate::NodeSpec;
     let mut perms = node_reads(keys);
@@ -260,7 +276,7 @@ pub fn fleet_permissions(keys: &Keys) -> Vec<Permission> {
         Permission::prefix(Access::ReadWrite, format!("{}/tasks/", keys.root)),
         Permission::prefix(Access::ReadWrite, keys.node_leases()),
     ]);
-    perms
+    merged(perms)
 }
 
 /// The end of the etcd range that covers every key starting with `prefix`.
@@ -382,6 +398,23 @@ mod tests {
             assert!(!allowed(&p, Access::Read, key), "read {key}");
         }
         assert!(!allowed(&p, Access::ReadWrite, "/r/services/web"));
+    }
+
+    #[test]
+    fn every_range_appears_once_with_its_widest_access() {
+        let k = Keys::new("/r");
+        for perms in [node_permissions(&k, "a"), fleet_permissions(&k)] {
+            let mut ranges: Vec<_> = perms.iter().map(|p| (&p.key, &p.range_end)).collect();
+            let n = ranges.len();
+            ranges.sort();
+            ranges.dedup();
+            assert_eq!(ranges.len(), n, "{perms:?}");
+        }
+        let nodes = fleet_permissions(&k)
+            .into_iter()
+            .find(|p| p.key == "/r/nodes/")
+            .unwrap();
+        assert_eq!(nodes.access, Access::ReadWrite);
     }
 
     #[test]

@@ -131,8 +131,10 @@ async fn set_permissions(auth: &mut AuthClient, role: &str, wanted: &[Permission
         .map_err(|e| failed("read role", role, e))?
         .permissions();
     let wanted: Vec<etcd_client::Permission> = wanted.iter().map(to_etcd).collect();
+    // etcd keeps one access per range: a range held with another access is re-granted
+    // (which replaces it), a range not wanted at all is revoked.
     for perm in &held {
-        if !wanted.iter().any(|w| same(w, perm)) {
+        if !wanted.iter().any(|w| same_range(w, perm)) {
             let mut opts = RoleRevokePermissionOptions::new();
             if !perm.range_end().is_empty() {
                 opts = opts.with_range_end(perm.range_end());
@@ -169,8 +171,12 @@ fn to_etcd(p: &Permission) -> etcd_client::Permission {
     }
 }
 
+fn same_range(a: &etcd_client::Permission, b: &etcd_client::Permission) -> bool {
+    a.key() == b.key() && a.range_end() == b.range_end()
+}
+
 fn same(a: &etcd_client::Permission, b: &etcd_client::Permission) -> bool {
-    a.get_type() == b.get_type() && a.key() == b.key() && a.range_end() == b.range_end()
+    a.get_type() == b.get_type() && same_range(a, b)
 }
 
 /// Checks that `node` may be a node's etcd user (so that removing a "node" can never remove
@@ -228,6 +234,8 @@ mod tests {
         assert!(k.range_end().is_empty());
         assert!(!same(&p, &k));
         assert!(same(&p, &p.clone()));
+        let w = to_etcd(&Permission::prefix(Access::ReadWrite, "/r/nodes/"));
+        assert!(same_range(&p, &w) && !same(&p, &w));
     }
 
     #[test]

@@ -62,7 +62,7 @@ impl TestEtcd {
     /// authentication on. [`TestEtcd::connect`] is the controllers' identity.
     pub async fn start_secured() -> TestEtcd {
         let etcd = TestEtcd::start_tls().await;
-        crate::auth::bootstrap(&etcd.store())
+        crate::auth::bootstrap(&etcd.store().await)
             .await
             .expect("bootstrap etcd's users and roles");
         etcd
