@@ -7,7 +7,7 @@
 //!   `auth enable`.
 //! - [`ensure_node_user`] / [`remove_node_user`]: user `<node>` with role
 //!   `shoal-node-<node>` ([`node_permissions`]); removing it cuts the node off at its next
-//!   request.
+//!   request and revokes the lease of its liveness key.
 //! - [`ensure_fleet_user`]: the hollow fleet's user and role ([`fleet_permissions`]).
 //!
 //! Invariants:
@@ -61,7 +61,9 @@ pub async fn ensure_node_user(store: &Store, node: &str) -> Result<()> {
 }
 
 /// Deletes `node`'s etcd user and role: from the next request on, etcd refuses the node's
-/// certificate (permission denied), also on connections already open. Idempotent.
+/// certificate (permission denied), also on connections already open. Then revokes the
+/// lease of its liveness key (or deletes the key): etcd does not check permissions on
+/// lease keep-alives, so a removed agent would otherwise keep its node alive. Idempotent.
 pub async fn remove_node_user(store: &Store, node: &str) -> Result<()> {
     valid_node(node, "remove the etcd user of")?;
     let mut auth = store.client.auth_client();
@@ -72,9 +74,19 @@ pub async fn remove_node_user(store: &Store, node: &str) -> Result<()> {
     }
     let role = node_role(node);
     match auth.role_delete(role.as_str()).await {
-        Ok(_) => Ok(()),
-        Err(e) if message(&e).contains("role name not found") => Ok(()),
-        Err(e) => Err(failed("delete role", &role, e)),
+        Ok(_) => {}
+        Err(e) if message(&e).contains("role name not found") => {}
+        Err(e) => return Err(failed("delete role", &role, e)),
+    }
+    let liveness = store.keys().node_lease(node);
+    match store.get_raw(&liveness).await? {
+        Some(kv) if kv.lease != 0 => match store.client.lease_client().revoke(kv.lease).await {
+            Ok(_) => Ok(()),
+            Err(e) if message(&e).contains("lease not found") => Ok(()),
+            Err(e) => Err(StoreError::from_etcd(e, "revoke the lease of", &liveness)),
+        },
+        Some(_) => store.delete_raw(&liveness).await.map(drop),
+        None => Ok(()),
     }
 }
 

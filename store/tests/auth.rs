@@ -104,7 +104,10 @@ async fn without_a_client_certificate_nothing_can_be_read() {
     assert!(refused.is_err(), "connected without a client certificate");
     // A certificate of the cluster CA whose CN names no etcd user reads nothing either.
     let stranger = Store::connect(&etcd.connect_as("stranger")).await;
-    assert_denied(stranger.map(|_| ()), "connect as a user that does not exist");
+    assert_denied(
+        stranger.map(|_| ()),
+        "connect as a user that does not exist",
+    );
 }
 
 #[tokio::test]
@@ -112,7 +115,7 @@ async fn a_node_reads_shared_state_and_its_own_tasks_only() {
     let (etcd, ctl) = cluster().await;
     let a = node_store(&etcd, "a").await;
     let keys = a.keys().clone();
-    assert_eq!(a.list::<NetworkSpec>().await.unwrap().0.len(), 2 - 1);
+    assert_eq!(a.list::<NetworkSpec>().await.unwrap().0.len(), 1);
     assert_eq!(a.list::<ServiceSpec>().await.unwrap().0.len(), 1);
     assert_eq!(a.list::<NodeSpec>().await.unwrap().0.len(), 2);
     assert_eq!(a.list::<EndpointsSpec>().await.unwrap().0.len(), 1);
@@ -154,7 +157,9 @@ async fn a_node_writes_its_own_node_tasks_and_liveness_key() {
     // Its Node: delete and create again, and update the status.
     let node_key = keys.named::<NodeSpec>("a");
     a.delete::<NodeSpec>(&node_key, None).await.unwrap();
-    a.create(&Node::new("a", NodeSpec::default())).await.unwrap();
+    a.create(&Node::new("a", NodeSpec::default()))
+        .await
+        .unwrap();
     let updated = a
         .update_with::<NodeSpec>(&node_key, |n| {
             n.status.address = "198.18.0.1".into();
@@ -206,7 +211,10 @@ async fn a_node_cannot_write_another_nodes_keys_or_the_users_spec() {
     let (etcd, _ctl) = cluster().await;
     let a = node_store(&etcd, "a").await;
     let keys = a.keys().clone();
-    assert_denied(a.create(&task("evil", "b")).await, "create a task of node b");
+    assert_denied(
+        a.create(&task("evil", "b")).await,
+        "create a task of node b",
+    );
     assert_denied(
         a.update_with::<TaskSpec>(&format!("{}t-b", keys.node_tasks("b")), |_| true)
             .await,
@@ -319,7 +327,9 @@ async fn bootstrap_twice_and_concurrently_is_fine() {
     y.unwrap();
     auth::ensure_node_user(&first, "a").await.unwrap();
     let a = node_store(&etcd, "a").await;
-    a.create(&Node::new("a", NodeSpec::default())).await.unwrap();
+    a.create(&Node::new("a", NodeSpec::default()))
+        .await
+        .unwrap();
     assert_denied(a.create(&service("evil")).await, "create a Service");
 }
 
@@ -413,7 +423,11 @@ async fn ensure_node_user_takes_back_permissions_beyond_the_layout() {
         .args(["read", &extra])
         .output()
         .expect("run etcdctl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let a = node_store(&etcd, "a").await;
     a.list_raw(&extra).await.unwrap();
 
@@ -441,7 +455,9 @@ fn etcdctl(etcd: &TestEtcd, user: Option<&str>) -> std::process::Command {
 
 /// Runs etcdctl; its exit status and what it printed.
 fn run(mut cmd: std::process::Command) -> (bool, String) {
-    let out = cmd.output().expect("run etcdctl (apt-get install etcd-client)");
+    let out = cmd
+        .output()
+        .expect("run etcdctl (apt-get install etcd-client)");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -473,14 +489,53 @@ async fn etcdctl_without_a_certificate_reads_nothing_and_node_a_cannot_write_nod
     let (ok, out) = a(&["put", &format!("{root}/tasks/a/mine"), "x"]);
     assert!(ok, "node a writes below its own tasks: {out}");
     let (ok, out) = a(&["put", &format!("{root}/tasks/b/evil"), "x"]);
-    assert!(!ok && out.contains("permission denied"), "node a wrote b's task: {out}");
+    assert!(
+        !ok && out.contains("permission denied"),
+        "node a wrote b's task: {out}"
+    );
     let (ok, out) = a(&["get", "--prefix", &format!("{root}/private/")]);
-    assert!(!ok && out.contains("permission denied"), "node a read private: {out}");
+    assert!(
+        !ok && out.contains("permission denied"),
+        "node a read private: {out}"
+    );
     let (ok, out) = a(&["put", &format!("{root}/services/evil"), "{}"]);
-    assert!(!ok && out.contains("permission denied"), "node a wrote a Service: {out}");
+    assert!(
+        !ok && out.contains("permission denied"),
+        "node a wrote a Service: {out}"
+    );
     assert!(ctl
         .get_raw(&format!("{root}/tasks/b/evil"))
         .await
         .unwrap()
         .is_none());
+}
+
+#[tokio::test]
+async fn a_removed_node_loses_its_lease_and_liveness_key() {
+    let (etcd, ctl) = cluster().await;
+    let a = node_store(&etcd, "a").await;
+    let key = a.keys().node_lease("a");
+    let lease = a.grant_lease(Duration::from_secs(2)).await.unwrap();
+    let keeper = a.keep_alive(lease);
+    a.put_with_lease(&key, "alive", lease).await.unwrap();
+    // etcd checks no permission on keep-alives: without the revocation the removed node
+    // would keep its liveness key, and so its Ready state, for as long as it runs.
+    auth::remove_node_user(&ctl, "a").await.unwrap();
+    assert!(ctl.get_raw(&key).await.unwrap().is_none());
+    tokio::time::timeout(Duration::from_secs(2), keeper.lost())
+        .await
+        .expect("the node's keep-alive ends within 2 s");
+    assert_denied(
+        a.put_with_lease(&key, "alive", lease).await,
+        "write its liveness key after removal",
+    );
+    // Without a lease-bound key, removal deletes the key; without any, it is done.
+    ctl.put_raw(&ctl.keys().node_lease("b"), "x").await.unwrap();
+    auth::remove_node_user(&ctl, "b").await.unwrap();
+    assert!(ctl
+        .get_raw(&ctl.keys().node_lease("b"))
+        .await
+        .unwrap()
+        .is_none());
+    auth::remove_node_user(&ctl, "b").await.unwrap();
 }
