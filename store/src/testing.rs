@@ -243,6 +243,12 @@ impl TestEtcd {
             .expect("issue a test client certificate")
     }
 
+    /// The CA certificate's file of a secured etcd (`etcdctl --cacert`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.secured_ca();
+        self.pki_dir().join("ca.crt")
+    }
+
     /// Files for tools such as `etcdctl` (`--cacert`, `--cert`, `--key`): the CA and a
     /// fresh client certificate and key of `user`, written next to the etcd's data.
     pub fn identity_files(&self, user: &str) -> (PathBuf, PathBuf, PathBuf) {
@@ -254,7 +260,7 @@ impl TestEtcd {
         );
         std::fs::write(&cert, &issued.cert_pem).expect("write a client certificate");
         std::fs::write(&key, &issued.key_pem).expect("write a client key");
-        (pki.join("ca.crt"), cert, key)
+        (self.ca_file(), cert, key)
     }
 
     async fn try_store(&self) -> Option<Store> {

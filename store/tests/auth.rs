@@ -124,6 +124,24 @@ async fn a_node_reads_shared_state_and_its_own_tasks_only() {
         .await
         .unwrap();
     assert_eq!(own.len(), 1);
+    // What the agent keeps caches of, it can also watch.
+    for prefix in [
+        keys.prefix::<NetworkSpec>(),
+        keys.prefix::<EndpointsSpec>(),
+        keys.prefix::<NodeSpec>(),
+        keys.node_tasks("a"),
+    ] {
+        let mut watcher = Watcher::new(a.clone(), prefix.clone());
+        assert!(
+            matches!(watcher.next().await, WatcherEvent::Restarted { .. }),
+            "{prefix}"
+        );
+    }
+    ctl.create(&network("other")).await.unwrap();
+    let mut watch = a.watch_raw(&keys.prefix::<NetworkSpec>(), 0).await.unwrap();
+    ctl.create(&network("third")).await.unwrap();
+    let (events, _) = watch.next().await.unwrap();
+    assert!(!events.is_empty());
 
     assert_denied(
         a.list_prefix::<TaskSpec>(&keys.node_tasks("b")).await,
@@ -444,9 +462,9 @@ fn etcdctl(etcd: &TestEtcd, user: Option<&str>) -> std::process::Command {
         .arg(format!("--endpoints={}", etcd.endpoint))
         .arg("--dial-timeout=2s")
         .arg("--command-timeout=3s");
-    let (ca, cert, key) = etcd.identity_files(user.unwrap_or("unused"));
-    cmd.arg(format!("--cacert={}", ca.display()));
-    if user.is_some() {
+    cmd.arg(format!("--cacert={}", etcd.ca_file().display()));
+    if let Some(user) = user {
+        let (_, cert, key) = etcd.identity_files(user);
         cmd.arg(format!("--cert={}", cert.display()))
             .arg(format!("--key={}", key.display()));
     }
@@ -538,4 +556,17 @@ async fn a_removed_node_loses_its_lease_and_liveness_key() {
         .unwrap()
         .is_none());
     auth::remove_node_user(&ctl, "b").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_secured_etcd_resumes_with_its_tls_users_and_roles() {
+    let (mut etcd, _ctl) = cluster().await;
+    etcd.stop();
+    etcd.resume().await;
+    let a = node_store(&etcd, "a").await;
+    a.list::<NetworkSpec>().await.unwrap();
+    assert_denied(a.create(&service("evil")).await, "create a Service");
+    assert!(Store::connect(&etcd.connect_without_certificate())
+        .await
+        .is_err());
 }
