@@ -16,6 +16,20 @@
 //! ```
 //!
 //! Nothing below `<root>/secrets/` is served by the HTTP API.
+//!
+//! Who may touch which key in etcd (etcd users and roles, one identity per client
+//! certificate CN) is decided here too, as plain values the store turns into etcd roles:
+//!
+//! | etcd user | role | may |
+//! | --- | --- | --- |
+//! | [`ROOT_USER`] | `root` | everything (etcd requires it before `auth enable`; nobody holds its certificate) |
+//! | [`CONTROLLER_USER`] | `root` | everything: the controllers, which also manage node users |
+//! | `<node>` | [`node_role`]`(node)` | [`node_permissions`]: read networks, services, nodes, endpoints; write its own Node, tasks and liveness key |
+//! | [`FLEET_USER`] | [`FLEET_USER`] | [`fleet_permissions`]: a node's reads, and every node's writes (hollow fleets, testing only) |
+//!
+//! No role but `root` reaches a key outside those ranges (`ipam/`, `leader`, `private/`…).
+//! The user names are reserved: no Node may take them
+//! ([`crate::node::RESERVED_NODE_NAMES`]).
 
 use crate::object::{Object, Resource};
 
@@ -136,6 +150,135 @@ impl Keys {
     }
 }
 
+/// The etcd user of the controllers (the CN of `controller.crt`); it holds the `root` role.
+pub const CONTROLLER_USER: &str = "shoal-controller";
+
+/// etcd's superuser, which must exist (with the `root` role) before auth is enabled.
+pub const ROOT_USER: &str = "root";
+
+/// etcd's built-in all-powerful role.
+pub const ROOT_ROLE: &str = "root";
+
+/// The etcd user (and role) of hollow fleets: one identity writes for many nodes
+/// (benchmarks in testing mode only).
+pub const FLEET_USER: &str = "shoal-hollow-fleet";
+
+/// The etcd role of one node's user (the user is the node's name).
+pub fn node_role(node: &str) -> String {
+    format!("shoal-node-{node}")
+}
+
+/// What an etcd permission allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Access {
+    /// Range reads and watches.
+    Read,
+    /// Reads, watches, puts and deletes (and so transactions over them).
+    ReadWrite,
+}
+
+/// One etcd role permission: `access` on `key` alone, or on `[key, range_end)`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Permission {
+    /// Read or read-write.
+    pub access: Access,
+    /// The key, or the start of the range.
+    pub key: String,
+    /// The end of the range (exclusive); `None` for the key alone.
+    pub range_end: Option<Vec<u8>>,
+}
+
+impl Permission {
+    /// `access` on every key starting with `prefix`.
+    pub fn prefix(access: Access, prefix: impl Into<String>) -> Permission {
+        let key = prefix.into();
+        let range_end = Some(prefix_range_end(&key));
+        Permission {
+            access,
+            key,
+            range_end,
+        }
+    }
+
+    /// `access` on `key` alone.
+    pub fn key(access: Access, key: impl Into<String>) -> Permission {
+        Permission {
+            access,
+            key: key.into(),
+            range_end: None,
+        }
+    }
+
+    /// Whether the permission lets `access` (read or write) touch `key`.
+    pub fn allows(&self, access: Access, key: &str) -> bool {
+        if access == Access::ReadWrite && self.access != Access::ReadWrite {
+            return false;
+        }
+        match &self.range_end {
+            None => self.key == key,
+            Some(end) => key >= self.key.as_str() && key.as_bytes() < end.as_slice(),
+        }
+    }
+}
+
+/// What every node (and the hollow fleet) reads: the cluster's shared state. The store's
+/// revision probe (`Store::revision`) reads below `nodes/` too.
+fn node_reads(keys: &Keys) -> Vec<Permission> {
+    use crate::{EndpointsSpec, NetworkSpec, NodeSpec, ServiceSpec};
+    vec![
+        Permission::prefix(Access::Read, keys.prefix::<NetworkSpec>()),
+        Permission::prefix(Access::Read, keys.prefix::<ServiceSpec>()),
+        Permission::prefix(Access::Read, keys.prefix::<NodeSpec>()),
+        Permission::prefix(Access::Read, keys.prefix::<EndpointsSpec>()),
+    ]
+}
+
+/// Each range once: etcd keeps one access per (key, range end) in a role, so a range
+/// granted twice keeps only its last grant. A read-write grant replaces a read one.
+fn merged(perms: Vec<Permission>) -> Vec<Permission> {
+    let mut out: Vec<Permission> = Vec::with_capacity(perms.len());
+    for p in perms {
+        match out
+            .iter_mut()
+            .find(|o| o.key == p.key && o.range_end == p.range_end)
+        {
+            Some(o) => o.access = o.access.max(p.access),
+            None => out.push(p),
+        }
+    }
+    out
+}
+
+/// The permissions of `node`'s role ([`node_role`]): read networks, services, nodes and
+/// endpoints; read and write its own tasks (a prefix: a task's status is not a key of its
+/// own yet, so the node can write its tasks' whole objects), its own Node and its own
+/// liveness key. Nothing else: not another node's tasks, not `ipam/`, `leader`,
+/// `secrets/` or `private/`. Each range appears once.
+pub fn node_permissions(keys: &Keys, node: &str) -> Vec<Permission> {
+    use crate::NodeSpec;
+    let mut perms = node_reads(keys);
+    perms.extend([
+        Permission::prefix(Access::ReadWrite, keys.node_tasks(node)),
+        Permission::key(Access::ReadWrite, keys.named::<NodeSpec>(node)),
+        Permission::key(Access::ReadWrite, keys.node_lease(node)),
+    ]);
+    merged(perms)
+}
+
+/// The permissions of the hollow fleet's role ([`FLEET_USER`]): a node's reads, and read
+/// and write every Node, every node's tasks and every liveness key (one identity runs
+/// many hollow nodes; testing mode only). Each range appears once (`nodes/` read-write).
+pub fn fleet_permissions(keys: &Keys) -> Vec<Permission> {
+    use crate::NodeSpec;
+    let mut perms = node_reads(keys);
+    perms.extend([
+        Permission::prefix(Access::ReadWrite, keys.prefix::<NodeSpec>()),
+        Permission::prefix(Access::ReadWrite, format!("{}/tasks/", keys.root)),
+        Permission::prefix(Access::ReadWrite, keys.node_leases()),
+    ]);
+    merged(perms)
+}
+
 /// The end of the etcd range that covers every key starting with `prefix`.
 pub fn prefix_range_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
@@ -174,6 +317,104 @@ mod tests {
             "/shoal/v1/ipam/ips/appnet/10.0.0.2"
         );
         assert_eq!(Keys::new("/t/").prefix::<NetworkSpec>(), "/t/networks/");
+    }
+
+    fn allowed(perms: &[Permission], access: Access, key: &str) -> bool {
+        perms.iter().any(|p| p.allows(access, key))
+    }
+
+    #[test]
+    fn a_node_reads_shared_state_and_writes_only_its_own_keys() {
+        let k = Keys::new("/r");
+        let p = node_permissions(&k, "a");
+        for key in [
+            "/r/networks/appnet",
+            "/r/services/web",
+            "/r/nodes/b",
+            "/r/endpoints/appnet/web",
+            "/r/tasks/a/t1",
+        ] {
+            assert!(allowed(&p, Access::Read, key), "read {key}");
+        }
+        for key in ["/r/tasks/a/t1", "/r/nodes/a", "/r/leases/nodes/a"] {
+            assert!(allowed(&p, Access::ReadWrite, key), "write {key}");
+        }
+        for key in [
+            "/r/tasks/b/t1",
+            "/r/tasks/ab/t1",
+            "/r/tasks/_unassigned/t1",
+            "/r/nodes/b",
+            "/r/nodes/ab",
+            "/r/leases/nodes/b",
+            "/r/services/web",
+            "/r/networks/appnet",
+            "/r/endpoints/appnet/web",
+        ] {
+            assert!(!allowed(&p, Access::ReadWrite, key), "write {key}");
+        }
+        for key in [
+            "/r/private/join-token",
+            "/r/secrets/agent-token",
+            "/r/ipam/ips/appnet/10.0.0.2",
+            "/r/leader",
+            "/r/tasks/b/t1",
+            "/r/leases/nodes/b",
+            "/other/networks/appnet",
+        ] {
+            assert!(!allowed(&p, Access::Read, key), "read {key}");
+        }
+    }
+
+    #[test]
+    fn node_permissions_are_prefixes_with_range_ends_or_single_keys() {
+        let p = node_permissions(&Keys::new("/r"), "a");
+        assert_eq!(
+            p,
+            vec![
+                Permission::prefix(Access::Read, "/r/networks/"),
+                Permission::prefix(Access::Read, "/r/services/"),
+                Permission::prefix(Access::Read, "/r/nodes/"),
+                Permission::prefix(Access::Read, "/r/endpoints/"),
+                Permission::prefix(Access::ReadWrite, "/r/tasks/a/"),
+                Permission::key(Access::ReadWrite, "/r/nodes/a"),
+                Permission::key(Access::ReadWrite, "/r/leases/nodes/a"),
+            ]
+        );
+        assert_eq!(p[4].range_end.as_deref(), Some(&b"/r/tasks/a0"[..]));
+        assert_eq!(node_role("a"), "shoal-node-a");
+    }
+
+    #[test]
+    fn the_fleet_writes_every_node_but_reads_nothing_private() {
+        let p = fleet_permissions(&Keys::new("/r"));
+        for key in [
+            "/r/nodes/hollow-1",
+            "/r/tasks/hollow-2/t1",
+            "/r/leases/nodes/hollow-3",
+        ] {
+            assert!(allowed(&p, Access::ReadWrite, key), "write {key}");
+        }
+        for key in ["/r/private/tokens/x", "/r/leader", "/r/ipam/vnis/00004097"] {
+            assert!(!allowed(&p, Access::Read, key), "read {key}");
+        }
+        assert!(!allowed(&p, Access::ReadWrite, "/r/services/web"));
+    }
+
+    #[test]
+    fn every_range_appears_once_with_its_widest_access() {
+        let k = Keys::new("/r");
+        for perms in [node_permissions(&k, "a"), fleet_permissions(&k)] {
+            let mut ranges: Vec<_> = perms.iter().map(|p| (&p.key, &p.range_end)).collect();
+            let n = ranges.len();
+            ranges.sort();
+            ranges.dedup();
+            assert_eq!(ranges.len(), n, "{perms:?}");
+        }
+        let nodes = fleet_permissions(&k)
+            .into_iter()
+            .find(|p| p.key == "/r/nodes/")
+            .unwrap();
+        assert_eq!(nodes.access, Access::ReadWrite);
     }
 
     #[test]

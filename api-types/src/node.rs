@@ -7,8 +7,26 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::keys::{CONTROLLER_USER, FLEET_USER, ROOT_USER};
 use crate::object::{Object, Resource};
-use crate::validation::FieldError;
+use crate::validation::{check_dns_label, FieldError};
+
+/// Names no Node may take: a node's name is its etcd user (the CN of its certificate),
+/// and these are the users of etcd's superuser, the controllers and hollow fleets.
+pub const RESERVED_NODE_NAMES: [&str; 3] = [ROOT_USER, CONTROLLER_USER, FLEET_USER];
+
+/// Why `name` cannot name a node, if it cannot: not a DNS-1123 label, or reserved
+/// ([`RESERVED_NODE_NAMES`]). The agent and the join endpoint check names with this.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    check_dns_label(name)?;
+    if RESERVED_NODE_NAMES.contains(&name) {
+        return Err(format!(
+            "{name:?} is reserved for Shoal's own etcd users ({}); choose another node name",
+            RESERVED_NODE_NAMES.join(", ")
+        ));
+    }
+    Ok(())
+}
 
 /// A Node object.
 pub type Node = Object<NodeSpec>;
@@ -100,6 +118,15 @@ impl Resource for NodeSpec {
     const USER_OWNED: bool = false;
     type Status = NodeStatus;
 
+    fn validate_name(name: &str, errs: &mut Vec<FieldError>) {
+        // The DNS-label problems are reported by the metadata's own check.
+        if check_dns_label(name).is_ok() {
+            if let Err(msg) = check_node_name(name) {
+                errs.push(FieldError::new("metadata.name", msg));
+            }
+        }
+    }
+
     fn validate_spec(&self, errs: &mut Vec<FieldError>) {
         for key in self.labels.keys() {
             if key.is_empty() || key.contains(['=', ' ']) {
@@ -109,5 +136,37 @@ impl Resource for NodeSpec {
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Validate;
+
+    #[test]
+    fn node_names_of_shoal_etcd_users_are_refused_with_a_field_error() {
+        for name in RESERVED_NODE_NAMES {
+            let errs = Node::new(name, NodeSpec::default())
+                .validated()
+                .unwrap_err();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].field, "metadata.name");
+            assert!(errs[0].message.contains("reserved"), "{}", errs[0]);
+            assert!(check_node_name(name).is_err());
+        }
+    }
+
+    #[test]
+    fn ordinary_node_names_are_accepted_and_bad_labels_reported_once() {
+        for name in ["node-1", "hollow-3", "rooted", "shoal-controller-2"] {
+            assert!(Node::new(name, NodeSpec::default()).validated().is_ok());
+            assert!(check_node_name(name).is_ok());
+        }
+        let errs = Node::new("Root", NodeSpec::default())
+            .validated()
+            .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(check_node_name("Root").is_err());
     }
 }

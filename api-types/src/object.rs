@@ -41,6 +41,10 @@ pub trait Resource:
     /// Checks the spec. Field paths start with `spec.`.
     fn validate_spec(&self, errs: &mut Vec<FieldError>);
 
+    /// Checks the name beyond the DNS-1123 label every kind requires (Nodes refuse the
+    /// names of Shoal's own etcd users). Field path `metadata.name`.
+    fn validate_name(_name: &str, _errs: &mut Vec<FieldError>) {}
+
     /// Fills in defaults, in one place. Called before validation and before storing.
     fn apply_defaults(&mut self) {}
 }
@@ -114,6 +118,7 @@ impl<S: Resource> Validate for Object<S> {
             ));
         }
         self.metadata.validate(errs);
+        S::validate_name(&self.metadata.name, errs);
         self.spec.validate_spec(errs);
     }
 }

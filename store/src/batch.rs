@@ -21,7 +21,7 @@ use futures::stream::{self, StreamExt};
 use shoal_api_types::keys::{prefix_range_end, Keys};
 use shoal_api_types::{Object, Resource};
 
-use crate::error::StoreError;
+use crate::error::{At, StoreError};
 use crate::store::{encode, prepare_create, with_revision, Identity, Store};
 use crate::Result;
 
@@ -231,26 +231,29 @@ impl Batch {
             ));
         }
         let txn = Txn::new().when(compares).and_then(self.ops);
-        let resp = store.kv().txn(txn).await?;
+        let what = summary(&self.described);
+        let resp = store.kv().txn(txn).await.at("commit a batch:", &what)?;
         if !resp.succeeded() {
-            let mut what: Vec<String> = self.described.iter().map(|op| op.to_string()).collect();
-            let more = what.len().saturating_sub(4);
-            what.truncate(4);
-            if more > 0 {
-                what.push(format!("and {more} more"));
-            }
             let cause = if fence.is_some() {
                 "changed since read, or leadership lost"
             } else {
                 "changed since read"
             };
             return Err(StoreError::Conflict(format!(
-                "a precondition failed ({cause}): {}; read again and retry",
-                what.join(", ")
+                "a precondition failed ({cause}): {what}; read again and retry"
             )));
         }
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
+}
+
+/// The first operations of a batch, for messages.
+fn summary(ops: &[BatchOp]) -> String {
+    let mut what: Vec<String> = ops.iter().take(4).map(|op| op.to_string()).collect();
+    if ops.len() > 4 {
+        what.push(format!("and {} more", ops.len() - 4));
+    }
+    what.join(", ")
 }
 
 /// Sets the resourceVersion a batch gave an object (after [`Batch::commit`]).

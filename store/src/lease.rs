@@ -7,6 +7,7 @@ use etcd_client::PutOptions;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::error::At;
 use crate::store::Store;
 use crate::Result;
 
@@ -30,7 +31,12 @@ impl Store {
     /// Grants a lease of `ttl` (whole seconds, at least 1).
     pub async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
         let secs = ttl.as_secs().max(1) as i64;
-        let resp = self.client.lease_client().grant(secs, None).await?;
+        let resp = self
+            .client
+            .lease_client()
+            .grant(secs, None)
+            .await
+            .at("grant a lease", "")?;
         Ok(Lease {
             id: resp.id(),
             ttl: Duration::from_secs(resp.ttl() as u64),
@@ -47,13 +53,18 @@ impl Store {
         self.client
             .kv_client()
             .put(key, value, Some(PutOptions::new().with_lease(lease.id)))
-            .await?;
+            .await
+            .at("write", key)?;
         Ok(())
     }
 
     /// Revokes a lease now, deleting every key bound to it.
     pub async fn revoke_lease(&self, lease: Lease) -> Result<()> {
-        self.client.lease_client().revoke(lease.id).await?;
+        self.client
+            .lease_client()
+            .revoke(lease.id)
+            .await
+            .at("revoke a lease", "")?;
         Ok(())
     }
 

@@ -6,8 +6,8 @@
 //! ([`Store`]), all-or-nothing writes with an optional fence ([`Batch`], [`Writer`]), raw
 //! keys for allocation records and liveness ([`RawKv`]), watches ([`Watch`], [`RawWatch`]),
 //! the list-then-watch state machine ([`Watcher`]) and the typed cache over it
-//! ([`reflect`]), leases ([`LeaseKeeper`]), leader election ([`leader`]) and the retry
-//! policy everything shares ([`Backoff`]).
+//! ([`reflect`]), leases ([`LeaseKeeper`]), leader election ([`leader`]), etcd users and
+//! roles ([`auth`]) and the retry policy everything shares ([`Backoff`]).
 //!
 //! Invariants:
 //! - Every write is an etcd transaction that compares `mod_revision` (or `create_revision`
@@ -17,9 +17,12 @@
 //! - A list returns the revision it was read at; a watch from `revision + 1` sees exactly
 //!   the changes after it. A compacted revision is [`StoreError::Compacted`], the signal to
 //!   relist.
+//! - etcd refusing a request (no permission, user removed) is
+//!   [`StoreError::PermissionDenied`], never temporary.
 //! - No type of `etcd-client` appears in this crate's public API except as the source of
-//!   [`StoreError::Etcd`].
+//!   [`StoreError::Etcd`] and [`StoreError::Auth`].
 
+pub mod auth;
 mod backoff;
 mod batch;
 mod connect;

@@ -15,6 +15,7 @@ use etcd_client::{
 };
 use shoal_api_types::keys::prefix_range_end;
 
+use crate::error::At;
 use crate::error::StoreError;
 use crate::store::{Store, LIST_PAGE};
 use crate::Result;
@@ -65,7 +66,7 @@ pub enum RawEvent {
 impl Store {
     /// The key and value at `key`, if any.
     pub async fn get_raw(&self, key: &str) -> Result<Option<RawKv>> {
-        let resp = self.kv().get(key, None).await?;
+        let resp = self.kv().get(key, None).await.at("read", key)?;
         Ok(resp.kvs().first().map(RawKv::from_etcd))
     }
 
@@ -94,7 +95,7 @@ impl Store {
             if revision > 0 {
                 opts = opts.with_revision(revision);
             }
-            let resp = kv.get(from.clone(), Some(opts)).await?;
+            let resp = kv.get(from.clone(), Some(opts)).await.at("list", prefix)?;
             if revision == 0 {
                 revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             }
@@ -115,7 +116,7 @@ impl Store {
         let opts = GetOptions::new()
             .with_range(prefix_range_end(prefix))
             .with_limit(1);
-        let resp = self.kv().get(prefix, Some(opts)).await?;
+        let resp = self.kv().get(prefix, Some(opts)).await.at("list", prefix)?;
         Ok(resp.kvs().first().map(RawKv::from_etcd))
     }
 
@@ -124,20 +125,24 @@ impl Store {
         let opts = GetOptions::new()
             .with_range(prefix_range_end(prefix))
             .with_count_only();
-        let resp = self.kv().get(prefix, Some(opts)).await?;
+        let resp = self
+            .kv()
+            .get(prefix, Some(opts))
+            .await
+            .at("count", prefix)?;
         Ok(usize::try_from(resp.count()).unwrap_or(0))
     }
 
     /// Writes `value` at `key` unconditionally (tests, benchmarks); returns the revision.
     /// Objects go through [`Store::create`], [`Store::update`] or a [`crate::Batch`].
     pub async fn put_raw(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<i64> {
-        let resp = self.kv().put(key, value, None).await?;
+        let resp = self.kv().put(key, value, None).await.at("write", key)?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
     /// Deletes `key` unconditionally (tests of repair paths); returns whether it existed.
     pub async fn delete_raw(&self, key: &str) -> Result<bool> {
-        let resp = self.kv().delete(key, None).await?;
+        let resp = self.kv().delete(key, None).await.at("delete", key)?;
         Ok(resp.deleted() > 0)
     }
 
@@ -171,7 +176,8 @@ impl Store {
             .watch_client()
             .max_decoding_message_size(crate::store::MAX_MESSAGE)
             .watch(prefix, Some(opts))
-            .await?;
+            .await
+            .at("watch", prefix)?;
         let (sender, stream) = stream.split();
         Ok(RawWatch {
             prefix: prefix.to_string(),
@@ -246,6 +252,13 @@ impl RawWatch {
                 });
             }
             if resp.canceled() {
+                if resp.cancel_reason().contains("permission denied") {
+                    return Err(StoreError::PermissionDenied {
+                        op: "watch",
+                        key: self.prefix.clone(),
+                        reason: resp.cancel_reason().to_string(),
+                    });
+                }
                 return Err(self.ended(format!("canceled: {}", resp.cancel_reason())));
             }
             if resp.created() {

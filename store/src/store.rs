@@ -6,7 +6,7 @@ use shoal_api_types::keys::Keys;
 use shoal_api_types::{Object, Resource};
 
 use crate::connect::Connect;
-use crate::error::StoreError;
+use crate::error::{At, StoreError};
 use crate::Result;
 
 /// Keys per page of a list.
@@ -53,21 +53,27 @@ impl Store {
         &self.keys
     }
 
+    /// The key read (count only, never written) to learn the store's revision and whether
+    /// a revision is compacted: one every identity may read, the controller's as well as a
+    /// node's (`<root>/nodes/`, the nodes' prefix itself, which no Node is named).
+    fn probe_key(&self) -> String {
+        self.keys.prefix::<shoal_api_types::NodeSpec>()
+    }
+
     /// The current revision of the whole store.
     pub async fn revision(&self) -> Result<i64> {
+        let probe = self.probe_key();
         let resp = self
             .kv()
-            .get(
-                self.keys.leader(),
-                Some(GetOptions::new().with_count_only()),
-            )
-            .await?;
+            .get(probe.as_str(), Some(GetOptions::new().with_count_only()))
+            .await
+            .at("read", &probe)?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
     /// The object at `key`, if any.
     pub async fn get<S: Resource>(&self, key: &str) -> Result<Option<Object<S>>> {
-        let resp = self.kv().get(key, None).await?;
+        let resp = self.kv().get(key, None).await.at("read", key)?;
         resp.kvs()
             .first()
             .map(|kv| decode(kv.key(), kv.value(), kv.mod_revision()))
@@ -107,7 +113,8 @@ impl Store {
     /// Fails with [`StoreError::Compacted`] if `revision` is no longer readable.
     pub async fn check_revision(&self, revision: i64) -> Result<()> {
         let opts = GetOptions::new().with_revision(revision).with_count_only();
-        match self.kv().get(self.keys.leader(), Some(opts)).await {
+        let probe = self.probe_key();
+        match self.kv().get(probe.as_str(), Some(opts)).await {
             Ok(_) => Ok(()),
             Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("compacted") => {
                 let compacted = s
@@ -125,7 +132,7 @@ impl Store {
             Err(etcd_client::Error::GRpcStatus(s)) if s.message().contains("future revision") => {
                 Ok(())
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(StoreError::from_etcd(e, "read", &probe)),
         }
     }
 
@@ -136,8 +143,8 @@ impl Store {
         let key = self.keys.key(&obj);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, encode(&obj), None)]);
-        let resp = self.kv().txn(txn).await?;
+            .and_then([TxnOp::put(key.clone(), encode(&obj), None)]);
+        let resp = self.kv().txn(txn).await.at("create", &key)?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists {
                 kind: S::KIND,
@@ -164,8 +171,8 @@ impl Store {
         let txn = Txn::new()
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
             .and_then([TxnOp::put(key.clone(), encode(obj), None)])
-            .or_else([TxnOp::get(key, None)]);
-        let resp = self.kv().txn(txn).await?;
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = self.kv().txn(txn).await.at("update", &key)?;
         if !resp.succeeded() {
             let exists = resp
                 .op_responses()
@@ -232,7 +239,7 @@ impl Store {
             .when([compare])
             .and_then([TxnOp::get(key, None), TxnOp::delete(key, None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.kv().txn(txn).await?;
+        let resp = self.kv().txn(txn).await.at("delete", key)?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let found = resp.op_responses().into_iter().find_map(|r| match r {
             TxnOpResponse::Get(g) => g
@@ -264,7 +271,7 @@ impl Store {
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value.clone(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.kv().txn(txn).await?;
+        let resp = self.kv().txn(txn).await.at("create", key)?;
         if resp.succeeded() {
             return Ok(value);
         }
@@ -279,7 +286,10 @@ impl Store {
 
     /// Compacts etcd's history up to `revision` (tests and maintenance).
     pub async fn compact(&self, revision: i64) -> Result<()> {
-        self.kv().compact(revision, None).await?;
+        self.kv()
+            .compact(revision, None)
+            .await
+            .at("compact the history", "")?;
         Ok(())
     }
 }

@@ -6,12 +6,25 @@
 //! panics. A private etcd can be stopped and started again on the same ports and data
 //! ([`TestEtcd::stop`], [`TestEtcd::resume`]) for tests of etcd outages: the one restartable
 //! etcd of the test suites.
+//!
+//! A secured etcd ([`TestEtcd::start_secured`], [`TestEtcd::start_tls`]) is always private:
+//! a cluster CA of its own (`shoal-pki`), TLS on an `https://` client URL with
+//! `--client-cert-auth`, and client certificates issued on demand for any etcd user
+//! ([`TestEtcd::connect_as`], [`TestEtcd::identity_files`] for `etcdctl`). Its
+//! [`TestEtcd::connect`] is the controllers' identity (`shoal-controller`).
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use shoal_api_types::keys::CONTROLLER_USER;
+use shoal_pki::{Ca, Profile, Usage};
+
 use crate::connect::Connect;
 use crate::store::Store;
+
+/// How long test certificates live.
+const TEST_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// A real etcd for one test, and a store rooted at a unique prefix in it.
 pub struct TestEtcd {
@@ -22,6 +35,10 @@ pub struct TestEtcd {
     child: Option<Child>,
     /// Data directory and peer port of a private etcd.
     private: Option<(tempfile::TempDir, u16)>,
+    /// The CA of a secured etcd.
+    ca: Option<Ca>,
+    /// The controllers' certificate and key on a secured etcd (issued once).
+    controller: Option<(String, String)>,
 }
 
 impl TestEtcd {
@@ -35,6 +52,33 @@ impl TestEtcd {
 
     /// Always a private etcd (for tests that compact history, or stop and resume etcd).
     pub async fn private() -> TestEtcd {
+        let mut etcd = TestEtcd::unstarted(false);
+        etcd.resume().await;
+        etcd
+    }
+
+    /// A private etcd secured as a cluster's is: TLS with client certificates of its own CA
+    /// (`--client-cert-auth`), users and roles bootstrapped ([`crate::auth::bootstrap`]) and
+    /// authentication on. [`TestEtcd::connect`] is the controllers' identity.
+    pub async fn start_secured() -> TestEtcd {
+        let etcd = TestEtcd::start_tls().await;
+        crate::auth::bootstrap(&etcd.store().await)
+            .await
+            .expect("bootstrap etcd's users and roles");
+        etcd
+    }
+
+    /// A private etcd with TLS and `--client-cert-auth` but authentication not yet enabled
+    /// (tests of [`crate::auth::bootstrap`] itself).
+    pub async fn start_tls() -> TestEtcd {
+        let mut etcd = TestEtcd::unstarted(true);
+        etcd.resume().await;
+        etcd
+    }
+
+    /// A private etcd's directory and ports, and with `secured` its CA and the server's
+    /// certificate in that directory.
+    fn unstarted(secured: bool) -> TestEtcd {
         // etcd fsyncs every write; on a busy disk that takes seconds, so keep test data in
         // memory when a tmpfs is there.
         let shm = std::path::Path::new("/dev/shm");
@@ -45,10 +89,36 @@ impl TestEtcd {
         }
         .expect("tempdir");
         let (client, peer) = (shoal_testkit::free_port(), shoal_testkit::free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
+        let scheme = if secured { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client}");
         let mut etcd = TestEtcd::with_endpoint(endpoint, None, Some((dir, peer)));
-        etcd.resume().await;
+        if secured {
+            let ca = Ca::generate("shoal-test").expect("generate a test CA");
+            let server = ca
+                .issue(&Profile {
+                    common_name: "shoal-test-etcd".into(),
+                    dns_names: vec!["localhost".into()],
+                    ips: vec![[127, 0, 0, 1].into()],
+                    usage: Usage::Both,
+                    lifetime: TEST_CERT_LIFETIME,
+                })
+                .expect("issue the test etcd's certificate");
+            let pki = etcd.pki_dir();
+            std::fs::create_dir_all(&pki).expect("create the test pki directory");
+            std::fs::write(pki.join("ca.crt"), ca.cert_pem()).expect("write ca.crt");
+            std::fs::write(pki.join("etcd.crt"), &server.cert_pem).expect("write etcd.crt");
+            std::fs::write(pki.join("etcd.key"), &server.key_pem).expect("write etcd.key");
+            etcd.ca = Some(ca);
+            let controller = etcd.issue(CONTROLLER_USER);
+            etcd.controller = Some((controller.cert_pem, controller.key_pem));
+        }
         etcd
+    }
+
+    /// Where a private etcd's certificates live.
+    fn pki_dir(&self) -> PathBuf {
+        let (dir, _) = self.private.as_ref().expect("a private etcd");
+        dir.path().join("pki")
     }
 
     /// Starts a private etcd again on the same ports and data after [`TestEtcd::stop`], and
@@ -61,6 +131,16 @@ impl TestEtcd {
             return;
         }
         let endpoint = &self.endpoint;
+        let mut tls = vec![];
+        if self.ca.is_some() {
+            let pki = dir.path().join("pki");
+            tls.extend([
+                format!("--trusted-ca-file={}", pki.join("ca.crt").display()),
+                format!("--cert-file={}", pki.join("etcd.crt").display()),
+                format!("--key-file={}", pki.join("etcd.key").display()),
+                "--client-cert-auth".to_string(),
+            ]);
+        }
         let child = Command::new("etcd")
             .arg("--name=test")
             .arg(format!("--data-dir={}", dir.path().join("data").display()))
@@ -72,6 +152,7 @@ impl TestEtcd {
             ))
             .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"))
             .arg("--log-level=error")
+            .args(&tls)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -97,16 +178,89 @@ impl TestEtcd {
             root,
             child,
             private,
+            ca: None,
+            controller: None,
         }
     }
 
-    /// How to connect to this test's root.
+    /// How to connect to this test's root; on a secured etcd as the controllers
+    /// (`shoal-controller`, role `root`).
     pub fn connect(&self) -> Connect {
+        if let Some(identity) = &self.controller {
+            return Connect {
+                client_cert: Some(identity.clone()),
+                ..self.connect_without_certificate()
+            };
+        }
         Connect {
             endpoints: vec![self.endpoint.clone()],
             root: Some(self.root.clone()),
             ..Default::default()
         }
+    }
+
+    /// The CA of a secured etcd (`None` for a plain one).
+    pub fn ca(&self) -> Option<&Ca> {
+        self.ca.as_ref()
+    }
+
+    fn secured_ca(&self) -> &Ca {
+        self.ca
+            .as_ref()
+            .expect("a secured test etcd (TestEtcd::start_secured)")
+    }
+
+    /// How to connect to a secured etcd verifying it with its CA but presenting no client
+    /// certificate (etcd refuses the TLS handshake).
+    pub fn connect_without_certificate(&self) -> Connect {
+        Connect {
+            endpoints: vec![self.endpoint.clone()],
+            root: Some(self.root.clone()),
+            ca_cert: Some(self.secured_ca().cert_pem().to_string()),
+            ..Default::default()
+        }
+    }
+
+    /// How to connect to a secured etcd as the etcd user `user`: a fresh client
+    /// certificate of its CA with CN `user` (a node's name, `shoal-controller`...).
+    pub fn connect_as(&self, user: &str) -> Connect {
+        let issued = self.issue(user);
+        Connect {
+            client_cert: Some((issued.cert_pem, issued.key_pem)),
+            ..self.connect_without_certificate()
+        }
+    }
+
+    fn issue(&self, user: &str) -> shoal_pki::Issued {
+        self.secured_ca()
+            .issue(&Profile {
+                common_name: user.to_string(),
+                dns_names: vec![],
+                ips: vec![],
+                usage: Usage::Client,
+                lifetime: TEST_CERT_LIFETIME,
+            })
+            .expect("issue a test client certificate")
+    }
+
+    /// The CA certificate's file of a secured etcd (`etcdctl --cacert`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.secured_ca();
+        self.pki_dir().join("ca.crt")
+    }
+
+    /// Files for tools such as `etcdctl` (`--cacert`, `--cert`, `--key`): the CA and a
+    /// fresh client certificate and key of `user`, written next to the etcd's data.
+    pub fn identity_files(&self, user: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let issued = self.issue(user);
+        let pki = self.pki_dir();
+        let (cert, key) = (
+            pki.join(format!("{user}.crt")),
+            pki.join(format!("{user}.key")),
+        );
+        std::fs::write(&cert, &issued.cert_pem).expect("write a client certificate");
+        std::fs::write(&key, &issued.key_pem).expect("write a client key");
+        (self.ca_file(), cert, key)
     }
 
     async fn try_store(&self) -> Option<Store> {
