@@ -355,6 +355,8 @@ fn start_controller(layout: &Layout) -> anyhow::Result<()> {
     let args = vec![
         format!("--listen={}", layout.api_listen),
         format!("--etcd={}", layout.etcd_url),
+        // Plaintext until `dev up` runs `init` and etcd with TLS (issue 12, another branch).
+        "--insecure".to_string(),
     ];
     layout.daemon("controller").start(
         &sibling("shoal-controller")?,
