@@ -12,10 +12,13 @@
 //! <root>/ipam/subnets/<a.b.c.d-len>      subnet -> network (CAS-allocated)
 //! <root>/ipam/vnis/<vni>                 VNI -> network
 //! <root>/ipam/ips/<network>/<a.b.c.d>    address -> owner (task id or vip/<service>)
-//! <root>/secrets/agent-token             token the API server presents to node agents
+//! <root>/private/tokens/<name>           API token record {name, role, sha256, createdAt}
+//! <root>/private/join-token              the current join secret {secret, createdAt}
+//! <root>/private/revoked/<node>          {revokedAt}: the node's certificates up to then are refused
 //! ```
 //!
-//! Nothing below `<root>/secrets/` is served by the HTTP API.
+//! Nothing below `<root>/private/` is served by the HTTP API or readable by a node's etcd
+//! role: only the controllers read it.
 //!
 //! Who may touch which key in etcd (etcd users and roles, one identity per client
 //! certificate CN) is decided here too, as plain values the store turns into etcd roles:
@@ -138,10 +141,30 @@ impl Keys {
         format!("{}{}", self.network_ips(network), ip)
     }
 
-    /// The cluster token the API server presents to node agents (`Authorization: Bearer`);
-    /// created once, by whichever component needs it first, and never served by the API.
-    pub fn agent_token(&self) -> String {
-        format!("{}/secrets/agent-token", self.root)
+    /// `<root>/private/`: what only controllers may read (tokens, the join secret,
+    /// revocations).
+    pub fn private(&self) -> String {
+        format!("{}/private/", self.root)
+    }
+
+    /// The prefix of API token records.
+    pub fn api_tokens(&self) -> String {
+        format!("{}tokens/", self.private())
+    }
+
+    /// The record of the API token `name` (its sha256, never the token).
+    pub fn api_token(&self, name: &str) -> String {
+        format!("{}{name}", self.api_tokens())
+    }
+
+    /// The current join secret.
+    pub fn join_token(&self) -> String {
+        format!("{}join-token", self.private())
+    }
+
+    /// The revocation record of `node`.
+    pub fn revoked(&self, node: &str) -> String {
+        format!("{}revoked/{node}", self.private())
     }
 
     /// The prefix of one network's address allocations.
@@ -317,6 +340,11 @@ mod tests {
             "/shoal/v1/ipam/ips/appnet/10.0.0.2"
         );
         assert_eq!(Keys::new("/t/").prefix::<NetworkSpec>(), "/t/networks/");
+        assert_eq!(k.private(), "/shoal/v1/private/");
+        assert_eq!(k.api_tokens(), "/shoal/v1/private/tokens/");
+        assert_eq!(k.api_token("ci"), "/shoal/v1/private/tokens/ci");
+        assert_eq!(k.join_token(), "/shoal/v1/private/join-token");
+        assert_eq!(k.revoked("node-1"), "/shoal/v1/private/revoked/node-1");
     }
 
     fn allowed(perms: &[Permission], access: Access, key: &str) -> bool {

@@ -11,6 +11,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod context;
+pub mod identity;
 pub mod manager;
 
 pub mod allocator;

@@ -9,6 +9,5 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = shoal_controller::app::Config::parse();
-    shoal_controller::app::run(config).await
+    shoal_controller::app::main(shoal_controller::app::Cli::parse()).await
 }

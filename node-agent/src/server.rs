@@ -12,41 +12,36 @@
 //! exec; a hollow node (no container runtime) answers 501. Errors are
 //! [`Status`](shoal_api_types::Status) JSON, as the API server's are.
 //!
-//! Authentication: only the API server talks to agents. Every `/v1` request must carry
-//! `Authorization: Bearer <token>`, the cluster token stored in etcd at
-//! [`Keys::agent_token`](shoal_api_types::keys::Keys::agent_token) (a key the API never
-//! serves), created with a create-if-absent transaction by whichever component needs it
-//! first ([`ensure_agent_token`]). Anything else is 401. When a presented token does not
-//! match, the agent re-reads etcd (at most once a second) so a replaced token is picked up.
+//! Authentication: none here yet. The shared agent token is gone (issue 12); the secure
+//! server — HTTPS with the node certificate, requiring the controller's client certificate
+//! (CN `shoal-controller`) — comes with the agent's join work. Until then this plain HTTP
+//! server is the `--insecure` mode's.
 //!
 //! Logs: the runtime appends the container's stdout and stderr to one file
 //! ([`ContainerRuntime::log_path`]). `tail=N` starts N lines before the end; `follow=true`
 //! keeps reading as the file grows until the container has exited or is gone (then what
 //! is left is sent and the stream ends) or the client disconnects.
 //!
-//! Build then spawn: [`AgentServer::bind`] reads the token and binds the socket (all
-//! fallible setup); [`AgentServer::spawn`] serves until its handle shuts it down.
+//! Build then spawn: [`AgentServer::bind`] binds the socket (all fallible setup); [`AgentServer::spawn`] serves until its handle shuts it down.
 
 use std::io::SeekFrom;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
-use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::Next;
+use axum::extract::{Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shoal_api_types::{ExecRequest, ExecResponse, LogOptions, Status};
-use shoal_store::{Store, StoreError};
+use shoal_store::Store;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::runtime::{ContainerRuntime, ContainerState, ExecOutput, RuntimeError};
 
@@ -74,84 +69,6 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    /// The cluster token could not be read or created.
-    #[error("cannot read the agent token from etcd: {0}")]
-    Token(#[from] StoreError),
-}
-
-/// 32 random bytes in hex: a fresh cluster token.
-pub fn new_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    hex::encode(bytes)
-}
-
-/// The cluster's agent token, creating it if no one has yet.
-pub async fn ensure_agent_token(store: &Store) -> Result<String, StoreError> {
-    let key = store.keys().agent_token();
-    let raw = store.get_or_create_raw(&key, new_token()).await?;
-    Ok(String::from_utf8_lossy(&raw).trim().to_string())
-}
-
-/// Whether `headers` carry `Authorization: Bearer <token>`, compared in constant time.
-pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(presented) = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    !token.is_empty() && constant_time_eq(presented.trim().as_bytes(), token.as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The token the server accepts, re-read from etcd when a request presents another one.
-struct Token {
-    store: Option<Store>,
-    current: Mutex<String>,
-    refreshed: Mutex<Option<Instant>>,
-}
-
-impl Token {
-    fn get(&self) -> String {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    async fn check(&self, headers: &HeaderMap) -> bool {
-        if bearer_matches(headers, &self.get()) {
-            return true;
-        }
-        let Some(store) = &self.store else {
-            return false;
-        };
-        {
-            let mut last = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                return false;
-            }
-            *last = Some(Instant::now());
-        }
-        match ensure_agent_token(store).await {
-            Ok(fresh) => {
-                let ok = bearer_matches(headers, &fresh);
-                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
-                ok
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot re-read the agent token");
-                false
-            }
-        }
-    }
 }
 
 /// What the handlers share.
@@ -159,7 +76,6 @@ impl Token {
 struct ServerState {
     node: String,
     runtime: Option<Arc<dyn ContainerRuntime>>,
-    token: Arc<Token>,
 }
 
 /// How the server runs.
@@ -187,11 +103,12 @@ impl std::fmt::Debug for AgentServer {
 }
 
 impl AgentServer {
-    /// Reads (or creates) the cluster token and binds `config.listen`. `runtime` is the
+    /// Binds `config.listen` (`_store`: kept for the secure server, which reads the
+    /// node's identity). `runtime` is the
     /// node's container runtime; `None` for a hollow node (exec and logs answer 501).
     pub async fn bind(
         config: &ServerConfig,
-        store: &Store,
+        _store: &Store,
         runtime: Option<Arc<dyn ContainerRuntime>>,
     ) -> Result<AgentServer, ServerError> {
         let addr: SocketAddr = config
@@ -200,7 +117,6 @@ impl AgentServer {
             .map_err(|_| ServerError::InvalidListen {
                 listen: config.listen.clone(),
             })?;
-        let token = ensure_agent_token(store).await?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind {
@@ -212,11 +128,6 @@ impl AgentServer {
             state: ServerState {
                 node: config.node.clone(),
                 runtime,
-                token: Arc::new(Token {
-                    store: Some(store.clone()),
-                    current: Mutex::new(token),
-                    refreshed: Mutex::new(None),
-                }),
             },
         })
     }
@@ -305,16 +216,11 @@ impl Drop for ServerHandle {
     }
 }
 
-/// The agent's routes over `runtime` (`None`: hollow) with a fixed `token` (tests).
-pub fn test_router(node: &str, runtime: Option<Arc<dyn ContainerRuntime>>, token: &str) -> Router {
+/// The agent's routes over `runtime` (`None`: hollow) (tests).
+pub fn test_router(node: &str, runtime: Option<Arc<dyn ContainerRuntime>>) -> Router {
     router(ServerState {
         node: node.to_string(),
         runtime,
-        token: Arc::new(Token {
-            store: None,
-            current: Mutex::new(token.to_string()),
-            refreshed: Mutex::new(None),
-        }),
     })
 }
 
@@ -322,10 +228,6 @@ fn router(state: ServerState) -> Router {
     Router::new()
         .route("/v1/tasks/{id}/exec", post(exec))
         .route("/v1/tasks/{id}/logs", get(logs))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authenticate,
-        ))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { error(Status::new(404, "NotFound", "no such route")) })
         .with_state(state)
@@ -334,22 +236,6 @@ fn router(state: ServerState) -> Router {
 fn error(status: Status) -> Response {
     let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (code, Json(status)).into_response()
-}
-
-async fn authenticate(State(state): State<ServerState>, req: Request, next: Next) -> Response {
-    if state.token.check(req.headers()).await {
-        return next.run(req).await;
-    }
-    let what = if req.headers().contains_key(AUTHORIZATION) {
-        "the bearer token is not this cluster's agent token"
-    } else {
-        "requests to node agents need Authorization: Bearer <cluster agent token>"
-    };
-    error(Status::new(
-        401,
-        "Unauthorized",
-        format!("agent of node {}: {what}", state.node),
-    ))
 }
 
 fn runtime(state: &ServerState) -> Result<Arc<dyn ContainerRuntime>, Status> {
@@ -581,34 +467,6 @@ pub async fn tail_offset(path: &std::path::Path, n: u64) -> std::io::Result<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
-
-    fn headers(auth: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        if let Some(a) = auth {
-            h.insert(AUTHORIZATION, HeaderValue::from_str(a).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn only_the_cluster_token_as_bearer_is_accepted() {
-        let token = new_token();
-        assert_eq!(token.len(), 64);
-        assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
-        assert!(bearer_matches(
-            &headers(Some(&format!("Bearer {token}"))),
-            &token
-        ));
-        assert!(!bearer_matches(&headers(None), &token));
-        assert!(!bearer_matches(&headers(Some(&token)), &token));
-        assert!(!bearer_matches(&headers(Some("Bearer nope")), &token));
-        assert!(!bearer_matches(
-            &headers(Some(&format!("Bearer {}", new_token()))),
-            &token
-        ));
-        assert!(!bearer_matches(&headers(Some("Bearer ")), ""));
-    }
 
     #[test]
     fn unspecified_listen_addresses_publish_the_node_address() {

@@ -1,6 +1,6 @@
 //! Reaching a task's node agent: which task a name means, whether its node can be asked,
-//! and the authenticated HTTP hop to the agent (`exec` and `logs`, see the node agent's
-//! `server` module for the agent's side).
+//! and the HTTP hop to the agent (`exec` and `logs`, see the node agent's `server` module
+//! for the agent's side).
 //!
 //! - [`resolve`] is pure: a task id, a unique prefix of one (as `service ps` prints them),
 //!   or a display name (`worker.1` for slot 1 of replicated `worker`, `mon.node-2` for
@@ -8,17 +8,25 @@
 //!   wanted running that runs wins, then the one wanted running, then the newest.
 //! - [`target`] (pure too) checks the task's node: it must be ready and publish an agent
 //!   endpoint; otherwise 409 with what is wrong.
-//! - [`Agents`] holds the HTTP client and the cluster's agent token, read from (or created
-//!   in) etcd at [`Keys::agent_token`](shoal_api_types::keys::Keys::agent_token) and sent as
-//!   `Authorization: Bearer`. On a 401 it re-reads the token once and retries, so a replaced
-//!   token is picked up. Agent answers map to statuses naming the node ([`agent_failure`]):
-//!   unreachable or refusing the token is 502, a hollow node 501.
+//! - [`Agents`] is the hop. Secure (the default): mutual TLS — the controller presents
+//!   `controller.crt` (CN `shoal-controller`, which agents require) and verifies the
+//!   agent's certificate against the cluster CA *for the node's name*: one reqwest client
+//!   per (node, endpoint, revocation) resolving `https://<node>:<port>` to the published
+//!   endpoint, refusing a certificate made at or before the node's revocation
+//!   ([`super::private::Revocation`]), following no redirects. Insecure (`--insecure`):
+//!   plain HTTP, no authentication. Agent answers map to statuses naming the node
+//!   ([`agent_failure`]): unreachable, a refused handshake or certificate is 502, a hollow
+//!   node 501.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use shoal_api_types::{ExecRequest, ExecResponse, LogOptions, Node, Status, Task, TaskState};
 use shoal_store::Store;
-use tokio::sync::Mutex;
+
+use super::private;
 
 /// The shortest task id prefix accepted in place of a whole id.
 pub const MIN_ID_PREFIX: usize = 4;
@@ -160,8 +168,8 @@ pub fn agent_failure(target: &Target, code: u16, body: &str, for_exec: bool) -> 
             502,
             "BadGateway",
             format!(
-                "the agent of node {node} refused the API server's cluster token ({message}); \
-                 is the agent using the same etcd as the API server?"
+                "the agent of node {node} refused the controller ({message}); does it trust \
+                 this cluster's CA?"
             ),
         ),
         404 if for_exec => Status::conflict(format!(
@@ -196,88 +204,145 @@ fn unreachable(target: &Target, e: &reqwest::Error) -> Status {
     )
 }
 
-/// 32 random bytes in hex: a fresh cluster token.
-pub fn new_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The socket address of `target`'s published endpoint (`ip:port`, or `host:port` looked up).
+async fn endpoint_addr(target: &Target) -> Result<SocketAddr, Status> {
+    if let Ok(addr) = target.endpoint.parse() {
+        return Ok(addr);
+    }
+    let bad = |why: String| {
+        Status::new(
+            502,
+            "BadGateway",
+            format!(
+                "node {} publishes the agent endpoint {:?}, which cannot be reached: {why}",
+                target.node, target.endpoint
+            ),
+        )
+    };
+    tokio::net::lookup_host(&target.endpoint)
+        .await
+        .map_err(|e| bad(e.to_string()))?
+        .next()
+        .ok_or_else(|| bad("no address".into()))
 }
+
+/// How many per-node clients are kept before the cache starts over.
+const MAX_CLIENTS: usize = 4096;
+
+/// The controller's identity toward agents.
+#[derive(Clone)]
+pub struct AgentTls {
+    /// The cluster CA (PEM) agents' certificates must chain to.
+    pub ca_pem: String,
+    /// `controller.crt`.
+    pub cert_pem: String,
+    /// `controller.key`.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for AgentTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentTls").finish_non_exhaustive()
+    }
+}
+
+type ClientKey = (String, SocketAddr, Option<SystemTime>);
 
 /// The HTTP hop to node agents.
 pub struct Agents {
-    http: reqwest::Client,
-    token: Mutex<Option<String>>,
+    tls: Option<AgentTls>,
+    plain: reqwest::Client,
+    clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
 }
 
 impl std::fmt::Debug for Agents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agents").finish_non_exhaustive()
+        f.debug_struct("Agents")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-impl Default for Agents {
-    fn default() -> Self {
-        Agents::new()
-    }
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
 }
 
 impl Agents {
-    /// A client with no token read yet.
-    pub fn new() -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .expect("a plain HTTP client builds");
+    /// Plain HTTP without authentication (`--insecure`).
+    pub fn insecure() -> Self {
         Agents {
-            http,
-            token: Mutex::new(None),
+            tls: None,
+            plain: builder().build().expect("a plain HTTP client builds"),
+            clients: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The cluster's agent token, read from etcd (and created there if no one has) once.
-    pub async fn token(&self, store: &Store, refresh: bool) -> Result<String, Status> {
-        let mut cached = self.token.lock().await;
-        if let (Some(t), false) = (cached.as_ref(), refresh) {
-            return Ok(t.clone());
+    /// Mutual TLS with `tls` (see the module docs).
+    pub fn mutual_tls(tls: AgentTls) -> Self {
+        Agents {
+            tls: Some(tls),
+            ..Agents::insecure()
         }
-        let key = store.keys().agent_token();
-        let raw = store
-            .get_or_create_raw(&key, new_token())
-            .await
-            .map_err(|e| super::error::store_status(&e))?;
-        let token = String::from_utf8_lossy(&raw).trim().to_string();
-        *cached = Some(token.clone());
-        Ok(token)
     }
 
-    /// Sends a request built by `build` with the token; on 401 re-reads the token and sends
-    /// once more. Returns the answer whatever its status.
+    /// The client and base URL (`scheme://host:port`) for `target`'s agent.
+    async fn client(
+        &self,
+        store: &Store,
+        target: &Target,
+    ) -> Result<(reqwest::Client, String), Status> {
+        let Some(tls) = &self.tls else {
+            return Ok((self.plain.clone(), format!("http://{}", target.endpoint)));
+        };
+        let addr = endpoint_addr(target).await?;
+        let revoked_at = private::revocation(store, &target.node)
+            .await?
+            .map(|r| SystemTime::from(r.revoked_at));
+        let key = (target.node.clone(), addr, revoked_at);
+        let base = format!("https://{}:{}", target.node, addr.port());
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Ok((c.clone(), base));
+        }
+        let config = shoal_pki::client_config_revoking(
+            &tls.ca_pem,
+            Some((&tls.cert_pem, &tls.key_pem)),
+            revoked_at,
+        )
+        .map_err(|e| Status::internal(format!("the controller's agent TLS settings: {e}")))?;
+        let client = builder()
+            .use_preconfigured_tls(config)
+            .resolve(&target.node, addr)
+            .build()
+            .map_err(|e| {
+                Status::internal(format!("building the client for node {}: {e}", target.node))
+            })?;
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok((client, base))
+    }
+
+    /// Sends a request built by `build` (client, base URL). Returns the answer whatever its
+    /// status.
     async fn send(
         &self,
         store: &Store,
         target: &Target,
-        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, Status> {
-        let mut token = self.token(store, false).await?;
-        for attempt in 0..2 {
-            let resp = build(&self.http)
-                .bearer_auth(&token)
-                .send()
-                .await
-                .map_err(|e| unreachable(target, &e))?;
-            if resp.status() != reqwest::StatusCode::UNAUTHORIZED || attempt == 1 {
-                return Ok(resp);
-            }
-            let fresh = self.token(store, true).await?;
-            if fresh == token {
-                return Ok(resp);
-            }
-            token = fresh;
-        }
-        unreachable!("the second attempt returns")
+        let (client, base) = self.client(store, target).await?;
+        build(&client, &base)
+            .send()
+            .await
+            .map_err(|e| unreachable(target, &e))
     }
 
-    fn url(target: &Target, what: &str) -> String {
-        format!("http://{}/v1/tasks/{}/{what}", target.endpoint, target.id)
+    fn url(base: &str, target: &Target, what: &str) -> String {
+        format!("{base}/v1/tasks/{}/{what}", target.id)
     }
 
     /// Runs `req` in the task through its agent.
@@ -287,11 +352,12 @@ impl Agents {
         target: &Target,
         req: &ExecRequest,
     ) -> Result<ExecResponse, Status> {
-        let url = Self::url(target, "exec");
         let timeout = req.timeout() + EXEC_SLACK;
         let resp = self
-            .send(store, target, |http| {
-                http.post(&url).json(req).timeout(timeout)
+            .send(store, target, |http, base| {
+                http.post(Self::url(base, target, "exec"))
+                    .json(req)
+                    .timeout(timeout)
             })
             .await?;
         let code = resp.status().as_u16();
@@ -318,13 +384,14 @@ impl Agents {
         target: &Target,
         opts: &LogOptions,
     ) -> Result<reqwest::Response, Status> {
-        let url = Self::url(target, "logs");
         let mut query = vec![("follow", opts.follow.to_string())];
         if let Some(n) = opts.tail {
             query.push(("tail", n.to_string()));
         }
         let resp = self
-            .send(store, target, |http| http.get(&url).query(&query))
+            .send(store, target, |http, base| {
+                http.get(Self::url(base, target, "logs")).query(&query)
+            })
             .await?;
         let code = resp.status().as_u16();
         if (200..300).contains(&code) {
@@ -491,7 +558,11 @@ mod tests {
         let body = r#"{"code":401,"reason":"Unauthorized","message":"bad token"}"#;
         let s = agent_failure(&t, 401, body, true);
         assert_eq!(s.code, 502);
-        assert!(s.message.contains("node node-2 refused"), "{}", s.message);
+        assert!(
+            s.message.contains("node node-2 refused the controller"),
+            "{}",
+            s.message
+        );
         assert_eq!(agent_failure(&t, 404, "{}", true).code, 409);
         assert_eq!(agent_failure(&t, 404, "", false).code, 404);
         let s = agent_failure(
@@ -505,13 +576,5 @@ mod tests {
             (501, "node node-2: hollow nodes run no containers")
         );
         assert_eq!(agent_failure(&t, 500, "boom", true).code, 502);
-    }
-
-    #[test]
-    fn tokens_are_32_random_bytes_in_hex() {
-        let (a, b) = (new_token(), new_token());
-        assert_eq!(a.len(), 64);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
     }
 }

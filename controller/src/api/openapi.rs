@@ -137,6 +137,7 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": summary, "content": {"text/plain": {}}}, "default": error()}}}),
         );
     }
+    join_paths(&mut paths);
     for (path, summary, media) in [
         (
             "/healthz",
@@ -318,6 +319,49 @@ fn kind_paths<S: ApiKind + JsonSchema>(paths: &mut Map<String, Value>) {
     paths.insert(
         format!("/apis/shoal/v1/{plural}/{{name}}"),
         Value::Object(item),
+    );
+}
+
+/// The node join API and the join token (see `api::join`).
+fn join_paths(paths: &mut Map<String, Value>) {
+    let join_answer = json!({"description": "The node's certificate, the CA and the etcd endpoints",
+        "content": {"application/json": {"schema": {"type": "object",
+            "required": ["certificate", "ca", "etcdEndpoints", "notAfter"],
+            "properties": {"certificate": {"type": "string"}, "ca": {"type": "string"},
+                "etcdEndpoints": {"type": "array", "items": {"type": "string"}},
+                "notAfter": {"type": "string", "format": "date-time"}}}}}});
+    let token_answer = json!({"description": "SWMTKN-1-<ca digest>-<secret>",
+        "content": {"application/json": {"schema": {"type": "object", "required": ["token"],
+            "properties": {"token": {"type": "string"}}}}}});
+    let body = |required: Value, properties: Value| {
+        json!({"required": true, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": false,
+            "required": required, "properties": properties}}}})
+    };
+    let string = json!({"type": "string"});
+    paths.insert("/v1/join/ca".into(), json!({"get": {"operationId": "joinCa",
+        "summary": "The cluster CA certificate (public: a joining node checks its digest against its token)",
+        "responses": {"200": {"description": "PEM", "content": {"application/x-pem-file": {}}}, "default": error()}}}));
+    paths.insert("/v1/join".into(), json!({"post": {"operationId": "join",
+        "summary": "Admit a node with a join token: sign its certificate request (401 wrong token, 400 bad name)",
+        "requestBody": body(json!(["token", "name", "address", "csr"]), json!({"token": string,
+            "name": string, "address": string, "csr": string})),
+        "responses": {"200": join_answer.clone(), "default": error()}}}));
+    paths.insert("/v1/renew".into(), json!({"post": {"operationId": "renew",
+        "summary": "Renew a node certificate over mutual TLS with the current one (401 without, 403 revoked)",
+        "requestBody": body(json!(["csr"]), json!({"csr": string})),
+        "responses": {"200": join_answer, "default": error()}}}));
+    paths.insert(
+        "/v1/join-token".into(),
+        json!({"get": {"operationId": "joinToken",
+        "summary": "The current join token",
+        "responses": {"200": token_answer.clone(), "default": error()}}}),
+    );
+    paths.insert(
+        "/v1/join-token/rotate".into(),
+        json!({"post": {"operationId": "rotateJoinToken",
+        "summary": "Replace the join secret: the old token no longer admits nodes",
+        "responses": {"200": token_answer, "default": error()}}}),
     );
 }
 

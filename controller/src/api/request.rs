@@ -138,6 +138,9 @@ pub struct WriteParams {
     /// DELETE only: delete only if the object is still at this revision.
     #[serde(default)]
     pub resource_version: Option<String>,
+    /// DELETE of a Node only: remove it even while it is ready.
+    #[serde(default, deserialize_with = "flag")]
+    pub force: bool,
 }
 
 /// `true`, `1`, `yes` or an empty value (`?watch`) mean true; `false`, `0`, `no` false.

@@ -4,8 +4,9 @@
 //! - Replace needs `metadata.resourceVersion` (422 without it, 409 if stale); it keeps uid,
 //!   creationTimestamp and status and bumps generation when the spec changed. The status a
 //!   client sends is ignored everywhere.
-//! - Nodes: only `spec` and labels change through the API; a node that is ready cannot be
-//!   deleted.
+//! - Nodes: only `spec` and labels change through the API; a node that is ready is deleted
+//!   only with `?force=true`; deleting a node revokes it (`private::revoke`, its etcd user
+//!   removed).
 //! - Tasks and Endpoints are read-only (405).
 
 use axum::extract::{Path, State};
@@ -225,7 +226,9 @@ pub async fn replace_node(
     ))
 }
 
-/// `DELETE /apis/shoal/v1/nodes/<name>`: only a node that is not ready (its agent is gone).
+/// `DELETE /apis/shoal/v1/nodes/<name>`: a node that is not ready (its agent is gone), or any
+/// with `?force=true`. Revokes the node (its certificates so far are refused, its etcd user
+/// removed) before deleting it.
 pub async fn delete_node(
     State(app): State<App>,
     Path(name): Path<String>,
@@ -236,9 +239,10 @@ pub async fn delete_node(
     let Some(node) = app.store.get_named::<NodeSpec>(&name).await? else {
         return Err(Status::not_found("Node", &name).into());
     };
-    if node.status.state == NodeState::Ready {
+    if node.status.state == NodeState::Ready && !params.force {
         return Err(Status::conflict(format!(
-            "node {name} is ready: stop its agent (or wait until it is down) before removing it"
+            "node {name} is ready: stop its agent (or wait until it is down) before removing it, \
+             or remove it anyway with ?force=true (`shoal node rm --force {name}`)"
         ))
         .into());
     }
@@ -252,11 +256,21 @@ pub async fn delete_node(
     if params.dry_run {
         return Ok(Json(node));
     }
-    // Delete only the node we judged: if it became ready meanwhile, this is a conflict.
+    // Revoke first: if anything below fails, the node's certificates are refused already.
+    super::private::revoke(&app.store, &name).await?;
+    super::join::remove_node_user(&app.store, &name).await?;
+    // Delete only the node we judged: if it became ready meanwhile, this is a conflict
+    // (forced: whatever its agent wrote since).
     let key = app.store.keys().named::<NodeSpec>(&name);
+    let precondition = if params.force {
+        expected
+    } else {
+        Some(current)
+    };
+    tracing::info!(node = %name, force = params.force, "node removed and its certificates revoked");
     Ok(Json(
         app.store
-            .delete::<NodeSpec>(&key, Some(current))
+            .delete::<NodeSpec>(&key, precondition)
             .await
             .map_err(named_not_found::<NodeSpec>(&name))?,
     ))

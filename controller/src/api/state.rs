@@ -1,8 +1,10 @@
 //! What every handler shares ([`App`]): the store, metrics, the shutdown signal, the
-//! OpenAPI document and the hop to node agents. Handlers import it; it imports none of
+//! OpenAPI document, the hop to node agents and the cluster identity ([`Cluster`], absent
+//! with `--insecure`). Handlers import it; it imports none of
 //! them. See docs/architecture.md ("HTTP API").
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use shoal_store::Store;
 use tokio::sync::watch as signal;
@@ -21,8 +23,30 @@ pub struct App {
     pub shutdown: signal::Receiver<bool>,
     /// The OpenAPI document, built once.
     pub openapi: Arc<serde_json::Value>,
-    /// The authenticated hop to node agents (exec, logs).
+    /// The hop to node agents (exec, logs).
     pub agents: Arc<Agents>,
+    /// The cluster identity; `None` with `--insecure` (then no node can join).
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+/// What the join API needs: the CA that signs node certificates and what joining nodes
+/// are told.
+pub struct Cluster {
+    /// The cluster CA (with its key).
+    pub ca: shoal_pki::Ca,
+    /// The etcd endpoints nodes are told (`--advertise-etcd`, default `--etcd`).
+    pub etcd_endpoints: Vec<String>,
+    /// How long node certificates live (`--node-cert-lifetime`).
+    pub node_cert_lifetime: Duration,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("ca", &self.ca)
+            .field("etcd_endpoints", &self.etcd_endpoints)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for App {
