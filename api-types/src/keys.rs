@@ -13,9 +13,13 @@
 //! <root>/ipam/vnis/<vni>                 VNI -> network
 //! <root>/ipam/ips/<network>/<a.b.c.d>    address -> owner (task id or vip/<service>)
 //! <root>/secrets/agent-token             token the API server presents to node agents
+//! <root>/private/tokens/<name>           API token: name, role, sha256 of the token, createdAt
+//! <root>/private/join-token              the current join secret
+//! <root>/private/revoked/<node>          certificates of the node issued up to then are refused
 //! ```
 //!
-//! Nothing below `<root>/secrets/` is served by the HTTP API.
+//! Nothing below `<root>/secrets/` or `<root>/private/` is served by the HTTP API, and no
+//! node's etcd role can read `<root>/private/`.
 
 use crate::object::{Object, Resource};
 
@@ -130,6 +134,32 @@ impl Keys {
         format!("{}/secrets/agent-token", self.root)
     }
 
+    /// `<root>/private/`: what only the controllers may read (no node role covers it).
+    pub fn private(&self) -> String {
+        format!("{}/private/", self.root)
+    }
+
+    /// The record of the API token `name` (its role and the sha256 of the token, never the
+    /// token itself).
+    pub fn api_token(&self, name: &str) -> String {
+        format!("{}{}", self.api_tokens(), name)
+    }
+
+    /// The prefix of every API token record.
+    pub fn api_tokens(&self) -> String {
+        format!("{}tokens/", self.private())
+    }
+
+    /// The current join secret (node join tokens carry it).
+    pub fn join_token(&self) -> String {
+        format!("{}join-token", self.private())
+    }
+
+    /// The revocation record of a removed node.
+    pub fn revoked(&self, node: &str) -> String {
+        format!("{}revoked/{}", self.private(), node)
+    }
+
     /// The prefix of one network's address allocations.
     pub fn network_ips(&self, network: &str) -> String {
         format!("{}/ipam/ips/{}/", self.root, network)
@@ -174,6 +204,19 @@ mod tests {
             "/shoal/v1/ipam/ips/appnet/10.0.0.2"
         );
         assert_eq!(Keys::new("/t/").prefix::<NetworkSpec>(), "/t/networks/");
+    }
+
+    #[test]
+    fn private_keys_sit_below_one_prefix() {
+        let k = Keys::default();
+        assert_eq!(k.private(), "/shoal/v1/private/");
+        assert_eq!(k.api_tokens(), "/shoal/v1/private/tokens/");
+        assert_eq!(k.api_token("ci"), "/shoal/v1/private/tokens/ci");
+        assert_eq!(k.join_token(), "/shoal/v1/private/join-token");
+        assert_eq!(k.revoked("node-2"), "/shoal/v1/private/revoked/node-2");
+        for key in [k.api_token("ci"), k.join_token(), k.revoked("n")] {
+            assert!(key.starts_with(&k.private()), "{key}");
+        }
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 pub fn write_context(server: &str) -> anyhow::Result<()> {
     let path = crate::context::write_default_context(&crate::context::Context {
         server: server.to_string(),
+        // The secured local cluster's CA and admin token: written by the lead's `dev up`.
+        certificate_authority: None,
+        token: None,
     })?;
     println!("wrote {} (server {server})", path.display());
     Ok(())

@@ -1,6 +1,7 @@
-//! The HTTP API (axum): REST over Shoal's objects in etcd, apply, watch, health, metrics and
-//! the OpenAPI document. The API keeps no state of its own: every request reads or writes
-//! etcd through the [`Store`], so any number of controller replicas can serve it.
+//! The HTTP API (axum): REST over Shoal's objects in etcd, apply, watch, health, metrics,
+//! the OpenAPI document and API tokens. The API keeps no state of its own beyond caches fed
+//! by etcd watches: every request reads or writes etcd through the [`Store`], so any number
+//! of controller replicas can serve it.
 //!
 //! Routes (all errors are [`Status`](shoal_api_types::Status) JSON with the HTTP code):
 //!
@@ -13,18 +14,24 @@
 //! POST   /apis/shoal/v1/apply[?dryRun=true]                         multi-document apply
 //! POST   /apis/shoal/v1/tasks/<name>/exec                           run a command in a task
 //! GET    /apis/shoal/v1/{tasks,services}/<name>/logs[?follow&tail=N] container output
+//! POST   /v1/tokens   GET /v1/tokens   DELETE /v1/tokens/<name>     API tokens (admin)
 //! GET    /healthz /readyz /metrics /openapi.json
 //! ```
+//!
+//! With [`Auth::Tokens`] every route but [`auth::PUBLIC_PATHS`] needs `Authorization:
+//! Bearer <token>` and a role that allows it ([`auth`]); with [`Auth::Off`] nothing is
+//! checked (`--insecure`, and the in-process tests that predate tokens).
 //!
 //! Modules: [`request`] reads bodies and queries, [`body`] parses objects, [`kinds`] says
 //! what each kind allows, [`rest`] and [`apply`] handle writes through [`plan`] (which checks
 //! [`rules`] and commits one transaction), [`watch`] streams events, [`metrics`] and
 //! [`openapi`] describe the server, [`error`] maps failures to statuses; [`exec`] and
-//! [`logs`] reach tasks through their node agents ([`agent`]); [`state`] is what every
-//! handler shares.
+//! [`logs`] reach tasks through their node agents ([`agent`]); [`auth`] authenticates
+//! requests and [`tokens`] manages the tokens; [`state`] is what every handler shares.
 
 pub mod agent;
 pub mod apply;
+pub mod auth;
 pub mod body;
 pub mod error;
 pub mod exec;
@@ -37,6 +44,7 @@ pub mod request;
 pub mod rest;
 pub mod rules;
 pub mod state;
+pub mod tokens;
 pub mod watch;
 
 use std::sync::Arc;
@@ -46,29 +54,41 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use shoal_api_types::{EndpointsSpec, NetworkSpec, NodeSpec, ServiceSpec, Status, TaskSpec};
 use shoal_store::Store;
 use tokio::sync::watch as signal;
 
+pub use self::auth::Auth;
 use self::error::ApiError;
 use self::metrics::Metrics;
 use self::state::App;
 
-/// Serves the API on `listener` until `shutdown` turns true; open watches end then, and the
-/// server waits for in-flight requests.
+/// Serves the API on `listener` without authentication until `shutdown` turns true (see
+/// [`serve_with`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Store,
     shutdown: signal::Receiver<bool>,
+) -> anyhow::Result<()> {
+    serve_with(listener, store, shutdown, Auth::Off).await
+}
+
+/// Serves the API on `listener` until `shutdown` turns true; open watches end then, and the
+/// server waits for in-flight requests.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    shutdown: signal::Receiver<bool>,
+    auth: Auth,
 ) -> anyhow::Result<()> {
     // Make sure the agents' cluster token exists before anyone needs it (agents create it
     // too if they come first); a failure here is retried on the first exec.
     if let Err(e) = agent::Agents::new().token(&store, false).await {
         tracing::warn!(error = %e.message, "cannot read or create the agent token yet");
     }
-    let app = router_with_shutdown(store, shutdown.clone());
+    let app = build(store, shutdown.clone(), auth).await?;
     let mut stop = shutdown;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { watch::wait_for_shutdown(&mut stop).await })
@@ -76,28 +96,60 @@ pub async fn serve(
     Ok(())
 }
 
-/// The API's router over `store` (for tests; it never shuts watches down by itself).
+/// The fallible setup, then the router: with [`Auth::Tokens`] and an admin token, imports
+/// it as the token `admin` unless one of that name exists (see
+/// [`auth::import_admin_token`]). What a TLS server serves.
+pub async fn build(
+    store: Store,
+    shutdown: signal::Receiver<bool>,
+    auth: Auth,
+) -> anyhow::Result<Router> {
+    if let Auth::Tokens {
+        admin_token: Some(token),
+    } = &auth
+    {
+        auth::import_admin_token(&store, token)
+            .await
+            .map_err(|e| anyhow::anyhow!("importing the admin token into etcd: {e}"))?;
+    }
+    Ok(router_with_auth(store, shutdown, &auth))
+}
+
+/// The API's router over `store` without authentication (for tests; it never shuts
+/// watches down by itself).
 pub fn router(store: Store) -> Router {
     let (_never, shutdown) = signal::channel(false);
     router_with_shutdown(store, shutdown)
 }
 
-/// The API's router; watch streams end when `shutdown` turns true.
+/// The API's router without authentication; watch streams end when `shutdown` turns true.
 pub fn router_with_shutdown(store: Store, shutdown: signal::Receiver<bool>) -> Router {
+    router_with_auth(store, shutdown, &Auth::Off)
+}
+
+/// The API's router; watch streams end when `shutdown` turns true. With [`Auth::Tokens`] it
+/// starts the token table's watch (it must be called inside a tokio runtime) and checks
+/// every request; it imports no admin token (see [`build`]).
+pub fn router_with_auth(store: Store, shutdown: signal::Receiver<bool>, auth: &Auth) -> Router {
+    let token_table = match auth {
+        Auth::Off => None,
+        Auth::Tokens { .. } => Some(auth::spawn_token_table(store.clone(), shutdown.clone())),
+    };
     let app = App {
         store,
         metrics: Arc::new(Metrics::new()),
         shutdown,
         openapi: Arc::new(openapi::document()),
         agents: Arc::new(agent::Agents::new()),
+        tokens: token_table.clone(),
     };
-    routes(app)
+    routes(app, token_table)
 }
 
-fn routes(app: App) -> Router {
+fn routes(app: App, token_table: Option<auth::Tokens>) -> Router {
     use rest::*;
     let metrics = app.metrics.clone();
-    Router::new()
+    let router = Router::new()
         .route(
             "/apis/shoal/v1/networks",
             get(list::<NetworkSpec>).post(create::<NetworkSpec>),
@@ -152,6 +204,8 @@ fn routes(app: App) -> Router {
             get(logs::service_logs),
         )
         .route("/apis/shoal/v1/apply", post(apply::apply))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{name}", delete(tokens::delete))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))
@@ -161,11 +215,19 @@ fn routes(app: App) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(app)
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            metrics::track,
-        ))
+        .with_state(app);
+    // Authentication runs inside the metrics layer, so 401s and 403s are counted by code.
+    let router = match token_table {
+        Some(table) => router.layer(axum::middleware::from_fn_with_state(
+            table,
+            auth::authenticate,
+        )),
+        None => router,
+    };
+    router.layer(axum::middleware::from_fn_with_state(
+        metrics,
+        metrics::track,
+    ))
 }
 
 /// `GET /readyz`: 200 while etcd answers, else 503.

@@ -1,5 +1,5 @@
 //! What every handler shares ([`App`]): the store, metrics, the shutdown signal, the
-//! OpenAPI document and the hop to node agents. Handlers import it; it imports none of
+//! OpenAPI document, the hop to node agents and the API token table (when tokens are on). Handlers import it; it imports none of
 //! them. See docs/architecture.md ("HTTP API").
 
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use shoal_store::Store;
 use tokio::sync::watch as signal;
 
 use super::agent::Agents;
+use super::auth::Tokens;
 use super::metrics::Metrics;
 
 /// What every handler shares.
@@ -23,6 +24,8 @@ pub struct App {
     pub openapi: Arc<serde_json::Value>,
     /// The authenticated hop to node agents (exec, logs).
     pub agents: Arc<Agents>,
+    /// The API token table; `None` when the API checks no tokens (`Auth::Off`).
+    pub tokens: Option<Tokens>,
 }
 
 impl std::fmt::Debug for App {
