@@ -43,10 +43,10 @@ pub const CONFIG_ENV: &str = "SHOAL_CONFIG";
 pub struct Context {
     /// The API's base URL, e.g. `https://127.0.0.1:7777`.
     pub server: String,
-    /// The cluster CA certificate (PEM) that the server's certificate must chain to;
-    /// relative paths are relative to the context file's directory.
+    /// The cluster CA certificate (PEM file) that the server's certificate must chain
+    /// to; a relative path is relative to the context file's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub certificate_authority: Option<PathBuf>,
+    pub certificate_authority: Option<String>,
     /// The API token sent as `Authorization: Bearer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -229,7 +229,10 @@ pub fn resolve(flags: Settings, env: Settings, path: Option<&Path>) -> Result<Ta
         },
     };
     let ca = flags.ca.or(env.ca).or_else(|| {
-        let ca = ctx.as_ref()?.certificate_authority.clone()?;
+        let ca = PathBuf::from(ctx.as_ref()?.certificate_authority.clone()?);
+        if ca.as_os_str().is_empty() {
+            return None;
+        }
         let dir = path.and_then(Path::parent).unwrap_or(Path::new(""));
         Some(if ca.is_relative() { dir.join(ca) } else { ca })
     });

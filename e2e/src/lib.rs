@@ -100,8 +100,15 @@ impl Run {
 }
 
 impl Cluster {
-    /// Brings up an N-node cluster with real containers.
+    /// Brings up an N-node cluster with real containers (secured, one etcd, one
+    /// controller: `shoal dev up`'s defaults).
     pub fn up(nodes: u32) -> Cluster {
+        Cluster::up_with(nodes, &[])
+    }
+
+    /// Brings up an N-node cluster with extra `shoal dev up` flags
+    /// (`--etcd-members 3`, `--controllers 2`).
+    pub fn up_with(nodes: u32, extra: &[&str]) -> Cluster {
         let bin = bin_dir();
         let id = format!("{:x}", std::process::id());
         let state_dir = PathBuf::from(format!("/tmp/shoal-e2e-{id}"));
@@ -116,14 +123,10 @@ impl Cluster {
             bin,
             extra_netns: vec![],
         };
-        let run = cluster.raw(&[
-            "dev",
-            "up",
-            "--nodes",
-            &nodes.to_string(),
-            "--timeout",
-            "90",
-        ]);
+        let nodes_arg = nodes.to_string();
+        let mut args = vec!["dev", "up", "--nodes", &nodes_arg, "--timeout", "90"];
+        args.extend_from_slice(extra);
+        let run = cluster.raw(&args);
         if run.code != 0 {
             // Drop tears down what did start.
             panic!(
@@ -138,7 +141,9 @@ impl Cluster {
         let mut cmd = Command::new(self.bin.join(program));
         cmd.env("SHOAL_DEV_STATE", &self.state_dir)
             .env("SHOAL_CONFIG", &self.context)
-            .env("SHOAL_SERVER", "http://127.0.0.1:7777");
+            .env_remove("SHOAL_SERVER")
+            .env_remove("SHOAL_TOKEN")
+            .env_remove("SHOAL_CA");
         cmd
     }
 
@@ -314,6 +319,89 @@ impl Cluster {
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
+    }
+
+    /// The controllers' data directory (CA, certificates, admin token).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.state_dir.join("pki")
+    }
+
+    /// Node k's identity directory (ca.crt, node.crt, node.key).
+    pub fn node_pki_dir(&self, k: u32) -> PathBuf {
+        self.state_dir.join(format!("node-{k}")).join("pki")
+    }
+
+    /// The admin token `shoal dev up` made.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.pki_dir().join("admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_string()
+    }
+
+    /// Runs a program from the workspace's binaries (`shoal-agent`, `shoal-controller`).
+    pub fn binary(&self, program: &str, args: &[&str]) -> Run {
+        Run::from(
+            self.command(program)
+                .args(args)
+                .output()
+                .unwrap_or_else(|e| panic!("run {program}: {e}")),
+        )
+    }
+
+    /// `curl` against the API of controller 1 (HTTPS, verified with the cluster CA):
+    /// `(HTTP status, body)`. `token` goes into `Authorization: Bearer`; `extra` are more
+    /// curl arguments (`-X POST`, `--data`, `-m 2`).
+    pub fn curl(&self, path: &str, token: Option<&str>, extra: &[&str]) -> (u16, String) {
+        let ca = self.pki_dir().join("ca.crt");
+        let url = format!("https://127.0.0.1:7777{path}");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--cacert"])
+            .arg(&ca)
+            .args(extra);
+        if let Some(t) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let out = cmd.arg(&url).output().expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// The etcd client URLs (`shoal dev`'s layout: one member on 127.0.0.1:23790, or three
+    /// on 198.18.0.241-243:2379), read from the cluster.json `dev up` saved.
+    pub fn etcd_endpoints(&self) -> String {
+        let layout: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.state_dir.join("cluster.json")).expect("cluster.json"),
+        )
+        .expect("cluster.json is JSON");
+        match layout["etcd_members"].as_u64() {
+            Some(3) => {
+                "https://198.18.0.241:2379,https://198.18.0.242:2379,https://198.18.0.243:2379"
+                    .into()
+            }
+            _ => "https://127.0.0.1:23790".into(),
+        }
+    }
+
+    /// `etcdctl` against the cluster's etcd endpoints, verified with the cluster CA, with
+    /// the given client certificate and key (or none).
+    pub fn etcdctl(&self, identity: Option<(&Path, &Path)>, args: &[&str]) -> Run {
+        let endpoints = self.etcd_endpoints();
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .arg("--dial-timeout=3s")
+            .arg("--command-timeout=5s")
+            .arg(format!(
+                "--cacert={}",
+                self.pki_dir().join("ca.crt").display()
+            ));
+        if let Some((cert, key)) = identity {
+            cmd.arg(format!("--cert={}", cert.display()))
+                .arg(format!("--key={}", key.display()));
+        }
+        Run::from(cmd.args(args).output().expect("run etcdctl"))
     }
 }
 

@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use super::host;
 use super::process::Daemon;
+use super::{etcd, host, identity};
 
-/// Everything about a local cluster that follows from its state dir and node count.
-/// Saved as `cluster.json` so later commands (`down`, `status`) find it.
+/// Everything about a local cluster that follows from its state dir and options.
+/// Saved as `cluster.json` so later commands (`down`, `status`, `node stop`) find it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     /// The state directory.
@@ -21,29 +21,67 @@ pub struct Layout {
     pub nodes: u32,
     /// `containerd` or `hollow`.
     pub runtime: String,
+    /// Number of etcd members: 1 (on loopback) or 3 (each in a namespace on the underlay).
+    pub etcd_members: u32,
+    /// Number of controllers (one leads, every one serves the API).
+    pub controllers: u32,
+    /// TLS, client certificates, etcd users and API tokens (the default); `false` only for
+    /// the benchmarks' insecure baseline.
+    pub secure: bool,
     /// The underlay bridge in the root namespace.
     pub bridge: String,
     /// The bridge's address (198.18.0.254).
     pub host_address: Ipv4Addr,
-    /// etcd's client URL.
-    pub etcd_url: String,
-    /// The API server's address.
-    pub api_listen: String,
     /// The registry's address.
     pub registry: String,
-    /// etcd's data directory: on tmpfs when there is one (etcd fsyncs every write, which
-    /// takes seconds on a busy disk; a dev cluster's data need not survive a reboot).
-    pub etcd_dir: PathBuf,
+    /// Where etcd data directories go: tmpfs when there is one (etcd fsyncs every write,
+    /// which takes seconds on a busy disk; a dev cluster's data need not survive a reboot).
+    pub etcd_base: PathBuf,
+}
+
+/// What `shoal dev up` was asked for, besides the state dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Number of nodes (1-200).
+    pub nodes: u32,
+    /// `containerd` or `hollow`.
+    pub runtime: String,
+    /// 1 or 3.
+    pub etcd_members: u32,
+    /// 1-3.
+    pub controllers: u32,
+    /// See [`Layout::secure`].
+    pub secure: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            runtime: "containerd".into(),
+            etcd_members: 1,
+            controllers: 1,
+            secure: true,
+        }
+    }
 }
 
 impl Layout {
-    /// The layout of a cluster of `nodes` nodes under `state_dir`.
-    pub fn new(state_dir: PathBuf, nodes: u32, runtime: &str) -> anyhow::Result<Layout> {
+    /// The layout of a cluster of `opts` under `state_dir`.
+    pub fn new(state_dir: PathBuf, opts: &Options) -> anyhow::Result<Layout> {
+        let nodes = opts.nodes;
         if !(1..=200).contains(&nodes) {
             bail!("--nodes must be 1-200 (got {nodes})");
         }
+        let runtime = opts.runtime.as_str();
         if !matches!(runtime, "containerd" | "hollow") {
             bail!("--runtime must be containerd or hollow (got {runtime:?})");
+        }
+        if !matches!(opts.etcd_members, 1 | 3) {
+            bail!("--etcd-members must be 1 or 3 (got {})", opts.etcd_members);
+        }
+        if !(1..=3).contains(&opts.controllers) {
+            bail!("--controllers must be 1-3 (got {})", opts.controllers);
         }
         let tag: String = state_dir
             .to_string_lossy()
@@ -51,22 +89,123 @@ impl Layout {
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
         let shm = Path::new("/dev/shm");
-        let etcd_dir = if shm.is_dir() {
+        let etcd_base = if shm.is_dir() {
             shm.join(format!("shoal-etcd{tag}"))
         } else {
             state_dir.join("etcd")
         };
         Ok(Layout {
-            etcd_dir,
+            etcd_base,
             state_dir,
             nodes,
             runtime: runtime.to_string(),
+            etcd_members: opts.etcd_members,
+            controllers: opts.controllers,
+            secure: opts.secure,
             bridge: "shoal-br0".into(),
             host_address: Ipv4Addr::new(198, 18, 0, 254),
-            etcd_url: "http://127.0.0.1:23790".into(),
-            api_listen: "127.0.0.1:7777".into(),
             registry: "127.0.0.1:5000".into(),
         })
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.secure {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// etcd member i's name (1-based).
+    pub fn etcd_name(&self, i: u32) -> String {
+        format!("etcd-{i}")
+    }
+
+    /// etcd member i's address: loopback for a single member, else 198.18.0.(240+i) in a
+    /// namespace of its own on the underlay.
+    pub fn etcd_address(&self, i: u32) -> Ipv4Addr {
+        if self.etcd_members == 1 {
+            Ipv4Addr::LOCALHOST
+        } else {
+            Ipv4Addr::new(198, 18, 0, 240 + i as u8)
+        }
+    }
+
+    /// etcd member i's namespace (only with several members).
+    pub fn etcd_netns(&self, i: u32) -> Option<String> {
+        (self.etcd_members > 1).then(|| format!("shoal-etcd-{i}"))
+    }
+
+    /// etcd member i's veth end on the bridge.
+    pub fn etcd_veth(&self, i: u32) -> String {
+        format!("shoal-e{i}")
+    }
+
+    fn etcd_ports(&self) -> (u16, u16) {
+        if self.etcd_members == 1 {
+            (23790, 23800)
+        } else {
+            (2379, 2380)
+        }
+    }
+
+    /// etcd member i's client URL.
+    pub fn etcd_client_url(&self, i: u32) -> String {
+        format!(
+            "{}://{}:{}",
+            self.scheme(),
+            self.etcd_address(i),
+            self.etcd_ports().0
+        )
+    }
+
+    /// etcd member i's peer URL.
+    pub fn etcd_peer_url(&self, i: u32) -> String {
+        format!(
+            "{}://{}:{}",
+            self.scheme(),
+            self.etcd_address(i),
+            self.etcd_ports().1
+        )
+    }
+
+    /// Every member's client URL, comma-separated (the `--etcd` flag).
+    pub fn etcd_endpoints(&self) -> String {
+        (1..=self.etcd_members)
+            .map(|i| self.etcd_client_url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// etcd member i's data directory.
+    pub fn etcd_dir(&self, i: u32) -> PathBuf {
+        self.etcd_base.join(self.etcd_name(i))
+    }
+
+    /// Where controller c's API listens.
+    pub fn api_listen(&self, c: u32) -> String {
+        format!("127.0.0.1:{}", 7776 + c)
+    }
+
+    /// Controller c's API URL.
+    pub fn api_url_of(&self, c: u32) -> String {
+        format!("{}://{}", self.scheme(), self.api_listen(c))
+    }
+
+    /// The API URL the context points at (controller 1).
+    pub fn api_url(&self) -> String {
+        self.api_url_of(1)
+    }
+
+    /// The controllers' data directory (`shoal-controller init`): CA, certificates, the
+    /// admin token.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.state_dir.join("pki")
+    }
+
+    /// Node k's identity (`shoal-agent join`): CA, node certificate and key, join.json.
+    pub fn node_pki_dir(&self, k: u32) -> PathBuf {
+        self.node_dir(k).join("pki")
     }
 
     /// Node k's name.
@@ -104,11 +243,6 @@ impl Layout {
         format!("127.0.0.1:{}", 7800 + k)
     }
 
-    /// The API server's URL.
-    pub fn api_url(&self) -> String {
-        format!("http://{}", self.api_listen)
-    }
-
     fn file(&self) -> PathBuf {
         self.state_dir.join("cluster.json")
     }
@@ -131,7 +265,7 @@ impl Layout {
         Ok(())
     }
 
-    fn daemon(&self, name: &str) -> Daemon {
+    pub(super) fn daemon(&self, name: &str) -> Daemon {
         Daemon::new(&self.state_dir, name)
     }
 
@@ -161,7 +295,7 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
         .to_path_buf())
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(super) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let path = bin_dir()?.join(name);
     if !path.is_file() {
         bail!(
@@ -177,17 +311,24 @@ impl DevCluster {
     pub async fn up(layout: Layout, timeout: Duration) -> anyhow::Result<()> {
         host::check_prerequisites()?;
         if let Ok(existing) = Layout::load(&layout.state_dir) {
-            if existing.nodes != layout.nodes || existing.runtime != layout.runtime {
+            if existing != layout {
                 bail!(
-                    "a cluster of {} node(s) ({}) already exists under {}; run `shoal dev down` first",
+                    "a different cluster ({} node(s), {}, {} etcd member(s), {} controller(s){}) already exists under {}; run `shoal dev down` first",
                     existing.nodes,
                     existing.runtime,
+                    existing.etcd_members,
+                    existing.controllers,
+                    if existing.secure { "" } else { ", insecure" },
                     layout.state_dir.display()
                 );
             }
         }
         layout.save()?;
-        step("etcd", || start_etcd(&layout))?;
+        if layout.secure {
+            step("cluster identity (CA, certificates, admin token)", || {
+                identity::init(&layout)
+            })?;
+        }
         if layout.runtime == "containerd" {
             step("registry with localhost:5000/busybox:latest", || {
                 super::image::ensure_registry(&layout)
@@ -200,19 +341,44 @@ impl DevCluster {
             ),
             || host::ensure_underlay(&layout),
         )?;
-        step("controller", || start_controller(&layout))?;
+        for i in 1..=layout.etcd_members {
+            step(
+                &format!("{} ({})", layout.etcd_name(i), layout.etcd_client_url(i)),
+                || etcd::start_member(&layout, i),
+            )?;
+        }
+        for c in 1..=layout.controllers {
+            step(
+                &format!("controller-{c} ({})", layout.api_url_of(c)),
+                || start_controller(&layout, c),
+            )?;
+        }
+        let api = identity::Api::of(&layout)?;
+        api.wait_healthy(&layout, timeout).await?;
+        if layout.secure {
+            let token = api.join_token().await?;
+            for k in 1..=layout.nodes {
+                identity::join_node(&layout, k, &token)
+                    .with_context(|| format!("joining node-{k}"))?;
+            }
+        }
         for k in 1..=layout.nodes {
             step(&format!("node-{k} ({})", layout.node_address(k)), || {
                 start_node(&layout, k)
             })?;
         }
-        wait_ready(&layout, timeout).await?;
-        super::write_context(&layout.api_url())?;
+        wait_ready(&layout, &api, timeout).await?;
+        super::write_context(&layout)?;
         println!();
         println!(
-            "Local cluster ready: {} node(s), API at {}",
+            "Local cluster ready: {} node(s), API at {}{}",
             layout.nodes,
-            layout.api_url()
+            layout.api_url(),
+            if layout.secure {
+                " (TLS, admin token in the context)"
+            } else {
+                " (INSECURE: no TLS, no tokens)"
+            }
         );
         println!(
             "  state, logs and pid files: {}",
@@ -230,7 +396,7 @@ impl DevCluster {
     pub async fn down(state_dir: &Path) -> anyhow::Result<()> {
         let layout = match Layout::load(state_dir) {
             Ok(l) => l,
-            Err(_) => Layout::new(state_dir.to_path_buf(), 1, "containerd")?,
+            Err(_) => Layout::new(state_dir.to_path_buf(), &Options::default())?,
         };
         let mut saved_nodes = layout.nodes;
         // Also sweep node namespaces of a larger earlier cluster.
@@ -243,17 +409,22 @@ impl DevCluster {
             stop_node(&layout, k, Duration::from_secs(5)).await;
             host::remove_node_netns(&layout, k);
         }
-        layout
-            .daemon("controller")
-            .stop(Duration::from_secs(5))
-            .await?;
+        for c in 1..=layout.controllers.max(3) {
+            layout
+                .daemon(&format!("controller-{c}"))
+                .stop(Duration::from_secs(5))
+                .await?;
+        }
         if layout.runtime == "containerd" {
             super::image::stop_registry(&layout).await;
         }
-        layout.daemon("etcd").stop(Duration::from_secs(5)).await?;
+        for i in 1..=3 {
+            etcd::stop_member(&layout, i).await?;
+            etcd::remove_member_netns(&layout, i);
+        }
         host::remove_underlay(&layout);
         host::unmount_below(&layout.state_dir);
-        let _ = std::fs::remove_dir_all(&layout.etcd_dir);
+        let _ = std::fs::remove_dir_all(&layout.etcd_base);
         if layout.state_dir.join("cluster.json").exists() {
             std::fs::remove_dir_all(&layout.state_dir)
                 .with_context(|| format!("removing {}", layout.state_dir.display()))?;
@@ -273,33 +444,42 @@ impl DevCluster {
             println!("  {:<14} {state}", d.name);
         };
         println!(
-            "Local cluster under {} ({} node(s), runtime {}):",
+            "Local cluster under {} ({} node(s), runtime {}, {} etcd member(s), {} controller(s), {}):",
             layout.state_dir.display(),
             layout.nodes,
-            layout.runtime
+            layout.runtime,
+            layout.etcd_members,
+            layout.controllers,
+            if layout.secure { "secured" } else { "INSECURE" }
         );
-        show(layout.daemon("etcd"));
+        for i in 1..=layout.etcd_members {
+            show(layout.daemon(&layout.etcd_name(i)));
+        }
         if layout.runtime == "containerd" {
             // scripts/image/registry.sh keeps its own pid file.
             let mut registry = layout.daemon("registry");
             registry.pid_file = layout.state_dir.join("registry").join("pid");
             show(registry);
         }
-        show(layout.daemon("controller"));
+        for c in 1..=layout.controllers {
+            show(layout.daemon(&format!("controller-{c}")));
+        }
         for k in 1..=layout.nodes {
             if layout.runtime == "containerd" {
                 show(layout.daemon(&format!("containerd-{k}")));
             }
             show(layout.daemon(&format!("agent-{k}")));
         }
-        println!("  API: {}", layout.api_url());
+        for c in 1..=layout.controllers {
+            println!("  API: {}", layout.api_url_of(c));
+        }
         Ok(())
     }
 
     /// Kills node k as a host would die.
     pub async fn stop_node(state_dir: &Path, k: u32) -> anyhow::Result<()> {
         let layout = Layout::load(state_dir)?;
-        check_node(&layout, k)?;
+        check_number("node", k, layout.nodes)?;
         kill_node(&layout, k);
         println!("node-{k} stopped (agent, containerd and containers killed)");
         Ok(())
@@ -308,16 +488,52 @@ impl DevCluster {
     /// Brings node k back.
     pub async fn start_node(state_dir: &Path, k: u32) -> anyhow::Result<()> {
         let layout = Layout::load(state_dir)?;
-        check_node(&layout, k)?;
+        check_number("node", k, layout.nodes)?;
         start_node(&layout, k)?;
         println!("node-{k} started");
         Ok(())
     }
+
+    /// Kills etcd member i (SIGKILL, as a host would die).
+    pub async fn stop_etcd(state_dir: &Path, i: u32) -> anyhow::Result<()> {
+        let layout = Layout::load(state_dir)?;
+        check_number("etcd member", i, layout.etcd_members)?;
+        layout.daemon(&layout.etcd_name(i)).kill_now();
+        println!("{} stopped", layout.etcd_name(i));
+        Ok(())
+    }
+
+    /// Brings etcd member i back (it rejoins with its data).
+    pub async fn start_etcd(state_dir: &Path, i: u32) -> anyhow::Result<()> {
+        let layout = Layout::load(state_dir)?;
+        check_number("etcd member", i, layout.etcd_members)?;
+        etcd::start_member(&layout, i)?;
+        println!("{} started", layout.etcd_name(i));
+        Ok(())
+    }
+
+    /// Kills controller c (SIGKILL).
+    pub async fn stop_controller(state_dir: &Path, c: u32) -> anyhow::Result<()> {
+        let layout = Layout::load(state_dir)?;
+        check_number("controller", c, layout.controllers)?;
+        layout.daemon(&format!("controller-{c}")).kill_now();
+        println!("controller-{c} stopped");
+        Ok(())
+    }
+
+    /// Brings controller c back.
+    pub async fn start_controller(state_dir: &Path, c: u32) -> anyhow::Result<()> {
+        let layout = Layout::load(state_dir)?;
+        check_number("controller", c, layout.controllers)?;
+        start_controller(&layout, c)?;
+        println!("controller-{c} started");
+        Ok(())
+    }
 }
 
-fn check_node(layout: &Layout, k: u32) -> anyhow::Result<()> {
-    if !(1..=layout.nodes).contains(&k) {
-        bail!("no node {k}: the cluster has nodes 1-{}", layout.nodes);
+fn check_number(what: &str, k: u32, count: u32) -> anyhow::Result<()> {
+    if !(1..=count).contains(&k) {
+        bail!("no {what} {k}: the cluster has {what}s 1-{count}");
     }
     Ok(())
 }
@@ -327,36 +543,17 @@ fn step(what: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()
     f().with_context(|| format!("starting {what}"))
 }
 
-fn start_etcd(layout: &Layout) -> anyhow::Result<()> {
-    let dir = &layout.etcd_dir;
-    let port: u16 = layout
-        .etcd_url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(23790);
-    let peer = format!("http://127.0.0.1:{}", port + 10);
-    let args = vec![
-        "--name=shoal-dev".to_string(),
-        format!("--data-dir={}", dir.display()),
-        format!("--listen-client-urls={}", layout.etcd_url),
-        format!("--advertise-client-urls={}", layout.etcd_url),
-        format!("--listen-peer-urls={peer}"),
-        format!("--initial-advertise-peer-urls={peer}"),
-        format!("--initial-cluster=shoal-dev={peer}"),
-        "--log-level=warn".to_string(),
+fn start_controller(layout: &Layout, c: u32) -> anyhow::Result<()> {
+    let mut args = vec![
+        format!("--listen={}", layout.api_listen(c)),
+        format!("--etcd={}", layout.etcd_endpoints()),
     ];
-    let etcd = host::which("etcd").context("etcd")?;
-    layout.daemon("etcd").start(&etcd, &args, &[])?;
-    Ok(())
-}
-
-fn start_controller(layout: &Layout) -> anyhow::Result<()> {
-    let args = vec![
-        format!("--listen={}", layout.api_listen),
-        format!("--etcd={}", layout.etcd_url),
-    ];
-    layout.daemon("controller").start(
+    if layout.secure {
+        args.push(format!("--data-dir={}", layout.pki_dir().display()));
+    } else {
+        args.push("--insecure".into());
+    }
+    layout.daemon(&format!("controller-{c}")).start(
         &sibling("shoal-controller")?,
         &args,
         &[("RUST_LOG", "info".into())],
@@ -369,9 +566,14 @@ fn start_node(layout: &Layout, k: u32) -> anyhow::Result<()> {
     let mut args = vec![
         format!("--name={}", layout.node_name(k)),
         format!("--address={}", layout.node_address(k)),
-        format!("--etcd={}", layout.etcd_url),
+        format!("--etcd={}", layout.etcd_endpoints()),
         format!("--runtime={}", layout.runtime),
     ];
+    if layout.secure {
+        args.push(format!("--pki-dir={}", layout.node_pki_dir(k).display()));
+    } else {
+        args.push("--insecure".into());
+    }
     if layout.runtime == "containerd" {
         let dir = layout.node_dir(k).join("containerd");
         std::fs::create_dir_all(&dir)?;
@@ -408,27 +610,23 @@ fn kill_node(layout: &Layout, k: u32) {
     }
 }
 
-async fn wait_ready(layout: &Layout, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_ready(layout: &Layout, api: &identity::Api, timeout: Duration) -> anyhow::Result<()> {
     println!("waiting for {} node(s) to be ready", layout.nodes);
-    let client = reqwest::Client::new();
-    let url = format!("{}/apis/shoal/v1/nodes", layout.api_url());
     let deadline = tokio::time::Instant::now() + timeout;
     let mut ready = 0;
     while tokio::time::Instant::now() < deadline {
-        if let Ok(resp) = client.get(&url).send().await {
-            if let Ok(list) = resp.json::<serde_json::Value>().await {
-                ready = list["items"]
-                    .as_array()
-                    .map(|items| {
-                        items
-                            .iter()
-                            .filter(|n| n["status"]["state"] == "ready")
-                            .count()
-                    })
-                    .unwrap_or(0);
-                if ready as u32 >= layout.nodes {
-                    return Ok(());
-                }
+        if let Ok(list) = api.get("/apis/shoal/v1/nodes").await {
+            ready = list["items"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter(|n| n["status"]["state"] == "ready")
+                        .count()
+                })
+                .unwrap_or(0);
+            if ready as u32 >= layout.nodes {
+                return Ok(());
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -438,7 +636,7 @@ async fn wait_ready(layout: &Layout, timeout: Duration) -> anyhow::Result<()> {
         layout.nodes,
         timeout.as_secs()
     );
-    for name in ["controller", "agent-1"] {
+    for name in ["controller-1", "agent-1"] {
         let tail = layout.daemon(name).log_tail(5);
         if !tail.is_empty() {
             msg.push_str(&format!("\n--- last lines of {name}.log:\n{tail}"));
@@ -453,7 +651,7 @@ mod tests {
 
     #[test]
     fn layout_names_fit_kernel_limits_and_addresses_follow_node_numbers() {
-        let l = Layout::new("/tmp/x".into(), 3, "containerd").unwrap();
+        let l = Layout::new("/tmp/x".into(), &Options::default()).unwrap();
         assert_eq!(l.node_address(2), Ipv4Addr::new(198, 18, 0, 2));
         assert_eq!(l.node_netns(3), "shoal-node-3");
         for k in [1, 200] {
@@ -466,7 +664,50 @@ mod tests {
 
     #[test]
     fn layout_rejects_bad_node_counts_and_runtimes() {
-        assert!(Layout::new("/tmp/x".into(), 0, "containerd").is_err());
-        assert!(Layout::new("/tmp/x".into(), 3, "docker").is_err());
+        let with = |f: fn(&mut Options)| {
+            let mut o = Options::default();
+            f(&mut o);
+            Layout::new("/tmp/x".into(), &o)
+        };
+        assert!(with(|o| o.nodes = 0).is_err());
+        assert!(with(|o| o.runtime = "docker".into()).is_err());
+        assert!(with(|o| o.etcd_members = 2).is_err());
+        assert!(with(|o| o.controllers = 0).is_err());
+        assert!(with(|o| o.controllers = 3).is_ok());
+    }
+
+    #[test]
+    fn layout_puts_a_single_etcd_on_loopback_and_three_members_on_the_underlay() {
+        let one = Layout::new("/tmp/x".into(), &Options::default()).unwrap();
+        assert_eq!(one.etcd_endpoints(), "https://127.0.0.1:23790");
+        assert_eq!(one.etcd_netns(1), None);
+        assert_eq!(one.api_url(), "https://127.0.0.1:7777");
+        let three = Layout::new(
+            "/tmp/x".into(),
+            &Options {
+                etcd_members: 3,
+                controllers: 2,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            three.etcd_endpoints(),
+            "https://198.18.0.241:2379,https://198.18.0.242:2379,https://198.18.0.243:2379"
+        );
+        assert_eq!(three.etcd_peer_url(2), "https://198.18.0.242:2380");
+        assert_eq!(three.etcd_netns(3).as_deref(), Some("shoal-etcd-3"));
+        assert!(three.etcd_veth(3).len() <= 15);
+        assert_eq!(three.api_url_of(2), "https://127.0.0.1:7778");
+        let insecure = Layout::new(
+            "/tmp/x".into(),
+            &Options {
+                secure: false,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(insecure.etcd_endpoints(), "http://127.0.0.1:23790");
+        assert_eq!(insecure.api_url(), "http://127.0.0.1:7777");
     }
 }

@@ -1,21 +1,28 @@
 //! `shoal dev`: a whole cluster on one machine — the embedded default.
 //!
-//! `up` starts, under a state directory: etcd, a local registry on 127.0.0.1:5000 seeded with
-//! `localhost:5000/busybox:latest`, one containerd per node, the controller, and N agents.
-//! Node k gets a network namespace `shoal-node-k` wired to the underlay bridge `shoal-br0`
-//! (198.18.0.k/24; the host side is 198.18.0.254). `down` removes every process, namespace,
-//! link, mount and file it made; `status` tells what runs; `node stop K` kills node K as a
-//! host would die (agent, containerd, containers) and `node start K` brings it back.
+//! `up` starts, under a state directory: a cluster identity (CA, certificates, an admin
+//! token), etcd with TLS and client-certificate authentication (1 member on loopback or 3
+//! in namespaces of their own), a local registry on 127.0.0.1:5000 seeded with
+//! `localhost:5000/busybox:latest`, one containerd per node, the controllers, and N agents
+//! that each joined with a join token. Node k gets a network namespace `shoal-node-k` wired
+//! to the underlay bridge `shoal-br0` (198.18.0.k/24; the host side is 198.18.0.254).
+//! `down` removes every process, namespace, link, mount and file it made; `status` tells
+//! what runs; `node stop K` kills node K as a host would die (agent, containerd, containers)
+//! and `node start K` brings it back; `etcd stop|start I` and `controller stop|start C` do
+//! the same for an etcd member and a controller. `--insecure` leaves security off, only to
+//! measure what it costs.
 //!
 //! Every process is recorded in a pid file under the state directory, so `down` works from
 //! any later shell, also after a crash of `up`.
 
 mod cluster;
+mod etcd;
 mod host;
+mod identity;
 mod image;
 mod process;
 
-pub use cluster::{DevCluster, Layout};
+pub use cluster::{DevCluster, Layout, Options};
 
 use std::path::PathBuf;
 
@@ -52,6 +59,16 @@ pub enum DevCommand {
         /// Seconds to wait for every node to be ready.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// etcd members: 1 (on loopback) or 3 (each in a namespace on the underlay).
+        #[arg(long, default_value_t = 1)]
+        etcd_members: u32,
+        /// Controllers (one leads; each serves the API, on 127.0.0.1:7777, :7778, …).
+        #[arg(long, default_value_t = 1)]
+        controllers: u32,
+        /// No TLS, no client certificates, no tokens: only for measuring what security
+        /// costs (the benchmarks' baseline). Never on a machine others can reach.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Stop the cluster and remove everything it made.
     Down,
@@ -63,19 +80,31 @@ pub enum DevCommand {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// Stop or start one etcd member.
+    Etcd {
+        /// Stop or start.
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+    /// Stop or start one controller.
+    Controller {
+        /// Stop or start.
+        #[command(subcommand)]
+        action: NodeAction,
+    },
 }
 
-/// `shoal dev node ...`
+/// `shoal dev node|etcd|controller ...`
 #[derive(Debug, Subcommand)]
 pub enum NodeAction {
-    /// Kill node K as a host would die: its agent, its containerd and its containers.
+    /// Kill number K as a host would die (a node: its agent, containerd and containers).
     Stop {
-        /// Node number (1-based).
+        /// Number (1-based).
         k: u32,
     },
-    /// Bring node K back.
+    /// Bring number K back.
     Start {
-        /// Node number (1-based).
+        /// Number (1-based).
         k: u32,
     },
 }
@@ -87,8 +116,18 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             nodes,
             runtime,
             timeout,
+            etcd_members,
+            controllers,
+            insecure,
         } => {
-            let layout = Layout::new(args.state_dir, nodes, &runtime)?;
+            let opts = Options {
+                nodes,
+                runtime,
+                etcd_members,
+                controllers,
+                secure: !insecure,
+            };
+            let layout = Layout::new(args.state_dir, &opts)?;
             DevCluster::up(layout, std::time::Duration::from_secs(timeout)).await
         }
         DevCommand::Down => DevCluster::down(&args.state_dir).await,
@@ -99,16 +138,38 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         DevCommand::Node {
             action: NodeAction::Start { k },
         } => DevCluster::start_node(&args.state_dir, k).await,
+        DevCommand::Etcd {
+            action: NodeAction::Stop { k },
+        } => DevCluster::stop_etcd(&args.state_dir, k).await,
+        DevCommand::Etcd {
+            action: NodeAction::Start { k },
+        } => DevCluster::start_etcd(&args.state_dir, k).await,
+        DevCommand::Controller {
+            action: NodeAction::Stop { k },
+        } => DevCluster::stop_controller(&args.state_dir, k).await,
+        DevCommand::Controller {
+            action: NodeAction::Start { k },
+        } => DevCluster::start_controller(&args.state_dir, k).await,
     }
 }
 
-/// Points plain `shoal ...` commands at the cluster (the context file).
-pub fn write_context(server: &str) -> anyhow::Result<()> {
+/// Points plain `shoal ...` commands at the cluster (the context file): its API, and for
+/// a secured cluster the CA to verify it with and the admin token.
+pub fn write_context(layout: &Layout) -> anyhow::Result<()> {
+    let server = layout.api_url();
+    let (ca, token) = if layout.secure {
+        let pki = layout.pki_dir();
+        (
+            Some(pki.join("ca.crt").display().to_string()),
+            Some(identity::admin_token(&pki)?),
+        )
+    } else {
+        (None, None)
+    };
     let path = crate::context::write_default_context(&crate::context::Context {
-        server: server.to_string(),
-        // The secured local cluster's CA and admin token: written by the lead's `dev up`.
-        certificate_authority: None,
-        token: None,
+        server: server.clone(),
+        certificate_authority: ca,
+        token,
     })?;
     println!("wrote {} (server {server})", path.display());
     Ok(())

@@ -5,7 +5,7 @@
 //! Invariants:
 //! - Tokens are never stored: etcd holds `<root>/private/tokens/<name>` = `{name, role,
 //!   sha256, createdAt}` and a presented token is hashed and compared with every stored
-//!   hash in constant time.
+//!   hash in constant time (`shoal_pki::sha256_hex`, `shoal_pki::constant_time_eq`).
 //! - No request waits for etcd: the table is fed by one [`Watcher`] on the tokens prefix
 //!   (list, then watch; a relist swaps it whole), so a deleted (revoked) token is refused
 //!   as soon as its delete event arrives. Until the first list completes the table is
@@ -28,8 +28,8 @@ use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
-use sha2::{Digest, Sha256};
 use shoal_api_types::{Role, Status, StoredToken};
+use shoal_pki::{constant_time_eq, sha256_hex};
 use shoal_store::{RawEvent, RawKv, Store, StoreError, Watcher, WatcherEvent};
 use tokio::sync::watch;
 
@@ -340,30 +340,6 @@ pub fn read_admin_token(data_dir: &std::path::Path) -> std::io::Result<Option<St
     }
 }
 
-/// Lowercase hex sha256 (the same as `shoal_pki::sha256_hex`).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Equality that takes the same time wherever the inputs differ (the same as
-/// `shoal_pki::constant_time_eq`).
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.len() == b.len() && bool::from(a.ct_eq(b))
-}
-
-/// A new API token: `shoal_` and 40 characters of `[a-z0-9]` (the same shape as
-/// `shoal_pki::new_api_token`).
-pub fn new_api_token() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    let tail: String = (0..40)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect();
-    format!("shoal_{tail}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,7 +387,7 @@ mod tests {
     #[test]
     fn the_table_finds_tokens_by_hash_only() {
         let mut t = TokenTable::default();
-        let token = new_api_token();
+        let token = shoal_pki::new_api_token();
         let rec = StoredToken {
             name: "ci".into(),
             role: Role::ReadOnly,
@@ -442,27 +418,5 @@ mod tests {
             lease: 0,
         });
         assert_eq!(t.find(&token), None, "an unreadable record grants nothing");
-    }
-
-    #[test]
-    fn api_tokens_have_the_documented_shape() {
-        let t = new_api_token();
-        let tail = t.strip_prefix("shoal_").expect("prefix");
-        assert_eq!(tail.len(), 40);
-        assert!(tail
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
-        assert_ne!(new_api_token(), t);
-    }
-
-    #[test]
-    fn constant_time_eq_compares_whole_slices() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
-        assert_eq!(
-            sha256_hex(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
     }
 }

@@ -19,7 +19,9 @@ use shoal_api_types::{
 };
 use shoal_store::{Batch, StoreError};
 
-use super::auth::{self, new_api_token, sha256_hex};
+use shoal_pki::{new_api_token, sha256_hex};
+
+use super::auth;
 use super::error::ApiResult;
 use super::request::{path_name, BodyText};
 use super::state::App;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::Value;
-use shoal_controller::api::auth::{import_admin_token, sha256_hex};
+use shoal_controller::api::auth::import_admin_token;
+use shoal_pki::sha256_hex;
 
 use crate::support::{network, Answer, Server};
 

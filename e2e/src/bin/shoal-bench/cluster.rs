@@ -20,20 +20,23 @@ struct Dev {
     bin: PathBuf,
     state: PathBuf,
     ctx: PathBuf,
+    security: Security,
 }
 
 impl Dev {
-    fn up(bin: &Path) -> Result<Dev> {
-        let state = PathBuf::from(format!("/tmp/{}-dev", run_id()));
+    fn up(bin: &Path, security: Security) -> Result<Dev> {
+        let state = PathBuf::from(format!("/tmp/{}-dev-{}", run_id(), security.word()));
         let dev = Dev {
             bin: bin.to_path_buf(),
             ctx: state.with_extension("context.json"),
             state,
+            security,
         };
-        let out = dev
-            .cmd()
-            .args(["dev", "up", "--nodes", "3", "--timeout", "90"])
-            .output()?;
+        let mut args = vec!["dev", "up", "--nodes", "3", "--timeout", "90"];
+        if security == Security::Insecure {
+            args.push("--insecure");
+        }
+        let out = dev.cmd().args(&args).output()?;
         if !out.status.success() {
             bail!(
                 "shoal dev up: {}{}",
@@ -48,7 +51,9 @@ impl Dev {
         let mut c = Command::new(self.bin.join("shoal"));
         c.env("SHOAL_DEV_STATE", &self.state)
             .env("SHOAL_CONFIG", &self.ctx)
-            .env("SHOAL_SERVER", "http://127.0.0.1:7777");
+            .env_remove("SHOAL_SERVER")
+            .env_remove("SHOAL_TOKEN")
+            .env_remove("SHOAL_CA");
         c
     }
 
@@ -72,13 +77,30 @@ impl Dev {
     }
 
     fn api(&self, path: &str) -> Result<Value> {
-        let out = sh(
-            "curl",
-            &[
-                "-sf",
-                &format!("http://127.0.0.1:7777/apis/shoal/v1/{path}"),
-            ],
-        )?;
+        let out = match self.security {
+            Security::Insecure => sh(
+                "curl",
+                &[
+                    "-sf",
+                    &format!("http://127.0.0.1:7777/apis/shoal/v1/{path}"),
+                ],
+            )?,
+            Security::Secured => {
+                let pki = self.state.join("pki");
+                let token = std::fs::read_to_string(pki.join("admin.token"))?;
+                sh(
+                    "curl",
+                    &[
+                        "-sf",
+                        "--cacert",
+                        &pki.join("ca.crt").display().to_string(),
+                        "-H",
+                        &format!("Authorization: Bearer {}", token.trim()),
+                        &format!("https://127.0.0.1:7777/apis/shoal/v1/{path}"),
+                    ],
+                )?
+            }
+        };
         Ok(serde_json::from_str(&out)?)
     }
 
@@ -179,6 +201,22 @@ fn in_ns(ns: &str, argv: &[&str]) -> Result<String> {
     sh("ip", &a)
 }
 
+/// Brings up a local cluster and a probe task on node 1 (on network `bench`); returns the
+/// cluster and the probe's network namespace.
+fn cluster_with_probe(bin: &Path, security: Security) -> Result<(Dev, String)> {
+    let dev = Dev::up(bin, security)?;
+    dev.apply("apiVersion: shoal/v1\nkind: Network\nmetadata: {name: bench}\nspec: {}\n")?;
+    dev.apply(&format!(
+        "apiVersion: shoal/v1\nkind: Service\nmetadata: {{name: probe}}\nspec:\n  image: {BUSYBOX}\n  command: [sleep, \"100000\"]\n  \
+         replicas: 1\n  networks: [{{name: bench}}]\n  placement: {{constraints: [\"node.name==node-1\"]}}\n"
+    ))?;
+    let probe = poll(Duration::from_secs(120), "the probe task", || {
+        Ok(dev.running("probe", "bench")?.into_iter().next())
+    })?;
+    let probe_ns = task_netns(&probe.0)?;
+    Ok((dev, probe_ns))
+}
+
 /// Runs the local-cluster figures.
 pub async fn run(bin: &Path, quick: bool, figs: &[u32], rows: &mut Vec<Row>) -> Result<()> {
     let bin = bin.to_path_buf();
@@ -207,25 +245,51 @@ pub async fn run(bin: &Path, quick: bool, figs: &[u32], rows: &mut Vec<Row>) -> 
                 return Ok(rows);
             }
         }
-        eprintln!("bench: shoal dev up --nodes 3");
-        let dev = Dev::up(&bin)?;
-        dev.apply("apiVersion: shoal/v1\nkind: Network\nmetadata: {name: bench}\nspec: {}\n")?;
-        dev.apply(&format!(
-            "apiVersion: shoal/v1\nkind: Service\nmetadata: {{name: probe}}\nspec:\n  image: {BUSYBOX}\n  command: [sleep, \"100000\"]\n  \
-             replicas: 1\n  networks: [{{name: bench}}]\n  placement: {{constraints: [\"node.name==node-1\"]}}\n"
-        ))?;
-        let probe = poll(Duration::from_secs(120), "the probe task", || Ok(dev.running("probe", "bench")?.into_iter().next()))?;
-        let probe_ns = task_netns(&probe.0)?;
+        eprintln!("bench: shoal dev up --nodes 3 (secured, the default)");
+        let (dev, probe_ns) = cluster_with_probe(&bin, Security::Secured)?;
         // The data plane first, on a quiet cluster: right after convergence's 20 services
         // come and go, containers stopping and agents converging skew the first rounds.
         if figs.contains(&4) {
             rows.extend(data_plane(&dev, quick2, &probe_ns)?);
         }
+        let mut secured = (None, None);
         if figs.contains(&1) {
-            rows.extend(convergence(&dev, quick2, &probe_ns)?);
+            let (r, p50) = convergence(&dev, quick2, &probe_ns)?;
+            rows.extend(r);
+            secured.0 = Some(p50);
         }
         if figs.contains(&7) {
-            rows.extend(propagation(&dev, quick2)?);
+            let (r, p50) = propagation(&dev, quick2)?;
+            rows.extend(r);
+            secured.1 = Some(p50);
+        }
+        drop(dev);
+        if secured.0.is_some() || secured.1.is_some() {
+            // What security costs: the same figures on an insecure cluster, right after.
+            eprintln!("bench: shoal dev up --nodes 3 --insecure (the cost-of-security baseline)");
+            let (dev, probe_ns) = cluster_with_probe(&bin, Security::Insecure)?;
+            if let Some(s) = secured.0 {
+                let (_, i) = convergence(&dev, quick2, &probe_ns)?;
+                rows.push(crate::control::security_cost(
+                    "1 security cost: convergence p50, secured vs insecure local cluster",
+                    s,
+                    i,
+                    "ms",
+                    false,
+                    "the same runs on `shoal dev up` (etcd TLS + client certificates + users, HTTPS API with a token, mutual TLS to agents) and on `shoal dev up --insecure`, one after the other",
+                ));
+            }
+            if let Some(s) = secured.1 {
+                let (_, i) = propagation(&dev, quick2)?;
+                rows.push(crate::control::security_cost(
+                    "7 security cost: task running → DNS and VIP on all nodes, p50, secured vs insecure",
+                    s,
+                    i,
+                    "ms",
+                    false,
+                    "the same trials on a secured and an insecure local cluster, one after the other",
+                ));
+            }
         }
         Ok(rows)
     })
@@ -258,7 +322,7 @@ impl Drop for CtrNs {
     }
 }
 
-fn convergence(dev: &Dev, quick: bool, probe_ns: &str) -> Result<Vec<Row>> {
+fn convergence(dev: &Dev, quick: bool, probe_ns: &str) -> Result<(Vec<Row>, f64)> {
     let runs = if quick { 3 } else { 20 };
     let exe = std::env::current_exe()?;
     let exe = exe.to_str().unwrap_or_default().to_string();
@@ -342,15 +406,15 @@ fn convergence(dev: &Dev, quick: bool, probe_ns: &str) -> Result<Vec<Row>> {
         .iter()
         .cloned()
         .fold((0.0f64, 0.0f64), |a, b| if b.0 > a.0 { b } else { a });
-    Ok(vec![Row {
-        figure: format!("1 convergence: apply 3 replicas → running and answering via VIP ({runs} runs)"),
+    Ok((vec![Row {
+        figure: format!("1 convergence: apply 3 replicas → running and answering via VIP ({runs} runs, {})", dev.security.word()),
         shoal: format!("p50 {p50:.0} ms, p99 {p99:.0} ms"),
         baseline: format!("ctr run --rm: p50 {b50:.0} ms, p99 {b99:.0} ms"),
         ratio: format!("p99 − raw p99 = {:.0} ms", p99 - b99),
         target: "p99 ≤ raw p99 + 250 ms".into(),
         met: met(p99 <= b99 + 250.0),
         note: format!("timed from `shoal apply --detach` to 3 tasks running (polled via the CLI/API every 50 ms) and an HTTP 200 through the VIP from a task on node 1; breakdown (p50): {r50:.0} ms until the API shows 3 running, {:.0} ms more until the VIP answers (endpoints → agents' nft/DNS, httpd listening; each probe is a process start in the namespace); slowest run {:.0} ms, of it {:.0} ms until 3 running; the baseline starts one container (`true`) on node 1's containerd", p50 - r50, worst.0, worst.1),
-    }])
+    }], p50))
 }
 
 /// wrk's socket errors and non-2xx responses, per URL.
@@ -515,7 +579,7 @@ fn unix_ms(ts: &str) -> Option<f64> {
         .map(|t| t.timestamp_micros() as f64 / 1000.0)
 }
 
-fn propagation(dev: &Dev, quick: bool) -> Result<Vec<Row>> {
+fn propagation(dev: &Dev, quick: bool) -> Result<(Vec<Row>, f64)> {
     let trials = if quick { 3 } else { 10 };
     let exe = std::env::current_exe()?;
     let exe = exe.to_str().unwrap_or_default().to_string();
@@ -617,13 +681,13 @@ fn propagation(dev: &Dev, quick: bool) -> Result<Vec<Row>> {
     }
     let (p50, p99) = (pct(&mut worst, 50.0), pct(&mut worst, 99.0));
     let e99 = pct(&mut each, 99.0);
-    Ok(vec![Row {
-        figure: format!("7 propagation: task running → DNS and VIP rules on all 3 nodes ({trials} tasks)"),
+    Ok((vec![Row {
+        figure: format!("7 propagation: task running → DNS and VIP rules on all 3 nodes ({trials} tasks, {})", dev.security.word()),
         shoal: format!("last node p50 {p50:.0} ms, p99 {p99:.0} ms (per node p99 {e99:.0} ms)"),
         baseline: "Kubernetes 5k nodes ~5 s p50".into(),
         ratio: format!("{:.3}", p50 / 5000.0),
         target: "p99 < 200 ms local".into(),
         met: met(p99 < 200.0),
         note: "from the task's `running` status timestamp (agent clock) to its address answering `tasks.<svc>` at 127.0.0.11 and appearing in `nft list table ip shoal_lb`, polled every ~5-10 ms inside a watcher task's namespace on each node; path: agent status write → controller endpoints write → agents' endpoints watch → DNS table swap + nft transaction".into(),
-    }])
+    }], p50))
 }

@@ -289,12 +289,54 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Whether a benchmark's control plane runs with Shoal's security boundary (the default:
+/// etcd over TLS with client certificates and users, the API over HTTPS with tokens) or
+/// without it (the baseline that measures what security costs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// TLS, client certificates, etcd authentication.
+    Secured,
+    /// Plain text, no authentication (`--insecure`).
+    Insecure,
+}
+
+impl Security {
+    /// `secured` / `insecure`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Security::Secured => "secured",
+            Security::Insecure => "insecure",
+        }
+    }
+}
+
 /// An etcd server on tmpfs on free loopback ports, stopped and removed when dropped.
+/// Secured, it serves TLS only to certificates of a cluster CA made with
+/// `shoal-controller init` in [`Etcd::pki`] (the controller turns on authentication).
 pub struct Etcd {
     /// Its client URL.
     pub url: String,
+    /// A plain-HTTP URL serving `/metrics` (etcd's `--listen-metrics-urls`).
+    pub metrics_url: String,
+    /// The controllers' data dir (CA, controller certificate) when secured.
+    pub pki: Option<PathBuf>,
     _proc: Proc,
     _dir: TempDir,
+}
+
+fn run_bin(bin: &Path, program: &str, args: &[String]) -> Result<()> {
+    let out = Command::new(bin.join(program))
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 impl Etcd {
@@ -303,12 +345,30 @@ impl Etcd {
         self._proc.pid()
     }
 
-    /// Starts one and waits until it answers.
-    pub async fn start(name: &str) -> Result<Etcd> {
+    /// How a client reaches it: as the controller (`shoal-controller`, role root) when
+    /// secured.
+    pub fn connect(&self) -> shoal_store::Connect {
+        let mut c = shoal_store::Connect::to([self.url.as_str()]);
+        if let Some(pki) = &self.pki {
+            let read = |f: &str| std::fs::read_to_string(pki.join(f)).unwrap_or_default();
+            c.ca_cert = Some(read("ca.crt"));
+            c.client_cert = Some((read("controller.crt"), read("controller.key")));
+        }
+        c
+    }
+
+    /// Starts one and waits until it answers. `bin` holds `shoal-controller` (for the
+    /// secured mode's certificates).
+    pub async fn start(name: &str, bin: &Path, security: Security) -> Result<Etcd> {
         let dir = TempDir::new(name)?;
-        let (cp, pp) = (free_port()?, free_port()?);
-        let url = format!("http://127.0.0.1:{cp}");
-        let peer = format!("http://127.0.0.1:{pp}");
+        let (cp, pp, mp) = (free_port()?, free_port()?, free_port()?);
+        let scheme = match security {
+            Security::Secured => "https",
+            Security::Insecure => "http",
+        };
+        let url = format!("{scheme}://127.0.0.1:{cp}");
+        let peer = format!("{scheme}://127.0.0.1:{pp}");
+        let metrics_url = format!("http://127.0.0.1:{mp}");
         let mut cmd = Command::new("etcd");
         cmd.args(["--name", name, "--data-dir"])
             .arg(dir.0.join("data"))
@@ -324,6 +384,7 @@ impl Etcd {
                 "--initial-advertise-peer-urls",
                 &peer,
             ])
+            .args(["--listen-metrics-urls", &metrics_url])
             .args(["--initial-cluster", &format!("{name}={peer}")])
             .args([
                 "--log-level",
@@ -331,18 +392,45 @@ impl Etcd {
                 "--quota-backend-bytes",
                 "8589934592",
             ]);
+        let mut pki = None;
+        if security == Security::Secured {
+            let d = dir.0.join("pki");
+            let data_dir = format!("--data-dir={}", d.display());
+            run_bin(bin, "shoal-controller", &["init".into(), data_dir.clone()])?;
+            run_bin(
+                bin,
+                "shoal-controller",
+                &[
+                    "cert".into(),
+                    "etcd".into(),
+                    data_dir,
+                    "--name=etcd".into(),
+                    "--san=127.0.0.1".into(),
+                ],
+            )?;
+            let f = |p: &str| d.join(p).display().to_string();
+            cmd.arg(format!("--cert-file={}", f("etcd/etcd.crt")))
+                .arg(format!("--key-file={}", f("etcd/etcd.key")))
+                .arg(format!("--trusted-ca-file={}", f("ca.crt")))
+                .arg("--client-cert-auth")
+                .arg(format!("--peer-cert-file={}", f("etcd/etcd.crt")))
+                .arg(format!("--peer-key-file={}", f("etcd/etcd.key")))
+                .arg(format!("--peer-trusted-ca-file={}", f("ca.crt")));
+            pki = Some(d);
+        }
         let proc = Proc::spawn("etcd", &mut cmd, &dir.0.join("etcd.log"))?;
         let etcd = Etcd {
             url,
+            metrics_url,
+            pki,
             _proc: proc,
             _dir: dir,
         };
         for _ in 0..100 {
-            if shoal_store::Store::connect(&shoal_store::Connect::to([etcd.url.as_str()]))
-                .await
-                .is_ok()
-            {
-                return Ok(etcd);
+            if let Ok(store) = shoal_store::Store::connect(&etcd.connect()).await {
+                if store.revision().await.is_ok() {
+                    return Ok(etcd);
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use shoal_api_types::{
     EndpointTask, EndpointsSpec, NetworkSpec, Object, Service, ServiceSpec, TaskSpec, TaskState,
 };
-use shoal_store::{Connect, Event, Store};
+use shoal_store::{Event, Store};
 
 use crate::common::*;
 
@@ -25,13 +25,22 @@ pub struct ControlPlane {
     pub store: Store,
     /// etcd (dropped last).
     pub etcd: Etcd,
+    /// The API's `host:port`.
+    pub api: String,
 }
 
 impl ControlPlane {
-    /// Starts etcd and the controller and waits until the controller leads (ingress exists).
-    pub async fn start(bin: &Path, name: &str, log_dir: &Path) -> Result<ControlPlane> {
-        let etcd = Etcd::start(name).await?;
-        let store = connect(&etcd.url).await?;
+    /// Starts etcd and the controller and waits until the controller leads (ingress
+    /// exists). Secured: etcd over TLS with client certificates, the controller with a data
+    /// dir from `shoal-controller init` (it turns etcd's authentication on).
+    pub async fn start(
+        bin: &Path,
+        name: &str,
+        log_dir: &Path,
+        security: Security,
+    ) -> Result<ControlPlane> {
+        let etcd = Etcd::start(name, bin, security).await?;
+        let store = Store::connect(&etcd.connect()).await?;
         let port = free_port()?;
         let mut cmd = Command::new(bin.join("shoal-controller"));
         cmd.args([
@@ -41,6 +50,10 @@ impl ControlPlane {
             &format!("127.0.0.1:{port}"),
         ])
         .env("RUST_LOG", "warn");
+        match &etcd.pki {
+            Some(pki) => cmd.arg(format!("--data-dir={}", pki.display())),
+            None => cmd.arg("--insecure"),
+        };
         let controller = Proc::spawn(
             "shoal-controller",
             &mut cmd,
@@ -50,6 +63,7 @@ impl ControlPlane {
             controller,
             store,
             etcd,
+            api: format!("127.0.0.1:{port}"),
         };
         wait(
             Duration::from_secs(60),
@@ -67,8 +81,9 @@ impl ControlPlane {
         Ok(cp)
     }
 
-    /// Starts `shoal-agent hollow-fleet`.
-    pub fn fleet(&self, bin: &Path, prefix: &str, count: usize, log: &Path) -> Result<Proc> {
+    /// Starts `shoal-agent hollow-fleet`; secured, with a `shoal-hollow-fleet` certificate
+    /// and etcd user (the fleet's testing-mode identity).
+    pub async fn fleet(&self, bin: &Path, prefix: &str, count: usize, log: &Path) -> Result<Proc> {
         let mut cmd = Command::new(bin.join("shoal-agent"));
         cmd.args([
             "hollow-fleet",
@@ -79,16 +94,90 @@ impl ControlPlane {
         ])
         .args(["--etcd", &self.etcd.url])
         .env("RUST_LOG", "warn");
+        match &self.etcd.pki {
+            Some(pki) => {
+                let dir = pki.join("fleet");
+                std::fs::create_dir_all(&dir)?;
+                let ca = shoal_pki::Ca::load(
+                    &std::fs::read_to_string(pki.join("ca.crt"))?,
+                    &std::fs::read_to_string(pki.join("ca.key"))?,
+                )?;
+                let issued = ca.issue(&shoal_pki::Profile {
+                    common_name: shoal_api_types::keys::FLEET_USER.into(),
+                    dns_names: vec![],
+                    ips: vec![],
+                    usage: shoal_pki::Usage::Client,
+                    lifetime: Duration::from_secs(86_400),
+                })?;
+                std::fs::write(dir.join("ca.crt"), ca.cert_pem())?;
+                std::fs::write(dir.join("fleet.crt"), &issued.cert_pem)?;
+                std::fs::write(dir.join("fleet.key"), &issued.key_pem)?;
+                shoal_store::auth::ensure_fleet_user(&self.store).await?;
+                cmd.arg(format!("--pki-dir={}", dir.display()));
+            }
+            None => {
+                cmd.arg("--insecure");
+            }
+        }
         Proc::spawn("hollow fleet", &mut cmd, log)
     }
 
-    /// Starts one `shoal-agent --runtime hollow`.
+    /// Starts one `shoal-agent --runtime hollow`; secured, it joins first with a join token
+    /// from the API (as the admin), as a real node does.
     pub fn agent(&self, bin: &Path, name: &str, address: &str, log: &Path) -> Result<Proc> {
         let mut cmd = Command::new(bin.join("shoal-agent"));
         cmd.args(["--runtime", "hollow", "--name", name, "--address", address])
             .args(["--etcd", &self.etcd.url])
             .env("RUST_LOG", "warn");
+        match &self.etcd.pki {
+            Some(pki) => {
+                let dir = pki.join(format!("agent-{name}"));
+                if !dir.join("node.crt").exists() {
+                    let token = self.join_token(pki)?;
+                    let out = Command::new(bin.join("shoal-agent"))
+                        .args([
+                            "join",
+                            "--token",
+                            &token,
+                            "--name",
+                            name,
+                            "--address",
+                            address,
+                        ])
+                        .arg(format!("--controller=https://{}", self.api))
+                        .arg(format!("--pki-dir={}", dir.display()))
+                        .output()?;
+                    if !out.status.success() {
+                        bail!(
+                            "shoal-agent join {name}: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
+                    }
+                }
+                cmd.arg(format!("--pki-dir={}", dir.display()));
+            }
+            None => {
+                cmd.arg("--insecure");
+            }
+        }
         Proc::spawn("hollow agent", &mut cmd, log)
+    }
+
+    fn join_token(&self, pki: &Path) -> Result<String> {
+        let admin = std::fs::read_to_string(pki.join("admin.token"))?;
+        let out = sh(
+            "curl",
+            &[
+                "-sf",
+                "--cacert",
+                &pki.join("ca.crt").display().to_string(),
+                "-H",
+                &format!("Authorization: Bearer {}", admin.trim()),
+                &format!("https://{}/v1/join-token", self.api),
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v["token"].as_str().context("no join token")?.to_string())
     }
 
     /// Live node leases.
@@ -125,14 +214,6 @@ impl ControlPlane {
     pub async fn revision(&self) -> Result<i64> {
         Ok(self.store.revision().await?)
     }
-}
-
-async fn connect(url: &str) -> Result<Store> {
-    Ok(Store::connect(&Connect {
-        endpoints: vec![url.to_string()],
-        ..Default::default()
-    })
-    .await?)
 }
 
 /// Number of keys under a prefix.
@@ -220,6 +301,85 @@ async fn raw_puts(store: &Store, n: usize, size: usize, conc: usize) -> Result<f
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Figure 2's cost of security: the same scheduling run (100 hollow nodes) secured and
+/// insecure, alternating, best of `rounds` each.
+pub async fn scheduling_security_cost(
+    bin: &Path,
+    quick: bool,
+    dir: &Path,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let (nodes, tasks, rounds) = if quick {
+        (100, 2000, 1)
+    } else {
+        (100, 10_000, 2)
+    };
+    let (mut secured, mut insecure) = (0f64, 0f64);
+    for round in 0..rounds {
+        for security in [Security::Insecure, Security::Secured] {
+            let rate = converge_rate(bin, dir, nodes, tasks, security, round).await?;
+            eprintln!("bench:   {} {rate:.0} tasks/s", security.word());
+            match security {
+                Security::Secured => secured = secured.max(rate),
+                Security::Insecure => insecure = insecure.max(rate),
+            }
+        }
+    }
+    rows.push(security_cost(
+        &format!("2 security cost: scheduling {nodes} hollow nodes, {} tasks (best of {rounds})", thousands(tasks as f64)),
+        secured,
+        insecure,
+        "tasks/s",
+        true,
+        "secured: etcd over TLS with client certificates and authentication (the controller as shoal-controller, the fleet as shoal-hollow-fleet); insecure: the same in plain text without authentication",
+    ));
+    Ok(())
+}
+
+/// One scheduling run: creates a service of `tasks` replicas on `nodes` hollow nodes and
+/// returns tasks per second until all report running.
+async fn converge_rate(
+    bin: &Path,
+    dir: &Path,
+    nodes: usize,
+    tasks: usize,
+    security: Security,
+    round: usize,
+) -> Result<f64> {
+    let name = format!("{}-cost-{}-{round}", run_id(), security.word());
+    let cp = ControlPlane::start(bin, &name, dir, security).await?;
+    let mut fleet = cp
+        .fleet(
+            bin,
+            "hollow-",
+            nodes,
+            &dir.join(format!("{name}-fleet.log")),
+        )
+        .await?;
+    let registering = Instant::now();
+    while cp.live_nodes().await? < nodes {
+        fleet.check_alive()?;
+        if registering.elapsed() > Duration::from_secs(120) {
+            bail!(
+                "only {} of {nodes} hollow nodes registered",
+                cp.live_nodes().await?
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = Instant::now();
+    cp.service("bench", tasks as i64).await?;
+    let limit = Duration::from_secs(300);
+    wait(limit, "every task running", || async {
+        Ok(cp.running("bench").await? as usize >= tasks)
+    })
+    .await?;
+    let rate = tasks as f64 / start.elapsed().as_secs_f64();
+    fleet.stop();
+    Ok(rate)
+}
+
 /// Figure 2 (and the controller half of figure 8).
 pub async fn scheduling(bin: &Path, quick: bool, dir: &Path, rows: &mut Vec<Row>) -> Result<()> {
     let configs: &[(usize, usize)] = if quick {
@@ -240,13 +400,15 @@ pub async fn scheduling(bin: &Path, quick: bool, dir: &Path, rows: &mut Vec<Row>
         );
         eprintln!("bench: {label}");
         let name = format!("{}-sched-{nodes}-{tasks}", run_id());
-        let cp = ControlPlane::start(bin, &name, dir).await?;
-        let mut fleet = cp.fleet(
-            bin,
-            "hollow-",
-            nodes,
-            &dir.join(format!("{name}-fleet.log")),
-        )?;
+        let cp = ControlPlane::start(bin, &name, dir, Security::Secured).await?;
+        let mut fleet = cp
+            .fleet(
+                bin,
+                "hollow-",
+                nodes,
+                &dir.join(format!("{name}-fleet.log")),
+            )
+            .await?;
         let reg = Instant::now();
         while cp.live_nodes().await? < nodes {
             fleet.check_alive()?;
@@ -268,7 +430,7 @@ pub async fn scheduling(bin: &Path, quick: bool, dir: &Path, rows: &mut Vec<Row>
             std::process::id(),
         ];
         let cpu0: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
-        let req0 = etcd_requests(&cp.etcd.url);
+        let req0 = etcd_requests(&cp.etcd.metrics_url);
         let start = Instant::now();
         cp.service("bench", tasks as i64).await?;
         let limit = Duration::from_secs((tasks as u64 / 500).max(120));
@@ -320,7 +482,7 @@ pub async fn scheduling(bin: &Path, quick: bool, dir: &Path, rows: &mut Vec<Row>
             .zip(&cpu0)
             .map(|(p, c0)| cpu_secs(*p) - c0)
             .collect();
-        let req1 = etcd_requests(&cp.etcd.url);
+        let req1 = etcd_requests(&cp.etcd.metrics_url);
         let mut reqs: Vec<(String, f64)> = req1
             .iter()
             .map(|(k, v)| (k.clone(), v - req0.get(k).copied().unwrap_or(0.0)))
@@ -456,7 +618,7 @@ pub async fn failover_and_agent(
     do_footprint: bool,
 ) -> Result<()> {
     let name = format!("{}-failover", run_id());
-    let cp = ControlPlane::start(bin, &name, dir).await?;
+    let cp = ControlPlane::start(bin, &name, dir, Security::Secured).await?;
     let tasks = 100usize;
     let mut holder_name = format!("{}-n0", run_id());
     let mut holder = cp.agent(
@@ -555,17 +717,81 @@ pub async fn failover_and_agent(
 
 /// Figure 7 at scale: `watchers` store watches on the endpoints prefix; time from one
 /// Endpoints write to every watcher having seen it.
-pub async fn propagation_watchers(quick: bool, rows: &mut Vec<Row>) -> Result<()> {
+pub async fn propagation_watchers(bin: &Path, quick: bool, rows: &mut Vec<Row>) -> Result<()> {
+    let secured = propagation_watchers_once(bin, quick, Security::Secured, rows).await?;
+    let insecure = propagation_watchers_once(bin, quick, Security::Insecure, &mut vec![]).await?;
+    rows.push(security_cost(
+        "7 security cost: endpoint propagation p50 to 1,000 watchers",
+        secured,
+        insecure,
+        "ms",
+        false,
+        "watchers authenticate as a node (TLS client certificate, etcd role checks) against the same watches in plain text without authentication",
+    ));
+    Ok(())
+}
+
+/// A cost row: `secured` against `insecure` (both measured in this run); `higher_is_better`
+/// for rates. Target: at most 10 % slower.
+pub fn security_cost(
+    figure: &str,
+    secured: f64,
+    insecure: f64,
+    unit: &str,
+    higher_is_better: bool,
+    how: &str,
+) -> Row {
+    let slowdown = if higher_is_better {
+        insecure / secured.max(f64::MIN_POSITIVE)
+    } else {
+        secured / insecure.max(f64::MIN_POSITIVE)
+    };
+    Row {
+        figure: figure.into(),
+        shoal: format!("{secured:.1} {unit} secured"),
+        baseline: format!("{insecure:.1} {unit} insecure"),
+        ratio: format!("{slowdown:.2}× the time"),
+        target: "≤ 1.10× (at most 10 % slower)".into(),
+        met: met(slowdown <= 1.10),
+        note: how.into(),
+    }
+}
+
+/// One run of figure 7's watcher propagation; returns the p50 in ms.
+async fn propagation_watchers_once(
+    bin: &Path,
+    quick: bool,
+    security: Security,
+    rows: &mut Vec<Row>,
+) -> Result<f64> {
     let watchers = 1000usize;
     let writes = if quick { 5 } else { 20 };
-    let name = format!("{}-watch", run_id());
-    let etcd = Etcd::start(&name).await?;
+    let name = format!("{}-watch-{}", run_id(), security.word());
+    let etcd = Etcd::start(&name, bin, security).await?;
+    let writer = Store::connect(&etcd.connect()).await?;
+    // Watchers read as a node does: secured, with a node's certificate and role.
+    let mut watch_connect = etcd.connect();
+    if let Some(pki) = &etcd.pki {
+        shoal_store::auth::bootstrap(&writer).await?;
+        shoal_store::auth::ensure_node_user(&writer, "hollow-1").await?;
+        let ca = shoal_pki::Ca::load(
+            &std::fs::read_to_string(pki.join("ca.crt"))?,
+            &std::fs::read_to_string(pki.join("ca.key"))?,
+        )?;
+        let issued = ca.issue(&shoal_pki::Profile {
+            common_name: "hollow-1".into(),
+            dns_names: vec!["hollow-1".into()],
+            ips: vec![],
+            usage: shoal_pki::Usage::Client,
+            lifetime: Duration::from_secs(86_400),
+        })?;
+        watch_connect.client_cert = Some((issued.cert_pem, issued.key_pem));
+    }
     // As many connections as a hollow fleet process would use per 250 nodes.
     let mut stores = vec![];
     for _ in 0..4 {
-        stores.push(connect(&etcd.url).await?);
+        stores.push(Store::connect(&watch_connect).await?);
     }
-    let writer = connect(&etcd.url).await?;
     let prefix = writer.keys().network_endpoints("benchnet");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, i64, Instant)>();
     let mut handles = vec![];
@@ -644,7 +870,7 @@ pub async fn propagation_watchers(quick: bool, rows: &mut Vec<Row>) -> Result<()
     let p99_all = pct(&mut all_seen, 99.0);
     let p99_each = pct(&mut each, 99.0);
     rows.push(Row {
-        figure: format!("7 propagation: Endpoints write → {watchers} watchers ({writes} writes)"),
+        figure: format!("7 propagation: Endpoints write → {watchers} watchers ({writes} writes, {})", security.word()),
         shoal: format!("all seen p50 {p50_all:.1} ms, p99 {p99_all:.1} ms (per watcher p99 {p99_each:.1} ms)"),
         baseline: "Kubernetes 5k nodes ~5 s p50".into(),
         ratio: format!("{:.3}", p50_all / 5000.0),
@@ -652,5 +878,5 @@ pub async fn propagation_watchers(quick: bool, rows: &mut Vec<Row>) -> Result<()
         met: met(p99_all < 1000.0),
         note: "store watches (shoal-store Watch) over 4 etcd connections on one etcd; what a node needs after the write is one watch event, O(1) writes per change".into(),
     });
-    Ok(())
+    Ok(p50_all)
 }

@@ -111,6 +111,12 @@ async fn run(args: &Args) -> Result<()> {
         "≥ 5,000 tasks/s",
         control::scheduling(&bin, args.quick, &dir.0, &mut rows)
     );
+    figure!(
+        2,
+        "scheduling: what security costs",
+        "≤ 1.10×",
+        control::scheduling_security_cost(&bin, args.quick, &dir.0, &mut rows)
+    );
     if want(3) || want(8) {
         let (f3, f8) = (want(3), want(8));
         figure!(
@@ -136,7 +142,7 @@ async fn run(args: &Args) -> Result<()> {
         7,
         "endpoint propagation to 1,000 watchers",
         "p99 < 1 s",
-        control::propagation_watchers(args.quick, &mut rows)
+        control::propagation_watchers(&bin, args.quick, &mut rows)
     );
     let cluster_figs: Vec<u32> = [1, 4, 7].into_iter().filter(|f| want(*f)).collect();
     if !cluster_figs.is_empty() && root.is_none() {

@@ -1,0 +1,123 @@
+//! The local cluster's etcd: one member on loopback, or three members each in a network
+//! namespace of its own on the underlay (`shoal-etcd-i`, 198.18.0.(240+i)), so stopping one
+//! is a member dying, not a port closing. Secured clusters serve clients and peers over TLS
+//! and accept only certificates of the cluster CA (`--client-cert-auth`); the controllers
+//! then turn on etcd's authentication with users named by certificate CNs.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::cluster::Layout;
+use super::host;
+use super::process::{run, run_quiet};
+
+/// etcd's flags for member i.
+pub fn member_args(layout: &Layout, i: u32) -> Vec<String> {
+    let cluster: Vec<String> = (1..=layout.etcd_members)
+        .map(|m| format!("{}={}", layout.etcd_name(m), layout.etcd_peer_url(m)))
+        .collect();
+    let mut args = vec![
+        format!("--name={}", layout.etcd_name(i)),
+        format!("--data-dir={}", layout.etcd_dir(i).display()),
+        format!("--listen-client-urls={}", layout.etcd_client_url(i)),
+        format!("--advertise-client-urls={}", layout.etcd_client_url(i)),
+        format!("--listen-peer-urls={}", layout.etcd_peer_url(i)),
+        format!("--initial-advertise-peer-urls={}", layout.etcd_peer_url(i)),
+        format!("--initial-cluster={}", cluster.join(",")),
+        "--initial-cluster-state=new".into(),
+        "--initial-cluster-token=shoal-dev".into(),
+        "--log-level=warn".into(),
+    ];
+    if layout.secure {
+        let pki = layout.pki_dir();
+        let ca = pki.join("ca.crt").display().to_string();
+        let cert = pki
+            .join("etcd")
+            .join(format!("{}.crt", layout.etcd_name(i)))
+            .display()
+            .to_string();
+        let key = pki
+            .join("etcd")
+            .join(format!("{}.key", layout.etcd_name(i)))
+            .display()
+            .to_string();
+        args.extend([
+            format!("--cert-file={cert}"),
+            format!("--key-file={key}"),
+            format!("--trusted-ca-file={ca}"),
+            "--client-cert-auth".into(),
+            format!("--peer-cert-file={cert}"),
+            format!("--peer-key-file={key}"),
+            format!("--peer-trusted-ca-file={ca}"),
+            "--peer-client-cert-auth".into(),
+        ]);
+    }
+    args
+}
+
+/// Starts member i (and its namespace when it has one) unless it runs.
+pub fn start_member(layout: &Layout, i: u32) -> anyhow::Result<()> {
+    let etcd = host::which("etcd").context("etcd")?;
+    let daemon = layout.daemon(&layout.etcd_name(i));
+    match layout.etcd_netns(i) {
+        None => {
+            daemon.start(&etcd, &member_args(layout, i), &[])?;
+        }
+        Some(ns) => {
+            ensure_member_netns(layout, i, &ns)?;
+            // `ip netns exec` execs etcd: the recorded pid is etcd's.
+            let mut args = vec![
+                "netns".to_string(),
+                "exec".into(),
+                ns,
+                etcd.display().to_string(),
+            ];
+            args.extend(member_args(layout, i));
+            let ip = host::which("ip").context("ip")?;
+            daemon.start(&ip, &args, &[])?;
+        }
+    }
+    Ok(())
+}
+
+/// Stops member i (SIGTERM, then SIGKILL).
+pub async fn stop_member(layout: &Layout, i: u32) -> anyhow::Result<()> {
+    layout
+        .daemon(&layout.etcd_name(i))
+        .stop(Duration::from_secs(5))
+        .await
+}
+
+fn ensure_member_netns(layout: &Layout, i: u32, ns: &str) -> anyhow::Result<()> {
+    let exists = run("ip", &["netns", "list"])?
+        .split_whitespace()
+        .any(|n| n == ns);
+    if !exists {
+        run("ip", &["netns", "add", ns])?;
+    }
+    let host_if = layout.etcd_veth(i);
+    if run("ip", &["link", "show", &host_if]).is_err() {
+        run(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
+        )?;
+        run(
+            "ip",
+            &["link", "set", &host_if, "master", &layout.bridge, "up"],
+        )?;
+        let addr = format!("{}/24", layout.etcd_address(i));
+        run("ip", &["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
+        run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+    }
+    Ok(())
+}
+
+/// Removes member i's namespace and veth, if any.
+pub fn remove_member_netns(layout: &Layout, i: u32) {
+    run_quiet("ip", &["link", "del", &layout.etcd_veth(i)]);
+    run_quiet("ip", &["netns", "delete", &format!("shoal-etcd-{i}")]);
+}

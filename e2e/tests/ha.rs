@@ -1,0 +1,125 @@
+//! A highly available control plane on the secured local cluster: three etcd members (each
+//! in a namespace of its own) and two controllers. Killing the leading controller hands
+//! the lead to the other, which keeps converging; stopping one etcd member leaves a quorum
+//! that still serves. Needs root and the tools `.ci/run` installs.
+
+use std::time::Duration;
+
+use shoal_e2e::Cluster;
+use shoal_testkit::require;
+
+fn step(name: &str) {
+    eprintln!("=== {name}");
+}
+
+fn service(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: shoal/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  image: localhost:5000/busybox:latest\n  \
+         command: [sleep, \"100000\"]\n  replicas: {replicas}\n"
+    )
+}
+
+/// Which running controller (1 or 2) leads: it logged "became leader" more often than
+/// "lost the leader lease" (the log files `dev up` keeps; a stopped one has no pid file).
+fn leader(c: &Cluster) -> Option<u32> {
+    let mut best: Option<(usize, u32)> = None;
+    for k in [1, 2] {
+        let pid = c
+            .state_dir()
+            .join("run")
+            .join(format!("controller-{k}.pid"));
+        if !pid.exists() {
+            continue;
+        }
+        let log = c
+            .state_dir()
+            .join("logs")
+            .join(format!("controller-{k}.log"));
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let became = text.matches("became leader").count();
+        let lost = text.matches("lost the leader lease").count();
+        if became > lost {
+            best = match best {
+                None => Some((became, k)),
+                b => b,
+            };
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
+#[test]
+fn ha_control_plane_end_to_end() {
+    require!(
+        root,
+        tools = ["containerd", "runc", "etcd", "etcdctl", "curl"]
+    );
+    let c = Cluster::up_with(3, &["--etcd-members", "3", "--controllers", "2"]);
+
+    step("three etcd members serve over TLS");
+    let crt = c.pki_dir().join("controller.crt");
+    let key = c.pki_dir().join("controller.key");
+    let members = c.etcdctl(Some((&crt, &key)), &["member", "list"]).ok();
+    assert_eq!(members.lines().count(), 3, "{members}");
+    let status = c
+        .etcdctl(Some((&crt, &key)), &["endpoint", "health", "--cluster"])
+        .ok();
+    assert_eq!(status.matches("is healthy").count(), 3, "{status}");
+
+    step("a service of 2 converges; one controller leads");
+    c.apply(&service("ha-web", 2));
+    let first = c.eventually("a leader", Duration::from_secs(30), || leader(&c));
+    let other = 3 - first;
+    eprintln!("controller-{first} leads");
+
+    step("kill the leading controller: the other leads and a scale 2 → 6 converges");
+    c.shoal(&["dev", "controller", "stop", &first.to_string()])
+        .ok();
+    let server = format!("--server=https://127.0.0.1:{}", 7776 + other);
+    let out = c
+        .shoal(&[&server, "service", "scale", "ha-web=6", "--timeout", "120s"])
+        .ok();
+    eprintln!("{out}");
+    let running = c.eventually("6 running", Duration::from_secs(60), || {
+        let v = c.json(&[&server, "service", "ps", "ha-web", "-o", "json"]);
+        let items = v
+            .as_array()
+            .cloned()
+            .or_else(|| v["items"].as_array().cloned())?;
+        let n = items
+            .iter()
+            .filter(|t| t["status"]["state"] == "running" && t["spec"]["desiredState"] == "running")
+            .count();
+        (n == 6).then_some(n)
+    });
+    assert_eq!(running, 6);
+    assert_eq!(leader(&c), Some(other), "controller-{other} leads now");
+    c.shoal(&["dev", "controller", "start", &first.to_string()])
+        .ok();
+
+    step("stop one etcd member: a new service still converges");
+    c.shoal(&["dev", "etcd", "stop", "3"]).ok();
+    let path = c.state_dir().join("ha-after-etcd.yaml");
+    std::fs::write(&path, service("ha-after", 3)).unwrap();
+    c.shoal(&[
+        &server,
+        "apply",
+        "-f",
+        path.to_str().unwrap(),
+        "--timeout",
+        "120s",
+    ])
+    .ok();
+    let v = c.json(&[&server, "service", "ps", "ha-after", "-o", "json"]);
+    let items = v
+        .as_array()
+        .cloned()
+        .or_else(|| v["items"].as_array().cloned())
+        .unwrap();
+    let n = items
+        .iter()
+        .filter(|t| t["status"]["state"] == "running")
+        .count();
+    assert_eq!(n, 3, "{v}");
+    c.shoal(&["dev", "etcd", "start", "3"]).ok();
+}
