@@ -446,6 +446,19 @@ mod tests {
     }
 
     #[test]
+    fn private_keys_sit_below_one_prefix() {
+        let k = Keys::default();
+        assert_eq!(k.private(), "/shoal/v1/private/");
+        assert_eq!(k.api_tokens(), "/shoal/v1/private/tokens/");
+        assert_eq!(k.api_token("ci"), "/shoal/v1/private/tokens/ci");
+        assert_eq!(k.join_token(), "/shoal/v1/private/join-token");
+        assert_eq!(k.revoked("node-2"), "/shoal/v1/private/revoked/node-2");
+        for key in [k.api_token("ci"), k.join_token(), k.revoked("n")] {
+            assert!(key.starts_with(&k.private()), "{key}");
+        }
+    }
+
+    #[test]
     fn prefix_range_end_increments_last_byte() {
         assert_eq!(prefix_range_end("/a/"), b"/a0".to_vec());
     }

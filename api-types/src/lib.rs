@@ -20,6 +20,7 @@ pub mod node;
 pub mod object;
 pub mod service;
 pub mod task;
+pub mod token;
 pub mod validation;
 
 pub use constraint::Constraint;
@@ -38,4 +39,5 @@ pub use service::{
     VirtualIp,
 };
 pub use task::{Task, TaskAttachment, TaskSpec, TaskState, TaskStatus};
+pub use token::{CreatedToken, Role, StoredToken, TokenInfo, TokenList, TokenRequest};
 pub use validation::{FieldError, Validate};

@@ -21,6 +21,16 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "URL")]
     pub server: Option<String>,
 
+    /// The API token (sent as Authorization: Bearer). Default: $SHOAL_TOKEN, then the
+    /// context file's "token". Prefer the variable: arguments show in `ps`.
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+
+    /// The cluster CA certificate (PEM) that an https:// server must chain to. Default:
+    /// $SHOAL_CA, then the context file's "certificateAuthority".
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ca: Option<std::path::PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -50,6 +60,11 @@ pub enum Command {
     Exec(ExecArgs),
     /// Fetch a task's logs.
     Logs(TaskLogsArgs),
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print the token nodes join with, and the command to run on a new node (admin).
+    JoinToken(JoinTokenArgs),
     /// Run a whole cluster on this machine (local development and tests).
     Dev(crate::dev::DevArgs),
 }
@@ -440,6 +455,76 @@ pub enum NodeCommand {
     Inspect(InspectArgs),
     /// Change a node's labels or availability.
     Update(NodeUpdateArgs),
+    /// Remove nodes and revoke their certificates (stop the agent first, or --force).
+    #[command(visible_alias = "remove")]
+    Rm(NodeRmArgs),
+}
+
+/// `shoal node rm`.
+#[derive(Debug, Args)]
+pub struct NodeRmArgs {
+    /// Remove the node even if it is ready (its agent still runs).
+    #[arg(short, long)]
+    pub force: bool,
+    /// Names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// `shoal token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (it is shown only this once).
+    Create(TokenCreateArgs),
+    /// List tokens (never the tokens themselves).
+    #[command(visible_alias = "list")]
+    Ls(ListArgs),
+    /// Revoke tokens.
+    #[command(visible_alias = "remove")]
+    Rm(NamesArgs),
+}
+
+/// Roles as flags spell them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleFlag {
+    /// Everything.
+    Admin,
+    /// Read objects, lists and watches; no changes, exec or logs.
+    ReadOnly,
+}
+
+impl From<RoleFlag> for shoal_api_types::Role {
+    fn from(r: RoleFlag) -> Self {
+        match r {
+            RoleFlag::Admin => shoal_api_types::Role::Admin,
+            RoleFlag::ReadOnly => shoal_api_types::Role::ReadOnly,
+        }
+    }
+}
+
+/// `shoal token create`.
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// admin or read-only.
+    #[arg(long, value_enum)]
+    pub role: RoleFlag,
+    /// Output format: the token alone (table), or the whole answer as JSON or YAML.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// The token's name (a DNS label).
+    pub name: String,
+}
+
+/// `shoal join-token`.
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    /// Make a new join secret first: the old token stops working for new nodes (joined
+    /// nodes are unaffected).
+    #[arg(long)]
+    pub rotate: bool,
+    /// Only print the token.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 /// Node availability as flags spell it.
@@ -553,6 +638,50 @@ mod tests {
         let cli =
             Cli::try_parse_from(["shoal", "network", "ls", "--server", "http://x:1"]).unwrap();
         assert_eq!(cli.server.as_deref(), Some("http://x:1"));
+    }
+
+    #[test]
+    fn token_commands_parse_roles_and_global_credentials() {
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "token",
+            "create",
+            "--role",
+            "read-only",
+            "ci",
+            "--token",
+            "shoal_x",
+            "--ca",
+            "/tmp/ca.crt",
+        ])
+        .unwrap();
+        assert_eq!(cli.token.as_deref(), Some("shoal_x"));
+        assert_eq!(cli.ca.as_deref(), Some(std::path::Path::new("/tmp/ca.crt")));
+        match cli.command {
+            Command::Token(TokenCommand::Create(a)) => {
+                assert_eq!(a.role, RoleFlag::ReadOnly);
+                assert_eq!(a.name, "ci");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["shoal", "token", "create", "ci"]).is_err(),
+            "--role is required"
+        );
+        assert!(Cli::try_parse_from(["shoal", "token", "create", "--role", "root", "ci"]).is_err());
+        let cli = Cli::try_parse_from(["shoal", "node", "rm", "--force", "n1", "n2"]).unwrap();
+        match cli.command {
+            Command::Node(NodeCommand::Rm(a)) => {
+                assert!(a.force);
+                assert_eq!(a.names, ["n1", "n2"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["shoal", "join-token", "--rotate", "-q"]).unwrap();
+        match cli.command {
+            Command::JoinToken(a) => assert!(a.rotate && a.quiet),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,6 +1,10 @@
-//! A small typed client for Shoal's HTTP API (`/apis/shoal/v1/...`). Every non-2xx answer
-//! becomes [`ClientError::Api`] carrying the server's [`Status`], so commands print the
-//! server's own message and field paths.
+//! A small typed client for Shoal's HTTP API (`/apis/shoal/v1/...`, `/v1/...`). Every
+//! non-2xx answer becomes [`ClientError::Api`] carrying the server's [`Status`] (or
+//! [`ClientError::Denied`] for 401 and 403, with a hint naming the token in use), so
+//! commands print the server's own message and field paths.
+//!
+//! HTTPS is verified against the cluster CA given in the [`Target`] and nothing else (no
+//! system roots); the token goes in `Authorization: Bearer`, marked sensitive.
 
 use std::time::Duration;
 
@@ -9,9 +13,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_api_types::{
-    ExecRequest, ExecResponse, LogOptions, Object, ObjectList, Resource, Status, WatchEvent,
+    CreatedToken, ExecRequest, ExecResponse, LogOptions, Object, ObjectList, Resource, Role,
+    Status, TokenInfo, TokenList, TokenRequest, WatchEvent,
 };
 
+use crate::context::{Target, TokenSource, CA_ENV, TOKEN_ENV};
 use crate::kinds::Kind;
 
 /// What went wrong talking to the API.
@@ -20,6 +26,22 @@ pub enum ClientError {
     /// The server answered with an error.
     #[error("{}", .0.describe())]
     Api(Status),
+    /// The server refused the credentials (401) or the role (403).
+    #[error("{}\n  hint: {hint}", .status.describe())]
+    Denied {
+        /// The server's answer.
+        status: Status,
+        /// What to do about it, naming the token in use.
+        hint: String,
+    },
+    /// The server's certificate is not trusted.
+    #[error("cannot verify the Shoal API at {server} ({cause}): pass the cluster CA with --ca, ${CA_ENV} or \"certificateAuthority\" in the context file (ca.crt in the controller's data dir)")]
+    Tls {
+        /// The base URL.
+        server: String,
+        /// The innermost cause.
+        cause: String,
+    },
     /// The server could not be reached.
     #[error("cannot reach the Shoal API at {server} ({cause}); is the controller running? (set --server or SHOAL_SERVER)")]
     Connect {
@@ -50,7 +72,7 @@ impl ClientError {
     /// The server's status, if the server answered.
     pub fn status(&self) -> Option<&Status> {
         match self {
-            ClientError::Api(s) => Some(s),
+            ClientError::Api(s) | ClientError::Denied { status: s, .. } => Some(s),
             _ => None,
         }
     }
@@ -101,22 +123,79 @@ pub struct ApplyResponse {
 pub struct Client {
     base: Url,
     http: reqwest::Client,
+    /// Where the token came from (`None`: no token is sent), for hints on 401 and 403.
+    token_source: Option<TokenSource>,
+    /// The context file consulted, for hints.
+    context_path: Option<std::path::PathBuf>,
 }
 
 const API_PREFIX: [&str; 3] = ["apis", "shoal", "v1"];
 
+/// The answer of `GET /v1/join-token` and `POST /v1/join-token/rotate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// `SWMTKN-1-<ca digest>-<secret>`.
+    pub token: String,
+}
+
 impl Client {
-    /// A client for the API at `server` (e.g. `http://127.0.0.1:7777`).
+    /// A client for the API at `server` (e.g. `http://127.0.0.1:7777`), with no token and
+    /// no CA.
     pub fn new(server: &str) -> anyhow::Result<Client> {
+        Client::for_target(&Target {
+            server: server.to_string(),
+            ca: None,
+            token: None,
+            token_source: None,
+            context_path: None,
+        })
+    }
+
+    /// A client for a resolved [`Target`]: its CA (read now) is the only one trusted for
+    /// `https://`, and its token goes with every request.
+    pub fn for_target(target: &Target) -> anyhow::Result<Client> {
+        let server = &target.server;
         let base = Url::parse(server)
             .map_err(|e| anyhow::anyhow!("server {server:?} is not a URL: {e}"))?;
         if base.cannot_be_a_base() {
             anyhow::bail!("server {server:?} is not an http:// URL");
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .build()?;
-        Ok(Client { base, http })
+            .tls_built_in_root_certs(false);
+        if let Some(path) = &target.ca {
+            let pem = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the CA certificate {}: {e}", path.display())
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{} holds no PEM certificate (give the cluster CA, ca.crt)",
+                        path.display()
+                    )
+                })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some(token) = &target.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    anyhow::anyhow!("the API token has characters a header cannot carry")
+                })?;
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        Ok(Client {
+            base,
+            http: builder.build()?,
+            token_source: target.token.as_ref().and(target.token_source.clone()),
+            context_path: target.context_path.clone(),
+        })
     }
 
     /// The base URL.
@@ -126,27 +205,65 @@ impl Client {
 
     /// `<base>/apis/shoal/v1/<segments...>`, each segment percent-encoded.
     pub fn url(&self, segments: &[&str]) -> Url {
+        self.url_below(&API_PREFIX, segments)
+    }
+
+    /// `<base>/<prefix...>/<segments...>`, each segment percent-encoded.
+    fn url_below(&self, prefix: &[&str], segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         {
             let mut path = url.path_segments_mut().expect("checked in new");
             path.pop_if_empty();
-            path.extend(API_PREFIX);
+            path.extend(prefix);
             path.extend(segments);
         }
         url
     }
 
+    /// `<base>/v1/<segments...>`: tokens and join tokens.
+    fn url_v1(&self, segments: &[&str]) -> Url {
+        self.url_below(&["v1"], segments)
+    }
+
+    /// What to tell the user when the server answers 401 or 403.
+    fn auth_hint(&self, code: u16) -> String {
+        let context = self
+            .context_path
+            .as_ref()
+            .map(|p| format!(", or \"token\" in the context file {}", p.display()))
+            .unwrap_or_default();
+        match (&self.token_source, code) {
+            (None, _) => format!(
+                "no token was sent: pass --token, set ${TOKEN_ENV}{context} \
+                 (an admin makes one with `shoal token create --role read-only NAME`)"
+            ),
+            (Some(src), 401) => format!(
+                "the token from {src} was refused: it is unknown or was revoked; \
+                 ask an admin for a new one (`shoal token create`)"
+            ),
+            (Some(src), _) => format!(
+                "the token from {src} may not do this: changes, exec and logs need an admin token"
+            ),
+        }
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder, url: &Url) -> Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| {
-            if e.is_connect() || e.is_timeout() {
+            let cause = root_cause(&e);
+            if e.is_connect() && is_tls_failure(&cause) {
+                ClientError::Tls {
+                    server: self.server().to_string(),
+                    cause,
+                }
+            } else if e.is_connect() || e.is_timeout() {
                 ClientError::Connect {
                     server: self.server().to_string(),
-                    cause: root_cause(&e),
+                    cause,
                 }
             } else {
                 ClientError::Http {
                     url: url.to_string(),
-                    cause: root_cause(&e),
+                    cause,
                 }
             }
         })?;
@@ -155,7 +272,12 @@ impl Client {
         }
         let code = resp.status();
         let body = resp.text().await.unwrap_or_default();
-        Err(ClientError::Api(status_from_body(code, &body)))
+        let status = status_from_body(code, &body);
+        if matches!(code.as_u16(), 401 | 403) {
+            let hint = self.auth_hint(code.as_u16());
+            return Err(ClientError::Denied { status, hint });
+        }
+        Err(ClientError::Api(status))
     }
 
     async fn call<T: DeserializeOwned>(
@@ -287,6 +409,60 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `POST /v1/tokens`: a new token (shown only in this answer).
+    pub async fn create_token(&self, name: &str, role: Role) -> Result<CreatedToken> {
+        let body = serde_json::to_string(&TokenRequest {
+            name: name.to_string(),
+            role: role.to_string(),
+        })
+        .expect("token requests serialise");
+        self.call(
+            Method::POST,
+            self.url_v1(&["tokens"]),
+            Some((body, "application/json")),
+        )
+        .await
+    }
+
+    /// `GET /v1/tokens`.
+    pub async fn list_tokens(&self) -> Result<TokenList> {
+        self.call(Method::GET, self.url_v1(&["tokens"]), None).await
+    }
+
+    /// `DELETE /v1/tokens/<name>`: revokes a token.
+    pub async fn delete_token(&self, name: &str) -> Result<TokenInfo> {
+        self.call(Method::DELETE, self.url_v1(&["tokens", name]), None)
+            .await
+    }
+
+    /// `GET /v1/join-token`, or `POST /v1/join-token/rotate` with `rotate`.
+    pub async fn join_token(&self, rotate: bool) -> Result<JoinToken> {
+        if rotate {
+            self.call(Method::POST, self.url_v1(&["join-token", "rotate"]), None)
+                .await
+        } else {
+            self.call(Method::GET, self.url_v1(&["join-token"]), None)
+                .await
+        }
+    }
+
+    /// `DELETE /apis/shoal/v1/nodes/<name>[?force=true]`: removes (and revokes) a node.
+    pub async fn delete_node(&self, name: &str, force: bool) -> Result<Value> {
+        let mut url = self.url(&["nodes", name]);
+        if force {
+            url.query_pairs_mut().append_pair("force", "true");
+        }
+        self.call(Method::DELETE, url, None).await
+    }
+}
+
+/// Whether a connection failed because the server's certificate was not trusted.
+fn is_tls_failure(cause: &str) -> bool {
+    let c = cause.to_ascii_lowercase();
+    c.contains("certificate") || c.contains("unknownissuer") || c.contains("tls")
+}
+
 /// A streamed text answer (logs).
 #[derive(Debug)]
 pub struct TextStream {
@@ -405,6 +581,76 @@ mod tests {
             c.url(&["apply"]).as_str(),
             "http://h/prefix/apis/shoal/v1/apply"
         );
+    }
+
+    #[test]
+    fn token_urls_sit_beside_the_object_api() {
+        let c = Client::new("https://h:7777").unwrap();
+        assert_eq!(
+            c.url_v1(&["tokens", "ci"]).as_str(),
+            "https://h:7777/v1/tokens/ci"
+        );
+        assert_eq!(
+            c.url_v1(&["join-token", "rotate"]).as_str(),
+            "https://h:7777/v1/join-token/rotate"
+        );
+    }
+
+    fn target(token: Option<TokenSource>, ca: Option<std::path::PathBuf>) -> Target {
+        Target {
+            server: "https://h:7777".into(),
+            ca,
+            token: token.as_ref().map(|_| "shoal_x".to_string()),
+            token_source: token,
+            context_path: Some("/home/u/.config/shoal/context.json".into()),
+        }
+    }
+
+    #[test]
+    fn hints_name_the_token_in_use() {
+        let c = Client::for_target(&target(None, None)).unwrap();
+        let h = c.auth_hint(401);
+        assert!(
+            h.contains("no token was sent") && h.contains("context.json"),
+            "{h}"
+        );
+        let c = Client::for_target(&target(Some(TokenSource::Env), None)).unwrap();
+        assert!(
+            c.auth_hint(401).contains("$SHOAL_TOKEN was refused"),
+            "{}",
+            c.auth_hint(401)
+        );
+        assert!(
+            c.auth_hint(403).contains("admin token"),
+            "{}",
+            c.auth_hint(403)
+        );
+        let denied = ClientError::Denied {
+            status: Status::new(403, "Forbidden", "role read-only may not"),
+            hint: c.auth_hint(403),
+        };
+        let text = denied.to_string();
+        assert!(
+            text.starts_with("role read-only may not\n  hint: the token from $SHOAL_TOKEN"),
+            "{text}"
+        );
+        assert_eq!(denied.status().map(|s| s.code), Some(403));
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.crt");
+        let err = Client::for_target(&target(None, Some(missing)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot read the CA certificate"), "{err}");
+        let junk = dir.path().join("junk.crt");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let err = Client::for_target(&target(None, Some(junk)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds no PEM certificate"), "{err}");
     }
 
     #[test]

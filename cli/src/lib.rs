@@ -3,8 +3,8 @@
 //! API (`/apis/shoal/v1/...`) and shares nothing with the controller but the object types of
 //! `shoal-api-types`.
 //!
-//! Layout: [`args`] defines the command line; [`context`] finds the server; [`client`] is
-//! the HTTP client; [`flags`] turns Docker-style flags into objects; [`format`] prints
+//! Layout: [`args`] defines the command line; [`context`] finds the server, its CA and the
+//! token; [`client`] is the HTTP(S) client; [`flags`] turns Docker-style flags into objects; [`format`] prints
 //! tables and ages; [`progress`] waits for services to converge; [`cmd`] runs commands.
 //!
 //! Exit status: 0 on success, 1 when anything failed (the reason on stderr), 2 for bad
@@ -64,8 +64,12 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Dev(args) => return dev::run(args).await,
         _ => cli,
     };
-    let server = context::server_from_env(cli.server.as_deref())?;
-    let client = Client::new(&server)?;
+    let target = context::target_from_env(context::Settings {
+        server: cli.server.clone(),
+        token: cli.token.clone(),
+        ca: cli.ca.clone(),
+    })?;
+    let client = Client::for_target(&target)?;
     let tty = std::io::stdout().is_terminal();
     match &cli.command {
         Command::Apply(a) => cmd::apply::run(&client, a, out, tty).await,
@@ -77,6 +81,8 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Node(c) => cmd::node::run(&client, c, out).await,
         Command::Exec(a) => cmd::exec::run(&client, a, out).await,
         Command::Logs(a) => cmd::logs::task(&client, a, out).await,
+        Command::Token(c) => cmd::token::run(&client, c, out).await,
+        Command::JoinToken(a) => cmd::token::join_token(&client, a, out).await,
         Command::Dev(_) => unreachable!("handled above"),
     }
 }

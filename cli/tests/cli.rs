@@ -49,6 +49,8 @@ impl Server {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_shoal"));
         cmd.args(args)
             .env_remove("SHOAL_SERVER")
+            .env_remove("SHOAL_TOKEN")
+            .env_remove("SHOAL_CA")
             .env("SHOAL_CONFIG", self.dir.path().join("no-context.json"))
             .env("HOME", self.dir.path());
         cmd
@@ -428,6 +430,7 @@ async fn the_context_file_names_the_server_and_unreachable_servers_are_explained
         &ctx,
         &shoal_cli::context::Context {
             server: s.url.clone(),
+            ..Default::default()
         },
     )
     .unwrap();

@@ -171,6 +171,8 @@ impl Cluster {
             .arg(&self.url)
             .args(args)
             .env_remove("SHOAL_SERVER")
+            .env_remove("SHOAL_TOKEN")
+            .env_remove("SHOAL_CA")
             .env("SHOAL_CONFIG", self.home.path().join("no-context.json"))
             .env("HOME", self.home.path())
             .kill_on_drop(true);

@@ -214,6 +214,8 @@ impl Config {
             }),
             agents,
             tls: shoal_pki::Reloadable::new(tls),
+            admin_token: crate::api::auth::read_admin_token(&self.data_dir)
+                .with_context(|| format!("{}: admin.token", self.data_dir.display()))?,
         })
     }
 }

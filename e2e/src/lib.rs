@@ -376,7 +376,10 @@ impl Cluster {
         )
         .expect("cluster.json is JSON");
         match layout["etcd_members"].as_u64() {
-            Some(3) => "https://198.18.0.241:2379,https://198.18.0.242:2379,https://198.18.0.243:2379".into(),
+            Some(3) => {
+                "https://198.18.0.241:2379,https://198.18.0.242:2379,https://198.18.0.243:2379"
+                    .into()
+            }
             _ => "https://127.0.0.1:23790".into(),
         }
     }
@@ -390,7 +393,10 @@ impl Cluster {
             .arg(format!("--endpoints={endpoints}"))
             .arg("--dial-timeout=3s")
             .arg("--command-timeout=5s")
-            .arg(format!("--cacert={}", self.pki_dir().join("ca.crt").display()));
+            .arg(format!(
+                "--cacert={}",
+                self.pki_dir().join("ca.crt").display()
+            ));
         if let Some((cert, key)) = identity {
             cmd.arg(format!("--cert={}", cert.display()))
                 .arg(format!("--key={}", key.display()));

@@ -24,11 +24,17 @@ fn service(name: &str, replicas: u32) -> String {
 fn leader(c: &Cluster) -> Option<u32> {
     let mut best: Option<(usize, u32)> = None;
     for k in [1, 2] {
-        let pid = c.state_dir().join("run").join(format!("controller-{k}.pid"));
+        let pid = c
+            .state_dir()
+            .join("run")
+            .join(format!("controller-{k}.pid"));
         if !pid.exists() {
             continue;
         }
-        let log = c.state_dir().join("logs").join(format!("controller-{k}.log"));
+        let log = c
+            .state_dir()
+            .join("logs")
+            .join(format!("controller-{k}.log"));
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let became = text.matches("became leader").count();
         let lost = text.matches("lost the leader lease").count();
@@ -44,7 +50,10 @@ fn leader(c: &Cluster) -> Option<u32> {
 
 #[test]
 fn ha_control_plane_end_to_end() {
-    require!(root, tools = ["containerd", "runc", "etcd", "etcdctl", "curl"]);
+    require!(
+        root,
+        tools = ["containerd", "runc", "etcd", "etcdctl", "curl"]
+    );
     let c = Cluster::up_with(3, &["--etcd-members", "3", "--controllers", "2"]);
 
     step("three etcd members serve over TLS");
@@ -53,10 +62,7 @@ fn ha_control_plane_end_to_end() {
     let members = c.etcdctl(Some((&crt, &key)), &["member", "list"]).ok();
     assert_eq!(members.lines().count(), 3, "{members}");
     let status = c
-        .etcdctl(
-            Some((&crt, &key)),
-            &["endpoint", "health", "--cluster"],
-        )
+        .etcdctl(Some((&crt, &key)), &["endpoint", "health", "--cluster"])
         .ok();
     assert_eq!(status.matches("is healthy").count(), 3, "{status}");
 
@@ -67,22 +73,19 @@ fn ha_control_plane_end_to_end() {
     eprintln!("controller-{first} leads");
 
     step("kill the leading controller: the other leads and a scale 2 → 6 converges");
-    c.shoal(&["dev", "controller", "stop", &first.to_string()]).ok();
+    c.shoal(&["dev", "controller", "stop", &first.to_string()])
+        .ok();
     let server = format!("--server=https://127.0.0.1:{}", 7776 + other);
     let out = c
-        .shoal(&[
-            &server,
-            "service",
-            "scale",
-            "ha-web=6",
-            "--timeout",
-            "120s",
-        ])
+        .shoal(&[&server, "service", "scale", "ha-web=6", "--timeout", "120s"])
         .ok();
     eprintln!("{out}");
     let running = c.eventually("6 running", Duration::from_secs(60), || {
         let v = c.json(&[&server, "service", "ps", "ha-web", "-o", "json"]);
-        let items = v.as_array().cloned().or_else(|| v["items"].as_array().cloned())?;
+        let items = v
+            .as_array()
+            .cloned()
+            .or_else(|| v["items"].as_array().cloned())?;
         let n = items
             .iter()
             .filter(|t| t["status"]["state"] == "running" && t["spec"]["desiredState"] == "running")
@@ -91,7 +94,8 @@ fn ha_control_plane_end_to_end() {
     });
     assert_eq!(running, 6);
     assert_eq!(leader(&c), Some(other), "controller-{other} leads now");
-    c.shoal(&["dev", "controller", "start", &first.to_string()]).ok();
+    c.shoal(&["dev", "controller", "start", &first.to_string()])
+        .ok();
 
     step("stop one etcd member: a new service still converges");
     c.shoal(&["dev", "etcd", "stop", "3"]).ok();
@@ -107,7 +111,11 @@ fn ha_control_plane_end_to_end() {
     ])
     .ok();
     let v = c.json(&[&server, "service", "ps", "ha-after", "-o", "json"]);
-    let items = v.as_array().cloned().or_else(|| v["items"].as_array().cloned()).unwrap();
+    let items = v
+        .as_array()
+        .cloned()
+        .or_else(|| v["items"].as_array().cloned())
+        .unwrap();
     let n = items
         .iter()
         .filter(|t| t["status"]["state"] == "running")

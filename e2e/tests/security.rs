@@ -18,10 +18,7 @@ fn within(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duratio
         if f() {
             return start.elapsed();
         }
-        assert!(
-            start.elapsed() < timeout,
-            "not within {timeout:?}: {what}"
-        );
+        assert!(start.elapsed() < timeout, "not within {timeout:?}: {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -64,9 +61,18 @@ fn security_boundary_end_to_end() {
     step("API: a read-only token reads and watches, but cannot write, exec or read logs");
     c.apply(&service("sec-sleep", 3));
     let created = c.json(&[
-        "token", "create", "--role", "read-only", "viewer", "-o", "json",
+        "token",
+        "create",
+        "--role",
+        "read-only",
+        "viewer",
+        "-o",
+        "json",
     ]);
-    let viewer = created["token"].as_str().expect("token shown once").to_string();
+    let viewer = created["token"]
+        .as_str()
+        .expect("token shown once")
+        .to_string();
     let (code, body) = c.curl("/apis/shoal/v1/services/sec-sleep", Some(&viewer), &[]);
     assert_eq!(code, 200, "{body}");
     // A watch streams until curl's own timeout (exit 28) with a 200 and the first event.
@@ -76,7 +82,10 @@ fn security_boundary_end_to_end() {
         &["-m", "2"],
     );
     assert_eq!(code, 200, "watch as read-only: {body}");
-    assert!(body.contains("sec-sleep"), "the watch streamed the service: {body}");
+    assert!(
+        body.contains("sec-sleep"),
+        "the watch streamed the service: {body}"
+    );
     let (code, body) = c.curl(
         "/apis/shoal/v1/services",
         Some(&viewer),
@@ -119,9 +128,11 @@ fn security_boundary_end_to_end() {
     let ls = c.shoal(&["token", "ls"]).ok();
     assert!(ls.contains("viewer") && ls.contains("read-only"), "{ls}");
     c.shoal(&["token", "rm", "viewer"]).ok();
-    within(Duration::from_secs(5), "the revoked token is refused", || {
-        c.curl("/apis/shoal/v1/services", Some(&viewer), &[]).0 == 401
-    });
+    within(
+        Duration::from_secs(5),
+        "the revoked token is refused",
+        || c.curl("/apis/shoal/v1/services", Some(&viewer), &[]).0 == 401,
+    );
 
     step("etcd: no client certificate → nothing readable");
     let run = c.etcdctl(None, &["get", "--prefix", "/shoal/"]);
@@ -173,7 +184,11 @@ fn security_boundary_end_to_end() {
     assert!(!scratch.join("node.crt").exists());
 
     step("join: after --rotate the old token is refused; running nodes are unaffected");
-    let rotated = c.shoal(&["join-token", "--rotate", "-q"]).ok().trim().to_string();
+    let rotated = c
+        .shoal(&["join-token", "--rotate", "-q"])
+        .ok()
+        .trim()
+        .to_string();
     assert_ne!(rotated, token);
     let run = join(&token, "node-99");
     assert_ne!(run.code, 0, "the old token joined: {run:?}");
@@ -203,8 +218,12 @@ fn security_boundary_end_to_end() {
     let nodes = c.shoal(&["node", "ls"]).ok();
     assert!(!nodes.contains("node-3"), "{nodes}");
     // Its tasks are replaced on the remaining nodes.
-    c.eventually("sec-sleep runs 3 tasks on node-1/2", Duration::from_secs(60), || {
-        let r = c.running("sec-sleep", "");
-        (r.len() == 3 && r.iter().all(|(_, node, _)| node != "node-3")).then_some(())
-    });
+    c.eventually(
+        "sec-sleep runs 3 tasks on node-1/2",
+        Duration::from_secs(60),
+        || {
+            let r = c.running("sec-sleep", "");
+            (r.len() == 3 && r.iter().all(|(_, node, _)| node != "node-3")).then_some(())
+        },
+    );
 }

@@ -8,3 +8,4 @@ pub mod network;
 pub mod node;
 pub mod resources;
 pub mod service;
+pub mod token;

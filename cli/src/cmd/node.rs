@@ -1,4 +1,5 @@
-//! `shoal node ls|inspect|update`, as Docker's.
+//! `shoal node ls|inspect|update|rm`, as Docker's. `rm` also revokes the node's
+//! certificate and etcd user (server side).
 
 use std::io::Write;
 
@@ -55,6 +56,22 @@ pub async fn run(client: &Client, cmd: &NodeCommand, out: &mut dyn Write) -> Res
         NodeCommand::Update(a) => {
             update(client, a).await?;
             writeln!(out, "{}", a.name)?;
+            Ok(())
+        }
+        NodeCommand::Rm(a) => {
+            let mut failed = false;
+            for name in &a.names {
+                match client.delete_node(name, a.force).await {
+                    Ok(_) => writeln!(out, "{name}")?,
+                    Err(e) => {
+                        failed = true;
+                        report(&e.into());
+                    }
+                }
+            }
+            if failed {
+                return Err(Reported.into());
+            }
             Ok(())
         }
     }

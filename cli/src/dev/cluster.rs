@@ -78,10 +78,7 @@ impl Layout {
             bail!("--runtime must be containerd or hollow (got {runtime:?})");
         }
         if !matches!(opts.etcd_members, 1 | 3) {
-            bail!(
-                "--etcd-members must be 1 or 3 (got {})",
-                opts.etcd_members
-            );
+            bail!("--etcd-members must be 1 or 3 (got {})", opts.etcd_members);
         }
         if !(1..=3).contains(&opts.controllers) {
             bail!("--controllers must be 1-3 (got {})", opts.controllers);

@@ -106,8 +106,8 @@ impl Api {
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
         let mut token = None;
         if layout.secure {
-            let ca = std::fs::read(layout.pki_dir().join("ca.crt"))
-                .context("reading the cluster CA")?;
+            let ca =
+                std::fs::read(layout.pki_dir().join("ca.crt")).context("reading the cluster CA")?;
             builder = builder
                 .tls_built_in_root_certs(false)
                 .add_root_certificate(reqwest::Certificate::from_pem(&ca)?);

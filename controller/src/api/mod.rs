@@ -1,6 +1,7 @@
-//! The HTTP API (axum): REST over Shoal's objects in etcd, apply, watch, health, metrics and
-//! the OpenAPI document. The API keeps no state of its own: every request reads or writes
-//! etcd through the [`Store`], so any number of controller replicas can serve it.
+//! The HTTP API (axum): REST over Shoal's objects in etcd, apply, watch, health, metrics,
+//! the OpenAPI document and API tokens. The API keeps no state of its own beyond caches fed
+//! by etcd watches: every request reads or writes etcd through the [`Store`], so any number
+//! of controller replicas can serve it.
 //!
 //! Routes (all errors are [`Status`](shoal_api_types::Status) JSON with the HTTP code):
 //!
@@ -13,26 +14,31 @@
 //! POST   /apis/shoal/v1/apply[?dryRun=true]                         multi-document apply
 //! POST   /apis/shoal/v1/tasks/<name>/exec                           run a command in a task
 //! GET    /apis/shoal/v1/{tasks,services}/<name>/logs[?follow&tail=N] container output
+//! POST   /v1/tokens   GET /v1/tokens   DELETE /v1/tokens/<name>     API tokens (admin)
 //! GET    /healthz /readyz /metrics /openapi.json
 //! GET    /v1/join/ca    POST /v1/join    POST /v1/renew                node join (public)
 //! GET    /v1/join-token   POST /v1/join-token/rotate                  the join token
 //! ```
 //!
-//! [`public_routes`] (health, join, renew) are apart from the rest ([`protected_routes`])
-//! so that authentication can wrap only the latter. Served over TLS ([`serve_tls`]: the
-//! API certificate, client certificates from the cluster CA optional, so `/v1/renew` sees
-//! the node's) or, with `--insecure`, plain HTTP ([`serve`]).
+//! [`public_routes`] (health, join, renew) are apart from the rest ([`protected_routes`]).
+//! With [`Auth::Tokens`] every route but [`auth::PUBLIC_PATHS`] needs `Authorization:
+//! Bearer <token>` and a role that allows it ([`auth`]); with [`Auth::Off`] nothing is
+//! checked (`--insecure`, and the in-process tests that predate tokens). Served over TLS
+//! ([`serve_tls`]: the API certificate, client certificates from the cluster CA optional,
+//! so `/v1/renew` sees the node's; tokens on) or, with `--insecure`, plain HTTP ([`serve`]).
 //!
 //! Modules: [`request`] reads bodies and queries, [`body`] parses objects, [`kinds`] says
 //! what each kind allows, [`rest`] and [`apply`] handle writes through [`plan`] (which checks
 //! [`rules`] and commits one transaction), [`watch`] streams events, [`metrics`] and
 //! [`openapi`] describe the server, [`error`] maps failures to statuses; [`exec`] and
 //! [`logs`] reach tasks through their node agents ([`agent`]); [`join`] admits nodes and
-//! keeps the join token, with [`private`] records (join secret, revocations); [`state`]
-//! is what every handler shares.
+//! keeps the join token, with [`private`] records (join secret, revocations); [`auth`]
+//! authenticates requests and [`tokens`] manages the tokens; [`state`] is what every
+//! handler shares.
 
 pub mod agent;
 pub mod apply;
+pub mod auth;
 pub mod body;
 pub mod error;
 pub mod exec;
@@ -47,6 +53,7 @@ pub mod request;
 pub mod rest;
 pub mod rules;
 pub mod state;
+pub mod tokens;
 pub mod watch;
 
 use std::sync::Arc;
@@ -56,26 +63,38 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use shoal_api_types::{EndpointsSpec, NetworkSpec, NodeSpec, ServiceSpec, Status, TaskSpec};
 use shoal_store::Store;
 use tokio::sync::watch as signal;
 
 use self::agent::AgentTls;
+pub use self::auth::Auth;
 use self::error::ApiError;
 use self::metrics::Metrics;
 use self::state::{App, Cluster};
 
-/// Serves the API in plain HTTP (`--insecure`: no cluster identity, plain HTTP to
-/// agents) on `listener` until `shutdown` turns true; open watches end then, and the
-/// server waits for in-flight requests.
+/// Serves the API in plain HTTP without authentication (`--insecure`: no cluster
+/// identity, plain HTTP to agents) on `listener` until `shutdown` turns true (see
+/// [`serve_with`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Store,
     shutdown: signal::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let app = router_with_shutdown(store, shutdown.clone());
+    serve_with(listener, store, shutdown, Auth::Off).await
+}
+
+/// Serves the API in plain HTTP on `listener` until `shutdown` turns true; open watches
+/// end then, and the server waits for in-flight requests.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    shutdown: signal::Receiver<bool>,
+    auth: Auth,
+) -> anyhow::Result<()> {
+    let app = build(store, shutdown.clone(), auth).await?;
     let mut stop = shutdown;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { watch::wait_for_shutdown(&mut stop).await })
@@ -83,7 +102,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// The secure API's settings: the cluster identity and the TLS config of the API server.
+/// The secure API's settings: the cluster identity, the TLS config of the API server and
+/// the admin token to import.
 pub struct Secure {
     /// The CA and what joining nodes are told.
     pub cluster: Arc<Cluster>,
@@ -91,6 +111,8 @@ pub struct Secure {
     pub agents: AgentTls,
     /// The API server's TLS config (api.crt; client certificates optional).
     pub tls: Arc<shoal_pki::Reloadable>,
+    /// `admin.token` of the data dir, imported as the token `admin` unless one exists.
+    pub admin_token: Option<String>,
 }
 
 impl std::fmt::Debug for Secure {
@@ -101,19 +123,23 @@ impl std::fmt::Debug for Secure {
     }
 }
 
-/// Serves the API over TLS on `listener` until `shutdown` turns true.
+/// Serves the API over TLS, with tokens, on `listener` until `shutdown` turns true.
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     store: Store,
     secure: Secure,
     shutdown: signal::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let app = build(
+    let app = build_with(
         store,
         shutdown.clone(),
         Some(secure.cluster),
         agent::Agents::mutual_tls(secure.agents),
-    );
+        Auth::Tokens {
+            admin_token: secure.admin_token,
+        },
+    )
+    .await?;
     let mut stop = shutdown;
     shoal_pki::serve(listener, secure.tls, app, async move {
         watch::wait_for_shutdown(&mut stop).await
@@ -122,25 +148,70 @@ pub async fn serve_tls(
     Ok(())
 }
 
-/// The insecure API's router over `store` (for tests; it never shuts watches down by
-/// itself).
+/// [`build_with`] without a cluster identity, with plain HTTP to agents (tests).
+pub async fn build(
+    store: Store,
+    shutdown: signal::Receiver<bool>,
+    auth: Auth,
+) -> anyhow::Result<Router> {
+    build_with(store, shutdown, None, agent::Agents::insecure(), auth).await
+}
+
+/// The fallible setup, then the router: with [`Auth::Tokens`] and an admin token, imports
+/// it as the token `admin` unless one of that name exists (see
+/// [`auth::import_admin_token`]).
+pub async fn build_with(
+    store: Store,
+    shutdown: signal::Receiver<bool>,
+    cluster: Option<Arc<Cluster>>,
+    agents: agent::Agents,
+    auth: Auth,
+) -> anyhow::Result<Router> {
+    if let Auth::Tokens {
+        admin_token: Some(token),
+    } = &auth
+    {
+        auth::import_admin_token(&store, token)
+            .await
+            .map_err(|e| anyhow::anyhow!("importing the admin token into etcd: {e}"))?;
+    }
+    Ok(assemble(store, shutdown, cluster, agents, &auth))
+}
+
+/// The insecure API's router over `store` without authentication (for tests; it never
+/// shuts watches down by itself).
 pub fn router(store: Store) -> Router {
     let (_never, shutdown) = signal::channel(false);
     router_with_shutdown(store, shutdown)
 }
 
-/// The insecure API's router; watch streams end when `shutdown` turns true.
+/// The insecure API's router without authentication; watch streams end when `shutdown`
+/// turns true.
 pub fn router_with_shutdown(store: Store, shutdown: signal::Receiver<bool>) -> Router {
-    build(store, shutdown, None, agent::Agents::insecure())
+    router_with_auth(store, shutdown, &Auth::Off)
 }
 
-/// The API's router with a cluster identity (`None`: insecure) and a hop to agents.
-pub fn build(
+/// The API's router without a cluster identity (plain HTTP to agents); watch streams end
+/// when `shutdown` turns true. With [`Auth::Tokens`] it starts the token table's watch (it
+/// must be called inside a tokio runtime) and checks every request; it imports no admin
+/// token (see [`build`]).
+pub fn router_with_auth(store: Store, shutdown: signal::Receiver<bool>, auth: &Auth) -> Router {
+    assemble(store, shutdown, None, agent::Agents::insecure(), auth)
+}
+
+/// The router over the shared state: cluster identity (`None`: insecure), the hop to
+/// agents, and the token table when `auth` wants one.
+fn assemble(
     store: Store,
     shutdown: signal::Receiver<bool>,
     cluster: Option<Arc<Cluster>>,
     agents: agent::Agents,
+    auth: &Auth,
 ) -> Router {
+    let token_table = match auth {
+        Auth::Off => None,
+        Auth::Tokens { .. } => Some(auth::spawn_token_table(store.clone(), shutdown.clone())),
+    };
     let app = App {
         store,
         metrics: Arc::new(Metrics::new()),
@@ -148,20 +219,30 @@ pub fn build(
         openapi: Arc::new(openapi::document()),
         agents: Arc::new(agents),
         cluster,
+        tokens: token_table.clone(),
     };
-    routes(app)
+    routes(app, token_table)
 }
 
-fn routes(app: App) -> Router {
+fn routes(app: App, token_table: Option<auth::Tokens>) -> Router {
     let metrics = app.metrics.clone();
-    protected_routes(app.clone())
+    let router = protected_routes(app.clone())
         .merge(public_routes(app))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            metrics::track,
-        ))
+        .method_not_allowed_fallback(method_not_allowed);
+    // Authentication runs inside the metrics layer, so 401s and 403s are counted by code;
+    // it lets `auth::PUBLIC_PATHS` (the public routes) through.
+    let router = match token_table {
+        Some(table) => router.layer(axum::middleware::from_fn_with_state(
+            table,
+            auth::authenticate,
+        )),
+        None => router,
+    };
+    router.layer(axum::middleware::from_fn_with_state(
+        metrics,
+        metrics::track,
+    ))
 }
 
 /// Routes anyone may call: health, and what a node needs to join and renew (they
@@ -176,7 +257,7 @@ pub fn public_routes(app: App) -> Router {
         .with_state(app)
 }
 
-/// Every other route (objects, exec and logs, the join token, metrics, OpenAPI).
+/// Every other route (objects, exec and logs, tokens, the join token, metrics, OpenAPI).
 pub fn protected_routes(app: App) -> Router {
     use rest::*;
     let metrics = app.metrics.clone();
@@ -237,6 +318,8 @@ pub fn protected_routes(app: App) -> Router {
         .route("/apis/shoal/v1/apply", post(apply::apply))
         .route("/v1/join-token", get(join::join_token))
         .route("/v1/join-token/rotate", post(join::rotate))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{name}", delete(tokens::delete))
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics::serve_metrics).with_state(metrics))
         .with_state(app)

@@ -6,11 +6,13 @@ use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 use shoal_api_types::{
-    Endpoints, EndpointsSpec, Network, NetworkSpec, Node, NodeSpec, ObjectList, Service,
-    ServiceSpec, Status, Task, TaskSpec, WatchEvent, API_VERSION,
+    CreatedToken, Endpoints, EndpointsSpec, Network, NetworkSpec, Node, NodeSpec, ObjectList,
+    Service, ServiceSpec, Status, Task, TaskSpec, TokenInfo, TokenList, TokenRequest, WatchEvent,
+    API_VERSION,
 };
 
 use super::apply::ApplyResult;
+use super::auth::PUBLIC_PATHS;
 use super::kinds::{Access, ApiKind};
 use super::watch::WATCH_CONTENT_TYPE;
 
@@ -55,6 +57,10 @@ pub fn document() -> Value {
     add("Status", generator.subschema_for::<Status>());
     add("ApplyResult", generator.subschema_for::<ApplyResult>());
     add("WatchEvent", generator.subschema_for::<WatchEvent<Value>>());
+    add("TokenRequest", generator.subschema_for::<TokenRequest>());
+    add("CreatedToken", generator.subschema_for::<CreatedToken>());
+    add("TokenInfo", generator.subschema_for::<TokenInfo>());
+    add("TokenList", generator.subschema_for::<TokenList>());
     let mut schemas = generator.take_definitions(true);
     // Give generic instances (`Object_for_NetworkSpec`) the names users know (`Network`).
     let mut renames = Vec::new();
@@ -138,6 +144,23 @@ pub fn document() -> Value {
         );
     }
     join_paths(&mut paths);
+    paths.insert(
+        "/v1/tokens".into(),
+        json!({
+            "get": {"operationId": "listTokens", "summary": "List API tokens (admin; never the tokens themselves)",
+                    "responses": {"200": ok("TokenList", "The tokens, by name"), "default": error()}},
+            "post": {"operationId": "createToken",
+                     "summary": "Create an API token (admin); the answer is the only time the token is shown",
+                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("TokenRequest")}}},
+                     "responses": {"201": ok("CreatedToken", "The new token"), "default": error()}}
+        }),
+    );
+    paths.insert(
+        "/v1/tokens/{name}".into(),
+        json!({"delete": {"operationId": "deleteToken", "summary": "Revoke an API token (admin)",
+            "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": {"200": ok("TokenInfo", "The revoked token"), "default": error()}}}),
+    );
     for (path, summary, media) in [
         (
             "/healthz",
@@ -161,8 +184,22 @@ pub fn document() -> Value {
             json!({"get": {"summary": summary, "responses": {"200": {"description": summary, "content": {media: {}}}}}}),
         );
     }
+    // Every operation needs a bearer token (when the server checks them) except the
+    // public paths.
+    for (path, item) in paths.iter_mut() {
+        if PUBLIC_PATHS.contains(&path.as_str()) {
+            for op in item
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|m| m.values_mut())
+            {
+                op["security"] = json!([]);
+            }
+        }
+    }
     json!({
         "openapi": "3.1.0",
+        "security": [{"bearer": []}],
         "info": {
             "title": "Shoal API",
             "version": API_VERSION,
@@ -171,7 +208,13 @@ pub fn document() -> Value {
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": paths,
-        "components": {"schemas": schemas}
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                "description": "An API token: `shoal token create --role admin|read-only NAME`. \
+                                read-only may GET objects, lists and watches; everything else needs admin. \
+                                401 without a valid token, 403 when the role does not allow the request."}}
+        }
     })
 }
 
@@ -205,7 +248,7 @@ fn ok(schema: &str, description: &str) -> Value {
 }
 
 fn error() -> Value {
-    json!({"description": "An error (400, 404, 405, 409, 410, 413, 415, 422, 503)",
+    json!({"description": "An error (400, 401, 403, 404, 405, 409, 410, 413, 415, 422, 503)",
            "content": {"application/json": {"schema": schema_ref("Status")}}})
 }
 
@@ -384,6 +427,9 @@ mod tests {
             "Status",
             "ApplyResult",
             "WatchEvent",
+            "TokenRequest",
+            "CreatedToken",
+            "TokenList",
         ] {
             assert!(
                 schemas.contains_key(name),
@@ -403,6 +449,16 @@ mod tests {
         assert!(doc["paths"]["/apis/shoal/v1/tasks/{name}"]
             .get("put")
             .is_none());
+        assert!(doc["paths"]["/v1/tokens"]["post"].is_object());
+        assert!(doc["paths"]["/v1/tokens/{name}"]["delete"].is_object());
+    }
+
+    #[test]
+    fn openapi_requires_bearer_tokens_except_on_public_paths() {
+        let doc = document();
+        assert_eq!(doc["security"], json!([{"bearer": []}]));
+        assert_eq!(doc["paths"]["/healthz"]["get"]["security"], json!([]));
+        assert!(doc["paths"]["/v1/tokens"]["get"].get("security").is_none());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What every handler shares ([`App`]): the store, metrics, the shutdown signal, the
-//! OpenAPI document, the hop to node agents and the cluster identity ([`Cluster`], absent
-//! with `--insecure`). Handlers import it; it imports none of
+//! OpenAPI document, the hop to node agents, the cluster identity ([`Cluster`]) and the API
+//! token table (both absent with `--insecure`). Handlers import it; it imports none of
 //! them. See docs/architecture.md ("HTTP API").
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use shoal_store::Store;
 use tokio::sync::watch as signal;
 
 use super::agent::Agents;
+use super::auth::Tokens;
 use super::metrics::Metrics;
 
 /// What every handler shares.
@@ -27,6 +28,8 @@ pub struct App {
     pub agents: Arc<Agents>,
     /// The cluster identity; `None` with `--insecure` (then no node can join).
     pub cluster: Option<Arc<Cluster>>,
+    /// The API token table; `None` when the API checks no tokens (`Auth::Off`).
+    pub tokens: Option<Tokens>,
 }
 
 /// What the join API needs: the CA that signs node certificates and what joining nodes

@@ -2,6 +2,7 @@
 //! 127.0.0.1:0 in the test process, driven with reqwest.
 
 mod apply;
+mod auth;
 mod bad_input;
 mod rest;
 mod support;

@@ -14,6 +14,8 @@ pub struct Server {
     pub store: Store,
     pub base: String,
     pub http: reqwest::Client,
+    /// The bearer token every request of [`Server::call`] carries (secured servers).
+    pub token: Option<String>,
     pub shutdown: watch::Sender<bool>,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -65,19 +67,54 @@ impl Server {
         Server::over(TestEtcd::private().await).await
     }
 
+    /// A server that requires tokens, with `admin_token` imported as the token `admin`;
+    /// [`Server::call`] sends no token, [`Server::call_as`] the one given.
+    pub async fn secured(admin_token: &str) -> Server {
+        let auth = shoal_controller::api::Auth::Tokens {
+            admin_token: Some(admin_token.to_string()),
+        };
+        let s = Server::with_auth(TestEtcd::start().await, auth).await;
+        // Serving starts after the import of the admin token: wait for it.
+        shoal_testkit::eventually(
+            "the secured server to serve",
+            Duration::from_secs(10),
+            || {
+                let s = &s;
+                async move {
+                    let a = s
+                        .call_as(Some(admin_token), reqwest::Method::GET, "/v1/tokens", None)
+                        .await;
+                    (a.code == 200).then_some(())
+                }
+            },
+        )
+        .await;
+        s
+    }
+
     async fn over(etcd: TestEtcd) -> Server {
+        Server::with_auth(etcd, shoal_controller::api::Auth::Off).await
+    }
+
+    async fn with_auth(etcd: TestEtcd, auth: shoal_controller::api::Auth) -> Server {
         let store = etcd.store().await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(shoal_controller::api::serve(listener, store.clone(), rx));
+        let task = tokio::spawn(shoal_controller::api::serve_with(
+            listener,
+            store.clone(),
+            rx,
+            auth,
+        ));
         Server {
             etcd,
             store,
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
+            token: None,
             shutdown,
             task,
         }
@@ -89,7 +126,22 @@ impl Server {
 
     /// Sends a request with an optional body (sent as YAML unless it starts with '{').
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<&str>) -> Answer {
+        self.call_as(self.token.as_deref(), method, path, body)
+            .await
+    }
+
+    /// [`Server::call`] with `Authorization: Bearer <token>` when a token is given.
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> Answer {
         let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             let ct = if b.trim_start().starts_with('{') {
                 "application/json"
@@ -149,12 +201,16 @@ impl Server {
 
     /// Opens a watch stream.
     pub async fn watch(&self, path: &str) -> Lines {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("watch request");
+        self.watch_as(self.token.as_deref(), path).await
+    }
+
+    /// Opens a watch stream with `Authorization: Bearer <token>` when a token is given.
+    pub async fn watch_as(&self, token: Option<&str>, path: &str) -> Lines {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("watch request");
         Lines {
             code: resp.status().as_u16(),
             resp,

@@ -85,13 +85,7 @@ impl ControlPlane {
 
     /// Starts `shoal-agent hollow-fleet`; secured, with a `shoal-hollow-fleet` certificate
     /// and etcd user (the fleet's testing-mode identity).
-    pub async fn fleet(
-        &self,
-        bin: &Path,
-        prefix: &str,
-        count: usize,
-        log: &Path,
-    ) -> Result<Proc> {
+    pub async fn fleet(&self, bin: &Path, prefix: &str, count: usize, log: &Path) -> Result<Proc> {
         let mut cmd = Command::new(bin.join("shoal-agent"));
         cmd.args([
             "hollow-fleet",
@@ -143,7 +137,15 @@ impl ControlPlane {
                 if !dir.join("node.crt").exists() {
                     let token = self.join_token(pki)?;
                     let out = Command::new(bin.join("shoal-agent"))
-                        .args(["join", "--token", &token, "--name", name, "--address", address])
+                        .args([
+                            "join",
+                            "--token",
+                            &token,
+                            "--name",
+                            name,
+                            "--address",
+                            address,
+                        ])
                         .arg(format!("--controller=https://{}", self.api))
                         .arg(format!("--pki-dir={}", dir.display()))
                         .output()?;
@@ -215,7 +217,6 @@ impl ControlPlane {
         Ok(self.store.revision().await?)
     }
 }
-
 
 /// Number of keys under a prefix.
 pub async fn count(store: &Store, prefix: &str) -> Result<usize> {
@@ -310,7 +311,11 @@ pub async fn scheduling_security_cost(
     dir: &Path,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
-    let (nodes, tasks, rounds) = if quick { (100, 2000, 1) } else { (100, 10_000, 2) };
+    let (nodes, tasks, rounds) = if quick {
+        (100, 2000, 1)
+    } else {
+        (100, 10_000, 2)
+    };
     let (mut secured, mut insecure) = (0f64, 0f64);
     for round in 0..rounds {
         for security in [Security::Insecure, Security::Secured] {
@@ -346,13 +351,21 @@ async fn converge_rate(
     let name = format!("{}-cost-{}-{round}", run_id(), security.word());
     let cp = ControlPlane::start(bin, &name, dir, security).await?;
     let mut fleet = cp
-        .fleet(bin, "hollow-", nodes, &dir.join(format!("{name}-fleet.log")))
+        .fleet(
+            bin,
+            "hollow-",
+            nodes,
+            &dir.join(format!("{name}-fleet.log")),
+        )
         .await?;
     let registering = Instant::now();
     while cp.live_nodes().await? < nodes {
         fleet.check_alive()?;
         if registering.elapsed() > Duration::from_secs(120) {
-            bail!("only {} of {nodes} hollow nodes registered", cp.live_nodes().await?);
+            bail!(
+                "only {} of {nodes} hollow nodes registered",
+                cp.live_nodes().await?
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
