@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod dns;
 pub mod hollow;
+pub mod identity;
 pub mod lb;
 pub mod mesh;
 pub mod net;

@@ -47,6 +47,9 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// Connection settings that cannot be used ([`crate::Store::set_connect`]).
+    #[error("invalid etcd connection settings: {0}")]
+    InvalidConnect(String),
     /// etcd failed or was unreachable.
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
