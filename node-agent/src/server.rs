@@ -12,41 +12,42 @@
 //! exec; a hollow node (no container runtime) answers 501. Errors are
 //! [`Status`](shoal_api_types::Status) JSON, as the API server's are.
 //!
-//! Authentication: only the API server talks to agents. Every `/v1` request must carry
-//! `Authorization: Bearer <token>`, the cluster token stored in etcd at
-//! [`Keys::agent_token`](shoal_api_types::keys::Keys::agent_token) (a key the API never
-//! serves), created with a create-if-absent transaction by whichever component needs it
-//! first ([`ensure_agent_token`]). Anything else is 401. When a presented token does not
-//! match, the agent re-reads etcd (at most once a second) so a replaced token is picked up.
+//! Authentication: only the controller talks to agents. With an identity
+//! ([`Transport::Tls`]) the server speaks TLS with the node's certificate and requires a
+//! client certificate of the cluster CA (no certificate, or one of another CA: the
+//! handshake fails); a request whose certificate's CN is not [`CONTROLLER_CN`] (another
+//! node, the hollow fleet) is 403. The certificate can be replaced while serving
+//! (renewal, [`Reloadable::set`]); connections accepted afterwards get the new one.
+//! [`Transport::Plain`] (`--insecure`: benchmarks' baseline, old tests) serves plain HTTP
+//! to anyone.
 //!
 //! Logs: the runtime appends the container's stdout and stderr to one file
 //! ([`ContainerRuntime::log_path`]). `tail=N` starts N lines before the end; `follow=true`
 //! keeps reading as the file grows until the container has exited or is gone (then what
 //! is left is sent and the stream ends) or the client disconnects.
 //!
-//! Build then spawn: [`AgentServer::bind`] reads the token and binds the socket (all
-//! fallible setup); [`AgentServer::spawn`] serves until its handle shuts it down.
+//! Build then spawn: [`AgentServer::bind`] binds the socket (all fallible setup);
+//! [`AgentServer::spawn`] serves until its handle shuts it down.
 
 use std::io::SeekFrom;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shoal_api_types::{ExecRequest, ExecResponse, LogOptions, Status};
-use shoal_store::{Store, StoreError};
+use shoal_pki::{PeerIdentity, Reloadable};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::runtime::{ContainerRuntime, ContainerState, ExecOutput, RuntimeError};
 
@@ -74,83 +75,28 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    /// The cluster token could not be read or created.
-    #[error("cannot read the agent token from etcd: {0}")]
-    Token(#[from] StoreError),
 }
 
-/// 32 random bytes in hex: a fresh cluster token.
-pub fn new_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    hex::encode(bytes)
+/// The CN of the only client certificate the agent serves: the controllers'.
+pub const CONTROLLER_CN: &str = "shoal-controller";
+
+/// How the server talks to its clients.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain HTTP, no authentication (`--insecure`).
+    Plain,
+    /// TLS with a (replaceable) config that requires client certificates of the cluster
+    /// CA ([`crate::identity::NodeIdentity::server_config`]); only [`CONTROLLER_CN`] may
+    /// call.
+    Tls(Arc<Reloadable>),
 }
 
-/// The cluster's agent token, creating it if no one has yet.
-pub async fn ensure_agent_token(store: &Store) -> Result<String, StoreError> {
-    let key = store.keys().agent_token();
-    let raw = store.get_or_create_raw(&key, new_token()).await?;
-    Ok(String::from_utf8_lossy(&raw).trim().to_string())
-}
-
-/// Whether `headers` carry `Authorization: Bearer <token>`, compared in constant time.
-pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(presented) = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    !token.is_empty() && constant_time_eq(presented.trim().as_bytes(), token.as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The token the server accepts, re-read from etcd when a request presents another one.
-struct Token {
-    store: Option<Store>,
-    current: Mutex<String>,
-    refreshed: Mutex<Option<Instant>>,
-}
-
-impl Token {
-    fn get(&self) -> String {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    async fn check(&self, headers: &HeaderMap) -> bool {
-        if bearer_matches(headers, &self.get()) {
-            return true;
-        }
-        let Some(store) = &self.store else {
-            return false;
-        };
-        {
-            let mut last = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-                return false;
-            }
-            *last = Some(Instant::now());
-        }
-        match ensure_agent_token(store).await {
-            Ok(fresh) => {
-                let ok = bearer_matches(headers, &fresh);
-                *self.current.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
-                ok
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot re-read the agent token");
-                false
-            }
-        }
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Plain => "Plain",
+            Transport::Tls(_) => "Tls",
+        })
     }
 }
 
@@ -159,7 +105,6 @@ impl Token {
 struct ServerState {
     node: String,
     runtime: Option<Arc<dyn ContainerRuntime>>,
-    token: Arc<Token>,
 }
 
 /// How the server runs.
@@ -175,6 +120,7 @@ pub struct ServerConfig {
 pub struct AgentServer {
     listener: tokio::net::TcpListener,
     state: ServerState,
+    transport: Transport,
 }
 
 impl std::fmt::Debug for AgentServer {
@@ -182,17 +128,18 @@ impl std::fmt::Debug for AgentServer {
         f.debug_struct("AgentServer")
             .field("node", &self.state.node)
             .field("listen", &self.listener.local_addr().ok())
+            .field("transport", &self.transport)
             .finish()
     }
 }
 
 impl AgentServer {
-    /// Reads (or creates) the cluster token and binds `config.listen`. `runtime` is the
-    /// node's container runtime; `None` for a hollow node (exec and logs answer 501).
+    /// Binds `config.listen`. `runtime` is the node's container runtime; `None` for a
+    /// hollow node (exec and logs answer 501).
     pub async fn bind(
         config: &ServerConfig,
-        store: &Store,
         runtime: Option<Arc<dyn ContainerRuntime>>,
+        transport: Transport,
     ) -> Result<AgentServer, ServerError> {
         let addr: SocketAddr = config
             .listen
@@ -200,7 +147,6 @@ impl AgentServer {
             .map_err(|_| ServerError::InvalidListen {
                 listen: config.listen.clone(),
             })?;
-        let token = ensure_agent_token(store).await?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind {
@@ -212,12 +158,8 @@ impl AgentServer {
             state: ServerState {
                 node: config.node.clone(),
                 runtime,
-                token: Arc::new(Token {
-                    store: Some(store.clone()),
-                    current: Mutex::new(token),
-                    refreshed: Mutex::new(None),
-                }),
             },
+            transport,
         })
     }
 
@@ -237,19 +179,31 @@ impl AgentServer {
     /// Serves until the handle shuts it down (or is dropped).
     pub fn spawn(self) -> ServerHandle {
         let (tx, mut rx) = watch::channel(false);
-        let app = router(self.state);
         let listener = self.listener;
-        let task = tokio::spawn(async move {
-            let stop = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(error = %e, "agent server failed");
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let task = match self.transport {
+            Transport::Plain => {
+                let app = router(self.state, false);
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await
+                    {
+                        tracing::error!(error = %e, "agent server failed");
+                    }
+                })
             }
-        });
+            Transport::Tls(tls) => {
+                let app = router(self.state, true);
+                tokio::spawn(async move {
+                    if let Err(e) = shoal_pki::serve(listener, tls, app, stop).await {
+                        tracing::error!(error = %e, "agent server failed");
+                    }
+                })
+            }
+        };
         ServerHandle {
             shutdown: tx,
             task: Some(task),
@@ -305,28 +259,31 @@ impl Drop for ServerHandle {
     }
 }
 
-/// The agent's routes over `runtime` (`None`: hollow) with a fixed `token` (tests).
-pub fn test_router(node: &str, runtime: Option<Arc<dyn ContainerRuntime>>, token: &str) -> Router {
-    router(ServerState {
-        node: node.to_string(),
-        runtime,
-        token: Arc::new(Token {
-            store: None,
-            current: Mutex::new(token.to_string()),
-            refreshed: Mutex::new(None),
-        }),
-    })
+/// The agent's routes over `runtime` (`None`: hollow), as served over plain HTTP (tests).
+pub fn test_router(node: &str, runtime: Option<Arc<dyn ContainerRuntime>>) -> Router {
+    router(
+        ServerState {
+            node: node.to_string(),
+            runtime,
+        },
+        false,
+    )
 }
 
-fn router(state: ServerState) -> Router {
-    Router::new()
+/// The routes; with `controller_only`, `/v1` requests need the controller's certificate.
+fn router(state: ServerState, controller_only: bool) -> Router {
+    let v1 = Router::new()
         .route("/v1/tasks/{id}/exec", post(exec))
-        .route("/v1/tasks/{id}/logs", get(logs))
-        .route_layer(axum::middleware::from_fn_with_state(
+        .route("/v1/tasks/{id}/logs", get(logs));
+    let v1 = if controller_only {
+        v1.route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            authenticate,
+            controller_only_layer,
         ))
-        .route("/healthz", get(|| async { "ok" }))
+    } else {
+        v1
+    };
+    v1.route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { error(Status::new(404, "NotFound", "no such route")) })
         .with_state(state)
 }
@@ -336,20 +293,39 @@ fn error(status: Status) -> Response {
     (code, Json(status)).into_response()
 }
 
-async fn authenticate(State(state): State<ServerState>, req: Request, next: Next) -> Response {
-    if state.token.check(req.headers()).await {
-        return next.run(req).await;
+/// Whether a request's verified client certificate may call the agent: 401 without one
+/// (the TLS layer already requires it), 403 for any CN but the controllers'.
+pub fn check_caller(node: &str, peer: Option<&PeerIdentity>) -> Result<(), Status> {
+    match peer {
+        None => Err(Status::new(
+            401,
+            "Unauthorized",
+            format!(
+                "agent of node {node}: requests need a client certificate of the cluster CA \
+                 with CN {CONTROLLER_CN}"
+            ),
+        )),
+        Some(p) if p.common_name == CONTROLLER_CN => Ok(()),
+        Some(p) => Err(Status::new(
+            403,
+            "Forbidden",
+            format!(
+                "agent of node {node}: {:?} may not call node agents; only {CONTROLLER_CN} may",
+                p.common_name
+            ),
+        )),
     }
-    let what = if req.headers().contains_key(AUTHORIZATION) {
-        "the bearer token is not this cluster's agent token"
-    } else {
-        "requests to node agents need Authorization: Bearer <cluster agent token>"
-    };
-    error(Status::new(
-        401,
-        "Unauthorized",
-        format!("agent of node {}: {what}", state.node),
-    ))
+}
+
+async fn controller_only_layer(
+    State(state): State<ServerState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match check_caller(&state.node, req.extensions().get::<PeerIdentity>()) {
+        Ok(()) => next.run(req).await,
+        Err(status) => error(status),
+    }
 }
 
 fn runtime(state: &ServerState) -> Result<Arc<dyn ContainerRuntime>, Status> {
@@ -581,33 +557,23 @@ pub async fn tail_offset(path: &std::path::Path, n: u64) -> std::io::Result<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
-    fn headers(auth: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        if let Some(a) = auth {
-            h.insert(AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+    fn peer(cn: &str) -> PeerIdentity {
+        PeerIdentity {
+            common_name: cn.into(),
+            not_before: std::time::SystemTime::UNIX_EPOCH,
+            not_after: std::time::SystemTime::UNIX_EPOCH,
         }
-        h
     }
 
     #[test]
-    fn only_the_cluster_token_as_bearer_is_accepted() {
-        let token = new_token();
-        assert_eq!(token.len(), 64);
-        assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
-        assert!(bearer_matches(
-            &headers(Some(&format!("Bearer {token}"))),
-            &token
-        ));
-        assert!(!bearer_matches(&headers(None), &token));
-        assert!(!bearer_matches(&headers(Some(&token)), &token));
-        assert!(!bearer_matches(&headers(Some("Bearer nope")), &token));
-        assert!(!bearer_matches(
-            &headers(Some(&format!("Bearer {}", new_token()))),
-            &token
-        ));
-        assert!(!bearer_matches(&headers(Some("Bearer ")), ""));
+    fn only_the_controller_certificate_should_be_let_through() {
+        assert!(check_caller("n", Some(&peer(CONTROLLER_CN))).is_ok());
+        assert_eq!(check_caller("n", None).unwrap_err().code, 401);
+        for other in ["node-2", "shoal-hollow-fleet", "shoal-controller2", ""] {
+            let e = check_caller("n", Some(&peer(other))).unwrap_err();
+            assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"), "{other}");
+        }
     }
 
     #[test]
