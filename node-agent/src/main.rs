@@ -304,7 +304,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            let security = Security::from_flags(cli.common.pki_dir.as_deref(), cli.common.insecure)?;
+            let security =
+                Security::from_flags(cli.common.pki_dir.as_deref(), cli.common.insecure)?;
             let name = security.node_name(cli.name)?;
             let Some(address) = cli.address else {
                 bail!("--address is required");

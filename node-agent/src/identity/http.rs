@@ -117,10 +117,12 @@ pub(crate) async fn fetch_ca_unverified(
     });
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| IdentityError::Pki(shoal_pki::PkiError::Tls {
-            what: "choosing TLS versions".into(),
-            source: e,
-        }))?
+        .map_err(|e| {
+            IdentityError::Pki(shoal_pki::PkiError::Tls {
+                what: "choosing TLS versions".into(),
+                source: e,
+            })
+        })?
         .dangerous()
         .with_custom_certificate_verifier(recording.clone())
         .with_no_client_auth();
@@ -187,7 +189,11 @@ pub(crate) async fn post_issued(
 
 /// The body of a 200 answer; any other status is [`IdentityError::Refused`] with the
 /// controller's message.
-async fn text(url: &reqwest::Url, what: &str, resp: reqwest::Response) -> Result<String, IdentityError> {
+async fn text(
+    url: &reqwest::Url,
+    what: &str,
+    resp: reqwest::Response,
+) -> Result<String, IdentityError> {
     let status = resp.status();
     let body = resp
         .text()

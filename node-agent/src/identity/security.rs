@@ -147,11 +147,17 @@ mod tests {
     #[test]
     fn an_agent_without_identity_or_insecure_should_be_told_to_join() {
         let e = Security::from_flags(None, false).unwrap_err().to_string();
-        assert!(e.contains("shoal-agent join") && e.contains("--insecure"), "{e}");
+        assert!(
+            e.contains("shoal-agent join") && e.contains("--insecure"),
+            "{e}"
+        );
         let e = Security::from_flags(Some(Path::new("/nonexistent/pki")), false)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("shoal-agent join") && e.contains("/nonexistent/pki"), "{e}");
+        assert!(
+            e.contains("shoal-agent join") && e.contains("/nonexistent/pki"),
+            "{e}"
+        );
         assert!(Security::from_flags(Some(Path::new("/x")), true).is_err());
         assert!(fleet_connect(None, false, &Connect::default()).is_err());
     }

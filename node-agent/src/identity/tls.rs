@@ -77,8 +77,8 @@ mod tests {
     }
 
     #[test]
-    fn etcd_should_be_reached_with_the_node_certificate_at_the_joined_endpoints_unless_overridden(
-    ) {
+    fn etcd_should_be_reached_with_the_node_certificate_at_the_joined_endpoints_unless_overridden()
+    {
         let base = Connect {
             root: Some("/r/v1".into()),
             ..Connect::default()
