@@ -13,7 +13,7 @@ use shoal_api_types::{
     TaskStatus,
 };
 use shoal_node_agent::runtime::{ContainerRuntime, ContainerSpec, ExecOutput, FakeRuntime};
-use shoal_node_agent::server::{self, AgentServer, ServerConfig, ServerHandle};
+use shoal_node_agent::server::{AgentServer, ServerConfig, ServerHandle, Transport};
 use shoal_store::testing::TestEtcd;
 use shoal_store::Store;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -78,7 +78,7 @@ impl Cluster {
             node: node.into(),
             listen: "127.0.0.1:0".into(),
         };
-        let server = AgentServer::bind(&config, &self.store, runtime)
+        let server = AgentServer::bind(&config, runtime, Transport::Plain)
             .await
             .unwrap();
         let endpoint = server.endpoint("127.0.0.1");
@@ -299,69 +299,6 @@ async fn exec_explains_tasks_that_cannot_be_reached() {
         err.contains("task worker.6 is not running on node node-1"),
         "{err}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn agents_refuse_requests_without_the_cluster_token() {
-    let c = Cluster::start().await;
-    // An agent with some other token: the API server's requests are refused (401) and the
-    // user is told so.
-    let app = server::test_router("node-5", Some(c.fake.clone()), "not-the-cluster-token");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    c.node("node-5", NodeState::Ready, &endpoint).await;
-    c.task("w7hhhhhh", "worker", 7, "node-5", TaskState::Running)
-        .await;
-    let out = c.shoal(&["exec", "worker.7", "--", "true"]).await;
-    assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
-    assert!(
-        err.contains("the agent of node node-5 refused the API server's cluster token"),
-        "{err}"
-    );
-
-    // Straight to the real agent: no token or a wrong one is 401, the right one works.
-    let node = c
-        .store
-        .get_named::<NodeSpec>("node-1")
-        .await
-        .unwrap()
-        .unwrap();
-    let url = format!(
-        "http://{}/v1/tasks/w1aaaaaa/exec",
-        node.status.agent_endpoint
-    );
-    let http = reqwest::Client::new();
-    let body = serde_json::json!({"argv": ["hostname"]});
-    let resp = http.post(&url).json(&body).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 401);
-    let resp = http
-        .post(&url)
-        .bearer_auth("guess")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 401);
-    let token = server::ensure_agent_token(&c.store).await.unwrap();
-    let resp = http
-        .post(&url)
-        .bearer_auth(&token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
-    let v: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(v["exitCode"], 0);
-    assert_eq!(v["stdout"], "w1aaaaaa\n");
-
-    // The token is not served by the API.
-    let key = c.store.keys().agent_token();
-    assert!(key.contains("/secrets/"));
-    let listing = text(&c.shoal(&["get", "nodes", "-o", "json"]).await.stdout);
-    assert!(!listing.contains(&token));
 }
 
 #[tokio::test(flavor = "multi_thread")]

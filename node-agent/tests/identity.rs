@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use identity_support::{issue, recording_client, serial, FakeController, CONTROLLER};
-use shoal_node_agent::identity::{join, IdentityError, JoinRequest, PkiDir, Renewer};
+use shoal_node_agent::identity::{
+    join, IdentityError, JoinInfo, JoinRequest, NodeIdentity, PkiDir, Renewer,
+};
 use shoal_node_agent::server::{AgentServer, ServerConfig, ServerHandle, Transport};
 use shoal_pki::{Ca, JoinToken, Reloadable};
 
@@ -212,15 +214,17 @@ async fn the_renewal_loop_should_renew_within_the_certificates_lifetime() {
 async fn the_agent_server_should_serve_only_the_controllers_certificate() {
     let ca = Ca::generate("test").unwrap();
     let node = issue(&ca, "node-1");
-    let tls = shoal_pki::server_config(
-        &node.cert_pem,
-        &node.key_pem,
-        shoal_pki::ClientAuth::Required {
-            ca_pem: ca.cert_pem().into(),
+    let identity = NodeIdentity {
+        ca_pem: ca.cert_pem().into(),
+        cert_pem: node.cert_pem,
+        key_pem: node.key_pem,
+        join: JoinInfo {
+            controller: "https://127.0.0.1:7777".into(),
+            etcd_endpoints: vec!["https://127.0.0.1:2379".into()],
+            name: "node-1".into(),
         },
-    )
-    .unwrap();
-    let (server, addr) = agent_server(Reloadable::new(tls)).await;
+    };
+    let (server, addr) = agent_server(Reloadable::new(identity.server_config().unwrap())).await;
 
     // The controller's certificate gets through (hollow node: 501).
     let controller = issue(&ca, CONTROLLER);

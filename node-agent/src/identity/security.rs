@@ -10,7 +10,7 @@ use shoal_pki::Reloadable;
 use shoal_store::{Connect, Store};
 
 use super::error::IdentityError;
-use super::files::{FleetIdentity, NodeIdentity, PkiDir};
+use super::files::{FleetIdentity, NodeIdentity, PkiDir, DEFAULT_PKI_DIR};
 use super::renew::Renewer;
 use crate::server::Transport;
 
@@ -49,8 +49,8 @@ impl Security {
                  --token <join token> --controller https://<controller>:7777 --name <node> \
                  --address <ip>` (it writes {}), then start the agent with --pki-dir {}; or \
                  run a plaintext cluster with --insecure",
-                super::DEFAULT_PKI_DIR,
-                super::DEFAULT_PKI_DIR
+                DEFAULT_PKI_DIR,
+                DEFAULT_PKI_DIR
             ))),
         }
     }

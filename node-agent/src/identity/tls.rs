@@ -61,7 +61,7 @@ fn with_tls(base: &Connect, endpoints: Vec<String>, ca: &str, cert: &str, key: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::JoinInfo;
+    use crate::identity::files::JoinInfo;
 
     fn identity() -> NodeIdentity {
         NodeIdentity {
