@@ -87,15 +87,14 @@ impl Store {
                 )));
             }
         }
-        let client = cfg.client().await?;
-        // Connecting is lazy; make sure the new client is let in before using it.
-        client
-            .kv_client()
-            .get(
-                self.keys.leader(),
-                Some(GetOptions::new().with_count_only()),
-            )
-            .await?;
+        // Connecting is lazy; make sure the new client is let in (with the same probe as
+        // `connect`) before using it.
+        let probe = Store::connect(&Connect {
+            root: Some(self.keys.root().to_string()),
+            ..cfg
+        })
+        .await?;
+        let client = probe.client();
         *self.conn.client.write().unwrap_or_else(|e| e.into_inner()) = client;
         self.conn.generation.send_modify(|g| *g += 1);
         Ok(())

@@ -49,8 +49,7 @@ impl Security {
                  --token <join token> --controller https://<controller>:7777 --name <node> \
                  --address <ip>` (it writes {}), then start the agent with --pki-dir {}; or \
                  run a plaintext cluster with --insecure",
-                DEFAULT_PKI_DIR,
-                DEFAULT_PKI_DIR
+                DEFAULT_PKI_DIR, DEFAULT_PKI_DIR
             ))),
         }
     }
