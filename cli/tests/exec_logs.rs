@@ -13,7 +13,7 @@ use shoal_api_types::{
     TaskStatus,
 };
 use shoal_node_agent::runtime::{ContainerRuntime, ContainerSpec, ExecOutput, FakeRuntime};
-use shoal_node_agent::server::{AgentServer, ServerConfig, ServerHandle};
+use shoal_node_agent::server::{AgentServer, ServerConfig, ServerHandle, Transport};
 use shoal_store::testing::TestEtcd;
 use shoal_store::Store;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -78,7 +78,7 @@ impl Cluster {
             node: node.into(),
             listen: "127.0.0.1:0".into(),
         };
-        let server = AgentServer::bind(&config, &self.store, runtime)
+        let server = AgentServer::bind(&config, runtime, Transport::Plain)
             .await
             .unwrap();
         let endpoint = server.endpoint("127.0.0.1");

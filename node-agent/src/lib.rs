@@ -3,11 +3,13 @@
 //! `agent` (registration, watches, the converge loop, task networking's wiring), `runtime`
 //! (the container runtime: containerd), `net` (namespaces, links, overlays, nft), `dns` (the
 //! embedded DNS server), `lb` (VIP tables), `mesh` (routing-mesh rules), `server` (exec and
-//! logs for the API server) and `hollow` (a testing runtime that starts no containers).
+//! logs for the API server, over mutual TLS), `identity` (joining the cluster, the node's
+//! certificate and its renewal) and `hollow` (a testing runtime that starts no containers).
 
 pub mod agent;
 pub mod dns;
 pub mod hollow;
+pub mod identity;
 pub mod lb;
 pub mod mesh;
 pub mod net;

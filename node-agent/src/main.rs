@@ -1,5 +1,5 @@
 //! `shoal-agent`: the node agent binary. Parses flags and runs the library's agent (or a
-//! fleet of hollow agents) until SIGTERM or Ctrl-C.
+//! fleet of hollow agents) until SIGTERM or Ctrl-C, or joins the cluster (`join`).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shoal_node_agent::agent::{self, AgentConfig, ContainerTasks, NodeNetwork, TaskRuntime};
 use shoal_node_agent::hollow::{FleetConfig, HollowFleet, HollowRuntime};
+use shoal_node_agent::identity::{
+    self, IdentityError, JoinRequest, PkiDir, Security, DEFAULT_PKI_DIR,
+};
 use shoal_node_agent::runtime::{ContainerRuntime, ContainerdConfig, ContainerdRuntime};
 use shoal_node_agent::server::{AgentServer, ServerConfig};
 use shoal_store::{Connect, Store};
@@ -25,8 +28,9 @@ use shoal_store::{Connect, Store};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// The node's name (a DNS-1123 label).
-    #[arg(long, required = true, env = "SHOAL_NODE_NAME")]
+    /// The node's name (a DNS-1123 label); with --pki-dir, the identity's unless given
+    /// (and then it must be the same).
+    #[arg(long, env = "SHOAL_NODE_NAME")]
     name: Option<String>,
     /// The underlay address other nodes reach this one at (the VXLAN endpoint).
     #[arg(long, required = true, env = "SHOAL_NODE_ADDRESS")]
@@ -118,6 +122,9 @@ impl ContainerdArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Joins the cluster: pins the controller's CA by the join token's digest, then trades
+    /// the token for a node certificate, and writes the node's identity into --pki-dir.
+    Join(JoinArgs),
     /// Runs many hollow agents (testing mode, no containers) in this process, sharing one
     /// etcd connection: for scale tests and benchmarks.
     HollowFleet(FleetArgs),
@@ -132,14 +139,38 @@ enum RuntimeKind {
 }
 
 #[derive(Debug, Args)]
+struct JoinArgs {
+    /// The join token (`shoal join-token` prints it): SWMTKN-1-<ca digest>-<secret>.
+    #[arg(long, env = "SHOAL_JOIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The controller's URL.
+    #[arg(long, value_name = "https://HOST:7777")]
+    controller: String,
+    /// The node's name (a DNS-1123 label): its certificate's CN and etcd user.
+    #[arg(long, env = "SHOAL_NODE_NAME")]
+    name: String,
+    /// The node's underlay address (its certificate's IP SAN).
+    #[arg(long, env = "SHOAL_NODE_ADDRESS")]
+    address: String,
+    /// Where to write the identity (ca.crt, node.crt, node.key, join.json).
+    #[arg(long, default_value = DEFAULT_PKI_DIR)]
+    pki_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
 struct Common {
-    /// etcd endpoints, comma-separated.
-    #[arg(
-        long,
-        env = "SHOAL_ETCD",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
+    /// The node's identity (`shoal-agent join` writes it; a hollow fleet's: ca.crt and
+    /// fleet.crt/fleet.key): etcd over TLS with that certificate, exec/logs over mutual
+    /// TLS, renewal. Required unless --insecure.
+    #[arg(long, value_name = "DIR", conflicts_with = "insecure")]
+    pki_dir: Option<PathBuf>,
+    /// No identity: plaintext etcd without authentication and plain-HTTP exec/logs
+    /// (benchmarks' baseline, old tests).
+    #[arg(long)]
+    insecure: bool,
+    /// etcd endpoints, comma-separated; default: those the controller gave at join
+    /// (join.json), or http://127.0.0.1:2379 with --insecure.
+    #[arg(long, env = "SHOAL_ETCD", value_delimiter = ',')]
     etcd: Vec<String>,
     /// The root of Shoal's keys in etcd.
     #[arg(long, env = "SHOAL_ETCD_ROOT", default_value = shoal_api_types::keys::DEFAULT_ROOT)]
@@ -193,6 +224,28 @@ impl Common {
     }
 }
 
+/// `shoal-agent join`.
+async fn join(args: JoinArgs) -> anyhow::Result<()> {
+    let token = args.token.parse().map_err(IdentityError::InvalidToken)?;
+    let dir = PkiDir::new(&args.pki_dir);
+    let request = JoinRequest {
+        token,
+        controller: args.controller,
+        name: args.name,
+        address: args.address,
+    };
+    let joined = identity::join(&request, &dir).await?;
+    println!(
+        "node {} joined the cluster; its identity is in {}.\nStart the agent with: \
+         shoal-agent --pki-dir {} --address {} …",
+        joined.join.name,
+        dir.path().display(),
+        dir.path().display(),
+        request.address
+    );
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(term) => term,
@@ -218,10 +271,16 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::Join(args)) => join(args).await,
         Some(Command::HollowFleet(args)) => {
-            let store = Store::connect(&args.common.connect())
+            let connect = identity::fleet_connect(
+                args.common.pki_dir.as_deref(),
+                args.common.insecure,
+                &args.common.connect(),
+            )?;
+            let store = Store::connect(&connect)
                 .await
-                .with_context(|| format!("cannot reach etcd at {}", args.common.etcd.join(",")))?;
+                .with_context(|| format!("cannot reach etcd at {}", connect.endpoints.join(",")))?;
             let config = FleetConfig {
                 count: args.count,
                 name_prefix: args.name_prefix,
@@ -245,8 +304,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         None => {
-            let (Some(name), Some(address)) = (cli.name, cli.address) else {
-                bail!("--name and --address are required");
+            let security =
+                Security::from_flags(cli.common.pki_dir.as_deref(), cli.common.insecure)?;
+            let name = security.node_name(cli.name)?;
+            let Some(address) = cli.address else {
+                bail!("--address is required");
             };
             let (runtime, containers): (Arc<dyn TaskRuntime>, _) = match cli.runtime {
                 RuntimeKind::Hollow => (Arc::new(HollowRuntime::new()), None),
@@ -255,16 +317,19 @@ async fn main() -> anyhow::Result<()> {
                     (tasks, Some(containers))
                 }
             };
-            let store = Store::connect(&cli.common.connect())
+            let base = cli.common.connect();
+            let connect = security.etcd_connect(&base);
+            let store = Store::connect(&connect)
                 .await
-                .with_context(|| format!("cannot reach etcd at {}", cli.common.etcd.join(",")))?;
+                .with_context(|| format!("cannot reach etcd at {}", connect.endpoints.join(",")))?;
+            let transport = security.transport()?;
             let server = match &cli.containerd.listen {
                 Some(listen) => {
                     let config = ServerConfig {
                         node: name.clone(),
                         listen: listen.clone(),
                     };
-                    Some(AgentServer::bind(&config, &store, containers).await?)
+                    Some(AgentServer::bind(&config, containers, transport.clone()).await?)
                 }
                 None => None,
             };
@@ -272,7 +337,13 @@ async fn main() -> anyhow::Result<()> {
             let mut config = cli.common.agent_config(name, address);
             config.agent_endpoint = cli.agent_endpoint.or(endpoint);
             let server = server.map(AgentServer::spawn);
+            let renewal = security
+                .renewer(&store, &base, &transport)
+                .map(|r| r.spawn());
             agent::run(config, store, runtime, shutdown_signal()).await?;
+            if let Some(renewal) = renewal {
+                renewal.shutdown().await;
+            }
             if let Some(server) = server {
                 server.shutdown().await;
             }

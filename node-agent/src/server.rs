@@ -12,17 +12,22 @@
 //! exec; a hollow node (no container runtime) answers 501. Errors are
 //! [`Status`](shoal_api_types::Status) JSON, as the API server's are.
 //!
-//! Authentication: none here yet. The shared agent token is gone (issue 12); the secure
-//! server — HTTPS with the node certificate, requiring the controller's client certificate
-//! (CN `shoal-controller`) — comes with the agent's join work. Until then this plain HTTP
-//! server is the `--insecure` mode's.
+//! Authentication: only the controller talks to agents. With an identity
+//! ([`Transport::Tls`]) the server speaks TLS with the node's certificate and requires a
+//! client certificate of the cluster CA (no certificate, or one of another CA: the
+//! handshake fails); a request whose certificate's CN is not [`CONTROLLER_CN`] (another
+//! node, the hollow fleet) is 403. The certificate can be replaced while serving
+//! (renewal, [`Reloadable::set`]); connections accepted afterwards get the new one.
+//! [`Transport::Plain`] (`--insecure`: benchmarks' baseline, old tests) serves plain HTTP
+//! to anyone.
 //!
 //! Logs: the runtime appends the container's stdout and stderr to one file
 //! ([`ContainerRuntime::log_path`]). `tail=N` starts N lines before the end; `follow=true`
 //! keeps reading as the file grows until the container has exited or is gone (then what
 //! is left is sent and the stream ends) or the client disconnects.
 //!
-//! Build then spawn: [`AgentServer::bind`] binds the socket (all fallible setup); [`AgentServer::spawn`] serves until its handle shuts it down.
+//! Build then spawn: [`AgentServer::bind`] binds the socket (all fallible setup);
+//! [`AgentServer::spawn`] serves until its handle shuts it down.
 
 use std::io::SeekFrom;
 use std::net::SocketAddr;
@@ -31,14 +36,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shoal_api_types::{ExecRequest, ExecResponse, LogOptions, Status};
-use shoal_store::Store;
+use shoal_pki::{PeerIdentity, Reloadable};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -71,6 +77,29 @@ pub enum ServerError {
     },
 }
 
+/// The CN of the only client certificate the agent serves: the controllers'.
+pub const CONTROLLER_CN: &str = "shoal-controller";
+
+/// How the server talks to its clients.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain HTTP, no authentication (`--insecure`).
+    Plain,
+    /// TLS with a (replaceable) config that requires client certificates of the cluster
+    /// CA ([`crate::identity::NodeIdentity::server_config`]); only [`CONTROLLER_CN`] may
+    /// call.
+    Tls(Arc<Reloadable>),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Plain => "Plain",
+            Transport::Tls(_) => "Tls",
+        })
+    }
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 struct ServerState {
@@ -91,6 +120,7 @@ pub struct ServerConfig {
 pub struct AgentServer {
     listener: tokio::net::TcpListener,
     state: ServerState,
+    transport: Transport,
 }
 
 impl std::fmt::Debug for AgentServer {
@@ -98,18 +128,18 @@ impl std::fmt::Debug for AgentServer {
         f.debug_struct("AgentServer")
             .field("node", &self.state.node)
             .field("listen", &self.listener.local_addr().ok())
+            .field("transport", &self.transport)
             .finish()
     }
 }
 
 impl AgentServer {
-    /// Binds `config.listen` (`_store`: kept for the secure server, which reads the
-    /// node's identity). `runtime` is the
-    /// node's container runtime; `None` for a hollow node (exec and logs answer 501).
+    /// Binds `config.listen`. `runtime` is the node's container runtime; `None` for a
+    /// hollow node (exec and logs answer 501).
     pub async fn bind(
         config: &ServerConfig,
-        _store: &Store,
         runtime: Option<Arc<dyn ContainerRuntime>>,
+        transport: Transport,
     ) -> Result<AgentServer, ServerError> {
         let addr: SocketAddr = config
             .listen
@@ -129,6 +159,7 @@ impl AgentServer {
                 node: config.node.clone(),
                 runtime,
             },
+            transport,
         })
     }
 
@@ -148,19 +179,31 @@ impl AgentServer {
     /// Serves until the handle shuts it down (or is dropped).
     pub fn spawn(self) -> ServerHandle {
         let (tx, mut rx) = watch::channel(false);
-        let app = router(self.state);
         let listener = self.listener;
-        let task = tokio::spawn(async move {
-            let stop = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(error = %e, "agent server failed");
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let task = match self.transport {
+            Transport::Plain => {
+                let app = router(self.state, false);
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await
+                    {
+                        tracing::error!(error = %e, "agent server failed");
+                    }
+                })
             }
-        });
+            Transport::Tls(tls) => {
+                let app = router(self.state, true);
+                tokio::spawn(async move {
+                    if let Err(e) = shoal_pki::serve(listener, tls, app, stop).await {
+                        tracing::error!(error = %e, "agent server failed");
+                    }
+                })
+            }
+        };
         ServerHandle {
             shutdown: tx,
             task: Some(task),
@@ -216,19 +259,31 @@ impl Drop for ServerHandle {
     }
 }
 
-/// The agent's routes over `runtime` (`None`: hollow) (tests).
+/// The agent's routes over `runtime` (`None`: hollow), as served over plain HTTP (tests).
 pub fn test_router(node: &str, runtime: Option<Arc<dyn ContainerRuntime>>) -> Router {
-    router(ServerState {
-        node: node.to_string(),
-        runtime,
-    })
+    router(
+        ServerState {
+            node: node.to_string(),
+            runtime,
+        },
+        false,
+    )
 }
 
-fn router(state: ServerState) -> Router {
-    Router::new()
+/// The routes; with `controller_only`, `/v1` requests need the controller's certificate.
+fn router(state: ServerState, controller_only: bool) -> Router {
+    let v1 = Router::new()
         .route("/v1/tasks/{id}/exec", post(exec))
-        .route("/v1/tasks/{id}/logs", get(logs))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/tasks/{id}/logs", get(logs));
+    let v1 = if controller_only {
+        v1.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            controller_only_layer,
+        ))
+    } else {
+        v1
+    };
+    v1.route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { error(Status::new(404, "NotFound", "no such route")) })
         .with_state(state)
 }
@@ -236,6 +291,41 @@ fn router(state: ServerState) -> Router {
 fn error(status: Status) -> Response {
     let code = StatusCode::from_u16(status.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (code, Json(status)).into_response()
+}
+
+/// Whether a request's verified client certificate may call the agent: 401 without one
+/// (the TLS layer already requires it), 403 for any CN but the controllers'.
+pub fn check_caller(node: &str, peer: Option<&PeerIdentity>) -> Result<(), Status> {
+    match peer {
+        None => Err(Status::new(
+            401,
+            "Unauthorized",
+            format!(
+                "agent of node {node}: requests need a client certificate of the cluster CA \
+                 with CN {CONTROLLER_CN}"
+            ),
+        )),
+        Some(p) if p.common_name == CONTROLLER_CN => Ok(()),
+        Some(p) => Err(Status::new(
+            403,
+            "Forbidden",
+            format!(
+                "agent of node {node}: {:?} may not call node agents; only {CONTROLLER_CN} may",
+                p.common_name
+            ),
+        )),
+    }
+}
+
+async fn controller_only_layer(
+    State(state): State<ServerState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match check_caller(&state.node, req.extensions().get::<PeerIdentity>()) {
+        Ok(()) => next.run(req).await,
+        Err(status) => error(status),
+    }
 }
 
 fn runtime(state: &ServerState) -> Result<Arc<dyn ContainerRuntime>, Status> {
@@ -467,6 +557,24 @@ pub async fn tail_offset(path: &std::path::Path, n: u64) -> std::io::Result<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer(cn: &str) -> PeerIdentity {
+        PeerIdentity {
+            common_name: cn.into(),
+            not_before: std::time::SystemTime::UNIX_EPOCH,
+            not_after: std::time::SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn only_the_controller_certificate_should_be_let_through() {
+        assert!(check_caller("n", Some(&peer(CONTROLLER_CN))).is_ok());
+        assert_eq!(check_caller("n", None).unwrap_err().code, 401);
+        for other in ["node-2", "shoal-hollow-fleet", "shoal-controller2", ""] {
+            let e = check_caller("n", Some(&peer(other))).unwrap_err();
+            assert_eq!((e.code, e.reason.as_str()), (403, "Forbidden"), "{other}");
+        }
+    }
 
     #[test]
     fn unspecified_listen_addresses_publish_the_node_address() {

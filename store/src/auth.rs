@@ -37,7 +37,7 @@ use crate::Result;
 /// fine. Run it before anything else with the controller's certificate: once auth is on,
 /// only certificates whose CN names a user get in.
 pub async fn bootstrap(store: &Store) -> Result<()> {
-    let mut auth = store.client.auth_client();
+    let mut auth = store.client().auth_client();
     ensure_role(&mut auth, ROOT_ROLE).await?;
     ensure_user(&mut auth, ROOT_USER, ROOT_ROLE).await?;
     ensure_user(&mut auth, CONTROLLER_USER, ROOT_ROLE).await?;
@@ -54,7 +54,7 @@ pub async fn bootstrap(store: &Store) -> Result<()> {
 pub async fn ensure_node_user(store: &Store, node: &str) -> Result<()> {
     valid_node(node, "add the etcd user of")?;
     let role = node_role(node);
-    let mut auth = store.client.auth_client();
+    let mut auth = store.client().auth_client();
     ensure_role(&mut auth, &role).await?;
     set_permissions(&mut auth, &role, &node_permissions(store.keys(), node)).await?;
     ensure_user(&mut auth, node, &role).await
@@ -66,7 +66,7 @@ pub async fn ensure_node_user(store: &Store, node: &str) -> Result<()> {
 /// lease keep-alives, so a removed agent would otherwise keep its node alive. Idempotent.
 pub async fn remove_node_user(store: &Store, node: &str) -> Result<()> {
     valid_node(node, "remove the etcd user of")?;
-    let mut auth = store.client.auth_client();
+    let mut auth = store.client().auth_client();
     match auth.user_delete(node).await {
         Ok(_) => {}
         Err(e) if message(&e).contains("user name not found") => {}
@@ -80,7 +80,7 @@ pub async fn remove_node_user(store: &Store, node: &str) -> Result<()> {
     }
     let liveness = store.keys().node_lease(node);
     match store.get_raw(&liveness).await? {
-        Some(kv) if kv.lease != 0 => match store.client.lease_client().revoke(kv.lease).await {
+        Some(kv) if kv.lease != 0 => match store.client().lease_client().revoke(kv.lease).await {
             Ok(_) => Ok(()),
             Err(e) if message(&e).contains("lease not found") => Ok(()),
             Err(e) => Err(StoreError::from_etcd(e, "revoke the lease of", &liveness)),
@@ -93,7 +93,7 @@ pub async fn remove_node_user(store: &Store, node: &str) -> Result<()> {
 /// Creates (or brings up to date) the hollow fleet's user and role `shoal-hollow-fleet`
 /// with exactly [`fleet_permissions`] (testing mode, benchmarks). Idempotent.
 pub async fn ensure_fleet_user(store: &Store) -> Result<()> {
-    let mut auth = store.client.auth_client();
+    let mut auth = store.client().auth_client();
     ensure_role(&mut auth, FLEET_USER).await?;
     set_permissions(&mut auth, FLEET_USER, &fleet_permissions(store.keys())).await?;
     ensure_user(&mut auth, FLEET_USER, FLEET_USER).await
@@ -103,7 +103,7 @@ pub async fn ensure_fleet_user(store: &Store) -> Result<()> {
 /// exist: etcd answers "authentication is not enabled" or "authentication failed" (etcd
 /// 3.4 has no AuthStatus call).
 pub async fn auth_enabled(store: &Store) -> Result<bool> {
-    let mut auth = store.client.auth_client();
+    let mut auth = store.client().auth_client();
     let probe = "shoal-auth-probe".to_string();
     match auth.authenticate(probe.clone(), password()).await {
         Err(e) if message(&e).contains("authentication is not enabled") => Ok(false),

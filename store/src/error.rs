@@ -75,6 +75,9 @@ pub enum StoreError {
         #[source]
         source: etcd_client::Error,
     },
+    /// Connection settings that cannot be used ([`crate::Store::set_connect`]).
+    #[error("invalid etcd connection settings: {0}")]
+    InvalidConnect(String),
     /// etcd failed or was unreachable.
     #[error("etcd: {0}")]
     Etcd(etcd_client::Error),

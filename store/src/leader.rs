@@ -88,7 +88,7 @@ async fn try_campaign(store: &Store, identity: &str, ttl: Duration) -> Result<Op
         let from = resp.header().map(|h| h.revision()).unwrap_or(0) + 1;
         tracing::debug!(leader = %String::from_utf8_lossy(holder.value()), "following");
         let mut stream = store
-            .client
+            .client()
             .watch_client()
             .watch(
                 key.clone(),

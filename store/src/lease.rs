@@ -1,5 +1,7 @@
 //! etcd leases: liveness for node agents and the controller leader. A [`LeaseKeeper`]
-//! renews a lease in the background and says when it is lost.
+//! renews a lease in the background and says when it is lost. It follows the store's
+//! client: when [`Store::set_connect`] replaces it (certificate renewal), the keeper opens
+//! its keep-alive stream on the new client at once, so the lease never lapses for it.
 
 use std::time::Duration;
 
@@ -32,7 +34,7 @@ impl Store {
     pub async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
         let secs = ttl.as_secs().max(1) as i64;
         let resp = self
-            .client
+            .client()
             .lease_client()
             .grant(secs, None)
             .await
@@ -50,7 +52,7 @@ impl Store {
         value: impl Into<Vec<u8>>,
         lease: Lease,
     ) -> Result<()> {
-        self.client
+        self.client()
             .kv_client()
             .put(key, value, Some(PutOptions::new().with_lease(lease.id)))
             .await
@@ -60,7 +62,7 @@ impl Store {
 
     /// Revokes a lease now, deleting every key bound to it.
     pub async fn revoke_lease(&self, lease: Lease) -> Result<()> {
-        self.client
+        self.client()
             .lease_client()
             .revoke(lease.id)
             .await
@@ -71,21 +73,33 @@ impl Store {
     /// Starts renewing `lease` in the background.
     pub fn keep_alive(&self, lease: Lease) -> LeaseKeeper {
         let (tx, rx) = watch::channel(false);
-        let mut client = self.client.lease_client();
+        let store = self.clone();
+        let mut changes = self.client_changes();
         let task = tokio::spawn(async move {
             let period = (lease.ttl / 3).max(Duration::from_millis(300));
-            let lost = async {
-                let (mut keeper, mut responses) = client.keep_alive(lease.id).await.ok()?;
-                loop {
-                    keeper.keep_alive().await.ok()?;
-                    match tokio::time::timeout(lease.ttl, responses.message()).await {
-                        Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
-                        _ => return None::<()>,
+            // Each round keeps the lease alive on the store's current client until it
+            // fails (lost: `None`) or the client is replaced (`Some`: a new round).
+            loop {
+                changes.borrow_and_update();
+                let mut client = store.client().lease_client();
+                let round = async {
+                    let (mut keeper, mut responses) = client.keep_alive(lease.id).await.ok()?;
+                    loop {
+                        keeper.keep_alive().await.ok()?;
+                        match tokio::time::timeout(lease.ttl, responses.message()).await {
+                            Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
+                            _ => return None::<()>,
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(period) => {}
+                            Ok(()) = changes.changed() => return Some(()),
+                        }
                     }
-                    tokio::time::sleep(period).await;
+                };
+                if round.await.is_none() {
+                    break;
                 }
-            };
-            lost.await;
+            }
             let _ = tx.send(true);
         });
         LeaseKeeper {

@@ -172,7 +172,7 @@ impl Store {
             opts = opts.with_progress_notify();
         }
         let stream = self
-            .client
+            .client()
             .watch_client()
             .max_decoding_message_size(crate::store::MAX_MESSAGE)
             .watch(prefix, Some(opts))

@@ -1,4 +1,12 @@
-//! The [`Store`]: typed get, list, create, update and delete over etcd.
+//! The [`Store`]: typed get, list, create, update and delete over etcd, and the one etcd
+//! client every clone of a store shares.
+//!
+//! The client can be replaced while the store is in use ([`Store::set_connect`], a node
+//! agent's certificate renewal): requests started afterwards use the new client; watches
+//! already open finish on the old one (the list-then-watch [`crate::Watcher`] reopens on
+//! the new one), and lease keep-alives ([`crate::LeaseKeeper`]) move to the new one at once.
+
+use std::sync::{Arc, RwLock};
 
 use chrono::Utc;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
@@ -16,11 +24,18 @@ pub const LIST_PAGE: i64 = 2_000;
 /// watch response for a watcher catching up, far beyond gRPC's default 4 MiB.
 pub(crate) const MAX_MESSAGE: usize = 512 << 20;
 
-/// Typed access to objects in etcd. Cheap to clone; clones share one connection.
+/// Typed access to objects in etcd. Cheap to clone; clones share one connection, and
+/// [`Store::set_connect`] replaces it for all of them.
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) client: Client,
+    conn: Arc<Shared>,
     pub(crate) keys: Keys,
+}
+
+/// The client all clones of a store use, and a counter of its replacements.
+struct Shared {
+    client: RwLock<Client>,
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -42,10 +57,61 @@ impl Store {
     pub async fn connect(cfg: &Connect) -> Result<Store> {
         let client = cfg.client().await?;
         let keys = cfg.root.as_deref().map(Keys::new).unwrap_or_default();
-        let store = Store { client, keys };
+        let store = Store {
+            conn: Arc::new(Shared {
+                client: RwLock::new(client),
+                generation: tokio::sync::watch::Sender::new(0),
+            }),
+            keys,
+        };
         // Connecting is lazy; make sure something answers.
         store.revision().await?;
         Ok(store)
+    }
+
+    /// Replaces the etcd client of this store and all its clones with one built from
+    /// `cfg` (new endpoints, a renewed client certificate), once it has answered a
+    /// request; on error the current client stays. The key root does not change (`cfg.root`
+    /// must be `None` or the same).
+    ///
+    /// Requests started afterwards use the new client. Watches already open keep running
+    /// on the old connection until they end (a [`crate::Watcher`] or [`crate::reflect`]
+    /// then reopens on the new one); [`crate::LeaseKeeper`]s switch to the new client at
+    /// once, so the leases they keep are never interrupted.
+    pub async fn set_connect(&self, cfg: Connect) -> Result<()> {
+        if let Some(root) = cfg.root.as_deref() {
+            if Keys::new(root).root() != self.keys.root() {
+                return Err(StoreError::InvalidConnect(format!(
+                    "the key root cannot change from {} to {root}",
+                    self.keys.root()
+                )));
+            }
+        }
+        // Connecting is lazy; make sure the new client is let in (with the same probe as
+        // `connect`) before using it.
+        let probe = Store::connect(&Connect {
+            root: Some(self.keys.root().to_string()),
+            ..cfg
+        })
+        .await?;
+        let client = probe.client();
+        *self.conn.client.write().unwrap_or_else(|e| e.into_inner()) = client;
+        self.conn.generation.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// The current etcd client (cheap: clones share the connection).
+    pub(crate) fn client(&self) -> Client {
+        self.conn
+            .client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes whenever [`Store::set_connect`] replaces the client.
+    pub(crate) fn client_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.conn.generation.subscribe()
     }
 
     /// The key layout in use.
@@ -105,7 +171,7 @@ impl Store {
 
     /// A KV client whose responses may be as large as etcd sends them.
     pub(crate) fn kv(&self) -> etcd_client::KvClient {
-        self.client
+        self.client()
             .kv_client()
             .max_decoding_message_size(MAX_MESSAGE)
     }

@@ -40,7 +40,9 @@ pub fn store_status(e: &StoreError) -> Status {
         StoreError::Compacted { .. } => Status::gone(format!(
             "{e}: list the objects again and watch from the list's metadata.resourceVersion"
         )),
-        StoreError::Decode { .. } => Status::internal(e.to_string()),
+        StoreError::Decode { .. } | StoreError::InvalidConnect(_) => {
+            Status::internal(e.to_string())
+        }
         StoreError::WatchEnded { .. } => {
             Status::unavailable(format!("{e}; watch again from the last resourceVersion"))
         }

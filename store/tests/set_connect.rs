@@ -1,0 +1,144 @@
+//! `Store::set_connect` (a node agent's certificate renewal) against a real etcd: the
+//! store's clients move to the new connection, and what was running keeps running — even
+//! when the old connection dies right after the swap.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shoal_api_types::{Network, NetworkSpec};
+use shoal_store::testing::TestEtcd;
+use shoal_store::{reflect, Cache, Connect, StoreError, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// A TCP proxy to `upstream`; dropping it closes its listener and every connection through
+/// it, as a dead etcd connection would be.
+struct Proxy {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn to(upstream: &str) -> Proxy {
+        let upstream: SocketAddr = upstream.trim_start_matches("http://").parse().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            // Dropped (aborting every connection) when this task is aborted.
+            let mut conns = JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Proxy { addr, task }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn network(name: &str) -> Network {
+    Network::new(name, NetworkSpec::default())
+}
+
+#[tokio::test]
+async fn set_connect_should_keep_a_running_watch_and_lease_alive_when_the_old_connection_dies() {
+    let etcd = TestEtcd::start().await;
+    let old = Proxy::to(&etcd.endpoint).await;
+    let store = shoal_store::Store::connect(&Connect {
+        endpoints: vec![old.endpoint()],
+        ..etcd.connect()
+    })
+    .await
+    .unwrap();
+    let writer = etcd.store().await;
+
+    // A running cache and a lease kept alive, both on the old connection.
+    let (tx, mut rx) = watch::channel::<Cache<NetworkSpec>>(None);
+    let prefix = store.keys().prefix::<NetworkSpec>();
+    let reflector = tokio::spawn(reflect(Watcher::new(store.clone(), prefix), tx));
+    let lease = store.grant_lease(Duration::from_secs(2)).await.unwrap();
+    let keeper = store.keep_alive(lease);
+    let key = store.keys().node_lease("node-1");
+    store.put_with_lease(&key, "alive", lease).await.unwrap();
+    writer.create(&network("before")).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|c| c.as_ref().is_some_and(|c| c.contains_key("before"))),
+    )
+    .await
+    .expect("the cache follows changes")
+    .unwrap();
+
+    // A new client (renewed certificate), then the old connection dies.
+    let new = Proxy::to(&etcd.endpoint).await;
+    store
+        .set_connect(Connect {
+            endpoints: vec![new.endpoint()],
+            ..etcd.connect()
+        })
+        .await
+        .unwrap();
+    drop(old);
+
+    // Several lease TTLs later the lease is still there, and the cache still follows.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!keeper.is_lost(), "the lease keeper lost the lease");
+    let kv = writer.get_raw(&key).await.unwrap().expect("liveness key");
+    assert_eq!(kv.lease, lease.id);
+    writer.create(&network("after")).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|c| c.as_ref().is_some_and(|c| c.contains_key("after"))),
+    )
+    .await
+    .expect("the cache follows changes made after the swap")
+    .unwrap();
+    // New requests go through the new client.
+    assert!(store
+        .get_named::<NetworkSpec>("after")
+        .await
+        .unwrap()
+        .is_some());
+    reflector.abort();
+}
+
+#[tokio::test]
+async fn set_connect_should_keep_the_current_client_when_the_new_one_cannot_connect() {
+    let etcd = TestEtcd::start().await;
+    let store = etcd.store().await;
+    let dead = format!("http://127.0.0.1:{}", shoal_testkit::free_port());
+    let err = store
+        .set_connect(Connect {
+            endpoints: vec![dead],
+            connect_timeout: Duration::from_millis(500),
+            ..Connect::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+    store.create(&network("still-works")).await.unwrap();
+    let err = store
+        .set_connect(Connect {
+            root: Some("/elsewhere/v1".into()),
+            ..etcd.connect()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InvalidConnect(_)), "{err}");
+}
