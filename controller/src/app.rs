@@ -258,7 +258,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let identity = config.identity()?;
     let connect = config.connect(identity.as_ref())?;
     let secure = identity.map(|id| config.secure(id)).transpose()?;
-    let store = Store::connect(&connect)
+    let store = connect_waiting(&connect)
         .await
         .with_context(|| format!("connecting to etcd at {}", config.etcd.join(",")))?;
     if secure.is_some() {
@@ -298,6 +298,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         m.await??;
     }
     Ok(())
+}
+
+/// Connects to etcd, waiting up to 30 s while it is unreachable (started together with
+/// the controller, or restarting).
+async fn connect_waiting(connect: &shoal_store::Connect) -> Result<Store, shoal_store::StoreError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match Store::connect(connect).await {
+            Err(e) if e.is_temporary() && tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "waiting for etcd");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Turns on etcd's authentication (users `root` and `shoal-controller`), retrying while
