@@ -365,7 +365,12 @@ impl Cluster {
         let out = cmd.arg(&url).output().expect("run curl");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+        let code = code.trim().parse().unwrap_or(0);
+        if code == 0 {
+            // No answer: say why (curl's own message) instead of an empty body.
+            return (0, String::from_utf8_lossy(&out.stderr).to_string());
+        }
+        (code, body.to_string())
     }
 
     /// The etcd client URLs (`shoal dev`'s layout: one member on 127.0.0.1:23790, or three

@@ -187,30 +187,51 @@ async fn feed(mut watcher: Watcher, tx: &watch::Sender<Option<Arc<TokenTable>>>)
 
 /// The middleware: public paths pass; everything else needs a known token whose role
 /// allows the request.
-pub async fn authenticate(State(tokens): State<Tokens>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate(State(tokens): State<Tokens>, req: Request, next: Next) -> Response {
     if PUBLIC_PATHS.contains(&req.uri().path()) {
         return next.run(req).await;
     }
+    let (parts, body) = req.into_parts();
+    match check(tokens, Request::from_parts(parts, axum::body::Body::empty())).await {
+        Ok(mut req) => {
+            *req.body_mut() = body;
+            next.run(req).await
+        }
+        Err(refusal) => {
+            // Read (a bounded part of) the body before refusing: answering an HTTP/2
+            // request whose body is still coming resets its stream, and clients (curl)
+            // then report a framing error instead of the 401/403.
+            let _ = axum::body::to_bytes(body, REFUSED_BODY_LIMIT).await;
+            refusal
+        }
+    }
+}
+
+/// How much of a refused request's body is read (and dropped) before answering.
+const REFUSED_BODY_LIMIT: usize = 1 << 20;
+
+/// The request with its caller's identity, or the refusal to answer.
+async fn check(tokens: Tokens, mut req: Request) -> Result<Request, Response> {
     let presented = match bearer(req.headers().get(AUTHORIZATION)) {
         Ok(t) => t,
-        Err(msg) => return unauthorized(msg),
+        Err(msg) => return Err(unauthorized(msg)),
     };
     let table = match current(tokens).await {
         Some(t) => t,
         None => {
-            return status_response(Status::unavailable(
+            return Err(status_response(Status::unavailable(
                 "the API tokens are not loaded yet (is etcd reachable?); retry",
-            ))
+            )))
         }
     };
     let Some(who) = table.find(&presented) else {
-        return unauthorized(
+        return Err(unauthorized(
             "the bearer token is not valid: it is unknown or was revoked".to_string(),
-        );
+        ));
     };
     if !allows(who.role, req.method(), req.uri().path()) {
         tracing::debug!(token = %who.name, method = %req.method(), path = req.uri().path(), "forbidden");
-        return status_response(Status::new(
+        return Err(status_response(Status::new(
             403,
             "Forbidden",
             format!(
@@ -226,10 +247,10 @@ pub async fn authenticate(State(tokens): State<Tokens>, mut req: Request, next: 
                     Role::Admin => "no role may",
                 }
             ),
-        ));
+        )));
     }
     req.extensions_mut().insert(who);
-    next.run(req).await
+    Ok(req)
 }
 
 /// Waits (up to [`TABLE_WAIT`]) until the table reflects etcd `revision`: the token
