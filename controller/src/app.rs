@@ -274,7 +274,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tls = secure.is_some(),
         "shoal-controller started"
     );
-    let api = match secure {
+    let mut api = match secure {
         Some(secure) => tokio::spawn(crate::api::serve_tls(
             listener,
             store.clone(),
@@ -290,7 +290,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             shutdown.clone(),
         ))
     });
-    wait_for_signal().await;
+    // The API ending on its own is fatal: a controller that cannot serve must not linger
+    // (its supervisor restarts it).
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        ended = &mut api => {
+            let _ = shutdown_tx.send(true);
+            if let Some(m) = manager {
+                let _ = m.await;
+            }
+            return match ended {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the API server stopped")),
+                Ok(Err(e)) => Err(e.context("the API server failed")),
+                Err(e) => Err(anyhow::anyhow!("the API server panicked: {e}")),
+            };
+        }
+    }
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     api.await??;

@@ -43,6 +43,9 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// No etcd endpoint answered in time.
+    #[error("etcd is unreachable: {0}")]
+    Unreachable(String),
     /// The watch stream ended (etcd restarted, the connection broke).
     #[error("watch on {prefix} ended: {reason}")]
     WatchEnded {
@@ -105,6 +108,7 @@ impl StoreError {
         match self {
             StoreError::Conflict(_)
             | StoreError::Etcd(_)
+            | StoreError::Unreachable(_)
             | StoreError::WatchEnded { .. }
             | StoreError::Compacted { .. } => true,
             StoreError::Auth { source, .. } => match source {

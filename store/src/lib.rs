@@ -27,6 +27,7 @@ mod backoff;
 mod batch;
 mod connect;
 mod error;
+pub mod failover;
 pub mod leader;
 mod lease;
 mod raw;

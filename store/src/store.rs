@@ -33,9 +33,12 @@ pub struct Store {
 }
 
 /// The client all clones of a store use, and a counter of its replacements.
-struct Shared {
+pub(crate) struct Shared {
     client: RwLock<Client>,
     generation: tokio::sync::watch::Sender<u64>,
+    /// The settings the client was built from, and the endpoint it is pinned to (see
+    /// [`crate::failover`]).
+    pinned: RwLock<(Connect, usize)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -54,19 +57,55 @@ impl AsRef<Keys> for Store {
 
 impl Store {
     /// Connects to etcd. Fails if no endpoint answers within the connect timeout.
+    ///
+    /// With several endpoints the client is pinned to the first that answers, and a
+    /// background task moves it to another when that one stops answering
+    /// ([`crate::failover`]).
     pub async fn connect(cfg: &Connect) -> Result<Store> {
-        let client = cfg.client().await?;
         let keys = cfg.root.as_deref().map(Keys::new).unwrap_or_default();
+        let (client, index) = crate::failover::first_answering(cfg, &keys, 0).await?;
         let store = Store {
             conn: Arc::new(Shared {
                 client: RwLock::new(client),
                 generation: tokio::sync::watch::Sender::new(0),
+                pinned: RwLock::new((cfg.clone(), index)),
             }),
             keys,
         };
-        // Connecting is lazy; make sure something answers.
-        store.revision().await?;
+        if cfg.endpoints.len() > 1 {
+            crate::failover::spawn_monitor(&store);
+        }
         Ok(store)
+    }
+
+    /// The settings and pinned endpoint index (failover).
+    pub(crate) fn pinned(&self) -> (Connect, usize) {
+        self.conn
+            .pinned
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the client (a failover, a renewal) and tells watchers and lease keepers.
+    pub(crate) fn replace_client(&self, client: Client, cfg: Connect, index: usize) {
+        *self.conn.client.write().unwrap_or_else(|e| e.into_inner()) = client;
+        *self.conn.pinned.write().unwrap_or_else(|e| e.into_inner()) = (cfg, index);
+        self.conn.generation.send_modify(|g| *g += 1);
+    }
+
+    /// A handle that does not keep the store alive (the failover monitor stops once every
+    /// clone is dropped).
+    pub(crate) fn weak(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.conn)
+    }
+
+    /// The store a [`Store::weak`] handle came from, if a clone still lives.
+    pub(crate) fn from_weak(weak: &std::sync::Weak<Shared>, keys: &Keys) -> Option<Store> {
+        weak.upgrade().map(|conn| Store {
+            conn,
+            keys: keys.clone(),
+        })
     }
 
     /// Replaces the etcd client of this store and all its clones with one built from
@@ -88,15 +127,14 @@ impl Store {
             }
         }
         // Connecting is lazy; make sure the new client is let in (with the same probe as
-        // `connect`) before using it.
-        let probe = Store::connect(&Connect {
+        // `connect`) before using it, starting at the endpoint pinned now.
+        let cfg = Connect {
             root: Some(self.keys.root().to_string()),
             ..cfg
-        })
-        .await?;
-        let client = probe.client();
-        *self.conn.client.write().unwrap_or_else(|e| e.into_inner()) = client;
-        self.conn.generation.send_modify(|g| *g += 1);
+        };
+        let (_, pinned) = self.pinned();
+        let (client, index) = crate::failover::first_answering(&cfg, &self.keys, pinned).await?;
+        self.replace_client(client, cfg, index);
         Ok(())
     }
 

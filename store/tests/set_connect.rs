@@ -142,3 +142,70 @@ async fn set_connect_should_keep_the_current_client_when_the_new_one_cannot_conn
         .unwrap_err();
     assert!(matches!(err, StoreError::InvalidConnect(_)), "{err}");
 }
+
+#[tokio::test]
+async fn a_store_with_several_endpoints_should_start_on_one_that_answers() {
+    let etcd = TestEtcd::start().await;
+    let dead = format!("http://127.0.0.1:{}", shoal_testkit::free_port());
+    let store = shoal_store::Store::connect(&Connect {
+        endpoints: vec![dead, etcd.endpoint.clone()],
+        ..etcd.connect()
+    })
+    .await
+    .expect("the second endpoint answers");
+    store.create(&network("n")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_store_should_move_to_another_endpoint_when_its_endpoint_dies() {
+    // Two endpoints of one etcd: a proxy (pinned first) and etcd itself. Killing the
+    // proxy is the pinned member dying.
+    let etcd = TestEtcd::start().await;
+    let first = Proxy::to(&etcd.endpoint).await;
+    let store = shoal_store::Store::connect(&Connect {
+        endpoints: vec![first.endpoint(), etcd.endpoint.clone()],
+        ..etcd.connect()
+    })
+    .await
+    .unwrap();
+    let writer = etcd.store().await;
+    let (tx, mut rx) = watch::channel::<Cache<NetworkSpec>>(None);
+    let prefix = store.keys().prefix::<NetworkSpec>();
+    let reflector = tokio::spawn(reflect(Watcher::new(store.clone(), prefix), tx));
+    let lease = store.grant_lease(Duration::from_secs(3)).await.unwrap();
+    let keeper = store.keep_alive(lease);
+    writer.create(&network("before")).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|c| c.as_ref().is_some_and(|c| c.contains_key("before"))),
+    )
+    .await
+    .expect("the cache follows changes")
+    .unwrap();
+
+    drop(first);
+
+    // Within a few probe periods requests succeed again, on the other endpoint.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match store.revision().await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(e.is_temporary(), "{e}");
+                assert!(tokio::time::Instant::now() < deadline, "still failing: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    store.create(&network("after")).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|c| c.as_ref().is_some_and(|c| c.contains_key("after"))),
+    )
+    .await
+    .expect("the cache follows changes after the move")
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!keeper.is_lost(), "the lease outlived the move");
+    reflector.abort();
+}

@@ -192,7 +192,12 @@ pub async fn authenticate(State(tokens): State<Tokens>, req: Request, next: Next
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();
-    match check(tokens, Request::from_parts(parts, axum::body::Body::empty())).await {
+    match check(
+        tokens,
+        Request::from_parts(parts, axum::body::Body::empty()),
+    )
+    .await
+    {
         Ok(mut req) => {
             *req.body_mut() = body;
             next.run(req).await

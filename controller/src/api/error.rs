@@ -47,6 +47,7 @@ pub fn store_status(e: &StoreError) -> Status {
             Status::unavailable(format!("{e}; watch again from the last resourceVersion"))
         }
         StoreError::Etcd(inner) => Status::unavailable(format!("etcd is unavailable: {inner}")),
+        StoreError::Unreachable(_) => Status::unavailable(e.to_string()),
         // The controller's etcd identity holds the root role: a refusal is a misconfigured
         // etcd or certificate, not the client's fault.
         StoreError::PermissionDenied { .. } | StoreError::Auth { .. } => {

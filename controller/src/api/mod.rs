@@ -171,9 +171,18 @@ pub async fn build_with(
         admin_token: Some(token),
     } = &auth
     {
-        auth::import_admin_token(&store, token)
-            .await
-            .map_err(|e| anyhow::anyhow!("importing the admin token into etcd: {e}"))?;
+        // etcd may still be electing a leader (a cluster that just started): retry that.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match auth::import_admin_token(&store, token).await {
+                Ok(_) => break,
+                Err(e) if e.is_temporary() && tokio::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "retrying the admin token import");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => anyhow::bail!("importing the admin token into etcd: {e}"),
+            }
+        }
     }
     Ok(assemble(store, shutdown, cluster, agents, &auth))
 }
