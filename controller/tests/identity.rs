@@ -112,6 +112,9 @@ struct Secure {
     controller: Issued,
     port: u16,
     addr: std::net::SocketAddr,
+    /// The admin token `init` wrote (the secure API wants a token on all but the public
+    /// routes).
+    admin: String,
     _shutdown: watch::Sender<bool>,
 }
 
@@ -127,6 +130,10 @@ impl Secure {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path().join("shoal"));
         init(&dir);
+        let admin = std::fs::read_to_string(dir.admin_token())
+            .unwrap()
+            .trim()
+            .to_string();
         let cli = Cli::try_parse_from([
             "shoal-controller",
             "--data-dir",
@@ -158,6 +165,7 @@ impl Secure {
             controller,
             port: addr.port(),
             addr,
+            admin,
             _shutdown: tx,
         }
     }
@@ -183,7 +191,10 @@ impl Secure {
         body: Option<Value>,
     ) -> Answer {
         let url = format!("https://localhost:{}{path}", self.port);
-        let mut req = self.client(identity).request(method, url);
+        let mut req = self
+            .client(identity)
+            .request(method, url)
+            .bearer_auth(&self.admin);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -521,4 +532,24 @@ async fn the_exec_hop_should_verify_the_agent_certificate_for_the_node_name() {
         .await;
     assert_eq!(a.code, 502, "{}", a.body);
     assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_secure_api_should_want_a_token_but_let_nodes_join_without_one() {
+    let s = Secure::start().await;
+    let anonymous = s.client(None);
+    let url = |p: &str| format!("https://localhost:{}{p}", s.port);
+    let resp = anonymous
+        .get(url("/apis/shoal/v1/nodes"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp = anonymous.get(url("/v1/join-token")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401, "the join token is the admin's");
+    let resp = anonymous.get(url("/v1/join/ca")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "the CA is public");
+    assert_eq!(resp.text().await.unwrap().trim(), s.ca.cert_pem().trim());
+    let resp = anonymous.get(url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
 }
