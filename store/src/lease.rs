@@ -77,27 +77,43 @@ impl Store {
         let mut changes = self.client_changes();
         let task = tokio::spawn(async move {
             let period = (lease.ttl / 3).max(Duration::from_millis(300));
-            // Each round keeps the lease alive on the store's current client until it
-            // fails (lost: `None`) or the client is replaced (`Some`: a new round).
+            // The lease is lost when etcd says so (TTL 0: expired or revoked), or when no
+            // renewal succeeded for a whole TTL. A failed round (the connection broke, the
+            // store moving to another endpoint) is retried on the store's current client.
+            let mut last_ok = tokio::time::Instant::now();
             loop {
                 changes.borrow_and_update();
                 let mut client = store.client().lease_client();
                 let round = async {
-                    let (mut keeper, mut responses) = client.keep_alive(lease.id).await.ok()?;
+                    let (mut keeper, mut responses) = client
+                        .keep_alive(lease.id)
+                        .await
+                        .map_err(|_| Round::Failed)?;
                     loop {
-                        keeper.keep_alive().await.ok()?;
+                        keeper.keep_alive().await.map_err(|_| Round::Failed)?;
                         match tokio::time::timeout(lease.ttl, responses.message()).await {
-                            Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
-                            _ => return None::<()>,
+                            Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                                last_ok = tokio::time::Instant::now();
+                            }
+                            Ok(Ok(Some(_))) => return Err(Round::Expired),
+                            _ => return Err(Round::Failed),
                         }
                         tokio::select! {
                             _ = tokio::time::sleep(period) => {}
-                            Ok(()) = changes.changed() => return Some(()),
+                            Ok(()) = changes.changed() => return Ok(()),
                         }
                     }
                 };
-                if round.await.is_none() {
-                    break;
+                match round.await {
+                    Ok(()) => {}
+                    Err(Round::Expired) => break,
+                    Err(Round::Failed) if last_ok.elapsed() >= lease.ttl => break,
+                    Err(Round::Failed) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                            Ok(()) = changes.changed() => {}
+                        }
+                    }
                 }
             }
             let _ = tx.send(true);
@@ -108,6 +124,14 @@ impl Store {
             task,
         }
     }
+}
+
+/// How a keep-alive round ended badly.
+enum Round {
+    /// etcd answered TTL 0: the lease expired or was revoked.
+    Expired,
+    /// The stream or the connection failed: try again until a TTL has passed.
+    Failed,
 }
 
 impl LeaseKeeper {

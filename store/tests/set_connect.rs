@@ -172,7 +172,8 @@ async fn a_store_should_move_to_another_endpoint_when_its_endpoint_dies() {
     let (tx, mut rx) = watch::channel::<Cache<NetworkSpec>>(None);
     let prefix = store.keys().prefix::<NetworkSpec>();
     let reflector = tokio::spawn(reflect(Watcher::new(store.clone(), prefix), tx));
-    let lease = store.grant_lease(Duration::from_secs(3)).await.unwrap();
+    // The node agents' lease TTL.
+    let lease = store.grant_lease(Duration::from_secs(5)).await.unwrap();
     let keeper = store.keep_alive(lease);
     writer.create(&network("before")).await.unwrap();
     tokio::time::timeout(
@@ -205,7 +206,31 @@ async fn a_store_should_move_to_another_endpoint_when_its_endpoint_dies() {
     .await
     .expect("the cache follows changes after the move")
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert!(!keeper.is_lost(), "the lease outlived the move");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(!keeper.is_lost(), "the lease was lost in the move");
     reflector.abort();
+}
+
+#[tokio::test]
+async fn a_lease_keeper_should_keep_its_lease_through_an_outage_shorter_than_the_ttl() {
+    // etcd restarting (or the store moving to another member) breaks the keep-alive stream;
+    // the lease is only lost when no renewal succeeded for a whole TTL.
+    let mut etcd = TestEtcd::private().await;
+    let store = etcd.store().await;
+    let lease = store.grant_lease(Duration::from_secs(10)).await.unwrap();
+    let keeper = store.keep_alive(lease);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    etcd.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    etcd.resume().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !keeper.is_lost(),
+        "the keeper gave up during a short outage"
+    );
+    let key = store.keys().node_lease("node-1");
+    store
+        .put_with_lease(&key, "alive", lease)
+        .await
+        .expect("the lease is alive in etcd");
 }
