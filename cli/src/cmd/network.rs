@@ -107,9 +107,23 @@ pub fn print_inspect<T: serde::Serialize>(
 
 /// `rm`: deletes each name, printing it; errors are reported and the rest still removed.
 pub async fn rm(client: &Client, kind: Kind, a: &NamesArgs, out: &mut dyn Write) -> Result<()> {
+    remove_each(&a.names, out, |name| client.delete(kind, name)).await
+}
+
+/// Removes each of `names` with `remove`, printing each name removed. An error is reported
+/// and the rest are still removed; then the command fails (already reported).
+pub async fn remove_each<'a, T, E, Fut>(
+    names: &'a [String],
+    out: &mut dyn Write,
+    remove: impl Fn(&'a str) -> Fut,
+) -> Result<()>
+where
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+    E: Into<anyhow::Error>,
+{
     let mut failed = false;
-    for name in &a.names {
-        match client.delete(kind, name).await {
+    for name in names {
+        match remove(name).await {
             Ok(_) => writeln!(out, "{name}")?,
             Err(e) => {
                 failed = true;

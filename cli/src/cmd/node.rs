@@ -59,20 +59,10 @@ pub async fn run(client: &Client, cmd: &NodeCommand, out: &mut dyn Write) -> Res
             Ok(())
         }
         NodeCommand::Rm(a) => {
-            let mut failed = false;
-            for name in &a.names {
-                match client.delete_node(name, a.force).await {
-                    Ok(_) => writeln!(out, "{name}")?,
-                    Err(e) => {
-                        failed = true;
-                        report(&e.into());
-                    }
-                }
-            }
-            if failed {
-                return Err(Reported.into());
-            }
-            Ok(())
+            crate::cmd::network::remove_each(&a.names, out, |name| {
+                client.delete_node(name, a.force)
+            })
+            .await
         }
     }
 }

@@ -11,7 +11,6 @@ use crate::args::{JoinTokenArgs, OutputFormat, TokenCommand};
 use crate::client::Client;
 use crate::cmd::resources::print_value;
 use crate::format::{short_age, table};
-use crate::{report, Reported};
 
 /// Runs a `shoal token` command.
 pub async fn run(client: &Client, cmd: &TokenCommand, out: &mut dyn Write) -> Result<()> {
@@ -45,20 +44,7 @@ pub async fn run(client: &Client, cmd: &TokenCommand, out: &mut dyn Write) -> Re
             Ok(())
         }
         TokenCommand::Rm(a) => {
-            let mut failed = false;
-            for name in &a.names {
-                match client.delete_token(name).await {
-                    Ok(_) => writeln!(out, "{name}")?,
-                    Err(e) => {
-                        failed = true;
-                        report(&e.into());
-                    }
-                }
-            }
-            if failed {
-                return Err(Reported.into());
-            }
-            Ok(())
+            crate::cmd::network::remove_each(&a.names, out, |name| client.delete_token(name)).await
         }
     }
 }

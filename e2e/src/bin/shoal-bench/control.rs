@@ -182,6 +182,24 @@ impl ControlPlane {
         Ok(v["token"].as_str().context("no join token")?.to_string())
     }
 
+    /// Waits until `nodes` hollow nodes of `fleet` registered (at most 2 min), then a
+    /// second more for the controller to see them all Ready.
+    pub async fn wait_registered(&self, fleet: &mut Proc, nodes: usize) -> Result<()> {
+        let start = Instant::now();
+        while self.live_nodes().await? < nodes {
+            fleet.check_alive()?;
+            if start.elapsed() > Duration::from_secs(120) {
+                bail!(
+                    "only {} of {nodes} hollow nodes registered",
+                    self.live_nodes().await?
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(())
+    }
+
     /// Live node leases.
     pub async fn live_nodes(&self) -> Result<usize> {
         count(&self.store, &self.store.keys().node_leases()).await
@@ -358,18 +376,7 @@ async fn converge_rate(
             &dir.join(format!("{name}-fleet.log")),
         )
         .await?;
-    let registering = Instant::now();
-    while cp.live_nodes().await? < nodes {
-        fleet.check_alive()?;
-        if registering.elapsed() > Duration::from_secs(120) {
-            bail!(
-                "only {} of {nodes} hollow nodes registered",
-                cp.live_nodes().await?
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    cp.wait_registered(&mut fleet, nodes).await?;
     let start = Instant::now();
     cp.service("bench", tasks as i64).await?;
     let limit = Duration::from_secs(300);
@@ -411,19 +418,7 @@ pub async fn scheduling(bin: &Path, quick: bool, dir: &Path, rows: &mut Vec<Row>
                 &dir.join(format!("{name}-fleet.log")),
             )
             .await?;
-        let reg = Instant::now();
-        while cp.live_nodes().await? < nodes {
-            fleet.check_alive()?;
-            if reg.elapsed() > Duration::from_secs(120) {
-                bail!(
-                    "only {} of {nodes} hollow nodes registered",
-                    cp.live_nodes().await?
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // Let node registration settle (the controller sees every node Ready).
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        cp.wait_registered(&mut fleet, nodes).await?;
         let rev0 = cp.revision().await?;
         let pids = [
             cp.etcd.pid(),
