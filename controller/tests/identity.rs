@@ -125,7 +125,9 @@ struct Answer {
 
 impl Secure {
     async fn start() -> Secure {
-        let etcd = TestEtcd::start().await;
+        // A private etcd: etcd users and roles are etcd-wide, not per key root, so tests
+        // joining and removing `node-1` must not share one etcd.
+        let etcd = TestEtcd::private().await;
         let store = etcd.store().await;
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path().join("shoal"));
