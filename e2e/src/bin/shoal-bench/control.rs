@@ -48,8 +48,6 @@ impl ControlPlane {
             &etcd.url,
             "--listen",
             &format!("127.0.0.1:{port}"),
-            // the insecure baseline (the secured run comes with issue 12's dev-up work)
-            "--insecure",
         ])
         .env("RUST_LOG", "warn");
         match &etcd.pki {
