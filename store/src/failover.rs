@@ -4,10 +4,10 @@
 //! it sends to an endpoint that is down (etcdv3/etcd-client#39), so a 3-member cluster
 //! with one member stopped would fail a third of Shoal's requests. Instead, as etcd's own
 //! Go client did before its gRPC balancer, a store talks to one endpoint at a time: it is
-//! pinned to the first that answers ([`first_answering`]), and a monitor
-//! ([`spawn_monitor`]) probes it every [`PROBE_EVERY`]; when it does not answer within
-//! [`PROBE_TIMEOUT`], the store moves to the next endpoint that does. Moving is
-//! [`Store::set_connect`]'s swap: new requests use the new client, watchers reopen on it,
+//! pinned to the first that answers ([`first_answering`]), and a monitor (started by
+//! `Store::connect`) probes it every [`PROBE_EVERY`] ([`healthy`]); when it does not
+//! answer within [`PROBE_TIMEOUT`], the store moves to the next endpoint that does. Moving
+//! is `Store::set_connect`'s swap: new requests use the new client, watchers reopen on it,
 //! lease keepers follow at once. Requests in flight on the dead endpoint fail as
 //! temporary errors, which callers retry.
 //!
@@ -20,7 +20,6 @@ use shoal_api_types::keys::Keys;
 
 use crate::connect::Connect;
 use crate::error::{At, StoreError};
-use crate::store::Store;
 use crate::Result;
 
 /// How often the monitor probes the pinned endpoint.
@@ -39,6 +38,15 @@ async fn probe(client: &Client, keys: &Keys) -> Result<()> {
         .await
         .at("read", &key)?;
     Ok(())
+}
+
+/// Whether the pinned `client` answers a probe within [`PROBE_TIMEOUT`] (a refusal is an
+/// answer).
+pub(crate) async fn healthy(client: &Client, keys: &Keys) -> bool {
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe(client, keys)).await,
+        Ok(Ok(())) | Ok(Err(StoreError::PermissionDenied { .. }))
+    )
 }
 
 /// A client for `cfg`'s endpoint `index` alone (lazy: it connects on first use).
@@ -89,40 +97,4 @@ pub(crate) async fn first_answering(
         }
     }
     Err(last.expect("several endpoints were tried"))
-}
-
-/// Starts the monitor of `store`'s pinned endpoint; it ends when every clone of the store
-/// is dropped.
-pub(crate) fn spawn_monitor(store: &Store) {
-    let weak = store.weak();
-    let keys = store.keys().clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(PROBE_EVERY).await;
-            let Some(store) = Store::from_weak(&weak, &keys) else {
-                return;
-            };
-            let client = store.client();
-            let healthy = matches!(
-                tokio::time::timeout(PROBE_TIMEOUT, probe(&client, &keys)).await,
-                Ok(Ok(())) | Ok(Err(StoreError::PermissionDenied { .. }))
-            );
-            if healthy {
-                continue;
-            }
-            let (cfg, pinned) = store.pinned();
-            match first_answering(&cfg, &keys, (pinned + 1) % cfg.endpoints.len()).await {
-                Ok((client, index)) if index != pinned => {
-                    tracing::warn!(
-                        from = %cfg.endpoints[pinned],
-                        to = %cfg.endpoints[index],
-                        "etcd endpoint stopped answering; moved to another"
-                    );
-                    store.replace_client(client, cfg, index);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "no etcd endpoint answers"),
-            }
-        }
-    });
 }

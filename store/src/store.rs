@@ -33,7 +33,7 @@ pub struct Store {
 }
 
 /// The client all clones of a store use, and a counter of its replacements.
-pub(crate) struct Shared {
+struct Shared {
     client: RwLock<Client>,
     generation: tokio::sync::watch::Sender<u64>,
     /// The settings the client was built from, and the endpoint it is pinned to (see
@@ -73,9 +73,45 @@ impl Store {
             keys,
         };
         if cfg.endpoints.len() > 1 {
-            crate::failover::spawn_monitor(&store);
+            store.spawn_failover_monitor();
         }
         Ok(store)
+    }
+
+    /// Starts the monitor of the pinned endpoint ([`crate::failover`]); it ends when every
+    /// clone of the store is dropped.
+    fn spawn_failover_monitor(&self) {
+        let weak = Arc::downgrade(&self.conn);
+        let keys = self.keys.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::failover::PROBE_EVERY).await;
+                let Some(conn) = weak.upgrade() else {
+                    return;
+                };
+                let store = Store {
+                    conn,
+                    keys: keys.clone(),
+                };
+                if crate::failover::healthy(&store.client(), &keys).await {
+                    continue;
+                }
+                let (cfg, pinned) = store.pinned();
+                let next = (pinned + 1) % cfg.endpoints.len();
+                match crate::failover::first_answering(&cfg, &keys, next).await {
+                    Ok((client, index)) if index != pinned => {
+                        tracing::warn!(
+                            from = %cfg.endpoints[pinned],
+                            to = %cfg.endpoints[index],
+                            "etcd endpoint stopped answering; moved to another"
+                        );
+                        store.replace_client(client, cfg, index);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "no etcd endpoint answers"),
+                }
+            }
+        });
     }
 
     /// The settings and pinned endpoint index (failover).
@@ -92,20 +128,6 @@ impl Store {
         *self.conn.client.write().unwrap_or_else(|e| e.into_inner()) = client;
         *self.conn.pinned.write().unwrap_or_else(|e| e.into_inner()) = (cfg, index);
         self.conn.generation.send_modify(|g| *g += 1);
-    }
-
-    /// A handle that does not keep the store alive (the failover monitor stops once every
-    /// clone is dropped).
-    pub(crate) fn weak(&self) -> std::sync::Weak<Shared> {
-        Arc::downgrade(&self.conn)
-    }
-
-    /// The store a [`Store::weak`] handle came from, if a clone still lives.
-    pub(crate) fn from_weak(weak: &std::sync::Weak<Shared>, keys: &Keys) -> Option<Store> {
-        weak.upgrade().map(|conn| Store {
-            conn,
-            keys: keys.clone(),
-        })
     }
 
     /// Replaces the etcd client of this store and all its clones with one built from

@@ -150,7 +150,7 @@ pub fn spawn_token_table(store: Store, mut shutdown: watch::Receiver<bool>) -> T
         tokio::select! {
             _ = feed(watcher, &tx) => {}
             _ = tx.closed() => {}
-            _ = super::watch::wait_for_shutdown(&mut shutdown) => {}
+            _ = shutdown.wait_for(|down| *down) => {}
         }
     });
     rx
