@@ -56,6 +56,27 @@ fn network(name: &str) -> Network {
     Network::new(name, NetworkSpec::default())
 }
 
+/// A running cache of `store`'s networks (`reflect` over a `Watcher`).
+fn network_cache(
+    store: &shoal_store::Store,
+) -> (JoinHandle<()>, watch::Receiver<Cache<NetworkSpec>>) {
+    let (tx, rx) = watch::channel::<Cache<NetworkSpec>>(None);
+    let prefix = store.keys().prefix::<NetworkSpec>();
+    let reflector = tokio::spawn(reflect(Watcher::new(store.clone(), prefix), tx));
+    (reflector, rx)
+}
+
+/// Waits up to `secs` for the cache to hold the network `name`; fails with `what`.
+async fn cached(rx: &mut watch::Receiver<Cache<NetworkSpec>>, name: &str, secs: u64, what: &str) {
+    tokio::time::timeout(
+        Duration::from_secs(secs),
+        rx.wait_for(|c| c.as_ref().is_some_and(|c| c.contains_key(name))),
+    )
+    .await
+    .expect(what)
+    .unwrap();
+}
+
 #[tokio::test]
 async fn set_connect_should_keep_a_running_watch_and_lease_alive_when_the_old_connection_dies() {
     let etcd = TestEtcd::start().await;
@@ -69,21 +90,13 @@ async fn set_connect_should_keep_a_running_watch_and_lease_alive_when_the_old_co
     let writer = etcd.store().await;
 
     // A running cache and a lease kept alive, both on the old connection.
-    let (tx, mut rx) = watch::channel::<Cache<NetworkSpec>>(None);
-    let prefix = store.keys().prefix::<NetworkSpec>();
-    let reflector = tokio::spawn(reflect(Watcher::new(store.clone(), prefix), tx));
+    let (reflector, mut rx) = network_cache(&store);
     let lease = store.grant_lease(Duration::from_secs(2)).await.unwrap();
     let keeper = store.keep_alive(lease);
     let key = store.keys().node_lease("node-1");
     store.put_with_lease(&key, "alive", lease).await.unwrap();
     writer.create(&network("before")).await.unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        rx.wait_for(|c| c.as_ref().is_some_and(|c| c.contains_key("before"))),
-    )
-    .await
-    .expect("the cache follows changes")
-    .unwrap();
+    cached(&mut rx, "before", 5, "the cache follows changes").await;
 
     // A new client (renewed certificate), then the old connection dies.
     let new = Proxy::to(&etcd.endpoint).await;
@@ -102,13 +115,13 @@ async fn set_connect_should_keep_a_running_watch_and_lease_alive_when_the_old_co
     let kv = writer.get_raw(&key).await.unwrap().expect("liveness key");
     assert_eq!(kv.lease, lease.id);
     writer.create(&network("after")).await.unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        rx.wait_for(|c| c.as_ref().is_some_and(|c| c.contains_key("after"))),
+    cached(
+        &mut rx,
+        "after",
+        10,
+        "the cache follows changes made after the swap",
     )
-    .await
-    .expect("the cache follows changes made after the swap")
-    .unwrap();
+    .await;
     // New requests go through the new client.
     assert!(store
         .get_named::<NetworkSpec>("after")
@@ -169,20 +182,12 @@ async fn a_store_should_move_to_another_endpoint_when_its_endpoint_dies() {
     .await
     .unwrap();
     let writer = etcd.store().await;
-    let (tx, mut rx) = watch::channel::<Cache<NetworkSpec>>(None);
-    let prefix = store.keys().prefix::<NetworkSpec>();
-    let reflector = tokio::spawn(reflect(Watcher::new(store.clone(), prefix), tx));
+    let (reflector, mut rx) = network_cache(&store);
     // The node agents' lease TTL.
     let lease = store.grant_lease(Duration::from_secs(5)).await.unwrap();
     let keeper = store.keep_alive(lease);
     writer.create(&network("before")).await.unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        rx.wait_for(|c| c.as_ref().is_some_and(|c| c.contains_key("before"))),
-    )
-    .await
-    .expect("the cache follows changes")
-    .unwrap();
+    cached(&mut rx, "before", 5, "the cache follows changes").await;
 
     drop(first);
 
@@ -199,13 +204,13 @@ async fn a_store_should_move_to_another_endpoint_when_its_endpoint_dies() {
         }
     }
     store.create(&network("after")).await.unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        rx.wait_for(|c| c.as_ref().is_some_and(|c| c.contains_key("after"))),
+    cached(
+        &mut rx,
+        "after",
+        10,
+        "the cache follows changes after the move",
     )
-    .await
-    .expect("the cache follows changes after the move")
-    .unwrap();
+    .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(!keeper.is_lost(), "the lease was lost in the move");
     reflector.abort();

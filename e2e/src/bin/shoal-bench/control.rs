@@ -180,6 +180,22 @@ impl ControlPlane {
         Ok(v["token"].as_str().context("no join token")?.to_string())
     }
 
+    /// A control plane and a hollow fleet of `nodes` nodes (`hollow-*`, log
+    /// `<name>-fleet.log` in `dir`), once every node registered.
+    pub async fn with_fleet(
+        bin: &Path,
+        name: &str,
+        dir: &Path,
+        nodes: usize,
+        security: Security,
+    ) -> Result<(ControlPlane, Proc)> {
+        let cp = ControlPlane::start(bin, name, dir, security).await?;
+        let log = dir.join(format!("{name}-fleet.log"));
+        let mut fleet = cp.fleet(bin, "hollow-", nodes, &log).await?;
+        cp.wait_registered(&mut fleet, nodes).await?;
+        Ok((cp, fleet))
+    }
+
     /// Waits until `nodes` hollow nodes of `fleet` registered (at most 2 min), then a
     /// second more for the controller to see them all Ready.
     pub async fn wait_registered(&self, fleet: &mut Proc, nodes: usize) -> Result<()> {
@@ -365,16 +381,7 @@ async fn converge_rate(
     round: usize,
 ) -> Result<f64> {
     let name = format!("{}-cost-{}-{round}", run_id(), security.word());
-    let cp = ControlPlane::start(bin, &name, dir, security).await?;
-    let mut fleet = cp
-        .fleet(
-            bin,
-            "hollow-",
-            nodes,
-            &dir.join(format!("{name}-fleet.log")),
-        )
-        .await?;
-    cp.wait_registered(&mut fleet, nodes).await?;
+    let (cp, mut fleet) = ControlPlane::with_fleet(bin, &name, dir, nodes, security).await?;
     let start = Instant::now();
     cp.service("bench", tasks as i64).await?;
     let limit = Duration::from_secs(300);
@@ -407,16 +414,8 @@ pub async fn scheduling(bin: &Path, quick: bool, dir: &Path, rows: &mut Vec<Row>
         );
         eprintln!("bench: {label}");
         let name = format!("{}-sched-{nodes}-{tasks}", run_id());
-        let cp = ControlPlane::start(bin, &name, dir, Security::Secured).await?;
-        let mut fleet = cp
-            .fleet(
-                bin,
-                "hollow-",
-                nodes,
-                &dir.join(format!("{name}-fleet.log")),
-            )
-            .await?;
-        cp.wait_registered(&mut fleet, nodes).await?;
+        let (cp, mut fleet) =
+            ControlPlane::with_fleet(bin, &name, dir, nodes, Security::Secured).await?;
         let rev0 = cp.revision().await?;
         let pids = [
             cp.etcd.pid(),
