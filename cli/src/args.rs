@@ -15,9 +15,9 @@ use crate::kinds::Kind;
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Where the API is (e.g. http://127.0.0.1:7777). Default: $SHOAL_SERVER, then the
+    /// Where the API is (e.g. https://127.0.0.1:7777). Default: $SHOAL_SERVER, then the
     /// context file ($SHOAL_CONFIG or ~/.config/shoal/context.json), then
-    /// http://127.0.0.1:7777.
+    /// https://127.0.0.1:7777.
     #[arg(long, global = true, value_name = "URL")]
     pub server: Option<String>,
 

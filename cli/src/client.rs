@@ -139,7 +139,7 @@ pub struct JoinToken {
 }
 
 impl Client {
-    /// A client for the API at `server` (e.g. `http://127.0.0.1:7777`), with no token and
+    /// A client for the API at `server` (e.g. `https://127.0.0.1:7777`), with no token and
     /// no CA.
     pub fn new(server: &str) -> anyhow::Result<Client> {
         Client::for_target(&Target {
