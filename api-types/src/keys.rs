@@ -12,6 +12,7 @@
 //! <root>/ipam/subnets/<a.b.c.d-len>      subnet -> network (CAS-allocated)
 //! <root>/ipam/vnis/<vni>                 VNI -> network
 //! <root>/ipam/ips/<network>/<a.b.c.d>    address -> owner (task id or vip/<service>)
+//! <root>/settings/cluster                ClusterSettings (reserved ports), written by the leader
 //! <root>/private/tokens/<name>           API token record {name, role, sha256, createdAt}
 //! <root>/private/join-token              the current join secret {secret, createdAt}
 //! <root>/private/revoked/<node>          {revokedAt}: the node's certificates up to then are refused
@@ -27,7 +28,7 @@
 //! | --- | --- | --- |
 //! | [`ROOT_USER`] | `root` | everything (etcd requires it before `auth enable`; nobody holds its certificate) |
 //! | [`CONTROLLER_USER`] | `root` | everything: the controllers, which also manage node users |
-//! | `<node>` | [`node_role`]`(node)` | [`node_permissions`]: read networks, services, nodes, endpoints; write its own Node, tasks and liveness key |
+//! | `<node>` | [`node_role`]`(node)` | [`node_permissions`]: read networks, services, nodes, endpoints, settings; write its own Node, tasks and liveness key |
 //! | [`FLEET_USER`] | [`FLEET_USER`] | [`fleet_permissions`]: a node's reads, and every node's writes (hollow fleets, testing only) |
 //!
 //! No role but `root` reaches a key outside those ranges (`ipam/`, `leader`, `private/`…).
@@ -167,6 +168,11 @@ impl Keys {
         format!("{}revoked/{node}", self.private())
     }
 
+    /// The key of the one ClusterSettings object (`<root>/settings/cluster`).
+    pub fn cluster_settings(&self) -> String {
+        self.named::<crate::settings::ClusterSettingsSpec>(crate::settings::CLUSTER_SETTINGS)
+    }
+
     /// The prefix of one network's address allocations.
     pub fn network_ips(&self, network: &str) -> String {
         format!("{}/ipam/ips/{}/", self.root, network)
@@ -244,15 +250,17 @@ impl Permission {
     }
 }
 
-/// What every node (and the hollow fleet) reads: the cluster's shared state. The store's
-/// revision probe (`Store::revision`) reads below `nodes/` too.
+/// What every node (and the hollow fleet) reads: the cluster's shared state, and the
+/// cluster settings (a prefix, so that agents can watch it). The store's revision probe
+/// (`Store::revision`) reads below `nodes/` too.
 fn node_reads(keys: &Keys) -> Vec<Permission> {
-    use crate::{EndpointsSpec, NetworkSpec, NodeSpec, ServiceSpec};
+    use crate::{ClusterSettingsSpec, EndpointsSpec, NetworkSpec, NodeSpec, ServiceSpec};
     vec![
         Permission::prefix(Access::Read, keys.prefix::<NetworkSpec>()),
         Permission::prefix(Access::Read, keys.prefix::<ServiceSpec>()),
         Permission::prefix(Access::Read, keys.prefix::<NodeSpec>()),
         Permission::prefix(Access::Read, keys.prefix::<EndpointsSpec>()),
+        Permission::prefix(Access::Read, keys.prefix::<ClusterSettingsSpec>()),
     ]
 }
 
@@ -272,8 +280,8 @@ fn merged(perms: Vec<Permission>) -> Vec<Permission> {
     out
 }
 
-/// The permissions of `node`'s role ([`node_role`]): read networks, services, nodes and
-/// endpoints; read and write its own tasks (a prefix: a task's status is not a key of its
+/// The permissions of `node`'s role ([`node_role`]): read networks, services, nodes,
+/// endpoints and the cluster settings; read and write its own tasks (a prefix: a task's status is not a key of its
 /// own yet, so the node can write its tasks' whole objects), its own Node and its own
 /// liveness key. Nothing else: not another node's tasks, not `ipam/`, `leader`,
 /// `secrets/` or `private/`. Each range appears once.
@@ -345,6 +353,7 @@ mod tests {
         assert_eq!(k.api_token("ci"), "/shoal/v1/private/tokens/ci");
         assert_eq!(k.join_token(), "/shoal/v1/private/join-token");
         assert_eq!(k.revoked("node-1"), "/shoal/v1/private/revoked/node-1");
+        assert_eq!(k.cluster_settings(), "/shoal/v1/settings/cluster");
     }
 
     fn allowed(perms: &[Permission], access: Access, key: &str) -> bool {
@@ -361,6 +370,7 @@ mod tests {
             "/r/nodes/b",
             "/r/endpoints/appnet/web",
             "/r/tasks/a/t1",
+            "/r/settings/cluster",
         ] {
             assert!(allowed(&p, Access::Read, key), "read {key}");
         }
@@ -377,6 +387,7 @@ mod tests {
             "/r/services/web",
             "/r/networks/appnet",
             "/r/endpoints/appnet/web",
+            "/r/settings/cluster",
         ] {
             assert!(!allowed(&p, Access::ReadWrite, key), "write {key}");
         }
@@ -403,12 +414,13 @@ mod tests {
                 Permission::prefix(Access::Read, "/r/services/"),
                 Permission::prefix(Access::Read, "/r/nodes/"),
                 Permission::prefix(Access::Read, "/r/endpoints/"),
+                Permission::prefix(Access::Read, "/r/settings/"),
                 Permission::prefix(Access::ReadWrite, "/r/tasks/a/"),
                 Permission::key(Access::ReadWrite, "/r/nodes/a"),
                 Permission::key(Access::ReadWrite, "/r/leases/nodes/a"),
             ]
         );
-        assert_eq!(p[4].range_end.as_deref(), Some(&b"/r/tasks/a0"[..]));
+        assert_eq!(p[5].range_end.as_deref(), Some(&b"/r/tasks/a0"[..]));
         assert_eq!(node_role("a"), "shoal-node-a");
     }
 
@@ -425,7 +437,9 @@ mod tests {
         for key in ["/r/private/tokens/x", "/r/leader", "/r/ipam/vnis/00004097"] {
             assert!(!allowed(&p, Access::Read, key), "read {key}");
         }
+        assert!(allowed(&p, Access::Read, "/r/settings/cluster"));
         assert!(!allowed(&p, Access::ReadWrite, "/r/services/web"));
+        assert!(!allowed(&p, Access::ReadWrite, "/r/settings/cluster"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod network;
 pub mod node;
 pub mod object;
 pub mod service;
+pub mod settings;
 pub mod task;
 pub mod token;
 pub mod validation;
@@ -38,6 +39,7 @@ pub use service::{
     PublishMode, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, ServiceStatus,
     VirtualIp,
 };
+pub use settings::{ClusterSettings, ClusterSettingsSpec, ReservedPort};
 pub use task::{Task, TaskAttachment, TaskSpec, TaskState, TaskStatus};
 pub use token::{CreatedToken, Role, StoredToken, TokenInfo, TokenList, TokenRequest};
 pub use validation::{FieldError, Validate};

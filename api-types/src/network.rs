@@ -16,6 +16,19 @@ pub type Network = Object<NetworkSpec>;
 /// The name of the routing-mesh network the controller creates.
 pub const INGRESS_NETWORK: &str = "ingress";
 
+/// Why users may not create, replace or delete the network called `name` (a message for
+/// `metadata.name`), or `None`: the `ingress` name belongs to the system, which creates
+/// the routing-mesh network and keeps it present.
+pub fn reserved_network_name(name: &str) -> Option<String> {
+    (name == INGRESS_NETWORK).then(|| {
+        format!(
+            "{INGRESS_NETWORK:?} is reserved: it is the routing-mesh network, which Shoal creates \
+             and keeps itself (services join it by publishing ports in ingress mode); \
+             choose another name"
+        )
+    })
+}
+
 /// What the user wants of a network. Unset addressing is allocated by the controller.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -218,6 +231,14 @@ mod tests {
             errs,
             vec!["spec.gateway: 10.1.3.1 is not a host address of 10.1.2.0/24"]
         );
+    }
+
+    #[test]
+    fn the_ingress_name_is_reserved() {
+        assert!(reserved_network_name("ingress")
+            .unwrap()
+            .starts_with("\"ingress\" is reserved"));
+        assert_eq!(reserved_network_name("appnet"), None);
     }
 
     #[test]
