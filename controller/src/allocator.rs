@@ -15,7 +15,10 @@
 //!   `status.phase: Failed` and a message, as is an exhausted pool; neither is retried
 //!   until something changes (no hot loop);
 //! - the `ingress` network is 10.255.0.0/16 (configurable) with VNI 4096; other networks
-//!   get VNIs from 4097 and their gateway is the first host address unless set.
+//!   get VNIs from 4097 and their gateway is the first host address unless set;
+//! - the `ingress` network is always present: when its key is reconciled and it is missing
+//!   (first start, or deleted in etcd by hand: users cannot delete it through the API), it
+//!   is created again, keeping its subnet and VNI records.
 //!
 //! The decisions (`plan_subnet`, `plan_vni`, `leaked_addresses`) are pure functions over
 //! plain values; `reconcile_network` does the etcd I/O.
@@ -285,6 +288,17 @@ fn network_step(ctx: &Context, name: &str) -> Step {
         let world = ctx.cache.read();
         let mut txn = Batch::new();
         let Some(net) = world.networks.get(&name).cloned() else {
+            if name == INGRESS_NETWORK {
+                // The system's network is kept present: created at first start, created
+                // again if deleted behind the API's back. Its subnet and VNI records are
+                // kept, so it comes back with the same addressing.
+                tracing::warn!(
+                    subnet = %ctx.config.ingress_subnet,
+                    "the ingress network is missing; creating it"
+                );
+                txn.create(&keys, &ingress_network(ctx.config.ingress_subnet));
+                return Step::Commit(txn);
+            }
             // Deleted: release what it held.
             for (subnet, c) in world.ipam.subnets.iter().filter(|(_, c)| c.owner == name) {
                 txn.delete_raw(keys.subnet(subnet), c.revision);

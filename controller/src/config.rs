@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 pub use shoal_api_types::duration::parse_duration;
+use shoal_api_types::settings::{default_reserved_ports, ReservedPort};
 
 /// Reconciler settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,6 +38,20 @@ pub struct ManagerConfig {
     /// huge scale-up neither holds the cache nor builds one enormous plan.
     #[arg(long, default_value_t = 2000)]
     pub task_create_batch: usize,
+    /// Published ports no service may take (either mode), comma-separated `PORT/PROTOCOL`:
+    /// what the nodes themselves use. The leader publishes the list (ClusterSettings) for
+    /// the API and the agents.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = parse_reserved_port,
+        default_value = "4789/udp,2379/tcp,2380/tcp,7777/tcp,7800/tcp,22/tcp"
+    )]
+    pub reserved_ports: Vec<ReservedPort>,
+}
+
+fn parse_reserved_port(s: &str) -> Result<ReservedPort, String> {
+    s.parse()
 }
 
 impl Default for ManagerConfig {
@@ -51,6 +66,48 @@ impl Default for ManagerConfig {
             task_history_limit: 3,
             concurrency: 16,
             task_create_batch: 2000,
+            reserved_ports: default_reserved_ports(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        config: ManagerConfig,
+    }
+
+    fn parse(args: &[&str]) -> ManagerConfig {
+        Flags::try_parse_from(std::iter::once("c").chain(args.iter().copied()))
+            .unwrap()
+            .config
+    }
+
+    #[test]
+    fn reserved_ports_default_to_what_the_nodes_use_and_are_configurable() {
+        let mut defaults = default_reserved_ports();
+        let mut parsed = parse(&[]).reserved_ports;
+        defaults.sort();
+        parsed.sort();
+        assert_eq!(parsed, defaults);
+        assert_eq!(
+            parse(&[
+                "--reserved-ports",
+                "4789/udp,23790/tcp",
+                "--reserved-ports=22"
+            ])
+            .reserved_ports,
+            [
+                ReservedPort::udp(4789),
+                ReservedPort::tcp(23790),
+                ReservedPort::tcp(22)
+            ]
+        );
+        assert!(Flags::try_parse_from(["c", "--reserved-ports", "53/sctp"]).is_err());
     }
 }

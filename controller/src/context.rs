@@ -23,6 +23,8 @@ pub struct Queues {
     pub nodes: WorkQueue<String>,
     /// The one scheduling key.
     pub scheduler: WorkQueue<String>,
+    /// The one ClusterSettings key.
+    pub settings: WorkQueue<String>,
 }
 
 /// What every reconcile gets.

@@ -3,7 +3,7 @@
 //! placed on nodes, and Endpoints.
 //!
 //! One module per stage, as swarmkit's manager: `allocator` → `orchestrator` → `scheduler`,
-//! and `nodes`; `manager` runs them on `reconcile` (cache, queues, runners) while it holds the leader lease. Every etcd
+//! `nodes` and `settings`; `manager` runs them on `reconcile` (cache, queues, runners) while it holds the leader lease. Every etcd
 //! access — the watcher, fenced batches, leader election — goes through `shoal_store`. What
 //! each stage owns, the data flow and the module graph: docs/architecture.md ("Controller").
 
@@ -21,3 +21,4 @@ pub mod nodes;
 pub mod orchestrator;
 pub mod reconcile;
 pub mod scheduler;
+pub mod settings;

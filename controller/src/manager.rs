@@ -1,7 +1,8 @@
 //! The manager: leader election, then the reconcilers. Owns the leader loop, the mapping
-//! of cache changes to work-queue keys (`dispatch`), one runner per queue, the periodic
-//! resync and the `ingress` network's creation. The queues and their stages are listed in
-//! docs/architecture.md ("Controller").
+//! of cache changes to work-queue keys (`dispatch`), one runner per queue and the periodic
+//! resync. The `ingress` network is the allocator's to keep present: its key is queued at
+//! the start of every term and every resync, and whenever it changes (a deletion included).
+//! The queues and their stages are listed in docs/architecture.md ("Controller").
 //!
 //! Invariant: when the lease is lost, everything stops at once (the futures are dropped and
 //! any write still in flight fails its leader fence); the replica then campaigns again.
@@ -11,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_api_types::network::INGRESS_NETWORK;
-use shoal_api_types::{Network, NodeState, Task, TaskState};
+use shoal_api_types::{NodeState, Task, TaskState};
 use shoal_store::leader::{self, Leadership};
-use shoal_store::{Backoff, Batch, Store, Watcher, Writer};
+use shoal_store::{Backoff, Store, Watcher, Writer};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -78,6 +79,7 @@ async fn lead(store: &Store, config: &ManagerConfig, leadership: &Leadership) {
             Duration::from_millis(50),
             Duration::from_secs(10),
         )),
+        settings: WorkQueue::new(Backoff::default()),
     };
     let ctx = Arc::new(Context {
         store: store.clone(),
@@ -107,7 +109,10 @@ async fn lead(store: &Store, config: &ManagerConfig, leadership: &Leadership) {
         }
     });
 
-    ensure_ingress(&ctx).await;
+    // The ingress network (the allocator creates it when missing) and the settings, at
+    // once rather than at the first resync.
+    queues.networks.add(INGRESS_NETWORK.to_string());
+    queues.settings.add(crate::settings::SETTINGS.to_string());
 
     let conc = config.concurrency.max(1);
     tasks.spawn(Runner::new("networks", queues.networks.clone(), 1).run({
@@ -125,6 +130,10 @@ async fn lead(store: &Store, config: &ManagerConfig, leadership: &Leadership) {
     tasks.spawn(Runner::new("scheduler", queues.scheduler.clone(), 1).run({
         let ctx = ctx.clone();
         move |k| crate::scheduler::reconcile_pending(k, ctx.clone())
+    }));
+    tasks.spawn(Runner::new("settings", queues.settings.clone(), 1).run({
+        let ctx = ctx.clone();
+        move |k| crate::settings::reconcile_settings(k, ctx.clone())
     }));
     tasks.spawn({
         let ctx = ctx.clone();
@@ -147,25 +156,13 @@ async fn lead(store: &Store, config: &ManagerConfig, leadership: &Leadership) {
 fn resync(ctx: &Context) {
     let world = ctx.cache.read();
     ctx.queues.networks.add_all(world.networks.keys().cloned());
+    ctx.queues.networks.add(INGRESS_NETWORK.to_string());
+    ctx.queues
+        .settings
+        .add(crate::settings::SETTINGS.to_string());
     ctx.queues.services.add_all(world.services.keys().cloned());
     ctx.queues.nodes.add_all(world.nodes.keys().cloned());
     ctx.queues.scheduler.add(PENDING.to_string());
-}
-
-/// Creates the ingress network if it does not exist.
-async fn ensure_ingress(ctx: &Context) {
-    if ctx.cache.read().networks.contains_key(INGRESS_NETWORK) {
-        return;
-    }
-    let net: Network = crate::allocator::ingress_network(ctx.config.ingress_subnet);
-    let mut txn = Batch::new();
-    txn.create(&ctx.keys, &net);
-    match ctx.writer.commit(txn).await {
-        Ok(_) => tracing::info!(subnet = %ctx.config.ingress_subnet, "created the ingress network"),
-        Err(e) => {
-            tracing::warn!(error = %e, "creating the ingress network failed (exists already?)")
-        }
-    }
 }
 
 /// Maps cache changes to queue keys.
@@ -237,6 +234,7 @@ fn dispatch(ctx: &Context, changes: Vec<Change>) {
             }
             Change::Endpoints(_, svc) => q.services.add(svc),
             Change::SubnetReleased => failed_networks = true,
+            Change::Settings => q.settings.add(crate::settings::SETTINGS.to_string()),
             Change::IpReleased(net) => {
                 if !freed_addresses.contains(&net) {
                     freed_addresses.push(net);

@@ -10,9 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use shoal_api_types::settings::{default_reserved_ports, ReservedPort};
 use shoal_api_types::{
-    AnyObject, FieldError, Network, NetworkSpec, Object, Resource, Service, ServiceSpec, Status,
-    StatusDetail,
+    AnyObject, ClusterSettingsSpec, FieldError, Network, NetworkSpec, Object, Resource, Service,
+    ServiceSpec, Status, StatusDetail,
 };
 use shoal_store::{stored, Batch, Store, StoreError};
 
@@ -33,14 +34,23 @@ pub struct World {
     pub services: BTreeMap<String, Service>,
     /// The revision `services` was read at.
     pub services_revision: i64,
+    /// The published ports no service may take: the stored ClusterSettings' (the
+    /// leader's `--reserved-ports`), or the defaults until a leader published them.
+    pub reserved_ports: Vec<ReservedPort>,
 }
 
 impl World {
-    /// Reads every Network and Service.
+    /// Reads every Network and Service, and the reserved ports.
     pub async fn read(store: &Store) -> Result<World, StoreError> {
         let (networks, networks_revision) = store.list::<NetworkSpec>().await?;
         let (services, services_revision) = store.list::<ServiceSpec>().await?;
+        let reserved_ports = store
+            .get::<ClusterSettingsSpec>(&store.keys().cluster_settings())
+            .await?
+            .map(|s| s.spec.reserved_ports)
+            .unwrap_or_else(default_reserved_ports);
         Ok(World {
+            reserved_ports,
             networks: networks
                 .into_iter()
                 .map(|n| (n.name().to_string(), n))
@@ -141,6 +151,23 @@ pub fn plan(world: &World, changes: Vec<Change>) -> Result<Vec<Planned>, Status>
             continue;
         }
         let existing = world.existing(&change.object);
+        if let AnyObject::Network(n) = &change.object {
+            // The system's network: refused before any other check (a create would
+            // otherwise be "already exists"); only an apply that changes nothing passes.
+            let reserved = rules::check_network_name(n.name());
+            let unchanged_apply = change.expect == Expect::Any
+                && existing
+                    .as_ref()
+                    .is_some_and(|e| merge(Some(e), change.object.clone()).0 == Action::Unchanged);
+            if !reserved.is_empty() && !unchanged_apply {
+                invalid.extend(
+                    reserved
+                        .into_iter()
+                        .map(|e| detail(change.document, &change.object, &e.field, e.message)),
+                );
+                continue;
+            }
+        }
         check_expectation(&change, existing.as_ref())?;
         let (action, object) = merge(existing.as_ref(), change.object);
         planned.push(Planned {
@@ -184,6 +211,10 @@ pub fn plan(world: &World, changes: Vec<Change>) -> Result<Vec<Planned>, Status>
                 invalid.extend(at(rules::check_subnet(n, others)));
             }
             AnyObject::Service(s) => {
+                invalid.extend(at(shoal_api_types::settings::check_reserved_ports(
+                    &s.spec.ports,
+                    &world.reserved_ports,
+                )));
                 invalid.extend(at(rules::check_service_networks(s, &after.networks)));
                 let others = after
                     .services
@@ -395,13 +426,26 @@ fn gave_up(last: Option<String>) -> ApiError {
 }
 
 /// Deletes a network unless a service uses it (409 naming them), race-free: the delete
-/// commits only if no service was created or changed since the services were read.
+/// commits only if no service was created or changed since the services were read. The
+/// `ingress` network is the system's: 422 on `metadata.name`.
 pub async fn delete_network(
     store: &Store,
     name: &str,
     expected: Option<i64>,
     dry_run: bool,
 ) -> ApiResult<Network> {
+    if let [err, ..] = rules::check_network_name(name).as_slice() {
+        return Err(Status::invalid(
+            format!("network {name:?} cannot be deleted"),
+            vec![StatusDetail {
+                field: err.field.clone(),
+                message: err.message.clone(),
+                document: None,
+                object: None,
+            }],
+        )
+        .into());
+    }
     let key = store.keys().named::<NetworkSpec>(name);
     let mut last = None;
     for _ in 0..ATTEMPTS {
@@ -498,6 +542,7 @@ mod tests {
                 .map(|s| (s.name().to_string(), stored_as(s, 6)))
                 .collect(),
             services_revision: 10,
+            reserved_ports: default_reserved_ports(),
         }
     }
 
@@ -669,6 +714,98 @@ mod tests {
             "{}",
             stale.message
         );
+    }
+
+    #[test]
+    fn a_service_publishing_a_reserved_port_is_invalid_in_either_mode() {
+        use shoal_api_types::{Protocol, PublishMode};
+        let mut s = svc("dns", &[], Some(8080));
+        s.spec.ports.push(PortConfig {
+            published: 4789,
+            target: 4789,
+            protocol: Protocol::Udp,
+            mode: PublishMode::Ingress,
+        });
+        s.spec.ports.push(PortConfig {
+            published: 22,
+            target: 22,
+            protocol: Protocol::Tcp,
+            mode: PublishMode::Host,
+        });
+        let err = plan(
+            &world(vec![], vec![]),
+            apply(vec![AnyObject::Service(s.clone())]),
+        )
+        .unwrap_err();
+        assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+        let got: Vec<(&str, &str)> = err
+            .details
+            .iter()
+            .map(|d| (d.field.as_str(), d.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "spec.ports[1].published",
+                    "4789/udp is reserved: VXLAN (the overlay's underlay port); reserved ports \
+                     are configured with the controller's --reserved-ports"
+                ),
+                (
+                    "spec.ports[2].published",
+                    "22/tcp is reserved: SSH; reserved ports are configured with the \
+                     controller's --reserved-ports"
+                ),
+            ]
+        );
+        // The stored settings decide: with 22 no longer reserved only 4789/udp is refused.
+        let mut w = world(vec![], vec![]);
+        w.reserved_ports = vec![ReservedPort::udp(4789)];
+        let err = plan(&w, apply(vec![AnyObject::Service(s)])).unwrap_err();
+        assert_eq!(err.details.len(), 1);
+    }
+
+    #[test]
+    fn users_cannot_create_or_replace_the_ingress_network() {
+        let mut stored = net("ingress", Some("10.255.0.0/16"));
+        stored.spec.ingress = true;
+        let w = world(vec![stored.clone()], vec![]);
+        for (expect, object) in [
+            (Expect::Absent, net("ingress", None)),
+            (Expect::Revision(5), net("ingress", Some("10.255.0.0/16"))),
+            (Expect::Any, net("ingress", None)),
+        ] {
+            let err = plan(
+                &w,
+                vec![Change {
+                    document: None,
+                    object: AnyObject::Network(object),
+                    expect,
+                }],
+            )
+            .unwrap_err();
+            assert_eq!(
+                (err.code, err.reason.as_str()),
+                (422, "Invalid"),
+                "{expect:?}"
+            );
+            assert_eq!(err.details[0].field, "metadata.name", "{expect:?}");
+            assert!(
+                err.message.contains("\"ingress\" is reserved"),
+                "{expect:?}: {}",
+                err.message
+            );
+        }
+        // Not even on an empty cluster.
+        let err = plan(
+            &world(vec![], vec![]),
+            apply(vec![AnyObject::Network(net("ingress", None))]),
+        )
+        .unwrap_err();
+        assert_eq!(err.details[0].field, "metadata.name");
+        // Applying it back unchanged (a dump of every network) changes nothing and passes.
+        let out = plan(&w, apply(vec![AnyObject::Network(stored)])).unwrap();
+        assert_eq!(out[0].action, Action::Unchanged);
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! Cross-object rules: checks that need more than the object itself, as pure functions over
 //! objects already read (so they are tested without etcd).
 //!
+//! - The network name `ingress` is the system's: users cannot create, replace or delete it
+//!   (the controller creates the routing-mesh network and keeps it present).
 //! - A Network's explicit subnet must not overlap any other network's subnet (spec or
 //!   allocated status); subnet, gateway, driver and the ingress flag cannot change once set.
-//! - A Service may only join networks that exist, and never the ingress network directly.
+//! - A Service may only join networks that exist, and never the ingress network directly;
+//!   it publishes no reserved port (`shoal_api_types::settings`, checked in `plan` against
+//!   the stored ClusterSettings).
 //! - An ingress-mode published port (number + protocol) belongs to one service; a port
 //!   number used in ingress mode by one service cannot be used in host mode by another.
 //!   Host-mode ports may repeat across services (the scheduler keeps them apart per node).
@@ -57,6 +61,14 @@ pub fn check_subnet<'a>(
                 ),
             )
         })
+        .collect()
+}
+
+/// Users may not write a network named `ingress` (422 on `metadata.name`).
+pub fn check_network_name(name: &str) -> Vec<FieldError> {
+    shoal_api_types::network::reserved_network_name(name)
+        .map(|msg| FieldError::new("metadata.name", msg))
+        .into_iter()
         .collect()
 }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use ipnetwork::Ipv4Network;
 use shoal_api_types::keys::Keys;
 use shoal_api_types::task::UNASSIGNED;
-use shoal_api_types::{Endpoints, Network, Node, Object, Resource, Service, Task};
+use shoal_api_types::{ClusterSettings, Endpoints, Network, Node, Object, Resource, Service, Task};
 use tokio::sync::watch;
 
 use shoal_store::{RawEvent, RawKv, WatcherEvent};
@@ -80,6 +80,8 @@ pub struct World {
     pub endpoints: BTreeMap<(String, String), Arc<Endpoints>>,
     /// Allocation records.
     pub ipam: Ipam,
+    /// The ClusterSettings object, if stored.
+    pub settings: Option<Arc<ClusterSettings>>,
 }
 
 /// What one event changed, for mapping to work-queue keys.
@@ -101,6 +103,8 @@ pub enum Change {
     SubnetReleased,
     /// An address record on this network was released.
     IpReleased(String),
+    /// The ClusterSettings object was written or deleted.
+    Settings,
 }
 
 enum Parsed<'a> {
@@ -113,6 +117,7 @@ enum Parsed<'a> {
     Subnet(Ipv4Network),
     Vni(u32),
     Ip(&'a str, Ipv4Addr),
+    Settings,
     Other,
 }
 
@@ -128,6 +133,7 @@ fn parse_key<'a>(root: &str, key: &'a str) -> Parsed<'a> {
         ["tasks", node, id] => Parsed::Task(node, id),
         ["endpoints", net, svc] => Parsed::Endpoints(net, svc),
         ["leases", "nodes", n] => Parsed::NodeLease(n),
+        ["settings", n] if *n == shoal_api_types::settings::CLUSTER_SETTINGS => Parsed::Settings,
         ["ipam", "subnets", s] => match s.rsplit_once('-') {
             Some((ip, len)) => match (ip.parse::<Ipv4Addr>(), len.parse::<u8>()) {
                 (Ok(ip), Ok(len)) => Ipv4Network::new(ip, len)
@@ -229,6 +235,12 @@ impl World {
                     .or_default()
                     .insert((net.to_string(), ip));
             }
+            Parsed::Settings => {
+                if let Some(o) = decode(kv) {
+                    self.settings = Some(o);
+                    changes.push(Change::Settings);
+                }
+            }
             Parsed::Other => {}
         }
     }
@@ -302,6 +314,11 @@ impl World {
                         unindex_owner(&mut self.ipam, &prev.owner, net, ip);
                         changes.push(Change::IpReleased(net.to_string()));
                     }
+                }
+            }
+            Parsed::Settings => {
+                if self.settings.take().is_some() {
+                    changes.push(Change::Settings);
                 }
             }
             Parsed::Other => {}
@@ -414,6 +431,9 @@ impl Cache {
                 {
                     let _ = id;
                     changes.push(Change::Task(Some(t.clone()), None));
+                }
+                if world.settings.is_some() && fresh.settings.is_none() {
+                    changes.push(Change::Settings);
                 }
                 *world = fresh;
                 revision

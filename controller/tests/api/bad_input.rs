@@ -264,3 +264,151 @@ async fn users_cannot_create_an_ingress_network() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn publishing_a_reserved_port_is_422_naming_the_port_and_why() {
+    // Apply, in ingress mode: VXLAN.
+    rejected(
+        &svc_with(
+            "{image: busybox, ports: [{published: 8080, target: 80}, {published: 4789, target: 4789, protocol: udp}]}",
+        ),
+        422,
+        "Invalid",
+        &["spec.ports[1].published"],
+        "4789/udp is reserved: VXLAN (the overlay's underlay port); reserved ports are configured with the controller's --reserved-ports",
+    )
+    .await;
+    // Create, in host mode: SSH and the API port.
+    let s = Server::start().await;
+    let a = s
+        .post(
+            "/apis/shoal/v1/services",
+            &svc_with(
+                "{image: busybox, ports: [{published: 22, target: 22, mode: host}, {published: 7777, target: 80}]}",
+            ),
+        )
+        .await;
+    assert_eq!((a.code, a.reason()), (422, "Invalid"), "{a:?}");
+    assert_eq!(
+        a.fields(),
+        ["spec.ports[0].published", "spec.ports[1].published"],
+        "{a:?}"
+    );
+    let messages: Vec<&str> = a.body["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["message"].as_str().unwrap())
+        .collect();
+    assert!(messages[0].starts_with("22/tcp is reserved: SSH"), "{a:?}");
+    assert!(
+        messages[1].starts_with("7777/tcp is reserved: the Shoal API"),
+        "{a:?}"
+    );
+    s.assert_nothing_written().await;
+}
+
+#[tokio::test]
+async fn the_reserved_ports_are_the_ones_the_leader_published() {
+    use shoal_api_types::settings::{ClusterSettingsSpec, ReservedPort, CLUSTER_SETTINGS};
+    use shoal_api_types::ClusterSettings;
+    let s = Server::start().await;
+    // The cluster reserves 23790/tcp (a local cluster's etcd) but no longer 22/tcp.
+    s.store
+        .create(&ClusterSettings::new(
+            CLUSTER_SETTINGS,
+            ClusterSettingsSpec::with_reserved_ports([
+                ReservedPort::udp(4789),
+                ReservedPort::tcp(23790),
+            ]),
+        ))
+        .await
+        .unwrap();
+    let a = s
+        .apply(&svc_with(
+            "{image: busybox, ports: [{published: 23790, target: 80}]}",
+        ))
+        .await;
+    assert_eq!(
+        (a.code, a.fields()),
+        (422, vec!["spec.ports[0].published".to_string()]),
+        "{a:?}"
+    );
+    assert!(a.message().contains("23790/tcp is reserved"), "{a:?}");
+    s.assert_nothing_written().await;
+    let a = s
+        .apply(&svc_with(
+            "{image: busybox, ports: [{published: 22, target: 22}]}",
+        ))
+        .await;
+    assert_eq!(a.code, 200, "{a:?}");
+}
+
+#[tokio::test]
+async fn the_ingress_network_cannot_be_created_replaced_or_deleted_by_users() {
+    let s = Server::start().await;
+    // Not even before the controller made it.
+    let a = s
+        .post("/apis/shoal/v1/networks", &network("ingress", None))
+        .await;
+    assert_eq!(
+        (a.code, a.fields()),
+        (422, vec!["metadata.name".to_string()]),
+        "{a:?}"
+    );
+    assert!(a.message().contains("\"ingress\" is reserved"), "{a:?}");
+    s.assert_nothing_written().await;
+
+    // The controller's network, as it writes it.
+    let mut ingress = shoal_api_types::Network::new(
+        "ingress",
+        shoal_api_types::NetworkSpec {
+            driver: "overlay".into(),
+            subnet: Some("10.255.0.0/16".into()),
+            ingress: true,
+            ..Default::default()
+        },
+    );
+    ingress = s.store.create(&ingress).await.unwrap();
+    let path = "/apis/shoal/v1/networks/ingress";
+    let stored = s.get(path).await;
+    assert_eq!(stored.code, 200, "{stored:?}");
+
+    let a = s
+        .post("/apis/shoal/v1/networks", &network("ingress", None))
+        .await;
+    assert_eq!(
+        (a.code, a.fields()),
+        (422, vec!["metadata.name".to_string()]),
+        "create: {a:?}"
+    );
+    let mut body = stored.body.clone();
+    body["metadata"]["labels"] = serde_json::json!({"owner": "me"});
+    let a = s.put(path, &body.to_string()).await;
+    assert_eq!(
+        (a.code, a.fields()),
+        (422, vec!["metadata.name".to_string()]),
+        "replace: {a:?}"
+    );
+    let a = s.apply(&network("ingress", Some("10.254.0.0/16"))).await;
+    assert_eq!(
+        (a.code, a.fields()),
+        (422, vec!["metadata.name".to_string()]),
+        "apply: {a:?}"
+    );
+    let a = s.delete(path).await;
+    assert_eq!(
+        (a.code, a.fields()),
+        (422, vec!["metadata.name".to_string()]),
+        "delete: {a:?}"
+    );
+    assert!(a.message().contains("cannot be deleted"), "{a:?}");
+
+    let after = s.get(path).await;
+    assert_eq!(after.code, 200, "{after:?}");
+    assert_eq!(
+        after.rv(),
+        ingress.metadata.resource_version.unwrap(),
+        "unchanged"
+    );
+}
