@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use shoal_api_types::keys::{CONTROLLER_USER, FLEET_USER};
+use shoal_api_types::settings::{default_reserved_ports, CLUSTER_SETTINGS};
+use shoal_api_types::{ClusterSettings, ClusterSettingsSpec};
 use shoal_api_types::{
     Endpoints, EndpointsSpec, Network, NetworkSpec, Node, NodeSpec, Service, ServiceSpec, Task,
     TaskSpec, TaskState,
@@ -83,6 +85,12 @@ async fn cluster() -> (TestEtcd, Store) {
     ctl.put_raw(&private_key(&ctl, "join-token"), "secret")
         .await
         .unwrap();
+    ctl.create(&ClusterSettings::new(
+        CLUSTER_SETTINGS,
+        ClusterSettingsSpec::with_reserved_ports(default_reserved_ports()),
+    ))
+    .await
+    .unwrap();
     (etcd, ctl)
 }
 
@@ -124,11 +132,19 @@ async fn a_node_reads_shared_state_and_its_own_tasks_only() {
         .await
         .unwrap();
     assert_eq!(own.len(), 1);
+    // The reserved ports the agent never programs a rule for.
+    let settings = a
+        .get::<ClusterSettingsSpec>(&keys.cluster_settings())
+        .await
+        .unwrap()
+        .expect("the settings");
+    assert_eq!(settings.spec.reserved_ports.len(), 6);
     // What the agent keeps caches of, it can also watch.
     for prefix in [
         keys.prefix::<NetworkSpec>(),
         keys.prefix::<EndpointsSpec>(),
         keys.prefix::<NodeSpec>(),
+        keys.prefix::<ClusterSettingsSpec>(),
         keys.node_tasks("a"),
     ] {
         let mut watcher = Watcher::new(a.clone(), prefix.clone());
@@ -270,6 +286,14 @@ async fn a_node_cannot_write_another_nodes_keys_or_the_users_spec() {
         "write node b's liveness key",
     );
     assert_denied(a.create(&network("evil")).await, "create a Network");
+    assert_denied(
+        a.delete_raw(&keys.cluster_settings()).await,
+        "delete the cluster settings",
+    );
+    assert_denied(
+        a.put_raw(&keys.cluster_settings(), "{}").await,
+        "write the cluster settings",
+    );
     // One forbidden write makes the whole transaction fail, the allowed part included.
     let mut batch = Batch::new();
     batch.create(&keys, &task("mine", "a"));
