@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use shoal_api_types::settings::ReservedPort;
 use shoal_node_agent::agent::{self, AgentConfig, ContainerTasks, NodeNetwork, TaskRuntime};
 use shoal_node_agent::hollow::{FleetConfig, HollowFleet, HollowRuntime};
 use shoal_node_agent::identity::{
@@ -77,6 +78,12 @@ struct ContainerdArgs {
     listen: Option<String>,
 }
 
+/// The TCP port of a `host:port` listen address: the mesh never publishes it.
+fn listen_port(listen: &str) -> Option<ReservedPort> {
+    let port = listen.rsplit_once(':')?.1.parse::<u16>().ok()?;
+    (port != 0).then_some(ReservedPort::tcp(port))
+}
+
 impl ContainerdArgs {
     async fn runtime(
         &self,
@@ -86,7 +93,8 @@ impl ContainerdArgs {
         let home = self.netns.as_ref().map(|n| Path::new("/run/netns").join(n));
         let network = NodeNetwork::kernel(node, address, home, Path::new("/etc/resolv.conf"))
             .await
-            .context("cannot set up task networking")?;
+            .context("cannot set up task networking")?
+            .with_reserved_ports(self.listen.as_deref().and_then(listen_port));
         let mut config = ContainerdConfig::new(&self.containerd_socket, &self.state_dir);
         config.namespace = self.containerd_namespace.clone();
         config.snapshotter = self.snapshotter.clone();
@@ -349,5 +357,18 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_listen_port_is_reserved() {
+        assert_eq!(listen_port("127.0.0.1:7801"), Some(ReservedPort::tcp(7801)));
+        assert_eq!(listen_port("[::1]:7800"), Some(ReservedPort::tcp(7800)));
+        assert_eq!(listen_port("0.0.0.0:0"), None);
+        assert_eq!(listen_port("nonsense"), None);
     }
 }

@@ -45,14 +45,22 @@
 //! - The rules match the node's underlay address only (not every local address, nor
 //!   loopback): published ports answer where the node is reached.
 //!
+//! - **Reserved ports are never programmed** ([`MeshRules::reserved`]): the cluster's
+//!   reserved ports (ClusterSettings, the controller's `--reserved-ports`; the API refuses
+//!   services publishing them, so a rule for one means a service stored before the list
+//!   changed, or a bypassed API) and the ports this node uses itself whatever the settings
+//!   say ([`node_reserved_ports`]: VXLAN's 4789/udp, the agent's own listen port). The
+//!   ruleset leaves them out, in either mode; the agent logs a warning for each.
+//!
 //! Invariants: ports are normalised (sorted by protocol and port, one per key, backends
-//! sorted and deduplicated) so the same input always gives the same document.
+//! sorted and deduplicated) so the same input always gives the same document; no port in
+//! [`MeshRules::reserved`] ever appears in it.
 
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
 mod types;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -60,6 +68,7 @@ use serde_json::{json, Value};
 use shoal_api_types::endpoints::EndpointsSpec;
 use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::service::{PortConfig, Protocol, PublishMode};
+use shoal_api_types::settings::{default_reserved_ports, ClusterSettingsSpec, ReservedPort};
 
 use crate::net::nft::{self, eq, meta, NftError, Table};
 
@@ -140,6 +149,24 @@ pub fn host_ports<'a>(
     out
 }
 
+/// The ports this node never programs: the cluster's reserved ports (`settings`, the
+/// published ClusterSettings; the defaults while none is known) and the node's own
+/// (`own`: VXLAN, the agent's listen port), which hold even without settings.
+pub fn node_reserved_ports(
+    settings: Option<&ClusterSettingsSpec>,
+    own: &[ReservedPort],
+) -> BTreeSet<ReservedPort> {
+    let cluster = match settings {
+        Some(s) => s.reserved_ports.clone(),
+        None => default_reserved_ports(),
+    };
+    cluster
+        .into_iter()
+        .chain(own.iter().copied())
+        .chain([shoal_api_types::settings::VXLAN_PORT])
+        .collect()
+}
+
 /// Sorts ports by (protocol, published), keeping the first of each key, with sorted and
 /// deduplicated backends.
 pub fn normalize(ports: impl IntoIterator<Item = MeshPort>) -> Vec<MeshPort> {
@@ -164,6 +191,7 @@ pub fn ruleset(rules: &MeshRules) -> Value {
             .ports
             .iter()
             .filter(|p| p.mode == PublishMode::Host || rules.ingress.is_some())
+            .filter(|p| !rules.reserved.contains(&p.key()))
             .cloned(),
     );
     let mut objs = NFT.replace();
@@ -357,6 +385,7 @@ mod tests {
 
     fn rules() -> MeshRules {
         MeshRules {
+            reserved: BTreeSet::new(),
             node_address: Some(ip("198.18.0.2")),
             ingress: Some(("shb-4096".into(), ip("10.255.0.3"))),
             ports: vec![
@@ -472,6 +501,80 @@ mod tests {
             json!([[{"concat": ["tcp", 8080]}, {"goto": {"target": "port_0"}}]])
         );
         assert!(!doc.to_string().contains("snat"));
+    }
+
+    /// Every (protocol, port) the document dispatches on.
+    fn programmed_ports(doc: &Value) -> Vec<(String, u64)> {
+        let map = doc["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|o| o.pointer("/add/map"))
+            .expect("the ports map");
+        map["elem"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let c = &e[0]["concat"];
+                (c[0].as_str().unwrap().to_string(), c[1].as_u64().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ruleset_should_never_contain_a_reserved_port_in_either_mode() {
+        let mut r = rules();
+        let reserved_ingress = |published: u16, protocol| MeshPort {
+            protocol,
+            published,
+            target: 80,
+            mode: PublishMode::Ingress,
+            backends: vec![ip("10.255.0.5")],
+        };
+        r.ports.push(reserved_ingress(4789, Protocol::Udp));
+        r.ports.push(reserved_ingress(2379, Protocol::Tcp));
+        r.ports.push(MeshPort {
+            mode: PublishMode::Host,
+            backends: vec![ip("172.18.0.2")],
+            ..reserved_ingress(22, Protocol::Tcp)
+        });
+        r.ports.push(reserved_ingress(7801, Protocol::Tcp));
+        r.reserved = node_reserved_ports(None, &[ReservedPort::tcp(7801)]);
+        let doc = ruleset(&r);
+        assert_eq!(
+            programmed_ports(&doc),
+            [
+                ("tcp".to_string(), 8080),
+                ("tcp".to_string(), 9091),
+                ("udp".to_string(), 9092)
+            ]
+        );
+        let text = doc.to_string();
+        for gone in ["4789", "2379", "7801"] {
+            assert!(!text.contains(gone), "{gone} in {text}");
+        }
+        let mut skipped: Vec<String> = r.skipped().map(|p| p.key().to_string()).collect();
+        skipped.sort();
+        assert_eq!(skipped, ["22/tcp", "2379/tcp", "4789/udp", "7801/tcp"]);
+    }
+
+    #[test]
+    fn the_node_reserves_vxlan_and_its_own_ports_even_when_the_cluster_reserves_nothing() {
+        let none = ClusterSettingsSpec::default();
+        assert_eq!(
+            node_reserved_ports(Some(&none), &[ReservedPort::tcp(7801)])
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [ReservedPort::udp(4789), ReservedPort::tcp(7801)]
+        );
+        // Unknown settings: the defaults.
+        let defaults = node_reserved_ports(None, &[]);
+        assert!(defaults.contains(&ReservedPort::tcp(22)));
+        assert!(defaults.contains(&ReservedPort::tcp(2379)));
+        let custom = ClusterSettingsSpec::with_reserved_ports([ReservedPort::tcp(23790)]);
+        assert!(node_reserved_ports(Some(&custom), &[]).contains(&ReservedPort::tcp(23790)));
+        assert!(!node_reserved_ports(Some(&custom), &[]).contains(&ReservedPort::tcp(22)));
     }
 
     #[test]

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use shoal_api_types::endpoints::EndpointsSpec;
 use shoal_api_types::network::NetworkSpec;
-use shoal_api_types::NodeSpec;
+use shoal_api_types::{ClusterSettingsSpec, NodeSpec};
 use shoal_store::{Lease, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -250,6 +250,15 @@ impl Agent {
                     keys.prefix::<NodeSpec>(),
                     every,
                     nodes,
+                    shutdown_rx.clone(),
+                )));
+            }
+            if let Some(settings) = caches.settings {
+                watches.push(tokio::spawn(cluster::watch_objects::<ClusterSettingsSpec>(
+                    store.clone(),
+                    keys.prefix::<ClusterSettingsSpec>(),
+                    every,
+                    settings,
                     shutdown_rx.clone(),
                 )));
             }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use shoal_api_types::endpoints::EndpointsSpec;
 use shoal_api_types::network::NetworkSpec;
-use shoal_api_types::NodeSpec;
 use shoal_api_types::Task;
+use shoal_api_types::{ClusterSettingsSpec, NodeSpec};
 use tokio::sync::watch;
 
 use super::cluster::Cache;
@@ -183,6 +183,8 @@ pub struct ClusterCaches {
     pub endpoints: watch::Sender<Cache<EndpointsSpec>>,
     /// Every Node, when the runtime needs them (the routing mesh).
     pub nodes: Option<watch::Sender<Cache<NodeSpec>>>,
+    /// The ClusterSettings (reserved ports), when the runtime needs them (the routing mesh).
+    pub settings: Option<watch::Sender<Cache<ClusterSettingsSpec>>>,
 }
 
 /// What the background loop needs from the agent.

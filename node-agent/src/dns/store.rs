@@ -1,11 +1,16 @@
 //! Owns the shared record tables: [`RecordStore`] holds one atomically swapped table per
 //! network, and a [`View`] is the slots of one task's networks in attachment order (a task
 //! only ever sees names of networks it is attached to). A table is replaced whole.
+//!
+//! The `ingress` network is in no view (and gets no table): tasks meet over it only as the
+//! routing mesh's backends, never by name or VIP, so a service that is on `ingress` only
+//! because it publishes a port cannot be resolved through it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use shoal_api_types::endpoints::EndpointsSpec;
+use shoal_api_types::network::INGRESS_NETWORK;
 
 use super::records::{self, Answer, NetworkRecords, QueryKind};
 
@@ -48,12 +53,15 @@ impl RecordStore {
         self.slot(network).set(Arc::new(records));
     }
 
-    /// Rebuild the table of `network` from its Endpoints objects.
+    /// Rebuild the table of `network` from its Endpoints objects (none for `ingress`).
     pub fn set_from_endpoints<'a>(
         &self,
         network: &str,
         endpoints: impl IntoIterator<Item = &'a EndpointsSpec>,
     ) {
+        if network == INGRESS_NETWORK {
+            return;
+        }
         self.set(
             network,
             NetworkRecords::build(endpoints.into_iter().filter(|e| e.network == network)),
@@ -94,11 +102,16 @@ impl RecordStore {
             .unwrap_or_default()
     }
 
-    /// The view of a task attached to `networks` (in attachment order).
+    /// The view of a task attached to `networks` (in attachment order), `ingress` left out.
     pub fn view<S: AsRef<str>>(&self, networks: &[S]) -> View {
+        let networks: Vec<&str> = networks
+            .iter()
+            .map(|n| n.as_ref())
+            .filter(|n| *n != INGRESS_NETWORK)
+            .collect();
         View {
-            networks: networks.iter().map(|n| n.as_ref().to_owned()).collect(),
-            slots: networks.iter().map(|n| self.slot(n.as_ref())).collect(),
+            networks: networks.iter().map(|n| (*n).to_owned()).collect(),
+            slots: networks.iter().map(|n| self.slot(n)).collect(),
         }
     }
 }
@@ -120,5 +133,53 @@ impl View {
     pub fn answer(&self, qname: &str, kind: QueryKind) -> Answer {
         let tables: Vec<Arc<NetworkRecords>> = self.slots.iter().map(|s| s.get()).collect();
         records::answer(&tables, qname, kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api_types::endpoints::EndpointTask;
+
+    fn eps(network: &str, service: &str, vip: &str, task_ip: &str) -> EndpointsSpec {
+        EndpointsSpec::vip(network, service, vip).tasks([EndpointTask::new(
+            &format!("{service}.1"),
+            task_ip,
+        )
+        .id("t1")])
+    }
+
+    #[test]
+    fn a_view_never_answers_from_the_ingress_network() {
+        let store = RecordStore::new();
+        // `web` is on ingress only (it publishes a port); `api` is on appnet.
+        let web = eps("ingress", "web", "10.255.0.2", "10.255.0.5");
+        store.set_from_endpoints("ingress", [&web]);
+        store.set_from_endpoints("appnet", [&eps("appnet", "api", "10.0.1.2", "10.0.1.5")]);
+        // Even a table put there by hand is not in any view.
+        store.set("ingress", NetworkRecords::build([&web]));
+        let view = store.view(&["ingress", "appnet"]);
+        assert_eq!(view.networks(), ["appnet"]);
+        assert_eq!(
+            view.answer("api", QueryKind::A),
+            Answer::Addrs(vec!["10.0.1.2".parse().unwrap()])
+        );
+        for name in ["web", "tasks.web"] {
+            assert_eq!(view.answer(name, QueryKind::A), Answer::NxDomain, "{name}");
+        }
+        // Not a name of ours at all: forwarded, never answered from ingress.
+        assert_eq!(view.answer("web.1", QueryKind::A), Answer::Forward);
+        assert_eq!(
+            view.answer("2.0.255.10.in-addr.arpa", QueryKind::Ptr),
+            Answer::Forward
+        );
+    }
+
+    #[test]
+    fn no_table_is_built_for_the_ingress_network() {
+        let store = RecordStore::new();
+        let web = eps("ingress", "web", "10.255.0.2", "10.255.0.5");
+        store.set_from_endpoints("ingress", [&web]);
+        assert!(store.get("ingress").is_empty());
     }
 }

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use shoal_api_types::endpoints::EndpointsSpec;
+use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::service::{EndpointMode, Protocol};
 
 use crate::net::nft::NftError;
@@ -49,11 +50,13 @@ impl LbError {
 
 /// The VIP entries for a task namespace from the Endpoints objects of the networks the task
 /// is on: for each service in `vip` mode with a VIP, one whole-VIP entry per protocol (TCP
-/// and UDP) whose backends are the ready tasks. `dnsrr` services get none. Normalised.
+/// and UDP) whose backends are the ready tasks. `dnsrr` services get none, and neither do
+/// the ingress VIPs (tasks meet over `ingress` only as the routing mesh's backends).
+/// Normalised.
 pub fn vip_entries<'a>(endpoints: impl IntoIterator<Item = &'a EndpointsSpec>) -> Vec<VipEntry> {
     let mut out = Vec::new();
     for ep in endpoints {
-        if ep.endpoint_mode != EndpointMode::Vip {
+        if ep.endpoint_mode != EndpointMode::Vip || ep.network == INGRESS_NETWORK {
             continue;
         }
         let Some(vip) = ep.vip.as_deref().and_then(parse_ip) else {
@@ -190,6 +193,27 @@ pub(super) mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn vip_entries_leave_out_the_ingress_vips() {
+        let mut on_ingress = endpoints(
+            "web",
+            Some("10.255.0.2"),
+            EndpointMode::Vip,
+            vec![task("web.1", "10.255.0.5", true)],
+        );
+        on_ingress.network = "ingress".into();
+        let on_appnet = endpoints(
+            "api",
+            Some("10.0.1.2"),
+            EndpointMode::Vip,
+            vec![task("api.1", "10.0.1.5", true)],
+        );
+        let got = vip_entries([&on_ingress, &on_appnet]);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.iter().all(|e| e.vip == ip("10.0.1.2")), "{got:?}");
+        assert!(vip_entries([&on_ingress]).is_empty());
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! What the routing mesh is asked for ([`MeshRules`] of [`MeshPort`]s) and the [`Mesh`] trait
 //! that programs it; shared by the real table ([`super::NftMesh`]) and the fake.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use shoal_api_types::service::{Protocol, PublishMode};
+use shoal_api_types::settings::ReservedPort;
 
 use crate::net::nft::NftError;
 
@@ -32,12 +34,29 @@ pub struct MeshRules {
     pub ingress: Option<(String, Ipv4Addr)>,
     /// The ports.
     pub ports: Vec<MeshPort>,
+    /// Ports never programmed, whatever `ports` asks (the cluster's reserved ports and the
+    /// ones this node uses itself): the table leaves them out.
+    pub reserved: BTreeSet<ReservedPort>,
+}
+
+impl MeshPort {
+    /// The port as a reserved-port key (`published/protocol`).
+    pub fn key(&self) -> ReservedPort {
+        ReservedPort::new(self.published, self.protocol)
+    }
 }
 
 impl MeshRules {
     /// Whether the table has nothing to do (no address or no port).
     pub fn is_empty(&self) -> bool {
         self.node_address.is_none() || self.ports.is_empty()
+    }
+
+    /// The ports the table leaves out because they are reserved.
+    pub fn skipped(&self) -> impl Iterator<Item = &MeshPort> {
+        self.ports
+            .iter()
+            .filter(|p| self.reserved.contains(&p.key()))
     }
 }
 

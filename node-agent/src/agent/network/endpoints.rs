@@ -1,13 +1,16 @@
 //! Owns the fan-out of Endpoints to this node: the record tables the DNS servers answer
 //! from, the overlays' peer entries and the VIP table of each local task, kept equal to the
 //! Endpoints cache ([`NodeNetwork::refresh`]), and draining a task out of service before it
-//! stops ([`NodeNetwork::drain`]). See docs/architecture.md ("Node agent").
+//! stops ([`NodeNetwork::drain`]). The `ingress` network is in no task's DNS or VIP view
+//! ([`view_networks`]): its peers are synced, its names and VIPs are not served.
+//! See docs/architecture.md ("Node agent").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
 use shoal_api_types::endpoints::EndpointsSpec;
+use shoal_api_types::network::INGRESS_NETWORK;
 
 use super::{task_failure, Applied, NodeNetwork, DRAIN_SETTLE};
 use crate::agent::task_runtime::TaskError;
@@ -59,7 +62,8 @@ impl NodeNetwork {
         )
     }
 
-    /// Record tables, DNS server and VIP table of a task whose namespace exists.
+    /// Record tables, DNS server and VIP table of a task whose namespace exists. The
+    /// `ingress` network is left out of its DNS and VIP views ([`view_networks`]).
     pub(super) async fn serve(
         &self,
         id: &str,
@@ -67,6 +71,8 @@ impl NodeNetwork {
         networks: &[String],
         egress: bool,
     ) -> Result<(), TaskError> {
+        let networks = view_networks(networks);
+        let networks = networks.as_slice();
         for network in networks {
             if let Some(eps) = self.endpoints_of(network) {
                 self.records.set_from_endpoints(network, &eps);
@@ -111,8 +117,8 @@ impl NodeNetwork {
             return Ok(());
         };
         let mut eps = Vec::new();
-        for network in &task.networks {
-            eps.extend(self.endpoints_of(network).unwrap_or_default());
+        for network in view_networks(&task.networks) {
+            eps.extend(self.endpoints_of(&network).unwrap_or_default());
         }
         let entries = lb::vip_entries(&eps);
         if cache.get(id) == Some(&entries) {
@@ -160,7 +166,9 @@ impl NodeNetwork {
                 if applied.get(*network) == Some(&eps) {
                     continue;
                 }
-                self.records.set_from_endpoints(network, &eps);
+                if *network != INGRESS_NETWORK {
+                    self.records.set_from_endpoints(network, &eps);
+                }
                 if let Ok((vni, _)) = self.network_info(network) {
                     let _overlays = self.overlays.lock().await;
                     self.sync_peers(network, vni).await;
@@ -175,4 +183,15 @@ impl NodeNetwork {
             }
         }
     }
+}
+
+/// The networks of a task's DNS and VIP views: its attachments less `ingress`, where tasks
+/// meet only as the routing mesh's backends (a service that is on `ingress` only because
+/// it publishes a port is never resolved or load-balanced through it).
+pub(super) fn view_networks(networks: &[String]) -> Vec<String> {
+    networks
+        .iter()
+        .filter(|n| n.as_str() != INGRESS_NETWORK)
+        .cloned()
+        .collect()
 }

@@ -2,7 +2,8 @@
 //! with the address the controller gave it (`Node.status.ingressAddress`) whether or not
 //! tasks run here, holds every other node's ingress address as a peer, and keeps its
 //! `shoal_mesh` table ([`crate::mesh`]) equal to the ingress ports in the Endpoints of
-//! `ingress` plus the host-mode ports of local tasks (to their gateway-bridge address). The
+//! `ingress` plus the host-mode ports of local tasks (to their gateway-bridge address), less
+//! the reserved ports (the ClusterSettings' and the node's own; a warning names each). The
 //! table is left in place when the agent stops (like containers) and replaced by the next
 //! agent. Each step runs only when its input changed since it last succeeded ([`MeshState`](super::mesh_state::MeshState),
 //! owned by the background loop, in `mesh_state`). See docs/architecture.md ("Node agent").
@@ -13,6 +14,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use shoal_api_types::endpoints::EndpointsSpec;
 use shoal_api_types::network::{parse_cidr, INGRESS_NETWORK};
+use shoal_api_types::settings::{reason, CLUSTER_SETTINGS};
 
 use super::{Applied, NodeNetwork};
 use crate::mesh::{self, MeshRules};
@@ -85,10 +87,19 @@ impl NodeNetwork {
                 .iter()
                 .map(|(id, t)| (id.as_str(), t.host_ports.as_slice(), t.gateway)),
         ));
+        let reserved = {
+            let settings = self.settings.borrow();
+            let cluster = settings
+                .as_ref()
+                .and_then(|s| s.get(CLUSTER_SETTINGS))
+                .map(|s| &s.spec);
+            mesh::node_reserved_ports(cluster, &self.own_reserved)
+        };
         MeshRules {
             node_address: Some(self.underlay),
             ingress,
             ports: mesh::normalize(ports),
+            reserved,
         }
     }
 
@@ -147,6 +158,16 @@ impl NodeNetwork {
         }
         let rules = self.mesh_rules(ingress.as_ref().filter(|_| st.overlay.is_some()));
         if st.programmed.as_ref() != Some(&rules) {
+            for p in rules.skipped() {
+                tracing::warn!(
+                    port = %p.key(),
+                    mode = shoal_api_types::service::mode_name(p.mode),
+                    reason = reason(p.key()),
+                    "routing mesh: not programming a rule for a reserved port (a service \
+                     publishes it; reserved ports are the controller's --reserved-ports and \
+                     the agent's own)"
+                );
+            }
             match mesh.program(&rules).await {
                 Ok(()) => {
                     tracing::debug!(ports = rules.ports.len(), "programmed the routing mesh");

@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use shoal_api_types::endpoints::EndpointsSpec;
 use shoal_api_types::network::NetworkSpec;
+use shoal_api_types::settings::{ClusterSettingsSpec, ReservedPort, VXLAN_PORT};
 use shoal_api_types::{NodeSpec, Task};
 use tokio::sync::{watch, RwLock};
 
@@ -95,6 +96,10 @@ pub struct NodeNetwork {
     nodes: watch::Sender<Cache<NodeSpec>>,
     /// Poked when local tasks come or go (their host ports).
     mesh_kick: tokio::sync::Notify,
+    /// The ClusterSettings (reserved ports), when the mesh runs.
+    settings: watch::Sender<Cache<ClusterSettingsSpec>>,
+    /// Ports this node uses itself, never programmed whatever the settings say.
+    own_reserved: Vec<ReservedPort>,
 }
 
 impl std::fmt::Debug for NodeNetwork {
@@ -158,6 +163,8 @@ impl NodeNetwork {
             mesh: None,
             nodes: watch::channel(None).0,
             mesh_kick: tokio::sync::Notify::new(),
+            settings: watch::channel(None).0,
+            own_reserved: vec![VXLAN_PORT],
         }
     }
 
@@ -169,6 +176,28 @@ impl NodeNetwork {
         self.node = Some(node.into());
         self.mesh = Some(mesh);
         self
+    }
+
+    /// Ports the mesh never programs besides the cluster's reserved ones, whatever the
+    /// settings say: the agent's own listen port (VXLAN's 4789/udp always is).
+    pub fn with_reserved_ports(mut self, ports: impl IntoIterator<Item = ReservedPort>) -> Self {
+        self.own_reserved.extend(ports);
+        self.own_reserved.sort();
+        self.own_reserved.dedup();
+        self
+    }
+
+    /// Replaces the ClusterSettings cache (the watch does this; tests call it directly).
+    pub fn set_settings(
+        &self,
+        settings: impl IntoIterator<Item = shoal_api_types::ClusterSettings>,
+    ) {
+        self.settings.send_replace(Some(
+            settings
+                .into_iter()
+                .map(|s| (s.name().to_string(), s))
+                .collect(),
+        ));
     }
 
     /// Replaces the Nodes cache (the watch does this; tests call it directly).
@@ -232,6 +261,7 @@ impl NodeNetwork {
             networks: self.networks.clone(),
             endpoints: self.endpoints.clone(),
             nodes: self.mesh.is_some().then(|| self.nodes.clone()),
+            settings: self.mesh.is_some().then(|| self.settings.clone()),
         }
     }
 
@@ -498,12 +528,13 @@ impl NodeNetwork {
             };
             other.stop(id).await;
             let netns = self.netns_path(id);
-            for network in &t.networks {
+            let view = endpoints::view_networks(&t.networks);
+            for network in &view {
                 if let Some(eps) = self.endpoints_of(network) {
                     self.records.set_from_endpoints(network, &eps);
                 }
             }
-            if let Err(e) = dns.ensure(id, &netns, &t.networks).await {
+            if let Err(e) = dns.ensure(id, &netns, &view).await {
                 tracing::warn!(task = %id, error = %e, "cannot start the task's DNS server");
             }
         }
@@ -546,6 +577,7 @@ impl NodeNetwork {
         let mut networks = self.networks.subscribe();
         let mut endpoints = self.endpoints.subscribe();
         let mut nodes = self.nodes.subscribe();
+        let mut settings = self.settings.subscribe();
         let mut tick = tokio::time::interval(resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut full_due = true;
@@ -576,6 +608,7 @@ impl NodeNetwork {
                 r = endpoints.changed() => if r.is_err() { break },
                 r = desired.changed() => if r.is_err() { break },
                 r = nodes.changed() => if r.is_err() { break },
+                r = settings.changed() => if r.is_err() { break },
                 _ = self.mesh_kick.notified() => {}
                 _ = tick.tick() => full_due = true,
                 _ = retry => {}

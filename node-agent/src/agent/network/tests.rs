@@ -615,3 +615,169 @@ async fn the_mesh_should_join_ingress_with_the_node_address_and_program_publishe
         .collect();
     assert_eq!(dels, [Ipv4Addr::new(10, 255, 0, 5)]);
 }
+
+#[tokio::test]
+async fn a_task_on_ingress_should_see_neither_its_names_nor_its_vips() {
+    let n = node();
+    let mut ingress = overlay("ingress", 4096, false);
+    ingress.status.subnet = Some("10.255.0.0/16".into());
+    n.network
+        .set_networks([ingress, overlay("appnet", 4097, false)]);
+    // `web` is on ingress only (it publishes a port); `api` is on appnet.
+    n.network.set_endpoints([
+        endpoints(
+            "ingress",
+            "web",
+            "10.255.0.2",
+            &[("10.255.0.5", "198.18.0.2")],
+        ),
+        endpoints("appnet", "api", "10.0.1.2", &[("10.0.1.7", "198.18.0.2")]),
+    ]);
+    n.tasks
+        .start_task(&task(
+            "t1",
+            &[("ingress", "10.255.0.9"), ("appnet", "10.0.1.5")],
+        ))
+        .await
+        .unwrap();
+    let mut applied = Applied::default();
+    n.network.refresh(&mut applied).await;
+
+    // The DNS server's view: appnet only.
+    let (_, networks) = n.dns.server("t1").expect("a DNS server");
+    assert_eq!(networks, ["appnet"]);
+    let view = n.network.records().view(&networks);
+    assert_eq!(
+        view.answer("api", QueryKind::A),
+        crate::dns::Answer::Addrs(vec!["10.0.1.2".parse().unwrap()])
+    );
+    assert_eq!(
+        n.network
+            .records()
+            .view(&["ingress", "appnet"])
+            .answer("web", QueryKind::A),
+        crate::dns::Answer::NxDomain
+    );
+    // VIP rules: api's VIP, not web's ingress VIP.
+    let entries = n.lb.entries(&netns("t1")).expect("VIP rules");
+    assert!(!entries.is_empty());
+    assert!(
+        entries.iter().all(|e| e.vip == Ipv4Addr::new(10, 0, 1, 2)),
+        "{entries:?}"
+    );
+    // The ingress overlay's peers are still synced (the mesh's backends).
+    assert!(n.net.calls().iter().any(|c| matches!(c,
+        NetCall::ApplyPeerOp(4096, PeerOp::AddNeigh(e)) if e.ip == Ipv4Addr::new(10, 255, 0, 5))));
+}
+
+/// The (protocol, port)s the mesh's last document dispatches on.
+fn programmed(mesh: &crate::mesh::RecordingMesh) -> Vec<String> {
+    let rules = mesh.rules().expect("programmed");
+    let doc = crate::mesh::ruleset(&rules);
+    let elems = doc["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|o| o.pointer("/add/map/elem"))
+        .cloned()
+        .unwrap_or_default();
+    elems
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e[0]["concat"][1],
+                        e[0]["concat"][0].as_str().unwrap()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_mesh_should_never_program_a_reserved_port() {
+    use shoal_api_types::service::Protocol;
+    use shoal_api_types::settings::{ClusterSettingsSpec, ReservedPort, CLUSTER_SETTINGS};
+    let net = Arc::new(RecordingNetwork::new(PREFIX));
+    let runtime = Arc::new(FakeRuntime::new());
+    let mesh = Arc::new(crate::mesh::RecordingMesh::default());
+    let network = Arc::new(
+        NodeNetwork::new(
+            net.clone(),
+            Arc::new(RecordingDns::default()),
+            Arc::new(RecordingDns::default()),
+            Arc::new(RecordingLb::default()),
+            RecordStore::new(),
+            Ipv4Addr::new(198, 18, 0, 1),
+            "/run/netns",
+            PREFIX,
+        )
+        .with_mesh("node-1", mesh.clone())
+        // The agent's own listen port.
+        .with_reserved_ports([ReservedPort::tcp(7801)]),
+    );
+    let tasks = ContainerTasks::new(runtime.clone(), "node-1").with_network(network.clone());
+    let mut ingress = overlay("ingress", 4096, false);
+    ingress.status.subnet = Some("10.255.0.0/16".into());
+    network.set_networks([ingress]);
+    network.set_nodes([node_obj("node-1", "198.18.0.1", "10.255.0.3")]);
+    // Services stored before the ports were reserved (the API refuses them now).
+    let mut pub_eps = endpoints(
+        "ingress",
+        "pub",
+        "10.255.0.2",
+        &[("10.255.0.5", "198.18.0.2")],
+    );
+    let port = |published: u32, protocol| PortConfig {
+        published,
+        target: 80,
+        protocol,
+        ..Default::default()
+    };
+    pub_eps.spec.ports = vec![
+        port(8080, Protocol::Tcp),
+        port(4789, Protocol::Udp),
+        port(2379, Protocol::Tcp),
+        port(7801, Protocol::Tcp),
+        port(23790, Protocol::Tcp),
+    ];
+    network.set_endpoints([pub_eps]);
+    let mut t = task("h1", &[("ingress", "10.255.0.9")]);
+    t.spec.ports = vec![PortConfig {
+        published: 22,
+        target: 22,
+        mode: PublishMode::Host,
+        ..Default::default()
+    }];
+    tasks.start_task(&t).await.unwrap();
+    let mut applied = Applied::default();
+
+    // Settings not listed yet: the defaults, and the node's own ports.
+    network.refresh_mesh(&mut applied).await;
+    assert_eq!(programmed(&mesh), ["8080/tcp", "23790/tcp"]);
+
+    // The cluster reserves 23790/tcp and no longer 22 or 2379: the node's own ports stay
+    // reserved all the same.
+    network.set_settings([shoal_api_types::ClusterSettings::new(
+        CLUSTER_SETTINGS,
+        ClusterSettingsSpec::with_reserved_ports([ReservedPort::tcp(23790)]),
+    )]);
+    network.refresh_mesh(&mut applied).await;
+    assert_eq!(programmed(&mesh), ["22/tcp", "2379/tcp", "8080/tcp"]);
+
+    // The settings object missing altogether: the same.
+    network.set_settings([]);
+    network.refresh_mesh(&mut applied).await;
+    assert_eq!(programmed(&mesh), ["8080/tcp", "23790/tcp"]);
+    let skipped: Vec<String> = mesh
+        .rules()
+        .unwrap()
+        .skipped()
+        .map(|p| p.key().to_string())
+        .collect();
+    assert!(skipped.contains(&"4789/udp".to_string()), "{skipped:?}");
+    assert!(skipped.contains(&"7801/tcp".to_string()), "{skipped:?}");
+}
