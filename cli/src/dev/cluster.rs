@@ -243,6 +243,23 @@ impl Layout {
         format!("127.0.0.1:{}", 7800 + k)
     }
 
+    /// The published ports no service may take (the controllers' `--reserved-ports`): the
+    /// defaults and every port this cluster itself listens on: etcd's client and peer
+    /// ports, the controllers' API ports, the agents' ports.
+    pub fn reserved_ports(&self) -> String {
+        use shoal_api_types::settings::{
+            default_reserved_ports, format_reserved_ports, ReservedPort,
+        };
+        let (client, peer) = self.etcd_ports();
+        let mut ports = default_reserved_ports();
+        ports.extend([ReservedPort::tcp(client), ReservedPort::tcp(peer)]);
+        ports.extend((1..=self.controllers).map(|c| ReservedPort::tcp(7776 + c as u16)));
+        ports.extend((1..=self.nodes).map(|k| ReservedPort::tcp(7800 + k as u16)));
+        ports.sort();
+        ports.dedup();
+        format_reserved_ports(&ports)
+    }
+
     fn file(&self) -> PathBuf {
         self.state_dir.join("cluster.json")
     }
@@ -547,6 +564,7 @@ fn start_controller(layout: &Layout, c: u32) -> anyhow::Result<()> {
     let mut args = vec![
         format!("--listen={}", layout.api_listen(c)),
         format!("--etcd={}", layout.etcd_endpoints()),
+        format!("--reserved-ports={}", layout.reserved_ports()),
     ];
     if layout.secure {
         args.push(format!("--data-dir={}", layout.pki_dir().display()));
@@ -709,5 +727,38 @@ mod tests {
         .unwrap();
         assert_eq!(insecure.etcd_endpoints(), "http://127.0.0.1:23790");
         assert_eq!(insecure.api_url(), "http://127.0.0.1:7777");
+    }
+
+    #[test]
+    fn layout_reserves_the_ports_the_cluster_listens_on() {
+        let l = Layout::new(
+            "/tmp/x".into(),
+            &Options {
+                nodes: 3,
+                controllers: 2,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let ports = shoal_api_types::settings::parse_reserved_ports(&l.reserved_ports()).unwrap();
+        let shown: Vec<String> = ports.iter().map(ToString::to_string).collect();
+        for want in [
+            "4789/udp",
+            "22/tcp",
+            "2379/tcp",
+            "2380/tcp",
+            "23790/tcp",
+            "23800/tcp",
+            "7777/tcp",
+            "7778/tcp",
+            "7800/tcp",
+            "7801/tcp",
+            "7802/tcp",
+            "7803/tcp",
+        ] {
+            assert!(shown.contains(&want.to_string()), "{want} in {shown:?}");
+        }
+        assert!(!shown.contains(&"7804/tcp".to_string()), "{shown:?}");
+        assert!(!shown.contains(&"7779/tcp".to_string()), "{shown:?}");
     }
 }
