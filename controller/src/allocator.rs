@@ -292,10 +292,14 @@ fn network_step(ctx: &Context, name: &str) -> Step {
                 // The system's network is kept present: created at first start, created
                 // again if deleted behind the API's back. Its subnet and VNI records are
                 // kept, so it comes back with the same addressing.
-                tracing::warn!(
-                    subnet = %ctx.config.ingress_subnet,
-                    "the ingress network is missing; creating it"
-                );
+                if world.ipam.vnis.contains_key(&INGRESS_VNI) {
+                    tracing::warn!(
+                        subnet = %ctx.config.ingress_subnet,
+                        "the ingress network was deleted behind the API's back; creating it again"
+                    );
+                } else {
+                    tracing::info!(subnet = %ctx.config.ingress_subnet, "creating the ingress network");
+                }
                 txn.create(&keys, &ingress_network(ctx.config.ingress_subnet));
                 return Step::Commit(txn);
             }

@@ -36,7 +36,7 @@ pub use fake::RecordingDns;
 pub use host::{DnsHost, DnsServers};
 pub use records::{build_tables, normalize_name, Answer, NameEntry, NetworkRecords, QueryKind};
 pub use server::{parse_resolv_conf, DnsServer, DnsServerConfig, DNS_ADDR, TTL};
-pub use store::{RecordStore, View};
+pub use store::{view_networks, RecordStore, View};
 
 #[cfg(test)]
 mod tests {

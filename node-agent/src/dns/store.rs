@@ -102,18 +102,27 @@ impl RecordStore {
             .unwrap_or_default()
     }
 
-    /// The view of a task attached to `networks` (in attachment order), `ingress` left out.
+    /// The view of a task attached to `networks` (in attachment order), `ingress` left out
+    /// ([`view_networks`]).
     pub fn view<S: AsRef<str>>(&self, networks: &[S]) -> View {
-        let networks: Vec<&str> = networks
-            .iter()
-            .map(|n| n.as_ref())
-            .filter(|n| *n != INGRESS_NETWORK)
-            .collect();
+        let networks = view_networks(networks);
         View {
-            networks: networks.iter().map(|n| (*n).to_owned()).collect(),
             slots: networks.iter().map(|n| self.slot(n)).collect(),
+            networks,
         }
     }
+}
+
+/// The networks of a task's DNS and VIP views: its attachments, in order, less `ingress`,
+/// where tasks meet only as the routing mesh's backends (a service that is on `ingress`
+/// only because it publishes a port is never resolved or load-balanced through it).
+pub fn view_networks<S: AsRef<str>>(networks: &[S]) -> Vec<String> {
+    networks
+        .iter()
+        .map(|n| n.as_ref())
+        .filter(|n| *n != INGRESS_NETWORK)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// What one task sees: the live tables of the networks it is attached to.

@@ -2,7 +2,7 @@
 //! from, the overlays' peer entries and the VIP table of each local task, kept equal to the
 //! Endpoints cache ([`NodeNetwork::refresh`]), and draining a task out of service before it
 //! stops ([`NodeNetwork::drain`]). The `ingress` network is in no task's DNS or VIP view
-//! ([`view_networks`]): its peers are synced, its names and VIPs are not served.
+//! ([`crate::dns::view_networks`]): its peers are synced, its names and VIPs are not served.
 //! See docs/architecture.md ("Node agent").
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,6 +14,7 @@ use shoal_api_types::network::INGRESS_NETWORK;
 
 use super::{task_failure, Applied, NodeNetwork, DRAIN_SETTLE};
 use crate::agent::task_runtime::TaskError;
+use crate::dns::view_networks;
 use crate::lb::{self, LbError};
 
 impl NodeNetwork {
@@ -63,7 +64,7 @@ impl NodeNetwork {
     }
 
     /// Record tables, DNS server and VIP table of a task whose namespace exists. The
-    /// `ingress` network is left out of its DNS and VIP views ([`view_networks`]).
+    /// `ingress` network is left out of its DNS and VIP views ([`crate::dns::view_networks`]).
     pub(super) async fn serve(
         &self,
         id: &str,
@@ -183,15 +184,4 @@ impl NodeNetwork {
             }
         }
     }
-}
-
-/// The networks of a task's DNS and VIP views: its attachments less `ingress`, where tasks
-/// meet only as the routing mesh's backends (a service that is on `ingress` only because
-/// it publishes a port is never resolved or load-balanced through it).
-pub(super) fn view_networks(networks: &[String]) -> Vec<String> {
-    networks
-        .iter()
-        .filter(|n| n.as_str() != INGRESS_NETWORK)
-        .cloned()
-        .collect()
 }

@@ -528,7 +528,7 @@ impl NodeNetwork {
             };
             other.stop(id).await;
             let netns = self.netns_path(id);
-            let view = endpoints::view_networks(&t.networks);
+            let view = crate::dns::view_networks(&t.networks);
             for network in &view {
                 if let Some(eps) = self.endpoints_of(network) {
                     self.records.set_from_endpoints(network, &eps);
