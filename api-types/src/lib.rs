@@ -18,6 +18,7 @@ pub mod meta;
 pub mod network;
 pub mod node;
 pub mod object;
+pub mod resources;
 pub mod service;
 pub mod task;
 pub mod token;
@@ -33,10 +34,11 @@ pub use meta::{ObjectMeta, API_VERSION};
 pub use network::{Network, NetworkSpec, NetworkStatus};
 pub use node::{Node, NodeAvailability, NodeSpec, NodeState, NodeStatus};
 pub use object::{EventType, Object, ObjectList, Resource, WatchEvent};
+pub use resources::{Cpus, Memory, NodeCapacity, ResourceLimits, ResourceReservations, Resources};
 pub use service::{
     EndpointMode, HealthCheck, NetworkAttachmentConfig, Placement, PortConfig, Protocol,
-    PublishMode, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, ServiceStatus,
-    VirtualIp,
+    PublishMode, RestartCondition, RestartPolicy, SeccompMode, Service, ServiceMode, ServiceSpec,
+    ServiceStatus, VirtualIp,
 };
 pub use task::{Task, TaskAttachment, TaskSpec, TaskState, TaskStatus};
 pub use token::{CreatedToken, Role, StoredToken, TokenInfo, TokenList, TokenRequest};
