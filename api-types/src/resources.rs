@@ -64,7 +64,7 @@ impl std::str::FromStr for Cpus {
 
 impl fmt::Display for Cpus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             write!(f, "{}", self.0 / 1000)
         } else {
             let s = format!("{}.{:03}", self.0 / 1000, self.0 % 1000);
@@ -112,7 +112,7 @@ impl fmt::Display for Memory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names = ["", "Ki", "Mi", "Gi", "Ti"];
         for (i, (_, scale)) in UNITS.iter().enumerate().rev() {
-            if *scale > 1 && self.0 >= *scale && self.0 % scale == 0 {
+            if *scale > 1 && self.0 >= *scale && self.0.is_multiple_of(*scale) {
                 return write!(f, "{}{}", self.0 / scale, names[i]);
             }
         }
@@ -142,7 +142,7 @@ impl<'de> Deserialize<'de> for Cpus {
 
 impl Serialize for Cpus {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             s.serialize_u64(self.0 / 1000)
         } else {
             s.serialize_f64(self.0 as f64 / 1000.0)
