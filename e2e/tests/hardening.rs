@@ -120,7 +120,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 /// Packets counted by the named nftables counter in node k's namespace.
 fn nft_counter(c: &Cluster, k: u32, table: &str, counter: &str) -> u64 {
     let out = c
-        .in_node(k, &["nft", "-j", "list", "counter", "ip", table, counter])
+        .in_node(k, &["nft", "-j", "list", "counter", "inet", table, counter])
         .ok();
     let v: Value = serde_json::from_str(&out).expect("nft json");
     v["nftables"]
