@@ -1155,6 +1155,30 @@ async fn tasks_should_not_reach_their_node_while_overlays_and_the_mesh_still_wor
         backend.join().unwrap();
         ok
     };
+    // A task overlay has no route on the node; give it one (a careless operator) to check
+    // that the policy, not the missing route, keeps the underlay out.
+    ip(&format!(
+        "-n {} route add 10.0.1.0/24 dev shb-4097",
+        lab.node(1)
+    ));
+    ip(&format!(
+        "-n {} route add 10.0.1.0/24 via {n1}",
+        lab.world()
+    ));
+    let routed_into_task_overlay = || {
+        let backend = serve_for(
+            &a.path,
+            SocketAddr::from(([0, 0, 0, 0], 82)),
+            Duration::from_secs(3),
+        );
+        let ok = can_connect(&world, SocketAddr::from((ip4("10.0.1.2"), 82)));
+        backend.join().unwrap();
+        ok
+    };
+    assert!(
+        routed_into_task_overlay(),
+        "the control: routed into overlay 4097"
+    );
     // The control: without the policy a task reaches its node, the underlay the overlay.
     assert!(can_connect(&a.path, SocketAddr::from((gw, 7801))));
     assert!(can_connect(
@@ -1248,6 +1272,10 @@ async fn tasks_should_not_reach_their_node_while_overlays_and_the_mesh_still_wor
 
     // Routed into an overlay without the mesh's DNAT: dropped.
     assert!(!routed_in(), "the underlay routed into the ingress overlay");
+    assert!(
+        !routed_into_task_overlay(),
+        "the underlay routed into overlay 4097"
+    );
 
     // The listeners stop on their own; the lab's namespaces go with the test.
     drop(listeners);
