@@ -18,6 +18,7 @@ pub mod meta;
 pub mod network;
 pub mod node;
 pub mod object;
+pub mod resources;
 pub mod service;
 pub mod settings;
 pub mod task;
@@ -34,10 +35,11 @@ pub use meta::{ObjectMeta, API_VERSION};
 pub use network::{Network, NetworkSpec, NetworkStatus};
 pub use node::{Node, NodeAvailability, NodeSpec, NodeState, NodeStatus};
 pub use object::{EventType, Object, ObjectList, Resource, WatchEvent};
+pub use resources::{Cpus, Memory, NodeCapacity, ResourceLimits, ResourceReservations, Resources};
 pub use service::{
     EndpointMode, HealthCheck, NetworkAttachmentConfig, Placement, PortConfig, Protocol,
-    PublishMode, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, ServiceStatus,
-    VirtualIp,
+    PublishMode, RestartCondition, RestartPolicy, SeccompMode, Service, ServiceMode, ServiceSpec,
+    ServiceStatus, VirtualIp,
 };
 pub use settings::{ClusterSettings, ClusterSettingsSpec, ReservedPort};
 pub use task::{Task, TaskAttachment, TaskSpec, TaskState, TaskStatus};

@@ -13,6 +13,8 @@ use crate::service::{Service, ServiceSpec};
 use crate::validation::{FieldError, Validate};
 
 /// A user-owned object of any kind.
+// A Service is much larger than a Network; manifests hold a handful of objects, parsed once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyObject {
     /// A Network.

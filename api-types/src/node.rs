@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::{CONTROLLER_USER, FLEET_USER, ROOT_USER};
 use crate::object::{Object, Resource};
+use crate::resources::NodeCapacity;
 use crate::validation::{check_dns_label, FieldError};
 
 /// Names no Node may take: a node's name is its etcd user (the CN of its certificate),
@@ -110,6 +111,10 @@ pub struct NodeStatus {
     /// writers leave it out, and agents keep it when they rewrite the status.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ingress_address: String,
+    /// What the node offers the scheduler (reported by the agent; unset: unknown, and
+    /// tasks that reserve resources do not go there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<NodeCapacity>,
 }
 
 impl Resource for NodeSpec {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::constraint::Constraint;
 use crate::object::{Object, Resource};
+use crate::resources::Resources;
 use crate::validation::{check_dns_label, FieldError};
 
 /// A Service object.
@@ -180,6 +181,20 @@ pub struct HealthCheck {
     pub start_period_seconds: Option<u32>,
 }
 
+/// Whether a task's container runs under a seccomp filter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompMode {
+    /// The default profile: the syscalls container runtimes deny by default are refused.
+    #[default]
+    Default,
+    /// No filter (an explicit opt-out).
+    Unconfined,
+}
+
+/// Most seconds a task may be given to stop before it is killed.
+pub const MAX_STOP_GRACE_PERIOD_SECONDS: u32 = 600;
+
 /// What the user wants of a service.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -219,9 +234,32 @@ pub struct ServiceSpec {
     /// Optional health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthCheck>,
-    /// Seconds between SIGTERM and SIGKILL when a task stops (default 10).
+    /// Seconds between SIGTERM and SIGKILL when a task stops (default 10, at most
+    /// [`MAX_STOP_GRACE_PERIOD_SECONDS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_period_seconds: Option<u32>,
+    /// User (and group) the command runs as: `name`, `uid`, `uid:gid` or `name:group`
+    /// (default: the image's, else root).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    /// Working directory of the command (default: the image's, else `/`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub working_dir: String,
+    /// Mount the image's root filesystem read-only.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub read_only_root_filesystem: bool,
+    /// Capabilities added to Docker's default set (`NET_ADMIN` or `CAP_NET_ADMIN`; `ALL`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from the default set (`ALL` drops every one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// `default` (the default seccomp profile) or `unconfined`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub seccomp: SeccompMode,
+    /// CPU, memory and pids limits; CPU and memory reservations.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub resources: Resources,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -372,6 +410,29 @@ impl Resource for ServiceSpec {
                     msg,
                 ));
             }
+        }
+        if let Some(g) = self.stop_grace_period_seconds {
+            if g > MAX_STOP_GRACE_PERIOD_SECONDS {
+                errs.push(FieldError::new(
+                    "spec.stopGracePeriodSeconds",
+                    format!("must be at most {MAX_STOP_GRACE_PERIOD_SECONDS} (got {g})"),
+                ));
+            }
+        }
+        self.resources.validate("spec.resources", errs);
+        if self.working_dir.contains('\0')
+            || (!self.working_dir.is_empty() && !self.working_dir.starts_with('/'))
+        {
+            errs.push(FieldError::new(
+                "spec.workingDir",
+                format!("{:?} must be an absolute path", self.working_dir),
+            ));
+        }
+        if self.user.chars().any(|c| c.is_whitespace() || c == '\0') {
+            errs.push(FieldError::new(
+                "spec.user",
+                format!("{:?} must not contain spaces", self.user),
+            ));
         }
         if let Some(hc) = &self.healthcheck {
             if hc.command.is_empty() {

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::labels;
 use crate::meta::ObjectMeta;
 use crate::object::{Object, Resource};
-use crate::service::{HealthCheck, PortConfig, RestartPolicy};
+use crate::resources::Resources;
+use crate::service::{HealthCheck, PortConfig, RestartPolicy, SeccompMode};
 use crate::validation::FieldError;
 
 /// A Task object.
@@ -145,6 +146,31 @@ pub struct TaskSpec {
     /// Why the task is still pending, when it is.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pending_reason: String,
+    /// The service's `user`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    /// The service's `workingDir`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub working_dir: String,
+    /// The service's `readOnlyRootFilesystem`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub read_only_root_filesystem: bool,
+    /// The service's `capAdd`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// The service's `capDrop`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// The service's `seccomp`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub seccomp: SeccompMode,
+    /// The service's `resources`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub resources: Resources,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// What the agent reports of a task.
@@ -172,6 +198,9 @@ pub struct TaskStatus {
     /// Whether the health check passes (true when there is none and the task runs).
     #[serde(default)]
     pub healthy: bool,
+    /// Whether the kernel killed the container for exceeding its memory limit.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub oom_killed: bool,
 }
 
 impl TaskSpec {

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
 use shoal_node_agent::net::{
-    netns, Attachment, GatewaySpec, Kernel, NetConfig, Network, OverlaySpec, Peer, PortKind,
-    TaskNetInfo, TaskNetSpec,
+    netns, Attachment, GatewaySpec, Kernel, NetConfig, Network, NodePolicy, OverlaySpec, Peer,
+    PortKind, TaskNetInfo, TaskNetSpec,
 };
 
 const WORLD_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -899,4 +899,387 @@ fn an_agent_living_in_the_node_namespace_should_configure_that_namespace() {
         !ip_out("-o link show").contains("shb-4097"),
         "nothing in the root namespace"
     );
+}
+
+// ---- The node's input and forward policy (`table inet shoal_node`, `net::nodefw`) ----
+
+/// A TCP listener in `ns` on `addr` that accepts every connection for `wait`; returns how
+/// many it accepted. Returns once the listener is bound.
+fn serve_for(ns: &Path, addr: SocketAddr, wait: Duration) -> std::thread::JoinHandle<usize> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = in_ns(ns, move || {
+        let listener = TcpListener::bind(addr).expect("bind listener");
+        listener.set_nonblocking(true).unwrap();
+        ready_tx.send(()).unwrap();
+        let deadline = Instant::now() + wait;
+        let mut n = 0;
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok(_) => n += 1,
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        n
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("listener ready");
+    handle
+}
+
+/// `nft -j list counter inet shoal_node NAME` in namespace `ns`: its packet count.
+fn policy_counter(ns: &str, name: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-j", "list", "counter", "inet"])
+        .args(["shoal_node", name])
+        .output()
+        .expect("run nft");
+    assert!(
+        out.status.success(),
+        "nft list counter {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|o| o.pointer("/counter/packets").and_then(|p| p.as_u64()))
+        .expect("a counter in nft's answer")
+}
+
+fn nft_tables(ns: &str) -> String {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "tables"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap()
+}
+
+fn peer(ip: &str, node: u8) -> Peer {
+    Peer {
+        ip: ip.parse().unwrap(),
+        node: Ipv4Addr::new(198, 18, 0, node),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vxlan_should_be_accepted_only_from_known_nodes_and_the_rest_counted() {
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let lab = Lab::new(3);
+    let ks = [
+        lab.kernel(1).await,
+        lab.kernel(2).await,
+        lab.kernel(3).await,
+    ];
+    let overlay = OverlaySpec {
+        vni: 4097,
+        mtu: None,
+        address: None,
+    };
+    let mut tasks = Vec::new();
+    for (i, k) in ks.iter().enumerate() {
+        k.ensure_overlay(&overlay).await.unwrap();
+        let t = k
+            .attach_task(&task(
+                &format!("t{i}"),
+                4097,
+                &format!("10.0.1.{}/24", i + 2),
+                false,
+            ))
+            .await
+            .unwrap();
+        tasks.push(t);
+    }
+    // Node 1 knows tasks on nodes 2 and 3; nodes 2 and 3 know node 1's task.
+    ks[0]
+        .sync_peers(4097, &[peer("10.0.1.3", 2), peer("10.0.1.4", 3)])
+        .await
+        .unwrap();
+    ks[1]
+        .sync_peers(4097, &[peer("10.0.1.2", 1)])
+        .await
+        .unwrap();
+    ks[2]
+        .sync_peers(4097, &[peer("10.0.1.2", 1)])
+        .await
+        .unwrap();
+    let t1 = Ipv4Addr::new(10, 0, 1, 2);
+    // The control: without a policy both reach node 1's task.
+    assert!(probe_retry(&tasks[1].path, &tasks[0].path, t1, 7401).is_some());
+    assert!(probe_retry(&tasks[2].path, &tasks[0].path, t1, 7411).is_some());
+
+    // Node 3 is not a node as far as node 1 knows.
+    let known = |addrs: &[&'static str]| {
+        NodePolicy::new(Ipv4Addr::new(198, 18, 0, 1), addrs.iter().copied(), None)
+    };
+    ks[0]
+        .program_node_policy(&known(&["198.18.0.2"]))
+        .await
+        .unwrap();
+    let n1 = lab.node(1);
+    let before = policy_counter(&n1, "vxlan_dropped");
+    assert_eq!(before, 0);
+    assert!(
+        probe(&tasks[1].path, &tasks[0].path, t1, 7421).is_some(),
+        "a known node's VXLAN passes"
+    );
+    assert_eq!(
+        probe(&tasks[2].path, &tasks[0].path, t1, 7422),
+        None,
+        "an unknown sender's VXLAN is dropped"
+    );
+    let dropped = policy_counter(&n1, "vxlan_dropped");
+    assert!(dropped > before, "counted: {dropped}");
+    // Traffic of the network between known nodes is unaffected, both ways.
+    assert!(probe(
+        &tasks[0].path,
+        &tasks[1].path,
+        Ipv4Addr::new(10, 0, 1, 3),
+        7423
+    )
+    .is_some());
+
+    // Node 3 joins: the set grows in place; the counter keeps its count; again is a no-op.
+    let all = known(&["198.18.0.2", "198.18.0.3"]);
+    ks[0].program_node_policy(&all).await.unwrap();
+    ks[0].program_node_policy(&all).await.unwrap();
+    assert!(policy_counter(&n1, "vxlan_dropped") >= dropped);
+    assert!(
+        probe(&tasks[2].path, &tasks[0].path, t1, 7431).is_some(),
+        "node 3 admitted"
+    );
+    // Node 3 leaves: dropped again at once (no connection tracking involved).
+    ks[0]
+        .program_node_policy(&known(&["198.18.0.2"]))
+        .await
+        .unwrap();
+    assert_eq!(probe(&tasks[2].path, &tasks[0].path, t1, 7441), None);
+
+    // A restarted agent (a fresh Kernel) programs the same table again; teardown removes it.
+    let k1b = lab.kernel(1).await;
+    k1b.program_node_policy(&all).await.unwrap();
+    assert!(nft_tables(&n1).contains("table inet shoal_node"));
+    k1b.remove_gateway().await.unwrap();
+    let tables = nft_tables(&n1);
+    assert!(!tables.contains("shoal_node"), "{tables}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_should_not_reach_their_node_while_overlays_and_the_mesh_still_work() {
+    use shoal_api_types::service::{Protocol, PublishMode};
+    use shoal_node_agent::mesh::{Mesh, MeshPort, MeshRules, NftMesh};
+
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let lab = Lab::new(2);
+    let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
+    let n1 = Ipv4Addr::new(198, 18, 0, 1);
+    let ip4 = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    // Node 1 is on ingress (10.255.0.1) with an ingress task `i`, and on overlay 4097 with
+    // tasks `a` and `b`; node 2 has `c` on 4097 and `j` on ingress.
+    k1.ensure_gateway(&GatewaySpec::default()).await.unwrap();
+    k1.ensure_overlay(&OverlaySpec {
+        vni: 4096,
+        mtu: None,
+        address: Some("10.255.0.1/16".parse().unwrap()),
+    })
+    .await
+    .unwrap();
+    let plain = |vni| OverlaySpec {
+        vni,
+        mtu: None,
+        address: None,
+    };
+    k1.ensure_overlay(&plain(4097)).await.unwrap();
+    k2.ensure_overlay(&plain(4096)).await.unwrap();
+    k2.ensure_overlay(&plain(4097)).await.unwrap();
+    let i = k1
+        .attach_task(&task("i", 4096, "10.255.0.5/16", false))
+        .await
+        .unwrap();
+    let a = k1
+        .attach_task(&task("a", 4097, "10.0.1.2/24", true))
+        .await
+        .unwrap();
+    let b = k1
+        .attach_task(&task("b", 4097, "10.0.1.3/24", true))
+        .await
+        .unwrap();
+    let c = k2
+        .attach_task(&task("c", 4097, "10.0.1.4/24", false))
+        .await
+        .unwrap();
+    let j = k2
+        .attach_task(&task("j", 4096, "10.255.0.6/16", false))
+        .await
+        .unwrap();
+    k1.sync_peers(4097, &[peer("10.0.1.4", 2)]).await.unwrap();
+    k1.sync_peers(4096, &[peer("10.255.0.6", 2)]).await.unwrap();
+    k2.sync_peers(4097, &[peer("10.0.1.2", 1), peer("10.0.1.3", 1)])
+        .await
+        .unwrap();
+    k2.sync_peers(4096, &[peer("10.255.0.5", 1), peer("10.255.0.1", 1)])
+        .await
+        .unwrap();
+    let node1 = lab.node_path(1);
+    let world = PathBuf::from(netns::NETNS_DIR).join(lab.world());
+    let gw = Ipv4Addr::new(172, 18, 0, 1);
+    // "The agent", "etcd", "the API", "ssh": listeners on every address of node 1.
+    let ports = [7801u16, 2379, 7777, 22];
+    let listeners: Vec<_> = ports
+        .iter()
+        .map(|p| {
+            serve_for(
+                &node1,
+                SocketAddr::from(([0, 0, 0, 0], *p)),
+                Duration::from_secs(30),
+            )
+        })
+        .collect();
+    // The underlay routes into the overlays through node 1, and `i` answers back to it.
+    ip(&format!(
+        "-n {} route add 10.255.0.0/16 via {n1}",
+        lab.world()
+    ));
+    ip(&format!(
+        "-n {} route add 198.18.0.0/24 via 10.255.0.1",
+        i.netns
+    ));
+    let routed_in = || {
+        let backend = serve_for(
+            &i.path,
+            SocketAddr::from(([0, 0, 0, 0], 81)),
+            Duration::from_secs(3),
+        );
+        let ok = can_connect(&world, SocketAddr::from((ip4("10.255.0.5"), 81)));
+        backend.join().unwrap();
+        ok
+    };
+    // A task overlay has no route on the node; give it one (a careless operator) to check
+    // that the policy, not the missing route, keeps the underlay out.
+    ip(&format!(
+        "-n {} route add 10.0.1.0/24 dev shb-4097",
+        lab.node(1)
+    ));
+    ip(&format!(
+        "-n {} route add 10.0.1.0/24 via {n1}",
+        lab.world()
+    ));
+    let routed_into_task_overlay = || {
+        let backend = serve_for(
+            &a.path,
+            SocketAddr::from(([0, 0, 0, 0], 82)),
+            Duration::from_secs(3),
+        );
+        let ok = can_connect(&world, SocketAddr::from((ip4("10.0.1.2"), 82)));
+        backend.join().unwrap();
+        ok
+    };
+    assert!(
+        routed_into_task_overlay(),
+        "the control: routed into overlay 4097"
+    );
+    // The control: without the policy a task reaches its node, the underlay the overlay.
+    assert!(can_connect(&a.path, SocketAddr::from((gw, 7801))));
+    assert!(can_connect(
+        &i.path,
+        SocketAddr::from((ip4("10.255.0.1"), 7801))
+    ));
+    assert!(routed_in(), "the control: routed into the ingress overlay");
+
+    k1.program_node_policy(&NodePolicy::new(
+        n1,
+        ["198.18.0.1", "198.18.0.2"],
+        Some(4096),
+    ))
+    .await
+    .unwrap();
+    let mesh = NftMesh::new(Some(node1.clone()));
+    mesh.program(&MeshRules {
+        node_address: Some(n1),
+        ingress: Some(("shb-4096".into(), ip4("10.255.0.1"))),
+        ports: vec![MeshPort {
+            protocol: Protocol::Tcp,
+            published: 9091,
+            target: 80,
+            mode: PublishMode::Ingress,
+            backends: vec![ip4("10.255.0.5")],
+        }],
+        reserved: Default::default(),
+    })
+    .await
+    .unwrap();
+
+    let refused_before = policy_counter(&lab.node(1), "tasks_refused");
+    for port in ports {
+        for to in [n1, gw, ip4("10.255.0.1")] {
+            assert!(
+                !can_connect(&a.path, SocketAddr::from((to, port))),
+                "task a reached {to}:{port} on its node"
+            );
+        }
+        assert!(
+            !can_connect(&i.path, SocketAddr::from((ip4("10.255.0.1"), port))),
+            "ingress task reached its node's ingress address :{port}"
+        );
+        assert!(
+            !can_connect(&j.path, SocketAddr::from((ip4("10.255.0.1"), port))),
+            "a remote ingress task reached node 1's ingress address :{port}"
+        );
+    }
+    assert!(policy_counter(&lab.node(1), "tasks_refused") > refused_before);
+    // The underlay still reaches the node (the policy is about tasks only).
+    assert!(can_connect(&world, SocketAddr::from((n1, 7801))));
+
+    // Overlay traffic: bridged on one node, over VXLAN between nodes, both ways.
+    let t = |x: &str| ip4(x);
+    assert!(
+        probe_retry(&a.path, &b.path, t("10.0.1.3"), 7501).is_some(),
+        "a -> b, one node"
+    );
+    assert!(
+        probe_retry(&a.path, &c.path, t("10.0.1.4"), 7511).is_some(),
+        "a -> c"
+    );
+    assert!(
+        probe_retry(&c.path, &b.path, t("10.0.1.3"), 7521).is_some(),
+        "c -> b"
+    );
+    assert!(
+        probe_retry(&j.path, &i.path, t("10.255.0.5"), 7531).is_some(),
+        "j -> i on ingress"
+    );
+    // Egress still leaves the node.
+    assert!(
+        probe(&a.path, &world, WORLD_IP, 7541).is_some(),
+        "a -> outside"
+    );
+
+    // The mesh: a published port through the node, from the underlay and from a task.
+    let backend = serve_for(
+        &i.path,
+        SocketAddr::from(([0, 0, 0, 0], 80)),
+        Duration::from_secs(10),
+    );
+    assert!(
+        can_connect(&world, SocketAddr::from((n1, 9091))),
+        "outside -> published port"
+    );
+    assert!(
+        can_connect(&a.path, SocketAddr::from((n1, 9091))),
+        "task -> its node's published port"
+    );
+    assert_eq!(backend.join().unwrap(), 2, "both reached the ingress task");
+
+    // Routed into an overlay without the mesh's DNAT: dropped.
+    assert!(!routed_in(), "the underlay routed into the ingress overlay");
+    assert!(
+        !routed_into_task_overlay(),
+        "the underlay routed into overlay 4097"
+    );
+
+    // The listeners stop on their own; the lab's namespaces go with the test.
+    drop(listeners);
+    k1.remove_gateway().await.unwrap();
+    assert!(!nft_tables(&lab.node(1)).contains("shoal_node"));
 }

@@ -214,6 +214,13 @@ pub fn is_outdated(service: &Service, t: &Task) -> bool {
         || t.spec.healthcheck != s.healthcheck
         || t.spec.restart_policy != s.restart_policy
         || t.spec.stop_grace_period_seconds != s.stop_grace_period_seconds.unwrap_or(10)
+        || t.spec.user != s.user
+        || t.spec.working_dir != s.working_dir
+        || t.spec.read_only_root_filesystem != s.read_only_root_filesystem
+        || t.spec.cap_add != s.cap_add
+        || t.spec.cap_drop != s.cap_drop
+        || t.spec.seccomp != s.seccomp
+        || t.spec.resources != s.resources
         || nets != wanted_networks(s)
 }
 

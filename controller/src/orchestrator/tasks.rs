@@ -144,6 +144,13 @@ fn build_task(
             stop_grace_period_seconds: s.stop_grace_period_seconds.unwrap_or(10),
             internal,
             pending_reason: String::new(),
+            user: s.user.clone(),
+            working_dir: s.working_dir.clone(),
+            read_only_root_filesystem: s.read_only_root_filesystem,
+            cap_add: s.cap_add.clone(),
+            cap_drop: s.cap_drop.clone(),
+            seccomp: s.seccomp,
+            resources: s.resources.clone(),
         },
     );
     task.metadata

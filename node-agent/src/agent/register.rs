@@ -136,6 +136,7 @@ impl Registration {
             registered_at: Some(Utc::now()),
             message: String::new(),
             ingress_address: String::new(),
+            capacity: None,
         }
     }
 

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use super::error::{NetError, NftError};
 use super::names::{self, PortKind};
 use super::network::Network;
+use super::nodefw::NodePolicy;
 use super::types::{
     GatewaySpec, Observed, ObservedOverlay, ObservedPort, OverlayInfo, OverlaySpec, PeerEntries,
     PeerOp, TaskInterface, TaskNetInfo, TaskNetSpec,
@@ -29,6 +30,8 @@ pub enum NetCall {
     EnsureGateway(GatewaySpec),
     /// `remove_gateway`.
     RemoveGateway,
+    /// `program_node_policy`.
+    ProgramNodePolicy(NodePolicy),
     /// `attach_task`.
     AttachTask(TaskNetSpec),
     /// `detach_task`.
@@ -148,6 +151,12 @@ impl Network for RecordingNetwork {
     async fn remove_gateway(&self) -> Result<(), NetError> {
         let mut s = self.record("remove_gateway", NetCall::RemoveGateway)?;
         s.observed.gateway = false;
+        Ok(())
+    }
+
+    async fn program_node_policy(&self, policy: &NodePolicy) -> Result<(), NetError> {
+        let call = NetCall::ProgramNodePolicy(policy.clone());
+        drop(self.record("program_node_policy", call)?);
         Ok(())
     }
 

@@ -51,6 +51,10 @@
 //!   drops what the gateway bridge would route into an overlay bridge (a node address on the
 //!   ingress overlay must not become a path from every task into the ingress network);
 //!   `net.ipv4.ip_forward=1` is set in the home netns only.
+//! - The node's own policy: `table inet shoal_node` ([`nodefw`]) refuses what tasks send
+//!   to the node itself (from the gateway bridge or an overlay bridge), accepts VXLAN only
+//!   from the nodes' underlay addresses, and forwards new connections into an overlay only
+//!   when the routing mesh DNATed them.
 //! - 127.0.0.11 (the DNS server's address) needs no extra address: `lo` is brought up with
 //!   127.0.0.1/8, and the kernel's local route covers all of 127.0.0.0/8.
 
@@ -64,6 +68,7 @@ pub mod names;
 pub mod netns;
 mod network;
 pub mod nft;
+pub mod nodefw;
 mod peers;
 mod plan;
 mod types;
@@ -75,6 +80,7 @@ pub use fake::{NetCall, RecordingNetwork};
 pub use kernel::Kernel;
 pub use names::PortKind;
 pub use network::Network;
+pub use nodefw::NodePolicy;
 pub use peers::plan_peers;
 pub use plan::{
     apply_net_ops, peers_from_endpoints, plan_network, task_net_spec, DesiredNet, NetOp,

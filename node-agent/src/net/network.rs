@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 
 use super::error::NetError;
+use super::nodefw::NodePolicy;
 use super::peers::plan_peers;
 use super::types::{
     GatewaySpec, Observed, OverlayInfo, OverlaySpec, Peer, PeerEntries, PeerOp, TaskNetInfo,
@@ -20,8 +21,12 @@ pub trait Network: Send + Sync {
     async fn remove_overlay(&self, vni: u32) -> Result<(), NetError>;
     /// Create the gateway bridge, masquerade rules and ip_forward unless present.
     async fn ensure_gateway(&self, spec: &GatewaySpec) -> Result<(), NetError>;
-    /// Delete the gateway bridge and our nftables table.
+    /// Delete the gateway bridge and our nftables tables (egress and the node's policy): the
+    /// node's networking teardown.
     async fn remove_gateway(&self) -> Result<(), NetError>;
+    /// Program the node's input and forward policy (`table inet shoal_node`, see
+    /// [`super::nodefw`]) in one transaction that keeps its counters.
+    async fn program_node_policy(&self, policy: &NodePolicy) -> Result<(), NetError>;
     /// Create the task netns and its veths; returns what the container runtime needs.
     async fn attach_task(&self, spec: &TaskNetSpec) -> Result<TaskNetInfo, NetError>;
     /// Delete the task's veths and netns.

@@ -23,16 +23,26 @@ use shoal_api_types::service::Protocol;
 
 pub use super::error::NftError;
 
-/// One of our tables (family `ip`), as the JSON objects that make it up.
+/// One of our tables (family `ip`, or `inet` for IPv4 and IPv6 at once), as the JSON
+/// objects that make it up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Table {
+    family: &'static str,
     name: &'static str,
 }
 
 impl Table {
     /// The `ip` table `name`.
     pub const fn ip(name: &'static str) -> Self {
-        Table { name }
+        Table { family: "ip", name }
+    }
+
+    /// The `inet` table `name`.
+    pub const fn inet(name: &'static str) -> Self {
+        Table {
+            family: "inet",
+            name,
+        }
     }
 
     /// Its name.
@@ -40,9 +50,14 @@ impl Table {
         self.name
     }
 
-    /// `{"family": "ip", "name": …}`.
+    /// Its family (`ip`, `inet`).
+    pub fn family(&self) -> &'static str {
+        self.family
+    }
+
+    /// `{"family": …, "name": …}`.
     pub fn obj(&self) -> Value {
-        json!({"family": "ip", "name": self.name})
+        json!({"family": self.family, "name": self.name})
     }
 
     /// The start of a document that replaces the table atomically: `add` first so that
@@ -65,24 +80,23 @@ impl Table {
 
     /// A regular chain.
     pub fn chain(&self, name: &str) -> Value {
-        json!({"add": {"chain": {"family": "ip", "table": self.name, "name": name}}})
+        json!({"add": {"chain": {"family": self.family, "table": self.name, "name": name}}})
     }
 
     /// A base chain of `kind` (`nat`, `filter`) on `hook` at `prio`, policy accept.
     pub fn base_chain(&self, name: &str, kind: &str, hook: &str, prio: i32) -> Value {
-        json!({"add": {"chain": {"family": "ip", "table": self.name, "name": name,
+        json!({"add": {"chain": {"family": self.family, "table": self.name, "name": name,
             "type": kind, "hook": hook, "prio": prio, "policy": "accept"}}})
     }
 
     /// A rule appended to `chain`.
     pub fn rule(&self, chain: &str, expr: Value) -> Value {
-        json!({"add": {"rule": {"family": "ip", "table": self.name, "chain": chain, "expr": expr}}})
+        json!({"add": {"rule": {"family": self.family, "table": self.name, "chain": chain, "expr": expr}}})
     }
 
     /// A map keyed by the concatenation `key` to `data`, with `elems` (none: no `elem`).
     pub fn map(&self, name: &str, key: &[&str], data: &str, elems: Vec<Value>) -> Value {
-        let mut map =
-            json!({"family": "ip", "table": self.name, "name": name, "type": key, "map": data});
+        let mut map = json!({"family": self.family, "table": self.name, "name": name, "type": key, "map": data});
         if !elems.is_empty() {
             map["elem"] = Value::Array(elems);
         }
@@ -212,13 +226,13 @@ pub async fn apply(netns: Option<&Path>, doc: &Value) -> Result<(), NftError> {
     .await?
 }
 
-/// The raw `nft -j list table ip <table>` output in the namespace at `netns`, or `None` when
-/// the table does not exist.
+/// The raw `nft -j list table <family> <table>` output in the namespace at `netns`, or
+/// `None` when the table does not exist.
 pub async fn list_table(netns: Option<&Path>, table: Table) -> Result<Option<String>, NftError> {
     let label = ns_label(netns);
     let r = in_netns(netns, move || {
         run(
-            &["-j", "list", "table", "ip", table.name()],
+            &["-j", "list", "table", table.family(), table.name()],
             None,
             "list table",
             &label,

@@ -30,6 +30,7 @@
 mod endpoints;
 mod mesh;
 mod mesh_state;
+mod nodefw;
 #[cfg(test)]
 mod tests;
 
@@ -67,6 +68,8 @@ pub struct Applied {
     endpoints: BTreeMap<String, Vec<EndpointsSpec>>,
     /// What the routing mesh last applied.
     mesh: mesh_state::MeshState,
+    /// The node's input and forward policy as last programmed.
+    node_policy: Option<net::NodePolicy>,
 }
 
 /// The node's task networking (see the module docs).
@@ -92,8 +95,11 @@ pub struct NodeNetwork {
     node: Option<String>,
     /// The node-level port rules (routing mesh, host mode).
     mesh: Option<Arc<dyn Mesh>>,
-    /// Every Node (for peers' ingress addresses), when the mesh runs.
+    /// Every Node (for peers' ingress addresses and the VXLAN senders), when the mesh or
+    /// the node policy runs.
     nodes: watch::Sender<Cache<NodeSpec>>,
+    /// Whether the node's input and forward policy is programmed (see `nodefw`).
+    node_policy: bool,
     /// Poked when local tasks come or go (their host ports).
     mesh_kick: tokio::sync::Notify,
     /// The ClusterSettings (reserved ports), when the mesh runs.
@@ -162,6 +168,7 @@ impl NodeNetwork {
             node: None,
             mesh: None,
             nodes: watch::channel(None).0,
+            node_policy: false,
             mesh_kick: tokio::sync::Notify::new(),
             settings: watch::channel(None).0,
             own_reserved: vec![VXLAN_PORT],
@@ -198,6 +205,15 @@ impl NodeNetwork {
                 .map(|s| (s.name().to_string(), s))
                 .collect(),
         ));
+    }
+
+    /// Programs the node's input and forward policy (`table inet shoal_node`): tasks cannot
+    /// reach the node itself, VXLAN is accepted only from the Nodes' underlay addresses, and
+    /// new connections are forwarded into overlays only when the routing mesh DNATed them.
+    /// The agent then watches every Node.
+    pub fn with_node_policy(mut self) -> Self {
+        self.node_policy = true;
+        self
     }
 
     /// Replaces the Nodes cache (the watch does this; tests call it directly).
@@ -246,7 +262,8 @@ impl NodeNetwork {
             netns_dir,
             prefix,
         )
-        .with_mesh(node, Arc::new(mesh)))
+        .with_mesh(node, Arc::new(mesh))
+        .with_node_policy())
     }
 
     /// The shared record tables (what every DNS server answers from).
@@ -255,12 +272,12 @@ impl NodeNetwork {
     }
 
     /// The caches this value reads, for the agent to keep filled: Networks, Endpoints and,
-    /// when the routing mesh runs, every Node.
+    /// when the routing mesh or the node policy runs, every Node.
     pub fn caches(&self) -> ClusterCaches {
         ClusterCaches {
             networks: self.networks.clone(),
             endpoints: self.endpoints.clone(),
-            nodes: self.mesh.is_some().then(|| self.nodes.clone()),
+            nodes: (self.mesh.is_some() || self.node_policy).then(|| self.nodes.clone()),
             settings: self.mesh.is_some().then(|| self.settings.clone()),
         }
     }
@@ -590,10 +607,12 @@ impl NodeNetwork {
                 full_due = !self.reconcile(containers.as_ref(), &snapshot).await;
                 if !full_due {
                     applied.mesh.forget_applied();
+                    applied.node_policy = None;
                 }
             }
             self.refresh(&mut applied).await;
             self.refresh_mesh(&mut applied).await;
+            self.refresh_node_policy(&mut applied).await;
             let retry = async {
                 if full_due && listed {
                     tokio::time::sleep(Duration::from_secs(1)).await

@@ -781,3 +781,94 @@ async fn the_mesh_should_never_program_a_reserved_port() {
     assert!(skipped.contains(&"4789/udp".to_string()), "{skipped:?}");
     assert!(skipped.contains(&"7801/tcp".to_string()), "{skipped:?}");
 }
+
+#[tokio::test]
+async fn the_node_policy_should_follow_the_nodes_and_be_reprogrammed_after_a_reconcile() {
+    let net = Arc::new(RecordingNetwork::new(PREFIX));
+    let network = NodeNetwork::new(
+        net.clone(),
+        Arc::new(RecordingDns::default()),
+        Arc::new(RecordingDns::default()),
+        Arc::new(RecordingLb::default()),
+        RecordStore::new(),
+        Ipv4Addr::new(198, 18, 0, 1),
+        "/run/netns",
+        PREFIX,
+    )
+    .with_mesh("node-1", Arc::new(crate::mesh::RecordingMesh::default()))
+    .with_node_policy();
+    assert!(network.caches().nodes.is_some(), "the agent watches Nodes");
+    let mut ingress = overlay("ingress", 4096, false);
+    ingress.status.subnet = Some("10.255.0.0/16".into());
+    network.set_networks([ingress]);
+    network.set_endpoints([]);
+    let programmed = |net: &RecordingNetwork| -> Vec<crate::net::NodePolicy> {
+        net.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                NetCall::ProgramNodePolicy(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut applied = Applied::default();
+    // Nodes not listed yet: nothing is programmed (an empty set would cut every overlay).
+    network.refresh_node_policy(&mut applied).await;
+    assert!(programmed(&net).is_empty());
+
+    network.set_nodes([
+        node_obj("node-1", "198.18.0.1", "10.255.0.3"),
+        node_obj("node-2", "198.18.0.2", "10.255.0.4"),
+        node_obj("node-3", "not-an-address", ""),
+    ]);
+    network.refresh_node_policy(&mut applied).await;
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    assert_eq!(
+        programmed(&net),
+        [crate::net::NodePolicy {
+            vxlan_peers: BTreeSet::from([ip("198.18.0.1"), ip("198.18.0.2")]),
+            ingress_bridge: Some("shb-4096".into()),
+        }]
+    );
+    // Unchanged: no work.
+    network.refresh_node_policy(&mut applied).await;
+    assert_eq!(programmed(&net).len(), 1);
+
+    // A node joins: the set grows; a node leaves: it shrinks.
+    network.set_nodes([
+        node_obj("node-1", "198.18.0.1", "10.255.0.3"),
+        node_obj("node-2", "198.18.0.2", "10.255.0.4"),
+        node_obj("node-4", "198.18.0.4", ""),
+    ]);
+    network.refresh_node_policy(&mut applied).await;
+    network.set_nodes([node_obj("node-1", "198.18.0.1", "10.255.0.3")]);
+    network.refresh_node_policy(&mut applied).await;
+    let all = programmed(&net);
+    assert_eq!(all.len(), 3);
+    assert!(all[1].vxlan_peers.contains(&ip("198.18.0.4")));
+    assert_eq!(all[2].vxlan_peers, BTreeSet::from([ip("198.18.0.1")]));
+
+    // A failure is retried at the next refresh; a full reconcile (restart, resync) forgets
+    // what was applied, so the table is programmed again.
+    net.fail("program_node_policy");
+    network.set_nodes([node_obj("node-1", "198.18.0.1", "")]);
+    network.refresh_node_policy(&mut applied).await;
+    net.heal("program_node_policy");
+    network.refresh_node_policy(&mut applied).await;
+    assert_eq!(programmed(&net).len(), 5);
+    assert_eq!(programmed(&net)[4].ingress_bridge, None, "left ingress");
+    applied.node_policy = None;
+    network.refresh_node_policy(&mut applied).await;
+    assert_eq!(programmed(&net).len(), 6);
+}
+
+#[tokio::test]
+async fn without_the_node_policy_nothing_is_programmed() {
+    let n = node();
+    assert!(n.network.caches().nodes.is_none());
+    n.network
+        .set_nodes([node_obj("node-1", "198.18.0.1", "10.255.0.3")]);
+    let mut applied = Applied::default();
+    n.network.refresh_node_policy(&mut applied).await;
+    assert!(n.net.calls().is_empty(), "{:?}", n.net.calls());
+}

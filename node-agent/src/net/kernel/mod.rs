@@ -25,6 +25,7 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
 use super::error::NetError;
 use super::names::{self, OverlayLink, PortKind, GW_BRIDGE};
 use super::network::Network;
+use super::nodefw::{self, NodePolicy};
 use super::types::{
     FdbEntry, GatewaySpec, NeighEntry, NetConfig, Observed, ObservedOverlay, ObservedPort,
     OverlayInfo, OverlaySpec, PeerEntries, PeerOp, TaskNetInfo, TaskNetSpec,
@@ -368,9 +369,15 @@ impl Network for Kernel {
 
     async fn remove_gateway(&self) -> Result<(), NetError> {
         nft::apply(self.home_ns(), &egress::TABLE.delete_document()).await?;
+        nft::apply(self.home_ns(), &nodefw::delete_node_policy()).await?;
         if let Some(l) = link_by_name(&self.home, GW_BRIDGE).await? {
             del_link(&self.home, GW_BRIDGE, l.header.index).await?;
         }
+        Ok(())
+    }
+
+    async fn program_node_policy(&self, policy: &NodePolicy) -> Result<(), NetError> {
+        nft::apply(self.home_ns(), &nodefw::node_policy_ruleset(policy)).await?;
         Ok(())
     }
 
