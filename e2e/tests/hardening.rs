@@ -264,11 +264,15 @@ fn a_task_cannot_hurt_its_node_or_other_tenants() {
     sh(&["link", "set", "vxevil", "up"]);
     sh(&["route", "add", &format!("{other_ip}/32"), "dev", "vxevil"]);
     // The forged frames (ARP for a task address) go to node k's VXLAN port.
-    let _ = Command::new("ip")
+    let out = Command::new("ip")
         .args([
-            "netns", "exec", &outside, "ping", "-c", "3", "-W", "1", &other_ip,
+            "netns", "exec", &outside, "busybox", "ping", "-c", "3", "-W", "1",
         ])
-        .output();
+        .arg(&other_ip)
+        .output()
+        .expect("busybox ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("3 packets transmitted"), "{out:?}");
     let after = nft_counter(&c, k, "shoal_node", "vxlan_dropped");
     assert!(
         after > before,
