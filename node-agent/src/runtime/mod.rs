@@ -30,6 +30,7 @@ pub mod fake;
 pub mod labels;
 pub mod reference;
 pub mod registry;
+pub mod seccomp;
 pub mod spec;
 
 mod api;
@@ -45,5 +46,5 @@ pub use labels::{LABEL_IMAGE, LABEL_MANAGED};
 pub use reference::Reference;
 pub use types::{
     ContainerInfo, ContainerSpec, ContainerState, ContainerStatus, DnsConfig, ExecOutput,
-    ImageConfig, ImageInfo,
+    ImageConfig, ImageInfo, Limits,
 };

@@ -210,6 +210,56 @@ impl ContainerdRuntime {
     fn container_dir(&self, id: &str) -> PathBuf {
         self.cfg.state_dir.join(id)
     }
+
+    /// The container's cgroup path (`<cgroup_parent>/<id>`), as given to runc.
+    fn cgroups_path(&self, id: &str) -> String {
+        format!("{}/{}", self.cfg.cgroup_parent.trim_end_matches('/'), id)
+    }
+
+    /// How many times the kernel's OOM killer killed a process in the container's cgroup
+    /// (`oom_kill` of cgroup v1's `memory.oom_control` or cgroup v2's `memory.events`);
+    /// 0 when the cgroup is gone.
+    pub fn oom_kills(&self, id: &str) -> u64 {
+        let rel = self.cgroups_path(id);
+        let rel = rel.trim_start_matches('/');
+        let root = std::path::Path::new(CGROUP_ROOT);
+        [
+            root.join("memory").join(rel).join("memory.oom_control"),
+            root.join(rel).join("memory.events"),
+        ]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .find_map(|text| parse_oom_kill(&text))
+        .unwrap_or(0)
+    }
+}
+
+/// Where the cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The `oom_kill N` line of `memory.oom_control` (v1) or `memory.events` (v2).
+fn parse_oom_kill(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kill_counts_parse_from_v1_and_v2_files() {
+        assert_eq!(
+            parse_oom_kill("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+            Some(2)
+        );
+        assert_eq!(
+            parse_oom_kill("low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\noom_group_kill 0\n"),
+            Some(1)
+        );
+        assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\n"), None);
+    }
 }
 
 /// Shared handle type the agent can store.
