@@ -28,6 +28,7 @@ pub mod containerd;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod labels;
+pub mod logs;
 pub mod reference;
 pub mod registry;
 pub mod seccomp;

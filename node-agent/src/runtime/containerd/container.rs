@@ -697,7 +697,7 @@ impl ContainerRuntime for ContainerdRuntime {
     }
 
     fn log_path(&self, id: &str) -> PathBuf {
-        self.container_dir(id).join("container.log")
+        self.container_dir(id).join(super::LOG_FILE)
     }
 }
 

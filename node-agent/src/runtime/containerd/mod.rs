@@ -42,6 +42,7 @@ use tokio::sync::Mutex;
 
 use super::api::ContainerRuntime;
 use super::error::RuntimeError;
+use super::logs::LogRotation;
 use super::registry::{Platform, RegistryClient};
 
 /// How to reach and use a containerd.
@@ -65,6 +66,8 @@ pub struct ContainerdConfig {
     /// [`RegistryClient::with_endpoint`]); e.g. `localhost:5000` → `198.18.0.254:5000` for
     /// an agent in a local-cluster node namespace.
     pub registry_endpoints: BTreeMap<String, String>,
+    /// When containers' logs are rotated and how many files are kept.
+    pub log_rotation: LogRotation,
 }
 
 impl ContainerdConfig {
@@ -80,6 +83,7 @@ impl ContainerdConfig {
             plain_http_registries: vec!["localhost:5000".to_string(), "127.0.0.1:5000".to_string()],
             cgroup_parent: "/shoal".to_string(),
             registry_endpoints: BTreeMap::new(),
+            log_rotation: LogRotation::default(),
         }
     }
 }
@@ -94,11 +98,32 @@ pub struct ContainerdRuntime {
     pull_lock: Mutex<()>,
     changes: tokio::sync::watch::Sender<u64>,
     events_task: tokio::task::JoinHandle<()>,
+    rotation_task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for ContainerdRuntime {
     fn drop(&mut self) {
         self.events_task.abort();
+        self.rotation_task.abort();
+    }
+}
+
+/// How often container logs are checked for rotation.
+pub const LOG_ROTATION_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// File name of a container's log in its state directory.
+pub const LOG_FILE: &str = "container.log";
+
+/// Rotates the logs under `state_dir` every [`LOG_ROTATION_CHECK`] (see [`super::logs`]).
+async fn rotate_logs(state_dir: PathBuf, policy: LogRotation) {
+    let mut tick = tokio::time::interval(LOG_ROTATION_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let dir = state_dir.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || super::logs::rotate_all(&dir, LOG_FILE, policy))
+                .await;
     }
 }
 /// The answer of a lookup call: NotFound is `None`, other errors fail.
@@ -160,9 +185,11 @@ impl ContainerdRuntime {
             cfg.namespace.clone(),
             changes.clone(),
         ));
+        let rotation_task = tokio::spawn(rotate_logs(cfg.state_dir.clone(), cfg.log_rotation));
         Ok(ContainerdRuntime {
             changes,
             events_task,
+            rotation_task,
             registry: cfg.registry_endpoints.iter().fold(
                 RegistryClient::new(cfg.plain_http_registries.clone()),
                 |c, (name, endpoint)| c.with_endpoint(name.clone(), endpoint.clone()),
