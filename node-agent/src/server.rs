@@ -535,6 +535,14 @@ async fn stream_log(
         }
         offset = 0;
     }
+    // Each rotation makes a new `<log>.1` (a new inode): that, or the current file being
+    // shorter than what was read, says the file was rotated since the last round.
+    let newest_rotated = logs::rotated(path, 1);
+    let inode = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).map(|m| m.ino()).ok()
+    };
+    let mut seen = inode(&newest_rotated);
     loop {
         // Decide before reading whether this is the last round: whatever the container
         // wrote before it ended is read below.
@@ -547,9 +555,12 @@ async fn stream_log(
             .await
             .map(|m| m.len())
             .unwrap_or(0);
-        if len < offset {
+        let now = inode(&newest_rotated);
+        let rotated = now.is_some() && now != seen;
+        seen = now;
+        if len < offset || rotated {
             // Rotated (copied to .1, then truncated) since the last round.
-            if send_from(&logs::rotated(path, 1), offset, &mut buf, &tx)
+            if send_from(&newest_rotated, offset, &mut buf, &tx)
                 .await
                 .is_err()
             {
@@ -674,5 +685,101 @@ mod tests {
         tokio::fs::write(&p, &big).await.unwrap();
         let off = tail_offset(&p, 2).await.unwrap() as usize;
         assert_eq!(&big[off..], "line 99998\nline 99999\n");
+    }
+
+    async fn collect(mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> String {
+        let mut out = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn logs_should_be_read_across_rotated_files_with_tail() {
+        use crate::runtime::FakeRuntime;
+        let dir = tempfile::tempdir().unwrap();
+        let rt: Arc<dyn ContainerRuntime> = Arc::new(FakeRuntime::new().with_log_dir(dir.path()));
+        let path = rt.log_path("t1");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(logs::rotated(&path, 2), "1\n2\n").unwrap();
+        std::fs::write(logs::rotated(&path, 1), "3\n4").unwrap();
+        std::fs::write(&path, "\n5\n").unwrap();
+        let read = |tail: Option<u64>| {
+            let rt = rt.clone();
+            let files = logs::log_files(&path);
+            async move {
+                let (first, offset) = match tail {
+                    Some(n) => logs::tail_position(&files, n).unwrap(),
+                    None => (0, 0),
+                };
+                let (tx, rx) = mpsc::channel(16);
+                tokio::spawn(stream_log(
+                    rt,
+                    "t1".into(),
+                    files[first..].to_vec(),
+                    offset,
+                    false,
+                    tx,
+                ));
+                collect(rx).await
+            }
+        };
+        assert_eq!(read(None).await, "1\n2\n3\n4\n5\n");
+        assert_eq!(read(Some(2)).await, "4\n5\n");
+        assert_eq!(read(Some(4)).await, "2\n3\n4\n5\n");
+        assert_eq!(read(Some(0)).await, "");
+    }
+
+    #[tokio::test]
+    async fn a_followed_log_should_continue_across_a_rotation() {
+        use crate::runtime::{ContainerSpec, FakeRuntime};
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeRuntime::new().with_log_dir(dir.path()));
+        fake.create(&ContainerSpec {
+            id: "t1".into(),
+            image: "busybox".into(),
+            hostname: "t.1".into(),
+            command: vec!["sh".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        fake.start("t1").await.unwrap();
+        let rt: Arc<dyn ContainerRuntime> = fake.clone();
+        let path = rt.log_path("t1");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let append = |s: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap()
+                .write_all(s.as_bytes())
+                .unwrap()
+        };
+        append("a\n");
+        let (tx, mut rx) = mpsc::channel(16);
+        tokio::spawn(stream_log(
+            rt,
+            "t1".into(),
+            logs::log_files(&path),
+            0,
+            true,
+            tx,
+        ));
+        assert_eq!(&rx.recv().await.unwrap().unwrap()[..], b"a\n");
+        // Written, then rotated before the follower's next poll.
+        append("b\n");
+        let policy = logs::LogRotation {
+            max_size: 1,
+            max_files: 2,
+        };
+        assert!(logs::rotate_if_needed(&path, policy).unwrap());
+        append("c\n");
+        tokio::time::sleep(FOLLOW_POLL * 2).await;
+        fake.exit("t1", 0);
+        assert_eq!(collect(rx).await, "b\nc\n");
     }
 }
