@@ -267,6 +267,18 @@ pub fn resolve_user(
     })
 }
 
+/// The agent's own bounding set (`CapBnd` of `/proc/self/status`); all bits if unreadable.
+pub fn own_bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
 fn capability(name: &str) -> Option<Capability> {
     serde_json::from_value(serde_json::Value::String(name.to_string())).ok()
 }
@@ -292,9 +304,14 @@ pub fn capabilities(
     };
     let (add, drop) = (parse(add)?, parse(drop)?);
     let mut caps: HashSet<Capability> = if add.iter().any(|c| c == ALL) {
+        // Every capability the node has: a process cannot grant what its bounding set lacks
+        // (runc would fail to start the container).
+        let own = own_bounding_set();
         LINUX_CAPABILITIES
             .iter()
-            .filter_map(|c| capability(c))
+            .enumerate()
+            .filter(|(bit, _)| own & (1u64 << bit) != 0)
+            .filter_map(|(_, c)| capability(c))
             .collect()
     } else if drop.iter().any(|c| c == ALL) {
         HashSet::new()
@@ -406,10 +423,15 @@ pub fn build(
     };
     let user = resolve_user(id, user, rootfs)?;
     let caps = capabilities(id, &spec.cap_add, &spec.cap_drop)?;
+    // Inheritable and ambient are empty, as in Docker (oci-spec's defaults would give them
+    // AUDIT_WRITE, KILL and NET_BIND_SERVICE: ambient capabilities survive execve even for
+    // non-root users, and an inheritable set outside the bounding set makes runc fail).
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
         .build()
         .map_err(e)?;
     let cwd = [&spec.working_dir, &image.working_dir]
@@ -727,7 +749,8 @@ mod tests {
             ["CAP_NET_BIND_SERVICE"]
         );
         let all = caps(&["ALL"], &["SYS_ADMIN"]);
-        assert_eq!(all.len(), 40);
+        let own = (own_bounding_set() & ((1 << 41) - 1)).count_ones() as usize;
+        assert_eq!(all.len(), own - 1);
         assert!(!all.contains(&"CAP_SYS_ADMIN".to_string()));
         // Added and dropped: added, as in Docker.
         assert!(caps(&["NET_ADMIN"], &["NET_ADMIN"]).contains(&"CAP_NET_ADMIN".to_string()));
@@ -743,6 +766,14 @@ mod tests {
         let s = build(&task(), &busybox(), Path::new("/s"), "/shoal/c1", &etc()).unwrap();
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["process"]["noNewPrivileges"], true);
+        assert_eq!(
+            v["process"]["capabilities"]["ambient"],
+            serde_json::json!([])
+        );
+        assert_eq!(
+            v["process"]["capabilities"]["inheritable"],
+            serde_json::json!([])
+        );
         assert_eq!(v["root"]["readonly"], false);
         assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
         let denied: Vec<&str> = v["linux"]["seccomp"]["syscalls"]
