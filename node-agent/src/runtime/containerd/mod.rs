@@ -271,6 +271,9 @@ fn parse_oom_kill(text: &str) -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
+/// Shared handle type the agent can store.
+pub type SharedRuntime = Arc<dyn ContainerRuntime>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +291,3 @@ mod tests {
         assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\n"), None);
     }
 }
-
-/// Shared handle type the agent can store.
-pub type SharedRuntime = Arc<dyn ContainerRuntime>;
