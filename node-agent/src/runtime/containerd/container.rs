@@ -303,6 +303,13 @@ fn read_layered(dirs: &[PathBuf], name: &str) -> Option<String> {
     None
 }
 
+/// Whether a swap limit can be set: always on cgroup v2; on v1 only with swap accounting
+/// (`memory.memsw.limit_in_bytes`).
+fn swap_accounting() -> bool {
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    !v1.is_dir() || v1.join("memory.memsw.limit_in_bytes").exists()
+}
+
 fn read_rootfs_files(mounts: &[Mount]) -> spec::RootfsFiles {
     let dirs = layer_dirs(mounts);
     spec::RootfsFiles {
@@ -370,7 +377,22 @@ impl ContainerRuntime for ContainerdRuntime {
             let rootfs = read_rootfs_files(&mounts);
             let spec_bytes =
                 spec::build(cs, &image.config, &dir, &cgroups_path, &rootfs).and_then(|oci| {
-                    serde_json::to_vec(&oci).map_err(|e| RuntimeError::InvalidSpec {
+                    let mut v =
+                        serde_json::to_value(&oci).map_err(|e| RuntimeError::InvalidSpec {
+                            id: cs.id.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    // cgroup v1 without swap accounting has no memsw file for runc to write
+                    // (Docker drops the swap limit there too); without swap there is
+                    // nothing to limit anyway.
+                    if !swap_accounting() {
+                        if let Some(m) = v.pointer_mut("/linux/resources/memory") {
+                            if let Some(m) = m.as_object_mut() {
+                                m.remove("swap");
+                            }
+                        }
+                    }
+                    serde_json::to_vec(&v).map_err(|e| RuntimeError::InvalidSpec {
                         id: cs.id.clone(),
                         reason: e.to_string(),
                     })
@@ -704,6 +726,54 @@ impl ContainerRuntime for ContainerdRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_layers_are_searched_from_the_top() {
+        let overlay = Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                "workdir=/s/3/work".into(),
+                "upperdir=/s/3/fs".into(),
+                "lowerdir=/s/2/fs:/s/1/fs".into(),
+            ],
+            ..Default::default()
+        };
+        let dirs: Vec<String> = layer_dirs(&[overlay])
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(dirs, ["/s/3/fs", "/s/2/fs", "/s/1/fs"]);
+        let bind = Mount {
+            r#type: "bind".into(),
+            source: "/s/4/fs".into(),
+            options: vec!["rbind".into(), "rw".into()],
+            ..Default::default()
+        };
+        assert_eq!(layer_dirs(&[bind]), [PathBuf::from("/s/4/fs")]);
+    }
+
+    #[test]
+    fn user_databases_are_read_from_the_top_layer_without_following_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let (top, bottom) = (root.path().join("top"), root.path().join("bottom"));
+        std::fs::create_dir_all(top.join("etc")).unwrap();
+        std::fs::create_dir_all(bottom.join("etc")).unwrap();
+        std::fs::write(bottom.join("etc/passwd"), "old:x:1:1::/:/bin/sh\n").unwrap();
+        std::fs::write(bottom.join("etc/group"), "g:x:5:\n").unwrap();
+        std::fs::write(top.join("etc/passwd"), "new:x:2:2::/:/bin/sh\n").unwrap();
+        let dirs = vec![top.clone(), bottom.clone()];
+        assert_eq!(
+            read_layered(&dirs, "passwd").unwrap(),
+            "new:x:2:2::/:/bin/sh\n"
+        );
+        assert_eq!(read_layered(&dirs, "group").unwrap(), "g:x:5:\n");
+        // A symlink to a host file is not followed.
+        std::fs::remove_file(top.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", top.join("etc/passwd")).unwrap();
+        assert_eq!(read_layered(&dirs, "passwd"), None);
+        assert_eq!(read_layered(&[root.path().join("none")], "passwd"), None);
+    }
 
     #[test]
     fn task_states_map_to_container_states() {
