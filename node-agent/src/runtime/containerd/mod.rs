@@ -22,7 +22,11 @@
 //! container record with the OCI spec of [`super::spec`] and the [`LABEL_MANAGED`] label, and
 //! per-container files in `<state_dir>/<id>/` (resolv.conf, hosts, hostname, `container.log`).
 //! Tasks run under the runc v2 shim with stdout and stderr appended to the log through the
-//! shim's `file://` stdio. `exec` uses FIFOs so stdout and stderr stay apart.
+//! shim's `file://` stdio; a background loop rotates the logs by size
+//! ([`super::logs`], [`ContainerdConfig::log_rotation`]). A container's OOM kills are read
+//! from its cgroup's `oom_kill` counter when it has exited ([`ContainerdRuntime::oom_kills`]):
+//! the cgroup stays until the task is deleted, so the count survives an agent restart
+//! (containerd's `/tasks/oom` event would not). `exec` uses FIFOs so stdout and stderr stay apart.
 //!
 //! Invariant: everything this module creates in containerd (containers, snapshots, images,
 //! content, leases) lives in the configured namespace; `delete` removes the container's
