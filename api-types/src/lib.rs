@@ -5,6 +5,7 @@
 //! ours. Objects are Kubernetes-shaped (`apiVersion: shoal/v1`, `kind`, `metadata`, `spec`,
 //! `status`), serialised in camelCase, and unknown fields are rejected.
 
+pub mod capabilities;
 pub mod constraint;
 pub mod duration;
 pub mod endpoints;

@@ -434,6 +434,16 @@ impl Resource for ServiceSpec {
                 format!("{:?} must not contain spaces", self.user),
             ));
         }
+        for (field, names) in [("capAdd", &self.cap_add), ("capDrop", &self.cap_drop)] {
+            for (i, name) in names.iter().enumerate() {
+                if crate::capabilities::canonical(name).is_none() {
+                    errs.push(FieldError::new(
+                        format!("spec.{field}[{i}]"),
+                        format!("{name:?} is not a Linux capability (e.g. NET_ADMIN, CAP_SYS_TIME or ALL)"),
+                    ));
+                }
+            }
+        }
         if let Some(hc) = &self.healthcheck {
             if hc.command.is_empty() {
                 errs.push(FieldError::new("spec.healthcheck.command", "is required"));
@@ -678,5 +688,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(p.to_string(), "*:9091->80/tcp");
+    }
+
+    #[test]
+    fn unknown_capabilities_are_field_errors_naming_the_entry() {
+        let ok = ServiceSpec {
+            cap_add: vec!["net_admin".into(), "CAP_SYS_TIME".into(), "ALL".into()],
+            cap_drop: vec!["all".into()],
+            ..spec()
+        };
+        assert!(errs(ok).is_empty());
+        let bad = ServiceSpec {
+            cap_add: vec!["NET_ADMIN".into(), "NET_ADMINS".into()],
+            cap_drop: vec!["CAP_NOPE".into()],
+            ..spec()
+        };
+        let e = errs(bad);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("spec.capAdd[1]: \"NET_ADMINS\" is not a Linux capability"),
+            "{e:?}"
+        );
+        assert!(e[1].starts_with("spec.capDrop[0]:"), "{e:?}");
     }
 }

@@ -359,6 +359,40 @@ pub struct ServiceCreateArgs {
     /// Replace the image's ENTRYPOINT (split on spaces).
     #[arg(long, value_name = "CMD")]
     pub entrypoint: Option<String>,
+    /// Run as this user: NAME, UID, UID:GID or NAME:GROUP (names from the image's
+    /// /etc/passwd and /etc/group).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Working directory inside the container (absolute).
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Add a Linux capability (NET_ADMIN, CAP_SYS_TIME, ALL); may be repeated.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability (NET_RAW, ALL); may be repeated.
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Security option: seccomp=unconfined (no seccomp filter) or seccomp=default.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opts: Vec<String>,
+    /// Limit CPUs (e.g. 0.5, 2).
+    #[arg(long, value_name = "CPUS")]
+    pub limit_cpu: Option<String>,
+    /// Limit memory (e.g. 64M, 1.5G); the task is OOM-killed above it.
+    #[arg(long, value_name = "BYTES")]
+    pub limit_memory: Option<String>,
+    /// Limit the number of processes and threads (default 1024).
+    #[arg(long, value_name = "N")]
+    pub limit_pids: Option<u32>,
+    /// Reserve CPUs: tasks go only to nodes with that much unreserved.
+    #[arg(long, value_name = "CPUS")]
+    pub reserve_cpu: Option<String>,
+    /// Reserve memory: tasks go only to nodes with that much unreserved.
+    #[arg(long, value_name = "BYTES")]
+    pub reserve_memory: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub wait: WaitArgs,

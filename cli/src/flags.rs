@@ -10,11 +10,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use shoal_api_types::capabilities;
 use shoal_api_types::{
     Constraint, EndpointMode, HealthCheck, Network, NetworkAttachmentConfig, NetworkSpec, Node,
     NodeAvailability, Placement, PortConfig, Protocol, PublishMode, RestartCondition,
-    RestartPolicy, Service, ServiceMode, ServiceSpec,
+    RestartPolicy, SeccompMode, Service, ServiceMode, ServiceSpec,
 };
+use shoal_api_types::{Cpus, Memory, ResourceLimits, ResourceReservations, Resources};
 
 use crate::args::{
     AvailabilityFlag, EndpointModeFlag, ModeFlag, NetworkCreateArgs, NodeUpdateArgs,
@@ -231,9 +233,69 @@ pub fn service_from_args(
         None if health_tuned => bail!("--health-interval, --health-timeout, --health-retries and --health-start-period need --health-cmd"),
         None => {}
     }
+    container_settings(a, &mut spec)?;
     let mut svc = Service::new(a.name.clone(), spec);
     svc.metadata.labels = labels("--label", &a.labels)?;
     Ok(svc)
+}
+
+/// `--user`, `--workdir`, `--read-only`, `--cap-add`, `--cap-drop`, `--security-opt` and the
+/// `--limit-*` / `--reserve-*` flags, as Docker names them.
+fn container_settings(a: &ServiceCreateArgs, spec: &mut ServiceSpec) -> Result<()> {
+    spec.user = a.user.clone().unwrap_or_default();
+    spec.working_dir = a.workdir.clone().unwrap_or_default();
+    spec.read_only_root_filesystem = a.read_only;
+    for (flag, names, out) in [
+        ("--cap-add", &a.cap_add, &mut spec.cap_add),
+        ("--cap-drop", &a.cap_drop, &mut spec.cap_drop),
+    ] {
+        for name in names {
+            if capabilities::canonical(name).is_none() {
+                bail!(
+                    "{flag} {name:?}: not a Linux capability (e.g. NET_ADMIN, CAP_SYS_TIME or ALL)"
+                );
+            }
+            out.push(name.clone());
+        }
+    }
+    for opt in &a.security_opts {
+        spec.seccomp = match opt.split_once(['=', ':']) {
+            Some(("seccomp", "unconfined")) => SeccompMode::Unconfined,
+            Some(("seccomp", "default")) => SeccompMode::Default,
+            Some(("seccomp", other)) => bail!(
+                "--security-opt {opt:?}: seccomp takes unconfined or default (custom profiles are not supported, got {other:?})"
+            ),
+            _ => bail!("--security-opt {opt:?}: the supported option is seccomp=unconfined"),
+        };
+    }
+    let cpus = |flag: &str, v: &Option<String>| -> Result<Option<Cpus>> {
+        v.as_deref()
+            .map(|s| {
+                s.parse::<Cpus>()
+                    .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+            })
+            .transpose()
+    };
+    let memory = |flag: &str, v: &Option<String>| -> Result<Option<Memory>> {
+        v.as_deref()
+            .map(|s| {
+                s.parse::<Memory>()
+                    .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+            })
+            .transpose()
+    };
+    spec.resources = Resources {
+        limits: ResourceLimits {
+            cpus: cpus("--limit-cpu", &a.limit_cpu)?,
+            memory: memory("--limit-memory", &a.limit_memory)?,
+            pids: a.limit_pids,
+        },
+        reservations: ResourceReservations {
+            cpus: cpus("--reserve-cpu", &a.reserve_cpu)?,
+            memory: memory("--reserve-memory", &a.reserve_memory)?,
+        },
+    };
+    Ok(())
 }
 
 fn labels(flag: &str, values: &[String]) -> Result<BTreeMap<String, String>> {
@@ -432,6 +494,102 @@ mod tests {
         assert_eq!(spec.restart_policy.delay_seconds, Some(5));
         assert_eq!(spec.restart_policy.max_attempts, Some(3));
         assert_eq!(spec.stop_grace_period_seconds, Some(30));
+    }
+
+    #[test]
+    fn container_flags_build_the_settings_and_resources() {
+        let s = service(&[
+            "--name",
+            "api",
+            "-u",
+            "1000:1000",
+            "-w",
+            "/srv",
+            "--read-only",
+            "--cap-add",
+            "net_admin",
+            "--cap-add",
+            "CAP_SYS_TIME",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--limit-cpu",
+            "0.5",
+            "--limit-memory",
+            "64M",
+            "--limit-pids",
+            "100",
+            "--reserve-cpu",
+            "250m",
+            "--reserve-memory",
+            "32Mi",
+            "busybox",
+        ])
+        .unwrap();
+        let spec = &s.spec;
+        assert_eq!(spec.user, "1000:1000");
+        assert_eq!(spec.working_dir, "/srv");
+        assert!(spec.read_only_root_filesystem);
+        assert_eq!(spec.cap_add, ["net_admin", "CAP_SYS_TIME"]);
+        assert_eq!(spec.cap_drop, ["ALL"]);
+        assert_eq!(spec.seccomp, SeccompMode::Unconfined);
+        assert_eq!(spec.resources.limits.cpus, Some(Cpus(500)));
+        assert_eq!(spec.resources.limits.memory, Some(Memory(64 << 20)));
+        assert_eq!(spec.resources.limits.pids, Some(100));
+        assert_eq!(spec.resources.reservations.cpus, Some(Cpus(250)));
+        assert_eq!(spec.resources.reservations.memory, Some(Memory(32 << 20)));
+        // `service inspect` prints the spec: the settings are there, as the API spells them.
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["spec"]["user"], "1000:1000");
+        assert_eq!(v["spec"]["workingDir"], "/srv");
+        assert_eq!(v["spec"]["readOnlyRootFilesystem"], true);
+        assert_eq!(v["spec"]["capAdd"][0], "net_admin");
+        assert_eq!(v["spec"]["seccomp"], "unconfined");
+        assert_eq!(v["spec"]["resources"]["limits"]["memory"], "64Mi");
+        assert_eq!(v["spec"]["resources"]["limits"]["cpus"], 0.5);
+        // Defaults: nothing set, the default profile.
+        let s = service(&["--name", "api", "busybox"]).unwrap();
+        assert_eq!(s.spec.seccomp, SeccompMode::Default);
+        assert_eq!(s.spec.resources, Resources::default());
+        assert!(!s.spec.read_only_root_filesystem && s.spec.user.is_empty());
+    }
+
+    #[test]
+    fn bad_container_flags_name_the_flag() {
+        for (argv, want) in [
+            (
+                &["--cap-add", "NET_ADMINS"][..],
+                "--cap-add \"NET_ADMINS\": not a Linux capability",
+            ),
+            (
+                &["--cap-drop", "nope"][..],
+                "--cap-drop \"nope\": not a Linux capability",
+            ),
+            (
+                &["--security-opt", "apparmor=x"][..],
+                "--security-opt \"apparmor=x\": the supported option is seccomp=unconfined",
+            ),
+            (
+                &["--security-opt", "seccomp=/p.json"][..],
+                "seccomp takes unconfined or default",
+            ),
+            (
+                &["--limit-memory", "lots"][..],
+                "--limit-memory: \"lots\" is not a memory size",
+            ),
+            (
+                &["--limit-cpu", "1x"][..],
+                "--limit-cpu: \"1x\" is not a CPU quantity",
+            ),
+            (&["--reserve-memory", "1x"][..], "--reserve-memory:"),
+        ] {
+            let mut full = vec!["--name", "api"];
+            full.extend_from_slice(argv);
+            full.push("busybox");
+            let e = error(&full);
+            assert!(e.contains(want), "{argv:?}: {e}");
+        }
     }
 
     #[test]

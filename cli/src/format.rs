@@ -230,6 +230,8 @@ pub fn short_id(id: &str) -> String {
 pub fn task_error(t: &Task) -> String {
     if !t.status.err.is_empty() {
         t.status.err.clone()
+    } else if t.status.oom_killed {
+        "OOM-killed".to_string()
     } else if t.status.state <= TaskState::Pending {
         t.spec.pending_reason.clone()
     } else {
@@ -516,6 +518,22 @@ ID             NAME        IMAGE     NODE     DESIRED STATE   CURRENT STATE     
 99aa           api.2       busybox            Running         Pending 5 seconds ago   \"no suitable node (host port 8080 in use on 3 nodes)\"
 ";
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn service_ps_shows_oom_kills_in_the_error_column() {
+        let mut killed = task("3b3b", 1, TaskState::Shutdown, TaskState::Failed, 60);
+        killed.status.err = "OOM-killed (memory limit 32Mi)".into();
+        killed.status.oom_killed = true;
+        let mut finished = task("4c4c", 2, TaskState::Shutdown, TaskState::Complete, 60);
+        finished.status.oom_killed = true;
+        assert_eq!(task_error(&killed), "OOM-killed (memory limit 32Mi)");
+        assert_eq!(task_error(&finished), "OOM-killed");
+        let out = tasks_table(&[killed], now(), false);
+        assert!(
+            out.contains("Failed about a minute ago   \"OOM-killed (memory limit 32Mi)\""),
+            "{out}"
+        );
     }
 
     #[test]

@@ -76,6 +76,22 @@ struct ContainerdArgs {
     /// Node's agent endpoint unless --agent-endpoint says otherwise.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// Rotate a container's log when it reaches this size (e.g. 10MiB, 512k).
+    #[arg(long, value_name = "SIZE", default_value = "10MiB", value_parser = parse_size)]
+    log_max_size: u64,
+    /// Log files kept per container, the current one included.
+    #[arg(long, value_name = "N", default_value_t = shoal_node_agent::runtime::logs::DEFAULT_MAX_FILES,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    log_max_files: u32,
+}
+
+/// A size as `--log-max-size` takes it: bytes or a binary unit (`10MiB`, `512k`).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let m: shoal_api_types::Memory = s.parse()?;
+    if m.bytes() < 1024 {
+        return Err(format!("{s:?} is less than 1KiB"));
+    }
+    Ok(m.bytes())
 }
 
 /// The TCP port of a `host:port` listen address: the mesh never publishes it.
@@ -98,6 +114,10 @@ impl ContainerdArgs {
         let mut config = ContainerdConfig::new(&self.containerd_socket, &self.state_dir);
         config.namespace = self.containerd_namespace.clone();
         config.snapshotter = self.snapshotter.clone();
+        config.log_rotation = shoal_node_agent::runtime::logs::LogRotation {
+            max_size: self.log_max_size,
+            max_files: self.log_max_files,
+        };
         config
             .plain_http_registries
             .extend(self.insecure_registries.iter().cloned());

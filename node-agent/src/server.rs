@@ -22,9 +22,11 @@
 //! to anyone.
 //!
 //! Logs: the runtime appends the container's stdout and stderr to one file
-//! ([`ContainerRuntime::log_path`]). `tail=N` starts N lines before the end; `follow=true`
-//! keeps reading as the file grows until the container has exited or is gone (then what
-//! is left is sent and the stream ends) or the client disconnects.
+//! ([`ContainerRuntime::log_path`]), rotated into `<log>.1`, `<log>.2`, ... by size
+//! ([`crate::runtime::logs`]); a read covers the rotated files oldest first, then the current
+//! one. `tail=N` starts N lines before the end (across files); `follow=true` keeps reading as
+//! the file grows, also across a rotation, until the container has exited or is gone (then
+//! what is left is sent and the stream ends) or the client disconnects.
 //!
 //! Build then spawn: [`AgentServer::bind`] binds the socket (all fallible setup);
 //! [`AgentServer::spawn`] serves until its handle shuts it down.
@@ -49,7 +51,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::runtime::{ContainerRuntime, ContainerState, ExecOutput, RuntimeError};
+use crate::runtime::{logs, ContainerRuntime, ContainerState, ExecOutput, RuntimeError};
 
 /// How often a followed log file is checked for growth.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -431,14 +433,26 @@ async fn logs_of(state: &ServerState, id: String, opts: LogOptions) -> Result<Re
         .await
         .map_err(|e| runtime_error(state, &id, e))?;
     let path = rt.log_path(&id);
-    let start = match opts.tail {
-        Some(n) => tail_offset(&path, n)
-            .await
-            .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?,
-        None => 0,
+    let files = logs::log_files(&path);
+    let (first, offset) = match opts.tail {
+        Some(n) => {
+            let list = files.clone();
+            tokio::task::spawn_blocking(move || logs::tail_position(&list, n))
+                .await
+                .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?
+                .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?
+        }
+        None => (0, 0),
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    tokio::spawn(stream_log(rt, id, path, start, opts.follow, tx));
+    tokio::spawn(stream_log(
+        rt,
+        id,
+        files[first..].to_vec(),
+        offset,
+        opts.follow,
+        tx,
+    ));
     Ok((
         [(CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
@@ -446,17 +460,89 @@ async fn logs_of(state: &ServerState, id: String, opts: LogOptions) -> Result<Re
         .into_response())
 }
 
-/// Sends the file from `offset` on; with `follow`, keeps polling until the container has
-/// ended (and the rest is sent) or the receiver is gone.
+/// Why sending a file stopped early.
+enum Stop {
+    /// The client is gone or an error was sent: end the stream.
+    End,
+}
+
+/// Sends `path` from `offset` to its current end; returns the new offset. A missing file
+/// sends nothing; a file shorter than `offset` sends nothing and returns its length.
+async fn send_from(
+    path: &std::path::Path,
+    mut offset: u64,
+    buf: &mut [u8],
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<u64, Stop> {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        // Not written yet (or removed with the container).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(offset),
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return Err(Stop::End);
+        }
+    };
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    if len < offset {
+        return Ok(len);
+    }
+    if let Err(e) = file.seek(SeekFrom::Start(offset)).await {
+        let _ = tx.send(Err(e)).await;
+        return Err(Stop::End);
+    }
+    loop {
+        match file.read(buf).await {
+            Ok(0) => return Ok(offset),
+            Ok(n) => {
+                offset += n as u64;
+                if tx
+                    .send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                    .await
+                    .is_err()
+                {
+                    return Err(Stop::End);
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return Err(Stop::End);
+            }
+        }
+    }
+}
+
+/// Sends `files` (rotated logs oldest first, the current log last), the first from
+/// `offset`; with `follow`, keeps polling the current one until the container has ended
+/// (and the rest is sent) or the receiver is gone. When the current file turns out shorter
+/// than what was read, it was rotated: the rest of what was being read is in
+/// `<log>.1` (from the same offset), and the new current file is read from 0.
 async fn stream_log(
     rt: Arc<dyn ContainerRuntime>,
     id: String,
-    path: PathBuf,
+    files: Vec<PathBuf>,
     mut offset: u64,
     follow: bool,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
+    let Some((path, older)) = files.split_last() else {
+        return;
+    };
+    for f in older {
+        if send_from(f, offset, &mut buf, &tx).await.is_err() {
+            return;
+        }
+        offset = 0;
+    }
+    // Each rotation makes a new `<log>.1` (a new inode): that, or the current file being
+    // shorter than what was read, says the file was rotated since the last round.
+    let newest_rotated = logs::rotated(path, 1);
+    let inode = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).map(|m| m.ino()).ok()
+    };
+    let mut seen = inode(&newest_rotated);
     loop {
         // Decide before reading whether this is the last round: whatever the container
         // wrote before it ended is read below.
@@ -465,43 +551,26 @@ async fn stream_log(
                 rt.status(&id).await.map(|s| s.state),
                 Ok(ContainerState::Running | ContainerState::Created | ContainerState::Unknown)
             );
-        match tokio::fs::File::open(&path).await {
-            Ok(mut file) => {
-                let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-                if len < offset {
-                    // Truncated or replaced: start over.
-                    offset = 0;
-                }
-                if let Err(e) = file.seek(SeekFrom::Start(offset)).await {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-                loop {
-                    match file.read(&mut buf).await {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            offset += n as u64;
-                            if tx
-                                .send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                    }
-                }
-            }
-            // Not written yet (or removed with the container).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
+        let len = tokio::fs::metadata(path)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let now = inode(&newest_rotated);
+        let rotated = now.is_some() && now != seen;
+        seen = now;
+        if len < offset || rotated {
+            // Rotated (copied to .1, then truncated) since the last round.
+            if send_from(&newest_rotated, offset, &mut buf, &tx)
+                .await
+                .is_err()
+            {
                 return;
             }
+            offset = 0;
+        }
+        match send_from(path, offset, &mut buf, &tx).await {
+            Ok(o) => offset = o,
+            Err(Stop::End) => return,
         }
         if last {
             return;
@@ -616,5 +685,101 @@ mod tests {
         tokio::fs::write(&p, &big).await.unwrap();
         let off = tail_offset(&p, 2).await.unwrap() as usize;
         assert_eq!(&big[off..], "line 99998\nline 99999\n");
+    }
+
+    async fn collect(mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> String {
+        let mut out = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test]
+    async fn logs_should_be_read_across_rotated_files_with_tail() {
+        use crate::runtime::FakeRuntime;
+        let dir = tempfile::tempdir().unwrap();
+        let rt: Arc<dyn ContainerRuntime> = Arc::new(FakeRuntime::new().with_log_dir(dir.path()));
+        let path = rt.log_path("t1");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(logs::rotated(&path, 2), "1\n2\n").unwrap();
+        std::fs::write(logs::rotated(&path, 1), "3\n4").unwrap();
+        std::fs::write(&path, "\n5\n").unwrap();
+        let read = |tail: Option<u64>| {
+            let rt = rt.clone();
+            let files = logs::log_files(&path);
+            async move {
+                let (first, offset) = match tail {
+                    Some(n) => logs::tail_position(&files, n).unwrap(),
+                    None => (0, 0),
+                };
+                let (tx, rx) = mpsc::channel(16);
+                tokio::spawn(stream_log(
+                    rt,
+                    "t1".into(),
+                    files[first..].to_vec(),
+                    offset,
+                    false,
+                    tx,
+                ));
+                collect(rx).await
+            }
+        };
+        assert_eq!(read(None).await, "1\n2\n3\n4\n5\n");
+        assert_eq!(read(Some(2)).await, "4\n5\n");
+        assert_eq!(read(Some(4)).await, "2\n3\n4\n5\n");
+        assert_eq!(read(Some(0)).await, "");
+    }
+
+    #[tokio::test]
+    async fn a_followed_log_should_continue_across_a_rotation() {
+        use crate::runtime::{ContainerSpec, FakeRuntime};
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeRuntime::new().with_log_dir(dir.path()));
+        fake.create(&ContainerSpec {
+            id: "t1".into(),
+            image: "busybox".into(),
+            hostname: "t.1".into(),
+            command: vec!["sh".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        fake.start("t1").await.unwrap();
+        let rt: Arc<dyn ContainerRuntime> = fake.clone();
+        let path = rt.log_path("t1");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let append = |s: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap()
+                .write_all(s.as_bytes())
+                .unwrap()
+        };
+        append("a\n");
+        let (tx, mut rx) = mpsc::channel(16);
+        tokio::spawn(stream_log(
+            rt,
+            "t1".into(),
+            logs::log_files(&path),
+            0,
+            true,
+            tx,
+        ));
+        assert_eq!(&rx.recv().await.unwrap().unwrap()[..], b"a\n");
+        // Written, then rotated before the follower's next poll.
+        append("b\n");
+        let policy = logs::LogRotation {
+            max_size: 1,
+            max_files: 2,
+        };
+        assert!(logs::rotate_if_needed(&path, policy).unwrap());
+        append("c\n");
+        tokio::time::sleep(FOLLOW_POLL * 2).await;
+        fake.exit("t1", 0);
+        assert_eq!(collect(rx).await, "b\nc\n");
     }
 }

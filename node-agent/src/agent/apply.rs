@@ -48,6 +48,7 @@ pub fn advance(status: &mut TaskStatus, update: &StatusUpdate, now: chrono::Date
         if update.exit_code.is_some() {
             status.exit_code = update.exit_code;
         }
+        status.oom_killed |= update.oom_killed;
     }
     if !update.container_id.is_empty() {
         status.container_id = update.container_id.clone();
@@ -477,5 +478,19 @@ mod tests {
             &StatusUpdate::new(TaskState::Orphaned, "x"),
             now
         ));
+    }
+
+    #[test]
+    fn advance_should_record_an_oom_kill_with_the_failure() {
+        let mut s = TaskStatus {
+            state: TaskState::Running,
+            ..Default::default()
+        };
+        let killed = StatusUpdate::oom_killed(137, Some(shoal_api_types::Memory(32 << 20)));
+        assert!(advance(&mut s, &killed, Utc::now()));
+        assert_eq!(s.state, TaskState::Failed);
+        assert!(s.oom_killed);
+        assert_eq!(s.err, "OOM-killed (memory limit 32Mi)");
+        assert_eq!(s.exit_code, Some(137));
     }
 }

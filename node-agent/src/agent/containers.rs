@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use shoal_api_types::Task;
+use shoal_api_types::{SeccompMode, Task};
 use tokio::sync::Notify;
 
 use super::health::{self, Health, Probe, LABEL_HEALTHCHECK};
@@ -39,7 +39,8 @@ use super::task_runtime::{
     BackgroundContext, ClusterCaches, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
 };
 use crate::runtime::{
-    labels, ContainerRuntime, ContainerSpec, ContainerState, DnsConfig, ErrorClass, RuntimeError,
+    labels, ContainerRuntime, ContainerSpec, ContainerState, DnsConfig, ErrorClass, Limits,
+    RuntimeError,
 };
 
 pub use crate::runtime::labels::{LABEL_NODE, LABEL_SERVICE, LABEL_TASK};
@@ -107,6 +108,7 @@ impl ContainerTasks {
         if let Some(check) = &task.spec.healthcheck {
             labels.insert(LABEL_HEALTHCHECK.to_string(), health::label(check));
         }
+        let limits = &task.spec.resources.limits;
         ContainerSpec {
             id: task.name().to_string(),
             image: task.spec.image.clone(),
@@ -124,6 +126,17 @@ impl ContainerTasks {
                 ..DnsConfig::default()
             },
             labels,
+            user: task.spec.user.clone(),
+            working_dir: task.spec.working_dir.clone(),
+            read_only_root: task.spec.read_only_root_filesystem,
+            cap_add: task.spec.cap_add.clone(),
+            cap_drop: task.spec.cap_drop.clone(),
+            seccomp_unconfined: task.spec.seccomp == SeccompMode::Unconfined,
+            limits: Limits {
+                memory: limits.memory.map(|m| m.bytes()),
+                cpu_millis: limits.cpus.map(|c| c.millis()),
+                pids: Some(task.spec.resources.pids_limit()),
+            },
         }
     }
 
@@ -405,6 +418,7 @@ impl TaskRuntime for ContainerTasks {
                 state,
                 healthy,
                 stopped_because,
+                oom_killed: c.oom_killed,
             });
         }
         Ok(observed)
@@ -454,6 +468,55 @@ mod tests {
     fn tasks() -> (ContainerTasks, Arc<FakeRuntime>) {
         let fake = Arc::new(FakeRuntime::new());
         (ContainerTasks::new(fake.clone(), "node-1"), fake)
+    }
+
+    #[tokio::test]
+    async fn container_settings_and_limits_should_come_from_the_task() {
+        use shoal_api_types::{Cpus, Memory};
+        let (tasks, fake) = tasks();
+        let mut t = task("t1", "busybox");
+        t.spec.user = "1000:1000".into();
+        t.spec.working_dir = "/srv".into();
+        t.spec.read_only_root_filesystem = true;
+        t.spec.cap_add = vec!["NET_ADMIN".into()];
+        t.spec.cap_drop = vec!["ALL".into()];
+        t.spec.seccomp = SeccompMode::Unconfined;
+        t.spec.resources.limits.memory = Some(Memory(32 << 20));
+        t.spec.resources.limits.cpus = Some(Cpus(1500));
+        tasks.start_task(&t).await.unwrap();
+        let spec = fake.spec("t1").unwrap();
+        assert_eq!(
+            (spec.user.as_str(), spec.working_dir.as_str()),
+            ("1000:1000", "/srv")
+        );
+        assert!(spec.read_only_root && spec.seccomp_unconfined);
+        assert_eq!(
+            (spec.cap_add, spec.cap_drop),
+            (t.spec.cap_add, t.spec.cap_drop)
+        );
+        assert_eq!(
+            spec.limits,
+            Limits {
+                memory: Some(32 << 20),
+                cpu_millis: Some(1500),
+                pids: Some(shoal_api_types::resources::DEFAULT_PIDS_LIMIT),
+            }
+        );
+        // Defaults: confined, with the default pids limit.
+        tasks.start_task(&task("t2", "busybox")).await.unwrap();
+        let spec = fake.spec("t2").unwrap();
+        assert!(!spec.seccomp_unconfined && !spec.read_only_root);
+        assert_eq!(spec.limits.pids, Some(1024));
+    }
+
+    #[tokio::test]
+    async fn oom_kills_should_be_observed_on_the_exited_task() {
+        let (tasks, fake) = tasks();
+        tasks.start_task(&task("t1", "busybox")).await.unwrap();
+        fake.oom_kill("t1");
+        let listed = tasks.list().await.unwrap();
+        assert_eq!(listed[0].state, ObservedState::Exited { exit_code: 137 });
+        assert!(listed[0].oom_killed);
     }
 
     #[tokio::test]

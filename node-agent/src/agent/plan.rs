@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use shoal_api_types::{Task, TaskState};
+use shoal_api_types::{Memory, Task, TaskState};
 
 use super::task_runtime::{ObservedState, ObservedTask};
 
@@ -41,6 +41,8 @@ pub struct StatusUpdate {
     pub container_id: String,
     /// Whether the task takes traffic (running and healthy, or running without a check).
     pub healthy: bool,
+    /// Whether the container was OOM-killed.
+    pub oom_killed: bool,
 }
 
 impl StatusUpdate {
@@ -53,6 +55,7 @@ impl StatusUpdate {
             exit_code: None,
             container_id: String::new(),
             healthy: false,
+            oom_killed: false,
         }
     }
 
@@ -85,6 +88,24 @@ impl StatusUpdate {
         StatusUpdate::new(TaskState::Running, "started")
             .with_container(observed.container_id.clone())
             .with_healthy(observed.healthy.unwrap_or(true))
+    }
+
+    /// A container the OOM killer ended: `failed` with the limit it went over (`complete`
+    /// if it still exited 0, as in Swarm), flagged `oomKilled`.
+    pub fn oom_killed(exit_code: i32, memory_limit: Option<Memory>) -> Self {
+        let mut update = if exit_code == 0 {
+            StatusUpdate::exited(0)
+        } else {
+            let why = match memory_limit {
+                Some(m) => format!("OOM-killed (memory limit {m})"),
+                None => "OOM-killed".to_string(),
+            };
+            StatusUpdate::new(TaskState::Failed, "failed")
+                .with_err(why)
+                .with_exit_code(exit_code)
+        };
+        update.oom_killed = true;
+        update
     }
 
     /// `complete` (exit 0) or `failed` (otherwise) with the exit code.
@@ -207,7 +228,12 @@ fn plan_task(task: &Task, observed: Option<&ObservedTask>) -> Option<Op> {
             changed.then_some(Op::Report { id, update })
         }
         (Some(o), Some(ObservedState::Exited { exit_code })) => {
-            let mut update = StatusUpdate::exited(exit_code).with_container(o.container_id.clone());
+            let mut update = if o.oom_killed {
+                StatusUpdate::oom_killed(exit_code, task.spec.resources.limits.memory)
+            } else {
+                StatusUpdate::exited(exit_code)
+            }
+            .with_container(o.container_id.clone());
             if let Some(why) = &o.stopped_because {
                 update = StatusUpdate::new(TaskState::Failed, "failed")
                     .with_err(format!("{why} (exit code {exit_code})"))
@@ -339,6 +365,33 @@ mod tests {
                 assert_eq!(update.state, TaskState::Failed);
                 assert_eq!(update.err, "task unhealthy (exit code 137)");
                 assert_eq!(update.exit_code, Some(137));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn plan_should_report_an_oom_killed_task_as_failed_with_its_memory_limit() {
+        let mut t = task("t1", RUN, RUN);
+        t.spec.resources.limits.memory = Some(Memory(32 << 20));
+        let killed = ObservedTask {
+            oom_killed: true,
+            ..exited("t1", 137)
+        };
+        match plan(std::slice::from_ref(&t), &[killed]).as_slice() {
+            [Op::Report { update, .. }] => {
+                assert_eq!(update.state, TaskState::Failed);
+                assert_eq!(update.err, "OOM-killed (memory limit 32Mi)");
+                assert_eq!(update.exit_code, Some(137));
+                assert!(update.oom_killed);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Without the flag, a plain failure.
+        match plan(&[t], &[exited("t1", 137)]).as_slice() {
+            [Op::Report { update, .. }] => {
+                assert_eq!(update.err, "task exited with code 137");
+                assert!(!update.oom_killed);
             }
             other => panic!("{other:?}"),
         }

@@ -50,6 +50,9 @@ pub struct ObservedTask {
     pub healthy: Option<bool>,
     /// Why the runtime ended the task itself, if it did (a failing health check).
     pub stopped_because: Option<String>,
+    /// Whether the kernel's OOM killer killed a process of the exited container (it went
+    /// over its memory limit).
+    pub oom_killed: bool,
 }
 
 impl ObservedTask {
@@ -61,6 +64,7 @@ impl ObservedTask {
             state: ObservedState::Running,
             healthy: None,
             stopped_because: None,
+            oom_killed: false,
         }
     }
 
@@ -72,6 +76,7 @@ impl ObservedTask {
             state: ObservedState::Exited { exit_code },
             healthy: None,
             stopped_because: None,
+            oom_killed: false,
         }
     }
 }

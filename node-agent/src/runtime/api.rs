@@ -48,7 +48,8 @@ pub trait ContainerRuntime: Send + Sync {
     async fn changed(&self) {
         std::future::pending::<()>().await
     }
-    /// The file holding the container's stdout and stderr (appended across restarts).
+    /// The file holding the container's stdout and stderr (appended across restarts; older
+    /// output in `<path>.1`, `<path>.2`, ... once rotated, see [`super::logs`]).
     fn log_path(&self, id: &str) -> PathBuf;
 }
 

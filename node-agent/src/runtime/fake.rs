@@ -50,6 +50,7 @@ struct FakeContainer {
     spec: ContainerSpec,
     image_name: String,
     status: watch::Sender<ContainerStatus>,
+    oom_killed: bool,
 }
 
 #[derive(Default)]
@@ -141,6 +142,15 @@ impl FakeRuntime {
         self.changes.send_modify(|n| *n += 1);
     }
 
+    /// Simulates the kernel's OOM killer ending the container's main process (SIGKILL).
+    pub fn oom_kill(&self, id: &str) {
+        if let Some(c) = self.lock().containers.get_mut(id) {
+            c.oom_killed = true;
+            c.status.send_replace(ContainerStatus::exited(137));
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
     /// Simulates a crash that lost the container entirely.
     pub fn remove(&self, id: &str) {
         self.lock().containers.remove(id);
@@ -213,6 +223,7 @@ impl ContainerRuntime for FakeRuntime {
                 spec: spec.clone(),
                 image_name: image.name,
                 status: tx,
+                oom_killed: false,
             },
         );
         Ok(())
@@ -233,11 +244,13 @@ impl ContainerRuntime for FakeRuntime {
                 .or_else(|| st.exit_on_start.get(&c.spec.image))
                 .copied()
         };
-        let c = &st.containers[id];
+        let c = st.containers.get_mut(id).expect("checked above");
         let cur = *c.status.borrow();
         if cur.state == ContainerState::Running {
             return Ok(cur.pid.unwrap_or(pid));
         }
+        // A new process, a new cgroup: its OOM count starts at zero.
+        c.oom_killed = false;
         c.status.send_replace(match exit {
             Some(code) => ContainerStatus::exited(code),
             None => ContainerStatus::running(pid),
@@ -290,6 +303,7 @@ impl ContainerRuntime for FakeRuntime {
                     image: c.image_name.clone(),
                     labels,
                     status: *c.status.borrow(),
+                    oom_killed: c.oom_killed,
                 }
             })
             .collect())

@@ -11,8 +11,9 @@
 //! Pure pieces live in their own modules so they are tested without containerd:
 //! [`reference`] (image reference parsing and normalisation), [`registry`] (the registry
 //! client and the image/manifest JSON types), [`spec`] (the OCI runtime spec and the
-//! `/etc/resolv.conf`, `/etc/hosts`, `/etc/hostname` files a task gets); [`labels`] names the
-//! labels on our containers. See docs/architecture.md ("Node agent").
+//! `/etc/resolv.conf`, `/etc/hosts`, `/etc/hostname` files a task gets), [`seccomp`] (the
+//! default seccomp profile), [`logs`] (log rotation and reading across rotated files);
+//! [`labels`] names the labels on our containers. See docs/architecture.md ("Node agent").
 //!
 //! Invariants every implementation keeps:
 //! - Container ids are chosen by the caller (the agent) and are stable: the same task always
@@ -28,8 +29,10 @@ pub mod containerd;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod labels;
+pub mod logs;
 pub mod reference;
 pub mod registry;
+pub mod seccomp;
 pub mod spec;
 
 mod api;
@@ -45,5 +48,5 @@ pub use labels::{LABEL_IMAGE, LABEL_MANAGED};
 pub use reference::Reference;
 pub use types::{
     ContainerInfo, ContainerSpec, ContainerState, ContainerStatus, DnsConfig, ExecOutput,
-    ImageConfig, ImageInfo,
+    ImageConfig, ImageInfo, Limits,
 };

@@ -28,6 +28,32 @@ pub struct ContainerSpec {
     pub dns: DnsConfig,
     /// Extra labels on the containerd container (the agent's task id, service, ...).
     pub labels: BTreeMap<String, String>,
+    /// `uid`, `uid:gid`, `name` or `name:group` (names from the image's `/etc/passwd` and
+    /// `/etc/group`); empty = the image's user, else root.
+    pub user: String,
+    /// Working directory; empty = the image's, else `/`.
+    pub working_dir: String,
+    /// Mount the root filesystem read-only.
+    pub read_only_root: bool,
+    /// Capabilities added to Docker's default set (any case, with or without `CAP_`, `ALL`).
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from the set (`ALL` removes every one not added back).
+    pub cap_drop: Vec<String>,
+    /// No seccomp filter (`seccomp: unconfined`); otherwise the default profile.
+    pub seccomp_unconfined: bool,
+    /// Resource limits.
+    pub limits: Limits,
+}
+
+/// A container's resource limits (cgroup settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Limits {
+    /// Memory limit in bytes (swap is limited to the same, so there is none to use).
+    pub memory: Option<u64>,
+    /// CPU limit in millicpus (CFS quota over a 100 ms period).
+    pub cpu_millis: Option<u64>,
+    /// Most processes and threads; `None` = [`shoal_api_types::resources::DEFAULT_PIDS_LIMIT`].
+    pub pids: Option<u32>,
 }
 
 /// What goes into a task's `/etc/resolv.conf`.
@@ -143,6 +169,10 @@ pub struct ContainerInfo {
     pub labels: BTreeMap<String, String>,
     /// Its state.
     pub status: ContainerStatus,
+    /// Whether the kernel's OOM killer killed a process of the container (its cgroup's
+    /// `oom_kill` count since the main process started is not zero). Read for exited
+    /// containers only.
+    pub oom_killed: bool,
 }
 
 /// Result of `exec`.

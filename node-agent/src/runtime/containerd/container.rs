@@ -244,6 +244,80 @@ impl ContainerdRuntime {
     }
 }
 
+/// The directories a snapshot's mounts stack, topmost first: a bind mount's source, or an
+/// overlay's upper directory then its lower ones.
+pub(super) fn layer_dirs(mounts: &[Mount]) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for m in mounts {
+        match m.r#type.as_str() {
+            "bind" | "rbind" => dirs.push(PathBuf::from(&m.source)),
+            "overlay" => {
+                for o in &m.options {
+                    if let Some(upper) = o.strip_prefix("upperdir=") {
+                        dirs.insert(0, PathBuf::from(upper));
+                    }
+                }
+                for o in &m.options {
+                    if let Some(lower) = o.strip_prefix("lowerdir=") {
+                        dirs.extend(lower.split(':').map(PathBuf::from));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    dirs
+}
+
+/// Reads `etc/<name>` from the topmost layer that has it, following no symlink (the image
+/// must not make the agent read a host file).
+fn read_layered(dirs: &[PathBuf], name: &str) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    for d in dirs {
+        let etc = d.join("etc");
+        match std::fs::symlink_metadata(&etc) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return None,
+            Err(_) => continue,
+        }
+        let path = etc.join(name);
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(f) => {
+                let mut s = String::new();
+                // At most 4 MiB of user database.
+                return f.take(4 << 20).read_to_string(&mut s).ok().map(|_| s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A whiteout (character device) or nothing: look further down only when
+                // absent.
+                continue;
+            }
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Whether a swap limit can be set: always on cgroup v2; on v1 only with swap accounting
+/// (`memory.memsw.limit_in_bytes`).
+fn swap_accounting() -> bool {
+    let v1 = Path::new("/sys/fs/cgroup/memory");
+    !v1.is_dir() || v1.join("memory.memsw.limit_in_bytes").exists()
+}
+
+fn read_rootfs_files(mounts: &[Mount]) -> spec::RootfsFiles {
+    let dirs = layer_dirs(mounts);
+    spec::RootfsFiles {
+        passwd: read_layered(&dirs, "passwd"),
+        group: read_layered(&dirs, "group"),
+    }
+}
+
 fn task_status(p: &containerd_client::types::v1::Process) -> ContainerStatus {
     match p.status() {
         TaskStatus::Running => ContainerStatus::running(p.pid),
@@ -275,19 +349,15 @@ impl ContainerRuntime for ContainerdRuntime {
         let image = self.ensure_image(&cs.image).await?;
         let dir = self.container_dir(&cs.id);
         spec::write_files(&dir, cs)?;
-        let cgroups_path = format!("{}/{}", self.cfg.cgroup_parent.trim_end_matches('/'), cs.id);
-        let oci = spec::build(cs, &image.config, &dir, &cgroups_path)?;
-        let spec_bytes = serde_json::to_vec(&oci).map_err(|e| RuntimeError::InvalidSpec {
-            id: cs.id.clone(),
-            reason: e.to_string(),
-        })?;
+        let cgroups_path = self.cgroups_path(&cs.id);
         // The lease keeps the new snapshot from being garbage-collected until the container
         // record (which references it) exists.
         let lease = self.create_lease().await?;
         let res = async {
             // A snapshot left by a crash between Prepare and Containers.Create is stale.
             self.remove_snapshot(&cs.id).await?;
-            self.client
+            let mounts = self
+                .client
                 .snapshots()
                 .prepare(self.req_lease(
                     PrepareSnapshotRequest {
@@ -299,7 +369,41 @@ impl ContainerRuntime for ContainerdRuntime {
                     &lease,
                 ))
                 .await
-                .map_err(status_err("Snapshots.Prepare", &cs.id))?;
+                .map_err(status_err("Snapshots.Prepare", &cs.id))?
+                .into_inner()
+                .mounts;
+            // User names resolve through the image's files, read from the snapshot's layer
+            // directories without mounting it.
+            let rootfs = read_rootfs_files(&mounts);
+            let spec_bytes =
+                spec::build(cs, &image.config, &dir, &cgroups_path, &rootfs).and_then(|oci| {
+                    let mut v =
+                        serde_json::to_value(&oci).map_err(|e| RuntimeError::InvalidSpec {
+                            id: cs.id.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    // cgroup v1 without swap accounting has no memsw file for runc to write
+                    // (Docker drops the swap limit there too); without swap there is
+                    // nothing to limit anyway.
+                    if !swap_accounting() {
+                        if let Some(m) = v.pointer_mut("/linux/resources/memory") {
+                            if let Some(m) = m.as_object_mut() {
+                                m.remove("swap");
+                            }
+                        }
+                    }
+                    serde_json::to_vec(&v).map_err(|e| RuntimeError::InvalidSpec {
+                        id: cs.id.clone(),
+                        reason: e.to_string(),
+                    })
+                });
+            let spec_bytes = match spec_bytes {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = self.remove_snapshot(&cs.id).await;
+                    return Err(e);
+                }
+            };
             let mut labels: HashMap<String, String> = cs.labels.clone().into_iter().collect();
             labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
             labels.insert(LABEL_IMAGE.to_string(), cs.image.clone());
@@ -549,8 +653,16 @@ impl ContainerRuntime for ContainerdRuntime {
                     .get(c.id.as_str())
                     .map(|p| task_status(p))
                     .unwrap_or(ContainerStatus::CREATED),
+                oom_killed: false,
             })
             .collect();
+        // The cgroup of an exited task stays until the task is deleted (or started again),
+        // so its OOM count survives an agent restart.
+        for c in out.iter_mut() {
+            if c.status.state == ContainerState::Exited {
+                c.oom_killed = self.oom_kills(&c.id) > 0;
+            }
+        }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
@@ -607,13 +719,61 @@ impl ContainerRuntime for ContainerdRuntime {
     }
 
     fn log_path(&self, id: &str) -> PathBuf {
-        self.container_dir(id).join("container.log")
+        self.container_dir(id).join(super::LOG_FILE)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_layers_are_searched_from_the_top() {
+        let overlay = Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                "workdir=/s/3/work".into(),
+                "upperdir=/s/3/fs".into(),
+                "lowerdir=/s/2/fs:/s/1/fs".into(),
+            ],
+            ..Default::default()
+        };
+        let dirs: Vec<String> = layer_dirs(&[overlay])
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(dirs, ["/s/3/fs", "/s/2/fs", "/s/1/fs"]);
+        let bind = Mount {
+            r#type: "bind".into(),
+            source: "/s/4/fs".into(),
+            options: vec!["rbind".into(), "rw".into()],
+            ..Default::default()
+        };
+        assert_eq!(layer_dirs(&[bind]), [PathBuf::from("/s/4/fs")]);
+    }
+
+    #[test]
+    fn user_databases_are_read_from_the_top_layer_without_following_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let (top, bottom) = (root.path().join("top"), root.path().join("bottom"));
+        std::fs::create_dir_all(top.join("etc")).unwrap();
+        std::fs::create_dir_all(bottom.join("etc")).unwrap();
+        std::fs::write(bottom.join("etc/passwd"), "old:x:1:1::/:/bin/sh\n").unwrap();
+        std::fs::write(bottom.join("etc/group"), "g:x:5:\n").unwrap();
+        std::fs::write(top.join("etc/passwd"), "new:x:2:2::/:/bin/sh\n").unwrap();
+        let dirs = vec![top.clone(), bottom.clone()];
+        assert_eq!(
+            read_layered(&dirs, "passwd").unwrap(),
+            "new:x:2:2::/:/bin/sh\n"
+        );
+        assert_eq!(read_layered(&dirs, "group").unwrap(), "g:x:5:\n");
+        // A symlink to a host file is not followed.
+        std::fs::remove_file(top.join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", top.join("etc/passwd")).unwrap();
+        assert_eq!(read_layered(&dirs, "passwd"), None);
+        assert_eq!(read_layered(&[root.path().join("none")], "passwd"), None);
+    }
 
     #[test]
     fn task_states_map_to_container_states() {

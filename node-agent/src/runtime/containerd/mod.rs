@@ -22,7 +22,11 @@
 //! container record with the OCI spec of [`super::spec`] and the [`LABEL_MANAGED`] label, and
 //! per-container files in `<state_dir>/<id>/` (resolv.conf, hosts, hostname, `container.log`).
 //! Tasks run under the runc v2 shim with stdout and stderr appended to the log through the
-//! shim's `file://` stdio. `exec` uses FIFOs so stdout and stderr stay apart.
+//! shim's `file://` stdio; a background loop rotates the logs by size
+//! ([`super::logs`], [`ContainerdConfig::log_rotation`]). A container's OOM kills are read
+//! from its cgroup's `oom_kill` counter when it has exited ([`ContainerdRuntime::oom_kills`]):
+//! the cgroup stays until the task is deleted, so the count survives an agent restart
+//! (containerd's `/tasks/oom` event would not). `exec` uses FIFOs so stdout and stderr stay apart.
 //!
 //! Invariant: everything this module creates in containerd (containers, snapshots, images,
 //! content, leases) lives in the configured namespace; `delete` removes the container's
@@ -42,6 +46,7 @@ use tokio::sync::Mutex;
 
 use super::api::ContainerRuntime;
 use super::error::RuntimeError;
+use super::logs::LogRotation;
 use super::registry::{Platform, RegistryClient};
 
 /// How to reach and use a containerd.
@@ -65,6 +70,8 @@ pub struct ContainerdConfig {
     /// [`RegistryClient::with_endpoint`]); e.g. `localhost:5000` → `198.18.0.254:5000` for
     /// an agent in a local-cluster node namespace.
     pub registry_endpoints: BTreeMap<String, String>,
+    /// When containers' logs are rotated and how many files are kept.
+    pub log_rotation: LogRotation,
 }
 
 impl ContainerdConfig {
@@ -80,6 +87,7 @@ impl ContainerdConfig {
             plain_http_registries: vec!["localhost:5000".to_string(), "127.0.0.1:5000".to_string()],
             cgroup_parent: "/shoal".to_string(),
             registry_endpoints: BTreeMap::new(),
+            log_rotation: LogRotation::default(),
         }
     }
 }
@@ -94,11 +102,32 @@ pub struct ContainerdRuntime {
     pull_lock: Mutex<()>,
     changes: tokio::sync::watch::Sender<u64>,
     events_task: tokio::task::JoinHandle<()>,
+    rotation_task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for ContainerdRuntime {
     fn drop(&mut self) {
         self.events_task.abort();
+        self.rotation_task.abort();
+    }
+}
+
+/// How often container logs are checked for rotation.
+pub const LOG_ROTATION_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// File name of a container's log in its state directory.
+pub const LOG_FILE: &str = "container.log";
+
+/// Rotates the logs under `state_dir` every [`LOG_ROTATION_CHECK`] (see [`super::logs`]).
+async fn rotate_logs(state_dir: PathBuf, policy: LogRotation) {
+    let mut tick = tokio::time::interval(LOG_ROTATION_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let dir = state_dir.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || super::logs::rotate_all(&dir, LOG_FILE, policy))
+                .await;
     }
 }
 /// The answer of a lookup call: NotFound is `None`, other errors fail.
@@ -160,9 +189,11 @@ impl ContainerdRuntime {
             cfg.namespace.clone(),
             changes.clone(),
         ));
+        let rotation_task = tokio::spawn(rotate_logs(cfg.state_dir.clone(), cfg.log_rotation));
         Ok(ContainerdRuntime {
             changes,
             events_task,
+            rotation_task,
             registry: cfg.registry_endpoints.iter().fold(
                 RegistryClient::new(cfg.plain_http_registries.clone()),
                 |c, (name, endpoint)| c.with_endpoint(name.clone(), endpoint.clone()),
@@ -210,7 +241,57 @@ impl ContainerdRuntime {
     fn container_dir(&self, id: &str) -> PathBuf {
         self.cfg.state_dir.join(id)
     }
+
+    /// The container's cgroup path (`<cgroup_parent>/<id>`), as given to runc.
+    fn cgroups_path(&self, id: &str) -> String {
+        format!("{}/{}", self.cfg.cgroup_parent.trim_end_matches('/'), id)
+    }
+
+    /// How many times the kernel's OOM killer killed a process in the container's cgroup
+    /// (`oom_kill` of cgroup v1's `memory.oom_control` or cgroup v2's `memory.events`);
+    /// 0 when the cgroup is gone.
+    pub fn oom_kills(&self, id: &str) -> u64 {
+        let rel = self.cgroups_path(id);
+        let rel = rel.trim_start_matches('/');
+        let root = std::path::Path::new(CGROUP_ROOT);
+        [
+            root.join("memory").join(rel).join("memory.oom_control"),
+            root.join(rel).join("memory.events"),
+        ]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .find_map(|text| parse_oom_kill(&text))
+        .unwrap_or(0)
+    }
+}
+
+/// Where the cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The `oom_kill N` line of `memory.oom_control` (v1) or `memory.events` (v2).
+fn parse_oom_kill(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// Shared handle type the agent can store.
 pub type SharedRuntime = Arc<dyn ContainerRuntime>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kill_counts_parse_from_v1_and_v2_files() {
+        assert_eq!(
+            parse_oom_kill("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+            Some(2)
+        );
+        assert_eq!(
+            parse_oom_kill("low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\noom_group_kill 0\n"),
+            Some(1)
+        );
+        assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\n"), None);
+    }
+}
