@@ -74,6 +74,10 @@ struct ContainerdArgs {
     /// namespaces are /run/netns/shoal-<name>-<task> either way.
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
+    /// The most one image pull may take in all (e.g. 5m, 90s); a task whose pull passes it
+    /// fails with that reason.
+    #[arg(long, default_value = "5m", value_parser = shoal_api_types::duration::parse_duration, value_name = "DURATION")]
+    pull_timeout: Duration,
     /// Where to serve exec and logs to the API server (host:port); also published as the
     /// Node's agent endpoint unless --agent-endpoint says otherwise.
     #[arg(long, value_name = "ADDR")]
@@ -93,6 +97,7 @@ impl ContainerdArgs {
         let mut config = ContainerdConfig::new(&self.containerd_socket, &self.state_dir);
         config.namespace = self.containerd_namespace.clone();
         config.snapshotter = self.snapshotter.clone();
+        config.pull_timeout = self.pull_timeout;
         config
             .plain_http_registries
             .extend(self.insecure_registries.iter().cloned());

@@ -64,6 +64,30 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
     let again = rt.ensure_image(&busybox).await.unwrap();
     assert_eq!(again, info);
 
+    // A registry that accepts connections and never answers: the pull is abandoned at the
+    // deadline, with a reason that says so.
+    let stall = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stall_port = stall.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let conns: Vec<_> = stall.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(10));
+        drop(conns);
+    });
+    let mut cfg = env.config();
+    cfg.plain_http_registries
+        .push(format!("127.0.0.1:{stall_port}"));
+    cfg.pull_timeout = Duration::from_secs(1);
+    let slow_rt = ContainerdRuntime::connect(cfg).await.unwrap();
+    let t0 = Instant::now();
+    let e = slow_rt
+        .ensure_image(&format!("127.0.0.1:{stall_port}/stalled:1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RuntimeError::PullTimeout { .. }), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    eprintln!("as expected: {e}");
+    drop(held);
+
     // A command that prints and exits 3: exit code and log.
     rt.create(&spec(
         "hello",

@@ -35,6 +35,7 @@ mod image;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use containerd_client::tonic::metadata::{Ascii, MetadataValue};
 use containerd_client::tonic::{Code, Request, Status};
@@ -65,7 +66,13 @@ pub struct ContainerdConfig {
     /// [`RegistryClient::with_endpoint`]); e.g. `localhost:5000` → `198.18.0.254:5000` for
     /// an agent in a local-cluster node namespace.
     pub registry_endpoints: BTreeMap<String, String>,
+    /// The most one image pull may take in all (manifest, config and every layer); past
+    /// it the pull is abandoned and the task fails with [`RuntimeError::PullTimeout`].
+    pub pull_timeout: Duration,
 }
+
+/// How long a pull may take unless configured (`--pull-timeout`).
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl ContainerdConfig {
     /// Defaults for a socket and a state directory: namespace `shoal`, overlayfs, runc v2,
@@ -80,6 +87,7 @@ impl ContainerdConfig {
             plain_http_registries: vec!["localhost:5000".to_string(), "127.0.0.1:5000".to_string()],
             cgroup_parent: "/shoal".to_string(),
             registry_endpoints: BTreeMap::new(),
+            pull_timeout: DEFAULT_PULL_TIMEOUT,
         }
     }
 }
