@@ -186,7 +186,7 @@ pub fn human_memory(bytes: u64) -> String {
     };
     // Rounded down, so "at most" stays true.
     let tenths = bytes as u128 * 10 / scale as u128;
-    if tenths % 10 == 0 {
+    if tenths.is_multiple_of(10) {
         format!("{}{name}", tenths / 10)
     } else {
         format!("{}.{}{name}", tenths / 10, tenths % 10)
