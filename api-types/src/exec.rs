@@ -13,6 +13,14 @@ pub const DEFAULT_EXEC_TIMEOUT_SECONDS: u64 = 60;
 /// The longest an exec may run.
 pub const MAX_EXEC_TIMEOUT_SECONDS: u64 = 3600;
 
+/// What an exec keeps of each of its stdout and stderr; the rest is dropped and a marker
+/// line (`[output truncated: N bytes, M kept]`) says so.
+pub const MAX_EXEC_OUTPUT_BYTES: usize = 1 << 20;
+
+/// The largest exec answer a hop reads: both streams at their cap, every byte escaped as
+/// JSON's `\u00XX` at worst, plus room for the rest.
+pub const MAX_EXEC_RESPONSE_BYTES: usize = 2 * 6 * MAX_EXEC_OUTPUT_BYTES + 64 * 1024;
+
 /// Runs a command in a running task.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -68,6 +76,10 @@ pub struct ExecResponse {
     pub stdout: String,
     /// Its standard error (invalid UTF-8 replaced).
     pub stderr: String,
+    /// Whether output was dropped: each stream keeps its first
+    /// [`MAX_EXEC_OUTPUT_BYTES`], then a marker line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// Query parameters of the logs endpoints (`?follow=true&tail=N`).

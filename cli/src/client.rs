@@ -377,12 +377,36 @@ impl Client {
     /// `POST /tasks/<task>/exec`: runs a command in a running task.
     pub async fn exec(&self, task: &str, req: &ExecRequest) -> Result<ExecResponse> {
         let body = serde_json::to_string(req).expect("exec requests serialise");
-        self.call(
-            Method::POST,
-            self.url(&["tasks", task, "exec"]),
-            Some((body, "application/json")),
-        )
-        .await
+        let url = self.url(&["tasks", task, "exec"]);
+        let resp = self
+            .send(
+                self.http
+                    .request(Method::POST, url.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body),
+                &url,
+            )
+            .await?;
+        // The server caps each stream; a longer answer is not read into memory.
+        let limit = shoal_api_types::exec::MAX_EXEC_RESPONSE_BYTES;
+        let mut bytes = Vec::new();
+        let mut resp = resp;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| ClientError::Http {
+            url: url.to_string(),
+            cause: root_cause(&e),
+        })? {
+            if bytes.len() + chunk.len() > limit {
+                return Err(ClientError::Decode {
+                    url: url.to_string(),
+                    message: format!("the exec answer is longer than {limit} bytes"),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: url.to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// `GET /<tasks|services>/<name>/logs[?follow=true&tail=N]`: a text stream.

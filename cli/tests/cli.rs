@@ -272,6 +272,39 @@ async fn detached_service_create_shows_in_service_ls() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_stop_grace_period_over_the_cap_is_refused_with_the_field_name() {
+    let s = Server::start().await;
+    let err = s
+        .fails(&[
+            "service",
+            "create",
+            "--name",
+            "slow",
+            "--stop-grace-period",
+            "1h",
+            "-d",
+            "busybox",
+        ])
+        .await;
+    assert!(err.contains("spec.stopGracePeriodSeconds"), "{err}");
+    assert!(err.contains("at most 600"), "{err}");
+    let ls = s.ok(&["service", "ls"]).await;
+    assert!(!ls.contains("slow"), "nothing was created: {ls}");
+    // The cap itself is allowed.
+    s.ok(&[
+        "service",
+        "create",
+        "--name",
+        "slow",
+        "--stop-grace-period",
+        "10m",
+        "-d",
+        "busybox",
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn waiting_without_a_controller_times_out_saying_what_is_missing() {
     let s = Server::start().await;
     let out = s

@@ -220,6 +220,7 @@ async fn exec_prints_the_commands_output_and_exits_with_its_status() {
             exit_code: 3,
             stdout: b"to stdout\n".to_vec(),
             stderr: b"to stderr\n".to_vec(),
+            truncated: false,
         },
     );
     let out = c
@@ -240,6 +241,37 @@ async fn exec_prints_the_commands_output_and_exits_with_its_status() {
     let out = c.shoal(&["exec", "a1cccc", "hostname"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "a1cccccc\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_output_over_the_cap_is_truncated_with_a_marker_on_every_hop() {
+    let c = Cluster::start().await;
+    let limit = shoal_api_types::exec::MAX_EXEC_OUTPUT_BYTES;
+    c.fake.set_exec_result(
+        "w1aaaaaa",
+        ExecOutput {
+            exit_code: 0,
+            stdout: vec![b'y'; 3 * limit + 5],
+            stderr: b"small\n".to_vec(),
+            truncated: false,
+        },
+    );
+    let out = c.shoal(&["exec", "worker.1", "--", "big"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let marker = format!(
+        "\n[output truncated: {} bytes, {limit} kept]\n",
+        3 * limit + 5
+    );
+    assert!(
+        stdout.ends_with(&marker),
+        "{}",
+        &stdout[stdout.len() - 100..]
+    );
+    assert_eq!(stdout.len(), limit + marker.len());
+    let stderr = text(&out.stderr);
+    assert!(stderr.starts_with("small\n"), "{stderr}");
+    assert!(stderr.contains("output truncated"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

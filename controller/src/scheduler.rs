@@ -2,10 +2,20 @@
 //!
 //! Placement: among the nodes that pass every filter (placement constraints on node name
 //! and labels, a global task's own node, host-mode published ports free on that node —
-//! host ports are unique per node, not per cluster), pick the node with the fewest tasks of
-//! the same service, then the fewest tasks overall, then by name. A task nothing fits
-//! stays pending and says why in `spec.pendingReason` ("no suitable node (host port 8080
-//! in use on 3 nodes)").
+//! host ports are unique per node, not per cluster, and the task's resource reservations
+//! fit in the node's free capacity), pick the node with the fewest tasks of the same
+//! service, then the fewest tasks overall, then by name. A task nothing fits stays pending
+//! and says why in `spec.pendingReason` ("no suitable node (host port 8080 in use on 3
+//! nodes)", "no suitable node (insufficient resources on 3 nodes: memory 64Gi wanted, at
+//! most 3.2Gi free)").
+//!
+//! Reservations: a node's free capacity is its reported `status.capacity` minus the
+//! reservations of the live tasks assigned to it (desired running, not terminal). A node
+//! that reports no capacity takes only tasks that reserve nothing. The per-node totals are
+//! summed once per pass, in the same walk over the tasks that counts them, and each
+//! placement adds to its node's totals, so a pass costs O(tasks + pending × nodes), as
+//! before; it runs again whenever a task ends or a node changes, so capacity that frees up
+//! places pending tasks.
 //!
 //! Invariants: one scheduling pass at a time (a single queue key), over the cache at one
 //! revision; an assignment moves the task key from `tasks/_unassigned/<id>` to
@@ -19,6 +29,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
+use shoal_api_types::resources::{Cpus, Memory, NodeCapacity, ResourceReservations};
 use shoal_api_types::{Constraint, NodeAvailability, NodeState, Protocol, PublishMode, TaskState};
 
 use crate::context::Context;
@@ -39,6 +50,147 @@ pub struct TaskRequest {
     pub host_ports: Vec<(u32, Protocol)>,
     /// The only node it may go to (global services).
     pub pin: Option<String>,
+    /// What it reserves.
+    pub reserve: Reserved,
+}
+
+/// CPUs (millicpus) and memory (bytes) reserved, or wanted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// Millicpus.
+    pub cpus: u64,
+    /// Bytes.
+    pub memory: u64,
+}
+
+impl Reserved {
+    /// What a task's `resources.reservations` reserve (unset: nothing).
+    pub fn of(r: &ResourceReservations) -> Reserved {
+        Reserved {
+            cpus: r.cpus.map_or(0, Cpus::millis),
+            memory: r.memory.map_or(0, Memory::bytes),
+        }
+    }
+
+    /// Whether nothing is reserved.
+    pub fn is_zero(&self) -> bool {
+        self.cpus == 0 && self.memory == 0
+    }
+
+    fn add(&mut self, other: Reserved) {
+        self.cpus = self.cpus.saturating_add(other.cpus);
+        self.memory = self.memory.saturating_add(other.memory);
+    }
+}
+
+/// Whether `want` fits in what `capacity` leaves free after `reserved`: `Ok` or the free
+/// amounts (`Err(free)`). A node with no reported capacity fits only tasks that reserve
+/// nothing (`Err(None)`).
+pub fn fit(
+    capacity: Option<NodeCapacity>,
+    reserved: Reserved,
+    want: Reserved,
+) -> Result<(), Option<Reserved>> {
+    if want.is_zero() {
+        return Ok(());
+    }
+    let Some(cap) = capacity else {
+        return Err(None);
+    };
+    let free = Reserved {
+        cpus: cap.cpus.millis().saturating_sub(reserved.cpus),
+        memory: cap.memory.bytes().saturating_sub(reserved.memory),
+    };
+    if want.cpus <= free.cpus && want.memory <= free.memory {
+        Ok(())
+    } else {
+        Err(Some(free))
+    }
+}
+
+/// Why nodes could not take a task for lack of resources, gathered over the nodes tried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Nodes without a reported capacity.
+    pub unknown: usize,
+    /// Nodes with too little free capacity.
+    pub short: usize,
+    /// The most free CPUs among the nodes short of CPUs (None: no node was).
+    pub most_free_cpus: Option<u64>,
+    /// The most free memory among the nodes short of memory.
+    pub most_free_memory: Option<u64>,
+}
+
+impl Shortfall {
+    /// Books one node that did not fit `want` (`free`: as [`fit`] said).
+    pub fn record(&mut self, want: Reserved, free: Option<Reserved>) {
+        let Some(free) = free else {
+            self.unknown += 1;
+            return;
+        };
+        self.short += 1;
+        if want.cpus > free.cpus {
+            self.most_free_cpus = Some(self.most_free_cpus.unwrap_or(0).max(free.cpus));
+        }
+        if want.memory > free.memory {
+            self.most_free_memory = Some(self.most_free_memory.unwrap_or(0).max(free.memory));
+        }
+    }
+
+    /// The reasons, for `spec.pendingReason` (empty when every node fitted).
+    pub fn reasons(&self, want: Reserved) -> Vec<String> {
+        let mut why = vec![];
+        if self.short > 0 {
+            let mut parts = vec![];
+            if let Some(free) = self.most_free_memory {
+                parts.push(format!(
+                    "memory {} wanted, at most {} free",
+                    Memory(want.memory),
+                    human_memory(free)
+                ));
+            }
+            if let Some(free) = self.most_free_cpus {
+                parts.push(format!(
+                    "cpus {} wanted, at most {} free",
+                    Cpus(want.cpus),
+                    Cpus(free)
+                ));
+            }
+            why.push(format!(
+                "insufficient resources on {}: {}",
+                nodes_word(self.short),
+                parts.join(" and ")
+            ));
+        }
+        if self.unknown > 0 {
+            why.push(format!(
+                "no capacity reported by {} (tasks that reserve resources go only to nodes that report theirs)",
+                nodes_word(self.unknown)
+            ));
+        }
+        why
+    }
+}
+
+/// Memory for people: the largest binary unit, one decimal (`3.2Gi`, `512Mi`, `100`).
+pub fn human_memory(bytes: u64) -> String {
+    const NAMES: [&str; 4] = ["Ki", "Mi", "Gi", "Ti"];
+    let mut unit = None;
+    for (i, name) in NAMES.iter().enumerate() {
+        if bytes >= 1u64 << (10 * (i + 1)) {
+            unit = Some((1u64 << (10 * (i + 1)), *name));
+        }
+    }
+    let Some((scale, name)) = unit else {
+        return bytes.to_string();
+    };
+    // Rounded down, so "at most" stays true.
+    let tenths = bytes as u128 * 10 / scale as u128;
+    if tenths.is_multiple_of(10) {
+        format!("{}{name}", tenths / 10)
+    } else {
+        format!("{}.{}{name}", tenths / 10, tenths % 10)
+    }
 }
 
 /// A node that can take tasks, with what runs on it now.
@@ -54,6 +206,10 @@ pub struct NodeLoad {
     pub per_service: HashMap<String, usize>,
     /// Host ports in use.
     pub host_ports: HashSet<(u32, Protocol)>,
+    /// What the node offers (None: not reported).
+    pub capacity: Option<NodeCapacity>,
+    /// What its live tasks reserve.
+    pub reserved: Reserved,
 }
 
 /// Where a task goes.
@@ -94,6 +250,7 @@ fn place(task: &TaskRequest, nodes: &mut [NodeLoad]) -> Decision {
     let mut wrong_node = 0;
     let mut failed_constraints: BTreeMap<String, usize> = BTreeMap::new();
     let mut ports_in_use: BTreeMap<String, usize> = BTreeMap::new();
+    let mut shortfall = Shortfall::default();
     for (i, node) in nodes.iter().enumerate() {
         if let Some(pin) = &task.pin {
             if *pin != node.name {
@@ -113,6 +270,10 @@ fn place(task: &TaskRequest, nodes: &mut [NodeLoad]) -> Decision {
             *ports_in_use.entry(port_name(*p, *proto)).or_default() += 1;
             continue;
         }
+        if let Err(free) = fit(node.capacity, node.reserved, task.reserve) {
+            shortfall.record(task.reserve, free);
+            continue;
+        }
         let key = |n: &NodeLoad| {
             (
                 n.per_service.get(&task.service).copied().unwrap_or(0),
@@ -130,6 +291,7 @@ fn place(task: &TaskRequest, nodes: &mut [NodeLoad]) -> Decision {
             node.total += 1;
             *node.per_service.entry(task.service.clone()).or_default() += 1;
             node.host_ports.extend(task.host_ports.iter().copied());
+            node.reserved.add(task.reserve);
             Decision::Assign(node.name.clone())
         }
         None => {
@@ -145,6 +307,7 @@ fn place(task: &TaskRequest, nodes: &mut [NodeLoad]) -> Decision {
             for (p, n) in ports_in_use {
                 why.push(format!("host port {p} in use on {}", nodes_word(n)));
             }
+            why.extend(shortfall.reasons(task.reserve));
             Decision::Pending(format!("no suitable node ({})", why.join("; ")))
         }
     }
@@ -182,6 +345,7 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
                     NodeLoad {
                         name: n.metadata.name.clone(),
                         labels: n.spec.labels.clone(),
+                        capacity: n.status.capacity,
                         ..Default::default()
                     },
                 )
@@ -199,6 +363,8 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
             if t.spec.desired_state == TaskState::Running {
                 load.total += 1;
                 *load.per_service.entry(t.spec.service.clone()).or_default() += 1;
+                load.reserved
+                    .add(Reserved::of(&t.spec.resources.reservations));
             }
             load.host_ports.extend(
                 t.spec
@@ -239,6 +405,7 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
                     .map(|p| (p.published, p.protocol))
                     .collect(),
                 pin: t.pinned_node().map(str::to_string),
+                reserve: Reserved::of(&t.spec.resources.reservations),
             })
             .collect();
         let mut loads: Vec<NodeLoad> = loads.into_values().collect();
@@ -284,6 +451,7 @@ mod tests {
             constraints: vec![],
             host_ports: vec![],
             pin: None,
+            reserve: Reserved::default(),
         }
     }
 
@@ -390,6 +558,156 @@ mod tests {
             schedule(&[req("x", "api")], &mut []),
             vec![Decision::Pending(
                 "no suitable node (no ready and active nodes)".into()
+            )]
+        );
+    }
+
+    fn sized(name: &str, cpus: u64, mem: u64) -> NodeLoad {
+        NodeLoad {
+            capacity: Some(NodeCapacity {
+                cpus: Cpus(cpus),
+                memory: Memory(mem),
+            }),
+            ..node(name)
+        }
+    }
+
+    fn reserving(id: &str, cpus: u64, mem: u64) -> TaskRequest {
+        TaskRequest {
+            reserve: Reserved { cpus, memory: mem },
+            ..req(id, "big")
+        }
+    }
+
+    const GI: u64 = 1 << 30;
+
+    #[test]
+    fn fit_should_weigh_reservations_against_free_capacity() {
+        let cap = Some(NodeCapacity {
+            cpus: Cpus(2000),
+            memory: Memory(4 * GI),
+        });
+        let used = Reserved {
+            cpus: 1500,
+            memory: 3 * GI,
+        };
+        let want = |cpus, memory| Reserved { cpus, memory };
+        assert_eq!(fit(cap, used, want(500, GI)), Ok(()));
+        assert_eq!(
+            fit(cap, used, want(600, 0)),
+            Err(Some(Reserved {
+                cpus: 500,
+                memory: GI
+            }))
+        );
+        assert!(fit(cap, used, want(0, GI + 1)).is_err());
+        // No capacity reported: only tasks that reserve nothing.
+        assert_eq!(fit(None, Reserved::default(), want(0, 0)), Ok(()));
+        assert_eq!(fit(None, Reserved::default(), want(1, 0)), Err(None));
+        // Over-committed nodes (capacity lowered) have nothing free, without overflow.
+        assert!(fit(cap, want(9000, 9 * GI), want(1, 0)).is_err());
+        assert_eq!(fit(cap, want(9000, 9 * GI), want(0, 0)), Ok(()));
+    }
+
+    #[test]
+    fn shortfall_should_name_the_resource_and_the_most_free() {
+        let want = Reserved {
+            cpus: 0,
+            memory: 64 * GI,
+        };
+        let mut s = Shortfall::default();
+        for free in [3 * GI + GI / 5 + 1, GI, 2 * GI] {
+            s.record(
+                want,
+                Some(Reserved {
+                    cpus: 4000,
+                    memory: free,
+                }),
+            );
+        }
+        assert_eq!(
+            s.reasons(want),
+            vec!["insufficient resources on 3 nodes: memory 64Gi wanted, at most 3.2Gi free"]
+        );
+        let want = Reserved {
+            cpus: 4000,
+            memory: 64 * GI,
+        };
+        s.record(
+            want,
+            Some(Reserved {
+                cpus: 1500,
+                memory: 100 * GI,
+            }),
+        );
+        s.record(want, None);
+        assert_eq!(
+            s.reasons(want),
+            vec![
+                "insufficient resources on 4 nodes: memory 64Gi wanted, at most 3.2Gi free and cpus 4 wanted, at most 1.5 free",
+                "no capacity reported by 1 node (tasks that reserve resources go only to nodes that report theirs)"
+            ]
+        );
+        assert_eq!(human_memory(512 << 20), "512Mi");
+        assert_eq!(human_memory((3 * GI) + (GI / 5) + 1), "3.2Gi");
+        assert_eq!(human_memory(1023), "1023");
+        assert_eq!(human_memory(GI - 1), "1023.9Mi");
+    }
+
+    #[test]
+    fn scheduler_should_place_reservations_only_where_they_fit() {
+        let mut nodes = vec![sized("n1", 2000, 4 * GI), sized("n2", 1000, GI), node("n3")];
+        // 3Gi fits only n1; then n1 has 1Gi left, n2 1Gi: two more 1Gi tasks fit, not a third.
+        let tasks = vec![
+            reserving("a", 0, 3 * GI),
+            reserving("b", 0, GI),
+            reserving("c", 0, GI),
+            reserving("d", 0, GI),
+        ];
+        let d = schedule(&tasks, &mut nodes);
+        assert_eq!(assigned(&d)[..3], ["n1", "n2", "n1"]);
+        assert_eq!(
+            d[3],
+            Decision::Pending(
+                "no suitable node (insufficient resources on 2 nodes: memory 1Gi wanted, at most 0 free; \
+                 no capacity reported by 1 node (tasks that reserve resources go only to nodes that report theirs))"
+                    .into()
+            )
+        );
+        assert_eq!(nodes[0].reserved.memory, 4 * GI);
+        // Tasks that reserve nothing still go anywhere, n3 included.
+        let d = schedule(&[req("x", "small")], &mut nodes);
+        assert_eq!(assigned(&d), ["n3"]);
+        // CPUs count too.
+        let d = schedule(&[reserving("e", 2500, 0)], &mut nodes);
+        assert_eq!(
+            d[0],
+            Decision::Pending(
+                "no suitable node (insufficient resources on 2 nodes: cpus 2.5 wanted, at most 2 free; \
+                 no capacity reported by 1 node (tasks that reserve resources go only to nodes that report theirs))"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn scheduler_should_combine_the_reasons_of_every_filter() {
+        let mut a = sized("n1", 1000, GI);
+        a.labels.insert("zone".into(), "a".into());
+        let mut b = sized("n2", 1000, GI);
+        b.labels.insert("zone".into(), "a".into());
+        b.host_ports.insert((80, Protocol::Tcp));
+        let mut nodes = vec![a, b, sized("n3", 1000, GI)];
+        let mut t = reserving("t", 0, 2 * GI);
+        t.constraints = vec!["node.labels.zone==a".parse().unwrap()];
+        t.host_ports = vec![(80, Protocol::Tcp)];
+        assert_eq!(
+            schedule(&[t], &mut nodes),
+            vec![Decision::Pending(
+                "no suitable node (constraint node.labels.zone==a not met on 1 node; \
+                 host port 80 in use on 1 node; \
+                 insufficient resources on 1 node: memory 2Gi wanted, at most 1Gi free)"
+                    .into()
             )]
         );
     }

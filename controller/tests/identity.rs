@@ -422,6 +422,7 @@ async fn fake_agent(ca: &Ca, cert: &Issued, seen: Arc<Mutex<Vec<String>>>) -> St
                     exit_code: 0,
                     stdout: "hi\n".into(),
                     stderr: String::new(),
+                    truncated: false,
                 })
             }
         }),

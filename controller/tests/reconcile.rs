@@ -1,5 +1,5 @@
-//! Global services, placement constraints, host-port conflicts, and allocation failures
-//! that must show in a status (not panic, not loop).
+//! Global services, placement constraints, host-port conflicts, resource reservations, and
+//! allocation failures that must show in a status (not panic, not loop).
 
 mod common;
 
@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
+use shoal_api_types::resources::{Cpus, Memory, NodeCapacity};
 use shoal_api_types::{
     NetworkAttachmentConfig, NetworkSpec, NodeSpec, Placement, PortConfig, PublishMode,
     ServiceMode, ServiceSpec, TaskState,
@@ -211,6 +212,90 @@ async fn host_ports_should_be_unique_per_node_and_explain_pending_tasks() {
         !web_nodes.contains(&other[0].spec.node),
         "host port shared on one node"
     );
+    controller.stop().await;
+}
+
+fn reserving(replicas: i64, memory: &str) -> ServiceSpec {
+    let mut spec = replicated(replicas);
+    spec.resources.reservations.memory = Some(memory.parse().unwrap());
+    spec
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reservations_should_wait_for_capacity_and_go_on_when_it_frees_up() {
+    let (_etcd, store) = etcd().await;
+    let cap = |gi: u64| {
+        Some(NodeCapacity {
+            cpus: Cpus(2000),
+            memory: Memory(gi << 30),
+        })
+    };
+    let mut nodes = vec![];
+    for (i, name) in ["node-a", "node-b"].iter().enumerate() {
+        nodes.push(
+            HollowNode::start_with_capacity(
+                &store,
+                name,
+                i as u8 + 1,
+                &[],
+                Duration::from_secs(5),
+                cap(1),
+            )
+            .await,
+        );
+    }
+    let node = store
+        .get_named::<NodeSpec>("node-a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        node.status.capacity,
+        cap(1),
+        "the agent reports its capacity"
+    );
+    let controller = Controller::start(store.clone(), config());
+    // 768Mi each: one per node.
+    service(&store, "hog", reserving(2, "768Mi")).await;
+    let hogs = wait_running(&store, "hog", 2, T).await;
+    assert_eq!(per_node(&hogs).len(), 2);
+    service(&store, "api", reserving(1, "512Mi")).await;
+    let pending = wait_for(T, "api pending with a reason", || async {
+        live(&store, "api")
+            .await
+            .into_iter()
+            .find(|t| t.spec.node.is_none() && !t.spec.pending_reason.is_empty())
+    })
+    .await;
+    assert_eq!(
+        pending.spec.pending_reason,
+        "no suitable node (insufficient resources on 2 nodes: memory 512Mi wanted, at most 256Mi free)"
+    );
+    // Never more than a node holds, however long we wait.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(running(&store, "api").await.is_empty());
+
+    // A hog goes: its node's memory is free again, and api is placed there.
+    update_service(&store, "hog", |s| s.replicas = Some(1)).await;
+    let api = wait_running(&store, "api", 1, T).await;
+    let hog = wait_running(&store, "hog", 1, T).await;
+    assert_ne!(api[0].spec.node, hog[0].spec.node);
+
+    // A service bigger than any node waits until a node that can hold it joins.
+    service(&store, "huge", reserving(1, "2Gi")).await;
+    wait_for(T, "huge pending", || async {
+        live(&store, "huge")
+            .await
+            .into_iter()
+            .find(|t| t.spec.pending_reason.contains("memory 2Gi wanted"))
+    })
+    .await;
+    nodes.push(
+        HollowNode::start_with_capacity(&store, "node-c", 3, &[], Duration::from_secs(5), cap(4))
+            .await,
+    );
+    let huge = wait_running(&store, "huge", 1, T).await;
+    assert_eq!(huge[0].spec.node.as_deref(), Some("node-c"));
     controller.stop().await;
 }
 

@@ -25,6 +25,7 @@
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
+pub mod forward;
 mod host;
 pub mod records;
 mod server;
@@ -33,6 +34,7 @@ mod store;
 pub use error::DnsError;
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::RecordingDns;
+pub use forward::Forwarder;
 pub use host::{DnsHost, DnsServers};
 pub use records::{build_tables, normalize_name, Answer, NameEntry, NetworkRecords, QueryKind};
 pub use server::{parse_resolv_conf, DnsServer, DnsServerConfig, DNS_ADDR, TTL};

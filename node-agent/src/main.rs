@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use shoal_api_types::resources::{Cpus, Memory, NodeCapacity};
 use shoal_api_types::settings::ReservedPort;
-use shoal_node_agent::agent::{self, AgentConfig, ContainerTasks, NodeNetwork, TaskRuntime};
-use shoal_node_agent::hollow::{FleetConfig, HollowFleet, HollowRuntime};
+use shoal_node_agent::agent::{
+    self, capacity, AgentConfig, ContainerTasks, NodeNetwork, TaskRuntime,
+};
+use shoal_node_agent::hollow::{FleetConfig, HollowFleet, HollowRuntime, HOLLOW_CAPACITY};
 use shoal_node_agent::identity::{
     self, IdentityError, JoinRequest, PkiDir, Security, DEFAULT_PKI_DIR,
 };
@@ -72,6 +75,10 @@ struct ContainerdArgs {
     /// namespaces are /run/netns/shoal-<name>-<task> either way.
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
+    /// The most one image pull may take in all (e.g. 5m, 90s); a task whose pull passes it
+    /// fails with that reason.
+    #[arg(long, default_value = "5m", value_parser = shoal_api_types::duration::parse_duration, value_name = "DURATION")]
+    pull_timeout: Duration,
     /// Where to serve exec and logs to the API server (host:port); also published as the
     /// Node's agent endpoint unless --agent-endpoint says otherwise.
     #[arg(long, value_name = "ADDR")]
@@ -118,6 +125,7 @@ impl ContainerdArgs {
             max_size: self.log_max_size,
             max_files: self.log_max_files,
         };
+        config.pull_timeout = self.pull_timeout;
         config
             .plain_http_registries
             .extend(self.insecure_registries.iter().cloned());
@@ -213,6 +221,14 @@ struct Common {
     /// Revoke the lease on exit so the node goes down at once (tests).
     #[arg(long)]
     revoke_lease_on_exit: bool,
+    /// CPUs the node offers the scheduler (`4`, `0.5`, `500m`); default: what the agent
+    /// may use (available parallelism, its cgroup's cpu.max), or 64 for hollow nodes.
+    #[arg(long, value_name = "CPUS")]
+    capacity_cpus: Option<Cpus>,
+    /// Memory the node offers the scheduler (`8Gi`, `512M`); default: MemTotal, or the
+    /// agent's cgroup memory limit if lower, or 256Gi for hollow nodes.
+    #[arg(long, value_name = "SIZE")]
+    capacity_memory: Option<Memory>,
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +255,18 @@ impl Common {
             endpoints: self.etcd.clone(),
             root: Some(self.etcd_root.clone()),
             ..Default::default()
+        }
+    }
+
+    /// The capacity to report: the flags, over what is detected (or a hollow node's).
+    fn capacity(&self, hollow: bool) -> Option<NodeCapacity> {
+        if hollow {
+            Some(NodeCapacity {
+                cpus: self.capacity_cpus.unwrap_or(HOLLOW_CAPACITY.cpus),
+                memory: self.capacity_memory.unwrap_or(HOLLOW_CAPACITY.memory),
+            })
+        } else {
+            capacity::detect(self.capacity_cpus, self.capacity_memory)
         }
     }
 
@@ -314,9 +342,12 @@ async fn main() -> anyhow::Result<()> {
                 name_prefix: args.name_prefix,
                 first_index: args.first_index,
                 first_address: args.first_address,
-                agent: args
-                    .common
-                    .agent_config("hollow".into(), args.first_address.to_string()),
+                agent: AgentConfig {
+                    capacity: args.common.capacity(true),
+                    ..args
+                        .common
+                        .agent_config("hollow".into(), args.first_address.to_string())
+                },
             };
             let fleet = HollowFleet::spawn(&store, &config)?;
             tokio::select! {
@@ -364,6 +395,11 @@ async fn main() -> anyhow::Result<()> {
             let endpoint = server.as_ref().map(|s| s.endpoint(&address));
             let mut config = cli.common.agent_config(name, address);
             config.agent_endpoint = cli.agent_endpoint.or(endpoint);
+            config.capacity = cli.common.capacity(cli.runtime == RuntimeKind::Hollow);
+            match config.capacity {
+                Some(c) => tracing::info!(cpus = %c.cpus, memory = %c.memory, "node capacity"),
+                None => tracing::warn!("cannot tell the node's capacity; tasks that reserve resources will not be placed here (set --capacity-cpus and --capacity-memory)"),
+            }
             let server = server.map(AgentServer::spawn);
             let renewal = security
                 .renewer(&store, &base, &transport)

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! POST /v1/tasks/{id}/exec                {"argv": [...], "timeoutSeconds": 30}
-//!                                         -> {"exitCode": 3, "stdout": "...", "stderr": "..."}
+//!                                         -> {"exitCode": 3, "stdout": "...", "stderr": "...",
+//!                                             "truncated": true}  (each stream: its first
+//!                                             1 MiB, then a marker line; the rest dropped)
 //! GET  /v1/tasks/{id}/logs?follow&tail=N  the container's log file as text/plain
 //! GET  /healthz
 //! ```
@@ -51,6 +53,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::runtime::capture::EXEC_OUTPUT_LIMIT;
 use crate::runtime::{logs, ContainerRuntime, ContainerState, ExecOutput, RuntimeError};
 
 /// How often a followed log file is checked for growth.
@@ -400,7 +403,10 @@ async fn exec_in(state: &ServerState, id: &str, body: &[u8]) -> Result<Response,
         )));
     }
     tracing::info!(task = %id, argv = ?req.argv, "exec");
-    let out = match rt.exec(id, &req.argv, req.timeout()).await {
+    let out = match rt
+        .exec(id, &req.argv, req.timeout(), EXEC_OUTPUT_LIMIT)
+        .await
+    {
         Ok(out) => out,
         // As a shell (and `docker exec`) would: 127 when the command does not exist, 126
         // when it cannot be run, with the runtime's reason on stderr.
@@ -408,6 +414,7 @@ async fn exec_in(state: &ServerState, id: &str, body: &[u8]) -> Result<Response,
             exit_code: start_failure_code(&reason),
             stdout: Vec::new(),
             stderr: format!("shoal exec: {}: {reason}\n", req.argv[0]).into_bytes(),
+            truncated: false,
         },
         Err(e) => return Err(runtime_error(state, id, e)),
     };
@@ -415,6 +422,7 @@ async fn exec_in(state: &ServerState, id: &str, body: &[u8]) -> Result<Response,
         exit_code: out.exit_code,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        truncated: out.truncated,
     })
     .into_response())
 }

@@ -211,7 +211,7 @@ fn task(node: &str, id: &str, service: &str, image: &str, ip: &str, command: &[&
 async fn exec(rt: &ContainerdRuntime, id: &str, argv: &[&str]) -> (i32, String) {
     let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     let out = rt
-        .exec(id, &argv, Duration::from_secs(10))
+        .exec(id, &argv, Duration::from_secs(10), 1 << 20)
         .await
         .unwrap_or_else(|e| panic!("exec {argv:?} in {id}: {e}"));
     (

@@ -184,6 +184,61 @@ async fn dns_server_forwards_other_names_over_the_clients_transport() {
 }
 
 #[tokio::test]
+async fn forwarded_queries_past_the_namespace_limit_get_servfail_at_once() {
+    // An upstream that never answers: every forwarded query waits its whole deadline.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let upstream = silent.local_addr().unwrap();
+    let store = RecordStore::new();
+    let config = Arc::new(DnsServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstreams: vec![upstream],
+        forward_timeout: Duration::from_secs(3),
+        max_forwarded_in_flight: 2,
+        ..Default::default()
+    });
+    let server = DnsServer::start(None, store.view(&["appnet"]), config)
+        .await
+        .unwrap();
+    let addr = server.udp_addr();
+    let waiting: Vec<_> = (0..2)
+        .map(|i| {
+            tokio::spawn(
+                async move { ask_udp(addr, &format!("slow{i}.example."), RecordType::A).await },
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The third is over the limit: answered at once, long before the deadline.
+    let t0 = std::time::Instant::now();
+    let r = ask_udp(addr, "third.example.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    // The two in flight fail at their deadline; then the namespace may forward again.
+    for w in waiting {
+        assert_eq!(
+            w.await.unwrap().metadata.response_code,
+            ResponseCode::ServFail
+        );
+    }
+    let t0 = std::time::Instant::now();
+    let r = ask_udp(addr, "again.example.", RecordType::A).await;
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "it was forwarded this time"
+    );
+    // Every query went out through the shared pool: few source ports.
+    let mut ports = std::collections::HashSet::new();
+    let mut buf = [0u8; 512];
+    while let Ok(Ok((_, from))) =
+        tokio::time::timeout(Duration::from_millis(50), silent.recv_from(&mut buf)).await
+    {
+        ports.insert(from.port());
+    }
+    assert!(!ports.is_empty() && ports.len() <= 3, "{ports:?}");
+}
+
+#[tokio::test]
 async fn dns_server_truncates_big_udp_answers_and_serves_them_whole_over_tcp() {
     let store = RecordStore::new();
     let tasks: Vec<(String, String)> = (1..=100)

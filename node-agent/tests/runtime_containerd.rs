@@ -64,6 +64,30 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
     let again = rt.ensure_image(&busybox).await.unwrap();
     assert_eq!(again, info);
 
+    // A registry that accepts connections and never answers: the pull is abandoned at the
+    // deadline, with a reason that says so.
+    let stall = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stall_port = stall.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let conns: Vec<_> = stall.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(10));
+        drop(conns);
+    });
+    let mut cfg = env.config();
+    cfg.plain_http_registries
+        .push(format!("127.0.0.1:{stall_port}"));
+    cfg.pull_timeout = Duration::from_secs(1);
+    let slow_rt = ContainerdRuntime::connect(cfg).await.unwrap();
+    let t0 = Instant::now();
+    let e = slow_rt
+        .ensure_image(&format!("127.0.0.1:{stall_port}/stalled:1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RuntimeError::PullTimeout { .. }), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    eprintln!("as expected: {e}");
+    drop(held);
+
     // A command that prints and exits 3: exit code and log.
     rt.create(&spec(
         "hello",
@@ -152,7 +176,12 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
         ContainerState::Running
     );
     let out = rt
-        .exec("sleeper", &argv(&["hostname"]), Duration::from_secs(10))
+        .exec(
+            "sleeper",
+            &argv(&["hostname"]),
+            Duration::from_secs(10),
+            1 << 20,
+        )
         .await
         .expect("exec hostname");
     assert_eq!(out.exit_code, 0);
@@ -166,6 +195,7 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
                 "echo out $GREETING $HOSTNAME; echo err >&2; exit 4",
             ]),
             Duration::from_secs(10),
+            1 << 20,
         )
         .await
         .unwrap();
@@ -177,6 +207,7 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
             "sleeper",
             &argv(&["cat", "/etc/resolv.conf", "/etc/hosts"]),
             Duration::from_secs(10),
+            1 << 20,
         )
         .await
         .unwrap();
@@ -189,6 +220,7 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
             "sleeper",
             &argv(&["ls", "/sys/class/net"]),
             Duration::from_secs(10),
+            1 << 20,
         )
         .await
         .unwrap();
@@ -199,10 +231,37 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
             "sleeper",
             &argv(&["sleep", "30"]),
             Duration::from_millis(500),
+            1 << 20,
         )
         .await
         .unwrap_err();
     assert!(matches!(e, RuntimeError::Timeout { .. }), "{e}");
+    // Output over the cap is cut with a marker saying how much there was; the rest is
+    // drained, not held, and the command is not held up either.
+    let started = std::time::Instant::now();
+    let out = rt
+        .exec(
+            "sleeper",
+            &argv(&["sh", "-c", "yes | head -c 20000000; echo done >&2"]),
+            Duration::from_secs(30),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0);
+    assert!(out.truncated);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.len(),
+        (1 << 20) + "[output truncated: 20000000 bytes, 1048576 kept]\n".len()
+    );
+    assert!(
+        text.ends_with("y\ny\n[output truncated: 20000000 bytes, 1048576 kept]\n"),
+        "{}",
+        &text[text.len() - 100..]
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "done\n");
+    eprintln!("20 MB exec took {:?}", started.elapsed());
 
     // Joining a given network namespace (as the agent does with the task's netns).
     let ns = env.namespace.clone();
@@ -222,6 +281,7 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
             "joined",
             &argv(&["readlink", "/proc/self/ns/net"]),
             Duration::from_secs(10),
+            1 << 20,
         )
         .await
         .unwrap();

@@ -35,6 +35,7 @@ async fn sh(rt: &ContainerdRuntime, id: &str, script: &str) -> (i32, String) {
             id,
             &["sh".into(), "-c".into(), script.into()],
             Duration::from_secs(20),
+            1 << 20,
         )
         .await
         .unwrap_or_else(|e| panic!("exec {script:?} in {id}: {e}"));

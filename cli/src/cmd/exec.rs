@@ -1,6 +1,7 @@
 //! `shoal exec TASK -- CMD [ARGS...]`: runs a command in a running task through the API
 //! server (which asks the task's node agent), prints its stdout on stdout and its stderr
-//! on stderr, and exits with the command's exit status.
+//! on stderr, and exits with the command's exit status. Each stream is cut after its first
+//! MiB (a marker line says how much there was), and a note on stderr says so.
 
 use std::io::Write;
 
@@ -22,6 +23,14 @@ pub async fn run(client: &Client, a: &ExecArgs, out: &mut dyn Write) -> Result<(
     out.flush()?;
     let mut err = std::io::stderr();
     err.write_all(resp.stderr.as_bytes())?;
+    if resp.truncated {
+        writeln!(
+            err,
+            "shoal exec: output truncated (each stream keeps its first {} bytes; redirect \
+             to a file in the task for more)",
+            shoal_api_types::exec::MAX_EXEC_OUTPUT_BYTES
+        )?;
+    }
     err.flush()?;
     if resp.exit_code != 0 {
         return Err(ExitWith(resp.exit_code).into());

@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use shoal_api_types::exec::MAX_EXEC_RESPONSE_BYTES;
 use shoal_api_types::{ExecRequest, ExecResponse, LogOptions, Node, Status, Task, TaskState};
 use shoal_store::Store;
 
@@ -361,7 +362,22 @@ impl Agents {
             })
             .await?;
         let code = resp.status().as_u16();
-        let body = resp.text().await.map_err(|e| unreachable(target, &e))?;
+        // The agent caps each stream; an answer beyond what that allows is refused, never
+        // buffered.
+        let body = read_at_most(resp, MAX_EXEC_RESPONSE_BYTES)
+            .await
+            .map_err(|e| match e {
+                Limited::Http(e) => unreachable(target, &e),
+                Limited::TooLarge => Status::new(
+                    502,
+                    "BadGateway",
+                    format!(
+                        "the agent of node {} answered exec with more than {MAX_EXEC_RESPONSE_BYTES} bytes",
+                        target.node
+                    ),
+                ),
+            })?;
+        let body = String::from_utf8_lossy(&body);
         if !(200..300).contains(&code) {
             return Err(agent_failure(target, code, &body, true));
         }
@@ -400,6 +416,33 @@ impl Agents {
         let body = resp.text().await.unwrap_or_default();
         Err(agent_failure(target, code, &body, false))
     }
+}
+
+/// Why [`read_at_most`] stopped.
+#[derive(Debug)]
+pub enum Limited {
+    /// The transfer failed.
+    Http(reqwest::Error),
+    /// The body is longer than allowed.
+    TooLarge,
+}
+
+/// Reads `resp`'s body, refusing (and no longer reading) one longer than `limit` bytes.
+pub async fn read_at_most(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, Limited> {
+    use futures::StreamExt;
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(Limited::TooLarge);
+    }
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(Limited::Http)?;
+        if body.len() + chunk.len() > limit {
+            return Err(Limited::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 #[cfg(test)]

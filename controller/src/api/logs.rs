@@ -11,7 +11,8 @@
 //!
 //! Tasks that cannot be read (node down, agent unreachable) do not fail a service's logs
 //! as long as one task can be read; each is named in an `x-shoal-warning` header instead.
-//! `tail` applies per task.
+//! `tail` applies per task. Lines longer than [`MAX_LOG_LINE`] are split (each piece
+//! prefixed), so what is held of an unfinished line is bounded per task.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -73,11 +74,74 @@ fn has_logs(task: &Task) -> bool {
     task.spec.node.is_some() && task.status.state >= TaskState::Starting
 }
 
+/// The longest line a service's log stream passes whole: a longer one is split into
+/// pieces of this size, each on its own prefixed line (as Docker splits at 16 KiB), so the
+/// partial line held per task never grows past it.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// Cuts a byte stream into lines of at most `max` bytes (plus the newline), holding at
+/// most `max` bytes of an unfinished line between chunks.
+#[derive(Debug)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+    max: usize,
+}
+
+impl LineSplitter {
+    /// A splitter of lines of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
+        LineSplitter {
+            partial: Vec::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// The whole lines `chunk` completes (each ending with a newline), possibly none.
+    pub fn push(&mut self, mut chunk: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        while !chunk.is_empty() {
+            let room = self.max - self.partial.len();
+            // One byte past the room: a newline right after a full line ends it.
+            let window = &chunk[..chunk.len().min(room + 1)];
+            match window.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    out.extend_from_slice(&self.partial);
+                    out.extend_from_slice(&window[..=i]);
+                    self.partial.clear();
+                    chunk = &chunk[i + 1..];
+                }
+                None if window.len() > room => {
+                    // More than a line's worth without a newline: cut it at the cap.
+                    out.extend_from_slice(&self.partial);
+                    out.extend_from_slice(&window[..room]);
+                    out.push(b'\n');
+                    self.partial.clear();
+                    chunk = &chunk[room..];
+                }
+                None => {
+                    self.partial.extend_from_slice(window);
+                    chunk = &[];
+                }
+            }
+        }
+        out
+    }
+
+    /// What is left of an unfinished line, with a newline (None if nothing is).
+    pub fn finish(mut self) -> Option<Vec<u8>> {
+        if self.partial.is_empty() {
+            return None;
+        }
+        self.partial.push(b'\n');
+        Some(self.partial)
+    }
+}
+
 /// Prefixes every line of `src` with `label | ` and sends whole lines to `tx`.
 async fn pump(label: String, resp: reqwest::Response, tx: mpsc::Sender<Chunk>) {
     let prefix = format!("{label} | ");
     let mut stream = resp.bytes_stream();
-    let mut partial: Vec<u8> = Vec::new();
+    let mut lines = LineSplitter::new(MAX_LOG_LINE);
     loop {
         // A client that went away ends the agent's stream too, even while it is quiet.
         let chunk = tokio::select! {
@@ -85,20 +149,20 @@ async fn pump(label: String, resp: reqwest::Response, tx: mpsc::Sender<Chunk>) {
             _ = tx.closed() => return,
         };
         let Some(Ok(chunk)) = chunk else { break };
-        partial.extend_from_slice(&chunk);
-        let Some(last) = partial.iter().rposition(|&b| b == b'\n') else {
+        let whole = lines.push(&chunk);
+        if whole.is_empty() {
             continue;
-        };
-        let rest = partial.split_off(last + 1);
-        let out = prefix_lines(&prefix, &partial);
-        partial = rest;
-        if tx.send(Ok(out.into())).await.is_err() {
+        }
+        if tx
+            .send(Ok(prefix_lines(&prefix, &whole).into()))
+            .await
+            .is_err()
+        {
             return;
         }
     }
-    if !partial.is_empty() {
-        partial.push(b'\n');
-        let _ = tx.send(Ok(prefix_lines(&prefix, &partial).into())).await;
+    if let Some(rest) = lines.finish() {
+        let _ = tx.send(Ok(prefix_lines(&prefix, &rest).into())).await;
     }
 }
 
@@ -221,5 +285,39 @@ mod tests {
             b"api.1@node-2 | a\napi.1@node-2 | b\n".to_vec()
         );
         assert_eq!(prefix_lines("p | ", b"\n"), b"p | \n".to_vec());
+    }
+
+    #[test]
+    fn lines_are_cut_at_newlines_and_at_the_cap() {
+        let mut l = LineSplitter::new(4);
+        assert_eq!(l.push(b"ab"), b"");
+        assert_eq!(l.push(b"c\nde"), b"abc\n");
+        // "de" + "fgh" without a newline: cut after 4 bytes.
+        assert_eq!(l.push(b"fgh"), b"defg\n");
+        assert_eq!(l.push(b"\n"), b"h\n");
+        assert_eq!(l.push(b"\n\n"), b"\n\n");
+        // A long run without newlines never makes the held part grow past the cap.
+        let out = l.push(&[b'x'; 10]);
+        assert_eq!(out, b"xxxx\nxxxx\n");
+        assert!(l.partial.len() <= 4);
+        assert_eq!(l.finish(), Some(b"xx\n".to_vec()));
+        assert_eq!(LineSplitter::new(4).finish(), None);
+        // A line of exactly the cap, then its newline: one line, no empty piece.
+        let mut l = LineSplitter::new(4);
+        assert_eq!(l.push(b"abcd"), b"");
+        assert_eq!(l.push(b"\n"), b"abcd\n");
+    }
+
+    #[test]
+    fn a_huge_line_is_held_at_most_the_cap() {
+        let mut l = LineSplitter::new(MAX_LOG_LINE);
+        let mut out_lines = 0;
+        for _ in 0..1000 {
+            let out = l.push(&[b'y'; 64 * 1024]);
+            out_lines += out.iter().filter(|&&b| b == b'\n').count();
+            assert!(l.partial.len() <= MAX_LOG_LINE);
+        }
+        assert_eq!(out_lines, 1000 * 64 * 1024 / MAX_LOG_LINE - 1);
+        assert_eq!(l.finish().unwrap().len(), MAX_LOG_LINE + 1);
     }
 }

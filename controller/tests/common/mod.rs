@@ -204,12 +204,25 @@ impl HollowNode {
         labels: &[(&str, &str)],
         ttl: Duration,
     ) -> HollowNode {
+        Self::start_with_capacity(store, name, index, labels, ttl, None).await
+    }
+
+    /// As [`HollowNode::start`], reporting `capacity` in the Node's status.
+    pub async fn start_with_capacity(
+        store: &Store,
+        name: &str,
+        index: u8,
+        labels: &[(&str, &str)],
+        ttl: Duration,
+        capacity: Option<shoal_api_types::resources::NodeCapacity>,
+    ) -> HollowNode {
         if !labels.is_empty() {
             label_node(store, name, labels).await;
         }
         let config = AgentConfig {
             lease_ttl: ttl,
             revoke_lease_on_exit: true,
+            capacity,
             ..AgentConfig::new(name, format!("198.18.0.{index}"))
         };
         let agent = Agent::build(config, store.clone(), Arc::new(HollowRuntime::new()))

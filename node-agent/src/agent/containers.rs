@@ -38,6 +38,7 @@ use super::network::NodeNetwork;
 use super::task_runtime::{
     BackgroundContext, ClusterCaches, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
 };
+use crate::runtime::capture::HEALTH_OUTPUT_LIMIT;
 use crate::runtime::{
     labels, ContainerRuntime, ContainerSpec, ContainerState, DnsConfig, ErrorClass, Limits,
     RuntimeError,
@@ -59,7 +60,8 @@ struct Inner {
     /// Health of tasks with a check, while its loop runs.
     health: Mutex<HashMap<String, bool>>,
     /// Tasks stopped because their health check kept failing.
-    unhealthy: Mutex<std::collections::HashSet<String>>,
+    /// Tasks stopped for failing their health check, with the last check's output.
+    unhealthy: Mutex<HashMap<String, String>>,
 }
 
 impl ContainerTasks {
@@ -180,6 +182,32 @@ impl ContainerTasks {
     }
 }
 
+/// Most characters of a health check's output kept for the task's status message.
+pub const HEALTH_MESSAGE_CHARS: usize = 512;
+
+/// A health check's output for a status message: stdout then stderr on one line,
+/// whitespace collapsed, at most [`HEALTH_MESSAGE_CHARS`] characters (the capture itself
+/// held at most [`HEALTH_OUTPUT_LIMIT`] bytes of each).
+pub fn health_message(stdout: &[u8], stderr: &[u8]) -> String {
+    let text = format!(
+        "{} {}",
+        String::from_utf8_lossy(stdout),
+        String::from_utf8_lossy(stderr)
+    );
+    let mut out = String::new();
+    for (i, word) in text.split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(word);
+        if out.chars().count() > HEALTH_MESSAGE_CHARS {
+            let cut: String = out.chars().take(HEALTH_MESSAGE_CHARS).collect();
+            return cut + "…";
+        }
+    }
+    out
+}
+
 impl ContainerTasks {
     /// Runs the task's health check every interval while its container runs (see
     /// [`super::health`]); a change of health wakes the converge loop, which reports it.
@@ -195,10 +223,17 @@ impl ContainerTasks {
         tokio::spawn(async move {
             let started = tokio::time::Instant::now();
             let mut state = initial;
+            let mut last_output = String::new();
             loop {
-                let result = inner.runtime.exec(&id, &probe.command, probe.timeout).await;
+                let result = inner
+                    .runtime
+                    .exec(&id, &probe.command, probe.timeout, HEALTH_OUTPUT_LIMIT)
+                    .await;
                 let passed = match result {
-                    Ok(out) => out.exit_code == 0,
+                    Ok(out) => {
+                        last_output = health_message(&out.stdout, &out.stderr);
+                        out.exit_code == 0
+                    }
                     Err(e) => {
                         let running = matches!(
                             inner.runtime.status(&id).await,
@@ -222,7 +257,7 @@ impl ContainerTasks {
                         .unhealthy
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(id.clone());
+                        .insert(id.clone(), std::mem::take(&mut last_output));
                     inner
                         .health
                         .lock()
@@ -408,9 +443,15 @@ impl TaskRuntime for ContainerTasks {
                 .unhealthy
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(&c.id)
-                .then(|| {
-                    "task unhealthy: its health check kept failing, so it was stopped".to_string()
+                .get(&c.id)
+                .map(|output| {
+                    let mut why =
+                        "task unhealthy: its health check kept failing, so it was stopped"
+                            .to_string();
+                    if !output.is_empty() {
+                        why.push_str(&format!(" (last output: {output})"));
+                    }
+                    why
                 });
             observed.push(ObservedTask {
                 id,

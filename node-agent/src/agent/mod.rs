@@ -26,6 +26,7 @@
 //! never writes a Node's `spec`.
 
 pub mod apply;
+pub mod capacity;
 pub mod cluster;
 pub mod containers;
 pub mod converge;
@@ -44,6 +45,7 @@ use std::time::Duration;
 
 use shoal_api_types::endpoints::EndpointsSpec;
 use shoal_api_types::network::NetworkSpec;
+use shoal_api_types::resources::NodeCapacity;
 use shoal_api_types::{ClusterSettingsSpec, NodeSpec};
 use shoal_store::{Lease, Store};
 use tokio::sync::watch;
@@ -79,6 +81,10 @@ pub struct AgentConfig {
     pub revoke_lease_on_exit: bool,
     /// Runtime operations that may run at once.
     pub concurrency: usize,
+    /// What the node offers the scheduler, written to `Node.status.capacity` (None: not
+    /// reported; then only tasks that reserve nothing are placed here). See
+    /// [`capacity::detect`].
+    pub capacity: Option<NodeCapacity>,
 }
 
 impl AgentConfig {
@@ -94,6 +100,7 @@ impl AgentConfig {
             watch_progress_every: Duration::from_secs(60),
             revoke_lease_on_exit: false,
             concurrency: 16,
+            capacity: None,
         }
     }
 }
@@ -218,6 +225,7 @@ impl Agent {
             ttl: config.lease_ttl,
             check_every: config.check_every,
             revoke_on_exit: config.revoke_lease_on_exit,
+            capacity: config.capacity,
         };
         let prefix = store.keys().node_tasks(&config.name);
         let background = BackgroundContext {

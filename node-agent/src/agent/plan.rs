@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use shoal_api_types::service::MAX_STOP_GRACE_PERIOD_SECONDS;
 use shoal_api_types::{Memory, Task, TaskState};
 
 use super::task_runtime::{ObservedState, ObservedTask};
@@ -189,7 +190,14 @@ fn plan_task(task: &Task, observed: Option<&ObservedTask>) -> Option<Op> {
     let id = task.name().to_string();
     let current = task.status.state;
     let desired = task.spec.desired_state;
-    let grace = Duration::from_secs(task.spec.stop_grace_period_seconds.into());
+    // Validation refuses more than the maximum; a task written around it (an older
+    // controller, a hand-edited key) is still not allowed to hold a stop for hours.
+    let grace = Duration::from_secs(
+        task.spec
+            .stop_grace_period_seconds
+            .min(MAX_STOP_GRACE_PERIOD_SECONDS)
+            .into(),
+    );
     let report = |update: StatusUpdate| {
         Some(Op::Report {
             id: id.clone(),
@@ -447,6 +455,19 @@ mod tests {
         assert_eq!(
             plan(&[task("t1", RUN, RUN)], &[created("t1")]),
             vec![report("t1", gone)]
+        );
+    }
+
+    #[test]
+    fn plan_should_clamp_the_stop_grace_period() {
+        let mut t = task("t1", SHUT, RUN);
+        t.spec.stop_grace_period_seconds = 86_400;
+        assert_eq!(
+            plan(&[t], &[running("t1")]),
+            vec![Op::Stop {
+                id: "t1".into(),
+                grace: Duration::from_secs(MAX_STOP_GRACE_PERIOD_SECONDS.into()),
+            }]
         );
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Registering grants an etcd lease, keeps it alive, binds the liveness key
 //! (`leases/nodes/<node>`, value: the lease id in hex) to it, and writes the Node's status
-//! (`ready`, address, runtime, lease, registeredAt; the controller's `ingressAddress` is kept)
+//! (`ready`, address, runtime, lease, registeredAt, capacity; the controller's
+//! `ingressAddress` is kept)
 //! — creating the Node with a default spec
 //! if it does not exist. Users own the spec (labels, availability); it is never written.
 //!
@@ -15,6 +16,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use shoal_api_types::resources::NodeCapacity;
 use shoal_api_types::{Node, NodeSpec, NodeState, NodeStatus};
 use shoal_store::{Lease, LeaseKeeper, Store, StoreError};
 use tokio::sync::watch;
@@ -32,6 +34,7 @@ pub(crate) struct Registration {
     pub ttl: Duration,
     pub check_every: Duration,
     pub revoke_on_exit: bool,
+    pub capacity: Option<NodeCapacity>,
 }
 
 /// The lease id as written to the liveness key and `Node.status.lease`.
@@ -136,7 +139,7 @@ impl Registration {
             registered_at: Some(Utc::now()),
             message: String::new(),
             ingress_address: String::new(),
-            capacity: None,
+            capacity: self.capacity,
         }
     }
 

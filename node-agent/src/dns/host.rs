@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::error::DnsError;
+use super::forward::Forwarder;
 use super::server::{DnsServer, DnsServerConfig};
 use super::store::RecordStore;
 
@@ -30,6 +31,7 @@ pub trait DnsServers: Send + Sync {
 pub struct DnsHost {
     store: RecordStore,
     config: Arc<DnsServerConfig>,
+    forwarder: Arc<Forwarder>,
     servers: tokio::sync::Mutex<HashMap<String, DnsServer>>,
 }
 
@@ -39,6 +41,7 @@ impl DnsHost {
         DnsHost {
             store,
             config: Arc::new(config),
+            forwarder: Arc::new(Forwarder::new()),
             servers: Default::default(),
         }
     }
@@ -61,8 +64,13 @@ impl DnsServers for DnsHost {
                 old.shutdown().await;
             }
         }
-        let server =
-            DnsServer::start(Some(netns), self.store.view(networks), self.config.clone()).await?;
+        let server = DnsServer::start_shared(
+            Some(netns),
+            self.store.view(networks),
+            self.config.clone(),
+            self.forwarder.clone(),
+        )
+        .await?;
         servers.insert(key.to_owned(), server);
         Ok(())
     }

@@ -16,7 +16,10 @@
 //! gets a config with no upstreams: REFUSED at once. The client's query bytes are forwarded
 //! unchanged over the client's transport (UDP, or TCP after a truncated answer) with one
 //! overall deadline shared by the upstreams in order; the reply is relayed, SERVFAIL when no
-//! upstream answered in time.
+//! upstream answered in time. UDP queries go out through the agent's shared socket pool
+//! ([`super::forward::Forwarder`]), not a socket each; and one namespace has at most
+//! [`DnsServerConfig::max_forwarded_in_flight`] forwarded queries in flight (64 by default):
+//! past that, SERVFAIL at once, so one task cannot tie up the agent's sockets or memory.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -37,6 +40,7 @@ use hickory_server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::error::DnsError;
+use super::forward::Forwarder;
 use super::records::{Answer, QueryKind};
 use super::store::View;
 use crate::net::netns::run_in;
@@ -60,6 +64,9 @@ pub struct DnsServerConfig {
     pub forward_timeout: Duration,
     /// A TCP client that sends nothing for this long is disconnected.
     pub tcp_idle_timeout: Duration,
+    /// Forwarded queries one namespace may have in flight; more are answered SERVFAIL at
+    /// once.
+    pub max_forwarded_in_flight: usize,
 }
 
 impl Default for DnsServerConfig {
@@ -69,6 +76,7 @@ impl Default for DnsServerConfig {
             upstreams: Vec::new(),
             forward_timeout: Duration::from_secs(2),
             tcp_idle_timeout: Duration::from_secs(5),
+            max_forwarded_in_flight: 64,
         }
     }
 }
@@ -118,6 +126,8 @@ pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
 struct Handler {
     view: View,
     config: Arc<DnsServerConfig>,
+    forwarder: Arc<Forwarder>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 fn failure(request: &Request, code: ResponseCode) -> ResponseInfo {
@@ -234,13 +244,24 @@ impl Handler {
                     .send_response(builder().build_no_records(error(ResponseCode::Refused)))
                     .await
             }
-            Answer::Forward => match forward(
-                &self.config,
-                request.as_slice(),
-                request.protocol() == Protocol::Tcp,
-            )
-            .await
-            {
+            Answer::Forward => match match self.in_flight.clone().try_acquire_owned() {
+                Ok(_permit) => {
+                    forward(
+                        &self.config,
+                        &self.forwarder,
+                        request.as_slice(),
+                        request.protocol() == Protocol::Tcp,
+                    )
+                    .await
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        limit = self.config.max_forwarded_in_flight,
+                        "dns: too many forwarded queries in flight in this namespace"
+                    );
+                    None
+                }
+            } {
                 Some(reply) => {
                     let mut m = reply.metadata;
                     m.id = request.metadata.id;
@@ -267,7 +288,12 @@ impl Handler {
 
 /// Ask the upstreams in order within the config's overall deadline; the first parseable
 /// reply with the query's id wins.
-async fn forward(config: &DnsServerConfig, query: &[u8], tcp: bool) -> Option<Message> {
+async fn forward(
+    config: &DnsServerConfig,
+    forwarder: &Forwarder,
+    query: &[u8],
+    tcp: bool,
+) -> Option<Message> {
     let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
     let deadline = tokio::time::Instant::now() + config.forward_timeout;
     let n = config.upstreams.len() as u32;
@@ -281,7 +307,7 @@ async fn forward(config: &DnsServerConfig, query: &[u8], tcp: bool) -> Option<Me
             if tcp {
                 forward_tcp(*upstream, query).await
             } else {
-                forward_udp(*upstream, query, id).await
+                forwarder.query(*upstream, query).await
             }
         };
         match tokio::time::timeout(share, attempt).await {
@@ -295,25 +321,6 @@ async fn forward(config: &DnsServerConfig, query: &[u8], tcp: bool) -> Option<Me
         }
     }
     None
-}
-
-async fn forward_udp(upstream: SocketAddr, query: &[u8], id: u16) -> io::Result<Vec<u8>> {
-    let bind: SocketAddr = if upstream.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = tokio::net::UdpSocket::bind(bind).await?;
-    sock.connect(upstream).await?;
-    sock.send(query).await?;
-    let mut buf = vec![0u8; 65535];
-    loop {
-        let n = sock.recv(&mut buf).await?;
-        if n >= 12 && u16::from_be_bytes([buf[0], buf[1]]) == id {
-            buf.truncate(n);
-            return Ok(buf);
-        }
-    }
 }
 
 async fn forward_tcp(upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
@@ -408,6 +415,17 @@ impl DnsServer {
         view: View,
         config: Arc<DnsServerConfig>,
     ) -> Result<Self, DnsError> {
+        Self::start_shared(netns, view, config, Arc::new(Forwarder::new())).await
+    }
+
+    /// As [`DnsServer::start`], forwarding through `forwarder` (shared by the agent's
+    /// servers).
+    pub async fn start_shared(
+        netns: Option<&Path>,
+        view: View,
+        config: Arc<DnsServerConfig>,
+        forwarder: Arc<Forwarder>,
+    ) -> Result<Self, DnsError> {
         let (udp, tcp) = bind_in_netns(netns, config.listen).await?;
         let io = |e: io::Error| DnsError::Io {
             what: "register socket",
@@ -420,7 +438,15 @@ impl DnsServer {
         let tcp = tokio::net::TcpListener::from_std(tcp).map_err(io)?;
         let networks = view.networks().to_vec();
         let tcp_timeout = config.tcp_idle_timeout;
-        let mut server = Server::new(Handler { view, config });
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(
+            config.max_forwarded_in_flight.max(1),
+        ));
+        let mut server = Server::new(Handler {
+            view,
+            config,
+            forwarder,
+            in_flight,
+        });
         server.register_socket(udp);
         server.register_listener(tcp, tcp_timeout, 32);
         Ok(DnsServer {

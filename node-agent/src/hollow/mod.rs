@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use shoal_store::{Lease, Store};
 
+pub use crate::agent::capacity::HOLLOW_CAPACITY;
 use crate::agent::{Agent, AgentConfig, AgentError, AgentHandle};
 
 pub(crate) mod runtime;
@@ -32,7 +33,8 @@ pub struct FleetConfig {
     pub first_index: usize,
     /// The first node's address; each next node gets the next address.
     pub first_address: Ipv4Addr,
-    /// Settings shared by every agent (its name and address are replaced).
+    /// Settings shared by every agent (its name and address are replaced); the capacity
+    /// each node reports is `agent.capacity` ([`HOLLOW_CAPACITY`] by default).
     pub agent: AgentConfig,
 }
 
@@ -44,7 +46,10 @@ impl FleetConfig {
             name_prefix: "hollow-".into(),
             first_index: 1,
             first_address: Ipv4Addr::new(198, 19, 0, 1),
-            agent: AgentConfig::new("hollow", "198.19.0.1"),
+            agent: AgentConfig {
+                capacity: Some(HOLLOW_CAPACITY),
+                ..AgentConfig::new("hollow", "198.19.0.1")
+            },
         }
     }
 }

@@ -35,12 +35,15 @@ pub trait ContainerRuntime: Send + Sync {
     /// Waits until the container's main process exits; returns its exit code.
     async fn wait(&self, id: &str) -> Result<i32, RuntimeError>;
     /// Runs `argv` inside the running container (its env, cwd, user and capabilities),
-    /// waits up to `timeout` (then kills it), and returns its exit code and output.
+    /// waits up to `timeout` (then kills it), and returns its exit code and output: at most
+    /// `max_output` bytes of each stream, then a marker line (the rest is read and dropped,
+    /// never held; see [`super::capture`]).
     async fn exec(
         &self,
         id: &str,
         argv: &[String],
         timeout: Duration,
+        max_output: usize,
     ) -> Result<ExecOutput, RuntimeError>;
     /// Resolves when one of our containers' main processes may have exited since the call
     /// began (or the runtime lost track and the caller should re-list), so the agent

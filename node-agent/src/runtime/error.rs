@@ -115,6 +115,14 @@ pub enum RuntimeError {
         /// The limit.
         after: Duration,
     },
+    /// An image pull did not finish within the agent's pull deadline.
+    #[error("pulling image {reference} did not finish within {} (the agent's --pull-timeout); the registry is too slow or the image too large", humantime::format_duration(*after))]
+    PullTimeout {
+        /// The image.
+        reference: String,
+        /// The deadline.
+        after: Duration,
+    },
     /// A local file operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -137,6 +145,7 @@ impl RuntimeError {
             RuntimeError::RegistryUnreachable { .. }
             | RuntimeError::Unavailable { .. }
             | RuntimeError::Timeout { .. }
+            | RuntimeError::PullTimeout { .. }
             | RuntimeError::Io { .. } => true,
             RuntimeError::Registry { temporary, .. } => *temporary,
             RuntimeError::Containerd { code, .. } => matches!(

@@ -345,6 +345,7 @@ impl ContainerRuntime for FakeRuntime {
         id: &str,
         argv: &[String],
         _timeout: Duration,
+        max_output: usize,
     ) -> Result<ExecOutput, RuntimeError> {
         let mut st = self.lock();
         st.calls.push(Call::Exec(id.to_string(), argv.to_vec()));
@@ -359,7 +360,23 @@ impl ContainerRuntime for FakeRuntime {
             });
         }
         if let Some(out) = st.exec_results.get(id) {
-            return Ok(out.clone());
+            // Cut as a real runtime would.
+            let cut = |b: &[u8]| {
+                crate::runtime::capture::Capture {
+                    kept: b[..b.len().min(max_output)].to_vec(),
+                    total: b.len() as u64,
+                    complete: true,
+                }
+                .into_output()
+            };
+            let (stdout, a) = cut(&out.stdout);
+            let (stderr, b) = cut(&out.stderr);
+            return Ok(ExecOutput {
+                exit_code: out.exit_code,
+                stdout,
+                stderr,
+                truncated: a || b,
+            });
         }
         if argv.first().map(String::as_str) == Some("hostname") {
             let hostname = format!("{}\n", c.spec.hostname);
@@ -367,6 +384,7 @@ impl ContainerRuntime for FakeRuntime {
                 exit_code: 0,
                 stdout: hostname.into_bytes(),
                 stderr: Vec::new(),
+                truncated: false,
             });
         }
         Ok(ExecOutput::default())
@@ -412,7 +430,12 @@ mod tests {
             ContainerState::Running
         );
         let out = rt
-            .exec("c1", &["hostname".to_string()], Duration::from_secs(1))
+            .exec(
+                "c1",
+                &["hostname".to_string()],
+                Duration::from_secs(1),
+                1024,
+            )
             .await
             .unwrap();
         assert_eq!(out.stdout, b"api.1\n");

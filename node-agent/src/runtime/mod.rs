@@ -25,6 +25,7 @@
 //! - Errors name what failed (image, registry, container) and say whether retrying can help
 //!   ([`RuntimeError::is_temporary`]).
 
+pub mod capture;
 pub mod containerd;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;

@@ -184,4 +184,7 @@ pub struct ExecOutput {
     pub stdout: Vec<u8>,
     /// What it wrote to stderr.
     pub stderr: Vec<u8>,
+    /// Whether either stream was cut at the caller's limit (each then ends with a marker
+    /// line, see [`super::capture`]).
+    pub truncated: bool,
 }

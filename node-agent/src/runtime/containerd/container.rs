@@ -17,10 +17,10 @@ use containerd_client::services::v1::{
 use containerd_client::tonic::Code;
 use containerd_client::types::v1::Status as TaskStatus;
 use containerd_client::types::Mount;
-use tokio::io::AsyncReadExt;
 
 use super::{found, status_err, ContainerdRuntime};
 use crate::runtime::api::ContainerRuntime;
+use crate::runtime::capture;
 use crate::runtime::error::{validate_container_id, RuntimeError};
 use crate::runtime::labels::{LABEL_IMAGE, LABEL_MANAGED};
 use crate::runtime::spec;
@@ -120,6 +120,7 @@ impl ContainerdRuntime {
         exec_id: &str,
         argv: &[String],
         timeout: Duration,
+        max_output: usize,
         dir: &Path,
     ) -> Result<ExecOutput, RuntimeError> {
         let container = self
@@ -151,18 +152,19 @@ impl ContainerdRuntime {
                 .open_receiver(p)
                 .map_err(|e| RuntimeError::io(p, e))
         };
-        let mut out_rx = open(&out_path)?;
-        let mut err_rx = open(&err_path)?;
-        let out_task = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let _ = out_rx.read_to_end(&mut buf).await;
-            buf
-        });
-        let err_task = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let _ = err_rx.read_to_end(&mut buf).await;
-            buf
-        });
+        // Read as the command writes (a full FIFO would stall it), keeping only the first
+        // `max_output` bytes of each stream.
+        let (out_seen, err_seen) = (capture::Shared::default(), capture::Shared::default());
+        let out_task = tokio::spawn(capture::capture_into(
+            open(&out_path)?,
+            max_output,
+            out_seen.clone(),
+        ));
+        let err_task = tokio::spawn(capture::capture_into(
+            open(&err_path)?,
+            max_output,
+            err_seen.clone(),
+        ));
 
         let mut tasks = self.client.tasks();
         tasks
@@ -225,21 +227,31 @@ impl ContainerdRuntime {
                 exec_id: exec_id.to_string(),
             }))
             .await;
-        let exit_code = exit_code?;
-        // The shim closes the FIFOs when the process's output is drained.
-        let collect = async {
-            (
-                out_task.await.unwrap_or_default(),
-                err_task.await.unwrap_or_default(),
-            )
+        let exit_code = match exit_code {
+            Ok(code) => code,
+            Err(e) => {
+                out_task.abort();
+                err_task.abort();
+                return Err(e);
+            }
         };
-        let (stdout, stderr) = tokio::time::timeout(Duration::from_secs(5), collect)
-            .await
-            .unwrap_or_default();
+        // The shim closes the FIFOs when the process's output is drained; a child that
+        // keeps them open (a daemon) is not waited for long: what was read is kept.
+        let (out_abort, err_abort) = (out_task.abort_handle(), err_task.abort_handle());
+        let collect = async {
+            let _ = out_task.await;
+            let _ = err_task.await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), collect).await;
+        out_abort.abort();
+        err_abort.abort();
+        let (stdout, out_cut) = out_seen.snapshot().into_output();
+        let (stderr, err_cut) = err_seen.snapshot().into_output();
         Ok(ExecOutput {
             exit_code,
             stdout,
             stderr,
+            truncated: out_cut || err_cut,
         })
     }
 }
@@ -699,6 +711,7 @@ impl ContainerRuntime for ContainerdRuntime {
         id: &str,
         argv: &[String],
         timeout: Duration,
+        max_output: usize,
     ) -> Result<ExecOutput, RuntimeError> {
         if argv.is_empty() {
             return Err(RuntimeError::InvalidSpec {
@@ -708,7 +721,9 @@ impl ContainerRuntime for ContainerdRuntime {
         }
         let exec_id = format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let dir = self.container_dir(id).join(&exec_id);
-        let res = self.exec_inner(id, &exec_id, argv, timeout, &dir).await;
+        let res = self
+            .exec_inner(id, &exec_id, argv, timeout, max_output, &dir)
+            .await;
         let _ = std::fs::remove_dir_all(&dir);
         res
     }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
@@ -122,13 +123,16 @@ impl ContainerdRuntime {
             return Ok(info);
         }
         tracing::info!(image = %r, "pulling");
-        let info = self.pull_locked(&r).await.map_err(|e| match e {
-            // Name the reference as the user wrote it.
-            RuntimeError::ImageNotFound { .. } => RuntimeError::ImageNotFound {
-                reference: reference.to_string(),
-            },
-            other => other,
-        })?;
+        let info = self
+            .pull_with_deadline(&r, reference)
+            .await
+            .map_err(|e| match e {
+                // Name the reference as the user wrote it.
+                RuntimeError::ImageNotFound { .. } => RuntimeError::ImageNotFound {
+                    reference: reference.to_string(),
+                },
+                other => other,
+            })?;
         tracing::info!(image = %r, digest = %info.digest, "pulled");
         Ok(info)
     }
@@ -137,7 +141,17 @@ impl ContainerdRuntime {
     pub async fn pull(&self, reference: &str) -> Result<ImageInfo, RuntimeError> {
         let r = Reference::parse(reference)?;
         let _g = self.pull_lock.lock().await;
-        self.pull_locked(&r).await
+        self.pull_with_deadline(&r, reference).await
+    }
+
+    /// [`Self::pull_locked`] within the configured total deadline. An abandoned pull leaves
+    /// only content under its lease, which expires (see [`Self::create_lease`]).
+    async fn pull_with_deadline(
+        &self,
+        r: &Reference,
+        reference: &str,
+    ) -> Result<ImageInfo, RuntimeError> {
+        with_deadline(self.cfg.pull_timeout, reference, self.pull_locked(r)).await
     }
 
     pub(super) async fn pull_locked(&self, r: &Reference) -> Result<ImageInfo, RuntimeError> {
@@ -696,6 +710,24 @@ impl ContainerdRuntime {
     }
 }
 
+/// `pull` unless it takes longer than `after`: then [`RuntimeError::PullTimeout`].
+pub async fn with_deadline<T>(
+    after: Duration,
+    reference: &str,
+    pull: impl std::future::Future<Output = Result<T, RuntimeError>>,
+) -> Result<T, RuntimeError> {
+    match tokio::time::timeout(after, pull).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(image = %reference, after = ?after, "image pull abandoned: past its deadline");
+            Err(RuntimeError::PullTimeout {
+                reference: reference.to_string(),
+                after,
+            })
+        }
+    }
+}
+
 fn read_oci_archive(path: &Path) -> Result<HashMap<String, Vec<u8>>, RuntimeError> {
     use std::io::Read;
     let f = std::fs::File::open(path).map_err(|e| RuntimeError::io(path, e))?;
@@ -731,6 +763,31 @@ fn read_oci_archive(path: &Path) -> Result<HashMap<String, Vec<u8>>, RuntimeErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pulls_past_their_deadline_fail_with_a_clear_error() {
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        };
+        let e = with_deadline(Duration::from_secs(300), "localhost:5000/big:1", slow)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RuntimeError::PullTimeout { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "pulling image localhost:5000/big:1 did not finish within 5m (the agent's \
+             --pull-timeout); the registry is too slow or the image too large"
+        );
+        assert_eq!(e.class(), crate::runtime::ErrorClass::Failed);
+        let quick = async { Ok(7) };
+        assert_eq!(
+            with_deadline(Duration::from_secs(1), "x", quick)
+                .await
+                .unwrap(),
+            7
+        );
+    }
 
     #[test]
     fn oci_archives_are_read_into_a_digest_map() {

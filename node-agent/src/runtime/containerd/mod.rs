@@ -39,6 +39,7 @@ mod image;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use containerd_client::tonic::metadata::{Ascii, MetadataValue};
 use containerd_client::tonic::{Code, Request, Status};
@@ -72,7 +73,13 @@ pub struct ContainerdConfig {
     pub registry_endpoints: BTreeMap<String, String>,
     /// When containers' logs are rotated and how many files are kept.
     pub log_rotation: LogRotation,
+    /// The most one image pull may take in all (manifest, config and every layer); past
+    /// it the pull is abandoned and the task fails with [`RuntimeError::PullTimeout`].
+    pub pull_timeout: Duration,
 }
+
+/// How long a pull may take unless configured (`--pull-timeout`).
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl ContainerdConfig {
     /// Defaults for a socket and a state directory: namespace `shoal`, overlayfs, runc v2,
@@ -88,6 +95,7 @@ impl ContainerdConfig {
             cgroup_parent: "/shoal".to_string(),
             registry_endpoints: BTreeMap::new(),
             log_rotation: LogRotation::default(),
+            pull_timeout: DEFAULT_PULL_TIMEOUT,
         }
     }
 }
