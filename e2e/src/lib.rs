@@ -19,7 +19,8 @@ use serde_json::Value;
 pub use shoal_testkit as testkit;
 
 /// The programs a local cluster needs on the machine (besides root).
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 8] = [
+    "busybox",
     "etcd",
     "containerd",
     "runc",
