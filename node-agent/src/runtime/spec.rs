@@ -807,7 +807,7 @@ mod tests {
         t.read_only_root = true;
         t.cap_add = vec!["NET_ADMIN".into()];
         t.seccomp_unconfined = true;
-        t.limits = crate::runtime::Limits {
+        t.limits = super::super::types::Limits {
             memory: Some(32 << 20),
             cpu_millis: Some(500),
             pids: Some(64),
