@@ -256,6 +256,8 @@ pub enum ServiceCommand {
     Inspect(InspectArgs),
     /// List the tasks of a service.
     Ps(ServicePsArgs),
+    /// Change a service (Docker's `service update` flags) and wait until its tasks run.
+    Update(Box<ServiceUpdateArgs>),
     /// Set the number of replicas (`api=3 web=5`) and wait until they run.
     Scale(ServiceScaleArgs),
     /// Remove services.
@@ -406,6 +408,126 @@ pub struct ServiceCreateArgs {
         value_name = "ARG"
     )]
     pub args: Vec<String>,
+}
+
+/// `shoal service update`.
+///
+/// Removals (`--*-rm`) apply before additions (`--*-add`), as in Docker, so
+/// `--env-rm A --env-add A=2` replaces. Removing something the service does not have is an
+/// error and nothing is written. With nothing to change, prints `no change`.
+#[derive(Debug, Args)]
+pub struct ServiceUpdateArgs {
+    /// The new image.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Replace the command's arguments (spec.args), split as a shell would split them
+    /// (whitespace, with '...' and "..." quoting and \ escapes); "" clears them.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub args: Option<String>,
+    /// Replace the image's ENTRYPOINT (split as --args is); "" restores the image's.
+    #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
+    pub entrypoint: Option<String>,
+    /// Number of tasks (replicated mode).
+    #[arg(long, allow_negative_numbers = true)]
+    pub replicas: Option<i64>,
+    /// Add or change an environment variable (K=V, or K to copy it from here); may be
+    /// repeated.
+    #[arg(long = "env-add", value_name = "K=V")]
+    pub env_add: Vec<String>,
+    /// Remove an environment variable; may be repeated.
+    #[arg(long = "env-rm", value_name = "K")]
+    pub env_rm: Vec<String>,
+    /// Add or change a service label (key=value); may be repeated.
+    #[arg(long = "label-add", value_name = "KEY=VALUE")]
+    pub label_add: Vec<String>,
+    /// Remove a service label; may be repeated.
+    #[arg(long = "label-rm", value_name = "KEY")]
+    pub label_rm: Vec<String>,
+    /// Publish a port (as `service create --publish`); replaces a port with the same
+    /// published port and protocol; may be repeated.
+    #[arg(long = "publish-add", value_name = "PORT")]
+    pub publish_add: Vec<String>,
+    /// Stop publishing a port: PUBLISHED[/tcp|udp] (tcp if not given); may be repeated.
+    #[arg(long = "publish-rm", value_name = "PORT")]
+    pub publish_rm: Vec<String>,
+    /// Attach to a network (NAME or name=NAME,alias=ALIAS...); replaces the aliases of a
+    /// network already attached; may be repeated.
+    #[arg(long = "network-add", value_name = "NETWORK")]
+    pub network_add: Vec<String>,
+    /// Detach from a network; may be repeated.
+    #[arg(long = "network-rm", value_name = "NAME")]
+    pub network_rm: Vec<String>,
+    /// Add a placement constraint (node.labels.K==V, node.name!=N); may be repeated.
+    #[arg(long = "constraint-add", value_name = "EXPR")]
+    pub constraint_add: Vec<String>,
+    /// Remove a placement constraint (as written when added); may be repeated.
+    #[arg(long = "constraint-rm", value_name = "EXPR")]
+    pub constraint_rm: Vec<String>,
+    /// When to replace a task that ended: any, on-failure, none.
+    #[arg(long, value_enum)]
+    pub restart_condition: Option<RestartConditionFlag>,
+    /// Delay before a replacement starts (e.g. 5s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub restart_delay: Option<Duration>,
+    /// Give up on a slot after this many restarts.
+    #[arg(long, value_name = "N")]
+    pub restart_max_attempts: Option<u32>,
+    /// Time between SIGTERM and SIGKILL when a task stops (e.g. 10s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub stop_grace_period: Option<Duration>,
+    /// Health check command, run with `sh -c` (replaces the current one).
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub health_interval: Option<Duration>,
+    /// Time a health check may take.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub health_timeout: Option<Duration>,
+    /// Failures in a row before a task is unhealthy.
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<u32>,
+    /// Time after start during which failed checks do not count.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub health_start_period: Option<Duration>,
+    /// Remove the health check.
+    #[arg(long, conflicts_with_all = ["health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period"])]
+    pub no_healthcheck: bool,
+    /// Run as this user (NAME, UID, UID:GID, NAME:GROUP); "" restores the image's.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Working directory inside the container (absolute); "" restores the image's.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Mount the root filesystem read-only; `--read-only=false` makes it writable again.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub read_only: Option<bool>,
+    /// Add a Linux capability (NET_ADMIN, CAP_SYS_TIME, ALL); may be repeated.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a Linux capability (NET_RAW, ALL); may be repeated.
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Limit CPUs (e.g. 0.5, 2); 0 removes the limit.
+    #[arg(long, value_name = "CPUS")]
+    pub limit_cpu: Option<String>,
+    /// Limit memory (e.g. 64M, 1.5G); 0 removes the limit.
+    #[arg(long, value_name = "BYTES")]
+    pub limit_memory: Option<String>,
+    /// Limit the number of processes and threads; 0 restores the default (1024).
+    #[arg(long, value_name = "N")]
+    pub limit_pids: Option<u32>,
+    /// Reserve CPUs; 0 removes the reservation.
+    #[arg(long, value_name = "CPUS")]
+    pub reserve_cpu: Option<String>,
+    /// Reserve memory; 0 removes the reservation.
+    #[arg(long, value_name = "BYTES")]
+    pub reserve_memory: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub wait: WaitArgs,
+    /// The service.
+    pub name: String,
 }
 
 /// `shoal service ps`.

@@ -1,5 +1,6 @@
 //! Docker-style flags turned into objects: `service create` flags into a [`Service`],
-//! `network create` flags into a [`Network`], `node update` flags applied to a [`Node`].
+//! `service update` flags applied to a [`Service`], `network create` flags into a
+//! [`Network`], `node update` flags applied to a [`Node`].
 //!
 //! Pure functions, no I/O (except reading `$K` for `-e K`). Every error names the flag and
 //! the value it did not understand, and says what would be accepted. Validation of the
@@ -20,7 +21,7 @@ use shoal_api_types::{Cpus, Memory, ResourceLimits, ResourceReservations, Resour
 
 use crate::args::{
     AvailabilityFlag, EndpointModeFlag, ModeFlag, NetworkCreateArgs, NodeUpdateArgs,
-    RestartConditionFlag, ServiceCreateArgs,
+    RestartConditionFlag, ServiceCreateArgs, ServiceUpdateArgs,
 };
 
 /// Parses one `-p/--publish` value: `PUBLISHED:TARGET[/tcp|udp]` or
@@ -146,6 +147,75 @@ pub fn parse_env(
             format!("--env {value:?}: no value given and ${value} is not set here (use --env {value}=VALUE)")
         }),
     }
+}
+
+/// Splits `value` into words as a POSIX shell would for plain words: whitespace separates,
+/// '...' quotes literally, "..." quotes with `\"` and `\\` escapes, and `\` outside quotes
+/// escapes the next character. No expansion of variables, globs or `~`.
+pub fn split_words(flag: &str, value: &str) -> Result<Vec<String>, String> {
+    let mut words = vec![];
+    let mut word: Option<String> = None;
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err(format!("{flag} {value:?}: unterminated ' quote")),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err(format!("{flag} {value:?}: unterminated \" quote")),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err(format!("{flag} {value:?}: unterminated \" quote")),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err(format!("{flag} {value:?}: a trailing \\ escapes nothing")),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
+/// Parses one `--publish-rm` value, `PUBLISHED[/tcp|udp]`, into the published port and
+/// protocol that identify the port to remove.
+pub fn parse_publish_rm(value: &str) -> Result<(u32, Protocol), String> {
+    let err = |why: String| format!("--publish-rm {value:?}: {why}");
+    let (port, protocol) = match value.split_once('/') {
+        Some((port, proto)) => (port, parse_protocol(proto).map_err(err)?),
+        None => (value, Protocol::Tcp),
+    };
+    let port = parse_port_number(port).map_err(|e| {
+        err(format!(
+            "{e} (use PUBLISHED[/tcp|udp], e.g. 8080 or 53/udp)"
+        ))
+    })?;
+    Ok((port, protocol))
 }
 
 fn seconds(d: Duration) -> u32 {
@@ -295,6 +365,245 @@ fn container_settings(a: &ServiceCreateArgs, spec: &mut ServiceSpec) -> Result<(
             memory: memory("--reserve-memory", &a.reserve_memory)?,
         },
     };
+    Ok(())
+}
+
+/// Applies `service update` flags to a service read from the server, removals before
+/// additions as in Docker. Fails, naming the flag and the value, on input it does not
+/// understand or on removing what the service does not have; the caller then writes
+/// nothing. `lookup_env` resolves `--env-add K`. Whether anything changed is the caller's
+/// comparison of before and after.
+pub fn update_service(
+    svc: &mut Service,
+    a: &ServiceUpdateArgs,
+    lookup_env: impl Fn(&str) -> Option<String>,
+) -> Result<()> {
+    let name = svc.metadata.name.clone();
+    let spec = &mut svc.spec;
+    if let Some(image) = &a.image {
+        if image.trim().is_empty() {
+            bail!("--image: must not be empty");
+        }
+        spec.image = image.clone();
+    }
+    if let Some(args) = &a.args {
+        spec.args = split_words("--args", args).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(ep) = &a.entrypoint {
+        spec.command = split_words("--entrypoint", ep).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(r) = a.replicas {
+        if spec.mode == ServiceMode::Global {
+            bail!("--replicas {r}: service {name} is global (it runs one task on every eligible node)");
+        }
+        if r < 0 {
+            bail!("--replicas {r}: must be 0 or more");
+        }
+        spec.replicas = Some(r);
+    }
+    for k in &a.env_rm {
+        if spec.env.remove(k).is_none() {
+            bail!("--env-rm {k:?}: service {name} has no such environment variable");
+        }
+    }
+    for e in &a.env_add {
+        let (k, v) = parse_env(e, &lookup_env).map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                e.replacen("--env ", "--env-add ", 1)
+                    .replace("(use --env ", "(use --env-add ")
+            )
+        })?;
+        spec.env.insert(k, v);
+    }
+    for k in &a.label_rm {
+        if svc.metadata.labels.remove(k).is_none() {
+            bail!("--label-rm {k:?}: service {name} has no such label");
+        }
+    }
+    for l in &a.label_add {
+        let (k, v) = parse_key_value("--label-add", l).map_err(anyhow::Error::msg)?;
+        svc.metadata.labels.insert(k, v);
+    }
+    let spec = &mut svc.spec;
+    for p in &a.publish_rm {
+        let (published, protocol) = parse_publish_rm(p).map_err(anyhow::Error::msg)?;
+        let before = spec.ports.len();
+        spec.ports
+            .retain(|q| !(q.published == published && q.protocol == protocol));
+        if spec.ports.len() == before {
+            bail!(
+                "--publish-rm {p:?}: service {name} does not publish {published}/{protocol}",
+                protocol = protocol_name(protocol)
+            );
+        }
+    }
+    for p in &a.publish_add {
+        let port = parse_publish(p)
+            .map_err(|e| anyhow::anyhow!("{}", e.replacen("--publish ", "--publish-add ", 1)))?;
+        match spec
+            .ports
+            .iter_mut()
+            .find(|q| q.published == port.published && q.protocol == port.protocol)
+        {
+            Some(q) => *q = port,
+            None => spec.ports.push(port),
+        }
+    }
+    for n in &a.network_rm {
+        let before = spec.networks.len();
+        spec.networks.retain(|att| &att.name != n);
+        if spec.networks.len() == before {
+            bail!("--network-rm {n:?}: service {name} is not attached to it");
+        }
+    }
+    for n in &a.network_add {
+        let att = parse_network(n)
+            .map_err(|e| anyhow::anyhow!("{}", e.replacen("--network ", "--network-add ", 1)))?;
+        match spec.networks.iter_mut().find(|x| x.name == att.name) {
+            Some(x) => *x = att,
+            None => spec.networks.push(att),
+        }
+    }
+    for c in &a.constraint_rm {
+        let before = spec.placement.constraints.len();
+        spec.placement.constraints.retain(|x| x.trim() != c.trim());
+        if spec.placement.constraints.len() == before {
+            bail!("--constraint-rm {c:?}: service {name} has no such constraint");
+        }
+    }
+    for c in &a.constraint_add {
+        c.parse::<Constraint>()
+            .map_err(|e| anyhow::anyhow!("--constraint-add {c:?}: {e}"))?;
+        if !spec
+            .placement
+            .constraints
+            .iter()
+            .any(|x| x.trim() == c.trim())
+        {
+            spec.placement.constraints.push(c.clone());
+        }
+    }
+    if let Some(c) = a.restart_condition {
+        spec.restart_policy.condition = match c {
+            RestartConditionFlag::Any => RestartCondition::Any,
+            RestartConditionFlag::OnFailure => RestartCondition::OnFailure,
+            RestartConditionFlag::None => RestartCondition::None,
+        };
+    }
+    if let Some(d) = a.restart_delay {
+        spec.restart_policy.delay_seconds = Some(seconds(d));
+    }
+    if let Some(n) = a.restart_max_attempts {
+        spec.restart_policy.max_attempts = Some(n);
+    }
+    if let Some(d) = a.stop_grace_period {
+        spec.stop_grace_period_seconds = Some(seconds(d));
+    }
+    update_health(spec, a, &name)?;
+    update_container_settings(spec, a)?;
+    Ok(())
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// `--health-*` and `--no-healthcheck`: tuning flags change the current check; without
+/// one they need `--health-cmd`.
+fn update_health(spec: &mut ServiceSpec, a: &ServiceUpdateArgs, name: &str) -> Result<()> {
+    if a.no_healthcheck {
+        spec.healthcheck = None;
+        return Ok(());
+    }
+    let tuned = a.health_interval.is_some()
+        || a.health_timeout.is_some()
+        || a.health_retries.is_some()
+        || a.health_start_period.is_some();
+    if a.health_cmd.is_none() && !tuned {
+        return Ok(());
+    }
+    let hc = match (&mut spec.healthcheck, &a.health_cmd) {
+        (Some(hc), _) => hc,
+        (None, Some(_)) => spec.healthcheck.insert(HealthCheck::default()),
+        (None, None) => bail!("--health-interval, --health-timeout, --health-retries and --health-start-period change a health check, and service {name} has none (add --health-cmd)"),
+    };
+    if let Some(cmd) = &a.health_cmd {
+        hc.command = vec!["sh".into(), "-c".into(), cmd.clone()];
+    }
+    if let Some(d) = a.health_interval {
+        hc.interval_seconds = Some(seconds(d));
+    }
+    if let Some(d) = a.health_timeout {
+        hc.timeout_seconds = Some(seconds(d));
+    }
+    if let Some(n) = a.health_retries {
+        hc.retries = Some(n);
+    }
+    if let Some(d) = a.health_start_period {
+        hc.start_period_seconds = Some(seconds(d));
+    }
+    Ok(())
+}
+
+/// `--user`, `--workdir`, `--read-only[=false]`, `--cap-add`, `--cap-drop` and the
+/// `--limit-*` / `--reserve-*` flags (0 removes a limit or reservation, as in Docker).
+fn update_container_settings(spec: &mut ServiceSpec, a: &ServiceUpdateArgs) -> Result<()> {
+    if let Some(u) = &a.user {
+        spec.user = u.clone();
+    }
+    if let Some(w) = &a.workdir {
+        spec.working_dir = w.clone();
+    }
+    if let Some(ro) = a.read_only {
+        spec.read_only_root_filesystem = ro;
+    }
+    for (flag, names, out) in [
+        ("--cap-add", &a.cap_add, &mut spec.cap_add),
+        ("--cap-drop", &a.cap_drop, &mut spec.cap_drop),
+    ] {
+        for name in names {
+            if capabilities::canonical(name).is_none() {
+                bail!(
+                    "{flag} {name:?}: not a Linux capability (e.g. NET_ADMIN, CAP_SYS_TIME or ALL)"
+                );
+            }
+            if !out.contains(name) {
+                out.push(name.clone());
+            }
+        }
+    }
+    let cpus = |flag: &str, v: &str| -> Result<Option<Cpus>> {
+        let c = v
+            .parse::<Cpus>()
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+        Ok((c.0 != 0).then_some(c))
+    };
+    let memory = |flag: &str, v: &str| -> Result<Option<Memory>> {
+        let m = v
+            .parse::<Memory>()
+            .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+        Ok((m.0 != 0).then_some(m))
+    };
+    let r = &mut spec.resources;
+    if let Some(v) = &a.limit_cpu {
+        r.limits.cpus = cpus("--limit-cpu", v)?;
+    }
+    if let Some(v) = &a.limit_memory {
+        r.limits.memory = memory("--limit-memory", v)?;
+    }
+    if let Some(n) = a.limit_pids {
+        r.limits.pids = (n != 0).then_some(n);
+    }
+    if let Some(v) = &a.reserve_cpu {
+        r.reservations.cpus = cpus("--reserve-cpu", v)?;
+    }
+    if let Some(v) = &a.reserve_memory {
+        r.reservations.memory = memory("--reserve-memory", v)?;
+    }
     Ok(())
 }
 
@@ -818,6 +1127,335 @@ mod tests {
         assert!(parse_scale("=2").is_err());
     }
 
+    fn update_args(argv: &[&str]) -> ServiceUpdateArgs {
+        let mut full = vec!["shoal", "service", "update"];
+        full.extend_from_slice(argv);
+        full.push("api");
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Service(ServiceCommand::Update(a)) => *a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A service as `service create` would make it, with something of everything.
+    fn sample() -> Service {
+        service(&[
+            "--name",
+            "api",
+            "--replicas",
+            "2",
+            "--network",
+            "appnet",
+            "-p",
+            "8080:80",
+            "-p",
+            "53:53/udp",
+            "--constraint",
+            "node.labels.zone==a",
+            "-e",
+            "A=1",
+            "--label",
+            "team=core",
+            "--health-cmd",
+            "true",
+            "--limit-memory",
+            "64M",
+            "busybox:1",
+            "sleep",
+            "1000",
+        ])
+        .unwrap()
+    }
+
+    fn updated(argv: &[&str]) -> Result<Service> {
+        let mut s = sample();
+        update_service(&mut s, &update_args(argv), |k| {
+            (k == "HOME_ISH").then(|| "/root".to_string())
+        })?;
+        Ok(s)
+    }
+
+    fn update_error(argv: &[&str]) -> String {
+        format!("{:#}", updated(argv).unwrap_err())
+    }
+
+    #[test]
+    fn update_without_flags_changes_nothing() {
+        assert_eq!(updated(&[]).unwrap(), sample());
+        // Re-adding what is there is no change either.
+        assert_eq!(
+            updated(&[
+                "--env-add",
+                "A=1",
+                "--constraint-add",
+                "node.labels.zone==a"
+            ])
+            .unwrap(),
+            sample()
+        );
+    }
+
+    #[test]
+    fn update_sets_image_args_entrypoint_and_replicas() {
+        let s = updated(&[
+            "--image",
+            "busybox:2",
+            "--args",
+            r#"sh -c 'echo "hi there"' "a\"b" c\ d"#,
+            "--entrypoint",
+            "/bin/env",
+            "--replicas",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(s.spec.image, "busybox:2");
+        assert_eq!(
+            s.spec.args,
+            ["sh", "-c", "echo \"hi there\"", "a\"b", "c d"]
+        );
+        assert_eq!(s.spec.command, ["/bin/env"]);
+        assert_eq!(s.spec.replicas, Some(5));
+        assert!(updated(&["--args", ""]).unwrap().spec.args.is_empty());
+        assert_eq!(
+            updated(&["--args", "--port 80"]).unwrap().spec.args,
+            ["--port", "80"]
+        );
+    }
+
+    #[test]
+    fn update_adds_and_removes_env_and_labels() {
+        let s = updated(&[
+            "--env-rm",
+            "A",
+            "--env-add",
+            "B=2",
+            "--env-add",
+            "HOME_ISH",
+            "--label-rm",
+            "team",
+            "--label-add",
+            "tier=web",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.spec.env,
+            BTreeMap::from([
+                ("B".into(), "2".into()),
+                ("HOME_ISH".into(), "/root".into())
+            ])
+        );
+        assert_eq!(
+            s.metadata.labels,
+            BTreeMap::from([("tier".into(), "web".into())])
+        );
+        // Removals go first: rm then add of one key replaces it.
+        let s = updated(&["--env-rm", "A", "--env-add", "A=9"]).unwrap();
+        assert_eq!(s.spec.env.get("A").map(String::as_str), Some("9"));
+    }
+
+    #[test]
+    fn update_adds_and_removes_ports_networks_and_constraints() {
+        let s = updated(&[
+            "--publish-rm",
+            "8080",
+            "--publish-rm",
+            "53/udp",
+            "--publish-add",
+            "9090:90",
+            "--network-rm",
+            "appnet",
+            "--network-add",
+            "name=backend,alias=db",
+            "--constraint-rm",
+            "node.labels.zone==a",
+            "--constraint-add",
+            "node.name!=n1",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.spec.ports,
+            vec![PortConfig {
+                published: 9090,
+                target: 90,
+                protocol: Protocol::Tcp,
+                mode: PublishMode::Ingress
+            }]
+        );
+        assert_eq!(
+            s.spec.networks,
+            vec![NetworkAttachmentConfig {
+                name: "backend".into(),
+                aliases: vec!["db".into()]
+            }]
+        );
+        assert_eq!(s.spec.placement.constraints, ["node.name!=n1"]);
+        // Publishing a published port again replaces its target.
+        let s = updated(&["--publish-add", "8080:81"]).unwrap();
+        assert_eq!(s.spec.ports.len(), 2);
+        assert_eq!(s.spec.ports[0].target, 81);
+    }
+
+    #[test]
+    fn update_changes_health_restart_and_grace() {
+        let s = updated(&[
+            "--health-interval",
+            "3s",
+            "--health-retries",
+            "4",
+            "--health-timeout",
+            "1s",
+            "--health-start-period",
+            "7s",
+            "--restart-condition",
+            "none",
+            "--restart-delay",
+            "2s",
+            "--restart-max-attempts",
+            "6",
+            "--stop-grace-period",
+            "20s",
+        ])
+        .unwrap();
+        let hc = s.spec.healthcheck.unwrap();
+        assert_eq!(hc.command, ["sh", "-c", "true"]);
+        assert_eq!(
+            (
+                hc.interval_seconds,
+                hc.retries,
+                hc.timeout_seconds,
+                hc.start_period_seconds
+            ),
+            (Some(3), Some(4), Some(1), Some(7))
+        );
+        assert_eq!(s.spec.restart_policy.condition, RestartCondition::None);
+        assert_eq!(s.spec.restart_policy.delay_seconds, Some(2));
+        assert_eq!(s.spec.restart_policy.max_attempts, Some(6));
+        assert_eq!(s.spec.stop_grace_period_seconds, Some(20));
+        let s = updated(&["--health-cmd", "wget -q localhost"]).unwrap();
+        assert_eq!(
+            s.spec.healthcheck.unwrap().command,
+            ["sh", "-c", "wget -q localhost"]
+        );
+        assert_eq!(
+            updated(&["--no-healthcheck"]).unwrap().spec.healthcheck,
+            None
+        );
+        let mut s = sample();
+        s.spec.healthcheck = None;
+        let e = update_service(&mut s, &update_args(&["--health-retries", "2"]), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("add --health-cmd"), "{e}");
+    }
+
+    #[test]
+    fn update_changes_container_settings_and_zero_removes_limits() {
+        let s = updated(&[
+            "-u",
+            "1000",
+            "-w",
+            "/srv",
+            "--read-only",
+            "--cap-add",
+            "NET_ADMIN",
+            "--cap-drop",
+            "ALL",
+            "--limit-cpu",
+            "0.5",
+            "--limit-pids",
+            "50",
+            "--reserve-cpu",
+            "250m",
+            "--reserve-memory",
+            "32Mi",
+        ])
+        .unwrap();
+        assert_eq!(
+            (s.spec.user.as_str(), s.spec.working_dir.as_str()),
+            ("1000", "/srv")
+        );
+        assert!(s.spec.read_only_root_filesystem);
+        assert_eq!(s.spec.cap_add, ["NET_ADMIN"]);
+        assert_eq!(s.spec.cap_drop, ["ALL"]);
+        let r = &s.spec.resources;
+        assert_eq!(r.limits.cpus, Some(Cpus(500)));
+        assert_eq!(r.limits.memory, Some(Memory(64 << 20)));
+        assert_eq!(r.limits.pids, Some(50));
+        assert_eq!(r.reservations.cpus, Some(Cpus(250)));
+        assert_eq!(r.reservations.memory, Some(Memory(32 << 20)));
+        let mut s2 = s.clone();
+        update_service(
+            &mut s2,
+            &update_args(&[
+                "--read-only=false",
+                "--limit-memory",
+                "0",
+                "--limit-cpu",
+                "0",
+                "--limit-pids",
+                "0",
+                "-u",
+                "",
+            ]),
+            |_| None,
+        )
+        .unwrap();
+        assert!(!s2.spec.read_only_root_filesystem);
+        assert_eq!(s2.spec.resources.limits, Default::default());
+        assert!(s2.spec.user.is_empty());
+    }
+
+    #[test]
+    fn bad_update_flags_and_absent_removals_name_the_flag_and_value() {
+        for (argv, want) in [
+            (&["--env-rm", "NOPE"][..], "--env-rm \"NOPE\": service api has no such environment variable"),
+            (&["--label-rm", "nope"][..], "--label-rm \"nope\": service api has no such label"),
+            (&["--publish-rm", "9999"][..], "--publish-rm \"9999\": service api does not publish 9999/tcp"),
+            (&["--publish-rm", "8080/udp"][..], "--publish-rm \"8080/udp\": service api does not publish 8080/udp"),
+            (&["--publish-rm", "http"][..], "--publish-rm \"http\": \"http\" is not a port number"),
+            (&["--publish-rm", "80/sctp"][..], "--publish-rm \"80/sctp\": protocol \"sctp\" must be tcp or udp"),
+            (&["--network-rm", "other"][..], "--network-rm \"other\": service api is not attached to it"),
+            (&["--constraint-rm", "node.name==x"][..], "--constraint-rm \"node.name==x\": service api has no such constraint"),
+            (&["--constraint-add", "node.colour==red"][..], "--constraint-add \"node.colour==red\": "),
+            (&["--publish-add", "8080"][..], "--publish-add \"8080\": use PUBLISHED:TARGET"),
+            (&["--network-add", "alias=x"][..], "--network-add \"alias=x\": name= is required"),
+            (&["--env-add", "UNSET_VAR"][..], "--env-add \"UNSET_VAR\": no value given and $UNSET_VAR is not set here (use --env-add UNSET_VAR=VALUE)"),
+            (&["--env-add", "=1"][..], "--env-add \"=1\": the name is empty"),
+            (&["--label-add", "novalue"][..], "--label-add \"novalue\": use KEY=VALUE"),
+            (&["--replicas", "-1"][..], "--replicas -1: must be 0 or more"),
+            (&["--image", ""][..], "--image: must not be empty"),
+            (&["--args", "'open"][..], "--args \"'open\": unterminated ' quote"),
+            (&["--args", "\"open"][..], "--args \"\\\"open\": unterminated \" quote"),
+            (&["--args", "x\\"][..], "--args \"x\\\\\": a trailing \\ escapes nothing"),
+            (&["--entrypoint", "'x"][..], "--entrypoint \"'x\": unterminated"),
+            (&["--cap-add", "NOPE"][..], "--cap-add \"NOPE\": not a Linux capability"),
+            (&["--cap-drop", "NOPE"][..], "--cap-drop \"NOPE\": not a Linux capability"),
+            (&["--limit-memory", "lots"][..], "--limit-memory: \"lots\" is not a memory size"),
+            (&["--limit-cpu", "1x"][..], "--limit-cpu: \"1x\" is not a CPU quantity"),
+            (&["--reserve-cpu", "1x"][..], "--reserve-cpu:"),
+            (&["--reserve-memory", "1x"][..], "--reserve-memory:"),
+        ] {
+            let e = update_error(argv);
+            assert!(e.starts_with(want), "{argv:?}: {e}");
+        }
+        let mut g = service(&["--name", "api", "--mode", "global", "busybox"]).unwrap();
+        let e = update_service(&mut g, &update_args(&["--replicas", "2"]), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--replicas 2: service api is global"), "{e}");
+        // --no-healthcheck with a health flag is refused by the parser.
+        assert!(Cli::try_parse_from([
+            "shoal",
+            "service",
+            "update",
+            "--no-healthcheck",
+            "--health-cmd",
+            "x",
+            "api"
+        ])
+        .is_err());
+    }
+
     /// A cheap fuzz: strings built from the characters these parsers care about never
     /// panic, and whatever parses is in range.
     #[test]
@@ -845,6 +1483,8 @@ mod tests {
             let _ = parse_env(&s, |_| None);
             let _ = parse_key_value("--label", &s);
             let _ = parse_scale(&s);
+            let _ = parse_publish_rm(&s);
+            let _ = split_words("--args", &s);
             let _ = crate::args::parse_duration(&s);
         }
     }

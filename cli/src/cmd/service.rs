@@ -1,5 +1,5 @@
-//! `shoal service create|ls|inspect|ps|scale|rm|logs`, as Docker's. `create` and `scale`
-//! wait for convergence (see [`crate::progress`]) unless `--detach`.
+//! `shoal service create|update|ls|inspect|ps|scale|rm|logs`, as Docker's. `create`,
+//! `update` and `scale` wait for convergence (see [`crate::progress`]) unless `--detach`.
 
 use std::io::Write;
 
@@ -7,11 +7,13 @@ use anyhow::{bail, Result};
 use chrono::Utc;
 use shoal_api_types::{ServiceMode, ServiceSpec, TaskSpec};
 
-use crate::args::{ListArgs, OutputFormat, ServiceCommand, ServicePsArgs, ServiceScaleArgs};
+use crate::args::{
+    ListArgs, OutputFormat, ServiceCommand, ServicePsArgs, ServiceScaleArgs, ServiceUpdateArgs,
+};
 use crate::client::Client;
 use crate::cmd::network::{print_inspect, rm};
 use crate::cmd::resources::print_value;
-use crate::flags::{parse_scale, service_from_args};
+use crate::flags::{parse_scale, service_from_args, update_service};
 use crate::format::{services_table, tasks_table};
 use crate::kinds::Kind;
 use crate::progress::wait_for_services;
@@ -45,6 +47,7 @@ pub async fn run(
             )
             .await
         }
+        ServiceCommand::Update(a) => update(client, a, out, tty).await,
         ServiceCommand::Ls(a) => ls(client, a, out).await,
         ServiceCommand::Inspect(a) => {
             let mut found = vec![];
@@ -113,6 +116,62 @@ pub async fn scale_one(client: &Client, name: &str, replicas: i64) -> Result<()>
         }
     }
     unreachable!("the last attempt returns")
+}
+
+/// What `service update` did to the stored service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Updated {
+    /// The flags change nothing; nothing was written.
+    Unchanged,
+    /// The changed service was written.
+    Written,
+}
+
+/// Applies `service update` flags to the stored service and writes it back with its
+/// resourceVersion, re-reading and re-applying after a 409 conflict. An error from the
+/// flags (a bad value, removing something absent) writes nothing.
+pub async fn update_one(client: &Client, a: &ServiceUpdateArgs) -> Result<Updated> {
+    for attempt in 1..=CONFLICT_RETRIES {
+        let stored = client.get::<ServiceSpec>(&a.name).await?;
+        let mut svc = stored.clone();
+        update_service(&mut svc, a, |k| std::env::var(k).ok())?;
+        if svc.spec == stored.spec && svc.metadata.labels == stored.metadata.labels {
+            return Ok(Updated::Unchanged);
+        }
+        match client.replace(&svc).await {
+            Ok(_) => return Ok(Updated::Written),
+            Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+async fn update(
+    client: &Client,
+    a: &ServiceUpdateArgs,
+    out: &mut dyn Write,
+    tty: bool,
+) -> Result<()> {
+    match update_one(client, a).await? {
+        Updated::Unchanged => {
+            writeln!(out, "no change")?;
+            return Ok(());
+        }
+        Updated::Written => writeln!(out, "{}", a.name)?,
+    }
+    out.flush()?;
+    if a.wait.detach {
+        return Ok(());
+    }
+    wait_for_services(
+        client,
+        std::slice::from_ref(&a.name),
+        a.wait.timeout,
+        out,
+        tty,
+    )
+    .await
 }
 
 async fn scale(
