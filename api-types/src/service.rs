@@ -260,6 +260,11 @@ pub struct ServiceSpec {
     /// CPU, memory and pids limits; CPU and memory reservations.
     #[serde(default, skip_serializing_if = "is_default")]
     pub resources: Resources,
+    /// Swarm's `ForceUpdate`: a counter that, when changed, makes every task out of date
+    /// and so replaces them all (one at a time) even though nothing else changed.
+    /// `shoal service update --force` increments it.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub force_update: u64,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

@@ -167,6 +167,10 @@ pub struct TaskSpec {
     /// The service's `resources`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub resources: Resources,
+    /// The service's `forceUpdate` when the task was made (a task whose value differs from
+    /// the service's is out of date).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub force_update: u64,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

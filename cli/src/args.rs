@@ -420,6 +420,9 @@ pub struct ServiceUpdateArgs {
     /// The new image.
     #[arg(long)]
     pub image: Option<String>,
+    /// Replace every task (one at a time) even if nothing else changes.
+    #[arg(long)]
+    pub force: bool,
     /// Replace the command's arguments (spec.args), split as a shell would split them
     /// (whitespace, with '...' and "..." quoting and \ escapes); "" clears them.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]

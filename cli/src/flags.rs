@@ -502,6 +502,9 @@ pub fn update_service(
     }
     update_health(spec, a, &name)?;
     update_container_settings(spec, a)?;
+    if a.force {
+        spec.force_update = spec.force_update.wrapping_add(1);
+    }
     Ok(())
 }
 
@@ -1193,6 +1196,20 @@ mod tests {
             .unwrap(),
             sample()
         );
+    }
+
+    #[test]
+    fn update_force_increments_the_counter_even_with_nothing_else() {
+        let s = updated(&["--force"]).unwrap();
+        assert_eq!(s.spec.force_update, 1);
+        let mut s2 = s.clone();
+        update_service(&mut s2, &update_args(&["--force"]), |_| None).unwrap();
+        assert_eq!(s2.spec.force_update, 2);
+        assert_eq!(serde_json::to_value(&s2).unwrap()["spec"]["forceUpdate"], 2);
+        // Skipped when 0, so existing manifests and stored services read the same.
+        assert!(serde_json::to_value(sample()).unwrap()["spec"]
+            .get("forceUpdate")
+            .is_none());
     }
 
     #[test]

@@ -221,6 +221,7 @@ pub fn is_outdated(service: &Service, t: &Task) -> bool {
         || t.spec.cap_drop != s.cap_drop
         || t.spec.seccomp != s.seccomp
         || t.spec.resources != s.resources
+        || t.spec.force_update != s.force_update
         || nets != wanted_networks(s)
 }
 
@@ -633,6 +634,37 @@ mod tests {
         let plan = plan_service(Some(&scaled), &same, &nodes(), Utc::now(), 3);
         assert!(
             plan.shutdown.is_empty() && plan.create.is_empty(),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn orchestrator_should_replace_every_task_one_at_a_time_when_force_update_changes() {
+        let running = |force: u64| -> Vec<Arc<Task>> {
+            (1..=3)
+                .map(|s| {
+                    let mut t =
+                        (*task(&format!("t{s}"), s, Some("n1"), TaskState::Running, 10)).clone();
+                    t.spec.force_update = force;
+                    Arc::new(t)
+                })
+                .collect()
+        };
+        let mut svc = service(3);
+        // Same spec, same counter: nothing is out of date.
+        assert!(running(0).iter().all(|t| !is_outdated(&svc, t)));
+        // Only the counter changed: every task is out of date, replaced one at a time.
+        svc.spec.force_update = 1;
+        let tasks = running(0);
+        assert!(tasks.iter().all(|t| is_outdated(&svc, t)));
+        let plan = plan_service(Some(&svc), &tasks, &nodes(), Utc::now(), 3);
+        assert_eq!(ids(&plan.shutdown), vec!["t1"]);
+        assert_eq!(slots(&plan), vec![1]);
+        assert_eq!(plan.outdated.len(), 3);
+        // Tasks made at the new counter are current: nothing more to replace.
+        let plan = plan_service(Some(&svc), &running(1), &nodes(), Utc::now(), 3);
+        assert!(
+            plan.shutdown.is_empty() && plan.create.is_empty() && plan.outdated.is_empty(),
             "{plan:?}"
         );
     }

@@ -151,6 +151,7 @@ fn build_task(
             cap_drop: s.cap_drop.clone(),
             seccomp: s.seccomp,
             resources: s.resources.clone(),
+            force_update: s.force_update,
         },
     );
     task.metadata
