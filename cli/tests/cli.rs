@@ -533,3 +533,84 @@ async fn the_demo_manifests_apply_as_one_directory() {
     // Dry run wrote nothing.
     assert_eq!(s.ok(&["service", "ls", "-q"]).await, "");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_update_changes_the_stored_spec_and_a_bad_removal_writes_nothing() {
+    let s = Server::start().await;
+    let mut node = Node::new("node-1", NodeSpec::default());
+    node.status = NodeStatus {
+        state: NodeState::Ready,
+        address: "198.18.0.1".into(),
+        ..Default::default()
+    };
+    s.store.create(&node).await.unwrap();
+    s.ok(&[
+        "service",
+        "create",
+        "--name",
+        "api",
+        "-e",
+        "A=1",
+        "-d",
+        "busybox:1",
+    ])
+    .await;
+    let stored = || async {
+        s.store
+            .get_named::<ServiceSpec>("api")
+            .await
+            .unwrap()
+            .unwrap()
+    };
+
+    // Detached: written, returns at once.
+    let out = s
+        .ok(&["service", "update", "--image", "busybox:2", "-d", "api"])
+        .await;
+    assert_eq!(out, "api\n");
+    let after = stored().await;
+    assert_eq!(after.spec.image, "busybox:2");
+    assert_eq!(after.spec.env.get("A").map(String::as_str), Some("1"));
+
+    // Removing what is absent names the flag and the value, and writes nothing.
+    let err = s
+        .fails(&[
+            "service",
+            "update",
+            "--env-rm",
+            "NOPE",
+            "--image",
+            "busybox:3",
+            "api",
+        ])
+        .await;
+    assert!(err.contains("--env-rm \"NOPE\""), "{err}");
+    let unchanged = stored().await;
+    assert_eq!(
+        unchanged.metadata.resource_version,
+        after.metadata.resource_version
+    );
+    assert_eq!(unchanged.spec.image, "busybox:2");
+
+    // Nothing to change: "no change", nothing written.
+    let out = s
+        .ok(&["service", "update", "--env-add", "A=1", "api"])
+        .await;
+    assert_eq!(out, "no change\n");
+    assert_eq!(
+        stored().await.metadata.resource_version,
+        after.metadata.resource_version
+    );
+
+    // --force alone is a change; waiting shows progress as create does.
+    tokio::spawn(fake_controller(s.store.clone()));
+    let out = s.ok(&["service", "update", "--force", "api"]).await;
+    assert!(out.starts_with("api\n"), "{out}");
+    assert!(out.ends_with("verify: converged\n"), "{out}");
+    assert_eq!(stored().await.spec.force_update, 1);
+
+    let err = s
+        .fails(&["service", "update", "--image", "x", "nope"])
+        .await;
+    assert!(err.contains("not found"), "{err}");
+}
