@@ -1418,6 +1418,10 @@ mod tests {
         )
         .unwrap();
         assert!(!s2.spec.read_only_root_filesystem);
+        // A bare --read-only right before NAME does not swallow it.
+        let a = update_args(&["--read-only"]);
+        assert_eq!((a.read_only, a.name.as_str()), (Some(true), "api"));
+        assert_eq!(update_args(&[]).read_only, None);
         assert_eq!(s2.spec.resources.limits, Default::default());
         assert!(s2.spec.user.is_empty());
     }
