@@ -8,8 +8,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::constraint::Constraint;
+use crate::network::INGRESS_NETWORK;
 use crate::object::{Object, Resource};
 use crate::resources::Resources;
+use crate::task::TaskSpec;
 use crate::validation::{check_dns_label, FieldError};
 
 /// A Service object.
@@ -292,6 +294,48 @@ impl ServiceSpec {
     /// Whether tasks need an attachment to the ingress network.
     pub fn publishes_ingress(&self) -> bool {
         self.ports.iter().any(|p| p.mode == PublishMode::Ingress)
+    }
+
+    /// The networks (and aliases) the service's tasks join: its own, plus the ingress
+    /// network when it publishes an ingress port.
+    pub fn wanted_networks(&self) -> Vec<(String, Vec<String>)> {
+        let mut wanted: Vec<(String, Vec<String>)> = self
+            .networks
+            .iter()
+            .map(|n| (n.name.clone(), n.aliases.clone()))
+            .collect();
+        if self.publishes_ingress() && !wanted.iter().any(|(n, _)| n == INGRESS_NETWORK) {
+            wanted.push((INGRESS_NETWORK.to_string(), vec![]));
+        }
+        wanted
+    }
+
+    /// Whether a task was made from a spec that differs from this one in anything the task
+    /// runs with (not merely in the replica count): the orchestrator replaces such tasks,
+    /// and the CLI does not count them as converged.
+    pub fn outdates(&self, t: &TaskSpec) -> bool {
+        let nets: Vec<(String, Vec<String>)> = t
+            .attachments
+            .iter()
+            .map(|a| (a.network.clone(), a.aliases.clone()))
+            .collect();
+        t.image != self.image
+            || t.command != self.command
+            || t.args != self.args
+            || t.env != self.env
+            || t.ports != self.ports
+            || t.healthcheck != self.healthcheck
+            || t.restart_policy != self.restart_policy
+            || t.stop_grace_period_seconds != self.stop_grace_period_seconds.unwrap_or(10)
+            || t.user != self.user
+            || t.working_dir != self.working_dir
+            || t.read_only_root_filesystem != self.read_only_root_filesystem
+            || t.cap_add != self.cap_add
+            || t.cap_drop != self.cap_drop
+            || t.seccomp != self.seccomp
+            || t.resources != self.resources
+            || t.force_update != self.force_update
+            || nets != self.wanted_networks()
     }
 }
 

@@ -16,7 +16,8 @@
 //! A service has converged when the controller has observed its current generation
 //! (`status.observedGeneration >= metadata.generation`) and, for every wanted slot (one per
 //! replica; in global mode one per ready, active node that satisfies the constraints, or
-//! `status.desiredTasks` once observed), the slot's task wants to run and runs.
+//! `status.desiredTasks` once observed), the slot's task wants to run, runs, and was made
+//! from the service's current spec (so `service update` waits until every task is replaced).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -156,10 +157,15 @@ fn slot_progress(
             running: false,
         };
     };
-    let running =
-        t.spec.desired_state == TaskState::Running && t.status.state == TaskState::Running;
+    // A task made from an older spec (during `service update`) has not converged yet.
+    let stale = service.spec.outdates(&t.spec);
+    let running = t.spec.desired_state == TaskState::Running
+        && t.status.state == TaskState::Running
+        && !stale;
     let mut detail = if running {
         String::new()
+    } else if stale && t.status.state == TaskState::Running {
+        "old spec, to be replaced".into()
     } else {
         task_error(t)
     };
@@ -440,6 +446,8 @@ mod tests {
                 desired_state: desired,
                 service_generation: 2,
                 image: "busybox".into(),
+                // As the controller makes it from `service(..)`'s spec.
+                stop_grace_period_seconds: 10,
                 ..Default::default()
             },
         );
@@ -500,6 +508,29 @@ mod tests {
         assert_eq!(
             p.lines()[1],
             "1/1: failed (exit code 127: sleep: not found)"
+        );
+    }
+
+    #[test]
+    fn progress_of_an_update_waits_for_tasks_on_the_new_spec() {
+        let mut svc = service(2, true);
+        svc.spec.image = "busybox:2".into();
+        let mut new = task("n", Some(1), Some("n1"), Running, Running, 2);
+        new.spec.image = "busybox:2".into();
+        let tasks = vec![
+            task("a", Some(1), Some("n1"), Shutdown, Shutdown, 1),
+            new,
+            task("b", Some(2), Some("n1"), Running, Running, 1),
+        ];
+        let p = progress(&svc, &tasks, &[]);
+        assert!(!p.converged());
+        assert_eq!(
+            p.lines(),
+            vec![
+                "overall progress: 1 out of 2 tasks",
+                "1/2: running",
+                "2/2: running (old spec, to be replaced)",
+            ]
         );
     }
 

@@ -8,7 +8,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use shoal_api_types::{
-    Node, NodeSpec, NodeState, NodeStatus, ServiceSpec, Task, TaskSpec, TaskState, TaskStatus,
+    Node, NodeSpec, NodeState, NodeStatus, ServiceSpec, Task, TaskAttachment, TaskSpec, TaskState,
+    TaskStatus,
 };
 use shoal_store::testing::TestEtcd;
 use shoal_store::Store;
@@ -334,7 +335,8 @@ async fn waiting_without_a_controller_times_out_saying_what_is_missing() {
 }
 
 /// Plays the controller for replicated services: one running task per slot on `node-1`,
-/// tasks above the replica count shut down, and the service's status observed.
+/// made from the service's spec; tasks above the replica count or made from an older spec
+/// shut down (and replaced); the service's status observed.
 async fn fake_controller(store: Store) {
     loop {
         let (services, _) = store.list::<ServiceSpec>().await.unwrap();
@@ -342,13 +344,25 @@ async fn fake_controller(store: Store) {
         for svc in services {
             let replicas = svc.spec.replica_count();
             let gen = svc.metadata.generation;
+            for t in tasks.iter().filter(|t| {
+                t.spec.service == svc.name()
+                    && t.spec.desired_state == TaskState::Running
+                    && (t.spec.slot.unwrap_or(0) > replicas || svc.spec.outdates(&t.spec))
+            }) {
+                let mut t = t.clone();
+                t.spec.desired_state = TaskState::Shutdown;
+                t.status.state = TaskState::Shutdown;
+                let _ = store.update(&t).await;
+            }
             for slot in 1..=replicas {
                 let exists = tasks.iter().any(|t| {
                     t.spec.service == svc.name()
                         && t.spec.slot == Some(slot)
                         && t.spec.desired_state == TaskState::Running
+                        && !svc.spec.outdates(&t.spec)
                 });
                 if !exists {
+                    let s = &svc.spec;
                     let mut t = Task::new(
                         format!("{}{slot}{gen}0000000000", svc.name()),
                         TaskSpec {
@@ -357,7 +371,31 @@ async fn fake_controller(store: Store) {
                             node: Some("node-1".into()),
                             desired_state: TaskState::Running,
                             service_generation: gen,
-                            image: svc.spec.image.clone(),
+                            image: s.image.clone(),
+                            command: s.command.clone(),
+                            args: s.args.clone(),
+                            env: s.env.clone(),
+                            attachments: s
+                                .wanted_networks()
+                                .into_iter()
+                                .map(|(network, aliases)| TaskAttachment {
+                                    network,
+                                    aliases,
+                                    ..Default::default()
+                                })
+                                .collect(),
+                            ports: s.ports.clone(),
+                            healthcheck: s.healthcheck.clone(),
+                            restart_policy: s.restart_policy.clone(),
+                            stop_grace_period_seconds: s.stop_grace_period_seconds.unwrap_or(10),
+                            user: s.user.clone(),
+                            working_dir: s.working_dir.clone(),
+                            read_only_root_filesystem: s.read_only_root_filesystem,
+                            cap_add: s.cap_add.clone(),
+                            cap_drop: s.cap_drop.clone(),
+                            seccomp: s.seccomp,
+                            resources: s.resources.clone(),
+                            force_update: s.force_update,
                             ..Default::default()
                         },
                     );
@@ -368,16 +406,6 @@ async fn fake_controller(store: Store) {
                     };
                     let _ = store.create(&t).await;
                 }
-            }
-            for t in tasks.iter().filter(|t| {
-                t.spec.service == svc.name()
-                    && t.spec.slot.unwrap_or(0) > replicas
-                    && t.spec.desired_state == TaskState::Running
-            }) {
-                let mut t = t.clone();
-                t.spec.desired_state = TaskState::Shutdown;
-                t.status.state = TaskState::Shutdown;
-                let _ = store.update(&t).await;
             }
             let key = store.keys().named::<ServiceSpec>(svc.name());
             let _ = store
@@ -608,6 +636,15 @@ async fn service_update_changes_the_stored_spec_and_a_bad_removal_writes_nothing
     assert!(out.starts_with("api\n"), "{out}");
     assert!(out.ends_with("verify: converged\n"), "{out}");
     assert_eq!(stored().await.spec.force_update, 1);
+    // It waited for the task on the new spec, not the one it replaced.
+    let (tasks, _) = s.store.list::<TaskSpec>().await.unwrap();
+    let running: Vec<_> = tasks
+        .iter()
+        .filter(|t| t.spec.desired_state == TaskState::Running)
+        .collect();
+    assert_eq!(running.len(), 1, "{tasks:?}");
+    assert_eq!(running[0].spec.force_update, 1);
+    assert_eq!(running[0].spec.image, "busybox:2");
 
     let err = s
         .fails(&["service", "update", "--image", "x", "nope"])

@@ -18,8 +18,6 @@ use shoal_api_types::{
     Node, NodeAvailability, NodeState, RestartCondition, Service, ServiceMode, Task, TaskState,
 };
 
-use super::vips::wanted_networks;
-
 /// Default delay before a task that exited is replaced.
 pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(1);
 
@@ -199,30 +197,7 @@ fn roll(service: &Service, tasks: &[Arc<Task>], plan: &mut ServicePlan) {
 /// Whether a task was made from a spec that differs from the service's current one in
 /// anything the task runs with (not merely in the replica count).
 pub fn is_outdated(service: &Service, t: &Task) -> bool {
-    let s = &service.spec;
-    let nets: Vec<(String, Vec<String>)> = t
-        .spec
-        .attachments
-        .iter()
-        .map(|a| (a.network.clone(), a.aliases.clone()))
-        .collect();
-    t.spec.image != s.image
-        || t.spec.command != s.command
-        || t.spec.args != s.args
-        || t.spec.env != s.env
-        || t.spec.ports != s.ports
-        || t.spec.healthcheck != s.healthcheck
-        || t.spec.restart_policy != s.restart_policy
-        || t.spec.stop_grace_period_seconds != s.stop_grace_period_seconds.unwrap_or(10)
-        || t.spec.user != s.user
-        || t.spec.working_dir != s.working_dir
-        || t.spec.read_only_root_filesystem != s.read_only_root_filesystem
-        || t.spec.cap_add != s.cap_add
-        || t.spec.cap_drop != s.cap_drop
-        || t.spec.seccomp != s.seccomp
-        || t.spec.resources != s.resources
-        || t.spec.force_update != s.force_update
-        || nets != wanted_networks(s)
+    service.spec.outdates(&t.spec)
 }
 
 /// Removes every task of a slot that is no longer wanted: unstarted ones are deleted,

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::{EndpointMode, Network, Service, ServiceSpec, VirtualIp};
 
 use super::write::Write;
@@ -25,15 +24,7 @@ pub fn vip_owner(service: &str) -> String {
 /// The networks a service's tasks join, with aliases: the spec's, plus `ingress` when it
 /// publishes ports through the routing mesh.
 pub fn wanted_networks(spec: &ServiceSpec) -> Vec<(String, Vec<String>)> {
-    let mut wanted: Vec<(String, Vec<String>)> = spec
-        .networks
-        .iter()
-        .map(|n| (n.name.clone(), n.aliases.clone()))
-        .collect();
-    if spec.publishes_ingress() && !wanted.iter().any(|(n, _)| n == INGRESS_NETWORK) {
-        wanted.push((INGRESS_NETWORK.to_string(), vec![]));
-    }
-    wanted
+    spec.wanted_networks()
 }
 
 /// A network a service's tasks join, resolved.
