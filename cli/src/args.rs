@@ -296,6 +296,38 @@ pub enum RestartConditionFlag {
     None,
 }
 
+/// The restart, stop and health-check flags of `service create` and `service update`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LifecycleFlags {
+    /// When to replace a task that ended: any (default), on-failure, none.
+    #[arg(long, value_enum)]
+    pub restart_condition: Option<RestartConditionFlag>,
+    /// Delay before a replacement starts (e.g. 5s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub restart_delay: Option<Duration>,
+    /// Give up on a slot after this many restarts.
+    #[arg(long, value_name = "N")]
+    pub restart_max_attempts: Option<u32>,
+    /// Time between SIGTERM and SIGKILL when a task stops (e.g. 10s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub stop_grace_period: Option<Duration>,
+    /// Health check command, run with `sh -c`.
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub health_interval: Option<Duration>,
+    /// Time a health check may take.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub health_timeout: Option<Duration>,
+    /// Failures in a row before a task is unhealthy.
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<u32>,
+    /// Time after start during which failed checks do not count.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub health_start_period: Option<Duration>,
+}
+
 /// `shoal service create`.
 ///
 /// As in Docker, the words after IMAGE replace the image's CMD (they become `spec.args`);
@@ -331,33 +363,9 @@ pub struct ServiceCreateArgs {
     /// A service label (key=value); may be repeated.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
-    /// When to replace a task that ended: any (default), on-failure, none.
-    #[arg(long, value_enum)]
-    pub restart_condition: Option<RestartConditionFlag>,
-    /// Delay before a replacement starts (e.g. 5s).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub restart_delay: Option<Duration>,
-    /// Give up on a slot after this many restarts.
-    #[arg(long, value_name = "N")]
-    pub restart_max_attempts: Option<u32>,
-    /// Time between SIGTERM and SIGKILL when a task stops (e.g. 10s).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub stop_grace_period: Option<Duration>,
-    /// Health check command, run with `sh -c`.
-    #[arg(long, value_name = "CMD")]
-    pub health_cmd: Option<String>,
-    /// Time between health checks.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub health_interval: Option<Duration>,
-    /// Time a health check may take.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub health_timeout: Option<Duration>,
-    /// Failures in a row before a task is unhealthy.
-    #[arg(long, value_name = "N")]
-    pub health_retries: Option<u32>,
-    /// Time after start during which failed checks do not count.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub health_start_period: Option<Duration>,
+    /// Restart, stop and health-check flags (shared with `service update`).
+    #[command(flatten)]
+    pub lifecycle: LifecycleFlags,
     /// Replace the image's ENTRYPOINT (split on spaces).
     #[arg(long, value_name = "CMD")]
     pub entrypoint: Option<String>,
@@ -466,33 +474,10 @@ pub struct ServiceUpdateArgs {
     /// Remove a placement constraint (as written when added); may be repeated.
     #[arg(long = "constraint-rm", value_name = "EXPR")]
     pub constraint_rm: Vec<String>,
-    /// When to replace a task that ended: any, on-failure, none.
-    #[arg(long, value_enum)]
-    pub restart_condition: Option<RestartConditionFlag>,
-    /// Delay before a replacement starts (e.g. 5s).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub restart_delay: Option<Duration>,
-    /// Give up on a slot after this many restarts.
-    #[arg(long, value_name = "N")]
-    pub restart_max_attempts: Option<u32>,
-    /// Time between SIGTERM and SIGKILL when a task stops (e.g. 10s).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub stop_grace_period: Option<Duration>,
-    /// Health check command, run with `sh -c` (replaces the current one).
-    #[arg(long, value_name = "CMD")]
-    pub health_cmd: Option<String>,
-    /// Time between health checks.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub health_interval: Option<Duration>,
-    /// Time a health check may take.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub health_timeout: Option<Duration>,
-    /// Failures in a row before a task is unhealthy.
-    #[arg(long, value_name = "N")]
-    pub health_retries: Option<u32>,
-    /// Time after start during which failed checks do not count.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub health_start_period: Option<Duration>,
+    /// Restart, stop and health-check flags (as `service create`; --health-cmd replaces the
+    /// current check, the tuning flags change it).
+    #[command(flatten)]
+    pub lifecycle: LifecycleFlags,
     /// Remove the health check.
     #[arg(long, conflicts_with_all = ["health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period"])]
     pub no_healthcheck: bool,

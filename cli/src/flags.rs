@@ -277,27 +277,27 @@ pub fn service_from_args(
         spec.env.insert(k, v);
     }
     spec.restart_policy = RestartPolicy {
-        condition: match a.restart_condition {
+        condition: match a.lifecycle.restart_condition {
             Some(RestartConditionFlag::OnFailure) => RestartCondition::OnFailure,
             Some(RestartConditionFlag::None) => RestartCondition::None,
             _ => RestartCondition::Any,
         },
-        delay_seconds: a.restart_delay.map(seconds),
-        max_attempts: a.restart_max_attempts,
+        delay_seconds: a.lifecycle.restart_delay.map(seconds),
+        max_attempts: a.lifecycle.restart_max_attempts,
     };
-    spec.stop_grace_period_seconds = a.stop_grace_period.map(seconds);
-    let health_tuned = a.health_interval.is_some()
-        || a.health_timeout.is_some()
-        || a.health_retries.is_some()
-        || a.health_start_period.is_some();
-    match &a.health_cmd {
+    spec.stop_grace_period_seconds = a.lifecycle.stop_grace_period.map(seconds);
+    let health_tuned = a.lifecycle.health_interval.is_some()
+        || a.lifecycle.health_timeout.is_some()
+        || a.lifecycle.health_retries.is_some()
+        || a.lifecycle.health_start_period.is_some();
+    match &a.lifecycle.health_cmd {
         Some(cmd) => {
             spec.healthcheck = Some(HealthCheck {
                 command: vec!["sh".into(), "-c".into(), cmd.clone()],
-                interval_seconds: a.health_interval.map(seconds),
-                timeout_seconds: a.health_timeout.map(seconds),
-                retries: a.health_retries,
-                start_period_seconds: a.health_start_period.map(seconds),
+                interval_seconds: a.lifecycle.health_interval.map(seconds),
+                timeout_seconds: a.lifecycle.health_timeout.map(seconds),
+                retries: a.lifecycle.health_retries,
+                start_period_seconds: a.lifecycle.health_start_period.map(seconds),
             })
         }
         None if health_tuned => bail!("--health-interval, --health-timeout, --health-retries and --health-start-period need --health-cmd"),
@@ -484,20 +484,20 @@ pub fn update_service(
             spec.placement.constraints.push(c.clone());
         }
     }
-    if let Some(c) = a.restart_condition {
+    if let Some(c) = a.lifecycle.restart_condition {
         spec.restart_policy.condition = match c {
             RestartConditionFlag::Any => RestartCondition::Any,
             RestartConditionFlag::OnFailure => RestartCondition::OnFailure,
             RestartConditionFlag::None => RestartCondition::None,
         };
     }
-    if let Some(d) = a.restart_delay {
+    if let Some(d) = a.lifecycle.restart_delay {
         spec.restart_policy.delay_seconds = Some(seconds(d));
     }
-    if let Some(n) = a.restart_max_attempts {
+    if let Some(n) = a.lifecycle.restart_max_attempts {
         spec.restart_policy.max_attempts = Some(n);
     }
-    if let Some(d) = a.stop_grace_period {
+    if let Some(d) = a.lifecycle.stop_grace_period {
         spec.stop_grace_period_seconds = Some(seconds(d));
     }
     update_health(spec, a, &name)?;
@@ -522,31 +522,31 @@ fn update_health(spec: &mut ServiceSpec, a: &ServiceUpdateArgs, name: &str) -> R
         spec.healthcheck = None;
         return Ok(());
     }
-    let tuned = a.health_interval.is_some()
-        || a.health_timeout.is_some()
-        || a.health_retries.is_some()
-        || a.health_start_period.is_some();
-    if a.health_cmd.is_none() && !tuned {
+    let tuned = a.lifecycle.health_interval.is_some()
+        || a.lifecycle.health_timeout.is_some()
+        || a.lifecycle.health_retries.is_some()
+        || a.lifecycle.health_start_period.is_some();
+    if a.lifecycle.health_cmd.is_none() && !tuned {
         return Ok(());
     }
-    let hc = match (&mut spec.healthcheck, &a.health_cmd) {
+    let hc = match (&mut spec.healthcheck, &a.lifecycle.health_cmd) {
         (Some(hc), _) => hc,
         (None, Some(_)) => spec.healthcheck.insert(HealthCheck::default()),
         (None, None) => bail!("--health-interval, --health-timeout, --health-retries and --health-start-period change a health check, and service {name} has none (add --health-cmd)"),
     };
-    if let Some(cmd) = &a.health_cmd {
+    if let Some(cmd) = &a.lifecycle.health_cmd {
         hc.command = vec!["sh".into(), "-c".into(), cmd.clone()];
     }
-    if let Some(d) = a.health_interval {
+    if let Some(d) = a.lifecycle.health_interval {
         hc.interval_seconds = Some(seconds(d));
     }
-    if let Some(d) = a.health_timeout {
+    if let Some(d) = a.lifecycle.health_timeout {
         hc.timeout_seconds = Some(seconds(d));
     }
-    if let Some(n) = a.health_retries {
+    if let Some(n) = a.lifecycle.health_retries {
         hc.retries = Some(n);
     }
-    if let Some(d) = a.health_start_period {
+    if let Some(d) = a.lifecycle.health_start_period {
         hc.start_period_seconds = Some(seconds(d));
     }
     Ok(())
