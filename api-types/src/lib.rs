@@ -24,6 +24,7 @@ pub mod service;
 pub mod settings;
 pub mod task;
 pub mod token;
+pub mod update;
 pub mod validation;
 
 pub use constraint::Constraint;
@@ -45,4 +46,7 @@ pub use service::{
 pub use settings::{ClusterSettings, ClusterSettingsSpec, ReservedPort};
 pub use task::{Task, TaskAttachment, TaskSpec, TaskState, TaskStatus};
 pub use token::{CreatedToken, Role, StoredToken, TokenInfo, TokenList, TokenRequest};
+pub use update::{
+    FailureAction, HumanDuration, Ratio, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+};
 pub use validation::{FieldError, Validate};

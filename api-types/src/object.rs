@@ -47,6 +47,11 @@ pub trait Resource:
 
     /// Fills in defaults, in one place. Called before validation and before storing.
     fn apply_defaults(&mut self) {}
+
+    /// Called by the API when a stored object's spec is replaced by a different one, with
+    /// the old spec and the status about to be stored (Services keep the old spec for
+    /// rollback).
+    fn spec_changed(_old: &Self, _status: &mut Self::Status) {}
 }
 
 /// One object of kind `S::KIND`.

@@ -12,6 +12,7 @@ use crate::network::INGRESS_NETWORK;
 use crate::object::{Object, Resource};
 use crate::resources::Resources;
 use crate::task::TaskSpec;
+use crate::update::{UpdateConfig, UpdateState, UpdateStatus};
 use crate::validation::{check_dns_label, FieldError};
 
 /// A Service object.
@@ -267,10 +268,41 @@ pub struct ServiceSpec {
     /// `shoal service update --force` increments it.
     #[serde(default, skip_serializing_if = "is_default")]
     pub force_update: u64,
+    /// How tasks are replaced when this spec changes (Swarm's defaults: one at a time,
+    /// stop-first, pause on the first failure).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub update_config: UpdateConfig,
+    /// How tasks are replaced when going back to the previous spec.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub rollback_config: UpdateConfig,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
+}
+
+impl Service {
+    /// Goes back to the previous spec, as `service rollback` asks: the current spec becomes
+    /// the previous one (so a second rollback goes forward again), generation is bumped and
+    /// the update status says a rollback started. Errors when there is no previous spec.
+    pub fn rollback(&mut self, now: DateTime<Utc>) -> Result<(), String> {
+        let Some(previous) = self.status.previous_spec.take() else {
+            return Err(format!(
+                "service {} has no previous spec to roll back to (it was never updated)",
+                self.metadata.name
+            ));
+        };
+        let current = std::mem::replace(&mut self.spec, *previous);
+        self.status.previous_spec = Some(Box::new(current));
+        self.metadata.generation += 1;
+        self.status.update_status = Some(UpdateStatus {
+            state: UpdateState::RollbackStarted,
+            started_at: Some(now),
+            message: "manually requested rollback".into(),
+            ..Default::default()
+        });
+        Ok(())
+    }
 }
 
 impl ServiceSpec {
@@ -344,6 +376,13 @@ impl Resource for ServiceSpec {
     const PLURAL: &'static str = "services";
     const USER_OWNED: bool = true;
     type Status = ServiceStatus;
+
+    /// Keeps the old spec for rollback and starts the next update afresh (Swarm:
+    /// `PreviousSpec` = the old spec, `UpdateStatus` cleared).
+    fn spec_changed(old: &Self, status: &mut ServiceStatus) {
+        status.previous_spec = Some(Box::new(old.clone()));
+        status.update_status = None;
+    }
 
     fn apply_defaults(&mut self) {
         if self.mode == ServiceMode::Replicated && self.replicas.is_none() {
@@ -493,6 +532,10 @@ impl Resource for ServiceSpec {
                 }
             }
         }
+        self.update_config
+            .validate("spec.updateConfig", false, errs);
+        self.rollback_config
+            .validate("spec.rollbackConfig", true, errs);
         if let Some(hc) = &self.healthcheck {
             if hc.command.is_empty() {
                 errs.push(FieldError::new("spec.healthcheck.command", "is required"));
@@ -564,6 +607,14 @@ pub struct ServiceStatus {
     /// Conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The latest rolling update (or rollback), while and after it runs; reset when the
+    /// spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<UpdateStatus>,
+    /// The spec before the last change, kept for `service rollback` (Swarm's
+    /// `PreviousSpec`). Set by the API when the spec changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_spec: Option<Box<ServiceSpec>>,
 }
 
 #[cfg(test)]
@@ -587,6 +638,37 @@ mod tests {
             image: "busybox".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn rollback_should_need_a_previous_spec_and_toggle_between_two() {
+        let mut s = Service::new("api", spec());
+        let err = s.rollback(Utc::now()).unwrap_err();
+        assert!(err.contains("no previous spec"), "{err}");
+        let v1 = s.spec.clone();
+        let mut v2 = spec();
+        v2.image = "busybox:2".into();
+        ServiceSpec::spec_changed(&s.spec, &mut s.status);
+        s.spec = v2.clone();
+        s.rollback(Utc::now()).unwrap();
+        assert_eq!((&s.spec, s.status.previous_spec.as_deref()), (&v1, Some(&v2)));
+        assert_eq!(
+            s.status.update_status.as_ref().map(|u| u.state),
+            Some(UpdateState::RollbackStarted)
+        );
+        assert_eq!(s.metadata.generation, 1);
+        s.rollback(Utc::now()).unwrap();
+        assert_eq!((&s.spec, s.status.previous_spec.as_deref()), (&v2, Some(&v1)));
+    }
+
+    #[test]
+    fn update_policies_are_validated_with_their_paths() {
+        let mut s = spec();
+        s.update_config.max_failure_ratio = crate::update::Ratio(2.0);
+        s.rollback_config.failure_action = crate::update::FailureAction::Rollback;
+        let e = errs(s);
+        assert!(e.iter().any(|e| e.contains("spec.updateConfig.maxFailureRatio")), "{e:?}");
+        assert!(e.iter().any(|e| e.contains("spec.rollbackConfig.failureAction")), "{e:?}");
     }
 
     #[test]

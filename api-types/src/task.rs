@@ -187,6 +187,10 @@ pub struct TaskStatus {
     /// When the state last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<DateTime<Utc>>,
+    /// When the task started running (kept once it ends); the updater's monitor period
+    /// counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
     /// A short human message ("started", "pulling image").
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,

@@ -312,6 +312,7 @@ fn merge_typed<S: Resource>(old: &Object<S>, new: Object<S>) -> (Action, Object<
     let mut next = old.clone();
     if next.spec != new.spec {
         next.metadata.generation = old.metadata.generation + 1;
+        S::spec_changed(&old.spec, &mut next.status);
     }
     next.spec = new.spec;
     next.metadata.labels = new.metadata.labels;
@@ -607,6 +608,25 @@ mod tests {
             panic!()
         };
         assert_eq!(api.metadata.generation, 1);
+    }
+
+    #[test]
+    fn a_spec_change_keeps_the_old_spec_for_rollback_and_resets_the_update_status() {
+        let mut stored = svc("api", &[], None);
+        stored.status.update_status = Some(shoal_api_types::UpdateStatus {
+            state: shoal_api_types::UpdateState::Paused,
+            ..Default::default()
+        });
+        let old_spec = stored.spec.clone();
+        let w = world(vec![], vec![stored]);
+        let mut changed = svc("api", &[], None);
+        changed.spec.image = "busybox:2".into();
+        let out = plan(&w, apply(vec![AnyObject::Service(changed)])).unwrap();
+        let AnyObject::Service(api) = &out[0].object else {
+            panic!()
+        };
+        assert_eq!(api.status.previous_spec.as_deref(), Some(&old_spec));
+        assert_eq!(api.status.update_status, None);
     }
 
     #[test]

@@ -103,6 +103,10 @@ pub fn service_status(
         virtual_ips: vips,
         observed_generation: service.metadata.generation,
         conditions: vec![conv_condition, net_condition],
+        // The updater decides the update status (see `super::update`); the previous spec
+        // is the API's.
+        update_status: service.status.update_status.clone(),
+        previous_spec: service.status.previous_spec.clone(),
     }
 }
 

@@ -41,6 +41,9 @@ pub fn advance(status: &mut TaskStatus, update: &StatusUpdate, now: chrono::Date
         return false;
     }
     if forward {
+        if update.state == TaskState::Running {
+            status.started_at = Some(now);
+        }
         status.state = update.state;
         status.timestamp = Some(now);
         status.message = update.message.clone();
@@ -337,6 +340,22 @@ mod tests {
         assert_eq!(stored.status.container_id, "c-t1");
         assert!(stored.status.healthy);
         assert!(stored.status.timestamp.is_some());
+        assert_eq!(
+            stored.status.started_at, stored.status.timestamp,
+            "the start time is recorded when the task runs"
+        );
+    }
+
+    #[test]
+    fn the_start_time_should_stay_when_the_task_ends() {
+        let mut status = TaskStatus::default();
+        let t0 = Utc::now();
+        let running = StatusUpdate::new(TaskState::Running, "started").with_healthy(true);
+        assert!(advance(&mut status, &running, t0));
+        let later = t0 + chrono::Duration::seconds(3);
+        assert!(advance(&mut status, &StatusUpdate::exited(1), later));
+        assert_eq!(status.started_at, Some(t0));
+        assert_eq!(status.timestamp, Some(later));
     }
 
     #[tokio::test]
