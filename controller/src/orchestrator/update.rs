@@ -463,8 +463,8 @@ mod tests {
         let svc = service(4, "v2", cfg);
         let svc = with_status(svc.clone(), &pass(&svc, &old_tasks(4), t0()).step);
         let mut tasks = old_tasks(4);
-        for i in 0..2 {
-            tasks[i] = ended(stopping(tasks[i].clone()), TaskState::Shutdown, secs(1));
+        for t in tasks.iter_mut().take(2) {
+            *t = ended(stopping(t.clone()), TaskState::Shutdown, secs(1));
         }
         // The batch's replacements are starting: nothing else moves.
         tasks.push(task("new1", 1, "v2", secs(2), TaskState::Starting));
