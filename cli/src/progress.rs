@@ -37,7 +37,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use shoal_api_types::{
     Constraint, Node, NodeAvailability, NodeSpec, NodeState, Service, ServiceMode, ServiceSpec,
-    Task, TaskSpec, TaskState, UpdateState,
+    Task, TaskSpec, TaskState, UpdateState, UpdateStatus,
 };
 
 use crate::client::Client;
@@ -290,7 +290,21 @@ pub fn progress(service: &Service, tasks: &[Task], nodes: &[Node]) -> Progress {
             .status
             .update_status
             .as_ref()
-            .map(|u| (u.state, u.message.clone())),
+            .map(|u| (u.state, reason(u).to_string())),
+    }
+}
+
+/// The part of an update's message worth showing: why it paused, rolled back or was rolled
+/// back (the updater wraps the reason of a finished rollback as `rollback completed
+/// (<reason>)`); nothing for `updating` and `completed`, whose state says it all.
+pub fn reason(u: &UpdateStatus) -> &str {
+    match u.state {
+        UpdateState::Updating | UpdateState::Completed => "",
+        _ => u
+            .message
+            .strip_prefix("rollback completed (")
+            .and_then(|m| m.strip_suffix(')'))
+            .unwrap_or(&u.message),
     }
 }
 
@@ -352,12 +366,9 @@ pub fn verdict(service: &Service, p: &Progress, target: &Target) -> Verdict {
             Verdict::Waiting
         };
     };
-    let said = |fallback: &str| {
-        if update.message.is_empty() {
-            fallback.to_string()
-        } else {
-            update.message.clone()
-        }
+    let said = |fallback: &str| match reason(update) {
+        "" => fallback.to_string(),
+        r => r.to_string(),
     };
     let hint = |what: &str| {
         format!(
@@ -788,7 +799,11 @@ mod tests {
     #[test]
     fn progress_shows_the_update_state_and_its_message() {
         let tasks = vec![task("a", Some(1), Some("n1"), Running, Running, 1)];
-        let p = progress(&updating(UpdateState::Updating, ""), &tasks, &[]);
+        let p = progress(
+            &updating(UpdateState::Updating, "update in progress"),
+            &tasks,
+            &[],
+        );
         assert_eq!(
             p.lines(),
             vec![
@@ -811,6 +826,17 @@ mod tests {
             "{}",
             p.missing()
         );
+        // The updater's wrapper around the reason of a finished rollback is dropped.
+        let s = updating(
+            UpdateState::RollbackCompleted,
+            "rollback completed (manually requested rollback)",
+        );
+        assert_eq!(
+            progress(&s, &tasks, &[]).lines()[1],
+            "update: rollback_completed (manually requested rollback)"
+        );
+        let s = updating(UpdateState::Completed, "update completed");
+        assert_eq!(progress(&s, &tasks, &[]).lines()[1], "update: completed");
     }
 
     #[test]
@@ -851,7 +877,10 @@ mod tests {
 
         // A failure rollback ends an update in failure, a requested one in success.
         let rolled = "update rolled back due to failure of task api.1: task exited with code 1";
-        let s = updating(UpdateState::RollbackCompleted, rolled);
+        let s = updating(
+            UpdateState::RollbackCompleted,
+            &format!("rollback completed ({rolled})"),
+        );
         let p = progress(&s, &tasks, &[]);
         assert_eq!(
             verdict(&s, &p, &change(2)),
@@ -859,7 +888,7 @@ mod tests {
         );
         let s = updating(
             UpdateState::RollbackCompleted,
-            "manually requested rollback",
+            "rollback completed (manually requested rollback)",
         );
         assert_eq!(
             verdict(&s, &p, &change(2)),

@@ -447,14 +447,19 @@ async fn fake_controller(store: Store) {
                             s.status.update_status = Some(UpdateStatus {
                                 state: UpdateState::Updating,
                                 started_at: Some(chrono::Utc::now()),
+                                message: "update in progress".into(),
                                 ..Default::default()
                             });
                             changed = true;
                         }
                         Some(u) if u.state.is_active() && !outdated => {
-                            u.state = match u.state {
-                                UpdateState::RollbackStarted => UpdateState::RollbackCompleted,
-                                _ => UpdateState::Completed,
+                            // The updater's states and messages.
+                            (u.state, u.message) = match u.state {
+                                UpdateState::RollbackStarted => (
+                                    UpdateState::RollbackCompleted,
+                                    format!("rollback completed ({})", u.message),
+                                ),
+                                _ => (UpdateState::Completed, "update completed".into()),
                             };
                             u.completed_at = Some(chrono::Utc::now());
                             changed = true;
