@@ -826,6 +826,11 @@ async fn update_and_rollback_wait_for_the_update_status_and_fail_when_it_pauses_
         running_images(&s.store, "api").await,
         ["busybox:2", "busybox:2"]
     );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&s.ok(&["service", "inspect", "api"]).await).unwrap();
+    assert_eq!(inspect[0]["status"]["updateStatus"]["state"], "completed");
+    assert!(inspect[0]["status"]["updateStatus"]["completedAt"].is_string());
+    assert_eq!(inspect[0]["status"]["previousSpec"]["image"], "busybox:1");
     // ps shows the replaced tasks below the new ones, shut down.
     let ps = s.ok(&["service", "ps", "api"]).await;
     let history: Vec<&str> = ps.lines().filter(|l| l.contains("\\_ api.")).collect();
