@@ -107,7 +107,8 @@ pub struct WaitArgs {
     /// Return at once instead of waiting for tasks to run.
     #[arg(short, long)]
     pub detach: bool,
-    /// How long to wait for tasks to run before failing (e.g. 120s, 5m, 1m30s).
+    /// How long to wait without progress (one more task running on the current spec)
+    /// before failing (e.g. 120s, 5m, 1m30s).
     #[arg(long, default_value = "120s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
     /// Wait without printing progress (the outcome still sets the exit status).

@@ -484,21 +484,15 @@ pub async fn wait_for(
     opts: WaitOptions,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let timeout = opts.timeout;
     let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     let wait = async {
-        let now = tokio::time::Instant::now();
-        // A huge --timeout means "wait for ever", not an overflow.
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or(now + Duration::from_secs(100 * 365 * 86400));
         for target in targets {
             if targets.len() > 1 && !opts.quiet {
                 writeln!(out, "service/{}:", target.name)?;
             }
-            wait_for_one(client, target, deadline, opts, out).await?;
+            wait_for_one(client, target, opts, out).await?;
         }
         Ok(())
     };
@@ -511,15 +505,51 @@ pub async fn wait_for(
     }
 }
 
+/// The moment `timeout` from `now` (a huge timeout means "for ever", not an overflow).
+fn deadline_after(now: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
+    now.checked_add(timeout)
+        .unwrap_or(now + Duration::from_secs(100 * 365 * 86400))
+}
+
+/// The `--timeout` as a wait applies it: it counts from the last progress (more slots
+/// running on the current spec than ever before in this wait).
+struct Patience {
+    timeout: Duration,
+    most_running: usize,
+    deadline: tokio::time::Instant,
+}
+
+impl Patience {
+    fn new(timeout: Duration, now: tokio::time::Instant) -> Self {
+        Patience {
+            timeout,
+            most_running: 0,
+            deadline: deadline_after(now, timeout),
+        }
+    }
+
+    /// Books `running` slots seen at `now`; returns how long is left (zero: out of time).
+    fn observe(&mut self, running: usize, now: tokio::time::Instant) -> Duration {
+        if running > self.most_running {
+            self.most_running = running;
+            self.deadline = deadline_after(now, self.timeout);
+        }
+        self.deadline.saturating_duration_since(now)
+    }
+}
+
+/// Waits for one target. The timeout counts from the last progress: each slot that comes to
+/// run on the current spec starts it again, so a long rolling update does not time out
+/// while it moves, and one that stalls (or a task that never starts) does.
 async fn wait_for_one(
     client: &Client,
     target: &Target,
-    deadline: tokio::time::Instant,
     opts: WaitOptions,
     out: &mut dyn Write,
 ) -> Result<()> {
     let name = target.name.as_str();
     let mut renderer = Renderer::new(opts.tty);
+    let mut patience = Patience::new(opts.timeout, tokio::time::Instant::now());
     loop {
         let service: Service = match client.get::<ServiceSpec>(name).await {
             Ok(s) => s,
@@ -534,6 +564,8 @@ async fn wait_for_one(
             ServiceMode::Replicated => vec![],
         };
         let p = progress(&service, &tasks, &nodes);
+        let running = p.slots.iter().filter(|s| s.running).count();
+        let left = patience.observe(running, tokio::time::Instant::now());
         if !opts.quiet {
             write!(out, "{}", renderer.update(&p.lines()))?;
             out.flush()?;
@@ -548,20 +580,33 @@ async fn wait_for_one(
             Verdict::Failed(why) => bail!("service {name}: {why}"),
             Verdict::Waiting => {}
         }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
+        if left.is_zero() {
             bail!(
-                "timed out after {}: {}",
+                "timed out: no progress for {}: {}",
                 format_duration(opts.timeout),
                 p.missing()
             );
         }
-        tokio::time::sleep(POLL.min(deadline - now)).await;
+        tokio::time::sleep(POLL.min(left)).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_timeout_should_count_from_the_last_progress() {
+        let t0 = tokio::time::Instant::now();
+        let s = Duration::from_secs;
+        let mut p = super::Patience::new(s(10), t0);
+        assert_eq!(p.observe(0, t0 + s(4)), s(6));
+        // One more slot runs: the full timeout again.
+        assert_eq!(p.observe(1, t0 + s(9)), s(10));
+        // A slot that stops and starts again is not progress.
+        assert_eq!(p.observe(0, t0 + s(12)), s(7));
+        assert_eq!(p.observe(1, t0 + s(15)), s(4));
+        assert_eq!(p.observe(1, t0 + s(20)), Duration::ZERO);
+    }
+
     use chrono::{DateTime, Utc};
     use shoal_api_types::{NodeStatus, ServiceStatus, TaskStatus};
 

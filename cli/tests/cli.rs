@@ -330,7 +330,7 @@ async fn waiting_without_a_controller_times_out_saying_what_is_missing() {
         !stdout.contains('\x1b'),
         "no ANSI when not a terminal: {stdout:?}"
     );
-    assert!(stderr.contains("timed out after 1s"), "{stderr}");
+    assert!(stderr.contains("timed out: no progress for 1s"), "{stderr}");
     assert!(stderr.contains("slow.1: new (no task yet)"), "{stderr}");
 }
 
