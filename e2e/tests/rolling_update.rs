@@ -231,6 +231,32 @@ fn states_seen(samples: &[Sample]) -> Vec<String> {
     seen
 }
 
+/// The most slots (of 1..=replicas) in flight at once over the samples, with the tasks of
+/// that sample. A slot is in flight when its VERSION=1 task is no longer wanted and no
+/// VERSION=2 task runs in it.
+fn most_in_flight(samples: &[Sample], replicas: u64) -> (usize, String) {
+    let mut most = (0, String::new());
+    for s in samples {
+        let in_flight = (1..=replicas)
+            .filter(|n| {
+                let old_wanted = s
+                    .tasks
+                    .iter()
+                    .any(|t| slot(t) == *n && version(t) == "1" && wanted_running(t));
+                let new_runs = s
+                    .tasks
+                    .iter()
+                    .any(|t| slot(t) == *n && version(t) == "2" && is_running(t));
+                !old_wanted && !new_runs
+            })
+            .count();
+        if in_flight > most.0 {
+            most = (in_flight, table(&s.tasks));
+        }
+    }
+    most
+}
+
 fn max_running(samples: &[Sample]) -> (usize, String) {
     samples
         .iter()
@@ -356,27 +382,7 @@ fn update_replaces_two_tasks_at_a_time_ten_seconds_apart_never_exceeding_replica
     );
 
     step("at most 2 slots in flight at any sample; never more than 6 running (stop-first)");
-    // A slot is in flight when its VERSION=1 task is no longer wanted and its VERSION=2
-    // task does not run yet.
-    let mut most = (0, String::new());
-    for s in &samples {
-        let in_flight = (1..=6u64)
-            .filter(|n| {
-                let old_wanted = s
-                    .tasks
-                    .iter()
-                    .any(|t| slot(t) == *n && version(t) == "1" && wanted_running(t));
-                let new_runs = s
-                    .tasks
-                    .iter()
-                    .any(|t| slot(t) == *n && version(t) == "2" && is_running(t));
-                !old_wanted && !new_runs
-            })
-            .count();
-        if in_flight > most.0 {
-            most = (in_flight, table(&s.tasks));
-        }
-    }
+    let most = most_in_flight(&samples, 6);
     eprintln!("most slots in flight at once: {}", most.0);
     assert!(
         most.0 <= 2,
@@ -676,15 +682,16 @@ fn start_first_update_fails_no_request_through_vip_or_mesh() {
     }
 }
 
-/// Must show: an image command that exits 1 — with `pause` → `paused` and the other tasks
-/// stay on the old spec; with `rollback` → `rollback_completed` and every task back on the
-/// old spec. And 1 failure in 4 with `maxFailureRatio: 0.5` → `completed`.
+const EXIT1: &str = "sh -c 'exit 1'";
+
+/// Must show: an image command that exits 1 with `pause` → `paused`, and the other tasks
+/// stay on the old spec.
 #[test]
-fn failing_update_pauses_rolls_back_or_completes_within_the_failure_ratio() {
+fn failing_update_with_pause_pauses_and_the_other_tasks_stay_on_the_old_spec() {
     require_e2e!();
     let c = Cluster::up(2);
     let none: &[String] = &[];
-    let exit1 = "sh -c 'exit 1'";
+    let exit1 = EXIT1;
 
     step("pause: VERSION=2 exits 1; the update pauses and the other tasks stay on VERSION=1");
     create(
@@ -703,21 +710,30 @@ fn failing_update_pauses_rolls_back_or_completes_within_the_failure_ratio() {
         ],
     );
     all_on(&c, none, "paws", "1", 4);
-    let run = c.shoal(&[
-        "service",
-        "update",
-        "--env-add",
-        "VERSION=2",
-        "--args",
-        exit1,
-        "--update-failure-action",
-        "pause",
-        "--update-monitor",
-        "5s",
-        "--timeout",
-        "120s",
-        "paws",
-    ]);
+    let stop = AtomicBool::new(false);
+    let (run, samples) = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        let sampler = s.spawn(|| sample(&c, none, "paws", &stop));
+        let run = c.shoal(&[
+            "service",
+            "update",
+            "--env-add",
+            "VERSION=2",
+            "--args",
+            exit1,
+            "--update-failure-action",
+            "pause",
+            "--update-monitor",
+            "5s",
+            "--timeout",
+            "120s",
+            "paws",
+        ]);
+        // Longer than monitor + delay: a paused update replaces nothing more.
+        std::thread::sleep(Duration::from_secs(7));
+        stop.store(true, Ordering::SeqCst);
+        (run, sampler.join().expect("sampler"))
+    });
     eprintln!("service update exited {}: {}", run.code, out(&run));
     let svc = await_state(&c, none, "paws", "paused", Duration::from_secs(30));
     let message = svc["status"]["updateStatus"]["message"]
@@ -737,8 +753,14 @@ fn failing_update_pauses_rolls_back_or_completes_within_the_failure_ratio() {
         "the CLI says why: {}",
         out(&run)
     );
-    // Longer than monitor + delay: a paused update replaces nothing more.
-    std::thread::sleep(Duration::from_secs(7));
+    let most = most_in_flight(&samples, 4);
+    eprintln!("most slots in flight at once: {}", most.0);
+    assert!(
+        most.0 <= 1,
+        "parallelism 1, yet {} slots replaced at once:\n{}",
+        most.0,
+        most.1
+    );
     let all = tasks(&c, none, "paws");
     let old: Vec<&Value> = serving(&all)
         .into_iter()
@@ -763,7 +785,16 @@ fn failing_update_pauses_rolls_back_or_completes_within_the_failure_ratio() {
         ps.contains("Shutdown"),
         "service ps shows the replaced task as Shutdown:\n{ps}"
     );
-    c.shoal(&["service", "rm", "paws"]).ok();
+}
+
+/// Must show: an image command that exits 1 with `rollback` → `rollback_completed`, and
+/// every task back on the old spec.
+#[test]
+fn failing_update_with_rollback_puts_every_task_back_on_the_old_spec() {
+    require_e2e!();
+    let c = Cluster::up(2);
+    let none: &[String] = &[];
+    let exit1 = EXIT1;
 
     step("rollback: VERSION=2 exits 1; the update rolls back and every task is on VERSION=1");
     create(
@@ -832,7 +863,14 @@ fn failing_update_pauses_rolls_back_or_completes_within_the_failure_ratio() {
         "{}",
         table(&back)
     );
-    c.shoal(&["service", "rm", "back"]).ok();
+}
+
+/// Must show: 1 failure in 4 with `maxFailureRatio: 0.5` → `completed`.
+#[test]
+fn one_failure_in_four_within_max_failure_ratio_half_completes() {
+    require_e2e!();
+    let c = Cluster::up(2);
+    let none: &[String] = &[];
 
     step("1 failure in 4 with --update-max-failure-ratio 0.5: completed");
     create(
