@@ -21,10 +21,15 @@ const BUSYBOX: &str = "localhost:5000/busybox:latest";
 /// Sleeps until stopped, and stops at once on SIGTERM (a bare `sleep` as PID 1 ignores
 /// it, so every stop would wait out the grace period).
 const SLEEP: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
-/// An HTTP server that takes two seconds to listen: a replacement that took traffic before
-/// its health check passed would refuse connections.
+/// An HTTP server that takes two seconds to listen (a replacement that took traffic before
+/// its health check passed would refuse connections) and ends at once on SIGTERM.
 const SLOW_HTTPD: &str =
-    "sleep 2; mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+    "trap 'exit 0' TERM; sleep 2; mkdir -p /www && hostname > /www/index.html \
+     && httpd -f -p 80 -h /www & wait";
+/// The load client's PID 1: a shell that reaps the orphans `exec` leaves behind (busybox
+/// `timeout`'s watcher outlives a quick request; under a bare `sleep` they pile up as
+/// zombies until fork fails).
+const REAPER: &str = "trap 'exit 0' TERM; while :; do sleep 1; done";
 /// (Not `wget -T`: the busybox of the test image, 1.35 from Debian, crashes on it.)
 const HEALTH: &str = "wget -qO- http://127.0.0.1/ >/dev/null";
 
@@ -494,8 +499,9 @@ fn start_first_update_fails_no_request_through_vip_or_mesh() {
             "--network",
             "upnet",
             BUSYBOX,
-            "sleep",
-            "100000",
+            "sh",
+            "-c",
+            REAPER,
         ],
     );
     all_on(&c, none, "web", "1", replicas);
