@@ -92,13 +92,15 @@ fn table(tasks: &[Value]) -> String {
         .iter()
         .map(|t| {
             format!(
-                "  slot {} VERSION={} desired={} state={} node={} created={} id={} {}\n",
+                "  slot {} VERSION={} desired={} state={} node={} created={} started={} at={} id={} {}\n",
                 slot(t),
                 version(t),
                 t["spec"]["desiredState"].as_str().unwrap_or(""),
                 state(t),
                 t["spec"]["node"].as_str().unwrap_or("-"),
                 t["metadata"]["creationTimestamp"].as_str().unwrap_or("-"),
+                t["status"]["startedAt"].as_str().unwrap_or("-"),
+                t["status"]["timestamp"].as_str().unwrap_or("-"),
                 t["metadata"]["name"].as_str().unwrap_or(""),
                 t["status"]["err"].as_str().unwrap_or(""),
             )
@@ -773,9 +775,10 @@ fn failing_update_with_pause_pauses_and_the_other_tasks_stay_on_the_old_spec() {
     eprintln!("most slots in flight at once: {}", most.0);
     assert!(
         most.0 <= 1,
-        "parallelism 1, yet {} slots replaced at once:\n{}",
+        "parallelism 1, yet {} slots replaced at once:\n{}\nupdate status now: {}",
         most.0,
-        most.1
+        most.1,
+        service(&c, none, "paws")["status"]["updateStatus"]
     );
     let all = tasks(&c, none, "paws");
     let old: Vec<&Value> = serving(&all)
