@@ -69,7 +69,13 @@ pub struct Cluster {
     context: PathBuf,
     bin: PathBuf,
     extra_netns: Vec<String>,
+    /// One local cluster per machine: the tests of one file run on threads, so each holds
+    /// this until its cluster is torn down (dropped after `Drop::drop`).
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Serialises the clusters of the tests in one test binary.
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// What a command printed and how it ended.
 #[derive(Debug)]
@@ -112,6 +118,8 @@ impl Cluster {
     /// Brings up an N-node cluster with extra `shoal dev up` flags
     /// (`--etcd-members 3`, `--controllers 2`).
     pub fn up_with(nodes: u32, extra: &[&str]) -> Cluster {
+        // A test that failed while holding it poisoned it; its cluster is gone all the same.
+        let serial = ONE_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
         let bin = bin_dir();
         let id = format!("{:x}", std::process::id());
         let state_dir = PathBuf::from(format!("/tmp/shoal-e2e-{id}"));
@@ -125,6 +133,7 @@ impl Cluster {
             context,
             bin,
             extra_netns: vec![],
+            _serial: serial,
         };
         let nodes_arg = nodes.to_string();
         let mut args = vec!["dev", "up", "--nodes", &nodes_arg, "--timeout", "90"];
