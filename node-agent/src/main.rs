@@ -223,7 +223,7 @@ struct Common {
     revoke_lease_on_exit: bool,
     /// How long a running task that is wanted stopped keeps running before it is signalled,
     /// while every node's load balancer moves away from it (0 to stop at once).
-    #[arg(long, default_value = "1s", value_parser = shoal_api_types::duration::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "3s", value_parser = shoal_api_types::duration::parse_duration, value_name = "DURATION")]
     drain_delay: Duration,
     /// CPUs the node offers the scheduler (`4`, `0.5`, `500m`); default: what the agent
     /// may use (available parallelism, its cgroup's cpu.max), or 64 for hollow nodes.

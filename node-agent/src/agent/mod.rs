@@ -61,7 +61,7 @@ pub use task_runtime::{
 };
 
 /// Default [`AgentConfig::drain_delay`].
-pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(1);
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(3);
 
 /// How an agent runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
