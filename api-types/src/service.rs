@@ -651,14 +651,20 @@ mod tests {
         ServiceSpec::spec_changed(&s.spec, &mut s.status);
         s.spec = v2.clone();
         s.rollback(Utc::now()).unwrap();
-        assert_eq!((&s.spec, s.status.previous_spec.as_deref()), (&v1, Some(&v2)));
+        assert_eq!(
+            (&s.spec, s.status.previous_spec.as_deref()),
+            (&v1, Some(&v2))
+        );
         assert_eq!(
             s.status.update_status.as_ref().map(|u| u.state),
             Some(UpdateState::RollbackStarted)
         );
         assert_eq!(s.metadata.generation, 1);
         s.rollback(Utc::now()).unwrap();
-        assert_eq!((&s.spec, s.status.previous_spec.as_deref()), (&v2, Some(&v1)));
+        assert_eq!(
+            (&s.spec, s.status.previous_spec.as_deref()),
+            (&v2, Some(&v1))
+        );
     }
 
     #[test]
@@ -667,8 +673,16 @@ mod tests {
         s.update_config.max_failure_ratio = crate::update::Ratio(2.0);
         s.rollback_config.failure_action = crate::update::FailureAction::Rollback;
         let e = errs(s);
-        assert!(e.iter().any(|e| e.contains("spec.updateConfig.maxFailureRatio")), "{e:?}");
-        assert!(e.iter().any(|e| e.contains("spec.rollbackConfig.failureAction")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|e| e.contains("spec.updateConfig.maxFailureRatio")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.contains("spec.rollbackConfig.failureAction")),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -87,7 +87,9 @@ impl JsonSchema for HumanDuration {
 
 /// A fraction from 0 to 1. Validation refuses anything else (so never NaN, which is why
 /// equality is total).
-#[derive(Debug, Clone, Copy, Default, PartialEq, PartialOrd, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, PartialOrd, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(transparent)]
 pub struct Ratio(pub f64);
 

@@ -221,6 +221,10 @@ struct Common {
     /// Revoke the lease on exit so the node goes down at once (tests).
     #[arg(long)]
     revoke_lease_on_exit: bool,
+    /// How long a running task that is wanted stopped keeps running before it is signalled,
+    /// while every node's load balancer moves away from it (0 to stop at once).
+    #[arg(long, default_value = "1s", value_parser = shoal_api_types::duration::parse_duration, value_name = "DURATION")]
+    drain_delay: Duration,
     /// CPUs the node offers the scheduler (`4`, `0.5`, `500m`); default: what the agent
     /// may use (available parallelism, its cgroup's cpu.max), or 64 for hollow nodes.
     #[arg(long, value_name = "CPUS")]
@@ -275,6 +279,7 @@ impl Common {
             lease_ttl: Duration::from_secs(self.lease_ttl),
             resync: Duration::from_secs(self.resync.max(1)),
             revoke_lease_on_exit: self.revoke_lease_on_exit,
+            drain_delay: self.drain_delay,
             ..AgentConfig::new(name, address)
         }
     }

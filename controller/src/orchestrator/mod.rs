@@ -3,7 +3,8 @@
 //! `status`; no other stage writes them. See docs/architecture.md ("Controller").
 //!
 //! A service reconcile is [`service_step`], pure over the cache, which composes:
-//! [`slots`] (which tasks: creates, stops, deletes, restarts, rolling replacement),
+//! [`slots`] (which tasks: creates, stops, deletes, restarts), [`update`] (the rolling
+//! replacement of out-of-date tasks and `status.updateStatus`),
 //! [`vips`] (the networks the tasks join and the VIP on each), [`tasks`] (new tasks with
 //! their addresses, deletes with their releases), [`crate::endpoints`] (per network) and
 //! [`status`]. It returns transactions of plain [`Write`]s; [`reconcile_service`] commits
@@ -17,6 +18,7 @@
 pub mod slots;
 pub mod status;
 pub mod tasks;
+pub mod update;
 pub mod vips;
 pub mod write;
 
@@ -73,14 +75,20 @@ pub fn service_step(
 ) -> ServiceStep {
     let service = world.services.get(name).cloned();
     let tasks = world.service_tasks(name);
-    let plan = plan_service(
+    let mut plan = plan_service(
         service.as_deref(),
         &tasks,
         &world.nodes,
         now,
         config.task_history_limit,
     );
+    let update = service
+        .as_deref()
+        .map(|s| update::plan_update(s, &tasks, &mut plan, |t| listed_ready(world, name, t), now));
     let mut action = plan.requeue.map_or(Action::AwaitChange, Action::Requeue);
+    if let Some(d) = update.as_ref().and_then(|u| u.requeue) {
+        action = action.min(Action::Requeue(d));
+    }
     // Deletes release the task's addresses in the same transaction.
     let mut txns = tasks::retire_writes(&plan, &world.ipam);
 
@@ -146,7 +154,7 @@ pub fn service_step(
     let endpoints = plan_endpoints(name, wanted, &world.endpoints);
 
     // Status, with the VIP claims and releases it records, first.
-    let status = status::service_status(
+    let mut status = status::service_status(
         &service,
         &plan,
         &tasks,
@@ -155,10 +163,22 @@ pub fn service_step(
         exhausted.as_deref(),
         now,
     );
+    let update = update.unwrap_or_default();
+    if let Some(us) = update.status {
+        status.update_status = Some(us);
+    }
     let mut status_txn = vip_plan.writes;
-    if status != service.status || !status_txn.is_empty() {
+    if status != service.status || !status_txn.is_empty() || update.rollback {
         let mut next = (*service).clone();
         next.status = status;
+        if update.rollback {
+            // The failure action: back to the previous spec (the updater set the state).
+            let state = next.status.update_status.take();
+            if next.rollback(now).is_ok() {
+                next.status.update_status = state;
+            }
+            tracing::info!(service = %name, "update failed; rolling back to the previous spec");
+        }
         status_txn.push(Write::UpdateService(next));
     }
     txns.insert(0, status_txn);
@@ -180,6 +200,21 @@ pub fn service_step(
         action = action.min(Action::Requeue(Duration::from_secs(5)));
     }
     ServiceStep { txns, action }
+}
+
+/// Whether task `t` of service `name` is listed ready in every stored Endpoints object of
+/// the service that covers one of its networks (so every node's load balancer has it).
+fn listed_ready(world: &World, name: &str, t: &shoal_api_types::Task) -> bool {
+    t.spec.attachments.iter().all(|a| {
+        match world.endpoints.get(&(a.network.clone(), name.to_string())) {
+            Some(ep) => ep
+                .spec
+                .tasks
+                .iter()
+                .any(|e| e.task == t.metadata.name && e.ready),
+            None => true,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -49,8 +49,19 @@ pub struct ServicePlan {
     pub requeue: Option<Duration>,
     /// How many tasks should run.
     pub desired: u64,
-    /// Live tasks made from an older spec, with the task that replaces each.
-    pub outdated: Vec<(Arc<Task>, NewTask)>,
+    /// Live tasks made from an older spec, for the updater ([`super::update`]).
+    pub outdated: Vec<Outdated>,
+}
+
+/// A live task made from an older spec than the service's.
+#[derive(Debug, Clone)]
+pub struct Outdated {
+    /// The task.
+    pub task: Arc<Task>,
+    /// The task that replaces it.
+    pub replacement: NewTask,
+    /// A live task on the current spec already in its slot (a start-first replacement).
+    pub successor: Option<Arc<Task>>,
 }
 
 impl ServicePlan {
@@ -159,39 +170,7 @@ pub fn plan_service(
             }
         }
     }
-    roll(service, tasks, &mut plan);
     plan
-}
-
-/// Rolling update, one task at a time (Swarm's default parallelism 1, stop-first): an
-/// outdated task that never reached a node is replaced at once; otherwise the next outdated
-/// task is stopped and replaced only when no other replacement is still starting.
-fn roll(service: &Service, tasks: &[Arc<Task>], plan: &mut ServicePlan) {
-    let outdated = std::mem::take(&mut plan.outdated);
-    let in_flight = tasks.iter().any(|t| {
-        // A replacement still starting (one nothing fits, with a pending reason, does not
-        // hold the rollout up).
-        (t.is_live()
-            && !is_outdated(service, t)
-            && t.status.state != TaskState::Running
-            && (t.spec.node.is_some() || t.spec.pending_reason.is_empty()))
-            || (t.spec.desired_state != TaskState::Running
-                && !t.status.state.is_terminal()
-                && t.spec.node.is_some()
-                && is_outdated(service, t))
-    });
-    let mut started = in_flight;
-    for (task, replacement) in outdated.iter() {
-        if task.spec.node.is_none() {
-            plan.delete.push(task.clone());
-            plan.create.push(replacement.clone());
-        } else if !started {
-            plan.shutdown.push(task.clone());
-            plan.create.push(replacement.clone());
-            started = true;
-        }
-    }
-    plan.outdated = outdated;
 }
 
 /// Whether a task was made from a spec that differs from the service's current one in
@@ -239,13 +218,32 @@ fn plan_slot(
             _ => keep.push(t),
         }
     }
-    // Prefer a running task, then the newest.
+    // Prefer a running task, then the newest. A slot may hold one task on the current spec
+    // next to one on an older spec (a start-first replacement in progress); the updater
+    // stops the old one.
     keep.sort_by(|a, b| {
         let ra = a.status.state == TaskState::Running;
         let rb = b.status.state == TaskState::Running;
         rb.cmp(&ra).then_with(|| created(b).cmp(&created(a)))
     });
-    for extra in keep.iter().skip(1) {
+    let (current, old): (Vec<&Arc<Task>>, Vec<&Arc<Task>>) =
+        keep.iter().partition(|t| !is_outdated(service, t));
+    let successor = current.first().map(|t| (*t).clone());
+    let predecessor = old.first().copied();
+    let keep: Vec<&Arc<Task>> = match (current.first(), predecessor) {
+        (Some(c), Some(o)) => {
+            let mut rest: Vec<&Arc<Task>> = current[1..].to_vec();
+            rest.extend(&old[1..]);
+            [*c, o].into_iter().chain(rest).collect()
+        }
+        _ => keep,
+    };
+    let kept = if successor.is_some() && predecessor.is_some() {
+        2
+    } else {
+        1
+    };
+    for extra in keep.iter().skip(kept) {
         if extra.spec.node.is_none() {
             plan.delete.push((*extra).clone());
         } else {
@@ -261,21 +259,26 @@ fn plan_slot(
             plan.delete.push(t.clone());
         }
     }
-    if let Some(current) = keep.first() {
-        if is_outdated(service, current) {
-            plan.outdated.push((
-                (*current).clone(),
-                NewTask {
-                    attempt: current.attempt(),
-                    ..target.clone()
-                },
-            ));
-        }
+    if let Some(old) = predecessor {
+        plan.outdated.push(Outdated {
+            task: old.clone(),
+            replacement: NewTask {
+                attempt: old.attempt(),
+                ..target.clone()
+            },
+            successor,
+        });
     }
     if keep.is_empty() {
         let last = tasks.iter().max_by(|a, b| created(a).cmp(&created(b)));
         match last {
             None => plan.create.push(target),
+            // An update stops the old task first (stop-first): its replacement waits until
+            // it ended, so the slot never runs two.
+            Some(last)
+                if !last.status.state.is_terminal()
+                    && last.spec.node.is_some()
+                    && is_outdated(service, last) => {}
             Some(last) => match restart_decision(service, last, now) {
                 Restart::Now => {
                     // The ended task is history now: as in Swarm, it is no longer wanted
@@ -566,82 +569,57 @@ mod tests {
     }
 
     #[test]
-    fn orchestrator_should_roll_an_image_change_one_task_at_a_time() {
+    fn outdated_tasks_should_be_left_to_the_updater_and_a_slot_may_hold_a_successor() {
         let mut svc = service(3);
         svc.spec.image = "busybox:2".into();
         let mut tasks: Vec<Arc<Task>> = (1..=3)
-            .map(|s| {
-                let mut t =
-                    (*task(&format!("t{s}"), s, Some("n1"), TaskState::Running, 10)).clone();
-                t.spec.image = "busybox".into();
-                t.spec.stop_grace_period_seconds = 10;
-                Arc::new(t)
-            })
+            .map(|s| task(&format!("t{s}"), s, Some("n1"), TaskState::Running, 10))
             .collect();
         let plan = plan_service(Some(&svc), &tasks, &nodes(), Utc::now(), 3);
-        assert_eq!(ids(&plan.shutdown), vec!["t1"]);
-        assert_eq!(slots(&plan), vec![1]);
-        // While the replacement starts, nothing else is touched.
-        let mut old = (*tasks[0]).clone();
-        old.spec.desired_state = TaskState::Shutdown;
-        tasks[0] = Arc::new(old);
+        assert!(
+            plan.shutdown.is_empty() && plan.create.is_empty(),
+            "{plan:?}"
+        );
+        let listed: Vec<&str> = plan
+            .outdated
+            .iter()
+            .map(|o| o.task.metadata.name.as_str())
+            .collect();
+        assert_eq!(listed, ["t1", "t2", "t3"]);
+        assert_eq!(plan.outdated[0].replacement.slot, Some(1));
+        // A start-first replacement next to the old task: both stay; the updater decides.
         let mut new = (*task("n1", 1, Some("n2"), TaskState::Starting, 0)).clone();
         new.spec.image = "busybox:2".into();
-        new.spec.stop_grace_period_seconds = 10;
         tasks.push(Arc::new(new));
         let plan = plan_service(Some(&svc), &tasks, &nodes(), Utc::now(), 3);
         assert!(
             plan.shutdown.is_empty() && plan.create.is_empty(),
             "{plan:?}"
         );
-        // Scaling alone replaces nothing.
-        let mut scaled = service(3);
-        scaled.spec.replicas = Some(3);
-        let same: Vec<Arc<Task>> = (1..=3)
-            .map(|s| {
-                let mut t =
-                    (*task(&format!("t{s}"), s, Some("n1"), TaskState::Running, 10)).clone();
-                t.spec.image = "busybox".into();
-                t.spec.stop_grace_period_seconds = 10;
-                Arc::new(t)
-            })
-            .collect();
-        let plan = plan_service(Some(&scaled), &same, &nodes(), Utc::now(), 3);
-        assert!(
-            plan.shutdown.is_empty() && plan.create.is_empty(),
-            "{plan:?}"
-        );
+        let successor = plan.outdated[0].successor.as_ref().expect("a successor");
+        assert_eq!(successor.metadata.name, "n1");
+        // A scale alone makes nothing out of date.
+        let plan = plan_service(Some(&service(3)), &tasks[..3], &nodes(), Utc::now(), 3);
+        assert!(plan.outdated.is_empty(), "{plan:?}");
     }
 
     #[test]
-    fn orchestrator_should_replace_every_task_one_at_a_time_when_force_update_changes() {
-        let running = |force: u64| -> Vec<Arc<Task>> {
-            (1..=3)
-                .map(|s| {
-                    let mut t =
-                        (*task(&format!("t{s}"), s, Some("n1"), TaskState::Running, 10)).clone();
-                    t.spec.force_update = force;
-                    Arc::new(t)
-                })
-                .collect()
-        };
-        let mut svc = service(3);
-        // Same spec, same counter: nothing is out of date.
-        assert!(running(0).iter().all(|t| !is_outdated(&svc, t)));
-        // Only the counter changed: every task is out of date, replaced one at a time.
+    fn a_slot_whose_old_task_is_stopping_should_wait_for_it_before_replacing_it() {
+        let mut svc = service(1);
         svc.spec.force_update = 1;
-        let tasks = running(0);
-        assert!(tasks.iter().all(|t| is_outdated(&svc, t)));
-        let plan = plan_service(Some(&svc), &tasks, &nodes(), Utc::now(), 3);
-        assert_eq!(ids(&plan.shutdown), vec!["t1"]);
-        assert_eq!(slots(&plan), vec![1]);
-        assert_eq!(plan.outdated.len(), 3);
-        // Tasks made at the new counter are current: nothing more to replace.
-        let plan = plan_service(Some(&svc), &running(1), &nodes(), Utc::now(), 3);
-        assert!(
-            plan.shutdown.is_empty() && plan.create.is_empty() && plan.outdated.is_empty(),
-            "{plan:?}"
+        let mut old = (*task("t1", 1, Some("n1"), TaskState::Running, 10)).clone();
+        old.spec.desired_state = TaskState::Shutdown;
+        let plan = plan_service(
+            Some(&svc),
+            &[Arc::new(old.clone())],
+            &nodes(),
+            Utc::now(),
+            3,
         );
+        assert!(plan.create.is_empty(), "stop-first: {plan:?}");
+        old.status.state = TaskState::Shutdown;
+        let plan = plan_service(Some(&svc), &[Arc::new(old)], &nodes(), Utc::now(), 3);
+        assert_eq!(slots(&plan), vec![1]);
     }
 
     #[test]

@@ -436,6 +436,7 @@ mod tests {
             Op::Stop {
                 id: "t1".into(),
                 grace: Duration::from_secs(3),
+                drain: false,
             },
             Op::Remove { id: "old".into() },
         ];

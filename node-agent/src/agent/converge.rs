@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use super::apply::{ApplyError, Effects};
 use super::desired::DesiredTasks;
-use super::plan::plan;
+use super::plan::{plan, Op};
 use shoal_store::Backoff;
 
 /// How the converge loop is doing, for tests, metrics and benchmarks.
@@ -42,6 +42,9 @@ pub(crate) struct Converger {
     pub desired: watch::Receiver<DesiredTasks>,
     pub resync: Duration,
     pub concurrency: usize,
+    /// How long a running task wanted stopped keeps running first (see
+    /// `AgentConfig::drain_delay`).
+    pub drain_delay: Duration,
     pub stats: watch::Sender<ConvergeStats>,
 }
 
@@ -122,7 +125,13 @@ impl Converger {
             let id = op.task_id().to_string();
             let (effects, permits, task_id) = (self.effects.clone(), permits.clone(), id.clone());
             tracing::debug!(task = %id, ?op, "applying");
+            let drain = match op {
+                Op::Stop { drain: true, .. } => self.drain_delay,
+                _ => Duration::ZERO,
+            };
             let handle = running.spawn(async move {
+                // Draining holds no permit: it is only waiting.
+                tokio::time::sleep(drain).await;
                 let _permit = permits.acquire_owned().await;
                 (task_id, effects.apply(op).await)
             });
@@ -235,6 +244,10 @@ mod tests {
     }
 
     fn start(runtime: Arc<HollowRuntime>, resync: Duration) -> Running {
+        start_draining(runtime, resync, Duration::ZERO)
+    }
+
+    fn start_draining(runtime: Arc<HollowRuntime>, resync: Duration, drain: Duration) -> Running {
         let (desired, desired_rx) = watch::channel(None);
         let (stats_tx, stats) = watch::channel(ConvergeStats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -244,6 +257,7 @@ mod tests {
             desired: desired_rx,
             resync,
             concurrency: 4,
+            drain_delay: drain,
             stats: stats_tx,
         };
         let handle = tokio::spawn(converger.run(shutdown_rx));
@@ -310,5 +324,38 @@ mod tests {
             vec!["b".to_string()],
             "shutdown leaves tasks running"
         );
+    }
+
+    #[tokio::test]
+    async fn a_running_task_wanted_stopped_should_keep_running_for_the_drain_delay() {
+        let runtime = Arc::new(HollowRuntime::new());
+        let running = start_draining(
+            runtime.clone(),
+            Duration::from_secs(3600),
+            Duration::from_millis(400),
+        );
+        running
+            .desired
+            .send_replace(Some(BTreeMap::from([("a".to_string(), task("a"))])));
+        until("a running", || {
+            running.state("a") == Some(TaskState::Running)
+        })
+        .await;
+        let asked = Instant::now();
+        running.desired.send_modify(|tasks| {
+            let a = tasks.as_mut().unwrap().get_mut("a").unwrap();
+            a.spec.desired_state = TaskState::Shutdown;
+        });
+        until("a stopped", || {
+            running.state("a") == Some(TaskState::Shutdown)
+        })
+        .await;
+        assert!(
+            asked.elapsed() >= Duration::from_millis(400),
+            "stopped after {:?}, before the drain delay",
+            asked.elapsed()
+        );
+        running.shutdown.send_replace(true);
+        running.handle.await.unwrap();
     }
 }

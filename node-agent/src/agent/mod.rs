@@ -60,6 +60,9 @@ pub use task_runtime::{
     BackgroundContext, ClusterCaches, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
 };
 
+/// Default [`AgentConfig::drain_delay`].
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(1);
+
 /// How an agent runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
@@ -81,6 +84,11 @@ pub struct AgentConfig {
     pub revoke_lease_on_exit: bool,
     /// Runtime operations that may run at once.
     pub concurrency: usize,
+    /// How long a running task that is wanted stopped keeps running before it is signalled:
+    /// the controller takes it out of the Endpoints in the same write, and every node's
+    /// load balancer (VIP, routing mesh, DNS) moves away meanwhile, so connections are not
+    /// sent to a task that is exiting.
+    pub drain_delay: Duration,
     /// What the node offers the scheduler, written to `Node.status.capacity` (None: not
     /// reported; then only tasks that reserve nothing are placed here). See
     /// [`capacity::detect`].
@@ -100,6 +108,7 @@ impl AgentConfig {
             watch_progress_every: Duration::from_secs(60),
             revoke_lease_on_exit: false,
             concurrency: 16,
+            drain_delay: DEFAULT_DRAIN_DELAY,
             capacity: None,
         }
     }
@@ -277,6 +286,7 @@ impl Agent {
             desired: desired_rx,
             resync: config.resync,
             concurrency: config.concurrency,
+            drain_delay: config.drain_delay,
             stats: stats_tx,
         };
         let mut tasks = vec![

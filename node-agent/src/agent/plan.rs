@@ -133,6 +133,9 @@ pub enum Op {
         id: String,
         /// Time between SIGTERM and SIGKILL.
         grace: Duration,
+        /// The task was running (so in load balancers): wait the agent's drain delay first,
+        /// while every node takes it out.
+        drain: bool,
     },
     /// Stop if needed and delete everything of a task that is not desired any more.
     Remove {
@@ -208,14 +211,22 @@ fn plan_task(task: &Task, observed: Option<&ObservedTask>) -> Option<Op> {
 
     if current.is_terminal() {
         return match state {
-            Some(ObservedState::Running) => Some(Op::Stop { id, grace }),
+            Some(ObservedState::Running) => Some(Op::Stop {
+                id,
+                grace,
+                drain: false,
+            }),
             _ => None,
         };
     }
 
     if desired > TaskState::Running {
         return match (observed, state) {
-            (_, Some(ObservedState::Running)) => Some(Op::Stop { id, grace }),
+            (_, Some(ObservedState::Running)) => Some(Op::Stop {
+                id,
+                grace,
+                drain: current == TaskState::Running,
+            }),
             (Some(o), Some(ObservedState::Exited { exit_code })) => report(
                 StatusUpdate::new(TaskState::Shutdown, "shutdown")
                     .with_exit_code(exit_code)
@@ -299,10 +310,11 @@ mod tests {
         }
     }
 
-    fn stop(id: &str) -> Op {
+    fn stop(id: &str, drain: bool) -> Op {
         Op::Stop {
             id: id.into(),
             grace: Duration::from_secs(7),
+            drain,
         }
     }
 
@@ -467,6 +479,7 @@ mod tests {
             vec![Op::Stop {
                 id: "t1".into(),
                 grace: Duration::from_secs(MAX_STOP_GRACE_PERIOD_SECONDS.into()),
+                drain: true,
             }]
         );
     }
@@ -476,7 +489,8 @@ mod tests {
         for current in [TaskState::Assigned, TaskState::Starting, RUN] {
             assert_eq!(
                 plan(&[task("t1", SHUT, current)], &[running("t1")]),
-                vec![stop("t1")]
+                vec![stop("t1", current == RUN)],
+                "only a task that was running is drained first"
             );
         }
     }
@@ -505,7 +519,7 @@ mod tests {
     fn plan_should_treat_desired_states_past_running_as_shutdown() {
         assert_eq!(
             plan(&[task("t1", TaskState::Complete, RUN)], &[running("t1")]),
-            vec![stop("t1")]
+            vec![stop("t1", true)]
         );
     }
 
@@ -553,7 +567,7 @@ mod tests {
                 );
                 assert_eq!(
                     plan(&[t], &[running("t1")]),
-                    vec![stop("t1")],
+                    vec![stop("t1", false)],
                     "{desired}/{current}"
                 );
             }
