@@ -268,8 +268,16 @@ pub(crate) struct Timeline {
     pub all_new_healthy: Option<f64>,
     /// First time every old task had ended.
     pub old_ended: Option<f64>,
-    /// Most tasks running at once.
+    /// Per new task: created → running (`status.startedAt`, the agent's clock) (ms).
+    pub start_to_running: Vec<f64>,
+    /// Per new task: running (`status.startedAt`) → seen healthy (ms).
+    pub running_to_healthy: Vec<f64>,
+    /// Per old task: seen wanted stopped → seen ended (ms).
+    pub old_stop: Vec<f64>,
+    /// Most tasks running and wanted running at once.
     pub max_running: usize,
+    /// Most tasks running at once, counting those told to stop that still run.
+    pub max_containers: usize,
     /// Most new tasks starting (created, not yet healthy, wanted running) at once.
     pub max_starting: usize,
     /// Batches in creation order.
@@ -296,6 +304,9 @@ pub(crate) fn analyse(
     let mut live: BTreeMap<String, Task> = BTreeMap::new();
     let mut healthy_at: HashMap<String, f64> = HashMap::new();
     let mut created: HashMap<String, f64> = HashMap::new();
+    let mut started: HashMap<String, f64> = HashMap::new();
+    let mut stop_wanted: HashMap<String, f64> = HashMap::new();
+    let mut ended: HashMap<String, f64> = HashMap::new();
     let is_new = |t: &Task| t.spec.force_update == force;
     for ev in tasks {
         let t = &ev.obj;
@@ -306,11 +317,22 @@ pub(crate) fn analyse(
         if is_new(t) {
             let c = ts_ms(t.metadata.creation_timestamp).unwrap_or(ev.at);
             created.entry(name.clone()).or_insert(c);
+            if let Some(st) = ts_ms(t.status.started_at) {
+                started.entry(name.clone()).or_insert(st);
+            }
             if t.status.state == TaskState::Running
                 && t.status.healthy
                 && t.spec.desired_state == TaskState::Running
             {
                 healthy_at.entry(name.clone()).or_insert(ev.at);
+            }
+        }
+        if !is_new(t) && ev.at >= since {
+            if t.spec.desired_state != TaskState::Running {
+                stop_wanted.entry(name.clone()).or_insert(ev.at);
+            }
+            if t.status.state.is_terminal() || ev.deleted {
+                ended.entry(name.clone()).or_insert(ev.at);
             }
         }
         if ev.deleted {
@@ -339,11 +361,11 @@ pub(crate) fn analyse(
         if tl.old_ended.is_none() && old_live == 0 && !created.is_empty() {
             tl.old_ended = Some(ev.at);
         }
-        tl.max_running = tl.max_running.max(
-            live.values()
-                .filter(|t| t.status.state == TaskState::Running)
-                .count(),
-        );
+        let running = live
+            .values()
+            .filter(|t| t.status.state == TaskState::Running);
+        tl.max_containers = tl.max_containers.max(running.clone().count());
+        tl.max_running = tl.max_running.max(running.filter(wanted).count());
         tl.max_starting = tl.max_starting.max(
             live.values()
                 .filter(|t| is_new(t))
@@ -378,8 +400,21 @@ pub(crate) fn analyse(
         if let Some(h) = healthy_at.get(n) {
             tl.start_to_healthy.push(h - c);
         }
+        if let Some(st) = started.get(n) {
+            tl.start_to_running.push(st - c);
+            if let Some(h) = healthy_at.get(n) {
+                tl.running_to_healthy.push(h - st);
+            }
+        }
         if let Some(r) = ready_at(n) {
             tl.start_to_ready.push(r - c);
+        }
+    }
+    let mut stops: Vec<(&String, &f64)> = stop_wanted.iter().collect();
+    stops.sort_by(|a, b| a.0.cmp(b.0));
+    for (n, w) in stops {
+        if let Some(e) = ended.get(n) {
+            tl.old_stop.push(e - w);
         }
     }
     for chunk in order.chunks(parallelism.max(1)) {
@@ -589,11 +624,22 @@ pub(crate) fn rolling_update(dev: &Dev, quick: bool, probe_ns: &str) -> Result<V
         let vip_res = vip_load.finish();
         let mesh_res = mesh_load.finish();
         let _ = std::fs::remove_file(&stop);
+        waited?;
+        // Until every replaced task has ended (so the streams show how long stopping takes,
+        // and the scale-ups below start on a settled cluster).
+        let force = service(dev)?.spec.force_update;
+        let settled = poll(Duration::from_secs(60), "the old tasks to end", || {
+            Ok(tasks(dev, SVC)?
+                .iter()
+                .all(|t| t.spec.force_update == force || t.status.state.is_terminal())
+                .then_some(()))
+        });
+        if let Err(e) = settled {
+            eprintln!("bench:   {e:#}");
+        }
         std::thread::sleep(Duration::from_millis(300));
         let (tl_lines, ep_lines, sv_lines) = (tw.take(), ew.take(), sw.take());
-        waited?;
         let (vip_res, mesh_res) = (vip_res?, mesh_res?);
-        let force = service(dev)?.spec.force_update;
         let tl = analyse(
             &parse_events(&tl_lines),
             &parse_events(&ep_lines),
@@ -610,7 +656,10 @@ pub(crate) fn rolling_update(dev: &Dev, quick: bool, probe_ns: &str) -> Result<V
             tl.completed.map(|t| (t - sent).round()),
             wall.as_secs_f64()
         );
-        // The lower bound's start-to-healthy: one batch started by a scale-up, 3 rounds.
+        // The lower bound's start-to-healthy: one batch started by a scale-up, 3 rounds,
+        // under the same load as the update.
+        let vip_load = Load::start("VIP", probe_ns, &vip_addr, &stop, 300)?;
+        let mesh_load = Load::start("mesh", "shoal-node-1", &mesh_addr, &stop, 300)?;
         let mut s2h = vec![];
         for k in 1..=3 {
             let ms = scale_up_batch(dev, replicas + k * PARALLELISM)?;
@@ -619,6 +668,13 @@ pub(crate) fn rolling_update(dev: &Dev, quick: bool, probe_ns: &str) -> Result<V
             );
             s2h.push(ms);
         }
+        std::fs::write(&stop, b"stop")?;
+        let (bv, bm) = (vip_load.finish()?, mesh_load.finish()?);
+        let _ = std::fs::remove_file(&stop);
+        eprintln!(
+            "bench:   load during the scale-ups: VIP {} failed of {}, mesh {} failed of {}",
+            bv.failed, bv.sent, bm.failed, bm.sent
+        );
         let s2h_med = pct(&mut s2h.clone(), 50.0);
         Ok(rows(
             &tl, end_state, &vip_res, &mesh_res, sent, s2h_med, &s2h, replicas, batches, monitor_ms,
@@ -710,24 +766,29 @@ fn rows(
         None => "; **no status.updateStatus was ever written** (no updater?): timed until every task ran on the new spec".into(),
     };
     let common = format!(
-        "{} new tasks in {} batches of ≤ {PARALLELISM} (in creation order; times in ms after the update was sent): {}; update states: {}; most running at once {} (replicas {replicas} + parallelism {PARALLELISM} = {}), most new tasks starting at once {}; start-to-healthy per new task during the update p50 {:.0} ms / max {:.0} ms, to ready in the Endpoints of every network p50 {:.0} ms; per batch (created → last healthy) p50 {span_med:.0} ms, which would make the bound {:.1} s (ratio {:.2}); old tasks all ended +{}{ended}",
+        "{} new tasks in {} batches of ≤ {PARALLELISM} (in creation order; times in ms after the update was sent): {}; update states: {}; most running and wanted at once {} (replicas {replicas} + parallelism {PARALLELISM} = {}; {} counting old tasks told to stop that still ran), most new tasks starting at once {}; start-to-healthy per new task during the update p50 {:.0} ms / max {:.0} ms (created → running p50 {:.0} ms, running → healthy p50 {:.0} ms), to ready in the Endpoints of every network p50 {:.0} ms; per batch (created → last healthy) p50 {span_med:.0} ms, which would make the bound {:.1} s (ratio {:.2}); old tasks all ended +{} (each: wanted stopped → ended p50 {:.0} ms, max {:.0} ms){ended}",
         tl.new_tasks,
         tl.batches.len(),
         batch_text.join("; "),
         if states.is_empty() { "none".to_string() } else { states.join(" → ") },
         tl.max_running,
         replicas + PARALLELISM,
+        tl.max_containers,
         tl.max_starting,
         pct(&mut per_task.clone(), 50.0),
         pct(&mut per_task, 100.0),
+        pct(&mut tl.start_to_running.clone(), 50.0),
+        pct(&mut tl.running_to_healthy.clone(), 50.0),
         pct(&mut per_ready, 50.0),
         batches as f64 * span_med / 1000.0,
         rel(tl.all_new_healthy).map(|t| t / (batches as f64 * span_med).max(1.0)).unwrap_or(0.0),
         rel(tl.old_ended).map(|t| format!("{t:.0}")).unwrap_or("never".into()),
+        pct(&mut tl.old_stop.clone(), 50.0),
+        pct(&mut tl.old_stop.clone(), 100.0),
     );
     let baseline = format!("{batches} × {:.2} s = {}", s2h / 1000.0, secs(bound));
     let s2h_note = format!(
-        "start-to-healthy = one batch of {PARALLELISM} started together by a scale-up (a replicas-only change: no updater), created → the last of them running and healthy, median of {} rounds ({})",
+        "start-to-healthy = one batch of {PARALLELISM} started together by a scale-up (a replicas-only change: no updater) under the same load, created → the last of them running and healthy, median of {} rounds ({})",
         s2h_rounds.len(),
         s2h_rounds
             .iter()
@@ -834,6 +895,9 @@ mod tests {
         t.metadata.creation_timestamp = chrono::DateTime::from_timestamp_millis(created as i64);
         t.status.state = state;
         t.status.healthy = healthy;
+        if state >= TaskState::Running {
+            t.status.started_at = chrono::DateTime::from_timestamp_millis(created as i64 + 400);
+        }
         t
     }
 
@@ -915,7 +979,15 @@ mod tests {
             "both new tasks healthy and no old task wanted running"
         );
         assert_eq!(tl.old_ended, Some(4000.0));
+        assert_eq!(tl.start_to_running, vec![400.0, 400.0]);
+        assert_eq!(tl.running_to_healthy, vec![400.0, 600.0]);
+        assert_eq!(
+            tl.old_stop,
+            vec![1000.0, 900.0],
+            "o1 then o2: wanted stopped → ended"
+        );
         assert_eq!(tl.max_running, 3, "start-first runs one extra task");
+        assert_eq!(tl.max_containers, 3);
         assert_eq!(tl.completed, Some(8100.0));
         assert_eq!(
             tl.states.iter().map(|s| s.1).collect::<Vec<_>>(),
