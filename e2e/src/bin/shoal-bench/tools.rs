@@ -27,6 +27,11 @@ pub fn dispatch(args: &[String]) -> Option<Result<()>> {
         ["__http", addr] => http(addr),
         ["__seen", name, ip, secs] => seen(name, ip, secs.parse().unwrap_or(30.0)),
         ["__blast", addr, secs] => blast(addr, secs.parse().unwrap_or(3.0)),
+        ["__lbtrace", every_ms, secs, stop] => lb_trace(
+            every_ms.parse().unwrap_or(100),
+            secs.parse().unwrap_or(60.0),
+            stop,
+        ),
         ["__httpload", addr, rate, conc, secs, stop] => http_load(
             addr,
             rate.parse().unwrap_or(50.0),
@@ -412,6 +417,49 @@ fn http_load(addr: &str, rate: f64, conc: usize, secs: f64, stop: &str) -> Resul
     );
     for (at, kind, detail) in fails.iter().take(200) {
         println!("fail={at:.0},{kind},{}", detail.replace(['\n', '\r'], " "));
+    }
+    Ok(())
+}
+
+/// The IPv4 addresses written in `text`, in order, without repeats.
+pub fn ipv4s(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for word in text.split(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        let parts: Vec<&str> = word.split('.').collect();
+        if parts.len() == 4
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.parse::<u8>().is_ok())
+        {
+            if !out.iter().any(|o| o == word) {
+                out.push(word.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Every `every_ms`, until the file `stop` exists or `secs` pass, lists this namespace's
+/// nftables ruleset and prints `<unix ms> <addresses>` whenever the set of IPv4 addresses in
+/// it changed: when each backend entered and left this namespace's load balancer.
+fn lb_trace(every_ms: u64, secs: f64, stop: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut last: Option<Vec<String>> = None;
+    while Instant::now() < deadline && !std::path::Path::new(stop).exists() {
+        let out = std::process::Command::new("nft")
+            .args(["-j", "list", "ruleset"])
+            .output()?;
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        let mut ips = ipv4s(&String::from_utf8_lossy(&out.stdout));
+        ips.sort();
+        if last.as_ref() != Some(&ips) {
+            println!("{at:.0} {}", ips.join(","));
+            last = Some(ips);
+        }
+        std::thread::sleep(Duration::from_millis(every_ms));
     }
     Ok(())
 }
