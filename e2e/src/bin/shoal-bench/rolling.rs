@@ -206,6 +206,57 @@ impl Drop for Load {
     }
 }
 
+/// `shoal-bench __lbtrace` in a namespace; stopped through the same file as the loads.
+struct Trace(Option<Child>);
+
+impl Trace {
+    fn start(ns: &str, stop: &Path) -> Result<Trace> {
+        let exe = std::env::current_exe()?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(exe)
+            .args(["__lbtrace", "100", "600"])
+            .arg(stop)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start __lbtrace")?;
+        Ok(Trace(Some(child)))
+    }
+
+    fn finish(mut self) -> LbTrace {
+        let Some(child) = self.0.take() else {
+            return vec![];
+        };
+        let out = child
+            .wait_with_output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        out.lines()
+            .filter_map(|l| {
+                let (at, ips) = l.split_once(' ').unwrap_or((l, ""));
+                Some((
+                    at.parse().ok()?,
+                    ips.split(',')
+                        .filter(|i| !i.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                ))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// What one load reported.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct LoadResult {
@@ -258,6 +309,39 @@ pub(crate) struct Batch {
     pub last_ready: Option<f64>,
 }
 
+/// A task the update replaced.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OldTask {
+    /// Its addresses on every network.
+    pub ips: Vec<String>,
+    /// Unix ms: seen wanted stopped.
+    pub wanted_stop: f64,
+    /// Unix ms: seen ended.
+    pub ended: Option<f64>,
+}
+
+/// Snapshots of the addresses in one namespace's nftables ruleset: (unix ms, addresses),
+/// taken whenever they changed.
+pub(crate) type LbTrace = Vec<(f64, Vec<String>)>;
+
+/// For each old task listed in the trace: when its last address left the ruleset (unix ms;
+/// `None`: still there when the trace ended).
+pub(crate) fn left_lb(trace: &LbTrace, old: &[OldTask]) -> Vec<(OldTask, Option<f64>)> {
+    old.iter()
+        .filter(|o| {
+            trace
+                .iter()
+                .any(|(_, ips)| o.ips.iter().any(|ip| ips.contains(ip)))
+        })
+        .map(|o| {
+            let listed = |ips: &Vec<String>| o.ips.iter().any(|ip| ips.contains(ip));
+            let last = trace.iter().rposition(|(_, ips)| listed(ips));
+            let left = last.and_then(|i| trace.get(i + 1)).map(|(at, _)| *at);
+            (o.clone(), left)
+        })
+        .collect()
+}
+
 /// What the streams say about one update.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Timeline {
@@ -278,6 +362,9 @@ pub(crate) struct Timeline {
     pub running_to_healthy: Vec<f64>,
     /// Per old task: seen wanted stopped → seen ended (ms).
     pub old_stop: Vec<f64>,
+    /// Old tasks replaced during the update: addresses, when seen wanted stopped, when
+    /// seen ended.
+    pub old_tasks: Vec<OldTask>,
     /// Most tasks running and wanted running at once.
     pub max_running: usize,
     /// Most tasks running at once, counting those told to stop that still run.
@@ -311,6 +398,7 @@ pub(crate) fn analyse(
     let mut started: HashMap<String, f64> = HashMap::new();
     let mut stop_wanted: HashMap<String, f64> = HashMap::new();
     let mut ended: HashMap<String, f64> = HashMap::new();
+    let mut ips: HashMap<String, Vec<String>> = HashMap::new();
     let is_new = |t: &Task| t.spec.force_update == force;
     for ev in tasks {
         let t = &ev.obj;
@@ -329,6 +417,18 @@ pub(crate) fn analyse(
                 && t.spec.desired_state == TaskState::Running
             {
                 healthy_at.entry(name.clone()).or_insert(ev.at);
+            }
+        }
+        if !is_new(t) {
+            let a: Vec<String> = t
+                .spec
+                .attachments
+                .iter()
+                .map(|a| a.address.split('/').next().unwrap_or_default().to_string())
+                .filter(|a| !a.is_empty())
+                .collect();
+            if !a.is_empty() {
+                ips.insert(name.clone(), a);
             }
         }
         if !is_new(t) && ev.at >= since {
@@ -420,6 +520,11 @@ pub(crate) fn analyse(
         if let Some(e) = ended.get(n) {
             tl.old_stop.push(e - w);
         }
+        tl.old_tasks.push(OldTask {
+            ips: ips.get(n).cloned().unwrap_or_default(),
+            wanted_stop: *w,
+            ended: ended.get(n).copied(),
+        });
     }
     for chunk in order.chunks(parallelism.max(1)) {
         let all = |f: &dyn Fn(&str) -> Option<f64>| -> Option<f64> {
@@ -574,6 +679,10 @@ pub(crate) fn rolling_update(dev: &Dev, quick: bool, probe_ns: &str) -> Result<V
         let _ = std::fs::remove_file(&stop);
         let vip_load = Load::start("VIP", probe_ns, &vip_addr, &stop, 600)?;
         let mesh_load = Load::start("mesh", "shoal-node-1", &mesh_addr, &stop, 600)?;
+        // When old tasks leave the load balancers the two paths go through: the VIP rules
+        // in the probe's namespace, the mesh rules in node 3's.
+        let vip_trace = Trace::start(probe_ns, &stop)?;
+        let mesh_trace = Trace::start("shoal-node-3", &stop)?;
         std::thread::sleep(Duration::from_secs(2));
         eprintln!("bench:   rolling update of {replicas} tasks (parallelism {PARALLELISM}, start-first) under load");
         let sent = now_ms();
@@ -625,6 +734,7 @@ pub(crate) fn rolling_update(dev: &Dev, quick: bool, probe_ns: &str) -> Result<V
         std::fs::write(&stop, b"stop")?;
         let vip_res = vip_load.finish();
         let mesh_res = mesh_load.finish();
+        let (vip_trace, mesh_trace) = (vip_trace.finish(), mesh_trace.finish());
         let _ = std::fs::remove_file(&stop);
         waited?;
         // Until every replaced task has ended (so the streams show how long stopping takes,
@@ -678,15 +788,53 @@ pub(crate) fn rolling_update(dev: &Dev, quick: bool, probe_ns: &str) -> Result<V
             bv.failed, bv.sent, bm.failed, bm.sent
         );
         let s2h_med = pct(&mut s2h.clone(), 50.0);
-        Ok(rows(
+        let lb =
+            format!(
+            "; old tasks leaving the load balancers (traced every 100 ms; {} old tasks): {}; {}",
+            tl.old_tasks.len(),
+            lb_summary("VIP rules in the probe's namespace", &left_lb(&vip_trace, &tl.old_tasks)),
+            lb_summary("mesh rules in node 3's namespace", &left_lb(&mesh_trace, &tl.old_tasks)),
+        );
+        let mut r = rows(
             &tl, end_state, &vip_res, &mesh_res, sent, s2h_med, &s2h, replicas, batches, monitor_ms,
-        ))
+        );
+        if let Some(f) = r.last_mut() {
+            f.note.push_str(&lb);
+        }
+        Ok(r)
     })();
     let _ = dev.shoal(&["service", "rm", SVC]);
     let _ = poll(Duration::from_secs(60), "the service's tasks gone", || {
         Ok(dev.running(SVC, "bench")?.is_empty().then_some(()))
     });
     res
+}
+
+/// How long old tasks' addresses stayed in a namespace's rules after the task was wanted
+/// stopped, and relative to when it ended (positive: still listed after it ended).
+fn lb_summary(what: &str, left: &[(OldTask, Option<f64>)]) -> String {
+    if left.is_empty() {
+        return format!("{what}: no old task address seen (trace empty)");
+    }
+    let mut after_wanted: Vec<f64> = left
+        .iter()
+        .filter_map(|(o, l)| Some(l.as_ref()? - o.wanted_stop))
+        .collect();
+    let mut after_end: Vec<f64> = left
+        .iter()
+        .filter_map(|(o, l)| Some(l.as_ref()? - o.ended?))
+        .collect();
+    let late = after_end.iter().filter(|d| **d > 0.0).count();
+    let never = left.iter().filter(|(_, l)| l.is_none()).count();
+    format!(
+        "{what}: {} tasks, left p50 {:.0} / max {:.0} ms after wanted stopped, p50 {:+.0} / max {:+.0} ms relative to ended; {late} still listed after they ended{}",
+        left.len(),
+        pct(&mut after_wanted.clone(), 50.0),
+        pct(&mut after_wanted, 100.0),
+        pct(&mut after_end.clone(), 50.0),
+        pct(&mut after_end, 100.0),
+        if never > 0 { format!(", {never} never left while traced") } else { String::new() }
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1015,6 +1163,39 @@ mod tests {
         assert_eq!(tl.all_new_healthy, None);
         assert_eq!(tl.batches[1].last_healthy, None);
         assert_eq!(tl.start_to_healthy.len(), 1);
+    }
+
+    #[test]
+    fn left_lb_should_find_when_an_old_address_left_the_rules() {
+        let old = |ip: &str, w: f64, e: f64| OldTask {
+            ips: vec![ip.into()],
+            wanted_stop: w,
+            ended: Some(e),
+        };
+        let v = |ips: &[&str]| ips.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let trace: LbTrace = vec![
+            (0.0, v(&["10.0.1.2", "10.0.1.3", "10.0.1.9"])),
+            (1500.0, v(&["10.0.1.3", "10.0.1.9"])),
+            (2600.0, v(&["10.0.1.9"])),
+        ];
+        let olds = vec![
+            old("10.0.1.2", 1000.0, 2000.0),
+            old("10.0.1.3", 1200.0, 2500.0),
+            old("10.0.1.9", 1300.0, 2400.0),
+            old("10.0.7.7", 1300.0, 2400.0),
+        ];
+        let left = left_lb(&trace, &olds);
+        assert_eq!(left.len(), 3, "an address never in the rules is left out");
+        assert_eq!(left[0].1, Some(1500.0));
+        assert_eq!(left[1].1, Some(2600.0), "left after it ended");
+        assert_eq!(left[2].1, None, "still listed when the trace ended");
+        let s = lb_summary("VIP", &left);
+        assert!(s.contains("1 still listed after they ended"), "{s}");
+        assert!(s.contains("1 never left"), "{s}");
+        assert_eq!(
+            crate::tools::ipv4s(r#"{"a": "10.0.1.2", "v": 1.2, "b": ["10.0.1.2", "198.18.0.3"]}"#),
+            vec!["10.0.1.2".to_string(), "198.18.0.3".to_string()]
+        );
     }
 
     #[test]
