@@ -10,7 +10,10 @@
 //! What happened is recorded from three API watch streams (tasks, endpoints, the service),
 //! each line stamped with the wall clock when it arrived, and analysed afterwards by the
 //! pure [`analyse`] (unit-tested below): per new task created → healthy → ready in the
-//! Endpoints of every network, batches, gaps between batches, the update states.
+//! Endpoints of every network, batches, gaps between batches, the update states. The
+//! nftables rules of the two paths' namespaces are traced during the update (`__lbtrace`)
+//! to show when each replaced task left them ([`left_lb`]) against when it was wanted
+//! stopped and when it ended. The service is removed at the end, also on an error.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
@@ -379,18 +382,38 @@ pub(crate) struct Timeline {
     pub completed: Option<f64>,
 }
 
-/// Reads the streams of one update: `force` is the service's `forceUpdate` after it (tasks
-/// carrying it are on the new spec), `since` when it was sent.
-pub(crate) fn analyse(
-    tasks: &[Stamped<Task>],
-    endpoints: &[Stamped<Endpoints>],
-    services: &[Stamped<Service>],
-    service: &str,
-    force: u64,
-    replicas: usize,
-    parallelism: usize,
-    since: f64,
-) -> Timeline {
+/// Which update the streams are read for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpdateRun<'a> {
+    /// The service.
+    pub service: &'a str,
+    /// Its `forceUpdate` after the update: tasks carrying it are on the new spec.
+    pub force: u64,
+    /// Its replicas.
+    pub replicas: usize,
+    /// Its `updateConfig.parallelism`.
+    pub parallelism: usize,
+    /// Unix ms when the update was sent.
+    pub since: f64,
+}
+
+/// The three watch streams of one update: tasks, endpoints, services.
+pub(crate) type Streams = (
+    Vec<Stamped<Task>>,
+    Vec<Stamped<Endpoints>>,
+    Vec<Stamped<Service>>,
+);
+
+/// Reads the streams of one update.
+pub(crate) fn analyse(streams: &Streams, run: UpdateRun<'_>) -> Timeline {
+    let (tasks, endpoints, services) = streams;
+    let UpdateRun {
+        service,
+        force,
+        replicas,
+        parallelism,
+        since,
+    } = run;
     let mut tl = Timeline::default();
     let mut live: BTreeMap<String, Task> = BTreeMap::new();
     let mut healthy_at: HashMap<String, f64> = HashMap::new();
@@ -753,14 +776,18 @@ pub(crate) fn rolling_update(dev: &Dev, quick: bool, probe_ns: &str) -> Result<V
         let (tl_lines, ep_lines, sv_lines) = (tw.take(), ew.take(), sw.take());
         let (vip_res, mesh_res) = (vip_res?, mesh_res?);
         let tl = analyse(
-            &parse_events(&tl_lines),
-            &parse_events(&ep_lines),
-            &parse_events(&sv_lines),
-            SVC,
-            force,
-            replicas,
-            PARALLELISM,
-            sent,
+            &(
+                parse_events(&tl_lines),
+                parse_events(&ep_lines),
+                parse_events(&sv_lines),
+            ),
+            UpdateRun {
+                service: SVC,
+                force,
+                replicas,
+                parallelism: PARALLELISM,
+                since: sent,
+            },
         );
         eprintln!(
             "bench:   update: all new healthy after {:?} ms, completed after {:?} ms, end state {end_state:?} ({:.1} s wall)",
@@ -1068,13 +1095,20 @@ mod tests {
         ev(at, spec.object())
     }
 
+    /// The update of [`two_batches`]: forceUpdate 1, 2 replicas, sent at 1000.
+    fn run(parallelism: usize) -> UpdateRun<'static> {
+        UpdateRun {
+            service: "roll",
+            force: 1,
+            replicas: 2,
+            parallelism,
+            since: 1000.0,
+        }
+    }
+
     /// Two old tasks replaced one at a time, start-first: n1 replaces o1, then n2 replaces
     /// o2.
-    fn two_batches() -> (
-        Vec<Stamped<Task>>,
-        Vec<Stamped<Endpoints>>,
-        Vec<Stamped<Service>>,
-    ) {
+    fn two_batches() -> Streams {
         use TaskState::*;
         let tasks = vec![
             ev(0.0, task("o1", 0, -5000.0, Running, true, Running)),
@@ -1115,8 +1149,8 @@ mod tests {
 
     #[test]
     fn analyse_should_time_batches_health_readiness_and_completion() {
-        let (t, e, s) = two_batches();
-        let tl = analyse(&t, &e, &s, "roll", 1, 2, 1, 1000.0);
+        let streams = two_batches();
+        let tl = analyse(&streams, run(1));
         assert_eq!(tl.new_tasks, 2);
         assert_eq!(tl.start_to_healthy, vec![800.0, 1000.0]);
         assert_eq!(tl.start_to_ready, vec![860.0, 1070.0]);
@@ -1147,8 +1181,8 @@ mod tests {
 
     #[test]
     fn analyse_should_group_new_tasks_into_batches_of_parallelism() {
-        let (t, e, s) = two_batches();
-        let tl = analyse(&t, &e, &s, "roll", 1, 2, 2, 1000.0);
+        let streams = two_batches();
+        let tl = analyse(&streams, run(2));
         assert_eq!(tl.batches.len(), 1);
         assert_eq!(tl.batches[0].last_healthy, Some(3000.0));
         assert_eq!(tl.batches[0].last_created, 2000.0);
@@ -1156,10 +1190,12 @@ mod tests {
 
     #[test]
     fn analyse_should_not_call_an_update_done_while_new_tasks_are_unhealthy() {
-        let (mut t, e, s) = two_batches();
+        let mut streams = two_batches();
         // n2 never turns healthy.
-        t.retain(|ev| !(ev.obj.metadata.name == "n2" && ev.obj.status.healthy));
-        let tl = analyse(&t, &e, &s, "roll", 1, 2, 1, 1000.0);
+        streams
+            .0
+            .retain(|ev| !(ev.obj.metadata.name == "n2" && ev.obj.status.healthy));
+        let tl = analyse(&streams, run(1));
         assert_eq!(tl.all_new_healthy, None);
         assert_eq!(tl.batches[1].last_healthy, None);
         assert_eq!(tl.start_to_healthy.len(), 1);

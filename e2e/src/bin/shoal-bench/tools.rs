@@ -430,10 +430,9 @@ pub fn ipv4s(text: &str) -> Vec<String> {
             && parts
                 .iter()
                 .all(|p| !p.is_empty() && p.parse::<u8>().is_ok())
+            && !out.iter().any(|o| o == word)
         {
-            if !out.iter().any(|o| o == word) {
-                out.push(word.to_string());
-            }
+            out.push(word.to_string());
         }
     }
     out
