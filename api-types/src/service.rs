@@ -536,6 +536,22 @@ impl Resource for ServiceSpec {
             .validate("spec.updateConfig", false, errs);
         self.rollback_config
             .validate("spec.rollbackConfig", true, errs);
+        let host_port = self.ports.iter().any(|p| p.mode == PublishMode::Host);
+        for (path, cfg) in [
+            ("spec.updateConfig.order", &self.update_config),
+            ("spec.rollbackConfig.order", &self.rollback_config),
+        ] {
+            if self.mode == ServiceMode::Global
+                && host_port
+                && cfg.order == crate::update::UpdateOrder::StartFirst
+            {
+                errs.push(FieldError::new(
+                    path,
+                    "start-first cannot replace a global service's tasks that publish host-mode ports: \
+                     the new task would need the port on the node while the old one holds it; use stop-first",
+                ));
+            }
+        }
         if let Some(hc) = &self.healthcheck {
             if hc.command.is_empty() {
                 errs.push(FieldError::new("spec.healthcheck.command", "is required"));
@@ -664,6 +680,29 @@ mod tests {
         assert_eq!(
             (&s.spec, s.status.previous_spec.as_deref()),
             (&v2, Some(&v1))
+        );
+    }
+
+    #[test]
+    fn start_first_is_refused_for_a_global_service_with_host_ports() {
+        let mut s = spec();
+        s.mode = ServiceMode::Global;
+        s.ports = vec![PortConfig {
+            published: 8080,
+            target: 80,
+            mode: PublishMode::Host,
+            ..Default::default()
+        }];
+        s.update_config.order = crate::update::UpdateOrder::StartFirst;
+        let e = errs(s.clone());
+        assert!(
+            e.iter().any(|e| e.contains("spec.updateConfig.order")),
+            "{e:?}"
+        );
+        s.mode = ServiceMode::Replicated;
+        assert!(
+            errs(s).is_empty(),
+            "a replicated task may start on another node"
         );
     }
 

@@ -107,9 +107,13 @@ pub struct WaitArgs {
     /// Return at once instead of waiting for tasks to run.
     #[arg(short, long)]
     pub detach: bool,
-    /// How long to wait for tasks to run before failing (e.g. 120s, 5m, 1m30s).
+    /// How long to wait without progress (one more task running on the current spec)
+    /// before failing (e.g. 120s, 5m, 1m30s).
     #[arg(long, default_value = "120s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
+    /// Wait without printing progress (the outcome still sets the exit status).
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 /// `shoal apply`.
@@ -258,6 +262,8 @@ pub enum ServiceCommand {
     Ps(ServicePsArgs),
     /// Change a service (Docker's `service update` flags) and wait until its tasks run.
     Update(Box<ServiceUpdateArgs>),
+    /// Go back to the service's previous spec and wait until the rollback completes.
+    Rollback(ServiceRollbackArgs),
     /// Set the number of replicas (`api=3 web=5`) and wait until they run.
     Scale(ServiceScaleArgs),
     /// Remove services.
@@ -328,6 +334,77 @@ pub struct LifecycleFlags {
     pub health_start_period: Option<Duration>,
 }
 
+/// What an update does when too many new tasks fail, as flags spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailureActionFlag {
+    /// Stop replacing tasks; the update stays paused until the next one.
+    Pause,
+    /// Go on replacing tasks.
+    Continue,
+    /// Go back to the previous spec.
+    Rollback,
+}
+
+/// What a rollback does when too many of its new tasks fail (a rollback cannot roll back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RollbackFailureActionFlag {
+    /// Stop replacing tasks.
+    Pause,
+    /// Go on replacing tasks.
+    Continue,
+}
+
+/// Update orders as flags spell them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UpdateOrderFlag {
+    /// Stop the old task, then start the new one.
+    StopFirst,
+    /// Start the new task, and stop the old one once the new one runs and is healthy.
+    StartFirst,
+}
+
+/// The update and rollback policy flags of `service create` and `service update`
+/// (`spec.updateConfig`, `spec.rollbackConfig`), with Docker's names.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct UpdatePolicyFlags {
+    /// Tasks replaced at once during an update (default 1; 0 = all at once).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub update_parallelism: Option<u64>,
+    /// Wait between update batches (e.g. 10s; default 0s; at most 1h).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub update_delay: Option<Duration>,
+    /// When too many new tasks fail: pause (default), continue or rollback.
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub update_failure_action: Option<FailureActionFlag>,
+    /// How long each new task is watched for failure (default 5s; at most 1h).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub update_monitor: Option<Duration>,
+    /// Failed ÷ updated tasks tolerated before the failure action runs (0 to 1; default 0).
+    #[arg(long, value_name = "FRACTION", allow_negative_numbers = true)]
+    pub update_max_failure_ratio: Option<f64>,
+    /// stop-first (default) or start-first.
+    #[arg(long, value_enum, value_name = "ORDER")]
+    pub update_order: Option<UpdateOrderFlag>,
+    /// Tasks replaced at once during a rollback (default 1; 0 = all at once).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub rollback_parallelism: Option<u64>,
+    /// Wait between rollback batches (default 0s; at most 1h).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub rollback_delay: Option<Duration>,
+    /// When too many of a rollback's new tasks fail: pause (default) or continue.
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub rollback_failure_action: Option<RollbackFailureActionFlag>,
+    /// How long each task of a rollback is watched for failure (default 5s; at most 1h).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub rollback_monitor: Option<Duration>,
+    /// Failed ÷ replaced tasks a rollback tolerates (0 to 1; default 0).
+    #[arg(long, value_name = "FRACTION", allow_negative_numbers = true)]
+    pub rollback_max_failure_ratio: Option<f64>,
+    /// stop-first (default) or start-first, for rollbacks.
+    #[arg(long, value_enum, value_name = "ORDER")]
+    pub rollback_order: Option<UpdateOrderFlag>,
+}
+
 /// `shoal service create`.
 ///
 /// As in Docker, the words after IMAGE replace the image's CMD (they become `spec.args`);
@@ -366,6 +443,9 @@ pub struct ServiceCreateArgs {
     /// Restart, stop and health-check flags (shared with `service update`).
     #[command(flatten)]
     pub lifecycle: LifecycleFlags,
+    /// Update and rollback policy flags (shared with `service update`).
+    #[command(flatten)]
+    pub policy: UpdatePolicyFlags,
     /// Replace the image's ENTRYPOINT (split on spaces).
     #[arg(long, value_name = "CMD")]
     pub entrypoint: Option<String>,
@@ -423,8 +503,15 @@ pub struct ServiceCreateArgs {
 /// Removals (`--*-rm`) apply before additions (`--*-add`), as in Docker, so
 /// `--env-rm A --env-add A=2` replaces. Removing something the service does not have is an
 /// error and nothing is written. With nothing to change, prints `no change`.
+///
+/// It waits as the update goes (`status.updateStatus`) and fails, with the reason, when the
+/// update pauses or is rolled back after failures.
 #[derive(Debug, Args)]
 pub struct ServiceUpdateArgs {
+    /// Go back to the previous spec instead (as `service rollback`); no change flag may be
+    /// given with it.
+    #[arg(long)]
+    pub rollback: bool,
     /// The new image.
     #[arg(long)]
     pub image: Option<String>,
@@ -478,6 +565,9 @@ pub struct ServiceUpdateArgs {
     /// current check, the tuning flags change it).
     #[command(flatten)]
     pub lifecycle: LifecycleFlags,
+    /// Update and rollback policy flags (as `service create`).
+    #[command(flatten)]
+    pub policy: UpdatePolicyFlags,
     /// Remove the health check.
     #[arg(long, conflicts_with_all = ["health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period"])]
     pub no_healthcheck: bool,
@@ -511,6 +601,16 @@ pub struct ServiceUpdateArgs {
     /// Reserve memory; 0 removes the reservation.
     #[arg(long, value_name = "BYTES")]
     pub reserve_memory: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub wait: WaitArgs,
+    /// The service.
+    pub name: String,
+}
+
+/// `shoal service rollback`.
+#[derive(Debug, Args)]
+pub struct ServiceRollbackArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub wait: WaitArgs,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shoal_api_types::{
     CreatedToken, ExecRequest, ExecResponse, LogOptions, Object, ObjectList, Resource, Role,
-    Status, TokenInfo, TokenList, TokenRequest, WatchEvent,
+    Service, ServiceSpec, Status, TokenInfo, TokenList, TokenRequest, WatchEvent,
 };
 
 use crate::context::{Target, TokenSource, CA_ENV, TOKEN_ENV};
@@ -336,6 +336,17 @@ impl Client {
             Method::PUT,
             self.url(&[S::PLURAL, obj.name()]),
             Some((body, "application/json")),
+        )
+        .await
+    }
+
+    /// `POST /services/<name>/rollback`: back to the previous spec; the stored service (its
+    /// generation is the one to wait for). 409 when there is no previous spec.
+    pub async fn rollback_service(&self, name: &str) -> Result<Service> {
+        self.call(
+            Method::POST,
+            self.url(&[ServiceSpec::PLURAL, name, "rollback"]),
+            None,
         )
         .await
     }

@@ -19,9 +19,14 @@ use shoal_api_types::{
 };
 use shoal_api_types::{Cpus, Memory, ResourceLimits, ResourceReservations, Resources};
 
+use shoal_api_types::update::{
+    FailureAction, HumanDuration, Ratio, UpdateConfig, UpdateOrder, MAX_UPDATE_PERIOD,
+};
+
 use crate::args::{
-    AvailabilityFlag, EndpointModeFlag, ModeFlag, NetworkCreateArgs, NodeUpdateArgs,
-    RestartConditionFlag, ServiceCreateArgs, ServiceUpdateArgs,
+    AvailabilityFlag, EndpointModeFlag, FailureActionFlag, LifecycleFlags, ModeFlag,
+    NetworkCreateArgs, NodeUpdateArgs, RestartConditionFlag, RollbackFailureActionFlag,
+    ServiceCreateArgs, ServiceUpdateArgs, UpdateOrderFlag, UpdatePolicyFlags, WaitArgs,
 };
 
 /// Parses one `-p/--publish` value: `PUBLISHED:TARGET[/tcp|udp]` or
@@ -304,6 +309,7 @@ pub fn service_from_args(
         None => {}
     }
     container_settings(a, &mut spec)?;
+    apply_update_policy(&mut spec, &a.policy)?;
     let mut svc = Service::new(a.name.clone(), spec);
     svc.metadata.labels = labels("--label", &a.labels)?;
     Ok(svc)
@@ -502,8 +508,227 @@ pub fn update_service(
     }
     update_health(spec, a, &name)?;
     update_container_settings(spec, a)?;
+    apply_update_policy(spec, &a.policy)?;
     if a.force {
         spec.force_update = spec.force_update.wrapping_add(1);
+    }
+    Ok(())
+}
+
+/// The `--update-*` and `--rollback-*` policy flags set `spec.updateConfig` and
+/// `spec.rollbackConfig` (only the fields given). A ratio outside 0..1 or a period over 1h
+/// is refused here, naming the flag, so nothing is written.
+pub fn apply_update_policy(spec: &mut ServiceSpec, p: &UpdatePolicyFlags) -> Result<()> {
+    set_policy(
+        &mut spec.update_config,
+        "--update",
+        PolicyFlags {
+            parallelism: p.update_parallelism,
+            delay: p.update_delay,
+            failure_action: p.update_failure_action.map(|a| match a {
+                FailureActionFlag::Pause => FailureAction::Pause,
+                FailureActionFlag::Continue => FailureAction::Continue,
+                FailureActionFlag::Rollback => FailureAction::Rollback,
+            }),
+            monitor: p.update_monitor,
+            max_failure_ratio: p.update_max_failure_ratio,
+            order: p.update_order,
+        },
+    )?;
+    set_policy(
+        &mut spec.rollback_config,
+        "--rollback",
+        PolicyFlags {
+            parallelism: p.rollback_parallelism,
+            delay: p.rollback_delay,
+            failure_action: p.rollback_failure_action.map(|a| match a {
+                RollbackFailureActionFlag::Pause => FailureAction::Pause,
+                RollbackFailureActionFlag::Continue => FailureAction::Continue,
+            }),
+            monitor: p.rollback_monitor,
+            max_failure_ratio: p.rollback_max_failure_ratio,
+            order: p.rollback_order,
+        },
+    )
+}
+
+/// One policy's flags, whichever prefix they came with.
+struct PolicyFlags {
+    parallelism: Option<u64>,
+    delay: Option<Duration>,
+    failure_action: Option<FailureAction>,
+    monitor: Option<Duration>,
+    max_failure_ratio: Option<f64>,
+    order: Option<UpdateOrderFlag>,
+}
+
+fn set_policy(cfg: &mut UpdateConfig, prefix: &str, f: PolicyFlags) -> Result<()> {
+    if let Some(n) = f.parallelism {
+        cfg.parallelism = n;
+    }
+    for (name, value, field) in [
+        ("delay", f.delay, &mut cfg.delay),
+        ("monitor", f.monitor, &mut cfg.monitor),
+    ] {
+        if let Some(d) = value {
+            if d > MAX_UPDATE_PERIOD {
+                bail!("{prefix}-{name} {}: must be at most 1h", HumanDuration(d));
+            }
+            *field = HumanDuration(d);
+        }
+    }
+    if let Some(a) = f.failure_action {
+        cfg.failure_action = a;
+    }
+    if let Some(r) = f.max_failure_ratio {
+        // NaN is not in the range either.
+        if !(0.0..=1.0).contains(&r) {
+            bail!("{prefix}-max-failure-ratio {r}: must be between 0 and 1 (e.g. 0.2 tolerates one failed task in five)");
+        }
+        cfg.max_failure_ratio = Ratio(r);
+    }
+    if let Some(o) = f.order {
+        cfg.order = match o {
+            UpdateOrderFlag::StopFirst => UpdateOrder::StopFirst,
+            UpdateOrderFlag::StartFirst => UpdateOrder::StartFirst,
+        };
+    }
+    Ok(())
+}
+
+/// The change flags given along with `service update --rollback` (which takes none: a
+/// rollback goes back to the previous spec as it was). Every field is named here, so a new
+/// flag cannot be forgotten: the destructuring stops compiling until it is sorted.
+pub fn change_flags(a: &ServiceUpdateArgs) -> Vec<&'static str> {
+    let ServiceUpdateArgs {
+        rollback: _,
+        image,
+        force,
+        args,
+        entrypoint,
+        replicas,
+        env_add,
+        env_rm,
+        label_add,
+        label_rm,
+        publish_add,
+        publish_rm,
+        network_add,
+        network_rm,
+        constraint_add,
+        constraint_rm,
+        lifecycle,
+        policy,
+        no_healthcheck,
+        user,
+        workdir,
+        read_only,
+        cap_add,
+        cap_drop,
+        limit_cpu,
+        limit_memory,
+        limit_pids,
+        reserve_cpu,
+        reserve_memory,
+        wait: WaitArgs { .. },
+        name: _,
+    } = a;
+    let LifecycleFlags {
+        restart_condition,
+        restart_delay,
+        restart_max_attempts,
+        stop_grace_period,
+        health_cmd,
+        health_interval,
+        health_timeout,
+        health_retries,
+        health_start_period,
+    } = lifecycle;
+    let UpdatePolicyFlags {
+        update_parallelism,
+        update_delay,
+        update_failure_action,
+        update_monitor,
+        update_max_failure_ratio,
+        update_order,
+        rollback_parallelism,
+        rollback_delay,
+        rollback_failure_action,
+        rollback_monitor,
+        rollback_max_failure_ratio,
+        rollback_order,
+    } = policy;
+    [
+        ("--image", image.is_some()),
+        ("--force", *force),
+        ("--args", args.is_some()),
+        ("--entrypoint", entrypoint.is_some()),
+        ("--replicas", replicas.is_some()),
+        ("--env-add", !env_add.is_empty()),
+        ("--env-rm", !env_rm.is_empty()),
+        ("--label-add", !label_add.is_empty()),
+        ("--label-rm", !label_rm.is_empty()),
+        ("--publish-add", !publish_add.is_empty()),
+        ("--publish-rm", !publish_rm.is_empty()),
+        ("--network-add", !network_add.is_empty()),
+        ("--network-rm", !network_rm.is_empty()),
+        ("--constraint-add", !constraint_add.is_empty()),
+        ("--constraint-rm", !constraint_rm.is_empty()),
+        ("--restart-condition", restart_condition.is_some()),
+        ("--restart-delay", restart_delay.is_some()),
+        ("--restart-max-attempts", restart_max_attempts.is_some()),
+        ("--stop-grace-period", stop_grace_period.is_some()),
+        ("--health-cmd", health_cmd.is_some()),
+        ("--health-interval", health_interval.is_some()),
+        ("--health-timeout", health_timeout.is_some()),
+        ("--health-retries", health_retries.is_some()),
+        ("--health-start-period", health_start_period.is_some()),
+        ("--no-healthcheck", *no_healthcheck),
+        ("--user", user.is_some()),
+        ("--workdir", workdir.is_some()),
+        ("--read-only", read_only.is_some()),
+        ("--cap-add", !cap_add.is_empty()),
+        ("--cap-drop", !cap_drop.is_empty()),
+        ("--limit-cpu", limit_cpu.is_some()),
+        ("--limit-memory", limit_memory.is_some()),
+        ("--limit-pids", limit_pids.is_some()),
+        ("--reserve-cpu", reserve_cpu.is_some()),
+        ("--reserve-memory", reserve_memory.is_some()),
+        ("--update-parallelism", update_parallelism.is_some()),
+        ("--update-delay", update_delay.is_some()),
+        ("--update-failure-action", update_failure_action.is_some()),
+        ("--update-monitor", update_monitor.is_some()),
+        (
+            "--update-max-failure-ratio",
+            update_max_failure_ratio.is_some(),
+        ),
+        ("--update-order", update_order.is_some()),
+        ("--rollback-parallelism", rollback_parallelism.is_some()),
+        ("--rollback-delay", rollback_delay.is_some()),
+        (
+            "--rollback-failure-action",
+            rollback_failure_action.is_some(),
+        ),
+        ("--rollback-monitor", rollback_monitor.is_some()),
+        (
+            "--rollback-max-failure-ratio",
+            rollback_max_failure_ratio.is_some(),
+        ),
+        ("--rollback-order", rollback_order.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect()
+}
+
+/// Refuses `service update --rollback` with change flags, naming them.
+pub fn check_rollback_alone(a: &ServiceUpdateArgs) -> Result<()> {
+    let given = change_flags(a);
+    if a.rollback && !given.is_empty() {
+        bail!(
+            "--rollback cannot be combined with {}: a rollback restores the previous spec as it was (run the change as a separate `service update`)",
+            given.join(", ")
+        );
     }
     Ok(())
 }
@@ -1180,6 +1405,143 @@ mod tests {
 
     fn update_error(argv: &[&str]) -> String {
         format!("{:#}", updated(argv).unwrap_err())
+    }
+
+    #[test]
+    fn policy_flags_set_update_and_rollback_config_on_create_and_update() {
+        let svc = service(&[
+            "--name",
+            "api",
+            "--update-parallelism",
+            "2",
+            "--update-delay",
+            "10s",
+            "--update-failure-action",
+            "rollback",
+            "--update-monitor",
+            "1m30s",
+            "--update-max-failure-ratio",
+            "0.5",
+            "--update-order",
+            "start-first",
+            "--rollback-parallelism",
+            "0",
+            "--rollback-failure-action",
+            "continue",
+            "--rollback-order",
+            "start-first",
+            "busybox",
+        ])
+        .unwrap();
+        assert_eq!(
+            svc.spec.update_config,
+            UpdateConfig {
+                parallelism: 2,
+                delay: HumanDuration::from_secs(10),
+                failure_action: FailureAction::Rollback,
+                monitor: HumanDuration::from_secs(90),
+                max_failure_ratio: Ratio(0.5),
+                order: UpdateOrder::StartFirst,
+            }
+        );
+        assert_eq!(
+            svc.spec.rollback_config,
+            UpdateConfig {
+                parallelism: 0,
+                failure_action: FailureAction::Continue,
+                order: UpdateOrder::StartFirst,
+                ..Default::default()
+            }
+        );
+        // Without flags: Swarm's defaults.
+        assert_eq!(sample().spec.update_config, UpdateConfig::default());
+        // update changes only the fields given.
+        let s = updated(&["--update-delay", "500ms", "--rollback-monitor", "2s"]).unwrap();
+        assert_eq!(
+            s.spec.update_config,
+            UpdateConfig {
+                delay: HumanDuration(Duration::from_millis(500)),
+                ..Default::default()
+            }
+        );
+        assert_eq!(s.spec.rollback_config.monitor, HumanDuration::from_secs(2));
+        assert_eq!(s.spec.rollback_config.parallelism, 1);
+    }
+
+    #[test]
+    fn bad_policy_flags_name_the_flag() {
+        assert_eq!(
+            update_error(&["--update-max-failure-ratio", "1.5"]),
+            "--update-max-failure-ratio 1.5: must be between 0 and 1 (e.g. 0.2 tolerates one failed task in five)"
+        );
+        assert!(update_error(&["--rollback-max-failure-ratio", "NaN"])
+            .starts_with("--rollback-max-failure-ratio NaN: must be between 0 and 1"));
+        assert_eq!(
+            update_error(&["--update-delay", "2h"]),
+            "--update-delay 2h: must be at most 1h"
+        );
+        assert!(update_error(&["--update-max-failure-ratio", "-0.5"])
+            .starts_with("--update-max-failure-ratio -0.5: must be between 0 and 1"));
+        assert!(
+            error(&["--name", "a", "--rollback-monitor", "61m", "busybox"])
+                .starts_with("--rollback-monitor 1h 1m: must be at most 1h")
+        );
+        // What clap refuses names the flag and the accepted values.
+        for (argv, want) in [
+            (&["--update-parallelism", "-1"][..], "--update-parallelism"),
+            (&["--update-delay", "soon"][..], "--update-delay"),
+            (&["--update-order", "random"][..], "stop-first, start-first"),
+            (
+                &["--rollback-failure-action", "rollback"][..],
+                "pause, continue",
+            ),
+        ] {
+            let mut full = vec!["shoal", "service", "update"];
+            full.extend_from_slice(argv);
+            full.push("api");
+            let e = Cli::try_parse_from(full).unwrap_err().to_string();
+            assert!(e.contains(want), "{argv:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn rollback_refuses_change_flags_and_names_them() {
+        assert!(check_rollback_alone(&update_args(&["--rollback", "-d", "-q"])).is_ok());
+        assert!(check_rollback_alone(&update_args(&["--image", "x"])).is_ok());
+        let e = check_rollback_alone(&update_args(&[
+            "--rollback",
+            "--image",
+            "x",
+            "--health-retries",
+            "3",
+            "--update-order",
+            "start-first",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(
+                "--rollback cannot be combined with --image, --health-retries, --update-order:"
+            ),
+            "{e}"
+        );
+        // Every change flag counts: each one alone is refused.
+        for argv in [
+            &["--force"][..],
+            &["--env-rm", "A"],
+            &["--no-healthcheck"],
+            &["--read-only"],
+            &["--limit-pids", "5"],
+            &["--rollback-delay", "1s"],
+            &["--publish-add", "80:80"],
+        ] {
+            let mut full = vec!["--rollback"];
+            full.extend_from_slice(argv);
+            assert!(
+                check_rollback_alone(&update_args(&full)).is_err(),
+                "{argv:?}"
+            );
+        }
     }
 
     #[test]

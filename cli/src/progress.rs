@@ -8,16 +8,27 @@
 //! verify: converged
 //! ```
 //!
+//! While a rolling update (or rollback) runs, its state is the second line
+//! (`update: updating`, `update: paused (update paused due to failure of task api.3: ...)`).
+//!
 //! [`progress`] is a pure function from a service, its tasks and the nodes to what is
-//! shown; [`Renderer`] turns successive renderings into terminal output (redrawn in place
-//! with ANSI escapes on a terminal, only changed lines otherwise); [`wait_for_services`]
-//! polls the API until every service converged or the timeout passed.
+//! shown; [`verdict`] decides from it whether the wait is over; [`Renderer`] turns
+//! successive renderings into terminal output (redrawn in place with ANSI escapes on a
+//! terminal, only changed lines otherwise); [`wait_for`] polls the API until every service
+//! is done, failed, or the timeout passed.
 //!
 //! A service has converged when the controller has observed its current generation
 //! (`status.observedGeneration >= metadata.generation`) and, for every wanted slot (one per
 //! replica; in global mode one per ready, active node that satisfies the constraints, or
 //! `status.desiredTasks` once observed), the slot's task wants to run, runs, and was made
 //! from the service's current spec (so `service update` waits until every task is replaced).
+//!
+//! Once the controller observed the generation the command wrote, `status.updateStatus`
+//! decides when there is one (the updater's monitor period is part of the wait):
+//! `completed` is success; `paused`, `rollback_paused`, and `rollback_completed` after an
+//! update (the failure action rolled it back) are failures with the updater's message; for
+//! `service rollback`, `rollback_completed` is success. Without an update status (nothing
+//! needed replacing, or a create or scale) convergence decides.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -26,7 +37,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use shoal_api_types::{
     Constraint, Node, NodeAvailability, NodeSpec, NodeState, Service, ServiceMode, ServiceSpec,
-    Task, TaskSpec, TaskState,
+    Task, TaskSpec, TaskState, UpdateState, UpdateStatus,
 };
 
 use crate::client::Client;
@@ -62,6 +73,8 @@ pub struct Progress {
     pub observed: bool,
     /// One entry per wanted slot.
     pub slots: Vec<SlotProgress>,
+    /// The rolling update's state and message (`status.updateStatus`), if any.
+    pub update: Option<(UpdateState, String)>,
 }
 
 impl Progress {
@@ -76,6 +89,11 @@ impl Progress {
             "overall progress: {} out of {} tasks",
             self.running, self.desired
         )];
+        match &self.update {
+            Some((state, m)) if m.is_empty() => out.push(format!("update: {state}")),
+            Some((state, m)) => out.push(format!("update: {state} ({m})")),
+            None => {}
+        }
         for s in &self.slots {
             if s.detail.is_empty() {
                 out.push(format!("{}: {}", s.label, s.state));
@@ -95,6 +113,9 @@ impl Progress {
                 "the controller has not yet processed generation {} of service {} (is it running?)",
                 self.generation, self.service
             ));
+        }
+        if let Some((state, _)) = &self.update {
+            parts.push(format!("the update is {state}"));
         }
         parts.push(format!(
             "{} of {} tasks running",
@@ -265,6 +286,112 @@ pub fn progress(service: &Service, tasks: &[Task], nodes: &[Node]) -> Progress {
         generation: service.metadata.generation,
         observed,
         slots,
+        update: service
+            .status
+            .update_status
+            .as_ref()
+            .map(|u| (u.state, reason(u).to_string())),
+    }
+}
+
+/// The part of an update's message worth showing: why it paused, rolled back or was rolled
+/// back (the updater wraps the reason of a finished rollback as `rollback completed
+/// (<reason>)`); nothing for `updating` and `completed`, whose state says it all.
+pub fn reason(u: &UpdateStatus) -> &str {
+    match u.state {
+        UpdateState::Updating | UpdateState::Completed => "",
+        _ => u
+            .message
+            .strip_prefix("rollback completed (")
+            .and_then(|m| m.strip_suffix(')'))
+            .unwrap_or(&u.message),
+    }
+}
+
+/// What the command that is waiting asked for: it decides whether a finished rollback is
+/// the goal or a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Intent {
+    /// A create, update, scale or apply: a rollback means the change failed.
+    #[default]
+    Change,
+    /// `service rollback` (or `service update --rollback`).
+    Rollback,
+}
+
+/// One service to wait for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The service.
+    pub name: String,
+    /// The generation the command wrote: the status of earlier generations is ignored.
+    /// `None`: the service's generation when it is read.
+    pub generation: Option<i64>,
+    /// What the command asked for.
+    pub intent: Intent,
+}
+
+impl Target {
+    /// Waits for `name` to converge at whatever generation it has (create, scale, apply).
+    pub fn converge(name: impl Into<String>) -> Target {
+        Target {
+            name: name.into(),
+            generation: None,
+            intent: Intent::Change,
+        }
+    }
+}
+
+/// Whether a wait is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not yet.
+    Waiting,
+    /// Done: converged, or the update (rollback) completed.
+    Done,
+    /// The update stopped short; the message says why.
+    Failed(String),
+}
+
+/// Decides from the service and its [`Progress`] whether the wait for `target` is over.
+pub fn verdict(service: &Service, p: &Progress, target: &Target) -> Verdict {
+    let written = target.generation.unwrap_or(service.metadata.generation);
+    if service.status.observed_generation < written {
+        return Verdict::Waiting;
+    }
+    let Some(update) = &service.status.update_status else {
+        return if p.converged() {
+            Verdict::Done
+        } else {
+            Verdict::Waiting
+        };
+    };
+    let said = |fallback: &str| match reason(update) {
+        "" => fallback.to_string(),
+        r => r.to_string(),
+    };
+    let hint = |what: &str| {
+        format!(
+            "{what} (see `shoal service ps {name}`; `shoal service rollback {name}` goes back, \
+             another `shoal service update {name}` starts afresh)",
+            name = service.name()
+        )
+    };
+    match (update.state, target.intent) {
+        (UpdateState::Updating | UpdateState::RollbackStarted, _) => Verdict::Waiting,
+        (UpdateState::Completed, _) | (UpdateState::RollbackCompleted, Intent::Rollback) => {
+            Verdict::Done
+        }
+        (UpdateState::Paused, _) => Verdict::Failed(hint(&said("update paused"))),
+        (UpdateState::RollbackPaused, _) => Verdict::Failed(hint(&said("rollback paused"))),
+        (UpdateState::RollbackCompleted, Intent::Change) => {
+            let m = said("update rolled back");
+            Verdict::Failed(if m.starts_with("update rolled back") {
+                m
+            } else {
+                format!("update rolled back: {m}")
+            })
+        }
     }
 }
 
@@ -325,29 +452,47 @@ pub fn format_duration(d: Duration) -> String {
 
 const POLL: Duration = Duration::from_millis(500);
 
-/// Polls until every service in `names` has converged, printing progress to `out` (redrawn
-/// in place when `tty`). Fails when `timeout` passes first, saying what is missing. Ctrl-C
-/// stops waiting (not the change, which the controller carries on with).
-pub async fn wait_for_services(
+/// How to wait: the `--timeout`, whether to print progress, whether `out` is a terminal.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitOptions {
+    /// Fail after this long.
+    pub timeout: Duration,
+    /// Print nothing while waiting (`-q`).
+    pub quiet: bool,
+    /// Redraw in place.
+    pub tty: bool,
+}
+
+impl WaitOptions {
+    /// From the `-d`/`--timeout`/`-q` flags.
+    pub fn new(args: &crate::args::WaitArgs, tty: bool) -> WaitOptions {
+        WaitOptions {
+            timeout: args.timeout,
+            quiet: args.quiet,
+            tty,
+        }
+    }
+}
+
+/// Polls until every target is done (see [`verdict`]), printing progress to `out` (redrawn
+/// in place on a terminal, nothing when quiet). Fails when a target's update pauses or is
+/// rolled back, with the updater's message, or when the timeout passes first, saying what
+/// is missing. Ctrl-C stops waiting (not the change, which the controller carries on with).
+pub async fn wait_for(
     client: &Client,
-    names: &[String],
-    timeout: Duration,
+    targets: &[Target],
+    opts: WaitOptions,
     out: &mut dyn Write,
-    tty: bool,
 ) -> Result<()> {
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     let wait = async {
-        let now = tokio::time::Instant::now();
-        // A huge --timeout means "wait for ever", not an overflow.
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or(now + Duration::from_secs(100 * 365 * 86400));
-        for name in names {
-            if names.len() > 1 {
-                writeln!(out, "service/{name}:")?;
+        for target in targets {
+            if targets.len() > 1 && !opts.quiet {
+                writeln!(out, "service/{}:", target.name)?;
             }
-            wait_for_one(client, name, deadline, timeout, out, tty).await?;
+            wait_for_one(client, target, opts, out).await?;
         }
         Ok(())
     };
@@ -360,15 +505,51 @@ pub async fn wait_for_services(
     }
 }
 
+/// The moment `timeout` from `now` (a huge timeout means "for ever", not an overflow).
+fn deadline_after(now: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
+    now.checked_add(timeout)
+        .unwrap_or(now + Duration::from_secs(100 * 365 * 86400))
+}
+
+/// The `--timeout` as a wait applies it: it counts from the last progress (more slots
+/// running on the current spec than ever before in this wait).
+struct Patience {
+    timeout: Duration,
+    most_running: usize,
+    deadline: tokio::time::Instant,
+}
+
+impl Patience {
+    fn new(timeout: Duration, now: tokio::time::Instant) -> Self {
+        Patience {
+            timeout,
+            most_running: 0,
+            deadline: deadline_after(now, timeout),
+        }
+    }
+
+    /// Books `running` slots seen at `now`; returns how long is left (zero: out of time).
+    fn observe(&mut self, running: usize, now: tokio::time::Instant) -> Duration {
+        if running > self.most_running {
+            self.most_running = running;
+            self.deadline = deadline_after(now, self.timeout);
+        }
+        self.deadline.saturating_duration_since(now)
+    }
+}
+
+/// Waits for one target. The timeout counts from the last progress: each slot that comes to
+/// run on the current spec starts it again, so a long rolling update does not time out
+/// while it moves, and one that stalls (or a task that never starts) does.
 async fn wait_for_one(
     client: &Client,
-    name: &str,
-    deadline: tokio::time::Instant,
-    timeout: Duration,
+    target: &Target,
+    opts: WaitOptions,
     out: &mut dyn Write,
-    tty: bool,
 ) -> Result<()> {
-    let mut renderer = Renderer::new(tty);
+    let name = target.name.as_str();
+    let mut renderer = Renderer::new(opts.tty);
+    let mut patience = Patience::new(opts.timeout, tokio::time::Instant::now());
     loop {
         let service: Service = match client.get::<ServiceSpec>(name).await {
             Ok(s) => s,
@@ -383,26 +564,49 @@ async fn wait_for_one(
             ServiceMode::Replicated => vec![],
         };
         let p = progress(&service, &tasks, &nodes);
-        write!(out, "{}", renderer.update(&p.lines()))?;
-        out.flush()?;
-        if p.converged() {
-            writeln!(out, "verify: converged")?;
-            return Ok(());
+        let running = p.slots.iter().filter(|s| s.running).count();
+        let left = patience.observe(running, tokio::time::Instant::now());
+        if !opts.quiet {
+            write!(out, "{}", renderer.update(&p.lines()))?;
+            out.flush()?;
         }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
+        match verdict(&service, &p, target) {
+            Verdict::Done => {
+                if !opts.quiet {
+                    writeln!(out, "verify: converged")?;
+                }
+                return Ok(());
+            }
+            Verdict::Failed(why) => bail!("service {name}: {why}"),
+            Verdict::Waiting => {}
+        }
+        if left.is_zero() {
             bail!(
-                "timed out after {}: {}",
-                format_duration(timeout),
+                "timed out: no progress for {}: {}",
+                format_duration(opts.timeout),
                 p.missing()
             );
         }
-        tokio::time::sleep(POLL.min(deadline - now)).await;
+        tokio::time::sleep(POLL.min(left)).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_timeout_should_count_from_the_last_progress() {
+        let t0 = tokio::time::Instant::now();
+        let s = Duration::from_secs;
+        let mut p = super::Patience::new(s(10), t0);
+        assert_eq!(p.observe(0, t0 + s(4)), s(6));
+        // One more slot runs: the full timeout again.
+        assert_eq!(p.observe(1, t0 + s(9)), s(10));
+        // A slot that stops and starts again is not progress.
+        assert_eq!(p.observe(0, t0 + s(12)), s(7));
+        assert_eq!(p.observe(1, t0 + s(15)), s(4));
+        assert_eq!(p.observe(1, t0 + s(20)), Duration::ZERO);
+    }
+
     use chrono::{DateTime, Utc};
     use shoal_api_types::{NodeStatus, ServiceStatus, TaskStatus};
 
@@ -617,6 +821,149 @@ mod tests {
         s.status.desired_tasks = 1;
         let p = progress(&s, &tasks, &nodes[..1]);
         assert!(p.converged());
+    }
+
+    fn updating(state: UpdateState, message: &str) -> Service {
+        let mut s = service(1, true);
+        s.status.update_status = Some(shoal_api_types::UpdateStatus {
+            state,
+            message: message.into(),
+            ..Default::default()
+        });
+        s
+    }
+
+    fn change(generation: i64) -> Target {
+        Target {
+            name: "api".into(),
+            generation: Some(generation),
+            intent: Intent::Change,
+        }
+    }
+
+    #[test]
+    fn progress_shows_the_update_state_and_its_message() {
+        let tasks = vec![task("a", Some(1), Some("n1"), Running, Running, 1)];
+        let p = progress(
+            &updating(UpdateState::Updating, "update in progress"),
+            &tasks,
+            &[],
+        );
+        assert_eq!(
+            p.lines(),
+            vec![
+                "overall progress: 1 out of 1 tasks",
+                "update: updating",
+                "1/1: running"
+            ]
+        );
+        let s = updating(
+            UpdateState::Paused,
+            "update paused due to failure of task api.1: task exited with code 1",
+        );
+        let p = progress(&s, &tasks, &[]);
+        assert_eq!(
+            p.lines()[1],
+            "update: paused (update paused due to failure of task api.1: task exited with code 1)"
+        );
+        assert!(
+            p.missing().starts_with("the update is paused; "),
+            "{}",
+            p.missing()
+        );
+        // The updater's wrapper around the reason of a finished rollback is dropped.
+        let s = updating(
+            UpdateState::RollbackCompleted,
+            "rollback completed (manually requested rollback)",
+        );
+        assert_eq!(
+            progress(&s, &tasks, &[]).lines()[1],
+            "update: rollback_completed (manually requested rollback)"
+        );
+        let s = updating(UpdateState::Completed, "update completed");
+        assert_eq!(progress(&s, &tasks, &[]).lines()[1], "update: completed");
+    }
+
+    #[test]
+    fn an_update_is_done_when_completed_not_when_its_tasks_run() {
+        let tasks = vec![task("a", Some(1), Some("n1"), Running, Running, 1)];
+        for (state, want) in [
+            (UpdateState::Updating, Verdict::Waiting),
+            (UpdateState::RollbackStarted, Verdict::Waiting),
+            (UpdateState::Completed, Verdict::Done),
+        ] {
+            let s = updating(state, "");
+            let p = progress(&s, &tasks, &[]);
+            assert!(p.converged());
+            assert_eq!(verdict(&s, &p, &change(2)), want, "{state}");
+        }
+        // Completed is done even while a task is not running (yet): the updater decided.
+        let s = updating(UpdateState::Completed, "");
+        let p = progress(&s, &[], &[]);
+        assert_eq!(verdict(&s, &p, &change(2)), Verdict::Done);
+    }
+
+    #[test]
+    fn an_update_fails_with_the_updaters_message_when_paused_or_rolled_back() {
+        let tasks = vec![task("a", Some(1), Some("n1"), Running, Running, 1)];
+        let paused = "update paused due to failure of task api.1: task exited with code 1";
+        let s = updating(UpdateState::Paused, paused);
+        let Verdict::Failed(why) = verdict(&s, &progress(&s, &tasks, &[]), &change(2)) else {
+            panic!("paused must fail")
+        };
+        assert!(why.starts_with(paused), "{why}");
+        assert!(why.contains("shoal service rollback api"), "{why}");
+
+        let s = updating(UpdateState::RollbackPaused, "");
+        let Verdict::Failed(why) = verdict(&s, &progress(&s, &tasks, &[]), &change(2)) else {
+            panic!("rollback_paused must fail")
+        };
+        assert!(why.starts_with("rollback paused"), "{why}");
+
+        // A failure rollback ends an update in failure, a requested one in success.
+        let rolled = "update rolled back due to failure of task api.1: task exited with code 1";
+        let s = updating(
+            UpdateState::RollbackCompleted,
+            &format!("rollback completed ({rolled})"),
+        );
+        let p = progress(&s, &tasks, &[]);
+        assert_eq!(
+            verdict(&s, &p, &change(2)),
+            Verdict::Failed(rolled.to_string())
+        );
+        let s = updating(
+            UpdateState::RollbackCompleted,
+            "rollback completed (manually requested rollback)",
+        );
+        assert_eq!(
+            verdict(&s, &p, &change(2)),
+            Verdict::Failed("update rolled back: manually requested rollback".into())
+        );
+        let rollback = Target {
+            intent: Intent::Rollback,
+            ..change(2)
+        };
+        assert_eq!(verdict(&s, &p, &rollback), Verdict::Done);
+    }
+
+    #[test]
+    fn status_older_than_the_written_generation_is_ignored() {
+        let tasks = vec![task("a", Some(1), Some("n1"), Running, Running, 1)];
+        // Observed generation 2, the command wrote 3: a completed (or paused) status of an
+        // earlier update, or converged tasks, decide nothing yet.
+        for state in [UpdateState::Completed, UpdateState::Paused] {
+            let s = updating(state, "");
+            let p = progress(&s, &tasks, &[]);
+            assert_eq!(verdict(&s, &p, &change(3)), Verdict::Waiting, "{state}");
+        }
+        let s = service(1, true);
+        let p = progress(&s, &tasks, &[]);
+        assert_eq!(verdict(&s, &p, &change(3)), Verdict::Waiting);
+        // Without an update status (nothing needed replacing), convergence decides.
+        assert_eq!(verdict(&s, &p, &change(2)), Verdict::Done);
+        assert_eq!(verdict(&s, &p, &Target::converge("api")), Verdict::Done);
+        let p = progress(&s, &[], &[]);
+        assert_eq!(verdict(&s, &p, &change(2)), Verdict::Waiting);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use shoal_api_types::{
-    Node, NodeSpec, NodeState, NodeStatus, ServiceSpec, Task, TaskAttachment, TaskSpec, TaskState,
-    TaskStatus,
+    FailureAction, Node, NodeSpec, NodeState, NodeStatus, ServiceSpec, Task, TaskAttachment,
+    TaskSpec, TaskState, TaskStatus, UpdateState, UpdateStatus,
 };
 use shoal_store::testing::TestEtcd;
 use shoal_store::Store;
@@ -330,13 +330,19 @@ async fn waiting_without_a_controller_times_out_saying_what_is_missing() {
         !stdout.contains('\x1b'),
         "no ANSI when not a terminal: {stdout:?}"
     );
-    assert!(stderr.contains("timed out after 1s"), "{stderr}");
+    assert!(stderr.contains("timed out: no progress for 1s"), "{stderr}");
     assert!(stderr.contains("slow.1: new (no task yet)"), "{stderr}");
 }
 
 /// Plays the controller for replicated services: one running task per slot on `node-1`,
 /// made from the service's spec; tasks above the replica count or made from an older spec
 /// shut down (and replaced); the service's status observed.
+///
+/// And the updater, as the contract describes it (one pass, no batches): a spec change
+/// that leaves outdated tasks sets `updateStatus` `updating`, then `completed` once no task
+/// is outdated (`rollback_started` → `rollback_completed`). An update to an image whose
+/// tag contains `bad` fails at once on slot 1: with failure action pause → `paused` and
+/// nothing replaced; rollback → the spec swapped back, `rollback_started`.
 async fn fake_controller(store: Store) {
     loop {
         let (services, _) = store.list::<ServiceSpec>().await.unwrap();
@@ -344,6 +350,22 @@ async fn fake_controller(store: Store) {
         for svc in services {
             let replicas = svc.spec.replica_count();
             let gen = svc.metadata.generation;
+            let outdated = tasks.iter().any(|t| {
+                t.spec.service == svc.name()
+                    && t.spec.desired_state == TaskState::Running
+                    && svc.spec.outdates(&t.spec)
+            });
+            let state = svc.status.update_status.as_ref().map(|u| u.state);
+            if outdated
+                && svc.spec.image.contains(":bad")
+                && matches!(state, None | Some(UpdateState::Updating))
+            {
+                fail_update(&store, svc).await;
+                continue;
+            }
+            if state.is_some_and(UpdateState::is_paused) {
+                continue;
+            }
             for t in tasks.iter().filter(|t| {
                 t.spec.service == svc.name()
                     && t.spec.desired_state == TaskState::Running
@@ -410,18 +432,74 @@ async fn fake_controller(store: Store) {
             let key = store.keys().named::<ServiceSpec>(svc.name());
             let _ = store
                 .update_with::<ServiceSpec>(&key, |s| {
-                    if s.status.observed_generation == s.metadata.generation {
+                    if s.metadata.generation != gen {
                         return false;
                     }
-                    s.status.observed_generation = s.metadata.generation;
-                    s.status.desired_tasks = s.spec.replica_count();
-                    s.status.running_tasks = s.spec.replica_count();
-                    true
+                    let mut changed = false;
+                    if s.status.observed_generation != gen {
+                        s.status.observed_generation = gen;
+                        s.status.desired_tasks = s.spec.replica_count();
+                        s.status.running_tasks = s.spec.replica_count();
+                        changed = true;
+                    }
+                    match &mut s.status.update_status {
+                        None if outdated => {
+                            s.status.update_status = Some(UpdateStatus {
+                                state: UpdateState::Updating,
+                                started_at: Some(chrono::Utc::now()),
+                                message: "update in progress".into(),
+                                ..Default::default()
+                            });
+                            changed = true;
+                        }
+                        Some(u) if u.state.is_active() && !outdated => {
+                            // The updater's states and messages.
+                            (u.state, u.message) = match u.state {
+                                UpdateState::RollbackStarted => (
+                                    UpdateState::RollbackCompleted,
+                                    format!("rollback completed ({})", u.message),
+                                ),
+                                _ => (UpdateState::Completed, "update completed".into()),
+                            };
+                            u.completed_at = Some(chrono::Utc::now());
+                            changed = true;
+                        }
+                        _ => {}
+                    }
+                    changed
                 })
                 .await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The fake updater's failure on slot 1, per `updateConfig.failureAction`.
+async fn fail_update(store: &Store, mut svc: shoal_api_types::Service) {
+    let now = chrono::Utc::now();
+    let why = format!(
+        "due to failure of task {}.1: task exited with code 1",
+        svc.name()
+    );
+    match svc.spec.update_config.failure_action {
+        FailureAction::Rollback => {
+            svc.rollback(now).unwrap();
+            if let Some(u) = &mut svc.status.update_status {
+                u.message = format!("update rolled back {why}");
+            }
+        }
+        _ => {
+            svc.status.observed_generation = svc.metadata.generation;
+            svc.status.update_status = Some(UpdateStatus {
+                state: UpdateState::Paused,
+                started_at: Some(now),
+                message: format!("update paused {why}"),
+                failures: 1,
+                ..Default::default()
+            });
+        }
+    }
+    let _ = store.update(&svc).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -650,4 +728,211 @@ async fn service_update_changes_the_stored_spec_and_a_bad_removal_writes_nothing
         .fails(&["service", "update", "--image", "x", "nope"])
         .await;
     assert!(err.contains("not found"), "{err}");
+}
+
+/// The images of the tasks of `service` that want to run.
+async fn running_images(store: &Store, service: &str) -> Vec<String> {
+    let (tasks, _) = store.list::<TaskSpec>().await.unwrap();
+    let mut images: Vec<String> = tasks
+        .into_iter()
+        .filter(|t| t.spec.service == service && t.spec.desired_state == TaskState::Running)
+        .map(|t| t.spec.image)
+        .collect();
+    images.sort();
+    images
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_and_rollback_wait_for_the_update_status_and_fail_when_it_pauses_or_rolls_back() {
+    let s = Server::start().await;
+    let mut node = Node::new("node-1", NodeSpec::default());
+    node.status = NodeStatus {
+        state: NodeState::Ready,
+        ..Default::default()
+    };
+    s.store.create(&node).await.unwrap();
+    let stored = || async {
+        s.store
+            .get_named::<ServiceSpec>("api")
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    tokio::spawn(fake_controller(s.store.clone()));
+
+    // Policy flags on create; bad values never reach the server.
+    let err = s
+        .fails(&[
+            "service",
+            "create",
+            "--name",
+            "api",
+            "--update-max-failure-ratio",
+            "2",
+            "busybox:1",
+        ])
+        .await;
+    assert!(
+        err.contains("--update-max-failure-ratio 2: must be between 0 and 1"),
+        "{err}"
+    );
+    assert_eq!(s.ok(&["service", "ls", "-q"]).await, "");
+    let out = s
+        .ok(&[
+            "service",
+            "create",
+            "--name",
+            "api",
+            "--replicas",
+            "2",
+            "--update-parallelism",
+            "2",
+            "--update-order",
+            "start-first",
+            "--rollback-monitor",
+            "2s",
+            "busybox:1",
+        ])
+        .await;
+    assert!(out.ends_with("verify: converged\n"), "{out}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&s.ok(&["service", "inspect", "api"]).await).unwrap();
+    assert_eq!(inspect[0]["spec"]["updateConfig"]["parallelism"], 2);
+    assert_eq!(inspect[0]["spec"]["updateConfig"]["order"], "start-first");
+    assert_eq!(inspect[0]["spec"]["rollbackConfig"]["monitor"], "2s");
+
+    // No previous spec: the API's 409 message, nothing written.
+    let before = stored().await.metadata.resource_version;
+    for argv in [
+        &["service", "rollback", "api"][..],
+        &["service", "update", "--rollback", "api"],
+    ] {
+        let err = s.fails(argv).await;
+        assert!(
+            err.contains("service api has no previous spec to roll back to"),
+            "{argv:?}: {err}"
+        );
+    }
+    assert_eq!(stored().await.metadata.resource_version, before);
+
+    // An update waits for `completed`, and shows the state.
+    let out = s
+        .ok(&["service", "update", "--image", "busybox:2", "api"])
+        .await;
+    assert!(out.starts_with("api\n"), "{out}");
+    assert!(out.contains("update: completed"), "{out}");
+    assert!(out.ends_with("verify: converged\n"), "{out}");
+    assert_eq!(
+        running_images(&s.store, "api").await,
+        ["busybox:2", "busybox:2"]
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&s.ok(&["service", "inspect", "api"]).await).unwrap();
+    assert_eq!(inspect[0]["status"]["updateStatus"]["state"], "completed");
+    assert!(inspect[0]["status"]["updateStatus"]["completedAt"].is_string());
+    assert_eq!(inspect[0]["status"]["previousSpec"]["image"], "busybox:1");
+    // ps shows the replaced tasks below the new ones, shut down.
+    let ps = s.ok(&["service", "ps", "api"]).await;
+    let history: Vec<&str> = ps.lines().filter(|l| l.contains("\\_ api.")).collect();
+    assert_eq!(history.len(), 2, "{ps}");
+    assert!(
+        history
+            .iter()
+            .all(|l| l.contains("busybox:1") && l.contains("Shutdown")),
+        "{ps}"
+    );
+
+    // --rollback with a change is refused before anything is written.
+    let before = stored().await.metadata.resource_version;
+    let err = s
+        .fails(&[
+            "service",
+            "update",
+            "--rollback",
+            "--image",
+            "busybox:3",
+            "api",
+        ])
+        .await;
+    assert!(
+        err.contains("--rollback cannot be combined with --image"),
+        "{err}"
+    );
+    assert_eq!(stored().await.metadata.resource_version, before);
+
+    // --rollback goes back (quietly: the name only) and waits for rollback_completed.
+    let out = s
+        .ok(&["service", "update", "--rollback", "-q", "api"])
+        .await;
+    assert_eq!(out, "api\n");
+    let back = stored().await;
+    assert_eq!(back.spec.image, "busybox:1");
+    assert_eq!(
+        back.status.update_status.map(|u| u.state),
+        Some(UpdateState::RollbackCompleted)
+    );
+    assert_eq!(
+        running_images(&s.store, "api").await,
+        ["busybox:1", "busybox:1"]
+    );
+    // Twice toggles; -d returns at once.
+    assert_eq!(s.ok(&["service", "rollback", "-d", "api"]).await, "api\n");
+    assert_eq!(stored().await.spec.image, "busybox:2");
+    let out = s.ok(&["service", "rollback", "api"]).await;
+    assert!(
+        out.contains("update: rollback_completed (manually requested rollback)"),
+        "{out}"
+    );
+    assert_eq!(stored().await.spec.image, "busybox:1");
+
+    // A failing update with failure action pause: non-zero with the updater's message;
+    // the tasks stay on the old spec.
+    let out = s
+        .shoal(&["service", "update", "--image", "busybox:bad", "api"])
+        .await;
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("Error: service api: update paused due to failure of task api.1: task exited with code 1"),
+        "{err}"
+    );
+    assert!(
+        text(&out.stdout).contains("update: paused"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        running_images(&s.store, "api").await,
+        ["busybox:1", "busybox:1"]
+    );
+
+    // Back, then a failing update whose failure action rolls it back: non-zero, "update
+    // rolled back", the spec is the previous one again.
+    s.ok(&["service", "rollback", "api"]).await;
+    assert_eq!(stored().await.spec.image, "busybox:1");
+    let err = s
+        .fails(&[
+            "service",
+            "update",
+            "--image",
+            "busybox:bad",
+            "--update-failure-action",
+            "rollback",
+            "api",
+        ])
+        .await;
+    assert!(
+        err.contains("Error: service api: update rolled back due to failure of task api.1"),
+        "{err}"
+    );
+    let after = stored().await;
+    assert_eq!(after.spec.image, "busybox:1");
+    assert_eq!(
+        after.status.update_status.map(|u| u.state),
+        Some(UpdateState::RollbackCompleted)
+    );
+    assert_eq!(
+        running_images(&s.store, "api").await,
+        ["busybox:1", "busybox:1"]
+    );
 }

@@ -17,7 +17,7 @@ use shoal_api_types::{Status, StatusDetail};
 
 use crate::args::ApplyArgs;
 use crate::client::{Client, ClientError};
-use crate::progress::wait_for_services;
+use crate::progress::{wait_for, Target, WaitOptions};
 
 /// One manifest source: a file, or stdin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,7 +181,8 @@ pub async fn run(client: &Client, args: &ApplyArgs, out: &mut dyn Write, tty: bo
     if resp.dry_run || args.wait.detach || touched.is_empty() {
         return Ok(());
     }
-    wait_for_services(client, &touched, args.wait.timeout, out, tty).await
+    let targets: Vec<Target> = touched.iter().map(Target::converge).collect();
+    wait_for(client, &targets, WaitOptions::new(&args.wait, tty), out).await
 }
 
 #[cfg(test)]

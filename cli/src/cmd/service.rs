@@ -1,5 +1,7 @@
-//! `shoal service create|update|ls|inspect|ps|scale|rm|logs`, as Docker's. `create`,
-//! `update` and `scale` wait for convergence (see [`crate::progress`]) unless `--detach`.
+//! `shoal service create|update|rollback|ls|inspect|ps|scale|rm|logs`, as Docker's.
+//! `create`, `update`, `rollback` and `scale` wait (see [`crate::progress`]) unless
+//! `--detach`: an update or rollback until its `status.updateStatus` says it completed, and
+//! it fails with the updater's reason when the update paused or was rolled back.
 
 use std::io::Write;
 
@@ -9,14 +11,15 @@ use shoal_api_types::{ServiceMode, ServiceSpec, TaskSpec};
 
 use crate::args::{
     ListArgs, OutputFormat, ServiceCommand, ServicePsArgs, ServiceScaleArgs, ServiceUpdateArgs,
+    WaitArgs,
 };
 use crate::client::Client;
 use crate::cmd::network::{print_inspect, rm};
 use crate::cmd::resources::print_value;
-use crate::flags::{parse_scale, service_from_args, update_service};
+use crate::flags::{check_rollback_alone, parse_scale, service_from_args, update_service};
 use crate::format::{services_table, tasks_table};
 use crate::kinds::Kind;
-use crate::progress::wait_for_services;
+use crate::progress::{wait_for, Intent, Target, WaitOptions};
 use crate::{report, Reported};
 
 /// How often a read-modify-write is retried after a 409 conflict.
@@ -35,19 +38,19 @@ pub async fn run(
             let created = client.create(&svc).await?;
             writeln!(out, "{}", created.name())?;
             out.flush()?;
-            if a.wait.detach {
-                return Ok(());
-            }
-            wait_for_services(
-                client,
-                &[created.name().to_string()],
-                a.wait.timeout,
-                out,
-                tty,
-            )
-            .await
+            let target = Target {
+                name: created.name().to_string(),
+                generation: Some(created.metadata.generation),
+                intent: Intent::Change,
+            };
+            wait(client, target, &a.wait, out, tty).await
+        }
+        ServiceCommand::Update(a) if a.rollback => {
+            check_rollback_alone(a)?;
+            rollback(client, &a.name, &a.wait, out, tty).await
         }
         ServiceCommand::Update(a) => update(client, a, out, tty).await,
+        ServiceCommand::Rollback(a) => rollback(client, &a.name, &a.wait, out, tty).await,
         ServiceCommand::Ls(a) => ls(client, a, out).await,
         ServiceCommand::Inspect(a) => {
             let mut found = vec![];
@@ -123,8 +126,43 @@ pub async fn scale_one(client: &Client, name: &str, replicas: i64) -> Result<()>
 pub enum Updated {
     /// The flags change nothing; nothing was written.
     Unchanged,
-    /// The changed service was written.
-    Written,
+    /// The changed service was written, at this generation.
+    Written(i64),
+}
+
+/// Waits for `target` as the wait flags say: not at all with `-d`.
+async fn wait(
+    client: &Client,
+    target: Target,
+    args: &WaitArgs,
+    out: &mut dyn Write,
+    tty: bool,
+) -> Result<()> {
+    if args.detach {
+        return Ok(());
+    }
+    wait_for(client, &[target], WaitOptions::new(args, tty), out).await
+}
+
+/// `service rollback NAME` and `service update --rollback NAME`: asks the API to go back
+/// to the previous spec (its 409 says when there is none), prints the name and waits
+/// until the rollback completed.
+async fn rollback(
+    client: &Client,
+    name: &str,
+    args: &WaitArgs,
+    out: &mut dyn Write,
+    tty: bool,
+) -> Result<()> {
+    let rolled = client.rollback_service(name).await?;
+    writeln!(out, "{}", rolled.name())?;
+    out.flush()?;
+    let target = Target {
+        name: rolled.name().to_string(),
+        generation: Some(rolled.metadata.generation),
+        intent: Intent::Rollback,
+    };
+    wait(client, target, args, out, tty).await
 }
 
 /// Applies `service update` flags to the stored service and writes it back with its
@@ -139,7 +177,7 @@ pub async fn update_one(client: &Client, a: &ServiceUpdateArgs) -> Result<Update
             return Ok(Updated::Unchanged);
         }
         match client.replace(&svc).await {
-            Ok(_) => return Ok(Updated::Written),
+            Ok(written) => return Ok(Updated::Written(written.metadata.generation)),
             Err(e) if e.is_conflict() && attempt < CONFLICT_RETRIES => continue,
             Err(e) => return Err(e.into()),
         }
@@ -153,25 +191,21 @@ async fn update(
     out: &mut dyn Write,
     tty: bool,
 ) -> Result<()> {
-    match update_one(client, a).await? {
+    let generation = match update_one(client, a).await? {
         Updated::Unchanged => {
             writeln!(out, "no change")?;
             return Ok(());
         }
-        Updated::Written => writeln!(out, "{}", a.name)?,
-    }
+        Updated::Written(generation) => generation,
+    };
+    writeln!(out, "{}", a.name)?;
     out.flush()?;
-    if a.wait.detach {
-        return Ok(());
-    }
-    wait_for_services(
-        client,
-        std::slice::from_ref(&a.name),
-        a.wait.timeout,
-        out,
-        tty,
-    )
-    .await
+    let target = Target {
+        name: a.name.clone(),
+        generation: Some(generation),
+        intent: Intent::Change,
+    };
+    wait(client, target, &a.wait, out, tty).await
 }
 
 async fn scale(
@@ -201,7 +235,8 @@ async fn scale(
     }
     out.flush()?;
     if !a.wait.detach && !scaled.is_empty() {
-        wait_for_services(client, &scaled, a.wait.timeout, out, tty).await?;
+        let targets: Vec<Target> = scaled.iter().map(Target::converge).collect();
+        wait_for(client, &targets, WaitOptions::new(&a.wait, tty), out).await?;
     }
     if failed {
         return Err(Reported.into());

@@ -388,6 +388,7 @@ mod tests {
             (Method::PUT, "/apis/shoal/v1/services/api"),
             (Method::DELETE, "/apis/shoal/v1/nodes/n1"),
             (Method::POST, "/apis/shoal/v1/apply"),
+            (Method::POST, "/apis/shoal/v1/services/api/rollback"),
             (Method::POST, "/apis/shoal/v1/tasks/api.1/exec"),
             (Method::GET, "/apis/shoal/v1/tasks/api.1/logs"),
             (Method::GET, "/apis/shoal/v1/services/api/logs"),

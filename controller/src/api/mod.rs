@@ -12,6 +12,7 @@
 //! PUT    /apis/shoal/v1/{networks,services,nodes}/<name>            replace at resourceVersion
 //! DELETE /apis/shoal/v1/{networks,services,nodes}/<name>            delete (200, the object)
 //! POST   /apis/shoal/v1/apply[?dryRun=true]                         multi-document apply
+//! POST   /apis/shoal/v1/services/<name>/rollback[?dryRun=true]      back to the previous spec
 //! POST   /apis/shoal/v1/tasks/<name>/exec                           run a command in a task
 //! GET    /apis/shoal/v1/{tasks,services}/<name>/logs[?follow&tail=N] container output
 //! POST   /v1/tokens   GET /v1/tokens   DELETE /v1/tokens/<name>     API tokens (admin)
@@ -320,6 +321,10 @@ pub fn protected_routes(app: App) -> Router {
         )
         .route("/apis/shoal/v1/tasks/{name}/exec", post(exec::exec))
         .route("/apis/shoal/v1/tasks/{name}/logs", get(logs::task_logs))
+        .route(
+            "/apis/shoal/v1/services/{name}/rollback",
+            post(rollback_service),
+        )
         .route(
             "/apis/shoal/v1/services/{name}/logs",
             get(logs::service_logs),

@@ -101,6 +101,17 @@ pub fn document() -> Value {
             "responses": {"200": ok("ApplyResult", "What happened to each object"), "default": error()}
         }}),
     );
+    paths.insert(
+        "/apis/shoal/v1/services/{name}/rollback".into(),
+        json!({"post": {
+            "operationId": "rollbackService",
+            "summary": "Go back to the service's previous spec (admin): the spec and status.previousSpec swap, \
+                        the generation is bumped and status.updateStatus becomes rollback_started; \
+                        409 when the service has no previous spec",
+            "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}, dry_run()],
+            "responses": {"200": ok("Service", "The service as stored (or, with dryRun, as it would be)"), "default": error()}
+        }}),
+    );
     let name_param = json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"},
         "description": "A task id (or a unique prefix of one) or a task name such as api.1 or mon.node-2"});
     paths.insert(
@@ -451,6 +462,7 @@ mod tests {
             .is_none());
         assert!(doc["paths"]["/v1/tokens"]["post"].is_object());
         assert!(doc["paths"]["/v1/tokens/{name}"]["delete"].is_object());
+        assert!(doc["paths"]["/apis/shoal/v1/services/{name}/rollback"]["post"].is_object());
     }
 
     #[test]

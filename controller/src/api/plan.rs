@@ -418,6 +418,59 @@ pub async fn write(store: &Store, changes: Vec<Change>, dry_run: bool) -> ApiRes
     Err(gave_up(last))
 }
 
+/// Plans a rollback: `rolled` is the stored service after [`Service::rollback`]. The
+/// previous spec passes the same rules as a replace at the revision read (a port or network
+/// may have been taken or removed since it was current); the object stored is `rolled`
+/// itself, whose status says the rollback started.
+pub fn plan_rollback(world: &World, rolled: &Service) -> Result<Vec<Planned>, Status> {
+    let change = Change {
+        document: None,
+        object: AnyObject::Service(rolled.clone()),
+        expect: Expect::Revision(rolled.metadata.revision().unwrap_or(0)),
+    };
+    let mut planned = plan(world, vec![change])?;
+    // `plan` merged it as a spec change (previous spec kept, update status reset); the
+    // rollback's own status is the one to store.
+    for p in &mut planned {
+        p.action = Action::Configured;
+        p.object = AnyObject::Service(rolled.clone());
+    }
+    Ok(planned)
+}
+
+/// `service rollback`: reads the service, swaps its spec with the previous one
+/// ([`Service::rollback`]: generation bumped, `updateStatus` `rollback_started`) and writes
+/// it at the revision read, re-reading after a lost race. 404 for an unknown service, 409
+/// when there is no previous spec. With `dry_run`, plans only.
+pub async fn rollback(
+    store: &Store,
+    name: &str,
+    now: chrono::DateTime<chrono::Utc>,
+    dry_run: bool,
+) -> ApiResult<Service> {
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let world = World::read(store).await?;
+        let Some(mut rolled) = world.services.get(name).cloned() else {
+            return Err(Status::not_found(ServiceSpec::KIND, name).into());
+        };
+        rolled.rollback(now).map_err(Status::conflict)?;
+        let planned = plan_rollback(&world, &rolled)?;
+        if dry_run {
+            return Ok(rolled);
+        }
+        match commit(store, &world, planned).await {
+            Ok(mut done) => match done.pop().map(|p| p.object) {
+                Some(AnyObject::Service(s)) => return Ok(s),
+                _ => return Err(Status::internal("a rollback wrote no service").into()),
+            },
+            Err(StoreError::Conflict(msg)) => last = Some(msg),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(gave_up(last))
+}
+
 fn gave_up(last: Option<String>) -> ApiError {
     Status::conflict(format!(
         "gave up after {ATTEMPTS} attempts because other writes kept changing the same objects; retry ({})",
@@ -627,6 +680,57 @@ mod tests {
         };
         assert_eq!(api.status.previous_spec.as_deref(), Some(&old_spec));
         assert_eq!(api.status.update_status, None);
+    }
+
+    #[test]
+    fn a_rollback_stores_the_swapped_spec_with_its_own_update_status() {
+        let mut stored = svc("api", &["appnet"], None);
+        let mut old_spec = stored.spec.clone();
+        old_spec.image = "busybox:1".into();
+        stored.status.previous_spec = Some(Box::new(old_spec.clone()));
+        let w = world(vec![net("appnet", None)], vec![stored]);
+        let mut rolled = w.services["api"].clone();
+        rolled.rollback(chrono::Utc::now()).unwrap();
+        let out = plan_rollback(&w, &rolled).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].action, Action::Configured);
+        let AnyObject::Service(api) = &out[0].object else {
+            panic!()
+        };
+        assert_eq!(api, &rolled);
+        assert_eq!(api.spec, old_spec);
+        assert_eq!(
+            api.status.update_status.as_ref().map(|u| u.state),
+            Some(shoal_api_types::UpdateState::RollbackStarted)
+        );
+    }
+
+    #[test]
+    fn a_rollback_checks_the_previous_spec_against_what_changed_since() {
+        // The previous spec joined a network that is gone and published a port that another
+        // service took since.
+        let mut stored = svc("api", &[], None);
+        stored.status.previous_spec = Some(Box::new(svc("api", &["gone"], None).spec));
+        let w = world(vec![], vec![stored]);
+        let mut rolled = w.services["api"].clone();
+        rolled.rollback(chrono::Utc::now()).unwrap();
+        let e = plan_rollback(&w, &rolled).unwrap_err();
+        assert_eq!(e.code, 422, "{e:?}");
+        assert!(
+            e.details
+                .iter()
+                .any(|d| d.field.starts_with("spec.networks")),
+            "{e:?}"
+        );
+
+        let mut stored = svc("api", &[], None);
+        stored.status.previous_spec = Some(Box::new(svc("api", &[], Some(8080)).spec));
+        let w = world(vec![], vec![stored, svc("web", &[], Some(8080))]);
+        let mut rolled = w.services["api"].clone();
+        rolled.rollback(chrono::Utc::now()).unwrap();
+        let e = plan_rollback(&w, &rolled).unwrap_err();
+        assert_eq!(e.code, 409, "{e:?}");
+        assert!(e.message.contains("web"), "{e:?}");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   only with `?force=true`; deleting a node revokes it (`private::revoke`, its etcd user
 //!   removed).
 //! - Tasks and Endpoints are read-only (405).
+//! - `POST services/<name>/rollback` swaps a service's spec with its previous one
+//!   ([`plan::rollback`]: the same rules as a replace, at the revision read).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -175,6 +177,22 @@ pub async fn delete_service(
             .await
             .map_err(named_not_found::<ServiceSpec>(&name))?,
     ))
+}
+
+/// `POST /apis/shoal/v1/services/<name>/rollback[?dryRun=true]`: back to the previous spec
+/// (see [`plan::rollback`]); 200 with the stored service, 404 unknown, 409 without a
+/// previous spec.
+pub async fn rollback_service(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Query(params): Query<WriteParams>,
+) -> ApiResult<Json<shoal_api_types::Service>> {
+    path_name("Service", &name)?;
+    let rolled = plan::rollback(&app.store, &name, chrono::Utc::now(), params.dry_run).await?;
+    if !params.dry_run {
+        tracing::info!(service = %name, generation = rolled.metadata.generation, "rollback requested");
+    }
+    Ok(Json(rolled))
 }
 
 /// Store errors name objects by the last key segment; use the requested name.

@@ -250,6 +250,15 @@ fn plan_slot(
             plan.shutdown.push((*extra).clone());
         }
     }
+    // An ended task in a slot another task holds is history (a start-first replacement
+    // that failed next to the task it was to replace): no longer wanted running.
+    if !keep.is_empty() {
+        for t in tasks {
+            if t.status.state.is_terminal() && t.spec.desired_state == TaskState::Running {
+                plan.shutdown.push(t.clone());
+            }
+        }
+    }
     // Stopped before it ever reached a node: nothing to wait for.
     for t in tasks {
         if t.spec.desired_state != TaskState::Running
@@ -601,6 +610,15 @@ mod tests {
         // A scale alone makes nothing out of date.
         let plan = plan_service(Some(&service(3)), &tasks[..3], &nodes(), Utc::now(), 3);
         assert!(plan.outdated.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn an_ended_task_next_to_a_live_one_should_become_history() {
+        let live = task("t1", 1, Some("n1"), TaskState::Running, 10);
+        let failed = task("t2", 1, Some("n1"), TaskState::Failed, 1);
+        let plan = plan_service(Some(&service(1)), &[live, failed], &nodes(), Utc::now(), 3);
+        assert_eq!(ids(&plan.shutdown), vec!["t2"]);
+        assert!(plan.create.is_empty(), "{plan:?}");
     }
 
     #[test]

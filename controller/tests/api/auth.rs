@@ -155,6 +155,7 @@ async fn read_only_tokens_read_and_watch_but_cannot_write_exec_or_read_logs() {
         (Method::PUT, "/apis/shoal/v1/networks/appnet"),
         (Method::DELETE, "/apis/shoal/v1/networks/appnet"),
         (Method::POST, "/apis/shoal/v1/apply"),
+        (Method::POST, "/apis/shoal/v1/services/api/rollback"),
         (Method::POST, "/apis/shoal/v1/tasks/api.1/exec"),
         (Method::GET, "/apis/shoal/v1/tasks/api.1/logs"),
         (Method::GET, "/apis/shoal/v1/services/api/logs"),

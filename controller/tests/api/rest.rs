@@ -106,6 +106,80 @@ async fn service_can_be_created_replaced_and_deleted() {
 }
 
 #[tokio::test]
+async fn rollback_swaps_to_the_previous_spec_and_toggles_and_needs_one() {
+    let s = Server::start().await;
+    let rollback = |name: &str| format!("{SVCS}/{name}/rollback");
+    let created = s.post(SVCS, &service("api", &[], &[])).await;
+    assert_eq!(created.code, 201, "{created:?}");
+    let none = s.post(&rollback("api"), "").await;
+    assert_eq!((none.code, none.reason()), (409, "Conflict"), "{none:?}");
+    assert!(
+        none.message()
+            .contains("service api has no previous spec to roll back to"),
+        "{none:?}"
+    );
+    let missing = s.post(&rollback("nope"), "").await;
+    assert_eq!((missing.code, missing.reason()), (404, "NotFound"));
+
+    let mut body = created.body.clone();
+    body["spec"]["image"] = json!("busybox:2");
+    let v2 = s.put(&format!("{SVCS}/api"), &body.to_string()).await;
+    assert_eq!(v2.code, 200, "{v2:?}");
+    assert_eq!(v2.body["metadata"]["generation"], 2);
+
+    // A dry run answers what would be stored and writes nothing.
+    let dry = s
+        .post(&format!("{}?dryRun=true", rollback("api")), "")
+        .await;
+    assert_eq!(dry.code, 200, "{dry:?}");
+    assert_eq!(dry.body["spec"]["image"], "localhost:5000/busybox:latest");
+    assert_eq!(s.get(&format!("{SVCS}/api")).await.rv(), v2.rv());
+
+    let back = s.post(&rollback("api"), "").await;
+    assert_eq!(back.code, 200, "{back:?}");
+    assert_eq!(back.body["spec"]["image"], "localhost:5000/busybox:latest");
+    assert_eq!(back.body["metadata"]["generation"], 3);
+    assert_eq!(back.body["status"]["previousSpec"]["image"], "busybox:2");
+    let update = &back.body["status"]["updateStatus"];
+    assert_eq!(update["state"], "rollback_started", "{back:?}");
+    assert_eq!(update["message"], "manually requested rollback");
+    assert!(update["startedAt"].is_string(), "{back:?}");
+    assert_eq!(s.get(&format!("{SVCS}/api")).await.body, back.body);
+
+    // Twice in a row goes forward again.
+    let forward = s.post(&rollback("api"), "").await;
+    assert_eq!(forward.code, 200, "{forward:?}");
+    assert_eq!(forward.body["spec"]["image"], "busybox:2");
+    assert_eq!(
+        forward.body["status"]["previousSpec"]["image"],
+        "localhost:5000/busybox:latest"
+    );
+    assert_eq!(forward.body["metadata"]["generation"], 4);
+}
+
+#[tokio::test]
+async fn rollback_to_a_port_another_service_took_since_is_409_and_writes_nothing() {
+    let s = Server::start().await;
+    let created = s.post(SVCS, &service("api", &[], &["8080"])).await;
+    assert_eq!(created.code, 201, "{created:?}");
+    let mut body = created.body.clone();
+    body["spec"]["ports"] = json!([]);
+    let moved = s.put(&format!("{SVCS}/api"), &body.to_string()).await;
+    assert_eq!(moved.code, 200, "{moved:?}");
+    assert_eq!(
+        s.post(SVCS, &service("web", &[], &["8080"])).await.code,
+        201
+    );
+    let a = s.post(&format!("{SVCS}/api/rollback"), "").await;
+    assert_eq!((a.code, a.reason()), (409, "Conflict"), "{a:?}");
+    assert!(
+        a.message().contains("8080") && a.message().contains("web"),
+        "{a:?}"
+    );
+    assert_eq!(s.get(&format!("{SVCS}/api")).await.rv(), moved.rv());
+}
+
+#[tokio::test]
 async fn creating_an_existing_object_is_409_already_exists() {
     let s = Server::start().await;
     assert_eq!(s.post(NETS, &network("appnet", None)).await.code, 201);
