@@ -9,6 +9,8 @@
 //! The local cluster uses fixed names and ports (`shoal-br0`, `shoal-node-k`, 7777, 5000,
 //! 23790), so one runs at a time: tests refuse to start while a `shoal dev` cluster runs.
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -317,6 +319,53 @@ impl Cluster {
         Ok(ns)
     }
 
+    /// The first object of `shoal ARGS` printing a JSON array (`service inspect`), or
+    /// `None` when the command fails (a controller that is down).
+    pub fn try_first(&self, args: &[&str]) -> Option<Value> {
+        let run = self.shoal(args);
+        if run.code != 0 {
+            return None;
+        }
+        match serde_json::from_str(&run.stdout).ok()? {
+            Value::Array(mut items) if !items.is_empty() => Some(items.swap_remove(0)),
+            Value::Array(_) => None,
+            other => Some(other),
+        }
+    }
+
+    /// Which running controller (1 or 2 with `--controllers 2`) leads: it logged "became
+    /// leader" more often than "lost the leader lease" (the log files `dev up` keeps; a
+    /// stopped controller has no pid file).
+    pub fn leading_controller(&self) -> Option<u32> {
+        (1..=2).find(|k| {
+            if !self
+                .state_dir
+                .join("run")
+                .join(format!("controller-{k}.pid"))
+                .exists()
+            {
+                return false;
+            }
+            let log = self
+                .state_dir
+                .join("logs")
+                .join(format!("controller-{k}.log"));
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            text.matches("became leader").count() > text.matches("lost the leader lease").count()
+        })
+    }
+
+    /// The global `shoal` flags that send a command to controller k (`--server`, `--ca`,
+    /// `--token`): the CLI sends the context's CA and token only to the context's server,
+    /// so another controller needs them named.
+    pub fn controller_flags(&self, k: u32) -> Vec<String> {
+        vec![
+            format!("--server=https://127.0.0.1:{}", 7776 + k),
+            format!("--ca={}", self.pki_dir().join("ca.crt").display()),
+            format!("--token={}", self.admin_token()),
+        ]
+    }
+
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
@@ -434,6 +483,51 @@ impl Drop for Cluster {
         }
         let _ = std::fs::remove_file(&self.context);
     }
+}
+
+/// Node k's underlay address (198.18.0.k), where published ports answer.
+pub fn node_ip(k: u32) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, k as u8)
+}
+
+/// What one HTTP/1.0 GET from this namespace got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Get {
+    /// Status code and body (trimmed).
+    Ok(u16, String),
+    /// The connection was refused (RST): nothing listens.
+    Refused,
+    /// Anything else (timeout, reset mid-way), with the error.
+    Failed(String),
+}
+
+/// An HTTP/1.0 GET of `/` on ip:port (connect within 2 s, answer within 5 s).
+pub fn http_get(ip: Ipv4Addr, port: u16) -> Get {
+    let addr = SocketAddr::from((ip, port));
+    let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Get::Refused,
+        Err(e) => return Get::Failed(e.to_string()),
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+    if let Err(e) = s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()) {
+        return Get::Failed(e.to_string());
+    }
+    let mut buf = Vec::new();
+    if let Err(e) = s.read_to_end(&mut buf) {
+        return Get::Failed(e.to_string());
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Get::Failed(format!("no header end in {text:?}"));
+    };
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Get::Ok(code, body.trim().to_string())
 }
 
 fn rand_suffix() -> String {

@@ -19,35 +19,6 @@ fn service(name: &str, replicas: u32) -> String {
     )
 }
 
-/// Which running controller (1 or 2) leads: it logged "became leader" more often than
-/// "lost the leader lease" (the log files `dev up` keeps; a stopped one has no pid file).
-fn leader(c: &Cluster) -> Option<u32> {
-    let mut best: Option<(usize, u32)> = None;
-    for k in [1, 2] {
-        let pid = c
-            .state_dir()
-            .join("run")
-            .join(format!("controller-{k}.pid"));
-        if !pid.exists() {
-            continue;
-        }
-        let log = c
-            .state_dir()
-            .join("logs")
-            .join(format!("controller-{k}.log"));
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let became = text.matches("became leader").count();
-        let lost = text.matches("lost the leader lease").count();
-        if became > lost {
-            best = match best {
-                None => Some((became, k)),
-                b => b,
-            };
-        }
-    }
-    best.map(|(_, k)| k)
-}
-
 #[test]
 fn ha_control_plane_end_to_end() {
     require!(
@@ -69,7 +40,9 @@ fn ha_control_plane_end_to_end() {
 
     step("a service of 2 converges; one controller leads");
     c.apply(&service("ha-web", 2));
-    let first = c.eventually("a leader", Duration::from_secs(30), || leader(&c));
+    let first = c.eventually("a leader", Duration::from_secs(30), || {
+        c.leading_controller()
+    });
     let other = 3 - first;
     eprintln!("controller-{first} leads");
 
@@ -109,7 +82,11 @@ fn ha_control_plane_end_to_end() {
         (n == 6).then_some(n)
     });
     assert_eq!(running, 6);
-    assert_eq!(leader(&c), Some(other), "controller-{other} leads now");
+    assert_eq!(
+        c.leading_controller(),
+        Some(other),
+        "controller-{other} leads now"
+    );
     c.shoal(&["dev", "controller", "start", &first.to_string()])
         .ok();
 

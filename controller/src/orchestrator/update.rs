@@ -54,11 +54,28 @@ fn slot_of(t: &Task) -> SlotKey {
     }
 }
 
-/// Whether a task runs and passes its health check (if it has one).
-pub fn is_ready(t: &Task) -> bool {
-    t.is_live()
-        && t.status.state == TaskState::Running
-        && (t.spec.healthcheck.is_none() || t.status.healthy)
+/// How long a new task without a health check must have run before the update counts it
+/// ready (at most the monitor period): a command that exits at once fails inside it, so
+/// the update pauses before it touches the next slot.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// When a task is (or will be, if it keeps running) ready for the update: when it passed
+/// its health check, or, without one, when it has run for `settle`. `None`: not running.
+fn ready_at(t: &Task, settle: Duration) -> Option<DateTime<Utc>> {
+    if !t.is_live() || t.status.state != TaskState::Running {
+        return None;
+    }
+    if t.spec.healthcheck.is_some() {
+        // The moment of the first passing check is not recorded; passing is what counts.
+        return t.status.healthy.then_some(DateTime::<Utc>::MIN_UTC);
+    }
+    let started = t.status.started_at.or(t.status.timestamp)?;
+    Some(started + chrono::Duration::from_std(settle).unwrap_or_default())
+}
+
+/// Whether a task is ready for the update at `now` (see [`ready_at`]).
+fn is_ready(t: &Task, settle: Duration, now: DateTime<Utc>) -> bool {
+    ready_at(t, settle).is_some_and(|at| at <= now)
 }
 
 /// Whether `t` failed by itself within `monitor` of starting (or before it started).
@@ -101,10 +118,12 @@ pub fn plan_update(
     let mut step = UpdateStep::default();
 
     // A start-first replacement that is ready takes over its slot, whatever the state.
+    let settle = SETTLE.min(service.spec.update_config.monitor.get());
     let mut handed_over = BTreeSet::new();
+    let mut settled_at: Option<DateTime<Utc>> = None;
     for o in &outdated {
         if let Some(s) = &o.successor {
-            if is_ready(s) && listed_ready(s) {
+            if is_ready(s, settle, now) && listed_ready(s) {
                 plan.shutdown.push(o.task.clone());
                 handed_over.insert(slot_of(&o.task));
             }
@@ -222,8 +241,14 @@ pub fn plan_update(
             && !taken_over.contains(&slot_of(t));
         let starting = t.is_live()
             && !is_outdated(service, t)
-            && !is_ready(t)
+            && !is_ready(t, settle, now)
             && (t.spec.node.is_some() || t.spec.pending_reason.is_empty());
+        if starting {
+            // Running and settling: look again when it has settled.
+            if let Some(at) = ready_at(t, settle).filter(|at| *at > now) {
+                settled_at = Some(settled_at.map_or(at, |s| s.min(at)));
+            }
+        }
         if stopping || starting {
             in_flight.insert(slot_of(t));
         }
@@ -289,6 +314,10 @@ pub fn plan_update(
         } else {
             step.requeue = (done_at - now).to_std().ok();
         }
+    }
+    if let Some(at) = settled_at {
+        let d = (at - now).to_std().unwrap_or_default();
+        step.requeue = Some(step.requeue.map_or(d, |r| r.min(d)));
     }
     if service.status.update_status.as_ref() != Some(&us) {
         step.status = Some(us);
@@ -526,6 +555,21 @@ mod tests {
         tasks[0] = stopping(tasks[0].clone());
         let p = pass(&svc, &tasks, secs(4));
         assert_eq!(created_slots(&p.plan), [2]);
+    }
+
+    #[test]
+    fn a_new_task_without_a_health_check_should_settle_before_the_next_slot() {
+        let svc = service(2, "v2", UpdateConfig::default());
+        let svc = with_status(svc.clone(), &pass(&svc, &old_tasks(2), t0()).step);
+        let mut tasks = old_tasks(2);
+        tasks[0] = ended(stopping(tasks[0].clone()), TaskState::Shutdown, secs(1));
+        // Running since 3 s (created at 2 s, started 1 s later).
+        tasks.push(task("new1", 1, "v2", secs(2), TaskState::Running));
+        let p = pass(&svc, &tasks, secs(3) + chrono::Duration::milliseconds(300));
+        assert!(p.plan.shutdown.is_empty(), "still settling: {:?}", p.plan);
+        assert_eq!(p.step.requeue, Some(Duration::from_millis(700)));
+        let p = pass(&svc, &tasks, secs(4));
+        assert_eq!(names(&p.plan.shutdown), ["old2"]);
     }
 
     #[test]
