@@ -1,8 +1,9 @@
 //! Figures on the 3-node local cluster (`shoal dev up`, torn down with `shoal dev down`
 //! when dropped): 1 convergence (baseline `ctr run` on node 1's containerd), 4 data plane
 //! (wrk from a task namespace: direct task IP vs VIP vs routing mesh; bulk TCP over the
-//! overlay vs the underlay). Only one local cluster runs per machine: when one already
-//! runs, these figures are skipped.
+//! overlay vs the underlay), 7 (local half) endpoint propagation, 9 rolling update (in
+//! [`crate::rolling`]). Only one local cluster runs per machine: when one already runs, these
+//! figures are skipped.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,9 +15,9 @@ use serde_json::Value;
 use crate::common::*;
 use crate::rules::parse_kv;
 
-const BUSYBOX: &str = "localhost:5000/busybox:latest";
+pub(crate) const BUSYBOX: &str = "localhost:5000/busybox:latest";
 
-struct Dev {
+pub(crate) struct Dev {
     bin: PathBuf,
     state: PathBuf,
     ctx: PathBuf,
@@ -57,7 +58,7 @@ impl Dev {
         c
     }
 
-    fn shoal(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn shoal(&self, args: &[&str]) -> Result<String> {
         let out = self.cmd().args(args).output()?;
         if !out.status.success() {
             bail!(
@@ -69,43 +70,44 @@ impl Dev {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn apply(&self, yaml: &str) -> Result<()> {
+    pub(crate) fn apply(&self, yaml: &str) -> Result<()> {
         let p = self.state.join(format!("bench-{}.yaml", rand_u64()));
         std::fs::write(&p, yaml)?;
         self.shoal(&["apply", "-f", p.to_str().unwrap_or_default(), "--detach"])?;
         Ok(())
     }
 
-    fn api(&self, path: &str) -> Result<Value> {
-        let out = match self.security {
-            Security::Insecure => sh(
-                "curl",
-                &[
-                    "-sf",
-                    &format!("http://127.0.0.1:7777/apis/shoal/v1/{path}"),
-                ],
-            )?,
+    /// curl's arguments for an API path (`services/web`, `tasks?watch=true`), with the CA
+    /// and the admin token when secured.
+    pub(crate) fn curl_args(&self, path: &str) -> Result<Vec<String>> {
+        Ok(match self.security {
+            Security::Insecure => vec![
+                "-sf".into(),
+                format!("http://127.0.0.1:7777/apis/shoal/v1/{path}"),
+            ],
             Security::Secured => {
                 let pki = self.state.join("pki");
                 let token = std::fs::read_to_string(pki.join("admin.token"))?;
-                sh(
-                    "curl",
-                    &[
-                        "-sf",
-                        "--cacert",
-                        &pki.join("ca.crt").display().to_string(),
-                        "-H",
-                        &format!("Authorization: Bearer {}", token.trim()),
-                        &format!("https://127.0.0.1:7777/apis/shoal/v1/{path}"),
-                    ],
-                )?
+                vec![
+                    "-sf".into(),
+                    "--cacert".into(),
+                    pki.join("ca.crt").display().to_string(),
+                    "-H".into(),
+                    format!("Authorization: Bearer {}", token.trim()),
+                    format!("https://127.0.0.1:7777/apis/shoal/v1/{path}"),
+                ]
             }
-        };
-        Ok(serde_json::from_str(&out)?)
+        })
+    }
+
+    pub(crate) fn api(&self, path: &str) -> Result<Value> {
+        let args = self.curl_args(path)?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Ok(serde_json::from_str(&sh("curl", &args)?)?)
     }
 
     /// Running tasks of a service: (id, node, ip on `net`).
-    fn running(&self, svc: &str, net: &str) -> Result<Vec<(String, String, String)>> {
+    pub(crate) fn running(&self, svc: &str, net: &str) -> Result<Vec<(String, String, String)>> {
         let out = match self.shoal(&["service", "ps", svc, "-o", "json"]) {
             Ok(out) => out,
             Err(e) if format!("{e}").contains("not found") => return Ok(vec![]),
@@ -139,7 +141,7 @@ impl Dev {
             .collect())
     }
 
-    fn vip(&self, svc: &str) -> Result<Option<String>> {
+    pub(crate) fn vip(&self, svc: &str) -> Result<Option<String>> {
         let s = self.api(&format!("services/{svc}"))?;
         Ok(s["status"]["virtualIps"]
             .as_array()
@@ -164,7 +166,7 @@ fn rand_u64() -> u64 {
 }
 
 /// The task netns of a task id.
-fn task_netns(id: &str) -> Result<String> {
+pub(crate) fn task_netns(id: &str) -> Result<String> {
     let out = sh("ip", &["netns", "list"])?;
     out.lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -173,7 +175,7 @@ fn task_netns(id: &str) -> Result<String> {
         .with_context(|| format!("no namespace for task {id}"))
 }
 
-fn httpd(name: &str, replicas: u32, extra: &str) -> String {
+pub(crate) fn httpd(name: &str, replicas: u32, extra: &str) -> String {
     format!(
         "apiVersion: shoal/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  image: {BUSYBOX}\n  command: [sh, -c]\n  \
          args: [\"mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www\"]\n  replicas: {replicas}\n  \
@@ -181,7 +183,11 @@ fn httpd(name: &str, replicas: u32, extra: &str) -> String {
     )
 }
 
-fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub(crate) fn poll<T>(
+    timeout: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         check_stop()?;
@@ -195,7 +201,7 @@ fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<Option<T
     }
 }
 
-fn in_ns(ns: &str, argv: &[&str]) -> Result<String> {
+pub(crate) fn in_ns(ns: &str, argv: &[&str]) -> Result<String> {
     let mut a = vec!["netns", "exec", ns];
     a.extend_from_slice(argv);
     sh("ip", &a)
@@ -251,6 +257,24 @@ pub async fn run(bin: &Path, quick: bool, figs: &[u32], rows: &mut Vec<Row>) -> 
         // come and go, containers stopping and agents converging skew the first rounds.
         if figs.contains(&4) {
             rows.extend(data_plane(&dev, quick2, &probe_ns)?);
+        }
+        // The rolling update next, while the cluster is still quiet; a failure here leaves
+        // the other figures to run.
+        if figs.contains(&9) {
+            match crate::rolling::rolling_update(&dev, quick2, &probe_ns) {
+                Ok(r) => rows.extend(r),
+                Err(e) => {
+                    eprintln!("bench: figure 9 failed: {e:#}");
+                    rows.push(Row {
+                        figure: "9 rolling update".into(),
+                        shoal: "error".into(),
+                        met: "error".into(),
+                        target: "≤ 1.25 × bound; 0 failed".into(),
+                        note: format!("{e:#}"),
+                        ..Default::default()
+                    });
+                }
+            }
         }
         let mut secured = (None, None);
         if figs.contains(&1) {
@@ -573,7 +597,7 @@ fn data_plane(dev: &Dev, quick: bool, probe_ns: &str) -> Result<Vec<Row>> {
 }
 
 /// Unix milliseconds of an RFC 3339 timestamp.
-fn unix_ms(ts: &str) -> Option<f64> {
+pub(crate) fn unix_ms(ts: &str) -> Option<f64> {
     chrono::DateTime::parse_from_rfc3339(ts)
         .ok()
         .map(|t| t.timestamp_micros() as f64 / 1000.0)

@@ -5,7 +5,7 @@
 //! ```text
 //! sudo target/release/shoal-bench                  # everything (tens of minutes)
 //! sudo target/debug/shoal-bench --quick --out /tmp/b.md   # small version (CI)
-//! sudo target/release/shoal-bench --only 5         # one figure (1..8)
+//! sudo target/release/shoal-bench --only 5         # one figure (1..9)
 //! ```
 //!
 //! Everything it starts it stops — processes, namespaces, tmpfs directories, the local
@@ -17,6 +17,7 @@ mod cluster;
 mod common;
 mod control;
 mod dns;
+mod rolling;
 mod rules;
 mod tools;
 
@@ -35,7 +36,7 @@ struct Args {
     /// A small version that runs in a few minutes (CI).
     #[arg(long)]
     quick: bool,
-    /// Run only these figures (1..8), comma-separated.
+    /// Run only these figures (1..9), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
     /// Where to write the Markdown report.
@@ -144,7 +145,7 @@ async fn run(args: &Args) -> Result<()> {
         "p99 < 1 s",
         control::propagation_watchers(&bin, args.quick, &mut rows)
     );
-    let cluster_figs: Vec<u32> = [1, 4, 7].into_iter().filter(|f| want(*f)).collect();
+    let cluster_figs: Vec<u32> = [1, 4, 7, 9].into_iter().filter(|f| want(*f)).collect();
     if !cluster_figs.is_empty() && root.is_none() {
         let t = Instant::now();
         eprintln!("bench: local-cluster figures {cluster_figs:?}");
@@ -152,7 +153,7 @@ async fn run(args: &Args) -> Result<()> {
             eprintln!("bench: local-cluster figures failed: {e:#}");
             failed.push(format!("local cluster: {e:#}"));
             rows.push(Row {
-                figure: "1/4/7 local cluster".into(),
+                figure: "1/4/7/9 local cluster".into(),
                 shoal: "error".into(),
                 met: "error".into(),
                 note: format!("{e:#}"),

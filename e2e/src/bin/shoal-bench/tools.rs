@@ -1,6 +1,7 @@
 //! Hidden subcommands the tool runs inside namespaces with `ip netns exec`: a TCP echo
-//! backend, a connection-latency probe, a closed-loop DNS load generator, and a bulk TCP
-//! sender/receiver. Each prints `key=value` pairs. All loads are bounded in count or time.
+//! backend, a connection-latency probe, a closed-loop DNS load generator, a bulk TCP
+//! sender/receiver, and a paced HTTP load that counts failed requests. Each prints
+//! `key=value` pairs. All loads are bounded in count or time.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -26,6 +27,18 @@ pub fn dispatch(args: &[String]) -> Option<Result<()>> {
         ["__http", addr] => http(addr),
         ["__seen", name, ip, secs] => seen(name, ip, secs.parse().unwrap_or(30.0)),
         ["__blast", addr, secs] => blast(addr, secs.parse().unwrap_or(3.0)),
+        ["__lbtrace", every_ms, secs, stop] => lb_trace(
+            every_ms.parse().unwrap_or(100),
+            secs.parse().unwrap_or(60.0),
+            stop,
+        ),
+        ["__httpload", addr, rate, conc, secs, stop] => http_load(
+            addr,
+            rate.parse().unwrap_or(50.0),
+            conc.parse().unwrap_or(4),
+            secs.parse().unwrap_or(60.0),
+            stop,
+        ),
         _ if a.first().is_some_and(|s| s.starts_with("__")) => {
             Err(anyhow::anyhow!("unknown hidden subcommand {a:?}"))
         }
@@ -305,6 +318,147 @@ fn seen(name: &str, ip: &str, secs: f64) -> Result<()> {
     match (dns_at, lb_at) {
         (Some(d), Some(l)) => println!("dns_ms={d:.1} lb_ms={l:.1}"),
         _ => bail!("{ip} not seen in time (dns {dns_at:?}, lb {lb_at:?})"),
+    }
+    Ok(())
+}
+
+/// One HTTP/1.0 GET on a new connection; `Err((kind, detail))` unless it answers 200.
+fn get_once(addr: &std::net::SocketAddr) -> std::result::Result<(), (&'static str, String)> {
+    let io = |e: std::io::Error| {
+        let kind = match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => "refused",
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => "reset",
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "timeout",
+            _ => "other",
+        };
+        (kind, e.to_string())
+    };
+    // 3 s: one lost SYN (retransmitted after 1 s) is slow, not failed.
+    let mut s = TcpStream::connect_timeout(addr, Duration::from_secs(3)).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(io)?;
+    s.set_write_timeout(Some(Duration::from_secs(3)))
+        .map_err(io)?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .map_err(io)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).map_err(io)?;
+    let head = String::from_utf8_lossy(&out[..out.len().min(16)]).into_owned();
+    if head.is_empty() {
+        return Err(("empty", "connection closed without an answer".into()));
+    }
+    if !head.starts_with("HTTP/1.") || !head.contains(" 200") {
+        return Err(("status", head));
+    }
+    Ok(())
+}
+
+/// HTTP load that counts failures: `conc` workers, each sending one GET on a new connection
+/// (so every request is balanced anew) every `conc / rate` seconds (closed loop: never more
+/// than one outstanding per worker), until the file `stop` exists or `secs` pass. Prints
+/// `sent ok failed slow p50_ms p99_ms max_ms start_ms end_ms` (unix ms for the window) and
+/// one `fail=<unix ms>,<kind>,<detail>` line per failure (the first 200).
+fn http_load(addr: &str, rate: f64, conc: usize, secs: f64, stop: &str) -> Result<()> {
+    let target: std::net::SocketAddr = addr.parse()?;
+    let conc = conc.max(1);
+    let interval = Duration::from_secs_f64(conc as f64 / rate.max(0.1));
+    let begin = Instant::now();
+    let deadline = begin + Duration::from_secs_f64(secs);
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    let start_ms = unix_ms();
+    let mut handles = vec![];
+    for w in 0..conc {
+        let stop = std::path::PathBuf::from(stop);
+        handles.push(std::thread::spawn(move || {
+            let (mut lat, mut fails) = (Vec::<f64>::new(), Vec::<(f64, &str, String)>::new());
+            let mut next = begin + interval.mul_f64(w as f64 / conc as f64);
+            loop {
+                let now = Instant::now();
+                if now >= deadline || stop.exists() {
+                    break;
+                }
+                if next > now {
+                    std::thread::sleep(next - now);
+                }
+                next = (next + interval).max(Instant::now());
+                let (t0, at) = (Instant::now(), unix_ms());
+                match get_once(&target) {
+                    Ok(()) => lat.push(t0.elapsed().as_secs_f64() * 1000.0),
+                    Err((kind, detail)) => fails.push((at, kind, detail)),
+                }
+            }
+            (lat, fails)
+        }));
+    }
+    let (mut lat, mut fails) = (vec![], vec![]);
+    for h in handles {
+        let (l, f) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("load thread panicked"))?;
+        lat.extend(l);
+        fails.extend(f);
+    }
+    let end_ms = unix_ms();
+    fails.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+    let ok = lat.len();
+    let slow = lat.iter().filter(|l| **l > 1000.0).count();
+    let max = lat.iter().cloned().fold(0.0f64, f64::max);
+    println!(
+        "sent={} ok={ok} failed={} slow={slow} p50_ms={:.2} p99_ms={:.2} max_ms={max:.1} start_ms={start_ms:.0} end_ms={end_ms:.0}",
+        ok + fails.len(),
+        fails.len(),
+        pct(&mut lat.clone(), 50.0),
+        pct(&mut lat, 99.0),
+    );
+    for (at, kind, detail) in fails.iter().take(200) {
+        println!("fail={at:.0},{kind},{}", detail.replace(['\n', '\r'], " "));
+    }
+    Ok(())
+}
+
+/// The IPv4 addresses written in `text`, in order, without repeats.
+pub fn ipv4s(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for word in text.split(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        let parts: Vec<&str> = word.split('.').collect();
+        if parts.len() == 4
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.parse::<u8>().is_ok())
+            && !out.iter().any(|o| o == word)
+        {
+            out.push(word.to_string());
+        }
+    }
+    out
+}
+
+/// Every `every_ms`, until the file `stop` exists or `secs` pass, lists this namespace's
+/// nftables ruleset and prints `<unix ms> <addresses>` whenever the set of IPv4 addresses in
+/// it changed: when each backend entered and left this namespace's load balancer.
+fn lb_trace(every_ms: u64, secs: f64, stop: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut last: Option<Vec<String>> = None;
+    while Instant::now() < deadline && !std::path::Path::new(stop).exists() {
+        let out = std::process::Command::new("nft")
+            .args(["-j", "list", "ruleset"])
+            .output()?;
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0);
+        let mut ips = ipv4s(&String::from_utf8_lossy(&out.stdout));
+        ips.sort();
+        if last.as_ref() != Some(&ips) {
+            println!("{at:.0} {}", ips.join(","));
+            last = Some(ips);
+        }
+        std::thread::sleep(Duration::from_millis(every_ms));
     }
     Ok(())
 }
