@@ -59,6 +59,10 @@ struct Inner {
     waiting: Mutex<HashSet<String>>,
     /// Health of tasks with a check, while its loop runs.
     health: Mutex<HashMap<String, bool>>,
+    /// Tasks with a check that `start_task` is starting: a list that sees one running
+    /// before its checks are registered reports it unhealthy (not as a task whose checks
+    /// resume after an agent restart, which starts healthy).
+    starting: Mutex<HashSet<String>>,
     /// Tasks stopped because their health check kept failing.
     /// Tasks stopped for failing their health check, with the last check's output.
     unhealthy: Mutex<HashMap<String, String>>,
@@ -75,6 +79,7 @@ impl ContainerTasks {
                 exited: Notify::new(),
                 waiting: Mutex::new(HashSet::new()),
                 health: Mutex::new(HashMap::new()),
+                starting: Mutex::new(HashSet::new()),
                 unhealthy: Mutex::new(Default::default()),
             }),
         }
@@ -354,11 +359,25 @@ impl TaskRuntime for ContainerTasks {
             }
         }
         // A process that exits at once is reported from the next list, with its exit code.
-        runtime.start(id).await.map_err(|e| task_error(id, e))?;
-        self.wait_for_exit(id);
-        if let Some(probe) = task.spec.healthcheck.as_ref().and_then(Probe::new) {
-            self.check_health(id, probe, Health::starting());
+        let probe = task.spec.healthcheck.as_ref().and_then(Probe::new);
+        let starting = || {
+            self.inner
+                .starting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        if probe.is_some() {
+            starting().insert(id.to_string());
         }
+        let started = runtime.start(id).await;
+        if started.is_ok() {
+            self.wait_for_exit(id);
+            if let Some(probe) = probe {
+                self.check_health(id, probe, Health::starting());
+            }
+        }
+        starting().remove(id);
+        started.map_err(|e| task_error(id, e))?;
         Ok(Started {
             container_id: id.to_string(),
         })
@@ -429,8 +448,15 @@ impl TaskRuntime for ContainerTasks {
                 .unwrap_or_else(|| c.id.clone());
             let probe =
                 labels::get(&c.labels, LABEL_HEALTHCHECK).and_then(|l| Probe::from_label(l));
+            let being_started = self
+                .inner
+                .starting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&c.id);
             let healthy = match (&probe, state) {
                 (None, _) => None,
+                (Some(_), ObservedState::Running) if being_started => Some(false),
                 (Some(probe), ObservedState::Running) => {
                     // Checks of a task that survived an agent restart resume here.
                     self.check_health(&c.id, probe.clone(), Health::resumed());
@@ -661,6 +687,28 @@ mod tests {
         tasks.start_task(&task("t2", "busybox")).await.unwrap();
         let listed = tasks.list().await.unwrap();
         assert_eq!(listed.iter().find(|o| o.id == "t2").unwrap().healthy, None);
+    }
+
+    #[tokio::test]
+    async fn a_checked_task_seen_running_while_it_starts_should_be_unhealthy() {
+        use crate::runtime::ContainerRuntime;
+        use shoal_api_types::HealthCheck;
+        let (tasks, fake) = tasks();
+        let mut t = task("t1", "busybox");
+        t.spec.healthcheck = Some(HealthCheck {
+            command: vec!["false".into()],
+            ..Default::default()
+        });
+        // The moment between the container's start and its checks' registration, as a
+        // converge round's list sees it.
+        fake.create(&tasks.container_spec(&t)).await.unwrap();
+        tasks.inner.starting.lock().unwrap().insert("t1".into());
+        fake.start("t1").await.unwrap();
+        assert_eq!(
+            tasks.list().await.unwrap()[0].healthy,
+            Some(false),
+            "no check has passed: not healthy (not a task whose checks resume)"
+        );
     }
 
     #[tokio::test]
