@@ -6,11 +6,10 @@
 //! announcing itself on stderr. The cluster is removed at the end, also on failure.
 
 use std::collections::BTreeSet;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use shoal_e2e::{require_e2e, Cluster};
+use shoal_e2e::{http_get, node_ip, require_e2e, Cluster, Get};
 
 const BUSYBOX: &str = "localhost:5000/busybox:latest";
 const HTTPD: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
@@ -19,53 +18,9 @@ fn step(name: &str) {
     eprintln!("\n=== {name}");
 }
 
-fn node_ip(k: u32) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 0, k as u8)
-}
-
 /// Node number of a node name (`node-2` -> 2).
 fn node_k(node: &str) -> u32 {
     node.trim_start_matches("node-").parse().expect("node-k")
-}
-
-/// What one HTTP/1.0 GET got.
-#[derive(Debug)]
-enum Get {
-    /// Status code and body.
-    Ok(u16, String),
-    /// The connection was refused (RST).
-    Refused,
-    /// Anything else (timeout, reset mid-way); shown through `Debug`.
-    #[allow(dead_code)]
-    Failed(String),
-}
-
-fn http_get(ip: Ipv4Addr, port: u16) -> Get {
-    let addr = SocketAddr::from((ip, port));
-    let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
-        Ok(s) => s,
-        Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Get::Refused,
-        Err(e) => return Get::Failed(e.to_string()),
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-    if let Err(e) = s.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()) {
-        return Get::Failed(e.to_string());
-    }
-    let mut buf = Vec::new();
-    if let Err(e) = s.read_to_end(&mut buf) {
-        return Get::Failed(e.to_string());
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return Get::Failed(format!("no header end in {text:?}"));
-    };
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Get::Ok(code, body.trim().to_string())
 }
 
 /// The page when the GET answered 200.
