@@ -16,6 +16,10 @@
 //! <root>/private/tokens/<name>           API token record {name, role, sha256, createdAt}
 //! <root>/private/join-token              the current join secret {secret, createdAt}
 //! <root>/private/revoked/<node>          {revokedAt}: the node's certificates up to then are refused
+//! <root>/secrets/<name>                  Secret (metadata, size, fingerprint; never the data)
+//! <root>/configs/<name>                  Config (likewise)
+//! <root>/private/payloads/secrets/<name> a Secret's payload, encrypted (AES-256-GCM)
+//! <root>/private/payloads/configs/<name> a Config's payload
 //! ```
 //!
 //! Nothing below `<root>/private/` is served by the HTTP API or readable by a node's etcd
@@ -166,6 +170,12 @@ impl Keys {
     /// The revocation record of `node`.
     pub fn revoked(&self, node: &str) -> String {
         format!("{}revoked/{node}", self.private())
+    }
+
+    /// The stored payload of a Secret (`S` = [`crate::payload::SecretSpec`], encrypted) or a
+    /// Config (`ConfigSpec`, plain): `<root>/private/payloads/<plural>/<name>`.
+    pub fn payload<S: Resource>(&self, name: &str) -> String {
+        format!("{}payloads/{}/{name}", self.private(), S::PLURAL)
     }
 
     /// The key of the one ClusterSettings object (`<root>/settings/cluster`).
@@ -467,6 +477,10 @@ mod tests {
         assert_eq!(k.api_token("ci"), "/shoal/v1/private/tokens/ci");
         assert_eq!(k.join_token(), "/shoal/v1/private/join-token");
         assert_eq!(k.revoked("node-2"), "/shoal/v1/private/revoked/node-2");
+        assert_eq!(
+            k.payload::<crate::payload::SecretSpec>("pw"),
+            "/shoal/v1/private/payloads/secrets/pw"
+        );
         for key in [k.api_token("ci"), k.join_token(), k.revoked("n")] {
             assert!(key.starts_with(&k.private()), "{key}");
         }

@@ -12,3 +12,6 @@ pub const TASK: &str = "shoal.io/task";
 /// On a Task: restarts in its slot before it (0 for the first), for
 /// `restartPolicy.maxAttempts`.
 pub const ATTEMPT: &str = "shoal.io/attempt";
+/// On the Networks, Services, Secrets and Configs a stack deploy creates: the stack's
+/// name (`shoal stack ls/services/ps/rm` and `apply?prune=` select by it).
+pub const STACK: &str = "shoal.io/stack";

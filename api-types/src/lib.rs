@@ -19,6 +19,7 @@ pub mod meta;
 pub mod network;
 pub mod node;
 pub mod object;
+pub mod payload;
 pub mod resources;
 pub mod service;
 pub mod settings;
@@ -26,6 +27,7 @@ pub mod task;
 pub mod token;
 pub mod update;
 pub mod validation;
+pub mod volume;
 
 pub use constraint::Constraint;
 pub use endpoints::{EndpointTask, Endpoints, EndpointsSpec};
@@ -37,11 +39,15 @@ pub use meta::{ObjectMeta, API_VERSION};
 pub use network::{Network, NetworkSpec, NetworkStatus};
 pub use node::{Node, NodeAvailability, NodeSpec, NodeState, NodeStatus};
 pub use object::{EventType, Object, ObjectList, Resource, WatchEvent};
+pub use payload::{
+    Config, ConfigSpec, DeliveredPayload, PayloadKind, PayloadStatus, Secret, SecretSpec,
+    TaskPayloads,
+};
 pub use resources::{Cpus, Memory, NodeCapacity, ResourceLimits, ResourceReservations, Resources};
 pub use service::{
-    EndpointMode, HealthCheck, NetworkAttachmentConfig, Placement, PortConfig, Protocol,
-    PublishMode, RestartCondition, RestartPolicy, SeccompMode, Service, ServiceMode, ServiceSpec,
-    ServiceStatus, VirtualIp,
+    ConfigReference, EndpointMode, HealthCheck, Mount, MountType, NetworkAttachmentConfig,
+    Placement, PortConfig, Protocol, PublishMode, RestartCondition, RestartPolicy, SecretReference,
+    SeccompMode, Service, ServiceMode, ServiceSpec, ServiceStatus, VirtualIp,
 };
 pub use settings::{ClusterSettings, ClusterSettingsSpec, ReservedPort};
 pub use task::{Task, TaskAttachment, TaskSpec, TaskState, TaskStatus};
@@ -50,3 +56,4 @@ pub use update::{
     FailureAction, HumanDuration, Ratio, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 pub use validation::{FieldError, Validate};
+pub use volume::{VolumeInfo, VolumeList};

@@ -9,6 +9,7 @@ use crate::error::StatusDetail;
 use crate::meta::API_VERSION;
 use crate::network::{Network, NetworkSpec};
 use crate::object::{Object, Resource};
+use crate::payload::{Config, ConfigSpec, Secret, SecretSpec};
 use crate::service::{Service, ServiceSpec};
 use crate::validation::{FieldError, Validate};
 
@@ -21,6 +22,10 @@ pub enum AnyObject {
     Network(Network),
     /// A Service.
     Service(Service),
+    /// A Secret (its payload only in the write, never stored in the object).
+    Secret(Secret),
+    /// A Config.
+    Config(Config),
 }
 
 impl AnyObject {
@@ -29,6 +34,8 @@ impl AnyObject {
         match self {
             AnyObject::Network(_) => NetworkSpec::KIND,
             AnyObject::Service(_) => ServiceSpec::KIND,
+            AnyObject::Secret(_) => SecretSpec::KIND,
+            AnyObject::Config(_) => ConfigSpec::KIND,
         }
     }
 
@@ -37,6 +44,8 @@ impl AnyObject {
         match self {
             AnyObject::Network(o) => o.name(),
             AnyObject::Service(o) => o.name(),
+            AnyObject::Secret(o) => o.name(),
+            AnyObject::Config(o) => o.name(),
         }
     }
 
@@ -50,6 +59,8 @@ impl AnyObject {
         match self {
             AnyObject::Network(o) => o.validate(errs),
             AnyObject::Service(o) => o.validate(errs),
+            AnyObject::Secret(o) => o.validate(errs),
+            AnyObject::Config(o) => o.validate(errs),
         }
     }
 }
@@ -60,7 +71,7 @@ impl AnyObject {
 pub struct ManifestError(pub Vec<StatusDetail>);
 
 /// The kinds `apply` accepts, for messages.
-pub const APPLY_KINDS: &str = "Network, Service";
+pub const APPLY_KINDS: &str = "Network, Service, Secret, Config";
 
 /// Parses a body of one or more YAML documents (JSON is YAML too), applies defaults and
 /// validates each object. Empty documents are skipped; a body with no object is an error.
@@ -168,6 +179,8 @@ fn parse_value(value: Value) -> Result<Option<AnyObject>, ParseFailure> {
     match kind.as_str() {
         "Network" => typed::<NetworkSpec>(value).map(|o| Some(AnyObject::Network(o))),
         "Service" => typed::<ServiceSpec>(value).map(|o| Some(AnyObject::Service(o))),
+        "Secret" => typed::<SecretSpec>(value).map(|o| Some(AnyObject::Secret(o))),
+        "Config" => typed::<ConfigSpec>(value).map(|o| Some(AnyObject::Config(o))),
         "Node" | "Task" | "Endpoints" => Err(vec![FieldError::new(
             "kind",
             format!("{kind} objects are managed by Shoal and cannot be applied (apply takes {APPLY_KINDS})"),

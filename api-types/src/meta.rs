@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::validation::{validate_dns_label, FieldError};
+use crate::validation::{check_dns_label, check_object_name, FieldError};
 
 /// The one API version this crate speaks.
 pub const API_VERSION: &str = "shoal/v1";
@@ -58,8 +58,16 @@ impl ObjectMeta {
     }
 
     /// Checks the name (a DNS-1123 label) and label keys.
-    pub fn validate(&self, errs: &mut Vec<FieldError>) {
-        validate_dns_label("metadata.name", &self.name, errs);
+    /// `stack_names`: the name may also hold `_` ([`check_object_name`]).
+    pub fn validate(&self, stack_names: bool, errs: &mut Vec<FieldError>) {
+        let checked = if stack_names {
+            check_object_name(&self.name)
+        } else {
+            check_dns_label(&self.name)
+        };
+        if let Err(msg) = checked {
+            errs.push(FieldError::new("metadata.name", msg));
+        }
         for key in self.labels.keys() {
             if key.is_empty() || key.len() > 253 {
                 errs.push(FieldError::new(

@@ -16,24 +16,46 @@ pub type Network = Object<NetworkSpec>;
 /// The name of the routing-mesh network the controller creates.
 pub const INGRESS_NETWORK: &str = "ingress";
 
+/// The name of the per-node egress bridge, shown as a Network (driver `bridge`, scope
+/// `local`) as Swarm shows `docker_gwbridge`. The controller creates the object; every
+/// agent makes the bridge itself. No service may list it: tasks on non-internal networks
+/// get a leg on it automatically.
+pub const GATEWAY_BRIDGE_NETWORK: &str = "gwbridge";
+
+/// The gateway bridge's subnet on every node (Docker uses 172.18.0.0/16 too).
+pub const GATEWAY_BRIDGE_SUBNET: &str = "172.18.0.0/16";
+
+/// The gateway bridge's driver.
+pub const BRIDGE_DRIVER: &str = "bridge";
+
+/// `status.scope` of networks that exist on each node separately (the gateway bridge).
+pub const SCOPE_LOCAL: &str = "local";
+
 /// Why users may not create, replace or delete the network called `name` (a message for
-/// `metadata.name`), or `None`: the `ingress` name belongs to the system, which creates
-/// the routing-mesh network and keeps it present.
+/// `metadata.name`), or `None`: the `ingress` and `gwbridge` names belong to the system,
+/// which creates those networks and keeps them present.
 pub fn reserved_network_name(name: &str) -> Option<String> {
-    (name == INGRESS_NETWORK).then(|| {
-        format!(
+    match name {
+        INGRESS_NETWORK => Some(format!(
             "{INGRESS_NETWORK:?} is reserved: it is the routing-mesh network, which Shoal creates \
              and keeps itself (services join it by publishing ports in ingress mode); \
              choose another name"
-        )
-    })
+        )),
+        GATEWAY_BRIDGE_NETWORK => Some(format!(
+            "{GATEWAY_BRIDGE_NETWORK:?} is reserved: it is each node's egress bridge, which Shoal \
+             creates and keeps itself (tasks on non-internal networks reach it automatically); \
+             choose another name"
+        )),
+        _ => None,
+    }
 }
 
 /// What the user wants of a network. Unset addressing is allocated by the controller.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetworkSpec {
-    /// The driver; only `overlay` exists.
+    /// The driver: `overlay` (the default, and the only one users may create); `bridge` is
+    /// the system's gateway bridge.
     #[serde(default)]
     pub driver: String,
     /// IPv4 subnet in CIDR form (`10.1.2.0/24`); allocated from the default pool when unset.
@@ -81,6 +103,10 @@ pub struct NetworkStatus {
     /// The spec generation this status describes.
     #[serde(default)]
     pub observed_generation: i64,
+    /// `local` for a network that exists on each node separately (the gateway bridge);
+    /// unset means `swarm` (cluster-wide).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
 }
 
 impl NetworkSpec {
@@ -109,6 +135,7 @@ impl Resource for NetworkSpec {
     const KIND: &'static str = "Network";
     const PLURAL: &'static str = "networks";
     const USER_OWNED: bool = true;
+    const STACK_NAMES: bool = true;
     type Status = NetworkStatus;
 
     fn apply_defaults(&mut self) {
@@ -118,11 +145,11 @@ impl Resource for NetworkSpec {
     }
 
     fn validate_spec(&self, errs: &mut Vec<FieldError>) {
-        if self.driver != "overlay" && !self.driver.is_empty() {
+        if !matches!(self.driver.as_str(), "overlay" | BRIDGE_DRIVER | "") {
             errs.push(FieldError::new(
                 "spec.driver",
                 format!(
-                    "unsupported driver {:?}: only \"overlay\" exists",
+                    "unsupported driver {:?}: only \"overlay\" exists (\"bridge\" is the system's gateway bridge)",
                     self.driver
                 ),
             ));
@@ -199,7 +226,7 @@ mod tests {
     #[test]
     fn network_rejects_bad_subnet_gateway_driver_and_mtu() {
         let errs = errors(NetworkSpec {
-            driver: "bridge".into(),
+            driver: "macvlan".into(),
             subnet: Some("10.0.0.0/33".into()),
             gateway: Some("nope".into()),
             mtu: Some(70),

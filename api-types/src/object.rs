@@ -20,6 +20,9 @@ pub trait Resource:
     const PLURAL: &'static str;
     /// Whether users create and change this kind (Network, Service) or Shoal does.
     const USER_OWNED: bool;
+    /// Whether names may hold `_` (`shop_web`: the kinds a stack creates), besides the
+    /// DNS-1123 label characters every kind takes.
+    const STACK_NAMES: bool = false;
     /// The status type of the kind.
     type Status: Serialize
         + DeserializeOwned
@@ -122,7 +125,7 @@ impl<S: Resource> Validate for Object<S> {
                 format!("must be {:?} (got {:?})", S::KIND, self.kind),
             ));
         }
-        self.metadata.validate(errs);
+        self.metadata.validate(S::STACK_NAMES, errs);
         S::validate_name(&self.metadata.name, errs);
         self.spec.validate_spec(errs);
     }

@@ -13,7 +13,7 @@ use crate::object::{Object, Resource};
 use crate::resources::Resources;
 use crate::task::TaskSpec;
 use crate::update::{UpdateConfig, UpdateState, UpdateStatus};
-use crate::validation::{check_dns_label, FieldError};
+use crate::validation::{check_object_name, FieldError};
 
 /// A Service object.
 pub type Service = Object<ServiceSpec>;
@@ -134,6 +134,114 @@ pub struct Placement {
     /// Expressions such as `node.labels.zone==a` or `node.name!=node-3`; all must hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<String>,
+    /// At most this many of the service's live tasks on one node (0 or unset: no limit;
+    /// compose's `deploy.placement.max_replicas_per_node`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<u64>,
+}
+
+/// A Secret a service's tasks see as a file in `/run/secrets/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretReference {
+    /// The Secret's name.
+    pub source: String,
+    /// The file name in `/run/secrets/` (default: `source`); no `/`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// Owner of the file (default 0).
+    #[serde(default)]
+    pub uid: u32,
+    /// Group of the file (default 0).
+    #[serde(default)]
+    pub gid: u32,
+    /// Permission bits (default 0o444 = 292).
+    #[serde(default = "default_file_mode")]
+    pub mode: u32,
+}
+
+/// A Config a service's tasks see as a file at `target`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigReference {
+    /// The Config's name.
+    pub source: String,
+    /// Absolute path of the file in the container (default: `/<source>`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// Owner of the file (default 0).
+    #[serde(default)]
+    pub uid: u32,
+    /// Group of the file (default 0).
+    #[serde(default)]
+    pub gid: u32,
+    /// Permission bits (default 0o444 = 292).
+    #[serde(default = "default_file_mode")]
+    pub mode: u32,
+}
+
+/// Default permission bits of a secret or config file: `0444`.
+pub const DEFAULT_FILE_MODE: u32 = 0o444;
+
+fn default_file_mode() -> u32 {
+    DEFAULT_FILE_MODE
+}
+
+impl SecretReference {
+    /// The file name in `/run/secrets/`.
+    pub fn file_name(&self) -> &str {
+        if self.target.is_empty() {
+            &self.source
+        } else {
+            &self.target
+        }
+    }
+}
+
+impl ConfigReference {
+    /// The absolute path of the file in the container.
+    pub fn path(&self) -> String {
+        if self.target.is_empty() {
+            format!("/{}", self.source)
+        } else {
+            self.target.clone()
+        }
+    }
+}
+
+/// The kind of a mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MountType {
+    /// A named volume local to the node, created on first use.
+    #[default]
+    Volume,
+    /// A host path, allowed only below a prefix the agent was given
+    /// (`shoal-agent --allow-bind PREFIX`).
+    Bind,
+    /// A fresh tmpfs per task.
+    Tmpfs,
+}
+
+/// A filesystem mounted into every task of a service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Mount {
+    /// `volume` (default), `bind` or `tmpfs`.
+    #[serde(rename = "type", default)]
+    pub type_: MountType,
+    /// Volume name (volume), absolute host path (bind); unset for tmpfs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    /// Absolute path in the container.
+    pub target: String,
+    /// Mount read-only.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub read_only: bool,
+    /// Size limit of a tmpfs (`64Mi`, `64M`, bytes); unset: half the node's memory, as the
+    /// kernel does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_size: Option<crate::resources::Memory>,
 }
 
 /// When a task that ended is replaced.
@@ -275,6 +383,19 @@ pub struct ServiceSpec {
     /// How tasks are replaced when going back to the previous spec.
     #[serde(default, skip_serializing_if = "is_default")]
     pub rollback_config: UpdateConfig,
+    /// Secrets mounted as files in `/run/secrets/` (a read-only tmpfs per task).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretReference>,
+    /// Configs mounted as read-only files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<ConfigReference>,
+    /// Volumes, bind mounts and tmpfs mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    /// Labels on the tasks' containers (compose's service-level `labels`); keys starting
+    /// with `shoal.io/` are Shoal's and refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_labels: BTreeMap<String, String>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -367,6 +488,10 @@ impl ServiceSpec {
             || t.seccomp != self.seccomp
             || t.resources != self.resources
             || t.force_update != self.force_update
+            || t.secrets != self.secrets
+            || t.configs != self.configs
+            || t.mounts != self.mounts
+            || t.container_labels != self.container_labels
             || nets != self.wanted_networks()
     }
 }
@@ -375,6 +500,7 @@ impl Resource for ServiceSpec {
     const KIND: &'static str = "Service";
     const PLURAL: &'static str = "services";
     const USER_OWNED: bool = true;
+    const STACK_NAMES: bool = true;
     type Status = ServiceStatus;
 
     /// Keeps the old spec for rollback and starts the next update afresh (Swarm:
@@ -423,7 +549,7 @@ impl Resource for ServiceSpec {
         }
         let mut seen_networks = BTreeSet::new();
         for (i, net) in self.networks.iter().enumerate() {
-            if let Err(msg) = check_dns_label(&net.name) {
+            if let Err(msg) = check_object_name(&net.name) {
                 errs.push(FieldError::new(format!("spec.networks[{i}].name"), msg));
             } else if !seen_networks.insert(net.name.as_str()) {
                 errs.push(FieldError::new(
@@ -432,7 +558,7 @@ impl Resource for ServiceSpec {
                 ));
             }
             for (j, alias) in net.aliases.iter().enumerate() {
-                if let Err(msg) = check_dns_label(alias) {
+                if let Err(msg) = check_object_name(alias) {
                     errs.push(FieldError::new(
                         format!("spec.networks[{i}].aliases[{j}]"),
                         msg,
@@ -552,6 +678,21 @@ impl Resource for ServiceSpec {
                 ));
             }
         }
+        self.validate_files_and_mounts(errs);
+        if self.placement.max_replicas_per_node == Some(0) {
+            errs.push(FieldError::new(
+                "spec.placement.maxReplicasPerNode",
+                "must be at least 1 (leave it unset for no limit)",
+            ));
+        }
+        for key in self.container_labels.keys() {
+            if key.is_empty() || key.starts_with("shoal.io/") {
+                errs.push(FieldError::new(
+                    format!("spec.containerLabels.{key}"),
+                    "keys must be non-empty and must not start with shoal.io/ (Shoal's own labels)",
+                ));
+            }
+        }
         if let Some(hc) = &self.healthcheck {
             if hc.command.is_empty() {
                 errs.push(FieldError::new("spec.healthcheck.command", "is required"));
@@ -563,6 +704,112 @@ impl Resource for ServiceSpec {
                 ));
             }
         }
+    }
+}
+
+impl ServiceSpec {
+    /// Secrets, configs and mounts: names, targets (each container path once) and modes.
+    fn validate_files_and_mounts(&self, errs: &mut Vec<FieldError>) {
+        // container path -> the field that claimed it first
+        let mut paths: BTreeMap<String, String> = BTreeMap::new();
+        let mut claim = |path: String, field: String, errs: &mut Vec<FieldError>| {
+            if let Some(first) = paths.get(&path) {
+                errs.push(FieldError::new(
+                    field,
+                    format!("{path} is already mounted by {first}"),
+                ));
+            } else {
+                paths.insert(path, field);
+            }
+        };
+        for (i, r) in self.secrets.iter().enumerate() {
+            let at = format!("spec.secrets[{i}]");
+            if let Err(msg) = check_object_name(&r.source) {
+                errs.push(FieldError::new(format!("{at}.source"), msg));
+            }
+            let name = r.file_name();
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
+                errs.push(FieldError::new(
+                    format!("{at}.target"),
+                    format!("{name:?} must be a file name in /run/secrets (no '/')"),
+                ));
+            } else {
+                claim(format!("/run/secrets/{name}"), format!("{at}.target"), errs);
+            }
+            check_mode(&format!("{at}.mode"), r.mode, errs);
+        }
+        for (i, r) in self.configs.iter().enumerate() {
+            let at = format!("spec.configs[{i}]");
+            if let Err(msg) = check_object_name(&r.source) {
+                errs.push(FieldError::new(format!("{at}.source"), msg));
+            }
+            let path = r.path();
+            match check_container_path(&path) {
+                Err(msg) => errs.push(FieldError::new(format!("{at}.target"), msg)),
+                Ok(()) => claim(path, format!("{at}.target"), errs),
+            }
+            check_mode(&format!("{at}.mode"), r.mode, errs);
+        }
+        for (i, m) in self.mounts.iter().enumerate() {
+            let at = format!("spec.mounts[{i}]");
+            match check_container_path(&m.target) {
+                Err(msg) => errs.push(FieldError::new(format!("{at}.target"), msg)),
+                Ok(()) => claim(m.target.trim_end_matches('/').to_string(), format!("{at}.target"), errs),
+            }
+            match m.type_ {
+                MountType::Volume => {
+                    if let Err(msg) = crate::volume::check_volume_name(&m.source) {
+                        errs.push(FieldError::new(format!("{at}.source"), msg));
+                    }
+                }
+                MountType::Bind => {
+                    if let Err(msg) = check_container_path(&m.source) {
+                        errs.push(FieldError::new(
+                            format!("{at}.source"),
+                            format!("a bind mount needs an absolute host path: {msg}"),
+                        ));
+                    }
+                }
+                MountType::Tmpfs => {
+                    if !m.source.is_empty() {
+                        errs.push(FieldError::new(
+                            format!("{at}.source"),
+                            "must be unset for a tmpfs mount",
+                        ));
+                    }
+                }
+            }
+            if m.tmpfs_size.is_some() && m.type_ != MountType::Tmpfs {
+                errs.push(FieldError::new(
+                    format!("{at}.tmpfsSize"),
+                    "only a tmpfs mount has a size",
+                ));
+            }
+        }
+    }
+}
+
+fn check_mode(field: &str, mode: u32, errs: &mut Vec<FieldError>) {
+    if mode > 0o777 {
+        errs.push(FieldError::new(
+            field,
+            format!("{mode:#o} is not a file mode (0 to 0777)"),
+        ));
+    }
+}
+
+/// Whether `path` is an absolute, normal path (no `..`, no NUL) other than `/`.
+fn check_container_path(path: &str) -> Result<(), String> {
+    let normal = path.starts_with('/')
+        && path.trim_end_matches('/').len() > 0
+        && !path.contains('\0')
+        && !path.split('/').any(|c| c == ".." || c == ".");
+    if normal {
+        Ok(())
+    } else {
+        Err(format!(
+            "{path:?} must be an absolute path without '.' or '..' components, other than /"
+        ))
     }
 }
 
@@ -849,6 +1096,7 @@ mod tests {
             }],
             placement: Placement {
                 constraints: vec!["node.colour==red".into()],
+                ..Default::default()
             },
             ..Default::default()
         });

@@ -12,7 +12,9 @@ use crate::labels;
 use crate::meta::ObjectMeta;
 use crate::object::{Object, Resource};
 use crate::resources::Resources;
-use crate::service::{HealthCheck, PortConfig, RestartPolicy, SeccompMode};
+use crate::service::{
+    ConfigReference, HealthCheck, Mount, PortConfig, RestartPolicy, SecretReference, SeccompMode,
+};
 use crate::validation::FieldError;
 
 /// A Task object.
@@ -171,6 +173,18 @@ pub struct TaskSpec {
     /// the service's is out of date).
     #[serde(default, skip_serializing_if = "is_default")]
     pub force_update: u64,
+    /// The service's `secrets` (the agent fetches their payloads from the controller).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretReference>,
+    /// The service's `configs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<ConfigReference>,
+    /// The service's `mounts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    /// The service's `containerLabels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_labels: BTreeMap<String, String>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {

@@ -80,9 +80,39 @@ pub fn check_dns_label(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The reason `value` is not an object name, if it is not one. Networks, Services, Secrets
+/// and Configs take DNS-1123 labels that may also hold `_` inside, because stacks name
+/// their objects `<stack>_<name>` as Swarm does (`shop_web`); the first and last characters
+/// are still a letter or digit.
+pub fn check_object_name(value: &str) -> Result<(), String> {
+    let dashed = value.replace('_', "-");
+    check_dns_label(&dashed).map_err(|_| {
+        if value.len() > 63 {
+            format!("must be at most 63 characters (has {})", value.len())
+        } else if value.is_empty() {
+            "is required".into()
+        } else {
+            format!(
+                "{value:?} is not a valid name: use lowercase letters, digits, '-' and '_', \
+                 starting and ending with a letter or digit"
+            )
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_names_also_take_inner_underscores() {
+        for ok in ["shop_web", "a", "x_1-y"] {
+            assert!(check_object_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "_a", "a_", "Shop_web", "a.b", &"a".repeat(64)] {
+            assert!(check_object_name(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn dns_labels_accept_lowercase_digits_and_inner_dashes() {

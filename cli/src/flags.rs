@@ -276,6 +276,7 @@ pub fn service_from_args(
     }
     spec.placement = Placement {
         constraints: a.constraints.clone(),
+        ..Default::default()
     };
     for e in &a.env {
         let (k, v) = parse_env(e, &lookup_env).map_err(anyhow::Error::msg)?;

@@ -384,6 +384,7 @@ fn network_step(ctx: &Context, name: &str) -> Step {
             phase: "Ready".into(),
             message: String::new(),
             observed_generation: net.metadata.generation,
+            scope: net.status.scope.clone(),
         };
         if status != net.status {
             let mut next = (*net).clone();

@@ -104,6 +104,7 @@ async fn constraints_should_be_respected() {
     let spec = ServiceSpec {
         placement: Placement {
             constraints: vec!["node.labels.zone==a".into()],
+            ..Default::default()
         },
         ..replicated(4)
     };
@@ -120,6 +121,7 @@ async fn constraints_should_be_respected() {
     let spec = ServiceSpec {
         placement: Placement {
             constraints: vec!["node.labels.zone==z".into()],
+            ..Default::default()
         },
         ..replicated(1)
     };

@@ -73,6 +73,16 @@ pub async fn apply(
                     s.name().to_string(),
                     s.metadata.resource_version.clone(),
                 ),
+                AnyObject::Secret(s) => (
+                    "Secret",
+                    s.name().to_string(),
+                    s.metadata.resource_version.clone(),
+                ),
+                AnyObject::Config(c) => (
+                    "Config",
+                    c.name().to_string(),
+                    c.metadata.resource_version.clone(),
+                ),
             };
             ApplyItem {
                 kind: kind.to_string(),

@@ -139,7 +139,7 @@ impl UserKind for NetworkSpec {
     fn from_any(obj: AnyObject) -> Option<Object<Self>> {
         match obj {
             AnyObject::Network(n) => Some(n),
-            AnyObject::Service(_) => None,
+            _ => None,
         }
     }
 }
@@ -155,7 +155,7 @@ impl UserKind for ServiceSpec {
     fn from_any(obj: AnyObject) -> Option<Object<Self>> {
         match obj {
             AnyObject::Service(s) => Some(s),
-            AnyObject::Network(_) => None,
+            _ => None,
         }
     }
 }

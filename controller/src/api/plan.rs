@@ -68,6 +68,8 @@ impl World {
         match obj {
             AnyObject::Network(n) => self.networks.get(n.name()).cloned().map(AnyObject::Network),
             AnyObject::Service(s) => self.services.get(s.name()).cloned().map(AnyObject::Service),
+            // TODO(issue 15, helper A): secrets and configs.
+            AnyObject::Secret(_) | AnyObject::Config(_) => None,
         }
     }
 
@@ -79,6 +81,7 @@ impl World {
             AnyObject::Service(s) => {
                 self.services.insert(s.name().to_string(), s.clone());
             }
+            AnyObject::Secret(_) | AnyObject::Config(_) => {}
         }
     }
 }
@@ -147,6 +150,15 @@ pub fn plan(world: &World, changes: Vec<Change>) -> Result<Vec<Planned>, Status>
                 &change.object,
                 "metadata.name",
                 format!("{reference} is also in {where_}; each object may appear once"),
+            ));
+            continue;
+        }
+        if matches!(change.object, AnyObject::Secret(_) | AnyObject::Config(_)) {
+            invalid.push(detail(
+                change.document,
+                &change.object,
+                "kind",
+                "not supported yet".into(),
             ));
             continue;
         }
@@ -222,6 +234,7 @@ pub fn plan(world: &World, changes: Vec<Change>) -> Result<Vec<Planned>, Status>
                     .filter(|o| !later.contains(&format!("service/{}", o.name())));
                 conflicts.extend(at(rules::check_ports(s, others)));
             }
+            AnyObject::Secret(_) | AnyObject::Config(_) => {}
         }
     }
     if !invalid.is_empty() {
@@ -285,6 +298,8 @@ fn revision_of(obj: &AnyObject) -> i64 {
     match obj {
         AnyObject::Network(n) => n.metadata.revision().unwrap_or(0),
         AnyObject::Service(s) => s.metadata.revision().unwrap_or(0),
+        AnyObject::Secret(s) => s.metadata.revision().unwrap_or(0),
+        AnyObject::Config(c) => c.metadata.revision().unwrap_or(0),
     }
 }
 
@@ -331,6 +346,8 @@ fn clean_new(obj: AnyObject) -> AnyObject {
     match obj {
         AnyObject::Network(n) => AnyObject::Network(clean(n)),
         AnyObject::Service(s) => AnyObject::Service(clean(s)),
+        AnyObject::Secret(s) => AnyObject::Secret(clean(s)),
+        AnyObject::Config(c) => AnyObject::Config(clean(c)),
     }
 }
 
@@ -357,6 +374,7 @@ pub async fn commit(
         match (&p.action, &mut p.object) {
             (Action::Unchanged, _) => continue,
             (_, AnyObject::Network(_)) => networks_written = true,
+            (_, AnyObject::Secret(_) | AnyObject::Config(_)) => continue,
             (_, AnyObject::Service(s)) => {
                 ports_written |= !s.spec.ports.is_empty();
                 joined.extend(s.spec.networks.iter().map(|a| a.name.clone()));
@@ -367,6 +385,7 @@ pub async fn commit(
             (Action::Created, AnyObject::Service(s)) => *s = batch.create(store, s),
             (_, AnyObject::Network(n)) => batch.update(store, n),
             (_, AnyObject::Service(s)) => batch.update(store, s),
+            (_, AnyObject::Secret(_) | AnyObject::Config(_)) => {}
         }
     }
     if batch.is_empty() {
@@ -395,6 +414,7 @@ pub async fn commit(
                 object: AnyObject::Service(stored(s, revision)),
                 ..p
             },
+            (_, object) => Planned { object, ..p },
         })
         .collect())
 }

@@ -152,6 +152,10 @@ fn build_task(
             seccomp: s.seccomp,
             resources: s.resources.clone(),
             force_update: s.force_update,
+            secrets: s.secrets.clone(),
+            configs: s.configs.clone(),
+            mounts: s.mounts.clone(),
+            container_labels: s.container_labels.clone(),
         },
     );
     task.metadata
