@@ -46,8 +46,8 @@ pub use payload::{
 pub use resources::{Cpus, Memory, NodeCapacity, ResourceLimits, ResourceReservations, Resources};
 pub use service::{
     ConfigReference, EndpointMode, HealthCheck, Mount, MountType, NetworkAttachmentConfig,
-    Placement, PortConfig, Protocol, PublishMode, RestartCondition, RestartPolicy, SecretReference,
-    SeccompMode, Service, ServiceMode, ServiceSpec, ServiceStatus, VirtualIp,
+    Placement, PortConfig, Protocol, PublishMode, RestartCondition, RestartPolicy, SeccompMode,
+    SecretReference, Service, ServiceMode, ServiceSpec, ServiceStatus, VirtualIp,
 };
 pub use settings::{ClusterSettings, ClusterSettingsSpec, ReservedPort};
 pub use task::{Task, TaskAttachment, TaskSpec, TaskState, TaskStatus};

@@ -191,7 +191,10 @@ mod tests {
         assert!(secret_errors(Some(encode_payload(&vec![7; MAX_SECRET_BYTES]))).is_empty());
         let over = secret_errors(Some(encode_payload(&vec![7; MAX_SECRET_BYTES + 1])));
         assert_eq!(over.len(), 1);
-        assert!(over[0].starts_with("spec.data: is 512001 bytes"), "{over:?}");
+        assert!(
+            over[0].starts_with("spec.data: is 512001 bytes"),
+            "{over:?}"
+        );
         let empty = secret_errors(Some(String::new()));
         assert!(empty[0].contains("at least 1 byte"), "{empty:?}");
         assert!(secret_errors(Some("***".into()))[0].contains("not base64"));

@@ -728,7 +728,12 @@ impl ServiceSpec {
                 errs.push(FieldError::new(format!("{at}.source"), msg));
             }
             let name = r.file_name();
-            if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
+            if name.is_empty()
+                || name.contains('/')
+                || name == "."
+                || name == ".."
+                || name.contains('\0')
+            {
                 errs.push(FieldError::new(
                     format!("{at}.target"),
                     format!("{name:?} must be a file name in /run/secrets (no '/')"),
@@ -754,7 +759,11 @@ impl ServiceSpec {
             let at = format!("spec.mounts[{i}]");
             match check_container_path(&m.target) {
                 Err(msg) => errs.push(FieldError::new(format!("{at}.target"), msg)),
-                Ok(()) => claim(m.target.trim_end_matches('/').to_string(), format!("{at}.target"), errs),
+                Ok(()) => claim(
+                    m.target.trim_end_matches('/').to_string(),
+                    format!("{at}.target"),
+                    errs,
+                ),
             }
             match m.type_ {
                 MountType::Volume => {

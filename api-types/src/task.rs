@@ -13,7 +13,7 @@ use crate::meta::ObjectMeta;
 use crate::object::{Object, Resource};
 use crate::resources::Resources;
 use crate::service::{
-    ConfigReference, HealthCheck, Mount, PortConfig, RestartPolicy, SecretReference, SeccompMode,
+    ConfigReference, HealthCheck, Mount, PortConfig, RestartPolicy, SeccompMode, SecretReference,
 };
 use crate::validation::FieldError;
 

@@ -150,7 +150,12 @@ impl Cluster {
     }
 
     fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bin.join(program));
+        let exe = self.bin.join(program);
+        let mut cmd = Command::new(if exe.is_file() {
+            exe
+        } else {
+            PathBuf::from(program)
+        });
         cmd.env("SHOAL_DEV_STATE", &self.state_dir)
             .env("SHOAL_CONFIG", &self.context)
             .env_remove("SHOAL_SERVER")
@@ -178,6 +183,26 @@ impl Cluster {
         let out = self.shoal(args).ok();
         serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("shoal {args:?} did not print JSON ({e}):\n{out}"))
+    }
+
+    /// Runs a bash script (`set -euo pipefail`) as a user would in a shell: `shoal` and
+    /// the other binaries on `PATH`, this cluster's context, the repository as the working
+    /// directory.
+    pub fn script(&self, text: &str) -> Run {
+        let path = format!(
+            "{}:{}",
+            self.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        Run::from(
+            self.command("bash")
+                .env("PATH", path)
+                .current_dir(repo)
+                .args(["-euo", "pipefail", "-c", text])
+                .output()
+                .expect("run bash"),
+        )
     }
 
     /// Runs `shoal exec TASK -- ARGV`.
