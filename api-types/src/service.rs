@@ -810,7 +810,7 @@ fn check_mode(field: &str, mode: u32, errs: &mut Vec<FieldError>) {
 /// Whether `path` is an absolute, normal path (no `..`, no NUL) other than `/`.
 fn check_container_path(path: &str) -> Result<(), String> {
     let normal = path.starts_with('/')
-        && path.trim_end_matches('/').len() > 0
+        && !path.trim_end_matches('/').is_empty()
         && !path.contains('\0')
         && !path.split('/').any(|c| c == ".." || c == ".");
     if normal {
