@@ -913,6 +913,103 @@ mod tests {
     }
 
     #[test]
+    fn secrets_configs_and_mounts_are_checked_with_their_field_paths() {
+        let mut s = spec();
+        s.secrets = vec![
+            SecretReference {
+                source: "pw".into(),
+                mode: DEFAULT_FILE_MODE,
+                ..Default::default()
+            },
+            SecretReference {
+                source: "pw2".into(),
+                target: "pw".into(),
+                mode: 0o1777,
+                ..Default::default()
+            },
+            SecretReference {
+                source: "x".into(),
+                target: "a/b".into(),
+                ..Default::default()
+            },
+        ];
+        s.configs = vec![ConfigReference {
+            source: "conf".into(),
+            target: "etc/x".into(),
+            ..Default::default()
+        }];
+        s.mounts = vec![
+            Mount {
+                type_: MountType::Volume,
+                source: "bad/name".into(),
+                target: "/data".into(),
+                ..Default::default()
+            },
+            Mount {
+                type_: MountType::Bind,
+                source: "relative".into(),
+                target: "/data".into(),
+                ..Default::default()
+            },
+            Mount {
+                type_: MountType::Volume,
+                source: "v".into(),
+                target: "/v".into(),
+                tmpfs_size: Some(crate::resources::Memory(1024)),
+                ..Default::default()
+            },
+        ];
+        let e = errs(s);
+        let fields: Vec<&str> = e.iter().map(|e| e.split(':').next().unwrap()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "spec.secrets[1].target",
+                "spec.secrets[1].mode",
+                "spec.secrets[2].target",
+                "spec.configs[0].target",
+                "spec.mounts[0].source",
+                "spec.mounts[1].target",
+                "spec.mounts[1].source",
+                "spec.mounts[2].tmpfsSize",
+            ],
+            "{e:#?}"
+        );
+        assert!(e[0].contains("/run/secrets/pw is already mounted by spec.secrets[0].target"));
+    }
+
+    #[test]
+    fn references_default_their_targets_and_modes() {
+        let s: ServiceSpec = serde_json::from_str(
+            r#"{"image":"b","secrets":[{"source":"pw"}],"configs":[{"source":"conf"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.secrets[0].file_name(), "pw");
+        assert_eq!(s.secrets[0].mode, 0o444);
+        assert_eq!(s.configs[0].path(), "/conf");
+        assert!(errs(s).is_empty());
+    }
+
+    #[test]
+    fn a_changed_secret_reference_outdates_tasks() {
+        let mut s = spec();
+        s.secrets = vec![SecretReference {
+            source: "pw".into(),
+            mode: DEFAULT_FILE_MODE,
+            ..Default::default()
+        }];
+        let task = TaskSpec {
+            image: s.image.clone(),
+            secrets: s.secrets.clone(),
+            stop_grace_period_seconds: 10,
+            ..Default::default()
+        };
+        assert!(!s.outdates(&task));
+        s.secrets[0].source = "pw2".into();
+        assert!(s.outdates(&task));
+    }
+
+    #[test]
     fn rollback_should_need_a_previous_spec_and_toggle_between_two() {
         let mut s = Service::new("api", spec());
         let err = s.rollback(Utc::now()).unwrap_err();
