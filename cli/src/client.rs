@@ -16,6 +16,7 @@ use shoal_api_types::{
     CreatedToken, ExecRequest, ExecResponse, LogOptions, Object, ObjectList, Resource, Role,
     Service, ServiceSpec, Status, TokenInfo, TokenList, TokenRequest, WatchEvent,
 };
+use shoal_api_types::volume::VolumeList;
 
 use crate::context::{Target, TokenSource, CA_ENV, TOKEN_ENV};
 use crate::kinds::Kind;
@@ -100,7 +101,7 @@ pub struct ApplyItem {
     pub kind: String,
     /// The object's name.
     pub name: String,
-    /// `created`, `configured` or `unchanged`.
+    /// `created`, `configured`, `unchanged` or `pruned`.
     pub action: String,
     /// The object's resourceVersion after the apply.
     #[serde(default)]
@@ -357,11 +358,21 @@ impl Client {
             .await
     }
 
-    /// `POST /apply[?dryRun=true]` with a multi-document YAML body.
-    pub async fn apply(&self, body: String, dry_run: bool) -> Result<ApplyResponse> {
+    /// `POST /apply[?dryRun=true][&prune=KEY=VALUE]` with a multi-document YAML body. With
+    /// `prune`, objects carrying that label that the body does not hold are deleted in the
+    /// same transaction (answer items with action `pruned`), and the body may be empty.
+    pub async fn apply(
+        &self,
+        body: String,
+        dry_run: bool,
+        prune: Option<&str>,
+    ) -> Result<ApplyResponse> {
         let mut url = self.url(&["apply"]);
         if dry_run {
             url.query_pairs_mut().append_pair("dryRun", "true");
+        }
+        if let Some(selector) = prune {
+            url.query_pairs_mut().append_pair("prune", selector);
         }
         self.call(Method::POST, url, Some((body, "application/yaml")))
             .await
@@ -480,6 +491,23 @@ impl Client {
             self.call(Method::GET, self.url_v1(&["join-token"]), None)
                 .await
         }
+    }
+
+    /// `GET /apis/shoal/v1/volumes[?node=N]`: the named volumes of every ready node (or one).
+    pub async fn list_volumes(&self, node: Option<&str>) -> Result<VolumeList> {
+        let mut url = self.url(&["volumes"]);
+        if let Some(node) = node {
+            url.query_pairs_mut().append_pair("node", node);
+        }
+        self.call(Method::GET, url, None).await
+    }
+
+    /// `DELETE /apis/shoal/v1/nodes/<node>/volumes/<name>`: removes a volume from a node
+    /// (404 unknown, 409 while a task uses it). The answer's body, if any, is not read.
+    pub async fn delete_volume(&self, node: &str, name: &str) -> Result<()> {
+        let url = self.url(&["nodes", node, "volumes", name]);
+        self.send(self.http.delete(url.clone()), &url).await?;
+        Ok(())
     }
 
     /// `DELETE /apis/shoal/v1/nodes/<name>[?force=true]`: removes (and revokes) a node.

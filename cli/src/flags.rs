@@ -17,6 +17,7 @@ use shoal_api_types::{
     NodeAvailability, Placement, PortConfig, Protocol, PublishMode, RestartCondition,
     RestartPolicy, SeccompMode, Service, ServiceMode, ServiceSpec,
 };
+use shoal_api_types::{ConfigReference, Mount, MountType, SecretReference, DEFAULT_FILE_MODE};
 use shoal_api_types::{Cpus, Memory, ResourceLimits, ResourceReservations, Resources};
 
 use shoal_api_types::update::{
@@ -24,7 +25,8 @@ use shoal_api_types::update::{
 };
 
 use crate::args::{
-    AvailabilityFlag, EndpointModeFlag, FailureActionFlag, LifecycleFlags, ModeFlag,
+    AvailabilityFlag, EndpointModeFlag, FailureActionFlag, FileFlags, FileUpdateFlags,
+    LifecycleFlags, ModeFlag,
     NetworkCreateArgs, NodeUpdateArgs, RestartConditionFlag, RollbackFailureActionFlag,
     ServiceCreateArgs, ServiceUpdateArgs, UpdateOrderFlag, UpdatePolicyFlags, WaitArgs,
 };
@@ -311,6 +313,7 @@ pub fn service_from_args(
     }
     container_settings(a, &mut spec)?;
     apply_update_policy(&mut spec, &a.policy)?;
+    apply_file_flags(&mut spec, &a.files)?;
     let mut svc = Service::new(a.name.clone(), spec);
     svc.metadata.labels = labels("--label", &a.labels)?;
     Ok(svc)
@@ -510,6 +513,7 @@ pub fn update_service(
     update_health(spec, a, &name)?;
     update_container_settings(spec, a)?;
     apply_update_policy(spec, &a.policy)?;
+    update_file_flags(spec, &a.files, &name)?;
     if a.force {
         spec.force_update = spec.force_update.wrapping_add(1);
     }
@@ -620,6 +624,7 @@ pub fn change_flags(a: &ServiceUpdateArgs) -> Vec<&'static str> {
         constraint_rm,
         lifecycle,
         policy,
+        files,
         no_healthcheck,
         user,
         workdir,
@@ -659,6 +664,17 @@ pub fn change_flags(a: &ServiceUpdateArgs) -> Vec<&'static str> {
         rollback_max_failure_ratio,
         rollback_order,
     } = policy;
+    let FileUpdateFlags {
+        secret_add,
+        secret_rm,
+        config_add,
+        config_rm,
+        mount_add,
+        mount_rm,
+        container_label_add,
+        container_label_rm,
+        replicas_max_per_node,
+    } = files;
     [
         ("--image", image.is_some()),
         ("--force", *force),
@@ -716,6 +732,15 @@ pub fn change_flags(a: &ServiceUpdateArgs) -> Vec<&'static str> {
             rollback_max_failure_ratio.is_some(),
         ),
         ("--rollback-order", rollback_order.is_some()),
+        ("--secret-add", !secret_add.is_empty()),
+        ("--secret-rm", !secret_rm.is_empty()),
+        ("--config-add", !config_add.is_empty()),
+        ("--config-rm", !config_rm.is_empty()),
+        ("--mount-add", !mount_add.is_empty()),
+        ("--mount-rm", !mount_rm.is_empty()),
+        ("--container-label-add", !container_label_add.is_empty()),
+        ("--container-label-rm", !container_label_rm.is_empty()),
+        ("--replicas-max-per-node", replicas_max_per_node.is_some()),
     ]
     .into_iter()
     .filter_map(|(flag, given)| given.then_some(flag))
@@ -832,6 +857,236 @@ fn update_container_settings(spec: &mut ServiceSpec, a: &ServiceUpdateArgs) -> R
     }
     if let Some(v) = &a.reserve_memory {
         r.reservations.memory = memory("--reserve-memory", v)?;
+    }
+    Ok(())
+}
+
+/// A file reference of `--secret`/`--config` (and their `-add` forms): the source, the
+/// target as given (empty: the default), uid, gid and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// The Secret's or Config's name.
+    pub source: String,
+    /// `target=`, or empty.
+    pub target: String,
+    /// `uid=` (default 0).
+    pub uid: u32,
+    /// `gid=` (default 0).
+    pub gid: u32,
+    /// `mode=` (default 0444).
+    pub mode: u32,
+}
+
+/// Parses `NAME` or `source=NAME[,target=T][,uid=N][,gid=N][,mode=M]` for `flag`. A mode
+/// with a leading 0 is octal (`0400`), as Docker reads it; `0o400` works too.
+pub fn parse_file_ref(flag: &str, value: &str) -> Result<FileRef, String> {
+    let err = |why: String| format!("{flag} {value:?}: {why}");
+    let mut r = FileRef {
+        source: String::new(),
+        target: String::new(),
+        uid: 0,
+        gid: 0,
+        mode: DEFAULT_FILE_MODE,
+    };
+    if !value.contains('=') {
+        if value.is_empty() || value.contains(',') {
+            return Err(err("use NAME or source=NAME,target=...".into()));
+        }
+        r.source = value.to_string();
+        return Ok(r);
+    }
+    for field in value.split(',') {
+        let (key, val) = field
+            .split_once('=')
+            .ok_or_else(|| err(format!("{field:?} is not key=value")))?;
+        let number = |what: &str| -> Result<u32, String> {
+            val.trim()
+                .parse()
+                .map_err(|_| err(format!("{what} {val:?} is not a number")))
+        };
+        match key.trim() {
+            "source" | "src" => r.source = val.to_string(),
+            "target" | "dst" | "destination" => r.target = val.to_string(),
+            "uid" => r.uid = number("uid")?,
+            "gid" => r.gid = number("gid")?,
+            "mode" => {
+                let v = val.trim();
+                let octal = v.strip_prefix("0o").or_else(|| v.strip_prefix('0').filter(|d| !d.is_empty()));
+                let mode = match octal {
+                    Some(digits) => u32::from_str_radix(digits, 8),
+                    None => v.parse(),
+                }
+                .map_err(|_| err(format!("mode {val:?} is not a number (e.g. 0400)")))?;
+                if mode > 0o777 {
+                    return Err(err(format!("mode {val:?} is not a file mode (0 to 0777)")));
+                }
+                r.mode = mode;
+            }
+            other => {
+                return Err(err(format!(
+                    "unknown key {other:?} (use source, target, uid, gid and mode)"
+                )))
+            }
+        }
+    }
+    if r.source.is_empty() {
+        return Err(err("source= is required".into()));
+    }
+    Ok(r)
+}
+
+fn secret_ref(flag: &str, value: &str) -> Result<SecretReference> {
+    let r = parse_file_ref(flag, value).map_err(anyhow::Error::msg)?;
+    Ok(SecretReference {
+        source: r.source,
+        target: r.target,
+        uid: r.uid,
+        gid: r.gid,
+        mode: r.mode,
+    })
+}
+
+fn config_ref(flag: &str, value: &str) -> Result<ConfigReference> {
+    let r = parse_file_ref(flag, value).map_err(anyhow::Error::msg)?;
+    Ok(ConfigReference {
+        source: r.source,
+        target: r.target,
+        uid: r.uid,
+        gid: r.gid,
+        mode: r.mode,
+    })
+}
+
+/// Parses one `--mount` value:
+/// `type=volume|bind|tmpfs,source=SRC,target=/PATH[,readonly[=true|false]][,tmpfs-size=SIZE]`,
+/// with Docker's aliases (`src`, `dst`/`destination`, `ro`). The type defaults to volume.
+pub fn parse_mount(flag: &str, value: &str) -> Result<Mount, String> {
+    let err = |why: String| format!("{flag} {value:?}: {why}");
+    let mut m = Mount::default();
+    for field in value.split(',') {
+        let (key, val) = match field.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (field.trim(), None),
+        };
+        match (key, val) {
+            ("type", Some(t)) => {
+                m.type_ = match t {
+                    "volume" => MountType::Volume,
+                    "bind" => MountType::Bind,
+                    "tmpfs" => MountType::Tmpfs,
+                    other => return Err(err(format!("type {other:?} must be volume, bind or tmpfs"))),
+                }
+            }
+            ("source" | "src", Some(v)) => m.source = v.to_string(),
+            ("target" | "dst" | "destination", Some(v)) => m.target = v.to_string(),
+            ("readonly" | "ro", None) => m.read_only = true,
+            ("readonly" | "ro", Some(v)) => {
+                m.read_only = match v {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    other => return Err(err(format!("readonly={other:?}: use true or false"))),
+                }
+            }
+            ("tmpfs-size", Some(v)) => {
+                m.tmpfs_size = Some(v.parse::<Memory>().map_err(|e| err(format!("tmpfs-size: {e}")))?)
+            }
+            _ => {
+                return Err(err(format!(
+                    "{field:?}: use type=, source= (src=), target= (dst=), readonly and tmpfs-size="
+                )))
+            }
+        }
+    }
+    if m.target.is_empty() {
+        return Err(err("target= is required".into()));
+    }
+    if m.type_ != MountType::Tmpfs && m.source.is_empty() {
+        return Err(err("source= is required (a volume name or a host path)".into()));
+    }
+    if m.tmpfs_size.is_some() && m.type_ != MountType::Tmpfs {
+        return Err(err("tmpfs-size needs type=tmpfs".into()));
+    }
+    Ok(m)
+}
+
+/// `service create`'s secret, config, mount, container-label and per-node flags.
+pub fn apply_file_flags(spec: &mut ServiceSpec, f: &FileFlags) -> Result<()> {
+    for v in &f.secrets {
+        spec.secrets.push(secret_ref("--secret", v)?);
+    }
+    for v in &f.configs {
+        spec.configs.push(config_ref("--config", v)?);
+    }
+    for v in &f.mounts {
+        spec.mounts
+            .push(parse_mount("--mount", v).map_err(anyhow::Error::msg)?);
+    }
+    spec.container_labels = labels("--container-label", &f.container_labels)?;
+    spec.placement.max_replicas_per_node = f.replicas_max_per_node.filter(|n| *n > 0);
+    Ok(())
+}
+
+/// `service update`'s `--secret-*`, `--config-*`, `--mount-*`, `--container-label-*` and
+/// `--replicas-max-per-node`, removals first. Removing what is not there is an error.
+fn update_file_flags(spec: &mut ServiceSpec, f: &FileUpdateFlags, name: &str) -> Result<()> {
+    for s in &f.secret_rm {
+        let before = spec.secrets.len();
+        spec.secrets.retain(|r| &r.source != s);
+        if spec.secrets.len() == before {
+            bail!("--secret-rm {s:?}: service {name} does not use that secret");
+        }
+    }
+    for c in &f.config_rm {
+        let before = spec.configs.len();
+        spec.configs.retain(|r| &r.source != c);
+        if spec.configs.len() == before {
+            bail!("--config-rm {c:?}: service {name} does not use that config");
+        }
+    }
+    for t in &f.mount_rm {
+        let before = spec.mounts.len();
+        let t = t.trim_end_matches('/');
+        spec.mounts.retain(|m| m.target.trim_end_matches('/') != t);
+        if spec.mounts.len() == before {
+            bail!("--mount-rm {t:?}: service {name} has no mount at that target");
+        }
+    }
+    for k in &f.container_label_rm {
+        if spec.container_labels.remove(k).is_none() {
+            bail!("--container-label-rm {k:?}: service {name} has no such container label");
+        }
+    }
+    for v in &f.secret_add {
+        let r = secret_ref("--secret-add", v)?;
+        match spec.secrets.iter_mut().find(|x| x.file_name() == r.file_name()) {
+            Some(x) => *x = r,
+            None => spec.secrets.push(r),
+        }
+    }
+    for v in &f.config_add {
+        let r = config_ref("--config-add", v)?;
+        match spec.configs.iter_mut().find(|x| x.path() == r.path()) {
+            Some(x) => *x = r,
+            None => spec.configs.push(r),
+        }
+    }
+    for v in &f.mount_add {
+        let m = parse_mount("--mount-add", v).map_err(anyhow::Error::msg)?;
+        match spec
+            .mounts
+            .iter_mut()
+            .find(|x| x.target.trim_end_matches('/') == m.target.trim_end_matches('/'))
+        {
+            Some(x) => *x = m,
+            None => spec.mounts.push(m),
+        }
+    }
+    for l in &f.container_label_add {
+        let (k, v) = parse_key_value("--container-label-add", l).map_err(anyhow::Error::msg)?;
+        spec.container_labels.insert(k, v);
+    }
+    if let Some(n) = f.replicas_max_per_node {
+        spec.placement.max_replicas_per_node = (n > 0).then_some(n);
     }
     Ok(())
 }
