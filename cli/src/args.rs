@@ -787,7 +787,12 @@ pub enum StackCommand {
 pub struct StackDeployArgs {
     /// A compose file; repeat to merge several (later files override, as in compose).
     /// Variables come from the environment, then from `.env` next to the first file.
-    #[arg(short = 'c', long = "compose-file", required = true, value_name = "FILE")]
+    #[arg(
+        short = 'c',
+        long = "compose-file",
+        required = true,
+        value_name = "FILE"
+    )]
     pub compose_files: Vec<std::path::PathBuf>,
     /// Also remove the stack's services, networks, secrets and configs that the files no
     /// longer define.

@@ -12,11 +12,11 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use shoal_api_types::volume::VolumeList;
 use shoal_api_types::{
     CreatedToken, ExecRequest, ExecResponse, LogOptions, Object, ObjectList, Resource, Role,
     Service, ServiceSpec, Status, TokenInfo, TokenList, TokenRequest, WatchEvent,
 };
-use shoal_api_types::volume::VolumeList;
 
 use crate::context::{Target, TokenSource, CA_ENV, TOKEN_ENV};
 use crate::kinds::Kind;

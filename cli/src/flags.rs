@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use shoal_api_types::capabilities;
+use shoal_api_types::service::DEFAULT_FILE_MODE;
+use shoal_api_types::{ConfigReference, Mount, MountType, SecretReference};
 use shoal_api_types::{
     Constraint, EndpointMode, HealthCheck, Network, NetworkAttachmentConfig, NetworkSpec, Node,
     NodeAvailability, Placement, PortConfig, Protocol, PublishMode, RestartCondition,
     RestartPolicy, SeccompMode, Service, ServiceMode, ServiceSpec,
 };
-use shoal_api_types::{ConfigReference, Mount, MountType, SecretReference, DEFAULT_FILE_MODE};
 use shoal_api_types::{Cpus, Memory, ResourceLimits, ResourceReservations, Resources};
 
 use shoal_api_types::update::{
@@ -26,9 +27,9 @@ use shoal_api_types::update::{
 
 use crate::args::{
     AvailabilityFlag, EndpointModeFlag, FailureActionFlag, FileFlags, FileUpdateFlags,
-    LifecycleFlags, ModeFlag,
-    NetworkCreateArgs, NodeUpdateArgs, RestartConditionFlag, RollbackFailureActionFlag,
-    ServiceCreateArgs, ServiceUpdateArgs, UpdateOrderFlag, UpdatePolicyFlags, WaitArgs,
+    LifecycleFlags, ModeFlag, NetworkCreateArgs, NodeUpdateArgs, RestartConditionFlag,
+    RollbackFailureActionFlag, ServiceCreateArgs, ServiceUpdateArgs, UpdateOrderFlag,
+    UpdatePolicyFlags, WaitArgs,
 };
 
 /// Parses one `-p/--publish` value: `PUBLISHED:TARGET[/tcp|udp]` or
@@ -911,7 +912,9 @@ pub fn parse_file_ref(flag: &str, value: &str) -> Result<FileRef, String> {
             "gid" => r.gid = number("gid")?,
             "mode" => {
                 let v = val.trim();
-                let octal = v.strip_prefix("0o").or_else(|| v.strip_prefix('0').filter(|d| !d.is_empty()));
+                let octal = v
+                    .strip_prefix("0o")
+                    .or_else(|| v.strip_prefix('0').filter(|d| !d.is_empty()));
                 let mode = match octal {
                     Some(digits) => u32::from_str_radix(digits, 8),
                     None => v.parse(),
@@ -974,7 +977,9 @@ pub fn parse_mount(flag: &str, value: &str) -> Result<Mount, String> {
                     "volume" => MountType::Volume,
                     "bind" => MountType::Bind,
                     "tmpfs" => MountType::Tmpfs,
-                    other => return Err(err(format!("type {other:?} must be volume, bind or tmpfs"))),
+                    other => {
+                        return Err(err(format!("type {other:?} must be volume, bind or tmpfs")))
+                    }
                 }
             }
             ("source" | "src", Some(v)) => m.source = v.to_string(),
@@ -988,7 +993,10 @@ pub fn parse_mount(flag: &str, value: &str) -> Result<Mount, String> {
                 }
             }
             ("tmpfs-size", Some(v)) => {
-                m.tmpfs_size = Some(v.parse::<Memory>().map_err(|e| err(format!("tmpfs-size: {e}")))?)
+                m.tmpfs_size = Some(
+                    v.parse::<Memory>()
+                        .map_err(|e| err(format!("tmpfs-size: {e}")))?,
+                )
             }
             _ => {
                 return Err(err(format!(
@@ -1001,7 +1009,9 @@ pub fn parse_mount(flag: &str, value: &str) -> Result<Mount, String> {
         return Err(err("target= is required".into()));
     }
     if m.type_ != MountType::Tmpfs && m.source.is_empty() {
-        return Err(err("source= is required (a volume name or a host path)".into()));
+        return Err(err(
+            "source= is required (a volume name or a host path)".into()
+        ));
     }
     if m.tmpfs_size.is_some() && m.type_ != MountType::Tmpfs {
         return Err(err("tmpfs-size needs type=tmpfs".into()));
@@ -1058,7 +1068,11 @@ fn update_file_flags(spec: &mut ServiceSpec, f: &FileUpdateFlags, name: &str) ->
     }
     for v in &f.secret_add {
         let r = secret_ref("--secret-add", v)?;
-        match spec.secrets.iter_mut().find(|x| x.file_name() == r.file_name()) {
+        match spec
+            .secrets
+            .iter_mut()
+            .find(|x| x.file_name() == r.file_name())
+        {
             Some(x) => *x = r,
             None => spec.secrets.push(r),
         }
@@ -2095,6 +2109,231 @@ mod tests {
         .is_err());
     }
 
+    #[test]
+    fn secret_config_and_mount_flags_build_references_and_mounts() {
+        let s = service(&[
+            "--name",
+            "api",
+            "--secret",
+            "pw",
+            "--secret",
+            "src=tls,target=key.pem,uid=100,gid=101,mode=0400",
+            "--config",
+            "source=site,target=/etc/site.conf,mode=0o640",
+            "--mount",
+            "type=volume,src=data,dst=/data,readonly",
+            "--mount",
+            "type=tmpfs,target=/cache,tmpfs-size=64m",
+            "--mount",
+            "type=bind,source=/srv/www,destination=/www,ro=false",
+            "--container-label",
+            "team=shop",
+            "--replicas-max-per-node",
+            "1",
+            "busybox",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.spec.secrets,
+            [
+                SecretReference {
+                    source: "pw".into(),
+                    target: String::new(),
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o444
+                },
+                SecretReference {
+                    source: "tls".into(),
+                    target: "key.pem".into(),
+                    uid: 100,
+                    gid: 101,
+                    mode: 0o400
+                },
+            ]
+        );
+        assert_eq!(s.spec.configs[0].path(), "/etc/site.conf");
+        assert_eq!(s.spec.configs[0].mode, 0o640);
+        assert_eq!(
+            s.spec.mounts,
+            [
+                Mount {
+                    type_: MountType::Volume,
+                    source: "data".into(),
+                    target: "/data".into(),
+                    read_only: true,
+                    tmpfs_size: None
+                },
+                Mount {
+                    type_: MountType::Tmpfs,
+                    source: String::new(),
+                    target: "/cache".into(),
+                    read_only: false,
+                    tmpfs_size: Some(Memory(64 << 20))
+                },
+                Mount {
+                    type_: MountType::Bind,
+                    source: "/srv/www".into(),
+                    target: "/www".into(),
+                    read_only: false,
+                    tmpfs_size: None
+                },
+            ]
+        );
+        assert_eq!(
+            s.spec.container_labels.get("team").map(String::as_str),
+            Some("shop")
+        );
+        assert_eq!(s.spec.placement.max_replicas_per_node, Some(1));
+        // A decimal mode is read as decimal, as Docker does.
+        assert_eq!(
+            parse_file_ref("--secret", "source=a,mode=256")
+                .unwrap()
+                .mode,
+            0o400
+        );
+        for (argv, want) in [
+            (
+                &["--secret", "target=x"][..],
+                "--secret \"target=x\": source= is required",
+            ),
+            (
+                &["--secret", "source=a,mode=0999"][..],
+                "--secret \"source=a,mode=0999\": mode \"0999\" is not a number",
+            ),
+            (
+                &["--secret", "source=a,mode=01000"][..],
+                "--secret \"source=a,mode=01000\": mode \"01000\" is not a file mode",
+            ),
+            (
+                &["--config", "source=a,owner=1"][..],
+                "--config \"source=a,owner=1\": unknown key \"owner\"",
+            ),
+            (
+                &["--mount", "src=data"][..],
+                "--mount \"src=data\": target= is required",
+            ),
+            (
+                &["--mount", "type=nfs,src=a,dst=/a"][..],
+                "--mount \"type=nfs,src=a,dst=/a\": type \"nfs\" must be volume, bind or tmpfs",
+            ),
+            (
+                &["--mount", "dst=/a"][..],
+                "--mount \"dst=/a\": source= is required",
+            ),
+            (
+                &["--mount", "src=a,dst=/a,tmpfs-size=1m"][..],
+                "--mount \"src=a,dst=/a,tmpfs-size=1m\": tmpfs-size needs type=tmpfs",
+            ),
+            (
+                &["--container-label", "x"][..],
+                "--container-label \"x\": use KEY=VALUE",
+            ),
+        ] {
+            let mut full = vec!["--name", "api"];
+            full.extend_from_slice(argv);
+            full.push("busybox");
+            let e = error(&full);
+            assert!(e.starts_with(want), "{argv:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn update_rotates_secrets_and_changes_mounts_and_labels() {
+        let mut s = sample();
+        update_service(
+            &mut s,
+            &update_args(&[
+                "--secret-add",
+                "pw",
+                "--config-add",
+                "site",
+                "--mount-add",
+                "src=data,dst=/data",
+                "--container-label-add",
+                "a=1",
+                "--replicas-max-per-node",
+                "2",
+            ]),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(s.spec.placement.max_replicas_per_node, Some(2));
+        let before = s.clone();
+        // Rotation: the old secret out, a new one in at the same file name.
+        update_service(
+            &mut s,
+            &update_args(&[
+                "--secret-rm",
+                "pw",
+                "--secret-add",
+                "source=pw2,target=pw",
+                "--mount-add",
+                "src=data2,dst=/data/",
+                "--container-label-rm",
+                "a",
+                "--replicas-max-per-node",
+                "0",
+            ]),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(s.spec.secrets.len(), 1);
+        assert_eq!(
+            (
+                s.spec.secrets[0].source.as_str(),
+                s.spec.secrets[0].file_name()
+            ),
+            ("pw2", "pw")
+        );
+        assert_eq!(s.spec.mounts.len(), 1);
+        assert_eq!(s.spec.mounts[0].source, "data2");
+        assert!(s.spec.container_labels.is_empty());
+        assert_eq!(s.spec.placement.max_replicas_per_node, None);
+        let mut t = before.clone();
+        update_service(
+            &mut t,
+            &update_args(&["--mount-rm", "/data", "--config-rm", "site"]),
+            |_| None,
+        )
+        .unwrap();
+        assert!(t.spec.mounts.is_empty() && t.spec.configs.is_empty());
+        for (argv, want) in [
+            (
+                &["--secret-rm", "nope"][..],
+                "--secret-rm \"nope\": service api does not use that secret",
+            ),
+            (
+                &["--config-rm", "nope"][..],
+                "--config-rm \"nope\": service api does not use that config",
+            ),
+            (
+                &["--mount-rm", "/nope"][..],
+                "--mount-rm \"/nope\": service api has no mount at that target",
+            ),
+            (
+                &["--container-label-rm", "x"][..],
+                "--container-label-rm \"x\": service api has no such container label",
+            ),
+            (&["--secret-add", ""][..], "--secret-add \"\": use NAME"),
+        ] {
+            let mut t = before.clone();
+            let e = format!(
+                "{:#}",
+                update_service(&mut t, &update_args(argv), |_| None).unwrap_err()
+            );
+            assert!(e.starts_with(want), "{argv:?}: {e}");
+        }
+        // Each new flag counts as a change for --rollback.
+        assert!(check_rollback_alone(&update_args(&["--rollback", "--secret-rm", "pw"])).is_err());
+        assert!(check_rollback_alone(&update_args(&[
+            "--rollback",
+            "--replicas-max-per-node",
+            "1"
+        ]))
+        .is_err());
+    }
+
     /// A cheap fuzz: strings built from the characters these parsers care about never
     /// panic, and whatever parses is in range.
     #[test]
@@ -2123,6 +2362,8 @@ mod tests {
             let _ = parse_key_value("--label", &s);
             let _ = parse_scale(&s);
             let _ = parse_publish_rm(&s);
+            let _ = parse_file_ref("--secret", &s);
+            let _ = parse_mount("--mount", &s);
             let _ = split_words("--args", &s);
             let _ = crate::args::parse_duration(&s);
         }

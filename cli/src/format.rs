@@ -216,7 +216,11 @@ pub fn volumes_table(items: &[VolumeInfo]) -> String {
         .iter()
         .map(|v| {
             let used: Vec<String> = v.used_by.iter().map(|t| short_id(t)).collect();
-            vec![v.node.clone(), v.name.clone(), or_dash(Some(&used.join(",")))]
+            vec![
+                v.node.clone(),
+                v.name.clone(),
+                or_dash(Some(&used.join(","))),
+            ]
         })
         .collect();
     table(&["NODE", "NAME", "USED BY"], &rows)
@@ -693,7 +697,9 @@ ID             NAME        IMAGE     NODE     DESIRED STATE   CURRENT STATE     
         let mut s = shoal_api_types::Secret::new("shop_pw", Default::default());
         s.status.size = 6;
         s.metadata.creation_timestamp = ago(90);
-        s.metadata.labels.insert("shoal.io/stack".into(), "shop".into());
+        s.metadata
+            .labels
+            .insert("shoal.io/stack".into(), "shop".into());
         assert_eq!(
             payloads_table(&[s], now()),
             "NAME      SIZE   CREATED   LABELS\nshop_pw   6      90s       shoal.io/stack=shop\n"

@@ -135,15 +135,24 @@ mod tests {
         let s: shoal_api_types::Secret = payload_from_args(&a, &mut std::io::empty()).unwrap();
         assert_eq!(s.name(), "pw");
         assert_eq!(s.spec.data.as_deref(), Some("czNjcmV0Cg=="));
-        assert_eq!(s.metadata.labels.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(
+            s.metadata.labels.get("env").map(String::as_str),
+            Some("prod")
+        );
         let a = create_args(&["conf", "-"]);
         let c: shoal_api_types::Config =
             payload_from_args(&a, &mut "listen 80".as_bytes()).unwrap();
         assert_eq!(c.kind, "Config");
-        assert_eq!(c.spec.data.as_deref(), Some(encode_payload(b"listen 80").as_str()));
+        assert_eq!(
+            c.spec.data.as_deref(),
+            Some(encode_payload(b"listen 80").as_str())
+        );
         let a = create_args(&["pw", "/nonexistent/pw"]);
         let e = payload_from_args::<SecretSpec>(&a, &mut std::io::empty()).unwrap_err();
-        assert!(e.to_string().starts_with("cannot read /nonexistent/pw"), "{e}");
+        assert!(
+            e.to_string().starts_with("cannot read /nonexistent/pw"),
+            "{e}"
+        );
         let a = create_args(&["-l", "novalue", "pw", "-"]);
         assert!(payload_from_args::<SecretSpec>(&a, &mut "x".as_bytes()).is_err());
     }

@@ -14,8 +14,7 @@ use crate::args::{parse_kind_ref, DeleteArgs, GetArgs, OutputFormat, WatchArgs, 
 use crate::client::Client;
 use crate::cmd::apply::read_sources;
 use crate::format::{
-    self, endpoints_table, networks_table, nodes_table, payloads_table, services_table,
-    tasks_table,
+    self, endpoints_table, networks_table, nodes_table, payloads_table, services_table, tasks_table,
 };
 use crate::kinds::Kind;
 use crate::{report, Reported};

@@ -97,7 +97,10 @@ pub fn body(objects: &[AnyObject]) -> String {
 /// The server's refusal, with each problem at the compose key its object came from.
 pub fn describe_rejection(status: &Status, stack: &Stack) -> String {
     if status.details.iter().all(|d| d.document.is_none()) {
-        return format!("the stack was rejected; nothing was applied: {}", status.describe());
+        return format!(
+            "the stack was rejected; nothing was applied: {}",
+            status.describe()
+        );
     }
     let mut out = String::from("the stack was rejected; nothing was applied:");
     for d in &status.details {
@@ -106,7 +109,11 @@ pub fn describe_rejection(status: &Status, stack: &Stack) -> String {
             .and_then(|n| stack.origins.get(n.wrapping_sub(1)))
             .map(|o| format!("{o}: "))
             .unwrap_or_default();
-        let object = d.object.as_deref().map(|o| format!("{o}: ")).unwrap_or_default();
+        let object = d
+            .object
+            .as_deref()
+            .map(|o| format!("{o}: "))
+            .unwrap_or_default();
         let field = if d.field.is_empty() {
             String::new()
         } else {
@@ -294,7 +301,10 @@ mod tests {
         let text = body(&stack.objects);
         let parsed = shoal_api_types::manifest::parse_manifests(&text).unwrap();
         let refs: Vec<String> = parsed.iter().map(AnyObject::reference).collect();
-        assert_eq!(refs, ["secret/shop_pw", "network/shop_default", "service/shop_web"]);
+        assert_eq!(
+            refs,
+            ["secret/shop_pw", "network/shop_default", "service/shop_web"]
+        );
     }
 
     #[test]
@@ -332,6 +342,9 @@ mod tests {
         }
         assert!(crate::Cli::try_parse_from(["shoal", "stack", "deploy", "shop"]).is_err());
         let cli = crate::Cli::try_parse_from(["shoal", "stack", "rm", "a", "b"]).unwrap();
-        assert!(matches!(cli.command, crate::args::Command::Stack(StackCommand::Rm(_))));
+        assert!(matches!(
+            cli.command,
+            crate::args::Command::Stack(StackCommand::Rm(_))
+        ));
     }
 }

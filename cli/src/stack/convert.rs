@@ -31,11 +31,11 @@ use shoal_api_types::volume::check_volume_name;
 use shoal_api_types::{
     Config, ConfigReference, ConfigSpec, Constraint, Cpus, EndpointMode, HealthCheck, Memory,
     Mount, MountType, Network, NetworkAttachmentConfig, NetworkSpec, PortConfig, Protocol,
-    PublishMode, ResourceLimits, ResourceReservations, Resources, RestartCondition,
-    RestartPolicy, Secret, SecretReference, SecretSpec, Service, ServiceMode, ServiceSpec,
+    PublishMode, ResourceLimits, ResourceReservations, Resources, RestartCondition, RestartPolicy,
+    Secret, SecretReference, SecretSpec, Service, ServiceMode, ServiceSpec,
 };
 
-use super::load::{base_dir, load, ComposeFile, Extras, PolicyExtras};
+use super::load::{base_dir, load, resolve, ComposeFile, Extras, PolicyExtras};
 use crate::flags::split_words;
 
 /// What `stack deploy` sends, and what it tells the user.
@@ -124,7 +124,10 @@ pub fn convert(stack: &str, files: &[ComposeFile], inputs: &Inputs) -> Result<St
                 ..Default::default()
             },
         );
-        cx.push("networks.default", AnyObject::Network(cx.labelled(net, BTreeMap::new())));
+        cx.push(
+            "networks.default",
+            AnyObject::Network(cx.labelled(net, BTreeMap::new())),
+        );
     }
     for (key, svc) in services {
         cx.push(&format!("services.{key}"), AnyObject::Service(svc));
@@ -147,10 +150,7 @@ struct Cx<'a> {
 }
 
 fn labels_of(l: &ListOrMap, at: &str) -> Result<BTreeMap<String, String>> {
-    let map = l
-        .clone()
-        .into_map()
-        .map_err(|e| anyhow!("{at}: {e}"))?;
+    let map = l.clone().into_map().map_err(|e| anyhow!("{at}: {e}"))?;
     Ok(map
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.map(|v| v.to_string()).unwrap_or_default()))
@@ -201,7 +201,7 @@ impl Cx<'_> {
     }
 
     fn read_file(&self, path: &Path, at: &str) -> Result<Vec<u8>> {
-        let full = self.dir.join(path);
+        let full = resolve(&self.dir, path);
         (self.read)(&full).map_err(|e| anyhow!("{at}: cannot read {}: {e}", full.display()))
     }
 
@@ -218,10 +218,8 @@ impl Cx<'_> {
                 Some(Resource::Compose(n)) => n.clone(),
                 None => Default::default(),
             };
-            let name = self.checked_name(
-                net.name.clone().unwrap_or_else(|| self.scoped(&key)),
-                &at,
-            )?;
+            let name =
+                self.checked_name(net.name.clone().unwrap_or_else(|| self.scoped(&key)), &at)?;
             let mut spec = NetworkSpec {
                 driver: "overlay".into(),
                 attachable: net.attachable,
@@ -335,11 +333,11 @@ impl Cx<'_> {
     fn service(&mut self, key: &str, s: compose_spec::Service) -> Result<(Service, bool)> {
         let at = format!("services.{key}");
         let name = self.checked_name(self.scoped(key), &at)?;
-        let image = s.image.as_ref().ok_or_else(|| {
+        let image = self.extras.images.get(key).cloned().ok_or_else(|| {
             anyhow!("{at}.image: is required (Shoal runs images; build: is not supported)")
         })?;
         let mut spec = ServiceSpec {
-            image: image.to_string(),
+            image,
             ..Default::default()
         };
         let words = |c: &Command, field: &str| -> Result<Vec<String>> {
@@ -362,14 +360,15 @@ impl Cx<'_> {
                     ShortOrLong::Short(p) => (p, true),
                     ShortOrLong::Long(c) => (c.path, c.required),
                 };
-                let full = self.dir.join(&path);
+                let full = resolve(&self.dir, &path);
                 let text = match (self.read)(&full) {
                     Ok(b) => b,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => continue,
                     Err(e) => bail!("{at}.env_file[{i}]: cannot read {}: {e}", full.display()),
                 };
                 for kv in dotenvy::from_read_iter(text.as_slice()) {
-                    let (k, v) = kv.map_err(|e| anyhow!("{at}.env_file[{i}]: {}: {e}", full.display()))?;
+                    let (k, v) =
+                        kv.map_err(|e| anyhow!("{at}.env_file[{i}]: {}: {e}", full.display()))?;
                     spec.env.insert(k, v);
                 }
             }
@@ -456,7 +455,8 @@ impl Cx<'_> {
             if !aliases.iter().any(|a| a == key) {
                 aliases.insert(0, key.to_string());
             }
-            spec.networks.push(NetworkAttachmentConfig { name, aliases });
+            spec.networks
+                .push(NetworkAttachmentConfig { name, aliases });
         }
         Ok(uses_default)
     }
@@ -486,7 +486,7 @@ impl Cx<'_> {
                 target,
                 uid: uid.unwrap_or(0),
                 gid: gid.unwrap_or(0),
-                mode: mode.unwrap_or(shoal_api_types::DEFAULT_FILE_MODE),
+                mode: mode.unwrap_or(shoal_api_types::service::DEFAULT_FILE_MODE),
             });
         }
         for (i, r) in s.configs.iter().enumerate() {
@@ -505,7 +505,7 @@ impl Cx<'_> {
                 target,
                 uid: uid.unwrap_or(0),
                 gid: gid.unwrap_or(0),
-                mode: mode.unwrap_or(shoal_api_types::DEFAULT_FILE_MODE),
+                mode: mode.unwrap_or(shoal_api_types::service::DEFAULT_FILE_MODE),
             });
         }
         Ok(())
@@ -544,7 +544,7 @@ impl Cx<'_> {
                     }
                 }
                 CMount::Bind(b) => {
-                    let source = self.dir.join(b.source.as_path());
+                    let source = resolve(&self.dir, b.source.as_path());
                     let source = std::path::absolute(&source).unwrap_or(source);
                     Mount {
                         type_: MountType::Bind,
@@ -626,13 +626,20 @@ impl Cx<'_> {
         }
         let extras = |m: &BTreeMap<String, PolicyExtras>| m.get(key).cloned().unwrap_or_default();
         if let Some(u) = &d.update_config {
-            spec.update_config = policy(u, extras(&self.extras.update), &format!("{at}.update_config"))?;
+            spec.update_config = policy(
+                u,
+                extras(&self.extras.update),
+                &format!("{at}.update_config"),
+            )?;
         } else if self.extras.update.contains_key(key) {
             spec.update_config = policy(&Default::default(), extras(&self.extras.update), &at)?;
         }
         if let Some(u) = &d.rollback_config {
-            spec.rollback_config =
-                policy(u, extras(&self.extras.rollback), &format!("{at}.rollback_config"))?;
+            spec.rollback_config = policy(
+                u,
+                extras(&self.extras.rollback),
+                &format!("{at}.rollback_config"),
+            )?;
         } else if self.extras.rollback.contains_key(key) {
             spec.rollback_config = policy(&Default::default(), extras(&self.extras.rollback), &at)?;
         }
@@ -640,20 +647,20 @@ impl Cx<'_> {
     }
 }
 
-type RefParts = (String, Option<PathBuf>, Option<u32>, Option<u32>, Option<u32>);
+type RefParts = (
+    String,
+    Option<PathBuf>,
+    Option<u32>,
+    Option<u32>,
+    Option<u32>,
+);
 
 fn reference(
     r: &ShortOrLong<compose_spec::Identifier, compose_spec::service::ConfigOrSecret>,
 ) -> RefParts {
     match r {
         ShortOrLong::Short(id) => (id.to_string(), None, None, None, None),
-        ShortOrLong::Long(l) => (
-            l.source.to_string(),
-            l.target.clone(),
-            l.uid,
-            l.gid,
-            l.mode,
-        ),
+        ShortOrLong::Long(l) => (l.source.to_string(), l.target.clone(), l.uid, l.gid, l.mode),
     }
 }
 
@@ -672,7 +679,9 @@ fn health(h: &Option<Healthcheck>, at: &str) -> Result<Option<HealthCheck>> {
                 vec!["sh".into(), "-c".into(), rest.join(" ")]
             }
             Some((first, _)) if first == "NONE" => return Ok(None),
-            _ => bail!("{at}.test: use [\"CMD\", ...], [\"CMD-SHELL\", \"...\"], [\"NONE\"] or a string"),
+            _ => bail!(
+                "{at}.test: use [\"CMD\", ...], [\"CMD-SHELL\", \"...\"], [\"NONE\"] or a string"
+            ),
         },
     };
     Ok(Some(HealthCheck {
@@ -724,7 +733,11 @@ fn ports(p: &cports::Ports, at: &str, warnings: &mut Vec<String>) -> Result<Vec<
     Ok(out)
 }
 
-fn resources(limits: Option<&Limits>, reservations: Option<&Reservations>, at: &str) -> Result<Resources> {
+fn resources(
+    limits: Option<&Limits>,
+    reservations: Option<&Reservations>,
+    at: &str,
+) -> Result<Resources> {
     let cpus = |c: Option<compose_spec::service::Cpus>, field: &str| -> Result<Option<Cpus>> {
         c.map(|c| {
             c.into_inner()
@@ -792,30 +805,92 @@ fn policy(
 }
 
 /// Keys each part of a compose file may hold; `*` below a key: its sub-keys are free.
-const TOP_KEYS: &[&str] = &["version", "name", "services", "networks", "volumes", "secrets", "configs"];
+const TOP_KEYS: &[&str] = &[
+    "version", "name", "services", "networks", "volumes", "secrets", "configs",
+];
 const SERVICE_KEYS: &[&str] = &[
-    "image", "command", "entrypoint", "environment", "env_file", "healthcheck", "ports",
-    "networks", "secrets", "configs", "volumes", "labels", "user", "working_dir",
-    "stop_grace_period", "deploy", "cap_add", "cap_drop", "read_only",
+    "image",
+    "command",
+    "entrypoint",
+    "environment",
+    "env_file",
+    "healthcheck",
+    "ports",
+    "networks",
+    "secrets",
+    "configs",
+    "volumes",
+    "labels",
+    "user",
+    "working_dir",
+    "stop_grace_period",
+    "deploy",
+    "cap_add",
+    "cap_drop",
+    "read_only",
 ];
 const DEPLOY_KEYS: &[&str] = &[
-    "mode", "replicas", "placement", "resources", "restart_policy", "update_config",
-    "rollback_config", "endpoint_mode", "labels",
+    "mode",
+    "replicas",
+    "placement",
+    "resources",
+    "restart_policy",
+    "update_config",
+    "rollback_config",
+    "endpoint_mode",
+    "labels",
 ];
 const NESTED_KEYS: &[(&str, &[&str])] = &[
-    ("healthcheck", &["test", "interval", "timeout", "retries", "start_period", "disable"]),
-    ("deploy.placement", &["constraints", "max_replicas_per_node"]),
+    (
+        "healthcheck",
+        &[
+            "test",
+            "interval",
+            "timeout",
+            "retries",
+            "start_period",
+            "disable",
+        ],
+    ),
+    (
+        "deploy.placement",
+        &["constraints", "max_replicas_per_node"],
+    ),
     ("deploy.resources", &["limits", "reservations"]),
     ("deploy.resources.limits", &["cpus", "memory", "pids"]),
     ("deploy.resources.reservations", &["cpus", "memory"]),
-    ("deploy.restart_policy", &["condition", "delay", "max_attempts"]),
-    ("deploy.update_config", &["parallelism", "delay", "monitor", "order"]),
-    ("deploy.rollback_config", &["parallelism", "delay", "monitor", "order"]),
+    (
+        "deploy.restart_policy",
+        &["condition", "delay", "max_attempts"],
+    ),
+    (
+        "deploy.update_config",
+        &["parallelism", "delay", "monitor", "order"],
+    ),
+    (
+        "deploy.rollback_config",
+        &["parallelism", "delay", "monitor", "order"],
+    ),
 ];
-const NETWORK_KEYS: &[&str] = &["driver", "attachable", "internal", "labels", "ipam", "external", "name"];
+const NETWORK_KEYS: &[&str] = &[
+    "driver",
+    "attachable",
+    "internal",
+    "labels",
+    "ipam",
+    "external",
+    "name",
+];
 const VOLUME_KEYS: &[&str] = &["external", "name"];
 const SECRET_KEYS: &[&str] = &["file", "environment", "external", "name", "labels"];
-const CONFIG_KEYS: &[&str] = &["file", "environment", "content", "external", "name", "labels"];
+const CONFIG_KEYS: &[&str] = &[
+    "file",
+    "environment",
+    "content",
+    "external",
+    "name",
+    "labels",
+];
 
 fn keys(v: &Value) -> Vec<String> {
     v.as_mapping()
@@ -1006,7 +1081,15 @@ configs:
     }
 
     fn shop() -> Stack {
-        convert("shop", &files(SHOP), &Inputs { lookup: &env, read: &read }).unwrap()
+        convert(
+            "shop",
+            &files(SHOP),
+            &Inputs {
+                lookup: &env,
+                read: &read,
+            },
+        )
+        .unwrap()
     }
 
     fn service<'a>(stack: &'a Stack, name: &str) -> &'a Service {
@@ -1047,7 +1130,12 @@ configs:
                 AnyObject::Secret(s) => &s.metadata.labels,
                 AnyObject::Config(c) => &c.metadata.labels,
             };
-            assert_eq!(labels.get(STACK).map(String::as_str), Some("shop"), "{}", o.reference());
+            assert_eq!(
+                labels.get(STACK).map(String::as_str),
+                Some("shop"),
+                "{}",
+                o.reference()
+            );
         }
         match &stack.objects[1] {
             AnyObject::Network(n) => {
@@ -1057,7 +1145,10 @@ configs:
             other => panic!("{other:?}"),
         }
         match &stack.objects[2] {
-            AnyObject::Secret(s) => assert_eq!(s.spec.data.as_deref(), Some(encode_payload(b"s3cret").as_str())),
+            AnyObject::Secret(s) => assert_eq!(
+                s.spec.data.as_deref(),
+                Some(encode_payload(b"s3cret").as_str())
+            ),
             other => panic!("{other:?}"),
         }
     }
@@ -1069,14 +1160,23 @@ configs:
         assert_eq!(
             api.spec.networks,
             [
-                NetworkAttachmentConfig { name: "shop_front".into(), aliases: vec!["api".into()] },
-                NetworkAttachmentConfig { name: "shop_back".into(), aliases: vec!["api".into(), "backend".into()] },
+                NetworkAttachmentConfig {
+                    name: "shop_front".into(),
+                    aliases: vec!["api".into()]
+                },
+                NetworkAttachmentConfig {
+                    name: "shop_back".into(),
+                    aliases: vec!["api".into(), "backend".into()]
+                },
             ]
         );
         let store = service(&stack, "shop_store");
         assert_eq!(
             store.spec.networks,
-            [NetworkAttachmentConfig { name: "shop_default".into(), aliases: vec!["store".into()] }]
+            [NetworkAttachmentConfig {
+                name: "shop_default".into(),
+                aliases: vec!["store".into()]
+            }]
         );
     }
 
@@ -1087,14 +1187,30 @@ configs:
         assert_eq!(web.spec.image, "localhost:5000/busybox:1.36");
         let api = service(&stack, "shop_api");
         assert_eq!(api.spec.env.get("MODE").map(String::as_str), Some("prod"));
-        assert_eq!(api.spec.env.get("FROM_HOST").map(String::as_str), Some("yes"));
+        assert_eq!(
+            api.spec.env.get("FROM_HOST").map(String::as_str),
+            Some("yes")
+        );
         assert_eq!(api.spec.args, ["echo $HOME"]);
         assert_eq!(api.spec.command, ["/bin/sh", "-c"]);
         let no_mode = |name: &str| if name == "MODE" { None } else { env(name) };
-        let read_no_env = |p: &Path| if p.ends_with(".env") { Err(std::io::ErrorKind::NotFound.into()) } else { read(p) };
-        let e = convert("shop", &files(SHOP), &Inputs { lookup: &no_mode, read: &read_no_env })
-            .unwrap_err()
-            .to_string();
+        let read_no_env = |p: &Path| {
+            if p.ends_with(".env") {
+                Err(std::io::ErrorKind::NotFound.into())
+            } else {
+                read(p)
+            }
+        };
+        let e = convert(
+            "shop",
+            &files(SHOP),
+            &Inputs {
+                lookup: &no_mode,
+                read: &read_no_env,
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert_eq!(
             e,
             "/srv/shop/compose.yml: services.api.environment[0]: required variable MODE is missing a value: MODE must be set"
@@ -1107,16 +1223,32 @@ configs:
         let web = service(&stack, "shop_web");
         assert_eq!(web.spec.replicas, Some(2));
         assert_eq!(web.spec.args, ["httpd", "-f", "-p", "80"]);
-        assert_eq!(web.metadata.labels.get("tier").map(String::as_str), Some("web"));
         assert_eq!(
-            web.spec.container_labels.get("com.example.role").map(String::as_str),
+            web.metadata.labels.get("tier").map(String::as_str),
+            Some("web")
+        );
+        assert_eq!(
+            web.spec
+                .container_labels
+                .get("com.example.role")
+                .map(String::as_str),
             Some("frontend")
         );
         assert_eq!(
             web.spec.ports,
             [
-                PortConfig { published: 8080, target: 80, protocol: Protocol::Tcp, mode: PublishMode::Ingress },
-                PortConfig { published: 8081, target: 81, protocol: Protocol::Udp, mode: PublishMode::Host },
+                PortConfig {
+                    published: 8080,
+                    target: 80,
+                    protocol: Protocol::Tcp,
+                    mode: PublishMode::Ingress
+                },
+                PortConfig {
+                    published: 8081,
+                    target: 81,
+                    protocol: Protocol::Udp,
+                    mode: PublishMode::Host
+                },
             ]
         );
         let hc = web.spec.healthcheck.clone().unwrap();
@@ -1124,13 +1256,20 @@ configs:
         assert_eq!((hc.interval_seconds, hc.retries), (Some(2), Some(3)));
         assert_eq!(
             web.spec.configs,
-            [ConfigReference { source: "shop_site".into(), target: "/etc/site.conf".into(), uid: 0, gid: 0, mode: 0o444 }]
+            [ConfigReference {
+                source: "shop_site".into(),
+                target: "/etc/site.conf".into(),
+                uid: 0,
+                gid: 0,
+                mode: 0o444
+            }]
         );
         let api = service(&stack, "shop_api");
         assert_eq!(api.spec.secrets.len(), 2);
         assert_eq!(api.spec.secrets[0].source, "shop_pw");
         assert_eq!(api.spec.secrets[0].target, "pw");
         assert_eq!(api.spec.secrets[1].target, "other");
+        assert_eq!(api.spec.secrets[1].mode, 0o400);
         assert_eq!(api.spec.stop_grace_period_seconds, Some(90));
         let u = &api.spec.update_config;
         assert_eq!(u.parallelism, 2);
@@ -1140,7 +1279,11 @@ configs:
         assert_eq!(u.max_failure_ratio, Ratio(0.5));
         assert_eq!(
             api.spec.restart_policy,
-            RestartPolicy { condition: RestartCondition::OnFailure, delay_seconds: Some(2), max_attempts: Some(4) }
+            RestartPolicy {
+                condition: RestartCondition::OnFailure,
+                delay_seconds: Some(2),
+                max_attempts: Some(4)
+            }
         );
         let r = &api.spec.resources;
         assert_eq!(r.limits.cpus, Some(Cpus(500)));
@@ -1153,12 +1296,27 @@ configs:
         assert_eq!(
             store.spec.mounts,
             [
-                Mount { type_: MountType::Volume, source: "shop_data".into(), target: "/data".into(), read_only: false, tmpfs_size: None },
-                Mount { type_: MountType::Tmpfs, source: String::new(), target: "/cache".into(), read_only: false, tmpfs_size: Some(Memory(64 << 20)) },
+                Mount {
+                    type_: MountType::Volume,
+                    source: "shop_data".into(),
+                    target: "/data".into(),
+                    read_only: false,
+                    tmpfs_size: None
+                },
+                Mount {
+                    type_: MountType::Tmpfs,
+                    source: String::new(),
+                    target: "/cache".into(),
+                    read_only: false,
+                    tmpfs_size: Some(Memory(64 << 20))
+                },
             ]
         );
         let worker = service(&stack, "shop_worker");
-        assert_eq!((worker.spec.mode, worker.spec.replicas), (ServiceMode::Global, None));
+        assert_eq!(
+            (worker.spec.mode, worker.spec.replicas),
+            (ServiceMode::Global, None)
+        );
         // Everything validates as the server would.
         for o in &stack.objects {
             let mut errs = vec![];
@@ -1183,7 +1341,10 @@ configs:
 
     #[test]
     fn mistakes_name_the_compose_key() {
-        let inputs = Inputs { lookup: &env, read: &read };
+        let inputs = Inputs {
+            lookup: &env,
+            read: &read,
+        };
         for (text, want) in [
             ("services:\n  a:\n    image: busybox\n    networks: [nope]\n", "services.a.networks.nope: network nope is not defined"),
             ("services:\n  a:\n    image: busybox\n    secrets: [nope]\n", "services.a.secrets[0]: secret nope is not defined"),
@@ -1206,7 +1367,15 @@ configs:
     #[test]
     fn external_and_named_resources_keep_their_names() {
         let text = "services:\n  a:\n    image: busybox\n    networks: [ext]\n    secrets: [pw]\n    volumes: ['keep:/k', 'shared:/s']\nnetworks:\n  ext: {external: true}\nsecrets:\n  pw: {external: true, name: prod_pw}\nvolumes:\n  keep: {external: true}\n  shared: {name: team-data}\n";
-        let stack = convert("shop", &files(text), &Inputs { lookup: &env, read: &read }).unwrap();
+        let stack = convert(
+            "shop",
+            &files(text),
+            &Inputs {
+                lookup: &env,
+                read: &read,
+            },
+        )
+        .unwrap();
         let refs: Vec<String> = stack.objects.iter().map(AnyObject::reference).collect();
         assert_eq!(refs, ["service/shop_a"]);
         let a = service(&stack, "shop_a");
@@ -1222,12 +1391,24 @@ configs:
         let mut f = files(SHOP);
         f.push(ComposeFile {
             path: PathBuf::from("/srv/shop/prod.yml"),
-            text: "services:\n  web:\n    deploy: {replicas: 5}\n    environment: {EXTRA: '1'}\n".into(),
+            text: "services:\n  web:\n    deploy: {replicas: 5}\n    environment: {EXTRA: '1'}\n"
+                .into(),
         });
-        let stack = convert("shop", &f, &Inputs { lookup: &env, read: &read }).unwrap();
+        let stack = convert(
+            "shop",
+            &f,
+            &Inputs {
+                lookup: &env,
+                read: &read,
+            },
+        )
+        .unwrap();
         let web = service(&stack, "shop_web");
         assert_eq!(web.spec.replicas, Some(5));
         assert_eq!(web.spec.env.get("EXTRA").map(String::as_str), Some("1"));
-        assert_eq!(web.metadata.labels.get("tier").map(String::as_str), Some("web"));
+        assert_eq!(
+            web.metadata.labels.get("tier").map(String::as_str),
+            Some("web")
+        );
     }
 }

@@ -95,7 +95,11 @@ fn closing_brace(body: &str) -> Option<usize> {
     None
 }
 
-fn value_or_blank(name: &str, lookup: &dyn Fn(&str) -> Option<String>, unset: &mut Unset) -> String {
+fn value_or_blank(
+    name: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    unset: &mut Unset,
+) -> String {
     lookup(name).unwrap_or_else(|| {
         unset.names.insert(name.to_string());
         String::new()
@@ -215,7 +219,10 @@ mod tests {
     fn double_dollars_are_literal_and_unset_variables_are_reported() {
         assert_eq!(run("echo $$HOME $${TAG}").unwrap(), "echo $HOME ${TAG}");
         let mut unset = Unset::default();
-        assert_eq!(interpolate("a${NOPE}b$NOPE2", &env, &mut unset).unwrap(), "ab");
+        assert_eq!(
+            interpolate("a${NOPE}b$NOPE2", &env, &mut unset).unwrap(),
+            "ab"
+        );
         assert_eq!(
             unset.names.into_iter().collect::<Vec<_>>(),
             ["NOPE", "NOPE2"]

@@ -13,7 +13,9 @@
 //! A few keys are taken out of the YAML before `compose_spec` reads it, because its types
 //! do not follow the compose specification there: `update_config`/`rollback_config`'s
 //! `failure_action` (it lacks `rollback`) and `max_failure_ratio` (it wants an integer),
-//! and `name` of a secret or config (it has none). They come back in [`Loaded::extras`].
+//! `name` of a secret or config (it has none), and `image` (its parser refuses a registry
+//! with a port but no dot, such as the local cluster's `localhost:5000/busybox`). They come
+//! back in [`Loaded::extras`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +47,8 @@ pub struct PolicyExtras {
 /// What [`load`] took out of the YAML before `compose_spec` read it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Extras {
+    /// Per service: `image`.
+    pub images: BTreeMap<String, String>,
     /// Per service: `deploy.update_config`'s extras.
     pub update: BTreeMap<String, PolicyExtras>,
     /// Per service: `deploy.rollback_config`'s extras.
@@ -266,9 +270,49 @@ fn services_mut(raw: &mut Value) -> Vec<(String, &mut Mapping)> {
         .collect()
 }
 
+/// `mode: 0400` of a service's secrets and configs is octal, as Docker reads it; YAML 1.2
+/// reads it as the string "0400", which is turned into the number here.
+fn normalise_modes(service: &str, map: &mut Mapping) -> anyhow::Result<()> {
+    for section in ["secrets", "configs"] {
+        let Some(Value::Sequence(items)) = map.get_mut(section) else {
+            continue;
+        };
+        for (i, item) in items.iter_mut().enumerate() {
+            let Some(mode) = item.get_mut("mode") else {
+                continue;
+            };
+            if let Value::String(text) = mode {
+                let t = text.trim();
+                let digits = t
+                    .strip_prefix("0o")
+                    .or_else(|| t.strip_prefix('0'))
+                    .unwrap_or(t);
+                let n = u32::from_str_radix(if digits.is_empty() { "0" } else { digits }, 8)
+                    .ok()
+                    .filter(|n| *n <= 0o777)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "services.{service}.{section}[{i}].mode: {t:?} is not an octal file mode (e.g. 0440)"
+                        )
+                    })?;
+                *mode = Value::Number(n.into());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn take_extras(raw: &mut Value) -> anyhow::Result<Extras> {
     let mut extras = Extras::default();
     for (service, map) in services_mut(raw) {
+        match map.remove("image") {
+            None => {}
+            Some(Value::String(image)) => {
+                extras.images.insert(service.clone(), image);
+            }
+            Some(_) => anyhow::bail!("services.{service}.image: must be a string"),
+        }
+        normalise_modes(&service, map)?;
         let Some(Value::Mapping(deploy)) = map.get_mut("deploy") else {
             continue;
         };
@@ -286,9 +330,7 @@ fn take_extras(raw: &mut Value) -> anyhow::Result<Extras> {
                     anyhow::bail!("{at}.failure_action: use pause, continue or rollback");
                 };
                 if !["pause", "continue", "rollback"].contains(&s.as_str()) {
-                    anyhow::bail!(
-                        "{at}.failure_action: {s:?} is not pause, continue or rollback"
-                    );
+                    anyhow::bail!("{at}.failure_action: {s:?} is not pause, continue or rollback");
                 }
                 found.failure_action = Some(s);
             }
@@ -334,6 +376,15 @@ fn take_extras(raw: &mut Value) -> anyhow::Result<Extras> {
     Ok(extras)
 }
 
+/// `rel` below `dir`, without `.` components (`./pw.txt` -> `<dir>/pw.txt`).
+pub fn resolve(dir: &Path, rel: &Path) -> PathBuf {
+    dir.join(
+        rel.components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect::<PathBuf>(),
+    )
+}
+
 /// The directory relative paths of the compose files are resolved from: the first file's.
 pub fn base_dir(files: &[ComposeFile]) -> PathBuf {
     files
@@ -370,7 +421,7 @@ mod tests {
         );
         let loaded = load(&[base, over], &no_env, None).unwrap();
         let web = &loaded.raw["services"]["web"];
-        assert_eq!(web["image"], "busybox:2");
+        assert_eq!(loaded.extras.images["web"], "busybox:2");
         assert_eq!(
             web["command"],
             serde_yaml::from_str::<Value>("[sleep, '2']").unwrap()
@@ -400,11 +451,8 @@ mod tests {
             Some("TAG=dotenv\nMODE=prod\n"),
         )
         .unwrap();
-        assert_eq!(loaded.raw["services"]["web"]["image"], "busybox:env");
-        assert_eq!(
-            loaded.raw["services"]["web"]["environment"]["MODE"],
-            "prod"
-        );
+        assert_eq!(loaded.extras.images["web"], "busybox:env");
+        assert_eq!(loaded.raw["services"]["web"]["environment"]["MODE"], "prod");
         assert_eq!(loaded.unset, ["UNSET_ONE"]);
         let bad = file(
             "c.yml",
@@ -446,6 +494,7 @@ mod tests {
             }
         );
         assert_eq!(loaded.extras.secret_names["pw"], "shared_pw");
+        assert_eq!(loaded.extras.images["api"], "busybox");
         let bad = file(
             "c.yml",
             "services:\n  api:\n    image: busybox\n    deploy:\n      rollback_config: {max_failure_ratio: 2}\n",
