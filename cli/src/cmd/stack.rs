@@ -3,7 +3,8 @@
 //! each ignored key, and sends them in one all-or-nothing `POST /apply` (with
 //! `?prune=shoal.io/stack=NAME` under `--prune`), then waits for the services it created or
 //! changed like `service create` does. `rm` is that apply with prune and no object. `ls`,
-//! `services` and `ps` read the objects labelled `shoal.io/stack`.
+//! `services` and `ps` read the services labelled `shoal.io/stack` (as Docker's, `ls` lists
+//! the stacks that have services).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -13,7 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use chrono::Utc;
 use shoal_api_types::labels::STACK;
 use shoal_api_types::manifest::AnyObject;
-use shoal_api_types::{ConfigSpec, NetworkSpec, SecretSpec, ServiceSpec, Status, TaskSpec};
+use shoal_api_types::{ServiceSpec, Status, TaskSpec};
 
 use crate::args::{
     ListArgs, OutputFormat, StackCommand, StackDeployArgs, StackPsArgs, StackServicesArgs,
@@ -194,20 +195,6 @@ async fn ls(client: &Client, a: &ListArgs, out: &mut dyn Write) -> Result<()> {
         if let Some(st) = stack_of(&s.metadata.labels) {
             *stacks.entry(st.to_string()).or_default() += 1;
         }
-    }
-    // A stack whose services are gone still has its networks, secrets or configs.
-    let mut others: BTreeSet<String> = BTreeSet::new();
-    for n in client.list::<NetworkSpec>(&[]).await?.items {
-        others.extend(stack_of(&n.metadata.labels).map(str::to_string));
-    }
-    for s in client.list::<SecretSpec>(&[]).await?.items {
-        others.extend(stack_of(&s.metadata.labels).map(str::to_string));
-    }
-    for c in client.list::<ConfigSpec>(&[]).await?.items {
-        others.extend(stack_of(&c.metadata.labels).map(str::to_string));
-    }
-    for o in others {
-        stacks.entry(o).or_default();
     }
     if a.quiet {
         for name in stacks.keys() {
