@@ -733,4 +733,53 @@ mod tests {
             "the server answered 502 Bad Gateway: upstream down"
         );
     }
+
+    /// The requests of `stack deploy --prune`/`stack rm`, `volume ls` and `volume rm`, as a
+    /// recording fake API sees them (the server side is the controller's).
+    #[tokio::test]
+    async fn prune_applies_and_volume_requests_reach_their_routes() {
+        use axum::extract::{OriginalUri, State};
+        use axum::routing::{delete, get, post};
+        use std::sync::{Arc, Mutex};
+        type Log = Arc<Mutex<Vec<String>>>;
+        let log: Log = Arc::default();
+        async fn apply(State(log): State<Log>, uri: OriginalUri, body: String) -> String {
+            log.lock().unwrap().push(format!("POST {} [{body}]", uri.0));
+            r#"{"items":[{"kind":"Service","name":"shop_web","action":"pruned"}]}"#.into()
+        }
+        async fn volumes(State(log): State<Log>, uri: OriginalUri) -> String {
+            log.lock().unwrap().push(format!("GET {}", uri.0));
+            r#"{"items":[{"name":"shop_data","node":"node-1","usedBy":["t1"]}],"unreachable":["node-2: timeout"]}"#.into()
+        }
+        async fn remove(State(log): State<Log>, uri: OriginalUri) -> axum::http::StatusCode {
+            log.lock().unwrap().push(format!("DELETE {}", uri.0));
+            axum::http::StatusCode::NO_CONTENT
+        }
+        let app = axum::Router::new()
+            .route("/apis/shoal/v1/apply", post(apply))
+            .route("/apis/shoal/v1/volumes", get(volumes))
+            .route("/apis/shoal/v1/nodes/{node}/volumes/{name}", delete(remove))
+            .with_state(log.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let c = Client::new(&url).unwrap();
+        let resp = c
+            .apply(String::new(), false, Some("shoal.io/stack=shop"))
+            .await
+            .unwrap();
+        assert_eq!(resp.items[0].action, "pruned");
+        let list = c.list_volumes(Some("node-1")).await.unwrap();
+        assert_eq!(list.items[0].used_by, ["t1"]);
+        assert_eq!(list.unreachable, ["node-2: timeout"]);
+        c.delete_volume("node-1", "shop_data").await.unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "POST /apis/shoal/v1/apply?prune=shoal.io%2Fstack%3Dshop []",
+                "GET /apis/shoal/v1/volumes?node=node-1",
+                "DELETE /apis/shoal/v1/nodes/node-1/volumes/shop_data",
+            ]
+        );
+    }
 }
