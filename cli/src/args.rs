@@ -56,6 +56,18 @@ pub enum Command {
     /// Manage nodes (Docker-style).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Deploy and manage stacks: applications from compose files (Docker-style).
+    #[command(subcommand)]
+    Stack(StackCommand),
+    /// Manage secrets: files mounted into tasks at /run/secrets (Docker-style).
+    #[command(subcommand)]
+    Secret(PayloadCommand),
+    /// Manage configs: files mounted into tasks (Docker-style).
+    #[command(subcommand)]
+    Config(PayloadCommand),
+    /// Manage named volumes on the nodes (Docker-style).
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Run a command in a running task and print its output (exit status passed through).
     Exec(ExecArgs),
     /// Fetch a task's logs.
@@ -405,6 +417,63 @@ pub struct UpdatePolicyFlags {
     pub rollback_order: Option<UpdateOrderFlag>,
 }
 
+/// The `--secret`, `--config`, `--mount`, `--container-label` and
+/// `--replicas-max-per-node` flags of `service create` (`service update` has their
+/// `-add`/`-rm` forms in [`FileUpdateFlags`]; both parse values with the same functions).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FileFlags {
+    /// Give tasks a secret as /run/secrets/TARGET: NAME, or
+    /// source=NAME[,target=FILE][,uid=N][,gid=N][,mode=0400]; may be repeated.
+    #[arg(long = "secret", value_name = "SECRET")]
+    pub secrets: Vec<String>,
+    /// Give tasks a config file: NAME (at /NAME), or
+    /// source=NAME[,target=/PATH][,uid=N][,gid=N][,mode=0444]; may be repeated.
+    #[arg(long = "config", value_name = "CONFIG")]
+    pub configs: Vec<String>,
+    /// Mount a filesystem: type=volume|bind|tmpfs,source=SRC,target=/PATH[,readonly]
+    /// [,tmpfs-size=64m] (src/dst work too); may be repeated.
+    #[arg(long = "mount", value_name = "MOUNT")]
+    pub mounts: Vec<String>,
+    /// A label on the tasks' containers (key=value); may be repeated.
+    #[arg(long = "container-label", value_name = "KEY=VALUE")]
+    pub container_labels: Vec<String>,
+    /// At most N tasks of the service on one node (0: no limit).
+    #[arg(long, value_name = "N")]
+    pub replicas_max_per_node: Option<u64>,
+}
+
+/// The `service update` forms of [`FileFlags`]. Removals apply before additions.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FileUpdateFlags {
+    /// Add a secret (as `service create --secret`); may be repeated.
+    #[arg(long = "secret-add", value_name = "SECRET")]
+    pub secret_add: Vec<String>,
+    /// Remove a secret by name; may be repeated.
+    #[arg(long = "secret-rm", value_name = "NAME")]
+    pub secret_rm: Vec<String>,
+    /// Add a config (as `service create --config`); may be repeated.
+    #[arg(long = "config-add", value_name = "CONFIG")]
+    pub config_add: Vec<String>,
+    /// Remove a config by name; may be repeated.
+    #[arg(long = "config-rm", value_name = "NAME")]
+    pub config_rm: Vec<String>,
+    /// Add a mount (as `service create --mount`); replaces a mount at the same target.
+    #[arg(long = "mount-add", value_name = "MOUNT")]
+    pub mount_add: Vec<String>,
+    /// Remove the mount at a container path; may be repeated.
+    #[arg(long = "mount-rm", value_name = "TARGET")]
+    pub mount_rm: Vec<String>,
+    /// Add or change a container label (key=value); may be repeated.
+    #[arg(long = "container-label-add", value_name = "KEY=VALUE")]
+    pub container_label_add: Vec<String>,
+    /// Remove a container label; may be repeated.
+    #[arg(long = "container-label-rm", value_name = "KEY")]
+    pub container_label_rm: Vec<String>,
+    /// At most N tasks of the service on one node (0: no limit).
+    #[arg(long, value_name = "N")]
+    pub replicas_max_per_node: Option<u64>,
+}
+
 /// `shoal service create`.
 ///
 /// As in Docker, the words after IMAGE replace the image's CMD (they become `spec.args`);
@@ -446,6 +515,9 @@ pub struct ServiceCreateArgs {
     /// Update and rollback policy flags (shared with `service update`).
     #[command(flatten)]
     pub policy: UpdatePolicyFlags,
+    /// Secrets, configs, mounts, container labels and the per-node limit.
+    #[command(flatten)]
+    pub files: FileFlags,
     /// Replace the image's ENTRYPOINT (split on spaces).
     #[arg(long, value_name = "CMD")]
     pub entrypoint: Option<String>,
@@ -568,6 +640,9 @@ pub struct ServiceUpdateArgs {
     /// Update and rollback policy flags (as `service create`).
     #[command(flatten)]
     pub policy: UpdatePolicyFlags,
+    /// Secret, config, mount and container-label changes; the per-node limit.
+    #[command(flatten)]
+    pub files: FileUpdateFlags,
     /// Remove the health check.
     #[arg(long, conflicts_with_all = ["health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period"])]
     pub no_healthcheck: bool,
@@ -687,6 +762,131 @@ pub struct ExecArgs {
         value_name = "CMD"
     )]
     pub command: Vec<String>,
+}
+
+/// `shoal stack ...`.
+#[derive(Debug, Subcommand)]
+pub enum StackCommand {
+    /// Create or update a stack from compose files and wait until its services run.
+    #[command(visible_alias = "up")]
+    Deploy(StackDeployArgs),
+    /// List stacks.
+    #[command(visible_alias = "list")]
+    Ls(ListArgs),
+    /// List the services of a stack.
+    Services(StackServicesArgs),
+    /// List the tasks of a stack.
+    Ps(StackPsArgs),
+    /// Remove stacks: every service, network, secret and config labelled with them.
+    #[command(visible_aliases = ["remove", "down"])]
+    Rm(NamesArgs),
+}
+
+/// `shoal stack deploy`.
+#[derive(Debug, Args)]
+pub struct StackDeployArgs {
+    /// A compose file; repeat to merge several (later files override, as in compose).
+    /// Variables come from the environment, then from `.env` next to the first file.
+    #[arg(
+        short = 'c',
+        long = "compose-file",
+        required = true,
+        value_name = "FILE"
+    )]
+    pub compose_files: Vec<std::path::PathBuf>,
+    /// Also remove the stack's services, networks, secrets and configs that the files no
+    /// longer define.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub wait: WaitArgs,
+    /// The stack's name (objects are named NAME_<key>).
+    pub name: String,
+}
+
+/// `shoal stack services`.
+#[derive(Debug, Args)]
+pub struct StackServicesArgs {
+    /// The stack.
+    pub name: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub list: ListArgs,
+}
+
+/// `shoal stack ps`.
+#[derive(Debug, Args)]
+pub struct StackPsArgs {
+    /// The stack.
+    pub name: String,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// Print full task ids.
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+/// `shoal secret ...` and `shoal config ...`.
+#[derive(Debug, Subcommand)]
+pub enum PayloadCommand {
+    /// Create one from a file, or - for stdin.
+    Create(PayloadCreateArgs),
+    /// List them (the data is never shown).
+    #[command(visible_alias = "list")]
+    Ls(ListArgs),
+    /// Show them in detail (metadata, size and fingerprint; never the data).
+    Inspect(InspectArgs),
+    /// Remove them (refused while a service uses one).
+    #[command(visible_alias = "remove")]
+    Rm(NamesArgs),
+}
+
+/// `shoal secret create` and `shoal config create`.
+#[derive(Debug, Args)]
+pub struct PayloadCreateArgs {
+    /// A label (key=value); may be repeated.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// The name.
+    pub name: String,
+    /// The file holding the data, or - to read it from stdin.
+    #[arg(value_name = "FILE|-")]
+    pub file: String,
+}
+
+/// `shoal volume ...`.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// List named volumes on every ready node (or one).
+    #[command(visible_alias = "list")]
+    Ls(VolumeLsArgs),
+    /// Remove named volumes from a node (refused while a task uses one).
+    #[command(visible_alias = "remove")]
+    Rm(VolumeRmArgs),
+}
+
+/// `shoal volume ls`.
+#[derive(Debug, Args)]
+pub struct VolumeLsArgs {
+    /// Only this node's volumes.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub list: ListArgs,
+}
+
+/// `shoal volume rm`.
+#[derive(Debug, Args)]
+pub struct VolumeRmArgs {
+    /// The node the volumes are on (a volume is local to its node).
+    #[arg(long, required = true, value_name = "NODE")]
+    pub node: String,
+    /// Names.
+    #[arg(required = true)]
+    pub names: Vec<String>,
 }
 
 /// `shoal node ...`.

@@ -12,6 +12,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use shoal_api_types::volume::VolumeList;
 use shoal_api_types::{
     CreatedToken, ExecRequest, ExecResponse, LogOptions, Object, ObjectList, Resource, Role,
     Service, ServiceSpec, Status, TokenInfo, TokenList, TokenRequest, WatchEvent,
@@ -100,7 +101,7 @@ pub struct ApplyItem {
     pub kind: String,
     /// The object's name.
     pub name: String,
-    /// `created`, `configured` or `unchanged`.
+    /// `created`, `configured`, `unchanged` or `pruned`.
     pub action: String,
     /// The object's resourceVersion after the apply.
     #[serde(default)]
@@ -357,11 +358,21 @@ impl Client {
             .await
     }
 
-    /// `POST /apply[?dryRun=true]` with a multi-document YAML body.
-    pub async fn apply(&self, body: String, dry_run: bool) -> Result<ApplyResponse> {
+    /// `POST /apply[?dryRun=true][&prune=KEY=VALUE]` with a multi-document YAML body. With
+    /// `prune`, objects carrying that label that the body does not hold are deleted in the
+    /// same transaction (answer items with action `pruned`), and the body may be empty.
+    pub async fn apply(
+        &self,
+        body: String,
+        dry_run: bool,
+        prune: Option<&str>,
+    ) -> Result<ApplyResponse> {
         let mut url = self.url(&["apply"]);
         if dry_run {
             url.query_pairs_mut().append_pair("dryRun", "true");
+        }
+        if let Some(selector) = prune {
+            url.query_pairs_mut().append_pair("prune", selector);
         }
         self.call(Method::POST, url, Some((body, "application/yaml")))
             .await
@@ -480,6 +491,23 @@ impl Client {
             self.call(Method::GET, self.url_v1(&["join-token"]), None)
                 .await
         }
+    }
+
+    /// `GET /apis/shoal/v1/volumes[?node=N]`: the named volumes of every ready node (or one).
+    pub async fn list_volumes(&self, node: Option<&str>) -> Result<VolumeList> {
+        let mut url = self.url(&["volumes"]);
+        if let Some(node) = node {
+            url.query_pairs_mut().append_pair("node", node);
+        }
+        self.call(Method::GET, url, None).await
+    }
+
+    /// `DELETE /apis/shoal/v1/nodes/<node>/volumes/<name>`: removes a volume from a node
+    /// (404 unknown, 409 while a task uses it). The answer's body, if any, is not read.
+    pub async fn delete_volume(&self, node: &str, name: &str) -> Result<()> {
+        let url = self.url(&["nodes", node, "volumes", name]);
+        self.send(self.http.delete(url.clone()), &url).await?;
+        Ok(())
     }
 
     /// `DELETE /apis/shoal/v1/nodes/<name>[?force=true]`: removes (and revokes) a node.
@@ -703,6 +731,55 @@ mod tests {
         assert_eq!(
             s.message,
             "the server answered 502 Bad Gateway: upstream down"
+        );
+    }
+
+    /// The requests of `stack deploy --prune`/`stack rm`, `volume ls` and `volume rm`, as a
+    /// recording fake API sees them (the server side is the controller's).
+    #[tokio::test]
+    async fn prune_applies_and_volume_requests_reach_their_routes() {
+        use axum::extract::{OriginalUri, State};
+        use axum::routing::{delete, get, post};
+        use std::sync::{Arc, Mutex};
+        type Log = Arc<Mutex<Vec<String>>>;
+        let log: Log = Arc::default();
+        async fn apply(State(log): State<Log>, uri: OriginalUri, body: String) -> String {
+            log.lock().unwrap().push(format!("POST {} [{body}]", uri.0));
+            r#"{"items":[{"kind":"Service","name":"shop_web","action":"pruned"}]}"#.into()
+        }
+        async fn volumes(State(log): State<Log>, uri: OriginalUri) -> String {
+            log.lock().unwrap().push(format!("GET {}", uri.0));
+            r#"{"items":[{"name":"shop_data","node":"node-1","usedBy":["t1"]}],"unreachable":["node-2: timeout"]}"#.into()
+        }
+        async fn remove(State(log): State<Log>, uri: OriginalUri) -> axum::http::StatusCode {
+            log.lock().unwrap().push(format!("DELETE {}", uri.0));
+            axum::http::StatusCode::NO_CONTENT
+        }
+        let app = axum::Router::new()
+            .route("/apis/shoal/v1/apply", post(apply))
+            .route("/apis/shoal/v1/volumes", get(volumes))
+            .route("/apis/shoal/v1/nodes/{node}/volumes/{name}", delete(remove))
+            .with_state(log.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let c = Client::new(&url).unwrap();
+        let resp = c
+            .apply(String::new(), false, Some("shoal.io/stack=shop"))
+            .await
+            .unwrap();
+        assert_eq!(resp.items[0].action, "pruned");
+        let list = c.list_volumes(Some("node-1")).await.unwrap();
+        assert_eq!(list.items[0].used_by, ["t1"]);
+        assert_eq!(list.unreachable, ["node-2: timeout"]);
+        c.delete_volume("node-1", "shop_data").await.unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                "POST /apis/shoal/v1/apply?prune=shoal.io%2Fstack%3Dshop []",
+                "GET /apis/shoal/v1/volumes?node=node-1",
+                "DELETE /apis/shoal/v1/nodes/node-1/volumes/shop_data",
+            ]
         );
     }
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use shoal_api_types::capabilities;
+use shoal_api_types::service::DEFAULT_FILE_MODE;
+use shoal_api_types::{ConfigReference, Mount, MountType, SecretReference};
 use shoal_api_types::{
     Constraint, EndpointMode, HealthCheck, Network, NetworkAttachmentConfig, NetworkSpec, Node,
     NodeAvailability, Placement, PortConfig, Protocol, PublishMode, RestartCondition,
@@ -24,9 +26,10 @@ use shoal_api_types::update::{
 };
 
 use crate::args::{
-    AvailabilityFlag, EndpointModeFlag, FailureActionFlag, LifecycleFlags, ModeFlag,
-    NetworkCreateArgs, NodeUpdateArgs, RestartConditionFlag, RollbackFailureActionFlag,
-    ServiceCreateArgs, ServiceUpdateArgs, UpdateOrderFlag, UpdatePolicyFlags, WaitArgs,
+    AvailabilityFlag, EndpointModeFlag, FailureActionFlag, FileFlags, FileUpdateFlags,
+    LifecycleFlags, ModeFlag, NetworkCreateArgs, NodeUpdateArgs, RestartConditionFlag,
+    RollbackFailureActionFlag, ServiceCreateArgs, ServiceUpdateArgs, UpdateOrderFlag,
+    UpdatePolicyFlags, WaitArgs,
 };
 
 /// Parses one `-p/--publish` value: `PUBLISHED:TARGET[/tcp|udp]` or
@@ -311,6 +314,7 @@ pub fn service_from_args(
     }
     container_settings(a, &mut spec)?;
     apply_update_policy(&mut spec, &a.policy)?;
+    apply_file_flags(&mut spec, &a.files)?;
     let mut svc = Service::new(a.name.clone(), spec);
     svc.metadata.labels = labels("--label", &a.labels)?;
     Ok(svc)
@@ -510,6 +514,7 @@ pub fn update_service(
     update_health(spec, a, &name)?;
     update_container_settings(spec, a)?;
     apply_update_policy(spec, &a.policy)?;
+    update_file_flags(spec, &a.files, &name)?;
     if a.force {
         spec.force_update = spec.force_update.wrapping_add(1);
     }
@@ -620,6 +625,7 @@ pub fn change_flags(a: &ServiceUpdateArgs) -> Vec<&'static str> {
         constraint_rm,
         lifecycle,
         policy,
+        files,
         no_healthcheck,
         user,
         workdir,
@@ -659,6 +665,17 @@ pub fn change_flags(a: &ServiceUpdateArgs) -> Vec<&'static str> {
         rollback_max_failure_ratio,
         rollback_order,
     } = policy;
+    let FileUpdateFlags {
+        secret_add,
+        secret_rm,
+        config_add,
+        config_rm,
+        mount_add,
+        mount_rm,
+        container_label_add,
+        container_label_rm,
+        replicas_max_per_node,
+    } = files;
     [
         ("--image", image.is_some()),
         ("--force", *force),
@@ -716,6 +733,15 @@ pub fn change_flags(a: &ServiceUpdateArgs) -> Vec<&'static str> {
             rollback_max_failure_ratio.is_some(),
         ),
         ("--rollback-order", rollback_order.is_some()),
+        ("--secret-add", !secret_add.is_empty()),
+        ("--secret-rm", !secret_rm.is_empty()),
+        ("--config-add", !config_add.is_empty()),
+        ("--config-rm", !config_rm.is_empty()),
+        ("--mount-add", !mount_add.is_empty()),
+        ("--mount-rm", !mount_rm.is_empty()),
+        ("--container-label-add", !container_label_add.is_empty()),
+        ("--container-label-rm", !container_label_rm.is_empty()),
+        ("--replicas-max-per-node", replicas_max_per_node.is_some()),
     ]
     .into_iter()
     .filter_map(|(flag, given)| given.then_some(flag))
@@ -832,6 +858,249 @@ fn update_container_settings(spec: &mut ServiceSpec, a: &ServiceUpdateArgs) -> R
     }
     if let Some(v) = &a.reserve_memory {
         r.reservations.memory = memory("--reserve-memory", v)?;
+    }
+    Ok(())
+}
+
+/// A file reference of `--secret`/`--config` (and their `-add` forms): the source, the
+/// target as given (empty: the default), uid, gid and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// The Secret's or Config's name.
+    pub source: String,
+    /// `target=`, or empty.
+    pub target: String,
+    /// `uid=` (default 0).
+    pub uid: u32,
+    /// `gid=` (default 0).
+    pub gid: u32,
+    /// `mode=` (default 0444).
+    pub mode: u32,
+}
+
+/// Parses `NAME` or `source=NAME[,target=T][,uid=N][,gid=N][,mode=M]` for `flag`. A mode
+/// with a leading 0 is octal (`0400`), as Docker reads it; `0o400` works too.
+pub fn parse_file_ref(flag: &str, value: &str) -> Result<FileRef, String> {
+    let err = |why: String| format!("{flag} {value:?}: {why}");
+    let mut r = FileRef {
+        source: String::new(),
+        target: String::new(),
+        uid: 0,
+        gid: 0,
+        mode: DEFAULT_FILE_MODE,
+    };
+    if !value.contains('=') {
+        if value.is_empty() || value.contains(',') {
+            return Err(err("use NAME or source=NAME,target=...".into()));
+        }
+        r.source = value.to_string();
+        return Ok(r);
+    }
+    for field in value.split(',') {
+        let (key, val) = field
+            .split_once('=')
+            .ok_or_else(|| err(format!("{field:?} is not key=value")))?;
+        let number = |what: &str| -> Result<u32, String> {
+            val.trim()
+                .parse()
+                .map_err(|_| err(format!("{what} {val:?} is not a number")))
+        };
+        match key.trim() {
+            "source" | "src" => r.source = val.to_string(),
+            "target" | "dst" | "destination" => r.target = val.to_string(),
+            "uid" => r.uid = number("uid")?,
+            "gid" => r.gid = number("gid")?,
+            "mode" => {
+                let v = val.trim();
+                let octal = v
+                    .strip_prefix("0o")
+                    .or_else(|| v.strip_prefix('0').filter(|d| !d.is_empty()));
+                let mode = match octal {
+                    Some(digits) => u32::from_str_radix(digits, 8),
+                    None => v.parse(),
+                }
+                .map_err(|_| err(format!("mode {val:?} is not a number (e.g. 0400)")))?;
+                if mode > 0o777 {
+                    return Err(err(format!("mode {val:?} is not a file mode (0 to 0777)")));
+                }
+                r.mode = mode;
+            }
+            other => {
+                return Err(err(format!(
+                    "unknown key {other:?} (use source, target, uid, gid and mode)"
+                )))
+            }
+        }
+    }
+    if r.source.is_empty() {
+        return Err(err("source= is required".into()));
+    }
+    Ok(r)
+}
+
+fn secret_ref(flag: &str, value: &str) -> Result<SecretReference> {
+    let r = parse_file_ref(flag, value).map_err(anyhow::Error::msg)?;
+    Ok(SecretReference {
+        source: r.source,
+        target: r.target,
+        uid: r.uid,
+        gid: r.gid,
+        mode: r.mode,
+    })
+}
+
+fn config_ref(flag: &str, value: &str) -> Result<ConfigReference> {
+    let r = parse_file_ref(flag, value).map_err(anyhow::Error::msg)?;
+    Ok(ConfigReference {
+        source: r.source,
+        target: r.target,
+        uid: r.uid,
+        gid: r.gid,
+        mode: r.mode,
+    })
+}
+
+/// Parses one `--mount` value:
+/// `type=volume|bind|tmpfs,source=SRC,target=/PATH[,readonly[=true|false]][,tmpfs-size=SIZE]`,
+/// with Docker's aliases (`src`, `dst`/`destination`, `ro`). The type defaults to volume.
+pub fn parse_mount(flag: &str, value: &str) -> Result<Mount, String> {
+    let err = |why: String| format!("{flag} {value:?}: {why}");
+    let mut m = Mount::default();
+    for field in value.split(',') {
+        let (key, val) = match field.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (field.trim(), None),
+        };
+        match (key, val) {
+            ("type", Some(t)) => {
+                m.type_ = match t {
+                    "volume" => MountType::Volume,
+                    "bind" => MountType::Bind,
+                    "tmpfs" => MountType::Tmpfs,
+                    other => {
+                        return Err(err(format!("type {other:?} must be volume, bind or tmpfs")))
+                    }
+                }
+            }
+            ("source" | "src", Some(v)) => m.source = v.to_string(),
+            ("target" | "dst" | "destination", Some(v)) => m.target = v.to_string(),
+            ("readonly" | "ro", None) => m.read_only = true,
+            ("readonly" | "ro", Some(v)) => {
+                m.read_only = match v {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    other => return Err(err(format!("readonly={other:?}: use true or false"))),
+                }
+            }
+            ("tmpfs-size", Some(v)) => {
+                m.tmpfs_size = Some(
+                    v.parse::<Memory>()
+                        .map_err(|e| err(format!("tmpfs-size: {e}")))?,
+                )
+            }
+            _ => {
+                return Err(err(format!(
+                    "{field:?}: use type=, source= (src=), target= (dst=), readonly and tmpfs-size="
+                )))
+            }
+        }
+    }
+    if m.target.is_empty() {
+        return Err(err("target= is required".into()));
+    }
+    if m.type_ != MountType::Tmpfs && m.source.is_empty() {
+        return Err(err(
+            "source= is required (a volume name or a host path)".into()
+        ));
+    }
+    if m.tmpfs_size.is_some() && m.type_ != MountType::Tmpfs {
+        return Err(err("tmpfs-size needs type=tmpfs".into()));
+    }
+    Ok(m)
+}
+
+/// `service create`'s secret, config, mount, container-label and per-node flags.
+pub fn apply_file_flags(spec: &mut ServiceSpec, f: &FileFlags) -> Result<()> {
+    for v in &f.secrets {
+        spec.secrets.push(secret_ref("--secret", v)?);
+    }
+    for v in &f.configs {
+        spec.configs.push(config_ref("--config", v)?);
+    }
+    for v in &f.mounts {
+        spec.mounts
+            .push(parse_mount("--mount", v).map_err(anyhow::Error::msg)?);
+    }
+    spec.container_labels = labels("--container-label", &f.container_labels)?;
+    spec.placement.max_replicas_per_node = f.replicas_max_per_node.filter(|n| *n > 0);
+    Ok(())
+}
+
+/// `service update`'s `--secret-*`, `--config-*`, `--mount-*`, `--container-label-*` and
+/// `--replicas-max-per-node`, removals first. Removing what is not there is an error.
+fn update_file_flags(spec: &mut ServiceSpec, f: &FileUpdateFlags, name: &str) -> Result<()> {
+    for s in &f.secret_rm {
+        let before = spec.secrets.len();
+        spec.secrets.retain(|r| &r.source != s);
+        if spec.secrets.len() == before {
+            bail!("--secret-rm {s:?}: service {name} does not use that secret");
+        }
+    }
+    for c in &f.config_rm {
+        let before = spec.configs.len();
+        spec.configs.retain(|r| &r.source != c);
+        if spec.configs.len() == before {
+            bail!("--config-rm {c:?}: service {name} does not use that config");
+        }
+    }
+    for t in &f.mount_rm {
+        let before = spec.mounts.len();
+        let t = t.trim_end_matches('/');
+        spec.mounts.retain(|m| m.target.trim_end_matches('/') != t);
+        if spec.mounts.len() == before {
+            bail!("--mount-rm {t:?}: service {name} has no mount at that target");
+        }
+    }
+    for k in &f.container_label_rm {
+        if spec.container_labels.remove(k).is_none() {
+            bail!("--container-label-rm {k:?}: service {name} has no such container label");
+        }
+    }
+    for v in &f.secret_add {
+        let r = secret_ref("--secret-add", v)?;
+        match spec
+            .secrets
+            .iter_mut()
+            .find(|x| x.file_name() == r.file_name())
+        {
+            Some(x) => *x = r,
+            None => spec.secrets.push(r),
+        }
+    }
+    for v in &f.config_add {
+        let r = config_ref("--config-add", v)?;
+        match spec.configs.iter_mut().find(|x| x.path() == r.path()) {
+            Some(x) => *x = r,
+            None => spec.configs.push(r),
+        }
+    }
+    for v in &f.mount_add {
+        let m = parse_mount("--mount-add", v).map_err(anyhow::Error::msg)?;
+        match spec
+            .mounts
+            .iter_mut()
+            .find(|x| x.target.trim_end_matches('/') == m.target.trim_end_matches('/'))
+        {
+            Some(x) => *x = m,
+            None => spec.mounts.push(m),
+        }
+    }
+    for l in &f.container_label_add {
+        let (k, v) = parse_key_value("--container-label-add", l).map_err(anyhow::Error::msg)?;
+        spec.container_labels.insert(k, v);
+    }
+    if let Some(n) = f.replicas_max_per_node {
+        spec.placement.max_replicas_per_node = (n > 0).then_some(n);
     }
     Ok(())
 }
@@ -1840,6 +2109,231 @@ mod tests {
         .is_err());
     }
 
+    #[test]
+    fn secret_config_and_mount_flags_build_references_and_mounts() {
+        let s = service(&[
+            "--name",
+            "api",
+            "--secret",
+            "pw",
+            "--secret",
+            "src=tls,target=key.pem,uid=100,gid=101,mode=0400",
+            "--config",
+            "source=site,target=/etc/site.conf,mode=0o640",
+            "--mount",
+            "type=volume,src=data,dst=/data,readonly",
+            "--mount",
+            "type=tmpfs,target=/cache,tmpfs-size=64m",
+            "--mount",
+            "type=bind,source=/srv/www,destination=/www,ro=false",
+            "--container-label",
+            "team=shop",
+            "--replicas-max-per-node",
+            "1",
+            "busybox",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.spec.secrets,
+            [
+                SecretReference {
+                    source: "pw".into(),
+                    target: String::new(),
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o444
+                },
+                SecretReference {
+                    source: "tls".into(),
+                    target: "key.pem".into(),
+                    uid: 100,
+                    gid: 101,
+                    mode: 0o400
+                },
+            ]
+        );
+        assert_eq!(s.spec.configs[0].path(), "/etc/site.conf");
+        assert_eq!(s.spec.configs[0].mode, 0o640);
+        assert_eq!(
+            s.spec.mounts,
+            [
+                Mount {
+                    type_: MountType::Volume,
+                    source: "data".into(),
+                    target: "/data".into(),
+                    read_only: true,
+                    tmpfs_size: None
+                },
+                Mount {
+                    type_: MountType::Tmpfs,
+                    source: String::new(),
+                    target: "/cache".into(),
+                    read_only: false,
+                    tmpfs_size: Some(Memory(64 << 20))
+                },
+                Mount {
+                    type_: MountType::Bind,
+                    source: "/srv/www".into(),
+                    target: "/www".into(),
+                    read_only: false,
+                    tmpfs_size: None
+                },
+            ]
+        );
+        assert_eq!(
+            s.spec.container_labels.get("team").map(String::as_str),
+            Some("shop")
+        );
+        assert_eq!(s.spec.placement.max_replicas_per_node, Some(1));
+        // A decimal mode is read as decimal, as Docker does.
+        assert_eq!(
+            parse_file_ref("--secret", "source=a,mode=256")
+                .unwrap()
+                .mode,
+            0o400
+        );
+        for (argv, want) in [
+            (
+                &["--secret", "target=x"][..],
+                "--secret \"target=x\": source= is required",
+            ),
+            (
+                &["--secret", "source=a,mode=0999"][..],
+                "--secret \"source=a,mode=0999\": mode \"0999\" is not a number",
+            ),
+            (
+                &["--secret", "source=a,mode=01000"][..],
+                "--secret \"source=a,mode=01000\": mode \"01000\" is not a file mode",
+            ),
+            (
+                &["--config", "source=a,owner=1"][..],
+                "--config \"source=a,owner=1\": unknown key \"owner\"",
+            ),
+            (
+                &["--mount", "src=data"][..],
+                "--mount \"src=data\": target= is required",
+            ),
+            (
+                &["--mount", "type=nfs,src=a,dst=/a"][..],
+                "--mount \"type=nfs,src=a,dst=/a\": type \"nfs\" must be volume, bind or tmpfs",
+            ),
+            (
+                &["--mount", "dst=/a"][..],
+                "--mount \"dst=/a\": source= is required",
+            ),
+            (
+                &["--mount", "src=a,dst=/a,tmpfs-size=1m"][..],
+                "--mount \"src=a,dst=/a,tmpfs-size=1m\": tmpfs-size needs type=tmpfs",
+            ),
+            (
+                &["--container-label", "x"][..],
+                "--container-label \"x\": use KEY=VALUE",
+            ),
+        ] {
+            let mut full = vec!["--name", "api"];
+            full.extend_from_slice(argv);
+            full.push("busybox");
+            let e = error(&full);
+            assert!(e.starts_with(want), "{argv:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn update_rotates_secrets_and_changes_mounts_and_labels() {
+        let mut s = sample();
+        update_service(
+            &mut s,
+            &update_args(&[
+                "--secret-add",
+                "pw",
+                "--config-add",
+                "site",
+                "--mount-add",
+                "src=data,dst=/data",
+                "--container-label-add",
+                "a=1",
+                "--replicas-max-per-node",
+                "2",
+            ]),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(s.spec.placement.max_replicas_per_node, Some(2));
+        let before = s.clone();
+        // Rotation: the old secret out, a new one in at the same file name.
+        update_service(
+            &mut s,
+            &update_args(&[
+                "--secret-rm",
+                "pw",
+                "--secret-add",
+                "source=pw2,target=pw",
+                "--mount-add",
+                "src=data2,dst=/data/",
+                "--container-label-rm",
+                "a",
+                "--replicas-max-per-node",
+                "0",
+            ]),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(s.spec.secrets.len(), 1);
+        assert_eq!(
+            (
+                s.spec.secrets[0].source.as_str(),
+                s.spec.secrets[0].file_name()
+            ),
+            ("pw2", "pw")
+        );
+        assert_eq!(s.spec.mounts.len(), 1);
+        assert_eq!(s.spec.mounts[0].source, "data2");
+        assert!(s.spec.container_labels.is_empty());
+        assert_eq!(s.spec.placement.max_replicas_per_node, None);
+        let mut t = before.clone();
+        update_service(
+            &mut t,
+            &update_args(&["--mount-rm", "/data", "--config-rm", "site"]),
+            |_| None,
+        )
+        .unwrap();
+        assert!(t.spec.mounts.is_empty() && t.spec.configs.is_empty());
+        for (argv, want) in [
+            (
+                &["--secret-rm", "nope"][..],
+                "--secret-rm \"nope\": service api does not use that secret",
+            ),
+            (
+                &["--config-rm", "nope"][..],
+                "--config-rm \"nope\": service api does not use that config",
+            ),
+            (
+                &["--mount-rm", "/nope"][..],
+                "--mount-rm \"/nope\": service api has no mount at that target",
+            ),
+            (
+                &["--container-label-rm", "x"][..],
+                "--container-label-rm \"x\": service api has no such container label",
+            ),
+            (&["--secret-add", ""][..], "--secret-add \"\": use NAME"),
+        ] {
+            let mut t = before.clone();
+            let e = format!(
+                "{:#}",
+                update_service(&mut t, &update_args(argv), |_| None).unwrap_err()
+            );
+            assert!(e.starts_with(want), "{argv:?}: {e}");
+        }
+        // Each new flag counts as a change for --rollback.
+        assert!(check_rollback_alone(&update_args(&["--rollback", "--secret-rm", "pw"])).is_err());
+        assert!(check_rollback_alone(&update_args(&[
+            "--rollback",
+            "--replicas-max-per-node",
+            "1"
+        ]))
+        .is_err());
+    }
+
     /// A cheap fuzz: strings built from the characters these parsers care about never
     /// panic, and whatever parses is in range.
     #[test]
@@ -1868,6 +2362,8 @@ mod tests {
             let _ = parse_key_value("--label", &s);
             let _ = parse_scale(&s);
             let _ = parse_publish_rm(&s);
+            let _ = parse_file_ref("--secret", &s);
+            let _ = parse_mount("--mount", &s);
             let _ = split_words("--args", &s);
             let _ = crate::args::parse_duration(&s);
         }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use shoal_api_types::payload::PayloadStatus;
+use shoal_api_types::volume::VolumeInfo;
 use shoal_api_types::{Endpoints, Network, Node, Service, ServiceMode, Task, TaskState};
 
 /// Lays rows out in columns separated by at least three spaces, as `docker` and `kubectl`
@@ -162,9 +164,15 @@ pub fn networks_table(items: &[Network], now: DateTime<Utc>) -> String {
             if n.spec.attachable {
                 flags.push("attachable");
             }
+            let scope = if n.status.scope.is_empty() {
+                "swarm"
+            } else {
+                n.status.scope.as_str()
+            };
             vec![
                 n.metadata.name.clone(),
                 n.spec.driver.clone(),
+                scope.to_string(),
                 or_dash(n.status.subnet.as_deref().or(n.spec.subnet.as_deref())),
                 or_dash(n.status.gateway.as_deref().or(n.spec.gateway.as_deref())),
                 or_dash(n.status.vni.map(|v| v.to_string()).as_deref()),
@@ -176,10 +184,55 @@ pub fn networks_table(items: &[Network], now: DateTime<Utc>) -> String {
         .collect();
     table(
         &[
-            "NAME", "DRIVER", "SUBNET", "GATEWAY", "VNI", "FLAGS", "STATUS", "AGE",
+            "NAME", "DRIVER", "SCOPE", "SUBNET", "GATEWAY", "VNI", "FLAGS", "STATUS", "AGE",
         ],
         &rows,
     )
+}
+
+/// The table of `secret ls` and `config ls`: NAME, SIZE, CREATED, LABELS (the data is
+/// never returned; secrets and configs are immutable but for labels).
+pub fn payloads_table<S>(items: &[shoal_api_types::Object<S>], now: DateTime<Utc>) -> String
+where
+    S: shoal_api_types::Resource<Status = PayloadStatus>,
+{
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|p| {
+            vec![
+                p.metadata.name.clone(),
+                p.status.size.to_string(),
+                short_age(p.metadata.creation_timestamp, now),
+                labels(&p.metadata.labels),
+            ]
+        })
+        .collect();
+    table(&["NAME", "SIZE", "CREATED", "LABELS"], &rows)
+}
+
+/// The table of `volume ls`: NODE, NAME, USED BY (short task ids).
+pub fn volumes_table(items: &[VolumeInfo]) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|v| {
+            let used: Vec<String> = v.used_by.iter().map(|t| short_id(t)).collect();
+            vec![
+                v.node.clone(),
+                v.name.clone(),
+                or_dash(Some(&used.join(","))),
+            ]
+        })
+        .collect();
+    table(&["NODE", "NAME", "USED BY"], &rows)
+}
+
+/// The table of `stack ls`: NAME, SERVICES (stack name -> its services).
+pub fn stacks_table(stacks: &BTreeMap<String, usize>) -> String {
+    let rows: Vec<Vec<String>> = stacks
+        .iter()
+        .map(|(name, n)| vec![name.clone(), n.to_string()])
+        .collect();
+    table(&["NAME", "SERVICES"], &rows)
 }
 
 /// `2/3` from a service's status (desired: replicas until the controller has counted).
@@ -615,7 +668,60 @@ ID             NAME        IMAGE     NODE     DESIRED STATE   CURRENT STATE     
         n.metadata.creation_timestamp = ago(30);
         assert_eq!(
             networks_table(&[n], now()),
-            "NAME     DRIVER    SUBNET        GATEWAY    VNI    FLAGS      STATUS   AGE\nappnet   overlay   10.0.1.0/24   10.0.1.1   4097   internal   Ready    30s\n"
+            "NAME     DRIVER    SCOPE   SUBNET        GATEWAY    VNI    FLAGS      STATUS   AGE\nappnet   overlay   swarm   10.0.1.0/24   10.0.1.1   4097   internal   Ready    30s\n"
+        );
+        let mut gw = Network::new(
+            "gwbridge",
+            NetworkSpec {
+                driver: "bridge".into(),
+                subnet: Some("172.18.0.0/16".into()),
+                ..Default::default()
+            },
+        );
+        gw.status = NetworkStatus {
+            subnet: Some("172.18.0.0/16".into()),
+            gateway: Some("172.18.0.1".into()),
+            phase: "Ready".into(),
+            scope: "local".into(),
+            ..Default::default()
+        };
+        gw.metadata.creation_timestamp = ago(30);
+        assert_eq!(
+            networks_table(&[gw], now()),
+            "NAME       DRIVER   SCOPE   SUBNET          GATEWAY      VNI   FLAGS   STATUS   AGE\ngwbridge   bridge   local   172.18.0.0/16   172.18.0.1   -     -       Ready    30s\n"
+        );
+    }
+
+    #[test]
+    fn payload_volume_and_stack_tables_show_their_columns() {
+        let mut s = shoal_api_types::Secret::new("shop_pw", Default::default());
+        s.status.size = 6;
+        s.metadata.creation_timestamp = ago(90);
+        s.metadata
+            .labels
+            .insert("shoal.io/stack".into(), "shop".into());
+        assert_eq!(
+            payloads_table(&[s], now()),
+            "NAME      SIZE   CREATED   LABELS\nshop_pw   6      90s       shoal.io/stack=shop\n"
+        );
+        let v = VolumeInfo {
+            name: "shop_data".into(),
+            node: "node-1".into(),
+            used_by: vec!["5b6c1f0e-8a8b-4c1d-9e5f-0a1b2c3d4e5f".into()],
+            created_at: None,
+        };
+        let idle = VolumeInfo {
+            name: "old".into(),
+            node: "node-2".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            volumes_table(&[v, idle]),
+            "NODE     NAME        USED BY\nnode-1   shop_data   5b6c1f0e8a8b\nnode-2   old         -\n"
+        );
+        assert_eq!(
+            stacks_table(&BTreeMap::from([("shop".to_string(), 4)])),
+            "NAME   SERVICES\nshop   4\n"
         );
     }
 

@@ -1,11 +1,13 @@
 //! The kinds the CLI names on its command line, with kubectl-style aliases
 //! (`network`/`networks`/`net`, `service`/`services`/`svc`, `node(s)`, `task(s)`,
-//! `endpoints`/`ep`), and the URL plural each maps to.
+//! `endpoints`/`ep`, `secret(s)`, `config(s)`), and the URL plural each maps to.
 
 use std::fmt;
 use std::str::FromStr;
 
-use shoal_api_types::{EndpointsSpec, NetworkSpec, NodeSpec, Resource, ServiceSpec, TaskSpec};
+use shoal_api_types::{
+    ConfigSpec, EndpointsSpec, NetworkSpec, NodeSpec, Resource, SecretSpec, ServiceSpec, TaskSpec,
+};
 
 /// One kind of object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -20,16 +22,22 @@ pub enum Kind {
     Task,
     /// Endpoints.
     Endpoints,
+    /// Secret.
+    Secret,
+    /// Config.
+    Config,
 }
 
 impl Kind {
     /// Every kind, in the order `get` help lists them.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Network,
         Kind::Service,
         Kind::Node,
         Kind::Task,
         Kind::Endpoints,
+        Kind::Secret,
+        Kind::Config,
     ];
 
     /// The kind as objects spell it (`Network`).
@@ -40,6 +48,8 @@ impl Kind {
             Kind::Node => NodeSpec::KIND,
             Kind::Task => TaskSpec::KIND,
             Kind::Endpoints => EndpointsSpec::KIND,
+            Kind::Secret => SecretSpec::KIND,
+            Kind::Config => ConfigSpec::KIND,
         }
     }
 
@@ -51,6 +61,8 @@ impl Kind {
             Kind::Node => NodeSpec::PLURAL,
             Kind::Task => TaskSpec::PLURAL,
             Kind::Endpoints => EndpointsSpec::PLURAL,
+            Kind::Secret => SecretSpec::PLURAL,
+            Kind::Config => ConfigSpec::PLURAL,
         }
     }
 
@@ -81,9 +93,11 @@ impl FromStr for Kind {
             "node" | "nodes" | "no" => Kind::Node,
             "task" | "tasks" => Kind::Task,
             "endpoints" | "endpoint" | "ep" => Kind::Endpoints,
+            "secret" | "secrets" => Kind::Secret,
+            "config" | "configs" => Kind::Config,
             _ => {
                 return Err(format!(
-                    "unknown kind {s:?}: use networks (net), services (svc), nodes, tasks or endpoints (ep)"
+                    "unknown kind {s:?}: use networks (net), services (svc), nodes, tasks, endpoints (ep), secrets or configs"
                 ))
             }
         })
@@ -109,6 +123,8 @@ mod tests {
             ("tasks", Kind::Task),
             ("endpoints", Kind::Endpoints),
             ("ep", Kind::Endpoints),
+            ("secrets", Kind::Secret),
+            ("config", Kind::Config),
         ] {
             assert_eq!(alias.parse::<Kind>(), Ok(kind), "{alias}");
         }

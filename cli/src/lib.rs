@@ -1,11 +1,13 @@
-//! The `shoal` command: Docker-like (`network`, `service`, `node`) and kubectl-like
+//! The `shoal` command: Docker-like (`network`, `service`, `node`, `stack`, `secret`,
+//! `config`, `volume`) and kubectl-like
 //! (`apply`, `get`, `delete`, `watch`) access to a Shoal cluster. It speaks only HTTP to the
 //! API (`/apis/shoal/v1/...`) and shares nothing with the controller but the object types of
 //! `shoal-api-types`.
 //!
 //! Layout: [`args`] defines the command line; [`context`] finds the server, its CA and the
 //! token; [`client`] is the HTTP(S) client; [`flags`] turns Docker-style flags into objects; [`format`] prints
-//! tables and ages; [`progress`] waits for services to converge; [`cmd`] runs commands.
+//! tables and ages; [`progress`] waits for services to converge; [`stack`] turns compose
+//! files into objects; [`cmd`] runs commands.
 //!
 //! Exit status: 0 on success, 1 when anything failed (the reason on stderr), 2 for bad
 //! usage (from clap); `exec` exits with the command's own status.
@@ -19,11 +21,13 @@ pub mod flags;
 pub mod format;
 pub mod kinds;
 pub mod progress;
+pub mod stack;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::Result;
+use shoal_api_types::{ConfigSpec, SecretSpec};
 
 pub use args::Cli;
 use args::Command;
@@ -79,6 +83,10 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Network(c) => cmd::network::run(&client, c, out).await,
         Command::Service(c) => cmd::service::run(&client, c, out, tty).await,
         Command::Node(c) => cmd::node::run(&client, c, out).await,
+        Command::Stack(c) => cmd::stack::run(&client, c, out, tty).await,
+        Command::Secret(c) => cmd::payload::run::<SecretSpec>(&client, c, out).await,
+        Command::Config(c) => cmd::payload::run::<ConfigSpec>(&client, c, out).await,
+        Command::Volume(c) => cmd::volume::run(&client, c, out).await,
         Command::Exec(a) => cmd::exec::run(&client, a, out).await,
         Command::Logs(a) => cmd::logs::task(&client, a, out).await,
         Command::Token(c) => cmd::token::run(&client, c, out).await,

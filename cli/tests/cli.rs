@@ -936,3 +936,55 @@ async fn update_and_rollback_wait_for_the_update_status_and_fail_when_it_pauses_
         ["busybox:1", "busybox:1"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stack_deploy_sends_the_compose_file_as_one_apply_and_ls_and_services_show_it() {
+    let s = Server::start().await;
+    let compose = s.file(
+        "shop/compose.yml",
+        "services:\n  web:\n    image: localhost:5000/busybox:${TAG}\n    ports: ['8080:80']\n    networks: [front]\n    privileged: true\n    deploy: {replicas: 2}\n  api:\n    image: localhost:5000/busybox\nnetworks:\n  front: {}\n",
+    );
+    s.file("shop/.env", "TAG=latest\n");
+    let out = s
+        .shoal(&["stack", "deploy", "-c", p(&compose), "-d", "shop"])
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "network/shop_front created\nnetwork/shop_default created\nservice/shop_web created\nservice/shop_api created\n"
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "warning: service web: privileged is not supported: ignored\n"
+    );
+    let web = s.ok(&["get", "service", "shop_web", "-o", "json"]).await;
+    let web: shoal_api_types::Service = serde_json::from_str(&web).unwrap();
+    assert_eq!(web.spec.image, "localhost:5000/busybox:latest");
+    assert_eq!(web.spec.networks[0].aliases, ["web"]);
+    assert_eq!(web.metadata.labels["shoal.io/stack"], "shop");
+    // The same file again changes nothing.
+    let again = s
+        .ok(&["stack", "deploy", "-c", p(&compose), "-d", "shop"])
+        .await;
+    assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
+    assert_eq!(s.ok(&["stack", "ls"]).await, "NAME   SERVICES\nshop   2\n");
+    let services = s.ok(&["stack", "services", "-q", "shop"]).await;
+    assert_eq!(services, "shop_api\nshop_web\n");
+    let err = s.fails(&["stack", "services", "nope"]).await;
+    assert!(err.contains("nothing found in stack: nope"), "{err}");
+    let nets = s.ok(&["network", "ls"]).await;
+    assert!(nets.starts_with("NAME "), "{nets}");
+    assert!(
+        nets.lines()
+            .any(|l| l.starts_with("shop_front") && l.contains(" overlay   swarm ")),
+        "{nets}"
+    );
+    // A bad file names the key and creates nothing.
+    let bad = s.file(
+        "bad.yml",
+        "services:\n  w:\n    image: busybox\n    deploy: {replicas: lots}\n",
+    );
+    let err = s.fails(&["stack", "deploy", "-c", p(&bad), "other"]).await;
+    assert!(err.contains("services.w.deploy.replicas: "), "{err}");
+    assert_eq!(s.ok(&["stack", "ls", "-q"]).await, "shop\n");
+}

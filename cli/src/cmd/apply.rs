@@ -158,7 +158,7 @@ pub fn describe_rejection(status: &Status, body: &Body) -> String {
 pub async fn run(client: &Client, args: &ApplyArgs, out: &mut dyn Write, tty: bool) -> Result<()> {
     let sources = read_sources(&args.files, &mut std::io::stdin())?;
     let body = build_body(&sources)?;
-    let resp = match client.apply(body.text.clone(), args.dry_run).await {
+    let resp = match client.apply(body.text.clone(), args.dry_run, None).await {
         Ok(r) => r,
         Err(ClientError::Api(status)) => bail!("{}", describe_rejection(&status, &body)),
         Err(e) => return Err(e.into()),

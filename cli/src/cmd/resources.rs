@@ -6,14 +6,15 @@ use anyhow::{bail, Result};
 use chrono::Utc;
 use serde_json::Value;
 use shoal_api_types::{
-    EndpointsSpec, EventType, NetworkSpec, NodeSpec, ServiceSpec, Status, Task, TaskSpec,
+    ConfigSpec, EndpointsSpec, EventType, NetworkSpec, NodeSpec, SecretSpec, ServiceSpec, Status,
+    Task, TaskSpec,
 };
 
 use crate::args::{parse_kind_ref, DeleteArgs, GetArgs, OutputFormat, WatchArgs, WatchFormat};
 use crate::client::Client;
 use crate::cmd::apply::read_sources;
 use crate::format::{
-    self, endpoints_table, networks_table, nodes_table, services_table, tasks_table,
+    self, endpoints_table, networks_table, nodes_table, payloads_table, services_table, tasks_table,
 };
 use crate::kinds::Kind;
 use crate::{report, Reported};
@@ -49,6 +50,8 @@ pub async fn get(client: &Client, args: &GetArgs, out: &mut dyn Write) -> Result
             Kind::Node => print_typed::<NodeSpec>(client, &name, args.output, out).await,
             Kind::Task => print_typed::<TaskSpec>(client, &name, args.output, out).await,
             Kind::Endpoints => print_typed::<EndpointsSpec>(client, &name, args.output, out).await,
+            Kind::Secret => print_typed::<SecretSpec>(client, &name, args.output, out).await,
+            Kind::Config => print_typed::<ConfigSpec>(client, &name, args.output, out).await,
         };
     }
     let now = Utc::now();
@@ -57,6 +60,8 @@ pub async fn get(client: &Client, args: &GetArgs, out: &mut dyn Write) -> Result
         Kind::Service => services_table(&fetch::<ServiceSpec>(client, &name).await?),
         Kind::Task => tasks_table(&fetch::<TaskSpec>(client, &name).await?, now, false),
         Kind::Endpoints => endpoints_table(&fetch::<EndpointsSpec>(client, &name).await?, now),
+        Kind::Secret => payloads_table(&fetch::<SecretSpec>(client, &name).await?, now),
+        Kind::Config => payloads_table(&fetch::<ConfigSpec>(client, &name).await?, now),
         Kind::Node => {
             let nodes = fetch::<NodeSpec>(client, &name).await?;
             let tasks = client.list::<TaskSpec>(&[]).await?.items;
@@ -118,9 +123,10 @@ pub fn manifest_refs(texts: &[(String, String)]) -> Result<Vec<(Kind, String)>> 
             refs.push((kind, name.to_string()));
         }
     }
+    // Services first: they use the networks, secrets and configs.
     refs.sort_by_key(|(k, _)| match k {
         Kind::Service => 0,
-        Kind::Network => 2,
+        Kind::Network | Kind::Secret | Kind::Config => 2,
         _ => 1,
     });
     Ok(refs)
