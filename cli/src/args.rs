@@ -777,9 +777,24 @@ pub enum StackCommand {
     Services(StackServicesArgs),
     /// List the tasks of a stack.
     Ps(StackPsArgs),
-    /// Remove stacks: every service, network, secret and config labelled with them.
+    /// Remove stacks: every service, network, secret and config labelled with them; then
+    /// wait until their tasks have stopped.
     #[command(visible_aliases = ["remove", "down"])]
-    Rm(NamesArgs),
+    Rm(StackRmArgs),
+}
+
+/// `shoal stack rm`.
+#[derive(Debug, Args)]
+pub struct StackRmArgs {
+    /// The stacks.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+    /// Return at once instead of waiting for the stacks' tasks to stop.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// How long to wait for the tasks to stop (e.g. 60s, 2m).
+    #[arg(long, default_value = "120s", value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
 }
 
 /// `shoal stack deploy`.

@@ -40,11 +40,18 @@ pub async fn run(
         StackCommand::Ps(a) => ps(client, a, out).await,
         StackCommand::Rm(a) => {
             let mut failed = false;
+            let mut removed = Vec::new();
             for name in &a.names {
-                if let Err(e) = rm(client, name, out).await {
-                    failed = true;
-                    report(&e);
+                match rm(client, name, out).await {
+                    Ok(services) => removed.extend(services),
+                    Err(e) => {
+                        failed = true;
+                        report(&e);
+                    }
                 }
+            }
+            if !a.detach && !removed.is_empty() {
+                wait_stopped(client, &removed, a.timeout, out).await?;
             }
             if failed {
                 return Err(Reported.into());
@@ -170,18 +177,56 @@ fn print_items(resp: &ApplyResponse, out: &mut dyn Write) -> Result<Vec<String>>
 }
 
 /// `stack rm NAME`: an apply of nothing that prunes everything labelled with the stack.
-async fn rm(client: &Client, name: &str, out: &mut dyn Write) -> Result<()> {
+/// Returns the services removed.
+async fn rm(client: &Client, name: &str, out: &mut dyn Write) -> Result<Vec<String>> {
     let selector = prune_selector(name);
     let resp = client.apply(String::new(), false, Some(&selector)).await?;
     let pruned: Vec<_> = resp.items.iter().filter(|i| i.action == "pruned").collect();
     if pruned.is_empty() {
         eprintln!("Nothing found in stack: {name}");
-        return Ok(());
+        return Ok(vec![]);
     }
+    let mut services = Vec::new();
     for item in pruned {
         writeln!(out, "Removing {} {}", item.kind.to_lowercase(), item.name)?;
+        if item.kind == "Service" {
+            services.push(item.name.clone());
+        }
     }
-    Ok(())
+    Ok(services)
+}
+
+/// Waits until no task of `services` is still running or stopping, so that what they
+/// used (a named volume, a published port) is free when `stack rm` returns.
+async fn wait_stopped(
+    client: &Client,
+    services: &[String],
+    timeout: std::time::Duration,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = usize::MAX;
+    loop {
+        let tasks = client.list::<TaskSpec>(&[]).await?.items;
+        let left = tasks
+            .iter()
+            .filter(|t| services.contains(&t.spec.service) && !t.status.state.is_terminal())
+            .count();
+        if left == 0 {
+            return Ok(());
+        }
+        if left != last {
+            writeln!(out, "Waiting for {left} task(s) to stop")?;
+            last = left;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "{left} task(s) of the removed services still run after {}; they keep stopping in the background",
+                shoal_api_types::HumanDuration(timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 fn stack_of(labels: &BTreeMap<String, String>) -> Option<&str> {
