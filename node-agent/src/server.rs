@@ -174,6 +174,12 @@ impl AgentServer {
         })
     }
 
+    /// Serves this node's volumes from `files` (`/v1/volumes`).
+    pub fn with_volumes(mut self, files: Arc<TaskFiles>) -> Self {
+        self.state.volumes = Some(files);
+        self
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
@@ -294,8 +300,8 @@ fn router(state: ServerState, controller_only: bool) -> Router {
     let v1 = Router::new()
         .route("/v1/tasks/{id}/exec", post(exec))
         .route("/v1/tasks/{id}/logs", get(logs))
-        .route("/v1/volumes", get(volumes::list))
-        .route("/v1/volumes/{name}", delete(volumes::remove));
+        .route("/v1/volumes", get(list_volumes))
+        .route("/v1/volumes/{name}", delete(remove_volume));
     let v1 = if controller_only {
         v1.route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -384,6 +390,18 @@ pub fn start_failure_code(reason: &str) -> i32 {
     } else {
         126
     }
+}
+
+/// `GET /v1/volumes` ([`volumes`]).
+async fn list_volumes(State(s): State<ServerState>) -> Response {
+    let listed = volumes::list(&s.node, s.runtime.clone(), s.volumes.clone()).await;
+    respond(listed.map(|l| Json(l).into_response()))
+}
+
+/// `DELETE /v1/volumes/{name}` ([`volumes`]).
+async fn remove_volume(State(s): State<ServerState>, Path(name): Path<String>) -> Response {
+    let removed = volumes::remove(&s.node, s.runtime.clone(), s.volumes.clone(), &name).await;
+    respond(removed.map(|()| StatusCode::NO_CONTENT.into_response()))
 }
 
 /// A handler's result: any failure is a `Status` answer.

@@ -882,13 +882,13 @@ mod tests {
     fn the_tasks_own_mounts_should_follow_the_default_ones_in_order() {
         let mut t = task();
         t.mounts = vec![
-            crate::runtime::ContainerMount {
+            super::super::types::ContainerMount {
                 destination: "/run/secrets".into(),
                 typ: "bind".into(),
                 source: "/state/payloads/t1/secrets".into(),
                 options: vec!["rbind".into(), "ro".into()],
             },
-            crate::runtime::ContainerMount {
+            super::super::types::ContainerMount {
                 destination: "/cache".into(),
                 typ: "tmpfs".into(),
                 source: "tmpfs".into(),
