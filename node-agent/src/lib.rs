@@ -4,7 +4,8 @@
 //! (the container runtime: containerd), `net` (namespaces, links, overlays, nft), `dns` (the
 //! embedded DNS server), `lb` (VIP tables), `mesh` (routing-mesh rules), `server` (exec and
 //! logs for the API server, over mutual TLS), `identity` (joining the cluster, the node's
-//! certificate and its renewal) and `hollow` (a testing runtime that starts no containers).
+//! certificate and its renewal), `taskfiles` (secrets, configs, volumes and mounts of task
+//! containers) and `hollow` (a testing runtime that starts no containers).
 
 pub mod agent;
 pub mod dns;
@@ -15,3 +16,4 @@ pub mod mesh;
 pub mod net;
 pub mod runtime;
 pub mod server;
+pub mod taskfiles;

@@ -15,10 +15,11 @@ use shoal_node_agent::agent::{
 };
 use shoal_node_agent::hollow::{FleetConfig, HollowFleet, HollowRuntime, HOLLOW_CAPACITY};
 use shoal_node_agent::identity::{
-    self, IdentityError, JoinRequest, PkiDir, Security, DEFAULT_PKI_DIR,
+    self, ControllerClient, IdentityError, JoinRequest, PkiDir, Security, DEFAULT_PKI_DIR,
 };
 use shoal_node_agent::runtime::{ContainerRuntime, ContainerdConfig, ContainerdRuntime};
 use shoal_node_agent::server::{AgentServer, ServerConfig};
+use shoal_node_agent::taskfiles::{KernelFiles, TaskFiles, TaskFilesConfig};
 use shoal_store::{Connect, Store};
 
 /// Shoal's node agent: registers this node and runs the tasks the controller assigns to it.
@@ -86,6 +87,10 @@ struct ContainerdArgs {
     /// Rotate a container's log when it reaches this size (e.g. 10MiB, 512k).
     #[arg(long, value_name = "SIZE", default_value = "10MiB", value_parser = parse_size)]
     log_max_size: u64,
+    /// Allow bind mounts (`spec.mounts[].type: bind`) of host paths below PREFIX (symlinks
+    /// resolved); repeatable. Default: none, so every bind mount is refused.
+    #[arg(long = "allow-bind", value_name = "PREFIX")]
+    allow_bind: Vec<PathBuf>,
     /// Log files kept per container, the current one included.
     #[arg(long, value_name = "N", default_value_t = shoal_node_agent::runtime::logs::DEFAULT_MAX_FILES,
           value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -112,7 +117,12 @@ impl ContainerdArgs {
         &self,
         node: &str,
         address: &str,
-    ) -> anyhow::Result<(Arc<dyn TaskRuntime>, Arc<dyn ContainerRuntime>)> {
+        controller: Option<Arc<ControllerClient>>,
+    ) -> anyhow::Result<(
+        Arc<dyn TaskRuntime>,
+        Arc<dyn ContainerRuntime>,
+        Arc<TaskFiles>,
+    )> {
         let home = self.netns.as_ref().map(|n| Path::new("/run/netns").join(n));
         let network = NodeNetwork::kernel(node, address, home, Path::new("/etc/resolv.conf"))
             .await
@@ -149,9 +159,21 @@ impl ContainerdArgs {
             }
         };
         let runtime: Arc<dyn ContainerRuntime> = Arc::new(runtime);
+        let mut files = TaskFilesConfig::new(&self.state_dir);
+        files.allow_bind = self.allow_bind.clone();
+        let mut files = TaskFiles::new(files, Arc::new(KernelFiles));
+        if let Some(controller) = controller {
+            files = files.with_source(controller);
+        }
+        let files = Arc::new(files);
         Ok((
-            Arc::new(ContainerTasks::new(runtime.clone(), node).with_network(Arc::new(network))),
+            Arc::new(
+                ContainerTasks::new(runtime.clone(), node)
+                    .with_network(Arc::new(network))
+                    .with_files(files.clone()),
+            ),
             runtime,
+            files,
         ))
     }
 }
@@ -204,6 +226,11 @@ struct Common {
     /// (benchmarks' baseline, old tests).
     #[arg(long)]
     insecure: bool,
+    /// The controller(s) to fetch tasks' secrets and configs from, comma-separated or
+    /// repeated; default: the one the node joined through (join.json). An --insecure agent
+    /// without it cannot run tasks with secrets or configs.
+    #[arg(long = "controller", value_delimiter = ',', value_name = "URL")]
+    controllers: Vec<String>,
     /// etcd endpoints, comma-separated; default: those the controller gave at join
     /// (join.json), or http://127.0.0.1:2379 with --insecure.
     #[arg(long, env = "SHOAL_ETCD", value_delimiter = ',')]
@@ -374,11 +401,15 @@ async fn main() -> anyhow::Result<()> {
             let Some(address) = cli.address else {
                 bail!("--address is required");
             };
-            let (runtime, containers): (Arc<dyn TaskRuntime>, _) = match cli.runtime {
-                RuntimeKind::Hollow => (Arc::new(HollowRuntime::new()), None),
+            let controller = security.controller_client(&cli.common.controllers)?;
+            let (runtime, containers, files): (Arc<dyn TaskRuntime>, _, _) = match cli.runtime {
+                RuntimeKind::Hollow => (Arc::new(HollowRuntime::new()), None, None),
                 RuntimeKind::Containerd => {
-                    let (tasks, containers) = cli.containerd.runtime(&name, &address).await?;
-                    (tasks, Some(containers))
+                    let (tasks, containers, files) = cli
+                        .containerd
+                        .runtime(&name, &address, controller.clone())
+                        .await?;
+                    (tasks, Some(containers), Some(files))
                 }
             };
             let base = cli.common.connect();
@@ -393,7 +424,11 @@ async fn main() -> anyhow::Result<()> {
                         node: name.clone(),
                         listen: listen.clone(),
                     };
-                    Some(AgentServer::bind(&config, containers, transport.clone()).await?)
+                    let server = AgentServer::bind(&config, containers, transport.clone()).await?;
+                    Some(match files {
+                        Some(files) => server.with_volumes(files),
+                        None => server,
+                    })
                 }
                 None => None,
             };
@@ -406,9 +441,13 @@ async fn main() -> anyhow::Result<()> {
                 None => tracing::warn!("cannot tell the node's capacity; tasks that reserve resources will not be placed here (set --capacity-cpus and --capacity-memory)"),
             }
             let server = server.map(AgentServer::spawn);
-            let renewal = security
-                .renewer(&store, &base, &transport)
-                .map(|r| r.spawn());
+            let renewal = security.renewer(&store, &base, &transport).map(|r| {
+                match controller {
+                    Some(client) => r.with_controller(client),
+                    None => r,
+                }
+                .spawn()
+            });
             agent::run(config, store, runtime, shutdown_signal()).await?;
             if let Some(renewal) = renewal {
                 renewal.shutdown().await;

@@ -8,6 +8,7 @@
 //! GET  /v1/tasks/{id}/logs?follow&tail=N  the container's log file as text/plain
 //! GET  /healthz
 //! ```
+//! and this node's volumes ([`volumes`]: `GET /v1/volumes`, `DELETE /v1/volumes/{name}`).
 //!
 //! `{id}` is the task id, which is also the container id ([`crate::agent::ContainerTasks`]).
 //! A task without a container here is 404, one whose container does not run is 409 for
@@ -45,7 +46,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use shoal_api_types::{ExecRequest, ExecResponse, LogOptions, Status};
 use shoal_pki::{PeerIdentity, Reloadable};
@@ -55,6 +56,9 @@ use tokio::task::JoinHandle;
 
 use crate::runtime::capture::EXEC_OUTPUT_LIMIT;
 use crate::runtime::{logs, ContainerRuntime, ContainerState, ExecOutput, RuntimeError};
+use crate::taskfiles::TaskFiles;
+
+mod volumes;
 
 /// How often a followed log file is checked for growth.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -110,6 +114,7 @@ impl std::fmt::Debug for Transport {
 struct ServerState {
     node: String,
     runtime: Option<Arc<dyn ContainerRuntime>>,
+    volumes: Option<Arc<TaskFiles>>,
 }
 
 /// How the server runs.
@@ -163,9 +168,16 @@ impl AgentServer {
             state: ServerState {
                 node: config.node.clone(),
                 runtime,
+                volumes: None,
             },
             transport,
         })
+    }
+
+    /// Serves this node's volumes from `files` (`/v1/volumes`).
+    pub fn with_volumes(mut self, files: Arc<TaskFiles>) -> Self {
+        self.state.volumes = Some(files);
+        self
     }
 
     /// The bound address.
@@ -266,20 +278,30 @@ impl Drop for ServerHandle {
 
 /// The agent's routes over `runtime` (`None`: hollow), as served over plain HTTP (tests).
 pub fn test_router(node: &str, runtime: Option<Arc<dyn ContainerRuntime>>) -> Router {
-    router(
-        ServerState {
-            node: node.to_string(),
-            runtime,
-        },
-        false,
-    )
+    test_router_with(node, runtime, None)
+}
+
+/// [`test_router`] serving the volumes of `volumes`.
+pub fn test_router_with(
+    node: &str,
+    runtime: Option<Arc<dyn ContainerRuntime>>,
+    volumes: Option<Arc<TaskFiles>>,
+) -> Router {
+    let state = ServerState {
+        node: node.to_string(),
+        runtime,
+        volumes,
+    };
+    router(state, false)
 }
 
 /// The routes; with `controller_only`, `/v1` requests need the controller's certificate.
 fn router(state: ServerState, controller_only: bool) -> Router {
     let v1 = Router::new()
         .route("/v1/tasks/{id}/exec", post(exec))
-        .route("/v1/tasks/{id}/logs", get(logs));
+        .route("/v1/tasks/{id}/logs", get(logs))
+        .route("/v1/volumes", get(list_volumes))
+        .route("/v1/volumes/{name}", delete(remove_volume));
     let v1 = if controller_only {
         v1.route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -368,6 +390,18 @@ pub fn start_failure_code(reason: &str) -> i32 {
     } else {
         126
     }
+}
+
+/// `GET /v1/volumes` ([`volumes`]).
+async fn list_volumes(State(s): State<ServerState>) -> Response {
+    let listed = volumes::list(&s.node, s.runtime.clone(), s.volumes.clone()).await;
+    respond(listed.map(|l| Json(l).into_response()))
+}
+
+/// `DELETE /v1/volumes/{name}` ([`volumes`]).
+async fn remove_volume(State(s): State<ServerState>, Path(name): Path<String>) -> Response {
+    let removed = volumes::remove(&s.node, s.runtime.clone(), s.volumes.clone(), &name).await;
+    respond(removed.map(|()| StatusCode::NO_CONTENT.into_response()))
 }
 
 /// A handler's result: any failure is a `Status` answer.
@@ -590,47 +624,6 @@ async fn stream_log(
     }
 }
 
-/// The offset of the start of the last `n` lines of the file at `path` (0 if it has fewer,
-/// or does not exist). A final line without a newline counts as a line.
-pub async fn tail_offset(path: &std::path::Path, n: u64) -> std::io::Result<u64> {
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let len = file.metadata().await?.len();
-    if n == 0 {
-        return Ok(len);
-    }
-    const BLOCK: u64 = 64 * 1024;
-    let mut end = len;
-    let mut newlines = 0u64;
-    let mut buf = vec![0u8; BLOCK as usize];
-    let mut first_byte = true;
-    while end > 0 {
-        let start = end.saturating_sub(BLOCK);
-        let size = (end - start) as usize;
-        file.seek(SeekFrom::Start(start)).await?;
-        file.read_exact(&mut buf[..size]).await?;
-        for i in (0..size).rev() {
-            if buf[i] == b'\n' {
-                // The newline ending the file does not start a line.
-                if first_byte {
-                    first_byte = false;
-                    continue;
-                }
-                newlines += 1;
-                if newlines == n {
-                    return Ok(start + i as u64 + 1);
-                }
-            }
-            first_byte = false;
-        }
-        end = start;
-    }
-    Ok(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,25 +667,6 @@ mod tests {
             127
         );
         assert_eq!(start_failure_code("permission denied"), 126);
-    }
-
-    #[tokio::test]
-    async fn tail_offsets_count_lines_from_the_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("log");
-        assert_eq!(tail_offset(&p, 3).await.unwrap(), 0);
-        tokio::fs::write(&p, "a\nbb\nccc\n").await.unwrap();
-        assert_eq!(tail_offset(&p, 1).await.unwrap(), 5);
-        assert_eq!(tail_offset(&p, 2).await.unwrap(), 2);
-        assert_eq!(tail_offset(&p, 3).await.unwrap(), 0);
-        assert_eq!(tail_offset(&p, 10).await.unwrap(), 0);
-        assert_eq!(tail_offset(&p, 0).await.unwrap(), 9);
-        tokio::fs::write(&p, "a\nbb\npartial").await.unwrap();
-        assert_eq!(tail_offset(&p, 1).await.unwrap(), 5);
-        let big: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
-        tokio::fs::write(&p, &big).await.unwrap();
-        let off = tail_offset(&p, 2).await.unwrap() as usize;
-        assert_eq!(&big[off..], "line 99998\nline 99999\n");
     }
 
     async fn collect(mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> String {

@@ -592,6 +592,12 @@ fn start_node(layout: &Layout, k: u32) -> anyhow::Result<()> {
     } else {
         args.push("--insecure".into());
     }
+    // Where tasks' secrets and configs come from: every controller, tried in turn (a
+    // secured agent would default to the one it joined through only).
+    let controllers: Vec<String> = (1..=layout.controllers)
+        .map(|c| layout.api_url_of(c))
+        .collect();
+    args.push(format!("--controller={}", controllers.join(",")));
     if layout.runtime == "containerd" {
         let dir = layout.node_dir(k).join("containerd");
         std::fs::create_dir_all(&dir)?;

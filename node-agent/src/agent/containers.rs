@@ -12,6 +12,12 @@
 //! ([`TaskRuntime::caches`]). Without it (unit tests of the runtime side) each
 //! container gets a new network namespace with only loopback (`ContainerSpec::netns = None`).
 //!
+//! Task files: with [`ContainerTasks::with_files`], a task's secrets, configs, volumes, binds
+//! and tmpfs mounts are made by [`TaskFiles::prepare`] before its namespace and container
+//! (a refused bind or an undelivered secret costs neither), its payload tmpfs is removed
+//! with its container, and leftovers are collected in the background.
+//! `spec.containerLabels` become container labels (Shoal's own labels win).
+//!
 //! Health checks (`spec.healthcheck`, stored as a container label so they resume after an
 //! agent restart) run through [`ContainerRuntime::exec`] while the container runs; their
 //! result is [`ObservedTask::healthy`] (see [`super::health`]).
@@ -20,7 +26,7 @@
 //! container found by a list) a waiter calls [`ContainerRuntime::wait`] and wakes the
 //! converge loop through [`TaskRuntime::changed`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,8 +49,9 @@ use crate::runtime::{
     labels, ContainerRuntime, ContainerSpec, ContainerState, DnsConfig, ErrorClass, Limits,
     RuntimeError,
 };
+use crate::taskfiles::{plan::volume_names, PrepareError, TaskFiles};
 
-pub use crate::runtime::labels::{LABEL_NODE, LABEL_SERVICE, LABEL_TASK};
+pub use crate::runtime::labels::{LABEL_NODE, LABEL_SERVICE, LABEL_TASK, LABEL_VOLUMES};
 
 /// Tasks as containers.
 pub struct ContainerTasks {
@@ -55,6 +62,7 @@ struct Inner {
     runtime: Arc<dyn ContainerRuntime>,
     node: String,
     network: Option<Arc<NodeNetwork>>,
+    files: Option<Arc<TaskFiles>>,
     exited: Notify,
     waiting: Mutex<HashSet<String>>,
     /// Health of tasks with a check, while its loop runs.
@@ -76,6 +84,7 @@ impl ContainerTasks {
                 runtime,
                 node: node.into(),
                 network: None,
+                files: None,
                 exited: Notify::new(),
                 waiting: Mutex::new(HashSet::new()),
                 health: Mutex::new(HashMap::new()),
@@ -94,6 +103,20 @@ impl ContainerTasks {
         self
     }
 
+    /// Mounts every task's secrets, configs, volumes, binds and tmpfs through `files` (see
+    /// the module docs). Call before the value is shared.
+    pub fn with_files(mut self, files: Arc<TaskFiles>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.files = Some(files);
+        }
+        self
+    }
+
+    /// The task files, if any.
+    pub fn files(&self) -> Option<&Arc<TaskFiles>> {
+        self.inner.files.as_ref()
+    }
+
     /// The task networking, if any.
     pub fn network(&self) -> Option<&Arc<NodeNetwork>> {
         self.inner.network.as_ref()
@@ -107,11 +130,17 @@ impl ContainerTasks {
             .iter()
             .filter_map(|a| a.address.split('/').next()?.parse::<IpAddr>().ok())
             .collect();
-        let mut labels = BTreeMap::from([
+        // The user's labels first: Shoal's own overwrite any of the same name.
+        let mut labels = task.spec.container_labels.clone();
+        labels.extend([
             (LABEL_TASK.to_string(), task.name().to_string()),
             (LABEL_SERVICE.to_string(), task.spec.service.clone()),
             (LABEL_NODE.to_string(), self.inner.node.clone()),
         ]);
+        let volumes = volume_names(&task.spec);
+        if !volumes.is_empty() {
+            labels.insert(LABEL_VOLUMES.to_string(), volumes.join(","));
+        }
         if let Some(check) = &task.spec.healthcheck {
             labels.insert(LABEL_HEALTHCHECK.to_string(), health::label(check));
         }
@@ -144,6 +173,8 @@ impl ContainerTasks {
                 cpu_millis: limits.cpus.map(|c| c.millis()),
                 pids: Some(task.spec.resources.pids_limit()),
             },
+            // Filled by `start_task` from the task's files.
+            mounts: Vec::new(),
         }
     }
 
@@ -326,6 +357,20 @@ pub fn task_error(task: &str, e: RuntimeError) -> TaskError {
     }
 }
 
+/// How a task-files error is reported on a task.
+fn files_error(task: &str, e: PrepareError) -> TaskError {
+    match e {
+        PrepareError::Rejected(reason) => TaskError::Rejected {
+            task: task.to_string(),
+            reason,
+        },
+        PrepareError::Failed(reason) => TaskError::Failed {
+            task: task.to_string(),
+            reason,
+        },
+    }
+}
+
 #[async_trait]
 impl TaskRuntime for ContainerTasks {
     fn name(&self) -> &'static str {
@@ -344,17 +389,45 @@ impl TaskRuntime for ContainerTasks {
                     .ensure_image(&task.spec.image)
                     .await
                     .map_err(|e| task_error(id, e))?;
-                spec.netns = Some(network.setup(task).await?);
                 Some(held)
             }
             None => None,
         };
-        match runtime.create(&spec).await {
+        // Then the files: a refused bind or an undelivered secret costs no namespace either.
+        let prepared = match &self.inner.files {
+            Some(files) => {
+                let prepared = files.prepare(task).await.map_err(|e| files_error(id, e))?;
+                spec.mounts = prepared.mounts.clone();
+                Some(prepared)
+            }
+            None => None,
+        };
+        let release = || {
+            if let Some(files) = &self.inner.files {
+                if let Err(e) = files.release(id) {
+                    tracing::warn!(task = %id, error = %e, "cannot remove the task's payload tmpfs");
+                }
+            }
+        };
+        if let Some(network) = &self.inner.network {
+            match network.setup(task).await {
+                Ok(netns) => spec.netns = Some(netns),
+                Err(e) => {
+                    drop(prepared);
+                    release();
+                    return Err(e);
+                }
+            }
+        }
+        let created = runtime.create(&spec).await;
+        drop(prepared);
+        match created {
             Ok(()) | Err(RuntimeError::AlreadyExists { .. }) => {}
             Err(e) => {
                 if let Some(network) = &self.inner.network {
                     network.teardown(id).await;
                 }
+                release();
                 return Err(task_error(id, e));
             }
         }
@@ -402,21 +475,24 @@ impl TaskRuntime for ContainerTasks {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        let Some(network) = &self.inner.network else {
-            return self
-                .inner
-                .runtime
-                .delete(id)
-                .await
-                .map_err(|e| task_error(id, e));
+        let _held = match &self.inner.network {
+            Some(network) => Some(network.hold().await),
+            None => None,
         };
-        let _held = network.hold().await;
         self.inner
             .runtime
             .delete(id)
             .await
             .map_err(|e| task_error(id, e))?;
-        network.teardown(id).await;
+        if let Some(network) = &self.inner.network {
+            network.teardown(id).await;
+        }
+        if let Some(files) = &self.inner.files {
+            // Left for garbage collection if it fails: the container is gone already.
+            if let Err(e) = files.release(id) {
+                tracing::warn!(task = %id, error = %e, "cannot remove the task's payload tmpfs");
+            }
+        }
         Ok(())
     }
 
@@ -500,8 +576,21 @@ impl TaskRuntime for ContainerTasks {
     }
 
     async fn run_background(&self, ctx: BackgroundContext) {
-        if let Some(network) = &self.inner.network {
-            network.clone().run(self.inner.runtime.clone(), ctx).await
+        let gc = self.inner.files.clone().map(|files| {
+            let (runtime, every, shutdown) =
+                (self.inner.runtime.clone(), ctx.resync, ctx.shutdown.clone());
+            async move { files.run_gc(runtime, every, shutdown).await }
+        });
+        let network = async {
+            if let Some(network) = &self.inner.network {
+                network.clone().run(self.inner.runtime.clone(), ctx).await
+            }
+        };
+        match gc {
+            Some(gc) => {
+                tokio::join!(network, gc);
+            }
+            None => network.await,
         }
     }
 }
@@ -709,6 +798,69 @@ mod tests {
             Some(false),
             "no check has passed: not healthy (not a task whose checks resume)"
         );
+    }
+
+    #[tokio::test]
+    async fn container_labels_should_carry_the_users_labels_under_shoals_own() {
+        use shoal_api_types::service::{Mount, MountType};
+        let (tasks, _) = tasks();
+        let mut t = task("t1", "busybox");
+        t.spec.container_labels = std::collections::BTreeMap::from([
+            ("com.example.team".to_string(), "web".to_string()),
+            (LABEL_TASK.to_string(), "spoofed".to_string()),
+        ]);
+        t.spec.mounts = vec![Mount {
+            type_: MountType::Volume,
+            source: "data".into(),
+            target: "/data".into(),
+            ..Default::default()
+        }];
+        let spec = tasks.container_spec(&t);
+        assert_eq!(spec.labels["com.example.team"], "web");
+        assert_eq!(spec.labels[LABEL_TASK], "t1");
+        assert_eq!(spec.labels[LABEL_VOLUMES], "data");
+    }
+
+    #[tokio::test]
+    async fn a_task_with_a_secret_should_mount_it_and_lose_it_with_its_container() {
+        use crate::taskfiles::{FakePayloads, RecordingFiles, TaskFilesConfig};
+        use shoal_api_types::service::{Mount, MountType, SecretReference};
+        let fake = Arc::new(FakeRuntime::new());
+        let host = Arc::new(RecordingFiles::new());
+        let files = TaskFiles::new(TaskFilesConfig::new("/state"), host.clone())
+            .with_source(Arc::new(FakePayloads::new().secret("pw", b"hunter2")));
+        let tasks = ContainerTasks::new(fake.clone(), "node-1").with_files(Arc::new(files));
+        let mut t = task("t1", "busybox");
+        t.spec.secrets = vec![SecretReference {
+            source: "pw".into(),
+            mode: 0o444,
+            ..Default::default()
+        }];
+        tasks.start_task(&t).await.unwrap();
+        let spec = fake.spec("t1").unwrap();
+        assert_eq!(spec.mounts.len(), 1);
+        assert_eq!(spec.mounts[0].destination, "/run/secrets");
+        assert_eq!(spec.mounts[0].source, "/state/payloads/t1/secrets");
+        let dir = std::path::Path::new("/state/payloads/t1");
+        assert!(host.mounted(dir).is_some());
+        tasks.stop_task("t1", Duration::from_secs(1)).await.unwrap();
+        assert!(host.mounted(dir).is_some(), "kept while the container is");
+        tasks.remove_task("t1").await.unwrap();
+        assert!(host.mounted(dir).is_none());
+
+        // A refused bind: rejected before any container.
+        let mut t = task("t2", "busybox");
+        t.spec.mounts = vec![Mount {
+            type_: MountType::Bind,
+            source: "/etc".into(),
+            target: "/host-etc".into(),
+            ..Default::default()
+        }];
+        host.add_path("/etc", "/etc");
+        let e = tasks.start_task(&t).await.unwrap_err();
+        assert!(matches!(&e, TaskError::Rejected { .. }), "{e:?}");
+        assert!(e.reason().contains("--allow-bind"), "{}", e.reason());
+        assert!(fake.spec("t2").is_none());
     }
 
     #[tokio::test]

@@ -165,7 +165,7 @@ pub(crate) async fn post_issued(
 
 /// The body of a 200 answer; any other status is [`IdentityError::Refused`] with the
 /// controller's message.
-async fn text(
+pub(crate) async fn text(
     url: &reqwest::Url,
     what: &str,
     resp: reqwest::Response,

@@ -13,8 +13,11 @@
 //!   agent's server (a rustls config requiring the cluster's client certificates);
 //! - [`security`]: `--pki-dir` or `--insecure`, and what each means for etcd, the server
 //!   and renewal;
+//! - [`controller`]: requests to the controller while the agent runs (a task's secrets and
+//!   configs), renewed with the certificate;
 //! - `http`: the HTTPS clients toward the controller and the wire types.
 
+pub mod controller;
 pub mod error;
 pub mod files;
 mod http;
@@ -24,6 +27,7 @@ pub mod schedule;
 pub mod security;
 pub mod tls;
 
+pub use controller::ControllerClient;
 pub use error::IdentityError;
 pub use files::{FleetIdentity, JoinInfo, NodeIdentity, PkiDir, DEFAULT_PKI_DIR};
 pub use join::{controller_url, join, JoinRequest};

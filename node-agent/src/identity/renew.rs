@@ -4,7 +4,8 @@
 //! goes to disk ([`PkiDir::save_certificate`], atomic), to the exec/logs server
 //! ([`Reloadable::set`]: connections from then on) and to the etcd client
 //! ([`Store::set_connect`]: requests from then on; the node lease's keep-alive moves over at
-//! once). Tasks, watches and the lease are not interrupted. A failed renewal is retried with
+//! once) and to the client of the controller ([`ControllerClient::set_identity`]). Tasks,
+//! watches and the lease are not interrupted. A failed renewal is retried with
 //! backoff until it succeeds or the agent stops; once the certificate has expired the
 //! controller refuses it and the node must join again (logged as such).
 
@@ -20,6 +21,7 @@ use super::error::IdentityError;
 use super::files::{NodeIdentity, PkiDir};
 use shoal_api_types::join::RenewRequest;
 
+use super::controller::ControllerClient;
 use super::http;
 use super::join::{check_issued, controller_url};
 use super::schedule::{delay_until, random_renewal_point};
@@ -34,6 +36,7 @@ pub struct Renewer {
     identity: NodeIdentity,
     store: Option<(Store, Connect)>,
     server: Option<Arc<Reloadable>>,
+    controller: Option<Arc<ControllerClient>>,
     retry: Backoff,
 }
 
@@ -54,6 +57,7 @@ impl Renewer {
             identity,
             store: None,
             server: None,
+            controller: None,
             retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
         }
     }
@@ -69,6 +73,13 @@ impl Renewer {
     /// certificate.
     pub fn with_server(mut self, tls: Arc<Reloadable>) -> Self {
         self.server = Some(tls);
+        self
+    }
+
+    /// After each renewal, sends the controller requests of `client` with the new
+    /// certificate.
+    pub fn with_controller(mut self, client: Arc<ControllerClient>) -> Self {
+        self.controller = Some(client);
         self
     }
 
@@ -125,6 +136,13 @@ impl Renewer {
         self.dir.save_certificate(&next.cert_pem, &next.key_pem)?;
         if let Some(tls) = &self.server {
             tls.set(server_config);
+        }
+        if let Some(client) = &self.controller {
+            // Cannot fail where `server_config` did not (same certificate and key); if it
+            // does, the old certificate serves until it expires.
+            if let Err(e) = client.set_identity(&next) {
+                tracing::warn!(error = %e, "the controller client keeps the old certificate");
+            }
         }
         let connect = self
             .store

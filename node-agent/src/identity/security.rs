@@ -9,6 +9,7 @@ use std::sync::Arc;
 use shoal_pki::Reloadable;
 use shoal_store::{Connect, Store};
 
+use super::controller::ControllerClient;
 use super::error::IdentityError;
 use super::files::{FleetIdentity, NodeIdentity, PkiDir, DEFAULT_PKI_DIR};
 use super::renew::Renewer;
@@ -96,6 +97,22 @@ impl Security {
         }
     }
 
+    /// The client of the controller (a task's secrets and configs): with an identity,
+    /// mutual TLS to `urls` or, when none are given, to the controller of `join.json`;
+    /// insecure, plain HTTP to `urls`, or none without them.
+    pub fn controller_client(
+        &self,
+        urls: &[String],
+    ) -> Result<Option<Arc<ControllerClient>>, IdentityError> {
+        match self {
+            Security::Node { identity, .. } => {
+                Ok(Some(Arc::new(ControllerClient::node(identity, urls)?)))
+            }
+            Security::Insecure if urls.is_empty() => Ok(None),
+            Security::Insecure => Ok(Some(Arc::new(ControllerClient::plain(urls)?))),
+        }
+    }
+
     /// The renewal of this identity, feeding `store` (reconnected from `base`) and the
     /// server's `transport`; `None` when insecure.
     pub fn renewer(self, store: &Store, base: &Connect, transport: &Transport) -> Option<Renewer> {
@@ -171,6 +188,11 @@ mod tests {
         assert!(s.etcd_connect(&Connect::default()).ca_cert.is_none());
         assert!(matches!(s.transport().unwrap(), Transport::Plain));
         assert!(s.node_name(None).is_err());
+        assert!(s.controller_client(&[]).unwrap().is_none());
+        assert!(s
+            .controller_client(&["http://127.0.0.1:7777".into()])
+            .unwrap()
+            .is_some());
         assert_eq!(s.node_name(Some("n".into())).unwrap(), "n");
     }
 }

@@ -13,8 +13,8 @@ use ipnetwork::Ipv4Network;
 pub const IFNAME_MAX: usize = 15;
 /// The per-node gateway (egress) bridge, like Docker's `docker_gwbridge`.
 pub const GW_BRIDGE: &str = "shoal_gwbridge";
-/// The default gateway-bridge subnet (Docker uses 172.18.0.0/16 too).
-pub const GW_DEFAULT_SUBNET: &str = "172.18.0.0/16";
+/// The gateway-bridge subnet: the cluster's `gwbridge` Network (Docker uses 172.18.0.0/16 too).
+pub const GW_DEFAULT_SUBNET: &str = shoal_api_types::network::GATEWAY_BRIDGE_SUBNET;
 /// UDP port of VXLAN (IANA).
 pub const VXLAN_PORT: u16 = 4789;
 /// Bytes VXLAN adds to each frame over IPv4 (outer IP 20 + UDP 8 + VXLAN 8 + Ethernet 14).

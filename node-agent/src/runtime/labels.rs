@@ -21,6 +21,10 @@ pub const LABEL_NODE: &str = labels::NODE;
 /// without the task spec.
 pub const LABEL_HEALTHCHECK: &str = "shoal.io/healthcheck";
 
+/// The named volumes the container mounts, comma-separated (a volume in use cannot be
+/// removed; see `crate::taskfiles`).
+pub const LABEL_VOLUMES: &str = "shoal.io/volumes";
+
 /// The name an agent before the `shoal.io/…` labels gave `label`.
 // Read both for now: containers made by an older agent carry only the old names, and the
 // agent finds its tasks (and their health checks) again through them after a restart. Drop

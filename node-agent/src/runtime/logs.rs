@@ -195,9 +195,71 @@ pub fn tail_position(files: &[PathBuf], n: u64) -> std::io::Result<(usize, u64)>
     Ok((0, 0))
 }
 
+/// The offset of the start of the last `n` lines of the file at `path` (0 if it has fewer,
+/// or does not exist). A final line without a newline counts as a line.
+pub async fn tail_offset(path: &Path, n: u64) -> std::io::Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata().await?.len();
+    if n == 0 {
+        return Ok(len);
+    }
+    const BLOCK: u64 = 64 * 1024;
+    let mut end = len;
+    let mut newlines = 0u64;
+    let mut buf = vec![0u8; BLOCK as usize];
+    let mut first_byte = true;
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        let size = (end - start) as usize;
+        file.seek(SeekFrom::Start(start)).await?;
+        file.read_exact(&mut buf[..size]).await?;
+        for i in (0..size).rev() {
+            if buf[i] == b'\n' {
+                // The newline ending the file does not start a line.
+                if first_byte {
+                    first_byte = false;
+                    continue;
+                }
+                newlines += 1;
+                if newlines == n {
+                    return Ok(start + i as u64 + 1);
+                }
+            }
+            first_byte = false;
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tail_offsets_count_lines_from_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        assert_eq!(tail_offset(&p, 3).await.unwrap(), 0);
+        tokio::fs::write(&p, "a\nbb\nccc\n").await.unwrap();
+        assert_eq!(tail_offset(&p, 1).await.unwrap(), 5);
+        assert_eq!(tail_offset(&p, 2).await.unwrap(), 2);
+        assert_eq!(tail_offset(&p, 3).await.unwrap(), 0);
+        assert_eq!(tail_offset(&p, 10).await.unwrap(), 0);
+        assert_eq!(tail_offset(&p, 0).await.unwrap(), 9);
+        tokio::fs::write(&p, "a\nbb\npartial").await.unwrap();
+        assert_eq!(tail_offset(&p, 1).await.unwrap(), 5);
+        let big: String = (0..100_000).map(|i| format!("line {i}\n")).collect();
+        tokio::fs::write(&p, &big).await.unwrap();
+        let off = tail_offset(&p, 2).await.unwrap() as usize;
+        assert_eq!(&big[off..], "line 99998\nline 99999\n");
+    }
+
     use std::io::Write;
 
     fn read_all(path: &Path) -> String {

@@ -48,6 +48,6 @@ pub use fake::FakeRuntime;
 pub use labels::{LABEL_IMAGE, LABEL_MANAGED};
 pub use reference::Reference;
 pub use types::{
-    ContainerInfo, ContainerSpec, ContainerState, ContainerStatus, DnsConfig, ExecOutput,
-    ImageConfig, ImageInfo, Limits,
+    ContainerInfo, ContainerMount, ContainerSpec, ContainerState, ContainerStatus, DnsConfig,
+    ExecOutput, ImageConfig, ImageInfo, Limits,
 };

@@ -8,6 +8,9 @@
 //! bind-mounted from the task's state directory. The rootfs is `rootfs` in the bundle, where
 //! the shim mounts the snapshot.
 //!
+//! The task's own mounts ([`ContainerSpec::mounts`]: secrets, configs, volumes, binds,
+//! tmpfs) follow the defaults, so `/run/secrets` lands on the default `/run` tmpfs.
+//!
 //! Command line, Swarm's way: `command` replaces the image's entrypoint (and then the image's
 //! cmd is dropped); `args` replaces the image's cmd.
 //!
@@ -529,6 +532,10 @@ pub fn build(
         ),
     ]
     .into_iter()
+    .chain(spec.mounts.iter().map(|m| {
+        let options: Vec<&str> = m.options.iter().map(String::as_str).collect();
+        mount(&m.destination, &m.typ, &m.source, &options)
+    }))
     .collect::<Result<Vec<_>, _>>()
     .map_err(e)?;
 
@@ -869,6 +876,43 @@ mod tests {
         assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
         assert!(h.ends_with("10.0.1.5\tapi.1\n"));
         assert!(hosts_file("x", &[]).ends_with("127.0.1.1\tx\n"));
+    }
+
+    #[test]
+    fn the_tasks_own_mounts_should_follow_the_default_ones_in_order() {
+        let mut t = task();
+        t.mounts = vec![
+            super::super::types::ContainerMount {
+                destination: "/run/secrets".into(),
+                typ: "bind".into(),
+                source: "/state/payloads/t1/secrets".into(),
+                options: vec!["rbind".into(), "ro".into()],
+            },
+            super::super::types::ContainerMount {
+                destination: "/cache".into(),
+                typ: "tmpfs".into(),
+                source: "tmpfs".into(),
+                options: vec!["size=1024".into()],
+            },
+        ];
+        let s = build(
+            &t,
+            &busybox(),
+            Path::new("/s"),
+            "/c",
+            &RootfsFiles::default(),
+        )
+        .unwrap();
+        let v = serde_json::to_value(&s).unwrap();
+        let mounts = v["mounts"].as_array().unwrap();
+        let at = |dst: &str| mounts.iter().position(|m| m["destination"] == dst).unwrap();
+        assert!(at("/run") < at("/run/secrets"));
+        assert_eq!(at("/run/secrets") + 1, at("/cache"));
+        assert_eq!(at("/cache"), mounts.len() - 1);
+        let secrets = &mounts[at("/run/secrets")];
+        assert_eq!(secrets["source"], "/state/payloads/t1/secrets");
+        assert_eq!(secrets["options"], serde_json::json!(["rbind", "ro"]));
+        assert_eq!(mounts[at("/cache")]["type"], "tmpfs");
     }
 
     #[test]

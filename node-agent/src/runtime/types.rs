@@ -43,6 +43,22 @@ pub struct ContainerSpec {
     pub seccomp_unconfined: bool,
     /// Resource limits.
     pub limits: Limits,
+    /// Filesystems mounted besides the defaults (secrets, configs, volumes, binds, tmpfs),
+    /// in this order, after the default mounts.
+    pub mounts: Vec<ContainerMount>,
+}
+
+/// One extra mount of a container, as the OCI spec takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerMount {
+    /// Absolute path in the container.
+    pub destination: String,
+    /// `bind` or `tmpfs`.
+    pub typ: String,
+    /// Host path of a bind; `tmpfs` for a tmpfs.
+    pub source: String,
+    /// Mount options (`rbind`, `ro`, `nosuid`, `size=…`).
+    pub options: Vec<String>,
 }
 
 /// A container's resource limits (cgroup settings).
