@@ -149,7 +149,8 @@ impl Secure {
         let id = cli.config.identity().unwrap().unwrap();
         let ca = Ca::load(id.ca.cert_pem(), id.ca.key_pem()).unwrap();
         let controller = id.controller.clone();
-        let secure = cli.config.secure(id).unwrap();
+        let secrets_key = cli.config.secrets_key().unwrap();
+        let secure = cli.config.secure(id, secrets_key).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);

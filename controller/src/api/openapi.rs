@@ -12,7 +12,7 @@ use shoal_api_types::{
 };
 
 use super::apply::ApplyResult;
-use super::auth::PUBLIC_PATHS;
+use super::auth::is_public;
 use super::kinds::{Access, ApiKind};
 use super::watch::WATCH_CONTENT_TYPE;
 
@@ -198,7 +198,7 @@ pub fn document() -> Value {
     // Every operation needs a bearer token (when the server checks them) except the
     // public paths.
     for (path, item) in paths.iter_mut() {
-        if PUBLIC_PATHS.contains(&path.as_str()) {
+        if is_public(path) {
             for op in item
                 .as_object_mut()
                 .into_iter()
