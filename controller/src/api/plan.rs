@@ -760,6 +760,7 @@ pub async fn delete_network(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::payloads::Prune;
     use shoal_api_types::{NetworkAttachmentConfig, PortConfig};
 
     fn net(name: &str, subnet: Option<&str>) -> Network {
@@ -1174,5 +1175,192 @@ mod tests {
             "{}",
             err.details[0].message
         );
+    }
+
+    fn secret(name: &str, data: Option<&[u8]>) -> AnyObject {
+        AnyObject::Secret(shoal_api_types::Secret::new(
+            name,
+            SecretSpec {
+                data: data.map(shoal_api_types::payload::encode_payload),
+            },
+        ))
+    }
+
+    fn with_secret(mut s: Service, name: &str) -> Service {
+        s.spec.secrets.push(shoal_api_types::SecretReference {
+            source: name.into(),
+            target: name.into(),
+            ..Default::default()
+        });
+        s
+    }
+
+    fn labelled(mut obj: AnyObject, stack: &str) -> AnyObject {
+        let labels = match &mut obj {
+            AnyObject::Network(o) => &mut o.metadata.labels,
+            AnyObject::Service(o) => &mut o.metadata.labels,
+            AnyObject::Secret(o) => &mut o.metadata.labels,
+            AnyObject::Config(o) => &mut o.metadata.labels,
+        };
+        labels.insert("shoal.io/stack".into(), stack.into());
+        obj
+    }
+
+    /// `world` after planning and "storing" `objs` (revision 5).
+    fn stored_world(objs: Vec<AnyObject>) -> World {
+        let mut w = world(vec![], vec![]);
+        for p in plan(&w.clone(), apply(objs)).unwrap() {
+            let mut o = p.object;
+            match &mut o {
+                AnyObject::Network(n) => n.metadata.resource_version = Some("5".into()),
+                AnyObject::Service(s) => s.metadata.resource_version = Some("5".into()),
+                AnyObject::Secret(s) => s.metadata.resource_version = Some("5".into()),
+                AnyObject::Config(c) => c.metadata.resource_version = Some("5".into()),
+            }
+            w.put(&o);
+        }
+        w
+    }
+
+    #[test]
+    fn services_may_reference_secrets_from_the_same_body_and_never_missing_ones() {
+        let out = plan(
+            &world(vec![], vec![]),
+            apply(vec![
+                AnyObject::Service(with_secret(svc("api", &[], None), "pw")),
+                secret("pw", Some(b"hunter2")),
+            ]),
+        )
+        .unwrap();
+        assert!(out.iter().all(|p| p.action == Action::Created));
+        let AnyObject::Secret(pw) = &out[1].object else {
+            panic!()
+        };
+        assert_eq!((pw.spec.data.as_deref(), pw.status.size), (None, 7));
+        assert!(out[1].payload.is_some() && out[0].payload.is_none());
+
+        let err = plan(
+            &world(vec![], vec![]),
+            apply(vec![AnyObject::Service(with_secret(
+                svc("api", &[], None),
+                "pw",
+            ))]),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 422);
+        assert_eq!(err.details[0].field, "spec.secrets[0].source");
+    }
+
+    #[test]
+    fn a_secret_created_without_data_is_invalid_naming_it() {
+        let err = plan(
+            &world(vec![], vec![]),
+            vec![Change {
+                document: None,
+                object: secret("pw", None),
+                expect: Expect::Absent,
+            }],
+        )
+        .unwrap_err();
+        assert!(
+            err.message
+                .starts_with("secret/pw is invalid: spec.data: is required"),
+            "{}",
+            err.message
+        );
+        assert_eq!(err.details[0].field, "spec.data");
+        assert_eq!(
+            err.details[0].message.split(':').next(),
+            Some("is required")
+        );
+    }
+
+    #[test]
+    fn prune_deletes_the_labelled_objects_the_body_leaves_out_and_nothing_else() {
+        let w = stored_world(vec![
+            labelled(AnyObject::Network(net("shop_net", None)), "shop"),
+            labelled(secret("shop_pw", Some(b"x")), "shop"),
+            labelled(
+                AnyObject::Service(with_secret(svc("shop_api", &["shop_net"], None), "shop_pw")),
+                "shop",
+            ),
+            labelled(
+                AnyObject::Service(svc("shop_old", &["shop_net"], None)),
+                "shop",
+            ),
+            labelled(AnyObject::Service(svc("blog_web", &[], None)), "blog"),
+            AnyObject::Service(svc("loose", &[], None)),
+        ]);
+        let prune = Prune::parse("shoal.io/stack=shop").unwrap();
+        // A redeploy without shop_old: it alone goes.
+        let keep = vec![
+            labelled(AnyObject::Network(net("shop_net", None)), "shop"),
+            labelled(secret("shop_pw", None), "shop"),
+            labelled(
+                AnyObject::Service(with_secret(svc("shop_api", &["shop_net"], None), "shop_pw")),
+                "shop",
+            ),
+        ];
+        let out = plan_pruning(&w, apply(keep), Some(&prune)).unwrap();
+        let got: Vec<(String, Action)> = out
+            .iter()
+            .map(|p| (p.object.reference(), p.action))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("network/shop_net".to_string(), Action::Unchanged),
+                ("secret/shop_pw".to_string(), Action::Unchanged),
+                ("service/shop_api".to_string(), Action::Unchanged),
+                ("service/shop_old".to_string(), Action::Pruned),
+            ]
+        );
+        // `stack rm`: no objects, everything of the stack goes, services first.
+        let out = plan_pruning(&w, vec![], Some(&prune)).unwrap();
+        let got: Vec<String> = out.iter().map(|p| p.object.reference()).collect();
+        assert_eq!(
+            got,
+            [
+                "service/shop_api",
+                "service/shop_old",
+                "network/shop_net",
+                "secret/shop_pw"
+            ]
+        );
+        assert!(out.iter().all(|p| p.action == Action::Pruned));
+    }
+
+    #[test]
+    fn prune_refuses_to_remove_what_a_remaining_service_uses() {
+        let w = stored_world(vec![
+            labelled(AnyObject::Network(net("shop_net", None)), "shop"),
+            labelled(secret("shop_pw", Some(b"x")), "shop"),
+            AnyObject::Service(with_secret(svc("other", &["shop_net"], None), "shop_pw")),
+        ]);
+        let prune = Prune::parse("shoal.io/stack=shop").unwrap();
+        let err = plan_pruning(&w, vec![], Some(&prune)).unwrap_err();
+        assert_eq!(err.code, 409, "{err:?}");
+        assert_eq!(
+            err.message,
+            "cannot prune network/shop_net: network shop_net is in use by service(s): other \
+             (and 1 more)"
+        );
+        assert_eq!(
+            err.details[1].message,
+            "cannot prune secret/shop_pw: secret shop_pw is in use by service(s) other"
+        );
+        // A service of the body that still lists a pruned network: 422 at the reference.
+        let err = plan_pruning(
+            &w,
+            apply(vec![AnyObject::Service(svc(
+                "other",
+                &["shop_net"],
+                Some(81),
+            ))]),
+            Some(&Prune::parse("shoal.io/stack=shop").unwrap()),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 422, "{err:?}");
+        assert_eq!(err.details[0].field, "spec.networks[0].name");
     }
 }

@@ -4,6 +4,7 @@
 mod apply;
 mod auth;
 mod bad_input;
+mod payloads;
 mod rest;
 mod support;
 mod watch;
