@@ -17,6 +17,8 @@
 //! POST   /apis/shoal/v1/apply[?dryRun=true][&prune=key=value]       multi-document apply
 //! POST   /apis/shoal/v1/services/<name>/rollback[?dryRun=true]      back to the previous spec
 //! POST   /apis/shoal/v1/tasks/<name>/exec                           run a command in a task
+//! GET    /apis/shoal/v1/volumes[?node=N]                            named volumes (agents)
+//! DELETE /apis/shoal/v1/nodes/<node>/volumes/<name>                 remove one (its agent)
 //! GET    /apis/shoal/v1/{tasks,services}/<name>/logs[?follow&tail=N] container output
 //! POST   /v1/tokens   GET /v1/tokens   DELETE /v1/tokens/<name>     API tokens (admin)
 //! GET    /healthz /readyz /metrics /openapi.json
@@ -37,7 +39,8 @@
 //! what each kind allows, [`rest`] and [`apply`] handle writes through [`plan`] (which checks
 //! [`rules`] and commits one transaction), [`watch`] streams events, [`metrics`] and
 //! [`openapi`] describe the server, [`error`] maps failures to statuses; [`exec`] and
-//! [`logs`] reach tasks through their node agents ([`agent`]); [`payloads`] holds what
+//! [`logs`] reach tasks through their node agents ([`agent`]), as [`volumes`] reaches
+//! nodes; [`payloads`] holds what
 //! Secrets, Configs and pruning add to [`plan`], and [`delivery`] hands a task's payloads
 //! to its node; [`join`] admits nodes and
 //! keeps the join token, with [`private`] records (join secret, revocations); [`auth`]
@@ -64,6 +67,7 @@ pub mod rest;
 pub mod rules;
 pub mod state;
 pub mod tokens;
+pub mod volumes;
 pub mod watch;
 
 use std::sync::Arc;
@@ -403,6 +407,11 @@ pub fn protected_routes(app: App) -> Router {
             get(get_one::<EndpointsSpec>).fallback(not_writable::<EndpointsSpec>),
         )
         .route("/apis/shoal/v1/tasks/{name}/exec", post(exec::exec))
+        .route("/apis/shoal/v1/volumes", get(volumes::list))
+        .route(
+            "/apis/shoal/v1/nodes/{node}/volumes/{name}",
+            delete(volumes::delete),
+        )
         .route("/apis/shoal/v1/tasks/{name}/logs", get(logs::task_logs))
         .route(
             "/apis/shoal/v1/services/{name}/rollback",

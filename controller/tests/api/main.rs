@@ -7,4 +7,5 @@ mod bad_input;
 mod payloads;
 mod rest;
 mod support;
+mod volumes;
 mod watch;
