@@ -1,5 +1,5 @@
-//! Secrets and Configs in writes, and apply's pruning: the parts of [`super::plan`] that
-//! concern payloads and labelled removal.
+//! Secrets and Configs in writes, and apply's prune selector: the pure parts of
+//! [`super::plan`] that concern payloads (plan imports this module, never the reverse).
 //!
 //! Invariants:
 //! - A stored Secret or Config never holds its payload: `spec.data` is cleared and
@@ -17,17 +17,9 @@
 //!   something a remaining service still uses (409 naming the services, or 422 on a service
 //!   of the body).
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use shoal_api_types::payload::{decode_payload, PayloadKind, PayloadStatus};
-use shoal_api_types::{
-    AnyObject, ConfigSpec, FieldError, Object, Resource, SecretSpec, Service, ServiceSpec, Status,
-    StatusDetail,
-};
-use shoal_store::{stored, Batch, Store, StoreError};
+use shoal_api_types::{ConfigSpec, FieldError, Object, Resource, SecretSpec, Service, Status};
 
-use super::error::ApiResult;
-use super::plan::{Action, Planned, World, ATTEMPTS};
 use crate::secrets_key::SecretsKey;
 
 /// The bytes to store for a created payload (a Secret's sealed). `Debug` never shows them.
@@ -72,7 +64,8 @@ impl Prune {
         })
     }
 
-    fn selects<S: Resource>(&self, obj: &Object<S>) -> bool {
+    /// Whether `obj` carries the label.
+    pub fn selects<S: Resource>(&self, obj: &Object<S>) -> bool {
         obj.metadata.labels.get(&self.key) == Some(&self.value)
     }
 }
@@ -119,13 +112,35 @@ impl StoredPayload for ConfigSpec {
     }
 }
 
+/// What a write does to a Secret or Config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// It did not exist.
+    Created,
+    /// Its labels changed.
+    Configured,
+    /// Nothing changed.
+    Unchanged,
+}
+
+/// A new object as it is created: no identity, revision or status of its own yet.
+pub fn clean_object<S: Resource>(mut o: Object<S>) -> Object<S> {
+    o.metadata.uid.clear();
+    o.metadata.resource_version = None;
+    o.metadata.creation_timestamp = None;
+    o.metadata.generation = 0;
+    o.status = Default::default();
+    o
+}
+
 /// Merges a Secret or Config write with the stored object: the object to store (no
-/// payload in it), the action and, for a create, the bytes to store. 422s at `spec.data`.
+/// payload in it), what happens and, for a create, the bytes to store. 422s at
+/// `spec.data`.
 pub fn merge_payload<S: StoredPayload>(
     old: Option<&Object<S>>,
     mut new: Object<S>,
     key: Option<&SecretsKey>,
-) -> Result<(Action, Object<S>, Option<Payload>), FieldError> {
+) -> Result<(Merge, Object<S>, Option<Payload>), FieldError> {
     let kind = S::KIND.to_lowercase();
     let name = new.metadata.name.clone();
     let bytes = match new.spec.data() {
@@ -156,12 +171,12 @@ pub fn merge_payload<S: StoredPayload>(
         let key = key()?;
         let stored =
             S::to_stored(key, &name, &bytes).map_err(|m| FieldError::new("spec.data", m))?;
-        let mut obj = super::plan::clean_object(new);
+        let mut obj = clean_object(new);
         obj.status = PayloadStatus {
             size: bytes.len() as u64,
             fingerprint: key.fingerprint(&bytes),
         };
-        return Ok((Action::Created, obj, Some(Payload(stored))));
+        return Ok((Merge::Created, obj, Some(Payload(stored))));
     };
     if let Some(bytes) = bytes {
         if key()?.fingerprint(&bytes) != old.status.fingerprint {
@@ -172,11 +187,11 @@ pub fn merge_payload<S: StoredPayload>(
         }
     }
     if old.metadata.labels == new.metadata.labels {
-        return Ok((Action::Unchanged, old.clone(), None));
+        return Ok((Merge::Unchanged, old.clone(), None));
     }
     let mut next = old.clone();
     next.metadata.labels = new.metadata.labels;
-    Ok((Action::Configured, next, None))
+    Ok((Merge::Configured, next, None))
 }
 
 /// Whether `svc`'s spec references the Secret (`S` = SecretSpec) or Config named `name`.
@@ -213,144 +228,6 @@ pub fn in_use_message(kind: &str, name: &str, users: &[String]) -> String {
     )
 }
 
-/// The objects an apply with `prune` deletes: those carrying its label whose reference
-/// (`kind/name`) is not in `in_body`; services first. The system's networks never.
-pub fn pruned(
-    world: &World,
-    in_body: &BTreeMap<String, Option<usize>>,
-    prune: &Prune,
-) -> Vec<AnyObject> {
-    let mut out: Vec<AnyObject> = Vec::new();
-    out.extend(
-        world
-            .services
-            .values()
-            .filter(|o| prune.selects(o))
-            .cloned()
-            .map(AnyObject::Service),
-    );
-    out.extend(
-        world
-            .networks
-            .values()
-            .filter(|n| prune.selects(n))
-            .filter(|n| {
-                !n.spec.ingress
-                    && shoal_api_types::network::reserved_network_name(n.name()).is_none()
-            })
-            .cloned()
-            .map(AnyObject::Network),
-    );
-    out.extend(
-        world
-            .secrets
-            .values()
-            .filter(|o| prune.selects(o))
-            .cloned()
-            .map(AnyObject::Secret),
-    );
-    out.extend(
-        world
-            .configs
-            .values()
-            .filter(|o| prune.selects(o))
-            .cloned()
-            .map(AnyObject::Config),
-    );
-    out.retain(|o| !in_body.contains_key(&o.reference()));
-    out
-}
-
-/// 409s for pruned Networks, Secrets and Configs that services staying as they are (not in
-/// the body, or unchanged in it) still use. Services the body creates or changes are
-/// checked by the usual rules (422 at the reference).
-pub fn still_used(planned: &[Planned], after: &World) -> Vec<StatusDetail> {
-    let written: BTreeSet<String> = planned
-        .iter()
-        .filter(|p| matches!(p.action, Action::Created | Action::Configured))
-        .map(|p| p.object.reference())
-        .collect();
-    let staying: Vec<&Service> = after
-        .services
-        .values()
-        .filter(|s| !written.contains(&format!("service/{}", s.name())))
-        .collect();
-    let mut out = Vec::new();
-    for p in planned.iter().filter(|p| p.action == Action::Pruned) {
-        let message = match &p.object {
-            AnyObject::Network(n) => {
-                let users = super::rules::services_using(
-                    n,
-                    &staying.iter().map(|s| (*s).clone()).collect::<Vec<_>>(),
-                );
-                (!users.is_empty()).then(|| super::rules::in_use_message(n.name(), &users))
-            }
-            AnyObject::Secret(s) => {
-                let users = services_using::<SecretSpec>(s.name(), staying.iter().copied());
-                (!users.is_empty()).then(|| in_use_message("secret", s.name(), &users))
-            }
-            AnyObject::Config(c) => {
-                let users = services_using::<ConfigSpec>(c.name(), staying.iter().copied());
-                (!users.is_empty()).then(|| in_use_message("config", c.name(), &users))
-            }
-            AnyObject::Service(_) => None,
-        };
-        if let Some(message) = message {
-            out.push(StatusDetail {
-                field: String::new(),
-                message: format!("cannot prune {}: {message}", p.object.reference()),
-                document: None,
-                object: None,
-            });
-        }
-    }
-    out
-}
-
-/// Deletes a Secret or Config (and its stored payload) unless a service's spec references
-/// it (409 naming them), race-free: the delete commits only if no service was created or
-/// changed since the services were read.
-pub async fn delete_payload<S: StoredPayload>(
-    store: &Store,
-    name: &str,
-    expected: Option<i64>,
-    dry_run: bool,
-) -> ApiResult<Object<S>> {
-    let kind = S::KIND.to_lowercase();
-    let key = store.keys().named::<S>(name);
-    let mut last = None;
-    for _ in 0..ATTEMPTS {
-        let (services, services_revision) = store.list::<ServiceSpec>().await?;
-        let Some(obj) = store.get::<S>(&key).await? else {
-            return Err(Status::not_found(S::KIND, name).into());
-        };
-        let current = obj.metadata.revision().unwrap_or(0);
-        if let Some(want) = expected.filter(|w| *w != current) {
-            return Err(Status::conflict(format!(
-                "{kind} {name:?} was changed since resourceVersion {want} (it is now at {current}); read it again and retry"
-            ))
-            .into());
-        }
-        let users = services_using::<S>(name, &services);
-        if !users.is_empty() {
-            return Err(Status::conflict(in_use_message(S::KIND, name, &users)).into());
-        }
-        if dry_run {
-            return Ok(obj);
-        }
-        let mut batch = Batch::new();
-        batch.delete(store, &obj);
-        batch.remove_raw(store.keys().payload::<S>(name));
-        batch.require_unchanged_since(&store.keys().prefix::<ServiceSpec>(), services_revision);
-        match batch.commit(store).await {
-            Ok(revision) => return Ok(stored(obj, revision)),
-            Err(StoreError::Conflict(msg)) => last = Some(msg),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(super::plan::gave_up(last))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,7 +252,7 @@ mod tests {
         let k = key();
         let (action, obj, payload) =
             merge_payload(None, secret("pw", Some(b"hunter2")), Some(&k)).unwrap();
-        assert_eq!(action, Action::Created);
+        assert_eq!(action, Merge::Created);
         assert_eq!(obj.spec.data, None);
         assert_eq!(obj.status.size, 7);
         assert_eq!(obj.status.fingerprint, k.fingerprint(b"hunter2"));
@@ -403,14 +280,14 @@ mod tests {
         // Same bytes, or none: unchanged.
         for again in [secret("pw", Some(b"one")), secret("pw", None)] {
             let (action, obj, payload) = merge_payload(Some(&stored), again, Some(&k)).unwrap();
-            assert_eq!((action, payload), (Action::Unchanged, None));
+            assert_eq!((action, payload), (Merge::Unchanged, None));
             assert_eq!(obj, stored);
         }
         // Labels only: configured, the payload kept.
         let mut relabelled = secret("pw", None);
         relabelled.metadata.labels.insert("a".into(), "b".into());
         let (action, obj, payload) = merge_payload(Some(&stored), relabelled, Some(&k)).unwrap();
-        assert_eq!((action, payload), (Action::Configured, None));
+        assert_eq!((action, payload), (Merge::Configured, None));
         assert_eq!(obj.status, stored.status);
         assert_eq!(obj.metadata.generation, stored.metadata.generation);
         // Other bytes: immutable.

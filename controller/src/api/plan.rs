@@ -23,7 +23,7 @@ use shoal_api_types::{
 use shoal_store::{stored, Batch, Store, StoreError};
 
 use super::error::{ApiError, ApiResult};
-use super::payloads::{self, Payload, Prune};
+use super::payloads::{self, clean_object, Merge, Payload, Prune, StoredPayload};
 use super::rules;
 use crate::secrets_key::SecretsKey;
 
@@ -257,7 +257,7 @@ pub fn plan_pruning(
     }
     if let Some(prune) = prune {
         planned.extend(
-            payloads::pruned(world, &seen, prune)
+            pruned(world, &seen, prune)
                 .into_iter()
                 .map(|object| Planned {
                     document: None,
@@ -277,7 +277,7 @@ pub fn plan_pruning(
         }
     }
     let mut conflicts = Vec::new();
-    conflicts.extend(payloads::still_used(&planned, &after));
+    conflicts.extend(still_used(&planned, &after));
     for (i, p) in planned.iter().enumerate() {
         if matches!(p.action, Action::Unchanged | Action::Pruned) {
             continue;
@@ -437,7 +437,7 @@ fn merge_any(
                 _ => None,
             };
             payloads::merge_payload(old, new, key)
-                .map(|(a, o, p)| (a, AnyObject::Secret(o), p))
+                .map(|(a, o, p)| (action(a), AnyObject::Secret(o), p))
                 .map_err(|e| vec![e])
         }
         (old, AnyObject::Config(new)) => {
@@ -446,7 +446,7 @@ fn merge_any(
                 _ => None,
             };
             payloads::merge_payload(old, new, key)
-                .map(|(a, o, p)| (a, AnyObject::Config(o), p))
+                .map(|(a, o, p)| (action(a), AnyObject::Config(o), p))
                 .map_err(|e| vec![e])
         }
         (old, new) => {
@@ -456,14 +456,12 @@ fn merge_any(
     }
 }
 
-/// A new object as it is created: no identity, revision or status of its own yet.
-pub(super) fn clean_object<S: Resource>(mut o: Object<S>) -> Object<S> {
-    o.metadata.uid.clear();
-    o.metadata.resource_version = None;
-    o.metadata.creation_timestamp = None;
-    o.metadata.generation = 0;
-    o.status = Default::default();
-    o
+fn action(m: Merge) -> Action {
+    match m {
+        Merge::Created => Action::Created,
+        Merge::Configured => Action::Configured,
+        Merge::Unchanged => Action::Unchanged,
+    }
 }
 
 fn clean_new(obj: AnyObject) -> AnyObject {
@@ -750,6 +748,146 @@ pub async fn delete_network(
         batch.require_unchanged_since(&store.keys().prefix::<ServiceSpec>(), services_revision);
         match batch.commit(store).await {
             Ok(revision) => return Ok(stored(net, revision)),
+            Err(StoreError::Conflict(msg)) => last = Some(msg),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(gave_up(last))
+}
+
+/// The objects an apply with `prune` deletes: those carrying its label whose reference
+/// (`kind/name`) is not in `in_body`; services first. The system's networks never.
+pub fn pruned(
+    world: &World,
+    in_body: &BTreeMap<String, Option<usize>>,
+    prune: &Prune,
+) -> Vec<AnyObject> {
+    let mut out: Vec<AnyObject> = Vec::new();
+    out.extend(
+        world
+            .services
+            .values()
+            .filter(|o| prune.selects(o))
+            .cloned()
+            .map(AnyObject::Service),
+    );
+    out.extend(
+        world
+            .networks
+            .values()
+            .filter(|n| prune.selects(n))
+            .filter(|n| {
+                !n.spec.ingress
+                    && shoal_api_types::network::reserved_network_name(n.name()).is_none()
+            })
+            .cloned()
+            .map(AnyObject::Network),
+    );
+    out.extend(
+        world
+            .secrets
+            .values()
+            .filter(|o| prune.selects(o))
+            .cloned()
+            .map(AnyObject::Secret),
+    );
+    out.extend(
+        world
+            .configs
+            .values()
+            .filter(|o| prune.selects(o))
+            .cloned()
+            .map(AnyObject::Config),
+    );
+    out.retain(|o| !in_body.contains_key(&o.reference()));
+    out
+}
+
+/// 409s for pruned Networks, Secrets and Configs that services staying as they are (not in
+/// the body, or unchanged in it) still use. Services the body creates or changes are
+/// checked by the usual rules (422 at the reference).
+pub fn still_used(planned: &[Planned], after: &World) -> Vec<StatusDetail> {
+    let written: BTreeSet<String> = planned
+        .iter()
+        .filter(|p| matches!(p.action, Action::Created | Action::Configured))
+        .map(|p| p.object.reference())
+        .collect();
+    let staying: Vec<&Service> = after
+        .services
+        .values()
+        .filter(|s| !written.contains(&format!("service/{}", s.name())))
+        .collect();
+    let mut out = Vec::new();
+    for p in planned.iter().filter(|p| p.action == Action::Pruned) {
+        let message = match &p.object {
+            AnyObject::Network(n) => {
+                let users = rules::services_using(
+                    n,
+                    &staying.iter().map(|s| (*s).clone()).collect::<Vec<_>>(),
+                );
+                (!users.is_empty()).then(|| rules::in_use_message(n.name(), &users))
+            }
+            AnyObject::Secret(s) => {
+                let users =
+                    payloads::services_using::<SecretSpec>(s.name(), staying.iter().copied());
+                (!users.is_empty()).then(|| payloads::in_use_message("secret", s.name(), &users))
+            }
+            AnyObject::Config(c) => {
+                let users =
+                    payloads::services_using::<ConfigSpec>(c.name(), staying.iter().copied());
+                (!users.is_empty()).then(|| payloads::in_use_message("config", c.name(), &users))
+            }
+            AnyObject::Service(_) => None,
+        };
+        if let Some(message) = message {
+            out.push(StatusDetail {
+                field: String::new(),
+                message: format!("cannot prune {}: {message}", p.object.reference()),
+                document: None,
+                object: None,
+            });
+        }
+    }
+    out
+}
+
+/// Deletes a Secret or Config (and its stored payload) unless a service's spec references
+/// it (409 naming them), race-free: the delete commits only if no service was created or
+/// changed since the services were read.
+pub async fn delete_payload<S: StoredPayload>(
+    store: &Store,
+    name: &str,
+    expected: Option<i64>,
+    dry_run: bool,
+) -> ApiResult<Object<S>> {
+    let kind = S::KIND.to_lowercase();
+    let key = store.keys().named::<S>(name);
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let (services, services_revision) = store.list::<ServiceSpec>().await?;
+        let Some(obj) = store.get::<S>(&key).await? else {
+            return Err(Status::not_found(S::KIND, name).into());
+        };
+        let current = obj.metadata.revision().unwrap_or(0);
+        if let Some(want) = expected.filter(|w| *w != current) {
+            return Err(Status::conflict(format!(
+                "{kind} {name:?} was changed since resourceVersion {want} (it is now at {current}); read it again and retry"
+            ))
+            .into());
+        }
+        let users = payloads::services_using::<S>(name, &services);
+        if !users.is_empty() {
+            return Err(Status::conflict(payloads::in_use_message(S::KIND, name, &users)).into());
+        }
+        if dry_run {
+            return Ok(obj);
+        }
+        let mut batch = Batch::new();
+        batch.delete(store, &obj);
+        batch.remove_raw(store.keys().payload::<S>(name));
+        batch.require_unchanged_since(&store.keys().prefix::<ServiceSpec>(), services_revision);
+        match batch.commit(store).await {
+            Ok(revision) => return Ok(stored(obj, revision)),
             Err(StoreError::Conflict(msg)) => last = Some(msg),
             Err(e) => return Err(e.into()),
         }

@@ -24,7 +24,7 @@ use shoal_store::StoreError;
 
 use super::error::{ApiError, ApiResult};
 use super::kinds::{Access, ApiKind, Locate, UserKind};
-use super::payloads::{self, StoredPayload};
+use super::payloads::StoredPayload;
 use super::plan::{self, Change, Expect};
 use super::request::{
     parse_revision, path_name, too_large, BodyText, LargeBodyText, ListParams, Query, WriteParams,
@@ -123,7 +123,7 @@ fn check_body_size<S: ApiKind>(text: &str) -> Result<(), Status> {
 }
 
 /// `DELETE /apis/shoal/v1/{secrets,configs}/<name>`: 409 while a service's spec references
-/// it (see [`payloads::delete_payload`]).
+/// it (see [`plan::delete_payload`]).
 pub async fn delete_payload<S: StoredPayload + ApiKind>(
     State(app): State<App>,
     Path(name): Path<String>,
@@ -132,7 +132,7 @@ pub async fn delete_payload<S: StoredPayload + ApiKind>(
     path_name(S::KIND, &name)?;
     let expected = expected_revision(&params)?;
     Ok(Json(
-        payloads::delete_payload::<S>(&app.store, &name, expected, params.dry_run).await?,
+        plan::delete_payload::<S>(&app.store, &name, expected, params.dry_run).await?,
     ))
 }
 
