@@ -18,7 +18,10 @@
 //!   get VNIs from 4097 and their gateway is the first host address unless set;
 //! - the `ingress` network is always present: when its key is reconciled and it is missing
 //!   (first start, or deleted in etcd by hand: users cannot delete it through the API), it
-//!   is created again, keeping its subnet and VNI records.
+//!   is created again, keeping its subnet and VNI records;
+//! - likewise the gateway bridge `gwbridge` (driver `bridge`, scope `local`, 172.18.0.0/16):
+//!   the egress bridge every node has, shown as a Network as Swarm's `docker network ls`
+//!   does. It has no VNI; its subnet is claimed like any other, so no overlay takes it.
 //!
 //! The decisions (`plan_subnet`, `plan_vni`, `leaked_addresses`) are pure functions over
 //! plain values; `reconcile_network` does the etcd I/O.
@@ -28,7 +31,10 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use ipnetwork::Ipv4Network;
-use shoal_api_types::network::{parse_cidr, INGRESS_NETWORK};
+use shoal_api_types::network::{
+    parse_cidr, BRIDGE_DRIVER, GATEWAY_BRIDGE_NETWORK, GATEWAY_BRIDGE_SUBNET, INGRESS_NETWORK,
+    SCOPE_LOCAL,
+};
 use shoal_api_types::{Network, NetworkSpec, NetworkStatus};
 
 use crate::context::Context;
@@ -216,6 +222,20 @@ pub fn ingress_network(subnet: Ipv4Network) -> Network {
     net
 }
 
+/// The spec of the gateway bridge network the controller keeps.
+pub fn gateway_bridge_network() -> Network {
+    let mut net = Network::new(
+        GATEWAY_BRIDGE_NETWORK,
+        NetworkSpec {
+            driver: BRIDGE_DRIVER.into(),
+            subnet: Some(GATEWAY_BRIDGE_SUBNET.into()),
+            ..Default::default()
+        },
+    );
+    net.apply_defaults();
+    net
+}
+
 /// Reconciles one network: allocates and records its subnet, gateway and VNI, or says in
 /// its status why it cannot; after deletion releases its records.
 pub async fn reconcile_network(name: String, ctx: Arc<Context>) -> Result<Action, ControllerError> {
@@ -303,6 +323,14 @@ fn network_step(ctx: &Context, name: &str) -> Step {
                 txn.create(&keys, &ingress_network(ctx.config.ingress_subnet));
                 return Step::Commit(txn);
             }
+            if name == GATEWAY_BRIDGE_NETWORK {
+                tracing::info!(
+                    subnet = GATEWAY_BRIDGE_SUBNET,
+                    "creating the gateway bridge network"
+                );
+                txn.create(&keys, &gateway_bridge_network());
+                return Step::Commit(txn);
+            }
             // Deleted: release what it held.
             for (subnet, c) in world.ipam.subnets.iter().filter(|(_, c)| c.owner == name) {
                 txn.delete_raw(keys.subnet(subnet), c.revision);
@@ -364,14 +392,20 @@ fn network_step(ctx: &Context, name: &str) -> Step {
                 }
             }
         };
-        let vni = match plan_vni(net.spec.ingress, own_vni, &world.ipam.vnis, &name) {
-            Ok(v) => v,
-            Err(e) => return Step::Fail(Box::new((*net).clone()), e),
+        // A bridge (the gateway bridge) is local to each node: no VXLAN, no VNI.
+        let bridge = net.spec.driver == BRIDGE_DRIVER;
+        let vni = if bridge {
+            None
+        } else {
+            match plan_vni(net.spec.ingress, own_vni, &world.ipam.vnis, &name) {
+                Ok(v) => Some(v),
+                Err(e) => return Step::Fail(Box::new((*net).clone()), e),
+            }
         };
         if kept.is_none() {
             txn.claim(keys.subnet(&subnet), &name);
         }
-        if own_vni.is_none() {
+        if let (None, Some(vni)) = (own_vni, vni) {
             txn.claim(keys.vni(vni), &name);
         }
         for s in own_subnets.iter().filter(|s| **s != subnet) {
@@ -380,11 +414,15 @@ fn network_step(ctx: &Context, name: &str) -> Step {
         let status = NetworkStatus {
             subnet: Some(subnet.to_string()),
             gateway: Some(gateway(subnet, net.spec.gateway.as_deref()).to_string()),
-            vni: Some(vni),
+            vni,
             phase: "Ready".into(),
             message: String::new(),
             observed_generation: net.metadata.generation,
-            scope: net.status.scope.clone(),
+            scope: if bridge {
+                SCOPE_LOCAL.into()
+            } else {
+                net.status.scope.clone()
+            },
         };
         if status != net.status {
             let mut next = (*net).clone();
@@ -392,7 +430,7 @@ fn network_step(ctx: &Context, name: &str) -> Step {
             txn.update(&keys, &next);
         }
         if !txn.is_empty() {
-            tracing::info!(network = %name, %subnet, vni, "network allocated");
+            tracing::info!(network = %name, %subnet, ?vni, "network allocated");
         }
         Step::Commit(txn)
     }

@@ -6,6 +6,10 @@
 //! `api.crt` (client certificates from the cluster CA optional, for node renewal) and
 //! reaches etcd and agents with `controller.crt`. `--insecure` keeps plain HTTP and
 //! plaintext etcd, and is refused unless `--listen` is a loopback address.
+//!
+//! The secrets key (`crate::secrets_key`): `--secrets-key FILE`, else `<data-dir>/secrets.key`
+//! (created when missing), else with `--insecure` the key kept in etcd. At start the
+//! controller checks that it opens the Secret payloads etcd holds, and stops if not.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +25,7 @@ use crate::api::agent::AgentTls;
 use crate::api::state::Cluster;
 use crate::config::parse_duration;
 use crate::identity::{self, DataDir, Identity};
+use crate::secrets_key::{self, KeySource, SecretsKey};
 
 /// The command line of `shoal-controller`.
 #[derive(Debug, Clone, Parser)]
@@ -128,6 +133,11 @@ pub struct Config {
     /// Lifetime of node certificates (agents renew at 50–80 % of it).
     #[arg(long, default_value = "90d", value_parser = parse_duration)]
     pub node_cert_lifetime: Duration,
+    /// The secrets key file (64 hex digits; created 0600 when missing): it seals Secret
+    /// payloads in etcd, so every controller of a cluster must use the same one. Default:
+    /// `<data-dir>/secrets.key`; with --insecure and no file, a key kept in etcd itself.
+    #[arg(long, env = "SHOAL_SECRETS_KEY")]
+    pub secrets_key: Option<PathBuf>,
     /// Serve the API only; never run the reconcilers.
     #[arg(long)]
     pub api_only: bool,
@@ -178,6 +188,18 @@ impl Config {
         })
     }
 
+    /// Where the secrets key comes from: `--secrets-key`, else (secure) the data dir's
+    /// `secrets.key`, both loaded or created now; else (insecure) etcd.
+    pub fn secrets_key(&self) -> anyhow::Result<KeySource> {
+        let path = match (&self.secrets_key, self.insecure) {
+            (Some(p), _) => p.clone(),
+            (None, false) => self.data_dir.join(secrets_key::KEY_FILE),
+            (None, true) => return Ok(KeySource::in_etcd()),
+        };
+        let key = SecretsKey::load_or_create(&path).context("loading the secrets key")?;
+        Ok(KeySource::Ready(Arc::new(key)))
+    }
+
     /// The cluster identity from --data-dir (`None` with --insecure).
     pub fn identity(&self) -> anyhow::Result<Option<Identity>> {
         if self.insecure {
@@ -187,7 +209,11 @@ impl Config {
     }
 
     /// The secure API's settings over `identity`.
-    pub fn secure(&self, identity: Identity) -> anyhow::Result<crate::api::Secure> {
+    pub fn secure(
+        &self,
+        identity: Identity,
+        secrets_key: KeySource,
+    ) -> anyhow::Result<crate::api::Secure> {
         let tls = shoal_pki::server_config(
             &identity.api.cert_pem,
             &identity.api.key_pem,
@@ -216,6 +242,7 @@ impl Config {
             tls: shoal_pki::Reloadable::new(tls),
             admin_token: crate::api::auth::read_admin_token(&self.data_dir)
                 .with_context(|| format!("{}: admin.token", self.data_dir.display()))?,
+            secrets_key,
         })
     }
 }
@@ -257,13 +284,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     config.check()?;
     let identity = config.identity()?;
     let connect = config.connect(identity.as_ref())?;
-    let secure = identity.map(|id| config.secure(id)).transpose()?;
+    let secrets_key = config.secrets_key()?;
     let store = connect_waiting(&connect)
         .await
         .with_context(|| format!("connecting to etcd at {}", config.etcd.join(",")))?;
-    if secure.is_some() {
+    if identity.is_some() {
         bootstrap_etcd_auth(&store).await?;
     }
+    check_secrets_key(&store, &secrets_key).await?;
+    let (secure, plain_key) = match identity {
+        Some(id) => (Some(config.secure(id, secrets_key)?), None),
+        None => (None, Some(secrets_key)),
+    };
     let (shutdown_tx, shutdown) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -281,7 +313,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             secure,
             shutdown.clone(),
         )),
-        None => tokio::spawn(crate::api::serve(listener, store.clone(), shutdown.clone())),
+        None => tokio::spawn(crate::api::serve_plain(
+            listener,
+            store.clone(),
+            shutdown.clone(),
+            crate::api::Auth::Off,
+            plain_key.unwrap_or_else(KeySource::in_etcd),
+        )),
     };
     let manager = (!config.api_only).then(|| {
         tokio::spawn(crate::manager::run(
@@ -327,6 +365,26 @@ async fn connect_waiting(connect: &shoal_store::Connect) -> Result<Store, shoal_
             }
             other => return other,
         }
+    }
+}
+
+/// Stops the start when the secrets key does not open the Secret payloads etcd holds (a
+/// replaced data dir, a replica with another key file): better than failing every task
+/// that needs a secret later.
+async fn check_secrets_key(store: &Store, source: &KeySource) -> anyhow::Result<()> {
+    let key = source
+        .key(store)
+        .await
+        .context("reading the secrets key from etcd")?;
+    match secrets_key::check_stored(store, &key).await {
+        Ok(n) => {
+            tracing::info!(stored_secrets = n, "the secrets key opens the stored secrets");
+            Ok(())
+        }
+        Err(e @ secrets_key::KeyError::Open { .. }) => Err(anyhow::anyhow!(
+            "{e}: this controller's secrets key (--secrets-key, else <data-dir>/secrets.key) is              not the one the cluster's secrets were written with; start every controller with              the same key file (copy it from the data dir the cluster was made with)"
+        )),
+        Err(e) => Err(e).context("checking the secrets key against the stored secrets"),
     }
 }
 

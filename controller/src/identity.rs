@@ -10,6 +10,8 @@
 //! api.crt api.key               API server: localhost, 127.0.0.1, ::1 + every --api-san
 //! controller.crt controller.key CN shoal-controller, server+client: etcd client, agents' client
 //! admin.token                   the admin API token, one line
+//! secrets.key                   the secrets key (64 hex digits): Secret payloads at rest,
+//!                               payload fingerprints (see crate::secrets_key)
 //! etcd/<name>.crt etcd/<name>.key  etcd members (server+client, for clients and peers)
 //! ```
 //!
@@ -268,6 +270,12 @@ pub fn init(dir: &DataDir, opts: &InitOptions) -> Result<String> {
     write_pair(dir, "controller", &controller)?;
     let token = shoal_pki::new_api_token();
     write(&dir.admin_token(), &format!("{token}\n"), 0o600)?;
+    // Kept across `init --force`: etcd may hold payloads sealed under it.
+    let key_path = dir.file(crate::secrets_key::KEY_FILE);
+    crate::secrets_key::create_key_file(&key_path).map_err(|e| match e {
+        crate::secrets_key::KeyError::Io { path, source } => IdentityError::Io { path, source },
+        other => IdentityError::Invalid(format!("{}: {other}", key_path.display())),
+    })?;
     Ok(token)
 }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod context;
 pub mod identity;
 pub mod manager;
+pub mod secrets_key;
 
 pub mod allocator;
 pub mod endpoints;

@@ -1,7 +1,8 @@
 //! The manager: leader election, then the reconcilers. Owns the leader loop, the mapping
 //! of cache changes to work-queue keys (`dispatch`), one runner per queue and the periodic
-//! resync. The `ingress` network is the allocator's to keep present: its key is queued at
-//! the start of every term and every resync, and whenever it changes (a deletion included).
+//! resync. The `ingress` and `gwbridge` networks are the allocator's to keep present: their
+//! keys are queued at the start of every term and every resync, and whenever they change (a
+//! deletion included).
 //! The queues and their stages are listed in docs/architecture.md ("Controller").
 //!
 //! Invariant: when the lease is lost, everything stops at once (the futures are dropped and
@@ -11,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal_api_types::network::INGRESS_NETWORK;
+use shoal_api_types::network::{GATEWAY_BRIDGE_NETWORK, INGRESS_NETWORK};
 use shoal_api_types::{NodeState, Task, TaskState};
 use shoal_store::leader::{self, Leadership};
 use shoal_store::{Backoff, Store, Watcher, Writer};
@@ -112,6 +113,7 @@ async fn lead(store: &Store, config: &ManagerConfig, leadership: &Leadership) {
     // The ingress network (the allocator creates it when missing) and the settings, at
     // once rather than at the first resync.
     queues.networks.add(INGRESS_NETWORK.to_string());
+    queues.networks.add(GATEWAY_BRIDGE_NETWORK.to_string());
     queues.settings.add(crate::settings::SETTINGS.to_string());
 
     let conc = config.concurrency.max(1);
@@ -157,6 +159,7 @@ fn resync(ctx: &Context) {
     let world = ctx.cache.read();
     ctx.queues.networks.add_all(world.networks.keys().cloned());
     ctx.queues.networks.add(INGRESS_NETWORK.to_string());
+    ctx.queues.networks.add(GATEWAY_BRIDGE_NETWORK.to_string());
     ctx.queues
         .settings
         .add(crate::settings::SETTINGS.to_string());

@@ -1,7 +1,8 @@
 //! Scheduler: assigns pending tasks (below `tasks/_unassigned/`) to ready, active nodes.
 //!
 //! Placement: among the nodes that pass every filter (placement constraints on node name
-//! and labels, a global task's own node, host-mode published ports free on that node —
+//! and labels, a global task's own node, `placement.maxReplicasPerNode` — live tasks of the
+//! service already on the node —, host-mode published ports free on that node —
 //! host ports are unique per node, not per cluster, and the task's resource reservations
 //! fit in the node's free capacity), pick the node with the fewest tasks of the same
 //! service, then the fewest tasks overall, then by name. A task nothing fits stays pending
@@ -52,6 +53,8 @@ pub struct TaskRequest {
     pub pin: Option<String>,
     /// What it reserves.
     pub reserve: Reserved,
+    /// At most this many live tasks of its service per node (`placement.maxReplicasPerNode`).
+    pub max_per_node: Option<u64>,
 }
 
 /// CPUs (millicpus) and memory (bytes) reserved, or wanted.
@@ -250,6 +253,7 @@ fn place(task: &TaskRequest, nodes: &mut [NodeLoad]) -> Decision {
     let mut wrong_node = 0;
     let mut failed_constraints: BTreeMap<String, usize> = BTreeMap::new();
     let mut ports_in_use: BTreeMap<String, usize> = BTreeMap::new();
+    let mut at_max = 0;
     let mut shortfall = Shortfall::default();
     for (i, node) in nodes.iter().enumerate() {
         if let Some(pin) = &task.pin {
@@ -265,6 +269,13 @@ fn place(task: &TaskRequest, nodes: &mut [NodeLoad]) -> Decision {
         {
             *failed_constraints.entry(constraint_text(c)).or_default() += 1;
             continue;
+        }
+        if let Some(max) = task.max_per_node {
+            let here = node.per_service.get(&task.service).copied().unwrap_or(0);
+            if here as u64 >= max {
+                at_max += 1;
+                continue;
+            }
         }
         if let Some((p, proto)) = task.host_ports.iter().find(|p| node.host_ports.contains(p)) {
             *ports_in_use.entry(port_name(*p, *proto)).or_default() += 1;
@@ -303,6 +314,12 @@ fn place(task: &TaskRequest, nodes: &mut [NodeLoad]) -> Decision {
             }
             for (c, n) in failed_constraints {
                 why.push(format!("constraint {c} not met on {}", nodes_word(n)));
+            }
+            if let (Some(max), true) = (task.max_per_node, at_max > 0) {
+                why.push(format!(
+                    "placement.maxReplicasPerNode {max} reached on {}",
+                    nodes_word(at_max)
+                ));
             }
             for (p, n) in ports_in_use {
                 why.push(format!("host port {p} in use on {}", nodes_word(n)));
@@ -406,6 +423,10 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
                     .collect(),
                 pin: t.pinned_node().map(str::to_string),
                 reserve: Reserved::of(&t.spec.resources.reservations),
+                max_per_node: world
+                    .services
+                    .get(&t.spec.service)
+                    .and_then(|s| s.spec.placement.max_replicas_per_node),
             })
             .collect();
         let mut loads: Vec<NodeLoad> = loads.into_values().collect();
@@ -452,6 +473,7 @@ mod tests {
             host_ports: vec![],
             pin: None,
             reserve: Reserved::default(),
+            max_per_node: None,
         }
     }
 
@@ -513,6 +535,28 @@ mod tests {
             vec![Decision::Pending(
                 "no suitable node (constraint node.labels.zone==b not met on 3 nodes)".into()
             )]
+        );
+    }
+
+    #[test]
+    fn scheduler_should_keep_max_replicas_per_node_and_say_so_when_nothing_fits() {
+        let capped = |id: &str| TaskRequest {
+            max_per_node: Some(1),
+            ..req(id, "db")
+        };
+        let mut nodes = vec![node("a"), node("b")];
+        // Another service's tasks do not count.
+        nodes[0].per_service.insert("web".into(), 3);
+        let d = schedule(
+            &[capped("db.1"), capped("db.2"), capped("db.3")],
+            &mut nodes,
+        );
+        assert_eq!(assigned(&d), ["a", "b", "-"]);
+        assert_eq!(
+            d[2],
+            Decision::Pending(
+                "no suitable node (placement.maxReplicasPerNode 1 reached on 2 nodes)".into()
+            )
         );
     }
 

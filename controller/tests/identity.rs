@@ -45,7 +45,13 @@ fn init_should_write_the_data_dir_with_private_modes_and_keep_an_existing_ca() {
     let token = init(&dir);
     assert!(token.starts_with("shoal_"));
     assert_eq!(mode(dir.root()), 0o700);
-    for key in ["ca.key", "api.key", "controller.key", "admin.token"] {
+    for key in [
+        "ca.key",
+        "api.key",
+        "controller.key",
+        "admin.token",
+        "secrets.key",
+    ] {
         assert_eq!(mode(&dir.file(key)), 0o600, "{key}");
     }
     assert_eq!(
@@ -149,7 +155,8 @@ impl Secure {
         let id = cli.config.identity().unwrap().unwrap();
         let ca = Ca::load(id.ca.cert_pem(), id.ca.key_pem()).unwrap();
         let controller = id.controller.clone();
-        let secure = cli.config.secure(id).unwrap();
+        let secrets_key = cli.config.secrets_key().unwrap();
+        let secure = cli.config.secure(id, secrets_key).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);
@@ -555,4 +562,83 @@ async fn the_secure_api_should_want_a_token_but_let_nodes_join_without_one() {
     assert_eq!(resp.text().await.unwrap().trim(), s.ca.cert_pem().trim());
     let resp = anonymous.get(url("/healthz")).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+}
+
+/// GETs a task's payloads with `identity` as client certificate and no token.
+async fn payloads(s: &Secure, identity: Option<&Issued>, task: &str) -> Answer {
+    let url = format!("https://localhost:{}/v1/node/tasks/{task}/payloads", s.port);
+    let resp = s.client(identity).get(url).send().await.unwrap();
+    let code = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    Answer {
+        code,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
+#[tokio::test]
+async fn payloads_should_be_delivered_only_to_the_node_the_task_is_on() {
+    use base64::Engine;
+    let s = Secure::start().await;
+    let node1 = s.joined("node-1").await;
+    let node2 = s.joined("node-2").await;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let created = s
+        .call(
+            None,
+            reqwest::Method::POST,
+            "/apis/shoal/v1/secrets",
+            Some(
+                json!({"apiVersion": "shoal/v1", "kind": "Secret", "metadata": {"name": "pw"},
+                        "spec": {"data": b64(b"hunter2")}}),
+            ),
+        )
+        .await;
+    assert_eq!(created.code, 201, "{}", created.body);
+    let mut t = Task::new(
+        "t1",
+        TaskSpec {
+            service: "api".into(),
+            node: Some("node-1".into()),
+            desired_state: TaskState::Running,
+            secrets: vec![shoal_api_types::SecretReference {
+                source: "pw".into(),
+                target: "pw".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    t = s.store.create(&t).await.unwrap();
+
+    let mine = payloads(&s, Some(&node1), "t1").await;
+    assert_eq!(mine.code, 200, "{}", mine.body);
+    assert_eq!(mine.body["secrets"][0]["name"], "pw");
+    assert_eq!(mine.body["secrets"][0]["data"], b64(b"hunter2"));
+    let other = payloads(&s, Some(&node2), "t1").await;
+    assert_eq!(other.code, 404, "{}", other.body);
+    assert_eq!(payloads(&s, None, "t1").await.code, 401);
+    let controller = payloads(&s, Some(&s.controller), "t1").await;
+    assert_eq!(controller.code, 403, "{}", controller.body);
+    // A task no longer wanted running gets nothing.
+    t.spec.desired_state = TaskState::Shutdown;
+    s.store.update(&t).await.unwrap();
+    assert_eq!(payloads(&s, Some(&node1), "t1").await.code, 403);
+
+    // The controller's key opens what is stored; another key does not.
+    let key = shoal_controller::secrets_key::SecretsKey::load_or_create(
+        &s._tmp.path().join("shoal").join("secrets.key"),
+    )
+    .unwrap();
+    assert_eq!(
+        shoal_controller::secrets_key::check_stored(&s.store, &key)
+            .await
+            .unwrap(),
+        1
+    );
+    let wrong = shoal_controller::secrets_key::SecretsKey::from_bytes(&[0; 32]);
+    let err = shoal_controller::secrets_key::check_stored(&s.store, &wrong)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot be decrypted"), "{err}");
 }

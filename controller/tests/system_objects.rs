@@ -1,5 +1,5 @@
-//! What the leader keeps present by itself: the `ingress` network (created again at once
-//! when deleted from etcd behind the API's back, with the same addressing) and the
+//! What the leader keeps present by itself: the `ingress` and `gwbridge` networks (created
+//! again at once when deleted from etcd behind the API's back, with the same addressing) and the
 //! ClusterSettings object (`--reserved-ports`), both watch-driven, not only at the start of
 //! a term or at a resync.
 
@@ -58,6 +58,51 @@ async fn the_leader_should_create_the_ingress_network_again_when_it_is_deleted_i
     // Twice in a row, too.
     assert!(store.delete_raw(&key).await.unwrap());
     ready_ingress(&store, &again.metadata.uid).await;
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_should_keep_the_gateway_bridge_network_local_and_out_of_the_pool() {
+    use shoal_api_types::network::GATEWAY_BRIDGE_NETWORK;
+    let (_etcd, store) = etcd().await;
+    let controller = Controller::start(store.clone(), watch_driven());
+    let ready = |uid: String| {
+        let store = store.clone();
+        async move {
+            wait_for(Duration::from_secs(5), "gwbridge Ready", || async {
+                store
+                    .get_named::<NetworkSpec>(GATEWAY_BRIDGE_NETWORK)
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|n| n.status.phase == "Ready" && n.metadata.uid != uid)
+            })
+            .await
+        }
+    };
+    let gw = ready(String::new()).await;
+    assert_eq!(gw.spec.driver, "bridge");
+    assert_eq!(
+        (
+            gw.status.subnet.as_deref(),
+            gw.status.gateway.as_deref(),
+            gw.status.vni,
+            gw.status.scope.as_str()
+        ),
+        (Some("172.18.0.0/16"), Some("172.18.0.1"), None, "local")
+    );
+    // Its subnet is claimed like any network's, so no overlay is given it.
+    let claim = store
+        .get_raw(&store.keys().subnet(&"172.18.0.0/16".parse().unwrap()))
+        .await
+        .unwrap()
+        .expect("the subnet claim");
+    assert_eq!(claim.value, GATEWAY_BRIDGE_NETWORK.as_bytes());
+    // Deleted by hand: back at once.
+    let key = store.keys().named::<NetworkSpec>(GATEWAY_BRIDGE_NETWORK);
+    assert!(store.delete_raw(&key).await.unwrap());
+    let again = ready(gw.metadata.uid.clone()).await;
+    assert_eq!(again.status.subnet, gw.status.subnet);
     controller.stop().await;
 }
 

@@ -179,6 +179,25 @@ impl Batch {
         self.described.push(BatchOp::Delete(key));
     }
 
+    /// Writes a raw key whatever it holds (a value owned by an object written in the same
+    /// batch under that object's preconditions, like a Secret's payload).
+    pub fn put_raw(&mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) {
+        let key = key.into();
+        let value = value.into();
+        self.bytes += key.len() + value.len();
+        self.ops.push(TxnOp::put(key.clone(), value, None));
+        self.described.push(BatchOp::Update(key));
+    }
+
+    /// Deletes a raw key if it exists, whatever its revision (a value owned by an object
+    /// deleted in the same batch).
+    pub fn remove_raw(&mut self, key: impl Into<String>) {
+        let key = key.into();
+        self.bytes += key.len();
+        self.ops.push(TxnOp::delete(key.clone(), None));
+        self.described.push(BatchOp::Delete(key));
+    }
+
     /// Requires that `key` exists.
     pub fn require_present(&mut self, key: impl Into<String>) {
         let key = key.into();

@@ -8,6 +8,7 @@
 //!   wanted running that runs wins, then the one wanted running, then the newest.
 //! - [`target`] (pure too) checks the task's node: it must be ready and publish an agent
 //!   endpoint; otherwise 409 with what is wrong.
+//! - [`node_target`] (pure) is the same check for a node itself (volumes).
 //! - [`Agents`] is the hop. Secure (the default): mutual TLS — the controller presents
 //!   `controller.crt` (CN `shoal-controller`, which agents require) and verifies the
 //!   agent's certificate against the cluster CA *for the node's name*: one reqwest client
@@ -24,6 +25,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use shoal_api_types::exec::MAX_EXEC_RESPONSE_BYTES;
+use shoal_api_types::volume::VolumeInfo;
 use shoal_api_types::{ExecRequest, ExecResponse, LogOptions, Node, Status, Task, TaskState};
 use shoal_store::Store;
 
@@ -149,6 +151,35 @@ pub fn target(task: &Task, node: Option<&Node>, must_run: bool) -> Result<Target
         endpoint: status.agent_endpoint,
     })
 }
+
+/// Whether `node`'s agent can be asked (ready, with an agent endpoint); else 409 naming
+/// what is wrong.
+pub fn node_target(node: &Node) -> Result<Target, Status> {
+    let name = node.metadata.name.clone();
+    if node.status.state != shoal_api_types::NodeState::Ready {
+        return Err(Status::conflict(format!(
+            "node {name} is {} (its agent cannot be asked)",
+            node.status.state.to_string().to_lowercase()
+        )));
+    }
+    if node.status.agent_endpoint.is_empty() {
+        return Err(Status::conflict(format!(
+            "node {name} publishes no agent endpoint: its agent runs without --listen"
+        )));
+    }
+    Ok(Target {
+        id: String::new(),
+        display: format!("node {name}"),
+        node: name,
+        endpoint: node.status.agent_endpoint.clone(),
+    })
+}
+
+/// The most a volume list answer may hold.
+pub const MAX_VOLUMES_RESPONSE_BYTES: usize = 4 << 20;
+
+/// How long asking one agent about volumes may take.
+pub const VOLUMES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What an agent's error answer (`code`, `body`) means for API clients. `for_exec` turns
 /// "no container here" into a 409 (the task's status is behind) instead of a 404.
@@ -391,6 +422,67 @@ impl Agents {
                 ),
             )
         })
+    }
+
+    /// The named volumes on `target`'s node (`GET /v1/volumes` on its agent).
+    pub async fn volumes(&self, store: &Store, target: &Target) -> Result<Vec<VolumeInfo>, Status> {
+        let resp = self
+            .send(store, target, |http, base| {
+                http.get(format!("{base}/v1/volumes"))
+                    .timeout(VOLUMES_TIMEOUT)
+            })
+            .await?;
+        let code = resp.status().as_u16();
+        let body = read_at_most(resp, MAX_VOLUMES_RESPONSE_BYTES)
+            .await
+            .map_err(|e| match e {
+                Limited::Http(e) => unreachable(target, &e),
+                Limited::TooLarge => Status::new(
+                    502,
+                    "BadGateway",
+                    format!("the agent of node {} answered with too much", target.node),
+                ),
+            })?;
+        let body = String::from_utf8_lossy(&body);
+        if !(200..300).contains(&code) {
+            return Err(agent_failure(target, code, &body, false));
+        }
+        let mut volumes: Vec<VolumeInfo> = serde_json::from_str(&body).map_err(|e| {
+            Status::new(
+                502,
+                "BadGateway",
+                format!(
+                    "the agent of node {} answered the volume list with bad JSON: {e}",
+                    target.node
+                ),
+            )
+        })?;
+        for v in &mut volumes {
+            v.node = target.node.clone();
+        }
+        Ok(volumes)
+    }
+
+    /// Removes the volume `name` on `target`'s node (`DELETE /v1/volumes/<name>` on its
+    /// agent: 204; 404 unknown; 409 in use, naming the task).
+    pub async fn delete_volume(
+        &self,
+        store: &Store,
+        target: &Target,
+        name: &str,
+    ) -> Result<(), Status> {
+        let resp = self
+            .send(store, target, |http, base| {
+                http.delete(format!("{base}/v1/volumes/{name}"))
+                    .timeout(VOLUMES_TIMEOUT)
+            })
+            .await?;
+        let code = resp.status().as_u16();
+        if (200..300).contains(&code) {
+            return Ok(());
+        }
+        let body = resp.text().await.unwrap_or_default();
+        Err(agent_failure(target, code, &body, false))
     }
 
     /// Opens the task's log stream on its agent (a successful answer; its body streams).

@@ -5,7 +5,10 @@
 //! objects (networks created in the body count as existing for services in it, wherever
 //! they appear), and only if nothing is wrong are all writes committed in one etcd
 //! transaction. `dryRun` stops after planning. The answer lists, in document order, what
-//! happened to each object: `created`, `configured` or `unchanged`.
+//! happened to each object: `created`, `configured` or `unchanged`; then, with
+//! `?prune=<label key>=<value>`, the objects carrying that label that the body left out,
+//! deleted in the same transaction (`pruned`). With `prune` the body may hold no object
+//! (`shoal stack rm`). The body may be up to 4 MiB (payloads of Secrets and Configs).
 
 use axum::extract::State;
 use axum::Json;
@@ -15,8 +18,9 @@ use shoal_api_types::AnyObject;
 
 use super::body;
 use super::error::ApiResult;
+use super::payloads::Prune;
 use super::plan::{self, Action, Change, Expect};
-use super::request::{BodyText, Query, WriteParams};
+use super::request::{LargeBodyText, Query, WriteParams};
 use super::state::App;
 
 /// The answer to an apply.
@@ -33,11 +37,11 @@ pub struct ApplyResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplyItem {
-    /// `Network` or `Service`.
+    /// `Network`, `Service`, `Secret` or `Config`.
     pub kind: String,
     /// The object's name.
     pub name: String,
-    /// `created`, `configured` or `unchanged`.
+    /// `created`, `configured`, `unchanged` or `pruned`.
     pub action: Action,
     /// The object's resourceVersion after the apply (absent for a dry-run create).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,9 +52,17 @@ pub struct ApplyItem {
 pub async fn apply(
     State(app): State<App>,
     Query(params): Query<WriteParams>,
-    BodyText(text): BodyText,
+    LargeBodyText(text): LargeBodyText,
 ) -> ApiResult<Json<ApplyResult>> {
-    let changes = body::parse_apply(&text)?
+    let prune = params.prune.as_deref().map(Prune::parse).transpose()?;
+    let objects = if prune.is_some() && body::check_syntax(&text).is_ok_and(|d| d.is_empty())
+        || prune.is_some() && text.trim().is_empty()
+    {
+        vec![]
+    } else {
+        body::parse_apply(&text)?
+    };
+    let changes = objects
         .into_iter()
         .map(|(document, object)| Change {
             document: Some(document),
@@ -58,7 +70,9 @@ pub async fn apply(
             expect: Expect::Any,
         })
         .collect();
-    let done = plan::write(&app.store, changes, params.dry_run).await?;
+    let key = app.secrets_key().await?;
+    let done =
+        plan::write_pruning(&app.store, key, changes, prune.as_ref(), params.dry_run).await?;
     let items = done
         .into_iter()
         .map(|p| {

@@ -45,6 +45,15 @@ pub const PUBLIC_PATHS: &[&str] = &[
     "/v1/renew",
 ];
 
+/// The routes below this prefix are public too: node-facing routes that authenticate the
+/// caller by its client certificate themselves (`/v1/node/tasks/<id>/payloads`).
+pub const PUBLIC_PREFIX: &str = "/v1/node/";
+
+/// Whether `path` is public ([`PUBLIC_PATHS`] or below [`PUBLIC_PREFIX`]).
+pub fn is_public(path: &str) -> bool {
+    PUBLIC_PATHS.contains(&path) || path.starts_with(PUBLIC_PREFIX)
+}
+
 /// How long a request waits for the first list of tokens before it is answered 503.
 pub const TABLE_WAIT: Duration = Duration::from_secs(5);
 
@@ -188,7 +197,7 @@ async fn feed(mut watcher: Watcher, tx: &watch::Sender<Option<Arc<TokenTable>>>)
 /// The middleware: public paths pass; everything else needs a known token whose role
 /// allows the request.
 pub async fn authenticate(State(tokens): State<Tokens>, req: Request, next: Next) -> Response {
-    if PUBLIC_PATHS.contains(&req.uri().path()) {
+    if is_public(req.uri().path()) {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();

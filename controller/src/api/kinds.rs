@@ -1,6 +1,8 @@
 //! What the API may do with each kind, and how it finds objects of it in etcd.
 //!
-//! - Network, Service: owned by users; created, replaced and deleted through the API.
+//! - Network, Service, Secret, Config: owned by users; created, replaced and deleted
+//!   through the API (Secrets and Configs take bodies up to [`LARGE_BODY`]: a payload of
+//!   1000 KiB in base64 and its object).
 //! - Node: registered by its agent; users may change `spec` (labels, availability) and
 //!   delete a node that is not ready.
 //! - Task, Endpoints: written only by Shoal; read-only here.
@@ -10,11 +12,11 @@
 
 use shoal_api_types::keys::Keys;
 use shoal_api_types::{
-    AnyObject, EndpointsSpec, NetworkSpec, NodeSpec, Object, ObjectMeta, Resource, ServiceSpec,
-    Status, TaskSpec,
+    AnyObject, ConfigSpec, EndpointsSpec, NetworkSpec, NodeSpec, Object, ObjectMeta, Resource,
+    SecretSpec, ServiceSpec, Status, TaskSpec,
 };
 
-use super::request::ListParams;
+use super::request::{ListParams, LARGE_BODY, MAX_BODY};
 
 /// Who may write a kind through the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,8 @@ pub struct Selection {
 pub trait ApiKind: Resource + Default {
     /// Who may write it.
     const ACCESS: Access;
+    /// The largest create or replace body it takes.
+    const MAX_BODY: usize = MAX_BODY;
 
     /// Where the object named `name` is.
     fn locate(keys: &Keys, name: &str) -> Locate {
@@ -155,6 +159,40 @@ impl UserKind for ServiceSpec {
     fn from_any(obj: AnyObject) -> Option<Object<Self>> {
         match obj {
             AnyObject::Service(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl ApiKind for SecretSpec {
+    const ACCESS: Access = Access::User;
+    const MAX_BODY: usize = LARGE_BODY;
+}
+
+impl UserKind for SecretSpec {
+    fn into_any(obj: Object<Self>) -> AnyObject {
+        AnyObject::Secret(obj)
+    }
+    fn from_any(obj: AnyObject) -> Option<Object<Self>> {
+        match obj {
+            AnyObject::Secret(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl ApiKind for ConfigSpec {
+    const ACCESS: Access = Access::User;
+    const MAX_BODY: usize = LARGE_BODY;
+}
+
+impl UserKind for ConfigSpec {
+    fn into_any(obj: Object<Self>) -> AnyObject {
+        AnyObject::Config(obj)
+    }
+    fn from_any(obj: AnyObject) -> Option<Object<Self>> {
+        match obj {
+            AnyObject::Config(c) => Some(c),
             _ => None,
         }
     }

@@ -6,18 +6,25 @@
 //! Routes (all errors are [`Status`](shoal_api_types::Status) JSON with the HTTP code):
 //!
 //! ```text
-//! GET    /apis/shoal/v1/{networks,services,nodes,tasks,endpoints}   list; ?watch=true streams
+//! GET    /apis/shoal/v1/{networks,services,secrets,configs,nodes,tasks,endpoints}
+//!                                                                   list; ?watch=true streams
 //! GET    /apis/shoal/v1/<plural>/<name>                             one object
-//! POST   /apis/shoal/v1/{networks,services}                         create (201)
-//! PUT    /apis/shoal/v1/{networks,services,nodes}/<name>            replace at resourceVersion
-//! DELETE /apis/shoal/v1/{networks,services,nodes}/<name>            delete (200, the object)
-//! POST   /apis/shoal/v1/apply[?dryRun=true]                         multi-document apply
+//! POST   /apis/shoal/v1/{networks,services,secrets,configs}         create (201)
+//! PUT    /apis/shoal/v1/{networks,services,secrets,configs,nodes}/<name>
+//!                                                                   replace at resourceVersion
+//! DELETE /apis/shoal/v1/{networks,services,secrets,configs,nodes}/<name>
+//!                                                                   delete (200, the object)
+//! POST   /apis/shoal/v1/apply[?dryRun=true][&prune=key=value]       multi-document apply
 //! POST   /apis/shoal/v1/services/<name>/rollback[?dryRun=true]      back to the previous spec
 //! POST   /apis/shoal/v1/tasks/<name>/exec                           run a command in a task
+//! GET    /apis/shoal/v1/volumes[?node=N]                            named volumes (agents)
+//! DELETE /apis/shoal/v1/nodes/<node>/volumes/<name>                 remove one (its agent)
 //! GET    /apis/shoal/v1/{tasks,services}/<name>/logs[?follow&tail=N] container output
 //! POST   /v1/tokens   GET /v1/tokens   DELETE /v1/tokens/<name>     API tokens (admin)
 //! GET    /healthz /readyz /metrics /openapi.json
 //! GET    /v1/join/ca    POST /v1/join    POST /v1/renew                node join (public)
+//! GET    /v1/node/tasks/<task id>/payloads     a task's secrets and configs (public: the
+//!                                              node's client certificate, see [`delivery`])
 //! GET    /v1/join-token   POST /v1/join-token/rotate                  the join token
 //! ```
 //!
@@ -32,7 +39,10 @@
 //! what each kind allows, [`rest`] and [`apply`] handle writes through [`plan`] (which checks
 //! [`rules`] and commits one transaction), [`watch`] streams events, [`metrics`] and
 //! [`openapi`] describe the server, [`error`] maps failures to statuses; [`exec`] and
-//! [`logs`] reach tasks through their node agents ([`agent`]); [`join`] admits nodes and
+//! [`logs`] reach tasks through their node agents ([`agent`]), as [`volumes`] reaches
+//! nodes; [`payloads`] holds what
+//! Secrets, Configs and pruning add to [`plan`], and [`delivery`] hands a task's payloads
+//! to its node; [`join`] admits nodes and
 //! keeps the join token, with [`private`] records (join secret, revocations); [`auth`]
 //! authenticates requests and [`tokens`] manages the tokens; [`state`] is what every
 //! handler shares.
@@ -41,6 +51,7 @@ pub mod agent;
 pub mod apply;
 pub mod auth;
 pub mod body;
+pub mod delivery;
 pub mod error;
 pub mod exec;
 pub mod join;
@@ -48,6 +59,7 @@ pub mod kinds;
 pub mod logs;
 pub mod metrics;
 pub mod openapi;
+pub mod payloads;
 pub mod plan;
 pub mod private;
 pub mod request;
@@ -55,6 +67,7 @@ pub mod rest;
 pub mod rules;
 pub mod state;
 pub mod tokens;
+pub mod volumes;
 pub mod watch;
 
 use std::sync::Arc;
@@ -66,7 +79,9 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use shoal_api_types::{EndpointsSpec, NetworkSpec, NodeSpec, ServiceSpec, Status, TaskSpec};
+use shoal_api_types::{
+    ConfigSpec, EndpointsSpec, NetworkSpec, NodeSpec, SecretSpec, ServiceSpec, Status, TaskSpec,
+};
 use shoal_store::Store;
 use tokio::sync::watch as signal;
 
@@ -75,6 +90,7 @@ pub use self::auth::Auth;
 use self::error::ApiError;
 use self::metrics::Metrics;
 use self::state::{App, Cluster};
+use crate::secrets_key::KeySource;
 
 /// Serves the API in plain HTTP without authentication (`--insecure`: no cluster
 /// identity, plain HTTP to agents) on `listener` until `shutdown` turns true (see
@@ -88,14 +104,35 @@ pub async fn serve(
 }
 
 /// Serves the API in plain HTTP on `listener` until `shutdown` turns true; open watches
-/// end then, and the server waits for in-flight requests.
+/// end then, and the server waits for in-flight requests. The secrets key is kept in etcd
+/// ([`KeySource::InEtcd`]).
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     store: Store,
     shutdown: signal::Receiver<bool>,
     auth: Auth,
 ) -> anyhow::Result<()> {
-    let app = build(store, shutdown.clone(), auth).await?;
+    serve_plain(listener, store, shutdown, auth, KeySource::in_etcd()).await
+}
+
+/// [`serve_with`] with the secrets key from `secrets_key` (`--insecure` with
+/// `--secrets-key`).
+pub async fn serve_plain(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    shutdown: signal::Receiver<bool>,
+    auth: Auth,
+    secrets_key: KeySource,
+) -> anyhow::Result<()> {
+    let app = build_with(
+        store,
+        shutdown.clone(),
+        None,
+        agent::Agents::insecure(),
+        auth,
+        secrets_key,
+    )
+    .await?;
     let mut stop = shutdown;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { watch::wait_for_shutdown(&mut stop).await })
@@ -114,6 +151,8 @@ pub struct Secure {
     pub tls: Arc<shoal_pki::Reloadable>,
     /// `admin.token` of the data dir, imported as the token `admin` unless one exists.
     pub admin_token: Option<String>,
+    /// The secrets key (`<data-dir>/secrets.key` or `--secrets-key`).
+    pub secrets_key: KeySource,
 }
 
 impl std::fmt::Debug for Secure {
@@ -139,6 +178,7 @@ pub async fn serve_tls(
         Auth::Tokens {
             admin_token: secure.admin_token,
         },
+        secure.secrets_key,
     )
     .await?;
     let mut stop = shutdown;
@@ -149,13 +189,22 @@ pub async fn serve_tls(
     Ok(())
 }
 
-/// [`build_with`] without a cluster identity, with plain HTTP to agents (tests).
+/// [`build_with`] without a cluster identity, with plain HTTP to agents and the secrets
+/// key in etcd (tests).
 pub async fn build(
     store: Store,
     shutdown: signal::Receiver<bool>,
     auth: Auth,
 ) -> anyhow::Result<Router> {
-    build_with(store, shutdown, None, agent::Agents::insecure(), auth).await
+    build_with(
+        store,
+        shutdown,
+        None,
+        agent::Agents::insecure(),
+        auth,
+        KeySource::in_etcd(),
+    )
+    .await
 }
 
 /// The fallible setup, then the router: with [`Auth::Tokens`] and an admin token, imports
@@ -167,6 +216,7 @@ pub async fn build_with(
     cluster: Option<Arc<Cluster>>,
     agents: agent::Agents,
     auth: Auth,
+    secrets_key: KeySource,
 ) -> anyhow::Result<Router> {
     if let Auth::Tokens {
         admin_token: Some(token),
@@ -185,7 +235,14 @@ pub async fn build_with(
             }
         }
     }
-    Ok(assemble(store, shutdown, cluster, agents, &auth))
+    Ok(assemble(
+        store,
+        shutdown,
+        cluster,
+        agents,
+        &auth,
+        secrets_key,
+    ))
 }
 
 /// The insecure API's router over `store` without authentication (for tests; it never
@@ -201,12 +258,19 @@ pub fn router_with_shutdown(store: Store, shutdown: signal::Receiver<bool>) -> R
     router_with_auth(store, shutdown, &Auth::Off)
 }
 
-/// The API's router without a cluster identity (plain HTTP to agents); watch streams end
-/// when `shutdown` turns true. With [`Auth::Tokens`] it starts the token table's watch (it
+/// The API's router without a cluster identity (plain HTTP to agents, the secrets key in
+/// etcd); watch streams end when `shutdown` turns true. With [`Auth::Tokens`] it starts the token table's watch (it
 /// must be called inside a tokio runtime) and checks every request; it imports no admin
 /// token (see [`build`]).
 pub fn router_with_auth(store: Store, shutdown: signal::Receiver<bool>, auth: &Auth) -> Router {
-    assemble(store, shutdown, None, agent::Agents::insecure(), auth)
+    assemble(
+        store,
+        shutdown,
+        None,
+        agent::Agents::insecure(),
+        auth,
+        KeySource::in_etcd(),
+    )
 }
 
 /// The router over the shared state: cluster identity (`None`: insecure), the hop to
@@ -217,6 +281,7 @@ fn assemble(
     cluster: Option<Arc<Cluster>>,
     agents: agent::Agents,
     auth: &Auth,
+    secrets_key: KeySource,
 ) -> Router {
     let token_table = match auth {
         Auth::Off => None,
@@ -230,6 +295,7 @@ fn assemble(
         agents: Arc::new(agents),
         cluster,
         tokens: token_table.clone(),
+        secrets_key: Arc::new(secrets_key),
     };
     routes(app, token_table)
 }
@@ -264,6 +330,7 @@ pub fn public_routes(app: App) -> Router {
         .route("/v1/join/ca", get(join::ca))
         .route("/v1/join", post(join::join))
         .route("/v1/renew", post(join::renew))
+        .route("/v1/node/tasks/{id}/payloads", get(delivery::task_payloads))
         .with_state(app)
 }
 
@@ -293,6 +360,26 @@ pub fn protected_routes(app: App) -> Router {
                 .delete(delete_service),
         )
         .route(
+            "/apis/shoal/v1/secrets",
+            get(list::<SecretSpec>).post(create::<SecretSpec>),
+        )
+        .route(
+            "/apis/shoal/v1/secrets/{name}",
+            get(get_one::<SecretSpec>)
+                .put(replace::<SecretSpec>)
+                .delete(delete_payload::<SecretSpec>),
+        )
+        .route(
+            "/apis/shoal/v1/configs",
+            get(list::<ConfigSpec>).post(create::<ConfigSpec>),
+        )
+        .route(
+            "/apis/shoal/v1/configs/{name}",
+            get(get_one::<ConfigSpec>)
+                .put(replace::<ConfigSpec>)
+                .delete(delete_payload::<ConfigSpec>),
+        )
+        .route(
             "/apis/shoal/v1/nodes",
             get(list::<NodeSpec>).fallback(not_writable::<NodeSpec>),
         )
@@ -320,6 +407,11 @@ pub fn protected_routes(app: App) -> Router {
             get(get_one::<EndpointsSpec>).fallback(not_writable::<EndpointsSpec>),
         )
         .route("/apis/shoal/v1/tasks/{name}/exec", post(exec::exec))
+        .route("/apis/shoal/v1/volumes", get(volumes::list))
+        .route(
+            "/apis/shoal/v1/nodes/{node}/volumes/{name}",
+            delete(volumes::delete),
+        )
         .route("/apis/shoal/v1/tasks/{name}/logs", get(logs::task_logs))
         .route(
             "/apis/shoal/v1/services/{name}/rollback",

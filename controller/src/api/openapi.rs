@@ -5,14 +5,16 @@
 use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
+use shoal_api_types::payload::TaskPayloads;
+use shoal_api_types::volume::VolumeList;
 use shoal_api_types::{
-    CreatedToken, Endpoints, EndpointsSpec, Network, NetworkSpec, Node, NodeSpec, ObjectList,
-    Service, ServiceSpec, Status, Task, TaskSpec, TokenInfo, TokenList, TokenRequest, WatchEvent,
-    API_VERSION,
+    Config, ConfigSpec, CreatedToken, Endpoints, EndpointsSpec, Network, NetworkSpec, Node,
+    NodeSpec, ObjectList, Secret, SecretSpec, Service, ServiceSpec, Status, Task, TaskSpec,
+    TokenInfo, TokenList, TokenRequest, WatchEvent, API_VERSION,
 };
 
 use super::apply::ApplyResult;
-use super::auth::PUBLIC_PATHS;
+use super::auth::is_public;
 use super::kinds::{Access, ApiKind};
 use super::watch::WATCH_CONTENT_TYPE;
 
@@ -39,6 +41,18 @@ pub fn document() -> Value {
         "ServiceList",
         generator.subschema_for::<ObjectList<ServiceSpec>>(),
     );
+    add("Secret", generator.subschema_for::<Secret>());
+    add(
+        "SecretList",
+        generator.subschema_for::<ObjectList<SecretSpec>>(),
+    );
+    add("Config", generator.subschema_for::<Config>());
+    add(
+        "ConfigList",
+        generator.subschema_for::<ObjectList<ConfigSpec>>(),
+    );
+    add("TaskPayloads", generator.subschema_for::<TaskPayloads>());
+    add("VolumeList", generator.subschema_for::<VolumeList>());
     add("Node", generator.subschema_for::<Node>());
     add(
         "NodeList",
@@ -88,6 +102,8 @@ pub fn document() -> Value {
     let mut paths = Map::new();
     kind_paths::<NetworkSpec>(&mut paths);
     kind_paths::<ServiceSpec>(&mut paths);
+    kind_paths::<SecretSpec>(&mut paths);
+    kind_paths::<ConfigSpec>(&mut paths);
     kind_paths::<NodeSpec>(&mut paths);
     kind_paths::<TaskSpec>(&mut paths);
     kind_paths::<EndpointsSpec>(&mut paths);
@@ -95,9 +111,12 @@ pub fn document() -> Value {
         "/apis/shoal/v1/apply".into(),
         json!({"post": {
             "operationId": "apply",
-            "summary": "Create or update every object of a multi-document YAML or JSON body, all or nothing",
-            "parameters": [dry_run()],
-            "requestBody": manifest_body("One or more Network and Service documents"),
+            "summary": "Create or update every object of a multi-document YAML or JSON body (up to 4 MiB), all or nothing; \
+                        with prune, also delete the objects carrying that label that the body leaves out",
+            "parameters": [dry_run(), query("prune", "string",
+                "`<label key>=<value>`: also delete every Service, Network, Secret and Config with this label \
+                 that the body does not hold (action `pruned`); the body may then hold no object")],
+            "requestBody": manifest_body("Network, Service, Secret and Config documents"),
             "responses": {"200": ok("ApplyResult", "What happened to each object"), "default": error()}
         }}),
     );
@@ -154,6 +173,31 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": summary, "content": {"text/plain": {}}}, "default": error()}}}),
         );
     }
+    paths.insert(
+        "/apis/shoal/v1/volumes".into(),
+        json!({"get": {"operationId": "listVolumes",
+            "summary": "Named volumes of every ready node (asked through their agents); nodes that could not be asked are listed in `unreachable`",
+            "parameters": [query("node", "string", "Only this node (404 unknown, 409 not ready)")],
+            "responses": {"200": ok("VolumeList", "The volumes, by node then name"), "default": error()}}}),
+    );
+    paths.insert(
+        "/apis/shoal/v1/nodes/{node}/volumes/{name}".into(),
+        json!({"delete": {"operationId": "deleteVolume",
+            "summary": "Remove a named volume on a node through its agent: 204; 404 unknown; 409 in use by a task",
+            "parameters": [
+                {"name": "node", "in": "path", "required": true, "schema": {"type": "string"}},
+                {"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": {"204": {"description": "Removed"}, "default": error()}}}),
+    );
+    paths.insert(
+        "/v1/node/tasks/{id}/payloads".into(),
+        json!({"get": {"operationId": "taskPayloads",
+            "summary": "The secrets and configs a task references, decrypted, for the node running it: mutual TLS with \
+                        that node's certificate (401 without, 403 another identity or a task not wanted running, \
+                        404 a task not on that node); no token",
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": {"200": ok("TaskPayloads", "The payloads, base64"), "default": error()}}}),
+    );
     join_paths(&mut paths);
     paths.insert(
         "/v1/tokens".into(),
@@ -198,7 +242,7 @@ pub fn document() -> Value {
     // Every operation needs a bearer token (when the server checks them) except the
     // public paths.
     for (path, item) in paths.iter_mut() {
-        if PUBLIC_PATHS.contains(&path.as_str()) {
+        if is_public(path) {
             for op in item
                 .as_object_mut()
                 .into_iter()
@@ -441,6 +485,12 @@ mod tests {
             "TokenRequest",
             "CreatedToken",
             "TokenList",
+            "Secret",
+            "SecretList",
+            "Config",
+            "ConfigList",
+            "TaskPayloads",
+            "VolumeList",
         ] {
             assert!(
                 schemas.contains_key(name),
@@ -463,6 +513,8 @@ mod tests {
         assert!(doc["paths"]["/v1/tokens"]["post"].is_object());
         assert!(doc["paths"]["/v1/tokens/{name}"]["delete"].is_object());
         assert!(doc["paths"]["/apis/shoal/v1/services/{name}/rollback"]["post"].is_object());
+        assert!(doc["paths"]["/apis/shoal/v1/secrets/{name}"]["delete"].is_object());
+        assert!(doc["paths"]["/apis/shoal/v1/volumes"]["get"].is_object());
     }
 
     #[test]
@@ -470,6 +522,10 @@ mod tests {
         let doc = document();
         assert_eq!(doc["security"], json!([{"bearer": []}]));
         assert_eq!(doc["paths"]["/healthz"]["get"]["security"], json!([]));
+        assert_eq!(
+            doc["paths"]["/v1/node/tasks/{id}/payloads"]["get"]["security"],
+            json!([])
+        );
         assert!(doc["paths"]["/v1/tokens"]["get"].get("security").is_none());
     }
 

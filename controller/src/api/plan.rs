@@ -1,10 +1,15 @@
-//! Writing user-owned objects (Networks, Services) all-or-nothing: read the [`World`] at a
-//! revision, [`plan`] every change against it (pure: defaults, merges and every cross-object
-//! rule of [`super::rules`]), then [`commit`] all writes in one [`Batch`] (one etcd
-//! transaction) whose preconditions make the plan's checks race-free. A lost race re-reads
-//! and re-plans a few times; a stale `resourceVersion` the client sent is a 409 at once.
+//! Writing user-owned objects (Networks, Services, Secrets, Configs) all-or-nothing: read
+//! the [`World`] at a revision, [`plan`] every change against it (pure: defaults, merges and
+//! every cross-object rule of [`super::rules`]), then [`commit`] all writes in one [`Batch`]
+//! (one etcd transaction) whose preconditions make the plan's checks race-free. A lost race
+//! re-reads and re-plans a few times; a stale `resourceVersion` the client sent is a 409 at
+//! once.
 //!
-//! Create, replace and apply all go through here, so they share one set of rules.
+//! Create, replace and apply all go through here, so they share one set of rules. Secrets
+//! and Configs ([`super::payloads`]): the payload a write carries is fingerprinted while
+//! planning and written (a Secret's sealed under the secrets key) in the same transaction
+//! as its object; the object never holds it. An apply with a [`Prune`] selector also
+//! deletes, in that transaction, every labelled object the body leaves out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,13 +17,15 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use shoal_api_types::settings::{default_reserved_ports, ReservedPort};
 use shoal_api_types::{
-    AnyObject, ClusterSettingsSpec, FieldError, Network, NetworkSpec, Object, Resource, Service,
-    ServiceSpec, Status, StatusDetail,
+    AnyObject, ClusterSettingsSpec, Config, ConfigSpec, FieldError, Network, NetworkSpec, Object,
+    Resource, Secret, SecretSpec, Service, ServiceSpec, Status, StatusDetail,
 };
 use shoal_store::{stored, Batch, Store, StoreError};
 
 use super::error::{ApiError, ApiResult};
+use super::payloads::{self, clean_object, Merge, Payload, Prune, StoredPayload};
 use super::rules;
+use crate::secrets_key::SecretsKey;
 
 /// How often a write re-reads and re-plans after losing a race before giving up with 409.
 pub const ATTEMPTS: usize = 5;
@@ -34,16 +41,30 @@ pub struct World {
     pub services: BTreeMap<String, Service>,
     /// The revision `services` was read at.
     pub services_revision: i64,
+    /// Secrets by name (metadata and fingerprint only).
+    pub secrets: BTreeMap<String, Secret>,
+    /// The revision `secrets` was read at.
+    pub secrets_revision: i64,
+    /// Configs by name.
+    pub configs: BTreeMap<String, Config>,
+    /// The revision `configs` was read at.
+    pub configs_revision: i64,
+    /// The key that fingerprints payloads (set by [`write`]; planning a Secret or Config
+    /// without it is an internal error).
+    pub key: Option<std::sync::Arc<SecretsKey>>,
     /// The published ports no service may take: the stored ClusterSettings' (the
     /// leader's `--reserved-ports`), or the defaults until a leader published them.
     pub reserved_ports: Vec<ReservedPort>,
 }
 
 impl World {
-    /// Reads every Network and Service, and the reserved ports.
+    /// Reads every Network, Service, Secret and Config, and the reserved ports.
     pub async fn read(store: &Store) -> Result<World, StoreError> {
         let (networks, networks_revision) = store.list::<NetworkSpec>().await?;
         let (services, services_revision) = store.list::<ServiceSpec>().await?;
+        let (secrets, secrets_revision) = store.list::<SecretSpec>().await?;
+        let (configs, configs_revision) = store.list::<ConfigSpec>().await?;
+
         let reserved_ports = store
             .get::<ClusterSettingsSpec>(&store.keys().cluster_settings())
             .await?
@@ -61,6 +82,11 @@ impl World {
                 .map(|s| (s.name().to_string(), s))
                 .collect(),
             services_revision,
+            secrets: by_name(secrets),
+            secrets_revision,
+            configs: by_name(configs),
+            configs_revision,
+            key: None,
         })
     }
 
@@ -68,8 +94,8 @@ impl World {
         match obj {
             AnyObject::Network(n) => self.networks.get(n.name()).cloned().map(AnyObject::Network),
             AnyObject::Service(s) => self.services.get(s.name()).cloned().map(AnyObject::Service),
-            // TODO(issue 15, helper A): secrets and configs.
-            AnyObject::Secret(_) | AnyObject::Config(_) => None,
+            AnyObject::Secret(s) => self.secrets.get(s.name()).cloned().map(AnyObject::Secret),
+            AnyObject::Config(c) => self.configs.get(c.name()).cloned().map(AnyObject::Config),
         }
     }
 
@@ -81,9 +107,30 @@ impl World {
             AnyObject::Service(s) => {
                 self.services.insert(s.name().to_string(), s.clone());
             }
-            AnyObject::Secret(_) | AnyObject::Config(_) => {}
+            AnyObject::Secret(s) => {
+                self.secrets.insert(s.name().to_string(), s.clone());
+            }
+            AnyObject::Config(c) => {
+                self.configs.insert(c.name().to_string(), c.clone());
+            }
         }
     }
+
+    fn remove(&mut self, obj: &AnyObject) {
+        match obj {
+            AnyObject::Network(n) => self.networks.remove(n.name()).map(|_| ()),
+            AnyObject::Service(s) => self.services.remove(s.name()).map(|_| ()),
+            AnyObject::Secret(s) => self.secrets.remove(s.name()).map(|_| ()),
+            AnyObject::Config(c) => self.configs.remove(c.name()).map(|_| ()),
+        };
+    }
+}
+
+fn by_name<S: Resource>(items: Vec<Object<S>>) -> BTreeMap<String, Object<S>> {
+    items
+        .into_iter()
+        .map(|o| (o.name().to_string(), o))
+        .collect()
 }
 
 /// What a change requires of the stored object.
@@ -118,6 +165,8 @@ pub enum Action {
     Configured,
     /// The same spec and labels were stored already.
     Unchanged,
+    /// Deleted by an apply with `?prune=`: it carries the label and the body left it out.
+    Pruned,
 }
 
 /// One planned (later: written) object.
@@ -128,14 +177,33 @@ pub struct Planned {
     /// What happens.
     pub action: Action,
     /// The object to store (updates: with the stored uid, status and resourceVersion); after
-    /// [`commit`], as stored, with its new resourceVersion.
+    /// [`commit`], as stored, with its new resourceVersion. Pruned: the object deleted.
     pub object: AnyObject,
+    /// A created Secret's or Config's payload, written with it.
+    pub payload: Option<Payload>,
 }
 
 /// Plans `changes` against `world`: merges each with what is stored and checks every rule.
 /// Pure; the first failing precondition, else all invalid fields (422), else all port
 /// conflicts (409).
 pub fn plan(world: &World, changes: Vec<Change>) -> Result<Vec<Planned>, Status> {
+    plan_pruning(world, changes, None)
+}
+
+/// [`plan`], and with `prune`, also deletes every Service, Network, Secret and Config that
+/// carries the selector's label and is not in `changes` (after them, action
+/// [`Action::Pruned`]). Removing something a remaining service still uses is refused: 422
+/// on a service of the body, else 409 naming the services.
+pub fn plan_pruning(
+    world: &World,
+    changes: Vec<Change>,
+    prune: Option<&Prune>,
+) -> Result<Vec<Planned>, Status> {
+    // A create or replace names its object in the message; an apply counts documents.
+    let single = match changes.as_slice() {
+        [one] if one.document.is_none() => Some(one.object.reference()),
+        _ => None,
+    };
     let mut invalid = Vec::new();
     let mut seen: BTreeMap<String, Option<usize>> = BTreeMap::new();
     let mut planned = Vec::new();
@@ -150,15 +218,6 @@ pub fn plan(world: &World, changes: Vec<Change>) -> Result<Vec<Planned>, Status>
                 &change.object,
                 "metadata.name",
                 format!("{reference} is also in {where_}; each object may appear once"),
-            ));
-            continue;
-        }
-        if matches!(change.object, AnyObject::Secret(_) | AnyObject::Config(_)) {
-            invalid.push(detail(
-                change.document,
-                &change.object,
-                "kind",
-                "not supported yet".into(),
             ));
             continue;
         }
@@ -181,29 +240,53 @@ pub fn plan(world: &World, changes: Vec<Change>) -> Result<Vec<Planned>, Status>
             }
         }
         check_expectation(&change, existing.as_ref())?;
-        let (action, object) = merge(existing.as_ref(), change.object);
-        planned.push(Planned {
-            document: change.document,
-            action,
-            object,
-        });
+        let document = change.document;
+        let original = change.object.clone();
+        match merge_any(world, existing.as_ref(), change.object) {
+            Ok((action, object, payload)) => planned.push(Planned {
+                document,
+                action,
+                object,
+                payload,
+            }),
+            Err(errs) => invalid.extend(
+                errs.into_iter()
+                    .map(|e| detail(document, &original, &e.field, e.message)),
+            ),
+        }
+    }
+    if let Some(prune) = prune {
+        planned.extend(
+            pruned(world, &seen, prune)
+                .into_iter()
+                .map(|object| Planned {
+                    document: None,
+                    action: Action::Pruned,
+                    object,
+                    payload: None,
+                }),
+        );
     }
 
     // The world as it will be once every change is written.
     let mut after = world.clone();
     for p in &planned {
-        after.put(&p.object);
+        match p.action {
+            Action::Pruned => after.remove(&p.object),
+            _ => after.put(&p.object),
+        }
     }
     let mut conflicts = Vec::new();
+    conflicts.extend(still_used(&planned, &after));
     for (i, p) in planned.iter().enumerate() {
-        if p.action == Action::Unchanged {
+        if matches!(p.action, Action::Unchanged | Action::Pruned) {
             continue;
         }
         // Compare against everything but the changed objects that come later in the body:
         // each clash is reported once, on the later document.
         let later: BTreeSet<String> = planned[i + 1..]
             .iter()
-            .filter(|q| q.action != Action::Unchanged)
+            .filter(|q| !matches!(q.action, Action::Unchanged | Action::Pruned))
             .map(|q| q.object.reference())
             .collect();
         let at = |errs: Vec<FieldError>| {
@@ -228,6 +311,11 @@ pub fn plan(world: &World, changes: Vec<Change>) -> Result<Vec<Planned>, Status>
                     &world.reserved_ports,
                 )));
                 invalid.extend(at(rules::check_service_networks(s, &after.networks)));
+                invalid.extend(at(rules::check_service_payloads(
+                    s,
+                    &after.secrets,
+                    &after.configs,
+                )));
                 let others = after
                     .services
                     .values()
@@ -238,9 +326,9 @@ pub fn plan(world: &World, changes: Vec<Change>) -> Result<Vec<Planned>, Status>
         }
     }
     if !invalid.is_empty() {
-        let what = match planned.as_slice() {
-            [one] if one.document.is_none() => format!("{} is invalid", one.object.reference()),
-            _ => "nothing was written".to_string(),
+        let what = match single {
+            Some(one) => format!("{one} is invalid"),
+            None => "nothing was written".to_string(),
         };
         return Err(Status::invalid(what, invalid));
     }
@@ -334,78 +422,168 @@ fn merge_typed<S: Resource>(old: &Object<S>, new: Object<S>) -> (Action, Object<
     (Action::Configured, next)
 }
 
-fn clean_new(obj: AnyObject) -> AnyObject {
-    fn clean<S: Resource>(mut o: Object<S>) -> Object<S> {
-        o.metadata.uid.clear();
-        o.metadata.resource_version = None;
-        o.metadata.creation_timestamp = None;
-        o.metadata.generation = 0;
-        o.status = Default::default();
-        o
-    }
-    match obj {
-        AnyObject::Network(n) => AnyObject::Network(clean(n)),
-        AnyObject::Service(s) => AnyObject::Service(clean(s)),
-        AnyObject::Secret(s) => AnyObject::Secret(clean(s)),
-        AnyObject::Config(c) => AnyObject::Config(clean(c)),
+/// [`merge`] for every kind: Secrets and Configs through [`payloads::merge_payload`] (with
+/// the bytes to store for a create), field errors for their `spec.data`.
+fn merge_any(
+    world: &World,
+    existing: Option<&AnyObject>,
+    wanted: AnyObject,
+) -> Result<(Action, AnyObject, Option<Payload>), Vec<FieldError>> {
+    let key = world.key.as_deref();
+    match (existing, wanted) {
+        (old, AnyObject::Secret(new)) => {
+            let old = match old {
+                Some(AnyObject::Secret(o)) => Some(o),
+                _ => None,
+            };
+            payloads::merge_payload(old, new, key)
+                .map(|(a, o, p)| (action(a), AnyObject::Secret(o), p))
+                .map_err(|e| vec![e])
+        }
+        (old, AnyObject::Config(new)) => {
+            let old = match old {
+                Some(AnyObject::Config(o)) => Some(o),
+                _ => None,
+            };
+            payloads::merge_payload(old, new, key)
+                .map(|(a, o, p)| (action(a), AnyObject::Config(o), p))
+                .map_err(|e| vec![e])
+        }
+        (old, new) => {
+            let (a, o) = merge(old, new);
+            Ok((a, o, None))
+        }
     }
 }
 
-/// Writes every created or configured object of `planned` in one transaction, with
+fn action(m: Merge) -> Action {
+    match m {
+        Merge::Created => Action::Created,
+        Merge::Configured => Action::Configured,
+        Merge::Unchanged => Action::Unchanged,
+    }
+}
+
+fn clean_new(obj: AnyObject) -> AnyObject {
+    match obj {
+        AnyObject::Network(n) => AnyObject::Network(clean_object(n)),
+        AnyObject::Service(s) => AnyObject::Service(clean_object(s)),
+        AnyObject::Secret(s) => AnyObject::Secret(clean_object(s)),
+        AnyObject::Config(c) => AnyObject::Config(clean_object(c)),
+    }
+}
+
+/// Writes every created, configured or pruned object of `planned` in one transaction (a
+/// created Secret's or Config's payload with it, a pruned one's removed with it), with
 /// preconditions that keep the plan's checks true: the networks (services) read have not
-/// changed if a network (a service publishing ports) is written, and every network a written
-/// service joins still exists. Returns the plan with stored objects and resourceVersions.
+/// changed if a network (a service publishing ports) is written; no service changed if a
+/// network, secret or config is pruned; every network, secret and config a written service
+/// references still exists. Returns the plan with stored objects and resourceVersions.
 pub async fn commit(
     store: &Store,
     world: &World,
     mut planned: Vec<Planned>,
 ) -> Result<Vec<Planned>, StoreError> {
+    let keys = store.keys();
     let mut batch = Batch::new();
-    let created_networks: BTreeSet<String> = planned
-        .iter()
-        .filter_map(|p| match (&p.action, &p.object) {
-            (Action::Created, AnyObject::Network(n)) => Some(n.name().to_string()),
-            _ => None,
-        })
-        .collect();
-    let mut joined = BTreeSet::new();
-    let (mut networks_written, mut ports_written) = (false, false);
+    let created = |kind: &str| -> BTreeSet<String> {
+        planned
+            .iter()
+            .filter(|p| p.action == Action::Created && p.object.kind() == kind)
+            .map(|p| p.object.name().to_string())
+            .collect()
+    };
+    let (created_networks, created_secrets, created_configs) = (
+        created(NetworkSpec::KIND),
+        created(SecretSpec::KIND),
+        created(ConfigSpec::KIND),
+    );
+    let (mut joined, mut secrets_used, mut configs_used) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    let (mut networks_written, mut ports_written, mut used_removed) = (false, false, false);
     for p in planned.iter_mut() {
-        match (&p.action, &mut p.object) {
-            (Action::Unchanged, _) => continue,
-            (_, AnyObject::Network(_)) => networks_written = true,
-            (_, AnyObject::Secret(_) | AnyObject::Config(_)) => continue,
+        let create = p.action == Action::Created;
+        match (p.action, &mut p.object) {
+            (Action::Unchanged, _) => {}
+            (Action::Pruned, AnyObject::Service(s)) => batch.delete(store, s),
+            (Action::Pruned, AnyObject::Network(n)) => {
+                used_removed = true;
+                batch.delete(store, n);
+            }
+            (Action::Pruned, AnyObject::Secret(s)) => {
+                used_removed = true;
+                batch.delete(store, s);
+                batch.remove_raw(keys.payload::<SecretSpec>(s.name()));
+            }
+            (Action::Pruned, AnyObject::Config(c)) => {
+                used_removed = true;
+                batch.delete(store, c);
+                batch.remove_raw(keys.payload::<ConfigSpec>(c.name()));
+            }
+            (_, AnyObject::Network(n)) => {
+                networks_written = true;
+                if create {
+                    *n = batch.create(store, n);
+                } else {
+                    batch.update(store, n);
+                }
+            }
             (_, AnyObject::Service(s)) => {
                 ports_written |= !s.spec.ports.is_empty();
                 joined.extend(s.spec.networks.iter().map(|a| a.name.clone()));
+                secrets_used.extend(s.spec.secrets.iter().map(|r| r.source.clone()));
+                configs_used.extend(s.spec.configs.iter().map(|r| r.source.clone()));
+                if create {
+                    *s = batch.create(store, s);
+                } else {
+                    batch.update(store, s);
+                }
             }
-        }
-        match (&p.action, &mut p.object) {
-            (Action::Created, AnyObject::Network(n)) => *n = batch.create(store, n),
-            (Action::Created, AnyObject::Service(s)) => *s = batch.create(store, s),
-            (_, AnyObject::Network(n)) => batch.update(store, n),
-            (_, AnyObject::Service(s)) => batch.update(store, s),
-            (_, AnyObject::Secret(_) | AnyObject::Config(_)) => {}
+            (_, AnyObject::Secret(s)) => {
+                if create {
+                    *s = batch.create(store, s);
+                } else {
+                    batch.update(store, s);
+                }
+                if let Some(payload) = &p.payload {
+                    batch.put_raw(keys.payload::<SecretSpec>(s.name()), payload.0.clone());
+                }
+            }
+            (_, AnyObject::Config(c)) => {
+                if create {
+                    *c = batch.create(store, c);
+                } else {
+                    batch.update(store, c);
+                }
+                if let Some(payload) = &p.payload {
+                    batch.put_raw(keys.payload::<ConfigSpec>(c.name()), payload.0.clone());
+                }
+            }
         }
     }
     if batch.is_empty() {
         return Ok(planned);
     }
-    let keys = store.keys();
     if networks_written {
         batch.require_unchanged_since(&keys.prefix::<NetworkSpec>(), world.networks_revision);
     }
-    if ports_written {
+    if ports_written || used_removed {
         batch.require_unchanged_since(&keys.prefix::<ServiceSpec>(), world.services_revision);
     }
     for name in joined.difference(&created_networks) {
         batch.require_present(keys.named::<NetworkSpec>(name));
     }
+    for name in secrets_used.difference(&created_secrets) {
+        batch.require_present(keys.named::<SecretSpec>(name));
+    }
+    for name in configs_used.difference(&created_configs) {
+        batch.require_present(keys.named::<ConfigSpec>(name));
+    }
     let revision = batch.commit(store).await?;
     Ok(planned
         .into_iter()
         .map(|p| match (p.action, p.object) {
-            (Action::Unchanged, object) => Planned { object, ..p },
+            (Action::Unchanged | Action::Pruned, object) => Planned { object, ..p },
             (_, AnyObject::Network(n)) => Planned {
                 object: AnyObject::Network(stored(n, revision)),
                 ..p
@@ -414,18 +592,42 @@ pub async fn commit(
                 object: AnyObject::Service(stored(s, revision)),
                 ..p
             },
-            (_, object) => Planned { object, ..p },
+            (_, AnyObject::Secret(s)) => Planned {
+                object: AnyObject::Secret(stored(s, revision)),
+                ..p
+            },
+            (_, AnyObject::Config(c)) => Planned {
+                object: AnyObject::Config(stored(c, revision)),
+                ..p
+            },
         })
         .collect())
 }
 
 /// Plans and commits `changes`, re-reading and re-planning after a lost race. With
-/// `dry_run`, plans only.
-pub async fn write(store: &Store, changes: Vec<Change>, dry_run: bool) -> ApiResult<Vec<Planned>> {
+/// `dry_run`, plans only. `key` fingerprints and seals payloads.
+pub async fn write(
+    store: &Store,
+    key: std::sync::Arc<SecretsKey>,
+    changes: Vec<Change>,
+    dry_run: bool,
+) -> ApiResult<Vec<Planned>> {
+    write_pruning(store, key, changes, None, dry_run).await
+}
+
+/// [`write`] with apply's [`Prune`] selector (see [`plan_pruning`]).
+pub async fn write_pruning(
+    store: &Store,
+    key: std::sync::Arc<SecretsKey>,
+    changes: Vec<Change>,
+    prune: Option<&Prune>,
+    dry_run: bool,
+) -> ApiResult<Vec<Planned>> {
     let mut last = None;
     for _ in 0..ATTEMPTS {
-        let world = World::read(store).await?;
-        let planned = plan(&world, changes.clone())?;
+        let mut world = World::read(store).await?;
+        world.key = Some(key.clone());
+        let planned = plan_pruning(&world, changes.clone(), prune)?;
         if dry_run {
             return Ok(planned);
         }
@@ -491,7 +693,7 @@ pub async fn rollback(
     Err(gave_up(last))
 }
 
-fn gave_up(last: Option<String>) -> ApiError {
+pub(super) fn gave_up(last: Option<String>) -> ApiError {
     Status::conflict(format!(
         "gave up after {ATTEMPTS} attempts because other writes kept changing the same objects; retry ({})",
         last.unwrap_or_default()
@@ -553,9 +755,150 @@ pub async fn delete_network(
     Err(gave_up(last))
 }
 
+/// The objects an apply with `prune` deletes: those carrying its label whose reference
+/// (`kind/name`) is not in `in_body`; services first. The system's networks never.
+pub fn pruned(
+    world: &World,
+    in_body: &BTreeMap<String, Option<usize>>,
+    prune: &Prune,
+) -> Vec<AnyObject> {
+    let mut out: Vec<AnyObject> = Vec::new();
+    out.extend(
+        world
+            .services
+            .values()
+            .filter(|o| prune.selects(o))
+            .cloned()
+            .map(AnyObject::Service),
+    );
+    out.extend(
+        world
+            .networks
+            .values()
+            .filter(|n| prune.selects(n))
+            .filter(|n| {
+                !n.spec.ingress
+                    && shoal_api_types::network::reserved_network_name(n.name()).is_none()
+            })
+            .cloned()
+            .map(AnyObject::Network),
+    );
+    out.extend(
+        world
+            .secrets
+            .values()
+            .filter(|o| prune.selects(o))
+            .cloned()
+            .map(AnyObject::Secret),
+    );
+    out.extend(
+        world
+            .configs
+            .values()
+            .filter(|o| prune.selects(o))
+            .cloned()
+            .map(AnyObject::Config),
+    );
+    out.retain(|o| !in_body.contains_key(&o.reference()));
+    out
+}
+
+/// 409s for pruned Networks, Secrets and Configs that services staying as they are (not in
+/// the body, or unchanged in it) still use. Services the body creates or changes are
+/// checked by the usual rules (422 at the reference).
+pub fn still_used(planned: &[Planned], after: &World) -> Vec<StatusDetail> {
+    let written: BTreeSet<String> = planned
+        .iter()
+        .filter(|p| matches!(p.action, Action::Created | Action::Configured))
+        .map(|p| p.object.reference())
+        .collect();
+    let staying: Vec<&Service> = after
+        .services
+        .values()
+        .filter(|s| !written.contains(&format!("service/{}", s.name())))
+        .collect();
+    let mut out = Vec::new();
+    for p in planned.iter().filter(|p| p.action == Action::Pruned) {
+        let message = match &p.object {
+            AnyObject::Network(n) => {
+                let users = rules::services_using(
+                    n,
+                    &staying.iter().map(|s| (*s).clone()).collect::<Vec<_>>(),
+                );
+                (!users.is_empty()).then(|| rules::in_use_message(n.name(), &users))
+            }
+            AnyObject::Secret(s) => {
+                let users =
+                    payloads::services_using::<SecretSpec>(s.name(), staying.iter().copied());
+                (!users.is_empty()).then(|| payloads::in_use_message("secret", s.name(), &users))
+            }
+            AnyObject::Config(c) => {
+                let users =
+                    payloads::services_using::<ConfigSpec>(c.name(), staying.iter().copied());
+                (!users.is_empty()).then(|| payloads::in_use_message("config", c.name(), &users))
+            }
+            AnyObject::Service(_) => None,
+        };
+        if let Some(message) = message {
+            out.push(StatusDetail {
+                field: String::new(),
+                message: format!("cannot prune {}: {message}", p.object.reference()),
+                document: None,
+                object: None,
+            });
+        }
+    }
+    out
+}
+
+/// Deletes a Secret or Config (and its stored payload) unless a service's spec references
+/// it (409 naming them), race-free: the delete commits only if no service was created or
+/// changed since the services were read.
+pub async fn delete_payload<S: StoredPayload>(
+    store: &Store,
+    name: &str,
+    expected: Option<i64>,
+    dry_run: bool,
+) -> ApiResult<Object<S>> {
+    let kind = S::KIND.to_lowercase();
+    let key = store.keys().named::<S>(name);
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        let (services, services_revision) = store.list::<ServiceSpec>().await?;
+        let Some(obj) = store.get::<S>(&key).await? else {
+            return Err(Status::not_found(S::KIND, name).into());
+        };
+        let current = obj.metadata.revision().unwrap_or(0);
+        if let Some(want) = expected.filter(|w| *w != current) {
+            return Err(Status::conflict(format!(
+                "{kind} {name:?} was changed since resourceVersion {want} (it is now at {current}); read it again and retry"
+            ))
+            .into());
+        }
+        let users = payloads::services_using::<S>(name, &services);
+        if !users.is_empty() {
+            return Err(Status::conflict(payloads::in_use_message(S::KIND, name, &users)).into());
+        }
+        if dry_run {
+            return Ok(obj);
+        }
+        let mut batch = Batch::new();
+        batch.delete(store, &obj);
+        batch.remove_raw(store.keys().payload::<S>(name));
+        batch.require_unchanged_since(&store.keys().prefix::<ServiceSpec>(), services_revision);
+        match batch.commit(store).await {
+            Ok(revision) => return Ok(stored(obj, revision)),
+            Err(StoreError::Conflict(msg)) => last = Some(msg),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(gave_up(last))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::payloads::Prune;
     use shoal_api_types::{NetworkAttachmentConfig, PortConfig};
 
     fn net(name: &str, subnet: Option<&str>) -> Network {
@@ -617,6 +960,8 @@ mod tests {
                 .collect(),
             services_revision: 10,
             reserved_ports: default_reserved_ports(),
+            key: Some(std::sync::Arc::new(SecretsKey::from_bytes(&[3; 32]))),
+            ..Default::default()
         }
     }
 
@@ -968,5 +1313,192 @@ mod tests {
             "{}",
             err.details[0].message
         );
+    }
+
+    fn secret(name: &str, data: Option<&[u8]>) -> AnyObject {
+        AnyObject::Secret(shoal_api_types::Secret::new(
+            name,
+            SecretSpec {
+                data: data.map(shoal_api_types::payload::encode_payload),
+            },
+        ))
+    }
+
+    fn with_secret(mut s: Service, name: &str) -> Service {
+        s.spec.secrets.push(shoal_api_types::SecretReference {
+            source: name.into(),
+            target: name.into(),
+            ..Default::default()
+        });
+        s
+    }
+
+    fn labelled(mut obj: AnyObject, stack: &str) -> AnyObject {
+        let labels = match &mut obj {
+            AnyObject::Network(o) => &mut o.metadata.labels,
+            AnyObject::Service(o) => &mut o.metadata.labels,
+            AnyObject::Secret(o) => &mut o.metadata.labels,
+            AnyObject::Config(o) => &mut o.metadata.labels,
+        };
+        labels.insert("shoal.io/stack".into(), stack.into());
+        obj
+    }
+
+    /// `world` after planning and "storing" `objs` (revision 5).
+    fn stored_world(objs: Vec<AnyObject>) -> World {
+        let mut w = world(vec![], vec![]);
+        for p in plan(&w.clone(), apply(objs)).unwrap() {
+            let mut o = p.object;
+            match &mut o {
+                AnyObject::Network(n) => n.metadata.resource_version = Some("5".into()),
+                AnyObject::Service(s) => s.metadata.resource_version = Some("5".into()),
+                AnyObject::Secret(s) => s.metadata.resource_version = Some("5".into()),
+                AnyObject::Config(c) => c.metadata.resource_version = Some("5".into()),
+            }
+            w.put(&o);
+        }
+        w
+    }
+
+    #[test]
+    fn services_may_reference_secrets_from_the_same_body_and_never_missing_ones() {
+        let out = plan(
+            &world(vec![], vec![]),
+            apply(vec![
+                AnyObject::Service(with_secret(svc("api", &[], None), "pw")),
+                secret("pw", Some(b"hunter2")),
+            ]),
+        )
+        .unwrap();
+        assert!(out.iter().all(|p| p.action == Action::Created));
+        let AnyObject::Secret(pw) = &out[1].object else {
+            panic!()
+        };
+        assert_eq!((pw.spec.data.as_deref(), pw.status.size), (None, 7));
+        assert!(out[1].payload.is_some() && out[0].payload.is_none());
+
+        let err = plan(
+            &world(vec![], vec![]),
+            apply(vec![AnyObject::Service(with_secret(
+                svc("api", &[], None),
+                "pw",
+            ))]),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 422);
+        assert_eq!(err.details[0].field, "spec.secrets[0].source");
+    }
+
+    #[test]
+    fn a_secret_created_without_data_is_invalid_naming_it() {
+        let err = plan(
+            &world(vec![], vec![]),
+            vec![Change {
+                document: None,
+                object: secret("pw", None),
+                expect: Expect::Absent,
+            }],
+        )
+        .unwrap_err();
+        assert!(
+            err.message
+                .starts_with("secret/pw is invalid: spec.data: is required"),
+            "{}",
+            err.message
+        );
+        assert_eq!(err.details[0].field, "spec.data");
+        assert_eq!(
+            err.details[0].message.split(':').next(),
+            Some("is required")
+        );
+    }
+
+    #[test]
+    fn prune_deletes_the_labelled_objects_the_body_leaves_out_and_nothing_else() {
+        let w = stored_world(vec![
+            labelled(AnyObject::Network(net("shop_net", None)), "shop"),
+            labelled(secret("shop_pw", Some(b"x")), "shop"),
+            labelled(
+                AnyObject::Service(with_secret(svc("shop_api", &["shop_net"], None), "shop_pw")),
+                "shop",
+            ),
+            labelled(
+                AnyObject::Service(svc("shop_old", &["shop_net"], None)),
+                "shop",
+            ),
+            labelled(AnyObject::Service(svc("blog_web", &[], None)), "blog"),
+            AnyObject::Service(svc("loose", &[], None)),
+        ]);
+        let prune = Prune::parse("shoal.io/stack=shop").unwrap();
+        // A redeploy without shop_old: it alone goes.
+        let keep = vec![
+            labelled(AnyObject::Network(net("shop_net", None)), "shop"),
+            labelled(secret("shop_pw", None), "shop"),
+            labelled(
+                AnyObject::Service(with_secret(svc("shop_api", &["shop_net"], None), "shop_pw")),
+                "shop",
+            ),
+        ];
+        let out = plan_pruning(&w, apply(keep), Some(&prune)).unwrap();
+        let got: Vec<(String, Action)> = out
+            .iter()
+            .map(|p| (p.object.reference(), p.action))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("network/shop_net".to_string(), Action::Unchanged),
+                ("secret/shop_pw".to_string(), Action::Unchanged),
+                ("service/shop_api".to_string(), Action::Unchanged),
+                ("service/shop_old".to_string(), Action::Pruned),
+            ]
+        );
+        // `stack rm`: no objects, everything of the stack goes, services first.
+        let out = plan_pruning(&w, vec![], Some(&prune)).unwrap();
+        let got: Vec<String> = out.iter().map(|p| p.object.reference()).collect();
+        assert_eq!(
+            got,
+            [
+                "service/shop_api",
+                "service/shop_old",
+                "network/shop_net",
+                "secret/shop_pw"
+            ]
+        );
+        assert!(out.iter().all(|p| p.action == Action::Pruned));
+    }
+
+    #[test]
+    fn prune_refuses_to_remove_what_a_remaining_service_uses() {
+        let w = stored_world(vec![
+            labelled(AnyObject::Network(net("shop_net", None)), "shop"),
+            labelled(secret("shop_pw", Some(b"x")), "shop"),
+            AnyObject::Service(with_secret(svc("other", &["shop_net"], None), "shop_pw")),
+        ]);
+        let prune = Prune::parse("shoal.io/stack=shop").unwrap();
+        let err = plan_pruning(&w, vec![], Some(&prune)).unwrap_err();
+        assert_eq!(err.code, 409, "{err:?}");
+        assert_eq!(
+            err.message,
+            "cannot prune network/shop_net: network shop_net is in use by service(s): other \
+             (and 1 more)"
+        );
+        assert_eq!(
+            err.details[1].message,
+            "cannot prune secret/shop_pw: secret shop_pw is in use by service(s) other"
+        );
+        // A service of the body that still lists a pruned network: 422 at the reference.
+        let err = plan_pruning(
+            &w,
+            apply(vec![AnyObject::Service(svc(
+                "other",
+                &["shop_net"],
+                Some(81),
+            ))]),
+            Some(&Prune::parse("shoal.io/stack=shop").unwrap()),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 422, "{err:?}");
+        assert_eq!(err.details[0].field, "spec.networks[0].name");
     }
 }

@@ -1,5 +1,7 @@
 //! Reading requests: the bounded text body (at most [`MAX_BODY`] bytes of UTF-8 JSON or
-//! YAML), query parameters, and names taken from the path. Every rejection is a `Status`.
+//! YAML; [`LargeBodyText`]: [`LARGE_BODY`], for apply and the writes of kinds that carry
+//! payloads), query parameters, and names taken from the path. Every rejection is a
+//! `Status`.
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -14,12 +16,16 @@ use super::error::ApiError;
 /// The largest body the API reads.
 pub const MAX_BODY: usize = 1 << 20;
 
-/// The 413 answer to a body over [`MAX_BODY`].
-pub fn too_large() -> Status {
+/// The largest body of apply and of Secret and Config writes: a 1000 KiB config in base64
+/// (1.33 MiB) with a stack around it.
+pub const LARGE_BODY: usize = 4 << 20;
+
+/// The 413 answer to a body over `max` bytes.
+pub fn too_large(max: usize) -> Status {
     Status::new(
         413,
         "RequestEntityTooLarge",
-        "request body is larger than 1 MiB",
+        format!("request body is larger than {} MiB", max >> 20),
     )
 }
 
@@ -27,48 +33,65 @@ pub fn too_large() -> Status {
 #[derive(Debug)]
 pub struct BodyText(pub String);
 
+/// A request body read as UTF-8 text, at most [`LARGE_BODY`] bytes (handlers check their
+/// kind's own limit, [`super::kinds::ApiKind::MAX_BODY`]).
+#[derive(Debug)]
+pub struct LargeBodyText(pub String);
+
 impl<S: Send + Sync> FromRequest<S> for BodyText {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        if let Some(ct) = req.headers().get(CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("");
-            if !acceptable_content_type(ct) {
-                return Err(Status::new(
-                    415,
-                    "UnsupportedMediaType",
-                    format!("content type {ct:?} is not accepted: send JSON (application/json) or YAML (application/yaml)"),
-                )
-                .into());
-            }
-        }
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY as u64) {
-            return Err(too_large().into());
-        }
-        let mut stream = req.into_body().into_data_stream();
-        let mut buf = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                Status::bad_request(format!("reading the request body failed: {e}"))
-            })?;
-            if buf.len() + chunk.len() > MAX_BODY {
-                return Err(too_large().into());
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        let text = String::from_utf8(buf).map_err(|e| {
-            Status::bad_request(format!(
-                "the body is not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ))
-        })?;
-        Ok(BodyText(text))
+        read_text(req, MAX_BODY).await.map(BodyText)
     }
+}
+
+impl<S: Send + Sync> FromRequest<S> for LargeBodyText {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        read_text(req, LARGE_BODY).await.map(LargeBodyText)
+    }
+}
+
+/// Reads at most `max` bytes of UTF-8 text (413 beyond).
+async fn read_text(req: Request, max: usize) -> Result<String, ApiError> {
+    if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        if !acceptable_content_type(ct) {
+            return Err(Status::new(
+                415,
+                "UnsupportedMediaType",
+                format!("content type {ct:?} is not accepted: send JSON (application/json) or YAML (application/yaml)"),
+            )
+            .into());
+        }
+    }
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large(max).into());
+    }
+    let mut stream = req.into_body().into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| Status::bad_request(format!("reading the request body failed: {e}")))?;
+        if buf.len() + chunk.len() > max {
+            return Err(too_large(max).into());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8(buf).map_err(|e| {
+        Status::bad_request(format!(
+            "the body is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    Ok(text)
 }
 
 /// Whether a Content-Type names something the API can read as JSON or YAML.
@@ -141,6 +164,10 @@ pub struct WriteParams {
     /// DELETE of a Node only: remove it even while it is ready.
     #[serde(default, deserialize_with = "flag")]
     pub force: bool,
+    /// Apply only: `<label key>=<value>`; also delete every labelled object the body leaves
+    /// out.
+    #[serde(default)]
+    pub prune: Option<String>,
 }
 
 /// `true`, `1`, `yes` or an empty value (`?watch`) mean true; `false`, `0`, `no` false.

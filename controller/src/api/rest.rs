@@ -7,6 +7,8 @@
 //! - Nodes: only `spec` and labels change through the API; a node that is ready is deleted
 //!   only with `?force=true`; deleting a node revokes it (`private::revoke`, its etcd user
 //!   removed).
+//! - Secrets and Configs: create, replace (labels only: the payload is immutable) and
+//!   delete (409 while a service's spec references it); never answered with their data.
 //! - Tasks and Endpoints are read-only (405).
 //! - `POST services/<name>/rollback` swaps a service's spec with its previous one
 //!   ([`plan::rollback`]: the same rules as a replace, at the revision read).
@@ -22,8 +24,11 @@ use shoal_store::StoreError;
 
 use super::error::{ApiError, ApiResult};
 use super::kinds::{Access, ApiKind, Locate, UserKind};
+use super::payloads::StoredPayload;
 use super::plan::{self, Change, Expect};
-use super::request::{parse_revision, path_name, BodyText, ListParams, Query, WriteParams};
+use super::request::{
+    parse_revision, path_name, too_large, BodyText, LargeBodyText, ListParams, Query, WriteParams,
+};
 use super::state::App;
 use super::{body, watch};
 
@@ -69,15 +74,17 @@ pub async fn get_one<S: ApiKind>(
 pub async fn create<S: UserKind>(
     State(app): State<App>,
     Query(params): Query<WriteParams>,
-    BodyText(text): BodyText,
+    LargeBodyText(text): LargeBodyText,
 ) -> ApiResult<Response> {
+    check_body_size::<S>(&text)?;
     let obj = body::parse_one::<S>(&text, None)?;
     let change = Change {
         document: None,
         object: S::into_any(obj),
         expect: Expect::Absent,
     };
-    let done = one::<S>(plan::write(&app.store, vec![change], params.dry_run).await?)?;
+    let key = app.secrets_key().await?;
+    let done = one::<S>(plan::write(&app.store, key, vec![change], params.dry_run).await?)?;
     Ok((StatusCode::CREATED, Json(done)).into_response())
 }
 
@@ -86,8 +93,9 @@ pub async fn replace<S: UserKind>(
     State(app): State<App>,
     Path(name): Path<String>,
     Query(params): Query<WriteParams>,
-    BodyText(text): BodyText,
+    LargeBodyText(text): LargeBodyText,
 ) -> ApiResult<Json<Object<S>>> {
+    check_body_size::<S>(&text)?;
     path_name(S::KIND, &name)?;
     let obj = body::parse_one::<S>(&text, Some(&name))?;
     let revision = required_revision::<S>(&obj)?;
@@ -96,12 +104,36 @@ pub async fn replace<S: UserKind>(
         object: S::into_any(obj),
         expect: Expect::Revision(revision),
     };
+    let key = app.secrets_key().await?;
     Ok(Json(one(plan::write(
         &app.store,
+        key,
         vec![change],
         params.dry_run,
     )
     .await?)?))
+}
+
+/// The kind's own body limit (the extractor read up to the largest any kind takes).
+fn check_body_size<S: ApiKind>(text: &str) -> Result<(), Status> {
+    if text.len() > S::MAX_BODY {
+        return Err(too_large(S::MAX_BODY));
+    }
+    Ok(())
+}
+
+/// `DELETE /apis/shoal/v1/{secrets,configs}/<name>`: 409 while a service's spec references
+/// it (see [`plan::delete_payload`]).
+pub async fn delete_payload<S: StoredPayload + ApiKind>(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    Query(params): Query<WriteParams>,
+) -> ApiResult<Json<Object<S>>> {
+    path_name(S::KIND, &name)?;
+    let expected = expected_revision(&params)?;
+    Ok(Json(
+        plan::delete_payload::<S>(&app.store, &name, expected, params.dry_run).await?,
+    ))
 }
 
 /// The single object of a one-object write.

@@ -5,8 +5,11 @@
 //!   (the controller creates the routing-mesh network and keeps it present).
 //! - A Network's explicit subnet must not overlap any other network's subnet (spec or
 //!   allocated status); subnet, gateway, driver and the ingress flag cannot change once set.
-//! - A Service may only join networks that exist, and never the ingress network directly;
-//!   it publishes no reserved port (`shoal_api_types::settings`, checked in `plan` against
+//! - A Network users write has driver `overlay`: `bridge` is the gateway bridge's
+//!   (`gwbridge`, the system's, one per node).
+//! - A Service may only join networks that exist, and never the ingress network or the
+//!   gateway bridge directly; every Secret and Config it references exists (or is written in
+//!   the same body); it publishes no reserved port (`shoal_api_types::settings`, checked in `plan` against
 //!   the stored ClusterSettings).
 //! - An ingress-mode published port (number + protocol) belongs to one service; a port
 //!   number used in ingress mode by one service cannot be used in host mode by another.
@@ -20,9 +23,9 @@
 use std::collections::BTreeMap;
 
 use ipnetwork::Ipv4Network;
-use shoal_api_types::network::parse_cidr;
+use shoal_api_types::network::{parse_cidr, BRIDGE_DRIVER, GATEWAY_BRIDGE_NETWORK};
 use shoal_api_types::service::mode_name;
-use shoal_api_types::{FieldError, Network, PublishMode, Service};
+use shoal_api_types::{Config, FieldError, Network, PublishMode, Secret, Service};
 
 /// The subnet a network occupies: its explicit one, else the allocated one.
 pub fn network_subnet(n: &Network) -> Option<Ipv4Network> {
@@ -83,6 +86,14 @@ pub fn check_network_change(existing: Option<&Network>, next: &Network) -> Vec<F
                 "only Shoal creates the ingress network; leave spec.ingress unset",
             ));
         }
+        if next.spec.driver == BRIDGE_DRIVER {
+            errs.push(FieldError::new(
+                "spec.driver",
+                format!(
+                    "{BRIDGE_DRIVER:?} is the gateway bridge's driver ({GATEWAY_BRIDGE_NETWORK:?},                      which Shoal keeps on every node); user networks are \"overlay\""
+                ),
+            ));
+        }
         return errs;
     };
     let recreate = "remove the network and create it again to change it";
@@ -138,6 +149,19 @@ pub fn check_service_networks(
     let mut errs = Vec::new();
     for (i, att) in svc.spec.networks.iter().enumerate() {
         let field = format!("spec.networks[{i}].name");
+        let bridge = networks
+            .get(&att.name)
+            .is_some_and(|n| n.spec.driver == BRIDGE_DRIVER);
+        if att.name == GATEWAY_BRIDGE_NETWORK || bridge {
+            errs.push(FieldError::new(
+                field,
+                format!(
+                    "{:?} is the gateway bridge: every task on a non-internal network reaches                      it by itself; list overlay networks only",
+                    att.name
+                ),
+            ));
+            continue;
+        }
         match networks.get(&att.name) {
             None => errs.push(FieldError::new(
                 field,
@@ -151,6 +175,41 @@ pub fn check_service_networks(
                 ),
             )),
             Some(_) => {}
+        }
+    }
+    errs
+}
+
+/// Every Secret and Config `svc` references must exist (422 on
+/// `spec.secrets[i].source` / `spec.configs[i].source`).
+pub fn check_service_payloads(
+    svc: &Service,
+    secrets: &BTreeMap<String, Secret>,
+    configs: &BTreeMap<String, Config>,
+) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    for (i, r) in svc.spec.secrets.iter().enumerate() {
+        if !secrets.contains_key(&r.source) {
+            errs.push(FieldError::new(
+                format!("spec.secrets[{i}].source"),
+                format!(
+                    "secret {:?} does not exist; create it first (`shoal secret create {} FILE`) \
+                     or apply it in the same body",
+                    r.source, r.source
+                ),
+            ));
+        }
+    }
+    for (i, r) in svc.spec.configs.iter().enumerate() {
+        if !configs.contains_key(&r.source) {
+            errs.push(FieldError::new(
+                format!("spec.configs[{i}].source"),
+                format!(
+                    "config {:?} does not exist; create it first (`shoal config create {} FILE`) \
+                     or apply it in the same body",
+                    r.source, r.source
+                ),
+            ));
         }
     }
     errs
@@ -342,6 +401,65 @@ mod tests {
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["spec.networks[1].name", "spec.networks[2].name"]);
         assert!(errs[0].message.contains("\"missing\" does not exist"));
+    }
+
+    #[test]
+    fn services_may_not_list_the_gateway_bridge_and_users_may_not_make_bridges() {
+        let mut gw = net("gwbridge", None);
+        gw.spec.driver = "bridge".into();
+        let mut other_bridge = net("br", None);
+        other_bridge.spec.driver = "bridge".into();
+        let nets: BTreeMap<String, Network> = [gw, other_bridge.clone()]
+            .into_iter()
+            .map(|n| (n.name().to_string(), n))
+            .collect();
+        let errs = check_service_networks(&svc("api", &["gwbridge", "br"], &[]), &nets);
+        assert_eq!(errs.len(), 2);
+        assert!(
+            errs[0].message.contains("gateway bridge"),
+            "{}",
+            errs[0].message
+        );
+        // Even before the leader made it.
+        let errs = check_service_networks(&svc("api", &["gwbridge"], &[]), &BTreeMap::new());
+        assert!(
+            errs[0].message.contains("gateway bridge"),
+            "{}",
+            errs[0].message
+        );
+        let errs = check_network_change(None, &other_bridge);
+        assert_eq!(errs[0].field, "spec.driver");
+    }
+
+    #[test]
+    fn referenced_secrets_and_configs_must_exist() {
+        use shoal_api_types::{ConfigReference, ConfigSpec, SecretReference, SecretSpec};
+        let mut s = svc("api", &[], &[]);
+        s.spec.secrets = vec![
+            SecretReference {
+                source: "pw".into(),
+                ..Default::default()
+            },
+            SecretReference {
+                source: "gone".into(),
+                ..Default::default()
+            },
+        ];
+        s.spec.configs = vec![ConfigReference {
+            source: "conf".into(),
+            ..Default::default()
+        }];
+        let secrets = [("pw".to_string(), Secret::new("pw", SecretSpec::default()))].into();
+        let errs = check_service_payloads(&s, &secrets, &BTreeMap::new());
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.secrets[1].source", "spec.configs[0].source"]);
+        assert!(errs[0].message.contains("secret \"gone\" does not exist"));
+        let configs = [(
+            "conf".to_string(),
+            Config::new("conf", ConfigSpec::default()),
+        )]
+        .into();
+        assert_eq!(check_service_payloads(&s, &secrets, &configs).len(), 1);
     }
 
     #[test]

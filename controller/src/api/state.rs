@@ -1,6 +1,6 @@
 //! What every handler shares ([`App`]): the store, metrics, the shutdown signal, the
-//! OpenAPI document, the hop to node agents, the cluster identity ([`Cluster`]) and the API
-//! token table (both absent with `--insecure`). Handlers import it; it imports none of
+//! OpenAPI document, the hop to node agents, the secrets key, the cluster identity
+//! ([`Cluster`]) and the API token table (both absent with `--insecure`). Handlers import it; it imports none of
 //! them. See docs/architecture.md ("HTTP API").
 
 use std::sync::Arc;
@@ -11,7 +11,9 @@ use tokio::sync::watch as signal;
 
 use super::agent::Agents;
 use super::auth::Tokens;
+use super::error::ApiResult;
 use super::metrics::Metrics;
+use crate::secrets_key::{KeySource, SecretsKey};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -30,6 +32,21 @@ pub struct App {
     pub cluster: Option<Arc<Cluster>>,
     /// The API token table; `None` when the API checks no tokens (`Auth::Off`).
     pub tokens: Option<Tokens>,
+    /// Where the secrets key comes from (payload sealing and fingerprints).
+    pub secrets_key: Arc<KeySource>,
+}
+
+impl App {
+    /// The secrets key (503 while etcd cannot give an insecure cluster's key).
+    pub async fn secrets_key(&self) -> ApiResult<Arc<SecretsKey>> {
+        self.secrets_key
+            .key(&self.store)
+            .await
+            .map_err(|e| match e {
+                crate::secrets_key::KeyError::Store(e) => e.into(),
+                other => shoal_api_types::Status::internal(other.to_string()).into(),
+            })
+    }
 }
 
 /// What the join API needs: the CA that signs node certificates and what joining nodes

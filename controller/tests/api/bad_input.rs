@@ -73,7 +73,7 @@ async fn a_name_with_capitals_is_422() {
         422,
         "Invalid",
         &["metadata.name"],
-        "not a DNS-1123 label",
+        "is not a valid name",
     )
     .await;
 }
@@ -186,7 +186,8 @@ async fn a_10_mb_body_is_413() {
         "{:?}",
         (a.code, a.reason())
     );
-    assert_eq!(a.message(), "request body is larger than 1 MiB");
+    // Apply takes up to 4 MiB (payloads of Secrets and Configs); other writes 1 MiB.
+    assert_eq!(a.message(), "request body is larger than 4 MiB");
     s.assert_nothing_written().await;
 }
 

@@ -4,6 +4,8 @@
 mod apply;
 mod auth;
 mod bad_input;
+mod payloads;
 mod rest;
 mod support;
+mod volumes;
 mod watch;
