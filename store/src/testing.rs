@@ -152,6 +152,8 @@ impl TestEtcd {
             ))
             .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"))
             .arg("--log-level=error")
+            // as `shoal dev` runs it: room for a stack with large payloads in one txn
+            .arg("--max-request-bytes=8388608")
             .args(&tls)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

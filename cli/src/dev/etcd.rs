@@ -12,6 +12,10 @@ use super::cluster::Layout;
 use super::host;
 use super::process::{run, run_quiet};
 
+/// etcd's request size limit on the local cluster (8 MiB; docs/deploy.md says to set it on
+/// real hosts too).
+pub const MAX_REQUEST_BYTES: u64 = 8 * 1024 * 1024;
+
 /// etcd's flags for member i.
 pub fn member_args(layout: &Layout, i: u32) -> Vec<String> {
     let cluster: Vec<String> = (1..=layout.etcd_members)
@@ -28,6 +32,9 @@ pub fn member_args(layout: &Layout, i: u32) -> Vec<String> {
         "--initial-cluster-state=new".into(),
         "--initial-cluster-token=shoal-dev".into(),
         "--log-level=warn".into(),
+        // One stack deploy may carry a 1000 KiB config and 500 KiB secrets in one
+        // transaction; etcd's default limit is 1.5 MiB.
+        format!("--max-request-bytes={}", MAX_REQUEST_BYTES),
     ];
     if layout.secure {
         let pki = layout.pki_dir();
