@@ -673,16 +673,11 @@ fn health(h: &Option<Healthcheck>, at: &str) -> Result<Option<HealthCheck>> {
     let command = match &c.test {
         None => bail!("{at}.test: is required (Shoal does not read health checks from images)"),
         Some(chealth::Test::ShellCommand(s)) => vec!["sh".into(), "-c".into(), s.clone()],
-        Some(chealth::Test::Command(words)) => match words.split_first() {
-            Some((first, rest)) if first == "CMD" && !rest.is_empty() => rest.to_vec(),
-            Some((first, rest)) if first == "CMD-SHELL" && !rest.is_empty() => {
-                vec!["sh".into(), "-c".into(), rest.join(" ")]
-            }
-            Some((first, _)) if first == "NONE" => return Ok(None),
-            _ => bail!(
-                "{at}.test: use [\"CMD\", ...], [\"CMD-SHELL\", \"...\"], [\"NONE\"] or a string"
-            ),
-        },
+        // compose_spec took the "CMD" / "CMD-SHELL" / "NONE" word off already.
+        Some(chealth::Test::Command(words)) if !words.is_empty() => words.clone(),
+        Some(chealth::Test::Command(_)) => {
+            bail!("{at}.test: [\"CMD\"] needs a command after it")
+        }
     };
     Ok(Some(HealthCheck {
         command,
@@ -1323,6 +1318,22 @@ configs:
             o.validate(&mut errs);
             assert!(errs.is_empty(), "{}: {errs:?}", o.reference());
         }
+    }
+
+    #[test]
+    fn a_cmd_health_check_runs_its_words_as_they_are() {
+        let text = "services:\n  w:\n    image: busybox\n    healthcheck:\n      test: [\"CMD\", \"wget\", \"-q\", \"http://127.0.0.1/\"]\n";
+        let stack = convert(
+            "s",
+            &files(text),
+            &Inputs {
+                lookup: &env,
+                read: &read,
+            },
+        )
+        .unwrap();
+        let hc = service(&stack, "s_w").spec.healthcheck.clone().unwrap();
+        assert_eq!(hc.command, ["wget", "-q", "http://127.0.0.1/"]);
     }
 
     #[test]
