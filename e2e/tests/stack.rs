@@ -181,7 +181,10 @@ fn a_compose_app_with_a_secret_a_config_and_a_volume_runs_as_a_stack() {
             assert!(found.is_empty(), "node-3 holds the secret: {found:?}");
         } else if api_nodes.contains(&format!("node-{k}")) {
             // The search sees the task's tmpfs, so an empty result on node-3 means something.
-            assert!(!found.is_empty(), "node-{k} runs api but grep found no secret");
+            assert!(
+                !found.is_empty(),
+                "node-{k} runs api but grep found no secret"
+            );
         }
         for (file, fs) in &found {
             assert_eq!(fs, "tmpfs", "{file} holds the secret on disk ({fs})");
