@@ -241,6 +241,15 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Ids of a service's tasks that run and are wanted running.
+    pub fn running_ids(&self, service: &str) -> std::collections::BTreeSet<String> {
+        self.tasks(service)
+            .into_iter()
+            .filter(|t| t["status"]["state"] == "running" && t["spec"]["desiredState"] == "running")
+            .filter_map(|t| t["metadata"]["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Running tasks of a service: (display name, node, IP on `network`).
     pub fn running(&self, service: &str, network: &str) -> Vec<(String, String, String)> {
         self.tasks(service)

@@ -65,14 +65,6 @@ fn task_ids(c: &Cluster, service: &str) -> Vec<String> {
         .collect()
 }
 
-fn running_ids(c: &Cluster, service: &str) -> BTreeSet<String> {
-    c.tasks(service)
-        .iter()
-        .filter(|t| t["status"]["state"] == "running" && t["spec"]["desiredState"] == "running")
-        .filter_map(|t| t["metadata"]["name"].as_str().map(str::to_string))
-        .collect()
-}
-
 fn task_error(c: &Cluster, service: &str) -> String {
     c.shoal(&["service", "ps", service, "--no-trunc"]).stdout
 }
@@ -348,7 +340,7 @@ fn local_cluster_end_to_end() {
         wait,
         || {
             let ps = task_error(&c, "flaky");
-            let now = running_ids(&c, "flaky");
+            let now = c.running_ids("flaky");
             (ps.contains("unhealthy") && now.len() == 2 && now != first).then_some(ps)
         },
     );
@@ -406,7 +398,7 @@ fn local_cluster_end_to_end() {
     let _ = server.wait();
 
     step("restore: killing a task's container by hand gets the slot a running task again");
-    let before = running_ids(&c, "api");
+    let before = c.running_ids("api");
     let victim = before.iter().next().unwrap().clone();
     let netns = task_netns(&victim);
     assert!(!netns.is_empty(), "task {victim} has a network namespace");
@@ -423,7 +415,7 @@ fn local_cluster_end_to_end() {
         "api back to 2 running tasks without the killed one",
         wait,
         || {
-            let now = running_ids(&c, "api");
+            let now = c.running_ids("api");
             (now.len() == 2 && !now.contains(&victim)).then_some(())
         },
     );
@@ -439,7 +431,7 @@ fn local_cluster_end_to_end() {
     let api = c.running("api", "appoverlay");
     let (task, node, _) = api[0].clone();
     let k = node_k(&node);
-    let ids_before = running_ids(&c, "api");
+    let ids_before = c.running_ids("api");
     let pids_before = container_pids(&c, k);
     assert!(!pids_before.is_empty(), "node-{k} runs containers");
     let lease_before = node_json(&c, &node)["status"]["lease"].clone();
@@ -457,7 +449,7 @@ fn local_cluster_end_to_end() {
         || (c.exec(&task, &["nslookup", "api"]).code == 0).then_some(()),
     );
     assert_eq!(
-        running_ids(&c, "api"),
+        c.running_ids("api"),
         ids_before,
         "no task replaced by an agent restart"
     );
@@ -512,7 +504,7 @@ fn local_cluster_end_to_end() {
     c.eventually(
         "broken recovers once the registry is back",
         Duration::from_secs(120),
-        || (!running_ids(&c, "broken").is_empty()).then_some(()),
+        || (!c.running_ids("broken").is_empty()).then_some(()),
     );
 
     step("deleting a service removes its containers, namespaces, veths and FDB entries on every node");

@@ -3,7 +3,6 @@
 //! node, an environment change and `--force` replace the tasks, a bad removal changes
 //! nothing, and no flag at all writes nothing.
 
-use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
@@ -36,15 +35,6 @@ fn answers(ip: Ipv4Addr, port: u16, service: &str) -> bool {
 
 fn node_ip(k: u32) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, k as u8)
-}
-
-/// Ids of the service's tasks wanted running and running.
-fn running_ids(c: &Cluster, service: &str) -> BTreeSet<String> {
-    c.tasks(service)
-        .into_iter()
-        .filter(|t| t["status"]["state"] == "running" && t["spec"]["desiredState"] == "running")
-        .filter_map(|t| t["metadata"]["name"].as_str().map(str::to_string))
-        .collect()
 }
 
 fn spec(c: &Cluster, service: &str) -> Value {
@@ -106,12 +96,12 @@ fn service_update_changes_a_running_service() {
     );
 
     step("--env-add replaces the tasks with the new environment");
-    let before = running_ids(&c, "upd");
+    let before = c.running_ids("upd");
     assert_eq!(before.len(), 2, "{before:?}");
     c.shoal(&["service", "update", "--env-add", "COLOR=blue", "upd"])
         .ok();
     let after = c.eventually("two new tasks running", Duration::from_secs(90), || {
-        let now = running_ids(&c, "upd");
+        let now = c.running_ids("upd");
         (now.len() == 2 && now.is_disjoint(&before)).then_some(now)
     });
     let task = after.iter().next().expect("a task");
@@ -134,13 +124,13 @@ fn service_update_changes_a_running_service() {
     assert_eq!(spec(&c, "upd")["metadata"]["resourceVersion"], version);
 
     step("--force replaces every task without a change");
-    let before = running_ids(&c, "upd");
+    let before = c.running_ids("upd");
     c.shoal(&["service", "update", "--force", "upd"]).ok();
     c.eventually(
         "two new tasks after --force",
         Duration::from_secs(90),
         || {
-            let now = running_ids(&c, "upd");
+            let now = c.running_ids("upd");
             (now.len() == 2 && now.is_disjoint(&before)).then_some(())
         },
     );

@@ -37,15 +37,6 @@ fn write(c: &Cluster, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
-/// Ids of a service's tasks that run and are wanted running.
-fn running_ids(c: &Cluster, service: &str) -> BTreeSet<String> {
-    c.tasks(service)
-        .into_iter()
-        .filter(|t| t["status"]["state"] == "running" && t["spec"]["desiredState"] == "running")
-        .filter_map(|t| t["metadata"]["name"].as_str().map(str::to_string))
-        .collect()
-}
-
 /// The nodes that run a task of `service`.
 fn nodes_of(c: &Cluster, service: &str) -> BTreeSet<String> {
     c.tasks(service)
@@ -123,8 +114,8 @@ fn a_compose_app_with_a_secret_a_config_and_a_volume_runs_as_a_stack() {
     for s in ["shop_web", "shop_api", "shop_store", "shop_worker"] {
         assert!(services.contains(s), "{s} missing:\n{services}");
     }
-    assert_eq!(running_ids(&c, "shop_api").len(), 3);
-    assert_eq!(running_ids(&c, "shop_web").len(), 2);
+    assert_eq!(c.running_ids("shop_api").len(), 3);
+    assert_eq!(c.running_ids("shop_web").len(), 2);
 
     step("web answers on every node's port 8080 with the config's page");
     for k in 1..=3 {
@@ -236,10 +227,10 @@ fn a_compose_app_with_a_secret_a_config_and_a_volume_runs_as_a_stack() {
         BTreeSet::from(["node-2".to_string()])
     );
     c.exec(&store[0], &["sh", "-c", "echo kept > /data/f"]).ok();
-    let before = running_ids(&c, "shop_store");
+    let before = c.running_ids("shop_store");
     let _ = c.exec(&store[0], &["kill", "1"]);
     let after = c.eventually("a new store task runs", Duration::from_secs(60), || {
-        let ids = running_ids(&c, "shop_store");
+        let ids = c.running_ids("shop_store");
         (!ids.is_empty() && ids.is_disjoint(&before)).then_some(ids)
     });
     assert_eq!(after.len(), 1);
@@ -280,7 +271,7 @@ fn a_compose_app_with_a_secret_a_config_and_a_volume_runs_as_a_stack() {
     step("rotation: --secret-rm/--secret-add rolls the tasks to the new value");
     let new_value = write(&c, "pw2.txt", "the-new-password\n");
     c.shoal(&["secret", "create", "pw2", &new_value]).ok();
-    let before = running_ids(&c, "shop_api");
+    let before = c.running_ids("shop_api");
     c.shoal(&[
         "service",
         "update",
@@ -291,7 +282,7 @@ fn a_compose_app_with_a_secret_a_config_and_a_volume_runs_as_a_stack() {
         "shop_api",
     ])
     .ok();
-    let after = running_ids(&c, "shop_api");
+    let after = c.running_ids("shop_api");
     assert_eq!(after.len(), 3);
     assert!(after.is_disjoint(&before), "every task was replaced");
     for name in running_names(&c, "shop_api") {
@@ -370,11 +361,7 @@ secrets:
         "no warning about privileged:\n{}",
         run.stderr
     );
-    assert_eq!(
-        running_ids(&c, "app_front").len(),
-        2,
-        "global: one per node"
-    );
+    assert_eq!(c.running_ids("app_front").len(), 2, "global: one per node");
     assert_eq!(nodes_of(&c, "app_back").len(), 2, "max one per node");
     for k in 1..=2 {
         c.eventually(
@@ -415,15 +402,17 @@ networks:
     assert!(!nets.contains("bad_"), "{nets}");
 
     step("an unchanged redeploy restarts nothing");
-    let before: BTreeSet<String> = running_ids(&c, "app_front")
-        .union(&running_ids(&c, "app_back"))
+    let before: BTreeSet<String> = c
+        .running_ids("app_front")
+        .union(&c.running_ids("app_back"))
         .cloned()
         .collect();
     let run = c.shoal(&["stack", "deploy", "-c", &compose, "app"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     std::thread::sleep(Duration::from_secs(5));
-    let after: BTreeSet<String> = running_ids(&c, "app_front")
-        .union(&running_ids(&c, "app_back"))
+    let after: BTreeSet<String> = c
+        .running_ids("app_front")
+        .union(&c.running_ids("app_back"))
         .cloned()
         .collect();
     assert_eq!(before, after, "tasks were restarted");
@@ -463,7 +452,7 @@ networks:
     step("a deploy right after stack rm works");
     let run = c.shoal(&["stack", "deploy", "-c", &compose, "app"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    assert_eq!(running_ids(&c, "app_back").len(), 2);
+    assert_eq!(c.running_ids("app_back").len(), 2);
     let back = running_names(&c, "app_back");
     let token = c.exec(&back[0], &["cat", "/run/secrets/token"]).ok();
     assert_eq!(token.trim(), "t0ken");

@@ -105,6 +105,31 @@ pub fn print_inspect<T: serde::Serialize>(
     }
 }
 
+/// `inspect` of any kind: fetches each name, prints those found ([`print_inspect`]) and
+/// reports the others; fails (after printing) when one was not found.
+pub async fn inspect_each<S: shoal_api_types::Resource>(
+    client: &Client,
+    a: &InspectArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut found = vec![];
+    let mut failed = false;
+    for name in &a.names {
+        match client.get::<S>(name).await {
+            Ok(o) => found.push(o),
+            Err(e) => {
+                failed = true;
+                report(&e.into());
+            }
+        }
+    }
+    print_inspect(out, &found, a.output)?;
+    if failed {
+        return Err(Reported.into());
+    }
+    Ok(())
+}
+
 /// `rm`: deletes each name, printing it; errors are reported and the rest still removed.
 pub async fn rm(client: &Client, kind: Kind, a: &NamesArgs, out: &mut dyn Write) -> Result<()> {
     remove_each(&a.names, out, |name| client.delete(kind, name)).await

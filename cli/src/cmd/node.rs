@@ -8,12 +8,11 @@ use shoal_api_types::{NodeSpec, TaskSpec};
 
 use crate::args::{NodeCommand, NodeUpdateArgs, OutputFormat};
 use crate::client::Client;
-use crate::cmd::network::print_inspect;
+use crate::cmd::network::inspect_each;
 use crate::cmd::resources::print_value;
 use crate::cmd::service::CONFLICT_RETRIES;
 use crate::flags::{check_node_update, update_node};
 use crate::format::nodes_table;
-use crate::{report, Reported};
 
 /// Runs a `shoal node` command.
 pub async fn run(client: &Client, cmd: &NodeCommand, out: &mut dyn Write) -> Result<()> {
@@ -35,24 +34,7 @@ pub async fn run(client: &Client, cmd: &NodeCommand, out: &mut dyn Write) -> Res
             }
             Ok(())
         }
-        NodeCommand::Inspect(a) => {
-            let mut found = vec![];
-            let mut failed = false;
-            for name in &a.names {
-                match client.get::<NodeSpec>(name).await {
-                    Ok(n) => found.push(n),
-                    Err(e) => {
-                        failed = true;
-                        report(&e.into());
-                    }
-                }
-            }
-            print_inspect(out, &found, a.output)?;
-            if failed {
-                return Err(Reported.into());
-            }
-            Ok(())
-        }
+        NodeCommand::Inspect(a) => inspect_each::<NodeSpec>(client, a, out).await,
         NodeCommand::Update(a) => {
             update(client, a).await?;
             writeln!(out, "{}", a.name)?;

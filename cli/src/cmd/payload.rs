@@ -12,12 +12,11 @@ use shoal_api_types::{ConfigSpec, Object, SecretSpec};
 
 use crate::args::{OutputFormat, PayloadCommand, PayloadCreateArgs};
 use crate::client::Client;
-use crate::cmd::network::{print_inspect, rm};
+use crate::cmd::network::{inspect_each, rm};
 use crate::cmd::resources::print_value;
 use crate::flags::parse_key_value;
 use crate::format::payloads_table;
 use crate::kinds::Kind;
-use crate::{report, Reported};
 
 /// A kind whose object `create` can build from data.
 pub trait Payload: PayloadKind {
@@ -90,24 +89,7 @@ pub async fn run<S: Payload>(
             }
             Ok(())
         }
-        PayloadCommand::Inspect(a) => {
-            let mut found = vec![];
-            let mut failed = false;
-            for name in &a.names {
-                match client.get::<S>(name).await {
-                    Ok(p) => found.push(p),
-                    Err(e) => {
-                        failed = true;
-                        report(&e.into());
-                    }
-                }
-            }
-            print_inspect(out, &found, a.output)?;
-            if failed {
-                return Err(Reported.into());
-            }
-            Ok(())
-        }
+        PayloadCommand::Inspect(a) => inspect_each::<S>(client, a, out).await,
         PayloadCommand::Rm(a) => rm(client, S::CLI_KIND, a, out).await,
     }
 }

@@ -14,7 +14,7 @@ use crate::args::{
     WaitArgs,
 };
 use crate::client::Client;
-use crate::cmd::network::{print_inspect, rm};
+use crate::cmd::network::{inspect_each, rm};
 use crate::cmd::resources::print_value;
 use crate::flags::{check_rollback_alone, parse_scale, service_from_args, update_service};
 use crate::format::{services_table, tasks_table};
@@ -52,24 +52,7 @@ pub async fn run(
         ServiceCommand::Update(a) => update(client, a, out, tty).await,
         ServiceCommand::Rollback(a) => rollback(client, &a.name, &a.wait, out, tty).await,
         ServiceCommand::Ls(a) => ls(client, a, out).await,
-        ServiceCommand::Inspect(a) => {
-            let mut found = vec![];
-            let mut failed = false;
-            for name in &a.names {
-                match client.get::<ServiceSpec>(name).await {
-                    Ok(s) => found.push(s),
-                    Err(e) => {
-                        failed = true;
-                        report(&e.into());
-                    }
-                }
-            }
-            print_inspect(out, &found, a.output)?;
-            if failed {
-                return Err(Reported.into());
-            }
-            Ok(())
-        }
+        ServiceCommand::Inspect(a) => inspect_each::<ServiceSpec>(client, a, out).await,
         ServiceCommand::Ps(a) => ps(client, a, out).await,
         ServiceCommand::Scale(a) => scale(client, a, out, tty).await,
         ServiceCommand::Rm(a) => rm(client, Kind::Service, a, out).await,
