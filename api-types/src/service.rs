@@ -11,7 +11,6 @@ use crate::constraint::Constraint;
 use crate::network::INGRESS_NETWORK;
 use crate::object::{Object, Resource};
 use crate::resources::Resources;
-use crate::task::TaskSpec;
 use crate::update::{UpdateConfig, UpdateState, UpdateStatus};
 use crate::validation::{check_object_name, FieldError};
 
@@ -461,38 +460,6 @@ impl ServiceSpec {
             wanted.push((INGRESS_NETWORK.to_string(), vec![]));
         }
         wanted
-    }
-
-    /// Whether a task was made from a spec that differs from this one in anything the task
-    /// runs with (not merely in the replica count): the orchestrator replaces such tasks,
-    /// and the CLI does not count them as converged.
-    pub fn outdates(&self, t: &TaskSpec) -> bool {
-        let nets: Vec<(String, Vec<String>)> = t
-            .attachments
-            .iter()
-            .map(|a| (a.network.clone(), a.aliases.clone()))
-            .collect();
-        t.image != self.image
-            || t.command != self.command
-            || t.args != self.args
-            || t.env != self.env
-            || t.ports != self.ports
-            || t.healthcheck != self.healthcheck
-            || t.restart_policy != self.restart_policy
-            || t.stop_grace_period_seconds != self.stop_grace_period_seconds.unwrap_or(10)
-            || t.user != self.user
-            || t.working_dir != self.working_dir
-            || t.read_only_root_filesystem != self.read_only_root_filesystem
-            || t.cap_add != self.cap_add
-            || t.cap_drop != self.cap_drop
-            || t.seccomp != self.seccomp
-            || t.resources != self.resources
-            || t.force_update != self.force_update
-            || t.secrets != self.secrets
-            || t.configs != self.configs
-            || t.mounts != self.mounts
-            || t.container_labels != self.container_labels
-            || nets != self.wanted_networks()
     }
 }
 
@@ -988,25 +955,6 @@ mod tests {
         assert_eq!(s.secrets[0].mode, 0o444);
         assert_eq!(s.configs[0].path(), "/conf");
         assert!(errs(s).is_empty());
-    }
-
-    #[test]
-    fn a_changed_secret_reference_outdates_tasks() {
-        let mut s = spec();
-        s.secrets = vec![SecretReference {
-            source: "pw".into(),
-            mode: DEFAULT_FILE_MODE,
-            ..Default::default()
-        }];
-        let task = TaskSpec {
-            image: s.image.clone(),
-            secrets: s.secrets.clone(),
-            stop_grace_period_seconds: 10,
-            ..Default::default()
-        };
-        assert!(!s.outdates(&task));
-        s.secrets[0].source = "pw2".into();
-        assert!(s.outdates(&task));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::object::{Object, Resource};
 use crate::resources::Resources;
 use crate::service::{
     ConfigReference, HealthCheck, Mount, PortConfig, RestartPolicy, SeccompMode, SecretReference,
+    ServiceSpec,
 };
 use crate::validation::FieldError;
 
@@ -236,6 +237,42 @@ impl TaskSpec {
     }
 }
 
+/// Lives here rather than in `service` so that `service` needs nothing of `task` (the
+/// task copies the service's fields; the comparison belongs with the copy).
+impl ServiceSpec {
+    /// Whether a task was made from a spec that differs from this one in anything the task
+    /// runs with (not merely in the replica count): the orchestrator replaces such tasks,
+    /// and the CLI does not count them as converged.
+    pub fn outdates(&self, t: &TaskSpec) -> bool {
+        let nets: Vec<(String, Vec<String>)> = t
+            .attachments
+            .iter()
+            .map(|a| (a.network.clone(), a.aliases.clone()))
+            .collect();
+        t.image != self.image
+            || t.command != self.command
+            || t.args != self.args
+            || t.env != self.env
+            || t.ports != self.ports
+            || t.healthcheck != self.healthcheck
+            || t.restart_policy != self.restart_policy
+            || t.stop_grace_period_seconds != self.stop_grace_period_seconds.unwrap_or(10)
+            || t.user != self.user
+            || t.working_dir != self.working_dir
+            || t.read_only_root_filesystem != self.read_only_root_filesystem
+            || t.cap_add != self.cap_add
+            || t.cap_drop != self.cap_drop
+            || t.seccomp != self.seccomp
+            || t.resources != self.resources
+            || t.force_update != self.force_update
+            || t.secrets != self.secrets
+            || t.configs != self.configs
+            || t.mounts != self.mounts
+            || t.container_labels != self.container_labels
+            || nets != self.wanted_networks()
+    }
+}
+
 impl Task {
     /// Whether the task is wanted running and has not ended: it holds its slot (or node,
     /// for a global service).
@@ -289,6 +326,33 @@ pub fn mac_for_ip(ip: std::net::Ipv4Addr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::{SecretReference, DEFAULT_FILE_MODE};
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_changed_secret_reference_outdates_tasks() {
+        let mut s = spec();
+        s.secrets = vec![SecretReference {
+            source: "pw".into(),
+            mode: DEFAULT_FILE_MODE,
+            ..Default::default()
+        }];
+        let task = TaskSpec {
+            image: s.image.clone(),
+            secrets: s.secrets.clone(),
+            stop_grace_period_seconds: 10,
+            ..Default::default()
+        };
+        assert!(!s.outdates(&task));
+        s.secrets[0].source = "pw2".into();
+        assert!(s.outdates(&task));
+    }
 
     #[test]
     fn task_states_only_order_forward() {
