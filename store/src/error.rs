@@ -125,6 +125,19 @@ impl StoreError {
         }
     }
 
+    /// Whether etcd said the lease the request named does not exist (expired or revoked):
+    /// the lease is gone for good, so retrying with it is pointless; grant a new one.
+    pub fn is_lease_gone(&self) -> bool {
+        let e = match self {
+            StoreError::Etcd(e) => e,
+            _ => return false,
+        };
+        match e {
+            etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
+            _ => false,
+        }
+    }
+
     /// Whether etcd refused the request for lack of permission.
     pub fn is_permission_denied(&self) -> bool {
         matches!(self, StoreError::PermissionDenied { .. })

@@ -22,7 +22,9 @@ pub struct Lease {
     pub ttl: Duration,
 }
 
-/// Renews a lease every third of its TTL until dropped, revoked, or the lease is lost.
+/// Renews a lease every quarter of its TTL (so three renewals in a row may be slow or lost
+/// before it lapses), answering within half a TTL or retried on a new stream, until
+/// dropped, revoked, or the lease is lost.
 pub struct LeaseKeeper {
     lease: Lease,
     lost: watch::Receiver<bool>,
@@ -76,7 +78,8 @@ impl Store {
         let store = self.clone();
         let mut changes = self.client_changes();
         let task = tokio::spawn(async move {
-            let period = (lease.ttl / 3).max(Duration::from_millis(300));
+            let period = (lease.ttl / 4).max(Duration::from_millis(250));
+            let answer_within = (lease.ttl / 2).max(Duration::from_millis(500));
             // The lease is lost when etcd says so (TTL 0: expired or revoked), or when no
             // renewal succeeded for a whole TTL. A failed round (the connection broke, the
             // store moving to another endpoint) is retried on the store's current client.
@@ -91,7 +94,7 @@ impl Store {
                         .map_err(|_| Round::Failed)?;
                     loop {
                         keeper.keep_alive().await.map_err(|_| Round::Failed)?;
-                        match tokio::time::timeout(lease.ttl, responses.message()).await {
+                        match tokio::time::timeout(answer_within, responses.message()).await {
                             Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
                                 last_ok = tokio::time::Instant::now();
                             }
@@ -110,7 +113,7 @@ impl Store {
                     Err(Round::Failed) if last_ok.elapsed() >= lease.ttl => break,
                     Err(Round::Failed) => {
                         tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                             Ok(()) = changes.changed() => {}
                         }
                     }

@@ -160,6 +160,42 @@ impl Store {
         Ok(())
     }
 
+    /// A store over a connection of its own, built from this store's settings, for work
+    /// that load on the shared connection must not delay (lease keep-alives: a node agent's
+    /// reconcile traffic can queue thousands of requests on one HTTP/2 connection). It
+    /// follows this store: when [`Store::set_connect`] or a failover replaces this store's
+    /// client, the separate store reconnects with the new settings; that stops once either
+    /// store is dropped.
+    pub async fn separate(&self) -> Result<Store> {
+        let (cfg, _) = self.pinned();
+        let other = Store::connect(&cfg).await?;
+        let mut changes = self.client_changes();
+        let parent = Arc::downgrade(&self.conn);
+        let child = Arc::downgrade(&other.conn);
+        let keys = self.keys.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let (Some(parent), Some(child)) = (parent.upgrade(), child.upgrade()) else {
+                    return;
+                };
+                let parent = Store {
+                    conn: parent,
+                    keys: keys.clone(),
+                };
+                let child = Store {
+                    conn: child,
+                    keys: keys.clone(),
+                };
+                let (cfg, _) = parent.pinned();
+                drop(parent);
+                if let Err(e) = child.set_connect(cfg).await {
+                    tracing::warn!(error = %e, "the separate etcd connection cannot follow the new settings; it keeps the old ones");
+                }
+            }
+        });
+        Ok(other)
+    }
+
     /// The current etcd client (cheap: clones share the connection).
     pub(crate) fn client(&self) -> Client {
         self.conn

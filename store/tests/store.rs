@@ -291,6 +291,41 @@ async fn lease_bound_keys_vanish_when_the_lease_is_revoked() {
 }
 
 #[tokio::test]
+async fn writing_with_a_revoked_lease_should_say_the_lease_is_gone() {
+    let etcd = TestEtcd::start().await;
+    let store = etcd.store().await;
+    let lease = store.grant_lease(Duration::from_secs(5)).await.unwrap();
+    store.revoke_lease(lease).await.unwrap();
+    let key = store.keys().node_lease("node-gone");
+    let err = store
+        .put_with_lease(&key, "alive", lease)
+        .await
+        .expect_err("the lease is gone");
+    assert!(err.is_lease_gone(), "{err}");
+    let other = store.put_raw(&key, "x").await.map(|_| ());
+    assert!(other.is_ok(), "a write without a lease is not refused");
+    let missing = store.get_raw("nothing").await.unwrap();
+    assert!(missing.is_none());
+}
+
+#[tokio::test]
+async fn a_separate_store_should_see_and_keep_alive_what_the_shared_one_does() {
+    let etcd = TestEtcd::start().await;
+    let store = etcd.store().await;
+    let separate = store.separate().await.unwrap();
+    assert_eq!(separate.keys().root(), store.keys().root());
+    let lease = separate.grant_lease(Duration::from_secs(5)).await.unwrap();
+    let keeper = separate.keep_alive(lease);
+    let key = store.keys().node_lease("node-sep");
+    separate.put_with_lease(&key, "alive", lease).await.unwrap();
+    assert_eq!(store.get_raw(&key).await.unwrap().unwrap().lease, lease.id);
+    store.revoke_lease(lease).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), keeper.lost())
+        .await
+        .expect("the keeper notices the lease revoked through the other connection");
+}
+
+#[tokio::test]
 async fn lists_larger_than_a_page_come_whole_and_at_one_revision() {
     let etcd = TestEtcd::start().await;
     let store = etcd.store().await;
