@@ -6,6 +6,11 @@
 //!   `Node.status.state = down`, and in the same pass every non-terminal task on the node
 //!   is marked `orphaned` with desired state `shutdown`, which makes the orchestrator
 //!   replace it elsewhere at once;
+//! - the cache may be behind etcd (a loaded controller applies watch events late), so a
+//!   node is never marked down on the cache's word alone: before that write, a fresh
+//!   (linearizable) read must find the liveness key gone and the Node unchanged since the
+//!   cache's copy (not re-registered meanwhile); otherwise nothing is written and the node
+//!   is looked at again once the cache caught up ([`confirm_down`]);
 //! - a node whose Node object exists but whose liveness key was never seen by this leader
 //!   gets [`UNSEEN_GRACE`] to show it (agents register the Node, then the key);
 //! - a node that comes back gets nothing back: its old tasks stay orphaned and its agent
@@ -92,16 +97,55 @@ pub fn plan_ingress_address(
 /// How long a Node without a liveness key that this leader never saw may stay `ready`.
 pub const UNSEEN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long to wait before looking again at a node the cache called dead but etcd did not.
+pub const BEHIND_RETRY: Duration = Duration::from_millis(200);
+
+/// What etcd says now about a node the cache calls dead (a fresh read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreshView {
+    /// The liveness key exists.
+    pub liveness_key: bool,
+    /// The Node's mod revision (`None`: deleted).
+    pub node_revision: Option<i64>,
+}
+
+/// Whether a node the cache (holding its Node at `cached_revision`) calls dead may be
+/// marked down, given what etcd says now: only if the liveness key is gone and the Node is
+/// the one the cache holds (not re-registered, not deleted: a deletion is the cache's to
+/// handle when it arrives).
+pub fn confirm_down(cached_revision: Option<i64>, fresh: FreshView) -> bool {
+    !fresh.liveness_key && cached_revision.is_some() && fresh.node_revision == cached_revision
+}
+
 /// Reconciles one node's liveness and its tasks.
 pub async fn reconcile_node(name: String, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     ctx.sync().await;
-    let (txns, action) = node_step(&ctx, &name);
+    let (txns, action, marks_down) = node_step(&ctx, &name);
+    if let Some(cached_revision) = marks_down {
+        let fresh = FreshView {
+            liveness_key: ctx
+                .store
+                .get_raw(&ctx.keys.node_lease(&name))
+                .await?
+                .is_some(),
+            node_revision: ctx
+                .store
+                .get_raw(&ctx.keys.named::<shoal_api_types::NodeSpec>(&name))
+                .await?
+                .map(|kv| kv.mod_revision),
+        };
+        if !confirm_down(cached_revision, fresh) {
+            tracing::info!(node = %name, ?fresh, ?cached_revision, "the cache says the node's lease is gone but etcd does not agree (the cache is behind); not marking it down");
+            return Ok(Action::Requeue(BEHIND_RETRY));
+        }
+    }
     ctx.writer.commit_all(txns, 8).await?;
     Ok(action)
 }
 
-/// Decides a node's state and its tasks' fate from the cache.
-fn node_step(ctx: &Context, name: &str) -> (Vec<Batch>, Action) {
+/// Decides a node's state and its tasks' fate from the cache; the third value is the
+/// cached Node's revision when this step marks the node down (to be confirmed first).
+fn node_step(ctx: &Context, name: &str) -> (Vec<Batch>, Action, Option<Option<i64>>) {
     let name = name.to_string();
     let keys = ctx.keys.clone();
     let now = Utc::now();
@@ -153,10 +197,11 @@ fn node_step(ctx: &Context, name: &str) -> (Vec<Batch>, Action) {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&name);
-            return (txns, Action::AwaitChange);
+            return (txns, Action::AwaitChange, None);
         };
         let alive = world.node_leases.contains(&name);
         let mut state = node.status.state;
+        let mut marks_down = None;
         // One transaction for the Node: its state and its ingress address (with the claim).
         let mut next = (*node).clone();
         let mut node_txn = Batch::new();
@@ -183,6 +228,7 @@ fn node_step(ctx: &Context, name: &str) -> (Vec<Batch>, Action) {
                 next.status.state = NodeState::Down;
                 next.status.message = "the agent's lease expired (no heartbeat)".into();
                 state = NodeState::Down;
+                marks_down = Some(node.metadata.revision());
                 tracing::warn!(node = %name, "node is down");
             } else {
                 action = Action::Requeue(left);
@@ -245,7 +291,7 @@ fn node_step(ctx: &Context, name: &str) -> (Vec<Batch>, Action) {
                 txns.push(txn);
             }
         }
-        (txns, action)
+        (txns, action, marks_down)
     }
 }
 
@@ -310,6 +356,33 @@ mod tests {
         let plan = plan_ingress_address(&[], &ingress(), &mut cursor, |_| true);
         assert_eq!(plan.address, None);
         assert_eq!(plan.claim, None);
+    }
+
+    #[test]
+    fn a_node_should_be_marked_down_only_if_etcd_agrees_it_is_gone() {
+        let gone = FreshView {
+            liveness_key: false,
+            node_revision: Some(7),
+        };
+        assert!(confirm_down(Some(7), gone));
+        let alive = FreshView {
+            liveness_key: true,
+            ..gone
+        };
+        assert!(
+            !confirm_down(Some(7), alive),
+            "the key is back: the cache is behind"
+        );
+        assert!(
+            !confirm_down(Some(5), gone),
+            "the Node changed since the cache's copy: re-registered meanwhile"
+        );
+        let deleted = FreshView {
+            node_revision: None,
+            ..gone
+        };
+        assert!(!confirm_down(Some(7), deleted), "deleted: not ours to mark");
+        assert!(!confirm_down(None, gone), "no revision to compare with");
     }
 
     #[test]

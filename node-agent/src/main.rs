@@ -238,10 +238,11 @@ struct Common {
     /// The root of Shoal's keys in etcd.
     #[arg(long, env = "SHOAL_ETCD_ROOT", default_value = shoal_api_types::keys::DEFAULT_ROOT)]
     etcd_root: String,
-    /// Seconds the node lease lives without renewal: the node goes down this long after
-    /// its agent dies.
-    #[arg(long, default_value_t = 5, value_name = "SECS")]
-    lease_ttl: u64,
+    /// How long the node lease lives without renewal (whole seconds; etcd grants at least
+    /// 2 s): the node goes down, and its tasks are replaced elsewhere, this long after its
+    /// agent dies. The agent renews it every quarter of that over a connection of its own.
+    #[arg(long, alias = "lease-ttl", default_value = "2s", value_parser = parse_ttl, value_name = "DURATION")]
+    node_ttl: Duration,
     /// Seconds between converges when nothing changed.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     resync: u64,
@@ -303,7 +304,7 @@ impl Common {
 
     fn agent_config(&self, name: String, address: String) -> AgentConfig {
         AgentConfig {
-            lease_ttl: Duration::from_secs(self.lease_ttl),
+            lease_ttl: self.node_ttl,
             resync: Duration::from_secs(self.resync.max(1)),
             revoke_lease_on_exit: self.revoke_lease_on_exit,
             drain_delay: self.drain_delay,
@@ -332,6 +333,17 @@ async fn join(args: JoinArgs) -> anyhow::Result<()> {
         request.address
     );
     Ok(())
+}
+
+/// `--node-ttl`: a duration of whole seconds, at least 1 (a bare number is seconds).
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = shoal_api_types::duration::parse_duration(s)?;
+    if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+        return Err(format!(
+            "{s:?}: etcd leases live whole seconds; give at least 1s (e.g. 2s)"
+        ));
+    }
+    Ok(d)
 }
 
 async fn shutdown_signal() {

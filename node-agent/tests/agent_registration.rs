@@ -96,6 +96,36 @@ async fn revoking_the_lease_should_remove_the_liveness_key_and_the_agent_should_
 }
 
 #[tokio::test]
+async fn an_agent_finding_its_lease_gone_should_register_with_a_new_one_at_once_not_retry_the_old_one(
+) {
+    let (_etcd, store) = etcd().await;
+    // A TTL so long that the keeper's next renewal (every TTL/4 = 30 s) comes after the
+    // test's deadline: only the registration check (every 300 ms) can notice in time.
+    let config = AgentConfig {
+        lease_ttl: std::time::Duration::from_secs(120),
+        check_every: std::time::Duration::from_millis(300),
+        ..config("node-1")
+    };
+    let agent = spawn(&store, config, &Arc::new(HollowRuntime::new()));
+    let first = agent.registered().await.expect("registered");
+    store.revoke_lease(first).await.unwrap();
+    // The check finds the key gone, etcd refuses to bind it to the dead lease ("lease not
+    // found"): the agent grants a new lease and registers again.
+    let second = eventually("a new lease", || async {
+        agent.lease().filter(|l| l.id != first.id)
+    })
+    .await;
+    let (_, key_lease) = eventually("the liveness key bound to the new lease", || async {
+        liveness_key(&store, "node-1")
+            .await
+            .filter(|(_, l)| *l == second.id)
+    })
+    .await;
+    assert_eq!(key_lease, second.id);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_agent_should_put_back_a_liveness_key_and_ready_state_changed_behind_its_back() {
     let (_etcd, store) = etcd().await;
     let agent = spawn(&store, config("node-1"), &Arc::new(HollowRuntime::new()));

@@ -102,6 +102,31 @@ impl DirectContext {
     }
 }
 
+impl DirectContext {
+    /// As [`DirectContext::start`], but the cache is filled once and never fed again: a
+    /// controller whose view of etcd is behind.
+    pub async fn frozen(store: &Store, config: &ManagerConfig) -> DirectContext {
+        let keys = store.keys().clone();
+        let cache = Arc::new(Cache::new(&keys));
+        let mut watcher = Watcher::new(store.clone(), format!("{}/", keys.root()));
+        cache.apply(watcher.next().await);
+        let ctx = Arc::new(Context {
+            store: store.clone(),
+            keys,
+            cache,
+            writer: Writer::new(store.clone(), None),
+            config: config.clone(),
+            queues: Queues::default(),
+            ip_cursors: Default::default(),
+            lease_deadlines: Default::default(),
+        });
+        DirectContext {
+            ctx,
+            feeder: tokio::spawn(async {}),
+        }
+    }
+}
+
 impl Drop for DirectContext {
     fn drop(&mut self) {
         self.feeder.abort();

@@ -63,6 +63,15 @@ pub use task_runtime::{
 /// Default [`AgentConfig::drain_delay`].
 pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(3);
 
+/// Default [`AgentConfig::lease_ttl`] (`--node-ttl`): 2 s, etcd's shortest lease (it raises
+/// shorter ones to 2 s with its default election timeout). Failover waits for it: a dead
+/// node's lease expires TTL − (time since its last renewal) after the death, etcd checks for
+/// expired leases every 500 ms, and the replacements then take a few hundred milliseconds
+/// to be created, placed and started — about 2.2–2.7 s with 2 s, over 3 s with 3 s. The
+/// keeper renews every TTL/4 over a connection of its own (see [`register`]), so four
+/// renewals in a row must fail before a live node goes down.
+pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(2);
+
 /// How an agent runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
@@ -72,7 +81,8 @@ pub struct AgentConfig {
     pub address: String,
     /// Where the agent serves `exec` (host:port), if it does.
     pub agent_endpoint: Option<String>,
-    /// The node lease's time to live; the node goes down this long after the agent dies.
+    /// The node lease's time to live (whole seconds; etcd grants at least 2): the node goes
+    /// down this long after the agent dies. Default [`DEFAULT_NODE_TTL`].
     pub lease_ttl: Duration,
     /// How often the agent converges even if nothing changed.
     pub resync: Duration,
@@ -102,7 +112,7 @@ impl AgentConfig {
             name: name.into(),
             address: address.into(),
             agent_endpoint: None,
-            lease_ttl: Duration::from_secs(5),
+            lease_ttl: DEFAULT_NODE_TTL,
             resync: Duration::from_secs(10),
             check_every: Duration::from_secs(30),
             watch_progress_every: Duration::from_secs(60),
@@ -148,6 +158,7 @@ pub struct Agent {
     store: Store,
     runtime: Arc<dyn TaskRuntime>,
     status: Arc<dyn StatusSink>,
+    liveness: register::Liveness,
 }
 
 impl std::fmt::Debug for Agent {
@@ -181,7 +192,7 @@ impl Agent {
         }
         if config.lease_ttl < Duration::from_secs(1) {
             return Err(AgentError::InvalidTiming {
-                flag: "--lease-ttl",
+                flag: "--node-ttl",
                 message: "must be at least 1 second".into(),
             });
         }
@@ -203,7 +214,15 @@ impl Agent {
             store,
             runtime,
             status,
+            liveness: register::Liveness::default(),
         })
+    }
+
+    /// Keeps the lease over `liveness`'s connection, shared with the other agents given
+    /// it (a hollow fleet), instead of one of the agent's own.
+    pub(crate) fn with_liveness(mut self, liveness: register::Liveness) -> Self {
+        self.liveness = liveness;
+        self
     }
 
     /// Writes task status to `status` instead of etcd (tests).
@@ -219,6 +238,7 @@ impl Agent {
             store,
             runtime,
             status,
+            liveness,
         } = self;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (lease_tx, lease_rx) = watch::channel(None);
@@ -235,6 +255,7 @@ impl Agent {
             check_every: config.check_every,
             revoke_on_exit: config.revoke_lease_on_exit,
             capacity: config.capacity,
+            liveness,
         };
         let prefix = store.keys().node_tasks(&config.name);
         let background = BackgroundContext {

@@ -12,6 +12,13 @@
 //! lease; the tasks it had were orphaned by then, and the converge loop cleans them up.
 //! Every `check_every` the agent also checks that the key and the Node still say what it
 //! wrote, and writes them again if not.
+//!
+//! Liveness that load cannot starve: the lease is granted, kept alive and bound to the
+//! liveness key over a connection of its own ([`Liveness`]: [`Store::separate`], one per
+//! agent or one per hollow fleet), never the one the task watch, status writes and the
+//! converge loop queue their requests on, and the keeper runs on its own task. When etcd
+//! says the lease is gone ("lease not found", TTL 0), the agent never retries with it: it
+//! grants a new lease and registers again at once.
 
 use std::time::Duration;
 
@@ -19,9 +26,33 @@ use chrono::Utc;
 use shoal_api_types::resources::NodeCapacity;
 use shoal_api_types::{Node, NodeSpec, NodeState, NodeStatus};
 use shoal_store::{Lease, LeaseKeeper, Store, StoreError};
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::{watch, OnceCell};
 
 use shoal_store::Backoff;
+
+/// The connection leases and liveness keys go through: made on first use from the work
+/// store ([`Store::separate`]) and shared by every agent holding a clone (a hollow fleet
+/// shares one; a real agent has its own).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Liveness(Arc<OnceCell<Store>>);
+
+impl Liveness {
+    /// The separate store, connecting it on first use.
+    async fn store(&self, work: &Store) -> Result<Store, StoreError> {
+        self.0.get_or_try_init(|| work.separate()).await.cloned()
+    }
+}
+
+/// What a registration check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checked {
+    /// The key and the Node say what the agent wrote (or say it again now).
+    Ok,
+    /// etcd no longer knows the lease: register again with a new one.
+    LeaseGone,
+}
 
 /// What to register, and how.
 #[derive(Debug, Clone)]
@@ -35,6 +66,8 @@ pub(crate) struct Registration {
     pub check_every: Duration,
     pub revoke_on_exit: bool,
     pub capacity: Option<NodeCapacity>,
+    /// The connection for the lease and the liveness key.
+    pub liveness: Liveness,
 }
 
 /// The lease id as written to the liveness key and `Node.status.lease`.
@@ -56,11 +89,11 @@ impl Registration {
         );
         loop {
             let registered = tokio::select! {
-                r = self.register() => r,
+                r = self.register_separately() => r,
                 _ = super::shutdown::stopped(&mut shutdown) => return,
             };
-            let keeper = match registered {
-                Ok(keeper) => keeper,
+            let (keeper, liveness) = match registered {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(node = %self.name, error = %e, "cannot register the node; retrying");
                     tokio::select! {
@@ -84,14 +117,22 @@ impl Registration {
                         break;
                     }
                     _ = check.tick() => {
-                        if let Err(e) = self.check(lease).await {
-                            tracing::warn!(node = %self.name, error = %e, "cannot check the node's registration");
+                        match self.check(&liveness, lease).await {
+                            Ok(Checked::Ok) => {}
+                            Ok(Checked::LeaseGone) => {
+                                tracing::warn!(node = %self.name, lease = %lease_hex(lease), "etcd no longer knows the node lease; registering again with a new one");
+                                lease_tx.send_replace(None);
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(node = %self.name, error = %e, "cannot check the node's registration");
+                            }
                         }
                     }
                     _ = super::shutdown::stopped(&mut shutdown) => {
                         if self.revoke_on_exit {
                             drop(keeper);
-                            match tokio::time::timeout(Duration::from_secs(2), self.store.revoke_lease(lease)).await {
+                            match tokio::time::timeout(Duration::from_secs(2), liveness.revoke_lease(lease)).await {
                                 Ok(Ok(())) => tracing::info!(node = %self.name, "lease revoked"),
                                 Ok(Err(e)) => tracing::warn!(node = %self.name, error = %e, "cannot revoke the lease"),
                                 Err(_) => tracing::warn!(node = %self.name, "revoking the lease timed out"),
@@ -108,11 +149,22 @@ impl Registration {
         self.store.keys().node_lease(&self.name)
     }
 
-    async fn register(&self) -> Result<LeaseKeeper, StoreError> {
-        let lease = self.store.grant_lease(self.ttl).await?;
-        let keeper = self.store.keep_alive(lease);
+    /// Registers over the liveness connection (made now if need be); returns the keeper
+    /// and that connection.
+    async fn register_separately(&self) -> Result<(LeaseKeeper, Store), StoreError> {
+        let liveness = self.liveness.store(&self.store).await?;
+        let keeper = self.register(&liveness).await?;
+        Ok((keeper, liveness))
+    }
+
+    /// Grants a new lease and binds the liveness key and the Node's status to it. The
+    /// lease, its keep-alives and the key go through `liveness`; the Node through the work
+    /// store.
+    async fn register(&self, liveness: &Store) -> Result<LeaseKeeper, StoreError> {
+        let lease = liveness.grant_lease(self.ttl).await?;
+        let keeper = liveness.keep_alive(lease);
         let bind = async {
-            self.store
+            liveness
                 .put_with_lease(&self.liveness_key(), lease_hex(lease), lease)
                 .await?;
             self.write_node(lease).await
@@ -121,9 +173,8 @@ impl Registration {
             Ok(()) => Ok(keeper),
             Err(e) => {
                 drop(keeper);
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), self.store.revoke_lease(lease))
-                        .await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), liveness.revoke_lease(lease))
+                    .await;
                 Err(e)
             }
         }
@@ -178,15 +229,17 @@ impl Registration {
     }
 
     /// Puts back the liveness key and the Node's ready status if something changed them
-    /// while the lease lived.
-    async fn check(&self, lease: Lease) -> Result<(), StoreError> {
+    /// while the lease lived; says so if the lease itself is gone.
+    async fn check(&self, liveness: &Store, lease: Lease) -> Result<Checked, StoreError> {
         let key = self.liveness_key();
-        let current = self.store.get_raw(&key).await?;
+        let current = liveness.get_raw(&key).await?;
         if current.map(|kv| kv.lease) != Some(lease.id) {
             tracing::warn!(node = %self.name, "liveness key missing or not ours; writing it again");
-            self.store
-                .put_with_lease(&key, lease_hex(lease), lease)
-                .await?;
+            match liveness.put_with_lease(&key, lease_hex(lease), lease).await {
+                Ok(()) => {}
+                Err(e) if e.is_lease_gone() => return Ok(Checked::LeaseGone),
+                Err(e) => return Err(e),
+            }
         }
         let node = self.store.get_named::<NodeSpec>(&self.name).await?;
         let ok = node.is_some_and(|n| {
@@ -196,6 +249,6 @@ impl Registration {
             tracing::warn!(node = %self.name, "node not ready with our lease; writing its status again");
             self.write_node(lease).await?;
         }
-        Ok(())
+        Ok(Checked::Ok)
     }
 }

@@ -8,8 +8,9 @@
 //! from one machine. Its state lives in memory: an agent process restarted with
 //! `--runtime hollow` has lost its "containers", and reports its running tasks failed.
 //!
-//! [`HollowFleet`] runs many hollow agents in one process, sharing one etcd client, each
-//! with its own lease and watch (`shoal-agent hollow-fleet --count N`).
+//! [`HollowFleet`] runs many hollow agents in one process, sharing one etcd client for
+//! their work and a second one for their leases (so the fleet's own load cannot delay its
+//! keep-alives), each with its own lease and watch (`shoal-agent hollow-fleet --count N`).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -63,8 +64,9 @@ pub struct HollowFleet {
 
 impl HollowFleet {
     /// Checks every agent's configuration, then starts them all; they share `store`'s
-    /// connection.
+    /// connection for their work, and one separate connection for their leases.
     pub fn spawn(store: &Store, config: &FleetConfig) -> Result<HollowFleet, AgentError> {
+        let liveness = crate::agent::register::Liveness::default();
         let mut built = Vec::with_capacity(config.count);
         for i in 0..config.count {
             let index = config.first_index + i;
@@ -81,7 +83,8 @@ impl HollowFleet {
             };
             let runtime = Arc::new(HollowRuntime::new());
             built.push((
-                Agent::build(agent, store.clone(), runtime.clone())?,
+                Agent::build(agent, store.clone(), runtime.clone())?
+                    .with_liveness(liveness.clone()),
                 runtime,
             ));
         }
