@@ -6,6 +6,7 @@
 //! sudo target/release/shoal-bench                  # everything (tens of minutes)
 //! sudo target/debug/shoal-bench --quick --out /tmp/b.md   # small version (CI)
 //! sudo target/release/shoal-bench --only 5         # one figure (1..9)
+//! sudo target/release/shoal-bench --only 3 --idle-minutes 10   # failover + idle fleet
 //! ```
 //!
 //! Everything it starts it stops — processes, namespaces, tmpfs directories, the local
@@ -39,6 +40,13 @@ struct Args {
     /// Run only these figures (1..9), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
+    /// With figure 3: also keep a hollow fleet idle this many minutes (the agent's default
+    /// node TTL, as in the failover trials) and count false node-downs.
+    #[arg(long, value_name = "N")]
+    idle_minutes: Option<u64>,
+    /// The idle run's fleet size.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    idle_nodes: usize,
     /// Where to write the Markdown report.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
@@ -123,8 +131,16 @@ async fn run(args: &Args) -> Result<()> {
         figure!(
             if f3 { 3 } else { 8 },
             "failover / agent footprint",
-            "≤ 5 s; agent < 40 MB",
+            "≤ 3 s; agent < 40 MB",
             control::failover_and_agent(&bin, args.quick, &dir.0, &mut rows, f3, f8)
+        );
+    }
+    if let Some(minutes) = args.idle_minutes.filter(|_| want(3)) {
+        figure!(
+            3,
+            "idle fleet",
+            "0 false node-downs",
+            control::idle(&bin, minutes, args.idle_nodes, &dir.0, &mut rows)
         );
     }
     figure!(
