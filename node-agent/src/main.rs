@@ -483,4 +483,29 @@ mod tests {
         assert_eq!(listen_port("0.0.0.0:0"), None);
         assert_eq!(listen_port("nonsense"), None);
     }
+
+    #[test]
+    fn node_ttl_should_default_to_the_agents_default_and_take_whole_seconds() {
+        let cli = Cli::parse_from(["shoal-agent", "--address", "198.18.0.1", "--insecure"]);
+        assert_eq!(
+            cli.common.node_ttl,
+            shoal_node_agent::agent::DEFAULT_NODE_TTL
+        );
+        let old = Cli::parse_from([
+            "shoal-agent",
+            "--address",
+            "198.18.0.1",
+            "--insecure",
+            "--lease-ttl",
+            "5",
+        ]);
+        assert_eq!(
+            old.common.node_ttl,
+            Duration::from_secs(5),
+            "old flag, bare seconds"
+        );
+        assert_eq!(parse_ttl("3s"), Ok(Duration::from_secs(3)));
+        assert!(parse_ttl("500ms").unwrap_err().contains("whole seconds"));
+        assert!(parse_ttl("1.5s").is_err());
+    }
 }
