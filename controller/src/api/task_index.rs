@@ -282,7 +282,10 @@ impl TaskLookup {
 
     /// Runs `f` on the index once it is listed (waiting up to [`INDEX_WAIT`] for the first
     /// list).
-    pub async fn read<T>(self: &Arc<Self>, f: impl FnOnce(&TaskIndex) -> T) -> Result<T, NotLoaded> {
+    pub async fn read<T>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&TaskIndex) -> T,
+    ) -> Result<T, NotLoaded> {
         if !self.caught_up(0).await {
             return Err(NotLoaded);
         }
@@ -368,11 +371,43 @@ mod tests {
     fn index() -> TaskIndex {
         TaskIndex::new(
             [
-                task("aaaa1111", "worker", Some(1), "node-1", Shutdown, Failed, 10),
-                task("bbbb2222", "worker", Some(1), "node-2", Running, Running, 50),
+                task(
+                    "aaaa1111",
+                    "worker",
+                    Some(1),
+                    "node-1",
+                    Shutdown,
+                    Failed,
+                    10,
+                ),
+                task(
+                    "bbbb2222",
+                    "worker",
+                    Some(1),
+                    "node-2",
+                    Running,
+                    Running,
+                    50,
+                ),
                 // worker.2 is being replaced: the old one still runs, the new one is pending.
-                task("cccc3333", "worker", Some(2), "node-1", Shutdown, Running, 100),
-                task("dddd4444", "worker", Some(2), "node-3", Running, Pending, 10),
+                task(
+                    "cccc3333",
+                    "worker",
+                    Some(2),
+                    "node-1",
+                    Shutdown,
+                    Running,
+                    100,
+                ),
+                task(
+                    "dddd4444",
+                    "worker",
+                    Some(2),
+                    "node-3",
+                    Running,
+                    Pending,
+                    10,
+                ),
                 task("eeee5555", "mon", None, "node-2", Running, Running, 10),
             ],
             7,
@@ -427,7 +462,15 @@ mod tests {
     fn updates_and_deletes_should_keep_every_view_in_step() {
         let mut i = index();
         // worker.2's new task starts: it now wins its slot.
-        i.put(task("dddd4444", "worker", Some(2), "node-3", Running, Running, 60));
+        i.put(task(
+            "dddd4444",
+            "worker",
+            Some(2),
+            "node-3",
+            Running,
+            Running,
+            60,
+        ));
         assert_eq!(id(&i, "worker.2").as_deref(), Some("dddd4444"));
         assert_eq!(i.len(), 5);
         i.delete("/r/tasks/node-3/dddd4444");

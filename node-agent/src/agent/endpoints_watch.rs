@@ -83,8 +83,7 @@ impl Union {
                 f(staged);
             }
             None => {
-                self.tx
-                    .send_if_modified(|c| c.as_mut().is_some_and(|c| f(c)));
+                self.tx.send_if_modified(|c| c.as_mut().is_some_and(f));
             }
         }
     }
