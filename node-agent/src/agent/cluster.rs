@@ -4,8 +4,8 @@
 //! ([`shoal_store::reflect`]: list at revision R, watch from R+1, resume after errors, relist
 //! on compaction) publishing into a `watch` channel until shutdown. The cache is published
 //! only once a list is complete (`None` before the first), so nobody mistakes "not listed
-//! yet" for "nothing there" (an empty Endpoints cache would delete every FDB entry of the
-//! node).
+//! yet" for "nothing there" (an empty Nodes cache would refuse every peer's VXLAN traffic
+//! in the node policy).
 //!
 //! Endpoints are not watched here but per network, for the networks this node has tasks on
 //! ([`super::endpoints_watch`]), over the same [`Watcher`].
