@@ -495,12 +495,9 @@ pub(crate) fn encode<S: Resource>(obj: &Object<S>) -> Vec<u8> {
     serde_json::to_vec(&obj).expect("objects always serialise")
 }
 
-/// Decodes a stored value and sets resourceVersion from the key's mod_revision.
-pub(crate) fn decode<S: Resource>(
-    key: &[u8],
-    value: &[u8],
-    mod_revision: i64,
-) -> Result<Object<S>> {
+/// Decodes a stored value and sets resourceVersion from the key's mod_revision (what a
+/// consumer of a raw [`crate::Watcher`] needs to read objects of one kind).
+pub fn decode<S: Resource>(key: &[u8], value: &[u8], mod_revision: i64) -> Result<Object<S>> {
     let obj: Object<S> = serde_json::from_slice(value).map_err(|source| StoreError::Decode {
         key: String::from_utf8_lossy(key).into_owned(),
         source,

@@ -2,10 +2,10 @@
 //! and the HTTP hop to the agent (`exec` and `logs`, see the node agent's `server` module
 //! for the agent's side).
 //!
-//! - [`resolve`] is pure: a task id, a unique prefix of one (as `service ps` prints them),
-//!   or a display name (`worker.1` for slot 1 of replicated `worker`, `mon.node-2` for
-//!   global `mon`). Of several tasks with one display name (a slot's history), the one
-//!   wanted running that runs wins, then the one wanted running, then the newest.
+//! - Which task a name means (a task id, a unique prefix of one as `service ps` prints
+//!   them, or a display name: `worker.1` for slot 1 of replicated `worker`, `mon.node-2`
+//!   for global `mon`) is the API replica's task index's answer
+//!   ([`super::task_index::TaskIndex::resolve`]), not a list of every task.
 //! - [`target`] (pure too) checks the task's node: it must be ready and publish an agent
 //!   endpoint; otherwise 409 with what is wrong.
 //! - [`node_target`] (pure) is the same check for a node itself (volumes).
@@ -39,35 +39,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Extra time an exec request gets on top of the command's own timeout.
 pub const EXEC_SLACK: Duration = Duration::from_secs(15);
-
-/// The task `name` means among `tasks`, if any (see the module docs).
-pub fn resolve<'a>(tasks: &'a [Task], name: &str) -> Option<&'a Task> {
-    if let Some(t) = tasks.iter().find(|t| t.metadata.name == name) {
-        return Some(t);
-    }
-    let rank = |t: &Task| {
-        (
-            t.spec.desired_state == TaskState::Running && t.status.state == TaskState::Running,
-            t.spec.desired_state == TaskState::Running,
-            t.metadata.creation_timestamp,
-            t.metadata.revision().unwrap_or(0),
-        )
-    };
-    let by_display = tasks
-        .iter()
-        .filter(|t| t.spec.display_name() == name)
-        .max_by_key(|t| rank(t));
-    if by_display.is_some() {
-        return by_display;
-    }
-    if name.len() >= MIN_ID_PREFIX {
-        let mut prefixed = tasks.iter().filter(|t| t.metadata.name.starts_with(name));
-        if let (Some(one), None) = (prefixed.next(), prefixed.next()) {
-            return Some(one);
-        }
-    }
-    None
-}
 
 /// The state a task's status reports.
 pub fn task_state(task: &Task) -> TaskState {
@@ -624,33 +595,6 @@ mod tests {
             // global mon.
             task("eeee5555", "mon", None, "node-2", Running, Running, 10),
         ]
-    }
-
-    #[test]
-    fn names_resolve_to_the_running_task_of_a_slot() {
-        let ts = tasks();
-        assert_eq!(resolve(&ts, "worker.1").unwrap().metadata.name, "bbbb2222");
-        assert_eq!(resolve(&ts, "worker.2").unwrap().metadata.name, "dddd4444");
-        assert_eq!(
-            resolve(&ts, "mon.node-2").unwrap().metadata.name,
-            "eeee5555"
-        );
-        assert_eq!(resolve(&ts, "aaaa1111").unwrap().metadata.name, "aaaa1111");
-        assert_eq!(resolve(&ts, "cccc").unwrap().metadata.name, "cccc3333");
-        assert!(resolve(&ts, "abc").is_none(), "too short a prefix");
-        assert!(resolve(&ts, "worker.3").is_none());
-        assert!(resolve(&ts, "mon.node-1").is_none());
-        assert!(resolve(&[], "worker.1").is_none());
-    }
-
-    #[test]
-    fn newest_wins_among_tasks_not_wanted_running() {
-        use TaskState::*;
-        let ts = vec![
-            task("old", "job", Some(1), "node-1", Shutdown, Complete, 100),
-            task("new", "job", Some(1), "node-1", Shutdown, Failed, 10),
-        ];
-        assert_eq!(resolve(&ts, "job.1").unwrap().metadata.name, "new");
     }
 
     #[test]

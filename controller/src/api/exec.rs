@@ -2,7 +2,7 @@
 //! node's agent and answers what it printed and its exit code.
 //!
 //! `{name}` is a task id (or a unique prefix of one) or a display name such as `worker.1`
-//! ([`agent::resolve`]). The body is an [`ExecRequest`] (`{"argv": [...],
+//! (from the API replica's task index, [`super::task_index`]). The body is an [`ExecRequest`] (`{"argv": [...],
 //! "timeoutSeconds": 30}`); the answer an [`ExecResponse`] (`{"exitCode", "stdout",
 //! "stderr"}`). A command that ran answers 200 whatever its exit code. Failures: unknown
 //! task 404; a task that is not running, or whose node is down or serves no agent endpoint,
@@ -11,18 +11,32 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use shoal_api_types::{ExecRequest, ExecResponse, NodeSpec, Status, Task, TaskSpec};
+use shoal_api_types::{ExecRequest, ExecResponse, NodeSpec, Status, Task, TaskSpec, TaskState};
 
 use super::agent::{self, Target};
 use super::error::ApiResult;
 use super::request::{path_name, BodyText};
 use super::state::App;
 
-/// Finds the task `name` means (404 if none).
+/// Finds the task `name` means (404 if none), from the task index, reading the task itself
+/// by its key. An answer that may be stale (no task, or one not running as wanted when the
+/// name is not its id) is looked up again once the index has caught up with etcd's current
+/// revision: a task made or replaced a moment ago is found.
 pub async fn find_task(app: &App, name: &str) -> ApiResult<Task> {
     path_name("Task", name)?;
-    let (tasks, _) = app.store.list::<TaskSpec>().await?;
-    agent::resolve(&tasks, name).cloned().ok_or_else(|| {
+    let first = lookup(app, name).await?;
+    if let Some(t) = &first {
+        if t.metadata.name == name || running_as_wanted(t) {
+            return Ok(first.expect("checked"));
+        }
+    }
+    let revision = app.store.revision().await?;
+    let again = if app.tasks.caught_up(revision).await {
+        lookup(app, name).await?
+    } else {
+        None
+    };
+    again.or(first).ok_or_else(|| {
         Status::new(
             404,
             "NotFound",
@@ -33,6 +47,24 @@ pub async fn find_task(app: &App, name: &str) -> ApiResult<Task> {
         )
         .into()
     })
+}
+
+fn running_as_wanted(t: &Task) -> bool {
+    t.spec.desired_state == TaskState::Running && t.status.state == TaskState::Running
+}
+
+/// The task the index resolves `name` to, as etcd holds it now (`None` if the index knows
+/// no such task, or it was deleted since).
+async fn lookup(app: &App, name: &str) -> ApiResult<Option<Task>> {
+    let key = app
+        .tasks
+        .read(|index| index.resolve(name).map(|t| t.key.clone()))
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    match key {
+        Some(key) => Ok(app.store.get::<TaskSpec>(&key).await?),
+        None => Ok(None),
+    }
 }
 
 /// Where `task`'s agent is, reading its Node (409 if it cannot be asked).

@@ -5,8 +5,8 @@
 //! - `GET /apis/shoal/v1/services/{name}/logs?follow&tail=N`: every task of the service
 //!   that has (or had) a container on a ready node, merged line by line as lines arrive,
 //!   each prefixed `api.1@node-2 | ` as `docker service logs` does. With `follow`, tasks
-//!   that start later join the stream (the service's tasks are re-read every
-//!   [`RESCAN`]); the stream ends when the client goes away, or once the service is deleted
+//!   that start later join the stream (the service's tasks are looked up again every
+//!   [`RESCAN`], in the API replica's task index, [`super::task_index`]); the stream ends when the client goes away, or once the service is deleted
 //!   and its tasks' containers are gone.
 //!
 //! Tasks that cannot be read (node down, agent unreachable) do not fail a service's logs
@@ -185,16 +185,28 @@ async fn open_new(
     seen: &mut HashSet<String>,
     tx: &mpsc::Sender<Chunk>,
 ) -> ApiResult<(usize, Vec<Status>)> {
-    let (tasks, _) = app.store.list::<TaskSpec>().await?;
+    // The service's tasks from the index, each read again by its key (what it is now).
+    let keys: Vec<String> = app
+        .tasks
+        .read(|index| {
+            index
+                .of_service(service)
+                .filter(|t| !seen.contains(&t.id) && t.node.is_some())
+                .map(|t| t.key.clone())
+                .collect()
+        })
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
     let mut opened = 0;
     let mut problems = vec![];
-    for task in tasks
-        .iter()
-        .filter(|t| t.spec.service == service && has_logs(t))
-    {
-        if seen.contains(&task.metadata.name) {
+    for key in keys {
+        let Some(task) = app.store.get::<TaskSpec>(&key).await? else {
+            continue;
+        };
+        if !has_logs(&task) || seen.contains(&task.metadata.name) {
             continue;
         }
+        let task = &task;
         let target: Target = match task_target(app, task, false).await {
             Ok(t) => t,
             Err(e) => {

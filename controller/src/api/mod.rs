@@ -66,6 +66,7 @@ pub mod request;
 pub mod rest;
 pub mod rules;
 pub mod state;
+pub mod task_index;
 pub mod tokens;
 pub mod volumes;
 pub mod watch;
@@ -288,6 +289,7 @@ fn assemble(
         Auth::Tokens { .. } => Some(auth::spawn_token_table(store.clone(), shutdown.clone())),
     };
     let app = App {
+        tasks: task_index::TaskLookup::new(store.clone(), shutdown.clone()),
         store,
         metrics: Arc::new(Metrics::new()),
         shutdown,

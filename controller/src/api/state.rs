@@ -26,6 +26,8 @@ pub struct App {
     pub shutdown: signal::Receiver<bool>,
     /// The OpenAPI document, built once.
     pub openapi: Arc<serde_json::Value>,
+    /// Tasks by name, id and service, for exec and logs.
+    pub tasks: Arc<super::task_index::TaskLookup>,
     /// The hop to node agents (exec, logs).
     pub agents: Arc<Agents>,
     /// The cluster identity; `None` with `--insecure` (then no node can join).

@@ -1,17 +1,14 @@
 //! Watches of the cluster-wide objects the node's networking needs: every Network (VNI,
-//! subnet, MTU, `internal`) and the Endpoints objects (VIPs, task addresses, node addresses),
-//! and (behind [`super::desired`]) the node's tasks. Each is the store's one reflector
+//! subnet, MTU, `internal`), every Node and the ClusterSettings, and (behind
+//! [`super::desired`]) the node's tasks. Each is the store's one reflector
 //! ([`shoal_store::reflect`]: list at revision R, watch from R+1, resume after errors, relist
 //! on compaction) publishing into a `watch` channel until shutdown. The cache is published
 //! only once a list is complete (`None` before the first), so nobody mistakes "not listed
-//! yet" for "nothing there" (an empty Endpoints cache would delete every FDB entry of the
-//! node).
+//! yet" for "nothing there" (an empty Nodes cache would refuse every peer's VXLAN traffic
+//! in the node policy).
 //!
-//! The Endpoints watch covers the whole `endpoints/` prefix, not only the networks this node
-//! has tasks on: simple and correct, and one watch per agent whatever the number of networks,
-//! but every agent receives every Endpoints change of the cluster. Per-network prefix watches
-//! (`endpoints/<network>/`, started and stopped as local tasks come and go) would cut that
-//! to the networks with local tasks; they are the next step if this shows up in profiles.
+//! Endpoints are not watched here but per network, for the networks this node has tasks on
+//! ([`super::endpoints_watch`]), over the same [`Watcher`].
 
 use std::time::Duration;
 

@@ -12,9 +12,9 @@
 //!   in the background through [`TaskRuntime::run_background`];
 //! - [`task_runtime`]: the [`TaskRuntime`] trait those loops drive.
 //!
-//! The agent owns every watch: its tasks ([`desired`]) and the cluster-wide caches a runtime
-//! asks for ([`TaskRuntime::caches`]: Networks, Endpoints, Nodes), all through [`cluster`]'s
-//! list-then-watch. See docs/architecture.md ("Node agent").
+//! The agent owns every watch: its tasks ([`desired`]) and the caches a runtime asks for
+//! ([`TaskRuntime::caches`]: Networks and Nodes through [`cluster`]'s list-then-watch, the
+//! Endpoints of the networks its tasks are on through [`endpoints_watch`]). See docs/architecture.md ("Node agent").
 //!
 //! Build then spawn: [`Agent::build`] checks the configuration (all fallible setup), and
 //! [`Agent::spawn`] starts the loops and returns an [`AgentHandle`] to wait on and shut
@@ -31,6 +31,7 @@ pub mod cluster;
 pub mod containers;
 pub mod converge;
 pub mod desired;
+pub mod endpoints_watch;
 pub mod health;
 pub mod network;
 pub mod plan;
@@ -43,7 +44,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_api_types::endpoints::EndpointsSpec;
 use shoal_api_types::network::NetworkSpec;
 use shoal_api_types::resources::NodeCapacity;
 use shoal_api_types::{ClusterSettingsSpec, NodeSpec};
@@ -275,10 +275,11 @@ impl Agent {
                 caches.networks,
                 shutdown_rx.clone(),
             )));
-            watches.push(tokio::spawn(cluster::watch_objects::<EndpointsSpec>(
+            watches.push(tokio::spawn(endpoints_watch::watch_endpoints(
                 store.clone(),
-                keys.prefix::<EndpointsSpec>(),
                 every,
+                desired_rx.clone(),
+                caches.always_endpoints,
                 caches.endpoints,
                 shutdown_rx.clone(),
             )));

@@ -184,8 +184,13 @@ pub trait TaskRuntime: Send + Sync + 'static {
 pub struct ClusterCaches {
     /// Every Network.
     pub networks: watch::Sender<Cache<NetworkSpec>>,
-    /// Every Endpoints object.
+    /// The Endpoints of the networks the node needs: those of its tasks that have not
+    /// ended, and [`ClusterCaches::always_endpoints`] (see
+    /// [`super::endpoints_watch`]).
     pub endpoints: watch::Sender<Cache<EndpointsSpec>>,
+    /// Networks whose Endpoints the runtime needs whether or not a local task is on them
+    /// (the routing mesh: `ingress`).
+    pub always_endpoints: Vec<String>,
     /// Every Node, when the runtime needs them (the routing mesh).
     pub nodes: Option<watch::Sender<Cache<NodeSpec>>>,
     /// The ClusterSettings (reserved ports), when the runtime needs them (the routing mesh).

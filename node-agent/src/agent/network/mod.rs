@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_api_types::endpoints::EndpointsSpec;
-use shoal_api_types::network::NetworkSpec;
+use shoal_api_types::network::{NetworkSpec, INGRESS_NETWORK};
 use shoal_api_types::settings::{ClusterSettingsSpec, ReservedPort, VXLAN_PORT};
 use shoal_api_types::{NodeSpec, Task};
 use tokio::sync::{watch, RwLock};
@@ -271,12 +271,18 @@ impl NodeNetwork {
         &self.records
     }
 
-    /// The caches this value reads, for the agent to keep filled: Networks, Endpoints and,
-    /// when the routing mesh or the node policy runs, every Node.
+    /// The caches this value reads, for the agent to keep filled: Networks, the Endpoints of
+    /// the networks with local tasks (and of `ingress` when the routing mesh runs) and, when
+    /// the routing mesh or the node policy runs, every Node.
     pub fn caches(&self) -> ClusterCaches {
         ClusterCaches {
             networks: self.networks.clone(),
             endpoints: self.endpoints.clone(),
+            always_endpoints: if self.mesh.is_some() {
+                vec![INGRESS_NETWORK.to_string()]
+            } else {
+                Vec::new()
+            },
             nodes: (self.mesh.is_some() || self.node_policy).then(|| self.nodes.clone()),
             settings: self.mesh.is_some().then(|| self.settings.clone()),
         }
