@@ -46,7 +46,7 @@ pub use leader::Leadership;
 pub use lease::{Lease, LeaseKeeper};
 pub use raw::{RawEvent, RawKv, RawWatch};
 pub use reflector::{reflect, Cache};
-pub use store::{decode, Store, LIST_PAGE};
+pub use store::{decode, Store, UpdateMany, LIST_PAGE};
 pub use watch::{Event, Watch};
 pub use watcher::{Watcher, WatcherEvent};
 

@@ -24,6 +24,16 @@ pub const LIST_PAGE: i64 = 2_000;
 /// watch response for a watcher catching up, far beyond gRPC's default 4 MiB.
 pub(crate) const MAX_MESSAGE: usize = 512 << 20;
 
+/// What [`Store::update_many`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateMany<S: Resource> {
+    /// Every object was written, at this revision (0: nothing to write).
+    Written(i64),
+    /// At least one key had changed, so nothing was written: each key's current object,
+    /// in the order given (`None`: the key is gone).
+    Conflict(Vec<Option<Object<S>>>),
+}
+
 /// Typed access to objects in etcd. Cheap to clone; clones share one connection, and
 /// [`Store::set_connect`] replaces it for all of them.
 #[derive(Clone)]
@@ -356,6 +366,52 @@ impl Store {
             obj.clone(),
             resp.header().map(|h| h.revision()).unwrap_or(0),
         ))
+    }
+
+    /// Writes every object of `objs` in one transaction, each only if its key's
+    /// mod_revision still equals its `metadata.resourceVersion`: all or nothing. On a lost
+    /// race nothing is written and [`UpdateMany::Conflict`] carries every key's current
+    /// object (read in the same transaction), so the caller can redo its change without
+    /// another request. The caller keeps the batch below [`crate::MAX_TXN_OPS`] and
+    /// [`crate::MAX_TXN_BYTES`]; an object without a resourceVersion is refused.
+    pub async fn update_many<S: Resource>(&self, objs: &[Object<S>]) -> Result<UpdateMany<S>> {
+        if objs.is_empty() {
+            return Ok(UpdateMany::Written(0));
+        }
+        let mut compares = Vec::with_capacity(objs.len());
+        let mut puts = Vec::with_capacity(objs.len());
+        let mut gets = Vec::with_capacity(objs.len());
+        for obj in objs {
+            let key = self.keys.key(obj);
+            let rev = obj.metadata.revision().ok_or_else(|| {
+                StoreError::Conflict(format!(
+                    "{} {:?}: metadata.resourceVersion is required to update",
+                    S::KIND,
+                    obj.metadata.name
+                ))
+            })?;
+            compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
+            puts.push(TxnOp::put(key.clone(), encode(obj), None));
+            gets.push(TxnOp::get(key, None));
+        }
+        let first = self.keys.key(&objs[0]);
+        let txn = Txn::new().when(compares).and_then(puts).or_else(gets);
+        let resp = self.kv().txn(txn).await.at("update", &first)?;
+        if resp.succeeded() {
+            return Ok(UpdateMany::Written(
+                resp.header().map(|h| h.revision()).unwrap_or(0),
+            ));
+        }
+        let mut current = Vec::with_capacity(objs.len());
+        for r in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = r {
+                current.push(match g.kvs().first() {
+                    Some(kv) => Some(decode::<S>(kv.key(), kv.value(), kv.mod_revision())?),
+                    None => None,
+                });
+            }
+        }
+        Ok(UpdateMany::Conflict(current))
     }
 
     /// Read-modify-write with retries on conflict: reads the object at `key`, lets `change`

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shoal_api_types::{Network, NetworkSpec, Service, ServiceSpec};
 use shoal_store::testing::TestEtcd;
-use shoal_store::{Batch, Event, StoreError};
+use shoal_store::{Batch, Event, StoreError, UpdateMany};
 
 fn network(name: &str) -> Network {
     Network::new(
@@ -91,6 +91,40 @@ async fn update_with_stale_revision_conflicts_and_one_of_two_racers_wins() {
         store.update(&original).await,
         Err(StoreError::Conflict(_))
     ));
+}
+
+#[tokio::test]
+async fn update_many_writes_all_or_returns_every_current_object() {
+    let etcd = TestEtcd::start().await;
+    let store = etcd.store().await;
+    let a = store.create(&network("a")).await.unwrap();
+    let b = store.create(&network("b")).await.unwrap();
+    let (mut a1, mut b1) = (a.clone(), b.clone());
+    a1.spec.mtu = Some(1400);
+    b1.spec.mtu = Some(1300);
+    let UpdateMany::Written(rev) = store.update_many(&[a1, b1]).await.unwrap() else {
+        panic!("both were current")
+    };
+    let stored = store.get_named::<NetworkSpec>("b").await.unwrap().unwrap();
+    assert_eq!(stored.spec.mtu, Some(1300));
+    assert_eq!(stored.metadata.revision(), Some(rev));
+
+    // `a` at its old revision: nothing is written, and both current objects come back.
+    let (mut a2, mut b2) = (a.clone(), stored.clone());
+    a2.spec.mtu = Some(1200);
+    b2.spec.mtu = Some(1200);
+    store
+        .delete::<NetworkSpec>(&store.keys().named::<NetworkSpec>("b"), None)
+        .await
+        .unwrap();
+    let UpdateMany::Conflict(current) = store.update_many(&[a2, b2]).await.unwrap() else {
+        panic!("a was stale")
+    };
+    assert_eq!(current.len(), 2);
+    assert_eq!(current[0].as_ref().unwrap().spec.mtu, Some(1400));
+    assert!(current[1].is_none(), "b is gone");
+    let a_now = store.get_named::<NetworkSpec>("a").await.unwrap().unwrap();
+    assert_eq!(a_now.spec.mtu, Some(1400), "nothing written");
 }
 
 #[tokio::test]

@@ -6,15 +6,15 @@
 //!   ([`advance`]); the one same-state write allowed is a health change of a running task.
 //! - A task is started only after `starting` was recorded and the stored task still wants
 //!   to run; a task the controller orphaned or deleted meanwhile is not started.
-//! - Status is written with read-modify-write and retries on conflict; only `status` is
-//!   touched, never `spec` or `metadata`, and tasks are never deleted.
+//! - Only `status` is written, never `spec` or `metadata`, and tasks are never deleted
+//!   (in etcd: [`super::status_batch`], compared on the revision, redone on conflict).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use shoal_api_types::{Task, TaskSpec, TaskState, TaskStatus};
-use shoal_store::{Store, StoreError};
+use shoal_api_types::{Task, TaskState, TaskStatus};
+use shoal_store::StoreError;
 
 use super::plan::{Op, StatusUpdate};
 use super::task_runtime::{TaskError, TaskRuntime};
@@ -58,32 +58,6 @@ pub fn advance(status: &mut TaskStatus, update: &StatusUpdate, now: chrono::Date
     }
     status.healthy = update.healthy;
     true
-}
-
-/// Task status in etcd, below this node's task prefix.
-#[derive(Debug, Clone)]
-pub struct StoreStatus {
-    store: Store,
-    prefix: String,
-}
-
-impl StoreStatus {
-    /// Writes the status of `node`'s tasks.
-    pub fn new(store: Store, node: &str) -> Self {
-        let prefix = store.keys().node_tasks(node);
-        StoreStatus { store, prefix }
-    }
-}
-
-#[async_trait]
-impl StatusSink for StoreStatus {
-    async fn report(&self, id: &str, update: &StatusUpdate) -> Result<Option<Task>, StoreError> {
-        let key = format!("{}{}", self.prefix, id);
-        let now = Utc::now();
-        self.store
-            .update_with::<TaskSpec>(&key, |task| advance(&mut task.status, update, now))
-            .await
-    }
 }
 
 /// Why applying an operation failed. Reported task errors (rejected, failed) are not
@@ -215,6 +189,7 @@ mod tests {
 
     use super::*;
     use crate::agent::task_runtime::{ObservedTask, Started};
+    use shoal_api_types::TaskSpec;
 
     /// Records runtime calls; start fails as configured per task id.
     #[derive(Default)]

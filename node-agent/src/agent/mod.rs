@@ -5,6 +5,7 @@
 //! - [`desired`]: this node's tasks from etcd (list, watch, relist);
 //! - [`plan`](mod@plan): the pure diff of desired against observed tasks;
 //! - [`apply`](mod@apply): operations against a [`TaskRuntime`] and a [`StatusSink`];
+//! - [`status_batch`]: the status sink in etcd, many tasks' reports per transaction;
 //! - [`converge`]: the level-triggered loop tying them together;
 //! - [`containers`]: the [`TaskRuntime`] over the `runtime` module's containerd client,
 //!   with health checks ([`health`]);
@@ -37,6 +38,7 @@ pub mod network;
 pub mod plan;
 pub mod register;
 mod shutdown;
+pub mod status_batch;
 pub mod task_runtime;
 
 use std::future::Future;
@@ -51,11 +53,12 @@ use shoal_store::{Lease, Store};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use apply::{advance, ApplyError, Effects, StatusSink, StoreStatus};
+pub use apply::{advance, ApplyError, Effects, StatusSink};
 pub use containers::ContainerTasks;
 pub use converge::ConvergeStats;
 pub use network::NodeNetwork;
 pub use plan::{plan, Op, StatusUpdate};
+pub use status_batch::{BatchedStatus, StatusBatcher};
 pub use task_runtime::{
     BackgroundContext, ClusterCaches, ObservedState, ObservedTask, Started, TaskError, TaskRuntime,
 };
@@ -157,7 +160,10 @@ pub struct Agent {
     config: AgentConfig,
     store: Store,
     runtime: Arc<dyn TaskRuntime>,
-    status: Arc<dyn StatusSink>,
+    /// `None`: batched writes to etcd ([`status_batch`]), through `batcher`.
+    status: Option<Arc<dyn StatusSink>>,
+    /// Shared with the other agents of a hollow fleet; `None`: the agent's own.
+    batcher: Option<StatusBatcher>,
     liveness: register::Liveness,
 }
 
@@ -208,12 +214,12 @@ impl Agent {
                 });
             }
         }
-        let status = Arc::new(StoreStatus::new(store.clone(), &config.name));
         Ok(Agent {
             config,
             store,
             runtime,
-            status,
+            status: None,
+            batcher: None,
             liveness: register::Liveness::default(),
         })
     }
@@ -227,7 +233,14 @@ impl Agent {
 
     /// Writes task status to `status` instead of etcd (tests).
     pub fn with_status_sink(mut self, status: Arc<dyn StatusSink>) -> Self {
-        self.status = status;
+        self.status = Some(status);
+        self
+    }
+
+    /// Commits task status through `batcher`, shared with other agents (a hollow fleet),
+    /// instead of a batcher of its own.
+    pub(crate) fn with_batcher(mut self, batcher: StatusBatcher) -> Self {
+        self.batcher = Some(batcher);
         self
     }
 
@@ -238,6 +251,7 @@ impl Agent {
             store,
             runtime,
             status,
+            batcher,
             liveness,
         } = self;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -302,6 +316,14 @@ impl Agent {
                 )));
             }
         }
+        let status = status.unwrap_or_else(|| {
+            let batcher = batcher.unwrap_or_else(|| StatusBatcher::spawn(store.clone()));
+            Arc::new(BatchedStatus::new(
+                batcher,
+                prefix.clone(),
+                desired_rx.clone(),
+            ))
+        });
         let background_runtime = runtime.clone();
         let converger = converge::Converger {
             effects: Effects { runtime, status },

@@ -10,7 +10,8 @@
 //!
 //! [`HollowFleet`] runs many hollow agents in one process, sharing one etcd client for
 //! their work and a second one for their leases (so the fleet's own load cannot delay its
-//! keep-alives), each with its own lease and watch (`shoal-agent hollow-fleet --count N`).
+//! keep-alives), and one status batcher (so their reports share transactions), each with
+//! its own lease and watch (`shoal-agent hollow-fleet --count N`).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -67,6 +68,8 @@ impl HollowFleet {
     /// connection for their work, and one separate connection for their leases.
     pub fn spawn(store: &Store, config: &FleetConfig) -> Result<HollowFleet, AgentError> {
         let liveness = crate::agent::register::Liveness::default();
+        // One status batcher for the fleet: reports of all its nodes share transactions.
+        let batcher = crate::agent::StatusBatcher::spawn(store.clone());
         let mut built = Vec::with_capacity(config.count);
         for i in 0..config.count {
             let index = config.first_index + i;
@@ -84,7 +87,8 @@ impl HollowFleet {
             let runtime = Arc::new(HollowRuntime::new());
             built.push((
                 Agent::build(agent, store.clone(), runtime.clone())?
-                    .with_liveness(liveness.clone()),
+                    .with_liveness(liveness.clone())
+                    .with_batcher(batcher.clone()),
                 runtime,
             ));
         }

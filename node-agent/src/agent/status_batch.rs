@@ -1,0 +1,281 @@
+//! Task status in etcd, written in batches: [`StatusBatcher`] commits the status reports
+//! of many tasks (of one agent, or of every agent of a hollow fleet) in one transaction,
+//! and [`BatchedStatus`] is an agent's [`StatusSink`] in front of it.
+//!
+//! A report needs the stored task to change its status. The agent already has it: the task
+//! watch's cache (what the converge loop planned from), or the agent's own last write of
+//! it, whichever is newer. So a report reads nothing: the batch writes every task compared
+//! on the revision it was known at. If any of them changed meanwhile (the controller wrote
+//! the task), nothing is written and the same transaction returns every task's current
+//! value; the changes are redone on those and the batch is sent again. A task the agent
+//! does not know is read first (it was not planned from the watch: rare).
+//!
+//! Invariants, as with one write per report ([`super::apply`]): only `status` changes,
+//! never `spec` or `metadata`; a status only moves forward ([`advance`]); a task that is
+//! gone is reported as `None` and never recreated; each report is answered only after its
+//! write committed (or was found unnecessary).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use shoal_api_types::{Task, TaskSpec};
+use shoal_store::{Store, StoreError, UpdateMany, MAX_TXN_BYTES, MAX_TXN_OPS};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use super::apply::{advance, StatusSink};
+use super::desired::DesiredTasks;
+use super::plan::StatusUpdate;
+
+/// Most reports in one transaction (each is a compare, a put and, on conflict, a get).
+pub const MAX_BATCH: usize = MAX_TXN_OPS - 8;
+
+/// Transactions in flight at once.
+const PARALLEL: usize = 4;
+
+/// Own writes kept before those the watch has caught up with are dropped.
+const PRUNE_ABOVE: usize = 64;
+
+/// Times a batch is redone on fresh values before its reports fail with a conflict.
+const ATTEMPTS: usize = 8;
+
+type Reply = oneshot::Sender<Result<Option<Task>, StoreError>>;
+
+/// One report: the task as the agent knows it (if at all), where it lives, the update.
+struct Request {
+    key: String,
+    known: Option<Task>,
+    update: StatusUpdate,
+    reply: Reply,
+}
+
+/// Commits status reports in batches. Cheap to clone; clones share one queue, so one
+/// batcher can serve every agent of a process.
+#[derive(Clone, Debug)]
+pub struct StatusBatcher {
+    tx: mpsc::UnboundedSender<Request>,
+}
+
+impl StatusBatcher {
+    /// Starts the batcher on the current runtime; it stops when every clone is dropped.
+    pub fn spawn(store: Store) -> StatusBatcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(store, rx));
+        StatusBatcher { tx }
+    }
+
+    async fn report(
+        &self,
+        key: String,
+        known: Option<Task>,
+        update: &StatusUpdate,
+    ) -> Result<Option<Task>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            key,
+            known,
+            update: update.clone(),
+            reply,
+        };
+        let gone = || StoreError::Unreachable("the status batcher has stopped".into());
+        self.tx.send(request).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Request>) {
+    let permits = Arc::new(Semaphore::new(PARALLEL));
+    while let Some(first) = rx.recv().await {
+        // Whatever queued up while the last transactions were in flight goes together.
+        let mut batch = vec![first];
+        let mut bytes = size(&batch[0]);
+        while batch.len() < MAX_BATCH {
+            let Ok(r) = rx.try_recv() else { break };
+            bytes += size(&r);
+            batch.push(r);
+            // Each task is written once (and read once on a conflict): half the limit.
+            if bytes >= MAX_TXN_BYTES / 2 {
+                break;
+            }
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            commit(&store, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+/// About what a report's task weighs in a transaction.
+fn size(r: &Request) -> usize {
+    r.known
+        .as_ref()
+        .and_then(|t| serde_json::to_vec(t).ok())
+        .map_or(4096, |v| v.len() + r.key.len())
+}
+
+/// `e` for every report of a failed batch (store errors are not `Clone`): the same
+/// variant where it matters to the caller (conflict, permission), else unreachable.
+fn copy_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+        StoreError::PermissionDenied { op, key, reason } => StoreError::PermissionDenied {
+            op,
+            key: key.clone(),
+            reason: reason.clone(),
+        },
+        other => StoreError::Unreachable(other.to_string()),
+    }
+}
+
+/// Writes `batch`, redoing the changes on fresh values after a conflict.
+async fn commit(store: &Store, batch: Vec<Request>) {
+    let now = Utc::now();
+    let mut open: Vec<(Request, Option<Task>)> = Vec::with_capacity(batch.len());
+    for r in batch {
+        let current = match r.known.clone() {
+            Some(t) => Some(t),
+            None => match store.get::<TaskSpec>(&r.key).await {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = r.reply.send(Err(e));
+                    continue;
+                }
+            },
+        };
+        open.push((r, current));
+    }
+    for _ in 0..ATTEMPTS {
+        // Answer what needs no write; the rest is written together.
+        let mut writes: Vec<(Request, Task)> = Vec::new();
+        for (r, current) in open.drain(..) {
+            match current {
+                None => {
+                    let _ = r.reply.send(Ok(None));
+                }
+                Some(task) => {
+                    let mut next = task.clone();
+                    if advance(&mut next.status, &r.update, now) {
+                        writes.push((r, next));
+                    } else {
+                        let _ = r.reply.send(Ok(Some(task)));
+                    }
+                }
+            }
+        }
+        if writes.is_empty() {
+            return;
+        }
+        let tasks: Vec<Task> = writes.iter().map(|(_, t)| t.clone()).collect();
+        match store.update_many(&tasks).await {
+            Ok(UpdateMany::Written(rev)) => {
+                for (r, mut t) in writes {
+                    t.metadata.resource_version = Some(rev.to_string());
+                    let _ = r.reply.send(Ok(Some(t)));
+                }
+                return;
+            }
+            Ok(UpdateMany::Conflict(current)) => {
+                open = writes
+                    .into_iter()
+                    .zip(current)
+                    .map(|((r, _), now)| (r, now))
+                    .collect();
+            }
+            Err(e) => {
+                for (r, _) in writes {
+                    let _ = r.reply.send(Err(copy_err(&e)));
+                }
+                return;
+            }
+        }
+    }
+    for (r, _) in open {
+        let _ = r.reply.send(Err(StoreError::Conflict(format!(
+            "{}: gave up after {ATTEMPTS} conflicting writes",
+            r.key
+        ))));
+    }
+}
+
+/// An agent's status sink: reports go through a [`StatusBatcher`] with the task as the
+/// agent knows it.
+pub struct BatchedStatus {
+    batcher: StatusBatcher,
+    prefix: String,
+    desired: watch::Receiver<DesiredTasks>,
+    /// The agent's own writes not yet seen in `desired`, by task id.
+    written: Mutex<HashMap<String, Task>>,
+}
+
+impl BatchedStatus {
+    /// The sink of the agent whose tasks live below `prefix` and are cached in `desired`.
+    pub fn new(
+        batcher: StatusBatcher,
+        prefix: String,
+        desired: watch::Receiver<DesiredTasks>,
+    ) -> Self {
+        BatchedStatus {
+            batcher,
+            prefix,
+            desired,
+            written: Mutex::default(),
+        }
+    }
+
+    /// The newest copy of task `id` the agent has: watched or written by itself. Drops
+    /// own writes the watch has caught up with.
+    fn known(&self, id: &str) -> Option<Task> {
+        let watched = self
+            .desired
+            .borrow()
+            .as_ref()
+            .and_then(|tasks| tasks.get(id).cloned());
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let own = written.get(id).cloned();
+        match (watched, own) {
+            (Some(w), Some(o)) if revision(&w) >= revision(&o) => {
+                written.remove(id);
+                Some(w)
+            }
+            (_, Some(o)) => Some(o),
+            (w, None) => w,
+        }
+    }
+}
+
+fn revision(t: &Task) -> i64 {
+    t.metadata.revision().unwrap_or(0)
+}
+
+#[async_trait]
+impl StatusSink for BatchedStatus {
+    async fn report(&self, id: &str, update: &StatusUpdate) -> Result<Option<Task>, StoreError> {
+        let key = format!("{}{}", self.prefix, id);
+        let stored = self.batcher.report(key, self.known(id), update).await?;
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match &stored {
+            Some(t) => {
+                written.insert(id.to_string(), t.clone());
+            }
+            None => {
+                written.remove(id);
+            }
+        }
+        if written.len() > PRUNE_ABOVE {
+            // Keep only writes the watch has not shown yet.
+            let desired = self.desired.borrow();
+            written.retain(|id, own| {
+                desired
+                    .as_ref()
+                    .and_then(|tasks| tasks.get(id))
+                    .is_some_and(|w| revision(w) < revision(own))
+            });
+        }
+        Ok(stored)
+    }
+}
