@@ -4,7 +4,8 @@
 //! Invariants:
 //! - `World::revision` is the revision the snapshot reflects; all objects and allocation
 //!   records in it are exactly etcd's state at that revision.
-//! - A relist builds a fresh `World` and swaps it in whole.
+//! - A relist builds a fresh `World` and swaps it in whole; tasks unchanged since the
+//!   previous world are shared with it, not decoded twice.
 //! - Indexes (tasks by service, unassigned tasks, claims by owner) always agree with the
 //!   primary maps.
 //! - Reconcilers read, never write, the cache; after writing to etcd at revision `W` they
@@ -166,7 +167,10 @@ fn decode<S: Resource>(kv: &RawKv) -> Option<Arc<Object<S>>> {
 }
 
 impl World {
-    fn put(&mut self, root: &str, kv: &RawKv, changes: &mut Vec<Change>) {
+    /// Records `kv`. A task that `previous` (the world a relist replaces) holds at the
+    /// same revision is shared with it, not decoded again, so a relist does not hold two
+    /// copies of every task.
+    fn put(&mut self, root: &str, kv: &RawKv, changes: &mut Vec<Change>, previous: Option<&World>) {
         match parse_key(root, &kv.key) {
             Parsed::Network(n) => {
                 if let Some(o) = decode(kv) {
@@ -192,7 +196,12 @@ impl World {
                 }
             }
             Parsed::Task(node, id) => {
-                let Some(task) = decode::<shoal_api_types::TaskSpec>(kv) else {
+                let unchanged = previous
+                    .and_then(|w| w.tasks.get(id))
+                    .filter(|t| t.metadata.revision() == Some(kv.mod_revision))
+                    .cloned();
+                let Some(task) = unchanged.or_else(|| decode::<shoal_api_types::TaskSpec>(kv))
+                else {
                     return;
                 };
                 let old = self.remove_task(id);
@@ -394,8 +403,12 @@ impl Cache {
         let revision = match event {
             WatcherEvent::Restarted { items, revision } => {
                 let mut fresh = World::default();
-                for kv in &items {
-                    fresh.put(&self.root, kv, &mut changes);
+                {
+                    let previous = self.world.read().unwrap_or_else(|p| p.into_inner());
+                    // Consumed as decoded: the raw values go while the world fills.
+                    for kv in items {
+                        fresh.put(&self.root, &kv, &mut changes, Some(&previous));
+                    }
                 }
                 fresh.revision = revision;
                 let mut world = self.world.write().unwrap_or_else(|p| p.into_inner());
@@ -442,7 +455,7 @@ impl Cache {
                 let mut world = self.world.write().unwrap_or_else(|p| p.into_inner());
                 for ev in &events {
                     match ev {
-                        RawEvent::Put(kv) => world.put(&self.root, kv, &mut changes),
+                        RawEvent::Put(kv) => world.put(&self.root, kv, &mut changes, None),
                         RawEvent::Delete { key, .. } => world.delete(&self.root, key, &mut changes),
                     }
                 }
@@ -520,5 +533,45 @@ mod tests {
         assert!(w.unassigned.is_empty());
         assert_eq!(w.tasks["t1"].spec.node.as_deref(), Some("node-1"));
         assert_eq!(w.service_tasks("api").len(), 1);
+    }
+
+    #[test]
+    fn a_relist_should_share_unchanged_tasks_and_decode_changed_ones() {
+        let keys = Keys::new("/r");
+        let cache = Cache::new(&keys);
+        let task = |id: &str, image: &str| {
+            let mut t = Task::new(
+                id,
+                TaskSpec {
+                    service: "api".into(),
+                    image: image.into(),
+                    ..Default::default()
+                },
+            );
+            t.spec.node = Some("n1".into());
+            t
+        };
+        let (a, b) = (task("a", "one"), task("b", "one"));
+        let item = |t: &Task, rev| kv(keys.key(t), serde_json::to_vec(t).unwrap(), rev);
+        cache.apply(WatcherEvent::Restarted {
+            items: vec![item(&a, 2), item(&b, 3)],
+            revision: 3,
+        });
+        let (a_before, b_before) = {
+            let w = cache.read();
+            (w.tasks["a"].clone(), w.tasks["b"].clone())
+        };
+        // After a compaction: `a` unchanged, `b` rewritten, `c` new.
+        let b2 = task("b", "two");
+        let c = task("c", "one");
+        cache.apply(WatcherEvent::Restarted {
+            items: vec![item(&a, 2), item(&b2, 9), item(&c, 9)],
+            revision: 9,
+        });
+        let w = cache.read();
+        assert!(Arc::ptr_eq(&w.tasks["a"], &a_before), "unchanged: shared");
+        assert!(!Arc::ptr_eq(&w.tasks["b"], &b_before));
+        assert_eq!(w.tasks["b"].spec.image, "two");
+        assert_eq!(w.tasks["c"].metadata.revision(), Some(9));
     }
 }

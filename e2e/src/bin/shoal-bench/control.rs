@@ -500,8 +500,16 @@ async fn converge_rate(
 }
 
 /// Figure 2 (and the controller half of figure 8).
-pub async fn scheduling(bin: &Path, quick: bool, dir: &Path, rows: &mut Vec<Row>) -> Result<()> {
-    let configs: &[(usize, usize)] = if quick {
+pub async fn scheduling(
+    bin: &Path,
+    quick: bool,
+    scale: &[(usize, usize)],
+    dir: &Path,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let configs: &[(usize, usize)] = if !scale.is_empty() {
+        scale
+    } else if quick {
         &[(100, 2000)]
     } else {
         &[

@@ -6,6 +6,7 @@
 //! sudo target/release/shoal-bench                  # everything (tens of minutes)
 //! sudo target/debug/shoal-bench --quick --out /tmp/b.md   # small version (CI)
 //! sudo target/release/shoal-bench --only 5         # one figure (1..9)
+//! sudo target/release/shoal-bench --only 2 --scale 100x100000   # figure 2 at one size
 //! sudo target/release/shoal-bench --only 3 --idle-minutes 10   # failover + idle fleet
 //! ```
 //!
@@ -44,12 +45,24 @@ struct Args {
     /// node TTL, as in the failover trials) and count false node-downs.
     #[arg(long, value_name = "N")]
     idle_minutes: Option<u64>,
+    /// Figure 2's runs, as NODESxTASKS (comma-separated), instead of the default sizes.
+    #[arg(long, value_delimiter = ',', value_name = "NODESxTASKS", value_parser = parse_scale)]
+    scale: Vec<(usize, usize)>,
     /// The idle run's fleet size.
     #[arg(long, default_value_t = 100, value_name = "N")]
     idle_nodes: usize,
     /// Where to write the Markdown report.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
+}
+
+/// `100x10000` → (100, 10000).
+fn parse_scale(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (n, t) = s
+        .split_once('x')
+        .ok_or_else(|| format!("{s:?}: expected NODESxTASKS, e.g. 100x10000"))?;
+    let num = |v: &str| v.parse::<usize>().map_err(|e| format!("{s:?}: {v:?}: {e}"));
+    Ok((num(n)?, num(t)?))
 }
 
 fn main() -> Result<()> {
@@ -118,7 +131,7 @@ async fn run(args: &Args) -> Result<()> {
         2,
         "scheduling throughput",
         "≥ 5,000 tasks/s",
-        control::scheduling(&bin, args.quick, &dir.0, &mut rows)
+        control::scheduling(&bin, args.quick, &args.scale, &dir.0, &mut rows)
     );
     figure!(
         2,
