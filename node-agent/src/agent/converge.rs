@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_api_types::Task;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -109,17 +108,22 @@ impl Converger {
         running: &mut JoinSet<OpResult>,
         in_flight: &mut HashMap<tokio::task::Id, String>,
     ) -> Result<(), super::task_runtime::TaskError> {
-        let desired: Vec<Task> = match &*self.desired.borrow_and_update() {
-            Some(tasks) => tasks.values().cloned().collect(),
-            None => return Ok(()),
-        };
+        if self.desired.borrow().is_none() {
+            return Ok(());
+        }
         let observed = self.effects.runtime.list().await?;
         let busy: std::collections::HashSet<&str> =
             in_flight.values().map(String::as_str).collect();
-        let ops: Vec<_> = plan(&desired, &observed)
-            .into_iter()
-            .filter(|op| !busy.contains(op.task_id()))
-            .collect();
+        // Planned over the cache in place: a node with many tasks copies only those it
+        // acts on, not all of them every round. (A change during the list above is
+        // planned now; one after this borrow wakes the next round.)
+        let ops: Vec<_> = match &*self.desired.borrow_and_update() {
+            Some(tasks) => plan(tasks.values(), &observed)
+                .into_iter()
+                .filter(|op| !busy.contains(op.task_id()))
+                .collect(),
+            None => return Ok(()),
+        };
         let started = ops.len() as u64;
         for op in ops {
             let id = op.task_id().to_string();
@@ -180,7 +184,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use async_trait::async_trait;
-    use shoal_api_types::{TaskSpec, TaskState};
+    use shoal_api_types::{Task, TaskSpec, TaskState};
     use shoal_store::StoreError;
 
     use super::*;

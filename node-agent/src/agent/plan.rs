@@ -173,13 +173,18 @@ pub const CONTAINER_GONE: &str =
 /// The operations that converge `observed` towards `desired`: first one per desired task
 /// that needs one (in the order given), then removals of everything else observed (in the
 /// order observed).
-pub fn plan(desired: &[Task], observed: &[ObservedTask]) -> Vec<Op> {
+pub fn plan<'a, D>(desired: D, observed: &[ObservedTask]) -> Vec<Op>
+where
+    D: IntoIterator<Item = &'a Task>,
+    D::IntoIter: Clone,
+{
+    let desired = desired.into_iter();
     let by_id: HashMap<&str, &ObservedTask> = observed.iter().map(|o| (o.id.as_str(), o)).collect();
     let mut ops: Vec<Op> = desired
-        .iter()
+        .clone()
         .filter_map(|t| plan_task(t, by_id.get(t.name()).copied()))
         .collect();
-    let wanted: std::collections::HashSet<&str> = desired.iter().map(|t| t.name()).collect();
+    let wanted: std::collections::HashSet<&str> = desired.map(|t| t.name()).collect();
     let mut removed = std::collections::HashSet::new();
     for o in observed {
         if !wanted.contains(o.id.as_str()) && removed.insert(o.id.as_str()) {
