@@ -40,6 +40,23 @@ async fn registering_should_create_a_ready_node_and_its_liveness_key() {
 }
 
 #[tokio::test]
+async fn a_blocked_work_runtime_should_not_starve_the_lease() {
+    // The test runtime has one thread, which the agent's work shares: block it for well
+    // over a TTL. The keeper runs on the liveness thread, so the lease never lapses.
+    let (_etcd, store) = etcd().await;
+    let config = config("node-1");
+    let ttl = config.lease_ttl;
+    let agent = spawn(&store, config, &Arc::new(HollowRuntime::new()));
+    let lease = agent.registered().await.expect("registered");
+    std::thread::sleep(ttl * 3);
+    let (_, key_lease) = liveness_key(&store, "node-1")
+        .await
+        .expect("the liveness key outlived the blocked runtime");
+    assert_eq!(key_lease, lease.id, "the same lease, never lost");
+    agent.shutdown().await;
+}
+
+#[tokio::test]
 async fn registering_should_keep_the_spec_users_own() {
     let (_etcd, store) = etcd().await;
     let mut existing = Node::new(

@@ -16,7 +16,8 @@
 //! Liveness that load cannot starve: the lease is granted, kept alive and bound to the
 //! liveness key over a connection of its own ([`Liveness`]: [`Store::separate`], one per
 //! agent or one per hollow fleet), never the one the task watch, status writes and the
-//! converge loop queue their requests on, and the keeper runs on its own task. When etcd
+//! converge loop queue their requests on, and that connection and the keeper run on a
+//! thread of their own, which the agent's work cannot hold up. When etcd
 //! says the lease is gone ("lease not found", TTL 0), the agent never retries with it: it
 //! grants a new lease and registers again at once.
 
@@ -34,14 +35,88 @@ use shoal_store::Backoff;
 
 /// The connection leases and liveness keys go through: made on first use from the work
 /// store ([`Store::separate`]) and shared by every agent holding a clone (a hollow fleet
-/// shares one; a real agent has its own).
+/// shares one; a real agent has its own). The connection and every lease keeper run on a
+/// thread of their own (a single-threaded runtime), so a busy or blocked work runtime
+/// cannot delay a renewal; the thread ends when the last clone is dropped.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Liveness(Arc<OnceCell<Store>>);
+pub(crate) struct Liveness(Arc<LivenessInner>);
+
+#[derive(Debug, Default)]
+struct LivenessInner {
+    store: OnceCell<Store>,
+    thread: std::sync::OnceLock<LivenessThread>,
+}
+
+/// The runtime of the liveness thread; dropping `_stop` ends it.
+#[derive(Debug)]
+struct LivenessThread {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
 
 impl Liveness {
-    /// The separate store, connecting it on first use.
+    /// The separate store, connecting it (on the liveness thread) on first use.
     async fn store(&self, work: &Store) -> Result<Store, StoreError> {
-        self.0.get_or_try_init(|| work.separate()).await.cloned()
+        let handle = self.handle()?;
+        self.0
+            .store
+            .get_or_try_init(|| async {
+                let work = work.clone();
+                handle
+                    .spawn(async move { work.separate().await })
+                    .await
+                    .map_err(|e| StoreError::Unreachable(format!("liveness thread: {e}")))?
+            })
+            .await
+            .cloned()
+    }
+
+    /// Renews `lease` over `store` on the liveness thread.
+    fn keep_alive(&self, store: &Store, lease: Lease) -> Result<LeaseKeeper, StoreError> {
+        let _on = self.handle()?.enter();
+        Ok(store.keep_alive(lease))
+    }
+
+    /// The liveness thread's runtime, started on first use.
+    fn handle(&self) -> Result<tokio::runtime::Handle, StoreError> {
+        if let Some(t) = self.0.thread.get() {
+            return Ok(t.handle.clone());
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready, handle) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("shoal-liveness".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready.send(Ok(runtime.handle().clone()));
+                // Until every clone of the Liveness is gone.
+                let _ = runtime.block_on(stopped);
+            })
+            .map_err(|e| {
+                StoreError::Unreachable(format!("cannot start the liveness thread: {e}"))
+            })?;
+        let handle = handle
+            .recv()
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map_err(|e| {
+                StoreError::Unreachable(format!("cannot start the liveness runtime: {e}"))
+            })?;
+        // Two agents racing here: the loser's thread ends as its `stop` is dropped.
+        let thread = self.0.thread.get_or_init(|| LivenessThread {
+            handle,
+            _stop: stop,
+        });
+        Ok(thread.handle.clone())
     }
 }
 
@@ -162,7 +237,7 @@ impl Registration {
     /// store.
     async fn register(&self, liveness: &Store) -> Result<LeaseKeeper, StoreError> {
         let lease = liveness.grant_lease(self.ttl).await?;
-        let keeper = liveness.keep_alive(lease);
+        let keeper = self.liveness.keep_alive(liveness, lease)?;
         let bind = async {
             liveness
                 .put_with_lease(&self.liveness_key(), lease_hex(lease), lease)
