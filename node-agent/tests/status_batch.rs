@@ -108,7 +108,7 @@ async fn a_task_the_agent_does_not_know_is_read_and_a_deleted_one_is_none() {
     let (_etcd, store) = etcd().await;
     assign_task(&store, "n1", "unseen", TaskState::Running).await;
     let gone = assign_task(&store, "n1", "gone", TaskState::Running).await;
-    let sink = sink(&store, &[gone.clone()]);
+    let sink = sink(&store, std::slice::from_ref(&gone));
     store
         .delete::<shoal_api_types::TaskSpec>(&task_key(&store, "n1", "gone"), None)
         .await
