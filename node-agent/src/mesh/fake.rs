@@ -37,4 +37,7 @@ impl Mesh for RecordingMesh {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = None;
         Ok(())
     }
+    async fn programmed(&self) -> Result<Option<String>, NftError> {
+        Ok(self.rules().map(|r| super::ruleset(&r).to_string()))
+    }
 }
