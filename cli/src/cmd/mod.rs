@@ -11,4 +11,5 @@ pub mod resources;
 pub mod service;
 pub mod stack;
 pub mod token;
+pub mod system;
 pub mod volume;
