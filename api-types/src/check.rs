@@ -147,7 +147,11 @@ mod tests {
 
     #[test]
     fn drift_kinds_should_serialise_as_they_print() {
-        for kind in [DriftKind::BridgePort, DriftKind::Fdb, DriftKind::Unreachable] {
+        for kind in [
+            DriftKind::BridgePort,
+            DriftKind::Fdb,
+            DriftKind::Unreachable,
+        ] {
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
         }

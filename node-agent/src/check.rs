@@ -11,91 +11,28 @@
 //! listed — never a fresh etcd read, so a change the agent has not seen yet is not drift.
 //! The observed side is read from containerd, netlink and `nft -j list` without writing.
 //! [`crate::agent::NodeNetwork::check_once`] gathers both; this file holds the pure
-//! comparisons (one function per kind, tested with plain values) and [`NodeCheck`], which
-//! runs a pass twice [`SETTLE`] apart and reports only drift seen both times ([`settled`]),
-//! so a task that is starting or an Endpoints change being applied is not reported.
+//! comparisons (one function per kind, tested with plain values).
+//! [`crate::agent::NodeCheck`] runs a pass twice [`SETTLE`] apart and reports only drift
+//! seen both times ([`settled`]), so a task that is starting or an Endpoints change being
+//! applied is not reported.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_api_types::check::{CheckReport, Drift, DriftKind};
+use shoal_api_types::check::{Drift, DriftKind};
 use shoal_api_types::{Task, TaskState};
 
-use crate::agent::NodeNetwork;
 use crate::dns::NetworkRecords;
 use crate::lb::VipEntry;
 use crate::net::names::{bridge_name, PortKind};
 use crate::net::{NetOp, Observed, PeerOp};
-use crate::runtime::{labels, ContainerInfo, ContainerRuntime, ContainerState};
+use crate::runtime::{labels, ContainerInfo, ContainerState};
 
 /// How long [`NodeCheck`] waits before looking again at what it found.
 pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// What an absent thing is called in a drift's `expected` or `found`.
 pub const NOTHING: &str = "nothing";
-
-/// The node's audit: containers and task networking ([`NodeNetwork::check_once`]).
-pub struct NodeCheck {
-    node: String,
-    network: Arc<NodeNetwork>,
-    containers: Arc<dyn ContainerRuntime>,
-    settle: Duration,
-}
-
-impl std::fmt::Debug for NodeCheck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeCheck").field("node", &self.node).finish()
-    }
-}
-
-impl NodeCheck {
-    /// The check of node `node`, whose networking is `network` and containers `containers`.
-    pub fn new(
-        node: impl Into<String>,
-        network: Arc<NodeNetwork>,
-        containers: Arc<dyn ContainerRuntime>,
-    ) -> Self {
-        NodeCheck {
-            node: node.into(),
-            network,
-            containers,
-            settle: SETTLE,
-        }
-    }
-
-    /// With another settle time (tests).
-    pub fn with_settle(mut self, settle: Duration) -> Self {
-        self.settle = settle;
-        self
-    }
-
-    /// One report: a pass, and when it found anything, a second pass after the settle
-    /// time; only drift found both times is reported. `Err` says why the node cannot be
-    /// checked now (its caches are not listed yet, containerd does not answer).
-    pub async fn run(&self) -> Result<CheckReport, String> {
-        let first = self
-            .network
-            .check_once(&self.node, self.containers.as_ref())
-            .await?;
-        let drift = if first.is_empty() {
-            first
-        } else {
-            tokio::time::sleep(self.settle).await;
-            let second = self
-                .network
-                .check_once(&self.node, self.containers.as_ref())
-                .await?;
-            settled(&first, second)
-        };
-        let mut report = CheckReport {
-            nodes: vec![self.node.clone()],
-            drift,
-        };
-        report.normalize();
-        Ok(report)
-    }
-}
 
 /// The drift of `second` that `first` found too.
 pub fn settled(first: &[Drift], second: Vec<Drift>) -> Vec<Drift> {
@@ -407,7 +344,9 @@ mod tests {
 
     use super::*;
     use crate::net::names::mac_for_ip;
-    use crate::net::{Attachment, FdbEntry, NeighEntry, ObservedOverlay, ObservedPort, TaskNetSpec};
+    use crate::net::{
+        Attachment, FdbEntry, NeighEntry, ObservedOverlay, ObservedPort, TaskNetSpec,
+    };
     use crate::runtime::ContainerStatus;
 
     fn task(id: &str, state: TaskState, desired: TaskState) -> Task {
@@ -606,7 +545,14 @@ mod tests {
         assert_eq!(drift.len(), 1);
         assert_eq!(drift[0].expected, "nothing for 10.0.1.99/tcp/80");
         assert_eq!(drift[0].found, "10.0.1.99/tcp/80 → reject");
-        assert!(element_drift("n", DriftKind::Nft, "t1", &vip_elements(&want), &vip_elements(&want)).is_empty());
+        assert!(element_drift(
+            "n",
+            DriftKind::Nft,
+            "t1",
+            &vip_elements(&want),
+            &vip_elements(&want)
+        )
+        .is_empty());
     }
 
     #[test]

@@ -11,14 +11,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use shoal_api_types::resources::{Cpus, Memory, NodeCapacity};
 use shoal_api_types::settings::ReservedPort;
 use shoal_node_agent::agent::{
-    self, capacity, AgentConfig, ContainerTasks, NodeNetwork, TaskRuntime,
+    self, capacity, AgentConfig, ContainerTasks, NodeCheck, NodeNetwork, TaskRuntime,
 };
 use shoal_node_agent::hollow::{FleetConfig, HollowFleet, HollowRuntime, HOLLOW_CAPACITY};
 use shoal_node_agent::identity::{
     self, ControllerClient, IdentityError, JoinRequest, PkiDir, Security, DEFAULT_PKI_DIR,
 };
 use shoal_node_agent::runtime::{ContainerRuntime, ContainerdConfig, ContainerdRuntime};
-use shoal_node_agent::check::NodeCheck;
 use shoal_node_agent::server::{AgentServer, ServerConfig};
 use shoal_node_agent::taskfiles::{KernelFiles, TaskFiles, TaskFilesConfig};
 use shoal_store::{Connect, Store};

@@ -9,7 +9,7 @@
 //! GET  /healthz
 //! ```
 //! and this node's volumes ([`volumes`]: `GET /v1/volumes`, `DELETE /v1/volumes/{name}`),
-//! and `GET /v1/check`: the node's audit ([`crate::check`]) as a
+//! and `GET /v1/check`: the node's audit ([`crate::agent::NodeCheck`]) as a
 //! [`CheckReport`](shoal_api_types::CheckReport) (501 without one, 503 when the agent cannot
 //! tell yet).
 //!
@@ -57,7 +57,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::check::NodeCheck;
+use crate::agent::NodeCheck;
 use crate::runtime::capture::EXEC_OUTPUT_LIMIT;
 use crate::runtime::{logs, ContainerRuntime, ContainerState, ExecOutput, RuntimeError};
 use crate::taskfiles::TaskFiles;

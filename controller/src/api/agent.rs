@@ -24,8 +24,8 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use shoal_api_types::exec::MAX_EXEC_RESPONSE_BYTES;
 use shoal_api_types::check::CheckReport;
+use shoal_api_types::exec::MAX_EXEC_RESPONSE_BYTES;
 use shoal_api_types::volume::VolumeInfo;
 use shoal_api_types::{ExecRequest, ExecResponse, LogOptions, Node, Status, Task, TaskState};
 use shoal_store::Store;

@@ -91,9 +91,9 @@ pub fn etcd_drift(s: &Snapshot) -> Vec<Drift> {
                     .any(|vip| vip.network == c.network && ip_of(&vip.addr) == c.ip)
             })
         } else if let Some(node) = c.owner.strip_prefix("node/") {
-            nodes.get(node).map(|n| {
-                c.network == INGRESS_NETWORK && ip_of(&n.status.ingress_address) == c.ip
-            })
+            nodes
+                .get(node)
+                .map(|n| c.network == INGRESS_NETWORK && ip_of(&n.status.ingress_address) == c.ip)
         } else {
             tasks.get(c.owner.as_str()).map(|t| {
                 t.spec
@@ -133,7 +133,11 @@ pub fn etcd_drift(s: &Snapshot) -> Vec<Drift> {
                 .push(format!("vip of {}", v.name()));
         }
     }
-    for n in s.nodes.iter().filter(|n| !n.status.ingress_address.is_empty()) {
+    for n in s
+        .nodes
+        .iter()
+        .filter(|n| !n.status.ingress_address.is_empty())
+    {
         holders
             .entry((
                 INGRESS_NETWORK.to_string(),
@@ -207,7 +211,9 @@ fn decode_all<S: Resource>(kvs: &[shoal_store::RawKv]) -> Vec<shoal_api_types::O
 pub async fn snapshot(store: &Store) -> Result<Snapshot, StoreError> {
     let keys = store.keys();
     let (tasks, rev) = store.list_raw(&keys.prefix::<TaskSpec>()).await?;
-    let services = store.list_raw_at(&keys.prefix::<ServiceSpec>(), rev).await?;
+    let services = store
+        .list_raw_at(&keys.prefix::<ServiceSpec>(), rev)
+        .await?;
     let nodes = store.list_raw_at(&keys.prefix::<NodeSpec>(), rev).await?;
     let endpoints = store
         .list_raw_at(&keys.prefix::<EndpointsSpec>(), rev)
@@ -409,10 +415,8 @@ mod tests {
         ));
         s.claims.push(claim("10.0.1.6", "t3"));
         let drift = etcd_drift(&s);
-        let kinds: Vec<(DriftKind, &str)> = drift
-            .iter()
-            .map(|d| (d.kind, d.object.as_str()))
-            .collect();
+        let kinds: Vec<(DriftKind, &str)> =
+            drift.iter().map(|d| (d.kind, d.object.as_str())).collect();
         assert!(kinds.contains(&(DriftKind::Slot, "web.1")), "{drift:?}");
         assert!(
             kinds.contains(&(DriftKind::Address, "appnet/10.0.1.6")),

@@ -52,8 +52,8 @@
 pub mod agent;
 pub mod apply;
 pub mod auth;
-pub mod check;
 pub mod body;
+pub mod check;
 pub mod delivery;
 pub mod error;
 pub mod exec;

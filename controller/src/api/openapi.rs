@@ -5,8 +5,8 @@
 use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
-use shoal_api_types::payload::TaskPayloads;
 use shoal_api_types::check::CheckReport;
+use shoal_api_types::payload::TaskPayloads;
 use shoal_api_types::volume::VolumeList;
 use shoal_api_types::{
     Config, ConfigSpec, CreatedToken, Endpoints, EndpointsSpec, Network, NetworkSpec, Node,

@@ -54,6 +54,7 @@ use tokio::task::JoinHandle;
 pub use apply::{advance, ApplyError, Effects, StatusSink, StoreStatus};
 pub use containers::ContainerTasks;
 pub use converge::ConvergeStats;
+pub use network::check::NodeCheck;
 pub use network::NodeNetwork;
 pub use plan::{plan, Op, StatusUpdate};
 pub use task_runtime::{

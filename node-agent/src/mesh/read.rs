@@ -45,7 +45,10 @@ pub fn port_elements(doc: &Value) -> BTreeMap<String, String> {
     let mut verdicts: Vec<(String, String)> = Vec::new();
     for obj in objects(doc) {
         if let Some(rule) = obj.get("rule") {
-            let chain = rule.get("chain").and_then(Value::as_str).unwrap_or_default();
+            let chain = rule
+                .get("chain")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if chain.starts_with(PORT_CHAIN_PREFIX) {
                 if let Some(d) = dnat_of(rule) {
                     chains.insert(chain.to_string(), d);
@@ -55,7 +58,12 @@ pub fn port_elements(doc: &Value) -> BTreeMap<String, String> {
             if map.get("name").and_then(Value::as_str) != Some(PORTS_MAP) {
                 continue;
             }
-            for el in map.get("elem").and_then(Value::as_array).into_iter().flatten() {
+            for el in map
+                .get("elem")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let Some(pair) = el.as_array().filter(|p| p.len() == 2) else {
                     continue;
                 };
@@ -138,7 +146,10 @@ mod tests {
         assert_eq!(
             got,
             BTreeMap::from([
-                ("tcp/9091".to_string(), "dnat :80 to 10.255.0.5,10.255.0.6".to_string()),
+                (
+                    "tcp/9091".to_string(),
+                    "dnat :80 to 10.255.0.5,10.255.0.6".to_string()
+                ),
                 ("udp/53".to_string(), "refuse".to_string()),
             ])
         );

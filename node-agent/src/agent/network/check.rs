@@ -2,14 +2,16 @@
 //! ([`NodeNetwork::check_once`]): the same desired state the full reconcile, the Endpoints
 //! fan-out and the mesh build (from this agent's caches and the desired tasks its converge
 //! loop works from), against what containerd, netlink and nft hold now, with nothing
-//! applied. The comparisons are `crate::check`'s. It runs under the exclusive side of the
+//! applied, and [`NodeCheck`], the node's whole audit (two passes, a settle time apart).
+//! The comparisons are `crate::check`'s. It runs under the exclusive side of the
 //! start/remove lock, as the reconcile does, so a task half set up is never read.
 //! See docs/architecture.md ("shoal system check").
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_api_types::check::{Drift, DriftKind};
+use shoal_api_types::check::{CheckReport, Drift, DriftKind};
 use shoal_api_types::network::INGRESS_NETWORK;
 use tokio::sync::watch;
 
@@ -21,6 +23,70 @@ use crate::lb;
 use crate::mesh;
 use crate::net::{desired_node, node_ops, plan_peers, NetOp};
 use crate::runtime::{labels, ContainerRuntime, ContainerState};
+
+/// The node's audit: containers and task networking ([`NodeNetwork::check_once`]).
+pub struct NodeCheck {
+    node: String,
+    network: Arc<NodeNetwork>,
+    containers: Arc<dyn ContainerRuntime>,
+    settle: Duration,
+}
+
+impl std::fmt::Debug for NodeCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCheck")
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+impl NodeCheck {
+    /// The check of node `node`, whose networking is `network` and containers `containers`.
+    pub fn new(
+        node: impl Into<String>,
+        network: Arc<NodeNetwork>,
+        containers: Arc<dyn ContainerRuntime>,
+    ) -> Self {
+        NodeCheck {
+            node: node.into(),
+            network,
+            containers,
+            settle: check::SETTLE,
+        }
+    }
+
+    /// With another settle time (tests).
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// One report: a pass, and when it found anything, a second pass after the settle
+    /// time; only drift found both times is reported. `Err` says why the node cannot be
+    /// checked now (its caches are not listed yet, containerd does not answer).
+    pub async fn run(&self) -> Result<CheckReport, String> {
+        let first = self
+            .network
+            .check_once(&self.node, self.containers.as_ref())
+            .await?;
+        let drift = if first.is_empty() {
+            first
+        } else {
+            tokio::time::sleep(self.settle).await;
+            let second = self
+                .network
+                .check_once(&self.node, self.containers.as_ref())
+                .await?;
+            check::settled(&first, second)
+        };
+        let mut report = CheckReport {
+            nodes: vec![self.node.clone()],
+            drift,
+        };
+        report.normalize();
+        Ok(report)
+    }
+}
 
 /// How long a check waits for task starts and removals in flight to finish.
 const BUSY_WAIT: Duration = Duration::from_secs(10);

@@ -27,7 +27,9 @@
 //! - VIP tables are programmed under one lock from the current Endpoints, so an older table
 //!   never overwrites a newer one.
 
-mod check;
+pub mod check;
+#[cfg(test)]
+mod check_tests;
 mod endpoints;
 mod mesh;
 mod mesh_state;
