@@ -376,6 +376,23 @@ mod tests {
     }
 
     #[test]
+    fn read_only_tokens_may_run_the_check() {
+        use axum::http::Method;
+        use shoal_api_types::Role;
+        let path = "/apis/shoal/v1/system/check";
+        assert!(super::super::auth::allows(
+            Role::ReadOnly,
+            &Method::GET,
+            path
+        ));
+        assert!(!super::super::auth::allows(
+            Role::ReadOnly,
+            &Method::POST,
+            path
+        ));
+    }
+
+    #[test]
     fn a_consistent_etcd_should_have_no_drift() {
         assert_eq!(etcd_drift(&healthy()), vec![]);
     }
@@ -451,7 +468,7 @@ mod tests {
         let drift = etcd_drift(&s);
         assert_eq!(drift.len(), 2, "{drift:?}");
         assert_eq!(drift[0].object, "appnet/web");
-        assert_eq!(drift[0].found, "task t0 (10.0.1.4), which is failed");
+        assert_eq!(drift[0].found, "task t0 (10.0.1.4), which is Failed");
         assert_eq!(
             drift[1].found,
             "task nope (10.0.1.99), which does not exist"
