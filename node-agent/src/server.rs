@@ -308,17 +308,6 @@ pub fn test_router_with(
     router(state, false)
 }
 
-/// [`test_router`] serving the audit `check` (`/v1/check`).
-pub fn test_router_with_check(node: &str, check: Option<Arc<NodeCheck>>) -> Router {
-    let state = ServerState {
-        node: node.to_string(),
-        runtime: None,
-        volumes: None,
-        check,
-    };
-    router(state, false)
-}
-
 /// The routes; with `controller_only`, `/v1` requests need the controller's certificate.
 fn router(state: ServerState, controller_only: bool) -> Router {
     let v1 = Router::new()

@@ -2,6 +2,7 @@
 //! recording fakes: converged state has no drift; each kind of damage is named.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_api_types::check::DriftKind;
@@ -158,4 +159,39 @@ async fn a_labelled_container_no_task_explains_should_be_reported_by_the_settled
     assert_eq!(report.drift[0].kind, DriftKind::Container);
     assert_eq!(report.drift[0].object, "ghost");
     assert_eq!(report.drift[0].found, "container intruder (running)");
+}
+
+#[tokio::test]
+async fn the_agent_server_should_serve_the_report_and_say_when_it_has_none() {
+    use crate::server::{AgentServer, ServerConfig, Transport};
+    let (n, _, _tx) = converged().await;
+    let config = ServerConfig {
+        node: "node-1".into(),
+        listen: "127.0.0.1:0".into(),
+    };
+    let with = AgentServer::bind(&config, None, Transport::Plain)
+        .await
+        .unwrap()
+        .with_check(Arc::new(NodeCheck::new(
+            "node-1",
+            n.network.clone(),
+            n.runtime.clone(),
+        )));
+    let without = AgentServer::bind(&config, None, Transport::Plain)
+        .await
+        .unwrap();
+    let (a, b) = (with.local_addr(), without.local_addr());
+    let (with, without) = (with.spawn(), without.spawn());
+    let report: shoal_api_types::CheckReport = reqwest::get(format!("http://{a}/v1/check"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report.nodes, ["node-1"]);
+    assert!(report.is_clean(), "{report:?}");
+    let resp = reqwest::get(format!("http://{b}/v1/check")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 501);
+    with.shutdown().await;
+    without.shutdown().await;
 }
