@@ -6,6 +6,7 @@
 //! `status`), serialised in camelCase, and unknown fields are rejected.
 
 pub mod capabilities;
+pub mod check;
 pub mod constraint;
 pub mod duration;
 pub mod endpoints;
@@ -29,6 +30,7 @@ pub mod update;
 pub mod validation;
 pub mod volume;
 
+pub use check::{CheckReport, Drift, DriftKind};
 pub use constraint::Constraint;
 pub use endpoints::{EndpointTask, Endpoints, EndpointsSpec};
 pub use error::{Status, StatusDetail};

@@ -77,6 +77,9 @@ pub enum Command {
     Token(TokenCommand),
     /// Print the token nodes join with, and the command to run on a new node (admin).
     JoinToken(JoinTokenArgs),
+    /// Check the whole cluster (`system check`).
+    #[command(subcommand)]
+    System(SystemCommand),
     /// Run a whole cluster on this machine (local development and tests).
     Dev(crate::dev::DevArgs),
 }
@@ -869,6 +872,24 @@ pub struct PayloadCreateArgs {
     /// The file holding the data, or - to read it from stdin.
     #[arg(value_name = "FILE|-")]
     pub file: String,
+}
+
+/// `shoal system ...`.
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Audit the cluster: etcd (address claims, slots, Endpoints) and every ready node
+    /// (containers, task namespaces, veths, FDB and neighbour entries, nft VIP and mesh
+    /// elements, DNS records) against what etcd says; prints each drift and exits 1 when
+    /// there is any.
+    Check(SystemCheckArgs),
+}
+
+/// `shoal system check`.
+#[derive(Debug, Args)]
+pub struct SystemCheckArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 /// `shoal volume ...`.

@@ -12,6 +12,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use shoal_api_types::check::CheckReport;
 use shoal_api_types::volume::VolumeList;
 use shoal_api_types::{
     CreatedToken, ExecRequest, ExecResponse, LogOptions, Object, ObjectList, Resource, Role,
@@ -500,6 +501,12 @@ impl Client {
             url.query_pairs_mut().append_pair("node", node);
         }
         self.call(Method::GET, url, None).await
+    }
+
+    /// `GET /apis/shoal/v1/system/check`: the audit of etcd and every ready node.
+    pub async fn system_check(&self) -> Result<CheckReport> {
+        self.call(Method::GET, self.url(&["system", "check"]), None)
+            .await
     }
 
     /// `DELETE /apis/shoal/v1/nodes/<node>/volumes/<name>`: removes a volume from a node

@@ -91,6 +91,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Logs(a) => cmd::logs::task(&client, a, out).await,
         Command::Token(c) => cmd::token::run(&client, c, out).await,
         Command::JoinToken(a) => cmd::token::join_token(&client, a, out).await,
+        Command::System(c) => cmd::system::run(&client, c, out).await,
         Command::Dev(_) => unreachable!("handled above"),
     }
 }

@@ -8,6 +8,7 @@
 //! containers) and `hollow` (a testing runtime that starts no containers).
 
 pub mod agent;
+pub mod check;
 pub mod dns;
 pub mod hollow;
 pub mod identity;

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use shoal_api_types::resources::{Cpus, Memory, NodeCapacity};
 use shoal_api_types::settings::ReservedPort;
 use shoal_node_agent::agent::{
-    self, capacity, AgentConfig, ContainerTasks, NodeNetwork, TaskRuntime,
+    self, capacity, AgentConfig, ContainerTasks, NodeCheck, NodeNetwork, TaskRuntime,
 };
 use shoal_node_agent::hollow::{FleetConfig, HollowFleet, HollowRuntime, HOLLOW_CAPACITY};
 use shoal_node_agent::identity::{
@@ -122,6 +122,7 @@ impl ContainerdArgs {
         Arc<dyn TaskRuntime>,
         Arc<dyn ContainerRuntime>,
         Arc<TaskFiles>,
+        Arc<NodeCheck>,
     )> {
         let home = self.netns.as_ref().map(|n| Path::new("/run/netns").join(n));
         let network = NodeNetwork::kernel(node, address, home, Path::new("/etc/resolv.conf"))
@@ -166,14 +167,17 @@ impl ContainerdArgs {
             files = files.with_source(controller);
         }
         let files = Arc::new(files);
+        let network = Arc::new(network);
+        let check = Arc::new(NodeCheck::new(node, network.clone(), runtime.clone()));
         Ok((
             Arc::new(
                 ContainerTasks::new(runtime.clone(), node)
-                    .with_network(Arc::new(network))
+                    .with_network(network)
                     .with_files(files.clone()),
             ),
             runtime,
             files,
+            check,
         ))
     }
 }
@@ -414,16 +418,17 @@ async fn main() -> anyhow::Result<()> {
                 bail!("--address is required");
             };
             let controller = security.controller_client(&cli.common.controllers)?;
-            let (runtime, containers, files): (Arc<dyn TaskRuntime>, _, _) = match cli.runtime {
-                RuntimeKind::Hollow => (Arc::new(HollowRuntime::new()), None, None),
-                RuntimeKind::Containerd => {
-                    let (tasks, containers, files) = cli
-                        .containerd
-                        .runtime(&name, &address, controller.clone())
-                        .await?;
-                    (tasks, Some(containers), Some(files))
-                }
-            };
+            let (runtime, containers, files, check): (Arc<dyn TaskRuntime>, _, _, _) =
+                match cli.runtime {
+                    RuntimeKind::Hollow => (Arc::new(HollowRuntime::new()), None, None, None),
+                    RuntimeKind::Containerd => {
+                        let (tasks, containers, files, check) = cli
+                            .containerd
+                            .runtime(&name, &address, controller.clone())
+                            .await?;
+                        (tasks, Some(containers), Some(files), Some(check))
+                    }
+                };
             let base = cli.common.connect();
             let connect = security.etcd_connect(&base);
             let store = Store::connect(&connect)
@@ -436,11 +441,15 @@ async fn main() -> anyhow::Result<()> {
                         node: name.clone(),
                         listen: listen.clone(),
                     };
-                    let server = AgentServer::bind(&config, containers, transport.clone()).await?;
-                    Some(match files {
-                        Some(files) => server.with_volumes(files),
-                        None => server,
-                    })
+                    let mut server =
+                        AgentServer::bind(&config, containers, transport.clone()).await?;
+                    if let Some(files) = files {
+                        server = server.with_volumes(files);
+                    }
+                    if let Some(check) = check {
+                        server = server.with_check(check);
+                    }
+                    Some(server)
                 }
                 None => None,
             };

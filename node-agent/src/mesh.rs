@@ -58,6 +58,7 @@
 
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
+pub mod read;
 mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -283,6 +284,9 @@ impl Mesh for NftMesh {
     }
     async fn remove(&self) -> Result<(), NftError> {
         nft::apply(self.home.as_deref(), &delete_ruleset()).await
+    }
+    async fn programmed(&self) -> Result<Option<String>, NftError> {
+        nft::list_table(self.home.as_deref(), NFT).await
     }
 }
 

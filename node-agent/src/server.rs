@@ -8,7 +8,10 @@
 //! GET  /v1/tasks/{id}/logs?follow&tail=N  the container's log file as text/plain
 //! GET  /healthz
 //! ```
-//! and this node's volumes ([`volumes`]: `GET /v1/volumes`, `DELETE /v1/volumes/{name}`).
+//! and this node's volumes ([`volumes`]: `GET /v1/volumes`, `DELETE /v1/volumes/{name}`),
+//! and `GET /v1/check`: the node's audit ([`crate::agent::NodeCheck`]) as a
+//! [`CheckReport`](shoal_api_types::CheckReport) (501 without one, 503 when the agent cannot
+//! tell yet).
 //!
 //! `{id}` is the task id, which is also the container id ([`crate::agent::ContainerTasks`]).
 //! A task without a container here is 404, one whose container does not run is 409 for
@@ -54,6 +57,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::agent::NodeCheck;
 use crate::runtime::capture::EXEC_OUTPUT_LIMIT;
 use crate::runtime::{logs, ContainerRuntime, ContainerState, ExecOutput, RuntimeError};
 use crate::taskfiles::TaskFiles;
@@ -115,6 +119,7 @@ struct ServerState {
     node: String,
     runtime: Option<Arc<dyn ContainerRuntime>>,
     volumes: Option<Arc<TaskFiles>>,
+    check: Option<Arc<NodeCheck>>,
 }
 
 /// How the server runs.
@@ -169,6 +174,7 @@ impl AgentServer {
                 node: config.node.clone(),
                 runtime,
                 volumes: None,
+                check: None,
             },
             transport,
         })
@@ -177,6 +183,12 @@ impl AgentServer {
     /// Serves this node's volumes from `files` (`/v1/volumes`).
     pub fn with_volumes(mut self, files: Arc<TaskFiles>) -> Self {
         self.state.volumes = Some(files);
+        self
+    }
+
+    /// Serves the node's audit (`/v1/check`).
+    pub fn with_check(mut self, check: Arc<NodeCheck>) -> Self {
+        self.state.check = Some(check);
         self
     }
 
@@ -291,6 +303,7 @@ pub fn test_router_with(
         node: node.to_string(),
         runtime,
         volumes,
+        check: None,
     };
     router(state, false)
 }
@@ -301,7 +314,8 @@ fn router(state: ServerState, controller_only: bool) -> Router {
         .route("/v1/tasks/{id}/exec", post(exec))
         .route("/v1/tasks/{id}/logs", get(logs))
         .route("/v1/volumes", get(list_volumes))
-        .route("/v1/volumes/{name}", delete(remove_volume));
+        .route("/v1/volumes/{name}", delete(remove_volume))
+        .route("/v1/check", get(check_node));
     let v1 = if controller_only {
         v1.route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -402,6 +416,24 @@ async fn list_volumes(State(s): State<ServerState>) -> Response {
 async fn remove_volume(State(s): State<ServerState>, Path(name): Path<String>) -> Response {
     let removed = volumes::remove(&s.node, s.runtime.clone(), s.volumes.clone(), &name).await;
     respond(removed.map(|()| StatusCode::NO_CONTENT.into_response()))
+}
+
+/// `GET /v1/check` ([`crate::check`]).
+async fn check_node(State(s): State<ServerState>) -> Response {
+    let Some(check) = s.check.clone() else {
+        return error(Status::new(
+            501,
+            "NotImplemented",
+            format!("node {} has no audit (a hollow node)", s.node),
+        ));
+    };
+    respond(
+        check
+            .run()
+            .await
+            .map(|r| Json(r).into_response())
+            .map_err(|e| Status::new(503, "ServiceUnavailable", format!("node {}: {e}", s.node))),
+    )
 }
 
 /// A handler's result: any failure is a `Status` answer.

@@ -10,5 +10,6 @@ pub mod payload;
 pub mod resources;
 pub mod service;
 pub mod stack;
+pub mod system;
 pub mod token;
 pub mod volume;

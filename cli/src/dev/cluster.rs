@@ -37,6 +37,10 @@ pub struct Layout {
     /// Where etcd data directories go: tmpfs when there is one (etcd fsyncs every write,
     /// which takes seconds on a busy disk; a dev cluster's data need not survive a reboot).
     pub etcd_base: PathBuf,
+    /// The agents' `--resync` in seconds, when not their default (tests that inject drift
+    /// by hand lengthen it, so the periodic repair does not race the check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_resync: Option<u64>,
 }
 
 /// What `shoal dev up` was asked for, besides the state dir.
@@ -52,6 +56,8 @@ pub struct Options {
     pub controllers: u32,
     /// See [`Layout::secure`].
     pub secure: bool,
+    /// See [`Layout::agent_resync`].
+    pub agent_resync: Option<u64>,
 }
 
 impl Default for Options {
@@ -62,6 +68,7 @@ impl Default for Options {
             etcd_members: 1,
             controllers: 1,
             secure: true,
+            agent_resync: None,
         }
     }
 }
@@ -105,6 +112,7 @@ impl Layout {
             bridge: "shoal-br0".into(),
             host_address: Ipv4Addr::new(198, 18, 0, 254),
             registry: "127.0.0.1:5000".into(),
+            agent_resync: opts.agent_resync,
         })
     }
 
@@ -587,6 +595,9 @@ fn start_node(layout: &Layout, k: u32) -> anyhow::Result<()> {
         format!("--etcd={}", layout.etcd_endpoints()),
         format!("--runtime={}", layout.runtime),
     ];
+    if let Some(secs) = layout.agent_resync {
+        args.push(format!("--resync={secs}"));
+    }
     if layout.secure {
         args.push(format!("--pki-dir={}", layout.node_pki_dir(k).display()));
     } else {

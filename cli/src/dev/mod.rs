@@ -69,6 +69,11 @@ pub enum DevCommand {
         /// costs (the benchmarks' baseline). Never on a machine others can reach.
         #[arg(long)]
         insecure: bool,
+        /// Seconds between the agents' periodic reconciles (their `--resync`; default 10).
+        /// Tests that break a node by hand and expect `shoal system check` to see it
+        /// lengthen it, so the periodic repair does not race the check.
+        #[arg(long, value_name = "SECS")]
+        agent_resync: Option<u64>,
     },
     /// Stop the cluster and remove everything it made.
     Down,
@@ -119,6 +124,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             etcd_members,
             controllers,
             insecure,
+            agent_resync,
         } => {
             let opts = Options {
                 nodes,
@@ -126,6 +132,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 etcd_members,
                 controllers,
                 secure: !insecure,
+                agent_resync,
             };
             let layout = Layout::new(args.state_dir, &opts)?;
             DevCluster::up(layout, std::time::Duration::from_secs(timeout)).await

@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use shoal_api_types::check::CheckReport;
 use shoal_api_types::exec::MAX_EXEC_RESPONSE_BYTES;
 use shoal_api_types::volume::VolumeInfo;
 use shoal_api_types::{ExecRequest, ExecResponse, LogOptions, Node, Status, Task, TaskState};
@@ -151,6 +152,10 @@ pub const MAX_VOLUMES_RESPONSE_BYTES: usize = 4 << 20;
 
 /// How long asking one agent about volumes may take.
 pub const VOLUMES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one agent's check may take (it looks twice, a settle time apart, and waits for
+/// task starts in flight).
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What an agent's error answer (`code`, `body`) means for API clients. `for_exec` turns
 /// "no container here" into a 409 (the task's status is behind) instead of a 404.
@@ -432,6 +437,48 @@ impl Agents {
             v.node = target.node.clone();
         }
         Ok(volumes)
+    }
+
+    /// The audit of `target`'s node (`GET /v1/check` on its agent, see `super::check`);
+    /// `None` when the node has nothing to check (a hollow node answers 501).
+    pub async fn check(
+        &self,
+        store: &Store,
+        target: &Target,
+    ) -> Result<Option<CheckReport>, Status> {
+        let resp = self
+            .send(store, target, |http, base| {
+                http.get(format!("{base}/v1/check")).timeout(CHECK_TIMEOUT)
+            })
+            .await?;
+        let code = resp.status().as_u16();
+        if code == 501 {
+            return Ok(None);
+        }
+        let body = read_at_most(resp, MAX_VOLUMES_RESPONSE_BYTES)
+            .await
+            .map_err(|e| match e {
+                Limited::Http(e) => unreachable(target, &e),
+                Limited::TooLarge => Status::new(
+                    502,
+                    "BadGateway",
+                    format!("the agent of node {} answered with too much", target.node),
+                ),
+            })?;
+        let body = String::from_utf8_lossy(&body);
+        if !(200..300).contains(&code) {
+            return Err(agent_failure(target, code, &body, false));
+        }
+        serde_json::from_str(&body).map(Some).map_err(|e| {
+            Status::new(
+                502,
+                "BadGateway",
+                format!(
+                    "the agent of node {} answered the check with bad JSON: {e}",
+                    target.node
+                ),
+            )
+        })
     }
 
     /// Removes the volume `name` on `target`'s node (`DELETE /v1/volumes/<name>` on its

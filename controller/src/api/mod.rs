@@ -19,6 +19,8 @@
 //! POST   /apis/shoal/v1/tasks/<name>/exec                           run a command in a task
 //! GET    /apis/shoal/v1/volumes[?node=N]                            named volumes (agents)
 //! DELETE /apis/shoal/v1/nodes/<node>/volumes/<name>                 remove one (its agent)
+//! GET    /apis/shoal/v1/system/check                               audit etcd and every node
+//!                                                                   ([`check`], the agents)
 //! GET    /apis/shoal/v1/{tasks,services}/<name>/logs[?follow&tail=N] container output
 //! POST   /v1/tokens   GET /v1/tokens   DELETE /v1/tokens/<name>     API tokens (admin)
 //! GET    /healthz /readyz /metrics /openapi.json
@@ -51,6 +53,7 @@ pub mod agent;
 pub mod apply;
 pub mod auth;
 pub mod body;
+pub mod check;
 pub mod delivery;
 pub mod error;
 pub mod exec;
@@ -410,6 +413,7 @@ pub fn protected_routes(app: App) -> Router {
         )
         .route("/apis/shoal/v1/tasks/{name}/exec", post(exec::exec))
         .route("/apis/shoal/v1/volumes", get(volumes::list))
+        .route("/apis/shoal/v1/system/check", get(check::check))
         .route(
             "/apis/shoal/v1/nodes/{node}/volumes/{name}",
             delete(volumes::delete),

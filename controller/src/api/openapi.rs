@@ -5,6 +5,7 @@
 use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
+use shoal_api_types::check::CheckReport;
 use shoal_api_types::payload::TaskPayloads;
 use shoal_api_types::volume::VolumeList;
 use shoal_api_types::{
@@ -53,6 +54,7 @@ pub fn document() -> Value {
     );
     add("TaskPayloads", generator.subschema_for::<TaskPayloads>());
     add("VolumeList", generator.subschema_for::<VolumeList>());
+    add("CheckReport", generator.subschema_for::<CheckReport>());
     add("Node", generator.subschema_for::<Node>());
     add(
         "NodeList",
@@ -179,6 +181,12 @@ pub fn document() -> Value {
             "summary": "Named volumes of every ready node (asked through their agents); nodes that could not be asked are listed in `unreachable`",
             "parameters": [query("node", "string", "Only this node (404 unknown, 409 not ready)")],
             "responses": {"200": ok("VolumeList", "The volumes, by node then name"), "default": error()}}}),
+    );
+    paths.insert(
+        "/apis/shoal/v1/system/check".into(),
+        json!({"get": {"operationId": "systemCheck",
+            "summary": "Audit etcd (address claims, slots, Endpoints) and every ready node (containers, namespaces, veths, FDB and neighbour entries, nft elements, DNS records against its agent's desired state); a node whose agent does not answer is a drift of kind `unreachable`",
+            "responses": {"200": ok("CheckReport", "Every drift, by node, kind and object (none: the cluster is as etcd says)"), "default": error()}}}),
     );
     paths.insert(
         "/apis/shoal/v1/nodes/{node}/volumes/{name}".into(),

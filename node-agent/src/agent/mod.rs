@@ -56,6 +56,7 @@ use tokio::task::JoinHandle;
 pub use apply::{advance, ApplyError, Effects, StatusSink};
 pub use containers::ContainerTasks;
 pub use converge::ConvergeStats;
+pub use network::check::NodeCheck;
 pub use network::NodeNetwork;
 pub use plan::{plan, Op, StatusUpdate};
 pub use status_batch::{BatchedStatus, StatusBatcher};

@@ -8,6 +8,7 @@ use crate::net::nft::NftError;
 #[derive(Debug, Default)]
 pub struct RecordingMesh {
     state: std::sync::Mutex<(Option<MeshRules>, usize)>,
+    listed: std::sync::Mutex<Option<String>>,
 }
 
 impl RecordingMesh {
@@ -18,6 +19,11 @@ impl RecordingMesh {
             .unwrap_or_else(|e| e.into_inner())
             .0
             .clone()
+    }
+    /// Sets what [`Mesh::programmed`] answers (an `nft -j list table` document), for
+    /// tests of `shoal system check`; `None` (the default): no table.
+    pub fn set_listed(&self, json: Option<String>) {
+        *self.listed.lock().unwrap_or_else(|e| e.into_inner()) = json;
     }
     /// How many times it was programmed.
     pub fn programs(&self) -> usize {
@@ -36,5 +42,12 @@ impl Mesh for RecordingMesh {
     async fn remove(&self) -> Result<(), NftError> {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = None;
         Ok(())
+    }
+    async fn programmed(&self) -> Result<Option<String>, NftError> {
+        Ok(self
+            .listed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone())
     }
 }

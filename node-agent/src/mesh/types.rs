@@ -68,4 +68,7 @@ pub trait Mesh: Send + Sync {
     async fn program(&self, rules: &MeshRules) -> Result<(), NftError>;
     /// Remove the node's mesh table.
     async fn remove(&self) -> Result<(), NftError>;
+    /// The table as the kernel holds it (`nft -j list table` output; `None`: no table), for
+    /// `shoal system check` ([`super::read`]).
+    async fn programmed(&self) -> Result<Option<String>, NftError>;
 }

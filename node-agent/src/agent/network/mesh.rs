@@ -71,7 +71,7 @@ impl NodeNetwork {
 
     /// The node's mesh table as it should be now: ingress-mode ports from the Endpoints of
     /// `ingress` (when the node has its ingress address), host-mode ports of local tasks.
-    fn mesh_rules(&self, ingress: Option<&OverlaySpec>) -> MeshRules {
+    pub(super) fn mesh_rules(&self, ingress: Option<&OverlaySpec>) -> MeshRules {
         let mut ports = Vec::new();
         let ingress = ingress.and_then(|spec| {
             let addr = spec.address?.ip();

@@ -27,6 +27,9 @@
 //! - VIP tables are programmed under one lock from the current Endpoints, so an older table
 //!   never overwrites a newer one.
 
+pub mod check;
+#[cfg(test)]
+mod check_tests;
 mod endpoints;
 mod mesh;
 mod mesh_state;
@@ -106,6 +109,9 @@ pub struct NodeNetwork {
     settings: watch::Sender<Cache<ClusterSettingsSpec>>,
     /// Ports this node uses itself, never programmed whatever the settings say.
     own_reserved: Vec<ReservedPort>,
+    /// The desired tasks the converge loop works from, once [`NodeNetwork::run`] started
+    /// (for `shoal system check`, in `check`).
+    desired: Mutex<Option<watch::Receiver<super::desired::DesiredTasks>>>,
 }
 
 impl std::fmt::Debug for NodeNetwork {
@@ -172,6 +178,7 @@ impl NodeNetwork {
             mesh_kick: tokio::sync::Notify::new(),
             settings: watch::channel(None).0,
             own_reserved: vec![VXLAN_PORT],
+            desired: Mutex::new(None),
         }
     }
 
@@ -596,6 +603,7 @@ impl NodeNetwork {
             mut shutdown,
             resync,
         } = ctx;
+        self.remember_desired(desired.clone());
         let mut applied = Applied::default();
         let mut networks = self.networks.subscribe();
         let mut endpoints = self.endpoints.subscribe();

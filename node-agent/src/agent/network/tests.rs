@@ -14,14 +14,14 @@ use shoal_api_types::{Network as NetworkObject, NetworkStatus, TaskAttachment, T
 
 const PREFIX: &str = "shoal-node-1-";
 
-struct Node {
-    tasks: ContainerTasks,
-    network: Arc<NodeNetwork>,
-    runtime: Arc<FakeRuntime>,
-    net: Arc<RecordingNetwork>,
+pub(super) struct Node {
+    pub(super) tasks: ContainerTasks,
+    pub(super) network: Arc<NodeNetwork>,
+    pub(super) runtime: Arc<FakeRuntime>,
+    pub(super) net: Arc<RecordingNetwork>,
     dns: Arc<RecordingDns>,
     dns_internal: Arc<RecordingDns>,
-    lb: Arc<RecordingLb>,
+    pub(super) lb: Arc<RecordingLb>,
 }
 
 fn node_with(net: RecordingNetwork, runtime: Arc<FakeRuntime>) -> Node {
@@ -58,7 +58,7 @@ fn node_with(net: RecordingNetwork, runtime: Arc<FakeRuntime>) -> Node {
     }
 }
 
-fn node() -> Node {
+pub(super) fn node() -> Node {
     node_with(RecordingNetwork::new(PREFIX), Arc::new(FakeRuntime::new()))
 }
 
@@ -78,7 +78,7 @@ fn overlay(name: &str, vni: u32, internal: bool) -> NetworkObject {
     n
 }
 
-fn task(id: &str, networks: &[(&str, &str)]) -> Task {
+pub(super) fn task(id: &str, networks: &[(&str, &str)]) -> Task {
     let internal = networks.iter().all(|(n, _)| *n == "private") && !networks.is_empty();
     Task::new(
         id,
@@ -103,7 +103,12 @@ fn task(id: &str, networks: &[(&str, &str)]) -> Task {
     )
 }
 
-fn endpoints(network: &str, service: &str, vip: &str, tasks: &[(&str, &str)]) -> Endpoints {
+pub(super) fn endpoints(
+    network: &str,
+    service: &str,
+    vip: &str,
+    tasks: &[(&str, &str)],
+) -> Endpoints {
     EndpointsSpec::vip(network, service, vip)
         .tasks(tasks.iter().map(|(ip, node)| {
             EndpointTask::new(&format!("{service}.{ip}"), ip)
@@ -113,7 +118,7 @@ fn endpoints(network: &str, service: &str, vip: &str, tasks: &[(&str, &str)]) ->
         .object()
 }
 
-fn netns(id: &str) -> PathBuf {
+pub(super) fn netns(id: &str) -> PathBuf {
     PathBuf::from(format!("/run/netns/{PREFIX}{id}"))
 }
 
