@@ -86,7 +86,7 @@ pub fn parse_manifests(text: &str) -> Result<Vec<AnyObject>, ManifestError> {
                 problems.push(detail(
                     number,
                     None,
-                    FieldError::new("", format!("not valid YAML: {e}")),
+                    FieldError::new("", format!("not valid YAML: {}", yaml_error(&e, text))),
                 ));
                 // After a syntax error the rest of the stream cannot be trusted.
                 break;
@@ -199,20 +199,67 @@ fn typed<S: Resource>(value: Value) -> Result<Object<S>, Vec<FieldError>> {
     Ok(obj)
 }
 
-/// Deserialises a YAML value, naming the field that failed.
+/// Deserialises a YAML value, naming the field that failed. A missing field is named
+/// itself (`apiVersion`, `spec.image`), not its parent: at the top the parent has no name.
 pub fn from_value_with_path<T: DeserializeOwned>(value: Value) -> Result<T, Vec<FieldError>> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { String::new() } else { path };
-        vec![FieldError::new(field, e.into_inner().to_string())]
+        let message = e.into_inner().to_string();
+        let mut field = if path == "." { String::new() } else { path };
+        if let Some(missing) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'))
+        {
+            if !field.is_empty() {
+                field.push('.');
+            }
+            field.push_str(missing);
+        }
+        vec![FieldError::new(field, message)]
     })
+}
+
+/// A YAML error's message with where it is. The parser's errors say `at line N column M`;
+/// those of the reader (a character YAML does not allow, such as NUL) say at most `at
+/// position N` (a byte offset), so the first such character is found in `text` and named
+/// by line and column.
+pub fn yaml_error(e: &serde_yaml_ng::Error, text: &str) -> String {
+    let message = e.to_string();
+    if message.contains(" line ") {
+        return message;
+    }
+    let bare = match message.rfind(" at position ") {
+        Some(i) => &message[..i],
+        None => &message,
+    };
+    let bad = text.lines().enumerate().find_map(|(line, l)| {
+        l.chars()
+            .position(|c| !allowed_in_yaml(c))
+            .map(|column| (line + 1, column + 1))
+    });
+    match (bad, e.location()) {
+        (Some((line, column)), _) => format!("{bare} at line {line} column {column}"),
+        (None, Some(l)) => format!("{bare} at line {} column {}", l.line(), l.column()),
+        (None, None) => message,
+    }
+}
+
+/// YAML 1.2's printable set (c-printable) plus line breaks.
+fn allowed_in_yaml(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | ' '..='~' | '\u{85}' | '\u{a0}'..='\u{d7ff}'
+        | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
+        && c != '\u{feff}'
 }
 
 /// Parses one object of kind `S` from a JSON or YAML body (create and replace), applying
 /// defaults. Does not validate.
 pub fn parse_object<S: Resource>(body: &str) -> Result<Object<S>, Vec<FieldError>> {
-    let value: Value = serde_yaml_ng::from_str(body)
-        .map_err(|e| vec![FieldError::new("", format!("not valid JSON or YAML: {e}"))])?;
+    let value: Value = serde_yaml_ng::from_str(body).map_err(|e| {
+        vec![FieldError::new(
+            "",
+            format!("not valid JSON or YAML: {}", yaml_error(&e, body)),
+        )]
+    })?;
     match &value {
         Value::Mapping(m) => {
             if m.get("apiVersion").is_none() || m.get("kind").is_none() {
@@ -355,6 +402,25 @@ spec:
                 .contains("managed by Shoal")
         );
         assert_eq!(messages("---\n"), vec!["the body holds no object"]);
+    }
+
+    #[test]
+    fn manifests_name_a_missing_top_level_field_itself() {
+        // Found by the property tests: `missing field` at the top had an empty field path.
+        let m = parse_manifests("kind: Network\nmetadata: {name: a}\nspec: {}\n").unwrap_err();
+        assert_eq!(m.0[0].field, "apiVersion", "{m:?}");
+        let m = parse_manifests("apiVersion: shoal/v1\nkind: Network\nmetadata: {}\nspec: {}\n")
+            .unwrap_err();
+        assert_eq!(m.0[0].field, "metadata.name", "{m:?}");
+    }
+
+    #[test]
+    fn manifests_locate_characters_yaml_does_not_allow() {
+        // Found by the property tests: the reader's errors (NUL) came without a place.
+        let m = messages("kind: Network\nmetadata: {name: a\u{0}}\n");
+        assert!(m[0].ends_with("at line 2 column 19"), "{m:?}");
+        let errs = parse_object::<NetworkSpec>("\u{0}").unwrap_err();
+        assert!(errs[0].message.ends_with("at line 1 column 1"), "{errs:?}");
     }
 
     #[test]

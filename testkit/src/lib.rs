@@ -10,6 +10,11 @@
 //!
 //! **Helpers.** [`free_port`] (a free loopback TCP port) and [`eventually`] (poll with a
 //! deadline on tokio's clock, so paused-time tests work).
+//!
+//! **Generators.** [`gen`]: proptest strategies for objects, mutations and garbage text,
+//! shared by the property tests of the manifest parser, the compose loader and the API.
+
+pub mod gen;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -24,8 +24,9 @@ pub fn check_syntax(text: &str) -> Result<Vec<usize>, Status> {
             Ok(_) => numbers.push(i + 1),
             Err(e) => {
                 return Err(Status::bad_request(format!(
-                    "document {} is not valid YAML or JSON: {e}",
-                    i + 1
+                    "document {} is not valid YAML or JSON: {}",
+                    i + 1,
+                    shoal_api_types::manifest::yaml_error(&e, text)
                 )));
             }
         }
