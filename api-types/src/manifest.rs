@@ -232,16 +232,20 @@ pub fn yaml_error(e: &serde_yaml_ng::Error, text: &str) -> String {
         Some(i) => &message[..i],
         None => &message,
     };
-    let bad = text.lines().enumerate().find_map(|(line, l)| {
-        l.chars()
-            .position(|c| !allowed_in_yaml(c))
-            .map(|column| (line + 1, column + 1))
-    });
-    match (bad, e.location()) {
+    match (first_disallowed_char(text), e.location()) {
         (Some((line, column)), _) => format!("{bare} at line {line} column {column}"),
         (None, Some(l)) => format!("{bare} at line {} column {}", l.line(), l.column()),
         (None, None) => message,
     }
+}
+
+/// Line and column (1-based) of the first character YAML does not allow in `text`.
+pub fn first_disallowed_char(text: &str) -> Option<(usize, usize)> {
+    text.lines().enumerate().find_map(|(line, l)| {
+        l.chars()
+            .position(|c| !allowed_in_yaml(c))
+            .map(|column| (line + 1, column + 1))
+    })
 }
 
 /// YAML 1.2's printable set (c-printable) plus line breaks.

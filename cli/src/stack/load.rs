@@ -90,8 +90,9 @@ pub fn load(
     let mut merged: Option<Value> = None;
     for file in files {
         let name = file.path.display();
-        let mut value: Value = serde_yaml::from_str(&file.text)
-            .map_err(|e| anyhow::anyhow!("{name}: not valid YAML: {e}"))?;
+        let mut value: Value = serde_yaml::from_str(&file.text).map_err(|e| {
+            anyhow::anyhow!("{name}: not valid YAML: {}", yaml_error(&e, &file.text))
+        })?;
         if value.is_null() {
             anyhow::bail!("{name}: the file is empty");
         }
@@ -116,7 +117,14 @@ pub fn load(
     let compose: Compose = serde_path_to_error::deserialize(raw.clone()).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." {
+        let message = inner.to_string();
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'));
+        if let (".", Some(field)) = (path.as_str(), missing) {
+            // A required top-level key: name it as the path.
+            anyhow::anyhow!("{field}: {inner}")
+        } else if path == "." {
             anyhow::anyhow!("{inner}")
         } else {
             anyhow::anyhow!("{path}: {inner}")
@@ -128,6 +136,24 @@ pub fn load(
         extras,
         unset: unset.names.into_iter().collect(),
     })
+}
+
+/// A YAML error with its line and column: the reader's errors (a NUL, say) carry none, so
+/// the first character YAML does not allow is located in `text`.
+fn yaml_error(e: &serde_yaml::Error, text: &str) -> String {
+    let message = e.to_string();
+    if message.contains(" line ") {
+        return message;
+    }
+    let bare = message.split(" at position ").next().unwrap_or(&message);
+    match (
+        shoal_api_types::manifest::first_disallowed_char(text),
+        e.location(),
+    ) {
+        (Some((line, column)), _) => format!("{bare} at line {line} column {column}"),
+        (None, Some(l)) => format!("{bare} at line {} column {}", l.line(), l.column()),
+        (None, None) => message,
+    }
 }
 
 /// `a.b[2].c` from path segments.
@@ -407,6 +433,30 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn a_nul_in_a_compose_file_is_located() {
+        // Found by the property tests: the reader's error named no line.
+        let files = [ComposeFile {
+            path: "d.yml".into(),
+            text: "services:\n  a\u{0}: {}\n".into(),
+        }];
+        let e = load(&files, &|_| None, None).unwrap_err().to_string();
+        assert!(e.ends_with("at line 2 column 4"), "{e}");
+        // Found by the property tests: a missing top-level key named no path.
+        let none = [ComposeFile {
+            path: "d.yml".into(),
+            text: "x-a: 1\n".into(),
+        }];
+        let e = load(&none, &|_| None, None).unwrap_err().to_string();
+        assert!(e.starts_with("services: missing field"), "{e}");
+        let tab = [ComposeFile {
+            path: "d.yml".into(),
+            text: "\t".into(),
+        }];
+        let e = load(&tab, &|_| None, None).unwrap_err().to_string();
+        assert!(e.contains(" line 1 column "), "{e}");
     }
 
     #[test]

@@ -15,3 +15,6 @@ pub use load::ComposeFile;
 pub fn prune_selector(name: &str) -> String {
     format!("{}={name}", shoal_api_types::labels::STACK)
 }
+
+#[cfg(test)]
+mod props;
