@@ -17,7 +17,11 @@
 #[allow(dead_code)]
 mod support;
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
 use proptest::prelude::*;
+use proptest::sample::Index;
 use proptest::test_runner::TestRunner;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -68,9 +72,23 @@ async fn seeded() -> Server {
 }
 
 /// Sends one request and checks the properties.
-async fn check(s: &Server, method: Method, path: &str, body: &str) -> Result<(), TestCaseError> {
+async fn check(
+    s: &Server,
+    method: Method,
+    path: &str,
+    body: &str,
+    codes: &Mutex<BTreeMap<u16, usize>>,
+) -> Result<(), TestCaseError> {
+    // A replace names the revision it read: `@RV` stands for the object's current one.
+    let body = &if body.contains("@RV") {
+        let rv = s.get(path).await.rv();
+        body.replace("@RV", &rv)
+    } else {
+        body.to_string()
+    };
     let before = snapshot(s).await;
     let a: Answer = s.call(method.clone(), path, Some(body)).await;
+    *codes.lock().unwrap().entry(a.code).or_default() += 1;
     prop_assert!(
         a.code < 500,
         "{method} {path}: {} {}\nbody:\n{body}",
@@ -104,20 +122,38 @@ async fn check(s: &Server, method: Method, path: &str, body: &str) -> Result<(),
     Ok(())
 }
 
-/// Runs `strategy` of `(method, path, body)` against one seeded server.
-fn run<S>(strategy: S)
+/// Runs `strategy` of `(method, path, body)` against one seeded server; returns how many
+/// answers had each code (printed, and checked by callers so that the generators reach
+/// both acceptance and rejection).
+fn run<S>(strategy: S) -> BTreeMap<u16, usize>
 where
     S: Strategy<Value = (Method, String, String)>,
 {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let s = rt.block_on(seeded());
     let mut runner = TestRunner::new(gen::config(CASES));
+    let codes = Mutex::new(BTreeMap::new());
     let result = runner.run(&strategy, |(method, path, body)| {
-        rt.block_on(check(&s, method, &path, &body))
+        rt.block_on(check(&s, method, &path, &body, &codes))
     });
     if let Err(e) = result {
         panic!("{e}");
     }
+    let codes = codes.into_inner().unwrap();
+    println!("answers by code: {codes:?}");
+    codes
+}
+
+/// Asserts that some requests were accepted and some rejected.
+fn assert_both(codes: &BTreeMap<u16, usize>) {
+    assert!(
+        codes.keys().any(|c| *c < 300),
+        "nothing accepted: {codes:?}"
+    );
+    assert!(
+        codes.keys().any(|c| *c >= 400),
+        "nothing rejected: {codes:?}"
+    );
 }
 
 /// A body: a value as JSON or YAML text.
@@ -144,8 +180,17 @@ const PLURALS: &[(&str, &str)] = &[
     ("nodes", "n1"),
 ];
 
-/// An object of the kind of `plural` named `name`.
+/// An object of the kind of `plural` named `name`, to replace the stored one (at its
+/// current revision, `@RV`).
 fn object_of(plural: &str, name: String) -> BoxedStrategy<Value> {
+    let at_rv = |mut v: Value| {
+        v["metadata"]["resourceVersion"] = json!("@RV");
+        v
+    };
+    object_kind(plural, name).prop_map(at_rv).boxed()
+}
+
+fn object_kind(plural: &str, name: String) -> BoxedStrategy<Value> {
     match plural {
         "networks" => gen::network_with(name, Some(1999)).boxed(),
         "services" => gen::service_with(name, vec!["base".into()]).boxed(),
@@ -171,10 +216,9 @@ fn apply_bodies_answer_4xx_with_fields_and_write_nothing_when_rejected() {
         1 => gen::valid_batch().prop_map(|b| gen::body(&b, false)),
         1 => variants(gen::valid_object()),
     ];
-    run(body.prop_map(|b| (Method::POST, "/apis/shoal/v1/apply".to_string(), b)));
+    let codes = run(body.prop_map(|b| (Method::POST, "/apis/shoal/v1/apply".to_string(), b)));
+    assert_both(&codes);
 }
-
-use proptest::sample::Index;
 
 #[test]
 fn create_bodies_answer_4xx_with_fields_and_write_nothing_when_rejected() {
@@ -198,7 +242,7 @@ fn replace_bodies_answer_4xx_with_fields_and_write_nothing_when_rejected() {
                 (Method::PUT, format!("/apis/shoal/v1/{plural}/{name}"), body)
             })
     });
-    run(strategy);
+    assert_both(&run(strategy));
 }
 
 #[test]
