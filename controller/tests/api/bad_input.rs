@@ -246,7 +246,7 @@ async fn bad_create_bodies_get_the_same_checks_as_apply() {
         .await;
     assert_eq!(
         (a.code, a.fields()),
-        (422, vec!["spec".to_string()]),
+        (422, vec!["spec.image".to_string()]),
         "a Network body on the services route: {a:?}"
     );
     let a = s.post("/apis/shoal/v1/networks", "").await;
