@@ -344,6 +344,53 @@ mod tests {
     }
 
     #[test]
+    fn a_service_in_several_slices_resolves_as_one() {
+        let slice = |n: u32, tasks| EndpointsSpec {
+            slice: n,
+            ..ep(
+                "appnet",
+                "big",
+                Some("10.0.1.2"),
+                EndpointMode::Vip,
+                &["large"],
+                tasks,
+            )
+        };
+        let eps = [
+            slice(1, vec![task("big.3", "10.0.1.7", true), task("big.4", "10.0.1.8", true)]),
+            slice(0, vec![task("big.1", "10.0.1.5", true), task("big.2", "10.0.1.6", true)]),
+            slice(2, vec![task("big.5", "10.0.1.9", true), task("big.6", "10.0.1.10", false)]),
+        ];
+        let v = [NetworkRecords::build(&eps)];
+        let all = Answer::Addrs(
+            ["10.0.1.5", "10.0.1.6", "10.0.1.7", "10.0.1.8", "10.0.1.9"]
+                .map(ip)
+                .to_vec(),
+        );
+        assert_eq!(sorted(answer(&v, "tasks.big", QueryKind::A)), all);
+        assert_eq!(sorted(answer(&v, "tasks.large", QueryKind::A)), all);
+        assert_eq!(
+            answer(&v, "big", QueryKind::A),
+            Answer::Addrs(vec![ip("10.0.1.2")])
+        );
+        assert_eq!(
+            answer(&v, "big.4", QueryKind::A),
+            Answer::Addrs(vec![ip("10.0.1.8")])
+        );
+        assert_eq!(answer(&v, "big.6", QueryKind::A), Answer::NxDomain);
+        // dnsrr: the service name answers every slice's ready tasks.
+        let rr: Vec<EndpointsSpec> = eps
+            .iter()
+            .map(|e| EndpointsSpec {
+                endpoint_mode: EndpointMode::Dnsrr,
+                ..e.clone()
+            })
+            .collect();
+        let v = [NetworkRecords::build(&rr)];
+        assert_eq!(sorted(answer(&v, "big", QueryKind::A)), all);
+    }
+
+    #[test]
     fn vip_service_resolves_to_its_vip() {
         let v = view(&["appnet"]);
         assert_eq!(
