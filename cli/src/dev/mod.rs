@@ -69,6 +69,10 @@ pub enum DevCommand {
         /// costs (the benchmarks' baseline). Never on a machine others can reach.
         #[arg(long)]
         insecure: bool,
+        /// An extra flag for every controller, repeatable (tests only, e.g.
+        /// `--controller-arg=--endpoints-slice-size=2`).
+        #[arg(long = "controller-arg", hide = true, allow_hyphen_values = true)]
+        controller_args: Vec<String>,
     },
     /// Stop the cluster and remove everything it made.
     Down,
@@ -119,6 +123,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             etcd_members,
             controllers,
             insecure,
+            controller_args,
         } => {
             let opts = Options {
                 nodes,
@@ -126,6 +131,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 etcd_members,
                 controllers,
                 secure: !insecure,
+                controller_args,
             };
             let layout = Layout::new(args.state_dir, &opts)?;
             DevCluster::up(layout, std::time::Duration::from_secs(timeout)).await
