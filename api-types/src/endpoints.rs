@@ -104,10 +104,16 @@ pub fn split_slice(rest: &str) -> Option<(&str, u32)> {
     let (service, slice) = match rest.split_once('.') {
         None => (rest, 0),
         Some((service, n)) => {
-            let canonical = !n.is_empty()
-                && n.bytes().all(|b| b.is_ascii_digit())
-                && !n.starts_with('0');
-            (service, if canonical { n.parse().ok()? } else { return None })
+            let canonical =
+                !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0');
+            (
+                service,
+                if canonical {
+                    n.parse().ok()?
+                } else {
+                    return None;
+                },
+            )
         }
     };
     (!service.is_empty()).then_some((service, slice))
@@ -344,7 +350,8 @@ mod tests {
 
     #[test]
     fn slices_should_group_into_one_view_per_network_and_service() {
-        let a0 = EndpointsSpec::vip("n", "a", "10.0.0.2").tasks([EndpointTask::new("a.1", "10.0.0.5")]);
+        let a0 =
+            EndpointsSpec::vip("n", "a", "10.0.0.2").tasks([EndpointTask::new("a.1", "10.0.0.5")]);
         let a2 = EndpointsSpec::vip("n", "a", "10.0.0.2")
             .slice(2)
             .tasks([EndpointTask::new("a.3", "10.0.0.7")]);

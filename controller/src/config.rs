@@ -58,7 +58,9 @@ pub struct ManagerConfig {
 fn parse_slice_size(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (1..=MAX_SLICE_TASKS).contains(&n) => Ok(n),
-        _ => Err(format!("must be a number from 1 to {MAX_SLICE_TASKS} (got {s:?})")),
+        _ => Err(format!(
+            "must be a number from 1 to {MAX_SLICE_TASKS} (got {s:?})"
+        )),
     }
 }
 

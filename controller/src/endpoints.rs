@@ -337,8 +337,11 @@ mod tests {
     }
 
     fn ep_task(i: usize) -> EndpointTask {
-        EndpointTask::new(&format!("api.{i:05}"), &format!("10.0.{}.{}", i / 250, i % 250))
-            .id(&format!("t{i:05}"))
+        EndpointTask::new(
+            &format!("api.{i:05}"),
+            &format!("10.0.{}.{}", i / 250, i % 250),
+        )
+        .id(&format!("t{i:05}"))
     }
 
     fn wanted(range: impl IntoIterator<Item = usize>) -> EndpointsSpec {
@@ -361,7 +364,10 @@ mod tests {
     }
 
     fn sizes(slices: &Slices) -> Vec<(u32, usize)> {
-        slices.iter().map(|(n, e)| (*n, e.spec.tasks.len())).collect()
+        slices
+            .iter()
+            .map(|(n, e)| (*n, e.spec.tasks.len()))
+            .collect()
     }
 
     fn slice_of(slices: &Slices, task: &str) -> Option<u32> {
@@ -480,7 +486,11 @@ mod tests {
         assert_eq!(summary, vec![(0, "update"), (1, "delete"), (2, "delete")]);
         let after = apply(slices, &changes);
         assert_eq!(sizes(&after), vec![(0, 0)]);
-        assert_eq!(after[&0].spec.vip.as_deref(), Some("10.0.0.2"), "slice 0 keeps the VIP");
+        assert_eq!(
+            after[&0].spec.vip.as_deref(),
+            Some("10.0.0.2"),
+            "slice 0 keeps the VIP"
+        );
         // A service with no task at all still gets its slice 0.
         let created = plan_slices(wanted(0..0), None, MAX_SLICE_TASKS);
         assert!(matches!(&created[..], [EndpointsChange::Create(e)] if e.spec.slice == 0));
@@ -494,7 +504,10 @@ mod tests {
         let changes = plan_slices(wanted([0, 1, 4]), Some(&slices), 2);
         let after = apply(slices, &changes);
         assert_eq!(sizes(&after), vec![(0, 2), (2, 1)]);
-        let after = apply(after.clone(), &plan_slices(wanted([0, 1, 4, 7, 8]), Some(&after), 2));
+        let after = apply(
+            after.clone(),
+            &plan_slices(wanted([0, 1, 4, 7, 8]), Some(&after), 2),
+        );
         assert_eq!(sizes(&after), vec![(0, 2), (1, 1), (2, 2)]);
         // An old unsliced object over the size keeps its first tasks; the rest move out.
         let old = Slices::from([(0, Arc::new(new_endpoints(wanted(0..5))))]);

@@ -375,7 +375,10 @@ async fn a_service_should_be_listed_in_slices_that_follow_scaling_and_deletion()
         .await
         .unwrap();
     wait_for(T, "every slice removed", || async {
-        slices(&store, "appnet", "api").await.is_empty().then_some(())
+        slices(&store, "appnet", "api")
+            .await
+            .is_empty()
+            .then_some(())
     })
     .await;
     controller.stop().await;

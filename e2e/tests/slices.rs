@@ -41,7 +41,15 @@ fn web_slices(c: &Cluster) -> BTreeMap<String, Value> {
     items
         .into_iter()
         .filter(|e| e["spec"]["service"] == "web" && e["spec"]["network"] == "slicenet")
-        .map(|e| (e["metadata"]["name"].as_str().unwrap_or_default().to_string(), e))
+        .map(|e| {
+            (
+                e["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                e,
+            )
+        })
         .collect()
 }
 
@@ -79,11 +87,7 @@ fn a_service_in_several_endpoints_slices_resolves_and_balances_as_one() {
     });
     let slices = c.eventually("3 slices listing the 5 tasks ready", wait, || {
         let s = web_slices(&c);
-        let ips: BTreeSet<String> = s
-            .values()
-            .flat_map(ready_tasks)
-            .map(|(_, ip)| ip)
-            .collect();
+        let ips: BTreeSet<String> = s.values().flat_map(ready_tasks).map(|(_, ip)| ip).collect();
         (s.len() == 3 && ips == running).then_some(s)
     });
     let names: Vec<&str> = slices.keys().map(String::as_str).collect();
@@ -106,8 +110,7 @@ fn a_service_in_several_endpoints_slices_resolves_and_balances_as_one() {
     step("tasks.web from client.1 answers the tasks of every slice");
     let answer = c.eventually("nslookup tasks.web lists all 5", wait, || {
         let r = c.exec("client.1", &["nslookup", "tasks.web"]);
-        (r.code == 0 && running.iter().all(|ip| r.stdout.contains(ip.as_str())))
-            .then_some(r.stdout)
+        (r.code == 0 && running.iter().all(|ip| r.stdout.contains(ip.as_str()))).then_some(r.stdout)
     });
     eprintln!("{answer}");
     let r = c.exec("client.1", &["nslookup", "web"]).ok();
@@ -137,8 +140,10 @@ fn a_service_in_several_endpoints_slices_resolves_and_balances_as_one() {
         .ok();
     let left = c.eventually("only slice 0 left, with no task", wait, || {
         let s = web_slices(&c);
-        (s.len() == 1 && s.values().all(|e| e["spec"]["tasks"].as_array().is_none_or(Vec::is_empty)))
-            .then_some(s)
+        (s.len() == 1
+            && s.values()
+                .all(|e| e["spec"]["tasks"].as_array().is_none_or(Vec::is_empty)))
+        .then_some(s)
     });
     assert_eq!(left["slicenet.web"]["spec"]["vip"], vip.as_str());
 }

@@ -151,12 +151,7 @@ pub fn service_step(
             desired_endpoints(&service, &a.network, &a.aliases, vip, &tasks, &world.nodes)
         })
         .collect();
-    let endpoints = plan_endpoints(
-        name,
-        wanted,
-        &world.endpoints,
-        config.endpoints_slice_size,
-    );
+    let endpoints = plan_endpoints(name, wanted, &world.endpoints, config.endpoints_slice_size);
 
     // Status, with the VIP claims and releases it records, first.
     let mut status = status::service_status(
@@ -382,7 +377,11 @@ mod tests {
                 ..Default::default()
             },
         ));
-        let ep1 = Arc::new(EndpointsSpec::vip("front", "api", "10.0.1.2").slice(1).object());
+        let ep1 = Arc::new(
+            EndpointsSpec::vip("front", "api", "10.0.1.2")
+                .slice(1)
+                .object(),
+        );
         w.endpoints.insert(
             ("front".into(), "api".into()),
             [(0, ep.clone()), (1, ep1.clone())].into(),

@@ -573,6 +573,8 @@ mod tests {
             revision: 4,
         });
         let w = cache.read();
-        assert!(!w.endpoints.contains_key(&("n".to_string(), "a".to_string())));
+        assert!(!w
+            .endpoints
+            .contains_key(&("n".to_string(), "a".to_string())));
     }
 }

@@ -60,7 +60,10 @@ impl NetworkRecords {
                 .collect()
         };
         let service_entry = |g: &SliceGroup| -> NameEntry {
-            match (g.head.endpoint_mode, g.head.vip.as_deref().and_then(parse_ip)) {
+            match (
+                g.head.endpoint_mode,
+                g.head.vip.as_deref().and_then(parse_ip),
+            ) {
                 (EndpointMode::Vip, Some(vip)) => NameEntry {
                     addrs: vec![vip],
                     shuffle: false,
@@ -357,9 +360,27 @@ mod tests {
             )
         };
         let eps = [
-            slice(1, vec![task("big.3", "10.0.1.7", true), task("big.4", "10.0.1.8", true)]),
-            slice(0, vec![task("big.1", "10.0.1.5", true), task("big.2", "10.0.1.6", true)]),
-            slice(2, vec![task("big.5", "10.0.1.9", true), task("big.6", "10.0.1.10", false)]),
+            slice(
+                1,
+                vec![
+                    task("big.3", "10.0.1.7", true),
+                    task("big.4", "10.0.1.8", true),
+                ],
+            ),
+            slice(
+                0,
+                vec![
+                    task("big.1", "10.0.1.5", true),
+                    task("big.2", "10.0.1.6", true),
+                ],
+            ),
+            slice(
+                2,
+                vec![
+                    task("big.5", "10.0.1.9", true),
+                    task("big.6", "10.0.1.10", false),
+                ],
+            ),
         ];
         let v = [NetworkRecords::build(&eps)];
         let all = Answer::Addrs(

@@ -203,11 +203,7 @@ pub(super) mod tests {
             ..endpoints("api", vip, EndpointMode::Vip, tasks)
         };
         let eps = [
-            slice(
-                2,
-                Some("10.0.1.2"),
-                vec![task("api.5", "10.0.1.9", true)],
-            ),
+            slice(2, Some("10.0.1.2"), vec![task("api.5", "10.0.1.9", true)]),
             slice(0, Some("10.0.1.2"), vec![task("api.1", "10.0.1.5", true)]),
             // Written before the VIP was known (slices land one by one): slice 0 says
             // what the service is, this one only adds backends.

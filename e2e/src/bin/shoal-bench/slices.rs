@@ -61,7 +61,11 @@ pub async fn sliced_endpoints(
         ControlPlane::with_fleet(bin, &name, dir, nodes, Security::Secured).await?;
     let downs = NodeDowns::start(&cp.store).await?;
     // A subnet with room for every replica (the default /24s hold 253).
-    let prefix_len = 32 - (replicas as u32 + 16).next_power_of_two().trailing_zeros().max(8);
+    let prefix_len = 32
+        - (replicas as u32 + 16)
+            .next_power_of_two()
+            .trailing_zeros()
+            .max(8);
     let mut net = Network::new(
         NETWORK,
         NetworkSpec {
@@ -71,13 +75,17 @@ pub async fn sliced_endpoints(
     );
     net.apply_defaults();
     cp.store.create(&net).await?;
-    wait(Duration::from_secs(60), "the network to be ready", || async {
-        Ok(cp
-            .store
-            .get_named::<NetworkSpec>(NETWORK)
-            .await?
-            .is_some_and(|n| n.status.phase == "Ready"))
-    })
+    wait(
+        Duration::from_secs(60),
+        "the network to be ready",
+        || async {
+            Ok(cp
+                .store
+                .get_named::<NetworkSpec>(NETWORK)
+                .await?
+                .is_some_and(|n| n.status.phase == "Ready"))
+        },
+    )
     .await?;
 
     let mut svc = Service::new(
@@ -104,10 +112,16 @@ pub async fn sliced_endpoints(
         }
         fleet.check_alive()?;
         if start.elapsed() > limit {
-            bail!("only {r} of {replicas} running after {:.0} s", limit.as_secs_f64());
+            bail!(
+                "only {r} of {replicas} running after {:.0} s",
+                limit.as_secs_f64()
+            );
         }
         if last_print.elapsed() > Duration::from_secs(10) {
-            eprintln!("bench:   {r}/{replicas} running after {:.0} s", start.elapsed().as_secs_f64());
+            eprintln!(
+                "bench:   {r}/{replicas} running after {:.0} s",
+                start.elapsed().as_secs_f64()
+            );
             last_print = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

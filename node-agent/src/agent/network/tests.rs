@@ -2,7 +2,6 @@
 //! container runtime).
 
 use super::*;
-use std::collections::BTreeSet;
 use crate::agent::containers::{ContainerTasks, LABEL_TASK};
 use crate::agent::task_runtime::TaskRuntime;
 use crate::dns::{QueryKind, RecordingDns};
@@ -12,6 +11,7 @@ use crate::runtime::fake::{Call, FakeRuntime};
 use shoal_api_types::endpoints::{EndpointTask, Endpoints};
 use shoal_api_types::service::{PortConfig, PublishMode};
 use shoal_api_types::{Network as NetworkObject, NetworkStatus, TaskAttachment, TaskSpec};
+use std::collections::BTreeSet;
 
 const PREFIX: &str = "shoal-node-1-";
 
