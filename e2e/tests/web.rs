@@ -21,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 use shoal_e2e::testkit::free_port;
 use shoal_e2e::{require_e2e, Cluster};
@@ -92,8 +93,7 @@ impl Browser {
         let client = browser.rt.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                let attempt = ClientBuilder::rustls()
-                    .expect("rustls connector")
+                let attempt = ClientBuilder::new(HttpConnector::new())
                     .capabilities(caps.clone())
                     .connect(&url)
                     .await;
