@@ -22,19 +22,31 @@ let stop = null;
 /** What the pages need besides the store. */
 const page = { canReadLogs: false, logs: null, showLogs };
 
+/** Opens the watches; `identity` (a promise of `{name, role}`, from whoami) fills the
+ *  header and the role's choices when it arrives: the lists do not wait for it. */
 function start(identity) {
-  page.canReadLogs = identity.role === 'admin';
+  page.canReadLogs = false;
   page.logs = null;
-  who.replaceChildren(
-    h('span', { id: 'role', class: `badge role-${identity.role}` }, identity.role),
-    ' ', identity.name || '',
-    ' ', h('button', { type: 'button', id: 'logout', onclick: logout }, 'sign out'));
   nav.replaceChildren(link('', 'Overview'));
   store = new Store();
   stop = new AbortController();
   store.subscribe(render);
   for (const kind of KINDS) api.keepInSync(kind, store, stop.signal);
   render();
+  const session = stop;
+  identity.then((me) => {
+    if (stop !== session) return; // signed out (or in again) meanwhile
+    page.canReadLogs = me.role === 'admin';
+    who.replaceChildren(
+      h('span', { id: 'role', class: `badge role-${me.role}` }, me.role),
+      ' ', me.name || '',
+      ' ', h('button', { type: 'button', id: 'logout', onclick: logout }, 'sign out'));
+    render();
+  }, (err) => {
+    if (stop !== session) return;
+    if (err.status === 401) logout('The server no longer accepts the saved token (401): sign in again.');
+    else logout(`Could not reach the API: ${err.message}`);
+  });
 }
 
 function logout(message) {
@@ -56,7 +68,7 @@ async function login(token) {
   try {
     const identity = await api.whoami(token);
     api.setToken(token);
-    start(identity);
+    start(Promise.resolve(identity));
   } catch (err) {
     showLogin(err.status === 401 ? `The server refused this token (401): ${err.message}` : `Could not check the token: ${err.message}`);
   }
@@ -64,6 +76,7 @@ async function login(token) {
 
 function render() {
   if (!store) return;
+  const began = performance.now();
   const route = router.current();
   let content;
   if (!store.ready() && route.page === 'overview') content = h('p', { class: 'muted' }, 'Loading…');
@@ -75,7 +88,9 @@ function render() {
   main.replaceChildren(...[content].flat(Infinity).filter(Boolean));
   // For the browser test and anyone profiling: when each render finished, with how many
   // task cards it shows (performance.getEntriesByName('shoal-render')).
-  performance.mark('shoal-render', { detail: { cards: main.getElementsByClassName('task-card').length, page: main.dataset.page } });
+  // (`ms`: how long this render took).
+  const cards = main.getElementsByClassName('task-card').length;
+  performance.mark('shoal-render', { detail: { cards, page: main.dataset.page, ms: performance.now() - began } });
 }
 
 async function showLogs(task) {
@@ -94,10 +109,8 @@ router.onChange(() => { page.logs = null; render(); });
 api.whenUnauthorized(() => logout('The server no longer accepts this token (401): sign in again.'));
 
 if (api.token()) {
-  api.whoami(api.token()).then(start, (err) => {
-    if (err.status === 401) logout('The server no longer accepts the saved token (401): sign in again.');
-    else logout(`Could not reach the API: ${err.message}`);
-  });
+  // A saved token: list and check it at once (a refused one signs out).
+  start(api.whoami(api.token()));
 } else {
   showLogin('');
 }

@@ -54,7 +54,11 @@ export class Store {
   }
 }
 
+// One collator for every comparison: `localeCompare` with options builds a new one per
+// call, which made sorting 300 tasks take a third of a second.
+const collator = new Intl.Collator(undefined, { numeric: true });
+
 /** Natural order: `node-2` before `node-10`. */
 export function cmp(a, b) {
-  return String(a).localeCompare(String(b), undefined, { numeric: true });
+  return collator.compare(String(a), String(b));
 }

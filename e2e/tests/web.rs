@@ -52,7 +52,8 @@ impl Browser {
             .build()
             .expect("tokio runtime");
         let port = free_port();
-        let profile = std::env::temp_dir().join(format!("shoal-e2e-chromium-{}", std::process::id()));
+        let profile =
+            std::env::temp_dir().join(format!("shoal-e2e-chromium-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile).expect("profile dir");
         let driver = Command::new("chromedriver")
@@ -84,7 +85,7 @@ impl Browser {
                     "--no-first-run", "--disable-background-networking",
                     "--disable-component-update", "--disable-sync",
                     "--disable-dev-shm-usage", "--ignore-certificate-errors",
-                    "--window-size=1440,1000",
+                    "--window-size=1440,1400",
                     format!("--user-data-dir={}", browser.profile.display()),
                 ],
             }),
@@ -145,7 +146,10 @@ impl Browser {
             }
             if Instant::now() > deadline {
                 let text = self.js("return document.body.innerText", vec![]);
-                panic!("timed out after {timeout:?} waiting for: {what}\npage:\n{}", text.as_str().unwrap_or(""));
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}\npage:\n{}",
+                    text.as_str().unwrap_or("")
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -194,14 +198,22 @@ impl Browser {
 
     fn sign_in(&self, token: &str) {
         self.goto("/");
-        self.wait("the login form", Duration::from_secs(20), "return document.querySelector('#token') !== null");
+        self.wait(
+            "the login form",
+            Duration::from_secs(20),
+            "return document.querySelector('#token') !== null",
+        );
         self.type_into("#token", token);
         self.click("#login-button");
     }
 
     fn sign_out(&self) {
         self.click("#logout");
-        self.wait("the login form", Duration::from_secs(10), "return document.querySelector('#token') !== null");
+        self.wait(
+            "the login form",
+            Duration::from_secs(10),
+            "return document.querySelector('#token') !== null",
+        );
     }
 }
 
@@ -222,7 +234,10 @@ impl Drop for Browser {
                 let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
                 let cmdline = String::from_utf8_lossy(&cmdline);
                 if cmdline.split('\0').any(|a| a == marker) {
-                    let _ = Command::new("kill").arg("-9").arg(entry.file_name()).status();
+                    let _ = Command::new("kill")
+                        .arg("-9")
+                        .arg(entry.file_name())
+                        .status();
                 }
             }
         }
@@ -233,8 +248,12 @@ impl Drop for Browser {
 /// A JavaScript expression: the number of task cards of `service` under `scope` (CSS),
 /// those in `state` only when one is given.
 fn cards(service: &str, scope: &str, state: Option<&str>) -> String {
-    let state = state.map(|s| format!("[data-state=\"{s}\"]")).unwrap_or_default();
-    format!("document.querySelectorAll('{scope} .task-card[data-service=\"{service}\"]{state}').length")
+    let state = state
+        .map(|s| format!("[data-state=\"{s}\"]"))
+        .unwrap_or_default();
+    format!(
+        "document.querySelectorAll('{scope} .task-card[data-service=\"{service}\"]{state}').length"
+    )
 }
 
 #[test]
@@ -243,68 +262,145 @@ fn web_view_shows_the_cluster_live_in_a_real_browser() {
     shoal_e2e::testkit::require!(tools = ["chromium", "chromedriver"]);
     let c = Cluster::up(3);
     let admin = c.admin_token();
-    let viewer = c.json(&["token", "create", "--role", "read-only", "viewer", "-o", "json"])["token"]
+    let viewer = c.json(&[
+        "token",
+        "create",
+        "--role",
+        "read-only",
+        "viewer",
+        "-o",
+        "json",
+    ])["token"]
         .as_str()
         .expect("token shown once")
         .to_string();
     let secret_file = c.state_dir().join("web-secret.txt");
     std::fs::write(&secret_file, SECRET).unwrap();
-    c.shoal(&["secret", "create", "web-secret", secret_file.to_str().unwrap()])
-        .ok();
+    c.shoal(&[
+        "secret",
+        "create",
+        "web-secret",
+        secret_file.to_str().unwrap(),
+    ])
+    .ok();
     let b = Browser::start();
     let long = Duration::from_secs(60);
 
     step("a wrong token is refused with a clear message");
     b.sign_in("shoal_not_a_token");
-    let err = b.wait("the login error", Duration::from_secs(20), "const e = document.querySelector('#login-error'); return e && e.textContent");
+    let err = b.wait(
+        "the login error",
+        Duration::from_secs(20),
+        "const e = document.querySelector('#login-error'); return e && e.textContent",
+    );
     assert!(err.as_str().unwrap().contains("401"), "{err}");
 
     step("the admin token signs in; 3 nodes are shown, ready");
     b.type_into("#token", &admin);
     b.click("#login-button");
-    b.wait("3 ready node columns", long, "return document.querySelectorAll('.node-col[data-state=\"ready\"]').length === 3");
-    assert_eq!(b.js("return document.querySelector('#role').textContent", vec![]), "admin");
+    b.wait(
+        "3 ready node columns",
+        long,
+        "return document.querySelectorAll('.node-col[data-state=\"ready\"]').length === 3",
+    );
+    assert_eq!(
+        b.js("return document.querySelector('#role').textContent", vec![]),
+        "admin"
+    );
     b.screenshot("01-overview-empty");
 
     step("`shoal service create` appears with its tasks");
     let started = Instant::now();
     c.shoal(&[
-        "service", "create", "--detach", "--name", "web", "--replicas", "6", "-p", "8080:80",
-        BUSYBOX, "sh", "-c", SLEEP,
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "-p",
+        "8080:80",
+        BUSYBOX,
+        "sh",
+        "-c",
+        SLEEP,
     ])
     .ok();
-    b.wait("6 web task cards", long, &format!("return {} === 6", cards("web", ".node-col", None)));
-    eprintln!("measured: service and its 6 task cards shown {:?} after `service create` started", started.elapsed());
-    b.wait("6 web tasks running in the page", Duration::from_secs(120), &format!("return {} === 6", cards("web", ".node-col", Some("running"))));
+    b.wait(
+        "6 web task cards",
+        long,
+        &format!("return {} === 6", cards("web", ".node-col", None)),
+    );
+    eprintln!(
+        "measured: service and its 6 task cards shown {:?} after `service create` started",
+        started.elapsed()
+    );
+    b.wait(
+        "6 web tasks running in the page",
+        Duration::from_secs(120),
+        &format!(
+            "return {} === 6",
+            cards("web", ".node-col", Some("running"))
+        ),
+    );
     b.wait("web's row says 6 / 6", long, "const r = document.querySelector('tr[data-service=\"web\"] .replicas'); return r && r.textContent === '6 / 6'");
     b.screenshot("02-overview-running");
 
     step("`shoal dev node stop 2` turns node-2 Down and its tasks move");
-    let on_two = b.js(&format!("return {}", cards("web", ".node-col[data-node=\"node-2\"]", None)), vec![]);
+    let on_two = b.js(
+        &format!(
+            "return {}",
+            cards("web", ".node-col[data-node=\"node-2\"]", None)
+        ),
+        vec![],
+    );
     eprintln!("web tasks on node-2 before: {on_two}");
     let stopped = Instant::now();
     c.stop_node(2);
     b.wait("node-2 down", long, "const n = document.querySelector('.node-col[data-node=\"node-2\"]'); return n && n.dataset.state === 'down'");
-    eprintln!("measured: node-2 shown down {:?} after `dev node stop 2`", stopped.elapsed());
+    eprintln!(
+        "measured: node-2 shown down {:?} after `dev node stop 2`",
+        stopped.elapsed()
+    );
     b.wait(
         "6 web tasks running on node-1 and node-3",
         Duration::from_secs(120),
         "const q = (n) => document.querySelectorAll(`.node-col[data-node=\"${n}\"] .task-card.state-running[data-service=\"web\"]`).length; \
          return q('node-1') + q('node-3') === 6 && document.querySelectorAll('.node-col[data-node=\"node-2\"] .task-card[data-service=\"web\"][data-state=\"running\"]').length === 0",
     );
-    eprintln!("measured: node-2's tasks shown running elsewhere {:?} after `dev node stop 2`", stopped.elapsed());
+    eprintln!(
+        "measured: node-2's tasks shown running elsewhere {:?} after `dev node stop 2`",
+        stopped.elapsed()
+    );
     b.screenshot("03-overview-node-2-down");
 
     step("a rolling update shows its state on the service page");
     b.goto("/ui/#/service/web");
-    b.wait("the service page", long, "return document.querySelector('main').dataset.page === 'service'");
+    b.wait(
+        "the service page",
+        long,
+        "return document.querySelector('main').dataset.page === 'service'",
+    );
     let update = c.shoal(&[
-        "service", "update", "--detach", "--env-add", "VERSION=2", "--update-parallelism", "1",
-        "--update-delay", "3s", "web",
+        "service",
+        "update",
+        "--detach",
+        "--env-add",
+        "VERSION=2",
+        "--update-parallelism",
+        "1",
+        "--update-delay",
+        "3s",
+        "web",
     ]);
     assert_eq!(update.code, 0, "{update:?}");
     b.wait("update state updating", long, "const u = document.querySelector('#update-status'); return u && u.dataset.state === 'updating'");
-    b.wait("a replaced task in the history", long, "return document.querySelectorAll('tr.history[data-task]').length > 0");
+    b.wait(
+        "a replaced task in the history",
+        long,
+        "return document.querySelectorAll('tr.history[data-task]').length > 0",
+    );
     b.screenshot("04-service-rolling-update");
     b.wait("update state completed", Duration::from_secs(180), "const u = document.querySelector('#update-status'); return u && u.dataset.state === 'completed'");
     b.screenshot("05-service-updated");
@@ -316,7 +412,11 @@ fn web_view_shows_the_cluster_live_in_a_real_browser() {
 
     step("node and network pages");
     b.goto("/ui/#/node/node-1");
-    b.wait("node-1's page with its tasks", long, &format!("return {} > 0", cards("web", "main", None)));
+    b.wait(
+        "node-1's page with its tasks",
+        long,
+        &format!("return {} > 0", cards("web", "main", None)),
+    );
     b.goto("/ui/#/network/ingress");
     b.wait("web tasks on the ingress network on two nodes", long,
         "const q = (n) => document.querySelectorAll(`.node-col[data-node=\"${n}\"] .task-card[data-service=\"web\"]`).length; return q('node-1') > 0 && q('node-3') > 0");
@@ -326,20 +426,46 @@ fn web_view_shows_the_cluster_live_in_a_real_browser() {
     b.sign_out();
     b.type_into("#token", &viewer);
     b.click("#login-button");
-    b.wait("the overview as read-only", long, "return document.querySelectorAll('.node-col').length === 3");
-    assert_eq!(b.js("return document.querySelector('#role').textContent", vec![]), "read-only");
+    b.wait(
+        "the overview as read-only",
+        long,
+        "return document.querySelectorAll('.node-col').length === 3",
+    );
+    assert_eq!(
+        b.js("return document.querySelector('#role').textContent", vec![]),
+        "read-only"
+    );
     // A new document (the token stays in the tab), so its requests are the read-only's only.
     b.goto("/ui/?read-only#/service/web");
-    let logs = b.wait("the logs panel", long, "const l = document.querySelector('#logs'); return l && l.textContent");
+    let logs = b.wait(
+        "the logs panel",
+        long,
+        "const l = document.querySelector('#logs'); return l && l.textContent",
+    );
     assert!(logs.as_str().unwrap().contains("admin token"), "{logs}");
-    assert_eq!(b.js("return document.querySelectorAll('.logs-button').length", vec![]), 0);
+    assert_eq!(
+        b.js(
+            "return document.querySelectorAll('.logs-button').length",
+            vec![]
+        ),
+        0
+    );
     let text = b.js("return document.body.innerText.toLowerCase()", vec![]);
-    assert!(!text.as_str().unwrap().contains("exec"), "exec offered: {text}");
+    assert!(
+        !text.as_str().unwrap().contains("exec"),
+        "exec offered: {text}"
+    );
     assert!(!text.as_str().unwrap().contains(SECRET), "secret shown");
-    let requests = b.js("return performance.getEntriesByType('resource').map(e => e.name)", vec![]);
+    let requests = b.js(
+        "return performance.getEntriesByType('resource').map(e => e.name)",
+        vec![],
+    );
     for r in requests.as_array().unwrap() {
         let r = r.as_str().unwrap();
-        assert!(!r.contains("/secrets") && !r.contains("/configs") && !r.contains("/logs"), "requested {r}");
+        assert!(
+            !r.contains("/secrets") && !r.contains("/configs") && !r.contains("/logs"),
+            "requested {r}"
+        );
     }
     b.screenshot("07-service-read-only");
 
@@ -348,25 +474,59 @@ fn web_view_shows_the_cluster_live_in_a_real_browser() {
     b.goto("/ui/#/");
     b.wait("node-2 ready again", Duration::from_secs(120), "const n = document.querySelector('.node-col[data-node=\"node-2\"]'); return n && n.dataset.state === 'ready'");
     c.shoal(&["service", "rm", "web"]).ok();
-    b.wait("web gone from the page", long, &format!("return {} === 0", cards("web", "main", None)));
+    b.wait(
+        "web gone from the page",
+        long,
+        &format!("return {} === 0", cards("web", "main", None)),
+    );
     c.shoal(&[
-        "service", "create", "--detach", "--name", "many", "--replicas", "300", BUSYBOX, "sh", "-c", SLEEP,
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "many",
+        "--replicas",
+        "300",
+        BUSYBOX,
+        "sh",
+        "-c",
+        SLEEP,
     ])
     .ok();
-    b.wait("300 task cards on the nodes", Duration::from_secs(300),
-        &format!("return {} === 300", cards("many", ".node-col[data-node^=\"node-\"]", None)));
+    b.wait(
+        "300 task cards on the nodes",
+        Duration::from_secs(300),
+        &format!(
+            "return {} === 300",
+            cards("many", ".node-col[data-node^=\"node-\"]", None)
+        ),
+    );
     let spread = b.js("const q = (n) => document.querySelectorAll(`.node-col[data-node=\"${n}\"] .task-card`).length; return [q('node-1'), q('node-2'), q('node-3')]", vec![]);
     eprintln!("cards per node: {spread}");
     b.goto("/ui/?reload#/");
     let first = b.wait("a render with 300 cards after a fresh load", long,
         "const m = performance.getEntriesByName('shoal-render').find(m => m.detail.cards >= 300); return m ? m.startTime : null");
-    let nav = b.js("return performance.getEntriesByType('navigation')[0].responseEnd", vec![]);
+    let nav = b.js(
+        "return performance.getEntriesByType('navigation')[0].responseEnd",
+        vec![],
+    );
     eprintln!(
         "measured: 3 nodes x 100 tasks: all 300 cards rendered {:.0} ms after navigation started ({:.0} ms after the page arrived)",
         first.as_f64().unwrap(),
         first.as_f64().unwrap() - nav.as_f64().unwrap_or(0.0)
     );
-    let total = b.js("return document.querySelectorAll('.node-col .task-card').length", vec![]);
+    let breakdown = b.js(
+        "const r = performance.getEntriesByType('resource').filter(e => !e.name.includes('watch=true'))            .map(e => `${new URL(e.name).pathname} ${Math.round(e.startTime)}-${Math.round(e.responseEnd)} ms`);          const m = performance.getEntriesByName('shoal-render').find(m => m.detail.cards >= 300);          return r.join('; ') + `; that render took ${m.detail.ms.toFixed(1)} ms`",
+        vec![],
+    );
+    eprintln!(
+        "measured: where the time went: {}",
+        breakdown.as_str().unwrap_or("")
+    );
+    let total = b.js(
+        "return document.querySelectorAll('.node-col .task-card').length",
+        vec![],
+    );
     assert_eq!(total, 300, "every task has a card");
     b.screenshot("08-overview-300-tasks");
     let _ = c.shoal(&["service", "rm", "many", "--detach"]);

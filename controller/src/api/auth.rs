@@ -52,9 +52,7 @@ pub const PUBLIC_PREFIX: &str = "/v1/node/";
 /// Whether `path` is public ([`PUBLIC_PATHS`], below [`PUBLIC_PREFIX`], or one of the web
 /// view's static files, [`super::web::is_ui_path`]).
 pub fn is_public(path: &str) -> bool {
-    PUBLIC_PATHS.contains(&path)
-        || path.starts_with(PUBLIC_PREFIX)
-        || super::web::is_ui_path(path)
+    PUBLIC_PATHS.contains(&path) || path.starts_with(PUBLIC_PREFIX) || super::web::is_ui_path(path)
 }
 
 /// How long a request waits for the first list of tokens before it is answered 503.

@@ -89,7 +89,10 @@ pub fn routes() -> Router {
         .route("/", get(to_ui))
         .route("/ui", get(to_ui))
         .route("/ui/", get(|| async { asset("index.html") }))
-        .route("/ui/{file}", get(|Path(file): Path<String>| async move { asset(&file) }))
+        .route(
+            "/ui/{file}",
+            get(|Path(file): Path<String>| async move { asset(&file) }),
+        )
 }
 
 /// `GET /v1/whoami`: the caller's token name and role (`{"name","role"}`); without
@@ -113,9 +116,7 @@ async fn to_ui() -> Response {
 /// The embedded file `name`, or a 404.
 fn asset(name: &str) -> Response {
     let resp = match ASSETS.iter().find(|(n, _, _)| *n == name) {
-        Some((_, content_type, body)) => {
-            ([(CONTENT_TYPE, *content_type)], *body).into_response()
-        }
+        Some((_, content_type, body)) => ([(CONTENT_TYPE, *content_type)], *body).into_response(),
         None => status_response(Status::new(
             404,
             "NotFound",
@@ -167,6 +168,21 @@ mod tests {
                 assert!(
                     ASSETS.iter().any(|(n, _, _)| *n == file),
                     "{name} imports {file}, which is not embedded"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_page_preloads_every_module() {
+        // A module missing here still loads, one round trip later (after its importer).
+        let index = ASSETS[0].2;
+        for (name, content_type, _) in ASSETS {
+            if content_type.starts_with("text/javascript") && *name != "app.js" {
+                let preload = format!("<link rel=\"modulepreload\" href=\"{name}\">");
+                assert!(
+                    index.contains(&preload),
+                    "index.html does not preload {name}"
                 );
             }
         }

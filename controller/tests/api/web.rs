@@ -20,7 +20,11 @@ async fn ui_assets_are_served_without_a_token_with_types_and_security_headers() 
     let s = Server::secured(ADMIN).await;
     let http = no_redirects();
     for (path, content_type, needle) in [
-        ("/ui/", "text/html; charset=utf-8", "<script type=\"module\""),
+        (
+            "/ui/",
+            "text/html; charset=utf-8",
+            "<script type=\"module\"",
+        ),
         ("/ui/index.html", "text/html; charset=utf-8", "<title>"),
         ("/ui/style.css", "text/css; charset=utf-8", "{"),
         ("/ui/app.js", "text/javascript; charset=utf-8", "import"),
@@ -65,7 +69,9 @@ async fn unknown_ui_files_are_404_and_data_still_needs_a_token() {
 #[tokio::test(flavor = "multi_thread")]
 async fn whoami_names_the_role_of_admin_and_read_only_tokens() {
     let s = Server::secured(ADMIN).await;
-    let a = s.call_as(Some(ADMIN), Method::GET, "/v1/whoami", None).await;
+    let a = s
+        .call_as(Some(ADMIN), Method::GET, "/v1/whoami", None)
+        .await;
     assert_eq!(a.code, 200, "{a:?}");
     assert_eq!(a.body["name"], "admin");
     assert_eq!(a.body["role"], "admin");
