@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 pub use shoal_api_types::duration::parse_duration;
+use shoal_api_types::endpoints::MAX_SLICE_TASKS;
 use shoal_api_types::settings::{default_reserved_ports, ReservedPort};
 
 /// Reconciler settings.
@@ -48,6 +49,19 @@ pub struct ManagerConfig {
         default_value = "4789/udp,2379/tcp,2380/tcp,7777/tcp,7800/tcp,22/tcp"
     )]
     pub reserved_ports: Vec<ReservedPort>,
+    /// Most tasks in one Endpoints slice (1 to 1000). Only tests lower it, to see a few
+    /// tasks spread over several slices.
+    #[arg(long, default_value_t = MAX_SLICE_TASKS, value_parser = parse_slice_size, hide = true)]
+    pub endpoints_slice_size: usize,
+}
+
+fn parse_slice_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_SLICE_TASKS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be a number from 1 to {MAX_SLICE_TASKS} (got {s:?})"
+        )),
+    }
 }
 
 fn parse_reserved_port(s: &str) -> Result<ReservedPort, String> {
@@ -67,6 +81,7 @@ impl Default for ManagerConfig {
             concurrency: 16,
             task_create_batch: 2000,
             reserved_ports: default_reserved_ports(),
+            endpoints_slice_size: MAX_SLICE_TASKS,
         }
     }
 }
@@ -109,5 +124,14 @@ mod tests {
             ]
         );
         assert!(Flags::try_parse_from(["c", "--reserved-ports", "53/sctp"]).is_err());
+    }
+
+    #[test]
+    fn the_endpoints_slice_size_defaults_to_1000_and_takes_1_to_1000() {
+        assert_eq!(parse(&[]).endpoints_slice_size, 1000);
+        assert_eq!(parse(&["--endpoints-slice-size=2"]).endpoints_slice_size, 2);
+        for bad in ["0", "1001", "x"] {
+            assert!(Flags::try_parse_from(["c", "--endpoints-slice-size", bad]).is_err());
+        }
     }
 }

@@ -312,3 +312,74 @@ async fn bench_many_tasks_on_hollow_nodes() {
     eprintln!("{n} tasks: all created after {created:?}, all placed after {assigned:?}, all running after {:?}", start.elapsed());
     controller.stop().await;
 }
+
+/// The stored Endpoints slices of `service` on `network`: (slice number, task count), by
+/// name order.
+async fn slices(store: &shoal_store::Store, network: &str, service: &str) -> Vec<(u32, usize)> {
+    let mut s: Vec<(u32, usize)> = store
+        .list_prefix::<EndpointsSpec>(&store.keys().network_endpoints(network))
+        .await
+        .unwrap()
+        .0
+        .into_iter()
+        .filter(|e| e.spec.service == service)
+        .map(|e| {
+            assert_eq!(
+                e.metadata.name,
+                shoal_api_types::endpoints::slice_name(network, service, e.spec.slice)
+            );
+            (e.spec.slice, e.spec.tasks.len())
+        })
+        .collect();
+    s.sort();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_should_be_listed_in_slices_that_follow_scaling_and_deletion() {
+    let (_etcd, store) = etcd().await;
+    let _nodes = nodes(&store, 2, Duration::from_secs(5)).await;
+    let mut cfg = config();
+    cfg.endpoints_slice_size = 2;
+    let controller = Controller::start(store.clone(), cfg);
+    network(&store, "appnet", None).await;
+    let spec = ServiceSpec {
+        networks: vec![NetworkAttachmentConfig {
+            name: "appnet".into(),
+            aliases: vec![],
+        }],
+        ..replicated(5)
+    };
+    service(&store, "api", spec).await;
+    wait_running(&store, "api", 5, T).await;
+    wait_for(T, "3 slices of 2, 2 and 1 tasks", || async {
+        let s = slices(&store, "appnet", "api").await;
+        (s.iter().map(|(_, n)| n).sum::<usize>() == 5).then_some(s)
+    })
+    .await;
+    assert_eq!(slices(&store, "appnet", "api").await.len(), 3);
+
+    // Scaled to 1: the emptied slices above 0 go; slice 0 stays (with the VIP).
+    update_service(&store, "api", |s| s.replicas = Some(1)).await;
+    wait_running(&store, "api", 1, T).await;
+    wait_for(T, "the slices emptied by scaling down deleted", || async {
+        let s = slices(&store, "appnet", "api").await;
+        (s.iter().map(|(_, n)| n).sum::<usize>() == 1 && s.iter().all(|(n, c)| *n == 0 || *c > 0))
+            .then_some(s)
+    })
+    .await;
+
+    // Deleted: every slice goes.
+    store
+        .delete::<ServiceSpec>(&store.keys().named::<ServiceSpec>("api"), None)
+        .await
+        .unwrap();
+    wait_for(T, "every slice removed", || async {
+        slices(&store, "appnet", "api")
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    controller.stop().await;
+}

@@ -66,7 +66,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
-use shoal_api_types::endpoints::EndpointsSpec;
+use shoal_api_types::endpoints::{group_slices, EndpointsSpec};
 use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::service::{PortConfig, Protocol, PublishMode};
 use shoal_api_types::settings::{default_reserved_ports, ClusterSettingsSpec, ReservedPort};
@@ -95,16 +95,17 @@ fn port16(p: u32) -> Option<u16> {
 }
 
 /// The ingress-mode ports of every service, from the Endpoints objects of the `ingress`
-/// network (others are ignored): backends are the ready tasks' ingress IPs.
+/// network (others are ignored): backends are the ready tasks' ingress IPs. The slices of
+/// one service are read as one ([`group_slices`]): ports from slice 0, backends from all.
 pub fn ingress_ports<'a>(endpoints: impl IntoIterator<Item = &'a EndpointsSpec>) -> Vec<MeshPort> {
     let mut out = Vec::new();
-    for ep in endpoints {
+    for g in group_slices(endpoints) {
+        let ep = g.head;
         if ep.network != INGRESS_NETWORK {
             continue;
         }
-        let backends: Vec<Ipv4Addr> = ep
-            .tasks
-            .iter()
+        let backends: Vec<Ipv4Addr> = g
+            .tasks()
             .filter(|t| t.ready)
             .filter_map(|t| parse_ip(&t.ip))
             .collect();
@@ -319,6 +320,32 @@ mod tests {
             ports,
             ..EndpointsSpec::vip(network, "pub", "10.255.0.2").tasks(tasks)
         }
+    }
+
+    #[test]
+    fn ingress_ports_should_take_backends_from_every_slice_once_per_port() {
+        let ports = vec![port(9091, 80, Protocol::Tcp, PublishMode::Ingress)];
+        let slices: Vec<EndpointsSpec> = (0..3u32)
+            .map(|n| EndpointsSpec {
+                slice: n,
+                ..eps(
+                    "ingress",
+                    ports.clone(),
+                    vec![task(&format!("10.255.0.{}", 5 + n), true)],
+                )
+            })
+            .collect();
+        let got = ingress_ports(slices.iter().rev());
+        assert_eq!(
+            got,
+            vec![MeshPort {
+                protocol: Protocol::Tcp,
+                published: 9091,
+                target: 80,
+                mode: PublishMode::Ingress,
+                backends: vec![ip("10.255.0.5"), ip("10.255.0.6"), ip("10.255.0.7")],
+            }]
+        );
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct Layout {
     pub bridge: String,
     /// The bridge's address (198.18.0.254).
     pub host_address: Ipv4Addr,
+    /// Extra flags every controller starts with (tests only, e.g. a small
+    /// `--endpoints-slice-size`); kept so `controller start` passes them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controller_args: Vec<String>,
     /// The registry's address.
     pub registry: String,
     /// Where etcd data directories go: tmpfs when there is one (etcd fsyncs every write,
@@ -58,6 +62,8 @@ pub struct Options {
     pub secure: bool,
     /// See [`Layout::agent_resync`].
     pub agent_resync: Option<u64>,
+    /// See [`Layout::controller_args`].
+    pub controller_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -69,6 +75,7 @@ impl Default for Options {
             controllers: 1,
             secure: true,
             agent_resync: None,
+            controller_args: Vec::new(),
         }
     }
 }
@@ -89,6 +96,9 @@ impl Layout {
         }
         if !(1..=3).contains(&opts.controllers) {
             bail!("--controllers must be 1-3 (got {})", opts.controllers);
+        }
+        if let Some(bad) = opts.controller_args.iter().find(|a| !a.starts_with("--")) {
+            bail!("--controller-arg must be a flag such as --endpoints-slice-size=2 (got {bad:?})");
         }
         let tag: String = state_dir
             .to_string_lossy()
@@ -113,6 +123,7 @@ impl Layout {
             host_address: Ipv4Addr::new(198, 18, 0, 254),
             registry: "127.0.0.1:5000".into(),
             agent_resync: opts.agent_resync,
+            controller_args: opts.controller_args.clone(),
         })
     }
 
@@ -579,6 +590,7 @@ fn start_controller(layout: &Layout, c: u32) -> anyhow::Result<()> {
     } else {
         args.push("--insecure".into());
     }
+    args.extend(layout.controller_args.iter().cloned());
     layout.daemon(&format!("controller-{c}")).start(
         &sibling("shoal-controller")?,
         &args,
@@ -709,6 +721,9 @@ mod tests {
         assert!(with(|o| o.etcd_members = 2).is_err());
         assert!(with(|o| o.controllers = 0).is_err());
         assert!(with(|o| o.controllers = 3).is_ok());
+        assert!(with(|o| o.controller_args = vec!["slice-size".into()]).is_err());
+        let l = with(|o| o.controller_args = vec!["--endpoints-slice-size=2".into()]).unwrap();
+        assert_eq!(l.controller_args, ["--endpoints-slice-size=2"]);
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub enum DevCommand {
         /// lengthen it, so the periodic repair does not race the check.
         #[arg(long, value_name = "SECS")]
         agent_resync: Option<u64>,
+        /// An extra flag for every controller, repeatable (tests only, e.g.
+        /// `--controller-arg=--endpoints-slice-size=2`).
+        #[arg(long = "controller-arg", hide = true, allow_hyphen_values = true)]
+        controller_args: Vec<String>,
     },
     /// Stop the cluster and remove everything it made.
     Down,
@@ -125,6 +129,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             controllers,
             insecure,
             agent_resync,
+            controller_args,
         } => {
             let opts = Options {
                 nodes,
@@ -133,6 +138,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 controllers,
                 secure: !insecure,
                 agent_resync,
+                controller_args,
             };
             let layout = Layout::new(args.state_dir, &opts)?;
             DevCluster::up(layout, std::time::Duration::from_secs(timeout)).await

@@ -13,7 +13,7 @@
 //! - No, an unknown or a revoked token → 401 `Unauthorized`; a token whose role does not
 //!   allow the request → 403 `Forbidden` naming the role. Both are `Status` bodies.
 //! - `read-only` may `GET`/`HEAD` objects, lists and watches (`/apis/shoal/v1/...`),
-//!   `/openapi.json` and `/metrics`: an allowlist, so any other route (logs, exec, tokens,
+//!   `/openapi.json`, `/metrics` and `/v1/whoami`: an allowlist, so any other route (logs, exec, tokens,
 //!   join tokens, and routes added later) needs `admin`.
 //!
 //! With [`Auth::Off`] (`--insecure`, and in-process tests that predate tokens) no layer is
@@ -49,9 +49,10 @@ pub const PUBLIC_PATHS: &[&str] = &[
 /// caller by its client certificate themselves (`/v1/node/tasks/<id>/payloads`).
 pub const PUBLIC_PREFIX: &str = "/v1/node/";
 
-/// Whether `path` is public ([`PUBLIC_PATHS`] or below [`PUBLIC_PREFIX`]).
+/// Whether `path` is public ([`PUBLIC_PATHS`], below [`PUBLIC_PREFIX`], or one of the web
+/// view's static files, [`super::web::is_ui_path`]).
 pub fn is_public(path: &str) -> bool {
-    PUBLIC_PATHS.contains(&path) || path.starts_with(PUBLIC_PREFIX)
+    PUBLIC_PATHS.contains(&path) || path.starts_with(PUBLIC_PREFIX) || super::web::is_ui_path(path)
 }
 
 /// How long a request waits for the first list of tokens before it is answered 503.
@@ -322,7 +323,8 @@ fn unauthorized(message: String) -> Response {
 }
 
 /// Whether `role` may call `method path`: admin everything; read-only GET/HEAD of the
-/// object API (lists, objects, watches), the OpenAPI document and metrics, but no logs.
+/// object API (lists, objects, watches), the OpenAPI document, metrics and whoami, but no
+/// logs.
 pub fn allows(role: Role, method: &Method, path: &str) -> bool {
     match role {
         Role::Admin => true,
@@ -334,7 +336,7 @@ pub fn allows(role: Role, method: &Method, path: &str) -> bool {
                     rest.split('/').collect::<Vec<_>>().as_slice(),
                     [_, _, "logs" | "exec", ..]
                 ),
-                None => path == "/openapi.json" || path == "/metrics",
+                None => path == "/openapi.json" || path == "/metrics" || path == "/v1/whoami",
             };
             reads && readable
         }
@@ -388,6 +390,7 @@ mod tests {
             (Method::HEAD, "/apis/shoal/v1/tasks"),
             (Method::GET, "/openapi.json"),
             (Method::GET, "/metrics"),
+            (Method::GET, "/v1/whoami"),
             (Method::GET, "/apis/shoal/v1/networks/logs"),
         ] {
             assert!(allows(ro, &method, path), "{method} {path}");

@@ -8,7 +8,8 @@
 //! - Task, Endpoints: written only by Shoal; read-only here.
 //!
 //! Tasks are keyed `tasks/<node|_unassigned>/<id>`, so finding one by name scans the tasks
-//! prefix; Endpoints `net.svc` live at `endpoints/net/svc`.
+//! prefix; Endpoints `net.svc` live at `endpoints/net/svc`, their slice n > 0
+//! `net.svc.n` at `endpoints/net/svc.n`.
 
 use shoal_api_types::keys::Keys;
 use shoal_api_types::{
@@ -272,6 +273,10 @@ mod tests {
         assert_eq!(
             EndpointsSpec::locate(&keys, "appnet.api"),
             Locate::Key("/r/endpoints/appnet/api".into())
+        );
+        assert_eq!(
+            EndpointsSpec::locate(&keys, "appnet.api.2"),
+            Locate::Key("/r/endpoints/appnet/api.2".into())
         );
         assert_eq!(TaskSpec::locate(&keys, "abc"), Locate::Scan);
     }

@@ -24,6 +24,8 @@
 //! GET    /apis/shoal/v1/{tasks,services}/<name>/logs[?follow&tail=N] container output
 //! POST   /v1/tokens   GET /v1/tokens   DELETE /v1/tokens/<name>     API tokens (admin)
 //! GET    /healthz /readyz /metrics /openapi.json
+//! GET    /v1/whoami                                             the caller's token name and role
+//! GET    /  /ui/  /ui/<file>                                    the web view (public static files)
 //! GET    /v1/join/ca    POST /v1/join    POST /v1/renew                node join (public)
 //! GET    /v1/node/tasks/<task id>/payloads     a task's secrets and configs (public: the
 //!                                              node's client certificate, see [`delivery`])
@@ -45,7 +47,8 @@
 //! nodes; [`payloads`] holds what
 //! Secrets, Configs and pruning add to [`plan`], and [`delivery`] hands a task's payloads
 //! to its node; [`join`] admits nodes and
-//! keeps the join token, with [`private`] records (join secret, revocations); [`auth`]
+//! keeps the join token, with [`private`] records (join secret, revocations); [`web`]
+//! serves the browser UI's files and `whoami`; [`auth`]
 //! authenticates requests and [`tokens`] manages the tokens; [`state`] is what every
 //! handler shares.
 
@@ -73,6 +76,7 @@ pub mod task_index;
 pub mod tokens;
 pub mod volumes;
 pub mod watch;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -326,8 +330,9 @@ fn routes(app: App, token_table: Option<auth::Tokens>) -> Router {
     ))
 }
 
-/// Routes anyone may call: health, and what a node needs to join and renew (they
-/// authenticate by join token or client certificate themselves).
+/// Routes anyone may call: health, what a node needs to join and renew (they
+/// authenticate by join token or client certificate themselves), and the web view's
+/// static files ([`web`]: no data; the page reads the API with the user's token).
 pub fn public_routes(app: App) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -337,6 +342,7 @@ pub fn public_routes(app: App) -> Router {
         .route("/v1/renew", post(join::renew))
         .route("/v1/node/tasks/{id}/payloads", get(delivery::task_payloads))
         .with_state(app)
+        .merge(web::routes())
 }
 
 /// Every other route (objects, exec and logs, tokens, the join token, metrics, OpenAPI).
@@ -432,6 +438,7 @@ pub fn protected_routes(app: App) -> Router {
         .route("/v1/join-token/rotate", post(join::rotate))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{name}", delete(tokens::delete))
+        .route("/v1/whoami", get(web::whoami))
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics::serve_metrics).with_state(metrics))
         .with_state(app)

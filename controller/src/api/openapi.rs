@@ -224,6 +224,15 @@ pub fn document() -> Value {
             "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
             "responses": {"200": ok("TokenInfo", "The revoked token"), "default": error()}}}),
     );
+    paths.insert(
+        "/v1/whoami".into(),
+        json!({"get": {"operationId": "whoami",
+            "summary": "The caller's token name and role ({\"name\",\"role\"}; any role; what the web view asks first)",
+            "responses": {"200": {"description": "The caller", "content": {"application/json": {"schema": {
+                "type": "object", "required": ["name", "role"],
+                "properties": {"name": {"type": "string"}, "role": {"type": "string", "enum": ["admin", "read-only"]}}}}}},
+                "default": error()}}}),
+    );
     for (path, summary, media) in [
         (
             "/healthz",
@@ -520,6 +529,7 @@ mod tests {
             .is_none());
         assert!(doc["paths"]["/v1/tokens"]["post"].is_object());
         assert!(doc["paths"]["/v1/tokens/{name}"]["delete"].is_object());
+        assert!(doc["paths"]["/v1/whoami"]["get"].is_object());
         assert!(doc["paths"]["/apis/shoal/v1/services/{name}/rollback"]["post"].is_object());
         assert!(doc["paths"]["/apis/shoal/v1/secrets/{name}"]["delete"].is_object());
         assert!(doc["paths"]["/apis/shoal/v1/volumes"]["get"].is_object());

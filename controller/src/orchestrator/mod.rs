@@ -99,7 +99,7 @@ pub fn service_step(
             .map(Write::Release)
             .collect();
         txn.extend(
-            plan_endpoints(name, vec![], &world.endpoints)
+            plan_endpoints(name, vec![], &world.endpoints, config.endpoints_slice_size)
                 .into_iter()
                 .map(Write::Endpoints),
         );
@@ -139,7 +139,7 @@ pub fn service_step(
         .or(creates.as_ref().and_then(|c| c.exhausted.as_ref()))
         .map(|e| e.to_string());
 
-    // Endpoints per resolved network; stale ones removed.
+    // Endpoints slices per resolved network; stale ones removed.
     let wanted = attaches
         .iter()
         .map(|a| {
@@ -151,7 +151,7 @@ pub fn service_step(
             desired_endpoints(&service, &a.network, &a.aliases, vip, &tasks, &world.nodes)
         })
         .collect();
-    let endpoints = plan_endpoints(name, wanted, &world.endpoints);
+    let endpoints = plan_endpoints(name, wanted, &world.endpoints, config.endpoints_slice_size);
 
     // Status, with the VIP claims and releases it records, first.
     let mut status = status::service_status(
@@ -192,6 +192,9 @@ pub fn service_step(
         }
         txns.extend(creates.txns);
     }
+    // One transaction per slice: a full slice is a few hundred KiB, so slices written
+    // together could exceed etcd's request size; a task never moves between slices, so
+    // agents never see it twice or lose it while the slices land one by one.
     txns.extend(endpoints.into_iter().map(|e| vec![Write::Endpoints(e)]));
     if net_problem
         .as_ref()
@@ -202,16 +205,17 @@ pub fn service_step(
     ServiceStep { txns, action }
 }
 
-/// Whether task `t` of service `name` is listed ready in every stored Endpoints object of
-/// the service that covers one of its networks (so every node's load balancer has it).
+/// Whether task `t` of service `name` is listed ready in the stored Endpoints (some slice)
+/// of the service on each of its networks (so every node's load balancer has it).
 fn listed_ready(world: &World, name: &str, t: &shoal_api_types::Task) -> bool {
     t.spec.attachments.iter().all(|a| {
         match world.endpoints.get(&(a.network.clone(), name.to_string())) {
-            Some(ep) => ep
-                .spec
-                .tasks
-                .iter()
-                .any(|e| e.task == t.metadata.name && e.ready),
+            Some(slices) => slices.values().any(|ep| {
+                ep.spec
+                    .tasks
+                    .iter()
+                    .any(|e| e.task == t.metadata.name && e.ready)
+            }),
             None => true,
         }
     })
@@ -373,8 +377,15 @@ mod tests {
                 ..Default::default()
             },
         ));
-        w.endpoints
-            .insert(("front".into(), "api".into()), ep.clone());
+        let ep1 = Arc::new(
+            EndpointsSpec::vip("front", "api", "10.0.1.2")
+                .slice(1)
+                .object(),
+        );
+        w.endpoints.insert(
+            ("front".into(), "api".into()),
+            [(0, ep.clone()), (1, ep1.clone())].into(),
+        );
         let step = step(&w);
         assert_eq!(step.txns.len(), 2, "{:#?}", step.txns);
         let release = |ip| {
@@ -388,7 +399,11 @@ mod tests {
         assert!(matches!(&step.txns[0][0], Write::DeleteTask(t) if t.metadata.name == "t1"));
         assert_eq!(
             step.txns[1],
-            vec![release(vip), Write::Endpoints(EndpointsChange::Delete(ep))]
+            vec![
+                release(vip),
+                Write::Endpoints(EndpointsChange::Delete(ep)),
+                Write::Endpoints(EndpointsChange::Delete(ep1)),
+            ]
         );
     }
 }

@@ -17,6 +17,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use ipnetwork::Ipv4Network;
+use shoal_api_types::endpoints::split_slice;
 use shoal_api_types::keys::Keys;
 use shoal_api_types::task::UNASSIGNED;
 use shoal_api_types::{ClusterSettings, Endpoints, Network, Node, Object, Resource, Service, Task};
@@ -77,8 +78,8 @@ pub struct World {
     pub tasks_by_service: HashMap<String, HashSet<String>>,
     /// Ids of tasks not yet on a node.
     pub unassigned: BTreeSet<String>,
-    /// Endpoints by (network, service).
-    pub endpoints: BTreeMap<(String, String), Arc<Endpoints>>,
+    /// Endpoints slices by (network, service), then slice number.
+    pub endpoints: BTreeMap<(String, String), BTreeMap<u32, Arc<Endpoints>>>,
     /// Allocation records.
     pub ipam: Ipam,
     /// The ClusterSettings object, if stored.
@@ -98,7 +99,7 @@ pub enum Change {
     NodeLease(String, bool),
     /// A task changed: before and after.
     Task(Option<Arc<Task>>, Option<Arc<Task>>),
-    /// An Endpoints object changed.
+    /// An Endpoints slice of (network, service) changed.
     Endpoints(String, String),
     /// A subnet record was released.
     SubnetReleased,
@@ -113,7 +114,7 @@ enum Parsed<'a> {
     Service(&'a str),
     Node(&'a str),
     Task(&'a str, &'a str),
-    Endpoints(&'a str, &'a str),
+    Endpoints(&'a str, &'a str, u32),
     NodeLease(&'a str),
     Subnet(Ipv4Network),
     Vni(u32),
@@ -132,7 +133,10 @@ fn parse_key<'a>(root: &str, key: &'a str) -> Parsed<'a> {
         ["services", n] => Parsed::Service(n),
         ["nodes", n] => Parsed::Node(n),
         ["tasks", node, id] => Parsed::Task(node, id),
-        ["endpoints", net, svc] => Parsed::Endpoints(net, svc),
+        ["endpoints", net, rest] => match split_slice(rest) {
+            Some((svc, slice)) => Parsed::Endpoints(net, svc, slice),
+            None => Parsed::Other,
+        },
         ["leases", "nodes", n] => Parsed::NodeLease(n),
         ["settings", n] if *n == shoal_api_types::settings::CLUSTER_SETTINGS => Parsed::Settings,
         ["ipam", "subnets", s] => match s.rsplit_once('-') {
@@ -215,9 +219,12 @@ impl World {
                 self.tasks.insert(id.to_string(), task.clone());
                 changes.push(Change::Task(old, Some(task)));
             }
-            Parsed::Endpoints(net, svc) => {
+            Parsed::Endpoints(net, svc, slice) => {
                 if let Some(o) = decode(kv) {
-                    self.endpoints.insert((net.to_string(), svc.to_string()), o);
+                    self.endpoints
+                        .entry((net.to_string(), svc.to_string()))
+                        .or_default()
+                        .insert(slice, o);
                     changes.push(Change::Endpoints(net.to_string(), svc.to_string()));
                 }
             }
@@ -300,13 +307,15 @@ impl World {
                     changes.push(Change::Task(old, None));
                 }
             }
-            Parsed::Endpoints(net, svc) => {
-                if self
-                    .endpoints
-                    .remove(&(net.to_string(), svc.to_string()))
-                    .is_some()
-                {
-                    changes.push(Change::Endpoints(net.to_string(), svc.to_string()));
+            Parsed::Endpoints(net, svc, slice) => {
+                let key = (net.to_string(), svc.to_string());
+                if let Some(slices) = self.endpoints.get_mut(&key) {
+                    if slices.remove(&slice).is_some() {
+                        if slices.is_empty() {
+                            self.endpoints.remove(&key);
+                        }
+                        changes.push(Change::Endpoints(key.0, key.1));
+                    }
                 }
             }
             Parsed::Subnet(net) => {
@@ -573,5 +582,52 @@ mod tests {
         assert!(!Arc::ptr_eq(&w.tasks["b"], &b_before));
         assert_eq!(w.tasks["b"].spec.image, "two");
         assert_eq!(w.tasks["c"].metadata.revision(), Some(9));
+    }
+
+    #[test]
+    fn cache_should_hold_every_slice_of_a_service_apart_from_a_service_named_like_one() {
+        let keys = Keys::new("/r");
+        let cache = Cache::new(&keys);
+        let ep = |svc: &str, slice: u32| {
+            let o = shoal_api_types::EndpointsSpec::vip("n", svc, "10.0.0.2")
+                .slice(slice)
+                .object();
+            kv(keys.key(&o), serde_json::to_vec(&o).unwrap(), 2)
+        };
+        cache.apply(WatcherEvent::Restarted {
+            items: vec![ep("a", 0), ep("a", 1), ep("a", 2), ep("ab", 0)],
+            revision: 2,
+        });
+        {
+            let w = cache.read();
+            let a = &w.endpoints[&("n".to_string(), "a".to_string())];
+            assert_eq!(a.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2]);
+            assert_eq!(a[&2].metadata.name, "n.a.2");
+            assert_eq!(w.endpoints[&("n".to_string(), "ab".to_string())].len(), 1);
+        }
+        let gone = |slice| RawEvent::Delete {
+            key: ep("a", slice).key,
+            revision: 3,
+            prev: None,
+        };
+        let changes = cache.apply(WatcherEvent::Events {
+            events: vec![gone(1), gone(2)],
+            revision: 3,
+        });
+        assert!(
+            changes
+                .iter()
+                .all(|c| matches!(c, Change::Endpoints(n, s) if n == "n" && s == "a")),
+            "{changes:?}"
+        );
+        assert_eq!(changes.len(), 2);
+        cache.apply(WatcherEvent::Events {
+            events: vec![gone(0)],
+            revision: 4,
+        });
+        let w = cache.read();
+        assert!(!w
+            .endpoints
+            .contains_key(&("n".to_string(), "a".to_string())));
     }
 }

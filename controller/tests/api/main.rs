@@ -9,3 +9,4 @@ mod rest;
 mod support;
 mod volumes;
 mod watch;
+mod web;

@@ -5,7 +5,8 @@
 //! list-then-watch ([`shoal_store::Watcher`] on `endpoints/<network>/`): started when the
 //! first task on the network appears in the node's desired tasks, stopped when the last one
 //! leaves. What DNS, the overlays' peers and the VIP tables read is the union, one cache
-//! keyed by Endpoints name (names are `<network>.<service>`, so networks never collide).
+//! keyed by Endpoints name (names are `<network>.<service>[.<slice>]`, so networks and
+//! slices never collide; the readers group a service's slices back into one).
 //!
 //! Invariants:
 //! - The union is `None` until the node's tasks are listed and every network they need is

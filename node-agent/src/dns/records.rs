@@ -1,5 +1,6 @@
 //! Record tables: a pure function from the Endpoints objects of one network to the names that
 //! network answers, and the lookup rules a task's view applies over the networks it is on.
+//! A service's Endpoints may be split into slices: they are read as one service.
 //!
 //! Per network: `<service>` → VIP (vip mode) or every ready task IP (dnsrr, shuffled per
 //! answer); `tasks.<service>` → every ready task IP; each alias and `tasks.<alias>` the same
@@ -15,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
-use shoal_api_types::endpoints::EndpointsSpec;
+use shoal_api_types::endpoints::{group_slices, EndpointsSpec, SliceGroup};
 use shoal_api_types::service::EndpointMode;
 
 /// What one name resolves to on one network.
@@ -44,55 +45,57 @@ fn parse_ip(s: &str) -> Option<Ipv4Addr> {
 }
 
 impl NetworkRecords {
-    /// Build the table of one network from its Endpoints objects (objects of other networks
-    /// must not be passed; see [`build_tables`]).
+    /// Build the table of one network from its Endpoints slices (slices of other networks
+    /// must not be passed; see [`build_tables`]). The slices of one service are read as
+    /// one ([`group_slices`]): its service-level fields from slice 0, its tasks from all.
     pub fn build<'a>(endpoints: impl IntoIterator<Item = &'a EndpointsSpec>) -> Self {
-        let mut eps: Vec<&EndpointsSpec> = endpoints.into_iter().collect();
-        // Deterministic whatever order the watch delivered them in.
-        eps.sort_by(|a, b| a.service.cmp(&b.service));
+        // Sorted by service whatever order the watch delivered them in.
+        let groups = group_slices(endpoints);
         let mut names: HashMap<String, NameEntry> = HashMap::new();
         let mut ptrs = HashMap::new();
-        let ready = |ep: &EndpointsSpec| -> Vec<Ipv4Addr> {
-            ep.tasks
-                .iter()
+        let ready = |g: &SliceGroup| -> Vec<Ipv4Addr> {
+            g.tasks()
                 .filter(|t| t.ready)
                 .filter_map(|t| parse_ip(&t.ip))
                 .collect()
         };
-        let service_entry = |ep: &EndpointsSpec| -> NameEntry {
-            match (ep.endpoint_mode, ep.vip.as_deref().and_then(parse_ip)) {
+        let service_entry = |g: &SliceGroup| -> NameEntry {
+            match (
+                g.head.endpoint_mode,
+                g.head.vip.as_deref().and_then(parse_ip),
+            ) {
                 (EndpointMode::Vip, Some(vip)) => NameEntry {
                     addrs: vec![vip],
                     shuffle: false,
                 },
                 // dnsrr, or a vip service whose VIP is not allocated yet: the task IPs.
                 _ => NameEntry {
-                    addrs: ready(ep),
+                    addrs: ready(g),
                     shuffle: true,
                 },
             }
         };
         // 1. Service names and tasks.<service>.
-        for ep in &eps {
+        for g in &groups {
             names
-                .entry(normalize_name(&ep.service))
-                .or_insert_with(|| service_entry(ep));
+                .entry(normalize_name(g.service()))
+                .or_insert_with(|| service_entry(g));
             names
-                .entry(format!("tasks.{}", normalize_name(&ep.service)))
+                .entry(format!("tasks.{}", normalize_name(g.service())))
                 .or_insert_with(|| NameEntry {
-                    addrs: ready(ep),
+                    addrs: ready(g),
                     shuffle: true,
                 });
-            if ep.endpoint_mode == EndpointMode::Vip {
-                if let Some(vip) = ep.vip.as_deref().and_then(parse_ip) {
+            if g.head.endpoint_mode == EndpointMode::Vip {
+                if let Some(vip) = g.head.vip.as_deref().and_then(parse_ip) {
                     ptrs.entry(vip)
-                        .or_insert_with(|| normalize_name(&ep.service));
+                        .or_insert_with(|| normalize_name(g.service()));
                 }
             }
         }
         // 2. Task names.
-        for ep in &eps {
-            for t in ep.tasks.iter().filter(|t| t.ready && !t.name.is_empty()) {
+        for g in &groups {
+            for t in g.tasks().filter(|t| t.ready && !t.name.is_empty()) {
                 if let Some(ip) = parse_ip(&t.ip) {
                     names
                         .entry(normalize_name(&t.name))
@@ -105,15 +108,15 @@ impl NetworkRecords {
             }
         }
         // 3. Aliases and tasks.<alias>.
-        for ep in &eps {
-            for alias in &ep.aliases {
+        for g in &groups {
+            for alias in &g.head.aliases {
                 names
                     .entry(normalize_name(alias))
-                    .or_insert_with(|| service_entry(ep));
+                    .or_insert_with(|| service_entry(g));
                 names
                     .entry(format!("tasks.{}", normalize_name(alias)))
                     .or_insert_with(|| NameEntry {
-                        addrs: ready(ep),
+                        addrs: ready(g),
                         shuffle: true,
                     });
             }
@@ -341,6 +344,71 @@ mod tests {
             .iter()
             .map(|n| tables.get(*n).cloned().unwrap_or_default())
             .collect()
+    }
+
+    #[test]
+    fn a_service_in_several_slices_resolves_as_one() {
+        let slice = |n: u32, tasks| EndpointsSpec {
+            slice: n,
+            ..ep(
+                "appnet",
+                "big",
+                Some("10.0.1.2"),
+                EndpointMode::Vip,
+                &["large"],
+                tasks,
+            )
+        };
+        let eps = [
+            slice(
+                1,
+                vec![
+                    task("big.3", "10.0.1.7", true),
+                    task("big.4", "10.0.1.8", true),
+                ],
+            ),
+            slice(
+                0,
+                vec![
+                    task("big.1", "10.0.1.5", true),
+                    task("big.2", "10.0.1.6", true),
+                ],
+            ),
+            slice(
+                2,
+                vec![
+                    task("big.5", "10.0.1.9", true),
+                    task("big.6", "10.0.1.10", false),
+                ],
+            ),
+        ];
+        let v = [NetworkRecords::build(&eps)];
+        let all = Answer::Addrs(
+            ["10.0.1.5", "10.0.1.6", "10.0.1.7", "10.0.1.8", "10.0.1.9"]
+                .map(ip)
+                .to_vec(),
+        );
+        assert_eq!(sorted(answer(&v, "tasks.big", QueryKind::A)), all);
+        assert_eq!(sorted(answer(&v, "tasks.large", QueryKind::A)), all);
+        assert_eq!(
+            answer(&v, "big", QueryKind::A),
+            Answer::Addrs(vec![ip("10.0.1.2")])
+        );
+        assert_eq!(
+            answer(&v, "big.4", QueryKind::A),
+            Answer::Addrs(vec![ip("10.0.1.8")])
+        );
+        assert_eq!(answer(&v, "big.6", QueryKind::A), Answer::NxDomain);
+        // dnsrr: the service name answers every slice's ready tasks.
+        let rr: Vec<EndpointsSpec> = eps
+            .iter()
+            .map(|e| EndpointsSpec {
+                endpoint_mode: EndpointMode::Dnsrr,
+                ..e.clone()
+            })
+            .collect();
+        let v = [NetworkRecords::build(&rr)];
+        assert_eq!(sorted(answer(&v, "big", QueryKind::A)), all);
     }
 
     #[test]

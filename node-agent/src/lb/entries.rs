@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use shoal_api_types::endpoints::EndpointsSpec;
+use shoal_api_types::endpoints::{group_slices, EndpointsSpec};
 use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::service::{EndpointMode, Protocol};
 
@@ -52,19 +52,20 @@ impl LbError {
 /// is on: for each service in `vip` mode with a VIP, one whole-VIP entry per protocol (TCP
 /// and UDP) whose backends are the ready tasks. `dnsrr` services get none, and neither do
 /// the ingress VIPs (tasks meet over `ingress` only as the routing mesh's backends).
-/// Normalised.
+/// The slices of one service are read as one ([`group_slices`]): the VIP and mode from
+/// slice 0, the backends from every slice. Normalised.
 pub fn vip_entries<'a>(endpoints: impl IntoIterator<Item = &'a EndpointsSpec>) -> Vec<VipEntry> {
     let mut out = Vec::new();
-    for ep in endpoints {
+    for g in group_slices(endpoints) {
+        let ep = g.head;
         if ep.endpoint_mode != EndpointMode::Vip || ep.network == INGRESS_NETWORK {
             continue;
         }
         let Some(vip) = ep.vip.as_deref().and_then(parse_ip) else {
             continue;
         };
-        let backends: Vec<Ipv4Addr> = ep
-            .tasks
-            .iter()
+        let backends: Vec<Ipv4Addr> = g
+            .tasks()
             .filter(|t| t.ready)
             .filter_map(|t| parse_ip(&t.ip))
             .collect();
@@ -193,6 +194,34 @@ pub(super) mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn vip_entries_should_balance_over_every_slice_of_a_service() {
+        let slice = |n: u32, vip: Option<&str>, tasks| EndpointsSpec {
+            slice: n,
+            ..endpoints("api", vip, EndpointMode::Vip, tasks)
+        };
+        let eps = [
+            slice(2, Some("10.0.1.2"), vec![task("api.5", "10.0.1.9", true)]),
+            slice(0, Some("10.0.1.2"), vec![task("api.1", "10.0.1.5", true)]),
+            // Written before the VIP was known (slices land one by one): slice 0 says
+            // what the service is, this one only adds backends.
+            slice(
+                1,
+                None,
+                vec![
+                    task("api.2", "10.0.1.6", true),
+                    task("api.3", "10.0.1.7", false),
+                ],
+            ),
+        ];
+        let got = vip_entries(&eps);
+        let backends = vec![ip("10.0.1.5"), ip("10.0.1.6"), ip("10.0.1.9")];
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got
+            .iter()
+            .all(|e| e.vip == ip("10.0.1.2") && e.backends == backends));
     }
 
     #[test]

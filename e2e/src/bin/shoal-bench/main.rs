@@ -8,6 +8,7 @@
 //! sudo target/release/shoal-bench --only 5         # one figure (1..9)
 //! sudo target/release/shoal-bench --only 2 --scale 100x100000   # figure 2 at one size
 //! sudo target/release/shoal-bench --only 3 --idle-minutes 10   # failover + idle fleet
+//! sudo target/release/shoal-bench --only 10 --slice-replicas 2000 --slice-nodes 20
 //! ```
 //!
 //! Everything it starts it stops — processes, namespaces, tmpfs directories, the local
@@ -21,6 +22,7 @@ mod control;
 mod dns;
 mod rolling;
 mod rules;
+mod slices;
 mod tools;
 
 use std::path::PathBuf;
@@ -38,7 +40,7 @@ struct Args {
     /// A small version that runs in a few minutes (CI).
     #[arg(long)]
     quick: bool,
-    /// Run only these figures (1..9), comma-separated.
+    /// Run only these figures (1..10), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<u32>,
     /// With figure 3: also keep a hollow fleet idle this many minutes (the agent's default
@@ -51,6 +53,12 @@ struct Args {
     /// The idle run's fleet size.
     #[arg(long, default_value_t = 100, value_name = "N")]
     idle_nodes: usize,
+    /// Figure 10: replicas of the one service (default 20,000; 2,000 with --quick).
+    #[arg(long, value_name = "N")]
+    slice_replicas: Option<usize>,
+    /// Figure 10: hollow nodes (default 1,000; 20 with --quick).
+    #[arg(long, value_name = "N")]
+    slice_nodes: Option<usize>,
     /// Where to write the Markdown report.
     #[arg(long, default_value = "docs/benchmarks.md")]
     out: PathBuf,
@@ -156,6 +164,20 @@ async fn run(args: &Args) -> Result<()> {
             control::idle(&bin, minutes, args.idle_nodes, &dir.0, &mut rows)
         );
     }
+    figure!(
+        10,
+        "sliced endpoints",
+        "converges and resolves; every slice < etcd's request limit",
+        slices::sliced_endpoints(
+            &bin,
+            args.slice_replicas
+                .unwrap_or(if args.quick { 2_000 } else { 20_000 }),
+            args.slice_nodes
+                .unwrap_or(if args.quick { 20 } else { 1_000 }),
+            &dir.0,
+            &mut rows
+        )
+    );
     figure!(
         5,
         "rule scale",

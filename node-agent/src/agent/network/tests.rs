@@ -11,6 +11,7 @@ use crate::runtime::fake::{Call, FakeRuntime};
 use shoal_api_types::endpoints::{EndpointTask, Endpoints};
 use shoal_api_types::service::{PortConfig, PublishMode};
 use shoal_api_types::{Network as NetworkObject, NetworkStatus, TaskAttachment, TaskSpec};
+use std::collections::BTreeSet;
 
 const PREFIX: &str = "shoal-node-1-";
 
@@ -338,6 +339,58 @@ async fn endpoints_changes_should_sync_peers_records_and_only_the_affected_vip_t
     n.network.refresh(&mut applied).await;
     assert_eq!(n.lb.calls().len(), lb_before + 1);
     assert!(n.net.calls().is_empty(), "{:?}", n.net.calls());
+}
+
+#[tokio::test]
+async fn a_service_in_several_slices_should_feed_peers_records_and_vip_tables_as_one() {
+    let n = node();
+    n.tasks
+        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+        .await
+        .unwrap();
+    let mut applied = Applied::default();
+    n.network.refresh(&mut applied).await;
+    n.net.clear_calls();
+
+    let slice = |k: u32, tasks: &[(&str, &str)]| {
+        let mut ep = endpoints("appnet", "api", "10.0.1.2", tasks);
+        ep.spec.slice = k;
+        ep.spec.clone().object()
+    };
+    n.network.set_endpoints([
+        slice(0, &[("10.0.1.5", "198.18.0.1"), ("10.0.1.6", "198.18.0.2")]),
+        slice(1, &[("10.0.1.7", "198.18.0.2"), ("10.0.1.8", "198.18.0.3")]),
+        slice(2, &[("10.0.1.9", "198.18.0.3")]),
+    ]);
+    n.network.refresh(&mut applied).await;
+
+    let neighbours: BTreeSet<Ipv4Addr> = n
+        .net
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            NetCall::ApplyPeerOp(_, PeerOp::AddNeigh(e)) => Some(e.ip),
+            _ => None,
+        })
+        .collect();
+    let remote: BTreeSet<Ipv4Addr> = ["10.0.1.6", "10.0.1.7", "10.0.1.8", "10.0.1.9"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    assert_eq!(neighbours, remote, "remote tasks of every slice are peers");
+    let crate::dns::Answer::Addrs(mut addrs) = n
+        .network
+        .records()
+        .view(&["appnet"])
+        .answer("tasks.api", QueryKind::A)
+    else {
+        panic!("tasks.api unknown")
+    };
+    addrs.sort();
+    assert_eq!(addrs.len(), 5, "{addrs:?}");
+    let entries = n.lb.entries(&netns("t1")).unwrap();
+    assert_eq!(entries.len(), 2, "one VIP, TCP and UDP: {entries:?}");
+    assert!(entries.iter().all(|e| e.backends.len() == 5));
 }
 
 #[tokio::test]
