@@ -49,6 +49,11 @@ pub(crate) struct Converger {
 
 type OpResult = (String, Result<(), ApplyError>);
 
+/// The shortest time between two rounds. A round lists the runtime and plans every task of
+/// the node, so a burst of changes (a thousand status writes landing) costs a few rounds,
+/// not one each; a single change waits for it at most once.
+const MIN_ROUND_GAP: std::time::Duration = std::time::Duration::from_millis(10);
+
 impl Converger {
     pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
@@ -59,11 +64,16 @@ impl Converger {
             self.resync.max(Duration::from_secs(1)),
         );
         let mut retry_at: Option<Instant> = None;
+        let mut last_round = Instant::now() - MIN_ROUND_GAP;
         let first_resync = Instant::now() + shoal_store::jittered(self.resync);
         let mut resync = tokio::time::interval_at(first_resync, self.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Every wake-up but shutdown plans a round.
         loop {
+            // At most one round per MIN_ROUND_GAP: wake-ups in between (watch events,
+            // completions) are planned together by the next one.
+            tokio::time::sleep_until(last_round + MIN_ROUND_GAP).await;
+            last_round = Instant::now();
             if let Err(e) = self.round(&permits, &mut running, &mut in_flight).await {
                 tracing::warn!(error = %e, "cannot list the runtime's tasks");
                 retry_at = Some(Instant::now() + backoff.next().unwrap_or_default());
@@ -118,10 +128,17 @@ impl Converger {
         // acts on, not all of them every round. (A change during the list above is
         // planned now; one after this borrow wakes the next round.)
         let ops: Vec<_> = match &*self.desired.borrow_and_update() {
-            Some(tasks) => plan(tasks.values(), &observed)
-                .into_iter()
-                .filter(|op| !busy.contains(op.task_id()))
-                .collect(),
+            // Tasks with an operation in flight are left out before planning, so a node
+            // with a thousand queued starts does not build (and drop) a thousand
+            // operations on every change; their containers look undesired to `plan`, and
+            // the removals that yields are dropped as busy too.
+            Some(tasks) => plan(
+                tasks.values().filter(|t| !busy.contains(t.name())),
+                &observed,
+            )
+            .into_iter()
+            .filter(|op| !busy.contains(op.task_id()))
+            .collect(),
             None => return Ok(()),
         };
         let started = ops.len() as u64;
