@@ -22,7 +22,7 @@ use crate::dns::{view_networks, NetworkRecords};
 use crate::lb;
 use crate::mesh;
 use crate::net::{desired_node, node_ops, plan_peers, NetOp};
-use crate::runtime::{labels, ContainerRuntime, ContainerState};
+use crate::runtime::ContainerRuntime;
 
 /// The node's audit: containers and task networking ([`NodeNetwork::check_once`]).
 pub struct NodeCheck {
@@ -132,20 +132,7 @@ impl NodeNetwork {
         let mut drift = check::container_drift(node, &desired, &listed);
 
         // Networking: the reconcile's own plan, not applied.
-        let live: BTreeSet<String> = listed
-            .iter()
-            .filter(|c| c.status.state != ContainerState::Exited)
-            .map(|c| {
-                labels::get(&c.labels, labels::LABEL_TASK)
-                    .cloned()
-                    .unwrap_or_else(|| c.id.clone())
-            })
-            .filter(|id| {
-                desired
-                    .get(id)
-                    .is_none_or(|t| !t.status.state.is_terminal())
-            })
-            .collect();
+        let live = super::live_tasks(&listed, &desired);
         let observed = self
             .net
             .observe()

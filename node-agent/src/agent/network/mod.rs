@@ -487,23 +487,7 @@ impl NodeNetwork {
                 return true;
             }
         };
-        // Tasks whose process exited keep their container (logs) but not their networking;
-        // neither do tasks that ended (a node that died and came back finds its orphaned
-        // tasks' containers created but without a process).
-        let live: BTreeSet<String> = listed
-            .iter()
-            .filter(|c| c.status.state != ContainerState::Exited)
-            .map(|c| {
-                labels::get(&c.labels, labels::LABEL_TASK)
-                    .cloned()
-                    .unwrap_or_else(|| c.id.clone())
-            })
-            .filter(|id| {
-                desired
-                    .get(id)
-                    .is_none_or(|t| !t.status.state.is_terminal())
-            })
-            .collect();
+        let live = live_tasks(&listed, desired);
         let overlays = self.overlays.lock().await;
         let observed = match self.net.observe().await {
             Ok(o) => o,
@@ -658,6 +642,30 @@ impl NodeNetwork {
 }
 
 /// How a networking error is reported on a task.
+/// The tasks whose networking should exist, by task id (the container id when unlabelled).
+/// Tasks whose process exited keep their container (logs) but not their networking;
+/// neither do tasks that ended (a node that died and came back finds its orphaned tasks'
+/// containers created but without a process).
+pub(super) fn live_tasks(
+    listed: &[crate::runtime::ContainerInfo],
+    desired: &BTreeMap<String, Task>,
+) -> BTreeSet<String> {
+    listed
+        .iter()
+        .filter(|c| c.status.state != ContainerState::Exited)
+        .map(|c| {
+            labels::get(&c.labels, labels::LABEL_TASK)
+                .cloned()
+                .unwrap_or_else(|| c.id.clone())
+        })
+        .filter(|id| {
+            desired
+                .get(id)
+                .is_none_or(|t| !t.status.state.is_terminal())
+        })
+        .collect()
+}
+
 fn net_error(task: &str, e: NetError) -> TaskError {
     task_failure(task, format!("network: {e}"), e.is_temporary())
 }
