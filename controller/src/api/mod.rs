@@ -48,8 +48,8 @@
 //! Secrets, Configs and pruning add to [`plan`], and [`delivery`] hands a task's payloads
 //! to its node; [`join`] admits nodes and
 //! keeps the join token, with [`private`] records (join secret, revocations); [`web`]
-//! serves the browser UI's files and `whoami`; [`auth`]
-//! authenticates requests and [`tokens`] manages the tokens; [`state`] is what every
+//! serves the browser UI's files; [`auth`]
+//! authenticates requests and [`tokens`] manages the tokens (and answers `whoami`); [`state`] is what every
 //! handler shares.
 
 pub mod agent;
@@ -438,7 +438,7 @@ pub fn protected_routes(app: App) -> Router {
         .route("/v1/join-token/rotate", post(join::rotate))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{name}", delete(tokens::delete))
-        .route("/v1/whoami", get(web::whoami))
+        .route("/v1/whoami", get(tokens::whoami))
         .route("/openapi.json", get(openapi_json))
         .route("/metrics", get(metrics::serve_metrics).with_state(metrics))
         .with_state(app)

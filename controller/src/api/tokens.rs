@@ -135,3 +135,14 @@ async fn in_force(app: &App, revision: i64) {
         }
     }
 }
+
+/// `GET /v1/whoami`: the caller's token name and role (`{"name","role"}`); without
+/// authentication (`--insecure`) everyone is `admin` with no name. The page calls it once
+/// to check the token it was given and to learn what to offer.
+pub async fn whoami(who: Option<axum::Extension<auth::Principal>>) -> axum::response::Response {
+    let body = match who {
+        Some(axum::Extension(p)) => serde_json::json!({"name": p.name, "role": p.role}),
+        None => serde_json::json!({"name": "", "role": "admin"}),
+    };
+    axum::response::IntoResponse::into_response(Json(body))
+}

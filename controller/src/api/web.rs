@@ -14,7 +14,7 @@
 //!   handles a bearer token.
 //! - An unknown file below `/ui/` is a 404 `Status`, never the index page.
 
-use axum::extract::{Extension, Path};
+use axum::extract::Path;
 use axum::http::header::{
     CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, REFERRER_POLICY,
     X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
@@ -22,11 +22,9 @@ use axum::http::header::{
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 use shoal_api_types::Status;
 
-use super::auth::Principal;
 use super::error::status_response;
 
 /// The Content-Security-Policy of every UI response.
@@ -93,17 +91,6 @@ pub fn routes() -> Router {
             "/ui/{file}",
             get(|Path(file): Path<String>| async move { asset(&file) }),
         )
-}
-
-/// `GET /v1/whoami`: the caller's token name and role (`{"name","role"}`); without
-/// authentication (`--insecure`) everyone is `admin` with no name. The page calls it once
-/// to check the token it was given and to learn what to offer.
-pub async fn whoami(who: Option<Extension<Principal>>) -> Response {
-    let body = match who {
-        Some(Extension(p)) => json!({"name": p.name, "role": p.role}),
-        None => json!({"name": "", "role": "admin"}),
-    };
-    Json(body).into_response()
 }
 
 async fn to_ui() -> Response {
