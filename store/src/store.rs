@@ -333,13 +333,7 @@ impl Store {
     /// The caller decides generation and status; see [`Store::update_with`].
     pub async fn update<S: Resource>(&self, obj: &Object<S>) -> Result<Object<S>> {
         let key = self.keys.key(obj);
-        let rev = obj.metadata.revision().ok_or_else(|| {
-            StoreError::Conflict(format!(
-                "{} {:?}: metadata.resourceVersion is required to update",
-                S::KIND,
-                obj.metadata.name
-            ))
-        })?;
+        let rev = required_revision(obj)?;
         let txn = Txn::new()
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
             .and_then([TxnOp::put(key.clone(), encode(obj), None)])
@@ -383,13 +377,7 @@ impl Store {
         let mut gets = Vec::with_capacity(objs.len());
         for obj in objs {
             let key = self.keys.key(obj);
-            let rev = obj.metadata.revision().ok_or_else(|| {
-                StoreError::Conflict(format!(
-                    "{} {:?}: metadata.resourceVersion is required to update",
-                    S::KIND,
-                    obj.metadata.name
-                ))
-            })?;
+            let rev = required_revision(obj)?;
             compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
             puts.push(TxnOp::put(key.clone(), encode(obj), None));
             gets.push(TxnOp::get(key, None));
@@ -542,6 +530,17 @@ pub(crate) fn prepare_create<S: Resource>(obj: &Object<S>, identity: Identity) -
     };
     obj.metadata.resource_version = None;
     obj
+}
+
+/// The revision an update of `obj` is compared on: its resourceVersion, which it must have.
+fn required_revision<S: Resource>(obj: &Object<S>) -> Result<i64> {
+    obj.metadata.revision().ok_or_else(|| {
+        StoreError::Conflict(format!(
+            "{} {:?}: metadata.resourceVersion is required to update",
+            S::KIND,
+            obj.metadata.name
+        ))
+    })
 }
 
 /// The stored form: JSON without resourceVersion.
