@@ -112,8 +112,13 @@ pub fn normalize(entries: impl IntoIterator<Item = VipEntry>) -> Vec<VipEntry> {
 /// tested against [`RecordingLb`].
 #[async_trait::async_trait]
 pub trait LoadBalancer: Send + Sync {
-    /// Replace the VIP rules in the namespace at `netns`.
+    /// Replace the VIP rules in the namespace at `netns` (written whole).
     async fn program(&self, netns: &Path, entries: &[VipEntry]) -> Result<(), LbError>;
+    /// Change the VIP rules in the namespace at `netns`, which hold `from`, to `to`, touching
+    /// only what differs, in one transaction; fails without changing anything when they do
+    /// not hold `from`.
+    async fn update(&self, netns: &Path, from: &[VipEntry], to: &[VipEntry])
+        -> Result<(), LbError>;
     /// What is programmed there (`None`: nothing of ours).
     async fn programmed(&self, netns: &Path) -> Result<Option<Vec<VipEntry>>, LbError>;
     /// Remove our rules there.

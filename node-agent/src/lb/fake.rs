@@ -1,5 +1,7 @@
 //! Owns [`RecordingLb`], the [`LoadBalancer`] that only remembers (for tests and the
-//! `test-util` feature; not in the product binaries).
+//! `test-util` feature; not in the product binaries). Like the kernel, it refuses an
+//! [`LoadBalancer::update`] whose `from` is not what it holds; tests can make it drift
+//! ([`RecordingLb::set_entries`]) or refuse every update ([`RecordingLb::refuse_updates`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,10 +15,26 @@ type Programmed = BTreeMap<PathBuf, Vec<VipEntry>>;
 #[derive(Debug, Default)]
 pub struct RecordingLb {
     state: std::sync::Mutex<(Programmed, Vec<String>)>,
+    refuse: std::sync::atomic::AtomicBool,
 }
 
 impl RecordingLb {
-    /// The calls so far, as `program <netns> <n entries>` / `remove <netns>`.
+    /// Make `netns` hold `entries` without a call being recorded (drift made behind the
+    /// agent's back); `None` removes them.
+    pub fn set_entries(&self, netns: &Path, entries: Option<Vec<VipEntry>>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match entries {
+            Some(e) => st.0.insert(netns.to_owned(), normalize(e)),
+            None => st.0.remove(netns),
+        };
+    }
+    /// Refuse (or accept again) every [`LoadBalancer::update`].
+    pub fn refuse_updates(&self, refuse: bool) {
+        self.refuse
+            .store(refuse, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// The calls so far, as `program <netns> <n entries>` / `update <netns> <n entries>` /
+    /// `remove <netns>` (a refused update too).
     pub fn calls(&self) -> Vec<String> {
         self.state
             .lock()
@@ -41,6 +59,25 @@ impl LoadBalancer for RecordingLb {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.1.push(format!("program {} {}", netns.display(), entries.len()));
         st.0.insert(netns.to_owned(), normalize(entries.iter().cloned()));
+        Ok(())
+    }
+    async fn update(
+        &self,
+        netns: &Path,
+        from: &[VipEntry],
+        to: &[VipEntry],
+    ) -> Result<(), LbError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.1.push(format!("update {} {}", netns.display(), to.len()));
+        let holds = st.0.get(netns).map(Vec::as_slice) == Some(from);
+        if !holds || self.refuse.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(LbError::Parse(format!(
+                "{}: refused update (holds {} entries)",
+                netns.display(),
+                st.0.get(netns).map_or(0, Vec::len)
+            )));
+        }
+        st.0.insert(netns.to_owned(), normalize(to.iter().cloned()));
         Ok(())
     }
     async fn programmed(&self, netns: &Path) -> Result<Option<Vec<VipEntry>>, LbError> {
@@ -75,12 +112,31 @@ mod tests {
             backends: vec![ip("10.0.0.5")],
         };
         lb.program(ns, std::slice::from_ref(&e)).await.unwrap();
-        assert_eq!(lb.programmed(ns).await.unwrap(), Some(vec![e]));
+        assert_eq!(lb.programmed(ns).await.unwrap(), Some(vec![e.clone()]));
+        let f = VipEntry {
+            backends: vec![ip("10.0.0.6")],
+            ..e.clone()
+        };
+        lb.update(ns, std::slice::from_ref(&e), std::slice::from_ref(&f))
+            .await
+            .unwrap();
+        assert_eq!(lb.programmed(ns).await.unwrap(), Some(vec![f.clone()]));
+        // Like nft, an update from a state it does not hold is refused and changes nothing.
+        assert!(lb.update(ns, &[e], &[]).await.is_err());
+        assert_eq!(lb.programmed(ns).await.unwrap(), Some(vec![f.clone()]));
+        lb.refuse_updates(true);
+        assert!(lb.update(ns, std::slice::from_ref(&f), &[]).await.is_err());
         lb.remove(ns).await.unwrap();
         assert_eq!(lb.programmed(ns).await.unwrap(), None);
         assert_eq!(
             lb.calls(),
-            vec!["program /run/netns/t1 1", "remove /run/netns/t1"]
+            vec![
+                "program /run/netns/t1 1",
+                "update /run/netns/t1 1",
+                "update /run/netns/t1 0",
+                "update /run/netns/t1 0",
+                "remove /run/netns/t1"
+            ]
         );
     }
 }

@@ -226,6 +226,21 @@ pub async fn apply(netns: Option<&Path>, doc: &Value) -> Result<(), NftError> {
     .await?
 }
 
+/// Apply an nft script in nft's own syntax (`nft -f -` input) inside the namespace at
+/// `netns` (our own when `None`), as one transaction. For large tables: nft parses its own
+/// syntax faster than JSON, and the script can be written straight into a string.
+pub async fn apply_script(
+    netns: Option<&Path>,
+    script: String,
+    what: &'static str,
+) -> Result<(), NftError> {
+    let label = ns_label(netns);
+    in_netns(netns, move || {
+        run(&["-f", "-"], Some(script), what, &label).map(drop)
+    })
+    .await?
+}
+
 /// The raw `nft -j list table <family> <table>` output in the namespace at `netns`, or
 /// `None` when the table does not exist.
 pub async fn list_table(netns: Option<&Path>, table: Table) -> Result<Option<String>, NftError> {

@@ -88,7 +88,7 @@ impl NodeNetwork {
             .await
             .map_err(|e| task_failure(id, format!("start DNS server: {e}"), e.is_temporary()))?;
         if self.endpoints.borrow().is_some() {
-            self.program_lb(id).await.map_err(|e| {
+            self.program_lb(id, false).await.map_err(|e| {
                 task_failure(id, format!("program VIP rules: {e}"), e.is_temporary())
             })?;
         }
@@ -111,8 +111,11 @@ impl NodeNetwork {
         }
     }
 
-    /// Programs task `id`'s VIP table from the current Endpoints unless it holds them already.
-    pub(super) async fn program_lb(&self, id: &str) -> Result<(), LbError> {
+    /// Programs task `id`'s VIP table from the current Endpoints ([`lb::converge`]): only
+    /// what changed since the entries last programmed there (the cache), or, without a cache
+    /// entry or with `verify` (the periodic resync), after reading the table back, written
+    /// whole when it is not what it should be (drift is repaired there).
+    pub(super) async fn program_lb(&self, id: &str, verify: bool) -> Result<(), LbError> {
         let mut cache = self.lb_cache.lock().await;
         let Some(task) = self.local_map().get(id).cloned() else {
             return Ok(());
@@ -122,22 +125,26 @@ impl NodeNetwork {
             eps.extend(self.endpoints_of(&network).unwrap_or_default());
         }
         let entries = lb::vip_entries(&eps);
-        if cache.get(id) == Some(&entries) {
+        let known = if verify { None } else { cache.remove(id) };
+        if known.as_ref() == Some(&entries) {
+            cache.insert(id.to_string(), entries);
             return Ok(());
         }
         let netns = self.netns_path(id);
-        if !cache.contains_key(id) {
-            // After a restart: keep a table that is right (and its round-robin counters).
-            if let Ok(Some(programmed)) = self.lb.programmed(&netns).await {
-                if programmed == entries {
-                    cache.insert(id.to_string(), entries);
-                    return Ok(());
-                }
+        cache.remove(id);
+        let how = lb::converge(self.lb.as_ref(), &netns, known.as_deref(), &entries).await?;
+        match how {
+            lb::Converged::Unchanged => {}
+            lb::Converged::Changed => {
+                tracing::debug!(task = %id, entries = entries.len(), "changed VIP rules")
+            }
+            lb::Converged::Rewritten if verify => {
+                tracing::warn!(task = %id, entries = entries.len(), "VIP rules had drifted; rewrote them")
+            }
+            lb::Converged::Rewritten => {
+                tracing::debug!(task = %id, entries = entries.len(), "programmed VIP rules")
             }
         }
-        cache.remove(id);
-        self.lb.program(&netns, &entries).await?;
-        tracing::debug!(task = %id, entries = entries.len(), "programmed VIP rules");
         cache.insert(id.to_string(), entries);
         Ok(())
     }
@@ -179,7 +186,7 @@ impl NodeNetwork {
             }
         }
         for id in changed_tasks {
-            if let Err(e) = self.program_lb(id).await {
+            if let Err(e) = self.program_lb(id, false).await {
                 tracing::warn!(task = %id, error = %e, "cannot program VIP rules");
             }
         }

@@ -567,7 +567,8 @@ impl NodeNetwork {
             if present.as_ref().is_some_and(|p| !p.contains(id)) {
                 continue;
             }
-            if let Err(e) = self.program_lb(id).await {
+            // Read back and compared (drift is repaired here, not only on a change).
+            if let Err(e) = self.program_lb(id, true).await {
                 tracing::warn!(task = %id, error = %e, "cannot program VIP rules");
             }
         }

@@ -325,11 +325,11 @@ async fn endpoints_changes_should_sync_peers_records_and_only_the_affected_vip_t
             .answer("api", QueryKind::A),
         crate::dns::Answer::Addrs(vec!["10.0.1.2".parse().unwrap()])
     );
-    // VIP rules: t1's namespace only.
+    // VIP rules: t1's namespace only, changed from what it held (not rewritten).
     let lb_calls = n.lb.calls()[lb_before..].to_vec();
     assert_eq!(
         lb_calls,
-        [format!("program {} 2", netns("t1").display())],
+        [format!("update {} 2", netns("t1").display())],
         "{lb_calls:?}"
     );
     assert_eq!(n.lb.entries(&netns("t1")).unwrap()[0].backends.len(), 2);
@@ -339,6 +339,80 @@ async fn endpoints_changes_should_sync_peers_records_and_only_the_affected_vip_t
     n.network.refresh(&mut applied).await;
     assert_eq!(n.lb.calls().len(), lb_before + 1);
     assert!(n.net.calls().is_empty(), "{:?}", n.net.calls());
+}
+
+#[tokio::test]
+async fn a_vip_change_that_fails_should_fall_back_to_writing_the_table_whole() {
+    let n = node();
+    n.tasks
+        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+        .await
+        .unwrap();
+    let mut applied = Applied::default();
+    n.network.refresh(&mut applied).await;
+    let before = n.lb.calls().len();
+    n.lb.refuse_updates(true);
+    n.network.set_endpoints([endpoints(
+        "appnet",
+        "api",
+        "10.0.1.2",
+        &[("10.0.1.5", "198.18.0.1"), ("10.0.1.7", "198.18.0.2")],
+    )]);
+    n.network.refresh(&mut applied).await;
+    let t1 = netns("t1").display().to_string();
+    assert_eq!(
+        n.lb.calls()[before..],
+        [format!("update {t1} 2"), format!("program {t1} 2")]
+    );
+    assert_eq!(n.lb.entries(&netns("t1")).unwrap()[0].backends.len(), 2);
+}
+
+#[tokio::test]
+async fn resync_should_repair_a_vip_table_that_drifted_behind_the_agents_back() {
+    let n = node();
+    let t1 = task("t1", &[("appnet", "10.0.1.5")]);
+    n.tasks.start_task(&t1).await.unwrap();
+    n.network.set_endpoints([endpoints(
+        "appnet",
+        "api",
+        "10.0.1.2",
+        &[("10.0.1.5", "198.18.0.1")],
+    )]);
+    let mut applied = Applied::default();
+    n.network.refresh(&mut applied).await;
+    let want = n.lb.entries(&netns("t1")).unwrap();
+    assert_eq!(want.len(), 2);
+    let desired = BTreeMap::from([("t1".to_string(), t1)]);
+    let resync = || async {
+        assert!(
+            n.network
+                .reconcile(n.runtime.as_ref() as &dyn ContainerRuntime, &desired)
+                .await
+        )
+    };
+    // In step: the resync reads the table back and leaves it alone.
+    let before = n.lb.calls().len();
+    resync().await;
+    assert_eq!(n.lb.calls().len(), before);
+
+    // A stale backend appears in the kernel; the agent's cache does not know.
+    let mut stale = want.clone();
+    stale[0].backends.push("10.0.1.99".parse().unwrap());
+    n.lb.set_entries(&netns("t1"), Some(stale));
+    // An Endpoints refresh without a change trusts the cache...
+    n.network.refresh(&mut applied).await;
+    assert_eq!(n.lb.calls().len(), before);
+    // ...the resync does not: the table is written whole.
+    resync().await;
+    assert_eq!(
+        n.lb.calls()[before..],
+        [format!("program {} 2", netns("t1").display())]
+    );
+    assert_eq!(n.lb.entries(&netns("t1")), Some(want.clone()));
+    // And a table that vanished is written again too.
+    n.lb.set_entries(&netns("t1"), None);
+    resync().await;
+    assert_eq!(n.lb.entries(&netns("t1")), Some(want));
 }
 
 #[tokio::test]
