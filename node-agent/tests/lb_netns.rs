@@ -1,7 +1,8 @@
 //! VIP load balancing in real namespaces (root only; skipped with a message otherwise): a
 //! "task" namespace and two "backend" namespaces behind a bridge in a fourth namespace, all
 //! made by the test and deleted by a guard. Connections from the task to VIP:80 are spread
-//! over both backends; replacing the backends is atomic; no backend → refused at once.
+//! over both backends; replacing the backends is atomic; no backend → refused at once; a
+//! change touches only the service that changed; drift is repaired by a full write.
 
 #[path = "lb_support/mod.rs"]
 mod support;
@@ -12,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use shoal_api_types::service::Protocol;
-use shoal_node_agent::lb::{self, VipEntry};
+use shoal_node_agent::lb::{self, Converged, NftLoadBalancer, VipEntry};
 use support::{in_ns, sh, Namespaces, Responder};
 
 const VIP: &str = "10.77.0.100";
@@ -167,6 +168,165 @@ async fn lb_spreads_vip_connections_over_backends_and_updates_atomically() {
     assert_eq!(lb::read_programmed(Some(&task_path)).await.unwrap(), None);
 }
 
+/// The kernel handle of each counter chain in the namespace at `path`.
+fn chain_handles(ns: &str) -> BTreeMap<String, u64> {
+    let out = sh(&[
+        "ip", "netns", "exec", ns, "nft", "-j", "list", "table", "ip", "shoal_lb",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    doc["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("chain"))
+        .filter(|c| c["name"].as_str().unwrap().starts_with("svc_"))
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["handle"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_changes_only_what_changed_and_repairs_drift_with_a_full_write() {
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let mut nss = Namespaces::new();
+    let switch = nss.add("sw");
+    let task = nss.add("task");
+    let b1 = nss.add("b1");
+    let b2 = nss.add("b2");
+    support::wire(
+        &switch,
+        &[
+            (&task, "10.77.0.2/24"),
+            (&b1, "10.77.0.3/24"),
+            (&b2, "10.77.0.4/24"),
+        ],
+    );
+    let _r1 = Responder::start(&b1, "0.0.0.0:80".parse().unwrap(), "b1");
+    let _r2 = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
+    let path = Namespaces::path(&task);
+    let other = |backends: &[&str]| VipEntry {
+        vip: "10.77.0.101".parse().unwrap(),
+        ..entry(backends)
+    };
+    let lb = NftLoadBalancer;
+
+    // Nothing known: written whole.
+    let first = lb::normalize([entry(&["10.77.0.3", "10.77.0.4"]), other(&["10.77.0.3"])]);
+    assert_eq!(
+        lb::converge(&lb, &path, None, &first).await.unwrap(),
+        Converged::Rewritten
+    );
+    let handles = chain_handles(&task);
+    assert_eq!(handles.len(), 2, "{handles:?}");
+
+    // One service changes: only its elements and chains; the other's chain is the same
+    // kernel object (same handle), so its round-robin counter went on.
+    let second = lb::normalize([entry(&["10.77.0.4"]), other(&["10.77.0.3"])]);
+    assert_eq!(
+        lb::converge(&lb, &path, Some(&first), &second)
+            .await
+            .unwrap(),
+        Converged::Changed
+    );
+    assert_eq!(
+        lb::read_programmed(Some(&path)).await.unwrap(),
+        Some(second.clone())
+    );
+    let after = chain_handles(&task);
+    let other_chain = lb::service_chain("10.77.0.101".parse().unwrap(), 1, false);
+    assert_eq!(after.get(&other_chain), handles.get(&other_chain));
+    assert!(!after.contains_key(&lb::service_chain(VIP.parse().unwrap(), 2, false)));
+    assert_eq!(spread(&task, 10), BTreeMap::from([("b2".to_owned(), 10)]));
+    assert_eq!(
+        spread_over(&task, &["10.77.0.101"], 4),
+        BTreeMap::from([("b1".to_owned(), 4)])
+    );
+
+    // A stale element appears behind the agent's back (a backend beyond the counter) and a
+    // foreign verdict: the read-back sees drift, and a full write repairs it.
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &task,
+        "nft",
+        "add",
+        "element",
+        "ip",
+        "shoal_lb",
+        "backends",
+        "{ 10.77.0.100 . tcp . 7 : 10.77.0.9 }",
+    ]);
+    assert!(lb::read_programmed(Some(&path)).await.is_err());
+    assert_eq!(
+        lb::converge(&lb, &path, None, &second).await.unwrap(),
+        Converged::Rewritten
+    );
+    assert_eq!(
+        lb::read_programmed(Some(&path)).await.unwrap(),
+        Some(second.clone())
+    );
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &task,
+        "nft",
+        "add",
+        "element",
+        "ip",
+        "shoal_lb",
+        "vips",
+        "{ 10.77.0.200 . tcp : goto refuse }",
+    ]);
+    assert_ne!(
+        lb::read_programmed(Some(&path)).await.unwrap(),
+        Some(second.clone())
+    );
+    assert_eq!(
+        lb::converge(&lb, &path, None, &second).await.unwrap(),
+        Converged::Rewritten
+    );
+    assert_eq!(
+        lb::read_programmed(Some(&path)).await.unwrap(),
+        Some(second.clone())
+    );
+    // In step: nothing to do.
+    assert_eq!(
+        lb::converge(&lb, &path, None, &second).await.unwrap(),
+        Converged::Unchanged
+    );
+
+    // A cache that is wrong (it claims a service the table does not have): nft refuses the
+    // change as a whole, and the table is written whole instead.
+    let wrong = lb::normalize([entry(&["10.77.0.4"]), other(&["10.77.0.3"]), {
+        VipEntry {
+            vip: "10.77.0.102".parse().unwrap(),
+            ..entry(&["10.77.0.3"])
+        }
+    }]);
+    let third = lb::normalize([entry(&["10.77.0.3", "10.77.0.4"])]);
+    assert!(lb::update(Some(&path), &wrong, &third).await.is_err());
+    assert_eq!(
+        lb::read_programmed(Some(&path)).await.unwrap(),
+        Some(second.clone()),
+        "a refused change changes nothing"
+    );
+    assert_eq!(
+        lb::converge(&lb, &path, Some(&wrong), &third)
+            .await
+            .unwrap(),
+        Converged::Rewritten
+    );
+    assert_eq!(lb::read_programmed(Some(&path)).await.unwrap(), Some(third));
+    let seen = spread(&task, 20);
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["b1", "b2"], "{seen:?}");
+}
+
 #[tokio::test]
 async fn lb_programs_ten_thousand_services_in_one_transaction() {
     shoal_testkit::require!(root, tools = ["ip", "nft"]);
@@ -198,5 +358,18 @@ async fn lb_programs_ten_thousand_services_in_one_transaction() {
     let started = Instant::now();
     let back = lb::read_programmed(Some(&path)).await.unwrap().unwrap();
     eprintln!("read back in {:?}", started.elapsed());
-    assert_eq!(back, lb::normalize(entries));
+    let entries = lb::normalize(entries);
+    assert_eq!(back, entries);
+    // One service gets a third backend: one small transaction.
+    let mut changed = entries.clone();
+    for e in changed.iter_mut().take(2) {
+        e.backends.push(Ipv4Addr::new(12, 0, 0, 1));
+    }
+    let started = Instant::now();
+    lb::update(Some(&path), &entries, &changed).await.unwrap();
+    eprintln!("changed one service in {:?}", started.elapsed());
+    assert_eq!(
+        lb::read_programmed(Some(&path)).await.unwrap().unwrap(),
+        changed
+    );
 }
