@@ -567,12 +567,29 @@ impl NodeNetwork {
             if present.as_ref().is_some_and(|p| !p.contains(id)) {
                 continue;
             }
-            // Read back and compared (drift is repaired here, not only on a change).
-            if let Err(e) = self.program_lb(id, true).await {
+            if let Err(e) = self.program_lb(id, false).await {
                 tracing::warn!(task = %id, error = %e, "cannot program VIP rules");
             }
         }
         true
+    }
+
+    /// Reads every local task's VIP table back and writes it whole where it is not what
+    /// the Endpoints say (drift behind the agent's back, which an Endpoints change alone
+    /// never finds: it trusts the cache). Run after each resync's reconcile, without its
+    /// exclusive lock (reading a table of 10,000 services back takes seconds, and starts
+    /// must not wait for that); the VIP cache's lock orders it with other programming.
+    pub async fn verify_lb(&self) {
+        let ids: Vec<String> = self.local_map().keys().cloned().collect();
+        let present = self.net.observe().await.map(|o| o.task_netns).ok();
+        for id in ids {
+            if present.as_ref().is_some_and(|p| !p.contains(&id)) {
+                continue;
+            }
+            if let Err(e) = self.program_lb(&id, true).await {
+                tracing::warn!(task = %id, error = %e, "cannot verify VIP rules");
+            }
+        }
     }
 
     /// Keeps the node's networking converged to the caches and this node's tasks until
@@ -607,6 +624,7 @@ impl NodeNetwork {
                 if !full_due {
                     applied.mesh.forget_applied();
                     applied.node_policy = None;
+                    self.verify_lb().await;
                 }
             }
             self.refresh(&mut applied).await;

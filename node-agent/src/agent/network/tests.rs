@@ -383,12 +383,14 @@ async fn resync_should_repair_a_vip_table_that_drifted_behind_the_agents_back() 
     let want = n.lb.entries(&netns("t1")).unwrap();
     assert_eq!(want.len(), 2);
     let desired = BTreeMap::from([("t1".to_string(), t1)]);
+    // What `run` does at each resync.
     let resync = || async {
         assert!(
             n.network
                 .reconcile(n.runtime.as_ref() as &dyn ContainerRuntime, &desired)
                 .await
-        )
+        );
+        n.network.verify_lb().await;
     };
     // In step: the resync reads the table back and leaves it alone.
     let before = n.lb.calls().len();
