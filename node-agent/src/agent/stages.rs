@@ -112,6 +112,19 @@ pub fn parse(line: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// The task id and stages of a [`STARTED_MESSAGE`] log line; `None` for other lines.
+pub fn parse_started(line: &str) -> Option<(String, Vec<(String, f64)>)> {
+    let clean = strip_ansi(line);
+    if !clean.contains(STARTED_MESSAGE) {
+        return None;
+    }
+    let task = clean
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("task="))?
+        .to_string();
+    Some((task, parse(&clean)))
+}
+
 fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -161,6 +174,16 @@ mod tests {
             parse(line),
             vec![("hold".to_string(), 1.5), ("start".to_string(), 20.0)]
         );
+    }
+
+    #[test]
+    fn parse_started_should_find_the_task_and_skip_other_lines() {
+        let line = format!("x INFO a: {STARTED_MESSAGE} task=web.1 stages=seen=2.0");
+        assert_eq!(
+            parse_started(&line),
+            Some(("web.1".to_string(), vec![("seen".to_string(), 2.0)]))
+        );
+        assert_eq!(parse_started("x INFO a: operation failed task=web.1"), None);
     }
 
     #[tokio::test(start_paused = true)]
