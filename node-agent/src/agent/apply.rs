@@ -17,6 +17,7 @@ use shoal_api_types::{Task, TaskState, TaskStatus};
 use shoal_store::StoreError;
 
 use super::plan::{Op, StatusUpdate};
+use super::stages::{Lap, Stages, STARTED_MESSAGE};
 use super::task_runtime::{TaskError, TaskRuntime};
 
 /// Where task status goes.
@@ -58,6 +59,27 @@ pub fn advance(status: &mut TaskStatus, update: &StatusUpdate, now: chrono::Date
     }
     status.healthy = update.healthy;
     true
+}
+
+/// The controller's and the watch's share of a start, from the task as planned: `placed`
+/// (created → assigned, the controller's orchestrator and scheduler) and `seen` (assigned →
+/// this operation running: the agent's watch, its converge round and a free permit). A task
+/// planned again after a failed attempt is no longer `assigned`: only `seen` is given, from
+/// its last status change.
+pub fn placement_stages(task: &Task, now: chrono::DateTime<Utc>) -> Stages {
+    let mut stages = Stages::new();
+    let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+    if let (Some(created), Some(changed)) =
+        (task.metadata.creation_timestamp, task.status.timestamp)
+    {
+        if task.status.state == TaskState::Assigned {
+            stages.push_ms("placed", ms(changed - created));
+        }
+    }
+    if let Some(changed) = task.status.timestamp {
+        stages.push_ms("seen", ms(now - changed));
+    }
+    stages
 }
 
 /// Why applying an operation failed. Reported task errors (rejected, failed) are not
@@ -129,22 +151,29 @@ impl Effects {
                 .await
                 .map_err(|e| runtime_err("remove", e))?,
             Op::Start(task) => {
+                let mut stages = placement_stages(&task, Utc::now());
+                let mut lap = Lap::start();
                 let Some(stored) = self
                     .report(&id, &StatusUpdate::new(TaskState::Starting, "starting"))
                     .await?
                 else {
                     return Ok(());
                 };
+                lap.lap("starting_write");
                 if stored.spec.desired_state != TaskState::Running
                     || stored.status.state > TaskState::Starting
                 {
                     tracing::debug!(task = %id, state = %stored.status.state, "not starting: the task changed meanwhile");
                     return Ok(());
                 }
+                let mut runtime_stages = None;
                 let update = match self.runtime.start_task(&task).await {
-                    Ok(started) => StatusUpdate::new(TaskState::Running, "started")
-                        .with_container(started.container_id)
-                        .with_healthy(task.spec.healthcheck.is_none()),
+                    Ok(started) => {
+                        runtime_stages = Some(started.stages);
+                        StatusUpdate::new(TaskState::Running, "started")
+                            .with_container(started.container_id)
+                            .with_healthy(task.spec.healthcheck.is_none())
+                    }
                     Err(e @ TaskError::Rejected { .. }) => {
                         StatusUpdate::new(TaskState::Rejected, "rejected").with_err(e.reason())
                     }
@@ -153,7 +182,20 @@ impl Effects {
                     }
                     Err(e @ TaskError::Unavailable(_)) => return Err(runtime_err("start", e)),
                 };
+                let mut lap = match runtime_stages {
+                    Some(runtime) => {
+                        stages.extend(lap.stages());
+                        stages.extend(&runtime);
+                        Lap::start()
+                    }
+                    None => lap,
+                };
                 self.report(&id, &update).await?;
+                if update.state == TaskState::Running {
+                    lap.lap("running_write");
+                    stages.extend(lap.stages());
+                    tracing::info!(task = %id, stages = %stages.render(), "{STARTED_MESSAGE}");
+                }
             }
         }
         Ok(())
@@ -212,6 +254,7 @@ mod tests {
                 Some(e) => Err(e.clone()),
                 None => Ok(Started {
                     container_id: format!("c-{}", task.name()),
+                    stages: Default::default(),
                 }),
             }
         }
@@ -487,5 +530,23 @@ mod tests {
         assert!(s.oom_killed);
         assert_eq!(s.err, "OOM-killed (memory limit 32Mi)");
         assert_eq!(s.exit_code, Some(137));
+    }
+
+    #[test]
+    fn placement_stages_should_split_controller_and_agent_time_of_an_assigned_task() {
+        let t0 = chrono::DateTime::parse_from_rfc3339("2026-12-02T08:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut t = task("a", TaskState::Running, TaskState::Assigned);
+        t.metadata.creation_timestamp = Some(t0);
+        t.status.timestamp = Some(t0 + chrono::TimeDelta::milliseconds(40));
+        let now = t0 + chrono::TimeDelta::milliseconds(65);
+        assert_eq!(
+            placement_stages(&t, now).get(),
+            vec![("placed", 40.0), ("seen", 25.0)]
+        );
+        // Planned again after a failed attempt: only the time since its last change.
+        t.status.state = TaskState::Starting;
+        assert_eq!(placement_stages(&t, now).get(), vec![("seen", 25.0)]);
     }
 }

@@ -36,6 +36,7 @@ use shoal_api_types::{SeccompMode, Task};
 use tokio::sync::Notify;
 
 use super::health::{self, Health, Probe, LABEL_HEALTHCHECK};
+use super::stages::Lap;
 
 /// How long a stopping task waits to leave the Endpoints before SIGTERM regardless (the
 /// controller may be down).
@@ -381,14 +382,17 @@ impl TaskRuntime for ContainerTasks {
         let id = task.name();
         let runtime = &self.inner.runtime;
         let mut spec = self.container_spec(task);
+        let mut lap = Lap::start();
         let _held = match &self.inner.network {
             Some(network) => {
                 let held = network.hold().await;
+                lap.lap("hold");
                 // The image first: a wrong name must not cost a namespace.
                 runtime
                     .ensure_image(&task.spec.image)
                     .await
                     .map_err(|e| task_error(id, e))?;
+                lap.lap("image");
                 Some(held)
             }
             None => None,
@@ -398,6 +402,7 @@ impl TaskRuntime for ContainerTasks {
             Some(files) => {
                 let prepared = files.prepare(task).await.map_err(|e| files_error(id, e))?;
                 spec.mounts = prepared.mounts.clone();
+                lap.lap("files");
                 Some(prepared)
             }
             None => None,
@@ -411,7 +416,10 @@ impl TaskRuntime for ContainerTasks {
         };
         if let Some(network) = &self.inner.network {
             match network.setup(task).await {
-                Ok(netns) => spec.netns = Some(netns),
+                Ok(netns) => {
+                    spec.netns = Some(netns);
+                    lap.lap("network");
+                }
                 Err(e) => {
                     drop(prepared);
                     release();
@@ -420,6 +428,7 @@ impl TaskRuntime for ContainerTasks {
             }
         }
         let created = runtime.create(&spec).await;
+        lap.lap("create");
         drop(prepared);
         match created {
             Ok(()) | Err(RuntimeError::AlreadyExists { .. }) => {}
@@ -443,6 +452,7 @@ impl TaskRuntime for ContainerTasks {
             starting().insert(id.to_string());
         }
         let started = runtime.start(id).await;
+        lap.lap("start");
         if started.is_ok() {
             self.wait_for_exit(id);
             if let Some(probe) = probe {
@@ -453,6 +463,7 @@ impl TaskRuntime for ContainerTasks {
         started.map_err(|e| task_error(id, e))?;
         Ok(Started {
             container_id: id.to_string(),
+            stages: lap.into_stages(),
         })
     }
 

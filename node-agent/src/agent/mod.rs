@@ -38,6 +38,7 @@ pub mod network;
 pub mod plan;
 pub mod register;
 mod shutdown;
+pub mod stages;
 pub mod status_batch;
 pub mod task_runtime;
 

@@ -86,6 +86,9 @@ impl ObservedTask {
 pub struct Started {
     /// The container's id, reported in `status.containerId`.
     pub container_id: String,
+    /// Where the start spent its time (image, network, create, start…), logged with the
+    /// agent's own stages (see [`super::stages`]); empty when the runtime does not say.
+    pub stages: super::stages::Stages,
 }
 
 /// Why a runtime operation failed, classified by what the agent reports.

@@ -90,7 +90,10 @@ impl TaskRuntime for HollowRuntime {
             .lock()
             .expect("hollow runtime lock")
             .insert(id, observed);
-        Ok(Started { container_id })
+        Ok(Started {
+            container_id,
+            stages: Default::default(),
+        })
     }
 
     async fn stop_task(&self, id: &str, _grace: Duration) -> Result<(), TaskError> {

@@ -69,6 +69,21 @@ pub fn pct(v: &mut [f64], p: f64) -> f64 {
     v[idx.min(v.len() - 1)]
 }
 
+/// Median, minimum and maximum of `v` (sorted in place); zeros when empty.
+pub fn spread(v: &mut [f64]) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
+}
+
 /// Milliseconds of a duration.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -471,5 +486,17 @@ pub fn thousands(n: f64) -> String {
         format!("-{out}")
     } else {
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_should_give_the_median_and_the_range() {
+        assert_eq!(spread(&mut [5.0, 1.0, 3.0]), (3.0, 1.0, 5.0));
+        assert_eq!(spread(&mut [4.0, 1.0, 2.0, 10.0]), (3.0, 1.0, 10.0));
+        assert_eq!(spread(&mut []), (0.0, 0.0, 0.0));
     }
 }

@@ -22,6 +22,7 @@ mod control;
 mod dns;
 mod rolling;
 mod rules;
+mod serve;
 mod slices;
 mod tools;
 

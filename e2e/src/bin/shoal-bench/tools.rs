@@ -1,5 +1,5 @@
 //! Hidden subcommands the tool runs inside namespaces with `ip netns exec`: a TCP echo
-//! backend, a connection-latency probe, a closed-loop DNS load generator, a bulk TCP
+//! backend, a keep-alive HTTP server ([`crate::serve`]), a connection-latency probe, a closed-loop DNS load generator, a bulk TCP
 //! sender/receiver, and a paced HTTP load that counts failed requests. Each prints
 //! `key=value` pairs. All loads are bounded in count or time.
 
@@ -25,6 +25,7 @@ pub fn dispatch(args: &[String]) -> Option<Result<()>> {
         ),
         ["__sink", addr] => sink(addr),
         ["__http", addr] => http(addr),
+        ["__serve", addr] => crate::serve::serve(addr),
         ["__seen", name, ip, secs] => seen(name, ip, secs.parse().unwrap_or(30.0)),
         ["__blast", addr, secs] => blast(addr, secs.parse().unwrap_or(3.0)),
         ["__lbtrace", every_ms, secs, stop] => lb_trace(

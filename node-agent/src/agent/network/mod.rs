@@ -21,7 +21,10 @@
 //!   (or by the reconcile, for tasks that ended while the agent was away); the reconcile
 //!   never removes the namespace of a live task's created or running container, nor of a
 //!   task being started or removed (it takes the exclusive side of a lock that starts and
-//!   removes hold shared, and skips a round rather than wait for a slow image pull).
+//!   removes hold shared, and skips a round rather than wait for a slow image pull). It
+//!   holds that side only for its kernel pass (list, observe, repair): the DNS servers and
+//!   VIP tables of every local task are programmed after it, against the live local map, so
+//!   a start never waits for them.
 //! - Overlay creation and removal are serialised, so a task starting on a network never sees
 //!   its overlay removed under it by the last task leaving.
 //! - VIP tables are programmed under one lock from the current Endpoints, so an older table
@@ -471,9 +474,10 @@ impl NodeNetwork {
         containers: &dyn ContainerRuntime,
         desired: &BTreeMap<String, Task>,
     ) -> bool {
-        let Ok(_exclusive) = self.busy.try_write() else {
+        let Ok(exclusive) = self.busy.try_write() else {
             return false;
         };
+        let locked_at = tokio::time::Instant::now();
         let (Some(networks), true) = (
             self.networks.borrow().clone(),
             self.endpoints.borrow().is_some(),
@@ -528,11 +532,24 @@ impl NodeNetwork {
             }
         }
         *self.local_map() = local.clone();
+        // Starts and removals wait for the exclusive side only while the kernel state is
+        // diffed and repaired: DNS servers and VIP tables below are per task and keyed by
+        // the live local map, so starts proceed meanwhile (a start waiting here for every
+        // other task's DNS and nft programming made convergence outliers of seconds).
+        drop(exclusive);
+        tracing::debug!(
+            held_ms = locked_at.elapsed().as_millis() as u64,
+            "network reconcile: kernel pass done"
+        );
         // DNS servers: every local task namespace has one (after a restart they are started
         // again); servers of tasks without a container stop.
         let present = self.net.observe().await.map(|o| o.task_netns).ok();
         for (id, t) in &local {
             if present.as_ref().is_some_and(|p| !p.contains(id)) {
+                continue;
+            }
+            // Removed since (its teardown stopped its server already).
+            if !self.local_map().contains_key(id) {
                 continue;
             }
             let (dns, other) = if t.egress {
@@ -552,17 +569,19 @@ impl NodeNetwork {
                 tracing::warn!(task = %id, error = %e, "cannot start the task's DNS server");
             }
         }
+        // Against the live map: a task started since the snapshot keeps its server.
         for host in [&self.dns, &self.dns_internal] {
             for key in host.keys().await {
-                if !local.contains_key(&key) {
+                if !self.local_map().contains_key(&key) {
                     host.stop(&key).await;
                 }
             }
         }
-        self.lb_cache
-            .lock()
-            .await
-            .retain(|id, _| local.contains_key(id));
+        {
+            let mut cache = self.lb_cache.lock().await;
+            let live = self.local_map();
+            cache.retain(|id, _| live.contains_key(id));
+        }
         for id in local.keys() {
             if present.as_ref().is_some_and(|p| !p.contains(id)) {
                 continue;

@@ -1006,3 +1006,79 @@ async fn without_the_node_policy_nothing_is_programmed() {
     n.network.refresh_node_policy(&mut applied).await;
     assert!(n.net.calls().is_empty(), "{:?}", n.net.calls());
 }
+
+/// A [`LoadBalancer`] whose `program` waits for a permit once closed, and says when one
+/// is waiting.
+struct GatedLb {
+    inner: RecordingLb,
+    closed: std::sync::atomic::AtomicBool,
+    waiting: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl LoadBalancer for GatedLb {
+    async fn program(&self, netns: &Path, entries: &[VipEntry]) -> Result<(), crate::lb::LbError> {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.waiting.notify_one();
+            let _permit = self.release.acquire().await;
+        }
+        self.inner.program(netns, entries).await
+    }
+    async fn programmed(&self, netns: &Path) -> Result<Option<Vec<VipEntry>>, crate::lb::LbError> {
+        self.inner.programmed(netns).await
+    }
+    async fn remove(&self, netns: &Path) -> Result<(), crate::lb::LbError> {
+        self.inner.remove(netns).await
+    }
+}
+
+#[tokio::test]
+async fn a_start_should_not_wait_for_the_reconcile_to_program_other_tasks() {
+    let runtime = Arc::new(FakeRuntime::new());
+    let lb = Arc::new(GatedLb {
+        inner: RecordingLb::default(),
+        closed: Default::default(),
+        waiting: Default::default(),
+        release: tokio::sync::Semaphore::new(0),
+    });
+    let network = Arc::new(NodeNetwork::new(
+        Arc::new(RecordingNetwork::new(PREFIX)),
+        Arc::new(RecordingDns::default()),
+        Arc::new(RecordingDns::default()),
+        lb.clone(),
+        RecordStore::new(),
+        Ipv4Addr::new(198, 18, 0, 1),
+        "/run/netns",
+        PREFIX,
+    ));
+    network.set_networks([overlay("appnet", 4097, false)]);
+    network.set_endpoints([]);
+    let tasks = ContainerTasks::new(runtime.clone(), "node-1").with_network(network.clone());
+    tasks
+        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+        .await
+        .unwrap();
+    // New endpoints: the reconcile reprograms t1's VIP table, and that is slow.
+    network.set_endpoints([endpoints(
+        "appnet",
+        "api",
+        "10.0.1.2",
+        &[("10.0.1.5", "198.18.0.1")],
+    )]);
+    lb.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let waiting = lb.waiting.notified();
+    let (net, rt) = (network.clone(), runtime.clone());
+    let reconcile = tokio::spawn(async move {
+        net.reconcile(rt.as_ref() as &dyn ContainerRuntime, &BTreeMap::new())
+            .await
+    });
+    waiting.await;
+    // The reconcile is busy with t1's VIP table: a start may take the shared side.
+    assert!(
+        network.busy.try_read().is_ok(),
+        "starts would wait for the reconcile's VIP programming"
+    );
+    lb.release.add_permits(1);
+    assert!(reconcile.await.unwrap());
+}
