@@ -11,6 +11,7 @@
 //! fault, so the cluster's own `shoal dev down` (run when the [`Cluster`] is dropped) finds
 //! only what it made.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -586,23 +587,28 @@ impl Chaos {
         })
     }
 
-    /// Runs `shoal system check`: (exit code, what it printed).
+    /// Runs `shoal system check`: (exit code, what it printed on stdout, or both streams
+    /// when it failed).
     pub fn check(&self) -> (i32, String) {
         let r = self.c.shoal(&["system", "check"]);
+        if r.code == 0 {
+            return (0, r.stdout);
+        }
         (r.code, format!("{}{}", r.stdout, r.stderr))
     }
 
-    /// Polls the check until it is clean; its output. Fails with the last drift after
-    /// `timeout`.
+    /// Polls the check until it is clean on all three nodes (it checks only ready nodes: a
+    /// node still rejoining would pass unchecked); its output. Fails with the last drift
+    /// after `timeout`.
     pub fn clean(&self, timeout: Duration) -> Result<String> {
         let mut last = String::new();
         let r = wait_for(
-            "shoal system check to be clean",
+            "shoal system check clean on 3 nodes",
             timeout,
             Duration::from_millis(500),
             || {
                 let (code, out) = self.check();
-                if code == 0 {
+                if code == 0 && out.contains("no drift: 3 nodes checked") {
                     return Ok(Some(out));
                 }
                 last = out;
@@ -643,6 +649,26 @@ impl Chaos {
             Duration::from_secs(60),
             Duration::from_millis(300),
             || Ok(tasks(&self.c, &name)?.is_empty().then_some(())),
+        )
+    }
+
+    /// Makes web run one task on each node again (a node that was away gets none back by
+    /// itself): a forced update replaces the tasks one at a time, spread over the nodes.
+    pub fn spread_web(&self) -> Result<()> {
+        let spread = |x: &Chaos| -> Result<bool> {
+            let web = live(&x.c, "web")?;
+            let nodes: BTreeSet<&String> = web.iter().map(|t| &t.node).collect();
+            Ok(web.len() == 3 && nodes.len() == 3)
+        };
+        if spread(self)? {
+            return Ok(());
+        }
+        shoal(&self.c, &["service", "update", "web", "--force"])?;
+        wait_for(
+            "web on all three nodes",
+            Duration::from_secs(60),
+            Duration::from_millis(300),
+            || Ok(spread(self)?.then_some(())),
         )
     }
 

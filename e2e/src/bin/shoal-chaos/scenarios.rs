@@ -481,6 +481,7 @@ fn count_in_logs(dir: &std::path::Path, word: &str) -> usize {
 /// e. containerd stopped on node 3 for `secs` seconds while web scales up.
 fn containerd_stop(x: &Chaos, secs: u64) -> Result<Outcome> {
     let c = &x.c;
+    x.spread_web()?;
     let traffic = x.traffic()?;
     let pid = daemon_pid(c, "containerd-3").context("containerd-3 is not running")?;
     let t0 = Instant::now();
@@ -547,6 +548,7 @@ fn containerd_stop(x: &Chaos, secs: u64) -> Result<Outcome> {
 /// their addresses are in no other node's load balancer.
 fn partition(x: &Chaos, secs: u64) -> Result<Outcome> {
     let c = &x.c;
+    x.spread_web()?;
     let before = live(c, "web")?;
     let stale: Vec<Task> = before
         .iter()
