@@ -286,9 +286,9 @@ impl Partition {
         }
         let rules = format!(
             "table inet {PARTITION_TABLE} {{\n\
-             chain in {{ type filter hook prerouting priority -400; iifname \"eth0\" drop; }}\n\
-             chain out {{ type filter hook output priority -400; oifname \"eth0\" drop; }}\n\
-             chain fwd {{ type filter hook forward priority -400; oifname \"eth0\" drop; }}\n}}\n"
+             chain cut_in {{ type filter hook prerouting priority -400; iifname \"eth0\" drop; }}\n\
+             chain cut_out {{ type filter hook output priority -400; oifname \"eth0\" drop; }}\n\
+             chain cut_fwd {{ type filter hook forward priority -400; oifname \"eth0\" drop; }}\n}}\n"
         );
         let p = Partition { ns };
         let mut child = Command::new("ip")
