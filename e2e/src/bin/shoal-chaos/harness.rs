@@ -453,6 +453,56 @@ impl Drop for Traffic {
     }
 }
 
+/// One node's tasks (from etcd) against its task namespaces and containerd.
+#[derive(Debug, Clone, Default)]
+pub struct NodeState {
+    /// Every task assigned to it, in any state (ended ones keep their container for logs).
+    pub tasks: BTreeSet<String>,
+    /// Its live tasks.
+    pub live: BTreeSet<String>,
+    /// Task namespaces `shoal-node-K-*`.
+    pub netns: usize,
+    /// Container ids (a container is named after its task).
+    pub containers: Vec<String>,
+    /// Ids of containers whose process runs.
+    pub running: Vec<String>,
+}
+
+impl NodeState {
+    /// What is wrong: a container no task of the node explains, a process running twice or
+    /// for no live task, a live task without one, a namespace more or less than live tasks.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = vec![];
+        for c in &self.containers {
+            if !self.tasks.contains(c) {
+                out.push(format!("container {c} belongs to no task of the node"));
+            }
+        }
+        let running: BTreeSet<&String> = self.running.iter().collect();
+        if running.len() != self.running.len() {
+            out.push("a container runs twice".into());
+        }
+        for r in &running {
+            if !self.live.contains(*r) {
+                out.push(format!("container {r} runs for no live task"));
+            }
+        }
+        for l in &self.live {
+            if !running.contains(l) {
+                out.push(format!("live task {l} has no running container"));
+            }
+        }
+        if self.netns != self.live.len() {
+            out.push(format!(
+                "{} task namespaces for {} live tasks",
+                self.netns,
+                self.live.len()
+            ));
+        }
+        out
+    }
+}
+
 /// The cluster and its fixture.
 pub struct Chaos {
     /// The local cluster (`shoal dev down` when dropped).
@@ -683,8 +733,7 @@ impl Chaos {
         )
     }
 
-    /// Containers in node k's containerd (namespace `shoal`).
-    pub fn containers(&self, k: u32) -> Result<Vec<String>> {
+    fn ctr(&self, k: u32, args: &[&str]) -> Result<String> {
         let sock = self
             .c
             .state_dir()
@@ -695,21 +744,52 @@ impl Chaos {
                 sock.to_str().unwrap_or_default(),
                 "-n",
                 "shoal",
-                "c",
-                "ls",
-                "-q",
             ])
+            .args(args)
             .output()?;
         if !out.status.success() {
             bail!(
-                "ctr c ls on node-{k}: {}",
+                "ctr {} on node-{k}: {}",
+                args.join(" "),
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(String::from_utf8_lossy(&out.stdout)
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Node k as the harness audits it after a fault.
+    pub fn node_state(&self, k: u32) -> Result<NodeState> {
+        let node = format!("node-{k}");
+        let tasks: Vec<Task> = self
+            .all_tasks()?
+            .into_iter()
+            .filter(|t| t.node == node)
+            .collect();
+        let out = Command::new("ip").args(["netns", "list"]).output()?;
+        let prefix = format!("shoal-node-{k}-");
+        let netns = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .map(str::to_string)
-            .collect())
+            .filter(|l| l.starts_with(&prefix))
+            .count();
+        let containers = self.ctr(k, &["c", "ls", "-q"])?;
+        // `ctr t ls`: TASK PID STATUS, after a header line.
+        let processes = self.ctr(k, &["t", "ls"])?;
+        Ok(NodeState {
+            tasks: tasks.iter().map(|t| t.id.clone()).collect(),
+            live: tasks
+                .iter()
+                .filter(|t| t.live())
+                .map(|t| t.id.clone())
+                .collect(),
+            netns,
+            containers: containers.lines().map(str::to_string).collect(),
+            running: processes
+                .lines()
+                .skip(1)
+                .filter(|l| l.split_whitespace().nth(2) == Some("RUNNING"))
+                .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                .collect(),
+        })
     }
 
     /// Every task of the cluster (`shoal get tasks`).
@@ -751,6 +831,32 @@ mod tests {
         assert_eq!((t.slot, t.node.as_str()), (3, "node-2"));
         assert_eq!(t.ip("chaos"), Some("10.0.0.5"));
         assert_eq!(t.ip("other"), None);
+    }
+
+    #[test]
+    fn node_state_should_name_strays_duplicates_and_leaked_namespaces() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let ok = NodeState {
+            tasks: set(&["a", "b", "old"]),
+            live: set(&["a", "b"]),
+            netns: 2,
+            containers: vec!["a".into(), "b".into(), "old".into()],
+            running: vec!["a".into(), "b".into()],
+        };
+        assert!(ok.problems().is_empty(), "{:?}", ok.problems());
+        let bad = NodeState {
+            netns: 3,
+            containers: vec!["a".into(), "b".into(), "gone".into()],
+            running: vec!["a".into(), "a".into(), "old".into()],
+            ..ok
+        };
+        let p = bad.problems();
+        assert_eq!(p.len(), 5, "{p:?}");
+        assert!(p.iter().any(|m| m.contains("gone")));
+        assert!(p.iter().any(|m| m.contains("runs twice")));
+        assert!(p.iter().any(|m| m.contains("old runs for no live task")));
+        assert!(p.iter().any(|m| m.contains("live task b")));
+        assert!(p.iter().any(|m| m.contains("3 task namespaces")));
     }
 
     #[test]

@@ -38,7 +38,8 @@ struct Args {
     /// controller-kill, etcd-restart, containerd-stop, partition, churn.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
-    /// The short version (`scripts/test`): fewer tasks, cycles and seconds.
+    /// The short version (`scripts/test`): every scenario with fewer tasks, cycles and
+    /// seconds.
     #[arg(long)]
     small: bool,
     /// Churn cycles (default 1,000; 30 with --small).
@@ -51,9 +52,6 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
 }
-
-/// The scenarios `--small` runs.
-const SMALL: [&str; 4] = ["agent-kill", "node-reboot", "partition", "churn"];
 
 fn sizes(args: &Args) -> Sizes {
     let small = args.small;
@@ -71,8 +69,6 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let names: Vec<String> = if !args.scenario.is_empty() {
         args.scenario.clone()
-    } else if args.small {
-        SMALL.iter().map(|s| s.to_string()).collect()
     } else {
         ALL.iter().map(|s| s.to_string()).collect()
     };
@@ -268,7 +264,6 @@ mod tests {
         assert_eq!((s.converge, s.scale, s.cycles), (50, 9, 7));
         let a = Args::parse_from(["shoal-chaos", "--scenario", "churn,partition"]);
         assert_eq!(a.scenario, vec!["churn", "partition"]);
-        assert!(SMALL.iter().all(|s| ALL.contains(s)));
     }
 
     #[test]

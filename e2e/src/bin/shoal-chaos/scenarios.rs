@@ -147,28 +147,40 @@ fn agent_kill(x: &Chaos, n: u32) -> Result<Outcome> {
     let mut out = finish(x, traffic, out, fault_end, "bulk converged", || {
         Ok((live(c, "bulk")?.len() as u32 == n).then_some(()))
     })?;
-    // No duplicate container: node-3's containerd holds exactly one container per live task.
-    let on3: BTreeSet<String> = x
-        .all_tasks()?
-        .into_iter()
-        .filter(|t| t.node == "node-3" && t.live())
-        .map(|t| t.id)
-        .collect();
-    let containers = x.containers(3)?;
-    let unique: BTreeSet<&String> = containers.iter().collect();
+    // No duplicate container: node-3 runs exactly one container per live task, and every
+    // container it holds belongs to one of its tasks.
+    let st = x.node_state(3)?;
+    let problems = st.problems();
     ensure!(
-        unique.len() == containers.len() && containers.len() == on3.len(),
-        "node-3 runs {} containers ({} distinct) for {} live tasks",
-        containers.len(),
-        unique.len(),
-        on3.len()
+        problems.is_empty(),
+        "node-3 after the restart: {problems:?}"
     );
     out.notes.push(format!(
-        "node-3: {} containers for {} live tasks, none twice",
-        containers.len(),
-        on3.len()
+        "node-3: {} running containers for {} live tasks, none twice",
+        st.running.len(),
+        st.live.len()
     ));
     x.remove("bulk")?;
+    // Nothing leaked: once bulk is gone, node-3 keeps one namespace and one running
+    // container per live task, and no container of a removed task.
+    let mut last = vec![];
+    let st = wait_for(
+        "node-3 without leftovers of bulk",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let st = x.node_state(3)?;
+            last = st.problems();
+            Ok(last.is_empty().then_some(st))
+        },
+    )
+    .with_context(|| format!("leaked on node-3: {last:?}"))?;
+    out.notes.push(format!(
+        "after removing bulk: node-3 has {} live tasks, {} task namespaces, {} containers, none left of bulk",
+        st.live.len(),
+        st.netns,
+        st.containers.len()
+    ));
     Ok(out)
 }
 
