@@ -111,9 +111,13 @@ pub fn service(name: &str, replicas: u32, networks: &[&str], script: &str, extra
     )
 }
 
-/// The httpd command of web-like services: answers `/` with the task's hostname.
-pub const HTTPD: &str =
-    "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+/// The httpd command of web-like services: answers `/` with the task's hostname. A shell
+/// as PID 1 that exits on SIGTERM: a bare httpd or sleep as PID 1 ignores it, so every stop
+/// would wait out the grace period.
+pub const HTTPD: &str = "mkdir -p /www && hostname > /www/index.html && trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait";
+
+/// The command of idle services (stops at once on SIGTERM, as [`HTTPD`]).
+pub const IDLE: &str = "trap 'exit 0' TERM; sleep 1000000 & wait";
 
 /// The `placement:` lines pinning a service to node k.
 pub fn on_node(k: u32) -> String {
@@ -526,7 +530,7 @@ pub fn fixture() -> String {
             HTTPD,
             "  ports:\n    - published: 8080\n      target: 80\n"
         ),
-        service("client", 1, &["chaos"], "exec sleep 1000000", &on_node(1)),
+        service("client", 1, &["chaos"], IDLE, &on_node(1)),
     )
 }
 

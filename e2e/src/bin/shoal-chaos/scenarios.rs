@@ -117,10 +117,7 @@ fn finish(
 fn agent_kill(x: &Chaos, n: u32) -> Result<Outcome> {
     let c = &x.c;
     let traffic = x.traffic()?;
-    apply(
-        c,
-        &service("bulk", n, &["chaos"], "exec sleep 1000000", &on_node(3)),
-    )?;
+    apply(c, &service("bulk", n, &["chaos"], IDLE, &on_node(3)))?;
     let seen = wait_for(
         "the agent converging bulk",
         Duration::from_secs(120),
@@ -236,7 +233,7 @@ fn controller_kill(x: &Chaos, n: u32) -> Result<Outcome> {
         c,
         &format!(
             "apiVersion: shoal/v1\nkind: Network\nmetadata: {{name: wide}}\nspec: {{}}\n---\n{}",
-            service("many", 0, &["wide"], "exec sleep 1000000", "")
+            service("many", 0, &["wide"], IDLE, "")
         ),
     )?;
     let traffic = x.traffic()?;
@@ -382,10 +379,7 @@ fn churn_loop(x: &Chaos, stop: &std::sync::atomic::AtomicBool) -> (u64, u64) {
 fn etcd_restart(x: &Chaos, secs: u64) -> Result<Outcome> {
     let c = &x.c;
     for i in 0..3 {
-        apply(
-            c,
-            &service(&format!("ch-{i}"), 1, &["chaos"], "exec sleep 1000000", ""),
-        )?;
+        apply(c, &service(&format!("ch-{i}"), 1, &["chaos"], IDLE, ""))?;
     }
     let traffic = x.traffic()?;
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -727,7 +721,7 @@ fn churn(x: &Chaos, cycles: u32) -> Result<Outcome> {
         let r = match &op {
             Op::Create(r, n) => {
                 replicas.insert(i, *r);
-                apply(c, &service(&svc, *r, &[nets[*n]], "exec sleep 1000000", ""))
+                apply(c, &service(&svc, *r, &[nets[*n]], IDLE, ""))
             }
             Op::Scale(r) => {
                 replicas.insert(i, *r);
