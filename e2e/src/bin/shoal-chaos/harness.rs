@@ -368,6 +368,16 @@ impl LoadResult {
         }
     }
 
+    /// The failures' kinds, counted: `refused×2, timeout×1`.
+    pub fn kinds(&self) -> String {
+        let mut k: std::collections::BTreeMap<&str, usize> = Default::default();
+        for (_, kind) in &self.fails {
+            *k.entry(kind.as_str()).or_default() += 1;
+        }
+        let v: Vec<String> = k.iter().map(|(k, n)| format!("{k}×{n}")).collect();
+        v.join(", ")
+    }
+
     /// Failures at or after `ms` (unix ms).
     pub fn failed_since(&self, ms: f64) -> usize {
         self.fails.iter().filter(|(at, _)| *at >= ms).count()
@@ -820,6 +830,7 @@ mod tests {
         );
         assert_eq!((r.sent, r.failed), (10, 2));
         assert_eq!(r.failed_since(1500.0), 1);
+        assert_eq!(r.kinds(), "refused×1, timeout×1");
         assert_eq!(r.fails[0].1, "refused");
     }
 

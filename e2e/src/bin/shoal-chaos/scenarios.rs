@@ -98,6 +98,9 @@ fn finish(
     let results = traffic.stop()?;
     for (path, r) in &results {
         out.paths.push((path.clone(), r.sent, r.failed));
+        if r.failed > 0 {
+            out.notes.push(format!("{path} failures: {}", r.kinds()));
+        }
         let late = r.failed_since(recovered_ms);
         ensure!(
             late == 0,
