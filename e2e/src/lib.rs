@@ -42,15 +42,17 @@ macro_rules! require_e2e {
     };
 }
 
-/// The workspace's binary directory (`target/debug`), found from the test executable.
+/// The workspace's binary directory (`target/debug`), found from the running executable:
+/// a test's (`target/debug/deps/<test>`) or a binary's next to `shoal` (`shoal-chaos`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/<test> -> target/debug
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
+    let parent = exe.parent().expect("exe dir");
+    let dir = if parent.join("shoal").is_file() {
+        parent.to_path_buf()
+    } else {
+        // target/debug/deps/<test> -> target/debug
+        parent.parent().expect("target dir").to_path_buf()
+    };
     for bin in ["shoal", "shoal-controller", "shoal-agent"] {
         assert!(
             dir.join(bin).is_file(),

@@ -247,6 +247,15 @@ impl Layout {
         Ipv4Addr::new(198, 18, 0, k as u8)
     }
 
+    /// Node k's underlay MAC, derived from its address (locally administered): a node whose
+    /// namespace is made again ("rebooted") keeps it, as a real host keeps its NIC's, so the
+    /// other nodes' neighbour entries for it stay right. With a random MAC they would send
+    /// its VXLAN traffic to the old one until their entries go stale (~30 s).
+    pub fn node_mac(&self, k: u32) -> String {
+        let [a, b, c, d] = self.node_address(k).octets();
+        format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+    }
+
     /// Node k's directory (containerd data, agent state).
     pub fn node_dir(&self, k: u32) -> PathBuf {
         self.state_dir.join(format!("node-{k}"))
@@ -700,6 +709,8 @@ mod tests {
     fn layout_names_fit_kernel_limits_and_addresses_follow_node_numbers() {
         let l = Layout::new("/tmp/x".into(), &Options::default()).unwrap();
         assert_eq!(l.node_address(2), Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(l.node_mac(2), "02:00:c6:12:00:02");
+        assert_ne!(l.node_mac(2), l.node_mac(3));
         assert_eq!(l.node_netns(3), "shoal-node-3");
         for k in [1, 200] {
             assert!(l.node_veth(k).len() <= 15);

@@ -93,6 +93,18 @@ pub fn ensure_node_netns(layout: &Layout, k: u32) -> anyhow::Result<()> {
             &["link", "set", &host_if, "master", &layout.bridge, "up"],
         )?;
         let addr = format!("{}/24", layout.node_address(k));
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "link",
+                "set",
+                "eth0",
+                "address",
+                &layout.node_mac(k),
+            ],
+        )?;
         run("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"])?;
         run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
         run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;

@@ -28,8 +28,10 @@ pub trait StatusSink: Send + Sync + 'static {
     async fn report(&self, id: &str, update: &StatusUpdate) -> Result<Option<Task>, StoreError>;
 }
 
-/// Applies `update` to `status` if it moves it forward: a later state, or (for a running
-/// task) a change of health. Terminal states are final. Returns whether anything changed.
+/// Applies `update` to `status` if it moves it forward: a later state, (for a running
+/// task) a change of health, or (for a task still starting) a new reason it waits — the
+/// container runtime down, shown by `service ps` until the task starts. Terminal states
+/// are final. Returns whether anything changed.
 pub fn advance(status: &mut TaskStatus, update: &StatusUpdate, now: chrono::DateTime<Utc>) -> bool {
     if status.state.is_terminal() {
         return false;
@@ -38,8 +40,16 @@ pub fn advance(status: &mut TaskStatus, update: &StatusUpdate, now: chrono::Date
     let health = update.state == TaskState::Running
         && status.state == TaskState::Running
         && update.healthy != status.healthy;
-    if !forward && !health {
+    let waiting = update.state == TaskState::Starting
+        && status.state == TaskState::Starting
+        && update.err != status.err;
+    if !forward && !health && !waiting {
         return false;
+    }
+    if waiting {
+        status.timestamp = Some(now);
+        status.message = update.message.clone();
+        status.err = update.err.clone();
     }
     if forward {
         if update.state == TaskState::Running {
@@ -81,6 +91,10 @@ pub fn placement_stages(task: &Task, now: chrono::DateTime<Utc>) -> Stages {
     }
     stages
 }
+
+/// The status message of a task that waits for the container runtime to come back (its
+/// `err` says what failed).
+pub const WAITING: &str = "waiting for the container runtime";
 
 /// Why applying an operation failed. Reported task errors (rejected, failed) are not
 /// errors here: they end up in the task's status.
@@ -180,7 +194,13 @@ impl Effects {
                     Err(e @ TaskError::Failed { .. }) => {
                         StatusUpdate::new(TaskState::Failed, "failed").with_err(e.reason())
                     }
-                    Err(e @ TaskError::Unavailable(_)) => return Err(runtime_err("start", e)),
+                    Err(e @ TaskError::Unavailable(_)) => {
+                        // The task stays starting and is retried; its status says why.
+                        let waiting =
+                            StatusUpdate::new(TaskState::Starting, WAITING).with_err(e.to_string());
+                        self.report(&id, &waiting).await?;
+                        return Err(runtime_err("start", e));
+                    }
                 };
                 let mut lap = match runtime_stages {
                     Some(runtime) => {
@@ -201,7 +221,12 @@ impl Effects {
         Ok(())
     }
 
-    async fn report(&self, id: &str, update: &StatusUpdate) -> Result<Option<Task>, ApplyError> {
+    /// Writes one status update (forward only, see [`advance`]); the task as stored.
+    pub(crate) async fn report(
+        &self,
+        id: &str,
+        update: &StatusUpdate,
+    ) -> Result<Option<Task>, ApplyError> {
         self.status
             .report(id, update)
             .await
@@ -421,7 +446,19 @@ mod tests {
         );
         let err = fx.apply(Op::Start(Box::new(t))).await.unwrap_err();
         assert!(err.is_temporary());
-        assert_eq!(writes(&status), vec![("t1".into(), TaskState::Starting)]);
+        assert_eq!(
+            writes(&status),
+            vec![
+                ("t1".into(), TaskState::Starting),
+                ("t1".into(), TaskState::Starting)
+            ]
+        );
+        let tasks = status.tasks.lock().unwrap().clone();
+        assert_eq!(tasks["t1"].status.state, TaskState::Starting);
+        assert_eq!(
+            tasks["t1"].status.err,
+            "container runtime unavailable: containerd down"
+        );
     }
 
     #[tokio::test]

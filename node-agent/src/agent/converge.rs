@@ -18,9 +18,11 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::apply::{ApplyError, Effects};
+use super::apply::{ApplyError, Effects, WAITING};
 use super::desired::DesiredTasks;
+use super::plan::StatusUpdate;
 use super::plan::{plan, Op};
+use shoal_api_types::TaskState;
 use shoal_store::Backoff;
 
 /// How the converge loop is doing, for tests, metrics and benchmarks.
@@ -76,6 +78,7 @@ impl Converger {
             last_round = Instant::now();
             if let Err(e) = self.round(&permits, &mut running, &mut in_flight).await {
                 tracing::warn!(error = %e, "cannot list the runtime's tasks");
+                self.report_waiting(&e).await;
                 retry_at = Some(Instant::now() + backoff.next().unwrap_or_default());
             }
             let retry = async {
@@ -109,6 +112,32 @@ impl Converger {
             }
         }
         // Dropping `running` aborts operations in flight; containers are left as they are.
+    }
+
+    /// While the runtime cannot be listed, every task waiting to start says why in its
+    /// status (`service ps` shows it): written once per distinct error, cleared when the
+    /// task starts.
+    async fn report_waiting(&self, e: &super::task_runtime::TaskError) {
+        let err = e.to_string();
+        let waiting: Vec<String> = match &*self.desired.borrow() {
+            Some(tasks) => tasks
+                .values()
+                .filter(|t| {
+                    t.spec.desired_state == TaskState::Running
+                        && t.status.state >= TaskState::Assigned
+                        && t.status.state <= TaskState::Starting
+                        && t.status.err != err
+                })
+                .map(|t| t.name().to_string())
+                .collect(),
+            None => vec![],
+        };
+        let update = StatusUpdate::new(TaskState::Starting, WAITING).with_err(err);
+        for id in waiting {
+            if let Err(e) = self.effects.report(&id, &update).await {
+                tracing::warn!(task = %id, error = %e, "cannot report a task waiting for the runtime");
+            }
+        }
     }
 
     /// One plan: returns an error only if the runtime could not be listed.
@@ -201,13 +230,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     use async_trait::async_trait;
-    use shoal_api_types::{Task, TaskSpec, TaskState};
+    use shoal_api_types::{Task, TaskSpec};
     use shoal_store::StoreError;
 
     use super::*;
     use crate::agent::apply::{advance, StatusSink};
-    use crate::agent::plan::StatusUpdate;
-    use crate::agent::task_runtime::TaskRuntime;
+    use crate::agent::task_runtime::{TaskError, TaskRuntime};
     use crate::hollow::runtime::HollowRuntime;
 
     /// Stands in for etcd: status writes (forward only) land in the desired tasks, as the
@@ -345,6 +373,81 @@ mod tests {
             vec!["b".to_string()],
             "shutdown leaves tasks running"
         );
+    }
+
+    /// A runtime that can be "down": listing and starting fail as when containerd is
+    /// stopped.
+    struct Flaky {
+        inner: HollowRuntime,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl TaskRuntime for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        async fn start_task(
+            &self,
+            task: &Task,
+        ) -> Result<crate::agent::task_runtime::Started, TaskError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(TaskError::Unavailable("connection refused".into()));
+            }
+            self.inner.start_task(task).await
+        }
+        async fn stop_task(&self, id: &str, grace: Duration) -> Result<(), TaskError> {
+            self.inner.stop_task(id, grace).await
+        }
+        async fn remove_task(&self, id: &str) -> Result<(), TaskError> {
+            self.inner.remove_task(id).await
+        }
+        async fn list(&self) -> Result<Vec<crate::agent::task_runtime::ObservedTask>, TaskError> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(TaskError::Unavailable("connection refused".into()));
+            }
+            self.inner.list().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_waiting_for_a_runtime_that_is_down_should_say_so_and_start_when_it_is_back() {
+        let flaky = Arc::new(Flaky {
+            inner: HollowRuntime::new(),
+            down: true.into(),
+        });
+        let (desired, desired_rx) = watch::channel(None);
+        let (stats_tx, _stats) = watch::channel(ConvergeStats::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let converger = Converger {
+            effects: Effects {
+                runtime: flaky.clone(),
+                status: Arc::new(MemoryStore(desired.clone())),
+            },
+            desired: desired_rx,
+            resync: Duration::from_secs(3600),
+            concurrency: 4,
+            drain_delay: Duration::ZERO,
+            stats: stats_tx,
+        };
+        let handle = tokio::spawn(converger.run(shutdown_rx));
+        desired.send_replace(Some(BTreeMap::from([("a".to_string(), task("a"))])));
+        let status =
+            |d: &watch::Sender<DesiredTasks>| d.borrow().as_ref().unwrap()["a"].status.clone();
+        until("a says the runtime is unavailable", || {
+            status(&desired).err == "container runtime unavailable: connection refused"
+        })
+        .await;
+        assert_eq!(status(&desired).state, TaskState::Starting);
+        assert_eq!(status(&desired).message, WAITING);
+        flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        until("a running, its error cleared", || {
+            let s = status(&desired);
+            s.state == TaskState::Running && s.err.is_empty()
+        })
+        .await;
+        shutdown.send_replace(true);
+        handle.await.unwrap();
     }
 
     #[tokio::test]
