@@ -1007,7 +1007,7 @@ async fn without_the_node_policy_nothing_is_programmed() {
     assert!(n.net.calls().is_empty(), "{:?}", n.net.calls());
 }
 
-/// A [`LoadBalancer`] whose `program` waits for a permit once closed, and says when one
+/// A [`LoadBalancer`] whose `program` and `update` wait for a permit once closed, and say when one
 /// is waiting.
 struct GatedLb {
     inner: RecordingLb,
@@ -1024,6 +1024,18 @@ impl LoadBalancer for GatedLb {
             let _permit = self.release.acquire().await;
         }
         self.inner.program(netns, entries).await
+    }
+    async fn update(
+        &self,
+        netns: &Path,
+        from: &[VipEntry],
+        to: &[VipEntry],
+    ) -> Result<(), crate::lb::LbError> {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.waiting.notify_one();
+            let _permit = self.release.acquire().await;
+        }
+        self.inner.update(netns, from, to).await
     }
     async fn programmed(&self, netns: &Path) -> Result<Option<Vec<VipEntry>>, crate::lb::LbError> {
         self.inner.programmed(netns).await
