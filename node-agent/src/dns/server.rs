@@ -464,16 +464,16 @@ impl DnsServer {
         };
         let udp_addr = udp[0].local_addr().map_err(io)?;
         let tcp_addr = tcp.local_addr().map_err(io)?;
-        let udp = udp
-            .into_iter()
-            .map(tokio::net::UdpSocket::from_std)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(io)?;
         let tcp = tokio::net::TcpListener::from_std(tcp).map_err(io)?;
         let networks = view.networks().to_vec();
         let tcp_timeout = config.tcp_idle_timeout;
         let handler = Handler::new(view, config, forwarder);
-        let udp_workers = UdpWorkers::spawn(udp, Arc::new(handler.clone()));
+        let udp_workers =
+            UdpWorkers::spawn(udp, Arc::new(handler.clone())).map_err(|e| DnsError::Io {
+                what: "start udp receive threads",
+                path: netns.map(Path::to_owned).unwrap_or_default(),
+                source: e,
+            })?;
         let mut server = Server::new(handler);
         server.register_listener(tcp, tcp_timeout, 32);
         Ok(DnsServer {

@@ -1,10 +1,14 @@
 //! The UDP side of one namespace's server: a group of sockets bound to the same address with
-//! `SO_REUSEPORT` (the kernel spreads clients over them by their address), each read by its
-//! own tokio task, so the agent's runtime answers on all its worker threads at once.
+//! `SO_REUSEPORT` (the kernel spreads clients over them by their address), each read by a
+//! thread of its own blocked in `recvfrom`, so one namespace's lookups use every core and a
+//! query wakes its reader directly (the profile of figure 6 is all syscalls and wake-ups: a
+//! reactor in between cost a third of the throughput). Each namespace thus has one idle
+//! thread per socket ([`super::DnsServerConfig::udp_workers`]).
 //!
 //! Per datagram: the fast path ([`View::fast_answer`](super::View)) answers plain A questions
 //! for names of ours from the tables' prepared records and sends the reply straight from the
-//! receive loop. Everything else runs in a task of its own through the same
+//! receive thread. Everything else runs in a task of its own on the agent's tokio runtime
+//! through the same
 //! [`RequestHandler`] the TCP side uses (hickory-server drives TCP), exactly as
 //! hickory-server's UDP loop would run it: fewer than 12 bytes or a response is dropped, an
 //! unparseable message gets FORMERR, a reply is cut to 512 bytes or the client's EDNS size
@@ -24,8 +28,9 @@ use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
-use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
 use tokio::task::JoinSet;
 
 use super::server::Handler;
@@ -55,54 +60,119 @@ pub(super) fn bind_group(addr: SocketAddr, count: usize) -> io::Result<Vec<std::
     Ok(sockets)
 }
 
-/// The receive loops of one server; dropping it aborts them.
+/// The receive threads of one server and the general-path tasks they started. Dropping it
+/// stops the threads (their sockets are shut for reading, which wakes a blocked receive)
+/// and aborts the tasks.
 pub(super) struct UdpWorkers {
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    stop: Arc<AtomicBool>,
+    sockets: Vec<Arc<std::net::UdpSocket>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    general: Arc<Mutex<JoinSet<()>>>,
 }
 
 impl UdpWorkers {
-    /// Serve each socket from a task of its own on the current runtime.
-    pub(super) fn spawn(sockets: Vec<UdpSocket>, handler: Arc<Handler>) -> Self {
-        let (stop, _) = watch::channel(false);
-        let mut tasks = JoinSet::new();
+    /// Serve each socket from a thread of its own; the general path runs on the current
+    /// tokio runtime.
+    pub(super) fn spawn(
+        sockets: Vec<std::net::UdpSocket>,
+        handler: Arc<Handler>,
+    ) -> io::Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
+        let stop = Arc::new(AtomicBool::new(false));
+        let general = Arc::new(Mutex::new(JoinSet::new()));
+        let mut workers = UdpWorkers {
+            stop: stop.clone(),
+            sockets: Vec::with_capacity(sockets.len()),
+            threads: Vec::with_capacity(sockets.len()),
+            general: general.clone(),
+        };
         for socket in sockets {
-            tasks.spawn(serve(Arc::new(socket), handler.clone(), stop.subscribe()));
+            socket.set_nonblocking(false)?;
+            let socket = Arc::new(socket);
+            workers.sockets.push(socket.clone());
+            let (handler, stop, general, runtime) = (
+                handler.clone(),
+                stop.clone(),
+                general.clone(),
+                runtime.clone(),
+            );
+            // On failure `workers` is dropped, which stops the threads already started.
+            let thread = std::thread::Builder::new()
+                .name("shoal-dns-udp".into())
+                .stack_size(256 * 1024)
+                .spawn(move || serve(&socket, &handler, &stop, &general, &runtime))?;
+            workers.threads.push(thread);
         }
-        UdpWorkers { stop, tasks }
+        Ok(workers)
+    }
+
+    fn stop_threads(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for s in &self.sockets {
+            // Wakes the blocked receive (Linux answers ENOTCONN for an unconnected UDP
+            // socket but shuts it all the same).
+            let _ = socket2::SockRef::from(s.as_ref()).shutdown(std::net::Shutdown::Read);
+        }
     }
 
     /// Stop receiving and wait for the queries in the general path to be answered.
     pub(super) async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+        self.stop_threads();
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        let mut general = std::mem::take(&mut *lock(&self.general));
+        while general.join_next().await.is_some() {}
     }
 }
 
-async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>, mut stop: watch::Receiver<bool>) {
+impl Drop for UdpWorkers {
+    fn drop(&mut self) {
+        self.stop_threads();
+        lock(&self.general).abort_all();
+    }
+}
+
+fn lock(general: &Mutex<JoinSet<()>>) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+    general.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One receive thread: blocking reads (the kernel wakes this thread directly, no reactor in
+/// between), fast answers sent from here, the rest handed to the runtime.
+fn serve(
+    socket: &Arc<std::net::UdpSocket>,
+    handler: &Arc<Handler>,
+    stop: &AtomicBool,
+    general: &Mutex<JoinSet<()>>,
+    runtime: &tokio::runtime::Handle,
+) {
     let mut buf = vec![0u8; RECV_BUF];
     let mut out = Vec::with_capacity(512);
-    let mut general = JoinSet::new();
     loop {
-        let (n, src) = tokio::select! {
-            biased;
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(got) => got,
-                Err(e) if matches!(
+        let got = socket.recv_from(&mut buf);
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let (n, src) = match got {
+            Ok(got) => got,
+            Err(e)
+                if matches!(
                     e.kind(),
                     io::ErrorKind::NotConnected | io::ErrorKind::ConnectionAborted
-                ) => {
-                    tracing::warn!(error = %e, "dns: udp socket closed");
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "dns: udp receive failed");
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
+                ) =>
+            {
+                tracing::warn!(error = %e, "dns: udp socket closed");
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "dns: udp receive failed");
+                continue;
+            }
         };
-        while general.try_join_next().is_some() {}
         // hickory's `sanitize_src_address`: never answer port 0 or unspecified/broadcast.
         let bad_src = src.port() == 0
             || src.ip().is_unspecified()
@@ -112,19 +182,25 @@ async fn serve(socket: Arc<UdpSocket>, handler: Arc<Handler>, mut stop: watch::R
         }
         let query = &buf[..n];
         if handler.view().fast_answer(query, &mut out) {
-            if let Err(e) = socket.send_to(&out, src).await {
+            if let Err(e) = socket.send_to(&out, src) {
                 tracing::debug!(%src, error = %e, "dns: udp send failed");
             }
             continue;
         }
-        let (handler, socket, raw) = (handler.clone(), socket.clone(), query.to_vec());
-        general.spawn(async move { general_path(&handler, raw, src, socket).await });
+        let (h, s, raw) = (handler.clone(), socket.clone(), query.to_vec());
+        let mut tasks = lock(general);
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn_on(async move { general_path(&h, raw, src, s).await }, runtime);
     }
-    while general.join_next().await.is_some() {}
 }
 
 /// One datagram through the [`RequestHandler`], as hickory-server's UDP loop runs it.
-async fn general_path(handler: &Handler, raw: Vec<u8>, src: SocketAddr, socket: Arc<UdpSocket>) {
+async fn general_path(
+    handler: &Handler,
+    raw: Vec<u8>,
+    src: SocketAddr,
+    socket: Arc<std::net::UdpSocket>,
+) {
     let Ok(header) = Header::read(&mut BinDecoder::new(&raw)) else {
         return;
     };
@@ -152,10 +228,12 @@ async fn general_path(handler: &Handler, raw: Vec<u8>, src: SocketAddr, socket: 
         .await;
 }
 
-/// Sends one reply to one client from the socket the query came in on.
+/// Sends one reply to one client from the socket the query came in on. The socket is in
+/// blocking mode (its receive thread blocks on it); a UDP send does not wait for the peer,
+/// only for buffer space, so it is called directly from the task.
 #[derive(Clone)]
 struct UdpResponder {
-    socket: Arc<UdpSocket>,
+    socket: Arc<std::net::UdpSocket>,
     dst: SocketAddr,
 }
 
@@ -173,7 +251,7 @@ impl ResponseHandler for UdpResponder {
         >,
     ) -> Result<ResponseInfo, hickory_server::net::NetError> {
         let (info, bytes) = encode_udp(response)?;
-        self.socket.send_to(&bytes, self.dst).await?;
+        self.socket.send_to(&bytes, self.dst)?;
         Ok(info)
     }
 }
