@@ -1,9 +1,10 @@
 //! The UDP side of one namespace's server: a group of sockets bound to the same address with
 //! `SO_REUSEPORT` (the kernel spreads clients over them by their address), each read by a
 //! thread of its own blocked in `recvfrom`, so one namespace's lookups use every core and a
-//! query wakes its reader directly (the profile of figure 6 is all syscalls and wake-ups: a
-//! reactor in between cost a third of the throughput). Each namespace thus has one idle
-//! thread per socket ([`super::DnsServerConfig::udp_workers`]).
+//! query wakes its reader directly (under figure 6's load the server's time is almost all
+//! in the kernel, in syscalls and wake-ups; a blocking reader needs two syscalls per query,
+//! a reactor-driven task also an `epoll_wait` and a receive that finds nothing). Each
+//! namespace thus has one idle thread per socket ([`super::DnsServerConfig::udp_workers`]).
 //!
 //! Per datagram: the fast path ([`View::fast_answer`](super::View)) answers plain A questions
 //! for names of ours from the tables' prepared records and sends the reply straight from the
