@@ -203,3 +203,86 @@ async fn dns_forwards_from_the_agents_namespace_not_the_tasks() {
     );
     host.stop("t").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_fast_path_answers_on_every_socket_of_the_group() {
+    shoal_testkit::require!(root, tools = ["ip", "dig", "ss"]);
+    let mut nss = Namespaces::new();
+    let task = nss.add("fast");
+    let store = RecordStore::new();
+    store.set_from_endpoints(
+        "appnet",
+        &[endpoints(
+            "appnet",
+            "api",
+            "10.0.1.2",
+            &[("api.1", "10.0.1.5"), ("api.2", "10.0.1.6")],
+        )],
+    );
+    let config = DnsServerConfig {
+        udp_workers: 2,
+        ..Default::default()
+    };
+    let host = DnsHost::new(store.clone(), config);
+    host.ensure("t", &Namespaces::path(&task), &["appnet".to_owned()])
+        .await
+        .unwrap();
+    // Two UDP sockets (one SO_REUSEPORT group) and one TCP listener at 127.0.0.11:53.
+    let (_, ss, _) = support::try_sh(&["ip", "netns", "exec", &task, "ss", "-uanH"]);
+    let udp = ss.lines().filter(|l| l.contains("127.0.0.11:53")).count();
+    assert_eq!(udp, 2, "{ss}");
+    // Without EDNS and with EDNS but no options (the fast path's questions), from many source
+    // ports (so both sockets answer), and with a cookie (the general path): the same answers.
+    for round in 0..8 {
+        for opts in [&["+noedns"][..], &["+nocookie"][..], &[][..]] {
+            let mut args = opts.to_vec();
+            args.push(if round % 2 == 0 {
+                "TASKS.Api"
+            } else {
+                "tasks.api."
+            });
+            assert_eq!(
+                dig(&task, &args).await,
+                ("NOERROR".into(), vec!["10.0.1.5".into(), "10.0.1.6".into()]),
+                "{args:?}"
+            );
+            let mut args = opts.to_vec();
+            args.push("Api");
+            assert_eq!(
+                dig(&task, &args).await,
+                ("NOERROR".into(), vec!["10.0.1.2".into()]),
+                "{args:?}"
+            );
+        }
+    }
+    // The general path still decides everything else on the same sockets.
+    assert_eq!(
+        dig(&task, &["+noedns", "nosuch"]).await,
+        ("NXDOMAIN".into(), vec![])
+    );
+    assert_eq!(
+        dig(&task, &["+noedns", "api", "AAAA"]).await,
+        ("NOERROR".into(), vec![])
+    );
+    // A table swap is seen by the fast path at once.
+    store.set_from_endpoints(
+        "appnet",
+        &[endpoints(
+            "appnet",
+            "api",
+            "10.0.1.9",
+            &[("api.3", "10.0.1.7")],
+        )],
+    );
+    assert_eq!(
+        dig(&task, &["+noedns", "api"]).await,
+        ("NOERROR".into(), vec!["10.0.1.9".into()])
+    );
+    assert_eq!(
+        dig(&task, &["+noedns", "api.1"]).await,
+        ("NXDOMAIN".into(), vec![])
+    );
+    host.stop("t").await;
+    let (_, ss, _) = support::try_sh(&["ip", "netns", "exec", &task, "ss", "-uanH"]);
+    assert!(!ss.contains("127.0.0.11:53"), "{ss}");
+}

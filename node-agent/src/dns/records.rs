@@ -19,6 +19,8 @@ use std::net::Ipv4Addr;
 use shoal_api_types::endpoints::{group_slices, EndpointsSpec, SliceGroup};
 use shoal_api_types::service::EndpointMode;
 
+use super::wire::Prepared;
+
 /// What one name resolves to on one network.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameEntry {
@@ -33,6 +35,9 @@ pub struct NameEntry {
 pub struct NetworkRecords {
     names: HashMap<String, NameEntry>,
     ptrs: HashMap<Ipv4Addr, String>,
+    /// The A answers of every name, encoded for the UDP fast path ([`super::wire`]); same
+    /// keys as `names`, built with them, so one table swap replaces both.
+    wire: HashMap<String, Prepared>,
 }
 
 /// Lowercase, without the trailing dot.
@@ -121,7 +126,17 @@ impl NetworkRecords {
                     });
             }
         }
-        NetworkRecords { names, ptrs }
+        let wire = names
+            .iter()
+            .map(|(n, e)| (n.clone(), Prepared::new(n, &e.addrs, e.shuffle)))
+            .collect();
+        NetworkRecords { names, ptrs, wire }
+    }
+
+    /// The prepared A answer of `name`, which must already be normalised (lowercase, no
+    /// trailing dot).
+    pub(crate) fn prepared(&self, name: &str) -> Option<&Prepared> {
+        self.wire.get(name)
     }
 
     /// The entry for `name` (any case, with or without the trailing dot).

@@ -1,6 +1,9 @@
 //! The DNS server of one task namespace: UDP and TCP sockets bound to 127.0.0.11:53 *inside*
 //! the namespace (on a short-lived thread that `setns`es there, then handed to tokio), served
-//! from the agent's own process by hickory-server's [`Server`] with our [`RequestHandler`].
+//! from the agent's own process with our [`RequestHandler`]: hickory-server's [`Server`]
+//! runs it for TCP; for UDP a group of `SO_REUSEPORT` sockets (one per CPU by default) is
+//! read by our own loops (`super::udp`), which answer plain A questions for our names from
+//! prepared answers and hand everything else to the same handler.
 //!
 //! Why a `RequestHandler` and not an `Authority`/`Catalog`: our names are not a zone (single
 //! labels, `tasks.*`, task names, reverse names of overlay addresses), every namespace sees a
@@ -43,6 +46,7 @@ use super::error::DnsError;
 use super::forward::Forwarder;
 use super::records::{Answer, QueryKind};
 use super::store::View;
+use super::udp::UdpWorkers;
 use crate::net::netns::run_in;
 use crate::net::NetError;
 
@@ -67,6 +71,9 @@ pub struct DnsServerConfig {
     /// Forwarded queries one namespace may have in flight; more are answered SERVFAIL at
     /// once.
     pub max_forwarded_in_flight: usize,
+    /// UDP sockets (one `SO_REUSEPORT` group, a receive task each) per namespace; by default
+    /// one per CPU, so one namespace's lookups can use every core.
+    pub udp_workers: usize,
 }
 
 impl Default for DnsServerConfig {
@@ -77,6 +84,7 @@ impl Default for DnsServerConfig {
             forward_timeout: Duration::from_secs(2),
             tcp_idle_timeout: Duration::from_secs(5),
             max_forwarded_in_flight: 64,
+            udp_workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -122,8 +130,10 @@ pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Answers one namespace's questions from its [`View`].
-struct Handler {
+/// Answers one namespace's questions from its [`View`] (the general path: every query over
+/// TCP, and over UDP whatever the fast path leaves).
+#[derive(Clone)]
+pub(super) struct Handler {
     view: View,
     config: Arc<DnsServerConfig>,
     forwarder: Arc<Forwarder>,
@@ -157,6 +167,24 @@ impl RequestHandler for Handler {
 }
 
 impl Handler {
+    /// The handler of one namespace, with its own cap on forwarded queries.
+    pub(super) fn new(view: View, config: Arc<DnsServerConfig>, forwarder: Arc<Forwarder>) -> Self {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(
+            config.max_forwarded_in_flight.max(1),
+        ));
+        Handler {
+            view,
+            config,
+            forwarder,
+            in_flight,
+        }
+    }
+
+    /// The namespace's view (for the UDP fast path).
+    pub(super) fn view(&self) -> &View {
+        &self.view
+    }
+
     async fn respond<R: ResponseHandler>(
         &self,
         request: &Request,
@@ -337,13 +365,15 @@ async fn forward_tcp(upstream: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> 
     Ok(buf)
 }
 
-/// Binds UDP and TCP on `addr` inside the namespace at `netns` (our own when `None`) on a
-/// thread of [`run_in`]; the sockets keep that namespace after the thread is gone. The bind
-/// errors travel back in `run_in`'s result, so a bind that fails says which socket and why.
+/// Binds `udp_count` UDP sockets (one `SO_REUSEPORT` group) and TCP on `addr` inside the
+/// namespace at `netns` (our own when `None`) on a thread of [`run_in`]; the sockets keep
+/// that namespace after the thread is gone. The bind errors travel back in `run_in`'s
+/// result, so a bind that fails says which socket and why.
 async fn bind_in_netns(
     netns: Option<&Path>,
     addr: SocketAddr,
-) -> Result<(std::net::UdpSocket, std::net::TcpListener), DnsError> {
+    udp_count: usize,
+) -> Result<(Vec<std::net::UdpSocket>, std::net::TcpListener), DnsError> {
     let path = netns.map(Path::to_owned).unwrap_or_default();
     let label = path.clone();
     let bind = move || {
@@ -361,8 +391,7 @@ async fn bind_in_netns(
                 hint,
             }
         };
-        let udp = std::net::UdpSocket::bind(addr).map_err(|e| bind_err("udp", e))?;
-        udp.set_nonblocking(true).map_err(|e| bind_err("udp", e))?;
+        let udp = super::udp::bind_group(addr, udp_count).map_err(|e| bind_err("udp", e))?;
         let tcp = std::net::TcpListener::bind(addr).map_err(|e| bind_err("tcp", e))?;
         tcp.set_nonblocking(true).map_err(|e| bind_err("tcp", e))?;
         Ok((udp, tcp))
@@ -390,6 +419,7 @@ async fn bind_in_netns(
 /// are aborted and the sockets closed); [`DnsServer::shutdown`] stops gracefully.
 pub struct DnsServer {
     server: Server<Handler>,
+    udp_workers: UdpWorkers,
     netns: Option<PathBuf>,
     udp: SocketAddr,
     tcp: SocketAddr,
@@ -426,31 +456,29 @@ impl DnsServer {
         config: Arc<DnsServerConfig>,
         forwarder: Arc<Forwarder>,
     ) -> Result<Self, DnsError> {
-        let (udp, tcp) = bind_in_netns(netns, config.listen).await?;
+        let (udp, tcp) = bind_in_netns(netns, config.listen, config.udp_workers).await?;
         let io = |e: io::Error| DnsError::Io {
             what: "register socket",
             path: netns.map(Path::to_owned).unwrap_or_default(),
             source: e,
         };
-        let udp_addr = udp.local_addr().map_err(io)?;
+        let udp_addr = udp[0].local_addr().map_err(io)?;
         let tcp_addr = tcp.local_addr().map_err(io)?;
-        let udp = tokio::net::UdpSocket::from_std(udp).map_err(io)?;
         let tcp = tokio::net::TcpListener::from_std(tcp).map_err(io)?;
         let networks = view.networks().to_vec();
         let tcp_timeout = config.tcp_idle_timeout;
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(
-            config.max_forwarded_in_flight.max(1),
-        ));
-        let mut server = Server::new(Handler {
-            view,
-            config,
-            forwarder,
-            in_flight,
-        });
-        server.register_socket(udp);
+        let handler = Handler::new(view, config, forwarder);
+        let udp_workers =
+            UdpWorkers::spawn(udp, Arc::new(handler.clone())).map_err(|e| DnsError::Io {
+                what: "start udp receive threads",
+                path: netns.map(Path::to_owned).unwrap_or_default(),
+                source: e,
+            })?;
+        let mut server = Server::new(handler);
         server.register_listener(tcp, tcp_timeout, 32);
         Ok(DnsServer {
             server,
+            udp_workers,
             netns: netns.map(Path::to_owned),
             udp: udp_addr,
             tcp: tcp_addr,
@@ -480,6 +508,7 @@ impl DnsServer {
 
     /// Stop accepting, finish in-flight requests, close the sockets.
     pub async fn shutdown(mut self) {
+        self.udp_workers.shutdown().await;
         if let Err(e) = self.server.shutdown_gracefully().await {
             tracing::debug!(error = %e, "dns: server ended with an error");
         }

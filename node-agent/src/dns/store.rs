@@ -13,6 +13,7 @@ use shoal_api_types::endpoints::EndpointsSpec;
 use shoal_api_types::network::INGRESS_NETWORK;
 
 use super::records::{self, Answer, NetworkRecords, QueryKind};
+use super::wire;
 
 /// One network's table, swapped whole.
 #[derive(Debug, Default)]
@@ -142,6 +143,24 @@ impl View {
     pub fn answer(&self, qname: &str, kind: QueryKind) -> Answer {
         let tables: Vec<Arc<NetworkRecords>> = self.slots.iter().map(|s| s.get()).collect();
         records::answer(&tables, qname, kind)
+    }
+
+    /// The UDP fast path: when `query` is a plain A question ([`wire::parse`]) for a name
+    /// one of the view's tables knows (the first in attachment order wins, as in
+    /// [`records::answer`]), write its answer from that table's prepared records into `out`
+    /// and return `true`. `false` means: ask the general path. Each table is read once, so
+    /// the answer comes from the old or the new table of a network, never a mix.
+    pub(crate) fn fast_answer(&self, query: &[u8], out: &mut Vec<u8>) -> bool {
+        let Some(q) = wire::parse(query) else {
+            return false;
+        };
+        for slot in &self.slots {
+            let table = slot.0.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(prepared) = table.prepared(q.name()) {
+                return wire::encode(query, &q, prepared, out);
+            }
+        }
+        false
     }
 }
 

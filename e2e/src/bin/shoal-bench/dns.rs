@@ -139,7 +139,7 @@ pub async fn dns(quick: bool, dir: &std::path::Path, rows: &mut Vec<Row>) -> Res
         ratio: format!("{r:.2}"),
         target: target.into(),
         met: met(r >= 1.0 && sp99 < 1000.0),
-        note: "both on 2 cores shared with the load generator; Shoal's server is hickory-server on the agent's tokio runtime (here the bench process's), unbound runs 2 threads".into(),
+        note: "both on 2 cores shared with the load generator; Shoal's server answers A questions for its names from prepared answers on 2 SO_REUSEPORT sockets with a receive thread each (the rest goes to its hickory handler on the agent's tokio runtime, here the bench process's), unbound runs 2 threads".into(),
     });
     Ok(())
 }
