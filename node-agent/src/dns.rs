@@ -25,10 +25,12 @@
 //! The namespace's loopback must be up before a server starts there (127.0.0.11 is a
 //! loopback address); the agent's netns setup does that.
 
+mod config;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
 pub mod forward;
+mod handler;
 mod host;
 pub mod records;
 mod server;
@@ -36,13 +38,14 @@ mod store;
 mod udp;
 mod wire;
 
+pub use config::{parse_resolv_conf, DnsServerConfig, DNS_ADDR, TTL};
 pub use error::DnsError;
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::RecordingDns;
 pub use forward::Forwarder;
 pub use host::{DnsHost, DnsServers};
 pub use records::{build_tables, normalize_name, Answer, NameEntry, NetworkRecords, QueryKind};
-pub use server::{parse_resolv_conf, DnsServer, DnsServerConfig, DNS_ADDR, TTL};
+pub use server::DnsServer;
 pub use store::{view_networks, RecordStore, View};
 
 #[cfg(test)]

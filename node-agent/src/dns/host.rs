@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::config::DnsServerConfig;
 use super::error::DnsError;
 use super::forward::Forwarder;
-use super::server::{DnsServer, DnsServerConfig};
+use super::server::DnsServer;
 use super::store::RecordStore;
 
 /// The DNS side effect behind one narrow trait, so the agent's converge loop can be tested

@@ -34,7 +34,7 @@ use std::sync::Mutex;
 
 use tokio::task::JoinSet;
 
-use super::server::Handler;
+use super::handler::Handler;
 
 /// Largest datagram read (hickory's receive buffer size; longer ones are cut, as there).
 const RECV_BUF: usize = 4096;
@@ -308,8 +308,9 @@ mod tests {
     use shoal_api_types::endpoints::{EndpointTask, EndpointsSpec};
     use shoal_api_types::service::EndpointMode;
 
+    use crate::dns::config::DnsServerConfig;
     use crate::dns::forward::Forwarder;
-    use crate::dns::{DnsServerConfig, RecordStore, View};
+    use crate::dns::store::{RecordStore, View};
 
     /// Keeps the bytes the handler sends.
     #[derive(Clone, Default)]
@@ -474,7 +475,7 @@ mod tests {
         let m = Message::from_vec(&fast(&h, &q).unwrap()).unwrap();
         assert_eq!(m.queries[0].name().to_string(), "ApI.");
         assert_eq!(m.answers[0].name.to_string(), "ApI.");
-        assert_eq!(m.answers[0].ttl, crate::dns::TTL);
+        assert_eq!(m.answers[0].ttl, crate::dns::config::TTL);
     }
 
     #[tokio::test]
@@ -494,7 +495,7 @@ mod tests {
                 assert!(f
                     .answers
                     .iter()
-                    .all(|r| r.ttl == crate::dns::TTL && r.name == *g.queries[0].name()));
+                    .all(|r| r.ttl == crate::dns::config::TTL && r.name == *g.queries[0].name()));
                 assert_eq!(bytes.len(), general(&h, &q).await.len());
                 orders.insert(f.answers.iter().map(|r| r.data.clone()).collect::<Vec<_>>());
             }

@@ -20,7 +20,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::server::TTL;
+use super::config::TTL;
 
 /// Length of an encoded A record after its owner name: type (2), class (2), TTL (4),
 /// rdlength (2), address (4).
