@@ -86,6 +86,7 @@ pub fn parse_publish(value: &str) -> Result<PortConfig, String> {
         target: parse_port_number(target).map_err(|e| err(format!("target port: {e}")))?,
         protocol,
         mode: PublishMode::Ingress,
+        ..Default::default()
     })
 }
 
@@ -1278,19 +1279,22 @@ mod tests {
                     published: 8080,
                     target: 80,
                     protocol: Protocol::Tcp,
-                    mode: PublishMode::Ingress
+                    mode: PublishMode::Ingress,
+                    ..Default::default()
                 },
                 PortConfig {
                     published: 53,
                     target: 53,
                     protocol: Protocol::Udp,
-                    mode: PublishMode::Ingress
+                    mode: PublishMode::Ingress,
+                    ..Default::default()
                 },
                 PortConfig {
                     published: 9000,
                     target: 90,
                     protocol: Protocol::Tcp,
-                    mode: PublishMode::Host
+                    mode: PublishMode::Host,
+                    ..Default::default()
                 },
             ]
         );
@@ -1927,7 +1931,8 @@ mod tests {
                 published: 9090,
                 target: 90,
                 protocol: Protocol::Tcp,
-                mode: PublishMode::Ingress
+                mode: PublishMode::Ingress,
+                ..Default::default()
             }]
         );
         assert_eq!(

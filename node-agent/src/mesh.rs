@@ -312,6 +312,7 @@ mod tests {
             target,
             protocol,
             mode,
+            ..Default::default()
         }
     }
 

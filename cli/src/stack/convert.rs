@@ -722,6 +722,7 @@ fn ports(p: &cports::Ports, at: &str, warnings: &mut Vec<String>) -> Result<Vec<
                     Some(cports::Mode::Host) => PublishMode::Host,
                     _ => PublishMode::Ingress,
                 },
+                ..Default::default()
             });
         }
     }
@@ -1236,13 +1237,15 @@ configs:
                     published: 8080,
                     target: 80,
                     protocol: Protocol::Tcp,
-                    mode: PublishMode::Ingress
+                    mode: PublishMode::Ingress,
+                    ..Default::default()
                 },
                 PortConfig {
                     published: 8081,
                     target: 81,
                     protocol: Protocol::Udp,
-                    mode: PublishMode::Host
+                    mode: PublishMode::Host,
+                    ..Default::default()
                 },
             ]
         );

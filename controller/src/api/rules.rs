@@ -317,6 +317,7 @@ mod tests {
                         target: 80,
                         protocol,
                         mode,
+                        ..Default::default()
                     })
                     .collect(),
                 ..Default::default()
