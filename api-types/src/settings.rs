@@ -180,7 +180,10 @@ pub fn check_reserved_ports(ports: &[PortConfig], reserved: &[ReservedPort]) -> 
                 reserved_message(ReservedPort::new(p.published as u16, p.protocol)),
             ));
         }
-        if let Some(h) = p.health_port.filter(|h| is_reserved(reserved, *h, Protocol::Tcp)) {
+        if let Some(h) = p
+            .health_port
+            .filter(|h| is_reserved(reserved, *h, Protocol::Tcp))
+        {
             errs.push(FieldError::new(
                 format!("spec.ports[{i}].healthPort"),
                 reserved_message(ReservedPort::tcp(h as u16)),

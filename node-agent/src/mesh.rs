@@ -58,6 +58,7 @@
 
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
+pub mod health;
 pub mod read;
 mod types;
 
@@ -68,13 +69,15 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 use shoal_api_types::endpoints::{group_slices, EndpointsSpec};
 use shoal_api_types::network::INGRESS_NETWORK;
-use shoal_api_types::service::{PortConfig, Protocol, PublishMode};
+use shoal_api_types::service::{PortConfig, Protocol, PublishMode, TrafficPolicy};
 use shoal_api_types::settings::{default_reserved_ports, ClusterSettingsSpec, ReservedPort};
 
+use crate::net::names::GW_BRIDGE;
 use crate::net::nft::{self, eq, meta, NftError, Table};
 
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::RecordingMesh;
+pub use health::{HealthError, HealthListeners};
 pub use types::{Mesh, MeshPort, MeshRules};
 
 /// The only table we own in the node's namespace (family `ip`).
@@ -95,30 +98,50 @@ fn port16(p: u32) -> Option<u16> {
 }
 
 /// The ingress-mode ports of every service, from the Endpoints objects of the `ingress`
-/// network (others are ignored): backends are the ready tasks' ingress IPs. The slices of
-/// one service are read as one ([`group_slices`]): ports from slice 0, backends from all.
-pub fn ingress_ports<'a>(endpoints: impl IntoIterator<Item = &'a EndpointsSpec>) -> Vec<MeshPort> {
+/// network (others are ignored). The slices of one service are read as one
+/// ([`group_slices`]): ports from slice 0, tasks from all. Backends of a `traffic: cluster`
+/// port are the ready tasks' ingress IPs; of a `traffic: local` port, the ready tasks that
+/// run here, at their gateway-bridge address (`local`: this node's tasks, id → that
+/// address), so a node without one refuses.
+pub fn ingress_ports<'a>(
+    endpoints: impl IntoIterator<Item = &'a EndpointsSpec>,
+    local: &BTreeMap<String, Ipv4Addr>,
+) -> Vec<MeshPort> {
     let mut out = Vec::new();
     for g in group_slices(endpoints) {
         let ep = g.head;
         if ep.network != INGRESS_NETWORK {
             continue;
         }
-        let backends: Vec<Ipv4Addr> = g
+        let cluster: Vec<Ipv4Addr> = g
             .tasks()
             .filter(|t| t.ready)
             .filter_map(|t| parse_ip(&t.ip))
             .collect();
+        let here: Vec<Ipv4Addr> = g
+            .tasks()
+            .filter(|t| t.ready)
+            .filter_map(|t| local.get(&t.task).copied())
+            .collect();
         for p in ep.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
             let (Some(published), Some(target)) = (port16(p.published), port16(p.target)) else {
                 continue;
+            };
+            let backends = match p.traffic {
+                TrafficPolicy::Cluster => cluster.clone(),
+                TrafficPolicy::Local => here.clone(),
             };
             out.push(MeshPort {
                 protocol: p.protocol,
                 published,
                 target,
                 mode: PublishMode::Ingress,
-                backends: backends.clone(),
+                traffic: p.traffic,
+                health_port: match p.traffic {
+                    TrafficPolicy::Local => p.health_port.and_then(port16),
+                    TrafficPolicy::Cluster => None,
+                },
+                backends,
             });
         }
     }
@@ -145,6 +168,7 @@ pub fn host_ports<'a>(
                 target,
                 mode: PublishMode::Host,
                 backends: vec![gw],
+                ..MeshPort::default()
             });
         }
     }
@@ -257,6 +281,19 @@ pub fn ruleset(rules: &MeshRules) -> Value {
             ]),
         ));
     }
+    // Hairpin: a task reaching a host-mode or `traffic: local` port of its own node is sent
+    // back into the gateway bridge; without SNAT the backend would answer the client
+    // straight over the bridge, around the node's conntrack (and a task reaching itself
+    // would see its own address as the source).
+    objs.push(NFT.rule(
+        "postrouting",
+        json!([
+            eq(meta("iifname"), GW_BRIDGE),
+            eq(meta("oifname"), GW_BRIDGE),
+            {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+            {"masquerade": null}
+        ]),
+    ));
     nft::document(objs)
 }
 
@@ -265,16 +302,21 @@ pub fn delete_ruleset() -> Value {
     NFT.delete_document()
 }
 
-/// The real [`Mesh`]: nft in the home netns (`None`: the agent's own namespace).
+/// The real [`Mesh`]: nft and the health listeners in the home netns (`None`: the agent's
+/// own namespace).
 #[derive(Debug, Clone, Default)]
 pub struct NftMesh {
     home: Option<PathBuf>,
+    health: std::sync::Arc<HealthListeners>,
 }
 
 impl NftMesh {
     /// Programs the namespace at `home` (`None`: our own).
     pub fn new(home: Option<PathBuf>) -> Self {
-        NftMesh { home }
+        NftMesh {
+            health: std::sync::Arc::new(HealthListeners::new(home.clone())),
+            home,
+        }
     }
 }
 
@@ -288,6 +330,13 @@ impl Mesh for NftMesh {
     }
     async fn programmed(&self) -> Result<Option<String>, NftError> {
         nft::list_table(self.home.as_deref(), NFT).await
+    }
+    async fn serve_health(
+        &self,
+        address: Ipv4Addr,
+        answers: &BTreeMap<u16, u32>,
+    ) -> Result<(), HealthError> {
+        self.health.serve(address, answers).await
     }
 }
 
@@ -336,7 +385,7 @@ mod tests {
                 )
             })
             .collect();
-        let got = ingress_ports(slices.iter().rev());
+        let got = ingress_ports(slices.iter().rev(), &BTreeMap::new());
         assert_eq!(
             got,
             vec![MeshPort {
@@ -345,6 +394,7 @@ mod tests {
                 target: 80,
                 mode: PublishMode::Ingress,
                 backends: vec![ip("10.255.0.5"), ip("10.255.0.6"), ip("10.255.0.7")],
+                ..Default::default()
             }]
         );
     }
@@ -369,7 +419,7 @@ mod tests {
             vec![port(9093, 80, Protocol::Tcp, PublishMode::Ingress)],
             vec![task("10.0.1.5", true)],
         );
-        let got = normalize(ingress_ports([&ingress, &other]));
+        let got = normalize(ingress_ports([&ingress, &other], &BTreeMap::new()));
         assert_eq!(
             got,
             vec![
@@ -379,6 +429,7 @@ mod tests {
                     target: 80,
                     mode: PublishMode::Ingress,
                     backends: vec![ip("10.255.0.5"), ip("10.255.0.6")],
+                    ..Default::default()
                 },
                 MeshPort {
                     protocol: Protocol::Udp,
@@ -386,9 +437,174 @@ mod tests {
                     target: 9000,
                     mode: PublishMode::Ingress,
                     backends: vec![ip("10.255.0.5"), ip("10.255.0.6")],
+                    ..Default::default()
                 },
             ]
         );
+    }
+
+    fn local_port(published: u32, health_port: Option<u32>) -> PortConfig {
+        PortConfig {
+            traffic: TrafficPolicy::Local,
+            health_port,
+            ..port(published, 80, Protocol::Tcp, PublishMode::Ingress)
+        }
+    }
+
+    #[test]
+    fn local_ports_should_go_only_to_this_nodes_ready_tasks_at_their_gateway_address() {
+        let ingress = eps(
+            "ingress",
+            vec![
+                local_port(8080, Some(31001)),
+                port(9091, 80, Protocol::Tcp, PublishMode::Ingress),
+            ],
+            vec![
+                task("10.255.0.5", true),  // here, ready
+                task("10.255.0.6", false), // here, not ready
+                task("10.255.0.7", true),  // elsewhere
+            ],
+        );
+        let here = BTreeMap::from([
+            ("t-10.255.0.5".to_string(), ip("172.18.0.5")),
+            ("t-10.255.0.6".to_string(), ip("172.18.0.6")),
+            ("t-other-service".to_string(), ip("172.18.0.9")),
+        ]);
+        let got = normalize(ingress_ports([&ingress], &here));
+        assert_eq!(
+            got,
+            vec![
+                MeshPort {
+                    protocol: Protocol::Tcp,
+                    published: 8080,
+                    target: 80,
+                    mode: PublishMode::Ingress,
+                    traffic: TrafficPolicy::Local,
+                    health_port: Some(31001),
+                    backends: vec![ip("172.18.0.5")],
+                },
+                MeshPort {
+                    protocol: Protocol::Tcp,
+                    published: 9091,
+                    target: 80,
+                    mode: PublishMode::Ingress,
+                    backends: vec![ip("10.255.0.5"), ip("10.255.0.7")],
+                    ..Default::default()
+                },
+            ],
+            "cluster ports keep every ready task's ingress IP"
+        );
+        // A node without a ready local task: the local port has no backend (refused).
+        let elsewhere = normalize(ingress_ports([&ingress], &BTreeMap::new()));
+        assert!(elsewhere[0].backends.is_empty());
+        assert_eq!(elsewhere[0].health_port, Some(31001));
+        // A health port on a cluster port (the API refuses it) is never served.
+        let stray = eps(
+            "ingress",
+            vec![PortConfig {
+                health_port: Some(31002),
+                ..port(9093, 80, Protocol::Tcp, PublishMode::Ingress)
+            }],
+            vec![task("10.255.0.5", true)],
+        );
+        assert_eq!(ingress_ports([&stray], &here)[0].health_port, None);
+    }
+
+    #[test]
+    fn local_ports_should_dnat_to_the_local_task_without_snat_and_refuse_without_one() {
+        let mut r = rules();
+        r.ports = vec![
+            MeshPort {
+                published: 8080,
+                target: 80,
+                traffic: TrafficPolicy::Local,
+                backends: vec![ip("172.18.0.5")],
+                ..Default::default()
+            },
+            MeshPort {
+                published: 8081,
+                target: 80,
+                traffic: TrafficPolicy::Local,
+                backends: vec![],
+                ..Default::default()
+            },
+        ];
+        let doc = ruleset(&r);
+        assert_eq!(
+            programmed_ports(&doc),
+            [("tcp".to_string(), 8080), ("tcp".to_string(), 8081)]
+        );
+        let text = doc.to_string();
+        assert!(
+            text.contains(r#"[{"concat":["tcp",8081]},{"goto":{"target":"refuse"}}]"#),
+            "{text}"
+        );
+        let objs = doc["nftables"].as_array().unwrap();
+        let rules: Vec<&Value> = objs.iter().filter_map(|o| o.pointer("/add/rule")).collect();
+        let port0: Vec<&&Value> = rules.iter().filter(|r| r["chain"] == "port_0").collect();
+        assert_eq!(
+            port0[0]["expr"][1]["dnat"],
+            json!({"addr": {"map": {"key": {"numgen": {"mode": "inc", "mod": 1, "offset": 0}},
+                "data": {"set": [[0, "172.18.0.5"]]}}}, "port": 80})
+        );
+        // The only SNAT is into the ingress overlay, which a local backend never is behind;
+        // what goes into the gateway bridge is masqueraded only when it came from it
+        // (hairpin), so a client outside the node keeps its address.
+        let post: Vec<&&Value> = rules
+            .iter()
+            .filter(|r| r["chain"] == "postrouting")
+            .collect();
+        assert_eq!(post.len(), 2);
+        assert_eq!(post[0]["expr"][0]["match"]["right"], "shb-4096");
+        assert_eq!(
+            post[1]["expr"],
+            json!([
+                {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "shoal_gwbridge"}},
+                {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "shoal_gwbridge"}},
+                {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                {"masquerade": null}
+            ])
+        );
+    }
+
+    #[test]
+    fn health_answers_should_count_the_local_backends_of_programmed_local_ports() {
+        let local = |published: u16, health: u16, n: usize| MeshPort {
+            published,
+            target: 80,
+            traffic: TrafficPolicy::Local,
+            health_port: Some(health),
+            backends: (0..n)
+                .map(|i| Ipv4Addr::new(172, 18, 0, 5 + i as u8))
+                .collect(),
+            ..Default::default()
+        };
+        let mut r = rules();
+        r.ports = vec![
+            local(8080, 31001, 2),
+            local(8081, 31002, 0),
+            local(8082, 22, 1),    // reserved health port
+            local(2379, 31003, 1), // reserved published port
+            MeshPort {
+                health_port: Some(31004),
+                ..rules().ports[1].clone() // a cluster port: no health port
+            },
+        ];
+        r.reserved = node_reserved_ports(None, &[]);
+        assert_eq!(r.health_answers(), BTreeMap::from([(31001, 2), (31002, 0)]));
+        let no_ingress = MeshRules {
+            ingress: None,
+            ..r.clone()
+        };
+        assert!(
+            no_ingress.health_answers().is_empty(),
+            "no ingress port is programmed yet"
+        );
+        let no_address = MeshRules {
+            node_address: None,
+            ..r
+        };
+        assert!(no_address.health_answers().is_empty());
     }
 
     #[test]
@@ -411,6 +627,7 @@ mod tests {
                 target: 80,
                 mode: PublishMode::Host,
                 backends: vec![ip("172.18.0.3")],
+                ..Default::default()
             }]
         );
     }
@@ -427,6 +644,7 @@ mod tests {
                     target: 9000,
                     mode: PublishMode::Ingress,
                     backends: vec![],
+                    ..Default::default()
                 },
                 MeshPort {
                     protocol: Protocol::Tcp,
@@ -434,6 +652,7 @@ mod tests {
                     target: 80,
                     mode: PublishMode::Ingress,
                     backends: vec![ip("10.255.0.6"), ip("10.255.0.5")],
+                    ..Default::default()
                 },
                 MeshPort {
                     protocol: Protocol::Tcp,
@@ -441,6 +660,7 @@ mod tests {
                     target: 80,
                     mode: PublishMode::Host,
                     backends: vec![ip("172.18.0.2")],
+                    ..Default::default()
                 },
             ],
         }
@@ -563,6 +783,7 @@ mod tests {
             target: 80,
             mode: PublishMode::Ingress,
             backends: vec![ip("10.255.0.5")],
+            ..Default::default()
         };
         r.ports.push(reserved_ingress(4789, Protocol::Udp));
         r.ports.push(reserved_ingress(2379, Protocol::Tcp));
