@@ -15,6 +15,7 @@
 //!     ip daddr 198.18.0.2 ct state new meta l4proto . th dport vmap @ports }
 //!   chain port_0 { meta l4proto tcp dnat to numgen inc mod 2 map { 0 : 10.255.0.5, 1 : 10.255.0.6 } : 80 }
 //!   chain refuse { reject with tcp reset; reject }            # ingress port without a ready task
+//!   chain port_1 { meta l4proto tcp dnat to numgen inc mod 1 map { 0 : 172.18.0.5 } : 80 }  # traffic: local
 //!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
 //!     oifname "shb-4096" ct status dnat snat to 10.255.0.3 }   # the node's ingress address
 //! }
@@ -30,6 +31,15 @@
 //!   unreachable) instead of hanging. The service's Endpoints on `ingress` carry the ports,
 //!   so the rules follow the Endpoints watch: a removed service or port has no rule, and
 //!   nothing listens on the node, so the kernel refuses.
+//! - **`traffic: local` ingress ports** ([`ingress_ports`] with the node's local tasks): the
+//!   node DNATs only to its own ready tasks of the service, at their gateway-bridge address
+//!   (as host mode does), and nothing SNATs it, so the task sees the client's address and
+//!   answers through its default route — the gateway bridge, i.e. this node, whose
+//!   conntrack undoes the DNAT. Without a local ready task the port goes to `refuse`: the
+//!   node never forwards it elsewhere. Not covered (as for host mode): a task of this node
+//!   reaching the port through the node's address (hairpin over the gateway bridge; the
+//!   e2e attempt timed out) — tasks use the service's VIP. Each such port may have a
+//!   health port ([`MeshRules::health_answers`], served by [`health`]).
 //! - **Host mode** ([`host_ports`]): only a node running a task of the service has a rule,
 //!   to that local task's address on the gateway bridge (every task with egress has one,
 //!   and the node routes to it; overlay bridges carry no node address). The egress table
@@ -72,7 +82,6 @@ use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::service::{PortConfig, Protocol, PublishMode, TrafficPolicy};
 use shoal_api_types::settings::{default_reserved_ports, ClusterSettingsSpec, ReservedPort};
 
-use crate::net::names::GW_BRIDGE;
 use crate::net::nft::{self, eq, meta, NftError, Table};
 
 #[cfg(any(test, feature = "test-util"))]
@@ -281,19 +290,6 @@ pub fn ruleset(rules: &MeshRules) -> Value {
             ]),
         ));
     }
-    // Hairpin: a task reaching a host-mode or `traffic: local` port of its own node is sent
-    // back into the gateway bridge; without SNAT the backend would answer the client
-    // straight over the bridge, around the node's conntrack (and a task reaching itself
-    // would see its own address as the source).
-    objs.push(NFT.rule(
-        "postrouting",
-        json!([
-            eq(meta("iifname"), GW_BRIDGE),
-            eq(meta("oifname"), GW_BRIDGE),
-            {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
-            {"masquerade": null}
-        ]),
-    ));
     nft::document(objs)
 }
 
@@ -547,24 +543,15 @@ mod tests {
             json!({"addr": {"map": {"key": {"numgen": {"mode": "inc", "mod": 1, "offset": 0}},
                 "data": {"set": [[0, "172.18.0.5"]]}}}, "port": 80})
         );
-        // The only SNAT is into the ingress overlay, which a local backend never is behind;
-        // what goes into the gateway bridge is masqueraded only when it came from it
-        // (hairpin), so a client outside the node keeps its address.
+        // The only SNAT is into the ingress overlay, which a local backend is never behind:
+        // nothing rewrites the client's address on the way to the gateway bridge.
         let post: Vec<&&Value> = rules
             .iter()
             .filter(|r| r["chain"] == "postrouting")
             .collect();
-        assert_eq!(post.len(), 2);
+        assert_eq!(post.len(), 1);
         assert_eq!(post[0]["expr"][0]["match"]["right"], "shb-4096");
-        assert_eq!(
-            post[1]["expr"],
-            json!([
-                {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "shoal_gwbridge"}},
-                {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "shoal_gwbridge"}},
-                {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
-                {"masquerade": null}
-            ])
-        );
+        assert!(!text.contains("masquerade"), "{text}");
     }
 
     #[test]
