@@ -49,7 +49,7 @@ pub use resources::{Cpus, Memory, NodeCapacity, ResourceLimits, ResourceReservat
 pub use service::{
     ConfigReference, EndpointMode, HealthCheck, Mount, MountType, NetworkAttachmentConfig,
     Placement, PortConfig, Protocol, PublishMode, RestartCondition, RestartPolicy, SeccompMode,
-    SecretReference, Service, ServiceMode, ServiceSpec, ServiceStatus, VirtualIp,
+    SecretReference, Service, ServiceMode, ServiceSpec, ServiceStatus, TrafficPolicy, VirtualIp,
 };
 pub use settings::{ClusterSettings, ClusterSettingsSpec, ReservedPort};
 pub use task::{Task, TaskAttachment, TaskSpec, TaskState, TaskStatus};

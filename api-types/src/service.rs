@@ -83,6 +83,20 @@ pub enum PublishMode {
     Host,
 }
 
+/// Which tasks an ingress port's node sends a connection to (Kubernetes'
+/// `externalTrafficPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TrafficPolicy {
+    /// Any ready task of the service, on any node; the node SNATs, so the task sees the
+    /// node's ingress address as the client.
+    #[default]
+    Cluster,
+    /// Only the ready tasks on the node the connection reached, without SNAT, so the task
+    /// sees the client's address; a node without one refuses.
+    Local,
+}
+
 /// One published port.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -97,14 +111,31 @@ pub struct PortConfig {
     /// `ingress` (default) or `host`.
     #[serde(default)]
     pub mode: PublishMode,
+    /// Ingress mode only: `cluster` (default: any ready task, the client's address is
+    /// replaced by the node's) or `local` (only the receiving node's ready tasks, the
+    /// client's address kept; a node without one refuses). Host-mode ports always go to the
+    /// local task and keep the client's address, so they take no `traffic`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub traffic: TrafficPolicy,
+    /// With `traffic: local` only: a TCP port (1-65535) on which every node answers HTTP
+    /// `200 {"local":N}` while it has N > 0 ready tasks for this port, else
+    /// `503 {"local":0}` — for an external load balancer's health checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_port: Option<u32>,
 }
 
 impl std::fmt::Display for PortConfig {
-    /// Docker's form: `*:9091->80/tcp`, or `9091->80/tcp (host)` for host mode.
+    /// Docker's form: `*:9091->80/tcp`, or `9091->80/tcp (host)` for host mode; ingress ports
+    /// with `traffic: local` end in ` (local)` or ` (local, health <port>)`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.mode {
             PublishMode::Ingress => {
-                write!(f, "*:{}->{}/{}", self.published, self.target, self.protocol)
+                write!(f, "*:{}->{}/{}", self.published, self.target, self.protocol)?;
+                match (self.traffic, self.health_port) {
+                    (TrafficPolicy::Cluster, _) => Ok(()),
+                    (TrafficPolicy::Local, None) => f.write_str(" (local)"),
+                    (TrafficPolicy::Local, Some(h)) => write!(f, " (local, health {h})"),
+                }
             }
             PublishMode::Host => write!(
                 f,
@@ -448,6 +479,56 @@ impl ServiceSpec {
         self.ports.iter().any(|p| p.mode == PublishMode::Ingress)
     }
 
+    /// The `traffic` and `healthPort` of each port: `traffic: local` and a health port only
+    /// on ingress ports (host-mode ports always keep the client's address), a health port
+    /// only with `traffic: local`, within 1-65535, and never one of the service's own
+    /// published TCP port numbers; each health port once per service. Clashes with other
+    /// services are the API's (`check_ports` in the controller).
+    fn validate_traffic(&self, errs: &mut Vec<FieldError>) {
+        let mut health: BTreeMap<u32, usize> = BTreeMap::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            if port.mode == PublishMode::Host && port.traffic != TrafficPolicy::Cluster {
+                errs.push(FieldError::new(
+                    format!("spec.ports[{i}].traffic"),
+                    "traffic applies to ingress-mode ports only: a host-mode port already goes \
+                     to the node's own task and keeps the client's address; remove traffic or \
+                     use mode: ingress",
+                ));
+            }
+            let Some(h) = port.health_port else { continue };
+            let field = format!("spec.ports[{i}].healthPort");
+            if port.traffic != TrafficPolicy::Local || port.mode != PublishMode::Ingress {
+                errs.push(FieldError::new(
+                    field,
+                    "a health port needs traffic: local on an ingress-mode port (it reports the \
+                     node's local ready tasks, which only that policy uses)",
+                ));
+                continue;
+            }
+            if !(1..=65535).contains(&h) {
+                errs.push(FieldError::new(field, format!("must be 1-65535 (got {h})")));
+                continue;
+            }
+            if let Some(j) = self
+                .ports
+                .iter()
+                .position(|q| q.published == h && q.protocol == Protocol::Tcp)
+            {
+                errs.push(FieldError::new(
+                    field,
+                    format!("{h}/tcp is published by spec.ports[{j}]; a health port needs a port of its own"),
+                ));
+                continue;
+            }
+            if let Some(j) = health.insert(h, i) {
+                errs.push(FieldError::new(
+                    field,
+                    format!("{h} is already the health port of spec.ports[{j}]"),
+                ));
+            }
+        }
+    }
+
     /// The networks (and aliases) the service's tasks join: its own, plus the ingress
     /// network when it publishes an ingress port.
     pub fn wanted_networks(&self) -> Vec<(String, Vec<String>)> {
@@ -536,6 +617,7 @@ impl Resource for ServiceSpec {
         // (published, protocol) -> (index, mode) of the first port that claimed it.
         let mut claimed: BTreeMap<(u32, Protocol), (usize, PublishMode)> = BTreeMap::new();
         let mut by_number: BTreeMap<u32, (usize, PublishMode)> = BTreeMap::new();
+        self.validate_traffic(errs);
         for (i, port) in self.ports.iter().enumerate() {
             let mut ok = true;
             for (field, value) in [("published", port.published), ("target", port.target)] {
@@ -1080,6 +1162,100 @@ mod tests {
         );
     }
 
+    fn local_port(published: u32, health_port: Option<u32>) -> PortConfig {
+        PortConfig {
+            published,
+            target: 80,
+            traffic: TrafficPolicy::Local,
+            health_port,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn traffic_should_default_to_cluster_and_be_written_only_when_local() {
+        let p: PortConfig = serde_json::from_str(r#"{"published":8080,"target":80}"#).unwrap();
+        assert_eq!(p.traffic, TrafficPolicy::Cluster);
+        assert_eq!(p.health_port, None);
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"published":8080,"target":80,"protocol":"tcp","mode":"ingress"}"#,
+            "a cluster port reads as before issue 17, for agents that predate it"
+        );
+        let local: PortConfig = serde_json::from_str(
+            r#"{"published":8080,"target":80,"traffic":"local","healthPort":31001}"#,
+        )
+        .unwrap();
+        assert_eq!(local, local_port(8080, Some(31001)));
+        assert_eq!(local.to_string(), "*:8080->80/tcp (local, health 31001)");
+        assert_eq!(local_port(8080, None).to_string(), "*:8080->80/tcp (local)");
+        let bad = serde_json::from_str::<PortConfig>(
+            r#"{"published":8080,"target":80,"traffic":"nearest"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("unknown variant `nearest`"), "{bad}");
+        assert!(errs(ServiceSpec {
+            ports: vec![local_port(8080, Some(31001)), local_port(8081, None)],
+            ..spec()
+        })
+        .is_empty());
+    }
+
+    #[test]
+    fn traffic_and_health_port_should_be_refused_where_they_mean_nothing() {
+        let host_local = PortConfig {
+            mode: PublishMode::Host,
+            ..local_port(8080, None)
+        };
+        let cluster_health = PortConfig {
+            health_port: Some(31001),
+            ..local_port(8081, None)
+        };
+        let e = errs(ServiceSpec {
+            ports: vec![
+                host_local,
+                PortConfig {
+                    traffic: TrafficPolicy::Cluster,
+                    ..cluster_health
+                },
+            ],
+            ..spec()
+        });
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("spec.ports[0].traffic: traffic applies to ingress-mode ports only"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("spec.ports[1].healthPort: a health port needs traffic: local"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn health_ports_should_be_in_range_unpublished_and_used_once() {
+        let e = errs(ServiceSpec {
+            ports: vec![
+                local_port(8080, Some(0)),
+                local_port(8081, Some(8080)),
+                local_port(8082, Some(31001)),
+                local_port(8083, Some(31001)),
+                local_port(8084, Some(70000)),
+            ],
+            ..spec()
+        });
+        assert_eq!(
+            e,
+            vec![
+                "spec.ports[0].healthPort: must be 1-65535 (got 0)",
+                "spec.ports[1].healthPort: 8080/tcp is published by spec.ports[0]; a health port needs a port of its own",
+                "spec.ports[3].healthPort: 31001 is already the health port of spec.ports[2]",
+                "spec.ports[4].healthPort: must be 1-65535 (got 70000)",
+            ]
+        );
+    }
+
     #[test]
     fn service_rejects_ingress_and_host_ports_sharing_a_number() {
         let e = errs(ServiceSpec {
@@ -1094,6 +1270,7 @@ mod tests {
                     target: 81,
                     protocol: Protocol::Udp,
                     mode: PublishMode::Host,
+                    ..Default::default()
                 },
             ],
             ..spec()

@@ -170,19 +170,27 @@ pub fn is_reserved(reserved: &[ReservedPort], published: u32, protocol: Protocol
 }
 
 /// One field error (`spec.ports[i].published`) per published port, in either mode, that
-/// is in `reserved`.
+/// is in `reserved`, and one (`spec.ports[i].healthPort`) per health port (TCP) that is.
 pub fn check_reserved_ports(ports: &[PortConfig], reserved: &[ReservedPort]) -> Vec<FieldError> {
-    ports
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| is_reserved(reserved, p.published, p.protocol))
-        .map(|(i, p)| {
-            FieldError::new(
+    let mut errs = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        if is_reserved(reserved, p.published, p.protocol) {
+            errs.push(FieldError::new(
                 format!("spec.ports[{i}].published"),
                 reserved_message(ReservedPort::new(p.published as u16, p.protocol)),
-            )
-        })
-        .collect()
+            ));
+        }
+        if let Some(h) = p
+            .health_port
+            .filter(|h| is_reserved(reserved, *h, Protocol::Tcp))
+        {
+            errs.push(FieldError::new(
+                format!("spec.ports[{i}].healthPort"),
+                reserved_message(ReservedPort::tcp(h as u16)),
+            ));
+        }
+    }
+    errs
 }
 
 /// The ClusterSettings object.
@@ -277,6 +285,7 @@ mod tests {
             target: 80,
             protocol,
             mode,
+            ..Default::default()
         }
     }
 
@@ -301,6 +310,19 @@ mod tests {
             ]
         );
         assert!(check_reserved_ports(&ports, &[]).is_empty());
+        let health = PortConfig {
+            traffic: crate::service::TrafficPolicy::Local,
+            health_port: Some(22),
+            ..port(8080, Protocol::Tcp, PublishMode::Ingress)
+        };
+        assert_eq!(
+            check_reserved_ports(&[health], &default_reserved_ports())
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["spec.ports[0].healthPort: 22/tcp is reserved: SSH; \
+              reserved ports are configured with the controller's --reserved-ports"]
+        );
         assert!(
             reserved_message(ReservedPort::tcp(23790)).contains("a port the cluster itself uses")
         );

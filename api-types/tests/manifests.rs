@@ -34,10 +34,19 @@ fn demo_manifests_are_valid_and_complete() {
         vec![
             "network/appoverlay",
             "service/api",
+            "service/edge",
             "service/web",
             "service/worker"
         ]
     );
+    // One example keeps the client's address (issue 17).
+    let edge = objects.iter().find_map(|o| match o {
+        AnyObject::Service(s) if s.name() == "edge" => Some(s),
+        _ => None,
+    });
+    let port = &edge.expect("service/edge").spec.ports[0];
+    assert_eq!(port.traffic, shoal_api_types::TrafficPolicy::Local);
+    assert_eq!(port.health_port, Some(31094));
     // Every service joins a network that the demo defines.
     for obj in &objects {
         if let AnyObject::Service(s) = obj {

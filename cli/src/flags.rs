@@ -17,7 +17,7 @@ use shoal_api_types::{ConfigReference, Mount, MountType, SecretReference};
 use shoal_api_types::{
     Constraint, EndpointMode, HealthCheck, Network, NetworkAttachmentConfig, NetworkSpec, Node,
     NodeAvailability, Placement, PortConfig, Protocol, PublishMode, RestartCondition,
-    RestartPolicy, SeccompMode, Service, ServiceMode, ServiceSpec,
+    RestartPolicy, SeccompMode, Service, ServiceMode, ServiceSpec, TrafficPolicy,
 };
 use shoal_api_types::{Cpus, Memory, ResourceLimits, ResourceReservations, Resources};
 
@@ -33,7 +33,8 @@ use crate::args::{
 };
 
 /// Parses one `-p/--publish` value: `PUBLISHED:TARGET[/tcp|udp]` or
-/// `published=P,target=T[,protocol=tcp|udp][,mode=ingress|host]`.
+/// `published=P,target=T[,protocol=tcp|udp][,mode=ingress|host][,traffic=cluster|local]`
+/// `[,health-port=H]` (the server checks that traffic and health-port fit the mode).
 pub fn parse_publish(value: &str) -> Result<PortConfig, String> {
     let err = |why: String| format!("--publish {value:?}: {why}");
     if value.contains('=') {
@@ -61,9 +62,23 @@ pub fn parse_publish(value: &str) -> Result<PortConfig, String> {
                         }
                     }
                 }
+                "traffic" => {
+                    port.traffic = match val.trim() {
+                        "cluster" => TrafficPolicy::Cluster,
+                        "local" => TrafficPolicy::Local,
+                        other => {
+                            return Err(err(format!("traffic {other:?} must be cluster or local")))
+                        }
+                    }
+                }
+                "health-port" | "healthPort" => {
+                    port.health_port = Some(
+                        parse_port_number(val).map_err(|e| err(format!("health-port: {e}")))?,
+                    )
+                }
                 other => {
                     return Err(err(format!(
-                        "unknown key {other:?} (use published, target, protocol and mode)"
+                        "unknown key {other:?} (use published, target, protocol, mode, traffic and health-port)"
                     )))
                 }
             }
@@ -86,6 +101,7 @@ pub fn parse_publish(value: &str) -> Result<PortConfig, String> {
         target: parse_port_number(target).map_err(|e| err(format!("target port: {e}")))?,
         protocol,
         mode: PublishMode::Ingress,
+        ..Default::default()
     })
 }
 
@@ -1278,19 +1294,22 @@ mod tests {
                     published: 8080,
                     target: 80,
                     protocol: Protocol::Tcp,
-                    mode: PublishMode::Ingress
+                    mode: PublishMode::Ingress,
+                    ..Default::default()
                 },
                 PortConfig {
                     published: 53,
                     target: 53,
                     protocol: Protocol::Udp,
-                    mode: PublishMode::Ingress
+                    mode: PublishMode::Ingress,
+                    ..Default::default()
                 },
                 PortConfig {
                     published: 9000,
                     target: 90,
                     protocol: Protocol::Tcp,
-                    mode: PublishMode::Host
+                    mode: PublishMode::Host,
+                    ..Default::default()
                 },
             ]
         );
@@ -1485,6 +1504,42 @@ mod tests {
             "busybox",
         ]);
         assert!(e.contains("unknown key \"colour\""), "{e}");
+        let e = error(&[
+            "--name",
+            "api",
+            "--publish",
+            "published=8080,target=80,traffic=nearest",
+            "busybox",
+        ]);
+        assert_eq!(e, "--publish \"published=8080,target=80,traffic=nearest\": traffic \"nearest\" must be cluster or local");
+        let e = error(&[
+            "--name",
+            "api",
+            "--publish",
+            "published=8080,target=80,traffic=local,health-port=0",
+            "busybox",
+        ]);
+        assert!(e.ends_with("health-port: 0 is not 1-65535"), "{e}");
+    }
+
+    #[test]
+    fn publish_should_take_traffic_and_a_health_port_in_the_long_syntax() {
+        assert_eq!(
+            parse_publish("published=8080,target=80,traffic=local,health-port=31001").unwrap(),
+            PortConfig {
+                published: 8080,
+                target: 80,
+                traffic: TrafficPolicy::Local,
+                health_port: Some(31001),
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            parse_publish("published=8080,target=80,traffic=cluster")
+                .unwrap()
+                .traffic,
+            TrafficPolicy::Cluster
+        );
     }
 
     #[test]
@@ -1927,7 +1982,8 @@ mod tests {
                 published: 9090,
                 target: 90,
                 protocol: Protocol::Tcp,
-                mode: PublishMode::Ingress
+                mode: PublishMode::Ingress,
+                ..Default::default()
             }]
         );
         assert_eq!(

@@ -15,6 +15,7 @@
 //!     ip daddr 198.18.0.2 ct state new meta l4proto . th dport vmap @ports }
 //!   chain port_0 { meta l4proto tcp dnat to numgen inc mod 2 map { 0 : 10.255.0.5, 1 : 10.255.0.6 } : 80 }
 //!   chain refuse { reject with tcp reset; reject }            # ingress port without a ready task
+//!   chain port_1 { meta l4proto tcp dnat to numgen inc mod 1 map { 0 : 172.18.0.5 } : 80 }  # traffic: local
 //!   chain postrouting { type nat hook postrouting priority srcnat; policy accept;
 //!     oifname "shb-4096" ct status dnat snat to 10.255.0.3 }   # the node's ingress address
 //! }
@@ -30,6 +31,15 @@
 //!   unreachable) instead of hanging. The service's Endpoints on `ingress` carry the ports,
 //!   so the rules follow the Endpoints watch: a removed service or port has no rule, and
 //!   nothing listens on the node, so the kernel refuses.
+//! - **`traffic: local` ingress ports** ([`ingress_ports`] with the node's local tasks): the
+//!   node DNATs only to its own ready tasks of the service, at their gateway-bridge address
+//!   (as host mode does), and nothing SNATs it, so the task sees the client's address and
+//!   answers through its default route — the gateway bridge, i.e. this node, whose
+//!   conntrack undoes the DNAT. Without a local ready task the port goes to `refuse`: the
+//!   node never forwards it elsewhere. Not covered (as for host mode): a task of this node
+//!   reaching the port through the node's address (hairpin over the gateway bridge; the
+//!   e2e attempt timed out) — tasks use the service's VIP. Each such port may have a
+//!   health port ([`MeshRules::health_answers`], served by [`health`]).
 //! - **Host mode** ([`host_ports`]): only a node running a task of the service has a rule,
 //!   to that local task's address on the gateway bridge (every task with egress has one,
 //!   and the node routes to it; overlay bridges carry no node address). The egress table
@@ -58,6 +68,7 @@
 
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
+pub mod health;
 pub mod read;
 mod types;
 
@@ -68,13 +79,14 @@ use std::path::PathBuf;
 use serde_json::{json, Value};
 use shoal_api_types::endpoints::{group_slices, EndpointsSpec};
 use shoal_api_types::network::INGRESS_NETWORK;
-use shoal_api_types::service::{PortConfig, Protocol, PublishMode};
+use shoal_api_types::service::{PortConfig, Protocol, PublishMode, TrafficPolicy};
 use shoal_api_types::settings::{default_reserved_ports, ClusterSettingsSpec, ReservedPort};
 
 use crate::net::nft::{self, eq, meta, NftError, Table};
 
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::RecordingMesh;
+pub use health::{HealthError, HealthListeners};
 pub use types::{Mesh, MeshPort, MeshRules};
 
 /// The only table we own in the node's namespace (family `ip`).
@@ -95,30 +107,50 @@ fn port16(p: u32) -> Option<u16> {
 }
 
 /// The ingress-mode ports of every service, from the Endpoints objects of the `ingress`
-/// network (others are ignored): backends are the ready tasks' ingress IPs. The slices of
-/// one service are read as one ([`group_slices`]): ports from slice 0, backends from all.
-pub fn ingress_ports<'a>(endpoints: impl IntoIterator<Item = &'a EndpointsSpec>) -> Vec<MeshPort> {
+/// network (others are ignored). The slices of one service are read as one
+/// ([`group_slices`]): ports from slice 0, tasks from all. Backends of a `traffic: cluster`
+/// port are the ready tasks' ingress IPs; of a `traffic: local` port, the ready tasks that
+/// run here, at their gateway-bridge address (`local`: this node's tasks, id → that
+/// address), so a node without one refuses.
+pub fn ingress_ports<'a>(
+    endpoints: impl IntoIterator<Item = &'a EndpointsSpec>,
+    local: &BTreeMap<String, Ipv4Addr>,
+) -> Vec<MeshPort> {
     let mut out = Vec::new();
     for g in group_slices(endpoints) {
         let ep = g.head;
         if ep.network != INGRESS_NETWORK {
             continue;
         }
-        let backends: Vec<Ipv4Addr> = g
+        let cluster: Vec<Ipv4Addr> = g
             .tasks()
             .filter(|t| t.ready)
             .filter_map(|t| parse_ip(&t.ip))
             .collect();
+        let here: Vec<Ipv4Addr> = g
+            .tasks()
+            .filter(|t| t.ready)
+            .filter_map(|t| local.get(&t.task).copied())
+            .collect();
         for p in ep.ports.iter().filter(|p| p.mode == PublishMode::Ingress) {
             let (Some(published), Some(target)) = (port16(p.published), port16(p.target)) else {
                 continue;
+            };
+            let backends = match p.traffic {
+                TrafficPolicy::Cluster => cluster.clone(),
+                TrafficPolicy::Local => here.clone(),
             };
             out.push(MeshPort {
                 protocol: p.protocol,
                 published,
                 target,
                 mode: PublishMode::Ingress,
-                backends: backends.clone(),
+                traffic: p.traffic,
+                health_port: match p.traffic {
+                    TrafficPolicy::Local => p.health_port.and_then(port16),
+                    TrafficPolicy::Cluster => None,
+                },
+                backends,
             });
         }
     }
@@ -145,6 +177,7 @@ pub fn host_ports<'a>(
                 target,
                 mode: PublishMode::Host,
                 backends: vec![gw],
+                ..MeshPort::default()
             });
         }
     }
@@ -265,16 +298,21 @@ pub fn delete_ruleset() -> Value {
     NFT.delete_document()
 }
 
-/// The real [`Mesh`]: nft in the home netns (`None`: the agent's own namespace).
+/// The real [`Mesh`]: nft and the health listeners in the home netns (`None`: the agent's
+/// own namespace).
 #[derive(Debug, Clone, Default)]
 pub struct NftMesh {
     home: Option<PathBuf>,
+    health: std::sync::Arc<HealthListeners>,
 }
 
 impl NftMesh {
     /// Programs the namespace at `home` (`None`: our own).
     pub fn new(home: Option<PathBuf>) -> Self {
-        NftMesh { home }
+        NftMesh {
+            health: std::sync::Arc::new(HealthListeners::new(home.clone())),
+            home,
+        }
     }
 }
 
@@ -289,343 +327,14 @@ impl Mesh for NftMesh {
     async fn programmed(&self) -> Result<Option<String>, NftError> {
         nft::list_table(self.home.as_deref(), NFT).await
     }
+    async fn serve_health(
+        &self,
+        address: Ipv4Addr,
+        answers: &BTreeMap<u16, u32>,
+    ) -> Result<(), HealthError> {
+        self.health.serve(address, answers).await
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use shoal_api_types::endpoints::EndpointTask;
-
-    fn ip(s: &str) -> Ipv4Addr {
-        s.parse().unwrap()
-    }
-
-    fn task(ip: &str, ready: bool) -> EndpointTask {
-        EndpointTask::new(&format!("pub.{ip}"), ip)
-            .id(&format!("t-{ip}"))
-            .ready(ready)
-    }
-
-    fn port(published: u32, target: u32, protocol: Protocol, mode: PublishMode) -> PortConfig {
-        PortConfig {
-            published,
-            target,
-            protocol,
-            mode,
-        }
-    }
-
-    fn eps(network: &str, ports: Vec<PortConfig>, tasks: Vec<EndpointTask>) -> EndpointsSpec {
-        EndpointsSpec {
-            ports,
-            ..EndpointsSpec::vip(network, "pub", "10.255.0.2").tasks(tasks)
-        }
-    }
-
-    #[test]
-    fn ingress_ports_should_take_backends_from_every_slice_once_per_port() {
-        let ports = vec![port(9091, 80, Protocol::Tcp, PublishMode::Ingress)];
-        let slices: Vec<EndpointsSpec> = (0..3u32)
-            .map(|n| EndpointsSpec {
-                slice: n,
-                ..eps(
-                    "ingress",
-                    ports.clone(),
-                    vec![task(&format!("10.255.0.{}", 5 + n), true)],
-                )
-            })
-            .collect();
-        let got = ingress_ports(slices.iter().rev());
-        assert_eq!(
-            got,
-            vec![MeshPort {
-                protocol: Protocol::Tcp,
-                published: 9091,
-                target: 80,
-                mode: PublishMode::Ingress,
-                backends: vec![ip("10.255.0.5"), ip("10.255.0.6"), ip("10.255.0.7")],
-            }]
-        );
-    }
-
-    #[test]
-    fn ingress_ports_should_map_published_to_target_on_ready_ingress_tasks() {
-        let ingress = eps(
-            "ingress",
-            vec![
-                port(9091, 80, Protocol::Tcp, PublishMode::Ingress),
-                port(9092, 9000, Protocol::Udp, PublishMode::Ingress),
-                port(8080, 80, Protocol::Tcp, PublishMode::Host),
-            ],
-            vec![
-                task("10.255.0.6", true),
-                task("10.255.0.5", true),
-                task("10.255.0.7", false),
-            ],
-        );
-        let other = eps(
-            "appnet",
-            vec![port(9093, 80, Protocol::Tcp, PublishMode::Ingress)],
-            vec![task("10.0.1.5", true)],
-        );
-        let got = normalize(ingress_ports([&ingress, &other]));
-        assert_eq!(
-            got,
-            vec![
-                MeshPort {
-                    protocol: Protocol::Tcp,
-                    published: 9091,
-                    target: 80,
-                    mode: PublishMode::Ingress,
-                    backends: vec![ip("10.255.0.5"), ip("10.255.0.6")],
-                },
-                MeshPort {
-                    protocol: Protocol::Udp,
-                    published: 9092,
-                    target: 9000,
-                    mode: PublishMode::Ingress,
-                    backends: vec![ip("10.255.0.5"), ip("10.255.0.6")],
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn host_ports_should_go_to_the_local_tasks_gateway_address_only() {
-        let ports = vec![
-            port(8080, 80, Protocol::Tcp, PublishMode::Host),
-            port(9091, 80, Protocol::Tcp, PublishMode::Ingress),
-        ];
-        let none: Vec<PortConfig> = vec![];
-        let got = host_ports([
-            ("b", ports.as_slice(), Some(ip("172.18.0.3"))),
-            ("a", none.as_slice(), Some(ip("172.18.0.2"))),
-            ("c", ports.as_slice(), None),
-        ]);
-        assert_eq!(
-            got,
-            vec![MeshPort {
-                protocol: Protocol::Tcp,
-                published: 8080,
-                target: 80,
-                mode: PublishMode::Host,
-                backends: vec![ip("172.18.0.3")],
-            }]
-        );
-    }
-
-    fn rules() -> MeshRules {
-        MeshRules {
-            reserved: BTreeSet::new(),
-            node_address: Some(ip("198.18.0.2")),
-            ingress: Some(("shb-4096".into(), ip("10.255.0.3"))),
-            ports: vec![
-                MeshPort {
-                    protocol: Protocol::Udp,
-                    published: 9092,
-                    target: 9000,
-                    mode: PublishMode::Ingress,
-                    backends: vec![],
-                },
-                MeshPort {
-                    protocol: Protocol::Tcp,
-                    published: 9091,
-                    target: 80,
-                    mode: PublishMode::Ingress,
-                    backends: vec![ip("10.255.0.6"), ip("10.255.0.5")],
-                },
-                MeshPort {
-                    protocol: Protocol::Tcp,
-                    published: 8080,
-                    target: 80,
-                    mode: PublishMode::Host,
-                    backends: vec![ip("172.18.0.2")],
-                },
-            ],
-        }
-    }
-
-    #[test]
-    fn ruleset_should_replace_the_table_with_one_verdict_map_and_a_chain_per_port() {
-        let doc = ruleset(&rules());
-        let objs = doc["nftables"].as_array().unwrap();
-        // add + delete + add: replaces whatever was there, in one transaction.
-        assert_eq!(
-            objs[0],
-            json!({"add": {"table": {"family": "ip", "name": "shoal_mesh"}}})
-        );
-        assert_eq!(
-            objs[1],
-            json!({"delete": {"table": {"family": "ip", "name": "shoal_mesh"}}})
-        );
-        let map = objs
-            .iter()
-            .find_map(|o| o.pointer("/add/map"))
-            .expect("the ports map");
-        assert_eq!(
-            map["elem"],
-            json!([
-                [{"concat": ["tcp", 8080]}, {"goto": {"target": "port_0"}}],
-                [{"concat": ["tcp", 9091]}, {"goto": {"target": "port_1"}}],
-                [{"concat": ["udp", 9092]}, {"goto": {"target": "refuse"}}]
-            ])
-        );
-        let rules: Vec<&Value> = objs.iter().filter_map(|o| o.pointer("/add/rule")).collect();
-        let in_chain = |c: &str| -> Vec<&Value> {
-            rules.iter().copied().filter(|r| r["chain"] == c).collect()
-        };
-        // Arriving traffic and the node's own, to its underlay address, one lookup each.
-        for chain in ["prerouting", "output"] {
-            let r = in_chain(chain);
-            assert_eq!(r.len(), 1, "{chain}");
-            assert_eq!(r[0]["expr"][0]["match"]["right"], "198.18.0.2");
-            assert_eq!(r[0]["expr"][2]["vmap"]["data"], "@ports");
-        }
-        // Ingress: round robin over the ready tasks (sorted), published 9091 -> target 80.
-        assert_eq!(
-            in_chain("port_1")[0]["expr"],
-            json!([
-                {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
-                {"dnat": {"addr": {"map": {"key": {"numgen": {"mode": "inc", "mod": 2, "offset": 0}},
-                    "data": {"set": [[0, "10.255.0.5"], [1, "10.255.0.6"]]}}}, "port": 80}}
-            ])
-        );
-        // Host: the local task's gateway address.
-        assert_eq!(
-            in_chain("port_0")[0]["expr"][1]["dnat"]["addr"]["map"]["data"],
-            json!({"set": [[0, "172.18.0.2"]]})
-        );
-        // SNAT to the node's ingress address for what goes into the ingress overlay.
-        assert_eq!(
-            in_chain("postrouting")[0]["expr"],
-            json!([
-                {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "shb-4096"}},
-                {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
-                {"snat": {"addr": "10.255.0.3"}}
-            ])
-        );
-        assert_eq!(in_chain("refuse").len(), 2);
-        // Chains exist before the map that names them.
-        let pos = |pred: &dyn Fn(&Value) -> bool| objs.iter().position(pred).unwrap();
-        assert!(
-            pos(&|o| o.pointer("/add/chain/name") == Some(&json!("port_1")))
-                < pos(&|o| o.pointer("/add/map").is_some())
-        );
-        // Same input, same document.
-        assert_eq!(doc, ruleset(&self::rules()));
-    }
-
-    #[test]
-    fn ruleset_without_ingress_address_keeps_host_ports_only() {
-        let mut r = rules();
-        r.ingress = None;
-        let doc = ruleset(&r);
-        let map = doc["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find_map(|o| o.pointer("/add/map"))
-            .unwrap()
-            .clone();
-        assert_eq!(
-            map["elem"],
-            json!([[{"concat": ["tcp", 8080]}, {"goto": {"target": "port_0"}}]])
-        );
-        assert!(!doc.to_string().contains("snat"));
-    }
-
-    /// Every (protocol, port) the document dispatches on.
-    fn programmed_ports(doc: &Value) -> Vec<(String, u64)> {
-        let map = doc["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find_map(|o| o.pointer("/add/map"))
-            .expect("the ports map");
-        map["elem"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                let c = &e[0]["concat"];
-                (c[0].as_str().unwrap().to_string(), c[1].as_u64().unwrap())
-            })
-            .collect()
-    }
-
-    #[test]
-    fn ruleset_should_never_contain_a_reserved_port_in_either_mode() {
-        let mut r = rules();
-        let reserved_ingress = |published: u16, protocol| MeshPort {
-            protocol,
-            published,
-            target: 80,
-            mode: PublishMode::Ingress,
-            backends: vec![ip("10.255.0.5")],
-        };
-        r.ports.push(reserved_ingress(4789, Protocol::Udp));
-        r.ports.push(reserved_ingress(2379, Protocol::Tcp));
-        r.ports.push(MeshPort {
-            mode: PublishMode::Host,
-            backends: vec![ip("172.18.0.2")],
-            ..reserved_ingress(22, Protocol::Tcp)
-        });
-        r.ports.push(reserved_ingress(7801, Protocol::Tcp));
-        r.reserved = node_reserved_ports(None, &[ReservedPort::tcp(7801)]);
-        let doc = ruleset(&r);
-        assert_eq!(
-            programmed_ports(&doc),
-            [
-                ("tcp".to_string(), 8080),
-                ("tcp".to_string(), 9091),
-                ("udp".to_string(), 9092)
-            ]
-        );
-        let text = doc.to_string();
-        for gone in ["4789", "2379", "7801"] {
-            assert!(!text.contains(gone), "{gone} in {text}");
-        }
-        let mut skipped: Vec<String> = r.skipped().map(|p| p.key().to_string()).collect();
-        skipped.sort();
-        assert_eq!(skipped, ["22/tcp", "2379/tcp", "4789/udp", "7801/tcp"]);
-    }
-
-    #[test]
-    fn the_node_reserves_vxlan_and_its_own_ports_even_when_the_cluster_reserves_nothing() {
-        let none = ClusterSettingsSpec::default();
-        assert_eq!(
-            node_reserved_ports(Some(&none), &[ReservedPort::tcp(7801)])
-                .into_iter()
-                .collect::<Vec<_>>(),
-            [ReservedPort::udp(4789), ReservedPort::tcp(7801)]
-        );
-        // Unknown settings: the defaults.
-        let defaults = node_reserved_ports(None, &[]);
-        assert!(defaults.contains(&ReservedPort::tcp(22)));
-        assert!(defaults.contains(&ReservedPort::tcp(2379)));
-        let custom = ClusterSettingsSpec::with_reserved_ports([ReservedPort::tcp(23790)]);
-        assert!(node_reserved_ports(Some(&custom), &[]).contains(&ReservedPort::tcp(23790)));
-        assert!(!node_reserved_ports(Some(&custom), &[]).contains(&ReservedPort::tcp(22)));
-    }
-
-    #[test]
-    fn ruleset_without_node_address_is_an_empty_table() {
-        let doc = ruleset(&MeshRules::default());
-        assert_eq!(doc["nftables"].as_array().unwrap().len(), 3);
-        assert!(MeshRules::default().is_empty());
-        assert_eq!(
-            delete_ruleset()["nftables"][1],
-            json!({"delete": {"table": {"family": "ip", "name": "shoal_mesh"}}})
-        );
-    }
-
-    #[tokio::test]
-    async fn recording_mesh_remembers_the_last_rules() {
-        let m = RecordingMesh::default();
-        m.program(&rules()).await.unwrap();
-        assert_eq!(m.rules(), Some(rules()));
-        assert_eq!(m.programs(), 1);
-        m.remove().await.unwrap();
-        assert_eq!(m.rules(), None);
-    }
-}
+mod tests;

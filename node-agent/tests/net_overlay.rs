@@ -1204,6 +1204,7 @@ async fn tasks_should_not_reach_their_node_while_overlays_and_the_mesh_still_wor
             target: 80,
             mode: PublishMode::Ingress,
             backends: vec![ip4("10.255.0.5")],
+            ..Default::default()
         }],
         reserved: Default::default(),
     })

@@ -32,7 +32,7 @@ use shoal_api_types::{
     Config, ConfigReference, ConfigSpec, Constraint, Cpus, EndpointMode, HealthCheck, Memory,
     Mount, MountType, Network, NetworkAttachmentConfig, NetworkSpec, PortConfig, Protocol,
     PublishMode, ResourceLimits, ResourceReservations, Resources, RestartCondition, RestartPolicy,
-    Secret, SecretReference, SecretSpec, Service, ServiceMode, ServiceSpec,
+    Secret, SecretReference, SecretSpec, Service, ServiceMode, ServiceSpec, TrafficPolicy,
 };
 
 use super::load::{base_dir, load, resolve, ComposeFile, Extras, PolicyExtras};
@@ -688,6 +688,12 @@ fn health(h: &Option<Healthcheck>, at: &str) -> Result<Option<HealthCheck>> {
     }))
 }
 
+/// Compose has no traffic policy: the long port syntax takes it as an extension,
+/// `x-shoal-traffic: cluster|local` (Shoal's `traffic`).
+const TRAFFIC_EXT: &str = "x-shoal-traffic";
+/// `x-shoal-health-port: N` on a long-syntax port (Shoal's `healthPort`).
+const HEALTH_PORT_EXT: &str = "x-shoal-health-port";
+
 fn ports(p: &cports::Ports, at: &str, warnings: &mut Vec<String>) -> Result<Vec<PortConfig>> {
     let mut out = vec![];
     for (i, entry) in p.iter().enumerate() {
@@ -722,7 +728,29 @@ fn ports(p: &cports::Ports, at: &str, warnings: &mut Vec<String>) -> Result<Vec<
                     Some(cports::Mode::Host) => PublishMode::Host,
                     _ => PublishMode::Ingress,
                 },
+                traffic: match port.extensions.get(TRAFFIC_EXT).map(|v| v.as_str()) {
+                    None => TrafficPolicy::Cluster,
+                    Some(Some("cluster")) => TrafficPolicy::Cluster,
+                    Some(Some("local")) => TrafficPolicy::Local,
+                    Some(_) => bail!("{at}.{TRAFFIC_EXT}: must be cluster or local"),
+                },
+                health_port: match port.extensions.get(HEALTH_PORT_EXT) {
+                    None => None,
+                    Some(v) => Some(
+                        v.as_u64()
+                            .and_then(|n| u32::try_from(n).ok())
+                            .filter(|n| (1..=65535).contains(n))
+                            .ok_or_else(|| {
+                                anyhow!("{at}.{HEALTH_PORT_EXT}: must be a port number (1-65535)")
+                            })?,
+                    ),
+                },
             });
+            for key in port.extensions.keys() {
+                if ![TRAFFIC_EXT, HEALTH_PORT_EXT].contains(&key.as_str()) {
+                    warnings.push(format!("{at}.{key}: not a Shoal extension: ignored"));
+                }
+            }
         }
     }
     Ok(out)
@@ -1236,13 +1264,15 @@ configs:
                     published: 8080,
                     target: 80,
                     protocol: Protocol::Tcp,
-                    mode: PublishMode::Ingress
+                    mode: PublishMode::Ingress,
+                    ..Default::default()
                 },
                 PortConfig {
                     published: 8081,
                     target: 81,
                     protocol: Protocol::Udp,
-                    mode: PublishMode::Host
+                    mode: PublishMode::Host,
+                    ..Default::default()
                 },
             ]
         );
@@ -1373,6 +1403,43 @@ configs:
             assert!(e.starts_with(want), "{text}\n got: {e}");
         }
         assert!(convert("my_shop", &files(SHOP), &inputs).is_err());
+    }
+
+    #[test]
+    fn ports_should_take_the_traffic_policy_and_health_port_extensions() {
+        let inputs = Inputs {
+            lookup: &env,
+            read: &read,
+        };
+        let text = "services:\n  a:\n    image: busybox\n    ports:\n      - {target: 80, published: 8080, x-shoal-traffic: local, x-shoal-health-port: 31001}\n      - {target: 81, published: 8081, x-shoal-traffic: cluster, x-colour: red}\n      - '8082:82'\n";
+        let stack = convert("shop", &files(text), &inputs).unwrap();
+        let a = service(&stack, "shop_a");
+        assert_eq!(
+            a.spec.ports[0],
+            PortConfig {
+                published: 8080,
+                target: 80,
+                traffic: TrafficPolicy::Local,
+                health_port: Some(31001),
+                ..Default::default()
+            }
+        );
+        assert_eq!(a.spec.ports[1].traffic, TrafficPolicy::Cluster);
+        assert_eq!(a.spec.ports[2].traffic, TrafficPolicy::Cluster);
+        assert!(
+            stack.warnings.contains(
+                &"services.a.ports[1].x-colour: not a Shoal extension: ignored".to_string()
+            ),
+            "{:?}",
+            stack.warnings
+        );
+        for (text, want) in [
+            ("services:\n  a:\n    image: busybox\n    ports:\n      - {target: 80, published: 8080, x-shoal-traffic: nearest}\n", "services.a.ports[0].x-shoal-traffic: must be cluster or local"),
+            ("services:\n  a:\n    image: busybox\n    ports:\n      - {target: 80, published: 8080, x-shoal-health-port: 0}\n", "services.a.ports[0].x-shoal-health-port: must be a port number (1-65535)"),
+        ] {
+            let e = convert("shop", &files(text), &inputs).unwrap_err().to_string();
+            assert!(e.ends_with(want), "{text}\n got: {e}");
+        }
     }
 
     #[test]

@@ -554,4 +554,13 @@ mod tests {
         assert!(text.contains("\"subnet\""), "{text}");
         assert!(text.contains("\"published\""), "{text}");
     }
+
+    #[test]
+    fn port_schema_documents_traffic_and_the_health_port() {
+        let doc = document();
+        let text = doc["components"]["schemas"].to_string();
+        for piece in ["\"traffic\"", "\"healthPort\"", "\"local\"", "\"cluster\""] {
+            assert!(text.contains(piece), "{piece} missing from {text}");
+        }
+    }
 }

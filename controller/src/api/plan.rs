@@ -1214,12 +1214,14 @@ mod tests {
             target: 4789,
             protocol: Protocol::Udp,
             mode: PublishMode::Ingress,
+            ..Default::default()
         });
         s.spec.ports.push(PortConfig {
             published: 22,
             target: 22,
             protocol: Protocol::Tcp,
             mode: PublishMode::Host,
+            ..Default::default()
         });
         let err = plan(
             &world(vec![], vec![]),

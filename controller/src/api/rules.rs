@@ -14,6 +14,8 @@
 //! - An ingress-mode published port (number + protocol) belongs to one service; a port
 //!   number used in ingress mode by one service cannot be used in host mode by another.
 //!   Host-mode ports may repeat across services (the scheduler keeps them apart per node).
+//! - A health port (`traffic: local`) answers on every node, so it belongs to one service
+//!   and is nobody's published TCP port.
 //! - A Network is in use while a Service lists it (the ingress network: while a Service
 //!   publishes in ingress mode).
 //!
@@ -25,7 +27,7 @@ use std::collections::BTreeMap;
 use ipnetwork::Ipv4Network;
 use shoal_api_types::network::{parse_cidr, BRIDGE_DRIVER, GATEWAY_BRIDGE_NETWORK};
 use shoal_api_types::service::mode_name;
-use shoal_api_types::{Config, FieldError, Network, PublishMode, Secret, Service};
+use shoal_api_types::{Config, FieldError, Network, Protocol, PublishMode, Secret, Service};
 
 /// The subnet a network occupies: its explicit one, else the allocated one.
 pub fn network_subnet(n: &Network) -> Option<Ipv4Network> {
@@ -229,6 +231,17 @@ pub fn check_ports<'a>(
     'ports: for (i, p) in svc.spec.ports.iter().enumerate() {
         for other in &others {
             for q in &other.spec.ports {
+                if p.protocol == Protocol::Tcp && q.health_port == Some(p.published) {
+                    errs.push(FieldError::new(
+                        format!("spec.ports[{i}].published"),
+                        format!(
+                            "port {}/tcp is the health port of service {}",
+                            p.published,
+                            other.name()
+                        ),
+                    ));
+                    continue 'ports;
+                }
                 if p.published != q.published {
                     continue;
                 }
@@ -251,6 +264,36 @@ pub fn check_ports<'a>(
                     message,
                 ));
                 continue 'ports;
+            }
+        }
+    }
+    'health: for (i, h) in svc
+        .spec
+        .ports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| Some((i, p.health_port?)))
+    {
+        for other in &others {
+            for q in &other.spec.ports {
+                let message = if q.health_port == Some(h) {
+                    format!(
+                        "port {h} is already the health port of service {}",
+                        other.name()
+                    )
+                } else if q.published == h && q.protocol == Protocol::Tcp {
+                    format!(
+                        "port {h}/tcp is already published by service {}",
+                        other.name()
+                    )
+                } else {
+                    continue;
+                };
+                errs.push(FieldError::new(
+                    format!("spec.ports[{i}].healthPort"),
+                    message,
+                ));
+                continue 'health;
             }
         }
     }
@@ -317,6 +360,7 @@ mod tests {
                         target: 80,
                         protocol,
                         mode,
+                        ..Default::default()
                     })
                     .collect(),
                 ..Default::default()
@@ -480,6 +524,40 @@ mod tests {
         assert!(
             check_ports(&svc("web", &[], &[(8080, Protocol::Tcp, Ingress)]), [&web]).is_empty()
         );
+    }
+
+    #[test]
+    fn a_health_port_belongs_to_one_service_and_is_nobodys_published_port() {
+        use PublishMode::*;
+        let with_health = |name: &str, published: u32, health: u32| {
+            let mut s = svc(name, &[], &[(published, Protocol::Tcp, Ingress)]);
+            s.spec.ports[0].traffic = shoal_api_types::TrafficPolicy::Local;
+            s.spec.ports[0].health_port = Some(health);
+            s
+        };
+        let web = with_health("web", 8080, 31001);
+        let shown = |errs: Vec<FieldError>| -> Vec<String> {
+            errs.iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(
+            shown(check_ports(&with_health("api", 8081, 31001), [&web])),
+            ["spec.ports[0].healthPort: port 31001 is already the health port of service web"]
+        );
+        assert_eq!(
+            shown(check_ports(&with_health("api", 8081, 8080), [&web])),
+            ["spec.ports[0].healthPort: port 8080/tcp is already published by service web"]
+        );
+        assert_eq!(
+            shown(check_ports(
+                &svc("api", &[], &[(31001, Protocol::Tcp, Host)]),
+                [&web]
+            )),
+            ["spec.ports[0].published: port 31001/tcp is the health port of service web"]
+        );
+        assert!(
+            check_ports(&svc("api", &[], &[(31001, Protocol::Udp, Ingress)]), [&web]).is_empty()
+        );
+        assert!(check_ports(&with_health("web", 8080, 31001), [&web]).is_empty());
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! Owns [`RecordingMesh`], the [`Mesh`] that only remembers (for tests and the `test-util`
 //! feature; not in the product binaries).
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use super::health::HealthError;
 use super::types::{Mesh, MeshRules};
 use crate::net::nft::NftError;
 
@@ -9,6 +13,7 @@ use crate::net::nft::NftError;
 pub struct RecordingMesh {
     state: std::sync::Mutex<(Option<MeshRules>, usize)>,
     listed: std::sync::Mutex<Option<String>>,
+    health: std::sync::Mutex<Option<(Ipv4Addr, BTreeMap<u16, u32>)>>,
 }
 
 impl RecordingMesh {
@@ -24,6 +29,13 @@ impl RecordingMesh {
     /// tests of `shoal system check`; `None` (the default): no table.
     pub fn set_listed(&self, json: Option<String>) {
         *self.listed.lock().unwrap_or_else(|e| e.into_inner()) = json;
+    }
+    /// The health ports last "served" and their address (`None`: never asked).
+    pub fn health(&self) -> Option<(Ipv4Addr, BTreeMap<u16, u32>)> {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
     /// How many times it was programmed.
     pub fn programs(&self) -> usize {
@@ -49,5 +61,13 @@ impl Mesh for RecordingMesh {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone())
+    }
+    async fn serve_health(
+        &self,
+        address: Ipv4Addr,
+        answers: &BTreeMap<u16, u32>,
+    ) -> Result<(), HealthError> {
+        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = Some((address, answers.clone()));
+        Ok(())
     }
 }

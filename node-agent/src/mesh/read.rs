@@ -127,6 +127,7 @@ mod tests {
                     target: 80,
                     mode: PublishMode::Ingress,
                     backends: vec![Ipv4Addr::new(10, 255, 0, 6), Ipv4Addr::new(10, 255, 0, 5)],
+                    ..Default::default()
                 },
                 MeshPort {
                     protocol: Protocol::Udp,
@@ -134,6 +135,7 @@ mod tests {
                     target: 53,
                     mode: PublishMode::Ingress,
                     backends: vec![],
+                    ..Default::default()
                 },
             ],
             reserved: Default::default(),

@@ -1,16 +1,17 @@
 //! What the routing mesh is asked for ([`MeshRules`] of [`MeshPort`]s) and the [`Mesh`] trait
 //! that programs it; shared by the real table ([`super::NftMesh`]) and the fake.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use shoal_api_types::service::{Protocol, PublishMode};
+use shoal_api_types::service::{Protocol, PublishMode, TrafficPolicy};
 use shoal_api_types::settings::ReservedPort;
 
+use super::health::HealthError;
 use crate::net::nft::NftError;
 
 /// One published port on this node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct MeshPort {
     /// TCP or UDP.
     pub protocol: Protocol,
@@ -20,6 +21,12 @@ pub struct MeshPort {
     pub target: u16,
     /// Ingress (every node, to the ingress IPs of ready tasks) or host (local task only).
     pub mode: PublishMode,
+    /// Ingress mode: `cluster` (backends are every ready task's ingress IP, SNAT into the
+    /// ingress overlay) or `local` (backends are this node's ready tasks' gateway-bridge
+    /// addresses, no SNAT: the task sees the client's address). Host mode: `cluster`.
+    pub traffic: TrafficPolicy,
+    /// `traffic: local` only: the TCP port on which the node reports `backends.len()`.
+    pub health_port: Option<u16>,
     /// Where connections go; empty means refused.
     pub backends: Vec<Ipv4Addr>,
 }
@@ -52,6 +59,31 @@ impl MeshRules {
         self.node_address.is_none() || self.ports.is_empty()
     }
 
+    /// What each health port answers: port → the number of local ready tasks (the
+    /// backends) of its `traffic: local` port, for the ports the table programs; a reserved
+    /// health port (TCP) is left out like a reserved published port. Without a node
+    /// address, none.
+    pub fn health_answers(&self) -> BTreeMap<u16, u32> {
+        let mut out = BTreeMap::new();
+        if self.node_address.is_none() {
+            return out;
+        }
+        for p in &self.ports {
+            let Some(h) = p.health_port else { continue };
+            if p.traffic != TrafficPolicy::Local
+                || p.mode != PublishMode::Ingress
+                || self.ingress.is_none()
+                || self.reserved.contains(&p.key())
+                || self.reserved.contains(&ReservedPort::tcp(h))
+            {
+                continue;
+            }
+            let n = u32::try_from(p.backends.len()).unwrap_or(u32::MAX);
+            out.entry(h).or_insert(n);
+        }
+        out
+    }
+
     /// The ports the table leaves out because they are reserved.
     pub fn skipped(&self) -> impl Iterator<Item = &MeshPort> {
         self.ports
@@ -71,4 +103,12 @@ pub trait Mesh: Send + Sync {
     /// The table as the kernel holds it (`nft -j list table` output; `None`: no table), for
     /// `shoal system check` ([`super::read`]).
     async fn programmed(&self) -> Result<Option<String>, NftError>;
+    /// Answer HTTP on `address:port` for each health port of `answers` (port → local ready
+    /// count: 200 `{"local":N}`, or 503 `{"local":0}`), and on no other health port.
+    /// Idempotent: ports already served keep their listener and take the new count.
+    async fn serve_health(
+        &self,
+        address: Ipv4Addr,
+        answers: &BTreeMap<u16, u32>,
+    ) -> Result<(), HealthError>;
 }

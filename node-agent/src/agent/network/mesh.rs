@@ -3,9 +3,11 @@
 //! tasks run here, holds every other node's ingress address as a peer, and keeps its
 //! `shoal_mesh` table ([`crate::mesh`]) equal to the ingress ports in the Endpoints of
 //! `ingress` plus the host-mode ports of local tasks (to their gateway-bridge address), less
-//! the reserved ports (the ClusterSettings' and the node's own; a warning names each). The
+//! the reserved ports (the ClusterSettings' and the node's own; a warning names each);
+//! `traffic: local` ports go to the local ready tasks' gateway-bridge addresses, and their
+//! health ports answer the count of those (served after the table that holds them). The
 //! table is left in place when the agent stops (like containers) and replaced by the next
-//! agent. Each step runs only when its input changed since it last succeeded ([`MeshState`](super::mesh_state::MeshState),
+//! agent; the health listeners end with the agent. Each step runs only when its input changed since it last succeeded ([`MeshState`](super::mesh_state::MeshState),
 //! owned by the background loop, in `mesh_state`). See docs/architecture.md ("Node agent").
 
 use std::collections::BTreeMap;
@@ -77,11 +79,15 @@ impl NodeNetwork {
             let addr = spec.address?.ip();
             Some((names::bridge_name(spec.vni), addr))
         });
+        let local = self.local_map().clone();
         if ingress.is_some() {
             let eps = self.endpoints_of(INGRESS_NETWORK).unwrap_or_default();
-            ports.extend(mesh::ingress_ports(&eps));
+            let gateways: BTreeMap<String, Ipv4Addr> = local
+                .iter()
+                .filter_map(|(id, t)| Some((id.clone(), t.gateway?)))
+                .collect();
+            ports.extend(mesh::ingress_ports(&eps, &gateways));
         }
-        let local = self.local_map().clone();
         ports.extend(mesh::host_ports(
             local
                 .iter()
@@ -174,6 +180,18 @@ impl NodeNetwork {
                     st.programmed = Some(rules);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot program the routing mesh"),
+            }
+        }
+        // Health ports answer what the table programs: only after it was programmed.
+        if let Some(programmed) = &st.programmed {
+            let health = (self.underlay, programmed.health_answers());
+            if st.health.as_ref() != Some(&health) {
+                match mesh.serve_health(health.0, &health.1).await {
+                    Ok(()) => st.health = Some(health),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "routing mesh: cannot serve a health port")
+                    }
+                }
             }
         }
     }

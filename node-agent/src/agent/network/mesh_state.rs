@@ -3,6 +3,9 @@
 //! A leaf, so the loop (`network/mod.rs`) and the mesh steps need not import each other.
 //! See docs/architecture.md ("Node agent").
 
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
 use crate::mesh::MeshRules;
 use crate::net::{OverlaySpec, Peer};
 
@@ -17,6 +20,8 @@ pub struct MeshState {
     pub(crate) peers: Option<(u32, Vec<Peer>)>,
     /// The table as last programmed.
     pub(crate) programmed: Option<MeshRules>,
+    /// The health ports as last served (address, port → local ready count).
+    pub(crate) health: Option<(Ipv4Addr, BTreeMap<u16, u32>)>,
 }
 
 impl MeshState {
@@ -26,5 +31,6 @@ impl MeshState {
         self.overlay = None;
         self.peers = None;
         self.programmed = None;
+        self.health = None;
     }
 }

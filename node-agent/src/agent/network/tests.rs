@@ -1094,3 +1094,89 @@ async fn a_start_should_not_wait_for_the_reconcile_to_program_other_tasks() {
     lb.release.add_permits(1);
     assert!(reconcile.await.unwrap());
 }
+
+#[tokio::test]
+async fn a_local_traffic_port_should_go_to_the_nodes_ready_tasks_and_report_them_on_its_health_port(
+) {
+    let net = Arc::new(RecordingNetwork::new(PREFIX));
+    let runtime = Arc::new(FakeRuntime::new());
+    let mesh = Arc::new(crate::mesh::RecordingMesh::default());
+    let network = Arc::new(
+        NodeNetwork::new(
+            net.clone(),
+            Arc::new(RecordingDns::default()),
+            Arc::new(RecordingDns::default()),
+            Arc::new(RecordingLb::default()),
+            RecordStore::new(),
+            Ipv4Addr::new(198, 18, 0, 1),
+            "/run/netns",
+            PREFIX,
+        )
+        .with_mesh("node-1", mesh.clone()),
+    );
+    let tasks = ContainerTasks::new(runtime.clone(), "node-1").with_network(network.clone());
+    let mut ingress = overlay("ingress", 4096, false);
+    ingress.status.subnet = Some("10.255.0.0/16".into());
+    network.set_networks([ingress]);
+    network.set_nodes([
+        node_obj("node-1", "198.18.0.1", "10.255.0.3"),
+        node_obj("node-2", "198.18.0.2", "10.255.0.4"),
+    ]);
+    let eps = |local_ready: bool| {
+        let mut e = EndpointsSpec::vip("ingress", "loc", "10.255.0.2")
+            .tasks([
+                EndpointTask::new("loc.1", "10.255.0.9")
+                    .id("l1")
+                    .on("198.18.0.1")
+                    .ready(local_ready),
+                EndpointTask::new("loc.2", "10.255.0.10")
+                    .id("l2")
+                    .on("198.18.0.2"),
+            ])
+            .object();
+        e.spec.ports = vec![PortConfig {
+            published: 8080,
+            target: 80,
+            traffic: shoal_api_types::TrafficPolicy::Local,
+            health_port: Some(31001),
+            ..Default::default()
+        }];
+        e
+    };
+    network.set_endpoints([eps(true)]);
+    tasks
+        .start_task(&task("l1", &[("ingress", "10.255.0.9")]))
+        .await
+        .unwrap();
+    let mut applied = Applied::default();
+    network.refresh_mesh(&mut applied).await;
+    let rules = mesh.rules().expect("programmed");
+    let port = rules.ports.iter().find(|p| p.published == 8080).unwrap();
+    assert_eq!(port.backends.len(), 1, "only the local task: {port:?}");
+    assert!(
+        port.backends[0].octets()[..2] == [172, 18],
+        "at its gateway-bridge address, not an ingress IP: {port:?}"
+    );
+    assert_eq!(
+        mesh.health(),
+        Some((Ipv4Addr::new(198, 18, 0, 1), BTreeMap::from([(31001, 1)])))
+    );
+
+    // The local task is not ready: the node refuses and its health port says 503 (0).
+    network.set_endpoints([eps(false)]);
+    network.refresh_mesh(&mut applied).await;
+    let rules = mesh.rules().unwrap();
+    assert!(rules
+        .ports
+        .iter()
+        .find(|p| p.published == 8080)
+        .unwrap()
+        .backends
+        .is_empty());
+    assert_eq!(mesh.health().unwrap().1, BTreeMap::from([(31001, 0)]));
+
+    // The service goes: no health port is served any more.
+    network.set_endpoints([]);
+    network.refresh_mesh(&mut applied).await;
+    assert_eq!(mesh.health().unwrap().1, BTreeMap::new());
+}
