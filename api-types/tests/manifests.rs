@@ -34,19 +34,10 @@ fn demo_manifests_are_valid_and_complete() {
         vec![
             "network/appoverlay",
             "service/api",
-            "service/edge",
             "service/web",
             "service/worker"
         ]
     );
-    // One example keeps the client's address (issue 17).
-    let edge = objects.iter().find_map(|o| match o {
-        AnyObject::Service(s) if s.name() == "edge" => Some(s),
-        _ => None,
-    });
-    let port = &edge.expect("service/edge").spec.ports[0];
-    assert_eq!(port.traffic, shoal_api_types::TrafficPolicy::Local);
-    assert_eq!(port.health_port, Some(31094));
     // Every service joins a network that the demo defines.
     for obj in &objects {
         if let AnyObject::Service(s) = obj {
@@ -57,4 +48,24 @@ fn demo_manifests_are_valid_and_complete() {
             );
         }
     }
+}
+
+#[test]
+fn examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+    let files = read_dir_sorted(&dir);
+    assert!(!files.is_empty(), "no examples in {}", dir.display());
+    let mut objects = Vec::new();
+    for p in &files {
+        let text = std::fs::read_to_string(p).unwrap();
+        objects.extend(parse_manifests(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display())));
+    }
+    // One example keeps the client's address (issue 17).
+    let edge = objects.iter().find_map(|o| match o {
+        AnyObject::Service(s) if s.name() == "edge" => Some(s),
+        _ => None,
+    });
+    let port = &edge.expect("service/edge").spec.ports[0];
+    assert_eq!(port.traffic, shoal_api_types::TrafficPolicy::Local);
+    assert_eq!(port.health_port, Some(31094));
 }
