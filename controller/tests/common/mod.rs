@@ -145,6 +145,23 @@ pub async fn assert_no_retry_loop(
     networks: &[&str],
     services: &[&str],
 ) {
+    // The caller waited for the failure to show, which can come before the controller's
+    // last write of the pass that showed it: let it finish first, or the reconciles below
+    // would race it. A loop that writes more often than `settle` fails here; a slower one
+    // (backoff) is caught by the reconciles and the window below.
+    let settle = Duration::from_millis(700);
+    let mut attempts = 0;
+    loop {
+        let writes = writes_during(store, settle).await;
+        if writes.is_empty() {
+            break;
+        }
+        attempts += 1;
+        assert!(
+            attempts < 15,
+            "the controller never went quiet for {settle:?} in {attempts} tries: {writes:?}"
+        );
+    }
     let direct = DirectContext::start(store, config).await;
     for n in networks {
         let r = allocator::reconcile_network(n.to_string(), direct.ctx.clone()).await;
