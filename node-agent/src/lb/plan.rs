@@ -262,18 +262,7 @@ mod tests {
     use crate::lb::entries::normalize;
     use shoal_api_types::service::Protocol;
 
-    fn ip(s: &str) -> Ipv4Addr {
-        s.parse().unwrap()
-    }
-
-    fn e(vip: &str, protocol: Protocol, port: Option<u16>, backends: &[&str]) -> VipEntry {
-        VipEntry {
-            vip: ip(vip),
-            protocol,
-            port,
-            backends: backends.iter().map(|b| ip(b)).collect(),
-        }
-    }
+    use crate::lb::ruleset::tests::{e, ip};
 
     /// A whole-VIP service over TCP and UDP.
     fn svc(vip: &str, backends: &[&str]) -> Vec<VipEntry> {

@@ -434,18 +434,24 @@ fn parse_backend(el: &Value, with_port: bool) -> Result<(Key, u32, Ipv4Addr), Lb
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::lb::entries::tests::{endpoints, task};
     use crate::lb::entries::vip_entries;
     use shoal_api_types::endpoints::EndpointsSpec;
     use shoal_api_types::service::EndpointMode;
 
-    fn ip(s: &str) -> Ipv4Addr {
+    pub(crate) fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
     }
 
-    fn e(vip: &str, protocol: Protocol, port: Option<u16>, backends: &[&str]) -> VipEntry {
+    /// A VIP entry from strings.
+    pub(crate) fn e(
+        vip: &str,
+        protocol: Protocol,
+        port: Option<u16>,
+        backends: &[&str],
+    ) -> VipEntry {
         VipEntry {
             vip: ip(vip),
             protocol,
