@@ -581,3 +581,17 @@ fn rand_suffix() -> String {
         .unwrap_or_default();
     format!("{:x}", t.as_nanos())
 }
+
+/// The image every end-to-end test runs: busybox, pushed to the local registry by the
+/// cluster's set-up.
+pub const BUSYBOX: &str = "localhost:5000/busybox:latest";
+
+/// Announces a test's next step on stderr (one cluster runs its scenarios in sequence).
+pub fn step(name: &str) {
+    eprintln!("\n=== {name}");
+}
+
+/// The number of a node name: `node-2` → 2.
+pub fn node_k(node: &str) -> u32 {
+    node.trim_start_matches("node-").parse().expect("node-k")
+}

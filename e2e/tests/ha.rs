@@ -5,12 +5,8 @@
 
 use std::time::Duration;
 
-use shoal_e2e::Cluster;
+use shoal_e2e::{step, Cluster};
 use shoal_testkit::require;
-
-fn step(name: &str) {
-    eprintln!("=== {name}");
-}
 
 fn service(name: &str, replicas: u32) -> String {
     format!(

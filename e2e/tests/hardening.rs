@@ -13,13 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use shoal_e2e::{require_e2e, Cluster};
-
-const BUSYBOX: &str = "localhost:5000/busybox:latest";
-
-fn step(name: &str) {
-    eprintln!("\n=== {name}");
-}
+use shoal_e2e::{require_e2e, step, Cluster, BUSYBOX};
 
 fn service(name: &str, replicas: u32, extra: &str) -> String {
     format!(

@@ -8,9 +8,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use shoal_e2e::{require_e2e, Cluster};
-
-const BUSYBOX: &str = "localhost:5000/busybox:latest";
+use shoal_e2e::{node_k, require_e2e, step, Cluster, BUSYBOX};
 
 fn httpd_service(name: &str, replicas: u32, networks: &[&str]) -> String {
     let nets: Vec<String> = networks.iter().map(|n| format!("{{name: {n}}}")).collect();
@@ -33,15 +31,6 @@ fn sleeper_service(name: &str, networks: &[&str]) -> String {
 
 fn network(name: &str, internal: bool) -> String {
     format!("apiVersion: shoal/v1\nkind: Network\nmetadata: {{name: {name}}}\nspec: {{internal: {internal}}}\n")
-}
-
-fn step(name: &str) {
-    eprintln!("\n=== {name}");
-}
-
-/// Node number of a node name (`node-2` -> 2).
-fn node_k(node: &str) -> u32 {
-    node.trim_start_matches("node-").parse().expect("node-k")
 }
 
 /// Network namespaces on this machine whose name mentions `task_id`.

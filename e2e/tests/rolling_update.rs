@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use shoal_e2e::{http_get, node_ip, require_e2e, Cluster, Get, Run};
+use shoal_e2e::{http_get, node_ip, require_e2e, step, Cluster, Get, Run, BUSYBOX};
 
-const BUSYBOX: &str = "localhost:5000/busybox:latest";
 /// Sleeps until stopped, and stops at once on SIGTERM (a bare `sleep` as PID 1 ignores
 /// it, so every stop would wait out the grace period).
 const SLEEP: &str = "trap 'exit 0' TERM; sleep 100000 & wait";
@@ -32,10 +31,6 @@ const SLOW_HTTPD: &str =
 const REAPER: &str = "trap 'exit 0' TERM; while :; do sleep 1; done";
 /// (Not `wget -T`: the busybox of the test image, 1.35 from Debian, crashes on it.)
 const HEALTH: &str = "wget -qO- http://127.0.0.1/ >/dev/null";
-
-fn step(name: &str) {
-    eprintln!("\n=== {name}");
-}
 
 // ---- reading tasks and services ----
 

@@ -9,19 +9,9 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use shoal_e2e::{http_get, node_ip, require_e2e, Cluster, Get};
+use shoal_e2e::{http_get, node_ip, node_k, require_e2e, step, Cluster, Get, BUSYBOX};
 
-const BUSYBOX: &str = "localhost:5000/busybox:latest";
 const HTTPD: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
-
-fn step(name: &str) {
-    eprintln!("\n=== {name}");
-}
-
-/// Node number of a node name (`node-2` -> 2).
-fn node_k(node: &str) -> u32 {
-    node.trim_start_matches("node-").parse().expect("node-k")
-}
 
 /// The page when the GET answered 200.
 fn page(ip: Ipv4Addr, port: u16) -> Option<String> {

@@ -4,12 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use shoal_e2e::Cluster;
+use shoal_e2e::{step, Cluster};
 use shoal_testkit::require;
-
-fn step(name: &str) {
-    eprintln!("=== {name}");
-}
 
 /// Polls `f` every 100 ms until it is true or `timeout` passes; returns how long it took.
 fn within(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {

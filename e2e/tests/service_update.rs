@@ -8,14 +8,9 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::Value;
-use shoal_e2e::{require_e2e, Cluster};
+use shoal_e2e::{require_e2e, step, Cluster, BUSYBOX};
 
-const BUSYBOX: &str = "localhost:5000/busybox:latest";
 const HTTPD: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
-
-fn step(name: &str) {
-    eprintln!("\n=== {name}");
-}
 
 /// Whether ip:port answers an HTTP GET with a page naming a task of `service`.
 fn answers(ip: Ipv4Addr, port: u16, service: &str) -> bool {

@@ -18,14 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use shoal_e2e::{http_get, node_ip, require_e2e, Cluster, Get};
+use shoal_e2e::{http_get, node_ip, require_e2e, step, Cluster, Get};
 
 const SECRET: &str = "correct-horse-battery-staple";
 const PAGE: &str = "<h1>Welcome to the shop</h1>";
-
-fn step(name: &str) {
-    eprintln!("\n=== {name}");
-}
 
 fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)

@@ -14,13 +14,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use shoal_e2e::{require_e2e, Cluster, Run};
-
-const BUSYBOX: &str = "localhost:5000/busybox:latest";
-
-fn step(name: &str) {
-    eprintln!("\n=== {name}");
-}
+use shoal_e2e::{require_e2e, step, Cluster, Run, BUSYBOX};
 
 fn manifest() -> String {
     format!(

@@ -15,21 +15,12 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use shoal_e2e::{http_get, node_ip, require_e2e, Cluster, Get};
+use shoal_e2e::{http_get, node_ip, node_k, require_e2e, step, Cluster, Get, BUSYBOX};
 
-const BUSYBOX: &str = "localhost:5000/busybox:latest";
 /// An HTTP server that logs every request's peer (`198.18.0.254:40000: response:200`).
 const HTTPD: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -v -p 80 -h /www";
 /// The host namespace's address on the underlay bridge: the client of every request here.
 const CLIENT: &str = "198.18.0.254";
-
-fn step(name: &str) {
-    eprintln!("\n=== {name}");
-}
-
-fn node_k(node: &str) -> u32 {
-    node.trim_start_matches("node-").parse().expect("node-k")
-}
 
 fn logs(c: &Cluster, service: &str) -> String {
     let run = c.shoal(&["service", "logs", service]);

@@ -24,16 +24,11 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 use shoal_e2e::testkit::free_port;
-use shoal_e2e::{require_e2e, Cluster};
+use shoal_e2e::{require_e2e, step, Cluster, BUSYBOX};
 
-const BUSYBOX: &str = "localhost:5000/busybox:latest";
 const SLEEP: &str = "trap 'exit 0' TERM; echo hello from $(hostname); sleep 100000 & wait";
 const URL: &str = "https://127.0.0.1:7777";
 const SECRET: &str = "do-not-show-7f3a9c";
-
-fn step(name: &str) {
-    eprintln!("\n=== {name}");
-}
 
 /// Headless Chromium under chromedriver, with a throw-away profile; killed on drop.
 struct Browser {

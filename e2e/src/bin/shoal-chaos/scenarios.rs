@@ -150,18 +150,12 @@ fn agent_kill(x: &Chaos, n: u32) -> Result<Outcome> {
     // No duplicate container: node-3 runs exactly one container per live task, and every
     // container it holds belongs to one of its tasks (a replaced task's container may
     // still be stopping: it gets a few seconds).
-    let mut last = vec![];
-    let st = wait_for(
+    let st = node3_without_problems(
+        x,
         "node-3 with one running container per live task",
         Duration::from_secs(30),
-        Duration::from_millis(500),
-        || {
-            let st = x.node_state(3)?;
-            last = st.problems();
-            Ok(last.is_empty().then_some(st))
-        },
-    )
-    .with_context(|| format!("node-3 after the restart: {last:?}"))?;
+        "node-3 after the restart",
+    )?;
     out.notes.push(format!(
         "node-3: {} running containers for {} live tasks, none twice",
         st.running.len(),
@@ -170,18 +164,12 @@ fn agent_kill(x: &Chaos, n: u32) -> Result<Outcome> {
     x.remove("bulk")?;
     // Nothing leaked: once bulk is gone, node-3 keeps one namespace and one running
     // container per live task, and no container of a removed task.
-    let mut last = vec![];
-    let st = wait_for(
+    let st = node3_without_problems(
+        x,
         "node-3 without leftovers of bulk",
         Duration::from_secs(60),
-        Duration::from_millis(500),
-        || {
-            let st = x.node_state(3)?;
-            last = st.problems();
-            Ok(last.is_empty().then_some(st))
-        },
-    )
-    .with_context(|| format!("leaked on node-3: {last:?}"))?;
+        "leaked on node-3",
+    )?;
     out.notes.push(format!(
         "after removing bulk: node-3 has {} live tasks, {} task namespaces, {} containers, none left of bulk",
         st.live.len(),
@@ -189,6 +177,23 @@ fn agent_kill(x: &Chaos, n: u32) -> Result<Outcome> {
         st.containers.len()
     ));
     Ok(out)
+}
+
+/// Waits up to `timeout` until node 3's state shows no problem (a stray or duplicate
+/// container, a leaked namespace); the error names the problems last seen.
+fn node3_without_problems(
+    x: &Chaos,
+    what: &str,
+    timeout: Duration,
+    failure: &str,
+) -> Result<NodeState> {
+    let mut last = vec![];
+    wait_for(what, timeout, Duration::from_millis(500), || {
+        let st = x.node_state(3)?;
+        last = st.problems();
+        Ok(last.is_empty().then_some(st))
+    })
+    .with_context(|| format!("{failure}: {last:?}"))
 }
 
 /// b. Node 3 "reboots": agent, containerd, containers and every namespace it made destroyed.
