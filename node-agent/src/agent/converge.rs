@@ -151,8 +151,7 @@ impl Converger {
             return Ok(());
         }
         let observed = self.effects.runtime.list().await?;
-        let busy: std::collections::HashSet<&str> =
-            in_flight.values().map(String::as_str).collect();
+        let busy: foldhash::HashSet<&str> = in_flight.values().map(String::as_str).collect();
         // Planned over the cache in place: a node with many tasks copies only those it
         // acts on, not all of them every round. (A change during the list above is
         // planned now; one after this borrow wakes the next round.)

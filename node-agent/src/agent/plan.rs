@@ -18,8 +18,9 @@
 //!
 //! At most one operation per task id, so operations on different tasks can run at once.
 
-use std::collections::HashMap;
 use std::time::Duration;
+
+use foldhash::{HashMap, HashSet};
 
 use shoal_api_types::service::MAX_STOP_GRACE_PERIOD_SECONDS;
 use shoal_api_types::{Memory, Task, TaskState};
@@ -178,14 +179,17 @@ where
     D: IntoIterator<Item = &'a Task>,
     D::IntoIter: Clone,
 {
+    // A round plans every task of the node (a thousand on a big one, many rounds a second
+    // while they start), so the lookups use a fast hash, and a task that needs nothing
+    // costs no allocation.
     let desired = desired.into_iter();
     let by_id: HashMap<&str, &ObservedTask> = observed.iter().map(|o| (o.id.as_str(), o)).collect();
     let mut ops: Vec<Op> = desired
         .clone()
         .filter_map(|t| plan_task(t, by_id.get(t.name()).copied()))
         .collect();
-    let wanted: std::collections::HashSet<&str> = desired.map(|t| t.name()).collect();
-    let mut removed = std::collections::HashSet::new();
+    let wanted: HashSet<&str> = desired.map(|t| t.name()).collect();
+    let mut removed = HashSet::default();
     for o in observed {
         if !wanted.contains(o.id.as_str()) && removed.insert(o.id.as_str()) {
             ops.push(Op::Remove { id: o.id.clone() });
@@ -195,7 +199,7 @@ where
 }
 
 fn plan_task(task: &Task, observed: Option<&ObservedTask>) -> Option<Op> {
-    let id = task.name().to_string();
+    let id = || task.name().to_string();
     let current = task.status.state;
     let desired = task.spec.desired_state;
     // Validation refuses more than the maximum; a task written around it (an older
@@ -206,18 +210,13 @@ fn plan_task(task: &Task, observed: Option<&ObservedTask>) -> Option<Op> {
             .min(MAX_STOP_GRACE_PERIOD_SECONDS)
             .into(),
     );
-    let report = |update: StatusUpdate| {
-        Some(Op::Report {
-            id: id.clone(),
-            update,
-        })
-    };
+    let report = |update: StatusUpdate| Some(Op::Report { id: id(), update });
     let state = observed.map(|o| o.state);
 
     if current.is_terminal() {
         return match state {
             Some(ObservedState::Running) => Some(Op::Stop {
-                id,
+                id: id(),
                 grace,
                 drain: false,
             }),
@@ -228,7 +227,7 @@ fn plan_task(task: &Task, observed: Option<&ObservedTask>) -> Option<Op> {
     if desired > TaskState::Running {
         return match (observed, state) {
             (_, Some(ObservedState::Running)) => Some(Op::Stop {
-                id,
+                id: id(),
                 grace,
                 drain: current == TaskState::Running,
             }),
@@ -247,9 +246,12 @@ fn plan_task(task: &Task, observed: Option<&ObservedTask>) -> Option<Op> {
 
     match (observed, state) {
         (Some(o), Some(ObservedState::Running)) => {
-            let update = StatusUpdate::running(o);
-            let changed = current < TaskState::Running || task.status.healthy != update.healthy;
-            changed.then_some(Op::Report { id, update })
+            let healthy = o.healthy.unwrap_or(true);
+            let changed = current < TaskState::Running || task.status.healthy != healthy;
+            changed.then(|| Op::Report {
+                id: id(),
+                update: StatusUpdate::running(o),
+            })
         }
         (Some(o), Some(ObservedState::Exited { exit_code })) => {
             let mut update = if o.oom_killed {
