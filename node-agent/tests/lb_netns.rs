@@ -373,3 +373,78 @@ async fn lb_programs_ten_thousand_services_in_one_transaction() {
         changed
     );
 }
+
+/// `base` unchanging services, and 50 more whose backends, counts (0 to 3) and port
+/// entries depend on `shift`: between two shifts, every kind of change at once.
+fn varied(base: u32, shift: u32) -> Vec<VipEntry> {
+    let fixed = (0..base).flat_map(|i| {
+        let vip = Ipv4Addr::from(0x0a10_0000 + i);
+        let backends = vec![Ipv4Addr::from(0x0b10_0000 + 2 * i)];
+        [Protocol::Tcp, Protocol::Udp].map(|protocol| VipEntry {
+            vip,
+            protocol,
+            port: None,
+            backends: backends.clone(),
+        })
+    });
+    let moving = (0..50u32).flat_map(|i| {
+        let vip = Ipv4Addr::from(0x0a00_0000 + i + shift / 7);
+        let n = ((i + shift) % 4) as usize;
+        let backends: Vec<Ipv4Addr> = (0..n)
+            .map(|k| Ipv4Addr::from(0x0b00_0000 + i * 8 + k as u32 + shift % 3))
+            .collect();
+        let port = (i % 5 == 0).then_some(80 + (shift % 2) as u16);
+        [Protocol::Tcp, Protocol::Udp].map(|protocol| VipEntry {
+            vip,
+            protocol,
+            port,
+            backends: backends.clone(),
+        })
+    });
+    lb::normalize(fixed.chain(moving))
+}
+
+#[tokio::test]
+async fn lb_changes_to_a_big_table_leave_exactly_the_wanted_table() {
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let mut nss = Namespaces::new();
+    let task = nss.add("chg");
+    let path = Namespaces::path(&task);
+    let mut now = varied(3_000, 0);
+    lb::program(Some(&path), &now).await.unwrap();
+    let before = chain_handles(&task);
+    for shift in [1, 0, 9, 22, 5] {
+        let next = varied(3_000, shift);
+        lb::update(Some(&path), &now, &next).await.unwrap();
+        assert_eq!(
+            lb::read_programmed(Some(&path)).await.unwrap().as_ref(),
+            Some(&next),
+            "after the change to {shift}"
+        );
+        now = next;
+    }
+    // The unchanging services' counter chains are the objects the full write made.
+    let after = chain_handles(&task);
+    let fixed = lb::service_chain(Ipv4Addr::from(0x0a10_0000 + 17), 1, false);
+    assert_eq!(after.get(&fixed), before.get(&fixed));
+    assert!(after.get(&fixed).is_some());
+    // A change from what the table does not hold (a service it never had) is refused
+    // whole: the other half of it (a new service) is not applied either.
+    let ghost = |vip: &str| VipEntry {
+        vip: vip.parse().unwrap(),
+        ..entry(&["10.77.0.3"])
+    };
+    let mut stale = now.clone();
+    stale.push(ghost("10.200.0.1"));
+    let mut wanted = now.clone();
+    wanted.push(ghost("10.200.0.2"));
+    let err = lb::update(Some(&path), &lb::normalize(stale), &lb::normalize(wanted))
+        .await
+        .unwrap_err();
+    eprintln!("refused as expected: {err}");
+    assert_eq!(
+        lb::read_programmed(Some(&path)).await.unwrap(),
+        Some(now),
+        "a refused change changes nothing"
+    );
+}

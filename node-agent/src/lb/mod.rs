@@ -79,6 +79,7 @@
 mod entries;
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
+pub mod netlink;
 mod plan;
 mod ruleset;
 
@@ -91,19 +92,32 @@ pub use entries::{normalize, vip_entries, LbError, LoadBalancer, VipEntry};
 pub use fake::RecordingLb;
 pub use plan::{plan, Change};
 pub use ruleset::{
-    delete_ruleset, parse_programmed, ruleset, service_chain, Layout, BACKENDS_MAP, DNAT_CHAIN,
-    DNAT_PORT_CHAIN, NAT_CHAIN, NAT_PRIORITY, PORT_BACKENDS_MAP, PORT_MAP, REJECT_CHAIN,
-    SERVICE_CHAIN_PREFIX, TABLE, VIP_MAP,
+    parse_programmed, ruleset, service_chain, Layout, BACKENDS_MAP, DNAT_CHAIN, DNAT_PORT_CHAIN,
+    NAT_CHAIN, NAT_PRIORITY, PORT_BACKENDS_MAP, PORT_MAP, REJECT_CHAIN, SERVICE_CHAIN_PREFIX,
+    TABLE, VIP_MAP,
 };
 
-/// Replace our table in the namespace at `netns` with one for `entries`.
+/// Replace our table in the namespace at `netns` with one for `entries`: the table
+/// [`ruleset`] describes, sent as one nf_tables netlink batch ([`netlink::table_messages`]),
+/// which is what `nft -f` would send for that script without nft's parsing.
 pub async fn program(netns: Option<&Path>, entries: &[VipEntry]) -> Result<(), LbError> {
-    Ok(nft::apply_script(netns, ruleset(entries), "write VIP table").await?)
+    let msgs = netlink::table_messages(&normalized(entries));
+    send(netns, msgs).await
+}
+
+/// Sends `msgs` as one batch in the namespace at `netns`.
+async fn send(netns: Option<&Path>, msgs: Vec<netlink::Message>) -> Result<(), LbError> {
+    crate::net::netns::run_in(netns, move || netlink::send(&msgs))
+        .await
+        .map_err(|e| netns_error(netns, e))??;
+    Ok(())
 }
 
 /// Change our table in the namespace at `netns`, which holds `from`, to hold `to`: one
-/// transaction with only what differs ([`plan`]); nothing runs when nothing differs. Fails
-/// (changing nothing) when the table is not what `from` says, as far as the change touches it.
+/// transaction with only what differs ([`plan`]), sent as one nf_tables netlink batch
+/// ([`netlink`](mod@netlink)), so its cost does not depend on the table's size; nothing
+/// runs when nothing differs. Fails (changing nothing) when the table is not what `from`
+/// says, as far as the change touches it.
 pub async fn update(
     netns: Option<&Path>,
     from: &[VipEntry],
@@ -113,7 +127,7 @@ pub async fn update(
     if change.is_empty() {
         return Ok(());
     }
-    Ok(nft::apply_script(netns, change.script(), "change VIP table").await?)
+    send(netns, netlink::messages(&change)).await
 }
 
 /// `entries` normalised, without a copy when they already are (the agent's always are).
@@ -133,7 +147,7 @@ fn normalized(entries: &[VipEntry]) -> Cow<'_, [VipEntry]> {
 
 /// Remove our table from the namespace at `netns` (absent is fine).
 pub async fn remove(netns: Option<&Path>) -> Result<(), LbError> {
-    Ok(nft::apply_script(netns, delete_ruleset(), "remove VIP table").await?)
+    send(netns, netlink::delete_table_messages()).await
 }
 
 /// The raw `nft -j list table ip shoal_lb` output in the namespace at `netns`, or `None`
@@ -144,11 +158,21 @@ pub async fn list_raw(netns: Option<&Path>) -> Result<Option<String>, LbError> {
 
 /// What is programmed in the namespace at `netns` (normalised entries), or `None` when our
 /// table does not exist. Compare with [`normalize`]d desired entries to skip no-op applies.
+///
+/// Read with netlink dumps ([`netlink`](mod@netlink)), not `nft -j list`: the same objects,
+/// judged by the same rules as [`parse_programmed`], at a fraction of the cost.
 pub async fn read_programmed(netns: Option<&Path>) -> Result<Option<Vec<VipEntry>>, LbError> {
-    match list_raw(netns).await? {
-        Some(json) => parse_programmed(&json).map(Some),
-        None => Ok(None),
-    }
+    let listed = crate::net::netns::run_in(netns, netlink::read_table)
+        .await
+        .map_err(|e| netns_error(netns, e))??;
+    listed.map(|l| l.entries()).transpose()
+}
+
+fn netns_error(netns: Option<&Path>, e: crate::net::NetError) -> LbError {
+    LbError::Nft(nft::NftError::Netns {
+        path: netns.map(Path::to_owned).unwrap_or_default(),
+        reason: e.to_string(),
+    })
 }
 
 /// How [`converge`] brought a table to the desired entries.
