@@ -427,7 +427,7 @@ async fn lb_changes_to_a_big_table_leave_exactly_the_wanted_table() {
     let after = chain_handles(&task);
     let fixed = lb::service_chain(Ipv4Addr::from(0x0a10_0000 + 17), 1, false);
     assert_eq!(after.get(&fixed), before.get(&fixed));
-    assert!(after.get(&fixed).is_some());
+    assert!(after.contains_key(&fixed));
     // A change from what the table does not hold (a service it never had) is refused
     // whole: the other half of it (a new service) is not applied either.
     let ghost = |vip: &str| VipEntry {
@@ -447,4 +447,70 @@ async fn lb_changes_to_a_big_table_leave_exactly_the_wanted_table() {
         Some(now),
         "a refused change changes nothing"
     );
+}
+
+/// `nft -j list table ip shoal_lb` in `ns`, without the kernel's handles.
+fn listed_without_handles(ns: &str) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("handle");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let out = sh(&[
+        "ip", "netns", "exec", ns, "nft", "-j", "list", "table", "ip", "shoal_lb",
+    ]);
+    let mut doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    strip(&mut doc);
+    doc
+}
+
+#[tokio::test]
+async fn lb_netlink_write_is_the_table_nft_writes_for_the_script() {
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let mut nss = Namespaces::new();
+    let by_nft = nss.add("nft");
+    let by_netlink = nss.add("nl");
+    // Every kind of entry: whole-VIP with 2 backends, a port entry, a refusing one.
+    let entries = lb::normalize(varied(3, 9).into_iter().chain([
+        entry(&["10.77.0.3", "10.77.0.4"]),
+        VipEntry {
+            port: Some(53),
+            protocol: Protocol::Udp,
+            ..entry(&["10.77.0.5"])
+        },
+        VipEntry {
+            vip: "10.77.0.104".parse().unwrap(),
+            ..entry(&[])
+        },
+    ]));
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), lb::ruleset(&entries)).unwrap();
+    let script = script.path().to_str().unwrap();
+    sh(&["ip", "netns", "exec", &by_nft, "nft", "-f", script]);
+    lb::program(Some(&Namespaces::path(&by_netlink)), &entries)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed_without_handles(&by_netlink),
+        listed_without_handles(&by_nft)
+    );
+    // And both read back as the entries.
+    for ns in [&by_nft, &by_netlink] {
+        assert_eq!(
+            lb::read_programmed(Some(&Namespaces::path(ns)))
+                .await
+                .unwrap(),
+            Some(entries.clone())
+        );
+    }
+    // Removal over netlink leaves nothing; twice is fine.
+    let path = Namespaces::path(&by_netlink);
+    lb::remove(Some(&path)).await.unwrap();
+    lb::remove(Some(&path)).await.unwrap();
+    assert_eq!(lb::read_programmed(Some(&path)).await.unwrap(), None);
 }

@@ -531,6 +531,9 @@ fn expr(a: &mut Attrs, name: &str, data: impl FnOnce(&mut Attrs)) {
     });
 }
 
+/// An element: its key's bytes, and its data (none for a deletion).
+type Element<'a> = (Vec<u8>, Option<Data<'a>>);
+
 /// An element's data: a backend address or a verdict.
 enum Data<'a> {
     Addr(Ipv4Addr),
@@ -603,7 +606,7 @@ fn elements<'a, T>(
     items: &'a [T],
     elem: impl Fn(&'a T) -> (&'static str, Vec<u8>, Option<Data<'a>>),
 ) {
-    let mut by_map: Vec<(&'static str, Vec<(Vec<u8>, Option<Data<'a>>)>)> = Vec::new();
+    let mut by_map: Vec<(&'static str, Vec<Element<'a>>)> = Vec::new();
     for it in items {
         let (map, key, data) = elem(it);
         match by_map.iter_mut().find(|(m, _)| *m == map) {
@@ -684,7 +687,7 @@ impl Attrs {
     }
 
     fn pad(&mut self) {
-        while self.0.len() % 4 != 0 {
+        while !self.0.len().is_multiple_of(4) {
             self.0.push(0);
         }
     }
@@ -805,13 +808,41 @@ pub fn send(msgs: &[Message]) -> Result<(), NetlinkError> {
     if !acked {
         return Err(NetlinkError::NoAck);
     }
-    // Closing an nf_tables socket waits for the kernel to free what the last commit
-    // replaced (a grace period: ~10 ms here, measured with `strace -T`, whatever the
-    // change). The change is in force already; let another thread wait for that.
-    let _ = std::thread::Builder::new()
-        .name("shoal-nft-close".into())
-        .spawn(move || drop(socket));
+    close_later(socket);
     Ok(())
+}
+
+/// How long a socket that committed stays open before it is closed.
+const CLOSE_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Closes `socket` after [`CLOSE_DELAY`], on one closer thread for the process. Closing an
+/// nf_tables socket while the kernel still has objects of a commit to free (anywhere)
+/// waits for that — a grace period, 10–15 ms here (`strace -T` of `close`), whatever the
+/// change — and does so holding the namespace's commit lock, so the next change there
+/// waited too. A commit is in force when its acknowledgement arrives; by the time the
+/// closer gets to it, the freeing is done and the close is quick. A socket the closer
+/// cannot take is closed at once.
+fn close_later(socket: Socket) {
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
+    type Closer = Mutex<Option<Sender<(std::time::Instant, Socket)>>>;
+    static CLOSER: OnceLock<Closer> = OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = channel::<(std::time::Instant, Socket)>();
+        let spawned = std::thread::Builder::new()
+            .name("shoal-nft-close".into())
+            .spawn(move || {
+                for (at, socket) in rx {
+                    std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
+                    drop(socket);
+                }
+            });
+        Mutex::new(spawned.ok().map(|_| tx))
+    });
+    let sender = closer.lock().ok().and_then(|tx| tx.clone());
+    if let Some(tx) = sender {
+        let _ = tx.send((std::time::Instant::now() + CLOSE_DELAY, socket));
+    }
 }
 
 /// The `NLMSG_ERROR` answers in a datagram: (sequence number, error (0: ack), message).
