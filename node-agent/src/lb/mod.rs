@@ -1,16 +1,18 @@
 //! VIP load balancing with nftables inside each task's network namespace (see
-//! docs/architecture.md, "Node agent"). [`ruleset`](mod@ruleset) writes the whole table and
-//! parses it back, [`plan`](mod@plan) writes the change between two sets of entries; this
-//! file holds the entries, the [`LoadBalancer`] trait, its nft implementation and
-//! [`converge`], the one way the agent brings a table to what it should be.
+//! docs/architecture.md, "Node agent"). [`ruleset`](mod@ruleset) describes the whole table
+//! (as an nft script) and judges a table read back, [`plan`](mod@plan) computes the change
+//! between two sets of entries, [`netlink`](mod@netlink) sends either to the kernel as one
+//! nf_tables batch and reads the table back; this file holds the entries, the
+//! [`LoadBalancer`] trait, its nftables implementation and [`converge`], the one way the
+//! agent brings a table to what it should be.
 //!
 //! Owns one table, `table ip shoal_lb`, per task namespace and nothing else in it. The table
 //! is a pure function of the VIP entries of the networks the task is on. It is written whole
-//! ([`ruleset`]: add + delete + recreate in one `nft -f -` script, one netlink batch) only
-//! when nothing is known about it (a new task, an agent restart) or when it is not what it
-//! should be (drift, a change that failed); every other change is incremental ([`plan`]:
-//! only the elements and counter chains of the services that changed, also in one batch).
-//! Either way a packet sees the old table or the new one, never a half-built one.
+//! ([`program`]: add + delete + recreate in one batch) only when nothing is known about it
+//! (a new task, an agent restart) or when it is not what it should be (drift, a change that
+//! failed); every other change is incremental ([`update`]: only the elements and counter
+//! chains of the services that changed, also in one batch). Either way a packet sees the
+//! old table or the new one, never a half-built one.
 //!
 //! ```text
 //! table ip shoal_lb {
@@ -59,19 +61,24 @@
 //!   port entries), not numbered: a change names exactly the chains it adds and deletes, and
 //!   chains of unchanged services (and their counters) are never touched. A new backend count
 //!   is a new chain: the verdict moves to it in the same batch and the old one is deleted.
-//! - **nft's own syntax, written straight into a string**: for 10,000 services nft parses it
-//!   in about two thirds of the CPU time of the same table in JSON, and building a
-//!   `serde_json::Value` tree cost a third of the whole sync. Reading back still uses
-//!   `nft -j list` (parsing our own JSON is simpler than parsing nft's listing).
+//! - **nf_tables netlink, not the `nft` tool** ([`netlink`](mod@netlink), issue 17): before
+//!   any element command nft 1.0.6 loads a cache holding every chain of the namespace — one
+//!   per service — so a one-service change through `nft -f` cost 30–95 ms at 10,000
+//!   services and grew with the table; nft also spent about half of a full write parsing
+//!   its input and seconds of CPU listing a big table. The agent now sends the batch nft
+//!   would send for [`ruleset`]'s script (same objects, byte for byte: a netns test compares
+//!   `nft list` of both) and reads the table back with netlink dumps; a change's batch holds
+//!   only the changed services' elements and chains. `nft` remains the tool to look at a
+//!   table (`nft list table ip shoal_lb` in the task's namespace).
 //! - **Incremental, with a full write as the safety net** ([`converge`]): the agent keeps the
 //!   entries it last programmed per task; a change is planned against them and applied in
-//!   one transaction. If nft refuses it (the table is not what the cache says) the table is
-//!   written whole. The agent's periodic resync reads every table back
-//!   ([`LoadBalancer::programmed`]) and writes it whole when it differs from what it should be.
-//! - Running `nft` inside the namespace is [`crate::net::nft`]'s.
+//!   one transaction. If the kernel refuses it (the table is not what the cache says: an
+//!   element to delete is missing, say) nothing of it applies and the table is written
+//!   whole. The agent's periodic resync reads every table back ([`LoadBalancer::programmed`])
+//!   and writes it whole when it differs from what it should be.
 //!
 //! Invariants: entries are normalised (sorted, backends deduplicated and sorted, one entry
-//! per key) before generation, so the same input always gives the same script;
+//! per key) before generation, so the same input always gives the same batch;
 //! [`read_programmed`] returns exactly [`normalize`]d entries for what is in the kernel, and
 //! only for tables of exactly the shape [`ruleset`] writes (anything else is an error, which
 //! [`converge`] repairs with a full write).
@@ -86,7 +93,7 @@ mod ruleset;
 use std::borrow::Cow;
 use std::path::Path;
 
-use crate::net::nft::{self, Table};
+use crate::net::nft;
 pub use entries::{normalize, vip_entries, LbError, LoadBalancer, VipEntry};
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::RecordingLb;
@@ -148,12 +155,6 @@ fn normalized(entries: &[VipEntry]) -> Cow<'_, [VipEntry]> {
 /// Remove our table from the namespace at `netns` (absent is fine).
 pub async fn remove(netns: Option<&Path>) -> Result<(), LbError> {
     send(netns, netlink::delete_table_messages()).await
-}
-
-/// The raw `nft -j list table ip shoal_lb` output in the namespace at `netns`, or `None`
-/// when the table does not exist.
-pub async fn list_raw(netns: Option<&Path>) -> Result<Option<String>, LbError> {
-    Ok(nft::list_table(netns, Table::ip(TABLE)).await?)
 }
 
 /// What is programmed in the namespace at `netns` (normalised entries), or `None` when our
@@ -220,7 +221,7 @@ pub async fn converge(
     Ok(Converged::Rewritten)
 }
 
-/// The real [`LoadBalancer`]: nft inside the namespace.
+/// The real [`LoadBalancer`]: nf_tables inside the namespace.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NftLoadBalancer;
 

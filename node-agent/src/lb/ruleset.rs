@@ -1,7 +1,9 @@
-//! Owns the VIP table's text: [`ruleset`] writes the one nft script (`nft -f -` input) that
-//! replaces `table ip shoal_lb` for a set of [`VipEntry`]s, [`Layout`] is that table as
-//! elements (what [`super::plan`] diffs), and [`parse_programmed`] reads a listed table
-//! (`nft -j list`) back into entries. Pure: no namespace, no `nft` process (see [`super`]
+//! Owns the VIP table's shape: [`ruleset`] writes the one nft script (`nft -f -` input) that
+//! replaces `table ip shoal_lb` for a set of [`VipEntry`]s (the table in nft's words; the
+//! agent sends the same objects as a netlink batch, [`super::netlink::table_messages`]),
+//! [`Layout`] is that table as elements (what [`super::plan`] diffs), [`Listed`] is a table
+//! as read back and [`Listed::entries`] judges it; [`parse_programmed`] reads nft's JSON
+//! listing (`nft -j list`) into one. Pure: no namespace, no `nft` process (see [`super`]
 //! for the layout and its design, and docs/architecture.md, "Node agent").
 //!
 //! Invariants: every name in the table is a pure function of the entries — a counter chain
@@ -266,7 +268,7 @@ pub(super) struct Listed {
 }
 
 /// Read back the entries a `nft -j list table ip shoal_lb` document describes (normalised),
-/// judged by [`Listed::entries`].
+/// judged by `Listed::entries` (as the netlink read-back is).
 pub fn parse_programmed(json: &str) -> Result<Vec<VipEntry>, LbError> {
     let doc: Value =
         serde_json::from_str(json).map_err(|e| LbError::Parse(format!("not JSON: {e}")))?;
