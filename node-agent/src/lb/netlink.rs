@@ -1,20 +1,25 @@
-//! Owns sending a [`Change`] to the kernel as one nf_tables netlink batch, without `nft`
-//! ([`batch`] encodes it, pure; [`send`] sends it from the calling thread's namespace).
-//! See [`super`] for the table and docs/architecture.md ("Node agent").
+//! Owns talking nf_tables' netlink protocol for the VIP table, without `nft`: the messages
+//! of a change ([`messages`] of a [`Change`]), of the whole table ([`table_messages`]) and of
+//! its removal ([`delete_table_messages`]), pure; [`batch`] frames them, [`send`] sends them
+//! as one transaction, and [`read_table`] reads the table back with dumps — both from the
+//! calling thread's namespace. See [`super`] for the table and docs/architecture.md
+//! ("Node agent").
 //!
-//! Why not `nft -f`: before any element command nft 1.0.6 loads a cache of the ruleset that
+//! Why not `nft`: before any element command nft 1.0.6 loads a cache of the ruleset that
 //! includes every chain of the namespace — one per service here — so a one-service change
 //! cost grew with the table (a 10,000-chain dump and parse per change, measured with
-//! `strace`). The kernel needs none of that: a batch names the table, maps, elements and
-//! chains it touches, so its cost is the change's, whatever the table holds.
+//! `strace`); nft also spent about half of a full write parsing its input, and seconds of
+//! CPU listing a big table. The kernel needs none of that: a batch names the table, maps,
+//! elements and chains it touches, so a change costs what it changes.
 //!
-//! Invariants: a batch is `BATCH_BEGIN`, the change's messages in [`Change::script`]'s order
-//! (new chains, element deletions, element additions, chain deletions), `BATCH_END`; the
-//! kernel applies all of it or nothing (a missing element or chain fails the whole batch,
-//! as `nft -f` would). The objects it writes are byte for byte what nft writes for the same
-//! script (`nft --debug=netlink`), so `nft list` reads them as [`super::ruleset`]'s.
-//! Element keys are nft's concatenations: each field padded to 4 bytes, addresses, protocol
-//! and port in network order, the mark in host order.
+//! Invariants: a batch is `BATCH_BEGIN`, the messages, `BATCH_END`; the kernel applies all
+//! of it or nothing (a missing element or chain fails the whole batch, as `nft -f` would).
+//! A change's messages come in [`Change::script`]'s order (new chains, element deletions,
+//! element additions, chain deletions). The objects written are the ones nft writes for
+//! [`super::ruleset`]'s script (taken from `nft --debug=netlink`/`mnl` of nft 1.0.6, and
+//! checked by a netns test that lists both with `nft`), so `nft list` shows them as nft's
+//! own. Element keys are nft's concatenations: each field padded to 4 bytes, addresses,
+//! protocol and port in network order, the mark (the backend's index) in host order.
 
 use std::net::Ipv4Addr;
 
@@ -28,7 +33,7 @@ use super::ruleset::{
     PORT_BACKENDS_MAP, PORT_MAP, REJECT_CHAIN, SERVICE_CHAIN_PREFIX, TABLE, VIP_MAP,
 };
 
-/// Errors of a batch.
+/// Errors of a batch or a read-back.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     /// The netlink socket could not be opened or used.
@@ -137,11 +142,11 @@ const ELEMENTS_PER_MESSAGE: usize = 400;
 pub struct Message {
     /// `NFT_MSG_*`.
     kind: u16,
-    /// `NLM_F_*` besides `NLM_F_REQUEST | NLM_F_ACK`.
+    /// `NLM_F_*` besides `NLM_F_REQUEST` (and the last message's `NLM_F_ACK`).
     flags: u16,
     /// The encoded attributes.
     attrs: Vec<u8>,
-    /// What it does, in nft's words (`add element vips`, `delete chain svc_…`).
+    /// What it does, in nft's words (`add 2 element(s) of vips`, `delete chain svc_…`).
     pub what: String,
 }
 
