@@ -373,3 +373,144 @@ async fn lb_programs_ten_thousand_services_in_one_transaction() {
         changed
     );
 }
+
+/// `base` unchanging services, and 50 more whose backends, counts (0 to 3) and port
+/// entries depend on `shift`: between two shifts, every kind of change at once.
+fn varied(base: u32, shift: u32) -> Vec<VipEntry> {
+    let fixed = (0..base).flat_map(|i| {
+        let vip = Ipv4Addr::from(0x0a10_0000 + i);
+        let backends = vec![Ipv4Addr::from(0x0b10_0000 + 2 * i)];
+        [Protocol::Tcp, Protocol::Udp].map(|protocol| VipEntry {
+            vip,
+            protocol,
+            port: None,
+            backends: backends.clone(),
+        })
+    });
+    let moving = (0..50u32).flat_map(|i| {
+        let vip = Ipv4Addr::from(0x0a00_0000 + i + shift / 7);
+        let n = ((i + shift) % 4) as usize;
+        let backends: Vec<Ipv4Addr> = (0..n)
+            .map(|k| Ipv4Addr::from(0x0b00_0000 + i * 8 + k as u32 + shift % 3))
+            .collect();
+        let port = (i % 5 == 0).then_some(80 + (shift % 2) as u16);
+        [Protocol::Tcp, Protocol::Udp].map(|protocol| VipEntry {
+            vip,
+            protocol,
+            port,
+            backends: backends.clone(),
+        })
+    });
+    lb::normalize(fixed.chain(moving))
+}
+
+#[tokio::test]
+async fn lb_changes_to_a_big_table_leave_exactly_the_wanted_table() {
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let mut nss = Namespaces::new();
+    let task = nss.add("chg");
+    let path = Namespaces::path(&task);
+    let mut now = varied(3_000, 0);
+    lb::program(Some(&path), &now).await.unwrap();
+    let before = chain_handles(&task);
+    for shift in [1, 0, 9, 22, 5] {
+        let next = varied(3_000, shift);
+        lb::update(Some(&path), &now, &next).await.unwrap();
+        assert_eq!(
+            lb::read_programmed(Some(&path)).await.unwrap().as_ref(),
+            Some(&next),
+            "after the change to {shift}"
+        );
+        now = next;
+    }
+    // The unchanging services' counter chains are the objects the full write made.
+    let after = chain_handles(&task);
+    let fixed = lb::service_chain(Ipv4Addr::from(0x0a10_0000 + 17), 1, false);
+    assert_eq!(after.get(&fixed), before.get(&fixed));
+    assert!(after.contains_key(&fixed));
+    // A change from what the table does not hold (a service it never had) is refused
+    // whole: the other half of it (a new service) is not applied either.
+    let ghost = |vip: &str| VipEntry {
+        vip: vip.parse().unwrap(),
+        ..entry(&["10.77.0.3"])
+    };
+    let mut stale = now.clone();
+    stale.push(ghost("10.200.0.1"));
+    let mut wanted = now.clone();
+    wanted.push(ghost("10.200.0.2"));
+    let err = lb::update(Some(&path), &lb::normalize(stale), &lb::normalize(wanted))
+        .await
+        .unwrap_err();
+    eprintln!("refused as expected: {err}");
+    assert_eq!(
+        lb::read_programmed(Some(&path)).await.unwrap(),
+        Some(now),
+        "a refused change changes nothing"
+    );
+}
+
+/// `nft -j list table ip shoal_lb` in `ns`, without the kernel's handles.
+fn listed_without_handles(ns: &str) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("handle");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let out = sh(&[
+        "ip", "netns", "exec", ns, "nft", "-j", "list", "table", "ip", "shoal_lb",
+    ]);
+    let mut doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    strip(&mut doc);
+    doc
+}
+
+#[tokio::test]
+async fn lb_netlink_write_is_the_table_nft_writes_for_the_script() {
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let mut nss = Namespaces::new();
+    let by_nft = nss.add("nft");
+    let by_netlink = nss.add("nl");
+    // Every kind of entry: whole-VIP with 2 backends, a port entry, a refusing one.
+    let entries = lb::normalize(varied(3, 9).into_iter().chain([
+        entry(&["10.77.0.3", "10.77.0.4"]),
+        VipEntry {
+            port: Some(53),
+            protocol: Protocol::Udp,
+            ..entry(&["10.77.0.5"])
+        },
+        VipEntry {
+            vip: "10.77.0.104".parse().unwrap(),
+            ..entry(&[])
+        },
+    ]));
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), lb::ruleset(&entries)).unwrap();
+    let script = script.path().to_str().unwrap();
+    sh(&["ip", "netns", "exec", &by_nft, "nft", "-f", script]);
+    lb::program(Some(&Namespaces::path(&by_netlink)), &entries)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed_without_handles(&by_netlink),
+        listed_without_handles(&by_nft)
+    );
+    // And both read back as the entries.
+    for ns in [&by_nft, &by_netlink] {
+        assert_eq!(
+            lb::read_programmed(Some(&Namespaces::path(ns)))
+                .await
+                .unwrap(),
+            Some(entries.clone())
+        );
+    }
+    // Removal over netlink leaves nothing; twice is fine.
+    let path = Namespaces::path(&by_netlink);
+    lb::remove(Some(&path)).await.unwrap();
+    lb::remove(Some(&path)).await.unwrap();
+    assert_eq!(lb::read_programmed(Some(&path)).await.unwrap(), None);
+}

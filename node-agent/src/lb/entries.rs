@@ -32,6 +32,9 @@ pub enum LbError {
     /// nft could not run, or refused our document.
     #[error(transparent)]
     Nft(#[from] NftError),
+    /// The kernel refused a change sent over netlink, or could not be asked.
+    #[error(transparent)]
+    Netlink(#[from] super::netlink::NetlinkError),
     /// nft's JSON output did not have the shape we write.
     #[error("unexpected nft output: {0}")]
     Parse(String),
@@ -43,6 +46,7 @@ impl LbError {
     pub fn is_temporary(&self) -> bool {
         match self {
             LbError::Nft(e) => e.is_temporary(),
+            LbError::Netlink(e) => e.is_temporary(),
             LbError::Parse(_) => false,
         }
     }

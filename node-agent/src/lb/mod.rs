@@ -1,16 +1,18 @@
 //! VIP load balancing with nftables inside each task's network namespace (see
-//! docs/architecture.md, "Node agent"). [`ruleset`](mod@ruleset) writes the whole table and
-//! parses it back, [`plan`](mod@plan) writes the change between two sets of entries; this
-//! file holds the entries, the [`LoadBalancer`] trait, its nft implementation and
-//! [`converge`], the one way the agent brings a table to what it should be.
+//! docs/architecture.md, "Node agent"). [`ruleset`](mod@ruleset) describes the whole table
+//! (as an nft script) and judges a table read back, [`plan`](mod@plan) computes the change
+//! between two sets of entries, [`netlink`](mod@netlink) sends either to the kernel as one
+//! nf_tables batch and reads the table back; this file holds the entries, the
+//! [`LoadBalancer`] trait, its nftables implementation and [`converge`], the one way the
+//! agent brings a table to what it should be.
 //!
 //! Owns one table, `table ip shoal_lb`, per task namespace and nothing else in it. The table
 //! is a pure function of the VIP entries of the networks the task is on. It is written whole
-//! ([`ruleset`]: add + delete + recreate in one `nft -f -` script, one netlink batch) only
-//! when nothing is known about it (a new task, an agent restart) or when it is not what it
-//! should be (drift, a change that failed); every other change is incremental ([`plan`]:
-//! only the elements and counter chains of the services that changed, also in one batch).
-//! Either way a packet sees the old table or the new one, never a half-built one.
+//! ([`program`]: add + delete + recreate in one batch) only when nothing is known about it
+//! (a new task, an agent restart) or when it is not what it should be (drift, a change that
+//! failed); every other change is incremental ([`update`]: only the elements and counter
+//! chains of the services that changed, also in one batch). Either way a packet sees the
+//! old table or the new one, never a half-built one.
 //!
 //! ```text
 //! table ip shoal_lb {
@@ -59,19 +61,24 @@
 //!   port entries), not numbered: a change names exactly the chains it adds and deletes, and
 //!   chains of unchanged services (and their counters) are never touched. A new backend count
 //!   is a new chain: the verdict moves to it in the same batch and the old one is deleted.
-//! - **nft's own syntax, written straight into a string**: for 10,000 services nft parses it
-//!   in about two thirds of the CPU time of the same table in JSON, and building a
-//!   `serde_json::Value` tree cost a third of the whole sync. Reading back still uses
-//!   `nft -j list` (parsing our own JSON is simpler than parsing nft's listing).
+//! - **nf_tables netlink, not the `nft` tool** ([`netlink`](mod@netlink), issue 17): before
+//!   any element command nft 1.0.6 loads a cache holding every chain of the namespace — one
+//!   per service — so a one-service change through `nft -f` cost 30–95 ms at 10,000
+//!   services and grew with the table; nft also spent about half of a full write parsing
+//!   its input and seconds of CPU listing a big table. The agent now sends the batch nft
+//!   would send for [`ruleset`]'s script (same objects, byte for byte: a netns test compares
+//!   `nft list` of both) and reads the table back with netlink dumps; a change's batch holds
+//!   only the changed services' elements and chains. `nft` remains the tool to look at a
+//!   table (`nft list table ip shoal_lb` in the task's namespace).
 //! - **Incremental, with a full write as the safety net** ([`converge`]): the agent keeps the
 //!   entries it last programmed per task; a change is planned against them and applied in
-//!   one transaction. If nft refuses it (the table is not what the cache says) the table is
-//!   written whole. The agent's periodic resync reads every table back
-//!   ([`LoadBalancer::programmed`]) and writes it whole when it differs from what it should be.
-//! - Running `nft` inside the namespace is [`crate::net::nft`]'s.
+//!   one transaction. If the kernel refuses it (the table is not what the cache says: an
+//!   element to delete is missing, say) nothing of it applies and the table is written
+//!   whole. The agent's periodic resync reads every table back ([`LoadBalancer::programmed`])
+//!   and writes it whole when it differs from what it should be.
 //!
 //! Invariants: entries are normalised (sorted, backends deduplicated and sorted, one entry
-//! per key) before generation, so the same input always gives the same script;
+//! per key) before generation, so the same input always gives the same batch;
 //! [`read_programmed`] returns exactly [`normalize`]d entries for what is in the kernel, and
 //! only for tables of exactly the shape [`ruleset`] writes (anything else is an error, which
 //! [`converge`] repairs with a full write).
@@ -79,31 +86,45 @@
 mod entries;
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
+pub mod netlink;
 mod plan;
 mod ruleset;
 
 use std::borrow::Cow;
 use std::path::Path;
 
-use crate::net::nft::{self, Table};
+use crate::net::nft;
 pub use entries::{normalize, vip_entries, LbError, LoadBalancer, VipEntry};
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::RecordingLb;
 pub use plan::{plan, Change};
 pub use ruleset::{
-    delete_ruleset, parse_programmed, ruleset, service_chain, Layout, BACKENDS_MAP, DNAT_CHAIN,
-    DNAT_PORT_CHAIN, NAT_CHAIN, NAT_PRIORITY, PORT_BACKENDS_MAP, PORT_MAP, REJECT_CHAIN,
-    SERVICE_CHAIN_PREFIX, TABLE, VIP_MAP,
+    parse_programmed, ruleset, service_chain, Layout, BACKENDS_MAP, DNAT_CHAIN, DNAT_PORT_CHAIN,
+    NAT_CHAIN, NAT_PRIORITY, PORT_BACKENDS_MAP, PORT_MAP, REJECT_CHAIN, SERVICE_CHAIN_PREFIX,
+    TABLE, VIP_MAP,
 };
 
-/// Replace our table in the namespace at `netns` with one for `entries`.
+/// Replace our table in the namespace at `netns` with one for `entries`: the table
+/// [`ruleset`] describes, sent as one nf_tables netlink batch ([`netlink::table_messages`]),
+/// which is what `nft -f` would send for that script without nft's parsing.
 pub async fn program(netns: Option<&Path>, entries: &[VipEntry]) -> Result<(), LbError> {
-    Ok(nft::apply_script(netns, ruleset(entries), "write VIP table").await?)
+    let msgs = netlink::table_messages(&normalized(entries));
+    send(netns, msgs).await
+}
+
+/// Sends `msgs` as one batch in the namespace at `netns`.
+async fn send(netns: Option<&Path>, msgs: Vec<netlink::Message>) -> Result<(), LbError> {
+    crate::net::netns::run_in(netns, move || netlink::send(&msgs))
+        .await
+        .map_err(|e| netns_error(netns, e))??;
+    Ok(())
 }
 
 /// Change our table in the namespace at `netns`, which holds `from`, to hold `to`: one
-/// transaction with only what differs ([`plan`]); nothing runs when nothing differs. Fails
-/// (changing nothing) when the table is not what `from` says, as far as the change touches it.
+/// transaction with only what differs ([`plan`]), sent as one nf_tables netlink batch
+/// ([`netlink`](mod@netlink)), so its cost does not depend on the table's size; nothing
+/// runs when nothing differs. Fails (changing nothing) when the table is not what `from`
+/// says, as far as the change touches it.
 pub async fn update(
     netns: Option<&Path>,
     from: &[VipEntry],
@@ -113,7 +134,7 @@ pub async fn update(
     if change.is_empty() {
         return Ok(());
     }
-    Ok(nft::apply_script(netns, change.script(), "change VIP table").await?)
+    send(netns, netlink::messages(&change)).await
 }
 
 /// `entries` normalised, without a copy when they already are (the agent's always are).
@@ -133,22 +154,26 @@ fn normalized(entries: &[VipEntry]) -> Cow<'_, [VipEntry]> {
 
 /// Remove our table from the namespace at `netns` (absent is fine).
 pub async fn remove(netns: Option<&Path>) -> Result<(), LbError> {
-    Ok(nft::apply_script(netns, delete_ruleset(), "remove VIP table").await?)
-}
-
-/// The raw `nft -j list table ip shoal_lb` output in the namespace at `netns`, or `None`
-/// when the table does not exist.
-pub async fn list_raw(netns: Option<&Path>) -> Result<Option<String>, LbError> {
-    Ok(nft::list_table(netns, Table::ip(TABLE)).await?)
+    send(netns, netlink::delete_table_messages()).await
 }
 
 /// What is programmed in the namespace at `netns` (normalised entries), or `None` when our
 /// table does not exist. Compare with [`normalize`]d desired entries to skip no-op applies.
+///
+/// Read with netlink dumps ([`netlink`](mod@netlink)), not `nft -j list`: the same objects,
+/// judged by the same rules as [`parse_programmed`], at a fraction of the cost.
 pub async fn read_programmed(netns: Option<&Path>) -> Result<Option<Vec<VipEntry>>, LbError> {
-    match list_raw(netns).await? {
-        Some(json) => parse_programmed(&json).map(Some),
-        None => Ok(None),
-    }
+    let listed = crate::net::netns::run_in(netns, netlink::read_table)
+        .await
+        .map_err(|e| netns_error(netns, e))??;
+    listed.map(|l| l.entries()).transpose()
+}
+
+fn netns_error(netns: Option<&Path>, e: crate::net::NetError) -> LbError {
+    LbError::Nft(nft::NftError::Netns {
+        path: netns.map(Path::to_owned).unwrap_or_default(),
+        reason: e.to_string(),
+    })
 }
 
 /// How [`converge`] brought a table to the desired entries.
@@ -196,7 +221,7 @@ pub async fn converge(
     Ok(Converged::Rewritten)
 }
 
-/// The real [`LoadBalancer`]: nft inside the namespace.
+/// The real [`LoadBalancer`]: nf_tables inside the namespace.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NftLoadBalancer;
 

@@ -1,10 +1,12 @@
 //! Owns the incremental change of a VIP table: [`plan`] diffs the entries last programmed
 //! against the new ones into a [`Change`] (the elements and counter chains to add and
 //! delete), and [`Change::script`] writes it as one nft script (`nft -f -` input, one
-//! transaction). Pure: no namespace, no `nft` process.
+//! transaction): the change in nft's words, which [`super::netlink::messages`] sends as the
+//! same batch without nft. Pure: no namespace, no `nft` process.
 //!
-//! Invariants of the script, so that a packet sees the old table or the new one:
-//! - it is one batch (nft commits a script as one netlink transaction);
+//! Invariants of the change (script and batch), so that a packet sees the old table or the
+//! new one:
+//! - it is one batch (one netlink transaction);
 //! - counter chains are created before the verdicts that jump to them, and deleted only after
 //!   every verdict that jumped to them (the kernel refuses to delete a chain still in use);
 //! - a key whose value changes is deleted and added again in the same batch (an `add` of a

@@ -1,7 +1,9 @@
-//! Owns the VIP table's text: [`ruleset`] writes the one nft script (`nft -f -` input) that
-//! replaces `table ip shoal_lb` for a set of [`VipEntry`]s, [`Layout`] is that table as
-//! elements (what [`super::plan`] diffs), and [`parse_programmed`] reads a listed table
-//! (`nft -j list`) back into entries. Pure: no namespace, no `nft` process (see [`super`]
+//! Owns the VIP table's shape: [`ruleset`] writes the one nft script (`nft -f -` input) that
+//! replaces `table ip shoal_lb` for a set of [`VipEntry`]s (the table in nft's words; the
+//! agent sends the same objects as a netlink batch, [`super::netlink::table_messages`]),
+//! [`Layout`] is that table as elements (what [`super::plan`] diffs), [`Listed`] is a table
+//! as read back and [`Listed::entries`] judges it; [`parse_programmed`] reads nft's JSON
+//! listing (`nft -j list`) into one. Pure: no namespace, no `nft` process (see [`super`]
 //! for the layout and its design, and docs/architecture.md, "Node agent").
 //!
 //! Invariants: every name in the table is a pure function of the entries — a counter chain
@@ -251,16 +253,22 @@ pub fn ruleset(entries: &[VipEntry]) -> String {
     out
 }
 
-/// The script that removes our table (whether or not it exists).
-pub fn delete_ruleset() -> String {
-    format!("table ip {TABLE} {{}}\ndelete table ip {TABLE}\n")
+/// A table as read back (from nft's JSON listing or from netlink), before its shape is
+/// judged by [`Listed::entries`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct Listed {
+    /// Verdict map elements: key → the chain they go to (`None`: a verdict other than
+    /// `goto`).
+    pub(super) verdicts: Vec<(Key, Option<String>)>,
+    /// Backend map elements: key, index → address.
+    pub(super) backends: Vec<(Key, u32, Ipv4Addr)>,
+    /// Counter chains (named [`SERVICE_CHAIN_PREFIX`]…): name → the modulus of each of
+    /// their rules (`None`: a rule that is not `meta mark set numgen inc mod n goto …`).
+    pub(super) chains: BTreeMap<String, Vec<Option<u64>>>,
 }
 
-/// Read back the entries a `nft -j list table ip shoal_lb` document describes (normalised).
-/// Anything that does not have the shape [`ruleset`] writes is an error (the caller then
-/// rewrites the table): a verdict into a chain other than the entry's [`service_chain`], a
-/// counter chain without exactly one rule or that no verdict uses, a backend element
-/// missing or beyond its verdict's count, or one of a key without a verdict.
+/// Read back the entries a `nft -j list table ip shoal_lb` document describes (normalised),
+/// judged by `Listed::entries` (as the netlink read-back is).
 pub fn parse_programmed(json: &str) -> Result<Vec<VipEntry>, LbError> {
     let doc: Value =
         serde_json::from_str(json).map_err(|e| LbError::Parse(format!("not JSON: {e}")))?;
@@ -268,10 +276,7 @@ pub fn parse_programmed(json: &str) -> Result<Vec<VipEntry>, LbError> {
         .get("nftables")
         .and_then(Value::as_array)
         .ok_or_else(|| LbError::Parse("no nftables array".into()))?;
-    let mut verdicts: Vec<(Key, String)> = Vec::new();
-    let mut backends: BTreeMap<Key, BTreeMap<u32, Ipv4Addr>> = BTreeMap::new();
-    let mut modulus: BTreeMap<String, u64> = BTreeMap::new();
-    let mut chains: BTreeMap<String, bool> = BTreeMap::new();
+    let mut listed = Listed::default();
     for obj in objects {
         if let Some(map) = obj.get("map") {
             let name = map.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -283,13 +288,15 @@ pub fn parse_programmed(json: &str) -> Result<Vec<VipEntry>, LbError> {
             match name {
                 PORT_MAP | VIP_MAP => {
                     for el in elems {
-                        verdicts.push(parse_verdict(el, name == PORT_MAP)?);
+                        let (key, target) = parse_verdict(el, name == PORT_MAP)?;
+                        listed.verdicts.push((key, Some(target)));
                     }
                 }
                 BACKENDS_MAP | PORT_BACKENDS_MAP => {
                     for el in elems {
-                        let (key, index, ip) = parse_backend(el, name == PORT_BACKENDS_MAP)?;
-                        backends.entry(key).or_default().insert(index, ip);
+                        listed
+                            .backends
+                            .push(parse_backend(el, name == PORT_BACKENDS_MAP)?);
                     }
                 }
                 _ => {}
@@ -300,7 +307,7 @@ pub fn parse_programmed(json: &str) -> Result<Vec<VipEntry>, LbError> {
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             if name.starts_with(SERVICE_CHAIN_PREFIX) {
-                chains.insert(name.to_owned(), false);
+                listed.chains.entry(name.to_owned()).or_default();
             }
         } else if let Some(rule) = obj.get("rule") {
             let chain = rule
@@ -311,68 +318,110 @@ pub fn parse_programmed(json: &str) -> Result<Vec<VipEntry>, LbError> {
                 let n = rule
                     .pointer("/expr/0/mangle/value/numgen/mod")
                     .and_then(Value::as_u64);
-                let n =
-                    n.ok_or_else(|| LbError::Parse(format!("service chain {chain}: {rule}")))?;
-                if modulus.insert(chain.to_owned(), n).is_some() {
-                    return Err(LbError::Parse(format!(
-                        "service chain {chain} has more than one rule"
-                    )));
-                }
+                listed.chains.entry(chain.to_owned()).or_default().push(n);
             }
         }
     }
-    let mut out = Vec::with_capacity(verdicts.len());
-    for ((vip, protocol, port), target) in verdicts {
-        let list: Vec<Ipv4Addr> = if target == REJECT_CHAIN {
-            if backends.remove(&(vip, protocol, port)).is_some() {
-                return Err(LbError::Parse(format!(
-                    "{vip}: backend elements of an entry that refuses"
-                )));
+    listed.entries()
+}
+
+impl Listed {
+    /// The entries this table holds (normalised). Anything that does not have the shape
+    /// [`ruleset`] writes is an error (the caller then rewrites the table): a verdict into
+    /// a chain other than the entry's [`service_chain`], a counter chain without exactly one
+    /// rule or that no verdict uses, a backend element missing or beyond its verdict's
+    /// count, or one of a key without a verdict.
+    pub(super) fn entries(self) -> Result<Vec<VipEntry>, LbError> {
+        let Listed {
+            verdicts,
+            backends: elems,
+            chains: rules,
+        } = self;
+        let mut modulus: BTreeMap<String, u64> = BTreeMap::new();
+        let mut chains: BTreeMap<String, bool> = BTreeMap::new();
+        for (chain, rules) in rules {
+            match rules[..] {
+                [] => {}
+                [Some(n)] => {
+                    modulus.insert(chain.clone(), n);
+                }
+                [None] => {
+                    return Err(LbError::Parse(format!(
+                        "service chain {chain}: a rule that is not ours"
+                    )))
+                }
+                _ => {
+                    return Err(LbError::Parse(format!(
+                        "service chain {chain} has more than one rule"
+                    )))
+                }
             }
-            Vec::new()
-        } else {
-            let n = *modulus.get(&target).ok_or_else(|| {
-                LbError::Parse(format!("{vip}: verdict goto {target}, which is not ours"))
-            })?;
-            if target != service_chain(vip, n as usize, port.is_some()) {
-                return Err(LbError::Parse(format!(
-                    "{vip}: verdict goto {target}, not the chain of {n} backends"
-                )));
-            }
-            chains.insert(target.clone(), true);
-            let have = backends.remove(&(vip, protocol, port)).unwrap_or_default();
-            if let Some(i) = have.keys().find(|i| u64::from(**i) >= n) {
-                return Err(LbError::Parse(format!(
-                    "{vip}: backend element {i} beyond the chain's {n}"
-                )));
-            }
-            (0..n as u32)
-                .map(|i| {
-                    have.get(&i)
-                        .copied()
-                        .ok_or_else(|| LbError::Parse(format!("{vip}: no backend {i} of {n}")))
-                })
-                .collect::<Result<_, _>>()?
-        };
-        out.push(VipEntry {
-            vip,
-            protocol,
-            port,
-            backends: list,
-        });
+            chains.insert(chain, false);
+        }
+        let mut backends: BTreeMap<Key, BTreeMap<u32, Ipv4Addr>> = BTreeMap::new();
+        for (key, index, ip) in elems {
+            backends.entry(key).or_default().insert(index, ip);
+        }
+        let verdicts = verdicts
+            .into_iter()
+            .map(|(k, t)| {
+                t.map(|t| (k, t))
+                    .ok_or_else(|| LbError::Parse(format!("{}: a verdict that is not goto", k.0)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(verdicts.len());
+        for ((vip, protocol, port), target) in verdicts {
+            let list: Vec<Ipv4Addr> = if target == REJECT_CHAIN {
+                if backends.remove(&(vip, protocol, port)).is_some() {
+                    return Err(LbError::Parse(format!(
+                        "{vip}: backend elements of an entry that refuses"
+                    )));
+                }
+                Vec::new()
+            } else {
+                let n = *modulus.get(&target).ok_or_else(|| {
+                    LbError::Parse(format!("{vip}: verdict goto {target}, which is not ours"))
+                })?;
+                if target != service_chain(vip, n as usize, port.is_some()) {
+                    return Err(LbError::Parse(format!(
+                        "{vip}: verdict goto {target}, not the chain of {n} backends"
+                    )));
+                }
+                chains.insert(target.clone(), true);
+                let have = backends.remove(&(vip, protocol, port)).unwrap_or_default();
+                if let Some(i) = have.keys().find(|i| u64::from(**i) >= n) {
+                    return Err(LbError::Parse(format!(
+                        "{vip}: backend element {i} beyond the chain's {n}"
+                    )));
+                }
+                (0..n as u32)
+                    .map(|i| {
+                        have.get(&i)
+                            .copied()
+                            .ok_or_else(|| LbError::Parse(format!("{vip}: no backend {i} of {n}")))
+                    })
+                    .collect::<Result<_, _>>()?
+            };
+            out.push(VipEntry {
+                vip,
+                protocol,
+                port,
+                backends: list,
+            });
+        }
+        if let Some(((vip, protocol, port), _)) = backends.iter().next() {
+            return Err(LbError::Parse(format!(
+                "backend elements of {vip} {} {port:?}, which has no verdict",
+                proto_name(*protocol)
+            )));
+        }
+        if let Some((chain, _)) = chains.iter().find(|(_, used)| !**used) {
+            return Err(LbError::Parse(format!(
+                "service chain {chain}, which no verdict uses"
+            )));
+        }
+        Ok(normalize(out))
     }
-    if let Some(((vip, protocol, port), _)) = backends.iter().next() {
-        return Err(LbError::Parse(format!(
-            "backend elements of {vip} {} {port:?}, which has no verdict",
-            proto_name(*protocol)
-        )));
-    }
-    if let Some((chain, _)) = chains.iter().find(|(_, used)| !**used) {
-        return Err(LbError::Parse(format!(
-            "service chain {chain}, which no verdict uses"
-        )));
-    }
-    Ok(normalize(out))
 }
 
 fn parse_key(parts: &[Value], with_port: bool, bad: &dyn Fn() -> LbError) -> Result<Key, LbError> {
