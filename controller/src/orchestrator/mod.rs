@@ -207,7 +207,7 @@ pub fn service_step(
 
 /// Whether task `t` of service `name` is listed ready in the stored Endpoints (some slice)
 /// of the service on each of its networks (so every node's load balancer has it).
-fn listed_ready(world: &World, name: &str, t: &shoal_api_types::Task) -> bool {
+fn listed_ready(world: &World, name: &str, t: &crate::reconcile::TaskRecord) -> bool {
     t.spec.attachments.iter().all(|a| {
         match world.endpoints.get(&(a.network.clone(), name.to_string())) {
             Some(slices) => slices.values().any(|ep| {
@@ -362,11 +362,7 @@ mod tests {
             },
         );
         t.status.state = shoal_api_types::TaskState::Pending;
-        w.tasks.insert("t1".into(), Arc::new(t));
-        w.tasks_by_service
-            .entry("api".into())
-            .or_default()
-            .insert("t1".into());
+        w.insert_task(t);
         let task_ip = claim(&mut w, "10.0.1.7", "t1");
         let vip = claim(&mut w, "10.0.1.2", "vip/api");
         let ep = Arc::new(Endpoints::new(

@@ -15,13 +15,15 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shoal_api_types::{
-    Node, NodeAvailability, NodeState, RestartCondition, Service, ServiceMode, Task, TaskState,
+    Node, NodeAvailability, NodeState, RestartCondition, Service, ServiceMode, TaskState,
 };
+
+use crate::reconcile::TaskRecord;
 
 /// Default delay before a task that exited is replaced.
 pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(1);
 
-fn created(t: &Task) -> (Option<DateTime<Utc>>, &str) {
+fn created(t: &TaskRecord) -> (Option<DateTime<Utc>>, &str) {
     (t.metadata.creation_timestamp, t.metadata.name.as_str())
 }
 
@@ -42,9 +44,9 @@ pub struct ServicePlan {
     /// Tasks to create.
     pub create: Vec<NewTask>,
     /// Tasks to stop (desired state shutdown).
-    pub shutdown: Vec<Arc<Task>>,
+    pub shutdown: Vec<Arc<TaskRecord>>,
     /// Tasks to delete (with their addresses).
-    pub delete: Vec<Arc<Task>>,
+    pub delete: Vec<Arc<TaskRecord>>,
     /// Look again after this long (a restart delay is running).
     pub requeue: Option<Duration>,
     /// How many tasks should run.
@@ -57,11 +59,11 @@ pub struct ServicePlan {
 #[derive(Debug, Clone)]
 pub struct Outdated {
     /// The task.
-    pub task: Arc<Task>,
+    pub task: Arc<TaskRecord>,
     /// The task that replaces it.
     pub replacement: NewTask,
     /// A live task on the current spec already in its slot (a start-first replacement).
-    pub successor: Option<Arc<Task>>,
+    pub successor: Option<Arc<TaskRecord>>,
 }
 
 impl ServicePlan {
@@ -85,7 +87,7 @@ pub fn node_eligible(node: &Node, service: &Service) -> bool {
 /// the nodes, at `now`.
 pub fn plan_service(
     service: Option<&Service>,
-    tasks: &[Arc<Task>],
+    tasks: &[Arc<TaskRecord>],
     nodes: &BTreeMap<String, Arc<Node>>,
     now: DateTime<Utc>,
     history: usize,
@@ -99,7 +101,7 @@ pub fn plan_service(
         ServiceMode::Replicated => {
             let n = service.spec.replica_count();
             plan.desired = n;
-            let mut by_slot: BTreeMap<u64, Vec<Arc<Task>>> = BTreeMap::new();
+            let mut by_slot: BTreeMap<u64, Vec<Arc<TaskRecord>>> = BTreeMap::new();
             for t in tasks {
                 by_slot
                     .entry(t.spec.slot.unwrap_or(0))
@@ -136,7 +138,7 @@ pub fn plan_service(
                 .map(|(name, _)| name)
                 .collect();
             plan.desired = eligible.len() as u64;
-            let mut by_node: BTreeMap<String, Vec<Arc<Task>>> = BTreeMap::new();
+            let mut by_node: BTreeMap<String, Vec<Arc<TaskRecord>>> = BTreeMap::new();
             for t in tasks {
                 let node = t
                     .spec
@@ -175,13 +177,13 @@ pub fn plan_service(
 
 /// Whether a task was made from a spec that differs from the service's current one in
 /// anything the task runs with (not merely in the replica count).
-pub fn is_outdated(service: &Service, t: &Task) -> bool {
-    service.spec.outdates(&t.spec)
+pub fn is_outdated(service: &Service, t: &TaskRecord) -> bool {
+    service.spec.outdates(t.runs_with())
 }
 
 /// Removes every task of a slot that is no longer wanted: unstarted ones are deleted,
 /// started ones stopped, ended ones deleted.
-fn retire(tasks: &[Arc<Task>], nodes: &BTreeMap<String, Arc<Node>>, plan: &mut ServicePlan) {
+fn retire(tasks: &[Arc<TaskRecord>], nodes: &BTreeMap<String, Arc<Node>>, plan: &mut ServicePlan) {
     for t in tasks {
         let gone = match &t.spec.node {
             None => true,
@@ -200,14 +202,14 @@ fn retire(tasks: &[Arc<Task>], nodes: &BTreeMap<String, Arc<Node>>, plan: &mut S
 /// Keeps exactly one live task in a slot (or node, for global services).
 fn plan_slot(
     service: &Service,
-    tasks: &[Arc<Task>],
+    tasks: &[Arc<TaskRecord>],
     nodes: &BTreeMap<String, Arc<Node>>,
     now: DateTime<Utc>,
     history: usize,
     target: NewTask,
     plan: &mut ServicePlan,
 ) {
-    let mut keep: Vec<&Arc<Task>> = vec![];
+    let mut keep: Vec<&Arc<TaskRecord>> = vec![];
     for t in tasks.iter().filter(|t| t.is_live()) {
         match t.spec.node.as_ref().map(|n| nodes.get(n)) {
             // Its node was removed: the task is gone with it.
@@ -226,13 +228,13 @@ fn plan_slot(
         let rb = b.status.state == TaskState::Running;
         rb.cmp(&ra).then_with(|| created(b).cmp(&created(a)))
     });
-    let (current, old): (Vec<&Arc<Task>>, Vec<&Arc<Task>>) =
+    let (current, old): (Vec<&Arc<TaskRecord>>, Vec<&Arc<TaskRecord>>) =
         keep.iter().partition(|t| !is_outdated(service, t));
     let successor = current.first().map(|t| (*t).clone());
     let predecessor = old.first().copied();
-    let keep: Vec<&Arc<Task>> = match (current.first(), predecessor) {
+    let keep: Vec<&Arc<TaskRecord>> = match (current.first(), predecessor) {
         (Some(c), Some(o)) => {
-            let mut rest: Vec<&Arc<Task>> = current[1..].to_vec();
+            let mut rest: Vec<&Arc<TaskRecord>> = current[1..].to_vec();
             rest.extend(&old[1..]);
             [*c, o].into_iter().chain(rest).collect()
         }
@@ -311,8 +313,8 @@ fn plan_slot(
 }
 
 /// Deletes the oldest ended tasks beyond `history`.
-fn gc_history(tasks: &[Arc<Task>], history: usize, plan: &mut ServicePlan) {
-    let mut ended: Vec<&Arc<Task>> = tasks
+fn gc_history(tasks: &[Arc<TaskRecord>], history: usize, plan: &mut ServicePlan) {
+    let mut ended: Vec<&Arc<TaskRecord>> = tasks
         .iter()
         .filter(|t| t.status.state.is_terminal())
         .collect();
@@ -328,7 +330,7 @@ enum Restart {
     Never,
 }
 
-fn restart_decision(service: &Service, last: &Task, now: DateTime<Utc>) -> Restart {
+fn restart_decision(service: &Service, last: &TaskRecord, now: DateTime<Utc>) -> Restart {
     let policy = &service.spec.restart_policy;
     let state = last.status.state;
     let stopped_by_us = last.spec.desired_state != TaskState::Running;
@@ -375,7 +377,7 @@ fn restart_decision(service: &Service, last: &Task, now: DateTime<Utc>) -> Resta
 mod tests {
     use super::*;
     use shoal_api_types::labels;
-    use shoal_api_types::{NodeSpec, NodeStatus, RestartPolicy, ServiceSpec, TaskSpec};
+    use shoal_api_types::{NodeSpec, NodeStatus, RestartPolicy, ServiceSpec, Task, TaskSpec};
 
     fn service(replicas: i64) -> Service {
         let mut s = Service::new(
@@ -412,7 +414,21 @@ mod tests {
             .collect()
     }
 
-    fn task(id: &str, slot: u64, node: Option<&str>, state: TaskState, age_s: i64) -> Arc<Task> {
+    fn rec(t: Task) -> Arc<TaskRecord> {
+        Arc::new(TaskRecord::from(t))
+    }
+
+    fn task(
+        id: &str,
+        slot: u64,
+        node: Option<&str>,
+        state: TaskState,
+        age_s: i64,
+    ) -> Arc<TaskRecord> {
+        rec(task_obj(id, slot, node, state, age_s))
+    }
+
+    fn task_obj(id: &str, slot: u64, node: Option<&str>, state: TaskState, age_s: i64) -> Task {
         let mut t = Task::new(
             id,
             TaskSpec {
@@ -428,14 +444,14 @@ mod tests {
         t.metadata.creation_timestamp = Some(Utc::now() - chrono::Duration::seconds(age_s));
         t.status.state = state;
         t.status.timestamp = Some(Utc::now() - chrono::Duration::seconds(age_s));
-        Arc::new(t)
+        t
     }
 
     fn slots(plan: &ServicePlan) -> Vec<u64> {
         plan.create.iter().filter_map(|c| c.slot).collect()
     }
 
-    fn ids(ts: &[Arc<Task>]) -> Vec<&str> {
+    fn ids(ts: &[Arc<TaskRecord>]) -> Vec<&str> {
         let mut v: Vec<&str> = ts.iter().map(|t| t.metadata.name.as_str()).collect();
         v.sort();
         v
@@ -502,12 +518,12 @@ mod tests {
         assert!(plan_service(Some(&svc), &done, &nodes(), later, 3)
             .create
             .is_empty());
-        let mut failed = (*task("f", 1, Some("n1"), TaskState::Failed, 0)).clone();
+        let mut failed = task_obj("f", 1, Some("n1"), TaskState::Failed, 0);
         failed
             .metadata
             .labels
             .insert(labels::ATTEMPT.into(), "2".into());
-        let plan = plan_service(Some(&svc), &[Arc::new(failed)], &nodes(), later, 3);
+        let plan = plan_service(Some(&svc), &[rec(failed)], &nodes(), later, 3);
         assert!(plan.create.is_empty(), "max attempts reached");
     }
 
@@ -564,9 +580,9 @@ mod tests {
         let mut ns = nodes();
         let (k, v) = node("n4", NodeState::Down, NodeAvailability::Active);
         ns.insert(k, v);
-        let mut on_n3 = (*task("x", 0, Some("n3"), TaskState::Running, 10)).clone();
+        let mut on_n3 = task_obj("x", 0, Some("n3"), TaskState::Running, 10);
         on_n3.spec.slot = None;
-        let plan = plan_service(Some(&svc), &[Arc::new(on_n3)], &ns, Utc::now(), 3);
+        let plan = plan_service(Some(&svc), &[rec(on_n3)], &ns, Utc::now(), 3);
         let targets: Vec<_> = plan.create.iter().filter_map(|c| c.node.clone()).collect();
         assert_eq!(targets, vec!["n1", "n2"]);
         assert_eq!(
@@ -581,7 +597,7 @@ mod tests {
     fn outdated_tasks_should_be_left_to_the_updater_and_a_slot_may_hold_a_successor() {
         let mut svc = service(3);
         svc.spec.image = "busybox:2".into();
-        let mut tasks: Vec<Arc<Task>> = (1..=3)
+        let mut tasks: Vec<Arc<TaskRecord>> = (1..=3)
             .map(|s| task(&format!("t{s}"), s, Some("n1"), TaskState::Running, 10))
             .collect();
         let plan = plan_service(Some(&svc), &tasks, &nodes(), Utc::now(), 3);
@@ -597,9 +613,9 @@ mod tests {
         assert_eq!(listed, ["t1", "t2", "t3"]);
         assert_eq!(plan.outdated[0].replacement.slot, Some(1));
         // A start-first replacement next to the old task: both stay; the updater decides.
-        let mut new = (*task("n1", 1, Some("n2"), TaskState::Starting, 0)).clone();
+        let mut new = task_obj("n1", 1, Some("n2"), TaskState::Starting, 0);
         new.spec.image = "busybox:2".into();
-        tasks.push(Arc::new(new));
+        tasks.push(rec(new));
         let plan = plan_service(Some(&svc), &tasks, &nodes(), Utc::now(), 3);
         assert!(
             plan.shutdown.is_empty() && plan.create.is_empty(),
@@ -625,18 +641,12 @@ mod tests {
     fn a_slot_whose_old_task_is_stopping_should_wait_for_it_before_replacing_it() {
         let mut svc = service(1);
         svc.spec.force_update = 1;
-        let mut old = (*task("t1", 1, Some("n1"), TaskState::Running, 10)).clone();
+        let mut old = task_obj("t1", 1, Some("n1"), TaskState::Running, 10);
         old.spec.desired_state = TaskState::Shutdown;
-        let plan = plan_service(
-            Some(&svc),
-            &[Arc::new(old.clone())],
-            &nodes(),
-            Utc::now(),
-            3,
-        );
+        let plan = plan_service(Some(&svc), &[rec(old.clone())], &nodes(), Utc::now(), 3);
         assert!(plan.create.is_empty(), "stop-first: {plan:?}");
         old.status.state = TaskState::Shutdown;
-        let plan = plan_service(Some(&svc), &[Arc::new(old)], &nodes(), Utc::now(), 3);
+        let plan = plan_service(Some(&svc), &[rec(old)], &nodes(), Utc::now(), 3);
         assert_eq!(slots(&plan), vec![1]);
     }
 
