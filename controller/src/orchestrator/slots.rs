@@ -9,7 +9,8 @@
 //! once. Terminal tasks are kept as history (`--task-history-limit` per slot) and then
 //! deleted. Invariant: at most one live task per slot (per node for global services).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use shoal_api_types::{
     Node, NodeAvailability, NodeState, RestartCondition, Service, ServiceMode, TaskState,
 };
 
+use crate::reconcile::record::TaskTemplate;
 use crate::reconcile::TaskRecord;
 
 /// Default delay before a task that exited is replaced.
@@ -101,37 +103,34 @@ pub fn plan_service(
         ServiceMode::Replicated => {
             let n = service.spec.replica_count();
             plan.desired = n;
-            let mut by_slot: BTreeMap<u64, Vec<Arc<TaskRecord>>> = BTreeMap::new();
+            let outdates = Outdates::new(service);
+            // Slots 1..=n by index (most hold one task); others (0, above n) apart.
+            let mut wanted: Vec<Vec<Arc<TaskRecord>>> = vec![Vec::new(); n as usize];
+            let mut others: BTreeMap<u64, Vec<Arc<TaskRecord>>> = BTreeMap::new();
             for t in tasks {
-                by_slot
-                    .entry(t.spec.slot.unwrap_or(0))
-                    .or_default()
-                    .push(t.clone());
-            }
-            for slot in 1..=n {
-                by_slot.entry(slot).or_default();
-            }
-            for (slot, ts) in by_slot {
-                if (1..=n).contains(&slot) {
-                    plan_slot(
-                        service,
-                        &ts,
-                        nodes,
-                        now,
-                        history,
-                        NewTask {
-                            slot: Some(slot),
-                            node: None,
-                            attempt: 0,
-                        },
-                        &mut plan,
-                    );
-                } else {
-                    retire(&ts, nodes, &mut plan);
+                match t.spec.slot.unwrap_or(0) {
+                    slot @ 1.. if slot <= n => wanted[slot as usize - 1].push(t.clone()),
+                    slot => others.entry(slot).or_default().push(t.clone()),
                 }
+            }
+            // In slot order, as one map of every slot would go.
+            if let Some(ts) = others.remove(&0) {
+                retire(&ts, nodes, &mut plan);
+            }
+            for (i, ts) in wanted.into_iter().enumerate() {
+                let target = NewTask {
+                    slot: Some(i as u64 + 1),
+                    node: None,
+                    attempt: 0,
+                };
+                plan_slot(&outdates, &ts, nodes, now, history, target, &mut plan);
+            }
+            for ts in others.values() {
+                retire(ts, nodes, &mut plan);
             }
         }
         ServiceMode::Global => {
+            let outdates = Outdates::new(service);
             let eligible: BTreeSet<&String> = nodes
                 .iter()
                 .filter(|(_, n)| node_eligible(n, service))
@@ -162,7 +161,7 @@ pub fn plan_service(
                         node: Some(name.clone()),
                         attempt: 0,
                     };
-                    plan_slot(service, &ts, nodes, now, history, target, &mut plan);
+                    plan_slot(&outdates, &ts, nodes, now, history, target, &mut plan);
                 } else if paused {
                     // No new tasks; running ones stay.
                     gc_history(&ts, history, &mut plan);
@@ -179,6 +178,38 @@ pub fn plan_service(
 /// anything the task runs with (not merely in the replica count).
 pub fn is_outdated(service: &Service, t: &TaskRecord) -> bool {
     service.spec.outdates(t.runs_with())
+}
+
+/// [`is_outdated`] for many tasks of one service in one pass, compared once per task
+/// template (tasks made from one service version share one).
+pub struct Outdates<'a> {
+    service: &'a Service,
+    /// By the template's address; the template is held, so the address is not reused.
+    seen: RefCell<HashMap<usize, (Arc<TaskTemplate>, bool)>>,
+}
+
+impl<'a> Outdates<'a> {
+    /// Compares with `service`.
+    pub fn new(service: &'a Service) -> Self {
+        Outdates {
+            service,
+            seen: RefCell::default(),
+        }
+    }
+
+    /// Whether `t` is out of date, as [`is_outdated`].
+    pub fn check(&self, t: &TaskRecord) -> bool {
+        let template = &t.spec.template;
+        let at = Arc::as_ptr(template) as usize;
+        if let Some((_, outdated)) = self.seen.borrow().get(&at) {
+            return *outdated;
+        }
+        let outdated = is_outdated(self.service, t);
+        self.seen
+            .borrow_mut()
+            .insert(at, (template.clone(), outdated));
+        outdated
+    }
 }
 
 /// Removes every task of a slot that is no longer wanted: unstarted ones are deleted,
@@ -201,7 +232,7 @@ fn retire(tasks: &[Arc<TaskRecord>], nodes: &BTreeMap<String, Arc<Node>>, plan: 
 
 /// Keeps exactly one live task in a slot (or node, for global services).
 fn plan_slot(
-    service: &Service,
+    outdates: &Outdates<'_>,
     tasks: &[Arc<TaskRecord>],
     nodes: &BTreeMap<String, Arc<Node>>,
     now: DateTime<Utc>,
@@ -229,7 +260,7 @@ fn plan_slot(
         rb.cmp(&ra).then_with(|| created(b).cmp(&created(a)))
     });
     let (current, old): (Vec<&Arc<TaskRecord>>, Vec<&Arc<TaskRecord>>) =
-        keep.iter().partition(|t| !is_outdated(service, t));
+        keep.iter().partition(|t| !outdates.check(t));
     let successor = current.first().map(|t| (*t).clone());
     let predecessor = old.first().copied();
     let keep: Vec<&Arc<TaskRecord>> = match (current.first(), predecessor) {
@@ -289,8 +320,8 @@ fn plan_slot(
             Some(last)
                 if !last.status.state.is_terminal()
                     && last.spec.node.is_some()
-                    && is_outdated(service, last) => {}
-            Some(last) => match restart_decision(service, last, now) {
+                    && outdates.check(last) => {}
+            Some(last) => match restart_decision(outdates.service, last, now) {
                 Restart::Now => {
                     // The ended task is history now: as in Swarm, it is no longer wanted
                     // running (`service ps` shows it as Shutdown / Failed).

@@ -31,7 +31,7 @@ use shoal_api_types::{
     FailureAction, Service, TaskState, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 
-use super::slots::{is_outdated, Outdated, ServicePlan};
+use super::slots::{Outdated, Outdates, ServicePlan};
 use crate::reconcile::TaskRecord;
 
 /// What the updater decided besides the task writes it added to the slot plan.
@@ -117,6 +117,7 @@ pub fn plan_update(
 ) -> UpdateStep {
     let outdated = std::mem::take(&mut plan.outdated);
     let mut step = UpdateStep::default();
+    let outdates = Outdates::new(service);
 
     // A start-first replacement that is ready takes over its slot, whatever the state.
     let settle = SETTLE.min(service.spec.update_config.monitor.get());
@@ -156,7 +157,7 @@ pub fn plan_update(
     let since = us.started_at.unwrap_or(now);
     let current: Vec<&Arc<TaskRecord>> = tasks
         .iter()
-        .filter(|t| !is_outdated(service, t))
+        .filter(|t| !outdates.check(t))
         .filter(|t| t.metadata.creation_timestamp.is_none_or(|c| c >= since))
         .collect();
 
@@ -230,7 +231,7 @@ pub fn plan_update(
     // replacement took over holds nothing up.
     let taken_over: BTreeSet<SlotKey> = tasks
         .iter()
-        .filter(|t| t.is_live() && !is_outdated(service, t))
+        .filter(|t| t.is_live() && !outdates.check(t))
         .map(|t| slot_of(t))
         .collect();
     let mut in_flight: BTreeSet<SlotKey> = BTreeSet::new();
@@ -238,10 +239,10 @@ pub fn plan_update(
         let stopping = t.spec.desired_state != TaskState::Running
             && !t.status.state.is_terminal()
             && t.spec.node.is_some()
-            && is_outdated(service, t)
+            && outdates.check(t)
             && !taken_over.contains(&slot_of(t));
         let starting = t.is_live()
-            && !is_outdated(service, t)
+            && !outdates.check(t)
             && !is_ready(t, settle, now)
             && (t.spec.node.is_some() || t.spec.pending_reason.is_empty());
         if starting {

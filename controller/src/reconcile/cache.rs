@@ -79,8 +79,8 @@ pub struct World {
     pub node_leases: HashSet<String>,
     /// Tasks by id.
     pub tasks: HashMap<String, Arc<TaskRecord>>,
-    /// Task ids by service.
-    pub tasks_by_service: HashMap<String, HashSet<String>>,
+    /// Tasks by service, then id (the same records as `tasks`).
+    pub tasks_by_service: HashMap<String, HashMap<String, Arc<TaskRecord>>>,
     /// Ids of tasks not yet on a node.
     pub unassigned: BTreeSet<String>,
     /// Endpoints slices by (network, service), then slice number.
@@ -225,7 +225,7 @@ impl World {
                 self.tasks_by_service
                     .entry(task.spec.service.clone())
                     .or_default()
-                    .insert(id.to_string());
+                    .insert(id.to_string(), task.clone());
                 self.tasks.insert(id.to_string(), task.clone());
                 changes.push(Change::Task(old, Some(task)));
             }
@@ -364,7 +364,7 @@ impl World {
         self.tasks_by_service
             .entry(t.spec.service.clone())
             .or_default()
-            .insert(id.clone());
+            .insert(id.clone(), t.clone());
         self.tasks.insert(id, t.clone());
         t
     }
@@ -373,11 +373,7 @@ impl World {
     pub fn service_tasks(&self, service: &str) -> Vec<Arc<TaskRecord>> {
         self.tasks_by_service
             .get(service)
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|id| self.tasks.get(id).cloned())
-                    .collect()
-            })
+            .map(|tasks| tasks.values().cloned().collect())
             .unwrap_or_default()
     }
 }

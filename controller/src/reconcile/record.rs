@@ -411,7 +411,6 @@ mod tests {
             networks: vec![NetworkAttachmentConfig {
                 name: "front".into(),
                 aliases: vec!["db".into()],
-                ..Default::default()
             }],
             ..Default::default()
         };
