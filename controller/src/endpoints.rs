@@ -22,7 +22,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use shoal_api_types::endpoints::slice_name;
-use shoal_api_types::{EndpointTask, Endpoints, EndpointsSpec, Node, Service, Task, TaskState};
+use shoal_api_types::{EndpointTask, Endpoints, EndpointsSpec, Node, Service, TaskState};
+
+use crate::reconcile::TaskRecord;
 
 /// The stored slices of one (network, service), by slice number.
 pub type Slices = BTreeMap<u32, Arc<Endpoints>>;
@@ -34,7 +36,7 @@ pub fn desired_endpoints(
     network: &str,
     aliases: &[String],
     vip: Option<&str>,
-    tasks: &[Arc<Task>],
+    tasks: &[Arc<TaskRecord>],
     nodes: &BTreeMap<String, Arc<Node>>,
 ) -> EndpointsSpec {
     let mut listed: Vec<EndpointTask> = tasks
@@ -49,7 +51,7 @@ pub fn desired_endpoints(
                 .next()
                 .unwrap_or(&att.address)
                 .to_string();
-            let healthy = t.spec.healthcheck.is_none() || t.status.healthy;
+            let healthy = t.spec.healthcheck().is_none() || t.status.healthy;
             Some(EndpointTask {
                 task: t.metadata.name.clone(),
                 name: t.spec.display_name(),
@@ -211,9 +213,15 @@ pub fn plan_endpoints(
 mod tests {
     use super::*;
     use shoal_api_types::endpoints::MAX_SLICE_TASKS;
-    use shoal_api_types::{NodeStatus, ServiceSpec, TaskAttachment, TaskSpec, TaskStatus};
+    use shoal_api_types::{NodeStatus, ServiceSpec, Task, TaskAttachment, TaskSpec, TaskStatus};
 
-    fn task(id: &str, slot: u64, node: &str, state: TaskState, desired: TaskState) -> Arc<Task> {
+    fn task(
+        id: &str,
+        slot: u64,
+        node: &str,
+        state: TaskState,
+        desired: TaskState,
+    ) -> Arc<TaskRecord> {
         let mut t = Task::new(
             id,
             TaskSpec {
@@ -235,7 +243,7 @@ mod tests {
             healthy: true,
             ..Default::default()
         };
-        Arc::new(t)
+        Arc::new(TaskRecord::from(t))
     }
 
     #[test]

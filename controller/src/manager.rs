@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_api_types::network::{GATEWAY_BRIDGE_NETWORK, INGRESS_NETWORK};
-use shoal_api_types::{NodeState, Task, TaskState};
+use shoal_api_types::{NodeState, TaskState};
+
+use crate::reconcile::TaskRecord;
 use shoal_store::leader::{self, Leadership};
 use shoal_store::{Backoff, Store, Watcher, Writer};
 use tokio::sync::watch;
@@ -216,9 +218,10 @@ fn dispatch(ctx: &Context, changes: Vec<Change>) {
                     .or(old.as_ref())
                     .expect("a task change has a task");
                 task_services.insert(t.spec.service.clone());
-                let pending =
-                    |t: &Task| t.spec.node.is_none() && t.spec.desired_state == TaskState::Running;
-                let ended = |t: &Task| t.status.state.is_terminal();
+                let pending = |t: &TaskRecord| {
+                    t.spec.node.is_none() && t.spec.desired_state == TaskState::Running
+                };
+                let ended = |t: &TaskRecord| t.status.state.is_terminal();
                 if new.as_deref().is_some_and(pending) || new.as_deref().is_none_or(ended) {
                     schedule = true;
                 }

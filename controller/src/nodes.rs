@@ -163,7 +163,7 @@ fn node_step(ctx: &Context, name: &str) -> (Vec<Batch>, Action, Option<Option<i6
             // Removed: its tasks go with it.
             for t in node_tasks() {
                 let mut txn = Batch::new();
-                txn.delete(&keys, t.as_ref());
+                txn.delete_raw(t.key(&keys), t.metadata.revision);
                 for (net, ip) in world
                     .ipam
                     .by_owner
@@ -280,7 +280,7 @@ fn node_step(ctx: &Context, name: &str) -> (Vec<Batch>, Action, Option<Option<i6
         }
         if state == NodeState::Down {
             for t in node_tasks().filter(|t| !t.status.state.is_terminal()) {
-                let mut next = (**t).clone();
+                let mut next = t.to_task();
                 next.spec.desired_state = TaskState::Shutdown;
                 next.status.state = TaskState::Orphaned;
                 next.status.timestamp = Some(now);

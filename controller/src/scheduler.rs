@@ -381,17 +381,17 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
                 load.total += 1;
                 *load.per_service.entry(t.spec.service.clone()).or_default() += 1;
                 load.reserved
-                    .add(Reserved::of(&t.spec.resources.reservations));
+                    .add(Reserved::of(&t.spec.resources().reservations));
             }
             load.host_ports.extend(
                 t.spec
-                    .ports
+                    .ports()
                     .iter()
                     .filter(|p| p.mode == PublishMode::Host)
                     .map(|p| (p.published, p.protocol)),
             );
         }
-        let mut pending: Vec<Arc<shoal_api_types::Task>> = world
+        let mut pending: Vec<Arc<crate::reconcile::TaskRecord>> = world
             .unassigned
             .iter()
             .filter_map(|id| world.tasks.get(id).cloned())
@@ -416,13 +416,13 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
                     .unwrap_or_default(),
                 host_ports: t
                     .spec
-                    .ports
+                    .ports()
                     .iter()
                     .filter(|p| p.mode == PublishMode::Host)
                     .map(|p| (p.published, p.protocol))
                     .collect(),
                 pin: t.pinned_node().map(str::to_string),
-                reserve: Reserved::of(&t.spec.resources.reservations),
+                reserve: Reserved::of(&t.spec.resources().reservations),
                 max_per_node: world
                     .services
                     .get(&t.spec.service)
@@ -436,8 +436,8 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
             let mut txn = Batch::new();
             match decision {
                 Decision::Assign(node) => {
-                    txn.delete(&keys, task.as_ref());
-                    let mut moved = (**task).clone();
+                    txn.delete_raw(task.key(&keys), task.metadata.revision);
+                    let mut moved = task.to_task();
                     moved.spec.node = Some(node);
                     moved.spec.pending_reason.clear();
                     moved.status.state = TaskState::Assigned;
@@ -447,7 +447,7 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
                 }
                 Decision::Pending(reason) => {
                     if task.spec.pending_reason != reason {
-                        let mut next = (**task).clone();
+                        let mut next = task.to_task();
                         next.spec.pending_reason = reason;
                         txn.update(&keys, &next);
                     }

@@ -89,7 +89,8 @@ impl TaskRef {
 #[derive(Debug, Default)]
 pub struct TaskIndex {
     by_id: BTreeMap<String, TaskRef>,
-    by_display: HashMap<String, BTreeSet<String>>,
+    /// Ids per display name, sorted (mostly one: a small vector, not a tree node each).
+    by_display: HashMap<String, Vec<String>>,
     by_service: HashMap<String, BTreeSet<String>>,
     /// Every change up to this etcd revision is in the index.
     revision: i64,
@@ -126,10 +127,10 @@ impl TaskIndex {
     /// Adds or replaces a task (by id).
     pub fn put(&mut self, task: TaskRef) {
         self.remove_id(&task.id.clone());
-        self.by_display
-            .entry(task.display.clone())
-            .or_default()
-            .insert(task.id.clone());
+        let ids = self.by_display.entry(task.display.clone()).or_default();
+        if let Err(at) = ids.binary_search(&task.id) {
+            ids.insert(at, task.id.clone());
+        }
         self.by_service
             .entry(task.service.clone())
             .or_default()
@@ -151,15 +152,16 @@ impl TaskIndex {
         let Some(old) = self.by_id.remove(id) else {
             return;
         };
-        for (map, k) in [
-            (&mut self.by_display, &old.display),
-            (&mut self.by_service, &old.service),
-        ] {
-            if let Some(ids) = map.get_mut(k) {
-                ids.remove(id);
-                if ids.is_empty() {
-                    map.remove(k);
-                }
+        if let Some(ids) = self.by_display.get_mut(&old.display) {
+            ids.retain(|i| i != id);
+            if ids.is_empty() {
+                self.by_display.remove(&old.display);
+            }
+        }
+        if let Some(ids) = self.by_service.get_mut(&old.service) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_service.remove(&old.service);
             }
         }
     }
@@ -325,7 +327,9 @@ async fn feed(mut watcher: Watcher, lookup: std::sync::Weak<TaskLookup>) {
         };
         match event {
             WatcherEvent::Restarted { items, revision } => {
-                let index = TaskIndex::new(items.iter().filter_map(decoded), revision);
+                // Consumed as decoded: the raw values go while the index fills.
+                let index =
+                    TaskIndex::new(items.into_iter().filter_map(|kv| decoded(&kv)), revision);
                 tracing::debug!(revision, tasks = index.len(), "task index listed");
                 lookup.with_index(|i| *i = Some(index));
             }

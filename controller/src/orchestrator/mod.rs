@@ -10,10 +10,20 @@
 //! [`status`]. It returns transactions of plain [`Write`]s; [`reconcile_service`] commits
 //! them ([`mod@write`] turns them into etcd transactions) and is the orchestrator's only I/O.
 //!
+//! A pass creates at most `--task-create-batch` tasks in its first batch; the creates it
+//! planned beyond that are its [`Backlog`], which the same reconcile makes batch by batch
+//! ([`backlog_step`], O(batch) each: no new slot plan, no walk over the service's tasks)
+//! for up to [`BACKLOG_BUDGET`], then a full pass follows. So a scale-up to n tasks costs
+//! O(n) planning once per budget, not once per batch, and status, Endpoints and restarts
+//! still get a full pass at least every budget.
+//!
 //! Invariants: at most one live task per slot (per node for global services); a task and
 //! the claims of its addresses are created and deleted in one transaction, and a VIP is
 //! claimed in the transaction that records it in the status, so a leader dying mid-write
-//! never duplicates a task or an address.
+//! never duplicates a task or an address. A backlog holds only slots that were empty when
+//! planned; only this reconcile (one at a time per service) creates the service's tasks,
+//! so they are still empty when it fills them; it is dropped as soon as the service is
+//! gone, replaced, or its spec changed (another uid or generation).
 
 pub mod slots;
 pub mod status;
@@ -27,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::time::Instant;
 
 use crate::config::ManagerConfig;
 use crate::context::Context;
@@ -38,6 +49,9 @@ pub use slots::{is_outdated, node_eligible, plan_service, NewTask, ServicePlan};
 pub use vips::wanted_networks;
 pub use write::Write;
 
+/// How long one service reconcile goes on making its [`Backlog`] before a full pass.
+pub const BACKLOG_BUDGET: Duration = Duration::from_secs(2);
+
 /// What one service reconcile decided.
 #[derive(Debug)]
 pub struct ServiceStep {
@@ -45,6 +59,17 @@ pub struct ServiceStep {
     pub txns: Vec<Vec<Write>>,
     /// When to look again.
     pub action: Action,
+    /// Creates planned beyond this pass's batch.
+    pub backlog: Option<Backlog>,
+}
+
+/// Tasks a pass planned but did not create in its batch (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    /// The service's uid and generation when planned.
+    pub service: (String, i64),
+    /// What is still to create, in order.
+    pub create: Vec<NewTask>,
 }
 
 /// Reconciles one service: VIPs, tasks, Endpoints and status (or the clean-up of a
@@ -61,7 +86,80 @@ pub async fn reconcile_service(name: String, ctx: Arc<Context>) -> Result<Action
         .map(|writes| write::txn(&ctx.keys, writes))
         .collect();
     ctx.writer.commit_all(txns, 16).await?;
+    let started = Instant::now();
+    let mut backlog = step.backlog;
+    while let Some(b) = backlog.take() {
+        if started.elapsed() >= BACKLOG_BUDGET {
+            break;
+        }
+        // The previous batch's claims must be in the cache before addresses are picked.
+        ctx.sync().await;
+        let (txns, rest) = {
+            let world = ctx.cache.read();
+            backlog_step(&world, &name, b, &ctx.config, &ctx.ip_cursors, Utc::now())
+        };
+        let txns = txns
+            .into_iter()
+            .map(|writes| write::txn(&ctx.keys, writes))
+            .collect();
+        ctx.writer.commit_all(txns, 16).await?;
+        backlog = rest;
+    }
     Ok(step.action)
+}
+
+/// The next batch of `backlog` for service `name`, and what remains after it; nothing
+/// when the service is gone or changed, its networks are not ready, or addresses ran out
+/// (the full pass that follows says why).
+pub fn backlog_step(
+    world: &World,
+    name: &str,
+    backlog: Backlog,
+    config: &ManagerConfig,
+    cursors: &Mutex<HashMap<String, u32>>,
+    now: DateTime<Utc>,
+) -> (Vec<Vec<Write>>, Option<Backlog>) {
+    let Some(service) = world.services.get(name) else {
+        return (vec![], None);
+    };
+    if (&service.metadata.uid, service.metadata.generation)
+        != (&backlog.service.0, backlog.service.1)
+    {
+        return (vec![], None);
+    }
+    let (attaches, net_problem) = vips::resolve_networks(&service.spec, &world.networks);
+    if net_problem.is_some() {
+        return (vec![], None);
+    }
+    let creates = {
+        let mut cursors = cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut picker = Picker::new(&mut cursors, |n: &str, ip| world.ipam.ip_taken(n, ip));
+        tasks::plan_creates(
+            service,
+            &backlog.create,
+            &attaches,
+            config.task_create_batch,
+            now,
+            tasks::new_task_id,
+            |a| picker.pick(&a.network, &a.addressing),
+        )
+    };
+    let rest = backlog_after(&backlog.service, &backlog.create, config, &creates);
+    (creates.txns, rest)
+}
+
+/// What `create` leaves after a batch that made `creates`.
+fn backlog_after(
+    service: &(String, i64),
+    create: &[NewTask],
+    config: &ManagerConfig,
+    creates: &tasks::Creates,
+) -> Option<Backlog> {
+    let made = config.task_create_batch.max(1).min(create.len());
+    (creates.more && creates.exhausted.is_none()).then(|| Backlog {
+        service: service.clone(),
+        create: create[made..].to_vec(),
+    })
 }
 
 /// Decides every write of service `name`'s reconcile from `world` at `now`. Addresses are
@@ -107,7 +205,11 @@ pub fn service_step(
         if !tasks.is_empty() {
             tracing::debug!(service = %name, tasks = tasks.len(), "service deleted; removing its tasks");
         }
-        return ServiceStep { txns, action };
+        return ServiceStep {
+            txns,
+            action,
+            backlog: None,
+        };
     };
 
     // Networks: the spec's, plus ingress when publishing through the routing mesh.
@@ -183,9 +285,16 @@ pub fn service_step(
     }
     txns.insert(0, status_txn);
 
+    let mut backlog = None;
     if let Some(creates) = creates {
         if creates.more {
             action = Action::Requeue(Duration::ZERO);
+            backlog = backlog_after(
+                &(service.metadata.uid.clone(), service.metadata.generation),
+                &plan.create,
+                config,
+                &creates,
+            );
         }
         if !creates.txns.is_empty() {
             tracing::debug!(service = %name, created = creates.txns.len(), "creating tasks");
@@ -202,12 +311,16 @@ pub fn service_step(
     {
         action = action.min(Action::Requeue(Duration::from_secs(5)));
     }
-    ServiceStep { txns, action }
+    ServiceStep {
+        txns,
+        action,
+        backlog,
+    }
 }
 
 /// Whether task `t` of service `name` is listed ready in the stored Endpoints (some slice)
 /// of the service on each of its networks (so every node's load balancer has it).
-fn listed_ready(world: &World, name: &str, t: &shoal_api_types::Task) -> bool {
+fn listed_ready(world: &World, name: &str, t: &crate::reconcile::TaskRecord) -> bool {
     t.spec.attachments.iter().all(|a| {
         match world.endpoints.get(&(a.network.clone(), name.to_string())) {
             Some(slices) => slices.values().any(|ep| {
@@ -362,11 +475,7 @@ mod tests {
             },
         );
         t.status.state = shoal_api_types::TaskState::Pending;
-        w.tasks.insert("t1".into(), Arc::new(t));
-        w.tasks_by_service
-            .entry("api".into())
-            .or_default()
-            .insert("t1".into());
+        w.insert_task(t);
         let task_ip = claim(&mut w, "10.0.1.7", "t1");
         let vip = claim(&mut w, "10.0.1.2", "vip/api");
         let ep = Arc::new(Endpoints::new(
@@ -405,5 +514,84 @@ mod tests {
                 Write::Endpoints(EndpointsChange::Delete(ep1)),
             ]
         );
+    }
+
+    fn created(txns: &[Vec<Write>]) -> Vec<Task> {
+        txns.iter()
+            .flatten()
+            .filter_map(|w| match w {
+                Write::CreateTask(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn scale_up(w: &mut World, replicas: i64) -> ManagerConfig {
+        let mut svc = service(replicas);
+        svc.metadata.uid = "u1".into();
+        svc.metadata.generation = 3;
+        w.services.insert("api".into(), Arc::new(svc));
+        ManagerConfig {
+            task_create_batch: 4,
+            ..ManagerConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_pass_should_create_one_batch_and_leave_the_other_planned_slots_as_its_backlog() {
+        let mut w = world();
+        let config = scale_up(&mut w, 10);
+        let cursors = Mutex::new(HashMap::new());
+        let step = service_step(&w, "api", &config, &cursors, Utc::now());
+        assert_eq!(step.action, Action::Requeue(Duration::ZERO));
+        let first = created(&step.txns);
+        let slots = |ts: &[Task]| ts.iter().map(|t| t.spec.slot.unwrap()).collect::<Vec<_>>();
+        assert_eq!(slots(&first), [1, 2, 3, 4]);
+        let backlog = step.backlog.expect("a backlog");
+        assert_eq!(backlog.service, ("u1".to_string(), 3));
+        let rest: Vec<u64> = backlog.create.iter().map(|c| c.slot.unwrap()).collect();
+        assert_eq!(rest, [5, 6, 7, 8, 9, 10], "every planned slot once");
+
+        // The next batch comes from the backlog, with no slot of the first batch again.
+        for t in first {
+            w.insert_task(t);
+        }
+        let (txns, rest) = backlog_step(&w, "api", backlog, &config, &cursors, Utc::now());
+        let second = created(&txns);
+        assert_eq!(slots(&second), [5, 6, 7, 8]);
+        let rest = rest.expect("two slots left");
+        let (txns, none) = backlog_step(&w, "api", rest, &config, &cursors, Utc::now());
+        assert_eq!(slots(&created(&txns)), [9, 10]);
+        assert!(none.is_none());
+        // Addresses are never handed out twice across batches.
+        let mut ips: Vec<String> = second
+            .iter()
+            .chain(&created(&txns))
+            .map(|t| t.spec.attachments[0].address.clone())
+            .collect();
+        let n = ips.len();
+        ips.sort();
+        ips.dedup();
+        assert_eq!(ips.len(), n);
+    }
+
+    #[test]
+    fn a_backlog_should_be_dropped_when_the_service_changed_or_went() {
+        let mut w = world();
+        let config = scale_up(&mut w, 10);
+        let cursors = Mutex::new(HashMap::new());
+        let backlog = service_step(&w, "api", &config, &cursors, Utc::now())
+            .backlog
+            .expect("a backlog");
+        let mut changed = (*w.services["api"]).clone();
+        changed.metadata.generation += 1;
+        changed.spec.replicas = Some(2);
+        let mut w2 = w.clone();
+        w2.services.insert("api".into(), Arc::new(changed));
+        let (txns, rest) = backlog_step(&w2, "api", backlog.clone(), &config, &cursors, Utc::now());
+        assert!(txns.is_empty() && rest.is_none(), "scaled down meanwhile");
+        w.services.remove("api");
+        let (txns, rest) = backlog_step(&w, "api", backlog, &config, &cursors, Utc::now());
+        assert!(txns.is_empty() && rest.is_none(), "deleted meanwhile");
     }
 }

@@ -9,19 +9,23 @@
 //! once. Terminal tasks are kept as history (`--task-history-limit` per slot) and then
 //! deleted. Invariant: at most one live task per slot (per node for global services).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shoal_api_types::{
-    Node, NodeAvailability, NodeState, RestartCondition, Service, ServiceMode, Task, TaskState,
+    Node, NodeAvailability, NodeState, RestartCondition, Service, ServiceMode, TaskState,
 };
+
+use crate::reconcile::record::TaskTemplate;
+use crate::reconcile::TaskRecord;
 
 /// Default delay before a task that exited is replaced.
 pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(1);
 
-fn created(t: &Task) -> (Option<DateTime<Utc>>, &str) {
+fn created(t: &TaskRecord) -> (Option<DateTime<Utc>>, &str) {
     (t.metadata.creation_timestamp, t.metadata.name.as_str())
 }
 
@@ -42,9 +46,9 @@ pub struct ServicePlan {
     /// Tasks to create.
     pub create: Vec<NewTask>,
     /// Tasks to stop (desired state shutdown).
-    pub shutdown: Vec<Arc<Task>>,
+    pub shutdown: Vec<Arc<TaskRecord>>,
     /// Tasks to delete (with their addresses).
-    pub delete: Vec<Arc<Task>>,
+    pub delete: Vec<Arc<TaskRecord>>,
     /// Look again after this long (a restart delay is running).
     pub requeue: Option<Duration>,
     /// How many tasks should run.
@@ -57,11 +61,11 @@ pub struct ServicePlan {
 #[derive(Debug, Clone)]
 pub struct Outdated {
     /// The task.
-    pub task: Arc<Task>,
+    pub task: Arc<TaskRecord>,
     /// The task that replaces it.
     pub replacement: NewTask,
     /// A live task on the current spec already in its slot (a start-first replacement).
-    pub successor: Option<Arc<Task>>,
+    pub successor: Option<Arc<TaskRecord>>,
 }
 
 impl ServicePlan {
@@ -85,7 +89,7 @@ pub fn node_eligible(node: &Node, service: &Service) -> bool {
 /// the nodes, at `now`.
 pub fn plan_service(
     service: Option<&Service>,
-    tasks: &[Arc<Task>],
+    tasks: &[Arc<TaskRecord>],
     nodes: &BTreeMap<String, Arc<Node>>,
     now: DateTime<Utc>,
     history: usize,
@@ -99,44 +103,41 @@ pub fn plan_service(
         ServiceMode::Replicated => {
             let n = service.spec.replica_count();
             plan.desired = n;
-            let mut by_slot: BTreeMap<u64, Vec<Arc<Task>>> = BTreeMap::new();
+            let outdates = Outdates::new(service);
+            // Slots 1..=n by index (most hold one task); others (0, above n) apart.
+            let mut wanted: Vec<Vec<Arc<TaskRecord>>> = vec![Vec::new(); n as usize];
+            let mut others: BTreeMap<u64, Vec<Arc<TaskRecord>>> = BTreeMap::new();
             for t in tasks {
-                by_slot
-                    .entry(t.spec.slot.unwrap_or(0))
-                    .or_default()
-                    .push(t.clone());
-            }
-            for slot in 1..=n {
-                by_slot.entry(slot).or_default();
-            }
-            for (slot, ts) in by_slot {
-                if (1..=n).contains(&slot) {
-                    plan_slot(
-                        service,
-                        &ts,
-                        nodes,
-                        now,
-                        history,
-                        NewTask {
-                            slot: Some(slot),
-                            node: None,
-                            attempt: 0,
-                        },
-                        &mut plan,
-                    );
-                } else {
-                    retire(&ts, nodes, &mut plan);
+                match t.spec.slot.unwrap_or(0) {
+                    slot @ 1.. if slot <= n => wanted[slot as usize - 1].push(t.clone()),
+                    slot => others.entry(slot).or_default().push(t.clone()),
                 }
+            }
+            // In slot order, as one map of every slot would go.
+            if let Some(ts) = others.remove(&0) {
+                retire(&ts, nodes, &mut plan);
+            }
+            for (i, ts) in wanted.into_iter().enumerate() {
+                let target = NewTask {
+                    slot: Some(i as u64 + 1),
+                    node: None,
+                    attempt: 0,
+                };
+                plan_slot(&outdates, &ts, nodes, now, history, target, &mut plan);
+            }
+            for ts in others.values() {
+                retire(ts, nodes, &mut plan);
             }
         }
         ServiceMode::Global => {
+            let outdates = Outdates::new(service);
             let eligible: BTreeSet<&String> = nodes
                 .iter()
                 .filter(|(_, n)| node_eligible(n, service))
                 .map(|(name, _)| name)
                 .collect();
             plan.desired = eligible.len() as u64;
-            let mut by_node: BTreeMap<String, Vec<Arc<Task>>> = BTreeMap::new();
+            let mut by_node: BTreeMap<String, Vec<Arc<TaskRecord>>> = BTreeMap::new();
             for t in tasks {
                 let node = t
                     .spec
@@ -160,7 +161,7 @@ pub fn plan_service(
                         node: Some(name.clone()),
                         attempt: 0,
                     };
-                    plan_slot(service, &ts, nodes, now, history, target, &mut plan);
+                    plan_slot(&outdates, &ts, nodes, now, history, target, &mut plan);
                 } else if paused {
                     // No new tasks; running ones stay.
                     gc_history(&ts, history, &mut plan);
@@ -175,13 +176,45 @@ pub fn plan_service(
 
 /// Whether a task was made from a spec that differs from the service's current one in
 /// anything the task runs with (not merely in the replica count).
-pub fn is_outdated(service: &Service, t: &Task) -> bool {
-    service.spec.outdates(&t.spec)
+pub fn is_outdated(service: &Service, t: &TaskRecord) -> bool {
+    service.spec.outdates(t.runs_with())
+}
+
+/// [`is_outdated`] for many tasks of one service in one pass, compared once per task
+/// template (tasks made from one service version share one).
+pub struct Outdates<'a> {
+    service: &'a Service,
+    /// By the template's address; the template is held, so the address is not reused.
+    seen: RefCell<HashMap<usize, (Arc<TaskTemplate>, bool)>>,
+}
+
+impl<'a> Outdates<'a> {
+    /// Compares with `service`.
+    pub fn new(service: &'a Service) -> Self {
+        Outdates {
+            service,
+            seen: RefCell::default(),
+        }
+    }
+
+    /// Whether `t` is out of date, as [`is_outdated`].
+    pub fn check(&self, t: &TaskRecord) -> bool {
+        let template = &t.spec.template;
+        let at = Arc::as_ptr(template) as usize;
+        if let Some((_, outdated)) = self.seen.borrow().get(&at) {
+            return *outdated;
+        }
+        let outdated = is_outdated(self.service, t);
+        self.seen
+            .borrow_mut()
+            .insert(at, (template.clone(), outdated));
+        outdated
+    }
 }
 
 /// Removes every task of a slot that is no longer wanted: unstarted ones are deleted,
 /// started ones stopped, ended ones deleted.
-fn retire(tasks: &[Arc<Task>], nodes: &BTreeMap<String, Arc<Node>>, plan: &mut ServicePlan) {
+fn retire(tasks: &[Arc<TaskRecord>], nodes: &BTreeMap<String, Arc<Node>>, plan: &mut ServicePlan) {
     for t in tasks {
         let gone = match &t.spec.node {
             None => true,
@@ -199,15 +232,15 @@ fn retire(tasks: &[Arc<Task>], nodes: &BTreeMap<String, Arc<Node>>, plan: &mut S
 
 /// Keeps exactly one live task in a slot (or node, for global services).
 fn plan_slot(
-    service: &Service,
-    tasks: &[Arc<Task>],
+    outdates: &Outdates<'_>,
+    tasks: &[Arc<TaskRecord>],
     nodes: &BTreeMap<String, Arc<Node>>,
     now: DateTime<Utc>,
     history: usize,
     target: NewTask,
     plan: &mut ServicePlan,
 ) {
-    let mut keep: Vec<&Arc<Task>> = vec![];
+    let mut keep: Vec<&Arc<TaskRecord>> = vec![];
     for t in tasks.iter().filter(|t| t.is_live()) {
         match t.spec.node.as_ref().map(|n| nodes.get(n)) {
             // Its node was removed: the task is gone with it.
@@ -226,13 +259,13 @@ fn plan_slot(
         let rb = b.status.state == TaskState::Running;
         rb.cmp(&ra).then_with(|| created(b).cmp(&created(a)))
     });
-    let (current, old): (Vec<&Arc<Task>>, Vec<&Arc<Task>>) =
-        keep.iter().partition(|t| !is_outdated(service, t));
+    let (current, old): (Vec<&Arc<TaskRecord>>, Vec<&Arc<TaskRecord>>) =
+        keep.iter().partition(|t| !outdates.check(t));
     let successor = current.first().map(|t| (*t).clone());
     let predecessor = old.first().copied();
-    let keep: Vec<&Arc<Task>> = match (current.first(), predecessor) {
+    let keep: Vec<&Arc<TaskRecord>> = match (current.first(), predecessor) {
         (Some(c), Some(o)) => {
-            let mut rest: Vec<&Arc<Task>> = current[1..].to_vec();
+            let mut rest: Vec<&Arc<TaskRecord>> = current[1..].to_vec();
             rest.extend(&old[1..]);
             [*c, o].into_iter().chain(rest).collect()
         }
@@ -287,8 +320,8 @@ fn plan_slot(
             Some(last)
                 if !last.status.state.is_terminal()
                     && last.spec.node.is_some()
-                    && is_outdated(service, last) => {}
-            Some(last) => match restart_decision(service, last, now) {
+                    && outdates.check(last) => {}
+            Some(last) => match restart_decision(outdates.service, last, now) {
                 Restart::Now => {
                     // The ended task is history now: as in Swarm, it is no longer wanted
                     // running (`service ps` shows it as Shutdown / Failed).
@@ -311,8 +344,8 @@ fn plan_slot(
 }
 
 /// Deletes the oldest ended tasks beyond `history`.
-fn gc_history(tasks: &[Arc<Task>], history: usize, plan: &mut ServicePlan) {
-    let mut ended: Vec<&Arc<Task>> = tasks
+fn gc_history(tasks: &[Arc<TaskRecord>], history: usize, plan: &mut ServicePlan) {
+    let mut ended: Vec<&Arc<TaskRecord>> = tasks
         .iter()
         .filter(|t| t.status.state.is_terminal())
         .collect();
@@ -328,7 +361,7 @@ enum Restart {
     Never,
 }
 
-fn restart_decision(service: &Service, last: &Task, now: DateTime<Utc>) -> Restart {
+fn restart_decision(service: &Service, last: &TaskRecord, now: DateTime<Utc>) -> Restart {
     let policy = &service.spec.restart_policy;
     let state = last.status.state;
     let stopped_by_us = last.spec.desired_state != TaskState::Running;
@@ -375,7 +408,7 @@ fn restart_decision(service: &Service, last: &Task, now: DateTime<Utc>) -> Resta
 mod tests {
     use super::*;
     use shoal_api_types::labels;
-    use shoal_api_types::{NodeSpec, NodeStatus, RestartPolicy, ServiceSpec, TaskSpec};
+    use shoal_api_types::{NodeSpec, NodeStatus, RestartPolicy, ServiceSpec, Task, TaskSpec};
 
     fn service(replicas: i64) -> Service {
         let mut s = Service::new(
@@ -412,7 +445,21 @@ mod tests {
             .collect()
     }
 
-    fn task(id: &str, slot: u64, node: Option<&str>, state: TaskState, age_s: i64) -> Arc<Task> {
+    fn rec(t: Task) -> Arc<TaskRecord> {
+        Arc::new(TaskRecord::from(t))
+    }
+
+    fn task(
+        id: &str,
+        slot: u64,
+        node: Option<&str>,
+        state: TaskState,
+        age_s: i64,
+    ) -> Arc<TaskRecord> {
+        rec(task_obj(id, slot, node, state, age_s))
+    }
+
+    fn task_obj(id: &str, slot: u64, node: Option<&str>, state: TaskState, age_s: i64) -> Task {
         let mut t = Task::new(
             id,
             TaskSpec {
@@ -428,14 +475,14 @@ mod tests {
         t.metadata.creation_timestamp = Some(Utc::now() - chrono::Duration::seconds(age_s));
         t.status.state = state;
         t.status.timestamp = Some(Utc::now() - chrono::Duration::seconds(age_s));
-        Arc::new(t)
+        t
     }
 
     fn slots(plan: &ServicePlan) -> Vec<u64> {
         plan.create.iter().filter_map(|c| c.slot).collect()
     }
 
-    fn ids(ts: &[Arc<Task>]) -> Vec<&str> {
+    fn ids(ts: &[Arc<TaskRecord>]) -> Vec<&str> {
         let mut v: Vec<&str> = ts.iter().map(|t| t.metadata.name.as_str()).collect();
         v.sort();
         v
@@ -502,12 +549,12 @@ mod tests {
         assert!(plan_service(Some(&svc), &done, &nodes(), later, 3)
             .create
             .is_empty());
-        let mut failed = (*task("f", 1, Some("n1"), TaskState::Failed, 0)).clone();
+        let mut failed = task_obj("f", 1, Some("n1"), TaskState::Failed, 0);
         failed
             .metadata
             .labels
             .insert(labels::ATTEMPT.into(), "2".into());
-        let plan = plan_service(Some(&svc), &[Arc::new(failed)], &nodes(), later, 3);
+        let plan = plan_service(Some(&svc), &[rec(failed)], &nodes(), later, 3);
         assert!(plan.create.is_empty(), "max attempts reached");
     }
 
@@ -564,9 +611,9 @@ mod tests {
         let mut ns = nodes();
         let (k, v) = node("n4", NodeState::Down, NodeAvailability::Active);
         ns.insert(k, v);
-        let mut on_n3 = (*task("x", 0, Some("n3"), TaskState::Running, 10)).clone();
+        let mut on_n3 = task_obj("x", 0, Some("n3"), TaskState::Running, 10);
         on_n3.spec.slot = None;
-        let plan = plan_service(Some(&svc), &[Arc::new(on_n3)], &ns, Utc::now(), 3);
+        let plan = plan_service(Some(&svc), &[rec(on_n3)], &ns, Utc::now(), 3);
         let targets: Vec<_> = plan.create.iter().filter_map(|c| c.node.clone()).collect();
         assert_eq!(targets, vec!["n1", "n2"]);
         assert_eq!(
@@ -581,7 +628,7 @@ mod tests {
     fn outdated_tasks_should_be_left_to_the_updater_and_a_slot_may_hold_a_successor() {
         let mut svc = service(3);
         svc.spec.image = "busybox:2".into();
-        let mut tasks: Vec<Arc<Task>> = (1..=3)
+        let mut tasks: Vec<Arc<TaskRecord>> = (1..=3)
             .map(|s| task(&format!("t{s}"), s, Some("n1"), TaskState::Running, 10))
             .collect();
         let plan = plan_service(Some(&svc), &tasks, &nodes(), Utc::now(), 3);
@@ -597,9 +644,9 @@ mod tests {
         assert_eq!(listed, ["t1", "t2", "t3"]);
         assert_eq!(plan.outdated[0].replacement.slot, Some(1));
         // A start-first replacement next to the old task: both stay; the updater decides.
-        let mut new = (*task("n1", 1, Some("n2"), TaskState::Starting, 0)).clone();
+        let mut new = task_obj("n1", 1, Some("n2"), TaskState::Starting, 0);
         new.spec.image = "busybox:2".into();
-        tasks.push(Arc::new(new));
+        tasks.push(rec(new));
         let plan = plan_service(Some(&svc), &tasks, &nodes(), Utc::now(), 3);
         assert!(
             plan.shutdown.is_empty() && plan.create.is_empty(),
@@ -625,18 +672,12 @@ mod tests {
     fn a_slot_whose_old_task_is_stopping_should_wait_for_it_before_replacing_it() {
         let mut svc = service(1);
         svc.spec.force_update = 1;
-        let mut old = (*task("t1", 1, Some("n1"), TaskState::Running, 10)).clone();
+        let mut old = task_obj("t1", 1, Some("n1"), TaskState::Running, 10);
         old.spec.desired_state = TaskState::Shutdown;
-        let plan = plan_service(
-            Some(&svc),
-            &[Arc::new(old.clone())],
-            &nodes(),
-            Utc::now(),
-            3,
-        );
+        let plan = plan_service(Some(&svc), &[rec(old.clone())], &nodes(), Utc::now(), 3);
         assert!(plan.create.is_empty(), "stop-first: {plan:?}");
         old.status.state = TaskState::Shutdown;
-        let plan = plan_service(Some(&svc), &[Arc::new(old)], &nodes(), Utc::now(), 3);
+        let plan = plan_service(Some(&svc), &[rec(old)], &nodes(), Utc::now(), 3);
         assert_eq!(slots(&plan), vec![1]);
     }
 

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use shoal_api_types::service::Condition;
-use shoal_api_types::{Service, ServiceStatus, Task, TaskState, VirtualIp};
+use shoal_api_types::{Service, ServiceStatus, TaskState, VirtualIp};
+
+use crate::reconcile::TaskRecord;
 
 use super::slots::ServicePlan;
 use super::vips::NetProblem;
@@ -18,7 +20,7 @@ use super::vips::NetProblem;
 pub fn service_status(
     service: &Service,
     plan: &ServicePlan,
-    tasks: &[Arc<Task>],
+    tasks: &[Arc<TaskRecord>],
     vips: Vec<VirtualIp>,
     net_problem: Option<&NetProblem>,
     exhausted: Option<&str>,
@@ -136,7 +138,7 @@ fn condition(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_api_types::{ServiceSpec, TaskSpec};
+    use shoal_api_types::{ServiceSpec, Task, TaskSpec};
 
     fn service() -> Service {
         let mut s = Service::new("api", ServiceSpec::default());
@@ -144,7 +146,7 @@ mod tests {
         s
     }
 
-    fn task(state: TaskState, node: Option<&str>, pending_reason: &str) -> Arc<Task> {
+    fn task(state: TaskState, node: Option<&str>, pending_reason: &str) -> Arc<TaskRecord> {
         let mut t = Task::new(
             "t",
             TaskSpec {
@@ -156,7 +158,7 @@ mod tests {
             },
         );
         t.status.state = state;
-        Arc::new(t)
+        Arc::new(TaskRecord::from(t))
     }
 
     fn plan(desired: u64) -> ServicePlan {

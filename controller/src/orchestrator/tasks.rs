@@ -49,7 +49,7 @@ pub fn retire_writes(plan: &ServicePlan, ipam: &Ipam) -> Vec<Vec<Write>> {
         if deleted.contains(&t.metadata.name) || t.spec.desired_state == TaskState::Shutdown {
             continue;
         }
-        let mut next = (**t).clone();
+        let mut next = t.to_task();
         next.spec.desired_state = TaskState::Shutdown;
         txns.push(vec![Write::UpdateTask(next)]);
     }
@@ -182,6 +182,7 @@ mod tests {
 
     use crate::ipam::{Addressing, Release};
     use crate::reconcile::cache::Claim;
+    use crate::reconcile::TaskRecord;
     use shoal_api_types::ServiceSpec;
 
     fn service() -> Service {
@@ -216,7 +217,7 @@ mod tests {
         }
     }
 
-    fn task(id: &str, desired: TaskState) -> Arc<Task> {
+    fn task(id: &str, desired: TaskState) -> Arc<TaskRecord> {
         let mut t = Task::new(
             id,
             TaskSpec {
@@ -226,7 +227,7 @@ mod tests {
             },
         );
         t.metadata.resource_version = Some("7".into());
-        Arc::new(t)
+        Arc::new(TaskRecord::from(t))
     }
 
     fn ids() -> impl FnMut() -> String {

@@ -28,10 +28,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shoal_api_types::{
-    FailureAction, Service, Task, TaskState, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
+    FailureAction, Service, TaskState, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus,
 };
 
-use super::slots::{is_outdated, Outdated, ServicePlan};
+use super::slots::{Outdated, Outdates, ServicePlan};
+use crate::reconcile::TaskRecord;
 
 /// What the updater decided besides the task writes it added to the slot plan.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -47,7 +48,7 @@ pub struct UpdateStep {
 /// Where a slot's task lives: its replicated slot, or its node for a global service.
 type SlotKey = (Option<u64>, Option<String>);
 
-fn slot_of(t: &Task) -> SlotKey {
+fn slot_of(t: &TaskRecord) -> SlotKey {
     match t.spec.slot {
         Some(s) => (Some(s), None),
         None => (None, t.spec.node.clone()),
@@ -61,11 +62,11 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// When a task is (or will be, if it keeps running) ready for the update: when it passed
 /// its health check, or, without one, when it has run for `settle`. `None`: not running.
-fn ready_at(t: &Task, settle: Duration) -> Option<DateTime<Utc>> {
+fn ready_at(t: &TaskRecord, settle: Duration) -> Option<DateTime<Utc>> {
     if !t.is_live() || t.status.state != TaskState::Running {
         return None;
     }
-    if t.spec.healthcheck.is_some() {
+    if t.spec.healthcheck().is_some() {
         // The moment of the first passing check is not recorded; passing is what counts.
         return t.status.healthy.then_some(DateTime::<Utc>::MIN_UTC);
     }
@@ -74,12 +75,12 @@ fn ready_at(t: &Task, settle: Duration) -> Option<DateTime<Utc>> {
 }
 
 /// Whether a task is ready for the update at `now` (see [`ready_at`]).
-fn is_ready(t: &Task, settle: Duration, now: DateTime<Utc>) -> bool {
+fn is_ready(t: &TaskRecord, settle: Duration, now: DateTime<Utc>) -> bool {
     ready_at(t, settle).is_some_and(|at| at <= now)
 }
 
 /// Whether `t` failed by itself within `monitor` of starting (or before it started).
-fn failed_within(t: &Task, monitor: Duration) -> bool {
+fn failed_within(t: &TaskRecord, monitor: Duration) -> bool {
     if !matches!(
         t.status.state,
         TaskState::Failed | TaskState::Rejected | TaskState::Complete
@@ -93,7 +94,7 @@ fn failed_within(t: &Task, monitor: Duration) -> bool {
 }
 
 /// Why a task failed, for the update's message: `task api.3: task exited with code 1`.
-fn failure_of(t: &Task) -> String {
+fn failure_of(t: &TaskRecord) -> String {
     let why = if !t.status.err.is_empty() {
         t.status.err.clone()
     } else if let Some(code) = t.status.exit_code {
@@ -109,13 +110,14 @@ fn failure_of(t: &Task) -> String {
 /// every stored Endpoints object of the service.
 pub fn plan_update(
     service: &Service,
-    tasks: &[Arc<Task>],
+    tasks: &[Arc<TaskRecord>],
     plan: &mut ServicePlan,
-    listed_ready: impl Fn(&Task) -> bool,
+    listed_ready: impl Fn(&TaskRecord) -> bool,
     now: DateTime<Utc>,
 ) -> UpdateStep {
     let outdated = std::mem::take(&mut plan.outdated);
     let mut step = UpdateStep::default();
+    let outdates = Outdates::new(service);
 
     // A start-first replacement that is ready takes over its slot, whatever the state.
     let settle = SETTLE.min(service.spec.update_config.monitor.get());
@@ -153,15 +155,15 @@ pub fn plan_update(
         &service.spec.update_config
     };
     let since = us.started_at.unwrap_or(now);
-    let current: Vec<&Arc<Task>> = tasks
+    let current: Vec<&Arc<TaskRecord>> = tasks
         .iter()
-        .filter(|t| !is_outdated(service, t))
+        .filter(|t| !outdates.check(t))
         .filter(|t| t.metadata.creation_timestamp.is_none_or(|c| c >= since))
         .collect();
 
     // Failures, each counted once.
     let monitor = cfg.monitor.get();
-    let newly: Vec<&Arc<Task>> = current
+    let newly: Vec<&Arc<TaskRecord>> = current
         .iter()
         .filter(|t| failed_within(t, monitor) && !us.failed_tasks.contains(&t.metadata.name))
         .copied()
@@ -229,7 +231,7 @@ pub fn plan_update(
     // replacement took over holds nothing up.
     let taken_over: BTreeSet<SlotKey> = tasks
         .iter()
-        .filter(|t| t.is_live() && !is_outdated(service, t))
+        .filter(|t| t.is_live() && !outdates.check(t))
         .map(|t| slot_of(t))
         .collect();
     let mut in_flight: BTreeSet<SlotKey> = BTreeSet::new();
@@ -237,10 +239,10 @@ pub fn plan_update(
         let stopping = t.spec.desired_state != TaskState::Running
             && !t.status.state.is_terminal()
             && t.spec.node.is_some()
-            && is_outdated(service, t)
+            && outdates.check(t)
             && !taken_over.contains(&slot_of(t));
         let starting = t.is_live()
-            && !is_outdated(service, t)
+            && !outdates.check(t)
             && !is_ready(t, settle, now)
             && (t.spec.node.is_some() || t.spec.pending_reason.is_empty());
         if starting {
@@ -333,7 +335,7 @@ mod tests {
 
     use shoal_api_types::service::HealthCheck;
     use shoal_api_types::{
-        HumanDuration, Node, NodeSpec, NodeState, NodeStatus, Ratio, ServiceSpec, TaskSpec,
+        HumanDuration, Node, NodeSpec, NodeState, NodeStatus, Ratio, ServiceSpec, Task, TaskSpec,
     };
 
     use crate::orchestrator::slots::plan_service;
@@ -416,15 +418,19 @@ mod tests {
         svc: &Service,
         tasks: &[Task],
         now: DateTime<Utc>,
-        listed: impl Fn(&Task) -> bool,
+        listed: impl Fn(&TaskRecord) -> bool,
     ) -> Pass {
-        let tasks: Vec<Arc<Task>> = tasks.iter().cloned().map(Arc::new).collect();
+        let tasks: Vec<Arc<TaskRecord>> = tasks
+            .iter()
+            .cloned()
+            .map(|t| Arc::new(TaskRecord::from(t)))
+            .collect();
         let mut plan = plan_service(Some(svc), &tasks, &nodes(), now, 5);
         let step = plan_update(svc, &tasks, &mut plan, listed, now);
         Pass { step, plan }
     }
 
-    fn names(ts: &[Arc<Task>]) -> Vec<&str> {
+    fn names(ts: &[Arc<TaskRecord>]) -> Vec<&str> {
         ts.iter().map(|t| t.metadata.name.as_str()).collect()
     }
 

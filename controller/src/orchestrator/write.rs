@@ -8,6 +8,8 @@ use std::sync::Arc;
 use shoal_api_types::keys::Keys;
 use shoal_api_types::{Service, Task};
 
+use crate::reconcile::TaskRecord;
+
 use crate::endpoints::EndpointsChange;
 use crate::ipam::Release;
 use shoal_store::Batch;
@@ -22,7 +24,7 @@ pub enum Write {
     /// Write a task (its desired state).
     UpdateTask(Task),
     /// Delete a task.
-    DeleteTask(Arc<Task>),
+    DeleteTask(Arc<TaskRecord>),
     /// Write the service (its status).
     UpdateService(Service),
     /// Change an Endpoints object.
@@ -49,7 +51,7 @@ pub fn txn(keys: &Keys, writes: Vec<Write>) -> Batch {
                 txn.create(keys, &t);
             }
             Write::UpdateTask(t) => txn.update(keys, &t),
-            Write::DeleteTask(t) => txn.delete(keys, t.as_ref()),
+            Write::DeleteTask(t) => txn.delete_raw(t.key(keys), t.metadata.revision),
             Write::UpdateService(s) => txn.update(keys, &s),
             Write::Endpoints(EndpointsChange::Create(e)) => {
                 txn.create(keys, &e);

@@ -6,6 +6,9 @@
 //!   records in it are exactly etcd's state at that revision.
 //! - A relist builds a fresh `World` and swaps it in whole; tasks unchanged since the
 //!   previous world are shared with it, not decoded twice.
+//! - Tasks are held as [`TaskRecord`]s: per-task fields plus a template shared by every
+//!   task made from one version of a service ([`super::record`]); a record gives back the
+//!   whole task for writers ([`TaskRecord::to_task`]).
 //! - Indexes (tasks by service, unassigned tasks, claims by owner) always agree with the
 //!   primary maps.
 //! - Reconcilers read, never write, the cache; after writing to etcd at revision `W` they
@@ -21,6 +24,8 @@ use shoal_api_types::endpoints::split_slice;
 use shoal_api_types::keys::Keys;
 use shoal_api_types::task::UNASSIGNED;
 use shoal_api_types::{ClusterSettings, Endpoints, Network, Node, Object, Resource, Service, Task};
+
+use super::record::{TaskRecord, Templates};
 use tokio::sync::watch;
 
 use shoal_store::{RawEvent, RawKv, WatcherEvent};
@@ -73,9 +78,9 @@ pub struct World {
     /// Nodes whose agent holds its liveness key.
     pub node_leases: HashSet<String>,
     /// Tasks by id.
-    pub tasks: HashMap<String, Arc<Task>>,
-    /// Task ids by service.
-    pub tasks_by_service: HashMap<String, HashSet<String>>,
+    pub tasks: HashMap<String, Arc<TaskRecord>>,
+    /// Tasks by service, then id (the same records as `tasks`).
+    pub tasks_by_service: HashMap<String, HashMap<String, Arc<TaskRecord>>>,
     /// Ids of tasks not yet on a node.
     pub unassigned: BTreeSet<String>,
     /// Endpoints slices by (network, service), then slice number.
@@ -84,6 +89,8 @@ pub struct World {
     pub ipam: Ipam,
     /// The ClusterSettings object, if stored.
     pub settings: Option<Arc<ClusterSettings>>,
+    /// The tasks' shared templates.
+    pub templates: Templates,
 }
 
 /// What one event changed, for mapping to work-queue keys.
@@ -98,7 +105,7 @@ pub enum Change {
     /// A node's liveness key appeared (`true`) or went away (`false`).
     NodeLease(String, bool),
     /// A task changed: before and after.
-    Task(Option<Arc<Task>>, Option<Arc<Task>>),
+    Task(Option<Arc<TaskRecord>>, Option<Arc<TaskRecord>>),
     /// An Endpoints slice of (network, service) changed.
     Endpoints(String, String),
     /// A subnet record was released.
@@ -202,11 +209,14 @@ impl World {
             Parsed::Task(node, id) => {
                 let unchanged = previous
                     .and_then(|w| w.tasks.get(id))
-                    .filter(|t| t.metadata.revision() == Some(kv.mod_revision))
+                    .filter(|t| t.metadata.revision == kv.mod_revision)
                     .cloned();
-                let Some(task) = unchanged.or_else(|| decode::<shoal_api_types::TaskSpec>(kv))
-                else {
-                    return;
+                let task = match unchanged {
+                    Some(t) => t,
+                    None => match decode_task(kv) {
+                        Some(t) => Arc::new(TaskRecord::new(t, &mut self.templates)),
+                        None => return,
+                    },
                 };
                 let old = self.remove_task(id);
                 if node == UNASSIGNED {
@@ -215,7 +225,7 @@ impl World {
                 self.tasks_by_service
                     .entry(task.spec.service.clone())
                     .or_default()
-                    .insert(id.to_string());
+                    .insert(id.to_string(), task.clone());
                 self.tasks.insert(id.to_string(), task.clone());
                 changes.push(Change::Task(old, Some(task)));
             }
@@ -261,7 +271,7 @@ impl World {
         }
     }
 
-    fn remove_task(&mut self, id: &str) -> Option<Arc<Task>> {
+    fn remove_task(&mut self, id: &str) -> Option<Arc<TaskRecord>> {
         let old = self.tasks.remove(id)?;
         self.unassigned.remove(id);
         if let Some(set) = self.tasks_by_service.get_mut(&old.spec.service) {
@@ -343,16 +353,41 @@ impl World {
         }
     }
 
+    /// Records `task` as if it had been listed (tests).
+    pub fn insert_task(&mut self, task: Task) -> Arc<TaskRecord> {
+        let t = Arc::new(TaskRecord::new(task, &mut self.templates));
+        let id = t.metadata.name.clone();
+        self.remove_task(&id);
+        if t.spec.node.is_none() {
+            self.unassigned.insert(id.clone());
+        }
+        self.tasks_by_service
+            .entry(t.spec.service.clone())
+            .or_default()
+            .insert(id.clone(), t.clone());
+        self.tasks.insert(id, t.clone());
+        t
+    }
+
     /// The tasks of a service.
-    pub fn service_tasks(&self, service: &str) -> Vec<Arc<Task>> {
+    pub fn service_tasks(&self, service: &str) -> Vec<Arc<TaskRecord>> {
         self.tasks_by_service
             .get(service)
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|id| self.tasks.get(id).cloned())
-                    .collect()
-            })
+            .map(|tasks| tasks.values().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+fn decode_task(kv: &RawKv) -> Option<Task> {
+    match serde_json::from_slice::<Task>(&kv.value) {
+        Ok(mut t) => {
+            t.metadata.resource_version = Some(kv.mod_revision.to_string());
+            Some(t)
+        }
+        Err(e) => {
+            tracing::warn!(key = %kv.key, error = %e, "ignoring undecodable Task");
+            None
+        }
     }
 }
 
@@ -414,6 +449,7 @@ impl Cache {
                 let mut fresh = World::default();
                 {
                     let previous = self.world.read().unwrap_or_else(|p| p.into_inner());
+                    fresh.templates = previous.templates.clone();
                     // Consumed as decoded: the raw values go while the world fills.
                     for kv in items {
                         fresh.put(&self.root, &kv, &mut changes, Some(&previous));
@@ -580,7 +616,7 @@ mod tests {
         let w = cache.read();
         assert!(Arc::ptr_eq(&w.tasks["a"], &a_before), "unchanged: shared");
         assert!(!Arc::ptr_eq(&w.tasks["b"], &b_before));
-        assert_eq!(w.tasks["b"].spec.image, "two");
+        assert_eq!(w.tasks["b"].runs_with().image, "two");
         assert_eq!(w.tasks["c"].metadata.revision(), Some(9));
     }
 

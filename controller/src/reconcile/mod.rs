@@ -21,9 +21,11 @@
 pub mod cache;
 pub mod error;
 pub mod queue;
+pub mod record;
 pub mod runner;
 
 pub use cache::{Cache, Change, World};
 pub use error::ControllerError;
 pub use queue::WorkQueue;
+pub use record::TaskRecord;
 pub use runner::{Action, Runner};
