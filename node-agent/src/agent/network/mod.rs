@@ -17,8 +17,10 @@
 //! - Peers are never synced before the first complete Endpoints list (an empty cache would
 //!   delete every entry).
 //! - A task's networking exists while its container is not exited and its task has not
-//!   ended: made before create, removed when the process exits or the container is deleted
-//!   (or by the reconcile, for tasks that ended while the agent was away); the reconcile
+//!   ended: made while the container is created (the container's spec names the namespace
+//!   path before it exists; its process starts only once both are done), removed when the
+//!   process exits or the container is deleted (or by the reconcile, for tasks that ended
+//!   while the agent was away, and by the start itself when the create failed); the reconcile
 //!   never removes the namespace of a live task's created or running container, nor of a
 //!   task being started or removed (it takes the exclusive side of a lock that starts and
 //!   removes hold shared, and skips a round rather than wait for a slow image pull). It
@@ -350,7 +352,21 @@ impl NodeNetwork {
         }
     }
 
-    /// Makes the task's networking (see the module docs); returns its netns path.
+    /// Whether the task's networking can be made now: its networks are listed and allocated
+    /// (what [`NodeNetwork::setup`] checks first). Reads only the caches; a start calls it
+    /// before creating the container beside the setup, so a task on a network that does not
+    /// exist (yet) costs no container.
+    pub fn precheck(&self, task: &Task) -> Result<(), TaskError> {
+        self.task_spec(task)?;
+        for a in &task.spec.attachments {
+            self.network_info(&a.network)
+                .map_err(|e| TaskError::Unavailable(format!("task {}: {e}", task.name())))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the task's networking (see the module docs); returns its netns path, which is
+    /// [`NodeNetwork::netns_path`] (the container is created with it before it exists).
     pub async fn setup(&self, task: &Task) -> Result<PathBuf, TaskError> {
         let id = task.name();
         let spec = self.task_spec(task)?;
