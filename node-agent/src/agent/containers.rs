@@ -455,11 +455,15 @@ impl TaskRuntime for ContainerTasks {
                 let netns = network.netns_path(id);
                 spec.netns = Some(netns.clone());
                 let create = timed(runtime.create(&spec));
-                let setup = timed(network.setup(task));
+                let mut net_lap = Lap::start();
+                let setup = timed(network.setup_timed(task, &mut net_lap));
                 let ((created, create_took), (set_up, network_took)) = tokio::join!(create, setup);
                 lap.lap("setup");
                 lap.within("network", network_took);
                 lap.within("create", create_took);
+                for (name, took) in net_lap.into_stages().get() {
+                    lap.within(name, Duration::from_secs_f64(took / 1000.0));
+                }
                 // What the container was created with must be what was made (a bug if not:
                 // handled as a failed setup whose networking exists).
                 let set_up = match set_up {

@@ -59,6 +59,7 @@ use tokio::sync::{watch, RwLock};
 pub const DRAIN_SETTLE: Duration = Duration::from_millis(300);
 
 use super::cluster::Cache;
+use super::stages::Lap;
 use super::task_runtime::{BackgroundContext, ClusterCaches, TaskError};
 use crate::dns::{DnsError, DnsHost, DnsServerConfig, DnsServers, RecordStore};
 use crate::lb::{LoadBalancer, NftLoadBalancer, VipEntry};
@@ -368,6 +369,13 @@ impl NodeNetwork {
     /// Makes the task's networking (see the module docs); returns its netns path, which is
     /// [`NodeNetwork::netns_path`] (the container is created with it before it exists).
     pub async fn setup(&self, task: &Task) -> Result<PathBuf, TaskError> {
+        self.setup_timed(task, &mut Lap::start()).await
+    }
+
+    /// [`NodeNetwork::setup`], timing its steps on `lap`: `net_overlays` (the overlays lock,
+    /// overlays, peers and gateway), `net_attach` (namespace and veths), `net_serve` (DNS
+    /// server and VIP rules).
+    pub async fn setup_timed(&self, task: &Task, lap: &mut Lap) -> Result<PathBuf, TaskError> {
         let id = task.name();
         let spec = self.task_spec(task)?;
         let networks: Vec<String> = task
@@ -394,10 +402,14 @@ impl NodeNetwork {
                     .await
                     .map_err(|e| net_error(id, e))?;
             }
-            self.net
+            lap.lap("net_overlays");
+            let info = self
+                .net
                 .attach_task(&spec)
                 .await
-                .map_err(|e| net_error(id, e))?
+                .map_err(|e| net_error(id, e))?;
+            lap.lap("net_attach");
+            info
         };
         let gateway = info.interfaces.iter().find_map(|i| match i.kind {
             PortKind::Gateway(_) => Some(i.address.ip()),
@@ -410,6 +422,7 @@ impl NodeNetwork {
             self.teardown(id).await;
             return Err(e);
         }
+        lap.lap("net_serve");
         Ok(info.path)
     }
 

@@ -218,7 +218,16 @@ async fn start_should_create_the_container_while_the_network_is_set_up() {
         .expect("the create and the attach ran at the same time")
         .unwrap();
     let inner: Vec<&str> = started.stages.within().iter().map(|s| s.0).collect();
-    assert_eq!(inner, ["network", "create"]);
+    assert_eq!(
+        inner,
+        [
+            "network",
+            "create",
+            "net_overlays",
+            "net_attach",
+            "net_serve"
+        ]
+    );
     assert!(started.stages.get().iter().any(|s| s.0 == "setup"));
     // The process starts only after both: in the namespace the attach made.
     assert_eq!(n.runtime.spec("t1").unwrap().netns, Some(netns("t1")));
