@@ -5,9 +5,12 @@
 //!
 //! Task networking: with [`ContainerTasks::with_network`], every container joins a namespace
 //! made by [`NodeNetwork::setup`] (overlays, gateway, DNS server, VIP rules) after its image
-//! is present and before the container is created, and [`NodeNetwork::teardown`] removes it
-//! once the container's process has exited, after it is deleted, or when the create failed
-//! (an exited container is kept for its logs, without networking); the network's background loop
+//! is present, *while* the container is created (its spec names the namespace's path,
+//! [`NodeNetwork::netns_path`]; the process starts only after both finished), and
+//! [`NodeNetwork::teardown`] removes it once the container's process has exited, after it
+//! is deleted, or when the create failed; a failed setup deletes the container this start
+//! created (an exited container is kept for its logs, without networking). A task whose
+//! networks are not known ([`NodeNetwork::precheck`]) gets no container. The network's background loop
 //! runs as [`TaskRuntime::run_background`], over the caches the agent fills
 //! ([`TaskRuntime::caches`]). Without it (unit tests of the runtime side) each
 //! container gets a new network namespace with only loopback (`ContainerSpec::netns = None`).
@@ -358,6 +361,29 @@ pub fn task_error(task: &str, e: RuntimeError) -> TaskError {
     }
 }
 
+/// `fut` and how long it took.
+async fn timed<T>(fut: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let at = tokio::time::Instant::now();
+    let out = fut.await;
+    (out, at.elapsed())
+}
+
+/// The error to report when both the create and the networking failed: the one that says
+/// more about the task (rejected, then failed, then the runtime unavailable); the
+/// networking's on a tie, as when it ran first.
+fn graver(create: TaskError, network: TaskError) -> TaskError {
+    let rank = |e: &TaskError| match e {
+        TaskError::Rejected { .. } => 2,
+        TaskError::Failed { .. } => 1,
+        TaskError::Unavailable(_) => 0,
+    };
+    if rank(&create) > rank(&network) {
+        create
+    } else {
+        network
+    }
+}
+
 /// How a task-files error is reported on a task.
 fn files_error(task: &str, e: PrepareError) -> TaskError {
     match e {
@@ -414,30 +440,88 @@ impl TaskRuntime for ContainerTasks {
                 }
             }
         };
-        if let Some(network) = &self.inner.network {
-            match network.setup(task).await {
-                Ok(netns) => {
-                    spec.netns = Some(netns);
-                    lap.lap("network");
-                }
-                Err(e) => {
+        // The container and the task's networking are made concurrently: the container's
+        // spec only names the namespace path (runc enters it at start), so neither waits for
+        // the other; the process starts once both are done. Whichever fails, what the other
+        // made is removed again.
+        let (created, set_up) = match &self.inner.network {
+            Some(network) => {
+                // Cache reads only: a task on an unknown network costs no container.
+                if let Err(e) = network.precheck(task) {
                     drop(prepared);
                     release();
                     return Err(e);
                 }
+                let netns = network.netns_path(id);
+                spec.netns = Some(netns.clone());
+                let create = timed(runtime.create(&spec));
+                let mut net_lap = Lap::start();
+                let setup = timed(network.setup_timed(task, &mut net_lap));
+                let ((created, create_took), (set_up, network_took)) = tokio::join!(create, setup);
+                lap.lap("setup");
+                lap.within("network", network_took);
+                lap.within("create", create_took);
+                for (name, took) in net_lap.into_stages().get() {
+                    lap.within(name, Duration::from_secs_f64(took / 1000.0));
+                }
+                // What the container was created with must be what was made (a bug if not:
+                // handled as a failed setup whose networking exists).
+                let set_up = match set_up {
+                    Ok(path) if path != netns => Some(Err((
+                        TaskError::Failed {
+                            task: id.to_string(),
+                            reason: format!(
+                                "network namespace made at {}, expected at {}",
+                                path.display(),
+                                netns.display()
+                            ),
+                        },
+                        true,
+                    ))),
+                    Ok(_) => Some(Ok(())),
+                    // A failed setup removed what it made, or left it to the reconcile.
+                    Err(e) => Some(Err((e, false))),
+                };
+                (created, set_up)
             }
-        }
-        let created = runtime.create(&spec).await;
-        lap.lap("create");
+            None => {
+                let created = runtime.create(&spec).await;
+                lap.lap("create");
+                (created, None)
+            }
+        };
         drop(prepared);
-        match created {
-            Ok(()) | Err(RuntimeError::AlreadyExists { .. }) => {}
-            Err(e) => {
-                if let Some(network) = &self.inner.network {
+        // Made by this call (not a half-created container found from an earlier attempt).
+        let made = created.is_ok();
+        let created = match created {
+            Ok(()) | Err(RuntimeError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(task_error(id, e)),
+        };
+        match (created, set_up) {
+            (Ok(()), None | Some(Ok(()))) => {}
+            (Ok(()), Some(Err((e, made_network)))) => {
+                if made {
+                    if let Err(de) = runtime.delete(id).await {
+                        tracing::warn!(task = %id, error = %de, "cannot delete the container of a task whose networking failed; the next round removes it");
+                    }
+                }
+                if let (true, Some(network)) = (made_network, &self.inner.network) {
                     network.teardown(id).await;
                 }
                 release();
-                return Err(task_error(id, e));
+                return Err(e);
+            }
+            (Err(e), set_up) => {
+                let (e, made_network) = match set_up {
+                    None => (e, false),
+                    Some(Ok(())) => (e, true),
+                    Some(Err((ne, made_network))) => (graver(e, ne), made_network),
+                };
+                if let (true, Some(network)) = (made_network, &self.inner.network) {
+                    network.teardown(id).await;
+                }
+                release();
+                return Err(e);
             }
         }
         // A process that exits at once is reported from the next list, with its exit code.

@@ -6,7 +6,10 @@
 //! Invariants: stage names are fixed words without spaces or `=`; every value is in
 //! milliseconds with one decimal; a stage is recorded once per start, in the order the
 //! stages happened, so the sum of the stages after `assigned` is the agent's share of the
-//! start. [`parse`] is the inverse of [`Stages::render`].
+//! start. Steps that ran concurrently inside one stage (container create and task
+//! networking inside `setup`) follow it as *inner* entries, rendered with a [`WITHIN`]
+//! prefix (`setup=41.0 +network=40.2 +create=12.5`): they explain the stage before them and
+//! are not part of the sum ([`is_within`]). [`parse`] is the inverse of [`Stages::render`].
 
 use std::time::Duration;
 
@@ -15,11 +18,20 @@ use tokio::time::Instant;
 /// The log message of the per-stage line.
 pub const STARTED_MESSAGE: &str = "task started";
 
+/// The prefix of an inner entry: a step that ran inside the stage before it, concurrently
+/// with its other inner entries; not part of the sum of the stages.
+pub const WITHIN: char = '+';
+
+/// Whether a parsed stage name is an inner entry (see [`WITHIN`]).
+pub fn is_within(name: &str) -> bool {
+    name.starts_with(WITHIN)
+}
+
 /// Named stage durations of one task start, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stages {
-    /// (name, microseconds)
-    stages: Vec<(&'static str, u64)>,
+    /// (name, microseconds, inner entry)
+    stages: Vec<(&'static str, u64, bool)>,
 }
 
 impl Stages {
@@ -30,13 +42,18 @@ impl Stages {
 
     /// Records `name` as having taken `took`.
     pub fn push(&mut self, name: &'static str, took: Duration) {
-        self.stages
-            .push((name, u64::try_from(took.as_micros()).unwrap_or(u64::MAX)));
+        self.stages.push((name, micros(took), false));
+    }
+
+    /// Records `name` as a step that took `took` inside the last stage (see [`WITHIN`]).
+    pub fn push_within(&mut self, name: &'static str, took: Duration) {
+        self.stages.push((name, micros(took), true));
     }
 
     /// Records `name` as having taken `ms` milliseconds (negative clock skew counts 0).
     pub fn push_ms(&mut self, name: &'static str, ms: f64) {
-        self.stages.push((name, (ms.max(0.0) * 1000.0) as u64));
+        self.stages
+            .push((name, (ms.max(0.0) * 1000.0) as u64, false));
     }
 
     /// Appends `other`'s stages after these.
@@ -44,22 +61,43 @@ impl Stages {
         self.stages.extend(other.stages.iter().cloned());
     }
 
-    /// The stages in milliseconds, in order.
+    /// The stages in milliseconds, in order (without the inner entries).
     pub fn get(&self) -> Vec<(&'static str, f64)> {
         self.stages
             .iter()
-            .map(|(n, us)| (*n, *us as f64 / 1000.0))
+            .filter(|s| !s.2)
+            .map(|(n, us, _)| (*n, *us as f64 / 1000.0))
             .collect()
     }
 
-    /// `name=1.2 name=3.4 …` (milliseconds).
+    /// The inner entries in milliseconds, in order.
+    pub fn within(&self) -> Vec<(&'static str, f64)> {
+        self.stages
+            .iter()
+            .filter(|s| s.2)
+            .map(|(n, us, _)| (*n, *us as f64 / 1000.0))
+            .collect()
+    }
+
+    /// `name=1.2 name=3.4 +inner=2.0 …` (milliseconds).
     pub fn render(&self) -> String {
         self.stages
             .iter()
-            .map(|(n, us)| format!("{n}={:.1}", *us as f64 / 1000.0))
+            .map(|(n, us, inner)| {
+                let prefix = if *inner {
+                    WITHIN.to_string()
+                } else {
+                    String::new()
+                };
+                format!("{prefix}{n}={:.1}", *us as f64 / 1000.0)
+            })
             .collect::<Vec<_>>()
             .join(" ")
     }
+}
+
+fn micros(took: Duration) -> u64 {
+    u64::try_from(took.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Times consecutive stages: each [`Lap::lap`] records the time since the previous one.
@@ -83,6 +121,12 @@ impl Lap {
         let now = Instant::now();
         self.stages.push(name, now - self.last);
         self.last = now;
+    }
+
+    /// Records `name` as a step that took `took` inside the stage just ended (see
+    /// [`WITHIN`]); the clock of the next stage is not touched.
+    pub fn within(&mut self, name: &'static str, took: Duration) {
+        self.stages.push_within(name, took);
     }
 
     /// The stages so far.
@@ -184,6 +228,29 @@ mod tests {
             Some(("web.1".to_string(), vec![("seen".to_string(), 2.0)]))
         );
         assert_eq!(parse_started("x INFO a: operation failed task=web.1"), None);
+    }
+
+    #[test]
+    fn inner_entries_should_render_with_their_prefix_and_stay_out_of_the_stages() {
+        let mut s = Stages::new();
+        s.push("setup", Duration::from_millis(41));
+        s.push_within("network", Duration::from_millis(40));
+        s.push_within("create", Duration::from_millis(12));
+        s.push("start", Duration::from_millis(20));
+        assert_eq!(
+            s.render(),
+            "setup=41.0 +network=40.0 +create=12.0 start=20.0"
+        );
+        assert_eq!(s.get(), vec![("setup", 41.0), ("start", 20.0)]);
+        assert_eq!(s.within(), vec![("network", 40.0), ("create", 12.0)]);
+        let parsed = parse(&format!("{STARTED_MESSAGE} task=a stages={}", s.render()));
+        let summed: f64 = parsed
+            .iter()
+            .filter(|(n, _)| !is_within(n))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(parsed[1], ("+network".to_string(), 40.0));
+        assert_eq!(summed, 61.0);
     }
 
     #[tokio::test(start_paused = true)]

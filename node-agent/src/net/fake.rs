@@ -58,6 +58,8 @@ struct State {
 pub struct RecordingNetwork {
     prefix: String,
     state: Mutex<State>,
+    /// Where `attach_task` waits first (see [`RecordingNetwork::meet_on_attach`]).
+    attach_barrier: Mutex<Option<std::sync::Arc<tokio::sync::Barrier>>>,
 }
 
 impl RecordingNetwork {
@@ -66,6 +68,7 @@ impl RecordingNetwork {
         Self {
             prefix: prefix.into(),
             state: Mutex::new(State::default()),
+            attach_barrier: Mutex::new(None),
         }
     }
 
@@ -90,6 +93,13 @@ impl RecordingNetwork {
     /// until [`RecordingNetwork::heal`].
     pub fn fail(&self, method: &'static str) {
         self.state.lock().expect("fake lock").fail.insert(method);
+    }
+
+    /// Makes every later `attach_task` wait at `barrier` before it does anything (see
+    /// `FakeRuntime::meet_on_create`: a barrier of 2 shared by both opens only if the
+    /// attach and a container create are in flight at the same time).
+    pub fn meet_on_attach(&self, barrier: std::sync::Arc<tokio::sync::Barrier>) {
+        *self.attach_barrier.lock().expect("fake lock") = Some(barrier);
     }
 
     /// Stop failing `method`.
@@ -161,6 +171,10 @@ impl Network for RecordingNetwork {
     }
 
     async fn attach_task(&self, spec: &TaskNetSpec) -> Result<TaskNetInfo, NetError> {
+        let barrier = self.attach_barrier.lock().expect("fake lock").clone();
+        if let Some(barrier) = barrier {
+            barrier.wait().await;
+        }
         let mut s = self.record("attach_task", NetCall::AttachTask(spec.clone()))?;
         for a in &spec.attachments {
             if !s

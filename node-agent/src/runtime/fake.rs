@@ -69,6 +69,8 @@ struct State {
 pub struct FakeRuntime {
     state: Mutex<State>,
     log_dir: PathBuf,
+    /// Where `create` waits before it does anything (see [`FakeRuntime::meet_on_create`]).
+    create_barrier: Mutex<Option<std::sync::Arc<tokio::sync::Barrier>>>,
     changes: watch::Sender<u64>,
 }
 
@@ -88,6 +90,7 @@ impl FakeRuntime {
             }),
             log_dir: PathBuf::from("/nonexistent/shoal-fake"),
             changes: watch::channel(0).0,
+            create_barrier: Mutex::new(None),
         }
     }
 
@@ -104,6 +107,16 @@ impl FakeRuntime {
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
+    }
+
+    /// Makes every later `create` wait at `barrier` before it does anything, so a test can
+    /// prove that something else runs at the same time (a barrier of 2 shared with
+    /// `RecordingNetwork::meet_on_attach` opens only if both calls are in flight together).
+    pub fn meet_on_create(&self, barrier: std::sync::Arc<tokio::sync::Barrier>) {
+        *self
+            .create_barrier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(barrier);
     }
 
     /// Forgets the recorded calls.
@@ -206,6 +219,14 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let barrier = self
+            .create_barrier
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(barrier) = barrier {
+            barrier.wait().await;
+        }
         let mut st = self.lock();
         st.calls.push(Call::Create(Box::new(spec.clone())));
         validate_container_id(&spec.id)?;

@@ -20,6 +20,7 @@ mod cluster;
 mod common;
 mod control;
 mod dns;
+mod follow;
 mod rolling;
 mod rules;
 mod serve;

@@ -25,6 +25,7 @@ pub fn dispatch(args: &[String]) -> Option<Result<()>> {
         ),
         ["__sink", addr] => sink(addr),
         ["__http", addr] => http(addr),
+        ["__httpwait", secs] => http_wait(secs.parse().unwrap_or(60.0)),
         ["__serve", addr] => crate::serve::serve(addr),
         ["__seen", name, ip, secs] => seen(name, ip, secs.parse().unwrap_or(30.0)),
         ["__blast", addr, secs] => blast(addr, secs.parse().unwrap_or(3.0)),
@@ -216,7 +217,36 @@ fn blast(addr: &str, secs: f64) -> Result<()> {
 fn http(addr: &str) -> Result<()> {
     // A short connect timeout: a SYN sent before the VIP rules exist would otherwise wait
     // for TCP's 1 s retransmission, and the caller retries anyway.
-    let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_millis(100))?;
+    http_get(addr, Duration::from_millis(100))
+}
+
+/// Prints `ready`, reads an address from stdin, then tries `GET /` on it every 5 ms
+/// (connect timeout 50 ms) until an HTTP 200 (prints `ok`) or `secs` pass (fails). One
+/// process per wait instead of one per try: started before the clock runs, it costs the
+/// measured path neither a process start nor a namespace entry.
+fn http_wait(secs: f64) -> Result<()> {
+    println!("ready");
+    std::io::stdout().flush()?;
+    let mut addr = String::new();
+    std::io::stdin().read_line(&mut addr)?;
+    let addr = addr.trim();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let mut last = None;
+    while Instant::now() < deadline {
+        match http_get(addr, Duration::from_millis(50)) {
+            Ok(()) => {
+                println!("ok");
+                return Ok(());
+            }
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    bail!("no HTTP 200 from {addr} within {secs} s: {last:?}")
+}
+
+fn http_get(addr: &str, connect: Duration) -> Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr.parse()?, connect)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
     let mut out = Vec::new();

@@ -84,15 +84,24 @@ impl NodeNetwork {
         } else {
             &self.dns_internal
         };
-        dns.ensure(id, netns, networks)
-            .await
-            .map_err(|e| task_failure(id, format!("start DNS server: {e}"), e.is_temporary()))?;
-        if self.endpoints.borrow().is_some() {
-            self.program_lb(id, false).await.map_err(|e| {
-                task_failure(id, format!("program VIP rules: {e}"), e.is_temporary())
-            })?;
-        }
-        Ok(())
+        // The DNS server and the VIP table are independent (sockets vs one nft transaction in
+        // the namespace): made at the same time. A failure of either fails the setup, whose
+        // teardown removes both.
+        let dns = async {
+            dns.ensure(id, netns, networks)
+                .await
+                .map_err(|e| task_failure(id, format!("start DNS server: {e}"), e.is_temporary()))
+        };
+        let lb = async {
+            if self.endpoints.borrow().is_some() {
+                self.program_lb(id, false).await.map_err(|e| {
+                    task_failure(id, format!("program VIP rules: {e}"), e.is_temporary())
+                })?;
+            }
+            Ok(())
+        };
+        let (dns, lb) = tokio::join!(dns, lb);
+        dns.and(lb)
     }
 
     /// Converges the overlay of `network` to the remote tasks in its Endpoints (not before

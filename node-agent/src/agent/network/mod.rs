@@ -17,8 +17,10 @@
 //! - Peers are never synced before the first complete Endpoints list (an empty cache would
 //!   delete every entry).
 //! - A task's networking exists while its container is not exited and its task has not
-//!   ended: made before create, removed when the process exits or the container is deleted
-//!   (or by the reconcile, for tasks that ended while the agent was away); the reconcile
+//!   ended: made while the container is created (the container's spec names the namespace
+//!   path before it exists; its process starts only once both are done), removed when the
+//!   process exits or the container is deleted (or by the reconcile, for tasks that ended
+//!   while the agent was away, and by the start itself when the create failed); the reconcile
 //!   never removes the namespace of a live task's created or running container, nor of a
 //!   task being started or removed (it takes the exclusive side of a lock that starts and
 //!   removes hold shared, and skips a round rather than wait for a slow image pull). It
@@ -57,6 +59,7 @@ use tokio::sync::{watch, RwLock};
 pub const DRAIN_SETTLE: Duration = Duration::from_millis(300);
 
 use super::cluster::Cache;
+use super::stages::Lap;
 use super::task_runtime::{BackgroundContext, ClusterCaches, TaskError};
 use crate::dns::{DnsError, DnsHost, DnsServerConfig, DnsServers, RecordStore};
 use crate::lb::{LoadBalancer, NftLoadBalancer, VipEntry};
@@ -350,8 +353,29 @@ impl NodeNetwork {
         }
     }
 
-    /// Makes the task's networking (see the module docs); returns its netns path.
+    /// Whether the task's networking can be made now: its networks are listed and allocated
+    /// (what [`NodeNetwork::setup`] checks first). Reads only the caches; a start calls it
+    /// before creating the container beside the setup, so a task on a network that does not
+    /// exist (yet) costs no container.
+    pub fn precheck(&self, task: &Task) -> Result<(), TaskError> {
+        self.task_spec(task)?;
+        for a in &task.spec.attachments {
+            self.network_info(&a.network)
+                .map_err(|e| TaskError::Unavailable(format!("task {}: {e}", task.name())))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the task's networking (see the module docs); returns its netns path, which is
+    /// [`NodeNetwork::netns_path`] (the container is created with it before it exists).
     pub async fn setup(&self, task: &Task) -> Result<PathBuf, TaskError> {
+        self.setup_timed(task, &mut Lap::start()).await
+    }
+
+    /// [`NodeNetwork::setup`], timing its steps on `lap`: `net_overlays` (the overlays lock,
+    /// overlays, peers and gateway), `net_attach` (namespace and veths), `net_serve` (DNS
+    /// server and VIP rules).
+    pub async fn setup_timed(&self, task: &Task, lap: &mut Lap) -> Result<PathBuf, TaskError> {
         let id = task.name();
         let spec = self.task_spec(task)?;
         let networks: Vec<String> = task
@@ -378,10 +402,14 @@ impl NodeNetwork {
                     .await
                     .map_err(|e| net_error(id, e))?;
             }
-            self.net
+            lap.lap("net_overlays");
+            let info = self
+                .net
                 .attach_task(&spec)
                 .await
-                .map_err(|e| net_error(id, e))?
+                .map_err(|e| net_error(id, e))?;
+            lap.lap("net_attach");
+            info
         };
         let gateway = info.interfaces.iter().find_map(|i| match i.kind {
             PortKind::Gateway(_) => Some(i.address.ip()),
@@ -394,6 +422,7 @@ impl NodeNetwork {
             self.teardown(id).await;
             return Err(e);
         }
+        lap.lap("net_serve");
         Ok(info.path)
     }
 

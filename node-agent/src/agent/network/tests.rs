@@ -161,7 +161,8 @@ async fn start_should_attach_the_task_before_creating_its_container_in_that_name
 }
 
 #[tokio::test]
-async fn start_should_create_nothing_when_the_attach_fails_or_the_network_is_unknown() {
+async fn a_failed_attach_should_delete_the_container_made_beside_it_and_an_unknown_network_cost_none(
+) {
     let n = node();
     n.net.fail("attach_task");
     let err = n
@@ -170,6 +171,17 @@ async fn start_should_create_nothing_when_the_attach_fails_or_the_network_is_unk
         .await
         .unwrap_err();
     assert!(err.is_temporary(), "{err:?}");
+    let calls = n.runtime.calls();
+    let create = calls
+        .iter()
+        .position(|c| matches!(c, Call::Create(s) if s.id == "t1"));
+    let delete = calls.iter().position(|c| *c == Call::Delete("t1".into()));
+    assert!(
+        matches!((create, delete), (Some(c), Some(d)) if c < d),
+        "the container created beside the failed attach is deleted: {calls:?}"
+    );
+    assert!(!calls.contains(&Call::Start("t1".into())), "{calls:?}");
+    n.runtime.clear_calls();
     let err = n
         .tasks
         .start_task(&task("t2", &[("nope", "10.0.9.5")]))
@@ -183,6 +195,74 @@ async fn start_should_create_nothing_when_the_attach_fails_or_the_network_is_unk
         .iter()
         .any(|c| matches!(c, Call::Create(_))));
     assert!(n.dns.calls().is_empty());
+}
+
+/// Runs `start` on a paused clock; `None` if it stalled (with a paused clock, tokio jumps
+/// straight to the deadline once every task waits, so a stall fails at once).
+async fn unless_stalled<T>(start: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(Duration::from_secs(60), start)
+        .await
+        .ok()
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_should_create_the_container_while_the_network_is_set_up() {
+    // A barrier of 2 met by the container create and the namespace attach: it opens only
+    // if both are in flight at once (one after the other, the first waits forever).
+    let n = node();
+    let meet = Arc::new(tokio::sync::Barrier::new(2));
+    n.runtime.meet_on_create(meet.clone());
+    n.net.meet_on_attach(meet);
+    let started = unless_stalled(n.tasks.start_task(&task("t1", &[("appnet", "10.0.1.5")])))
+        .await
+        .expect("the create and the attach ran at the same time")
+        .unwrap();
+    let inner: Vec<&str> = started.stages.within().iter().map(|s| s.0).collect();
+    assert_eq!(
+        inner,
+        [
+            "network",
+            "create",
+            "net_overlays",
+            "net_attach",
+            "net_serve"
+        ]
+    );
+    assert!(started.stages.get().iter().any(|s| s.0 == "setup"));
+    // The process starts only after both: in the namespace the attach made.
+    assert_eq!(n.runtime.spec("t1").unwrap().netns, Some(netns("t1")));
+    let calls = n.runtime.calls();
+    assert_eq!(calls.last(), Some(&Call::Start("t1".into())), "{calls:?}");
+    assert_eq!(n.network.local_tasks(), ["t1"]);
+
+    // Either side failing while the other succeeds removes what the other made.
+    n.net.fail("attach_task");
+    let err = unless_stalled(n.tasks.start_task(&task("t2", &[("appnet", "10.0.1.6")])))
+        .await
+        .expect("concurrent")
+        .unwrap_err();
+    assert!(err.is_temporary(), "{err:?}");
+    assert!(!n.runtime.ids().contains(&"t2".to_string()));
+    assert!(!n.runtime.calls().contains(&Call::Start("t2".into())));
+    n.net.heal("attach_task");
+    n.net.clear_calls();
+    let err = unless_stalled(n.tasks.start_task(&task("-t3", &[("appnet", "10.0.1.7")])))
+        .await
+        .expect("concurrent")
+        .unwrap_err();
+    assert!(matches!(err, TaskError::Rejected { .. }), "{err:?}");
+    let calls = n.net.calls();
+    let attach = calls
+        .iter()
+        .position(|c| matches!(c, NetCall::AttachTask(s) if s.task == "-t3"));
+    let detach = calls
+        .iter()
+        .position(|c| *c == NetCall::DetachTask("-t3".into()));
+    assert!(
+        matches!((attach, detach), (Some(a), Some(d)) if a < d),
+        "the namespace made beside the failed create is removed: {calls:?}"
+    );
+    assert_eq!(n.network.local_tasks(), ["t1"]);
 }
 
 #[tokio::test]
