@@ -113,14 +113,16 @@ pub async fn sliced_endpoints(
         fleet.check_alive()?;
         if start.elapsed() > limit {
             bail!(
-                "only {r} of {replicas} running after {:.0} s",
-                limit.as_secs_f64()
+                "only {r} of {replicas} running after {:.0} s; {} false node-downs",
+                limit.as_secs_f64(),
+                downs.false_downs(&[]).len()
             );
         }
         if last_print.elapsed() > Duration::from_secs(10) {
             eprintln!(
-                "bench:   {r}/{replicas} running after {:.0} s",
-                start.elapsed().as_secs_f64()
+                "bench:   {r}/{replicas} running after {:.0} s; {} false node-downs",
+                start.elapsed().as_secs_f64(),
+                downs.false_downs(&[]).len()
             );
             last_print = Instant::now();
         }
