@@ -34,7 +34,7 @@ pub enum LbError {
     Nft(#[from] NftError),
     /// The kernel refused a change sent over netlink, or could not be asked.
     #[error(transparent)]
-    Netlink(#[from] super::netlink::NetlinkError),
+    Netlink(#[from] super::netlink::error::NetlinkError),
     /// nft's JSON output did not have the shape we write.
     #[error("unexpected nft output: {0}")]
     Parse(String),

@@ -26,59 +26,16 @@ use std::net::Ipv4Addr;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use shoal_api_types::service::Protocol;
 
+pub mod error;
+
+pub use error::NetlinkError;
+
 use super::entries::VipEntry;
 use super::plan::Change;
 use super::ruleset::{
     backend_map, verdict_map, Key, Listed, BACKENDS_MAP, DNAT_CHAIN, DNAT_PORT_CHAIN, NAT_CHAIN,
     PORT_BACKENDS_MAP, PORT_MAP, REJECT_CHAIN, SERVICE_CHAIN_PREFIX, TABLE, VIP_MAP,
 };
-
-/// Errors of a batch or a read-back.
-#[derive(Debug, thiserror::Error)]
-pub enum NetlinkError {
-    /// The netlink socket could not be opened or used.
-    #[error("nf_tables netlink socket ({op}): {source}")]
-    Socket {
-        /// What we were doing.
-        op: &'static str,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The kernel refused the batch (nothing of it was applied).
-    #[error("the kernel refused the VIP table change at \"{what}\": {}{}", std::io::Error::from_raw_os_error(*.errno), .message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
-    Refused {
-        /// The message it refused.
-        what: String,
-        /// The errno.
-        errno: i32,
-        /// The kernel's extended ack message, when it gave one.
-        message: Option<String>,
-    },
-    /// The kernel did not acknowledge the batch.
-    #[error("the kernel did not acknowledge the VIP table change")]
-    NoAck,
-    /// The kernel's answer did not have the shape we expect.
-    #[error("unexpected nf_tables answer: {0}")]
-    Unexpected(String),
-}
-
-impl NetlinkError {
-    /// Whether retrying later may help.
-    pub fn is_temporary(&self) -> bool {
-        match self {
-            NetlinkError::Socket { .. } | NetlinkError::NoAck => true,
-            NetlinkError::Unexpected(_) => false,
-            NetlinkError::Refused { errno, .. } => [
-                nix::libc::EBUSY,
-                nix::libc::EINTR,
-                nix::libc::EAGAIN,
-                nix::libc::ENOBUFS,
-            ]
-            .contains(errno),
-        }
-    }
-}
 
 // linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h.
 const NLM_F_REQUEST: u16 = 0x1;
@@ -1157,7 +1114,6 @@ mod tests {
     use super::*;
     use crate::lb::entries::normalize;
     use crate::lb::plan::plan;
-    use crate::lb::VipEntry;
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
