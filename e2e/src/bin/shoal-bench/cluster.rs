@@ -101,6 +101,25 @@ impl Dev {
         })
     }
 
+    /// Starts `curl -N` on an API watch path; returns the process (the caller kills it)
+    /// and its stdout, one JSON event per line.
+    pub(crate) fn watch_curl(
+        &self,
+        path: &str,
+    ) -> Result<(std::process::Child, std::process::ChildStdout)> {
+        let mut args = self.curl_args(path)?;
+        args.insert(0, "-N".into());
+        let mut child = std::process::Command::new("curl")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("start curl for a watch")?;
+        let out = child.stdout.take().context("curl's stdout")?;
+        Ok((child, out))
+    }
+
     pub(crate) fn api(&self, path: &str) -> Result<Value> {
         let args = self.curl_args(path)?;
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -10,11 +10,11 @@
 
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::Value;
 
 use crate::cluster::Dev;
@@ -94,16 +94,7 @@ impl Follow {
         let (tx, events) = mpsc::channel();
         let mut children = Vec::new();
         for kind in kinds {
-            let mut args = dev.curl_args(&format!("{kind}?watch=true&bookmarkSeconds=0"))?;
-            args.insert(0, "-N".into());
-            let mut child = Command::new("curl")
-                .args(&args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("start curl for a watch")?;
-            let out = child.stdout.take().context("curl's stdout")?;
+            let (child, out) = dev.watch_curl(&format!("{kind}?watch=true&bookmarkSeconds=0"))?;
             children.push(child);
             let (tx, kind) = (tx.clone(), kind.to_string());
             std::thread::spawn(move || {

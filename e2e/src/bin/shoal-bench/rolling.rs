@@ -67,16 +67,7 @@ struct WatchStream {
 
 impl WatchStream {
     fn start(dev: &Dev, path: &str) -> Result<WatchStream> {
-        let mut args = dev.curl_args(path)?;
-        args.insert(0, "-N".into());
-        let mut child = Command::new("curl")
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("start curl for a watch")?;
-        let out = child.stdout.take().context("curl's stdout")?;
+        let (child, out) = dev.watch_curl(path)?;
         let lines = Arc::new(Mutex::new(vec![]));
         let sink = lines.clone();
         let reader = std::thread::spawn(move || {
