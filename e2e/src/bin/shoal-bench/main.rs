@@ -334,3 +334,17 @@ fn report(args: &Args, table: &str, rows: &[Row], secs: f64) -> Result<String> {
 }
 
 const METHOD: &str = include_str!("method.md");
+
+#[cfg(test)]
+mod tests {
+    /// docs/benchmarks.md is what a full run writes: its method and reading are `method.md`
+    /// verbatim, so an edit made only to the document would be lost at the next run.
+    #[test]
+    fn the_document_ends_with_the_method() {
+        let doc = include_str!("../../../../docs/benchmarks.md");
+        assert!(
+            doc.ends_with(super::METHOD),
+            "docs/benchmarks.md does not end with e2e/src/bin/shoal-bench/method.md: edit method.md and copy it into the document"
+        );
+    }
+}
