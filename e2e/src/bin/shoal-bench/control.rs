@@ -205,13 +205,19 @@ impl ControlPlane {
     /// second more for the controller to see them all Ready.
     pub async fn wait_registered(&self, fleet: &mut Proc, nodes: usize) -> Result<()> {
         let start = Instant::now();
-        while self.live_nodes().await? < nodes {
+        loop {
             fleet.check_alive()?;
+            let live = match self.live_nodes().await {
+                Ok(live) => live,
+                // etcd's "revision of auth store is old" while node users are being added.
+                Err(e) if temporary(&e) => 0,
+                Err(e) => return Err(e),
+            };
+            if live >= nodes {
+                break;
+            }
             if start.elapsed() > Duration::from_secs(120) {
-                bail!(
-                    "only {} of {nodes} hollow nodes registered",
-                    self.live_nodes().await?
-                );
+                bail!("only {live} of {nodes} hollow nodes registered");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -360,22 +366,39 @@ pub async fn count(store: &Store, prefix: &str) -> Result<usize> {
     Ok(store.count(prefix).await?)
 }
 
-/// Polls `f` every 50 ms until true, failing after `timeout`.
+/// Polls `f` every 50 ms until true, failing after `timeout`. A temporary store error (see
+/// [`temporary`]) counts as "not yet"; the last one is in the timeout's message.
 pub async fn wait<F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
 {
     let deadline = Instant::now() + timeout;
+    let mut last_error = None;
     loop {
-        if f().await? {
-            return Ok(());
+        match f().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) if temporary(&e) => last_error = Some(e),
+            Err(e) => return Err(e),
         }
         if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
+            let why = last_error
+                .map(|e| format!(" (last error: {e:#})"))
+                .unwrap_or_default();
+            bail!("timed out after {timeout:?} waiting for {what}{why}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether a poll's error is a store error that trying again may cure: a lost race or
+/// transport trouble, or etcd's "revision of auth store is old", which a read gets when
+/// users or roles changed while it was in flight (the controller adds a node's etcd user as
+/// the node registers), and which etcd's own Go client retries.
+pub fn temporary(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<shoal_store::StoreError>()
+        .is_some_and(|s| s.is_temporary())
 }
 
 /// etcd's gRPC requests so far by method (`grpc_server_handled_total` from its metrics).
@@ -1064,4 +1087,23 @@ async fn propagation_watchers_once(
         note: "store watches (shoal-store Watch) over 4 etcd connections on one etcd; what a node needs after the write is one watch event, O(1) writes per change".into(),
     });
     Ok(p50_all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::temporary;
+    use shoal_store::StoreError;
+
+    #[test]
+    fn polls_go_on_through_temporary_store_errors_only() {
+        let unreachable = anyhow::Error::from(StoreError::Unreachable("no endpoint".into()));
+        assert!(temporary(&unreachable));
+        assert!(temporary(&unreachable.context("count node leases")));
+        let gone = StoreError::NotFound {
+            kind: "Service",
+            name: "bench".into(),
+        };
+        assert!(!temporary(&anyhow::Error::from(gone)));
+        assert!(!temporary(&anyhow::anyhow!("the hollow fleet exited")));
+    }
 }
