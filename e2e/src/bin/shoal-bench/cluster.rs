@@ -195,10 +195,16 @@ pub(crate) fn task_netns(id: &str) -> Result<String> {
         .with_context(|| format!("no namespace for task {id}"))
 }
 
+/// The figures' web server: busybox httpd under a shell that exits on SIGTERM, as a server
+/// does (httpd itself as PID 1 would ignore SIGTERM, so every stopped task would run on for
+/// the whole 10 s stop grace period until SIGKILL, and a figure that waits for deletions
+/// would wait that long each time).
+pub(crate) const HTTPD_APP: &str = "mkdir -p /www && hostname > /www/index.html; trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait";
+
 pub(crate) fn httpd(name: &str, replicas: u32, extra: &str) -> String {
     format!(
         "apiVersion: shoal/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  image: {BUSYBOX}\n  command: [sh, -c]\n  \
-         args: [\"mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www\"]\n  replicas: {replicas}\n  \
+         args: [\"{HTTPD_APP}\"]\n  replicas: {replicas}\n  \
          networks: [{{name: bench}}]\n{extra}"
     )
 }

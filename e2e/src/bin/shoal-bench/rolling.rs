@@ -28,7 +28,7 @@ use shoal_api_types::{
     Endpoints, EventType, Object, Resource, Service, Task, TaskState, UpdateState, WatchEvent,
 };
 
-use crate::cluster::{in_ns, poll, Dev, BUSYBOX};
+use crate::cluster::{in_ns, poll, Dev, BUSYBOX, HTTPD_APP};
 use crate::common::*;
 use crate::rules::parse_kv;
 
@@ -38,10 +38,6 @@ const SVC: &str = "roll";
 const PORT: u16 = 8090;
 /// Tasks replaced at once.
 const PARALLELISM: usize = 5;
-/// The server: busybox httpd under a shell that exits on SIGTERM, as a server does (httpd
-/// itself as PID 1 would ignore SIGTERM, and every replaced task would run on for the whole
-/// 10 s stop grace period until SIGKILL).
-const APP: &str = "mkdir -p /www && hostname > /www/index.html; trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait";
 /// Requests per second per path, sent by this many workers (each closed-loop).
 const RATE: f64 = 100.0;
 const WORKERS: usize = 4;
@@ -660,7 +656,7 @@ pub(crate) fn rolling_update(dev: &Dev, quick: bool, probe_ns: &str) -> Result<V
     let monitor_ms = 5000.0; // updateConfig.monitor's default; delay 0
     dev.apply(&format!(
         "apiVersion: shoal/v1\nkind: Service\nmetadata: {{name: {SVC}}}\nspec:\n  image: {BUSYBOX}\n  \
-         command: [sh, -c]\n  args: [\"{APP}\"]\n  replicas: {replicas}\n  networks: [{{name: bench}}]\n  \
+         command: [sh, -c]\n  args: [\"{HTTPD_APP}\"]\n  replicas: {replicas}\n  networks: [{{name: bench}}]\n  \
          ports: [{{published: {PORT}, target: 80}}]\n  \
          healthcheck: {{command: [wget, -q, -O, /dev/null, \"http://127.0.0.1/\"], intervalSeconds: 1, timeoutSeconds: 2, retries: 3}}\n  \
          updateConfig: {{parallelism: {PARALLELISM}, order: start-first}}\n"
