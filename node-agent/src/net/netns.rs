@@ -207,6 +207,20 @@ pub async fn read_sysctl(ns: Option<&Path>, key: &'static str) -> Result<String,
         .map_err(|e| io_err("read sysctl", &path, e))
 }
 
+/// Read a sysctl from inside `ns`; `None` when the kernel has no such key (its module is not
+/// built in or loaded).
+pub async fn read_sysctl_if_present(
+    ns: Option<&Path>,
+    key: &'static str,
+) -> Result<Option<String>, NetError> {
+    match read_sysctl(ns, key).await {
+        Err(NetError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        r => r.map(Some),
+    }
+}
+
 /// Make `dir` exist and be a shared mount point, as iproute2 does: try `--make-shared`;
 /// when `dir` is not a mount point yet (EINVAL), bind-mount it onto itself and try again.
 fn prepare_dir(dir: &Path) -> Result<(), NetError> {

@@ -20,6 +20,10 @@
 //!     counter name "tasks_refused"
 //!     meta l4proto tcp reject with tcp reset
 //!     reject with icmpx port-unreachable }
+//!   chain vxlan_untracked_in { type filter hook prerouting priority raw; policy accept;
+//!     udp dport 4789 notrack }
+//!   chain vxlan_untracked_out { type filter hook output priority raw; policy accept;
+//!     udp dport 4789 notrack }
 //!   chain forward { type filter hook forward priority filter; policy accept;
 //!     oifname "shb-*" ct state established,related accept
 //!     oifname "shb-*" ct status dnat accept
@@ -40,6 +44,10 @@
 //! - **VXLAN**: UDP 4789 is accepted only from the addresses in `vxlan_peers` (every Node's
 //!   underlay address and this node's own); the rest is counted in `vxlan_dropped` and
 //!   dropped silently.
+//! - **VXLAN is not tracked**: the encapsulated packets, both ways, skip conntrack (`notrack`
+//!   at raw priority): nothing here matches their state or NATs them (the `vxlan` chain
+//!   decides by source address alone), and a conntrack lookup per overlay packet is pure
+//!   cost on the data path (docs/benchmarks.md, "Data plane").
 //! - **Forward into overlays**: bridged traffic between two ports of one bridge passes the
 //!   IP forward hook too (`br_netfilter`, on by default in every namespace) with `iifname`
 //!   and `oifname` both the bridge; it is never touched. A new connection routed into an
@@ -72,6 +80,13 @@ pub const VXLAN_PEERS_SET: &str = "vxlan_peers";
 pub const VXLAN_DROPPED_COUNTER: &str = "vxlan_dropped";
 /// The counter of refused packets from tasks to the node.
 pub const TASKS_REFUSED_COUNTER: &str = "tasks_refused";
+
+/// The chain that exempts arriving VXLAN packets from conntrack.
+pub const UNTRACKED_IN: &str = "vxlan_untracked_in";
+/// The chain that exempts VXLAN packets this node sends from conntrack.
+pub const UNTRACKED_OUT: &str = "vxlan_untracked_out";
+/// nftables' `raw` priority: before conntrack (-200) looks at the packet.
+const RAW_PRIORITY: i32 = -300;
 
 /// What the node's policy is a function of.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -142,6 +157,8 @@ pub fn node_policy_ruleset(policy: &NodePolicy) -> Value {
     objs.push(t.chain("vxlan"));
     objs.push(t.chain("from_tasks"));
     objs.push(t.base_chain("forward", "filter", "forward", 0));
+    objs.push(t.base_chain(UNTRACKED_IN, "filter", "prerouting", RAW_PRIORITY));
+    objs.push(t.base_chain(UNTRACKED_OUT, "filter", "output", RAW_PRIORITY));
     let jump = |target: &str| json!({"jump": {"target": target}});
     for iif in [GW_BRIDGE, "shb-*"] {
         objs.push(t.rule(
@@ -171,6 +188,12 @@ pub fn node_policy_ruleset(policy: &NodePolicy) -> Value {
         "from_tasks",
         json!([{"reject": {"type": "icmpx", "expr": "port-unreachable"}}]),
     ));
+    for chain in [UNTRACKED_IN, UNTRACKED_OUT] {
+        objs.push(t.rule(
+            chain,
+            json!([eq(nft::payload("udp", "dport"), VXLAN_PORT), {"notrack": null}]),
+        ));
+    }
     let into_overlays = || eq(meta("oifname"), "shb-*");
     objs.push(t.rule(
         "forward",
@@ -329,6 +352,26 @@ mod tests {
         // oif, one bridge) matches no drop either way.
         let early = node_policy_ruleset(&NodePolicy::new(ip("198.18.0.1"), [], None));
         assert_eq!(rules_of(&early, "forward").len(), 3);
+    }
+
+    #[test]
+    fn ruleset_should_exempt_vxlan_from_conntrack_both_ways_before_conntrack_runs() {
+        let doc = node_policy_ruleset(&policy());
+        let notrack = json!([{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 4789}}, {"notrack": null}]);
+        for (chain, hook) in [(UNTRACKED_IN, "prerouting"), (UNTRACKED_OUT, "output")] {
+            assert_eq!(rules_of(&doc, chain), [&notrack], "{chain}");
+            let def = doc["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|o| o.pointer("/add/chain").filter(|c| c["name"] == chain))
+                .expect("the chain is declared");
+            assert_eq!(def["hook"], hook);
+            assert!(
+                def["prio"].as_i64().unwrap() < -200,
+                "before conntrack: {def}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! task ports by their aliases, addresses and entries are added with replace semantics, and
 //! deleting something already gone is not an error.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -30,7 +31,7 @@ use super::types::{
     FdbEntry, GatewaySpec, NeighEntry, NetConfig, Observed, ObservedOverlay, ObservedPort,
     OverlayInfo, OverlaySpec, PeerEntries, PeerOp, TaskNetInfo, TaskNetSpec,
 };
-use super::{egress, netns, nft};
+use super::{datapath, egress, netns, nft};
 
 mod links;
 mod task;
@@ -189,6 +190,23 @@ impl Kernel {
         Ok((ports, stray))
     }
 
+    /// Bring the home netns's data-path sysctls to [`datapath::overlay_sysctls`], writing
+    /// only what differs and skipping keys this kernel does not have.
+    async fn ensure_datapath_sysctls(&self) -> Result<(), NetError> {
+        let wanted = datapath::overlay_sysctls();
+        let mut current = BTreeMap::new();
+        for s in &wanted {
+            current.insert(
+                s.key,
+                netns::read_sysctl_if_present(self.home_ns(), s.key).await?,
+            );
+        }
+        for s in datapath::plan_sysctls(&wanted, &current) {
+            netns::write_sysctl(self.home_ns(), s.key, s.value).await?;
+        }
+        Ok(())
+    }
+
     /// The gateway bridge's index and subnet (from its address), if it exists.
     async fn gateway(&self) -> Result<Option<(u32, u32, Ipv4Network)>, NetError> {
         let Some(link) = link_by_name(&self.home, GW_BRIDGE).await? else {
@@ -298,6 +316,7 @@ impl Network for Kernel {
                 true
             }
         };
+        self.ensure_datapath_sysctls().await?;
         Ok(OverlayInfo {
             bridge: br,
             vxlan: vx,
