@@ -19,16 +19,17 @@
 //! 0.54), the hooks' conntrack and chain walks on the inner packets being what went.
 //!
 //! Invariants:
-//! - Only the home namespace (the node's own, or the configured one) is written; the kernel
-//!   keeps these sysctls per network namespace, so another namespace — the host's, when the
-//!   agent lives in a node namespace — keeps its own values.
+//! - Only a home namespace of the agent's own is written: a node namespace given to it
+//!   (`home_netns`, as the local cluster's nodes have). An agent in the host's namespace
+//!   writes nothing there: other bridge users on a host rely on `br_netfilter` (kube-proxy
+//!   needs `bridge-nf-call-iptables=1`, Docker sets it), and a resync turning it off would
+//!   fight them. There the switches stay as the operator set them; Shoal's overlays work
+//!   either way, only slower (docs/architecture.md, "Node policy").
+//! - The kernel keeps these sysctls per network namespace, so writing the node namespace's
+//!   leaves the host's values as they are.
 //! - A key the kernel does not have (no `br_netfilter` in the kernel: nothing is hooked, so
 //!   nothing to turn off) is not an error and is not written.
 //! - A key that already has the wanted value is not written.
-//!
-//! On a host where the agent shares its namespace with another bridge user that relies on
-//! `br_netfilter` (Docker with `icc=false`, kube-proxy), that user sets it back on; Shoal's
-//! overlays work either way, only slower.
 
 use std::collections::BTreeMap;
 
@@ -41,8 +42,12 @@ pub struct Sysctl {
     pub value: &'static str,
 }
 
-/// What the home namespace should have while it carries overlays (see the module docs).
-pub fn overlay_sysctls() -> Vec<Sysctl> {
+/// What the home namespace should have while it carries overlays (see the module docs):
+/// nothing when it is the host's (`own_namespace` false).
+pub fn overlay_sysctls(own_namespace: bool) -> Vec<Sysctl> {
+    if !own_namespace {
+        return vec![];
+    }
     [
         "net.bridge.bridge-nf-call-iptables",
         "net.bridge.bridge-nf-call-ip6tables",
@@ -74,7 +79,7 @@ mod tests {
 
     #[test]
     fn overlay_sysctls_should_turn_every_bridge_netfilter_switch_off() {
-        let got: BTreeMap<&str, &str> = overlay_sysctls()
+        let got: BTreeMap<&str, &str> = overlay_sysctls(true)
             .into_iter()
             .map(|s| (s.key, s.value))
             .collect();
@@ -87,8 +92,18 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_in_the_hosts_namespace_should_leave_its_sysctls_alone() {
+        assert!(overlay_sysctls(false).is_empty());
+        let current = BTreeMap::from([(
+            "net.bridge.bridge-nf-call-iptables",
+            Some("1\n".to_string()),
+        )]);
+        assert!(plan_sysctls(&overlay_sysctls(false), &current).is_empty());
+    }
+
+    #[test]
     fn plan_should_write_only_keys_that_exist_and_differ() {
-        let wanted = overlay_sysctls();
+        let wanted = overlay_sysctls(true);
         let current = BTreeMap::from([
             (
                 "net.bridge.bridge-nf-call-iptables",
@@ -111,7 +126,7 @@ mod tests {
 
     #[test]
     fn plan_should_be_empty_when_converged_or_when_the_kernel_has_no_br_netfilter() {
-        let wanted = overlay_sysctls();
+        let wanted = overlay_sysctls(true);
         let converged: BTreeMap<&str, Option<String>> = wanted
             .iter()
             .map(|s| (s.key, Some(format!("{}\n", s.value))))
@@ -123,7 +138,7 @@ mod tests {
 
     #[test]
     fn plan_should_write_keys_that_were_not_read() {
-        let wanted = overlay_sysctls();
+        let wanted = overlay_sysctls(true);
         assert_eq!(plan_sysctls(&wanted, &BTreeMap::new()), wanted);
     }
 }

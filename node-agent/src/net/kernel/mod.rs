@@ -191,9 +191,10 @@ impl Kernel {
     }
 
     /// Bring the home netns's data-path sysctls to [`datapath::overlay_sysctls`], writing
-    /// only what differs and skipping keys this kernel does not have.
+    /// only what differs and skipping keys this kernel does not have; nothing when the home
+    /// is the host's namespace.
     async fn ensure_datapath_sysctls(&self) -> Result<(), NetError> {
-        let wanted = datapath::overlay_sysctls();
+        let wanted = datapath::overlay_sysctls(self.home_ns().is_some());
         let mut current = BTreeMap::new();
         for s in &wanted {
             current.insert(
