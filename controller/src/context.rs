@@ -46,7 +46,7 @@ pub struct Context {
     /// When nodes without a liveness key are to be declared down.
     pub lease_deadlines: Mutex<HashMap<String, Instant>>,
     /// Per service, what its last full pass found when nothing was to do (the orchestrator's).
-    pub quiet_plans: Mutex<HashMap<String, crate::orchestrator::QuietPlan>>,
+    pub quiet_plans: Mutex<HashMap<String, crate::orchestrator::quiet::QuietPlan>>,
 }
 
 impl Context {

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
-use shoal_api_types::resources::{Cpus, Memory, NodeCapacity, ResourceReservations};
+use shoal_api_types::resources::{Cpus, Memory, NodeCapacity};
 use shoal_api_types::{
     Constraint, Node, NodeAvailability, NodeState, Protocol, PublishMode, TaskState,
 };
@@ -61,34 +61,7 @@ pub struct TaskRequest {
     pub max_per_node: Option<u64>,
 }
 
-/// CPUs (millicpus) and memory (bytes) reserved, or wanted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Reserved {
-    /// Millicpus.
-    pub cpus: u64,
-    /// Bytes.
-    pub memory: u64,
-}
-
-impl Reserved {
-    /// What a task's `resources.reservations` reserve (unset: nothing).
-    pub fn of(r: &ResourceReservations) -> Reserved {
-        Reserved {
-            cpus: r.cpus.map_or(0, Cpus::millis),
-            memory: r.memory.map_or(0, Memory::bytes),
-        }
-    }
-
-    /// Whether nothing is reserved.
-    pub fn is_zero(&self) -> bool {
-        self.cpus == 0 && self.memory == 0
-    }
-
-    fn add(&mut self, other: Reserved) {
-        self.cpus = self.cpus.saturating_add(other.cpus);
-        self.memory = self.memory.saturating_add(other.memory);
-    }
-}
+pub use crate::reconcile::usage::Reserved;
 
 /// Whether `want` fits in what `capacity` leaves free after `reserved`: `Ok` or the free
 /// amounts (`Err(free)`). A node with no reported capacity fits only tasks that reserve
@@ -346,7 +319,7 @@ fn constraint_text(c: &Constraint) -> String {
 /// that has more to do asks to run again at once. It bounds what one pass holds in memory
 /// (a placement is a whole task, encoded) and lets placements land while more tasks are
 /// still being created.
-pub const PASS_WRITES: usize = 2_000;
+pub const PASS_WRITES: usize = 5_000;
 
 /// What one scheduling pass decided: only the tasks that need a write, in placement order.
 #[derive(Debug, Default)]

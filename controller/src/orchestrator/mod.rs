@@ -25,6 +25,7 @@
 //! so they are still empty when it fills them; it is dropped as soon as the service is
 //! gone, replaced, or its spec changed (another uid or generation).
 
+pub mod quiet;
 pub mod slots;
 pub mod status;
 pub mod tasks;
@@ -44,8 +45,9 @@ use crate::context::Context;
 use crate::endpoints::{desired_endpoints, plan_endpoints};
 use crate::ipam::{claims_of, Picker};
 use crate::reconcile::{Action, ControllerError, World};
-use shoal_api_types::{Service, ServiceSpec};
 
+pub use quiet::QuietPlan;
+use quiet::{shaped_at, updating};
 pub use slots::{is_outdated, node_eligible, plan_service, NewTask, ServicePlan};
 pub use vips::wanted_networks;
 pub use write::Write;
@@ -183,53 +185,6 @@ fn backlog_after(
         service: service.clone(),
         create: create[made..].to_vec(),
     })
-}
-
-/// What a full pass found for a service whose tasks needed nothing (no create, stop,
-/// delete, restart or update): while the service's spec, the shape of its tasks and the
-/// nodes are unchanged ([`crate::reconcile::cache::ServiceTally::shaped_at`],
-/// [`World::nodes_shaped_at`]) and no update runs, the slot plan would find nothing again,
-/// so a pass takes the running count from the cache's tally and the rest from here instead
-/// of walking every task — the status passes while a big service's tasks report `starting`
-/// and `running`. VIPs, Endpoints and the status are still decided as in a full pass.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuietPlan {
-    /// The service's uid.
-    pub uid: String,
-    /// Its spec.
-    pub spec: ServiceSpec,
-    /// Its tasks' shape then.
-    pub shaped_at: u64,
-    /// The nodes' shape then.
-    pub nodes_shaped_at: u64,
-    /// How many tasks should run.
-    pub desired: u64,
-    /// The first reason a live task waited for a node.
-    pub pending_reason: Option<String>,
-}
-
-impl QuietPlan {
-    /// Whether the plan still holds for `service` in `world`.
-    fn holds(&self, service: &Service, world: &World) -> bool {
-        self.uid == service.metadata.uid
-            && self.spec == service.spec
-            && !updating(service)
-            && self.shaped_at == shaped_at(world, &service.metadata.name)
-            && self.nodes_shaped_at == world.nodes_shaped_at
-    }
-}
-
-fn shaped_at(world: &World, service: &str) -> u64 {
-    world.tallies.get(service).map_or(0, |t| t.shaped_at)
-}
-
-/// Whether an update or rollback runs or is paused (the updater then has work each pass).
-fn updating(service: &Service) -> bool {
-    service
-        .status
-        .update_status
-        .as_ref()
-        .is_some_and(|us| us.state.is_active() || us.state.is_paused())
 }
 
 /// Decides every write of service `name`'s reconcile from `world` at `now`. Addresses are

@@ -17,8 +17,39 @@ use std::collections::HashMap;
 
 use shoal_api_types::{Protocol, PublishMode, TaskState};
 
-use super::TaskRecord;
-use crate::scheduler::Reserved;
+use shoal_api_types::resources::{Cpus, Memory, ResourceReservations};
+
+use super::record::TaskRecord;
+
+/// CPUs (millicpus) and memory (bytes) reserved, or wanted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// Millicpus.
+    pub cpus: u64,
+    /// Bytes.
+    pub memory: u64,
+}
+
+impl Reserved {
+    /// What a task's `resources.reservations` reserve (unset: nothing).
+    pub fn of(r: &ResourceReservations) -> Reserved {
+        Reserved {
+            cpus: r.cpus.map_or(0, Cpus::millis),
+            memory: r.memory.map_or(0, Memory::bytes),
+        }
+    }
+
+    /// Whether nothing is reserved.
+    pub fn is_zero(&self) -> bool {
+        self.cpus == 0 && self.memory == 0
+    }
+
+    /// Adds `other` (saturating).
+    pub fn add(&mut self, other: Reserved) {
+        self.cpus = self.cpus.saturating_add(other.cpus);
+        self.memory = self.memory.saturating_add(other.memory);
+    }
+}
 
 /// What one task adds to its node's usage.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,7 +185,6 @@ impl NodeUsages {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_api_types::resources::{Cpus, Memory, ResourceReservations};
     use shoal_api_types::service::PortConfig;
     use shoal_api_types::{Task, TaskSpec};
 
