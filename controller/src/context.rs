@@ -1,6 +1,6 @@
 //! What every reconcile gets: [`Context`] (store, cache, fenced writer, settings, the work
 //! queues and the little state the leader keeps between passes). The stages import it; it
-//! imports no stage. See docs/architecture.md ("Controller").
+//! imports no stage but for the types of that state. See docs/architecture.md ("Controller").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +45,8 @@ pub struct Context {
     pub ip_cursors: Mutex<HashMap<String, u32>>,
     /// When nodes without a liveness key are to be declared down.
     pub lease_deadlines: Mutex<HashMap<String, Instant>>,
+    /// Per service, what its last full pass found when nothing was to do (the orchestrator's).
+    pub quiet_plans: Mutex<HashMap<String, crate::orchestrator::quiet::QuietPlan>>,
 }
 
 impl Context {

@@ -93,6 +93,7 @@ async fn lead(store: &Store, config: &ManagerConfig, leadership: &Leadership) {
         queues: queues.clone(),
         ip_cursors: Mutex::new(HashMap::new()),
         lease_deadlines: Mutex::new(HashMap::new()),
+        quiet_plans: Mutex::new(HashMap::new()),
     });
     let mut tasks = JoinSet::new();
 

@@ -12,11 +12,12 @@
 //!
 //! Reservations: a node's free capacity is its reported `status.capacity` minus the
 //! reservations of the live tasks assigned to it (desired running, not terminal). A node
-//! that reports no capacity takes only tasks that reserve nothing. The per-node totals are
-//! summed once per pass, in the same walk over the tasks that counts them, and each
-//! placement adds to its node's totals, so a pass costs O(tasks + pending × nodes), as
-//! before; it runs again whenever a task ends or a node changes, so capacity that frees up
-//! places pending tasks.
+//! that reports no capacity takes only tasks that reserve nothing. The per-node totals
+//! (live tasks, per service, reservations, host ports) are kept by the cache as tasks change
+//! ([`crate::reconcile::usage::NodeUsages`]), and each placement adds to its node's totals,
+//! so a pass costs O(pending × nodes), not a walk over every task; it runs again whenever a
+//! task ends or a node changes, so capacity that frees up places pending tasks. A pass
+//! makes at most [`PASS_WRITES`] writes and runs again at once when more tasks wait.
 //!
 //! Invariants: one scheduling pass at a time (a single queue key), over the cache at one
 //! revision; an assignment moves the task key from `tasks/_unassigned/<id>` to
@@ -30,13 +31,16 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
-use shoal_api_types::resources::{Cpus, Memory, NodeCapacity, ResourceReservations};
-use shoal_api_types::{Constraint, NodeAvailability, NodeState, Protocol, PublishMode, TaskState};
+use shoal_api_types::resources::{Cpus, Memory, NodeCapacity};
+use shoal_api_types::{
+    Constraint, Node, NodeAvailability, NodeState, Protocol, PublishMode, TaskState,
+};
 
 use crate::context::Context;
 use shoal_store::Batch;
 
-use crate::reconcile::{Action, ControllerError};
+use crate::reconcile::usage::NodeUsage;
+use crate::reconcile::{Action, ControllerError, TaskRecord, World};
 
 /// A task waiting for a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,34 +61,7 @@ pub struct TaskRequest {
     pub max_per_node: Option<u64>,
 }
 
-/// CPUs (millicpus) and memory (bytes) reserved, or wanted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Reserved {
-    /// Millicpus.
-    pub cpus: u64,
-    /// Bytes.
-    pub memory: u64,
-}
-
-impl Reserved {
-    /// What a task's `resources.reservations` reserve (unset: nothing).
-    pub fn of(r: &ResourceReservations) -> Reserved {
-        Reserved {
-            cpus: r.cpus.map_or(0, Cpus::millis),
-            memory: r.memory.map_or(0, Memory::bytes),
-        }
-    }
-
-    /// Whether nothing is reserved.
-    pub fn is_zero(&self) -> bool {
-        self.cpus == 0 && self.memory == 0
-    }
-
-    fn add(&mut self, other: Reserved) {
-        self.cpus = self.cpus.saturating_add(other.cpus);
-        self.memory = self.memory.saturating_add(other.memory);
-    }
-}
+pub use crate::reconcile::usage::Reserved;
 
 /// Whether `want` fits in what `capacity` leaves free after `reserved`: `Ok` or the free
 /// amounts (`Err(free)`). A node with no reported capacity fits only tasks that reserve
@@ -338,101 +315,114 @@ fn constraint_text(c: &Constraint) -> String {
     format!("{lhs}{}{}", if c.equal { "==" } else { "!=" }, c.value)
 }
 
-/// One scheduling pass over every pending task.
+/// At most this many task writes (placements and changed pending reasons) per pass; a pass
+/// that has more to do asks to run again at once. It bounds what one pass holds in memory
+/// (a placement is a whole task, encoded) and lets placements land while more tasks are
+/// still being created.
+pub const PASS_WRITES: usize = 5_000;
+
+/// What one scheduling pass decided: only the tasks that need a write, in placement order.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// Each task with where it goes, or its new pending reason.
+    pub decisions: Vec<(Arc<TaskRecord>, Decision)>,
+    /// Pending tasks were left for the next pass (the write limit was reached).
+    pub more: bool,
+}
+
+/// Plans one pass over `world`: places its pending tasks (by service, slot, id) on the
+/// ready, active, leased nodes, whose loads are the cache's kept
+/// [`crate::reconcile::usage::NodeUsages`] (no walk over the tasks already placed), and
+/// stops after `limit` writes.
+pub fn plan_pass(world: &World, limit: usize) -> Pass {
+    let mut loads: Vec<NodeLoad> = world
+        .nodes
+        .values()
+        .filter(|n| {
+            n.status.state == NodeState::Ready && n.spec.availability == NodeAvailability::Active
+        })
+        .filter(|n| world.node_leases.contains(&n.metadata.name))
+        .map(|n| node_load(n, world.usage.get(&n.metadata.name)))
+        .collect();
+    let mut pass = Pass::default();
+    // Per service: its constraints and maxReplicasPerNode (pending tasks come by service).
+    let mut rules: Option<(&str, Vec<Constraint>, Option<u64>)> = None;
+    for (_, _, id) in &world.unassigned {
+        if pass.decisions.len() >= limit.max(1) {
+            pass.more = true;
+            break;
+        }
+        let Some(t) = world.tasks.get(id) else {
+            continue;
+        };
+        let Some(service) = world.services.get(&t.spec.service) else {
+            continue;
+        };
+        if !t.is_live() {
+            continue;
+        }
+        if rules.as_ref().is_none_or(|(s, _, _)| *s != t.spec.service) {
+            rules = Some((
+                t.spec.service.as_str(),
+                service.spec.constraints(),
+                service.spec.placement.max_replicas_per_node,
+            ));
+        }
+        let (_, constraints, max_per_node) = rules.as_ref().expect("set above");
+        let request = TaskRequest {
+            id: t.metadata.name.clone(),
+            service: t.spec.service.clone(),
+            constraints: constraints.clone(),
+            host_ports: t
+                .spec
+                .ports()
+                .iter()
+                .filter(|p| p.mode == PublishMode::Host)
+                .map(|p| (p.published, p.protocol))
+                .collect(),
+            pin: t.pinned_node().map(str::to_string),
+            reserve: Reserved::of(&t.spec.resources().reservations),
+            max_per_node: *max_per_node,
+        };
+        match place(&request, &mut loads) {
+            Decision::Pending(reason) if reason == t.spec.pending_reason => {}
+            decision => pass.decisions.push((t.clone(), decision)),
+        }
+    }
+    pass
+}
+
+/// A schedulable node's load, from what its tasks use.
+fn node_load(n: &Node, usage: Option<&NodeUsage>) -> NodeLoad {
+    let mut load = NodeLoad {
+        name: n.metadata.name.clone(),
+        labels: n.spec.labels.clone(),
+        capacity: n.status.capacity,
+        ..Default::default()
+    };
+    if let Some(u) = usage {
+        load.total = u.total;
+        load.per_service = u.per_service.clone();
+        load.reserved = u.reserved;
+        load.host_ports = u.host_ports.keys().copied().collect();
+    }
+    load
+}
+
+/// One scheduling pass over the pending tasks (at most [`PASS_WRITES`] writes; requeued at
+/// once when more are left).
 pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     ctx.sync().await;
     let keys = ctx.keys.clone();
     let now = Utc::now();
-    let txns = {
+    let (txns, more) = {
         let world = ctx.cache.read();
         if world.unassigned.is_empty() {
             return Ok(Action::AwaitChange);
         }
-        let mut loads: BTreeMap<String, NodeLoad> = world
-            .nodes
-            .values()
-            .filter(|n| {
-                n.status.state == NodeState::Ready
-                    && n.spec.availability == NodeAvailability::Active
-            })
-            .filter(|n| world.node_leases.contains(&n.metadata.name))
-            .map(|n| {
-                (
-                    n.metadata.name.clone(),
-                    NodeLoad {
-                        name: n.metadata.name.clone(),
-                        labels: n.spec.labels.clone(),
-                        capacity: n.status.capacity,
-                        ..Default::default()
-                    },
-                )
-            })
-            .collect();
-        for t in world.tasks.values() {
-            let Some(node) = &t.spec.node else { continue };
-            let Some(load) = loads.get_mut(node) else {
-                continue;
-            };
-            // A stopping task still holds its ports until it has stopped.
-            if t.status.state.is_terminal() {
-                continue;
-            }
-            if t.spec.desired_state == TaskState::Running {
-                load.total += 1;
-                *load.per_service.entry(t.spec.service.clone()).or_default() += 1;
-                load.reserved
-                    .add(Reserved::of(&t.spec.resources().reservations));
-            }
-            load.host_ports.extend(
-                t.spec
-                    .ports()
-                    .iter()
-                    .filter(|p| p.mode == PublishMode::Host)
-                    .map(|p| (p.published, p.protocol)),
-            );
-        }
-        let mut pending: Vec<Arc<crate::reconcile::TaskRecord>> = world
-            .unassigned
-            .iter()
-            .filter_map(|id| world.tasks.get(id).cloned())
-            .filter(|t| t.is_live() && world.services.contains_key(&t.spec.service))
-            .collect();
-        pending.sort_by(|a, b| {
-            (&a.spec.service, a.spec.slot, &a.metadata.name).cmp(&(
-                &b.spec.service,
-                b.spec.slot,
-                &b.metadata.name,
-            ))
-        });
-        let requests: Vec<TaskRequest> = pending
-            .iter()
-            .map(|t| TaskRequest {
-                id: t.metadata.name.clone(),
-                service: t.spec.service.clone(),
-                constraints: world
-                    .services
-                    .get(&t.spec.service)
-                    .map(|s| s.spec.constraints())
-                    .unwrap_or_default(),
-                host_ports: t
-                    .spec
-                    .ports()
-                    .iter()
-                    .filter(|p| p.mode == PublishMode::Host)
-                    .map(|p| (p.published, p.protocol))
-                    .collect(),
-                pin: t.pinned_node().map(str::to_string),
-                reserve: Reserved::of(&t.spec.resources().reservations),
-                max_per_node: world
-                    .services
-                    .get(&t.spec.service)
-                    .and_then(|s| s.spec.placement.max_replicas_per_node),
-            })
-            .collect();
-        let mut loads: Vec<NodeLoad> = loads.into_values().collect();
-        let decisions = schedule(&requests, &mut loads);
-        let mut txns = Vec::with_capacity(pending.len());
-        for (task, decision) in pending.iter().zip(decisions) {
+        let pass = plan_pass(&world, PASS_WRITES);
+        let mut txns = Vec::with_capacity(pass.decisions.len());
+        for (task, decision) in pass.decisions {
             let mut txn = Batch::new();
             match decision {
                 Decision::Assign(node) => {
@@ -446,19 +436,21 @@ pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action
                     txn.create_keeping_identity(&keys, &moved);
                 }
                 Decision::Pending(reason) => {
-                    if task.spec.pending_reason != reason {
-                        let mut next = task.to_task();
-                        next.spec.pending_reason = reason;
-                        txn.update(&keys, &next);
-                    }
+                    let mut next = task.to_task();
+                    next.spec.pending_reason = reason;
+                    txn.update(&keys, &next);
                 }
             }
             txns.push(txn);
         }
-        txns
+        (txns, pass.more)
     };
     ctx.writer.commit_all(txns, 16).await?;
-    Ok(Action::AwaitChange)
+    Ok(if more {
+        Action::Requeue(std::time::Duration::ZERO)
+    } else {
+        Action::AwaitChange
+    })
 }
 
 #[cfg(test)]
@@ -754,5 +746,124 @@ mod tests {
                     .into()
             )]
         );
+    }
+
+    mod pass {
+        use super::super::*;
+        use shoal_api_types::{NodeSpec, NodeStatus, Service, ServiceSpec, Task, TaskSpec};
+
+        fn world(nodes: &[&str]) -> World {
+            let mut w = World::default();
+            for name in nodes {
+                let mut n = Node::new(*name, NodeSpec::default());
+                n.status = NodeStatus {
+                    state: NodeState::Ready,
+                    ..Default::default()
+                };
+                w.nodes.insert(name.to_string(), Arc::new(n));
+                w.node_leases.insert(name.to_string());
+            }
+            w
+        }
+
+        fn add_service(w: &mut World, name: &str, spec: ServiceSpec) {
+            w.services
+                .insert(name.into(), Arc::new(Service::new(name, spec)));
+        }
+
+        fn add_task(w: &mut World, id: &str, service: &str, slot: u64, node: Option<&str>) {
+            let mut t = Task::new(
+                id,
+                TaskSpec {
+                    service: service.into(),
+                    slot: Some(slot),
+                    node: node.map(Into::into),
+                    desired_state: TaskState::Running,
+                    ..Default::default()
+                },
+            );
+            t.status.state = if node.is_some() {
+                TaskState::Running
+            } else {
+                TaskState::Pending
+            };
+            w.insert_task(t);
+        }
+
+        fn placed(p: &Pass) -> Vec<(&str, &str)> {
+            p.decisions
+                .iter()
+                .map(|(t, d)| match d {
+                    Decision::Assign(n) => (t.name(), n.as_str()),
+                    Decision::Pending(_) => (t.name(), "-"),
+                })
+                .collect()
+        }
+
+        #[test]
+        fn a_pass_should_place_on_the_nodes_least_used_by_the_tasks_already_placed() {
+            let mut w = world(&["n1", "n2"]);
+            add_service(&mut w, "api", ServiceSpec::default());
+            add_task(&mut w, "a1", "api", 1, Some("n1"));
+            add_task(&mut w, "a2", "api", 2, Some("n1"));
+            add_task(&mut w, "a3", "api", 3, None);
+            add_task(&mut w, "a4", "api", 4, None);
+            add_task(&mut w, "a5", "api", 5, None);
+            let p = plan_pass(&w, 10);
+            // n1 already runs two: n2 takes the next two, then n1 (tie on 2 each, by name).
+            assert_eq!(placed(&p), [("a3", "n2"), ("a4", "n2"), ("a5", "n1")]);
+            assert!(!p.more);
+        }
+
+        #[test]
+        fn a_pass_should_stop_at_its_write_limit_and_say_more_are_left() {
+            let mut w = world(&["n1", "n2"]);
+            add_service(&mut w, "api", ServiceSpec::default());
+            for slot in 1..=5 {
+                add_task(&mut w, &format!("t{}", 9 - slot), "api", slot, None);
+            }
+            let p = plan_pass(&w, 2);
+            // In slot order, not id order.
+            assert_eq!(placed(&p), [("t8", "n1"), ("t7", "n2")]);
+            assert!(p.more);
+            let p = plan_pass(&w, 5);
+            assert_eq!(p.decisions.len(), 5);
+            assert!(!p.more);
+        }
+
+        #[test]
+        fn tasks_that_stay_pending_for_the_same_reason_should_not_use_up_a_pass() {
+            let mut w = world(&["n1"]);
+            let stuck = ServiceSpec {
+                placement: shoal_api_types::service::Placement {
+                    constraints: vec!["node.name==elsewhere".into()],
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            add_service(&mut w, "a-stuck", stuck);
+            add_service(&mut w, "b-api", ServiceSpec::default());
+            add_task(&mut w, "s1", "a-stuck", 1, None);
+            add_task(&mut w, "s2", "a-stuck", 2, None);
+            add_task(&mut w, "b1", "b-api", 1, None);
+            let first = plan_pass(&w, 1);
+            assert_eq!(placed(&first), [("s1", "-")], "a new reason is a write");
+            assert!(first.more);
+            // The reasons are written: the next passes skip those tasks for free.
+            for (t, d) in first.decisions {
+                let Decision::Pending(reason) = d else {
+                    panic!()
+                };
+                let mut t = t.to_task();
+                t.spec.pending_reason = reason;
+                w.insert_task(t.clone());
+                let mut t2 = w.tasks["s2"].to_task();
+                t2.spec.pending_reason = t.spec.pending_reason.clone();
+                w.insert_task(t2);
+            }
+            let next = plan_pass(&w, 1);
+            assert_eq!(placed(&next), [("b1", "n1")]);
+            assert!(!next.more);
+        }
     }
 }

@@ -25,6 +25,7 @@
 //! so they are still empty when it fills them; it is dropped as soon as the service is
 //! gone, replaced, or its spec changed (another uid or generation).
 
+pub mod quiet;
 pub mod slots;
 pub mod status;
 pub mod tasks;
@@ -45,6 +46,8 @@ use crate::endpoints::{desired_endpoints, plan_endpoints};
 use crate::ipam::{claims_of, Picker};
 use crate::reconcile::{Action, ControllerError, World};
 
+pub use quiet::QuietPlan;
+use quiet::{shaped_at, updating};
 pub use slots::{is_outdated, node_eligible, plan_service, NewTask, ServicePlan};
 pub use vips::wanted_networks;
 pub use write::Write;
@@ -61,6 +64,10 @@ pub struct ServiceStep {
     pub action: Action,
     /// Creates planned beyond this pass's batch.
     pub backlog: Option<Backlog>,
+    /// Whether the pass planned the service's slots (a full pass).
+    pub planned: bool,
+    /// What to keep for the next pass (see [`QuietPlan`]).
+    pub quiet: Option<QuietPlan>,
 }
 
 /// Tasks a pass planned but did not create in its batch (see the module docs).
@@ -76,10 +83,28 @@ pub struct Backlog {
 /// deleted service). The one place the orchestrator writes.
 pub async fn reconcile_service(name: String, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     ctx.sync().await;
+    let quiet = ctx
+        .quiet_plans
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&name);
     let step = {
         let world = ctx.cache.read();
-        service_step(&world, &name, &ctx.config, &ctx.ip_cursors, Utc::now())
+        service_step(
+            &world,
+            &name,
+            &ctx.config,
+            &ctx.ip_cursors,
+            Utc::now(),
+            quiet.as_ref(),
+        )
     };
+    if let Some(q) = step.quiet.clone() {
+        ctx.quiet_plans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), q);
+    }
     let txns = step
         .txns
         .into_iter()
@@ -163,26 +188,49 @@ fn backlog_after(
 }
 
 /// Decides every write of service `name`'s reconcile from `world` at `now`. Addresses are
-/// picked next-fit from `cursors` (locked only while picking).
+/// picked next-fit from `cursors` (locked only while picking). `quiet` is what an earlier
+/// pass kept (see [`QuietPlan`]); [`ServiceStep::quiet`] is what to keep for the next.
 pub fn service_step(
     world: &World,
     name: &str,
     config: &ManagerConfig,
     cursors: &Mutex<HashMap<String, u32>>,
     now: DateTime<Utc>,
+    quiet: Option<&QuietPlan>,
 ) -> ServiceStep {
     let service = world.services.get(name).cloned();
-    let tasks = world.service_tasks(name);
-    let mut plan = plan_service(
-        service.as_deref(),
-        &tasks,
-        &world.nodes,
-        now,
-        config.task_history_limit,
-    );
-    let update = service
-        .as_deref()
-        .map(|s| update::plan_update(s, &tasks, &mut plan, |t| listed_ready(world, name, t), now));
+    let quiet = match &service {
+        Some(s) => quiet.filter(|q| q.holds(s, world)),
+        None => None,
+    };
+    let (tasks, plan, update) = match quiet {
+        Some(q) => {
+            let plan = ServicePlan {
+                desired: q.desired,
+                ..Default::default()
+            };
+            (None, plan, Some(update::UpdateStep::default()))
+        }
+        None => {
+            let tasks = world.service_tasks(name);
+            let mut plan = plan_service(
+                service.as_deref(),
+                &tasks,
+                &world.nodes,
+                now,
+                config.task_history_limit,
+            );
+            let update = service.as_deref().map(|s| {
+                update::plan_update(s, &tasks, &mut plan, |t| listed_ready(world, name, t), now)
+            });
+            (Some(tasks), plan, update)
+        }
+    };
+    let plan_is_quiet = plan.create.is_empty()
+        && plan.shutdown.is_empty()
+        && plan.delete.is_empty()
+        && plan.outdated.is_empty()
+        && plan.requeue.is_none();
     let mut action = plan.requeue.map_or(Action::AwaitChange, Action::Requeue);
     if let Some(d) = update.as_ref().and_then(|u| u.requeue) {
         action = action.min(Action::Requeue(d));
@@ -202,18 +250,37 @@ pub fn service_step(
                 .map(Write::Endpoints),
         );
         txns.push(txn);
-        if !tasks.is_empty() {
-            tracing::debug!(service = %name, tasks = tasks.len(), "service deleted; removing its tasks");
+        let n = tasks.as_ref().map_or(0, Vec::len);
+        if n > 0 {
+            tracing::debug!(service = %name, tasks = n, "service deleted; removing its tasks");
         }
         return ServiceStep {
             txns,
             action,
             backlog: None,
+            planned: true,
+            quiet: None,
         };
     };
 
     // Networks: the spec's, plus ingress when publishing through the routing mesh.
     let (attaches, net_problem) = vips::resolve_networks(&service.spec, &world.networks);
+    let planned = tasks.is_some();
+    // A quiet pass reads the tasks only for the Endpoints.
+    let tasks = match tasks {
+        Some(tasks) => tasks,
+        None if !attaches.is_empty() => world.service_tasks(name),
+        None => Vec::new(),
+    };
+    let counts = match quiet {
+        Some(q) => status::Counts {
+            desired: q.desired,
+            running: world.tallies.get(name).map_or(0, |t| t.running),
+            creating: false,
+            pending_reason: q.pending_reason.clone(),
+        },
+        None => status::Counts::of(&plan, &tasks),
+    };
 
     // VIPs, then new tasks, from one picker, so no address is picked twice in a pass.
     let (vip_plan, creates) = {
@@ -256,16 +323,16 @@ pub fn service_step(
     let endpoints = plan_endpoints(name, wanted, &world.endpoints, config.endpoints_slice_size);
 
     // Status, with the VIP claims and releases it records, first.
-    let mut status = status::service_status(
+    let mut status = status::status_of(
         &service,
-        &plan,
-        &tasks,
+        &counts,
         vip_plan.vips,
         net_problem.as_ref(),
         exhausted.as_deref(),
         now,
     );
     let update = update.unwrap_or_default();
+    let update_is_quiet = update.status.is_none() && !update.rollback && update.requeue.is_none();
     if let Some(us) = update.status {
         status.update_status = Some(us);
     }
@@ -311,10 +378,23 @@ pub fn service_step(
     {
         action = action.min(Action::Requeue(Duration::from_secs(5)));
     }
+    let quiet = match quiet {
+        Some(q) => Some(q.clone()),
+        None => (plan_is_quiet && update_is_quiet && !updating(&service)).then(|| QuietPlan {
+            uid: service.metadata.uid.clone(),
+            spec: service.spec.clone(),
+            shaped_at: shaped_at(world, name),
+            nodes_shaped_at: world.nodes_shaped_at,
+            desired: plan.desired,
+            pending_reason: counts.pending_reason.clone(),
+        }),
+    };
     ServiceStep {
         txns,
         action,
         backlog,
+        planned,
+        quiet,
     }
 }
 
@@ -401,6 +481,7 @@ mod tests {
             &ManagerConfig::default(),
             &Mutex::new(HashMap::new()),
             Utc::now(),
+            None,
         )
     }
 
@@ -438,6 +519,65 @@ mod tests {
             panic!("{:?}", step.txns[3])
         };
         assert_eq!(ep.spec.vip, Some(vip.to_string()));
+    }
+
+    #[test]
+    fn a_status_pass_over_tasks_that_only_progressed_should_skip_the_slot_plan() {
+        let mut w = world();
+        let mut n1 = shoal_api_types::Node::new("n1", Default::default());
+        n1.status.state = shoal_api_types::NodeState::Ready;
+        w.nodes.insert("n1".into(), Arc::new(n1));
+        w.services.insert("api".into(), Arc::new(service(2)));
+        let now = Utc::now();
+        let config = ManagerConfig::default();
+        // Fresh cursors each time, so a VIP is picked alike.
+        let step = |w: &World, q: Option<&QuietPlan>| {
+            service_step(w, "api", &config, &Mutex::new(HashMap::new()), now, q)
+        };
+        // The tasks as the orchestrator makes them, placed on n1.
+        let made = created(&step(&w, None).txns);
+        assert_eq!(made.len(), 2);
+        let task = |i: usize, state| {
+            let mut t: Task = made[i].clone();
+            t.metadata.uid = format!("uid-{i}");
+            t.spec.node = Some("n1".into());
+            t.status.state = state;
+            t
+        };
+        use shoal_api_types::TaskState::{Failed, Running, Starting};
+        w.insert_task(task(0, Starting));
+        w.insert_task(task(1, Starting));
+        let first = step(&w, None);
+        assert!(first.planned);
+        let quiet = first
+            .quiet
+            .expect("nothing to create, stop or update: kept");
+
+        // Both report running: the counts come from the tally, the writes are a full pass's.
+        w.insert_task(task(0, Running));
+        w.insert_task(task(1, Running));
+        let second = step(&w, Some(&quiet));
+        assert!(!second.planned, "no slot plan");
+        assert_eq!(second.quiet.as_ref(), Some(&quiet));
+        assert_eq!(second.txns, step(&w, None).txns);
+        let Some(Write::UpdateService(s)) = second.txns[0].last() else {
+            panic!("{:?}", second.txns[0])
+        };
+        assert_eq!((s.status.running_tasks, s.status.desired_tasks), (2, 2));
+        assert_eq!(s.status.conditions[0].reason, "AllTasksRunning");
+
+        // A task ended: the shape changed, so a full pass plans its restart.
+        w.insert_task(task(0, Failed));
+        let third = step(&w, Some(&quiet));
+        assert!(third.planned);
+        assert!(third.quiet.is_none(), "a restart is due");
+        // The spec changed: a full pass too.
+        let mut w2 = w.clone();
+        w2.insert_task(task(0, Running));
+        let mut scaled = service(3);
+        scaled.metadata.generation = 2;
+        w2.services.insert("api".into(), Arc::new(scaled));
+        assert!(step(&w2, Some(&quiet)).planned);
     }
 
     #[test]
@@ -542,7 +682,7 @@ mod tests {
         let mut w = world();
         let config = scale_up(&mut w, 10);
         let cursors = Mutex::new(HashMap::new());
-        let step = service_step(&w, "api", &config, &cursors, Utc::now());
+        let step = service_step(&w, "api", &config, &cursors, Utc::now(), None);
         assert_eq!(step.action, Action::Requeue(Duration::ZERO));
         let first = created(&step.txns);
         let slots = |ts: &[Task]| ts.iter().map(|t| t.spec.slot.unwrap()).collect::<Vec<_>>();
@@ -580,7 +720,7 @@ mod tests {
         let mut w = world();
         let config = scale_up(&mut w, 10);
         let cursors = Mutex::new(HashMap::new());
-        let backlog = service_step(&w, "api", &config, &cursors, Utc::now())
+        let backlog = service_step(&w, "api", &config, &cursors, Utc::now(), None)
             .backlog
             .expect("a backlog");
         let mut changed = (*w.services["api"]).clone();

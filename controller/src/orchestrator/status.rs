@@ -14,6 +14,44 @@ use crate::reconcile::TaskRecord;
 use super::slots::ServicePlan;
 use super::vips::NetProblem;
 
+/// What a service's status counts: from a walk over its tasks ([`Counts::of`]) or from the
+/// cache's kept tally and the last full pass (see [`super::QuietPlan`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// How many tasks should run.
+    pub desired: u64,
+    /// Tasks wanted running that run.
+    pub running: u64,
+    /// Whether tasks are still to be created.
+    pub creating: bool,
+    /// The first reason a live task waits for a node, if one does.
+    pub pending_reason: Option<String>,
+}
+
+impl Counts {
+    /// The counts of `plan` over `tasks`.
+    pub fn of(plan: &ServicePlan, tasks: &[Arc<TaskRecord>]) -> Counts {
+        Counts {
+            desired: plan.desired,
+            running: tasks
+                .iter()
+                .filter(|t| {
+                    t.spec.desired_state == TaskState::Running
+                        && t.status.state == TaskState::Running
+                })
+                .count() as u64,
+            creating: !plan.create.is_empty(),
+            pending_reason: tasks
+                .iter()
+                .filter(|t| {
+                    t.is_live() && t.spec.node.is_none() && !t.spec.pending_reason.is_empty()
+                })
+                .map(|t| t.spec.pending_reason.clone())
+                .min(),
+        }
+    }
+}
+
 /// The status of `service` after this pass: `plan` is its slot plan, `tasks` its tasks,
 /// `vips` its VIPs; `net_problem` and `exhausted` say why tasks cannot be made (a
 /// network problem wins).
@@ -26,17 +64,28 @@ pub fn service_status(
     exhausted: Option<&str>,
     now: DateTime<Utc>,
 ) -> ServiceStatus {
-    let running = tasks
-        .iter()
-        .filter(|t| {
-            t.spec.desired_state == TaskState::Running && t.status.state == TaskState::Running
-        })
-        .count() as u64;
-    let pending_reason = tasks
-        .iter()
-        .filter(|t| t.is_live() && t.spec.node.is_none() && !t.spec.pending_reason.is_empty())
-        .map(|t| t.spec.pending_reason.clone())
-        .min();
+    status_of(
+        service,
+        &Counts::of(plan, tasks),
+        vips,
+        net_problem,
+        exhausted,
+        now,
+    )
+}
+
+/// [`service_status`] from `counts`.
+pub fn status_of(
+    service: &Service,
+    counts: &Counts,
+    vips: Vec<VirtualIp>,
+    net_problem: Option<&NetProblem>,
+    exhausted: Option<&str>,
+    now: DateTime<Utc>,
+) -> ServiceStatus {
+    let running = counts.running;
+    let pending_reason = &counts.pending_reason;
+    let plan = counts;
     let prev = &service.status.conditions;
     let net_condition = match (net_problem, exhausted) {
         (Some(p), _) => condition(
@@ -57,8 +106,7 @@ pub fn service_status(
         ),
         (None, None) => condition("NetworksReady", true, "Allocated", String::new(), prev, now),
     };
-    let converged =
-        running == plan.desired && plan.create.is_empty() && net_condition.status == "True";
+    let converged = running == plan.desired && !plan.creating && net_condition.status == "True";
     let conv_condition = if converged {
         condition(
             "Converged",
@@ -80,7 +128,7 @@ pub fn service_status(
             prev,
             now,
         )
-    } else if let Some(reason) = &pending_reason {
+    } else if let Some(reason) = pending_reason {
         condition(
             "Converged",
             false,

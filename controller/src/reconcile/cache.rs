@@ -9,8 +9,12 @@
 //! - Tasks are held as [`TaskRecord`]s: per-task fields plus a template shared by every
 //!   task made from one version of a service ([`super::record`]); a record gives back the
 //!   whole task for writers ([`TaskRecord::to_task`]).
-//! - Indexes (tasks by service, unassigned tasks, claims by owner) always agree with the
-//!   primary maps.
+//! - Indexes (tasks by service, unassigned tasks, claims by owner, node usage, running
+//!   tasks per service) always agree with the primary maps.
+//! - A service's [`ServiceTally::shaped_at`] changes whenever its tasks change in anything
+//!   a slot plan reads (everything but a status moving between non-terminal states), and
+//!   [`World::nodes_shaped_at`] whenever nodes or their liveness keys change; both only
+//!   grow, also across a relist, so equal values mean an unchanged shape.
 //! - Reconcilers read, never write, the cache; after writing to etcd at revision `W` they
 //!   wait for `revision >= W` before reconciling again ([`Cache::wait_for`]), so they never
 //!   act twice on a stale view.
@@ -26,6 +30,7 @@ use shoal_api_types::task::UNASSIGNED;
 use shoal_api_types::{ClusterSettings, Endpoints, Network, Node, Object, Resource, Service, Task};
 
 use super::record::{TaskRecord, Templates};
+use super::usage::NodeUsages;
 use tokio::sync::watch;
 
 use shoal_store::{RawEvent, RawKv, WatcherEvent};
@@ -64,6 +69,44 @@ impl Ipam {
     }
 }
 
+/// Per service, what its status pass reads without walking the service's tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceTally {
+    /// Tasks wanted running that run.
+    pub running: u64,
+    /// [`World::shape_seq`] at the last change of the service's tasks other than a status
+    /// moving between non-terminal states ([`is_progress`]): a task added, removed, moved,
+    /// stopped, ended or rewritten.
+    pub shaped_at: u64,
+}
+
+/// Whether a task changing from `old` to `new` only moved its status between non-terminal
+/// states (`assigned` → `starting` → `running`, a health flip): what the slot plan of its
+/// service does not depend on.
+pub fn is_progress(old: Option<&TaskRecord>, new: Option<&TaskRecord>) -> bool {
+    match (old, new) {
+        (Some(o), Some(n)) => {
+            o.metadata.uid == n.metadata.uid
+                && o.spec == n.spec
+                && !o.status.state.is_terminal()
+                && !n.status.state.is_terminal()
+        }
+        _ => false,
+    }
+}
+
+fn runs(t: &TaskRecord) -> bool {
+    t.spec.desired_state == shoal_api_types::TaskState::Running
+        && t.status.state == shoal_api_types::TaskState::Running
+}
+
+/// A task not yet on a node, as [`World::unassigned`] orders it: by service, slot, id.
+pub type PendingKey = (String, Option<u64>, String);
+
+fn pending_key(t: &TaskRecord) -> PendingKey {
+    (t.spec.service.clone(), t.spec.slot, t.metadata.name.clone())
+}
+
 /// Everything the controller knows, at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct World {
@@ -81,8 +124,17 @@ pub struct World {
     pub tasks: HashMap<String, Arc<TaskRecord>>,
     /// Tasks by service, then id (the same records as `tasks`).
     pub tasks_by_service: HashMap<String, HashMap<String, Arc<TaskRecord>>>,
-    /// Ids of tasks not yet on a node.
-    pub unassigned: BTreeSet<String>,
+    /// Tasks not yet on a node, in the order the scheduler places them.
+    pub unassigned: BTreeSet<PendingKey>,
+    /// What the tasks on each node use of it (the sum over `tasks`, kept as they change).
+    pub usage: NodeUsages,
+    /// Per service: running tasks and when its tasks last changed shape.
+    pub tallies: HashMap<String, ServiceTally>,
+    /// Counts shape changes (of any service's tasks, of nodes and their liveness keys);
+    /// never goes back, also across a relist.
+    pub shape_seq: u64,
+    /// `shape_seq` at the last change of a node or a node's liveness key.
+    pub nodes_shaped_at: u64,
     /// Endpoints slices by (network, service), then slice number.
     pub endpoints: BTreeMap<(String, String), BTreeMap<u32, Arc<Endpoints>>>,
     /// Allocation records.
@@ -198,11 +250,13 @@ impl World {
             Parsed::Node(n) => {
                 if let Some(o) = decode(kv) {
                     self.nodes.insert(n.to_string(), o);
+                    self.reshape_nodes();
                     changes.push(Change::Node(n.to_string()));
                 }
             }
             Parsed::NodeLease(n) => {
                 if self.node_leases.insert(n.to_string()) {
+                    self.reshape_nodes();
                     changes.push(Change::NodeLease(n.to_string(), true));
                 }
             }
@@ -220,12 +274,14 @@ impl World {
                 };
                 let old = self.remove_task(id);
                 if node == UNASSIGNED {
-                    self.unassigned.insert(id.to_string());
+                    self.unassigned.insert(pending_key(&task));
                 }
                 self.tasks_by_service
                     .entry(task.spec.service.clone())
                     .or_default()
                     .insert(id.to_string(), task.clone());
+                self.add_task_counts(&task);
+                self.reshape(old.as_deref(), Some(&task));
                 self.tasks.insert(id.to_string(), task.clone());
                 changes.push(Change::Task(old, Some(task)));
             }
@@ -273,7 +329,13 @@ impl World {
 
     fn remove_task(&mut self, id: &str) -> Option<Arc<TaskRecord>> {
         let old = self.tasks.remove(id)?;
-        self.unassigned.remove(id);
+        self.unassigned.remove(&pending_key(&old));
+        self.usage.remove(&old);
+        if runs(&old) {
+            if let Some(t) = self.tallies.get_mut(&old.spec.service) {
+                t.running = t.running.saturating_sub(1);
+            }
+        }
         if let Some(set) = self.tasks_by_service.get_mut(&old.spec.service) {
             set.remove(id);
             if set.is_empty() {
@@ -281,6 +343,35 @@ impl World {
             }
         }
         Some(old)
+    }
+
+    fn add_task_counts(&mut self, t: &TaskRecord) {
+        self.usage.add(t);
+        if runs(t) {
+            self.tallies
+                .entry(t.spec.service.clone())
+                .or_default()
+                .running += 1;
+        }
+    }
+
+    /// Records a shape change of the tasks' services unless `old` → `new` is progress.
+    fn reshape(&mut self, old: Option<&TaskRecord>, new: Option<&TaskRecord>) {
+        if is_progress(old, new) {
+            return;
+        }
+        self.shape_seq += 1;
+        for t in old.into_iter().chain(new) {
+            self.tallies
+                .entry(t.spec.service.clone())
+                .or_default()
+                .shaped_at = self.shape_seq;
+        }
+    }
+
+    fn reshape_nodes(&mut self) {
+        self.shape_seq += 1;
+        self.nodes_shaped_at = self.shape_seq;
     }
 
     fn delete(&mut self, root: &str, key: &str, changes: &mut Vec<Change>) {
@@ -297,11 +388,13 @@ impl World {
             }
             Parsed::Node(n) => {
                 if self.nodes.remove(n).is_some() {
+                    self.reshape_nodes();
                     changes.push(Change::Node(n.to_string()));
                 }
             }
             Parsed::NodeLease(n) => {
                 if self.node_leases.remove(n) {
+                    self.reshape_nodes();
                     changes.push(Change::NodeLease(n.to_string(), false));
                 }
             }
@@ -314,6 +407,7 @@ impl World {
                     .is_some_and(|t| t.spec.node.as_deref().unwrap_or(UNASSIGNED) == node);
                 if here {
                     let old = self.remove_task(id);
+                    self.reshape(old.as_deref(), None);
                     changes.push(Change::Task(old, None));
                 }
             }
@@ -357,14 +451,16 @@ impl World {
     pub fn insert_task(&mut self, task: Task) -> Arc<TaskRecord> {
         let t = Arc::new(TaskRecord::new(task, &mut self.templates));
         let id = t.metadata.name.clone();
-        self.remove_task(&id);
+        let old = self.remove_task(&id);
         if t.spec.node.is_none() {
-            self.unassigned.insert(id.clone());
+            self.unassigned.insert(pending_key(&t));
         }
         self.tasks_by_service
             .entry(t.spec.service.clone())
             .or_default()
             .insert(id.clone(), t.clone());
+        self.add_task_counts(&t);
+        self.reshape(old.as_deref(), Some(&t));
         self.tasks.insert(id, t.clone());
         t
     }
@@ -450,6 +546,9 @@ impl Cache {
                 {
                     let previous = self.world.read().unwrap_or_else(|p| p.into_inner());
                     fresh.templates = previous.templates.clone();
+                    // Every shape seen before the relist is outdated.
+                    fresh.shape_seq = previous.shape_seq;
+                    fresh.reshape_nodes();
                     // Consumed as decoded: the raw values go while the world fills.
                     for kv in items {
                         fresh.put(&self.root, &kv, &mut changes, Some(&previous));
@@ -578,6 +677,76 @@ mod tests {
         assert!(w.unassigned.is_empty());
         assert_eq!(w.tasks["t1"].spec.node.as_deref(), Some("node-1"));
         assert_eq!(w.service_tasks("api").len(), 1);
+    }
+
+    #[test]
+    fn node_usage_should_follow_every_task_change_as_a_walk_would_sum_it() {
+        use shoal_api_types::TaskState;
+        let keys = Keys::new("/r");
+        let cache = Cache::new(&keys);
+        let task = |id: &str, node: Option<&str>, desired, state| {
+            let mut t = Task::new(
+                id,
+                TaskSpec {
+                    service: "api".into(),
+                    node: node.map(Into::into),
+                    desired_state: desired,
+                    ..Default::default()
+                },
+            );
+            t.status.state = state;
+            t
+        };
+        let put =
+            |t: &Task, rev| RawEvent::Put(kv(keys.key(t), serde_json::to_vec(t).unwrap(), rev));
+        let del = |t: &Task, rev| RawEvent::Delete {
+            key: keys.key(t),
+            revision: rev,
+            prev: None,
+        };
+        let (run, shut) = (TaskState::Running, TaskState::Shutdown);
+        let a0 = task("a", None, run, TaskState::Pending);
+        let a1 = task("a", Some("n1"), run, TaskState::Assigned);
+        let a2 = task("a", Some("n1"), run, TaskState::Running);
+        let a3 = task("a", Some("n1"), shut, TaskState::Running);
+        let a4 = task("a", Some("n1"), shut, TaskState::Shutdown);
+        let b = task("b", Some("n2"), run, TaskState::Running);
+        let steps: Vec<Vec<RawEvent>> = vec![
+            vec![put(&a0, 2), put(&b, 2)],
+            // The scheduler's move: delete and create in one transaction.
+            vec![del(&a0, 3), put(&a1, 3)],
+            vec![put(&a2, 4)],
+            vec![put(&a3, 5)],
+            vec![put(&a4, 6)],
+            vec![del(&a4, 7), put(&a2, 7)],
+            vec![del(&b, 8)],
+        ];
+        let mut seen = vec![];
+        let mut shapes = vec![];
+        for (i, events) in steps.into_iter().enumerate() {
+            cache.apply(WatcherEvent::Events {
+                events,
+                revision: i as i64 + 2,
+            });
+            let w = cache.read();
+            assert_eq!(
+                w.usage,
+                NodeUsages::walk(w.tasks.values().map(|t| &**t)),
+                "step {i}"
+            );
+            let running = w.tasks.values().filter(|t| runs(t)).count() as u64;
+            assert_eq!(w.tallies["api"].running, running, "step {i}");
+            seen.push(w.usage.get("n1").map_or(0, |u| u.total));
+            shapes.push(w.tallies["api"].shaped_at);
+        }
+        assert_eq!(
+            seen,
+            [0, 1, 1, 0, 0, 1, 1],
+            "live tasks on n1 after each step"
+        );
+        // Only `assigned` -> `running` (step 2) left the shape as it was.
+        let changed: Vec<bool> = shapes.windows(2).map(|w| w[0] != w[1]).collect();
+        assert_eq!(changed, [true, false, true, true, true, true]);
     }
 
     #[test]

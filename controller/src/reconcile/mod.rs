@@ -23,6 +23,7 @@ pub mod error;
 pub mod queue;
 pub mod record;
 pub mod runner;
+pub mod usage;
 
 pub use cache::{Cache, Change, World};
 pub use error::ControllerError;

@@ -97,6 +97,7 @@ impl DirectContext {
             queues: Queues::default(),
             ip_cursors: Default::default(),
             lease_deadlines: Default::default(),
+            quiet_plans: Default::default(),
         });
         DirectContext { ctx, feeder }
     }
@@ -119,6 +120,7 @@ impl DirectContext {
             queues: Queues::default(),
             ip_cursors: Default::default(),
             lease_deadlines: Default::default(),
+            quiet_plans: Default::default(),
         });
         DirectContext {
             ctx,
