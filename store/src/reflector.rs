@@ -99,7 +99,11 @@ pub fn put_logged<S: Resource>(cache: &mut Cache<S>, o: Object<S>, log: Option<&
 }
 
 /// Deletes `name` from `cache` and records it in `log`; returns whether it was there.
-pub fn delete_logged<S: Resource>(cache: &mut Cache<S>, name: &str, log: Option<&ChangeLog>) -> bool {
+pub fn delete_logged<S: Resource>(
+    cache: &mut Cache<S>,
+    name: &str,
+    log: Option<&ChangeLog>,
+) -> bool {
     let removed = cache.as_mut().is_some_and(|c| c.remove(name).is_some());
     if let (true, Some(log)) = (removed, log) {
         log.record(name);

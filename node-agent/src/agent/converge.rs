@@ -334,11 +334,8 @@ mod tests {
         fn change(&self, id: &str, f: impl FnOnce(Option<Task>) -> Option<Task>) {
             self.desired.send_modify(|d| {
                 let d = d.as_mut().unwrap();
-                match f(d.remove(id)) {
-                    Some(t) => {
-                        d.insert(id.to_string(), t);
-                    }
-                    None => {}
+                if let Some(t) = f(d.remove(id)) {
+                    d.insert(id.to_string(), t);
                 }
                 self.changes.record(id);
             });
@@ -447,7 +444,8 @@ mod tests {
         let ids = ["a", "b", "c", "d"];
         running.relist(ids.iter().map(|id| (id.to_string(), task(id))).collect());
         until("all running", || {
-            ids.iter().all(|id| running.state(id) == Some(TaskState::Running))
+            ids.iter()
+                .all(|id| running.state(id) == Some(TaskState::Running))
         })
         .await;
         until("idle", || running.stats.borrow().idle).await;

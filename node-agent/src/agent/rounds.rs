@@ -255,7 +255,11 @@ mod tests {
         }
         node.settle();
         assert!((0..20).all(|i| node.state(&format!("t{i}")) == Some(TaskState::Running)));
-        assert_eq!(node.round(), vec![], "converged: nothing changed, nothing planned");
+        assert_eq!(
+            node.round(),
+            vec![],
+            "converged: nothing changed, nothing planned"
+        );
 
         // Changes between two rounds: deleted, wanted stopped, new, an exit the runtime
         // reports by itself (a full round), and untouched tasks.
@@ -269,7 +273,10 @@ mod tests {
         assert_eq!(ids, vec!["new", "t3", "t5"]);
         assert!(matches!(ops[1], Op::Remove { .. }), "{ops:?}");
         node.settle();
-        assert!(!node.runtime.contains_key("t3"), "a deleted task is removed");
+        assert!(
+            !node.runtime.contains_key("t3"),
+            "a deleted task is removed"
+        );
         assert_eq!(node.state("t5"), Some(TaskState::Shutdown));
         assert_eq!(node.state("new"), Some(TaskState::Running));
 

@@ -116,7 +116,10 @@ impl TaskRuntime for HollowRuntime {
 
     async fn observe(&self, ids: &[&str]) -> Result<Vec<ObservedTask>, TaskError> {
         let tasks = self.tasks.lock().expect("hollow runtime lock");
-        Ok(ids.iter().filter_map(|id| tasks.get(*id).cloned()).collect())
+        Ok(ids
+            .iter()
+            .filter_map(|id| tasks.get(*id).cloned())
+            .collect())
     }
 
     async fn changed(&self) {
