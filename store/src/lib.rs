@@ -45,7 +45,9 @@ pub use error::StoreError;
 pub use leader::Leadership;
 pub use lease::{Lease, LeaseKeeper};
 pub use raw::{RawEvent, RawKv, RawWatch};
-pub use reflector::{reflect, Cache};
+pub use reflector::{
+    delete_logged, put_logged, reflect, reflect_logged, Cache, ChangeLog, Changed,
+};
 pub use store::{decode, Store, UpdateMany, LIST_PAGE};
 pub use watch::{Event, Watch};
 pub use watcher::{Watcher, WatcherEvent};

@@ -7,8 +7,15 @@
 //!   would otherwise delete every FDB entry, or stop every task, of the node).
 //! - Between lists, it changes by exactly the watched events, in revision order.
 //! - Values that do not decode are logged and left out, never fatal.
+//! - With a [`ChangeLog`] ([`reflect_logged`]), every name the cache changes (put or
+//!   deleted) is recorded in the same critical section as the change itself (under the
+//!   channel's write lock), and a relist records "everything". A reader that takes the log
+//!   while it borrows the cache ([`ChangeLog::take`] inside `borrow_and_update`) sees each
+//!   change either in both or in neither, and a change it did not see wakes it again: so a
+//!   consumer that works only on the changed names never misses one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use shoal_api_types::{Object, Resource};
 use tokio::sync::watch;
@@ -20,11 +27,105 @@ use crate::watcher::{Watcher, WatcherEvent};
 /// Objects by `metadata.name`; `None` until the first list completed.
 pub type Cache<S> = Option<BTreeMap<String, Object<S>>>;
 
+/// What changed in a [`Cache`] since a [`ChangeLog`] was last taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changed {
+    /// Anything may have changed (the cache was listed anew, or nobody took the log yet).
+    All,
+    /// Only the objects of these names were put or deleted (empty: nothing changed).
+    Names(HashSet<String>),
+}
+
+impl Changed {
+    /// Whether `name` may have changed.
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Changed::All => true,
+            Changed::Names(names) => names.contains(name),
+        }
+    }
+}
+
+/// The names a reflector changed, for a consumer that works on changes only (the node
+/// agent plans only the tasks that changed). Cheap to clone; clones share one log. Starts
+/// as [`Changed::All`].
+#[derive(Debug, Clone)]
+pub struct ChangeLog(Arc<Mutex<Changed>>);
+
+impl Default for ChangeLog {
+    fn default() -> Self {
+        ChangeLog(Arc::new(Mutex::new(Changed::All)))
+    }
+}
+
+impl ChangeLog {
+    /// A log that says everything changed.
+    pub fn new() -> Self {
+        ChangeLog::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Changed> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that `name` was put or deleted.
+    pub fn record(&self, name: &str) {
+        if let Changed::Names(names) = &mut *self.lock() {
+            if !names.contains(name) {
+                names.insert(name.to_string());
+            }
+        }
+    }
+
+    /// Records that anything may have changed (a relist).
+    pub fn record_all(&self) {
+        *self.lock() = Changed::All;
+    }
+
+    /// What changed since the last call, leaving the log empty.
+    pub fn take(&self) -> Changed {
+        std::mem::replace(&mut *self.lock(), Changed::Names(HashSet::new()))
+    }
+}
+
+/// Puts `o` into `cache` (if listed) and records its name in `log`.
+pub fn put_logged<S: Resource>(cache: &mut Cache<S>, o: Object<S>, log: Option<&ChangeLog>) {
+    if let Some(cache) = cache {
+        if let Some(log) = log {
+            log.record(o.name());
+        }
+        cache.insert(o.name().to_string(), o);
+    }
+}
+
+/// Deletes `name` from `cache` and records it in `log`; returns whether it was there.
+pub fn delete_logged<S: Resource>(
+    cache: &mut Cache<S>,
+    name: &str,
+    log: Option<&ChangeLog>,
+) -> bool {
+    let removed = cache.as_mut().is_some_and(|c| c.remove(name).is_some());
+    if let (true, Some(log)) = (removed, log) {
+        log.record(name);
+    }
+    removed
+}
+
 /// Keeps `tx` equal to the objects of kind `S` below the watcher's prefix. Runs until
 /// dropped, whether or not anyone holds a receiver right now: a reader may read through a
 /// clone of the sender (`watch::Sender::borrow`, as the node agent's network loop does), and
 /// receivers may subscribe later.
-pub async fn reflect<S: Resource>(mut watcher: Watcher, tx: watch::Sender<Cache<S>>) {
+pub async fn reflect<S: Resource>(watcher: Watcher, tx: watch::Sender<Cache<S>>) {
+    reflect_logged(watcher, tx, None).await
+}
+
+/// [`reflect`], also recording every changed name in `log` (see the module's invariants).
+pub async fn reflect_logged<S: Resource>(
+    mut watcher: Watcher,
+    tx: watch::Sender<Cache<S>>,
+    log: Option<ChangeLog>,
+) {
+    let log = log.as_ref();
     // Object names by key: a delete event carries only the key.
     let mut names: HashMap<String, String> = HashMap::new();
     loop {
@@ -44,7 +145,12 @@ pub async fn reflect<S: Resource>(mut watcher: Watcher, tx: watch::Sender<Cache<
                     objects = objects.len(),
                     "listed"
                 );
-                tx.send_replace(Some(objects));
+                tx.send_modify(|cache| {
+                    *cache = Some(objects);
+                    if let Some(log) = log {
+                        log.record_all();
+                    }
+                });
             }
             WatcherEvent::Events { events, .. } => {
                 for ev in events {
@@ -52,19 +158,13 @@ pub async fn reflect<S: Resource>(mut watcher: Watcher, tx: watch::Sender<Cache<
                         RawEvent::Put(kv) => {
                             let Some(o) = decoded::<S>(&kv) else { continue };
                             names.insert(kv.key.clone(), o.name().to_string());
-                            tx.send_modify(|cache| {
-                                if let Some(cache) = cache {
-                                    cache.insert(o.name().to_string(), o);
-                                }
-                            });
+                            tx.send_modify(|cache| put_logged(cache, o, log));
                         }
                         RawEvent::Delete { key, .. } => {
                             let Some(name) = names.remove(&key) else {
                                 continue;
                             };
-                            tx.send_if_modified(|cache| {
-                                cache.as_mut().is_some_and(|c| c.remove(&name).is_some())
-                            });
+                            tx.send_if_modified(|cache| delete_logged(cache, &name, log));
                         }
                     }
                 }

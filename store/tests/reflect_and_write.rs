@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use shoal_api_types::{Network, NetworkSpec};
 use shoal_store::testing::TestEtcd;
-use shoal_store::{leader, reflect, Batch, Cache, Fence, StoreError, Watcher, Writer};
+use shoal_store::{
+    leader, reflect, reflect_logged, Batch, Cache, ChangeLog, Changed, Fence, StoreError, Watcher,
+    Writer,
+};
 use tokio::sync::watch;
 
 fn network(name: &str) -> Network {
@@ -51,6 +54,44 @@ async fn reflect_should_publish_nothing_before_a_complete_list_then_follow_chang
         .clone()
         .unwrap();
     assert_eq!(now.len(), 1);
+    task.abort();
+}
+
+#[tokio::test]
+async fn reflect_logged_should_log_every_name_it_puts_or_deletes_and_all_on_a_list() {
+    let etcd = TestEtcd::start().await;
+    let store = etcd.store().await;
+    store.create(&network("a")).await.unwrap();
+    store.create(&network("c")).await.unwrap();
+    let (tx, mut rx) = watch::channel::<Cache<NetworkSpec>>(None);
+    let log = ChangeLog::new();
+    let prefix = store.keys().prefix::<NetworkSpec>();
+    let task = tokio::spawn(reflect_logged(
+        Watcher::new(store.clone(), prefix),
+        tx,
+        Some(log.clone()),
+    ));
+    rx.wait_for(Option::is_some).await.unwrap();
+    assert_eq!(log.take(), Changed::All, "the list changes everything");
+    assert_eq!(log.take(), Changed::Names(Default::default()));
+
+    store.create(&network("b")).await.unwrap();
+    store
+        .delete::<NetworkSpec>(&store.keys().named::<NetworkSpec>("a"), None)
+        .await
+        .unwrap();
+    rx.wait_for(|c| {
+        c.as_ref()
+            .is_some_and(|c| !c.contains_key("a") && c.contains_key("b"))
+    })
+    .await
+    .unwrap();
+    let Changed::Names(names) = log.take() else {
+        panic!("not a list")
+    };
+    let mut names: Vec<_> = names.into_iter().collect();
+    names.sort();
+    assert_eq!(names, vec!["a", "b"], "c did not change");
     task.abort();
 }
 

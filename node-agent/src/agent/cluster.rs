@@ -13,23 +13,25 @@
 use std::time::Duration;
 
 use shoal_api_types::object::Resource;
-use shoal_store::{Store, Watcher};
+use shoal_store::{ChangeLog, Store, Watcher};
 use tokio::sync::watch;
 
 /// Objects by `metadata.name`; `None` until the first list completed.
 pub type Cache<S> = shoal_store::Cache<S>;
 
-/// Keeps `tx` equal to the objects below `prefix` until `shutdown` turns true.
+/// Keeps `tx` equal to the objects below `prefix` until `shutdown` turns true, recording
+/// the names it changes in `log` if given (see [`shoal_store::reflect_logged`]).
 pub(crate) async fn watch_objects<S: Resource>(
     store: Store,
     prefix: String,
     progress_every: Duration,
     tx: watch::Sender<Cache<S>>,
+    log: Option<ChangeLog>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let watcher = Watcher::new(store, prefix).with_progress_every(progress_every);
     tokio::select! {
-        _ = shoal_store::reflect(watcher, tx) => {}
+        _ = shoal_store::reflect_logged(watcher, tx, log) => {}
         _ = super::shutdown::stopped(&mut shutdown) => {}
     }
 }

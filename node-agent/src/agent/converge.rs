@@ -1,6 +1,9 @@
 //! The converge loop: level-triggered, on every change of the desired tasks, every
-//! completed operation, every runtime notification and a periodic resync, it lists what
-//! the runtime has, [`plan`]s against the cached desired tasks and applies the operations.
+//! completed operation, every runtime notification and a periodic resync, it observes what
+//! the runtime has, plans against the cached desired tasks ([`super::plan::plan`]) and
+//! applies the operations. A round plans only the tasks that may need something new
+//! (changed by the watch, or whose operation finished); relists, runtime notifications,
+//! failures and the resync plan every task ([`super::rounds`]).
 //!
 //! Invariants:
 //! - Nothing is planned before the first complete list of desired tasks (an empty cache
@@ -20,10 +23,10 @@ use tokio::time::Instant;
 
 use super::apply::{ApplyError, Effects, WAITING};
 use super::desired::DesiredTasks;
-use super::plan::StatusUpdate;
-use super::plan::{plan, Op};
+use super::plan::{Op, StatusUpdate};
+use super::rounds::{plan_round, Pending, Scope};
 use shoal_api_types::TaskState;
-use shoal_store::Backoff;
+use shoal_store::{Backoff, ChangeLog};
 
 /// How the converge loop is doing, for tests, metrics and benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,6 +44,8 @@ pub struct ConvergeStats {
 pub(crate) struct Converger {
     pub effects: Effects,
     pub desired: watch::Receiver<DesiredTasks>,
+    /// The names of the tasks the desired-task watch changed (its reflector's log).
+    pub changes: ChangeLog,
     pub resync: Duration,
     pub concurrency: usize,
     /// How long a running task wanted stopped keeps running first (see
@@ -51,16 +56,35 @@ pub(crate) struct Converger {
 
 type OpResult = (String, Result<(), ApplyError>);
 
-/// The shortest time between two rounds. A round lists the runtime and plans every task of
-/// the node, so a burst of changes (a thousand status writes landing) costs a few rounds,
-/// not one each; a single change waits for it at most once.
+/// The loop's books: operations in flight (by tokio task and by task id) and what the next
+/// round plans.
+#[derive(Default)]
+struct Book {
+    in_flight: HashMap<tokio::task::Id, String>,
+    /// The task ids of `in_flight`: at most one operation per task.
+    busy: foldhash::HashSet<String>,
+    pending: Pending,
+}
+
+impl Book {
+    /// Books the end of an operation: its task is planned again by the next round.
+    fn done(&mut self, id: tokio::task::Id) -> Option<String> {
+        let task = self.in_flight.remove(&id)?;
+        self.busy.remove(&task);
+        self.pending.task(&task);
+        Some(task)
+    }
+}
+
+/// The shortest time between two rounds: a burst of changes (a thousand status writes
+/// landing) costs a few rounds, not one each; a single change waits for it at most once.
 const MIN_ROUND_GAP: std::time::Duration = std::time::Duration::from_millis(10);
 
 impl Converger {
     pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let mut running: JoinSet<OpResult> = JoinSet::new();
-        let mut in_flight: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut book = Book::default();
         let mut backoff = Backoff::new(
             Duration::from_millis(200),
             self.resync.max(Duration::from_secs(1)),
@@ -76,7 +100,7 @@ impl Converger {
             // completions) are planned together by the next one.
             tokio::time::sleep_until(last_round + MIN_ROUND_GAP).await;
             last_round = Instant::now();
-            if let Err(e) = self.round(&permits, &mut running, &mut in_flight).await {
+            if let Err(e) = self.round(&mut book, &permits, &mut running).await {
                 tracing::warn!(error = %e, "cannot list the runtime's tasks");
                 self.report_waiting(&e).await;
                 retry_at = Some(Instant::now() + backoff.next().unwrap_or_default());
@@ -91,11 +115,13 @@ impl Converger {
                 biased;
                 _ = super::shutdown::stopped(&mut shutdown) => break,
                 Some(done) = running.join_next_with_id() => {
-                    let mut failed = self.finished(done, &mut in_flight);
+                    let mut failed = self.finished(done, &mut book);
                     while let Some(done) = running.try_join_next_with_id() {
-                        failed |= self.finished(done, &mut in_flight);
+                        failed |= self.finished(done, &mut book);
                     }
                     if failed {
+                        // Errors are not remembered: the retry plans everything.
+                        book.pending.everything();
                         retry_at = Some(Instant::now() + backoff.next().unwrap_or_default());
                     } else if retry_at.is_none() {
                         backoff.reset();
@@ -106,9 +132,13 @@ impl Converger {
                         break;
                     }
                 }
-                _ = self.effects.runtime.changed() => {}
-                _ = resync.tick() => {}
-                _ = retry => retry_at = None,
+                // Changes the agent did not cause, and the resync: everything is planned.
+                _ = self.effects.runtime.changed() => book.pending.everything(),
+                _ = resync.tick() => book.pending.everything(),
+                _ = retry => {
+                    retry_at = None;
+                    book.pending.everything();
+                }
             }
         }
         // Dropping `running` aborts operations in flight; containers are left as they are.
@@ -140,33 +170,38 @@ impl Converger {
         }
     }
 
-    /// One plan: returns an error only if the runtime could not be listed.
+    /// One plan over what may have changed ([`rounds`](super::rounds)): returns an error
+    /// only if the runtime could not be listed.
     async fn round(
         &mut self,
+        book: &mut Book,
         permits: &Arc<Semaphore>,
         running: &mut JoinSet<OpResult>,
-        in_flight: &mut HashMap<tokio::task::Id, String>,
     ) -> Result<(), super::task_runtime::TaskError> {
-        if self.desired.borrow().is_none() {
-            return Ok(());
+        {
+            // The log is taken while the cache is borrowed (and marked seen): a change
+            // after this wakes the next round and is in its log.
+            let desired = self.desired.borrow_and_update();
+            if desired.is_none() {
+                return Ok(());
+            }
+            book.pending.changed(self.changes.take());
         }
-        let observed = self.effects.runtime.list().await?;
-        let busy: foldhash::HashSet<&str> = in_flight.values().map(String::as_str).collect();
+        let scope = book.pending.take();
+        let observed = match &scope {
+            Scope::All => self.effects.runtime.list().await,
+            Scope::Only(ids) if ids.is_empty() => Ok(vec![]),
+            Scope::Only(ids) => {
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                self.effects.runtime.observe(&ids).await
+            }
+        };
+        let observed = observed.inspect_err(|_| book.pending.everything())?;
         // Planned over the cache in place: a node with many tasks copies only those it
-        // acts on, not all of them every round. (A change during the list above is
-        // planned now; one after this borrow wakes the next round.)
-        let ops: Vec<_> = match &*self.desired.borrow_and_update() {
-            // Tasks with an operation in flight are left out before planning, so a node
-            // with a thousand queued starts does not build (and drop) a thousand
-            // operations on every change; their containers look undesired to `plan`, and
-            // the removals that yields are dropped as busy too.
-            Some(tasks) => plan(
-                tasks.values().filter(|t| !busy.contains(t.name())),
-                &observed,
-            )
-            .into_iter()
-            .filter(|op| !busy.contains(op.task_id()))
-            .collect(),
+        // acts on. (A change since the log was taken is planned now if in scope, and again
+        // by the next round, which it wakes.)
+        let ops = match &*self.desired.borrow() {
+            Some(tasks) => plan_round(tasks, &scope, &book.busy, &observed),
             None => return Ok(()),
         };
         let started = ops.len() as u64;
@@ -184,12 +219,13 @@ impl Converger {
                 let _permit = permits.acquire_owned().await;
                 (task_id, effects.apply(op).await)
             });
-            in_flight.insert(handle.id(), id);
+            book.busy.insert(id.clone());
+            book.in_flight.insert(handle.id(), id);
         }
         self.stats.send_modify(|s| {
             s.rounds += 1;
             s.ops += started;
-            s.idle = in_flight.is_empty();
+            s.idle = book.in_flight.is_empty();
         });
         Ok(())
     }
@@ -198,11 +234,11 @@ impl Converger {
     fn finished(
         &self,
         done: Result<(tokio::task::Id, OpResult), tokio::task::JoinError>,
-        in_flight: &mut HashMap<tokio::task::Id, String>,
+        book: &mut Book,
     ) -> bool {
         let failed = match done {
             Ok((id, (task, result))) => {
-                in_flight.remove(&id);
+                book.done(id);
                 match result {
                     Ok(()) => false,
                     Err(e) => {
@@ -212,7 +248,7 @@ impl Converger {
                 }
             }
             Err(e) => {
-                let task = in_flight.remove(&e.id()).unwrap_or_default();
+                let task = book.done(e.id()).unwrap_or_default();
                 tracing::error!(task = %task, error = %e, "operation panicked");
                 true
             }
@@ -238,8 +274,8 @@ mod tests {
     use crate::hollow::runtime::HollowRuntime;
 
     /// Stands in for etcd: status writes (forward only) land in the desired tasks, as the
-    /// agent's watch would bring them back.
-    struct MemoryStore(watch::Sender<DesiredTasks>);
+    /// agent's watch would bring them back (and log their names, as its reflector would).
+    struct MemoryStore(watch::Sender<DesiredTasks>, ChangeLog);
 
     #[async_trait]
     impl StatusSink for MemoryStore {
@@ -255,6 +291,9 @@ mod tests {
                 };
                 let changed = advance(&mut t.status, update, chrono::Utc::now());
                 stored = Some(t.clone());
+                if changed {
+                    self.1.record(id);
+                }
                 changed
             });
             Ok(stored)
@@ -276,12 +315,32 @@ mod tests {
 
     struct Running {
         desired: watch::Sender<DesiredTasks>,
+        changes: ChangeLog,
         stats: watch::Receiver<ConvergeStats>,
         shutdown: watch::Sender<bool>,
         handle: tokio::task::JoinHandle<()>,
     }
 
     impl Running {
+        /// Lists the desired tasks anew, as the watch does on a relist.
+        fn relist(&self, tasks: BTreeMap<String, Task>) {
+            self.desired.send_modify(|d| {
+                *d = Some(tasks);
+                self.changes.record_all();
+            });
+        }
+
+        /// Changes (or adds, or with `None` deletes) one desired task, as a watch event.
+        fn change(&self, id: &str, f: impl FnOnce(Option<Task>) -> Option<Task>) {
+            self.desired.send_modify(|d| {
+                let d = d.as_mut().unwrap();
+                if let Some(t) = f(d.remove(id)) {
+                    d.insert(id.to_string(), t);
+                }
+                self.changes.record(id);
+            });
+        }
+
         fn state(&self, id: &str) -> Option<TaskState> {
             self.desired
                 .borrow()
@@ -299,10 +358,12 @@ mod tests {
         let (desired, desired_rx) = watch::channel(None);
         let (stats_tx, stats) = watch::channel(ConvergeStats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let status = Arc::new(MemoryStore(desired.clone()));
+        let changes = ChangeLog::new();
+        let status = Arc::new(MemoryStore(desired.clone(), changes.clone()));
         let converger = Converger {
             effects: Effects { runtime, status },
             desired: desired_rx,
+            changes: changes.clone(),
             resync,
             concurrency: 4,
             drain_delay: drain,
@@ -311,6 +372,7 @@ mod tests {
         let handle = tokio::spawn(converger.run(shutdown_rx));
         Running {
             desired,
+            changes,
             stats,
             shutdown,
             handle,
@@ -335,7 +397,7 @@ mod tests {
         assert_eq!(running.stats.borrow().rounds, 0);
         assert_eq!(runtime.running(), vec!["old".to_string()]);
 
-        running.desired.send_replace(Some(BTreeMap::new()));
+        running.relist(BTreeMap::new());
         until("old to be removed", || runtime.snapshot().is_empty()).await;
         running.shutdown.send_replace(true);
         running.handle.await.unwrap();
@@ -350,7 +412,7 @@ mod tests {
             .into_iter()
             .map(|id| (id.to_string(), task(id)))
             .collect();
-        running.desired.send_replace(Some(tasks));
+        running.relist(tasks);
         until("both running", || {
             running.state("a") == Some(TaskState::Running)
                 && running.state("b") == Some(TaskState::Running)
@@ -372,6 +434,39 @@ mod tests {
             vec!["b".to_string()],
             "shutdown leaves tasks running"
         );
+    }
+
+    #[tokio::test]
+    async fn converge_should_act_on_changed_and_deleted_tasks_without_a_resync() {
+        let runtime = Arc::new(HollowRuntime::new());
+        // No resync: only the changes the watch logs drive the rounds after the first.
+        let running = start(runtime.clone(), Duration::from_secs(3600));
+        let ids = ["a", "b", "c", "d"];
+        running.relist(ids.iter().map(|id| (id.to_string(), task(id))).collect());
+        until("all running", || {
+            ids.iter()
+                .all(|id| running.state(id) == Some(TaskState::Running))
+        })
+        .await;
+        until("idle", || running.stats.borrow().idle).await;
+
+        running.change("b", |_| None);
+        running.change("c", |c| {
+            let mut c = c.unwrap();
+            c.spec.desired_state = TaskState::Shutdown;
+            Some(c)
+        });
+        running.change("e", |_| Some(task("e")));
+        until("b removed, c shut down, e running", || {
+            !runtime.snapshot().iter().any(|o| o.id == "b")
+                && running.state("c") == Some(TaskState::Shutdown)
+                && running.state("e") == Some(TaskState::Running)
+        })
+        .await;
+        until("idle", || running.stats.borrow().idle).await;
+        assert_eq!(runtime.running(), vec!["a", "d", "e"]);
+        running.shutdown.send_replace(true);
+        running.handle.await.unwrap();
     }
 
     /// A runtime that can be "down": listing and starting fail as when containerd is
@@ -418,12 +513,14 @@ mod tests {
         let (desired, desired_rx) = watch::channel(None);
         let (stats_tx, _stats) = watch::channel(ConvergeStats::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let changes = ChangeLog::new();
         let converger = Converger {
             effects: Effects {
                 runtime: flaky.clone(),
-                status: Arc::new(MemoryStore(desired.clone())),
+                status: Arc::new(MemoryStore(desired.clone(), changes.clone())),
             },
             desired: desired_rx,
+            changes,
             resync: Duration::from_secs(3600),
             concurrency: 4,
             drain_delay: Duration::ZERO,
@@ -457,17 +554,16 @@ mod tests {
             Duration::from_secs(3600),
             Duration::from_millis(400),
         );
-        running
-            .desired
-            .send_replace(Some(BTreeMap::from([("a".to_string(), task("a"))])));
+        running.relist(BTreeMap::from([("a".to_string(), task("a"))]));
         until("a running", || {
             running.state("a") == Some(TaskState::Running)
         })
         .await;
         let asked = Instant::now();
-        running.desired.send_modify(|tasks| {
-            let a = tasks.as_mut().unwrap().get_mut("a").unwrap();
+        running.change("a", |a| {
+            let mut a = a.unwrap();
             a.spec.desired_state = TaskState::Shutdown;
+            Some(a)
         });
         until("a stopped", || {
             running.state("a") == Some(TaskState::Shutdown)

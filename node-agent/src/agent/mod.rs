@@ -4,6 +4,7 @@
 //! - [`register`]: the Node object and its lease (node lifecycle, agent side);
 //! - [`desired`]: this node's tasks from etcd (list, watch, relist);
 //! - [`plan`](mod@plan): the pure diff of desired against observed tasks;
+//! - [`rounds`]: which tasks a converge round plans (those that changed, or all);
 //! - [`apply`](mod@apply): operations against a [`TaskRuntime`] and a [`StatusSink`];
 //! - [`status_batch`]: the status sink in etcd, many tasks' reports per transaction;
 //! - [`converge`]: the level-triggered loop tying them together;
@@ -37,6 +38,7 @@ pub mod health;
 pub mod network;
 pub mod plan;
 pub mod register;
+pub mod rounds;
 mod shutdown;
 pub mod stages;
 pub mod status_batch;
@@ -259,6 +261,8 @@ impl Agent {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (lease_tx, lease_rx) = watch::channel(None);
         let (desired_tx, desired_rx) = watch::channel(None);
+        // The names of the tasks the watch changed, for the converge loop's rounds.
+        let changes = shoal_store::ChangeLog::new();
         let (stats_tx, stats_rx) = watch::channel(ConvergeStats::default());
 
         let registration = register::Registration {
@@ -289,6 +293,7 @@ impl Agent {
                 keys.prefix::<NetworkSpec>(),
                 every,
                 caches.networks,
+                None,
                 shutdown_rx.clone(),
             )));
             watches.push(tokio::spawn(endpoints_watch::watch_endpoints(
@@ -305,6 +310,7 @@ impl Agent {
                     keys.prefix::<NodeSpec>(),
                     every,
                     nodes,
+                    None,
                     shutdown_rx.clone(),
                 )));
             }
@@ -314,6 +320,7 @@ impl Agent {
                     keys.prefix::<ClusterSettingsSpec>(),
                     every,
                     settings,
+                    None,
                     shutdown_rx.clone(),
                 )));
             }
@@ -330,6 +337,7 @@ impl Agent {
         let converger = converge::Converger {
             effects: Effects { runtime, status },
             desired: desired_rx,
+            changes: changes.clone(),
             resync: config.resync,
             concurrency: config.concurrency,
             drain_delay: config.drain_delay,
@@ -342,6 +350,7 @@ impl Agent {
                 prefix,
                 config.watch_progress_every,
                 desired_tx,
+                Some(changes),
                 shutdown_rx.clone(),
             )),
             tokio::spawn(converger.run(shutdown_rx)),

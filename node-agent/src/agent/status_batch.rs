@@ -34,7 +34,8 @@ pub const MAX_BATCH: usize = MAX_TXN_OPS - 8;
 /// Transactions in flight at once.
 const PARALLEL: usize = 4;
 
-/// Own writes kept before those the watch has caught up with are dropped.
+/// Own writes kept before those the watch has caught up with are dropped (at least; see
+/// `Written`).
 const PRUNE_ABOVE: usize = 64;
 
 /// Times a batch is redone on fresh values before its reports fail with a conflict.
@@ -110,12 +111,24 @@ async fn run(store: Store, mut rx: mpsc::UnboundedReceiver<Request>) {
     }
 }
 
-/// About what a report's task weighs in a transaction.
+/// About what a report's task weighs in a transaction: its JSON counted, not kept.
 fn size(r: &Request) -> usize {
-    r.known
-        .as_ref()
-        .and_then(|t| serde_json::to_vec(t).ok())
-        .map_or(4096, |v| v.len() + r.key.len())
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let Some(t) = &r.known else { return 4096 };
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, t) {
+        Ok(()) => count.0 + r.key.len(),
+        Err(_) => 4096,
+    }
 }
 
 /// `e` for every report of a failed batch (store errors are not `Clone`): the same
@@ -132,12 +145,13 @@ fn copy_err(e: &StoreError) -> StoreError {
     }
 }
 
-/// Writes `batch`, redoing the changes on fresh values after a conflict.
+/// Writes `batch`, redoing the changes on fresh values after a conflict. Each task is
+/// copied once, into the write (the caller's copies are moved, not cloned).
 async fn commit(store: &Store, batch: Vec<Request>) {
     let now = Utc::now();
     let mut open: Vec<(Request, Option<Task>)> = Vec::with_capacity(batch.len());
-    for r in batch {
-        let current = match r.known.clone() {
+    for mut r in batch {
+        let current = match r.known.take() {
             Some(t) => Some(t),
             None => match store.get::<TaskSpec>(&r.key).await {
                 Ok(t) => t,
@@ -151,43 +165,41 @@ async fn commit(store: &Store, batch: Vec<Request>) {
     }
     for _ in 0..ATTEMPTS {
         // Answer what needs no write; the rest is written together.
-        let mut writes: Vec<(Request, Task)> = Vec::new();
+        let mut requests: Vec<Request> = Vec::new();
+        let mut tasks: Vec<Task> = Vec::new();
         for (r, current) in open.drain(..) {
             match current {
                 None => {
                     let _ = r.reply.send(Ok(None));
                 }
-                Some(task) => {
-                    let mut next = task.clone();
-                    if advance(&mut next.status, &r.update, now) {
-                        writes.push((r, next));
+                Some(mut task) => {
+                    let mut status = task.status.clone();
+                    if advance(&mut status, &r.update, now) {
+                        task.status = status;
+                        requests.push(r);
+                        tasks.push(task);
                     } else {
                         let _ = r.reply.send(Ok(Some(task)));
                     }
                 }
             }
         }
-        if writes.is_empty() {
+        if tasks.is_empty() {
             return;
         }
-        let tasks: Vec<Task> = writes.iter().map(|(_, t)| t.clone()).collect();
         match store.update_many(&tasks).await {
             Ok(UpdateMany::Written(rev)) => {
-                for (r, mut t) in writes {
+                for (r, mut t) in requests.into_iter().zip(tasks) {
                     t.metadata.resource_version = Some(rev.to_string());
                     let _ = r.reply.send(Ok(Some(t)));
                 }
                 return;
             }
             Ok(UpdateMany::Conflict(current)) => {
-                open = writes
-                    .into_iter()
-                    .zip(current)
-                    .map(|((r, _), now)| (r, now))
-                    .collect();
+                open = requests.into_iter().zip(current).collect();
             }
             Err(e) => {
-                for (r, _) in writes {
+                for r in requests {
                     let _ = r.reply.send(Err(copy_err(&e)));
                 }
                 return;
@@ -209,7 +221,16 @@ pub struct BatchedStatus {
     prefix: String,
     desired: watch::Receiver<DesiredTasks>,
     /// The agent's own writes not yet seen in `desired`, by task id.
-    written: Mutex<HashMap<String, Task>>,
+    written: Mutex<Written>,
+}
+
+/// The agent's own writes, pruned of those the watch has caught up with whenever they
+/// doubled since the last pruning (so pruning costs O(1) per report, amortized, however
+/// far the watch lags).
+#[derive(Default)]
+struct Written {
+    tasks: HashMap<String, Task>,
+    prune_above: usize,
 }
 
 impl BatchedStatus {
@@ -227,23 +248,22 @@ impl BatchedStatus {
         }
     }
 
-    /// The newest copy of task `id` the agent has: watched or written by itself. Drops
-    /// own writes the watch has caught up with.
+    /// The newest copy of task `id` the agent has: watched or written by itself (only
+    /// that one is copied). Drops an own write the watch has caught up with.
     fn known(&self, id: &str) -> Option<Task> {
-        let watched = self
-            .desired
-            .borrow()
-            .as_ref()
-            .and_then(|tasks| tasks.get(id).cloned());
+        // Locked in the same order as in `report`: own writes, then the cache.
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let own = written.get(id).cloned();
+        let desired = self.desired.borrow();
+        let watched = desired.as_ref().and_then(|tasks| tasks.get(id));
+        let own = written.tasks.get(id);
         match (watched, own) {
-            (Some(w), Some(o)) if revision(&w) >= revision(&o) => {
-                written.remove(id);
+            (Some(w), Some(o)) if revision(w) >= revision(o) => {
+                let w = w.clone();
+                written.tasks.remove(id);
                 Some(w)
             }
-            (_, Some(o)) => Some(o),
-            (w, None) => w,
+            (_, Some(o)) => Some(o.clone()),
+            (w, None) => w.cloned(),
         }
     }
 }
@@ -260,21 +280,22 @@ impl StatusSink for BatchedStatus {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
         match &stored {
             Some(t) => {
-                written.insert(id.to_string(), t.clone());
+                written.tasks.insert(id.to_string(), t.clone());
             }
             None => {
-                written.remove(id);
+                written.tasks.remove(id);
             }
         }
-        if written.len() > PRUNE_ABOVE {
+        if written.tasks.len() > written.prune_above.max(PRUNE_ABOVE) {
             // Keep only writes the watch has not shown yet.
             let desired = self.desired.borrow();
-            written.retain(|id, own| {
+            written.tasks.retain(|id, own| {
                 desired
                     .as_ref()
                     .and_then(|tasks| tasks.get(id))
                     .is_some_and(|w| revision(w) < revision(own))
             });
+            written.prune_above = 2 * written.tasks.len();
         }
         Ok(stored)
     }

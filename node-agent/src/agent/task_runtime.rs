@@ -158,6 +158,17 @@ pub trait TaskRuntime: Send + Sync + 'static {
     /// Every task of ours the runtime has, running or not.
     async fn list(&self) -> Result<Vec<ObservedTask>, TaskError>;
 
+    /// What [`Self::list`] would return of the tasks `ids` (those it has; in any order).
+    /// The converge loop's rounds that plan only changed tasks ask this instead of listing
+    /// everything. The default lists everything and keeps those; a runtime that can look a
+    /// task up by id (the hollow one) answers without copying the rest.
+    async fn observe(&self, ids: &[&str]) -> Result<Vec<ObservedTask>, TaskError> {
+        let wanted: std::collections::HashSet<&str> = ids.iter().copied().collect();
+        let mut all = self.list().await?;
+        all.retain(|o| wanted.contains(o.id.as_str()));
+        Ok(all)
+    }
+
     /// Resolves when something may have changed without the agent asking (a process
     /// exited, a health check flipped), so the agent converges at once instead of at the
     /// next resync. The default never resolves.

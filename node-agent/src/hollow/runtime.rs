@@ -114,6 +114,14 @@ impl TaskRuntime for HollowRuntime {
         Ok(self.snapshot())
     }
 
+    async fn observe(&self, ids: &[&str]) -> Result<Vec<ObservedTask>, TaskError> {
+        let tasks = self.tasks.lock().expect("hollow runtime lock");
+        Ok(ids
+            .iter()
+            .filter_map(|id| tasks.get(*id).cloned())
+            .collect())
+    }
+
     async fn changed(&self) {
         self.changed.notified().await
     }
