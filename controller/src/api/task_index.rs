@@ -9,6 +9,11 @@
 //!   list, then watch; a relist builds a new index and swaps it in whole. Until the first
 //!   list completes the index is unknown, never empty: lookups wait for it a little
 //!   ([`INDEX_WAIT`]), then get 503.
+//! - The watch runs only while lookups come: the first lookup starts it, and after
+//!   [`IDLE_AFTER`] without one it stops and the index is dropped (unknown again). A
+//!   replica nobody asks costs etcd no watch events for every task change, and the
+//!   controller no decode of them. Starting and stopping are decided under one lock that
+//!   each lookup takes first, so a lookup never waits on a watch that is about to stop.
 //! - A task moves key when it is assigned (`tasks/_unassigned/<id>` → `tasks/<node>/<id>`):
 //!   a delete of a key removes the task only if that key is still the task's, whatever the
 //!   order of the two events.
@@ -16,7 +21,7 @@
 //!   runs wins, then the one wanted running, then the newest ([`TaskIndex::resolve`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -32,6 +37,9 @@ pub const INDEX_WAIT: Duration = Duration::from_secs(5);
 /// How often the index's watch asks etcd for progress, so that it can tell it has caught
 /// up with a revision while no task changes.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// How long the index is kept without a lookup before its watch stops.
+pub const IDLE_AFTER: Duration = Duration::from_secs(600);
 
 /// What a lookup needs of one task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,16 +235,24 @@ fn decoded(kv: &RawKv) -> Option<TaskRef> {
     }
 }
 
-/// The API replica's task index, kept equal to etcd's tasks by a background watch. The
-/// watch starts when the value is made inside a tokio runtime, else at the first lookup.
+/// The API replica's task index, kept equal to etcd's tasks by a background watch that runs
+/// from the first lookup until [`IDLE_AFTER`] passes without one (see the module docs).
 #[derive(Debug)]
 pub struct TaskLookup {
     store: Store,
     shutdown: watch::Receiver<bool>,
-    started: OnceLock<()>,
+    idle_after: Duration,
+    feed: Mutex<Feed>,
     index: RwLock<Option<TaskIndex>>,
-    /// The index's revision (`None` before the first list), to wait on.
+    /// The index's revision (`None` while it is not listed), to wait on.
     revision: watch::Sender<Option<i64>>,
+}
+
+/// Whether the watch runs, and when a lookup last came.
+#[derive(Debug)]
+struct Feed {
+    running: bool,
+    last_used: tokio::time::Instant,
 }
 
 /// Why the index cannot answer.
@@ -245,41 +261,87 @@ pub struct TaskLookup {
 pub struct NotLoaded;
 
 impl TaskLookup {
-    /// An index of `<root>/tasks/`, fed until `shutdown` turns true or the value is dropped.
+    /// An index of `<root>/tasks/`, fed from the first lookup until [`IDLE_AFTER`] passes
+    /// without one, `shutdown` turns true or the value is dropped.
     pub fn new(store: Store, shutdown: watch::Receiver<bool>) -> Arc<TaskLookup> {
-        let lookup = Arc::new(TaskLookup {
-            store,
-            shutdown,
-            started: OnceLock::new(),
-            index: RwLock::new(None),
-            revision: watch::channel(None).0,
-        });
-        if tokio::runtime::Handle::try_current().is_ok() {
-            lookup.start();
-        }
-        lookup
+        Self::with_idle_after(store, shutdown, IDLE_AFTER)
     }
 
+    /// The same with another idle time (tests).
+    pub fn with_idle_after(
+        store: Store,
+        shutdown: watch::Receiver<bool>,
+        idle_after: Duration,
+    ) -> Arc<TaskLookup> {
+        Arc::new(TaskLookup {
+            store,
+            shutdown,
+            idle_after,
+            feed: Mutex::new(Feed {
+                running: false,
+                last_used: tokio::time::Instant::now(),
+            }),
+            index: RwLock::new(None),
+            revision: watch::channel(None).0,
+        })
+    }
+
+    /// Whether the index's watch runs now.
+    pub fn is_watching(&self) -> bool {
+        self.feed.lock().unwrap_or_else(|e| e.into_inner()).running
+    }
+
+    /// Marks a lookup and starts the watch unless it runs.
     fn start(self: &Arc<Self>) {
-        self.started.get_or_init(|| {
-            let prefix = self.store.keys().prefix::<TaskSpec>();
-            let watcher =
-                Watcher::new(self.store.clone(), prefix).with_progress_every(PROGRESS_EVERY);
-            let feeding = Arc::downgrade(self);
-            let mut shutdown = self.shutdown.clone();
-            tokio::spawn(async move {
-                let stopped = async {
-                    // A dropped sender means "never shut down by signal" (tests' routers).
-                    if shutdown.wait_for(|down| *down).await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                };
-                tokio::select! {
-                    _ = feed(watcher, feeding) => {}
-                    _ = stopped => {}
+        let mut state = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        state.last_used = tokio::time::Instant::now();
+        if state.running {
+            return;
+        }
+        state.running = true;
+        let prefix = self.store.keys().prefix::<TaskSpec>();
+        let watcher = Watcher::new(self.store.clone(), prefix).with_progress_every(PROGRESS_EVERY);
+        let feeding = Arc::downgrade(self);
+        let watching = Arc::downgrade(self);
+        let check_every = (self.idle_after / 4).max(Duration::from_millis(10));
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let stopped = async {
+                // A dropped sender means "never shut down by signal" (tests' routers).
+                if shutdown.wait_for(|down| *down).await.is_err() {
+                    std::future::pending::<()>().await;
                 }
-            });
+            };
+            // Checked beside the feed, not inside it: the watcher is not cancel-safe (a
+            // dropped `next` relists), so it is dropped only when the feed stops for good.
+            let idle = async {
+                loop {
+                    tokio::time::sleep(check_every).await;
+                    match watching.upgrade() {
+                        Some(lookup) if !lookup.stop_if_idle() => {}
+                        _ => return,
+                    }
+                }
+            };
+            tokio::select! {
+                _ = feed(watcher, feeding) => {}
+                _ = stopped => {}
+                _ = idle => {}
+            }
         });
+    }
+
+    /// Stops feeding if no lookup came for `idle_after`: the watch's task then returns.
+    /// Decided under the lock [`Self::start`] takes, so a lookup either came first (and the
+    /// watch goes on) or finds it stopped (and starts a new one).
+    fn stop_if_idle(&self) -> bool {
+        let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        if feed.last_used.elapsed() < self.idle_after {
+            return false;
+        }
+        feed.running = false;
+        self.with_index(|i| *i = None);
+        true
     }
 
     /// Runs `f` on the index once it is listed (waiting up to [`INDEX_WAIT`] for the first
