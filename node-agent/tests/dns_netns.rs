@@ -55,6 +55,7 @@ async fn dig(ns: &str, args: &[&str]) -> (String, Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_answers_inside_task_namespaces_scoped_to_their_networks() {
+    let _one_at_a_time = SERIAL.lock().await;
     shoal_testkit::require!(root, tools = ["ip", "dig"]);
     let mut nss = Namespaces::new();
     let worker = nss.add("worker");
@@ -168,6 +169,7 @@ async fn dns_answers_inside_task_namespaces_scoped_to_their_networks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_forwards_from_the_agents_namespace_not_the_tasks() {
+    let _one_at_a_time = SERIAL.lock().await;
     shoal_testkit::require!(root, tools = ["ip", "dig"]);
     let mut nss = Namespaces::new();
     let task = nss.add("fwd");
@@ -205,7 +207,8 @@ async fn dns_forwards_from_the_agents_namespace_not_the_tasks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dns_fast_path_answers_on_every_socket_of_the_group() {
+async fn dns_fast_path_answers_from_every_reader_of_the_socket() {
+    let _one_at_a_time = SERIAL.lock().await;
     shoal_testkit::require!(root, tools = ["ip", "dig", "ss"]);
     let mut nss = Namespaces::new();
     let task = nss.add("fast");
@@ -227,12 +230,13 @@ async fn dns_fast_path_answers_on_every_socket_of_the_group() {
     host.ensure("t", &Namespaces::path(&task), &["appnet".to_owned()])
         .await
         .unwrap();
-    // Two UDP sockets (one SO_REUSEPORT group) and one TCP listener at 127.0.0.11:53.
+    // One UDP socket at 127.0.0.11:53 (no SO_REUSEPORT group), read by two threads.
     let (_, ss, _) = support::try_sh(&["ip", "netns", "exec", &task, "ss", "-uanH"]);
     let udp = ss.lines().filter(|l| l.contains("127.0.0.11:53")).count();
-    assert_eq!(udp, 2, "{ss}");
+    assert_eq!(udp, 1, "{ss}");
+    assert_eq!(reader_threads(), 2);
     // Without EDNS and with EDNS but no options (the fast path's questions), from many source
-    // ports (so both sockets answer), and with a cookie (the general path): the same answers.
+    // ports, and with a cookie (the general path): the same answers.
     for round in 0..8 {
         for opts in [&["+noedns"][..], &["+nocookie"][..], &[][..]] {
             let mut args = opts.to_vec();
@@ -285,4 +289,18 @@ async fn dns_fast_path_answers_on_every_socket_of_the_group() {
     host.stop("t").await;
     let (_, ss, _) = support::try_sh(&["ip", "netns", "exec", &task, "ss", "-uanH"]);
     assert!(!ss.contains("127.0.0.11:53"), "{ss}");
+    assert_eq!(reader_threads(), 0, "stopping the server ends its readers");
+}
+
+/// Held by each test of this file: they run one at a time, so this process's DNS receive
+/// threads are the running test's.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// This process's DNS receive threads (named `shoal-dns-udp`).
+fn reader_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("list this process's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "shoal-dns-udp")
+        .count()
 }

@@ -29,8 +29,8 @@ pub struct DnsServerConfig {
     /// Forwarded queries one namespace may have in flight; more are answered SERVFAIL at
     /// once.
     pub max_forwarded_in_flight: usize,
-    /// UDP sockets (one `SO_REUSEPORT` group, a receive task each) per namespace; by default
-    /// one per CPU, so one namespace's lookups can use every core.
+    /// Threads reading the namespace's UDP socket; by default one per CPU, so one
+    /// namespace's lookups can use every core.
     pub udp_workers: usize,
 }
 

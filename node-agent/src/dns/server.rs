@@ -1,8 +1,8 @@
 //! The DNS server of one task namespace: UDP and TCP sockets bound to 127.0.0.11:53 *inside*
 //! the namespace (on a short-lived thread that `setns`es there, then handed to tokio), served
 //! from the agent's own process with our [`RequestHandler`]: hickory-server's [`Server`]
-//! runs it for TCP; for UDP a group of `SO_REUSEPORT` sockets (one per CPU by default) is
-//! read by our own loops (`super::udp`), which answer plain A questions for our names from
+//! runs it for TCP; for UDP one socket is read by our own threads (one per CPU by default,
+//! `super::udp`), which answer plain A questions for our names from
 //! prepared answers and hand everything else to the same handler.
 //!
 //! Why a `RequestHandler` and not an `Authority`/`Catalog`: our names are not a zone (single
@@ -40,15 +40,14 @@ use super::udp::UdpWorkers;
 use crate::net::netns::run_in;
 use crate::net::NetError;
 
-/// Binds `udp_count` UDP sockets (one `SO_REUSEPORT` group) and TCP on `addr` inside the
+/// Binds UDP and TCP on `addr` inside the
 /// namespace at `netns` (our own when `None`) on a thread of [`run_in`]; the sockets keep
 /// that namespace after the thread is gone. The bind errors travel back in `run_in`'s
 /// result, so a bind that fails says which socket and why.
 async fn bind_in_netns(
     netns: Option<&Path>,
     addr: SocketAddr,
-    udp_count: usize,
-) -> Result<(Vec<std::net::UdpSocket>, std::net::TcpListener), DnsError> {
+) -> Result<(std::net::UdpSocket, std::net::TcpListener), DnsError> {
     let path = netns.map(Path::to_owned).unwrap_or_default();
     let label = path.clone();
     let bind = move || {
@@ -66,7 +65,7 @@ async fn bind_in_netns(
                 hint,
             }
         };
-        let udp = super::udp::bind_group(addr, udp_count).map_err(|e| bind_err("udp", e))?;
+        let udp = super::udp::bind(addr).map_err(|e| bind_err("udp", e))?;
         let tcp = std::net::TcpListener::bind(addr).map_err(|e| bind_err("tcp", e))?;
         tcp.set_nonblocking(true).map_err(|e| bind_err("tcp", e))?;
         Ok((udp, tcp))
@@ -131,23 +130,26 @@ impl DnsServer {
         config: Arc<DnsServerConfig>,
         forwarder: Arc<Forwarder>,
     ) -> Result<Self, DnsError> {
-        let (udp, tcp) = bind_in_netns(netns, config.listen, config.udp_workers).await?;
+        let (udp, tcp) = bind_in_netns(netns, config.listen).await?;
         let io = |e: io::Error| DnsError::Io {
             what: "register socket",
             path: netns.map(Path::to_owned).unwrap_or_default(),
             source: e,
         };
-        let udp_addr = udp[0].local_addr().map_err(io)?;
+        let udp_addr = udp.local_addr().map_err(io)?;
         let tcp_addr = tcp.local_addr().map_err(io)?;
         let tcp = tokio::net::TcpListener::from_std(tcp).map_err(io)?;
         let networks = view.networks().to_vec();
         let tcp_timeout = config.tcp_idle_timeout;
+        let readers = config.udp_workers;
         let handler = Handler::new(view, config, forwarder);
         let udp_workers =
-            UdpWorkers::spawn(udp, Arc::new(handler.clone())).map_err(|e| DnsError::Io {
-                what: "start udp receive threads",
-                path: netns.map(Path::to_owned).unwrap_or_default(),
-                source: e,
+            UdpWorkers::spawn(udp, readers, Arc::new(handler.clone())).map_err(|e| {
+                DnsError::Io {
+                    what: "start udp receive threads",
+                    path: netns.map(Path::to_owned).unwrap_or_default(),
+                    source: e,
+                }
             })?;
         let mut server = Server::new(handler);
         server.register_listener(tcp, tcp_timeout, 32);

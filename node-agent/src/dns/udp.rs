@@ -1,10 +1,16 @@
-//! The UDP side of one namespace's server: a group of sockets bound to the same address with
-//! `SO_REUSEPORT` (the kernel spreads clients over them by their address), each read by a
-//! thread of its own blocked in `recvfrom`, so one namespace's lookups use every core and a
-//! query wakes its reader directly (under figure 6's load the server's time is almost all
-//! in the kernel, in syscalls and wake-ups; a blocking reader needs two syscalls per query,
-//! a reactor-driven task also an `epoll_wait` and a receive that finds nothing). Each
-//! namespace thus has one idle thread per socket ([`super::DnsServerConfig::udp_workers`]).
+//! The UDP side of one namespace's server: one socket, read by several threads of its own
+//! each blocked in `recvfrom` (the kernel wakes one reader per datagram), so one
+//! namespace's lookups use every core and a query wakes its reader directly (under figure
+//! 6's load the server's time is almost all in the kernel, in syscalls and wake-ups; a
+//! blocking reader needs two syscalls per query, a reactor-driven task also an `epoll_wait`
+//! and a receive that finds nothing). Each namespace thus has
+//! [`super::DnsServerConfig::udp_workers`] idle threads.
+//!
+//! Why one shared socket and not a `SO_REUSEPORT` group of one per thread: a group spreads
+//! clients over its sockets by a hash of their address and port, so a few busy clients can
+//! all land on one socket while another thread idles (figure 6's rounds swung from 0.7× to
+//! 1.2× unbound with the hash); readers of one socket take whichever datagram comes next.
+//! And with no `SO_REUSEPORT` nothing else can join the address.
 //!
 //! Per datagram: the fast path ([`View::fast_answer`](super::View)) answers plain A questions
 //! for names of ours from the tables' prepared records and sends the reply straight from the
@@ -14,9 +20,6 @@
 //! hickory-server's UDP loop would run it: fewer than 12 bytes or a response is dropped, an
 //! unparseable message gets FORMERR, a reply is cut to 512 bytes or the client's EDNS size
 //! (hickory's truncation) and an encoding failure becomes SERVFAIL.
-//!
-//! `SO_REUSEPORT` lets another socket of the same user join the group; inside a task's
-//! namespace that could only be the task itself (as root) taking over its own lookups.
 
 use std::io;
 use std::net::SocketAddr;
@@ -39,26 +42,10 @@ use super::handler::Handler;
 /// Largest datagram read (hickory's receive buffer size; longer ones are cut, as there).
 const RECV_BUF: usize = 4096;
 
-/// Bind `count` (at least one) UDP sockets to `addr` in one `SO_REUSEPORT` group, non-blocking.
-/// With port 0 the first socket picks the port and the others join it. Blocking: call it on
-/// the thread that is in the target namespace.
-pub(super) fn bind_group(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocket>> {
-    let mut addr = addr;
-    let mut sockets = Vec::with_capacity(count.max(1));
-    for _ in 0..count.max(1) {
-        let s = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
-        s.set_reuse_port(true)?;
-        s.set_nonblocking(true)?;
-        s.bind(&addr.into())?;
-        let s: std::net::UdpSocket = s.into();
-        addr = s.local_addr()?;
-        sockets.push(s);
-    }
-    Ok(sockets)
+/// Bind the UDP socket on `addr`. Blocking: call it on the thread that is in the target
+/// namespace.
+pub(super) fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    std::net::UdpSocket::bind(addr)
 }
 
 /// The receive threads of one server and the general-path tasks they started. Dropping it
@@ -66,32 +53,33 @@ pub(super) fn bind_group(addr: SocketAddr, count: usize) -> io::Result<Vec<std::
 /// and aborts the tasks.
 pub(super) struct UdpWorkers {
     stop: Arc<AtomicBool>,
-    sockets: Vec<Arc<std::net::UdpSocket>>,
+    socket: Arc<std::net::UdpSocket>,
     threads: Vec<std::thread::JoinHandle<()>>,
     general: Arc<Mutex<JoinSet<()>>>,
 }
 
 impl UdpWorkers {
-    /// Serve each socket from a thread of its own; the general path runs on the current
-    /// tokio runtime.
+    /// Serve `socket` from `readers` (at least one) threads; the general path runs on the
+    /// current tokio runtime.
     pub(super) fn spawn(
-        sockets: Vec<std::net::UdpSocket>,
+        socket: std::net::UdpSocket,
+        readers: usize,
         handler: Arc<Handler>,
     ) -> io::Result<Self> {
         let runtime = tokio::runtime::Handle::current();
         let stop = Arc::new(AtomicBool::new(false));
         let general = Arc::new(Mutex::new(JoinSet::new()));
+        socket.set_nonblocking(false)?;
+        let socket = Arc::new(socket);
         let mut workers = UdpWorkers {
             stop: stop.clone(),
-            sockets: Vec::with_capacity(sockets.len()),
-            threads: Vec::with_capacity(sockets.len()),
+            socket: socket.clone(),
+            threads: Vec::with_capacity(readers.max(1)),
             general: general.clone(),
         };
-        for socket in sockets {
-            socket.set_nonblocking(false)?;
-            let socket = Arc::new(socket);
-            workers.sockets.push(socket.clone());
-            let (handler, stop, general, runtime) = (
+        for _ in 0..readers.max(1) {
+            let (socket, handler, stop, general, runtime) = (
+                socket.clone(),
                 handler.clone(),
                 stop.clone(),
                 general.clone(),
@@ -109,11 +97,9 @@ impl UdpWorkers {
 
     fn stop_threads(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        for s in &self.sockets {
-            // Wakes the blocked receive (Linux answers ENOTCONN for an unconnected UDP
-            // socket but shuts it all the same).
-            let _ = socket2::SockRef::from(s.as_ref()).shutdown(std::net::Shutdown::Read);
-        }
+        // Wakes every blocked receive (Linux answers ENOTCONN for an unconnected UDP socket
+        // but shuts it all the same).
+        let _ = socket2::SockRef::from(self.socket.as_ref()).shutdown(std::net::Shutdown::Read);
     }
 
     /// Stop receiving and wait for the queries in the general path to be answered.

@@ -167,7 +167,7 @@ pub async fn dns(quick: bool, dir: &std::path::Path, rows: &mut Vec<Row>) -> Res
         ratio: format!("{r:.2}"),
         target: target.into(),
         met: met(r >= 1.0 && sp99max < 1000.0),
-        note: format!("ratio = median of the rounds' Shoal/unbound q/s (spread {rmin:.2}–{rmax:.2}); the rounds interleave the two servers, alternating which goes first; q/s medians with min–max, p99 the worst round's; both on 2 cores shared with the load generator; Shoal's server answers A questions for its names from prepared answers on 2 SO_REUSEPORT sockets with a receive thread each (the rest goes to its hickory handler on the agent's tokio runtime, here the bench process's), unbound runs 2 threads"),
+        note: format!("ratio = median of the rounds' Shoal/unbound q/s (spread {rmin:.2}–{rmax:.2}); the rounds interleave the two servers, alternating which goes first; q/s medians with min–max, p99 the worst round's; both on 2 cores shared with the load generator; Shoal's server answers A questions for its names from prepared answers on one UDP socket read by 2 threads (the rest goes to its hickory handler on the agent's tokio runtime, here the bench process's), unbound runs 2 threads"),
     });
     Ok(())
 }
