@@ -32,14 +32,12 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use shoal_api_types::resources::{Cpus, Memory, NodeCapacity};
-use shoal_api_types::{
-    Constraint, Node, NodeAvailability, NodeState, Protocol, PublishMode, TaskState,
-};
+use shoal_api_types::{Constraint, Node, NodeAvailability, NodeState, Protocol, TaskState};
 
 use crate::context::Context;
 use shoal_store::Batch;
 
-use crate::reconcile::usage::NodeUsage;
+use crate::reconcile::usage::{self, NodeUsage};
 use crate::reconcile::{Action, ControllerError, TaskRecord, World};
 
 /// A task waiting for a node.
@@ -373,13 +371,7 @@ pub fn plan_pass(world: &World, limit: usize) -> Pass {
             id: t.metadata.name.clone(),
             service: t.spec.service.clone(),
             constraints: constraints.clone(),
-            host_ports: t
-                .spec
-                .ports()
-                .iter()
-                .filter(|p| p.mode == PublishMode::Host)
-                .map(|p| (p.published, p.protocol))
-                .collect(),
+            host_ports: usage::host_ports(t),
             pin: t.pinned_node().map(str::to_string),
             reserve: Reserved::of(&t.spec.resources().reservations),
             max_per_node: *max_per_node,

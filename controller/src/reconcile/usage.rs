@@ -80,15 +80,19 @@ impl<'a> Contribution<'a> {
             } else {
                 Reserved::default()
             },
-            host_ports: t
-                .spec
-                .ports()
-                .iter()
-                .filter(|p| p.mode == PublishMode::Host)
-                .map(|p| (p.published, p.protocol))
-                .collect(),
+            host_ports: host_ports(t),
         })
     }
+}
+
+/// The host-mode published ports `t` asks for (port, protocol): what it holds on its node.
+pub fn host_ports(t: &TaskRecord) -> Vec<(u32, Protocol)> {
+    t.spec
+        .ports()
+        .iter()
+        .filter(|p| p.mode == PublishMode::Host)
+        .map(|p| (p.published, p.protocol))
+        .collect()
 }
 
 /// One node's usage (see the module docs).
