@@ -272,17 +272,7 @@ impl World {
                         None => return,
                     },
                 };
-                let old = self.remove_task(id);
-                if node == UNASSIGNED {
-                    self.unassigned.insert(pending_key(&task));
-                }
-                self.tasks_by_service
-                    .entry(task.spec.service.clone())
-                    .or_default()
-                    .insert(id.to_string(), task.clone());
-                self.add_task_counts(&task);
-                self.reshape(old.as_deref(), Some(&task));
-                self.tasks.insert(id.to_string(), task.clone());
+                let old = self.store_task(id, task.clone(), node == UNASSIGNED);
                 changes.push(Change::Task(old, Some(task)));
             }
             Parsed::Endpoints(net, svc, slice) => {
@@ -325,6 +315,28 @@ impl World {
             }
             Parsed::Other => {}
         }
+    }
+
+    /// Puts `t` in place of the task `id` (its key's) in every index (`pending`: not yet on
+    /// a node), and returns the one it replaced.
+    fn store_task(
+        &mut self,
+        id: &str,
+        t: Arc<TaskRecord>,
+        pending: bool,
+    ) -> Option<Arc<TaskRecord>> {
+        let old = self.remove_task(id);
+        if pending {
+            self.unassigned.insert(pending_key(&t));
+        }
+        self.tasks_by_service
+            .entry(t.spec.service.clone())
+            .or_default()
+            .insert(id.to_string(), t.clone());
+        self.add_task_counts(&t);
+        self.reshape(old.as_deref(), Some(&t));
+        self.tasks.insert(id.to_string(), t);
+        old
     }
 
     fn remove_task(&mut self, id: &str) -> Option<Arc<TaskRecord>> {
@@ -450,18 +462,8 @@ impl World {
     /// Records `task` as if it had been listed (tests).
     pub fn insert_task(&mut self, task: Task) -> Arc<TaskRecord> {
         let t = Arc::new(TaskRecord::new(task, &mut self.templates));
-        let id = t.metadata.name.clone();
-        let old = self.remove_task(&id);
-        if t.spec.node.is_none() {
-            self.unassigned.insert(pending_key(&t));
-        }
-        self.tasks_by_service
-            .entry(t.spec.service.clone())
-            .or_default()
-            .insert(id.clone(), t.clone());
-        self.add_task_counts(&t);
-        self.reshape(old.as_deref(), Some(&t));
-        self.tasks.insert(id, t.clone());
+        let (id, pending) = (t.metadata.name.clone(), t.spec.node.is_none());
+        self.store_task(&id, t.clone(), pending);
         t
     }
 
