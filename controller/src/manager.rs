@@ -27,7 +27,7 @@ use crate::context::{Context, Queues};
 use crate::reconcile::{Cache, Change, Runner, WorkQueue};
 
 /// The key of the scheduler's queue.
-pub const PENDING: &str = "pending";
+pub use crate::context::PENDING;
 
 /// Runs the reconcilers while this replica is leader, until `shutdown` turns true.
 pub async fn run(
@@ -94,6 +94,7 @@ async fn lead(store: &Store, config: &ManagerConfig, leadership: &Leadership) {
         ip_cursors: Mutex::new(HashMap::new()),
         lease_deadlines: Mutex::new(HashMap::new()),
         quiet_plans: Mutex::new(HashMap::new()),
+        handoffs: Mutex::new(Vec::new()),
     });
     let mut tasks = JoinSet::new();
 

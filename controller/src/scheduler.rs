@@ -1,4 +1,6 @@
-//! Scheduler: assigns pending tasks (below `tasks/_unassigned/`) to ready, active nodes.
+//! Scheduler: places tasks on ready, active nodes: the orchestrator's new tasks, handed
+//! over through [`Context::create_placed`], and the tasks still pending below
+//! `tasks/_unassigned/`.
 //!
 //! Placement: among the nodes that pass every filter (placement constraints on node name
 //! and labels, a global task's own node, `placement.maxReplicasPerNode` — live tasks of the
@@ -15,24 +17,37 @@
 //! that reports no capacity takes only tasks that reserve nothing. The per-node totals
 //! (live tasks, per service, reservations, host ports) are kept by the cache as tasks change
 //! ([`crate::reconcile::usage::NodeUsages`]), and each placement adds to its node's totals,
-//! so a pass costs O(pending × nodes), not a walk over every task; it runs again whenever a
-//! task ends or a node changes, so capacity that frees up places pending tasks. A pass
-//! makes at most [`PASS_WRITES`] writes and runs again at once when more tasks wait.
+//! so a pass costs O((pending + new) × nodes), not a walk over every task; it runs again
+//! whenever a task ends or a node changes, so capacity that frees up places pending tasks.
+//! A pass makes at most [`PASS_WRITES`] writes for pending tasks (new ones are all written)
+//! and runs again at once when more wait.
 //!
-//! Invariants: one scheduling pass at a time (a single queue key), over the cache at one
-//! revision; an assignment moves the task key from `tasks/_unassigned/<id>` to
-//! `tasks/<node>/<id>` in one transaction (delete compared on revision + create), so a task
-//! is never on two nodes, and a pass that lost a race is simply retried.
+//! A pass places the pending tasks first (they waited longer), then the new ones. A new
+//! task is created where it goes, in one transaction with its address claims: at
+//! `tasks/<node>/<id>`, state `assigned`, when a node fits, so its key never moves; else at
+//! `tasks/_unassigned/<id>` with its pending reason, for a later pass. A pending task that
+//! fits moves from `tasks/_unassigned/<id>` to `tasks/<node>/<id>` in one transaction
+//! (delete compared on revision + create), so a task is never on two nodes.
 //!
-//! [`schedule`] is a pure function over plain values; [`reconcile_pending`] does the I/O.
-//! See docs/architecture.md ("Controller").
+//! Invariants: one scheduling pass at a time (a single queue key; the orchestrator does not
+//! place, it hands its new tasks to the next pass and waits for their writes), over the
+//! cache at one revision that reflects every earlier pass's writes ([`Context::sync`]), so a
+//! pass never places from usage that misses an earlier placement; a pass counts its own
+//! placements as it goes. A pass that lost a race is simply retried.
+//!
+//! [`schedule`] and [`plan_pass`] are pure functions over plain values; [`reconcile_pending`]
+//! does the I/O. See docs/architecture.md ("Controller").
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use chrono::Utc;
-use shoal_api_types::resources::{Cpus, Memory, NodeCapacity};
-use shoal_api_types::{Constraint, Node, NodeAvailability, NodeState, Protocol, TaskState};
+use chrono::{DateTime, Utc};
+use futures::future::join_all;
+use shoal_api_types::resources::{Cpus, Memory, NodeCapacity, Resources};
+use shoal_api_types::service::PortConfig;
+use shoal_api_types::{
+    Constraint, Node, NodeAvailability, NodeState, Protocol, Service, Task, TaskState,
+};
 
 use crate::context::Context;
 use shoal_store::Batch;
@@ -319,32 +334,64 @@ fn constraint_text(c: &Constraint) -> String {
 /// still being created.
 pub const PASS_WRITES: usize = 5_000;
 
-/// What one scheduling pass decided: only the tasks that need a write, in placement order.
+/// What one scheduling pass decided.
 #[derive(Debug, Default)]
 pub struct Pass {
-    /// Each task with where it goes, or its new pending reason.
+    /// Each pending task that needs a write, with where it goes or its new pending reason,
+    /// in placement order.
     pub decisions: Vec<(Arc<TaskRecord>, Decision)>,
+    /// One decision per new task, in order (`Pending("")`: its service is gone; it is
+    /// written as it is, for the orchestrator to remove).
+    pub new: Vec<Decision>,
     /// Pending tasks were left for the next pass (the write limit was reached).
     pub more: bool,
 }
 
-/// Plans one pass over `world`: places its pending tasks (by service, slot, id) on the
-/// ready, active, leased nodes, whose loads are the cache's kept
-/// [`crate::reconcile::usage::NodeUsages`] (no walk over the tasks already placed), and
-/// stops after `limit` writes.
-pub fn plan_pass(world: &World, limit: usize) -> Pass {
-    let mut loads: Vec<NodeLoad> = world
-        .nodes
-        .values()
-        .filter(|n| {
-            n.status.state == NodeState::Ready && n.spec.availability == NodeAvailability::Active
+/// A service's placement rules, looked up once per run of its tasks.
+#[derive(Default)]
+struct Rules<'a> {
+    service: Option<&'a Service>,
+    constraints: Vec<Constraint>,
+}
+
+impl<'a> Rules<'a> {
+    /// What `task` (of `service`, with `ports`, `resources` and `pin`) asks of a node; None
+    /// when its service is gone.
+    fn request(
+        &mut self,
+        world: &'a World,
+        id: &str,
+        service: &str,
+        ports: &[PortConfig],
+        resources: &Resources,
+        pin: Option<&str>,
+    ) -> Option<TaskRequest> {
+        if self.service.is_none_or(|s| s.metadata.name != service) {
+            let s = world.services.get(service)?;
+            self.service = Some(s);
+            self.constraints = s.spec.constraints();
+        }
+        let s = self.service.expect("set above");
+        Some(TaskRequest {
+            id: id.to_string(),
+            service: service.to_string(),
+            constraints: self.constraints.clone(),
+            host_ports: usage::host_ports_of(ports),
+            pin: pin.map(str::to_string),
+            reserve: Reserved::of(&resources.reservations),
+            max_per_node: s.spec.placement.max_replicas_per_node,
         })
-        .filter(|n| world.node_leases.contains(&n.metadata.name))
-        .map(|n| node_load(n, world.usage.get(&n.metadata.name)))
-        .collect();
+    }
+}
+
+/// Plans one pass over `world`: places its pending tasks (by service, slot, id), then the
+/// `new` tasks, on the ready, active, leased nodes, whose loads are the cache's kept
+/// [`crate::reconcile::usage::NodeUsages`] (no walk over the tasks already placed) plus the
+/// pass's own placements; stops placing pending tasks after `limit` writes.
+pub fn plan_pass(world: &World, new: &[&Task], limit: usize) -> Pass {
+    let mut loads = schedulable(world);
     let mut pass = Pass::default();
-    // Per service: its constraints and maxReplicasPerNode (pending tasks come by service).
-    let mut rules: Option<(&str, Vec<Constraint>, Option<u64>)> = None;
+    let mut rules = Rules::default();
     for (_, _, id) in &world.unassigned {
         if pass.decisions.len() >= limit.max(1) {
             pass.more = true;
@@ -353,35 +400,67 @@ pub fn plan_pass(world: &World, limit: usize) -> Pass {
         let Some(t) = world.tasks.get(id) else {
             continue;
         };
-        let Some(service) = world.services.get(&t.spec.service) else {
-            continue;
-        };
         if !t.is_live() {
             continue;
         }
-        if rules.as_ref().is_none_or(|(s, _, _)| *s != t.spec.service) {
-            rules = Some((
-                t.spec.service.as_str(),
-                service.spec.constraints(),
-                service.spec.placement.max_replicas_per_node,
-            ));
-        }
-        let (_, constraints, max_per_node) = rules.as_ref().expect("set above");
-        let request = TaskRequest {
-            id: t.metadata.name.clone(),
-            service: t.spec.service.clone(),
-            constraints: constraints.clone(),
-            host_ports: usage::host_ports(t),
-            pin: t.pinned_node().map(str::to_string),
-            reserve: Reserved::of(&t.spec.resources().reservations),
-            max_per_node: *max_per_node,
+        let Some(request) = rules.request(
+            world,
+            t.name(),
+            &t.spec.service,
+            t.spec.ports(),
+            t.spec.resources(),
+            t.pinned_node(),
+        ) else {
+            continue;
         };
         match place(&request, &mut loads) {
             Decision::Pending(reason) if reason == t.spec.pending_reason => {}
             decision => pass.decisions.push((t.clone(), decision)),
         }
     }
+    for t in new {
+        let request = rules.request(
+            world,
+            &t.metadata.name,
+            &t.spec.service,
+            &t.spec.ports,
+            &t.spec.resources,
+            t.pinned_node(),
+        );
+        pass.new.push(match request {
+            Some(r) => place(&r, &mut loads),
+            None => Decision::Pending(String::new()),
+        });
+    }
     pass
+}
+
+/// The ready, active, leased nodes of `world`, with their loads.
+fn schedulable(world: &World) -> Vec<NodeLoad> {
+    world
+        .nodes
+        .values()
+        .filter(|n| {
+            n.status.state == NodeState::Ready && n.spec.availability == NodeAvailability::Active
+        })
+        .filter(|n| world.node_leases.contains(&n.metadata.name))
+        .map(|n| node_load(n, world.usage.get(&n.metadata.name)))
+        .collect()
+}
+
+/// `task` as the scheduler writes it: on the node it decided, or pending with its reason.
+pub fn decided(mut task: Task, decision: Decision, now: DateTime<Utc>) -> Task {
+    match decision {
+        Decision::Assign(node) => {
+            task.spec.node = Some(node);
+            task.spec.pending_reason.clear();
+            task.status.state = TaskState::Assigned;
+            task.status.timestamp = Some(now);
+            task.status.message = "scheduled".into();
+        }
+        Decision::Pending(reason) => task.spec.pending_reason = reason,
+    }
+    task
 }
 
 /// A schedulable node's load, from what its tasks use.
@@ -401,43 +480,68 @@ fn node_load(n: &Node, usage: Option<&NodeUsage>) -> NodeLoad {
     load
 }
 
-/// One scheduling pass over the pending tasks (at most [`PASS_WRITES`] writes; requeued at
-/// once when more are left).
+/// One scheduling pass: the pending tasks (at most [`PASS_WRITES`] writes; requeued at
+/// once when more are left) and every new task handed over since the last pass, each
+/// hand-over told how its writes went.
 pub async fn reconcile_pending(_key: String, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     ctx.sync().await;
+    let handoffs = ctx.take_handoffs();
     let keys = ctx.keys.clone();
     let now = Utc::now();
-    let (txns, more) = {
+    let (moves, creates, more) = {
         let world = ctx.cache.read();
-        if world.unassigned.is_empty() {
+        if world.unassigned.is_empty() && handoffs.is_empty() {
             return Ok(Action::AwaitChange);
         }
-        let pass = plan_pass(&world, PASS_WRITES);
-        let mut txns = Vec::with_capacity(pass.decisions.len());
+        let new: Vec<&Task> = handoffs
+            .iter()
+            .flat_map(|h| h.tasks.iter().map(|u| &u.task))
+            .collect();
+        let pass = plan_pass(&world, &new, PASS_WRITES);
+        let mut moves = Vec::with_capacity(pass.decisions.len());
         for (task, decision) in pass.decisions {
             let mut txn = Batch::new();
             match decision {
-                Decision::Assign(node) => {
+                Decision::Assign(_) => {
                     txn.delete_raw(task.key(&keys), task.metadata.revision);
-                    let mut moved = task.to_task();
-                    moved.spec.node = Some(node);
-                    moved.spec.pending_reason.clear();
-                    moved.status.state = TaskState::Assigned;
-                    moved.status.timestamp = Some(now);
-                    moved.status.message = "scheduled".into();
-                    txn.create_keeping_identity(&keys, &moved);
+                    txn.create_keeping_identity(&keys, &decided(task.to_task(), decision, now));
                 }
-                Decision::Pending(reason) => {
-                    let mut next = task.to_task();
-                    next.spec.pending_reason = reason;
-                    txn.update(&keys, &next);
+                Decision::Pending(_) => {
+                    txn.update(&keys, &decided(task.to_task(), decision, now));
                 }
             }
-            txns.push(txn);
+            moves.push(txn);
         }
-        (txns, pass.more)
+        // Each new task: its claims and the task, where it goes, in one transaction.
+        let mut decisions = pass.new.into_iter();
+        let creates: Vec<_> = handoffs
+            .into_iter()
+            .map(|h| {
+                let txns: Vec<Batch> = h
+                    .tasks
+                    .into_iter()
+                    .zip(decisions.by_ref())
+                    .map(|(u, decision)| {
+                        let mut txn = u.with;
+                        txn.create(&keys, &decided(u.task, decision, now));
+                        txn
+                    })
+                    .collect();
+                (txns, h.done)
+            })
+            .collect();
+        (moves, creates, pass.more)
     };
-    ctx.writer.commit_all(txns, 16).await?;
+    let created = join_all(creates.into_iter().map(|(txns, done)| {
+        let ctx = ctx.clone();
+        async move {
+            let result = ctx.writer.commit_all(txns, 16).await;
+            // The orchestrator may have stopped waiting (its term ended): nothing to tell.
+            let _ = done.send(result);
+        }
+    }));
+    let (moved, _) = tokio::join!(ctx.writer.commit_all(moves, 16), created);
+    moved?;
     Ok(if more {
         Action::Requeue(std::time::Duration::ZERO)
     } else {
@@ -801,10 +905,143 @@ mod tests {
             add_task(&mut w, "a3", "api", 3, None);
             add_task(&mut w, "a4", "api", 4, None);
             add_task(&mut w, "a5", "api", 5, None);
-            let p = plan_pass(&w, 10);
+            let p = plan_pass(&w, &[], 10);
             // n1 already runs two: n2 takes the next two, then n1 (tie on 2 each, by name).
             assert_eq!(placed(&p), [("a3", "n2"), ("a4", "n2"), ("a5", "n1")]);
             assert!(!p.more);
+        }
+
+        /// A task as the orchestrator builds it: not on a node, pending.
+        fn new_task(id: &str, service: &str, slot: u64) -> Task {
+            let mut t = Task::new(
+                id,
+                TaskSpec {
+                    service: service.into(),
+                    slot: Some(slot),
+                    desired_state: TaskState::Running,
+                    ..Default::default()
+                },
+            );
+            t.status.state = TaskState::Pending;
+            t
+        }
+
+        #[test]
+        fn new_tasks_should_be_written_placed_after_the_pending_ones_counting_the_pass() {
+            let mut w = world(&["n1", "n2"]);
+            add_service(&mut w, "api", ServiceSpec::default());
+            add_task(&mut w, "a1", "api", 1, Some("n1"));
+            add_task(&mut w, "a2", "api", 2, None);
+            let new = [new_task("a3", "api", 3), new_task("a4", "api", 4)];
+            let p = plan_pass(&w, &new.iter().collect::<Vec<_>>(), 10);
+            // The pending task first (n2: n1 runs a1), then the new ones on the usage that
+            // includes it: a tie at one each, then by name.
+            assert_eq!(placed(&p), [("a2", "n2")]);
+            assert_eq!(
+                p.new,
+                [Decision::Assign("n1".into()), Decision::Assign("n2".into())]
+            );
+            // Written at its node's key, assigned: the key never moves.
+            let now = Utc::now();
+            let t = decided(new[0].clone(), p.new[0].clone(), now);
+            let keys = shoal_api_types::keys::Keys::new("/r");
+            assert_eq!(keys.key(&t), "/r/tasks/n1/a3");
+            assert_eq!(t.spec.node.as_deref(), Some("n1"));
+            assert_eq!(
+                (
+                    t.status.state,
+                    t.status.message.as_str(),
+                    t.status.timestamp
+                ),
+                (TaskState::Assigned, "scheduled", Some(now))
+            );
+        }
+
+        #[test]
+        fn a_new_task_no_node_fits_should_be_created_pending_and_placed_by_a_later_pass() {
+            let mut w = world(&["n1"]);
+            let zoned = ServiceSpec {
+                placement: shoal_api_types::service::Placement {
+                    constraints: vec!["node.labels.zone==a".into()],
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            add_service(&mut w, "api", zoned);
+            let new = new_task("a1", "api", 1);
+            let p = plan_pass(&w, &[&new], 10);
+            let reason = "no suitable node (constraint node.labels.zone==a not met on 1 node)";
+            assert_eq!(p.new, [Decision::Pending(reason.into())]);
+            let t = decided(new, p.new[0].clone(), Utc::now());
+            let keys = shoal_api_types::keys::Keys::new("/r");
+            assert_eq!(keys.key(&t), "/r/tasks/_unassigned/a1");
+            assert_eq!(
+                (t.spec.pending_reason.as_str(), t.status.state),
+                (reason, TaskState::Pending)
+            );
+            w.insert_task(t);
+            assert!(
+                plan_pass(&w, &[], 10).decisions.is_empty(),
+                "same reason: no write"
+            );
+            // A node that fits joins: the next pass moves it there.
+            let mut n2 = Node::new("n2", NodeSpec::default());
+            n2.spec.labels.insert("zone".into(), "a".into());
+            n2.status.state = NodeState::Ready;
+            w.nodes.insert("n2".into(), Arc::new(n2));
+            w.node_leases.insert("n2".into());
+            assert_eq!(placed(&plan_pass(&w, &[], 10)), [("a1", "n2")]);
+        }
+
+        #[test]
+        fn a_new_task_should_keep_every_rule_of_its_service() {
+            let mut w = world(&["n1", "n2"]);
+            let capped = ServiceSpec {
+                placement: shoal_api_types::service::Placement {
+                    max_replicas_per_node: Some(1),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            add_service(&mut w, "db", capped);
+            add_task(&mut w, "d1", "db", 1, Some("n1"));
+            let mut web = new_task("w1", "web", 1);
+            web.spec.ports = vec![shoal_api_types::service::PortConfig {
+                target: 80,
+                published: 8080,
+                mode: shoal_api_types::PublishMode::Host,
+                ..Default::default()
+            }];
+            add_service(&mut w, "web", ServiceSpec::default());
+            let mut pinned = new_task("m1", "mon", 0);
+            pinned
+                .metadata
+                .labels
+                .insert(shoal_api_types::labels::NODE.into(), "n1".into());
+            add_service(&mut w, "mon", ServiceSpec::default());
+            let new = [
+                new_task("d2", "db", 2),
+                new_task("d3", "db", 3),
+                web.clone(),
+                web,
+                new_task("x1", "gone", 1),
+                pinned,
+            ];
+            let p = plan_pass(&w, &new.iter().collect::<Vec<_>>(), 10);
+            assert_eq!(
+                p.new,
+                [
+                    Decision::Assign("n2".into()),
+                    Decision::Pending(
+                        "no suitable node (placement.maxReplicasPerNode 1 reached on 2 nodes)"
+                            .into()
+                    ),
+                    Decision::Assign("n1".into()),
+                    Decision::Assign("n2".into()),
+                    Decision::Pending(String::new()),
+                    Decision::Assign("n1".into()),
+                ]
+            );
         }
 
         #[test]
@@ -814,11 +1051,11 @@ mod tests {
             for slot in 1..=5 {
                 add_task(&mut w, &format!("t{}", 9 - slot), "api", slot, None);
             }
-            let p = plan_pass(&w, 2);
+            let p = plan_pass(&w, &[], 2);
             // In slot order, not id order.
             assert_eq!(placed(&p), [("t8", "n1"), ("t7", "n2")]);
             assert!(p.more);
-            let p = plan_pass(&w, 5);
+            let p = plan_pass(&w, &[], 5);
             assert_eq!(p.decisions.len(), 5);
             assert!(!p.more);
         }
@@ -838,7 +1075,7 @@ mod tests {
             add_task(&mut w, "s1", "a-stuck", 1, None);
             add_task(&mut w, "s2", "a-stuck", 2, None);
             add_task(&mut w, "b1", "b-api", 1, None);
-            let first = plan_pass(&w, 1);
+            let first = plan_pass(&w, &[], 1);
             assert_eq!(placed(&first), [("s1", "-")], "a new reason is a write");
             assert!(first.more);
             // The reasons are written: the next passes skip those tasks for free.
@@ -853,7 +1090,7 @@ mod tests {
                 t2.spec.pending_reason = t.spec.pending_reason.clone();
                 w.insert_task(t2);
             }
-            let next = plan_pass(&w, 1);
+            let next = plan_pass(&w, &[], 1);
             assert_eq!(placed(&next), [("b1", "n1")]);
             assert!(!next.more);
         }

@@ -74,6 +74,51 @@ async fn global_service_should_follow_nodes_joining_and_leaving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_a_node_fits_should_be_created_on_it_and_never_under_unassigned() {
+    let (_etcd, store) = etcd().await;
+    let _nodes = nodes(&store, 2, Duration::from_secs(5)).await;
+    let controller = Controller::start(store.clone(), config());
+    let from = store.revision().await.unwrap() + 1;
+    service(&store, "api", replicated(6)).await;
+    let tasks = wait_running(&store, "api", 6, T).await;
+    assert_eq!(
+        per_node(&tasks).values().copied().collect::<Vec<_>>(),
+        vec![3, 3]
+    );
+    // Every task key written since: each task was created at its node's key, never below
+    // `_unassigned` (no move: one put fewer and no delete per task).
+    let upto = store.revision().await.unwrap();
+    let prefix = format!("{}/tasks/", store.keys().root());
+    let mut watch = store.watch_raw(&prefix, from).await.unwrap();
+    let (mut puts, mut deletes) = (vec![], vec![]);
+    let mut at = from - 1;
+    while at < upto {
+        let (events, rev) = watch.next().await.unwrap();
+        for e in events {
+            match e {
+                shoal_store::RawEvent::Put(kv) => puts.push(kv.key),
+                shoal_store::RawEvent::Delete { key, .. } => deletes.push(key),
+            }
+        }
+        at = rev;
+    }
+    assert!(
+        puts.iter().all(|k| !k.contains("/_unassigned/")),
+        "a task was created unassigned: {puts:?}"
+    );
+    assert!(deletes.is_empty(), "a task key moved: {deletes:?}");
+    for t in &tasks {
+        let key = format!(
+            "{prefix}{}/{}",
+            t.spec.node.as_deref().unwrap(),
+            t.metadata.name
+        );
+        assert!(puts.contains(&key), "{key} never written: {puts:?}");
+    }
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn constraints_should_be_respected() {
     let (_etcd, store) = etcd().await;
     let _a = HollowNode::start(

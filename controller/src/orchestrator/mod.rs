@@ -7,8 +7,12 @@
 //! replacement of out-of-date tasks and `status.updateStatus`),
 //! [`vips`] (the networks the tasks join and the VIP on each), [`tasks`] (new tasks with
 //! their addresses, deletes with their releases), [`crate::endpoints`] (per network) and
-//! [`status`]. It returns transactions of plain [`Write`]s; [`reconcile_service`] commits
-//! them ([`mod@write`] turns them into etcd transactions) and is the orchestrator's only I/O.
+//! [`status`]. It returns transactions of plain [`Write`]s, and the new tasks apart
+//! ([`tasks::Created`]); [`reconcile_service`] commits the former ([`mod@write`] turns them
+//! into etcd transactions) and hands the new tasks to the scheduler's pass, which writes
+//! each placed on its node, or pending with its reason when no node fits
+//! ([`crate::context::Context::create_placed`]): a task's key never moves when a node fits
+//! at creation. That is the orchestrator's only I/O.
 //!
 //! A pass creates at most `--task-create-batch` tasks in its first batch; the creates it
 //! planned beyond that are its [`Backlog`], which the same reconcile makes batch by batch
@@ -41,7 +45,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use crate::config::ManagerConfig;
-use crate::context::Context;
+use crate::context::{Context, Unplaced};
 use crate::endpoints::{desired_endpoints, plan_endpoints};
 use crate::ipam::{claims_of, Picker};
 use crate::reconcile::{Action, ControllerError, World};
@@ -49,6 +53,7 @@ use crate::reconcile::{Action, ControllerError, World};
 pub use quiet::QuietPlan;
 use quiet::{shaped_at, updating};
 pub use slots::{is_outdated, node_eligible, plan_service, NewTask, ServicePlan};
+pub use tasks::Created;
 pub use vips::wanted_networks;
 pub use write::Write;
 
@@ -60,6 +65,8 @@ pub const BACKLOG_BUDGET: Duration = Duration::from_secs(2);
 pub struct ServiceStep {
     /// Independent transactions, in commit order.
     pub txns: Vec<Vec<Write>>,
+    /// New tasks, for the scheduler to write placed.
+    pub creates: Vec<Created>,
     /// When to look again.
     pub action: Action,
     /// Creates planned beyond this pass's batch.
@@ -110,7 +117,11 @@ pub async fn reconcile_service(name: String, ctx: Arc<Context>) -> Result<Action
         .into_iter()
         .map(|writes| write::txn(&ctx.keys, writes))
         .collect();
-    ctx.writer.commit_all(txns, 16).await?;
+    // Every write is attempted; the first error is returned.
+    let written = ctx.writer.commit_all(txns, 16).await;
+    let created = ctx.create_placed(unplaced(&ctx, step.creates)).await;
+    written?;
+    created?;
     let started = Instant::now();
     let mut backlog = step.backlog;
     while let Some(b) = backlog.take() {
@@ -119,21 +130,28 @@ pub async fn reconcile_service(name: String, ctx: Arc<Context>) -> Result<Action
         }
         // The previous batch's claims must be in the cache before addresses are picked.
         ctx.sync().await;
-        let (txns, rest) = {
+        let (creates, rest) = {
             let world = ctx.cache.read();
             backlog_step(&world, &name, b, &ctx.config, &ctx.ip_cursors, Utc::now())
         };
-        let txns = txns
-            .into_iter()
-            .map(|writes| write::txn(&ctx.keys, writes))
-            .collect();
-        ctx.writer.commit_all(txns, 16).await?;
+        ctx.create_placed(unplaced(&ctx, creates)).await?;
         backlog = rest;
     }
     Ok(step.action)
 }
 
-/// The next batch of `backlog` for service `name`, and what remains after it; nothing
+/// New tasks as the scheduler's pass takes them: each with its claims as one batch.
+fn unplaced(ctx: &Context, creates: Vec<Created>) -> Vec<Unplaced> {
+    creates
+        .into_iter()
+        .map(|c| Unplaced {
+            task: c.task,
+            with: write::txn(&ctx.keys, c.claims),
+        })
+        .collect()
+}
+
+/// The next batch of `backlog` for service `name` (new tasks), and what remains after it; nothing
 /// when the service is gone or changed, its networks are not ready, or addresses ran out
 /// (the full pass that follows says why).
 pub fn backlog_step(
@@ -143,7 +161,7 @@ pub fn backlog_step(
     config: &ManagerConfig,
     cursors: &Mutex<HashMap<String, u32>>,
     now: DateTime<Utc>,
-) -> (Vec<Vec<Write>>, Option<Backlog>) {
+) -> (Vec<Created>, Option<Backlog>) {
     let Some(service) = world.services.get(name) else {
         return (vec![], None);
     };
@@ -170,7 +188,7 @@ pub fn backlog_step(
         )
     };
     let rest = backlog_after(&backlog.service, &backlog.create, config, &creates);
-    (creates.txns, rest)
+    (creates.tasks, rest)
 }
 
 /// What `create` leaves after a batch that made `creates`.
@@ -256,6 +274,7 @@ pub fn service_step(
         }
         return ServiceStep {
             txns,
+            creates: vec![],
             action,
             backlog: None,
             planned: true,
@@ -353,6 +372,7 @@ pub fn service_step(
     txns.insert(0, status_txn);
 
     let mut backlog = None;
+    let mut created = vec![];
     if let Some(creates) = creates {
         if creates.more {
             action = Action::Requeue(Duration::ZERO);
@@ -363,10 +383,10 @@ pub fn service_step(
                 &creates,
             );
         }
-        if !creates.txns.is_empty() {
-            tracing::debug!(service = %name, created = creates.txns.len(), "creating tasks");
+        if !creates.tasks.is_empty() {
+            tracing::debug!(service = %name, created = creates.tasks.len(), "creating tasks");
         }
-        txns.extend(creates.txns);
+        created = creates.tasks;
     }
     // One transaction per slice: a full slice is a few hundred KiB, so slices written
     // together could exceed etcd's request size; a task never moves between slices, so
@@ -391,6 +411,7 @@ pub fn service_step(
     };
     ServiceStep {
         txns,
+        creates: created,
         action,
         backlog,
         planned,
@@ -492,9 +513,9 @@ mod tests {
         claim(&mut w, "10.0.1.2", "someone");
         let step = step(&w);
         assert_eq!(step.action, Action::AwaitChange);
-        // The status (with the VIP and its claim) first, then one transaction per task,
-        // then the Endpoints.
-        assert_eq!(step.txns.len(), 4, "{:#?}", step.txns);
+        // The status (with the VIP and its claim) first, then the Endpoints; the two new
+        // tasks apart, each with its claim, for the scheduler.
+        assert_eq!(step.txns.len(), 2, "{:#?}", step.txns);
         let [Write::Claim { ip: vip, owner, .. }, Write::UpdateService(s)] = &step.txns[0][..]
         else {
             panic!("{:?}", step.txns[0])
@@ -503,11 +524,13 @@ mod tests {
         assert_eq!(s.status.virtual_ips[0].addr, vip.to_string());
         assert_eq!(s.status.desired_tasks, 2);
         let mut claimed = HashSet::from([*vip]);
-        for txn in &step.txns[1..3] {
-            let [Write::Claim { ip, owner, .. }, Write::CreateTask(t)] = &txn[..] else {
-                panic!("{txn:?}")
+        assert_eq!(step.creates.len(), 2);
+        for Created { claims, task: t } in &step.creates {
+            let [Write::Claim { ip, owner, .. }] = &claims[..] else {
+                panic!("{claims:?}")
             };
             assert_eq!(*owner, t.metadata.name);
+            assert_eq!(t.spec.node, None, "the scheduler places it");
             assert_eq!(t.spec.attachments[0].address, format!("{ip}/24"));
             assert!(claimed.insert(*ip), "{ip} handed out twice");
         }
@@ -515,8 +538,8 @@ mod tests {
             !claimed.contains(&"10.0.1.2".parse().unwrap()),
             "a claimed address is never picked"
         );
-        let [Write::Endpoints(EndpointsChange::Create(ep))] = &step.txns[3][..] else {
-            panic!("{:?}", step.txns[3])
+        let [Write::Endpoints(EndpointsChange::Create(ep))] = &step.txns[1][..] else {
+            panic!("{:?}", step.txns[1])
         };
         assert_eq!(ep.spec.vip, Some(vip.to_string()));
     }
@@ -535,7 +558,7 @@ mod tests {
             service_step(w, "api", &config, &Mutex::new(HashMap::new()), now, q)
         };
         // The tasks as the orchestrator makes them, placed on n1.
-        let made = created(&step(&w, None).txns);
+        let made = created(&step(&w, None).creates);
         assert_eq!(made.len(), 2);
         let task = |i: usize, state| {
             let mut t: Task = made[i].clone();
@@ -656,14 +679,8 @@ mod tests {
         );
     }
 
-    fn created(txns: &[Vec<Write>]) -> Vec<Task> {
-        txns.iter()
-            .flatten()
-            .filter_map(|w| match w {
-                Write::CreateTask(t) => Some(t.clone()),
-                _ => None,
-            })
-            .collect()
+    fn created(creates: &[Created]) -> Vec<Task> {
+        creates.iter().map(|c| c.task.clone()).collect()
     }
 
     fn scale_up(w: &mut World, replicas: i64) -> ManagerConfig {
@@ -684,7 +701,7 @@ mod tests {
         let cursors = Mutex::new(HashMap::new());
         let step = service_step(&w, "api", &config, &cursors, Utc::now(), None);
         assert_eq!(step.action, Action::Requeue(Duration::ZERO));
-        let first = created(&step.txns);
+        let first = created(&step.creates);
         let slots = |ts: &[Task]| ts.iter().map(|t| t.spec.slot.unwrap()).collect::<Vec<_>>();
         assert_eq!(slots(&first), [1, 2, 3, 4]);
         let backlog = step.backlog.expect("a backlog");

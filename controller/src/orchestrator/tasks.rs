@@ -56,11 +56,21 @@ pub fn retire_writes(plan: &ServicePlan, ipam: &Ipam) -> Vec<Vec<Write>> {
     txns
 }
 
+/// One new task, not on a node yet, and its address claims: one transaction, which the
+/// scheduler's pass writes with the task placed (see [`crate::context::Context::create_placed`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created {
+    /// The claims of its addresses.
+    pub claims: Vec<Write>,
+    /// The task.
+    pub task: Task,
+}
+
 /// The task creations of one pass.
 #[derive(Debug, Default)]
 pub struct Creates {
-    /// One transaction per new task: its address claims, then the task.
-    pub txns: Vec<Vec<Write>>,
+    /// The new tasks, in order.
+    pub tasks: Vec<Created>,
     /// The first network that ran out of addresses (creation stopped there).
     pub exhausted: Option<AddressesExhausted>,
     /// More tasks are wanted than one batch holds: reconcile again at once.
@@ -86,12 +96,12 @@ pub fn plan_creates(
     let internal = attaches.iter().all(|a| a.addressing.internal) && !attaches.is_empty();
     'create: for new in create.iter().take(batch.max(1)) {
         let id = new_id();
-        let mut txn = Vec::with_capacity(attaches.len() + 1);
+        let mut claims = Vec::with_capacity(attaches.len());
         let mut attachments = Vec::with_capacity(attaches.len());
         for a in attaches {
             match pick(a) {
                 Ok(ip) => {
-                    txn.push(Write::Claim {
+                    claims.push(Write::Claim {
                         network: a.network.clone(),
                         ip,
                         owner: id.clone(),
@@ -110,8 +120,7 @@ pub fn plan_creates(
             }
         }
         let task = build_task(service, &id, new, attachments, internal, now);
-        txn.push(Write::CreateTask(task));
-        out.txns.push(txn);
+        out.tasks.push(Created { claims, task });
     }
     out
 }
@@ -264,10 +273,10 @@ mod tests {
             counting_picker(),
         );
         assert!(!creates.more && creates.exhausted.is_none());
-        assert_eq!(creates.txns.len(), 2);
-        let txn = &creates.txns[0];
+        assert_eq!(creates.tasks.len(), 2);
+        let Created { claims, task: t } = &creates.tasks[0];
         assert_eq!(
-            txn[..2],
+            claims[..],
             [
                 Write::Claim {
                     network: "front".into(),
@@ -281,9 +290,6 @@ mod tests {
                 },
             ]
         );
-        let Write::CreateTask(t) = &txn[2] else {
-            panic!("{txn:?}")
-        };
         assert_eq!(t.metadata.name, "t1");
         assert_eq!(t.spec.slot, Some(1));
         assert_eq!(t.spec.image, "busybox:2");
@@ -295,9 +301,7 @@ mod tests {
         assert_eq!(t.status.state, TaskState::Pending);
         assert_eq!(t.attempt(), 0);
         assert_eq!(t.pinned_node(), None);
-        let Write::CreateTask(g) = creates.txns[1].last().unwrap() else {
-            unreachable!()
-        };
+        let g = &creates.tasks[1].task;
         assert_eq!((g.attempt(), g.pinned_node()), (2, Some("n2")));
     }
 
@@ -306,11 +310,10 @@ mod tests {
         let svc = service();
         let create: Vec<NewTask> = (1..=5).map(slot).collect();
         let creates = plan_creates(&svc, &create, &[], 2, Utc::now(), ids(), |_| unreachable!());
-        assert_eq!(creates.txns.len(), 2);
+        assert_eq!(creates.tasks.len(), 2);
         assert!(creates.more);
-        let Write::CreateTask(t) = &creates.txns[0][0] else {
-            unreachable!()
-        };
+        let t = &creates.tasks[0].task;
+        assert!(creates.tasks[0].claims.is_empty());
         assert!(!t.spec.internal, "no networks: not internal");
 
         let mut left = 3;
@@ -333,7 +336,7 @@ mod tests {
             },
         );
         assert_eq!(
-            creates.txns.len(),
+            creates.tasks.len(),
             1,
             "the second task got one address only"
         );

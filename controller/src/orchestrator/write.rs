@@ -16,11 +16,10 @@ use shoal_store::Batch;
 
 /// One write a service reconcile decides. A `Vec<Write>` commits all or nothing; every
 /// write of an existing object is compared on the revision it was read at, every claim on
-/// the key not existing.
+/// the key not existing. New tasks are not among them: the scheduler's pass writes those
+/// (see [`super::tasks::Created`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
-    /// Create a task.
-    CreateTask(Task),
     /// Write a task (its desired state).
     UpdateTask(Task),
     /// Delete a task.
@@ -47,9 +46,6 @@ pub fn txn(keys: &Keys, writes: Vec<Write>) -> Batch {
     let mut txn = Batch::new();
     for w in writes {
         match w {
-            Write::CreateTask(t) => {
-                txn.create(keys, &t);
-            }
             Write::UpdateTask(t) => txn.update(keys, &t),
             Write::DeleteTask(t) => txn.delete_raw(t.key(keys), t.metadata.revision),
             Write::UpdateService(s) => txn.update(keys, &s),

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use shoal_api_types::{Protocol, PublishMode, TaskState};
 
 use shoal_api_types::resources::{Cpus, Memory, ResourceReservations};
+use shoal_api_types::service::PortConfig;
 
 use super::record::TaskRecord;
 
@@ -87,8 +88,12 @@ impl<'a> Contribution<'a> {
 
 /// The host-mode published ports `t` asks for (port, protocol): what it holds on its node.
 pub fn host_ports(t: &TaskRecord) -> Vec<(u32, Protocol)> {
-    t.spec
-        .ports()
+    host_ports_of(t.spec.ports())
+}
+
+/// The host-mode ports among `ports` (port, protocol).
+pub fn host_ports_of(ports: &[PortConfig]) -> Vec<(u32, Protocol)> {
+    ports
         .iter()
         .filter(|p| p.mode == PublishMode::Host)
         .map(|p| (p.published, p.protocol))
@@ -189,7 +194,6 @@ impl NodeUsages {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_api_types::service::PortConfig;
     use shoal_api_types::{Task, TaskSpec};
 
     fn task(service: &str, node: Option<&str>, desired: TaskState, state: TaskState) -> TaskRecord {

@@ -15,8 +15,8 @@ use shoal_api_types::{
 use shoal_controller::config::ManagerConfig;
 use shoal_controller::context::{Context, Queues};
 use shoal_controller::manager;
-use shoal_controller::reconcile::{Action, Cache};
-use shoal_controller::{allocator, orchestrator};
+use shoal_controller::reconcile::{Action, Cache, Runner};
+use shoal_controller::{allocator, orchestrator, scheduler};
 use shoal_node_agent::agent::{Agent, AgentConfig, AgentHandle};
 use shoal_node_agent::hollow::HollowRuntime;
 use shoal_store::testing::TestEtcd;
@@ -68,10 +68,13 @@ pub async fn writes_during(store: &Store, d: Duration) -> Vec<String> {
 /// A reconcile context of the test's own over the store (a cache fed by a watcher from the
 /// current revision, unfenced writes) and `config`, for calling a reconciler directly
 /// beside a running controller with the same settings. Reconciles are idempotent: on a
-/// settled store they write nothing. Dropping it stops the watcher.
+/// settled store they write nothing. Its scheduler queue has a runner of its own, so the
+/// tasks a direct service reconcile creates are written (placed). Dropping it stops the
+/// watcher and that runner.
 pub struct DirectContext {
     pub ctx: Arc<Context>,
     feeder: JoinHandle<()>,
+    scheduler: Option<JoinHandle<()>>,
 }
 
 impl DirectContext {
@@ -98,8 +101,19 @@ impl DirectContext {
             ip_cursors: Default::default(),
             lease_deadlines: Default::default(),
             quiet_plans: Default::default(),
+            handoffs: Default::default(),
         });
-        DirectContext { ctx, feeder }
+        let scheduler = tokio::spawn(
+            Runner::new("scheduler", ctx.queues.scheduler.clone(), 1).run({
+                let ctx = ctx.clone();
+                move |k| scheduler::reconcile_pending(k, ctx.clone())
+            }),
+        );
+        DirectContext {
+            ctx,
+            feeder,
+            scheduler: Some(scheduler),
+        }
     }
 }
 
@@ -121,10 +135,12 @@ impl DirectContext {
             ip_cursors: Default::default(),
             lease_deadlines: Default::default(),
             quiet_plans: Default::default(),
+            handoffs: Default::default(),
         });
         DirectContext {
             ctx,
             feeder: tokio::spawn(async {}),
+            scheduler: None,
         }
     }
 }
@@ -132,6 +148,9 @@ impl DirectContext {
 impl Drop for DirectContext {
     fn drop(&mut self) {
         self.feeder.abort();
+        if let Some(s) = &self.scheduler {
+            s.abort();
+        }
     }
 }
 
