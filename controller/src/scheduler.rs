@@ -239,7 +239,8 @@ fn place(task: &TaskRequest, nodes: &mut [NodeLoad]) -> Decision {
     if nodes.is_empty() {
         return Decision::Pending("no suitable node (no ready and active nodes)".into());
     }
-    let mut best: Option<usize> = None;
+    // The best node so far: (tasks of the service on it, all its tasks), its index.
+    let mut best: Option<((usize, usize), usize)> = None;
     let mut wrong_node = 0;
     let mut failed_constraints: BTreeMap<String, usize> = BTreeMap::new();
     let mut ports_in_use: BTreeMap<String, usize> = BTreeMap::new();
@@ -260,8 +261,8 @@ fn place(task: &TaskRequest, nodes: &mut [NodeLoad]) -> Decision {
             *failed_constraints.entry(constraint_text(c)).or_default() += 1;
             continue;
         }
+        let here = node.per_service.get(&task.service).copied().unwrap_or(0);
         if let Some(max) = task.max_per_node {
-            let here = node.per_service.get(&task.service).copied().unwrap_or(0);
             if here as u64 >= max {
                 at_max += 1;
                 continue;
@@ -275,19 +276,14 @@ fn place(task: &TaskRequest, nodes: &mut [NodeLoad]) -> Decision {
             shortfall.record(task.reserve, free);
             continue;
         }
-        let key = |n: &NodeLoad| {
-            (
-                n.per_service.get(&task.service).copied().unwrap_or(0),
-                n.total,
-            )
-        };
+        let key = (here, node.total);
         best = match best {
-            Some(b) if (key(&nodes[b]), &nodes[b].name) <= (key(node), &node.name) => Some(b),
-            _ => Some(i),
+            Some((k, b)) if (k, &nodes[b].name) <= (key, &node.name) => Some((k, b)),
+            _ => Some((key, i)),
         };
     }
     match best {
-        Some(i) => {
+        Some((_, i)) => {
             let node = &mut nodes[i];
             node.total += 1;
             *node.per_service.entry(task.service.clone()).or_default() += 1;

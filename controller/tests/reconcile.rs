@@ -89,7 +89,11 @@ async fn tasks_a_node_fits_should_be_created_on_it_and_never_under_unassigned() 
     // `_unassigned` (no move: one put fewer and no delete per task).
     let upto = store.revision().await.unwrap();
     let prefix = format!("{}/tasks/", store.keys().root());
-    let mut watch = store.watch_raw(&prefix, from).await.unwrap();
+    let mut watch = store
+        .watch_raw(&prefix, from)
+        .await
+        .unwrap()
+        .with_progress_every(Duration::from_millis(200));
     let (mut puts, mut deletes) = (vec![], vec![]);
     let mut at = from - 1;
     while at < upto {
