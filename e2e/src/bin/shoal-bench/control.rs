@@ -401,22 +401,26 @@ pub fn temporary(e: &anyhow::Error) -> bool {
         .is_some_and(|s| s.is_temporary())
 }
 
-/// etcd's gRPC requests so far by method (`grpc_server_handled_total` from its metrics).
+/// etcd's gRPC requests so far by method (`grpc_server_handled_total` from its metrics),
+/// with its watch events sent and its keys put and deleted (`etcd_debugging_mvcc_*_total`).
 fn etcd_requests(url: &str) -> std::collections::BTreeMap<String, f64> {
     let mut m = std::collections::BTreeMap::new();
     let Ok(text) = sh("curl", &["-sf", &format!("{url}/metrics")]) else {
         return m;
     };
-    for l in text
-        .lines()
-        .filter(|l| l.starts_with("etcd_debugging_mvcc_events_total "))
-    {
-        let v: f64 = l
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        m.insert("watch events sent".to_string(), v);
+    for (metric, name) in [
+        ("etcd_debugging_mvcc_events_total ", "watch events sent"),
+        ("etcd_debugging_mvcc_put_total ", KEYS_PUT),
+        ("etcd_debugging_mvcc_delete_total ", KEYS_DELETED),
+    ] {
+        for l in text.lines().filter(|l| l.starts_with(metric)) {
+            let v: f64 = l
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            m.insert(name.to_string(), v);
+        }
     }
     for l in text
         .lines()
@@ -436,6 +440,11 @@ fn etcd_requests(url: &str) -> std::collections::BTreeMap<String, f64> {
     }
     m
 }
+
+/// What [`etcd_requests`] calls the keys etcd put.
+const KEYS_PUT: &str = "keys put";
+/// What [`etcd_requests`] calls the keys etcd deleted.
+const KEYS_DELETED: &str = "keys deleted";
 
 /// Raw etcd put throughput: `n` puts of `size` bytes, `conc` at a time, one client.
 async fn raw_puts(store: &Store, n: usize, size: usize, conc: usize) -> Result<f64> {
@@ -620,12 +629,24 @@ pub async fn scheduling(
             .filter(|(_, v)| *v >= 1.0)
             .collect();
         reqs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
-        let req_note = reqs
-            .iter()
-            .take(6)
-            .map(|(k, v)| format!("{k} {}", thousands(*v)))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let per_task = |k: &str| {
+            reqs.iter()
+                .find(|(name, _)| name == k)
+                .map_or(0.0, |(_, v)| *v / tasks as f64)
+        };
+        let req_note = format!(
+            "{}; per task: {:.1} keys put, {:.1} deleted, {:.1} watch events, {:.2} Txns, {:.2} Ranges",
+            reqs.iter()
+                .take(6)
+                .map(|(k, v)| format!("{k} {}", thousands(*v)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            per_task(KEYS_PUT),
+            per_task(KEYS_DELETED),
+            per_task("watch events sent"),
+            per_task("Txn"),
+            per_task("Range"),
+        );
         let cpu_note = format!(
             "CPU during the run ({:.1} s wall × 2 cores = {:.1} CPU-s): etcd {:.1} s, controller {:.1} s, hollow fleet {:.1} s, this tool {:.1} s; etcd requests served and watch events sent: {req_note}",
             took.as_secs_f64(),
