@@ -48,7 +48,7 @@ pub use raw::{RawEvent, RawKv, RawWatch};
 pub use reflector::{
     delete_logged, put_logged, reflect, reflect_logged, Cache, ChangeLog, Changed,
 };
-pub use store::{decode, Store, UpdateMany, LIST_PAGE};
+pub use store::{decode, CheckMany, Store, UpdateMany, LIST_PAGE};
 pub use watch::{Event, Watch};
 pub use watcher::{Watcher, WatcherEvent};
 
