@@ -159,3 +159,22 @@ async fn a_confirmation_should_write_nothing_and_see_what_the_controller_changed
         "read, as with a report"
     );
 }
+
+#[tokio::test]
+async fn the_echo_of_an_own_write_should_be_the_task_as_etcd_decodes_it() {
+    let (_etcd, store) = etcd().await;
+    let a = assign_task(&store, "n1", "a", TaskState::Running).await;
+    let sink = std::sync::Arc::new(sink(&store, std::slice::from_ref(&a)));
+    let running = StatusUpdate::new(TaskState::Running, "started").with_healthy(true);
+    let written = sink.report("a", &running).await.unwrap().unwrap();
+    let rev = written.metadata.revision().unwrap();
+    let echoes = sink.clone().echoes();
+    let key = task_key(&store, "n1", "a");
+    let echo = echoes(&key, rev).expect("the agent's own write");
+    assert_eq!(echo, task(&store, "n1", "a").await.unwrap(), "as decoded");
+    assert!(
+        echoes(&key, rev + 1).is_none(),
+        "another revision is decoded"
+    );
+    assert!(echoes(&task_key(&store, "n1", "b"), rev).is_none());
+}

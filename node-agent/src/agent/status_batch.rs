@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::Utc;
 use shoal_api_types::{Task, TaskSpec};
-use shoal_store::{CheckMany, Store, StoreError, UpdateMany, MAX_TXN_BYTES, MAX_TXN_OPS};
+use shoal_store::{CheckMany, Known, Store, StoreError, UpdateMany, MAX_TXN_BYTES, MAX_TXN_OPS};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use super::apply::{advance, StatusSink};
@@ -344,6 +344,25 @@ impl StatusSink for BatchedStatus {
 }
 
 impl BatchedStatus {
+    /// The agent's own write of task `id` at revision `rev`, if it made one: the task
+    /// watch's echo of that write, without decoding it.
+    pub fn written_at(&self, id: &str, rev: i64) -> Option<Task> {
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written
+            .tasks
+            .get(id)
+            .filter(|own| revision(own) == rev)
+            .cloned()
+    }
+
+    /// [`BatchedStatus::written_at`] by key, for the task watch's reflector.
+    pub fn echoes(self: Arc<Self>) -> Known<TaskSpec> {
+        Arc::new(move |key, rev| {
+            let id = key.strip_prefix(self.prefix.as_str())?;
+            self.written_at(id, rev)
+        })
+    }
+
     /// Keeps `stored`, the task as etcd has it now, until the watch shows it.
     fn remember(&self, id: &str, stored: &Option<Task>) {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
