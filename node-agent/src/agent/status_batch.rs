@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use shoal_api_types::{Task, TaskSpec};
 use shoal_store::{CheckMany, Known, Store, StoreError, UpdateMany, MAX_TXN_BYTES, MAX_TXN_OPS};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -179,7 +179,13 @@ async fn commit(store: &Store, batch: Vec<Request>) {
         };
         open.push((r, current));
     }
-    confirm(store, check).await;
+    // The confirmations (a read) and the writes go to etcd at the same time.
+    tokio::join!(confirm(store, check), write(store, open, now));
+}
+
+/// Writes the reports of `open` (each with the task it changes), redone on fresh values
+/// after a conflict; answers a confirmation whose task was read just now with that task.
+async fn write(store: &Store, mut open: Vec<(Request, Option<Task>)>, now: DateTime<Utc>) {
     for _ in 0..ATTEMPTS {
         // Answer what needs no write; the rest is written together.
         let mut requests: Vec<Request> = Vec::new();
