@@ -122,3 +122,59 @@ async fn a_task_the_agent_does_not_know_is_read_and_a_deleted_one_is_none() {
         "never recreated"
     );
 }
+
+#[tokio::test]
+async fn a_confirmation_should_write_nothing_and_see_what_the_controller_changed() {
+    let (_etcd, store) = etcd().await;
+    let a = assign_task(&store, "n1", "a", TaskState::Running).await;
+    let b = assign_task(&store, "n1", "b", TaskState::Running).await;
+    assign_task(&store, "n1", "unseen", TaskState::Running).await;
+    let sink = sink(&store, &[a.clone(), b.clone()]);
+
+    // Unchanged: the agent's copies come back, and etcd's revision does not move.
+    let before = store.revision().await.unwrap();
+    let (ca, cb) = tokio::join!(sink.confirm("a"), sink.confirm("b"));
+    assert_eq!(ca.unwrap().unwrap(), a);
+    assert_eq!(cb.unwrap().unwrap(), b);
+    assert_eq!(store.revision().await.unwrap(), before, "nothing written");
+
+    // The controller wants `a` stopped and deleted `b`; the sink's copies do not know.
+    change_task(&store, "n1", "a", |t| {
+        t.spec.desired_state = TaskState::Shutdown;
+        true
+    })
+    .await;
+    store
+        .delete::<shoal_api_types::TaskSpec>(&task_key(&store, "n1", "b"), None)
+        .await
+        .unwrap();
+    let (ca, cb, cu) = tokio::join!(sink.confirm("a"), sink.confirm("b"), sink.confirm("unseen"));
+    let ca = ca.unwrap().unwrap();
+    assert_eq!(ca.spec.desired_state, TaskState::Shutdown);
+    assert_eq!(ca.status.state, TaskState::Assigned, "only read");
+    assert!(cb.unwrap().is_none(), "b is gone");
+    assert_eq!(
+        cu.unwrap().unwrap().name(),
+        "unseen",
+        "read, as with a report"
+    );
+}
+
+#[tokio::test]
+async fn the_echo_of_an_own_write_should_be_the_task_as_etcd_decodes_it() {
+    let (_etcd, store) = etcd().await;
+    let a = assign_task(&store, "n1", "a", TaskState::Running).await;
+    let sink = std::sync::Arc::new(sink(&store, std::slice::from_ref(&a)));
+    let running = StatusUpdate::new(TaskState::Running, "started").with_healthy(true);
+    let written = sink.report("a", &running).await.unwrap().unwrap();
+    let rev = written.metadata.revision().unwrap();
+    let echoes = sink.clone().echoes();
+    let key = task_key(&store, "n1", "a");
+    let echo = echoes(&key, rev).expect("the agent's own write");
+    assert_eq!(echo, task(&store, "n1", "a").await.unwrap(), "as decoded");
+    assert!(
+        echoes(&key, rev + 1).is_none(),
+        "another revision is decoded"
+    );
+    assert!(echoes(&task_key(&store, "n1", "b"), rev).is_none());
+}

@@ -46,9 +46,10 @@ pub use leader::Leadership;
 pub use lease::{Lease, LeaseKeeper};
 pub use raw::{RawEvent, RawKv, RawWatch};
 pub use reflector::{
-    delete_logged, put_logged, reflect, reflect_logged, Cache, ChangeLog, Changed,
+    delete_logged, put_logged, reflect, reflect_known, reflect_logged, Cache, ChangeLog, Changed,
+    Known,
 };
-pub use store::{decode, Store, UpdateMany, LIST_PAGE};
+pub use store::{decode, CheckMany, Store, UpdateMany, LIST_PAGE};
 pub use watch::{Event, Watch};
 pub use watcher::{Watcher, WatcherEvent};
 

@@ -13,6 +13,9 @@
 //!   while it borrows the cache ([`ChangeLog::take`] inside `borrow_and_update`) sees each
 //!   change either in both or in neither, and a change it did not see wakes it again: so a
 //!   consumer that works only on the changed names never misses one.
+//! - With a [`Known`] ([`reflect_known`]), a put event whose key and revision the consumer
+//!   already holds an object for is taken from it instead of decoded: the object written at
+//!   that revision is the one the event carries (the node agent's own status writes).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -88,6 +91,10 @@ impl ChangeLog {
     }
 }
 
+/// The object stored at a key at a revision, if the consumer already has it (its own
+/// write): `(key, mod_revision)` in, `None` to decode the event as usual.
+pub type Known<S> = Arc<dyn Fn(&str, i64) -> Option<Object<S>> + Send + Sync>;
+
 /// Puts `o` into `cache` (if listed) and records its name in `log`.
 pub fn put_logged<S: Resource>(cache: &mut Cache<S>, o: Object<S>, log: Option<&ChangeLog>) {
     if let Some(cache) = cache {
@@ -121,9 +128,19 @@ pub async fn reflect<S: Resource>(watcher: Watcher, tx: watch::Sender<Cache<S>>)
 
 /// [`reflect`], also recording every changed name in `log` (see the module's invariants).
 pub async fn reflect_logged<S: Resource>(
+    watcher: Watcher,
+    tx: watch::Sender<Cache<S>>,
+    log: Option<ChangeLog>,
+) {
+    reflect_known(watcher, tx, log, None).await
+}
+
+/// [`reflect_logged`], taking a put event's object from `known` when it has it.
+pub async fn reflect_known<S: Resource>(
     mut watcher: Watcher,
     tx: watch::Sender<Cache<S>>,
     log: Option<ChangeLog>,
+    known: Option<Known<S>>,
 ) {
     let log = log.as_ref();
     // Object names by key: a delete event carries only the key.
@@ -156,7 +173,10 @@ pub async fn reflect_logged<S: Resource>(
                 for ev in events {
                     match ev {
                         RawEvent::Put(kv) => {
-                            let Some(o) = decoded::<S>(&kv) else { continue };
+                            let own = known.as_ref().and_then(|k| k(&kv.key, kv.mod_revision));
+                            let Some(o) = own.or_else(|| decoded::<S>(&kv)) else {
+                                continue;
+                            };
                             names.insert(kv.key.clone(), o.name().to_string());
                             tx.send_modify(|cache| put_logged(cache, o, log));
                         }

@@ -34,6 +34,16 @@ pub enum UpdateMany<S: Resource> {
     Conflict(Vec<Option<Object<S>>>),
 }
 
+/// What [`Store::check_many`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckMany<S: Resource> {
+    /// Every key still holds the revision given.
+    Unchanged,
+    /// At least one key had changed: each key's current object, in the order given
+    /// (`None`: the key is gone).
+    Changed(Vec<Option<Object<S>>>),
+}
+
 /// Typed access to objects in etcd. Cheap to clone; clones share one connection, and
 /// [`Store::set_connect`] replaces it for all of them.
 #[derive(Clone)]
@@ -400,6 +410,42 @@ impl Store {
             }
         }
         Ok(UpdateMany::Conflict(current))
+    }
+
+    /// Checks that every object of `objs` is still stored at its `metadata.resourceVersion`,
+    /// in one read-only transaction: compares only, so etcd serves it as a linearizable
+    /// read (no raft entry, no new revision, no watch event). If one changed,
+    /// [`CheckMany::Changed`] carries every key's current object (read in the same
+    /// transaction). The caller keeps the batch below [`crate::MAX_TXN_OPS`]; an object
+    /// without a resourceVersion is refused.
+    pub async fn check_many<S: Resource>(&self, objs: &[Object<S>]) -> Result<CheckMany<S>> {
+        if objs.is_empty() {
+            return Ok(CheckMany::Unchanged);
+        }
+        let mut compares = Vec::with_capacity(objs.len());
+        let mut gets = Vec::with_capacity(objs.len());
+        for obj in objs {
+            let key = self.keys.key(obj);
+            let rev = required_revision(obj)?;
+            compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
+            gets.push(TxnOp::get(key, None));
+        }
+        let first = self.keys.key(&objs[0]);
+        let txn = Txn::new().when(compares).or_else(gets);
+        let resp = self.kv().txn(txn).await.at("check", &first)?;
+        if resp.succeeded() {
+            return Ok(CheckMany::Unchanged);
+        }
+        let mut current = Vec::with_capacity(objs.len());
+        for r in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = r {
+                current.push(match g.kvs().first() {
+                    Some(kv) => Some(decode::<S>(kv.key(), kv.value(), kv.mod_revision())?),
+                    None => None,
+                });
+            }
+        }
+        Ok(CheckMany::Changed(current))
     }
 
     /// Read-modify-write with retries on conflict: reads the object at `key`, lets `change`

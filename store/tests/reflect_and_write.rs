@@ -8,8 +8,8 @@ use std::time::Duration;
 use shoal_api_types::{Network, NetworkSpec};
 use shoal_store::testing::TestEtcd;
 use shoal_store::{
-    leader, reflect, reflect_logged, Batch, Cache, ChangeLog, Changed, Fence, StoreError, Watcher,
-    Writer,
+    leader, reflect, reflect_known, reflect_logged, Batch, Cache, ChangeLog, Changed, Fence,
+    StoreError, Watcher, Writer,
 };
 use tokio::sync::watch;
 
@@ -92,6 +92,52 @@ async fn reflect_logged_should_log_every_name_it_puts_or_deletes_and_all_on_a_li
     let mut names: Vec<_> = names.into_iter().collect();
     names.sort();
     assert_eq!(names, vec!["a", "b"], "c did not change");
+    task.abort();
+}
+
+#[tokio::test]
+async fn reflect_known_should_take_a_put_the_consumer_holds_instead_of_decoding_it() {
+    let etcd = TestEtcd::start().await;
+    let store = etcd.store().await;
+    let (tx, mut rx) = watch::channel::<Cache<NetworkSpec>>(None);
+    let prefix = store.keys().prefix::<NetworkSpec>();
+    let own_key = store.keys().named::<NetworkSpec>("own");
+    // The consumer's copy of "own" after its create carries a mark that etcd's value does
+    // not: the cache holds the mark only if the copy was taken. (Matched by key and "after
+    // the create", so that other tests writing to a shared etcd move no revision it needs.)
+    let own: std::sync::Arc<std::sync::Mutex<Option<(i64, Network)>>> = Default::default();
+    let known: shoal_store::Known<NetworkSpec> = {
+        let own = own.clone();
+        let own_key = own_key.clone();
+        std::sync::Arc::new(move |key, rev| {
+            let own = own.lock().unwrap();
+            let (after, net) = own.as_ref()?;
+            (key == own_key && rev > *after).then(|| net.clone())
+        })
+    };
+    let task = tokio::spawn(reflect_known(
+        Watcher::new(store.clone(), prefix),
+        tx,
+        None,
+        Some(known),
+    ));
+    rx.wait_for(Option::is_some).await.unwrap();
+    let created = store.create(&network("own")).await.unwrap();
+    let mut next = created.clone();
+    next.spec.mtu = Some(1400);
+    let mut marked = next.clone();
+    marked.spec.mtu = Some(1234);
+    *own.lock().unwrap() = Some((created.metadata.revision().unwrap(), marked));
+    store.update(&next).await.unwrap();
+    store.create(&network("other")).await.unwrap();
+    let now = rx
+        .wait_for(|c| c.as_ref().is_some_and(|c| c.contains_key("other")))
+        .await
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert_eq!(now["own"].spec.mtu, Some(1234), "taken from the consumer");
+    assert_eq!(now["other"].spec.mtu, None, "decoded");
     task.abort();
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shoal_api_types::{Network, NetworkSpec, Service, ServiceSpec};
 use shoal_store::testing::TestEtcd;
-use shoal_store::{Batch, Event, StoreError, UpdateMany};
+use shoal_store::{Batch, CheckMany, Event, StoreError, UpdateMany};
 
 fn network(name: &str) -> Network {
     Network::new(
@@ -125,6 +125,35 @@ async fn update_many_writes_all_or_returns_every_current_object() {
     assert!(current[1].is_none(), "b is gone");
     let a_now = store.get_named::<NetworkSpec>("a").await.unwrap().unwrap();
     assert_eq!(a_now.spec.mtu, Some(1400), "nothing written");
+}
+
+#[tokio::test]
+async fn check_many_writes_nothing_and_returns_every_current_object_after_a_change() {
+    let etcd = TestEtcd::start().await;
+    let store = etcd.store().await;
+    let a = store.create(&network("a")).await.unwrap();
+    let b = store.create(&network("b")).await.unwrap();
+    let before = store.revision().await.unwrap();
+    assert_eq!(
+        store.check_many(&[a.clone(), b.clone()]).await.unwrap(),
+        CheckMany::Unchanged
+    );
+    assert_eq!(
+        store.revision().await.unwrap(),
+        before,
+        "a check is a read: no new revision"
+    );
+
+    // `b` changed since it was read: both current objects come back.
+    let mut b1 = b.clone();
+    b1.spec.mtu = Some(1300);
+    store.update(&b1).await.unwrap();
+    let CheckMany::Changed(current) = store.check_many(&[a.clone(), b]).await.unwrap() else {
+        panic!("b was stale")
+    };
+    assert_eq!(current.len(), 2);
+    assert_eq!(current[0].as_ref(), Some(&a));
+    assert_eq!(current[1].as_ref().unwrap().spec.mtu, Some(1300));
 }
 
 #[tokio::test]

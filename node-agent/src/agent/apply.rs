@@ -4,8 +4,13 @@
 //! Invariants:
 //! - A task's status only moves forward, and a terminal status is never rewritten
 //!   ([`advance`]); the one same-state write allowed is a health change of a running task.
-//! - A task is started only after `starting` was recorded and the stored task still wants
-//!   to run; a task the controller orphaned or deleted meanwhile is not started.
+//! - A task is started only after etcd confirmed that the stored task still wants to run
+//!   ([`StatusSink::confirm`], a read); a task the controller orphaned or deleted meanwhile
+//!   is not started.
+//! - A start reports only the latest state: `running` (or why it failed) once the runtime
+//!   answered, and `starting` first only if the runtime takes longer than
+//!   [`STARTING_AFTER`] (a hollow task, or a container whose image is there, goes from
+//!   `assigned` to `running` in one write: one watch event less per task).
 //! - Only `status` is written, never `spec` or `metadata`, and tasks are never deleted
 //!   (in etcd: [`super::status_batch`], compared on the revision, redone on conflict).
 
@@ -26,7 +31,16 @@ pub trait StatusSink: Send + Sync + 'static {
     /// Writes `update` to task `id` if [`advance`] allows it. Returns the task as stored
     /// afterwards (written or not), or `None` if it does not exist.
     async fn report(&self, id: &str, update: &StatusUpdate) -> Result<Option<Task>, StoreError>;
+
+    /// The task as stored now, checked against the store without writing (a task the
+    /// agent has a copy of is confirmed unchanged, else read), or `None` if it does not
+    /// exist.
+    async fn confirm(&self, id: &str) -> Result<Option<Task>, StoreError>;
 }
+
+/// How long a start may take before `starting` is reported while it goes on; a start
+/// that ends sooner reports only its outcome.
+pub const STARTING_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Applies `update` to `status` if it moves it forward: a later state, (for a running
 /// task) a change of health, or (for a task still starting) a new reason it waits — the
@@ -167,13 +181,18 @@ impl Effects {
             Op::Start(task) => {
                 let mut stages = placement_stages(&task, Utc::now());
                 let mut lap = Lap::start();
-                let Some(stored) = self
-                    .report(&id, &StatusUpdate::new(TaskState::Starting, "starting"))
-                    .await?
+                let Some(stored) =
+                    self.status
+                        .confirm(&id)
+                        .await
+                        .map_err(|source| ApplyError::Status {
+                            task: id.clone(),
+                            source,
+                        })?
                 else {
                     return Ok(());
                 };
-                lap.lap("starting_write");
+                lap.lap("confirm");
                 if stored.spec.desired_state != TaskState::Running
                     || stored.status.state > TaskState::Starting
                 {
@@ -181,7 +200,7 @@ impl Effects {
                     return Ok(());
                 }
                 let mut runtime_stages = None;
-                let update = match self.runtime.start_task(&task).await {
+                let update = match self.start(&id, &task).await {
                     Ok(started) => {
                         runtime_stages = Some(started.stages);
                         StatusUpdate::new(TaskState::Running, "started")
@@ -219,6 +238,25 @@ impl Effects {
             }
         }
         Ok(())
+    }
+
+    /// Starts `task`, reporting `starting` meanwhile only if the start takes longer than
+    /// [`STARTING_AFTER`]. That report is informational (the start was confirmed before):
+    /// if it fails, the outcome's report that follows says what matters.
+    async fn start(&self, id: &str, task: &Task) -> Result<super::Started, TaskError> {
+        let start = self.runtime.start_task(task);
+        tokio::pin!(start);
+        tokio::select! {
+            started = &mut start => started,
+            () = tokio::time::sleep(STARTING_AFTER) => {
+                let starting = StatusUpdate::new(TaskState::Starting, "starting");
+                let (started, written) = tokio::join!(start, self.report(id, &starting));
+                if let Err(e) = written {
+                    tracing::debug!(task = %id, error = %e, "could not report starting");
+                }
+                started
+            }
+        }
     }
 
     /// Writes one status update (forward only, see [`advance`]); the task as stored.
@@ -263,6 +301,8 @@ mod tests {
     struct RecordingRuntime {
         calls: Mutex<Vec<String>>,
         start_errors: Mutex<BTreeMap<String, TaskError>>,
+        /// How long a start takes (none: at once).
+        start_takes: Mutex<Option<Duration>>,
     }
 
     #[async_trait]
@@ -275,6 +315,10 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(format!("start {}", task.name()));
+            let takes = *self.start_takes.lock().unwrap();
+            if let Some(takes) = takes {
+                tokio::time::sleep(takes).await;
+            }
             match self.start_errors.lock().unwrap().get(task.name()) {
                 Some(e) => Err(e.clone()),
                 None => Ok(Started {
@@ -325,6 +369,10 @@ mod tests {
             }
             Ok(Some(task.clone()))
         }
+
+        async fn confirm(&self, id: &str) -> Result<Option<Task>, StoreError> {
+            Ok(self.tasks.lock().unwrap().get(id).cloned())
+        }
     }
 
     fn task(id: &str, desired: TaskState, current: TaskState) -> Task {
@@ -366,18 +414,17 @@ mod tests {
         runtime.calls.lock().unwrap().clone()
     }
 
-    #[tokio::test]
-    async fn start_should_report_starting_then_running_with_the_container_id() {
+    #[tokio::test(start_paused = true)]
+    async fn a_quick_start_should_report_only_running_with_the_container_id() {
         let t = task("t1", TaskState::Running, TaskState::Assigned);
         let (fx, runtime, status) = effects(std::slice::from_ref(&t));
+        *runtime.start_takes.lock().unwrap() = Some(STARTING_AFTER / 2);
         fx.apply(Op::Start(Box::new(t))).await.unwrap();
         assert_eq!(calls(&runtime), vec!["start t1"]);
         assert_eq!(
             writes(&status),
-            vec![
-                ("t1".into(), TaskState::Starting),
-                ("t1".into(), TaskState::Running)
-            ]
+            vec![("t1".into(), TaskState::Running)],
+            "assigned -> running in one write"
         );
         let stored = status.tasks.lock().unwrap()["t1"].clone();
         assert_eq!(stored.status.container_id, "c-t1");
@@ -386,6 +433,21 @@ mod tests {
         assert_eq!(
             stored.status.started_at, stored.status.timestamp,
             "the start time is recorded when the task runs"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_start_should_report_starting_while_it_goes_on_then_running() {
+        let t = task("t1", TaskState::Running, TaskState::Assigned);
+        let (fx, runtime, status) = effects(std::slice::from_ref(&t));
+        *runtime.start_takes.lock().unwrap() = Some(STARTING_AFTER * 4);
+        fx.apply(Op::Start(Box::new(t))).await.unwrap();
+        assert_eq!(
+            writes(&status),
+            vec![
+                ("t1".into(), TaskState::Starting),
+                ("t1".into(), TaskState::Running)
+            ]
         );
     }
 
@@ -446,13 +508,7 @@ mod tests {
         );
         let err = fx.apply(Op::Start(Box::new(t))).await.unwrap_err();
         assert!(err.is_temporary());
-        assert_eq!(
-            writes(&status),
-            vec![
-                ("t1".into(), TaskState::Starting),
-                ("t1".into(), TaskState::Starting)
-            ]
-        );
+        assert_eq!(writes(&status), vec![("t1".into(), TaskState::Starting)]);
         let tasks = status.tasks.lock().unwrap().clone();
         assert_eq!(tasks["t1"].status.state, TaskState::Starting);
         assert_eq!(

@@ -298,6 +298,10 @@ mod tests {
             });
             Ok(stored)
         }
+
+        async fn confirm(&self, id: &str) -> Result<Option<Task>, StoreError> {
+            Ok(self.0.borrow().as_ref().and_then(|t| t.get(id)).cloned())
+        }
     }
 
     fn task(id: &str) -> Task {

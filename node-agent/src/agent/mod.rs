@@ -325,14 +325,19 @@ impl Agent {
                 )));
             }
         }
-        let status = status.unwrap_or_else(|| {
-            let batcher = batcher.unwrap_or_else(|| StatusBatcher::spawn(store.clone()));
-            Arc::new(BatchedStatus::new(
-                batcher,
-                prefix.clone(),
-                desired_rx.clone(),
-            ))
-        });
+        // The task watch takes the echoes of the agent's own status writes from the sink.
+        let (status, own): (Arc<dyn StatusSink>, _) = match status {
+            Some(status) => (status, None),
+            None => {
+                let batcher = batcher.unwrap_or_else(|| StatusBatcher::spawn(store.clone()));
+                let sink = Arc::new(BatchedStatus::new(
+                    batcher,
+                    prefix.clone(),
+                    desired_rx.clone(),
+                ));
+                (sink.clone() as Arc<dyn StatusSink>, Some(sink.echoes()))
+            }
+        };
         let background_runtime = runtime.clone();
         let converger = converge::Converger {
             effects: Effects { runtime, status },
@@ -351,6 +356,7 @@ impl Agent {
                 config.watch_progress_every,
                 desired_tx,
                 Some(changes),
+                own,
                 shutdown_rx.clone(),
             )),
             tokio::spawn(converger.run(shutdown_rx)),

@@ -10,6 +10,11 @@
 //! value; the changes are redone on those and the batch is sent again. A task the agent
 //! does not know is read first (it was not planned from the watch: rare).
 //!
+//! A confirmation ([`StatusSink::confirm`], asked before a start) rides the same queue:
+//! the confirmations of a batch are one read-only transaction that compares each task's
+//! revision (etcd serves it as a linearizable read: no write, no watch event) and, if one
+//! changed, returns every current value.
+//!
 //! Invariants, as with one write per report ([`super::apply`]): only `status` changes,
 //! never `spec` or `metadata`; a status only moves forward ([`advance`]); a task that is
 //! gone is reported as `None` and never recreated; each report is answered only after its
@@ -19,9 +24,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use shoal_api_types::{Task, TaskSpec};
-use shoal_store::{Store, StoreError, UpdateMany, MAX_TXN_BYTES, MAX_TXN_OPS};
+use shoal_store::{CheckMany, Known, Store, StoreError, UpdateMany, MAX_TXN_BYTES, MAX_TXN_OPS};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use super::apply::{advance, StatusSink};
@@ -43,11 +48,12 @@ const ATTEMPTS: usize = 8;
 
 type Reply = oneshot::Sender<Result<Option<Task>, StoreError>>;
 
-/// One report: the task as the agent knows it (if at all), where it lives, the update.
+/// One report: the task as the agent knows it (if at all), where it lives, the update
+/// (`None`: a confirmation, nothing to write).
 struct Request {
     key: String,
     known: Option<Task>,
-    update: StatusUpdate,
+    update: Option<StatusUpdate>,
     reply: Reply,
 }
 
@@ -70,13 +76,13 @@ impl StatusBatcher {
         &self,
         key: String,
         known: Option<Task>,
-        update: &StatusUpdate,
+        update: Option<&StatusUpdate>,
     ) -> Result<Option<Task>, StoreError> {
         let (reply, answer) = oneshot::channel();
         let request = Request {
             key,
             known,
-            update: update.clone(),
+            update: update.cloned(),
             reply,
         };
         let gone = || StoreError::Unreachable("the status batcher has stopped".into());
@@ -150,9 +156,19 @@ fn copy_err(e: &StoreError) -> StoreError {
 async fn commit(store: &Store, batch: Vec<Request>) {
     let now = Utc::now();
     let mut open: Vec<(Request, Option<Task>)> = Vec::with_capacity(batch.len());
+    // Confirmations of tasks the agent has a copy of, checked together below.
+    let mut check: Vec<(Reply, Task)> = Vec::new();
     for mut r in batch {
-        let current = match r.known.take() {
+        let known = r.known.take();
+        if r.update.is_none() {
+            if let Some(t) = known {
+                check.push((r.reply, t));
+                continue;
+            }
+        }
+        let current = match known {
             Some(t) => Some(t),
+            // Read now: fresh, so a confirmation is answered with it below.
             None => match store.get::<TaskSpec>(&r.key).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -163,6 +179,13 @@ async fn commit(store: &Store, batch: Vec<Request>) {
         };
         open.push((r, current));
     }
+    // The confirmations (a read) and the writes go to etcd at the same time.
+    tokio::join!(confirm(store, check), write(store, open, now));
+}
+
+/// Writes the reports of `open` (each with the task it changes), redone on fresh values
+/// after a conflict; answers a confirmation whose task was read just now with that task.
+async fn write(store: &Store, mut open: Vec<(Request, Option<Task>)>, now: DateTime<Utc>) {
     for _ in 0..ATTEMPTS {
         // Answer what needs no write; the rest is written together.
         let mut requests: Vec<Request> = Vec::new();
@@ -172,9 +195,13 @@ async fn commit(store: &Store, batch: Vec<Request>) {
                 None => {
                     let _ = r.reply.send(Ok(None));
                 }
+                Some(task) if r.update.is_none() => {
+                    let _ = r.reply.send(Ok(Some(task)));
+                }
                 Some(mut task) => {
                     let mut status = task.status.clone();
-                    if advance(&mut status, &r.update, now) {
+                    let update = r.update.as_ref().expect("a confirmation was answered");
+                    if advance(&mut status, update, now) {
                         task.status = status;
                         requests.push(r);
                         tasks.push(task);
@@ -211,6 +238,31 @@ async fn commit(store: &Store, batch: Vec<Request>) {
             "{}: gave up after {ATTEMPTS} conflicting writes",
             r.key
         ))));
+    }
+}
+
+/// Answers confirmations: each task as given if none changed, else every current value.
+async fn confirm(store: &Store, check: Vec<(Reply, Task)>) {
+    if check.is_empty() {
+        return;
+    }
+    let (replies, tasks): (Vec<Reply>, Vec<Task>) = check.into_iter().unzip();
+    match store.check_many(&tasks).await {
+        Ok(CheckMany::Unchanged) => {
+            for (reply, t) in replies.into_iter().zip(tasks) {
+                let _ = reply.send(Ok(Some(t)));
+            }
+        }
+        Ok(CheckMany::Changed(current)) => {
+            for (reply, t) in replies.into_iter().zip(current) {
+                let _ = reply.send(Ok(t));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(copy_err(&e)));
+            }
+        }
     }
 }
 
@@ -276,9 +328,51 @@ fn revision(t: &Task) -> i64 {
 impl StatusSink for BatchedStatus {
     async fn report(&self, id: &str, update: &StatusUpdate) -> Result<Option<Task>, StoreError> {
         let key = format!("{}{}", self.prefix, id);
-        let stored = self.batcher.report(key, self.known(id), update).await?;
+        let stored = self
+            .batcher
+            .report(key, self.known(id), Some(update))
+            .await?;
+        self.remember(id, &stored);
+        Ok(stored)
+    }
+
+    async fn confirm(&self, id: &str) -> Result<Option<Task>, StoreError> {
+        let key = format!("{}{}", self.prefix, id);
+        let known = self.known(id);
+        let was = known.as_ref().map(revision);
+        let stored = self.batcher.report(key, known, None).await?;
+        if stored.as_ref().map(revision) != was {
+            // Newer than the copy the agent had: keep it until the watch shows it.
+            self.remember(id, &stored);
+        }
+        Ok(stored)
+    }
+}
+
+impl BatchedStatus {
+    /// The agent's own write of task `id` at revision `rev`, if it made one: the task
+    /// watch's echo of that write, without decoding it.
+    pub fn written_at(&self, id: &str, rev: i64) -> Option<Task> {
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written
+            .tasks
+            .get(id)
+            .filter(|own| revision(own) == rev)
+            .cloned()
+    }
+
+    /// [`BatchedStatus::written_at`] by key, for the task watch's reflector.
+    pub fn echoes(self: Arc<Self>) -> Known<TaskSpec> {
+        Arc::new(move |key, rev| {
+            let id = key.strip_prefix(self.prefix.as_str())?;
+            self.written_at(id, rev)
+        })
+    }
+
+    /// Keeps `stored`, the task as etcd has it now, until the watch shows it.
+    fn remember(&self, id: &str, stored: &Option<Task>) {
         let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        match &stored {
+        match stored {
             Some(t) => {
                 written.tasks.insert(id.to_string(), t.clone());
             }
@@ -297,6 +391,5 @@ impl StatusSink for BatchedStatus {
             });
             written.prune_above = 2 * written.tasks.len();
         }
-        Ok(stored)
     }
 }
