@@ -9,7 +9,7 @@
 use std::sync::{Arc, RwLock};
 
 use chrono::Utc;
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
 use shoal_api_types::keys::Keys;
 use shoal_api_types::{Object, Resource};
 
@@ -382,16 +382,11 @@ impl Store {
         if objs.is_empty() {
             return Ok(UpdateMany::Written(0));
         }
-        let mut compares = Vec::with_capacity(objs.len());
-        let mut puts = Vec::with_capacity(objs.len());
-        let mut gets = Vec::with_capacity(objs.len());
-        for obj in objs {
-            let key = self.keys.key(obj);
-            let rev = required_revision(obj)?;
-            compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
-            puts.push(TxnOp::put(key.clone(), encode(obj), None));
-            gets.push(TxnOp::get(key, None));
-        }
+        let (compares, gets) = self.revision_guard(objs)?;
+        let puts: Vec<TxnOp> = objs
+            .iter()
+            .map(|obj| TxnOp::put(self.keys.key(obj), encode(obj), None))
+            .collect();
         let first = self.keys.key(&objs[0]);
         let txn = Txn::new().when(compares).and_then(puts).or_else(gets);
         let resp = self.kv().txn(txn).await.at("update", &first)?;
@@ -400,15 +395,7 @@ impl Store {
                 resp.header().map(|h| h.revision()).unwrap_or(0),
             ));
         }
-        let mut current = Vec::with_capacity(objs.len());
-        for r in resp.op_responses() {
-            if let TxnOpResponse::Get(g) = r {
-                current.push(match g.kvs().first() {
-                    Some(kv) => Some(decode::<S>(kv.key(), kv.value(), kv.mod_revision())?),
-                    None => None,
-                });
-            }
-        }
+        let current = current_objects::<S>(&resp)?;
         Ok(UpdateMany::Conflict(current))
     }
 
@@ -422,6 +409,24 @@ impl Store {
         if objs.is_empty() {
             return Ok(CheckMany::Unchanged);
         }
+        let (compares, gets) = self.revision_guard(objs)?;
+        let first = self.keys.key(&objs[0]);
+        let txn = Txn::new().when(compares).or_else(gets);
+        let resp = self.kv().txn(txn).await.at("check", &first)?;
+        if resp.succeeded() {
+            return Ok(CheckMany::Unchanged);
+        }
+        let current = current_objects::<S>(&resp)?;
+        Ok(CheckMany::Changed(current))
+    }
+
+    /// For a transaction over `objs` that reads them all back when one changed: a compare
+    /// of each key's mod_revision with the object's resourceVersion, and a get of each key
+    /// (for the `else` branch, decoded by [`current_objects`]).
+    fn revision_guard<S: Resource>(
+        &self,
+        objs: &[Object<S>],
+    ) -> Result<(Vec<Compare>, Vec<TxnOp>)> {
         let mut compares = Vec::with_capacity(objs.len());
         let mut gets = Vec::with_capacity(objs.len());
         for obj in objs {
@@ -430,22 +435,7 @@ impl Store {
             compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
             gets.push(TxnOp::get(key, None));
         }
-        let first = self.keys.key(&objs[0]);
-        let txn = Txn::new().when(compares).or_else(gets);
-        let resp = self.kv().txn(txn).await.at("check", &first)?;
-        if resp.succeeded() {
-            return Ok(CheckMany::Unchanged);
-        }
-        let mut current = Vec::with_capacity(objs.len());
-        for r in resp.op_responses() {
-            if let TxnOpResponse::Get(g) = r {
-                current.push(match g.kvs().first() {
-                    Some(kv) => Some(decode::<S>(kv.key(), kv.value(), kv.mod_revision())?),
-                    None => None,
-                });
-            }
-        }
-        Ok(CheckMany::Changed(current))
+        Ok((compares, gets))
     }
 
     /// Read-modify-write with retries on conflict: reads the object at `key`, lets `change`
@@ -609,4 +599,19 @@ pub fn decode<S: Resource>(key: &[u8], value: &[u8], mod_revision: i64) -> Resul
 pub(crate) fn with_revision<S: Resource>(mut obj: Object<S>, revision: i64) -> Object<S> {
     obj.metadata.resource_version = Some(revision.to_string());
     obj
+}
+
+/// The objects the gets of a failed [`Store::revision_guard`] transaction read, in order
+/// (`None` for a key that is gone).
+fn current_objects<S: Resource>(resp: &TxnResponse) -> Result<Vec<Option<Object<S>>>> {
+    let mut current = Vec::new();
+    for r in resp.op_responses() {
+        if let TxnOpResponse::Get(g) = r {
+            current.push(match g.kvs().first() {
+                Some(kv) => Some(decode::<S>(kv.key(), kv.value(), kv.mod_revision())?),
+                None => None,
+            });
+        }
+    }
+    Ok(current)
 }
