@@ -405,7 +405,28 @@ async fn main() -> anyhow::Result<()> {
                     return Ok(());
                 }
             }
-            shutdown_signal().await;
+            // The liveness margin, for benchmarks and operators: how close any node's
+            // lease came to lapsing (the bench reads the last line).
+            let ttl = config.agent.lease_ttl;
+            let report = |fleet: &HollowFleet| {
+                let r = fleet.renewals();
+                tracing::info!(
+                    "liveness: {} renewals, slowest answer {} ms, longest gap {} ms between a node's renewals (TTL {} ms)",
+                    r.renewals,
+                    r.slowest_answer.as_millis(),
+                    r.longest_gap.as_millis(),
+                    ttl.as_millis()
+                );
+            };
+            let mut every = tokio::time::interval(Duration::from_secs(10));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => report(&fleet),
+                    _ = shutdown_signal() => break,
+                }
+            }
+            report(&fleet);
             tracing::info!("shutting down the hollow fleet");
             fleet.shutdown().await;
             Ok(())

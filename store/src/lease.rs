@@ -3,6 +3,8 @@
 //! client: when [`Store::set_connect`] replaces it (certificate renewal), the keeper opens
 //! its keep-alive stream on the new client at once, so the lease never lapses for it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::PutOptions;
@@ -20,6 +22,53 @@ pub struct Lease {
     pub id: i64,
     /// Its time to live.
     pub ttl: Duration,
+}
+
+/// How renewals went, shared by every keeper given the same one (a node's, a hollow
+/// fleet's): the margin a lease had before it would have lapsed.
+#[derive(Debug, Clone, Default)]
+pub struct RenewalStats(Arc<RenewalCounters>);
+
+#[derive(Debug, Default)]
+struct RenewalCounters {
+    renewals: AtomicU64,
+    slowest_answer_us: AtomicU64,
+    longest_gap_us: AtomicU64,
+}
+
+/// A summary of [`RenewalStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RenewalSummary {
+    /// Renewals etcd confirmed.
+    pub renewals: u64,
+    /// The slowest answer to a renewal (request sent → etcd's answer read).
+    pub slowest_answer: Duration,
+    /// The longest time between two confirmed renewals of one lease: what came closest to
+    /// the TTL, after which etcd would have let the lease lapse.
+    pub longest_gap: Duration,
+}
+
+impl RenewalStats {
+    /// Counts one confirmed renewal: how long its answer took, and how long after the one
+    /// before it (of the same lease; the first: after the keeper started) it was confirmed.
+    fn record(&self, answer: Duration, gap: Duration) {
+        let c = &self.0;
+        c.renewals.fetch_add(1, Ordering::Relaxed);
+        c.slowest_answer_us
+            .fetch_max(answer.as_micros() as u64, Ordering::Relaxed);
+        c.longest_gap_us
+            .fetch_max(gap.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// What was counted so far.
+    pub fn summary(&self) -> RenewalSummary {
+        let c = &self.0;
+        RenewalSummary {
+            renewals: c.renewals.load(Ordering::Relaxed),
+            slowest_answer: Duration::from_micros(c.slowest_answer_us.load(Ordering::Relaxed)),
+            longest_gap: Duration::from_micros(c.longest_gap_us.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 /// Renews a lease every quarter of its TTL (so three renewals in a row may be slow or lost
@@ -74,6 +123,11 @@ impl Store {
 
     /// Starts renewing `lease` in the background.
     pub fn keep_alive(&self, lease: Lease) -> LeaseKeeper {
+        self.keep_alive_counted(lease, RenewalStats::default())
+    }
+
+    /// Starts renewing `lease` in the background, counting its renewals in `stats`.
+    pub fn keep_alive_counted(&self, lease: Lease, stats: RenewalStats) -> LeaseKeeper {
         let (tx, rx) = watch::channel(false);
         let store = self.clone();
         let mut changes = self.client_changes();
@@ -93,10 +147,21 @@ impl Store {
                         .await
                         .map_err(|_| Round::Failed)?;
                     loop {
+                        let sent = tokio::time::Instant::now();
                         keeper.keep_alive().await.map_err(|_| Round::Failed)?;
                         match tokio::time::timeout(answer_within, responses.message()).await {
                             Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
-                                last_ok = tokio::time::Instant::now();
+                                let now = tokio::time::Instant::now();
+                                stats.record(now - sent, now - last_ok);
+                                if now - last_ok > lease.ttl / 2 {
+                                    tracing::warn!(
+                                        lease = format!("{:x}", lease.id),
+                                        "renewed {} ms after the renewal before (TTL {} ms): close to lapsing",
+                                        (now - last_ok).as_millis(),
+                                        lease.ttl.as_millis()
+                                    );
+                                }
+                                last_ok = now;
                             }
                             Ok(Ok(Some(_))) => return Err(Round::Expired),
                             _ => return Err(Round::Failed),

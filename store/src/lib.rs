@@ -43,7 +43,7 @@ pub use batch::{stored, Batch, BatchOp, Fence, Writer, MAX_TXN_BYTES, MAX_TXN_OP
 pub use connect::Connect;
 pub use error::StoreError;
 pub use leader::Leadership;
-pub use lease::{Lease, LeaseKeeper};
+pub use lease::{Lease, LeaseKeeper, RenewalStats, RenewalSummary};
 pub use raw::{RawEvent, RawKv, RawWatch};
 pub use reflector::{
     delete_logged, put_logged, reflect, reflect_known, reflect_logged, Cache, ChangeLog, Changed,

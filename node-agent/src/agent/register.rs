@@ -26,7 +26,7 @@ use std::time::Duration;
 use chrono::Utc;
 use shoal_api_types::resources::NodeCapacity;
 use shoal_api_types::{Node, NodeSpec, NodeState, NodeStatus};
-use shoal_store::{Lease, LeaseKeeper, Store, StoreError};
+use shoal_store::{Lease, LeaseKeeper, RenewalStats, RenewalSummary, Store, StoreError};
 use std::sync::Arc;
 
 use tokio::sync::{watch, OnceCell};
@@ -44,6 +44,8 @@ pub(crate) struct Liveness(Arc<LivenessInner>);
 #[derive(Debug, Default)]
 struct LivenessInner {
     store: OnceCell<Store>,
+    /// Every renewal of every lease kept through this liveness.
+    renewals: RenewalStats,
     thread: std::sync::OnceLock<LivenessThread>,
 }
 
@@ -74,7 +76,12 @@ impl Liveness {
     /// Renews `lease` over `store` on the liveness thread.
     fn keep_alive(&self, store: &Store, lease: Lease) -> Result<LeaseKeeper, StoreError> {
         let _on = self.handle()?.enter();
-        Ok(store.keep_alive(lease))
+        Ok(store.keep_alive_counted(lease, self.0.renewals.clone()))
+    }
+
+    /// How the renewals of the leases kept through this liveness went so far.
+    pub(crate) fn renewals(&self) -> RenewalSummary {
+        self.0.renewals.summary()
     }
 
     /// The liveness thread's runtime, started on first use.

@@ -61,6 +61,7 @@ impl FleetConfig {
 pub struct HollowFleet {
     agents: Vec<AgentHandle>,
     runtimes: Vec<Arc<HollowRuntime>>,
+    liveness: crate::agent::register::Liveness,
 }
 
 impl HollowFleet {
@@ -96,7 +97,16 @@ impl HollowFleet {
             .into_iter()
             .map(|(agent, runtime)| (agent.spawn(), runtime))
             .unzip();
-        Ok(HollowFleet { agents, runtimes })
+        Ok(HollowFleet {
+            agents,
+            runtimes,
+            liveness,
+        })
+    }
+
+    /// How the renewals of all the fleet's leases went so far.
+    pub fn renewals(&self) -> shoal_store::RenewalSummary {
+        self.liveness.renewals()
     }
 
     /// The running agents.

@@ -696,6 +696,7 @@ pub async fn scheduling(
                 nodes,
             ));
             fleet.stop();
+            add_liveness_margin(rows, &dir.join(format!("{name}-fleet.log")));
             continue;
         }
         let rate = tasks as f64 / took.as_secs_f64();
@@ -760,6 +761,7 @@ pub async fn scheduling(
             nodes,
         ));
         fleet.stop();
+        add_liveness_margin(rows, &dir.join(format!("{name}-fleet.log")));
     }
     if let Some((tasks, c, f, nodes)) = controller_peak {
         rows.push(Row {
@@ -941,7 +943,27 @@ pub async fn idle(
         note: format!("the agent's default --node-ttl (2 s, as in figure 3's failover); fewest live leases seen (polled each second): {min_live} of {nodes}"),
     });
     fleet.stop();
+    add_liveness_margin(rows, &dir.join(format!("{name}-fleet.log")));
     Ok(())
+}
+
+/// Appends to the last row's note how close any hollow node's lease came to lapsing: the
+/// fleet's last `liveness:` line (it writes one every 10 s and one when it stops).
+fn add_liveness_margin(rows: &mut [Row], fleet_log: &Path) {
+    let text = std::fs::read_to_string(fleet_log).unwrap_or_default();
+    let margin = liveness_line(&text)
+        .map(|l| format!("lease renewals of all nodes: {l}"))
+        .unwrap_or_else(|| "no liveness line in the fleet log".into());
+    if let Some(row) = rows.last_mut() {
+        row.note.push_str(&format!("; {margin}"));
+    }
+}
+
+/// The text of the last `liveness: …` line of a fleet log.
+fn liveness_line(log: &str) -> Option<&str> {
+    log.lines()
+        .rev()
+        .find_map(|l| l.split_once("liveness: ").map(|(_, rest)| rest.trim_end()))
 }
 
 /// Figure 7 at scale: `watchers` store watches on the endpoints prefix; time from one
@@ -1112,8 +1134,23 @@ async fn propagation_watchers_once(
 
 #[cfg(test)]
 mod tests {
-    use super::temporary;
+    use super::{liveness_line, temporary};
     use shoal_store::StoreError;
+
+    #[test]
+    fn the_last_liveness_line_of_a_fleet_log_is_read() {
+        let log = "\
+2026-12-02T23:00:00Z  INFO shoal_agent: liveness: 10 renewals, slowest answer 3 ms, longest gap 503 ms between a node's renewals (TTL 2000 ms)
+2026-12-02T23:00:05Z  WARN shoal_store::lease: renewed 1200 ms after the renewal before (TTL 2000 ms): close to lapsing lease=\"7a\"
+2026-12-02T23:00:10Z  INFO shoal_agent: liveness: 30 renewals, slowest answer 9 ms, longest gap 1201 ms between a node's renewals (TTL 2000 ms)
+2026-12-02T23:00:11Z  INFO shoal_agent: shutting down the hollow fleet
+";
+        assert_eq!(
+            liveness_line(log),
+            Some("30 renewals, slowest answer 9 ms, longest gap 1201 ms between a node's renewals (TTL 2000 ms)")
+        );
+        assert_eq!(liveness_line("no such line\n"), None);
+    }
 
     #[test]
     fn polls_go_on_through_temporary_store_errors_only() {
