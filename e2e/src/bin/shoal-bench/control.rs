@@ -54,7 +54,7 @@ impl ControlPlane {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn,shoal_agent=info");
         match &etcd.pki {
             Some(pki) => cmd.arg(format!("--data-dir={}", pki.display())),
             None => cmd.arg("--insecure"),
@@ -98,7 +98,7 @@ impl ControlPlane {
             prefix,
         ])
         .args(["--etcd", &self.etcd.url])
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn,shoal_agent=info");
         match &self.etcd.pki {
             Some(pki) => {
                 let dir = pki.join("fleet");
@@ -133,7 +133,7 @@ impl ControlPlane {
         let mut cmd = Command::new(bin.join("shoal-agent"));
         cmd.args(["--runtime", "hollow", "--name", name, "--address", address])
             .args(["--etcd", &self.etcd.url])
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn,shoal_agent=info");
         match &self.etcd.pki {
             Some(pki) => {
                 let dir = pki.join(format!("agent-{name}"));
