@@ -244,7 +244,7 @@ struct Common {
     etcd_root: String,
     /// How long the node lease lives without renewal (whole seconds; etcd grants at least
     /// 2 s): the node goes down, and its tasks are replaced elsewhere, this long after its
-    /// agent dies. The agent renews it every third of that over a connection of its own.
+    /// agent dies. The agent renews it every quarter of that over a connection of its own.
     #[arg(long, alias = "lease-ttl", default_value = "2s", value_parser = parse_ttl, value_name = "DURATION")]
     node_ttl: Duration,
     /// Seconds between converges when nothing changed.

@@ -116,7 +116,7 @@ async fn revoking_the_lease_should_remove_the_liveness_key_and_the_agent_should_
 async fn an_agent_finding_its_lease_gone_should_register_with_a_new_one_at_once_not_retry_the_old_one(
 ) {
     let (_etcd, store) = etcd().await;
-    // A TTL so long that the keeper's next renewal (every TTL/3 = 40 s) comes after the
+    // A TTL so long that the keeper's next renewal (every TTL/4 = 30 s) comes after the
     // test's deadline: only the registration check (every 300 ms) can notice in time.
     let config = AgentConfig {
         lease_ttl: std::time::Duration::from_secs(120),

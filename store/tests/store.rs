@@ -369,17 +369,18 @@ async fn renewals_should_be_counted_with_their_slowest_answer_and_longest_gap() 
     let store = etcd.store().await;
     let stats = RenewalStats::default();
     // Two leases share the stats, as a hollow fleet's nodes do. A 2 s TTL is renewed
-    // every 667 ms.
+    // every 500 ms.
     let a = store.grant_lease(Duration::from_secs(2)).await.unwrap();
     let b = store.grant_lease(Duration::from_secs(2)).await.unwrap();
     let _ka = store.keep_alive_counted(a, stats.clone());
     let _kb = store.keep_alive_counted(b, stats.clone());
     tokio::time::sleep(Duration::from_millis(1_700)).await;
     let s = stats.summary();
-    // Renewals at about 0, 0.67 and 1.33 s, for each lease: both count.
-    assert!((4..=6).contains(&s.renewals), "{s:?}");
+    // Renewals at about 0, 0.5, 1.0 and 1.5 s (fewer when etcd answers slowly), for
+    // each lease: both count.
+    assert!((4..=8).contains(&s.renewals), "{s:?}");
     // The gap: a period and an answer's time; never a whole TTL, or the lease lapsed.
-    assert!(s.longest_gap >= Duration::from_millis(600), "{s:?}");
+    assert!(s.longest_gap >= Duration::from_millis(450), "{s:?}");
     assert!(s.longest_gap < Duration::from_secs(2), "{s:?}");
     assert!(s.slowest_answer > Duration::ZERO, "{s:?}");
     assert!(s.slowest_answer < s.longest_gap, "{s:?}");

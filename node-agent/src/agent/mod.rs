@@ -75,7 +75,7 @@ pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(3);
 /// node's lease expires TTL − (time since its last renewal) after the death, etcd checks for
 /// expired leases every 500 ms, and the replacements then take a few hundred milliseconds
 /// to be created, placed and started — about 2.2–2.7 s with 2 s, over 3 s with 3 s. The
-/// keeper renews every TTL/3 over a connection of its own (see [`register`]), so three
+/// keeper renews every TTL/4 over a connection of its own (see [`register`]), so four
 /// renewals in a row must fail before a live node goes down.
 pub const DEFAULT_NODE_TTL: Duration = Duration::from_secs(2);
 
