@@ -9,6 +9,7 @@ use agent_support::*;
 use futures::future::join_all;
 use shoal_api_types::{Task, TaskState};
 use shoal_node_agent::agent::{BatchedStatus, StatusBatcher, StatusSink, StatusUpdate};
+use shoal_store::testing::own_keys;
 use shoal_store::Store;
 use tokio::sync::watch;
 
@@ -24,17 +25,6 @@ fn sink(store: &Store, tasks: &[Task]) -> BatchedStatus {
         store.keys().node_tasks("n1"),
         rx,
     )
-}
-
-/// Every key of this test's cluster with the revision of its last change.
-async fn own_keys(store: &Store) -> Vec<(String, i64)> {
-    let (kvs, _) = store
-        .list_raw(&format!("{}/", store.keys().root()))
-        .await
-        .unwrap();
-    kvs.into_iter()
-        .map(|kv| (kv.key, kv.mod_revision))
-        .collect()
 }
 
 fn starting() -> StatusUpdate {
@@ -143,7 +133,6 @@ async fn a_confirmation_should_write_nothing_and_see_what_the_controller_changed
     let sink = sink(&store, &[a.clone(), b.clone()]);
 
     // Unchanged: the agent's copies come back, and none of this test's keys is written.
-    // (Other tests share this etcd and move its revision, so compare the keys themselves.)
     let before = own_keys(&store).await;
     let (ca, cb) = tokio::join!(sink.confirm("a"), sink.confirm("b"));
     assert_eq!(ca.unwrap().unwrap(), a);

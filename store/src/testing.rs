@@ -296,3 +296,16 @@ impl Drop for TestEtcd {
         self.kill();
     }
 }
+
+/// Every key below `store`'s root with the revision of its last change: for checking that
+/// an operation wrote nothing. (Tests sharing an etcd move its revision, so comparing
+/// etcd's revision before and after would see the other tests' writes.)
+pub async fn own_keys(store: &Store) -> Vec<(String, i64)> {
+    let (kvs, _) = store
+        .list_raw(&format!("{}/", store.keys().root()))
+        .await
+        .expect("list the test's keys");
+    kvs.into_iter()
+        .map(|kv| (kv.key, kv.mod_revision))
+        .collect()
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use shoal_api_types::{Network, NetworkSpec, Service, ServiceSpec};
-use shoal_store::testing::TestEtcd;
+use shoal_store::testing::{own_keys, TestEtcd};
 use shoal_store::{Batch, CheckMany, Event, RenewalStats, StoreError, UpdateMany};
 
 fn network(name: &str) -> Network {
@@ -133,23 +133,13 @@ async fn check_many_writes_nothing_and_returns_every_current_object_after_a_chan
     let store = etcd.store().await;
     let a = store.create(&network("a")).await.unwrap();
     let b = store.create(&network("b")).await.unwrap();
-    // Other tests share this etcd and move its revision: compare this test's own keys.
-    let own_keys = || async {
-        let (kvs, _) = store
-            .list_raw(&format!("{}/", store.keys().root()))
-            .await
-            .unwrap();
-        kvs.into_iter()
-            .map(|kv| (kv.key, kv.mod_revision))
-            .collect::<Vec<_>>()
-    };
-    let before = own_keys().await;
+    let before = own_keys(&store).await;
     assert_eq!(
         store.check_many(&[a.clone(), b.clone()]).await.unwrap(),
         CheckMany::Unchanged
     );
     assert_eq!(
-        own_keys().await,
+        own_keys(&store).await,
         before,
         "a check is a read: nothing written"
     );
