@@ -3,6 +3,7 @@
 set -e
 P=mlab; B=${MLAB_BENCH:?set MLAB_BENCH to a release shoal-bench}; S=${MLAB_STATE:-/tmp/mlab}
 D=$(dirname "$0")
+. "$D/common.sh"
 mac() { printf '02:42:0a:fe:%02x:%02x' 0 $1; }
 for i in 1 2; do
   n=$P-n$i; t=$P-t$((i+2)); ip=10.254.0.1$((i+2))
@@ -15,14 +16,7 @@ for i in 1 2; do
   ip -n $n link set shp$i mtu 1450 up
   ip -n $t link set eth0 address $(mac 1$((i+2))) mtu 1450
   ip -n $t addr add $ip/16 dev eth0; ip -n $t link set eth0 up
-  ip netns exec $t nft -f - <<NFT
-table ip shoal_lb {
-  chain nat {
-    type nat hook output priority -100; policy accept;
-    ip daddr 10.0.9.9 dnat to 10.0.9.10
-  }
-}
-NFT
+  vip_table $t
 done
 ip -n $P-t3 neigh add 10.254.0.14 lladdr $(mac 14) dev eth0 nud permanent
 ip -n $P-t4 neigh add 10.254.0.13 lladdr $(mac 13) dev eth0 nud permanent

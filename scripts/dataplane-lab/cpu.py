@@ -1,18 +1,10 @@
 #!/usr/bin/env python3
 # cpu.py NS ADDR SINKPID SECS: one __blast, reports Gbit/s and CPU-s/GB (sender + sink + ksoftirqd + napi threads)
 import os, sys, subprocess, resource
+from labcpu import cpu, packet_threads
 ns, addr, sinkpid, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-tck = os.sysconf('SC_CLK_TCK')
-def t(pid):
-  try:
-    f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
-    return (int(f[11]) + int(f[12])) / tck
-  except OSError:
-    return 0.0
-def comm(p):
-    try: return open(f'/proc/{p}/comm').read()
-    except OSError: return ''
-kso = [int(p) for p in os.listdir('/proc') if p.isdigit() and (comm(p).startswith('ksoftirqd') or comm(p).startswith('napi/'))]
+kso = packet_threads()
+t = cpu
 b0 = t(sinkpid) + sum(t(p) for p in kso)
 r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
 out = subprocess.run(['chrt', '-f', '20', 'ip', 'netns', 'exec', ns, os.environ['MLAB_BENCH'], '__blast', addr, secs], capture_output=True, text=True).stdout

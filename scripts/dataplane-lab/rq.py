@@ -1,24 +1,11 @@
 #!/usr/bin/env python3
 # rq.py NS URL SECS: wrk -t1 -c8, prints req/s and CPU-us per request (wrk + server + ksoftirqd + napi threads)
 import os, sys, subprocess, resource
+from labcpu import cpu, packet_threads
 ns, url, secs = sys.argv[1], sys.argv[2], sys.argv[3]
-tck = os.sysconf('SC_CLK_TCK')
 srv = int(open(os.environ.get('MLAB_STATE', '/tmp/mlab') + '/serve.pid').read())
-def t(pid):
-    try:
-        f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()
-        return (int(f[11]) + int(f[12])) / tck
-    except OSError:
-        return 0.0
-def kpids():
-    out = []
-    for p in os.listdir('/proc'):
-        if not p.isdigit(): continue
-        try: c = open(f'/proc/{p}/comm').read()
-        except OSError: continue
-        if c.startswith('ksoftirqd') or c.startswith('napi/'): out.append(int(p))
-    return out
-ks = kpids()
+ks = packet_threads()
+t = cpu
 b0 = t(srv) + sum(t(p) for p in ks)
 r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
 out = subprocess.run(['chrt', '-f', '20', 'ip', 'netns', 'exec', ns, 'wrk', '-t1', '-c8', f'-d{secs}s', url], capture_output=True, text=True).stdout

@@ -5,6 +5,7 @@ set -e
 P=mlab
 B=${MLAB_BENCH:?set MLAB_BENCH to a release shoal-bench}
 S=${MLAB_STATE:-/tmp/mlab}; mkdir -p $S
+. "$(dirname "$0")/common.sh"
 ip netns add $P-u
 ip -n $P-u link add br0 type bridge
 ip -n $P-u link set br0 up
@@ -99,12 +100,4 @@ echo $! > $S/sink.pid
 chrt -f 20 ip netns exec $P-n2 $B __sink 198.19.0.2:5201 > $S/sink2.log 2>&1 &
 echo $! > $S/sink2.pid
 sleep 0.5
-for t in 1 2; do ip netns exec $P-t$t nft -f - <<NFT
-table ip shoal_lb {
-  chain nat {
-    type nat hook output priority -100; policy accept;
-    ip daddr 10.0.9.9 dnat to 10.0.9.10
-  }
-}
-NFT
-done
+for t in 1 2; do vip_table $P-t$t; done
