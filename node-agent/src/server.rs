@@ -37,9 +37,7 @@
 //! Build then spawn: [`AgentServer::bind`] binds the socket (all fallible setup);
 //! [`AgentServer::spawn`] serves until its handle shuts it down.
 
-use std::io::SeekFrom;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +51,6 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use shoal_api_types::{ExecRequest, ExecResponse, LogOptions, Status};
 use shoal_pki::{PeerIdentity, Reloadable};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -507,26 +504,15 @@ async fn logs_of(state: &ServerState, id: String, opts: LogOptions) -> Result<Re
         .await
         .map_err(|e| runtime_error(state, &id, e))?;
     let path = rt.log_path(&id);
-    let files = logs::log_files(&path);
-    let (first, offset) = match opts.tail {
-        Some(n) => {
-            let list = files.clone();
-            tokio::task::spawn_blocking(move || logs::tail_position(&list, n))
-                .await
-                .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?
-                .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))?
-        }
-        None => (0, 0),
-    };
+    let tail = opts.tail;
+    let reader = tokio::task::spawn_blocking(move || {
+        logs::LogReader::open(&path, tail)
+            .map_err(|e| Status::internal(format!("reading {}: {e}", path.display())))
+    })
+    .await
+    .map_err(|e| Status::internal(format!("reading the log: {e}")))??;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
-    tokio::spawn(stream_log(
-        rt,
-        id,
-        files[first..].to_vec(),
-        offset,
-        opts.follow,
-        tx,
-    ));
+    tokio::spawn(stream_log(rt, id, reader, opts.follow, tx));
     Ok((
         [(CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
@@ -534,89 +520,16 @@ async fn logs_of(state: &ServerState, id: String, opts: LogOptions) -> Result<Re
         .into_response())
 }
 
-/// Why sending a file stopped early.
-enum Stop {
-    /// The client is gone or an error was sent: end the stream.
-    End,
-}
-
-/// Sends `path` from `offset` to its current end; returns the new offset. A missing file
-/// sends nothing; a file shorter than `offset` sends nothing and returns its length.
-async fn send_from(
-    path: &std::path::Path,
-    mut offset: u64,
-    buf: &mut [u8],
-    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
-) -> Result<u64, Stop> {
-    let mut file = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        // Not written yet (or removed with the container).
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(offset),
-        Err(e) => {
-            let _ = tx.send(Err(e)).await;
-            return Err(Stop::End);
-        }
-    };
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    if len < offset {
-        return Ok(len);
-    }
-    if let Err(e) = file.seek(SeekFrom::Start(offset)).await {
-        let _ = tx.send(Err(e)).await;
-        return Err(Stop::End);
-    }
-    loop {
-        match file.read(buf).await {
-            Ok(0) => return Ok(offset),
-            Ok(n) => {
-                offset += n as u64;
-                if tx
-                    .send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                    .await
-                    .is_err()
-                {
-                    return Err(Stop::End);
-                }
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return Err(Stop::End);
-            }
-        }
-    }
-}
-
-/// Sends `files` (rotated logs oldest first, the current log last), the first from
-/// `offset`; with `follow`, keeps polling the current one until the container has ended
-/// (and the rest is sent) or the receiver is gone. When the current file turns out shorter
-/// than what was read, it was rotated: the rest of what was being read is in
-/// `<log>.1` (from the same offset), and the new current file is read from 0.
+/// Sends what `reader` reads; with `follow`, keeps polling until the container has ended
+/// (and the rest is sent) or the receiver is gone.
 async fn stream_log(
     rt: Arc<dyn ContainerRuntime>,
     id: String,
-    files: Vec<PathBuf>,
-    mut offset: u64,
+    reader: logs::LogReader,
     follow: bool,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let Some((path, older)) = files.split_last() else {
-        return;
-    };
-    for f in older {
-        if send_from(f, offset, &mut buf, &tx).await.is_err() {
-            return;
-        }
-        offset = 0;
-    }
-    // Each rotation makes a new `<log>.1` (a new inode): that, or the current file being
-    // shorter than what was read, says the file was rotated since the last round.
-    let newest_rotated = logs::rotated(path, 1);
-    let inode = |p: &std::path::Path| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(p).map(|m| m.ino()).ok()
-    };
-    let mut seen = inode(&newest_rotated);
+    let mut state = (reader, vec![0u8; 64 * 1024]);
     loop {
         // Decide before reading whether this is the last round: whatever the container
         // wrote before it ended is read below.
@@ -625,26 +538,32 @@ async fn stream_log(
                 rt.status(&id).await.map(|s| s.state),
                 Ok(ContainerState::Running | ContainerState::Created | ContainerState::Unknown)
             );
-        let len = tokio::fs::metadata(path)
+        // Send all there is now. A read may wait for a rotation: off the async workers.
+        loop {
+            let (mut reader, mut buf) = state;
+            let Ok((reader, buf, read)) = tokio::task::spawn_blocking(move || {
+                let read = reader.read(&mut buf);
+                (reader, buf, read)
+            })
             .await
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let now = inode(&newest_rotated);
-        let rotated = now.is_some() && now != seen;
-        seen = now;
-        if len < offset || rotated {
-            // Rotated (copied to .1, then truncated) since the last round.
-            if send_from(&newest_rotated, offset, &mut buf, &tx)
-                .await
-                .is_err()
-            {
+            else {
+                return; // the read panicked: end the stream
+            };
+            let n = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let chunk = Bytes::copy_from_slice(&buf[..n]);
+            state = (reader, buf);
+            if n == 0 {
+                break;
+            }
+            if tx.send(Ok(chunk)).await.is_err() {
                 return;
             }
-            offset = 0;
-        }
-        match send_from(path, offset, &mut buf, &tx).await {
-            Ok(o) => offset = o,
-            Err(Stop::End) => return,
         }
         if last {
             return;
@@ -721,21 +640,10 @@ mod tests {
         std::fs::write(&path, "\n5\n").unwrap();
         let read = |tail: Option<u64>| {
             let rt = rt.clone();
-            let files = logs::log_files(&path);
+            let reader = logs::LogReader::open(&path, tail).unwrap();
             async move {
-                let (first, offset) = match tail {
-                    Some(n) => logs::tail_position(&files, n).unwrap(),
-                    None => (0, 0),
-                };
                 let (tx, rx) = mpsc::channel(16);
-                tokio::spawn(stream_log(
-                    rt,
-                    "t1".into(),
-                    files[first..].to_vec(),
-                    offset,
-                    false,
-                    tx,
-                ));
+                tokio::spawn(stream_log(rt, "t1".into(), reader, false, tx));
                 collect(rx).await
             }
         };
@@ -775,14 +683,8 @@ mod tests {
         };
         append("a\n");
         let (tx, mut rx) = mpsc::channel(16);
-        tokio::spawn(stream_log(
-            rt,
-            "t1".into(),
-            logs::log_files(&path),
-            0,
-            true,
-            tx,
-        ));
+        let reader = logs::LogReader::open(&path, None).unwrap();
+        tokio::spawn(stream_log(rt, "t1".into(), reader, true, tx));
         assert_eq!(&rx.recv().await.unwrap().unwrap()[..], b"a\n");
         // Written, then rotated before the follower's next poll.
         append("b\n");

@@ -385,9 +385,12 @@ async fn logs_should_rotate_and_be_read_across_files() {
         .expect("the follower reaches the last line")
         .unwrap();
     let n = numbers(&followed);
-    let missing = 600 - n.len();
     eprintln!("the follower saw {} of 600 lines", n.len());
-    assert!(n.windows(2).all(|w| w[1] > w[0]), "in order");
+    assert!(
+        n.windows(2).all(|w| w[1] > w[0]),
+        "in order, none twice: {n:?}"
+    );
+    let missing = 600 - n.len();
     assert!(missing <= 6, "the follower missed {missing} lines");
 
     rt.delete("chatty").await.unwrap();
