@@ -599,6 +599,9 @@ async fn the_context_file_names_the_server_and_unreachable_servers_are_explained
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_prints_events_as_they_happen() {
     let s = Server::start().await;
+    // An object that exists before the watch starts is listed first: once it is printed,
+    // the watch is open and sees what follows.
+    s.ok(&["network", "create", "marker"]).await;
     let mut child = s
         .command(&["watch", "networks", "--server", &s.url])
         .stdout(std::process::Stdio::piped())
@@ -606,20 +609,24 @@ async fn watch_prints_events_as_they_happen() {
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    s.ok(&["network", "create", "appnet"]).await;
-    s.ok(&["network", "rm", "appnet"]).await;
     let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !seen.contains("DELETED") && tokio::time::Instant::now() < deadline {
-        let mut buf = [0u8; 4096];
-        use tokio::io::AsyncReadExt;
-        match tokio::time::timeout(Duration::from_millis(500), stdout.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-            _ => {}
+    for until in ["network/marker", "DELETED"] {
+        if until == "DELETED" {
+            s.ok(&["network", "create", "appnet"]).await;
+            s.ok(&["network", "rm", "appnet"]).await;
+        }
+        while !seen.contains(until) && tokio::time::Instant::now() < deadline {
+            let mut buf = [0u8; 4096];
+            use tokio::io::AsyncReadExt;
+            match tokio::time::timeout(Duration::from_millis(500), stdout.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => {}
+            }
         }
     }
     child.kill().await.unwrap();
+    assert!(seen.contains("ADDED     network/marker"), "{seen}");
     assert!(seen.contains("ADDED     network/appnet"), "{seen}");
     assert!(seen.contains("DELETED   network/appnet"), "{seen}");
 }

@@ -379,7 +379,10 @@ async fn logs_should_rotate_and_be_read_across_files() {
         .text()
         .await
         .unwrap();
-    assert_eq!(numbers(&tail), (500..600).collect::<Vec<u32>>());
+    // The last 100 lines of what is kept (the writer has stopped: the files stay as they
+    // are); a slow writer may leave fewer than 100 lines in the kept files.
+    assert_eq!(numbers(&tail), n[n.len().saturating_sub(100)..]);
+    assert_eq!(numbers(&tail).last(), Some(&599));
     let followed = tokio::time::timeout(Duration::from_secs(20), follow)
         .await
         .expect("the follower reaches the last line")

@@ -563,6 +563,7 @@ pub async fn scheduling(
         let (cp, mut fleet) =
             ControlPlane::with_fleet(bin, &name, dir, nodes, Security::Secured).await?;
         let downs = NodeDowns::start(&cp.store).await?;
+        let probe = EtcdProbe::start(&cp.etcd).await?;
         let rev0 = cp.revision().await?;
         let pids = [
             cp.etcd.pid(),
@@ -624,6 +625,8 @@ pub async fn scheduling(
             .map(|(p, c0)| cpu_secs(*p) - c0)
             .collect();
         let req1 = etcd_requests(&cp.etcd.metrics_url);
+        let probe = probe.finish().await;
+        eprintln!("bench:   {probe}");
         let mut reqs: Vec<(String, f64)> = req1
             .iter()
             .map(|(k, v)| (k.clone(), v - req0.get(k).copied().unwrap_or(0.0)))
@@ -699,7 +702,7 @@ pub async fn scheduling(
                 nodes,
             ));
             fleet.stop();
-            add_liveness_margin(rows, &dir.join(format!("{name}-fleet.log")));
+            add_liveness_margin(rows, &dir.join(format!("{name}-fleet.log")), &probe);
             continue;
         }
         let rate = tasks as f64 / took.as_secs_f64();
@@ -764,7 +767,7 @@ pub async fn scheduling(
             nodes,
         ));
         fleet.stop();
-        add_liveness_margin(rows, &dir.join(format!("{name}-fleet.log")));
+        add_liveness_margin(rows, &dir.join(format!("{name}-fleet.log")), &probe);
     }
     if let Some((tasks, c, f, nodes)) = controller_peak {
         rows.push(Row {
@@ -915,6 +918,7 @@ pub async fn idle(
     let (mut cp, mut fleet) =
         ControlPlane::with_fleet(bin, &name, dir, nodes, Security::Secured).await?;
     let downs = NodeDowns::start(&cp.store).await?;
+    let probe = EtcdProbe::start(&cp.etcd).await?;
     let start = Instant::now();
     let length = Duration::from_secs(minutes * 60);
     let mut min_live = nodes;
@@ -934,6 +938,7 @@ pub async fn idle(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    let probe = probe.finish().await;
     let false_downs = downs.false_downs(&[]);
     eprintln!("bench:   idle: {}", false_downs_text(&false_downs));
     rows.push(Row {
@@ -946,20 +951,99 @@ pub async fn idle(
         note: format!("the agent's default --node-ttl (2 s, as in figure 3's failover); fewest live leases seen (polled each second): {min_live} of {nodes}"),
     });
     fleet.stop();
-    add_liveness_margin(rows, &dir.join(format!("{name}-fleet.log")));
+    add_liveness_margin(rows, &dir.join(format!("{name}-fleet.log")), &probe);
     Ok(())
 }
 
 /// Appends to the last row's note how close any hollow node's lease came to lapsing: the
 /// fleet's last `liveness:` line (it writes one every 10 s and one when it stops).
-fn add_liveness_margin(rows: &mut [Row], fleet_log: &Path) {
+fn add_liveness_margin(rows: &mut [Row], fleet_log: &Path, probe: &str) {
     let text = std::fs::read_to_string(fleet_log).unwrap_or_default();
     let margin = liveness_line(&text)
         .map(|l| format!("lease renewals of all nodes: {l}"))
         .unwrap_or_else(|| "no liveness line in the fleet log".into());
     if let Some(row) = rows.last_mut() {
-        row.note.push_str(&format!("; {margin}"));
+        row.note.push_str(&format!("; {margin}; {probe}"));
     }
+}
+
+/// During a scale run, a client of its own times etcd's answers: a lease renewed like a
+/// node's (TTL 2 s: every 500 ms after each answer) and a small put every 250 ms. etcd
+/// 3.4 answers a renewal only once it has applied every entry committed before it
+/// (`LeaseRenew` → `waitAppliedIndex`, at most 1 s), so a slow renewal the probe sees too
+/// is etcd's apply lag under the write load, not the fleet starving its keepers.
+struct EtcdProbe {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<String>,
+}
+
+impl EtcdProbe {
+    async fn start(etcd: &Etcd) -> Result<EtcdProbe> {
+        let store = Store::connect(&etcd.connect()).await?;
+        let lease = store.grant_lease(Duration::from_secs(2)).await?;
+        let stats = shoal_store::RenewalStats::default();
+        let keeper = store.keep_alive_counted(lease, stats.clone());
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut puts = Vec::new();
+            let mut failed = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                let t = Instant::now();
+                match store.put_with_lease(PROBE_KEY, "probe", lease).await {
+                    Ok(()) => puts.push(t.elapsed().as_secs_f64() * 1000.0),
+                    Err(_) => failed += 1,
+                }
+            }
+            let lapsed = keeper.is_lost();
+            drop(keeper);
+            let _ = store.revoke_lease(lease).await;
+            probe_text(stats.summary(), &mut puts, failed, lapsed)
+        });
+        Ok(EtcdProbe { stop, task })
+    }
+
+    /// Stops it; what it saw, as a sentence.
+    async fn finish(self) -> String {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .unwrap_or_else(|e| format!("the etcd probe failed: {e}"))
+    }
+}
+
+/// The key the probe puts (bound to its lease, gone when the probe ends).
+const PROBE_KEY: &str = "/shoal-bench-probe";
+
+fn probe_text(
+    renewals: shoal_store::RenewalSummary,
+    puts_ms: &mut [f64],
+    failed: usize,
+    lapsed: bool,
+) -> String {
+    let puts = if puts_ms.is_empty() {
+        "no put answered".to_string()
+    } else {
+        let n = puts_ms.len();
+        format!(
+            "{n} puts answered in p50 {:.0} / p99 {:.0} / max {:.0} ms",
+            pct(puts_ms, 50.0),
+            pct(puts_ms, 99.0),
+            pct(puts_ms, 100.0)
+        )
+    };
+    format!(
+        "a probe on its own etcd connection: {} renewals, slowest answer {} ms, longest gap {} ms (TTL 2000 ms{}); {puts}{}",
+        renewals.renewals,
+        renewals.slowest_answer.as_millis(),
+        renewals.longest_gap.as_millis(),
+        if lapsed { ", its lease LAPSED" } else { "" },
+        if failed > 0 { format!(", {failed} failed") } else { String::new() }
+    )
 }
 
 /// The text of the last `liveness: …` line of a fleet log.
@@ -1137,8 +1221,9 @@ async fn propagation_watchers_once(
 
 #[cfg(test)]
 mod tests {
-    use super::{liveness_line, temporary};
+    use super::{liveness_line, probe_text, temporary};
     use shoal_store::StoreError;
+    use std::time::Duration;
 
     #[test]
     fn the_last_liveness_line_of_a_fleet_log_is_read() {
@@ -1153,6 +1238,24 @@ mod tests {
             Some("30 renewals, slowest answer 9 ms, longest gap 1201 ms between a node's renewals (TTL 2000 ms)")
         );
         assert_eq!(liveness_line("no such line\n"), None);
+    }
+
+    #[test]
+    fn the_probe_says_what_it_saw() {
+        let renewals = shoal_store::RenewalSummary {
+            renewals: 60,
+            slowest_answer: Duration::from_millis(930),
+            longest_gap: Duration::from_millis(1_410),
+        };
+        let mut puts: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(
+            probe_text(renewals, &mut puts, 0, false),
+            "a probe on its own etcd connection: 60 renewals, slowest answer 930 ms, longest gap 1410 ms (TTL 2000 ms); 100 puts answered in p50 51 / p99 99 / max 100 ms"
+        );
+        assert_eq!(
+            probe_text(renewals, &mut [], 3, true),
+            "a probe on its own etcd connection: 60 renewals, slowest answer 930 ms, longest gap 1410 ms (TTL 2000 ms, its lease LAPSED); no put answered, 3 failed"
+        );
     }
 
     #[test]

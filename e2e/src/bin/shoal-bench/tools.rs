@@ -360,6 +360,9 @@ fn get_once(addr: &std::net::SocketAddr) -> std::result::Result<(), (&'static st
             std::io::ErrorKind::ConnectionRefused => "refused",
             std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => "reset",
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "timeout",
+            std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
+                "unreachable"
+            }
             _ => "other",
         };
         (kind, e.to_string())

@@ -338,8 +338,8 @@ pub struct LoadResult {
     pub sent: u64,
     /// Requests that did not get a 200.
     pub failed: u64,
-    /// (unix ms, kind) of each failure (the first 200).
-    pub fails: Vec<(f64, String)>,
+    /// (unix ms, kind, what the client saw) of each failure (the first 200).
+    pub fails: Vec<(f64, String, String)>,
 }
 
 impl LoadResult {
@@ -362,7 +362,8 @@ impl LoadResult {
                 .filter_map(|f| {
                     let mut it = f.splitn(3, ',');
                     let at = it.next()?.parse().ok()?;
-                    Some((at, it.next()?.to_string()))
+                    let kind = it.next()?.to_string();
+                    Some((at, kind, it.next().unwrap_or_default().to_string()))
                 })
                 .collect(),
         }
@@ -371,7 +372,7 @@ impl LoadResult {
     /// The failures' kinds, counted: `refused×2, timeout×1`.
     pub fn kinds(&self) -> String {
         let mut k: std::collections::BTreeMap<&str, usize> = Default::default();
-        for (_, kind) in &self.fails {
+        for (_, kind, _) in &self.fails {
             *k.entry(kind.as_str()).or_default() += 1;
         }
         let v: Vec<String> = k.iter().map(|(k, n)| format!("{k}×{n}")).collect();
@@ -380,7 +381,7 @@ impl LoadResult {
 
     /// Failures at or after `ms` (unix ms).
     pub fn failed_since(&self, ms: f64) -> usize {
-        self.fails.iter().filter(|(at, _)| *at >= ms).count()
+        self.fails.iter().filter(|(at, _, _)| *at >= ms).count()
     }
 }
 
@@ -832,6 +833,7 @@ mod tests {
         assert_eq!(r.failed_since(1500.0), 1);
         assert_eq!(r.kinds(), "refused×1, timeout×1");
         assert_eq!(r.fails[0].1, "refused");
+        assert_eq!(r.fails[1].2, "timed out");
     }
 
     #[test]

@@ -107,7 +107,7 @@ fn finish(
             "{late} request(s) through the {path} failed after recovery: {:?}",
             r.fails
                 .iter()
-                .filter(|(at, _)| *at >= recovered_ms)
+                .filter(|(at, _, _)| *at >= recovered_ms)
                 .take(5)
                 .collect::<Vec<_>>()
         );
