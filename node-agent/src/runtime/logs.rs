@@ -16,17 +16,17 @@
 //!
 //! A [`LogReader`] reads the rotated files oldest first, then the current one, and can keep
 //! reading the current one as it grows. A rotation (shift, copy, truncate, rename) is done
-//! under the write side of [`ROTATION`] and every look of a reader at the files under its
+//! under the write side of [`ROTATIONS`] and every look of a reader at the files under its
 //! read side, so a reader never sees a rotation half done (a truncated current file with
-//! the old `container.log.1`, say). A reader that finds `container.log.1` replaced since
-//! its last look continues in the file that holds what it was reading (`.1`, or an older
-//! one if several rotations happened meanwhile) from the same offset, then in the newer
-//! ones, then in the new current file from 0.
+//! the old `container.log.1`, say). The lock also counts each log's rotations: a reader
+//! that finds `k` more since its last look continues in `container.log.<k>` (which holds
+//! what it was reading) from the same offset, then in the newer ones, then in the new
+//! current file from 0. (Comparing inode numbers instead fails: the file system reuses the
+//! number of the file a rotation deletes for the copy it creates.)
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};
 
@@ -37,10 +37,10 @@ pub const DEFAULT_MAX_FILES: u32 = 3;
 /// Most rotated files a reader looks for.
 const MAX_ROTATED: u32 = 1000;
 
-/// Taken for writing by a rotation and for reading by every look of a [`LogReader`] at
-/// the files (one lock for all the logs of the process: a look or a rotation takes
-/// microseconds to a few milliseconds).
-static ROTATION: RwLock<()> = RwLock::new(());
+/// How many times each log (by path) was rotated by this process. Taken for writing by a
+/// rotation and for reading by every look of a [`LogReader`] at the files (one lock for all
+/// the logs of the process: a look or a rotation takes microseconds to a few milliseconds).
+static ROTATIONS: RwLock<BTreeMap<PathBuf, u64>> = RwLock::new(BTreeMap::new());
 
 /// How container logs are rotated (per node: the agent's `--log-max-size`,
 /// `--log-max-files`).
@@ -95,7 +95,7 @@ pub fn rotate_if_needed(path: &Path, policy: LogRotation) -> std::io::Result<boo
     if len < policy.max_size.max(1) {
         return Ok(false);
     }
-    let _rotating = ROTATION.write().unwrap_or_else(PoisonError::into_inner);
+    let mut rotations = ROTATIONS.write().unwrap_or_else(PoisonError::into_inner);
     let keep = policy.max_files.max(1) - 1;
     // Shift the rotated files: .k-1 -> .k, dropping what falls beyond `keep`.
     for n in (keep.max(1)..=MAX_ROTATED).rev() {
@@ -128,6 +128,7 @@ pub fn rotate_if_needed(path: &Path, policy: LogRotation) -> std::io::Result<boo
     } else {
         current.set_len(0)?;
     }
+    *rotations.entry(path.to_path_buf()).or_default() += 1;
     Ok(true)
 }
 
@@ -144,6 +145,11 @@ pub fn rotate_all(state_dir: &Path, file_name: &str, policy: LogRotation) {
             Err(e) => tracing::warn!(log = %path.display(), error = %e, "could not rotate"),
         }
     }
+    // Forget the counts of logs removed with their containers.
+    ROTATIONS
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|path, _| path.exists());
 }
 
 /// Reads a container's log: the rotated files oldest first, then the current file, which
@@ -157,14 +163,14 @@ pub struct LogReader {
     backlog: VecDeque<File>,
     /// How far the current file has been read.
     offset: u64,
-    /// The inode of `<log>.1` at the last look (`None`: there was none).
-    newest_rotated: Option<u64>,
+    /// The log's rotation count ([`ROTATIONS`]) at the last look.
+    rotations: u64,
 }
 
 impl LogReader {
     /// Opens the log at `path` at the start of its last `tail` lines, or at its start.
     pub fn open(path: &Path, tail: Option<u64>) -> std::io::Result<LogReader> {
-        let _look = ROTATION.read().unwrap_or_else(PoisonError::into_inner);
+        let rotations = ROTATIONS.read().unwrap_or_else(PoisonError::into_inner);
         let files = log_files(path);
         let (first, offset) = match tail {
             Some(n) => tail_position(&files, n)?,
@@ -181,7 +187,7 @@ impl LogReader {
             path: current.clone(),
             backlog,
             offset,
-            newest_rotated: inode(&rotated(path, 1)),
+            rotations: rotations.get(path).copied().unwrap_or(0),
         })
     }
 
@@ -197,8 +203,9 @@ impl LogReader {
                     n => return Ok(n),
                 }
             }
-            let _look = ROTATION.read().unwrap_or_else(PoisonError::into_inner);
-            if self.catch_up_with_rotations()? {
+            let rotations = ROTATIONS.read().unwrap_or_else(PoisonError::into_inner);
+            let now = rotations.get(&self.path).copied().unwrap_or(0);
+            if self.catch_up_with_rotations(now)? {
                 continue;
             }
             let mut file = match File::open(&self.path) {
@@ -214,41 +221,30 @@ impl LogReader {
         }
     }
 
-    /// Called under the read lock: if the current file was rotated since the last look,
-    /// queues the rotated files that hold what was not read yet and returns true.
-    fn catch_up_with_rotations(&mut self) -> std::io::Result<bool> {
-        let newest = inode(&rotated(&self.path, 1));
+    /// Called under the read lock, with the log's rotation count now: if the current file
+    /// was rotated (or emptied) since the last look, queues the rotated files that hold
+    /// what was not read yet and returns true.
+    fn catch_up_with_rotations(&mut self, now: u64) -> std::io::Result<bool> {
         let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
-        if newest == self.newest_rotated && len >= self.offset {
+        if now == self.rotations && len >= self.offset {
             return Ok(false);
         }
-        // The files rotated since the last look, newest first: down to the one that was
-        // `.1` then (gone if more rotations happened than files are kept).
-        let mut since = Vec::new();
-        let mut found = self.newest_rotated.is_none();
-        for n in 1..=MAX_ROTATED {
-            let p = rotated(&self.path, n);
-            match inode(&p) {
-                Some(i) if Some(i) == self.newest_rotated => {
-                    found = true;
-                    break;
-                }
-                Some(_) => since.push(p),
-                None => break,
-            }
-        }
-        // The oldest of them holds the rest of what was being read; if what was `.1` is
-        // gone, so is that file, and its rest is lost.
-        let mut offset = if found { self.offset } else { 0 };
-        for p in since.iter().rev() {
-            match open_at(p, offset) {
+        // `.<since>` holds the rest of what was being read, the newer rotated files follow
+        // whole. A file no longer kept is skipped (its part is lost); with no rotation, the
+        // file was emptied by someone else and its rest is lost.
+        let since = now
+            .saturating_sub(self.rotations)
+            .min(u64::from(MAX_ROTATED)) as u32;
+        let mut offset = self.offset;
+        for k in (1..=since).rev() {
+            match open_at(&rotated(&self.path, k), offset) {
                 Ok(f) => self.backlog.push_back(f),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
             offset = 0;
         }
-        self.newest_rotated = newest;
+        self.rotations = now;
         self.offset = 0;
         Ok(true)
     }
@@ -259,10 +255,6 @@ fn open_at(path: &Path, offset: u64) -> std::io::Result<File> {
     let mut f = File::open(path)?;
     f.seek(SeekFrom::Start(offset))?;
     Ok(f)
-}
-
-fn inode(path: &Path) -> Option<u64> {
-    std::fs::metadata(path).map(|m| m.ino()).ok()
 }
 
 /// Where the last `n` lines of the concatenation of `files` start: an index into `files`
@@ -354,6 +346,23 @@ mod tests {
 
     use std::io::Write;
 
+    /// A temporary directory and the path of a container log in it.
+    fn temp_log() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("container.log");
+        (dir, log)
+    }
+
+    fn append(path: &Path, s: &str) {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(s.as_bytes())
+            .unwrap();
+    }
+
     fn read_all(path: &Path) -> String {
         log_files(path)
             .iter()
@@ -363,8 +372,7 @@ mod tests {
 
     #[test]
     fn rotation_keeps_the_newest_files_and_readers_read_across_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("container.log");
+        let (_dir, log) = temp_log();
         let policy = LogRotation {
             max_size: 10,
             max_files: 3,
@@ -374,12 +382,7 @@ mod tests {
         for i in 0..6 {
             let chunk = format!("line {i:04}\n");
             all.push_str(&chunk);
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .unwrap();
-            f.write_all(chunk.as_bytes()).unwrap();
+            append(&log, &chunk);
             assert!(rotate_if_needed(&log, policy).unwrap());
         }
         std::fs::write(&log, "line 0006\n").unwrap();
@@ -400,8 +403,7 @@ mod tests {
 
     #[test]
     fn one_file_means_rotation_empties_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("container.log");
+        let (_dir, log) = temp_log();
         std::fs::write(&log, "0123456789abc").unwrap();
         let policy = LogRotation {
             max_size: 10,
@@ -414,8 +416,7 @@ mod tests {
 
     #[test]
     fn tails_span_files_and_partial_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("container.log");
+        let (_dir, log) = temp_log();
         // A copy-truncate rotation may cut a line in two.
         std::fs::write(rotated(&log, 1), "a\nbb\ncc").unwrap();
         std::fs::write(&log, "c\nd\n").unwrap();
@@ -425,16 +426,6 @@ mod tests {
         assert_eq!(tail_position(&files, 2).unwrap(), (0, 5));
         assert_eq!(tail_position(&files, 3).unwrap(), (0, 2));
         assert_eq!(tail_position(&files, 4).unwrap(), (0, 0));
-    }
-
-    fn append(path: &Path, s: &str) {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap()
-            .write_all(s.as_bytes())
-            .unwrap();
     }
 
     fn read_now(reader: &mut LogReader) -> String {
@@ -450,8 +441,7 @@ mod tests {
 
     #[test]
     fn a_reader_should_continue_in_the_right_file_after_several_rotations() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("container.log");
+        let (_dir, log) = temp_log();
         let policy = LogRotation {
             max_size: 1,
             max_files: 4,
@@ -479,6 +469,29 @@ mod tests {
         assert_eq!(read_now(&mut tail), "e\nf\ng\n");
     }
 
+    /// Two rotations between looks, the second deleting the file that was `.1` at the
+    /// first look: the file system may give its inode number to the new `.1`, so only the
+    /// rotation count tells that anything happened.
+    #[test]
+    fn a_reader_should_not_be_fooled_by_a_reused_inode() {
+        let (_dir, log) = temp_log();
+        let policy = LogRotation {
+            max_size: 1,
+            max_files: 3,
+        };
+        append(&log, "a\n");
+        assert!(rotate_if_needed(&log, policy).unwrap());
+        append(&log, "b\n");
+        let mut reader = LogReader::open(&log, None).unwrap();
+        assert_eq!(read_now(&mut reader), "a\nb\n");
+        append(&log, "c\n");
+        assert!(rotate_if_needed(&log, policy).unwrap());
+        append(&log, "d\n");
+        assert!(rotate_if_needed(&log, policy).unwrap());
+        append(&log, "e\n");
+        assert_eq!(read_now(&mut reader), "c\nd\ne\n");
+    }
+
     /// A writer appends numbered lines, a rotator rotates as fast as it can, a follower
     /// reads all along: it sees the lines in order, each at most once.
     #[test]
@@ -486,8 +499,7 @@ mod tests {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::Arc;
         const LINES: u32 = 20_000;
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("container.log");
+        let (_dir, log) = temp_log();
         std::fs::write(&log, "").unwrap();
         let policy = LogRotation {
             max_size: 2_000,
