@@ -141,13 +141,20 @@ fn main() -> Result<()> {
                     "chaos: {name} FAILED ({:.0} s): {e}",
                     t.elapsed().as_secs_f64()
                 );
-                // A fresh cluster for the next one.
+                // A fresh cluster for the next one; its logs are kept for whoever reads this.
                 if let Some(x) = cluster.take() {
                     let logs = x.c.state_dir().join("logs");
-                    eprintln!(
-                        "chaos: logs were in {} (removed with the cluster)",
-                        logs.display()
-                    );
+                    let kept = shoal_e2e::bin_dir()
+                        .join("..")
+                        .join("e2e-artifacts")
+                        .join(format!("chaos-{name}-{}", unix_secs()));
+                    match keep_logs(&logs, &kept) {
+                        Ok(()) => eprintln!("chaos: the cluster's logs are in {}", kept.display()),
+                        Err(e) => eprintln!(
+                            "chaos: could not keep {} ({e:#}); removed with the cluster",
+                            logs.display()
+                        ),
+                    }
                     drop(x);
                 }
                 results.push(Err((name.clone(), e)));
@@ -248,6 +255,28 @@ fn table(results: &[std::result::Result<Outcome, (String, String)>]) -> String {
         }
     }
     t
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Copies a failed scenario's log directory to `to` (`cp -a`: the logs are plain files).
+fn keep_logs(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "cp -a failed");
+    Ok(())
 }
 
 #[cfg(test)]
