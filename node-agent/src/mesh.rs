@@ -304,6 +304,8 @@ pub fn delete_ruleset() -> Value {
 pub struct NftMesh {
     home: Option<PathBuf>,
     health: std::sync::Arc<HealthListeners>,
+    /// The backends of the last table programmed (`None`: none yet).
+    backends: std::sync::Arc<std::sync::Mutex<Option<BTreeSet<Ipv4Addr>>>>,
 }
 
 impl NftMesh {
@@ -312,6 +314,50 @@ impl NftMesh {
         NftMesh {
             health: std::sync::Arc::new(HealthListeners::new(home.clone())),
             home,
+            backends: Default::default(),
+        }
+    }
+
+    /// After a table that lacks a backend of the one before it (or the first one), deletes
+    /// the home netns's connections to the node's address that were NATed to a backend the
+    /// table no longer has, so that a client coming back from the same source port is not
+    /// sent to it again (see [`crate::lb::netlink::conntrack`]). Best effort, logged.
+    async fn forget_dropped_backends(&self, rules: &MeshRules) {
+        let Some(node) = rules.node_address else {
+            return;
+        };
+        let now: BTreeSet<Ipv4Addr> = rules
+            .ports
+            .iter()
+            .flat_map(|p| p.backends.iter().copied())
+            .collect();
+        let dropped = {
+            let mut last = self.backends.lock().unwrap_or_else(|p| p.into_inner());
+            let dropped = last.as_ref().is_none_or(|b| !b.is_subset(&now));
+            *last = Some(now.clone());
+            dropped
+        };
+        if !dropped {
+            return;
+        }
+        let forgot = crate::net::netns::run_in(self.home.as_deref(), move || {
+            crate::lb::netlink::conntrack::forget_stale(|to, from| {
+                to != node || now.contains(&from)
+            })
+        })
+        .await;
+        match forgot {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(
+                deleted = n,
+                "routing mesh: forgot connections to backends it dropped"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "routing mesh: cannot forget connections to backends it dropped")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "routing mesh: cannot enter the home namespace to forget connections")
+            }
         }
     }
 }
@@ -319,7 +365,9 @@ impl NftMesh {
 #[async_trait::async_trait]
 impl Mesh for NftMesh {
     async fn program(&self, rules: &MeshRules) -> Result<(), NftError> {
-        nft::apply(self.home.as_deref(), &ruleset(rules)).await
+        nft::apply(self.home.as_deref(), &ruleset(rules)).await?;
+        self.forget_dropped_backends(rules).await;
+        Ok(())
     }
     async fn remove(&self) -> Result<(), NftError> {
         nft::apply(self.home.as_deref(), &delete_ruleset()).await

@@ -2,7 +2,9 @@
 //! "task" namespace and two "backend" namespaces behind a bridge in a fourth namespace, all
 //! made by the test and deleted by a guard. Connections from the task to VIP:80 are spread
 //! over both backends; replacing the backends is atomic; no backend → refused at once; a
-//! change touches only the service that changed; drift is repaired by a full write.
+//! change touches only the service that changed; drift is repaired by a full write; a
+//! client back on the source port of a SYN a dropped backend never answered reaches a
+//! backend the table has (VIP tables and the routing mesh).
 
 #[path = "lb_support/mod.rs"]
 mod support;
@@ -166,6 +168,63 @@ async fn lb_spreads_vip_connections_over_backends_and_updates_atomically() {
     lb::remove(Some(&task_path)).await.unwrap();
     lb::remove(Some(&task_path)).await.unwrap();
     assert_eq!(lb::read_programmed(Some(&task_path)).await.unwrap(), None);
+}
+
+/// One connection to VIP:80 from inside `ns`, from source port `port`.
+fn from_port(ns: &str, port: u16, timeout: Duration) -> Result<String, String> {
+    let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
+    connect_from_port(ns, port, vip, timeout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_should_not_send_a_reused_source_port_to_a_backend_it_dropped() {
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let mut nss = Namespaces::new();
+    let switch = nss.add("sw");
+    let task = nss.add("task");
+    let b2 = nss.add("b2");
+    support::wire(&switch, &[(&task, "10.77.0.2/24"), (&b2, "10.77.0.4/24")]);
+    let _r2 = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
+    let task_path = Namespaces::path(&task);
+    // 10.77.0.9 is a backend that died: its frames go out and nothing answers.
+    sh(&[
+        "ip",
+        "-n",
+        &task,
+        "neigh",
+        "add",
+        "10.77.0.9",
+        "lladdr",
+        "02:00:00:00:00:09",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    let dead = [entry(&["10.77.0.9"])];
+    let live = [entry(&["10.77.0.4"])];
+    let quick = Duration::from_millis(500);
+    // Long enough for two SYNs (the second goes 1 s after the first).
+    let patient = Duration::from_secs(3);
+
+    // An incremental change. The SYN from port 40000 went to the dead backend and left a
+    // conntrack entry behind; the same port after the change must reach the live one.
+    lb::program(Some(&task_path), &dead).await.unwrap();
+    assert!(
+        from_port(&task, 40000, quick).is_err(),
+        "the dead backend answered"
+    );
+    lb::update(Some(&task_path), &dead, &live).await.unwrap();
+    assert_eq!(from_port(&task, 40000, patient), Ok("b2".to_owned()));
+
+    // A full write.
+    lb::program(Some(&task_path), &dead).await.unwrap();
+    assert!(
+        from_port(&task, 40002, quick).is_err(),
+        "the dead backend answered"
+    );
+    lb::program(Some(&task_path), &live).await.unwrap();
+    assert_eq!(from_port(&task, 40002, patient), Ok("b2".to_owned()));
 }
 
 /// The kernel handle of each counter chain in the namespace at `path`.
@@ -513,4 +572,85 @@ async fn lb_netlink_write_is_the_table_nft_writes_for_the_script() {
     lb::remove(Some(&path)).await.unwrap();
     lb::remove(Some(&path)).await.unwrap();
     assert_eq!(lb::read_programmed(Some(&path)).await.unwrap(), None);
+}
+
+/// One connection to `to` from inside `ns`, from source port `port`: the reply, or why it
+/// failed.
+fn connect_from_port(
+    ns: &str,
+    port: u16,
+    to: SocketAddr,
+    timeout: Duration,
+) -> Result<String, String> {
+    in_ns(ns, move || {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| e.to_string())?;
+        s.set_reuse_address(true).map_err(|e| e.to_string())?;
+        let local = SocketAddr::from(([0, 0, 0, 0], port));
+        s.bind(&local.into()).map_err(|e| format!("bind: {e}"))?;
+        s.connect_timeout(&to.into(), timeout)
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut s = TcpStream::from(s);
+        s.set_read_timeout(Some(timeout)).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)
+            .map_err(|e| format!("read: {e}"))?;
+        Ok(reply)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_should_not_send_a_reused_source_port_to_a_backend_it_dropped() {
+    use shoal_api_types::service::{PublishMode, TrafficPolicy};
+    use shoal_node_agent::mesh::{Mesh, MeshPort, MeshRules, NftMesh};
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let mut nss = Namespaces::new();
+    let switch = nss.add("sw");
+    let node = nss.add("node");
+    let b2 = nss.add("b2");
+    support::wire(&switch, &[(&node, "10.77.0.2/24"), (&b2, "10.77.0.4/24")]);
+    let _r2 = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
+    sh(&[
+        "ip",
+        "-n",
+        &node,
+        "neigh",
+        "add",
+        "10.77.0.9",
+        "lladdr",
+        "02:00:00:00:00:09",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    let mesh = NftMesh::new(Some(Namespaces::path(&node)));
+    let rules = |backend: &str| MeshRules {
+        node_address: Some("10.77.0.2".parse().unwrap()),
+        ports: vec![MeshPort {
+            protocol: Protocol::Tcp,
+            published: 8080,
+            target: 80,
+            mode: PublishMode::Host,
+            traffic: TrafficPolicy::Cluster,
+            health_port: None,
+            backends: vec![backend.parse().unwrap()],
+        }],
+        ..Default::default()
+    };
+    let published: SocketAddr = "10.77.0.2:8080".parse().unwrap();
+
+    // The node itself connects to its published port (the output hook): the first SYN from
+    // port 40000 goes to the dead backend; after the change the same port reaches b2.
+    mesh.program(&rules("10.77.0.9")).await.unwrap();
+    assert!(
+        connect_from_port(&node, 40000, published, Duration::from_millis(500)).is_err(),
+        "the dead backend answered"
+    );
+    mesh.program(&rules("10.77.0.4")).await.unwrap();
+    assert_eq!(
+        connect_from_port(&node, 40000, published, Duration::from_secs(3)),
+        Ok("b2".to_owned())
+    );
+    mesh.remove().await.unwrap();
 }

@@ -91,6 +91,8 @@ mod plan;
 mod ruleset;
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use crate::net::nft;
@@ -107,17 +109,45 @@ pub use ruleset::{
 /// Replace our table in the namespace at `netns` with one for `entries`: the table
 /// [`ruleset`] describes, sent as one nf_tables netlink batch ([`netlink::table_messages`]),
 /// which is what `nft -f` would send for that script without nft's parsing.
+/// Connections the old table NATed to a backend the new one lacks are forgotten
+/// ([`netlink::conntrack`]).
 pub async fn program(netns: Option<&Path>, entries: &[VipEntry]) -> Result<(), LbError> {
     let msgs = netlink::table_messages(&normalized(entries));
-    send(netns, msgs).await
+    send(netns, msgs, Some(pairs(entries))).await
 }
 
-/// Sends `msgs` as one batch in the namespace at `netns`.
-async fn send(netns: Option<&Path>, msgs: Vec<netlink::Message>) -> Result<(), LbError> {
-    crate::net::netns::run_in(netns, move || netlink::send(&msgs))
-        .await
-        .map_err(|e| netns_error(netns, e))??;
+/// Sends `msgs` as one batch in the namespace at `netns`. With `kept`, the (VIP, backend)
+/// pairs of the table the batch leaves, it then deletes the conntrack entries that would
+/// send a client to any other pair ([`netlink::conntrack`]); that is best effort, logged,
+/// and never fails the change, which is in force by then.
+async fn send(
+    netns: Option<&Path>,
+    msgs: Vec<netlink::Message>,
+    kept: Option<BTreeSet<(Ipv4Addr, Ipv4Addr)>>,
+) -> Result<(), LbError> {
+    let at = netns.map(Path::to_owned);
+    crate::net::netns::run_in(netns, move || {
+        netlink::send(&msgs)?;
+        if let Some(kept) = kept {
+            match netlink::conntrack::forget_stale(|vip, b| kept.contains(&(vip, b))) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(netns = ?at, deleted = n, "forgot connections to backends the VIP table dropped"),
+                Err(e) => tracing::warn!(netns = ?at, error = %e, "cannot forget connections to backends the VIP table dropped"),
+            }
+        }
+        Ok::<_, netlink::NetlinkError>(())
+    })
+    .await
+    .map_err(|e| netns_error(netns, e))??;
     Ok(())
+}
+
+/// The (VIP, backend) pairs of `entries`.
+fn pairs(entries: &[VipEntry]) -> BTreeSet<(Ipv4Addr, Ipv4Addr)> {
+    entries
+        .iter()
+        .flat_map(|e| e.backends.iter().map(|b| (e.vip, *b)))
+        .collect()
 }
 
 /// Change our table in the namespace at `netns`, which holds `from`, to hold `to`: one
@@ -134,7 +164,11 @@ pub async fn update(
     if change.is_empty() {
         return Ok(());
     }
-    send(netns, netlink::messages(&change)).await
+    // Connections are forgotten only when a backend left a VIP: a change that only adds
+    // costs no conntrack dump.
+    let kept = pairs(to);
+    let dropped = pairs(from).iter().any(|p| !kept.contains(p));
+    send(netns, netlink::messages(&change), dropped.then_some(kept)).await
 }
 
 /// `entries` normalised, without a copy when they already are (the agent's always are).
@@ -154,7 +188,12 @@ fn normalized(entries: &[VipEntry]) -> Cow<'_, [VipEntry]> {
 
 /// Remove our table from the namespace at `netns` (absent is fine).
 pub async fn remove(netns: Option<&Path>) -> Result<(), LbError> {
-    send(netns, netlink::delete_table_messages()).await
+    send(
+        netns,
+        netlink::delete_table_messages(),
+        Some(BTreeSet::new()),
+    )
+    .await
 }
 
 /// What is programmed in the namespace at `netns` (normalised entries), or `None` when our

@@ -26,6 +26,7 @@ use std::net::Ipv4Addr;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 use shoal_api_types::service::Protocol;
 
+pub mod conntrack;
 pub mod error;
 
 pub use error::NetlinkError;
@@ -1015,10 +1016,23 @@ fn parse_key(b: &[u8], port: bool, index: bool) -> Option<(Key, Option<u32>)> {
     Some(((vip, protocol, p), i))
 }
 
-/// Sends one request (a dump with `NLM_F_DUMP`) and hands the attributes of each answer to
-/// `each` until the kernel is done. Blocking.
+/// Sends one nf_tables request (a dump with `NLM_F_DUMP`) and hands the attributes of each
+/// answer to `each` until the kernel is done. Blocking.
 fn request(
     socket: &Socket,
+    kind: u16,
+    flags: u16,
+    attrs: &[u8],
+    what: &str,
+    each: impl FnMut(&[u8]) -> Result<(), NetlinkError>,
+) -> Result<(), NetlinkError> {
+    request_to(socket, NFNL_SUBSYS_NFTABLES, kind, flags, attrs, what, each)
+}
+
+/// [`request`] to the netfilter subsystem `subsys` (`NFNL_SUBSYS_*`).
+fn request_to(
+    socket: &Socket,
+    subsys: u16,
     kind: u16,
     flags: u16,
     attrs: &[u8],
@@ -1029,7 +1043,7 @@ fn request(
     let mut msg = Vec::new();
     frame(
         &mut msg,
-        (NFNL_SUBSYS_NFTABLES << 8) | kind,
+        (subsys << 8) | kind,
         NLM_F_REQUEST | NLM_F_ACK | flags,
         1,
         NFPROTO_IPV4,
