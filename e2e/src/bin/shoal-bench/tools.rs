@@ -367,8 +367,27 @@ fn get_once(addr: &std::net::SocketAddr) -> std::result::Result<(), (&'static st
         };
         (kind, e.to_string())
     };
-    // 3 s: one lost SYN (retransmitted after 1 s) is slow, not failed.
-    let mut s = TcpStream::connect_timeout(addr, Duration::from_secs(3)).map_err(io)?;
+    // 3 s: one lost SYN (retransmitted after 1 s) is slow, not failed. A failure names the
+    // source port, which the kernel picks at connect: shoal-chaos finds the connection's
+    // conntrack entry (where it was sent) by it.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).map_err(io)?;
+    let port = |s: &socket2::Socket| {
+        s.local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map_or(0, |a| a.port())
+    };
+    let io = |s: &socket2::Socket| {
+        let port = port(s);
+        move |e: std::io::Error| {
+            let (kind, detail) = io(e);
+            (kind, format!("{detail} (from port {port})"))
+        }
+    };
+    s.connect_timeout(&(*addr).into(), Duration::from_secs(3))
+        .map_err(io(&s))?;
+    let io = io(&s);
+    let mut s = TcpStream::from(s);
     s.set_read_timeout(Some(Duration::from_secs(3)))
         .map_err(io)?;
     s.set_write_timeout(Some(Duration::from_secs(3)))

@@ -102,18 +102,54 @@ fn finish(
             out.notes.push(format!("{path} failures: {}", r.kinds()));
         }
         let late = r.failed_since(recovered_ms);
-        ensure!(
-            late == 0,
-            "{late} request(s) through the {path} failed after recovery: {:?}",
-            r.fails
+        if late > 0 {
+            // Where conntrack sent those connections (by their source port), while the
+            // entries still exist: the first thing to know about a late failure.
+            let ns = if path == "VIP" {
+                x.client_ns.as_str()
+            } else {
+                "shoal-node-1"
+            };
+            let table = in_ns(ns, &["cat", "/proc/net/nf_conntrack"]).unwrap_or_default();
+            let fails: Vec<String> = r
+                .fails
                 .iter()
                 .filter(|(at, _, _)| *at >= recovered_ms)
                 .take(5)
-                .collect::<Vec<_>>()
-        );
+                .map(|(at, kind, detail)| {
+                    format!(
+                        "{at:.0} {kind} {detail}; conntrack: {}",
+                        conntrack_of(&table, detail)
+                    )
+                })
+                .collect();
+            bail!("{late} request(s) through the {path} failed after recovery: {fails:?}");
+        }
     }
     out.check = check.lines().last().unwrap_or_default().trim().to_string();
     Ok(out)
+}
+
+/// The lines of a namespace's `/proc/net/nf_conntrack` for the source port that a load's
+/// failure `detail` names (`… (from port N)`), or what is missing.
+fn conntrack_of(table: &str, detail: &str) -> String {
+    let Some(port) = detail
+        .rsplit_once("(from port ")
+        .and_then(|(_, p)| p.strip_suffix(')'))
+    else {
+        return "no source port".into();
+    };
+    let key = format!(" sport={port} ");
+    let lines: Vec<String> = table
+        .lines()
+        .filter(|l| l.contains(&key))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    if lines.is_empty() {
+        format!("no entry from port {port}")
+    } else {
+        lines.join(" | ")
+    }
 }
 
 /// a. An agent SIGKILLed while it converges `n` tasks, then restarted.
@@ -822,6 +858,23 @@ fn churn(x: &Chaos, cycles: u32) -> Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conntrack_of_should_find_the_entries_of_the_failed_source_port() {
+        let table = "ipv4     2 tcp      6 117 SYN_SENT src=10.0.1.3 dst=10.0.1.2 sport=40000 dport=80 [UNREPLIED] src=10.0.1.9 dst=10.0.1.3 sport=80 dport=40000 mark=0 zone=0 use=2\n\
+                     ipv4     2 tcp      6 110 TIME_WAIT src=10.0.1.3 dst=10.0.1.2 sport=40002 dport=80 src=10.0.1.5 dst=10.0.1.3 sport=80 dport=40002 [ASSURED] mark=0 zone=0 use=2\n";
+        let found = conntrack_of(table, "connection timed out (from port 40000)");
+        assert!(found.starts_with("ipv4 2 tcp 6 117 SYN_SENT"), "{found}");
+        assert!(
+            found.contains("src=10.0.1.9") && !found.contains("40002"),
+            "{found}"
+        );
+        assert_eq!(
+            conntrack_of(table, "timed out (from port 41000)"),
+            "no entry from port 41000"
+        );
+        assert_eq!(conntrack_of(table, "timed out"), "no source port");
+    }
 
     #[test]
     fn plan_should_only_touch_services_in_a_state_that_allows_the_operation() {
