@@ -170,6 +170,23 @@ async fn lb_spreads_vip_connections_over_backends_and_updates_atomically() {
     assert_eq!(lb::read_programmed(Some(&task_path)).await.unwrap(), None);
 }
 
+/// A namespace `client` at 10.77.0.2 on a switch with a live backend, b2 at 10.77.0.4
+/// (it answers "b2"), and a dead one, 10.77.0.9, whose frames go out and are never
+/// answered: (the namespaces, the client's name, b2's responder). Drop the responder first.
+fn dead_and_live(client: &str) -> (Namespaces, String, Responder) {
+    let mut nss = Namespaces::new();
+    let switch = nss.add("sw");
+    let client = nss.add(client);
+    let b2 = nss.add("b2");
+    support::wire(&switch, &[(&client, "10.77.0.2/24"), (&b2, "10.77.0.4/24")]);
+    let responder = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
+    let neigh = "neigh add 10.77.0.9 lladdr 02:00:00:00:00:09 dev eth0 nud permanent";
+    let mut args = vec!["ip", "-n", &client];
+    args.extend(neigh.split(' '));
+    sh(&args);
+    (nss, client, responder)
+}
+
 /// One connection to VIP:80 from inside `ns`, from source port `port`.
 fn from_port(ns: &str, port: u16, timeout: Duration) -> Result<String, String> {
     let vip: SocketAddr = format!("{VIP}:80").parse().unwrap();
@@ -179,28 +196,8 @@ fn from_port(ns: &str, port: u16, timeout: Duration) -> Result<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lb_should_not_send_a_reused_source_port_to_a_backend_it_dropped() {
     shoal_testkit::require!(root, tools = ["ip", "nft"]);
-    let mut nss = Namespaces::new();
-    let switch = nss.add("sw");
-    let task = nss.add("task");
-    let b2 = nss.add("b2");
-    support::wire(&switch, &[(&task, "10.77.0.2/24"), (&b2, "10.77.0.4/24")]);
-    let _r2 = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
+    let (_nss, task, _b2) = dead_and_live("task");
     let task_path = Namespaces::path(&task);
-    // 10.77.0.9 is a backend that died: its frames go out and nothing answers.
-    sh(&[
-        "ip",
-        "-n",
-        &task,
-        "neigh",
-        "add",
-        "10.77.0.9",
-        "lladdr",
-        "02:00:00:00:00:09",
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
     let dead = [entry(&["10.77.0.9"])];
     let live = [entry(&["10.77.0.4"])];
     let quick = Duration::from_millis(500);
@@ -604,26 +601,7 @@ async fn mesh_should_not_send_a_reused_source_port_to_a_backend_it_dropped() {
     use shoal_api_types::service::{PublishMode, TrafficPolicy};
     use shoal_node_agent::mesh::{Mesh, MeshPort, MeshRules, NftMesh};
     shoal_testkit::require!(root, tools = ["ip", "nft"]);
-    let mut nss = Namespaces::new();
-    let switch = nss.add("sw");
-    let node = nss.add("node");
-    let b2 = nss.add("b2");
-    support::wire(&switch, &[(&node, "10.77.0.2/24"), (&b2, "10.77.0.4/24")]);
-    let _r2 = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
-    sh(&[
-        "ip",
-        "-n",
-        &node,
-        "neigh",
-        "add",
-        "10.77.0.9",
-        "lladdr",
-        "02:00:00:00:00:09",
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
+    let (_nss, node, _b2) = dead_and_live("node");
     let mesh = NftMesh::new(Some(Namespaces::path(&node)));
     let rules = |backend: &str| MeshRules {
         node_address: Some("10.77.0.2".parse().unwrap()),
