@@ -12,11 +12,12 @@
 //! - [`View`]: the slots of one task's networks in attachment order — the scoping: a task
 //!   only ever sees names of networks it is attached to.
 //! - [`DnsServer`] (in `server`): our request handler, run by hickory-server for TCP and by
-//!   our own UDP loops (`udp`: a `SO_REUSEPORT` group of sockets, one receive task each);
-//!   sockets bound inside the namespace. The UDP loops answer plain A questions for names
+//!   our own UDP readers (`udp`: one socket per namespace, read by a thread per CPU);
+//!   sockets bound inside the namespace. The UDP readers answer plain A questions for names
 //!   of ours on a fast path (`wire`): from answers pre-encoded with each table, patched with
-//!   the query's id, flags and question; all else goes to the handler. [`DnsHost`] keeps one server per task behind the [`DnsServers`]
-//!   trait; [`RecordingDns`] is its fake for converge-loop tests.
+//!   the query's id, flags and question; all else goes to the handler.
+//! - [`DnsHost`] keeps one server per task behind the [`DnsServers`] trait;
+//!   [`RecordingDns`] is its fake for converge-loop tests.
 //!
 //! Invariants: a table is replaced whole (readers see the old or the new one); answers have
 //! TTL 0, so a task leaving the Endpoints leaves DNS with the next lookup; names of ours never
