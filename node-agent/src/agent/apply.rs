@@ -3,7 +3,8 @@
 //!
 //! Invariants:
 //! - A task's status only moves forward, and a terminal status is never rewritten
-//!   ([`advance`]); the one same-state write allowed is a health change of a running task.
+//!   ([`advance`]); the same-state writes allowed are a health change of a running task
+//!   and a changed `err` of a task waiting in `starting` (a container runtime that is down).
 //! - A task is started only after etcd confirmed that the stored task still wants to run
 //!   ([`StatusSink::confirm`], a read); a task the controller orphaned or deleted meanwhile
 //!   is not started.
@@ -23,7 +24,7 @@ use shoal_store::StoreError;
 
 use super::plan::{Op, StatusUpdate};
 use super::stages::{Lap, Stages, STARTED_MESSAGE};
-use super::task_runtime::{TaskError, TaskRuntime};
+use super::task_runtime::{Started, TaskError, TaskRuntime};
 
 /// Where task status goes.
 #[async_trait]
@@ -243,7 +244,7 @@ impl Effects {
     /// Starts `task`, reporting `starting` meanwhile only if the start takes longer than
     /// [`STARTING_AFTER`]. That report is informational (the start was confirmed before):
     /// if it fails, the outcome's report that follows says what matters.
-    async fn start(&self, id: &str, task: &Task) -> Result<super::Started, TaskError> {
+    async fn start(&self, id: &str, task: &Task) -> Result<Started, TaskError> {
         let start = self.runtime.start_task(task);
         tokio::pin!(start);
         tokio::select! {

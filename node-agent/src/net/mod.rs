@@ -55,8 +55,10 @@
 //!   to the node itself (from the gateway bridge or an overlay bridge), accepts VXLAN only
 //!   from the nodes' underlay addresses, and forwards new connections into an overlay only
 //!   when the routing mesh DNATed them.
-//! - Bridged frames skip the IP hooks: [`datapath`] turns `br_netfilter` off in the home
-//!   netns (Shoal filters nothing bridged; the hooks cost conntrack on every overlay packet).
+//! - Bridged frames skip the IP hooks where the home is a node namespace of the agent's own
+//!   ([`NetConfig::home_netns`]): [`datapath`] turns `br_netfilter` off there (Shoal filters
+//!   nothing bridged; the hooks cost conntrack on every overlay packet), never in the host's
+//!   namespace, where kube-proxy and Docker rely on it.
 //! - 127.0.0.11 (the DNS server's address) needs no extra address: `lo` is brought up with
 //!   127.0.0.1/8, and the kernel's local route covers all of 127.0.0.0/8.
 

@@ -49,8 +49,9 @@
 //!   decides by source address alone), and a conntrack lookup per overlay packet is pure
 //!   cost on the data path (docs/benchmarks.md, "Data plane").
 //! - **Forward into overlays**: bridged traffic between two ports of one bridge passes the
-//!   IP forward hook too (`br_netfilter`, on by default in every namespace) with `iifname`
-//!   and `oifname` both the bridge; it is never touched. A new connection routed into an
+//!   IP forward hook only where `br_netfilter` is on (an agent in the host's namespace; in a
+//!   node namespace of its own the agent turns it off, see `net::datapath`), with `iifname`
+//!   and `oifname` both the bridge; either way it is never touched. A new connection routed into an
 //!   overlay bridge passes only when the routing mesh DNATed it; from outside the overlays
 //!   (underlay, gateway bridge) nothing else goes in, and into the ingress bridge — the only
 //!   overlay bridge with a node address, so the only one the node has a route into —

@@ -9,8 +9,9 @@
 //! is deleted), then truncated to zero. Because every write of the shim is an append, writes
 //! after the truncation land at the new end (offset 0 onwards), never past a hole. Bytes the
 //! shim appends between the end of the copy and the truncation would be lost; the copy
-//! catches up with the file until it stops growing before truncating, so the window is the
-//! time between two syscalls. logrotate's `copytruncate` has the same trade-off; a shim log
+//! catches up with the file (at most four passes) before truncating, so what is lost is what
+//! the shim appended after the last pass: little on a quiet node, more under heavy writing
+//! and load. logrotate's `copytruncate` has the same trade-off; a shim log
 //! driver (`binary://`) would avoid it but would make the container's output depend on a
 //! process of ours staying alive.
 //!
