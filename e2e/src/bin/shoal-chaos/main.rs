@@ -147,7 +147,10 @@ fn main() -> Result<()> {
                     let kept = shoal_e2e::bin_dir()
                         .join("..")
                         .join("e2e-artifacts")
-                        .join(format!("chaos-{name}-{}", unix_secs()));
+                        .join(format!(
+                            "chaos-{name}-{}",
+                            (harness::unix_ms() / 1000.0) as u64
+                        ));
                     match keep_logs(&logs, &kept) {
                         Ok(()) => eprintln!("chaos: the cluster's logs are in {}", kept.display()),
                         Err(e) => eprintln!(
@@ -255,13 +258,6 @@ fn table(results: &[std::result::Result<Outcome, (String, String)>]) -> String {
         }
     }
     t
-}
-
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Copies a failed scenario's log directory to `to` (`cp -a`: the logs are plain files).
