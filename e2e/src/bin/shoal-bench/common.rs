@@ -441,7 +441,8 @@ impl Etcd {
             _proc: proc,
             _dir: dir,
         };
-        for _ in 0..100 {
+        // Up to 30 s: a loaded machine (scripts/test's quick run) can take over 10.
+        for _ in 0..300 {
             if let Ok(store) = shoal_store::Store::connect(&etcd.connect()).await {
                 if store.revision().await.is_ok() {
                     return Ok(etcd);
@@ -449,7 +450,13 @@ impl Etcd {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("etcd did not answer at {}", etcd.url)
+        let log = std::fs::read_to_string(etcd._dir.0.join("etcd.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        bail!(
+            "etcd did not answer at {} in 30 s; its log ends: {:?}",
+            etcd.url,
+            tail
+        )
     }
 }
 
