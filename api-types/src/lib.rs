@@ -40,7 +40,7 @@ pub use manifest::{parse_manifests, AnyObject, ManifestError};
 pub use meta::{ObjectMeta, API_VERSION};
 pub use network::{Network, NetworkSpec, NetworkStatus};
 pub use node::{Node, NodeAvailability, NodeSpec, NodeState, NodeStatus};
-pub use object::{EventType, Object, ObjectList, Resource, WatchEvent};
+pub use object::{EventType, Object, ObjectList, Resource, Stored, WatchEvent};
 pub use payload::{
     Config, ConfigSpec, DeliveredPayload, PayloadKind, PayloadStatus, Secret, SecretSpec,
     TaskPayloads,

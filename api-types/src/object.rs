@@ -5,7 +5,8 @@ use std::fmt::Debug;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::meta::{ObjectMeta, API_VERSION};
 use crate::validation::{FieldError, Validate};
@@ -109,6 +110,73 @@ impl<S: Resource> Object<S> {
     pub fn apply_defaults(&mut self) {
         self.spec.apply_defaults();
     }
+
+    /// The object as it is stored in etcd: serialised like the object itself but without
+    /// `metadata.resourceVersion` (the key's mod revision is the truth there), and without
+    /// copying the object to drop it.
+    pub fn stored(&self) -> Stored<'_, S> {
+        Stored(self)
+    }
+}
+
+/// An object in its stored form ([`Object::stored`]). Its fields are listed by exhaustive
+/// destructuring, so a field added to [`Object`] or [`ObjectMeta`] fails to compile here
+/// instead of being lost on every write.
+pub struct Stored<'a, S: Resource>(&'a Object<S>);
+
+impl<S: Resource> Serialize for Stored<'_, S> {
+    fn serialize<Z: Serializer>(&self, z: Z) -> Result<Z::Ok, Z::Error> {
+        let Object {
+            api_version,
+            kind,
+            metadata,
+            spec,
+            status,
+        } = self.0;
+        let mut s = z.serialize_struct("Object", 5)?;
+        s.serialize_field("apiVersion", api_version)?;
+        s.serialize_field("kind", kind)?;
+        s.serialize_field("metadata", &StoredMeta(metadata))?;
+        s.serialize_field("spec", spec)?;
+        if is_default(status) {
+            s.skip_field("status")?;
+        } else {
+            s.serialize_field("status", status)?;
+        }
+        s.end()
+    }
+}
+
+/// [`ObjectMeta`] as stored: every field as its own `Serialize` writes it, but
+/// `resourceVersion`.
+struct StoredMeta<'a>(&'a ObjectMeta);
+
+impl Serialize for StoredMeta<'_> {
+    fn serialize<Z: Serializer>(&self, z: Z) -> Result<Z::Ok, Z::Error> {
+        let ObjectMeta {
+            name,
+            uid,
+            labels,
+            generation,
+            resource_version: _,
+            creation_timestamp,
+        } = self.0;
+        let mut s = z.serialize_struct("ObjectMeta", 5)?;
+        s.serialize_field("name", name)?;
+        if !uid.is_empty() {
+            s.serialize_field("uid", uid)?;
+        }
+        if !labels.is_empty() {
+            s.serialize_field("labels", labels)?;
+        }
+        if *generation != 0 {
+            s.serialize_field("generation", generation)?;
+        }
+        if let Some(t) = creation_timestamp {
+            s.serialize_field("creationTimestamp", t)?;
+        }
+        s.end()
+    }
 }
 
 impl<S: Resource> Validate for Object<S> {
@@ -196,4 +264,43 @@ pub struct WatchEvent<T> {
     pub event_type: EventType,
     /// The object (for BOOKMARK only kind, apiVersion and metadata.resourceVersion).
     pub object: T,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::task::{TaskSpec, TaskState};
+
+    /// What the stored form was before [`Stored`]: a copy with `resourceVersion` cleared.
+    fn copied<S: Resource>(o: &Object<S>) -> Vec<u8> {
+        let mut o = o.clone();
+        o.metadata.resource_version = None;
+        serde_json::to_vec(&o).unwrap()
+    }
+
+    #[test]
+    fn the_stored_form_should_be_the_object_without_its_resource_version() {
+        let mut bare = Object::new("t1", TaskSpec::default());
+        bare.metadata.resource_version = Some("7".into());
+        let mut full = bare.clone();
+        full.metadata.uid = "u-1".into();
+        full.metadata.labels = BTreeMap::from([("a".into(), "b \"quoted\"".into())]);
+        full.metadata.generation = 3;
+        full.metadata.creation_timestamp = Some("2026-12-03T10:00:00Z".parse().unwrap());
+        full.status.state = TaskState::Running;
+        full.status.message = "started".into();
+        for o in [&bare, &full] {
+            let stored = serde_json::to_vec(&o.stored()).unwrap();
+            assert_eq!(
+                String::from_utf8(stored.clone()).unwrap(),
+                String::from_utf8(copied(o)).unwrap()
+            );
+            let back: Object<TaskSpec> = serde_json::from_slice(&stored).unwrap();
+            assert_eq!(back.metadata.resource_version, None);
+            assert_eq!(back.status, o.status);
+            assert_eq!(back.metadata.labels, o.metadata.labels);
+        }
+    }
 }

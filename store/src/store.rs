@@ -579,11 +579,9 @@ fn required_revision<S: Resource>(obj: &Object<S>) -> Result<i64> {
     })
 }
 
-/// The stored form: JSON without resourceVersion.
+/// The stored form: JSON without resourceVersion ([`Object::stored`], no copy).
 pub(crate) fn encode<S: Resource>(obj: &Object<S>) -> Vec<u8> {
-    let mut obj = obj.clone();
-    obj.metadata.resource_version = None;
-    serde_json::to_vec(&obj).expect("objects always serialise")
+    serde_json::to_vec(&obj.stored()).expect("objects always serialise")
 }
 
 /// Decodes a stored value and sets resourceVersion from the key's mod_revision (what a
