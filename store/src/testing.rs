@@ -142,6 +142,7 @@ impl TestEtcd {
             ]);
         }
         let child = Command::new("etcd")
+            .envs(crate::ETCD_ENV.iter().copied())
             .arg("--name=test")
             .arg(format!("--data-dir={}", dir.path().join("data").display()))
             .arg(format!("--listen-client-urls={endpoint}"))

@@ -63,13 +63,19 @@ pub fn member_args(layout: &Layout, i: u32) -> Vec<String> {
     args
 }
 
+/// The environment of the local cluster's etcd members: the same as `shoal_store::ETCD_ENV`
+/// (Go's collector at `GOGC=400`; see there), which this crate does not link, so a test
+/// keeps the two equal.
+pub const ETCD_ENV: &[(&str, &str)] = &[("GOGC", "400")];
+
 /// Starts member i (and its namespace when it has one) unless it runs.
 pub fn start_member(layout: &Layout, i: u32) -> anyhow::Result<()> {
     let etcd = host::which("etcd").context("etcd")?;
     let daemon = layout.daemon(&layout.etcd_name(i));
+    let env: Vec<(&str, String)> = ETCD_ENV.iter().map(|(k, v)| (*k, v.to_string())).collect();
     match layout.etcd_netns(i) {
         None => {
-            daemon.start(&etcd, &member_args(layout, i), &[])?;
+            daemon.start(&etcd, &member_args(layout, i), &env)?;
         }
         Some(ns) => {
             ensure_member_netns(layout, i, &ns)?;
@@ -82,7 +88,7 @@ pub fn start_member(layout: &Layout, i: u32) -> anyhow::Result<()> {
             ];
             args.extend(member_args(layout, i));
             let ip = host::which("ip").context("ip")?;
-            daemon.start(&ip, &args, &[])?;
+            daemon.start(&ip, &args, &env)?;
         }
     }
     Ok(())
@@ -127,4 +133,12 @@ fn ensure_member_netns(layout: &Layout, i: u32, ns: &str) -> anyhow::Result<()> 
 pub fn remove_member_netns(layout: &Layout, i: u32) {
     run_quiet("ip", &["link", "del", &layout.etcd_veth(i)]);
     run_quiet("ip", &["netns", "delete", &format!("shoal-etcd-{i}")]);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_local_cluster_should_start_etcd_as_every_other_shoal_etcd() {
+        assert_eq!(super::ETCD_ENV, shoal_store::ETCD_ENV);
+    }
 }

@@ -385,6 +385,7 @@ impl Etcd {
         let peer = format!("{scheme}://127.0.0.1:{pp}");
         let metrics_url = format!("http://127.0.0.1:{mp}");
         let mut cmd = Command::new("etcd");
+        cmd.envs(shoal_store::ETCD_ENV.iter().copied());
         cmd.args(["--name", name, "--data-dir"])
             .arg(dir.0.join("data"))
             .args([
