@@ -56,8 +56,8 @@ pub use watcher::{Watcher, WatcherEvent};
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The environment every etcd server Shoal starts gets (the local cluster, the benchmarks,
-/// the tests; deploy/etcd/etcd.env.example says the same for real hosts): Go's garbage
+/// The environment of the etcd servers Shoal starts (the local cluster's, the benchmarks',
+/// `testing`'s; deploy/etcd/etcd.env.example says the same for real hosts): Go's garbage
 /// collector lets the heap grow 4 times its live size between collections, not once
 /// (`GOGC=400`; Go's default is 100). etcd keeps its key index in memory and allocates on
 /// every request, so at scale its collector is a large part of its CPU: figure 2 at
