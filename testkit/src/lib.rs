@@ -161,12 +161,45 @@ macro_rules! require {
     }};
 }
 
-/// A loopback TCP port that was free a moment ago (the OS picked it).
+/// A loopback TCP port that was free a moment ago, for a server started next (etcd, a
+/// registry). It is taken from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), because a port the OS picks for `bind(0)` comes from
+/// that range, which is also where every outgoing connection's source port comes from: a
+/// busy test (a thousand hollow agents connecting to etcd) could take it as a source port
+/// before the server binds it ("address already in use"). Below the range, only another
+/// explicit bind can take it. Callers in one process get different ports (a shared cursor
+/// starting at a point that differs between processes).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let (low, high) = ports_below_ephemeral();
+    let span = u32::from(high - low);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let seed = std::process::id()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+        let _ = NEXT.compare_exchange(u32::MAX, seed % span, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = low + offset as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {low}..{high}");
+}
+
+/// The ports [`free_port`] picks from: 10000 up to the start of the kernel's ephemeral
+/// range (32768, Linux's default, if it cannot be read).
+pub fn ports_below_ephemeral() -> (u16, u16) {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    (10000, first_ephemeral.max(11000))
 }
 
 /// Polls `check` every 50 ms until it returns `Some`; panics naming `what` after `timeout`
@@ -191,6 +224,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_port_should_be_below_the_ephemeral_range_bindable_and_new_each_time() {
+        let (low, high) = ports_below_ephemeral();
+        let first = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .expect("Linux has the ephemeral range")
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .expect("a number");
+        assert_eq!(high, first.max(11000));
+        let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
+        for p in &ports {
+            assert!((low..high).contains(p), "{p} not in {low}..{high}");
+            std::net::TcpListener::bind(("127.0.0.1", *p)).expect("still free");
+        }
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+    }
 
     #[test]
     fn needs_should_name_the_test_without_closures_or_the_helper() {

@@ -298,10 +298,10 @@ impl Drop for TempDir {
     }
 }
 
-/// A free loopback TCP port.
+/// A free loopback TCP port, from below the kernel's ephemeral range
+/// ([`shoal_testkit::free_port`]: the fleet's outgoing connections cannot take it).
 pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Ok(shoal_testkit::free_port())
 }
 
 /// Whether a benchmark's control plane runs with Shoal's security boundary (the default:
