@@ -22,6 +22,10 @@ use shoal_node_agent::server::{AgentServer, ServerConfig};
 use shoal_node_agent::taskfiles::{KernelFiles, TaskFiles, TaskFilesConfig};
 use shoal_store::{Connect, Store};
 
+/// mimalloc instead of glibc's malloc (see the workspace Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Shoal's node agent: registers this node and runs the tasks the controller assigns to it.
 #[derive(Debug, Parser)]
 #[command(
