@@ -167,23 +167,15 @@ macro_rules! require {
 /// that range, which is also where every outgoing connection's source port comes from: a
 /// busy test (a thousand hollow agents connecting to etcd) could take it as a source port
 /// before the server binds it ("address already in use"). Below the range, only another
-/// explicit bind can take it. Callers in one process get different ports (a shared cursor
-/// starting at a point that differs between processes).
+/// explicit bind can take it. Callers in one process get different ports (a shared cursor),
+/// and processes start at different points (their pid).
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    static NEXT: AtomicU32 = AtomicU32::new(0);
     let (low, high) = ports_below_ephemeral();
     let span = u32::from(high - low);
-    if NEXT.load(Ordering::Relaxed) == u32::MAX {
-        let seed = std::process::id()
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-        let _ = NEXT.compare_exchange(u32::MAX, seed % span, Ordering::Relaxed, Ordering::Relaxed);
-    }
     for _ in 0..span {
-        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let offset = std::process::id().wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
         let port = low + offset as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
@@ -194,7 +186,7 @@ pub fn free_port() -> u16 {
 
 /// The ports [`free_port`] picks from: 10000 up to the start of the kernel's ephemeral
 /// range (32768, Linux's default, if it cannot be read).
-pub fn ports_below_ephemeral() -> (u16, u16) {
+fn ports_below_ephemeral() -> (u16, u16) {
     let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())

@@ -406,7 +406,7 @@ pub fn temporary(e: &anyhow::Error) -> bool {
 /// with its watch events sent and its keys put and deleted (`etcd_debugging_mvcc_*_total`).
 fn etcd_requests(url: &str) -> std::collections::BTreeMap<String, f64> {
     let mut m = std::collections::BTreeMap::new();
-    let Ok(text) = sh("curl", &["-sf", &format!("{url}/metrics")]) else {
+    let Some(text) = etcd_metrics(url) else {
         return m;
     };
     for (metric, name) in [
@@ -415,12 +415,7 @@ fn etcd_requests(url: &str) -> std::collections::BTreeMap<String, f64> {
         ("etcd_debugging_mvcc_delete_total ", KEYS_DELETED),
     ] {
         for l in text.lines().filter(|l| l.starts_with(metric)) {
-            let v: f64 = l
-                .rsplit(' ')
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0);
-            m.insert(name.to_string(), v);
+            m.insert(name.to_string(), sample_value(l));
         }
     }
     for l in text
@@ -432,14 +427,22 @@ fn etcd_requests(url: &str) -> std::collections::BTreeMap<String, f64> {
             .nth(1)
             .and_then(|r| r.split('"').next())
             .unwrap_or("?");
-        let v: f64 = l
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        *m.entry(method.to_string()).or_insert(0.0) += v;
+        *m.entry(method.to_string()).or_insert(0.0) += sample_value(l);
     }
     m
+}
+
+/// etcd's metrics page (Prometheus text), if it answered.
+fn etcd_metrics(url: &str) -> Option<String> {
+    sh("curl", &["-sf", &format!("{url}/metrics")]).ok()
+}
+
+/// The value of one Prometheus sample line (`name{labels} value`; 0 if unreadable).
+fn sample_value(line: &str) -> f64 {
+    line.rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// What [`etcd_requests`] calls the keys etcd put.
@@ -967,7 +970,7 @@ pub async fn idle(
 /// Lease renewals etcd has received so far (keep-alive messages, not streams:
 /// `grpc_server_msg_received_total` of `LeaseKeepAlive`).
 fn lease_renewals(url: &str) -> f64 {
-    let Ok(text) = sh("curl", &["-sf", &format!("{url}/metrics")]) else {
+    let Some(text) = etcd_metrics(url) else {
         return 0.0;
     };
     text.lines()
@@ -975,7 +978,7 @@ fn lease_renewals(url: &str) -> f64 {
             l.starts_with("grpc_server_msg_received_total{")
                 && l.contains("grpc_method=\"LeaseKeepAlive\"")
         })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(sample_value)
         .sum()
 }
 
