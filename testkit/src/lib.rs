@@ -1,5 +1,6 @@
-//! Shared test support for every Shoal crate (a dev-dependency only; it depends on no Shoal
-//! crate, so any crate can use it).
+//! Shared test support for every Shoal crate (a dev-dependency, and a dependency of `e2e`,
+//! whose `shoal-bench` shares the skip rule and [`free_port`]; it depends on no Shoal crate,
+//! so any crate can use it).
 //!
 //! **Prerequisites.** Tests that need root or programs on the machine start with
 //! [`require!`]: when something is missing the test prints `SKIPPED <test>: <why>` and
