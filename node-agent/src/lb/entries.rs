@@ -112,6 +112,40 @@ pub fn normalize(entries: impl IntoIterator<Item = VipEntry>) -> Vec<VipEntry> {
         .collect()
 }
 
+/// `entries` as far as they can be programmed while the `pending` addresses cannot be
+/// reached yet (their overlay peer entries are not synced): each entry without its pending
+/// backends. An entry that would keep none of its backends stays as `known` has it (or is
+/// left out without one), so removals never wait for a peer sync and additions never come
+/// before one. Without pending addresses, `entries`.
+pub fn without_pending(
+    entries: &[VipEntry],
+    pending: &BTreeSet<Ipv4Addr>,
+    known: Option<&[VipEntry]>,
+) -> Vec<VipEntry> {
+    if pending.is_empty() {
+        return entries.to_vec();
+    }
+    let key = |e: &VipEntry| (e.vip, e.protocol, e.port);
+    entries
+        .iter()
+        .filter_map(|e| {
+            let backends: Vec<Ipv4Addr> = e
+                .backends
+                .iter()
+                .filter(|b| !pending.contains(b))
+                .copied()
+                .collect();
+            if backends.is_empty() && !e.backends.is_empty() {
+                return known?.iter().find(|k| key(k) == key(e)).cloned();
+            }
+            Some(VipEntry {
+                backends,
+                ..e.clone()
+            })
+        })
+        .collect()
+}
+
 /// The firewall side effect behind one narrow trait, so the agent's converge loop can be
 /// tested against [`RecordingLb`].
 #[async_trait::async_trait]
@@ -156,6 +190,42 @@ pub(super) mod tests {
             tasks,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn without_pending_should_drop_unreachable_backends_and_keep_an_entry_that_would_have_none() {
+        let entry = |vip: &str, backends: &[&str]| VipEntry {
+            vip: ip(vip),
+            protocol: Protocol::Tcp,
+            port: None,
+            backends: backends.iter().map(|b| ip(b)).collect(),
+        };
+        let known = vec![
+            entry("10.0.1.2", &["10.0.1.5", "10.0.1.6"]),
+            entry("10.0.1.3", &["10.0.1.8"]),
+        ];
+        let pending: BTreeSet<Ipv4Addr> = [ip("10.0.1.7"), ip("10.0.1.9")].into();
+        let desired = vec![
+            entry("10.0.1.2", &["10.0.1.5", "10.0.1.7"]),
+            entry("10.0.1.3", &["10.0.1.9"]),
+            entry("10.0.1.4", &["10.0.1.9"]),
+        ];
+        assert_eq!(
+            without_pending(&desired, &pending, Some(&known)),
+            vec![
+                entry("10.0.1.2", &["10.0.1.5"]),
+                entry("10.0.1.3", &["10.0.1.8"])
+            ],
+            "10.0.1.6 leaves, 10.0.1.7 waits; .3 keeps its old backend; .4 waits whole"
+        );
+        assert_eq!(
+            without_pending(&desired, &BTreeSet::new(), Some(&known)),
+            desired
+        );
+        assert_eq!(
+            without_pending(&desired, &pending, None),
+            vec![entry("10.0.1.2", &["10.0.1.5"])]
+        );
     }
 
     #[test]

@@ -96,7 +96,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use crate::net::nft;
-pub use entries::{normalize, vip_entries, LbError, LoadBalancer, VipEntry};
+pub use entries::{normalize, vip_entries, without_pending, LbError, LoadBalancer, VipEntry};
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::RecordingLb;
 pub use plan::{plan, Change};

@@ -1,5 +1,5 @@
 //! Unit tests of the mesh rules planning ([`super::ingress_ports`], [`super::host_ports`],
-//! [`super::ruleset`], [`super::MeshRules::health_answers`]): plain values, no kernel.
+//! [`super::ruleset`], [`super::MeshRules::health_answers`], [`super::MeshRules::without_pending`]): plain values, no kernel.
 
 use super::*;
 use shoal_api_types::endpoints::EndpointTask;
@@ -314,6 +314,57 @@ fn rules() -> MeshRules {
             },
         ],
     }
+}
+
+#[test]
+fn without_pending_should_drop_unreachable_backends_and_keep_a_port_that_would_have_none() {
+    let programmed = rules();
+    let pending: BTreeSet<Ipv4Addr> = [ip("10.255.0.7"), ip("10.255.0.8")].into();
+    let set = |r: &mut MeshRules, published: u16, backends: &[&str]| {
+        let p = r
+            .ports
+            .iter_mut()
+            .find(|p| p.published == published)
+            .unwrap();
+        p.backends = backends.iter().map(|b| ip(b)).collect();
+    };
+    // 9091: 10.255.0.6 removed, 10.255.0.7 (pending) added; 9092: only a pending backend,
+    // and none programmed before.
+    let mut next = rules();
+    set(&mut next, 9091, &["10.255.0.5", "10.255.0.7"]);
+    set(&mut next, 9092, &["10.255.0.8"]);
+    let now = next.without_pending(&pending, Some(&programmed));
+    let backends = |r: &MeshRules, published: u16| {
+        r.ports
+            .iter()
+            .find(|p| p.published == published)
+            .map(|p| p.backends.clone())
+    };
+    assert_eq!(
+        backends(&now, 9091),
+        Some(vec![ip("10.255.0.5")]),
+        "the removal applies, the addition waits"
+    );
+    assert_eq!(
+        backends(&now, 9092),
+        Some(vec![]),
+        "kept as programmed (refusing)"
+    );
+    assert_eq!(backends(&now, 8080), Some(vec![ip("172.18.0.2")]));
+    assert_eq!(now.node_address, next.node_address);
+    // Every backend replaced by pending ones: the port stays as programmed meanwhile.
+    let mut next = rules();
+    set(&mut next, 9091, &["10.255.0.7", "10.255.0.8"]);
+    let now = next.without_pending(&pending, Some(&programmed));
+    assert_eq!(backends(&now, 9091), backends(&programmed, 9091));
+    // A new port whose backends are all pending is left out until they are reachable.
+    let now = next.without_pending(&pending, None);
+    assert_eq!(backends(&now, 9091), None);
+    // Nothing pending: the rules themselves.
+    assert_eq!(
+        next.without_pending(&BTreeSet::new(), Some(&programmed)),
+        next
+    );
 }
 
 #[test]

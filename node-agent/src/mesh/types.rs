@@ -84,6 +84,48 @@ impl MeshRules {
         out
     }
 
+    /// These rules as far as they can be programmed while the `pending` addresses cannot be
+    /// reached yet (their overlay peer entries are not synced): each port without its
+    /// pending backends. A port that would keep none of its backends stays as `programmed`
+    /// has it (or is left out if it has none there), so that removals never wait for a peer
+    /// sync and additions never come before one. Without pending addresses, `self`.
+    pub fn without_pending(
+        &self,
+        pending: &BTreeSet<Ipv4Addr>,
+        programmed: Option<&MeshRules>,
+    ) -> MeshRules {
+        if pending.is_empty() {
+            return self.clone();
+        }
+        let ports = self
+            .ports
+            .iter()
+            .filter_map(|p| {
+                let backends: Vec<Ipv4Addr> = p
+                    .backends
+                    .iter()
+                    .filter(|b| !pending.contains(b))
+                    .copied()
+                    .collect();
+                if backends.is_empty() && !p.backends.is_empty() {
+                    return programmed?
+                        .ports
+                        .iter()
+                        .find(|q| q.key() == p.key())
+                        .cloned();
+                }
+                Some(MeshPort {
+                    backends,
+                    ..p.clone()
+                })
+            })
+            .collect();
+        MeshRules {
+            ports,
+            ..self.clone()
+        }
+    }
+
     /// The ports the table leaves out because they are reserved.
     pub fn skipped(&self) -> impl Iterator<Item = &MeshPort> {
         self.ports

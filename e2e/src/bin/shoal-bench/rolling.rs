@@ -15,7 +15,7 @@
 //! to show when each replaced task left them ([`left_lb`]) against when it was wanted
 //! stopped and when it ended. The service is removed at the end, also on an error.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -306,6 +306,9 @@ pub(crate) struct OldTask {
     pub ips: Vec<String>,
     /// Unix ms: seen wanted stopped.
     pub wanted_stop: f64,
+    /// Unix ms: first seen listed ready in no Endpoints object after it had been ready (the
+    /// controller took it out of service; every agent then withdraws it).
+    pub unready: Option<f64>,
     /// Unix ms: seen ended.
     pub ended: Option<f64>,
 }
@@ -500,6 +503,36 @@ pub(crate) fn analyse(streams: &Streams, run: UpdateRun<'_>) -> Timeline {
             net.entry(et.task.clone()).or_insert(ev.at);
         }
     }
+    // Out of service: per Endpoints object, the tasks it lists ready; an old task is out
+    // when no object lists it ready any more, having done so before.
+    let mut listed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut seen_ready: BTreeSet<String> = BTreeSet::new();
+    let mut unready: HashMap<String, f64> = HashMap::new();
+    for ev in endpoints {
+        if ev.obj.spec.service != service {
+            continue;
+        }
+        let name = ev.obj.metadata.name.clone();
+        if ev.deleted {
+            listed.remove(&name);
+        } else {
+            let now: BTreeSet<String> = ev
+                .obj
+                .spec
+                .tasks
+                .iter()
+                .filter(|t| t.ready)
+                .map(|t| t.task.clone())
+                .collect();
+            seen_ready.extend(now.iter().cloned());
+            listed.insert(name, now);
+        }
+        for task in &seen_ready {
+            if !unready.contains_key(task) && !listed.values().any(|l| l.contains(task)) {
+                unready.insert(task.clone(), ev.at);
+            }
+        }
+    }
     let ready_at = |task: &str| -> Option<f64> {
         let mut at: Option<f64> = None;
         for net in ready.values() {
@@ -533,6 +566,7 @@ pub(crate) fn analyse(streams: &Streams, run: UpdateRun<'_>) -> Timeline {
         tl.old_tasks.push(OldTask {
             ips: ips.get(n).cloned().unwrap_or_default(),
             wanted_stop: *w,
+            unready: unready.get(n).copied(),
             ended: ended.get(n).copied(),
         });
     }
@@ -838,13 +872,20 @@ fn lb_summary(what: &str, left: &[(OldTask, Option<f64>)]) -> String {
         .iter()
         .filter_map(|(o, l)| Some(l.as_ref()? - o.ended?))
         .collect();
+    let after_unready: Vec<f64> = left
+        .iter()
+        .filter_map(|(o, l)| Some(l.as_ref()? - o.unready?))
+        .collect();
     let late = after_end.iter().filter(|d| **d > 0.0).count();
     let never = left.iter().filter(|(_, l)| l.is_none()).count();
     format!(
-        "{what}: {} tasks, left p50 {:.0} / max {:.0} ms after wanted stopped, p50 {:+.0} / max {:+.0} ms relative to ended; {late} still listed after they ended{}",
+        "{what}: {} tasks, left p50 {:.0} / max {:.0} ms after wanted stopped, p50 {:.0} / max {:.0} ms after out of service in the Endpoints ({} seen), p50 {:+.0} / max {:+.0} ms relative to ended; {late} still listed after they ended{}",
         left.len(),
         pct(&mut after_wanted.clone(), 50.0),
         pct(&mut after_wanted, 100.0),
+        pct(&mut after_unready.clone(), 50.0),
+        pct(&mut after_unready.clone(), 100.0),
+        after_unready.len(),
         pct(&mut after_end.clone(), 50.0),
         pct(&mut after_end, 100.0),
         if never > 0 { format!(", {never} never left while traced") } else { String::new() }
@@ -1157,6 +1198,12 @@ mod tests {
             vec![1000.0, 900.0],
             "o1 then o2: wanted stopped → ended"
         );
+        let unready: Vec<Option<f64>> = tl.old_tasks.iter().map(|o| o.unready).collect();
+        assert_eq!(
+            unready,
+            vec![Some(1860.0), Some(3070.0)],
+            "out of service once no network's Endpoints lists it ready"
+        );
         assert_eq!(tl.max_running, 3, "start-first runs one extra task");
         assert_eq!(tl.max_containers, 3);
         assert_eq!(tl.completed, Some(8100.0));
@@ -1193,6 +1240,7 @@ mod tests {
         let old = |ip: &str, w: f64, e: f64| OldTask {
             ips: vec![ip.into()],
             wanted_stop: w,
+            unready: Some(w + 100.0),
             ended: Some(e),
         };
         let v = |ips: &[&str]| ips.iter().map(|s| s.to_string()).collect::<Vec<_>>();

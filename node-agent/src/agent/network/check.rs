@@ -238,7 +238,8 @@ impl NodeNetwork {
         // The node's mesh table.
         if let Some(m) = &self.mesh {
             if self.nodes.borrow().is_some() {
-                let rules = self.mesh_rules(ingress.as_ref());
+                let eps = self.endpoints_of(INGRESS_NETWORK).unwrap_or_default();
+                let rules = self.mesh_rules(ingress.as_ref(), &eps);
                 let expected = mesh::read::port_elements(&mesh::ruleset(&rules));
                 let object = format!("{} ports", mesh::TABLE);
                 match m.programmed().await {

@@ -6,13 +6,14 @@
 //! See docs/architecture.md ("Node agent").
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
 use shoal_api_types::endpoints::EndpointsSpec;
 use shoal_api_types::network::INGRESS_NETWORK;
 
-use super::{task_failure, Applied, NodeNetwork, DRAIN_SETTLE};
+use super::{task_failure, NodeNetwork, DRAIN_SETTLE};
 use crate::agent::task_runtime::TaskError;
 use crate::dns::view_networks;
 use crate::lb::{self, LbError};
@@ -94,9 +95,11 @@ impl NodeNetwork {
         };
         let lb = async {
             if self.endpoints.borrow().is_some() {
-                self.program_lb(id, false).await.map_err(|e| {
-                    task_failure(id, format!("program VIP rules: {e}"), e.is_temporary())
-                })?;
+                self.program_lb(id, false, &BTreeSet::new())
+                    .await
+                    .map_err(|e| {
+                        task_failure(id, format!("program VIP rules: {e}"), e.is_temporary())
+                    })?;
             }
             Ok(())
         };
@@ -105,12 +108,13 @@ impl NodeNetwork {
     }
 
     /// Converges the overlay of `network` to the remote tasks in its Endpoints (not before
-    /// the first Endpoints list).
+    /// the first Endpoints list), holding the peers lock.
     pub(super) async fn sync_peers(&self, network: &str, vni: u32) {
         let Some(eps) = self.endpoints_of(network) else {
             return;
         };
         let peers = self.peers_for(network, &eps);
+        let _peers = self.peers.lock().await;
         match self.net.sync_peers(vni, &peers).await {
             Ok(ops) if !ops.is_empty() => {
                 tracing::debug!(network, vni, changes = ops.len(), "synced overlay peers")
@@ -123,8 +127,15 @@ impl NodeNetwork {
     /// Programs task `id`'s VIP table from the current Endpoints ([`lb::converge`]): only
     /// what changed since the entries last programmed there (the cache), or, without a cache
     /// entry or with `verify` (the periodic resync), after reading the table back, written
-    /// whole when it is not what it should be (drift is repaired there).
-    pub(super) async fn program_lb(&self, id: &str, verify: bool) -> Result<(), LbError> {
+    /// whole when it is not what it should be (drift is repaired there). Backends at a
+    /// `pending` address (peer entries not synced yet) are left for a later call
+    /// ([`lb::without_pending`]).
+    pub(super) async fn program_lb(
+        &self,
+        id: &str,
+        verify: bool,
+        pending: &BTreeSet<Ipv4Addr>,
+    ) -> Result<(), LbError> {
         let mut cache = self.lb_cache.lock().await;
         let Some(task) = self.local_map().get(id).cloned() else {
             return Ok(());
@@ -133,8 +144,8 @@ impl NodeNetwork {
         for network in view_networks(&task.networks) {
             eps.extend(self.endpoints_of(&network).unwrap_or_default());
         }
-        let entries = lb::vip_entries(&eps);
         let known = if verify { None } else { cache.remove(id) };
+        let entries = lb::without_pending(&lb::vip_entries(&eps), pending, known.as_deref());
         if known.as_ref() == Some(&entries) {
             cache.insert(id.to_string(), entries);
             return Ok(());
@@ -161,7 +172,13 @@ impl NodeNetwork {
     /// Applies Endpoints changes to every network with local tasks: record table, peers and
     /// the VIP tables of its local tasks. Networks whose Endpoints did not change since the
     /// last call (as `applied` remembers) are skipped.
-    pub async fn refresh(&self, applied: &mut Applied) {
+    ///
+    /// Nothing here waits for task setups (the overlays lock), so a task being drained is
+    /// out of the VIP tables within [`DRAIN_SETTLE`] also on a node busy starting and
+    /// stopping tasks. Backends leave first; peers are synced (under the peers lock) only
+    /// where they changed, and backends at new remote addresses enter the tables after that
+    /// ([`lb::without_pending`]).
+    pub async fn refresh(&self, applied: &mut BTreeMap<String, Vec<EndpointsSpec>>) {
         if self.endpoints.borrow().is_none() {
             return;
         }
@@ -172,32 +189,54 @@ impl NodeNetwork {
                 by_network.entry(n).or_default().push(id);
             }
         }
+        applied.retain(|n, _| by_network.contains_key(n.as_str()));
         let mut changed_tasks = BTreeSet::new();
-        {
-            let applied = &mut applied.endpoints;
-            applied.retain(|n, _| by_network.contains_key(n.as_str()));
-            for (network, tasks) in &by_network {
-                let Some(eps) = self.endpoints_of(network) else {
-                    continue;
-                };
-                if applied.get(*network) == Some(&eps) {
-                    continue;
+        // Networks whose peers changed, with the addresses that are not peers yet.
+        let mut to_sync = Vec::new();
+        let mut pending = BTreeSet::new();
+        for (network, tasks) in &by_network {
+            let Some(eps) = self.endpoints_of(network) else {
+                continue;
+            };
+            let before = applied.get(*network);
+            if before == Some(&eps) {
+                continue;
+            }
+            if *network != INGRESS_NETWORK {
+                self.records.set_from_endpoints(network, &eps);
+            }
+            // A network first seen here had its peers synced by the setup of the task that
+            // joined it, moments ago: synced again below, nothing of it is held back.
+            let peers = self.peers_for(network, &eps);
+            let synced = before.map(|b| self.peers_for(network, b));
+            if synced.as_ref() != Some(&peers) {
+                if let Some(synced) = &synced {
+                    let known: BTreeSet<Ipv4Addr> = synced.iter().map(|p| p.ip).collect();
+                    pending.extend(peers.iter().map(|p| p.ip).filter(|ip| !known.contains(ip)));
                 }
-                if *network != INGRESS_NETWORK {
-                    self.records.set_from_endpoints(network, &eps);
+                to_sync.push(*network);
+            }
+            changed_tasks.extend(tasks.iter().copied());
+            applied.insert(network.to_string(), eps);
+        }
+        let program = |pending: BTreeSet<Ipv4Addr>| {
+            let changed_tasks = &changed_tasks;
+            async move {
+                for id in changed_tasks {
+                    if let Err(e) = self.program_lb(id, false, &pending).await {
+                        tracing::warn!(task = %id, error = %e, "cannot program VIP rules");
+                    }
                 }
-                if let Ok((vni, _)) = self.network_info(network) {
-                    let _overlays = self.overlays.lock().await;
-                    self.sync_peers(network, vni).await;
-                }
-                changed_tasks.extend(tasks.iter().copied());
-                applied.insert(network.to_string(), eps);
+            }
+        };
+        program(pending.clone()).await;
+        for network in to_sync {
+            if let Ok((vni, _)) = self.network_info(network) {
+                self.sync_peers(network, vni).await;
             }
         }
-        for id in changed_tasks {
-            if let Err(e) = self.program_lb(id, false).await {
-                tracing::warn!(task = %id, error = %e, "cannot program VIP rules");
-            }
+        if !pending.is_empty() {
+            program(BTreeSet::new()).await;
         }
     }
 }

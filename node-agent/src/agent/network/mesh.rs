@@ -10,7 +10,7 @@
 //! agent; the health listeners end with the agent. Each step runs only when its input changed since it last succeeded ([`MeshState`](super::mesh_state::MeshState),
 //! owned by the background loop, in `mesh_state`). See docs/architecture.md ("Node agent").
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
@@ -18,7 +18,8 @@ use shoal_api_types::endpoints::EndpointsSpec;
 use shoal_api_types::network::{parse_cidr, INGRESS_NETWORK};
 use shoal_api_types::settings::{reason, CLUSTER_SETTINGS};
 
-use super::{Applied, NodeNetwork};
+use super::mesh_state::MeshState;
+use super::NodeNetwork;
 use crate::mesh::{self, MeshRules};
 use crate::net::{names, peers_from_endpoints, GatewaySpec, OverlaySpec, Peer};
 
@@ -71,9 +72,14 @@ impl NodeNetwork {
         peers
     }
 
-    /// The node's mesh table as it should be now: ingress-mode ports from the Endpoints of
-    /// `ingress` (when the node has its ingress address), host-mode ports of local tasks.
-    pub(super) fn mesh_rules(&self, ingress: Option<&OverlaySpec>) -> MeshRules {
+    /// The node's mesh table as it should be now: ingress-mode ports from `eps`, the
+    /// Endpoints of `ingress` (when the node has its ingress address), host-mode ports of
+    /// local tasks.
+    pub(super) fn mesh_rules(
+        &self,
+        ingress: Option<&OverlaySpec>,
+        eps: &[EndpointsSpec],
+    ) -> MeshRules {
         let mut ports = Vec::new();
         let ingress = ingress.and_then(|spec| {
             let addr = spec.address?.ip();
@@ -81,12 +87,11 @@ impl NodeNetwork {
         });
         let local = self.local_map().clone();
         if ingress.is_some() {
-            let eps = self.endpoints_of(INGRESS_NETWORK).unwrap_or_default();
             let gateways: BTreeMap<String, Ipv4Addr> = local
                 .iter()
                 .filter_map(|(id, t)| Some((id.clone(), t.gateway?)))
                 .collect();
-            ports.extend(mesh::ingress_ports(&eps, &gateways));
+            ports.extend(mesh::ingress_ports(eps, &gateways));
         }
         ports.extend(mesh::host_ports(
             local
@@ -114,7 +119,14 @@ impl NodeNetwork {
     /// the ingress overlay with the node's address and its peers (remote ingress tasks and
     /// every other node's ingress address), and the `shoal_mesh` table. Each step runs only
     /// when its input changed since it last succeeded.
-    pub async fn refresh_mesh(&self, applied: &mut Applied) {
+    ///
+    /// Only joining the ingress network waits for task setups (the overlays lock): a task
+    /// being drained must be out of every node's table within [`super::DRAIN_SETTLE`], also
+    /// on a node busy starting and stopping tasks. Backends leave first; new remote
+    /// backends enter only after their peer entries are synced (under the peers lock), so
+    /// no connection goes to an address the overlay cannot reach yet
+    /// ([`MeshRules::without_pending`]).
+    pub async fn refresh_mesh(&self, st: &mut MeshState) {
         let Some(mesh) = &self.mesh else {
             return;
         };
@@ -124,7 +136,6 @@ impl NodeNetwork {
         {
             return;
         }
-        let st = &mut applied.mesh;
         if !st.gateway {
             let _overlays = self.overlays.lock().await;
             match self.net.ensure_gateway(&GatewaySpec::default()).await {
@@ -134,10 +145,36 @@ impl NodeNetwork {
                 }
             }
         }
+        // One reading of the Endpoints for the peers and the table alike.
         let ingress = self.ingress_overlay();
-        if let Some(spec) = &ingress {
-            let _overlays = self.overlays.lock().await;
+        let eps = self.endpoints_of(INGRESS_NETWORK).unwrap_or_default();
+        let rules = self.mesh_rules(ingress.as_ref(), &eps);
+        let peers = ingress
+            .as_ref()
+            .map(|spec| (spec.vni, self.peers_for(INGRESS_NETWORK, &eps)));
+        if ingress.is_some() && st.overlay == ingress {
+            let synced: BTreeSet<Ipv4Addr> = match &st.peers {
+                Some((vni, synced)) if Some(*vni) == peers.as_ref().map(|p| p.0) => {
+                    synced.iter().map(|p| p.ip).collect()
+                }
+                _ => BTreeSet::new(),
+            };
+            let pending: BTreeSet<Ipv4Addr> = peers
+                .iter()
+                .flat_map(|(_, p)| p.iter().map(|p| p.ip))
+                .filter(|ip| !synced.contains(ip))
+                .collect();
+            let now = rules.without_pending(&pending, st.programmed.as_ref());
+            if st.programmed.as_ref() != Some(&now) {
+                match mesh.program(&now).await {
+                    Ok(()) => st.programmed = Some(now),
+                    Err(e) => tracing::warn!(error = %e, "cannot program the routing mesh"),
+                }
+            }
+        }
+        if let (Some(spec), Some(peers)) = (&ingress, peers) {
             if st.overlay.as_ref() != Some(spec) {
+                let _overlays = self.overlays.lock().await;
                 match self.net.ensure_overlay(spec).await {
                     Ok(info) => {
                         tracing::info!(vni = spec.vni, address = ?spec.address, "joined the ingress network");
@@ -151,9 +188,8 @@ impl NodeNetwork {
                     }
                 }
             }
-            let eps = self.endpoints_of(INGRESS_NETWORK).unwrap_or_default();
-            let peers = (spec.vni, self.peers_for(INGRESS_NETWORK, &eps));
             if st.overlay.is_some() && st.peers.as_ref() != Some(&peers) {
+                let _peers = self.peers.lock().await;
                 match self.net.sync_peers(peers.0, &peers.1).await {
                     Ok(_) => st.peers = Some(peers),
                     Err(e) => {
@@ -162,7 +198,11 @@ impl NodeNetwork {
                 }
             }
         }
-        let rules = self.mesh_rules(ingress.as_ref().filter(|_| st.overlay.is_some()));
+        let rules = if st.overlay.is_some() {
+            rules
+        } else {
+            self.mesh_rules(None, &eps)
+        };
         if st.programmed.as_ref() != Some(&rules) {
             for p in rules.skipped() {
                 tracing::warn!(

@@ -98,6 +98,9 @@ pub struct NodeNetwork {
     busy: RwLock<()>,
     /// Serialises overlay creation (with the attach) against overlay removal.
     overlays: tokio::sync::Mutex<()>,
+    /// Serialises peer syncs (FDB and neighbour entries) with each other and with overlay
+    /// removal, without waiting for task setups: taken after `overlays` where both are held.
+    peers: tokio::sync::Mutex<()>,
     /// Last programmed VIP entries per task; held while programming.
     lb_cache: tokio::sync::Mutex<HashMap<String, Vec<VipEntry>>>,
     /// This node's name, when the routing mesh runs (see [`NodeNetwork::with_mesh`]).
@@ -176,6 +179,7 @@ impl NodeNetwork {
             local: Mutex::new(BTreeMap::new()),
             busy: RwLock::new(()),
             overlays: tokio::sync::Mutex::new(()),
+            peers: tokio::sync::Mutex::new(()),
             lb_cache: tokio::sync::Mutex::new(HashMap::new()),
             node: None,
             mesh: None,
@@ -465,6 +469,7 @@ impl NodeNetwork {
         if let Some(spec) = self.ingress_overlay() {
             used.insert(spec.vni);
         }
+        let _peers = self.peers.lock().await;
         for vni in observed.overlays.keys() {
             if !used.contains(vni) {
                 if let Err(e) = self.net.remove_overlay(*vni).await {
@@ -522,6 +527,7 @@ impl NodeNetwork {
         };
         let live = live_tasks(&listed, desired);
         let overlays = self.overlays.lock().await;
+        let peers = self.peers.lock().await;
         let observed = match self.net.observe().await {
             Ok(o) => o,
             Err(e) => {
@@ -549,7 +555,7 @@ impl NodeNetwork {
                 Err(e) => tracing::warn!(?op, error = %e, "network reconcile step failed"),
             }
         }
-        drop(overlays);
+        drop((peers, overlays));
         // Live tasks without a Task object keep what this agent remembers of them.
         let mut local = node.local;
         {
@@ -615,7 +621,7 @@ impl NodeNetwork {
             if present.as_ref().is_some_and(|p| !p.contains(id)) {
                 continue;
             }
-            if let Err(e) = self.program_lb(id, false).await {
+            if let Err(e) = self.program_lb(id, false, &BTreeSet::new()).await {
                 tracing::warn!(task = %id, error = %e, "cannot program VIP rules");
             }
         }
@@ -634,7 +640,7 @@ impl NodeNetwork {
             if present.as_ref().is_some_and(|p| !p.contains(&id)) {
                 continue;
             }
-            if let Err(e) = self.program_lb(&id, true).await {
+            if let Err(e) = self.program_lb(&id, true, &BTreeSet::new()).await {
                 tracing::warn!(task = %id, error = %e, "cannot verify VIP rules");
             }
         }
@@ -675,8 +681,12 @@ impl NodeNetwork {
                     self.verify_lb().await;
                 }
             }
-            self.refresh(&mut applied).await;
-            self.refresh_mesh(&mut applied).await;
+            // At once: each withdraws backends first and then may wait for the overlays
+            // lock to sync peers, and neither withdrawal should wait for the other's lock.
+            tokio::join!(
+                self.refresh(&mut applied.endpoints),
+                self.refresh_mesh(&mut applied.mesh)
+            );
             self.refresh_node_policy(&mut applied).await;
             let retry = async {
                 if full_due && listed {

@@ -368,7 +368,7 @@ async fn endpoints_changes_should_sync_peers_records_and_only_the_affected_vip_t
         .await
         .unwrap();
     let mut applied = Applied::default();
-    n.network.refresh(&mut applied).await;
+    n.network.refresh(&mut applied.endpoints).await;
     let lb_before = n.lb.calls().len();
     n.net.clear_calls();
 
@@ -381,7 +381,7 @@ async fn endpoints_changes_should_sync_peers_records_and_only_the_affected_vip_t
         ),
         endpoints("unrelated", "db", "10.0.9.2", &[("10.0.9.5", "198.18.0.3")]),
     ]);
-    n.network.refresh(&mut applied).await;
+    n.network.refresh(&mut applied.endpoints).await;
 
     // Peers: only the remote task, on appnet's overlay.
     let peer_ops: Vec<_> = n
@@ -405,20 +405,131 @@ async fn endpoints_changes_should_sync_peers_records_and_only_the_affected_vip_t
             .answer("api", QueryKind::A),
         crate::dns::Answer::Addrs(vec!["10.0.1.2".parse().unwrap()])
     );
-    // VIP rules: t1's namespace only, changed from what it held (not rewritten).
+    // VIP rules: t1's namespace only, changed from what it held (not rewritten): first
+    // with the local backend, then, its peer entries synced, with the remote one.
     let lb_calls = n.lb.calls()[lb_before..].to_vec();
-    assert_eq!(
-        lb_calls,
-        [format!("update {} 2", netns("t1").display())],
-        "{lb_calls:?}"
-    );
+    let update = format!("update {} 2", netns("t1").display());
+    assert_eq!(lb_calls, [update.clone(), update], "{lb_calls:?}");
     assert_eq!(n.lb.entries(&netns("t1")).unwrap()[0].backends.len(), 2);
 
     // No change, no work.
     n.net.clear_calls();
-    n.network.refresh(&mut applied).await;
-    assert_eq!(n.lb.calls().len(), lb_before + 1);
+    n.network.refresh(&mut applied.endpoints).await;
+    assert_eq!(n.lb.calls().len(), lb_before + 2);
     assert!(n.net.calls().is_empty(), "{:?}", n.net.calls());
+}
+
+/// Endpoints of `service` on `network` with tasks (address, node, ready).
+fn endpoints_ready(
+    network: &str,
+    service: &str,
+    vip: &str,
+    tasks: &[(&str, &str, bool)],
+) -> Endpoints {
+    EndpointsSpec::vip(network, service, vip)
+        .tasks(tasks.iter().map(|(ip, node, ready)| {
+            EndpointTask::new(&format!("{service}.{ip}"), ip)
+                .id(&format!("t-{ip}"))
+                .on(node)
+                .ready(*ready)
+        }))
+        .object()
+}
+
+/// How long a step may take that must not wait for a lock the test holds (the fakes answer
+/// at once; the lock would never be given).
+const NO_LOCK: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn vip_tables_should_drop_a_backend_without_waiting_for_task_setups_and_add_one_after_its_peers(
+) {
+    let n = node();
+    n.tasks
+        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+        .await
+        .unwrap();
+    let backends = || n.lb.entries(&netns("t1")).unwrap()[0].backends.clone();
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    n.network.set_endpoints([endpoints_ready(
+        "appnet",
+        "api",
+        "10.0.1.2",
+        &[
+            ("10.0.1.5", "198.18.0.1", true),
+            ("10.0.1.7", "198.18.0.2", true),
+        ],
+    )]);
+    let mut applied = Applied::default();
+    n.network.refresh(&mut applied.endpoints).await;
+    assert_eq!(backends(), [ip("10.0.1.5"), ip("10.0.1.7")]);
+
+    // Task starts and stops hold the overlays lock; Endpoints changes never wait for it,
+    // peer syncs included.
+    let setups = n.network.overlays.lock().await;
+    n.network.set_endpoints([endpoints_ready(
+        "appnet",
+        "api",
+        "10.0.1.2",
+        &[
+            ("10.0.1.5", "198.18.0.1", true),
+            ("10.0.1.7", "198.18.0.2", false),
+        ],
+    )]);
+    tokio::time::timeout(NO_LOCK, n.network.refresh(&mut applied.endpoints))
+        .await
+        .expect("a withdrawal does not wait for task setups");
+    assert_eq!(backends(), [ip("10.0.1.5")]);
+    n.network.set_endpoints([endpoints_ready(
+        "appnet",
+        "api",
+        "10.0.1.2",
+        &[
+            ("10.0.1.5", "198.18.0.1", true),
+            ("10.0.1.7", "198.18.0.2", false),
+            ("10.0.1.6", "198.18.0.2", false),
+        ],
+    )]);
+    tokio::time::timeout(NO_LOCK, n.network.refresh(&mut applied.endpoints))
+        .await
+        .expect("a peer sync does not wait for task setups");
+    assert!(n.net.calls().iter().any(|c| matches!(c,
+        NetCall::ApplyPeerOp(4097, PeerOp::AddNeigh(e)) if e.ip == ip("10.0.1.6"))));
+    drop(setups);
+
+    // A new remote task while another peer sync holds the peers lock: the drained one
+    // leaves at once, the new one waits for its peer entries.
+    let held = n.network.peers.lock().await;
+    n.net.clear_calls();
+    n.network.set_endpoints([endpoints_ready(
+        "appnet",
+        "api",
+        "10.0.1.2",
+        &[
+            ("10.0.1.5", "198.18.0.1", false),
+            ("10.0.1.7", "198.18.0.2", false),
+            ("10.0.1.6", "198.18.0.2", false),
+            ("10.0.1.8", "198.18.0.2", true),
+        ],
+    )]);
+    let refresh = n.network.refresh(&mut applied.endpoints);
+    tokio::pin!(refresh);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut refresh)
+            .await
+            .is_err(),
+        "the peer sync waits for the peers lock"
+    );
+    assert_eq!(
+        backends(),
+        [ip("10.0.1.5")],
+        "kept: its only backend would be one not reachable yet"
+    );
+    assert!(n.net.calls().is_empty(), "{:?}", n.net.calls());
+    drop(held);
+    refresh.await;
+    assert_eq!(backends(), [ip("10.0.1.8")]);
+    assert!(n.net.calls().iter().any(|c| matches!(c,
+        NetCall::ApplyPeerOp(4097, PeerOp::AddNeigh(e)) if e.ip == ip("10.0.1.8"))));
 }
 
 #[tokio::test]
@@ -429,7 +540,7 @@ async fn a_vip_change_that_fails_should_fall_back_to_writing_the_table_whole() {
         .await
         .unwrap();
     let mut applied = Applied::default();
-    n.network.refresh(&mut applied).await;
+    n.network.refresh(&mut applied.endpoints).await;
     let before = n.lb.calls().len();
     n.lb.refuse_updates(true);
     n.network.set_endpoints([endpoints(
@@ -438,11 +549,17 @@ async fn a_vip_change_that_fails_should_fall_back_to_writing_the_table_whole() {
         "10.0.1.2",
         &[("10.0.1.5", "198.18.0.1"), ("10.0.1.7", "198.18.0.2")],
     )]);
-    n.network.refresh(&mut applied).await;
+    n.network.refresh(&mut applied.endpoints).await;
     let t1 = netns("t1").display().to_string();
+    // Twice: with the local backend, then with the remote one once its peers are synced.
     assert_eq!(
         n.lb.calls()[before..],
-        [format!("update {t1} 2"), format!("program {t1} 2")]
+        [
+            format!("update {t1} 2"),
+            format!("program {t1} 2"),
+            format!("update {t1} 2"),
+            format!("program {t1} 2")
+        ]
     );
     assert_eq!(n.lb.entries(&netns("t1")).unwrap()[0].backends.len(), 2);
 }
@@ -459,7 +576,7 @@ async fn resync_should_repair_a_vip_table_that_drifted_behind_the_agents_back() 
         &[("10.0.1.5", "198.18.0.1")],
     )]);
     let mut applied = Applied::default();
-    n.network.refresh(&mut applied).await;
+    n.network.refresh(&mut applied.endpoints).await;
     let want = n.lb.entries(&netns("t1")).unwrap();
     assert_eq!(want.len(), 2);
     let desired = BTreeMap::from([("t1".to_string(), t1)]);
@@ -482,7 +599,7 @@ async fn resync_should_repair_a_vip_table_that_drifted_behind_the_agents_back() 
     stale[0].backends.push("10.0.1.99".parse().unwrap());
     n.lb.set_entries(&netns("t1"), Some(stale));
     // An Endpoints refresh without a change trusts the cache...
-    n.network.refresh(&mut applied).await;
+    n.network.refresh(&mut applied.endpoints).await;
     assert_eq!(n.lb.calls().len(), before);
     // ...the resync does not: the table is written whole.
     resync().await;
@@ -505,7 +622,7 @@ async fn a_service_in_several_slices_should_feed_peers_records_and_vip_tables_as
         .await
         .unwrap();
     let mut applied = Applied::default();
-    n.network.refresh(&mut applied).await;
+    n.network.refresh(&mut applied.endpoints).await;
     n.net.clear_calls();
 
     let slice = |k: u32, tasks: &[(&str, &str)]| {
@@ -518,7 +635,7 @@ async fn a_service_in_several_slices_should_feed_peers_records_and_vip_tables_as
         slice(1, &[("10.0.1.7", "198.18.0.2"), ("10.0.1.8", "198.18.0.3")]),
         slice(2, &[("10.0.1.9", "198.18.0.3")]),
     ]);
-    n.network.refresh(&mut applied).await;
+    n.network.refresh(&mut applied.endpoints).await;
 
     let neighbours: BTreeSet<Ipv4Addr> = n
         .net
@@ -700,6 +817,111 @@ fn node_obj(name: &str, address: &str, ingress: &str) -> shoal_api_types::Node {
 }
 
 #[tokio::test]
+async fn the_mesh_should_drop_a_backend_without_waiting_for_task_setups_and_add_one_after_its_peers(
+) {
+    let net = Arc::new(RecordingNetwork::new(PREFIX));
+    let mesh = Arc::new(crate::mesh::RecordingMesh::default());
+    let network = NodeNetwork::new(
+        net.clone(),
+        Arc::new(RecordingDns::default()),
+        Arc::new(RecordingDns::default()),
+        Arc::new(RecordingLb::default()),
+        RecordStore::new(),
+        Ipv4Addr::new(198, 18, 0, 3),
+        "/run/netns",
+        PREFIX,
+    )
+    .with_mesh("node-3", mesh.clone());
+    let mut ingress = overlay("ingress", 4096, false);
+    ingress.status.subnet = Some("10.255.0.0/16".into());
+    network.set_networks([ingress]);
+    network.set_nodes([
+        node_obj("node-2", "198.18.0.2", "10.255.0.4"),
+        node_obj("node-3", "198.18.0.3", "10.255.0.3"),
+    ]);
+    // `pub` on node 2, published on 9091; node 3 (this one) runs none of its tasks.
+    let set = |tasks: &[(&str, bool)]| {
+        let tasks: Vec<(&str, &str, bool)> = tasks
+            .iter()
+            .map(|(ip, ready)| (*ip, "198.18.0.2", *ready))
+            .collect();
+        let mut eps = endpoints_ready("ingress", "pub", "10.255.0.2", &tasks);
+        eps.spec.ports = vec![PortConfig {
+            published: 9091,
+            target: 80,
+            ..Default::default()
+        }];
+        network.set_endpoints([eps]);
+    };
+    let backends = || mesh.rules().unwrap().ports[0].backends.clone();
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    set(&[("10.255.0.5", true), ("10.255.0.6", true)]);
+    let mut applied = Applied::default();
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert_eq!(backends(), [ip("10.255.0.5"), ip("10.255.0.6")]);
+
+    // Task starts and stops hold the overlays lock; Endpoints changes never wait for it
+    // once the node is on ingress, peer syncs included.
+    let setups = network.overlays.lock().await;
+    set(&[("10.255.0.5", true), ("10.255.0.6", false)]);
+    tokio::time::timeout(NO_LOCK, network.refresh_mesh(&mut applied.mesh))
+        .await
+        .expect("a withdrawal does not wait for task setups");
+    assert_eq!(backends(), [ip("10.255.0.5")]);
+    set(&[
+        ("10.255.0.5", true),
+        ("10.255.0.6", false),
+        ("10.255.0.9", false),
+    ]);
+    tokio::time::timeout(NO_LOCK, network.refresh_mesh(&mut applied.mesh))
+        .await
+        .expect("a peer sync does not wait for task setups");
+    assert!(net.calls().iter().any(|c| matches!(c,
+        NetCall::ApplyPeerOp(4096, PeerOp::AddNeigh(e)) if e.ip == ip("10.255.0.9"))));
+    drop(setups);
+
+    // A new task while another peer sync holds the peers lock: the drained ones leave at
+    // once, the new one waits for its peer entries.
+    let held = network.peers.lock().await;
+    net.clear_calls();
+    set(&[
+        ("10.255.0.5", false),
+        ("10.255.0.6", false),
+        ("10.255.0.9", false),
+        ("10.255.0.7", true),
+    ]);
+    let refresh = network.refresh_mesh(&mut applied.mesh);
+    tokio::pin!(refresh);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut refresh)
+            .await
+            .is_err(),
+        "the peer sync waits for the peers lock"
+    );
+    assert_eq!(
+        backends(),
+        [ip("10.255.0.5")],
+        "kept: its only backend would be one not reachable yet"
+    );
+    set(&[
+        ("10.255.0.5", true),
+        ("10.255.0.6", false),
+        ("10.255.0.9", false),
+        ("10.255.0.7", true),
+    ]);
+    assert!(net.calls().is_empty(), "{:?}", net.calls());
+    drop(held);
+    refresh.await;
+    assert!(net.calls().iter().any(|c| matches!(c,
+        NetCall::ApplyPeerOp(4096, PeerOp::AddNeigh(e)) if e.ip == ip("10.255.0.7"))));
+    assert_eq!(
+        backends(),
+        [ip("10.255.0.7")],
+        "the Endpoints the peers were synced for"
+    );
+}
+
+#[tokio::test]
 async fn the_mesh_should_join_ingress_with_the_node_address_and_program_published_ports() {
     let net = Arc::new(RecordingNetwork::new(PREFIX));
     let runtime = Arc::new(FakeRuntime::new());
@@ -739,7 +961,7 @@ async fn the_mesh_should_join_ingress_with_the_node_address_and_program_publishe
     }];
     network.set_endpoints([pub_eps]);
     let mut applied = Applied::default();
-    network.refresh_mesh(&mut applied).await;
+    network.refresh_mesh(&mut applied.mesh).await;
 
     // Every node joins ingress with its own address, even without a task.
     let calls = net.calls();
@@ -783,7 +1005,7 @@ async fn the_mesh_should_join_ingress_with_the_node_address_and_program_publishe
 
     // Nothing changed: no work.
     net.clear_calls();
-    network.refresh_mesh(&mut applied).await;
+    network.refresh_mesh(&mut applied.mesh).await;
     assert!(net.calls().is_empty(), "{:?}", net.calls());
     assert_eq!(mesh.programs(), 1);
 
@@ -801,7 +1023,7 @@ async fn the_mesh_should_join_ingress_with_the_node_address_and_program_publishe
         .calls()
         .iter()
         .any(|c| matches!(c, NetCall::EnsureOverlay(o) if o.vni == 4096 && o.address.is_none())));
-    network.refresh_mesh(&mut applied).await;
+    network.refresh_mesh(&mut applied.mesh).await;
     let rules = mesh.rules().unwrap();
     let host = rules
         .ports
@@ -817,7 +1039,7 @@ async fn the_mesh_should_join_ingress_with_the_node_address_and_program_publishe
     network.set_endpoints([]);
     tasks.remove_task("h1").await.unwrap();
     assert!(!net.calls().contains(&NetCall::RemoveOverlay(4096)));
-    network.refresh_mesh(&mut applied).await;
+    network.refresh_mesh(&mut applied.mesh).await;
     assert!(mesh.rules().unwrap().ports.is_empty());
     let dels: Vec<Ipv4Addr> = net
         .calls()
@@ -855,7 +1077,7 @@ async fn a_task_on_ingress_should_see_neither_its_names_nor_its_vips() {
         .await
         .unwrap();
     let mut applied = Applied::default();
-    n.network.refresh(&mut applied).await;
+    n.network.refresh(&mut applied.endpoints).await;
 
     // The DNS server's view: appnet only.
     let (_, networks) = n.dns.server("t1").expect("a DNS server");
@@ -970,7 +1192,7 @@ async fn the_mesh_should_never_program_a_reserved_port() {
     let mut applied = Applied::default();
 
     // Settings not listed yet: the defaults, and the node's own ports.
-    network.refresh_mesh(&mut applied).await;
+    network.refresh_mesh(&mut applied.mesh).await;
     assert_eq!(programmed(&mesh), ["8080/tcp", "23790/tcp"]);
 
     // The cluster reserves 23790/tcp and no longer 22 or 2379: the node's own ports stay
@@ -979,12 +1201,12 @@ async fn the_mesh_should_never_program_a_reserved_port() {
         CLUSTER_SETTINGS,
         ClusterSettingsSpec::with_reserved_ports([ReservedPort::tcp(23790)]),
     )]);
-    network.refresh_mesh(&mut applied).await;
+    network.refresh_mesh(&mut applied.mesh).await;
     assert_eq!(programmed(&mesh), ["22/tcp", "2379/tcp", "8080/tcp"]);
 
     // The settings object missing altogether: the same.
     network.set_settings([]);
-    network.refresh_mesh(&mut applied).await;
+    network.refresh_mesh(&mut applied.mesh).await;
     assert_eq!(programmed(&mesh), ["8080/tcp", "23790/tcp"]);
     let skipped: Vec<String> = mesh
         .rules()
@@ -1229,7 +1451,7 @@ async fn a_local_traffic_port_should_go_to_the_nodes_ready_tasks_and_report_them
         .await
         .unwrap();
     let mut applied = Applied::default();
-    network.refresh_mesh(&mut applied).await;
+    network.refresh_mesh(&mut applied.mesh).await;
     let rules = mesh.rules().expect("programmed");
     let port = rules.ports.iter().find(|p| p.published == 8080).unwrap();
     assert_eq!(port.backends.len(), 1, "only the local task: {port:?}");
@@ -1244,7 +1466,7 @@ async fn a_local_traffic_port_should_go_to_the_nodes_ready_tasks_and_report_them
 
     // The local task is not ready: the node refuses and its health port says 503 (0).
     network.set_endpoints([eps(false)]);
-    network.refresh_mesh(&mut applied).await;
+    network.refresh_mesh(&mut applied.mesh).await;
     let rules = mesh.rules().unwrap();
     assert!(rules
         .ports
@@ -1257,6 +1479,6 @@ async fn a_local_traffic_port_should_go_to_the_nodes_ready_tasks_and_report_them
 
     // The service goes: no health port is served any more.
     network.set_endpoints([]);
-    network.refresh_mesh(&mut applied).await;
+    network.refresh_mesh(&mut applied.mesh).await;
     assert_eq!(mesh.health().unwrap().1, BTreeMap::new());
 }
