@@ -1,7 +1,8 @@
 //! Owns [`RecordingLb`], the [`LoadBalancer`] that only remembers (for tests and the
 //! `test-util` feature; not in the product binaries). Like the kernel, it refuses an
 //! [`LoadBalancer::update`] whose `from` is not what it holds; tests can make it drift
-//! ([`RecordingLb::set_entries`]) or refuse every update ([`RecordingLb::refuse_updates`]).
+//! ([`RecordingLb::set_entries`]), refuse every update ([`RecordingLb::refuse_updates`]) or
+//! make updates take time ([`RecordingLb::slow_updates`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,10 @@ type Programmed = BTreeMap<PathBuf, Vec<VipEntry>>;
 pub struct RecordingLb {
     state: std::sync::Mutex<(Programmed, Vec<String>)>,
     refuse: std::sync::atomic::AtomicBool,
+    /// Each update takes this long (like the kernel's transaction), in ms.
+    update_ms: std::sync::atomic::AtomicU64,
+    /// Updates under way now, and the most ever under way at once.
+    in_flight: std::sync::Mutex<(usize, usize)>,
 }
 
 impl RecordingLb {
@@ -32,6 +37,15 @@ impl RecordingLb {
     pub fn refuse_updates(&self, refuse: bool) {
         self.refuse
             .store(refuse, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// Make every [`LoadBalancer::update`] take `ms` before it answers.
+    pub fn slow_updates(&self, ms: u64) {
+        self.update_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// The most updates that were ever under way at once.
+    pub fn most_updates_at_once(&self) -> usize {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).1
     }
     /// The calls so far, as `program <netns> <n entries>` / `update <netns> <n entries>` /
     /// `remove <netns>` (a refused update too).
@@ -67,6 +81,16 @@ impl LoadBalancer for RecordingLb {
         from: &[VipEntry],
         to: &[VipEntry],
     ) -> Result<(), LbError> {
+        let ms = self.update_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if ms > 0 {
+            {
+                let mut f = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                f.0 += 1;
+                f.1 = f.1.max(f.0);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).0 -= 1;
+        }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.1.push(format!("update {} {}", netns.display(), to.len()));
         let holds = st.0.get(netns).map(Vec::as_slice) == Some(from);

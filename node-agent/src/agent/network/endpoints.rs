@@ -5,7 +5,7 @@
 //! ([`crate::dns::view_networks`]): its peers are synced, its names and VIPs are not served.
 //! See docs/architecture.md ("Node agent").
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +13,9 @@ use std::time::Duration;
 use shoal_api_types::endpoints::EndpointsSpec;
 use shoal_api_types::network::INGRESS_NETWORK;
 
-use super::{task_failure, NodeNetwork, DRAIN_SETTLE};
+use futures::StreamExt;
+
+use super::{task_failure, LbSlot, NodeNetwork, DRAIN_SETTLE, LB_CONCURRENCY};
 use crate::agent::task_runtime::TaskError;
 use crate::dns::view_networks;
 use crate::lb::{self, LbError};
@@ -136,7 +138,11 @@ impl NodeNetwork {
         verify: bool,
         pending: &BTreeSet<Ipv4Addr>,
     ) -> Result<(), LbError> {
-        let mut cache = self.lb_cache.lock().await;
+        if !self.local_map().contains_key(id) {
+            return Ok(());
+        }
+        let slot = self.lb_lock().entry(id.to_string()).or_default().clone();
+        let mut cache = slot.lock().await;
         let Some(task) = self.local_map().get(id).cloned() else {
             return Ok(());
         };
@@ -144,14 +150,13 @@ impl NodeNetwork {
         for network in view_networks(&task.networks) {
             eps.extend(self.endpoints_of(&network).unwrap_or_default());
         }
-        let known = if verify { None } else { cache.remove(id) };
+        let known = if verify { None } else { cache.take() };
         let entries = lb::without_pending(&lb::vip_entries(&eps), pending, known.as_deref());
         if known.as_ref() == Some(&entries) {
-            cache.insert(id.to_string(), entries);
+            *cache = Some(entries);
             return Ok(());
         }
         let netns = self.netns_path(id);
-        cache.remove(id);
         let how = lb::converge(self.lb.as_ref(), &netns, known.as_deref(), &entries).await?;
         match how {
             lb::Converged::Unchanged => {}
@@ -165,8 +170,13 @@ impl NodeNetwork {
                 tracing::debug!(task = %id, entries = entries.len(), "programmed VIP rules")
             }
         }
-        cache.insert(id.to_string(), entries);
+        *cache = Some(entries);
         Ok(())
+    }
+
+    /// The VIP cache's map of per-task slots.
+    pub(super) fn lb_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LbSlot>> {
+        self.lb_cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Applies Endpoints changes to every network with local tasks: record table, peers and
@@ -219,14 +229,19 @@ impl NodeNetwork {
             changed_tasks.extend(tasks.iter().copied());
             applied.insert(network.to_string(), eps);
         }
+        // Every changed table at once: a table's transaction mostly waits for the kernel
+        // (~20 ms each on the development machine, whatever its size), not for a CPU.
         let program = |pending: BTreeSet<Ipv4Addr>| {
             let changed_tasks = &changed_tasks;
             async move {
-                for id in changed_tasks {
-                    if let Err(e) = self.program_lb(id, false, &pending).await {
-                        tracing::warn!(task = %id, error = %e, "cannot program VIP rules");
-                    }
-                }
+                let pending = &pending;
+                futures::stream::iter(changed_tasks)
+                    .for_each_concurrent(LB_CONCURRENCY, |id| async move {
+                        if let Err(e) = self.program_lb(id, false, pending).await {
+                            tracing::warn!(task = %id, error = %e, "cannot program VIP rules");
+                        }
+                    })
+                    .await
             }
         };
         program(pending.clone()).await;

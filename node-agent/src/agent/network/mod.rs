@@ -58,6 +58,12 @@ use tokio::sync::{watch, RwLock};
 /// has reprogrammed DNS and VIPs before it gets SIGTERM.
 pub const DRAIN_SETTLE: Duration = Duration::from_millis(300);
 
+/// How many task namespaces' VIP tables one Endpoints change programs at once.
+const LB_CONCURRENCY: usize = 16;
+
+/// One task's VIP entries as last programmed (`None`: unknown, read the table back).
+type LbSlot = Arc<tokio::sync::Mutex<Option<Vec<VipEntry>>>>;
+
 use super::cluster::Cache;
 use super::stages::Lap;
 use super::task_runtime::{BackgroundContext, ClusterCaches, TaskError};
@@ -101,8 +107,9 @@ pub struct NodeNetwork {
     /// Serialises peer syncs (FDB and neighbour entries) with each other and with overlay
     /// removal, without waiting for task setups: taken after `overlays` where both are held.
     peers: tokio::sync::Mutex<()>,
-    /// Last programmed VIP entries per task; held while programming.
-    lb_cache: tokio::sync::Mutex<HashMap<String, Vec<VipEntry>>>,
+    /// Last programmed VIP entries per task, each behind its own lock, held while that
+    /// task's table is programmed (tables of different tasks are programmed at once).
+    lb_cache: Mutex<HashMap<String, LbSlot>>,
     /// This node's name, when the routing mesh runs (see [`NodeNetwork::with_mesh`]).
     node: Option<String>,
     /// The node-level port rules (routing mesh, host mode).
@@ -180,7 +187,7 @@ impl NodeNetwork {
             busy: RwLock::new(()),
             overlays: tokio::sync::Mutex::new(()),
             peers: tokio::sync::Mutex::new(()),
-            lb_cache: tokio::sync::Mutex::new(HashMap::new()),
+            lb_cache: Mutex::new(HashMap::new()),
             node: None,
             mesh: None,
             nodes: watch::channel(None).0,
@@ -435,7 +442,7 @@ impl NodeNetwork {
     pub async fn teardown(&self, id: &str) {
         self.dns.stop(id).await;
         self.dns_internal.stop(id).await;
-        self.lb_cache.lock().await.remove(id);
+        self.lb_lock().remove(id);
         if self.local_map().remove(id).is_some() {
             self.mesh_kick.notify_one();
         }
@@ -613,9 +620,8 @@ impl NodeNetwork {
             }
         }
         {
-            let mut cache = self.lb_cache.lock().await;
-            let live = self.local_map();
-            cache.retain(|id, _| live.contains_key(id));
+            let live = self.local_map().clone();
+            self.lb_lock().retain(|id, _| live.contains_key(id));
         }
         for id in local.keys() {
             if present.as_ref().is_some_and(|p| !p.contains(id)) {

@@ -533,6 +533,34 @@ async fn vip_tables_should_drop_a_backend_without_waiting_for_task_setups_and_ad
 }
 
 #[tokio::test]
+async fn an_endpoints_change_should_program_the_vip_tables_of_local_tasks_at_once() {
+    let n = node();
+    for (id, ip) in [("t1", "10.0.1.5"), ("t2", "10.0.1.6"), ("t3", "10.0.1.7")] {
+        n.tasks
+            .start_task(&task(id, &[("appnet", ip)]))
+            .await
+            .unwrap();
+    }
+    let mut applied = Applied::default();
+    n.network.refresh(&mut applied.endpoints).await;
+    n.lb.slow_updates(100);
+    n.network.set_endpoints([endpoints_ready(
+        "appnet",
+        "api",
+        "10.0.1.2",
+        &[
+            ("10.0.1.5", "198.18.0.1", true),
+            ("10.0.1.6", "198.18.0.1", true),
+        ],
+    )]);
+    n.network.refresh(&mut applied.endpoints).await;
+    assert_eq!(n.lb.most_updates_at_once(), 3, "{:?}", n.lb.calls());
+    for id in ["t1", "t2", "t3"] {
+        assert_eq!(n.lb.entries(&netns(id)).unwrap()[0].backends.len(), 2);
+    }
+}
+
+#[tokio::test]
 async fn a_vip_change_that_fails_should_fall_back_to_writing_the_table_whole() {
     let n = node();
     n.tasks
