@@ -229,8 +229,9 @@ impl NodeNetwork {
             changed_tasks.extend(tasks.iter().copied());
             applied.insert(network.to_string(), eps);
         }
-        // Every changed table at once: a table's transaction mostly waits for the kernel
-        // (~20 ms each on the development machine, whatever its size), not for a CPU.
+        // Every changed table at once: a table's transaction takes ~20 ms on the
+        // development machine whatever its size, and one after the other they queued the
+        // next change (docs/architecture.md, "Node agent").
         let program = |pending: BTreeSet<Ipv4Addr>| {
             let changed_tasks = &changed_tasks;
             async move {
