@@ -11,6 +11,7 @@ use shoal_api_types::network::INGRESS_NETWORK;
 use shoal_api_types::service::{EndpointMode, Protocol};
 
 use crate::net::nft::NftError;
+use crate::net::reachable_backends;
 
 /// One load-balanced destination: traffic from the task to `vip` (protocol, port) is spread
 /// over `backends`.
@@ -128,20 +129,12 @@ pub fn without_pending(
     let key = |e: &VipEntry| (e.vip, e.protocol, e.port);
     entries
         .iter()
-        .filter_map(|e| {
-            let backends: Vec<Ipv4Addr> = e
-                .backends
-                .iter()
-                .filter(|b| !pending.contains(b))
-                .copied()
-                .collect();
-            if backends.is_empty() && !e.backends.is_empty() {
-                return known?.iter().find(|k| key(k) == key(e)).cloned();
-            }
-            Some(VipEntry {
+        .filter_map(|e| match reachable_backends(&e.backends, pending) {
+            Some(backends) => Some(VipEntry {
                 backends,
                 ..e.clone()
-            })
+            }),
+            None => known?.iter().find(|k| key(k) == key(e)).cloned(),
         })
         .collect()
 }

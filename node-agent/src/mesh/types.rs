@@ -9,6 +9,7 @@ use shoal_api_types::settings::ReservedPort;
 
 use super::health::HealthError;
 use crate::net::nft::NftError;
+use crate::net::reachable_backends;
 
 /// One published port on this node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -100,24 +101,16 @@ impl MeshRules {
         let ports = self
             .ports
             .iter()
-            .filter_map(|p| {
-                let backends: Vec<Ipv4Addr> = p
-                    .backends
-                    .iter()
-                    .filter(|b| !pending.contains(b))
-                    .copied()
-                    .collect();
-                if backends.is_empty() && !p.backends.is_empty() {
-                    return programmed?
-                        .ports
-                        .iter()
-                        .find(|q| q.key() == p.key())
-                        .cloned();
-                }
-                Some(MeshPort {
+            .filter_map(|p| match reachable_backends(&p.backends, pending) {
+                Some(backends) => Some(MeshPort {
                     backends,
                     ..p.clone()
-                })
+                }),
+                None => programmed?
+                    .ports
+                    .iter()
+                    .find(|q| q.key() == p.key())
+                    .cloned(),
             })
             .collect();
         MeshRules {

@@ -244,6 +244,22 @@ pub fn peers_from_endpoints<'a>(
     by_ip.into_values().collect()
 }
 
+/// `backends` without the `pending` addresses (remote tasks whose peer entries are not synced
+/// yet), or `None` when that would leave none of a list that had some: the caller keeps what
+/// it programmed before rather than refusing connections meanwhile. Shared by the VIP tables
+/// ([`crate::lb::without_pending`]) and the mesh table.
+pub fn reachable_backends(
+    backends: &[Ipv4Addr],
+    pending: &BTreeSet<Ipv4Addr>,
+) -> Option<Vec<Ipv4Addr>> {
+    let kept: Vec<Ipv4Addr> = backends
+        .iter()
+        .filter(|b| !pending.contains(b))
+        .copied()
+        .collect();
+    (kept.len() == backends.len() || !kept.is_empty()).then_some(kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -440,6 +440,21 @@ fn endpoints_ready(
 /// at once; the lock would never be given).
 const NO_LOCK: Duration = Duration::from_secs(2);
 
+/// Runs `step`, which must not wait for a lock the test holds.
+async fn without_waiting<F: std::future::Future>(step: F, why: &str) -> F::Output {
+    tokio::time::timeout(NO_LOCK, step).await.expect(why)
+}
+
+/// Polls `step` a while: it must still be waiting (for a lock the test holds).
+async fn still_waiting<F: std::future::Future>(step: std::pin::Pin<&mut F>) {
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), step)
+            .await
+            .is_err(),
+        "the peer sync waits for the peers lock"
+    );
+}
+
 #[tokio::test]
 async fn vip_tables_should_drop_a_backend_without_waiting_for_task_setups_and_add_one_after_its_peers(
 ) {
@@ -450,15 +465,15 @@ async fn vip_tables_should_drop_a_backend_without_waiting_for_task_setups_and_ad
         .unwrap();
     let backends = || n.lb.entries(&netns("t1")).unwrap()[0].backends.clone();
     let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-    n.network.set_endpoints([endpoints_ready(
-        "appnet",
-        "api",
-        "10.0.1.2",
-        &[
-            ("10.0.1.5", "198.18.0.1", true),
-            ("10.0.1.7", "198.18.0.2", true),
-        ],
-    )]);
+    // `api` on appnet, tasks (address, node, ready); node-1 (198.18.0.1) is this one.
+    let set = |tasks: &[(&str, &str, bool)]| {
+        n.network
+            .set_endpoints([endpoints_ready("appnet", "api", "10.0.1.2", tasks)])
+    };
+    set(&[
+        ("10.0.1.5", "198.18.0.1", true),
+        ("10.0.1.7", "198.18.0.2", true),
+    ]);
     let mut applied = Applied::default();
     n.network.refresh(&mut applied.endpoints).await;
     assert_eq!(backends(), [ip("10.0.1.5"), ip("10.0.1.7")]);
@@ -466,32 +481,26 @@ async fn vip_tables_should_drop_a_backend_without_waiting_for_task_setups_and_ad
     // Task starts and stops hold the overlays lock; Endpoints changes never wait for it,
     // peer syncs included.
     let setups = n.network.overlays.lock().await;
-    n.network.set_endpoints([endpoints_ready(
-        "appnet",
-        "api",
-        "10.0.1.2",
-        &[
-            ("10.0.1.5", "198.18.0.1", true),
-            ("10.0.1.7", "198.18.0.2", false),
-        ],
-    )]);
-    tokio::time::timeout(NO_LOCK, n.network.refresh(&mut applied.endpoints))
-        .await
-        .expect("a withdrawal does not wait for task setups");
+    set(&[
+        ("10.0.1.5", "198.18.0.1", true),
+        ("10.0.1.7", "198.18.0.2", false),
+    ]);
+    without_waiting(
+        n.network.refresh(&mut applied.endpoints),
+        "a withdrawal does not wait for task setups",
+    )
+    .await;
     assert_eq!(backends(), [ip("10.0.1.5")]);
-    n.network.set_endpoints([endpoints_ready(
-        "appnet",
-        "api",
-        "10.0.1.2",
-        &[
-            ("10.0.1.5", "198.18.0.1", true),
-            ("10.0.1.7", "198.18.0.2", false),
-            ("10.0.1.6", "198.18.0.2", false),
-        ],
-    )]);
-    tokio::time::timeout(NO_LOCK, n.network.refresh(&mut applied.endpoints))
-        .await
-        .expect("a peer sync does not wait for task setups");
+    set(&[
+        ("10.0.1.5", "198.18.0.1", true),
+        ("10.0.1.7", "198.18.0.2", false),
+        ("10.0.1.6", "198.18.0.2", false),
+    ]);
+    without_waiting(
+        n.network.refresh(&mut applied.endpoints),
+        "a peer sync does not wait for task setups",
+    )
+    .await;
     assert!(n.net.calls().iter().any(|c| matches!(c,
         NetCall::ApplyPeerOp(4097, PeerOp::AddNeigh(e)) if e.ip == ip("10.0.1.6"))));
     drop(setups);
@@ -500,25 +509,15 @@ async fn vip_tables_should_drop_a_backend_without_waiting_for_task_setups_and_ad
     // leaves at once, the new one waits for its peer entries.
     let held = n.network.peers.lock().await;
     n.net.clear_calls();
-    n.network.set_endpoints([endpoints_ready(
-        "appnet",
-        "api",
-        "10.0.1.2",
-        &[
-            ("10.0.1.5", "198.18.0.1", false),
-            ("10.0.1.7", "198.18.0.2", false),
-            ("10.0.1.6", "198.18.0.2", false),
-            ("10.0.1.8", "198.18.0.2", true),
-        ],
-    )]);
+    set(&[
+        ("10.0.1.5", "198.18.0.1", false),
+        ("10.0.1.7", "198.18.0.2", false),
+        ("10.0.1.6", "198.18.0.2", false),
+        ("10.0.1.8", "198.18.0.2", true),
+    ]);
     let refresh = n.network.refresh(&mut applied.endpoints);
     tokio::pin!(refresh);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), &mut refresh)
-            .await
-            .is_err(),
-        "the peer sync waits for the peers lock"
-    );
+    still_waiting(refresh.as_mut()).await;
     assert_eq!(
         backends(),
         [ip("10.0.1.5")],
@@ -844,22 +843,32 @@ fn node_obj(name: &str, address: &str, ingress: &str) -> shoal_api_types::Node {
     n
 }
 
-#[tokio::test]
-async fn the_mesh_should_drop_a_backend_without_waiting_for_task_setups_and_add_one_after_its_peers(
-) {
-    let net = Arc::new(RecordingNetwork::new(PREFIX));
-    let mesh = Arc::new(crate::mesh::RecordingMesh::default());
-    let network = NodeNetwork::new(
+/// A node's networking with the routing mesh, on the recording fakes.
+fn mesh_node(
+    net: &Arc<RecordingNetwork>,
+    name: &str,
+    underlay: Ipv4Addr,
+    mesh: Arc<crate::mesh::RecordingMesh>,
+) -> NodeNetwork {
+    NodeNetwork::new(
         net.clone(),
         Arc::new(RecordingDns::default()),
         Arc::new(RecordingDns::default()),
         Arc::new(RecordingLb::default()),
         RecordStore::new(),
-        Ipv4Addr::new(198, 18, 0, 3),
+        underlay,
         "/run/netns",
         PREFIX,
     )
-    .with_mesh("node-3", mesh.clone());
+    .with_mesh(name, mesh)
+}
+
+#[tokio::test]
+async fn the_mesh_should_drop_a_backend_without_waiting_for_task_setups_and_add_one_after_its_peers(
+) {
+    let net = Arc::new(RecordingNetwork::new(PREFIX));
+    let mesh = Arc::new(crate::mesh::RecordingMesh::default());
+    let network = mesh_node(&net, "node-3", Ipv4Addr::new(198, 18, 0, 3), mesh.clone());
     let mut ingress = overlay("ingress", 4096, false);
     ingress.status.subnet = Some("10.255.0.0/16".into());
     network.set_networks([ingress]);
@@ -892,18 +901,22 @@ async fn the_mesh_should_drop_a_backend_without_waiting_for_task_setups_and_add_
     // once the node is on ingress, peer syncs included.
     let setups = network.overlays.lock().await;
     set(&[("10.255.0.5", true), ("10.255.0.6", false)]);
-    tokio::time::timeout(NO_LOCK, network.refresh_mesh(&mut applied.mesh))
-        .await
-        .expect("a withdrawal does not wait for task setups");
+    without_waiting(
+        network.refresh_mesh(&mut applied.mesh),
+        "a withdrawal does not wait for task setups",
+    )
+    .await;
     assert_eq!(backends(), [ip("10.255.0.5")]);
     set(&[
         ("10.255.0.5", true),
         ("10.255.0.6", false),
         ("10.255.0.9", false),
     ]);
-    tokio::time::timeout(NO_LOCK, network.refresh_mesh(&mut applied.mesh))
-        .await
-        .expect("a peer sync does not wait for task setups");
+    without_waiting(
+        network.refresh_mesh(&mut applied.mesh),
+        "a peer sync does not wait for task setups",
+    )
+    .await;
     assert!(net.calls().iter().any(|c| matches!(c,
         NetCall::ApplyPeerOp(4096, PeerOp::AddNeigh(e)) if e.ip == ip("10.255.0.9"))));
     drop(setups);
@@ -920,12 +933,7 @@ async fn the_mesh_should_drop_a_backend_without_waiting_for_task_setups_and_add_
     ]);
     let refresh = network.refresh_mesh(&mut applied.mesh);
     tokio::pin!(refresh);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), &mut refresh)
-            .await
-            .is_err(),
-        "the peer sync waits for the peers lock"
-    );
+    still_waiting(refresh.as_mut()).await;
     assert_eq!(
         backends(),
         [ip("10.255.0.5")],
@@ -1249,17 +1257,12 @@ async fn the_mesh_should_never_program_a_reserved_port() {
 #[tokio::test]
 async fn the_node_policy_should_follow_the_nodes_and_be_reprogrammed_after_a_reconcile() {
     let net = Arc::new(RecordingNetwork::new(PREFIX));
-    let network = NodeNetwork::new(
-        net.clone(),
-        Arc::new(RecordingDns::default()),
-        Arc::new(RecordingDns::default()),
-        Arc::new(RecordingLb::default()),
-        RecordStore::new(),
+    let network = mesh_node(
+        &net,
+        "node-1",
         Ipv4Addr::new(198, 18, 0, 1),
-        "/run/netns",
-        PREFIX,
+        Arc::new(crate::mesh::RecordingMesh::default()),
     )
-    .with_mesh("node-1", Arc::new(crate::mesh::RecordingMesh::default()))
     .with_node_policy();
     assert!(network.caches().nodes.is_some(), "the agent watches Nodes");
     let mut ingress = overlay("ingress", 4096, false);
