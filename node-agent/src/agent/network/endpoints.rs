@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_api_types::endpoints::EndpointsSpec;
@@ -110,19 +111,24 @@ impl NodeNetwork {
     }
 
     /// Converges the overlay of `network` to the remote tasks in its Endpoints (not before
-    /// the first Endpoints list), holding the peers lock.
-    pub(super) async fn sync_peers(&self, network: &str, vni: u32) {
+    /// the first Endpoints list), holding the peers lock. Returns whether it succeeded.
+    pub(super) async fn sync_peers(&self, network: &str, vni: u32) -> bool {
         let Some(eps) = self.endpoints_of(network) else {
-            return;
+            return true;
         };
         let peers = self.peers_for(network, &eps);
         let _peers = self.peers.lock().await;
         match self.net.sync_peers(vni, &peers).await {
-            Ok(ops) if !ops.is_empty() => {
-                tracing::debug!(network, vni, changes = ops.len(), "synced overlay peers")
+            Ok(ops) => {
+                if !ops.is_empty() {
+                    tracing::debug!(network, vni, changes = ops.len(), "synced overlay peers")
+                }
+                true
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(network, vni, error = %e, "cannot sync overlay peers"),
+            Err(e) => {
+                tracing::warn!(network, vni, error = %e, "cannot sync overlay peers");
+                false
+            }
         }
     }
 
@@ -143,7 +149,12 @@ impl NodeNetwork {
         }
         let slot = self.lb_lock().entry(id.to_string()).or_default().clone();
         let mut cache = slot.lock().await;
-        let Some(task) = self.local_map().get(id).cloned() else {
+        // Torn down meanwhile (its slot went, or a task of the same id has a new one).
+        let current = self
+            .lb_lock()
+            .get(id)
+            .is_some_and(|s| Arc::ptr_eq(s, &slot));
+        let Some(task) = self.local_map().get(id).cloned().filter(|_| current) else {
             return Ok(());
         };
         let mut eps = Vec::new();
@@ -216,15 +227,20 @@ impl NodeNetwork {
                 self.records.set_from_endpoints(network, &eps);
             }
             // A network first seen here had its peers synced by the setup of the task that
-            // joined it, moments ago: synced again below, nothing of it is held back.
+            // joined it, moments ago: synced again below, nothing of it is held back. The
+            // ingress overlay's peers are the mesh's to sync when the node is on it
+            // (`refresh_mesh`, at the same time as this).
             let peers = self.peers_for(network, &eps);
             let synced = before.map(|b| self.peers_for(network, b));
-            if synced.as_ref() != Some(&peers) {
+            let mesh_owns = *network == INGRESS_NETWORK && self.ingress_overlay().is_some();
+            if synced.as_ref() != Some(&peers) && !mesh_owns {
+                let mut new = BTreeSet::new();
                 if let Some(synced) = &synced {
                     let known: BTreeSet<Ipv4Addr> = synced.iter().map(|p| p.ip).collect();
-                    pending.extend(peers.iter().map(|p| p.ip).filter(|ip| !known.contains(ip)));
+                    new.extend(peers.iter().map(|p| p.ip).filter(|ip| !known.contains(ip)));
                 }
-                to_sync.push(*network);
+                pending.extend(new.iter().copied());
+                to_sync.push((*network, new));
             }
             changed_tasks.extend(tasks.iter().copied());
             applied.insert(network.to_string(), eps);
@@ -246,13 +262,19 @@ impl NodeNetwork {
             }
         };
         program(pending.clone()).await;
-        for network in to_sync {
+        // A network whose peers could not be synced keeps its new backends out, and is
+        // synced again at the next pass (it is not recorded as applied).
+        let mut unsynced = BTreeSet::new();
+        for (network, new) in to_sync {
             if let Ok((vni, _)) = self.network_info(network) {
-                self.sync_peers(network, vni).await;
+                if !self.sync_peers(network, vni).await {
+                    applied.remove(network);
+                    unsynced.extend(new);
+                }
             }
         }
-        if !pending.is_empty() {
-            program(BTreeSet::new()).await;
+        if unsynced != pending {
+            program(unsynced).await;
         }
     }
 }

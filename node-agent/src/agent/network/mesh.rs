@@ -152,18 +152,9 @@ impl NodeNetwork {
         let peers = ingress
             .as_ref()
             .map(|spec| (spec.vni, self.peers_for(INGRESS_NETWORK, &eps)));
+        let peers_wanted = peers.clone();
         if ingress.is_some() && st.overlay == ingress {
-            let synced: BTreeSet<Ipv4Addr> = match &st.peers {
-                Some((vni, synced)) if Some(*vni) == peers.as_ref().map(|p| p.0) => {
-                    synced.iter().map(|p| p.ip).collect()
-                }
-                _ => BTreeSet::new(),
-            };
-            let pending: BTreeSet<Ipv4Addr> = peers
-                .iter()
-                .flat_map(|(_, p)| p.iter().map(|p| p.ip))
-                .filter(|ip| !synced.contains(ip))
-                .collect();
+            let pending = pending_peers(peers.as_ref(), st.peers.as_ref());
             let now = rules.without_pending(&pending, st.programmed.as_ref());
             if st.programmed.as_ref() != Some(&now) {
                 match mesh.program(&now).await {
@@ -198,10 +189,14 @@ impl NodeNetwork {
                 }
             }
         }
-        let rules = if st.overlay.is_some() {
-            rules
-        } else {
-            self.mesh_rules(None, &eps)
+        // Backends at addresses the peers were not synced for stay out until they are.
+        let rules = match &st.overlay {
+            Some(_) if st.peers == peers_wanted => rules,
+            Some(_) => rules.without_pending(
+                &pending_peers(peers_wanted.as_ref(), st.peers.as_ref()),
+                st.programmed.as_ref(),
+            ),
+            None => self.mesh_rules(None, &eps),
         };
         if st.programmed.as_ref() != Some(&rules) {
             for p in rules.skipped() {
@@ -235,4 +230,24 @@ impl NodeNetwork {
             }
         }
     }
+}
+
+/// The addresses among `wanted` peers (VNI, peers) that `synced` does not hold (all of them
+/// when it is of another VNI or none).
+fn pending_peers(
+    wanted: Option<&(u32, Vec<Peer>)>,
+    synced: Option<&(u32, Vec<Peer>)>,
+) -> BTreeSet<Ipv4Addr> {
+    let Some((vni, wanted)) = wanted else {
+        return BTreeSet::new();
+    };
+    let synced: BTreeSet<Ipv4Addr> = match synced {
+        Some((v, s)) if v == vni => s.iter().map(|p| p.ip).collect(),
+        _ => BTreeSet::new(),
+    };
+    wanted
+        .iter()
+        .map(|p| p.ip)
+        .filter(|ip| !synced.contains(ip))
+        .collect()
 }

@@ -405,6 +405,7 @@ impl NodeNetwork {
                     .ensure_overlay(&self.overlay_spec(a.vni, mtu))
                     .await
                     .map_err(|e| net_error(id, e))?;
+                // A failure is logged; the network loop syncs again.
                 self.sync_peers(network, a.vni).await;
             }
             if spec.egress {

@@ -532,6 +532,38 @@ async fn vip_tables_should_drop_a_backend_without_waiting_for_task_setups_and_ad
 }
 
 #[tokio::test]
+async fn a_failed_peer_sync_should_keep_the_new_backend_out_and_be_retried_at_the_next_pass() {
+    let n = node();
+    n.tasks
+        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+        .await
+        .unwrap();
+    let backends = || n.lb.entries(&netns("t1")).unwrap()[0].backends.clone();
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let set = |tasks: &[(&str, &str, bool)]| {
+        n.network
+            .set_endpoints([endpoints_ready("appnet", "api", "10.0.1.2", tasks)])
+    };
+    set(&[("10.0.1.5", "198.18.0.1", true)]);
+    let mut applied = Applied::default();
+    n.network.refresh(&mut applied.endpoints).await;
+    n.net.fail("apply_peer_op");
+    set(&[
+        ("10.0.1.5", "198.18.0.1", true),
+        ("10.0.1.8", "198.18.0.2", true),
+    ]);
+    n.network.refresh(&mut applied.endpoints).await;
+    assert_eq!(backends(), [ip("10.0.1.5")], "no peer entry, no backend");
+    n.net.heal("apply_peer_op");
+    n.network.refresh(&mut applied.endpoints).await;
+    assert_eq!(
+        backends(),
+        [ip("10.0.1.5"), ip("10.0.1.8")],
+        "synced again, then added"
+    );
+}
+
+#[tokio::test]
 async fn an_endpoints_change_should_program_the_vip_tables_of_local_tasks_at_once() {
     let n = node();
     for (id, ip) in [("t1", "10.0.1.5"), ("t2", "10.0.1.6"), ("t3", "10.0.1.7")] {
@@ -861,6 +893,40 @@ fn mesh_node(
         PREFIX,
     )
     .with_mesh(name, mesh)
+}
+
+#[tokio::test]
+async fn the_mesh_should_keep_a_backend_out_until_a_failed_peer_sync_is_retried() {
+    let net = Arc::new(RecordingNetwork::new(PREFIX));
+    let mesh = Arc::new(crate::mesh::RecordingMesh::default());
+    let network = mesh_node(&net, "node-3", Ipv4Addr::new(198, 18, 0, 3), mesh.clone());
+    let mut ingress = overlay("ingress", 4096, false);
+    ingress.status.subnet = Some("10.255.0.0/16".into());
+    network.set_networks([ingress]);
+    network.set_nodes([node_obj("node-3", "198.18.0.3", "10.255.0.3")]);
+    let set = |ips: &[&str]| {
+        let tasks: Vec<(&str, &str, bool)> =
+            ips.iter().map(|ip| (*ip, "198.18.0.2", true)).collect();
+        let mut eps = endpoints_ready("ingress", "pub", "10.255.0.2", &tasks);
+        eps.spec.ports = vec![PortConfig {
+            published: 9091,
+            target: 80,
+            ..Default::default()
+        }];
+        network.set_endpoints([eps]);
+    };
+    let backends = || mesh.rules().unwrap().ports[0].backends.clone();
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let mut applied = Applied::default();
+    set(&["10.255.0.7"]);
+    network.refresh_mesh(&mut applied.mesh).await;
+    net.fail("apply_peer_op");
+    set(&["10.255.0.7", "10.255.0.8"]);
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert_eq!(backends(), [ip("10.255.0.7")], "no peer entry, no backend");
+    net.heal("apply_peer_op");
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert_eq!(backends(), [ip("10.255.0.7"), ip("10.255.0.8")]);
 }
 
 #[tokio::test]
