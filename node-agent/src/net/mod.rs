@@ -88,8 +88,8 @@ pub use network::Network;
 pub use nodefw::NodePolicy;
 pub use peers::plan_peers;
 pub use plan::{
-    apply_net_ops, peers_from_endpoints, plan_network, reachable_backends, task_net_spec,
-    DesiredNet, NetOp,
+    apply_net_ops, new_peer_addresses, peers_from_endpoints, plan_network, reachable_backends,
+    task_net_spec, DesiredNet, NetOp,
 };
 pub use types::{
     Attachment, FdbEntry, GatewaySpec, NeighEntry, NetConfig, Observed, ObservedOverlay,

@@ -244,6 +244,17 @@ pub fn peers_from_endpoints<'a>(
     by_ip.into_values().collect()
 }
 
+/// The addresses of `wanted` peers that `synced` does not hold: backends there cannot be
+/// reached until a peer sync adds their entries ([`reachable_backends`]).
+pub fn new_peer_addresses(wanted: &[Peer], synced: &[Peer]) -> BTreeSet<Ipv4Addr> {
+    let synced: BTreeSet<Ipv4Addr> = synced.iter().map(|p| p.ip).collect();
+    wanted
+        .iter()
+        .map(|p| p.ip)
+        .filter(|ip| !synced.contains(ip))
+        .collect()
+}
+
 /// `backends` without the `pending` addresses (remote tasks whose peer entries are not synced
 /// yet), or `None` when that would leave none of a list that had some: the caller keeps what
 /// it programmed before rather than refusing connections meanwhile. Shared by the VIP tables

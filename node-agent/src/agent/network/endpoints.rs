@@ -20,6 +20,7 @@ use super::{task_failure, LbSlot, NodeNetwork, DRAIN_SETTLE, LB_CONCURRENCY};
 use crate::agent::task_runtime::TaskError;
 use crate::dns::view_networks;
 use crate::lb::{self, LbError};
+use crate::net::new_peer_addresses;
 
 impl NodeNetwork {
     /// Whether any Endpoints object lists task `id` as ready (in DNS and behind VIPs).
@@ -194,9 +195,10 @@ impl NodeNetwork {
     /// the VIP tables of its local tasks. Networks whose Endpoints did not change since the
     /// last call (as `applied` remembers) are skipped.
     ///
-    /// Nothing here waits for task setups (the overlays lock), so a task being drained is
-    /// out of the VIP tables within [`DRAIN_SETTLE`] also on a node busy starting and
-    /// stopping tasks. Backends leave first; peers are synced (under the peers lock) only
+    /// Nothing here waits for task setups (the overlays lock), so that a task being drained
+    /// leaves the VIP tables without queueing behind starts and stops ([`DRAIN_SETTLE`]
+    /// assumes it has left; docs/benchmarks-history.md measures how soon). Backends leave
+    /// first; peers are synced (under the peers lock) only
     /// where they changed, and backends at new remote addresses enter the tables after that
     /// ([`lb::without_pending`]).
     pub async fn refresh(&self, applied: &mut BTreeMap<String, Vec<EndpointsSpec>>) {
@@ -234,11 +236,9 @@ impl NodeNetwork {
             let synced = before.map(|b| self.peers_for(network, b));
             let mesh_owns = *network == INGRESS_NETWORK && self.ingress_overlay().is_some();
             if synced.as_ref() != Some(&peers) && !mesh_owns {
-                let mut new = BTreeSet::new();
-                if let Some(synced) = &synced {
-                    let known: BTreeSet<Ipv4Addr> = synced.iter().map(|p| p.ip).collect();
-                    new.extend(peers.iter().map(|p| p.ip).filter(|ip| !known.contains(ip)));
-                }
+                let new = synced
+                    .map(|synced| new_peer_addresses(&peers, &synced))
+                    .unwrap_or_default();
                 pending.extend(new.iter().copied());
                 to_sync.push((*network, new));
             }

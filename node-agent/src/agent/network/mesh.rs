@@ -21,7 +21,7 @@ use shoal_api_types::settings::{reason, CLUSTER_SETTINGS};
 use super::mesh_state::MeshState;
 use super::NodeNetwork;
 use crate::mesh::{self, MeshRules};
-use crate::net::{names, peers_from_endpoints, GatewaySpec, OverlaySpec, Peer};
+use crate::net::{names, new_peer_addresses, peers_from_endpoints, GatewaySpec, OverlaySpec, Peer};
 
 impl NodeNetwork {
     /// The ingress overlay with this node's address on it, once the mesh runs, the ingress
@@ -120,9 +120,9 @@ impl NodeNetwork {
     /// every other node's ingress address), and the `shoal_mesh` table. Each step runs only
     /// when its input changed since it last succeeded.
     ///
-    /// Only joining the ingress network waits for task setups (the overlays lock): a task
-    /// being drained must be out of every node's table within [`super::DRAIN_SETTLE`], also
-    /// on a node busy starting and stopping tasks. Backends leave first; new remote
+    /// Only joining the ingress network waits for task setups (the overlays lock), so that
+    /// a task being drained leaves the table without queueing behind starts and stops
+    /// ([`super::DRAIN_SETTLE`] assumes it has left). Backends leave first; new remote
     /// backends enter only after their peer entries are synced (under the peers lock), so
     /// no connection goes to an address the overlay cannot reach yet
     /// ([`MeshRules::without_pending`]).
@@ -191,7 +191,6 @@ impl NodeNetwork {
         }
         // Backends at addresses the peers were not synced for stay out until they are.
         let rules = match &st.overlay {
-            Some(_) if st.peers == peers_wanted => rules,
             Some(_) => rules.without_pending(
                 &pending_peers(peers_wanted.as_ref(), st.peers.as_ref()),
                 st.programmed.as_ref(),
@@ -241,13 +240,9 @@ fn pending_peers(
     let Some((vni, wanted)) = wanted else {
         return BTreeSet::new();
     };
-    let synced: BTreeSet<Ipv4Addr> = match synced {
-        Some((v, s)) if v == vni => s.iter().map(|p| p.ip).collect(),
-        _ => BTreeSet::new(),
+    let synced = match synced {
+        Some((v, s)) if v == vni => s.as_slice(),
+        _ => &[],
     };
-    wanted
-        .iter()
-        .map(|p| p.ip)
-        .filter(|ip| !synced.contains(ip))
-        .collect()
+    new_peer_addresses(wanted, synced)
 }

@@ -688,8 +688,8 @@ impl NodeNetwork {
                     self.verify_lb().await;
                 }
             }
-            // At once: each withdraws backends first and then may wait for the overlays
-            // lock to sync peers, and neither withdrawal should wait for the other's lock.
+            // At once: each withdraws backends first and then may wait for the peers lock
+            // to sync peers, and neither withdrawal should wait for the other's sync.
             tokio::join!(
                 self.refresh(&mut applied.endpoints),
                 self.refresh_mesh(&mut applied.mesh)

@@ -455,21 +455,38 @@ async fn still_waiting<F: std::future::Future>(step: std::pin::Pin<&mut F>) {
     );
 }
 
-#[tokio::test]
-async fn vip_tables_should_drop_a_backend_without_waiting_for_task_setups_and_add_one_after_its_peers(
-) {
+/// A node running task `t1` on appnet (10.0.1.5), for the VIP table tests below.
+async fn node_with_t1() -> Node {
     let n = node();
     n.tasks
         .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
         .await
         .unwrap();
-    let backends = || n.lb.entries(&netns("t1")).unwrap()[0].backends.clone();
-    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-    // `api` on appnet, tasks (address, node, ready); node-1 (198.18.0.1) is this one.
-    let set = |tasks: &[(&str, &str, bool)]| {
-        n.network
-            .set_endpoints([endpoints_ready("appnet", "api", "10.0.1.2", tasks)])
-    };
+    n
+}
+
+/// The backends of the first VIP entry in t1's table.
+fn t1_backends(n: &Node) -> Vec<Ipv4Addr> {
+    n.lb.entries(&netns("t1")).unwrap()[0].backends.clone()
+}
+
+/// Sets the Endpoints to `api` (VIP 10.0.1.2) on appnet with tasks (address, node, ready);
+/// node-1 (198.18.0.1) is this one.
+fn set_api(n: &Node, tasks: &[(&str, &str, bool)]) {
+    n.network
+        .set_endpoints([endpoints_ready("appnet", "api", "10.0.1.2", tasks)])
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+#[tokio::test]
+async fn vip_tables_should_drop_a_backend_without_waiting_for_task_setups_and_add_one_after_its_peers(
+) {
+    let n = node_with_t1().await;
+    let backends = || t1_backends(&n);
+    let set = |tasks: &[(&str, &str, bool)]| set_api(&n, tasks);
     set(&[
         ("10.0.1.5", "198.18.0.1", true),
         ("10.0.1.7", "198.18.0.2", true),
@@ -533,17 +550,9 @@ async fn vip_tables_should_drop_a_backend_without_waiting_for_task_setups_and_ad
 
 #[tokio::test]
 async fn a_failed_peer_sync_should_keep_the_new_backend_out_and_be_retried_at_the_next_pass() {
-    let n = node();
-    n.tasks
-        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
-        .await
-        .unwrap();
-    let backends = || n.lb.entries(&netns("t1")).unwrap()[0].backends.clone();
-    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-    let set = |tasks: &[(&str, &str, bool)]| {
-        n.network
-            .set_endpoints([endpoints_ready("appnet", "api", "10.0.1.2", tasks)])
-    };
+    let n = node_with_t1().await;
+    let backends = || t1_backends(&n);
+    let set = |tasks: &[(&str, &str, bool)]| set_api(&n, tasks);
     set(&[("10.0.1.5", "198.18.0.1", true)]);
     let mut applied = Applied::default();
     n.network.refresh(&mut applied.endpoints).await;
@@ -895,6 +904,22 @@ fn mesh_node(
     .with_mesh(name, mesh)
 }
 
+/// Sets the Endpoints of ingress to `pub` publishing 9091 → 80, with tasks (address, ready)
+/// on node-2 (198.18.0.2).
+fn set_pub(network: &NodeNetwork, tasks: &[(&str, bool)]) {
+    let tasks: Vec<(&str, &str, bool)> = tasks
+        .iter()
+        .map(|(ip, ready)| (*ip, "198.18.0.2", *ready))
+        .collect();
+    let mut eps = endpoints_ready("ingress", "pub", "10.255.0.2", &tasks);
+    eps.spec.ports = vec![PortConfig {
+        published: 9091,
+        target: 80,
+        ..Default::default()
+    }];
+    network.set_endpoints([eps]);
+}
+
 #[tokio::test]
 async fn the_mesh_should_keep_a_backend_out_until_a_failed_peer_sync_is_retried() {
     let net = Arc::new(RecordingNetwork::new(PREFIX));
@@ -905,18 +930,10 @@ async fn the_mesh_should_keep_a_backend_out_until_a_failed_peer_sync_is_retried(
     network.set_networks([ingress]);
     network.set_nodes([node_obj("node-3", "198.18.0.3", "10.255.0.3")]);
     let set = |ips: &[&str]| {
-        let tasks: Vec<(&str, &str, bool)> =
-            ips.iter().map(|ip| (*ip, "198.18.0.2", true)).collect();
-        let mut eps = endpoints_ready("ingress", "pub", "10.255.0.2", &tasks);
-        eps.spec.ports = vec![PortConfig {
-            published: 9091,
-            target: 80,
-            ..Default::default()
-        }];
-        network.set_endpoints([eps]);
+        let tasks: Vec<(&str, bool)> = ips.iter().map(|ip| (*ip, true)).collect();
+        set_pub(&network, &tasks)
     };
     let backends = || mesh.rules().unwrap().ports[0].backends.clone();
-    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
     let mut applied = Applied::default();
     set(&["10.255.0.7"]);
     network.refresh_mesh(&mut applied.mesh).await;
@@ -943,21 +960,8 @@ async fn the_mesh_should_drop_a_backend_without_waiting_for_task_setups_and_add_
         node_obj("node-3", "198.18.0.3", "10.255.0.3"),
     ]);
     // `pub` on node 2, published on 9091; node 3 (this one) runs none of its tasks.
-    let set = |tasks: &[(&str, bool)]| {
-        let tasks: Vec<(&str, &str, bool)> = tasks
-            .iter()
-            .map(|(ip, ready)| (*ip, "198.18.0.2", *ready))
-            .collect();
-        let mut eps = endpoints_ready("ingress", "pub", "10.255.0.2", &tasks);
-        eps.spec.ports = vec![PortConfig {
-            published: 9091,
-            target: 80,
-            ..Default::default()
-        }];
-        network.set_endpoints([eps]);
-    };
+    let set = |tasks: &[(&str, bool)]| set_pub(&network, tasks);
     let backends = || mesh.rules().unwrap().ports[0].backends.clone();
-    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
     set(&[("10.255.0.5", true), ("10.255.0.6", true)]);
     let mut applied = Applied::default();
     network.refresh_mesh(&mut applied.mesh).await;
