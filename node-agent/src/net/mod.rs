@@ -76,6 +76,7 @@ pub mod nft;
 pub mod nodefw;
 mod peers;
 mod plan;
+mod synced;
 mod types;
 
 pub use desired::{desired_node, network_vni, node_ops, task_spec, LocalTask, NodeNet, SpecError};
@@ -91,6 +92,7 @@ pub use plan::{
     apply_net_ops, new_peer_addresses, peers_from_endpoints, plan_network, reachable_backends,
     task_net_spec, DesiredNet, NetOp,
 };
+pub use synced::SyncedPeers;
 pub use types::{
     Attachment, FdbEntry, GatewaySpec, NeighEntry, NetConfig, Observed, ObservedOverlay,
     ObservedPort, OverlayInfo, OverlaySpec, Peer, PeerEntries, PeerOp, TaskInterface, TaskNetInfo,

@@ -20,7 +20,7 @@ use super::{task_failure, LbSlot, NodeNetwork, DRAIN_SETTLE, LB_CONCURRENCY};
 use crate::agent::task_runtime::TaskError;
 use crate::dns::view_networks;
 use crate::lb::{self, LbError};
-use crate::net::new_peer_addresses;
+use crate::net::{new_peer_addresses, Peer};
 
 impl NodeNetwork {
     /// Whether any Endpoints object lists task `id` as ready (in DNS and behind VIPs).
@@ -136,8 +136,9 @@ impl NodeNetwork {
     /// Programs task `id`'s VIP table from the current Endpoints ([`lb::converge`]): only
     /// what changed since the entries last programmed there (the cache), or, without a cache
     /// entry or with `verify` (the periodic resync), after reading the table back, written
-    /// whole when it is not what it should be (drift is repaired there). Backends at a
-    /// `pending` address (peer entries not synced yet) are left for a later call
+    /// whole when it is not what it should be (drift is repaired there). Remote backends
+    /// whose peer entries are not in place ([`crate::net::SyncedPeers::pending`], from the same
+    /// reading of the Endpoints) or at a `pending` address are left for a later call
     /// ([`lb::without_pending`]).
     pub(super) async fn program_lb(
         &self,
@@ -158,12 +159,18 @@ impl NodeNetwork {
         let Some(task) = self.local_map().get(id).cloned().filter(|_| current) else {
             return Ok(());
         };
+        // One reading of each network's Endpoints, for the entries and for which of their
+        // remote backends the overlay does not reach yet (the caller's `pending` covers an
+        // overlay nothing is known of, as after an agent restart).
         let mut eps = Vec::new();
+        let mut pending = pending.clone();
         for network in view_networks(&task.networks) {
-            eps.extend(self.endpoints_of(&network).unwrap_or_default());
+            let of_network = self.endpoints_of(&network).unwrap_or_default();
+            pending.extend(self.unreached(&network, &self.peers_for(&network, &of_network)));
+            eps.extend(of_network);
         }
         let known = if verify { None } else { cache.take() };
-        let entries = lb::without_pending(&lb::vip_entries(&eps), pending, known.as_deref());
+        let entries = lb::without_pending(&lb::vip_entries(&eps), &pending, known.as_deref());
         if known.as_ref() == Some(&entries) {
             *cache = Some(entries);
             return Ok(());
@@ -184,6 +191,15 @@ impl NodeNetwork {
         }
         *cache = Some(entries);
         Ok(())
+    }
+
+    /// The addresses among `network`'s `wanted` peers whose entries are not in place
+    /// (none when nothing is known of its overlay).
+    pub(super) fn unreached(&self, network: &str, wanted: &[Peer]) -> BTreeSet<Ipv4Addr> {
+        self.network_info(network)
+            .ok()
+            .and_then(|(vni, _)| self.synced.pending(vni, wanted))
+            .unwrap_or_default()
     }
 
     /// The VIP cache's map of per-task slots.
@@ -235,10 +251,14 @@ impl NodeNetwork {
             let peers = self.peers_for(network, &eps);
             let synced = before.map(|b| self.peers_for(network, b));
             let mesh_owns = *network == INGRESS_NETWORK && self.ingress_overlay().is_some();
-            if synced.as_ref() != Some(&peers) && !mesh_owns {
-                let new = synced
+            // Also where entries are missing whatever the Endpoints did (a sync that failed,
+            // or another pass's sync from an older reading).
+            let unreached = self.unreached(network, &peers);
+            if (synced.as_ref() != Some(&peers) || !unreached.is_empty()) && !mesh_owns {
+                let mut new = synced
                     .map(|synced| new_peer_addresses(&peers, &synced))
                     .unwrap_or_default();
+                new.extend(unreached);
                 pending.extend(new.iter().copied());
                 to_sync.push((*network, new));
             }

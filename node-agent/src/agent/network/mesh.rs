@@ -153,8 +153,14 @@ impl NodeNetwork {
             .as_ref()
             .map(|spec| (spec.vni, self.peers_for(INGRESS_NETWORK, &eps)));
         let peers_wanted = peers.clone();
+        // Ingress peers whose entries are not in place whatever this pass last synced (a
+        // task setup syncs them too, from its own reading): synced again below.
+        let unreached = peers
+            .as_ref()
+            .and_then(|(vni, wanted)| self.synced.pending(*vni, wanted))
+            .is_some_and(|p| !p.is_empty());
         if ingress.is_some() && st.overlay == ingress {
-            let pending = pending_peers(peers.as_ref(), st.peers.as_ref());
+            let pending = self.mesh_pending(peers.as_ref(), st.peers.as_ref());
             let now = rules.without_pending(&pending, st.programmed.as_ref());
             if st.programmed.as_ref() != Some(&now) {
                 match mesh.program(&now).await {
@@ -179,7 +185,7 @@ impl NodeNetwork {
                     }
                 }
             }
-            if st.overlay.is_some() && st.peers.as_ref() != Some(&peers) {
+            if st.overlay.is_some() && (st.peers.as_ref() != Some(&peers) || unreached) {
                 let _peers = self.peers.lock().await;
                 match self.net.sync_peers(peers.0, &peers.1).await {
                     Ok(_) => st.peers = Some(peers),
@@ -192,7 +198,7 @@ impl NodeNetwork {
         // Backends at addresses the peers were not synced for stay out until they are.
         let rules = match &st.overlay {
             Some(_) => rules.without_pending(
-                &pending_peers(peers_wanted.as_ref(), st.peers.as_ref()),
+                &self.mesh_pending(peers_wanted.as_ref(), st.peers.as_ref()),
                 st.programmed.as_ref(),
             ),
             None => self.mesh_rules(None, &eps),
@@ -228,6 +234,23 @@ impl NodeNetwork {
                 }
             }
         }
+    }
+}
+
+impl NodeNetwork {
+    /// The addresses among `wanted` ingress peers (VNI, peers) that are not reached yet:
+    /// not in what the mesh pass last `synced`, or without entries in place
+    /// ([`crate::net::SyncedPeers::pending`]).
+    fn mesh_pending(
+        &self,
+        wanted: Option<&(u32, Vec<Peer>)>,
+        synced: Option<&(u32, Vec<Peer>)>,
+    ) -> BTreeSet<Ipv4Addr> {
+        let mut pending = pending_peers(wanted, synced);
+        if let Some((vni, wanted)) = wanted {
+            pending.extend(self.synced.pending(*vni, wanted).unwrap_or_default());
+        }
+        pending
     }
 }
 

@@ -89,7 +89,11 @@ pub struct Applied {
 
 /// The node's task networking (see the module docs).
 pub struct NodeNetwork {
+    /// The side effects, through `synced` (every peer sync is recorded there).
     net: Arc<dyn Network>,
+    /// Which overlay peers are in place, per VNI: a remote backend is programmed only once
+    /// its address is ([`NodeNetwork::program_lb`], the mesh pass).
+    synced: Arc<net::SyncedPeers>,
     dns: Arc<dyn DnsServers>,
     dns_internal: Arc<dyn DnsServers>,
     lb: Arc<dyn LoadBalancer>,
@@ -172,8 +176,10 @@ impl NodeNetwork {
         netns_dir: impl Into<PathBuf>,
         prefix: impl Into<String>,
     ) -> Self {
+        let synced = Arc::new(net::SyncedPeers::new(net));
         NodeNetwork {
-            net,
+            net: synced.clone(),
+            synced,
             dns,
             dns_internal,
             lb,

@@ -6,7 +6,7 @@ use crate::agent::containers::{ContainerTasks, LABEL_TASK};
 use crate::agent::task_runtime::TaskRuntime;
 use crate::dns::{QueryKind, RecordingDns};
 use crate::lb::RecordingLb;
-use crate::net::{NetCall, Observed, PeerOp, RecordingNetwork};
+use crate::net::{NetCall, Observed, Peer, PeerOp, RecordingNetwork};
 use crate::runtime::fake::{Call, FakeRuntime};
 use shoal_api_types::endpoints::{EndpointTask, Endpoints};
 use shoal_api_types::service::{PortConfig, PublishMode};
@@ -573,6 +573,34 @@ async fn a_failed_peer_sync_should_keep_the_new_backend_out_and_be_retried_at_th
 }
 
 #[tokio::test]
+async fn a_vip_table_should_take_a_remote_backend_only_once_its_peer_entries_are_in_place() {
+    let n = node_with_t1().await;
+    set_api(&n, &[("10.0.1.5", "198.18.0.1", true)]);
+    let mut applied = Applied::default();
+    n.network.refresh(&mut applied.endpoints).await;
+    // A change that lands after a pass read the Endpoints and before it programs t1's
+    // table: the programming reads it, but nothing has synced its peer yet.
+    set_api(
+        &n,
+        &[
+            ("10.0.1.5", "198.18.0.1", true),
+            ("10.0.1.8", "198.18.0.2", true),
+        ],
+    );
+    n.network
+        .program_lb("t1", false, &BTreeSet::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        t1_backends(&n),
+        [ip("10.0.1.5")],
+        "no peer entry, no backend"
+    );
+    n.network.refresh(&mut applied.endpoints).await;
+    assert_eq!(t1_backends(&n), [ip("10.0.1.5"), ip("10.0.1.8")]);
+}
+
+#[tokio::test]
 async fn an_endpoints_change_should_program_the_vip_tables_of_local_tasks_at_once() {
     let n = node();
     for (id, ip) in [("t1", "10.0.1.5"), ("t2", "10.0.1.6"), ("t3", "10.0.1.7")] {
@@ -944,6 +972,44 @@ async fn the_mesh_should_keep_a_backend_out_until_a_failed_peer_sync_is_retried(
     net.heal("apply_peer_op");
     network.refresh_mesh(&mut applied.mesh).await;
     assert_eq!(backends(), [ip("10.255.0.7"), ip("10.255.0.8")]);
+}
+
+#[tokio::test]
+async fn the_mesh_should_sync_ingress_peers_again_when_another_sync_left_entries_out() {
+    let net = Arc::new(RecordingNetwork::new(PREFIX));
+    let mesh = Arc::new(crate::mesh::RecordingMesh::default());
+    let network = mesh_node(&net, "node-3", Ipv4Addr::new(198, 18, 0, 3), mesh.clone());
+    let mut ingress = overlay("ingress", 4096, false);
+    ingress.status.subnet = Some("10.255.0.0/16".into());
+    network.set_networks([ingress]);
+    network.set_nodes([node_obj("node-3", "198.18.0.3", "10.255.0.3")]);
+    set_pub(&network, &[("10.255.0.7", true), ("10.255.0.8", true)]);
+    let mut applied = Applied::default();
+    network.refresh_mesh(&mut applied.mesh).await;
+    // A task setup's sync of ingress, from an older reading, takes 10.255.0.8's entries out.
+    network
+        .net
+        .sync_peers(
+            4096,
+            &[Peer {
+                ip: ip("10.255.0.7"),
+                node: ip("198.18.0.2"),
+            }],
+        )
+        .await
+        .unwrap();
+    net.clear_calls();
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert!(
+        net.calls().iter().any(|c| matches!(c,
+            NetCall::ApplyPeerOp(4096, PeerOp::AddNeigh(e)) if e.ip == ip("10.255.0.8"))),
+        "synced again: {:?}",
+        net.calls()
+    );
+    assert_eq!(
+        mesh.rules().unwrap().ports[0].backends,
+        [ip("10.255.0.7"), ip("10.255.0.8")]
+    );
 }
 
 #[tokio::test]

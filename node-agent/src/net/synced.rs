@@ -1,0 +1,185 @@
+//! Which overlay peers are in place: [`SyncedPeers`] wraps a [`Network`] and remembers, per
+//! VNI, the addresses whose FDB and neighbour entries its last peer sync put there, so
+//! that whoever programs a backend can check that the overlay reaches it
+//! ([`SyncedPeers::pending`]) from the very Endpoints it programs, whatever pass synced.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use super::error::NetError;
+use super::network::Network;
+use super::nodefw::NodePolicy;
+use super::types::{
+    GatewaySpec, Observed, OverlayInfo, OverlaySpec, Peer, PeerEntries, PeerOp, TaskNetInfo,
+    TaskNetSpec,
+};
+
+/// A [`Network`] that records the peers each overlay's syncs left in place. Every peer sync
+/// of the agent goes through it (the Endpoints passes, task setups, the full reconcile).
+pub struct SyncedPeers {
+    inner: Arc<dyn Network>,
+    /// Per VNI, the addresses with entries in place; no key: not known (nothing synced
+    /// since this agent started, or the overlay was made or removed since).
+    synced: Mutex<HashMap<u32, BTreeSet<Ipv4Addr>>>,
+}
+
+impl SyncedPeers {
+    /// Records the syncs made through `inner`.
+    pub fn new(inner: Arc<dyn Network>) -> Self {
+        SyncedPeers {
+            inner,
+            synced: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The addresses among `wanted` whose entries are not known to be in place on overlay
+    /// `vni`: backends there are not to be programmed yet. `None` when nothing is known of
+    /// that overlay (no sync through this since the agent started): the caller decides.
+    pub fn pending(&self, vni: u32, wanted: &[Peer]) -> Option<BTreeSet<Ipv4Addr>> {
+        let synced = self.lock();
+        let synced = synced.get(&vni)?;
+        Some(
+            wanted
+                .iter()
+                .map(|p| p.ip)
+                .filter(|ip| !synced.contains(ip))
+                .collect(),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, BTreeSet<Ipv4Addr>>> {
+        self.synced.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Network for SyncedPeers {
+    async fn ensure_overlay(&self, spec: &OverlaySpec) -> Result<OverlayInfo, NetError> {
+        let info = self.inner.ensure_overlay(spec).await?;
+        if info.created {
+            // A new VXLAN device has no entries.
+            self.lock().insert(spec.vni, BTreeSet::new());
+        }
+        Ok(info)
+    }
+
+    async fn remove_overlay(&self, vni: u32) -> Result<(), NetError> {
+        self.lock().remove(&vni);
+        self.inner.remove_overlay(vni).await
+    }
+
+    async fn ensure_gateway(&self, spec: &GatewaySpec) -> Result<(), NetError> {
+        self.inner.ensure_gateway(spec).await
+    }
+
+    async fn remove_gateway(&self) -> Result<(), NetError> {
+        self.inner.remove_gateway().await
+    }
+
+    async fn program_node_policy(&self, policy: &NodePolicy) -> Result<(), NetError> {
+        self.inner.program_node_policy(policy).await
+    }
+
+    async fn attach_task(&self, spec: &TaskNetSpec) -> Result<TaskNetInfo, NetError> {
+        self.inner.attach_task(spec).await
+    }
+
+    async fn detach_task(&self, task: &str) -> Result<(), NetError> {
+        self.inner.detach_task(task).await
+    }
+
+    async fn list_peer_entries(&self, vni: u32) -> Result<PeerEntries, NetError> {
+        self.inner.list_peer_entries(vni).await
+    }
+
+    /// One entry changed outside a sync: the overlay's record is no longer known.
+    async fn apply_peer_op(&self, vni: u32, op: &PeerOp) -> Result<(), NetError> {
+        self.lock().remove(&vni);
+        self.inner.apply_peer_op(vni, op).await
+    }
+
+    async fn observe(&self) -> Result<Observed, NetError> {
+        self.inner.observe().await
+    }
+
+    async fn remove_stray_link(&self, link: &str) -> Result<(), NetError> {
+        self.inner.remove_stray_link(link).await
+    }
+
+    /// After a sync that worked, exactly `desired` is in place. After one that failed
+    /// part-way, only what was in place and is still wanted is counted on (a sync does
+    /// not touch an entry that is already right).
+    async fn sync_peers(&self, vni: u32, desired: &[Peer]) -> Result<Vec<PeerOp>, NetError> {
+        let result = self.inner.sync_peers(vni, desired).await;
+        let wanted: BTreeSet<Ipv4Addr> = desired.iter().map(|p| p.ip).collect();
+        let mut synced = self.lock();
+        match &result {
+            Ok(_) => {
+                synced.insert(vni, wanted);
+            }
+            Err(_) => {
+                if let Some(had) = synced.get_mut(&vni) {
+                    had.retain(|ip| wanted.contains(ip));
+                }
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::fake::RecordingNetwork;
+
+    fn peer(last: u8, node: u8) -> Peer {
+        Peer {
+            ip: Ipv4Addr::new(10, 0, 1, last),
+            node: Ipv4Addr::new(198, 18, 0, node),
+        }
+    }
+
+    fn overlay(vni: u32) -> OverlaySpec {
+        OverlaySpec {
+            vni,
+            mtu: None,
+            address: None,
+        }
+    }
+
+    fn ips(v: &[u8]) -> BTreeSet<Ipv4Addr> {
+        v.iter().map(|l| Ipv4Addr::new(10, 0, 1, *l)).collect()
+    }
+
+    #[tokio::test]
+    async fn pending_should_follow_what_the_syncs_put_in_place() {
+        let fake = Arc::new(RecordingNetwork::new("shoal-n1-"));
+        let net = SyncedPeers::new(fake.clone());
+        let wanted = [peer(2, 2), peer(3, 3)];
+        assert_eq!(net.pending(4097, &wanted), None, "nothing known yet");
+        net.ensure_overlay(&overlay(4097)).await.unwrap();
+        assert_eq!(
+            net.pending(4097, &wanted),
+            Some(ips(&[2, 3])),
+            "new overlay"
+        );
+        net.sync_peers(4097, &wanted[..1]).await.unwrap();
+        assert_eq!(net.pending(4097, &wanted), Some(ips(&[3])));
+        net.sync_peers(4097, &wanted).await.unwrap();
+        assert_eq!(net.pending(4097, &wanted), Some(ips(&[])));
+        // A failed sync keeps only what was there and is still wanted.
+        fake.fail("apply_peer_op");
+        assert!(net
+            .sync_peers(4097, &[peer(3, 3), peer(4, 2)])
+            .await
+            .is_err());
+        let now = [peer(3, 3), peer(4, 2)];
+        assert_eq!(net.pending(4097, &now), Some(ips(&[4])));
+        fake.heal("apply_peer_op");
+        net.remove_overlay(4097).await.unwrap();
+        assert_eq!(net.pending(4097, &now), None, "removed: not known");
+    }
+}
