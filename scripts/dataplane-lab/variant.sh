@@ -1,5 +1,5 @@
 #!/bin/bash
-# variant.sh NAME: one data-path change on a running lab (up.sh). Each was measured against
+# variant.sh NAME [ARG]: one data-path change on a running lab (up.sh). Each was measured against
 # the unchanged lab; none helped (docs/architecture.md, "Data-path options measured").
 napi() { # NS DEV: veth GRO, so that the veth may use NAPI, and NAPI in a kernel thread
   ip netns exec "$1" ethtool -K "$2" gro on rx-udp-gro-forwarding on
@@ -27,5 +27,12 @@ case $1 in
     bridge -n mlab-n$i fdb add $m dev shv-4096 dst 198.19.0.$node self permanent
    done
   done ;;
+ rps-she)  # RPS on the tasks' veths, node end: variant.sh rps-she MASK (1, 2: one CPU; 3: both)
+  ip netns exec mlab-n1 sh -c "echo ${2:?mask} > /sys/class/net/she1/queues/rx-0/rps_cpus"
+  ip netns exec mlab-n2 sh -c "echo $2 > /sys/class/net/she2/queues/rx-0/rps_cpus" ;;
+ nogro-vxlan) for i in 1 2 3; do ip netns exec mlab-n$i ethtool -K shv-4096 gro off; done ;;
+ tso-napi)  # the sending task's veth without TSO, so that its packets qualify for veth NAPI
+  ip netns exec mlab-t1 ethtool -K eth0 tso off
+  napi mlab-n1 she1 ;;
  *) echo "variant.sh: unknown variant $1" >&2; exit 1 ;;
 esac
