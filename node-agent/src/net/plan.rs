@@ -244,14 +244,18 @@ pub fn peers_from_endpoints<'a>(
     by_ip.into_values().collect()
 }
 
-/// The addresses of `wanted` peers that `synced` does not hold: backends there cannot be
-/// reached until a peer sync adds their entries ([`reachable_backends`]).
-pub fn new_peer_addresses(wanted: &[Peer], synced: &[Peer]) -> BTreeSet<Ipv4Addr> {
-    let synced: BTreeSet<Ipv4Addr> = synced.iter().map(|p| p.ip).collect();
+/// The addresses of `wanted` peers that `synced` does not hold as they are (an address now
+/// on another node is new): backends there cannot be reached until a peer sync adds or
+/// moves their entries ([`reachable_backends`]).
+pub fn new_peer_addresses<'a>(
+    wanted: impl IntoIterator<Item = &'a Peer>,
+    synced: impl IntoIterator<Item = &'a Peer>,
+) -> BTreeSet<Ipv4Addr> {
+    let synced: BTreeSet<&Peer> = synced.into_iter().collect();
     wanted
-        .iter()
+        .into_iter()
+        .filter(|p| !synced.contains(p))
         .map(|p| p.ip)
-        .filter(|ip| !synced.contains(ip))
         .collect()
 }
 

@@ -1,5 +1,5 @@
 //! Which overlay peers are in place: [`SyncedPeers`] wraps a [`Network`] and remembers, per
-//! VNI, the addresses whose FDB and neighbour entries its last peer sync put there, so
+//! VNI, the peers (address and node) whose FDB and neighbour entries its last sync put there, so
 //! that whoever programs a backend can check that the overlay reaches it
 //! ([`SyncedPeers::pending`]) from the very Endpoints it programs, whatever pass synced.
 
@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use super::error::NetError;
 use super::network::Network;
 use super::nodefw::NodePolicy;
+use super::plan::new_peer_addresses;
 use super::types::{
     GatewaySpec, Observed, OverlayInfo, OverlaySpec, Peer, PeerEntries, PeerOp, TaskNetInfo,
     TaskNetSpec,
@@ -21,9 +22,9 @@ use super::types::{
 /// of the agent goes through it (the Endpoints passes, task setups, the full reconcile).
 pub struct SyncedPeers {
     inner: Arc<dyn Network>,
-    /// Per VNI, the addresses with entries in place; no key: not known (nothing synced
-    /// since this agent started, or the overlay was made or removed since).
-    synced: Mutex<HashMap<u32, BTreeSet<Ipv4Addr>>>,
+    /// Per VNI, the peers with entries in place; no key: not known (nothing synced since
+    /// this agent started, or the overlay was removed since).
+    synced: Mutex<HashMap<u32, BTreeSet<Peer>>>,
 }
 
 impl SyncedPeers {
@@ -36,21 +37,15 @@ impl SyncedPeers {
     }
 
     /// The addresses among `wanted` whose entries are not known to be in place on overlay
-    /// `vni`: backends there are not to be programmed yet. `None` when nothing is known of
-    /// that overlay (no sync through this since the agent started): the caller decides.
+    /// `vni` (or point at another node): backends there are not to be programmed yet.
+    /// `None` when nothing is known of that overlay (no sync through this since the agent
+    /// started): the caller decides.
     pub fn pending(&self, vni: u32, wanted: &[Peer]) -> Option<BTreeSet<Ipv4Addr>> {
         let synced = self.lock();
-        let synced = synced.get(&vni)?;
-        Some(
-            wanted
-                .iter()
-                .map(|p| p.ip)
-                .filter(|ip| !synced.contains(ip))
-                .collect(),
-        )
+        Some(new_peer_addresses(wanted, synced.get(&vni)?))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, BTreeSet<Ipv4Addr>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, BTreeSet<Peer>>> {
         self.synced.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -58,12 +53,13 @@ impl SyncedPeers {
 #[async_trait]
 impl Network for SyncedPeers {
     async fn ensure_overlay(&self, spec: &OverlaySpec) -> Result<OverlayInfo, NetError> {
-        let info = self.inner.ensure_overlay(spec).await?;
-        if info.created {
-            // A new VXLAN device has no entries.
+        let result = self.inner.ensure_overlay(spec).await;
+        // A new VXLAN device has no entries, nor may one that failed part-way (a device
+        // that did not match is deleted before it is made again).
+        if result.as_ref().map_or(true, |info| info.created) {
             self.lock().insert(spec.vni, BTreeSet::new());
         }
-        Ok(info)
+        result
     }
 
     async fn remove_overlay(&self, vni: u32) -> Result<(), NetError> {
@@ -114,7 +110,7 @@ impl Network for SyncedPeers {
     /// not touch an entry that is already right).
     async fn sync_peers(&self, vni: u32, desired: &[Peer]) -> Result<Vec<PeerOp>, NetError> {
         let result = self.inner.sync_peers(vni, desired).await;
-        let wanted: BTreeSet<Ipv4Addr> = desired.iter().map(|p| p.ip).collect();
+        let wanted: BTreeSet<Peer> = desired.iter().copied().collect();
         let mut synced = self.lock();
         match &result {
             Ok(_) => {
@@ -122,7 +118,7 @@ impl Network for SyncedPeers {
             }
             Err(_) => {
                 if let Some(had) = synced.get_mut(&vni) {
-                    had.retain(|ip| wanted.contains(ip));
+                    had.retain(|p| wanted.contains(p));
                 }
             }
         }
@@ -179,6 +175,21 @@ mod tests {
         let now = [peer(3, 3), peer(4, 2)];
         assert_eq!(net.pending(4097, &now), Some(ips(&[4])));
         fake.heal("apply_peer_op");
+        net.sync_peers(4097, &now).await.unwrap();
+        let moved = [peer(3, 2), peer(4, 2)];
+        assert_eq!(
+            net.pending(4097, &moved),
+            Some(ips(&[3])),
+            "now on another node"
+        );
+        fake.fail("ensure_overlay");
+        assert!(net.ensure_overlay(&overlay(4097)).await.is_err());
+        assert_eq!(
+            net.pending(4097, &now),
+            Some(ips(&[3, 4])),
+            "maybe made again"
+        );
+        fake.heal("ensure_overlay");
         net.remove_overlay(4097).await.unwrap();
         assert_eq!(net.pending(4097, &now), None, "removed: not known");
     }

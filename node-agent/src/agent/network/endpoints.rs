@@ -118,6 +118,10 @@ impl NodeNetwork {
             return true;
         };
         let peers = self.peers_for(network, &eps);
+        // No await between the reading and the queueing: the peers lock is fair (first come,
+        // first served), so syncs through here run in the order they read the Endpoints.
+        // (The mesh pass reads earlier; it syncs only ingress, in no VIP table, and syncs
+        // again when entries it wants are missing.)
         let _peers = self.peers.lock().await;
         match self.net.sync_peers(vni, &peers).await {
             Ok(ops) => {
@@ -169,8 +173,11 @@ impl NodeNetwork {
             pending.extend(self.unreached(&network, &self.peers_for(&network, &of_network)));
             eps.extend(of_network);
         }
-        let known = if verify { None } else { cache.take() };
-        let entries = lb::without_pending(&lb::vip_entries(&eps), &pending, known.as_deref());
+        // An entry whose backends are all held back keeps what was programmed, also when
+        // verifying (which reads the table back instead of trusting the cache).
+        let before = cache.take();
+        let known = if verify { None } else { before.clone() };
+        let entries = lb::without_pending(&lb::vip_entries(&eps), &pending, before.as_deref());
         if known.as_ref() == Some(&entries) {
             *cache = Some(entries);
             return Ok(());
@@ -238,22 +245,26 @@ impl NodeNetwork {
                 continue;
             };
             let before = applied.get(*network);
-            if before == Some(&eps) {
+            let changed = before != Some(&eps);
+            // The ingress overlay's peers are the mesh's to sync when the node is on it
+            // (`refresh_mesh`, at the same time as this).
+            let mesh_owns = *network == INGRESS_NETWORK && self.ingress_overlay().is_some();
+            let peers = self.peers_for(network, &eps);
+            // Entries missing whatever the Endpoints did (a sync that failed, an overlay
+            // made again, another pass's sync from an older reading) are synced again too.
+            let unreached = match mesh_owns {
+                true => BTreeSet::new(),
+                false => self.unreached(network, &peers),
+            };
+            if !changed && unreached.is_empty() {
                 continue;
             }
-            if *network != INGRESS_NETWORK {
+            if changed && *network != INGRESS_NETWORK {
                 self.records.set_from_endpoints(network, &eps);
             }
             // A network first seen here had its peers synced by the setup of the task that
-            // joined it, moments ago: synced again below, nothing of it is held back. The
-            // ingress overlay's peers are the mesh's to sync when the node is on it
-            // (`refresh_mesh`, at the same time as this).
-            let peers = self.peers_for(network, &eps);
+            // joined it, moments ago: synced again below, nothing of it is held back.
             let synced = before.map(|b| self.peers_for(network, b));
-            let mesh_owns = *network == INGRESS_NETWORK && self.ingress_overlay().is_some();
-            // Also where entries are missing whatever the Endpoints did (a sync that failed,
-            // or another pass's sync from an older reading).
-            let unreached = self.unreached(network, &peers);
             if (synced.as_ref() != Some(&peers) || !unreached.is_empty()) && !mesh_owns {
                 let mut new = synced
                     .map(|synced| new_peer_addresses(&peers, &synced))

@@ -601,6 +601,50 @@ async fn a_vip_table_should_take_a_remote_backend_only_once_its_peer_entries_are
 }
 
 #[tokio::test]
+async fn a_pass_should_sync_again_where_entries_went_missing_without_an_endpoints_change() {
+    let n = node_with_t1().await;
+    set_api(
+        &n,
+        &[
+            ("10.0.1.5", "198.18.0.1", true),
+            ("10.0.1.7", "198.18.0.2", true),
+        ],
+    );
+    let mut applied = Applied::default();
+    n.network.refresh(&mut applied.endpoints).await;
+    // Another sync, from an older reading, took 10.0.1.7's entries out.
+    n.network.net.sync_peers(4097, &[]).await.unwrap();
+    n.net.clear_calls();
+    n.network.refresh(&mut applied.endpoints).await;
+    assert!(
+        n.net.calls().iter().any(|c| matches!(c,
+            NetCall::ApplyPeerOp(4097, PeerOp::AddNeigh(e)) if e.ip == ip("10.0.1.7"))),
+        "synced again: {:?}",
+        n.net.calls()
+    );
+    assert_eq!(t1_backends(&n), [ip("10.0.1.5"), ip("10.0.1.7")]);
+}
+
+#[tokio::test]
+async fn verifying_a_vip_table_should_keep_an_entry_whose_backends_are_all_held_back() {
+    let n = node_with_t1().await;
+    set_api(&n, &[("10.0.1.7", "198.18.0.2", true)]);
+    let mut applied = Applied::default();
+    n.network.refresh(&mut applied.endpoints).await;
+    assert_eq!(t1_backends(&n), [ip("10.0.1.7")]);
+    // The periodic verification runs between a change and the pass that syncs its peer.
+    set_api(&n, &[("10.0.1.9", "198.18.0.2", true)]);
+    n.network.verify_lb().await;
+    assert_eq!(
+        t1_backends(&n),
+        [ip("10.0.1.7")],
+        "kept until 10.0.1.9 is reached"
+    );
+    n.network.refresh(&mut applied.endpoints).await;
+    assert_eq!(t1_backends(&n), [ip("10.0.1.9")]);
+}
+
+#[tokio::test]
 async fn an_endpoints_change_should_program_the_vip_tables_of_local_tasks_at_once() {
     let n = node();
     for (id, ip) in [("t1", "10.0.1.5"), ("t2", "10.0.1.6"), ("t3", "10.0.1.7")] {
