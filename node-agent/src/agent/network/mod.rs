@@ -660,39 +660,111 @@ impl NodeNetwork {
     }
 
     /// Keeps the node's networking converged to the caches and this node's tasks until
-    /// `ctx.shutdown`: a full reconcile as soon as everything is listed (restart recovery)
-    /// and every resync, Endpoints fan-out and the mesh on every change.
+    /// `ctx.shutdown`, in two loops at once: the full reconcile ([`Self::reconcile_loop`]:
+    /// as soon as everything is listed, for restart recovery, and every resync) and the
+    /// passes that follow the caches ([`Self::passes_loop`]: Endpoints fan-out, the mesh,
+    /// the node's policy, on every change). A reconcile lists the containers, observes every
+    /// link and reads every VIP table back, which under a rolling update's load can take
+    /// a second or more: an Endpoints change (a drained task leaving) does not wait for it.
     pub async fn run(
         self: Arc<Self>,
         containers: Arc<dyn ContainerRuntime>,
         ctx: BackgroundContext,
     ) {
-        let BackgroundContext {
-            mut desired,
-            mut shutdown,
-            resync,
-        } = ctx;
-        self.remember_desired(desired.clone());
+        self.remember_desired(ctx.desired.clone());
+        let (done, reconciled) = watch::channel(Reconciled::default());
+        tokio::join!(
+            self.reconcile_loop(containers.as_ref(), &ctx, done),
+            self.passes_loop(&ctx, reconciled)
+        );
+        // The DNS servers are served by this process: they stop with the agent, as they
+        // would if it exited. A restarted agent starts them again (see `reconcile`).
+        for host in [&self.dns, &self.dns_internal] {
+            for key in host.keys().await {
+                host.stop(&key).await;
+            }
+        }
+    }
+
+    /// The full reconcile (then the VIP tables read back, [`Self::verify_lb`]) once
+    /// everything is listed and every `ctx.resync`, again a second after one that could not
+    /// finish; each attempt is told on `done`.
+    async fn reconcile_loop(
+        &self,
+        containers: &dyn ContainerRuntime,
+        ctx: &BackgroundContext,
+        done: watch::Sender<Reconciled>,
+    ) {
+        let (mut desired, mut shutdown) = (ctx.desired.clone(), ctx.shutdown.clone());
+        let mut networks = self.networks.subscribe();
+        let mut endpoints = self.endpoints.subscribe();
+        let mut tick = tokio::time::interval(ctx.resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut due = true;
+        loop {
+            let listed = self.networks.borrow().is_some()
+                && self.endpoints.borrow().is_some()
+                && desired.borrow().is_some();
+            if due && listed {
+                let snapshot = desired.borrow().clone().unwrap_or_default();
+                due = !self.reconcile(containers, &snapshot).await;
+                if !due {
+                    self.verify_lb().await;
+                }
+                done.send_modify(|r| {
+                    r.tried = true;
+                    r.done += u64::from(!due);
+                });
+            }
+            let retry = async {
+                if due && listed {
+                    tokio::time::sleep(Duration::from_secs(1)).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            // Until everything is listed, each listing may be the last one missing.
+            let waiting = !listed;
+            tokio::select! {
+                biased;
+                _ = super::shutdown::stopped(&mut shutdown) => break,
+                r = networks.changed(), if waiting => if r.is_err() { break },
+                r = endpoints.changed(), if waiting => if r.is_err() { break },
+                r = desired.changed(), if waiting => if r.is_err() { break },
+                _ = tick.tick() => due = true,
+                _ = retry => {}
+            }
+        }
+    }
+
+    /// The passes that follow the caches: Endpoints fan-out ([`Self::refresh`]) and the
+    /// mesh at once, then the node's policy; on every change, not before the first full
+    /// reconcile was tried (after a restart it adopts the running tasks these program for).
+    /// After each full reconcile the mesh and the policy are programmed again (repairing
+    /// what observing links cannot see).
+    async fn passes_loop(
+        &self,
+        ctx: &BackgroundContext,
+        mut reconciled: watch::Receiver<Reconciled>,
+    ) {
+        let (mut desired, mut shutdown) = (ctx.desired.clone(), ctx.shutdown.clone());
         let mut applied = Applied::default();
         let mut networks = self.networks.subscribe();
         let mut endpoints = self.endpoints.subscribe();
         let mut nodes = self.nodes.subscribe();
         let mut settings = self.settings.subscribe();
-        let mut tick = tokio::time::interval(resync);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut full_due = true;
+        tokio::select! {
+            biased;
+            _ = super::shutdown::stopped(&mut shutdown) => return,
+            r = reconciled.wait_for(|r| r.tried) => if r.is_err() { return },
+        }
+        let mut seen = 0;
         loop {
-            let listed = self.networks.borrow().is_some()
-                && self.endpoints.borrow().is_some()
-                && desired.borrow().is_some();
-            if full_due && listed {
-                let snapshot = desired.borrow().clone().unwrap_or_default();
-                full_due = !self.reconcile(containers.as_ref(), &snapshot).await;
-                if !full_due {
-                    applied.mesh.forget_applied();
-                    applied.node_policy = None;
-                    self.verify_lb().await;
-                }
+            let done = reconciled.borrow_and_update().done;
+            if done != seen {
+                seen = done;
+                applied.mesh.forget_applied();
+                applied.node_policy = None;
             }
             // At once: each withdraws backends first and then may wait for the peers lock
             // to sync peers, and neither withdrawal should wait for the other's sync.
@@ -701,13 +773,6 @@ impl NodeNetwork {
                 self.refresh_mesh(&mut applied.mesh)
             );
             self.refresh_node_policy(&mut applied).await;
-            let retry = async {
-                if full_due && listed {
-                    tokio::time::sleep(Duration::from_secs(1)).await
-                } else {
-                    std::future::pending().await
-                }
-            };
             tokio::select! {
                 biased;
                 _ = super::shutdown::stopped(&mut shutdown) => break,
@@ -717,18 +782,19 @@ impl NodeNetwork {
                 r = nodes.changed() => if r.is_err() { break },
                 r = settings.changed() => if r.is_err() { break },
                 _ = self.mesh_kick.notified() => {}
-                _ = tick.tick() => full_due = true,
-                _ = retry => {}
-            }
-        }
-        // The DNS servers are served by this process: they stop with the agent, as they
-        // would if it exited. A restarted agent starts them again (see `reconcile`).
-        for host in [&self.dns, &self.dns_internal] {
-            for key in host.keys().await {
-                host.stop(&key).await;
+                r = reconciled.changed() => if r.is_err() { break },
             }
         }
     }
+}
+
+/// What the reconcile loop tells the passes loop.
+#[derive(Debug, Default, Clone, Copy)]
+struct Reconciled {
+    /// A full reconcile was tried (whether it finished or not).
+    tried: bool,
+    /// How many finished.
+    done: u64,
 }
 
 /// How a networking error is reported on a task.

@@ -601,6 +601,69 @@ async fn a_vip_table_should_take_a_remote_backend_only_once_its_peer_entries_are
 }
 
 #[tokio::test]
+async fn an_endpoints_change_should_not_wait_for_a_full_reconcile() {
+    let n = node_with_t1().await;
+    set_api(
+        &n,
+        &[
+            ("10.0.1.5", "198.18.0.1", true),
+            ("10.0.1.7", "198.18.0.2", true),
+        ],
+    );
+    let t1 = task("t1", &[("appnet", "10.0.1.5")]);
+    let (_desired_tx, desired) = watch::channel(Some(BTreeMap::from([("t1".to_string(), t1)])));
+    let (stop, shutdown) = watch::channel(false);
+    let background = tokio::spawn(n.network.clone().run(
+        n.runtime.clone(),
+        BackgroundContext {
+            desired,
+            shutdown,
+            resync: Duration::from_millis(20),
+        },
+    ));
+    let programmed = |want: &[&str]| {
+        let want: Vec<Ipv4Addr> = want.iter().map(|a| ip(a)).collect();
+        let lb = n.lb.clone();
+        async move {
+            while lb
+                .entries(&netns("t1"))
+                .and_then(|e| e.first().map(|e| e.backends.clone()))
+                != Some(want.clone())
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        programmed(&["10.0.1.5", "10.0.1.7"]),
+    )
+    .await
+    .expect("the loop programs t1's table");
+    // The next resync's reconcile waits for the overlays lock (as behind task setups).
+    let setups = n.network.overlays.lock().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    set_api(
+        &n,
+        &[
+            ("10.0.1.5", "198.18.0.1", true),
+            ("10.0.1.7", "198.18.0.2", false),
+        ],
+    );
+    without_waiting(
+        programmed(&["10.0.1.5"]),
+        "a drained backend leaves while a full reconcile waits",
+    )
+    .await;
+    drop(setups);
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), background)
+        .await
+        .expect("the loops stop")
+        .unwrap();
+}
+
+#[tokio::test]
 async fn a_pass_should_sync_again_where_entries_went_missing_without_an_endpoints_change() {
     let n = node_with_t1().await;
     set_api(
