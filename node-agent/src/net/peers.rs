@@ -44,14 +44,9 @@ pub fn plan_peers(desired: &[Peer], observed: &PeerEntries) -> Vec<PeerOp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::fake::peer;
     use std::net::Ipv4Addr;
 
-    fn peer(last: u8, node: u8) -> Peer {
-        Peer {
-            ip: Ipv4Addr::new(10, 0, 1, last),
-            node: Ipv4Addr::new(198, 18, 0, node),
-        }
-    }
     fn fdb(p: Peer) -> FdbEntry {
         FdbEntry {
             mac: mac_for_ip(p.ip),

@@ -278,17 +278,11 @@ pub fn reachable_backends(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::fake::peer;
     use crate::net::fake::RecordingNetwork;
     use crate::net::types::{ObservedOverlay, ObservedPort};
     use shoal_api_types::endpoints::EndpointTask;
     use shoal_api_types::task::TaskAttachment;
-
-    fn peer(last: u8, node: u8) -> Peer {
-        Peer {
-            ip: Ipv4Addr::new(10, 0, 1, last),
-            node: Ipv4Addr::new(198, 18, 0, node),
-        }
-    }
 
     fn tspec(task: &str, vnis: &[u32], egress: bool) -> TaskNetSpec {
         TaskNetSpec {

@@ -129,14 +129,8 @@ impl Network for SyncedPeers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::fake::peer;
     use crate::net::fake::RecordingNetwork;
-
-    fn peer(last: u8, node: u8) -> Peer {
-        Peer {
-            ip: Ipv4Addr::new(10, 0, 1, last),
-            node: Ipv4Addr::new(198, 18, 0, node),
-        }
-    }
 
     fn overlay(vni: u32) -> OverlaySpec {
         OverlaySpec {

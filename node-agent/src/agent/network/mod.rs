@@ -708,13 +708,17 @@ impl NodeNetwork {
             if due && listed {
                 let snapshot = desired.borrow().clone().unwrap_or_default();
                 due = !self.reconcile(containers, &snapshot).await;
+                // Told before the tables are read back (that takes a while, and the passes
+                // need not wait for it); a retry that could not finish again tells nothing.
+                done.send_if_modified(|r| {
+                    let first = !r.tried;
+                    r.tried = true;
+                    r.done += u64::from(!due);
+                    first || !due
+                });
                 if !due {
                     self.verify_lb().await;
                 }
-                done.send_modify(|r| {
-                    r.tried = true;
-                    r.done += u64::from(!due);
-                });
             }
             let retry = async {
                 if due && listed {
@@ -728,6 +732,8 @@ impl NodeNetwork {
             tokio::select! {
                 biased;
                 _ = super::shutdown::stopped(&mut shutdown) => break,
+                // The passes loop ended (a watch it follows closed): so does this one.
+                _ = done.closed() => break,
                 r = networks.changed(), if waiting => if r.is_err() { break },
                 r = endpoints.changed(), if waiting => if r.is_err() { break },
                 r = desired.changed(), if waiting => if r.is_err() { break },
@@ -738,10 +744,11 @@ impl NodeNetwork {
     }
 
     /// The passes that follow the caches: Endpoints fan-out ([`Self::refresh`]) and the
-    /// mesh at once, then the node's policy; on every change, not before the first full
-    /// reconcile was tried (after a restart it adopts the running tasks these program for).
-    /// After each full reconcile the mesh and the policy are programmed again (repairing
-    /// what observing links cannot see).
+    /// mesh at once, then the node's policy; on every change. The mesh waits for the first
+    /// full reconcile to be tried (after a restart it adopts the running tasks whose host
+    /// ports the table publishes); without local tasks the Endpoints pass does nothing, and
+    /// the policy needs only the Nodes. After each full reconcile the mesh and the policy
+    /// are programmed again (repairing what observing links cannot see).
     async fn passes_loop(
         &self,
         ctx: &BackgroundContext,
@@ -753,25 +760,23 @@ impl NodeNetwork {
         let mut endpoints = self.endpoints.subscribe();
         let mut nodes = self.nodes.subscribe();
         let mut settings = self.settings.subscribe();
-        tokio::select! {
-            biased;
-            _ = super::shutdown::stopped(&mut shutdown) => return,
-            r = reconciled.wait_for(|r| r.tried) => if r.is_err() { return },
-        }
         let mut seen = 0;
         loop {
-            let done = reconciled.borrow_and_update().done;
-            if done != seen {
-                seen = done;
+            let now = *reconciled.borrow_and_update();
+            if now.done != seen {
+                seen = now.done;
                 applied.mesh.forget_applied();
                 applied.node_policy = None;
             }
             // At once: each withdraws backends first and then may wait for the peers lock
             // to sync peers, and neither withdrawal should wait for the other's sync.
-            tokio::join!(
-                self.refresh(&mut applied.endpoints),
-                self.refresh_mesh(&mut applied.mesh)
-            );
+            let (endpoints_applied, mesh_applied) = (&mut applied.endpoints, &mut applied.mesh);
+            let mesh = async {
+                if now.tried {
+                    self.refresh_mesh(mesh_applied).await
+                }
+            };
+            tokio::join!(self.refresh(endpoints_applied), mesh);
             self.refresh_node_policy(&mut applied).await;
             tokio::select! {
                 biased;

@@ -643,6 +643,10 @@ async fn an_endpoints_change_should_not_wait_for_a_full_reconcile() {
     // The next resync's reconcile waits for the overlays lock (as behind task setups).
     let setups = n.network.overlays.lock().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        n.network.busy.try_write().is_err(),
+        "a reconcile is under way"
+    );
     set_api(
         &n,
         &[
@@ -660,6 +664,30 @@ async fn an_endpoints_change_should_not_wait_for_a_full_reconcile() {
     tokio::time::timeout(Duration::from_secs(5), background)
         .await
         .expect("the loops stop")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_network_loops_should_end_together_when_the_desired_tasks_close() {
+    let n = node_with_t1().await;
+    let t1 = task("t1", &[("appnet", "10.0.1.5")]);
+    let (desired_tx, desired) = watch::channel(Some(BTreeMap::from([("t1".to_string(), t1)])));
+    let (_stop, shutdown) = watch::channel(false);
+    let background = tokio::spawn(n.network.clone().run(
+        n.runtime.clone(),
+        BackgroundContext {
+            desired,
+            shutdown,
+            resync: Duration::from_secs(3600),
+        },
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The converge loop ended (the agent is going away): the passes loop ends, and the
+    // reconcile loop with it, without waiting for the shutdown signal.
+    drop(desired_tx);
+    tokio::time::timeout(Duration::from_secs(5), background)
+        .await
+        .expect("both loops end")
         .unwrap();
 }
 
@@ -1039,6 +1067,27 @@ fn mesh_node(
     .with_mesh(name, mesh)
 }
 
+/// Node 3 (198.18.0.3, ingress address 10.255.0.3) running the mesh on the ingress
+/// network, with `others` in the Nodes besides itself.
+fn node3_on_ingress(
+    others: &[shoal_api_types::Node],
+) -> (
+    Arc<RecordingNetwork>,
+    Arc<crate::mesh::RecordingMesh>,
+    NodeNetwork,
+) {
+    let net = Arc::new(RecordingNetwork::new(PREFIX));
+    let mesh = Arc::new(crate::mesh::RecordingMesh::default());
+    let network = mesh_node(&net, "node-3", Ipv4Addr::new(198, 18, 0, 3), mesh.clone());
+    let mut ingress = overlay("ingress", 4096, false);
+    ingress.status.subnet = Some("10.255.0.0/16".into());
+    network.set_networks([ingress]);
+    let mut nodes = others.to_vec();
+    nodes.push(node_obj("node-3", "198.18.0.3", "10.255.0.3"));
+    network.set_nodes(nodes);
+    (net, mesh, network)
+}
+
 /// Sets the Endpoints of ingress to `pub` publishing 9091 → 80, with tasks (address, ready)
 /// on node-2 (198.18.0.2).
 fn set_pub(network: &NodeNetwork, tasks: &[(&str, bool)]) {
@@ -1057,13 +1106,7 @@ fn set_pub(network: &NodeNetwork, tasks: &[(&str, bool)]) {
 
 #[tokio::test]
 async fn the_mesh_should_keep_a_backend_out_until_a_failed_peer_sync_is_retried() {
-    let net = Arc::new(RecordingNetwork::new(PREFIX));
-    let mesh = Arc::new(crate::mesh::RecordingMesh::default());
-    let network = mesh_node(&net, "node-3", Ipv4Addr::new(198, 18, 0, 3), mesh.clone());
-    let mut ingress = overlay("ingress", 4096, false);
-    ingress.status.subnet = Some("10.255.0.0/16".into());
-    network.set_networks([ingress]);
-    network.set_nodes([node_obj("node-3", "198.18.0.3", "10.255.0.3")]);
+    let (net, mesh, network) = node3_on_ingress(&[]);
     let set = |ips: &[&str]| {
         let tasks: Vec<(&str, bool)> = ips.iter().map(|ip| (*ip, true)).collect();
         set_pub(&network, &tasks)
@@ -1083,13 +1126,7 @@ async fn the_mesh_should_keep_a_backend_out_until_a_failed_peer_sync_is_retried(
 
 #[tokio::test]
 async fn the_mesh_should_sync_ingress_peers_again_when_another_sync_left_entries_out() {
-    let net = Arc::new(RecordingNetwork::new(PREFIX));
-    let mesh = Arc::new(crate::mesh::RecordingMesh::default());
-    let network = mesh_node(&net, "node-3", Ipv4Addr::new(198, 18, 0, 3), mesh.clone());
-    let mut ingress = overlay("ingress", 4096, false);
-    ingress.status.subnet = Some("10.255.0.0/16".into());
-    network.set_networks([ingress]);
-    network.set_nodes([node_obj("node-3", "198.18.0.3", "10.255.0.3")]);
+    let (net, mesh, network) = node3_on_ingress(&[]);
     set_pub(&network, &[("10.255.0.7", true), ("10.255.0.8", true)]);
     let mut applied = Applied::default();
     network.refresh_mesh(&mut applied.mesh).await;
@@ -1122,16 +1159,7 @@ async fn the_mesh_should_sync_ingress_peers_again_when_another_sync_left_entries
 #[tokio::test]
 async fn the_mesh_should_drop_a_backend_without_waiting_for_task_setups_and_add_one_after_its_peers(
 ) {
-    let net = Arc::new(RecordingNetwork::new(PREFIX));
-    let mesh = Arc::new(crate::mesh::RecordingMesh::default());
-    let network = mesh_node(&net, "node-3", Ipv4Addr::new(198, 18, 0, 3), mesh.clone());
-    let mut ingress = overlay("ingress", 4096, false);
-    ingress.status.subnet = Some("10.255.0.0/16".into());
-    network.set_networks([ingress]);
-    network.set_nodes([
-        node_obj("node-2", "198.18.0.2", "10.255.0.4"),
-        node_obj("node-3", "198.18.0.3", "10.255.0.3"),
-    ]);
+    let (net, mesh, network) = node3_on_ingress(&[node_obj("node-2", "198.18.0.2", "10.255.0.4")]);
     // `pub` on node 2, published on 9091; node 3 (this one) runs none of its tasks.
     let set = |tasks: &[(&str, bool)]| set_pub(&network, tasks);
     let backends = || mesh.rules().unwrap().ports[0].backends.clone();
