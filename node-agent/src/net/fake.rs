@@ -298,15 +298,6 @@ impl Network for RecordingNetwork {
     }
 }
 
-/// Test peer `10.0.1.<last>` on node `198.18.0.<node>`.
-#[cfg(test)]
-pub fn peer(last: u8, node: u8) -> super::types::Peer {
-    super::types::Peer {
-        ip: std::net::Ipv4Addr::new(10, 0, 1, last),
-        node: std::net::Ipv4Addr::new(198, 18, 0, node),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,7 @@ pub fn plan_peers(desired: &[Peer], observed: &PeerEntries) -> Vec<PeerOp> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::fake::peer;
+    use crate::net::types::peer;
     use std::net::Ipv4Addr;
 
     fn fdb(p: Peer) -> FdbEntry {

@@ -278,8 +278,8 @@ pub fn reachable_backends(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::fake::peer;
     use crate::net::fake::RecordingNetwork;
+    use crate::net::types::peer;
     use crate::net::types::{ObservedOverlay, ObservedPort};
     use shoal_api_types::endpoints::EndpointTask;
     use shoal_api_types::task::TaskAttachment;

@@ -129,8 +129,8 @@ impl Network for SyncedPeers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::fake::peer;
     use crate::net::fake::RecordingNetwork;
+    use crate::net::types::peer;
 
     fn overlay(vni: u32) -> OverlaySpec {
         OverlaySpec {

@@ -155,6 +155,15 @@ pub struct NeighEntry {
     pub mac: [u8; 6],
 }
 
+/// Test peer `10.0.1.<last>` on node `198.18.0.<node>`.
+#[cfg(test)]
+pub fn peer(last: u8, node: u8) -> Peer {
+    Peer {
+        ip: Ipv4Addr::new(10, 0, 1, last),
+        node: Ipv4Addr::new(198, 18, 0, node),
+    }
+}
+
 /// FDB and neighbour entries present on one overlay's VXLAN device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerEntries {
