@@ -157,8 +157,7 @@ impl NodeNetwork {
         // task setup syncs them too, from its own reading): synced again below.
         let unreached = peers
             .as_ref()
-            .and_then(|(vni, wanted)| self.synced.pending(*vni, wanted))
-            .is_some_and(|p| !p.is_empty());
+            .is_some_and(|(_, wanted)| !self.unreached(INGRESS_NETWORK, wanted).is_empty());
         if ingress.is_some() && st.overlay == ingress {
             let pending = self.mesh_pending(peers.as_ref(), st.peers.as_ref());
             let now = rules.without_pending(&pending, st.programmed.as_ref());
@@ -235,20 +234,18 @@ impl NodeNetwork {
             }
         }
     }
-}
 
-impl NodeNetwork {
     /// The addresses among `wanted` ingress peers (VNI, peers) that are not reached yet:
     /// not in what the mesh pass last `synced`, or without entries in place
-    /// ([`crate::net::SyncedPeers::pending`]).
+    /// ([`NodeNetwork::unreached`]).
     fn mesh_pending(
         &self,
         wanted: Option<&(u32, Vec<Peer>)>,
         synced: Option<&(u32, Vec<Peer>)>,
     ) -> BTreeSet<Ipv4Addr> {
         let mut pending = pending_peers(wanted, synced);
-        if let Some((vni, wanted)) = wanted {
-            pending.extend(self.synced.pending(*vni, wanted).unwrap_or_default());
+        if let Some((_, wanted)) = wanted {
+            pending.extend(self.unreached(INGRESS_NETWORK, wanted));
         }
         pending
     }

@@ -600,6 +600,31 @@ async fn a_vip_table_should_take_a_remote_backend_only_once_its_peer_entries_are
     assert_eq!(t1_backends(&n), [ip("10.0.1.5"), ip("10.0.1.8")]);
 }
 
+/// Starts `n`'s network loops with t1 desired: returns the desired tasks' and the
+/// shutdown's senders and the loops' handle.
+#[allow(clippy::type_complexity)]
+fn run_loops(
+    n: &Node,
+    resync: Duration,
+) -> (
+    watch::Sender<super::super::desired::DesiredTasks>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let t1 = task("t1", &[("appnet", "10.0.1.5")]);
+    let (desired_tx, desired) = watch::channel(Some(BTreeMap::from([("t1".to_string(), t1)])));
+    let (stop, shutdown) = watch::channel(false);
+    let background = tokio::spawn(n.network.clone().run(
+        n.runtime.clone(),
+        BackgroundContext {
+            desired,
+            shutdown,
+            resync,
+        },
+    ));
+    (desired_tx, stop, background)
+}
+
 #[tokio::test]
 async fn an_endpoints_change_should_not_wait_for_a_full_reconcile() {
     let n = node_with_t1().await;
@@ -610,17 +635,7 @@ async fn an_endpoints_change_should_not_wait_for_a_full_reconcile() {
             ("10.0.1.7", "198.18.0.2", true),
         ],
     );
-    let t1 = task("t1", &[("appnet", "10.0.1.5")]);
-    let (_desired_tx, desired) = watch::channel(Some(BTreeMap::from([("t1".to_string(), t1)])));
-    let (stop, shutdown) = watch::channel(false);
-    let background = tokio::spawn(n.network.clone().run(
-        n.runtime.clone(),
-        BackgroundContext {
-            desired,
-            shutdown,
-            resync: Duration::from_millis(20),
-        },
-    ));
+    let (_desired_tx, stop, background) = run_loops(&n, Duration::from_millis(20));
     let programmed = |want: &[&str]| {
         let want: Vec<Ipv4Addr> = want.iter().map(|a| ip(a)).collect();
         let lb = n.lb.clone();
@@ -670,17 +685,7 @@ async fn an_endpoints_change_should_not_wait_for_a_full_reconcile() {
 #[tokio::test]
 async fn the_network_loops_should_end_together_when_the_desired_tasks_close() {
     let n = node_with_t1().await;
-    let t1 = task("t1", &[("appnet", "10.0.1.5")]);
-    let (desired_tx, desired) = watch::channel(Some(BTreeMap::from([("t1".to_string(), t1)])));
-    let (_stop, shutdown) = watch::channel(false);
-    let background = tokio::spawn(n.network.clone().run(
-        n.runtime.clone(),
-        BackgroundContext {
-            desired,
-            shutdown,
-            resync: Duration::from_secs(3600),
-        },
-    ));
+    let (desired_tx, _stop, background) = run_loops(&n, Duration::from_secs(3600));
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The converge loop ended (the agent is going away): the passes loop ends, and the
     // reconcile loop with it, without waiting for the shutdown signal.
