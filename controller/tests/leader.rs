@@ -37,9 +37,11 @@ async fn leader_dies_mid_scale_up(abort: bool) {
     };
     service(&store, "api", spec).await;
 
-    // Small creation batches, so the kill lands in the middle of creating tasks.
+    // One task per transaction, so the scale-up takes 200 commits and the kill lands in
+    // the middle of it (with 15 per batch a delayed watch event once let all 14 batches
+    // through first).
     let cfg = shoal_controller::config::ManagerConfig {
-        task_create_batch: 15,
+        task_create_batch: 1,
         ..config()
     };
     let mut a = Controller::start(etcd.store().await, cfg);
@@ -51,7 +53,7 @@ async fn leader_dies_mid_scale_up(abort: bool) {
     let b = Controller::start(
         etcd.store().await,
         shoal_controller::config::ManagerConfig {
-            task_create_batch: 15,
+            task_create_batch: 1,
             ..config()
         },
     );
@@ -62,10 +64,11 @@ async fn leader_dies_mid_scale_up(abort: bool) {
         "b must follow"
     );
 
-    // Scale 0 -> 200 and kill the leader as soon as its first tasks show up.
-    let (_, rev) = store.list::<TaskSpec>().await.unwrap();
+    // Scale 0 -> 200 and kill the leader as soon as its first tasks show up. The watch
+    // starts at etcd's current revision: a start revision that other writes have already
+    // passed puts the watcher in etcd's catch-up group, which delivers up to 100 ms late.
     let mut watch = store
-        .watch::<TaskSpec>(&store.keys().prefix::<TaskSpec>(), rev + 1)
+        .watch::<TaskSpec>(&store.keys().prefix::<TaskSpec>(), 0)
         .await
         .unwrap();
     update_service(&store, "api", |s| s.replicas = Some(200)).await;
