@@ -111,10 +111,26 @@ impl Browser {
         self.client.as_ref().expect("session")
     }
 
+    /// Opens `path`. Chromium fails a load that was under way when a link or address of the
+    /// host changed (ERR_NETWORK_CHANGED); the cluster's underlay veths coming up can do that
+    /// just as the test starts, so such a load is tried again, a few times. Any other error
+    /// page stays for the test to see.
     fn goto(&self, path: &str) {
-        self.rt
-            .block_on(self.client().goto(&format!("{URL}{path}")))
-            .unwrap_or_else(|e| panic!("open {path}: {e}"));
+        for attempt in 1.. {
+            self.rt
+                .block_on(self.client().goto(&format!("{URL}{path}")))
+                .unwrap_or_else(|e| panic!("open {path}: {e}"));
+            let changed = self.js(
+                "return document.body !== null \
+                 && document.body.innerText.includes('ERR_NETWORK_CHANGED')",
+                vec![],
+            );
+            if changed != Value::Bool(true) || attempt == 5 {
+                return;
+            }
+            eprintln!("open {path}: ERR_NETWORK_CHANGED (attempt {attempt}); again");
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// Runs `script` (a function body; `arguments` are `args`) in the page.
