@@ -71,6 +71,10 @@ struct ContainerdArgs {
     /// Where the agent keeps per-container files (logs, resolv.conf, hosts).
     #[arg(long, default_value = "/var/lib/shoal-agent")]
     state_dir: PathBuf,
+    /// Where runc keeps container state (`<DIR>/<namespace>/<id>`); default: runc's own,
+    /// /run/containerd/runc.
+    #[arg(long, value_name = "DIR")]
+    runc_root: Option<PathBuf>,
     /// A registry (`host:port`) to pull from over plain HTTP, besides localhost:5000;
     /// repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
@@ -141,6 +145,7 @@ impl ContainerdArgs {
             max_files: self.log_max_files,
         };
         config.pull_timeout = self.pull_timeout;
+        config.runc_root = self.runc_root.clone();
         config
             .plain_http_registries
             .extend(self.insecure_registries.iter().cloned());

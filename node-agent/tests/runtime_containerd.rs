@@ -12,7 +12,7 @@
 
 mod containerd_support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -166,6 +166,17 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
     rt.create(&s).await.unwrap();
     let pid = rt.start("sleeper").await.unwrap();
     assert!(pid > 0);
+    // runc keeps its state below the configured root, not in its shared default.
+    let state = env.runc_root().join(&env.namespace).join("sleeper");
+    assert!(
+        state.join("state.json").exists(),
+        "runc state in {}",
+        state.display()
+    );
+    assert!(!Path::new("/run/containerd/runc")
+        .join(&env.namespace)
+        .join("sleeper")
+        .exists());
     assert_eq!(
         rt.start("sleeper").await.unwrap(),
         pid,

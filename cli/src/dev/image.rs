@@ -62,6 +62,12 @@ pub fn agent_runtime_args(layout: &Layout, k: u32) -> Vec<String> {
         ),
         format!("--netns={}", layout.node_netns(k)),
         format!("--state-dir={}", layout.node_dir(k).join("agent").display()),
+        // runc's state below the node's directory too: a node is torn down by killing its
+        // shims, so runc never deletes that state itself.
+        format!(
+            "--runc-root={}",
+            layout.node_dir(k).join("containerd").join("runc").display()
+        ),
         format!("--listen={}", layout.agent_listen(k)),
         format!(
             "--insecure-registry={}",

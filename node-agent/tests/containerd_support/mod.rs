@@ -132,7 +132,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         cfg.namespace = self.namespace.clone();
         cfg.plain_http_registries = vec![format!("localhost:{}", self.port())];
         cfg.cgroup_parent = self.cgroup_parent.clone();
+        cfg.runc_root = Some(self.runc_root());
         cfg
+    }
+
+    /// runc's `--root` for our containers (their state is in `<it>/<namespace>/<id>`).
+    pub fn runc_root(&self) -> PathBuf {
+        self.dir.join("runc")
     }
 
     /// Pids whose command line mentions our directory or namespace (our containerd's shims).
@@ -164,7 +170,8 @@ impl Drop for TestEnv {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
         // Containers, through runc directly, in case containerd is already gone.
-        let runc_root = format!("/run/containerd/runc/{}", self.namespace);
+        let runc_root = self.runc_root().join(&self.namespace);
+        let runc_root = runc_root.display().to_string();
         if Path::new(&runc_root).exists() {
             if let Ok(out) = Command::new("runc")
                 .args(["--root", &runc_root, "list", "-q"])

@@ -30,8 +30,29 @@ use crate::runtime::types::{
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+/// containerd's type name of [`RuncOptions`] (typeurl looks it up by exactly this name).
+const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
 const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
+
+/// The part of containerd's `containerd.runc.v1.Options` (api/types/runc/options/oci.proto)
+/// that Shoal sets; containerd-client does not generate that message. The runc shim reads
+/// these options at a task's creation and keeps them in its bundle.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RuncOptions {
+    /// runc's `--root`: its state goes to `<root>/<namespace>/<container id>`.
+    #[prost(string, tag = "7")]
+    root: String,
+}
+
+/// The runtime options of a new container: runc's root when one is configured.
+fn runtime_options(runc_root: Option<&Path>) -> Option<prost_types::Any> {
+    let root = runc_root?.to_string_lossy().into_owned();
+    Some(prost_types::Any {
+        type_url: RUNC_OPTIONS_TYPE_URL.to_string(),
+        value: prost::Message::encode_to_vec(&RuncOptions { root }),
+    })
+}
 
 impl ContainerdRuntime {
     pub(super) async fn get_task(
@@ -425,7 +446,7 @@ impl ContainerRuntime for ContainerdRuntime {
                 image: image.name.clone(),
                 runtime: Some(Runtime {
                     name: self.cfg.runtime.clone(),
-                    options: None,
+                    options: runtime_options(self.cfg.runc_root.as_deref()),
                 }),
                 spec: Some(prost_types::Any {
                     type_url: SPEC_TYPE_URL.to_string(),
@@ -741,6 +762,17 @@ impl ContainerRuntime for ContainerdRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runc_root_should_be_sent_as_field_7_of_the_runc_options() {
+        assert_eq!(runtime_options(None), None);
+        let any = runtime_options(Some(Path::new("/n/runc"))).unwrap();
+        assert_eq!(any.type_url, "containerd.runc.v1.Options");
+        // Tag 7, wire type 2 (length-delimited): 7 << 3 | 2 = 0x3a.
+        let mut want = vec![0x3a, 7];
+        want.extend_from_slice(b"/n/runc");
+        assert_eq!(any.value, want);
+    }
 
     #[test]
     fn snapshot_layers_are_searched_from_the_top() {

@@ -76,6 +76,10 @@ pub struct ContainerdConfig {
     /// The most one image pull may take in all (manifest, config and every layer); past
     /// it the pull is abandoned and the task fails with [`RuntimeError::PullTimeout`].
     pub pull_timeout: Duration,
+    /// The directory runc keeps its container state in (`<dir>/<namespace>/<id>`); `None`
+    /// leaves runc's default, `/run/containerd/runc`. A local-cluster node sets its own,
+    /// below its directory, so the state of containers killed with their node goes with it.
+    pub runc_root: Option<PathBuf>,
 }
 
 /// How long a pull may take unless configured (`--pull-timeout`).
@@ -96,6 +100,7 @@ impl ContainerdConfig {
             registry_endpoints: BTreeMap::new(),
             log_rotation: LogRotation::default(),
             pull_timeout: DEFAULT_PULL_TIMEOUT,
+            runc_root: None,
         }
     }
 }
