@@ -423,6 +423,17 @@ fn local_cluster_end_to_end() {
     let ids_before = c.running_ids("api");
     let pids_before = container_pids(&c, k);
     assert!(!pids_before.is_empty(), "node-{k} runs containers");
+    // runc keeps their state below the node's directory, which `dev down` removes.
+    let runc = c
+        .state_dir()
+        .join(format!("node-{k}/containerd/runc/shoal"));
+    for id in pids_before.keys() {
+        assert!(
+            runc.join(id).join("state.json").exists(),
+            "runc state of {id} in {}",
+            runc.display()
+        );
+    }
     let lease_before = node_json(&c, &node)["status"]["lease"].clone();
     c.kill_agent(k);
     c.start_node(k);

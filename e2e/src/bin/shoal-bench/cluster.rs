@@ -369,6 +369,9 @@ impl Drop for CtrNs {
         let _ = Command::new("ctr")
             .args(["--address", &self.sock, "namespaces", "remove", &self.ns])
             .output();
+        // `ctr run --rm` deleted each container; runc's (empty) directory of the namespace
+        // in its default root is left.
+        let _ = std::fs::remove_dir(format!("/run/containerd/runc/{}", self.ns));
     }
 }
 
