@@ -7,8 +7,10 @@
 //! `traffic: local` ports go to the local ready tasks' gateway-bridge addresses, and their
 //! health ports answer the count of those (served after the table that holds them). The
 //! table is left in place when the agent stops (like containers) and replaced by the next
-//! agent; the health listeners end with the agent. Each step runs only when its input changed since it last succeeded ([`MeshState`](super::mesh_state::MeshState),
-//! owned by the background loop, in `mesh_state`). See docs/architecture.md ("Node agent").
+//! agent; the health listeners end with the agent. Each step runs only when its input
+//! changed since it last succeeded, or a repair is due after a full reconcile
+//! ([`MeshState`](super::mesh_state::MeshState), owned by the background loop, in
+//! `mesh_state`). See docs/architecture.md ("Node agent").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -118,7 +120,8 @@ impl NodeNetwork {
     /// bridge (it turns `ip_forward` on, which the mesh needs on nodes without tasks too),
     /// the ingress overlay with the node's address and its peers (remote ingress tasks and
     /// every other node's ingress address), and the `shoal_mesh` table. Each step runs only
-    /// when its input changed since it last succeeded.
+    /// when its input changed since it last succeeded, or a repair is due
+    /// ([`MeshState::repair`]).
     ///
     /// Only joining the ingress network waits for task setups (the overlays lock), so that
     /// a task being drained leaves the table without queueing behind starts and stops
@@ -168,27 +171,35 @@ impl NodeNetwork {
                 }
             }
         }
+        // A repair keeps what was applied until each step succeeds again; one that fails
+        // leaves it set, so the next refresh tries every step again.
+        let mut failed = false;
         if let (Some(spec), Some(peers)) = (&ingress, peers) {
-            if st.overlay.as_ref() != Some(spec) {
+            if st.overlay.as_ref() != Some(spec) || st.repair {
                 let _overlays = self.overlays.lock().await;
                 match self.net.ensure_overlay(spec).await {
                     Ok(info) => {
-                        tracing::info!(vni = spec.vni, address = ?spec.address, "joined the ingress network");
+                        if st.overlay.as_ref() != Some(spec) || info.created {
+                            tracing::info!(vni = spec.vni, address = ?spec.address, "joined the ingress network");
+                        }
                         st.overlay = Some(spec.clone());
                         if info.created {
                             st.peers = None;
                         }
                     }
                     Err(e) => {
+                        failed = true;
                         tracing::warn!(error = %e, "routing mesh: cannot set up the ingress overlay")
                     }
                 }
             }
-            if st.overlay.is_some() && (st.peers.as_ref() != Some(&peers) || unreached) {
+            if st.overlay.is_some() && (st.peers.as_ref() != Some(&peers) || unreached || st.repair)
+            {
                 let _peers = self.peers.lock().await;
                 match self.net.sync_peers(peers.0, &peers.1).await {
                     Ok(_) => st.peers = Some(peers),
                     Err(e) => {
+                        failed = true;
                         tracing::warn!(error = %e, "routing mesh: cannot sync ingress peers")
                     }
                 }
@@ -202,7 +213,7 @@ impl NodeNetwork {
             ),
             None => self.mesh_rules(None, &eps),
         };
-        if st.programmed.as_ref() != Some(&rules) {
+        if st.programmed.as_ref() != Some(&rules) || st.repair {
             for p in rules.skipped() {
                 tracing::warn!(
                     port = %p.key(),
@@ -218,21 +229,26 @@ impl NodeNetwork {
                     tracing::debug!(ports = rules.ports.len(), "programmed the routing mesh");
                     st.programmed = Some(rules);
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot program the routing mesh"),
+                Err(e) => {
+                    failed = true;
+                    tracing::warn!(error = %e, "cannot program the routing mesh")
+                }
             }
         }
         // Health ports answer what the table programs: only after it was programmed.
         if let Some(programmed) = &st.programmed {
             let health = (self.underlay, programmed.health_answers());
-            if st.health.as_ref() != Some(&health) {
+            if st.health.as_ref() != Some(&health) || st.repair {
                 match mesh.serve_health(health.0, &health.1).await {
                     Ok(()) => st.health = Some(health),
                     Err(e) => {
+                        failed = true;
                         tracing::warn!(error = %e, "routing mesh: cannot serve a health port")
                     }
                 }
             }
         }
+        st.repair &= failed;
     }
 
     /// The addresses among `wanted` ingress peers (VNI, peers) that are not reached yet:

@@ -22,15 +22,17 @@ pub struct MeshState {
     pub(crate) programmed: Option<MeshRules>,
     /// The health ports as last served (address, port → local ready count).
     pub(crate) health: Option<(Ipv4Addr, BTreeMap<u16, u32>)>,
+    /// Apply every step again at the next refresh, although its input did not change.
+    pub(crate) repair: bool,
 }
 
 impl MeshState {
-    /// Ensure the ingress overlay and the mesh table again at the next refresh (repairs what
-    /// observing links cannot see, such as the bridge's address).
-    pub(crate) fn forget_applied(&mut self) {
-        self.overlay = None;
-        self.peers = None;
-        self.programmed = None;
-        self.health = None;
+    /// Ensure the ingress overlay, sync its peers and program the table and the health
+    /// ports again at the next refresh (repairs what observing links cannot see, such as
+    /// the bridge's address). What was applied is kept meanwhile: that refresh still
+    /// withdraws drained backends from the table as programmed before it waits for task
+    /// setups to repair the overlay.
+    pub(crate) fn repair(&mut self) {
+        self.repair = true;
     }
 }

@@ -765,7 +765,7 @@ impl NodeNetwork {
             let now = *reconciled.borrow_and_update();
             if now.done != seen {
                 seen = now.done;
-                applied.mesh.forget_applied();
+                applied.mesh.repair();
                 applied.node_policy = None;
             }
             // At once: each withdraws backends first and then may wait for the peers lock

@@ -1234,6 +1234,83 @@ async fn the_mesh_should_drop_a_backend_without_waiting_for_task_setups_and_add_
 }
 
 #[tokio::test]
+async fn a_repair_should_withdraw_a_drained_backend_before_it_waits_for_task_setups() {
+    let (net, mesh, network) = node3_on_ingress(&[]);
+    let backends = || mesh.rules().unwrap().ports[0].backends.clone();
+    set_pub(&network, &[("10.255.0.5", true), ("10.255.0.6", true)]);
+    let mut applied = Applied::default();
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert_eq!(backends(), [ip("10.255.0.5"), ip("10.255.0.6")]);
+
+    // A full reconcile just finished; a task setup holds the overlays lock as a backend is
+    // drained.
+    applied.mesh.repair();
+    let setups = network.overlays.lock().await;
+    net.clear_calls();
+    set_pub(&network, &[("10.255.0.5", true), ("10.255.0.6", false)]);
+    let refresh = network.refresh_mesh(&mut applied.mesh);
+    tokio::pin!(refresh);
+    still_waiting(refresh.as_mut()).await;
+    assert_eq!(
+        backends(),
+        [ip("10.255.0.5")],
+        "withdrawn before the repair waits for task setups"
+    );
+    assert!(net.calls().is_empty(), "{:?}", net.calls());
+    drop(setups);
+    refresh.await;
+    assert!(
+        net.calls()
+            .iter()
+            .any(|c| matches!(c, NetCall::EnsureOverlay(o) if o.vni == 4096)),
+        "the ingress overlay ensured again: {:?}",
+        net.calls()
+    );
+}
+
+#[tokio::test]
+async fn a_repair_should_apply_every_mesh_step_again_until_each_succeeds() {
+    let (net, mesh, network) = node3_on_ingress(&[node_obj("node-2", "198.18.0.2", "10.255.0.4")]);
+    set_pub(&network, &[("10.255.0.5", true)]);
+    let mut applied = Applied::default();
+    network.refresh_mesh(&mut applied.mesh).await;
+    let (programs, health) = (mesh.programs(), mesh.health());
+    // Nothing changed: nothing is applied again.
+    net.clear_calls();
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert!(net.calls().is_empty(), "{:?}", net.calls());
+    assert_eq!(mesh.programs(), programs);
+
+    // A repair whose overlay step fails: the other steps run, and the repair stays due.
+    applied.mesh.repair();
+    net.fail("ensure_overlay");
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert!(applied.mesh.repair, "a failed step leaves the repair due");
+    assert_eq!(mesh.programs(), programs + 1, "the table programmed again");
+    net.heal("ensure_overlay");
+    net.clear_calls();
+    network.refresh_mesh(&mut applied.mesh).await;
+    let calls = net.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| matches!(c, NetCall::EnsureOverlay(o) if o.vni == 4096)),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&NetCall::ListPeerEntries(4096)),
+        "the peers synced again: {calls:?}"
+    );
+    assert_eq!(mesh.programs(), programs + 2);
+    assert_eq!(mesh.health(), health);
+    assert!(!applied.mesh.repair, "done once every step succeeded");
+    net.clear_calls();
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert!(net.calls().is_empty(), "{:?}", net.calls());
+    assert_eq!(mesh.programs(), programs + 2);
+}
+
+#[tokio::test]
 async fn the_mesh_should_join_ingress_with_the_node_address_and_program_published_ports() {
     let net = Arc::new(RecordingNetwork::new(PREFIX));
     let runtime = Arc::new(FakeRuntime::new());
