@@ -166,6 +166,20 @@ async fn containerd_runtime_should_pull_run_exec_stop_and_report_errors() {
     rt.create(&s).await.unwrap();
     let pid = rt.start("sleeper").await.unwrap();
     assert!(pid > 0);
+    // A lookup of a few containers says what the listing says of them: running, exited
+    // with its code, and nothing for an unknown id.
+    let listed = rt.list().await.unwrap();
+    let some = rt.list_some(&["sleeper", "hello", "nope"]).await.unwrap();
+    let expected: Vec<_> = listed
+        .iter()
+        .filter(|c| c.id == "sleeper" || c.id == "hello")
+        .cloned()
+        .collect();
+    assert_eq!(some, expected);
+    assert_eq!(some.len(), 2);
+    assert_eq!(some[0].status.state, ContainerState::Exited);
+    assert_eq!(some[0].status.exit_code, Some(3));
+    assert_eq!(some[1].status.state, ContainerState::Running);
     // runc keeps its state below the configured root, not in its shared default.
     let state = env.runc_root().join(&env.namespace).join("sleeper");
     assert!(

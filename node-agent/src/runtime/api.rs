@@ -30,6 +30,15 @@ pub trait ContainerRuntime: Send + Sync {
     async fn delete(&self, id: &str) -> Result<(), RuntimeError>;
     /// Our containers (those with [`LABEL_MANAGED`](super::labels::LABEL_MANAGED)) and their states.
     async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError>;
+    /// What [`Self::list`] would return of the containers `ids` (those that exist; in any
+    /// order). The default lists everything and keeps those; containerd looks up each one,
+    /// so asking for a few costs a few shim round trips, not one per container of the node.
+    async fn list_some(&self, ids: &[&str]) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let wanted: std::collections::HashSet<&str> = ids.iter().copied().collect();
+        let mut all = self.list().await?;
+        all.retain(|c| wanted.contains(c.id.as_str()));
+        Ok(all)
+    }
     /// One container's state; [`RuntimeError::NotFound`] if it does not exist.
     async fn status(&self, id: &str) -> Result<ContainerStatus, RuntimeError>;
     /// Waits until the container's main process exits; returns its exit code.

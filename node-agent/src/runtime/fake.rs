@@ -38,6 +38,8 @@ pub enum Call {
     Delete(String),
     /// `list()`.
     List,
+    /// `list_some(ids)`.
+    ListSome(Vec<String>),
     /// `status(id)`.
     Status(String),
     /// `wait(id)`.
@@ -312,22 +314,15 @@ impl ContainerRuntime for FakeRuntime {
     async fn list(&self) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let mut st = self.lock();
         st.calls.push(Call::List);
-        Ok(st
-            .containers
-            .iter()
-            .map(|(id, c)| {
-                let mut labels = c.spec.labels.clone();
-                labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
-                labels.insert(LABEL_IMAGE.to_string(), c.spec.image.clone());
-                ContainerInfo {
-                    id: id.clone(),
-                    image: c.image_name.clone(),
-                    labels,
-                    status: *c.status.borrow(),
-                    oom_killed: c.oom_killed,
-                }
-            })
-            .collect())
+        Ok(infos(&st, |_| true))
+    }
+
+    async fn list_some(&self, ids: &[&str]) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let mut st = self.lock();
+        st.calls.push(Call::ListSome(
+            ids.iter().map(|id| id.to_string()).collect(),
+        ));
+        Ok(infos(&st, |id| ids.contains(&id)))
     }
 
     async fn status(&self, id: &str) -> Result<ContainerStatus, RuntimeError> {
@@ -419,6 +414,26 @@ impl ContainerRuntime for FakeRuntime {
     fn log_path(&self, id: &str) -> PathBuf {
         self.log_dir.join(id).join("container.log")
     }
+}
+
+/// What `list` says of the containers whose id `keep` accepts.
+fn infos(st: &State, keep: impl Fn(&str) -> bool) -> Vec<ContainerInfo> {
+    st.containers
+        .iter()
+        .filter(|(id, _)| keep(id))
+        .map(|(id, c)| {
+            let mut labels = c.spec.labels.clone();
+            labels.insert(LABEL_MANAGED.to_string(), "true".to_string());
+            labels.insert(LABEL_IMAGE.to_string(), c.spec.image.clone());
+            ContainerInfo {
+                id: id.clone(),
+                image: c.image_name.clone(),
+                labels,
+                status: *c.status.borrow(),
+                oom_killed: c.oom_killed,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -55,6 +55,24 @@ fn runtime_options(runc_root: Option<&Path>) -> Option<prost_types::Any> {
 }
 
 impl ContainerdRuntime {
+    /// What `list` says of container `c` whose task (init process) is `task`. The cgroup
+    /// of an exited task stays until the task is deleted (or started again), so its OOM
+    /// count survives an agent restart.
+    fn info(
+        &self,
+        c: &Container,
+        task: Option<&containerd_client::types::v1::Process>,
+    ) -> ContainerInfo {
+        let status = task.map(task_status).unwrap_or(ContainerStatus::CREATED);
+        ContainerInfo {
+            id: c.id.clone(),
+            image: c.image.clone(),
+            labels: c.labels.clone().into_iter().collect::<BTreeMap<_, _>>(),
+            status,
+            oom_killed: status.state == ContainerState::Exited && self.oom_kills(&c.id) > 0,
+        }
+    }
+
     pub(super) async fn get_task(
         &self,
         id: &str,
@@ -678,24 +696,30 @@ impl ContainerRuntime for ContainerdRuntime {
         let mut out: Vec<ContainerInfo> = containers
             .iter()
             .filter(|c| crate::runtime::labels::is_managed(|k| c.labels.get(k)))
-            .map(|c| ContainerInfo {
-                id: c.id.clone(),
-                image: c.image.clone(),
-                labels: c.labels.clone().into_iter().collect::<BTreeMap<_, _>>(),
-                status: by_id
-                    .get(c.id.as_str())
-                    .map(|p| task_status(p))
-                    .unwrap_or(ContainerStatus::CREATED),
-                oom_killed: false,
-            })
+            .map(|c| self.info(c, by_id.get(c.id.as_str()).copied()))
             .collect();
-        // The cgroup of an exited task stays until the task is deleted (or started again),
-        // so its OOM count survives an agent restart.
-        for c in out.iter_mut() {
-            if c.status.state == ContainerState::Exited {
-                c.oom_killed = self.oom_kills(&c.id) > 0;
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn list_some(&self, ids: &[&str]) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        // Containers.Get reads containerd's metadata; Tasks.Get asks the one shim. All at
+        // once: each waits for a process of its own to be scheduled.
+        let one = |id: &str| {
+            let id = id.to_string();
+            async move {
+                let Some(c) = self.get_container(&id).await? else {
+                    return Ok(None);
+                };
+                if !crate::runtime::labels::is_managed(|k| c.labels.get(k)) {
+                    return Ok(None);
+                }
+                let task = self.get_task(&id).await?;
+                Ok::<_, RuntimeError>(Some(self.info(&c, task.as_ref())))
             }
-        }
+        };
+        let found = futures::future::try_join_all(ids.iter().map(|id| one(id))).await?;
+        let mut out: Vec<ContainerInfo> = found.into_iter().flatten().collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
     }
