@@ -137,6 +137,25 @@ impl NodeNetwork {
         }
     }
 
+    /// For a task setup: syncs `network`'s peers ([`Self::sync_peers`]) unless every peer it
+    /// wants is known to have its entries in place ([`crate::net::SyncedPeers::pending`]);
+    /// entries no longer wanted are the Endpoints pass's to remove. Starts on a node whose
+    /// overlays are up then hold the overlays lock without a netlink dump of the peers each.
+    pub(super) async fn sync_missing_peers(&self, network: &str, vni: u32) {
+        let Some(eps) = self.endpoints_of(network) else {
+            return;
+        };
+        let peers = self.peers_for(network, &eps);
+        if self
+            .synced
+            .pending(vni, &peers)
+            .is_some_and(|p| p.is_empty())
+        {
+            return;
+        }
+        self.sync_peers(network, vni).await;
+    }
+
     /// Programs task `id`'s VIP table from the current Endpoints ([`lb::converge`]): only
     /// what changed since the entries last programmed there (the cache), or, without a cache
     /// entry or with `verify` (the periodic resync), after reading the table back, written

@@ -412,7 +412,7 @@ impl NodeNetwork {
                     .await
                     .map_err(|e| net_error(id, e))?;
                 // A failure is logged; the network loop syncs again.
-                self.sync_peers(network, a.vni).await;
+                self.sync_missing_peers(network, a.vni).await;
             }
             if spec.egress {
                 self.net
@@ -450,7 +450,8 @@ impl NodeNetwork {
         self.dns.stop(id).await;
         self.dns_internal.stop(id).await;
         self.lb_lock().remove(id);
-        if self.local_map().remove(id).is_some() {
+        let left = self.local_map().remove(id);
+        if left.is_some() {
             self.mesh_kick.notify_one();
         }
         let _overlays = self.overlays.lock().await;
@@ -458,7 +459,17 @@ impl NodeNetwork {
             tracing::warn!(task = %id, error = %e, "cannot detach the task's network namespace; the next reconcile retries");
             return;
         }
-        self.remove_unused_overlays().await;
+        // A local task stays attached until its teardown: while another one is on each of
+        // its networks, none of their overlays became unused, and the links need no look.
+        let in_use = left.is_some_and(|t| {
+            let local = self.local_map();
+            t.networks
+                .iter()
+                .all(|n| local.values().any(|o| o.networks.contains(n)))
+        });
+        if !in_use {
+            self.remove_unused_overlays().await;
+        }
     }
 
     /// Removes overlays without a task port (call with `overlays` held).

@@ -336,6 +336,65 @@ async fn remove_should_detach_after_deleting_and_drop_overlays_nobody_uses() {
 }
 
 #[tokio::test]
+async fn a_teardown_should_look_for_unused_overlays_only_when_one_may_have_emptied() {
+    let n = node();
+    for t in ["t1", "t2"] {
+        n.tasks
+            .start_task(&task(t, &[("appnet", "10.0.1.5")]))
+            .await
+            .unwrap();
+    }
+    n.net.clear_calls();
+    n.tasks.remove_task("t2").await.unwrap();
+    assert_eq!(
+        n.net.calls(),
+        [NetCall::DetachTask("t2".into())],
+        "t1 still uses appnet's overlay: no links observed"
+    );
+    n.tasks.remove_task("t1").await.unwrap();
+    let calls = n.net.calls();
+    assert!(calls.contains(&NetCall::Observe), "{calls:?}");
+    assert!(calls.contains(&NetCall::RemoveOverlay(4097)), "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_start_should_sync_only_peers_whose_entries_are_not_in_place() {
+    let n = node();
+    let ep = |tasks: &[(&str, &str)]| endpoints("appnet", "api", "10.0.1.2", tasks);
+    n.network.set_endpoints([ep(&[("10.0.1.7", "198.18.0.2")])]);
+    let lists = |n: &Node| {
+        n.net
+            .calls()
+            .iter()
+            .filter(|c| **c == NetCall::ListPeerEntries(4097))
+            .count()
+    };
+    n.tasks
+        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+        .await
+        .unwrap();
+    assert_eq!(lists(&n), 1, "a new overlay: synced");
+    n.net.clear_calls();
+    n.tasks
+        .start_task(&task("t2", &[("appnet", "10.0.1.6")]))
+        .await
+        .unwrap();
+    assert_eq!(lists(&n), 0, "every peer in place: {:?}", n.net.calls());
+    // A remote task no sync has reached yet.
+    n.network.set_endpoints([ep(&[
+        ("10.0.1.7", "198.18.0.2"),
+        ("10.0.1.8", "198.18.0.3"),
+    ])]);
+    n.tasks
+        .start_task(&task("t3", &[("appnet", "10.0.1.9")]))
+        .await
+        .unwrap();
+    assert_eq!(lists(&n), 1);
+    assert!(n.net.calls().iter().any(|c| matches!(c,
+        NetCall::ApplyPeerOp(4097, PeerOp::AddNeigh(e)) if e.ip == ip("10.0.1.8"))));
+}
+
+#[tokio::test]
 async fn an_exited_process_should_lose_its_networking_but_keep_its_container() {
     let n = node();
     n.tasks
