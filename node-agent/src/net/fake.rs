@@ -60,6 +60,8 @@ pub struct RecordingNetwork {
     state: Mutex<State>,
     /// Where `attach_task` waits first (see [`RecordingNetwork::meet_on_attach`]).
     attach_barrier: Mutex<Option<std::sync::Arc<tokio::sync::Barrier>>>,
+    /// Where `list_peer_entries` waits first (see [`RecordingNetwork::meet_on_list_peers`]).
+    list_peers_barrier: Mutex<Option<std::sync::Arc<tokio::sync::Barrier>>>,
 }
 
 impl RecordingNetwork {
@@ -69,6 +71,7 @@ impl RecordingNetwork {
             prefix: prefix.into(),
             state: Mutex::new(State::default()),
             attach_barrier: Mutex::new(None),
+            list_peers_barrier: Mutex::new(None),
         }
     }
 
@@ -100,6 +103,12 @@ impl RecordingNetwork {
     /// attach and a container create are in flight at the same time).
     pub fn meet_on_attach(&self, barrier: std::sync::Arc<tokio::sync::Barrier>) {
         *self.attach_barrier.lock().expect("fake lock") = Some(barrier);
+    }
+
+    /// Makes every later `list_peer_entries` (a peer sync's first step) wait at `barrier`
+    /// before it does anything, so a test can change the node while a sync is under way.
+    pub fn meet_on_list_peers(&self, barrier: std::sync::Arc<tokio::sync::Barrier>) {
+        *self.list_peers_barrier.lock().expect("fake lock") = Some(barrier);
     }
 
     /// Stop failing `method`.
@@ -251,6 +260,10 @@ impl Network for RecordingNetwork {
     }
 
     async fn list_peer_entries(&self, vni: u32) -> Result<PeerEntries, NetError> {
+        let barrier = self.list_peers_barrier.lock().expect("fake lock").clone();
+        if let Some(barrier) = barrier {
+            barrier.wait().await;
+        }
         let s = self.record("list_peer_entries", NetCall::ListPeerEntries(vni))?;
         if !s.observed.overlays.contains_key(&vni) {
             return Err(NetError::OverlayMissing { vni });

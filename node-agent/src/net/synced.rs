@@ -22,9 +22,34 @@ use super::types::{
 /// of the agent goes through it (the Endpoints passes, task setups, the full reconcile).
 pub struct SyncedPeers {
     inner: Arc<dyn Network>,
+    synced: Mutex<Record>,
+}
+
+/// What [`SyncedPeers`] knows, under one lock.
+#[derive(Default)]
+struct Record {
     /// Per VNI, the peers with entries in place; no key: not known (nothing synced since
     /// this agent started, or the overlay was removed since).
-    synced: Mutex<HashMap<u32, BTreeSet<Peer>>>,
+    peers: HashMap<u32, BTreeSet<Peer>>,
+    /// Per VNI, how many times its device was (maybe) made again or removed: a sync that
+    /// saw this change while it ran may have put its entries on the old device, and
+    /// records nothing.
+    epoch: HashMap<u32, u64>,
+}
+
+impl Record {
+    /// The device of `vni` was made again (or may have been): nothing on it yet.
+    fn renew(&mut self, vni: u32, peers: Option<BTreeSet<Peer>>) {
+        *self.epoch.entry(vni).or_default() += 1;
+        match peers {
+            Some(p) => self.peers.insert(vni, p),
+            None => self.peers.remove(&vni),
+        };
+    }
+
+    fn epoch(&self, vni: u32) -> u64 {
+        self.epoch.get(&vni).copied().unwrap_or_default()
+    }
 }
 
 impl SyncedPeers {
@@ -32,7 +57,7 @@ impl SyncedPeers {
     pub fn new(inner: Arc<dyn Network>) -> Self {
         SyncedPeers {
             inner,
-            synced: Mutex::new(HashMap::new()),
+            synced: Mutex::new(Record::default()),
         }
     }
 
@@ -42,10 +67,10 @@ impl SyncedPeers {
     /// started): the caller decides.
     pub fn pending(&self, vni: u32, wanted: &[Peer]) -> Option<BTreeSet<Ipv4Addr>> {
         let synced = self.lock();
-        Some(new_peer_addresses(wanted, synced.get(&vni)?))
+        Some(new_peer_addresses(wanted, synced.peers.get(&vni)?))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, BTreeSet<Peer>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
         self.synced.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -57,13 +82,13 @@ impl Network for SyncedPeers {
         // A new VXLAN device has no entries, nor may one that failed part-way (a device
         // that did not match is deleted before it is made again).
         if result.as_ref().map_or(true, |info| info.created) {
-            self.lock().insert(spec.vni, BTreeSet::new());
+            self.lock().renew(spec.vni, Some(BTreeSet::new()));
         }
         result
     }
 
     async fn remove_overlay(&self, vni: u32) -> Result<(), NetError> {
-        self.lock().remove(&vni);
+        self.lock().renew(vni, None);
         self.inner.remove_overlay(vni).await
     }
 
@@ -93,7 +118,7 @@ impl Network for SyncedPeers {
 
     /// One entry changed outside a sync: the overlay's record is no longer known.
     async fn apply_peer_op(&self, vni: u32, op: &PeerOp) -> Result<(), NetError> {
-        self.lock().remove(&vni);
+        self.lock().peers.remove(&vni);
         self.inner.apply_peer_op(vni, op).await
     }
 
@@ -107,17 +132,22 @@ impl Network for SyncedPeers {
 
     /// After a sync that worked, exactly `desired` is in place. After one that failed
     /// part-way, only what was in place and is still wanted is counted on (a sync does
-    /// not touch an entry that is already right).
+    /// not touch an entry that is already right). A sync during which the device was made
+    /// again records nothing: its entries may be on the old one.
     async fn sync_peers(&self, vni: u32, desired: &[Peer]) -> Result<Vec<PeerOp>, NetError> {
+        let epoch = self.lock().epoch(vni);
         let result = self.inner.sync_peers(vni, desired).await;
         let wanted: BTreeSet<Peer> = desired.iter().copied().collect();
         let mut synced = self.lock();
+        if synced.epoch(vni) != epoch {
+            return result;
+        }
         match &result {
             Ok(_) => {
-                synced.insert(vni, wanted);
+                synced.peers.insert(vni, wanted);
             }
             Err(_) => {
-                if let Some(had) = synced.get_mut(&vni) {
+                if let Some(had) = synced.peers.get_mut(&vni) {
                     had.retain(|p| wanted.contains(p));
                 }
             }
@@ -142,6 +172,38 @@ mod tests {
 
     fn ips(v: &[u8]) -> BTreeSet<Ipv4Addr> {
         v.iter().map(|l| Ipv4Addr::new(10, 0, 1, *l)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_sync_during_which_the_device_was_made_again_should_record_nothing() {
+        let fake = Arc::new(RecordingNetwork::new("t-"));
+        let net = Arc::new(SyncedPeers::new(fake.clone()));
+        net.ensure_overlay(&overlay(4097)).await.unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        fake.meet_on_list_peers(barrier.clone());
+        let sync = tokio::spawn({
+            let net = net.clone();
+            async move { net.sync_peers(4097, &[peer(2, 2)]).await }
+        });
+        // The sync is under way (this runtime has one thread: it ran up to the barrier).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!sync.is_finished());
+        // Meanwhile the device vanished and was made again, without entries.
+        fake.remove_overlay(4097).await.unwrap();
+        assert!(net.ensure_overlay(&overlay(4097)).await.unwrap().created);
+        barrier.wait().await;
+        sync.await.unwrap().unwrap();
+        assert_eq!(
+            net.pending(4097, &[peer(2, 2)]),
+            Some(ips(&[2])),
+            "not counted on: the sync may have written to the old device"
+        );
+        // The next sync counts.
+        fake.meet_on_list_peers(Arc::new(tokio::sync::Barrier::new(1)));
+        net.sync_peers(4097, &[peer(2, 2)]).await.unwrap();
+        assert_eq!(net.pending(4097, &[peer(2, 2)]), Some(ips(&[])));
     }
 
     #[tokio::test]

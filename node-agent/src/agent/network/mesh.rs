@@ -166,16 +166,18 @@ impl NodeNetwork {
             let now = rules.without_pending(&pending, st.programmed.as_ref());
             if st.programmed.as_ref() != Some(&now) {
                 match mesh.program(&now).await {
-                    Ok(()) => st.programmed = Some(now),
+                    // The table is written whole: a repair of it is done too.
+                    Ok(()) => {
+                        st.programmed = Some(now);
+                        st.repair.table = false;
+                    }
                     Err(e) => tracing::warn!(error = %e, "cannot program the routing mesh"),
                 }
             }
         }
-        // A repair keeps what was applied until each step succeeds again; one that fails
-        // leaves it set, so the next refresh tries every step again.
-        let mut failed = false;
+        // A repair keeps what was applied; each step it asks for runs until it succeeds.
         if let (Some(spec), Some(peers)) = (&ingress, peers) {
-            if st.overlay.as_ref() != Some(spec) || st.repair {
+            if st.overlay.as_ref() != Some(spec) || st.repair.overlay {
                 let _overlays = self.overlays.lock().await;
                 match self.net.ensure_overlay(spec).await {
                     Ok(info) => {
@@ -183,23 +185,26 @@ impl NodeNetwork {
                             tracing::info!(vni = spec.vni, address = ?spec.address, "joined the ingress network");
                         }
                         st.overlay = Some(spec.clone());
+                        st.repair.overlay = false;
                         if info.created {
                             st.peers = None;
                         }
                     }
                     Err(e) => {
-                        failed = true;
                         tracing::warn!(error = %e, "routing mesh: cannot set up the ingress overlay")
                     }
                 }
             }
-            if st.overlay.is_some() && (st.peers.as_ref() != Some(&peers) || unreached || st.repair)
+            if st.overlay.is_some()
+                && (st.peers.as_ref() != Some(&peers) || unreached || st.repair.peers)
             {
                 let _peers = self.peers.lock().await;
                 match self.net.sync_peers(peers.0, &peers.1).await {
-                    Ok(_) => st.peers = Some(peers),
+                    Ok(_) => {
+                        st.peers = Some(peers);
+                        st.repair.peers = false;
+                    }
                     Err(e) => {
-                        failed = true;
                         tracing::warn!(error = %e, "routing mesh: cannot sync ingress peers")
                     }
                 }
@@ -213,7 +218,7 @@ impl NodeNetwork {
             ),
             None => self.mesh_rules(None, &eps),
         };
-        if st.programmed.as_ref() != Some(&rules) || st.repair {
+        if st.programmed.as_ref() != Some(&rules) || st.repair.table {
             for p in rules.skipped() {
                 tracing::warn!(
                     port = %p.key(),
@@ -228,27 +233,26 @@ impl NodeNetwork {
                 Ok(()) => {
                     tracing::debug!(ports = rules.ports.len(), "programmed the routing mesh");
                     st.programmed = Some(rules);
+                    st.repair.table = false;
                 }
-                Err(e) => {
-                    failed = true;
-                    tracing::warn!(error = %e, "cannot program the routing mesh")
-                }
+                Err(e) => tracing::warn!(error = %e, "cannot program the routing mesh"),
             }
         }
         // Health ports answer what the table programs: only after it was programmed.
         if let Some(programmed) = &st.programmed {
             let health = (self.underlay, programmed.health_answers());
-            if st.health.as_ref() != Some(&health) || st.repair {
+            if st.health.as_ref() != Some(&health) || st.repair.health {
                 match mesh.serve_health(health.0, &health.1).await {
-                    Ok(()) => st.health = Some(health),
+                    Ok(()) => {
+                        st.health = Some(health);
+                        st.repair.health = false;
+                    }
                     Err(e) => {
-                        failed = true;
                         tracing::warn!(error = %e, "routing mesh: cannot serve a health port")
                     }
                 }
             }
         }
-        st.repair &= failed;
     }
 
     /// The addresses among `wanted` ingress peers (VNI, peers) that are not reached yet:

@@ -22,8 +22,19 @@ pub struct MeshState {
     pub(crate) programmed: Option<MeshRules>,
     /// The health ports as last served (address, port → local ready count).
     pub(crate) health: Option<(Ipv4Addr, BTreeMap<u16, u32>)>,
-    /// Apply every step again at the next refresh, although its input did not change.
-    pub(crate) repair: bool,
+    /// Steps to apply again although their input did not change.
+    pub(crate) repair: Repair,
+}
+
+/// The steps of the mesh a repair applies again (see [`MeshState::repair`]); each is cleared
+/// when its own step succeeds, so one that keeps failing (a health port another process
+/// holds) is the only one tried again.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Repair {
+    pub(crate) overlay: bool,
+    pub(crate) peers: bool,
+    pub(crate) table: bool,
+    pub(crate) health: bool,
 }
 
 impl MeshState {
@@ -33,6 +44,11 @@ impl MeshState {
     /// withdraws drained backends from the table as programmed before it waits for task
     /// setups to repair the overlay.
     pub(crate) fn repair(&mut self) {
-        self.repair = true;
+        self.repair = Repair {
+            overlay: true,
+            peers: true,
+            table: true,
+            health: true,
+        };
     }
 }

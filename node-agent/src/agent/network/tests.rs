@@ -1328,7 +1328,7 @@ async fn a_repair_should_withdraw_a_drained_backend_before_it_waits_for_task_set
 }
 
 #[tokio::test]
-async fn a_repair_should_apply_every_mesh_step_again_until_each_succeeds() {
+async fn a_repair_should_apply_each_mesh_step_again_until_it_succeeds() {
     let (net, mesh, network) = node3_on_ingress(&[node_obj("node-2", "198.18.0.2", "10.255.0.4")]);
     set_pub(&network, &[("10.255.0.5", true)]);
     let mut applied = Applied::default();
@@ -1340,33 +1340,47 @@ async fn a_repair_should_apply_every_mesh_step_again_until_each_succeeds() {
     assert!(net.calls().is_empty(), "{:?}", net.calls());
     assert_eq!(mesh.programs(), programs);
 
-    // A repair whose overlay step fails: the other steps run, and the repair stays due.
+    // A repair whose overlay step fails: the other steps are applied again, and only the
+    // failed one is tried again at the next refresh, until it succeeds.
     applied.mesh.repair();
     net.fail("ensure_overlay");
     network.refresh_mesh(&mut applied.mesh).await;
-    assert!(applied.mesh.repair, "a failed step leaves the repair due");
-    assert_eq!(mesh.programs(), programs + 1, "the table programmed again");
-    net.heal("ensure_overlay");
-    net.clear_calls();
-    network.refresh_mesh(&mut applied.mesh).await;
     let calls = net.calls();
-    assert!(
-        calls
-            .iter()
-            .any(|c| matches!(c, NetCall::EnsureOverlay(o) if o.vni == 4096)),
-        "{calls:?}"
-    );
     assert!(
         calls.contains(&NetCall::ListPeerEntries(4096)),
         "the peers synced again: {calls:?}"
     );
-    assert_eq!(mesh.programs(), programs + 2);
+    assert_eq!(mesh.programs(), programs + 1, "the table programmed again");
+    let overlay_due = mesh_state::Repair {
+        overlay: true,
+        ..Default::default()
+    };
+    assert_eq!(applied.mesh.repair, overlay_due);
+    net.clear_calls();
+    network.refresh_mesh(&mut applied.mesh).await;
+    let ensured = |calls: &[NetCall]| {
+        calls
+            .iter()
+            .any(|c| matches!(c, NetCall::EnsureOverlay(o) if o.vni == 4096))
+    };
+    let calls = net.calls();
+    assert!(ensured(&calls), "{calls:?}");
+    assert!(
+        !calls.contains(&NetCall::ListPeerEntries(4096)),
+        "only the failed step again: {calls:?}"
+    );
+    assert_eq!(mesh.programs(), programs + 1);
+    assert_eq!(applied.mesh.repair, overlay_due);
+    net.heal("ensure_overlay");
+    net.clear_calls();
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert!(ensured(&net.calls()), "{:?}", net.calls());
+    assert_eq!(applied.mesh.repair, mesh_state::Repair::default(), "done");
     assert_eq!(mesh.health(), health);
-    assert!(!applied.mesh.repair, "done once every step succeeded");
     net.clear_calls();
     network.refresh_mesh(&mut applied.mesh).await;
     assert!(net.calls().is_empty(), "{:?}", net.calls());
-    assert_eq!(mesh.programs(), programs + 2);
+    assert_eq!(mesh.programs(), programs + 1);
 }
 
 #[tokio::test]
