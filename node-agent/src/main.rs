@@ -71,9 +71,10 @@ struct ContainerdArgs {
     /// Where the agent keeps per-container files (logs, resolv.conf, hosts).
     #[arg(long, default_value = "/var/lib/shoal-agent")]
     state_dir: PathBuf,
-    /// Where runc keeps container state (`<DIR>/<namespace>/<id>`); default: runc's own,
+    /// Where runc keeps container state (`<DIR>/<namespace>/<id>`; an absolute path, since
+    /// the shim resolves it from its own directory); default: runc's own,
     /// /run/containerd/runc.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = absolute_path)]
     runc_root: Option<PathBuf>,
     /// A registry (`host:port`) to pull from over plain HTTP, besides localhost:5000;
     /// repeatable.
@@ -103,6 +104,15 @@ struct ContainerdArgs {
     #[arg(long, value_name = "N", default_value_t = shoal_node_agent::runtime::logs::DEFAULT_MAX_FILES,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     log_max_files: u32,
+}
+
+/// A path that must be absolute and valid UTF-8 (it is sent to containerd as a string).
+fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if !p.is_absolute() {
+        return Err(format!("{s:?} is not an absolute path"));
+    }
+    Ok(p)
 }
 
 /// A size as `--log-max-size` takes it: bytes or a binary unit (`10MiB`, `512k`).
@@ -521,6 +531,19 @@ mod tests {
         assert_eq!(listen_port("[::1]:7800"), Some(ReservedPort::tcp(7800)));
         assert_eq!(listen_port("0.0.0.0:0"), None);
         assert_eq!(listen_port("nonsense"), None);
+    }
+
+    #[test]
+    fn runc_root_should_be_an_absolute_path() {
+        let base = ["shoal-agent", "--address", "198.18.0.1", "--insecure"];
+        let with = |dir: &'static str| base.into_iter().chain(["--runc-root", dir]);
+        let err = Cli::try_parse_from(with("runc")).unwrap_err().to_string();
+        assert!(
+            err.contains("--runc-root") && err.contains("not an absolute path"),
+            "{err}"
+        );
+        let cli = Cli::parse_from(with("/n/runc"));
+        assert_eq!(cli.containerd.runc_root, Some(PathBuf::from("/n/runc")));
     }
 
     #[test]

@@ -463,9 +463,10 @@ impl NodeNetwork {
         // its networks, none of their overlays became unused, and the links need no look.
         let in_use = left.is_some_and(|t| {
             let local = self.local_map();
-            t.networks
-                .iter()
-                .all(|n| local.values().any(|o| o.networks.contains(n)))
+            !t.networks.is_empty()
+                && t.networks
+                    .iter()
+                    .all(|n| local.values().any(|o| o.networks.contains(n)))
         });
         if !in_use {
             self.remove_unused_overlays().await;

@@ -355,6 +355,15 @@ async fn a_teardown_should_look_for_unused_overlays_only_when_one_may_have_empti
     let calls = n.net.calls();
     assert!(calls.contains(&NetCall::Observe), "{calls:?}");
     assert!(calls.contains(&NetCall::RemoveOverlay(4097)), "{calls:?}");
+    // A task on no network says nothing of any overlay: the links are looked at.
+    n.tasks.start_task(&task("t3", &[])).await.unwrap();
+    n.net.clear_calls();
+    n.tasks.remove_task("t3").await.unwrap();
+    assert!(
+        n.net.calls().contains(&NetCall::Observe),
+        "{:?}",
+        n.net.calls()
+    );
 }
 
 #[tokio::test]
