@@ -16,7 +16,7 @@ use shoal_api_types::network::INGRESS_NETWORK;
 
 use futures::StreamExt;
 
-use super::{task_failure, LbSlot, NodeNetwork, DRAIN_SETTLE, LB_CONCURRENCY};
+use super::{task_failure, LbSlot, NodeNetwork, PeerSync, DRAIN_SETTLE, LB_CONCURRENCY};
 use crate::agent::task_runtime::TaskError;
 use crate::dns::view_networks;
 use crate::lb::{self, LbError};
@@ -112,12 +112,24 @@ impl NodeNetwork {
     }
 
     /// Converges the overlay of `network` to the remote tasks in its Endpoints (not before
-    /// the first Endpoints list), holding the peers lock. Returns whether it succeeded.
-    pub(super) async fn sync_peers(&self, network: &str, vni: u32) -> bool {
+    /// the first Endpoints list), holding the peers lock. With [`PeerSync::Missing`] (a
+    /// task setup) nothing is done when every peer it wants is known to have its entries in
+    /// place ([`crate::net::SyncedPeers::pending`]): starts on a node whose overlays are up
+    /// then hold the overlays lock without a netlink dump of the peers each. Returns whether
+    /// it succeeded.
+    pub(super) async fn sync_peers(&self, network: &str, vni: u32, mode: PeerSync) -> bool {
         let Some(eps) = self.endpoints_of(network) else {
             return true;
         };
         let peers = self.peers_for(network, &eps);
+        if mode == PeerSync::Missing
+            && self
+                .synced
+                .pending(vni, &peers)
+                .is_some_and(|p| p.is_empty())
+        {
+            return true;
+        }
         // No await between the reading and the queueing: the peers lock is fair (first come,
         // first served), so syncs through here run in the order they read the Endpoints.
         // (The mesh pass reads earlier; it syncs only ingress, in no VIP table, and syncs
@@ -135,25 +147,6 @@ impl NodeNetwork {
                 false
             }
         }
-    }
-
-    /// For a task setup: syncs `network`'s peers ([`Self::sync_peers`]) unless every peer it
-    /// wants is known to have its entries in place ([`crate::net::SyncedPeers::pending`]);
-    /// entries no longer wanted are the Endpoints pass's to remove. Starts on a node whose
-    /// overlays are up then hold the overlays lock without a netlink dump of the peers each.
-    pub(super) async fn sync_missing_peers(&self, network: &str, vni: u32) {
-        let Some(eps) = self.endpoints_of(network) else {
-            return;
-        };
-        let peers = self.peers_for(network, &eps);
-        if self
-            .synced
-            .pending(vni, &peers)
-            .is_some_and(|p| p.is_empty())
-        {
-            return;
-        }
-        self.sync_peers(network, vni).await;
     }
 
     /// Programs task `id`'s VIP table from the current Endpoints ([`lb::converge`]): only
@@ -317,7 +310,7 @@ impl NodeNetwork {
         let mut unsynced = BTreeSet::new();
         for (network, new) in to_sync {
             if let Ok((vni, _)) = self.network_info(network) {
-                if !self.sync_peers(network, vni).await {
+                if !self.sync_peers(network, vni, PeerSync::Exact).await {
                     applied.remove(network);
                     unsynced.extend(new);
                 }

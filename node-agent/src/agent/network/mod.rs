@@ -58,6 +58,17 @@ use tokio::sync::{watch, RwLock};
 /// has reprogrammed DNS and VIPs before it gets SIGTERM.
 pub const DRAIN_SETTLE: Duration = Duration::from_millis(300);
 
+/// Which entries a peer sync (`NodeNetwork::sync_peers`) puts in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerSync {
+    /// Exactly the peers in the Endpoints: missing entries added, stale ones removed (the
+    /// Endpoints pass).
+    Exact,
+    /// Only when a peer it wants is not known to have its entries in place (a task setup;
+    /// stale entries are the Endpoints pass's to remove).
+    Missing,
+}
+
 /// How many task namespaces' VIP tables one Endpoints change programs at once.
 const LB_CONCURRENCY: usize = 16;
 
@@ -412,7 +423,7 @@ impl NodeNetwork {
                     .await
                     .map_err(|e| net_error(id, e))?;
                 // A failure is logged; the network loop syncs again.
-                self.sync_missing_peers(network, a.vni).await;
+                self.sync_peers(network, a.vni, PeerSync::Missing).await;
             }
             if spec.egress {
                 self.net
