@@ -194,12 +194,17 @@ fn system_check_should_be_clean_on_a_healthy_cluster_and_name_each_injected_drif
     let pulled = ctr(&c, 2, &["images", "pull", "--plain-http", BUSYBOX]);
     assert_eq!(pulled.code, 0, "ctr pull: {}", pulled.stderr);
     let task_label = format!("shoal.io/task={intruder}");
+    // runc's state under the node's directory, as the agent keeps it (`--runc-root`), so
+    // that it goes with the cluster instead of staying in /run/containerd/runc.
+    let runc_root = c.state_dir().join("node-2/containerd/runc");
     let started = ctr(
         &c,
         2,
         &[
             "run",
             "-d",
+            "--runc-root",
+            runc_root.to_str().unwrap(),
             "--label",
             "shoal.io/managed=true",
             "--label",
