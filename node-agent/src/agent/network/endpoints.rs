@@ -115,8 +115,7 @@ impl NodeNetwork {
     /// the first Endpoints list), holding the peers lock. With [`PeerSync::Missing`] (a
     /// task setup) nothing is done when every peer it wants is known to have its entries in
     /// place ([`crate::net::SyncedPeers::pending`]): starts on a node whose overlays are up
-    /// then hold the overlays lock without a netlink dump of the peers each. Returns whether
-    /// it succeeded.
+    /// then need no netlink dump of the peers each. Returns whether it succeeded.
     pub(super) async fn sync_peers(&self, network: &str, vni: u32, mode: PeerSync) -> bool {
         let Some(eps) = self.endpoints_of(network) else {
             return true;

@@ -123,8 +123,9 @@ impl NodeNetwork {
     /// when its input changed since it last succeeded, or a repair is due
     /// ([`MeshState::repair`]).
     ///
-    /// Only joining the ingress network waits for task setups (the overlays lock), so that
-    /// a task being drained leaves the table without queueing behind starts and stops
+    /// Only joining the ingress network waits for others: for devices being made (the
+    /// devices lock) and overlay removals (the overlays lock, shared with task setups), so
+    /// that a task being drained leaves the table without queueing behind starts and stops
     /// ([`super::DRAIN_SETTLE`] assumes it has left). Backends leave first; new remote
     /// backends enter only after their peer entries are synced (under the peers lock), so
     /// no connection goes to an address the overlay cannot reach yet
@@ -140,7 +141,8 @@ impl NodeNetwork {
             return;
         }
         if !st.gateway {
-            let _overlays = self.overlays.lock().await;
+            let _overlays = self.overlays.read().await;
+            let _devices = self.devices.lock().await;
             match self.net.ensure_gateway(&GatewaySpec::default()).await {
                 Ok(()) => st.gateway = true,
                 Err(e) => {
@@ -178,7 +180,8 @@ impl NodeNetwork {
         // A repair keeps what was applied; each step it asks for runs until it succeeds.
         if let (Some(spec), Some(peers)) = (&ingress, peers) {
             if st.overlay.as_ref() != Some(spec) || st.repair.overlay {
-                let _overlays = self.overlays.lock().await;
+                let _overlays = self.overlays.read().await;
+                let _devices = self.devices.lock().await;
                 match self.net.ensure_overlay(spec).await {
                     Ok(info) => {
                         if st.overlay.as_ref() != Some(spec) || info.created {

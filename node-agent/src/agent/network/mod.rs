@@ -27,8 +27,9 @@
 //!   holds that side only for its kernel pass (list, observe, repair): the DNS servers and
 //!   VIP tables of every local task are programmed after it, against the live local map, so
 //!   a start never waits for them.
-//! - Overlay creation and removal are serialised, so a task starting on a network never sees
-//!   its overlay removed under it by the last task leaving.
+//! - Overlay removal waits for every setup in flight (and they for it), so a task starting
+//!   on a network never sees its overlay removed under it by the last task leaving; setups
+//!   run side by side, only the making of devices is one at a time.
 //! - VIP tables are programmed under one lock from the current Endpoints, so an older table
 //!   never overwrites a newer one.
 
@@ -117,10 +118,16 @@ pub struct NodeNetwork {
     local: Mutex<BTreeMap<String, LocalTask>>,
     /// Shared by starts and removes, exclusive for the reconcile.
     busy: RwLock<()>,
-    /// Serialises overlay creation (with the attach) against overlay removal.
-    overlays: tokio::sync::Mutex<()>,
+    /// Keeps overlays from being removed while they are made and used: held shared from a
+    /// setup's first device to its attach (and by a detach, the mesh pass's devices),
+    /// exclusively by what removes overlays (a teardown that may have emptied one, the
+    /// reconcile). Setups run side by side: one waiting for the peers lock holds up no other.
+    overlays: tokio::sync::RwLock<()>,
+    /// Serialises the making of overlay and gateway devices among holders of `overlays`.
+    devices: tokio::sync::Mutex<()>,
     /// Serialises peer syncs (FDB and neighbour entries) with each other and with overlay
-    /// removal, without waiting for task setups: taken after `overlays` where both are held.
+    /// removal, without waiting for task setups: taken after `overlays` where both are held,
+    /// never while `devices` is.
     peers: tokio::sync::Mutex<()>,
     /// Last programmed VIP entries per task, each behind its own lock, held while that
     /// task's table is programmed (tables of different tasks are programmed at once).
@@ -202,7 +209,8 @@ impl NodeNetwork {
             endpoints: watch::channel(None).0,
             local: Mutex::new(BTreeMap::new()),
             busy: RwLock::new(()),
-            overlays: tokio::sync::Mutex::new(()),
+            overlays: tokio::sync::RwLock::new(()),
+            devices: tokio::sync::Mutex::new(()),
             peers: tokio::sync::Mutex::new(()),
             lb_cache: Mutex::new(HashMap::new()),
             node: None,
@@ -400,8 +408,8 @@ impl NodeNetwork {
         self.setup_timed(task, &mut Lap::start()).await
     }
 
-    /// [`NodeNetwork::setup`], timing its steps on `lap`: `net_overlays` (the overlays lock,
-    /// overlays, peers and gateway), `net_attach` (namespace and veths), `net_serve` (DNS
+    /// [`NodeNetwork::setup`], timing its steps on `lap`: `net_overlays` (the locks,
+    /// overlays, gateway and peers), `net_attach` (namespace and veths), `net_serve` (DNS
     /// server and VIP rules).
     pub async fn setup_timed(&self, task: &Task, lap: &mut Lap) -> Result<PathBuf, TaskError> {
         let id = task.name();
@@ -413,23 +421,28 @@ impl NodeNetwork {
             .map(|a| a.network.clone())
             .collect();
         let info = {
-            let _overlays = self.overlays.lock().await;
+            let _overlays = self.overlays.read().await;
+            {
+                let _devices = self.devices.lock().await;
+                for (a, network) in spec.attachments.iter().zip(&networks) {
+                    let (_, mtu) = self
+                        .network_info(network)
+                        .map_err(|e| TaskError::Unavailable(format!("task {id}: {e}")))?;
+                    self.net
+                        .ensure_overlay(&self.overlay_spec(a.vni, mtu))
+                        .await
+                        .map_err(|e| net_error(id, e))?;
+                }
+                if spec.egress {
+                    self.net
+                        .ensure_gateway(&GatewaySpec::default())
+                        .await
+                        .map_err(|e| net_error(id, e))?;
+                }
+            }
             for (a, network) in spec.attachments.iter().zip(&networks) {
-                let (_, mtu) = self
-                    .network_info(network)
-                    .map_err(|e| TaskError::Unavailable(format!("task {id}: {e}")))?;
-                self.net
-                    .ensure_overlay(&self.overlay_spec(a.vni, mtu))
-                    .await
-                    .map_err(|e| net_error(id, e))?;
                 // A failure is logged; the network loop syncs again.
                 self.sync_peers(network, a.vni, PeerSync::Missing).await;
-            }
-            if spec.egress {
-                self.net
-                    .ensure_gateway(&GatewaySpec::default())
-                    .await
-                    .map_err(|e| net_error(id, e))?;
             }
             lap.lap("net_overlays");
             let info = self
@@ -465,10 +478,12 @@ impl NodeNetwork {
         if left.is_some() {
             self.mesh_kick.notify_one();
         }
-        let _overlays = self.overlays.lock().await;
-        if let Err(e) = self.net.detach_task(id).await {
-            tracing::warn!(task = %id, error = %e, "cannot detach the task's network namespace; the next reconcile retries");
-            return;
+        {
+            let _overlays = self.overlays.read().await;
+            if let Err(e) = self.net.detach_task(id).await {
+                tracing::warn!(task = %id, error = %e, "cannot detach the task's network namespace; the next reconcile retries");
+                return;
+            }
         }
         // A local task stays attached until its teardown: while another one is on each of
         // its networks, none of their overlays became unused, and the links need no look.
@@ -480,11 +495,12 @@ impl NodeNetwork {
                     .all(|n| local.values().any(|o| o.networks.contains(n)))
         });
         if !in_use {
+            let _overlays = self.overlays.write().await;
             self.remove_unused_overlays().await;
         }
     }
 
-    /// Removes overlays without a task port (call with `overlays` held).
+    /// Removes overlays without a task port (call with `overlays` held exclusively).
     async fn remove_unused_overlays(&self) {
         let observed = match self.net.observe().await {
             Ok(o) => o,
@@ -563,7 +579,7 @@ impl NodeNetwork {
             }
         };
         let live = live_tasks(&listed, desired);
-        let overlays = self.overlays.lock().await;
+        let overlays = self.overlays.write().await;
         let peers = self.peers.lock().await;
         let observed = match self.net.observe().await {
             Ok(o) => o,

@@ -404,6 +404,69 @@ async fn a_start_should_sync_only_peers_whose_entries_are_not_in_place() {
 }
 
 #[tokio::test]
+async fn setups_should_run_side_by_side_so_one_waiting_for_the_peers_lock_holds_up_no_other() {
+    let n = node();
+    let ep = |tasks: &[(&str, &str)]| endpoints("appnet", "api", "10.0.1.2", tasks);
+    n.network.set_endpoints([ep(&[("10.0.1.7", "198.18.0.2")])]);
+    // `other` is up and its (no) peers are known to be in place: a setup there syncs nothing.
+    n.network
+        .setup(&task("b0", &[("other", "10.0.2.5")]))
+        .await
+        .unwrap();
+    // An Endpoints pass is syncing peers; a setup on appnet must wait for it.
+    let held = n.network.peers.lock().await;
+    let a_task = task("a", &[("appnet", "10.0.1.5")]);
+    let a = n.network.setup(&a_task);
+    tokio::pin!(a);
+    still_waiting(a.as_mut()).await;
+    without_waiting(
+        n.network.setup(&task("b", &[("other", "10.0.2.6")])),
+        "a setup does not queue behind one waiting for the peers lock",
+    )
+    .await
+    .unwrap();
+    drop(held);
+    a.await.unwrap();
+    assert!(n.net.calls().iter().any(|c| matches!(c,
+        NetCall::ApplyPeerOp(4097, PeerOp::AddNeigh(e)) if e.ip == ip("10.0.1.7"))));
+}
+
+#[tokio::test]
+async fn an_overlay_removal_should_wait_for_a_setup_still_attaching_to_that_overlay() {
+    let n = node();
+    n.tasks
+        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
+        .await
+        .unwrap();
+    let attach = Arc::new(tokio::sync::Barrier::new(2));
+    n.net.meet_on_attach(attach.clone());
+    let t2_task = task("t2", &[("appnet", "10.0.1.6")]);
+    let setup = n.network.setup(&t2_task);
+    tokio::pin!(setup);
+    // t2's setup has made its devices and waits in its attach.
+    still_waiting(setup.as_mut()).await;
+    // t1 leaves: as far as the local tasks go, appnet's overlay is unused now.
+    let teardown = n.network.teardown("t1");
+    tokio::pin!(teardown);
+    still_waiting(teardown.as_mut()).await;
+    assert!(
+        !n.net.calls().contains(&NetCall::RemoveOverlay(4097)),
+        "no removal while a setup is attaching: {:?}",
+        n.net.calls()
+    );
+    let (attached, ()) = tokio::join!(setup, async {
+        attach.wait().await;
+    });
+    attached.expect("t2 attached to an overlay still there");
+    teardown.await;
+    assert!(
+        !n.net.calls().contains(&NetCall::RemoveOverlay(4097)),
+        "t2 uses it: {:?}",
+        n.net.calls()
+    );
+}
+
+#[tokio::test]
 async fn an_exited_process_should_lose_its_networking_but_keep_its_container() {
     let n = node();
     n.tasks
@@ -565,7 +628,7 @@ async fn vip_tables_should_drop_a_backend_without_waiting_for_task_setups_and_ad
 
     // Task starts and stops hold the overlays lock; Endpoints changes never wait for it,
     // peer syncs included.
-    let setups = n.network.overlays.lock().await;
+    let setups = n.network.overlays.write().await;
     set(&[
         ("10.0.1.5", "198.18.0.1", true),
         ("10.0.1.7", "198.18.0.2", false),
@@ -724,7 +787,7 @@ async fn an_endpoints_change_should_not_wait_for_a_full_reconcile() {
     .await
     .expect("the loop programs t1's table");
     // The next resync's reconcile waits for the overlays lock (as behind task setups).
-    let setups = n.network.overlays.lock().await;
+    let setups = n.network.overlays.write().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         n.network.busy.try_write().is_err(),
@@ -1243,7 +1306,7 @@ async fn the_mesh_should_drop_a_backend_without_waiting_for_task_setups_and_add_
 
     // Task starts and stops hold the overlays lock; Endpoints changes never wait for it
     // once the node is on ingress, peer syncs included.
-    let setups = network.overlays.lock().await;
+    let setups = network.overlays.write().await;
     set(&[("10.255.0.5", true), ("10.255.0.6", false)]);
     without_waiting(
         network.refresh_mesh(&mut applied.mesh),
@@ -1313,7 +1376,7 @@ async fn a_repair_should_withdraw_a_drained_backend_before_it_waits_for_task_set
     // A full reconcile just finished; a task setup holds the overlays lock as a backend is
     // drained.
     applied.mesh.repair();
-    let setups = network.overlays.lock().await;
+    let setups = network.overlays.write().await;
     net.clear_calls();
     set_pub(&network, &[("10.255.0.5", true), ("10.255.0.6", false)]);
     let refresh = network.refresh_mesh(&mut applied.mesh);
