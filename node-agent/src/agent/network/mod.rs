@@ -408,9 +408,10 @@ impl NodeNetwork {
         self.setup_timed(task, &mut Lap::start()).await
     }
 
-    /// [`NodeNetwork::setup`], timing its steps on `lap`: `net_overlays` (the locks,
-    /// overlays, gateway and peers), `net_attach` (namespace and veths), `net_serve` (DNS
-    /// server and VIP rules).
+    /// [`NodeNetwork::setup`], timing its steps on `lap`: `net_locks` (waiting for the
+    /// overlays and devices locks), `net_devices` (overlays and gateway), `net_peers` (peer
+    /// syncs, with the wait for the peers lock), `net_attach` (namespace and veths),
+    /// `net_serve` (DNS server and VIP rules).
     pub async fn setup_timed(&self, task: &Task, lap: &mut Lap) -> Result<PathBuf, TaskError> {
         let id = task.name();
         let spec = self.task_spec(task)?;
@@ -424,6 +425,7 @@ impl NodeNetwork {
             let _overlays = self.overlays.read().await;
             {
                 let _devices = self.devices.lock().await;
+                lap.lap("net_locks");
                 for (a, network) in spec.attachments.iter().zip(&networks) {
                     let (_, mtu) = self
                         .network_info(network)
@@ -440,11 +442,12 @@ impl NodeNetwork {
                         .map_err(|e| net_error(id, e))?;
                 }
             }
+            lap.lap("net_devices");
             for (a, network) in spec.attachments.iter().zip(&networks) {
                 // A failure is logged; the network loop syncs again.
                 self.sync_peers(network, a.vni, PeerSync::Missing).await;
             }
-            lap.lap("net_overlays");
+            lap.lap("net_peers");
             let info = self
                 .net
                 .attach_task(&spec)

@@ -223,7 +223,9 @@ async fn start_should_create_the_container_while_the_network_is_set_up() {
         [
             "network",
             "create",
-            "net_overlays",
+            "net_locks",
+            "net_devices",
+            "net_peers",
             "net_attach",
             "net_serve"
         ]
