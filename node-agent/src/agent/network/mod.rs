@@ -99,6 +99,23 @@ pub struct Applied {
     node_policy: Option<net::NodePolicy>,
 }
 
+/// The overlays (by VNI, as ensured) and gateway bridge that setups made, or found in
+/// place, since the last overlay removal or reconcile: a setup skips ensuring them again (a
+/// netlink round of checks per overlay, an `nft` run for the gateway's egress table). An
+/// attach that fails forgets them all, so a device removed behind the agent's back is made
+/// again by the retry; the periodic reconcile compares everything with the kernel anyway.
+#[derive(Debug, Default)]
+struct MadeDevices {
+    overlays: HashMap<u32, OverlaySpec>,
+    gateway: bool,
+}
+
+impl MadeDevices {
+    fn forget(&mut self) {
+        *self = MadeDevices::default();
+    }
+}
+
 /// The node's task networking (see the module docs).
 pub struct NodeNetwork {
     /// The side effects, through `synced` (every peer sync is recorded there).
@@ -123,8 +140,9 @@ pub struct NodeNetwork {
     /// exclusively by what removes overlays (a teardown that may have emptied one, the
     /// reconcile). Setups run side by side: one waiting for the peers lock holds up no other.
     overlays: tokio::sync::RwLock<()>,
-    /// Serialises the making of overlay and gateway devices among holders of `overlays`.
-    devices: tokio::sync::Mutex<()>,
+    /// Serialises the making of overlay and gateway devices among holders of `overlays`,
+    /// and holds what was made since the last overlay removal or reconcile.
+    devices: tokio::sync::Mutex<MadeDevices>,
     /// Serialises peer syncs (FDB and neighbour entries) with each other and with overlay
     /// removal, without waiting for task setups: taken after `overlays` where both are held,
     /// never while `devices` is.
@@ -210,7 +228,7 @@ impl NodeNetwork {
             local: Mutex::new(BTreeMap::new()),
             busy: RwLock::new(()),
             overlays: tokio::sync::RwLock::new(()),
-            devices: tokio::sync::Mutex::new(()),
+            devices: tokio::sync::Mutex::new(MadeDevices::default()),
             peers: tokio::sync::Mutex::new(()),
             lb_cache: Mutex::new(HashMap::new()),
             node: None,
@@ -424,22 +442,28 @@ impl NodeNetwork {
         let info = {
             let _overlays = self.overlays.read().await;
             {
-                let _devices = self.devices.lock().await;
+                let mut made = self.devices.lock().await;
                 lap.lap("net_locks");
                 for (a, network) in spec.attachments.iter().zip(&networks) {
                     let (_, mtu) = self
                         .network_info(network)
                         .map_err(|e| TaskError::Unavailable(format!("task {id}: {e}")))?;
-                    self.net
-                        .ensure_overlay(&self.overlay_spec(a.vni, mtu))
-                        .await
-                        .map_err(|e| net_error(id, e))?;
+                    let overlay = self.overlay_spec(a.vni, mtu);
+                    if made.overlays.get(&a.vni) != Some(&overlay) {
+                        made.overlays.remove(&a.vni);
+                        self.net
+                            .ensure_overlay(&overlay)
+                            .await
+                            .map_err(|e| net_error(id, e))?;
+                        made.overlays.insert(a.vni, overlay);
+                    }
                 }
-                if spec.egress {
+                if spec.egress && !made.gateway {
                     self.net
                         .ensure_gateway(&GatewaySpec::default())
                         .await
                         .map_err(|e| net_error(id, e))?;
+                    made.gateway = true;
                 }
             }
             lap.lap("net_devices");
@@ -448,11 +472,15 @@ impl NodeNetwork {
                 self.sync_peers(network, a.vni, PeerSync::Missing).await;
             }
             lap.lap("net_peers");
-            let info = self
-                .net
-                .attach_task(&spec)
-                .await
-                .map_err(|e| net_error(id, e))?;
+            let info = match self.net.attach_task(&spec).await {
+                Ok(info) => info,
+                Err(e) => {
+                    // A device may have gone behind the agent's back: the retry makes
+                    // them all again.
+                    self.devices.lock().await.forget();
+                    return Err(net_error(id, e));
+                }
+            };
             lap.lap("net_attach");
             info
         };
@@ -526,6 +554,7 @@ impl NodeNetwork {
             used.insert(spec.vni);
         }
         let _peers = self.peers.lock().await;
+        self.devices.lock().await.forget();
         for vni in observed.overlays.keys() {
             if !used.contains(vni) {
                 if let Err(e) = self.net.remove_overlay(*vni).await {
@@ -611,6 +640,8 @@ impl NodeNetwork {
                 Err(e) => tracing::warn!(?op, error = %e, "network reconcile step failed"),
             }
         }
+        // Whatever the reconcile made or removed, setups look at the devices again.
+        self.devices.lock().await.forget();
         drop((peers, overlays));
         // Live tasks without a Task object keep what this agent remembers of them.
         let mut local = node.local;

@@ -406,6 +406,45 @@ async fn a_start_should_sync_only_peers_whose_entries_are_not_in_place() {
 }
 
 #[tokio::test]
+async fn setups_should_ensure_devices_only_until_they_are_known_to_be_made() {
+    let n = node();
+    let ensures = |n: &Node| -> Vec<NetCall> {
+        n.net
+            .calls()
+            .into_iter()
+            .filter(|c| matches!(c, NetCall::EnsureOverlay(_) | NetCall::EnsureGateway(_)))
+            .collect()
+    };
+    let start = |id: &'static str, address: &'static str| {
+        let t = task(id, &[("appnet", address)]);
+        let tasks = &n.tasks;
+        async move { tasks.start_task(&t).await }
+    };
+    start("t1", "10.0.1.5").await.unwrap();
+    assert_eq!(ensures(&n).len(), 2, "appnet's overlay and the gateway");
+    n.net.clear_calls();
+    start("t2", "10.0.1.6").await.unwrap();
+    assert_eq!(ensures(&n), [], "both known to be in place");
+
+    // The overlay goes behind the agent's back: the attach fails, the retry makes it again.
+    n.net.remove_overlay(4097).await.unwrap();
+    n.net.clear_calls();
+    assert!(start("t3", "10.0.1.7").await.is_err());
+    assert_eq!(ensures(&n), []);
+    start("t3", "10.0.1.7").await.unwrap();
+    assert_eq!(ensures(&n).len(), 2, "{:?}", n.net.calls());
+
+    // A removal of unused overlays forgets what was made too.
+    for t in ["t1", "t2", "t3"] {
+        n.tasks.remove_task(t).await.unwrap();
+    }
+    assert!(n.net.calls().contains(&NetCall::RemoveOverlay(4097)));
+    n.net.clear_calls();
+    start("t4", "10.0.1.8").await.unwrap();
+    assert_eq!(ensures(&n).len(), 2, "{:?}", n.net.calls());
+}
+
+#[tokio::test]
 async fn setups_should_run_side_by_side_so_one_waiting_for_the_peers_lock_holds_up_no_other() {
     let n = node();
     let ep = |tasks: &[(&str, &str)]| endpoints("appnet", "api", "10.0.1.2", tasks);
