@@ -7,6 +7,8 @@
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shoal_e2e::{http_get, node_ip, node_k, require_e2e, step, Cluster, Get, BUSYBOX};
@@ -14,6 +16,32 @@ use shoal_e2e::{http_get, node_ip, node_k, require_e2e, step, Cluster, Get, BUSY
 const HTTPD: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
 
 /// The page when the GET answered 200.
+/// The sockets of node k's shims: containerd names each `/run/containerd/s/<sha256 of
+/// "<containerd address>/<namespace>/<task id>">` (computed here with `sha256sum`).
+fn shim_sockets(c: &Cluster, k: u32) -> Vec<PathBuf> {
+    let address = c
+        .state_dir()
+        .join(format!("node-{k}/containerd/containerd.sock"));
+    let address = address.to_str().unwrap();
+    let ls = Command::new("ctr")
+        .args(["--address", address, "-n", "shoal", "tasks", "ls", "-q"])
+        .output()
+        .expect("run ctr");
+    assert!(ls.status.success(), "ctr tasks ls on node-{k}");
+    String::from_utf8_lossy(&ls.stdout)
+        .split_whitespace()
+        .map(|id| {
+            let sum = Command::new("sh")
+                .args(["-c", "printf '%s' \"$1\" | sha256sum", "-"])
+                .arg(format!("{address}/shoal/{id}"))
+                .output()
+                .expect("run sha256sum");
+            let hex = String::from_utf8_lossy(&sum.stdout);
+            PathBuf::from("/run/containerd/s").join(hex.split_whitespace().next().unwrap())
+        })
+        .collect()
+}
+
 fn page(ip: Ipv4Addr, port: u16) -> Option<String> {
     match http_get(ip, port) {
         Get::Ok(200, body) => Some(body),
@@ -316,7 +344,21 @@ fn routing_mesh_end_to_end() {
     });
     let victim = node_k(&mesh[0].1);
     eprintln!("stopping node {victim} (runs {})", mesh[0].0);
+    let sockets = shim_sockets(&c, victim);
+    assert!(!sockets.is_empty(), "node {victim} runs shims");
+    for s in &sockets {
+        assert!(
+            s.exists(),
+            "a shim's socket where containerd puts it: {}",
+            s.display()
+        );
+    }
     c.stop_node(victim);
+    let left: Vec<&PathBuf> = sockets.iter().filter(|s| s.exists()).collect();
+    assert!(
+        left.is_empty(),
+        "the stopped node's shim sockets are gone: {left:?}"
+    );
     let replaced = c.eventually("3 mesh tasks running on the other nodes", wait, || {
         let r = c.running("mesh", "ingress");
         (r.len() == 3 && r.iter().all(|(_, n, _)| node_k(n) != victim)).then_some(r)

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use anyhow::Context;
+use sha2::{Digest, Sha256};
 
 use super::cluster::Layout;
 use super::process::run;
@@ -77,31 +78,54 @@ pub fn agent_runtime_args(layout: &Layout, k: u32) -> Vec<String> {
 }
 
 /// Kills every process below node k's containerd shims (the containers), then the shims.
+/// Also removes the killed shims' sockets, which a shim deletes only when it exits cleanly.
 pub fn kill_containers(layout: &Layout, k: u32) {
     let socket = layout.containerd_socket(k).display().to_string();
     let parents = process_parents();
-    let shims: BTreeSet<i32> = parents
+    let shims: BTreeMap<i32, Vec<String>> = parents
         .keys()
         .copied()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&socket))
-                .unwrap_or(false)
-        })
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .map(|c| c.starts_with("containerd-shim"))
                 .unwrap_or(false)
         })
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.contains(&socket).then_some((pid, args))
+        })
         .collect();
-    let mut victims: Vec<i32> = descendants(&parents, &shims).into_iter().collect();
-    victims.extend(shims);
+    let pids: BTreeSet<i32> = shims.keys().copied().collect();
+    let mut victims: Vec<i32> = descendants(&parents, &pids).into_iter().collect();
+    victims.extend(&pids);
     for pid in victims {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+    for args in shims.values() {
+        if let Some(path) = shim_socket(args) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Where a shim started with `args` serves: containerd puts every shim's socket at
+/// `/run/containerd/s/<sha256 of "<containerd address>/<namespace>/<id>">`, whatever its
+/// own state directory (containerd's `shim.SocketAddress`).
+fn shim_socket(args: &[String]) -> Option<PathBuf> {
+    let arg = |name: &str| {
+        let i = args.iter().position(|a| a == name)?;
+        args.get(i + 1)
+    };
+    let (namespace, id, address) = (arg("-namespace")?, arg("-id")?, arg("-address")?);
+    let digest = Sha256::digest(format!("{address}/{namespace}/{id}"));
+    Some(PathBuf::from(format!("/run/containerd/s/{digest:x}")))
 }
 
 /// pid -> parent pid of every process.
@@ -153,5 +177,27 @@ mod tests {
         let parents = BTreeMap::from([(10, 1), (11, 10), (12, 11), (20, 1), (13, 10)]);
         let d = descendants(&parents, &BTreeSet::from([10]));
         assert_eq!(d, BTreeSet::from([11, 12, 13]));
+    }
+
+    #[test]
+    fn a_shims_socket_is_named_by_its_address_namespace_and_id() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let shim = args(&[
+            "/usr/bin/containerd-shim-runc-v2",
+            "-namespace",
+            "shoal",
+            "-id",
+            "t1",
+            "-address",
+            "/tmp/x/node-1/containerd/containerd.sock",
+        ]);
+        // printf '%s' /tmp/x/node-1/containerd/containerd.sock/shoal/t1 | sha256sum
+        assert_eq!(
+            shim_socket(&shim),
+            Some(PathBuf::from(
+                "/run/containerd/s/60a1bb44cb08e5f3df927445172aa0210ae239fc068ddf9ea3881f2c3033d76f"
+            ))
+        );
+        assert_eq!(shim_socket(&shim[..5]), None, "no address");
     }
 }
