@@ -474,11 +474,7 @@ async fn setups_should_run_side_by_side_so_one_waiting_for_the_peers_lock_holds_
 
 #[tokio::test]
 async fn an_overlay_removal_should_wait_for_a_setup_still_attaching_to_that_overlay() {
-    let n = node();
-    n.tasks
-        .start_task(&task("t1", &[("appnet", "10.0.1.5")]))
-        .await
-        .unwrap();
+    let n = node_with_t1().await;
     let attach = Arc::new(tokio::sync::Barrier::new(2));
     n.net.meet_on_attach(attach.clone());
     let t2_task = task("t2", &[("appnet", "10.0.1.6")]);
