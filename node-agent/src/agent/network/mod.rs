@@ -450,6 +450,7 @@ impl NodeNetwork {
                         .map_err(|e| TaskError::Unavailable(format!("task {id}: {e}")))?;
                     let overlay = self.overlay_spec(a.vni, mtu);
                     if made.overlays.get(&a.vni) != Some(&overlay) {
+                        // Not counted on while an ensure that may fail part-way runs.
                         made.overlays.remove(&a.vni);
                         self.net
                             .ensure_overlay(&overlay)

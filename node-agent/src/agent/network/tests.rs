@@ -663,8 +663,8 @@ async fn vip_tables_should_drop_a_backend_without_waiting_for_task_setups_and_ad
     n.network.refresh(&mut applied.endpoints).await;
     assert_eq!(backends(), [ip("10.0.1.5"), ip("10.0.1.7")]);
 
-    // Task starts and stops hold the overlays lock; Endpoints changes never wait for it,
-    // peer syncs included.
+    // Task starts and stops hold the overlays lock (an overlay removal exclusively, as
+    // here); Endpoints changes never wait for it, peer syncs included.
     let setups = n.network.overlays.write().await;
     set(&[
         ("10.0.1.5", "198.18.0.1", true),
@@ -823,7 +823,8 @@ async fn an_endpoints_change_should_not_wait_for_a_full_reconcile() {
     )
     .await
     .expect("the loop programs t1's table");
-    // The next resync's reconcile waits for the overlays lock (as behind task setups).
+    // The next resync's reconcile waits for the overlays lock (as behind task setups or an
+    // overlay removal).
     let setups = n.network.overlays.write().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
@@ -1341,8 +1342,9 @@ async fn the_mesh_should_drop_a_backend_without_waiting_for_task_setups_and_add_
     network.refresh_mesh(&mut applied.mesh).await;
     assert_eq!(backends(), [ip("10.255.0.5"), ip("10.255.0.6")]);
 
-    // Task starts and stops hold the overlays lock; Endpoints changes never wait for it
-    // once the node is on ingress, peer syncs included.
+    // Task starts and stops hold the overlays lock (an overlay removal exclusively, as
+    // here); Endpoints changes never wait for it once the node is on ingress, peer syncs
+    // included.
     let setups = network.overlays.write().await;
     set(&[("10.255.0.5", true), ("10.255.0.6", false)]);
     without_waiting(
@@ -1410,8 +1412,8 @@ async fn a_repair_should_withdraw_a_drained_backend_before_it_waits_for_task_set
     network.refresh_mesh(&mut applied.mesh).await;
     assert_eq!(backends(), [ip("10.255.0.5"), ip("10.255.0.6")]);
 
-    // A full reconcile just finished; a task setup holds the overlays lock as a backend is
-    // drained.
+    // A full reconcile just finished; an overlay removal holds the overlays lock as a
+    // backend is drained.
     applied.mesh.repair();
     let setups = network.overlays.write().await;
     net.clear_calls();
