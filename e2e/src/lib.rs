@@ -6,8 +6,9 @@
 //! `shoal dev down`, also when a test panics. The binaries come from the workspace's target
 //! directory (build with `cargo build --workspace` first; `scripts/test` does).
 //!
-//! The local cluster uses fixed names and ports (`shoal-br0`, `shoal-node-k`, 7777, 5000,
-//! 23790), so one runs at a time: tests refuse to start while a `shoal dev` cluster runs.
+//! The local cluster uses fixed names and ports (`shoal-underlay` holding the bridge
+//! `shoal-br0`, `shoal-node-k`, 7777, 5000, 23790), so one runs at a time: tests refuse to
+//! start while a `shoal dev` cluster runs.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -19,6 +20,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 pub use shoal_testkit as testkit;
+
+/// The local cluster's underlay namespace: the bridge `shoal-br0` and its ports live there.
+pub const UNDERLAY_NETNS: &str = "shoal-underlay";
 
 /// The programs a local cluster needs on the machine (besides root).
 pub const PROGRAMS: [&str; 8] = [
@@ -346,6 +350,8 @@ impl Cluster {
         sh(&["netns", "add", &ns])?;
         self.extra_netns.push(ns.clone());
         sh(&[
+            "-n",
+            UNDERLAY_NETNS,
             "link",
             "add",
             "shoal-e2e-out",
@@ -357,7 +363,16 @@ impl Cluster {
             "netns",
             &ns,
         ])?;
-        sh(&["link", "set", "shoal-e2e-out", "master", "shoal-br0", "up"])?;
+        sh(&[
+            "-n",
+            UNDERLAY_NETNS,
+            "link",
+            "set",
+            "shoal-e2e-out",
+            "master",
+            "shoal-br0",
+            "up",
+        ])?;
         sh(&["-n", &ns, "addr", "add", "198.18.0.200/24", "dev", "eth0"])?;
         sh(&["-n", &ns, "link", "set", "eth0", "up"])?;
         sh(&["-n", &ns, "link", "set", "lo", "up"])?;
@@ -520,7 +535,7 @@ impl Drop for Cluster {
             let _ = Command::new("ip").args(["netns", "delete", ns]).status();
         }
         let _ = Command::new("ip")
-            .args(["link", "del", "shoal-e2e-out"])
+            .args(["-n", UNDERLAY_NETNS, "link", "del", "shoal-e2e-out"])
             .output();
         let run = self.raw(&["dev", "down"]);
         if run.code != 0 {

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use shoal_e2e::{node_k, require_e2e, step, Cluster, BUSYBOX};
+use shoal_e2e::{node_k, require_e2e, step, Cluster, BUSYBOX, UNDERLAY_NETNS};
 
 fn httpd_service(name: &str, replicas: u32, networks: &[&str]) -> String {
     let nets: Vec<String> = networks.iter().map(|n| format!("{{name: {n}}}")).collect();
@@ -120,6 +120,84 @@ fn container_pids(c: &Cluster, k: u32) -> std::collections::BTreeMap<String, u32
         .collect()
 }
 
+/// Runs `nft ARGS` in the underlay's namespace; its stdout.
+fn underlay_nft(args: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", UNDERLAY_NETNS, "nft"])
+        .args(args)
+        .output()
+        .expect("run nft in the underlay's namespace");
+    assert!(
+        out.status.success(),
+        "nft {args:?} in {UNDERLAY_NETNS}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The packets counted by the one counter in `nft list table` output.
+fn counted_packets(family: &str, table: &str) -> u64 {
+    let text = underlay_nft(&["list", "table", family, table]);
+    text.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no packet counter in {text}"))
+}
+
+/// The root namespace has only the host's veth into the underlay (no bridge), and a frame
+/// the underlay bridge forwards between two nodes passes no IPv4 hook in the underlay's
+/// namespace (`br_netfilter` is off there): a bridge-family counter sees the traffic of a
+/// request from `task` to `ip` (on another node), an ip-family one at prerouting sees none.
+fn underlay_frames_skip_the_ip_hooks(c: &Cluster, task: &str, ip: &str) {
+    let root_link = |name: &str| {
+        Command::new("ip")
+            .args(["-o", "addr", "show", "dev", name])
+            .output()
+            .map(|o| {
+                (
+                    o.status.success(),
+                    String::from_utf8_lossy(&o.stdout).into_owned(),
+                )
+            })
+            .expect("ip addr show")
+    };
+    assert!(
+        !root_link("shoal-br0").0,
+        "no underlay bridge in the root namespace"
+    );
+    let (ok, host) = root_link("shoal-host");
+    assert!(
+        ok && host.contains("198.18.0.254/24"),
+        "the host's veth: {host}"
+    );
+    let probe = "table bridge e2e_seen { chain bridged { type filter hook forward priority 0; counter; }; }\n\
+                 table ip e2e_hooked { chain routed { type filter hook prerouting priority 0; counter; }; }\n";
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", UNDERLAY_NETNS, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft -f -");
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), probe.as_bytes()).unwrap();
+    assert!(nft.wait().unwrap().success(), "adding the probe tables");
+    let r = c.exec(
+        task,
+        &["timeout", "5", "wget", "-qO-", &format!("http://{ip}/")],
+    );
+    let (seen, hooked) = (
+        counted_packets("bridge", "e2e_seen"),
+        counted_packets("ip", "e2e_hooked"),
+    );
+    underlay_nft(&["delete", "table", "bridge", "e2e_seen"]);
+    underlay_nft(&["delete", "table", "ip", "e2e_hooked"]);
+    assert_eq!(r.code, 0, "{task} -> http://{ip}/: {r:?}");
+    assert!(
+        seen > 0,
+        "the request crossed the underlay bridge ({seen} frames)"
+    );
+    assert_eq!(hooked, 0, "bridged frames reached the underlay's IPv4 hooks ({hooked} packets): br_netfilter is on there");
+}
+
 #[test]
 fn local_cluster_end_to_end() {
     require_e2e!();
@@ -169,6 +247,9 @@ fn local_cluster_end_to_end() {
         (r.code == 0).then_some(r.stdout)
     });
     assert_eq!(page.trim(), remote_name, "the page is that task's hostname");
+
+    step("underlay: its bridge lives in a namespace of its own, where bridged frames pass no IP hook");
+    underlay_frames_skip_the_ip_hooks(&c, "worker.1", &remote_ip);
 
     step("isolation: a task on another overlay cannot reach api");
     c.apply(&format!(
@@ -579,7 +660,11 @@ fn local_cluster_end_to_end() {
     // Only what the cluster names: other tests on this machine use their own prefixes.
     let ours: Vec<&str> = netns
         .lines()
-        .filter(|l| l.starts_with("shoal-node-") || l.starts_with("shoal-e2e-"))
+        .filter(|l| {
+            l.starts_with("shoal-node-")
+                || l.starts_with("shoal-e2e-")
+                || l.starts_with(UNDERLAY_NETNS)
+        })
         .collect();
     assert!(ours.is_empty(), "namespaces left: {ours:?}");
     let links = String::from_utf8_lossy(
@@ -591,7 +676,7 @@ fn local_cluster_end_to_end() {
     )
     .to_string();
     assert!(
-        !links.contains("shoal-br0") && !links.contains("shoal-n"),
+        !links.contains("shoal-br0") && !links.contains("shoal-n") && !links.contains("shoal-host"),
         "links left: {links}"
     );
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();

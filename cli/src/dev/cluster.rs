@@ -28,9 +28,14 @@ pub struct Layout {
     /// TLS, client certificates, etcd users and API tokens (the default); `false` only for
     /// the benchmarks' insecure baseline.
     pub secure: bool,
-    /// The underlay bridge in the root namespace.
+    /// The underlay's namespace: it holds the underlay bridge and the bridge's ends of every
+    /// veth (nodes, etcd members, the host). A namespace of its own, so `br_netfilter` can be
+    /// off there without touching the host's setting (see [`host::ensure_underlay`]).
+    #[serde(default = "default_underlay_netns")]
+    pub underlay_netns: String,
+    /// The underlay bridge, in [`Layout::underlay_netns`].
     pub bridge: String,
-    /// The bridge's address (198.18.0.254).
+    /// The host's address on the underlay (198.18.0.254), on [`Layout::host_veth`].
     pub host_address: Ipv4Addr,
     /// Extra flags every controller starts with (tests only, e.g. a small
     /// `--endpoints-slice-size`); kept so `controller start` passes them again.
@@ -80,6 +85,11 @@ impl Default for Options {
     }
 }
 
+/// [`Layout::underlay_netns`]; also what a `cluster.json` written before it existed gets.
+fn default_underlay_netns() -> String {
+    "shoal-underlay".into()
+}
+
 impl Layout {
     /// The layout of a cluster of `opts` under `state_dir`.
     pub fn new(state_dir: PathBuf, opts: &Options) -> anyhow::Result<Layout> {
@@ -119,6 +129,7 @@ impl Layout {
             etcd_members: opts.etcd_members,
             controllers: opts.controllers,
             secure: opts.secure,
+            underlay_netns: default_underlay_netns(),
             bridge: "shoal-br0".into(),
             host_address: Ipv4Addr::new(198, 18, 0, 254),
             registry: "127.0.0.1:5000".into(),
@@ -155,7 +166,7 @@ impl Layout {
         (self.etcd_members > 1).then(|| format!("shoal-etcd-{i}"))
     }
 
-    /// etcd member i's veth end on the bridge.
+    /// etcd member i's veth end on the bridge, in the underlay's namespace.
     pub fn etcd_veth(&self, i: u32) -> String {
         format!("shoal-e{i}")
     }
@@ -237,7 +248,13 @@ impl Layout {
         format!("shoal-node-{k}")
     }
 
-    /// Node k's veth end on the bridge (at most 15 characters).
+    /// The host's veth into the underlay: in the root namespace, with
+    /// [`Layout::host_address`]; its peer is a port of the bridge.
+    pub fn host_veth(&self) -> &'static str {
+        "shoal-host"
+    }
+
+    /// Node k's veth end on the bridge, in the underlay's namespace (at most 15 characters).
     pub fn node_veth(&self, k: u32) -> String {
         format!("shoal-n{k}")
     }
@@ -381,8 +398,11 @@ impl DevCluster {
         }
         step(
             &format!(
-                "underlay bridge {} ({}/24)",
-                layout.bridge, layout.host_address
+                "underlay bridge {} in namespace {} (host side {}/24 on {})",
+                layout.bridge,
+                layout.underlay_netns,
+                layout.host_address,
+                layout.host_veth()
             ),
             || host::ensure_underlay(&layout),
         )?;

@@ -103,35 +103,31 @@ pub async fn stop_member(layout: &Layout, i: u32) -> anyhow::Result<()> {
 }
 
 fn ensure_member_netns(layout: &Layout, i: u32, ns: &str) -> anyhow::Result<()> {
-    let exists = run("ip", &["netns", "list"])?
-        .split_whitespace()
-        .any(|n| n == ns);
-    if !exists {
+    if !host::netns_exists(ns)? {
         run("ip", &["netns", "add", ns])?;
     }
-    let host_if = layout.etcd_veth(i);
-    if run("ip", &["link", "show", &host_if]).is_err() {
-        run(
-            "ip",
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
-            ],
-        )?;
-        run(
-            "ip",
-            &["link", "set", &host_if, "master", &layout.bridge, "up"],
-        )?;
-        let addr = format!("{}/24", layout.etcd_address(i));
-        run("ip", &["-n", ns, "addr", "add", &addr, "dev", "eth0"])?;
-        run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
-        run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
-    }
+    host::attach_to_underlay(
+        layout,
+        &layout.etcd_veth(i),
+        ns,
+        layout.etcd_address(i),
+        None,
+    )?;
     Ok(())
 }
 
 /// Removes member i's namespace and veth, if any.
 pub fn remove_member_netns(layout: &Layout, i: u32) {
-    run_quiet("ip", &["link", "del", &layout.etcd_veth(i)]);
+    run_quiet(
+        "ip",
+        &[
+            "-n",
+            &layout.underlay_netns,
+            "link",
+            "del",
+            &layout.etcd_veth(i),
+        ],
+    );
     run_quiet("ip", &["netns", "delete", &format!("shoal-etcd-{i}")]);
 }
 

@@ -5,7 +5,9 @@
 //! in namespaces of their own), a local registry on 127.0.0.1:5000 seeded with
 //! `localhost:5000/busybox:latest`, one containerd per node, the controllers, and N agents
 //! that each joined with a join token. Node k gets a network namespace `shoal-node-k` wired
-//! to the underlay bridge `shoal-br0` (198.18.0.k/24; the host side is 198.18.0.254).
+//! to the underlay bridge `shoal-br0` (198.18.0.k/24), which lives in a namespace of its own,
+//! `shoal-underlay`, with `br_netfilter` off; the host reaches it through the veth
+//! `shoal-host` (198.18.0.254).
 //! `down` removes every process, namespace, link, mount and file it made; `status` tells
 //! what runs; `node stop K` kills node K as a host would die (agent, containerd, containers)
 //! and `node start K` brings it back; `etcd stop|start I` and `controller stop|start C` do
