@@ -741,6 +741,21 @@ mod tests {
     }
 
     #[test]
+    fn the_underlay_has_a_namespace_of_its_own_also_for_a_cluster_json_written_before_it() {
+        let l = Layout::new("/tmp/x".into(), &Options::default()).unwrap();
+        assert_eq!(l.underlay_netns, "shoal-underlay");
+        assert!(l.host_veth().len() <= 15);
+        let mut old = serde_json::to_value(&l).unwrap();
+        assert!(old
+            .as_object_mut()
+            .unwrap()
+            .remove("underlay_netns")
+            .is_some());
+        let loaded: Layout = serde_json::from_value(old).unwrap();
+        assert_eq!(loaded, l);
+    }
+
+    #[test]
     fn layout_rejects_bad_node_counts_and_runtimes() {
         let with = |f: fn(&mut Options)| {
             let mut o = Options::default();
