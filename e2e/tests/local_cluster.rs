@@ -463,6 +463,33 @@ fn local_cluster_end_to_end() {
         &["timeout", "5", "wget", "-qO-", "http://198.18.0.200:8080/"],
     );
     assert_ne!(r.code, 0, "an internal network has no egress: {r:?}");
+
+    step("drift: an egress table flushed by hand is written again by the next full reconcile, with no task start");
+    let (_, worker_node, _) = c
+        .running("worker", "appoverlay")
+        .into_iter()
+        .next()
+        .expect("worker.1");
+    let k = node_k(&worker_node);
+    let masquerades = || {
+        c.in_node(k, &["nft", "list", "table", "ip", "shoal_gw"])
+            .stdout
+            .contains("masquerade")
+    };
+    assert!(masquerades(), "node-{k}'s egress table masquerades");
+    let r = c.in_node(k, &["nft", "flush", "table", "ip", "shoal_gw"]);
+    assert_eq!(r.code, 0, "flushing node-{k}'s egress table: {r:?}");
+    assert!(!masquerades());
+    c.eventually(
+        "the egress table written again",
+        Duration::from_secs(45),
+        || masquerades().then_some(()),
+    );
+    let r = c.exec(
+        "worker.1",
+        &["timeout", "5", "wget", "-qO-", "http://198.18.0.200:8080/"],
+    );
+    assert_eq!(r.code, 0, "worker reaches the outside again: {r:?}");
     // Done with the outside server: stop it and reap it.
     let _ = server.kill();
     let _ = server.wait();

@@ -141,14 +141,7 @@ impl NodeNetwork {
             return;
         }
         if !st.gateway {
-            let _overlays = self.overlays.read().await;
-            let _devices = self.devices.lock().await;
-            match self.net.ensure_gateway(&GatewaySpec::default()).await {
-                Ok(()) => st.gateway = true,
-                Err(e) => {
-                    tracing::warn!(error = %e, "routing mesh: cannot set up the gateway bridge")
-                }
-            }
+            self.ensure_mesh_gateway(st).await;
         }
         // One reading of the Endpoints for the peers and the table alike.
         let ingress = self.ingress_overlay();
@@ -178,6 +171,11 @@ impl NodeNetwork {
             }
         }
         // A repair keeps what was applied; each step it asks for runs until it succeeds.
+        // Each of the gateway and the overlay waits for overlay removals: after the
+        // withdrawal above.
+        if st.repair.gateway {
+            self.ensure_mesh_gateway(st).await;
+        }
         if let (Some(spec), Some(peers)) = (&ingress, peers) {
             if st.overlay.as_ref() != Some(spec) || st.repair.overlay {
                 let _overlays = self.overlays.read().await;
@@ -254,6 +252,23 @@ impl NodeNetwork {
                         tracing::warn!(error = %e, "routing mesh: cannot serve a health port")
                     }
                 }
+            }
+        }
+    }
+
+    /// Ensures the gateway bridge (`ip_forward`, the egress table), and records it among the
+    /// devices made, so task setups do not write it again until the next overlay removal
+    /// or reconcile.
+    async fn ensure_mesh_gateway(&self, st: &mut MeshState) {
+        let _overlays = self.overlays.read().await;
+        let mut made = self.devices.lock().await;
+        match self.net.ensure_gateway(&GatewaySpec::default()).await {
+            Ok(()) => {
+                (st.gateway, st.repair.gateway) = (true, false);
+                made.gateway = true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "routing mesh: cannot set up the gateway bridge")
             }
         }
     }

@@ -31,6 +31,9 @@ pub struct MeshState {
 /// holds) is the only one tried again.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Repair {
+    /// The gateway bridge, with `ip_forward` and its egress table: observing links sees the
+    /// bridge, not a table someone flushed, and a node may start no task to write it again.
+    pub(crate) gateway: bool,
     pub(crate) overlay: bool,
     pub(crate) peers: bool,
     pub(crate) table: bool,
@@ -38,13 +41,14 @@ pub(crate) struct Repair {
 }
 
 impl MeshState {
-    /// Ensure the ingress overlay, sync its peers and program the table and the health
-    /// ports again at the next refresh (repairs what observing links cannot see, such as
-    /// the bridge's address). What was applied is kept meanwhile: that refresh still
+    /// Ensure the gateway bridge and the ingress overlay, sync the overlay's peers and
+    /// program the table and the health ports again at the next refresh (repairs what
+    /// observing links cannot see, such as the bridge's address or the egress table). What was applied is kept meanwhile: that refresh still
     /// withdraws drained backends from the table as programmed before it waits for task
     /// setups to repair the overlay.
     pub(crate) fn repair(&mut self) {
         self.repair = Repair {
+            gateway: true,
             overlay: true,
             peers: true,
             table: true,

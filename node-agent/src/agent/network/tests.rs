@@ -1439,6 +1439,44 @@ async fn a_repair_should_withdraw_a_drained_backend_before_it_waits_for_task_set
 }
 
 #[tokio::test]
+async fn a_repair_should_write_the_gateway_again_and_spare_the_next_setups_doing_it() {
+    let (net, _mesh, network) = node3_on_ingress(&[]);
+    set_pub(&network, &[("10.255.0.5", true)]);
+    let mut applied = Applied::default();
+    let gateways = || {
+        net.calls()
+            .iter()
+            .filter(|c| matches!(c, NetCall::EnsureGateway(_)))
+            .count()
+    };
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert_eq!(gateways(), 1, "the mesh needs the gateway's ip_forward");
+    net.clear_calls();
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert_eq!(gateways(), 0, "nothing changed");
+
+    // A full reconcile forgot what setups made, and asks for a repair. The egress table may
+    // have been flushed while the bridge stayed, and no task may start to write it again.
+    network.devices.lock().await.forget();
+    applied.mesh.repair();
+    net.fail("ensure_gateway");
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert!(applied.mesh.repair.gateway, "still due after a failure");
+    net.heal("ensure_gateway");
+    net.clear_calls();
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert_eq!(gateways(), 1, "{:?}", net.calls());
+    assert!(!applied.mesh.repair.gateway);
+    assert!(
+        network.devices.lock().await.gateway,
+        "recorded, so the next egress setup skips it"
+    );
+    net.clear_calls();
+    network.refresh_mesh(&mut applied.mesh).await;
+    assert_eq!(gateways(), 0);
+}
+
+#[tokio::test]
 async fn a_repair_should_apply_each_mesh_step_again_until_it_succeeds() {
     let (net, mesh, network) = node3_on_ingress(&[node_obj("node-2", "198.18.0.2", "10.255.0.4")]);
     set_pub(&network, &[("10.255.0.5", true)]);
