@@ -118,16 +118,7 @@ fn ensure_member_netns(layout: &Layout, i: u32, ns: &str) -> anyhow::Result<()> 
 
 /// Removes member i's namespace and veth, if any.
 pub fn remove_member_netns(layout: &Layout, i: u32) {
-    run_quiet(
-        "ip",
-        &[
-            "-n",
-            &layout.underlay_netns,
-            "link",
-            "del",
-            &layout.etcd_veth(i),
-        ],
-    );
+    host::detach_from_underlay(layout, &layout.etcd_veth(i));
     run_quiet("ip", &["netns", "delete", &format!("shoal-etcd-{i}")]);
 }
 

@@ -191,17 +191,13 @@ pub fn remove_node_netns(layout: &Layout, k: u32) {
     for ns in netns_with_prefix(&format!("{}-", layout.node_netns(k))) {
         run_quiet("ip", &["netns", "delete", &ns]);
     }
-    run_quiet(
-        "ip",
-        &[
-            "-n",
-            &layout.underlay_netns,
-            "link",
-            "del",
-            &layout.node_veth(k),
-        ],
-    );
+    detach_from_underlay(layout, &layout.node_veth(k));
     run_quiet("ip", &["netns", "delete", &layout.node_netns(k)]);
+}
+
+/// Deletes `port` from the underlay bridge (and with it its peer), if it is there.
+pub fn detach_from_underlay(layout: &Layout, port: &str) {
+    run_quiet("ip", &["-n", &layout.underlay_netns, "link", "del", port]);
 }
 
 /// Removes the underlay: the host's veth and the underlay's namespace (with the bridge and
