@@ -24,6 +24,17 @@ pub use shoal_testkit as testkit;
 /// The local cluster's underlay namespace: the bridge `shoal-br0` and its ports live there.
 pub const UNDERLAY_NETNS: &str = "shoal-underlay";
 
+/// Runs a command inside network namespace `ns` (`ip netns exec`).
+pub fn in_netns(ns: &str, argv: &[&str]) -> Run {
+    Run::from(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .output()
+            .expect("ip netns exec"),
+    )
+}
+
 /// The programs a local cluster needs on the machine (besides root).
 pub const PROGRAMS: [&str; 8] = [
     "busybox",
@@ -303,15 +314,7 @@ impl Cluster {
 
     /// Runs a command inside node k's network namespace.
     pub fn in_node(&self, k: u32, argv: &[&str]) -> Run {
-        let ns = format!("shoal-node-{k}");
-        let mut args = vec!["netns", "exec", ns.as_str()];
-        args.extend_from_slice(argv);
-        Run::from(
-            Command::new("ip")
-                .args(&args)
-                .output()
-                .expect("ip netns exec"),
-        )
+        in_netns(&format!("shoal-node-{k}"), argv)
     }
 
     /// Kills node k's agent process only (its containers keep running).

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use shoal_e2e::{node_k, require_e2e, step, Cluster, BUSYBOX, UNDERLAY_NETNS};
+use shoal_e2e::{in_netns, node_k, require_e2e, step, Cluster, BUSYBOX, UNDERLAY_NETNS};
 
 fn httpd_service(name: &str, replicas: u32, networks: &[&str]) -> String {
     let nets: Vec<String> = networks.iter().map(|n| format!("{{name: {n}}}")).collect();
@@ -122,17 +122,11 @@ fn container_pids(c: &Cluster, k: u32) -> std::collections::BTreeMap<String, u32
 
 /// Runs `nft ARGS` in the underlay's namespace; its stdout.
 fn underlay_nft(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", UNDERLAY_NETNS, "nft"])
-        .args(args)
-        .output()
-        .expect("run nft in the underlay's namespace");
-    assert!(
-        out.status.success(),
-        "nft {args:?} in {UNDERLAY_NETNS}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut argv = vec!["nft"];
+    argv.extend_from_slice(args);
+    let r = in_netns(UNDERLAY_NETNS, &argv);
+    assert_eq!(r.code, 0, "nft {args:?} in {UNDERLAY_NETNS}: {r:?}");
+    r.stdout
 }
 
 /// The packets counted by the one counter in `nft list table` output.
@@ -173,13 +167,7 @@ fn underlay_frames_skip_the_ip_hooks(c: &Cluster, task: &str, ip: &str) {
     );
     let probe = "table bridge e2e_seen { chain bridged { type filter hook forward priority 0; counter; }; }\n\
                  table ip e2e_hooked { chain routed { type filter hook prerouting priority 0; counter; }; }\n";
-    let mut nft = Command::new("ip")
-        .args(["netns", "exec", UNDERLAY_NETNS, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft -f -");
-    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), probe.as_bytes()).unwrap();
-    assert!(nft.wait().unwrap().success(), "adding the probe tables");
+    underlay_nft(&[probe]);
     let r = c.exec(
         task,
         &["timeout", "5", "wget", "-qO-", &format!("http://{ip}/")],

@@ -15,7 +15,6 @@ use shoal_e2e::{http_get, node_ip, node_k, require_e2e, step, Cluster, Get, BUSY
 
 const HTTPD: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
 
-/// The page when the GET answered 200.
 /// The sockets of node k's shims: containerd names each `/run/containerd/s/<sha256 of
 /// "<containerd address>/<namespace>/<task id>">` (computed here with `sha256sum`).
 fn shim_sockets(c: &Cluster, k: u32) -> Vec<PathBuf> {
@@ -42,6 +41,7 @@ fn shim_sockets(c: &Cluster, k: u32) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The page when the GET answered 200.
 fn page(ip: Ipv4Addr, port: u16) -> Option<String> {
     match http_get(ip, port) {
         Get::Ok(200, body) => Some(body),

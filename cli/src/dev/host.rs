@@ -156,9 +156,7 @@ pub fn ensure_node_netns(layout: &Layout, k: u32) -> anyhow::Result<()> {
 
 /// Whether network namespace `ns` exists.
 pub fn netns_exists(ns: &str) -> anyhow::Result<bool> {
-    Ok(run("ip", &["netns", "list"])?
-        .split_whitespace()
-        .any(|n| n == ns))
+    Ok(netns_names()?.iter().any(|n| n == ns))
 }
 
 /// Writes 0 to every `br_netfilter` switch the kernel has, in namespace `ns` (a kernel
@@ -209,15 +207,22 @@ pub fn remove_underlay(layout: &Layout) {
     run_quiet("ip", &["link", "del", &layout.bridge]);
 }
 
-/// Names of network namespaces starting with `prefix`.
+/// Names of network namespaces starting with `prefix` (none when they cannot be listed).
 pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
-    run("ip", &["netns", "list"])
+    netns_names()
         .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// Names of every network namespace (`ip netns list` prints `NAME (id: N)` per line).
+fn netns_names() -> anyhow::Result<Vec<String>> {
+    Ok(run("ip", &["netns", "list"])?
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
         .map(str::to_string)
-        .collect()
+        .collect())
 }
 
 /// Unmounts every mount below `dir` (containerd snapshots, task rootfs), deepest first.

@@ -43,9 +43,10 @@ pub(crate) struct Repair {
 impl MeshState {
     /// Ensure the gateway bridge and the ingress overlay, sync the overlay's peers and
     /// program the table and the health ports again at the next refresh (repairs what
-    /// observing links cannot see, such as the bridge's address or the egress table). What was applied is kept meanwhile: that refresh still
-    /// withdraws drained backends from the table as programmed before it waits for task
-    /// setups to repair the overlay.
+    /// observing links cannot see, such as the bridge's address or the egress table). What
+    /// was applied is kept meanwhile: that refresh still withdraws drained backends from the
+    /// table as programmed before it waits for overlay removals to repair the gateway and
+    /// the overlay.
     pub(crate) fn repair(&mut self) {
         self.repair = Repair {
             gateway: true,
