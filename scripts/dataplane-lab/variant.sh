@@ -30,6 +30,8 @@ case $1 in
  rps-she)  # RPS on the tasks' veths, node end: variant.sh rps-she MASK (1, 2: one CPU; 3: both)
   ip netns exec mlab-n1 sh -c "echo ${2:?mask} > /sys/class/net/she1/queues/rx-0/rps_cpus"
   ip netns exec mlab-n2 sh -c "echo $2 > /sys/class/net/she2/queues/rx-0/rps_cpus" ;;
+ napi-vxlan)  # the VXLAN devices' GRO cells in NAPI threads (nodes 1 and 2): stalls the overlay
+  for i in 1 2; do ip netns exec mlab-n$i sh -c "echo 1 > /sys/class/net/shv-4096/threaded"; done ;;
  nogro-vxlan) for i in 1 2 3; do ip netns exec mlab-n$i ethtool -K shv-4096 gro off; done ;;
  tso-napi)  # the sending task's veth without TSO, so that its packets qualify for veth NAPI
   ip netns exec mlab-t1 ethtool -K eth0 tso off
