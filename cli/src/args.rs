@@ -664,6 +664,9 @@ pub struct ServiceUpdateArgs {
     /// Drop a Linux capability (NET_RAW, ALL); may be repeated.
     #[arg(long = "cap-drop", value_name = "CAP")]
     pub cap_drop: Vec<String>,
+    /// Security option: seccomp=unconfined (no seccomp filter) or seccomp=default.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opts: Vec<String>,
     /// Limit CPUs (e.g. 0.5, 2); 0 removes the limit.
     #[arg(long, value_name = "CPUS")]
     pub limit_cpu: Option<String>,

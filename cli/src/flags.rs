@@ -356,14 +356,7 @@ fn container_settings(a: &ServiceCreateArgs, spec: &mut ServiceSpec) -> Result<(
         }
     }
     for opt in &a.security_opts {
-        spec.seccomp = match opt.split_once(['=', ':']) {
-            Some(("seccomp", "unconfined")) => SeccompMode::Unconfined,
-            Some(("seccomp", "default")) => SeccompMode::Default,
-            Some(("seccomp", other)) => bail!(
-                "--security-opt {opt:?}: seccomp takes unconfined or default (custom profiles are not supported, got {other:?})"
-            ),
-            _ => bail!("--security-opt {opt:?}: the supported option is seccomp=unconfined"),
-        };
+        spec.seccomp = security_opt(opt)?;
     }
     let cpus = |flag: &str, v: &Option<String>| -> Result<Option<Cpus>> {
         v.as_deref()
@@ -648,6 +641,7 @@ pub fn change_flags(a: &ServiceUpdateArgs) -> Vec<&'static str> {
         read_only,
         cap_add,
         cap_drop,
+        security_opts,
         limit_cpu,
         limit_memory,
         limit_pids,
@@ -723,6 +717,7 @@ pub fn change_flags(a: &ServiceUpdateArgs) -> Vec<&'static str> {
         ("--read-only", read_only.is_some()),
         ("--cap-add", !cap_add.is_empty()),
         ("--cap-drop", !cap_drop.is_empty()),
+        ("--security-opt", !security_opts.is_empty()),
         ("--limit-cpu", limit_cpu.is_some()),
         ("--limit-memory", limit_memory.is_some()),
         ("--limit-pids", limit_pids.is_some()),
@@ -820,8 +815,21 @@ fn update_health(spec: &mut ServiceSpec, a: &ServiceUpdateArgs, name: &str) -> R
     Ok(())
 }
 
-/// `--user`, `--workdir`, `--read-only[=false]`, `--cap-add`, `--cap-drop` and the
-/// `--limit-*` / `--reserve-*` flags (0 removes a limit or reservation, as in Docker).
+/// One `--security-opt` value: the seccomp mode it names.
+fn security_opt(opt: &str) -> Result<SeccompMode> {
+    Ok(match opt.split_once(['=', ':']) {
+        Some(("seccomp", "unconfined")) => SeccompMode::Unconfined,
+        Some(("seccomp", "default")) => SeccompMode::Default,
+        Some(("seccomp", other)) => bail!(
+            "--security-opt {opt:?}: seccomp takes unconfined or default (custom profiles are not supported, got {other:?})"
+        ),
+        _ => bail!("--security-opt {opt:?}: the supported option is seccomp=unconfined"),
+    })
+}
+
+/// `--user`, `--workdir`, `--read-only[=false]`, `--cap-add`, `--cap-drop`, `--security-opt`
+/// and the `--limit-*` / `--reserve-*` flags (0 removes a limit or reservation, as in
+/// Docker).
 fn update_container_settings(spec: &mut ServiceSpec, a: &ServiceUpdateArgs) -> Result<()> {
     if let Some(u) = &a.user {
         spec.user = u.clone();
@@ -831,6 +839,9 @@ fn update_container_settings(spec: &mut ServiceSpec, a: &ServiceUpdateArgs) -> R
     }
     if let Some(ro) = a.read_only {
         spec.read_only_root_filesystem = ro;
+    }
+    for opt in &a.security_opts {
+        spec.seccomp = security_opt(opt)?;
     }
     for (flag, names, out) in [
         ("--cap-add", &a.cap_add, &mut spec.cap_add),
@@ -2065,6 +2076,8 @@ mod tests {
             "NET_ADMIN",
             "--cap-drop",
             "ALL",
+            "--security-opt",
+            "seccomp=unconfined",
             "--limit-cpu",
             "0.5",
             "--limit-pids",
@@ -2082,6 +2095,7 @@ mod tests {
         assert!(s.spec.read_only_root_filesystem);
         assert_eq!(s.spec.cap_add, ["NET_ADMIN"]);
         assert_eq!(s.spec.cap_drop, ["ALL"]);
+        assert_eq!(s.spec.seccomp, SeccompMode::Unconfined);
         let r = &s.spec.resources;
         assert_eq!(r.limits.cpus, Some(Cpus(500)));
         assert_eq!(r.limits.memory, Some(Memory(64 << 20)));
@@ -2101,11 +2115,14 @@ mod tests {
                 "0",
                 "-u",
                 "",
+                "--security-opt",
+                "seccomp=default",
             ]),
             |_| None,
         )
         .unwrap();
         assert!(!s2.spec.read_only_root_filesystem);
+        assert_eq!(s2.spec.seccomp, SeccompMode::Default);
         // A bare --read-only right before NAME does not swallow it.
         let a = update_args(&["--read-only"]);
         assert_eq!((a.read_only, a.name.as_str()), (Some(true), "api"));
@@ -2139,6 +2156,7 @@ mod tests {
             (&["--entrypoint", "'x"][..], "--entrypoint \"'x\": unterminated"),
             (&["--cap-add", "NOPE"][..], "--cap-add \"NOPE\": not a Linux capability"),
             (&["--cap-drop", "NOPE"][..], "--cap-drop \"NOPE\": not a Linux capability"),
+            (&["--security-opt", "apparmor=x"][..], "--security-opt \"apparmor=x\": the supported option is seccomp=unconfined"),
             (&["--limit-memory", "lots"][..], "--limit-memory: \"lots\" is not a memory size"),
             (&["--limit-cpu", "1x"][..], "--limit-cpu: \"1x\" is not a CPU quantity"),
             (&["--reserve-cpu", "1x"][..], "--reserve-cpu:"),
