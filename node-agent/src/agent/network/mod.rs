@@ -30,8 +30,9 @@
 //! - Overlay removal waits for every setup in flight (and they for it), so a task starting
 //!   on a network never sees its overlay removed under it by the last task leaving; setups
 //!   run side by side, only the making of devices is one at a time.
-//! - VIP tables are programmed under one lock from the current Endpoints, so an older table
-//!   never overwrites a newer one.
+//! - A task's VIP table is programmed under that task's own lock (`lb_cache`, up to
+//!   `LB_CONCURRENCY` tables at once) from the current Endpoints, so an older table never
+//!   overwrites a newer one.
 
 pub mod check;
 #[cfg(test)]
