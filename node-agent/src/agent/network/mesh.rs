@@ -140,9 +140,6 @@ impl NodeNetwork {
         {
             return;
         }
-        if !st.gateway {
-            self.ensure_mesh_gateway(st).await;
-        }
         // One reading of the Endpoints for the peers and the table alike.
         let ingress = self.ingress_overlay();
         let eps = self.endpoints_of(INGRESS_NETWORK).unwrap_or_default();
@@ -173,7 +170,7 @@ impl NodeNetwork {
         // A repair keeps what was applied; each step it asks for runs until it succeeds.
         // Each of the gateway and the overlay waits for overlay removals: after the
         // withdrawal above.
-        if st.repair.gateway {
+        if !st.gateway || st.repair.gateway {
             self.ensure_mesh_gateway(st).await;
         }
         if let (Some(spec), Some(peers)) = (&ingress, peers) {
