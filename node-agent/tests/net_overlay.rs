@@ -1359,3 +1359,103 @@ async fn tasks_should_not_reach_their_node_while_overlays_and_the_mesh_still_wor
     k1.remove_gateway().await.unwrap();
     assert!(!nft_tables(&lab.node(1)).contains("shoal_node"));
 }
+
+/// Packets node `ns`'s VXLAN device for `vni` has received so far.
+fn vxlan_rx(ns: &str, vni: u32) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat"])
+        .arg(format!("/sys/class/net/shv-{vni}/statistics/rx_packets"))
+        .output()
+        .expect("run ip netns exec cat");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a packet count")
+}
+
+/// Whether the overlay's traffic to node 2's task skipped node 2's VXLAN device (the fast
+/// path took it) while a connection from node 1's task went through.
+fn via_fast_path(lab: &Lab, from: &TaskNetInfo, to: &TaskNetInfo, ip: Ipv4Addr, port: u16) -> bool {
+    let n2 = lab.node(2);
+    let before = vxlan_rx(&n2, 4097);
+    assert!(
+        probe_retry(&from.path, &to.path, ip, port).is_some(),
+        "node 1's task reaches node 2's"
+    );
+    vxlan_rx(&n2, 4097) == before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_should_deliver_vxlan_from_nodes_to_tasks_and_follow_ports_and_restarts() {
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let lab = Lab::new(2);
+    let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
+    let overlay = OverlaySpec {
+        vni: 4097,
+        mtu: None,
+        address: None,
+    };
+    k1.ensure_overlay(&overlay).await.unwrap();
+    k2.ensure_overlay(&overlay).await.unwrap();
+    let a = k1
+        .attach_task(&task("a", 4097, "10.0.1.2/24", false))
+        .await
+        .unwrap();
+    let b = k2
+        .attach_task(&task("b", 4097, "10.0.1.3/24", false))
+        .await
+        .unwrap();
+    k1.sync_peers(4097, &[peer("10.0.1.3", 2)]).await.unwrap();
+    k2.sync_peers(4097, &[peer("10.0.1.2", 1)]).await.unwrap();
+    let b_ip = Ipv4Addr::new(10, 0, 1, 3);
+    // The control: before the node policy loads it, the VXLAN device carries the traffic.
+    assert!(!via_fast_path(&lab, &a, &b, b_ip, 7501));
+
+    let both = NodePolicy::new(
+        Ipv4Addr::new(198, 18, 0, 2),
+        ["198.18.0.1", "198.18.0.2"],
+        None,
+    );
+    k2.program_node_policy(&both).await.unwrap();
+    assert!(
+        via_fast_path(&lab, &a, &b, b_ip, 7511),
+        "delivered by the program"
+    );
+    // From a sender that is not a node, VXLAN falls to the kernel's path: dropped and counted.
+    k2.program_node_policy(&NodePolicy::new(
+        Ipv4Addr::new(198, 18, 0, 2),
+        ["198.18.0.2"],
+        None,
+    ))
+    .await
+    .unwrap();
+    let n2 = lab.node(2);
+    let dropped = policy_counter(&n2, "vxlan_dropped");
+    assert_eq!(probe(&a.path, &b.path, b_ip, 7521), None);
+    assert!(policy_counter(&n2, "vxlan_dropped") > dropped);
+    k2.program_node_policy(&both).await.unwrap();
+
+    // The task goes and another takes its address: the program follows the new port (a
+    // stale entry would send it to the deleted veth, and the probe would fail).
+    k2.detach_task("b").await.unwrap();
+    let b2 = k2
+        .attach_task(&task("b2", 4097, "10.0.1.3/24", false))
+        .await
+        .unwrap();
+    assert!(via_fast_path(&lab, &a, &b2, b_ip, 7531), "the new port");
+
+    // A restarted agent (the old one gone, its program detached with it) loads the program
+    // again and learns the ports already there from their namespaces.
+    drop(k2);
+    assert!(
+        !via_fast_path(&lab, &a, &b2, b_ip, 7541),
+        "no program, no agent"
+    );
+    let k2 = lab.kernel(2).await;
+    k2.program_node_policy(&both).await.unwrap();
+    assert!(via_fast_path(&lab, &a, &b2, b_ip, 7551), "recovered");
+
+    // Removing the node's networking unloads it.
+    k2.remove_gateway().await.unwrap();
+    assert!(!via_fast_path(&lab, &a, &b2, b_ip, 7561));
+}

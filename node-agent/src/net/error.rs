@@ -65,6 +65,9 @@ pub enum NetError {
     /// The underlay address is on no interface of the home netns.
     #[error("underlay address {0} is on no interface of the node's namespace")]
     NoUnderlay(Ipv4Addr),
+    /// The overlay's fast path (`fastpath`) could not be loaded or updated.
+    #[error("overlay fast path: {0}")]
+    FastPath(String),
     /// Bad input (a name, a VNI).
     #[error("invalid: {0}")]
     Invalid(String),

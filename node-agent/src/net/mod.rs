@@ -59,6 +59,10 @@
 //!   ([`NetConfig::home_netns`]): [`datapath`] turns `br_netfilter` off there (Shoal filters
 //!   nothing bridged; the hooks cost conntrack on every overlay packet), never in the host's
 //!   namespace, where kube-proxy and Docker rely on it.
+//! - Receiving, VXLAN from a node to a local task skips the VXLAN device and the bridge:
+//!   [`fastpath`] (a BPF program at the underlay interface's tc ingress, loaded with the
+//!   node policy) strips the outer headers and hands the frame to the task's namespace.
+//!   It is a shortcut over the path above, which stays complete.
 //! - 127.0.0.11 (the DNS server's address) needs no extra address: `lo` is brought up with
 //!   127.0.0.1/8, and the kernel's local route covers all of 127.0.0.0/8.
 
@@ -68,6 +72,7 @@ mod egress;
 mod error;
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
+pub mod fastpath;
 mod kernel;
 pub mod names;
 pub mod netns;

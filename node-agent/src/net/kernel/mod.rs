@@ -24,6 +24,7 @@ use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVxlan};
 
 use super::error::NetError;
+use super::fastpath::FastPath;
 use super::names::{self, OverlayLink, PortKind, GW_BRIDGE};
 use super::network::Network;
 use super::nodefw::{self, NodePolicy};
@@ -33,6 +34,7 @@ use super::types::{
 };
 use super::{datapath, egress, netns, nft};
 
+mod fast;
 mod links;
 mod task;
 
@@ -47,6 +49,8 @@ pub struct Kernel {
     /// Serialises dumps on `home`: the kernel runs one dump per netlink socket at a time and
     /// answers EBUSY to a second one.
     dump: tokio::sync::Mutex<()>,
+    /// The overlay's receive fast path (loaded with the node policy, see [`fast`]).
+    fast: FastPath,
 }
 
 impl Kernel {
@@ -65,6 +69,7 @@ impl Kernel {
             home,
             gw_lock: tokio::sync::Mutex::new(()),
             dump: tokio::sync::Mutex::new(()),
+            fast: FastPath::default(),
         })
     }
 
@@ -150,19 +155,24 @@ impl Kernel {
         Ok(out)
     }
 
-    /// MTU of the interface holding the underlay address.
-    async fn underlay_mtu(&self) -> Result<u32, NetError> {
+    /// The interface holding the underlay address.
+    async fn underlay_link(&self) -> Result<LinkMessage, NetError> {
         for a in self.home_addresses().await? {
             let has = a.attributes.iter().any(|at| {
                 matches!(at, AddressAttribute::Address(ip) | AddressAttribute::Local(ip) if *ip == IpAddr::V4(self.config.underlay))
             });
             if has {
                 if let Some(link) = link_by_index(&self.home, a.header.index).await? {
-                    return Ok(link_mtu(&link).unwrap_or(1500));
+                    return Ok(link);
                 }
             }
         }
         Err(NetError::NoUnderlay(self.config.underlay))
+    }
+
+    /// MTU of the interface holding the underlay address.
+    async fn underlay_mtu(&self) -> Result<u32, NetError> {
+        Ok(link_mtu(&self.underlay_link().await?).unwrap_or(1500))
     }
 
     async fn vxlan_index(&self, vni: u32) -> Result<u32, NetError> {
@@ -388,6 +398,7 @@ impl Network for Kernel {
     }
 
     async fn remove_gateway(&self) -> Result<(), NetError> {
+        self.fast.remove().await;
         nft::apply(self.home_ns(), &egress::TABLE.delete_document()).await?;
         nft::apply(self.home_ns(), &nodefw::delete_node_policy()).await?;
         if let Some(l) = link_by_name(&self.home, GW_BRIDGE).await? {
@@ -398,6 +409,10 @@ impl Network for Kernel {
 
     async fn program_node_policy(&self, policy: &NodePolicy) -> Result<(), NetError> {
         nft::apply(self.home_ns(), &nodefw::node_policy_ruleset(policy)).await?;
+        // A shortcut only: without it the overlays work as before, so a failure is logged.
+        if let Err(e) = self.ensure_fast_path(&policy.vxlan_peers).await {
+            tracing::warn!(error = %e, "overlay fast path not loaded; the kernel's path carries everything");
+        }
         Ok(())
     }
 

@@ -198,6 +198,7 @@ impl Kernel {
                 false,
             )
             .await?;
+            self.fast_path_add(&netns_name, vni, address.ip()).await;
             interfaces.push(TaskInterface {
                 name: ifname,
                 kind,
@@ -275,6 +276,7 @@ impl Kernel {
         let (ports, _) = self.ports().await?;
         for (l, ns, _) in ports {
             if ns == netns_name {
+                self.fast_path_forget(l.header.index).await;
                 let name = link_name(&l).unwrap_or_default();
                 del_link(&self.home, &name, l.header.index).await?;
             }

@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: GPL-2.0
+// The overlay's receive fast path (node-agent/src/net/fastpath.rs): attached at the tc
+// ingress of the node's underlay interface. A VXLAN packet from a known node for a task on
+// this node loses its outer Ethernet/IPv4/UDP/VXLAN headers here and goes straight into the
+// task's namespace (bpf_redirect_peer on the task veth's node end), skipping the outer
+// IP/UDP receive, the VXLAN device and the overlay bridge. Everything else goes on to the
+// kernel's path unchanged (TC_ACT_OK), which stays complete: a packet this program passes
+// on is handled exactly as without it (VXLAN from a sender that is not a node, to
+// `shoal_node`'s drop and its counter).
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define VXLAN_PORT 4789
+#define VXLAN_FLAG_VNI 0x08000000
+
+struct vxlanhdr {
+	__be32 flags;
+	__be32 vni;
+};
+
+// A local task on an overlay: its VNI and its address (network order, as in the packet).
+struct task_key {
+	__u32 vni;
+	__be32 addr;
+};
+
+// Local tasks -> the ifindex of their veth's node end.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct task_key);
+	__type(value, __u32);
+} shoal_tasks SEC(".maps");
+
+// The nodes' underlay addresses (the `vxlan_peers` set of `shoal_node`).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __be32);
+	__type(value, __u8);
+} shoal_peers SEC(".maps");
+
+// [0]: this node's underlay address.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __be32);
+} shoal_local SEC(".maps");
+
+// Outer IPv4 + UDP + VXLAN + the inner Ethernet header: what goes, after the outer MAC header.
+#define STRIP (sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct vxlanhdr) + sizeof(struct ethhdr))
+
+SEC("classifier")
+int shoal_decap(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(ip + 1);
+	struct vxlanhdr *vx = (void *)(udp + 1);
+	struct ethhdr *ieth = (void *)(vx + 1);
+	struct iphdr *iip = (void *)(ieth + 1);
+	if ((void *)(iip + 1) > end)
+		return TC_ACT_OK;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 || ip->protocol != IPPROTO_UDP ||
+	    (ip->frag_off & bpf_htons(0x3fff)) || udp->dest != bpf_htons(VXLAN_PORT) ||
+	    vx->flags != bpf_htonl(VXLAN_FLAG_VNI) || ieth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	__u32 zero = 0;
+	__be32 *local = bpf_map_lookup_elem(&shoal_local, &zero);
+	if (!local || ip->daddr != *local || !bpf_map_lookup_elem(&shoal_peers, &ip->saddr))
+		return TC_ACT_OK;
+	struct task_key key = { .vni = bpf_ntohl(vx->vni) >> 8, .addr = iip->daddr };
+	__u32 *ifindex = bpf_map_lookup_elem(&shoal_tasks, &key);
+	if (!ifindex)
+		return TC_ACT_OK;
+	// The task's MAC is derived from its address (names::mac_for_ip): 02:42 and the address.
+	__u8 *d = ieth->h_dest, *a = (__u8 *)&iip->daddr;
+	if (d[0] != 0x02 || d[1] != 0x42 || d[2] != a[0] || d[3] != a[1] || d[4] != a[2] || d[5] != a[3])
+		return TC_ACT_OK;
+	__u8 dst[ETH_ALEN], src[ETH_ALEN];
+	__builtin_memcpy(dst, ieth->h_dest, ETH_ALEN);
+	__builtin_memcpy(src, ieth->h_source, ETH_ALEN);
+	__u32 target = *ifindex;
+	// FIXED_GSO: an aggregate's gso_size is the inner MSS and stays. NO_CSUM_RESET and the
+	// level decrement: a checksum the NIC verified for the inner packet stays verified, as
+	// in the kernel's own decap.
+	if (bpf_skb_adjust_room(skb, -(int)STRIP, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET))
+		return TC_ACT_OK;
+	bpf_csum_level(skb, BPF_CSUM_LEVEL_DEC);
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, src, ETH_ALEN);
+	return bpf_redirect_peer(target, 0);
+}
+
+char _license[] SEC("license") = "GPL";
