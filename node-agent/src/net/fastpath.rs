@@ -100,8 +100,27 @@ pub struct FastPath {
 impl FastPath {
     /// Task `ip` on overlay `vni` is behind the veth whose node end is `ifindex`.
     pub async fn set_task(&self, vni: u32, ip: Ipv4Addr, ifindex: u32) -> Result<(), NetError> {
+        self.put_task(vni, ip, ifindex, true).await
+    }
+
+    /// [`Self::set_task`] for what was found, not made: never replaces a known task's port
+    /// (an attach that ran meanwhile knows better).
+    pub async fn learn_task(&self, vni: u32, ip: Ipv4Addr, ifindex: u32) -> Result<(), NetError> {
+        self.put_task(vni, ip, ifindex, false).await
+    }
+
+    async fn put_task(
+        &self,
+        vni: u32,
+        ip: Ipv4Addr,
+        ifindex: u32,
+        replace: bool,
+    ) -> Result<(), NetError> {
         let mut state = self.state.lock().await;
         let (wanted, loaded) = &mut *state;
+        if !replace && wanted.tasks.contains_key(&(vni, ip)) {
+            return Ok(());
+        }
         wanted.tasks.insert((vni, ip), ifindex);
         if let Some(l) = loaded {
             l.tasks()?
@@ -253,4 +272,37 @@ fn attach(bpf: &mut Ebpf, interface: &str) -> Result<(), NetError> {
             .map_err(|e| err(&format!("attach to {interface}"), e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn tasks(f: &FastPath) -> Vec<((u32, Ipv4Addr), u32)> {
+        let state = f.state.lock().await;
+        state.0.tasks.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_found_port_never_replaces_a_made_one_and_a_forgotten_port_takes_its_tasks() {
+        let f = FastPath::default();
+        let ip = Ipv4Addr::new(10, 0, 1, 3);
+        f.set_task(4097, ip, 20).await.unwrap();
+        f.learn_task(4097, ip, 10).await.unwrap();
+        f.learn_task(4098, ip, 11).await.unwrap();
+        assert_eq!(tasks(&f).await, vec![((4097, ip), 20), ((4098, ip), 11)]);
+        // An attach replaces; forgetting a port removes only what is behind it.
+        f.set_task(4097, ip, 21).await.unwrap();
+        f.forget_port(11).await.unwrap();
+        f.forget_port(20).await.unwrap();
+        assert_eq!(tasks(&f).await, vec![((4097, ip), 21)]);
+        assert!(!f.is_loaded().await);
+    }
+
+    #[test]
+    fn keys_carry_the_address_in_network_order() {
+        let [vni, addr] = task_key((4097, Ipv4Addr::new(10, 0, 1, 3)));
+        assert_eq!(vni, 4097);
+        assert_eq!(addr.to_ne_bytes(), [10, 0, 1, 3]);
+    }
 }

@@ -37,7 +37,8 @@ impl Kernel {
     }
 
     /// Tell the fast path about every overlay port present, reading each task's address in
-    /// its namespace (the port's peer interface).
+    /// its namespace (the port's peer interface). An attach running meanwhile wins: what
+    /// this finds never replaces what an attach set.
     async fn fast_path_recover(&self) -> Result<(), NetError> {
         let (ports, _) = self.ports().await?;
         for (link, ns, kind) in ports {
@@ -66,7 +67,7 @@ impl Kernel {
             for a in addresses {
                 for at in &a.attributes {
                     if let AddressAttribute::Address(IpAddr::V4(ip)) = at {
-                        self.fast.set_task(vni, *ip, link.header.index).await?;
+                        self.fast.learn_task(vni, *ip, link.header.index).await?;
                     }
                 }
             }
