@@ -3,10 +3,15 @@
 // ingress of the node's underlay interface. A VXLAN packet from a known node for a task on
 // this node loses its outer Ethernet/IPv4/UDP/VXLAN headers here and goes straight into the
 // task's namespace (bpf_redirect_peer on the task veth's node end), skipping the outer
-// IP/UDP receive, the VXLAN device and the overlay bridge. Everything else goes on to the
-// kernel's path unchanged (TC_ACT_OK), which stays complete: a packet this program passes
-// on is handled exactly as without it (VXLAN from a sender that is not a node, to
-// `shoal_node`'s drop and its counter).
+// IP/UDP receive, the VXLAN device and the overlay bridge. Everything else goes on
+// unchanged (PASS: TC_ACT_UNSPEC, so that tc programs and filters after this one still see
+// it) to the kernel's path, which stays complete: a packet this program passes on is
+// handled exactly as without it (VXLAN from a sender that is not a node, to `shoal_node`'s
+// drop and its counter). So is anything the kernel's VXLAN receive would treat specially:
+// a congestion mark (CE) on the outer header, a nonzero reserved VNI byte, a bad outer IPv4
+// header checksum. The outer UDP checksum is not verified here (a GSO aggregate's cannot
+// be): the inner packet's own checksums still are, by the task's stack, unless the NIC
+// verified them.
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <linux/if_ether.h>
@@ -18,6 +23,9 @@
 
 #define VXLAN_PORT 4789
 #define VXLAN_FLAG_VNI 0x08000000
+#define PASS TC_ACT_UNSPEC
+#define ECN_MASK 3
+#define ECN_CE 3
 
 struct vxlanhdr {
 	__be32 flags;
@@ -60,6 +68,11 @@ struct {
 SEC("classifier")
 int shoal_decap(struct __sk_buff *skb)
 {
+	// The headers this looks at, in the linear part (a driver may leave them outside it).
+	const __u32 need = sizeof(struct ethhdr) + STRIP + sizeof(struct iphdr);
+	if ((void *)(long)skb->data + need > (void *)(long)skb->data_end &&
+	    bpf_skb_pull_data(skb, need))
+		return PASS;
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip = (void *)(eth + 1);
@@ -68,23 +81,33 @@ int shoal_decap(struct __sk_buff *skb)
 	struct ethhdr *ieth = (void *)(vx + 1);
 	struct iphdr *iip = (void *)(ieth + 1);
 	if ((void *)(iip + 1) > end)
-		return TC_ACT_OK;
+		return PASS;
 	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 || ip->protocol != IPPROTO_UDP ||
-	    (ip->frag_off & bpf_htons(0x3fff)) || udp->dest != bpf_htons(VXLAN_PORT) ||
-	    vx->flags != bpf_htonl(VXLAN_FLAG_VNI) || ieth->h_proto != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
+	    (ip->frag_off & bpf_htons(0x3fff)) || (ip->tos & ECN_MASK) == ECN_CE ||
+	    udp->dest != bpf_htons(VXLAN_PORT) ||
+	    vx->flags != bpf_htonl(VXLAN_FLAG_VNI) || (vx->vni & bpf_htonl(0xff)) ||
+	    ieth->h_proto != bpf_htons(ETH_P_IP))
+		return PASS;
 	__u32 zero = 0;
 	__be32 *local = bpf_map_lookup_elem(&shoal_local, &zero);
 	if (!local || ip->daddr != *local || !bpf_map_lookup_elem(&shoal_peers, &ip->saddr))
-		return TC_ACT_OK;
+		return PASS;
 	struct task_key key = { .vni = bpf_ntohl(vx->vni) >> 8, .addr = iip->daddr };
 	__u32 *ifindex = bpf_map_lookup_elem(&shoal_tasks, &key);
 	if (!ifindex)
-		return TC_ACT_OK;
+		return PASS;
 	// The task's MAC is derived from its address (names::mac_for_ip): 02:42 and the address.
 	__u8 *d = ieth->h_dest, *a = (__u8 *)&iip->daddr;
 	if (d[0] != 0x02 || d[1] != 0x42 || d[2] != a[0] || d[3] != a[1] || d[4] != a[2] || d[5] != a[3])
-		return TC_ACT_OK;
+		return PASS;
+	// The outer IPv4 header's checksum, as ip_rcv checks it: the sum folds to 0xffff.
+	__s64 sum = bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0);
+	if (sum < 0)
+		return PASS;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	if (sum != 0xffff)
+		return PASS;
 	__u8 dst[ETH_ALEN], src[ETH_ALEN];
 	__builtin_memcpy(dst, ieth->h_dest, ETH_ALEN);
 	__builtin_memcpy(src, ieth->h_source, ETH_ALEN);
@@ -94,7 +117,7 @@ int shoal_decap(struct __sk_buff *skb)
 	// in the kernel's own decap.
 	if (bpf_skb_adjust_room(skb, -(int)STRIP, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_NO_CSUM_RESET))
-		return TC_ACT_OK;
+		return PASS;
 	bpf_csum_level(skb, BPF_CSUM_LEVEL_DEC);
 	data = (void *)(long)skb->data;
 	end = (void *)(long)skb->data_end;

@@ -1438,6 +1438,14 @@ async fn the_fast_path_should_deliver_vxlan_from_nodes_to_tasks_and_follow_ports
     // The task goes and another takes its address: the program follows the new port (a
     // stale entry would send it to the deleted veth, and the probe would fail).
     k2.detach_task("b").await.unwrap();
+    // Forgotten with its port: what node 1 still sends to the address takes the kernel's
+    // path (a stale entry would hand it to the deleted veth, past the VXLAN device).
+    let before = vxlan_rx(&n2, 4097);
+    assert!(!can_connect(&a.path, SocketAddr::from((b_ip, 7529))));
+    assert!(
+        vxlan_rx(&n2, 4097) > before,
+        "the kernel's path after a detach"
+    );
     let b2 = k2
         .attach_task(&task("b2", 4097, "10.0.1.3/24", false))
         .await

@@ -12,19 +12,23 @@
 //! program not loaded) takes the kernel's path as before. So a failure here is logged, never
 //! fatal.
 //!
-//! The program is attached with a BPF link (tcx) owned by this process: when the agent exits
-//! the kernel detaches it, and the next agent loads its own and fills its maps again from
-//! the links it finds ([`super::Kernel`] does that on load).
+//! The program is attached with a BPF link (tcx, kernel 6.6 and later; older kernels keep
+//! the kernel's path) owned by this process: when the agent exits the kernel detaches it,
+//! and the next agent loads its own and fills its maps again from the links it finds
+//! ([`super::Kernel`] does that on load). It passes what it does not take to the next tc
+//! program on the interface (`TC_ACT_UNSPEC`), so it stacks with others.
 //!
 //! Invariant: the maps hold what [`FastPath`]'s `wanted` holds whenever a program is loaded;
-//! every change goes to both under one lock.
+//! every change goes to both under one lock, to the map first, so that a failed map update
+//! leaves `wanted` describing what to try again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, MapData};
-use aya::programs::{tc, SchedClassifier, TcAttachType};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::Ebpf;
 
 use super::error::NetError;
@@ -68,8 +72,9 @@ struct Wanted {
 /// A loaded and attached program.
 struct Loaded {
     bpf: Ebpf,
-    /// The underlay interface it is attached to, and this node's underlay address.
-    interface: String,
+    /// The underlay interface it is attached to (a device made again under the same name is
+    /// another device: its index tells), and this node's underlay address.
+    interface: (String, u32),
     local: Ipv4Addr,
 }
 
@@ -121,36 +126,42 @@ impl FastPath {
         if !replace && wanted.tasks.contains_key(&(vni, ip)) {
             return Ok(());
         }
-        wanted.tasks.insert((vni, ip), ifindex);
         if let Some(l) = loaded {
             l.tasks()?
                 .insert(task_key((vni, ip)), ifindex, 0)
                 .map_err(|e| err("add a task", e))?;
         }
+        wanted.tasks.insert((vni, ip), ifindex);
         Ok(())
     }
 
     /// The veth whose node end is `ifindex` goes: forget the tasks behind it.
     pub async fn forget_port(&self, ifindex: u32) -> Result<(), NetError> {
+        self.forget(|(_, i)| i == ifindex).await
+    }
+
+    /// Overlay `vni` goes: forget every task on it.
+    pub async fn forget_vni(&self, vni: u32) -> Result<(), NetError> {
+        self.forget(|((v, _), _)| v == vni).await
+    }
+
+    async fn forget(&self, gone: impl Fn(((u32, Ipv4Addr), u32)) -> bool) -> Result<(), NetError> {
         let mut state = self.state.lock().await;
         let (wanted, loaded) = &mut *state;
         let gone: Vec<(u32, Ipv4Addr)> = wanted
             .tasks
             .iter()
-            .filter(|(_, i)| **i == ifindex)
+            .filter(|(k, i)| gone((**k, **i)))
             .map(|(k, _)| *k)
             .collect();
-        for k in &gone {
-            wanted.tasks.remove(k);
-        }
-        if let Some(l) = loaded {
-            let mut map = l.tasks()?;
-            for k in gone {
-                match map.remove(&task_key(k)) {
+        for k in gone {
+            if let Some(l) = loaded.as_mut() {
+                match l.tasks()?.remove(&task_key(k)) {
                     Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                     Err(e) => return Err(err("remove a task", e)),
                 }
             }
+            wanted.tasks.remove(&k);
         }
         Ok(())
     }
@@ -160,47 +171,49 @@ impl FastPath {
         self.state.lock().await.1.is_some()
     }
 
-    /// Load and attach the program to `interface` in the namespace `home` (the caller's
-    /// when `None`) unless it is already there for the same interface and address, and make
-    /// `peers` the nodes it accepts VXLAN from.
+    /// Load and attach the program to `interface` (name and index) in the namespace `home`
+    /// (the caller's when `None`) unless it is already there for the same interface and
+    /// address, and make `peers` the nodes it accepts VXLAN from. Returns whether it loaded
+    /// a program (the caller then tells it about the ports already there).
     pub async fn ensure(
         &self,
         home: Option<&Path>,
-        interface: &str,
+        interface: (&str, u32),
         local: Ipv4Addr,
         peers: &BTreeSet<Ipv4Addr>,
-    ) -> Result<(), NetError> {
+    ) -> Result<bool, NetError> {
         let mut state = self.state.lock().await;
         let (wanted, loaded) = &mut *state;
-        let old_peers = std::mem::replace(&mut wanted.peers, peers.clone());
         if let Some(l) = loaded {
-            if l.interface == interface && l.local == local {
+            if (l.interface.0.as_str(), l.interface.1) == interface && l.local == local {
                 let mut map = l.peers()?;
-                for p in old_peers.difference(peers) {
+                for p in wanted.peers.difference(peers) {
                     match map.remove(&wire(*p)) {
                         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                         Err(e) => return Err(err("remove a peer", e)),
                     }
                 }
-                for p in peers.difference(&old_peers) {
+                for p in peers.difference(&wanted.peers) {
                     map.insert(wire(*p), 1, 0)
                         .map_err(|e| err("add a peer", e))?;
                 }
-                return Ok(());
+                wanted.peers.clone_from(peers);
+                return Ok(false);
             }
         }
-        // Dropping the old program detaches it: the kernel's path carries everything until
-        // the new one is attached.
+        // Dropping the old program detaches it (closing its link): the kernel's path
+        // carries everything until the new one is attached.
         *loaded = None;
+        wanted.peers.clone_from(peers);
         let l = load(
             home.map(Path::to_owned),
-            interface.to_owned(),
+            (interface.0.to_owned(), interface.1),
             local,
             wanted,
         )
         .await?;
         *loaded = Some(l);
-        Ok(())
+        Ok(true)
     }
 
     /// Detach and unload (the node's networking is being removed).
@@ -213,7 +226,7 @@ impl FastPath {
 /// Load the object, fill its maps from `wanted`, attach it in `home`.
 async fn load(
     home: Option<PathBuf>,
-    interface: String,
+    interface: (String, u32),
     local: Ipv4Addr,
     wanted: &Wanted,
 ) -> Result<Loaded, NetError> {
@@ -248,7 +261,7 @@ async fn load(
         }
     }
     // Attaching resolves the interface in the calling thread's namespace.
-    let iface = l.interface.clone();
+    let iface = l.interface.0.clone();
     let attached = netns::run_in(home.as_deref(), move || {
         let result = attach(&mut l.bpf, &iface);
         (l, result)
@@ -265,12 +278,20 @@ fn attach(bpf: &mut Ebpf, interface: &str) -> Result<(), NetError> {
         .try_into()
         .map_err(|e| err(PROGRAM, e))?;
     prog.load().map_err(|e| err("verify the program", e))?;
-    // Kernels from 6.6 attach with a link (tcx); older ones need the clsact qdisc first.
-    if prog.attach(interface, TcAttachType::Ingress).is_err() {
-        let _ = tc::qdisc_add_clsact(interface);
-        prog.attach(interface, TcAttachType::Ingress)
-            .map_err(|e| err(&format!("attach to {interface}"), e))?;
-    }
+    // A link (tcx) only: its lifetime is this process's, and closing it detaches the program
+    // from any thread (a netlink filter would outlive the agent, and would have to be
+    // deleted from inside the node's namespace).
+    prog.attach_with_options(
+        interface,
+        TcAttachType::Ingress,
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    )
+    .map_err(|e| {
+        err(
+            &format!("attach to {interface} (tcx, kernel 6.6 or later)"),
+            e,
+        )
+    })?;
     Ok(())
 }
 
@@ -284,7 +305,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_found_port_never_replaces_a_made_one_and_a_forgotten_port_takes_its_tasks() {
+    async fn a_found_port_never_replaces_a_made_one_and_forgetting_takes_only_what_it_names() {
         let f = FastPath::default();
         let ip = Ipv4Addr::new(10, 0, 1, 3);
         f.set_task(4097, ip, 20).await.unwrap();
@@ -296,6 +317,9 @@ mod tests {
         f.forget_port(11).await.unwrap();
         f.forget_port(20).await.unwrap();
         assert_eq!(tasks(&f).await, vec![((4097, ip), 21)]);
+        f.learn_task(4098, ip, 12).await.unwrap();
+        f.forget_vni(4097).await.unwrap();
+        assert_eq!(tasks(&f).await, vec![((4098, ip), 12)]);
         assert!(!f.is_loaded().await);
     }
 

@@ -337,6 +337,10 @@ impl Network for Kernel {
     }
 
     async fn remove_overlay(&self, vni: u32) -> Result<(), NetError> {
+        // Before the links go: the program must not hand anything to this overlay's ports.
+        if let Err(e) = self.fast.forget_vni(vni).await {
+            tracing::warn!(error = %e, vni, "overlay fast path: cannot forget an overlay");
+        }
         for name in [names::vxlan_name(vni), names::bridge_name(vni)] {
             if let Some(l) = link_by_name(&self.home, &name).await? {
                 del_link(&self.home, &name, l.header.index).await?;
