@@ -80,19 +80,32 @@ struct Loaded {
 
 impl Loaded {
     fn tasks(&mut self) -> Result<HashMap<&mut MapData, TaskKey, u32>, NetError> {
-        let map = self
-            .bpf
-            .map_mut(TASKS)
-            .ok_or_else(|| err(TASKS, "missing"))?;
-        HashMap::try_from(map).map_err(|e| err(TASKS, e))
+        hash_map(&mut self.bpf, TASKS)
     }
 
     fn peers(&mut self) -> Result<HashMap<&mut MapData, u32, u8>, NetError> {
-        let map = self
-            .bpf
-            .map_mut(PEERS)
-            .ok_or_else(|| err(PEERS, "missing"))?;
-        HashMap::try_from(map).map_err(|e| err(PEERS, e))
+        hash_map(&mut self.bpf, PEERS)
+    }
+}
+
+/// The program's hash map `name`.
+fn hash_map<'a, K: aya::Pod, V: aya::Pod>(
+    bpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<HashMap<&'a mut MapData, K, V>, NetError> {
+    let map = bpf.map_mut(name).ok_or_else(|| err(name, "missing"))?;
+    HashMap::try_from(map).map_err(|e| err(name, e))
+}
+
+/// Remove `key` from `map`; a key already gone is not an error.
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<&mut MapData, K, V>,
+    key: &K,
+    what: &str,
+) -> Result<(), NetError> {
+    match map.remove(key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(err(what, e)),
     }
 }
 
@@ -156,10 +169,7 @@ impl FastPath {
             .collect();
         for k in gone {
             if let Some(l) = loaded.as_mut() {
-                match l.tasks()?.remove(&task_key(k)) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(err("remove a task", e)),
-                }
+                remove(&mut l.tasks()?, &task_key(k), "remove a task")?;
             }
             wanted.tasks.remove(&k);
         }
@@ -188,10 +198,7 @@ impl FastPath {
             if (l.interface.0.as_str(), l.interface.1) == interface && l.local == local {
                 let mut map = l.peers()?;
                 for p in wanted.peers.difference(peers) {
-                    match map.remove(&wire(*p)) {
-                        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                        Err(e) => return Err(err("remove a peer", e)),
-                    }
+                    remove(&mut map, &wire(*p), "remove a peer")?;
                 }
                 for p in peers.difference(&wanted.peers) {
                     map.insert(wire(*p), 1, 0)

@@ -12,7 +12,7 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 
 use crate::net::error::NetError;
-use crate::net::names::{self, PortKind};
+use crate::net::names::PortKind;
 use crate::net::netns;
 
 use super::links::*;
@@ -119,15 +119,16 @@ impl Kernel {
             })
             .collect())
     }
-    /// A task's port on overlay `vni` is ready: the fast path may deliver to it.
-    pub(super) async fn fast_path_add(&self, netns_name: &str, vni: u32, ip: Ipv4Addr) {
-        let host = names::host_veth_name(netns_name, PortKind::Overlay(vni));
-        let added = match link_by_name(&self.home, &host).await {
-            Ok(Some(l)) => self.fast.set_task(vni, ip, l.header.index).await,
-            Ok(None) => Err(NetError::Invalid(format!("veth {host} vanished"))),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = added {
+    /// A task's port on overlay `vni` (home end `ifindex`) is ready: the fast path may
+    /// deliver to it.
+    pub(super) async fn fast_path_add(
+        &self,
+        netns_name: &str,
+        vni: u32,
+        ip: Ipv4Addr,
+        ifindex: u32,
+    ) {
+        if let Err(e) = self.fast.set_task(vni, ip, ifindex).await {
             tracing::warn!(error = %e, task = netns_name, "overlay fast path: the kernel's path serves this task");
         }
     }

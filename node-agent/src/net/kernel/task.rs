@@ -20,7 +20,8 @@ use super::links::*;
 use super::Kernel;
 
 impl Kernel {
-    /// Create (or repair) one veth between a home bridge and a task netns.
+    /// Create (or repair) one veth between a home bridge and a task netns; returns the
+    /// indexes of its home end and of its task end.
     #[allow(clippy::too_many_arguments)]
     async fn ensure_port(
         &self,
@@ -33,12 +34,12 @@ impl Kernel {
         address: Ipv4Network,
         mtu: u32,
         isolated: bool,
-    ) -> Result<u32, NetError> {
+    ) -> Result<(u32, u32), NetError> {
         let host = names::host_veth_name(netns_name, kind);
         let alias = names::port_alias(netns_name, kind);
         let mac = names::mac_for_ip(address.ip());
         let existing = link_by_name(&self.home, &host).await?;
-        let fresh = match existing {
+        let (host_idx, fresh) = match existing {
             Some(l) if link_alias(&l).as_deref() == Some(alias.as_str()) => {
                 let idx = l.header.index;
                 set_link(
@@ -50,7 +51,7 @@ impl Kernel {
                         .build(),
                 )
                 .await?;
-                false
+                (idx, false)
             }
             other => {
                 if let Some(l) = other {
@@ -98,17 +99,13 @@ impl Kernel {
                     LinkUnspec::new_with_index(idx).alias(alias).up().build(),
                 )
                 .await?;
-                true
+                (idx, true)
             }
         };
         if isolated {
-            let idx = link_by_name(&self.home, &host)
-                .await?
-                .map(|l| l.header.index)
-                .unwrap_or_default();
             self.home
                 .link()
-                .set_port(LinkBridgePort::new(idx).isolated(true).build())
+                .set_port(LinkBridgePort::new(host_idx).isolated(true).build())
                 .execute()
                 .await
                 .map_err(nl("isolate bridge port", &host))?;
@@ -135,7 +132,7 @@ impl Kernel {
         )
         .await?;
         add_address(task_handle, idx, address, ifname).await?;
-        Ok(idx)
+        Ok((host_idx, idx))
     }
 
     /// Creates the task namespace and its veths (see [`Network::attach_task`]).
@@ -186,19 +183,21 @@ impl Kernel {
         for (i, (br_index, mtu, vni, address)) in bridges.into_iter().enumerate() {
             let ifname = names::task_ifname(i);
             let kind = PortKind::Overlay(vni);
-            self.ensure_port(
-                &task_handle,
-                &path,
-                &netns_name,
-                kind,
-                br_index,
-                &ifname,
-                address,
-                mtu,
-                false,
-            )
-            .await?;
-            self.fast_path_add(&netns_name, vni, address.ip()).await;
+            let (host_idx, _) = self
+                .ensure_port(
+                    &task_handle,
+                    &path,
+                    &netns_name,
+                    kind,
+                    br_index,
+                    &ifname,
+                    address,
+                    mtu,
+                    false,
+                )
+                .await?;
+            self.fast_path_add(&netns_name, vni, address.ip(), host_idx)
+                .await;
             interfaces.push(TaskInterface {
                 name: ifname,
                 kind,
@@ -231,7 +230,7 @@ impl Kernel {
             let ifname = names::task_ifname(interfaces.len());
             let kind = PortKind::Gateway(ip);
             let address = Ipv4Network::new(ip, subnet.prefix()).expect("valid prefix");
-            let idx = self
+            let (_, idx) = self
                 .ensure_port(
                     &task_handle,
                     &path,
