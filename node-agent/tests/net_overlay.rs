@@ -11,6 +11,7 @@
 //! `ping` needed on the machine): a connect that succeeds crossed the path under test.
 
 use std::fs::File;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -1466,4 +1467,107 @@ async fn the_fast_path_should_deliver_vxlan_from_nodes_to_tasks_and_follow_ports
     // Removing the node's networking unloads it.
     k2.remove_gateway().await.unwrap();
     assert!(!via_fast_path(&lab, &a, &b2, b_ip, 7561));
+}
+
+/// A server in `ns` on `addr` that sends `bytes` bytes to the first connection and closes it;
+/// returns once it listens.
+fn send_once(ns: &Path, addr: SocketAddr, bytes: usize) -> std::thread::JoinHandle<()> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let handle = in_ns(ns, move || {
+        let listener = TcpListener::bind(addr).expect("bind sender");
+        ready_tx.send(()).unwrap();
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.write_all(&vec![7u8; bytes]);
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("sender ready");
+    handle
+}
+
+/// Connect from `ns` to `addr` and read until the peer closes; the bytes read.
+fn receive_all(ns: &Path, addr: SocketAddr) -> usize {
+    in_ns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read to the end");
+        got.len()
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_should_deliver_replies_to_the_nodes_own_overlay_address_but_not_aggregates()
+{
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let lab = Lab::new(2);
+    let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
+    // Node 1 holds an address on the overlay (as every node does on the ingress overlay, where
+    // the routing mesh's replies come back to it); a task runs on node 2.
+    k1.ensure_overlay(&OverlaySpec {
+        vni: 4096,
+        mtu: None,
+        address: Some("10.0.9.251/24".parse().unwrap()),
+    })
+    .await
+    .unwrap();
+    k2.ensure_overlay(&OverlaySpec {
+        vni: 4096,
+        mtu: None,
+        address: None,
+    })
+    .await
+    .unwrap();
+    let t = k2
+        .attach_task(&task("t", 4096, "10.0.9.3/24", false))
+        .await
+        .unwrap();
+    k1.sync_peers(4096, &[peer("10.0.9.3", 2)]).await.unwrap();
+    k2.sync_peers(4096, &[peer("10.0.9.251", 1)]).await.unwrap();
+    let (n1, t_ip) = (lab.node(1), Ipv4Addr::new(10, 0, 9, 3));
+    // Whether node 1 reached the task and the replies skipped node 1's VXLAN device.
+    let replies_skip_vxlan = |port: u16| {
+        let before = vxlan_rx(&n1, 4096);
+        let seen = probe_retry(&lab.node_path(1), &t.path, t_ip, port);
+        assert!(seen.is_some(), "node 1 reaches the task (port {port})");
+        vxlan_rx(&n1, 4096) == before
+    };
+    assert!(!replies_skip_vxlan(7601), "the control: no program yet");
+
+    let policy = NodePolicy::new(
+        Ipv4Addr::new(198, 18, 0, 1),
+        ["198.18.0.1", "198.18.0.2"],
+        None,
+    );
+    k1.program_node_policy(&policy).await.unwrap();
+    assert!(
+        replies_skip_vxlan(7611),
+        "delivered to the bridge by the program"
+    );
+
+    // A bulk reply arrives as GSO aggregates, which the program leaves to the kernel's path
+    // (it cannot clear their tunnel GSO type, and the node may forward them); all of it
+    // arrives.
+    let before = vxlan_rx(&n1, 4096);
+    let sender = send_once(&t.path, SocketAddr::from((t_ip, 7621)), 8 << 20);
+    let got = receive_all(&lab.node_path(1), SocketAddr::from((t_ip, 7621)));
+    sender.join().unwrap();
+    assert_eq!(got, 8 << 20, "the whole bulk reply");
+    assert!(
+        vxlan_rx(&n1, 4096) > before,
+        "aggregates through the VXLAN device"
+    );
+
+    // A restarted agent learns the bridge's address on load.
+    drop(k1);
+    let k1 = lab.kernel(1).await;
+    k1.program_node_policy(&policy).await.unwrap();
+    assert!(replies_skip_vxlan(7641), "recovered");
+
+    k2.detach_task("t").await.unwrap();
+    k1.remove_overlay(4096).await.unwrap();
+    k2.remove_overlay(4096).await.unwrap();
 }

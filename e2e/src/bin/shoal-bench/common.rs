@@ -84,6 +84,17 @@ pub fn spread(v: &mut [f64]) -> (f64, f64, f64) {
     (median, v[0], v[n - 1])
 }
 
+/// The median and range of the per-round ratios `num[i] / den[i]` (rounds measured back to
+/// back, so that drift of the machine between rounds cancels in each ratio).
+pub fn paired_ratios(num: &[f64], den: &[f64]) -> (f64, f64, f64) {
+    let mut r: Vec<f64> = num
+        .iter()
+        .zip(den)
+        .map(|(n, d)| n / d.max(f64::MIN_POSITIVE))
+        .collect();
+    spread(&mut r)
+}
+
 /// Milliseconds of a duration.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -500,6 +511,17 @@ pub fn thousands(n: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paired_ratios_should_take_the_median_of_each_rounds_ratio() {
+        // Round by round 0.5, 1.0, 0.9: the median 0.9, although the ratio of the medians
+        // (10 / 20) is 0.5.
+        assert_eq!(
+            paired_ratios(&[10.0, 30.0, 9.0], &[20.0, 30.0, 10.0]),
+            (0.9, 0.5, 1.0)
+        );
+        assert_eq!(paired_ratios(&[], &[]), (0.0, 0.0, 0.0));
+    }
 
     #[test]
     fn spread_should_give_the_median_and_the_range() {

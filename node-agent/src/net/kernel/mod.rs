@@ -294,6 +294,8 @@ impl Network for Kernel {
                     .map_err(nl("delete address", format!("{addr} on {br}")))?;
             }
         }
+        self.fast_path_bridge(spec.vni, spec.address.map(|a| (a.ip(), br_index)))
+            .await;
         let existing = match link_by_name(&self.home, &vx).await? {
             // A device left with other settings (the node's address changed, or someone
             // else's device by our name) is replaced; its entries go with it.
