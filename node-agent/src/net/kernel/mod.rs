@@ -285,14 +285,16 @@ impl Network for Kernel {
         };
         // The bridge holds the node's own address on this overlay when one is given (the
         // ingress network) and no address otherwise, so the node never routes between overlays.
-        if let Some(a) = spec.address {
-            add_address(&self.home, br_index, a, &br).await?;
-        }
+        // Other addresses go first: a new address in the old one's subnet is added as its
+        // secondary, and deleting a primary deletes its secondaries with it.
         for (addr, msg) in self.link_addresses(br_index).await? {
             if Some(addr) != spec.address {
                 ignore_missing(self.home.address().del(msg).execute().await)
                     .map_err(nl("delete address", format!("{addr} on {br}")))?;
             }
+        }
+        if let Some(a) = spec.address {
+            add_address(&self.home, br_index, a, &br).await?;
         }
         self.fast_path_bridge(spec.vni, spec.address.map(|a| (a.ip(), br_index)))
             .await;
