@@ -3,12 +3,7 @@
 // ingress of the node's underlay interface. A VXLAN packet from a known node for a task on
 // this node loses its outer Ethernet/IPv4/UDP/VXLAN headers here and goes straight into the
 // task's namespace (bpf_redirect_peer on the task veth's node end), skipping the outer
-// IP/UDP receive, the VXLAN device and the overlay bridge. One for this node's own address
-// on an overlay (the ingress overlay's: the routing mesh's replies) goes, decapsulated, to
-// the receive of that overlay's bridge (bpf_redirect with BPF_F_INGRESS), as the bridge
-// would pass it up; only when it is a single frame, not a GSO aggregate, because this
-// kernel cannot clear an aggregate's tunnel GSO type, and the node forwards these packets
-// (a task only receives them). Everything else goes on
+// IP/UDP receive, the VXLAN device and the overlay bridge. Everything else goes on
 // unchanged (PASS: TC_ACT_UNSPEC, so that tc programs and filters after this one still see
 // it) to the kernel's path, which stays complete: a packet this program passes on is
 // handled exactly as without it (VXLAN from a sender that is not a node, to `shoal_node`'s
@@ -50,14 +45,6 @@ struct {
 	__type(key, struct task_key);
 	__type(value, __u32);
 } shoal_tasks SEC(".maps");
-
-// This node's own addresses on overlays (VNI, address) -> the ifindex of the overlay's bridge.
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
-	__type(key, struct task_key);
-	__type(value, __u32);
-} shoal_bridges SEC(".maps");
 
 // The nodes' underlay addresses (the `vxlan_peers` set of `shoal_node`).
 struct {
@@ -107,14 +94,9 @@ int shoal_decap(struct __sk_buff *skb)
 		return PASS;
 	struct task_key key = { .vni = bpf_ntohl(vx->vni) >> 8, .addr = iip->daddr };
 	__u32 *ifindex = bpf_map_lookup_elem(&shoal_tasks, &key);
-	int to_bridge = !ifindex;
-	if (to_bridge) {
-		ifindex = bpf_map_lookup_elem(&shoal_bridges, &key);
-		if (!ifindex || skb->gso_size)
-			return PASS;
-	}
-	// The MAC of a task, and of a bridge holding an address, is derived from the address
-	// (names::mac_for_ip): 02:42 and the address.
+	if (!ifindex)
+		return PASS;
+	// The task's MAC is derived from its address (names::mac_for_ip): 02:42 and the address.
 	__u8 *d = ieth->h_dest, *a = (__u8 *)&iip->daddr;
 	if (d[0] != 0x02 || d[1] != 0x42 || d[2] != a[0] || d[3] != a[1] || d[4] != a[2] || d[5] != a[3])
 		return PASS;
@@ -144,8 +126,6 @@ int shoal_decap(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	__builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, src, ETH_ALEN);
-	if (to_bridge)
-		return bpf_redirect(target, BPF_F_INGRESS);
 	return bpf_redirect_peer(target, 0);
 }
 

@@ -11,7 +11,6 @@
 //! `ping` needed on the machine): a connect that succeeds crossed the path under test.
 
 use std::fs::File;
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -676,9 +675,45 @@ async fn a_node_address_on_an_overlay_should_be_reachable_from_remote_tasks_and_
 ) {
     shoal_testkit::require!(root, tools = ["ip", "nft"]);
     let lab = Lab::new(2);
-    // The ingress case: node 1 holds 10.0.9.251 on the overlay itself (ensured twice).
-    let (k1, k2, t) = node_address_and_remote_task(&lab).await;
-    k1.ensure_overlay(&node_address_overlay()).await.unwrap();
+    let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
+    // The ingress case: node 1 holds 10.0.9.251 on the overlay itself.
+    let with_addr = OverlaySpec {
+        vni: 4096,
+        mtu: None,
+        address: Some("10.0.9.251/24".parse().unwrap()),
+    };
+    k1.ensure_overlay(&with_addr).await.unwrap();
+    k1.ensure_overlay(&with_addr).await.unwrap();
+    k2.ensure_overlay(&OverlaySpec {
+        vni: 4096,
+        mtu: None,
+        address: None,
+    })
+    .await
+    .unwrap();
+    let t = k2
+        .attach_task(&task("t", 4096, "10.0.9.3/24", false))
+        .await
+        .unwrap();
+    let (n1, n2) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
+    k1.sync_peers(
+        4096,
+        &[Peer {
+            ip: Ipv4Addr::new(10, 0, 9, 3),
+            node: n2,
+        }],
+    )
+    .await
+    .unwrap();
+    k2.sync_peers(
+        4096,
+        &[Peer {
+            ip: Ipv4Addr::new(10, 0, 9, 251),
+            node: n1,
+        }],
+    )
+    .await
+    .unwrap();
     let br = ip_out(&format!("-n {} addr show shb-4096", lab.node(1)));
     assert!(
         br.contains("02:42:0a:00:09:fb") && br.contains("10.0.9.251/24"),
@@ -728,6 +763,40 @@ async fn a_node_address_on_an_overlay_should_be_reachable_from_remote_tasks_and_
         probe(&other.path, &inner.path, Ipv4Addr::new(10, 0, 9, 4), 7315),
         None,
         "no route from the gateway bridge into an overlay"
+    );
+
+    // The node's address moves within its subnet: the bridge holds the new one (deleting the
+    // old primary must not take the new secondary with it), and remote tasks reach it.
+    k1.ensure_overlay(&OverlaySpec {
+        vni: 4096,
+        mtu: None,
+        address: Some("10.0.9.250/24".parse().unwrap()),
+    })
+    .await
+    .unwrap();
+    let br = ip_out(&format!("-n {} -4 addr show shb-4096", lab.node(1)));
+    assert!(
+        br.contains("10.0.9.250/24") && !br.contains("10.0.9.251"),
+        "{br}"
+    );
+    k2.sync_peers(
+        4096,
+        &[Peer {
+            ip: Ipv4Addr::new(10, 0, 9, 250),
+            node: n1,
+        }],
+    )
+    .await
+    .unwrap();
+    assert!(
+        probe_retry(
+            &t.path,
+            &lab.node_path(1),
+            Ipv4Addr::new(10, 0, 9, 250),
+            7321
+        )
+        .is_some(),
+        "a task on node 2 reaches node 1's moved address"
     );
 
     // Without `address`, ensure takes any address off the bridge again.
@@ -1431,134 +1500,4 @@ async fn the_fast_path_should_deliver_vxlan_from_nodes_to_tasks_and_follow_ports
     // Removing the node's networking unloads it.
     k2.remove_gateway().await.unwrap();
     assert!(!via_fast_path(&lab, &a, &b2, b_ip, 7561));
-}
-
-/// The ingress overlay (VNI 4096) with node 1's address 10.0.9.251/24 on it.
-fn node_address_overlay() -> OverlaySpec {
-    OverlaySpec {
-        vni: 4096,
-        mtu: None,
-        address: Some("10.0.9.251/24".parse().unwrap()),
-    }
-}
-
-/// Two nodes on the ingress overlay, node 1 with its address on it
-/// ([`node_address_overlay`]), task `t` (10.0.9.3) on node 2, and each node's entries for
-/// the other's address.
-async fn node_address_and_remote_task(lab: &Lab) -> (Kernel, Kernel, TaskNetInfo) {
-    let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
-    k1.ensure_overlay(&node_address_overlay()).await.unwrap();
-    k2.ensure_overlay(&OverlaySpec {
-        vni: 4096,
-        mtu: None,
-        address: None,
-    })
-    .await
-    .unwrap();
-    let t = k2
-        .attach_task(&task("t", 4096, "10.0.9.3/24", false))
-        .await
-        .unwrap();
-    k1.sync_peers(4096, &[peer("10.0.9.3", 2)]).await.unwrap();
-    k2.sync_peers(4096, &[peer("10.0.9.251", 1)]).await.unwrap();
-    (k1, k2, t)
-}
-
-/// A server in `ns` on `addr` that sends `bytes` bytes to the first connection and closes it;
-/// returns once it listens.
-fn send_once(ns: &Path, addr: SocketAddr, bytes: usize) -> std::thread::JoinHandle<()> {
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let handle = in_ns(ns, move || {
-        let listener = TcpListener::bind(addr).expect("bind sender");
-        ready_tx.send(()).unwrap();
-        if let Ok((mut s, _)) = listener.accept() {
-            let _ = s.write_all(&vec![7u8; bytes]);
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("sender ready");
-    handle
-}
-
-/// Connect from `ns` to `addr` and read until the peer closes; the bytes read.
-fn receive_all(ns: &Path, addr: SocketAddr) -> usize {
-    in_ns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).expect("read to the end");
-        got.len()
-    })
-    .join()
-    .unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fast_path_should_deliver_replies_to_the_nodes_own_overlay_address_but_not_aggregates()
-{
-    shoal_testkit::require!(root, tools = ["ip", "nft"]);
-    let lab = Lab::new(2);
-    // Node 1 holds an address on the overlay (as every node does on the ingress overlay, where
-    // the routing mesh's replies come back to it); a task runs on node 2.
-    let (k1, k2, t) = node_address_and_remote_task(&lab).await;
-    let (n1, t_ip) = (lab.node(1), Ipv4Addr::new(10, 0, 9, 3));
-    // Whether node 1 reached the task and the replies skipped node 1's VXLAN device.
-    let replies_skip_vxlan = |port: u16| {
-        let before = vxlan_rx(&n1, 4096);
-        let seen = probe_retry(&lab.node_path(1), &t.path, t_ip, port);
-        assert!(seen.is_some(), "node 1 reaches the task (port {port})");
-        vxlan_rx(&n1, 4096) == before
-    };
-    assert!(!replies_skip_vxlan(7601), "the control: no program yet");
-
-    let policy = NodePolicy::new(
-        Ipv4Addr::new(198, 18, 0, 1),
-        ["198.18.0.1", "198.18.0.2"],
-        None,
-    );
-    k1.program_node_policy(&policy).await.unwrap();
-    assert!(
-        replies_skip_vxlan(7611),
-        "delivered to the bridge by the program"
-    );
-
-    // A bulk reply arrives as GSO aggregates, which the program leaves to the kernel's path
-    // (it cannot clear their tunnel GSO type, and the node may forward them); all of it
-    // arrives.
-    let before = vxlan_rx(&n1, 4096);
-    let sender = send_once(&t.path, SocketAddr::from((t_ip, 7621)), 8 << 20);
-    let got = receive_all(&lab.node_path(1), SocketAddr::from((t_ip, 7621)));
-    sender.join().unwrap();
-    assert_eq!(got, 8 << 20, "the whole bulk reply");
-    assert!(
-        vxlan_rx(&n1, 4096) > before,
-        "aggregates through the VXLAN device"
-    );
-
-    // The node's address changes within its subnet: the bridge holds the new one (the old
-    // one, deleted as the primary, must not take the new secondary with it), and the program
-    // follows it.
-    let moved = OverlaySpec {
-        address: Some("10.0.9.250/24".parse().unwrap()),
-        ..node_address_overlay()
-    };
-    k1.ensure_overlay(&moved).await.unwrap();
-    let br = ip_out(&format!("-n {n1} -4 addr show shb-4096"));
-    assert!(
-        br.contains("10.0.9.250/24") && !br.contains("10.0.9.251"),
-        "{br}"
-    );
-    k2.sync_peers(4096, &[peer("10.0.9.250", 1)]).await.unwrap();
-    assert!(replies_skip_vxlan(7631), "the new address");
-
-    // A restarted agent learns the bridge's address on load.
-    drop(k1);
-    let k1 = lab.kernel(1).await;
-    k1.program_node_policy(&policy).await.unwrap();
-    assert!(replies_skip_vxlan(7641), "recovered");
-
-    k2.detach_task("t").await.unwrap();
-    k1.remove_overlay(4096).await.unwrap();
-    k2.remove_overlay(4096).await.unwrap();
 }

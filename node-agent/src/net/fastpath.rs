@@ -5,9 +5,7 @@
 //! headers there and goes straight into the task's namespace. That skips the outer IP/UDP
 //! receive, the VXLAN device and the overlay bridge: in a local cluster, one stream over the
 //! overlay went from 0.70 to 0.89 of the underlay (docs/architecture.md, "Overlay fast
-//! path (BPF)"). A single frame (not a GSO aggregate) for this node's own address on an
-//! overlay (`shoal_bridges`: the ingress overlay's bridge, where the routing mesh's replies
-//! come back) goes, decapsulated, to that bridge's receive instead.
+//! path (BPF)").
 //!
 //! It is only a shortcut. The bridge, the VXLAN device and their entries stay complete, and
 //! whatever the program does not know (ARP, another node's sender, a task being attached, a
@@ -43,7 +41,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/de
 pub const PROGRAM: &str = "shoal_decap";
 const TASKS: &str = "shoal_tasks";
 const PEERS: &str = "shoal_peers";
-const BRIDGES: &str = "shoal_bridges";
 const LOCAL: &str = "shoal_local";
 
 /// `struct task_key` of `bpf/decap.c`: the VNI, and the address in network order as the
@@ -70,8 +67,6 @@ struct Wanted {
     tasks: BTreeMap<(u32, Ipv4Addr), u32>,
     /// The nodes' underlay addresses.
     peers: BTreeSet<Ipv4Addr>,
-    /// VNI → this node's own address on that overlay and the ifindex of its bridge.
-    bridges: BTreeMap<u32, (Ipv4Addr, u32)>,
 }
 
 /// A loaded and attached program.
@@ -90,10 +85,6 @@ impl Loaded {
 
     fn peers(&mut self) -> Result<HashMap<&mut MapData, u32, u8>, NetError> {
         hash_map(&mut self.bpf, PEERS)
-    }
-
-    fn bridges(&mut self) -> Result<HashMap<&mut MapData, TaskKey, u32>, NetError> {
-        hash_map(&mut self.bpf, BRIDGES)
     }
 }
 
@@ -162,50 +153,9 @@ impl FastPath {
         self.forget(|(_, i)| i == ifindex).await
     }
 
-    /// Overlay `vni` goes: forget every task on it, and the node's own address on it.
+    /// Overlay `vni` goes: forget every task on it.
     pub async fn forget_vni(&self, vni: u32) -> Result<(), NetError> {
-        self.set_bridge(vni, None).await?;
         self.forget(|((v, _), _)| v == vni).await
-    }
-
-    /// The bridge of overlay `vni` holds this node's address `own.0` and has index `own.1`
-    /// (`None`: it holds none); replaces what was known for `vni`.
-    pub async fn set_bridge(&self, vni: u32, own: Option<(Ipv4Addr, u32)>) -> Result<(), NetError> {
-        self.put_bridge(vni, own, true).await
-    }
-
-    /// [`Self::set_bridge`] for what was found, not made: never replaces what is known.
-    pub async fn learn_bridge(&self, vni: u32, ip: Ipv4Addr, ifindex: u32) -> Result<(), NetError> {
-        self.put_bridge(vni, Some((ip, ifindex)), false).await
-    }
-
-    async fn put_bridge(
-        &self,
-        vni: u32,
-        own: Option<(Ipv4Addr, u32)>,
-        replace: bool,
-    ) -> Result<(), NetError> {
-        let mut state = self.state.lock().await;
-        let (wanted, loaded) = &mut *state;
-        let old = wanted.bridges.get(&vni).copied();
-        if (!replace && old.is_some()) || old == own {
-            return Ok(());
-        }
-        if let Some(l) = loaded {
-            let mut map = l.bridges()?;
-            if let Some((ip, _)) = old.filter(|(ip, _)| own.map(|o| o.0) != Some(*ip)) {
-                remove(&mut map, &task_key((vni, ip)), "remove a bridge")?;
-            }
-            if let Some((ip, ifindex)) = own {
-                map.insert(task_key((vni, ip)), ifindex, 0)
-                    .map_err(|e| err("add a bridge", e))?;
-            }
-        }
-        match own {
-            Some(o) => wanted.bridges.insert(vni, o),
-            None => wanted.bridges.remove(&vni),
-        };
-        Ok(())
     }
 
     async fn forget(&self, gone: impl Fn(((u32, Ipv4Addr), u32)) -> bool) -> Result<(), NetError> {
@@ -317,14 +267,6 @@ async fn load(
                 .map_err(|e| err("add a task", e))?;
         }
     }
-    {
-        let mut bridges = l.bridges()?;
-        for (vni, (ip, ifindex)) in &wanted.bridges {
-            bridges
-                .insert(task_key((*vni, *ip)), *ifindex, 0)
-                .map_err(|e| err("add a bridge", e))?;
-        }
-    }
     // Attaching resolves the interface in the calling thread's namespace.
     let iface = l.interface.0.clone();
     let attached = netns::run_in(home.as_deref(), move || {
@@ -386,25 +328,6 @@ mod tests {
         f.forget_vni(4097).await.unwrap();
         assert_eq!(tasks(&f).await, vec![((4098, ip), 12)]);
         assert!(!f.is_loaded().await);
-    }
-
-    #[tokio::test]
-    async fn a_bridge_address_is_replaced_by_an_ensure_not_by_a_find_and_goes_with_its_overlay() {
-        let f = FastPath::default();
-        let bridges = |f: &FastPath| {
-            let state = f.state.try_lock().unwrap();
-            state.0.bridges.clone()
-        };
-        let (a, b) = (Ipv4Addr::new(10, 255, 0, 3), Ipv4Addr::new(10, 255, 0, 9));
-        f.learn_bridge(4096, a, 7).await.unwrap();
-        f.learn_bridge(4096, b, 8).await.unwrap();
-        assert_eq!(bridges(&f), BTreeMap::from([(4096, (a, 7))]));
-        f.set_bridge(4096, Some((b, 9))).await.unwrap();
-        f.set_bridge(4097, Some((a, 10))).await.unwrap();
-        f.set_bridge(4097, None).await.unwrap();
-        assert_eq!(bridges(&f), BTreeMap::from([(4096, (b, 9))]));
-        f.forget_vni(4096).await.unwrap();
-        assert!(bridges(&f).is_empty());
     }
 
     #[test]

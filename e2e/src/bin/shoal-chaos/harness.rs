@@ -274,9 +274,8 @@ impl Drop for Frozen {
 
 /// An nftables table inside node k's namespace dropping everything in and out of its
 /// underlay interface (`eth0`); deleted when dropped. Only ever inside a node namespace.
-/// VXLAN for the node's own tasks and its own ingress address still gets in (the agent's
-/// fast path runs at tc ingress, before nftables), but what answers or forwards it cannot
-/// leave, so no connection completes.
+/// VXLAN for the node's own tasks still gets in (the agent's fast path runs at tc ingress,
+/// before nftables), but what they answer cannot leave, so no connection completes.
 pub struct Partition {
     ns: String,
 }

@@ -1,9 +1,8 @@
 //! Owns [`Kernel`]'s side of the overlay fast path ([`crate::net::fastpath`]): loading it
 //! with the node policy (attached to the interface holding the underlay address, accepting
-//! the policy's VXLAN peers), and telling it about task ports and the node's own overlay
-//! addresses as they come and go. On a load it learns the task ports already there (an
-//! agent restarted under running tasks) from their namespaces, and the bridges holding an
-//! address of the node.
+//! the policy's VXLAN peers), and telling it about task ports as they come and go. On a
+//! load it learns the task ports already there (an agent restarted under running tasks)
+//! from their namespaces.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -13,7 +12,7 @@ use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 
 use crate::net::error::NetError;
-use crate::net::names::{self, OverlayLink, PortKind};
+use crate::net::names::PortKind;
 use crate::net::netns;
 
 use super::links::*;
@@ -39,9 +38,6 @@ impl Kernel {
             .await?;
         if loaded {
             self.fast_path_recover().await;
-            if let Err(e) = self.fast_path_recover_bridges().await {
-                tracing::warn!(error = %e, "overlay fast path: cannot list overlay bridges");
-            }
         }
         Ok(())
     }
@@ -135,31 +131,6 @@ impl Kernel {
         if let Err(e) = self.fast.set_task(vni, ip, ifindex).await {
             tracing::warn!(error = %e, task = netns_name, "overlay fast path: the kernel's path serves this task");
         }
-    }
-
-    /// The bridge of overlay `vni` (index `own.1`) holds this node's address `own.0`, or
-    /// (`None`) no address: the fast path may deliver to it, or must not.
-    pub(super) async fn fast_path_bridge(&self, vni: u32, own: Option<(Ipv4Addr, u32)>) {
-        if let Err(e) = self.fast.set_bridge(vni, own).await {
-            tracing::warn!(error = %e, vni, "overlay fast path: the kernel's path serves this node's overlay address");
-        }
-    }
-
-    /// Tell the fast path about the overlay bridges holding an address of this node.
-    async fn fast_path_recover_bridges(&self) -> Result<(), NetError> {
-        for l in self.home_links().await? {
-            let Some((OverlayLink::Bridge, vni)) =
-                link_name(&l).and_then(|n| names::parse_overlay_link(&n))
-            else {
-                continue;
-            };
-            if let Some((addr, _)) = self.link_addresses(l.header.index).await?.first() {
-                self.fast
-                    .learn_bridge(vni, addr.ip(), l.header.index)
-                    .await?;
-            }
-        }
-        Ok(())
     }
 
     /// A port is about to go: the fast path must stop delivering to it first.

@@ -296,8 +296,6 @@ impl Network for Kernel {
         if let Some(a) = spec.address {
             add_address(&self.home, br_index, a, &br).await?;
         }
-        self.fast_path_bridge(spec.vni, spec.address.map(|a| (a.ip(), br_index)))
-            .await;
         let existing = match link_by_name(&self.home, &vx).await? {
             // A device left with other settings (the node's address changed, or someone
             // else's device by our name) is replaced; its entries go with it.
