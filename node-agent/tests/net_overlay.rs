@@ -779,15 +779,7 @@ async fn a_node_address_on_an_overlay_should_be_reachable_from_remote_tasks_and_
         br.contains("10.0.9.250/24") && !br.contains("10.0.9.251"),
         "{br}"
     );
-    k2.sync_peers(
-        4096,
-        &[Peer {
-            ip: Ipv4Addr::new(10, 0, 9, 250),
-            node: n1,
-        }],
-    )
-    .await
-    .unwrap();
+    k2.sync_peers(4096, &[peer("10.0.9.250", 1)]).await.unwrap();
     assert!(
         probe_retry(
             &t.path,
