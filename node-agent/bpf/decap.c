@@ -8,16 +8,20 @@
 // it) to the kernel's path, which stays complete: a packet this program passes on is
 // handled exactly as without it (VXLAN from a sender that is not a node, to `shoal_node`'s
 // drop and its counter). So is anything the kernel's VXLAN receive would treat specially:
-// a congestion mark (CE) on the outer header, a nonzero reserved VNI byte, a bad outer IPv4
-// header checksum. The outer UDP checksum is not verified here (a GSO aggregate's cannot
-// be): the inner packet's own checksums still are, by the task's stack, unless the NIC
-// verified them.
+// a nonzero reserved VNI byte, a bad outer IPv4 header checksum, and a congestion mark (CE)
+// on the outer header of a packet that is not ECN-capable inside (the kernel drops it). A
+// CE mark over an ECN-capable packet is copied to the inner header here, as the kernel's
+// decap does (RFC 6040), so that every packet of a flow takes this path: one left to the
+// kernel's would queue behind the VXLAN device's GRO cell and could be overtaken. The outer
+// UDP checksum is not verified here (a GSO aggregate's cannot be): the inner packet's own
+// checksums still are, by the task's stack, unless the NIC verified them.
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/udp.h>
+#include <stddef.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -83,7 +87,7 @@ int shoal_decap(struct __sk_buff *skb)
 	if ((void *)(iip + 1) > end)
 		return PASS;
 	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->ihl != 5 || ip->protocol != IPPROTO_UDP ||
-	    (ip->frag_off & bpf_htons(0x3fff)) || (ip->tos & ECN_MASK) == ECN_CE ||
+	    (ip->frag_off & bpf_htons(0x3fff)) ||
 	    udp->dest != bpf_htons(VXLAN_PORT) ||
 	    vx->flags != bpf_htonl(VXLAN_FLAG_VNI) || (vx->vni & bpf_htonl(0xff)) ||
 	    ieth->h_proto != bpf_htons(ETH_P_IP))
@@ -108,10 +112,28 @@ int shoal_decap(struct __sk_buff *skb)
 	sum = (sum & 0xffff) + (sum >> 16);
 	if (sum != 0xffff)
 		return PASS;
+	// Congestion experienced on the way: an ECN-capable inner packet carries the mark on.
+	__u8 ce = (ip->tos & ECN_MASK) == ECN_CE && (iip->tos & ECN_MASK) != ECN_CE;
+	if (ce && !(iip->tos & ECN_MASK))
+		return PASS;
+	__u16 first = *(__u16 *)iip; // version, IHL and TOS, as they are in the packet
 	__u8 dst[ETH_ALEN], src[ETH_ALEN];
 	__builtin_memcpy(dst, ieth->h_dest, ETH_ALEN);
 	__builtin_memcpy(src, ieth->h_source, ETH_ALEN);
 	__u32 target = *ifindex;
+	if (ce) {
+		// TOS and the header checksum by offset (the helpers invalidate the pointers). The
+		// packet's own sum is unchanged (the two changes cancel), so skb->csum stays.
+		const __u32 at = sizeof(struct ethhdr) + STRIP;
+		__u8 tos = ((__u8 *)&first)[1] | ECN_CE;
+		__u16 marked = first;
+		((__u8 *)&marked)[1] = tos;
+		if (bpf_skb_store_bytes(skb, at + offsetof(struct iphdr, tos), &tos, 1, 0))
+			return PASS;
+		// The TOS changed and its checksum could not: a packet the task would drop anyway.
+		if (bpf_l3_csum_replace(skb, at + offsetof(struct iphdr, check), first, marked, 2))
+			return TC_ACT_SHOT;
+	}
 	// FIXED_GSO: an aggregate's gso_size is the inner MSS and stays. NO_CSUM_RESET and the
 	// level decrement: a checksum the NIC verified for the inner packet stays verified, as
 	// in the kernel's own decap.

@@ -1493,3 +1493,135 @@ async fn the_fast_path_should_deliver_vxlan_from_nodes_to_tasks_and_follow_ports
     k2.remove_gateway().await.unwrap();
     assert!(!via_fast_path(&lab, &a, &b2, b_ip, 7561));
 }
+
+/// `nft ARGS…` in the namespace at `ns` (a path), panicking with its stderr on failure;
+/// its stdout.
+fn nft_in(ns: &Path, args: &'static [&'static str]) -> String {
+    in_ns(ns, move || {
+        let out = Command::new("nft").args(args).output().expect("run nft");
+        assert!(
+            out.status.success(),
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Sends one UDP datagram with the IPv4 TOS byte `tos` from `from` to `to` and waits up to
+/// 2 s for it in `to_ns`: whether it arrived.
+fn udp_arrives(from: &Path, to_ns: &Path, to: SocketAddr, tos: u32) -> bool {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let server = in_ns(to_ns, move || {
+        let socket = std::net::UdpSocket::bind(to).expect("bind the UDP receiver");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 64];
+        socket.recv(&mut buf).is_ok_and(|n| &buf[..n] == b"ce?")
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    in_ns(from, move || {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        socket.set_tos_v4(tos).unwrap();
+        socket.send_to(b"ce?", &to.into()).unwrap();
+    })
+    .join()
+    .unwrap();
+    server.join().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_should_carry_a_congestion_mark_into_ecn_capable_packets_and_leave_the_rest_to_the_kernel(
+) {
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let lab = Lab::new(2);
+    let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
+    let overlay = OverlaySpec {
+        vni: 4097,
+        mtu: None,
+        address: None,
+    };
+    k1.ensure_overlay(&overlay).await.unwrap();
+    k2.ensure_overlay(&overlay).await.unwrap();
+    let a = k1
+        .attach_task(&task("a", 4097, "10.0.1.2/24", false))
+        .await
+        .unwrap();
+    let b = k2
+        .attach_task(&task("b", 4097, "10.0.1.3/24", false))
+        .await
+        .unwrap();
+    k1.sync_peers(4097, &[peer("10.0.1.3", 2)]).await.unwrap();
+    k2.sync_peers(4097, &[peer("10.0.1.2", 1)]).await.unwrap();
+    let both = NodePolicy::new(
+        Ipv4Addr::new(198, 18, 0, 2),
+        ["198.18.0.1", "198.18.0.2"],
+        None,
+    );
+    k2.program_node_policy(&both).await.unwrap();
+    let to = SocketAddr::from((Ipv4Addr::new(10, 0, 1, 3), 7600));
+    let n2 = lab.node(2);
+    // Warm up: ARP on the overlay, the forwarding entries.
+    assert!((0..3).any(|_| udp_arrives(&a.path, &b.path, to, 0)));
+
+    // A congested underlay: node 1 marks every VXLAN packet it sends CE, and the receiving
+    // task counts CE-marked datagrams (after ip_rcv, so with a valid header checksum).
+    ip(&format!(
+        "netns exec {} nft add table ip cetest {{ chain out {{ type filter hook postrouting \
+         priority 0; udp dport 4789 ip ecn set ce; }}; }}",
+        lab.node(1)
+    ));
+    nft_in(
+        &b.path,
+        &[
+            "add table ip seen { counter ce {}; chain pre { type filter hook prerouting \
+             priority 0; udp dport 7600 ip ecn ce counter name ce; }; }",
+        ],
+    );
+    let ce_seen = || {
+        let out = nft_in(&b.path, &["list", "counter", "ip", "seen", "ce"]);
+        out.split("packets ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("a packet count in {out}"))
+    };
+
+    // ECN-capable (ECT(0)): the mark goes on to the inner header, on the fast path.
+    let (rx, errors) = (vxlan_rx(&n2, 4097), vxlan_rx_errors(&n2, 4097));
+    assert!(udp_arrives(&a.path, &b.path, to, 2), "an ECT(0) datagram");
+    assert_eq!(ce_seen(), 1, "the task sees the congestion mark");
+    assert_eq!(vxlan_rx(&n2, 4097), rx, "the program carried it");
+    // So is one already marked inside (CE over CE).
+    assert!(udp_arrives(&a.path, &b.path, to, 3), "a CE datagram");
+    assert_eq!(ce_seen(), 2);
+    assert_eq!(vxlan_rx(&n2, 4097), rx);
+    assert_eq!(vxlan_rx_errors(&n2, 4097), errors);
+
+    // Not ECN-capable inside: left to the kernel, which drops it (RFC 6040) and counts it.
+    assert!(
+        !udp_arrives(&a.path, &b.path, to, 0),
+        "a Not-ECT datagram under CE"
+    );
+    assert_eq!(ce_seen(), 2);
+    assert!(vxlan_rx_errors(&n2, 4097) > errors, "the kernel's drop");
+}
+
+/// Receive errors of node `ns`'s VXLAN device for `vni` so far.
+fn vxlan_rx_errors(ns: &str, vni: u32) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "cat"])
+        .arg(format!("/sys/class/net/shv-{vni}/statistics/rx_errors"))
+        .output()
+        .expect("run ip netns exec cat");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("an error count")
+}
