@@ -385,7 +385,10 @@ impl Network for Kernel {
         let gw = Ipv4Network::new(names::gateway_address(subnet), subnet.prefix())
             .expect("valid prefix");
         add_address(&self.home, idx, gw, GW_BRIDGE).await?;
-        // A changed subnet: drop the bridge's other addresses.
+        // A changed subnet: drop the bridge's other addresses. (Adding first is safe here,
+        // unlike in `ensure_overlay`: the gateway's address is its subnet's first host, so a
+        // new one is never a secondary of the old, which only an address of the same
+        // subnet and prefix would be.)
         for (addr, msg) in self.link_addresses(idx).await? {
             if addr != gw {
                 ignore_missing(self.home.address().del(msg).execute().await)
