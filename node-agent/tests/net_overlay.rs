@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
 use shoal_node_agent::net::{
-    netns, Attachment, GatewaySpec, Kernel, NetConfig, Network, NodePolicy, OverlaySpec, Peer,
-    PortKind, TaskNetInfo, TaskNetSpec,
+    names, netns, Attachment, GatewaySpec, Kernel, NetConfig, Network, NodePolicy, OverlaySpec,
+    Peer, PortKind, TaskNetInfo, TaskNetSpec,
 };
 
 const WORLD_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -557,8 +557,40 @@ async fn egress_should_masquerade_through_the_gateway_and_internal_tasks_get_non
         None,
         "internal task has no egress"
     );
-    // The outside cannot open connections to a task's gateway address.
     let ns = lab.node(1);
+    // The gateway bridge has an address of its own, the one e cached for its gateway: a
+    // port with a lower address joining (a bridge without a set address takes its lowest
+    // port's) or leaving does not move it, so e keeps reaching the outside at once.
+    let gw_link = || ip_out(&format!("-n {ns} -br link show shoal_gwbridge"));
+    assert!(gw_link().contains("02:42:ac:12:00:01"), "{}", gw_link());
+    let e2 = k
+        .attach_task(&task("e2", 4097, "10.0.1.4/24", true))
+        .await
+        .unwrap();
+    let port = names::host_veth_name(&e2.netns, PortKind::Gateway(gw_ip(&e2)));
+    ip(&format!(
+        "-n {ns} link set {port} address 02:00:00:00:00:01"
+    ));
+    assert!(gw_link().contains("02:42:ac:12:00:01"), "{}", gw_link());
+    assert!(
+        probe(&e.path, &world, WORLD_IP, 7204).is_some(),
+        "e reaches the outside after a port with a lower address joined"
+    );
+    k.detach_task("e2").await.unwrap();
+    assert!(probe(&e.path, &world, WORLD_IP, 7205).is_some());
+    // Ensured again, the bridge keeps its neighbour entries (e's among them); an address
+    // changed by hand is set back.
+    let neigh = || ip_out(&format!("-n {ns} neigh show dev shoal_gwbridge"));
+    assert!(neigh().contains("172.18.0.2"), "{}", neigh());
+    k.ensure_gateway(&GatewaySpec::default()).await.unwrap();
+    assert!(neigh().contains("172.18.0.2"), "{}", neigh());
+    ip(&format!(
+        "-n {ns} link set shoal_gwbridge address 02:00:00:00:00:02"
+    ));
+    k.ensure_gateway(&GatewaySpec::default()).await.unwrap();
+    assert!(gw_link().contains("02:42:ac:12:00:01"), "{}", gw_link());
+
+    // The outside cannot open connections to a task's gateway address.
     assert!(ip_out(&format!("-n {} route show", lab.world())).contains("198.18.0.0/24"));
     ip(&format!(
         "-n {} route add 172.18.0.0/16 via 198.18.0.1",
@@ -730,6 +762,15 @@ async fn a_node_address_on_an_overlay_should_be_reachable_from_remote_tasks_and_
         Some(std::net::IpAddr::V4(Ipv4Addr::new(10, 0, 9, 3))),
         "task on node 2 reaches node 1's overlay address"
     );
+    // Ensured again unchanged, the bridge keeps the node's neighbour entries on it (setting
+    // a bridge's address, even to the one it has, flushes them).
+    ip(&format!(
+        "-n {} neigh replace 10.0.9.77 lladdr 02:42:0a:00:09:4d dev shb-4096 nud stale",
+        lab.node(1)
+    ));
+    k1.ensure_overlay(&with_addr).await.unwrap();
+    let neigh = ip_out(&format!("-n {} neigh show dev shb-4096", lab.node(1)));
+    assert!(neigh.contains("10.0.9.77"), "{neigh}");
 
     // The node's address must not turn the gateway bridge into a path into the overlay: a
     // task on another overlay of node 1 cannot reach an ingress task of node 1 through it.

@@ -156,6 +156,14 @@ pub(super) fn link_mtu(l: &LinkMessage) -> Option<u32> {
     })
 }
 
+/// A link's hardware address.
+pub(super) fn link_mac(l: &LinkMessage) -> Option<[u8; 6]> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),
+        _ => None,
+    })
+}
+
 pub(super) fn neigh_mac(m: &NeighbourMessage) -> Option<[u8; 6]> {
     m.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::LinkLayerAddress(b) => <[u8; 6]>::try_from(b.as_slice()).ok(),

@@ -262,8 +262,11 @@ impl Network for Kernel {
         let br_index = match link_by_name(&self.home, &br).await? {
             Some(l) => {
                 let mut fix = LinkUnspec::new_with_index(l.header.index).mtu(mtu).up();
-                if let Some(a) = spec.address {
-                    fix = fix.address(names::mac_for_ip(a.ip()).to_vec());
+                // Only when it differs: setting a bridge's address, even to the one it has,
+                // flushes the node's neighbour entries on it.
+                let mac = spec.address.map(|a| names::mac_for_ip(a.ip()));
+                if let Some(mac) = mac.filter(|m| link_mac(&l) != Some(*m)) {
+                    fix = fix.address(mac.to_vec());
                 }
                 set_link(&self.home, &br, fix.build()).await?;
                 l.header.index
@@ -364,13 +367,34 @@ impl Network for Kernel {
             Some(m) => m,
             None => self.underlay_mtu().await?,
         };
+        // A fixed address: a bridge without one takes the lowest of its ports', so a task
+        // leaving could change it under the other tasks, whose cached gateway entry would
+        // then point nowhere until it failed (seconds without egress).
+        let gw_ip = names::gateway_address(subnet);
+        let mac = names::mac_for_ip(gw_ip);
         let idx = match link_by_name(&self.home, GW_BRIDGE).await? {
-            Some(l) => l.header.index,
+            Some(l) => {
+                // Only when it differs: setting it flushes the node's neighbour entries.
+                if link_mac(&l) != Some(mac) {
+                    set_link(
+                        &self.home,
+                        GW_BRIDGE,
+                        LinkUnspec::new_with_index(l.header.index)
+                            .address(mac.to_vec())
+                            .build(),
+                    )
+                    .await?;
+                }
+                l.header.index
+            }
             None => {
                 add_link_tolerant(
                     &self.home,
                     GW_BRIDGE,
-                    LinkBridge::new(GW_BRIDGE).mtu(mtu).build(),
+                    LinkBridge::new(GW_BRIDGE)
+                        .mtu(mtu)
+                        .address(mac.to_vec())
+                        .build(),
                 )
                 .await?;
                 link_by_name(&self.home, GW_BRIDGE)
@@ -382,8 +406,7 @@ impl Network for Kernel {
                     .index
             }
         };
-        let gw = Ipv4Network::new(names::gateway_address(subnet), subnet.prefix())
-            .expect("valid prefix");
+        let gw = Ipv4Network::new(gw_ip, subnet.prefix()).expect("valid prefix");
         add_address(&self.home, idx, gw, GW_BRIDGE).await?;
         // A changed subnet: drop the bridge's other addresses. (Adding first is safe here,
         // unlike in `ensure_overlay`: the gateway's address is its subnet's first host, so a
