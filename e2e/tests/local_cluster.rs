@@ -120,6 +120,18 @@ fn container_pids(c: &Cluster, k: u32) -> std::collections::BTreeMap<String, u32
         .collect()
 }
 
+/// Ids of every task wanted running, of any service.
+fn wanted_running(c: &Cluster) -> BTreeSet<String> {
+    let v = c.json(&["get", "tasks", "-o", "json"]);
+    v.as_array()
+        .or_else(|| v["items"].as_array())
+        .expect("a list of tasks")
+        .iter()
+        .filter(|t| t["spec"]["desiredState"] == "running")
+        .filter_map(|t| t["metadata"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Runs `nft ARGS` in the underlay's namespace; its stdout.
 fn underlay_nft(args: &[&str]) -> String {
     let mut argv = vec!["nft"];
@@ -530,7 +542,17 @@ fn local_cluster_end_to_end() {
     let (task, node, _) = api[0].clone();
     let k = node_k(&node);
     let ids_before = c.running_ids("api");
-    let pids_before = container_pids(&c, k);
+    // Only containers of tasks wanted running: one still stopping (a removed service's,
+    // which gets its grace period) may end on its own during the restart.
+    let pids_before = c.eventually(
+        &format!("node-{k} to run only containers of tasks wanted running"),
+        Duration::from_secs(30),
+        || {
+            let pids = container_pids(&c, k);
+            let wanted = wanted_running(&c);
+            pids.keys().all(|id| wanted.contains(id)).then_some(pids)
+        },
+    );
     assert!(!pids_before.is_empty(), "node-{k} runs containers");
     // runc keeps their state below the node's directory, which `dev down` removes.
     let runc = c
