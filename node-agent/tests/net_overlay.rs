@@ -1452,10 +1452,9 @@ fn via_fast_path(lab: &Lab, from: &TaskNetInfo, to: &TaskNetInfo, ip: Ipv4Addr, 
     vxlan_rx(&n2, 4097) == before
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fast_path_should_deliver_vxlan_from_nodes_to_tasks_and_follow_ports_and_restarts() {
-    shoal_testkit::require!(root, tools = ["ip", "nft"]);
-    let lab = Lab::new(2);
+/// Overlay 4097 on nodes 1 and 2 with task `a` (10.0.1.2) on node 1 and `b` (10.0.1.3) on
+/// node 2, each node's peer entries in place; no node policy (so no fast path) yet.
+async fn a_on_node_1_and_b_on_node_2(lab: &Lab) -> (Kernel, Kernel, TaskNetInfo, TaskNetInfo) {
     let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
     let overlay = OverlaySpec {
         vni: 4097,
@@ -1474,6 +1473,14 @@ async fn the_fast_path_should_deliver_vxlan_from_nodes_to_tasks_and_follow_ports
         .unwrap();
     k1.sync_peers(4097, &[peer("10.0.1.3", 2)]).await.unwrap();
     k2.sync_peers(4097, &[peer("10.0.1.2", 1)]).await.unwrap();
+    (k1, k2, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fast_path_should_deliver_vxlan_from_nodes_to_tasks_and_follow_ports_and_restarts() {
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let lab = Lab::new(2);
+    let (_k1, k2, a, b) = a_on_node_1_and_b_on_node_2(&lab).await;
     let b_ip = Ipv4Addr::new(10, 0, 1, 3);
     // The control: before the node policy loads it, the VXLAN device carries the traffic.
     assert!(!via_fast_path(&lab, &a, &b, b_ip, 7501));
@@ -1582,24 +1589,7 @@ async fn the_fast_path_should_carry_a_congestion_mark_into_ecn_capable_packets_a
 ) {
     shoal_testkit::require!(root, tools = ["ip", "nft"]);
     let lab = Lab::new(2);
-    let (k1, k2) = (lab.kernel(1).await, lab.kernel(2).await);
-    let overlay = OverlaySpec {
-        vni: 4097,
-        mtu: None,
-        address: None,
-    };
-    k1.ensure_overlay(&overlay).await.unwrap();
-    k2.ensure_overlay(&overlay).await.unwrap();
-    let a = k1
-        .attach_task(&task("a", 4097, "10.0.1.2/24", false))
-        .await
-        .unwrap();
-    let b = k2
-        .attach_task(&task("b", 4097, "10.0.1.3/24", false))
-        .await
-        .unwrap();
-    k1.sync_peers(4097, &[peer("10.0.1.3", 2)]).await.unwrap();
-    k2.sync_peers(4097, &[peer("10.0.1.2", 1)]).await.unwrap();
+    let (_k1, k2, a, b) = a_on_node_1_and_b_on_node_2(&lab).await;
     let both = NodePolicy::new(
         Ipv4Addr::new(198, 18, 0, 2),
         ["198.18.0.1", "198.18.0.2"],
