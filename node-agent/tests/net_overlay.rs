@@ -1429,15 +1429,26 @@ async fn tasks_should_not_reach_their_node_while_overlays_and_the_mesh_still_wor
 
 /// Packets node `ns`'s VXLAN device for `vni` has received so far.
 fn vxlan_rx(ns: &str, vni: u32) -> u64 {
+    vxlan_stat(ns, vni, "rx_packets")
+}
+
+/// Receive errors of node `ns`'s VXLAN device for `vni` so far.
+fn vxlan_rx_errors(ns: &str, vni: u32) -> u64 {
+    vxlan_stat(ns, vni, "rx_errors")
+}
+
+/// One of the statistics (`/sys/class/net/<dev>/statistics/<name>`) of node `ns`'s VXLAN
+/// device for `vni`.
+fn vxlan_stat(ns: &str, vni: u32, name: &str) -> u64 {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "cat"])
-        .arg(format!("/sys/class/net/shv-{vni}/statistics/rx_packets"))
+        .arg(format!("/sys/class/net/shv-{vni}/statistics/{name}"))
         .output()
         .expect("run ip netns exec cat");
     String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
-        .expect("a packet count")
+        .unwrap_or_else(|e| panic!("shv-{vni}'s {name}: {e}"))
 }
 
 /// Whether the overlay's traffic to node 2's task skipped node 2's VXLAN device (the fast
@@ -1642,17 +1653,4 @@ async fn the_fast_path_should_carry_a_congestion_mark_into_ecn_capable_packets_a
     );
     assert_eq!(ce_seen(), 2);
     assert!(vxlan_rx_errors(&n2, 4097) > errors, "the kernel's drop");
-}
-
-/// Receive errors of node `ns`'s VXLAN device for `vni` so far.
-fn vxlan_rx_errors(ns: &str, vni: u32) -> u64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "cat"])
-        .arg(format!("/sys/class/net/shv-{vni}/statistics/rx_errors"))
-        .output()
-        .expect("run ip netns exec cat");
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("an error count")
 }
