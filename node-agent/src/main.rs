@@ -143,11 +143,18 @@ impl ContainerdArgs {
         Arc<NodeCheck>,
     )> {
         let home = self.netns.as_ref().map(|n| Path::new("/run/netns").join(n));
-        let network = NodeNetwork::kernel(node, address, home, Path::new("/etc/resolv.conf"))
-            .await
-            .context("cannot set up task networking")?
-            .with_reserved_ports(self.listen.as_deref().and_then(listen_port));
         let mut config = ContainerdConfig::new(&self.containerd_socket, &self.state_dir);
+        let task_cgroup = shoal_node_agent::lb::socket::cgroup_dir(&config.cgroup_parent);
+        let network = NodeNetwork::kernel(
+            node,
+            address,
+            home,
+            Path::new("/etc/resolv.conf"),
+            task_cgroup.as_deref(),
+        )
+        .await
+        .context("cannot set up task networking")?
+        .with_reserved_ports(self.listen.as_deref().and_then(listen_port));
         config.namespace = self.containerd_namespace.clone();
         config.snapshotter = self.snapshotter.clone();
         config.log_rotation = shoal_node_agent::runtime::logs::LogRotation {

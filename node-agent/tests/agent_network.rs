@@ -139,6 +139,7 @@ async fn spawn_agent(
         UNDERLAY,
         Some(node.path()),
         std::path::Path::new("/etc/resolv.conf"),
+        shoal_node_agent::lb::socket::cgroup_dir(&env.config().cgroup_parent).as_deref(),
     )
     .await
     .expect("task networking");
@@ -345,6 +346,11 @@ async fn agent_should_run_tasks_on_an_overlay_with_dns_and_vips_and_clean_up() {
     for url in ["http://10.0.1.5/", "http://10.0.1.2/", "http://web/"] {
         exec_until(&rt, "client1", &["wget", "-qO-", url], "web.1").await;
     }
+    // A task's connection to the VIP is made to the backend itself, at connect() (no NAT):
+    // its peer is the backend's address.
+    let open_to_vip =
+        "sleep 3 | nc 10.0.1.2 80 >/dev/null 2>&1 & sleep 1; netstat -tn | grep ESTABLISHED";
+    exec_until(&rt, "client1", &["sh", "-c", open_to_vip], "10.0.1.5:80").await;
 
     // A restarted agent leaves the containers alone and serves DNS again. "Alone" means the
     // same init process per container, as containerd reports it (not every pid in the
@@ -369,6 +375,8 @@ async fn agent_should_run_tasks_on_an_overlay_with_dns_and_vips_and_clean_up() {
         "an agent restart must not restart the containers"
     );
     exec_until(&rt, "client1", &["wget", "-qO-", "http://web/"], "web.1").await;
+    // The new agent's connect() program knows the VIPs of the tables it found.
+    exec_until(&rt, "client1", &["sh", "-c", open_to_vip], "10.0.1.5:80").await;
 
     // Deleting the tasks removes their containers, namespaces and the overlay.
     for t in ["web1", "client1"] {

@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use shoal_api_types::service::Protocol;
-use shoal_node_agent::lb::{self, Converged, NftLoadBalancer, VipEntry};
+use shoal_node_agent::lb::{self, Converged, LoadBalancer, NftLoadBalancer, VipEntry};
 use support::{in_ns, sh, Namespaces, Responder};
 
 const VIP: &str = "10.77.0.100";
@@ -631,4 +631,171 @@ async fn mesh_should_not_send_a_reused_source_port_to_a_backend_it_dropped() {
         Ok("b2".to_owned())
     );
     mesh.remove().await.unwrap();
+}
+
+/// A cgroup v2 directory made for one test; dropping removes it (its processes have ended).
+struct TestCgroup(std::path::PathBuf);
+
+impl TestCgroup {
+    fn new() -> Self {
+        let dir = lb::socket::cgroup_dir(&format!("/shoal-test-socklb-{}", std::process::id()))
+            .expect("cgroup v2 (the unified hierarchy) is mounted");
+        std::fs::create_dir_all(&dir).expect("make the test cgroup");
+        TestCgroup(dir)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// One TCP connection to VIP:80 from a process in namespace `ns`, started in `cgroup` when
+/// given (as a task's processes are) or in the test's own otherwise: the backend's reply, or
+/// `Err` with what busybox nc printed.
+fn connect_from(ns: &str, cgroup: Option<&TestCgroup>) -> Result<String, String> {
+    let join = cgroup
+        .map(|c| format!("echo $$ > {}/cgroup.procs && ", c.0.display()))
+        .unwrap_or_default();
+    let script = format!("{join}exec ip netns exec {ns} busybox nc -w 1 {VIP} 80 </dev/null");
+    let (ok, out, err) = support::try_sh(&["sh", "-c", &script]);
+    if ok && !out.is_empty() {
+        Ok(out.trim().to_owned())
+    } else {
+        Err(format!("{out}{err}"))
+    }
+}
+
+fn spread_from(ns: &str, cgroup: &TestCgroup, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let reply = connect_from(ns, Some(cgroup)).expect("connect to the VIP");
+        *seen.entry(reply).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_process_should_reach_vip_backends_directly_at_connect_and_the_table_should_keep_the_rest(
+) {
+    shoal_testkit::require!(root, tools = ["ip", "nft", "busybox"]);
+    let mut nss = Namespaces::new();
+    let switch = nss.add("sw");
+    let task = nss.add("task");
+    let b1 = nss.add("b1");
+    let b2 = nss.add("b2");
+    support::wire(
+        &switch,
+        &[
+            (&task, "10.77.0.2/24"),
+            (&b1, "10.77.0.3/24"),
+            (&b2, "10.77.0.4/24"),
+        ],
+    );
+    let _r1 = Responder::start(&b1, "0.0.0.0:80".parse().unwrap(), "b1");
+    let _r2 = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
+    let task_path = Namespaces::path(&task);
+    let cgroup = TestCgroup::new();
+    let lb = lb::SocketLb::attach(&cgroup.0).expect("load and attach the program");
+    assert!(lb.is_attached().await);
+
+    // Two backends (and UDP, which stays with the table): a task's connections reach both
+    // in turn.
+    let two = vec![
+        entry(&["10.77.0.3", "10.77.0.4"]),
+        VipEntry {
+            protocol: Protocol::Udp,
+            ..entry(&["10.77.0.3", "10.77.0.4"])
+        },
+    ];
+    lb.program(&task_path, &two).await.unwrap();
+    let both: Vec<Ipv4Addr> = vec!["10.77.0.3".parse().unwrap(), "10.77.0.4".parse().unwrap()];
+    assert_eq!(
+        lb.targets(&task_path).await,
+        BTreeMap::from([(VIP.parse().unwrap(), both)])
+    );
+    assert_eq!(
+        spread_from(&task, &cgroup, 10),
+        BTreeMap::from([("b1".to_owned(), 5), ("b2".to_owned(), 5)])
+    );
+
+    // The connection is made to the backend itself: with the table gone, a task's process
+    // still reaches one, while a process outside the cgroup (which the program never sees)
+    // reaches nothing.
+    sh(&[
+        "ip", "netns", "exec", &task, "nft", "delete", "table", "ip", "shoal_lb",
+    ]);
+    assert!(connect_from(&task, Some(&cgroup)).is_ok());
+    let outside = connect_from(&task, None);
+    assert!(outside.is_err(), "without the table: {outside:?}");
+
+    // Reading the tables back mirrors them: no table, no shortcut.
+    assert_eq!(lb.programmed(&task_path).await.unwrap(), None);
+    assert!(lb.targets(&task_path).await.is_empty());
+    let gone = connect_from(&task, Some(&cgroup));
+    assert!(gone.is_err(), "with the namespace forgotten: {gone:?}");
+
+    // A change reaches the program: one backend, then none (the table refuses at once).
+    lb.program(&task_path, &[entry(&["10.77.0.3", "10.77.0.4"])])
+        .await
+        .unwrap();
+    lb.update(
+        &task_path,
+        &[entry(&["10.77.0.3", "10.77.0.4"])],
+        &[entry(&["10.77.0.4"])],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        spread_from(&task, &cgroup, 4),
+        BTreeMap::from([("b2".to_owned(), 4)])
+    );
+    lb.update(&task_path, &[entry(&["10.77.0.4"])], &[entry(&[])])
+        .await
+        .unwrap();
+    assert!(lb.targets(&task_path).await.is_empty());
+    let refused = connect_from(&task, Some(&cgroup)).unwrap_err();
+    assert!(refused.contains("refused"), "{refused}");
+
+    // A failed change leaves the table alone in charge.
+    lb.program(&task_path, &[entry(&["10.77.0.3"])])
+        .await
+        .unwrap();
+    assert!(!lb.targets(&task_path).await.is_empty());
+    let ghost = VipEntry {
+        vip: "10.77.0.102".parse().unwrap(),
+        ..entry(&["10.77.0.4"])
+    };
+    let stale = lb
+        .update(
+            &task_path,
+            &[entry(&["10.77.0.3"]), ghost],
+            &[entry(&["10.77.0.4"])],
+        )
+        .await;
+    assert!(stale.is_err(), "the table lacks the service `from` has");
+    assert!(lb.targets(&task_path).await.is_empty());
+
+    // An agent that starts (its own program; the old one detaches when dropped) fills its
+    // map from the tables it reads back.
+    lb.program(&task_path, &[entry(&["10.77.0.4"])])
+        .await
+        .unwrap();
+    drop(lb);
+    let lb = lb::SocketLb::attach(&cgroup.0).expect("load and attach the program again");
+    assert!(lb.targets(&task_path).await.is_empty());
+    assert_eq!(
+        lb.programmed(&task_path).await.unwrap(),
+        Some(vec![entry(&["10.77.0.4"])])
+    );
+    sh(&[
+        "ip", "netns", "exec", &task, "nft", "delete", "table", "ip", "shoal_lb",
+    ]);
+    assert_eq!(connect_from(&task, Some(&cgroup)).as_deref(), Ok("b2"));
+
+    // Removal takes the namespace out of both.
+    lb.remove(&task_path).await.unwrap();
+    assert!(lb.targets(&task_path).await.is_empty());
+    assert_eq!(lb::read_programmed(Some(&task_path)).await.unwrap(), None);
 }

@@ -39,6 +39,9 @@ pub enum LbError {
     /// nft's JSON output did not have the shape we write.
     #[error("unexpected nft output: {0}")]
     Parse(String),
+    /// The connect() program's map could not be changed (`lb::socket`).
+    #[error("VIP balancing at connect(): {0}")]
+    Socket(String),
 }
 
 impl LbError {
@@ -49,6 +52,7 @@ impl LbError {
             LbError::Nft(e) => e.is_temporary(),
             LbError::Netlink(e) => e.is_temporary(),
             LbError::Parse(_) => false,
+            LbError::Socket(_) => true,
         }
     }
 }

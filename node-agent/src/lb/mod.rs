@@ -89,6 +89,7 @@ mod fake;
 pub mod netlink;
 mod plan;
 mod ruleset;
+pub mod socket;
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -105,6 +106,7 @@ pub use ruleset::{
     NAT_CHAIN, NAT_PRIORITY, PORT_BACKENDS_MAP, PORT_MAP, REJECT_CHAIN, SERVICE_CHAIN_PREFIX,
     TABLE, VIP_MAP,
 };
+pub use socket::SocketLb;
 
 /// Replace our table in the namespace at `netns` with one for `entries`: the table
 /// [`ruleset`] describes, sent as one nf_tables netlink batch ([`netlink::table_messages`]),

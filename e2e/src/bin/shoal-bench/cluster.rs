@@ -233,6 +233,34 @@ pub(crate) fn in_ns(ns: &str, argv: &[&str]) -> Result<String> {
     sh("ip", &a)
 }
 
+/// Runs `argv` as a process of the task whose namespace is `ns`, as `shoal exec` would: in
+/// its namespace and in its containers' cgroup, so that what applies to the task's own
+/// processes (VIP balancing at connect()) applies to it.
+pub(crate) fn in_task(ns: &str, argv: &[&str]) -> Result<String> {
+    let pid = sh("ip", &["netns", "pids", ns])?
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .with_context(|| format!("no process in {ns}"))?;
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        .with_context(|| format!("process {pid} of {ns} is in no cgroup v2 group"))?;
+    let mount = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .find(|m| Path::new(m).join("cgroup.controllers").exists())
+        .context("no cgroup v2 mount")?;
+    let procs = format!("{mount}{cgroup}/cgroup.procs");
+    let mut a = vec![
+        "-c",
+        "echo $$ > \"$0\" && exec ip netns exec \"$@\"",
+        &procs,
+        ns,
+    ];
+    a.extend_from_slice(argv);
+    sh("sh", &a)
+}
+
 /// Brings up a local cluster and a probe task on node 1 (on network `bench`); returns the
 /// cluster and the probe's network namespace.
 fn cluster_with_probe(bin: &Path, security: Security) -> Result<(Dev, String)> {
@@ -675,11 +703,15 @@ pub(crate) fn breakdown(
 /// wrk's socket errors and non-2xx responses, per URL.
 static WRK_ERRORS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
-fn wrk(ns: &str, url: &str, secs: u32) -> Result<(f64, f64)> {
-    let out = in_ns(
-        ns,
-        &["wrk", "-t1", "-c8", &format!("-d{secs}s"), "--latency", url],
-    )?;
+/// wrk against `url` from namespace `ns`: as a process of the task there when `as_task`
+/// ([`in_task`]), as one of the node's otherwise.
+fn wrk(ns: &str, as_task: bool, url: &str, secs: u32) -> Result<(f64, f64)> {
+    let argv = ["wrk", "-t1", "-c8", &format!("-d{secs}s"), "--latency", url];
+    let out = if as_task {
+        in_task(ns, &argv)?
+    } else {
+        in_ns(ns, &argv)?
+    };
     for l in out
         .lines()
         .map(str::trim)
@@ -761,16 +793,18 @@ fn data_plane(dev: &Dev, quick: bool, probe_ns: &str) -> Result<Vec<Row>> {
     let direct_url = format!("http://{}/", web.2);
     let vip_url = format!("http://{vip}/");
     let mesh_url = "http://198.18.0.3:8080/".to_string();
-    let mut paths: Vec<(&str, &str, &str)> = vec![
-        ("direct", probe_ns, &direct_url),
-        ("VIP", probe_ns, &vip_url),
+    // The probe task's own process for direct and VIP (its namespace and cgroup, where its
+    // connect()s to a VIP are balanced), node 1 for the mesh.
+    let mut paths: Vec<(&str, &str, bool, &str)> = vec![
+        ("direct", probe_ns, true, &direct_url),
+        ("VIP", probe_ns, true, &vip_url),
     ];
     if mesh.is_ok() {
-        paths.push(("mesh", "shoal-node-1", &mesh_url));
+        paths.push(("mesh", "shoal-node-1", false, &mesh_url));
     }
     // Warm-up (ARP/FDB, conntrack), not counted.
-    for (_, ns, url) in &paths {
-        wrk(ns, url, 1)?;
+    for (_, ns, as_task, url) in &paths {
+        wrk(ns, *as_task, url, 1)?;
     }
     // Interleaved rounds: the machine is shared and noisy, so each path sees the same
     // drift; each round starts with the next path (no path always follows the same one).
@@ -780,8 +814,8 @@ fn data_plane(dev: &Dev, quick: bool, probe_ns: &str) -> Result<Vec<Row>> {
     for r in 0..rounds {
         let mut line = vec![];
         for i in (0..paths.len()).map(|k| (k + r) % paths.len()) {
-            let (name, ns, url) = paths[i];
-            let (rps, p99) = wrk(ns, url, secs)?;
+            let (name, ns, as_task, url) = paths[i];
+            let (rps, p99) = wrk(ns, as_task, url, secs)?;
             got[i].0.push(rps);
             got[i].1.push(p99);
             line.push(format!("{name} {rps:.0}"));
@@ -827,7 +861,7 @@ fn data_plane(dev: &Dev, quick: bool, probe_ns: &str) -> Result<Vec<Row>> {
         target: "VIP/direct ≥ 0.95".into(),
         met: met(vr >= 0.95),
         note: format!(
-            "req/s median (min–max) over rounds; ratio = median of the rounds' VIP/direct (spread {vr_lo:.2}–{vr_hi:.2}; ratio of the medians {vr_of_medians:.2}); each round runs the paths back to back, starting with the next path each round; both over the VXLAN overlay to this tool's keep-alive HTTP/1.1 server (`__serve`) in the task's namespace; the VIP adds one nftables DNAT per connection (wrk keeps its 8 connections open); per round direct {}, VIP {}{errors}",
+            "req/s median (min–max) over rounds; ratio = median of the rounds' VIP/direct (spread {vr_lo:.2}–{vr_hi:.2}; ratio of the medians {vr_of_medians:.2}); each round runs the paths back to back, starting with the next path each round; both over the VXLAN overlay to this tool's keep-alive HTTP/1.1 server (`__serve`) in the task's namespace, from wrk run as a process of the probe task (its namespace and cgroup); the VIP is balanced at connect() by the agent's cgroup program, so its connections carry no NAT (wrk keeps its 8 connections open); per round direct {}, VIP {}{errors}",
             per_round(0),
             per_round(1),
         ),

@@ -81,7 +81,7 @@ use super::cluster::Cache;
 use super::stages::Lap;
 use super::task_runtime::{BackgroundContext, ClusterCaches, TaskError};
 use crate::dns::{DnsError, DnsHost, DnsServerConfig, DnsServers, RecordStore};
-use crate::lb::{LoadBalancer, NftLoadBalancer, VipEntry};
+use crate::lb::{LoadBalancer, NftLoadBalancer, SocketLb, VipEntry};
 use crate::mesh::{Mesh, NftMesh};
 use crate::net::{
     self, apply_net_ops, desired_node, names, network_vni, node_ops, GatewaySpec, Kernel,
@@ -296,12 +296,15 @@ impl NodeNetwork {
 
     /// The real thing for node `node` at underlay address `address`: netlink in `home_netns`
     /// (the node's namespace; `None` = the agent's own), task namespaces
-    /// `/run/netns/shoal-<node>-<task>`, DNS upstreams from `resolv_conf`, nft for VIPs.
+    /// `/run/netns/shoal-<node>-<task>`, DNS upstreams from `resolv_conf`, nft for VIPs,
+    /// and VIP balancing at connect() for the processes in the cgroup v2 directory
+    /// `task_cgroup` (the tasks' containers' parent; [`crate::lb::socket`]).
     pub async fn kernel(
         node: &str,
         address: &str,
         home_netns: Option<PathBuf>,
         resolv_conf: &Path,
+        task_cgroup: Option<&Path>,
     ) -> Result<NodeNetwork, NetworkSetupError> {
         let underlay: Ipv4Addr = address
             .parse()
@@ -324,7 +327,10 @@ impl NodeNetwork {
             Arc::new(kernel),
             Arc::new(DnsHost::new(records.clone(), upstream)),
             Arc::new(DnsHost::new(records.clone(), internal)),
-            Arc::new(NftLoadBalancer),
+            match task_cgroup {
+                Some(cgroup) => Arc::new(SocketLb::attached_or_tables(cgroup)),
+                None => Arc::new(NftLoadBalancer),
+            },
             records,
             underlay,
             netns_dir,

@@ -1,0 +1,457 @@
+//! VIP balancing at connect() (issue 17): `bpf/socklb.c` (compiled by `build.rs`) attached
+//! to the cgroup that holds the node's task containers. A TCP connect() from a task's
+//! process to a VIP its namespace balances gets one of the VIP's ready backends as its
+//! destination before anything is routed, so the connection runs exactly as one made to the
+//! task's address: no packet of it is NATed (a VIP connection cost 0.90–0.96 of a direct
+//! one in figure 4 with per-packet NAT).
+//!
+//! It is only a shortcut over the nftables table ([`super::NftLoadBalancer`]), which stays
+//! complete and balances what the program leaves alone: UDP, a VIP with no ready backend
+//! (the table refuses it), one with more than [`MAX_BACKENDS`] backends or with per-port
+//! entries, and every socket of a process outside the cgroup (the node itself, `ip netns
+//! exec`). [`SocketLb`] wraps the table and mirrors into the program's map what the table
+//! holds, after the table has it: the map never holds a VIP's backends that the table does
+//! not, and when a change to the table fails the namespace's entries leave the map (the
+//! table alone decides until it is written again).
+//!
+//! The map is keyed by the namespace's cookie (`SO_NETNS_COOKIE`; the program reads it with
+//! `bpf_get_netns_cookie`), so one program serves every task namespace of the node, each
+//! with exactly the VIPs of its own table. The program is attached with a BPF link owned by
+//! this process (the agents of a local cluster share the cgroup, each
+//! program finds only its own namespaces' cookies; programs attached with links always run
+//! together); when the agent exits the kernel detaches
+//! it, and the next agent fills its map from the tables it reads back at start. A client
+//! then sees the backend's address as its peer (`getpeername`), as with Kubernetes' socket
+//! load balancing.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::Ebpf;
+use shoal_api_types::service::Protocol;
+
+use super::{LbError, LoadBalancer, NftLoadBalancer, VipEntry};
+
+/// The compiled program (`build.rs`), aligned for the ELF parser.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socklb.o"));
+
+/// The program's name in `bpf/socklb.c` (and in `bpftool cgroup tree`).
+pub const PROGRAM: &str = "shoal_connect4";
+const VIPS: &str = "shoal_vips";
+
+/// The most backends a VIP may have to be balanced at connect(); one with more stays with
+/// nftables (`MAX_BACKENDS` in `bpf/socklb.c`).
+pub const MAX_BACKENDS: usize = 64;
+
+/// `struct vip_key`: the namespace cookie's two halves (native order) and the VIP in
+/// network order (an array, so that aya's `Pod` covers it without unsafe code here).
+type Key = [u32; 4];
+/// `struct vip_backends`: next turn, count, backends in network order.
+type Value = [u32; 2 + MAX_BACKENDS];
+
+/// An address as the program compares it: its bytes in network order.
+fn wire(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn key(cookie: u64, vip: Ipv4Addr) -> Key {
+    let b = cookie.to_ne_bytes();
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        wire(vip),
+        0,
+    ]
+}
+
+fn value(backends: &[Ipv4Addr]) -> Value {
+    let mut v = [0; 2 + MAX_BACKENDS];
+    v[1] = backends.len() as u32;
+    for (slot, b) in v[2..].iter_mut().zip(backends) {
+        *slot = wire(*b);
+    }
+    v
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> LbError {
+    LbError::Socket(format!("{what}: {e}"))
+}
+
+/// What the program should do in one namespace, from its table's entries: every TCP VIP
+/// balanced over all its ports with 1..=[`MAX_BACKENDS`] ready backends and no per-port
+/// entry of its own (a per-port entry overrides the VIP's in the table, which the program
+/// does not look at ports to do).
+pub fn connect_targets(entries: &[VipEntry]) -> BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> {
+    let tcp = entries.iter().filter(|e| e.protocol == Protocol::Tcp);
+    let per_port: Vec<Ipv4Addr> = tcp
+        .clone()
+        .filter(|e| e.port.is_some())
+        .map(|e| e.vip)
+        .collect();
+    tcp.filter(|e| e.port.is_none() && !per_port.contains(&e.vip))
+        .filter(|e| (1..=MAX_BACKENDS).contains(&e.backends.len()))
+        .map(|e| (e.vip, e.backends.clone()))
+        .collect()
+}
+
+/// One namespace's entries in the map.
+struct Space {
+    cookie: u64,
+    targets: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The loaded and attached program; `None`: nftables alone.
+    bpf: Option<Ebpf>,
+    spaces: BTreeMap<PathBuf, Space>,
+}
+
+impl State {
+    fn vips(&mut self) -> Result<Option<HashMap<&mut MapData, Key, Value>>, LbError> {
+        let Some(bpf) = self.bpf.as_mut() else {
+            return Ok(None);
+        };
+        let map = bpf.map_mut(VIPS).ok_or_else(|| err(VIPS, "missing"))?;
+        HashMap::try_from(map).map(Some).map_err(|e| err(VIPS, e))
+    }
+}
+
+/// The node's VIP tables ([`NftLoadBalancer`]) with the connect() shortcut over them (see
+/// the module docs). Without a program (none asked for, or it could not be loaded) it is
+/// exactly the table.
+#[derive(Default)]
+pub struct SocketLb {
+    nft: NftLoadBalancer,
+    state: tokio::sync::Mutex<State>,
+}
+
+impl SocketLb {
+    /// The tables, with the program attached to the cgroup directory `cgroup` (cgroup v2:
+    /// the node's containers' parent, made if missing).
+    pub fn attach(cgroup: &Path) -> Result<Self, LbError> {
+        let bpf = load(cgroup)?;
+        Ok(SocketLb {
+            nft: NftLoadBalancer,
+            state: tokio::sync::Mutex::new(State {
+                bpf: Some(bpf),
+                spaces: BTreeMap::new(),
+            }),
+        })
+    }
+
+    /// [`Self::attach`], or the tables alone when the program cannot be loaded or attached
+    /// (logged).
+    pub fn attached_or_tables(cgroup: &Path) -> Self {
+        match Self::attach(cgroup) {
+            Ok(lb) => {
+                tracing::info!(cgroup = %cgroup.display(), "VIPs balanced at connect() for the node's tasks");
+                lb
+            }
+            Err(e) => {
+                tracing::warn!(cgroup = %cgroup.display(), error = %e, "VIP balancing at connect() unavailable; nftables balances every connection");
+                SocketLb::default()
+            }
+        }
+    }
+
+    /// Whether the program is loaded and attached.
+    pub async fn is_attached(&self) -> bool {
+        self.state.lock().await.bpf.is_some()
+    }
+
+    /// The VIPs balanced at connect() in the namespace at `netns`, with their backends.
+    pub async fn targets(&self, netns: &Path) -> BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> {
+        let state = self.state.lock().await;
+        state
+            .spaces
+            .get(netns)
+            .map(|s| s.targets.clone())
+            .unwrap_or_default()
+    }
+
+    /// Make the map hold `entries`' connect targets for the namespace at `netns` (what its
+    /// table holds now). On failure the namespace's entries are removed as far as possible.
+    async fn mirror(&self, netns: &Path, entries: &[VipEntry]) -> Result<(), LbError> {
+        let mut state = self.state.lock().await;
+        if state.bpf.is_none() {
+            return Ok(());
+        }
+        let wanted = connect_targets(entries);
+        let cookie = match state.spaces.get(netns) {
+            Some(s) => s.cookie,
+            None if wanted.is_empty() => return Ok(()),
+            None => netns_cookie_of(netns).await?,
+        };
+        let old = state
+            .spaces
+            .remove(netns)
+            .map(|s| s.targets)
+            .unwrap_or_default();
+        let Some(mut map) = state.vips()? else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        for vip in old.keys().filter(|v| !wanted.contains_key(v)) {
+            if let Err(e) = remove(&mut map, &key(cookie, *vip)) {
+                result = Err(e);
+            }
+        }
+        for (vip, backends) in wanted.iter().filter(|(v, b)| old.get(v) != Some(b)) {
+            if let Err(e) = map.insert(key(cookie, *vip), value(backends), 0) {
+                result = Err(err("add a VIP", e));
+            }
+        }
+        if result.is_err() {
+            // Take out everything of the namespace, old and new: a VIP whose update failed
+            // must not keep its old backends.
+            for vip in old.keys().chain(wanted.keys()) {
+                let _ = remove(&mut map, &key(cookie, *vip));
+            }
+            return result;
+        }
+        if !wanted.is_empty() {
+            state.spaces.insert(
+                netns.to_owned(),
+                Space {
+                    cookie,
+                    targets: wanted,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Remove the namespace's entries from the map (its table alone balances).
+    async fn forget(&self, netns: &Path) {
+        let mut state = self.state.lock().await;
+        let Some(space) = state.spaces.remove(netns) else {
+            return;
+        };
+        match state.vips() {
+            Ok(Some(mut map)) => {
+                for vip in space.targets.keys() {
+                    if let Err(e) = remove(&mut map, &key(space.cookie, *vip)) {
+                        tracing::warn!(netns = %netns.display(), error = %e, "cannot remove a VIP balanced at connect()");
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot reach the connect() VIP map"),
+        }
+    }
+
+    /// After a change to the table: mirror `entries` when it succeeded, forget the
+    /// namespace when it failed (the table may hold anything then).
+    async fn follow(
+        &self,
+        netns: &Path,
+        changed: Result<(), LbError>,
+        entries: &[VipEntry],
+    ) -> Result<(), LbError> {
+        match changed {
+            Ok(()) => self.mirror(netns, entries).await,
+            Err(e) => {
+                self.forget(netns).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl LoadBalancer for SocketLb {
+    async fn program(&self, netns: &Path, entries: &[VipEntry]) -> Result<(), LbError> {
+        let changed = self.nft.program(netns, entries).await;
+        self.follow(netns, changed, entries).await
+    }
+    async fn update(
+        &self,
+        netns: &Path,
+        from: &[VipEntry],
+        to: &[VipEntry],
+    ) -> Result<(), LbError> {
+        let changed = self.nft.update(netns, from, to).await;
+        self.follow(netns, changed, to).await
+    }
+    /// The table read back; the map is made to mirror it (an agent that starts finds the
+    /// tables of running tasks and keeps them when they hold what they should).
+    async fn programmed(&self, netns: &Path) -> Result<Option<Vec<VipEntry>>, LbError> {
+        match self.nft.programmed(netns).await {
+            Ok(Some(entries)) => {
+                self.mirror(netns, &entries).await?;
+                Ok(Some(entries))
+            }
+            other => {
+                self.forget(netns).await;
+                other
+            }
+        }
+    }
+    async fn remove(&self, netns: &Path) -> Result<(), LbError> {
+        self.forget(netns).await;
+        self.nft.remove(netns).await
+    }
+}
+
+/// Remove `key` from `map`; a key already gone is not an error.
+fn remove(map: &mut HashMap<&mut MapData, Key, Value>, key: &Key) -> Result<(), LbError> {
+    match map.remove(key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(err("remove a VIP", e)),
+    }
+}
+
+/// Load the program and attach it to `cgroup` (made if missing).
+fn load(cgroup: &Path) -> Result<Ebpf, LbError> {
+    std::fs::create_dir_all(cgroup).map_err(|e| err("make the cgroup", e))?;
+    let dir = std::fs::File::open(cgroup).map_err(|e| err("open the cgroup", e))?;
+    let mut bpf = Ebpf::load(OBJECT).map_err(|e| err("load bpf/socklb.c", e))?;
+    let prog: &mut CgroupSockAddr = bpf
+        .program_mut(PROGRAM)
+        .ok_or_else(|| err(PROGRAM, "missing"))?
+        .try_into()
+        .map_err(|e| err(PROGRAM, e))?;
+    prog.load()
+        .map_err(|e| err("verify the program", with_sources(&e)))?;
+    // A link takes no flags: programs attached with links always run together
+    // (`BPF_F_ALLOW_MULTI`), which `Single` asks of the older attach call too.
+    prog.attach(&dir, CgroupAttachMode::Single)
+        .map_err(|e| err("attach to the cgroup", with_sources(&e)))?;
+    Ok(bpf)
+}
+
+/// `e` and its sources, `: `-separated (aya's errors name the call and keep the reason in
+/// the source).
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
+/// The cgroup v2 directory of the cgroup parent `parent` (`/shoal`): under the unified
+/// hierarchy's mount, `/sys/fs/cgroup` on a cgroup v2 machine and `/sys/fs/cgroup/unified`
+/// on a hybrid one (runc puts a container in both). `None` without cgroup v2.
+pub fn cgroup_dir(parent: &str) -> Option<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let unified = [root.to_owned(), root.join("unified")]
+        .into_iter()
+        .find(|d| d.join("cgroup.controllers").exists())?;
+    Some(unified.join(parent.trim_start_matches('/')))
+}
+
+/// The cookie of the network namespace at `netns` (`SO_NETNS_COOKIE` of a socket made in
+/// it): what `bpf_get_netns_cookie` returns for its sockets.
+pub async fn netns_cookie_of(netns: &Path) -> Result<u64, LbError> {
+    crate::net::netns::run_in(Some(netns), || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+        netns_cookie(s.as_fd())
+    })
+    .await
+    .map_err(|e| err("enter the namespace", e))?
+    .map_err(|e| err("read the namespace's cookie", e))
+}
+
+/// `SO_NETNS_COOKIE` (asm-generic/socket.h; kernel 5.14 and later).
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the namespace socket `fd` belongs to. No crate offers this option, hence
+/// the one unsafe call of the agent (its `Cargo.toml` says so).
+#[allow(unsafe_code)]
+fn netns_cookie(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `fd` is an open socket for the call's duration; `cookie` and `len` are valid,
+    // writable, and `len` is `cookie`'s size, which is what the kernel writes at most.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn entry(vip: &str, protocol: Protocol, port: Option<u16>, n: usize) -> VipEntry {
+        VipEntry {
+            vip: ip(vip),
+            protocol,
+            port,
+            backends: (0..n)
+                .map(|i| Ipv4Addr::new(10, 0, 1, 10 + i as u8))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_whole_tcp_vips_with_ready_backends_that_fit_are_balanced_at_connect() {
+        let entries = vec![
+            entry("10.0.0.2", Protocol::Tcp, None, 2),
+            entry("10.0.0.2", Protocol::Udp, None, 2),
+            // No ready backend: the table refuses it.
+            entry("10.0.0.3", Protocol::Tcp, None, 0),
+            // Too many for the program.
+            entry("10.0.0.4", Protocol::Tcp, None, MAX_BACKENDS + 1),
+            entry("10.0.0.5", Protocol::Tcp, None, MAX_BACKENDS),
+            // A per-port entry overrides the VIP's: the table keeps the VIP.
+            entry("10.0.0.6", Protocol::Tcp, None, 1),
+            entry("10.0.0.6", Protocol::Tcp, Some(80), 1),
+            entry("10.0.0.7", Protocol::Udp, None, 1),
+        ];
+        let t = connect_targets(&entries);
+        assert_eq!(
+            t.keys().copied().collect::<Vec<_>>(),
+            vec![ip("10.0.0.2"), ip("10.0.0.5")]
+        );
+        assert_eq!(t[&ip("10.0.0.2")], vec![ip("10.0.1.10"), ip("10.0.1.11")]);
+        assert_eq!(t[&ip("10.0.0.5")].len(), MAX_BACKENDS);
+    }
+
+    #[test]
+    fn keys_and_values_carry_addresses_in_network_order() {
+        let k = key(0x0102_0304_0506_0708, ip("10.0.0.2"));
+        assert_eq!(k[2].to_ne_bytes(), [10, 0, 0, 2]);
+        let mut cookie = [0u8; 8];
+        cookie[..4].copy_from_slice(&k[0].to_ne_bytes());
+        cookie[4..].copy_from_slice(&k[1].to_ne_bytes());
+        assert_eq!(u64::from_ne_bytes(cookie), 0x0102_0304_0506_0708);
+        assert_eq!(k[3], 0);
+        let v = value(&[ip("10.0.1.5"), ip("10.0.1.6")]);
+        assert_eq!((v[0], v[1]), (0, 2));
+        assert_eq!(v[3].to_ne_bytes(), [10, 0, 1, 6]);
+        assert!(v[4..].iter().all(|x| *x == 0));
+    }
+
+    #[tokio::test]
+    async fn without_a_program_nothing_is_mirrored() {
+        let lb = SocketLb::default();
+        assert!(!lb.is_attached().await);
+        let netns = Path::new("/nonexistent/netns");
+        lb.mirror(netns, &[entry("10.0.0.2", Protocol::Tcp, None, 2)])
+            .await
+            .unwrap();
+        assert!(lb.targets(netns).await.is_empty());
+    }
+}
