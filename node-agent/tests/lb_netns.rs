@@ -12,9 +12,11 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_api_types::service::Protocol;
+use shoal_node_agent::lb::socket::SocketLb;
 use shoal_node_agent::lb::{self, Converged, LoadBalancer, NftLoadBalancer, VipEntry};
 use support::{in_ns, sh, Namespaces, Responder};
 
@@ -697,7 +699,7 @@ async fn a_task_process_should_reach_vip_backends_directly_at_connect_and_the_ta
     let _r2 = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
     let task_path = Namespaces::path(&task);
     let cgroup = TestCgroup::new();
-    let lb = lb::SocketLb::attach(&cgroup.0).expect("load and attach the program");
+    let lb = SocketLb::attach(&cgroup.0, Arc::new(NftLoadBalancer)).expect("load and attach");
     assert!(lb.is_attached().await);
 
     // Two backends (and UDP, which stays with the table): a task's connections reach both
@@ -783,7 +785,7 @@ async fn a_task_process_should_reach_vip_backends_directly_at_connect_and_the_ta
         .await
         .unwrap();
     drop(lb);
-    let lb = lb::SocketLb::attach(&cgroup.0).expect("load and attach the program again");
+    let lb = SocketLb::attach(&cgroup.0, Arc::new(NftLoadBalancer)).expect("attach again");
     assert!(lb.targets(&task_path).await.is_empty());
     assert_eq!(
         lb.programmed(&task_path).await.unwrap(),
@@ -793,6 +795,28 @@ async fn a_task_process_should_reach_vip_backends_directly_at_connect_and_the_ta
         "ip", "netns", "exec", &task, "nft", "delete", "table", "ip", "shoal_lb",
     ]);
     assert_eq!(connect_from(&task, Some(&cgroup)).as_deref(), Ok("b2"));
+
+    // A namespace that goes is forgotten at its teardown, or, missed, when another one
+    // comes.
+    let t2 = nss.add("t2");
+    let t2_path = Namespaces::path(&t2);
+    lb.program(&t2_path, &[entry(&["10.77.0.3"])])
+        .await
+        .unwrap();
+    assert!(!lb.targets(&t2_path).await.is_empty());
+    lb.forget(&t2_path).await;
+    assert!(lb.targets(&t2_path).await.is_empty());
+    lb.program(&t2_path, &[entry(&["10.77.0.3"])])
+        .await
+        .unwrap();
+    sh(&["ip", "netns", "del", &t2]);
+    let t3 = nss.add("t3");
+    let t3_path = Namespaces::path(&t3);
+    lb.program(&t3_path, &[entry(&["10.77.0.3"])])
+        .await
+        .unwrap();
+    assert!(lb.targets(&t2_path).await.is_empty());
+    assert!(!lb.targets(&t3_path).await.is_empty());
 
     // Removal takes the namespace out of both.
     lb.remove(&task_path).await.unwrap();

@@ -158,6 +158,9 @@ pub trait LoadBalancer: Send + Sync {
     async fn programmed(&self, netns: &Path) -> Result<Option<Vec<VipEntry>>, LbError>;
     /// Remove our rules there.
     async fn remove(&self, netns: &Path) -> Result<(), LbError>;
+    /// The namespace at `netns` goes, and its rules with it: drop what is kept about it
+    /// outside the namespace (nothing, for a table that lives in it).
+    async fn forget(&self, _netns: &Path) {}
 }
 
 #[cfg(test)]

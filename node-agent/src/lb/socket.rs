@@ -5,7 +5,7 @@
 //! task's address: no packet of it is NATed (a VIP connection cost 0.90–0.96 of a direct
 //! one in figure 4 with per-packet NAT).
 //!
-//! It is only a shortcut over the nftables table ([`super::NftLoadBalancer`]), which stays
+//! It is only a shortcut over the nftables table (`lb::NftLoadBalancer`), which stays
 //! complete and balances what the program leaves alone: UDP, a VIP with no ready backend
 //! (the table refuses it), one with more than [`MAX_BACKENDS`] backends or with per-port
 //! entries, and every socket of a process outside the cgroup (the node itself, `ip netns
@@ -28,13 +28,14 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aya::maps::{HashMap, MapData};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::Ebpf;
 use shoal_api_types::service::Protocol;
 
-use super::{LbError, LoadBalancer, NftLoadBalancer, VipEntry};
+use super::entries::{LbError, LoadBalancer, VipEntry};
 
 /// The compiled program (`build.rs`), aligned for the ELF parser.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/socklb.o"));
@@ -121,41 +122,44 @@ impl State {
     }
 }
 
-/// The node's VIP tables ([`NftLoadBalancer`]) with the connect() shortcut over them (see
-/// the module docs). Without a program (none asked for, or it could not be loaded) it is
-/// exactly the table.
-#[derive(Default)]
+/// The node's VIP tables (`lb::NftLoadBalancer`) with the connect() shortcut over them
+/// (see the module docs). Without a program (it could not be loaded) it is exactly the
+/// tables.
 pub struct SocketLb {
-    nft: NftLoadBalancer,
+    tables: Arc<dyn LoadBalancer>,
     state: tokio::sync::Mutex<State>,
 }
 
 impl SocketLb {
-    /// The tables, with the program attached to the cgroup directory `cgroup` (cgroup v2:
+    /// `tables`, with the program attached to the cgroup directory `cgroup` (cgroup v2:
     /// the node's containers' parent, made if missing).
-    pub fn attach(cgroup: &Path) -> Result<Self, LbError> {
+    pub fn attach(cgroup: &Path, tables: Arc<dyn LoadBalancer>) -> Result<Self, LbError> {
         let bpf = load(cgroup)?;
-        Ok(SocketLb {
-            nft: NftLoadBalancer,
-            state: tokio::sync::Mutex::new(State {
-                bpf: Some(bpf),
-                spaces: BTreeMap::new(),
-            }),
-        })
+        Ok(Self::over(tables, Some(bpf)))
     }
 
-    /// [`Self::attach`], or the tables alone when the program cannot be loaded or attached
+    /// [`Self::attach`], or `tables` alone when the program cannot be loaded or attached
     /// (logged).
-    pub fn attached_or_tables(cgroup: &Path) -> Self {
-        match Self::attach(cgroup) {
-            Ok(lb) => {
+    pub fn attached_or_tables(cgroup: &Path, tables: Arc<dyn LoadBalancer>) -> Self {
+        match load(cgroup) {
+            Ok(bpf) => {
                 tracing::info!(cgroup = %cgroup.display(), "VIPs balanced at connect() for the node's tasks");
-                lb
+                Self::over(tables, Some(bpf))
             }
             Err(e) => {
                 tracing::warn!(cgroup = %cgroup.display(), error = %e, "VIP balancing at connect() unavailable; nftables balances every connection");
-                SocketLb::default()
+                Self::over(tables, None)
             }
+        }
+    }
+
+    fn over(tables: Arc<dyn LoadBalancer>, bpf: Option<Ebpf>) -> Self {
+        SocketLb {
+            tables,
+            state: tokio::sync::Mutex::new(State {
+                bpf,
+                spaces: BTreeMap::new(),
+            }),
         }
     }
 
@@ -175,44 +179,76 @@ impl SocketLb {
     }
 
     /// Make the map hold `entries`' connect targets for the namespace at `netns` (what its
-    /// table holds now). On failure the namespace's entries are removed as far as possible.
-    async fn mirror(&self, netns: &Path, entries: &[VipEntry]) -> Result<(), LbError> {
-        let mut state = self.state.lock().await;
-        if state.bpf.is_none() {
-            return Ok(());
-        }
+    /// table holds now). Never fails: on failure (logged) the namespace's entries are taken
+    /// out, and its table alone balances until the next change mirrors it again.
+    async fn mirror(&self, netns: &Path, entries: &[VipEntry]) {
         let wanted = connect_targets(entries);
-        let cookie = match state.spaces.get(netns) {
-            Some(s) => s.cookie,
-            None if wanted.is_empty() => return Ok(()),
-            None => netns_cookie_of(netns).await?,
+        let known = {
+            let state = self.state.lock().await;
+            if state.bpf.is_none() {
+                return;
+            }
+            state.spaces.get(netns).map(|s| s.cookie)
         };
+        // A new namespace's cookie is read in the namespace, outside the lock.
+        let cookie = match known {
+            Some(c) => c,
+            None if wanted.is_empty() => return,
+            None => match netns_cookie_of(netns).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(netns = %netns.display(), error = %e, "VIPs not balanced at connect() for this task");
+                    return;
+                }
+            },
+        };
+        let mut state = self.state.lock().await;
+        if known.is_none() {
+            // Namespaces gone without a word (a teardown that raced a change) leave here.
+            let gone: Vec<PathBuf> = state
+                .spaces
+                .keys()
+                .filter(|p| !p.exists())
+                .cloned()
+                .collect();
+            for p in gone {
+                drop_space(&mut state, &p);
+            }
+        }
         let old = state
             .spaces
             .remove(netns)
             .map(|s| s.targets)
             .unwrap_or_default();
-        let Some(mut map) = state.vips()? else {
-            return Ok(());
+        let mut map = match state.vips() {
+            Ok(Some(map)) => map,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach the connect() VIP map");
+                return;
+            }
         };
-        let mut result = Ok(());
+        let mut failed = None;
         for vip in old.keys().filter(|v| !wanted.contains_key(v)) {
             if let Err(e) = remove(&mut map, &key(cookie, *vip)) {
-                result = Err(e);
+                failed = Some(e);
             }
         }
         for (vip, backends) in wanted.iter().filter(|(v, b)| old.get(v) != Some(b)) {
             if let Err(e) = map.insert(key(cookie, *vip), value(backends), 0) {
-                result = Err(err("add a VIP", e));
+                failed = Some(err("add a VIP", e));
             }
         }
-        if result.is_err() {
+        if let Some(e) = failed {
+            tracing::warn!(netns = %netns.display(), error = %e, "cannot mirror the VIP table for connect(); its table alone balances");
             // Take out everything of the namespace, old and new: a VIP whose update failed
             // must not keep its old backends.
             for vip in old.keys().chain(wanted.keys()) {
-                let _ = remove(&mut map, &key(cookie, *vip));
+                if let Err(e) = remove(&mut map, &key(cookie, *vip)) {
+                    tracing::error!(netns = %netns.display(), vip = %vip, error = %e, "cannot remove a VIP balanced at connect()");
+                }
             }
-            return result;
+            return;
         }
         if !wanted.is_empty() {
             state.spaces.insert(
@@ -223,30 +259,15 @@ impl SocketLb {
                 },
             );
         }
-        Ok(())
     }
 
     /// Remove the namespace's entries from the map (its table alone balances).
-    async fn forget(&self, netns: &Path) {
-        let mut state = self.state.lock().await;
-        let Some(space) = state.spaces.remove(netns) else {
-            return;
-        };
-        match state.vips() {
-            Ok(Some(mut map)) => {
-                for vip in space.targets.keys() {
-                    if let Err(e) = remove(&mut map, &key(space.cookie, *vip)) {
-                        tracing::warn!(netns = %netns.display(), error = %e, "cannot remove a VIP balanced at connect()");
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot reach the connect() VIP map"),
-        }
+    async fn unmirror(&self, netns: &Path) {
+        drop_space(&mut *self.state.lock().await, netns);
     }
 
-    /// After a change to the table: mirror `entries` when it succeeded, forget the
-    /// namespace when it failed (the table may hold anything then).
+    /// After a change to the table: mirror `entries` when it succeeded, take the namespace
+    /// out when it failed (the table may hold anything then).
     async fn follow(
         &self,
         netns: &Path,
@@ -254,19 +275,40 @@ impl SocketLb {
         entries: &[VipEntry],
     ) -> Result<(), LbError> {
         match changed {
-            Ok(()) => self.mirror(netns, entries).await,
+            Ok(()) => {
+                self.mirror(netns, entries).await;
+                Ok(())
+            }
             Err(e) => {
-                self.forget(netns).await;
+                self.unmirror(netns).await;
                 Err(e)
             }
         }
     }
 }
 
+/// Take the namespace at `netns` out of `state` and its entries out of the map.
+fn drop_space(state: &mut State, netns: &Path) {
+    let Some(space) = state.spaces.remove(netns) else {
+        return;
+    };
+    match state.vips() {
+        Ok(Some(mut map)) => {
+            for vip in space.targets.keys() {
+                if let Err(e) = remove(&mut map, &key(space.cookie, *vip)) {
+                    tracing::error!(netns = %netns.display(), vip = %vip, error = %e, "cannot remove a VIP balanced at connect()");
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "cannot reach the connect() VIP map"),
+    }
+}
+
 #[async_trait::async_trait]
 impl LoadBalancer for SocketLb {
     async fn program(&self, netns: &Path, entries: &[VipEntry]) -> Result<(), LbError> {
-        let changed = self.nft.program(netns, entries).await;
+        let changed = self.tables.program(netns, entries).await;
         self.follow(netns, changed, entries).await
     }
     async fn update(
@@ -275,26 +317,30 @@ impl LoadBalancer for SocketLb {
         from: &[VipEntry],
         to: &[VipEntry],
     ) -> Result<(), LbError> {
-        let changed = self.nft.update(netns, from, to).await;
+        let changed = self.tables.update(netns, from, to).await;
         self.follow(netns, changed, to).await
     }
     /// The table read back; the map is made to mirror it (an agent that starts finds the
     /// tables of running tasks and keeps them when they hold what they should).
     async fn programmed(&self, netns: &Path) -> Result<Option<Vec<VipEntry>>, LbError> {
-        match self.nft.programmed(netns).await {
+        match self.tables.programmed(netns).await {
             Ok(Some(entries)) => {
-                self.mirror(netns, &entries).await?;
+                self.mirror(netns, &entries).await;
                 Ok(Some(entries))
             }
             other => {
-                self.forget(netns).await;
+                self.unmirror(netns).await;
                 other
             }
         }
     }
     async fn remove(&self, netns: &Path) -> Result<(), LbError> {
-        self.forget(netns).await;
-        self.nft.remove(netns).await
+        self.unmirror(netns).await;
+        self.tables.remove(netns).await
+    }
+    async fn forget(&self, netns: &Path) {
+        self.unmirror(netns).await;
+        self.tables.forget(netns).await
     }
 }
 
@@ -389,6 +435,7 @@ fn netns_cookie(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lb::fake::RecordingLb;
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -445,13 +492,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_a_program_nothing_is_mirrored() {
-        let lb = SocketLb::default();
+    async fn without_a_program_it_is_the_tables() {
+        let tables = Arc::new(RecordingLb::default());
+        let lb = SocketLb::over(tables.clone(), None);
         assert!(!lb.is_attached().await);
         let netns = Path::new("/nonexistent/netns");
-        lb.mirror(netns, &[entry("10.0.0.2", Protocol::Tcp, None, 2)])
-            .await
-            .unwrap();
+        let entries = vec![entry("10.0.0.2", Protocol::Tcp, None, 2)];
+        lb.program(netns, &entries).await.unwrap();
         assert!(lb.targets(netns).await.is_empty());
+        assert_eq!(tables.entries(netns), Some(entries));
     }
 }

@@ -81,7 +81,8 @@ use super::cluster::Cache;
 use super::stages::Lap;
 use super::task_runtime::{BackgroundContext, ClusterCaches, TaskError};
 use crate::dns::{DnsError, DnsHost, DnsServerConfig, DnsServers, RecordStore};
-use crate::lb::{LoadBalancer, NftLoadBalancer, SocketLb, VipEntry};
+use crate::lb::socket::SocketLb;
+use crate::lb::{LoadBalancer, NftLoadBalancer, VipEntry};
 use crate::mesh::{Mesh, NftMesh};
 use crate::net::{
     self, apply_net_ops, desired_node, names, network_vni, node_ops, GatewaySpec, Kernel,
@@ -328,7 +329,10 @@ impl NodeNetwork {
             Arc::new(DnsHost::new(records.clone(), upstream)),
             Arc::new(DnsHost::new(records.clone(), internal)),
             match task_cgroup {
-                Some(cgroup) => Arc::new(SocketLb::attached_or_tables(cgroup)),
+                Some(cgroup) => Arc::new(SocketLb::attached_or_tables(
+                    cgroup,
+                    Arc::new(NftLoadBalancer),
+                )),
                 None => Arc::new(NftLoadBalancer),
             },
             records,
@@ -513,6 +517,7 @@ impl NodeNetwork {
         self.dns.stop(id).await;
         self.dns_internal.stop(id).await;
         self.lb_lock().remove(id);
+        self.lb.forget(&self.netns_path(id)).await;
         let left = self.local_map().remove(id);
         if left.is_some() {
             self.mesh_kick.notify_one();
