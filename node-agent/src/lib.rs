@@ -13,6 +13,7 @@ pub mod dns;
 pub mod hollow;
 pub mod identity;
 pub mod lb;
+pub mod memory;
 pub mod mesh;
 pub mod net;
 pub mod runtime;

@@ -12,6 +12,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -657,10 +658,15 @@ impl Drop for TestCgroup {
 /// given (as a task's processes are) or in the test's own otherwise: the backend's reply, or
 /// `Err` with what busybox nc printed.
 fn connect_from(ns: &str, cgroup: Option<&TestCgroup>) -> Result<String, String> {
+    connect_waiting(ns, cgroup.map(|c| c.0.as_path()), 1)
+}
+
+/// [`connect_from`] with the cgroup's directory, giving up after `secs`.
+fn connect_waiting(ns: &str, cgroup: Option<&Path>, secs: u32) -> Result<String, String> {
     let join = cgroup
-        .map(|c| format!("echo $$ > {}/cgroup.procs && ", c.0.display()))
+        .map(|c| format!("echo $$ > {}/cgroup.procs && ", c.display()))
         .unwrap_or_default();
-    let script = format!("{join}exec ip netns exec {ns} busybox nc -w 1 {VIP} 80 </dev/null");
+    let script = format!("{join}exec ip netns exec {ns} busybox nc -w {secs} {VIP} 80 </dev/null");
     let (ok, out, err) = support::try_sh(&["sh", "-c", &script]);
     if ok && !out.is_empty() {
         Ok(out.trim().to_owned())
@@ -822,4 +828,41 @@ async fn a_task_process_should_reach_vip_backends_directly_at_connect_and_the_ta
     lb.remove(&task_path).await.unwrap();
     assert!(lb.targets(&task_path).await.is_empty());
     assert_eq!(lb::read_programmed(Some(&task_path)).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_connect_balanced_to_a_backend_that_leaves_should_be_aborted_not_left_waiting() {
+    shoal_testkit::require!(root, tools = ["ip", "nft", "busybox", "ss"]);
+    let (_nss, task, _b2) = dead_and_live("task");
+    let task_path = Namespaces::path(&task);
+    let cgroup = TestCgroup::new();
+    let lb = SocketLb::attach(&cgroup.0, Arc::new(NftLoadBalancer)).expect("load and attach");
+    let dead = [entry(&["10.77.0.9"])];
+    lb.program(&task_path, &dead).await.unwrap();
+
+    // A task's connection balanced to the dead backend waits for an answer to its SYN...
+    let (ns, dir) = (task.clone(), cgroup.0.clone());
+    let waiting = std::thread::spawn(move || connect_waiting(&ns, Some(&dir), 20));
+    let syn_sent = || {
+        sh(&[
+            "ip", "netns", "exec", &task, "ss", "-Htn", "state", "syn-sent",
+        ])
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !syn_sent().contains("10.77.0.9:80") {
+        assert!(
+            Instant::now() < deadline,
+            "no connection to the dead backend"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ...until the backend leaves the VIP: then it fails (the client may try again) instead
+    // of waiting out its SYNs. The next one reaches the live backend.
+    lb.update(&task_path, &dead, &[entry(&["10.77.0.4"])])
+        .await
+        .unwrap();
+    let ended = waiting.join().unwrap().unwrap_err();
+    assert!(ended.contains("abort"), "{ended}");
+    assert!(syn_sent().is_empty());
+    assert_eq!(connect_from(&task, Some(&cgroup)).as_deref(), Ok("b2"));
 }

@@ -89,6 +89,7 @@ mod fake;
 pub mod netlink;
 mod plan;
 mod ruleset;
+pub mod sockdiag;
 pub mod socket;
 
 use std::borrow::Cow;

@@ -24,7 +24,7 @@
 //! then sees the backend's address as its peer (`getpeername`), as with Kubernetes' socket
 //! load balancing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
@@ -202,8 +202,29 @@ impl SocketLb {
                 }
             },
         };
+        // Every backend the table still has, also of VIPs the program leaves to it.
+        let kept = entries.iter().flat_map(|e| &e.backends).copied().collect();
+        let dropped = self
+            .mirror_locked(netns, cookie, known.is_none(), wanted, &kept)
+            .await;
+        if !dropped.is_empty() {
+            abort_connecting(netns, dropped).await;
+        }
+    }
+
+    /// [`Self::mirror`] once the cookie is known (`new`: the namespace is not in the map
+    /// yet): the backends the map had for the namespace that are not in `kept` (its
+    /// table's).
+    async fn mirror_locked(
+        &self,
+        netns: &Path,
+        cookie: u64,
+        new: bool,
+        wanted: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>,
+        kept: &BTreeSet<Ipv4Addr>,
+    ) -> BTreeSet<Ipv4Addr> {
         let mut state = self.state.lock().await;
-        if known.is_none() {
+        if new {
             // Namespaces gone without a word (a teardown that raced a change) leave here.
             let gone: Vec<PathBuf> = state
                 .spaces
@@ -220,12 +241,18 @@ impl SocketLb {
             .remove(netns)
             .map(|s| s.targets)
             .unwrap_or_default();
+        let dropped = old
+            .values()
+            .flatten()
+            .filter(|b| !kept.contains(b))
+            .copied()
+            .collect();
         let mut map = match state.vips() {
             Ok(Some(map)) => map,
-            Ok(None) => return,
+            Ok(None) => return dropped,
             Err(e) => {
                 tracing::error!(error = %e, "cannot reach the connect() VIP map");
-                return;
+                return dropped;
             }
         };
         let mut failed = None;
@@ -248,7 +275,7 @@ impl SocketLb {
                     tracing::error!(netns = %netns.display(), vip = %vip, error = %e, "cannot remove a VIP balanced at connect()");
                 }
             }
-            return;
+            return dropped;
         }
         if !wanted.is_empty() {
             state.spaces.insert(
@@ -259,6 +286,7 @@ impl SocketLb {
                 },
             );
         }
+        dropped
     }
 
     /// Remove the namespace's entries from the map (its table alone balances).
@@ -283,6 +311,27 @@ impl SocketLb {
                 self.unmirror(netns).await;
                 Err(e)
             }
+        }
+    }
+}
+
+/// Aborts the connections the namespace at `netns` is still opening to `dropped` (they
+/// were balanced to a backend that left; [`super::sockdiag`]). Best effort, logged.
+async fn abort_connecting(netns: &Path, dropped: BTreeSet<Ipv4Addr>) {
+    let done = crate::net::netns::run_in(Some(netns), move || {
+        super::sockdiag::abort_connecting(|ip| dropped.contains(&ip))
+    })
+    .await;
+    match done {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => {
+            tracing::debug!(netns = %netns.display(), aborted = n, "aborted connections still opening to backends that left")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(netns = %netns.display(), error = %e, "cannot abort connections opening to backends that left")
+        }
+        Err(e) => {
+            tracing::warn!(netns = %netns.display(), error = %e, "cannot abort connections opening to backends that left")
         }
     }
 }
@@ -356,7 +405,9 @@ fn remove(map: &mut HashMap<&mut MapData, Key, Value>, key: &Key) -> Result<(), 
 fn load(cgroup: &Path) -> Result<Ebpf, LbError> {
     std::fs::create_dir_all(cgroup).map_err(|e| err("make the cgroup", e))?;
     let dir = std::fs::File::open(cgroup).map_err(|e| err("open the cgroup", e))?;
-    let mut bpf = Ebpf::load(OBJECT).map_err(|e| err("load bpf/socklb.c", e))?;
+    let loaded = Ebpf::load(OBJECT);
+    crate::memory::release_freed();
+    let mut bpf = loaded.map_err(|e| err("load bpf/socklb.c", e))?;
     let prog: &mut CgroupSockAddr = bpf
         .program_mut(PROGRAM)
         .ok_or_else(|| err(PROGRAM, "missing"))?
@@ -410,7 +461,7 @@ pub async fn netns_cookie_of(netns: &Path) -> Result<u64, LbError> {
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
 /// The cookie of the namespace socket `fd` belongs to. No crate offers this option, hence
-/// the one unsafe call of the agent (its `Cargo.toml` says so).
+/// one of the agent's two unsafe calls (its `Cargo.toml` names them).
 #[allow(unsafe_code)]
 fn netns_cookie(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
     let mut cookie: u64 = 0;

@@ -237,7 +237,10 @@ async fn load(
     local: Ipv4Addr,
     wanted: &Wanted,
 ) -> Result<Loaded, NetError> {
-    let bpf = Ebpf::load(OBJECT).map_err(|e| err("load bpf/decap.c", e))?;
+    let loaded = Ebpf::load(OBJECT);
+    // The load parsed the kernel's BTF: give the memory back (crate::memory).
+    crate::memory::release_freed();
+    let bpf = loaded.map_err(|e| err("load bpf/decap.c", e))?;
     let mut l = Loaded {
         bpf,
         interface,
