@@ -375,8 +375,10 @@ async fn agent_should_run_tasks_on_an_overlay_with_dns_and_vips_and_clean_up() {
         "an agent restart must not restart the containers"
     );
     exec_until(&rt, "client1", &["wget", "-qO-", "http://web/"], "web.1").await;
-    // The new agent's connect() program knows the VIPs of the tables it found.
-    exec_until(&rt, "client1", &["sh", "-c", open_to_vip], "10.0.1.5:80").await;
+    // The new agent's connect() program knows the VIPs of the tables it found (connections
+    // from before the restart are ended first, so that none of them counts).
+    let fresh = format!("killall nc; {open_to_vip}");
+    exec_until(&rt, "client1", &["sh", "-c", &fresh], "10.0.1.5:80").await;
 
     // Deleting the tasks removes their containers, namespaces and the overlay.
     for t in ["web1", "client1"] {

@@ -636,13 +636,14 @@ async fn mesh_should_not_send_a_reused_source_port_to_a_backend_it_dropped() {
     mesh.remove().await.unwrap();
 }
 
-/// A cgroup v2 directory made for one test; dropping removes it (its processes have ended).
+/// A cgroup v2 directory made for one test (`name`); dropping kills what runs in it and
+/// removes it, also when the test failed.
 struct TestCgroup(std::path::PathBuf);
 
 impl TestCgroup {
-    fn new() -> Self {
-        let dir = lb::socket::cgroup_dir(&format!("/shoal-test-socklb-{}", std::process::id()))
-            .expect("cgroup v2 (the unified hierarchy) is mounted");
+    fn new(name: &str) -> Self {
+        let parent = format!("/shoal-test-socklb-{}-{name}", std::process::id());
+        let dir = lb::socket::cgroup_dir(&parent).expect("cgroup v2 (the unified hierarchy)");
         std::fs::create_dir_all(&dir).expect("make the test cgroup");
         TestCgroup(dir)
     }
@@ -650,7 +651,13 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -687,7 +694,7 @@ fn spread_from(ns: &str, cgroup: &TestCgroup, n: usize) -> BTreeMap<String, usiz
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_process_should_reach_vip_backends_directly_at_connect_and_the_table_should_keep_the_rest(
 ) {
-    shoal_testkit::require!(root, tools = ["ip", "nft", "busybox"]);
+    shoal_testkit::require!(root, tools = ["ip", "nft", "busybox", "ss"]);
     let mut nss = Namespaces::new();
     let switch = nss.add("sw");
     let task = nss.add("task");
@@ -704,7 +711,7 @@ async fn a_task_process_should_reach_vip_backends_directly_at_connect_and_the_ta
     let _r1 = Responder::start(&b1, "0.0.0.0:80".parse().unwrap(), "b1");
     let _r2 = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
     let task_path = Namespaces::path(&task);
-    let cgroup = TestCgroup::new();
+    let cgroup = TestCgroup::new("reach");
     let lb = SocketLb::attach(&cgroup.0, Arc::new(NftLoadBalancer)).expect("load and attach");
     assert!(lb.is_attached().await);
 
@@ -738,9 +745,13 @@ async fn a_task_process_should_reach_vip_backends_directly_at_connect_and_the_ta
     let outside = connect_from(&task, None);
     assert!(outside.is_err(), "without the table: {outside:?}");
 
-    // Reading the tables back mirrors them: no table, no shortcut.
+    // Reading a table back changes nothing; forgetting the namespace takes its entries out
+    // of the kernel's map.
     assert_eq!(lb.programmed(&task_path).await.unwrap(), None);
+    assert_eq!(lb.mapped().await, 1);
+    lb.forget(&task_path).await;
     assert!(lb.targets(&task_path).await.is_empty());
+    assert_eq!(lb.mapped().await, 0);
     let gone = connect_from(&task, Some(&cgroup));
     assert!(gone.is_err(), "with the namespace forgotten: {gone:?}");
 
@@ -793,36 +804,61 @@ async fn a_task_process_should_reach_vip_backends_directly_at_connect_and_the_ta
     drop(lb);
     let lb = SocketLb::attach(&cgroup.0, Arc::new(NftLoadBalancer)).expect("attach again");
     assert!(lb.targets(&task_path).await.is_empty());
-    assert_eq!(
-        lb.programmed(&task_path).await.unwrap(),
-        Some(vec![entry(&["10.77.0.4"])])
-    );
+    let kept = lb::converge(&lb, &task_path, None, &[entry(&["10.77.0.4"])]).await;
+    assert_eq!(kept.unwrap(), Converged::Unchanged);
+    assert_eq!(lb.mapped().await, 1);
     sh(&[
         "ip", "netns", "exec", &task, "nft", "delete", "table", "ip", "shoal_lb",
     ]);
     assert_eq!(connect_from(&task, Some(&cgroup)).as_deref(), Ok("b2"));
 
     // A namespace that goes is forgotten at its teardown, or, missed, when another one
-    // comes.
+    // comes; one made again at a known path is another (its own cookie).
     let t2 = nss.add("t2");
     let t2_path = Namespaces::path(&t2);
-    lb.program(&t2_path, &[entry(&["10.77.0.3"])])
-        .await
-        .unwrap();
+    let one = [entry(&["10.77.0.3"])];
+    lb.program(&t2_path, &one).await.unwrap();
     assert!(!lb.targets(&t2_path).await.is_empty());
+    assert_eq!(lb.mapped().await, 2);
     lb.forget(&t2_path).await;
     assert!(lb.targets(&t2_path).await.is_empty());
-    lb.program(&t2_path, &[entry(&["10.77.0.3"])])
-        .await
-        .unwrap();
+    assert_eq!(lb.mapped().await, 1);
+    lb.program(&t2_path, &one).await.unwrap();
     sh(&["ip", "netns", "del", &t2]);
     let t3 = nss.add("t3");
     let t3_path = Namespaces::path(&t3);
-    lb.program(&t3_path, &[entry(&["10.77.0.3"])])
-        .await
-        .unwrap();
+    lb.program(&t3_path, &one).await.unwrap();
     assert!(lb.targets(&t2_path).await.is_empty());
     assert!(!lb.targets(&t3_path).await.is_empty());
+    assert_eq!(lb.mapped().await, 2, "task's VIP and t3's");
+    sh(&["ip", "netns", "del", &t3]);
+    nss.add("t3");
+    lb.program(&t3_path, &one).await.unwrap();
+    assert_eq!(lb.mapped().await, 2, "the old t3's entry went");
+    // ...and the new t3's process is balanced (its SYN goes to the backend, unanswered).
+    for cmd in [
+        "link add eth0 type veth peer name peer0",
+        "link set eth0 up",
+        "link set peer0 up",
+        "addr add 10.77.0.2/24 dev eth0",
+        "neigh add 10.77.0.3 lladdr 02:00:00:00:00:03 dev eth0 nud permanent",
+    ] {
+        let mut args = vec!["ip", "-n", &t3];
+        args.extend(cmd.split(' '));
+        sh(&args);
+    }
+    let (ns, dir) = (t3.clone(), cgroup.0.clone());
+    let opening = std::thread::spawn(move || connect_waiting(&ns, Some(&dir), 3));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut seen = String::new();
+    while !seen.contains("10.77.0.3:80") && Instant::now() < deadline {
+        seen = sh(&[
+            "ip", "netns", "exec", &t3, "ss", "-Htn", "state", "syn-sent",
+        ]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(seen.contains("10.77.0.3:80"), "t3's connection: {seen}");
+    let _ = opening.join();
 
     // Removal takes the namespace out of both.
     lb.remove(&task_path).await.unwrap();
@@ -835,7 +871,7 @@ async fn a_task_connect_balanced_to_a_backend_that_leaves_should_be_aborted_not_
     shoal_testkit::require!(root, tools = ["ip", "nft", "busybox", "ss"]);
     let (_nss, task, _b2) = dead_and_live("task");
     let task_path = Namespaces::path(&task);
-    let cgroup = TestCgroup::new();
+    let cgroup = TestCgroup::new("abort");
     let lb = SocketLb::attach(&cgroup.0, Arc::new(NftLoadBalancer)).expect("load and attach");
     let dead = [entry(&["10.77.0.9"])];
     lb.program(&task_path, &dead).await.unwrap();

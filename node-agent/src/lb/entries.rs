@@ -161,6 +161,10 @@ pub trait LoadBalancer: Send + Sync {
     /// The namespace at `netns` goes, and its rules with it: drop what is kept about it
     /// outside the namespace (nothing, for a table that lives in it).
     async fn forget(&self, _netns: &Path) {}
+    /// The rules at `netns` were read back holding `entries`, which they should, and are
+    /// kept as they are ([`super::converge`], under the task's lock): take them as
+    /// programmed (nothing to do, for a table that lives in the namespace).
+    async fn adopt(&self, _netns: &Path, _entries: &[VipEntry]) {}
 }
 
 #[cfg(test)]

@@ -252,7 +252,10 @@ pub async fn converge(
             }
         },
         None => match lb.programmed(netns).await {
-            Ok(Some(programmed)) if programmed == desired => return Ok(Converged::Unchanged),
+            Ok(Some(programmed)) if programmed == desired => {
+                lb.adopt(netns, desired).await;
+                return Ok(Converged::Unchanged);
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::info!(netns = %netns.display(), error = %e, "VIP table not of our shape; writing it whole")

@@ -114,6 +114,7 @@ pub fn abort_connecting(gone: impl Fn(Ipv4Addr) -> bool) -> std::io::Result<usiz
         for (kind, payload) in messages(&buf[..n]) {
             match kind {
                 NLMSG_DONE => break 'dump,
+                NLMSG_ERROR if errno(payload) == 0 => break 'dump,
                 NLMSG_ERROR => {
                     return Err(std::io::Error::from_raw_os_error(errno(payload)));
                 }
@@ -136,7 +137,10 @@ pub fn abort_connecting(gone: impl Fn(Ipv4Addr) -> bool) -> std::io::Result<usiz
                 Err(e) => return Err(io("receive")(e)),
             }
         };
-        match messages(&buf[..n]).first().map(|(_, p)| errno(p)) {
+        let ack = messages(&buf[..n])
+            .into_iter()
+            .find(|(kind, _)| *kind == NLMSG_ERROR);
+        match ack.map(|(_, p)| errno(p)) {
             Some(0) => aborted += 1,
             // Gone meanwhile (it connected, failed or closed).
             Some(e) if e == nix::libc::ENOENT => {}

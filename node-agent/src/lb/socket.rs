@@ -21,8 +21,10 @@
 //! program finds only its own namespaces' cookies; programs attached with links always run
 //! together); when the agent exits the kernel detaches
 //! it, and the next agent fills its map from the tables it reads back at start. A client
-//! then sees the backend's address as its peer (`getpeername`), as with Kubernetes' socket
-//! load balancing.
+//! then sees the backend's address as its peer (`getpeername`; Cilium's socket load
+//! balancing hides it with a getpeername hook, which this program does not have). IPv6
+//! sockets connecting to a v4-mapped VIP and MPTCP sockets do not take this hook's path:
+//! the table balances them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -102,6 +104,9 @@ pub fn connect_targets(entries: &[VipEntry]) -> BTreeMap<Ipv4Addr, Vec<Ipv4Addr>
 /// One namespace's entries in the map.
 struct Space {
     cookie: u64,
+    /// The namespace's identity ([`ns_id`]): a namespace made again at the same path is
+    /// another one, with another cookie.
+    id: (u64, u64),
     targets: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>,
 }
 
@@ -168,6 +173,15 @@ impl SocketLb {
         self.state.lock().await.bpf.is_some()
     }
 
+    /// How many entries the kernel's map holds (every namespace's VIPs).
+    pub async fn mapped(&self) -> usize {
+        let mut state = self.state.lock().await;
+        match state.vips() {
+            Ok(Some(map)) => map.keys().filter(Result::is_ok).count(),
+            _ => 0,
+        }
+    }
+
     /// The VIPs balanced at connect() in the namespace at `netns`, with their backends.
     pub async fn targets(&self, netns: &Path) -> BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> {
         let state = self.state.lock().await;
@@ -183,12 +197,25 @@ impl SocketLb {
     /// out, and its table alone balances until the next change mirrors it again.
     async fn mirror(&self, netns: &Path, entries: &[VipEntry]) {
         let wanted = connect_targets(entries);
+        let Some(id) = ns_id(netns) else {
+            // The namespace is gone.
+            self.unmirror(netns).await;
+            return;
+        };
         let known = {
-            let state = self.state.lock().await;
+            let mut state = self.state.lock().await;
             if state.bpf.is_none() {
                 return;
             }
-            state.spaces.get(netns).map(|s| s.cookie)
+            match state.spaces.get(netns) {
+                Some(s) if s.id == id => Some(s.cookie),
+                // Another namespace at the same path: the old one's entries go.
+                Some(_) => {
+                    drop_space(&mut state, netns);
+                    None
+                }
+                None => None,
+            }
         };
         // A new namespace's cookie is read in the namespace, outside the lock.
         let cookie = match known {
@@ -202,90 +229,59 @@ impl SocketLb {
                 }
             },
         };
-        // Every backend the table still has, also of VIPs the program leaves to it.
-        let kept = entries.iter().flat_map(|e| &e.backends).copied().collect();
-        let dropped = self
-            .mirror_locked(netns, cookie, known.is_none(), wanted, &kept)
-            .await;
-        if !dropped.is_empty() {
-            abort_connecting(netns, dropped).await;
-        }
-    }
-
-    /// [`Self::mirror`] once the cookie is known (`new`: the namespace is not in the map
-    /// yet): the backends the map had for the namespace that are not in `kept` (its
-    /// table's).
-    async fn mirror_locked(
-        &self,
-        netns: &Path,
-        cookie: u64,
-        new: bool,
-        wanted: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>,
-        kept: &BTreeSet<Ipv4Addr>,
-    ) -> BTreeSet<Ipv4Addr> {
         let mut state = self.state.lock().await;
-        if new {
-            // Namespaces gone without a word (a teardown that raced a change) leave here.
+        if known.is_none() {
+            // Namespaces gone without a word (or replaced at their path) leave here.
             let gone: Vec<PathBuf> = state
                 .spaces
-                .keys()
-                .filter(|p| !p.exists())
-                .cloned()
+                .iter()
+                .filter(|(p, s)| ns_id(p) != Some(s.id))
+                .map(|(p, _)| p.clone())
                 .collect();
             for p in gone {
                 drop_space(&mut state, &p);
             }
         }
-        let old = state
-            .spaces
-            .remove(netns)
-            .map(|s| s.targets)
-            .unwrap_or_default();
-        let dropped = old
+        write(&mut state, netns, (cookie, id), wanted);
+    }
+
+    /// Before a change of the namespace's table to `to`: shrink its map entries to the
+    /// backends both the table now and `to` have, so that the map holds no backend the
+    /// table lacks at any moment of the change. Returns the backends the map had that `to`
+    /// lacks altogether (connections still opening to them are aborted after the change).
+    async fn narrow(&self, netns: &Path, to: &[VipEntry]) -> BTreeSet<Ipv4Addr> {
+        let allowed = connect_targets(to);
+        let kept: BTreeSet<Ipv4Addr> = to.iter().flat_map(|e| &e.backends).copied().collect();
+        let mut state = self.state.lock().await;
+        let Some(space) = state.spaces.get(netns) else {
+            return BTreeSet::new();
+        };
+        if ns_id(netns) != Some(space.id) {
+            drop_space(&mut state, netns);
+            return BTreeSet::new();
+        }
+        let ident = (space.cookie, space.id);
+        let dropped = space
+            .targets
             .values()
             .flatten()
             .filter(|b| !kept.contains(b))
             .copied()
             .collect();
-        let mut map = match state.vips() {
-            Ok(Some(map)) => map,
-            Ok(None) => return dropped,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot reach the connect() VIP map");
-                return dropped;
-            }
-        };
-        let mut failed = None;
-        for vip in old.keys().filter(|v| !wanted.contains_key(v)) {
-            if let Err(e) = remove(&mut map, &key(cookie, *vip)) {
-                failed = Some(e);
-            }
-        }
-        for (vip, backends) in wanted.iter().filter(|(v, b)| old.get(v) != Some(b)) {
-            if let Err(e) = map.insert(key(cookie, *vip), value(backends), 0) {
-                failed = Some(err("add a VIP", e));
-            }
-        }
-        if let Some(e) = failed {
-            tracing::warn!(netns = %netns.display(), error = %e, "cannot mirror the VIP table for connect(); its table alone balances");
-            // Take out everything of the namespace, old and new: a VIP whose update failed
-            // must not keep its old backends.
-            for vip in old.keys().chain(wanted.keys()) {
-                if let Err(e) = remove(&mut map, &key(cookie, *vip)) {
-                    tracing::error!(netns = %netns.display(), vip = %vip, error = %e, "cannot remove a VIP balanced at connect()");
-                }
-            }
-            return dropped;
-        }
-        if !wanted.is_empty() {
-            state.spaces.insert(
-                netns.to_owned(),
-                Space {
-                    cookie,
-                    targets: wanted,
-                },
-            );
-        }
+        let narrowed = space
+            .targets
+            .iter()
+            .filter_map(|(vip, backends)| {
+                let allowed = allowed.get(vip)?;
+                let both: Vec<Ipv4Addr> = backends
+                    .iter()
+                    .filter(|b| allowed.contains(b))
+                    .copied()
+                    .collect();
+                (!both.is_empty()).then_some((*vip, both))
+            })
+            .collect();
+        write(&mut state, netns, ident, narrowed);
         dropped
     }
 
@@ -294,17 +290,23 @@ impl SocketLb {
         drop_space(&mut *self.state.lock().await, netns);
     }
 
-    /// After a change to the table: mirror `entries` when it succeeded, take the namespace
-    /// out when it failed (the table may hold anything then).
-    async fn follow(
+    /// A change of the table to `entries`: the map narrowed first ([`Self::narrow`]),
+    /// then the table changed by `change`; after it the map mirrors `entries` and
+    /// connections still opening to backends that left are aborted, or, when the change
+    /// failed, the namespace leaves the map (the table may hold anything then).
+    async fn change(
         &self,
         netns: &Path,
-        changed: Result<(), LbError>,
         entries: &[VipEntry],
+        change: impl std::future::Future<Output = Result<(), LbError>>,
     ) -> Result<(), LbError> {
-        match changed {
+        let dropped = self.narrow(netns, entries).await;
+        match change.await {
             Ok(()) => {
                 self.mirror(netns, entries).await;
+                if !dropped.is_empty() {
+                    abort_connecting(netns, dropped).await;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -312,6 +314,70 @@ impl SocketLb {
                 Err(e)
             }
         }
+    }
+}
+
+/// The identity of the namespace at `netns` (device and inode of its nsfs file), or `None`
+/// when there is none.
+fn ns_id(netns: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(netns).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Make the map hold `wanted` for the namespace at `netns` (`ident`: its cookie and
+/// identity), replacing what it held. On failure (logged) the namespace's entries are
+/// taken out.
+fn write(
+    state: &mut State,
+    netns: &Path,
+    ident: (u64, (u64, u64)),
+    wanted: BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>,
+) {
+    let (cookie, id) = ident;
+    let old = state
+        .spaces
+        .remove(netns)
+        .map(|s| s.targets)
+        .unwrap_or_default();
+    let mut map = match state.vips() {
+        Ok(Some(map)) => map,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot reach the connect() VIP map");
+            return;
+        }
+    };
+    let mut failed = None;
+    for vip in old.keys().filter(|v| !wanted.contains_key(v)) {
+        if let Err(e) = remove(&mut map, &key(cookie, *vip)) {
+            failed = Some(e);
+        }
+    }
+    for (vip, backends) in wanted.iter().filter(|(v, b)| old.get(v) != Some(b)) {
+        if let Err(e) = map.insert(key(cookie, *vip), value(backends), 0) {
+            failed = Some(err("add a VIP", e));
+        }
+    }
+    if let Some(e) = failed {
+        tracing::warn!(netns = %netns.display(), error = %e, "cannot mirror the VIP table for connect(); its table alone balances");
+        // Take out everything of the namespace, old and new: a VIP whose update failed must
+        // not keep its old backends.
+        for vip in old.keys().chain(wanted.keys()) {
+            if let Err(e) = remove(&mut map, &key(cookie, *vip)) {
+                tracing::error!(netns = %netns.display(), vip = %vip, error = %e, "cannot remove a VIP balanced at connect()");
+            }
+        }
+        return;
+    }
+    if !wanted.is_empty() {
+        state.spaces.insert(
+            netns.to_owned(),
+            Space {
+                cookie,
+                id,
+                targets: wanted,
+            },
+        );
     }
 }
 
@@ -357,8 +423,8 @@ fn drop_space(state: &mut State, netns: &Path) {
 #[async_trait::async_trait]
 impl LoadBalancer for SocketLb {
     async fn program(&self, netns: &Path, entries: &[VipEntry]) -> Result<(), LbError> {
-        let changed = self.tables.program(netns, entries).await;
-        self.follow(netns, changed, entries).await
+        self.change(netns, entries, self.tables.program(netns, entries))
+            .await
     }
     async fn update(
         &self,
@@ -366,22 +432,13 @@ impl LoadBalancer for SocketLb {
         from: &[VipEntry],
         to: &[VipEntry],
     ) -> Result<(), LbError> {
-        let changed = self.tables.update(netns, from, to).await;
-        self.follow(netns, changed, to).await
+        self.change(netns, to, self.tables.update(netns, from, to))
+            .await
     }
-    /// The table read back; the map is made to mirror it (an agent that starts finds the
-    /// tables of running tasks and keeps them when they hold what they should).
+    /// The table read back, and nothing else: a reader that holds no task's lock (the node
+    /// audit) must not write the map from what may be an old reading.
     async fn programmed(&self, netns: &Path) -> Result<Option<Vec<VipEntry>>, LbError> {
-        match self.tables.programmed(netns).await {
-            Ok(Some(entries)) => {
-                self.mirror(netns, &entries).await;
-                Ok(Some(entries))
-            }
-            other => {
-                self.unmirror(netns).await;
-                other
-            }
-        }
+        self.tables.programmed(netns).await
     }
     async fn remove(&self, netns: &Path) -> Result<(), LbError> {
         self.unmirror(netns).await;
@@ -390,6 +447,11 @@ impl LoadBalancer for SocketLb {
     async fn forget(&self, netns: &Path) {
         self.unmirror(netns).await;
         self.tables.forget(netns).await
+    }
+    /// A table found holding what it should (an agent that starts, a resync) is mirrored.
+    async fn adopt(&self, netns: &Path, entries: &[VipEntry]) {
+        self.mirror(netns, entries).await;
+        self.tables.adopt(netns, entries).await
     }
 }
 
@@ -403,6 +465,10 @@ fn remove(map: &mut HashMap<&mut MapData, Key, Value>, key: &Key) -> Result<(), 
 
 /// Load the program and attach it to `cgroup` (made if missing).
 fn load(cgroup: &Path) -> Result<Ebpf, LbError> {
+    // Namespace cookies are read with SO_NETNS_COOKIE (kernel 5.14 and later).
+    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+        .and_then(|s| netns_cookie(s.as_fd()))
+        .map_err(|e| err("read a namespace cookie (SO_NETNS_COOKIE, kernel 5.14)", e))?;
     std::fs::create_dir_all(cgroup).map_err(|e| err("make the cgroup", e))?;
     let dir = std::fs::File::open(cgroup).map_err(|e| err("open the cgroup", e))?;
     let loaded = Ebpf::load(OBJECT);
@@ -415,8 +481,9 @@ fn load(cgroup: &Path) -> Result<Ebpf, LbError> {
         .map_err(|e| err(PROGRAM, e))?;
     prog.load()
         .map_err(|e| err("verify the program", with_sources(&e)))?;
-    // A link takes no flags: programs attached with links always run together
-    // (`BPF_F_ALLOW_MULTI`), which `Single` asks of the older attach call too.
+    // A link takes no flags: programs attached with links always run together, whatever
+    // the mode. (`Single` would make the pre-5.7 attach call exclusive, but such a kernel
+    // cannot load this program: `bpf_get_netns_cookie` in connect4 came with 5.7.)
     prog.attach(&dir, CgroupAttachMode::Single)
         .map_err(|e| err("attach to the cgroup", with_sources(&e)))?;
     Ok(bpf)

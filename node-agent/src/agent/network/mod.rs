@@ -516,7 +516,12 @@ impl NodeNetwork {
     pub async fn teardown(&self, id: &str) {
         self.dns.stop(id).await;
         self.dns_internal.stop(id).await;
-        self.lb_lock().remove(id);
+        let slot = self.lb_lock().remove(id);
+        if let Some(slot) = slot {
+            // A table change already under way finishes (and mirrors) before the namespace
+            // is forgotten; later ones find the slot gone.
+            drop(slot.lock().await);
+        }
         self.lb.forget(&self.netns_path(id)).await;
         let left = self.local_map().remove(id);
         if left.is_some() {
