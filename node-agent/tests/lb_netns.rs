@@ -68,9 +68,10 @@ fn entry(backends: &[&str]) -> VipEntry {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lb_spreads_vip_connections_over_backends_and_updates_atomically() {
-    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+/// A "task" namespace at 10.77.0.2 and two backends on a switch, b1 at 10.77.0.3 and b2
+/// at 10.77.0.4, answering "b1" and "b2" on port 80: (the namespaces, the task's name, b1's
+/// name, the responders). The responders go before the namespaces.
+fn task_and_two_backends() -> (Namespaces, String, String, [Responder; 2]) {
     let mut nss = Namespaces::new();
     let switch = nss.add("sw");
     let task = nss.add("task");
@@ -84,8 +85,15 @@ async fn lb_spreads_vip_connections_over_backends_and_updates_atomically() {
             (&b2, "10.77.0.4/24"),
         ],
     );
-    let _r1 = Responder::start(&b1, "0.0.0.0:80".parse().unwrap(), "b1");
-    let _r2 = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
+    let r1 = Responder::start(&b1, "0.0.0.0:80".parse().unwrap(), "b1");
+    let r2 = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
+    (nss, task, b1, [r1, r2])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_spreads_vip_connections_over_backends_and_updates_atomically() {
+    shoal_testkit::require!(root, tools = ["ip", "nft"]);
+    let (_nss, task, b1, _backends) = task_and_two_backends();
     let task_path = Namespaces::path(&task);
 
     let root_tables_before = support::try_sh(&["nft", "list", "tables"]).1;
@@ -251,21 +259,7 @@ fn chain_handles(ns: &str) -> BTreeMap<String, u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lb_changes_only_what_changed_and_repairs_drift_with_a_full_write() {
     shoal_testkit::require!(root, tools = ["ip", "nft"]);
-    let mut nss = Namespaces::new();
-    let switch = nss.add("sw");
-    let task = nss.add("task");
-    let b1 = nss.add("b1");
-    let b2 = nss.add("b2");
-    support::wire(
-        &switch,
-        &[
-            (&task, "10.77.0.2/24"),
-            (&b1, "10.77.0.3/24"),
-            (&b2, "10.77.0.4/24"),
-        ],
-    );
-    let _r1 = Responder::start(&b1, "0.0.0.0:80".parse().unwrap(), "b1");
-    let _r2 = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
+    let (_nss, task, _, _backends) = task_and_two_backends();
     let path = Namespaces::path(&task);
     let other = |backends: &[&str]| VipEntry {
         vip: "10.77.0.101".parse().unwrap(),
@@ -695,21 +689,7 @@ fn spread_from(ns: &str, cgroup: &TestCgroup, n: usize) -> BTreeMap<String, usiz
 async fn a_task_process_should_reach_vip_backends_directly_at_connect_and_the_table_should_keep_the_rest(
 ) {
     shoal_testkit::require!(root, tools = ["ip", "nft", "busybox", "ss"]);
-    let mut nss = Namespaces::new();
-    let switch = nss.add("sw");
-    let task = nss.add("task");
-    let b1 = nss.add("b1");
-    let b2 = nss.add("b2");
-    support::wire(
-        &switch,
-        &[
-            (&task, "10.77.0.2/24"),
-            (&b1, "10.77.0.3/24"),
-            (&b2, "10.77.0.4/24"),
-        ],
-    );
-    let _r1 = Responder::start(&b1, "0.0.0.0:80".parse().unwrap(), "b1");
-    let _r2 = Responder::start(&b2, "0.0.0.0:80".parse().unwrap(), "b2");
+    let (mut nss, task, _, _backends) = task_and_two_backends();
     let task_path = Namespaces::path(&task);
     let cgroup = TestCgroup::new("reach");
     let lb = SocketLb::attach(&cgroup.0, Arc::new(NftLoadBalancer)).expect("load and attach");
