@@ -794,10 +794,14 @@ fn data_plane(dev: &Dev, quick: bool, probe_ns: &str) -> Result<Vec<Row>> {
     let vip_url = format!("http://{vip}/");
     let mesh_url = "http://198.18.0.3:8080/".to_string();
     // The probe task's own process for direct and VIP (its namespace and cgroup, where its
-    // connect()s to a VIP are balanced), node 1 for the mesh.
+    // connect()s to a VIP are balanced), node 1 for the mesh. The VIP once more from the
+    // task's namespace but outside its cgroup: the connect() program does not see that
+    // process, so the nftables table balances it (per-packet NAT), the baseline of what the
+    // program changes.
     let mut paths: Vec<(&str, &str, bool, &str)> = vec![
         ("direct", probe_ns, true, &direct_url),
         ("VIP", probe_ns, true, &vip_url),
+        ("VIP (table)", probe_ns, false, &vip_url),
     ];
     if mesh.is_ok() {
         paths.push(("mesh", "shoal-node-1", false, &mesh_url));
@@ -833,6 +837,8 @@ fn data_plane(dev: &Dev, quick: bool, probe_ns: &str) -> Result<Vec<Row>> {
         (m, lo, hi, rates(&got[i].0).0 / d_rps.max(1.0))
     };
     let (vr, vr_lo, vr_hi, vr_of_medians) = ratios(1);
+    let (_, t_txt) = rates(&got[2].0);
+    let (tr, tr_lo, tr_hi, _) = ratios(2);
     let (d_p99, _, _) = spread(&mut got[0].1.clone());
     let (v_p99, _, _) = spread(&mut got[1].1.clone());
     let per_round = |i: usize| {
@@ -861,16 +867,17 @@ fn data_plane(dev: &Dev, quick: bool, probe_ns: &str) -> Result<Vec<Row>> {
         target: "VIP/direct ≥ 0.95".into(),
         met: met(vr >= 0.95),
         note: format!(
-            "req/s median (min–max) over rounds; ratio = median of the rounds' VIP/direct (spread {vr_lo:.2}–{vr_hi:.2}; ratio of the medians {vr_of_medians:.2}); each round runs the paths back to back, starting with the next path each round; both over the VXLAN overlay to this tool's keep-alive HTTP/1.1 server (`__serve`) in the task's namespace, from wrk run as a process of the probe task (its namespace and cgroup); the VIP is balanced at connect() by the agent's cgroup program, so its connections carry no NAT (wrk keeps its 8 connections open); per round direct {}, VIP {}{errors}",
+            "req/s median (min–max) over rounds; ratio = median of the rounds' VIP/direct (spread {vr_lo:.2}–{vr_hi:.2}; ratio of the medians {vr_of_medians:.2}); each round runs the paths back to back, starting with the next path each round; both over the VXLAN overlay to this tool's keep-alive HTTP/1.1 server (`__serve`) in the task's namespace, from wrk run as a process of the probe task (its namespace and cgroup); the VIP is balanced at connect() by the agent's cgroup program, so its connections carry no NAT (wrk keeps its 8 connections open); the same VIP from outside the task's cgroup, balanced by the nftables table (per-packet NAT), interleaved: {t_txt} req/s, {tr:.2} of direct (spread {tr_lo:.2}–{tr_hi:.2}); per round direct {}, VIP {}, VIP through the table {}{errors}",
             per_round(0),
             per_round(1),
+            per_round(2),
         ),
     }];
     match mesh {
         Ok(_) => {
-            let (_, m_txt) = rates(&got[2].0);
-            let (m_p99, _, _) = spread(&mut got[2].1.clone());
-            let (mr, mr_lo, mr_hi, mr_of_medians) = ratios(2);
+            let (_, m_txt) = rates(&got[3].0);
+            let (m_p99, _, _) = spread(&mut got[3].1.clone());
+            let (mr, mr_lo, mr_hi, mr_of_medians) = ratios(3);
             rows.push(Row {
                 figure: "4 data plane: routing mesh via node 3 (no task there)".into(),
                 shoal: format!("mesh {m_txt} req/s, p99 {m_p99:.2} ms"),
@@ -878,7 +885,7 @@ fn data_plane(dev: &Dev, quick: bool, probe_ns: &str) -> Result<Vec<Row>> {
                 ratio: format!("{mr:.2}"),
                 target: "mesh/direct ≥ 0.85".into(),
                 met: met(mr >= 0.85),
-                note: format!("wrk in node 1's namespace → 198.18.0.3:8080 → ingress overlay → the task on node 2 (DNAT + SNAT), interleaved with the rows above; ratio = median of the rounds' mesh/direct (spread {mr_lo:.2}–{mr_hi:.2}; ratio of the medians {mr_of_medians:.2}); per round {}", per_round(2)),
+                note: format!("wrk in node 1's namespace → 198.18.0.3:8080 → ingress overlay → the task on node 2 (DNAT + SNAT), interleaved with the rows above; ratio = median of the rounds' mesh/direct (spread {mr_lo:.2}–{mr_hi:.2}; ratio of the medians {mr_of_medians:.2}); per round {}", per_round(3)),
             });
         }
         Err(e) => rows.push(Row::skipped(
